@@ -1,0 +1,64 @@
+# Lowbit — the two commands a user needs:
+#   make run    set up and run the main job (the embedded local cluster with the operator)
+#   make test   set up and run every test
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+DOTNET ?= dotnet
+CONFIGURATION ?= Release
+OUT := $(CURDIR)/out
+RESULTS := $(CURDIR)/TestResults
+export DOTNET_CLI_TELEMETRY_OPTOUT := 1
+export DOTNET_NOLOGO := 1
+export DOTNET_SKIP_FIRST_TIME_EXPERIENCE := 1
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.PHONY: all restore tools build test crds run bench engine-gpu-bundle test-k3s clean
+
+all: build
+
+## restore: NuGet restore of the whole solution (the engine's TorchSharp fix-up runs in its build).
+restore:
+	$(DOTNET) restore Operator.sln
+
+## tools: kubectl, helm, prometheus, patchelf (idempotent; see .ci/tools.sh)
+tools:
+	bash .ci/tools.sh
+
+## build: publish the user-facing programs as executables into ./out
+build: restore
+	$(DOTNET) publish src/Lowbit.Cli/Lowbit.Cli.csproj -c $(CONFIGURATION) -o $(OUT) --no-restore -p:UseAppHost=true
+	$(DOTNET) publish src/Lowbit.Operator/Lowbit.Operator.csproj -c $(CONFIGURATION) -o $(OUT) --no-restore -p:UseAppHost=true
+	$(DOTNET) publish src/Lowbit.Engine/Lowbit.Engine.csproj -c $(CONFIGURATION) -o $(OUT) --no-restore -p:UseAppHost=true
+	@ls -1 $(OUT)/lowbit $(OUT)/lowbit-operator $(OUT)/lowbit-engine
+
+## test: everything CI runs; ends with one summary line "tests: N passed, N failed, N skipped"
+test: tools restore
+	$(DOTNET) build Operator.sln -c $(CONFIGURATION) --no-restore
+	rm -rf $(RESULTS)
+	status=0; $(DOTNET) test Operator.sln -c $(CONFIGURATION) --no-build --results-directory $(RESULTS) \
+	  --logger "trx" --logger "console;verbosity=minimal" || status=$$?; \
+	  bash .ci/summarize.sh $(RESULTS); exit $$status
+
+## crds: regenerate crds/*.yaml from the C# types (the only way they change)
+crds:
+	$(DOTNET) run --project src/Lowbit.Cli/Lowbit.Cli.csproj -c $(CONFIGURATION) -- crds --out crds
+
+## run: the main job — the embedded local cluster, the operator and examples/local
+run: tools build
+	$(OUT)/lowbit local up --demo
+
+## bench: benchmarks; reports land in bench-results/
+bench: restore
+	$(DOTNET) run --project tests/Lowbit.Benchmarks/Lowbit.Benchmarks.csproj -c Release -- all
+
+## engine-gpu-bundle: self-contained linux-x64 engine without libtorch, xz-compressed, for a PyTorch CUDA host
+engine-gpu-bundle:
+	bash src/Lowbit.Engine/gpu/bundle.sh
+
+## test-k3s: the operator end-to-end suite on a real K3s cluster (needs a Docker engine)
+test-k3s: restore
+	LOWBIT_K3S=1 $(DOTNET) test tests/Lowbit.Operator.Tests -c $(CONFIGURATION) --filter "Category=K3s"
+
+clean:
+	rm -rf $(OUT) $(RESULTS) bench-results
+	$(DOTNET) clean Operator.sln

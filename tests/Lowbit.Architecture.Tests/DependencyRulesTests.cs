@@ -1,0 +1,93 @@
+using System.Reflection;
+
+namespace Lowbit.Architecture.Tests;
+
+/// <summary>
+/// The arrows of DESIGN.md point one way. These tests read each assembly's references (transitively
+/// through our own assemblies) and fail when a layer reaches something it must not.
+/// </summary>
+public sealed class DependencyRulesTests
+{
+    private static readonly string[] KubernetesPrefixes = ["KubernetesClient", "k8s"];
+    private static readonly string[] TorchPrefixes = ["TorchSharp", "LibTorchSharp"];
+    private static readonly string[] AspNetPrefixes = ["Microsoft.AspNetCore"];
+
+    [Theory]
+    [InlineData("Lowbit.Planner")]
+    [InlineData("Lowbit.Engine.Protocol")]
+    public void Pure_libraries_reference_only_the_base_class_library(string assembly)
+    {
+        var forbidden = ReferencesOf(assembly)
+            .Where(n => !n.StartsWith("System", StringComparison.Ordinal)
+                        && n != "netstandard" && n != "mscorlib"
+                        && !n.StartsWith("Lowbit.", StringComparison.Ordinal))
+            .ToList();
+        Assert.True(forbidden.Count == 0, $"{assembly} references {string.Join(", ", forbidden)}");
+    }
+
+    [Fact]
+    public void Planner_does_not_reference_Kubernetes_or_TorchSharp()
+    {
+        AssertNone("Lowbit.Planner", KubernetesPrefixes.Concat(TorchPrefixes).Concat(AspNetPrefixes));
+    }
+
+    [Fact]
+    public void Engine_does_not_reference_Kubernetes()
+    {
+        AssertNone("lowbit-engine", KubernetesPrefixes);
+    }
+
+    [Fact]
+    public void Operator_does_not_reference_TorchSharp()
+    {
+        AssertNone("lowbit-operator", TorchPrefixes);
+    }
+
+    [Fact]
+    public void Api_does_not_reference_the_planner_operator_or_engine()
+    {
+        AssertNone("Lowbit.Api", ["Lowbit.Planner", "lowbit-operator", "lowbit-engine", "Lowbit.LocalCluster", "TorchSharp"]);
+    }
+
+    [Fact]
+    public void Rules_detect_a_forbidden_reference()
+    {
+        // Guards the guard: the CLI really does reach Kubernetes (through LocalCluster), so a rule
+        // phrased like the ones above must see it. If this fails, the reference walk is broken.
+        Assert.Contains(ReferencesOf("lowbit"), n => n.StartsWith("KubernetesClient", StringComparison.Ordinal));
+    }
+
+    private static void AssertNone(string assembly, IEnumerable<string> prefixes)
+    {
+        var refs = ReferencesOf(assembly);
+        var bad = refs.Where(r => prefixes.Any(p => r.StartsWith(p, StringComparison.Ordinal))).ToList();
+        Assert.True(bad.Count == 0, $"{assembly} references {string.Join(", ", bad)} (all: {string.Join(", ", refs)})");
+    }
+
+    /// <summary>Names of every assembly reachable from <paramref name="root"/> through Lowbit assemblies.</summary>
+    private static SortedSet<string> ReferencesOf(string root)
+    {
+        var seen = new SortedSet<string>(StringComparer.Ordinal);
+        var queue = new Queue<Assembly>([Load(root)]);
+        while (queue.Count > 0)
+        {
+            foreach (var name in queue.Dequeue().GetReferencedAssemblies())
+            {
+                if (name.Name is null || !seen.Add(name.Name))
+                {
+                    continue;
+                }
+                if (IsOurs(name.Name))
+                {
+                    queue.Enqueue(Load(name.Name));
+                }
+            }
+        }
+        return seen;
+    }
+
+    private static bool IsOurs(string name) =>
+        name.StartsWith("Lowbit.", StringComparison.Ordinal) || name.StartsWith("lowbit", StringComparison.Ordinal);
+
+    private static Assembly Load(string name) => Assembly.Load(new AssemblyName(name));
+}
