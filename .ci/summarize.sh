@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Reads the TRX files that `dotnet test --logger trx` wrote and prints one line per test assembly
 # plus the closing line CI reads: "tests: N passed, N failed, N skipped".
-set -euo pipefail
+set -uo pipefail
 dir=${1:-TestResults}
 passed=0; failed=0; skipped=0
 shopt -s nullglob
 for f in "$dir"/*.trx; do
   c=$(grep -o '<Counters [^>]*>' "$f" | head -1)
-  num() { echo "$c" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
-  t=$(num total); p=$(num passed); fl=$(num failed); e=$(num error); nx=$(num notExecuted)
-  name=$(grep -o 'storage="[^"]*"' "$f" | head -1 | sed 's/.*\/\([^/]*\)\.dll"/\1/')
-  s=$(( ${t:-0} - ${p:-0} - ${fl:-0} - ${e:-0} ))
-  echo "  ${name:-$f}: ${p:-0} passed, $(( ${fl:-0} + ${e:-0} )) failed, $s skipped"
-  passed=$(( passed + ${p:-0} )); failed=$(( failed + ${fl:-0} + ${e:-0} )); skipped=$(( skipped + s ))
+  num() { v=$(echo "$c" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"); echo "${v:-0}"; }
+  t=$(num total); p=$(num passed); fl=$(( $(num failed) + $(num error) + $(num timeout) + $(num aborted) ))
+  [ "$t" -eq 0 ] && continue
+  name=$(grep -o 'codeBase="[^"]*"' "$f" | head -1 | sed 's/.*\/\([^/]*\)\.dll"/\1/')
+  s=$(( t - p - fl )); [ $s -lt 0 ] && s=0
+  echo "  ${name:-$(basename "$f")}: $p passed, $fl failed, $s skipped"
+  passed=$(( passed + p )); failed=$(( failed + fl )); skipped=$(( skipped + s ))
 done
 echo "tests: $passed passed, $failed failed, $skipped skipped"
