@@ -255,27 +255,27 @@ public static class MemoryEstimator
 
     /// <summary>
     /// Runtime overhead per device: the CUDA context and runtime buffers (lowbit/TorchSharp 0.75 GiB,
-    /// vLLM 1 GiB with CUDA graphs, llama.cpp 0.4 GiB, training 0.75 GiB; CPU processes 0.5 GiB) plus
-    /// allocator slack (lowbit 3%, llama.cpp 1%, vLLM 0% — its pool is pre-allocated, training 5%).
+    /// vLLM 1 GiB with CUDA graphs, llama.cpp 0.4 GiB; CPU processes 0.5 GiB). Serving and quantizing
+    /// allocate their tensors once, so allocator slack is left to the 5% headroom; training churns
+    /// activations and gradients every step, so it also pays 5% allocator slack on its tensors.
     /// </summary>
     private static ByteSize Overhead(MemoryBreakdown m, Workload w, DeviceKind kind)
     {
-        var tensors = m.Weights + m.KvCache + m.Activations + m.Optimizer + m.Gradients;
         if (kind == DeviceKind.Cpu)
         {
             return ByteSize.FromGiB(0.5);
         }
-        var (contextGiB, slack) = w.Mode switch
+        var tensors = m.Weights + m.KvCache + m.Activations + m.Optimizer + m.Gradients;
+        return w.Mode switch
         {
-            WorkloadMode.Inference => w.Runtime switch
+            WorkloadMode.Inference => ByteSize.FromGiB(w.Runtime switch
             {
-                ServingRuntime.Vllm => (1.0, 0.0),
-                ServingRuntime.LlamaCpp => (0.4, 0.01),
-                _ => (0.75, 0.03),
-            },
-            WorkloadMode.Quantize => (0.75, 0.03),
-            _ => (0.75, 0.05),
+                ServingRuntime.Vllm => 1.0,
+                ServingRuntime.LlamaCpp => 0.4,
+                _ => 0.75,
+            }),
+            WorkloadMode.Quantize => ByteSize.FromGiB(0.75),
+            _ => ByteSize.FromGiB(0.75) + (tensors * 0.05),
         };
-        return ByteSize.FromGiB(contextGiB) + (tensors * slack);
     }
 }

@@ -184,7 +184,13 @@ public static class Planner
             shortfall = perDevice.Total - usable;
             explanation = $"short by {shortfall.ToGiBString()} per {(node.Kind == DeviceKind.Cpu ? "node" : "GPU")} (needs {perDevice.Total.ToGiBString()} of {usable.ToGiBString()} usable)";
         }
-        else if (!Allowed(request.Constraints.AllowedGpuTypes, node))
+        else if (node.Kind == DeviceKind.Cpu && !Named(request.Constraints.AllowedGpuTypes, node))
+        {
+            // CPU nodes serve at a few tokens/s: they are opt-in, never a silent default.
+            reason = RejectionReason.GpuTypeNotAllowed;
+            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name})";
+        }
+        else if (request.Constraints.AllowedGpuTypes.Count > 0 && !Named(request.Constraints.AllowedGpuTypes, node))
         {
             reason = RejectionReason.GpuTypeNotAllowed;
             explanation = $"{node.Name} is not among the allowed GPU types ({string.Join(", ", request.Constraints.AllowedGpuTypes)})";
@@ -223,12 +229,8 @@ public static class Planner
         model.AttentionHeads % shards == 0
         && (model.KvHeads % shards == 0 || shards % model.KvHeads == 0);
 
-    private static bool Allowed(IReadOnlyList<string> allowed, NodeType node)
+    private static bool Named(IReadOnlyList<string> allowed, NodeType node)
     {
-        if (allowed.Count == 0)
-        {
-            return true;
-        }
         foreach (var name in allowed)
         {
             var key = Normalize(name);
