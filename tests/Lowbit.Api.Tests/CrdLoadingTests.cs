@@ -19,7 +19,7 @@ public class CrdLoadingTests
         Assert.Equal("map", conditions.XKubernetesListType);
         Assert.Equal(["type"], conditions.XKubernetesListMapKeys);
         Assert.True(schema.Properties["spec"].Properties["resources"].Properties["cpu"].XKubernetesIntOrString);
-        Assert.Contains(schema.Properties["spec"].Properties["autoscaling"].XKubernetesValidations, r => r.Rule == AutoscalingSpec.MinNotAboveMaxRule);
+        Assert.Contains(schema.Properties["spec"].Properties["autoscaling"].XKubernetesValidations, r => r.Rule == CelRules.MinNotAboveMax);
         Assert.Equal(".spec.replicas", endpoint.Spec.Versions[0].Subresources.Scale.SpecReplicasPath);
         Assert.Equal(["ie"], endpoint.Spec.Names.ShortNames);
         Assert.Equal(["lowbit"], endpoint.Spec.Names.Categories);

@@ -6,12 +6,9 @@ namespace Lowbit.Api.V1Alpha1;
 
 /// <summary>Where model weights come from: exactly one of <c>huggingFace</c>, <c>url</c>, <c>pvc</c>.</summary>
 [Description("Where the model weights come from: exactly one of huggingFace, url or pvc.")]
-[CelRule(ExactlyOneSourceRule, "exactly one of huggingFace, url or pvc must be set")]
+[CelRule(CelRules.ExactlyOneModelSource, CelRules.ExactlyOneModelSourceMessage)]
 public sealed record ModelSource
 {
-    public const string ExactlyOneSourceRule =
-        "(has(self.huggingFace) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1";
-
     [Description("A Hugging Face Hub repository.")]
     public HuggingFaceSource? HuggingFace { get; init; }
 
@@ -26,12 +23,9 @@ public sealed record ModelSource
 
 /// <summary>A dataset (calibration or training data): exactly one of <c>huggingFace</c>, <c>url</c>, <c>pvc</c>, <c>configMap</c>.</summary>
 [Description("Where a dataset comes from: exactly one of huggingFace, url, pvc or configMap.")]
-[CelRule(ExactlyOneSourceRule, "exactly one of huggingFace, url, pvc or configMap must be set")]
+[CelRule(CelRules.ExactlyOneDataSource, CelRules.ExactlyOneDataSourceMessage)]
 public sealed record DataSource
 {
-    public const string ExactlyOneSourceRule =
-        "(has(self.huggingFace) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.pvc) ? 1 : 0) + (has(self.configMap) ? 1 : 0) == 1";
-
     [Description("A Hugging Face Hub dataset repository.")]
     public HuggingFaceSource? HuggingFace { get; init; }
 
@@ -98,7 +92,7 @@ public sealed record ConfigMapKeyRef
 }
 
 /// <summary>A path inside a PersistentVolumeClaim.</summary>
-[CelRule("!has(self.path) || !self.path.contains('..')", "path must not contain '..'", FieldPath = ".path")]
+[CelRule(CelRules.NoParentPath, CelRules.NoParentPathMessage, FieldPath = ".path")]
 public sealed record PvcSource
 {
     [Description("PersistentVolumeClaim name.")]
@@ -133,11 +127,9 @@ public sealed record ObjectRef
 
 /// <summary>A model given either as a QuantizedModel in the namespace or as a source.</summary>
 [Description("The model: exactly one of quantizedModelRef or source.")]
-[CelRule(ExactlyOneRule, "exactly one of quantizedModelRef or source must be set")]
+[CelRule(CelRules.ExactlyOneModel, CelRules.ExactlyOneModelMessage)]
 public sealed record ModelReference
 {
-    public const string ExactlyOneRule = "has(self.quantizedModelRef) != has(self.source)";
-
     [Description("A QuantizedModel in the same namespace; its artifact is used once it is Ready.")]
     public ObjectRef? QuantizedModelRef { get; init; }
 
@@ -172,13 +164,6 @@ public sealed record SchedulingSpec
     [Items(63, Patterns.GpuType)]
     [ListSet]
     public IReadOnlyList<string>? AllowedGpuTypes { get; init; }
-}
-
-/// <summary>Container image override (pinned by digest).</summary>
-public static class ImageRules
-{
-    public const string DigestRule = "self.matches('" + Patterns.DigestSuffix + "')";
-    public const string DigestMessage = "image must be pinned by digest (<repository>@sha256:<64 hex digits>)";
 }
 
 /// <summary>The quantization algorithm.</summary>

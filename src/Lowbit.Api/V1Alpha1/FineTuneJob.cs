@@ -8,7 +8,7 @@ namespace Lowbit.Api.V1Alpha1;
 [KubernetesEntity(Group = ApiGroup.Group, ApiVersion = ApiGroup.Version, Kind = KindName, PluralName = Plural)]
 [ResourceNames("ftj")]
 [Description("FineTuneJob trains LoRA adapters on a QuantizedModel (QLoRA) or on unquantized weights (LoRA, full) and writes a PEFT-compatible adapter.")]
-[CelRule("size(self.metadata.name) <= 52", "metadata.name must be at most 52 characters so that child names (<name>-<role>) stay valid")]
+[CelRule(CelRules.NameLength, CelRules.NameLengthMessage)]
 [PrinterColumn("Ready", "string", ".status.conditions[?(@.type==\"Ready\")].status")]
 [PrinterColumn("Phase", "string", ".status.phase")]
 [PrinterColumn("Method", "string", ".spec.method")]
@@ -34,16 +34,13 @@ public sealed class FineTuneJob : IKubernetesObject<V1ObjectMeta>, ISpec<FineTun
 }
 
 /// <summary>The desired fine-tune.</summary>
-[CelRule(QloraNeedsQuantizedBaseRule, "method qlora trains on a quantized base: set spec.baseModel.quantizedModelRef", FieldPath = ".baseModel")]
-[CelRule(FullHasNoLoraRule, "spec.lora applies only to methods lora and qlora", FieldPath = ".lora", Reason = "FieldValueForbidden")]
+[CelRule(CelRules.QloraNeedsQuantizedBase, CelRules.QloraNeedsQuantizedBaseMessage, FieldPath = ".baseModel")]
+[CelRule(CelRules.FullHasNoLora, CelRules.FullHasNoLoraMessage, FieldPath = ".lora", Reason = "FieldValueForbidden")]
 public sealed record FineTuneJobSpec
 {
-    public const string QloraNeedsQuantizedBaseRule = "self.method != 'qlora' || has(self.baseModel.quantizedModelRef)";
-    public const string FullHasNoLoraRule = "self.method != 'full' || !has(self.lora)";
-
     [Description("The base model: a QuantizedModel (QLoRA) or a source (LoRA, full). Immutable.")]
     [Required]
-    [CelRule("self == oldSelf", "baseModel is immutable; create a new FineTuneJob instead")]
+    [CelRule(CelRules.Immutable, CelRules.BaseModelImmutableMessage)]
     public ModelReference BaseModel { get; init; } = new();
 
     [Description("lora (16-bit frozen base), qlora (4-bit frozen base) or full.")]
@@ -75,7 +72,7 @@ public sealed record FineTuneJobSpec
     [Description("Engine image override, pinned by digest.")]
     [MaxLength(512)]
     [Pattern(Patterns.Image)]
-    [CelRule(ImageRules.DigestRule, ImageRules.DigestMessage)]
+    [CelRule(CelRules.ImageDigest, CelRules.ImageDigestMessage)]
     public string? Image { get; init; }
 }
 

@@ -8,7 +8,7 @@ namespace Lowbit.Api.V1Alpha1;
 [KubernetesEntity(Group = ApiGroup.Group, ApiVersion = ApiGroup.Version, Kind = KindName, PluralName = Plural)]
 [ResourceNames("ie", ScaleSpecReplicasPath = ".spec.replicas", ScaleStatusReplicasPath = ".status.replicas", ScaleLabelSelectorPath = ".status.selector")]
 [Description("InferenceEndpoint serves a model (and LoRA adapters) behind an OpenAI-compatible API on the cheapest GPU placement that meets its SLO and budget.")]
-[CelRule("size(self.metadata.name) <= 52", "metadata.name must be at most 52 characters so that child names (<name>-<role>) stay valid")]
+[CelRule(CelRules.NameLength, CelRules.NameLengthMessage)]
 [PrinterColumn("Ready", "string", ".status.conditions[?(@.type==\"Ready\")].status")]
 [PrinterColumn("Phase", "string", ".status.phase")]
 [PrinterColumn("Replicas", "integer", ".status.readyReplicas")]
@@ -33,11 +33,9 @@ public sealed class InferenceEndpoint : IKubernetesObject<V1ObjectMeta>, ISpec<I
 }
 
 /// <summary>The desired endpoint.</summary>
-[CelRule(LlamacppNoAdaptersRule, "runtime llamacpp serves no LoRA adapters; use runtime lowbit or vllm", FieldPath = ".adapters", Reason = "FieldValueForbidden")]
+[CelRule(CelRules.LlamacppNoAdapters, CelRules.LlamacppNoAdaptersMessage, FieldPath = ".adapters", Reason = "FieldValueForbidden")]
 public sealed record InferenceEndpointSpec
 {
-    public const string LlamacppNoAdaptersRule = "self.runtime != 'llamacpp' || !has(self.adapters) || size(self.adapters) == 0";
-
     [Description("The model to serve: a QuantizedModel or a source.")]
     [Required]
     public ModelReference Model { get; init; } = new();
@@ -88,7 +86,7 @@ public sealed record InferenceEndpointSpec
     [Description("Runtime image override, pinned by digest.")]
     [MaxLength(512)]
     [Pattern(Patterns.Image)]
-    [CelRule(ImageRules.DigestRule, ImageRules.DigestMessage)]
+    [CelRule(CelRules.ImageDigest, CelRules.ImageDigestMessage)]
     public string? Image { get; init; }
 }
 
@@ -107,11 +105,9 @@ public sealed record AdapterSpec
 }
 
 /// <summary>Autoscaling bounds.</summary>
-[CelRule(MinNotAboveMaxRule, "minReplicas must be less than or equal to maxReplicas", FieldPath = ".minReplicas")]
+[CelRule(CelRules.MinNotAboveMax, CelRules.MinNotAboveMaxMessage, FieldPath = ".minReplicas")]
 public sealed record AutoscalingSpec
 {
-    public const string MinNotAboveMaxRule = "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas";
-
     [Minimum(0)]
     [Maximum(64)]
     [Default(1)]

@@ -8,7 +8,7 @@ namespace Lowbit.Api.V1Alpha1;
 [KubernetesEntity(Group = ApiGroup.Group, ApiVersion = ApiGroup.Version, Kind = KindName, PluralName = Plural)]
 [ResourceNames("qm")]
 [Description("QuantizedModel compresses a model's weights to a few bits per weight (RTN, HQQ or GPTQ), exports them (lowbit, GPTQ-compatible safetensors, GGUF) and reports size and quality.")]
-[CelRule("size(self.metadata.name) <= 52", "metadata.name must be at most 52 characters so that child names (<name>-<role>) stay valid")]
+[CelRule(CelRules.NameLength, CelRules.NameLengthMessage)]
 [PrinterColumn("Ready", "string", ".status.conditions[?(@.type==\"Ready\")].status")]
 [PrinterColumn("Phase", "string", ".status.phase")]
 [PrinterColumn("Method", "string", ".spec.method")]
@@ -33,17 +33,13 @@ public sealed class QuantizedModel : IKubernetesObject<V1ObjectMeta>, ISpec<Quan
 }
 
 /// <summary>The desired quantization.</summary>
-[CelRule(BitsRule, "exactly one of bits or targetBitsPerWeight must be set")]
-[CelRule(GptqCalibrationRule, "method gptq needs calibration data: set spec.calibration", FieldPath = ".calibration", Reason = "FieldValueRequired")]
+[CelRule(CelRules.BitsXorTarget, CelRules.BitsXorTargetMessage, FieldPath = ".bits")]
+[CelRule(CelRules.GptqNeedsCalibration, CelRules.GptqNeedsCalibrationMessage, FieldPath = ".calibration", Reason = "FieldValueRequired")]
 public sealed record QuantizedModelSpec
 {
-    public const string BitsRule = "has(self.bits) != has(self.targetBitsPerWeight)";
-    public const string GptqCalibrationRule = "self.method != 'gptq' || has(self.calibration)";
-    public const string ImmutableRule = "self == oldSelf";
-
     [Description("The unquantized model. Immutable.")]
     [Required]
-    [CelRule(ImmutableRule, "source is immutable; create a new QuantizedModel instead")]
+    [CelRule(CelRules.Immutable, CelRules.SourceImmutableMessage)]
     public ModelSource Source { get; init; } = new();
 
     [Description("Quantization algorithm: rtn, hqq or gptq (awq is reserved for a later version).")]
@@ -88,7 +84,7 @@ public sealed record QuantizedModelSpec
     [Description("Engine image override, pinned by digest.")]
     [MaxLength(512)]
     [Pattern(Patterns.Image)]
-    [CelRule(ImageRules.DigestRule, ImageRules.DigestMessage)]
+    [CelRule(CelRules.ImageDigest, CelRules.ImageDigestMessage)]
     public string? Image { get; init; }
 }
 
