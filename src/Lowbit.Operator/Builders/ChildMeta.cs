@@ -10,6 +10,9 @@ namespace Lowbit.Operator.Builders;
 /// <summary>Names, labels and owner references shared by every child the operator creates.</summary>
 public static class ChildMeta
 {
+    /// <summary>Annotation on children: the owner's <c>metadata.generation</c> they were built from.</summary>
+    public const string GenerationAnnotation = Api.ApiGroup.Group + "/owner-generation";
+
     /// <summary><c>&lt;owner&gt;-&lt;role&gt;</c>.</summary>
     public static string Name(IKubernetesObject<V1ObjectMeta> owner, string role)
     {
@@ -70,6 +73,11 @@ public static class ChildMeta
             meta.Annotations[Api.Labels.PlacementAnnotation] = placement.Annotation;
         }
 
+        if (owner.Metadata.Generation is { } generation)
+        {
+            meta.Annotations[GenerationAnnotation] = generation.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
         return meta;
     }
 
@@ -99,6 +107,46 @@ public static class ChildMeta
         ArgumentNullException.ThrowIfNull(child);
         ArgumentNullException.ThrowIfNull(owner);
         return child.Metadata.OwnerReferences?.Any(r => r.Controller == true && r.Uid == owner.Metadata.Uid) == true;
+    }
+
+    /// <summary>An annotation's value, or null.</summary>
+    public static string? Annotation(IKubernetesObject<V1ObjectMeta>? obj, string key) =>
+        obj?.Metadata?.Annotations is { } annotations && annotations.TryGetValue(key, out var value) ? value : null;
+
+    /// <summary>The placement index a child was built for, when it was built from <paramref name="generation"/>.</summary>
+    public static int? PlacementIndex(IKubernetesObject<V1ObjectMeta>? child, long? generation)
+    {
+        if (Annotation(child, GenerationAnnotation) != generation?.ToString(System.Globalization.CultureInfo.InvariantCulture)
+            || Annotation(child, Api.Labels.PlacementAnnotation) is not { } placement)
+        {
+            return null;
+        }
+
+        var colon = placement.IndexOf(':', StringComparison.Ordinal);
+        return int.TryParse(colon < 0 ? placement : placement[..colon], System.Globalization.CultureInfo.InvariantCulture, out var index) ? index : null;
+    }
+
+    /// <summary>The placement annotation copied onto the pod template (to tell pods of the current placement from old ones).</summary>
+    public static Dictionary<string, string>? PodAnnotations(V1ObjectMeta meta)
+    {
+        ArgumentNullException.ThrowIfNull(meta);
+        return meta.Annotations?.TryGetValue(Api.Labels.PlacementAnnotation, out var placement) == true
+            ? new Dictionary<string, string>(StringComparer.Ordinal) { [Api.Labels.PlacementAnnotation] = placement }
+            : null;
+    }
+
+    /// <summary>A label's value, or null.</summary>
+    public static string? Label(IKubernetesObject<V1ObjectMeta> obj, string key)
+    {
+        ArgumentNullException.ThrowIfNull(obj);
+        return obj.Metadata?.Labels is { } labels && labels.TryGetValue(key, out var value) ? value : null;
+    }
+
+    /// <summary>True when <paramref name="obj"/> carries the labels of <paramref name="owner"/>'s <paramref name="component"/> child.</summary>
+    public static bool IsComponentOf(IKubernetesObject<V1ObjectMeta> obj, IKubernetesObject<V1ObjectMeta> owner, string component)
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        return Label(obj, Api.Labels.OwnerKey(owner.Kind)) == owner.Metadata.Name && Label(obj, Api.Labels.Component) == component;
     }
 
     internal static string Json(object value) => JsonSerializer.Serialize(value);

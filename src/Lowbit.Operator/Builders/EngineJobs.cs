@@ -19,7 +19,11 @@ public static class EngineJobs
             PodFailurePolicy = PodTemplates.FailurePolicy(),
             Template = new V1PodTemplateSpec
             {
-                Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string>(meta.Labels, StringComparer.Ordinal) },
+                Metadata = new V1ObjectMeta
+                    {
+                        Labels = new Dictionary<string, string>(meta.Labels, StringComparer.Ordinal),
+                        Annotations = ChildMeta.PodAnnotations(meta),
+                    },
                 Spec = pod,
             },
         },

@@ -69,7 +69,11 @@ public static class InferenceDeploymentBuilder
                 },
                 Template = new V1PodTemplateSpec
                 {
-                    Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string>(meta.Labels, StringComparer.Ordinal) },
+                    Metadata = new V1ObjectMeta
+                    {
+                        Labels = new Dictionary<string, string>(meta.Labels, StringComparer.Ordinal),
+                        Annotations = ChildMeta.PodAnnotations(meta),
+                    },
                     Spec = pod,
                 },
             },

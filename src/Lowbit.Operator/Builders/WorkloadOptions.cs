@@ -34,6 +34,9 @@ public sealed class WorkloadOptions
     /// <summary>Host memory a GPU pod requests when the spec gives none, beyond the weights it stages.</summary>
     public string DefaultHostMemory { get; set; } = "8Gi";
 
+    /// <summary>Hugging Face Hub endpoint the operator fetches config.json from (a mirror, or a test server).</summary>
+    public string HubEndpoint { get; set; } = Lowbit.Engine.Protocol.EngineEnv.DefaultHfEndpoint;
+
     /// <summary>Cluster DNS suffix for <c>status.url</c>.</summary>
     public string ClusterDomain { get; set; } = "cluster.local";
 }
