@@ -42,7 +42,7 @@ public sealed record NoFit : PlanResult
     /// <summary>The memory-rejected option closest to fitting (or, when memory was never the issue, the cheapest rejected one).</summary>
     public required DoesNotFit Closest { get; init; }
 
-    /// <summary>Options whose memory fits but that the constraints rejected, cheapest first (empty when none).</summary>
+    /// <summary>Options whose memory fits but that the constraints rejected: GPU ones cheapest first, then CPU nodes (empty when none).</summary>
     public required IReadOnlyList<DoesNotFit> FitsWithoutConstraints { get; init; }
 }
 
@@ -101,6 +101,8 @@ public static class Planner
                 closest = rejected;
             }
         }
+        // GPU placements first: a CPU node "fits" most models, at a few tokens per second.
+        constrained.Sort((a, b) => a.NodeType.Kind != b.NodeType.Kind ? a.NodeType.Kind.CompareTo(b.NodeType.Kind) : Compare(a, b));
         return new NoFit
         {
             Request = request,
