@@ -90,7 +90,9 @@ public static class Planner
         foreach (var option in options)
         {
             var rejected = (DoesNotFit)option;
-            if (rejected.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget or RejectionReason.TooSlow)
+            var constraint = rejected.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget or RejectionReason.TooSlow;
+            if (constraint && rejected.PerDevice.Total <= rejected.UsablePerDevice
+                && (workload.Mode != WorkloadMode.Inference || DividesHeads(model, rejected.Devices)))
             {
                 constrained.Add(rejected);
             }
@@ -170,10 +172,24 @@ public static class Planner
         var hourly = node.Kind == DeviceKind.Cpu ? node.UsdPerHour : node.UsdPerHour * gpusPerNode * nodes;
         var throughput = ThroughputModel.Estimate(model, p, w, node, devices, hourly);
 
+        // Order: what the user excluded (GPU types, CPU opt-in) is not worth a memory explanation; then
+        // divisibility and memory, which no budget can fix; then budget and speed.
         RejectionReason? reason = null;
         var shortfall = ByteSize.Zero;
         string explanation = "";
-        if (w.Mode == WorkloadMode.Inference && !DividesHeads(model, devices))
+        var allowed = request.Constraints.AllowedGpuTypes;
+        if (node.Kind == DeviceKind.Cpu && !Named(allowed, node))
+        {
+            // CPU nodes serve at a few tokens/s: they are opt-in, never a silent default.
+            reason = RejectionReason.GpuTypeNotAllowed;
+            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name})";
+        }
+        else if (allowed.Count > 0 && !Named(allowed, node))
+        {
+            reason = RejectionReason.GpuTypeNotAllowed;
+            explanation = $"{node.Name} is not among the allowed GPU types ({string.Join(", ", allowed)})";
+        }
+        else if (w.Mode == WorkloadMode.Inference && !DividesHeads(model, devices))
         {
             reason = RejectionReason.ShardsDoNotDivideHeads;
             explanation = $"{devices} shards do not divide {model.AttentionHeads} attention heads / {model.KvHeads} KV heads";
@@ -183,17 +199,6 @@ public static class Planner
             reason = RejectionReason.InsufficientMemory;
             shortfall = perDevice.Total - usable;
             explanation = $"short by {shortfall.ToGiBString()} per {(node.Kind == DeviceKind.Cpu ? "node" : "GPU")} (needs {perDevice.Total.ToGiBString()} of {usable.ToGiBString()} usable)";
-        }
-        else if (node.Kind == DeviceKind.Cpu && !Named(request.Constraints.AllowedGpuTypes, node))
-        {
-            // CPU nodes serve at a few tokens/s: they are opt-in, never a silent default.
-            reason = RejectionReason.GpuTypeNotAllowed;
-            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name})";
-        }
-        else if (request.Constraints.AllowedGpuTypes.Count > 0 && !Named(request.Constraints.AllowedGpuTypes, node))
-        {
-            reason = RejectionReason.GpuTypeNotAllowed;
-            explanation = $"{node.Name} is not among the allowed GPU types ({string.Join(", ", request.Constraints.AllowedGpuTypes)})";
         }
         else if (hourly > request.Constraints.MaxUsdPerHour)
         {
@@ -289,22 +294,20 @@ public static class Planner
         {
             case Planned planned:
                 builder.Append(": ").Append(planned.Choice.Label).Append(Price(planned.Choice.HourlyUsd));
+                // The cheaper options closest in price to the choice, nearest first; excluded types are not explained.
                 var listed = 0;
-                foreach (var option in result.Options)
+                var index = IndexOf(result.Options, planned.Choice);
+                for (var i = index - 1; i >= 0 && listed < 4; i--)
                 {
-                    if (ReferenceEquals(option, planned.Choice) || listed == 4)
+                    if (result.Options[i] is DoesNotFit { Reason: not RejectionReason.GpuTypeNotAllowed } cheaper)
                     {
-                        break;
-                    }
-                    if (option is DoesNotFit cheaper)
-                    {
-                        builder.Append("; ").Append(cheaper.Label).Append(' ').Append(cheaper.Explanation);
+                        builder.Append("; ").Append(cheaper.Label).Append(' ').Append(Brief(cheaper));
                         listed++;
                     }
                 }
                 break;
             case NoFit noFit:
-                builder.Append(": nothing fits; closest: ").Append(noFit.Closest.Label).Append(' ').Append(noFit.Closest.Explanation);
+                builder.Append(": nothing fits; closest: ").Append(noFit.Closest.Label).Append(' ').Append(Brief(noFit.Closest));
                 if (noFit.FitsWithoutConstraints.Count > 0)
                 {
                     var unconstrained = noFit.FitsWithoutConstraints[0];
@@ -313,6 +316,22 @@ public static class Planner
                 break;
         }
         return builder.ToString();
+    }
+
+    private static string Brief(DoesNotFit option) => option.Reason == RejectionReason.InsufficientMemory
+        ? $"short by {option.Shortfall.ToGiBString()}{(option.Devices > 1 ? " per GPU" : "")}"
+        : option.Explanation;
+
+    private static int IndexOf(IReadOnlyList<PlacementOption> options, PlacementOption target)
+    {
+        for (var i = 0; i < options.Count; i++)
+        {
+            if (ReferenceEquals(options[i], target))
+            {
+                return i;
+            }
+        }
+        return -1;
     }
 
     private static string Price(double usd) => string.Create(CultureInfo.InvariantCulture, $" at ${usd:0.00}/h");

@@ -36,6 +36,15 @@ public sealed class PlacementTests
         Assert.StartsWith("Llama-2-70B int4 needs 36.", result.Summary, StringComparison.Ordinal);
         Assert.Contains("2× L4-24GB at $1.12/h", result.Summary, StringComparison.Ordinal);
         Assert.Contains("1× L4-24GB short by", result.Summary, StringComparison.Ordinal);
+        Assert.DoesNotContain("T4", result.Summary, StringComparison.Ordinal); // excluded types are not explained
+    }
+
+    [Fact]
+    public void Does_write_the_issue_style_sentence_for_single_gpu_node_types()
+    {
+        var catalog = CatalogJson.Parse("""{ "replaceDefaults": true, "nodeTypes": [ { "name": "l4", "gpusPerNode": 1 }, { "name": "a100-40gb", "gpusPerNode": 1 } ] }""");
+        var result = Planner.Plan(Request(ModelPresets.Llama2_70B, "int4") with { Catalog = catalog });
+        Assert.Matches(@"^Llama-2-70B int4 needs 3\d\.\d GiB: 1× A100-40GB at \$2\.87/h; 1× L4-24GB short by 1\d\.\d GiB$", result.Summary);
     }
 
     [Theory]

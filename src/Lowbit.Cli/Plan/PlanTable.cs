@@ -7,8 +7,11 @@ namespace Lowbit.Cli.Plan;
 /// <summary>The <c>lowbit plan --output table</c> rendering: summary, memory breakdown, ranked options.</summary>
 public static class PlanTable
 {
-    /// <summary>Options shown: every option up to the choice, then this many more.</summary>
+    /// <summary>Options shown after the choice.</summary>
     public const int ExtraOptionsShown = 5;
+
+    /// <summary>Cheaper (rejected) options shown before the choice: the closest in price.</summary>
+    public const int CheaperOptionsShown = 10;
 
     public static void Write(IAnsiConsole console, PlanResult result)
     {
@@ -42,7 +45,12 @@ public static class PlanTable
         options.AddColumn("verdict");
         var chosenIndex = chosen is null ? -1 : IndexOf(result.Options, chosen);
         var limit = Math.Min(result.Options.Count, chosenIndex >= 0 ? chosenIndex + 1 + ExtraOptionsShown : 12);
-        for (var i = 0; i < limit; i++)
+        var first = Math.Max(0, chosenIndex - CheaperOptionsShown);
+        if (first > 0)
+        {
+            console.MarkupLine($"[grey]{first} cheaper options that do not fit are not shown (see --output json)[/]");
+        }
+        for (var i = first; i < limit; i++)
         {
             var option = result.Options[i];
             var isChoice = i == chosenIndex;
@@ -65,7 +73,7 @@ public static class PlanTable
         console.Write(options);
         if (result.Options.Count > limit)
         {
-            console.MarkupLine($"[grey]{result.Options.Count - limit} more options in --output json[/]");
+            console.MarkupLine($"[grey]{result.Options.Count - limit} dearer options in --output json[/]");
         }
     }
 
