@@ -197,3 +197,42 @@ public class StructuralSchemaTests
         Assert.False(obj["spec"]!.AsObject().ContainsKey("method"));
     }
 }
+
+public class StructuralSchemaLoadingShapesTests
+{
+    [Fact]
+    public void Does_read_items_defaults_and_enums_from_yaml_deserialized_schemas()
+    {
+        // KubernetesYaml leaves object-typed members (items, default, enum) as Dictionary<object, object> and boxed scalars.
+        var schema = k8s.KubernetesYaml.Deserialize<V1JSONSchemaProps>("""
+            type: object
+            properties:
+              list:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    mode: {type: string, enum: [a, b], default: a}
+                    n: {type: integer, default: 5, maximum: 9}
+              nothing: {type: string, enum: [x, null], nullable: true}
+            """);
+        var obj = Yaml.ParseObject("list: [{}, {mode: c, n: 10}]\nnothing: null");
+        var errors = StructuralSchema.Apply(obj, schema);
+        Assert.Equal("a", (string?)obj["list"]![0]!["mode"]);
+        Assert.Equal(5, (int)obj["list"]![0]!["n"]!);
+        Assert.Equal(["list[1].mode", "list[1].n"], errors.Select(e => e.Field).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void Does_read_json_element_shapes_from_json_deserialized_schemas()
+    {
+        var schema = k8s.KubernetesJson.Deserialize<V1JSONSchemaProps>("""
+            {"type":"object","properties":{"m":{"type":"object","additionalProperties":{"type":"integer","minimum":0}},
+             "s":{"type":"string","default":"d"}}}
+            """);
+        var obj = new JsonObject { ["m"] = new JsonObject { ["x"] = -1, ["y"] = 2 } };
+        var error = Assert.Single(StructuralSchema.Apply(obj, schema));
+        Assert.Equal("m[x]", error.Field);
+        Assert.Equal("d", (string?)obj["s"]);
+    }
+}

@@ -27,9 +27,11 @@ public sealed class FineTuneJob : IKubernetesObject<V1ObjectMeta>, ISpec<FineTun
     public string Kind { get; set; } = KindName;
     public V1ObjectMeta Metadata { get; set; } = new();
 
+    [Description("The desired fine-tune.")]
     [Required]
     public FineTuneJobSpec Spec { get; set; } = new();
 
+    [Description("What the operator observed and produced; written only by the operator.")]
     public FineTuneJobStatus? Status { get; set; }
 }
 

@@ -26,9 +26,11 @@ public sealed class QuantizedModel : IKubernetesObject<V1ObjectMeta>, ISpec<Quan
     public string Kind { get; set; } = KindName;
     public V1ObjectMeta Metadata { get; set; } = new();
 
+    [Description("The desired quantization.")]
     [Required]
     public QuantizedModelSpec Spec { get; set; } = new();
 
+    [Description("What the operator observed and produced; written only by the operator.")]
     public QuantizedModelStatus? Status { get; set; }
 }
 
