@@ -667,9 +667,14 @@ internal sealed class ApiRequestHandler
     private static async Task<DeleteOptions> ReadDeleteOptionsAsync(HttpContext context)
     {
         var query = context.Request.Query;
-        var text = await ReadTextAsync(context).ConfigureAwait(false);
         JsonObject body = [];
-        if (!string.IsNullOrWhiteSpace(text))
+        var isProtobuf = (context.Request.ContentType ?? "").StartsWith("application/vnd.kubernetes.protobuf", StringComparison.Ordinal);
+        var text = isProtobuf ? "" : await ReadTextAsync(context).ConfigureAwait(false);
+        if (isProtobuf)
+        {
+            body = await ReadObjectAsync(context).ConfigureAwait(false);
+        }
+        else if (!string.IsNullOrWhiteSpace(text))
         {
             try
             {

@@ -43,6 +43,10 @@ internal static class ProtobufBodies
                     break;
             }
         }
+        if (kind == "DeleteOptions")
+        {
+            return DecodeDeleteOptions(raw ?? []);
+        }
         var obj = new JsonObject { ["apiVersion"] = apiVersion, ["kind"] = kind };
         var metadata = new JsonObject();
         obj["metadata"] = metadata;
@@ -90,6 +94,44 @@ internal static class ProtobufBodies
             throw Unsupported($"protobuf {kind} bodies");
         }
         return obj;
+    }
+
+    private static JsonObject DecodeDeleteOptions(ReadOnlyMemory<byte> raw)
+    {
+        var options = new JsonObject { ["kind"] = "DeleteOptions", ["apiVersion"] = "meta.k8s.io/v1" };
+        foreach (var (field, _, b) in Fields(raw))
+        {
+            switch (field)
+            {
+                case 1:
+                    var i = 0;
+                    options["gracePeriodSeconds"] = (long)Varint(b.Span, ref i);
+                    break;
+                case 2:
+                    var preconditions = new JsonObject();
+                    foreach (var (f, _, v) in Fields(b))
+                    {
+                        preconditions[f == 1 ? "uid" : "resourceVersion"] = Str(v);
+                    }
+                    options["preconditions"] = preconditions;
+                    break;
+                case 3:
+                    options["orphanDependents"] = b.Length > 0 && b.Span[0] != 0;
+                    break;
+                case 4:
+                    options["propagationPolicy"] = Str(b);
+                    break;
+                case 5:
+                    if (options["dryRun"] is not JsonArray dryRun)
+                    {
+                        dryRun = [];
+                        options["dryRun"] = dryRun;
+                    }
+                    dryRun.Add(Str(b));
+                    break;
+            }
+        }
+        return options;
     }
 
     private static void DecodeMeta(ReadOnlyMemory<byte> bytes, JsonObject metadata)
