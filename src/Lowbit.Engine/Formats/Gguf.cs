@@ -50,10 +50,20 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType E
     public IReadOnlyList<object> AsArray() => ((System.Collections.IList)Value).Cast<object>().ToList();
 }
 
-/// <summary>A tensor to write: name, ggml dims (ne[0] fastest-varying), type and its encoded bytes.</summary>
-public sealed record GgufTensor(string Name, long[] Dimensions, GgmlType Type, byte[] Data)
+/// <summary>
+/// A tensor to write: name, ggml dims (ne[0] fastest-varying), type, and a function producing its encoded bytes
+/// (called once, in file order, after the header is written — so a whole model never sits encoded in memory).
+/// </summary>
+public sealed record GgufTensor(string Name, long[] Dimensions, GgmlType Type, Func<byte[]> Encode)
 {
+    public GgufTensor(string name, long[] dimensions, GgmlType type, byte[] data)
+        : this(name, dimensions, type, () => data)
+    {
+    }
+
     public long Elements => Dimensions.Aggregate(1L, (a, b) => a * b);
+
+    public long ByteSize => GgmlQuants.ByteSize(Type, Elements);
 }
 
 /// <summary>A tensor entry read from a file: its bytes are located at <see cref="Offset"/> from the data section start.</summary>
@@ -106,10 +116,6 @@ public static class GgufWriter
         long offset = 0;
         foreach (var t in tensors)
         {
-            if (t.Data.Length != GgmlQuants.ByteSize(t.Type, t.Elements))
-            {
-                throw new ArgumentException($"tensor '{t.Name}': {t.Type} with {t.Elements} elements needs {GgmlQuants.ByteSize(t.Type, t.Elements)} bytes, got {t.Data.Length}", nameof(tensors));
-            }
             WriteString(w, t.Name);
             w.Write((uint)t.Dimensions.Length);
             foreach (var ne in t.Dimensions)
@@ -118,13 +124,18 @@ public static class GgufWriter
             }
             w.Write((int)t.Type);
             w.Write((ulong)offset);
-            offset += Pad(t.Data.Length, alignment);
+            offset += Pad(t.ByteSize, alignment);
         }
         w.Flush();
         WritePadding(stream, alignment);
         foreach (var t in tensors)
         {
-            stream.Write(t.Data);
+            var data = t.Encode();
+            if (data.Length != t.ByteSize)
+            {
+                throw new ArgumentException($"tensor '{t.Name}': {t.Type} with {t.Elements} elements needs {t.ByteSize} bytes, got {data.Length}", nameof(tensors));
+            }
+            stream.Write(data);
             WritePadding(stream, alignment);
         }
     }
