@@ -110,6 +110,16 @@ public sealed record QuantizedTensor : IDisposable
         return this;
     }
 
+    /// <summary>Detaches all tensors from every dispose scope: the caller owns them (dispose this record).</summary>
+    public QuantizedTensor DetachFromDisposeScope()
+    {
+        Codes.DetachFromDisposeScope();
+        Scales.DetachFromDisposeScope();
+        Zeros.DetachFromDisposeScope();
+        GroupIndex?.DetachFromDisposeScope();
+        return this;
+    }
+
     /// <summary>A copy of this tensor on <paramref name="device"/>.</summary>
     public QuantizedTensor To(Device device) => this with
     {
