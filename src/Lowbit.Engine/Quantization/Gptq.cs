@@ -92,8 +92,10 @@ public static class Gptq
         var codes = torch.zeros(rows, columns, dtype: ScalarType.Float32, device: w.device);
         var scales = new List<Tensor>();
         var zeros = new List<Tensor>();
-        Tensor scale = null!;
-        Tensor zero = null!;
+        Tensor scale;
+        Tensor zero;
+        Tensor scaleColumn = null!;
+        Tensor zeroColumn = null!;
         for (long i1 = 0; i1 < columns; i1 += options.BlockSize)
         {
             using var block = torch.NewDisposeScope();
@@ -102,6 +104,7 @@ public static class Gptq
             var w1 = w[.., (int)i1..(int)i2].clone();
             var err1 = torch.zeros_like(w1);
             var hinv1 = hinv[(int)i1..(int)i2, (int)i1..(int)i2];
+            var diagonal = hinv1.diagonal().to(ScalarType.Float64).cpu().data<double>().ToArray();
             for (long i = 0; i < count; i++)
             {
                 var column = i1 + i;
@@ -113,19 +116,20 @@ public static class Gptq
                         ? w1[.., (int)i..(int)(i + groupSize)]
                         : torch.cat([w1[.., (int)i..], w[.., (int)i2..(int)end]], 1);
                     (scale, zero) = GroupParameters(group, maxq, options.Symmetric);
-                    scale.MoveToOuterDisposeScope().MoveToOuterDisposeScope();
-                    zero.MoveToOuterDisposeScope().MoveToOuterDisposeScope();
-                    scales.Add(scale);
-                    zeros.Add(zero);
+                    // Keep them past this block: a group may straddle blocks, and the scales are collected at the end.
+                    scales.Add(scale.MoveToOuterDisposeScope());
+                    zeros.Add(zero.MoveToOuterDisposeScope());
+                    scaleColumn = scale.squeeze(1).MoveToOuterDisposeScope();
+                    zeroColumn = zero.squeeze(1).MoveToOuterDisposeScope();
                 }
-                var wi = w1[.., (int)i].unsqueeze(1);
-                var qi = wi.div(scale).round().add(zero).clamp(0, maxq);
-                var dq = qi.sub(zero).mul(scale);
-                codes[.., (int)column] = qi.squeeze(1);
-                var d = hinv1[(int)i, (int)i];
-                var err = wi.sub(dq).div(d);
-                w1[.., (int)i..].sub_(err.matmul(hinv1[(int)i, (int)i..].unsqueeze(0)));
-                err1[.., (int)i] = err.squeeze(1);
+                using var step = torch.NewDisposeScope();
+                var wi = w1[.., (int)i];
+                var qi = wi.div(scaleColumn).round_().add_(zeroColumn).clamp_(0, maxq);
+                codes[.., (int)column].copy_(qi);
+                // err = (w − dequant(q)) / Hinv_ii, then W1[:, i:] −= err ⊗ Hinv[i, i:]
+                var err = wi.sub(qi.sub_(zeroColumn).mul_(scaleColumn)).div_(diagonal[i]);
+                w1[.., (int)i..].addr_(err, hinv1[(int)i, (int)i..], beta: 1, alpha: -1);
+                err1[.., (int)i].copy_(err);
             }
             if (i2 < columns)
             {

@@ -37,6 +37,71 @@ public sealed record ModelQuantizeOptions
     public GptqOptions Gptq { get; init; } = new();
 }
 
+/// <summary>Where the quantizer reads weights from: a checkpoint, or generated weights for benchmarks.</summary>
+public interface IWeightSource
+{
+    LlamaConfig Config { get; }
+
+    Tensor Load(string name, ScalarType dtype, Device device);
+}
+
+/// <summary>A checkpoint's tensors (memory-mapped, one at a time).</summary>
+public sealed class CheckpointWeights(Checkpoint checkpoint) : IWeightSource
+{
+    public LlamaConfig Config => checkpoint.Config;
+
+    public Tensor Load(string name, ScalarType dtype, Device device) => checkpoint.Load(name, dtype, device);
+}
+
+/// <summary>
+/// Deterministic random weights of a config's shapes (norms 1, everything else normal(0, std) rounded through
+/// <paramref name="storage"/>), generated on the device on demand: a 7B-shaped model without a 13 GB file.
+/// </summary>
+public sealed class RandomWeights(LlamaConfig config, ScalarType storage = ScalarType.BFloat16, double std = 0.02, long seed = 0) : IWeightSource
+{
+    public LlamaConfig Config => config;
+
+    public Tensor Load(string name, ScalarType dtype, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var shape = Shape(name);
+        if (name.EndsWith("norm.weight", StringComparison.Ordinal))
+        {
+            return torch.ones(shape, dtype: dtype, device: device).MoveToOuterDisposeScope();
+        }
+        var generator = new Generator((ulong)(seed * 1_000_003 + StableHash(name)), device);
+        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device, generator: generator).mul_(std).to(storage).to(dtype);
+        return t.MoveToOuterDisposeScope();
+    }
+
+    private long[] Shape(string name)
+    {
+        long h = config.HiddenSize, i = config.IntermediateSize, q = (long)config.NumAttentionHeads * config.HeadDim, kv = (long)config.NumKeyValueHeads * config.HeadDim;
+        var part = name.Contains(".layers.", StringComparison.Ordinal) ? name[(name.IndexOf('.', name.IndexOf(".layers.", StringComparison.Ordinal) + 8) + 1)..] : name;
+        return part switch
+        {
+            "model.embed_tokens.weight" or "lm_head.weight" => [config.VocabSize, h],
+            "model.norm.weight" or "input_layernorm.weight" or "post_attention_layernorm.weight" => [h],
+            "self_attn.q_proj.weight" => [q, h],
+            "self_attn.k_proj.weight" or "self_attn.v_proj.weight" => [kv, h],
+            "self_attn.o_proj.weight" => [h, q],
+            "mlp.gate_proj.weight" or "mlp.up_proj.weight" => [i, h],
+            "mlp.down_proj.weight" => [h, i],
+            _ => throw new KeyNotFoundException($"no tensor '{name}' in a {config.Architecture} of this config"),
+        };
+    }
+
+    private static long StableHash(string s)
+    {
+        ulong hash = 14695981039346656037;
+        foreach (var c in s)
+        {
+            hash = (hash ^ c) * 1099511628211;
+        }
+        return (long)(hash & 0x7FFFFFFF);
+    }
+}
+
 /// <summary>One projection's outcome: width, relative reconstruction error ‖W − Ŵ‖/‖W‖, size.</summary>
 public sealed record QuantizedLayerReport(string Name, int Bits, double RelativeError, long Parameters, long StorageBytes);
 
@@ -80,7 +145,11 @@ public static class ModelQuantizer
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
     /// <summary>Quantizes every decoder projection; <paramref name="progress"/> gets (layers done, layers).</summary>
-    public static QuantizedModel Quantize(Checkpoint checkpoint, ModelQuantizeOptions options, Action<int, int>? progress = null)
+    public static QuantizedModel Quantize(Checkpoint checkpoint, ModelQuantizeOptions options, Action<int, int>? progress = null) =>
+        Quantize(new CheckpointWeights(checkpoint), options, progress);
+
+    /// <summary>Quantizes every decoder projection of <paramref name="checkpoint"/>'s weights.</summary>
+    public static QuantizedModel Quantize(IWeightSource checkpoint, ModelQuantizeOptions options, Action<int, int>? progress = null)
     {
         if (options.Method == QuantMethod.Gptq && options.Calibration is null)
         {
@@ -150,7 +219,7 @@ public static class ModelQuantizer
         _ => throw new ArgumentOutOfRangeException(nameof(options), options.Method, null),
     };
 
-    private static Tensor Embed(Checkpoint checkpoint, ModelQuantizeOptions options)
+    private static Tensor Embed(IWeightSource checkpoint, ModelQuantizeOptions options)
     {
         using var scope = NewDisposeScope();
         var table = checkpoint.Load("model.embed_tokens.weight", ScalarType.Float32, options.Device);
@@ -160,6 +229,16 @@ public static class ModelQuantizer
             throw new EngineInputException("--calibration: token ids must be [samples, tokens]");
         }
         return table.index_select(0, ids.reshape(-1)).reshape(ids.shape[0], ids.shape[1], -1).MoveToOuterDisposeScope();
+    }
+
+    private static void LoadLayer(LlamaDecoderLayer layer, IWeightSource source, int index)
+    {
+        using var noGrad = no_grad();
+        foreach (var (name, parameter) in layer.named_parameters())
+        {
+            using var loaded = source.Load($"model.layers.{index}.{name}", parameter.dtype, parameter.device);
+            parameter.copy_(loaded);
+        }
     }
 
     /// <summary>Runs <paramref name="layer"/> over the hidden states in batches.</summary>
@@ -177,13 +256,13 @@ public static class ModelQuantizer
         return torch.cat(outputs, 0).MoveToOuterDisposeScope();
     }
 
-    private static Tensor QuantizeLayerWithCalibration(Checkpoint checkpoint, int index, Tensor hidden, ModelQuantizeOptions options,
+    private static Tensor QuantizeLayerWithCalibration(IWeightSource checkpoint, int index, Tensor hidden, ModelQuantizeOptions options,
         Func<string, int> bitsOf, Dictionary<string, QuantizedTensor> linears, List<QuantizedLayerReport> reports)
     {
         var config = checkpoint.Config;
         using var layer = new LlamaDecoderLayer(config, ScalarType.Float32, options.Device);
         layer.eval();
-        ModelIo.LoadLayer(layer, checkpoint, index);
+        LoadLayer(layer, checkpoint, index);
         var dense = layer.Projections().ToDictionary(p => p.Name, p => p.Layer, StringComparer.Ordinal);
         // q/k/v read the same input, and so do gate/up: one accumulator per distinct input.
         var shared = new Dictionary<string, string>
@@ -231,7 +310,7 @@ public static class ModelQuantizer
     }
 
     /// <summary>Measures every projection's error at each candidate width and allocates widths to meet the target.</summary>
-    private static BitAllocation Allocate(Checkpoint checkpoint, ModelQuantizeOptions options, double target)
+    private static BitAllocation Allocate(IWeightSource checkpoint, ModelQuantizeOptions options, double target)
     {
         var candidates = options.MixedCandidates.Where(b => b <= options.Bits).Order().ToArray();
         if (candidates.Length == 0)
@@ -273,7 +352,7 @@ public static class ModelQuantizer
     }
 
     /// <summary>Mean squared input per channel of every projection over the calibration set (dense forward pass).</summary>
-    private static Dictionary<string, Tensor> InputEnergy(Checkpoint checkpoint, ModelQuantizeOptions options)
+    private static Dictionary<string, Tensor> InputEnergy(IWeightSource checkpoint, ModelQuantizeOptions options)
     {
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var hidden = Embed(checkpoint, options);
@@ -283,7 +362,7 @@ public static class ModelQuantizer
             {
                 using var layer = new LlamaDecoderLayer(checkpoint.Config, ScalarType.Float32, options.Device);
                 layer.eval();
-                ModelIo.LoadLayer(layer, checkpoint, i);
+                LoadLayer(layer, checkpoint, i);
                 var wrappers = new List<(string Name, CapturingLinear Wrapper)>();
                 foreach (var (name, linear) in layer.Projections().ToList())
                 {

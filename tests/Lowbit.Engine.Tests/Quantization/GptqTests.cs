@@ -26,6 +26,7 @@ public class GptqTests
     [InlineData(4, 64, true, 0.9)]
     [InlineData(3, 128, false, 0.9)]
     [InlineData(2, 64, true, 1.0)]
+    [InlineData(4, 0, false, 0.9)]
     public void Does_beat_rtn_on_layer_output_error_when_measured_on_held_out_calibration_data(int bits, int groupSize, bool actOrder, double maxRatio)
     {
         using var scope = torch.NewDisposeScope();
