@@ -189,4 +189,50 @@ public sealed class PlacementTests
         var model = Assert.Throws<PlanInputException>(() => ModelPresets.Get("gpt-5"));
         Assert.Contains("llama-2-70b", model.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Does_default_weights_and_optimizer_per_mode()
+    {
+        Assert.Equal("nf4", PlannerNames.DefaultWeights(WorkloadMode.Qlora));
+        Assert.Equal("int8", PlannerNames.DefaultWeights(WorkloadMode.LowbitFull));
+        Assert.Equal("int4", PlannerNames.DefaultWeights(WorkloadMode.Quantize));
+        Assert.Equal("bf16", PlannerNames.DefaultWeights(WorkloadMode.Full));
+        Assert.Equal(OptimizerKind.AdamW8Bit, new Workload { Mode = WorkloadMode.LowbitFull, Weights = WeightFormat.Parse("int8") }.EffectiveOptimizer);
+        Assert.Equal(OptimizerKind.AdamW, new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16 }.EffectiveOptimizer);
+    }
+
+    [Fact]
+    public void Does_estimate_training_throughput_from_flops_and_price_per_million_training_tokens()
+    {
+        var result = Assert.IsType<Planned>(PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_7B,
+            Workload = new Workload { Mode = WorkloadMode.Qlora, Weights = WeightFormat.Nf4, GradientCheckpointing = true },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["a100-80gb"] },
+        }));
+        var throughput = result.Choice.Throughput;
+        Assert.Equal(ThroughputKind.Training, throughput.Kind);
+        // 6 FLOPs per active parameter per token (LoRA 4 + recompute 2) at 40% of 312 TFLOP/s.
+        Assert.Equal(312e12 * 0.4 / (6.0 * result.Parameters.Active), throughput.TokensPerSecond, 6);
+        Assert.Equal(3.85 / (throughput.TokensPerSecond * 3600) * 1e6, throughput.UsdPerMillionTokens, 9);
+    }
+
+    [Fact]
+    public void Does_plan_multi_node_training_only_on_NVLink_node_types_and_never_for_inference()
+    {
+        var training = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16, GradientCheckpointing = true },
+        });
+        var multiNode = training.Options.Where(o => o.Nodes > 1).ToList();
+        Assert.NotEmpty(multiNode);
+        Assert.All(multiNode, o => Assert.Equal(Interconnect.NvLink, o.NodeType.Interconnect));
+        var serving = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16 },
+        });
+        Assert.All(serving.Options, o => Assert.Equal(1, o.Nodes));
+    }
 }
