@@ -25,6 +25,11 @@ public enum RejectionReason
 /// </summary>
 public abstract record PlacementOption
 {
+    /// <summary>Closed: only <see cref="Fits"/> and <see cref="DoesNotFit"/> derive from it.</summary>
+    private protected PlacementOption()
+    {
+    }
+
     public required NodeType NodeType { get; init; }
 
     /// <summary>GPUs per node this replica uses (0 on a CPU node).</summary>

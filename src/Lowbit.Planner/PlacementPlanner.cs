@@ -18,6 +18,11 @@ public sealed record PlanRequest
 /// <summary>The outcome of <see cref="PlacementPlanner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
 public abstract record PlanResult
 {
+    /// <summary>Closed: only <see cref="Planned"/> and <see cref="NoFit"/> derive from it.</summary>
+    private protected PlanResult()
+    {
+    }
+
     public required PlanRequest Request { get; init; }
 
     public required ParameterCounts Parameters { get; init; }
