@@ -100,7 +100,7 @@ public static class PlanCommand
                 };
                 CheckGpuTypes(request);
 
-                var result = Planner.Planner.Plan(request);
+                var result = PlacementPlanner.Plan(request);
                 if (format == "json")
                 {
                     Console.Out.WriteLine(PlanJson.Write(result));

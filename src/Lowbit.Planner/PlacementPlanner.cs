@@ -15,9 +15,14 @@ public sealed record PlanRequest
     public PlacementConstraints Constraints { get; init; } = PlacementConstraints.None;
 }
 
-/// <summary>The outcome of <see cref="Planner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
+/// <summary>The outcome of <see cref="PlacementPlanner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
 public abstract record PlanResult
 {
+    /// <summary>Closed: only <see cref="Planned"/> and <see cref="NoFit"/> derive from it.</summary>
+    private protected PlanResult()
+    {
+    }
+
     public required PlanRequest Request { get; init; }
 
     public required ParameterCounts Parameters { get; init; }
@@ -29,7 +34,7 @@ public abstract record PlanResult
     public required IReadOnlyList<PlacementOption> Options { get; init; }
 
     /// <summary>One-line summary, e.g. <c>Llama-2-70B int4 needs 38.9 GiB: 1× A100-40GB at $2.87/h; …</c>.</summary>
-    public string Summary => Planner.Describe(this);
+    public string Summary => PlacementPlanner.Describe(this);
 }
 
 public sealed record Planned : PlanResult
@@ -51,7 +56,7 @@ public sealed record NoFit : PlanResult
 /// device, checks divisibility, memory with headroom and the constraints, ranks by USD/hour and picks the
 /// cheapest that fits. Pure and allocation-light (a few hundred small objects per call).
 /// </summary>
-public static class Planner
+public static class PlacementPlanner
 {
     /// <summary>GPUs per replica tried on one node (bounded by the node's GPU count).</summary>
     public static readonly IReadOnlyList<int> GpuCounts = [1, 2, 4, 8];
