@@ -120,6 +120,30 @@ public sealed class PlacementTests
     }
 
     [Fact]
+    public void Does_accept_cpu_as_the_name_of_any_CPU_node_type_for_every_mode()
+    {
+        // examples/local run the tiny model with allowedGpuTypes [cpu]: quantize, QLoRA and serving.
+        foreach (var mode in new[] { WorkloadMode.Quantize, WorkloadMode.Qlora, WorkloadMode.Inference })
+        {
+            var request = new PlanRequest
+            {
+                Model = ModelPresets.TinyLlama11B,
+                Workload = new Workload { Mode = mode, Weights = WeightFormat.Parse(PlannerNames.DefaultWeights(mode)) },
+                Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu"] },
+            };
+            var chosen = Assert.IsType<Planned>(Planner.Plan(request)).Choice;
+            Assert.Equal("cpu-highmem-16", chosen.NodeType.Name);
+        }
+        var vllm = new PlanRequest
+        {
+            Model = ModelPresets.TinyLlama11B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu"] },
+        };
+        Assert.DoesNotContain(Planner.Plan(vllm).Options, o => o.NodeType.Kind == DeviceKind.Cpu);
+    }
+
+    [Fact]
     public void Does_share_weight_reads_across_a_decode_batch()
     {
         var model = ModelPresets.Llama2_7B;

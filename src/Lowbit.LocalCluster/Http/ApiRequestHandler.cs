@@ -36,6 +36,9 @@ internal sealed class ApiRequestHandler
         _serverAddress = serverAddress;
     }
 
+    /// <summary>Called with unexpected exceptions (500 InternalError answers) for logging.</summary>
+    public Action<Exception>? OnInternalError { get; set; }
+
     private sealed record Target(ResourceType Type, string? Namespace, string? Name, string? Subresource);
 
     public async Task HandleAsync(HttpContext context)
@@ -72,6 +75,12 @@ internal sealed class ApiRequestHandler
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
         {
             status = 499;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            status = 500;
+            OnInternalError?.Invoke(ex);
+            await WriteErrorAsync(context, new ApiException(500, "InternalError", $"Internal error occurred: {ex.Message}")).ConfigureAwait(false);
         }
         finally
         {
@@ -370,24 +379,24 @@ internal sealed class ApiRequestHandler
         {
             await response.StartAsync(timeout.Token).ConfigureAwait(false);
             await response.Body.FlushAsync(timeout.Token).ConfigureAwait(false);
+            if (fault is { AfterEvents: 0 } immediate)
+            {
+                await ApplyWatchFaultAsync(context, immediate.Fault, timeout.Token).ConfigureAwait(false);
+                return;
+            }
             await foreach (var e in _api.WatchAsync(type, ns, options, timeout.Token).ConfigureAwait(false))
             {
-                if (fault is { } f && sent >= f.AfterEvents)
-                {
-                    await ApplyWatchFaultAsync(context, f.Fault, timeout.Token).ConfigureAwait(false);
-                    return;
-                }
-                var payload = e.Type == WatchEventType.Bookmark
+                var payload = e.Type == WatchEventKind.Bookmark
                     ? Encoding.UTF8.GetBytes(Bookmark(type, e).ToJsonString())
                     : asTable
                         ? Encoding.UTF8.GetBytes(_tables.Build(type, [Render(type, e.Object!)], null, null, includeObject).ToJsonString())
                         : RenderBytes(type, e.Object!);
                 await WriteEventAsync(response, e.Type.ToString().ToUpperInvariant(), payload, timeout.Token).ConfigureAwait(false);
-                sent++;
-            }
-            if (fault is { } late && sent >= late.AfterEvents)
-            {
-                await ApplyWatchFaultAsync(context, late.Fault, timeout.Token).ConfigureAwait(false);
+                if (e.Type != WatchEventKind.Bookmark && ++sent == fault?.AfterEvents)
+                {
+                    await ApplyWatchFaultAsync(context, fault.Value.Fault, timeout.Token).ConfigureAwait(false);
+                    return;
+                }
             }
         }
         catch (ApiException ex) when (ex.Code == 410 || ex.Code == 400)

@@ -174,7 +174,7 @@ public sealed partial class ClusterApi
         {
             return StoredObject.From(obj, 0);
         }
-        var stored = CommitLocked(type, obj, WatchEventType.Added, null);
+        var stored = CommitLocked(type, obj, WatchEventKind.Added, null);
         if (type == BuiltinResources.CustomResourceDefinitions)
         {
             ActivateCrdLocked(obj);
@@ -287,7 +287,7 @@ public sealed partial class ClusterApi
         {
             return RemoveLocked(type, next, current);
         }
-        var stored = CommitLocked(type, next, WatchEventType.Modified, current);
+        var stored = CommitLocked(type, next, WatchEventKind.Modified, current);
         if (type == BuiltinResources.CustomResourceDefinitions)
         {
             ActivateCrdLocked(next);

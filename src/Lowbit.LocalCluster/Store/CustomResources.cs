@@ -63,16 +63,12 @@ internal static class CustomResources
 }
 
 /// <summary>
-/// The seam to the structural-schema validator of Lowbit.Api (<c>Lowbit.Api.Schema.StructuralSchema.Apply</c>):
+/// The seam to the structural-schema validator of Lowbit.Api (<see cref="Lowbit.Api.Schema.StructuralSchema.Apply"/>):
 /// prunes unknown fields, applies defaults, then validates; errors become Status causes.
-/// Until that validator is merged, this accepts every object unchanged.
+/// CEL rules (<c>x-kubernetes-validations</c>) are not evaluated.
 /// </summary>
 internal static class CustomResourceSchema
 {
-    public static IEnumerable<StatusCause> Apply(JsonObject obj, V1JSONSchemaProps schema)
-    {
-        _ = obj;
-        _ = schema;
-        return [];
-    }
+    public static IEnumerable<StatusCause> Apply(JsonObject obj, V1JSONSchemaProps schema) =>
+        Lowbit.Api.Schema.StructuralSchema.Apply(obj, schema).Select(e => new StatusCause(e.Reason, e.Message, e.Field));
 }
