@@ -77,7 +77,7 @@ public class StatusRoundTripTests
                 Conditions = [Conditions.Quantized("3.9 GiB", 1, Now), Conditions.Ready("done", 1, Now)],
                 Plan = Plan,
                 Artifact = new ArtifactStatus { Uri = "pvc://models/llama-int4", Format = "lowbit", Bytes = 3_900_000_000, BitsPerWeight = 4.25, CompressionRatio = 3.76 },
-                Exports = [new ArtifactStatus { Uri = "pvc://models/llama-int4/gguf", Format = "gguf-q4_k_m", Bytes = 4_080_000_000 }],
+                Exports = [new ArtifactStatus { Uri = "pvc://models/llama-int4/gguf", Format = "gguf-q4_k", Bytes = 4_080_000_000 }],
                 Quality = new QualityStatus { PerplexityBefore = 5.47, PerplexityAfter = 5.72, MeanReconstructionError = 0.012 },
             },
         };
