@@ -111,7 +111,7 @@ public class CrdSchemaTests
         var spec = Root<QuantizedModel>().Properties["spec"];
         Assert.Equal(["rtn", "hqq", "gptq"], spec.Properties["method"].EnumProperty.Select(v => v.ToString()));
         Assert.Equal(
-            ["lowbit", "gptq", "gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"],
+            ["lowbit", "gptq", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k"],
             ((V1JSONSchemaProps)spec.Properties["formats"].Items).EnumProperty.Select(v => v.ToString()));
         Assert.Equal(["spec"], Root<QuantizedModel>().Required);
         Assert.Equal(["source", "method", "output"], spec.Required);
