@@ -252,6 +252,7 @@ public sealed class ClientTests : IClassFixture<ClusterFixture>
         _cluster.Server.Faults.BreakNextWatch(WatchFault.Stall, pathContains: $"/namespaces/{ns}/configmaps", afterEvents: 1);
         using var cts = new CancellationTokenSource();
         var names = new List<string>();
+        var firstSeen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var watching = Task.Run(async () =>
         {
             await foreach (var (_, item) in client.CoreV1.WatchListNamespacedConfigMapAsync(ns, cancellationToken: cts.Token))
@@ -260,8 +261,10 @@ public sealed class ClientTests : IClassFixture<ClusterFixture>
                 {
                     names.Add(item.Metadata.Name);
                 }
+                firstSeen.TrySetResult();
             }
         });
+        await firstSeen.Task.WaitAsync(TimeSpan.FromSeconds(20));
         await client.CoreV1.CreateNamespacedConfigMapAsync(ConfigMap("b"), ns);
         using var control = new CancellationTokenSource(TimeSpan.FromSeconds(20));
         await foreach (var (_, item) in client.CoreV1.WatchListNamespacedConfigMapAsync(ns, cancellationToken: control.Token))

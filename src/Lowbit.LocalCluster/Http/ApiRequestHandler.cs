@@ -230,8 +230,8 @@ internal sealed class ApiRequestHandler
                 return 201;
             case "create":
                 var body = await ReadObjectAsync(context).ConfigureAwait(false);
-                var created = _api.Create(type, ns, body, writeOptions);
-                await WriteObjectAsync(context, type, created, false, 201).ConfigureAwait(false);
+                var created = _api.CreateStored(type, ns, body, writeOptions);
+                await WriteStoredAsync(context, type, created, 201).ConfigureAwait(false);
                 return 201;
             case "update" when sub == "scale":
                 var scaleBody = await ReadObjectAsync(context).ConfigureAwait(false);
@@ -240,8 +240,8 @@ internal sealed class ApiRequestHandler
                 return 200;
             case "update":
                 var replacement = await ReadObjectAsync(context).ConfigureAwait(false);
-                var updated = _api.Update(type, ns, name!, replacement, writeOptions, sub == "status" ? "status" : null);
-                await WriteObjectAsync(context, type, updated, false).ConfigureAwait(false);
+                var updated = _api.UpdateStored(type, ns, name!, replacement, writeOptions, sub == "status" ? "status" : null);
+                await WriteStoredAsync(context, type, updated, 200).ConfigureAwait(false);
                 return 200;
             case "patch" when sub == "scale":
                 var scaleNow = ScaleOf(type, _api.Get(type, ns, name!));
@@ -580,6 +580,13 @@ internal sealed class ApiRequestHandler
 
     private static byte[] RenderBytes(ResourceType type, StoredObject obj) =>
         !type.IsCustom || type.Version == type.StorageVersion ? obj.Json : JsonSerializer.SerializeToUtf8Bytes(Render(type, obj));
+
+    private static async Task WriteStoredAsync(HttpContext context, ResourceType type, StoredObject stored, int status)
+    {
+        context.Response.StatusCode = status;
+        context.Response.ContentType = "application/json";
+        await context.Response.BodyWriter.WriteAsync(RenderBytes(type, stored)).ConfigureAwait(false);
+    }
 
     private async Task WriteObjectAsync(HttpContext context, ResourceType type, JsonObject obj, bool asTable, int status = 200)
     {

@@ -10,14 +10,17 @@ public sealed partial class ClusterApi
     private const string OrphanFinalizer = "orphan";
 
     /// <summary>Creates an object (POST). The argument is not modified; the stored object is returned.</summary>
-    public JsonObject Create(ResourceType type, string? ns, JsonObject obj, WriteOptions? options = null)
+    public JsonObject Create(ResourceType type, string? ns, JsonObject obj, WriteOptions? options = null) =>
+        CreateStored(type, ns, obj.DeepClone().AsObject(), options).ToJsonObject();
+
+    /// <summary>Create without copying the argument (which it then owns); returns the stored version.</summary>
+    internal StoredObject CreateStored(ResourceType type, string? ns, JsonObject candidate, WriteOptions? options = null)
     {
         options ??= WriteOptions.Default;
-        var candidate = obj.DeepClone().AsObject();
         PrepareIdentity(type, ns, candidate);
         lock (_gate)
         {
-            return CreateLocked(type, candidate, options, "Update").ToJsonObject();
+            return CreateLocked(type, candidate, options, "Update");
         }
     }
 
@@ -26,10 +29,13 @@ public sealed partial class ClusterApi
     /// is kept as stored (for resources with a status subresource). A non-empty metadata.resourceVersion must
     /// match the stored one (409 otherwise).
     /// </summary>
-    public JsonObject Update(ResourceType type, string? ns, string name, JsonObject obj, WriteOptions? options = null, string? subresource = null)
+    public JsonObject Update(ResourceType type, string? ns, string name, JsonObject obj, WriteOptions? options = null, string? subresource = null) =>
+        UpdateStored(type, ns, name, obj.DeepClone().AsObject(), options, subresource).ToJsonObject();
+
+    /// <summary>Update without copying the argument (which it then owns); returns the stored version.</summary>
+    internal StoredObject UpdateStored(ResourceType type, string? ns, string name, JsonObject candidate, WriteOptions? options = null, string? subresource = null)
     {
         options ??= WriteOptions.Default;
-        var candidate = obj.DeepClone().AsObject();
         PrepareIdentity(type, ns, candidate);
         if ((string?)candidate["metadata"]!["name"] != name)
         {
@@ -38,7 +44,7 @@ public sealed partial class ClusterApi
         lock (_gate)
         {
             var current = GetStoredLocked(type, ns, name);
-            return UpdateLocked(type, current, candidate, options, subresource, "Update").ToJsonObject();
+            return UpdateLocked(type, current, candidate, options, subresource, "Update");
         }
     }
 
