@@ -1,4 +1,5 @@
 using k8s.Models;
+using Lowbit.LocalCluster.Controllers;
 using Lowbit.LocalCluster.Kubelet;
 using Lowbit.LocalCluster.Store;
 using static Lowbit.LocalCluster.Tests.Cluster.ClusterHarness;
