@@ -22,15 +22,51 @@ public sealed partial class ClusterApi
     private readonly TimeProvider _time;
     private long _resourceVersion;
 
-    public ClusterApi(ClusterApiOptions? options = null, TimeProvider? time = null)
+    /// <summary>A fresh store with the initial namespaces, or one restored from <paramref name="stateDirectory"/>'s snapshot.</summary>
+    public ClusterApi(ClusterApiOptions? options = null, TimeProvider? time = null, string? stateDirectory = null)
     {
         Options = options ?? new ClusterApiOptions();
         _time = time ?? TimeProvider.System;
         Resources = new ResourceCatalog();
-        GarbageCollector = new GarbageCollector(this);
-        foreach (var ns in BuiltinResources.InitialNamespaces)
+        var snapshot = stateDirectory is null ? null : StateSnapshot.Load(stateDirectory);
+        if (snapshot is { } state)
         {
-            Create(BuiltinResources.Namespaces, null, new JsonObject { ["metadata"] = new JsonObject { ["name"] = ns } });
+            Restore(state.ResourceVersion, state.Objects);
+        }
+        GarbageCollector = new GarbageCollector(this);
+        if (snapshot is null)
+        {
+            foreach (var ns in BuiltinResources.InitialNamespaces)
+            {
+                Create(BuiltinResources.Namespaces, null, new JsonObject { ["metadata"] = new JsonObject { ["name"] = ns } });
+            }
+        }
+        else
+        {
+            GarbageCollector.Rebuild(SnapshotAll(out _).Select(o => (Resources.All.First(t => t.BucketKey == o.Bucket), o.Object)));
+        }
+    }
+
+    private void Restore(long resourceVersion, List<(string Bucket, JsonObject Object)> objects)
+    {
+        lock (_gate)
+        {
+            _resourceVersion = resourceVersion;
+            foreach (var (bucketKey, obj) in objects)
+            {
+                var rv = long.Parse((string?)obj["metadata"]?["resourceVersion"] ?? "0", System.Globalization.CultureInfo.InvariantCulture);
+                var stored = StoredObject.From(obj, rv);
+                if (!_buckets.TryGetValue(bucketKey, out var bucket))
+                {
+                    bucket = new Bucket { HistoryFloor = resourceVersion };
+                    _buckets[bucketKey] = bucket;
+                }
+                bucket.Items[stored.Key] = stored;
+                if (bucketKey == BuiltinResources.CustomResourceDefinitions.BucketKey)
+                {
+                    ActivateCrdLocked(obj);
+                }
+            }
         }
     }
 

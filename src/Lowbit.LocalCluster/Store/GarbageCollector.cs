@@ -91,6 +91,15 @@ public sealed class GarbageCollector : IDisposable
         }
     }
 
+    /// <summary>Indexes restored objects (no events are raised for them) and queues pending deletions.</summary>
+    internal void Rebuild(IEnumerable<(ResourceType Type, StoredObject Object)> objects)
+    {
+        foreach (var (type, obj) in objects)
+        {
+            OnCommitted(type, new WatchEvent(WatchEventType.Added, obj, null, obj.ResourceVersion));
+        }
+    }
+
     /// <summary>Runs under the store lock: keeps the indexes current and queues work.</summary>
     private void OnCommitted(ResourceType type, WatchEvent e)
     {
