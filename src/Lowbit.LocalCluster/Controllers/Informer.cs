@@ -111,9 +111,9 @@ public sealed class Informer
             {
                 return;
             }
-            catch (ApiException)
+            catch (Exception ex) when (ex is not OperationCanceledException)
             {
-                // The watch failed (resource gone or history expired): list and watch again.
+                // The watch failed (resource gone, history expired, server stopping): list and watch again.
             }
             if (!cancellationToken.IsCancellationRequested)
             {
