@@ -261,8 +261,8 @@ public sealed class DeploymentController
         var rsName = newRs?.Metadata.Name ?? deployment.Metadata.Name;
         var complete = newRs is not null && status.UpdatedReplicas == replicas && status.Replicas == replicas && status.AvailableReplicas == replicas;
         var progressing = conditions.FirstOrDefault(c => c.Type == "Progressing");
-        var progressed = old is null || old.UpdatedReplicas != status.UpdatedReplicas || old.AvailableReplicas != status.AvailableReplicas
-            || old.ReadyReplicas != status.ReadyReplicas || old.Replicas != status.Replicas || old.ObservedGeneration != status.ObservedGeneration;
+        var progressed = old is null || (old.UpdatedReplicas ?? 0) != status.UpdatedReplicas || (old.AvailableReplicas ?? 0) != status.AvailableReplicas
+            || (old.ReadyReplicas ?? 0) != status.ReadyReplicas || (old.Replicas ?? 0) != status.Replicas || old.ObservedGeneration != status.ObservedGeneration;
         if (deployment.Spec.Paused == true)
         {
             conditions = Set(conditions, Condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused", now));
@@ -286,6 +286,10 @@ public sealed class DeploymentController
         }
         status.Conditions = conditions.OrderBy(c => c.Type == "Available" ? 0 : 1).ToList();
         status.UnavailableReplicas = status.UnavailableReplicas == 0 ? null : status.UnavailableReplicas;
+        status.ReadyReplicas = status.ReadyReplicas == 0 ? null : status.ReadyReplicas;
+        status.AvailableReplicas = status.AvailableReplicas == 0 ? null : status.AvailableReplicas;
+        status.UpdatedReplicas = status.UpdatedReplicas == 0 ? null : status.UpdatedReplicas;
+        status.Replicas = status.Replicas == 0 ? null : status.Replicas;
         return status;
     }
 

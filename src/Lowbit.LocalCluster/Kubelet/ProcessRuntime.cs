@@ -272,8 +272,9 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
             while ((index = value.IndexOf(from, index, StringComparison.Ordinal)) >= 0)
             {
                 var end = index + from.Length;
-                var startsPath = index == 0 || value[index - 1] is ' ' or '=' or ':' or '"' or '\'' or ',';
-                var endsPath = end == value.Length || value[end] is '/' or ' ' or '"' or '\'' or ',' or ':' or ';' or '\n';
+                // A whole path segment: not part of a longer name on either side (/data must not match /database or /x/data).
+                var startsPath = index == 0 || !IsPathChar(value[index - 1]);
+                var endsPath = end == value.Length || value[end] == '/' || !IsPathChar(value[end]);
                 if (startsPath && endsPath)
                 {
                     value = string.Concat(value.AsSpan(0, index), to, value.AsSpan(end));
@@ -287,6 +288,8 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         }
         return value;
     }
+
+    private static bool IsPathChar(char c) => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or '/';
 
     private async Task ProbeAsync(V1Container container, Action<bool> setReady, CancellationToken cancellationToken)
     {
