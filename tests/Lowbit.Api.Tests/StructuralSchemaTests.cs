@@ -197,3 +197,95 @@ public class StructuralSchemaTests
         Assert.False(obj["spec"]!.AsObject().ContainsKey("method"));
     }
 }
+
+public class StructuralSchemaLoadingShapesTests
+{
+    [Fact]
+    public void Does_read_items_defaults_and_enums_from_yaml_deserialized_schemas()
+    {
+        // KubernetesYaml leaves object-typed members (items, default, enum) as Dictionary<object, object> and boxed scalars.
+        var schema = k8s.KubernetesYaml.Deserialize<V1JSONSchemaProps>("""
+            type: object
+            properties:
+              list:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    mode: {type: string, enum: [a, b], default: a}
+                    n: {type: integer, default: 5, maximum: 9}
+              nothing: {type: string, enum: [x, null], nullable: true}
+            """);
+        var obj = Yaml.ParseObject("list: [{}, {mode: c, n: 10}]\nnothing: null");
+        var errors = StructuralSchema.Apply(obj, schema);
+        Assert.Equal("a", (string?)obj["list"]![0]!["mode"]);
+        Assert.Equal(5, (int)obj["list"]![0]!["n"]!);
+        Assert.Equal(["list[1].mode", "list[1].n"], errors.Select(e => e.Field).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void Does_read_json_element_shapes_from_json_deserialized_schemas()
+    {
+        var schema = k8s.KubernetesJson.Deserialize<V1JSONSchemaProps>("""
+            {"type":"object","properties":{"m":{"type":"object","additionalProperties":{"type":"integer","minimum":0}},
+             "s":{"type":"string","default":"d"}}}
+            """);
+        var obj = new JsonObject { ["m"] = new JsonObject { ["x"] = -1, ["y"] = 2 } };
+        var error = Assert.Single(StructuralSchema.Apply(obj, schema));
+        Assert.Equal("m[x]", error.Field);
+        Assert.Equal("d", (string?)obj["s"]);
+    }
+}
+
+public class StructuralSchemaKeywordTests
+{
+    private static V1JSONSchemaProps Schema(string yaml) => k8s.KubernetesJson.Deserialize<V1JSONSchemaProps>(Yaml.ParseObject(yaml).ToJsonString());
+
+    [Theory]
+    [InlineData("{type: object, minProperties: 2}", "{a: 1}", "", "at least 2 properties")]
+    [InlineData("{type: number, multipleOf: 0.5}", "1.25", "", "multiple of 0.5")]
+    [InlineData("{type: string, format: date-time}", "yesterday", "", "date-time")]
+    [InlineData("{type: array, uniqueItems: true, items: {type: integer}}", "[1, 2, 1]", "[2]", "Duplicate value")]
+    [InlineData("{type: string, anyOf: [{pattern: '^a'}, {pattern: '^b'}]}", "c", "", "at least one")]
+    [InlineData("{type: integer, oneOf: [{minimum: 0}, {maximum: 10}]}", "5", "", "exactly one")]
+    [InlineData("{type: string, not: {enum: [forbidden]}}", "forbidden", "", "must not match")]
+    [InlineData("{type: integer, format: int64}", "1e30", "", "int64")]
+    public void Does_check_the_less_common_keywords(string schema, string value, string field, string message)
+    {
+        var errors = StructuralSchema.Validate(Yaml.ParseAll($"v: {value}")[0]["v"], Schema(schema));
+        var error = Assert.Single(errors);
+        Assert.Equal(field, error.Field);
+        Assert.Contains(message, error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("{type: object, minProperties: 2}", "{a: 1, b: 2}")]
+    [InlineData("{type: number, multipleOf: 0.5}", "1.5")]
+    [InlineData("{type: string, format: date-time}", "2026-11-22T19:33:28Z")]
+    [InlineData("{type: string, anyOf: [{pattern: '^a'}, {pattern: '^b'}]}", "banana")]
+    [InlineData("{type: integer, oneOf: [{minimum: 0}, {maximum: -1}]}", "5")]
+    [InlineData("{type: integer}", "3.0")]
+    [InlineData("{type: number}", "3")]
+    [InlineData("{x-kubernetes-preserve-unknown-fields: true}", "{any: [thing]}")]
+    public void Does_accept_values_that_satisfy_the_keyword(string schema, string value)
+    {
+        Assert.Empty(StructuralSchema.Validate(Yaml.ParseAll($"v: {value}")[0]["v"], Schema(schema)));
+    }
+
+    [Fact]
+    public void Does_keep_apiversion_kind_and_metadata_of_embedded_resources()
+    {
+        var schema = Schema("""
+            type: object
+            properties:
+              template:
+                type: object
+                x-kubernetes-embedded-resource: true
+                properties:
+                  spec: {type: object, properties: {a: {type: string}}}
+            """);
+        var obj = Yaml.ParseObject("template: {apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {a: x, b: y}, extra: 1}");
+        Assert.Empty(StructuralSchema.Apply(obj, schema));
+        Assert.Equal("""{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"a":"x"}}""", obj["template"]!.ToJsonString());
+    }
+}

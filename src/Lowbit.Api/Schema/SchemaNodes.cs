@@ -82,7 +82,19 @@ public static class SchemaNodes
             return node;
         }
 
-        return value.GetType().IsValueType || value is string ? ToNode(value) : NodeCache.GetValue(value, v => ToNode(v)!);
+        // Boxed values (JsonElement, YAML scalars) live in the schema's lists, so their box is a stable cache key.
+        if (NodeCache.TryGetValue(value, out var cached))
+        {
+            return cached;
+        }
+
+        var converted = ToNode(value);
+        if (converted is not null)
+        {
+            NodeCache.AddOrUpdate(value, converted);
+        }
+
+        return converted;
     }
 
     private static V1JSONSchemaProps? AsSchema(object? value) => value switch

@@ -18,6 +18,7 @@ public static class StructuralSchema
     private const int MaxShownValueLength = 80;
     private static readonly string[] RootMetaFields = ["apiVersion", "kind", "metadata"];
     private static readonly ConcurrentDictionary<string, Regex> Patterns = new(StringComparer.Ordinal);
+    private static readonly JsonSerializerOptions ShowOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>
     /// Prunes unknown fields (keeping <c>apiVersion</c>, <c>kind</c>, <c>metadata</c> at the root and anything under
@@ -449,7 +450,7 @@ public static class StructuralSchema
             return node.GetValueKind() == JsonValueKind.Object ? "\"object\"" : "\"array\"";
         }
 
-        var text = node?.ToJsonString(new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }) ?? "null";
+        var text = node?.ToJsonString(ShowOptions) ?? "null";
         if (text.Length <= MaxShownValueLength)
         {
             return text;

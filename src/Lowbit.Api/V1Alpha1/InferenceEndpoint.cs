@@ -26,9 +26,11 @@ public sealed class InferenceEndpoint : IKubernetesObject<V1ObjectMeta>, ISpec<I
     public string Kind { get; set; } = KindName;
     public V1ObjectMeta Metadata { get; set; } = new();
 
+    [Description("The desired endpoint.")]
     [Required]
     public InferenceEndpointSpec Spec { get; set; } = new();
 
+    [Description("What the operator observed and produced; written only by the operator.")]
     public InferenceEndpointStatus? Status { get; set; }
 }
 
@@ -108,11 +110,13 @@ public sealed record AdapterSpec
 [CelRule(CelRules.MinNotAboveMax, CelRules.MinNotAboveMaxMessage, FieldPath = ".minReplicas")]
 public sealed record AutoscalingSpec
 {
+    [Description("Fewest replicas an autoscaler may set.")]
     [Minimum(0)]
     [Maximum(64)]
     [Default(1)]
     public int MinReplicas { get; init; } = 1;
 
+    [Description("Most replicas an autoscaler may set.")]
     [Required]
     [Minimum(1)]
     [Maximum(64)]

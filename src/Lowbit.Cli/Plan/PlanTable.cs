@@ -7,8 +7,11 @@ namespace Lowbit.Cli.Plan;
 /// <summary>The <c>lowbit plan --output table</c> rendering: summary, memory breakdown, ranked options.</summary>
 public static class PlanTable
 {
-    /// <summary>Options shown: every option up to the choice, then this many more.</summary>
+    /// <summary>Options shown after the choice.</summary>
     public const int ExtraOptionsShown = 5;
+
+    /// <summary>Cheaper (rejected) options shown before the choice: the closest in price.</summary>
+    public const int CheaperOptionsShown = 10;
 
     public static void Write(IAnsiConsole console, PlanResult result)
     {
@@ -40,11 +43,14 @@ public static class PlanTable
         options.AddColumn(new TableColumn("tok/s").RightAligned());
         options.AddColumn(new TableColumn("USD/1M tok").RightAligned());
         options.AddColumn("verdict");
-        var chosenIndex = chosen is null ? -1 : IndexOf(result.Options, chosen);
-        var limit = Math.Min(result.Options.Count, chosenIndex >= 0 ? chosenIndex + 1 + ExtraOptionsShown : 12);
-        for (var i = 0; i < limit; i++)
+        // Excluded node types (not in --gpu-types, or CPU nodes not asked for) are left out of the table.
+        var shown = result.Options.Where(o => o is not DoesNotFit { Reason: RejectionReason.GpuTypeNotAllowed }).ToList();
+        var chosenIndex = chosen is null ? -1 : IndexOf(shown, chosen);
+        var limit = Math.Min(shown.Count, chosenIndex >= 0 ? chosenIndex + 1 + ExtraOptionsShown : 12);
+        var first = Math.Max(0, chosenIndex - CheaperOptionsShown);
+        for (var i = first; i < limit; i++)
         {
-            var option = result.Options[i];
+            var option = shown[i];
             var isChoice = i == chosenIndex;
             var verdict = option switch
             {
@@ -63,13 +69,14 @@ public static class PlanTable
                 verdict);
         }
         console.Write(options);
-        if (result.Options.Count > limit)
+        var hidden = result.Options.Count - limit + first;
+        if (hidden > 0)
         {
-            console.MarkupLine($"[grey]{result.Options.Count - limit} more options in --output json[/]");
+            console.MarkupLine($"[grey]{hidden} more options (far cheaper ones that do not fit, dearer ones, excluded node types) in --output json[/]");
         }
     }
 
-    private static int IndexOf(IReadOnlyList<PlacementOption> options, PlacementOption target)
+    private static int IndexOf(List<PlacementOption> options, PlacementOption target)
     {
         for (var i = 0; i < options.Count; i++)
         {

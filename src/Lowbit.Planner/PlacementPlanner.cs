@@ -15,9 +15,14 @@ public sealed record PlanRequest
     public PlacementConstraints Constraints { get; init; } = PlacementConstraints.None;
 }
 
-/// <summary>The outcome of <see cref="Planner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
+/// <summary>The outcome of <see cref="PlacementPlanner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
 public abstract record PlanResult
 {
+    /// <summary>Closed: only <see cref="Planned"/> and <see cref="NoFit"/> derive from it.</summary>
+    private protected PlanResult()
+    {
+    }
+
     public required PlanRequest Request { get; init; }
 
     public required ParameterCounts Parameters { get; init; }
@@ -29,7 +34,7 @@ public abstract record PlanResult
     public required IReadOnlyList<PlacementOption> Options { get; init; }
 
     /// <summary>One-line summary, e.g. <c>Llama-2-70B int4 needs 38.9 GiB: 1× A100-40GB at $2.87/h; …</c>.</summary>
-    public string Summary => Planner.Describe(this);
+    public string Summary => PlacementPlanner.Describe(this);
 }
 
 public sealed record Planned : PlanResult
@@ -42,7 +47,7 @@ public sealed record NoFit : PlanResult
     /// <summary>The memory-rejected option closest to fitting (or, when memory was never the issue, the cheapest rejected one).</summary>
     public required DoesNotFit Closest { get; init; }
 
-    /// <summary>Options whose memory fits but that the constraints rejected, cheapest first (empty when none).</summary>
+    /// <summary>Options whose memory fits but that the constraints rejected: GPU ones cheapest first, then CPU nodes (empty when none).</summary>
     public required IReadOnlyList<DoesNotFit> FitsWithoutConstraints { get; init; }
 }
 
@@ -51,7 +56,7 @@ public sealed record NoFit : PlanResult
 /// device, checks divisibility, memory with headroom and the constraints, ranks by USD/hour and picks the
 /// cheapest that fits. Pure and allocation-light (a few hundred small objects per call).
 /// </summary>
-public static class Planner
+public static class PlacementPlanner
 {
     /// <summary>GPUs per replica tried on one node (bounded by the node's GPU count).</summary>
     public static readonly IReadOnlyList<int> GpuCounts = [1, 2, 4, 8];
@@ -72,7 +77,7 @@ public static class Planner
         }
         if (options.Count == 0)
         {
-            throw new PlanInputException("catalog", $"no node type in the catalog can run mode {PlannerNames.Name(workload.Mode)} (CPU nodes serve and quantize only; vLLM needs GPUs)");
+            throw new PlanInputException("catalog", $"no node type in the catalog can run mode {PlannerNames.Name(workload.Mode)} (vLLM needs GPU nodes)");
         }
         options.Sort(Compare);
 
@@ -90,7 +95,9 @@ public static class Planner
         foreach (var option in options)
         {
             var rejected = (DoesNotFit)option;
-            if (rejected.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget or RejectionReason.TooSlow)
+            var constraint = rejected.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget or RejectionReason.TooSlow;
+            if (constraint && rejected.PerDevice.Total <= rejected.UsablePerDevice
+                && (workload.Mode != WorkloadMode.Inference || DividesHeads(model, rejected.Devices)))
             {
                 constrained.Add(rejected);
             }
@@ -99,6 +106,8 @@ public static class Planner
                 closest = rejected;
             }
         }
+        // GPU placements first: a CPU node "fits" most models, at a few tokens per second.
+        constrained.Sort((a, b) => a.NodeType.Kind != b.NodeType.Kind ? a.NodeType.Kind.CompareTo(b.NodeType.Kind) : Compare(a, b));
         return new NoFit
         {
             Request = request,
@@ -135,8 +144,8 @@ public static class Planner
         var w = request.Workload;
         if (node.Kind == DeviceKind.Cpu)
         {
-            var servesOnCpu = w.Mode == WorkloadMode.Quantize || (w.Mode == WorkloadMode.Inference && w.Runtime != ServingRuntime.Vllm);
-            if (servesOnCpu)
+            // Every mode runs on a CPU node (slowly: tiny models, local clusters) except vLLM, which needs GPUs.
+            if (w.Mode != WorkloadMode.Inference || w.Runtime != ServingRuntime.Vllm)
             {
                 options.Add(Evaluate(request, node, p, gpusPerNode: 0, nodes: 1));
             }
@@ -170,10 +179,24 @@ public static class Planner
         var hourly = node.Kind == DeviceKind.Cpu ? node.UsdPerHour : node.UsdPerHour * gpusPerNode * nodes;
         var throughput = ThroughputModel.Estimate(model, p, w, node, devices, hourly);
 
+        // Order: what the user excluded (GPU types, CPU opt-in) is not worth a memory explanation; then
+        // divisibility and memory, which no budget can fix; then budget and speed.
         RejectionReason? reason = null;
         var shortfall = ByteSize.Zero;
         string explanation = "";
-        if (w.Mode == WorkloadMode.Inference && !DividesHeads(model, devices))
+        var allowed = request.Constraints.AllowedGpuTypes;
+        if (node.Kind == DeviceKind.Cpu && !Named(allowed, node))
+        {
+            // CPU nodes serve at a few tokens/s: they are opt-in, never a silent default.
+            reason = RejectionReason.GpuTypeNotAllowed;
+            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name} or cpu)";
+        }
+        else if (allowed.Count > 0 && !Named(allowed, node))
+        {
+            reason = RejectionReason.GpuTypeNotAllowed;
+            explanation = $"{node.Name} is not among the allowed GPU types ({string.Join(", ", allowed)})";
+        }
+        else if (w.Mode == WorkloadMode.Inference && !DividesHeads(model, devices))
         {
             reason = RejectionReason.ShardsDoNotDivideHeads;
             explanation = $"{devices} shards do not divide {model.AttentionHeads} attention heads / {model.KvHeads} KV heads";
@@ -183,17 +206,6 @@ public static class Planner
             reason = RejectionReason.InsufficientMemory;
             shortfall = perDevice.Total - usable;
             explanation = $"short by {shortfall.ToGiBString()} per {(node.Kind == DeviceKind.Cpu ? "node" : "GPU")} (needs {perDevice.Total.ToGiBString()} of {usable.ToGiBString()} usable)";
-        }
-        else if (node.Kind == DeviceKind.Cpu && !Named(request.Constraints.AllowedGpuTypes, node))
-        {
-            // CPU nodes serve at a few tokens/s: they are opt-in, never a silent default.
-            reason = RejectionReason.GpuTypeNotAllowed;
-            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name})";
-        }
-        else if (request.Constraints.AllowedGpuTypes.Count > 0 && !Named(request.Constraints.AllowedGpuTypes, node))
-        {
-            reason = RejectionReason.GpuTypeNotAllowed;
-            explanation = $"{node.Name} is not among the allowed GPU types ({string.Join(", ", request.Constraints.AllowedGpuTypes)})";
         }
         else if (hourly > request.Constraints.MaxUsdPerHour)
         {
@@ -229,11 +241,16 @@ public static class Planner
         model.AttentionHeads % shards == 0
         && (model.KvHeads % shards == 0 || shards % model.KvHeads == 0);
 
+    /// <summary>Whether the allowed list names the node type, its GPU model, or (for CPU nodes) just <c>cpu</c>.</summary>
     private static bool Named(IReadOnlyList<string> allowed, NodeType node)
     {
         foreach (var name in allowed)
         {
             var key = Normalize(name);
+            if (node.Kind == DeviceKind.Cpu && key == "cpu")
+            {
+                return true;
+            }
             if (key == Normalize(node.Name) || key == Normalize(node.GpuModel))
             {
                 return true;
@@ -289,22 +306,20 @@ public static class Planner
         {
             case Planned planned:
                 builder.Append(": ").Append(planned.Choice.Label).Append(Price(planned.Choice.HourlyUsd));
+                // The cheaper options closest in price to the choice, nearest first; excluded types are not explained.
                 var listed = 0;
-                foreach (var option in result.Options)
+                var index = IndexOf(result.Options, planned.Choice);
+                for (var i = index - 1; i >= 0 && listed < 4; i--)
                 {
-                    if (ReferenceEquals(option, planned.Choice) || listed == 4)
+                    if (result.Options[i] is DoesNotFit { Reason: not RejectionReason.GpuTypeNotAllowed } cheaper)
                     {
-                        break;
-                    }
-                    if (option is DoesNotFit cheaper)
-                    {
-                        builder.Append("; ").Append(cheaper.Label).Append(' ').Append(cheaper.Explanation);
+                        builder.Append("; ").Append(cheaper.Label).Append(' ').Append(Brief(cheaper));
                         listed++;
                     }
                 }
                 break;
             case NoFit noFit:
-                builder.Append(": nothing fits; closest: ").Append(noFit.Closest.Label).Append(' ').Append(noFit.Closest.Explanation);
+                builder.Append(": nothing fits; closest: ").Append(noFit.Closest.Label).Append(' ').Append(Brief(noFit.Closest));
                 if (noFit.FitsWithoutConstraints.Count > 0)
                 {
                     var unconstrained = noFit.FitsWithoutConstraints[0];
@@ -313,6 +328,22 @@ public static class Planner
                 break;
         }
         return builder.ToString();
+    }
+
+    private static string Brief(DoesNotFit option) => option.Reason == RejectionReason.InsufficientMemory
+        ? $"short by {option.Shortfall.ToGiBString()}{(option.Devices > 1 ? " per GPU" : "")}"
+        : option.Explanation;
+
+    private static int IndexOf(IReadOnlyList<PlacementOption> options, PlacementOption target)
+    {
+        for (var i = 0; i < options.Count; i++)
+        {
+            if (ReferenceEquals(options[i], target))
+            {
+                return i;
+            }
+        }
+        return -1;
     }
 
     private static string Price(double usd) => string.Create(CultureInfo.InvariantCulture, $" at ${usd:0.00}/h");
