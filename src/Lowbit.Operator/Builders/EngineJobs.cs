@@ -61,7 +61,7 @@ public static class EngineJobs
         ExportFormat.Gptq => ExportFormats.Gptq,
         ExportFormat.GgufQ80 => ExportFormats.GgufQ8,
         ExportFormat.GgufQ40 => ExportFormats.GgufQ4,
-        ExportFormat.GgufQ4KM => ExportFormats.GgufQ4K,
-        _ => throw new InvalidSpecException("spec.formats", $"format {format} is not supported by the engine; accepted: lowbit, gptq, gguf-q8_0, gguf-q4_0, gguf-q4_k_m"),
+        ExportFormat.GgufQ4K => ExportFormats.GgufQ4K,
+        _ => throw new InvalidSpecException("spec.formats", $"format {format} is not supported by the engine; accepted: lowbit, gptq, gguf-q8_0, gguf-q4_0, gguf-q4_k"),
     };
 }

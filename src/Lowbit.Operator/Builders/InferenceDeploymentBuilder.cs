@@ -167,7 +167,7 @@ public static class InferenceDeploymentBuilder
             throw new InvalidSpecException("spec.model", "llamacpp serves a GGUF export: reference a QuantizedModel whose spec.formats include a gguf format");
         }
 
-        var gguf = quantized.Spec.Formats.FirstOrDefault(f => f is ExportFormat.GgufQ80 or ExportFormat.GgufQ40 or ExportFormat.GgufQ4KM or ExportFormat.GgufF16);
+        var gguf = quantized.Spec.Formats.FirstOrDefault(f => f is ExportFormat.GgufQ80 or ExportFormat.GgufQ40 or ExportFormat.GgufQ4K);
         if (!quantized.Spec.Formats.Contains(gguf) || gguf == ExportFormat.Lowbit)
         {
             throw new InvalidSpecException("spec.model.quantizedModelRef", $"QuantizedModel {quantized.Metadata.Name} exports no gguf format; llamacpp needs one");

@@ -164,7 +164,7 @@ public static class Planning
     }
 
     private static WeightFormat GgufWeights(QuantizedModelSpec spec) =>
-        spec.Formats.Contains(ExportFormat.GgufQ4KM) ? WeightFormat.Parse("gguf-q4_k_m")
+        spec.Formats.Contains(ExportFormat.GgufQ4K) ? WeightFormat.Parse("gguf-q4_k_m")
         : spec.Formats.Contains(ExportFormat.GgufQ40) ? WeightFormat.Parse("gguf-q4_0")
         : spec.Formats.Contains(ExportFormat.GgufQ80) ? WeightFormat.Parse("gguf-q8_0")
         : Weights(spec);
@@ -173,7 +173,7 @@ public static class Planning
     {
         try
         {
-            return Planner.Planner.Plan(new PlanRequest { Model = architecture, Workload = workload, Catalog = catalog, Constraints = constraints });
+            return PlacementPlanner.Plan(new PlanRequest { Model = architecture, Workload = workload, Catalog = catalog, Constraints = constraints });
         }
         catch (PlanInputException ex)
         {
