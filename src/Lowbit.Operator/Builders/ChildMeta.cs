@@ -13,6 +13,12 @@ public static class ChildMeta
     /// <summary>Annotation on children: the owner's <c>metadata.generation</c> they were built from.</summary>
     public const string GenerationAnnotation = Api.ApiGroup.Group + "/owner-generation";
 
+    /// <summary>
+    /// Owner annotations with this prefix reach the pods: the local cluster's simulate-mode scripting (exit code,
+    /// termination message, log lines). Inert on a real cluster; nothing else is copied (no Argo CD metadata).
+    /// </summary>
+    public const string ForwardedAnnotationPrefix = "sim.lowbit.dev/";
+
     /// <summary><c>&lt;owner&gt;-&lt;role&gt;</c>.</summary>
     public static string Name(IKubernetesObject<V1ObjectMeta> owner, string role)
     {
@@ -73,6 +79,14 @@ public static class ChildMeta
             meta.Annotations[Api.Labels.PlacementAnnotation] = placement.Annotation;
         }
 
+        foreach (var (key, value) in owner.Metadata.Annotations ?? new Dictionary<string, string>())
+        {
+            if (key.StartsWith(ForwardedAnnotationPrefix, StringComparison.Ordinal))
+            {
+                meta.Annotations[key] = value;
+            }
+        }
+
         if (owner.Metadata.Generation is { } generation)
         {
             meta.Annotations[GenerationAnnotation] = generation.ToString(System.Globalization.CultureInfo.InvariantCulture);
@@ -130,9 +144,10 @@ public static class ChildMeta
     public static Dictionary<string, string>? PodAnnotations(V1ObjectMeta meta)
     {
         ArgumentNullException.ThrowIfNull(meta);
-        return meta.Annotations?.TryGetValue(Api.Labels.PlacementAnnotation, out var placement) == true
-            ? new Dictionary<string, string>(StringComparer.Ordinal) { [Api.Labels.PlacementAnnotation] = placement }
-            : null;
+        var annotations = (meta.Annotations ?? new Dictionary<string, string>())
+            .Where(kv => kv.Key == Api.Labels.PlacementAnnotation || kv.Key.StartsWith(ForwardedAnnotationPrefix, StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+        return annotations.Count > 0 ? annotations : null;
     }
 
     /// <summary>A label's value, or null.</summary>
