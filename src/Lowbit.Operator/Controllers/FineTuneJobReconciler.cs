@@ -75,7 +75,7 @@ public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTu
         }
 
         var outcome = JobOutcomes.Of(plan, placement, observed, "");
-        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, applied, PollProgress);
+        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, applied, PollProgress, kit.PendingDelay(observed.Diagnosis, job.Spec.Scheduling.Timeout));
     }
 
     /// <summary>

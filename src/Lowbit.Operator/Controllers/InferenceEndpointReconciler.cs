@@ -77,7 +77,7 @@ public sealed class InferenceEndpointReconciler(ReconcileKit kit) : IReconciler<
         var outcome = Conditions.IsTrue(status.Conditions, Conditions.Types.Stalled)
             ? new Outcome.Stalled(Conditions.Find(status.Conditions, Conditions.Types.Stalled)!.Reason, "")
             : Conditions.IsTrue(status.Conditions, Conditions.Types.Ready) ? new Outcome.Succeeded("") : (Outcome)new Outcome.InProgress("", "");
-        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, ApplyOutcome.Unchanged, ReconcileKit.PollRunning);
+        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, ApplyOutcome.Unchanged, ReconcileKit.PollRunning, kit.PendingDelay(observed.Diagnosis, endpoint.Spec.Scheduling.Timeout));
     }
 
     /// <summary>The adapters' FineTuneJobs, all Ready, or the first one still in the way.</summary>

@@ -84,7 +84,7 @@ public sealed class QuantizedModelReconciler(ReconcileKit kit) : IReconciler<Qua
         }
 
         var outcome = JobOutcomes.Of(plan, placement, observed, "");
-        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, applied, ReconcileKit.PollRunning);
+        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, applied, ReconcileKit.PollRunning, kit.PendingDelay(observed.Diagnosis, model.Spec.Scheduling.Timeout));
     }
 
     private void RecordGpuHours(QuantizedModel model, V1Job? job, WorkloadPlacement? placement)

@@ -30,6 +30,21 @@ public sealed class ReconcileKit(
 
     public static readonly TimeSpan PollBlocked = TimeSpan.FromMinutes(5);
 
+    /// <summary>
+    /// When to look at an unschedulable pod again: when its scheduling timeout runs out (at least 1 s, at most
+    /// a minute), so the fallback fires on time without polling.
+    /// </summary>
+    public TimeSpan PendingDelay(PodDiagnosis diagnosis, string? timeout)
+    {
+        if (diagnosis is not PodDiagnosis.Unschedulable waiting)
+        {
+            return PollRunning;
+        }
+
+        var left = waiting.Since + Planning.Duration(timeout, DefaultSchedulingTimeout) - time.GetUtcNow();
+        return TimeSpan.FromTicks(Math.Clamp(left.Ticks, TimeSpan.FromSeconds(1).Ticks, PollRunning.Ticks));
+    }
+
     public IKubernetes Client => client;
 
     public IObjectCache Cache => cache;
@@ -109,7 +124,7 @@ public sealed class ReconcileKit(
     }
 
     /// <summary>The result a reconcile returns for an outcome (explicit requeues; terminal outcomes wait for a spec change).</summary>
-    public static ReconcileResult ResultFor(Outcome outcome, PodDiagnosis diagnosis, ApplyOutcome applied, TimeSpan running)
+    public static ReconcileResult ResultFor(Outcome outcome, PodDiagnosis diagnosis, ApplyOutcome applied, TimeSpan running, TimeSpan pending)
     {
         ArgumentNullException.ThrowIfNull(outcome);
         if (applied == ApplyOutcome.Replaced)
@@ -123,7 +138,7 @@ public sealed class ReconcileKit(
             Outcome.Stalled s when s.Reason is Conditions.Reasons.ImagePullFailed or Conditions.Reasons.SecretNotFound or StatusReasons.RolloutStuck
                 => ReconcileResult.RequeueAfter(PollBlocked),
             Outcome.Stalled s => ReconcileResult.Terminal(s.Reason, s.Message),
-            _ when diagnosis is PodDiagnosis.Unschedulable => ReconcileResult.RequeueAfter(TimeSpan.FromSeconds(15)),
+            _ when diagnosis is PodDiagnosis.Unschedulable => ReconcileResult.RequeueAfter(pending),
             _ => ReconcileResult.RequeueAfter(running),
         };
     }

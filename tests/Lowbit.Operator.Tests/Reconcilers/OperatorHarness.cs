@@ -68,7 +68,7 @@ internal sealed class OperatorHarness : IAsyncDisposable
         }).ToList(),
     };
 
-    public static async Task<OperatorHarness> StartAsync(GpuCatalog? catalog = null, Action<OperatorBuilder>? configure = null, string? identity = null)
+    public static async Task<OperatorHarness> StartAsync(GpuCatalog? catalog = null, Action<OperatorBuilder>? configure = null, string? identity = null, Func<string, bool>? nodeFilter = null)
     {
         catalog ??= GpuCatalog.Default;
         var server = await LocalClusterServer.StartAsync(new LocalClusterOptions
@@ -88,7 +88,7 @@ internal sealed class OperatorHarness : IAsyncDisposable
         });
         var cluster = await SimulatedCluster.StartAsync(server.Api, server.Logs, new ClusterSimulationOptions
         {
-            Nodes = CatalogNodes(catalog),
+            Nodes = new NodesConfig { Nodes = CatalogNodes(catalog).Nodes.Where(n => nodeFilter?.Invoke(n.Name) ?? true).ToList() },
             Kubelet = new KubeletOptions { SimulatedRunDuration = TimeSpan.FromMilliseconds(200), CrashLoopBackOff = TimeSpan.FromMilliseconds(200) },
         }, TimeProvider.System, NullLoggerFactory.Instance);
         var op = StartOperator(server, catalog, configure, identity);
@@ -114,6 +114,9 @@ internal sealed class OperatorHarness : IAsyncDisposable
             configure?.Invoke(op);
         });
     }
+
+    /// <summary>The operator's own HTTP address (/metrics, /healthz, /readyz).</summary>
+    public Uri OperatorUrl => new(Operator.Urls.First());
 
     public T Create<T>(T obj)
         where T : IKubernetesObject<V1ObjectMeta>
