@@ -135,6 +135,25 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
     }
 
     [Fact]
+    public async Task Does_reject_every_invalid_lowbit_manifest_with_a_field_error()
+    {
+        var invalidDir = Path.Combine(ClusterFixture.RepoRoot, "tests", "Lowbit.Api.Tests", "invalid");
+        var crdDir = Path.Combine(ClusterFixture.RepoRoot, "crds");
+        Assert.True(Directory.Exists(invalidDir) && Directory.Exists(crdDir), "the repository's crds/ and tests/Lowbit.Api.Tests/invalid/ are needed");
+        await _cluster.Kubectl("apply", "-f", crdDir);
+        var ns = await NewNamespaceAsync("invalid");
+        var result = await _cluster.KubectlAsync("apply", "-n", ns, "-f", invalidDir);
+        Assert.NotEqual(0, result.ExitCode);
+        var files = Directory.GetFiles(invalidDir, "*.yaml");
+        var rejected = result.StdErr.Split("\n").Where(l => l.Contains("(Invalid)", StringComparison.Ordinal) && l.Contains("is invalid: ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(files.Length, rejected.Count);
+        foreach (var type in _cluster.Server.Api.Resources.All.Where(t => t.Group == "lowbit.dev"))
+        {
+            Assert.Empty(_cluster.Server.Api.List(type, ns).Items);
+        }
+    }
+
+    [Fact]
     public async Task Does_show_a_later_change_when_get_watch_runs()
     {
         await InstallWidgetsAsync();

@@ -262,7 +262,7 @@ public sealed partial class ClusterApi
             BuiltinSemantics.Default(type, next, current.Uid);
         }
         next["metadata"]!["resourceVersion"] = current.ResourceVersion.ToString(CultureInfo.InvariantCulture);
-        ValidateLocked(type, next, name);
+        ValidateLocked(type, next, name, old, subresource);
         if (old["metadata"]?["deletionTimestamp"] is not null && subresource is null)
         {
             var oldFinalizers = old["metadata"]?["finalizers"] as JsonArray;
@@ -313,12 +313,16 @@ public sealed partial class ClusterApi
         }
     }
 
-    private void ValidateLocked(ResourceType type, JsonObject obj, string name)
+    private static void ValidateLocked(ResourceType type, JsonObject obj, string name, JsonObject? old = null, string? subresource = null)
     {
         var causes = new List<StatusCause>();
         if (type.IsCustom && type.Schema is not null)
         {
             causes.AddRange(CustomResourceSchema.Apply(obj, type.Schema));
+            if (causes.Count == 0 && subresource is null)
+            {
+                causes.AddRange(CustomResourceSchema.ValidateRules(obj, old));
+            }
         }
         causes.AddRange(BuiltinSemantics.Validate(type, obj));
         if (causes.Count > 0)
