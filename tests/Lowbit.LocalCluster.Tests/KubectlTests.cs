@@ -82,13 +82,20 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
         var again = await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
         Assert.Contains("widget.test.lowbit.dev/w1 unchanged", again, StringComparison.Ordinal);
         var changed = Path.Combine(Path.GetTempPath(), $"widget-{ns}.yaml");
-        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("color: blue", "size2: x").Replace("size: medium", "size: large"));
+        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("  color: blue\n", "").Replace("size: medium", "size: large"));
         var configured = await _cluster.Kubectl("apply", "-n", ns, "-f", changed);
         Assert.Contains("configured", configured, StringComparison.Ordinal);
         var obj = _cluster.Server.Api.Get(_cluster.Server.Api.Resources.Find("test.lowbit.dev", "v1", "widgets")!, ns, "w1");
         Assert.Equal("large", (string?)obj["spec"]!["size"]);
         Assert.Null(obj["spec"]!["color"]);
         Assert.Equal(2, (long?)obj["metadata"]!["generation"]);
+        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("color: blue", "colour: blue"));
+        var strict = await _cluster.KubectlAsync("apply", "-n", ns, "-f", changed);
+        Assert.NotEqual(0, strict.ExitCode);
+        Assert.Contains("strict decoding error: unknown field \"spec.colour\"", strict.StdErr, StringComparison.Ordinal);
+        var warned = await _cluster.KubectlAsync("apply", "-n", ns, "--validate=warn", "-f", changed);
+        Assert.Equal(0, warned.ExitCode);
+        Assert.Contains("unknown field \"spec.colour\"", warned.StdErr, StringComparison.Ordinal);
     }
 
     [Fact]
