@@ -216,6 +216,18 @@ public sealed class ClientTests : IClassFixture<ClusterFixture>
     }
 
     [Fact]
+    public async Task Does_hold_a_delayed_request_until_the_client_gives_up_and_answer_the_next_one()
+    {
+        using var client = _cluster.Server.CreateClient();
+        var ns = await NamespaceAsync(client);
+        await client.CoreV1.CreateNamespacedConfigMapAsync(ConfigMap("slow"), ns);
+        _cluster.Server.Faults.DelayNext(1, TimeSpan.FromSeconds(60), verb: "get", pathContains: $"/namespaces/{ns}/configmaps/slow");
+        using var giveUp = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.CoreV1.ReadNamespacedConfigMapAsync("slow", ns, cancellationToken: giveUp.Token));
+        Assert.Equal("v", (await client.CoreV1.ReadNamespacedConfigMapAsync("slow", ns)).Data["k"]);
+    }
+
+    [Fact]
     public async Task Does_inject_409_on_status_writes_only()
     {
         using var client = _cluster.Server.CreateClient();
