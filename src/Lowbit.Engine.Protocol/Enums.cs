@@ -1,0 +1,37 @@
+namespace Lowbit.Engine.Protocol;
+
+/// <summary>Where the engine computes. Absent on the command line: <c>cuda</c> when available, else <c>cpu</c>.</summary>
+public enum ComputeDevice
+{
+    Cpu,
+    Cuda,
+}
+
+/// <summary>Weight quantization algorithm.</summary>
+public enum QuantizationMethod
+{
+    /// <summary>Round-to-nearest, group-wise min-max.</summary>
+    Rtn,
+
+    /// <summary>Half-quadratic quantization (calibration-free zero-point optimization).</summary>
+    Hqq,
+
+    /// <summary>GPTQ (second-order, needs calibration text).</summary>
+    Gptq,
+}
+
+/// <summary>Fine-tuning method.</summary>
+public enum FinetuneMethod
+{
+    Lora,
+    Qlora,
+    Full,
+}
+
+/// <summary>Layout of a fine-tuning dataset (JSONL for alpaca/chat, plain text otherwise).</summary>
+public enum DatasetFormat
+{
+    Alpaca,
+    Chat,
+    Text,
+}

@@ -1,0 +1,128 @@
+namespace Lowbit.Engine.Protocol;
+
+/// <summary>
+/// <c>finetune --base-model SRC --method lora|qlora|full --dataset FILE --dataset-format alpaca|chat|text --out DIR
+/// [--r N] [--alpha X] [--dropout X] [--target-modules q_proj,v_proj] [--epochs N | --max-steps N] [--learning-rate X]
+/// [--micro-batch N] [--grad-accumulation N] [--seq-length N] [--checkpoint-dir DIR] [--resume-from DIR] [--seed N]
+/// [--device cpu|cuda] [--result-file F]</c>. The verb itself comes in a later issue; the contract is fixed now.
+/// </summary>
+public sealed record FinetuneRequest : EngineRequest
+{
+    /// <summary>Linear modules a LoRA adapter may target (Llama naming).</summary>
+    public static IReadOnlyList<string> AcceptedTargetModules { get; } =
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    private static readonly string[] Flags =
+    [
+        "--base-model", CommonFlags.Revision, "--method", "--r", "--alpha", "--dropout", "--target-modules", "--dataset",
+        "--dataset-format", "--epochs", "--max-steps", "--learning-rate", "--micro-batch", "--grad-accumulation",
+        "--seq-length", "--checkpoint-dir", "--resume-from", "--seed", CommonFlags.Out, CommonFlags.Device, CommonFlags.ResultFile,
+    ];
+
+    /// <summary>Base model source (a quantized model's folder for qlora).</summary>
+    public required string BaseModel { get; init; }
+
+    public string? Revision { get; init; }
+
+    public required FinetuneMethod Method { get; init; }
+
+    /// <summary>LoRA rank.</summary>
+    public int R { get; init; } = 16;
+
+    /// <summary>LoRA alpha (scaling = alpha / r).</summary>
+    public double Alpha { get; init; } = 32;
+
+    public double Dropout { get; init; } = 0.05;
+
+    public IReadOnlyList<string> TargetModules { get; init => field = ValueList.Of(value); } = new ValueList<string>(["q_proj", "v_proj"]);
+
+    public required string Dataset { get; init; }
+
+    public DatasetFormat DatasetFormat { get; init; } = DatasetFormat.Alpaca;
+
+    /// <summary>Passes over the dataset; ignored when <see cref="MaxSteps"/> is set.</summary>
+    public int Epochs { get; init; } = 1;
+
+    /// <summary>Optimizer steps to stop after, if set.</summary>
+    public int? MaxSteps { get; init; }
+
+    public double LearningRate { get; init; } = 2e-4;
+
+    public int MicroBatch { get; init; } = 1;
+
+    public int GradAccumulation { get; init; } = 1;
+
+    public int SeqLength { get; init; } = 512;
+
+    /// <summary>Where periodic checkpoints go (a volume that survives pod retries).</summary>
+    public string? CheckpointDir { get; init; }
+
+    /// <summary>A checkpoint to resume from.</summary>
+    public string? ResumeFrom { get; init; }
+
+    public int Seed { get; init; }
+
+    public required string Out { get; init; }
+
+    public ComputeDevice? Device { get; init; }
+
+    public string? ResultFile { get; init; }
+
+    public override string Verb => EngineVerbs.Finetune;
+
+    public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
+        .Add("--base-model", BaseModel)
+        .Add(CommonFlags.Revision, Revision)
+        .Add("--method", (FinetuneMethod?)Method)
+        .Add("--r", R)
+        .Add("--alpha", Alpha)
+        .Add("--dropout", Dropout)
+        .Add("--target-modules", TargetModules)
+        .Add("--dataset", Dataset)
+        .Add("--dataset-format", (DatasetFormat?)DatasetFormat)
+        .Add("--epochs", Epochs)
+        .Add("--max-steps", MaxSteps)
+        .Add("--learning-rate", LearningRate)
+        .Add("--micro-batch", MicroBatch)
+        .Add("--grad-accumulation", GradAccumulation)
+        .Add("--seq-length", SeqLength)
+        .Add("--checkpoint-dir", CheckpointDir)
+        .Add("--resume-from", ResumeFrom)
+        .Add("--seed", Seed)
+        .Add(CommonFlags.Out, Out)
+        .Add(CommonFlags.Device, Device)
+        .Add(CommonFlags.ResultFile, ResultFile)
+        .Build();
+
+    public static new FinetuneRequest Parse(IReadOnlyList<string> args)
+    {
+        var r = new ArgumentReader(EngineVerbs.Finetune, args, Flags);
+        var defaults = new FinetuneRequest { BaseModel = "", Method = FinetuneMethod.Lora, Dataset = "", Out = "" };
+        var targets = r.List("--target-modules", AcceptedTargetModules);
+        return new FinetuneRequest
+        {
+            BaseModel = r.Required("--base-model", CommonFlags.ModelAccepted),
+            Revision = r.Optional(CommonFlags.Revision),
+            Method = r.Enum<FinetuneMethod>("--method")
+                ?? throw new ProtocolArgumentException("--method", "required", ProtocolNames.Accepted<FinetuneMethod>()),
+            R = r.Int("--r", 1, 1024) ?? defaults.R,
+            Alpha = r.Double("--alpha", 1e-6, 1e6) ?? defaults.Alpha,
+            Dropout = r.Double("--dropout", 0, 0.9) ?? defaults.Dropout,
+            TargetModules = targets.Count > 0 ? targets : defaults.TargetModules,
+            Dataset = r.Required("--dataset", "a JSONL or text file"),
+            DatasetFormat = r.Enum<DatasetFormat>("--dataset-format") ?? defaults.DatasetFormat,
+            Epochs = r.Int("--epochs", 1, 10_000) ?? defaults.Epochs,
+            MaxSteps = r.Int("--max-steps", 1, int.MaxValue),
+            LearningRate = r.Double("--learning-rate", 1e-9, 1.0) ?? defaults.LearningRate,
+            MicroBatch = r.Int("--micro-batch", 1, 4096) ?? defaults.MicroBatch,
+            GradAccumulation = r.Int("--grad-accumulation", 1, 4096) ?? defaults.GradAccumulation,
+            SeqLength = r.Int("--seq-length", 8, 1 << 20) ?? defaults.SeqLength,
+            CheckpointDir = r.Optional("--checkpoint-dir"),
+            ResumeFrom = r.Optional("--resume-from"),
+            Seed = r.Int("--seed", 0, int.MaxValue) ?? defaults.Seed,
+            Out = r.Required(CommonFlags.Out, "an output directory"),
+            Device = r.Enum<ComputeDevice>(CommonFlags.Device),
+            ResultFile = r.Optional(CommonFlags.ResultFile),
+        };
+    }
+}

@@ -1,0 +1,105 @@
+using Lowbit.Engine.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Modules;
+
+/// <summary>Positions of one forward pass: the rotary cos/sin and the KV cache (or none for a whole-sequence pass).</summary>
+public sealed record AttentionContext
+{
+    public required Tensor Cos { get; init; }
+
+    public required Tensor Sin { get; init; }
+
+    /// <summary>Positions before this pass (the cache length, or 0).</summary>
+    public required long Offset { get; init; }
+
+    public KvCache? Cache { get; init; }
+
+    public int LayerIndex { get; init; }
+}
+
+/// <summary>Grouped-query self-attention with RoPE (HF LlamaAttention / Qwen2Attention semantics).</summary>
+public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
+{
+    private LinearLayer q_proj;
+    private LinearLayer k_proj;
+    private LinearLayer v_proj;
+    private LinearLayer o_proj;
+    private readonly int _heads;
+    private readonly int _kvHeads;
+    private readonly int _headDim;
+
+    public LlamaAttention(LlamaConfig config, ScalarType dtype, Device device)
+        : base("LlamaAttention")
+    {
+        _heads = config.NumAttentionHeads;
+        _kvHeads = config.NumKeyValueHeads;
+        _headDim = config.HeadDim;
+        long hidden = config.HiddenSize, q = (long)_heads * _headDim, kv = (long)_kvHeads * _headDim;
+        q_proj = new DenseLinear(hidden, q, config.QkvBias, dtype, device);
+        k_proj = new DenseLinear(hidden, kv, config.QkvBias, dtype, device);
+        v_proj = new DenseLinear(hidden, kv, config.QkvBias, dtype, device);
+        o_proj = new DenseLinear(q, hidden, config.OutputBias, dtype, device);
+        RegisterComponents();
+    }
+
+    /// <summary>The projections by checkpoint name.</summary>
+    public IEnumerable<(string Name, LinearLayer Layer)> Projections() =>
+        [("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj), ("o_proj", o_proj)];
+
+    /// <summary>Swaps the projection named <paramref name="name"/> (e.g. for a quantized layer).</summary>
+    public void ReplaceProjection(string name, LinearLayer layer)
+    {
+        register_module(name, null!);
+        register_module(name, layer);
+        switch (name)
+        {
+            case "q_proj": q_proj = layer; break;
+            case "k_proj": k_proj = layer; break;
+            case "v_proj": v_proj = layer; break;
+            case "o_proj": o_proj = layer; break;
+            default: throw new ArgumentException($"no projection '{name}'", nameof(name));
+        }
+    }
+
+    public override Tensor forward(Tensor input, AttentionContext context)
+    {
+        using var scope = NewDisposeScope();
+        long batch = input.shape[0], length = input.shape[1];
+        var q = q_proj.forward(input).view(batch, length, _heads, _headDim).transpose(1, 2);
+        var k = k_proj.forward(input).view(batch, length, _kvHeads, _headDim).transpose(1, 2);
+        var v = v_proj.forward(input).view(batch, length, _kvHeads, _headDim).transpose(1, 2);
+        q = RotaryEmbedding.Apply(q, context.Cos, context.Sin);
+        k = RotaryEmbedding.Apply(k, context.Cos, context.Sin);
+        if (context.Cache is { } cache)
+        {
+            (k, v) = cache.Append(context.LayerIndex, k, v);
+        }
+        var groups = _heads / _kvHeads;
+        if (groups > 1)
+        {
+            // repeat_kv: kv head j serves q heads j*groups .. j*groups+groups-1.
+            k = k.repeat_interleave(groups, 1);
+            v = v.repeat_interleave(groups, 1);
+        }
+        Tensor attended;
+        if (length == 1)
+        {
+            attended = nn.functional.scaled_dot_product_attention(q, k, v);
+        }
+        else if (context.Offset == 0)
+        {
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true);
+        }
+        else
+        {
+            // Query i (absolute position offset+i) sees keys 0..offset+i.
+            var total = k.shape[2];
+            var mask = ones([length, total], ScalarType.Bool, input.device).tril(context.Offset);
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
+        }
+        var merged = attended.transpose(1, 2).reshape(batch, length, _heads * _headDim);
+        return o_proj.forward(merged).MoveToOuterDisposeScope();
+    }
+}

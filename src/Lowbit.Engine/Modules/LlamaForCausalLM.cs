@@ -1,0 +1,66 @@
+using Lowbit.Engine.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Modules;
+
+/// <summary>
+/// A Llama-family causal LM (Llama 2/3, Mistral, Qwen2): <c>model</c> plus <c>lm_head</c> (absent when the
+/// embeddings are tied; the logits then use <c>model.embed_tokens.weight</c>). Parameter names equal the
+/// checkpoint's tensor names.
+/// </summary>
+public sealed class LlamaForCausalLM : nn.Module<Tensor, KvCache?, Tensor>
+{
+    private readonly LlamaModel model;
+    private LinearLayer? lm_head;
+
+    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype, Device device)
+        : base("LlamaForCausalLM")
+    {
+        Config = config;
+        Dtype = dtype;
+        model = new LlamaModel(config, dtype, device);
+        lm_head = config.TieWordEmbeddings ? null : new DenseLinear(config.HiddenSize, config.VocabSize, false, dtype, device);
+        RegisterComponents();
+    }
+
+    public LlamaConfig Config { get; }
+
+    public ScalarType Dtype { get; }
+
+    public LlamaModel Model => model;
+
+    public LinearLayer? LmHead => lm_head;
+
+    /// <summary>Logits <c>[B, T, vocab]</c> (model dtype) for token ids <c>[B, T]</c>; with a cache, continues from its length.</summary>
+    public override Tensor forward(Tensor inputIds, KvCache? cache) => Logits(model.forward(inputIds, cache));
+
+    /// <summary>Projects hidden states to the vocabulary.</summary>
+    public Tensor Logits(Tensor hidden) =>
+        lm_head is null ? nn.functional.linear(hidden, model.EmbedTokens.weight!) : lm_head.forward(hidden);
+
+    /// <summary>
+    /// Every replaceable projection with its checkpoint prefix (<c>model.layers.3.self_attn.q_proj</c>, <c>lm_head</c>);
+    /// <paramref name="replace"/> returns a new layer to swap in, or null to keep the current one.
+    /// </summary>
+    public void ReplaceLinears(Func<string, LinearLayer, LinearLayer?> replace, bool includeLmHead = false)
+    {
+        for (var i = 0; i < model.Layers.Count; i++)
+        {
+            var layer = model.Layers[i];
+            foreach (var (name, current) in layer.Projections().ToList())
+            {
+                if (replace($"model.layers.{i}.{name}", current) is { } replacement && !ReferenceEquals(replacement, current))
+                {
+                    layer.ReplaceProjection(name, replacement);
+                }
+            }
+        }
+        if (includeLmHead && lm_head is not null && replace("lm_head", lm_head) is { } head && !ReferenceEquals(head, lm_head))
+        {
+            register_module("lm_head", null!);
+            register_module("lm_head", head);
+            lm_head = head;
+        }
+    }
+}

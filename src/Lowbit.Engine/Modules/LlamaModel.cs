@@ -1,0 +1,47 @@
+using Lowbit.Engine.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Modules;
+
+/// <summary>The decoder stack (<c>model.*</c> in checkpoints): embeddings, layers, final norm.</summary>
+public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
+{
+    private readonly Embedding embed_tokens;
+    private readonly ModuleList<LlamaDecoderLayer> layers;
+    private readonly RmsNorm norm;
+    private readonly RotaryEmbedding _rotary;
+
+    public LlamaModel(LlamaConfig config, ScalarType dtype, Device device)
+        : base("LlamaModel")
+    {
+        embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize, dtype: dtype, device: device);
+        layers = new ModuleList<LlamaDecoderLayer>(
+            Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(config, dtype, device)).ToArray());
+        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device);
+        _rotary = new RotaryEmbedding(config);
+        RegisterComponents();
+    }
+
+    public Embedding EmbedTokens => embed_tokens;
+
+    public IList<LlamaDecoderLayer> Layers => layers;
+
+    /// <summary>Hidden states after the final norm, <c>[B, T, hidden]</c>, for token ids <c>[B, T]</c>.</summary>
+    public override Tensor forward(Tensor inputIds, KvCache? cache)
+    {
+        using var scope = NewDisposeScope();
+        var hidden = embed_tokens.forward(inputIds);
+        var offset = cache?.Length ?? 0;
+        var length = inputIds.shape[1];
+        var (cos, sin) = _rotary.CosSin(offset, length, hidden.dtype, hidden.device);
+        for (var i = 0; i < layers.Count; i++)
+        {
+            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i };
+            hidden = layers[i].forward(hidden, context);
+        }
+        cache?.Advance(length);
+        return norm.forward(hidden).MoveToOuterDisposeScope();
+    }
+}

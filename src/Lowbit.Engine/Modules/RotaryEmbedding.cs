@@ -1,0 +1,75 @@
+using Lowbit.Engine.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Modules;
+
+/// <summary>
+/// RoPE in Hugging Face's rotate-half layout (engine-formats.md §2.4): <c>inv_freq[i] = θ^(−2i/d)</c>, optionally
+/// rescaled (Llama-3 per-frequency scaling, or linear), angles <c>pos·inv_freq</c> computed in fp32.
+/// </summary>
+public sealed class RotaryEmbedding
+{
+    private readonly double[] _inverseFrequencies;
+
+    public RotaryEmbedding(LlamaConfig config)
+    {
+        _inverseFrequencies = InverseFrequencies(config);
+    }
+
+    /// <summary>The (possibly scaled) inverse frequencies, length head_dim/2, in double precision.</summary>
+    public static double[] InverseFrequencies(LlamaConfig config)
+    {
+        var d = config.HeadDim;
+        // HF: 1 / theta ** (arange(0, d, 2).float() / d), in fp32.
+        var inv = Enumerable.Range(0, d / 2).Select(i => 1.0 / Math.Pow(config.RopeTheta, (float)(2 * i) / d)).ToArray();
+        if (config.RopeScaling is not { } s)
+        {
+            return inv;
+        }
+        if (s.Type == "linear")
+        {
+            return inv.Select(f => f / s.Factor).ToArray();
+        }
+        var lowWavelength = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
+        var highWavelength = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
+        return inv.Select(f =>
+        {
+            var wavelength = 2 * Math.PI / f;
+            if (wavelength < highWavelength)
+            {
+                return f;
+            }
+            if (wavelength > lowWavelength)
+            {
+                return f / s.Factor;
+            }
+            var smooth = (s.OriginalMaxPositionEmbeddings / wavelength - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+            return (1 - smooth) * f / s.Factor + smooth * f;
+        }).ToArray();
+    }
+
+    /// <summary>
+    /// cos and sin of shape <c>[T, head_dim]</c> for positions <c>offset..offset+T−1</c>, in <paramref name="dtype"/>;
+    /// computed in fp32 as transformers does (in fp64 for a float64 model).
+    /// </summary>
+    public (Tensor Cos, Tensor Sin) CosSin(long offset, long length, ScalarType dtype, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var compute = dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        var positions = arange(offset, offset + length, compute, device);
+        var inv = tensor(_inverseFrequencies, device: device).to(compute);
+        var freqs = outer(positions, inv);
+        var emb = cat([freqs, freqs], -1);
+        return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Applies the rotation to <c>[B, heads, T, D]</c>: <c>x·cos + rotate_half(x)·sin</c>.</summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        using var scope = NewDisposeScope();
+        var half = x.shape[^1] / 2;
+        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
+        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,87 @@
+using Lowbit.Engine.Protocol;
+
+namespace Lowbit.Engine.Protocol.Tests;
+
+public class RequestRoundTripTests
+{
+    public static TheoryData<EngineRequest> Requests() =>
+    [
+        new InspectRequest { Model = "meta-llama/Llama-2-7b-hf" },
+        new InspectRequest { Model = "/models/tiny", Revision = "a1b2c3", ResultFile = "/tmp/r.json" },
+        new QuantizeRequest { Model = "org/m", Method = QuantizationMethod.Hqq, Bits = 4, GroupSize = 64, Out = "/out", Formats = ["lowbit", "gguf-q4_k"] },
+        new QuantizeRequest
+        {
+            Model = "https://example.com/models/x", Revision = "v1", Method = QuantizationMethod.Gptq, Bits = 8, GroupSize = -1,
+            Formats = ["gptq"], Out = "/o u t", Calibration = "/c.jsonl", CalibrationSamples = 128, CalibrationLength = 2048,
+            EvalText = "/e.txt", Device = ComputeDevice.Cuda, ResultFile = "/dev/termination-log",
+        },
+        new QuantizeRequest { Model = "m", Method = QuantizationMethod.Rtn, TargetBitsPerWeight = 2.5, GroupSize = 128, Out = "o", Device = ComputeDevice.Cpu },
+        new QuantizeRequest { Model = "m", Method = QuantizationMethod.Rtn, Bits = 2, TargetBitsPerWeight = 1.0 / 3 + 2, Out = "o" },
+        new EvalRequest { Model = "m", Text = "t.txt" },
+        new EvalRequest { Model = "m", Text = "t.txt", Context = 2048, Stride = 1, MaxTokens = 100_000, Device = ComputeDevice.Cpu, ResultFile = "r" },
+        new FinetuneRequest { BaseModel = "b", Method = FinetuneMethod.Qlora, Dataset = "d.jsonl", Out = "o" },
+        new FinetuneRequest
+        {
+            BaseModel = "b", Revision = "main", Method = FinetuneMethod.Full, R = 1, Alpha = 0.5, Dropout = 0, TargetModules = ["q_proj", "k_proj", "down_proj"],
+            Dataset = "d", DatasetFormat = DatasetFormat.Chat, Epochs = 3, MaxSteps = 1000, LearningRate = 1.5e-5, MicroBatch = 4,
+            GradAccumulation = 8, SeqLength = 4096, CheckpointDir = "/ckpt", ResumeFrom = "/ckpt/step-100", Seed = 7, Out = "o",
+            Device = ComputeDevice.Cuda, ResultFile = "r",
+        },
+        new ServeRequest { Model = "m" },
+        new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu },
+    ];
+
+    [Theory]
+    [MemberData(nameof(Requests))]
+    public void Does_round_trip_when_parsing_to_args(EngineRequest request)
+    {
+        var args = request.ToArgs();
+
+        var parsed = EngineRequest.Parse(args);
+
+        Assert.Equal(request.Verb, args[0]);
+        Assert.Equal(request, parsed);
+        Assert.Equal(args, parsed.ToArgs());
+    }
+
+    [Fact]
+    public void Does_write_kebab_case_flags_in_order_when_quantizing()
+    {
+        var request = new QuantizeRequest
+        {
+            Model = "SRC", Method = QuantizationMethod.Hqq, Bits = 4, GroupSize = 64, Formats = ["lowbit", "gguf-q4_k"], Out = "DIR",
+        };
+
+        Assert.Equal(
+            ["quantize", "--model", "SRC", "--method", "hqq", "--bits", "4", "--group-size", "64", "--format", "lowbit,gguf-q4_k", "--out", "DIR"],
+            request.ToArgs());
+    }
+
+    [Fact]
+    public void Does_apply_defaults_when_optional_arguments_are_absent()
+    {
+        var eval = EvalRequest.Parse(["eval", "--model", "m", "--text", "t"]);
+        var quantize = QuantizeRequest.Parse(["quantize", "--model", "m", "--method", "rtn", "--bits", "8", "--out", "o"]);
+        var finetune = FinetuneRequest.Parse(["finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o"]);
+
+        Assert.Equal(512, eval.Context);
+        Assert.Null(eval.Stride);
+        Assert.Null(eval.Device);
+        Assert.Equal(64, quantize.GroupSize);
+        Assert.Equal(["lowbit"], quantize.Formats);
+        Assert.Equal(["q_proj", "v_proj"], finetune.TargetModules);
+        Assert.Equal(16, finetune.R);
+        Assert.Equal(2e-4, finetune.LearningRate);
+    }
+
+    [Fact]
+    public void Does_compare_lists_by_content_when_records_come_from_arrays()
+    {
+        var a = new ServeRequest { Model = "m", Adapters = ["x", "y"] };
+        var b = new ServeRequest { Model = "m", Adapters = new List<string> { "x", "y" } };
+
+        Assert.Equal(a, b);
+        Assert.Equal(a.GetHashCode(), b.GetHashCode());
+        Assert.NotEqual(a, b with { Adapters = ["y", "x"] });
+    }
+}
