@@ -6,7 +6,7 @@ using Lowbit.LocalCluster.Kubelet;
 using Lowbit.LocalCluster.Nodes;
 using Lowbit.LocalCluster.Store;
 using Microsoft.Extensions.Logging.Abstractions;
-using WatchEventType = Lowbit.LocalCluster.Store.WatchEventType;
+using WatchEventType = Lowbit.LocalCluster.Store.WatchEventKind;
 
 namespace Lowbit.LocalCluster.Tests.Cluster;
 
