@@ -19,6 +19,7 @@ public static class EngineCli
     {
         [EngineVerbs.Inspect] = (r, c) => InspectVerb.Run((InspectRequest)r, c),
         [EngineVerbs.Eval] = (r, c) => EvalVerb.Run((EvalRequest)r, c),
+        [EngineVerbs.Quantize] = (r, c) => QuantizeVerb.Run((QuantizeRequest)r, c),
     };
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TimeProvider time)
@@ -148,6 +149,10 @@ internal static class HiddenVerbs
                 var stopwatch = Stopwatch.StartNew();
                 var result = FixtureTrainer.Train(options, stdout);
                 stderr.WriteLine($"train-fixture: perplexity {result.Perplexity:F4} in {stopwatch.Elapsed.TotalSeconds:F0} s");
+                return true;
+            case "bench-quant":
+                TorchRuntime.Initialize();
+                exit = Quantization.QuantBench.RunVerb(args, stdout, stderr);
                 return true;
             case "bench-decode":
                 TorchRuntime.Initialize();

@@ -13,6 +13,7 @@ public static class ModelLoading
     /// <summary>Given a folder, the compute dtype and device, a model, or null if the folder is not this loader's format.</summary>
     public static List<Func<string, ScalarType, Device, LlamaForCausalLM?>> Loaders { get; } =
     [
+        (directory, dtype, device) => Formats.LowbitCheckpoint.IsLowbit(directory) ? Formats.LowbitCheckpoint.Load(directory, dtype, device) : null,
         (directory, dtype, device) =>
         {
             using var checkpoint = Checkpoint.Open(directory);

@@ -1,0 +1,73 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Quantization;
+
+/// <summary>Round-to-nearest options: asymmetric group-wise min-max, or symmetric (zero fixed at the code midpoint).</summary>
+public sealed record RtnOptions
+{
+    public int Bits { get; init; } = 4;
+
+    /// <summary>Inputs per group; 0 means one group per output row (per-channel).</summary>
+    public int GroupSize { get; init; } = 64;
+
+    /// <summary>Symmetric: range ±max|w|, zero = 2^(bits−1); the int8 per-channel scheme uses this.</summary>
+    public bool Symmetric { get; init; }
+
+    /// <summary>The symmetric int8 per-channel scheme.</summary>
+    public static RtnOptions Int8PerChannel { get; } = new() { Bits = 8, GroupSize = 0, Symmetric = true };
+}
+
+/// <summary>Round-to-nearest quantization: scale and zero from each group's min and max, codes by rounding.</summary>
+public static class Rtn
+{
+    /// <summary>Quantizes a Linear weight <c>[out, in]</c>.</summary>
+    public static QuantizedTensor Quantize(Tensor weight, RtnOptions options)
+    {
+        QuantizationChecks.Validate(weight, options.Bits, options.GroupSize);
+        using var scope = torch.NewDisposeScope();
+        var groupSize = options.GroupSize == 0 ? (int)weight.shape[1] : options.GroupSize;
+        var w = weight.to(ScalarType.Float32).reshape(-1, groupSize);
+        var maxq = (1 << options.Bits) - 1;
+        Tensor scale;
+        Tensor zero;
+        if (options.Symmetric)
+        {
+            var amax = w.abs().amax([1], keepdim: true).clamp_min(1e-8);
+            scale = amax.mul(2.0 / maxq);
+            zero = torch.full_like(scale, (maxq + 1) / 2.0);
+        }
+        else
+        {
+            var min = w.amin([1], keepdim: true);
+            var max = w.amax([1], keepdim: true);
+            scale = max.sub(min).div(maxq).clamp_min(1e-8);
+            zero = min.neg().div(scale).round().clamp(0, maxq);
+        }
+        // Scales/zeros are stored as fp16: quantize against the stored values.
+        scale = scale.to(ScalarType.Float16).to(ScalarType.Float32);
+        var codes = w.div(scale).round().add(zero).clamp(0, maxq);
+        var rows = weight.shape[0];
+        var q = QuantizedTensor.Create(QuantMethod.Rtn, options.Bits, groupSize, codes.reshape(weight.shape), scale.reshape(rows, -1), zero.reshape(rows, -1));
+        return q.MoveToOuterDisposeScope();
+    }
+}
+
+internal static class QuantizationChecks
+{
+    public static void Validate(Tensor weight, int bits, int groupSize)
+    {
+        if (weight.dim() != 2)
+        {
+            throw new ArgumentException($"expected a 2-D Linear weight [out, in], got shape [{string.Join(", ", weight.shape)}]", nameof(weight));
+        }
+        if (bits is not (2 or 3 or 4 or 8))
+        {
+            throw new ArgumentOutOfRangeException(nameof(bits), bits, "bits must be one of 2, 3, 4, 8");
+        }
+        if (groupSize < 0 || (groupSize > 0 && weight.shape[1] % groupSize != 0))
+        {
+            throw new ArgumentOutOfRangeException(nameof(groupSize), groupSize, $"group size must divide the input width {weight.shape[1]} (or be 0 for per-channel)");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+using System.Text.Json.Nodes;
+using Lowbit.Engine.Formats;
+using Lowbit.Engine.Models;
+using Lowbit.Engine.Quantization;
+using Lowbit.Engine.Tests.Quantization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Tests.Formats;
+
+public sealed class QuantizedCheckpointTests : IDisposable
+{
+    private readonly string _root = Directory.CreateTempSubdirectory("quant-ckpt").FullName;
+
+    public void Dispose() => Directory.Delete(_root, recursive: true);
+
+    private string Source() => TinyModels.Save(Path.Combine(_root, "source"));
+
+    private static void AssertSameDequantized(QuantizedTensor expected, QuantizedTensor actual, string name)
+    {
+        using var scope = NewDisposeScope();
+        Assert.True(expected.Dequantize().eq(actual.Dequantize()).all().item<bool>(), $"{name}: dequantized weights differ after the round trip");
+    }
+
+    [Theory]
+    [InlineData(QuantMethod.Rtn, 3, 32)]
+    [InlineData(QuantMethod.Hqq, 4, 32)]
+    [InlineData(QuantMethod.Gptq, 4, 16)]
+    public void Does_round_trip_lowbit_exports_and_load_a_model_that_predicts_like_the_source(QuantMethod method, int bits, int groupSize)
+    {
+        using var checkpoint = Checkpoint.Open(Source());
+        using var calibration = TinyModels.Tokens(8, 32, 5);
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
+        {
+            Method = method, Bits = bits, GroupSize = groupSize, Calibration = method == QuantMethod.Gptq ? calibration : null,
+            Gptq = new GptqOptions { ActOrder = true },
+        });
+        Assert.Equal(14, quantized.Linears.Count);
+        var outDir = Path.Combine(_root, "lowbit");
+        var report = LowbitCheckpoint.Write(outDir, checkpoint, quantized);
+        Assert.True(LowbitCheckpoint.IsLowbit(outDir));
+        Assert.True(report.Bytes < new FileInfo(Path.Combine(checkpoint.Directory, "model.safetensors")).Length);
+
+        var read = LowbitCheckpoint.ReadLinears(outDir);
+        foreach (var (name, q) in quantized.Linears)
+        {
+            Assert.Equal(q.Bits, read[name].Bits);
+            AssertSameDequantized(q, read[name], name);
+        }
+
+        // The loaded model computes exactly what the source model computes with the dequantized weights swapped in.
+        using var reference = ModelIo.Load(checkpoint, ScalarType.Float32, CPU);
+        var parameters = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        using (no_grad())
+        {
+            foreach (var (name, q) in quantized.Linears)
+            {
+                parameters[name + ".weight"].copy_(q.Dequantize());
+            }
+        }
+        using var loaded = LowbitCheckpoint.Load(outDir, ScalarType.Float32, CPU);
+        using var tokens = TinyModels.Tokens(1, 16, 9);
+        using var noGrad = no_grad();
+        var expected = reference.forward(tokens, null);
+        var actual = loaded.forward(tokens, null);
+        var relative = expected.sub(actual).norm().item<float>() / expected.norm().item<float>();
+        Assert.True(relative < 1e-5, $"logits differ by {relative:E2}");
+    }
+
+    [Theory]
+    [InlineData(4, false)]
+    [InlineData(4, true)]
+    [InlineData(8, false)]
+    public void Does_round_trip_gptq_exports_with_autogptq_tensor_layout(int bits, bool actOrder)
+    {
+        using var checkpoint = Checkpoint.Open(Source());
+        using var calibration = TinyModels.Tokens(8, 32, 6);
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
+        {
+            Method = QuantMethod.Gptq, Bits = bits, GroupSize = 32, Calibration = calibration, Gptq = new GptqOptions { ActOrder = actOrder },
+        });
+        var outDir = Path.Combine(_root, "gptq");
+        GptqCheckpoint.Write(outDir, checkpoint, quantized, descAct: actOrder);
+
+        using (var file = SafetensorsFile.Open(Path.Combine(outDir, "model.safetensors")))
+        {
+            var qweight = file.Get("model.layers.0.mlp.down_proj.qweight");
+            Assert.Equal(SafetensorsDtype.I32, qweight.Dtype);
+            Assert.Equal([128L * bits / 32, 64], qweight.Shape);
+            Assert.Equal([4L, 64 * bits / 32], file.Get("model.layers.0.mlp.down_proj.qzeros").Shape);
+            Assert.Equal([4L, 64], file.Get("model.layers.0.mlp.down_proj.scales").Shape);
+            Assert.Equal(SafetensorsDtype.F16, file.Get("model.layers.0.mlp.down_proj.scales").Dtype);
+            Assert.Equal([128L], file.Get("model.layers.0.mlp.down_proj.g_idx").Shape);
+            Assert.Equal(SafetensorsDtype.F16, file.Get("model.norm.weight").Dtype);
+            Assert.False(file.Tensors.ContainsKey("model.layers.0.mlp.down_proj.weight"));
+        }
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")))!["quantization_config"]!;
+        Assert.Equal("gptq", config["quant_method"]!.GetValue<string>());
+        Assert.Equal(bits, config["bits"]!.GetValue<int>());
+        Assert.Equal(32, config["group_size"]!.GetValue<int>());
+        Assert.Equal(actOrder, config["desc_act"]!.GetValue<bool>());
+        Assert.True(File.Exists(Path.Combine(outDir, "quantize_config.json")));
+
+        foreach (var (name, q) in quantized.Linears)
+        {
+            using var read = GptqCheckpoint.ReadLinear(outDir, name);
+            AssertSameDequantized(q, read, name);
+        }
+    }
+
+    [Fact]
+    public void Does_refuse_gptq_export_of_hqq_fractional_zero_points()
+    {
+        using var checkpoint = Checkpoint.Open(Source());
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantMethod.Hqq, Bits = 4, GroupSize = 32 });
+        var ex = Assert.Throws<EngineInputException>(() => GptqCheckpoint.Write(Path.Combine(_root, "gptq"), checkpoint, quantized));
+        Assert.Contains("--format", ex.Message);
+    }
+
+    [Fact]
+    public void Does_meet_a_target_bits_per_weight_with_a_mixed_layout()
+    {
+        using var checkpoint = Checkpoint.Open(Source());
+        using var calibration = TinyModels.Tokens(4, 32, 7);
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
+        {
+            Method = QuantMethod.Rtn, Bits = 8, GroupSize = 32, TargetBitsPerWeight = 3.5, Calibration = calibration,
+        });
+        Assert.NotNull(quantized.Allocation);
+        Assert.True(quantized.BitsPerWeight <= 3.5 + 1e-9, $"{quantized.BitsPerWeight}");
+        Assert.True(quantized.Layers.Select(l => l.Bits).Distinct().Count() > 1, quantized.Allocation!.Layout);
+        var outDir = Path.Combine(_root, "mixed");
+        LowbitCheckpoint.Write(outDir, checkpoint, quantized);
+        var read = LowbitCheckpoint.ReadLinears(outDir);
+        Assert.All(quantized.Linears, kv => Assert.Equal(kv.Value.Bits, read[kv.Key].Bits));
+    }
+}
