@@ -75,6 +75,50 @@ public class TokenizerTests
     }
 
     [Fact]
+    public void Does_encode_sentencepiece_style_bpe_with_byte_fallback()
+    {
+        using var dir = new TempDir();
+        var vocab = new JsonObject { ["<unk>"] = 0, ["<s>"] = 1, ["</s>"] = 2 };
+        for (var b = 0; b < 256; b++)
+        {
+            vocab[$"<0x{b:X2}>"] = 3 + b;
+        }
+        string[] pieces = ["▁", "H", "i", "t", "h", "e", "r", "▁t", "▁th", "▁the", "er", "▁ther", "▁there", "Hi", "▁Hi"];
+        for (var i = 0; i < pieces.Length; i++)
+        {
+            vocab[pieces[i]] = 259 + i;
+        }
+        var json = new JsonObject
+        {
+            ["added_tokens"] = new JsonArray(
+                new JsonObject { ["id"] = 1, ["content"] = "<s>", ["special"] = true },
+                new JsonObject { ["id"] = 2, ["content"] = "</s>", ["special"] = true }),
+            ["normalizer"] = new JsonObject
+            {
+                ["type"] = "Sequence",
+                ["normalizers"] = new JsonArray(
+                    new JsonObject { ["type"] = "Prepend", ["prepend"] = "▁" },
+                    new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = "▁" }),
+            },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["byte_fallback"] = true, ["unk_token"] = "<unk>", ["vocab"] = vocab,
+                ["merges"] = new JsonArray("▁ t", "▁t h", "▁th e", "H i", "▁ Hi", "e r", "▁the r", "▁ther e"),
+            },
+        };
+        File.WriteAllText(dir.File("tokenizer.json"), json.ToJsonString());
+
+        var tokenizer = TokenizerLoader.Load(dir.Path);
+        var ids = tokenizer.Encode("Hi there\n");
+
+        Assert.IsType<SentencePieceBpeTokenizer>(tokenizer);
+        // ▁Hi, ▁there, then "\n" is not in the vocabulary: byte fallback <0x0A> = 3 + 10.
+        Assert.Equal([273, 271, 13], ids);
+        Assert.Equal("Hi there\n", tokenizer.Decode(ids.Prepend(1)));
+        Assert.Equal(1, tokenizer.BosId);
+    }
+
+    [Fact]
     public void Does_reject_a_folder_without_tokenizer_files()
     {
         using var dir = new TempDir();
