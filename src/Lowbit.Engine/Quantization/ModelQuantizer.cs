@@ -69,8 +69,9 @@ public sealed class RandomWeights(LlamaConfig config, ScalarType storage = Scala
         {
             return torch.ones(shape, dtype: dtype, device: device).MoveToOuterDisposeScope();
         }
-        var generator = new Generator((ulong)(seed * 1_000_003 + StableHash(name)), device);
-        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device, generator: generator).mul_(std).to(storage).to(dtype);
+        // The default generators (seeded per tensor): a CUDA tensor is generated on the GPU, which a CPU Generator can't do.
+        torch.random.manual_seed(seed * 1_000_003 + StableHash(name));
+        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device).mul_(std).to(storage).to(dtype);
         return t.MoveToOuterDisposeScope();
     }
 
