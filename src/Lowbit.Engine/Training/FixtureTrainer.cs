@@ -19,11 +19,12 @@ public sealed record FixtureTrainingOptions
 
     public required string Out { get; init; }
 
-    public int Steps { get; init; } = 3000;
+    public int Steps { get; init; } = 1000;
 
-    public int BatchSize { get; init; } = 32;
+    public int BatchSize { get; init; } = 16;
 
-    public int SequenceLength { get; init; } = 128;
+    /// <summary>Training window; evaluation contexts up to this length see only trained positions.</summary>
+    public int SequenceLength { get; init; } = 512;
 
     public double LearningRate { get; init; } = 3e-3;
 
@@ -80,8 +81,10 @@ public static class FixtureTrainer
             var batch = new long[options.BatchSize * window];
             for (var b = 0; b < options.BatchSize; b++)
             {
+                // Every window starts with BOS, as evaluation and generation prompts do.
                 var start = rng.Next(0, train.Length - window);
-                Array.Copy(train, start, batch, b * window, window);
+                batch[b * window] = ByteTokenizer.Bos;
+                Array.Copy(train, start, batch, b * window + 1, window - 1);
             }
             var data = tensor(batch, [options.BatchSize, window], device: device);
             var input = data.narrow(1, 0, options.SequenceLength);
