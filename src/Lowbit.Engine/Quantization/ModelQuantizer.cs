@@ -272,6 +272,7 @@ public static class ModelQuantizer
             ["self_attn.o_proj"] = "self_attn.o_proj", ["mlp.gate_proj"] = "mlp.gate_proj", ["mlp.up_proj"] = "mlp.gate_proj", ["mlp.down_proj"] = "mlp.down_proj",
         };
         var accumulators = new Dictionary<string, HessianAccumulator>(StringComparer.Ordinal);
+        var swapped = new List<LinearLayer>();
         try
         {
             foreach (var (name, linear) in dense)
@@ -282,7 +283,9 @@ public static class ModelQuantizer
                     accumulator = new HessianAccumulator(linear.InFeatures, options.Device);
                     accumulators[name] = accumulator;
                 }
-                layer.ReplaceProjection(name, new CapturingLinear(linear, accumulator));
+                var capturing = new CapturingLinear(linear, accumulator);
+                swapped.Add(capturing);
+                layer.ReplaceProjection(name, capturing);
             }
             RunLayer(layer, hidden, config, index, options.CalibrationBatch).Dispose();
             foreach (var (name, linear) in dense)
@@ -293,7 +296,9 @@ public static class ModelQuantizer
                 var q = QuantizeOne(weight, accumulators[shared[name]].Hessian, bitsOf(prefix), options);
                 Record(prefix, weight, q, linears, reports);
                 // The layer runs with a dequantized copy so the next layer sees quantized outputs.
-                layer.ReplaceProjection(name, new QuantizedLinear(q, linear.DenseBias(ScalarType.Float32)?.DetachFromDisposeScope(), cacheDense: true, ownsWeight: false));
+                var quantizedLinear = new QuantizedLinear(q, linear.DenseBias(ScalarType.Float32)?.DetachFromDisposeScope(), cacheDense: true, ownsWeight: false);
+                swapped.Add(quantizedLinear);
+                layer.ReplaceProjection(name, quantizedLinear);
             }
             return RunLayer(layer, hidden, config, index, options.CalibrationBatch);
         }
@@ -303,7 +308,7 @@ public static class ModelQuantizer
             {
                 a.Dispose();
             }
-            foreach (var d in dense.Values)
+            foreach (var d in dense.Values.Concat(swapped))
             {
                 d.Dispose();
             }
