@@ -191,8 +191,9 @@ public static class ModelQuantizer
                 }
                 else
                 {
-                    hidden = QuantizeLayerWithCalibration(checkpoint, i, hidden, options, BitsOf, linears, reports);
-                    hidden.MoveToOuterDisposeScope();
+                    var next = QuantizeLayerWithCalibration(checkpoint, i, hidden, options, BitsOf, linears, reports);
+                    hidden.Dispose();
+                    hidden = next.DetachFromDisposeScope();
                 }
                 progress?.Invoke(i + 1, layers);
             }
