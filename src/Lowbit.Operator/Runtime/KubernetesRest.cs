@@ -27,7 +27,8 @@ public sealed class KubernetesRest
     /// <summary>Sends a GET for <paramref name="pathAndQuery"/> (relative to the API server) and returns once headers arrive.</summary>
     public async Task<HttpResponseMessage> GetAsync(string pathAndQuery, CancellationToken cancellationToken)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(_client.BaseUri, pathAndQuery));
+        // Not disposed here: the response (read after this returns) still refers to it.
+        var request = new HttpRequestMessage(HttpMethod.Get, new Uri(_client.BaseUri, pathAndQuery));
         if (_client.Credentials is { } credentials)
         {
             await credentials.ProcessHttpRequestAsync(request, cancellationToken).ConfigureAwait(false);
