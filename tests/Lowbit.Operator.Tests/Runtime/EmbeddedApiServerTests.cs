@@ -32,6 +32,7 @@ public sealed class EmbeddedApiServerTests : IAsyncLifetime
         }
 
         await _server.DisposeAsync();
+
     }
 
     private KubernetesClientConfiguration Configuration => KubernetesClientConfiguration.BuildConfigFromConfigFile(_server.KubeconfigPath);
