@@ -1,5 +1,7 @@
 using k8s;
 using k8s.Models;
+using Lowbit.Api.Generation;
+using Lowbit.Api.V1Alpha1;
 using Lowbit.LocalCluster;
 using Lowbit.LocalCluster.Testing;
 using Lowbit.Operator.Runtime;
@@ -100,6 +102,63 @@ public sealed class EmbeddedApiServerTests : IAsyncLifetime
         await Eventually(() => secondProbe.Calls >= 1, "second takes over and reconciles");
         Assert.Equal("second", _server.Api.Get<V1Lease>("default", "lowbit-operator").Spec.HolderIdentity);
         Assert.Equal(2, firstProbe.Calls);
+    }
+
+    [Fact]
+    public async Task Does_cache_our_custom_resource_and_server_side_apply_spec_and_status_idempotently()
+    {
+        _server.Api.Create(CrdGenerator.Generate(typeof(QuantizedModel)));
+        var yaml = await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "examples", "quantizedmodel-llama-2-7b-hqq-int4.yaml"));
+        var example = KubernetesJson.Deserialize<QuantizedModel>(Lowbit.Api.Schema.Yaml.ParseObject(yaml).ToJsonString());
+        example.Metadata.NamespaceProperty = "default";
+        var metrics = new RuntimeMetrics();
+        using var client = new Kubernetes(Configuration, new RequestMetricsHandler(metrics));
+        var rest = new KubernetesRest(client);
+        var informer = new Informer<QuantizedModel>(rest, FastInformerOptions, TimeProvider.System, metrics, NullLogger<Informer<QuantizedModel>>.Instance);
+        using var stop = new CancellationTokenSource();
+        var run = informer.RunAsync(stop.Token);
+        try
+        {
+            await informer.WaitForSyncAsync(CancellationToken.None).WaitAsync(Patience);
+            var key = new ObjectKey("default", example.Metadata.Name);
+
+            var created = await rest.ApplyAsync(example, "lowbit-operator");
+            var again = await rest.ApplyAsync(example, "lowbit-operator");
+            var status = await rest.ApplyAsync(
+                new QuantizedModel
+                {
+                    Metadata = new V1ObjectMeta { Name = example.Metadata.Name, NamespaceProperty = "default" },
+                    Status = new QuantizedModelStatus { ObservedGeneration = created.Metadata.Generation, Phase = "Planning" },
+                },
+                "lowbit-operator",
+                subresource: "status");
+            await Eventually(() => informer.TryGet(key, out var cached) && cached.Status?.Phase == "Planning", "the status update in the cache");
+
+            Assert.Equal(created.Metadata.ResourceVersion, again.Metadata.ResourceVersion); // unchanged apply writes nothing
+            Assert.Equal(created.Metadata.Generation, status.Metadata.Generation); // status does not bump generation
+            Assert.True(informer.TryGet(key, out var seen));
+            Assert.Equal(KubernetesJson.Serialize(example.Spec), KubernetesJson.Serialize(seen.Spec));
+            Assert.Equal(0, metrics.WatchDecodeErrors.WithLabels("quantizedmodel").Value);
+            Assert.Contains(_server.Journal.Entries, e => e.Verb == "patch" && e.FieldManager == "lowbit-operator" && e.Path.EndsWith("/status", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await run.WaitAsync(Patience);
+        }
+    }
+
+    private static string RepoRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Operator.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new DirectoryNotFoundException("no Operator.sln above the test assembly");
     }
 
     private (WebApplication App, Probe Probe) Start(string identity)
