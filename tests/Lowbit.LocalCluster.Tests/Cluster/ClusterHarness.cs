@@ -24,6 +24,9 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     public ClusterApi Api { get; }
 
+    /// <summary>Waits on a store whose cluster the test started itself (Cluster and Logs are not available).</summary>
+    public static ClusterHarness Attach(ClusterApi api) => new(api, new PodLogStore(), null!, "");
+
     public PodLogStore Logs { get; }
 
     public SimulatedCluster Cluster { get; }

@@ -67,6 +67,31 @@ public sealed class NodeConfigTests
             && n.Status.Allocatable["nvidia.com/gpu"].ToDecimal() == 8m);
     }
 
+    [Fact]
+    public async Task Does_not_run_a_finished_pod_again_when_the_cluster_starts_on_restored_state()
+    {
+        var api = new ClusterApi(new ClusterApiOptions { GracefulPodDeletion = true });
+        var finished = ClusterHarness.Pod("finished", p => p.Spec.NodeName = "cpu-0");
+        api.Create(BuiltinResources.Pods, "default", Typed.ToJson(finished));
+        var stored = api.Get(BuiltinResources.Pods, "default", "finished").As<V1Pod>();
+        stored.Status = new V1PodStatus { Phase = "Succeeded" };
+        var rv = (string)api.Replace(BuiltinResources.Pods, stored, "status")["metadata"]!["resourceVersion"]!;
+        var nodes = NodesConfig.Parse("nodes: [ { name: cpu, count: 1 } ]");
+        nodes = new NodesConfig { Nodes = [nodes.Nodes[0] with { Name = "cpu-0" }] };
+        await using var cluster = await SimulatedCluster.StartAsync(api, new PodLogStore(), new ClusterSimulationOptions
+        {
+            Nodes = nodes,
+            Kubelet = new KubeletOptions { SimulatedRunDuration = TimeSpan.FromMilliseconds(10) },
+        }, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance);
+        var harness = ClusterHarness.Attach(api);
+
+        // A pod created afterwards on the same node runs to completion: by then the kubelet has seen both.
+        api.Create(BuiltinResources.Pods, "default", Typed.ToJson(ClusterHarness.Pod("later", p => p.Spec.NodeName = "cpu-0")));
+        await harness.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "later", p => p.Status?.Phase == "Succeeded", "Succeeded");
+
+        Assert.Equal(rv, api.Get(BuiltinResources.Pods, "default", "finished").As<V1Pod>().Metadata.ResourceVersion);
+    }
+
     [Theory]
     [InlineData("250ms", 250)]
     [InlineData("1m30s", 90_000)]
