@@ -11,7 +11,7 @@ namespace Lowbit.Operator.Runtime;
 /// <summary>
 /// Builds the operator process on the ASP.NET Core host: the manager as a hosted service, <c>/healthz</c>,
 /// <c>/readyz</c> and <c>/metrics</c> on one port (<c>--urls</c>, default http://0.0.0.0:8080), options
-/// validated at start, and the host's ShutdownTimeout from <see cref="OperatorOptions.ShutdownTimeout"/>.
+/// validated when the host is built (an invalid setting fails <see cref="Build"/> with a message naming it), and the host's ShutdownTimeout from <see cref="OperatorOptions.ShutdownTimeout"/>.
 /// Tests and <c>lowbit local up</c> call it in-process with <see cref="OperatorBuilder.UseKubernetes"/>.
 /// </summary>
 public static class OperatorHost
@@ -45,7 +45,8 @@ public static class OperatorHost
     public static async Task<int> RunAsync(WebApplication app, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(app);
+        var state = app.Services.GetRequiredService<OperatorState>();
         await app.RunAsync(cancellationToken).ConfigureAwait(false);
-        return app.Services.GetRequiredService<OperatorState>().ExitCode;
+        return state.ExitCode;
     }
 }

@@ -31,6 +31,10 @@ public sealed class RateLimitingQueue<TKey> : IDisposable
         if (metrics is not null)
         {
             metrics.QueueDepth.WithLabels(name).Set(0);
+            metrics.QueueAdds.WithLabels(name);
+            metrics.QueueRetries.WithLabels(name);
+            metrics.QueueUnfinishedWork.WithLabels(name);
+            metrics.QueueLongestRunning.WithLabels(name);
             metrics.BeforeCollect(UpdateUnfinishedWork);
         }
     }
@@ -140,7 +144,7 @@ public sealed class RateLimitingQueue<TKey> : IDisposable
 
     /// <summary>
     /// Waits for the next item and marks it as processing; the caller must call <see cref="Done"/> with it.
-    /// Returns null once the queue is shut down and empty.
+    /// Returns an empty <see cref="Optional"/> once the queue is shut down and drained.
     /// </summary>
     public async Task<Optional> GetAsync(CancellationToken cancellationToken)
     {

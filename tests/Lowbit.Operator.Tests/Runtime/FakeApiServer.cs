@@ -54,6 +54,7 @@ public sealed class FakeApiServer : IAsyncDisposable
     private long _resourceVersion;
     private long _compactedTo;
     private TaskCompletionSource _watchGate = CompletedGate();
+    private TaskCompletionSource _listGate = CompletedGate();
 
     private FakeApiServer(WebApplication app) => _app = app;
 
@@ -205,6 +206,23 @@ public sealed class FakeApiServer : IAsyncDisposable
         }
     }
 
+    /// <summary>Holds list requests (a slow initial LIST) until <see cref="ResumeLists"/>.</summary>
+    public void PauseLists()
+    {
+        lock (_lock)
+        {
+            _listGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+    }
+
+    public void ResumeLists()
+    {
+        lock (_lock)
+        {
+            _listGate.TrySetResult();
+        }
+    }
+
     /// <summary>Watch requests that arrived and are held by <see cref="PauseWatches"/>.</summary>
     public int HeldWatches => Volatile.Read(ref _heldWatches);
 
@@ -287,6 +305,13 @@ public sealed class FakeApiServer : IAsyncDisposable
 
     private async Task ListAsync(HttpContext context, Route route)
     {
+        Task gate;
+        lock (_lock)
+        {
+            gate = _listGate.Task;
+        }
+
+        await gate.WaitAsync(context.RequestAborted);
         JsonArray items;
         string rv;
         lock (_lock)
