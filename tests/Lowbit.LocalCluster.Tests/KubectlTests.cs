@@ -82,13 +82,20 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
         var again = await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
         Assert.Contains("widget.test.lowbit.dev/w1 unchanged", again, StringComparison.Ordinal);
         var changed = Path.Combine(Path.GetTempPath(), $"widget-{ns}.yaml");
-        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("color: blue", "size2: x").Replace("size: medium", "size: large"));
+        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("  color: blue\n", "").Replace("size: medium", "size: large"));
         var configured = await _cluster.Kubectl("apply", "-n", ns, "-f", changed);
         Assert.Contains("configured", configured, StringComparison.Ordinal);
         var obj = _cluster.Server.Api.Get(_cluster.Server.Api.Resources.Find("test.lowbit.dev", "v1", "widgets")!, ns, "w1");
         Assert.Equal("large", (string?)obj["spec"]!["size"]);
         Assert.Null(obj["spec"]!["color"]);
         Assert.Equal(2, (long?)obj["metadata"]!["generation"]);
+        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("color: blue", "colour: blue"));
+        var strict = await _cluster.KubectlAsync("apply", "-n", ns, "-f", changed);
+        Assert.NotEqual(0, strict.ExitCode);
+        Assert.Contains("strict decoding error: unknown field \"spec.colour\"", strict.StdErr, StringComparison.Ordinal);
+        var warned = await _cluster.KubectlAsync("apply", "-n", ns, "--validate=warn", "-f", changed);
+        Assert.Equal(0, warned.ExitCode);
+        Assert.Contains("unknown field \"spec.colour\"", warned.StdErr, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -131,6 +138,25 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
             var applied = await _cluster.Kubectl("apply", "-n", ns, "-f", example);
             Assert.Contains("created", applied, StringComparison.Ordinal);
             await _cluster.Kubectl("apply", "--server-side", "-n", ns, "-f", example);
+        }
+    }
+
+    [Fact]
+    public async Task Does_reject_every_invalid_lowbit_manifest_with_a_field_error()
+    {
+        var invalidDir = Path.Combine(ClusterFixture.RepoRoot, "tests", "Lowbit.Api.Tests", "invalid");
+        var crdDir = Path.Combine(ClusterFixture.RepoRoot, "crds");
+        Assert.True(Directory.Exists(invalidDir) && Directory.Exists(crdDir), "the repository's crds/ and tests/Lowbit.Api.Tests/invalid/ are needed");
+        await _cluster.Kubectl("apply", "-f", crdDir);
+        var ns = await NewNamespaceAsync("invalid");
+        var result = await _cluster.KubectlAsync("apply", "-n", ns, "-f", invalidDir);
+        Assert.NotEqual(0, result.ExitCode);
+        var files = Directory.GetFiles(invalidDir, "*.yaml");
+        var rejected = result.StdErr.Split("\n").Where(l => l.Contains("(Invalid)", StringComparison.Ordinal) && l.Contains("is invalid: ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(files.Length, rejected.Count);
+        foreach (var type in _cluster.Server.Api.Resources.All.Where(t => t.Group == "lowbit.dev"))
+        {
+            Assert.Empty(_cluster.Server.Api.List(type, ns).Items);
         }
     }
 
@@ -280,6 +306,61 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
         Assert.Null(api.TryGet(BuiltinResources.ConfigMaps, ns, "owner"));
         Assert.Null(api.TryGet(BuiltinResources.Secrets, ns, "child-a"));
         Assert.Null(api.TryGet(BuiltinResources.Secrets, ns, "child-b"));
+    }
+
+    [Fact]
+    public async Task Does_scale_custom_resources_and_deployments_through_the_scale_subresource()
+    {
+        await InstallWidgetsAsync();
+        var ns = await NewNamespaceAsync("scale");
+        await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
+        var scaled = await _cluster.Kubectl("scale", "widget", "w1", "-n", ns, "--replicas=3");
+        Assert.Contains("widget.test.lowbit.dev/w1 scaled", scaled, StringComparison.Ordinal);
+        Assert.Equal(3, (int?)_cluster.Server.Api.Get(Widgets, ns, "w1")["spec"]!["replicas"]);
+        var manifest = Path.Combine(Path.GetTempPath(), $"scale-{ns}.yaml");
+        await File.WriteAllTextAsync(manifest, """
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: web}
+            spec:
+              selector: {matchLabels: {app: web}}
+              template:
+                metadata: {labels: {app: web}}
+                spec: {containers: [{name: web, image: "nginx:1.25"}]}
+            """);
+        await _cluster.Kubectl("apply", "-n", ns, "-f", manifest);
+        await _cluster.Kubectl("scale", "deployment", "web", "-n", ns, "--replicas=4");
+        Assert.Equal(4, (int?)_cluster.Server.Api.Get(BuiltinResources.Deployments, ns, "web")["spec"]!["replicas"]);
+    }
+
+    [Fact]
+    public async Task Does_serve_pod_logs_written_by_the_executor()
+    {
+        var ns = await NewNamespaceAsync("logs");
+        _cluster.Server.Api.Create(BuiltinResources.Pods, ns, JsonNode.Parse("""{"metadata":{"name":"runner"},"spec":{"containers":[{"name":"main","image":"lowbit-engine"}]}}""")!.AsObject());
+        _cluster.Server.Logs.Append(ns, "runner", "main", "line one\nline two\n");
+        var logs = await _cluster.Kubectl("logs", "runner", "-n", ns);
+        Assert.Equal("line one\nline two\n", logs);
+        var tail = await _cluster.Kubectl("logs", "runner", "-n", ns, "--tail=1");
+        Assert.Equal("line two\n", tail);
+    }
+
+    [Fact]
+    public async Task Does_show_events_of_an_object_when_kubectl_describe_runs()
+    {
+        await InstallWidgetsAsync();
+        var ns = await NewNamespaceAsync("describe");
+        await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
+        var uid = (string?)_cluster.Server.Api.Get(Widgets, ns, "w1")["metadata"]!["uid"];
+        _cluster.Server.Api.Create(BuiltinResources.Events, ns, JsonNode.Parse($$"""
+            {"metadata":{"name":"w1.1"},"type":"Warning","reason":"WaitingForGPU","message":"0/1 nodes are available",
+             "involvedObject":{"apiVersion":"test.lowbit.dev/v1","kind":"Widget","name":"w1","namespace":"{{ns}}","uid":"{{uid}}"},
+             "source":{"component":"lowbit-operator"},"count":1}
+            """)!.AsObject());
+        var described = await _cluster.Kubectl("describe", "widget", "w1", "-n", ns);
+        Assert.Matches(@"Warning\s+WaitingForGPU", described);
+        var events = await _cluster.Kubectl("get", "events", "-n", ns);
+        Assert.Contains("widget/w1", events, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -25,6 +25,7 @@ public sealed partial class Scheduler
     private readonly Dictionary<string, Usage> _usage = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unschedulable = new(StringComparer.Ordinal);
     private readonly HashSet<string> _kubeletNodes;
+    private readonly Dictionary<string, (long ResourceVersion, V1Node Node)> _parsedNodes = new(StringComparer.Ordinal);
 
     public Scheduler(ClusterApi api, Informer pods, Informer nodes, IEnumerable<string> kubeletNodes, TimeProvider time, ILogger logger)
     {
@@ -149,15 +150,30 @@ public sealed partial class Scheduler
         }
         return _nodes.All()
             .Where(n => !n.IsDeleting)
-            .Select(n => new NodeState(n.As<V1Node>(), requested.GetValueOrDefault(n.Name) ?? new Dictionary<string, decimal>(), counts.GetValueOrDefault(n.Name)))
+            .Select(n => new NodeState(ParsedNode(n), requested.GetValueOrDefault(n.Name) ?? new Dictionary<string, decimal>(), counts.GetValueOrDefault(n.Name)))
             .ToList();
+    }
+
+    /// <summary>Nodes change rarely: parse each version once.</summary>
+    private V1Node ParsedNode(StoredObject node)
+    {
+        lock (_gate)
+        {
+            if (_parsedNodes.TryGetValue(node.Name, out var cached) && cached.ResourceVersion == node.ResourceVersion)
+            {
+                return cached.Node;
+            }
+            var parsed = node.As<V1Node>();
+            _parsedNodes[node.Name] = (node.ResourceVersion, parsed);
+            return parsed;
+        }
     }
 
     private void Bind(V1Pod pod, string nodeName)
     {
         var hadCondition = pod.Status?.Conditions?.Any(c => c.Type == "PodScheduled") == true;
         pod.Spec.NodeName = nodeName;
-        var bound = _api.Replace(BuiltinResources.Pods, pod);
+        var bound = _api.Replace(BuiltinResources.Pods, pod).As<V1Pod>();
         var key = Typed.KeyOf(pod.Metadata);
         lock (_gate)
         {
@@ -198,8 +214,48 @@ public sealed partial class Scheduler
             Message = message,
             LastTransitionTime = Typed.Truncate(_time.GetUtcNow()),
         });
+        RecordFailedScheduling(pod, message);
         _api.Replace(BuiltinResources.Pods, pod, "status");
         Log.Unschedulable(_logger, pod.Metadata.NamespaceProperty, pod.Metadata.Name, message);
+    }
+
+    /// <summary>The Warning event kubectl describe shows under the pod (one per pod, its count and time updated).</summary>
+    private void RecordFailedScheduling(V1Pod pod, string message)
+    {
+        var ns = pod.Metadata.NamespaceProperty;
+        var name = $"{pod.Metadata.Name}.failedscheduling";
+        var now = Typed.Truncate(_time.GetUtcNow());
+        try
+        {
+            var existing = _api.TryGet(BuiltinResources.Events, ns, name)?.As<Corev1Event>();
+            if (existing is not null)
+            {
+                existing.Count = (existing.Count ?? 1) + 1;
+                existing.LastTimestamp = now;
+                existing.Message = message;
+                _api.Replace(BuiltinResources.Events, existing);
+                return;
+            }
+            _api.Create(BuiltinResources.Events, ns, new Corev1Event
+            {
+                ApiVersion = "v1",
+                Kind = "Event",
+                Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = ns },
+                InvolvedObject = new V1ObjectReference { ApiVersion = "v1", Kind = "Pod", Name = pod.Metadata.Name, NamespaceProperty = ns, Uid = pod.Metadata.Uid },
+                Reason = "FailedScheduling",
+                Message = message,
+                Type = "Warning",
+                Count = 1,
+                FirstTimestamp = now,
+                LastTimestamp = now,
+                Source = new V1EventSource { Component = DefaultSchedulerName },
+                ReportingComponent = DefaultSchedulerName,
+            });
+        }
+        catch (ApiException ex) when (ex.Code is 409 or 404)
+        {
+            // Events are best effort, as in the real scheduler.
+        }
     }
 
     private static partial class Log
