@@ -135,9 +135,11 @@ public sealed class ReconcileKit(
         return outcome switch
         {
             Outcome.Succeeded => ReconcileResult.Done,
-            Outcome.Stalled s when s.Reason is Conditions.Reasons.ImagePullFailed or Conditions.Reasons.SecretNotFound or StatusReasons.RolloutStuck
-                => ReconcileResult.RequeueAfter(PollBlocked),
-            Outcome.Stalled s => ReconcileResult.Terminal(s.Reason, s.Message),
+            // Only what a spec change alone can fix is terminal; other stalls are looked at again (pod events
+            // also bring them back), so a late pod status can still refine the reason.
+            Outcome.Stalled s when s.Reason is Conditions.Reasons.InvalidSpec or Conditions.Reasons.InsufficientGpuMemory or Conditions.Reasons.OverBudget
+                => ReconcileResult.Terminal(s.Reason, s.Message),
+            Outcome.Stalled => ReconcileResult.RequeueAfter(PollBlocked),
             _ when diagnosis is PodDiagnosis.Unschedulable => ReconcileResult.RequeueAfter(pending),
             _ => ReconcileResult.RequeueAfter(running),
         };

@@ -104,7 +104,11 @@ public abstract record PodDiagnosis
             {
                 if (waiting.Reason is { } reason && ImagePullReasons.Contains(reason))
                 {
-                    return new ImagePullFailed(status.Image ?? "", waiting.Message ?? reason);
+                    // ErrImagePull and ImagePullBackOff alternate with changing messages: report a stable detail so
+                    // the status does not flap (and get rewritten) on every kubelet retry.
+                    return new ImagePullFailed(status.Image ?? "", reason == "InvalidImageName"
+                        ? waiting.Message ?? reason
+                        : "the registry refused the pull or could not be reached; the kubelet retries with back-off");
                 }
 
                 if (waiting.Reason == "CreateContainerConfigError")
