@@ -91,6 +91,19 @@ public sealed class SimulatedCluster : IAsyncDisposable
         return cluster;
     }
 
+    /// <summary>
+    /// Runs the simulation on a server's store and logs, and moves it to the new store when the server restarts
+    /// (<see cref="LocalClusterServer.RestartAsync"/>): what <c>lowbit local up</c> and server-level tests use.
+    /// Needs the server started with <see cref="ClusterApiOptions.GracefulPodDeletion"/> on.
+    /// </summary>
+    public static async Task<IAsyncDisposable> AttachAsync(LocalClusterServer server, ClusterSimulationOptions options, TimeProvider time,
+        ILoggerFactory loggers, CancellationToken cancellationToken = default)
+    {
+        var attached = new ServerAttachment(server, options, time, loggers);
+        await attached.StartAsync(server.Api, cancellationToken).ConfigureAwait(false);
+        return attached;
+    }
+
     public async ValueTask DisposeAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);
@@ -117,4 +130,68 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
         return "lowbit-engine";
     }
+}
+
+/// <summary>A <see cref="SimulatedCluster"/> that follows its server across restarts.</summary>
+internal sealed class ServerAttachment : IAsyncDisposable
+{
+    private readonly LocalClusterServer _server;
+    private readonly ClusterSimulationOptions _options;
+    private readonly TimeProvider _time;
+    private readonly ILoggerFactory _loggers;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private SimulatedCluster? _current;
+    private Task _swap = Task.CompletedTask;
+    private bool _disposed;
+
+    public ServerAttachment(LocalClusterServer server, ClusterSimulationOptions options, TimeProvider time, ILoggerFactory loggers)
+    {
+        _server = server;
+        _options = options;
+        _time = time;
+        _loggers = loggers;
+        server.ApiReplaced += OnApiReplaced;
+    }
+
+    public async Task StartAsync(ClusterApi api, CancellationToken cancellationToken)
+    {
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            if (_current is not null)
+            {
+                await _current.DisposeAsync().ConfigureAwait(false);
+            }
+            _current = await SimulatedCluster.StartAsync(api, _server.Logs, _options, _time, _loggers, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _server.ApiReplaced -= OnApiReplaced;
+        await _swap.ConfigureAwait(false);
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            _disposed = true;
+            if (_current is not null)
+            {
+                await _current.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private void OnApiReplaced(ClusterApi api) => _swap = StartAsync(api, CancellationToken.None);
 }
