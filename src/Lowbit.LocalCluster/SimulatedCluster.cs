@@ -65,6 +65,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         var replicaSetController = new ReplicaSetController(api, replicaSets, pods, podControl, time, loggers.CreateLogger<ReplicaSetController>());
         var deploymentController = new DeploymentController(api, deployments, replicaSets, time, loggers.CreateLogger<DeploymentController>());
         var endpointsController = new EndpointsController(api, services, pods, time, loggers.CreateLogger<EndpointsController>());
+        var taintEviction = new TaintEvictionController(api, nodes, pods, time, loggers.CreateLogger<TaintEvictionController>());
 
         var stateDirectory = options.StateDirectory ?? Path.Combine(Path.GetTempPath(), "lowbit-executor");
         var executor = new ProcessRuntime(api, new ExecutorOptions
@@ -87,6 +88,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         cluster._tasks.Add(replicaSetController.RunAsync(token));
         cluster._tasks.Add(deploymentController.RunAsync(token));
         cluster._tasks.Add(endpointsController.RunAsync(token));
+        cluster._tasks.Add(taintEviction.RunAsync(token));
         cluster._tasks.AddRange(cluster._kubelets.Select(k => k.RunAsync(token)));
         return cluster;
     }
