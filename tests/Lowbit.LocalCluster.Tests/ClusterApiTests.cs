@@ -224,6 +224,32 @@ public sealed class ClusterApiTests : IDisposable
     }
 
     [Fact]
+    public async Task Does_disconnect_a_watcher_that_falls_too_far_behind()
+    {
+        using var api = new ApiHolder(new ClusterApi(new ClusterApiOptions { MaxPendingWatchEvents = 3 }));
+        await using var watch = api.Api.WatchAsync(BuiltinResources.ConfigMaps, "default", new WatchOptions { ResourceVersion = api.Api.CurrentResourceVersion.ToString(System.Globalization.CultureInfo.InvariantCulture) }).GetAsyncEnumerator();
+        var pending = watch.MoveNextAsync();
+        for (var i = 0; i < 10; i++)
+        {
+            api.Api.Create(BuiltinResources.ConfigMaps, "default", Obj($"{{\"metadata\":{{\"name\":\"c{i}\"}}}}"));
+        }
+        var received = 0;
+        while (await pending)
+        {
+            received++;
+            pending = watch.MoveNextAsync();
+        }
+        Assert.InRange(received, 1, 4);
+    }
+
+    private sealed class ApiHolder(ClusterApi api) : IDisposable
+    {
+        public ClusterApi Api { get; } = api;
+
+        public void Dispose() => Api.GarbageCollector.Dispose();
+    }
+
+    [Fact]
     public void Does_drop_a_crd_resource_and_its_objects_when_the_crd_is_deleted()
     {
         var widgets = InstallWidgets();
