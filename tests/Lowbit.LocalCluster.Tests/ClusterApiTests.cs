@@ -104,6 +104,17 @@ public sealed class ClusterApiTests : IDisposable
     }
 
     [Fact]
+    public void Does_require_resource_version_when_replacing_a_custom_resource()
+    {
+        var widgets = InstallWidgets();
+        var created = _api.Create(widgets, "default", Obj("""{"metadata":{"name":"w"},"spec":{}}"""));
+        created["metadata"]!.AsObject().Remove("resourceVersion");
+        var ex = Assert.Throws<ApiException>(() => _api.Update(widgets, "default", "w", created));
+        Assert.Equal(422, ex.Code);
+        Assert.Equal("metadata.resourceVersion", Assert.Single(ex.Causes).Field);
+    }
+
+    [Fact]
     public void Does_not_write_when_an_update_changes_nothing()
     {
         var created = _api.Create(BuiltinResources.ConfigMaps, "default", Obj("""{"metadata":{"name":"same"},"data":{"a":"1"}}"""));
