@@ -346,6 +346,24 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
     }
 
     [Fact]
+    public async Task Does_show_events_of_an_object_when_kubectl_describe_runs()
+    {
+        await InstallWidgetsAsync();
+        var ns = await NewNamespaceAsync("describe");
+        await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
+        var uid = (string?)_cluster.Server.Api.Get(Widgets, ns, "w1")["metadata"]!["uid"];
+        _cluster.Server.Api.Create(BuiltinResources.Events, ns, JsonNode.Parse($$"""
+            {"metadata":{"name":"w1.1"},"type":"Warning","reason":"WaitingForGPU","message":"0/1 nodes are available",
+             "involvedObject":{"apiVersion":"test.lowbit.dev/v1","kind":"Widget","name":"w1","namespace":"{{ns}}","uid":"{{uid}}"},
+             "source":{"component":"lowbit-operator"},"count":1}
+            """)!.AsObject());
+        var described = await _cluster.Kubectl("describe", "widget", "w1", "-n", ns);
+        Assert.Matches(@"Warning\s+WaitingForGPU", described);
+        var events = await _cluster.Kubectl("get", "events", "-n", ns);
+        Assert.Contains("widget/w1", events, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Does_explain_a_crd_field_from_openapi_v3()
     {
         await InstallWidgetsAsync();
