@@ -134,7 +134,7 @@ public static class PlanCommand
         }
         if (value.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || value.Contains('/', StringComparison.Ordinal))
         {
-            throw new PlanInputException("model", $"file '{value}' does not exist");
+            throw new PlanInputException("model", $"file '{value}' does not exist (give a preset name, or a path to a config.json or to the directory holding it)", ModelPresets.Names);
         }
         return ModelPresets.Get(value);
     }

@@ -90,7 +90,7 @@ public sealed class Informer
                 await foreach (var e in _api.WatchAsync(Type, null, new WatchOptions { SendInitialEvents = true, AllowBookmarks = true }, cancellationToken)
                     .ConfigureAwait(false))
                 {
-                    if (e.Type == WatchEventType.Bookmark)
+                    if (e.Type == WatchEventKind.Bookmark)
                     {
                         if (initial && e.InitialEventsEnd)
                         {
@@ -130,7 +130,7 @@ public sealed class Informer
         lock (_gate)
         {
             old = _items.GetValueOrDefault(obj.Key);
-            if (e.Type == WatchEventType.Deleted)
+            if (e.Type == WatchEventKind.Deleted)
             {
                 if (old is null)
                 {
@@ -153,7 +153,7 @@ public sealed class Informer
             }
             handlers = [.. _handlers];
         }
-        var next = e.Type == WatchEventType.Deleted ? null : obj;
+        var next = e.Type == WatchEventKind.Deleted ? null : obj;
         foreach (var handler in handlers)
         {
             handler(old, next);

@@ -10,7 +10,11 @@ namespace Lowbit.LocalCluster.Controllers;
 /// <summary>Conversions between stored JSON and KubernetesClient models, and small helpers the controllers share.</summary>
 public static class Typed
 {
-    public static T As<T>(this StoredObject obj) => KubernetesJson.Deserialize<T>(Encoding.UTF8.GetString(obj.Json));
+    public static T As<T>(this StoredObject obj)
+    {
+        using var stream = new MemoryStream(obj.Json, writable: false);
+        return KubernetesJson.Deserialize<T>(stream);
+    }
 
     public static T As<T>(this JsonObject obj) => KubernetesJson.Deserialize<T>(obj.ToJsonString());
 
@@ -19,12 +23,12 @@ public static class Typed
     /// <summary>Creates an object from a model; returns the stored model.</summary>
     public static T Create<T>(this ClusterApi api, ResourceType type, string? ns, T model) => api.Create(type, ns, ToJson(model!)).As<T>();
 
-    /// <summary>Replaces an object (its resourceVersion is the precondition, so a stale copy gets 409).</summary>
-    public static T Replace<T>(this ClusterApi api, ResourceType type, T model, string? subresource = null)
+    /// <summary>Replaces an object (its resourceVersion is the precondition, so a stale copy gets 409); returns the stored JSON.</summary>
+    public static JsonObject Replace<T>(this ClusterApi api, ResourceType type, T model, string? subresource = null)
         where T : IKubernetesObject<V1ObjectMeta>
     {
         var meta = model.Metadata;
-        return api.Update(type, meta.NamespaceProperty, meta.Name, ToJson(model), subresource: subresource).As<T>();
+        return api.Update(type, meta.NamespaceProperty, meta.Name, ToJson(model), subresource: subresource);
     }
 
     public static string Key(this StoredObject obj) => obj.Key;
@@ -81,7 +85,10 @@ public static class Typed
         return list;
     }
 
-    /// <summary>True when two models serialize to the same JSON (for "write status only if it changed").</summary>
+    /// <summary>
+    /// True when two models of the same type serialize to the same JSON (for "write status only if it changed").
+    /// Serialization order is the model's property order, so equal values give equal text.
+    /// </summary>
     public static bool SameJson(object? a, object? b) =>
-        JsonNode.DeepEquals(a is null ? null : JsonNode.Parse(KubernetesJson.Serialize(a)), b is null ? null : JsonNode.Parse(KubernetesJson.Serialize(b)));
+        string.Equals(a is null ? "null" : KubernetesJson.Serialize(a), b is null ? "null" : KubernetesJson.Serialize(b), StringComparison.Ordinal);
 }

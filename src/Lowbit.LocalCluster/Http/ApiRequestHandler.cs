@@ -194,8 +194,19 @@ internal sealed class ApiRequestHandler
         var (type, ns, name, sub) = target;
         var query = context.Request.Query;
         var asTable = context.Request.Headers.Accept.ToString().Contains("as=Table", StringComparison.Ordinal);
+        var warnings = new List<string>();
+        context.Response.OnStarting(() =>
+        {
+            foreach (var warning in warnings.Distinct())
+            {
+                context.Response.Headers.Append("Warning", $"299 - \"{warning.Replace("\"", "\\\"", StringComparison.Ordinal)}\"");
+            }
+            return Task.CompletedTask;
+        });
         var writeOptions = new WriteOptions
         {
+            Warnings = warnings,
+            FieldValidation = query["fieldValidation"].ToString() is { Length: > 0 } fv ? fv : null,
             DryRun = query["dryRun"].ToString() == "All",
             FieldManager = query.TryGetValue("fieldManager", out var fm) ? fm.ToString() : DefaultManager(context.Request),
             Force = query["force"].ToString() is "true" or "1",

@@ -380,7 +380,7 @@ internal sealed partial class PodWorker
         {
             for (var attempt = 0; attempt < 20; attempt++)
             {
-                var stored = _api.TryGet(BuiltinResources.Pods, Namespace, Name);
+                var stored = _api.TryGetStored(BuiltinResources.Pods, Namespace, Name);
                 if (stored is null)
                 {
                     return;

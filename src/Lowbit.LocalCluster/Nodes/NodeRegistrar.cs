@@ -88,7 +88,7 @@ public static class NodeRegistrar
             var live = existing.As<V1Node>();
             live.Metadata.Labels = desired.Metadata.Labels;
             live.Spec = desired.Spec;
-            live = api.Replace(BuiltinResources.Nodes, live);
+            live = api.Replace(BuiltinResources.Nodes, live).As<V1Node>();
             live.Status = desired.Status;
             api.Replace(BuiltinResources.Nodes, live, "status");
         }

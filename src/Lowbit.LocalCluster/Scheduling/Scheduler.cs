@@ -25,6 +25,7 @@ public sealed partial class Scheduler
     private readonly Dictionary<string, Usage> _usage = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unschedulable = new(StringComparer.Ordinal);
     private readonly HashSet<string> _kubeletNodes;
+    private readonly Dictionary<string, (long ResourceVersion, V1Node Node)> _parsedNodes = new(StringComparer.Ordinal);
 
     public Scheduler(ClusterApi api, Informer pods, Informer nodes, IEnumerable<string> kubeletNodes, TimeProvider time, ILogger logger)
     {
@@ -149,15 +150,30 @@ public sealed partial class Scheduler
         }
         return _nodes.All()
             .Where(n => !n.IsDeleting)
-            .Select(n => new NodeState(n.As<V1Node>(), requested.GetValueOrDefault(n.Name) ?? new Dictionary<string, decimal>(), counts.GetValueOrDefault(n.Name)))
+            .Select(n => new NodeState(ParsedNode(n), requested.GetValueOrDefault(n.Name) ?? new Dictionary<string, decimal>(), counts.GetValueOrDefault(n.Name)))
             .ToList();
+    }
+
+    /// <summary>Nodes change rarely: parse each version once.</summary>
+    private V1Node ParsedNode(StoredObject node)
+    {
+        lock (_gate)
+        {
+            if (_parsedNodes.TryGetValue(node.Name, out var cached) && cached.ResourceVersion == node.ResourceVersion)
+            {
+                return cached.Node;
+            }
+            var parsed = node.As<V1Node>();
+            _parsedNodes[node.Name] = (node.ResourceVersion, parsed);
+            return parsed;
+        }
     }
 
     private void Bind(V1Pod pod, string nodeName)
     {
         var hadCondition = pod.Status?.Conditions?.Any(c => c.Type == "PodScheduled") == true;
         pod.Spec.NodeName = nodeName;
-        var bound = _api.Replace(BuiltinResources.Pods, pod);
+        var bound = _api.Replace(BuiltinResources.Pods, pod).As<V1Pod>();
         var key = Typed.KeyOf(pod.Metadata);
         lock (_gate)
         {

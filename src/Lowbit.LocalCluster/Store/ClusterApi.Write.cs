@@ -167,7 +167,7 @@ public sealed partial class ClusterApi
             obj.Remove("status");
         }
         BuiltinSemantics.Default(type, obj, (string)meta["uid"]!);
-        ValidateLocked(type, obj, name);
+        ValidateLocked(type, obj, name, options);
         if (managerOperation is not null)
         {
             ServerSideApply.RecordUpdateManager(obj, options.FieldManager, type.ApiVersion, NowString());
@@ -262,7 +262,7 @@ public sealed partial class ClusterApi
             BuiltinSemantics.Default(type, next, current.Uid);
         }
         next["metadata"]!["resourceVersion"] = current.ResourceVersion.ToString(CultureInfo.InvariantCulture);
-        ValidateLocked(type, next, name);
+        ValidateLocked(type, next, name, options, old, subresource);
         if (old["metadata"]?["deletionTimestamp"] is not null && subresource is null)
         {
             var oldFinalizers = old["metadata"]?["finalizers"] as JsonArray;
@@ -313,17 +313,72 @@ public sealed partial class ClusterApi
         }
     }
 
-    private void ValidateLocked(ResourceType type, JsonObject obj, string name)
+    private static void ValidateLocked(ResourceType type, JsonObject obj, string name, WriteOptions options, JsonObject? old = null, string? subresource = null)
     {
         var causes = new List<StatusCause>();
         if (type.IsCustom && type.Schema is not null)
         {
+            var checkUnknown = options.FieldValidation is "Strict" or "Warn";
+            var before = checkUnknown ? obj.DeepClone().AsObject() : null;
             causes.AddRange(CustomResourceSchema.Apply(obj, type.Schema));
+            if (before is not null)
+            {
+                var unknown = UnknownFields(before, obj, "").Where(f => !f.StartsWith("metadata.", StringComparison.Ordinal)
+                    && (subresource == "status" ? f.StartsWith("status.", StringComparison.Ordinal) : !f.StartsWith("status.", StringComparison.Ordinal))).ToList();
+                if (unknown.Count > 0 && options.FieldValidation == "Strict")
+                {
+                    throw ApiException.BadRequest($"{type.Kind} in version \"{type.Version}\" cannot be handled as a {type.Kind}: strict decoding error: {string.Join(", ", unknown.Select(f => $"unknown field \"{f}\""))}");
+                }
+                foreach (var field in unknown)
+                {
+                    options.Warnings?.Add($"unknown field \"{field}\"");
+                }
+            }
+            if (causes.Count == 0 && subresource is null)
+            {
+                causes.AddRange(CustomResourceSchema.ValidateRules(obj, old));
+            }
         }
         causes.AddRange(BuiltinSemantics.Validate(type, obj));
         if (causes.Count > 0)
         {
             throw ApiException.Invalid(type, name, causes);
+        }
+    }
+
+    /// <summary>Object fields present in <paramref name="before"/> but pruned from <paramref name="after"/>.</summary>
+    private static IEnumerable<string> UnknownFields(JsonNode? before, JsonNode? after, string path)
+    {
+        switch (before)
+        {
+            case JsonObject b:
+                var a = after as JsonObject;
+                foreach (var (key, value) in b)
+                {
+                    var childPath = path.Length == 0 ? key : $"{path}.{key}";
+                    if (a is null || !a.ContainsKey(key))
+                    {
+                        if (value is not null)
+                        {
+                            yield return childPath;
+                        }
+                        continue;
+                    }
+                    foreach (var nested in UnknownFields(value, a[key], childPath))
+                    {
+                        yield return nested;
+                    }
+                }
+                break;
+            case JsonArray list when after is JsonArray afterList && afterList.Count == list.Count:
+                for (var i = 0; i < list.Count; i++)
+                {
+                    foreach (var nested in UnknownFields(list[i], afterList[i], $"{path}[{i}]"))
+                    {
+                        yield return nested;
+                    }
+                }
+                break;
         }
     }
 
