@@ -309,18 +309,17 @@ public sealed class Informer<T> : IInformer
                 sawEvent = true;
             }
         }
-        catch (OperationCanceledException) when (idle.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (ex is OperationCanceledException or IOException or HttpRequestException
+            && idle.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
+            // Over TLS a cancelled read can surface as an IOException; the watchdog fired either way.
             InformerLog.WatchIdle(_logger, Type.Kind, _options.IdleTimeout);
             return WatchOutcome.Idle;
         }
-        catch (IOException) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (ex is IOException or HttpRequestException && !cancellationToken.IsCancellationRequested)
         {
             // Connection reset or half-written chunk: resume from the last resourceVersion.
-            return WatchOutcome.Broken;
-        }
-        catch (HttpRequestException) when (!cancellationToken.IsCancellationRequested)
-        {
+            InformerLog.WatchBroken(_logger, Type.Kind, ex);
             return WatchOutcome.Broken;
         }
         finally

@@ -22,6 +22,9 @@ internal static partial class InformerLog
     [LoggerMessage(EventId = 1105, Level = LogLevel.Warning, Message = "List/watch of {Kind} failed; retrying in {Backoff}")]
     public static partial void ListWatchFailed(ILogger logger, string kind, TimeSpan backoff, Exception exception);
 
+    [LoggerMessage(EventId = 1107, Level = LogLevel.Information, Message = "Watch of {Kind} broke off; resuming")]
+    public static partial void WatchBroken(ILogger logger, string kind, Exception exception);
+
     [LoggerMessage(EventId = 1106, Level = LogLevel.Error, Message = "An event handler of {Kind} threw")]
     public static partial void HandlerFailed(ILogger logger, string kind, Exception exception);
 }

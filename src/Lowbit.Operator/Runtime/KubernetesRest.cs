@@ -3,6 +3,7 @@ using System.Net;
 using System.Text;
 using k8s;
 using k8s.Autorest;
+using k8s.Models;
 
 namespace Lowbit.Operator.Runtime;
 
@@ -27,13 +28,56 @@ public sealed class KubernetesRest
     /// <summary>Sends a GET for <paramref name="pathAndQuery"/> (relative to the API server) and returns once headers arrive.</summary>
     public async Task<HttpResponseMessage> GetAsync(string pathAndQuery, CancellationToken cancellationToken)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(_client.BaseUri, pathAndQuery));
+        // Not disposed here: the response (read after this returns) still refers to it.
+        var request = new HttpRequestMessage(HttpMethod.Get, new Uri(_client.BaseUri, pathAndQuery));
         if (_client.Credentials is { } credentials)
         {
             await credentials.ProcessHttpRequestAsync(request, cancellationToken).ConfigureAwait(false);
         }
 
         return await _client.HttpClient.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Server-side apply of <paramref name="desired"/> (any kind, built-in or ours) as <paramref name="fieldManager"/>:
+    /// <c>PATCH application/apply-patch+yaml</c> with <c>force</c>. Send only the fields you own. With
+    /// <paramref name="subresource"/> <c>"status"</c> it applies the status (spec is ignored by the server there).
+    /// A 409 (conflict with another manager when not forced) surfaces as <see cref="HttpOperationException"/>,
+    /// which the controller turns into a requeue.
+    /// </summary>
+    public async Task<T> ApplyAsync<T>(T desired, string fieldManager, string? subresource = null, bool force = true, CancellationToken cancellationToken = default)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+    {
+        ArgumentNullException.ThrowIfNull(desired);
+        ArgumentException.ThrowIfNullOrEmpty(fieldManager);
+        var type = ResourceType.For<T>();
+        desired.ApiVersion ??= type.ApiVersion;
+        desired.Kind ??= type.Kind;
+        var meta = desired.Metadata ?? throw new ArgumentException("desired object has no metadata", nameof(desired));
+        var path = Query(
+            type.ItemPath(string.IsNullOrEmpty(meta.NamespaceProperty) ? null : meta.NamespaceProperty, meta.Name, subresource),
+            ("fieldManager", fieldManager),
+            ("force", force ? "true" : null));
+        using var content = new StringContent(KubernetesJson.Serialize(desired), Encoding.UTF8);
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/apply-patch+yaml");
+        using var response = await SendAsync(HttpMethod.Patch, path, content, cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, cancellationToken).ConfigureAwait(false);
+        var body = await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false);
+        return KubernetesJson.Deserialize<T>(body);
+    }
+
+    /// <summary>Sends one request (bounded by the client's HttpClientTimeout) and returns the buffered response.</summary>
+    public async Task<HttpResponseMessage> SendAsync(HttpMethod method, string pathAndQuery, HttpContent? content, CancellationToken cancellationToken)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(_client.HttpClientTimeout);
+        var request = new HttpRequestMessage(method, new Uri(_client.BaseUri, pathAndQuery)) { Content = content };
+        if (_client.Credentials is { } credentials)
+        {
+            await credentials.ProcessHttpRequestAsync(request, timeout.Token).ConfigureAwait(false);
+        }
+
+        return await _client.HttpClient.SendAsync(request, HttpCompletionOption.ResponseContentRead, timeout.Token).ConfigureAwait(false);
     }
 
     /// <summary>Throws <see cref="HttpOperationException"/> (the client's own exception type) for a non-success response.</summary>

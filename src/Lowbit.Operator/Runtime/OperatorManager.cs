@@ -129,7 +129,7 @@ public sealed class OperatorManager : BackgroundService
     }
 }
 
-/// <summary><c>/readyz</c>: ready once the caches synced and, with leader election on, while this instance leads.</summary>
+/// <summary><c>/readyz</c>: ready once the caches synced and, with leader election on (and ReadyOnlyWhenLeading), while this instance leads.</summary>
 public sealed class ReadinessCheck(OperatorState state, IOptions<OperatorOptions> options) : IHealthCheck
 {
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
@@ -139,7 +139,8 @@ public sealed class ReadinessCheck(OperatorState state, IOptions<OperatorOptions
             return Task.FromResult(HealthCheckResult.Unhealthy("caches not synced"));
         }
 
-        if (options.Value.LeaderElection.Enabled && !state.Leading)
+        var election = options.Value.LeaderElection;
+        if (election.Enabled && election.ReadyOnlyWhenLeading && !state.Leading)
         {
             return Task.FromResult(HealthCheckResult.Unhealthy("not the leader"));
         }

@@ -60,6 +60,13 @@ public sealed class LeaderElectionOptions
 
     public TimeSpan RetryPeriod { get; set; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// /readyz fails while this instance is a follower. Note: with a Deployment rollout that waits for new pods to be
+    /// Ready, a follower that never becomes Ready stalls the rollout; turn this off there (controller-runtime's readyz
+    /// does not consider leadership).
+    /// </summary>
+    public bool ReadyOnlyWhenLeading { get; set; } = true;
+
     /// <summary>On graceful shutdown, clear the holder so a successor need not wait out the lease (safe: the process exits right after).</summary>
     public bool ReleaseOnShutdown { get; set; } = true;
 }

@@ -37,6 +37,13 @@ public sealed record ResourceType(string Group, string Version, string Plural, s
         return ns is null ? $"{root}/{Plural}" : $"{root}/namespaces/{Uri.EscapeDataString(ns)}/{Plural}";
     }
 
+    /// <summary>One object's path, e.g. <c>apis/lowbit.dev/v1alpha1/namespaces/ml/quantizedmodels/llama</c>, optionally a subresource.</summary>
+    public string ItemPath(string? ns, string name, string? subresource = null)
+    {
+        var path = $"{CollectionPath(ns)}/{Uri.EscapeDataString(name)}";
+        return subresource is null ? path : $"{path}/{subresource}";
+    }
+
     /// <summary>True when <paramref name="reference"/> points at an object of this kind.</summary>
     public bool Matches(V1OwnerReference reference)
     {

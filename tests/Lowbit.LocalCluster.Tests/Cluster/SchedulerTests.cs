@@ -1,4 +1,5 @@
 using k8s.Models;
+using Lowbit.LocalCluster.Controllers;
 using Lowbit.LocalCluster.Store;
 using static Lowbit.LocalCluster.Tests.Cluster.ClusterHarness;
 
@@ -40,6 +41,8 @@ public sealed class SchedulerTests
             Scheduled(pod)!.Message);
         Assert.Equal("Pending", pod.Status!.Phase);
         Assert.Null(pod.Spec.NodeName);
+        var warning = cluster.Api.Get(BuiltinResources.Events, "default", "too-big.failedscheduling").As<Corev1Event>();
+        Assert.Equal(("FailedScheduling", "Warning", "too-big"), (warning.Reason, warning.Type, warning.InvolvedObject.Name));
     }
 
     [Fact]

@@ -119,4 +119,21 @@ public sealed class LeaderElectionTests : IAsyncLifetime
         await stopB.CancelAsync();
         await runB.WaitAsync(Patience);
     }
+
+    [Fact]
+    public async Task Does_count_lease_errors_and_never_lead_while_the_lease_is_forbidden()
+    {
+        _server.Fail(e => e.Path.Contains("leases", StringComparison.Ordinal), 403, times: 100_000);
+        var (a, metrics) = Elector("a");
+        using var stop = new CancellationTokenSource();
+        var run = a.RunAsync(Lead("a"), stop.Token);
+
+        await Eventually(() => metrics.LeaderElectionErrors.WithLabels("lowbit-operator").Value >= 3, "lease errors counted");
+
+        Assert.False(a.IsLeader);
+        Assert.Null(Leader(0));
+        Assert.Equal(0, metrics.LeaderStatus.WithLabels("lowbit-operator").Value);
+        await stop.CancelAsync();
+        Assert.False(await run.WaitAsync(Patience));
+    }
 }
