@@ -1,11 +1,16 @@
+using Lowbit.Operator.Runtime;
+
 namespace Lowbit.Operator;
 
-/// <summary>The <c>lowbit-operator</c> process.</summary>
+/// <summary>
+/// The <c>lowbit-operator</c> process. Connects with <c>--kubeconfig</c>/<c>--context</c>, KUBECONFIG,
+/// ~/.kube/config or the in-cluster service account; settings under <c>--Operator:...</c>.
+/// </summary>
 public static class Program
 {
-    public static int Main(string[] args)
+    public static async Task<int> Main(string[] args)
     {
-        Console.Error.WriteLine("lowbit-operator: not yet implemented");
-        return args.Length == 0 ? 1 : 1;
+        var app = OperatorHost.Build(args, OperatorSetup.Configure);
+        return await OperatorHost.RunAsync(app).ConfigureAwait(false);
     }
 }

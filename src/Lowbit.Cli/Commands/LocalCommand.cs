@@ -1,18 +1,92 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
+using Lowbit.LocalCluster;
 
 namespace Lowbit.Cli.Commands;
 
-/// <summary><c>lowbit local</c> (placeholder until its issue lands).</summary>
+/// <summary><c>lowbit local up</c>: the embedded Kubernetes-compatible API server on 127.0.0.1.</summary>
 public static class LocalCommand
 {
     public static Command Create()
     {
-        var command = new Command("local", "not yet implemented");
-        command.SetAction(_ =>
-        {
-            Console.Error.WriteLine("lowbit local: not yet");
-            return ExitCodes.Failure;
-        });
+        var command = new Command("local", "Run the embedded local cluster (a Kubernetes-compatible API server on 127.0.0.1).");
+        command.Subcommands.Add(CreateUp());
         return command;
+    }
+
+    private static Command CreateUp()
+    {
+        var kubeconfig = new Option<string?>("--kubeconfig") { Description = "Where to write the kubeconfig (default: <state-dir>/kubeconfig)." };
+        var port = new Option<int>("--port") { Description = "Port on 127.0.0.1 (0 = any free port).", DefaultValueFactory = _ => 0 };
+        var nodes = new Option<FileInfo?>("--nodes") { Description = "Node description file for the simulated nodes (stored; used once the node simulator lands)." };
+        var stateDir = new Option<string>("--state-dir") { Description = "Directory for the state snapshot and CA.", DefaultValueFactory = _ => ".lowbit" };
+        var demo = new Option<bool>("--demo") { Description = "Also run the operator and the examples (not wired yet)." };
+        var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
+        up.Options.Add(kubeconfig);
+        up.Options.Add(port);
+        up.Options.Add(nodes);
+        up.Options.Add(stateDir);
+        up.Options.Add(demo);
+        up.SetAction(parse => Run(parse.GetValue(kubeconfig), parse.GetValue(port), parse.GetValue(nodes), parse.GetValue(stateDir)!, parse.GetValue(demo)));
+        return up;
+    }
+
+    private static int Run(string? kubeconfig, int port, FileInfo? nodes, string stateDir, bool demo)
+    {
+        if (port is < 0 or > 65535)
+        {
+            Console.Error.WriteLine($"--port: {port} is not a valid port (accepted: 0..65535, 0 = any free port)");
+            return ExitCodes.BadInput;
+        }
+        if (nodes is not null && !nodes.Exists)
+        {
+            Console.Error.WriteLine($"--nodes: file not found: {nodes.FullName}");
+            return ExitCodes.BadInput;
+        }
+        Directory.CreateDirectory(stateDir);
+        if (nodes is not null)
+        {
+            File.Copy(nodes.FullName, Path.Combine(stateDir, "nodes" + nodes.Extension), overwrite: true);
+        }
+        if (demo)
+        {
+            Console.Error.WriteLine("lowbit local up: --demo: the operator and demo are not wired into the local cluster yet; serving the API server only");
+        }
+        using var stop = new CancellationTokenSource();
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => { ctx.Cancel = true; stop.Cancel(); });
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.Cancel(); });
+        return RunAsync(kubeconfig, port, stateDir, stop.Token).GetAwaiter().GetResult();
+    }
+
+    private static async Task<int> RunAsync(string? kubeconfig, int port, string stateDir, CancellationToken stop)
+    {
+        LocalClusterServer server;
+        try
+        {
+            server = await LocalClusterServer.StartAsync(new LocalClusterOptions
+            {
+                Port = port,
+                StateDirectory = Path.GetFullPath(stateDir),
+                KubeconfigPath = kubeconfig is null ? null : Path.GetFullPath(kubeconfig),
+            }, stop).ConfigureAwait(false);
+        }
+        catch (IOException ex)
+        {
+            Console.Error.WriteLine($"lowbit local up: cannot listen on 127.0.0.1:{port}: {ex.Message}");
+            return ExitCodes.Failure;
+        }
+        await using (server.ConfigureAwait(false))
+        {
+            Console.WriteLine($"ready: kubeconfig={server.KubeconfigPath}");
+            try
+            {
+                await Task.Delay(Timeout.Infinite, stop).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                Console.Error.WriteLine("lowbit local up: stopping; state saved in " + Path.GetFullPath(stateDir));
+            }
+        }
+        return ExitCodes.Ok;
     }
 }

@@ -1,0 +1,76 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.CodeAnalysis;
+using k8s;
+using k8s.Models;
+using Microsoft.Extensions.Logging;
+
+namespace Lowbit.Operator.Runtime;
+
+/// <summary>Read access to the informer caches, for reconcilers (observe children without API calls).</summary>
+public interface IObjectCache
+{
+    /// <summary>The cached object, if any. Throws when <typeparamref name="T"/> is not a watched kind.</summary>
+    bool TryGet<T>(ObjectKey key, [MaybeNullWhen(false)] out T obj)
+        where T : class, IKubernetesObject<V1ObjectMeta>;
+
+    /// <summary>Cached objects of a kind, optionally of one namespace. Throws when <typeparamref name="T"/> is not a watched kind.</summary>
+    IReadOnlyList<T> List<T>(string? ns = null)
+        where T : class, IKubernetesObject<V1ObjectMeta>;
+
+    /// <summary>Cached objects whose controller owner reference points at <paramref name="owner"/> (same namespace, matching UID).</summary>
+    IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
+        where TChild : class, IKubernetesObject<V1ObjectMeta>;
+}
+
+/// <summary>One shared informer per kind (a controller's primary and child watches, and reconcilers' reads, share it).</summary>
+public sealed class InformerRegistry : IObjectCache
+{
+    private readonly ConcurrentDictionary<Type, IInformer> _informers = new();
+    private readonly KubernetesRest _rest;
+    private readonly InformerOptions _options;
+    private readonly TimeProvider _time;
+    private readonly RuntimeMetrics _metrics;
+    private readonly ILoggerFactory _loggers;
+
+    public InformerRegistry(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILoggerFactory loggers)
+    {
+        _rest = rest ?? throw new ArgumentNullException(nameof(rest));
+        _options = options ?? throw new ArgumentNullException(nameof(options));
+        _time = time ?? throw new ArgumentNullException(nameof(time));
+        _metrics = metrics ?? throw new ArgumentNullException(nameof(metrics));
+        _loggers = loggers ?? throw new ArgumentNullException(nameof(loggers));
+    }
+
+    /// <summary>Every informer created so far.</summary>
+    public IReadOnlyCollection<IInformer> All => _informers.Values.ToList();
+
+    /// <summary>The informer of <typeparamref name="T"/>, created on first use.</summary>
+    public Informer<T> GetOrAdd<T>()
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => (Informer<T>)_informers.GetOrAdd(typeof(T), _ => new Informer<T>(_rest, _options, _time, _metrics, _loggers.CreateLogger<Informer<T>>()));
+
+    public bool TryGet<T>(ObjectKey key, [MaybeNullWhen(false)] out T obj)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => Existing<T>().TryGet(key, out obj);
+
+    public IReadOnlyList<T> List<T>(string? ns = null)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => Existing<T>().List(ns);
+
+    public IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
+        where TChild : class, IKubernetesObject<V1ObjectMeta>
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        var uid = owner.Metadata.Uid;
+        return Existing<TChild>()
+            .List(owner.Metadata.NamespaceProperty)
+            .Where(c => c.Metadata.OwnerReferences?.Any(r => r.Controller == true && r.Uid == uid) == true)
+            .ToList();
+    }
+
+    private Informer<T> Existing<T>()
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => _informers.TryGetValue(typeof(T), out var informer)
+            ? (Informer<T>)informer
+            : throw new InvalidOperationException($"{typeof(T).Name} is not cached: register it with Owns<{typeof(T).Name}>(), Watches<{typeof(T).Name}>(...) or OperatorBuilder.Watch<{typeof(T).Name}>()");
+}

@@ -1,0 +1,94 @@
+using Prometheus;
+
+namespace Lowbit.Operator.Runtime;
+
+/// <summary>
+/// The runtime's Prometheus metrics, named like controller-runtime and client-go so existing dashboards and
+/// alerts apply. One instance per operator host, on its own registry (two operators in one test process do not
+/// share series). Labels are bounded: controller and queue names, kinds, result, HTTP method and code.
+/// </summary>
+public sealed class RuntimeMetrics
+{
+    private static readonly double[] ReconcileBuckets =
+        [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+         1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5, 6, 7, 8, 9, 10, 15, 20, 25, 30, 40, 50, 60];
+
+    private static readonly double[] QueueBuckets = Histogram.ExponentialBuckets(1e-8, 10, 10);
+
+    public RuntimeMetrics()
+        : this(Metrics.NewCustomRegistry())
+    {
+    }
+
+    public RuntimeMetrics(CollectorRegistry registry)
+    {
+        ArgumentNullException.ThrowIfNull(registry);
+        Registry = registry;
+        Factory = Metrics.WithCustomRegistry(registry);
+        var f = Factory;
+
+        ReconcileTotal = f.CreateCounter("controller_runtime_reconcile_total", "Total number of reconciliations per controller", ["controller", "result"]);
+        ReconcileErrors = f.CreateCounter("controller_runtime_reconcile_errors_total", "Total number of reconciliation errors per controller", ["controller"]);
+        TerminalReconcileErrors = f.CreateCounter("controller_runtime_terminal_reconcile_errors_total", "Total number of terminal reconciliation errors per controller", ["controller"]);
+        ReconcilePanics = f.CreateCounter("controller_runtime_reconcile_panics_total", "Total number of reconciliation panics (unexpected exceptions) per controller", ["controller"]);
+        ReconcileTime = f.CreateHistogram("controller_runtime_reconcile_time_seconds", "Length of time per reconciliation per controller", ["controller"], new HistogramConfiguration { Buckets = ReconcileBuckets });
+        ActiveWorkers = f.CreateGauge("controller_runtime_active_workers", "Number of currently used workers per controller", ["controller"]);
+        MaxConcurrentReconciles = f.CreateGauge("controller_runtime_max_concurrent_reconciles", "Maximum number of concurrent reconciles per controller", ["controller"]);
+
+        QueueDepth = f.CreateGauge("workqueue_depth", "Current depth of workqueue", ["name"]);
+        QueueAdds = f.CreateCounter("workqueue_adds_total", "Total number of adds handled by workqueue", ["name"]);
+        QueueRetries = f.CreateCounter("workqueue_retries_total", "Total number of retries handled by workqueue", ["name"]);
+        QueueLatency = f.CreateHistogram("workqueue_queue_duration_seconds", "How long in seconds an item stays in workqueue before being requested", ["name"], new HistogramConfiguration { Buckets = QueueBuckets });
+        QueueWorkDuration = f.CreateHistogram("workqueue_work_duration_seconds", "How long in seconds processing an item from workqueue takes", ["name"], new HistogramConfiguration { Buckets = QueueBuckets });
+        QueueUnfinishedWork = f.CreateGauge("workqueue_unfinished_work_seconds", "How many seconds of work has been done that is in progress and hasn't been observed by work_duration", ["name"]);
+        QueueLongestRunning = f.CreateGauge("workqueue_longest_running_processor_seconds", "How many seconds has the longest running processor for workqueue been running", ["name"]);
+
+        LeaderStatus = f.CreateGauge("leader_election_master_status", "Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master", ["name"]);
+        LeaderElectionErrors = f.CreateCounter("lowbit_leader_election_errors_total", "Errors while acquiring or renewing the leader election lease", ["name"]);
+
+        RestRequests = f.CreateCounter("rest_client_requests_total", "Number of HTTP requests to the API server, partitioned by status code, method, and host", ["code", "method", "host"]);
+        RestRetries = f.CreateCounter("lowbit_rest_client_retries_total", "HTTP requests retried after 429 or 5xx, partitioned by status code and method", ["code", "method"]);
+
+        WatchReconnects = f.CreateCounter("lowbit_watch_reconnects_total", "Watch streams re-established, partitioned by kind and reason (closed, idle, expired, decode_error, error)", ["kind", "reason"]);
+        WatchRelists = f.CreateCounter("lowbit_watch_relists_total", "Full lists of a kind (initial, expired, decode_error, error)", ["kind", "reason"]);
+        WatchDecodeErrors = f.CreateCounter("lowbit_watch_decode_errors_total", "Watch events that could not be deserialized", ["kind"]);
+        WatchEvents = f.CreateCounter("lowbit_watch_events_total", "Watch events received, partitioned by kind and type", ["kind", "type"]);
+        WatchAge = f.CreateGauge("lowbit_watch_age_seconds", "Seconds since the current watch stream of a kind was opened (0 when none is open)", ["kind"]);
+        InformerSynced = f.CreateGauge("lowbit_informer_synced", "1 when the informer of a kind has completed its first list", ["kind"]);
+        CachedObjects = f.CreateGauge("lowbit_informer_objects", "Objects held in the informer cache of a kind", ["kind"]);
+    }
+
+    public CollectorRegistry Registry { get; }
+
+    /// <summary>Factory on this registry, for metrics defined elsewhere (the reconcilers' cost metrics).</summary>
+    public IMetricFactory Factory { get; }
+
+    public Counter ReconcileTotal { get; }
+    public Counter ReconcileErrors { get; }
+    public Counter TerminalReconcileErrors { get; }
+    public Counter ReconcilePanics { get; }
+    public Histogram ReconcileTime { get; }
+    public Gauge ActiveWorkers { get; }
+    public Gauge MaxConcurrentReconciles { get; }
+    public Gauge QueueDepth { get; }
+    public Counter QueueAdds { get; }
+    public Counter QueueRetries { get; }
+    public Histogram QueueLatency { get; }
+    public Histogram QueueWorkDuration { get; }
+    public Gauge QueueUnfinishedWork { get; }
+    public Gauge QueueLongestRunning { get; }
+    public Gauge LeaderStatus { get; }
+    public Counter LeaderElectionErrors { get; }
+    public Counter RestRequests { get; }
+    public Counter RestRetries { get; }
+    public Counter WatchReconnects { get; }
+    public Counter WatchRelists { get; }
+    public Counter WatchDecodeErrors { get; }
+    public Counter WatchEvents { get; }
+    public Gauge WatchAge { get; }
+    public Gauge InformerSynced { get; }
+    public Gauge CachedObjects { get; }
+
+    /// <summary>Runs <paramref name="update"/> right before every scrape (for gauges computed from state: ages, unfinished work).</summary>
+    public void BeforeCollect(Action update) => Registry.AddBeforeCollectCallback(update);
+}

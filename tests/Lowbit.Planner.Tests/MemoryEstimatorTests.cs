@@ -1,0 +1,121 @@
+namespace Lowbit.Planner.Tests;
+
+public sealed class MemoryEstimatorTests
+{
+    private static Workload Serve(string weights, int context = 4096, int batch = 1) => new()
+    {
+        Mode = WorkloadMode.Inference,
+        Weights = WeightFormat.Parse(weights),
+        ContextLength = context,
+        Concurrency = batch,
+    };
+
+    [Fact]
+    public void Does_size_the_KV_cache_as_2_x_layers_x_kv_heads_x_head_dim_x_bytes_x_tokens()
+    {
+        var m = MemoryEstimator.Estimate(ModelPresets.Llama2_70B, Serve("int4", context: 4096, batch: 8));
+        Assert.Equal(2L * 80 * 8 * 128 * 2 * 4096 * 8, m.KvCache.Bytes);
+    }
+
+    [Fact]
+    public void Does_halve_the_KV_cache_with_an_8_bit_cache()
+    {
+        var fp16 = MemoryEstimator.Estimate(ModelPresets.Llama3_8B, Serve("bf16", 8192, 4));
+        var fp8 = MemoryEstimator.Estimate(ModelPresets.Llama3_8B, Serve("bf16", 8192, 4) with { KvCache = KvCacheFormat.Fp8 });
+        Assert.Equal(fp16.KvCache.Bytes / 2, fp8.KvCache.Bytes);
+    }
+
+    [Fact]
+    public void Does_split_weights_and_kv_heads_across_tensor_parallel_shards()
+    {
+        var one = MemoryEstimator.Estimate(ModelPresets.Llama2_70B, Serve("bf16"), devices: 1);
+        var four = MemoryEstimator.Estimate(ModelPresets.Llama2_70B, Serve("bf16"), devices: 4);
+        Assert.Equal(one.Weights.Bytes / 4.0, four.Weights.Bytes, 0);
+        Assert.Equal(one.KvCache.Bytes / 4, four.KvCache.Bytes);
+    }
+
+    [Fact]
+    public void Does_replicate_the_single_KV_head_of_multi_query_models_on_every_shard()
+    {
+        var one = MemoryEstimator.Estimate(ModelPresets.StarCoder, Serve("bf16", 8192), devices: 1);
+        var four = MemoryEstimator.Estimate(ModelPresets.StarCoder, Serve("bf16", 8192), devices: 4);
+        Assert.Equal(one.KvCache, four.KvCache);
+        Assert.Equal(2L * 40 * 1 * 128 * 2 * 8192, one.KvCache.Bytes);
+    }
+
+    [Fact]
+    public void Does_let_vllm_fill_only_its_gpu_memory_utilization()
+    {
+        var vllm = Serve("bf16") with { Runtime = ServingRuntime.Vllm };
+        Assert.Equal(0.90, MemoryEstimator.UsableFraction(vllm, DeviceKind.Gpu));
+        Assert.Equal(0.95, MemoryEstimator.UsableFraction(Serve("bf16"), DeviceKind.Gpu));
+        Assert.Equal(0.95, MemoryEstimator.UsableFraction(Serve("bf16") with { Runtime = ServingRuntime.LlamaCpp }, DeviceKind.Gpu));
+    }
+
+    [Fact]
+    public void Does_grow_activations_with_the_prefill_chunk_of_the_runtime()
+    {
+        var lowbit = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, Serve("bf16", 4096, 4));
+        var vllm = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, Serve("bf16", 4096, 4) with { Runtime = ServingRuntime.Vllm });
+        Assert.True(vllm.Activations > lowbit.Activations);
+    }
+
+    [Fact]
+    public void Does_charge_16_bytes_per_parameter_for_AdamW_mixed_precision_and_10_for_8_bit_Adam()
+    {
+        var model = ModelPresets.Llama2_7B;
+        var full = new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16 };
+        var m = MemoryEstimator.Estimate(model, full);
+        var states = (m.Weights + m.Gradients + m.Optimizer).Bytes / (double)model.Parameters.Total;
+        Assert.Equal(16.0, states, 3);
+        var adam8 = MemoryEstimator.Estimate(model, full with { Optimizer = OptimizerKind.AdamW8Bit });
+        Assert.Equal(10.0, (adam8.Weights + adam8.Gradients + adam8.Optimizer).Bytes / (double)model.Parameters.Total, 3);
+    }
+
+    [Fact]
+    public void Does_shrink_activations_with_gradient_checkpointing_and_grow_them_with_seq_and_micro_batch()
+    {
+        var model = ModelPresets.Llama2_7B;
+        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048 };
+        var plain = MemoryEstimator.Estimate(model, lora).Activations;
+        var checkpointed = MemoryEstimator.Estimate(model, lora with { GradientCheckpointing = true }).Activations;
+        var longer = MemoryEstimator.Estimate(model, lora with { SequenceLength = 4096 }).Activations;
+        var bigger = MemoryEstimator.Estimate(model, lora with { MicroBatch = 4 }).Activations;
+        Assert.True(checkpointed.GiB < plain.GiB / 4, $"checkpointed {checkpointed} vs {plain}");
+        Assert.Equal(plain.Bytes * 2.0, longer.Bytes, plain.Bytes * 0.001);
+        Assert.Equal(plain.Bytes * 4.0, bigger.Bytes, plain.Bytes * 0.001);
+    }
+
+    [Fact]
+    public void Does_keep_only_adapters_trainable_in_LoRA()
+    {
+        var model = ModelPresets.Llama2_7B;
+        var m = MemoryEstimator.Estimate(model, new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, LoraRank = 16 });
+        var adapters = 16L * model.Parameters.LoraParametersPerRank;
+        Assert.Equal(adapters * 4, m.Gradients.Bytes);
+        Assert.Equal(adapters * 8, m.Optimizer.Bytes);
+    }
+
+    [Fact]
+    public void Does_reject_a_quantized_base_for_LoRA_and_full_fine_tuning()
+    {
+        var lora = Assert.Throws<PlanInputException>(() => MemoryEstimator.Estimate(ModelPresets.Llama2_7B, new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Nf4 }));
+        Assert.Contains("qlora", lora.Message, StringComparison.Ordinal);
+        var full = Assert.Throws<PlanInputException>(() => MemoryEstimator.Estimate(ModelPresets.Llama2_7B, new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Parse("int4") }));
+        Assert.Contains("lowbit-full", full.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_size_quantization_as_one_16_bit_layer_plus_output_plus_calibration()
+    {
+        var model = ModelPresets.Llama2_70B;
+        var rtn = new Workload { Mode = WorkloadMode.Quantize, Weights = WeightFormat.Parse("int4"), CalibrationSamples = 0 };
+        var m = MemoryEstimator.Estimate(model, rtn);
+        var expectedWeights = MemoryEstimator.WeightBytes(model.Parameters, rtn.Weights).Bytes + (model.Parameters.LinearPerLayer * 2);
+        Assert.Equal(expectedWeights, m.Weights.Bytes);
+        Assert.Equal(0, m.Activations.Bytes);
+        var gptq = MemoryEstimator.Estimate(model, rtn with { CalibrationSamples = 128 });
+        Assert.True(gptq.Activations.GiB > 8, gptq.Activations.ToString());
+        Assert.True(m.Total.GiB < 45, "quantizing 70B to int4 must not need the 16-bit model: " + m.Total);
+    }
+}

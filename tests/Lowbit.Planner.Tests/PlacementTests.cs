@@ -1,0 +1,238 @@
+namespace Lowbit.Planner.Tests;
+
+public sealed class PlacementTests
+{
+    private static PlanRequest Request(ModelArchitecture model, string weights, PlacementConstraints? constraints = null, int context = 4096) => new()
+    {
+        Model = model,
+        Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse(weights), ContextLength = context },
+        Constraints = constraints ?? PlacementConstraints.None,
+    };
+
+    [Fact]
+    public void Does_rank_options_by_hourly_price_and_choose_the_cheapest_that_fits()
+    {
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_13B, "int4"));
+        for (var i = 1; i < result.Options.Count; i++)
+        {
+            Assert.True(result.Options[i - 1].HourlyUsd <= result.Options[i].HourlyUsd);
+        }
+        var planned = Assert.IsType<Planned>(result);
+        Assert.Equal(planned.Choice, result.Options.OfType<Fits>().First());
+        Assert.All(result.Options.TakeWhile(o => o != planned.Choice), o => Assert.IsType<DoesNotFit>(o));
+    }
+
+    [Fact]
+    public void Does_explain_each_cheaper_option_with_its_shortfall()
+    {
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_70B, "int4", new PlacementConstraints { AllowedGpuTypes = ["l4", "a100-40gb"] }));
+        var planned = Assert.IsType<Planned>(result);
+        // Two L4s ($1.12/h) hold the 4-bit 70B model sharded; one L4 and one A100-40GB would also do, at other prices.
+        Assert.Equal("2× L4-24GB", planned.Choice.Label);
+        var l4 = (DoesNotFit)result.Options.Single(o => o.NodeType.Name == "l4" && o.Gpus == 1);
+        Assert.Equal(RejectionReason.InsufficientMemory, l4.Reason);
+        Assert.Equal(l4.PerDevice.Total - l4.UsablePerDevice, l4.Shortfall);
+        Assert.InRange(l4.Shortfall.GiB, 14, 19);
+        Assert.StartsWith("Llama-2-70B int4 needs 36.", result.Summary, StringComparison.Ordinal);
+        Assert.Contains("2× L4-24GB at $1.12/h", result.Summary, StringComparison.Ordinal);
+        Assert.Contains("1× L4-24GB short by", result.Summary, StringComparison.Ordinal);
+        Assert.DoesNotContain("T4", result.Summary, StringComparison.Ordinal); // excluded types are not explained
+    }
+
+    [Fact]
+    public void Does_write_the_issue_style_sentence_for_single_gpu_node_types()
+    {
+        var catalog = CatalogJson.Parse("""{ "replaceDefaults": true, "nodeTypes": [ { "name": "l4", "gpusPerNode": 1 }, { "name": "a100-40gb", "gpusPerNode": 1 } ] }""");
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_70B, "int4") with { Catalog = catalog });
+        Assert.Matches(@"^Llama-2-70B int4 needs 3\d\.\d GiB: 1× A100-40GB at \$2\.87/h; 1× L4-24GB short by 1\d\.\d GiB$", result.Summary);
+    }
+
+    [Theory]
+    [InlineData(1, true)]
+    [InlineData(2, true)]
+    [InlineData(4, true)]
+    [InlineData(8, true)]
+    [InlineData(3, false)]
+    [InlineData(16, true)]  // 64 % 16 == 0 and 16 is a multiple of the 8 KV heads: each KV head is replicated twice
+    [InlineData(32, true)]
+    [InlineData(6, false)]  // 64 % 6 != 0
+    public void Does_apply_the_tensor_parallel_head_rule_to_Llama2_70B(int shards, bool expected)
+    {
+        var actual = PlacementPlanner.DividesHeads(ModelPresets.Llama2_70B, shards);
+        Assert.Equal(expected, actual);
+    }
+
+    [Fact]
+    public void Does_reject_shard_counts_that_do_not_divide_the_heads()
+    {
+        // Phi-2 has 32 heads, fine for 8; a 12-head model is not divisible by 8.
+        var odd = ModelPresets.TinyLlama11B with { Name = "odd", AttentionHeads = 12, KvHeads = 12, HeadDim = 2048 / 12 };
+        Assert.False(PlacementPlanner.DividesHeads(odd, 8));
+        Assert.True(PlacementPlanner.DividesHeads(odd, 4));
+        var result = PlacementPlanner.Plan(Request(odd, "bf16"));
+        var eight = (DoesNotFit)result.Options.First(o => o.Gpus == 8);
+        Assert.Equal(RejectionReason.ShardsDoNotDivideHeads, eight.Reason);
+        Assert.Contains("12 attention heads", eight.Explanation, StringComparison.Ordinal);
+        // Multi-query StarCoder (1 KV head, 48 heads) shards 2, 4, 8 ways with a replicated KV head.
+        Assert.True(PlacementPlanner.DividesHeads(ModelPresets.StarCoder, 8));
+    }
+
+    [Fact]
+    public void Does_honour_allowed_gpu_types_by_name_or_model()
+    {
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_7B, "bf16", new PlacementConstraints { AllowedGpuTypes = ["H100 80GB"] }));
+        var chosen = Assert.IsType<Planned>(result).Choice;
+        Assert.Equal("h100-80gb", chosen.NodeType.Name);
+        Assert.Contains(result.Options, o => o is DoesNotFit { Reason: RejectionReason.GpuTypeNotAllowed });
+    }
+
+    [Fact]
+    public void Does_report_no_fit_with_the_smallest_shortfall_and_what_fits_without_constraints()
+    {
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_70B, "fp16", new PlacementConstraints { MaxUsdPerHour = 3.0 }));
+        var noFit = Assert.IsType<NoFit>(result);
+        var memoryRejected = result.Options.OfType<DoesNotFit>().Where(o => o.Reason == RejectionReason.InsufficientMemory).ToList();
+        Assert.Equal(memoryRejected.Min(o => o.Shortfall), noFit.Closest.Shortfall);
+        Assert.NotEmpty(noFit.FitsWithoutConstraints);
+        Assert.All(noFit.FitsWithoutConstraints, o => Assert.True(o.HourlyUsd > 3.0));
+        Assert.Contains("nothing fits", result.Summary, StringComparison.Ordinal);
+        Assert.Contains("without constraints", result.Summary, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_reject_options_below_the_minimum_tokens_per_second()
+    {
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_7B, "int4", new PlacementConstraints { MinTokensPerSecond = 60 }));
+        var chosen = Assert.IsType<Planned>(result).Choice;
+        Assert.True(chosen.Throughput.TokensPerSecond >= 60);
+        Assert.Contains(result.Options, o => o is DoesNotFit { Reason: RejectionReason.TooSlow });
+    }
+
+    [Fact]
+    public void Does_use_CPU_nodes_only_when_named()
+    {
+        var tiny = Request(ModelPresets.TinyLlama11B, "gguf-q4_k_m") with { Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("gguf-q4_k_m"), Runtime = ServingRuntime.LlamaCpp } };
+        var byDefault = Assert.IsType<Planned>(PlacementPlanner.Plan(tiny));
+        Assert.Equal(DeviceKind.Gpu, byDefault.Choice.NodeType.Kind);
+        var cpu = Assert.IsType<Planned>(PlacementPlanner.Plan(tiny with { Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu-highmem-16"] } }));
+        Assert.Equal(DeviceKind.Cpu, cpu.Choice.NodeType.Kind);
+        Assert.Equal(0, cpu.Choice.Gpus);
+    }
+
+    [Fact]
+    public void Does_accept_cpu_as_the_name_of_any_CPU_node_type_for_every_mode()
+    {
+        // examples/local run the tiny model with allowedGpuTypes [cpu]: quantize, QLoRA and serving.
+        foreach (var mode in new[] { WorkloadMode.Quantize, WorkloadMode.Qlora, WorkloadMode.Inference })
+        {
+            var request = new PlanRequest
+            {
+                Model = ModelPresets.TinyLlama11B,
+                Workload = new Workload { Mode = mode, Weights = WeightFormat.Parse(PlannerNames.DefaultWeights(mode)) },
+                Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu"] },
+            };
+            var chosen = Assert.IsType<Planned>(PlacementPlanner.Plan(request)).Choice;
+            Assert.Equal("cpu-highmem-16", chosen.NodeType.Name);
+        }
+        var vllm = new PlanRequest
+        {
+            Model = ModelPresets.TinyLlama11B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu"] },
+        };
+        Assert.DoesNotContain(PlacementPlanner.Plan(vllm).Options, o => o.NodeType.Kind == DeviceKind.Cpu);
+    }
+
+    [Fact]
+    public void Does_share_weight_reads_across_a_decode_batch()
+    {
+        var model = ModelPresets.Llama2_7B;
+        var node = GpuCatalog.Default.Find("a100-80gb")!;
+        var p = model.Parameters;
+        var one = ThroughputModel.Estimate(model, p, new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, ContextLength = 1024, Concurrency = 1 }, node, 1, 3.85);
+        var many = ThroughputModel.Estimate(model, p, new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, ContextLength = 1024, Concurrency = 16 }, node, 1, 3.85);
+        // Batch 1: 13.5 GB of weights per token at 65% of 2039 GB/s ≈ 98 tokens/s.
+        Assert.InRange(one.TokensPerSecond, 85, 105);
+        Assert.True(many.TokensPerSecond > 8 * one.TokensPerSecond);
+        Assert.True(many.UsdPerMillionTokens < one.UsdPerMillionTokens / 8);
+        Assert.Equal(3.85 / (one.TokensPerSecond * 3600) * 1e6, one.UsdPerMillionTokens, 9);
+    }
+
+    [Fact]
+    public void Does_read_fewer_expert_weights_per_step_at_batch_one_for_MoE()
+    {
+        var model = ModelPresets.Mixtral8x7B;
+        var node = GpuCatalog.Default.Find("h100-80gb")!;
+        var w = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("int4"), ContextLength = 1024 };
+        var moe = ThroughputModel.Estimate(model, model.Parameters, w, node, 1, 4.29);
+        var dense = ThroughputModel.Estimate(model with { Experts = 1, ExpertsPerToken = 1, IntermediateSize = 14336 * 8 }, (model with { Experts = 1, ExpertsPerToken = 1, IntermediateSize = 14336 * 8 }).Parameters, w, node, 1, 4.29);
+        Assert.True(moe.TokensPerSecond > 2.5 * dense.TokensPerSecond, $"{moe.TokensPerSecond} vs {dense.TokensPerSecond}");
+    }
+
+    [Fact]
+    public void Does_reject_invalid_workload_numbers_naming_the_field()
+    {
+        var request = Request(ModelPresets.Llama2_7B, "bf16") with { Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Concurrency = 0 } };
+        var ex = Assert.Throws<PlanInputException>(() => PlacementPlanner.Plan(request));
+        Assert.Equal("batch", ex.Field);
+    }
+
+    [Fact]
+    public void Does_parse_names_and_list_accepted_values_on_error()
+    {
+        Assert.Equal(WorkloadMode.LowbitFull, PlannerNames.ParseMode("lowbit-full"));
+        Assert.Equal(ServingRuntime.LlamaCpp, PlannerNames.ParseRuntime("llamacpp"));
+        var mode = Assert.Throws<PlanInputException>(() => PlannerNames.ParseMode("pretrain"));
+        Assert.Contains("inference, quantize, lora, qlora, full, lowbit-full", mode.Message, StringComparison.Ordinal);
+        var runtime = Assert.Throws<PlanInputException>(() => PlannerNames.ParseRuntime("tgi"));
+        Assert.Contains("lowbit, vllm, llamacpp", runtime.Message, StringComparison.Ordinal);
+        var model = Assert.Throws<PlanInputException>(() => ModelPresets.Get("gpt-5"));
+        Assert.Contains("llama-2-70b", model.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_default_weights_and_optimizer_per_mode()
+    {
+        Assert.Equal("nf4", PlannerNames.DefaultWeights(WorkloadMode.Qlora));
+        Assert.Equal("int8", PlannerNames.DefaultWeights(WorkloadMode.LowbitFull));
+        Assert.Equal("int4", PlannerNames.DefaultWeights(WorkloadMode.Quantize));
+        Assert.Equal("bf16", PlannerNames.DefaultWeights(WorkloadMode.Full));
+        Assert.Equal(OptimizerKind.AdamW8Bit, new Workload { Mode = WorkloadMode.LowbitFull, Weights = WeightFormat.Parse("int8") }.EffectiveOptimizer);
+        Assert.Equal(OptimizerKind.AdamW, new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16 }.EffectiveOptimizer);
+    }
+
+    [Fact]
+    public void Does_estimate_training_throughput_from_flops_and_price_per_million_training_tokens()
+    {
+        var result = Assert.IsType<Planned>(PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_7B,
+            Workload = new Workload { Mode = WorkloadMode.Qlora, Weights = WeightFormat.Nf4, GradientCheckpointing = true },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["a100-80gb"] },
+        }));
+        var throughput = result.Choice.Throughput;
+        Assert.Equal(ThroughputKind.Training, throughput.Kind);
+        // 6 FLOPs per active parameter per token (LoRA 4 + recompute 2) at 40% of 312 TFLOP/s.
+        Assert.Equal(312e12 * 0.4 / (6.0 * result.Parameters.Active), throughput.TokensPerSecond, 6);
+        Assert.Equal(3.85 / (throughput.TokensPerSecond * 3600) * 1e6, throughput.UsdPerMillionTokens, 9);
+    }
+
+    [Fact]
+    public void Does_plan_multi_node_training_only_on_NVLink_node_types_and_never_for_inference()
+    {
+        var training = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16, GradientCheckpointing = true },
+        });
+        var multiNode = training.Options.Where(o => o.Nodes > 1).ToList();
+        Assert.NotEmpty(multiNode);
+        Assert.All(multiNode, o => Assert.Equal(Interconnect.NvLink, o.NodeType.Interconnect));
+        var serving = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16 },
+        });
+        Assert.All(serving.Options, o => Assert.Equal(1, o.Nodes));
+    }
+}
