@@ -40,6 +40,9 @@ public static class Labels
         public const string Inference = "inference";
     }
 
+    /// <summary>The name of a child: <c>&lt;owner&gt;-&lt;component&gt;</c> (owner names are at most 52 characters).</summary>
+    public static string ChildName(string ownerName, string component) => $"{ownerName}-{component}";
+
     /// <summary>The owner label key of a kind (<c>lowbit.dev/&lt;kind&gt;</c>).</summary>
     public static string OwnerKey(string kind)
     {

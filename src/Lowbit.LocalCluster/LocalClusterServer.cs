@@ -146,7 +146,10 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
             });
         });
         var app = builder.Build();
-        var handler = new ApiRequestHandler(Api, Faults, Journal, Logs, () => $"127.0.0.1:{Port}");
+        var handler = new ApiRequestHandler(Api, Faults, Journal, Logs, () => $"127.0.0.1:{Port}")
+        {
+            OnInternalError = ex => Log.InternalError(_logger, ex),
+        };
         app.Run(handler.HandleAsync);
         await app.StartAsync(cancellationToken).ConfigureAwait(false);
         _app = app;
@@ -218,6 +221,9 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
     {
         [LoggerMessage(Level = LogLevel.Information, Message = "embedded API server serving at {Url}; kubeconfig {Kubeconfig}")]
         public static partial void Serving(ILogger logger, Uri url, string kubeconfig);
+
+        [LoggerMessage(Level = LogLevel.Error, Message = "request failed with an internal error")]
+        public static partial void InternalError(ILogger logger, Exception exception);
 
         [LoggerMessage(Level = LogLevel.Warning, Message = "state snapshot failed")]
         public static partial void SnapshotFailed(ILogger logger, Exception exception);

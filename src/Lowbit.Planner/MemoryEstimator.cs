@@ -255,17 +255,18 @@ public static class MemoryEstimator
 
     /// <summary>
     /// Runtime overhead per device: the CUDA context and runtime buffers (lowbit/TorchSharp 0.75 GiB,
-    /// vLLM 1 GiB with CUDA graphs, llama.cpp 0.4 GiB; CPU processes 0.5 GiB). Serving and quantizing
+    /// vLLM 1 GiB with CUDA graphs, llama.cpp 0.4 GiB; a CPU process 0.5 GiB). Serving and quantizing
     /// allocate their tensors once, so allocator slack is left to the 5% headroom; training churns
     /// activations and gradients every step, so it also pays 5% allocator slack on its tensors.
     /// </summary>
     private static ByteSize Overhead(MemoryBreakdown m, Workload w, DeviceKind kind)
     {
+        var tensors = m.Weights + m.KvCache + m.Activations + m.Optimizer + m.Gradients;
+        var trainingSlack = w.IsTraining ? tensors * 0.05 : ByteSize.Zero;
         if (kind == DeviceKind.Cpu)
         {
-            return ByteSize.FromGiB(0.5);
+            return ByteSize.FromGiB(0.5) + trainingSlack;
         }
-        var tensors = m.Weights + m.KvCache + m.Activations + m.Optimizer + m.Gradients;
         return w.Mode switch
         {
             WorkloadMode.Inference => ByteSize.FromGiB(w.Runtime switch
@@ -275,7 +276,7 @@ public static class MemoryEstimator
                 _ => 0.75,
             }),
             WorkloadMode.Quantize => ByteSize.FromGiB(0.75),
-            _ => ByteSize.FromGiB(0.75) + (tensors * 0.05),
+            _ => ByteSize.FromGiB(0.75) + trainingSlack,
         };
     }
 }

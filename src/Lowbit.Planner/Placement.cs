@@ -9,7 +9,7 @@ public enum RejectionReason
     /// <summary>Tensor parallelism needs the shard count to divide the attention heads and the KV heads (or be a multiple of them).</summary>
     ShardsDoNotDivideHeads,
 
-    /// <summary>Excluded by the allowed GPU types.</summary>
+    /// <summary>Excluded by the allowed GPU types (CPU node types: not named there).</summary>
     GpuTypeNotAllowed,
 
     /// <summary>Costs more than the budget.</summary>
@@ -25,6 +25,11 @@ public enum RejectionReason
 /// </summary>
 public abstract record PlacementOption
 {
+    /// <summary>Closed: only <see cref="Fits"/> and <see cref="DoesNotFit"/> derive from it.</summary>
+    private protected PlacementOption()
+    {
+    }
+
     public required NodeType NodeType { get; init; }
 
     /// <summary>GPUs per node this replica uses (0 on a CPU node).</summary>

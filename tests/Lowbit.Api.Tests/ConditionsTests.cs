@@ -63,3 +63,23 @@ public class LabelsTests
         Assert.Equal("lowbit-operator", Labels.FieldManager);
     }
 }
+
+public class WireNamesTests
+{
+    [Fact]
+    public void Does_spell_enum_values_as_in_manifests()
+    {
+        Assert.Equal("gguf-q8_0", V1Alpha1.WireNames.Of(V1Alpha1.ExportFormat.GgufQ80));
+        Assert.Equal("qlora", V1Alpha1.WireNames.Of(V1Alpha1.FineTuneMethod.Qlora));
+        Assert.Equal(V1Alpha1.ServingRuntime.Llamacpp, V1Alpha1.WireNames.Parse<V1Alpha1.ServingRuntime>("llamacpp"));
+        Assert.Null(V1Alpha1.WireNames.Parse<V1Alpha1.ServingRuntime>("Llamacpp"));
+        Assert.Equal(["rtn", "hqq", "gptq"], V1Alpha1.WireNames.All<V1Alpha1.QuantizationMethod>());
+        Assert.Equal(Generation.CrdGenerator.EnumValues(typeof(V1Alpha1.ExportFormat)), V1Alpha1.WireNames.All<V1Alpha1.ExportFormat>());
+    }
+
+    [Fact]
+    public void Does_name_children_owner_dash_component()
+    {
+        Assert.Equal("llama-inference", Labels.ChildName("llama", Labels.Components.Inference));
+    }
+}

@@ -84,7 +84,7 @@ public class ExamplesTests
         var file = Path.Combine(RepoPaths.Examples, "quantizedmodel-llama-2-7b-hqq-int4.yaml");
         var model = KubernetesJson.Deserialize<QuantizedModel>(Yaml.ParseObject(File.ReadAllText(file)).ToJsonString());
         Assert.Equal(QuantizationMethod.Hqq, model.Spec.Method);
-        Assert.Equal([ExportFormat.Lowbit, ExportFormat.GgufQ4KM], model.Spec.Formats);
+        Assert.Equal([ExportFormat.Lowbit, ExportFormat.GgufQ4K], model.Spec.Formats);
         Assert.Empty(ResourceValidator.Validate(model));
     }
 

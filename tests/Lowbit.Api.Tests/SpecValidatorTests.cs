@@ -38,6 +38,7 @@ public class SpecValidatorTests
     {
         { typeof(QuantizedModel).Name, "spec", CelRules.BitsXorTarget, "spec.bits" },
         { typeof(QuantizedModel).Name, "spec", CelRules.GptqNeedsCalibration, "spec.calibration" },
+        { typeof(QuantizedModel).Name, "spec", CelRules.GptqFormatBits, "spec.formats" },
         { typeof(QuantizedModel).Name, "spec.source", CelRules.ExactlyOneModelSource, "spec.source" },
         { typeof(QuantizedModel).Name, "spec.source.pvc", CelRules.NoParentPath, "spec.source.pvc.path" },
         { typeof(QuantizedModel).Name, "spec.calibration.dataset", CelRules.ExactlyOneDataSource, "spec.calibration.dataset" },
@@ -89,6 +90,7 @@ public class SpecValidatorTests
     {
         CelRules.BitsXorTarget => ValidModel with { TargetBitsPerWeight = 2.5 },
         CelRules.GptqNeedsCalibration => ValidModel with { Method = QuantizationMethod.Gptq },
+        CelRules.GptqFormatBits => ValidModel with { Bits = 3, Formats = [ExportFormat.Lowbit, ExportFormat.Gptq] },
         CelRules.ExactlyOneModelSource => ValidModel with { Source = ValidModel.Source with { Url = "https://example.com/m" } },
         CelRules.NoParentPath => ValidModel with { Source = new ModelSource { Pvc = new PvcSource { ClaimName = "models", Path = "a/../b" } } },
         CelRules.ExactlyOneDataSource => ValidModel with { Calibration = new CalibrationSpec { Dataset = new DataSource() } },

@@ -236,3 +236,56 @@ public class StructuralSchemaLoadingShapesTests
         Assert.Equal("d", (string?)obj["s"]);
     }
 }
+
+public class StructuralSchemaKeywordTests
+{
+    private static V1JSONSchemaProps Schema(string yaml) => k8s.KubernetesJson.Deserialize<V1JSONSchemaProps>(Yaml.ParseObject(yaml).ToJsonString());
+
+    [Theory]
+    [InlineData("{type: object, minProperties: 2}", "{a: 1}", "", "at least 2 properties")]
+    [InlineData("{type: number, multipleOf: 0.5}", "1.25", "", "multiple of 0.5")]
+    [InlineData("{type: string, format: date-time}", "yesterday", "", "date-time")]
+    [InlineData("{type: array, uniqueItems: true, items: {type: integer}}", "[1, 2, 1]", "[2]", "Duplicate value")]
+    [InlineData("{type: string, anyOf: [{pattern: '^a'}, {pattern: '^b'}]}", "c", "", "at least one")]
+    [InlineData("{type: integer, oneOf: [{minimum: 0}, {maximum: 10}]}", "5", "", "exactly one")]
+    [InlineData("{type: string, not: {enum: [forbidden]}}", "forbidden", "", "must not match")]
+    [InlineData("{type: integer, format: int64}", "1e30", "", "int64")]
+    public void Does_check_the_less_common_keywords(string schema, string value, string field, string message)
+    {
+        var errors = StructuralSchema.Validate(Yaml.ParseAll($"v: {value}")[0]["v"], Schema(schema));
+        var error = Assert.Single(errors);
+        Assert.Equal(field, error.Field);
+        Assert.Contains(message, error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("{type: object, minProperties: 2}", "{a: 1, b: 2}")]
+    [InlineData("{type: number, multipleOf: 0.5}", "1.5")]
+    [InlineData("{type: string, format: date-time}", "2026-11-22T19:33:28Z")]
+    [InlineData("{type: string, anyOf: [{pattern: '^a'}, {pattern: '^b'}]}", "banana")]
+    [InlineData("{type: integer, oneOf: [{minimum: 0}, {maximum: -1}]}", "5")]
+    [InlineData("{type: integer}", "3.0")]
+    [InlineData("{type: number}", "3")]
+    [InlineData("{x-kubernetes-preserve-unknown-fields: true}", "{any: [thing]}")]
+    public void Does_accept_values_that_satisfy_the_keyword(string schema, string value)
+    {
+        Assert.Empty(StructuralSchema.Validate(Yaml.ParseAll($"v: {value}")[0]["v"], Schema(schema)));
+    }
+
+    [Fact]
+    public void Does_keep_apiversion_kind_and_metadata_of_embedded_resources()
+    {
+        var schema = Schema("""
+            type: object
+            properties:
+              template:
+                type: object
+                x-kubernetes-embedded-resource: true
+                properties:
+                  spec: {type: object, properties: {a: {type: string}}}
+            """);
+        var obj = Yaml.ParseObject("template: {apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {a: x, b: y}, extra: 1}");
+        Assert.Empty(StructuralSchema.Apply(obj, schema));
+        Assert.Equal("""{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"a":"x"}}""", obj["template"]!.ToJsonString());
+    }
+}

@@ -82,13 +82,20 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
         var again = await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
         Assert.Contains("widget.test.lowbit.dev/w1 unchanged", again, StringComparison.Ordinal);
         var changed = Path.Combine(Path.GetTempPath(), $"widget-{ns}.yaml");
-        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("color: blue", "size2: x").Replace("size: medium", "size: large"));
+        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("  color: blue\n", "").Replace("size: medium", "size: large"));
         var configured = await _cluster.Kubectl("apply", "-n", ns, "-f", changed);
         Assert.Contains("configured", configured, StringComparison.Ordinal);
         var obj = _cluster.Server.Api.Get(_cluster.Server.Api.Resources.Find("test.lowbit.dev", "v1", "widgets")!, ns, "w1");
         Assert.Equal("large", (string?)obj["spec"]!["size"]);
         Assert.Null(obj["spec"]!["color"]);
         Assert.Equal(2, (long?)obj["metadata"]!["generation"]);
+        await File.WriteAllTextAsync(changed, (await File.ReadAllTextAsync(Fixture("widget.yaml"))).Replace("color: blue", "colour: blue"));
+        var strict = await _cluster.KubectlAsync("apply", "-n", ns, "-f", changed);
+        Assert.NotEqual(0, strict.ExitCode);
+        Assert.Contains("strict decoding error: unknown field \"spec.colour\"", strict.StdErr, StringComparison.Ordinal);
+        var warned = await _cluster.KubectlAsync("apply", "-n", ns, "--validate=warn", "-f", changed);
+        Assert.Equal(0, warned.ExitCode);
+        Assert.Contains("unknown field \"spec.colour\"", warned.StdErr, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -131,6 +138,25 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
             var applied = await _cluster.Kubectl("apply", "-n", ns, "-f", example);
             Assert.Contains("created", applied, StringComparison.Ordinal);
             await _cluster.Kubectl("apply", "--server-side", "-n", ns, "-f", example);
+        }
+    }
+
+    [Fact]
+    public async Task Does_reject_every_invalid_lowbit_manifest_with_a_field_error()
+    {
+        var invalidDir = Path.Combine(ClusterFixture.RepoRoot, "tests", "Lowbit.Api.Tests", "invalid");
+        var crdDir = Path.Combine(ClusterFixture.RepoRoot, "crds");
+        Assert.True(Directory.Exists(invalidDir) && Directory.Exists(crdDir), "the repository's crds/ and tests/Lowbit.Api.Tests/invalid/ are needed");
+        await _cluster.Kubectl("apply", "-f", crdDir);
+        var ns = await NewNamespaceAsync("invalid");
+        var result = await _cluster.KubectlAsync("apply", "-n", ns, "-f", invalidDir);
+        Assert.NotEqual(0, result.ExitCode);
+        var files = Directory.GetFiles(invalidDir, "*.yaml");
+        var rejected = result.StdErr.Split("\n").Where(l => l.Contains("(Invalid)", StringComparison.Ordinal) && l.Contains("is invalid: ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(files.Length, rejected.Count);
+        foreach (var type in _cluster.Server.Api.Resources.All.Where(t => t.Group == "lowbit.dev"))
+        {
+            Assert.Empty(_cluster.Server.Api.List(type, ns).Items);
         }
     }
 

@@ -8,7 +8,7 @@ namespace Lowbit.Planner.Tests;
 public sealed class AcceptanceTests
 {
     private static PlanResult Serve(ModelArchitecture model, string weights, int context, PlacementConstraints? constraints = null) =>
-        Planner.Plan(new PlanRequest
+        PlacementPlanner.Plan(new PlanRequest
         {
             Model = model,
             Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse(weights), ContextLength = context },
@@ -16,7 +16,7 @@ public sealed class AcceptanceTests
         });
 
     private static PlanResult Train(ModelArchitecture model, WorkloadMode mode, string weights, GpuCatalog? catalog = null) =>
-        Planner.Plan(new PlanRequest
+        PlacementPlanner.Plan(new PlanRequest
         {
             Model = model,
             Workload = new Workload { Mode = mode, Weights = WeightFormat.Parse(weights), SequenceLength = 2048, MicroBatch = 1, GradientCheckpointing = true },
@@ -167,7 +167,7 @@ public sealed class AcceptanceTests
               "memoryBandwidthGBps": 448, "bf16Tflops": 40, "gpusPerNode": 1, "usdPerHour": 0.10,
               "priceSource": "test fixture", "priceDate": "2026-11" } ] }
             """);
-        var result = Planner.Plan(new PlanRequest
+        var result = PlacementPlanner.Plan(new PlanRequest
         {
             Model = ModelPresets.Llama2_13B,
             Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("bpw-2.65"), ContextLength = 2048 },

@@ -47,7 +47,7 @@ public sealed class CatalogTests
         var mi300 = catalog.Find("mi300x")!;
         Assert.Equal(("amd.com/gpu", Interconnect.NvLink), (mi300.ResourceName, mi300.Interconnect));
         Assert.Equal(GpuCatalog.Default.NodeTypes.Count + 1, catalog.NodeTypes.Count);
-        var plan = Assert.IsType<Planned>(Planner.Plan(new PlanRequest
+        var plan = Assert.IsType<Planned>(PlacementPlanner.Plan(new PlanRequest
         {
             Model = ModelPresets.Llama2_70B,
             Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16 },

@@ -12,7 +12,7 @@ public sealed class PlacementTests
     [Fact]
     public void Does_rank_options_by_hourly_price_and_choose_the_cheapest_that_fits()
     {
-        var result = Planner.Plan(Request(ModelPresets.Llama2_13B, "int4"));
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_13B, "int4"));
         for (var i = 1; i < result.Options.Count; i++)
         {
             Assert.True(result.Options[i - 1].HourlyUsd <= result.Options[i].HourlyUsd);
@@ -25,7 +25,7 @@ public sealed class PlacementTests
     [Fact]
     public void Does_explain_each_cheaper_option_with_its_shortfall()
     {
-        var result = Planner.Plan(Request(ModelPresets.Llama2_70B, "int4", new PlacementConstraints { AllowedGpuTypes = ["l4", "a100-40gb"] }));
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_70B, "int4", new PlacementConstraints { AllowedGpuTypes = ["l4", "a100-40gb"] }));
         var planned = Assert.IsType<Planned>(result);
         // Two L4s ($1.12/h) hold the 4-bit 70B model sharded; one L4 and one A100-40GB would also do, at other prices.
         Assert.Equal("2× L4-24GB", planned.Choice.Label);
@@ -43,7 +43,7 @@ public sealed class PlacementTests
     public void Does_write_the_issue_style_sentence_for_single_gpu_node_types()
     {
         var catalog = CatalogJson.Parse("""{ "replaceDefaults": true, "nodeTypes": [ { "name": "l4", "gpusPerNode": 1 }, { "name": "a100-40gb", "gpusPerNode": 1 } ] }""");
-        var result = Planner.Plan(Request(ModelPresets.Llama2_70B, "int4") with { Catalog = catalog });
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_70B, "int4") with { Catalog = catalog });
         Assert.Matches(@"^Llama-2-70B int4 needs 3\d\.\d GiB: 1× A100-40GB at \$2\.87/h; 1× L4-24GB short by 1\d\.\d GiB$", result.Summary);
     }
 
@@ -58,7 +58,7 @@ public sealed class PlacementTests
     [InlineData(6, false)]  // 64 % 6 != 0
     public void Does_apply_the_tensor_parallel_head_rule_to_Llama2_70B(int shards, bool expected)
     {
-        var actual = Planner.DividesHeads(ModelPresets.Llama2_70B, shards);
+        var actual = PlacementPlanner.DividesHeads(ModelPresets.Llama2_70B, shards);
         Assert.Equal(expected, actual);
     }
 
@@ -67,20 +67,20 @@ public sealed class PlacementTests
     {
         // Phi-2 has 32 heads, fine for 8; a 12-head model is not divisible by 8.
         var odd = ModelPresets.TinyLlama11B with { Name = "odd", AttentionHeads = 12, KvHeads = 12, HeadDim = 2048 / 12 };
-        Assert.False(Planner.DividesHeads(odd, 8));
-        Assert.True(Planner.DividesHeads(odd, 4));
-        var result = Planner.Plan(Request(odd, "bf16"));
+        Assert.False(PlacementPlanner.DividesHeads(odd, 8));
+        Assert.True(PlacementPlanner.DividesHeads(odd, 4));
+        var result = PlacementPlanner.Plan(Request(odd, "bf16"));
         var eight = (DoesNotFit)result.Options.First(o => o.Gpus == 8);
         Assert.Equal(RejectionReason.ShardsDoNotDivideHeads, eight.Reason);
         Assert.Contains("12 attention heads", eight.Explanation, StringComparison.Ordinal);
         // Multi-query StarCoder (1 KV head, 48 heads) shards 2, 4, 8 ways with a replicated KV head.
-        Assert.True(Planner.DividesHeads(ModelPresets.StarCoder, 8));
+        Assert.True(PlacementPlanner.DividesHeads(ModelPresets.StarCoder, 8));
     }
 
     [Fact]
     public void Does_honour_allowed_gpu_types_by_name_or_model()
     {
-        var result = Planner.Plan(Request(ModelPresets.Llama2_7B, "bf16", new PlacementConstraints { AllowedGpuTypes = ["H100 80GB"] }));
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_7B, "bf16", new PlacementConstraints { AllowedGpuTypes = ["H100 80GB"] }));
         var chosen = Assert.IsType<Planned>(result).Choice;
         Assert.Equal("h100-80gb", chosen.NodeType.Name);
         Assert.Contains(result.Options, o => o is DoesNotFit { Reason: RejectionReason.GpuTypeNotAllowed });
@@ -89,7 +89,7 @@ public sealed class PlacementTests
     [Fact]
     public void Does_report_no_fit_with_the_smallest_shortfall_and_what_fits_without_constraints()
     {
-        var result = Planner.Plan(Request(ModelPresets.Llama2_70B, "fp16", new PlacementConstraints { MaxUsdPerHour = 3.0 }));
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_70B, "fp16", new PlacementConstraints { MaxUsdPerHour = 3.0 }));
         var noFit = Assert.IsType<NoFit>(result);
         var memoryRejected = result.Options.OfType<DoesNotFit>().Where(o => o.Reason == RejectionReason.InsufficientMemory).ToList();
         Assert.Equal(memoryRejected.Min(o => o.Shortfall), noFit.Closest.Shortfall);
@@ -102,7 +102,7 @@ public sealed class PlacementTests
     [Fact]
     public void Does_reject_options_below_the_minimum_tokens_per_second()
     {
-        var result = Planner.Plan(Request(ModelPresets.Llama2_7B, "int4", new PlacementConstraints { MinTokensPerSecond = 60 }));
+        var result = PlacementPlanner.Plan(Request(ModelPresets.Llama2_7B, "int4", new PlacementConstraints { MinTokensPerSecond = 60 }));
         var chosen = Assert.IsType<Planned>(result).Choice;
         Assert.True(chosen.Throughput.TokensPerSecond >= 60);
         Assert.Contains(result.Options, o => o is DoesNotFit { Reason: RejectionReason.TooSlow });
@@ -112,11 +112,35 @@ public sealed class PlacementTests
     public void Does_use_CPU_nodes_only_when_named()
     {
         var tiny = Request(ModelPresets.TinyLlama11B, "gguf-q4_k_m") with { Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("gguf-q4_k_m"), Runtime = ServingRuntime.LlamaCpp } };
-        var byDefault = Assert.IsType<Planned>(Planner.Plan(tiny));
+        var byDefault = Assert.IsType<Planned>(PlacementPlanner.Plan(tiny));
         Assert.Equal(DeviceKind.Gpu, byDefault.Choice.NodeType.Kind);
-        var cpu = Assert.IsType<Planned>(Planner.Plan(tiny with { Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu-highmem-16"] } }));
+        var cpu = Assert.IsType<Planned>(PlacementPlanner.Plan(tiny with { Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu-highmem-16"] } }));
         Assert.Equal(DeviceKind.Cpu, cpu.Choice.NodeType.Kind);
         Assert.Equal(0, cpu.Choice.Gpus);
+    }
+
+    [Fact]
+    public void Does_accept_cpu_as_the_name_of_any_CPU_node_type_for_every_mode()
+    {
+        // examples/local run the tiny model with allowedGpuTypes [cpu]: quantize, QLoRA and serving.
+        foreach (var mode in new[] { WorkloadMode.Quantize, WorkloadMode.Qlora, WorkloadMode.Inference })
+        {
+            var request = new PlanRequest
+            {
+                Model = ModelPresets.TinyLlama11B,
+                Workload = new Workload { Mode = mode, Weights = WeightFormat.Parse(PlannerNames.DefaultWeights(mode)) },
+                Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu"] },
+            };
+            var chosen = Assert.IsType<Planned>(PlacementPlanner.Plan(request)).Choice;
+            Assert.Equal("cpu-highmem-16", chosen.NodeType.Name);
+        }
+        var vllm = new PlanRequest
+        {
+            Model = ModelPresets.TinyLlama11B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["cpu"] },
+        };
+        Assert.DoesNotContain(PlacementPlanner.Plan(vllm).Options, o => o.NodeType.Kind == DeviceKind.Cpu);
     }
 
     [Fact]
@@ -149,7 +173,7 @@ public sealed class PlacementTests
     public void Does_reject_invalid_workload_numbers_naming_the_field()
     {
         var request = Request(ModelPresets.Llama2_7B, "bf16") with { Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Concurrency = 0 } };
-        var ex = Assert.Throws<PlanInputException>(() => Planner.Plan(request));
+        var ex = Assert.Throws<PlanInputException>(() => PlacementPlanner.Plan(request));
         Assert.Equal("batch", ex.Field);
     }
 
@@ -164,5 +188,51 @@ public sealed class PlacementTests
         Assert.Contains("lowbit, vllm, llamacpp", runtime.Message, StringComparison.Ordinal);
         var model = Assert.Throws<PlanInputException>(() => ModelPresets.Get("gpt-5"));
         Assert.Contains("llama-2-70b", model.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_default_weights_and_optimizer_per_mode()
+    {
+        Assert.Equal("nf4", PlannerNames.DefaultWeights(WorkloadMode.Qlora));
+        Assert.Equal("int8", PlannerNames.DefaultWeights(WorkloadMode.LowbitFull));
+        Assert.Equal("int4", PlannerNames.DefaultWeights(WorkloadMode.Quantize));
+        Assert.Equal("bf16", PlannerNames.DefaultWeights(WorkloadMode.Full));
+        Assert.Equal(OptimizerKind.AdamW8Bit, new Workload { Mode = WorkloadMode.LowbitFull, Weights = WeightFormat.Parse("int8") }.EffectiveOptimizer);
+        Assert.Equal(OptimizerKind.AdamW, new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16 }.EffectiveOptimizer);
+    }
+
+    [Fact]
+    public void Does_estimate_training_throughput_from_flops_and_price_per_million_training_tokens()
+    {
+        var result = Assert.IsType<Planned>(PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_7B,
+            Workload = new Workload { Mode = WorkloadMode.Qlora, Weights = WeightFormat.Nf4, GradientCheckpointing = true },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["a100-80gb"] },
+        }));
+        var throughput = result.Choice.Throughput;
+        Assert.Equal(ThroughputKind.Training, throughput.Kind);
+        // 6 FLOPs per active parameter per token (LoRA 4 + recompute 2) at 40% of 312 TFLOP/s.
+        Assert.Equal(312e12 * 0.4 / (6.0 * result.Parameters.Active), throughput.TokensPerSecond, 6);
+        Assert.Equal(3.85 / (throughput.TokensPerSecond * 3600) * 1e6, throughput.UsdPerMillionTokens, 9);
+    }
+
+    [Fact]
+    public void Does_plan_multi_node_training_only_on_NVLink_node_types_and_never_for_inference()
+    {
+        var training = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Full, Weights = WeightFormat.Bf16, GradientCheckpointing = true },
+        });
+        var multiNode = training.Options.Where(o => o.Nodes > 1).ToList();
+        Assert.NotEmpty(multiNode);
+        Assert.All(multiNode, o => Assert.Equal(Interconnect.NvLink, o.NodeType.Interconnect));
+        var serving = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16 },
+        });
+        Assert.All(serving.Options, o => Assert.Equal(1, o.Nodes));
     }
 }

@@ -217,7 +217,9 @@ public static class CrdGenerator
 
         if (property.GetCustomAttribute<EnumAttribute>() is { } values)
         {
-            schema.EnumProperty = values.Values.Select(v => (object)JsonValue.Create(v)!).ToList();
+            // On a list the allowed values constrain its elements.
+            var target = schema.Type == "array" && schema.Items is V1JSONSchemaProps element ? element : schema;
+            target.EnumProperty = values.Values.Select(v => (object)JsonValue.Create(v)!).ToList();
         }
 
         if (property.GetCustomAttribute<MinimumAttribute>() is { } minimum)

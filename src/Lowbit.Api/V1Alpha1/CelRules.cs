@@ -34,6 +34,9 @@ public static class CelRules
     public const string BitsXorTarget = "has(self.bits) != has(self.targetBitsPerWeight)";
     public const string BitsXorTargetMessage = "exactly one of bits or targetBitsPerWeight must be set";
 
+    public const string GptqFormatBits = "!self.formats.exists(f, f == 'gptq') || (has(self.bits) && (self.bits == 4 || self.bits == 8))";
+    public const string GptqFormatBitsMessage = "format gptq needs bits 4 or 8 (and no targetBitsPerWeight)";
+
     public const string GptqNeedsCalibration = "self.method != 'gptq' || has(self.calibration)";
     public const string GptqNeedsCalibrationMessage = "method gptq needs calibration data: set spec.calibration";
 

@@ -178,16 +178,17 @@ public enum QuantizationMethod
     [JsonStringEnumMemberName("gptq")] Gptq,
 }
 
-/// <summary>Artifact formats a QuantizedModel can export.</summary>
+/// <summary>Artifact formats a QuantizedModel can export (the engine's <c>quantize --format</c> values).</summary>
 [JsonConverter(typeof(JsonStringEnumConverter<ExportFormat>))]
 public enum ExportFormat
 {
+    /// <summary>Lowbit's packed safetensors layout, loadable by the lowbit runtime.</summary>
     [JsonStringEnumMemberName("lowbit")] Lowbit,
+    /// <summary>AutoGPTQ-compatible safetensors (4 or 8 bits), loadable by vLLM.</summary>
     [JsonStringEnumMemberName("gptq")] Gptq,
-    [JsonStringEnumMemberName("gguf-f16")] GgufF16,
     [JsonStringEnumMemberName("gguf-q8_0")] GgufQ80,
     [JsonStringEnumMemberName("gguf-q4_0")] GgufQ40,
-    [JsonStringEnumMemberName("gguf-q4_k_m")] GgufQ4KM,
+    [JsonStringEnumMemberName("gguf-q4_k")] GgufQ4K,
 }
 
 /// <summary>The fine-tuning method.</summary>

@@ -95,14 +95,15 @@ public sealed record LoraSpec
 
     [Description("Dropout on the adapter input.")]
     [Minimum(0)]
-    [Maximum(1, exclusive: true)]
+    [Maximum(0.9)]
     [Default(0.05)]
     public double Dropout { get; init; } = 0.05;
 
-    [Description("Linear modules that get adapters (names as in the checkpoint).")]
+    [Description("Linear modules that get adapters (Llama-family names).")]
     [MinItems(1)]
-    [MaxItems(16)]
-    [Items(64, Patterns.ModuleName)]
+    [MaxItems(7)]
+    [Items(16)]
+    [Enum("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
     [ListSet]
     [DefaultJson("[\"q_proj\",\"v_proj\"]")]
     public IReadOnlyList<string> TargetModules { get; init; } = ["q_proj", "v_proj"];

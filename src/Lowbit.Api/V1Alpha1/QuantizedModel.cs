@@ -36,6 +36,7 @@ public sealed class QuantizedModel : IKubernetesObject<V1ObjectMeta>, ISpec<Quan
 
 /// <summary>The desired quantization.</summary>
 [CelRule(CelRules.BitsXorTarget, CelRules.BitsXorTargetMessage, FieldPath = ".bits")]
+[CelRule(CelRules.GptqFormatBits, CelRules.GptqFormatBitsMessage, FieldPath = ".formats")]
 [CelRule(CelRules.GptqNeedsCalibration, CelRules.GptqNeedsCalibrationMessage, FieldPath = ".calibration", Reason = "FieldValueRequired")]
 public sealed record QuantizedModelSpec
 {
@@ -57,15 +58,15 @@ public sealed record QuantizedModelSpec
     [Maximum(8)]
     public double? TargetBitsPerWeight { get; init; }
 
-    [Description("Weights per quantization group sharing one scale and zero point.")]
-    [Enum(32, 64, 128, 256)]
+    [Description("Weights per quantization group sharing one scale and zero point; -1 means one group per output channel.")]
+    [Enum(-1, 32, 64, 128, 256)]
     [Default(64)]
     public int GroupSize { get; init; } = 64;
 
     [Description("Calibration data; required for gptq.")]
     public CalibrationSpec? Calibration { get; init; }
 
-    [Description("Artifact formats to export.")]
+    [Description("Artifact formats to export: lowbit (lowbit runtime), gptq (vLLM; bits 4 or 8), gguf-q8_0, gguf-q4_0, gguf-q4_k (llama.cpp).")]
     [MinItems(1)]
     [MaxItems(6)]
     [ListSet]

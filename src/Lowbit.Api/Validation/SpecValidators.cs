@@ -20,6 +20,11 @@ public static class QuantizedModelSpecValidator
             errors.Add(SpecChecks.Invalid($"{path}.bits", CelRules.BitsXorTargetMessage));
         }
 
+        if (spec.Formats.Contains(ExportFormat.Gptq) && spec.Bits is not (4 or 8))
+        {
+            errors.Add(SpecChecks.Invalid($"{path}.formats", CelRules.GptqFormatBitsMessage));
+        }
+
         if (spec.Method == QuantizationMethod.Gptq && spec.Calibration is null)
         {
             errors.Add(SpecChecks.Required($"{path}.calibration", CelRules.GptqNeedsCalibrationMessage));

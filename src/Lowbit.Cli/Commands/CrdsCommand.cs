@@ -23,12 +23,16 @@ public static class CrdsCommand
         command.SetAction(parseResult =>
         {
             var directory = parseResult.GetValue(output)!;
-            return parseResult.GetValue(check) ? Check(directory) : Write(directory);
+            return Run(directory, parseResult.GetValue(check), Console.Out, Console.Error);
         });
         return command;
     }
 
-    private static int Write(DirectoryInfo directory)
+    /// <summary>Writes the CRDs into <paramref name="directory"/>, or with <paramref name="check"/> only compares them.</summary>
+    internal static int Run(DirectoryInfo directory, bool check, TextWriter stdout, TextWriter stderr) =>
+        check ? Check(directory, stdout, stderr) : Write(directory, stdout);
+
+    private static int Write(DirectoryInfo directory, TextWriter stdout)
     {
         directory.Create();
         foreach (var (fileName, yaml) in CrdGenerator.GenerateFiles())
@@ -40,13 +44,13 @@ public static class CrdsCommand
                 File.WriteAllText(path, yaml);
             }
 
-            Console.WriteLine($"{(changed ? "wrote    " : "unchanged")} {Path.GetRelativePath(Environment.CurrentDirectory, path)}");
+            stdout.WriteLine($"{(changed ? "wrote    " : "unchanged")} {Path.GetRelativePath(Environment.CurrentDirectory, path)}");
         }
 
         return ExitCodes.Ok;
     }
 
-    private static int Check(DirectoryInfo directory)
+    private static int Check(DirectoryInfo directory, TextWriter stdout, TextWriter stderr)
     {
         var stale = CrdGenerator.GenerateFiles()
             .Where(f => !File.Exists(Path.Combine(directory.FullName, f.FileName)) || File.ReadAllText(Path.Combine(directory.FullName, f.FileName)) != f.Yaml)
@@ -54,12 +58,12 @@ public static class CrdsCommand
             .ToList();
         foreach (var fileName in stale)
         {
-            Console.Error.WriteLine($"stale: {Path.Combine(directory.ToString(), fileName)} differs from the generated CRD; run `make crds`");
+            stderr.WriteLine($"stale: {Path.Combine(directory.ToString(), fileName)} differs from the generated CRD; run `make crds`");
         }
 
         if (stale.Count == 0)
         {
-            Console.WriteLine($"crds up to date in {directory}");
+            stdout.WriteLine($"crds up to date in {directory}");
         }
 
         return stale.Count == 0 ? ExitCodes.Ok : ExitCodes.Failure;

@@ -100,7 +100,7 @@ public static class PlanCommand
                 };
                 CheckGpuTypes(request);
 
-                var result = Planner.Planner.Plan(request);
+                var result = PlacementPlanner.Plan(request);
                 if (format == "json")
                 {
                     Console.Out.WriteLine(PlanJson.Write(result));
@@ -134,7 +134,7 @@ public static class PlanCommand
         }
         if (value.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || value.Contains('/', StringComparison.Ordinal))
         {
-            throw new PlanInputException("model", $"file '{value}' does not exist");
+            throw new PlanInputException("model", $"file '{value}' does not exist (give a preset name, or a path to a config.json or to the directory holding it)", ModelPresets.Names);
         }
         return ModelPresets.Get(value);
     }
@@ -144,7 +144,7 @@ public static class PlanCommand
         foreach (var wanted in request.Constraints.AllowedGpuTypes)
         {
             var known = request.Catalog.NodeTypes.Any(n =>
-                Same(n.Name, wanted) || Same(n.GpuModel, wanted));
+                Same(n.Name, wanted) || Same(n.GpuModel, wanted) || (n.Kind == DeviceKind.Cpu && Same("cpu", wanted)));
             if (!known)
             {
                 throw new PlanInputException("gpu-types", $"unknown GPU type '{wanted}'", [.. request.Catalog.NodeTypes.Select(n => n.Name)]);

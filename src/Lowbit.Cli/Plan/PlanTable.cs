@@ -43,16 +43,14 @@ public static class PlanTable
         options.AddColumn(new TableColumn("tok/s").RightAligned());
         options.AddColumn(new TableColumn("USD/1M tok").RightAligned());
         options.AddColumn("verdict");
-        var chosenIndex = chosen is null ? -1 : IndexOf(result.Options, chosen);
-        var limit = Math.Min(result.Options.Count, chosenIndex >= 0 ? chosenIndex + 1 + ExtraOptionsShown : 12);
+        // Excluded node types (not in --gpu-types, or CPU nodes not asked for) are left out of the table.
+        var shown = result.Options.Where(o => o is not DoesNotFit { Reason: RejectionReason.GpuTypeNotAllowed }).ToList();
+        var chosenIndex = chosen is null ? -1 : IndexOf(shown, chosen);
+        var limit = Math.Min(shown.Count, chosenIndex >= 0 ? chosenIndex + 1 + ExtraOptionsShown : 12);
         var first = Math.Max(0, chosenIndex - CheaperOptionsShown);
-        if (first > 0)
-        {
-            console.MarkupLine($"[grey]{first} cheaper options that do not fit are not shown (see --output json)[/]");
-        }
         for (var i = first; i < limit; i++)
         {
-            var option = result.Options[i];
+            var option = shown[i];
             var isChoice = i == chosenIndex;
             var verdict = option switch
             {
@@ -71,13 +69,14 @@ public static class PlanTable
                 verdict);
         }
         console.Write(options);
-        if (result.Options.Count > limit)
+        var hidden = result.Options.Count - limit + first;
+        if (hidden > 0)
         {
-            console.MarkupLine($"[grey]{result.Options.Count - limit} dearer options in --output json[/]");
+            console.MarkupLine($"[grey]{hidden} more options (far cheaper ones that do not fit, dearer ones, excluded node types) in --output json[/]");
         }
     }
 
-    private static int IndexOf(IReadOnlyList<PlacementOption> options, PlacementOption target)
+    private static int IndexOf(List<PlacementOption> options, PlacementOption target)
     {
         for (var i = 0; i < options.Count; i++)
         {

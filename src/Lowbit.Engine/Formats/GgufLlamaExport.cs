@@ -193,6 +193,23 @@ public static partial class GgufLlamaExport
         }
         var size = Math.Max(vocab.Keys.Max() + 1, config.TryGetProperty("vocab_size", out var vs) ? vs.GetInt32() : 0);
         var byteLevel = root.GetRawText().Contains("\"ByteLevel\"", StringComparison.Ordinal);
+        // A pure byte tokenizer (256 byte-fallback pieces, no merges) is written as llama.cpp's byte-level "gpt2"
+        // model with the GPT-2 byte→unicode names: llama.cpp's SPM path would escape spaces as ▁ and change the ids.
+        var hasMerges = model.TryGetProperty("merges", out var m0) && m0.GetArrayLength() > 0;
+        var pureBytes = !byteLevel && !hasMerges && Enumerable.Range(0, 256).All(b => vocab.Values.Contains($"<0x{b:X2}>"));
+        if (pureBytes)
+        {
+            var names = ByteToUnicode();
+            foreach (var id in vocab.Keys.ToList())
+            {
+                var text = vocab[id];
+                if (ByteToken().IsMatch(text))
+                {
+                    vocab[id] = names[Convert.ToInt32(text[3..5], 16)];
+                }
+            }
+            byteLevel = true;
+        }
         var tokens = new List<string>(size);
         var scores = new List<float>(size);
         var types = new List<int>(size);
@@ -239,6 +256,19 @@ public static partial class GgufLlamaExport
             }
         }
         return list;
+    }
+
+    /// <summary>GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to U+0100 onwards.</summary>
+    public static string[] ByteToUnicode()
+    {
+        var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToHashSet();
+        var names = new string[256];
+        var next = 0;
+        for (var b = 0; b < 256; b++)
+        {
+            names[b] = printable.Contains(b) ? ((char)b).ToString() : ((char)(256 + next++)).ToString();
+        }
+        return names;
     }
 
     private static void AddTokenId(List<KeyValuePair<string, GgufValue>> list, string key, JsonElement config, string property)

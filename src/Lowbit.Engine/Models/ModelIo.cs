@@ -75,7 +75,10 @@ public static class ModelIo
         SafetensorsWriter.Write(Path.Combine(directory, Checkpoint.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
     }
 
-    /// <summary>Initializes weights like transformers (normal(0, 0.02) for projections and embeddings; norms 1; biases 0), from <paramref name="seed"/>.</summary>
+    /// <summary>
+    /// Initializes weights like transformers (normal(0, std) for projections, embeddings and biases; norms 1) from
+    /// <paramref name="seed"/>, drawn on the CPU so the same seed gives the same weights on every device.
+    /// </summary>
     public static void InitializeRandom(LlamaForCausalLM model, long seed, double std = 0.02)
     {
         using var noGrad = no_grad();
@@ -85,15 +88,10 @@ public static class ModelIo
             if (name.EndsWith("norm.weight", StringComparison.Ordinal))
             {
                 parameter.fill_(1.0);
+                continue;
             }
-            else if (name.EndsWith(".bias", StringComparison.Ordinal))
-            {
-                parameter.normal_(0, std, generator);
-            }
-            else
-            {
-                parameter.normal_(0, std, generator);
-            }
+            using var values = empty(parameter.shape, ScalarType.Float32, CPU).normal_(0, std, generator);
+            parameter.copy_(values);
         }
     }
 

@@ -36,6 +36,9 @@ internal sealed class ApiRequestHandler
         _serverAddress = serverAddress;
     }
 
+    /// <summary>Called with unexpected exceptions (500 InternalError answers) for logging.</summary>
+    public Action<Exception>? OnInternalError { get; set; }
+
     private sealed record Target(ResourceType Type, string? Namespace, string? Name, string? Subresource);
 
     public async Task HandleAsync(HttpContext context)
@@ -72,6 +75,12 @@ internal sealed class ApiRequestHandler
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
         {
             status = 499;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            status = 500;
+            OnInternalError?.Invoke(ex);
+            await WriteErrorAsync(context, new ApiException(500, "InternalError", $"Internal error occurred: {ex.Message}")).ConfigureAwait(false);
         }
         finally
         {
@@ -185,8 +194,19 @@ internal sealed class ApiRequestHandler
         var (type, ns, name, sub) = target;
         var query = context.Request.Query;
         var asTable = context.Request.Headers.Accept.ToString().Contains("as=Table", StringComparison.Ordinal);
+        var warnings = new List<string>();
+        context.Response.OnStarting(() =>
+        {
+            foreach (var warning in warnings.Distinct())
+            {
+                context.Response.Headers.Append("Warning", $"299 - \"{warning.Replace("\"", "\\\"", StringComparison.Ordinal)}\"");
+            }
+            return Task.CompletedTask;
+        });
         var writeOptions = new WriteOptions
         {
+            Warnings = warnings,
+            FieldValidation = query["fieldValidation"].ToString() is { Length: > 0 } fv ? fv : null,
             DryRun = query["dryRun"].ToString() == "All",
             FieldManager = query.TryGetValue("fieldManager", out var fm) ? fm.ToString() : DefaultManager(context.Request),
             Force = query["force"].ToString() is "true" or "1",
@@ -221,8 +241,8 @@ internal sealed class ApiRequestHandler
                 return 201;
             case "create":
                 var body = await ReadObjectAsync(context).ConfigureAwait(false);
-                var created = _api.Create(type, ns, body, writeOptions);
-                await WriteObjectAsync(context, type, created, false, 201).ConfigureAwait(false);
+                var created = _api.CreateStored(type, ns, body, writeOptions);
+                await WriteStoredAsync(context, type, created, 201).ConfigureAwait(false);
                 return 201;
             case "update" when sub == "scale":
                 var scaleBody = await ReadObjectAsync(context).ConfigureAwait(false);
@@ -231,8 +251,8 @@ internal sealed class ApiRequestHandler
                 return 200;
             case "update":
                 var replacement = await ReadObjectAsync(context).ConfigureAwait(false);
-                var updated = _api.Update(type, ns, name!, replacement, writeOptions, sub == "status" ? "status" : null);
-                await WriteObjectAsync(context, type, updated, false).ConfigureAwait(false);
+                var updated = _api.UpdateStored(type, ns, name!, replacement, writeOptions, sub == "status" ? "status" : null);
+                await WriteStoredAsync(context, type, updated, 200).ConfigureAwait(false);
                 return 200;
             case "patch" when sub == "scale":
                 var scaleNow = ScaleOf(type, _api.Get(type, ns, name!));
@@ -370,24 +390,24 @@ internal sealed class ApiRequestHandler
         {
             await response.StartAsync(timeout.Token).ConfigureAwait(false);
             await response.Body.FlushAsync(timeout.Token).ConfigureAwait(false);
+            if (fault is { AfterEvents: 0 } immediate)
+            {
+                await ApplyWatchFaultAsync(context, immediate.Fault, timeout.Token).ConfigureAwait(false);
+                return;
+            }
             await foreach (var e in _api.WatchAsync(type, ns, options, timeout.Token).ConfigureAwait(false))
             {
-                if (fault is { } f && sent >= f.AfterEvents)
-                {
-                    await ApplyWatchFaultAsync(context, f.Fault, timeout.Token).ConfigureAwait(false);
-                    return;
-                }
-                var payload = e.Type == WatchEventType.Bookmark
+                var payload = e.Type == WatchEventKind.Bookmark
                     ? Encoding.UTF8.GetBytes(Bookmark(type, e).ToJsonString())
                     : asTable
                         ? Encoding.UTF8.GetBytes(_tables.Build(type, [Render(type, e.Object!)], null, null, includeObject).ToJsonString())
                         : RenderBytes(type, e.Object!);
                 await WriteEventAsync(response, e.Type.ToString().ToUpperInvariant(), payload, timeout.Token).ConfigureAwait(false);
-                sent++;
-            }
-            if (fault is { } late && sent >= late.AfterEvents)
-            {
-                await ApplyWatchFaultAsync(context, late.Fault, timeout.Token).ConfigureAwait(false);
+                if (e.Type != WatchEventKind.Bookmark && ++sent == fault?.AfterEvents)
+                {
+                    await ApplyWatchFaultAsync(context, fault.Value.Fault, timeout.Token).ConfigureAwait(false);
+                    return;
+                }
             }
         }
         catch (ApiException ex) when (ex.Code == 410 || ex.Code == 400)
@@ -571,6 +591,13 @@ internal sealed class ApiRequestHandler
 
     private static byte[] RenderBytes(ResourceType type, StoredObject obj) =>
         !type.IsCustom || type.Version == type.StorageVersion ? obj.Json : JsonSerializer.SerializeToUtf8Bytes(Render(type, obj));
+
+    private static async Task WriteStoredAsync(HttpContext context, ResourceType type, StoredObject stored, int status)
+    {
+        context.Response.StatusCode = status;
+        context.Response.ContentType = "application/json";
+        await context.Response.BodyWriter.WriteAsync(RenderBytes(type, stored)).ConfigureAwait(false);
+    }
 
     private async Task WriteObjectAsync(HttpContext context, ResourceType type, JsonObject obj, bool asTable, int status = 200)
     {

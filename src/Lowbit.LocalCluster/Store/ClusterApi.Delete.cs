@@ -60,7 +60,7 @@ public sealed partial class ClusterApi
                 {
                     return obj;
                 }
-                var stored = CommitLocked(type, obj, WatchEventType.Modified, current);
+                var stored = CommitLocked(type, obj, WatchEventKind.Modified, current);
                 result = stored.ToJsonObject();
             }
             else
@@ -78,7 +78,7 @@ public sealed partial class ClusterApi
     /// <summary>Removes an object for good (DELETED event); a CRD also takes its resource and objects with it.</summary>
     private StoredObject RemoveLocked(ResourceType type, JsonObject last, StoredObject current)
     {
-        var stored = CommitLocked(type, last, WatchEventType.Deleted, current);
+        var stored = CommitLocked(type, last, WatchEventKind.Deleted, current);
         if (type == BuiltinResources.CustomResourceDefinitions)
         {
             DeactivateCrdLocked(last);
@@ -114,7 +114,7 @@ public sealed partial class ClusterApi
             {
                 return RemoveLocked(type, obj, current).ToJsonObject();
             }
-            return CommitLocked(type, obj, WatchEventType.Modified, current).ToJsonObject();
+            return CommitLocked(type, obj, WatchEventKind.Modified, current).ToJsonObject();
         }
     }
 

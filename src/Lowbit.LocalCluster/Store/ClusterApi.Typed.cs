@@ -47,7 +47,7 @@ public sealed partial class ClusterApi
         FromJson<T>(Delete(Resources.For<T>(), ns, name, options));
 
     /// <summary>Watches a kind; bookmarks come through with a null object.</summary>
-    public async IAsyncEnumerable<(WatchEventType Type, T? Object, long ResourceVersion)> WatchAsync<T>(string? ns, WatchOptions? options = null,
+    public async IAsyncEnumerable<(WatchEventKind Type, T? Object, long ResourceVersion)> WatchAsync<T>(string? ns, WatchOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default) where T : class, IKubernetesObject<V1ObjectMeta>
     {
         await foreach (var e in WatchAsync(Resources.For<T>(), ns, options, cancellationToken).ConfigureAwait(false))

@@ -10,14 +10,17 @@ public sealed partial class ClusterApi
     private const string OrphanFinalizer = "orphan";
 
     /// <summary>Creates an object (POST). The argument is not modified; the stored object is returned.</summary>
-    public JsonObject Create(ResourceType type, string? ns, JsonObject obj, WriteOptions? options = null)
+    public JsonObject Create(ResourceType type, string? ns, JsonObject obj, WriteOptions? options = null) =>
+        CreateStored(type, ns, obj.DeepClone().AsObject(), options).ToJsonObject();
+
+    /// <summary>Create without copying the argument (which it then owns); returns the stored version.</summary>
+    internal StoredObject CreateStored(ResourceType type, string? ns, JsonObject candidate, WriteOptions? options = null)
     {
         options ??= WriteOptions.Default;
-        var candidate = obj.DeepClone().AsObject();
         PrepareIdentity(type, ns, candidate);
         lock (_gate)
         {
-            return CreateLocked(type, candidate, options, "Update").ToJsonObject();
+            return CreateLocked(type, candidate, options, "Update");
         }
     }
 
@@ -26,10 +29,13 @@ public sealed partial class ClusterApi
     /// is kept as stored (for resources with a status subresource). A non-empty metadata.resourceVersion must
     /// match the stored one (409 otherwise).
     /// </summary>
-    public JsonObject Update(ResourceType type, string? ns, string name, JsonObject obj, WriteOptions? options = null, string? subresource = null)
+    public JsonObject Update(ResourceType type, string? ns, string name, JsonObject obj, WriteOptions? options = null, string? subresource = null) =>
+        UpdateStored(type, ns, name, obj.DeepClone().AsObject(), options, subresource).ToJsonObject();
+
+    /// <summary>Update without copying the argument (which it then owns); returns the stored version.</summary>
+    internal StoredObject UpdateStored(ResourceType type, string? ns, string name, JsonObject candidate, WriteOptions? options = null, string? subresource = null)
     {
         options ??= WriteOptions.Default;
-        var candidate = obj.DeepClone().AsObject();
         PrepareIdentity(type, ns, candidate);
         if ((string?)candidate["metadata"]!["name"] != name)
         {
@@ -38,7 +44,7 @@ public sealed partial class ClusterApi
         lock (_gate)
         {
             var current = GetStoredLocked(type, ns, name);
-            return UpdateLocked(type, current, candidate, options, subresource, "Update").ToJsonObject();
+            return UpdateLocked(type, current, candidate, options, subresource, "Update");
         }
     }
 
@@ -161,7 +167,7 @@ public sealed partial class ClusterApi
             obj.Remove("status");
         }
         BuiltinSemantics.Default(type, obj, (string)meta["uid"]!);
-        ValidateLocked(type, obj, name);
+        ValidateLocked(type, obj, name, options);
         if (managerOperation is not null)
         {
             ServerSideApply.RecordUpdateManager(obj, options.FieldManager, type.ApiVersion, NowString());
@@ -174,7 +180,7 @@ public sealed partial class ClusterApi
         {
             return StoredObject.From(obj, 0);
         }
-        var stored = CommitLocked(type, obj, WatchEventType.Added, null);
+        var stored = CommitLocked(type, obj, WatchEventKind.Added, null);
         if (type == BuiltinResources.CustomResourceDefinitions)
         {
             ActivateCrdLocked(obj);
@@ -256,7 +262,7 @@ public sealed partial class ClusterApi
             BuiltinSemantics.Default(type, next, current.Uid);
         }
         next["metadata"]!["resourceVersion"] = current.ResourceVersion.ToString(CultureInfo.InvariantCulture);
-        ValidateLocked(type, next, name);
+        ValidateLocked(type, next, name, options, old, subresource);
         if (old["metadata"]?["deletionTimestamp"] is not null && subresource is null)
         {
             var oldFinalizers = old["metadata"]?["finalizers"] as JsonArray;
@@ -287,7 +293,7 @@ public sealed partial class ClusterApi
         {
             return RemoveLocked(type, next, current);
         }
-        var stored = CommitLocked(type, next, WatchEventType.Modified, current);
+        var stored = CommitLocked(type, next, WatchEventKind.Modified, current);
         if (type == BuiltinResources.CustomResourceDefinitions)
         {
             ActivateCrdLocked(next);
@@ -307,17 +313,72 @@ public sealed partial class ClusterApi
         }
     }
 
-    private void ValidateLocked(ResourceType type, JsonObject obj, string name)
+    private static void ValidateLocked(ResourceType type, JsonObject obj, string name, WriteOptions options, JsonObject? old = null, string? subresource = null)
     {
         var causes = new List<StatusCause>();
         if (type.IsCustom && type.Schema is not null)
         {
+            var checkUnknown = options.FieldValidation is "Strict" or "Warn";
+            var before = checkUnknown ? obj.DeepClone().AsObject() : null;
             causes.AddRange(CustomResourceSchema.Apply(obj, type.Schema));
+            if (before is not null)
+            {
+                var unknown = UnknownFields(before, obj, "").Where(f => !f.StartsWith("metadata.", StringComparison.Ordinal)
+                    && (subresource == "status" ? f.StartsWith("status.", StringComparison.Ordinal) : !f.StartsWith("status.", StringComparison.Ordinal))).ToList();
+                if (unknown.Count > 0 && options.FieldValidation == "Strict")
+                {
+                    throw ApiException.BadRequest($"{type.Kind} in version \"{type.Version}\" cannot be handled as a {type.Kind}: strict decoding error: {string.Join(", ", unknown.Select(f => $"unknown field \"{f}\""))}");
+                }
+                foreach (var field in unknown)
+                {
+                    options.Warnings?.Add($"unknown field \"{field}\"");
+                }
+            }
+            if (causes.Count == 0 && subresource is null)
+            {
+                causes.AddRange(CustomResourceSchema.ValidateRules(obj, old));
+            }
         }
         causes.AddRange(BuiltinSemantics.Validate(type, obj));
         if (causes.Count > 0)
         {
             throw ApiException.Invalid(type, name, causes);
+        }
+    }
+
+    /// <summary>Object fields present in <paramref name="before"/> but pruned from <paramref name="after"/>.</summary>
+    private static IEnumerable<string> UnknownFields(JsonNode? before, JsonNode? after, string path)
+    {
+        switch (before)
+        {
+            case JsonObject b:
+                var a = after as JsonObject;
+                foreach (var (key, value) in b)
+                {
+                    var childPath = path.Length == 0 ? key : $"{path}.{key}";
+                    if (a is null || !a.ContainsKey(key))
+                    {
+                        if (value is not null)
+                        {
+                            yield return childPath;
+                        }
+                        continue;
+                    }
+                    foreach (var nested in UnknownFields(value, a[key], childPath))
+                    {
+                        yield return nested;
+                    }
+                }
+                break;
+            case JsonArray list when after is JsonArray afterList && afterList.Count == list.Count:
+                for (var i = 0; i < list.Count; i++)
+                {
+                    foreach (var nested in UnknownFields(list[i], afterList[i], $"{path}[{i}]"))
+                    {
+                        yield return nested;
+                    }
+                }
+                break;
         }
     }
 

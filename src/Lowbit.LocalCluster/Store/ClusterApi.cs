@@ -192,7 +192,7 @@ public sealed partial class ClusterApi
             startRv = _resourceVersion;
             if (initial)
             {
-                backlog = bucket.Items.Values.Where(Matches).Select(o => new WatchEvent(WatchEventType.Added, o, null, o.ResourceVersion)).ToList();
+                backlog = bucket.Items.Values.Where(Matches).Select(o => new WatchEvent(WatchEventKind.Added, o, null, o.ResourceVersion)).ToList();
             }
             else
             {
@@ -219,7 +219,7 @@ public sealed partial class ClusterApi
             }
             if (options.SendInitialEvents == true && options.AllowBookmarks)
             {
-                yield return new WatchEvent(WatchEventType.Bookmark, null, null, startRv) { InitialEventsEnd = true };
+                yield return new WatchEvent(WatchEventKind.Bookmark, null, null, startRv) { InitialEventsEnd = true };
             }
             var interval = options.BookmarkInterval ?? Options.BookmarkInterval;
             var reader = subscriber.Channel.Reader;
@@ -246,11 +246,11 @@ public sealed partial class ClusterApi
                     long bookmarkRv;
                     lock (_gate)
                     {
-                        bookmarkRv = reader.Count == 0 ? _resourceVersion : 0;
+                        bookmarkRv = reader.TryPeek(out _) ? 0 : _resourceVersion;
                     }
                     if (bookmarkRv > 0)
                     {
-                        yield return new WatchEvent(WatchEventType.Bookmark, null, null, bookmarkRv);
+                        yield return new WatchEvent(WatchEventKind.Bookmark, null, null, bookmarkRv);
                     }
                 }
             }
@@ -290,12 +290,12 @@ public sealed partial class ClusterApi
 
     private static WatchEvent? Translate(WatchEvent e, Func<StoredObject?, bool> matches)
     {
-        if (e.Type == WatchEventType.Bookmark)
+        if (e.Type == WatchEventKind.Bookmark)
         {
             return e;
         }
         var now = matches(e.Object);
-        if (e.Type == WatchEventType.Deleted)
+        if (e.Type == WatchEventKind.Deleted)
         {
             return now ? e : null;
         }
@@ -303,8 +303,8 @@ public sealed partial class ClusterApi
         return (before, now) switch
         {
             (true, true) => e,
-            (false, true) => e with { Type = WatchEventType.Added },
-            (true, false) => e with { Type = WatchEventType.Deleted },
+            (false, true) => e with { Type = WatchEventKind.Added },
+            (true, false) => e with { Type = WatchEventKind.Deleted },
             _ => null,
         };
     }
@@ -370,13 +370,13 @@ public sealed partial class ClusterApi
     }
 
     /// <summary>Stores one change under the lock: assigns the next resourceVersion, records history and notifies watchers.</summary>
-    private StoredObject CommitLocked(ResourceType type, JsonObject obj, WatchEventType eventType, StoredObject? previous)
+    private StoredObject CommitLocked(ResourceType type, JsonObject obj, WatchEventKind eventType, StoredObject? previous)
     {
         var rv = ++_resourceVersion;
         obj["metadata"]!["resourceVersion"] = rv.ToString(System.Globalization.CultureInfo.InvariantCulture);
         var stored = StoredObject.From(obj, rv);
         var bucket = BucketOf(type);
-        if (eventType == WatchEventType.Deleted)
+        if (eventType == WatchEventKind.Deleted)
         {
             bucket.Items.Remove(stored.Key);
         }
@@ -439,7 +439,7 @@ public sealed partial class ClusterApi
     private sealed class Subscriber
     {
         public Channel<WatchEvent> Channel { get; } = System.Threading.Channels.Channel.CreateUnbounded<WatchEvent>(
-            new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
+            new UnboundedChannelOptions { SingleReader = false, SingleWriter = false, AllowSynchronousContinuations = false });
 
         public volatile bool Closed;
     }

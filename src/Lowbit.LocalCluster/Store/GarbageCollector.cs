@@ -96,7 +96,7 @@ public sealed class GarbageCollector : IDisposable
     {
         foreach (var (type, obj) in objects)
         {
-            OnCommitted(type, new WatchEvent(WatchEventType.Added, obj, null, obj.ResourceVersion));
+            OnCommitted(type, new WatchEvent(WatchEventKind.Added, obj, null, obj.ResourceVersion));
         }
     }
 
@@ -117,7 +117,7 @@ public sealed class GarbageCollector : IDisposable
                     }
                 }
             }
-            if (e.Type == WatchEventType.Deleted)
+            if (e.Type == WatchEventKind.Deleted)
             {
                 _byUid.Remove(obj.Uid);
             }
@@ -136,7 +136,7 @@ public sealed class GarbageCollector : IDisposable
                 }
             }
         }
-        if (e.Type == WatchEventType.Deleted)
+        if (e.Type == WatchEventKind.Deleted)
         {
             Enqueue(new OwnerGone(obj.Uid));
             foreach (var owner in obj.OwnerUids)

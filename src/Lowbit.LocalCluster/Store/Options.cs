@@ -29,6 +29,15 @@ public sealed record WriteOptions
 
     /// <summary>Server-side apply: take ownership of conflicting fields.</summary>
     public bool Force { get; init; }
+
+    /// <summary>
+    /// Unknown fields of custom resources: <c>Ignore</c> (default: pruned silently), <c>Warn</c> (pruned, reported in
+    /// <see cref="Warnings"/>) or <c>Strict</c> (rejected with 400 BadRequest), as the <c>fieldValidation</c> parameter.
+    /// </summary>
+    public string? FieldValidation { get; init; }
+
+    /// <summary>Receives warnings (unknown fields under <c>Warn</c>); the HTTP layer sends them as Warning headers.</summary>
+    public ICollection<string>? Warnings { get; init; }
 }
 
 /// <summary>How dependents are treated when their owner is deleted.</summary>

@@ -93,7 +93,7 @@ public sealed class StoredObject
 }
 
 /// <summary>The kind of a watch event.</summary>
-public enum WatchEventType
+public enum WatchEventKind
 {
     Added,
     Modified,
@@ -106,7 +106,7 @@ public enum WatchEventType
 /// for MODIFIED and DELETED, the state before, so selector watches can turn a change into ADDED or DELETED.
 /// A BOOKMARK carries no object, only <see cref="ResourceVersion"/>.
 /// </summary>
-public sealed record WatchEvent(WatchEventType Type, StoredObject? Object, StoredObject? Previous, long ResourceVersion)
+public sealed record WatchEvent(WatchEventKind Type, StoredObject? Object, StoredObject? Previous, long ResourceVersion)
 {
     /// <summary>Set on the bookmark that ends the initial events of a <c>sendInitialEvents=true</c> watch.</summary>
     public bool InitialEventsEnd { get; init; }

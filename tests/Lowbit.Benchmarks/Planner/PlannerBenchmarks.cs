@@ -25,11 +25,11 @@ public class PlannerBenchmarks
         """;
 
     [Benchmark(Baseline = true, Description = "Plan Llama-2-70B int4 inference")]
-    public PlanResult PlanLlama70BInt4() => Lowbit.Planner.Planner.Plan(_llama70BInt4);
+    public PlanResult PlanLlama70BInt4() => PlacementPlanner.Plan(_llama70BInt4);
 
     [Benchmark(Description = "Plan Mixtral-8x7B QLoRA (incl. multi-node)")]
-    public PlanResult PlanMixtralQlora() => Lowbit.Planner.Planner.Plan(_mixtralQlora);
+    public PlanResult PlanMixtralQlora() => PlacementPlanner.Plan(_mixtralQlora);
 
     [Benchmark(Description = "Parse config.json + plan")]
-    public PlanResult ParseAndPlan() => Lowbit.Planner.Planner.Plan(_llama70BInt4 with { Model = HfConfigParser.Parse(LlamaConfig) });
+    public PlanResult ParseAndPlan() => PlacementPlanner.Plan(_llama70BInt4 with { Model = HfConfigParser.Parse(LlamaConfig) });
 }

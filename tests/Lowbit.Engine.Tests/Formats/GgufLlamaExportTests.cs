@@ -103,3 +103,23 @@ public sealed class GgufLlamaExportTests : IDisposable
         Assert.Equal(15u, file.Metadata["general.file_type"].AsUInt32());
     }
 }
+
+public class GgufTokenizerMetadataTests
+{
+    [Fact]
+    public void Does_write_a_byte_fallback_tokenizer_as_gpt2_byte_level_tokens()
+    {
+        var tokenizer = Lowbit.Engine.Tokenization.ByteTokenizer.TokenizerJson();
+        using var config = System.Text.Json.JsonDocument.Parse("""{"vocab_size":260,"bos_token_id":256,"eos_token_id":257}""");
+        var metadata = GgufLlamaExport.TokenizerMetadata(tokenizer, null, config.RootElement).ToDictionary(kv => kv.Key, kv => kv.Value);
+        Assert.Equal("gpt2", metadata["tokenizer.ggml.model"].AsString());
+        var tokens = metadata["tokenizer.ggml.tokens"].AsArray().Cast<string>().ToList();
+        Assert.Equal(260, tokens.Count);
+        Assert.Equal("A", tokens['A']);
+        Assert.Equal("Ġ", tokens[' ']);   // GPT-2's name for the space byte
+        Assert.Equal("Ċ", tokens['\n']);
+        Assert.Equal("<s>", tokens[256]);
+        Assert.Equal(3, metadata["tokenizer.ggml.token_type"].AsArray().Cast<int>().ElementAt(256));
+        Assert.Equal(256u, metadata["tokenizer.ggml.bos_token_id"].AsUInt32());
+    }
+}

@@ -31,6 +31,18 @@ internal static class TinyModels
         return directory;
     }
 
+    /// <summary>A random model with the engine's byte tokenizer (vocab 260), so text verbs can run on it.</summary>
+    public static string SaveWithByteTokenizer(string directory, long seed = 1)
+    {
+        var config = Config with { VocabSize = Lowbit.Engine.Tokenization.ByteTokenizer.Size, BosTokenId = 256, EosTokenIds = [257] };
+        using var model = new LlamaForCausalLM(config, ScalarType.Float32, CPU);
+        ModelIo.InitializeRandom(model, seed, std: 0.1);
+        ModelIo.Save(model, directory);
+        File.WriteAllText(Path.Combine(directory, "tokenizer.json"), Lowbit.Engine.Tokenization.ByteTokenizer.TokenizerJson());
+        File.WriteAllText(Path.Combine(directory, "tokenizer_config.json"), Lowbit.Engine.Tokenization.ByteTokenizer.TokenizerConfigJson());
+        return directory;
+    }
+
     public static Tensor Tokens(long samples, long length, ulong seed) =>
         torch.randint(3, Config.VocabSize, [samples, length], generator: new torch.Generator(seed), dtype: ScalarType.Int64);
 }

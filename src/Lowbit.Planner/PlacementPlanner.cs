@@ -15,9 +15,14 @@ public sealed record PlanRequest
     public PlacementConstraints Constraints { get; init; } = PlacementConstraints.None;
 }
 
-/// <summary>The outcome of <see cref="Planner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
+/// <summary>The outcome of <see cref="PlacementPlanner.Plan"/>: <see cref="Planned"/> or <see cref="NoFit"/>.</summary>
 public abstract record PlanResult
 {
+    /// <summary>Closed: only <see cref="Planned"/> and <see cref="NoFit"/> derive from it.</summary>
+    private protected PlanResult()
+    {
+    }
+
     public required PlanRequest Request { get; init; }
 
     public required ParameterCounts Parameters { get; init; }
@@ -29,7 +34,7 @@ public abstract record PlanResult
     public required IReadOnlyList<PlacementOption> Options { get; init; }
 
     /// <summary>One-line summary, e.g. <c>Llama-2-70B int4 needs 38.9 GiB: 1× A100-40GB at $2.87/h; …</c>.</summary>
-    public string Summary => Planner.Describe(this);
+    public string Summary => PlacementPlanner.Describe(this);
 }
 
 public sealed record Planned : PlanResult
@@ -42,7 +47,7 @@ public sealed record NoFit : PlanResult
     /// <summary>The memory-rejected option closest to fitting (or, when memory was never the issue, the cheapest rejected one).</summary>
     public required DoesNotFit Closest { get; init; }
 
-    /// <summary>Options whose memory fits but that the constraints rejected, cheapest first (empty when none).</summary>
+    /// <summary>Options whose memory fits but that the constraints rejected: GPU ones cheapest first, then CPU nodes (empty when none).</summary>
     public required IReadOnlyList<DoesNotFit> FitsWithoutConstraints { get; init; }
 }
 
@@ -51,7 +56,7 @@ public sealed record NoFit : PlanResult
 /// device, checks divisibility, memory with headroom and the constraints, ranks by USD/hour and picks the
 /// cheapest that fits. Pure and allocation-light (a few hundred small objects per call).
 /// </summary>
-public static class Planner
+public static class PlacementPlanner
 {
     /// <summary>GPUs per replica tried on one node (bounded by the node's GPU count).</summary>
     public static readonly IReadOnlyList<int> GpuCounts = [1, 2, 4, 8];
@@ -72,7 +77,7 @@ public static class Planner
         }
         if (options.Count == 0)
         {
-            throw new PlanInputException("catalog", $"no node type in the catalog can run mode {PlannerNames.Name(workload.Mode)} (CPU nodes serve and quantize only; vLLM needs GPUs)");
+            throw new PlanInputException("catalog", $"no node type in the catalog can run mode {PlannerNames.Name(workload.Mode)} (vLLM needs GPU nodes)");
         }
         options.Sort(Compare);
 
@@ -101,6 +106,8 @@ public static class Planner
                 closest = rejected;
             }
         }
+        // GPU placements first: a CPU node "fits" most models, at a few tokens per second.
+        constrained.Sort((a, b) => a.NodeType.Kind != b.NodeType.Kind ? a.NodeType.Kind.CompareTo(b.NodeType.Kind) : Compare(a, b));
         return new NoFit
         {
             Request = request,
@@ -137,8 +144,8 @@ public static class Planner
         var w = request.Workload;
         if (node.Kind == DeviceKind.Cpu)
         {
-            var servesOnCpu = w.Mode == WorkloadMode.Quantize || (w.Mode == WorkloadMode.Inference && w.Runtime != ServingRuntime.Vllm);
-            if (servesOnCpu)
+            // Every mode runs on a CPU node (slowly: tiny models, local clusters) except vLLM, which needs GPUs.
+            if (w.Mode != WorkloadMode.Inference || w.Runtime != ServingRuntime.Vllm)
             {
                 options.Add(Evaluate(request, node, p, gpusPerNode: 0, nodes: 1));
             }
@@ -182,7 +189,7 @@ public static class Planner
         {
             // CPU nodes serve at a few tokens/s: they are opt-in, never a silent default.
             reason = RejectionReason.GpuTypeNotAllowed;
-            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name})";
+            explanation = $"CPU node types are used only when the allowed GPU types name them ({node.Name} or cpu)";
         }
         else if (allowed.Count > 0 && !Named(allowed, node))
         {
@@ -234,11 +241,16 @@ public static class Planner
         model.AttentionHeads % shards == 0
         && (model.KvHeads % shards == 0 || shards % model.KvHeads == 0);
 
+    /// <summary>Whether the allowed list names the node type, its GPU model, or (for CPU nodes) just <c>cpu</c>.</summary>
     private static bool Named(IReadOnlyList<string> allowed, NodeType node)
     {
         foreach (var name in allowed)
         {
             var key = Normalize(name);
+            if (node.Kind == DeviceKind.Cpu && key == "cpu")
+            {
+                return true;
+            }
             if (key == Normalize(node.Name) || key == Normalize(node.GpuModel))
             {
                 return true;

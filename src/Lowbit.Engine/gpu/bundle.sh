@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make engine-gpu-bundle`: a self-contained linux-x64 lowbit-engine without libtorch (LowbitTorchBackend=none),
+# xz-compressed, for a host that has a PyTorch CUDA install but no .NET. Inside the tarball:
+#   lowbit-engine/run.sh     launcher: finds python3's torch/lib, sets LD_LIBRARY_PATH and LOWBIT_TORCH_LIB
+#   lowbit-engine/...        the published engine (TorchSharp's libLibTorchSharp.so, patched as on the build host)
+#   lowbit-engine/bench.sh, bench_hf.py   the decode benchmark (ours vs Hugging Face transformers)
+# Output: out/lowbit-engine-gpu-linux-x64.tar.xz (must stay under 40 MB).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
+out="$repo/out"
+stage="$out/engine-gpu/lowbit-engine"
+rm -rf "$out/engine-gpu"
+mkdir -p "$stage"
+dotnet publish "$repo/src/Lowbit.Engine/Lowbit.Engine.csproj" -c Release -r linux-x64 --self-contained \
+  -p:LowbitTorchBackend=none -p:UseAppHost=true -p:GenerateDocumentationFile=false -p:DebugType=none -o "$stage" >&2
+# Natives that the engine never loads (TorchSharp's image helpers, other platforms).
+find "$stage" -name 'libSkiaSharp*' -delete
+rm -rf "$stage/runtimes"
+install -m 0755 "$here/run.sh" "$stage/run.sh"
+install -m 0755 "$here/bench.sh" "$stage/bench.sh"
+install -m 0644 "$here/bench_hf.py" "$stage/bench_hf.py"
+tarball="$out/lowbit-engine-gpu-linux-x64.tar.xz"
+tar -C "$out/engine-gpu" -cf - lowbit-engine | xz -T2 -9 > "$tarball"
+bytes=$(stat -c %s "$tarball")
+echo "engine-gpu-bundle: $tarball ($((bytes / 1024 / 1024)) MB)"
+if [ "$bytes" -ge $((40 * 1024 * 1024)) ]; then
+  echo "engine-gpu-bundle: over the 40 MB budget" >&2
+  exit 1
+fi
