@@ -139,6 +139,39 @@ public sealed class OperatorHostTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Does_exit_with_a_clear_message_for_a_missing_kubeconfig()
+    {
+        var error = new StringWriter();
+        var original = Console.Error;
+        Console.SetError(error);
+        int code;
+        try
+        {
+            code = await Program.Main(["--kubeconfig=/nonexistent/kubeconfig", "--urls=http://127.0.0.1:0"]);
+        }
+        finally
+        {
+            Console.SetError(original);
+        }
+
+        Assert.Equal(Program.InvalidConfiguration, code);
+        Assert.Contains("--kubeconfig: file '/nonexistent/kubeconfig' does not exist", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("WatchTimeout", "01:00:00", "Operator:WatchTimeout must be at most 30 minutes")]
+    [InlineData("MaxConcurrentReconciles", "0", "Operator:MaxConcurrentReconciles must be between 1 and 1000 (got 0)")]
+    [InlineData("LeaderElection:RetryPeriod", "00:00:12", "Operator:LeaderElection:RetryPeriod (00:00:12) must be shorter than RenewDeadline (00:00:10)")]
+    [InlineData("ReconcileTimeout", "-00:00:01", "Operator:ReconcileTimeout must be a positive duration")]
+    public void Does_name_the_setting_when_options_are_invalid(string key, string value, string message)
+    {
+        var error = Assert.Throws<OptionsValidationException>(() =>
+            OperatorHost.Build(["--urls=http://127.0.0.1:0", $"--Operator:{key}={value}"], op => op.UseKubernetes(_server.ClientConfiguration)));
+
+        Assert.Contains(message, error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Does_reconcile_only_on_the_leader_and_fail_over_when_it_stops()
     {
         _server.Upsert(ConfigMap("x"));
