@@ -1,4 +1,5 @@
 using System.Net;
+using k8s;
 using k8s.Models;
 using Lowbit.Operator.Runtime;
 using Microsoft.AspNetCore.Builder;
@@ -107,6 +108,30 @@ public sealed class OperatorHostTests : IAsyncLifetime
         {
             Assert.Contains(name + "{", body, StringComparison.Ordinal);
         }
+    }
+
+    [Fact]
+    public async Task Does_wake_the_owner_for_its_pods_and_let_the_reconciler_read_them_from_the_cache()
+    {
+        _server.Upsert(ConfigMap("owner"));
+        var (app, probe) = Build();
+        await app.StartAsync();
+        await Eventually(() => probe.Calls == 1, "owner reconciled");
+        using var client = Client(_server, new RuntimeMetrics());
+        var uid = (await client.CoreV1.ReadNamespacedConfigMapAsync("owner", "default")).Metadata.Uid;
+
+        _server.Upsert(new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = "owner-engine",
+                NamespaceProperty = "default",
+                OwnerReferences = [new V1OwnerReference { ApiVersion = "v1", Kind = "ConfigMap", Name = "owner", Uid = uid, Controller = true }],
+            },
+        });
+        await Eventually(() => probe.Calls == 2, "owner reconciled for its pod");
+
+        Assert.Equal(["owner-engine"], probe.OwnedPods);
     }
 
     [Fact]
@@ -221,13 +246,16 @@ public sealed class Probe
 
     public bool SawCancellation { get; set; }
 
+    public IReadOnlyList<string> OwnedPods { get; set; } = [];
+
     public void Called() => Interlocked.Increment(ref _calls);
 }
 
-public sealed class ProbeReconciler(Probe probe) : IReconciler<V1ConfigMap>
+public sealed class ProbeReconciler(Probe probe, IObjectCache cache) : IReconciler<V1ConfigMap>
 {
     public async Task<ReconcileResult> ReconcileAsync(V1ConfigMap obj, CancellationToken cancellationToken)
     {
+        probe.OwnedPods = cache.ListOwnedBy<V1Pod>(obj).Select(p => p.Metadata.Name).ToList();
         probe.Called();
         if (probe.Block)
         {
