@@ -70,6 +70,9 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
     /// <summary>The store with API semantics (replaced by a restored one on <see cref="RestartAsync"/>).</summary>
     public ClusterApi Api { get; private set; }
 
+    /// <summary>Raised after a restart with the new <see cref="Api"/> (in-process controllers re-attach to it).</summary>
+    public event Action<ClusterApi>? ApiReplaced;
+
     public FaultInjector Faults { get; } = new();
 
     public RequestJournal Journal { get; } = new();
@@ -107,6 +110,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
     {
         await StopCoreAsync().ConfigureAwait(false);
         await StartCoreAsync(Port, cancellationToken).ConfigureAwait(false);
+        ApiReplaced?.Invoke(Api);
     }
 
     private async Task StartCoreAsync(int port, CancellationToken cancellationToken)

@@ -1,14 +1,63 @@
+using k8s;
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Operator.Builders;
+using Lowbit.Operator.Controllers;
 using Lowbit.Operator.Runtime;
+using Lowbit.Operator.Telemetry;
+using Lowbit.Planner;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
 
 namespace Lowbit.Operator;
 
-/// <summary>The controllers <c>lowbit-operator</c> runs (shared by Program and <c>lowbit local up</c>).</summary>
+/// <summary>The controllers <c>lowbit-operator</c> runs (shared by Program, <c>lowbit local up</c> and the tests).</summary>
 public static class OperatorSetup
 {
     public static void Configure(OperatorBuilder op)
     {
         ArgumentNullException.ThrowIfNull(op);
+        var services = op.Services;
+        services.AddOptions<WorkloadOptions>().Bind(op.Configuration.GetSection(WorkloadOptions.Section)).ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WorkloadOptions>, WorkloadOptionsValidator>());
+        services.TryAddSingleton(GpuCatalog.Default);
+        services.TryAddSingleton(_ => new HttpClient { Timeout = TimeSpan.FromSeconds(20) });
+        services.TryAddSingleton(sp => new ChildApplier(sp.GetRequiredService<IKubernetes>()));
+        services.TryAddSingleton(sp => new StatusWriter(sp.GetRequiredService<IKubernetes>()));
+        services.TryAddSingleton<EventRecorder>();
+        services.TryAddSingleton<ArchitectureResolver>();
+        services.TryAddSingleton<CostMetrics>();
+        services.TryAddSingleton<ReconcileKit>();
 
-        // The QuantizedModel, FineTuneJob and InferenceEndpoint controllers are registered here once they exist.
+        op.AddController<QuantizedModel, QuantizedModelReconciler>(c => c
+                .Owns<V1Job>()
+                .Watches<V1Pod>(PodsOf(QuantizedModel.KindName)))
+            .AddController<FineTuneJob, FineTuneJobReconciler>(c => c
+                .Owns<V1Job>()
+                .Watches<V1Pod>(PodsOf(FineTuneJob.KindName))
+                .Watches<QuantizedModel>(cache => m => ReferencingFineTuneJobs(cache, m)))
+            .AddController<InferenceEndpoint, InferenceEndpointReconciler>(c => c
+                .Owns<V1Deployment>()
+                .Owns<V1Service>()
+                .Watches<V1Pod>(PodsOf(InferenceEndpoint.KindName))
+                .Watches<QuantizedModel>(cache => m => Referencing(cache, m.Metadata, e => e.Spec.Model.QuantizedModelRef?.Name == m.Metadata.Name))
+                .Watches<FineTuneJob>(cache => j => Referencing(cache, j.Metadata, e => e.Spec.Adapters?.Any(a => a.FineTuneJobRef.Name == j.Metadata.Name) == true)));
     }
+
+    /// <summary>Pods carry <c>lowbit.dev/&lt;kind&gt;: &lt;owner&gt;</c> (their controller owner is a Job or ReplicaSet, not the CR).</summary>
+    private static MapToRequests<V1Pod> PodsOf(string kind)
+    {
+        var key = Labels.OwnerKey(kind);
+        return pod => ChildMeta.Label(pod, key) is { } owner ? [new ObjectKey(pod.Metadata.NamespaceProperty, owner)] : [];
+    }
+
+    private static IEnumerable<ObjectKey> ReferencingFineTuneJobs(IObjectCache cache, QuantizedModel model) =>
+        cache.List<FineTuneJob>(model.Metadata.NamespaceProperty)
+            .Where(j => j.Spec.BaseModel.QuantizedModelRef?.Name == model.Metadata.Name)
+            .Select(j => ObjectKey.Of(j));
+
+    private static IEnumerable<ObjectKey> Referencing(IObjectCache cache, V1ObjectMeta meta, Func<InferenceEndpoint, bool> references) =>
+        cache.List<InferenceEndpoint>(meta.NamespaceProperty).Where(references).Select(e => ObjectKey.Of(e));
 }

@@ -99,6 +99,35 @@ public sealed class ClientTests : IClassFixture<ClusterFixture>
     }
 
     [Fact]
+    public async Task Does_end_watch_after_timeout_seconds()
+    {
+        using var client = _cluster.Server.CreateClient();
+        var ns = await NamespaceAsync(client);
+        await client.CoreV1.CreateNamespacedConfigMapAsync(ConfigMap("one"), ns);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var events = 0;
+        await foreach (var _ in client.CoreV1.WatchListNamespacedConfigMapAsync(ns, timeoutSeconds: 1, cancellationToken: cts.Token))
+        {
+            events++;
+        }
+        Assert.False(cts.IsCancellationRequested, "the server should end the watch after timeoutSeconds");
+        Assert.Equal(1, events);
+    }
+
+    [Fact]
+    public async Task Does_delete_a_collection_by_label_selector()
+    {
+        using var client = _cluster.Server.CreateClient();
+        var ns = await NamespaceAsync(client);
+        await client.CoreV1.CreateNamespacedConfigMapAsync(ConfigMap("one"), ns);
+        await client.CoreV1.CreateNamespacedConfigMapAsync(ConfigMap("two"), ns);
+        await client.CoreV1.CreateNamespacedConfigMapAsync(new V1ConfigMap { Metadata = new V1ObjectMeta { Name = "other" } }, ns);
+        await client.CoreV1.DeleteCollectionNamespacedConfigMapAsync(ns, labelSelector: "app=test");
+        var left = await client.CoreV1.ListNamespacedConfigMapAsync(ns);
+        Assert.Equal("other", Assert.Single(left.Items).Metadata.Name);
+    }
+
+    [Fact]
     public async Task Does_reject_stale_update_with_409_conflict()
     {
         using var client = _cluster.Server.CreateClient();
@@ -184,6 +213,18 @@ public sealed class ClientTests : IClassFixture<ClusterFixture>
         var failed = await Assert.ThrowsAsync<HttpOperationException>(() => client.CoreV1.ReadNamespacedConfigMapAsync("target", ns));
         Assert.Equal(HttpStatusCode.InternalServerError, failed.Response.StatusCode);
         Assert.Equal("v", (await client.CoreV1.ReadNamespacedConfigMapAsync("target", ns)).Data["k"]);
+    }
+
+    [Fact]
+    public async Task Does_hold_a_delayed_request_until_the_client_gives_up_and_answer_the_next_one()
+    {
+        using var client = _cluster.Server.CreateClient();
+        var ns = await NamespaceAsync(client);
+        await client.CoreV1.CreateNamespacedConfigMapAsync(ConfigMap("slow"), ns);
+        _cluster.Server.Faults.DelayNext(1, TimeSpan.FromSeconds(60), verb: "get", pathContains: $"/namespaces/{ns}/configmaps/slow");
+        using var giveUp = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.CoreV1.ReadNamespacedConfigMapAsync("slow", ns, cancellationToken: giveUp.Token));
+        Assert.Equal("v", (await client.CoreV1.ReadNamespacedConfigMapAsync("slow", ns)).Data["k"]);
     }
 
     [Fact]

@@ -309,6 +309,61 @@ public sealed class KubectlTests : IClassFixture<ClusterFixture>
     }
 
     [Fact]
+    public async Task Does_scale_custom_resources_and_deployments_through_the_scale_subresource()
+    {
+        await InstallWidgetsAsync();
+        var ns = await NewNamespaceAsync("scale");
+        await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
+        var scaled = await _cluster.Kubectl("scale", "widget", "w1", "-n", ns, "--replicas=3");
+        Assert.Contains("widget.test.lowbit.dev/w1 scaled", scaled, StringComparison.Ordinal);
+        Assert.Equal(3, (int?)_cluster.Server.Api.Get(Widgets, ns, "w1")["spec"]!["replicas"]);
+        var manifest = Path.Combine(Path.GetTempPath(), $"scale-{ns}.yaml");
+        await File.WriteAllTextAsync(manifest, """
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: web}
+            spec:
+              selector: {matchLabels: {app: web}}
+              template:
+                metadata: {labels: {app: web}}
+                spec: {containers: [{name: web, image: "nginx:1.25"}]}
+            """);
+        await _cluster.Kubectl("apply", "-n", ns, "-f", manifest);
+        await _cluster.Kubectl("scale", "deployment", "web", "-n", ns, "--replicas=4");
+        Assert.Equal(4, (int?)_cluster.Server.Api.Get(BuiltinResources.Deployments, ns, "web")["spec"]!["replicas"]);
+    }
+
+    [Fact]
+    public async Task Does_serve_pod_logs_written_by_the_executor()
+    {
+        var ns = await NewNamespaceAsync("logs");
+        _cluster.Server.Api.Create(BuiltinResources.Pods, ns, JsonNode.Parse("""{"metadata":{"name":"runner"},"spec":{"containers":[{"name":"main","image":"lowbit-engine"}]}}""")!.AsObject());
+        _cluster.Server.Logs.Append(ns, "runner", "main", "line one\nline two\n");
+        var logs = await _cluster.Kubectl("logs", "runner", "-n", ns);
+        Assert.Equal("line one\nline two\n", logs);
+        var tail = await _cluster.Kubectl("logs", "runner", "-n", ns, "--tail=1");
+        Assert.Equal("line two\n", tail);
+    }
+
+    [Fact]
+    public async Task Does_show_events_of_an_object_when_kubectl_describe_runs()
+    {
+        await InstallWidgetsAsync();
+        var ns = await NewNamespaceAsync("describe");
+        await _cluster.Kubectl("apply", "-n", ns, "-f", Fixture("widget.yaml"));
+        var uid = (string?)_cluster.Server.Api.Get(Widgets, ns, "w1")["metadata"]!["uid"];
+        _cluster.Server.Api.Create(BuiltinResources.Events, ns, JsonNode.Parse($$"""
+            {"metadata":{"name":"w1.1"},"type":"Warning","reason":"WaitingForGPU","message":"0/1 nodes are available",
+             "involvedObject":{"apiVersion":"test.lowbit.dev/v1","kind":"Widget","name":"w1","namespace":"{{ns}}","uid":"{{uid}}"},
+             "source":{"component":"lowbit-operator"},"count":1}
+            """)!.AsObject());
+        var described = await _cluster.Kubectl("describe", "widget", "w1", "-n", ns);
+        Assert.Matches(@"Warning\s+WaitingForGPU", described);
+        var events = await _cluster.Kubectl("get", "events", "-n", ns);
+        Assert.Contains("widget/w1", events, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Does_explain_a_crd_field_from_openapi_v3()
     {
         await InstallWidgetsAsync();

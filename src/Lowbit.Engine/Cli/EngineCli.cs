@@ -56,6 +56,8 @@ public static class EngineCli
                 stderr.WriteLine(ex);
             }
         }
+        // A command line that failed to parse still names its result file; honour it so the failure is reported.
+        resultFile ??= Array.IndexOf(args, "--result-file") is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
         WriteResult(result, resultFile, stderr);
         return exit;
     }

@@ -29,7 +29,8 @@ public sealed record PerplexityResult
 /// Sliding-window perplexity (the transformers recipe): the token sequence (BOS first when the tokenizer has one)
 /// is cut into windows of <c>context</c> tokens starting every <c>stride</c> tokens; each window scores only the
 /// tokens not scored by the previous window (its last <c>end − previous end</c> tokens), with the overlap as
-/// conditioning context. The first token is never scored. stride = context means disjoint windows.
+/// conditioning context. The first token is never scored, and with stride = context (disjoint windows) neither is
+/// the first token of each window, which has no context inside its window.
 /// </summary>
 public static class PerplexityEvaluator
 {

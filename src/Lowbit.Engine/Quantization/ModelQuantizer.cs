@@ -69,8 +69,9 @@ public sealed class RandomWeights(LlamaConfig config, ScalarType storage = Scala
         {
             return torch.ones(shape, dtype: dtype, device: device).MoveToOuterDisposeScope();
         }
-        var generator = new Generator((ulong)(seed * 1_000_003 + StableHash(name)), device);
-        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device, generator: generator).mul_(std).to(storage).to(dtype);
+        // The default generators (seeded per tensor): a CUDA tensor is generated on the GPU, which a CPU Generator can't do.
+        torch.random.manual_seed(seed * 1_000_003 + StableHash(name));
+        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device).mul_(std).to(storage).to(dtype);
         return t.MoveToOuterDisposeScope();
     }
 
@@ -190,8 +191,9 @@ public static class ModelQuantizer
                 }
                 else
                 {
-                    hidden = QuantizeLayerWithCalibration(checkpoint, i, hidden, options, BitsOf, linears, reports);
-                    hidden.MoveToOuterDisposeScope();
+                    var next = QuantizeLayerWithCalibration(checkpoint, i, hidden, options, BitsOf, linears, reports);
+                    hidden.Dispose();
+                    hidden = next.DetachFromDisposeScope();
                 }
                 progress?.Invoke(i + 1, layers);
             }
@@ -271,6 +273,7 @@ public static class ModelQuantizer
             ["self_attn.o_proj"] = "self_attn.o_proj", ["mlp.gate_proj"] = "mlp.gate_proj", ["mlp.up_proj"] = "mlp.gate_proj", ["mlp.down_proj"] = "mlp.down_proj",
         };
         var accumulators = new Dictionary<string, HessianAccumulator>(StringComparer.Ordinal);
+        var swapped = new List<LinearLayer>();
         try
         {
             foreach (var (name, linear) in dense)
@@ -281,7 +284,9 @@ public static class ModelQuantizer
                     accumulator = new HessianAccumulator(linear.InFeatures, options.Device);
                     accumulators[name] = accumulator;
                 }
-                layer.ReplaceProjection(name, new CapturingLinear(linear, accumulator));
+                var capturing = new CapturingLinear(linear, accumulator);
+                swapped.Add(capturing);
+                layer.ReplaceProjection(name, capturing);
             }
             RunLayer(layer, hidden, config, index, options.CalibrationBatch).Dispose();
             foreach (var (name, linear) in dense)
@@ -292,7 +297,9 @@ public static class ModelQuantizer
                 var q = QuantizeOne(weight, accumulators[shared[name]].Hessian, bitsOf(prefix), options);
                 Record(prefix, weight, q, linears, reports);
                 // The layer runs with a dequantized copy so the next layer sees quantized outputs.
-                layer.ReplaceProjection(name, new QuantizedLinear(q, linear.DenseBias(ScalarType.Float32)?.DetachFromDisposeScope(), cacheDense: true, ownsWeight: false));
+                var quantizedLinear = new QuantizedLinear(q, linear.DenseBias(ScalarType.Float32)?.DetachFromDisposeScope(), cacheDense: true, ownsWeight: false);
+                swapped.Add(quantizedLinear);
+                layer.ReplaceProjection(name, quantizedLinear);
             }
             return RunLayer(layer, hidden, config, index, options.CalibrationBatch);
         }
@@ -302,7 +309,7 @@ public static class ModelQuantizer
             {
                 a.Dispose();
             }
-            foreach (var d in dense.Values)
+            foreach (var d in dense.Values.Concat(swapped))
             {
                 d.Dispose();
             }

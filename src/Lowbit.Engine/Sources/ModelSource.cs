@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text.Json;
@@ -190,6 +189,4 @@ public sealed partial class ModelSource
         SourceKind.HuggingFace => $"hf://{model}@{revision ?? "main"}",
         _ => model,
     };
-
-    internal static long Elapsed(Stopwatch watch) => watch.ElapsedMilliseconds;
 }

@@ -53,7 +53,7 @@ public sealed class HfTokenizer : ITextTokenizer
         var byteLevel = Mentions(root["pre_tokenizer"], "ByteLevel") || Mentions(root["decoder"], "ByteLevel");
         if (!byteLevel)
         {
-            throw new EngineInputException($"{path}: only byte-level BPE tokenizer.json files are read here; for SentencePiece models provide tokenizer.model");
+            throw new EngineInputException($"{path}: a BPE tokenizer.json must be byte-level (ByteLevel pre-tokenizer) or SentencePiece-style (byte fallback, ▁ normalizer)");
         }
         var pattern = SplitPattern(root["pre_tokenizer"]) ?? Gpt2Pattern;
         var options = new BpeOptions(vocab)

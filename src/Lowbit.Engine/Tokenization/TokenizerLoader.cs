@@ -16,6 +16,10 @@ public static class TokenizerLoader
             {
                 return new ByteTokenizer();
             }
+            if (SentencePieceBpeTokenizer.Describes(root))
+            {
+                return SentencePieceBpeTokenizer.FromTokenizerJson(root, TokenizerConfig.Load(directory));
+            }
             return HfTokenizer.FromTokenizerJson(json, root, TokenizerConfig.Load(directory));
         }
         var model = Path.Combine(directory, "tokenizer.model");

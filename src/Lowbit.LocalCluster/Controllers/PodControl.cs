@@ -50,7 +50,7 @@ public sealed class PodControl
                 var (ns, name) = Typed.SplitKey(key);
                 pods.Add(new V1Pod
                 {
-                    Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = ns, CreationTimestamp = DateTime.UtcNow },
+                    Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = ns, CreationTimestamp = DateTime.MaxValue },
                     Status = new V1PodStatus { Phase = "Pending" },
                 });
             }

@@ -149,6 +149,15 @@ internal sealed class TableBuilder
             ("", "ConfigMap") => [name, Text("Data", o => ((o["data"] as JsonObject)?.Count ?? 0 + (o["binaryData"] as JsonObject)?.Count ?? 0).ToString(CultureInfo.InvariantCulture)), age],
             ("", "Secret") => [name, Text("Type", o => (string?)o["type"] ?? "Opaque"), Text("Data", o => ((o["data"] as JsonObject)?.Count ?? 0).ToString(CultureInfo.InvariantCulture)), age],
             ("", "PersistentVolumeClaim") => [name, Text("Status", o => (string?)o["status"]?["phase"] ?? "Pending"), age],
+            ("" or "events.k8s.io", "Event") =>
+            [
+                Text("Last Seen", o => Age((string?)o["lastTimestamp"] ?? (string?)o["eventTime"] ?? (string?)o["deprecatedLastTimestamp"] ?? (string?)o["metadata"]?["creationTimestamp"])),
+                Text("Type", o => (string?)o["type"] ?? ""),
+                Text("Reason", o => (string?)o["reason"] ?? ""),
+                Text("Object", o => (o["involvedObject"] ?? o["regarding"]) is { } r ? $"{((string?)r["kind"])?.ToLowerInvariant()}/{(string?)r["name"]}" : ""),
+                Text("Message", o => (string?)o["message"] ?? (string?)o["note"] ?? ""),
+                name with { Priority = 1 },
+            ],
             ("coordination.k8s.io", "Lease") => [name, Text("Holder", o => (string?)o["spec"]?["holderIdentity"] ?? ""), age],
             ("apiextensions.k8s.io", "CustomResourceDefinition") => [name, Text("Created At", o => (string?)o["metadata"]?["creationTimestamp"])],
             _ => [name, age],

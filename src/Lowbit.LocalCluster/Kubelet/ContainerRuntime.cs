@@ -46,6 +46,9 @@ public interface IContainerRuntime
     /// <summary>Checks the image can run; throws <see cref="ImagePullException"/> when it cannot.</summary>
     void CheckImage(V1Pod pod, V1Container container);
 
+    /// <summary>True when the container is ready as soon as it runs (no readiness probe to wait for).</summary>
+    bool ReadyOnStart(V1Pod pod, V1Container container);
+
     /// <summary>Runs the container until it exits (or is stopped) and says how it ended.</summary>
     Task<ContainerExit> RunAsync(ContainerRun run);
 

@@ -119,6 +119,11 @@ public sealed partial class NodeKubelet
             Track(StopAsync(worker, grace, finish: true, stored));
             return Task.FromResult(Requeue.Done);
         }
+        if (worker is null && stored.Phase is "Succeeded" or "Failed")
+        {
+            // Finished before this kubelet started (a restored cluster): never run a terminal pod again.
+            return Task.FromResult(Requeue.Done);
+        }
         if (worker is null)
         {
             var pod = stored.As<V1Pod>();

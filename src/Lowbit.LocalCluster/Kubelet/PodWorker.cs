@@ -319,7 +319,7 @@ internal sealed partial class PodWorker
             var statuses = init ? _initStatuses : _statuses;
             var status = statuses[container.Name];
             status.State = new V1ContainerState { Running = new V1ContainerStateRunning { StartedAt = Now() } };
-            status.Ready = false;
+            status.Ready = !init && _runtime.ReadyOnStart(_pod, container);
             status.Started = true;
             status.RestartCount = attempt;
             status.ContainerID = $"lowbit://{_pod.Metadata.Uid}/{container.Name}/{attempt}";

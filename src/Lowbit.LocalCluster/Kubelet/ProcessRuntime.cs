@@ -52,6 +52,9 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
 
     public void CheckImage(V1Pod pod, V1Container container) => Resolve(container);
 
+    public bool ReadyOnStart(V1Pod pod, V1Container container) =>
+        container.ReadinessProbe is null || (container.ReadinessProbe.HttpGet is null && container.ReadinessProbe.TcpSocket is null);
+
     public async Task<ContainerExit> RunAsync(ContainerRun run)
     {
         var pod = run.Pod;

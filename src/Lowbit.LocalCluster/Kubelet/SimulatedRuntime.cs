@@ -22,6 +22,9 @@ public sealed class SimulatedRuntime(TimeProvider time, TimeSpan defaultDuration
         }
     }
 
+    public bool ReadyOnStart(V1Pod pod, V1Container container) =>
+        SimulationAnnotations.Get(pod, SimulationAnnotations.Ready, container.Name) is null or "true" or "True";
+
     public async Task<ContainerExit> RunAsync(ContainerRun run)
     {
         var pod = run.Pod;

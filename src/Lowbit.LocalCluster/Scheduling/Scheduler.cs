@@ -214,8 +214,48 @@ public sealed partial class Scheduler
             Message = message,
             LastTransitionTime = Typed.Truncate(_time.GetUtcNow()),
         });
+        RecordFailedScheduling(pod, message);
         _api.Replace(BuiltinResources.Pods, pod, "status");
         Log.Unschedulable(_logger, pod.Metadata.NamespaceProperty, pod.Metadata.Name, message);
+    }
+
+    /// <summary>The Warning event kubectl describe shows under the pod (one per pod, its count and time updated).</summary>
+    private void RecordFailedScheduling(V1Pod pod, string message)
+    {
+        var ns = pod.Metadata.NamespaceProperty;
+        var name = $"{pod.Metadata.Name}.failedscheduling";
+        var now = Typed.Truncate(_time.GetUtcNow());
+        try
+        {
+            var existing = _api.TryGet(BuiltinResources.Events, ns, name)?.As<Corev1Event>();
+            if (existing is not null)
+            {
+                existing.Count = (existing.Count ?? 1) + 1;
+                existing.LastTimestamp = now;
+                existing.Message = message;
+                _api.Replace(BuiltinResources.Events, existing);
+                return;
+            }
+            _api.Create(BuiltinResources.Events, ns, new Corev1Event
+            {
+                ApiVersion = "v1",
+                Kind = "Event",
+                Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = ns },
+                InvolvedObject = new V1ObjectReference { ApiVersion = "v1", Kind = "Pod", Name = pod.Metadata.Name, NamespaceProperty = ns, Uid = pod.Metadata.Uid },
+                Reason = "FailedScheduling",
+                Message = message,
+                Type = "Warning",
+                Count = 1,
+                FirstTimestamp = now,
+                LastTimestamp = now,
+                Source = new V1EventSource { Component = DefaultSchedulerName },
+                ReportingComponent = DefaultSchedulerName,
+            });
+        }
+        catch (ApiException ex) when (ex.Code is 409 or 404)
+        {
+            // Events are best effort, as in the real scheduler.
+        }
     }
 
     private static partial class Log

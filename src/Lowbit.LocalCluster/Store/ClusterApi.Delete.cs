@@ -15,7 +15,14 @@ public sealed partial class ClusterApi
     {
         options ??= DeleteOptions.Default;
         CheckScope(type, ns);
-        List<(ResourceType Type, StoredObject Object)> orphans = [];
+        if (options.PropagationPolicy == PropagationPolicy.Orphan && !options.DryRun && TryGetStored(type, ns, name) is { } owner)
+        {
+            // Orphan first, so the garbage collector never sees these dependents without a live owner.
+            foreach (var (dependentType, dependent) in GarbageCollector.DependentsOf(owner.Uid))
+            {
+                GarbageCollector.RemoveOwnerReference(dependentType, dependent, owner.Uid);
+            }
+        }
         JsonObject result;
         lock (_gate)
         {
@@ -36,10 +43,6 @@ public sealed partial class ClusterApi
             var meta = obj["metadata"]!.AsObject();
             var finalizers = meta["finalizers"] as JsonArray ?? [];
             var policy = options.PropagationPolicy ?? PropagationPolicy.Background;
-            if (policy == PropagationPolicy.Orphan)
-            {
-                orphans = GarbageCollector.DependentsOf(current.Uid);
-            }
             var gracefulPod = type == BuiltinResources.Pods && Options.GracefulPodDeletion && options.GracePeriodSeconds != 0;
             var isNamespace = type == BuiltinResources.Namespaces;
             if (policy == PropagationPolicy.Foreground && GarbageCollector.DependentsOf(current.Uid).Count > 0
@@ -67,10 +70,6 @@ public sealed partial class ClusterApi
             {
                 result = RemoveLocked(type, obj, current).ToJsonObject();
             }
-        }
-        foreach (var (dependentType, dependent) in orphans)
-        {
-            GarbageCollector.RemoveOwnerReference(dependentType, dependent, (string)result["metadata"]!["uid"]!);
         }
         return result;
     }

@@ -165,12 +165,16 @@ public sealed class FieldSelector
                         ? (term[..term.IndexOf('=', StringComparison.Ordinal)], true, term[(term.IndexOf('=', StringComparison.Ordinal) + 1)..])
                         : throw ApiException.BadRequest($"invalid field selector \"{term}\": expected field=value, field==value or field!=value");
             field = field.Trim();
+            var isEvent = type.Kind == "Event";
             var supported = field is "metadata.name" or "metadata.namespace"
                 || (type.Kind == "Pod" && type.Group.Length == 0 && field is "spec.nodeName" or "status.phase")
-                || (type.Kind == "Namespace" && field == "status.phase");
+                || (type.Kind == "Namespace" && field == "status.phase")
+                || (type.Kind == "Secret" && field == "type")
+                || (isEvent && (field.StartsWith("involvedObject.", StringComparison.Ordinal) || field.StartsWith("regarding.", StringComparison.Ordinal)
+                    || field is "reason" or "type" or "source" or "reportingComponent" or "reportingController"));
             if (!supported)
             {
-                throw ApiException.BadRequest($"field label not supported: {field} (accepted for {type.GroupResource}: metadata.name, metadata.namespace{(type.Kind == "Pod" ? ", spec.nodeName, status.phase" : "")})");
+                throw ApiException.BadRequest($"field label not supported: {field} (accepted for {type.GroupResource}: metadata.name, metadata.namespace{(type.Kind == "Pod" ? ", spec.nodeName, status.phase" : isEvent ? ", involvedObject.*, regarding.*, reason, type, source" : "")})");
             }
             requirements.Add(new Requirement(field, equal, value.Trim()));
         }
@@ -179,6 +183,7 @@ public sealed class FieldSelector
 
     public bool Matches(StoredObject obj)
     {
+        System.Text.Json.Nodes.JsonObject? parsed = null;
         foreach (var r in _requirements)
         {
             var actual = r.Field switch
@@ -187,7 +192,7 @@ public sealed class FieldSelector
                 "metadata.namespace" => obj.Namespace,
                 "spec.nodeName" => obj.NodeName ?? "",
                 "status.phase" => obj.Phase ?? "",
-                _ => "",
+                _ => Lookup(parsed ??= obj.ToJsonObject(), r.Field),
             };
             if ((actual == r.Value) != r.Equal)
             {
@@ -195,5 +200,20 @@ public sealed class FieldSelector
             }
         }
         return true;
+    }
+
+    private static string Lookup(System.Text.Json.Nodes.JsonObject obj, string path)
+    {
+        System.Text.Json.Nodes.JsonNode? node = obj;
+        foreach (var part in path.Split('.'))
+        {
+            node = (node as System.Text.Json.Nodes.JsonObject)?[part];
+        }
+        return node switch
+        {
+            null => "",
+            System.Text.Json.Nodes.JsonValue v => v.ToString(),
+            _ => "",
+        };
     }
 }

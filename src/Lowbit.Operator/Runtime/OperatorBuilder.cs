@@ -208,6 +208,15 @@ public sealed class ControllerBuilder<T>
         return this;
     }
 
+    /// <summary>As <see cref="Watches{TOther}(MapToRequests{TOther})"/>, with a map that reads the object caches (e.g. the resources that reference the changed object).</summary>
+    public ControllerBuilder<T> Watches<TOther>(Func<IObjectCache, MapToRequests<TOther>> map)
+        where TOther : class, IKubernetesObject<V1ObjectMeta>
+    {
+        ArgumentNullException.ThrowIfNull(map);
+        _watches.Add((controller, registry) => controller.Watch(registry.GetOrAdd<TOther>(), map(registry)));
+        return this;
+    }
+
     public ControllerBuilder<T> WithName(string name)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);

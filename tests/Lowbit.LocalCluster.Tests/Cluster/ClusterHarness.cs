@@ -6,7 +6,6 @@ using Lowbit.LocalCluster.Kubelet;
 using Lowbit.LocalCluster.Nodes;
 using Lowbit.LocalCluster.Store;
 using Microsoft.Extensions.Logging.Abstractions;
-using WatchEventType = Lowbit.LocalCluster.Store.WatchEventType;
 
 namespace Lowbit.LocalCluster.Tests.Cluster;
 
@@ -24,6 +23,9 @@ internal sealed class ClusterHarness : IAsyncDisposable
     }
 
     public ClusterApi Api { get; }
+
+    /// <summary>Waits on a store whose cluster the test started itself (Cluster and Logs are not available).</summary>
+    public static ClusterHarness Attach(ClusterApi api) => new(api, new PodLogStore(), null!, "");
 
     public PodLogStore Logs { get; }
 
@@ -81,7 +83,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
         {
             await foreach (var e in Api.WatchAsync(type, ns, new WatchOptions { FieldSelector = $"metadata.name={name}" }, cts.Token))
             {
-                if (e.Object is null || e.Type == WatchEventType.Deleted)
+                if (e.Object is null || e.Type == WatchEventKind.Deleted)
                 {
                     continue;
                 }
@@ -110,7 +112,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
         {
             await foreach (var e in Api.WatchAsync(type, ns, new WatchOptions { FieldSelector = $"metadata.name={name}", ResourceVersion = Api.CurrentResourceVersion.ToString(System.Globalization.CultureInfo.InvariantCulture) }, cts.Token))
             {
-                if (e.Type == WatchEventType.Deleted || Api.TryGet(type, ns, name) is null)
+                if (e.Type == WatchEventKind.Deleted || Api.TryGet(type, ns, name) is null)
                 {
                     return;
                 }

@@ -1,4 +1,5 @@
 using k8s.Models;
+using Lowbit.LocalCluster.Controllers;
 using Lowbit.LocalCluster.Store;
 using static Lowbit.LocalCluster.Tests.Cluster.ClusterHarness;
 
@@ -40,6 +41,8 @@ public sealed class SchedulerTests
             Scheduled(pod)!.Message);
         Assert.Equal("Pending", pod.Status!.Phase);
         Assert.Null(pod.Spec.NodeName);
+        var warning = cluster.Api.Get(BuiltinResources.Events, "default", "too-big.failedscheduling").As<Corev1Event>();
+        Assert.Equal(("FailedScheduling", "Warning", "too-big"), (warning.Reason, warning.Type, warning.InvolvedObject.Name));
     }
 
     [Fact]
@@ -133,6 +136,35 @@ public sealed class SchedulerTests
 
         var bound = await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "waiter", p => p.Spec.NodeName == "gpu-t4", "bound to gpu-t4");
         Assert.Equal("gpu-t4", bound.Spec.NodeName);
+    }
+
+    [Fact]
+    public async Task Does_evict_pods_with_DisruptionTarget_when_their_node_gets_a_NoExecute_taint()
+    {
+        await using var cluster = await StartAsync();
+        cluster.Create(BuiltinResources.Pods, Pod("victim", p =>
+        {
+            p.Metadata.Annotations[Kubelet.SimulationAnnotations.Duration] = "1h";
+            p.Spec.NodeSelector = new Dictionary<string, string> { ["nvidia.com/gpu.product"] = "Tesla-T4" };
+        }));
+        cluster.Create(BuiltinResources.Pods, Pod("tolerant", p =>
+        {
+            p.Metadata.Annotations[Kubelet.SimulationAnnotations.Duration] = "1h";
+            p.Spec.NodeSelector = new Dictionary<string, string> { ["nvidia.com/gpu.product"] = "Tesla-T4" };
+            p.Spec.Tolerations = [new V1Toleration { Key = "lost", OperatorProperty = "Exists", Effect = "NoExecute" }];
+        }));
+        await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "victim", p => p.Status?.Phase == "Running", "Running");
+        await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "tolerant", p => p.Status?.Phase == "Running", "Running");
+        // Subscribed before the taint: WaitAsync registers its watch before it first yields.
+        var deleted = cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "victim", p => p.Metadata.DeletionTimestamp is not null, "deleting");
+
+        cluster.Api.Patch(BuiltinResources.Nodes, null, "gpu-t4", PatchKind.Merge, "{\"spec\":{\"taints\":[{\"key\":\"lost\",\"value\":\"true\",\"effect\":\"NoExecute\"}]}}");
+
+        var victim = await deleted;
+        var disruption = victim.Status.Conditions.Single(c => c.Type == "DisruptionTarget");
+        Assert.Equal(("True", "DeletionByTaintManager"), (disruption.Status, disruption.Reason));
+        await cluster.WaitGoneAsync(BuiltinResources.Pods, "default", "victim");
+        Assert.Null(cluster.Api.Get(BuiltinResources.Pods, "default", "tolerant").As<V1Pod>().Metadata.DeletionTimestamp);
     }
 
     [Fact]

@@ -1,0 +1,98 @@
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
+using ApiDatasetFormat = Lowbit.Api.V1Alpha1.DatasetFormat;
+using ProtocolDatasetFormat = Lowbit.Engine.Protocol.DatasetFormat;
+
+namespace Lowbit.Operator.Builders;
+
+/// <summary>The Job that runs <c>lowbit-engine finetune</c> for a FineTuneJob.</summary>
+public static class FineTuneJobBuilder
+{
+    public const string Role = Labels.Components.FineTune;
+    public const string CheckpointsDirectory = "checkpoints";
+
+    private static readonly Dictionary<string, string> FieldsByFlag = new(StringComparer.Ordinal)
+    {
+        ["--base-model"] = "spec.baseModel",
+        ["--method"] = "spec.method",
+        ["--r"] = "spec.lora.r",
+        ["--alpha"] = "spec.lora.alpha",
+        ["--dropout"] = "spec.lora.dropout",
+        ["--target-modules"] = "spec.lora.targetModules",
+        ["--dataset"] = "spec.dataset.source",
+        ["--dataset-format"] = "spec.dataset.format",
+        ["--epochs"] = "spec.training.epochs",
+        ["--max-steps"] = "spec.training.maxSteps",
+        ["--learning-rate"] = "spec.training.learningRate",
+        ["--micro-batch"] = "spec.training.microBatchSize",
+        ["--grad-accumulation"] = "spec.training.gradientAccumulation",
+        ["--seq-length"] = "spec.training.sequenceLength",
+        ["--seed"] = "spec.training.seed",
+        ["--out"] = "spec.output",
+    };
+
+    /// <summary>
+    /// The engine request. <paramref name="baseModel"/> is the referenced QuantizedModel (QLoRA) or null for a source;
+    /// <paramref name="resumeFrom"/> is the last checkpoint's URI when a previous Job for this generation failed.
+    /// </summary>
+    public static FinetuneRequest Request(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, VolumeSet volumes, string? resumeFrom)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        ArgumentNullException.ThrowIfNull(placement);
+        ArgumentNullException.ThrowIfNull(volumes);
+        var spec = job.Spec;
+        var (model, revision) = spec.BaseModel.Source is { } source
+            ? volumes.Model(source)
+            : baseModel is not null
+                ? (volumes.Artifacts(baseModel), null)
+                : throw new InvalidSpecException("spec.baseModel", "the referenced QuantizedModel is not available");
+        var lora = spec.Lora ?? new LoraSpec();
+        var output = volumes.Pvc(spec.Output.Pvc.ClaimName, spec.Output.Pvc.Path, writable: true);
+        return new FinetuneRequest
+        {
+            BaseModel = model,
+            Revision = revision,
+            Method = spec.Method switch
+            {
+                FineTuneMethod.Lora => FinetuneMethod.Lora,
+                FineTuneMethod.Qlora => FinetuneMethod.Qlora,
+                _ => FinetuneMethod.Full,
+            },
+            R = lora.R,
+            Alpha = lora.Alpha,
+            Dropout = lora.Dropout,
+            TargetModules = lora.TargetModules,
+            Dataset = volumes.Data(spec.Dataset.Source),
+            DatasetFormat = spec.Dataset.Format switch
+            {
+                ApiDatasetFormat.Chat => ProtocolDatasetFormat.Chat,
+                ApiDatasetFormat.Text => ProtocolDatasetFormat.Text,
+                _ => ProtocolDatasetFormat.Alpaca,
+            },
+            Epochs = spec.Training.Epochs,
+            MaxSteps = spec.Training.MaxSteps,
+            LearningRate = spec.Training.LearningRate,
+            MicroBatch = spec.Training.MicroBatchSize,
+            GradAccumulation = spec.Training.GradientAccumulation,
+            SeqLength = spec.Training.SequenceLength,
+            CheckpointDir = $"{output}/{CheckpointsDirectory}",
+            ResumeFrom = resumeFrom,
+            Seed = spec.Training.Seed,
+            Out = output,
+            Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
+        };
+    }
+
+    public static V1Job Build(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, WorkloadOptions options, string? resumeFrom = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var volumes = new VolumeSet();
+        var args = Request(job, baseModel, placement, volumes, resumeFrom).ToArgs();
+        EngineJobs.CheckArgs(args, FieldsByFlag);
+        var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
+        pod.Containers.Add(PodTemplates.Container(job.Spec.Image ?? options.EngineImage, args, placement, volumes, job.Spec.Resources, options));
+        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(job, Role, Role, placement), pod, options));
+    }
+}

@@ -1,0 +1,198 @@
+using System.Globalization;
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
+using Lowbit.Planner;
+using ServingRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
+
+namespace Lowbit.Operator.Builders;
+
+/// <summary>What an endpoint serves, resolved from its references (pure input to the builder).</summary>
+public sealed record ServedModel
+{
+    /// <summary>The referenced QuantizedModel, when the endpoint names one.</summary>
+    public QuantizedModel? QuantizedModel { get; init; }
+
+    /// <summary>Adapters (served name, FineTuneJob), in spec order.</summary>
+    public IReadOnlyList<(string Name, FineTuneJob Job)> Adapters { get; init; } = [];
+}
+
+/// <summary>
+/// The Deployment serving an InferenceEndpoint: <c>lowbit-engine serve</c>, vLLM's OpenAI server (tensor-parallel
+/// size = shards, quantization flag, context, memory fraction) or llama.cpp's server (GGUF, context, parallel slots).
+/// </summary>
+public static class InferenceDeploymentBuilder
+{
+    public const string Role = Labels.Components.Inference;
+    public const int Port = ServeRequest.DefaultPort;
+    public const string PortName = "http";
+    public const string HealthPath = "/health";
+
+    public static V1Deployment Build(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, WorkloadOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(served);
+        ArgumentNullException.ThrowIfNull(placement);
+        ArgumentNullException.ThrowIfNull(options);
+        var volumes = new VolumeSet();
+        var (image, args) = endpoint.Spec.Runtime switch
+        {
+            ServingRuntime.Vllm => (options.VllmImage, VllmArgs(endpoint, served, placement, volumes)),
+            ServingRuntime.Llamacpp => (options.LlamaCppImage, LlamaCppArgs(endpoint, served, placement, volumes)),
+            _ => (options.EngineImage, LowbitArgs(endpoint, served, placement, volumes)),
+        };
+        var pod = PodTemplates.PodSpec(placement, volumes, options, "Always");
+        var container = PodTemplates.Container(endpoint.Spec.Image ?? image, args, placement, volumes, endpoint.Spec.Resources, options);
+        container.Ports = [new V1ContainerPort { Name = PortName, ContainerPort = Port, Protocol = "TCP" }];
+        container.StartupProbe = Probe(options.StartupFailureThreshold);
+        container.ReadinessProbe = Probe(3);
+        container.LivenessProbe = Probe(6);
+        pod.Containers.Add(container);
+
+        var meta = ChildMeta.For(endpoint, Role, Role, placement);
+        var deployment = new V1Deployment
+        {
+            ApiVersion = "apps/v1",
+            Kind = "Deployment",
+            Metadata = meta,
+            Spec = new V1DeploymentSpec
+            {
+                Replicas = endpoint.Spec.Replicas,
+                Selector = new V1LabelSelector { MatchLabels = ChildMeta.Selector(endpoint, Role) },
+                ProgressDeadlineSeconds = 600,
+                // Keep the old replicas serving until the new ones are ready (GPU capacity permitting).
+                Strategy = new V1DeploymentStrategy
+                {
+                    Type = "RollingUpdate",
+                    RollingUpdate = new V1RollingUpdateDeployment { MaxSurge = "25%", MaxUnavailable = 0 },
+                },
+                Template = new V1PodTemplateSpec
+                {
+                    Metadata = new V1ObjectMeta
+                    {
+                        Labels = new Dictionary<string, string>(meta.Labels, StringComparer.Ordinal),
+                        Annotations = ChildMeta.PodAnnotations(meta),
+                    },
+                    Spec = pod,
+                },
+            },
+        };
+        return ChildMeta.WithSpecHash(deployment);
+    }
+
+    /// <summary>The in-cluster DNS name clients use (the Service's).</summary>
+    public static string Url(InferenceEndpoint endpoint, WorkloadOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(options);
+        return $"http://{ChildMeta.Name(endpoint, Role)}.{endpoint.Metadata.NamespaceProperty}.svc.{options.ClusterDomain}/v1";
+    }
+
+    private static V1Probe Probe(int failureThreshold) => new()
+    {
+        HttpGet = new V1HTTPGetAction { Path = HealthPath, Port = PortName },
+        PeriodSeconds = 10,
+        TimeoutSeconds = 5,
+        FailureThreshold = failureThreshold,
+    };
+
+    private static (string Model, string? Revision) Model(InferenceEndpoint endpoint, ServedModel served, VolumeSet volumes) =>
+        endpoint.Spec.Model.Source is { } source
+            ? volumes.Model(source)
+            : served.QuantizedModel is { } model
+                ? (volumes.Artifacts(model), null)
+                : throw new InvalidSpecException("spec.model.quantizedModelRef", "the referenced QuantizedModel is not available");
+
+    private static List<string> LowbitArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
+    {
+        var (model, revision) = Model(endpoint, served, volumes);
+        var request = new ServeRequest
+        {
+            Model = model,
+            Revision = revision,
+            Adapters = served.Adapters.Select(a => volumes.Adapter(a.Job)).ToList(),
+            Port = Port,
+            MaxContext = endpoint.Spec.MaxContextLength,
+            MaxConcurrency = endpoint.Spec.MaxConcurrency,
+            ServedName = endpoint.Metadata.Name,
+            Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
+        };
+        return [.. request.ToArgs()];
+    }
+
+    private static List<string> VllmArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
+    {
+        var (model, revision) = Model(endpoint, served, volumes);
+        var args = new List<string>
+        {
+            "--model", model,
+            "--served-model-name", endpoint.Metadata.Name,
+            "--host", "0.0.0.0",
+            "--port", Port.ToString(CultureInfo.InvariantCulture),
+            "--tensor-parallel-size", placement.Shards.ToString(CultureInfo.InvariantCulture),
+            "--max-model-len", endpoint.Spec.MaxContextLength.ToString(CultureInfo.InvariantCulture),
+            "--max-num-seqs", endpoint.Spec.MaxConcurrency.ToString(CultureInfo.InvariantCulture),
+            "--gpu-memory-utilization", MemoryEstimator.VllmGpuMemoryUtilization.ToString("0.00", CultureInfo.InvariantCulture),
+        };
+        if (revision is not null)
+        {
+            args.AddRange(["--revision", revision]);
+        }
+
+        if (served.QuantizedModel is { } quantized && endpoint.Spec.Model.Source is null)
+        {
+            // vLLM loads the GPTQ-compatible export (4 or 8 bits); the lowbit layout is not a vLLM format.
+            if (!quantized.Spec.Formats.Contains(ExportFormat.Gptq))
+            {
+                throw new InvalidSpecException("spec.runtime", $"vllm serves GPTQ-format weights; QuantizedModel {quantized.Metadata.Name} does not export gptq (add gptq to its spec.formats or use runtime lowbit)");
+            }
+
+            args.AddRange(["--quantization", "gptq"]);
+        }
+
+        if (served.Adapters.Count > 0)
+        {
+            args.AddRange(["--enable-lora", "--lora-modules"]);
+            args.AddRange(served.Adapters.Select(a => $"{a.Name}={volumes.Adapter(a.Job)}"));
+        }
+
+        return args;
+    }
+
+    private static List<string> LlamaCppArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
+    {
+        if (served.QuantizedModel is not { } quantized || endpoint.Spec.Model.Source is not null)
+        {
+            throw new InvalidSpecException("spec.model", "llamacpp serves a GGUF export: reference a QuantizedModel whose spec.formats include a gguf format");
+        }
+
+        var gguf = quantized.Spec.Formats.FirstOrDefault(f => f is ExportFormat.GgufQ80 or ExportFormat.GgufQ40 or ExportFormat.GgufQ4K);
+        if (!quantized.Spec.Formats.Contains(gguf) || gguf == ExportFormat.Lowbit)
+        {
+            throw new InvalidSpecException("spec.model.quantizedModelRef", $"QuantizedModel {quantized.Metadata.Name} exports no gguf format; llamacpp needs one");
+        }
+
+        var file = $"{volumes.Artifacts(quantized)}/model-{EngineJobs.Format(gguf)}.gguf";
+        var args = new List<string>
+        {
+            "-m", file,
+            "-c", endpoint.Spec.MaxContextLength.ToString(CultureInfo.InvariantCulture),
+            "--parallel", endpoint.Spec.MaxConcurrency.ToString(CultureInfo.InvariantCulture),
+            "--host", "0.0.0.0",
+            "--port", Port.ToString(CultureInfo.InvariantCulture),
+            "--alias", endpoint.Metadata.Name,
+            "--metrics",
+        };
+        if (placement.OnGpu)
+        {
+            args.AddRange(["-ngl", "999"]);
+            if (placement.Shards > 1)
+            {
+                args.AddRange(["--split-mode", "layer"]);
+            }
+        }
+
+        return args;
+    }
+}

@@ -1,0 +1,64 @@
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
+
+namespace Lowbit.Operator.Builders;
+
+/// <summary>The Job that runs <c>lowbit-engine quantize</c> for a QuantizedModel.</summary>
+public static class QuantizeJobBuilder
+{
+    public const string Role = Labels.Components.Quantize;
+
+    private static readonly Dictionary<string, string> FieldsByFlag = new(StringComparer.Ordinal)
+    {
+        ["--model"] = "spec.source",
+        ["--method"] = "spec.method",
+        ["--bits"] = "spec.bits",
+        ["--target-bpw"] = "spec.targetBitsPerWeight",
+        ["--group-size"] = "spec.groupSize",
+        ["--format"] = "spec.formats",
+        ["--out"] = "spec.output",
+        ["--calibration"] = "spec.calibration",
+        ["--calibration-samples"] = "spec.calibration.samples",
+        ["--calibration-length"] = "spec.calibration.sequenceLength",
+    };
+
+    /// <summary>The engine request the Job runs (paths are inside the pod).</summary>
+    public static QuantizeRequest Request(QuantizedModel model, WorkloadPlacement placement, VolumeSet volumes)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(placement);
+        ArgumentNullException.ThrowIfNull(volumes);
+        var spec = model.Spec;
+        var (source, revision) = volumes.Model(spec.Source);
+        return new QuantizeRequest
+        {
+            Model = source,
+            Revision = revision,
+            Method = EngineJobs.Method(spec.Method),
+            Bits = spec.Bits,
+            TargetBitsPerWeight = spec.TargetBitsPerWeight,
+            GroupSize = spec.GroupSize,
+            Formats = spec.Formats.Select(EngineJobs.Format).ToList(),
+            Out = volumes.Pvc(spec.Output.Pvc.ClaimName, spec.Output.Pvc.Path, writable: true),
+            Calibration = spec.Calibration is { } calibration ? volumes.Data(calibration.Dataset) : null,
+            CalibrationSamples = spec.Calibration?.Samples,
+            CalibrationLength = spec.Calibration?.SequenceLength,
+            Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
+        };
+    }
+
+    /// <summary>Throws <see cref="InvalidSpecException"/> (naming the field) when the engine would reject the arguments.</summary>
+    public static V1Job Build(QuantizedModel model, WorkloadPlacement placement, WorkloadOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var volumes = new VolumeSet();
+        var args = Request(model, placement, volumes).ToArgs();
+        EngineJobs.CheckArgs(args, FieldsByFlag);
+        var image = model.Spec.Image ?? options.EngineImage;
+        var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
+        pod.Containers.Add(PodTemplates.Container(image, args, placement, volumes, model.Spec.Resources, options));
+        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(model, Role, Role, placement), pod, options));
+    }
+}

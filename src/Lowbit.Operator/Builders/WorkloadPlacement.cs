@@ -1,0 +1,38 @@
+using System.Globalization;
+using Lowbit.Planner;
+
+namespace Lowbit.Operator.Builders;
+
+/// <summary>
+/// The placement a workload runs on: one feasible option of the plan and its index in the list of feasible
+/// options (0 = cheapest that fits; it grows on Unschedulable or OOM fallback).
+/// </summary>
+public sealed record WorkloadPlacement
+{
+    public required PlacementOption Option { get; init; }
+
+    /// <summary>Index among the plan's feasible options, cheapest first.</summary>
+    public required int Index { get; init; }
+
+    /// <summary>Feasible options the plan has in all.</summary>
+    public required int FeasibleCount { get; init; }
+
+    public NodeType NodeType => Option.NodeType;
+
+    public bool OnGpu => NodeType.Kind == DeviceKind.Gpu;
+
+    /// <summary>GPUs one replica (one pod) requests; 0 on CPU nodes.</summary>
+    public int GpusPerReplica => Option.GpusPerNode;
+
+    /// <summary>Tensor-parallel shards the model is split into (1 on CPU).</summary>
+    public int Shards => Option.Devices;
+
+    /// <summary>e.g. <c>1× L4-24GB</c>.</summary>
+    public string Label => Option.Label;
+
+    /// <summary>Catalog USD per hour of one replica.</summary>
+    public double HourlyUsd => Option.HourlyUsd;
+
+    /// <summary>The value of the <c>lowbit.dev/placement</c> annotation: index and node type.</summary>
+    public string Annotation => string.Create(CultureInfo.InvariantCulture, $"{Index}:{NodeType.Name}:{GpusPerReplica}");
+}

@@ -1,0 +1,68 @@
+using k8s;
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Operator.Builders;
+
+namespace Lowbit.Operator.Controllers;
+
+/// <summary>What applying a child did.</summary>
+public enum ApplyOutcome
+{
+    /// <summary>The observed child already matches the desired one (same spec hash): no request made.</summary>
+    Unchanged,
+
+    /// <summary>Server-side apply created or updated the child.</summary>
+    Applied,
+
+    /// <summary>The child had an immutable template that differs: it was deleted and is created on the next pass.</summary>
+    Replaced,
+
+    /// <summary>An object of that name exists but another owner controls it: left alone (never adopted or mutated).</summary>
+    Foreign,
+}
+
+/// <summary>
+/// Applies children with server-side apply (field manager <c>lowbit-operator</c>, force), only when the observed
+/// child's spec hash differs from the desired one, so an unchanged object costs zero writes.
+/// </summary>
+public sealed class ChildApplier(IKubernetes client)
+{
+    public async Task<ApplyOutcome> ApplyAsync<T>(IKubernetesObject<V1ObjectMeta> owner, T desired, T? observed, CancellationToken cancellationToken)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        ArgumentNullException.ThrowIfNull(desired);
+        if (observed is not null)
+        {
+            if (!ChildMeta.IsControlledBy(observed, owner))
+            {
+                return ApplyOutcome.Foreign;
+            }
+
+            if (ChildMeta.SpecHash(observed) == ChildMeta.SpecHash(desired))
+            {
+                return ApplyOutcome.Unchanged;
+            }
+
+            if (observed is V1Job)
+            {
+                // A Job's pod template is immutable: replace it (its pods go with it).
+                await client.BatchV1.DeleteNamespacedJobAsync(observed.Metadata.Name, observed.Metadata.NamespaceProperty,
+                    propagationPolicy: "Background", cancellationToken: cancellationToken).ConfigureAwait(false);
+                return ApplyOutcome.Replaced;
+            }
+        }
+
+        var patch = new V1Patch(desired, V1Patch.PatchType.ApplyPatch);
+        var name = desired.Metadata.Name;
+        var ns = desired.Metadata.NamespaceProperty;
+        _ = desired switch
+        {
+            V1Job => (object)await client.BatchV1.PatchNamespacedJobAsync(patch, name, ns, fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
+            V1Deployment => await client.AppsV1.PatchNamespacedDeploymentAsync(patch, name, ns, fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
+            V1Service => await client.CoreV1.PatchNamespacedServiceAsync(patch, name, ns, fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
+            _ => throw new NotSupportedException($"applying {typeof(T).Name} is not supported"),
+        };
+        return ApplyOutcome.Applied;
+    }
+}

@@ -1,0 +1,91 @@
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
+using Lowbit.Operator.Builders;
+using Lowbit.Planner;
+
+namespace Lowbit.Operator.Status;
+
+/// <summary>FineTuneJob status: plan, progress from the engine's JSON train lines, adapter artifact, checkpoints (pure).</summary>
+public static class FineTuneJobStatusCalculator
+{
+    public static FineTuneJobStatus Compute(FineTuneJob job, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        ArgumentNullException.ThrowIfNull(observed);
+        var generation = job.Metadata.Generation;
+        var previous = job.Status;
+        var result = StatusParts.SucceededResult(observed.Pods);
+        var artifact = result?.Artifact is { } a ? QuantizedModelStatusCalculator.Artifact(a) : previous?.Artifact;
+        var progress = Progress(observed.LogTail) ?? previous?.Progress;
+        var outcome = JobOutcomes.Of(plan, placement, observed, progress is null
+            ? "adapter trained"
+            : $"adapter trained: {progress.Step} steps, loss {progress.Loss:0.####}");
+        var trained = outcome is Outcome.Succeeded
+            ? Conditions.Trained(outcome.Message, generation, now)
+            : Conditions.Create(Conditions.Types.Trained, Conditions.False, outcome.Reason, outcome.Message, generation, now);
+        return new FineTuneJobStatus
+        {
+            ObservedGeneration = generation,
+            Conditions = StatusParts.Conditions(previous?.Conditions, outcome, generation, now,
+                StatusParts.Planned(plan, placement, observed.PlacementChange, generation, now), trained),
+            Phase = JobOutcomes.Phase(outcome, observed),
+            Plan = StatusParts.Plan(plan, placement) ?? previous?.Plan,
+            Progress = progress,
+            Artifact = artifact,
+            Checkpoints = Checkpoints(job, progress, previous?.Checkpoints),
+            Timings = StatusParts.Timings(observed.Job, previous?.Timings),
+        };
+    }
+
+    /// <summary>The last <c>train</c> event in a log tail (the engine prints one JSON line per optimizer step).</summary>
+    public static ProgressStatus? Progress(string? logTail)
+    {
+        if (string.IsNullOrEmpty(logTail))
+        {
+            return null;
+        }
+
+        TrainEvent? last = null;
+        foreach (var line in logTail.Split('\n'))
+        {
+            if (EngineEvent.TryParse(line) is TrainEvent train)
+            {
+                last = train;
+            }
+        }
+
+        return last is null
+            ? null
+            : new ProgressStatus
+            {
+                Step = last.Step,
+                TotalSteps = last.TotalSteps,
+                Epoch = Math.Round(last.Epoch, 3),
+                Loss = Math.Round(last.Loss, 5),
+                TokensPerSecond = Math.Round(last.TokensPerSecond, 1),
+            };
+    }
+
+    /// <summary>
+    /// Checkpoints the engine has written so far: every <c>spec.training.saveSteps</c> steps under
+    /// <c>&lt;output&gt;/checkpoints/step-N</c> (the directory a retried pod resumes from).
+    /// </summary>
+    public static IReadOnlyList<CheckpointStatus>? Checkpoints(FineTuneJob job, ProgressStatus? progress, IReadOnlyList<CheckpointStatus>? previous)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        if (job.Spec.Training.SaveSteps is not { } every || progress is null || progress.Step < every)
+        {
+            return previous;
+        }
+
+        var output = job.Spec.Output.Pvc;
+        var list = new List<CheckpointStatus>();
+        for (var step = (long)every; step <= progress.Step && list.Count < 64; step += every)
+        {
+            list.Add(new CheckpointStatus { Step = step, Uri = $"pvc://{output.ClaimName}/{(output.Path ?? "").Trim('/')}/{FineTuneJobBuilder.CheckpointsDirectory}/step-{step}" });
+        }
+
+        return list.Count > 0 ? list : previous;
+    }
+}

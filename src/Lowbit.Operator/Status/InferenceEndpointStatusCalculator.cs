@@ -1,0 +1,107 @@
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Operator.Builders;
+using Lowbit.Planner;
+
+namespace Lowbit.Operator.Status;
+
+/// <summary>InferenceEndpoint status: readiness from the Deployment, URL, scale status, plan and cost (pure).</summary>
+public static class InferenceEndpointStatusCalculator
+{
+    public static InferenceEndpointStatus Compute(InferenceEndpoint endpoint, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, string url, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(observed);
+        var generation = endpoint.Metadata.Generation;
+        var previous = endpoint.Status;
+        var deployment = observed.Deployment?.Status;
+        var ready = deployment?.ReadyReplicas ?? 0;
+        var outcome = Outcome(endpoint, plan, placement, observed, ready);
+        var available = ready > 0
+            ? Conditions.Available($"{ready} of {endpoint.Spec.Replicas} replicas ready", generation, now)
+            : Conditions.Unavailable(outcome is Outcome.Succeeded ? Conditions.Reasons.Succeeded : outcome.Reason, ready == 0 && endpoint.Spec.Replicas == 0 ? "scaled to zero" : outcome.Message, generation, now);
+        var selector = string.Join(",", ChildMeta.Selector(endpoint, InferenceDeploymentBuilder.Role).OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}={kv.Value}"));
+        return new InferenceEndpointStatus
+        {
+            ObservedGeneration = generation,
+            Conditions = StatusParts.Conditions(previous?.Conditions, outcome, generation, now,
+                StatusParts.Planned(plan, placement, observed.PlacementChange, generation, now), available),
+            Phase = outcome switch
+            {
+                Status.Outcome.Succeeded => "Available",
+                Status.Outcome.Stalled => "Failed",
+                _ => "Progressing",
+            },
+            Plan = StatusParts.Plan(plan, placement) ?? previous?.Plan,
+            Url = placement is null ? previous?.Url : url,
+            Replicas = deployment?.Replicas ?? 0,
+            ReadyReplicas = ready,
+            Selector = selector,
+            Cost = placement is null ? previous?.Cost : Cost(endpoint, placement),
+            Timings = previous?.Timings,
+        };
+    }
+
+    /// <summary>Catalog cost of the desired replicas and the planner's throughput estimate.</summary>
+    public static CostStatus Cost(InferenceEndpoint endpoint, WorkloadPlacement placement)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(placement);
+        var throughput = placement.Option.Throughput;
+        return new CostStatus
+        {
+            HourlyUsd = Math.Round(placement.HourlyUsd * endpoint.Spec.Replicas, 4),
+            UsdPerMillionTokens = double.IsFinite(throughput.UsdPerMillionTokens) ? Math.Round(throughput.UsdPerMillionTokens, 4) : null,
+            TokensPerSecond = Math.Round(throughput.TokensPerSecond, 1),
+        };
+    }
+
+    private static Outcome Outcome(InferenceEndpoint endpoint, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, int ready)
+    {
+        if (observed.Blocker is { } blocker)
+        {
+            return blocker;
+        }
+
+        if (plan is NoFit noFit)
+        {
+            return new Outcome.Stalled(StatusParts.NoFitReason(noFit), StatusParts.NoFitMessage(noFit));
+        }
+
+        var diagnosis = observed.Diagnosis;
+        if (placement is null)
+        {
+            return new Outcome.Stalled(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; no feasible placement left");
+        }
+
+        var deployment = observed.Deployment;
+        var progressing = deployment?.Status?.Conditions?.FirstOrDefault(c => c.Type == "Progressing");
+        var rolledOut = deployment is not null
+            && deployment.Status?.ObservedGeneration >= deployment.Metadata.Generation
+            && (deployment.Status?.UpdatedReplicas ?? 0) >= endpoint.Spec.Replicas
+            && ready >= endpoint.Spec.Replicas;
+        if (rolledOut && observed.PlacementChange is null)
+        {
+            return new Outcome.Succeeded(endpoint.Spec.Replicas == 0 ? "scaled to zero" : $"{ready} replicas serving on {placement.Label}");
+        }
+
+        switch (diagnosis)
+        {
+            case PodDiagnosis.BadInput or PodDiagnosis.ImagePullFailed or PodDiagnosis.SecretNotFound:
+                return new Outcome.Stalled(diagnosis.Reason, diagnosis.Message);
+            case PodDiagnosis.OutOfMemory or PodDiagnosis.Unschedulable when observed.PlacementChange is { } change:
+                return new Outcome.InProgress(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; {change}");
+            case PodDiagnosis.Unschedulable:
+                return new Outcome.InProgress(Conditions.Reasons.WaitingForGpu, $"waiting for {placement.Label}: {diagnosis.Message}");
+        }
+
+        if (progressing is { Status: "False", Reason: "ProgressDeadlineExceeded" })
+        {
+            return new Outcome.Stalled(StatusReasons.RolloutStuck, $"rollout stuck: {progressing.Message}");
+        }
+
+        return deployment is null
+            ? new Outcome.InProgress(Conditions.Reasons.Pending, $"creating the Deployment on {placement.Label}")
+            : new Outcome.InProgress(Conditions.Reasons.Progressing, $"{ready} of {endpoint.Spec.Replicas} replicas ready on {placement.Label}");
+    }
+}

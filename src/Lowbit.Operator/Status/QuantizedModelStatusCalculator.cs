@@ -1,0 +1,54 @@
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
+using Lowbit.Operator.Builders;
+using Lowbit.Planner;
+
+namespace Lowbit.Operator.Status;
+
+/// <summary>QuantizedModel status from the plan and the observed Job and pods (pure; unit-tested without a server).</summary>
+public static class QuantizedModelStatusCalculator
+{
+    public static QuantizedModelStatus Compute(QuantizedModel model, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(observed);
+        var generation = model.Metadata.Generation;
+        var previous = model.Status;
+        var result = StatusParts.SucceededResult(observed.Pods);
+        var artifact = result?.Artifact is { } a ? Artifact(a) : previous?.Artifact;
+        var outcome = JobOutcomes.Of(plan, placement, observed, artifact is null
+            ? "quantized"
+            : $"quantized to {artifact.BitsPerWeight:0.##} bits per weight ({artifact.Format}, {artifact.Bytes} bytes)");
+        var quantized = outcome is Outcome.Succeeded
+            ? Conditions.Quantized(outcome.Message, generation, now)
+            : Conditions.Create(Conditions.Types.Quantized, Conditions.False, outcome.Reason, outcome.Message, generation, now);
+        return new QuantizedModelStatus
+        {
+            ObservedGeneration = generation,
+            Conditions = StatusParts.Conditions(previous?.Conditions, outcome, generation, now,
+                StatusParts.Planned(plan, placement, observed.PlacementChange, generation, now), quantized),
+            Phase = JobOutcomes.Phase(outcome, observed),
+            Plan = StatusParts.Plan(plan, placement) ?? previous?.Plan,
+            Artifact = artifact,
+            Exports = result?.Artifact is { } primary ? [Artifact(primary)] : previous?.Exports,
+            Quality = result?.Quality is { } q
+                ? new QualityStatus { PerplexityBefore = q.PerplexityBefore, PerplexityAfter = q.PerplexityAfter, MeanReconstructionError = q.MeanReconstructionError }
+                : previous?.Quality,
+            Timings = StatusParts.Timings(observed.Job, previous?.Timings),
+        };
+    }
+
+    public static ArtifactStatus Artifact(ArtifactReport report)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        return new ArtifactStatus
+        {
+            Uri = report.Uri,
+            Format = report.Format,
+            Bytes = report.Bytes,
+            BitsPerWeight = report.BitsPerWeight,
+            CompressionRatio = report.CompressionRatio,
+        };
+    }
+}

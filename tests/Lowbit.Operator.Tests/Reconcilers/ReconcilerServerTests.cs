@@ -1,0 +1,166 @@
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
+using Lowbit.LocalCluster.Kubelet;
+using Lowbit.LocalCluster.Store;
+
+namespace Lowbit.Operator.Tests.Reconcilers;
+
+/// <summary>The three reconcilers against the embedded API server with simulated catalog nodes.</summary>
+[Collection("OperatorServer")]
+public sealed class ReconcilerServerTests : IAsyncLifetime
+{
+    private OperatorHarness _h = null!;
+
+    public async Task InitializeAsync() => _h = await OperatorHarness.StartAsync();
+
+    public async Task DisposeAsync() => await _h.DisposeAsync();
+
+    private static readonly string QuantizeResult = new EngineResult
+    {
+        Ok = true,
+        Verb = EngineVerbs.Quantize,
+        DurationSeconds = 42,
+        Artifact = new ArtifactReport { Uri = "pvc://models/llama-7b-int4", Format = "lowbit", Bytes = 3_800_000_000, BitsPerWeight = 4.25, CompressionRatio = 3.76 },
+        Quality = new QualityReport { PerplexityBefore = 5.47, PerplexityAfter = 5.62 },
+    }.ToJson();
+
+    private static QuantizedModel Model(string name, Dictionary<string, string>? sim = null)
+    {
+        var model = Fixtures.Model(name);
+        model.Metadata = new V1ObjectMeta
+        {
+            Name = name,
+            NamespaceProperty = "default",
+            Annotations = sim ?? new Dictionary<string, string> { [SimulationAnnotations.TerminationMessage] = QuantizeResult },
+        };
+        return model;
+    }
+
+    private static bool IsTrue(QuantizedModel m, string type) => Conditions.IsTrue(m.Status?.Conditions, type) && m.Status?.ObservedGeneration == m.Metadata.Generation;
+
+    [Fact]
+    public async Task Does_quantize_to_ready_with_artifact_and_then_make_zero_writes_on_a_second_reconcile()
+    {
+        _h.Create(Model("llama"));
+        var ready = await _h.WaitAsync<QuantizedModel>("llama", m => IsTrue(m, Conditions.Types.Ready), "QuantizedModel Ready");
+
+        Assert.Equal(4.25, ready.Status!.Artifact!.BitsPerWeight);
+        Assert.Equal(5.62, ready.Status.Quality!.PerplexityAfter);
+        Assert.Equal("Succeeded", ready.Status.Phase);
+        Assert.True(Conditions.IsTrue(ready.Status.Conditions, Conditions.Types.Quantized));
+        Assert.True(Conditions.IsTrue(ready.Status.Conditions, Conditions.Types.Planned));
+        Assert.Equal("t4", ready.Status.Plan!.NodeType);
+        var job = _h.Api.Get<V1Job>("default", "llama-quantize");
+        Assert.Equal(ready.Metadata.Uid, Assert.Single(job.Metadata.OwnerReferences).Uid);
+        var writes = _h.Server.Journal.Writes;
+        Assert.Contains(writes, w => w.Path.EndsWith("/quantizedmodels/llama/status", StringComparison.Ordinal) && w.FieldManager == Labels.FieldManager);
+        Assert.Contains(writes, w => w.Verb == "patch" && w.Path.EndsWith("/jobs/llama-quantize", StringComparison.Ordinal) && w.FieldManager == Labels.FieldManager);
+        Assert.DoesNotContain(writes, w => w.Verb == "update" && w.Path.EndsWith("/quantizedmodels/llama", StringComparison.Ordinal));
+
+        // A metadata-only change makes the operator reconcile again; converged, it must write nothing.
+        await _h.WaitIdleAsync("quantizedmodel");
+        var before = _h.TotalReconciles("quantizedmodel");
+        _h.Server.Journal.Clear();
+        var touched = _h.Api.Get<QuantizedModel>("default", "llama");
+        touched.Metadata.Labels = new Dictionary<string, string> { ["touched"] = "yes" };
+        _h.Api.Update(touched);
+        await _h.WaitForReconcilesAsync("quantizedmodel", before);
+        Assert.Empty(_h.OperatorWrites());
+    }
+
+    [Fact]
+    public async Task Does_report_bad_input_as_stalled_with_the_engine_message_and_stop_retrying()
+    {
+        var failed = EngineResult.Failed(EngineVerbs.Quantize, ErrorReasons.BadInput, "unsupported architecture 'mamba' in config.json", 0.2).ToJson();
+        _h.Create(Model("bad", new Dictionary<string, string>
+        {
+            [SimulationAnnotations.ExitCode] = "42",
+            [SimulationAnnotations.TerminationMessage] = failed,
+        }));
+
+        var stalled = await _h.WaitAsync<QuantizedModel>("bad", m => IsTrue(m, Conditions.Types.Stalled), "Stalled");
+        var ready = Conditions.Find(stalled.Status!.Conditions, Conditions.Types.Ready)!;
+        Assert.Equal("False", ready.Status);
+        Assert.Equal(Conditions.Reasons.InvalidSpec, ready.Reason);
+        Assert.Contains("mamba", ready.Message, StringComparison.Ordinal);
+        Assert.Equal(1, _h.Metrics.TerminalReconcileErrors.WithLabels("quantizedmodel").Value);
+        var events = _h.Api.List<Corev1Event>("default").Where(e => e.InvolvedObject.Name == "bad").ToList();
+        Assert.Contains(events, e => e.Type == "Warning" && e.Reason == Conditions.Reasons.InvalidSpec);
+    }
+
+    [Fact]
+    public async Task Does_name_the_field_of_an_invalid_spec_without_creating_a_job()
+    {
+        var model = Model("invalid");
+        model.Spec = model.Spec with { Method = Lowbit.Api.V1Alpha1.QuantizationMethod.Gptq, Calibration = null };
+        _h.Create(model);
+
+        var stalled = await _h.WaitAsync<QuantizedModel>("invalid", m => IsTrue(m, Conditions.Types.Stalled), "Stalled");
+        Assert.Contains("spec.calibration", Conditions.Find(stalled.Status!.Conditions, Conditions.Types.Ready)!.Message, StringComparison.Ordinal);
+        Assert.Null(_h.Api.TryGet<V1Job>("default", "invalid-quantize"));
+    }
+
+    [Fact]
+    public async Task Does_move_up_to_a_placement_with_more_memory_after_an_oom_kill()
+    {
+        _h.Create(Model("oom", new Dictionary<string, string> { [SimulationAnnotations.Reason] = "OOMKilled" }));
+
+        var moved = await _h.WaitAsync<QuantizedModel>("oom", m => m.Status?.Plan?.PlacementIndex > 0, "placement moved");
+        Assert.NotEqual("t4", moved.Status!.Plan!.NodeType);
+        var job = await _h.WaitAsync<V1Job>("oom-quantize", j => ChildMetaPlacement(j) is { } index && index != "0", "Job recreated on the new placement");
+        Assert.Equal("1", job.Spec.Template.Spec.Containers[0].Resources.Limits["nvidia.com/gpu"].ToString());
+        Assert.Contains(_h.Api.List<Corev1Event>("default"), e => e.InvolvedObject.Name == "oom" && e.Type == "Warning" && e.Reason == Conditions.Reasons.OOMKilled);
+    }
+
+    private static string? ChildMetaPlacement(V1Job job) =>
+        job.Metadata.Annotations?.TryGetValue(Labels.PlacementAnnotation, out var p) == true ? p.Split(':')[0] : null;
+
+    [Fact]
+    public async Task Does_report_an_image_pull_failure_without_a_hot_loop()
+    {
+        _h.Create(Model("pull", new Dictionary<string, string> { [SimulationAnnotations.ImagePull] = "fail" }));
+
+        var stalled = await _h.WaitAsync<QuantizedModel>("pull", m => IsTrue(m, Conditions.Types.Stalled), "Stalled");
+        Assert.Equal(Conditions.Reasons.ImagePullFailed, Conditions.Find(stalled.Status!.Conditions, Conditions.Types.Ready)!.Reason);
+        var before = _h.TotalReconciles("quantizedmodel");
+        await Task.Delay(1500);
+        Assert.True(_h.TotalReconciles("quantizedmodel") - before <= 3, "image pull back-off must not cause a reconcile loop");
+    }
+
+    [Fact]
+    public async Task Does_report_a_missing_token_secret_as_secret_not_found()
+    {
+        var model = Model("nosecret");
+        model.Spec = model.Spec with { Source = new ModelSource { HuggingFace = model.Spec.Source.HuggingFace! with { TokenSecretRef = new SecretKeyRef { Name = "missing", Key = "token" } } } };
+        _h.Create(model);
+
+        var stalled = await _h.WaitAsync<QuantizedModel>("nosecret", m => IsTrue(m, Conditions.Types.Stalled), "Stalled");
+        Assert.Equal(Conditions.Reasons.SecretNotFound, Conditions.Find(stalled.Status!.Conditions, Conditions.Types.Ready)!.Reason);
+        Assert.DoesNotContain("hf_canary", Newtonsoft(stalled), StringComparison.Ordinal);
+    }
+
+    private static string Newtonsoft(object value) => k8s.KubernetesJson.Serialize(value);
+
+    [Fact]
+    public async Task Does_delete_children_with_the_owner()
+    {
+        _h.Create(Model("gone"));
+        await _h.WaitAsync<QuantizedModel>("gone", m => IsTrue(m, Conditions.Types.Ready), "Ready");
+        Assert.NotNull(_h.Api.TryGet<V1Job>("default", "gone-quantize"));
+        await _h.WaitIdleAsync("quantizedmodel");
+
+        _h.Api.Delete<QuantizedModel>("default", "gone");
+        var deadline = DateTime.UtcNow + OperatorHarness.Patience;
+        while (_h.Api.TryGet<V1Job>("default", "gone-quantize") is not null && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        Assert.Null(_h.Api.TryGet<V1Job>("default", "gone-quantize"));
+    }
+}
+
+[CollectionDefinition("OperatorServer", DisableParallelization = true)]
+public sealed class OperatorServerCollection;
