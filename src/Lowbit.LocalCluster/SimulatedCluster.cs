@@ -65,6 +65,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         var replicaSetController = new ReplicaSetController(api, replicaSets, pods, podControl, time, loggers.CreateLogger<ReplicaSetController>());
         var deploymentController = new DeploymentController(api, deployments, replicaSets, time, loggers.CreateLogger<DeploymentController>());
         var endpointsController = new EndpointsController(api, services, pods, time, loggers.CreateLogger<EndpointsController>());
+        var taintEviction = new TaintEvictionController(api, nodes, pods, time, loggers.CreateLogger<TaintEvictionController>());
 
         var stateDirectory = options.StateDirectory ?? Path.Combine(Path.GetTempPath(), "lowbit-executor");
         var executor = new ProcessRuntime(api, new ExecutorOptions
@@ -87,8 +88,22 @@ public sealed class SimulatedCluster : IAsyncDisposable
         cluster._tasks.Add(replicaSetController.RunAsync(token));
         cluster._tasks.Add(deploymentController.RunAsync(token));
         cluster._tasks.Add(endpointsController.RunAsync(token));
+        cluster._tasks.Add(taintEviction.RunAsync(token));
         cluster._tasks.AddRange(cluster._kubelets.Select(k => k.RunAsync(token)));
         return cluster;
+    }
+
+    /// <summary>
+    /// Runs the simulation on a server's store and logs, and moves it to the new store when the server restarts
+    /// (<see cref="LocalClusterServer.RestartAsync"/>): what <c>lowbit local up</c> and server-level tests use.
+    /// Needs the server started with <see cref="ClusterApiOptions.GracefulPodDeletion"/> on.
+    /// </summary>
+    public static async Task<IAsyncDisposable> AttachAsync(LocalClusterServer server, ClusterSimulationOptions options, TimeProvider time,
+        ILoggerFactory loggers, CancellationToken cancellationToken = default)
+    {
+        var attached = new ServerAttachment(server, options, time, loggers);
+        await attached.StartAsync(server.Api, cancellationToken).ConfigureAwait(false);
+        return attached;
     }
 
     public async ValueTask DisposeAsync()
@@ -117,4 +132,68 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
         return "lowbit-engine";
     }
+}
+
+/// <summary>A <see cref="SimulatedCluster"/> that follows its server across restarts.</summary>
+internal sealed class ServerAttachment : IAsyncDisposable
+{
+    private readonly LocalClusterServer _server;
+    private readonly ClusterSimulationOptions _options;
+    private readonly TimeProvider _time;
+    private readonly ILoggerFactory _loggers;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private SimulatedCluster? _current;
+    private Task _swap = Task.CompletedTask;
+    private bool _disposed;
+
+    public ServerAttachment(LocalClusterServer server, ClusterSimulationOptions options, TimeProvider time, ILoggerFactory loggers)
+    {
+        _server = server;
+        _options = options;
+        _time = time;
+        _loggers = loggers;
+        server.ApiReplaced += OnApiReplaced;
+    }
+
+    public async Task StartAsync(ClusterApi api, CancellationToken cancellationToken)
+    {
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            if (_current is not null)
+            {
+                await _current.DisposeAsync().ConfigureAwait(false);
+            }
+            _current = await SimulatedCluster.StartAsync(api, _server.Logs, _options, _time, _loggers, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _server.ApiReplaced -= OnApiReplaced;
+        await _swap.ConfigureAwait(false);
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            _disposed = true;
+            if (_current is not null)
+            {
+                await _current.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private void OnApiReplaced(ClusterApi api) => _swap = StartAsync(api, CancellationToken.None);
 }

@@ -104,6 +104,17 @@ public sealed class ClusterApiTests : IDisposable
     }
 
     [Fact]
+    public void Does_require_resource_version_when_replacing_a_custom_resource()
+    {
+        var widgets = InstallWidgets();
+        var created = _api.Create(widgets, "default", Obj("""{"metadata":{"name":"w"},"spec":{}}"""));
+        created["metadata"]!.AsObject().Remove("resourceVersion");
+        var ex = Assert.Throws<ApiException>(() => _api.Update(widgets, "default", "w", created));
+        Assert.Equal(422, ex.Code);
+        Assert.Equal("metadata.resourceVersion", Assert.Single(ex.Causes).Field);
+    }
+
+    [Fact]
     public void Does_not_write_when_an_update_changes_nothing()
     {
         var created = _api.Create(BuiltinResources.ConfigMaps, "default", Obj("""{"metadata":{"name":"same"},"data":{"a":"1"}}"""));
@@ -221,6 +232,32 @@ public sealed class ClusterApiTests : IDisposable
             }
         }
         Assert.Equal([WatchEventKind.Added, WatchEventKind.Deleted], types);
+    }
+
+    [Fact]
+    public async Task Does_disconnect_a_watcher_that_falls_too_far_behind()
+    {
+        using var api = new ApiHolder(new ClusterApi(new ClusterApiOptions { MaxPendingWatchEvents = 3 }));
+        await using var watch = api.Api.WatchAsync(BuiltinResources.ConfigMaps, "default", new WatchOptions { ResourceVersion = api.Api.CurrentResourceVersion.ToString(System.Globalization.CultureInfo.InvariantCulture) }).GetAsyncEnumerator();
+        var pending = watch.MoveNextAsync();
+        for (var i = 0; i < 10; i++)
+        {
+            api.Api.Create(BuiltinResources.ConfigMaps, "default", Obj($"{{\"metadata\":{{\"name\":\"c{i}\"}}}}"));
+        }
+        var received = 0;
+        while (await pending)
+        {
+            received++;
+            pending = watch.MoveNextAsync();
+        }
+        Assert.InRange(received, 1, 4);
+    }
+
+    private sealed class ApiHolder(ClusterApi api) : IDisposable
+    {
+        public ClusterApi Api { get; } = api;
+
+        public void Dispose() => Api.GarbageCollector.Dispose();
     }
 
     [Fact]

@@ -1,6 +1,9 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using Lowbit.LocalCluster;
+using Lowbit.LocalCluster.Nodes;
+using Lowbit.LocalCluster.Store;
+using Microsoft.Extensions.Logging;
 
 namespace Lowbit.Cli.Commands;
 
@@ -18,7 +21,7 @@ public static class LocalCommand
     {
         var kubeconfig = new Option<string?>("--kubeconfig") { Description = "Where to write the kubeconfig (default: <state-dir>/kubeconfig)." };
         var port = new Option<int>("--port") { Description = "Port on 127.0.0.1 (0 = any free port).", DefaultValueFactory = _ => 0 };
-        var nodes = new Option<FileInfo?>("--nodes") { Description = "Node description file for the simulated nodes (stored; used once the node simulator lands)." };
+        var nodes = new Option<FileInfo?>("--nodes") { Description = "Node description file (YAML or JSON) for the simulated nodes; default: one CPU node that executes pods plus simulated T4, L4, A100 and H100 nodes." };
         var stateDir = new Option<string>("--state-dir") { Description = "Directory for the state snapshot and CA.", DefaultValueFactory = _ => ".lowbit" };
         var demo = new Option<bool>("--demo") { Description = "Also run the operator and the examples (not wired yet)." };
         var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
@@ -43,6 +46,16 @@ public static class LocalCommand
             Console.Error.WriteLine($"--nodes: file not found: {nodes.FullName}");
             return ExitCodes.BadInput;
         }
+        NodesConfig nodesConfig;
+        try
+        {
+            nodesConfig = nodes is null ? NodesConfig.Default : NodesConfig.LoadFile(nodes.FullName);
+        }
+        catch (FormatException ex)
+        {
+            Console.Error.WriteLine($"--nodes: {nodes?.FullName}: {ex.Message}");
+            return ExitCodes.BadInput;
+        }
         Directory.CreateDirectory(stateDir);
         if (nodes is not null)
         {
@@ -55,10 +68,10 @@ public static class LocalCommand
         using var stop = new CancellationTokenSource();
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => { ctx.Cancel = true; stop.Cancel(); });
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.Cancel(); });
-        return RunAsync(kubeconfig, port, stateDir, stop.Token).GetAwaiter().GetResult();
+        return RunAsync(kubeconfig, port, stateDir, nodesConfig, stop.Token).GetAwaiter().GetResult();
     }
 
-    private static async Task<int> RunAsync(string? kubeconfig, int port, string stateDir, CancellationToken stop)
+    private static async Task<int> RunAsync(string? kubeconfig, int port, string stateDir, NodesConfig nodesConfig, CancellationToken stop)
     {
         LocalClusterServer server;
         try
@@ -68,6 +81,8 @@ public static class LocalCommand
                 Port = port,
                 StateDirectory = Path.GetFullPath(stateDir),
                 KubeconfigPath = kubeconfig is null ? null : Path.GetFullPath(kubeconfig),
+                // Deleted pods stop their local processes (SIGTERM, grace period) before they disappear.
+                Store = new ClusterApiOptions { GracefulPodDeletion = true },
             }, stop).ConfigureAwait(false);
         }
         catch (IOException ex)
@@ -75,8 +90,16 @@ public static class LocalCommand
             Console.Error.WriteLine($"lowbit local up: cannot listen on 127.0.0.1:{port}: {ex.Message}");
             return ExitCodes.Failure;
         }
+        using var loggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
         await using (server.ConfigureAwait(false))
         {
+            var simulation = await SimulatedCluster.AttachAsync(server, new ClusterSimulationOptions
+            {
+                Nodes = nodesConfig,
+                StateDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor"),
+            }, TimeProvider.System, loggers, stop).ConfigureAwait(false);
+            await using var _ = simulation.ConfigureAwait(false);
+            Console.Error.WriteLine($"lowbit local up: {nodesConfig.Nodes.Count} nodes ({string.Join(", ", nodesConfig.Nodes.Select(n => $"{n.Name}:{n.Mode.ToString().ToLowerInvariant()}"))})");
             Console.WriteLine($"ready: kubeconfig={server.KubeconfigPath}");
             try
             {

@@ -65,6 +65,8 @@ public static class Gptq
     public static QuantizedTensor Quantize(Tensor weight, Tensor hessian, GptqOptions options)
     {
         QuantizationChecks.Validate(weight, options.Bits, options.GroupSize);
+        // Weights may be parameters that require grad: no autograd graph may be recorded (it would pin every intermediate).
+        using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var columns = weight.shape[1];
         var rows = weight.shape[0];

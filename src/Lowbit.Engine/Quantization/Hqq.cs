@@ -49,6 +49,8 @@ public static class Hqq
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.Axis, "HQQ axis must be 0 or 1");
         }
+        // Weights may be parameters that require grad: no autograd graph may be recorded (it would pin every intermediate).
+        using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         // Axis 0 groups run down the output dimension: quantize the transpose (groups along its rows).
         var source = options.Axis == 1 ? weight : weight.t();

@@ -156,6 +156,7 @@ public static class ModelQuantizer
         {
             throw new EngineInputException("--calibration: required for --method gptq");
         }
+        using var noGrad = no_grad();
         var config = checkpoint.Config;
         var layers = config.NumHiddenLayers;
         var bitsByLayer = new Dictionary<string, int>(StringComparer.Ordinal);

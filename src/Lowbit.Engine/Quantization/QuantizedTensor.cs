@@ -93,10 +93,10 @@ public sealed record QuantizedTensor : IDisposable
             Bits = bits,
             GroupSize = groupSize,
             Axis = axis,
-            Codes = codes.to(ScalarType.Byte).contiguous(),
+            Codes = codes.detach().to(ScalarType.Byte).contiguous(),
             Scales = RoundToHalf(scales),
             Zeros = RoundToHalf(zeros),
-            GroupIndex = groupIndex?.to(ScalarType.Int64).contiguous(),
+            GroupIndex = groupIndex?.detach().to(ScalarType.Int64).contiguous(),
         };
     }
 
@@ -137,5 +137,5 @@ public sealed record QuantizedTensor : IDisposable
         GroupIndex?.Dispose();
     }
 
-    private static Tensor RoundToHalf(Tensor t) => t.to(ScalarType.Float16).to(ScalarType.Float32).contiguous();
+    private static Tensor RoundToHalf(Tensor t) => t.detach().to(ScalarType.Float16).to(ScalarType.Float32).contiguous();
 }

@@ -25,6 +25,8 @@ public static class Rtn
     public static QuantizedTensor Quantize(Tensor weight, RtnOptions options)
     {
         QuantizationChecks.Validate(weight, options.Bits, options.GroupSize);
+        // Weights may be parameters that require grad: no autograd graph may be recorded (it would pin every intermediate).
+        using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var groupSize = options.GroupSize == 0 ? (int)weight.shape[1] : options.GroupSize;
         var w = weight.to(ScalarType.Float32).reshape(-1, groupSize);

@@ -29,8 +29,9 @@ if [ ! -f "$model/config.json" ]; then
 fi
 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 | tee -a "$results"
 "$PYTHON" "$here/bench_hf.py" decode --model "$model" | tee -a "$results"
-# QUANT: quantizer timings go here (lowbit-engine quantize --model "$model" --method hqq|rtn|gptq ... --device cuda),
-# each appending a JSON line with "engine", "step" and "seconds" to "$results".
+# QUANT: whole-model RTN / HQQ / GPTQ (4-bit, g64; GPTQ with 128 x 2048 calibration tokens) on the same 7B shapes,
+# weights generated on the GPU per layer (bench-quant.sh; H100: RTN 0.6 s, HQQ 9.3 s, GPTQ 335 s for 32 layers).
+"$here/bench-quant.sh" "$here" --layers "$layers" | tee -a "$results"
 "$PYTHON" - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
@@ -43,6 +44,12 @@ for name in ("lowbit", "transformers"):
         print(f"| {name} | {r['layers']} | {r['dtype']} | {r['tokensPerSecond']:.1f} | {r['loadSeconds']} |")
 if "lowbit" in decode and "transformers" in decode:
     print(f"\nlowbit / transformers decode ratio: {decode['lowbit']['tokensPerSecond'] / decode['transformers']['tokensPerSecond']:.2f}")
+quant = [r for r in rows if r.get("event") == "bench-quant"]
+if quant:
+    print("\n| quantizer (whole model) | bits | group | layers | seconds | parameters/s | mean rel. error |")
+    print("|---|---|---|---|---|---|---|")
+    for r in quant:
+        print(f"| {r['method']} | {r['bits']} | {r['groupSize']} | {r['layers']} | {r['seconds']} | {r['parametersPerSecond']:.3g} | {r['meanRelativeError']} |")
 for r in rows:
     if "step" in r and r.get("step") != "make":
         print(f"| {r['engine']} {r['step']} | {r.get('seconds')} s |")

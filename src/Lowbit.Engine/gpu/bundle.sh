@@ -3,7 +3,8 @@
 # xz-compressed, for a host that has a PyTorch CUDA install but no .NET. Inside the tarball:
 #   lowbit-engine/run.sh     launcher: finds python3's torch/lib, sets LD_LIBRARY_PATH and LOWBIT_TORCH_LIB
 #   lowbit-engine/...        the published engine (TorchSharp's libLibTorchSharp.so, patched as on the build host)
-#   lowbit-engine/bench.sh, bench_hf.py   the decode benchmark (ours vs Hugging Face transformers)
+#   lowbit-engine/bench.sh, bench_hf.py   the decode benchmark (ours vs Hugging Face transformers), and the other
+#                            gpu/ scripts (bench-quant.sh: quantizer timings)
 # Output: out/lowbit-engine-gpu-linux-x64.tar.xz (must stay under 40 MB).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,9 +18,10 @@ dotnet publish "$repo/src/Lowbit.Engine/Lowbit.Engine.csproj" -c Release -r linu
 # Natives that the engine never loads (TorchSharp's image helpers, other platforms).
 find "$stage" -name 'libSkiaSharp*' -delete
 rm -rf "$stage/runtimes"
-install -m 0755 "$here/run.sh" "$stage/run.sh"
-install -m 0755 "$here/bench.sh" "$stage/bench.sh"
-install -m 0644 "$here/bench_hf.py" "$stage/bench_hf.py"
+# The launcher and every benchmark script of this folder (bench.sh, bench_hf.py, bench-quant.sh, ...).
+for script in "$here"/*.sh "$here"/*.py; do
+  [ "$(basename "$script")" = bundle.sh ] || install -m 0755 "$script" "$stage/$(basename "$script")"
+done
 tarball="$out/lowbit-engine-gpu-linux-x64.tar.xz"
 tar -C "$out/engine-gpu" -cf - lowbit-engine | xz -T2 -9 > "$tarball"
 bytes=$(stat -c %s "$tarball")

@@ -195,14 +195,17 @@ internal sealed class ApiRequestHandler
         var query = context.Request.Query;
         var asTable = context.Request.Headers.Accept.ToString().Contains("as=Table", StringComparison.Ordinal);
         var warnings = new List<string>();
-        context.Response.OnStarting(() =>
+        if (verb is "create" or "update" or "patch")
         {
-            foreach (var warning in warnings.Distinct())
+            context.Response.OnStarting(() =>
             {
-                context.Response.Headers.Append("Warning", $"299 - \"{warning.Replace("\"", "\\\"", StringComparison.Ordinal)}\"");
-            }
-            return Task.CompletedTask;
-        });
+                foreach (var warning in warnings.Distinct())
+                {
+                    context.Response.Headers.Append("Warning", $"299 - \"{warning.Replace("\"", "\\\"", StringComparison.Ordinal)}\"");
+                }
+                return Task.CompletedTask;
+            });
+        }
         var writeOptions = new WriteOptions
         {
             Warnings = warnings,
@@ -675,15 +678,19 @@ internal sealed class ApiRequestHandler
             await context.Request.Body.CopyToAsync(buffer, context.RequestAborted).ConfigureAwait(false);
             return ProtobufBodies.Decode(buffer.ToArray());
         }
-        var text = await ReadTextAsync(context).ConfigureAwait(false);
         var media = (context.Request.ContentType ?? "application/json").Split(';')[0].Trim();
         if (media.Contains("yaml", StringComparison.Ordinal))
         {
-            return Yaml.ParseObject(text);
+            return Yaml.ParseObject(await ReadTextAsync(context).ConfigureAwait(false));
+        }
+        if (media.Contains("protobuf", StringComparison.Ordinal) || media.Contains("cbor", StringComparison.Ordinal))
+        {
+            await ReadTextAsync(context).ConfigureAwait(false);
         }
         try
         {
-            return JsonNode.Parse(text) as JsonObject ?? throw ApiException.BadRequest("the request body must be a JSON object");
+            return await JsonNode.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted).ConfigureAwait(false) as JsonObject
+                ?? throw ApiException.BadRequest("the request body must be a JSON object");
         }
         catch (JsonException ex)
         {

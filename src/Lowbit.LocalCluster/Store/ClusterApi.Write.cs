@@ -41,6 +41,11 @@ public sealed partial class ClusterApi
         {
             throw ApiException.BadRequest($"the name of the object ({(string?)candidate["metadata"]!["name"]}) does not match the name on the URL ({name})");
         }
+        if (type.IsCustom && string.IsNullOrEmpty((string?)candidate["metadata"]!["resourceVersion"]))
+        {
+            // Custom resources do not allow unconditional updates (kube-apiserver: AllowUnconditionalUpdate is false).
+            throw ApiException.Invalid(type, name, [new StatusCause("FieldValueInvalid", "Invalid value: 0x0: must be specified for an update", "metadata.resourceVersion")]);
+        }
         lock (_gate)
         {
             var current = GetStoredLocked(type, ns, name);

@@ -392,6 +392,13 @@ public sealed partial class ClusterApi
         }
         foreach (var subscriber in bucket.Subscribers)
         {
+            if (subscriber.Channel.Reader.Count >= Options.MaxPendingWatchEvents)
+            {
+                // A watcher this far behind is cut off, as kube-apiserver does; it resumes or relists.
+                subscriber.Closed = true;
+                subscriber.Channel.Writer.TryComplete();
+                continue;
+            }
             subscriber.Channel.Writer.TryWrite(e);
         }
         Committed?.Invoke(type, e);

@@ -102,6 +102,9 @@ public sealed record ClusterApiOptions
     /// <summary>Watch events kept per resource for resuming watches; older resourceVersions get 410 Gone.</summary>
     public int WatchHistoryPerResource { get; init; } = 4096;
 
+    /// <summary>A watcher with this many undelivered events is disconnected (it resumes from its last resourceVersion or relists).</summary>
+    public int MaxPendingWatchEvents { get; init; } = 100_000;
+
     /// <summary>Bookmark interval for watches that allow bookmarks.</summary>
     public TimeSpan BookmarkInterval { get; init; } = TimeSpan.FromSeconds(5);
 

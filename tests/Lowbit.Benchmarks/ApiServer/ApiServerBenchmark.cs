@@ -44,6 +44,7 @@ public sealed class ApiServerBenchmark : IBenchmarkSuite
         ForceGc();
         var heapBefore = GC.GetTotalMemory(forceFullCollection: true);
         var sampleJson = Body(0);
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var created = Stopwatch.StartNew();
         var next = -1;
         await Task.WhenAll(Enumerable.Range(0, Clients).Select(async _ =>
@@ -55,6 +56,7 @@ public sealed class ApiServerBenchmark : IBenchmarkSuite
             }
         }));
         created.Stop();
+        var cpuPerCreate = (Process.GetCurrentProcess().TotalProcessorTime - cpuBefore).TotalMilliseconds / objects;
         var liveEvents = await liveWatch;
         ForceGc();
         var heapAfter = GC.GetTotalMemory(forceFullCollection: true);
@@ -89,6 +91,7 @@ public sealed class ApiServerBenchmark : IBenchmarkSuite
             .AppendLine("| measure | value | goal |")
             .AppendLine("|---|---|---|")
             .AppendLine(CultureInfo.InvariantCulture, $"| creates/s (POST, {Clients} clients) | {objects / created.Elapsed.TotalSeconds:N0} | ≥ 2,000 |")
+            .AppendLine(CultureInfo.InvariantCulture, $"| CPU time per HTTP create (server + client + live watch, whole process) | {cpuPerCreate:N3} ms → {2000 / cpuPerCreate:N0} creates/s on 2 idle cores | — |")
             .AppendLine(CultureInfo.InvariantCulture, $"| creates/s in process (`ClusterApi.Create`, no HTTP) | {objects / inProcess.Elapsed.TotalSeconds:N0} | — |")
             .AppendLine(CultureInfo.InvariantCulture, $"| live watch events received during the creates | {liveEvents.Count:N0} in {liveEvents.Elapsed.TotalSeconds:N2} s | all |")
             .AppendLine(CultureInfo.InvariantCulture, $"| list of {listCount:N0} objects | {listed.Elapsed.TotalMilliseconds:N0} ms ({listBody.Length / 1024.0 / 1024.0:N1} MiB) | — |")

@@ -81,4 +81,15 @@ public class HqqTests
         Assert.True(a.Codes.eq(b.Codes).all().item<bool>());
         Assert.True(a.Zeros.eq(b.Zeros).all().item<bool>());
     }
+
+    [Fact]
+    public void Does_not_increase_the_l1_error_when_the_scale_search_variant_is_on()
+    {
+        var w = TestMatrices.WeightLike(128, 512, seed: 21);
+        using var plain = Hqq.Quantize(w, new HqqOptions { Bits = 3, GroupSize = 64 });
+        using var searched = Hqq.Quantize(w, new HqqOptions { Bits = 3, GroupSize = 64, SearchScale = true });
+        var plainL1 = w.sub(plain.Dequantize()).abs().mean().item<float>();
+        var searchedL1 = w.sub(searched.Dequantize()).abs().mean().item<float>();
+        Assert.True(searchedL1 <= plainL1, $"search {searchedL1} vs plain {plainL1}");
+    }
 }

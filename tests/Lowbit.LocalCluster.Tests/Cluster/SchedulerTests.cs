@@ -139,6 +139,35 @@ public sealed class SchedulerTests
     }
 
     [Fact]
+    public async Task Does_evict_pods_with_DisruptionTarget_when_their_node_gets_a_NoExecute_taint()
+    {
+        await using var cluster = await StartAsync();
+        cluster.Create(BuiltinResources.Pods, Pod("victim", p =>
+        {
+            p.Metadata.Annotations[Kubelet.SimulationAnnotations.Duration] = "1h";
+            p.Spec.NodeSelector = new Dictionary<string, string> { ["nvidia.com/gpu.product"] = "Tesla-T4" };
+        }));
+        cluster.Create(BuiltinResources.Pods, Pod("tolerant", p =>
+        {
+            p.Metadata.Annotations[Kubelet.SimulationAnnotations.Duration] = "1h";
+            p.Spec.NodeSelector = new Dictionary<string, string> { ["nvidia.com/gpu.product"] = "Tesla-T4" };
+            p.Spec.Tolerations = [new V1Toleration { Key = "lost", OperatorProperty = "Exists", Effect = "NoExecute" }];
+        }));
+        await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "victim", p => p.Status?.Phase == "Running", "Running");
+        await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "tolerant", p => p.Status?.Phase == "Running", "Running");
+        // Subscribed before the taint: WaitAsync registers its watch before it first yields.
+        var deleted = cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "victim", p => p.Metadata.DeletionTimestamp is not null, "deleting");
+
+        cluster.Api.Patch(BuiltinResources.Nodes, null, "gpu-t4", PatchKind.Merge, "{\"spec\":{\"taints\":[{\"key\":\"lost\",\"value\":\"true\",\"effect\":\"NoExecute\"}]}}");
+
+        var victim = await deleted;
+        var disruption = victim.Status.Conditions.Single(c => c.Type == "DisruptionTarget");
+        Assert.Equal(("True", "DeletionByTaintManager"), (disruption.Status, disruption.Reason));
+        await cluster.WaitGoneAsync(BuiltinResources.Pods, "default", "victim");
+        Assert.Null(cluster.Api.Get(BuiltinResources.Pods, "default", "tolerant").As<V1Pod>().Metadata.DeletionTimestamp);
+    }
+
+    [Fact]
     public void Does_sum_container_requests_and_use_limits_when_requests_are_missing()
     {
         var spec = new V1PodSpec

@@ -178,7 +178,7 @@ public sealed class EmbeddedApiServerTests : IAsyncLifetime
                     o.LeaderElection.RenewDeadline = TimeSpan.FromSeconds(1.5);
                     o.LeaderElection.RetryPeriod = TimeSpan.FromSeconds(0.2);
                 })
-                .AddController<V1ConfigMap, ProbeReconciler>();
+                .AddController<V1ConfigMap, ProbeReconciler>(c => c.Owns<V1Pod>());
         });
         _apps.Add(app);
         app.StartAsync().GetAwaiter().GetResult();

@@ -1,4 +1,5 @@
 using System.Net;
+using k8s;
 using k8s.Models;
 using Lowbit.Operator.Runtime;
 using Microsoft.AspNetCore.Builder;
@@ -110,6 +111,30 @@ public sealed class OperatorHostTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Does_wake_the_owner_for_its_pods_and_let_the_reconciler_read_them_from_the_cache()
+    {
+        _server.Upsert(ConfigMap("owner"));
+        var (app, probe) = Build();
+        await app.StartAsync();
+        await Eventually(() => probe.Calls == 1, "owner reconciled");
+        using var client = Client(_server, new RuntimeMetrics());
+        var uid = (await client.CoreV1.ReadNamespacedConfigMapAsync("owner", "default")).Metadata.Uid;
+
+        _server.Upsert(new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = "owner-engine",
+                NamespaceProperty = "default",
+                OwnerReferences = [new V1OwnerReference { ApiVersion = "v1", Kind = "ConfigMap", Name = "owner", Uid = uid, Controller = true }],
+            },
+        });
+        await Eventually(() => probe.Calls == 2, "owner reconciled for its pod");
+
+        Assert.Equal(["owner-engine"], probe.OwnedPods);
+    }
+
+    [Fact]
     public async Task Does_cancel_an_in_flight_reconcile_on_shutdown_and_stop_within_the_timeout()
     {
         _server.Upsert(ConfigMap("slow"));
@@ -136,6 +161,39 @@ public sealed class OperatorHostTests : IAsyncLifetime
 
         Assert.Contains("Operator:LeaderElection:RenewDeadline", error.Message, StringComparison.Ordinal);
         Assert.Contains("must be shorter than LeaseDuration", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Does_exit_with_a_clear_message_for_a_missing_kubeconfig()
+    {
+        var error = new StringWriter();
+        var original = Console.Error;
+        Console.SetError(error);
+        int code;
+        try
+        {
+            code = await Program.Main(["--kubeconfig=/nonexistent/kubeconfig", "--urls=http://127.0.0.1:0"]);
+        }
+        finally
+        {
+            Console.SetError(original);
+        }
+
+        Assert.Equal(Program.InvalidConfiguration, code);
+        Assert.Contains("--kubeconfig: file '/nonexistent/kubeconfig' does not exist", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("WatchTimeout", "01:00:00", "Operator:WatchTimeout must be at most 30 minutes")]
+    [InlineData("MaxConcurrentReconciles", "0", "Operator:MaxConcurrentReconciles must be between 1 and 1000 (got 0)")]
+    [InlineData("LeaderElection:RetryPeriod", "00:00:12", "Operator:LeaderElection:RetryPeriod (00:00:12) must be shorter than RenewDeadline (00:00:10)")]
+    [InlineData("ReconcileTimeout", "-00:00:01", "Operator:ReconcileTimeout must be a positive duration")]
+    public void Does_name_the_setting_when_options_are_invalid(string key, string value, string message)
+    {
+        var error = Assert.Throws<OptionsValidationException>(() =>
+            OperatorHost.Build(["--urls=http://127.0.0.1:0", $"--Operator:{key}={value}"], op => op.UseKubernetes(_server.ClientConfiguration)));
+
+        Assert.Contains(message, error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -188,13 +246,16 @@ public sealed class Probe
 
     public bool SawCancellation { get; set; }
 
+    public IReadOnlyList<string> OwnedPods { get; set; } = [];
+
     public void Called() => Interlocked.Increment(ref _calls);
 }
 
-public sealed class ProbeReconciler(Probe probe) : IReconciler<V1ConfigMap>
+public sealed class ProbeReconciler(Probe probe, IObjectCache cache) : IReconciler<V1ConfigMap>
 {
     public async Task<ReconcileResult> ReconcileAsync(V1ConfigMap obj, CancellationToken cancellationToken)
     {
+        probe.OwnedPods = cache.ListOwnedBy<V1Pod>(obj).Select(p => p.Metadata.Name).ToList();
         probe.Called();
         if (probe.Block)
         {
