@@ -87,10 +87,14 @@ public static class OperatorDemo
     private static async Task<(string, string, string)> ApplyAsync<T>(Kubernetes client, string yaml, string plural, CancellationToken cancellationToken)
         where T : IKubernetesObject<V1ObjectMeta>
     {
-        var obj = KubernetesYaml.Deserialize<T>(yaml);
-        await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(obj, V1Patch.PatchType.ApplyPatch), ApiGroup.Group, ApiGroup.Version,
-            "default", plural, obj.Metadata.Name, fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
-        return (obj.Kind, plural, obj.Metadata.Name);
+        // The manifest goes to the server as written (YAML → JSON), like `kubectl apply --server-side`: no round trip
+        // through the C# types, so nothing the user wrote is dropped or re-defaulted on the client.
+        var obj = Lowbit.Api.Schema.Yaml.ParseObject(yaml);
+        var name = (string?)obj["metadata"]?["name"] ?? throw new InvalidOperationException($"{typeof(T).Name} manifest without metadata.name");
+        var kind = (string?)obj["kind"] ?? typeof(T).Name;
+        await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(obj.ToJsonString(), V1Patch.PatchType.ApplyPatch), ApiGroup.Group,
+            ApiGroup.Version, "default", plural, name, fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
+        return (kind, plural, name);
     }
 
     private static async Task<int> ShowAsync(Kubernetes client, List<(string Kind, string Plural, string Name)> objects, IAnsiConsole console, TimeSpan timeout, CancellationToken cancellationToken)

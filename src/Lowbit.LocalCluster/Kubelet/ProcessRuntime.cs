@@ -267,29 +267,50 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         }
     }
 
-    private static string Rewrite(string value, List<(string From, string To)> paths)
+    /// <summary>
+    /// Maps container paths to local ones in one left-to-right pass: at each position the longest mount path that
+    /// matches there as whole path segments is replaced, and the replacement is never scanned again (a local path
+    /// under /tmp must not be rewritten a second time by a container mount at /tmp).
+    /// </summary>
+    internal static string Rewrite(string value, IReadOnlyList<(string From, string To)> paths)
     {
-        foreach (var (from, to) in paths)
+        var result = new System.Text.StringBuilder(value.Length);
+        var i = 0;
+        while (i < value.Length)
         {
-            var index = 0;
-            while ((index = value.IndexOf(from, index, StringComparison.Ordinal)) >= 0)
+            (string From, string To)? best = null;
+            foreach (var path in paths)
             {
-                var end = index + from.Length;
-                // A whole path segment: not part of a longer name on either side (/data must not match /database or /x/data).
-                var startsPath = index == 0 || !IsPathChar(value[index - 1]);
-                var endsPath = end == value.Length || value[end] == '/' || !IsPathChar(value[end]);
-                if (startsPath && endsPath)
+                if (path.From.Length > (best?.From.Length ?? 0) && IsSegmentMatch(value, i, path.From))
                 {
-                    value = string.Concat(value.AsSpan(0, index), to, value.AsSpan(end));
-                    index += to.Length;
-                }
-                else
-                {
-                    index = end;
+                    best = path;
                 }
             }
+            if (best is { } match)
+            {
+                result.Append(match.To);
+                i += match.From.Length;
+            }
+            else
+            {
+                result.Append(value[i]);
+                i++;
+            }
         }
-        return value;
+        return result.ToString();
+    }
+
+    // A whole path segment: not part of a longer name on either side (/data must not match /database or /x/data).
+    private static bool IsSegmentMatch(string value, int index, string from)
+    {
+        if (from.Length == 0 || string.CompareOrdinal(value, index, from, 0, from.Length) != 0)
+        {
+            return false;
+        }
+        var end = index + from.Length;
+        var startsPath = index == 0 || !IsPathChar(value[index - 1]);
+        var endsPath = end == value.Length || value[end] == '/' || !IsPathChar(value[end]);
+        return startsPath && endsPath;
     }
 
     private static bool IsPathChar(char c) => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or '/';
