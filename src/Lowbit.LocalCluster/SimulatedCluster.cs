@@ -74,9 +74,10 @@ public sealed class SimulatedCluster : IAsyncDisposable
             Images = options.Images ?? ExecutorOptions.DefaultImages(options.EnginePath ?? DefaultEnginePath()),
         }, time);
         var simulator = new SimulatedRuntime(time, options.Kubelet.SimulatedRunDuration);
+        var perPod = new PerPodRuntime(executor, simulator);
         foreach (var node in options.Nodes.Nodes)
         {
-            IContainerRuntime runtime = node.Mode == KubeletMode.Execute ? executor : simulator;
+            IContainerRuntime runtime = node.Mode == KubeletMode.Execute ? perPod : simulator;
             cluster._kubelets.Add(new NodeKubelet(api, pods, node.Name, runtime, logs, options.Kubelet, time, loggers.CreateLogger<NodeKubelet>()));
         }
 

@@ -90,11 +90,44 @@ public static class OperatorDemo
         // The manifest goes to the server as written (YAML → JSON), like `kubectl apply --server-side`: no round trip
         // through the C# types, so nothing the user wrote is dropped or re-defaulted on the client.
         var obj = Lowbit.Api.Schema.Yaml.ParseObject(yaml);
+        ScriptSimulatedVerbs(obj);
         var name = (string?)obj["metadata"]?["name"] ?? throw new InvalidOperationException($"{typeof(T).Name} manifest without metadata.name");
         var kind = (string?)obj["kind"] ?? typeof(T).Name;
         await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(obj.ToJsonString(), V1Patch.PatchType.ApplyPatch), ApiGroup.Group,
             ApiGroup.Version, "default", plural, name, fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
         return (kind, plural, name);
+    }
+
+    /// <summary>
+    /// FineTuneJob and InferenceEndpoint pods would run <c>lowbit-engine finetune|serve</c>, which do not exist yet: the
+    /// operator forwards <c>sim.lowbit.dev/*</c> annotations to its pods, so these pods run simulated (even on the
+    /// executing CPU node) with a scripted engine result. The operator treats them like any other pod.
+    /// </summary>
+    private static void ScriptSimulatedVerbs(System.Text.Json.Nodes.JsonObject obj)
+    {
+        var kind = (string?)obj["kind"];
+        if (kind is not (FineTuneJob.KindName or InferenceEndpoint.KindName))
+        {
+            return;
+        }
+        var metadata = obj["metadata"] as System.Text.Json.Nodes.JsonObject ?? [];
+        obj["metadata"] = metadata;
+        var annotations = metadata["annotations"] as System.Text.Json.Nodes.JsonObject ?? [];
+        metadata["annotations"] = annotations;
+        annotations["sim.lowbit.dev/mode"] = "simulate";
+        if (kind == FineTuneJob.KindName)
+        {
+            var name = (string?)metadata["name"] ?? "adapter";
+            annotations["sim.lowbit.dev/duration"] = "5s";
+            annotations["sim.lowbit.dev/log"] = new Lowbit.Engine.Protocol.TrainEvent { Step = 20, TotalSteps = 20, Epoch = 1, Loss = 1.9, TokensPerSecond = 850 }.ToJsonLine();
+            annotations["sim.lowbit.dev/termination-message"] = new Lowbit.Engine.Protocol.EngineResult
+            {
+                Ok = true,
+                Verb = Lowbit.Engine.Protocol.EngineVerbs.Finetune,
+                DurationSeconds = 5,
+                Artifact = new Lowbit.Engine.Protocol.ArtifactReport { Uri = $"pvc://lowbit-models/adapters/{name}", Format = "peft-lora", Bytes = 262_144 },
+            }.ToJson();
+        }
     }
 
     private static async Task<int> ShowAsync(Kubernetes client, List<(string Kind, string Plural, string Name)> objects, IAnsiConsole console, TimeSpan timeout, CancellationToken cancellationToken)

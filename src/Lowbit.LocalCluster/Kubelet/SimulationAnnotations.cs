@@ -12,6 +12,12 @@ public static partial class SimulationAnnotations
 {
     public const string Prefix = "sim.lowbit.dev/";
 
+    /// <summary>
+    /// "simulate": run this pod simulated even on an <c>execute</c> node (used by <c>make run</c> for engine verbs
+    /// that do not exist yet, so their pods still complete with a scripted result).
+    /// </summary>
+    public const string Mode = Prefix + "mode";
+
     /// <summary>Exit code of the container (default 0; 137 when reason is OOMKilled).</summary>
     public const string ExitCode = Prefix + "exit-code";
 

@@ -133,6 +133,9 @@ public static class PodTemplates
             new() { Name = "HOME", Value = TmpPath },
             new() { Name = EngineEnv.CacheDir, Value = CachePath },
             new() { Name = EngineEnv.Device, Value = placement.OnGpu ? "cuda" : "cpu" },
+            // The engine writes its JSON result where the kubelet reads the termination message (the same path as
+            // TerminationMessagePath; a local executor maps both to its own file).
+            new() { Name = EngineEnv.ResultFile, Value = EngineEnv.TerminationLog },
         };
         if (volumes.HubToken is { } token)
         {
