@@ -37,6 +37,9 @@ public static class CelRules
     public const string GptqFormatBits = "!self.formats.exists(f, f == 'gptq') || (has(self.bits) && (self.bits == 4 || self.bits == 8))";
     public const string GptqFormatBitsMessage = "format gptq needs bits 4 or 8 (and no targetBitsPerWeight)";
 
+    public const string GgufFormatBits = "self.formats.all(f, !f.startsWith('gguf-') || (has(self.bits) && self.bits == (f == 'gguf-q8_0' ? 8 : 4)))";
+    public const string GgufFormatBitsMessage = "format gguf-q8_0 needs bits 8, gguf-q4_0 and gguf-q4_k need bits 4 (and no targetBitsPerWeight)";
+
     public const string GptqNeedsCalibration = "self.method != 'gptq' || has(self.calibration)";
     public const string GptqNeedsCalibrationMessage = "method gptq needs calibration data: set spec.calibration";
 

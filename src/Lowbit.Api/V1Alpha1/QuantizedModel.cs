@@ -37,6 +37,7 @@ public sealed class QuantizedModel : IKubernetesObject<V1ObjectMeta>, ISpec<Quan
 /// <summary>The desired quantization.</summary>
 [CelRule(CelRules.BitsXorTarget, CelRules.BitsXorTargetMessage, FieldPath = ".bits")]
 [CelRule(CelRules.GptqFormatBits, CelRules.GptqFormatBitsMessage, FieldPath = ".formats")]
+[CelRule(CelRules.GgufFormatBits, CelRules.GgufFormatBitsMessage, FieldPath = ".formats")]
 [CelRule(CelRules.GptqNeedsCalibration, CelRules.GptqNeedsCalibrationMessage, FieldPath = ".calibration", Reason = "FieldValueRequired")]
 public sealed record QuantizedModelSpec
 {

@@ -25,6 +25,17 @@ public static class QuantizedModelSpecValidator
             errors.Add(SpecChecks.Invalid($"{path}.formats", CelRules.GptqFormatBitsMessage));
         }
 
+        var ggufBits = spec.Formats.Select(f => f switch
+        {
+            ExportFormat.GgufQ80 => 8,
+            ExportFormat.GgufQ40 or ExportFormat.GgufQ4K => 4,
+            _ => (int?)null,
+        }).OfType<int>();
+        if (ggufBits.Any(bits => spec.Bits != bits))
+        {
+            errors.Add(SpecChecks.Invalid($"{path}.formats", CelRules.GgufFormatBitsMessage));
+        }
+
         if (spec.Method == QuantizationMethod.Gptq && spec.Calibration is null)
         {
             errors.Add(SpecChecks.Required($"{path}.calibration", CelRules.GptqNeedsCalibrationMessage));
