@@ -83,7 +83,12 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         {
             return new ContainerExit(128, "StartError", $"container {container.Name} has no command; image {container.Image} has no known entrypoint on the local executor");
         }
-        argv = argv.Select(a => Rewrite(ContainerEnvironment.Expand(a, run.Environment), paths)).ToList();
+        // Container paths are mapped to local folders; the image's local executable is already a host path and is
+        // left alone (a checkout under /tmp must not be rewritten by a container mount at /tmp).
+        var hostExecutable = mapping.Executable is not null ? 1 : 0;
+        argv = argv.Take(hostExecutable)
+            .Concat(argv.Skip(hostExecutable).Select(a => Rewrite(ContainerEnvironment.Expand(a, run.Environment), paths)))
+            .ToList();
 
         var start = new ProcessStartInfo(argv[0])
         {
