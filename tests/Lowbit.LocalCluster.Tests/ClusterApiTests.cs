@@ -192,6 +192,26 @@ public sealed class ClusterApiTests : IDisposable
     }
 
     [Fact]
+    public async Task Does_collect_an_object_created_after_its_only_owner_was_deleted()
+    {
+        var owner = _api.Create(BuiltinResources.ConfigMaps, "default", Obj("""{"metadata":{"name":"late-owner"}}"""));
+        var uid = (string)owner["metadata"]!["uid"]!;
+        _api.Delete(BuiltinResources.ConfigMaps, "default", "late-owner");
+        await _api.GarbageCollector.IdleAsync();
+        // A controller's create racing the owner's deletion: the owner uid no longer exists.
+        _api.Create(BuiltinResources.Secrets, "default", new JsonObject
+        {
+            ["metadata"] = new JsonObject
+            {
+                ["name"] = "late-child",
+                ["ownerReferences"] = new JsonArray(new JsonObject { ["apiVersion"] = "v1", ["kind"] = "ConfigMap", ["name"] = "late-owner", ["uid"] = uid }),
+            },
+        });
+        await _api.GarbageCollector.IdleAsync();
+        Assert.Null(_api.TryGet(BuiltinResources.Secrets, "default", "late-child"));
+    }
+
+    [Fact]
     public async Task Does_empty_and_remove_a_deleted_namespace()
     {
         _api.Create(BuiltinResources.Namespaces, null, Obj("""{"metadata":{"name":"doomed"}}"""));

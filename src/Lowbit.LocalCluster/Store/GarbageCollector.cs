@@ -96,14 +96,17 @@ public sealed class GarbageCollector : IDisposable
     {
         foreach (var (type, obj) in objects)
         {
-            OnCommitted(type, new WatchEvent(WatchEventKind.Added, obj, null, obj.ResourceVersion));
+            Index(type, new WatchEvent(WatchEventKind.Added, obj, null, obj.ResourceVersion), restoring: true);
         }
     }
 
     /// <summary>Runs under the store lock: keeps the indexes current and queues work.</summary>
-    private void OnCommitted(ResourceType type, WatchEvent e)
+    private void OnCommitted(ResourceType type, WatchEvent e) => Index(type, e, restoring: false);
+
+    private void Index(ResourceType type, WatchEvent e, bool restoring)
     {
         var obj = e.Object!;
+        List<string>? absentOwners = null;
         lock (_indexGate)
         {
             foreach (var owner in e.Previous?.OwnerUids ?? [])
@@ -134,7 +137,17 @@ public sealed class GarbageCollector : IDisposable
                     }
                     deps[obj.Uid] = self;
                 }
+                // Like kube's garbage collector: a new object whose owners are all gone already (e.g. a controller's
+                // create racing its owner's deletion) is a dependent of nothing and gets collected.
+                if (!restoring && e.Type == WatchEventKind.Added && obj.OwnerUids.Count > 0 && obj.OwnerUids.All(u => !_byUid.ContainsKey(u)))
+                {
+                    absentOwners = [.. obj.OwnerUids];
+                }
             }
+        }
+        foreach (var owner in absentOwners ?? [])
+        {
+            Enqueue(new OwnerGone(owner));
         }
         if (e.Type == WatchEventKind.Deleted)
         {
