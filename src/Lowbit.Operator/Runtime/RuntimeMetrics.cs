@@ -56,6 +56,18 @@ public sealed class RuntimeMetrics
         WatchAge = f.CreateGauge("lowbit_watch_age_seconds", "Seconds since the current watch stream of a kind was opened (0 when none is open)", ["kind"]);
         InformerSynced = f.CreateGauge("lowbit_informer_synced", "1 when the informer of a kind has completed its first list", ["kind"]);
         CachedObjects = f.CreateGauge("lowbit_informer_objects", "Objects held in the informer cache of a kind", ["kind"]);
+
+        // Memory: what the informer caches cost (process_working_set_bytes, dotnet_total_memory_bytes from DotNetStats; the GC's own view below).
+        if (!ReferenceEquals(registry, Metrics.DefaultRegistry))
+        {
+            DotNetStats.Register(registry);
+        }
+
+        GcHeapBytes = f.CreateGauge("lowbit_gc_heap_bytes", "Managed heap size per generation after the last GC (gen0, gen1, gen2, loh, poh)", ["generation"]);
+        GcCommittedBytes = f.CreateGauge("lowbit_gc_committed_bytes", "Memory the GC has committed (heap plus free space it keeps)");
+        GcFragmentedBytes = f.CreateGauge("lowbit_gc_fragmented_bytes", "Free space inside the managed heap after the last GC");
+        GcAvailableBytes = f.CreateGauge("lowbit_gc_available_memory_bytes", "Memory the GC may use: the container limit, GCHeapHardLimit or physical memory");
+        BeforeCollect(UpdateGc);
     }
 
     public CollectorRegistry Registry { get; }
@@ -88,7 +100,26 @@ public sealed class RuntimeMetrics
     public Gauge WatchAge { get; }
     public Gauge InformerSynced { get; }
     public Gauge CachedObjects { get; }
+    public Gauge GcHeapBytes { get; }
+    public Gauge GcCommittedBytes { get; }
+    public Gauge GcFragmentedBytes { get; }
+    public Gauge GcAvailableBytes { get; }
 
     /// <summary>Runs <paramref name="update"/> right before every scrape (for gauges computed from state: ages, unfinished work).</summary>
     public void BeforeCollect(Action update) => Registry.AddBeforeCollectCallback(update);
+
+    private void UpdateGc()
+    {
+        var info = GC.GetGCMemoryInfo();
+        string[] generations = ["gen0", "gen1", "gen2", "loh", "poh"];
+        var sizes = info.GenerationInfo;
+        for (var i = 0; i < generations.Length && i < sizes.Length; i++)
+        {
+            GcHeapBytes.WithLabels(generations[i]).Set(sizes[i].SizeAfterBytes);
+        }
+
+        GcCommittedBytes.Set(info.TotalCommittedBytes);
+        GcFragmentedBytes.Set(info.FragmentedBytes);
+        GcAvailableBytes.Set(info.TotalAvailableMemoryBytes);
+    }
 }

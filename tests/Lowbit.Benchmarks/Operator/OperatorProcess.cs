@@ -1,0 +1,227 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+
+namespace Lowbit.Benchmarks.Operator;
+
+/// <summary>
+/// The built <c>lowbit-operator</c> run as its own OS process (<c>dotnet lowbit-operator.dll</c>, with the
+/// runtimeconfig.json the operator project ships, so its GC settings apply), pointed at a kubeconfig; its
+/// <c>/metrics</c> scraped over HTTP and its memory read from <c>/proc/&lt;pid&gt;/status</c>.
+/// </summary>
+public sealed class OperatorProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly HttpClient _http;
+    private readonly StringBuilder _output = new();
+
+    private OperatorProcess(Process process, Uri baseUri)
+    {
+        _process = process;
+        _http = new HttpClient { BaseAddress = baseUri, Timeout = TimeSpan.FromSeconds(10) };
+    }
+
+    public int Id => _process.Id;
+
+    /// <summary>Starts the operator and waits until <c>/readyz</c> answers 200 (caches synced).</summary>
+    public static async Task<OperatorProcess> StartAsync(string kubeconfig, IEnumerable<string> settings, IReadOnlyDictionary<string, string>? environment = null)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "lowbit-operator.dll");
+        if (!File.Exists(dll) || !File.Exists(Path.ChangeExtension(dll, ".runtimeconfig.json")))
+        {
+            throw new FileNotFoundException($"the operator build is missing next to the benchmark ({dll} and its runtimeconfig.json); build tests/Lowbit.Benchmarks", dll);
+        }
+
+        var port = FreePort();
+        var info = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = AppContext.BaseDirectory,
+        };
+        foreach (var arg in new[] { dll, "--kubeconfig", kubeconfig, "--urls", $"http://127.0.0.1:{port}" }.Concat(settings))
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            info.Environment[key] = value;
+        }
+
+        var process = Process.Start(info) ?? throw new InvalidOperationException("could not start the operator process");
+        var op = new OperatorProcess(process, new Uri($"http://127.0.0.1:{port}"));
+        process.OutputDataReceived += (_, e) => op.Keep(e.Data);
+        process.ErrorDataReceived += (_, e) => op.Keep(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        await op.WaitReadyAsync(TimeSpan.FromMinutes(1)).ConfigureAwait(false);
+        return op;
+    }
+
+    /// <summary>VmRSS (resident now) and VmHWM (peak resident since start) of the process, in bytes.</summary>
+    public (long Rss, long Peak) Memory()
+    {
+        long rss = 0, peak = 0;
+        foreach (var line in File.ReadLines($"/proc/{_process.Id}/status"))
+        {
+            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+            {
+                rss = Kilobytes(line);
+            }
+            else if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                peak = Kilobytes(line);
+            }
+        }
+
+        return (rss, peak);
+    }
+
+    public async Task<PrometheusSample> ScrapeAsync()
+    {
+        var text = await _http.GetStringAsync(new Uri("/metrics", UriKind.Relative)).ConfigureAwait(false);
+        return PrometheusSample.Parse(text);
+    }
+
+    /// <summary>SIGTERM (the pod's stop signal), then waits for a graceful exit; kills after 30 s.</summary>
+    public async Task StopAsync()
+    {
+        if (_process.HasExited)
+        {
+            return;
+        }
+
+        using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(CultureInfo.InvariantCulture)]))
+        {
+            await kill.WaitForExitAsync().ConfigureAwait(false);
+        }
+
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        try
+        {
+            await _process.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            _process.Kill(entireProcessTree: true);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync().ConfigureAwait(false);
+        _process.Dispose();
+        _http.Dispose();
+    }
+
+    private async Task WaitReadyAsync(TimeSpan patience)
+    {
+        var deadline = DateTime.UtcNow + patience;
+        while (DateTime.UtcNow < deadline)
+        {
+            if (_process.HasExited)
+            {
+                throw new InvalidOperationException($"the operator exited with code {_process.ExitCode} before it was ready:\n{Output()}");
+            }
+
+            try
+            {
+                using var response = await _http.GetAsync(new Uri("/readyz", UriKind.Relative)).ConfigureAwait(false);
+                if (response.StatusCode == HttpStatusCode.OK)
+                {
+                    return;
+                }
+            }
+            catch (HttpRequestException)
+            {
+                // Not listening yet.
+            }
+
+            await Task.Delay(100).ConfigureAwait(false);
+        }
+
+        throw new TimeoutException($"the operator was not ready within {patience.TotalSeconds} s:\n{Output()}");
+    }
+
+    private void Keep(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (_output)
+        {
+            if (_output.Length > 64 * 1024)
+            {
+                _output.Remove(0, _output.Length - (32 * 1024));
+            }
+
+            _output.AppendLine(line);
+        }
+    }
+
+    private string Output()
+    {
+        lock (_output)
+        {
+            return _output.ToString();
+        }
+    }
+
+    private static long Kilobytes(string line) =>
+        long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
+
+/// <summary>One scrape of the Prometheus text format: samples by name, with their label sets.</summary>
+public sealed class PrometheusSample
+{
+    private readonly List<(string Name, Dictionary<string, string> Labels, double Value)> _samples = [];
+
+    public static PrometheusSample Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var sample = new PrometheusSample();
+        foreach (var raw in text.Split('\n'))
+        {
+            var line = raw.Trim();
+            if (line.Length == 0 || line[0] == '#')
+            {
+                continue;
+            }
+
+            var labels = new Dictionary<string, string>(StringComparer.Ordinal);
+            var brace = line.IndexOf('{', StringComparison.Ordinal);
+            var space = line.LastIndexOf(' ');
+            var name = brace >= 0 ? line[..brace] : line[..space];
+            if (brace >= 0)
+            {
+                var close = line.LastIndexOf('}');
+                foreach (var pair in line[(brace + 1)..close].Split("\",", StringSplitOptions.RemoveEmptyEntries))
+                {
+                    var eq = pair.IndexOf('=', StringComparison.Ordinal);
+                    labels[pair[..eq]] = pair[(eq + 1)..].Trim('"');
+                }
+            }
+
+            sample._samples.Add((name, labels, double.Parse(line[(space + 1)..], CultureInfo.InvariantCulture)));
+        }
+
+        return sample;
+    }
+
+    /// <summary>The sum of <paramref name="name"/>'s samples whose labels include every pair of <paramref name="labels"/>.</summary>
+    public double Sum(string name, params (string Key, string Value)[] labels) =>
+        _samples.Where(s => s.Name == name && labels.All(l => s.Labels.TryGetValue(l.Key, out var v) && v == l.Value)).Sum(s => s.Value);
+}
