@@ -31,6 +31,13 @@ public static class OperatorSetup
         services.TryAddSingleton<CostMetrics>();
         services.TryAddSingleton<ReconcileKit>();
 
+        // The caches hold only what the reconcilers read of children: metadata, status, and a trimmed pod spec
+        // (containers' names, images, args, ports). Pods outside our label never reach the operator; a Deployment,
+        // Service or Job of someone else is cached as metadata only (enough to leave a same-named foreign object alone).
+        op.Cache<V1Pod>(ManagedBySelector, CacheTransforms.TrimPod)
+            .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Deployment>(IsOurs, CacheTransforms.TrimDeployment))
+            .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Service>(IsOurs, CacheTransforms.TrimService))
+            .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Job>(IsOurs, CacheTransforms.TrimJob));
         op.AddController<QuantizedModel, QuantizedModelReconciler>(c => c
                 .Owns<V1Job>()
                 .Watches<V1Pod>(PodsOf(QuantizedModel.KindName)))
@@ -45,6 +52,10 @@ public static class OperatorSetup
                 .Watches<QuantizedModel>(cache => m => Referencing(cache, m.Metadata, e => e.Spec.Model.QuantizedModelRef?.Name == m.Metadata.Name))
                 .Watches<FineTuneJob>(cache => j => Referencing(cache, j.Metadata, e => e.Spec.Adapters?.Any(a => a.FineTuneJobRef.Name == j.Metadata.Name) == true)));
     }
+
+    private static readonly string ManagedBySelector = $"{Labels.ManagedBy}={Labels.ManagedByValue}";
+
+    private static bool IsOurs(IKubernetesObject<V1ObjectMeta> obj) => ChildMeta.Label(obj, Labels.ManagedBy) == Labels.ManagedByValue;
 
     /// <summary>Pods carry <c>lowbit.dev/&lt;kind&gt;: &lt;owner&gt;</c> (their controller owner is a Job or ReplicaSet, not the CR).</summary>
     private static MapToRequests<V1Pod> PodsOf(string kind)

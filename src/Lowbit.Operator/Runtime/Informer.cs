@@ -59,7 +59,9 @@ public sealed record InformerOptions
 /// with bookmarks and <c>timeoutSeconds</c>, resuming from the newest resourceVersion seen (event or BOOKMARK).
 /// A 410 Gone (an ERROR event or a 410 response) relists, replaces the cache and synthesizes DELETE events for
 /// objects that vanished meanwhile. An idle watchdog cancels a silent watch. A line that cannot be decoded is
-/// counted and forces a relist, so no event is silently lost.
+/// counted and forces a relist, so no event is silently lost. Every object is cached without managedFields
+/// (<see cref="CacheTransforms.StripManagedFields{T}"/>) and then trimmed by <see cref="CacheOptions{T}.Transform"/>;
+/// <see cref="CacheOptions{T}.LabelSelector"/> limits what the server sends at all.
 /// </summary>
 public sealed class Informer<T> : IInformer
     where T : class, IKubernetesObject<V1ObjectMeta>
@@ -73,9 +75,11 @@ public sealed class Informer<T> : IInformer
     private readonly List<IInformerEventHandler<T>> _handlers = [];
     private readonly TaskCompletionSource _synced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly string _kindLabel;
+    private readonly string? _labelSelector;
+    private readonly Func<T, T> _transform;
     private long _watchStartedAt;
 
-    public Informer(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILogger<Informer<T>> logger)
+    public Informer(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILogger<Informer<T>> logger, CacheOptions<T>? cache = null)
     {
         _rest = rest ?? throw new ArgumentNullException(nameof(rest));
         _options = options ?? throw new ArgumentNullException(nameof(options));
@@ -84,11 +88,19 @@ public sealed class Informer<T> : IInformer
         _logger = logger ?? throw new ArgumentNullException(nameof(logger));
         Type = ResourceType.For<T>();
         _kindLabel = Type.LabelName;
+        _labelSelector = string.IsNullOrEmpty(cache?.LabelSelector) ? null : cache.LabelSelector;
+        var trim = cache?.Transform;
+        _transform = trim is null
+            ? obj => CacheTransforms.InternMetadata(CacheTransforms.StripManagedFields(obj))
+            : obj => CacheTransforms.InternMetadata(trim(CacheTransforms.StripManagedFields(obj)));
         _metrics.InformerSynced.WithLabels(_kindLabel).Set(0);
         _metrics.BeforeCollect(UpdateWatchAge);
     }
 
     public ResourceType Type { get; }
+
+    /// <summary>The label selector of list and watch calls, or null for every object of the kind.</summary>
+    public string? LabelSelector => _labelSelector;
 
     public bool HasSynced => _synced.Task.IsCompleted;
 
@@ -195,6 +207,7 @@ public sealed class Informer<T> : IInformer
             {
                 var path = KubernetesRest.Query(
                     Type.CollectionPath(_options.Namespace),
+                    ("labelSelector", _labelSelector),
                     ("limit", _options.PageSize.ToString(System.Globalization.CultureInfo.InvariantCulture)),
                     ("continue", continueToken));
                 using var response = await _rest.GetAsync(path, linked.Token).ConfigureAwait(false);
@@ -215,7 +228,7 @@ public sealed class Informer<T> : IInformer
 
                 foreach (var item in page.Items ?? [])
                 {
-                    fresh[ObjectKey.Of(item)] = item;
+                    fresh[ObjectKey.Of(item)] = _transform(item);
                 }
 
                 listVersion = page.Metadata?.ResourceVersion;
@@ -267,6 +280,7 @@ public sealed class Informer<T> : IInformer
         var path = KubernetesRest.Query(
             Type.CollectionPath(_options.Namespace),
             ("watch", "true"),
+            ("labelSelector", _labelSelector),
             ("allowWatchBookmarks", "true"),
             ("resourceVersion", ResourceVersion),
             ("timeoutSeconds", Math.Max(1, timeoutSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture)));
@@ -370,7 +384,7 @@ public sealed class Informer<T> : IInformer
                     return DecodeError(new JsonException($"{type} event without an object name"));
                 }
 
-                ApplyEvent(type, item);
+                ApplyEvent(type, _transform(item));
                 ResourceVersion = item.Metadata.ResourceVersion ?? ResourceVersion;
                 return null;
             default:

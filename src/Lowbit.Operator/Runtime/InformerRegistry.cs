@@ -26,6 +26,7 @@ public interface IObjectCache
 public sealed class InformerRegistry : IObjectCache
 {
     private readonly ConcurrentDictionary<Type, IInformer> _informers = new();
+    private readonly ConcurrentDictionary<Type, object> _cacheOptions = new();
     private readonly KubernetesRest _rest;
     private readonly InformerOptions _options;
     private readonly TimeProvider _time;
@@ -44,10 +45,27 @@ public sealed class InformerRegistry : IObjectCache
     /// <summary>Every informer created so far.</summary>
     public IReadOnlyCollection<IInformer> All => _informers.Values.ToList();
 
-    /// <summary>The informer of <typeparamref name="T"/>, created on first use.</summary>
+    /// <summary>
+    /// Sets what the informer of <typeparamref name="T"/> caches (label selector, transform). Call before the
+    /// informer is first used: a selector cannot change under a running watch.
+    /// </summary>
+    public void Configure<T>(CacheOptions<T> cache)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        if (_informers.ContainsKey(typeof(T)))
+        {
+            throw new InvalidOperationException($"the {typeof(T).Name} informer already exists: configure its cache before any controller or watch uses it");
+        }
+
+        _cacheOptions[typeof(T)] = cache;
+    }
+
+    /// <summary>The informer of <typeparamref name="T"/>, created on first use (with the cache options <see cref="Configure{T}"/> set).</summary>
     public Informer<T> GetOrAdd<T>()
         where T : class, IKubernetesObject<V1ObjectMeta>
-        => (Informer<T>)_informers.GetOrAdd(typeof(T), _ => new Informer<T>(_rest, _options, _time, _metrics, _loggers.CreateLogger<Informer<T>>()));
+        => (Informer<T>)_informers.GetOrAdd(typeof(T), _ => new Informer<T>(_rest, _options, _time, _metrics, _loggers.CreateLogger<Informer<T>>(),
+            _cacheOptions.TryGetValue(typeof(T), out var cache) ? (CacheOptions<T>)cache : null));
 
     public bool TryGet<T>(ObjectKey key, [MaybeNullWhen(false)] out T obj)
         where T : class, IKubernetesObject<V1ObjectMeta>

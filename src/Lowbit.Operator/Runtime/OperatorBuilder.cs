@@ -19,6 +19,7 @@ namespace Lowbit.Operator.Runtime;
 public sealed class OperatorBuilder
 {
     private readonly List<Action<IServiceProvider, InformerRegistry>> _informers = [];
+    private readonly List<Action<InformerRegistry>> _caches = [];
     private KubernetesClientConfiguration? _kubernetes;
 
     internal OperatorBuilder(IServiceCollection services, IConfiguration configuration)
@@ -57,6 +58,19 @@ public sealed class OperatorBuilder
         where T : class, IKubernetesObject<V1ObjectMeta>
     {
         _informers.Add((_, registry) => registry.GetOrAdd<T>());
+        return this;
+    }
+
+    /// <summary>
+    /// What the informer of <typeparamref name="T"/> caches: only objects matching <paramref name="labelSelector"/>,
+    /// each trimmed by <paramref name="transform"/> (managedFields are always dropped). Reconcilers then read the
+    /// trimmed objects: keep every field they read.
+    /// </summary>
+    public OperatorBuilder Cache<T>(string? labelSelector = null, Func<T, T>? transform = null)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+    {
+        var cache = new CacheOptions<T> { LabelSelector = labelSelector, Transform = transform };
+        _caches.Add(registry => registry.Configure(cache));
         return this;
     }
 
@@ -116,6 +130,11 @@ public sealed class OperatorBuilder
                 sp.GetRequiredService<TimeProvider>(),
                 sp.GetRequiredService<RuntimeMetrics>(),
                 sp.GetRequiredService<ILoggerFactory>());
+            foreach (var configure in _caches)
+            {
+                configure(registry);
+            }
+
             foreach (var add in _informers)
             {
                 add(sp, registry);
