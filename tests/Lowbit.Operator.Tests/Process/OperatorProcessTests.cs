@@ -18,7 +18,8 @@ namespace Lowbit.Operator.Tests.OutOfProcess;
 /// <summary>
 /// Failure scenarios with the operator as a real OS process (<see cref="OperatorProcess"/>) against the embedded
 /// API server over HTTPS, with our CRDs installed and simulated catalog nodes running the Deployments: a stalled
-/// watch, SIGTERM mid-reconcile, two instances under leader election with the leader SIGKILLed, 429 and 409 storms.
+/// watch, a delete missed behind a 410, SIGTERM mid-reconcile, two instances under leader election with the leader
+/// SIGKILLed, a leader that cannot renew its Lease, 429 and 409 storms.
 /// </summary>
 [Collection("OperatorServer")]
 public sealed class OperatorProcessTests : IAsyncLifetime
@@ -90,6 +91,26 @@ public sealed class OperatorProcessTests : IAsyncLifetime
         var firstWrite = Requests(op, write: true).First(e => e.Path.Contains("during-stall", StringComparison.Ordinal));
         Assert.True(firstWrite.Time >= stalled.Time, $"first write at {firstWrite.Time:O}, before the stalled watch ended at {stalled.Time:O}");
         Assert.True(await op.MetricAsync("lowbit_watch_reconnects_total{kind=\"inferenceendpoint\",reason=\"idle\"}") >= 1);
+    }
+
+    [Fact]
+    public async Task Does_learn_of_a_delete_missed_while_disconnected_through_the_relist_after_410()
+    {
+        // The first endpoint watch stalls; the one after it is told 410 Expired.
+        _server.Faults.BreakNextWatch(WatchFault.Stall, "/inferenceendpoints");
+        _server.Faults.BreakNextWatch(WatchFault.Expire, "/inferenceendpoints");
+        Create(Endpoint("missed"));
+        var op = await StartAsync("relist", [.. NoLeaderElection, "--Operator:WatchIdleTimeout=00:00:04"]);
+        await op.WaitReadyAsync();
+        Assert.Equal(1, await op.MetricAsync("lowbit_informer_objects{kind=\"inferenceendpoint\"}"));
+
+        _server.Api.Delete<InferenceEndpoint>("default", "missed");
+        await op.WaitAsync(async () => await op.MetricAsync("lowbit_informer_objects{kind=\"inferenceendpoint\"}") == 0, "the delete reaches the cache");
+
+        Assert.Equal(1, await op.MetricAsync("lowbit_watch_relists_total{kind=\"inferenceendpoint\",reason=\"expired\"}"));
+        Assert.Equal(0, await op.MetricAsync("lowbit_watch_events_total{kind=\"inferenceendpoint\",type=\"deleted\"}") ?? 0); // not from a watch event
+        Create(Endpoint("after"));
+        await WaitReadyAsync("after"); // watching again
     }
 
     [Fact]
@@ -171,6 +192,26 @@ public sealed class OperatorProcessTests : IAsyncLifetime
         Assert.Equal(1, await beta.MetricAsync($"leader_election_master_status{{name=\"{Lease}\"}}"));
         Assert.Contains(Requests(beta, write: true), e => e.Path.EndsWith("/inferenceendpoints/two/status", StringComparison.Ordinal) && e.Status == 200);
         Assert.DoesNotContain(Requests(alpha, write: true), e => e.Path.Contains("/two", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Does_stop_reconciling_and_exit_one_when_it_cannot_renew_its_lease()
+    {
+        var op = await StartAsync("cut-off", FastLease);
+        await op.WaitReadyAsync();
+        Create(Endpoint("before"));
+        await WaitReadyAsync("before");
+
+        // Every renewal now fails (the API server answers 500): past the 2 s renew deadline leadership is lost.
+        _server.Faults.FailNext(10_000, 500, verb: "update", pathContains: "/leases/" + Lease);
+        var failing = Stopwatch.StartNew();
+        var exitCode = await op.WaitForExitAsync(TimeSpan.FromSeconds(20));
+        _output.WriteLine($"exited {exitCode} {failing.Elapsed.TotalSeconds:0.00} s after lease renewals began failing (renew deadline 2 s)");
+        _output.WriteLine(string.Join('\n', op.Output.TakeLast(6)));
+
+        Assert.True(exitCode == 1, $"exit code {exitCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none within 20 s"}:\n{op.Transcript()}");
+        Assert.Contains(op.Output, l => l.Contains("cut-off lost leadership of lease lowbit-operator", StringComparison.Ordinal));
+        Assert.DoesNotContain(op.Output, l => l.Contains("released lease", StringComparison.Ordinal)); // a lost lease is not ours to release
     }
 
     [Fact]
