@@ -46,6 +46,36 @@ internal sealed class OperatorProcess : IAsyncDisposable
     /// <summary>Starts the operator against <paramref name="kubeconfig"/> and waits until it serves HTTP.</summary>
     public static async Task<OperatorProcess> StartAsync(string kubeconfig, string identity, params string[] settings)
     {
+        var (process, op) = Launch(kubeconfig, identity, settings);
+        try
+        {
+            await op._listening.Task.WaitAsync(Patience);
+        }
+        catch (Exception ex) when (ex is TimeoutException or InvalidOperationException)
+        {
+            var what = process.HasExited ? $"exited with {process.ExitCode}" : $"did not report its address within {Patience.TotalSeconds} s";
+            await op.DisposeAsync(); // waits for the output to drain
+            throw new InvalidOperationException($"{identity} {what}:\n{op.Transcript()}", ex);
+        }
+
+        return op;
+    }
+
+    /// <summary>Runs the operator until it exits by itself (e.g. on invalid settings); its exit code and output.</summary>
+    public static async Task<(int ExitCode, IReadOnlyList<string> Output)> RunToExitAsync(string kubeconfig, params string[] settings)
+    {
+        var (process, op) = Launch(kubeconfig, "run-to-exit", settings);
+        await using (op)
+        {
+            var exitCode = await op.WaitForExitAsync(Patience)
+                ?? throw new TimeoutException($"still running after {Patience.TotalSeconds} s:\n{op.Transcript()}");
+            await process.WaitForExitAsync(); // drain the output
+            return (exitCode, op.Output);
+        }
+    }
+
+    private static (Process Process, OperatorProcess Operator) Launch(string kubeconfig, string identity, string[] settings)
+    {
         var dll = Path.Combine(AppContext.BaseDirectory, "lowbit-operator.dll");
         if (!File.Exists(dll) || !File.Exists(Path.ChangeExtension(dll, ".runtimeconfig.json")))
         {
@@ -84,21 +114,11 @@ internal sealed class OperatorProcess : IAsyncDisposable
         var op = new OperatorProcess(process, identity);
         process.OutputDataReceived += (_, e) => op.OnLine(e.Data);
         process.ErrorDataReceived += (_, e) => op.OnLine(e.Data);
-        process.Exited += (_, _) => op._listening.TrySetException(new InvalidOperationException($"{identity} exited before listening:\n{op.Transcript()}"));
+        process.Exited += (_, _) => op._listening.TrySetException(new InvalidOperationException($"{identity} exited before listening"));
         process.Start();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        try
-        {
-            await op._listening.Task.WaitAsync(Patience);
-        }
-        catch (TimeoutException)
-        {
-            await op.DisposeAsync();
-            throw new TimeoutException($"{identity} did not report its address within {Patience.TotalSeconds} s:\n{op.Transcript()}");
-        }
-
-        return op;
+        return (process, op);
     }
 
     private void OnLine(string? line)
@@ -201,9 +221,9 @@ internal sealed class OperatorProcess : IAsyncDisposable
         if (!_process.HasExited)
         {
             _process.Kill();
-            await _process.WaitForExitAsync();
         }
 
+        await _process.WaitForExitAsync(); // also drains the redirected output
         _process.Dispose();
     }
 

@@ -8,6 +8,7 @@ using Lowbit.LocalCluster;
 using Lowbit.LocalCluster.Kubelet;
 using Lowbit.LocalCluster.Store;
 using Lowbit.LocalCluster.Testing;
+using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Tests.Reconcilers;
 using Lowbit.Planner;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -116,7 +117,7 @@ public sealed class OperatorProcessTests : IAsyncLifetime
     [Fact]
     public async Task Does_exit_zero_release_the_lease_and_leave_a_successor_converging_when_sigterm_lands_mid_reconcile()
     {
-        // Default lease timings (15/10/2 s): a successor that got in within 15 s did so because the lease was released.
+        // Default lease timings (15/10/2 s): without the release a successor would wait up to 15 s.
         var first = await StartAsync("first", []);
         await first.WaitReadyAsync();
         _server.Faults.DelayNext(1, TimeSpan.FromMinutes(2), verb: "update", pathContains: "/inferenceendpoints/handover/status");
@@ -154,7 +155,7 @@ public sealed class OperatorProcessTests : IAsyncLifetime
         Assert.Single(_server.Api.List<V1Deployment>("default"));
         Assert.Single(_server.Api.List<V1Service>("default"), s => s.Metadata.Name != "kubernetes");
         Assert.DoesNotContain(Requests(first, write: true), e => e.Path.EndsWith("/status", StringComparison.Ordinal) && e.Status < 300);
-        AssertNoRegression(statuses, ready);
+        await AssertNoRegressionAsync(statuses, ready);
         _output.WriteLine($"exited {exitedAfter.TotalSeconds:0.00} s after SIGTERM; successor led {leadingAfter.TotalSeconds:0.00} s after its start");
         _output.WriteLine(string.Join('\n', first.Output.TakeLast(8)));
     }
@@ -237,6 +238,18 @@ public sealed class OperatorProcessTests : IAsyncLifetime
         Assert.Equal(0, await op.MetricAsync("controller_runtime_reconcile_panics_total{controller=\"inferenceendpoint\"}"));
     }
 
+    [Fact]
+    public async Task Does_exit_two_naming_the_setting_when_a_timing_is_invalid()
+    {
+        var (exitCode, output) = await OperatorProcess.RunToExitAsync(_server.KubeconfigPath, "--Operator:LeaderElection:RenewDeadline=00:00:20", "--Operator:WatchIdleTimeout=00:00:00");
+
+        Assert.Equal(Program.InvalidConfiguration, exitCode);
+        var message = string.Join('\n', output);
+        Assert.Contains("Operator:LeaderElection:RenewDeadline (00:00:20) must be shorter than LeaseDuration (00:00:15)", message, StringComparison.Ordinal);
+        Assert.Contains("Operator:WatchIdleTimeout must be a positive duration", message, StringComparison.Ordinal);
+        Assert.Empty(Requests("run-to-exit")); // rejected before it talks to the API server
+    }
+
     private async Task<OperatorProcess> StartAsync(string identity, string[] settings)
     {
         var op = await OperatorProcess.StartAsync(_server.KubeconfigPath, identity, settings);
@@ -283,7 +296,10 @@ public sealed class OperatorProcessTests : IAsyncLifetime
 
     /// <summary>Requests one operator process made (told apart by its User-Agent), optionally of a verb and path.</summary>
     private IEnumerable<JournalEntry> Requests(OperatorProcess op, string? verb = null, string? pathContains = null, bool write = false) =>
-        _server.Journal.Entries.Where(e => e.UserAgent == op.UserAgent
+        Requests(op.Identity, verb, pathContains, write);
+
+    private IEnumerable<JournalEntry> Requests(string identity, string? verb = null, string? pathContains = null, bool write = false) =>
+        _server.Journal.Entries.Where(e => e.UserAgent == UserAgentHandler.For(identity)
             && (verb is null || e.Verb == verb)
             && (pathContains is null || e.Path.Contains(pathContains, StringComparison.Ordinal))
             && (!write || (e.IsWrite && !e.Path.Contains("/leases/", StringComparison.Ordinal))));
@@ -295,19 +311,20 @@ public sealed class OperatorProcessTests : IAsyncLifetime
             .Where(o => o.Metadata.OwnerReferences?.Any(r => r.Controller == true && r.Uid == owner.Metadata.Uid) == true)
             .ToList();
 
-    /// <summary>Every status the store holds for <paramref name="name"/>, in order, from the store's own watch.</summary>
-    private List<InferenceEndpointStatus?> ObserveStatuses(string name)
+    /// <summary>Every version of <paramref name="name"/>'s status the store holds, in order, from the store's own watch.</summary>
+    private List<(long ResourceVersion, InferenceEndpointStatus? Status)> ObserveStatuses(string name)
     {
-        var seen = new List<InferenceEndpointStatus?>();
+        var seen = new List<(long, InferenceEndpointStatus?)>();
         _ = Task.Run(async () =>
         {
-            await foreach (var (_, obj, _) in _server.Api.WatchAsync<InferenceEndpoint>("default", new WatchOptions { ResourceVersion = "0" }, _stop.Token))
+            // Ends with the test (cancelled in DisposeAsync).
+            await foreach (var (_, obj, resourceVersion) in _server.Api.WatchAsync<InferenceEndpoint>("default", new WatchOptions { ResourceVersion = "0" }, _stop.Token))
             {
                 if (obj?.Metadata.Name == name)
                 {
                     lock (seen)
                     {
-                        seen.Add(obj.Status);
+                        seen.Add((resourceVersion, obj.Status));
                     }
                 }
             }
@@ -315,27 +332,34 @@ public sealed class OperatorProcessTests : IAsyncLifetime
         return seen;
     }
 
-    /// <summary>Status never went backwards: observedGeneration never decreases and Ready, once true, stays true.</summary>
-    private static void AssertNoRegression(List<InferenceEndpointStatus?> seen, InferenceEndpoint ready)
+    /// <summary>Status never went backwards up to <paramref name="ready"/>: observedGeneration never decreases and Ready, once true, stays true.</summary>
+    private static async Task AssertNoRegressionAsync(List<(long ResourceVersion, InferenceEndpointStatus? Status)> seen, InferenceEndpoint ready)
     {
-        List<InferenceEndpointStatus?> statuses;
-        lock (seen)
+        var until = long.Parse(ready.Metadata.ResourceVersion, System.Globalization.CultureInfo.InvariantCulture);
+        List<(long ResourceVersion, InferenceEndpointStatus? Status)> versions = [];
+        var deadline = DateTime.UtcNow + OperatorProcess.Patience;
+        while (!versions.Any(v => v.ResourceVersion >= until))
         {
-            statuses = [.. seen];
+            Assert.True(DateTime.UtcNow < deadline, $"the store's watch never delivered resourceVersion {until}");
+            await Task.Delay(20);
+            lock (seen)
+            {
+                versions = [.. seen];
+            }
         }
 
-        Assert.Contains(statuses, s => s is not null && Conditions.IsTrue(s.Conditions, Conditions.Types.Ready));
         long? generation = null;
         var wasReady = false;
-        foreach (var status in statuses.Where(s => s is not null))
+        foreach (var status in versions.Where(v => v.ResourceVersion <= until).Select(v => v.Status).OfType<InferenceEndpointStatus>())
         {
-            Assert.True(generation is null || status!.ObservedGeneration >= generation, "observedGeneration went backwards");
-            generation = status!.ObservedGeneration;
+            Assert.True(generation is null || status.ObservedGeneration >= generation, "observedGeneration went backwards");
+            generation = status.ObservedGeneration;
             var readyNow = Conditions.IsTrue(status.Conditions, Conditions.Types.Ready);
             Assert.False(wasReady && !readyNow, "Ready went from True back to False");
             wasReady |= readyNow;
         }
 
+        Assert.True(wasReady, "Ready never observed");
         Assert.Equal(ready.Metadata.Generation, generation);
     }
 }
