@@ -105,11 +105,18 @@ public sealed class OperatorProcessTests : IAsyncLifetime
         await op.WaitReadyAsync();
         Assert.Equal(1, await op.MetricAsync("lowbit_informer_objects{kind=\"inferenceendpoint\"}"));
 
+        var deleted = DateTimeOffset.UtcNow;
         _server.Api.Delete<InferenceEndpoint>("default", "missed");
         await op.WaitAsync(async () => await op.MetricAsync("lowbit_informer_objects{kind=\"inferenceendpoint\"}") == 0, "the delete reaches the cache");
 
         Assert.Equal(1, await op.MetricAsync("lowbit_watch_relists_total{kind=\"inferenceendpoint\",reason=\"expired\"}"));
         Assert.Equal(0, await op.MetricAsync("lowbit_watch_events_total{kind=\"inferenceendpoint\",type=\"deleted\"}") ?? 0); // not from a watch event
+
+        // Meanwhile the garbage collector deleted the children and each deletion requeued the stale key: after one
+        // 404 on its own status the controller waits for its cache instead of re-creating children in a loop.
+        var afterDelete = Requests(op, write: true).Where(e => e.Time > deleted && e.Path.Contains("/missed", StringComparison.Ordinal)).ToList();
+        Assert.True(afterDelete.Count(e => e.Status == 404) <= 1, $"{afterDelete.Count(e => e.Status == 404)} writes answered 404");
+        Assert.True(afterDelete.Count(e => e.Path.EndsWith("/deployments/missed-inference", StringComparison.Ordinal)) <= 1, $"{afterDelete.Count} writes for the deleted endpoint");
         Create(Endpoint("after"));
         await WaitReadyAsync("after"); // watching again
     }
