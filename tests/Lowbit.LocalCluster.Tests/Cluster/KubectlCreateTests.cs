@@ -1,0 +1,170 @@
+using System.Text.Json.Nodes;
+using Lowbit.LocalCluster.Store;
+
+namespace Lowbit.LocalCluster.Tests.Cluster;
+
+/// <summary>
+/// The imperative <c>kubectl create &lt;kind&gt;</c> commands, whose typed clients send protobuf bodies, against the embedded
+/// server with simulated nodes: each asserts the object as stored.
+/// </summary>
+public sealed class KubectlCreateTests : IClassFixture<WorkloadClusterFixture>
+{
+    private readonly WorkloadClusterFixture _cluster;
+
+    public KubectlCreateTests(WorkloadClusterFixture cluster) => _cluster = cluster;
+
+    private ClusterApi Api => _cluster.Server.Api;
+
+    [Fact]
+    public async Task Does_run_the_pods_of_a_deployment_that_kubectl_creates()
+    {
+        var ns = await _cluster.NamespaceAsync("create-deploy");
+
+        var output = await _cluster.Kubectl("create", "deployment", "web", "--image=nginx", "--replicas=3", "--port=80", "-n", ns);
+
+        Assert.Equal("deployment.apps/web created", output.Trim());
+        var spec = Api.Get(BuiltinResources.Deployments, ns, "web")["spec"]!;
+        Assert.Equal(3, (int)spec["replicas"]!);
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"matchLabels":{"app":"web"}}"""), spec["selector"]));
+        Assert.Equal("web", (string?)spec["template"]!["metadata"]!["labels"]!["app"]);
+        var container = spec["template"]!["spec"]!["containers"]![0]!;
+        Assert.Equal("nginx", (string?)container["name"]);
+        Assert.Equal("nginx", (string?)container["image"]);
+        Assert.Equal(80, (int)container["ports"]![0]!["containerPort"]!);
+        Assert.False(container["ports"]![0]!.AsObject().ContainsKey("hostPort"));
+        Assert.Equal("RollingUpdate", (string?)spec["strategy"]!["type"]);
+
+        await _cluster.Kubectl("rollout", "status", "deployment/web", "-n", ns, "--timeout=30s");
+        var pods = Api.List<k8s.Models.V1Pod>(ns, new ListOptions { LabelSelector = "app=web" })
+            .Where(p => p.Metadata.DeletionTimestamp is null).ToList();
+        Assert.Equal(3, pods.Count);
+        Assert.All(pods, p => Assert.StartsWith("sim", p.Spec.NodeName, StringComparison.Ordinal));
+        Assert.All(pods, p => Assert.Equal("Running", p.Status.Phase));
+    }
+
+    [Fact]
+    public async Task Does_complete_a_job_that_kubectl_creates_with_a_command()
+    {
+        var ns = await _cluster.NamespaceAsync("create-job");
+
+        await _cluster.Kubectl("create", "job", "j", "--image=busybox", "-n", ns, "--", "echo", "hi");
+
+        var pod = Api.Get(BuiltinResources.Jobs, ns, "j")["spec"]!["template"]!["spec"]!;
+        Assert.Equal("Never", (string?)pod["restartPolicy"]);
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""["echo","hi"]"""), pod["containers"]![0]!["command"]));
+        Assert.Equal("busybox", (string?)pod["containers"]![0]!["image"]);
+        await _cluster.Kubectl("wait", "--for=condition=complete", "job/j", "-n", ns, "--timeout=30s");
+    }
+
+    [Fact]
+    public async Task Does_store_a_cronjob_that_kubectl_creates()
+    {
+        var ns = await _cluster.NamespaceAsync("create-cron");
+
+        await _cluster.Kubectl("create", "cronjob", "c", "--image=busybox", "--schedule=*/1 * * * *", "--restart=OnFailure", "-n", ns, "--", "date");
+
+        var spec = Api.Get(BuiltinResources.CronJobs, ns, "c")["spec"]!;
+        Assert.Equal("*/1 * * * *", (string?)spec["schedule"]);
+        Assert.Equal("c", (string?)spec["jobTemplate"]!["metadata"]!["name"]);
+        var pod = spec["jobTemplate"]!["spec"]!["template"]!["spec"]!;
+        Assert.Equal("OnFailure", (string?)pod["restartPolicy"]);
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""[{"name":"c","image":"busybox","command":["date"]}]"""), RemoveDefaults(pod["containers"])));
+        Assert.Equal("*/1 * * * *", await _cluster.Kubectl("get", "cronjob", "c", "-n", ns, "-o", "jsonpath={.spec.schedule}"));
+    }
+
+    [Fact]
+    public async Task Does_store_the_ports_of_a_clusterip_service_that_kubectl_creates()
+    {
+        var ns = await _cluster.NamespaceAsync("create-svc");
+
+        await _cluster.Kubectl("create", "service", "clusterip", "s", "--tcp=80:8080,8443:https", "-n", ns);
+
+        var spec = Api.Get(BuiltinResources.Services, ns, "s")["spec"]!;
+        var expected = JsonNode.Parse("""
+            [ { "name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080 },
+              { "name": "8443-https", "protocol": "TCP", "port": 8443, "targetPort": "https" } ]
+            """);
+        Assert.True(JsonNode.DeepEquals(expected, spec["ports"]), spec["ports"]!.ToJsonString());
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"app":"s"}"""), spec["selector"]));
+        Assert.Equal("ClusterIP", (string?)spec["type"]);
+        Assert.StartsWith("10.96.", (string?)spec["clusterIP"], StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Does_store_the_rbac_objects_that_kubectl_creates()
+    {
+        var ns = await _cluster.NamespaceAsync("create-rbac");
+
+        await _cluster.Kubectl("create", "serviceaccount", "robot", "-n", ns);
+        await _cluster.Kubectl("create", "role", "reader", "--verb=get,list", "--resource=pods,deployments.apps", "-n", ns);
+        await _cluster.Kubectl("create", "rolebinding", "reader-binding", "--role=reader", "--user=alice", $"--serviceaccount={ns}:robot", "-n", ns);
+        await _cluster.Kubectl("create", "clusterrole", $"nodes-{ns}", "--verb=get,watch", "--resource=nodes");
+        await _cluster.Kubectl("create", "clusterrolebinding", $"nodes-{ns}", $"--clusterrole=nodes-{ns}", "--group=devs");
+
+        Assert.Equal("robot", (string?)Api.Get(BuiltinResources.ServiceAccounts, ns, "robot")["metadata"]!["name"]);
+        var rules = Api.Get(BuiltinResources.Roles, ns, "reader")["rules"]!.AsArray();
+        Assert.Contains(rules, r => JsonNode.DeepEquals(JsonNode.Parse("""{"verbs":["get","list"],"apiGroups":[""],"resources":["pods"]}"""), r));
+        Assert.Contains(rules, r => JsonNode.DeepEquals(JsonNode.Parse("""{"verbs":["get","list"],"apiGroups":["apps"],"resources":["deployments"]}"""), r));
+        var binding = Api.Get(BuiltinResources.RoleBindings, ns, "reader-binding");
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"reader"}"""), binding["roleRef"]));
+        var subjects = JsonNode.Parse($$"""
+            [ { "kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice" },
+              { "kind": "ServiceAccount", "name": "robot", "namespace": "{{ns}}" } ]
+            """);
+        Assert.True(JsonNode.DeepEquals(subjects, binding["subjects"]), binding["subjects"]!.ToJsonString());
+        var clusterRole = Api.Get(BuiltinResources.ClusterRoles, null, $"nodes-{ns}");
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""[{"verbs":["get","watch"],"apiGroups":[""],"resources":["nodes"]}]"""), clusterRole["rules"]));
+        var clusterBinding = Api.Get(BuiltinResources.ClusterRoleBindings, null, $"nodes-{ns}");
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""[{"kind":"Group","apiGroup":"rbac.authorization.k8s.io","name":"devs"}]"""), clusterBinding["subjects"]));
+        Assert.Equal("ClusterRole", (string?)clusterBinding["roleRef"]!["kind"]);
+    }
+
+    [Fact]
+    public async Task Does_store_the_priority_class_disruption_budgets_and_quota_that_kubectl_creates()
+    {
+        var ns = await _cluster.NamespaceAsync("create-policy");
+
+        await _cluster.Kubectl("create", "priorityclass", $"low-{ns}", "--value=-5", "--description=below default", "--preemption-policy=Never");
+        await _cluster.Kubectl("create", "pdb", "p", "--selector=app=web", "--min-available=1", "-n", ns);
+        await _cluster.Kubectl("create", "pdb", "half", "--selector=app=web", "--max-unavailable=50%", "-n", ns);
+        await _cluster.Kubectl("create", "quota", "q", "--hard=cpu=1,pods=2", "-n", ns);
+
+        var priority = Api.Get(BuiltinResources.PriorityClasses, null, $"low-{ns}");
+        Assert.Equal(-5, (int)priority["value"]!);
+        Assert.Equal("below default", (string?)priority["description"]);
+        Assert.Equal("Never", (string?)priority["preemptionPolicy"]);
+        Assert.False(priority.ContainsKey("globalDefault"));
+        var pdb = Api.Get(BuiltinResources.PodDisruptionBudgets, ns, "p")["spec"]!;
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"minAvailable":1,"selector":{"matchLabels":{"app":"web"}}}"""), pdb), pdb.ToJsonString());
+        Assert.Equal("50%", (string?)Api.Get(BuiltinResources.PodDisruptionBudgets, ns, "half")["spec"]!["maxUnavailable"]);
+        var quota = Api.Get(BuiltinResources.ResourceQuotas, ns, "q")["spec"]!;
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"hard":{"cpu":"1","pods":"2"}}"""), quota), quota.ToJsonString());
+    }
+
+    [Fact]
+    public async Task Does_refuse_a_protobuf_kind_without_a_schema_with_a_415_naming_it()
+    {
+        var ns = await _cluster.NamespaceAsync("create-hpa");
+        await _cluster.Kubectl("create", "deployment", "web", "--image=nginx", "-n", ns);
+
+        var result = await _cluster.KubectlAsync("autoscale", "deployment", "web", "--max=3", "-n", ns);
+
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.Contains("cannot read a protobuf HorizontalPodAutoscaler", result.StdErr, StringComparison.Ordinal);
+        Assert.Contains("kubectl apply -f", result.StdErr, StringComparison.Ordinal);
+    }
+
+    /// <summary>The container as sent, without the fields the server defaults (terminationMessagePath and the like).</summary>
+    private static JsonNode? RemoveDefaults(JsonNode? containers)
+    {
+        var copy = containers?.DeepClone();
+        foreach (var container in copy?.AsArray().OfType<JsonObject>() ?? [])
+        {
+            foreach (var key in new[] { "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "resources" })
+            {
+                container.Remove(key);
+            }
+        }
+        return copy;
+    }
+}
