@@ -46,7 +46,7 @@ public sealed class ProtobufBodiesTests
                     "containers": [ {
                       "name": "web", "image": "nginx:1.27",
                       "ports": [ { "containerPort": 8080, "protocol": "TCP" } ],
-                      "resources": { "limits": { "cpu": "500m", "memory": "64Mi" } }
+                      "resources": { "limits": { "cpu": "500m" }, "requests": { "memory": "64Mi" } }
                     } ],
                     "restartPolicy": "Always"
                   }
@@ -208,7 +208,7 @@ public sealed class ProtobufBodiesTests
     }
 
     [Theory]
-    [InlineData("autoscaling/v2", "HorizontalPodAutoscaler")]
+    [InlineData("apps/v1", "StatefulSet")]
     [InlineData("apps/v1beta1", "Deployment")]
     public void Does_answer_415_naming_a_kind_without_a_schema(string apiVersion, string kind)
     {
@@ -237,7 +237,7 @@ public sealed class ProtobufBodiesTests
             "apps/v1 Deployment", "batch/v1 Job", "batch/v1 CronJob", "v1 Service", "v1 ServiceAccount", "v1 ResourceQuota",
             "v1 Namespace", "v1 ConfigMap", "v1 Secret", "rbac.authorization.k8s.io/v1 Role", "rbac.authorization.k8s.io/v1 RoleBinding",
             "rbac.authorization.k8s.io/v1 ClusterRole", "rbac.authorization.k8s.io/v1 ClusterRoleBinding", "policy/v1 PodDisruptionBudget",
-            "scheduling.k8s.io/v1 PriorityClass", "* DeleteOptions",
+            "scheduling.k8s.io/v1 PriorityClass", "autoscaling/v2 HorizontalPodAutoscaler", "* DeleteOptions",
         })
         {
             Assert.Contains(root, roots);
@@ -261,6 +261,23 @@ public sealed class ProtobufBodiesTests
         Assert.Contains("truncated", (string?)status["message"], StringComparison.Ordinal);
         Assert.Equal(HttpStatusCode.Created, created.StatusCode);
         Assert.Equal(3, (int)server.Api.Get(BuiltinResources.Deployments, "default", "web")["spec"]!["replicas"]!);
+    }
+
+    [Fact]
+    public async Task Does_answer_a_kind_without_a_schema_over_http_with_a_415_status()
+    {
+        await using var server = await LocalClusterServer.StartAsync(new LocalClusterOptions { Https = false });
+        using var http = new HttpClient { BaseAddress = server.Url };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", server.Token);
+        var body = Proto.Envelope("apps/v1", "StatefulSet", new Proto().Msg(1, new Proto().Str(1, "db")));
+
+        using var response = await PostAsync(http, "/apis/apps/v1/namespaces/default/statefulsets", body);
+
+        Assert.Equal(HttpStatusCode.UnsupportedMediaType, response.StatusCode);
+        var status = JsonNode.Parse(await response.Content.ReadAsStringAsync())!;
+        Assert.Equal("UnsupportedMediaType", (string?)status["reason"]);
+        Assert.Contains("cannot read a protobuf StatefulSet (apps/v1) body", (string?)status["message"], StringComparison.Ordinal);
+        Assert.Contains("kubectl apply -f", (string?)status["message"], StringComparison.Ordinal);
     }
 
     private static async Task<HttpResponseMessage> PostAsync(HttpClient http, string path, byte[] body)

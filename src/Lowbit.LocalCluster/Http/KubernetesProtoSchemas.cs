@@ -4,8 +4,8 @@ namespace Lowbit.LocalCluster.Http;
 
 /// <summary>
 /// The protobuf schemas of the built-in kinds that <c>kubectl create</c> sends as protobuf (its typed clients do), with
-/// the field numbers of Kubernetes' generated.proto files (k8s.io/api core, apps, batch, rbac, policy, scheduling v1 and
-/// apimachinery meta/v1, intstr, resource). Only what those commands and common pod templates carry is listed; any other
+/// the field numbers of Kubernetes' generated.proto files (k8s.io/api core, apps, batch, rbac, policy, scheduling v1,
+/// autoscaling v2 and apimachinery meta/v1, intstr, resource). Only what those commands and common pod templates carry is listed; any other
 /// field number is skipped when decoding. Status messages are left out on purpose: a create ignores status.
 /// </summary>
 internal static class KubernetesProtoSchemas
@@ -23,6 +23,7 @@ internal static class KubernetesProtoSchemas
         ("batch/v1", "Job"), ("batch/v1", "CronJob"),
         ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "ClusterRole"),
         ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
         ("policy/v1", "PodDisruptionBudget"),
         ("scheduling.k8s.io/v1", "PriorityClass"),
     ];
@@ -157,6 +158,27 @@ internal static class KubernetesProtoSchemas
         M("PolicyRule", Strs(1, "verbs"), Strs(2, "apiGroups"), Strs(3, "resources"), Strs(4, "resourceNames"), Strs(5, "nonResourceURLs")),
         M("Subject", Str(1, "kind"), Str(2, "apiGroup"), Str(3, "name"), Str(4, "namespace")),
         M("RoleRef", Str(1, "apiGroup"), Str(2, "kind"), Str(3, "name")),
+
+        // autoscaling/v2 (kubectl autoscale)
+        Top("HorizontalPodAutoscaler", Obj(2, "spec", "HorizontalPodAutoscalerSpec")),
+        M("HorizontalPodAutoscalerSpec", Obj(1, "scaleTargetRef", "CrossVersionObjectReference"), I32(2, "minReplicas", Ptr),
+            I32(3, "maxReplicas"), Objs(4, "metrics", "MetricSpec"), Obj(5, "behavior", "HorizontalPodAutoscalerBehavior", Ptr)),
+        M("CrossVersionObjectReference", Str(1, "kind"), Str(2, "name"), Str(3, "apiVersion")),
+        M("MetricSpec", Str(1, "type"), Obj(2, "object", "ObjectMetricSource", Ptr), Obj(3, "pods", "PodsMetricSource", Ptr),
+            Obj(4, "resource", "ResourceMetricSource", Ptr), Obj(7, "containerResource", "ContainerResourceMetricSource", Ptr),
+            Obj(5, "external", "ExternalMetricSource", Ptr)),
+        M("ResourceMetricSource", Str(1, "name"), Obj(2, "target", "MetricTarget")),
+        M("ContainerResourceMetricSource", Str(1, "name"), Obj(2, "target", "MetricTarget"), Str(3, "container")),
+        M("PodsMetricSource", Obj(1, "metric", "MetricIdentifier"), Obj(2, "target", "MetricTarget")),
+        M("ObjectMetricSource", Obj(1, "describedObject", "CrossVersionObjectReference"), Obj(2, "target", "MetricTarget"),
+            Obj(3, "metric", "MetricIdentifier")),
+        M("ExternalMetricSource", Obj(1, "metric", "MetricIdentifier"), Obj(2, "target", "MetricTarget")),
+        M("MetricIdentifier", Str(1, "name"), Obj(2, "selector", "LabelSelector", Ptr)),
+        M("MetricTarget", Str(1, "type"), Qty(2, "value", Ptr), Qty(3, "averageValue", Ptr), I32(4, "averageUtilization", Ptr)),
+        M("HorizontalPodAutoscalerBehavior", Obj(1, "scaleUp", "HPAScalingRules", Ptr), Obj(2, "scaleDown", "HPAScalingRules", Ptr)),
+        M("HPAScalingRules", I32(3, "stabilizationWindowSeconds", Ptr), Str(1, "selectPolicy", Ptr), Objs(2, "policies", "HPAScalingPolicy"),
+            Qty(4, "tolerance", Ptr)),
+        M("HPAScalingPolicy", Str(1, "type"), I32(2, "value"), I32(3, "periodSeconds")),
 
         // policy/v1 and scheduling.k8s.io/v1
         Top("PodDisruptionBudget", Obj(2, "spec", "PodDisruptionBudgetSpec")),

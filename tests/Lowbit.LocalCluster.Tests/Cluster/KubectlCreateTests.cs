@@ -142,16 +142,22 @@ public sealed class KubectlCreateTests : IClassFixture<WorkloadClusterFixture>
     }
 
     [Fact]
-    public async Task Does_refuse_a_protobuf_kind_without_a_schema_with_a_415_naming_it()
+    public async Task Does_store_the_autoscaler_that_kubectl_autoscale_creates()
     {
         var ns = await _cluster.NamespaceAsync("create-hpa");
         await _cluster.Kubectl("create", "deployment", "web", "--image=nginx", "-n", ns);
 
-        var result = await _cluster.KubectlAsync("autoscale", "deployment", "web", "--max=3", "-n", ns);
+        await _cluster.Kubectl("autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=70", "-n", ns);
 
-        Assert.NotEqual(0, result.ExitCode);
-        Assert.Contains("cannot read a protobuf HorizontalPodAutoscaler", result.StdErr, StringComparison.Ordinal);
-        Assert.Contains("kubectl apply -f", result.StdErr, StringComparison.Ordinal);
+        var spec = Api.Get(BuiltinResources.HorizontalPodAutoscalers, ns, "web")["spec"]!;
+        var expected = JsonNode.Parse("""
+            {
+              "scaleTargetRef": { "kind": "Deployment", "name": "web", "apiVersion": "apps/v1" },
+              "minReplicas": 2, "maxReplicas": 5,
+              "metrics": [ { "type": "Resource", "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 70 } } } ]
+            }
+            """);
+        Assert.True(JsonNode.DeepEquals(expected, spec), spec.ToJsonString());
     }
 
     /// <summary>The container as sent, without the fields the server defaults (terminationMessagePath and the like).</summary>
