@@ -160,6 +160,93 @@ public sealed class KubectlCreateTests : IClassFixture<WorkloadClusterFixture>
         Assert.True(JsonNode.DeepEquals(expected, spec), spec.ToJsonString());
     }
 
+    /// <summary>
+    /// What the server stored from kubectl's protobuf body holds everything kubectl's own JSON encoding of the same object
+    /// (<c>--dry-run=client -o json</c>) holds, so a wrong field number or kind in the schema table shows up as a difference.
+    /// </summary>
+    [Theory]
+    [InlineData("create|deployment|web|--image=nginx:1.27|--replicas=2|--port=8080", "deployment/web", true)]
+    [InlineData("create|job|j|--image=busybox|--|sh|-c|echo hi", "job/j", true)]
+    [InlineData("create|cronjob|c|--image=busybox|--schedule=0 3 * * *|--|date", "cronjob/c", true)]
+    [InlineData("create|service|clusterip|s|--tcp=80:8080|--tcp=53:dns", "service/s", true)]
+    [InlineData("create|service|nodeport|np|--tcp=80:8080|--node-port=30080", "service/np", true)]
+    [InlineData("create|serviceaccount|robot", "serviceaccount/robot", true)]
+    [InlineData("create|role|reader|--verb=get,list,watch|--resource=pods,configmaps,jobs.batch|--resource-name=a", "role/reader", true)]
+    [InlineData("create|rolebinding|rb|--clusterrole=view|--user=bob|--group=ops", "rolebinding/rb", true)]
+    [InlineData("create|pdb|p|--selector=app=web,tier notin (db)|--min-available=50%", "pdb/p", true)]
+    [InlineData("create|quota|q|--hard=cpu=2,memory=1Gi,pods=10|--scopes=BestEffort", "quota/q", true)]
+    [InlineData("create|configmap|cm|--from-literal=a=b", "configmap/cm", true)]
+    [InlineData("create|secret|generic|sec|--from-literal=token=s3cr3t|--type=example.com/token", "secret/sec", true)]
+    [InlineData("run|talker|--image=busybox|--restart=Never|--labels=a=b|--env=X=1|--port=80|--command|--|sleep|1", "pod/talker", true)]
+    [InlineData("create|clusterrole|health-{ns}|--verb=get|--non-resource-url=/healthz,/livez", "clusterrole/health-{ns}", false)]
+    [InlineData("create|clusterrolebinding|health-{ns}|--clusterrole=health-{ns}|--serviceaccount=kube-system:robot", "clusterrolebinding/health-{ns}", false)]
+    [InlineData("create|priorityclass|high-{ns}|--value=1000000|--description=for serving", "priorityclass/high-{ns}", false)]
+    public async Task Does_store_what_kubectl_encodes_as_json_for_each_create_command(string command, string resource, bool namespaced)
+    {
+        var ns = await _cluster.NamespaceAsync("same");
+        var args = command.Replace("{ns}", ns, StringComparison.Ordinal).Split('|').ToList();
+        resource = resource.Replace("{ns}", ns, StringComparison.Ordinal);
+        var scope = namespaced ? new[] { "-n", ns } : [];
+        var separator = args.IndexOf("--") is var i and >= 0 ? i : args.Count;
+        string[] With(params string[] extra) => [.. args[..separator], .. extra, .. scope, .. args[separator..]];
+
+        var intended = JsonNode.Parse(await _cluster.Kubectl(With("--dry-run=client", "-o", "json")))!.AsObject();
+        await _cluster.Kubectl(With());
+        var stored = JsonNode.Parse(await _cluster.Kubectl(["get", resource, "-o", "json", .. scope]))!;
+
+        intended.Remove("status");
+        var missing = new List<string>();
+        Compare(Normalize(intended), stored, "", missing);
+        Assert.True(missing.Count == 0, $"stored {resource} differs from kubectl's JSON:\n{string.Join('\n', missing)}\nstored: {stored.ToJsonString()}");
+    }
+
+    /// <summary>Drops nulls and empty objects (Go's JSON writes <c>creationTimestamp: null</c>, <c>resources: {}</c>).</summary>
+    private static JsonNode? Normalize(JsonNode? node)
+    {
+        switch (node)
+        {
+            case JsonObject obj:
+                var result = new JsonObject();
+                foreach (var (key, value) in obj)
+                {
+                    if (Normalize(value) is { } kept && !(kept is JsonObject { Count: 0 }))
+                    {
+                        result[key] = kept;
+                    }
+                }
+                return result;
+            case JsonArray array:
+                return new JsonArray([.. array.Select(Normalize)]);
+            default:
+                return node?.DeepClone();
+        }
+    }
+
+    private static void Compare(JsonNode? intended, JsonNode? stored, string path, List<string> differences)
+    {
+        switch (intended)
+        {
+            case JsonObject obj:
+                foreach (var (key, value) in obj)
+                {
+                    Compare(value, (stored as JsonObject)?[key], $"{path}.{key}", differences);
+                }
+                break;
+            case JsonArray array when stored is JsonArray list && list.Count == array.Count:
+                for (var i = 0; i < array.Count; i++)
+                {
+                    Compare(array[i], list[i], $"{path}[{i}]", differences);
+                }
+                break;
+            default:
+                if (intended?.ToJsonString() != stored?.ToJsonString())
+                {
+                    differences.Add($"{path}: kubectl {intended?.ToJsonString()}, stored {stored?.ToJsonString() ?? "(missing)"}");
+                }
+                break;
+        }
+    }
+
     /// <summary>The container as sent, without the fields the server defaults (terminationMessagePath and the like).</summary>
     private static JsonNode? RemoveDefaults(JsonNode? containers)
     {
