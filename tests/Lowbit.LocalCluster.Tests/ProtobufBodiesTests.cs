@@ -60,6 +60,42 @@ public sealed class ProtobufBodiesTests
     }
 
     [Fact]
+    public void Does_decode_a_pod_with_volumes_env_probes_and_security_context()
+    {
+        var volume = new Proto().Str(1, "cfg").Msg(2, new Proto().Msg(19, new Proto()
+            .Msg(1, new Proto().Str(1, "settings")).Msg(2, new Proto().Str(1, "a").Str(2, "a.txt")).Int(3, 420)));
+        var container = new Proto().Str(1, "app").Str(2, "img")
+            .Msg(7, new Proto().Str(1, "POD").Msg(3, new Proto().Msg(1, new Proto().Str(2, "metadata.name"))))
+            .Msg(9, new Proto().Str(1, "cfg").Int(2, 1).Str(3, "/etc/cfg"))
+            .Msg(11, new Proto().Msg(1, new Proto().Msg(2, new Proto().Str(1, "/healthz").Msg(2, new Proto().Int(1, 1).Str(3, "http")))).Int(4, 5))
+            .Msg(15, new Proto().Msg(1, new Proto().Str(2, "ALL")).Int(5, 1).Int(7, 0));
+        var spec = new Proto().Msg(1, volume).Msg(2, container).Int(4, 0).Entry(7, "gpu", "a100")
+            .Msg(22, new Proto().Str(1, "k").Str(2, "Exists").Str(4, "NoExecute").Int(5, 30));
+
+        var obj = ProtobufBodies.Decode(Proto.Envelope("v1", "Pod", new Proto().Msg(1, new Proto().Str(1, "p")).Msg(2, spec)));
+
+        var expected = JsonNode.Parse("""
+            {
+              "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p" },
+              "spec": {
+                "volumes": [ { "name": "cfg", "configMap": { "name": "settings", "items": [ { "key": "a", "path": "a.txt" } ], "defaultMode": 420 } } ],
+                "containers": [ {
+                  "name": "app", "image": "img",
+                  "env": [ { "name": "POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } } ],
+                  "volumeMounts": [ { "name": "cfg", "readOnly": true, "mountPath": "/etc/cfg" } ],
+                  "readinessProbe": { "httpGet": { "path": "/healthz", "port": "http" }, "periodSeconds": 5 },
+                  "securityContext": { "capabilities": { "drop": [ "ALL" ] }, "runAsNonRoot": true, "allowPrivilegeEscalation": false }
+                } ],
+                "terminationGracePeriodSeconds": 0,
+                "nodeSelector": { "gpu": "a100" },
+                "tolerations": [ { "key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30 } ]
+              }
+            }
+            """);
+        Assert.True(JsonNode.DeepEquals(expected, obj), obj.ToJsonString());
+    }
+
+    [Fact]
     public void Does_skip_unknown_fields_of_every_wire_type()
     {
         var meta = new Proto().Str(1, "cm").Int(90, 1).Fixed32(91, 0xdeadbeef).Fixed64(92, 42).Str(93, "ignored").Msg(94, new Proto().Int(1, 5));

@@ -177,7 +177,6 @@ public sealed class KubectlCreateTests : IClassFixture<WorkloadClusterFixture>
     [InlineData("create|quota|q|--hard=cpu=2,memory=1Gi,pods=10|--scopes=BestEffort", "quota/q", true)]
     [InlineData("create|configmap|cm|--from-literal=a=b", "configmap/cm", true)]
     [InlineData("create|secret|generic|sec|--from-literal=token=s3cr3t|--type=example.com/token", "secret/sec", true)]
-    [InlineData("run|talker|--image=busybox|--restart=Never|--labels=a=b|--env=X=1|--port=80|--command|--|sleep|1", "pod/talker", true)]
     [InlineData("create|clusterrole|health-{ns}|--verb=get|--non-resource-url=/healthz,/livez", "clusterrole/health-{ns}", false)]
     [InlineData("create|clusterrolebinding|health-{ns}|--clusterrole=health-{ns}|--serviceaccount=kube-system:robot", "clusterrolebinding/health-{ns}", false)]
     [InlineData("create|priorityclass|high-{ns}|--value=1000000|--description=for serving", "priorityclass/high-{ns}", false)]
