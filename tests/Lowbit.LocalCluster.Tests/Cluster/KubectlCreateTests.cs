@@ -70,6 +70,15 @@ public sealed class KubectlCreateTests : IClassFixture<WorkloadClusterFixture>
         Assert.Equal("OnFailure", (string?)pod["restartPolicy"]);
         Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""[{"name":"c","image":"busybox","command":["date"]}]"""), RemoveDefaults(pod["containers"])));
         Assert.Equal("*/1 * * * *", await _cluster.Kubectl("get", "cronjob", "c", "-n", ns, "-o", "jsonpath={.spec.schedule}"));
+
+        await _cluster.Kubectl("create", "job", "manual", "--from=cronjob/c", "-n", ns);
+
+        var job = Api.Get(BuiltinResources.Jobs, ns, "manual")["metadata"]!;
+        var owner = JsonNode.Parse($$"""
+            [ { "apiVersion": "batch/v1", "kind": "CronJob", "name": "c", "uid": "{{(string?)Api.Get(BuiltinResources.CronJobs, ns, "c")["metadata"]!["uid"]}}", "controller": true } ]
+            """);
+        Assert.True(JsonNode.DeepEquals(owner, job["ownerReferences"]), job["ownerReferences"]?.ToJsonString());
+        Assert.Equal("manual", (string?)job["annotations"]!["cronjob.kubernetes.io/instantiate"]);
     }
 
     [Fact]
@@ -166,6 +175,7 @@ public sealed class KubectlCreateTests : IClassFixture<WorkloadClusterFixture>
     /// </summary>
     [Theory]
     [InlineData("create|deployment|web|--image=nginx:1.27|--replicas=2|--port=8080", "deployment/web", true)]
+    [InlineData("create|deployment|idle|--image=nginx|--replicas=0", "deployment/idle", true)]
     [InlineData("create|job|j|--image=busybox|--|sh|-c|echo hi", "job/j", true)]
     [InlineData("create|cronjob|c|--image=busybox|--schedule=0 3 * * *|--|date", "cronjob/c", true)]
     [InlineData("create|service|clusterip|s|--tcp=80:8080|--tcp=53:dns", "service/s", true)]
