@@ -83,6 +83,7 @@ public static class PrometheusText
         }
 
         var pos = nameLength;
+        SkipBlanks(line, ref pos);
         var labels = NoLabels;
         if (pos < line.Length && line[pos] == '{')
         {
