@@ -20,6 +20,7 @@ internal sealed class EngineStub : IAsyncDisposable
     private double _ttftSum;
     private double _ttftCount;
     private StubAnswer _answer = StubAnswer.Metrics;
+    private string? _page;
     private int _scrapes;
 
     private EngineStub(WebApplication app) => _app = app;
@@ -66,6 +67,15 @@ internal sealed class EngineStub : IAsyncDisposable
         }
     }
 
+    /// <summary>Serves this text instead of the lowbit page (another runtime's page).</summary>
+    public void Serve(string page)
+    {
+        lock (_lock)
+        {
+            _page = page;
+        }
+    }
+
     public void AnswerWith(StubAnswer answer)
     {
         lock (_lock)
@@ -89,7 +99,7 @@ internal sealed class EngineStub : IAsyncDisposable
             {
                 StubAnswer.ServerError => Results.StatusCode(500),
                 StubAnswer.Garbage => Results.Text("<html><body>upstream connect error</body></html>", "text/html"),
-                _ => Results.Text(Render(_tokens, _ttftSum, _ttftCount), "text/plain; version=0.0.4; charset=utf-8"),
+                _ => Results.Text(_page ?? Render(_tokens, _ttftSum, _ttftCount), "text/plain; version=0.0.4; charset=utf-8"),
             };
         }
     }
