@@ -9,6 +9,7 @@ using Lowbit.Operator.Telemetry;
 using Lowbit.Planner;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Lowbit.Operator;
@@ -30,6 +31,7 @@ public static class OperatorSetup
         services.TryAddSingleton<ArchitectureResolver>();
         services.TryAddSingleton<CostMetrics>();
         services.TryAddSingleton<ReconcileKit>();
+        AddEndpointScraper(op);
 
         op.AddController<QuantizedModel, QuantizedModelReconciler>(c => c
                 .Owns<V1Job>()
@@ -44,6 +46,22 @@ public static class OperatorSetup
                 .Watches<V1Pod>(PodsOf(InferenceEndpoint.KindName))
                 .Watches<QuantizedModel>(cache => m => Referencing(cache, m.Metadata, e => e.Spec.Model.QuantizedModelRef?.Name == m.Metadata.Name))
                 .Watches<FineTuneJob>(cache => j => Referencing(cache, j.Metadata, e => e.Spec.Adapters?.Any(a => a.FineTuneJobRef.Name == j.Metadata.Name) == true)));
+    }
+
+    /// <summary>The leader's scrape of serving pods' /metrics (observed tokens/s, TTFT, USD per million tokens).</summary>
+    private static void AddEndpointScraper(OperatorBuilder op)
+    {
+        var services = op.Services;
+        services.AddOptions<EndpointScrapeOptions>().Bind(op.Configuration.GetSection(EndpointScrapeOptions.Section)).ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<EndpointScrapeOptions>, EndpointScrapeOptionsValidator>());
+        services.TryAddSingleton(sp => new EndpointScraper(
+            sp.GetRequiredService<IObjectCache>(),
+            sp.GetRequiredService<CostMetrics>(),
+            sp.GetRequiredService<OperatorState>(),
+            sp.GetRequiredService<IOptions<EndpointScrapeOptions>>(),
+            sp.GetKeyedService<TimeProvider>(EndpointScraper.ClockKey) ?? sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ILogger<EndpointScraper>>()));
+        services.AddHostedService(sp => sp.GetRequiredService<EndpointScraper>());
     }
 
     /// <summary>Pods carry <c>lowbit.dev/&lt;kind&gt;: &lt;owner&gt;</c> (their controller owner is a Job or ReplicaSet, not the CR).</summary>
