@@ -9,6 +9,7 @@ using Lowbit.Operator.Telemetry;
 using Lowbit.Planner;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Lowbit.Operator;
@@ -30,6 +31,7 @@ public static class OperatorSetup
         services.TryAddSingleton<ArchitectureResolver>();
         services.TryAddSingleton<CostMetrics>();
         services.TryAddSingleton<ReconcileKit>();
+        AddEndpointScraper(op);
 
         // The caches hold only what the reconcilers read of children: metadata, status, and a trimmed pod spec
         // (containers' names, images, args, ports). Pods outside our label never reach the operator; a Deployment,
@@ -56,6 +58,22 @@ public static class OperatorSetup
     private static readonly string ManagedBySelector = $"{Labels.ManagedBy}={Labels.ManagedByValue}";
 
     private static bool IsOurs(IKubernetesObject<V1ObjectMeta> obj) => ChildMeta.Label(obj, Labels.ManagedBy) == Labels.ManagedByValue;
+
+    /// <summary>The leader's scrape of serving pods' /metrics (observed tokens/s, TTFT, USD per million tokens).</summary>
+    private static void AddEndpointScraper(OperatorBuilder op)
+    {
+        var services = op.Services;
+        services.AddOptions<EndpointScrapeOptions>().Bind(op.Configuration.GetSection(EndpointScrapeOptions.Section)).ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<EndpointScrapeOptions>, EndpointScrapeOptionsValidator>());
+        services.TryAddSingleton(sp => new EndpointScraper(
+            sp.GetRequiredService<IObjectCache>(),
+            sp.GetRequiredService<CostMetrics>(),
+            sp.GetRequiredService<OperatorState>(),
+            sp.GetRequiredService<IOptions<EndpointScrapeOptions>>(),
+            sp.GetKeyedService<TimeProvider>(EndpointScraper.ClockKey) ?? sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ILogger<EndpointScraper>>()));
+        services.AddHostedService(sp => sp.GetRequiredService<EndpointScraper>());
+    }
 
     /// <summary>Pods carry <c>lowbit.dev/&lt;kind&gt;: &lt;owner&gt;</c> (their controller owner is a Job or ReplicaSet, not the CR).</summary>
     private static MapToRequests<V1Pod> PodsOf(string kind)

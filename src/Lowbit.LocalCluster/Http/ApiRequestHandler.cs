@@ -54,7 +54,7 @@ internal sealed class ApiRequestHandler
             var fault = _faults.TakeRequestFault(verb, path);
             if (fault.Delay is { } delay)
             {
-                await Task.Delay(delay, context.RequestAborted).ConfigureAwait(false);
+                await _faults.HoldAsync(delay, context.RequestAborted).ConfigureAwait(false);
             }
             if (fault.StatusCode is { } code)
             {

@@ -14,6 +14,7 @@ public static class BuiltinResources
     public static readonly ResourceType Events = Core("events", "Event", "event", shortNames: ["ev"]);
     public static readonly ResourceType ServiceAccounts = Core("serviceaccounts", "ServiceAccount", "serviceaccount", shortNames: ["sa"]);
     public static readonly ResourceType PersistentVolumeClaims = Core("persistentvolumeclaims", "PersistentVolumeClaim", "persistentvolumeclaim", status: true, shortNames: ["pvc"]);
+    public static readonly ResourceType ResourceQuotas = Core("resourcequotas", "ResourceQuota", "resourcequota", status: true, shortNames: ["quota"]);
     public static readonly ResourceType PersistentVolumes = Core("persistentvolumes", "PersistentVolume", "persistentvolume", namespaced: false, status: true, shortNames: ["pv"]);
     public static readonly ResourceType Nodes = Core("nodes", "Node", "node", namespaced: false, status: true, shortNames: ["no"]);
     public static readonly ResourceType Deployments = Of("apps", "v1", "deployments", "Deployment", "deployment", status: true, scale: ReplicasScale, shortNames: ["deploy"], categories: ["all"]);
@@ -39,7 +40,7 @@ public static class BuiltinResources
     public static IReadOnlyList<ResourceType> All { get; } =
     [
         Namespaces, Pods, Services, Endpoints, ConfigMaps, Secrets, Events, ServiceAccounts, PersistentVolumeClaims,
-        PersistentVolumes, Nodes, Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs, Leases, EventsV1,
+        ResourceQuotas, PersistentVolumes, Nodes, Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs, Leases, EventsV1,
         EndpointSlices, CustomResourceDefinitions, Roles, RoleBindings, ClusterRoles, ClusterRoleBindings,
         HorizontalPodAutoscalers, PodDisruptionBudgets, NetworkPolicies, PriorityClasses, StorageClasses,
     ];

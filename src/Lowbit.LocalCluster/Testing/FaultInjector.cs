@@ -23,6 +23,7 @@ public sealed class FaultInjector
 {
     private readonly object _gate = new();
     private readonly List<Rule> _rules = [];
+    private int _held;
 
     private sealed class Rule
     {
@@ -57,6 +58,12 @@ public sealed class FaultInjector
     public void BreakNextWatch(WatchFault fault, string? pathContains = null, int afterEvents = 0) =>
         Add(new Rule { Verb = "watch", PathContains = pathContains, Remaining = 1, Watch = fault, AfterEvents = afterEvents });
 
+    /// <summary>
+    /// Requests a <see cref="DelayNext"/> rule is holding right now: a test waits for this to know that a write
+    /// has reached the server and is in flight (the journal records a request only once it is answered).
+    /// </summary>
+    public int HeldRequests => Volatile.Read(ref _held);
+
     /// <summary>Removes every pending fault.</summary>
     public void Clear()
     {
@@ -78,6 +85,20 @@ public sealed class FaultInjector
             }
             Consume(rule);
             return (rule.StatusCode, rule.RetryAfterSeconds, rule.Delay, rule.Message);
+        }
+    }
+
+    /// <summary>Holds a request for <paramref name="delay"/>, counted in <see cref="HeldRequests"/> meanwhile.</summary>
+    internal async Task HoldAsync(TimeSpan delay, CancellationToken cancellationToken)
+    {
+        Interlocked.Increment(ref _held);
+        try
+        {
+            await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _held);
         }
     }
 

@@ -14,6 +14,7 @@ public sealed class CostMetrics
     public static readonly IReadOnlyList<string> MemoryComponents = ["weights", "kv_cache", "activations", "optimizer", "gradients", "overhead", "total"];
 
     private readonly ConcurrentDictionary<(string Ns, string Name), string> _endpointGpu = new();
+    private readonly ConcurrentDictionary<(string Ns, string Name), double> _endpointHourlyUsd = new();
 
     public CostMetrics(RuntimeMetrics runtime)
     {
@@ -25,6 +26,7 @@ public sealed class CostMetrics
         EndpointUsdPerMillionTokens = f.CreateGauge("lowbit_endpoint_usd_per_million_tokens", "USD per million output tokens from the throughput observed on the engine's /metrics", ["namespace", "endpoint"]);
         EndpointTimeToFirstToken = f.CreateGauge("lowbit_endpoint_time_to_first_token_seconds", "Mean time to first token over the last scrape interval, from the engine's histogram", ["namespace", "endpoint"]);
         EndpointTokensPerSecond = f.CreateGauge("lowbit_endpoint_tokens_per_second", "Generated tokens per second across an endpoint's pods over the last scrape interval", ["namespace", "endpoint"]);
+        EndpointScrapeErrors = f.CreateCounter("lowbit_endpoint_scrape_errors_total", "Failed scrapes of an endpoint's serving pods' /metrics (unreachable, timeout, HTTP error, missing or bad counters)", ["namespace", "endpoint"]);
         JobGpuHours = f.CreateCounter("lowbit_job_gpu_hours_total", "GPU-hours consumed by a QuantizedModel's or FineTuneJob's engine Job", ["kind", "namespace", "name"]);
         PlanMemory = f.CreateGauge("lowbit_plan_memory_bytes", "Planned memory per GPU (per node on CPU placements), by component", ["kind", "namespace", "name", "component"]);
     }
@@ -40,6 +42,8 @@ public sealed class CostMetrics
     public Gauge EndpointTimeToFirstToken { get; }
 
     public Gauge EndpointTokensPerSecond { get; }
+
+    public Counter EndpointScrapeErrors { get; }
 
     public Counter JobGpuHours { get; }
 
@@ -63,6 +67,7 @@ public sealed class CostMetrics
         }
 
         _endpointGpu[(ns, name)] = gpu;
+        _endpointHourlyUsd[(ns, name)] = placement.HourlyUsd * replicas;
         EndpointHourlyCost.WithLabels(ns, name, gpu).Set(placement.HourlyUsd * replicas);
         EndpointGpus.WithLabels(ns, name, gpu).Set(placement.GpusPerReplica * replicas);
         var perMillion = placement.Option.Throughput.UsdPerMillionTokens;
@@ -70,6 +75,21 @@ public sealed class CostMetrics
         {
             EndpointEstimatedUsdPerMillionTokens.WithLabels(ns, name).Set(perMillion);
         }
+    }
+
+    /// <summary>The hourly USD last recorded for an endpoint's desired replicas (<see cref="RecordEndpoint"/>), or null.</summary>
+    public double? EndpointHourlyUsd(string ns, string name) =>
+        _endpointHourlyUsd.TryGetValue((ns, name), out var usd) ? usd : null;
+
+    /// <summary>The endpoints (namespace, name) with cost series, for sweeping the ones deleted.</summary>
+    public IReadOnlyCollection<(string Ns, string Name)> Endpoints => [.. _endpointGpu.Keys];
+
+    /// <summary>Drops the gauges observed from an endpoint's pods (throughput, TTFT, USD per million tokens).</summary>
+    public void ForgetObserved(string ns, string name)
+    {
+        EndpointTokensPerSecond.RemoveLabelled(ns, name);
+        EndpointTimeToFirstToken.RemoveLabelled(ns, name);
+        EndpointUsdPerMillionTokens.RemoveLabelled(ns, name);
     }
 
     public void RecordPlan(string kind, string ns, string name, WorkloadPlacement placement)
@@ -93,18 +113,18 @@ public sealed class CostMetrics
     /// <summary>Drops every series of a deleted resource.</summary>
     public void Forget(string kind, string ns, string name)
     {
-        if (_endpointGpu.TryRemove((ns, name), out var gpu))
+        if (kind == "InferenceEndpoint")
         {
-            EndpointHourlyCost.RemoveLabelled(ns, name, gpu);
-            EndpointGpus.RemoveLabelled(ns, name, gpu);
-        }
-
-        foreach (var gauge in new[] { EndpointEstimatedUsdPerMillionTokens, EndpointUsdPerMillionTokens, EndpointTimeToFirstToken, EndpointTokensPerSecond })
-        {
-            if (kind == "InferenceEndpoint")
+            if (_endpointGpu.TryRemove((ns, name), out var gpu))
             {
-                gauge.RemoveLabelled(ns, name);
+                EndpointHourlyCost.RemoveLabelled(ns, name, gpu);
+                EndpointGpus.RemoveLabelled(ns, name, gpu);
             }
+
+            _endpointHourlyUsd.TryRemove((ns, name), out _);
+            EndpointEstimatedUsdPerMillionTokens.RemoveLabelled(ns, name);
+            ForgetObserved(ns, name);
+            EndpointScrapeErrors.RemoveLabelled(ns, name);
         }
 
         foreach (var component in MemoryComponents)

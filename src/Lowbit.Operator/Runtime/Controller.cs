@@ -34,7 +34,8 @@ public sealed record ControllerOptions
 /// from the informer cache and call the reconciler (resolved in a fresh DI scope per reconcile). Results map to
 /// queue actions: Done → forget; RequeueAfter → forget and add after the delay; Failed or an exception → add
 /// rate-limited (nothing is dropped); Terminal → not retried until the generation changes; 409 Conflict →
-/// requeue rate-limited without counting an error. Exceptions never end a worker.
+/// requeue rate-limited without counting an error; 404 for the object itself (a stale cache) → not reconciled
+/// again until the cache drops it or holds a new UID. Exceptions never end a worker.
 /// </summary>
 public sealed class Controller<T> : IController
     where T : class, IKubernetesObject<V1ObjectMeta>
@@ -47,6 +48,7 @@ public sealed class Controller<T> : IController
     private readonly RuntimeMetrics _metrics;
     private readonly ILogger _logger;
     private readonly ConcurrentDictionary<ObjectKey, long?> _terminal = new();
+    private readonly ConcurrentDictionary<ObjectKey, string?> _gone = new();
 
     public Controller(
         Informer<T> informer,
@@ -163,7 +165,19 @@ public sealed class Controller<T> : IController
             // Deleted: children go with their owner references; nothing to retry.
             Queue.Forget(key);
             _terminal.TryRemove(key, out _);
+            _gone.TryRemove(key, out _);
             return;
+        }
+
+        if (_gone.TryGetValue(key, out var goneUid))
+        {
+            if (goneUid == obj.Metadata.Uid)
+            {
+                ControllerLog.SkippedGone(_logger, Name, key.ToString());
+                return;
+            }
+
+            _gone.TryRemove(key, out _);
         }
 
         var generation = obj.Metadata.Generation;
@@ -209,6 +223,16 @@ public sealed class Controller<T> : IController
             ControllerLog.Conflict(_logger, Name, key.ToString());
             Queue.AddRateLimited(key);
             result = "requeue";
+        }
+        catch (Exception ex) when (KubernetesRest.IsNotFound(ex, _informer.Type, key.Name))
+        {
+            // The server no longer has the object that our cache still holds (a delete not seen yet, e.g. behind a
+            // stalled watch). Reconciling again would re-create children that the garbage collector deletes at once,
+            // and each deletion would requeue us: wait for the cache to catch up (a delete, or a new UID) instead.
+            ControllerLog.Gone(_logger, Name, key.ToString());
+            Queue.Forget(key);
+            _gone[key] = obj.Metadata.Uid;
+            result = "success";
         }
         catch (OperationCanceledException ex) when (timeout.IsCancellationRequested)
         {

@@ -36,4 +36,10 @@ internal static partial class ControllerLog
 
     [LoggerMessage(EventId = 1210, Level = LogLevel.Error, Message = "{Controller} {Key}: worker fault")]
     public static partial void WorkerFault(ILogger logger, string controller, string key, Exception exception);
+
+    [LoggerMessage(EventId = 1211, Level = LogLevel.Information, Message = "{Controller} {Key}: the API server no longer has it (stale cache); not reconciled until the cache catches up")]
+    public static partial void Gone(ILogger logger, string controller, string key);
+
+    [LoggerMessage(EventId = 1212, Level = LogLevel.Debug, Message = "{Controller} {Key}: skipped, already found gone at the server")]
+    public static partial void SkippedGone(ILogger logger, string controller, string key);
 }

@@ -119,6 +119,30 @@ public sealed class KubernetesRest
     public static bool IsGone(Exception exception) =>
         exception is HttpOperationException { Response.StatusCode: HttpStatusCode.Gone };
 
+    /// <summary>
+    /// True for an HTTP 404 whose Status names object <paramref name="name"/> of <paramref name="type"/> (the API
+    /// server's NotFound details carry the name, the group and, in <c>kind</c>, the resource plural), not some other
+    /// object a reconcile happened to read.
+    /// </summary>
+    public static bool IsNotFound(Exception exception, ResourceType type, string name)
+    {
+        ArgumentNullException.ThrowIfNull(type);
+        if (exception is not HttpOperationException { Response: { StatusCode: HttpStatusCode.NotFound, Content: { Length: > 0 } body } })
+        {
+            return false;
+        }
+
+        try
+        {
+            var details = KubernetesJson.Deserialize<V1Status>(body)?.Details;
+            return details?.Name == name && (details.Group ?? string.Empty) == type.Group && details.Kind == type.Plural;
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>True for an HTTP 409 Conflict (optimistic-concurrency failure or AlreadyExists).</summary>
     public static bool IsConflict(Exception exception) =>
         exception is HttpOperationException { Response.StatusCode: HttpStatusCode.Conflict };

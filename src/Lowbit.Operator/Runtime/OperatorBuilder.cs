@@ -98,6 +98,13 @@ public sealed class OperatorBuilder
                 // --kubeconfig and --context on the command line, as kubectl spells them.
                 o.Kubeconfig ??= Configuration["kubeconfig"];
                 o.Context ??= Configuration["context"];
+
+                // One identity per process, shared by the Lease and the User-Agent (so the API server's audit
+                // log and our tests can tell two operator instances apart).
+                if (string.IsNullOrEmpty(o.LeaderElection.Identity))
+                {
+                    o.LeaderElection.Identity = $"{Environment.MachineName}_{Guid.NewGuid():N}";
+                }
             })
             .ValidateOnStart();
         Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<OperatorOptions>, OperatorOptionsValidator>());
@@ -112,6 +119,7 @@ public sealed class OperatorBuilder
             var retry = new ClientRetryOptions { MaxAttempts = options.ClientMaxAttempts, MaxRetryAfter = options.ClientMaxRetryAfter };
             return new Kubernetes(
                 configuration,
+                new UserAgentHandler(UserAgentHandler.For(options.LeaderElection.Identity!)),
                 new ClientRetryHandler(retry, time, metrics, sp.GetRequiredService<ILogger<ClientRetryHandler>>()),
                 new RequestMetricsHandler(metrics));
         });
@@ -151,7 +159,7 @@ public sealed class OperatorBuilder
                 sp.GetRequiredService<IKubernetes>(),
                 le,
                 string.IsNullOrEmpty(le.LeaseNamespace) ? DefaultLeaseNamespace() : le.LeaseNamespace,
-                string.IsNullOrEmpty(le.Identity) ? $"{Environment.MachineName}_{Guid.NewGuid():N}" : le.Identity,
+                le.Identity!,
                 sp.GetRequiredService<TimeProvider>(),
                 sp.GetRequiredService<RuntimeMetrics>(),
                 sp.GetRequiredService<ILogger<LeaderElection>>());

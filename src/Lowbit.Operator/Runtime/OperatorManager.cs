@@ -87,6 +87,10 @@ public sealed class OperatorManager : BackgroundService
         finally
         {
             await Task.WhenAll(informerTasks).ConfigureAwait(false);
+            if (stoppingToken.IsCancellationRequested)
+            {
+                ManagerLog.ShutdownComplete(_logger, _controllers.Count, informers.Count);
+            }
         }
     }
 
@@ -156,6 +160,9 @@ internal static partial class ManagerLog
 
     [LoggerMessage(EventId = 1001, Level = LogLevel.Information, Message = "{Informers} caches synced")]
     public static partial void CachesSynced(ILogger logger, int informers);
+
+    [LoggerMessage(EventId = 1003, Level = LogLevel.Information, Message = "Shutdown complete: {Controllers} controllers drained, {Informers} informers stopped")]
+    public static partial void ShutdownComplete(ILogger logger, int controllers, int informers);
 
     [LoggerMessage(EventId = 1002, Level = LogLevel.Critical, Message = "Caches did not sync within {Timeout}: {Pending}; exiting")]
     public static partial void CacheSyncTimedOut(ILogger logger, TimeSpan timeout, string pending);

@@ -53,6 +53,14 @@ public sealed class WorkloadClusterFixture : IAsyncLifetime
     /// <summary>Runs kubectl, which must succeed; returns stdout.</summary>
     public async Task<string> Kubectl(params string[] args)
     {
+        var result = await KubectlAsync(args);
+        Assert.True(result.ExitCode == 0, $"kubectl {string.Join(' ', args)} failed ({result.ExitCode}): {result.StdErr}\n{result.StdOut}");
+        return result.StdOut;
+    }
+
+    /// <summary>Runs kubectl and returns its exit code and output, whether it succeeds or not.</summary>
+    public async Task<ToolResult> KubectlAsync(params string[] args)
+    {
         var info = new ProcessStartInfo(ClusterFixture.Tool("kubectl"))
         {
             RedirectStandardOutput = true,
@@ -70,11 +78,10 @@ public sealed class WorkloadClusterFixture : IAsyncLifetime
         var stderr = process.StandardError.ReadToEndAsync();
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         await process.WaitForExitAsync(cts.Token);
-        Assert.True(process.ExitCode == 0, $"kubectl {string.Join(' ', args)} failed ({process.ExitCode}): {await stderr}\n{await stdout}");
-        return await stdout;
+        return new ToolResult(process.ExitCode, await stdout, await stderr);
     }
 
-    /// <summary>kubectl apply of a manifest (kubectl create deployment/job would send protobuf, which the server does not read).</summary>
+    /// <summary>kubectl apply of a full manifest (KubectlCreateTests drives the protobuf bodies of kubectl create deployment/job).</summary>
     public async Task<string> ApplyAsync(string ns, string manifest)
     {
         var file = Path.Combine(_home, $"manifest-{Guid.NewGuid():N}.yaml");

@@ -127,7 +127,7 @@ public sealed class EndpointServerTests : IAsyncLifetime
         return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    private static async Task<double> ScrapeWithPrometheusAsync(string binary, Uri target, string query)
+    internal static async Task<double> ScrapeWithPrometheusAsync(string binary, Uri target, string query)
     {
         var dir = Directory.CreateTempSubdirectory("lowbit-prometheus-").FullName;
         var port = FreePort();

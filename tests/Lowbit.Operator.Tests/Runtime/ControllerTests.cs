@@ -171,6 +171,35 @@ public sealed class ControllerTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Does_not_reconcile_again_an_object_the_server_no_longer_has_until_the_cache_catches_up()
+    {
+        // "a" is gone at the server (its status write answers 404 for configmaps/a); "b" only misses a Secret it reads.
+        var reconciler = new RecordingReconciler((cm, _) => throw NotFound(cm.Metadata.Name == "a" ? "configmaps" : "secrets", cm.Metadata.Name));
+        _server.Upsert(ConfigMap("a"));
+        _server.Upsert(ConfigMap("b"));
+        var (controller, informer) = Start(reconciler);
+        await Eventually(() => reconciler.Calls("a") == 1 && reconciler.Calls("b") >= 3, "a reconciled once, b retried");
+
+        _server.Upsert(ConfigMap("a", value: "2")); // another event for the same object (same UID)
+        await Eventually(() => informer.TryGet(new ObjectKey("default", "a"), out var cm) && cm.Data["value"] == "2", "the event seen");
+        var bCalls = reconciler.Calls("b");
+        await Eventually(() => reconciler.Calls("b") >= bCalls + 2, "the queue worked on past a's event"); // b's retries wait; a's event did not
+        Assert.Equal(1, reconciler.Calls("a"));
+
+        _server.Delete<V1ConfigMap>("default", "a");
+        _server.Upsert(ConfigMap("a", value: "3")); // created again: a new UID
+        await Eventually(() => reconciler.Calls("a") == 2, "the new object reconciled");
+    }
+
+    /// <summary>What the API server answers for a missing object (KubernetesClient cannot serialize V1Status, so as text).</summary>
+    private static HttpOperationException NotFound(string plural, string name) => new($"{plural} {name} not found")
+    {
+        Response = new HttpResponseMessageWrapper(
+            new HttpResponseMessage(HttpStatusCode.NotFound),
+            $$"""{"kind":"Status","apiVersion":"v1","status":"Failure","message":"{{plural}} \"{{name}}\" not found","reason":"NotFound","details":{"name":"{{name}}","kind":"{{plural}}"},"code":404}"""),
+    };
+
+    [Fact]
     public async Task Does_cancel_a_reconcile_that_exceeds_its_timeout_and_retry_it()
     {
         var reconciler = new RecordingReconciler(async (_, ct) =>
