@@ -119,8 +119,8 @@ public static class CacheTransforms
 
     /// <summary>
     /// Objects for which <paramref name="ours"/> holds get <paramref name="trim"/>; any other object is cached as
-    /// metadata only (name, namespace, uid, versions, labels, owner references, timestamps): enough to map it to
-    /// an owner and to tell a foreign object of a child's name from ours, at a fraction of the memory.
+    /// metadata only (name, namespace, uid, versions, labels, annotations, owner references, timestamps): enough to
+    /// map it to an owner and to tell a foreign object of a child's name from ours, at a fraction of the memory.
     /// </summary>
     public static Func<T, T> MetadataOnlyUnless<T>(Func<T, bool> ours, Func<T, T> trim)
         where T : class, IKubernetesObject<V1ObjectMeta>, new()
@@ -148,6 +148,7 @@ public static class CacheTransforms
                 ResourceVersion = meta.ResourceVersion,
                 Generation = meta.Generation,
                 Labels = meta.Labels,
+                Annotations = meta.Annotations,
                 OwnerReferences = meta.OwnerReferences,
                 CreationTimestamp = meta.CreationTimestamp,
                 DeletionTimestamp = meta.DeletionTimestamp,

@@ -182,7 +182,7 @@ public sealed class CacheTransformTests
 
         Assert.Null(cachedForeign.Spec);
         Assert.Null(cachedForeign.Status);
-        Assert.Null(cachedForeign.Metadata.Annotations);
+        Assert.Equal("not ours", cachedForeign.Metadata.Annotations["note"]);
         Assert.Equal(("Deployment", "apps/v1", ours.Metadata.Name, "foreign-uid", "7"), (cachedForeign.Kind, cachedForeign.ApiVersion, cachedForeign.Metadata.Name, cachedForeign.Metadata.Uid, cachedForeign.Metadata.ResourceVersion));
         Assert.False(ChildMeta.IsControlledBy(cachedForeign, endpoint)); // the applier still leaves it alone
         Assert.Equal("rollout-uid", Assert.Single(cachedForeign.Metadata.OwnerReferences).Uid);
