@@ -9,20 +9,33 @@ namespace Lowbit.Operator.Controllers;
 /// <summary>
 /// Records core/v1 Events on transitions (Warning for failures). Rate-limited: the same object, reason and message
 /// is recorded at most once per <see cref="DedupWindow"/>, and at most <see cref="Burst"/> Events per object per window.
+/// The suppression maps only hold entries younger than the window: a sweep on insert (at most once per
+/// <see cref="SweepInterval"/>, or when a map passes <see cref="MaxTracked"/>) drops the expired ones, so a long-running
+/// operator does not keep one entry per object and message it ever reported.
 /// </summary>
 public sealed partial class EventRecorder(IKubernetes client, TimeProvider time, ILogger<EventRecorder> logger)
 {
     public const string Component = "lowbit-operator";
     public static readonly TimeSpan DedupWindow = TimeSpan.FromMinutes(10);
     public const int Burst = 25;
+    public static readonly TimeSpan SweepInterval = TimeSpan.FromMinutes(1);
 
     private readonly ConcurrentDictionary<string, DateTimeOffset> _recent = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, (DateTimeOffset Start, int Count)> _perObject = new(StringComparer.Ordinal);
+    private readonly Lock _sweepLock = new();
+    private DateTimeOffset _lastSweep = DateTimeOffset.MinValue;
+
+    /// <summary>Bound on each suppression map; when one reaches it, a sweep keeps the newest half.</summary>
+    public int MaxTracked { get; init; } = 50_000;
+
+    /// <summary>Entries in the suppression maps (object+reason+message, object), for tests and diagnostics.</summary>
+    internal (int Recent, int PerObject) Tracked => (_recent.Count, _perObject.Count);
 
     public async Task RecordAsync(IKubernetesObject<V1ObjectMeta> obj, string type, string reason, string message, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(obj);
         var now = time.GetUtcNow();
+        Sweep(now);
         var key = $"{obj.Metadata.Uid}/{reason}/{message}";
         if (_recent.TryGetValue(key, out var last) && now - last < DedupWindow)
         {
@@ -71,6 +84,61 @@ public sealed partial class EventRecorder(IKubernetes client, TimeProvider time,
         {
             // Events are best effort: a failure to record one never fails a reconcile.
             EventFailed(logger, reason, obj.Metadata.Name, ex.Message);
+        }
+    }
+
+    /// <summary>
+    /// Drops suppression entries older than the window (they no longer suppress anything); when a map is still over
+    /// <see cref="MaxTracked"/> afterwards (a burst of distinct objects within one window), the oldest go first.
+    /// </summary>
+    private void Sweep(DateTimeOffset now)
+    {
+        var full = _recent.Count >= MaxTracked || _perObject.Count >= MaxTracked;
+        if (!full && now - _lastSweep < SweepInterval)
+        {
+            return;
+        }
+
+        lock (_sweepLock)
+        {
+            if (!full && now - _lastSweep < SweepInterval)
+            {
+                return;
+            }
+
+            _lastSweep = now;
+            foreach (var (key, at) in _recent)
+            {
+                if (now - at >= DedupWindow)
+                {
+                    _recent.TryRemove(new KeyValuePair<string, DateTimeOffset>(key, at));
+                }
+            }
+
+            foreach (var (key, window) in _perObject)
+            {
+                if (now - window.Start > DedupWindow)
+                {
+                    _perObject.TryRemove(new KeyValuePair<string, (DateTimeOffset, int)>(key, window));
+                }
+            }
+
+            TrimOldest(_recent, at => at);
+            TrimOldest(_perObject, window => window.Start);
+        }
+    }
+
+    private void TrimOldest<TValue>(ConcurrentDictionary<string, TValue> map, Func<TValue, DateTimeOffset> at)
+    {
+        var excess = map.Count - (MaxTracked / 2);
+        if (map.Count < MaxTracked || excess <= 0)
+        {
+            return;
+        }
+
+        foreach (var (key, _) in map.OrderBy(e => at(e.Value)).Take(excess).ToList())
+        {
+            map.TryRemove(key, out _);
         }
     }
 

@@ -28,7 +28,7 @@ public sealed class CostMetrics
         EndpointTokensPerSecond = f.CreateGauge("lowbit_endpoint_tokens_per_second", "Generated tokens per second across an endpoint's pods over the last scrape interval", ["namespace", "endpoint"]);
         EndpointScrapeErrors = f.CreateCounter("lowbit_endpoint_scrape_errors_total", "Failed scrapes of an endpoint's serving pods' /metrics (unreachable, timeout, HTTP error, missing or bad counters)", ["namespace", "endpoint"]);
         JobGpuHours = f.CreateCounter("lowbit_job_gpu_hours_total", "GPU-hours consumed by a QuantizedModel's or FineTuneJob's engine Job", ["kind", "namespace", "name"]);
-        PlanMemory = f.CreateGauge("lowbit_plan_memory_bytes", "Planned memory per GPU (per node on CPU placements), by component", ["kind", "namespace", "name", "component"]);
+        PlanMemory = f.CreateGauge("lowbit_plan_memory_bytes", "Planned memory per GPU (per node on CPU placements), by component; components the plan does not have are absent, total is always there", ["kind", "namespace", "name", "component"]);
     }
 
     public Gauge EndpointHourlyCost { get; }
@@ -99,7 +99,16 @@ public sealed class CostMetrics
         long[] values = [m.Weights.Bytes, m.KvCache.Bytes, m.Activations.Bytes, m.Optimizer.Bytes, m.Gradients.Bytes, m.Overhead.Bytes, m.Total.Bytes];
         for (var i = 0; i < values.Length; i++)
         {
-            PlanMemory.WithLabels(kind, ns, name, MemoryComponents[i]).Set(values[i]);
+            // A component the plan does not have (optimizer and gradients outside training, KV cache outside serving)
+            // is an absent series, not a zero: each series costs the registry memory, 10,000 endpoints times over.
+            if (values[i] != 0 || MemoryComponents[i] == "total")
+            {
+                PlanMemory.WithLabels(kind, ns, name, MemoryComponents[i]).Set(values[i]);
+            }
+            else
+            {
+                PlanMemory.RemoveLabelled(kind, ns, name, MemoryComponents[i]);
+            }
         }
     }
 

@@ -77,6 +77,12 @@ public sealed class EndpointServerTests : IAsyncLifetime
         Assert.Equal(hourly, Sample(text, $"lowbit_endpoint_hourly_cost_usd{{namespace=\"default\",endpoint=\"cost\",gpu=\"{gpu}\"}}"), 3);
         Assert.Equal(2 * ready.Status.Plan.GpusPerReplica, Sample(text, $"lowbit_endpoint_gpus{{namespace=\"default\",endpoint=\"cost\",gpu=\"{gpu}\"}}"));
         Assert.True(Sample(text, "lowbit_plan_memory_bytes{kind=\"InferenceEndpoint\",namespace=\"default\",name=\"cost\",component=\"weights\"}") > 13e9);
+        Assert.True(Sample(text, "lowbit_plan_memory_bytes{kind=\"InferenceEndpoint\",namespace=\"default\",name=\"cost\",component=\"total\"}")
+            > Sample(text, "lowbit_plan_memory_bytes{kind=\"InferenceEndpoint\",namespace=\"default\",name=\"cost\",component=\"weights\"}"));
+
+        // Serving has no optimizer state or gradients: those series are absent rather than zero.
+        Assert.DoesNotContain("name=\"cost\",component=\"optimizer\"", text, StringComparison.Ordinal);
+        Assert.DoesNotContain("name=\"cost\",component=\"gradients\"", text, StringComparison.Ordinal);
         Assert.True(Sample(text, "lowbit_endpoint_estimated_usd_per_million_tokens{namespace=\"default\",endpoint=\"cost\"}") > 0);
         Assert.DoesNotContain("pod=", text, StringComparison.Ordinal);
     }
