@@ -36,7 +36,9 @@ public static class OperatorSetup
         // The caches hold only what the reconcilers read of children: metadata, status, and a trimmed pod spec
         // (containers' names, images, args, ports). Pods outside our label never reach the operator; a Deployment,
         // Service or Job of someone else is cached as metadata only (enough to leave a same-named foreign object alone).
-        op.Cache<V1Pod>(ManagedBySelector, CacheTransforms.TrimPod)
+        // Every kind is held serialized (decoded per read) except pods: reconcilers scan their namespace's pods on
+        // every reconcile, which must stay a cheap filter over typed objects, not a decode of each.
+        op.Cache<V1Pod>(ManagedBySelector, CacheTransforms.TrimPod, serialized: false)
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Deployment>(IsOurs, CacheTransforms.TrimDeployment))
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Service>(IsOurs, CacheTransforms.TrimService))
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Job>(IsOurs, CacheTransforms.TrimJob));

@@ -114,8 +114,9 @@ public sealed class EndpointScraper : BackgroundService
             return;
         }
 
-        var endpoints = _cache.List<InferenceEndpoint>();
-        var targets = Targets(endpoints, _cache.List<V1Pod>());
+        // Only endpoints with serving pods are read whole: at 10,000 endpoints, decoding every cached one each round
+        // would materialize the whole cache every interval.
+        var targets = Targets(_cache, _cache.List<V1Pod>());
         var results = new ScrapeResult[targets.Count];
         await Parallel.ForEachAsync(
             Enumerable.Range(0, targets.Count),
@@ -123,21 +124,26 @@ public sealed class EndpointScraper : BackgroundService
             async (i, token) => results[i] = await ScrapeAsync(targets[i], token).ConfigureAwait(false)).ConfigureAwait(false);
 
         Publish(targets, results);
-        Sweep(endpoints);
+        Sweep(_cache.Keys<InferenceEndpoint>());
     }
 
     /// <summary>The serving pods of each endpoint: Running, Ready, with an IP, not terminating, labelled as its inference child.</summary>
-    private static List<ScrapeTarget> Targets(IReadOnlyList<InferenceEndpoint> endpoints, IReadOnlyList<V1Pod> pods)
+    private static List<ScrapeTarget> Targets(IObjectCache cache, IReadOnlyList<V1Pod> pods)
     {
         var ownerKey = Labels.OwnerKey(InferenceEndpoint.KindName);
         var serving = pods
-            .Where(p => ChildMeta.Label(p, Labels.Component) == InferenceDeploymentBuilder.Role && IsServing(p))
-            .ToLookup(p => (p.Metadata.NamespaceProperty, ChildMeta.Label(p, ownerKey)));
+            .Where(p => ChildMeta.Label(p, Labels.Component) == InferenceDeploymentBuilder.Role && IsServing(p) && ChildMeta.Label(p, ownerKey) is not null)
+            .GroupBy(p => new ObjectKey(string.IsNullOrEmpty(p.Metadata.NamespaceProperty) ? null : p.Metadata.NamespaceProperty, ChildMeta.Label(p, ownerKey)!));
         var targets = new List<ScrapeTarget>();
-        foreach (var endpoint in endpoints)
+        foreach (var group in serving)
         {
+            if (!cache.TryGet<InferenceEndpoint>(group.Key, out var endpoint))
+            {
+                continue;
+            }
+
             var dialect = EngineMetricDialect.For(endpoint.Spec?.Runtime ?? ServingRuntime.Lowbit);
-            foreach (var pod in serving[(endpoint.Metadata.NamespaceProperty, endpoint.Metadata.Name)])
+            foreach (var pod in group)
             {
                 var id = pod.Metadata.Uid ?? $"{pod.Metadata.NamespaceProperty}/{pod.Metadata.Name}";
                 targets.Add(new ScrapeTarget(ObjectKey.Of(endpoint), dialect, id, MetricsUrl(pod)));
@@ -309,9 +315,9 @@ public sealed class EndpointScraper : BackgroundService
     }
 
     /// <summary>Endpoints gone from the cache lose every series (cost, plan, observed, errors): deletion leaves nothing behind.</summary>
-    private void Sweep(IReadOnlyList<InferenceEndpoint> endpoints)
+    private void Sweep(IReadOnlyList<ObjectKey> endpoints)
     {
-        var present = endpoints.Select(ObjectKey.Of).ToHashSet();
+        var present = endpoints.ToHashSet();
         var known = _cost.Endpoints.Select(e => new ObjectKey(string.IsNullOrEmpty(e.Ns) ? null : e.Ns, e.Name)).Concat(_labelled);
         foreach (var gone in known.Where(k => !present.Contains(k)).Distinct().ToList())
         {

@@ -18,6 +18,13 @@ public sealed record CacheOptions<T>
 
     /// <summary>Trims a freshly decoded object before it is cached; it must keep metadata.name, namespace and resourceVersion.</summary>
     public Func<T, T>? Transform { get; init; }
+
+    /// <summary>
+    /// Hold each object serialized (<see cref="CacheCodec"/>) and decode it on every read (default), or as typed objects.
+    /// Typed suits a kind the reconcilers scan by namespace on every reconcile (pods): decoding the whole namespace
+    /// per reconcile would make convergence quadratic in the number of objects.
+    /// </summary>
+    public bool Serialized { get; init; } = true;
 }
 
 /// <summary>

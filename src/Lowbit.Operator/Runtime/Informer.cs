@@ -61,7 +61,10 @@ public sealed record InformerOptions
 /// objects that vanished meanwhile. An idle watchdog cancels a silent watch. A line that cannot be decoded is
 /// counted and forces a relist, so no event is silently lost. Every object is cached without managedFields
 /// (<see cref="CacheTransforms.StripManagedFields{T}"/>) and then trimmed by <see cref="CacheOptions{T}.Transform"/>;
-/// <see cref="CacheOptions{T}.LabelSelector"/> limits what the server sends at all.
+/// <see cref="CacheOptions{T}.LabelSelector"/> limits what the server sends at all. Objects are held serialized
+/// (<see cref="CacheCodec"/>) unless <see cref="CacheOptions{T}.Serialized"/> is off: every read (<see cref="TryGet"/>,
+/// <see cref="List"/>, the old side of an update) decodes a fresh copy, so callers may not rely on object identity
+/// (and cannot corrupt the cache by mutating what they got).
 /// </summary>
 public sealed class Informer<T> : IInformer
     where T : class, IKubernetesObject<V1ObjectMeta>
@@ -71,12 +74,14 @@ public sealed class Informer<T> : IInformer
     private readonly TimeProvider _time;
     private readonly RuntimeMetrics _metrics;
     private readonly ILogger _logger;
-    private readonly ConcurrentDictionary<ObjectKey, T> _items = new();
+    // Values are byte[] (serialized) or T (typed), one representation per informer: see Pack and Unpack.
+    private readonly ConcurrentDictionary<ObjectKey, object> _items = new();
     private readonly List<IInformerEventHandler<T>> _handlers = [];
     private readonly TaskCompletionSource _synced = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly string _kindLabel;
     private readonly string? _labelSelector;
     private readonly Func<T, T> _transform;
+    private readonly bool _serialized;
     private long _watchStartedAt;
 
     public Informer(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILogger<Informer<T>> logger, CacheOptions<T>? cache = null)
@@ -90,9 +95,13 @@ public sealed class Informer<T> : IInformer
         _kindLabel = Type.LabelName;
         _labelSelector = string.IsNullOrEmpty(cache?.LabelSelector) ? null : cache.LabelSelector;
         var trim = cache?.Transform;
+        _serialized = cache?.Serialized ?? true;
+
+        // Pooling metadata strings pays only where the decoded objects are what is held.
+        Func<T, T> intern = _serialized ? obj => obj : CacheTransforms.InternMetadata;
         _transform = trim is null
-            ? obj => CacheTransforms.InternMetadata(CacheTransforms.StripManagedFields(obj))
-            : obj => CacheTransforms.InternMetadata(trim(CacheTransforms.StripManagedFields(obj)));
+            ? obj => intern(CacheTransforms.StripManagedFields(obj))
+            : obj => intern(trim(CacheTransforms.StripManagedFields(obj)));
         _metrics.InformerSynced.WithLabels(_kindLabel).Set(0);
         _metrics.BeforeCollect(UpdateWatchAge);
     }
@@ -119,11 +128,31 @@ public sealed class Informer<T> : IInformer
         }
     }
 
-    public bool TryGet(ObjectKey key, [MaybeNullWhen(false)] out T obj) => _items.TryGetValue(key, out obj);
+    /// <summary>Whether objects are held serialized and decoded on each read (<see cref="CacheOptions{T}.Serialized"/>).</summary>
+    public bool Serialized => _serialized;
 
-    /// <summary>The cached objects, optionally of one namespace (a snapshot; do not mutate the objects).</summary>
+    public bool TryGet(ObjectKey key, [MaybeNullWhen(false)] out T obj)
+    {
+        if (_items.TryGetValue(key, out var stored))
+        {
+            obj = Unpack(stored);
+            return true;
+        }
+
+        obj = null;
+        return false;
+    }
+
+    /// <summary>
+    /// The cached objects, optionally of one namespace (a snapshot; do not mutate the objects). Filtering by namespace
+    /// reads only the keys: only the objects returned are decoded.
+    /// </summary>
     public IReadOnlyList<T> List(string? ns = null) =>
-        _items.Values.Where(o => ns is null || o.Metadata.NamespaceProperty == ns).ToList();
+        _items.Where(e => ns is null || e.Key.Namespace == ns).Select(e => Unpack(e.Value)).ToList();
+
+    /// <summary>The keys of the cached objects, optionally of one namespace (nothing is decoded).</summary>
+    public IReadOnlyList<ObjectKey> Keys(string? ns = null) =>
+        [.. _items.Keys.Where(k => ns is null || k.Namespace == ns)];
 
     public int Count => _items.Count;
 
@@ -197,7 +226,7 @@ public sealed class Informer<T> : IInformer
     private async Task RelistAsync(string reason, CancellationToken cancellationToken)
     {
         _metrics.WatchRelists.WithLabels(_kindLabel, reason).Inc();
-        var fresh = new Dictionary<ObjectKey, T>();
+        var fresh = new Dictionary<ObjectKey, object>();
         string? continueToken = null;
         string? listVersion;
         using (var timeout = new CancellationTokenSource(_options.ListTimeout, _time))
@@ -228,7 +257,7 @@ public sealed class Informer<T> : IInformer
 
                 foreach (var item in page.Items ?? [])
                 {
-                    fresh[ObjectKey.Of(item)] = _transform(item);
+                    fresh[ObjectKey.Of(item)] = Pack(_transform(item));
                 }
 
                 listVersion = page.Metadata?.ResourceVersion;
@@ -244,15 +273,23 @@ public sealed class Informer<T> : IInformer
             if (!fresh.ContainsKey(key) && _items.TryRemove(key, out _))
             {
                 deleted++;
-                Dispatch(h => h.OnDelete(old));
+                var gone = Unpack(old);
+                Dispatch(h => h.OnDelete(gone));
             }
         }
 
-        foreach (var (key, item) in fresh)
+        foreach (var (key, stored) in fresh)
         {
-            if (_items.TryGetValue(key, out var old))
+            if (_items.TryGetValue(key, out var previous))
             {
-                _items[key] = item;
+                _items[key] = stored;
+                if (previous is byte[] before && stored is byte[] after && before.AsSpan().SequenceEqual(after))
+                {
+                    continue;
+                }
+
+                var old = Unpack(previous);
+                var item = Unpack(stored);
                 if (old.Metadata.ResourceVersion != item.Metadata.ResourceVersion)
                 {
                     Dispatch(h => h.OnUpdate(old, item));
@@ -260,7 +297,8 @@ public sealed class Informer<T> : IInformer
             }
             else
             {
-                _items[key] = item;
+                _items[key] = stored;
+                var item = Unpack(stored);
                 Dispatch(h => h.OnAdd(item));
             }
         }
@@ -394,25 +432,31 @@ public sealed class Informer<T> : IInformer
 
     private void ApplyEvent(string type, T item)
     {
+        // Handlers get the object just decoded; the cache keeps its packed form.
         var key = ObjectKey.Of(item);
         if (type == "DELETED")
         {
             _items.TryRemove(key, out _);
             Dispatch(h => h.OnDelete(item));
         }
-        else if (_items.TryGetValue(key, out var old))
+        else if (_items.TryGetValue(key, out var previous))
         {
-            _items[key] = item;
+            _items[key] = Pack(item);
+            var old = Unpack(previous);
             Dispatch(h => h.OnUpdate(old, item));
         }
         else
         {
-            _items[key] = item;
+            _items[key] = Pack(item);
             Dispatch(h => h.OnAdd(item));
         }
 
         _metrics.CachedObjects.WithLabels(_kindLabel).Set(_items.Count);
     }
+
+    private object Pack(T obj) => _serialized ? CacheCodec.Encode(obj) : obj;
+
+    private T Unpack(object stored) => stored is byte[] json ? CacheCodec.Decode<T>(json) : (T)stored;
 
     private WatchOutcome DecodeError(JsonException ex)
     {

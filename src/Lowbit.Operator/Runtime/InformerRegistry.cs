@@ -17,6 +17,14 @@ public interface IObjectCache
     IReadOnlyList<T> List<T>(string? ns = null)
         where T : class, IKubernetesObject<V1ObjectMeta>;
 
+    /// <summary>
+    /// The keys of the cached objects of a kind, optionally of one namespace, without decoding the objects (a
+    /// serialized cache decodes on every <see cref="List{T}"/>). Throws when <typeparamref name="T"/> is not a watched kind.
+    /// </summary>
+    IReadOnlyList<ObjectKey> Keys<T>(string? ns = null)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => [.. List<T>(ns).Select(ObjectKey.Of)];
+
     /// <summary>Cached objects whose controller owner reference points at <paramref name="owner"/> (same namespace, matching UID).</summary>
     IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
         where TChild : class, IKubernetesObject<V1ObjectMeta>;
@@ -74,6 +82,10 @@ public sealed class InformerRegistry : IObjectCache
     public IReadOnlyList<T> List<T>(string? ns = null)
         where T : class, IKubernetesObject<V1ObjectMeta>
         => Existing<T>().List(ns);
+
+    public IReadOnlyList<ObjectKey> Keys<T>(string? ns = null)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => Existing<T>().Keys(ns);
 
     public IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
         where TChild : class, IKubernetesObject<V1ObjectMeta>

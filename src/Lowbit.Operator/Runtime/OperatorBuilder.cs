@@ -64,12 +64,12 @@ public sealed class OperatorBuilder
     /// <summary>
     /// What the informer of <typeparamref name="T"/> caches: only objects matching <paramref name="labelSelector"/>,
     /// each trimmed by <paramref name="transform"/> (managedFields are always dropped). Reconcilers then read the
-    /// trimmed objects: keep every field they read.
+    /// trimmed objects: keep every field they read. <paramref name="serialized"/>: see <see cref="CacheOptions{T}.Serialized"/>.
     /// </summary>
-    public OperatorBuilder Cache<T>(string? labelSelector = null, Func<T, T>? transform = null)
+    public OperatorBuilder Cache<T>(string? labelSelector = null, Func<T, T>? transform = null, bool serialized = true)
         where T : class, IKubernetesObject<V1ObjectMeta>
     {
-        var cache = new CacheOptions<T> { LabelSelector = labelSelector, Transform = transform };
+        var cache = new CacheOptions<T> { LabelSelector = labelSelector, Transform = transform, Serialized = serialized };
         _caches.Add(registry => registry.Configure(cache));
         return this;
     }
