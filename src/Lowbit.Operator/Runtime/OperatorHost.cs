@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
@@ -37,7 +38,12 @@ public static class OperatorHost
         var app = builder.Build();
         app.MapHealthChecks("/healthz", new HealthCheckOptions { Predicate = _ => false });
         app.MapHealthChecks("/readyz", new HealthCheckOptions { Predicate = check => check.Tags.Contains("ready") });
-        app.MapMetrics("/metrics", app.Services.GetRequiredService<RuntimeMetrics>().Registry);
+        var metrics = app.Services.GetRequiredService<RuntimeMetrics>();
+        app.MapGet("/metrics", async context =>
+        {
+            context.Response.ContentType = RuntimeMetrics.ContentType;
+            await metrics.ExportAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
+        });
         return app;
     }
 

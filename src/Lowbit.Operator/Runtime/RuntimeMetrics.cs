@@ -24,7 +24,9 @@ public sealed class RuntimeMetrics
     private static readonly TimeSpan DiagnosticCollectInterval = TimeSpan.FromSeconds(10);
 
     private readonly bool _collectBeforeScrape = Environment.GetEnvironmentVariable(MemoryDiagnosticsVariable) == "1";
+    private static readonly System.Text.UTF8Encoding Utf8NoBom = new(encoderShouldEmitUTF8Identifier: false);
     private readonly TimeProvider _time;
+    private readonly List<Func<TextWriter, CancellationToken, Task>> _families = [];
     private long _lastCollect;
 
     public RuntimeMetrics()
@@ -127,6 +129,47 @@ public sealed class RuntimeMetrics
 
     /// <summary>Runs <paramref name="update"/> right before every scrape (for gauges computed from state: ages, unfinished work).</summary>
     public void BeforeCollect(Action update) => Registry.AddBeforeCollectCallback(update);
+
+    /// <summary>The content type of <see cref="ExportAsync"/>: the Prometheus text format.</summary>
+    public const string ContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// <summary>
+    /// Adds metric families written straight into the exposition, after the registry's, by <paramref name="write"/>
+    /// (complete families in the text format: HELP, TYPE, samples; write asynchronously: the response body allows no
+    /// synchronous writes). For series with one label set per custom resource:
+    /// a prometheus-net child costs about 0.5 KB of heap, so 8 series per object were 45 MiB at 10,000 objects.
+    /// </summary>
+    public void AddFamilies(Func<TextWriter, CancellationToken, Task> write)
+    {
+        ArgumentNullException.ThrowIfNull(write);
+        lock (_families)
+        {
+            _families.Add(write);
+        }
+    }
+
+    /// <summary>Writes what <c>/metrics</c> serves: the registry (text format), then the families of <see cref="AddFamilies"/>.</summary>
+    public async Task ExportAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        await Registry.CollectAndExportAsTextAsync(stream, ExpositionFormat.PrometheusText, cancellationToken).ConfigureAwait(false);
+        Func<TextWriter, CancellationToken, Task>[] families;
+        lock (_families)
+        {
+            families = [.. _families];
+        }
+
+        var writer = new StreamWriter(stream, Utf8NoBom, bufferSize: 16 * 1024, leaveOpen: true) { NewLine = "\n" };
+        await using (writer.ConfigureAwait(false))
+        {
+            foreach (var write in families)
+            {
+                await write(writer, cancellationToken).ConfigureAwait(false);
+            }
+
+            await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
 
     private void UpdateGc()
     {
