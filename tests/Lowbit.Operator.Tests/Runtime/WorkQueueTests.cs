@@ -128,6 +128,48 @@ public sealed class WorkQueueTests
     }
 
     [Fact]
+    public async Task Does_release_delayed_keys_in_due_order_behind_a_single_timer()
+    {
+        var time = new FakeTimeProvider();
+        using var queue = NewQueue(time);
+
+        for (var i = 0; i < 1000; i++)
+        {
+            queue.AddAfter($"k{i}", TimeSpan.FromSeconds(1000 - i));
+        }
+
+        queue.AddAfter("k0", TimeSpan.FromSeconds(0.5)); // moved earlier: fires once, at the new time
+
+        Assert.Equal(1000, queue.Delayed);
+        Assert.Single(time.PendingDueTimes);
+        Assert.Equal(time.GetUtcNow() + TimeSpan.FromSeconds(0.5), time.PendingDueTimes[0]);
+
+        time.Advance(TimeSpan.FromSeconds(0.5));
+        Assert.Equal(1, queue.Count);
+        Assert.Equal("k0", (await queue.GetAsync(CancellationToken.None).WaitAsync(Patience)).Key);
+        queue.Done("k0");
+
+        time.Advance(TimeSpan.FromSeconds(2.5)); // k999 (1 s), k998 (2 s), k997 (3 s)
+        var released = new List<string>();
+        while (queue.Count > 0)
+        {
+            var item = await queue.GetAsync(CancellationToken.None).WaitAsync(Patience);
+            released.Add(item.Key);
+            queue.Done(item.Key);
+        }
+
+        Assert.Equal(["k999", "k998", "k997"], released);
+        Assert.Equal(996, queue.Delayed);
+        Assert.Single(time.PendingDueTimes);
+
+        // k0's superseded 1000 s entry is skipped: after everything is due, each key came out exactly once.
+        time.Advance(TimeSpan.FromSeconds(1000));
+        Assert.Equal(996, queue.Count);
+        Assert.Equal(0, queue.Delayed);
+        Assert.Empty(time.PendingDueTimes);
+    }
+
+    [Fact]
     public void Does_wait_the_backoff_for_rate_limited_adds_and_restart_after_forget()
     {
         var time = new FakeTimeProvider();
