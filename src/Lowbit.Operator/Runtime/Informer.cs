@@ -509,6 +509,16 @@ public sealed class Informer<T> : IInformer
     {
         var started = Interlocked.Read(ref _watchStartedAt);
         _metrics.WatchAge.WithLabels(_kindLabel).Set(started == 0 ? 0 : _time.GetElapsedTime(started).TotalSeconds);
+        if (_serialized)
+        {
+            long bytes = 0;
+            foreach (var (_, stored) in _items)
+            {
+                bytes += ((byte[])stored).Length;
+            }
+
+            _metrics.CachedBytes.WithLabels(_kindLabel).Set(bytes);
+        }
     }
 
     private sealed record WatchOutcome(string Reason, bool Relist, bool Healthy)

@@ -76,6 +76,7 @@ public sealed class RuntimeMetrics
         WatchAge = f.CreateGauge("lowbit_watch_age_seconds", "Seconds since the current watch stream of a kind was opened (0 when none is open)", ["kind"]);
         InformerSynced = f.CreateGauge("lowbit_informer_synced", "1 when the informer of a kind has completed its first list", ["kind"]);
         CachedObjects = f.CreateGauge("lowbit_informer_objects", "Objects held in the informer cache of a kind", ["kind"]);
+        CachedBytes = f.CreateGauge("lowbit_informer_cached_bytes", "Bytes held in the informer cache of a kind (Brotli-compressed JSON; 0 for a kind cached as typed objects)", ["kind"]);
 
         // Memory: what the informer caches cost (process_working_set_bytes, dotnet_total_memory_bytes from DotNetStats; the GC's own view below).
         if (!ReferenceEquals(registry, Metrics.DefaultRegistry))
@@ -121,6 +122,7 @@ public sealed class RuntimeMetrics
     public Gauge WatchAge { get; }
     public Gauge InformerSynced { get; }
     public Gauge CachedObjects { get; }
+    public Gauge CachedBytes { get; }
     public Gauge GcHeapBytes { get; }
     public Gauge GcHeapSize { get; }
     public Gauge GcCommittedBytes { get; }

@@ -108,6 +108,12 @@ public sealed class SerializedCacheTests : IAsyncLifetime
         Assert.Equal(KubernetesJson.Serialize(typed), KubernetesJson.Serialize(fromBytes));
         Assert.Equal(["quantize", "--bits", "4"], fromBytes.Spec.Template.Spec.Containers[0].Args);
 
+        // Held compressed: well under the object's JSON, and the packed length prefix is that JSON's size.
+        var packed = CacheCodec.Encode(cached);
+        Assert.Equal(System.Text.Encoding.UTF8.GetByteCount(KubernetesJson.Serialize(cached)), CacheCodec.JsonLength(packed));
+        Assert.True(packed.Length < CacheCodec.JsonLength(packed) * 0.8, $"{packed.Length} packed bytes for {CacheCodec.JsonLength(packed)} bytes of JSON");
+        Assert.Equal(KubernetesJson.Serialize(cached), KubernetesJson.Serialize(CacheCodec.Decode<InferenceEndpoint>(packed)));
+
         // Each read is a fresh copy: a caller mutating what it got cannot change the cache.
         cached.Metadata.Labels["team"] = "mutated";
         Assert.True(serialized.TryGet(key, out var again));
