@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Lowbit.Operator.Telemetry;
 
 namespace Lowbit.Benchmarks.Operator;
 
@@ -81,10 +82,10 @@ public sealed class OperatorProcess : IAsyncDisposable
         return (rss, peak);
     }
 
-    public async Task<PrometheusSample> ScrapeAsync()
+    public async Task<MetricsScrape> ScrapeAsync()
     {
         var text = await _http.GetStringAsync(new Uri("/metrics", UriKind.Relative)).ConfigureAwait(false);
-        return PrometheusSample.Parse(text);
+        return new MetricsScrape(PrometheusText.Parse(text));
     }
 
     /// <summary>SIGTERM (the pod's stop signal), then waits for a graceful exit; kills after 30 s.</summary>
@@ -184,44 +185,10 @@ public sealed class OperatorProcess : IAsyncDisposable
     }
 }
 
-/// <summary>One scrape of the Prometheus text format: samples by name, with their label sets.</summary>
-public sealed class PrometheusSample
+/// <summary>One scrape of the operator's <c>/metrics</c>, parsed by the operator's own <see cref="PrometheusText"/>.</summary>
+public sealed class MetricsScrape(PrometheusParseResult parsed)
 {
-    private readonly List<(string Name, Dictionary<string, string> Labels, double Value)> _samples = [];
-
-    public static PrometheusSample Parse(string text)
-    {
-        ArgumentNullException.ThrowIfNull(text);
-        var sample = new PrometheusSample();
-        foreach (var raw in text.Split('\n'))
-        {
-            var line = raw.Trim();
-            if (line.Length == 0 || line[0] == '#')
-            {
-                continue;
-            }
-
-            var labels = new Dictionary<string, string>(StringComparer.Ordinal);
-            var brace = line.IndexOf('{', StringComparison.Ordinal);
-            var space = line.LastIndexOf(' ');
-            var name = brace >= 0 ? line[..brace] : line[..space];
-            if (brace >= 0)
-            {
-                var close = line.LastIndexOf('}');
-                foreach (var pair in line[(brace + 1)..close].Split("\",", StringSplitOptions.RemoveEmptyEntries))
-                {
-                    var eq = pair.IndexOf('=', StringComparison.Ordinal);
-                    labels[pair[..eq]] = pair[(eq + 1)..].Trim('"');
-                }
-            }
-
-            sample._samples.Add((name, labels, double.Parse(line[(space + 1)..], CultureInfo.InvariantCulture)));
-        }
-
-        return sample;
-    }
-
     /// <summary>The sum of <paramref name="name"/>'s samples whose labels include every pair of <paramref name="labels"/>.</summary>
     public double Sum(string name, params (string Key, string Value)[] labels) =>
-        _samples.Where(s => s.Name == name && labels.All(l => s.Labels.TryGetValue(l.Key, out var v) && v == l.Value)).Sum(s => s.Value);
+        parsed.Samples.Where(s => s.Name == name && labels.All(l => s.Labels.TryGetValue(l.Key, out var v) && v == l.Value)).Sum(s => s.Value);
 }

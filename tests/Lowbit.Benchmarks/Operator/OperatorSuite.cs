@@ -177,7 +177,7 @@ public sealed class OperatorSuite : IBenchmarkSuite
         },
     };
 
-    private static double Reconciles(PrometheusSample metrics) =>
+    private static double Reconciles(MetricsScrape metrics) =>
         metrics.Sum("controller_runtime_reconcile_total", ("controller", Controller));
 
     private static async Task WaitAsync(Func<Task<bool>> condition, TimeSpan patience, TimeSpan poll)
