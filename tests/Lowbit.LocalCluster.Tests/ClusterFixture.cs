@@ -57,7 +57,12 @@ public sealed class ClusterFixture : IAsyncLifetime
         return path;
     }
 
-    private Process StartProcess(string file, string[] args)
+    private Process StartProcess(string file, string[] args) => StartTool(file, args, Server.KubeconfigPath, _home);
+
+    private Task<ToolResult> RunAsync(string file, string[] args, TimeSpan timeout) => RunToolAsync(file, args, Server.KubeconfigPath, _home, timeout);
+
+    /// <summary>Starts kubectl or helm with its output redirected, against <paramref name="kubeconfig"/> and with its own HOME.</summary>
+    public static Process StartTool(string file, string[] args, string kubeconfig, string home)
     {
         var info = new ProcessStartInfo(file)
         {
@@ -69,17 +74,18 @@ public sealed class ClusterFixture : IAsyncLifetime
         {
             info.ArgumentList.Add(arg);
         }
-        info.Environment["KUBECONFIG"] = Server.KubeconfigPath;
-        info.Environment["HOME"] = _home;
-        info.Environment["HELM_CACHE_HOME"] = Path.Combine(_home, ".cache", "helm");
-        info.Environment["HELM_CONFIG_HOME"] = Path.Combine(_home, ".config", "helm");
-        info.Environment["HELM_DATA_HOME"] = Path.Combine(_home, ".local", "helm");
+        info.Environment["KUBECONFIG"] = kubeconfig;
+        info.Environment["HOME"] = home;
+        info.Environment["HELM_CACHE_HOME"] = Path.Combine(home, ".cache", "helm");
+        info.Environment["HELM_CONFIG_HOME"] = Path.Combine(home, ".config", "helm");
+        info.Environment["HELM_DATA_HOME"] = Path.Combine(home, ".local", "helm");
         return Process.Start(info)!;
     }
 
-    private async Task<ToolResult> RunAsync(string file, string[] args, TimeSpan timeout)
+    /// <summary>Runs kubectl or helm to completion (killed after <paramref name="timeout"/>); exit code and output, whether it succeeds or not.</summary>
+    public static async Task<ToolResult> RunToolAsync(string file, string[] args, string kubeconfig, string home, TimeSpan timeout)
     {
-        using var process = StartProcess(file, args);
+        using var process = StartTool(file, args, kubeconfig, home);
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         using var cts = new CancellationTokenSource(timeout);

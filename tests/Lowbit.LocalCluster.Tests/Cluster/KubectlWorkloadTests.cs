@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Lowbit.LocalCluster.Kubelet;
 using Lowbit.LocalCluster.Nodes;
 using Lowbit.LocalCluster.Store;
@@ -59,27 +58,8 @@ public sealed class WorkloadClusterFixture : IAsyncLifetime
     }
 
     /// <summary>Runs kubectl and returns its exit code and output, whether it succeeds or not.</summary>
-    public async Task<ToolResult> KubectlAsync(params string[] args)
-    {
-        var info = new ProcessStartInfo(ClusterFixture.Tool("kubectl"))
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        info.Environment["KUBECONFIG"] = Server.KubeconfigPath;
-        info.Environment["HOME"] = _home;
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        await process.WaitForExitAsync(cts.Token);
-        return new ToolResult(process.ExitCode, await stdout, await stderr);
-    }
+    public Task<ToolResult> KubectlAsync(params string[] args) =>
+        ClusterFixture.RunToolAsync(ClusterFixture.Tool("kubectl"), args, Server.KubeconfigPath, _home, TimeSpan.FromSeconds(60));
 
     /// <summary>kubectl apply of a full manifest (KubectlCreateTests drives the protobuf bodies of kubectl create deployment/job).</summary>
     public async Task<string> ApplyAsync(string ns, string manifest)
