@@ -41,7 +41,12 @@ public sealed class LoadedModel : IDisposable
     {
         var directory = options.ModelDirectory;
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
-        var tokenizer = TokenizerLoader.Load(directory);
+        var hasTokenizer = File.Exists(Path.Combine(directory, "tokenizer.json")) || File.Exists(Path.Combine(directory, "tokenizer.model"));
+        ITextTokenizer tokenizer = hasTokenizer ? TokenizerLoader.Load(directory) : new TokenIdTokenizer(config.VocabSize, config.BosTokenId, config.EosTokenIds.Count > 0 ? config.EosTokenIds[0] : null);
+        if (!hasTokenizer)
+        {
+            log($"{directory} has no tokenizer: prompts must be token ids");
+        }
         var tokenizerConfig = TokenizerConfig.Load(directory);
         var dtype = ModelLoading.ComputeDtype(config, options.Device);
         var model = ModelLoading.Load(directory, dtype, options.Device);
@@ -67,7 +72,8 @@ public sealed class LoadedModel : IDisposable
                 adapters.Load(name, path);
                 log($"adapter {name} loaded from {path}");
             }
-            return new LoadedModel(model, tokenizer, tokenizerConfig, EosIdsOf(directory, tokenizer), batch, scheduler, adapters);
+            var eosIds = EosIdsOf(directory, tokenizer).Concat(config.EosTokenIds).Distinct().Order().ToArray();
+            return new LoadedModel(model, tokenizer, tokenizerConfig, eosIds, batch, scheduler, adapters);
         }
         catch
         {
