@@ -21,6 +21,12 @@ public static class EngineEnv
     /// <summary>Directory holding a PyTorch install's <c>libtorch*.so</c> (the GPU bundle sets it).</summary>
     public const string TorchLib = "LOWBIT_TORCH_LIB";
 
+    /// <summary>
+    /// The pod's own address where no network namespace gives it one (the local cluster's executor sets it, e.g.
+    /// 127.1.0.7): <c>serve</c> listens there instead of on every interface, so pods sharing a port do not collide.
+    /// </summary>
+    public const string PodIp = "LOWBIT_POD_IP";
+
     /// <summary>The default hub endpoint.</summary>
     public const string DefaultHfEndpoint = "https://huggingface.co";
 

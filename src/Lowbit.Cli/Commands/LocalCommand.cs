@@ -28,6 +28,7 @@ public static class LocalCommand
         var demo = new Option<bool>("--demo") { Description = "Also apply examples/local, follow them to Ready, chat with the endpoint, scrape with Prometheus and print a summary (make run)." };
         var noOperator = new Option<bool>("--no-operator") { Description = "Do not run the operator (by default it runs in this process, with the CRDs installed)." };
         var exitAfterDemo = new Option<bool>("--exit-after-demo") { Description = "With --demo: stop the cluster when the demo ends (exit 0 when every step passed); for scripts and tests." };
+        var engine = new Option<string?>("--engine") { Description = "The lowbit-engine executable that executed pods run (default: <repo>/out/lowbit-engine, as make build writes it)." };
         var noSweep = new Option<bool>("--no-sweep") { Description = "With --demo: skip the quantization sweep and its perplexity chart." };
         var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
         up.Options.Add(kubeconfig);
@@ -38,6 +39,7 @@ public static class LocalCommand
         up.Options.Add(noOperator);
         up.Options.Add(noSweep);
         up.Options.Add(exitAfterDemo);
+        up.Options.Add(engine);
         up.SetAction(parse => Run(new UpOptions
         {
             Kubeconfig = parse.GetValue(kubeconfig),
@@ -48,6 +50,7 @@ public static class LocalCommand
             Operator = !parse.GetValue(noOperator),
             Sweep = !parse.GetValue(noSweep),
             ExitAfterDemo = parse.GetValue(exitAfterDemo),
+            EnginePath = parse.GetValue(engine) is { } e ? Path.GetFullPath(e) : null,
         }));
         return up;
     }
@@ -62,6 +65,7 @@ public static class LocalCommand
         public bool Operator { get; init; } = true;
         public bool Sweep { get; init; } = true;
         public bool ExitAfterDemo { get; init; }
+        public string? EnginePath { get; init; }
     }
 
     private static int Run(UpOptions up)
@@ -91,6 +95,11 @@ public static class LocalCommand
         if (nodes is not null)
         {
             File.Copy(nodes.FullName, Path.Combine(stateDir, "nodes" + nodes.Extension), overwrite: true);
+        }
+        if (up.EnginePath is { } enginePath && !File.Exists(enginePath))
+        {
+            Console.Error.WriteLine($"--engine: {enginePath} does not exist (build it with make build, or name the lowbit-engine executable)");
+            return ExitCodes.BadInput;
         }
         if (demo && !up.Operator)
         {
@@ -141,6 +150,7 @@ public static class LocalCommand
                 Nodes = nodesConfig,
                 StateDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor"),
                 SeededClaims = seeds,
+                EnginePath = up.EnginePath,
             }, TimeProvider.System, loggers, stop).ConfigureAwait(false);
             await using var _ = simulation.ConfigureAwait(false);
             Console.Error.WriteLine($"lowbit local up: {nodesConfig.Nodes.Count} nodes ({string.Join(", ", nodesConfig.Nodes.Select(n => $"{n.Name}:{n.Mode.ToString().ToLowerInvariant()}"))})");
@@ -163,7 +173,8 @@ public static class LocalCommand
                     {
                         RepoRoot = repoRoot,
                         WorkDirectory = Path.Combine(Path.GetFullPath(stateDir), "demo"),
-                        EnginePath = SimulatedCluster.DefaultEnginePath(),
+                        EnginePath = up.EnginePath ?? SimulatedCluster.DefaultEnginePath(),
+                        ClaimsDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor", "pvc"),
                         Live = !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive,
                         Sweep = up.Sweep,
                     }, AnsiConsole.Console, stop).ConfigureAwait(false);

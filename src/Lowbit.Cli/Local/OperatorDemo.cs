@@ -21,6 +21,9 @@ public sealed record DemoOptions
 
     public required string EnginePath { get; init; }
 
+    /// <summary>The executor's claim folders (<c>&lt;dir&gt;/&lt;namespace&gt;/&lt;claim&gt;</c>), to reach the artifacts the pods wrote.</summary>
+    public required string ClaimsDirectory { get; init; }
+
     public string Namespace { get; init; } = "default";
 
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(15);
@@ -91,6 +94,13 @@ public static class OperatorDemo
         {
             await ChatAsync(http, chatUrl, model, i % 2 == 0 ? "Name a colour." : "Add the numbers. 2 and 3", cancellationToken).ConfigureAwait(false);
             await Task.Delay(700, cancellationToken).ConfigureAwait(false);
+        }
+
+        summary.AdapterEffect = await AdapterEffectAsync(client, objects, options, cancellationToken).ConfigureAwait(false);
+        if (summary.AdapterEffect is { } effect)
+        {
+            console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"demo: adapter effect on the training examples (lowbit-engine eval): perplexity {effect.Base:0.000} without, {effect.Adapted:0.000} with the adapter"));
         }
 
         if (prometheus is not null)
@@ -200,6 +210,59 @@ public static class OperatorDemo
         }
     }
 
+    /// <summary>
+    /// Perplexity of the training examples (Alpaca prompt template) under the quantized model, without and with the
+    /// trained adapter, scored by <c>lowbit-engine eval</c> on the artifacts the pods wrote into the claim.
+    /// </summary>
+    private static async Task<(double Base, double Adapted)?> AdapterEffectAsync(Kubernetes client, IReadOnlyList<FollowedObject> objects, DemoOptions options,
+        CancellationToken cancellationToken)
+    {
+        string? Artifact(JsonObject? obj) => (string?)obj?["status"]?["artifact"]?["uri"];
+        var quantized = objects.First(o => o.Kind == QuantizedModel.KindName);
+        var tuned = objects.First(o => o.Kind == FineTuneJob.KindName);
+        var model = LocalPath(Artifact(await GetAsync(client, quantized, cancellationToken).ConfigureAwait(false)), quantized.Namespace, options.ClaimsDirectory);
+        var adapter = LocalPath(Artifact(await GetAsync(client, tuned, cancellationToken).ConfigureAwait(false)), tuned.Namespace, options.ClaimsDirectory);
+        if (model is null || adapter is null)
+        {
+            return null;
+        }
+        var configMap = await client.CoreV1.ReadNamespacedConfigMapAsync("tiny-alpaca", tuned.Namespace, cancellationToken: cancellationToken).ConfigureAwait(false);
+        var text = new StringBuilder();
+        foreach (var line in (configMap.Data is { } data && data.TryGetValue("train.jsonl", out var lines) ? lines : "").Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var example = JsonNode.Parse(line);
+            text.Append(AlpacaPrompt((string?)example?["instruction"] ?? "", (string?)example?["input"] ?? "")).Append((string?)example?["output"]).Append("\n\n");
+        }
+        var textFile = Path.Combine(options.WorkDirectory, "train-examples.txt");
+        Directory.CreateDirectory(options.WorkDirectory);
+        await File.WriteAllTextAsync(textFile, text.ToString(), cancellationToken).ConfigureAwait(false);
+        var without = await EngineRunner.EvalAsync(options.EnginePath, model, null, textFile, cancellationToken).ConfigureAwait(false);
+        var with = await EngineRunner.EvalAsync(options.EnginePath, model, adapter, textFile, cancellationToken).ConfigureAwait(false);
+        return without is { } b && with is { } a ? (b, a) : null;
+    }
+
+    /// <summary>The Stanford Alpaca prompt (with or without input), the template alpaca datasets are trained with.</summary>
+    public static string AlpacaPrompt(string instruction, string input) => input.Length == 0
+        ? $"Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+        : $"Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+
+    /// <summary><c>pvc://claim/path</c> (as the engine reports artifacts) → the executor's local folder for that claim.</summary>
+    public static string? LocalPath(string? uri, string ns, string claimsDirectory)
+    {
+        if (uri is null || !uri.StartsWith("pvc://", StringComparison.Ordinal))
+        {
+            return uri is not null && Directory.Exists(uri) ? uri : null;
+        }
+        var rest = uri["pvc://".Length..];
+        var slash = rest.IndexOf('/', StringComparison.Ordinal);
+        var (claim, path) = slash < 0 ? (rest, "") : (rest[..slash], rest[(slash + 1)..]);
+        var local = Path.Combine(claimsDirectory, ns, claim, path);
+        return Directory.Exists(local) ? local : null;
+    }
+
+    private static Task<JsonObject?> GetAsync(Kubernetes client, FollowedObject o, CancellationToken cancellationToken) =>
+        client.CustomObjects.GetNamespacedCustomObjectAsync<JsonObject?>(ApiGroup.Group, ApiGroup.Version, o.Namespace, o.Plural, o.Name, cancellationToken);
+
     private static async Task<string> FindServiceAsync(Kubernetes client, FollowedObject endpoint, CancellationToken cancellationToken)
     {
         var services = await client.CoreV1.ListNamespacedServiceAsync(endpoint.Namespace,
@@ -289,6 +352,7 @@ public static class OperatorDemo
         public double? ObservedTokensPerSecond { get; set; }
         public double? ObservedTtftSeconds { get; set; }
         public double? ObservedUsdPerMillion { get; set; }
+        public (double Base, double Adapted)? AdapterEffect { get; set; }
 
         public Table ToTable()
         {
@@ -298,6 +362,8 @@ public static class OperatorDemo
             Row("perplexity, 16-bit", F(PerplexityBefore, "0.000"), "QuantizedModel status.quality");
             Row("perplexity, quantized", F(PerplexityQuantized, "0.000") + (BitsPerWeight is { } b ? string.Create(CultureInfo.InvariantCulture, $" at {b:0.00} bits/weight") : ""), "QuantizedModel status.quality");
             Row("perplexity, quantized + adapter", F(PerplexityFineTuned, "0.000"), "FineTuneJob status");
+            Row("perplexity on the training examples, without → with adapter", AdapterEffect is { } e
+                ? string.Create(CultureInfo.InvariantCulture, $"{e.Base:0.000} → {e.Adapted:0.000}") : null, "lowbit-engine eval --adapter");
             Row("quantized model size", QuantizedBytes is { } q ? string.Create(CultureInfo.InvariantCulture, $"{q / 1024.0:0} KiB") : null, "QuantizedModel status.artifact");
             Row("adapter size", AdapterBytes is { } a ? string.Create(CultureInfo.InvariantCulture, $"{a / 1024.0:0} KiB") : null, "FineTuneJob status.artifact");
             Row("training", TrainingSteps is { } s ? string.Create(CultureInfo.InvariantCulture, $"{s} steps, loss {TrainingLoss:0.000}, {TrainingTokensPerSecond:0} tokens/s") : null, "FineTuneJob status.progress");

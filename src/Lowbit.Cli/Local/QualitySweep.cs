@@ -1,6 +1,4 @@
-using System.Diagnostics;
 using System.Globalization;
-using System.Text.Json.Nodes;
 
 namespace Lowbit.Cli.Local;
 
@@ -58,32 +56,7 @@ public static class QualitySweep
     private static async Task<(QualityPoint Point, double Before)?> QuantizeAsync(string engine, string model, string output, string method, int bits,
         CancellationToken cancellationToken)
     {
-        Directory.CreateDirectory(output);
-        var resultFile = Path.Combine(output, "result.json");
-        var start = new ProcessStartInfo(engine)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var arg in new[]
-        {
-            "quantize", "--model", model, "--method", method, "--bits", bits.ToString(CultureInfo.InvariantCulture), "--group-size", "32",
-            "--format", "lowbit", "--out", Path.Combine(output, "model"), "--eval-text", Path.Combine(model, "eval.txt"), "--result-file", resultFile,
-        })
-        {
-            start.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {engine}");
-        var drainOut = process.StandardOutput.ReadToEndAsync(cancellationToken);
-        var drainErr = process.StandardError.ReadToEndAsync(cancellationToken);
-        await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
-        await Task.WhenAll(drainOut, drainErr).ConfigureAwait(false);
-        if (process.ExitCode != 0 || !File.Exists(resultFile))
-        {
-            return null;
-        }
-        var result = JsonNode.Parse(await File.ReadAllTextAsync(resultFile, cancellationToken).ConfigureAwait(false));
+        var result = await EngineRunner.QuantizeAsync(engine, model, output, method, bits, cancellationToken).ConfigureAwait(false);
         var bpw = (double?)result?["artifact"]?["bitsPerWeight"];
         var before = (double?)result?["quality"]?["perplexityBefore"];
         var after = (double?)result?["quality"]?["perplexityAfter"];

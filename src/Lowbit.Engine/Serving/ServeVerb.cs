@@ -67,6 +67,7 @@ public static class ServeVerb
             ModelDirectory = directory,
             ServedName = servedName,
             Port = request.Port,
+            Host = Environment.GetEnvironmentVariable(EngineEnv.PodIp) is { Length: > 0 } podIp ? podIp : "0.0.0.0",
             MaxContext = request.MaxContext,
             MaxConcurrency = request.MaxConcurrency,
             Device = device,

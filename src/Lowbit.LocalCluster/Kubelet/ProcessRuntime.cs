@@ -115,7 +115,7 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         }
         start.Environment["HOSTNAME"] = pod.Metadata.Name;
         start.Environment["LOWBIT_TERMINATION_LOG"] = terminationFile;
-        start.Environment["LOWBIT_POD_IP"] = run.PodIp;
+        start.Environment["LOWBIT_POD_IP"] = run.PodIp; // EngineEnv.PodIp: serve listens there
         foreach (var mount in container.VolumeMounts ?? [])
         {
             start.Environment[$"LOWBIT_VOLUME_{EnvName(mount.Name)}"] = paths.First(p => p.From == mount.MountPath.TrimEnd('/')).To;
