@@ -27,6 +27,12 @@ public class RequestRoundTripTests
             GradAccumulation = 8, SeqLength = 4096, CheckpointDir = "/ckpt", ResumeFrom = "/ckpt/step-100", Seed = 7, Out = "o",
             Device = ComputeDevice.Cuda, ResultFile = "r",
         },
+        new FinetuneRequest
+        {
+            BaseModel = "b", Method = FinetuneMethod.Lora, Dataset = "d.txt", DatasetFormat = DatasetFormat.Text, Out = "o",
+            SaveSteps = 50, EvalSplit = 0, LrScheduler = LrScheduler.Cosine, WarmupSteps = 10, MaxGradNorm = 0.3, WeightDecay = 0.01,
+            GradientCheckpointing = true, Rslora = true, Merge = true, GgufAdapter = true,
+        },
         new ServeRequest { Model = "m" },
         new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu },
     ];
