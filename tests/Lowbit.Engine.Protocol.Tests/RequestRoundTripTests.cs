@@ -19,6 +19,7 @@ public class RequestRoundTripTests
         new QuantizeRequest { Model = "m", Method = QuantizationMethod.Rtn, Bits = 2, TargetBitsPerWeight = 1.0 / 3 + 2, Out = "o" },
         new EvalRequest { Model = "m", Text = "t.txt" },
         new EvalRequest { Model = "m", Text = "t.txt", Context = 2048, Stride = 1, MaxTokens = 100_000, Device = ComputeDevice.Cpu, ResultFile = "r" },
+        new EvalRequest { Model = "m", Text = "t.txt", Adapter = "/adapters/a" },
         new FinetuneRequest { BaseModel = "b", Method = FinetuneMethod.Qlora, Dataset = "d.jsonl", Out = "o" },
         new FinetuneRequest
         {

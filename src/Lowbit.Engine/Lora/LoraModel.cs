@@ -35,6 +35,7 @@ public static class LoraModel
             wrapped.Add((path, lora));
             return lora;
         });
+        model.train(model.training);   // new modules start in training mode; follow the model's
         return wrapped;
     }
 
@@ -68,6 +69,7 @@ public static class LoraModel
             wrapped.Add((path, lora));
             return lora;
         });
+        model.train(model.training);   // new modules start in training mode (dropout on); follow the model's
         return wrapped;
     }
 
