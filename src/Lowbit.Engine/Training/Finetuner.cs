@@ -86,6 +86,10 @@ public sealed class Finetuner
     public FinetuneOutcome Run()
     {
         var request = _request;
+        if (request.GgufAdapter)
+        {
+            throw new EngineInputException("--gguf-adapter: the GGUF LoRA export is not in this engine build yet; convert the PEFT adapter with llama.cpp's convert_lora_to_gguf.py");
+        }
         var device = TorchRuntime.ResolveDevice(request.Device);
         var config = LlamaConfig.Load(Path.Combine(_baseDirectory, "config.json"));
         var quantized = LowbitCheckpoint.IsLowbit(_baseDirectory);
