@@ -31,6 +31,8 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
     /// <summary>Recompute each layer in the backward pass instead of keeping its activations (training only).</summary>
     public bool GradientCheckpointing { get; set; }
 
+    public RmsNorm Norm => norm;
+
     /// <summary>Hidden states after the final norm, <c>[B, T, hidden]</c>, for token ids <c>[B, T]</c>.</summary>
     public override Tensor forward(Tensor inputIds, KvCache? cache)
     {

@@ -86,9 +86,9 @@ public sealed class Finetuner
     public FinetuneOutcome Run()
     {
         var request = _request;
-        if (request.GgufAdapter)
+        if (request.GgufAdapter && request.Method == FinetuneMethod.Full)
         {
-            throw new EngineInputException("--gguf-adapter: the GGUF LoRA export is not in this engine build yet; convert the PEFT adapter with llama.cpp's convert_lora_to_gguf.py");
+            throw new EngineInputException("--gguf-adapter: --method full trains the whole model, there is no adapter to export; use quantize --format gguf-* on the output");
         }
         var device = TorchRuntime.ResolveDevice(request.Device);
         var config = LlamaConfig.Load(Path.Combine(_baseDirectory, "config.json"));
@@ -181,6 +181,7 @@ public sealed class Finetuner
                     var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
                         ignore_index: -100, reduction: nn.Reduction.Sum) / stepTargets;
                     loss.backward();
+                    GradientCheckpoint.Release();
                     lossSum.add_(loss.detach());
                     tokens += input.NumberOfElements;
                 }
@@ -229,6 +230,7 @@ public sealed class Finetuner
         }
 
         long bytes;
+        string? gguf = null;
         if (request.Method == FinetuneMethod.Full)
         {
             ModelIo.Save(model, request.Out, config.TorchDtype is { } t ? ModelIo.ParseDtype(t) : ScalarType.BFloat16);
@@ -239,6 +241,12 @@ public sealed class Finetuner
         {
             using var adapter = LoraModel.Extract(modules, settings, request.BaseModel);
             bytes = adapter.Write(request.Out);
+            if (request.GgufAdapter)
+            {
+                gguf = Path.Combine(request.Out, "adapter.gguf");
+                GgufLoraAdapter.Write(gguf, adapter, config);
+                Log($"GGUF LoRA adapter written to {gguf}");
+            }
         }
         string? merged = null;
         if (request.Merge && request.Method != FinetuneMethod.Full)
@@ -266,6 +274,7 @@ public sealed class Finetuner
             TrainableParameters = trainableCount,
             ResumedFromStep = resumedFrom,
             MergedPath = merged,
+            GgufAdapterPath = gguf,
             TrainBlocks = train.Count,
             EvalBlocks = eval.Count,
         };

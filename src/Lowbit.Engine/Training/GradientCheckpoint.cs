@@ -12,12 +12,28 @@ namespace Lowbit.Engine.Training;
 /// </summary>
 public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientCheckpoint>
 {
+    // Tensors handed to autograd from the backward (which may run on an autograd worker thread, outside any dispose
+    // scope) and the kept rotary aliases: released by the training loop once backward() has returned, so device
+    // memory does not wait for the garbage collector.
+    private static readonly System.Collections.Concurrent.ConcurrentQueue<Tensor> Pending = new();
+
     public override string Name => "LowbitGradientCheckpoint";
+
+    /// <summary>Disposes what the last backward pass handed over (call after <c>loss.backward()</c>).</summary>
+    public static void Release()
+    {
+        while (Pending.TryDequeue(out var t))
+        {
+            t.Dispose();
+        }
+    }
 
     public static Tensor Apply(LlamaDecoderLayer layer, Tensor hidden, AttentionContext context)
     {
         // cos/sin live in the model forward's dispose scope; the backward runs after it, so keep aliases.
         var kept = context with { Cos = context.Cos.alias().DetachFromDisposeScope(), Sin = context.Sin.alias().DetachFromDisposeScope() };
+        Pending.Enqueue(kept.Cos);
+        Pending.Enqueue(kept.Sin);
         var trainable = layer.parameters().Where(p => p.requires_grad).Cast<Tensor>().ToList();
         var vars = new object[3 + trainable.Count];
         vars[0] = hidden;
@@ -68,6 +84,10 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
         }
         var result = new List<Tensor> { grads[0].MoveToOuterDisposeScope(), null!, null! };
         result.AddRange(grads.Skip(1).Select(g => g?.MoveToOuterDisposeScope()!));
+        foreach (var g in result.Where(g => g is not null))
+        {
+            Pending.Enqueue(g);
+        }
         return result;
     }
 }
