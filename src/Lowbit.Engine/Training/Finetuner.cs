@@ -437,7 +437,9 @@ public sealed class Finetuner
     private static LlamaForCausalLM LoadQuantized(string directory, ScalarType dtype, Device device)
     {
         using var checkpoint = Checkpoint.Open(directory);
-        var linears = LowbitCheckpoint.ReadLinears(directory, device);
+        // Codes are unpacked to one byte per weight on the CPU, then moved and bit-packed one projection at a time,
+        // so the device never holds the unpacked model (the caching allocator would keep that pool reserved).
+        var linears = LowbitCheckpoint.ReadLinears(directory);
         var model = new LlamaForCausalLM(checkpoint.Config, dtype, CPU);
         model.eval();
         model.ReplaceLinears((name, current) =>
@@ -448,7 +450,12 @@ public sealed class Finetuner
             }
             var bias = checkpoint.Contains(name + ".bias") ? checkpoint.Load(name + ".bias", dtype, device) : null;
             current.Dispose();
-            return PackedQuantizedLinear.Create(q, bias);
+            var onDevice = q.To(device);
+            if (device.type != DeviceType.CPU)
+            {
+                q.Dispose();
+            }
+            return PackedQuantizedLinear.Create(onDevice, bias);
         }, includeLmHead: true);
         model.to(device);
         using var noGrad = no_grad();
