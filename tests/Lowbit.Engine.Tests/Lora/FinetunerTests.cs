@@ -118,7 +118,7 @@ public sealed class FinetunerTests
         Assert.Equal(Enumerable.Range(1, 6), trains.Select(t => t.Step));
         Assert.All(trains, t => Assert.True(t.PeakMemoryBytes > 0 && t.EtaSeconds >= 0 && t.LearningRate > 0));
         Assert.True(File.Exists(Path.Combine(dir.File("adapter"), "merged", "model.safetensors")));
-        Assert.Equal(2 * 3 * 2, Formats.GgufFile.Read(Path.Combine(dir.File("adapter"), "adapter.gguf")).Tensors.Count);
+        Assert.Equal(2 * 3 * 2, Lowbit.Engine.Formats.GgufFile.Read(Path.Combine(dir.File("adapter"), "adapter.gguf")).Tensors.Count);
 
         // eval --adapter applies it: the merged checkpoint and base+adapter score the same text the same.
         File.WriteAllText(dir.File("eval.txt"), "Count to 5\n1 2 3 4 5\nCount to 3\n1 2 3\n");
