@@ -32,12 +32,8 @@ public sealed class LoraSet : IDisposable
         });
     }
 
-    /// <summary>Reads a PEFT adapter folder onto a device (<see cref="Lora.PeftAdapter"/>; float32 A and B).</summary>
-    public static Func<string, Device, AdapterWeights> Reader { get; set; } = (path, device) =>
-    {
-        var adapter = Lora.PeftAdapter.Read(path, device);
-        return new AdapterWeights(adapter.Scaling, adapter.Modules.ToDictionary(kv => kv.Key, kv => (kv.Value.A, kv.Value.B), StringComparer.Ordinal));
-    };
+    /// <summary>Reads a PEFT adapter folder onto a device (wired to the PEFT reader).</summary>
+    public static Func<string, Device, AdapterWeights> Reader { get; set; } = PeftAdapterReader.Read;
 
     /// <summary>Runs an action on the scheduler's thread (set by the scheduler's owner).</summary>
     public Func<Action, Task> RunOnLoop { get; set; } = action =>
