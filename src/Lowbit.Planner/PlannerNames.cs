@@ -5,7 +5,7 @@ public static class PlannerNames
 {
     public static readonly IReadOnlyList<string> Modes = ["inference", "quantize", "lora", "qlora", "full", "lowbit-full"];
 
-    public static readonly IReadOnlyList<string> Runtimes = ["lowbit", "vllm", "llamacpp"];
+    public static readonly IReadOnlyList<string> Runtimes = ["lowbit", "vllm", "llamacpp", "transformers"];
 
     public static readonly IReadOnlyList<string> KvCacheFormats = ["fp16", "fp8"];
 
@@ -33,10 +33,22 @@ public static class PlannerNames
         "lowbit" => ServingRuntime.Lowbit,
         "vllm" => ServingRuntime.Vllm,
         "llamacpp" or "llama.cpp" => ServingRuntime.LlamaCpp,
+        "transformers" or "hf" => ServingRuntime.Transformers,
         _ => throw new PlanInputException("runtime", $"unknown runtime '{value}'", Runtimes),
     };
 
     public static string Name(ServingRuntime runtime) => runtime.ToString().ToLowerInvariant();
+
+    public static readonly IReadOnlyList<string> Attentions = ["sdpa", "eager"];
+
+    public static AttentionKind ParseAttention(string value) => value.Trim().ToLowerInvariant() switch
+    {
+        "sdpa" or "flash" or "flash_attention_2" => AttentionKind.Sdpa,
+        "eager" => AttentionKind.Eager,
+        _ => throw new PlanInputException("attention", $"unknown attention implementation '{value}'", Attentions),
+    };
+
+    public static string Name(AttentionKind attention) => attention.ToString().ToLowerInvariant();
 
     public static KvCacheFormat ParseKvCache(string value) => value.Trim().ToLowerInvariant() switch
     {

@@ -33,6 +33,19 @@ public enum ServingRuntime
 
     /// <summary>llama.cpp: weights + a KV cache sized to the context + a compute buffer.</summary>
     LlamaCpp,
+
+    /// <summary>Hugging Face transformers, eager PyTorch (generate with a dynamic cache; the whole prompt in one forward).</summary>
+    Transformers,
+}
+
+/// <summary>How attention is computed, which decides whether the score matrix is materialized.</summary>
+public enum AttentionKind
+{
+    /// <summary>Fused attention (PyTorch SDPA flash / memory-efficient kernels, FlashAttention-2): no score matrix.</summary>
+    Sdpa,
+
+    /// <summary>Eager attention: scores [heads × seq × seq] materialized (softmax in fp32), and saved for backward in training.</summary>
+    Eager,
 }
 
 /// <summary>Element type of the KV cache.</summary>
@@ -83,6 +96,12 @@ public sealed record Workload
     public KvCacheFormat KvCache { get; init; } = KvCacheFormat.Fp16;
 
     public OptimizerKind Optimizer { get; init; } = OptimizerKind.ModeDefault;
+
+    /// <summary>Attention implementation (training activations; transformers prefill).</summary>
+    public AttentionKind Attention { get; init; } = AttentionKind.Sdpa;
+
+    /// <summary>Tokens one prefill forward processes; 0 = the runtime's default (lowbit 256, vLLM max_num_batched_tokens, llama.cpp n_ubatch 512, transformers the whole batch).</summary>
+    public int PrefillChunk { get; init; }
 
     /// <summary>LoRA rank r (adapters on every block linear: q, k, v, o, gate, up, down).</summary>
     public int LoraRank { get; init; } = 16;
