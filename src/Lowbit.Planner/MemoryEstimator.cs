@@ -320,7 +320,7 @@ public static class MemoryEstimator
         {
             throw new PlanInputException("lora-rank", $"must be at least 1, got {w.LoraRank}");
         }
-        var adapters = (double)w.LoraRank * p.LoraParametersPerRank;
+        var adapters = (double)w.LoraRank * LoraParametersPerRank(m, w.LoraTargets);
         var stateBytes = w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 2 : 8;
         var dequantBuffer = w.Weights.IsHighPrecision ? 0 : (double)p.MaxLinearInput * Math.Max(m.HiddenSize, m.QueryDim) * 2;
         return new MemoryBreakdown
@@ -367,21 +367,16 @@ public static class MemoryEstimator
     }
 
     /// <summary>
-    /// Activations saved for backward on one GPU, as Hugging Face transformers + PEFT keep them (16-bit model), per
-    /// token and layer: each RMSNorm its fp32 input copy, its 16-bit normalized value and its output (8 × hidden;
-    /// LayerNorm 4 ×); rotary q and k with their rotate_half (4q + 4kv); attention q, k and v repeated to the query
-    /// heads, the output and the contiguous o_proj input (10q); the gated MLP's gate, activation, up and product
-    /// (8 × intermediate per routed expert; dense 4 ×). Eager attention also saves the fp32 softmax and its 16-bit
-    /// cast (6 B per score); SDPA/flash saves no scores. LoRA adds the fp32 copy of every adapted projection's input
-    /// (PEFT casts inputs to the fp32 adapters). With gradient checkpointing only each layer's input is kept, plus one
-    /// layer recomputed and its gradients (1.5 × a layer) during backward. Logits: the 16-bit output, the fp32
-    /// log-softmax saved for the loss, its gradient and the input gradient (14 B per token per vocabulary entry);
-    /// the final norm and head input (8 × hidden).
+    /// Activations saved for backward on one GPU, as PyTorch autograd keeps them for a Hugging Face model in 16-bit
+    /// (<see cref="LayerActivationBytes"/> per layer). With gradient checkpointing only each layer's input is kept,
+    /// plus one layer recomputed and its gradients (1.5 × a layer) during backward. Logits: the 16-bit output, the
+    /// fp32 log-softmax saved for the loss, its gradient and the input gradient (14 B per token per vocabulary
+    /// entry); the final norm and the head input (8 × hidden). Eager attention adds the causal mask.
     /// </summary>
     private static ByteSize TrainingActivations(ModelArchitecture m, Workload w)
     {
         var tokens = (double)w.SequenceLength * w.MicroBatch;
-        var layerBytes = LayerActivationBytes(m, w, tokens);
+        var layerBytes = LayerActivationBytes(m, w) * tokens;
         var stored = w.GradientCheckpointing
             ? (m.Layers * tokens * m.HiddenSize * 2) + (1.5 * layerBytes)
             : m.Layers * layerBytes;
@@ -391,29 +386,64 @@ public static class MemoryEstimator
         return ByteSize.FromBytes(stored + eagerMask + logits + head);
     }
 
-    /// <summary>Bytes one decoder layer saves for backward for <paramref name="tokens"/> tokens (see <see cref="TrainingActivations"/>).</summary>
-    private static double LayerActivationBytes(ModelArchitecture m, Workload w, double tokens)
+    /// <summary>
+    /// Bytes one decoder layer saves for backward per token. Autograd saves what each backward needs: a frozen
+    /// linear needs no input (only its weight), a trained one does; a product with a constant (rotary cos/sin) saves
+    /// only the constant. Trained base (full, lowbit-full): each RMSNorm its fp32 input, 16-bit normalized value and
+    /// output (8 × hidden; LayerNorm 4 ×), the o_proj and down_proj inputs (q, intermediate). Frozen base (LoRA,
+    /// QLoRA): each RMSNorm its fp32 input (4 × hidden; LayerNorm 2 ×), and every adapted projection its input cast to
+    /// fp32 (PEFT casts to the fp32 adapters; q, k and v each keep their own copy). Both: attention q, k and v repeated
+    /// to the query heads and its output (8q; eager also the fp32 softmax and its 16-bit cast, 6 B per score), the
+    /// gated MLP's gate, activation and up (6 × intermediate per routed expert; dense: 2 ×).
+    /// </summary>
+    private static double LayerActivationBytes(ModelArchitecture m, Workload w)
     {
         double h = m.HiddenSize;
         double q = m.QueryDim;
-        double kv = m.KvDim;
-        var mlpIntermediate = (double)m.IntermediateSize * m.ExpertsPerToken;
-        var norms = (m.ParallelBlock ? 1 : 2) * (m.Norm == NormKind.RmsNorm ? 8 : 4) * h;
-        var rotary = m.LearnedPositions > 0 ? 0 : (4 * q) + (4 * kv);
-        var attention = 10 * q;
-        var mlp = (m.Mlp == MlpKind.Gated ? 8 : 4) * mlpIntermediate;
-        var perToken = norms + rotary + attention + mlp;
+        var i = (double)m.IntermediateSize * m.ExpertsPerToken;
+        var gated = m.Mlp == MlpKind.Gated;
+        var norms = m.ParallelBlock ? 1 : 2;
+        var attention = 8 * q;
+        var mlp = (gated ? 6 : 2) * i;
+        double perToken;
         if (w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora)
         {
-            // Inputs of q, k, v (hidden), o (q), gate/up (hidden) or fc1, and down/fc2 (intermediate), cast to fp32.
-            var adaptedInputs = (3 * h) + q + ((m.Mlp == MlpKind.Gated ? 2 : 1) * h * m.ExpertsPerToken) + mlpIntermediate;
-            perToken += 4 * adaptedInputs;
+            var t = w.LoraTargets;
+            var adaptedInputs = (Count(t, LoraTargets.Q | LoraTargets.K | LoraTargets.V) * h)
+                                + (t.HasFlag(LoraTargets.O) ? q : 0)
+                                + (Count(t, gated ? LoraTargets.Gate | LoraTargets.Up : LoraTargets.Gate) * h * m.ExpertsPerToken)
+                                + (t.HasFlag(LoraTargets.Down) ? i : 0);
+            perToken = (norms * (m.Norm == NormKind.RmsNorm ? 4 : 2) * h) + attention + mlp + (4 * adaptedInputs);
+        }
+        else
+        {
+            perToken = (norms * (m.Norm == NormKind.RmsNorm ? 8 : 4) * h) + (2 * q) + attention + mlp + (2 * i);
         }
         if (w.Attention == AttentionKind.Eager)
         {
             perToken += 6.0 * m.AttentionHeads * w.SequenceLength;
         }
-        return tokens * perToken;
+        return perToken;
+    }
+
+    private static int Count(LoraTargets targets, LoraTargets mask) => System.Numerics.BitOperations.PopCount((uint)(targets & mask));
+
+    /// <summary>LoRA parameters per unit of rank for the adapted projections: Σ (in + out), all layers and experts.</summary>
+    public static long LoraParametersPerRank(ModelArchitecture m, LoraTargets targets)
+    {
+        long h = m.HiddenSize;
+        long q = m.QueryDim;
+        long kv = m.KvDim;
+        long i = m.IntermediateSize;
+        long attention = (targets.HasFlag(LoraTargets.Q) ? h + q : 0)
+                         + (targets.HasFlag(LoraTargets.K) ? h + kv : 0)
+                         + (targets.HasFlag(LoraTargets.V) ? h + kv : 0)
+                         + (targets.HasFlag(LoraTargets.O) ? q + h : 0);
+        var gated = m.Mlp == MlpKind.Gated;
+        long expert = (targets.HasFlag(LoraTargets.Gate) ? h + i : 0)
+                      + (gated && targets.HasFlag(LoraTargets.Up) ? h + i : 0)
+                      + (targets.HasFlag(LoraTargets.Down) ? i + h : 0);
+        return m.Layers * (attention + (m.Experts * expert));
     }
 
     /// <summary>
