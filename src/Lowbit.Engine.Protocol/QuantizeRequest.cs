@@ -14,6 +14,18 @@ public static class ExportFormats
     public const string GgufQ4K = "gguf-q4_k";
 
     public static IReadOnlyList<string> All { get; } = [Lowbit, Gptq, GgufQ8, GgufQ4, GgufQ4K];
+
+    /// <summary>
+    /// Where <c>quantize --out DIR</c> writes a format: one folder per format (<c>DIR/lowbit/</c>, <c>DIR/gguf-q4_k/</c>).
+    /// The operator hands these paths to <c>finetune</c>, <c>serve</c> and llama.cpp, so both sides use this function.
+    /// </summary>
+    public static string Folder(string outDirectory, string format) => $"{outDirectory.TrimEnd('/')}/{format}";
+
+    /// <summary>The GGUF file inside a GGUF format's folder: <c>DIR/gguf-q4_k/model-q4_k.gguf</c>.</summary>
+    public static string GgufFile(string outDirectory, string format) =>
+        format.StartsWith("gguf-", StringComparison.Ordinal)
+            ? $"{Folder(outDirectory, format)}/model-{format["gguf-".Length..]}.gguf"
+            : throw new ArgumentException($"{format} is not a GGUF format", nameof(format));
 }
 
 /// <summary>

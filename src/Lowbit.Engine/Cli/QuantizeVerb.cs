@@ -76,7 +76,7 @@ public static class QuantizeVerb
         for (var i = 0; i < request.Formats.Count; i++)
         {
             var format = request.Formats[i];
-            var outDir = Path.Combine(request.Out, format);
+            var outDir = ExportFormats.Folder(request.Out, format);
             exports.Add((format, outDir, Export(format, outDir, checkpoint, quantized)));
             context.Emit(new ProgressEvent { Stage = "export", Layer = i + 1, Layers = request.Formats.Count, ElapsedSeconds = Math.Round(context.ElapsedSeconds, 3) });
         }
@@ -196,7 +196,7 @@ public static class QuantizeVerb
                 string? Read(string file) => File.Exists(Path.Combine(checkpoint.Directory, file)) ? File.ReadAllText(Path.Combine(checkpoint.Directory, file)) : null;
                 var tensors = checkpoint.TensorNames.Order(StringComparer.Ordinal)
                     .Select(n => new KeyValuePair<string, Func<Tensor>>(n, () => checkpoint.Load(n, ScalarType.Float32)));
-                var path = Path.Combine(outDir, $"model-{format["gguf-".Length..]}.gguf");
+                var path = ExportFormats.GgufFile(request.Out, format);
                 return GgufLlamaExport.Write(path, Read("config.json")!, Read("tokenizer.json"), Read("tokenizer_config.json"), Ordered(tensors), type).Bytes;
         }
     }

@@ -45,9 +45,12 @@ public static class FineTuneJobBuilder
         var spec = job.Spec;
         var (model, revision) = spec.BaseModel.Source is { } source
             ? volumes.Model(source)
-            : baseModel is not null
-                ? (volumes.Artifacts(baseModel), null)
-                : throw new InvalidSpecException("spec.baseModel", "the referenced QuantizedModel is not available");
+            : baseModel is null
+                ? throw new InvalidSpecException("spec.baseModel", "the referenced QuantizedModel is not available")
+                : baseModel.Spec.Formats.Contains(ExportFormat.Lowbit)
+                    ? (volumes.Artifact(baseModel, ExportFormat.Lowbit), null)
+                    : throw new InvalidSpecException("spec.baseModel.quantizedModelRef",
+                        $"QuantizedModel {baseModel.Metadata.Name} exports no lowbit format, which fine-tuning reads: add lowbit to its spec.formats");
         var lora = spec.Lora ?? new LoraSpec();
         var output = volumes.Pvc(spec.Output.Pvc.ClaimName, spec.Output.Pvc.Path, writable: true);
         return new FinetuneRequest

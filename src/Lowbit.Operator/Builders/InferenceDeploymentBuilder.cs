@@ -104,7 +104,7 @@ public static class InferenceDeploymentBuilder
         endpoint.Spec.Model.Source is { } source
             ? volumes.Model(source)
             : served.QuantizedModel is { } model
-                ? (volumes.Artifacts(model), null)
+                ? (volumes.Artifact(model, ExportFormat.Lowbit), null)
                 : throw new InvalidSpecException("spec.model.quantizedModelRef", "the referenced QuantizedModel is not available");
 
     private static List<string> LowbitArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
@@ -177,7 +177,7 @@ public static class InferenceDeploymentBuilder
             throw new InvalidSpecException("spec.model.quantizedModelRef", $"QuantizedModel {quantized.Metadata.Name} exports no gguf format; llamacpp needs one");
         }
 
-        var file = $"{volumes.Artifacts(quantized)}/model-{EngineJobs.Format(gguf)}.gguf";
+        var file = ExportFormats.GgufFile(volumes.Artifacts(quantized), EngineJobs.Format(gguf));
         var args = new List<string>
         {
             "-m", file,

@@ -1,6 +1,7 @@
 using System.Globalization;
 using k8s.Models;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 
 namespace Lowbit.Operator.Builders;
 
@@ -108,6 +109,9 @@ public sealed class VolumeSet
         ArgumentNullException.ThrowIfNull(model);
         return Pvc(model.Spec.Output.Pvc.ClaimName, model.Spec.Output.Pvc.Path);
     }
+
+    /// <summary>The folder of one export format of a QuantizedModel (the engine's layout, <see cref="ExportFormats.Folder"/>).</summary>
+    public string Artifact(QuantizedModel model, ExportFormat format) => ExportFormats.Folder(Artifacts(model), EngineJobs.Format(format));
 
     /// <summary>The directory a FineTuneJob's adapter is in (its <c>spec.output</c>).</summary>
     public string Adapter(FineTuneJob job)
