@@ -22,9 +22,12 @@ public static class ExportFormats
     public static string Folder(string outDirectory, string format) => $"{outDirectory.TrimEnd('/')}/{format}";
 
     /// <summary>The GGUF file inside a GGUF format's folder: <c>DIR/gguf-q4_k/model-q4_k.gguf</c>.</summary>
-    public static string GgufFile(string outDirectory, string format) =>
+    public static string GgufFile(string outDirectory, string format) => $"{Folder(outDirectory, format)}/{GgufFileName(format)}";
+
+    /// <summary><c>model-q4_k.gguf</c> for <c>gguf-q4_k</c>.</summary>
+    public static string GgufFileName(string format) =>
         format.StartsWith("gguf-", StringComparison.Ordinal)
-            ? $"{Folder(outDirectory, format)}/model-{format["gguf-".Length..]}.gguf"
+            ? $"model-{format["gguf-".Length..]}.gguf"
             : throw new ArgumentException($"{format} is not a GGUF format", nameof(format));
 }
 

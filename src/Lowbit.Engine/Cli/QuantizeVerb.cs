@@ -196,7 +196,7 @@ public static class QuantizeVerb
                 string? Read(string file) => File.Exists(Path.Combine(checkpoint.Directory, file)) ? File.ReadAllText(Path.Combine(checkpoint.Directory, file)) : null;
                 var tensors = checkpoint.TensorNames.Order(StringComparer.Ordinal)
                     .Select(n => new KeyValuePair<string, Func<Tensor>>(n, () => checkpoint.Load(n, ScalarType.Float32)));
-                var path = ExportFormats.GgufFile(request.Out, format);
+                var path = Path.Combine(outDir, ExportFormats.GgufFileName(format));
                 return GgufLlamaExport.Write(path, Read("config.json")!, Read("tokenizer.json"), Read("tokenizer_config.json"), Ordered(tensors), type).Bytes;
         }
     }
