@@ -169,13 +169,19 @@ public static class LocalCommand
                 }
                 if (up.Demo && op is not null && repoRoot is not null)
                 {
+                    var live = !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive;
+                    if (!live)
+                    {
+                        // Plain lines for logs: one event a line, never wrapped at a guessed terminal width.
+                        AnsiConsole.Profile.Width = 4096;
+                    }
                     var code = await OperatorDemo.RunAsync(server.KubeconfigPath, op, new DemoOptions
                     {
                         RepoRoot = repoRoot,
                         WorkDirectory = Path.Combine(Path.GetFullPath(stateDir), "demo"),
                         EnginePath = up.EnginePath ?? SimulatedCluster.DefaultEnginePath(),
                         ClaimsDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor", "pvc"),
-                        Live = !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive,
+                        Live = live,
                         Sweep = up.Sweep,
                     }, AnsiConsole.Console, stop).ConfigureAwait(false);
                     Console.WriteLine(code == 0
