@@ -126,6 +126,31 @@ public static class DecisionParts
                 ? null
                 : new Outcome.InProgress(Conditions.Reasons.WaitingForDependency, $"{field}: waiting for QuantizedModel {reference} to be Ready");
 
+    /// <summary>
+    /// R9: an object with one of the children's names that this owner does not control is never adopted or mutated;
+    /// the owner stalls with reason <see cref="StatusReasons.ChildConflict"/>, naming the object and its controller.
+    /// </summary>
+    public static Outcome.Stalled? ChildConflict(IKubernetesObject<V1ObjectMeta> owner, params IKubernetesObject<V1ObjectMeta>?[] children)
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        ArgumentNullException.ThrowIfNull(children);
+        foreach (var child in children)
+        {
+            if (child is null || ChildMeta.IsControlledBy(child, owner))
+            {
+                continue;
+            }
+
+            var kind = child.Kind ?? child.GetType().Name[2..];
+            var controller = child.Metadata.OwnerReferences?.FirstOrDefault(r => r.Controller == true);
+            var by = controller is null ? "it has no controller" : $"it is controlled by {controller.Kind} {controller.Name}";
+            return new Outcome.Stalled(StatusReasons.ChildConflict,
+                $"{kind} {child.Metadata.NamespaceProperty}/{child.Metadata.Name} already exists and {by}, not by this {owner.Kind ?? "resource"}; it is left untouched: delete or rename it");
+        }
+
+        return null;
+    }
+
     /// <summary>An outcome for an architecture that could not be resolved; null when it was.</summary>
     public static Outcome? Blocker(ArchitectureResolution resolution) => resolution switch
     {

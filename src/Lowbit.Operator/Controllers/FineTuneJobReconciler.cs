@@ -66,6 +66,12 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         }
 
         work = work with { Blocker = blocker, PlacementChange = placing.Change };
+        // Whatever a foreign object of a child's name shows is not ours to report.
+        if (DecisionParts.ChildConflict(job, observed.Job) is { } conflict)
+        {
+            work = new WorkloadObservation { Blocker = conflict };
+        }
+
         var (status, outcome) = FineTuneJobStatusCalculator.Evaluate(job, plan, placing.Placement, work, context.Now);
         var (timeout, _) = Planning.SchedulingTimeout(job.Spec.Scheduling.Timeout);
         return new Decision<FineTuneJobStatus>

@@ -15,6 +15,8 @@ public sealed record InferenceEndpointObservation
 {
     public V1Deployment? Deployment { get; init; }
 
+    public V1Service? Service { get; init; }
+
     /// <summary>The serving pods of every placement (a <c>Decide</c> looks at the current placement's).</summary>
     public IReadOnlyList<V1Pod> Pods { get; init; } = [];
 
@@ -70,6 +72,12 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         }
 
         work = work with { Blocker = blocker, PlacementChange = placing.Change };
+        // Whatever a foreign object of a child's name shows is not ours to report.
+        if (DecisionParts.ChildConflict(endpoint, observed.Deployment, observed.Service) is { } conflict)
+        {
+            work = new WorkloadObservation { Blocker = conflict };
+        }
+
         var url = InferenceDeploymentBuilder.Url(endpoint, context.Options);
         var (status, outcome) = InferenceEndpointStatusCalculator.Evaluate(endpoint, plan, placing.Placement, work, url, context.Now);
         var (timeout, _) = Planning.SchedulingTimeout(endpoint.Spec.Scheduling.Timeout);
@@ -92,6 +100,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         return new InferenceEndpointObservation
         {
             Deployment = Child<V1Deployment>(obj, InferenceDeploymentBuilder.Role),
+            Service = Child<V1Service>(obj, InferenceDeploymentBuilder.Role),
             Pods = Services.Cache.List<V1Pod>(ns).Where(p => ChildMeta.IsComponentOf(p, obj, InferenceDeploymentBuilder.Role)).ToList(),
             Model = reference is not null && Services.Cache.TryGet<QuantizedModel>(new ObjectKey(ns, reference.Name), out var model) ? model : null,
             Adapters = (obj.Spec.Adapters ?? [])

@@ -14,6 +14,8 @@ public sealed record QuantizedModelObservation
 
     public IReadOnlyList<V1Pod> Pods { get; init; } = [];
 
+    public V1Job? InspectJob { get; init; }
+
     public IReadOnlyList<V1Pod> InspectPods { get; init; } = [];
 
     /// <summary>Null when the spec is invalid (nothing was read).</summary>
@@ -65,6 +67,12 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
         }
 
         work = work with { Blocker = blocker, PlacementChange = placing.Change };
+        // Whatever a foreign object of a child's name shows is not ours to report.
+        if (DecisionParts.ChildConflict(model, observed.Job, observed.InspectJob) is { } conflict)
+        {
+            work = new WorkloadObservation { Blocker = conflict };
+        }
+
         var (status, outcome) = QuantizedModelStatusCalculator.Evaluate(model, plan, placing.Placement, work, context.Now);
         var built = children.Count > 0 && blocker is null;
         var (timeout, _) = Planning.SchedulingTimeout(model.Spec.Scheduling.Timeout);
@@ -84,7 +92,8 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
     protected override QuantizedModelObservation Observe(QuantizedModel obj)
     {
         var job = Child<V1Job>(obj, QuantizeJobBuilder.Role);
-        return new QuantizedModelObservation { Job = job, Pods = PodsOf(job), InspectPods = PodsOf(Child<V1Job>(obj, InspectJobBuilder.Role)) };
+        var inspect = Child<V1Job>(obj, InspectJobBuilder.Role);
+        return new QuantizedModelObservation { Job = job, Pods = PodsOf(job), InspectJob = inspect, InspectPods = PodsOf(inspect) };
     }
 
     protected override async Task<QuantizedModelObservation> ResolveAsync(QuantizedModel obj, QuantizedModelObservation observed, CancellationToken cancellationToken) =>
