@@ -126,7 +126,12 @@ public sealed class DecideTests
         var started = Now.UtcDateTime.AddHours(-2);
         var child = new V1Job
         {
-            Metadata = new V1ObjectMeta { Name = $"{job.Metadata.Name}-{FineTuneJobBuilder.Role}", NamespaceProperty = "ml" },
+            Metadata = new V1ObjectMeta
+            {
+                Name = $"{job.Metadata.Name}-{FineTuneJobBuilder.Role}",
+                NamespaceProperty = "ml",
+                OwnerReferences = [new V1OwnerReference { ApiVersion = "lowbit.dev/v1alpha1", Kind = "FineTuneJob", Name = job.Metadata.Name, Uid = job.Metadata.Uid, Controller = true }],
+            },
             Status = new V1JobStatus
             {
                 StartTime = started,
