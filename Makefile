@@ -39,9 +39,10 @@ test: tools restore
 	  --logger "trx" --logger "console;verbosity=minimal" || status=$$?; \
 	  bash .ci/summarize.sh $(RESULTS); exit $$status
 
-## crds: regenerate crds/*.yaml from the C# types (the only way they change)
+## crds: regenerate crds/*.yaml from the C# types (the only way they change) and copy them into the chart
 crds:
 	$(DOTNET) run --project src/Lowbit.Cli/Lowbit.Cli.csproj -c $(CONFIGURATION) -- crds --out crds
+	rm -f charts/lowbit/crds/*.yaml && cp crds/*.yaml charts/lowbit/crds/
 
 ## run: the main job — the embedded local cluster, the operator and examples/local
 run: tools build

@@ -63,6 +63,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         _stateDirectory = options.StateDirectory ?? Directory.CreateTempSubdirectory("lowbit-cluster-").FullName;
         KubeconfigPath = Path.GetFullPath(options.KubeconfigPath ?? Path.Combine(_stateDirectory, "kubeconfig"));
         Token = Convert.ToHexString(RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
+        Tokens.Register(Token, new Auth.UserInfo { Username = Auth.TokenAuthenticator.AdminUser, Groups = ["system:masters", "system:authenticated"] });
         Api = null!;
         _logger = (options.LoggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<LocalClusterServer>();
     }
@@ -88,6 +89,9 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
 
     /// <summary>The bearer token written into the kubeconfig (any token or client certificate is accepted).</summary>
     public string Token { get; }
+
+    /// <summary>The tokens TokenReview authenticates: <see cref="Token"/> as an administrator, plus those issued by tests.</summary>
+    public Auth.TokenAuthenticator Tokens { get; } = new();
 
     /// <summary>The CA certificate (PEM) clients trust; null over plain HTTP.</summary>
     public string? CaPem => _certificates?.AuthorityPem;
@@ -152,6 +156,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         var app = builder.Build();
         var handler = new ApiRequestHandler(Api, Faults, Journal, Logs, () => $"127.0.0.1:{Port}")
         {
+            Tokens = Tokens,
             OnInternalError = ex => Log.InternalError(_logger, ex),
         };
         app.Run(handler.HandleAsync);

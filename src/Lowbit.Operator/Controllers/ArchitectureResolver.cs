@@ -93,6 +93,12 @@ public sealed class ArchitectureResolver(IKubernetes client, IObjectCache cache,
             {
                 return new ArchitectureResolution.Failed(Conditions.Reasons.SecretNotFound, $"Secret {secretRef.Name} not found (spec.source.huggingFace.tokenSecretRef)", Terminal: false);
             }
+            catch (k8s.Autorest.HttpOperationException ex) when (ex.Response.StatusCode == HttpStatusCode.Forbidden)
+            {
+                // The Helm chart grants no Secret reads unless rbac.readTokenSecrets=true (pods get the token through secretKeyRef).
+                return new ArchitectureResolution.Failed(Conditions.Reasons.SecretNotFound,
+                    $"the operator may not read Secret {secretRef.Name} (spec.source.huggingFace.tokenSecretRef): annotate the model with {Annotation}=<preset> or install the chart with rbac.readTokenSecrets=true", Terminal: false);
+            }
         }
 
         using var request = new HttpRequestMessage(HttpMethod.Get, url);
