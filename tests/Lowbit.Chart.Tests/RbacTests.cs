@@ -68,7 +68,7 @@ public sealed partial class RbacTests
     }
 
     /// <summary>
-    /// Reads src/Lowbit.Operator for the API calls it makes (KubernetesClient methods, the kinds its informers list and
+    /// Reads src/Lowbit.Operator and src/Lowbit.Operator.Runtime for the API calls it makes (KubernetesClient methods, the kinds its informers list and
     /// watch, KubernetesClient's LeaseLock) and compares the (group, resource, verb) set with the chart's rules.
     /// </summary>
     [Fact]
@@ -102,8 +102,10 @@ public sealed partial class RbacTests
 
     private static HashSet<string> UsedByCode()
     {
-        var source = Path.Combine(ClusterFixture.RepoRoot, "src", "Lowbit.Operator");
-        var text = string.Join("\n", Directory.GetFiles(source, "*.cs", SearchOption.AllDirectories).Select(File.ReadAllText));
+        var text = string.Join("\n", new[] { "Lowbit.Operator", "Lowbit.Operator.Runtime" }
+            .SelectMany(project => Directory.GetFiles(Path.Combine(ClusterFixture.RepoRoot, "src", project), "*.cs", SearchOption.AllDirectories))
+            .Where(file => !file.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
+            .Select(File.ReadAllText));
         var used = new HashSet<string>(StringComparer.Ordinal);
         var crs = new[] { "quantizedmodels", "finetunejobs", "inferenceendpoints" };
         foreach (Match call in ClientCall().Matches(text))
