@@ -55,7 +55,8 @@ public sealed partial class DashboardTests
     /// <summary>The metric names of a PromQL expression: identifiers outside label matchers, strings and ranges that are not functions or keywords.</summary>
     internal static IReadOnlyList<string> MetricsOf(string expr)
     {
-        var stripped = Braces().Replace(expr, " ");
+        var stripped = LabelValues().Replace(expr, "$1"); // label_values(metric, label): the label is no metric
+        stripped = Braces().Replace(stripped, " ");
         stripped = Strings().Replace(stripped, " ");
         stripped = Ranges().Replace(stripped, " ");
         stripped = Grouping().Replace(stripped, " ");
@@ -106,6 +107,7 @@ public sealed partial class DashboardTests
         Assert.Equal(["lowbit:time_to_first_token_seconds_bucket"],
             MetricsOf("histogram_quantile(0.95, sum by (le, model_name) (rate(lowbit:time_to_first_token_seconds_bucket{model_name=~\"a|b\"}[5m])))"));
         Assert.Equal(["a_total", "b"], MetricsOf("sum without (pod) (increase(a_total[1h])) / on (namespace) group_left b"));
+        Assert.Equal(["lowbit_endpoint_gpus"], MetricsOf("label_values(lowbit_endpoint_gpus, namespace)"));
     }
 
     [Fact]
@@ -121,6 +123,9 @@ public sealed partial class DashboardTests
 
     [GeneratedRegex("\"((?:lowbit_|controller_runtime_|workqueue_|leader_election_|rest_client_|llm_)[a-z0-9_]+)\"")]
     private static partial Regex MetricLiteral();
+
+    [GeneratedRegex(@"label_values\(([^,()]+),[^)]*\)")]
+    private static partial Regex LabelValues();
 
     [GeneratedRegex(@"\{[^}]*\}")]
     private static partial Regex Braces();
