@@ -31,29 +31,12 @@ public sealed partial class RbacTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task Does_grant_no_wildcard_and_no_secret_unless_asked(bool namespaced)
+    public async Task Does_grant_no_wildcard_and_no_secret(bool namespaced)
     {
-        foreach (var readSecrets in new[] { false, true })
-        {
-            string[] args = [.. namespaced ? Chart.Namespaced : [], "--set", $"rbac.readTokenSecrets={readSecrets.ToString().ToLowerInvariant()}"];
-            var objects = await Chart.TemplateAsync(args);
-            var rules = RulesOf(objects).ToList();
-            Assert.DoesNotContain(rules, r => r.Rule.ToJsonString().Contains("\"*\"", StringComparison.Ordinal));
-            var secretRules = rules.Where(r => Strings(r.Rule["resources"]).Contains("secrets")).ToList();
-            if (!readSecrets)
-            {
-                Assert.Empty(secretRules);
-                continue;
-            }
-
-            var secretRule = Assert.Single(secretRules);
-            Assert.Equal(["get"], Strings(secretRule.Rule["verbs"]));
-            Assert.Equal(namespaced ? "Role" : "ClusterRole", secretRule.Kind);
-            if (namespaced)
-            {
-                Assert.Equal("ml-team", secretRule.Namespace);
-            }
-        }
+        var objects = await Chart.TemplateAsync(namespaced ? Chart.Namespaced : []);
+        var rules = RulesOf(objects).ToList();
+        Assert.DoesNotContain(rules, r => r.Rule.ToJsonString().Contains("\"*\"", StringComparison.Ordinal));
+        Assert.DoesNotContain(rules, r => Strings(r.Rule["resources"]).Contains("secrets"));
     }
 
     [Fact]
@@ -75,7 +58,7 @@ public sealed partial class RbacTests
     public async Task Does_grant_exactly_the_verbs_the_operator_code_uses()
     {
         var used = UsedByCode();
-        var objects = await Chart.TemplateAsync("--set", "rbac.readTokenSecrets=true");
+        var objects = await Chart.TemplateAsync();
         var granted = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (_, _, rule) in RulesOf(objects))
         {

@@ -90,9 +90,4 @@ FineTuneJobReconciler reads pods/log; EventRecorder creates events.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- if .Values.rbac.readTokenSecrets }}
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-{{- end }}
 {{- end -}}
