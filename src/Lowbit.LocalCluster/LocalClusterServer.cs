@@ -64,12 +64,8 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         _ownsStateDirectory = options.StateDirectory is null;
         _stateDirectory = options.StateDirectory ?? Directory.CreateTempSubdirectory("lowbit-cluster-").FullName;
         KubeconfigPath = Path.GetFullPath(options.KubeconfigPath ?? Path.Combine(_stateDirectory, "kubeconfig"));
-<<<<<<< HEAD
-        Token = Convert.ToHexString(RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
-        Tokens.Register(Token, new Auth.UserInfo { Username = Auth.TokenAuthenticator.AdminUser, Groups = ["system:masters", "system:authenticated"] });
-=======
         Token = options.StateDirectory is null ? NewToken() : PersistentToken(_stateDirectory);
->>>>>>> main
+        Tokens.Register(Token, new Auth.UserInfo { Username = Auth.TokenAuthenticator.AdminUser, Groups = ["system:masters", "system:authenticated"] });
         Api = null!;
         _logger = (options.LoggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<LocalClusterServer>();
     }
