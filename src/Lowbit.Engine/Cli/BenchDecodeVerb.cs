@@ -20,7 +20,7 @@ namespace Lowbit.Engine.Cli;
 /// kernels, no graphs), <c>native</c> (fused + native kernels, no graphs), <c>graph</c> (native kernels, CUDA graphs),
 /// <c>graph-cublas</c> (graphs, dense GEMV through cuBLAS); an <c>int4-</c> prefix runs the mode after RTN 4-bit
 /// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
-/// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>fused</c> run's (int4).
+/// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// </summary>
 internal static class BenchDecodeVerb
 {
@@ -106,6 +106,9 @@ internal static class BenchDecodeVerb
         public int[]? Reference { get; set; }
 
         public float[]? ReferenceLogits { get; set; }
+
+        /// <summary>Batch-1 greedy tokens of each mode's run, per weights (to compare graphs with the same kernels eagerly).</summary>
+        public Dictionary<string, int[]> TokensByRun { get; } = [];
     }
 
     private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas"];
@@ -138,7 +141,7 @@ internal static class BenchDecodeVerb
         int[]? tokens = null;
         double captureSeconds = 0, prepareSeconds = 0;
         int graphs = 0;
-        bool nativeKernels = false, usesGraphs = false;
+        bool nativeKernels = false, usesGraphs = false, rowsIdentical = true;
         float[]? prefillLogits = null;
         if (run.Mode == "eager")
         {
@@ -186,9 +189,15 @@ internal static class BenchDecodeVerb
                     tokens = output[0];
                     captureSeconds = decoder.CaptureSeconds;
                     graphs = decoder.CapturedGraphs;
-                    if (output.Skip(1).Any(o => !o.SequenceEqual(output[0])))
+                    for (var b = 1; b < output.Length; b++)
                     {
-                        context.Stderr.WriteLine($"bench-decode: {run.Mode}:{run.Batch}: rows of one prompt decoded differently");
+                        if (!output[b].SequenceEqual(output[0]))
+                        {
+                            rowsIdentical = false;
+                            var at = output[b].Zip(output[0]).TakeWhile(p => p.First == p.Second).Count();
+                            context.Stderr.WriteLine($"bench-decode: {weights} {run.Mode}:{run.Batch}: row {b} of one prompt differs from row 0 at token {at}");
+                            break;
+                        }
                     }
                 }
                 else
@@ -202,11 +211,15 @@ internal static class BenchDecodeVerb
                 using var row = decoder.Logits[0].to(ScalarType.Float32).cpu();
                 prefillLogits = row.data<float>().ToArray();
             }
-            if (weights != "bf16" && run.Mode == "fused" && run.Batch == 1)
+            if (weights != "bf16" && run.Mode == "native" && run.Batch == 1)
             {
                 context.Reference = tokens;
                 context.ReferenceLogits = prefillLogits;
             }
+        }
+        if (run.Batch == 1 && tokens is not null)
+        {
+            context.TokensByRun[$"{weights}/{run.Mode}"] = tokens;
         }
         var line = new Dictionary<string, object>
         {
@@ -230,6 +243,12 @@ internal static class BenchDecodeVerb
             line["graphs"] = graphs;
             line["nativeKernels"] = nativeKernels;
             line["cudaGraphs"] = usesGraphs;
+            line["rowsIdentical"] = rowsIdentical;
+            var sameKernels = run.Mode is "graph" ? "native" : run.Mode is "graph-cublas" ? "native-cublas" : null;
+            if (sameKernels is not null && context.TokensByRun.TryGetValue($"{weights}/{sameKernels}", out var eagerTokens) && tokens is not null)
+            {
+                line["tokensMatchingSameKernelsWithoutGraph"] = eagerTokens.Zip(tokens).TakeWhile(p => p.First == p.Second).Count();
+            }
             if (context.Reference is { } reference && tokens is not null && !ReferenceEquals(reference, tokens))
             {
                 var same = reference.Zip(tokens).TakeWhile(p => p.First == p.Second).Count();

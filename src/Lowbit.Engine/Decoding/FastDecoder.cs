@@ -250,7 +250,9 @@ public sealed class FastDecoder : IDisposable
         var positions = _positions.narrow(0, 0, batch).clamp(0, MaxLength - 1);
         var cos = _cos.index_select(0, positions);
         var sin = _sin.index_select(0, positions);
-        var visible = arange(0, length, ScalarType.Int64, _device).unsqueeze(0).le(positions.unsqueeze(1)).view(batch, 1, 1, length);
+        // An additive mask, built once per step (a boolean one would be converted by every layer's attention).
+        var hidden0 = arange(0, length, ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
+        var visible = zeros([batch, 1, 1, length], _dtype, _device).masked_fill(hidden0, double.NegativeInfinity);
         var rows = arange(0, batch, ScalarType.Int64, _device).mul(MaxLength);
         var slotsAt = rows.add(positions);
         var hidden = Forward(tokens, cos, sin, (layer, k, v, q) =>

@@ -44,7 +44,7 @@ fi
 step selfcheck-kernels 240 "$here/run.sh" selfcheck-kernels
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \
-  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph:1,graph:32,int4-fused:1,int4-graph:1,int4-graph:16"
+  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph:1,fused:4,graph:4,graph:32,int4-native:1,int4-graph:1,int4-graph:16"
 step hf-eager 180 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens"
 step hf-static 240 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens" --cache static
 if [ "$quant" = 1 ]; then
