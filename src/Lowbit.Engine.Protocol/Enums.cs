@@ -20,6 +20,16 @@ public enum QuantizationMethod
     Gptq,
 }
 
+/// <summary>Zero-point scheme of the rtn and gptq quantizers.</summary>
+public enum ZeroPointScheme
+{
+    /// <summary>Group-wise min-max with an integer zero-point (more accurate).</summary>
+    Asym,
+
+    /// <summary>Zero fixed at the code midpoint (2^(bits−1)): what vLLM's Marlin GPTQ kernel needs.</summary>
+    Sym,
+}
+
 /// <summary>Fine-tuning method.</summary>
 public enum FinetuneMethod
 {

@@ -33,7 +33,7 @@ public sealed record QuantizeRequest : EngineRequest
 
     private static readonly string[] Flags =
     [
-        CommonFlags.Model, CommonFlags.Revision, "--method", "--bits", "--target-bpw", "--group-size", "--format", CommonFlags.Out,
+        CommonFlags.Model, CommonFlags.Revision, "--method", "--bits", "--target-bpw", "--group-size", "--scheme", "--format", CommonFlags.Out,
         "--calibration", "--calibration-samples", "--calibration-length", "--eval-text", CommonFlags.Device, CommonFlags.ResultFile,
     ];
 
@@ -50,6 +50,9 @@ public sealed record QuantizeRequest : EngineRequest
     public double? TargetBitsPerWeight { get; init; }
 
     public int GroupSize { get; init; } = DefaultGroupSize;
+
+    /// <summary>Zero-point scheme for rtn and gptq (<c>--scheme asym|sym</c>); absent means asym.</summary>
+    public ZeroPointScheme? Scheme { get; init; }
 
     /// <summary>Output formats, from <see cref="ExportFormats.All"/>; default <c>lowbit</c>.</summary>
     public IReadOnlyList<string> Formats { get; init => field = ValueList.Of(value); } = new ValueList<string>([ExportFormats.Lowbit]);
@@ -82,6 +85,7 @@ public sealed record QuantizeRequest : EngineRequest
         .Add("--bits", Bits)
         .Add("--target-bpw", TargetBitsPerWeight)
         .Add("--group-size", GroupSize)
+        .Add("--scheme", Scheme)
         .Add("--format", Formats)
         .Add(CommonFlags.Out, Out)
         .Add("--calibration", Calibration)
@@ -113,6 +117,11 @@ public sealed record QuantizeRequest : EngineRequest
         {
             throw new ProtocolArgumentException("--format", "gptq export needs --bits 4 or 8 without --target-bpw", "gptq with --bits 4|8");
         }
+        var scheme = r.Enum<ZeroPointScheme>("--scheme");
+        if (scheme == ZeroPointScheme.Sym && method == QuantizationMethod.Hqq)
+        {
+            throw new ProtocolArgumentException("--scheme", "hqq optimizes its zero-points; sym applies to rtn and gptq", "--scheme sym with --method rtn|gptq");
+        }
         var calibration = r.Optional("--calibration");
         if (method == QuantizationMethod.Gptq && calibration is null)
         {
@@ -126,6 +135,7 @@ public sealed record QuantizeRequest : EngineRequest
             Bits = bits,
             TargetBitsPerWeight = target,
             GroupSize = r.Int("--group-size", AcceptedGroupSizes) ?? DefaultGroupSize,
+            Scheme = scheme,
             Formats = formats,
             Out = r.Required(CommonFlags.Out, "an output directory"),
             Calibration = calibration,

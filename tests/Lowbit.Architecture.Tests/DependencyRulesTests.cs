@@ -50,6 +50,21 @@ public sealed class DependencyRulesTests
     }
 
     [Fact]
+    public void Operator_runtime_references_nothing_else_of_Lowbit()
+    {
+        // The controller runtime is generic over Kubernetes objects, so another operator can reuse it.
+        var ours = ReferencesOf("Lowbit.Operator.Runtime").Where(IsOurs).ToList();
+        Assert.True(ours.Count == 0, $"Lowbit.Operator.Runtime references {string.Join(", ", ours)}");
+    }
+
+    [Fact]
+    public void Operator_does_not_reference_the_local_cluster()
+    {
+        // The local cluster is a development tool (an embedded API server); the shipped operator never carries it.
+        AssertNone("lowbit-operator", ["Lowbit.LocalCluster"]);
+    }
+
+    [Fact]
     public void Rules_detect_a_forbidden_reference()
     {
         // Guards the guard: the CLI really does reference System.CommandLine, so a rule forbidding it

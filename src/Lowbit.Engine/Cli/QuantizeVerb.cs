@@ -60,6 +60,10 @@ public static class QuantizeVerb
             Bits = request.Bits ?? 8,
             GroupSize = request.GroupSize == -1 ? 0 : request.GroupSize,
             TargetBitsPerWeight = request.TargetBitsPerWeight,
+            Symmetric = request.Scheme == ZeroPointScheme.Sym,
+            // GPTQ v1 qzeros store zero−1: quantize so that every zero-point can be stored (an all-positive group
+            // would otherwise get zero 0).
+            RepresentableZeros = request.Formats.Contains(ExportFormats.Gptq),
             Calibration = calibration,
             Device = device,
         };
@@ -112,6 +116,7 @@ public static class QuantizeVerb
             ["device"] = device.type.ToString().ToLowerInvariant(),
             ["formats"] = string.Join(",", request.Formats),
             ["layout"] = quantized.Allocation?.Layout ?? $"{options.Bits}:{quantized.Layers.Count}",
+            ["scheme"] = options.Symmetric ? "sym" : "asym",
         };
         if (evalTokens is not null)
         {

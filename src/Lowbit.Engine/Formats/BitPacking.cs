@@ -112,9 +112,9 @@ public static class BitPacking
                 {
                     var n = c * perWord + j;
                     var z = zeros[n * groups + g];
-                    if (z < 1 || z > mask + 1)
+                    if (z < 1 || z > mask)
                     {
-                        throw new ArgumentOutOfRangeException(nameof(zeros), z, $"zero-point of output {n}, group {g} is not representable in GPTQ v1 qzeros (needs 1..{mask + 1})");
+                        throw new ArgumentOutOfRangeException(nameof(zeros), z, $"zero-point of output {n}, group {g} is not representable in GPTQ v1 qzeros (needs 1..{mask})");
                     }
                     word |= ((uint)(z - 1) & mask) << (bits * j);
                 }

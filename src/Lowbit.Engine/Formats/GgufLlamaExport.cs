@@ -121,14 +121,16 @@ public static partial class GgufLlamaExport
         : rowLength % GgmlQuants.SmallBlock == 0 ? GgmlType.Q8_0
         : GgmlType.F16;
 
-    /// <summary>llama.cpp's LlamaFileType for the dominant tensor type.</summary>
+    /// <summary>llama.cpp's llama_ftype for the requested matrix type. Every matrix that fits is Q4_K (no Q6_K
+    /// output or attn_v/ffn_down mix as llama.cpp's _M recipe writes), so a Q4_K export is MOSTLY_Q4_K_S (14), not
+    /// MOSTLY_Q4_K_M (15).</summary>
     public static uint FileType(GgmlType type) => type switch
     {
         GgmlType.F32 => 0,
         GgmlType.F16 => 1,
         GgmlType.Q4_0 => 2,
         GgmlType.Q8_0 => 7,
-        GgmlType.Q4_K => 15,
+        GgmlType.Q4_K => 14,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
     };
 

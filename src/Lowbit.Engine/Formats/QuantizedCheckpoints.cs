@@ -206,6 +206,11 @@ public static class GptqCheckpoint
             {
                 throw new EngineInputException($"--format: gptq stores integer zero-points; {name} ({q.Method}) has fractional ones (use --format lowbit)");
             }
+            // v1 qzeros store zero−1 in `bits` bits; zero 0 would wrap to 2^bits−1 and readers disagree on it.
+            if (q.Zeros.lt(1).any().item<bool>() || q.Zeros.gt((1 << bits) - 1).any().item<bool>())
+            {
+                throw new EngineInputException($"--format: gptq stores zero-points 1..{(1 << bits) - 1}; {name} has a group outside that range (quantize with RepresentableZeros, as the quantize verb does for gptq, or with --scheme sym)");
+            }
         }
         Directory.CreateDirectory(directory);
         var entries = new List<SafetensorsEntry>();

@@ -21,6 +21,9 @@ public sealed record GptqOptions
     public bool ActOrder { get; init; }
 
     public bool Symmetric { get; init; }
+
+    /// <summary>Asymmetric zero-points within 1..2^bits−1 (GPTQ v1 qzeros store zero−1); see <see cref="RtnOptions.RepresentableZeros"/>.</summary>
+    public bool RepresentableZeros { get; init; }
 }
 
 /// <summary>
@@ -117,7 +120,7 @@ public static class Gptq
                     var group = end <= i2
                         ? w1[.., (int)i..(int)(i + groupSize)]
                         : torch.cat([w1[.., (int)i..], w[.., (int)i2..(int)end]], 1);
-                    (scale, zero) = GroupParameters(group, maxq, options.Symmetric);
+                    (scale, zero) = GroupParameters(group, maxq, options.Symmetric, options.RepresentableZeros);
                     // Keep them past this block: a group may straddle blocks, and the scales are collected at the end.
                     scales.Add(scale.MoveToOuterDisposeScope());
                     zeros.Add(zero.MoveToOuterDisposeScope());
@@ -166,7 +169,7 @@ public static class Gptq
 
     /// <summary>AutoGPTQ's min-max quantizer parameters: range widened to include 0; symmetric zero at the midpoint.
     /// The scale is rounded to fp16 (how it is stored) before codes are formed.</summary>
-    internal static (Tensor Scale, Tensor Zero) GroupParameters(Tensor group, int maxq, bool symmetric)
+    internal static (Tensor Scale, Tensor Zero) GroupParameters(Tensor group, int maxq, bool symmetric, bool representableZeros = false)
     {
         using var scope = torch.NewDisposeScope();
         var xmin = group.amin([1], keepdim: true).clamp_max(0);
@@ -188,6 +191,10 @@ public static class Gptq
             xmax = xmax.masked_fill(both, 1);
             scale = xmax.sub(xmin).div(maxq);
             zero = xmin.neg().div(scale).round();
+            if (representableZeros)
+            {
+                (scale, zero) = ZeroPoints.FromOne(scale, zero, xmax, maxq);
+            }
         }
         scale = scale.to(ScalarType.Float16).to(ScalarType.Float32);
         return (scale.MoveToOuterDisposeScope(), zero.MoveToOuterDisposeScope());

@@ -30,6 +30,12 @@ public sealed record ModelQuantizeOptions
 
     public Device Device { get; init; } = CPU;
 
+    /// <summary>RTN and GPTQ: zero fixed at the code midpoint (vLLM Marlin's GPTQ layout).</summary>
+    public bool Symmetric { get; init; }
+
+    /// <summary>RTN and GPTQ: asymmetric zero-points within 1..2^bits−1, so a GPTQ v1 export can store every one.</summary>
+    public bool RepresentableZeros { get; init; }
+
     /// <summary>Overrides for HQQ's solver (bits and group size are taken from this record).</summary>
     public HqqOptions Hqq { get; init; } = new();
 
@@ -216,9 +222,9 @@ public static class ModelQuantizer
 
     private static QuantizedTensor QuantizeOne(Tensor weight, Tensor? hessian, int bits, ModelQuantizeOptions options) => options.Method switch
     {
-        QuantMethod.Rtn => Rtn.Quantize(weight, new RtnOptions { Bits = bits, GroupSize = options.GroupSize }),
+        QuantMethod.Rtn => Rtn.Quantize(weight, new RtnOptions { Bits = bits, GroupSize = options.GroupSize, Symmetric = options.Symmetric, RepresentableZeros = options.RepresentableZeros }),
         QuantMethod.Hqq => Hqq.Quantize(weight, options.Hqq with { Bits = bits, GroupSize = options.GroupSize }),
-        QuantMethod.Gptq => Gptq.Quantize(weight, hessian ?? throw new InvalidOperationException("GPTQ needs a Hessian"), options.Gptq with { Bits = bits, GroupSize = options.GroupSize }),
+        QuantMethod.Gptq => Gptq.Quantize(weight, hessian ?? throw new InvalidOperationException("GPTQ needs a Hessian"), options.Gptq with { Bits = bits, GroupSize = options.GroupSize, Symmetric = options.Symmetric || options.Gptq.Symmetric, RepresentableZeros = options.RepresentableZeros || options.Gptq.RepresentableZeros }),
         _ => throw new ArgumentOutOfRangeException(nameof(options), options.Method, null),
     };
 

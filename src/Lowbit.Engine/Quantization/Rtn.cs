@@ -14,6 +14,10 @@ public sealed record RtnOptions
     /// <summary>Symmetric: range ±max|w|, zero = 2^(bits−1); the int8 per-channel scheme uses this.</summary>
     public bool Symmetric { get; init; }
 
+    /// <summary>Asymmetric zero-points stay within 1..2^bits−1, the range GPTQ v1 <c>qzeros</c> (which store zero−1)
+    /// hold so that every GPTQ reader agrees; a group with no negative weight gets zero 1 and a scale widened to fit.</summary>
+    public bool RepresentableZeros { get; init; }
+
     /// <summary>The symmetric int8 per-channel scheme.</summary>
     public static RtnOptions Int8PerChannel { get; } = new() { Bits = 8, GroupSize = 0, Symmetric = true };
 }
@@ -41,10 +45,16 @@ public static class Rtn
         }
         else
         {
-            var min = w.amin([1], keepdim: true);
-            var max = w.amax([1], keepdim: true);
+            // The range includes 0, so the integer zero-point lies within the codes (an all-positive group would
+            // otherwise get zero 0 and its largest weights clipped).
+            var min = w.amin([1], keepdim: true).clamp_max(0);
+            var max = w.amax([1], keepdim: true).clamp_min(0);
             scale = max.sub(min).div(maxq).clamp_min(1e-8);
             zero = min.neg().div(scale).round().clamp(0, maxq);
+            if (options.RepresentableZeros)
+            {
+                (scale, zero) = ZeroPoints.FromOne(scale, zero, max, maxq);
+            }
         }
         // Scales/zeros are stored as fp16: quantize against the stored values.
         scale = scale.to(ScalarType.Float16).to(ScalarType.Float32);
@@ -52,6 +62,18 @@ public static class Rtn
         var rows = weight.shape[0];
         var q = QuantizedTensor.Create(QuantMethod.Rtn, options.Bits, groupSize, codes.reshape(weight.shape), scale.reshape(rows, -1), zero.reshape(rows, -1));
         return q.MoveToOuterDisposeScope();
+    }
+}
+
+internal static class ZeroPoints
+{
+    /// <summary>Groups whose zero-point rounds below 1 (no weight below −scale/2) get zero 1 and a scale that
+    /// still reaches their maximum: max / (maxq − 1). Others are unchanged.</summary>
+    public static (Tensor Scale, Tensor Zero) FromOne(Tensor scale, Tensor zero, Tensor max, int maxq)
+    {
+        var low = zero.lt(1);
+        var widened = max.div(maxq - 1).clamp_min(1e-8);
+        return (torch.where(low, widened, scale), torch.where(low, torch.ones_like(zero), zero));
     }
 }
 

@@ -30,6 +30,14 @@ public class BitPackingTests
         Assert.Contains("not representable", ex.Message);
     }
 
+    [Fact]
+    public void Does_refuse_a_zero_point_of_16_because_its_stored_nibble_15_reads_differently_across_gptq_readers()
+    {
+        var zeros = Enumerable.Repeat(16, 8).ToArray();
+        var ex = Assert.Throws<ArgumentOutOfRangeException>(() => BitPacking.PackGptqZeros(zeros, 8, 1, 4));
+        Assert.Contains("1..15", ex.Message);
+    }
+
     [Theory]
     [InlineData(2)]
     [InlineData(3)]

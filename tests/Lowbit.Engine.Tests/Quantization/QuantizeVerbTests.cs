@@ -93,4 +93,69 @@ public sealed class QuantizeVerbTests : IDisposable
         using var q = GptqCheckpoint.ReadLinear(result.Artifact.Uri, "model.layers.0.self_attn.q_proj");
         Assert.Equal(4, q.Bits);
     }
+
+    /// <summary>A model whose first q_proj has only positive weights: every group's min-max zero-point would be 0.</summary>
+    private string PositiveModel()
+    {
+        var model = TinyModels.SaveWithByteTokenizer(_dir.File("model"));
+        var path = Path.Combine(model, "model.safetensors");
+        Dictionary<string, torch.Tensor> tensors;
+        using (var file = SafetensorsFile.Open(path))
+        {
+            tensors = file.Tensors.Keys.ToDictionary(n => n, n => file.Load(n, torch.ScalarType.Float32));
+        }
+        tensors["model.layers.0.self_attn.q_proj.weight"] = tensors["model.layers.0.self_attn.q_proj.weight"].abs();
+        SafetensorsWriter.Write(path, tensors);
+        return model;
+    }
+
+    [Theory]
+    [InlineData("rtn")]
+    [InlineData("gptq")]
+    public void Does_export_gptq_with_zero_points_1_to_15_when_a_group_has_only_positive_weights(string method)
+    {
+        var model = PositiveModel();
+        File.WriteAllText(_dir.File("calib.txt"), string.Concat(Enumerable.Repeat(Text, 4)));
+        var (exit, _, stderr, result) = Run("quantize", "--model", model, "--method", method, "--bits", "4", "--group-size", "32",
+            "--format", "gptq", "--out", _dir.File("out"), "--calibration", _dir.File("calib.txt"), "--calibration-samples", "4", "--calibration-length", "64");
+        Assert.True(exit == 0, stderr);
+        using var q = GptqCheckpoint.ReadLinear(result!.Artifact!.Uri, "model.layers.0.self_attn.q_proj");
+        Assert.True(q.Zeros.ge(1).all().item<bool>() && q.Zeros.le(15).all().item<bool>(), "a zero-point outside 1..15");
+        // Representable and accurate: the positive weights are not clipped at the top of the range.
+        using var source = SafetensorsFile.Open(Path.Combine(model, "model.safetensors"));
+        using var weight = source.Load("model.layers.0.self_attn.q_proj.weight", torch.ScalarType.Float32);
+        using var restored = q.Dequantize();
+        var relative = weight.sub(restored).norm().item<float>() / weight.norm().item<float>();
+        Assert.True(relative < 0.1, $"relative error {relative}");
+    }
+
+    [Fact]
+    public void Does_export_symmetric_gptq_with_every_zero_at_8_when_asked_for_scheme_sym()
+    {
+        var model = PositiveModel();
+        var (exit, _, stderr, result) = Run("quantize", "--model", model, "--method", "rtn", "--bits", "4", "--group-size", "32",
+            "--scheme", "sym", "--format", "gptq", "--out", _dir.File("out"));
+        Assert.True(exit == 0, stderr);
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(result!.Artifact!.Uri, "quantize_config.json")))!;
+        Assert.True(config["sym"]!.GetValue<bool>());
+        using var q = GptqCheckpoint.ReadLinear(result.Artifact.Uri, "model.layers.0.self_attn.q_proj");
+        Assert.True(q.Zeros.eq(8).all().item<bool>());
+        Assert.Equal("sym", result.Info!["scheme"]);
+    }
+
+    [Fact]
+    public void Does_refuse_gptq_export_of_zero_point_0_with_a_named_error_and_no_folder()
+    {
+        var model = PositiveModel();
+        using var checkpoint = Checkpoint.Open(model);
+        using var quantized = Lowbit.Engine.Quantization.ModelQuantizer.Quantize(checkpoint, new Lowbit.Engine.Quantization.ModelQuantizeOptions
+        {
+            Method = Lowbit.Engine.Quantization.QuantMethod.Rtn, Bits = 4, GroupSize = 32,
+        });
+        var outDir = _dir.File("gptq-out");
+        var ex = Assert.Throws<EngineInputException>(() => GptqCheckpoint.Write(outDir, checkpoint, quantized));
+        Assert.Contains("model.layers.0.self_attn.q_proj", ex.Message);
+        Assert.Contains("--scheme sym", ex.Message);
+        Assert.False(Directory.Exists(outDir));
+    }
 }

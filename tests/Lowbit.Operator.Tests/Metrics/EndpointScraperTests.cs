@@ -8,7 +8,7 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Telemetry;
-using Lowbit.Operator.Tests.Runtime;
+using Lowbit.Operator.Runtime.Tests;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 

@@ -3,8 +3,9 @@ using k8s.Models;
 using Lowbit.Api;
 using Lowbit.LocalCluster;
 using Lowbit.Operator.Runtime;
+using Lowbit.Operator.Runtime.Tests;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
 namespace Lowbit.Operator.Tests.Runtime;
 

@@ -5,11 +5,12 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.LocalCluster;
 using Lowbit.LocalCluster.Testing;
 using Lowbit.Operator.Runtime;
+using Lowbit.Operator.Runtime.Tests;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
 namespace Lowbit.Operator.Tests.Runtime;
 

@@ -5,9 +5,10 @@ using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.LocalCluster;
 using Lowbit.Operator.Runtime;
+using Lowbit.Operator.Runtime.Tests;
 using Lowbit.Operator.Tests.Reconcilers;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
 namespace Lowbit.Operator.Tests.Runtime;
 

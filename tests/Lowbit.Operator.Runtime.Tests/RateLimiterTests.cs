@@ -1,6 +1,6 @@
 using Lowbit.Operator.Runtime;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 public sealed class RateLimiterTests
 {

@@ -1,8 +1,8 @@
 using k8s.Models;
 using Lowbit.Operator.Runtime;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 /// <summary>T1: the informer against the in-test API server (list, chunked watch, bookmarks, 410, stalls, bad lines).</summary>
 public sealed class InformerTests : IAsyncLifetime

@@ -1,8 +1,8 @@
 using Lowbit.Operator.Runtime;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 /// <summary>T1: two electors on one Lease served by the in-test API server.</summary>
 public sealed class LeaderElectionTests : IAsyncLifetime

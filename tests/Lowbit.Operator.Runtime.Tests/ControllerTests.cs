@@ -5,9 +5,9 @@ using k8s.Models;
 using Lowbit.Operator.Runtime;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 /// <summary>The controller loop over a real informer and the in-test API server.</summary>
 public sealed class ControllerTests : IAsyncLifetime

@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using Lowbit.Operator.Runtime;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 public sealed class WorkQueueTests
 {

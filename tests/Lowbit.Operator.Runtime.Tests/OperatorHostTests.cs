@@ -7,9 +7,9 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 /// <summary>The whole operator process in-process: hosting, probes, metrics, leader election, shutdown.</summary>
 public sealed class OperatorHostTests : IAsyncLifetime
@@ -163,26 +163,6 @@ public sealed class OperatorHostTests : IAsyncLifetime
         Assert.Contains("must be shorter than LeaseDuration", error.Message, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task Does_exit_with_a_clear_message_for_a_missing_kubeconfig()
-    {
-        var error = new StringWriter();
-        var original = Console.Error;
-        Console.SetError(error);
-        int code;
-        try
-        {
-            code = await Program.Main(["--kubeconfig=/nonexistent/kubeconfig", "--urls=http://127.0.0.1:0"]);
-        }
-        finally
-        {
-            Console.SetError(original);
-        }
-
-        Assert.Equal(Program.InvalidConfiguration, code);
-        Assert.Contains("--kubeconfig: file '/nonexistent/kubeconfig' does not exist", error.ToString(), StringComparison.Ordinal);
-    }
-
     [Theory]
     [InlineData("WatchTimeout", "01:00:00", "Operator:WatchTimeout must be at most 30 minutes")]
     [InlineData("MaxConcurrentReconciles", "0", "Operator:MaxConcurrentReconciles must be between 1 and 1000 (got 0)")]
@@ -232,44 +212,5 @@ public sealed class OperatorHostTests : IAsyncLifetime
         var exitCode = await run.WaitAsync(Patience);
 
         Assert.Equal(1, exitCode);
-    }
-}
-
-/// <summary>What the test reconciler saw (a singleton the scoped reconciler reports to).</summary>
-public sealed class Probe
-{
-    private int _calls;
-
-    public int Calls => Volatile.Read(ref _calls);
-
-    public bool Block { get; set; }
-
-    public bool SawCancellation { get; set; }
-
-    public IReadOnlyList<string> OwnedPods { get; set; } = [];
-
-    public void Called() => Interlocked.Increment(ref _calls);
-}
-
-public sealed class ProbeReconciler(Probe probe, IObjectCache cache) : IReconciler<V1ConfigMap>
-{
-    public async Task<ReconcileResult> ReconcileAsync(V1ConfigMap obj, CancellationToken cancellationToken)
-    {
-        probe.OwnedPods = cache.ListOwnedBy<V1Pod>(obj).Select(p => p.Metadata.Name).ToList();
-        probe.Called();
-        if (probe.Block)
-        {
-            try
-            {
-                await Task.Delay(Timeout.Infinite, cancellationToken);
-            }
-            catch (OperationCanceledException)
-            {
-                probe.SawCancellation = true;
-                throw;
-            }
-        }
-
-        return ReconcileResult.Done;
     }
 }

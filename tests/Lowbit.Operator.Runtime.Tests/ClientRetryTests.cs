@@ -2,9 +2,9 @@ using System.Net;
 using k8s;
 using k8s.Autorest;
 using Lowbit.Operator.Runtime;
-using static Lowbit.Operator.Tests.Runtime.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.TestSupport;
 
-namespace Lowbit.Operator.Tests.Runtime;
+namespace Lowbit.Operator.Runtime.Tests;
 
 /// <summary>T1: API-server back-pressure through the Kubernetes client's handler chain.</summary>
 public sealed class ClientRetryTests : IAsyncLifetime
