@@ -1,8 +1,9 @@
 namespace Lowbit.Engine.Protocol;
 
 /// <summary>
-/// <c>serve --model SRC [--adapters A,B] [--port N] [--max-context N] [--max-concurrency N] [--served-name NAME] [--device cpu|cuda]</c>:
-/// an OpenAI-compatible server. The verb itself comes in a later issue; the contract is fixed now.
+/// <c>serve --model SRC [--adapters A,B] [--port N] [--max-context N] [--max-concurrency N] [--served-name NAME] [--device cpu|cuda] [--api-key-file F]</c>:
+/// an OpenAI-compatible server (docs/serve.md). <c>--adapters</c> entries are PEFT folders, <c>name=path</c> or a path
+/// (the folder name is the adapter's model name).
 /// </summary>
 public sealed record ServeRequest : EngineRequest
 {
@@ -11,7 +12,7 @@ public sealed record ServeRequest : EngineRequest
     private static readonly string[] Flags =
     [
         CommonFlags.Model, CommonFlags.Revision, "--adapters", "--port", "--max-context", "--max-concurrency", "--served-name",
-        CommonFlags.Device,
+        CommonFlags.Device, "--api-key-file",
     ];
 
     public required string Model { get; init; }
@@ -32,6 +33,9 @@ public sealed record ServeRequest : EngineRequest
 
     public ComputeDevice? Device { get; init; }
 
+    /// <summary>A file holding the API key; when set, <c>/v1/*</c> needs <c>Authorization: Bearer KEY</c> (401 otherwise).</summary>
+    public string? ApiKeyFile { get; init; }
+
     public override string Verb => EngineVerbs.Serve;
 
     public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
@@ -43,6 +47,7 @@ public sealed record ServeRequest : EngineRequest
         .Add("--max-concurrency", MaxConcurrency)
         .Add("--served-name", ServedName)
         .Add(CommonFlags.Device, Device)
+        .Add("--api-key-file", ApiKeyFile)
         .Build();
 
     public static new ServeRequest Parse(IReadOnlyList<string> args)
@@ -58,6 +63,7 @@ public sealed record ServeRequest : EngineRequest
             MaxConcurrency = r.Int("--max-concurrency", 1, 4096) ?? 8,
             ServedName = r.Optional("--served-name"),
             Device = r.Enum<ComputeDevice>(CommonFlags.Device),
+            ApiKeyFile = r.Optional("--api-key-file"),
         };
     }
 }

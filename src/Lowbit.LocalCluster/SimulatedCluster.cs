@@ -22,6 +22,9 @@ public sealed record ClusterSimulationOptions
 
     /// <summary>The engine executable for lowbit-engine images (default: &lt;repo&gt;/out/lowbit-engine when found, else lowbit-engine on PATH).</summary>
     public string? EnginePath { get; init; }
+
+    /// <summary>Claims that start with content (claim name → folder copied in on first use, in any namespace).</summary>
+    public IReadOnlyDictionary<string, string> SeededClaims { get; init; } = new Dictionary<string, string>();
 }
 
 /// <summary>
@@ -72,6 +75,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         {
             StateDirectory = stateDirectory,
             Images = options.Images ?? ExecutorOptions.DefaultImages(options.EnginePath ?? DefaultEnginePath()),
+            SeededClaims = options.SeededClaims,
         }, time);
         var simulator = new SimulatedRuntime(time, options.Kubelet.SimulatedRunDuration);
         var perPod = new PerPodRuntime(executor, simulator);

@@ -28,7 +28,7 @@ public class RequestRoundTripTests
             Device = ComputeDevice.Cuda, ResultFile = "r",
         },
         new ServeRequest { Model = "m" },
-        new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu },
+        new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu, ApiKeyFile = "/run/key" },
     ];
 
     [Theory]

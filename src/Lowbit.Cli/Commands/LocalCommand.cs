@@ -25,19 +25,48 @@ public static class LocalCommand
         var port = new Option<int>("--port") { Description = "Port on 127.0.0.1 (0 = any free port).", DefaultValueFactory = _ => 0 };
         var nodes = new Option<FileInfo?>("--nodes") { Description = "Node description file (YAML or JSON) for the simulated nodes; default: one node per node type of the planner's catalog; CPU nodes execute pods as local processes, GPU nodes are simulated." };
         var stateDir = new Option<string>("--state-dir") { Description = "Directory for the state snapshot and CA.", DefaultValueFactory = _ => ".lowbit" };
-        var demo = new Option<bool>("--demo") { Description = "Also install the CRDs, run the operator in this process, apply examples/local and show them going Ready (make run)." };
+        var demo = new Option<bool>("--demo") { Description = "Also apply examples/local, follow them to Ready, chat with the endpoint, scrape with Prometheus and print a summary (make run)." };
+        var noOperator = new Option<bool>("--no-operator") { Description = "Do not run the operator (by default it runs in this process, with the CRDs installed)." };
+        var exitAfterDemo = new Option<bool>("--exit-after-demo") { Description = "With --demo: stop the cluster when the demo ends (exit 0 when every step passed); for scripts and tests." };
+        var noSweep = new Option<bool>("--no-sweep") { Description = "With --demo: skip the quantization sweep and its perplexity chart." };
         var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
         up.Options.Add(kubeconfig);
         up.Options.Add(port);
         up.Options.Add(nodes);
         up.Options.Add(stateDir);
         up.Options.Add(demo);
-        up.SetAction(parse => Run(parse.GetValue(kubeconfig), parse.GetValue(port), parse.GetValue(nodes), parse.GetValue(stateDir)!, parse.GetValue(demo)));
+        up.Options.Add(noOperator);
+        up.Options.Add(noSweep);
+        up.Options.Add(exitAfterDemo);
+        up.SetAction(parse => Run(new UpOptions
+        {
+            Kubeconfig = parse.GetValue(kubeconfig),
+            Port = parse.GetValue(port),
+            Nodes = parse.GetValue(nodes),
+            StateDirectory = parse.GetValue(stateDir)!,
+            Demo = parse.GetValue(demo),
+            Operator = !parse.GetValue(noOperator),
+            Sweep = !parse.GetValue(noSweep),
+            ExitAfterDemo = parse.GetValue(exitAfterDemo),
+        }));
         return up;
     }
 
-    private static int Run(string? kubeconfig, int port, FileInfo? nodes, string stateDir, bool demo)
+    private sealed record UpOptions
     {
+        public string? Kubeconfig { get; init; }
+        public int Port { get; init; }
+        public FileInfo? Nodes { get; init; }
+        public required string StateDirectory { get; init; }
+        public bool Demo { get; init; }
+        public bool Operator { get; init; } = true;
+        public bool Sweep { get; init; } = true;
+        public bool ExitAfterDemo { get; init; }
+    }
+
+    private static int Run(UpOptions up)
+    {
+        var (kubeconfig, port, nodes, stateDir, demo) = (up.Kubeconfig, up.Port, up.Nodes, up.StateDirectory, up.Demo);
         if (port is < 0 or > 65535)
         {
             Console.Error.WriteLine($"--port: {port} is not a valid port (accepted: 0..65535, 0 = any free port)");
@@ -63,7 +92,12 @@ public static class LocalCommand
         {
             File.Copy(nodes.FullName, Path.Combine(stateDir, "nodes" + nodes.Extension), overwrite: true);
         }
-        var repoRoot = demo ? FindRepoRoot() : null;
+        if (demo && !up.Operator)
+        {
+            Console.Error.WriteLine("--demo needs the operator: leave out --no-operator");
+            return ExitCodes.BadInput;
+        }
+        var repoRoot = FindRepoRoot();
         if (demo && repoRoot is null)
         {
             Console.Error.WriteLine("--demo: run it from the Lowbit repository (it needs crds/, examples/local/ and tests/fixtures/tiny-llama)");
@@ -72,11 +106,12 @@ public static class LocalCommand
         using var stop = new CancellationTokenSource();
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => { ctx.Cancel = true; stop.Cancel(); });
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.Cancel(); });
-        return RunAsync(kubeconfig, port, stateDir, nodesConfig, repoRoot, stop.Token).GetAwaiter().GetResult();
+        return RunAsync(up, nodesConfig, repoRoot, stop.Token).GetAwaiter().GetResult();
     }
 
-    private static async Task<int> RunAsync(string? kubeconfig, int port, string stateDir, NodesConfig nodesConfig, string? demoRepoRoot, CancellationToken stop)
+    private static async Task<int> RunAsync(UpOptions up, NodesConfig nodesConfig, string? repoRoot, CancellationToken stop)
     {
+        var (kubeconfig, port, stateDir) = (up.Kubeconfig, up.Port, up.StateDirectory);
         LocalClusterServer server;
         try
         {
@@ -97,24 +132,48 @@ public static class LocalCommand
         using var loggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
         await using (server.ConfigureAwait(false))
         {
+            var seeds = repoRoot is null ? new Dictionary<string, string>() : new Dictionary<string, string>
+            {
+                [ModelsClaim] = PrepareModelsSeed(repoRoot, Path.Combine(Path.GetFullPath(stateDir), "seed", ModelsClaim)),
+            };
             var simulation = await SimulatedCluster.AttachAsync(server, new ClusterSimulationOptions
             {
                 Nodes = nodesConfig,
                 StateDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor"),
+                SeededClaims = seeds,
             }, TimeProvider.System, loggers, stop).ConfigureAwait(false);
             await using var _ = simulation.ConfigureAwait(false);
             Console.Error.WriteLine($"lowbit local up: {nodesConfig.Nodes.Count} nodes ({string.Join(", ", nodesConfig.Nodes.Select(n => $"{n.Name}:{n.Mode.ToString().ToLowerInvariant()}"))})");
-            Console.WriteLine($"ready: kubeconfig={server.KubeconfigPath}");
+            LocalOperator? op = null;
             try
             {
-                if (demoRepoRoot is not null)
+                if (up.Operator)
                 {
-                    SeedLocalModels(demoRepoRoot, Path.Combine(Path.GetFullPath(stateDir), "executor"));
-                    var code = await OperatorDemo.RunAsync(server.KubeconfigPath, demoRepoRoot, AnsiConsole.Console, TimeSpan.FromMinutes(15), stop)
-                        .ConfigureAwait(false);
+                    op = await LocalOperator.StartAsync(server.KubeconfigPath, stop).ConfigureAwait(false);
+                    Console.Error.WriteLine($"lowbit local up: operator running in this process (CRDs installed; metrics {op.MetricsUrl})");
+                }
+                Console.WriteLine($"ready: kubeconfig={server.KubeconfigPath}");
+                if (seeds.Count > 0)
+                {
+                    Console.Error.WriteLine($"lowbit local up: claim {ModelsClaim} holds the tiny model under tiny-llama/ in every namespace: kubectl apply -f examples/local/ works as is");
+                }
+                if (up.Demo && op is not null && repoRoot is not null)
+                {
+                    var code = await OperatorDemo.RunAsync(server.KubeconfigPath, op, new DemoOptions
+                    {
+                        RepoRoot = repoRoot,
+                        WorkDirectory = Path.Combine(Path.GetFullPath(stateDir), "demo"),
+                        EnginePath = SimulatedCluster.DefaultEnginePath(),
+                        Live = !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive,
+                        Sweep = up.Sweep,
+                    }, AnsiConsole.Console, stop).ConfigureAwait(false);
                     Console.WriteLine(code == 0
-                        ? "demo: every example is Ready; the cluster keeps serving (kubectl --kubeconfig " + server.KubeconfigPath + " get lowbit). Ctrl+C stops."
-                        : "demo: not every example became Ready (see the table above); the cluster keeps serving for inspection. Ctrl+C stops.");
+                        ? "demo: done; the cluster keeps serving (kubectl --kubeconfig " + server.KubeconfigPath + " get lowbit). Ctrl+C stops."
+                        : "demo: not every example became Ready (see above); the cluster keeps serving for inspection. Ctrl+C stops.");
+                    if (up.ExitAfterDemo)
+                    {
+                        return code == 0 ? ExitCodes.Ok : ExitCodes.Failure;
+                    }
                 }
                 await Task.Delay(Timeout.Infinite, stop).ConfigureAwait(false);
             }
@@ -122,27 +181,34 @@ public static class LocalCommand
             {
                 Console.Error.WriteLine("lowbit local up: stopping; state saved in " + Path.GetFullPath(stateDir));
             }
+            finally
+            {
+                if (op is not null)
+                {
+                    await op.DisposeAsync().ConfigureAwait(false);
+                }
+            }
         }
         return ExitCodes.Ok;
     }
 
+    /// <summary>The claim the local examples read models from and write artifacts to.</summary>
+    public const string ModelsClaim = "lowbit-models";
+
     /// <summary>
-    /// The local examples read the tiny test model from the claim <c>lowbit-models</c>; the executor maps claims to
-    /// <c>&lt;executor state&gt;/pvc/&lt;namespace&gt;/&lt;claim&gt;</c>, so the fixture is copied there once.
+    /// The local examples read the tiny test model from the claim <c>lowbit-models</c> under <c>tiny-llama/</c>; the
+    /// executor copies this seed into the claim the first time a pod of a namespace mounts it.
     /// </summary>
-    private static void SeedLocalModels(string repoRoot, string executorState)
+    private static string PrepareModelsSeed(string repoRoot, string seed)
     {
         var source = Path.Combine(repoRoot, "tests", "fixtures", "tiny-llama");
-        var target = Path.Combine(executorState, "pvc", "default", "lowbit-models", "tiny-llama");
-        if (!Directory.Exists(source) || File.Exists(Path.Combine(target, "model.safetensors")))
-        {
-            return;
-        }
+        var target = Path.Combine(seed, "tiny-llama");
         Directory.CreateDirectory(target);
         foreach (var file in Directory.GetFiles(source))
         {
             File.Copy(file, Path.Combine(target, Path.GetFileName(file)), overwrite: true);
         }
+        return seed;
     }
 
     private static string? FindRepoRoot()

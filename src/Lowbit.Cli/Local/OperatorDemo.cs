@@ -1,174 +1,314 @@
 using System.Globalization;
+using System.Net.Http.Headers;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using System.Text.Json.Nodes;
 using k8s;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
-using Lowbit.Operator;
-using Lowbit.Operator.Runtime;
 using Spectre.Console;
 
 namespace Lowbit.Cli.Local;
 
+/// <summary>Settings of <c>lowbit local up --demo</c>.</summary>
+public sealed record DemoOptions
+{
+    public required string RepoRoot { get; init; }
+
+    /// <summary>Where the demo writes Prometheus' data, the sweep's models and the chart.</summary>
+    public required string WorkDirectory { get; init; }
+
+    public required string EnginePath { get; init; }
+
+    public string Namespace { get; init; } = "default";
+
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(15);
+
+    /// <summary>A live table (a terminal) or plain lines (a pipe, a CI log).</summary>
+    public bool Live { get; init; }
+
+    /// <summary>Run the quantization sweep and write the perplexity chart.</summary>
+    public bool Sweep { get; init; } = true;
+
+    /// <summary>Start Prometheus (when its executable is found).</summary>
+    public bool Prometheus { get; init; } = true;
+}
+
 /// <summary>
-/// <c>make run</c>'s second half, for <c>lowbit local up</c> to call once its cluster is serving: installs the CRDs
-/// from <c>crds/</c>, runs the operator in this process, applies <c>examples/local/*.yaml</c> and shows the objects
-/// going Ready in a live table. It says which engine verbs run for real and which are simulated.
+/// <c>make run</c>'s demo, once the local cluster and its operator run: applies <c>examples/local/</c> (the tiny model
+/// quantized, a QLoRA adapter trained on it, the endpoint serving both — every engine verb for real, nothing
+/// simulated), follows them, sends a chat completion through the endpoint's Service (the API server's service proxy),
+/// has a real Prometheus scrape the operator and the engine, sweeps quantization methods for a perplexity chart, and
+/// prints a summary table and where to look next.
 /// </summary>
 public static class OperatorDemo
 {
-    /// <summary>Engine verbs that exist and run for real through the executor on the CPU node.</summary>
-    public static readonly IReadOnlyList<string> RealVerbs = ["inspect", "quantize", "eval"];
-
-    /// <summary>Verbs that do not exist yet: their pods run in simulate mode with a scripted result.</summary>
-    public static readonly IReadOnlyList<string> SimulatedVerbs = ["finetune", "serve"];
-
-    public static async Task<int> RunAsync(string kubeconfig, string repoRoot, IAnsiConsole console, TimeSpan timeout, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(string kubeconfig, LocalOperator op, DemoOptions options, IAnsiConsole console, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(op);
+        ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(console);
         var config = KubernetesClientConfiguration.BuildConfigFromConfigFile(kubeconfig);
         using var client = new Kubernetes(config);
-        foreach (var file in Directory.GetFiles(Path.Combine(repoRoot, "crds"), "*.yaml").Order(StringComparer.Ordinal))
+        var objects = await ApplyExamplesAsync(client, Path.Combine(options.RepoRoot, "examples", "local"), options.Namespace, cancellationToken).ConfigureAwait(false);
+        console.WriteLine($"demo: applied examples/local to namespace {options.Namespace}: {string.Join(", ", objects.Select(o => $"{o.Kind}/{o.Name}"))}");
+        console.WriteLine("demo: every step runs for real on this machine's CPU (lowbit-engine inspect, quantize, finetune, serve)");
+
+        var states = await ProgressView.FollowAsync(client, objects, console, options.Live, options.Timeout, TimeProvider.System, cancellationToken).ConfigureAwait(false);
+        if (states.Count == 0 || !states.All(s => s.IsReady))
         {
-            var crd = KubernetesYaml.Deserialize<V1CustomResourceDefinition>(await File.ReadAllTextAsync(file, cancellationToken).ConfigureAwait(false));
-            await client.ApiextensionsV1.PatchCustomResourceDefinitionAsync(new V1Patch(crd, V1Patch.PatchType.ApplyPatch), crd.Metadata.Name,
-                fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
+            foreach (var s in states.Where(s => !s.IsReady))
+            {
+                console.WriteLine($"demo: not Ready: {s.Line}");
+            }
+            return 1;
+        }
+        console.WriteLine("demo: every example is Ready");
+
+        var endpoint = objects.First(o => o.Kind == InferenceEndpoint.KindName);
+        var summary = new Summary();
+        await ReadStatusesAsync(client, objects, summary, cancellationToken).ConfigureAwait(false);
+        using var http = ClusterHttp(config);
+        var service = await FindServiceAsync(client, endpoint, cancellationToken).ConfigureAwait(false);
+        var chatUrl = new Uri($"{config.Host.TrimEnd('/')}/api/v1/namespaces/{endpoint.Namespace}/services/{service}:http/proxy/v1/chat/completions");
+        var model = await FirstAdapterOrModelAsync(client, endpoint, cancellationToken).ConfigureAwait(false);
+
+        await using var prometheus = options.Prometheus && PrometheusProcess.Find(options.RepoRoot) is { } promExe
+            ? await PrometheusProcess.StartAsync(promExe, Path.Combine(options.WorkDirectory, "prometheus"), op.MetricsUrl, cancellationToken).ConfigureAwait(false)
+            : null;
+        if (prometheus is not null)
+        {
+            var targets = await EngineTargetsAsync(client, endpoint.Namespace, service, cancellationToken).ConfigureAwait(false);
+            await prometheus.SetEngineTargetsAsync(targets, new Dictionary<string, string> { ["endpoint"] = endpoint.Name }, cancellationToken).ConfigureAwait(false);
         }
 
-        console.MarkupLine($"[bold]Engine verbs run for real on the CPU node:[/] {string.Join(", ", RealVerbs)}");
-        console.MarkupLine($"[bold yellow]Simulated (verb not implemented yet, scripted result):[/] {string.Join(", ", SimulatedVerbs)}");
+        var (answer, usage) = await ChatAsync(http, chatUrl, model, "Say hello.", cancellationToken).ConfigureAwait(false);
+        console.WriteLine($"demo: POST {chatUrl}");
+        console.WriteLine($"demo: model {model} answered: {answer.Trim()} ({usage} tokens)");
+        // A little traffic over a few scrape intervals, so the operator's scraper sees tokens/s and TTFT move.
+        for (var i = 0; i < 6; i++)
+        {
+            await ChatAsync(http, chatUrl, model, i % 2 == 0 ? "Name a colour." : "Add the numbers. 2 and 3", cancellationToken).ConfigureAwait(false);
+            await Task.Delay(700, cancellationToken).ConfigureAwait(false);
+        }
 
-        var app = OperatorHost.Build(["--urls", "http://127.0.0.1:0", "--Logging:LogLevel:Default", "Warning"], op =>
+        if (prometheus is not null)
         {
-            OperatorSetup.Configure(op);
-            op.UseKubernetes(config);
-            op.Configure(o => o.LeaderElection.Enabled = false);
-        });
-        await app.StartAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            var applied = await ApplyExamplesAsync(client, Path.Combine(repoRoot, "examples", "local"), cancellationToken).ConfigureAwait(false);
-            return await ShowAsync(client, applied, console, timeout, cancellationToken).ConfigureAwait(false);
+            summary.EngineTokens = await prometheus.WaitForAsync($"sum({Engine.Protocol.EngineMetricNames.GenerationTokensTotal})", v => v > 0,
+                TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
+            summary.ObservedTokensPerSecond = await prometheus.WaitForAsync($"max(lowbit_endpoint_tokens_per_second{{name=\"{endpoint.Name}\"}})", v => v > 0,
+                TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
+            summary.ObservedTtftSeconds = await prometheus.QueryAsync($"max(lowbit_endpoint_time_to_first_token_seconds{{name=\"{endpoint.Name}\"}})", cancellationToken)
+                .ConfigureAwait(false);
+            summary.ObservedUsdPerMillion = await prometheus.QueryAsync($"max(lowbit_endpoint_usd_per_million_tokens{{name=\"{endpoint.Name}\"}})", cancellationToken)
+                .ConfigureAwait(false);
         }
-        finally
+
+        string? chart = null;
+        if (options.Sweep)
         {
-            await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
+            console.WriteLine("demo: quantization sweep on the tiny model (rtn and hqq at 2, 3, 4 bits; rtn 8): lowbit-engine quantize, two at a time");
+            var sweep = await QualitySweep.RunAsync(options.EnginePath, Path.Combine(options.RepoRoot, "tests", "fixtures", "tiny-llama"),
+                Path.Combine(options.WorkDirectory, "sweep"), QualitySweep.DefaultGrid, console.WriteLine, cancellationToken).ConfigureAwait(false);
+            if (sweep.Points.Count > 0)
+            {
+                chart = Path.Combine(options.WorkDirectory, "perplexity-vs-bits.png");
+                QualityChart.Write(chart, sweep.Points, sweep.BaselinePerplexity, "tiny-llama");
+            }
+            foreach (var failure in sweep.Failures)
+            {
+                console.WriteLine($"demo: sweep run failed: {failure}");
+            }
         }
+
+        console.Write(summary.ToTable());
+        if (chart is not null)
+        {
+            console.WriteLine($"chart: {chart}");
+        }
+        console.WriteLine($"next: kubectl --kubeconfig {kubeconfig} get lowbit");
+        console.WriteLine($"next: curl -sk -H \"Authorization: Bearer $(kubectl --kubeconfig {kubeconfig} config view --raw -o jsonpath='{{.users[0].user.token}}')\" " +
+            $"-H 'Content-Type: application/json' {chatUrl} -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Say hello.\"}}]}}'");
+        if (prometheus is not null)
+        {
+            console.WriteLine($"next: Prometheus at {prometheus.Url} (query lowbit_endpoint_tokens_per_second); it stops with the demo");
+        }
+        return 0;
     }
 
-    private static async Task<List<(string Kind, string Plural, string Name)>> ApplyExamplesAsync(Kubernetes client, string folder, CancellationToken cancellationToken)
+    private static async Task<List<FollowedObject>> ApplyExamplesAsync(Kubernetes client, string folder, string ns, CancellationToken cancellationToken)
     {
-        var applied = new List<(string, string, string)>();
+        var applied = new List<FollowedObject>();
         foreach (var file in Directory.GetFiles(folder, "*.yaml").Order(StringComparer.Ordinal))
         {
             var text = await File.ReadAllTextAsync(file, cancellationToken).ConfigureAwait(false);
-            var kind = System.Text.RegularExpressions.Regex.Match(text, @"^kind:\s*(\S+)", System.Text.RegularExpressions.RegexOptions.Multiline).Groups[1].Value;
-            switch (kind)
+            // As written (YAML → JSON), like `kubectl apply --server-side`: nothing is dropped or re-defaulted on the client.
+            var obj = Lowbit.Api.Schema.Yaml.ParseObject(text);
+            var kind = (string?)obj["kind"];
+            var name = (string?)obj["metadata"]?["name"] ?? throw new InvalidOperationException($"{file}: manifest without metadata.name");
+            var plural = kind switch
             {
-                case "ConfigMap":
-                    var cm = KubernetesYaml.Deserialize<V1ConfigMap>(text);
-                    await client.CoreV1.PatchNamespacedConfigMapAsync(new V1Patch(cm, V1Patch.PatchType.ApplyPatch), cm.Metadata.Name, "default",
-                        fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
-                    break;
-                case QuantizedModel.KindName:
-                    applied.Add(await ApplyAsync<QuantizedModel>(client, text, QuantizedModel.Plural, cancellationToken).ConfigureAwait(false));
-                    break;
-                case FineTuneJob.KindName:
-                    applied.Add(await ApplyAsync<FineTuneJob>(client, text, FineTuneJob.Plural, cancellationToken).ConfigureAwait(false));
-                    break;
-                case InferenceEndpoint.KindName:
-                    applied.Add(await ApplyAsync<InferenceEndpoint>(client, text, InferenceEndpoint.Plural, cancellationToken).ConfigureAwait(false));
-                    break;
+                QuantizedModel.KindName => QuantizedModel.Plural,
+                FineTuneJob.KindName => FineTuneJob.Plural,
+                InferenceEndpoint.KindName => InferenceEndpoint.Plural,
+                _ => null,
+            };
+            if (kind == "ConfigMap")
+            {
+                var cm = KubernetesYaml.Deserialize<V1ConfigMap>(text);
+                await client.CoreV1.PatchNamespacedConfigMapAsync(new V1Patch(cm, V1Patch.PatchType.ApplyPatch), name, ns,
+                    fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
+            }
+            else if (plural is not null)
+            {
+                await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(obj.ToJsonString(), V1Patch.PatchType.ApplyPatch), ApiGroup.Group,
+                    ApiGroup.Version, ns, plural, name, fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
+                applied.Add(new FollowedObject(kind!, plural, ns, name));
             }
         }
-
         return applied;
     }
 
-    private static async Task<(string, string, string)> ApplyAsync<T>(Kubernetes client, string yaml, string plural, CancellationToken cancellationToken)
-        where T : IKubernetesObject<V1ObjectMeta>
+    private static async Task ReadStatusesAsync(Kubernetes client, IReadOnlyList<FollowedObject> objects, Summary summary, CancellationToken cancellationToken)
     {
-        // The manifest goes to the server as written (YAML → JSON), like `kubectl apply --server-side`: no round trip
-        // through the C# types, so nothing the user wrote is dropped or re-defaulted on the client.
-        var obj = Lowbit.Api.Schema.Yaml.ParseObject(yaml);
-        ScriptSimulatedVerbs(obj);
-        var name = (string?)obj["metadata"]?["name"] ?? throw new InvalidOperationException($"{typeof(T).Name} manifest without metadata.name");
-        var kind = (string?)obj["kind"] ?? typeof(T).Name;
-        await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(obj.ToJsonString(), V1Patch.PatchType.ApplyPatch), ApiGroup.Group,
-            ApiGroup.Version, "default", plural, name, fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
-        return (kind, plural, name);
-    }
-
-    /// <summary>
-    /// FineTuneJob and InferenceEndpoint pods would run <c>lowbit-engine finetune|serve</c>, which do not exist yet: the
-    /// operator forwards <c>sim.lowbit.dev/*</c> annotations to its pods, so these pods run simulated (even on the
-    /// executing CPU node) with a scripted engine result. The operator treats them like any other pod.
-    /// </summary>
-    private static void ScriptSimulatedVerbs(System.Text.Json.Nodes.JsonObject obj)
-    {
-        var kind = (string?)obj["kind"];
-        if (kind is not (FineTuneJob.KindName or InferenceEndpoint.KindName))
+        foreach (var o in objects)
         {
-            return;
-        }
-        var metadata = obj["metadata"] as System.Text.Json.Nodes.JsonObject ?? [];
-        obj["metadata"] = metadata;
-        var annotations = metadata["annotations"] as System.Text.Json.Nodes.JsonObject ?? [];
-        metadata["annotations"] = annotations;
-        annotations["sim.lowbit.dev/mode"] = "simulate";
-        if (kind == FineTuneJob.KindName)
-        {
-            var name = (string?)metadata["name"] ?? "adapter";
-            annotations["sim.lowbit.dev/duration"] = "5s";
-            annotations["sim.lowbit.dev/log"] = new Lowbit.Engine.Protocol.TrainEvent { Step = 20, TotalSteps = 20, Epoch = 1, Loss = 1.9, TokensPerSecond = 850 }.ToJsonLine();
-            annotations["sim.lowbit.dev/termination-message"] = new Lowbit.Engine.Protocol.EngineResult
+            var status = (await client.CustomObjects.GetNamespacedCustomObjectAsync<JsonObject>(ApiGroup.Group, ApiGroup.Version, o.Namespace, o.Plural, o.Name,
+                cancellationToken).ConfigureAwait(false))?["status"];
+            switch (o.Kind)
             {
-                Ok = true,
-                Verb = Lowbit.Engine.Protocol.EngineVerbs.Finetune,
-                DurationSeconds = 5,
-                Artifact = new Lowbit.Engine.Protocol.ArtifactReport { Uri = $"pvc://lowbit-models/adapters/{name}", Format = "peft-lora", Bytes = 262_144 },
-            }.ToJson();
-        }
-    }
-
-    private static async Task<int> ShowAsync(Kubernetes client, List<(string Kind, string Plural, string Name)> objects, IAnsiConsole console, TimeSpan timeout, CancellationToken cancellationToken)
-    {
-        var table = new Table().AddColumns("Kind", "Name", "Ready", "Phase", "Reason", "Message");
-        var allReady = false;
-        var deadline = DateTime.UtcNow + timeout;
-        await console.Live(table).StartAsync(async context =>
-        {
-            while (!allReady && DateTime.UtcNow < deadline && !cancellationToken.IsCancellationRequested)
-            {
-                table.Rows.Clear();
-                allReady = true;
-                foreach (var (kind, plural, name) in objects)
-                {
-                    var obj = await client.CustomObjects.GetNamespacedCustomObjectAsync<GenericStatusObject>(ApiGroup.Group, ApiGroup.Version, "default", plural, name, cancellationToken).ConfigureAwait(false);
-                    var ready = Conditions.Find(obj.Status?.Conditions, Conditions.Types.Ready);
-                    allReady &= ready?.Status == Conditions.True;
-                    table.AddRow(kind, name, ready?.Status ?? "Unknown", obj.Status?.Phase ?? "", ready?.Reason ?? "", Markup.Escape(ready?.Message ?? ""));
-                }
-
-                context.Refresh();
-                await Task.Delay(500, cancellationToken).ConfigureAwait(false);
+                case QuantizedModel.KindName:
+                    summary.PerplexityBefore = (double?)status?["quality"]?["perplexityBefore"];
+                    summary.PerplexityQuantized = (double?)status?["quality"]?["perplexityAfter"];
+                    summary.QuantizedBytes = (long?)status?["artifact"]?["bytes"];
+                    summary.BitsPerWeight = (double?)status?["artifact"]?["bitsPerWeight"];
+                    break;
+                case FineTuneJob.KindName:
+                    summary.TrainingTokensPerSecond = (double?)status?["progress"]?["tokensPerSecond"];
+                    summary.TrainingLoss = (double?)status?["progress"]?["loss"];
+                    summary.TrainingSteps = (long?)status?["progress"]?["step"];
+                    summary.PerplexityFineTuned = (double?)status?["quality"]?["perplexityAfter"] ?? (double?)status?["evalPerplexity"];
+                    summary.AdapterBytes = (long?)status?["artifact"]?["bytes"];
+                    break;
+                case InferenceEndpoint.KindName:
+                    summary.HourlyUsd = (double?)status?["cost"]?["hourlyUsd"];
+                    summary.EstimatedUsdPerMillion = (double?)status?["cost"]?["usdPerMillionTokens"];
+                    summary.Url = (string?)status?["url"];
+                    break;
             }
-        }).ConfigureAwait(false);
-        console.MarkupLine(allReady
-            ? "[green]All objects are Ready.[/]"
-            : string.Create(CultureInfo.InvariantCulture, $"[red]Not all objects were Ready within {timeout.TotalSeconds:0} s.[/]"));
-        return allReady ? 0 : 1;
+        }
     }
 
-    /// <summary>The status fields every Lowbit kind shares (conditions and phase).</summary>
-    private sealed class GenericStatusObject
+    private static async Task<string> FindServiceAsync(Kubernetes client, FollowedObject endpoint, CancellationToken cancellationToken)
     {
-        public GenericStatus? Status { get; set; }
+        var services = await client.CoreV1.ListNamespacedServiceAsync(endpoint.Namespace,
+            labelSelector: $"{Labels.OwnerKey(InferenceEndpoint.KindName)}={endpoint.Name}", cancellationToken: cancellationToken).ConfigureAwait(false);
+        return services.Items.FirstOrDefault()?.Metadata.Name
+            ?? throw new InvalidOperationException($"no Service labelled {Labels.OwnerKey(InferenceEndpoint.KindName)}={endpoint.Name} in {endpoint.Namespace}");
     }
 
-    private sealed class GenericStatus
+    private static async Task<string> FirstAdapterOrModelAsync(Kubernetes client, FollowedObject endpoint, CancellationToken cancellationToken)
     {
-        public List<V1Condition>? Conditions { get; set; }
+        var obj = await client.CustomObjects.GetNamespacedCustomObjectAsync<JsonObject>(ApiGroup.Group, ApiGroup.Version, endpoint.Namespace,
+            endpoint.Plural, endpoint.Name, cancellationToken).ConfigureAwait(false);
+        return (string?)obj?["spec"]?["adapters"]?[0]?["name"] ?? (string?)obj?["spec"]?["servedModelName"] ?? endpoint.Name;
+    }
 
-        public string? Phase { get; set; }
+    private static async Task<List<string>> EngineTargetsAsync(Kubernetes client, string ns, string service, CancellationToken cancellationToken)
+    {
+        var endpoints = await client.CoreV1.ReadNamespacedEndpointsAsync(service, ns, cancellationToken: cancellationToken).ConfigureAwait(false);
+        return (endpoints.Subsets ?? [])
+            .SelectMany(s => (s.Addresses ?? []).SelectMany(a => (s.Ports ?? []).Where(p => p.Name == "http").Select(p => $"{a.Ip}:{p.Port}")))
+            .ToList();
+    }
+
+    /// <summary>An HttpClient that talks to the local API server as the kubeconfig's user (its CA, its bearer token).</summary>
+    private static HttpClient ClusterHttp(KubernetesClientConfiguration config)
+    {
+        var ca = config.SslCaCerts;
+        var handler = new HttpClientHandler
+        {
+            ServerCertificateCustomValidationCallback = (_, cert, _, _) =>
+            {
+                if (cert is null || ca is null)
+                {
+                    return false;
+                }
+                using var chain = new X509Chain();
+                chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+                chain.ChainPolicy.CustomTrustStore.AddRange(ca);
+                chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+                return chain.Build(cert);
+            },
+        };
+        var http = new HttpClient(handler) { Timeout = TimeSpan.FromMinutes(2) };
+        if (config.AccessToken is { Length: > 0 } token)
+        {
+            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        }
+        return http;
+    }
+
+    private static async Task<(string Answer, long Tokens)> ChatAsync(HttpClient http, Uri url, string model, string prompt, CancellationToken cancellationToken)
+    {
+        var body = new JsonObject
+        {
+            ["model"] = model,
+            ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = prompt }),
+            ["max_tokens"] = 24,
+            ["temperature"] = 0,
+        };
+        using var content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json");
+        using var response = await http.PostAsync(url, content, cancellationToken).ConfigureAwait(false);
+        var text = await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false);
+        if (!response.IsSuccessStatusCode)
+        {
+            throw new InvalidOperationException($"chat completion through {url} answered {(int)response.StatusCode}: {text}");
+        }
+        var json = JsonNode.Parse(text);
+        return ((string?)json?["choices"]?[0]?["message"]?["content"] ?? "", (long?)json?["usage"]?["total_tokens"] ?? 0);
+    }
+
+    /// <summary>The numbers the demo ends with, from the objects' status and from Prometheus.</summary>
+    private sealed class Summary
+    {
+        public double? PerplexityBefore { get; set; }
+        public double? PerplexityQuantized { get; set; }
+        public double? PerplexityFineTuned { get; set; }
+        public long? QuantizedBytes { get; set; }
+        public double? BitsPerWeight { get; set; }
+        public long? AdapterBytes { get; set; }
+        public double? TrainingTokensPerSecond { get; set; }
+        public double? TrainingLoss { get; set; }
+        public long? TrainingSteps { get; set; }
+        public double? HourlyUsd { get; set; }
+        public double? EstimatedUsdPerMillion { get; set; }
+        public string? Url { get; set; }
+        public double? EngineTokens { get; set; }
+        public double? ObservedTokensPerSecond { get; set; }
+        public double? ObservedTtftSeconds { get; set; }
+        public double? ObservedUsdPerMillion { get; set; }
+
+        public Table ToTable()
+        {
+            var table = new Table().Title("demo summary").AddColumns("what", "value", "from");
+            void Row(string what, string? value, string from) => table.AddRow(Markup.Escape(what), Markup.Escape(value ?? "n/a"), Markup.Escape(from));
+            static string? F(double? v, string format) => v?.ToString(format, CultureInfo.InvariantCulture);
+            Row("perplexity, 16-bit", F(PerplexityBefore, "0.000"), "QuantizedModel status.quality");
+            Row("perplexity, quantized", F(PerplexityQuantized, "0.000") + (BitsPerWeight is { } b ? string.Create(CultureInfo.InvariantCulture, $" at {b:0.00} bits/weight") : ""), "QuantizedModel status.quality");
+            Row("perplexity, quantized + adapter", F(PerplexityFineTuned, "0.000"), "FineTuneJob status");
+            Row("quantized model size", QuantizedBytes is { } q ? string.Create(CultureInfo.InvariantCulture, $"{q / 1024.0:0} KiB") : null, "QuantizedModel status.artifact");
+            Row("adapter size", AdapterBytes is { } a ? string.Create(CultureInfo.InvariantCulture, $"{a / 1024.0:0} KiB") : null, "FineTuneJob status.artifact");
+            Row("training", TrainingSteps is { } s ? string.Create(CultureInfo.InvariantCulture, $"{s} steps, loss {TrainingLoss:0.000}, {TrainingTokensPerSecond:0} tokens/s") : null, "FineTuneJob status.progress");
+            Row("tokens generated (engine counter)", F(EngineTokens, "0"), "Prometheus: lowbit:generation_tokens_total");
+            Row("observed tokens/s", F(ObservedTokensPerSecond, "0.0"), "Prometheus: lowbit_endpoint_tokens_per_second");
+            Row("observed time to first token", ObservedTtftSeconds is { } t ? string.Create(CultureInfo.InvariantCulture, $"{t * 1000:0} ms") : null, "Prometheus: lowbit_endpoint_time_to_first_token_seconds");
+            Row("USD/hour", F(HourlyUsd, "0.000"), "InferenceEndpoint status.cost (planner)");
+            Row("USD per 1M tokens (estimate)", F(EstimatedUsdPerMillion, "0.00"), "InferenceEndpoint status.cost (planner)");
+            Row("USD per 1M tokens (observed)", F(ObservedUsdPerMillion, "0.00"), "Prometheus: lowbit_endpoint_usd_per_million_tokens");
+            Row("endpoint URL (in cluster)", Url, "InferenceEndpoint status.url");
+            return table;
+        }
     }
 }

@@ -20,6 +20,7 @@ public static class EngineCli
         [EngineVerbs.Inspect] = (r, c) => InspectVerb.Run((InspectRequest)r, c),
         [EngineVerbs.Eval] = (r, c) => EvalVerb.Run((EvalRequest)r, c),
         [EngineVerbs.Quantize] = (r, c) => QuantizeVerb.Run((QuantizeRequest)r, c),
+        [EngineVerbs.Serve] = (r, c) => Serving.ServeVerb.Run((ServeRequest)r, c),
     };
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TimeProvider time)

@@ -26,6 +26,10 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
 
     public LlamaMlp Mlp => mlp;
 
+    public RmsNorm InputLayerNorm => input_layernorm;
+
+    public RmsNorm PostAttentionLayerNorm => post_attention_layernorm;
+
     /// <summary>The seven projections with their names inside the layer (<c>self_attn.q_proj</c>, <c>mlp.down_proj</c>).</summary>
     public IEnumerable<(string Name, LinearLayer Layer)> Projections() =>
         self_attn.Projections().Select(p => ("self_attn." + p.Name, p.Layer))

@@ -28,6 +28,8 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
 
     public IList<LlamaDecoderLayer> Layers => layers;
 
+    public RmsNorm Norm => norm;
+
     /// <summary>Hidden states after the final norm, <c>[B, T, hidden]</c>, for token ids <c>[B, T]</c>.</summary>
     public override Tensor forward(Tensor inputIds, KvCache? cache)
     {

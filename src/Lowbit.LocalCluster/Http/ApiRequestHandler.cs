@@ -24,6 +24,7 @@ internal sealed class ApiRequestHandler
     private readonly RequestJournal _journal;
     private readonly PodLogStore _logs;
     private readonly TableBuilder _tables;
+    private readonly ServiceProxy _proxy;
     private readonly Func<string> _serverAddress;
 
     public ApiRequestHandler(ClusterApi api, FaultInjector faults, RequestJournal journal, PodLogStore logs, Func<string> serverAddress)
@@ -33,6 +34,7 @@ internal sealed class ApiRequestHandler
         _journal = journal;
         _logs = logs;
         _tables = new TableBuilder(api.Time);
+        _proxy = new ServiceProxy(api);
         _serverAddress = serverAddress;
     }
 
@@ -214,6 +216,10 @@ internal sealed class ApiRequestHandler
             FieldManager = query.TryGetValue("fieldManager", out var fm) ? fm.ToString() : DefaultManager(context.Request),
             Force = query["force"].ToString() is "true" or "1",
         };
+        if (ServiceProxy.IsProxy(sub) && ns is not null && name is not null && (type == BuiltinResources.Services || type == BuiltinResources.Pods))
+        {
+            return await _proxy.ForwardAsync(context, type, ns, name, sub!).ConfigureAwait(false);
+        }
         if (sub is not null and not ("status" or "scale" or "log" or "binding" or "eviction" or "finalize"))
         {
             throw new ApiException(404, "NotFound", $"the server could not find the requested resource ({sub} of {type.GroupResource})");

@@ -16,7 +16,7 @@ public sealed class ContainerConfigException(string message) : Exception(message
 /// </summary>
 public static partial class ContainerEnvironment
 {
-    public static Dictionary<string, string> Resolve(ClusterApi api, V1Pod pod, V1Container container)
+    public static Dictionary<string, string> Resolve(ClusterApi api, V1Pod pod, V1Container container, string podIp = "127.0.0.1")
     {
         var ns = pod.Metadata.NamespaceProperty;
         var env = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -66,7 +66,7 @@ public static partial class ContainerEnvironment
             }
             else if (from.FieldRef is { } fieldRef)
             {
-                value = FieldValue(pod, fieldRef.FieldPath);
+                value = FieldValue(pod, fieldRef.FieldPath, podIp);
             }
             else if (from.ResourceFieldRef is { } resourceRef)
             {
@@ -136,7 +136,7 @@ public static partial class ContainerEnvironment
         return new Dictionary<string, string>(configMap.As<V1ConfigMap>().Data ?? new Dictionary<string, string>(), StringComparer.Ordinal);
     }
 
-    private static string? FieldValue(V1Pod pod, string path)
+    private static string? FieldValue(V1Pod pod, string path, string podIp)
     {
         var labelMatch = IndexedField().Match(path);
         if (labelMatch.Success)
@@ -151,7 +151,8 @@ public static partial class ContainerEnvironment
             "metadata.uid" => pod.Metadata.Uid,
             "spec.nodeName" => pod.Spec.NodeName,
             "spec.serviceAccountName" => pod.Spec.ServiceAccountName ?? "default",
-            "status.podIP" or "status.hostIP" => "127.0.0.1",
+            "status.podIP" => podIp,
+            "status.hostIP" => "127.0.0.1",
             _ => throw new ContainerConfigException($"unsupported fieldRef fieldPath \"{path}\"; accepted: metadata.name, metadata.namespace, metadata.uid, metadata.labels['k'], metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, status.podIP, status.hostIP"),
         };
     }

@@ -13,6 +13,9 @@ public sealed record ContainerRun
 {
     public required V1Pod Pod { get; init; }
 
+    /// <summary>The pod's address (executed pods: a loopback address of their own, e.g. 127.1.0.7).</summary>
+    public string PodIp { get; init; } = "127.0.0.1";
+
     public required V1Container Container { get; init; }
 
     /// <summary>0 for the first run, then the restart count.</summary>

@@ -27,6 +27,7 @@ public sealed record KubeletOptions
 /// </summary>
 public sealed partial class NodeKubelet
 {
+    private static int _nextLoopback;
     private readonly ClusterApi _api;
     private readonly Informer _pods;
     private readonly PodLogStore _logs;
@@ -181,12 +182,17 @@ public sealed partial class NodeKubelet
         }
     }
 
-    /// <summary>Executed pods share the host's loopback (their servers listen on 127.0.0.1); simulated pods get a stable made-up address.</summary>
+    /// <summary>
+    /// Executed pods get a loopback address of their own (127.1.x.y; the process finds it in <c>LOWBIT_POD_IP</c> and
+    /// <c>status.podIP</c>), so two servers on the same container port do not collide and Services, probes and
+    /// scrapes reach the right one; simulated pods get a stable made-up address.
+    /// </summary>
     private string PodIp(V1Pod pod)
     {
         if (!_simulated)
         {
-            return "127.0.0.1";
+            var n = (uint)Interlocked.Increment(ref _nextLoopback) % (254 * 256);
+            return $"127.1.{n / 254}.{(n % 254) + 1}";
         }
         var hash = (uint)(pod.Metadata.Uid ?? pod.Metadata.Name).Aggregate(17, (h, c) => unchecked((h * 31) + c));
         return $"10.244.{(hash >> 8) % 256}.{(hash % 254) + 1}";

@@ -153,7 +153,7 @@ internal sealed partial class PodWorker
         {
             try
             {
-                var env = ContainerEnvironment.Resolve(_api, _pod, container);
+                var env = ContainerEnvironment.Resolve(_api, _pod, container, _podIp);
                 foreach (var volume in _pod.Spec.Volumes ?? [])
                 {
                     if (volume.Secret is { } secret)
@@ -253,6 +253,7 @@ internal sealed partial class PodWorker
         var run = new ContainerRun
         {
             Pod = _pod,
+            PodIp = _podIp,
             Container = container,
             Attempt = attempt,
             Environment = env,

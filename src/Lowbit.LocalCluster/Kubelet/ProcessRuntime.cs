@@ -22,6 +22,12 @@ public sealed record ExecutorOptions
 
     public IReadOnlyList<ImageMapping> Images { get; init; } = [];
 
+    /// <summary>
+    /// Claims that exist with content, like a pre-provisioned volume: claim name → a folder whose files are copied into
+    /// the claim's folder of a namespace the first time a pod there mounts it (files already there are kept).
+    /// </summary>
+    public IReadOnlyDictionary<string, string> SeededClaims { get; init; } = new Dictionary<string, string>();
+
     /// <summary>The default map: lowbit-engine images run <paramref name="engine"/>; common base images run their command on the host.</summary>
     public static IReadOnlyList<ImageMapping> DefaultImages(string engine) =>
     [
@@ -109,6 +115,7 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         }
         start.Environment["HOSTNAME"] = pod.Metadata.Name;
         start.Environment["LOWBIT_TERMINATION_LOG"] = terminationFile;
+        start.Environment["LOWBIT_POD_IP"] = run.PodIp;
         foreach (var mount in container.VolumeMounts ?? [])
         {
             start.Environment[$"LOWBIT_VOLUME_{EnvName(mount.Name)}"] = paths.First(p => p.From == mount.MountPath.TrimEnd('/')).To;
@@ -149,7 +156,7 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         process.BeginErrorReadLine();
 
         using var probing = CancellationTokenSource.CreateLinkedTokenSource(run.Stop);
-        var probe = ProbeAsync(container, run.SetReady, probing.Token);
+        var probe = ProbeAsync(container, run.PodIp, run.SetReady, probing.Token);
         var exited = process.WaitForExitAsync(CancellationToken.None);
         try
         {
@@ -245,7 +252,12 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
     {
         if (volume.PersistentVolumeClaim is { } claim)
         {
-            return Path.Combine(options.StateDirectory, "pvc", pod.Metadata.NamespaceProperty, claim.ClaimName);
+            var claimDir = Path.Combine(options.StateDirectory, "pvc", pod.Metadata.NamespaceProperty, claim.ClaimName);
+            if (options.SeededClaims.TryGetValue(claim.ClaimName, out var seed) && !Directory.Exists(claimDir))
+            {
+                Seed(seed, claimDir);
+            }
+            return claimDir;
         }
         if (volume.HostPath is { } hostPath)
         {
@@ -320,7 +332,7 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
 
     private static bool IsPathChar(char c) => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.' or '/';
 
-    private async Task ProbeAsync(V1Container container, Action<bool> setReady, CancellationToken cancellationToken)
+    private async Task ProbeAsync(V1Container container, string podIp, Action<bool> setReady, CancellationToken cancellationToken)
     {
         var probe = container.ReadinessProbe;
         if (probe is null || (probe.HttpGet is null && probe.TcpSocket is null))
@@ -338,7 +350,8 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
             }
             while (!cancellationToken.IsCancellationRequested)
             {
-                var ok = await CheckAsync(container, probe, cancellationToken).ConfigureAwait(false);
+                var ok = await CheckAsync(container, podIp, probe, cancellationToken).ConfigureAwait(false)
+                    || (podIp != "127.0.0.1" && await CheckAsync(container, "127.0.0.1", probe, cancellationToken).ConfigureAwait(false));
                 failures = ok ? 0 : failures + 1;
                 if (ok)
                 {
@@ -356,7 +369,7 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         }
     }
 
-    private static async Task<bool> CheckAsync(V1Container container, V1Probe probe, CancellationToken cancellationToken)
+    private static async Task<bool> CheckAsync(V1Container container, string host, V1Probe probe, CancellationToken cancellationToken)
     {
         try
         {
@@ -364,16 +377,37 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
             {
                 var port = PortOf(container, get.Port);
                 var path = string.IsNullOrEmpty(get.Path) ? "/" : get.Path;
-                using var response = await Probe.GetAsync(new Uri($"http://127.0.0.1:{port}{(path.StartsWith('/') ? path : "/" + path)}"), cancellationToken).ConfigureAwait(false);
+                using var response = await Probe.GetAsync(new Uri($"http://{host}:{port}{(path.StartsWith('/') ? path : "/" + path)}"), cancellationToken).ConfigureAwait(false);
                 return (int)response.StatusCode is >= 200 and < 400;
             }
             using var client = new TcpClient();
-            await client.ConnectAsync("127.0.0.1", PortOf(container, probe.TcpSocket!.Port), cancellationToken).ConfigureAwait(false);
+            await client.ConnectAsync(host, PortOf(container, probe.TcpSocket!.Port), cancellationToken).ConfigureAwait(false);
             return true;
         }
         catch (Exception ex) when (ex is HttpRequestException or SocketException or TaskCanceledException or IOException)
         {
             return false;
+        }
+    }
+
+    /// <summary>Copies a seed folder into a new claim folder (through a temporary name, so a half copy is never seen).</summary>
+    private static void Seed(string seed, string claimDir)
+    {
+        var staging = claimDir + ".seeding-" + Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        foreach (var file in Directory.EnumerateFiles(seed, "*", SearchOption.AllDirectories))
+        {
+            var target = Path.Combine(staging, Path.GetRelativePath(seed, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target, overwrite: true);
+        }
+        Directory.CreateDirectory(staging);
+        try
+        {
+            Directory.Move(staging, claimDir);
+        }
+        catch (IOException) when (Directory.Exists(claimDir))
+        {
+            Directory.Delete(staging, recursive: true);
         }
     }
 

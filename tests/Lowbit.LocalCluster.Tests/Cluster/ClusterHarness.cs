@@ -34,7 +34,8 @@ internal sealed class ClusterHarness : IAsyncDisposable
     public string StateDirectory { get; }
 
     /// <summary>Two CPU nodes and GPU nodes (1 × T4, 2 × A100 tainted), all simulated; or the given config.</summary>
-    public static async Task<ClusterHarness> StartAsync(string? nodesYaml = null, KubeletOptions? kubelet = null, IReadOnlyList<ImageMapping>? images = null)
+    public static async Task<ClusterHarness> StartAsync(string? nodesYaml = null, KubeletOptions? kubelet = null, IReadOnlyList<ImageMapping>? images = null,
+        IReadOnlyDictionary<string, string>? seededClaims = null)
     {
         var api = new ClusterApi(new ClusterApiOptions { GracefulPodDeletion = true });
         var logs = new PodLogStore();
@@ -46,6 +47,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
             Kubelet = kubelet ?? new KubeletOptions { SimulatedRunDuration = TimeSpan.FromMilliseconds(50), CrashLoopBackOff = TimeSpan.FromMilliseconds(100) },
             StateDirectory = state,
             Images = images,
+            SeededClaims = seededClaims ?? new Dictionary<string, string>(),
         }, TimeProvider.System, NullLoggerFactory.Instance);
         return new ClusterHarness(api, logs, cluster, state);
     }

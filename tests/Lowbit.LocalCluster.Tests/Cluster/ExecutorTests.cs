@@ -150,6 +150,46 @@ public sealed class ExecutorTests
     }
 
     [Fact]
+    public async Task Does_give_a_seeded_claim_its_content_in_any_namespace_and_keep_what_pods_wrote()
+    {
+        var seed = Directory.CreateTempSubdirectory("lowbit-seed-").FullName;
+        Directory.CreateDirectory(Path.Combine(seed, "tiny"));
+        await File.WriteAllTextAsync(Path.Combine(seed, "tiny", "config.json"), "{\"seeded\": true}");
+        try
+        {
+            await using var cluster = await StartAsync(ExecuteNode, images: Images, seededClaims: new Dictionary<string, string> { ["models"] = seed });
+            V1Pod Reader(string name, string ns, string script) => ShellPod(name, script, p =>
+            {
+                p.Metadata.NamespaceProperty = ns;
+                p.Spec.Volumes = [new V1Volume { Name = "m", PersistentVolumeClaim = new V1PersistentVolumeClaimVolumeSource { ClaimName = "models" } }];
+                p.Spec.Containers[0].VolumeMounts = [new V1VolumeMount { Name = "m", MountPath = "/models" }];
+            });
+            foreach (var ns in new[] { "team-a", "team-b" })
+            {
+                cluster.Api.Create(BuiltinResources.Namespaces, null, Json(new V1Namespace { Metadata = new V1ObjectMeta { Name = ns } }));
+            }
+            cluster.Create(BuiltinResources.Pods, Reader("first", "team-a", "cat /models/tiny/config.json && echo written > /models/out.txt"));
+            var first = await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "team-a", "first", p => Terminated(p) is not null, "terminated");
+            cluster.Create(BuiltinResources.Pods, Reader("second", "team-a", "cat /models/out.txt /models/tiny/config.json"));
+            cluster.Create(BuiltinResources.Pods, Reader("other", "team-b", "cat /models/tiny/config.json; test ! -e /models/out.txt"));
+            var second = await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "team-a", "second", p => Terminated(p) is not null, "terminated");
+            var other = await cluster.WaitAsync<V1Pod>(BuiltinResources.Pods, "team-b", "other", p => Terminated(p) is not null, "terminated");
+
+            Assert.Equal(0, Terminated(first)!.ExitCode);
+            Assert.Contains("\"seeded\": true", cluster.Logs.Read("team-a", "first", "main"), StringComparison.Ordinal);
+            Assert.Equal(0, Terminated(second)!.ExitCode);
+            Assert.Contains("written", cluster.Logs.Read("team-a", "second", "main"), StringComparison.Ordinal);
+            Assert.Equal(0, Terminated(other)!.ExitCode);
+            Assert.True(File.Exists(Path.Combine(seed, "tiny", "config.json")), "the seed itself is never moved or changed");
+            Assert.False(File.Exists(Path.Combine(seed, "out.txt")));
+        }
+        finally
+        {
+            Directory.Delete(seed, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task Does_refuse_an_image_it_cannot_run_with_ErrImagePull_naming_the_known_images()
     {
         await using var cluster = await StartExecutorAsync();

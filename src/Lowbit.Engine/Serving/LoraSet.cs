@@ -1,0 +1,252 @@
+using Lowbit.Engine.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Serving;
+
+/// <summary>One adapter's low-rank factors per module (<c>model.layers.3.self_attn.q_proj</c> → A <c>[r, in]</c>, B <c>[out, r]</c>) and its scaling.</summary>
+public sealed record AdapterWeights(double Scaling, IReadOnlyDictionary<string, (Tensor A, Tensor B)> Modules);
+
+/// <summary>
+/// The LoRA adapters of the server, several in one batch: every projection of the model is wrapped in a
+/// <see cref="MultiLoraLinear"/> that holds the factors of all loaded adapters stacked (row 0 is "no adapter",
+/// all zeros; ranks padded to the largest), and adds <c>B[row]·(A[row]·x)</c> per batch row by gathering the row's
+/// adapter. Loading and unloading run on the scheduler's thread between steps.
+/// </summary>
+public sealed class LoraSet : IDisposable
+{
+    private readonly Dictionary<string, MultiLoraLinear> _layers = new(StringComparer.Ordinal);
+    private readonly Device _device;
+    private readonly Lock _gate = new();
+    private readonly List<(string Name, string Path, AdapterWeights Weights)> _adapters = [];
+    private Tensor? _rows;
+
+    public LoraSet(LlamaForCausalLM model, Device device)
+    {
+        _device = device;
+        model.ReplaceLinears((name, layer) =>
+        {
+            var wrapped = new MultiLoraLinear(layer, this, model.Dtype);
+            _layers[name] = wrapped;
+            return wrapped;
+        });
+    }
+
+    /// <summary>Reads a PEFT adapter folder onto a device (wired to the PEFT reader).</summary>
+    public static Func<string, Device, AdapterWeights> Reader { get; set; } = (path, _) =>
+        throw new EngineInputException($"LoRA adapter {path}: no PEFT reader in this build");
+
+    /// <summary>Runs an action on the scheduler's thread (set by the scheduler's owner).</summary>
+    public Func<Action, Task> RunOnLoop { get; set; } = action =>
+    {
+        action();
+        return Task.CompletedTask;
+    };
+
+    /// <summary>(name, path) of every loaded adapter.</summary>
+    public IReadOnlyList<(string Name, string Path)> Loaded
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _adapters.Select(a => (a.Name, a.Path)).ToArray();
+            }
+        }
+    }
+
+    /// <summary>True when some batch row uses an adapter in the current step.</summary>
+    internal bool Active { get; private set; }
+
+    internal Tensor? Rows => _rows;
+
+    /// <summary>The stack row of an adapter (1-based), or null.</summary>
+    public int? RowOf(string name)
+    {
+        lock (_gate)
+        {
+            var index = _adapters.FindIndex(a => a.Name == name);
+            return index < 0 ? null : index + 1;
+        }
+    }
+
+    public void Load(string name, string path)
+    {
+        if (!Directory.Exists(path))
+        {
+            throw new OpenAiError(400, $"lora_path: {path} is not a folder", "lora_path", "invalid_value");
+        }
+        AdapterWeights weights;
+        try
+        {
+            weights = Reader(path, _device);
+        }
+        catch (Exception ex) when (ex is EngineInputException or IOException or InvalidDataException or ArgumentException or InvalidOperationException)
+        {
+            throw new OpenAiError(400, $"lora_path: {path}: {ex.Message}", "lora_path", "invalid_value");
+        }
+        foreach (var (module, (a, b)) in weights.Modules)
+        {
+            if (!_layers.TryGetValue(module, out var layer))
+            {
+                throw new OpenAiError(400, $"lora_path: {path}: module {module} is not a projection of the served model", "lora_path", "invalid_value");
+            }
+            if (a.shape[1] != layer.InFeatures || b.shape[0] != layer.OutFeatures || a.shape[0] != b.shape[1])
+            {
+                throw new OpenAiError(400, $"lora_path: {path}: {module} has A {string.Join('x', a.shape)} and B {string.Join('x', b.shape)}; the model needs [r, {layer.InFeatures}] and [{layer.OutFeatures}, r]", "lora_path", "invalid_value");
+            }
+        }
+        RunOnLoop(() =>
+        {
+            lock (_gate)
+            {
+                var index = _adapters.FindIndex(a => a.Name == name);
+                if (index >= 0)
+                {
+                    DisposeWeights(_adapters[index].Weights);
+                    _adapters[index] = (name, path, weights);
+                }
+                else
+                {
+                    _adapters.Add((name, path, weights));
+                }
+                Rebuild();
+            }
+        }).GetAwaiter().GetResult();
+    }
+
+    public bool Unload(string name)
+    {
+        var found = false;
+        RunOnLoop(() =>
+        {
+            lock (_gate)
+            {
+                var index = _adapters.FindIndex(a => a.Name == name);
+                if (index < 0)
+                {
+                    return;
+                }
+                found = true;
+                DisposeWeights(_adapters[index].Weights);
+                _adapters.RemoveAt(index);
+                Rebuild();
+            }
+        }).GetAwaiter().GetResult();
+        return found;
+    }
+
+    /// <summary>Sets the adapter row of each batch row for the next forward pass (scheduler thread).</summary>
+    public void SelectRows(int[] rows)
+    {
+        _rows?.Dispose();
+        _rows = null;
+        Active = rows.Any(r => r > 0);
+        if (Active)
+        {
+            _rows = tensor(rows.Select(r => (long)r).ToArray(), device: _device);
+        }
+    }
+
+    private void Rebuild()
+    {
+        foreach (var (module, layer) in _layers)
+        {
+            var rank = _adapters.Count == 0 ? 0 : _adapters.Max(a => a.Weights.Modules.TryGetValue(module, out var w) ? w.A.shape[0] : 0);
+            if (rank == 0)
+            {
+                layer.SetStacks(null, null);
+                continue;
+            }
+            using var scope = NewDisposeScope();
+            var dtype = layer.ComputeDtype;
+            var a = zeros([_adapters.Count + 1, rank, layer.InFeatures], dtype, _device);
+            var b = zeros([_adapters.Count + 1, layer.OutFeatures, rank], dtype, _device);
+            for (var i = 0; i < _adapters.Count; i++)
+            {
+                if (_adapters[i].Weights.Modules.TryGetValue(module, out var w))
+                {
+                    var r = w.A.shape[0];
+                    a[i + 1].narrow(0, 0, r).copy_(w.A.to(dtype));
+                    b[i + 1].narrow(1, 0, r).copy_((w.B * _adapters[i].Weights.Scaling).to(dtype));
+                }
+            }
+            layer.SetStacks(a.DetachFromDisposeScope(), b.DetachFromDisposeScope());
+        }
+    }
+
+    private static void DisposeWeights(AdapterWeights weights)
+    {
+        foreach (var (a, b) in weights.Modules.Values)
+        {
+            a.Dispose();
+            b.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        _rows?.Dispose();
+        foreach (var adapter in _adapters)
+        {
+            DisposeWeights(adapter.Weights);
+        }
+    }
+}
+
+/// <summary>A projection plus the stacked LoRA factors of every loaded adapter, applied per batch row.</summary>
+public sealed class MultiLoraLinear : LinearLayer
+{
+    private readonly LinearLayer _base;
+    private readonly LoraSet _set;
+    private Tensor? _a;
+    private Tensor? _b;
+
+    public MultiLoraLinear(LinearLayer inner, LoraSet set, ScalarType dtype)
+        : base("MultiLoraLinear", inner.InFeatures, inner.OutFeatures)
+    {
+        _base = inner;
+        _set = set;
+        ComputeDtype = dtype;
+        register_module("base_layer", inner);
+    }
+
+    public ScalarType ComputeDtype { get; }
+
+    internal void SetStacks(Tensor? a, Tensor? b)
+    {
+        _a?.Dispose();
+        _b?.Dispose();
+        _a = a;
+        _b = b;
+    }
+
+    public override Tensor forward(Tensor input)
+    {
+        var output = _base.forward(input);
+        if (!_set.Active || _a is null || _set.Rows is not { } rows)
+        {
+            return output;
+        }
+        using var scope = NewDisposeScope();
+        // input [rows, T, in]; per row: x·A[row]ᵀ·B[row]ᵀ (B already carries the scaling).
+        var a = _a.index_select(0, rows);
+        var b = _b!.index_select(0, rows);
+        var delta = input.to(a.dtype).bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2)).to(output.dtype);
+        return (output + delta).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor DenseWeight(ScalarType dtype) => _base.DenseWeight(dtype);
+
+    public override Tensor? DenseBias(ScalarType dtype) => _base.DenseBias(dtype);
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _a?.Dispose();
+            _b?.Dispose();
+        }
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,472 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json.Nodes;
+using Lowbit.Engine.Models;
+using Lowbit.Engine.Tokenization;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Serving;
+
+/// <summary>Everything the server needs, resolved (the verb turns <see cref="Protocol.ServeRequest"/> into this).</summary>
+public sealed record ServeOptions
+{
+    /// <summary>A local model folder (HF safetensors or a lowbit artifact).</summary>
+    public required string ModelDirectory { get; init; }
+
+    public required string ServedName { get; init; }
+
+    public string Host { get; init; } = "0.0.0.0";
+
+    /// <summary>0 picks a free port (tests).</summary>
+    public int Port { get; init; } = Protocol.ServeRequest.DefaultPort;
+
+    public int MaxContext { get; init; } = 4096;
+
+    public int MaxConcurrency { get; init; } = 8;
+
+    public int PrefillChunk { get; init; } = 256;
+
+    public required Device Device { get; init; }
+
+    /// <summary>When set, <c>/v1/*</c> needs <c>Authorization: Bearer KEY</c>.</summary>
+    public string? ApiKey { get; init; }
+
+    /// <summary>LoRA adapters to load at start: name → PEFT folder.</summary>
+    public IReadOnlyDictionary<string, string> Adapters { get; init; } = new Dictionary<string, string>();
+
+    public long MaxBodyBytes { get; init; } = 4 << 20;
+
+    /// <summary>How long SIGTERM waits for in-flight requests.</summary>
+    public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromMinutes(2);
+}
+
+/// <summary>
+/// The OpenAI-compatible HTTP server (Kestrel minimal API) in front of a <see cref="ServeScheduler"/>:
+/// <c>/v1/models</c>, <c>/v1/completions</c>, <c>/v1/chat/completions</c> (JSON or SSE), <c>/health</c>,
+/// <c>/ready</c>, <c>/metrics</c>, and vLLM's LoRA endpoints. Kestrel listens before the weights load, so
+/// <c>/health</c> answers at once and <c>/ready</c> turns 200 once the model is loaded.
+/// </summary>
+public sealed class ServeHost : IAsyncDisposable
+{
+    private readonly ServeOptions _options;
+    private readonly TimeProvider _time;
+    private readonly Action<string> _log;
+    private readonly WebApplication _app;
+    private readonly long _created;
+    private readonly TaskCompletionSource _failed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private LoadedModel? _loaded;
+
+    private ServeHost(ServeOptions options, TimeProvider time, Action<string> log)
+    {
+        _options = options;
+        _time = time;
+        _log = log;
+        _created = time.GetUtcNow().ToUnixTimeSeconds();
+        Metrics = new ServeMetrics(options.ServedName);
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.DrainTimeout);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = null;
+            k.AddServerHeader = false;
+            if (options.Host is "0.0.0.0" or "*")
+            {
+                k.ListenAnyIP(options.Port);
+            }
+            else
+            {
+                k.Listen(IPAddress.Parse(options.Host), options.Port);
+            }
+        });
+        _app = builder.Build();
+        _app.Lifetime.ApplicationStopping.Register(() => _loaded?.Scheduler.StopAccepting());
+        Map(_app);
+    }
+
+    public ServeMetrics Metrics { get; }
+
+    public bool Ready => _loaded is not null;
+
+    /// <summary>The address clients call, e.g. <c>http://127.0.0.1:8080</c>.</summary>
+    public Uri Address { get; private set; } = new("http://127.0.0.1/");
+
+    /// <summary>Completes with the scheduler's failure, if it fails.</summary>
+    public Task Failed => _failed.Task;
+
+    public IHostApplicationLifetime Lifetime => _app.Lifetime;
+
+    /// <summary>Starts listening, then loads the model (ready afterwards).</summary>
+    public static async Task<ServeHost> StartAsync(ServeOptions options, TimeProvider time, Action<string> log, CancellationToken cancellationToken = default)
+    {
+        var host = new ServeHost(options, time, log);
+        await host._app.StartAsync(cancellationToken).ConfigureAwait(false);
+        var address = host._app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        host.Address = new Uri(address.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal));
+        log($"listening on {host.Address}");
+        host._loaded = await Task.Run(() => LoadedModel.Load(options, host.Metrics, time, log, ex => host._failed.TrySetException(ex)), cancellationToken).ConfigureAwait(false);
+        log($"ready: {options.ServedName} ({host._loaded.Batch.CacheBytes / (1 << 20)} MiB KV cache for {options.MaxConcurrency} × {options.MaxContext} positions)");
+        return host;
+    }
+
+    /// <summary>Waits until the host stops (SIGTERM/SIGINT or <see cref="StopAsync"/>).</summary>
+    public Task WaitForShutdownAsync() => _app.WaitForShutdownAsync();
+
+    public Task StopAsync() => _app.StopAsync();
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.DisposeAsync().ConfigureAwait(false);
+        _loaded?.Dispose();
+    }
+
+    private void Map(WebApplication app)
+    {
+        app.Use(async (context, next) =>
+        {
+            if (_options.ApiKey is { } key && context.Request.Path.StartsWithSegments("/v1", StringComparison.Ordinal)
+                && !KeyMatches(context.Request.Headers.Authorization.ToString(), key))
+            {
+                await WriteError(context, new OpenAiError(401, "Incorrect or missing API key: send Authorization: Bearer <key>", null, "invalid_api_key")).ConfigureAwait(false);
+                return;
+            }
+            try
+            {
+                await next(context).ConfigureAwait(false);
+            }
+            catch (OpenAiError error) when (!context.Response.HasStarted)
+            {
+                await WriteError(context, error).ConfigureAwait(false);
+            }
+        });
+        app.MapGet("/health", () => Results.Ok());
+        app.MapGet("/ready", (HttpContext c) => Ready
+            ? Results.Text("ready\n")
+            : Results.Text("loading\n", statusCode: 503));
+        app.MapGet("/metrics", () => Results.Text(Metrics.Render(), ServeMetrics.ContentType));
+        app.MapGet("/v1/models", () => Results.Text(Models().ToJsonString(), "application/json"));
+        app.MapPost("/v1/completions", context => Generate(context, chat: false));
+        app.MapPost("/v1/chat/completions", context => Generate(context, chat: true));
+        app.MapPost("/v1/load_lora_adapter", LoadAdapter);
+        app.MapPost("/v1/unload_lora_adapter", UnloadAdapter);
+    }
+
+    private static bool KeyMatches(string header, string key)
+    {
+        const string Bearer = "Bearer ";
+        if (!header.StartsWith(Bearer, StringComparison.OrdinalIgnoreCase))
+        {
+            return false;
+        }
+        return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[Bearer.Length..].Trim()), Encoding.UTF8.GetBytes(key));
+    }
+
+    private JsonObject Models()
+    {
+        var data = new JsonArray
+        {
+            new JsonObject
+            {
+                ["id"] = _options.ServedName, ["object"] = "model", ["created"] = _created, ["owned_by"] = "lowbit",
+                ["root"] = _options.ModelDirectory, ["parent"] = null, ["max_model_len"] = _options.MaxContext,
+            },
+        };
+        foreach (var (name, path) in _loaded?.Adapters.Loaded ?? [])
+        {
+            data.Add(new JsonObject
+            {
+                ["id"] = name, ["object"] = "model", ["created"] = _created, ["owned_by"] = "lowbit",
+                ["root"] = path, ["parent"] = _options.ServedName, ["max_model_len"] = _options.MaxContext,
+            });
+        }
+        return new JsonObject { ["object"] = "list", ["data"] = data };
+    }
+
+    private LoadedModel RequireLoaded() =>
+        _loaded ?? throw new OpenAiError(503, "the model is still loading; retry when GET /ready answers 200", null, "model_loading", "service_unavailable");
+
+    private async Task<JsonObject> ReadBody(HttpContext context)
+    {
+        var limit = _options.MaxBodyBytes;
+        if (context.Request.ContentLength is { } length && length > limit)
+        {
+            throw new OpenAiError(413, $"request body: {length} bytes is over the limit of {limit} bytes", null, "request_too_large");
+        }
+        using var buffer = new MemoryStream();
+        var chunk = new byte[16384];
+        int read;
+        while ((read = await context.Request.Body.ReadAsync(chunk, context.RequestAborted).ConfigureAwait(false)) > 0)
+        {
+            buffer.Write(chunk, 0, read);
+            if (buffer.Length > limit)
+            {
+                throw new OpenAiError(413, $"request body: over the limit of {limit} bytes", null, "request_too_large");
+            }
+        }
+        return OpenAiRequests.ParseBody(buffer.ToArray());
+    }
+
+    private async Task Generate(HttpContext context, bool chat)
+    {
+        var loaded = RequireLoaded();
+        var body = await ReadBody(context).ConfigureAwait(false);
+        var parsed = chat ? OpenAiRequests.Chat(body) : OpenAiRequests.Completion(body);
+        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.Adapters.RowOf(parsed.Model)
+            ?? throw new OpenAiError(404, $"The model `{parsed.Model}` does not exist; GET /v1/models lists {string.Join(", ", Models()["data"]!.AsArray().Select(m => (string?)m!["id"]))}", "model", "model_not_found");
+        var (prompt, stops, stopIds) = loaded.Tokenize(parsed);
+        var promptParam = chat ? "messages" : "prompt";
+        if (prompt.Count == 0)
+        {
+            throw OpenAiError.BadField(promptParam, "the prompt is empty");
+        }
+        var room = _options.MaxContext - prompt.Count;
+        var maxTokens = parsed.MaxTokens ?? room;
+        if (room <= 0 || maxTokens > room)
+        {
+            throw new OpenAiError(400,
+                $"This model's maximum context length is {_options.MaxContext} tokens. However, you requested {prompt.Count + Math.Max(maxTokens, 0)} tokens ({prompt.Count} in the {promptParam}, {maxTokens} for the completion). Please reduce the length of the {promptParam} or max_tokens.",
+                room <= 0 ? promptParam : "max_tokens", "context_length_exceeded");
+        }
+        GenerationRequest request;
+        try
+        {
+            request = loaded.Scheduler.Submit(new RequestOptions
+            {
+                Prompt = prompt,
+                MaxTokens = maxTokens,
+                Sampling = parsed.Sampling,
+                Stop = parsed.Stop.Concat(stops).Distinct().ToArray(),
+                StopTokenIds = stopIds,
+                IgnoreEos = parsed.IgnoreEos,
+                Adapter = adapter,
+            });
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new OpenAiError(503, ex.Message, null, "shutting_down", "service_unavailable");
+        }
+        using var registration = context.RequestAborted.Register(() =>
+        {
+            request.Cancel();
+            loaded.Scheduler.Poke();
+        });
+        var id = (chat ? "chatcmpl-" : "cmpl-") + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
+        var created = _time.GetUtcNow().ToUnixTimeSeconds();
+        try
+        {
+            if (parsed.Stream)
+            {
+                await Stream(context, request, parsed, id, created, chat).ConfigureAwait(false);
+            }
+            else
+            {
+                await Whole(context, request, parsed, id, created, chat).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            request.Cancel();
+            loaded.Scheduler.Poke();
+        }
+    }
+
+    private static async Task Whole(HttpContext context, GenerationRequest request, ParsedRequest parsed, string id, long created, bool chat)
+    {
+        var text = new StringBuilder();
+        var logprobs = new List<TokenLogprob>();
+        GenerationEvent? last = null;
+        await foreach (var e in request.Events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+        {
+            text.Append(e.Text);
+            logprobs.AddRange(e.Logprobs);
+            last = e;
+        }
+        var finish = last?.FinishReason ?? "abort";
+        JsonObject choice = chat
+            ? new JsonObject
+            {
+                ["index"] = 0,
+                ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text.ToString() },
+                ["logprobs"] = parsed.ChatLogprobs ? ChatLogprobs(logprobs) : null,
+                ["finish_reason"] = finish,
+            }
+            : new JsonObject
+            {
+                ["index"] = 0,
+                ["text"] = text.ToString(),
+                ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(logprobs),
+                ["finish_reason"] = finish,
+            };
+        var response = new JsonObject
+        {
+            ["id"] = id,
+            ["object"] = chat ? "chat.completion" : "text_completion",
+            ["created"] = created,
+            ["model"] = parsed.Model,
+            ["choices"] = new JsonArray(choice),
+            ["usage"] = Usage(last),
+        };
+        if (chat)
+        {
+            response["system_fingerprint"] = null;
+        }
+        context.Response.ContentType = "application/json";
+        await context.Response.WriteAsync(response.ToJsonString(), context.RequestAborted).ConfigureAwait(false);
+    }
+
+    private static async Task Stream(HttpContext context, GenerationRequest request, ParsedRequest parsed, string id, long created, bool chat)
+    {
+        var response = context.Response;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        var objectName = chat ? "chat.completion.chunk" : "text_completion";
+        JsonObject Chunk(JsonObject choice) => new()
+        {
+            ["id"] = id, ["object"] = objectName, ["created"] = created, ["model"] = parsed.Model,
+            ["choices"] = new JsonArray(choice),
+            ["usage"] = null,
+        };
+        async Task Send(JsonNode payload)
+        {
+            await response.WriteAsync("data: " + payload.ToJsonString() + "\n\n", context.RequestAborted).ConfigureAwait(false);
+            await response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+        }
+        if (chat)
+        {
+            await Send(Chunk(new JsonObject
+            {
+                ["index"] = 0, ["delta"] = new JsonObject { ["role"] = "assistant", ["content"] = "" }, ["logprobs"] = null, ["finish_reason"] = null,
+            })).ConfigureAwait(false);
+        }
+        else
+        {
+            await response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+        }
+        GenerationEvent? last = null;
+        await foreach (var e in request.Events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+        {
+            last = e;
+            if (e.Text.Length == 0 && e.Logprobs.Count == 0 && e.FinishReason is null)
+            {
+                continue;
+            }
+            var finish = e.FinishReason;
+            if (chat)
+            {
+                if (e.Text.Length > 0 || e.Logprobs.Count > 0)
+                {
+                    await Send(Chunk(new JsonObject
+                    {
+                        ["index"] = 0, ["delta"] = new JsonObject { ["content"] = e.Text },
+                        ["logprobs"] = parsed.ChatLogprobs ? ChatLogprobs(e.Logprobs) : null, ["finish_reason"] = null,
+                    })).ConfigureAwait(false);
+                }
+                if (finish is not null)
+                {
+                    await Send(Chunk(new JsonObject { ["index"] = 0, ["delta"] = new JsonObject(), ["logprobs"] = null, ["finish_reason"] = finish })).ConfigureAwait(false);
+                }
+            }
+            else
+            {
+                await Send(Chunk(new JsonObject
+                {
+                    ["index"] = 0, ["text"] = e.Text,
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(e.Logprobs),
+                    ["finish_reason"] = finish,
+                })).ConfigureAwait(false);
+            }
+        }
+        if (parsed.IncludeUsage)
+        {
+            await Send(new JsonObject
+            {
+                ["id"] = id, ["object"] = objectName, ["created"] = created, ["model"] = parsed.Model,
+                ["choices"] = new JsonArray(), ["usage"] = Usage(last),
+            }).ConfigureAwait(false);
+        }
+        await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted).ConfigureAwait(false);
+        await response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+    }
+
+    private static JsonObject Usage(GenerationEvent? last)
+    {
+        var prompt = last?.PromptTokens ?? 0;
+        var completion = last?.CompletionTokens ?? 0;
+        return new JsonObject { ["prompt_tokens"] = prompt, ["completion_tokens"] = completion, ["total_tokens"] = prompt + completion };
+    }
+
+    private static JsonObject CompletionLogprobs(IReadOnlyList<TokenLogprob> logprobs) => new()
+    {
+        ["tokens"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.Token).ToArray()),
+        ["token_logprobs"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.Logprob).ToArray()),
+        ["top_logprobs"] = new JsonArray(logprobs.Select(l =>
+        {
+            var top = new JsonObject();
+            foreach (var (token, logprob) in l.Top)
+            {
+                top[token] = logprob;
+            }
+            return (JsonNode?)top;
+        }).ToArray()),
+        ["text_offset"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.TextOffset).ToArray()),
+    };
+
+    private static JsonObject ChatLogprobs(IReadOnlyList<TokenLogprob> logprobs) => new()
+    {
+        ["content"] = new JsonArray(logprobs.Select(l => (JsonNode?)new JsonObject
+        {
+            ["token"] = l.Token,
+            ["logprob"] = l.Logprob,
+            ["bytes"] = Bytes(l.Token),
+            ["top_logprobs"] = new JsonArray(l.Top.Select(t => (JsonNode?)new JsonObject
+            {
+                ["token"] = t.Token, ["logprob"] = t.Logprob, ["bytes"] = Bytes(t.Token),
+            }).ToArray()),
+        }).ToArray()),
+    };
+
+    private static JsonArray Bytes(string token) => new(Encoding.UTF8.GetBytes(token).Select(b => (JsonNode?)(int)b).ToArray());
+
+    private async Task LoadAdapter(HttpContext context)
+    {
+        var loaded = RequireLoaded();
+        var body = await ReadBody(context).ConfigureAwait(false);
+        var name = body["lora_name"] is JsonValue n && n.TryGetValue<string>(out var s) && s.Length > 0 ? s : throw OpenAiError.BadField("lora_name", "required: the adapter's model name");
+        var path = body["lora_path"] is JsonValue p && p.TryGetValue<string>(out var lp) && lp.Length > 0 ? lp : throw OpenAiError.BadField("lora_path", "required: a PEFT adapter folder");
+        if (name == _options.ServedName)
+        {
+            throw OpenAiError.BadField("lora_name", $"'{name}' is the base model's name; pick another");
+        }
+        loaded.Adapters.Load(name, path);
+        _log($"adapter {name} loaded from {path}");
+        await context.Response.WriteAsync($"Success: LoRA adapter '{name}' added successfully.").ConfigureAwait(false);
+    }
+
+    private async Task UnloadAdapter(HttpContext context)
+    {
+        var loaded = RequireLoaded();
+        var body = await ReadBody(context).ConfigureAwait(false);
+        var name = body["lora_name"] is JsonValue n && n.TryGetValue<string>(out var s) && s.Length > 0 ? s : throw OpenAiError.BadField("lora_name", "required: the adapter's model name");
+        if (!loaded.Adapters.Unload(name))
+        {
+            throw new OpenAiError(404, $"The lora adapter '{name}' cannot be found.", "lora_name", "model_not_found");
+        }
+        await context.Response.WriteAsync($"Success: LoRA adapter '{name}' removed successfully.").ConfigureAwait(false);
+    }
+
+    private static async Task WriteError(HttpContext context, OpenAiError error)
+    {
+        context.Response.StatusCode = error.Status;
+        context.Response.ContentType = "application/json";
+        await context.Response.WriteAsync(error.ToJson().ToJsonString()).ConfigureAwait(false);
+    }
+}

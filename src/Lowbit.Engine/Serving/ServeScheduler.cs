@@ -1,0 +1,309 @@
+using System.Collections.Concurrent;
+using Lowbit.Engine.Tokenization;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Serving;
+
+/// <summary>Scheduler limits: the slab's shape and how much prompt one iteration may prefill.</summary>
+public sealed record SchedulerOptions
+{
+    public required int MaxConcurrency { get; init; }
+
+    public required int MaxContext { get; init; }
+
+    /// <summary>Prompt tokens prefilled per iteration (over all prefilling requests) before the next decode step.</summary>
+    public int PrefillChunk { get; init; } = 256;
+}
+
+/// <summary>
+/// Continuous batching on one thread that owns every tensor: requests wait in FIFO order for a free slot of the
+/// <see cref="DecodeBatch"/>; each iteration admits waiting requests into free slots, prefills up to
+/// <see cref="SchedulerOptions.PrefillChunk"/> prompt tokens (so a long prompt is spread over several iterations
+/// while the running requests keep decoding), runs one decode step over every decoding slot, samples on the
+/// device and hands the tokens to the requests. Cancelled requests leave at the next iteration and free their slot.
+/// </summary>
+public sealed class ServeScheduler : IDisposable
+{
+    private readonly DecodeBatch _batch;
+    private readonly ITextTokenizer _tokenizer;
+    private readonly SchedulerOptions _options;
+    private readonly ServeMetrics _metrics;
+    private readonly TimeProvider _time;
+    private readonly ConcurrentQueue<GenerationRequest> _incoming = new();
+    private readonly ConcurrentQueue<(Action Action, TaskCompletionSource Done)> _work = new();
+    private readonly LinkedList<GenerationRequest> _waiting = new();
+    private readonly GenerationRequest?[] _slots;
+    private readonly SemaphoreSlim _signal = new(0);
+    private readonly Thread _thread;
+    private readonly Random _serverRandom = new();
+    private readonly Action<Exception> _onFailure;
+    private volatile bool _stopping;
+    private volatile bool _stopped;
+    private int _inFlight;
+
+    public ServeScheduler(DecodeBatch batch, ITextTokenizer tokenizer, SchedulerOptions options, ServeMetrics metrics, TimeProvider time, Action<Exception> onFailure)
+    {
+        _batch = batch;
+        _tokenizer = tokenizer;
+        _options = options;
+        _metrics = metrics;
+        _time = time;
+        _onFailure = onFailure;
+        _slots = new GenerationRequest?[batch.Slots];
+        _thread = new Thread(Loop) { IsBackground = true, Name = "lowbit-serve-scheduler" };
+        _thread.Start();
+    }
+
+    /// <summary>Called before each decode step with the adapter row of every batch row (LoRA); null when no adapters.</summary>
+    public Action<int[]>? BeforeStep { get; init; }
+
+    /// <summary>Called before each prefill chunk with the request's adapter row.</summary>
+    public Action<int>? BeforePrefill { get; init; }
+
+    /// <summary>Requests admitted or waiting and not yet finished.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    public GenerationRequest Submit(RequestOptions options)
+    {
+        if (_stopping)
+        {
+            throw new InvalidOperationException("the server is shutting down");
+        }
+        var random = options.Sampling.Seed is { } seed ? new Random(unchecked((int)seed ^ (int)(seed >> 32))) : NextRandom();
+        var request = new GenerationRequest(options, _tokenizer, _time.GetTimestamp(), random);
+        Interlocked.Increment(ref _inFlight);
+        _incoming.Enqueue(request);
+        _signal.Release();
+        return request;
+    }
+
+    /// <summary>Runs <paramref name="action"/> on the scheduler's thread between steps (adapter loads touch the model).</summary>
+    public Task RunOnLoop(Action action)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _work.Enqueue((action, done));
+        _signal.Release();
+        return done.Task;
+    }
+
+    /// <summary>Wakes the loop (a request was cancelled).</summary>
+    public void Poke() => _signal.Release();
+
+    private Random NextRandom()
+    {
+        lock (_serverRandom)
+        {
+            return new Random(_serverRandom.Next());
+        }
+    }
+
+    private void Loop()
+    {
+        try
+        {
+            using var noGrad = no_grad();
+            while (!_stopped)
+            {
+                Drain();
+                if (_slots.All(s => s is null) && _waiting.Count == 0)
+                {
+                    Publish();
+                    _signal.Wait(TimeSpan.FromMilliseconds(200));
+                    continue;
+                }
+                Admit();
+                Publish();
+                PrefillSome();
+                DecodeStep();
+                Publish();
+            }
+        }
+        catch (Exception ex)
+        {
+            foreach (var request in _slots.Concat(_waiting).OfType<GenerationRequest>())
+            {
+                request.Abort("error", ex);
+            }
+            _onFailure(ex);
+        }
+    }
+
+    private void Drain()
+    {
+        while (_work.TryDequeue(out var item))
+        {
+            try
+            {
+                item.Action();
+                item.Done.SetResult();
+            }
+            catch (Exception ex)
+            {
+                item.Done.SetException(ex);
+            }
+        }
+        while (_incoming.TryDequeue(out var request))
+        {
+            _waiting.AddLast(request);
+        }
+        for (var node = _waiting.First; node is not null;)
+        {
+            var next = node.Next;
+            if (node.Value.Cancelled)
+            {
+                Finish(node.Value, null);
+                _waiting.Remove(node);
+            }
+            node = next;
+        }
+        for (var i = 0; i < _slots.Length; i++)
+        {
+            if (_slots[i] is { Cancelled: true } request)
+            {
+                Finish(request, i);
+            }
+        }
+    }
+
+    private void Admit()
+    {
+        for (var i = 0; i < _slots.Length && _waiting.First is { } first; i++)
+        {
+            if (_slots[i] is null)
+            {
+                _waiting.RemoveFirst();
+                first.Value.Slot = i;
+                _slots[i] = first.Value;
+            }
+        }
+    }
+
+    private void PrefillSome()
+    {
+        var budget = _options.PrefillChunk;
+        // Oldest first: the slot order is not arrival order, so sort by arrival.
+        foreach (var request in _slots.OfType<GenerationRequest>().Where(r => r.IsPrefilling).OrderBy(r => r.ArrivalTimestamp).ToList())
+        {
+            if (budget <= 0)
+            {
+                break;
+            }
+            var prompt = request.Options.Prompt;
+            var length = Math.Min(budget, prompt.Count - request.Prefilled);
+            BeforePrefill?.Invoke(request.Options.Adapter);
+            using var scope = NewDisposeScope();
+            var chunk = prompt.Skip(request.Prefilled).Take(length).ToArray();
+            var logits = _batch.Prefill(request.Slot, chunk, request.Prefilled);
+            request.Prefilled += length;
+            budget -= length;
+            _metrics.AddPromptTokens(length);
+            if (!request.IsPrefilling)
+            {
+                var sampled = Sampler.Sample(logits.view(1, -1), [(request.Options.Sampling, request.Random.NextDouble())]);
+                Deliver(request, sampled[0]!);
+            }
+        }
+    }
+
+    private void DecodeStep()
+    {
+        var rows = 0;
+        var attend = 0;
+        for (var i = 0; i < _slots.Length; i++)
+        {
+            if (_slots[i] is { IsPrefilling: false, Finished: false } request)
+            {
+                rows = i + 1;
+                attend = Math.Max(attend, request.Position + 1);
+            }
+        }
+        if (rows == 0)
+        {
+            return;
+        }
+        // Round the attended length up so its shape changes rarely; the mask hides what is beyond each row.
+        attend = Math.Min(_batch.MaxContext, ((attend + 63) / 64) * 64);
+        var tokens = new long[rows];
+        var positions = new long[rows];
+        var adapters = new int[rows];
+        var draws = new (SamplingParams, double)?[rows];
+        for (var i = 0; i < rows; i++)
+        {
+            if (_slots[i] is { IsPrefilling: false, Finished: false } request)
+            {
+                tokens[i] = request.NextToken;
+                positions[i] = request.Position;
+                adapters[i] = request.Options.Adapter;
+                draws[i] = (request.Options.Sampling, request.Options.Sampling.Temperature > 0 ? request.Random.NextDouble() : 0);
+            }
+            else
+            {
+                positions[i] = _batch.ScratchPosition;
+            }
+        }
+        BeforeStep?.Invoke(adapters);
+        using var scope = NewDisposeScope();
+        var device = _batch.Device;
+        var logits = _batch.Step(tensor(tokens, device: device), tensor(positions, device: device), rows, attend);
+        var sampled = Sampler.Sample(logits, draws);
+        for (var i = 0; i < rows; i++)
+        {
+            if (sampled[i] is { } token && _slots[i] is { } request)
+            {
+                Deliver(request, token);
+            }
+        }
+    }
+
+    private void Deliver(GenerationRequest request, SampledToken token)
+    {
+        if (request.GeneratedCount == 0)
+        {
+            _metrics.ObserveTimeToFirstToken(_time.GetElapsedTime(request.ArrivalTimestamp).TotalSeconds);
+        }
+        _metrics.AddGenerationTokens(1);
+        if (request.Accept(token))
+        {
+            Finish(request, request.Slot);
+        }
+    }
+
+    private void Finish(GenerationRequest request, int? slot)
+    {
+        if (request.GeneratedCount > 0)
+        {
+            _metrics.ObserveE2eLatency(_time.GetElapsedTime(request.ArrivalTimestamp).TotalSeconds);
+        }
+        request.Abort("abort");
+        if (slot is { } s && s >= 0 && ReferenceEquals(_slots[s], request))
+        {
+            _slots[s] = null;
+        }
+        Interlocked.Decrement(ref _inFlight);
+    }
+
+    private void Publish()
+    {
+        var used = 0L;
+        var running = 0;
+        foreach (var request in _slots.OfType<GenerationRequest>())
+        {
+            running++;
+            used += request.Prefilled + request.GeneratedCount;
+        }
+        _metrics.Running = running;
+        _metrics.Waiting = _waiting.Count + _incoming.Count;
+        _metrics.KvCacheUsage = (double)used / ((long)_batch.Slots * _batch.MaxContext);
+    }
+
+    /// <summary>Stops taking requests; in-flight ones continue.</summary>
+    public void StopAccepting() => _stopping = true;
+
+    public void Dispose()
+    {
+        _stopped = true;
+        _signal.Release();
+        _thread.Join(TimeSpan.FromSeconds(30));
+        _signal.Dispose();
+    }
+}

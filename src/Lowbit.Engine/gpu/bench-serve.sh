@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Serving benchmark on a PyTorch CUDA host (run from the unpacked GPU bundle, `make engine-gpu-bundle`):
+#   ./bench-serve.sh [--layers N] [--work DIR] [--concurrency 1,8,32,64]
+# 1. bench_hf.py make: the random 7B-shaped Llama (bf16) that bench.sh uses (reused when already there)
+# 2. run.sh serve on it (bf16, --max-context 320, --max-concurrency 64) on 127.0.0.1
+# 3. bench_serve.py: 1, 8, 32, 64 concurrent streams, 128-token prompts (token ids), 128 new tokens, greedy, ignore_eos
+# Prints JSON lines and a Markdown table next to the transformers anchors measured on the H200.
+# Budget: < 5 minutes on an H200 (most of it writing/reading the 13.5 GB of weights when not cached).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+layers=32
+work="${TMPDIR:-/tmp}/lowbit-bench"
+concurrency="1,8,32,64"
+port="${PORT:-18080}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --layers) layers="$2"; shift 2 ;;
+    --work) work="$2"; shift 2 ;;
+    --concurrency) concurrency="$2"; shift 2 ;;
+    *) echo "bench-serve.sh: unknown argument $1 (accepted: --layers N, --work DIR, --concurrency LIST)" >&2; exit 42 ;;
+  esac
+done
+PYTHON="${PYTHON:-python3}"
+export PYTHON
+model="$work/llama7b-$layers"
+results="$work/serve-results.jsonl"
+mkdir -p "$work"
+: > "$results"
+if [ ! -f "$model/config.json" ]; then
+  "$PYTHON" "$here/bench_hf.py" make --out "$model" --layers "$layers" | tee -a "$results"
+fi
+log="$work/serve.log"
+"$here/run.sh" serve --model "$model" --device cuda --port "$port" --max-context 320 --max-concurrency 64 \
+  --served-name bench > "$log" 2>&1 &
+server=$!
+cleanup() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+trap cleanup EXIT
+start=$(date +%s)
+get() { "$PYTHON" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
+until get "http://127.0.0.1:$port/ready" > /dev/null 2>&1; do
+  if ! kill -0 "$server" 2>/dev/null; then echo "bench-serve.sh: the server exited:" >&2; tail -40 "$log" >&2; exit 1; fi
+  if [ $(( $(date +%s) - start )) -gt 240 ]; then echo "bench-serve.sh: not ready after 240 s" >&2; tail -40 "$log" >&2; exit 1; fi
+  sleep 1
+done
+echo "{\"engine\":\"lowbit-serve\",\"step\":\"ready\",\"seconds\":$(( $(date +%s) - start ))}" | tee -a "$results"
+timeout 200 "$PYTHON" "$here/bench_serve.py" --url "http://127.0.0.1:$port" --model bench --concurrency "$concurrency" | tee -a "$results"
+get "http://127.0.0.1:$port/metrics" | grep -E '^lowbit:(generation|prompt)_tokens_total' || true
+cleanup
+trap - EXIT
+"$PYTHON" - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+anchors = {1: ("51.6", "98.7"), 32: ("1,339", "3,670")}
+print("\n| streams | lowbit serve tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | errors | transformers eager | transformers static+compile |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    if "concurrency" in r:
+        eager, compiled = anchors.get(r["concurrency"], ("", ""))
+        print(f"| {r['concurrency']} | {r['tokensPerSecond']:,.1f} | {r['ttftMsP50']} / {r['ttftMsP99']} | {r['itlMsP50']} / {r['itlMsP99']} | {r['errors']} | {eager} | {compiled} |")
+PY
