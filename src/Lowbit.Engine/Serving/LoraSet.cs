@@ -33,8 +33,7 @@ public sealed class LoraSet : IDisposable
     }
 
     /// <summary>Reads a PEFT adapter folder onto a device (wired to the PEFT reader).</summary>
-    public static Func<string, Device, AdapterWeights> Reader { get; set; } = (path, _) =>
-        throw new EngineInputException($"LoRA adapter {path}: no PEFT reader in this build");
+    public static Func<string, Device, AdapterWeights> Reader { get; set; } = PeftAdapterReader.Read;
 
     /// <summary>Runs an action on the scheduler's thread (set by the scheduler's owner).</summary>
     public Func<Action, Task> RunOnLoop { get; set; } = action =>

@@ -29,6 +29,9 @@ public static class InferenceDeploymentBuilder
     public const string PortName = "http";
     public const string HealthPath = "/health";
 
+    /// <summary><c>lowbit-engine serve</c> answers 200 here only once the weights are loaded (it listens before).</summary>
+    public const string ReadyPath = "/ready";
+
     public static V1Deployment Build(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, WorkloadOptions options)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
@@ -46,7 +49,7 @@ public static class InferenceDeploymentBuilder
         var container = PodTemplates.Container(endpoint.Spec.Image ?? image, args, placement, volumes, endpoint.Spec.Resources, options);
         container.Ports = [new V1ContainerPort { Name = PortName, ContainerPort = Port, Protocol = "TCP" }];
         container.StartupProbe = Probe(options.StartupFailureThreshold);
-        container.ReadinessProbe = Probe(3);
+        container.ReadinessProbe = Probe(3, endpoint.Spec.Runtime is ServingRuntime.Vllm or ServingRuntime.Llamacpp ? HealthPath : ReadyPath);
         container.LivenessProbe = Probe(6);
         pod.Containers.Add(container);
 
@@ -89,9 +92,9 @@ public static class InferenceDeploymentBuilder
         return $"http://{ChildMeta.Name(endpoint, Role)}.{endpoint.Metadata.NamespaceProperty}.svc.{options.ClusterDomain}/v1";
     }
 
-    private static V1Probe Probe(int failureThreshold) => new()
+    private static V1Probe Probe(int failureThreshold, string path = HealthPath) => new()
     {
-        HttpGet = new V1HTTPGetAction { Path = HealthPath, Port = PortName },
+        HttpGet = new V1HTTPGetAction { Path = path, Port = PortName },
         PeriodSeconds = 10,
         TimeoutSeconds = 5,
         FailureThreshold = failureThreshold,
@@ -111,7 +114,8 @@ public static class InferenceDeploymentBuilder
         {
             Model = model,
             Revision = revision,
-            Adapters = served.Adapters.Select(a => volumes.Adapter(a.Job)).ToList(),
+            // name=path: a request selects the adapter by its name (the model id), as with vLLM's --lora-modules.
+            Adapters = served.Adapters.Select(a => $"{a.Name}={volumes.Adapter(a.Job)}").ToList(),
             Port = Port,
             MaxContext = endpoint.Spec.MaxContextLength,
             MaxConcurrency = endpoint.Spec.MaxConcurrency,

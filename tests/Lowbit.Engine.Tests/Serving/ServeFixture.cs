@@ -80,7 +80,7 @@ public sealed class ServeFixture : IAsyncLifetime
         }
         using var response = await Http.SendAsync(request);
         var text = await response.Content.ReadAsStringAsync();
-        return ((int)response.StatusCode, JsonNode.Parse(text) as JsonObject ?? new JsonObject { ["raw"] = text });
+        return ((int)response.StatusCode, text.StartsWith('{') ? JsonNode.Parse(text)!.AsObject() : new JsonObject { ["raw"] = text });
     }
 
     public async Task<string> MetricsAsync() => await Http.GetStringAsync("/metrics");

@@ -320,4 +320,72 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
         Assert.Equal((int)body["usage"]!["prompt_tokens"]! + 6, (int)body["usage"]!["total_tokens"]!);
         _ = CultureInfo.InvariantCulture;
     }
+
+    [Fact]
+    public async Task Does_serve_a_lora_adapter_selected_by_model_name_next_to_the_base_model_in_one_batch()
+    {
+        using var temp = new TempDir();
+        const int Rank = 4;
+        const double Alpha = 8;
+        var tensors = new Dictionary<string, TorchSharp.torch.Tensor>();
+        var generator = new TorchSharp.torch.Generator(20261204);
+        using var checkpoint = Lowbit.Engine.Models.Checkpoint.Open(TokenizerTests.FixtureDirectory);
+        using (var reference = Lowbit.Engine.Models.ModelIo.Load(checkpoint, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU))
+        {
+            foreach (var layer in Enumerable.Range(0, reference.Config.NumHiddenLayers))
+            {
+                foreach (var (module, inFeatures, outFeatures) in new[] { ("self_attn.q_proj", 256L, 256L), ("self_attn.v_proj", 256L, 128L), ("mlp.down_proj", 768L, 256L) })
+                {
+                    var key = $"base_model.model.model.layers.{layer}.{module}";
+                    tensors[key + ".lora_A.weight"] = TorchSharp.torch.randn([Rank, inFeatures], generator: generator) * 0.15;
+                    tensors[key + ".lora_B.weight"] = TorchSharp.torch.randn([outFeatures, Rank], generator: generator) * 0.15;
+                }
+            }
+            Lowbit.Engine.Formats.SafetensorsWriter.Write(temp.File("adapter_model.safetensors"), tensors);
+            await File.WriteAllTextAsync(temp.File("adapter_config.json"), """
+                {"base_model_name_or_path": "tiny-llama", "bias": "none", "fan_in_fan_out": false, "lora_alpha": 8, "lora_dropout": 0.0,
+                 "peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"], "task_type": "CAUSAL_LM", "use_rslora": false}
+                """);
+            // The reference: the same adapter merged into the weights (W + alpha/r · B·A), decoded alone.
+            using (TorchSharp.torch.no_grad())
+            {
+                reference.ReplaceLinears((name, linear) =>
+                {
+                    if (tensors.TryGetValue($"base_model.model.{name}.lora_A.weight", out var a))
+                    {
+                        ((Lowbit.Engine.Modules.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * (Alpha / Rank));
+                    }
+                    return null;
+                });
+            }
+            var prompt = _server.PromptIds(Verse);
+            var merged = _server.Tokenizer.Decode(Lowbit.Engine.Generation.TextGenerator.Generate(reference, prompt, new Lowbit.Engine.Generation.GenerationOptions { MaxNewTokens = 16, StopTokenIds = [ByteTokenizer.Eos] }, TorchSharp.torch.CPU).TakeWhile(t => t != ByteTokenizer.Eos));
+            var baseline = _server.Reference(prompt, 16);
+            Assert.NotEqual(baseline, merged);
+
+            var (loaded, _) = await _server.PostAsync("/v1/load_lora_adapter", new JsonObject { ["lora_name"] = "kjv-lora", ["lora_path"] = temp.Path }.ToJsonString());
+            Assert.Equal(200, loaded);
+            var models = (await new OpenAIModelClient(new ApiKeyCredential(ServeFixture.Key), ClientOptions).GetModelsAsync()).Value;
+            Assert.Contains(models, m => m.Id == "kjv-lora");
+
+            string Body(string model) => $$"""{"model":"{{model}}","prompt":"{{Verse}}","max_tokens":16,"temperature":0}""";
+            var answers = await Task.WhenAll(Enumerable.Range(0, 6).Select(i => _server.PostAsync("/v1/completions", Body(i % 2 == 0 ? "kjv-lora" : ServeFixture.Name))));
+            for (var i = 0; i < answers.Length; i++)
+            {
+                Assert.Equal(i % 2 == 0 ? merged : baseline, (string?)answers[i].Body["choices"]![0]!["text"]);
+            }
+
+            var (unloaded, _) = await _server.PostAsync("/v1/unload_lora_adapter", """{"lora_name":"kjv-lora"}""");
+            Assert.Equal(200, unloaded);
+            Assert.Equal(404, (await _server.PostAsync("/v1/completions", Body("kjv-lora"))).Status);
+            Assert.Equal(404, (await _server.PostAsync("/v1/unload_lora_adapter", """{"lora_name":"kjv-lora"}""")).Status);
+            var (badPath, error) = await _server.PostAsync("/v1/load_lora_adapter", """{"lora_name":"x","lora_path":"/nonexistent"}""");
+            Assert.Equal(400, badPath);
+            Assert.Equal("lora_path", (string?)error["error"]!["param"]);
+        }
+        foreach (var t in tensors.Values)
+        {
+            t.Dispose();
+        }
+    }
 }

@@ -133,7 +133,7 @@ public sealed class BuilderTests
         Assert.Equal(3, deployment.Spec.Replicas);
         Assert.Equal(60, container.StartupProbe.FailureThreshold);
         Assert.Equal("/health", container.StartupProbe.HttpGet.Path);
-        Assert.NotNull(container.ReadinessProbe);
+        Assert.Equal("/ready", container.ReadinessProbe.HttpGet.Path);
         var request = Assert.IsType<ServeRequest>(EngineRequest.Parse(container.Args.ToList()));
         Assert.Equal("/mnt/models/llama-7b-int4", request.Model);
         Assert.Equal(4096, request.MaxContext);
