@@ -31,24 +31,29 @@ USER 65532:65532
 EXPOSE 8081 8443
 ENTRYPOINT ["/app/lowbit-operator"]
 
-# ---- engine-native: the native CUDA-graph library, compiled at image build --------------------------------
-# Builds src/Lowbit.Engine/native when it holds a CMakeLists.txt or a Makefile; otherwise the stage leaves an empty
-# /out/native and the engine runs without CUDA graphs (it checks for the library at start).
+# ---- engine-native: the native CUDA-graph library (liblowbit_native.so), compiled at image build ----------------
+# src/Lowbit.Engine/native/build.sh compiles the kernels with nvcc and links them against the PyTorch wheel's libtorch
+# (the same wheel the engine stage installs). A CMakeLists.txt or Makefile there would be built instead.
 FROM ${CUDA_DEVEL_IMAGE} AS engine-native
-RUN apt-get update && apt-get install -y --no-install-recommends cmake make g++ && rm -rf /var/lib/apt/lists/*
+ARG TORCH_VERSION=2.10.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+RUN apt-get update && apt-get install -y --no-install-recommends cmake make g++ python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/torch \
+ && /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 WORKDIR /src
 COPY src/Lowbit.Engine/ /src/engine/
 RUN mkdir -p /out/native \
- && if [ -f /src/engine/native/CMakeLists.txt ]; then \
+ && if [ -f /src/engine/native/build.sh ]; then \
+      PYTHON=/opt/torch/bin/python bash /src/engine/native/build.sh /src/engine/native /out/native; \
+    elif [ -f /src/engine/native/CMakeLists.txt ]; then \
       cmake -S /src/engine/native -B /tmp/native-build -DCMAKE_BUILD_TYPE=Release \
       && cmake --build /tmp/native-build -j"$(nproc)" \
       && find /tmp/native-build -name '*.so' -exec cp {} /out/native/ \; ; \
-    elif [ -f /src/engine/native/Makefile ]; then \
-      make -C /src/engine/native -j"$(nproc)" OUT=/out/native \
-      && find /src/engine/native -name '*.so' -exec cp {} /out/native/ \; ; \
     else \
       echo "engine-native: no src/Lowbit.Engine/native build files; no CUDA-graph library in this image"; \
-    fi
+    fi \
+ && rm -f /out/native/*.o
 
 # ---- engine: CUDA runtime, libtorch from the PyTorch wheel, TorchSharp's native library, the engine ----------
 FROM ${CUDA_RUNTIME_IMAGE} AS engine
@@ -61,6 +66,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
  && /opt/torch/bin/python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 ENV LOWBIT_TORCH_LIB=/opt/torch/lib/python3.12/site-packages/torch/lib
 ENV LD_LIBRARY_PATH=/opt/torch/lib/python3.12/site-packages/torch/lib:/opt/lowbit-engine:/opt/lowbit-engine/native
+ENV LOWBIT_NATIVE_LIB=/opt/lowbit-engine/native/liblowbit_native.so
 WORKDIR /opt/lowbit-engine
 COPY --from=build /out/engine/ /opt/lowbit-engine/
 COPY --from=engine-native /out/native/ /opt/lowbit-engine/native/
