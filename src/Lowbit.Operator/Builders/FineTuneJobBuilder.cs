@@ -45,12 +45,9 @@ public static class FineTuneJobBuilder
         var spec = job.Spec;
         var (model, revision) = spec.BaseModel.Source is { } source
             ? volumes.Model(source)
-            : baseModel is null
-                ? throw new InvalidSpecException("spec.baseModel", "the referenced QuantizedModel is not available")
-                : baseModel.Spec.Formats.Contains(ExportFormat.Lowbit)
-                    ? (volumes.Artifact(baseModel, ExportFormat.Lowbit), null)
-                    : throw new InvalidSpecException("spec.baseModel.quantizedModelRef",
-                        $"QuantizedModel {baseModel.Metadata.Name} exports no lowbit format, which fine-tuning reads: add lowbit to its spec.formats");
+            : baseModel is not null
+                ? (volumes.Artifact(baseModel, ExportFormat.Lowbit), null)
+                : throw new ArgumentException("spec.baseModel: the referenced QuantizedModel is not available (Check first)", nameof(baseModel));
         var lora = spec.Lora ?? new LoraSpec();
         var output = volumes.Pvc(spec.Output.Pvc.ClaimName, spec.Output.Pvc.Path, writable: true);
         return new FinetuneRequest
@@ -88,12 +85,29 @@ public static class FineTuneJobBuilder
         };
     }
 
+    /// <summary>Why this spec cannot become a finetune Job (naming the field), or null.</summary>
+    public static SpecError? Check(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, string? resumeFrom = null)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        return job.Spec.BaseModel.Source is null && baseModel is null
+            ? new SpecError("spec.baseModel", "the referenced QuantizedModel is not available")
+            : baseModel is not null && !baseModel.Spec.Formats.Contains(ExportFormat.Lowbit)
+                ? new SpecError("spec.baseModel.quantizedModelRef",
+                    $"QuantizedModel {baseModel.Metadata.Name} exports no lowbit format, which fine-tuning reads: add lowbit to its spec.formats")
+            : EngineJobs.CheckArgs(Request(job, baseModel, placement, new VolumeSet(), resumeFrom).ToArgs(), FieldsByFlag);
+    }
+
+    /// <summary>The Job for a spec <see cref="Check"/> accepted.</summary>
     public static V1Job Build(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, WorkloadOptions options, string? resumeFrom = null)
     {
         ArgumentNullException.ThrowIfNull(options);
+        if (Check(job, baseModel, placement, resumeFrom) is { } error)
+        {
+            throw new ArgumentException($"check the spec before building: {error}", nameof(job));
+        }
+
         var volumes = new VolumeSet();
         var args = Request(job, baseModel, placement, volumes, resumeFrom).ToArgs();
-        EngineJobs.CheckArgs(args, FieldsByFlag);
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
         pod.Containers.Add(PodTemplates.Container(job.Spec.Image ?? options.EngineImage, args, placement, volumes, job.Spec.Resources, options));
         return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(job, Role, Role, placement), pod, options));
