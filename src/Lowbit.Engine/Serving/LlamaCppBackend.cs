@@ -18,6 +18,12 @@ namespace Lowbit.Engine.Serving;
 public sealed class LlamaCppBackend : IDecodeBackend
 {
     private readonly LLamaContext _context;
+
+    // llama.cpp logs every tensor and graph at info level; keep warnings and errors (on stderr, like the engine's
+    // log). The delegate lives in a static field so the native side never calls a collected one.
+    private static readonly Lock LogLock = new();
+    private static NativeLogConfig.LLamaLogCallback? _log;
+
     private readonly LLamaBatch _batch = new();
     private readonly int _vocab;
 
@@ -33,17 +39,40 @@ public sealed class LlamaCppBackend : IDecodeBackend
         CacheBytes = 2L * layers * kvWidth * slots * maxContext * 2; // K and V, f16
     }
 
-    /// <summary>The context parameters for <paramref name="slots"/> sequences of <paramref name="maxContext"/> positions.</summary>
-    public static ModelParams ContextParameters(string path, int slots, int maxContext, int prefillChunk) => new(path)
+    private static void InstallLog()
     {
-        ContextSize = (uint)(slots * maxContext),
-        SeqMax = (uint)slots,
-        BatchSize = (uint)Math.Max(prefillChunk, slots),
-        UBatchSize = (uint)Math.Max(prefillChunk, slots),
-        Threads = Environment.ProcessorCount,
-        BatchThreads = Environment.ProcessorCount,
-        GpuLayerCount = 0,
-    };
+        lock (LogLock)
+        {
+            if (_log is not null)
+            {
+                return;
+            }
+            _log = (level, message) =>
+            {
+                if (level is LLamaLogLevel.Warning or LLamaLogLevel.Error)
+                {
+                    Console.Error.Write($"llama.cpp: {message}");
+                }
+            };
+            NativeLogConfig.llama_log_set(_log);
+        }
+    }
+
+    /// <summary>The context parameters for <paramref name="slots"/> sequences of <paramref name="maxContext"/> positions.</summary>
+    public static ModelParams ContextParameters(string path, int slots, int maxContext, int prefillChunk)
+    {
+        InstallLog();
+        return new ModelParams(path)
+        {
+            ContextSize = (uint)(slots * maxContext),
+            SeqMax = (uint)slots,
+            BatchSize = (uint)Math.Max(prefillChunk, slots),
+            UBatchSize = (uint)Math.Max(prefillChunk, slots),
+            Threads = Environment.ProcessorCount,
+            BatchThreads = Environment.ProcessorCount,
+            GpuLayerCount = 0,
+        };
+    }
 
     public int Slots { get; }
 
