@@ -28,6 +28,9 @@ internal sealed class ArgumentWriter
     public ArgumentWriter Add(string flag, double? value) =>
         Add(flag, value?.ToString("R", CultureInfo.InvariantCulture));
 
+    /// <summary>Booleans are written only when true (<c>--flag true</c>); false is the default of every boolean flag.</summary>
+    public ArgumentWriter Add(string flag, bool value) => value ? Add(flag, "true") : this;
+
     public ArgumentWriter Add<TEnum>(string flag, TEnum? value)
         where TEnum : struct, Enum =>
         Add(flag, value is { } v ? ProtocolNames.Of(v) : null);
@@ -130,6 +133,14 @@ internal sealed class ArgumentReader
         }
         return value;
     }
+
+    /// <summary><c>true</c> or <c>false</c>; absent is false.</summary>
+    public bool Bool(string flag) => Optional(flag) switch
+    {
+        null or "false" => false,
+        "true" => true,
+        var text => throw new ProtocolArgumentException(flag, $"'{text}' is not valid", "true or false"),
+    };
 
     public TEnum? Enum<TEnum>(string flag)
         where TEnum : struct, Enum

@@ -5,13 +5,14 @@ namespace Lowbit.Engine.Protocol;
 
 /// <summary>
 /// One JSON line on the engine's stdout. The <c>event</c> property comes first and names the kind:
-/// <c>progress</c>, <c>train</c>, <c>download</c>, <c>log</c>. Other stdout lines are not events.
+/// <c>progress</c>, <c>train</c>, <c>checkpoint</c>, <c>download</c>, <c>log</c>. Other stdout lines are not events.
 /// </summary>
 [JsonPolymorphic(TypeDiscriminatorPropertyName = "event")]
 [JsonDerivedType(typeof(ProgressEvent), "progress")]
 [JsonDerivedType(typeof(TrainEvent), "train")]
 [JsonDerivedType(typeof(DownloadEvent), "download")]
 [JsonDerivedType(typeof(LogEvent), "log")]
+[JsonDerivedType(typeof(CheckpointEvent), "checkpoint")]
 public abstract record EngineEvent
 {
     /// <summary>The event as one JSON line (no trailing newline).</summary>
@@ -66,6 +67,21 @@ public sealed record TrainEvent : EngineEvent
     public required double TokensPerSecond { get; init; }
 
     public double? LearningRate { get; init; }
+
+    /// <summary>Estimated seconds to the last step at the rate of this process so far.</summary>
+    public double? EtaSeconds { get; init; }
+
+    /// <summary>Peak memory so far: device bytes in use on CUDA, the process's peak resident set on the CPU.</summary>
+    public long? PeakMemoryBytes { get; init; }
+}
+
+/// <summary>A fine-tuning checkpoint was written (atomically: the folder is complete when this line appears).</summary>
+public sealed record CheckpointEvent : EngineEvent
+{
+    public required int Step { get; init; }
+
+    /// <summary>The checkpoint folder (pass it, or its parent, to <c>--resume-from</c>).</summary>
+    public required string Path { get; init; }
 }
 
 /// <summary>Bytes of one file fetched from a remote source.</summary>

@@ -19,6 +19,9 @@ public static class EngineExitCodes
     /// <summary>The engine ran out of host or device memory (a CUDA or allocator out-of-memory error).</summary>
     public const int OutOfMemory = 43;
 
+    /// <summary>Stopped by SIGTERM after writing a checkpoint (128 + 15, what a shell reports for SIGTERM).</summary>
+    public const int Interrupted = 143;
+
     /// <summary>The container was killed by SIGKILL, in practice the kernel OOM killer (128 + 9).</summary>
     public const int Killed = 137;
 

@@ -136,4 +136,5 @@ public static class ErrorReasons
     public const string BadInput = "BadInput";
     public const string OutOfMemory = "OutOfMemory";
     public const string RuntimeError = "RuntimeError";
+    public const string Interrupted = "Interrupted";
 }

@@ -45,3 +45,16 @@ public enum DatasetFormat
     Chat,
     Text,
 }
+
+/// <summary>Learning-rate schedule after the linear warm-up.</summary>
+public enum LrScheduler
+{
+    /// <summary>Linear decay to 0 at the last step (transformers' default).</summary>
+    Linear,
+
+    /// <summary>Half-cosine decay to 0 at the last step.</summary>
+    Cosine,
+
+    /// <summary>Constant after warm-up.</summary>
+    Constant,
+}

@@ -1,7 +1,7 @@
 namespace Lowbit.Engine.Protocol;
 
 /// <summary>
-/// <c>eval --model SRC --text FILE [--context N] [--stride N] [--max-tokens N] [--device cpu|cuda] [--result-file F]</c>:
+/// <c>eval --model SRC --text FILE [--context N] [--stride N] [--max-tokens N] [--device cpu|cuda] [--result-file F] [--adapter DIR]</c>:
 /// perplexity over the text with a sliding window of <c>context</c> tokens advanced by <c>stride</c>; in every window
 /// after the first only the last <c>stride</c> tokens are scored (the overlap is context, not scored twice).
 /// </summary>
@@ -12,7 +12,7 @@ public sealed record EvalRequest : EngineRequest
     private static readonly string[] Flags =
     [
         CommonFlags.Model, CommonFlags.Revision, "--text", "--context", "--stride", "--max-tokens",
-        CommonFlags.Device, CommonFlags.ResultFile,
+        CommonFlags.Device, CommonFlags.ResultFile, "--adapter",
     ];
 
     public required string Model { get; init; }
@@ -33,6 +33,9 @@ public sealed record EvalRequest : EngineRequest
 
     public ComputeDevice? Device { get; init; }
 
+    /// <summary>A PEFT LoRA adapter folder applied to the model before scoring.</summary>
+    public string? Adapter { get; init; }
+
     public string? ResultFile { get; init; }
 
     public override string Verb => EngineVerbs.Eval;
@@ -46,6 +49,7 @@ public sealed record EvalRequest : EngineRequest
         .Add("--max-tokens", MaxTokens)
         .Add(CommonFlags.Device, Device)
         .Add(CommonFlags.ResultFile, ResultFile)
+        .Add("--adapter", Adapter)
         .Build();
 
     public static new EvalRequest Parse(IReadOnlyList<string> args)
@@ -62,6 +66,7 @@ public sealed record EvalRequest : EngineRequest
             MaxTokens = r.Int("--max-tokens", 2, int.MaxValue),
             Device = r.Enum<ComputeDevice>(CommonFlags.Device),
             ResultFile = r.Optional(CommonFlags.ResultFile),
+            Adapter = r.Optional("--adapter"),
         };
     }
 }

@@ -4,7 +4,9 @@ namespace Lowbit.Engine.Protocol;
 /// <c>finetune --base-model SRC --method lora|qlora|full --dataset FILE --dataset-format alpaca|chat|text --out DIR
 /// [--r N] [--alpha X] [--dropout X] [--target-modules q_proj,v_proj] [--epochs N | --max-steps N] [--learning-rate X]
 /// [--micro-batch N] [--grad-accumulation N] [--seq-length N] [--checkpoint-dir DIR] [--resume-from DIR] [--seed N]
-/// [--device cpu|cuda] [--result-file F]</c>. The verb itself comes in a later issue; the contract is fixed now.
+/// [--device cpu|cuda] [--result-file F] [--save-steps N] [--eval-split X] [--lr-scheduler linear|cosine|constant]
+/// [--warmup-steps N] [--max-grad-norm X] [--weight-decay X] [--gradient-checkpointing true] [--rslora true]
+/// [--merge true] [--gguf-adapter true]</c>. Boolean flags take <c>true</c>/<c>false</c>; absent is false.
 /// </summary>
 public sealed record FinetuneRequest : EngineRequest
 {
@@ -17,6 +19,8 @@ public sealed record FinetuneRequest : EngineRequest
         "--base-model", CommonFlags.Revision, "--method", "--r", "--alpha", "--dropout", "--target-modules", "--dataset",
         "--dataset-format", "--epochs", "--max-steps", "--learning-rate", "--micro-batch", "--grad-accumulation",
         "--seq-length", "--checkpoint-dir", "--resume-from", "--seed", CommonFlags.Out, CommonFlags.Device, CommonFlags.ResultFile,
+        "--save-steps", "--eval-split", "--lr-scheduler", "--warmup-steps", "--max-grad-norm", "--weight-decay",
+        "--gradient-checkpointing", "--rslora", "--merge", "--gguf-adapter",
     ];
 
     /// <summary>Base model source (a quantized model's folder for qlora).</summary>
@@ -68,6 +72,35 @@ public sealed record FinetuneRequest : EngineRequest
 
     public string? ResultFile { get; init; }
 
+    /// <summary>Write a checkpoint to <see cref="CheckpointDir"/> every this many optimizer steps (and at the end, and on SIGTERM).</summary>
+    public int? SaveSteps { get; init; }
+
+    /// <summary>Fraction of the dataset's examples held out for evaluation (0 disables the eval split).</summary>
+    public double EvalSplit { get; init; } = 0.05;
+
+    public LrScheduler LrScheduler { get; init; } = LrScheduler.Linear;
+
+    /// <summary>Optimizer steps of linear warm-up from 0 to <see cref="LearningRate"/>.</summary>
+    public int WarmupSteps { get; init; }
+
+    /// <summary>Clip the global gradient norm to this (0 disables clipping).</summary>
+    public double MaxGradNorm { get; init; } = 1.0;
+
+    /// <summary>AdamW decoupled weight decay.</summary>
+    public double WeightDecay { get; init; }
+
+    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them.</summary>
+    public bool GradientCheckpointing { get; init; }
+
+    /// <summary>rsLoRA: scaling alpha/√r instead of alpha/r.</summary>
+    public bool Rslora { get; init; }
+
+    /// <summary>Also write the base with the adapter merged in, as a 16-bit Hugging Face checkpoint, to <c>OUT/merged</c>.</summary>
+    public bool Merge { get; init; }
+
+    /// <summary>Also write the adapter as a llama.cpp GGUF LoRA adapter, <c>OUT/adapter.gguf</c>.</summary>
+    public bool GgufAdapter { get; init; }
+
     public override string Verb => EngineVerbs.Finetune;
 
     public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
@@ -92,6 +125,16 @@ public sealed record FinetuneRequest : EngineRequest
         .Add(CommonFlags.Out, Out)
         .Add(CommonFlags.Device, Device)
         .Add(CommonFlags.ResultFile, ResultFile)
+        .Add("--save-steps", SaveSteps)
+        .Add("--eval-split", EvalSplit)
+        .Add("--lr-scheduler", (LrScheduler?)LrScheduler)
+        .Add("--warmup-steps", WarmupSteps)
+        .Add("--max-grad-norm", MaxGradNorm)
+        .Add("--weight-decay", WeightDecay)
+        .Add("--gradient-checkpointing", GradientCheckpointing)
+        .Add("--rslora", Rslora)
+        .Add("--merge", Merge)
+        .Add("--gguf-adapter", GgufAdapter)
         .Build();
 
     public static new FinetuneRequest Parse(IReadOnlyList<string> args)
@@ -123,6 +166,16 @@ public sealed record FinetuneRequest : EngineRequest
             Out = r.Required(CommonFlags.Out, "an output directory"),
             Device = r.Enum<ComputeDevice>(CommonFlags.Device),
             ResultFile = r.Optional(CommonFlags.ResultFile),
+            SaveSteps = r.Int("--save-steps", 1, int.MaxValue),
+            EvalSplit = r.Double("--eval-split", 0, 0.5) ?? defaults.EvalSplit,
+            LrScheduler = r.Enum<LrScheduler>("--lr-scheduler") ?? defaults.LrScheduler,
+            WarmupSteps = r.Int("--warmup-steps", 0, int.MaxValue) ?? defaults.WarmupSteps,
+            MaxGradNorm = r.Double("--max-grad-norm", 0, 1e6) ?? defaults.MaxGradNorm,
+            WeightDecay = r.Double("--weight-decay", 0, 10) ?? defaults.WeightDecay,
+            GradientCheckpointing = r.Bool("--gradient-checkpointing"),
+            Rslora = r.Bool("--rslora"),
+            Merge = r.Bool("--merge"),
+            GgufAdapter = r.Bool("--gguf-adapter"),
         };
     }
 }

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Security.Cryptography;
+using System.Text;
 using k8s;
 using Lowbit.LocalCluster.Http;
 using Lowbit.LocalCluster.Security;
@@ -7,6 +8,7 @@ using Lowbit.LocalCluster.Store;
 using Lowbit.LocalCluster.Testing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
@@ -62,7 +64,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         _ownsStateDirectory = options.StateDirectory is null;
         _stateDirectory = options.StateDirectory ?? Directory.CreateTempSubdirectory("lowbit-cluster-").FullName;
         KubeconfigPath = Path.GetFullPath(options.KubeconfigPath ?? Path.Combine(_stateDirectory, "kubeconfig"));
-        Token = Convert.ToHexString(RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
+        Token = options.StateDirectory is null ? NewToken() : PersistentToken(_stateDirectory);
         Api = null!;
         _logger = (options.LoggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<LocalClusterServer>();
     }
@@ -86,7 +88,9 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
 
     public string KubeconfigPath { get; }
 
-    /// <summary>The bearer token written into the kubeconfig (any token or client certificate is accepted).</summary>
+    /// <summary>The bearer token written into the kubeconfig; every request but /version, /healthz, /livez and /readyz
+    /// must carry it (401 otherwise). With a state directory it is kept there (mode 0600), so a restarted server
+    /// accepts the kubeconfig clients already hold.</summary>
     public string Token { get; }
 
     /// <summary>The CA certificate (PEM) clients trust; null over plain HTTP.</summary>
@@ -154,7 +158,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         {
             OnInternalError = ex => Log.InternalError(_logger, ex),
         };
-        app.Run(handler.HandleAsync);
+        app.Run(context => Authorized(context.Request) ? handler.HandleAsync(context) : UnauthorizedAsync(context));
         await app.StartAsync(cancellationToken).ConfigureAwait(false);
         _app = app;
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -165,6 +169,46 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
             _snapshotTimer = _options.Time.CreateTimer(_ => SnapshotQuietly(), null, _options.SnapshotInterval, _options.SnapshotInterval);
         }
         Log.Serving(_logger, Url, KubeconfigPath);
+    }
+
+    /// <summary>Closes every open watch (clients see the stream end and resume), as an apiserver restart does.</summary>
+    public void DropAllWatches() => Api.CloseAllWatches();
+
+    private static readonly string[] PublicPaths = ["/version", "/healthz", "/livez", "/readyz"];
+
+    private bool Authorized(HttpRequest request)
+    {
+        var path = request.Path.Value ?? "/";
+        if (PublicPaths.Any(p => path == p || path.StartsWith(p + "/", StringComparison.Ordinal)))
+        {
+            return true;
+        }
+        var header = request.Headers.Authorization.ToString();
+        const string bearer = "Bearer ";
+        return header.StartsWith(bearer, StringComparison.OrdinalIgnoreCase)
+            && CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[bearer.Length..].Trim()), Encoding.UTF8.GetBytes(Token));
+    }
+
+    private static Task UnauthorizedAsync(HttpContext context)
+    {
+        context.Response.StatusCode = StatusCodes.Status401Unauthorized;
+        context.Response.ContentType = "application/json";
+        return context.Response.WriteAsync("""{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}""");
+    }
+
+    private static string NewToken() => Convert.ToHexString(RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
+
+    private static string PersistentToken(string directory)
+    {
+        var path = Path.Combine(directory, "token");
+        if (File.Exists(path) && File.ReadAllText(path).Trim() is { Length: >= 32 } existing)
+        {
+            return existing;
+        }
+        Directory.CreateDirectory(directory);
+        var token = NewToken();
+        PrivateFiles.WriteAllText(path, token);
+        return token;
     }
 
     private void SnapshotQuietly()

@@ -13,20 +13,36 @@ public sealed record MemoryBreakdown
 
     public required ByteSize Gradients { get; init; }
 
-    /// <summary>CUDA context, runtime buffers and allocator slack.</summary>
+    /// <summary>What is not a tensor: <see cref="Context"/> + <see cref="AllocatorReserve"/> + <see cref="RuntimeBuffers"/>.</summary>
     public required ByteSize Overhead { get; init; }
 
+    /// <summary>Part of <see cref="Overhead"/>: the CUDA context and library workspaces (cuBLAS/cuBLASLt, cuDNN), or a CPU process.</summary>
+    public ByteSize Context { get; init; }
+
+    /// <summary>Part of <see cref="Overhead"/>: memory the caching allocator holds beyond live tensors (rounding, fragmentation).</summary>
+    public ByteSize AllocatorReserve { get; init; }
+
+    /// <summary>Part of <see cref="Overhead"/>: runtime buffers outside the tensors counted here (vLLM CUDA graphs, NCCL).</summary>
+    public ByteSize RuntimeBuffers { get; init; }
+
     public ByteSize Total => Weights + KvCache + Activations + Optimizer + Gradients + Overhead;
+
+    /// <summary>Live tensors at the peak: what <c>torch.cuda.max_memory_allocated</c> reports.</summary>
+    public ByteSize Allocated => Weights + KvCache + Activations + Optimizer + Gradients;
+
+    /// <summary>What the caching allocator holds at the peak: what <c>torch.cuda.max_memory_reserved</c> reports.</summary>
+    public ByteSize Reserved => Allocated + AllocatorReserve;
 }
 
 /// <summary>
-/// The memory model. Everything is per device for one replica spread over <c>devices</c> devices:
-/// inference shards weights and KV heads tensor-parallel; training shards weights, gradients and
-/// optimizer state ZeRO-3/FSDP style and keeps one micro-batch of activations per GPU.
+/// The memory model, per runtime (docs/planner.md has the derivation and the error table against measurements).
+/// Everything is per device for one replica spread over <c>devices</c> devices: inference shards weights and KV
+/// heads tensor-parallel; training shards weights, gradients and optimizer state ZeRO-3/FSDP style and keeps one
+/// micro-batch of activations per GPU.
 /// </summary>
 public static class MemoryEstimator
 {
-    /// <summary>Headroom kept free on a device (5%) for lowbit, llama.cpp and training.</summary>
+    /// <summary>Headroom kept free on a device (5%) for lowbit, llama.cpp, transformers and training.</summary>
     public const double Headroom = 0.05;
 
     /// <summary>vLLM's default <c>gpu_memory_utilization</c>: it reserves this fraction and nothing else.</summary>
@@ -35,14 +51,44 @@ public static class MemoryEstimator
     /// <summary>CPU nodes keep 10% of RAM for the OS and page cache.</summary>
     public const double CpuUsableFraction = 0.90;
 
-    /// <summary>Tokens a prefill step processes at once (lowbit-engine chunked prefill).</summary>
-    public const int LowbitPrefillChunk = 512;
+    /// <summary>Tokens one prefill step of one request processes (lowbit-engine serve: <c>SchedulerOptions.PrefillChunk</c>).</summary>
+    public const int LowbitPrefillChunk = 256;
 
-    /// <summary>vLLM <c>max_num_batched_tokens</c> (chunked prefill default for online serving).</summary>
+    /// <summary>vLLM <c>max_num_batched_tokens</c> of <c>vllm serve</c> on GPUs under 70 GiB (chunked prefill).</summary>
     public const int VllmPrefillChunk = 2048;
+
+    /// <summary>vLLM <c>max_num_batched_tokens</c> of <c>vllm serve</c> on GPUs of 70 GiB or more.</summary>
+    public const int VllmLargeGpuPrefillChunk = 8192;
 
     /// <summary>llama.cpp <c>n_ubatch</c> default.</summary>
     public const int LlamaCppPrefillChunk = 512;
+
+    /// <summary>vLLM's block size: every sequence's KV cache is a whole number of 16-token blocks.</summary>
+    public const int VllmBlockTokens = 16;
+
+    /// <summary>CUDA context + cuBLAS/cuBLASLt workspaces of a libtorch process (lowbit, transformers, training).</summary>
+    public static readonly ByteSize TorchContext = ByteSize.FromGiB(0.55);
+
+    /// <summary>
+    /// vLLM's non-torch memory per GPU (CUDA context, NCCL, custom all-reduce buffers), as its profiler reports it:
+    /// 1.79 GiB at TP 1 and 3.58 GiB at TP 2 for Llama-3-8B on H100 (vllm-project/vllm#10511).
+    /// </summary>
+    public static readonly ByteSize VllmNonTorch = ByteSize.FromGiB(1.79);
+
+    /// <summary>vLLM CUDA graphs for the decode batch sizes it captures (not part of its profiled non-KV memory).</summary>
+    public static readonly ByteSize VllmCudaGraphs = ByteSize.FromGiB(0.5);
+
+    /// <summary>llama.cpp's CUDA context and cuBLAS workspace (no libtorch).</summary>
+    public static readonly ByteSize LlamaCppContext = ByteSize.FromGiB(0.35);
+
+    /// <summary>A CPU process: runtime, tokenizer, buffers.</summary>
+    public static readonly ByteSize CpuProcess = ByteSize.FromGiB(0.5);
+
+    /// <summary>
+    /// The estimate's stated margin: the error the model is held to against measurements (tests/fixtures/
+    /// planner-measurements): inference ±5%, training and quantization ±10%.
+    /// </summary>
+    public static double Margin(Workload workload) => workload.Mode == WorkloadMode.Inference ? 0.05 : 0.10;
 
     /// <summary>The fraction of a device's memory a workload may fill.</summary>
     public static double UsableFraction(Workload workload, DeviceKind kind) => kind switch
@@ -52,25 +98,39 @@ public static class MemoryEstimator
         _ => 1 - Headroom,
     };
 
-    public static MemoryBreakdown Estimate(ModelArchitecture model, Workload workload, int devices = 1, DeviceKind kind = DeviceKind.Gpu)
+    public static MemoryBreakdown Estimate(ModelArchitecture model, Workload workload, int devices = 1, DeviceKind kind = DeviceKind.Gpu, ByteSize deviceMemory = default)
     {
         var parameters = model.Parameters;
-        return Estimate(model, parameters, workload, devices, kind);
+        return Estimate(model, parameters, workload, devices, kind, deviceMemory);
     }
 
-    internal static MemoryBreakdown Estimate(ModelArchitecture model, in ParameterCounts p, Workload workload, int devices, DeviceKind kind)
+    internal static MemoryBreakdown Estimate(ModelArchitecture model, in ParameterCounts p, Workload workload, int devices, DeviceKind kind, ByteSize deviceMemory = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(devices, 1);
         var raw = workload.Mode switch
         {
-            WorkloadMode.Inference => Inference(model, p, workload, devices),
+            WorkloadMode.Inference => Inference(model, p, workload, devices, kind, deviceMemory),
             WorkloadMode.Quantize => Quantize(model, p, workload),
             WorkloadMode.Full => Full(model, p, workload, devices),
             WorkloadMode.Lora or WorkloadMode.Qlora => Lora(model, p, workload, devices),
             WorkloadMode.LowbitFull => LowbitFull(model, p, workload, devices),
             _ => throw new ArgumentOutOfRangeException(nameof(workload), workload.Mode, "unknown mode"),
         };
-        return raw with { Overhead = Overhead(raw, workload, kind) };
+        return WithOverhead(raw, workload, devices, kind);
+    }
+
+    /// <summary>
+    /// The tokens a vLLM pool of <paramref name="deviceMemory"/> per GPU holds after weights, activations, non-torch
+    /// memory and CUDA graphs: <c>gpu_memory_utilization × memory − (the rest)</c> over the KV bytes per token.
+    /// Divide by the context to get the concurrency vLLM logs as "Maximum concurrency".
+    /// </summary>
+    public static long VllmKvCapacityTokens(ModelArchitecture model, Workload workload, ByteSize deviceMemory, int devices = 1)
+    {
+        var vllm = workload with { Runtime = ServingRuntime.Vllm, Mode = WorkloadMode.Inference };
+        var need = Estimate(model, vllm, devices, DeviceKind.Gpu, deviceMemory);
+        var pool = (deviceMemory * VllmGpuMemoryUtilization) - (need.Total - need.KvCache);
+        var perToken = KvBytesPerToken(model, vllm.KvCache, devices).Bytes;
+        return pool.Bytes <= 0 ? 0 : (long)(pool.Bytes / perToken);
     }
 
     /// <summary>
@@ -96,33 +156,105 @@ public static class MemoryEstimator
     }
 
     /// <summary>
-    /// Serving: weights/N + KV for context × concurrency tokens + the activation peak of one prefill chunk
-    /// (hidden states, q/k/v, MLP intermediates of the routed experts, all 16-bit) + fp32 logits of the
-    /// last position of every sequence.
+    /// Serving, per runtime. Weights/N (llama.cpp keeps token_embd on the host); the KV cache the runtime allocates
+    /// (lowbit: the max-context × max-concurrency slab; vLLM: context × concurrency in 16-token blocks, the rest of its
+    /// pool is more KV; llama.cpp: n_ctx = context × slots; transformers: the dynamic cache plus one layer's copy while
+    /// it grows); the activation peak of one prefill forward (<see cref="PrefillTransient"/>) and the logits of the
+    /// positions computed (<see cref="LogitsBytes"/>).
     /// </summary>
-    private static MemoryBreakdown Inference(ModelArchitecture m, in ParameterCounts p, Workload w, int n)
+    private static MemoryBreakdown Inference(ModelArchitecture m, in ParameterCounts p, Workload w, int n, DeviceKind kind, ByteSize deviceMemory)
     {
-        var tokensInFlight = (long)w.ContextLength * w.Concurrency;
-        var chunkLimit = w.Runtime switch
+        var context = (long)w.ContextLength;
+        var kvPerToken = KvBytesPerToken(m, w.KvCache, n).Bytes;
+        var kvTokens = w.Runtime == ServingRuntime.Vllm
+            ? (context + VllmBlockTokens - 1) / VllmBlockTokens * VllmBlockTokens * w.Concurrency
+            : context * w.Concurrency;
+        double kv = kvPerToken * (double)kvTokens;
+        var weights = WeightBytes(p, w.Weights).Bytes / (double)n;
+        if (w.Runtime == ServingRuntime.LlamaCpp && kind == DeviceKind.Gpu)
         {
-            ServingRuntime.Vllm => VllmPrefillChunk,
-            ServingRuntime.LlamaCpp => LlamaCppPrefillChunk,
-            _ => LowbitPrefillChunk,
-        };
-        var chunk = Math.Min(tokensInFlight, chunkLimit);
-        var mlpWidth = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 2 : 1);
-        var perToken = (4.0 * m.HiddenSize) + ((m.QueryDim + (2.0 * m.KvDim) + mlpWidth) / n);
-        var activations = (chunk * perToken * 2) + (w.Concurrency * (double)m.VocabSize * 4);
+            // llama.cpp keeps the input embedding (token_embd) in host memory even with every layer offloaded.
+            weights -= p.Embedding * w.Weights.EmbeddingBitsPerWeight / 8 / n;
+        }
+        var transient = PrefillTransient(m, w, n, deviceMemory) + LogitsBytes(m, w);
+        if (w.Runtime == ServingRuntime.Transformers)
+        {
+            // DynamicCache grows by torch.cat: one layer's old and new cache are alive together.
+            transient += kv / m.Layers;
+            if (!w.Weights.IsHighPrecision)
+            {
+                // Quantized linears (bitsandbytes-style) dequantize one weight matrix at a time to 16-bit.
+                transient += (double)p.MaxLinearInput * Math.Max(m.HiddenSize, m.QueryDim) * 2 / n;
+            }
+        }
         return new MemoryBreakdown
         {
-            Weights = WeightBytes(p, w.Weights) / n,
-            KvCache = ByteSize.FromBytes(KvBytesPerToken(m, w.KvCache, n).Bytes * (double)tokensInFlight),
-            Activations = ByteSize.FromBytes(activations),
+            Weights = ByteSize.FromBytes(weights),
+            KvCache = ByteSize.FromBytes(kv),
+            Activations = ByteSize.FromBytes(transient),
             Optimizer = ByteSize.Zero,
             Gradients = ByteSize.Zero,
             Overhead = ByteSize.Zero,
         };
     }
+
+    /// <summary>The tokens one prefill forward processes on this runtime (see <see cref="Workload.PrefillChunk"/>).</summary>
+    public static long PrefillTokens(Workload w, ByteSize deviceMemory = default)
+    {
+        var inFlight = (long)w.ContextLength * w.Concurrency;
+        if (w.PrefillChunk > 0)
+        {
+            return Math.Min(inFlight, w.PrefillChunk);
+        }
+        return w.Runtime switch
+        {
+            // One request's chunk at a time.
+            ServingRuntime.Lowbit => Math.Min(w.ContextLength, LowbitPrefillChunk),
+            ServingRuntime.Vllm => Math.Min(inFlight, deviceMemory.GiB >= 70 ? VllmLargeGpuPrefillChunk : VllmPrefillChunk),
+            ServingRuntime.LlamaCpp => Math.Min(inFlight, LlamaCppPrefillChunk),
+            // generate() runs the whole padded batch of prompts in one forward.
+            _ => inFlight,
+        };
+    }
+
+    /// <summary>
+    /// The activation peak of one prefill forward of T tokens, 16-bit (llama.cpp: fp32 intermediates): per token the
+    /// residual, hidden and normed states (3 × hidden) plus the larger of the attention stage (q, k, v and the
+    /// attention output) and the MLP stage (gated: gate/up outputs and their product, 3 × intermediate per routed
+    /// expert; dense: 2 ×). The lowbit engine expands grouped KV heads to the query heads for its attention over
+    /// the whole cached context (repeat_interleave); eager transformers materializes the scores of the prompt.
+    /// </summary>
+    private static double PrefillTransient(ModelArchitecture m, Workload w, int n, ByteSize deviceMemory)
+    {
+        double tokens = PrefillTokens(w, deviceMemory);
+        var attention = (m.QueryDim + (2.0 * m.KvDim) + m.QueryDim) / n;
+        var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2) / n;
+        var elementBytes = w.Runtime == ServingRuntime.LlamaCpp ? 4.0 : 2.0;
+        var peak = tokens * ((3.0 * m.HiddenSize) + Math.Max(attention, mlp)) * elementBytes;
+        if (w.Runtime == ServingRuntime.Lowbit && m.KvHeads < m.AttentionHeads)
+        {
+            peak += 2.0 * w.ContextLength * m.QueryDim / n * 2;
+        }
+        if (w.Runtime == ServingRuntime.Transformers && w.Attention == AttentionKind.Eager)
+        {
+            // Scores in 16-bit, softmax in fp32 and its 16-bit cast: 8 bytes per score, one layer at a time.
+            peak += (double)w.Concurrency * m.AttentionHeads / n * w.ContextLength * (double)w.ContextLength * 8;
+        }
+        return peak;
+    }
+
+    /// <summary>
+    /// Logits of the positions computed. lowbit: the last prompt position and one row per decode slot, model dtype
+    /// plus an fp32 copy (6 B per vocabulary entry); transformers generate(): the last position of every sequence
+    /// (6 B); vLLM: its profiling sampler pass over max_num_seqs rows (bf16 logits, fp32 logits, probabilities and
+    /// log-probabilities: 14 B); llama.cpp: fp32 outputs of one micro-batch (n_ubatch × vocab × 4).
+    /// </summary>
+    private static double LogitsBytes(ModelArchitecture m, Workload w) => w.Runtime switch
+    {
+        ServingRuntime.Vllm => (double)w.Concurrency * m.VocabSize * 14,
+        ServingRuntime.LlamaCpp => (double)Math.Min((long)w.ContextLength * w.Concurrency, LlamaCppPrefillChunk) * m.VocabSize * 4,
+        _ => (double)w.Concurrency * m.VocabSize * 6,
+    };
 
     /// <summary>
     /// Quantization loads 16-bit weights layer by layer: one layer in 16-bit + the quantized output so far
@@ -188,7 +320,7 @@ public static class MemoryEstimator
         {
             throw new PlanInputException("lora-rank", $"must be at least 1, got {w.LoraRank}");
         }
-        var adapters = (double)w.LoraRank * p.LoraParametersPerRank;
+        var adapters = (double)w.LoraRank * LoraParametersPerRank(m, w.LoraTargets);
         var stateBytes = w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 2 : 8;
         var dequantBuffer = w.Weights.IsHighPrecision ? 0 : (double)p.MaxLinearInput * Math.Max(m.HiddenSize, m.QueryDim) * 2;
         return new MemoryBreakdown
@@ -235,48 +367,131 @@ public static class MemoryEstimator
     }
 
     /// <summary>
-    /// Activations saved for backward on one GPU, 16-bit, flash attention (no score matrix): per layer and
-    /// token the norm inputs and residuals (≈ 6 hidden), q/k/v, and the MLP intermediates (gated: 4 ×
-    /// intermediate per routed expert; dense: 2 ×). With gradient checkpointing only each layer's input is
-    /// kept, plus one layer recomputed during backward. Logits: bf16 + fp32 copy for the loss and its fp32
-    /// gradient ≈ 10 bytes per token per vocabulary entry.
+    /// Activations saved for backward on one GPU, as PyTorch autograd keeps them for a Hugging Face model in 16-bit
+    /// (<see cref="LayerActivationBytes"/> per layer). With gradient checkpointing only each layer's input is kept,
+    /// plus one layer recomputed and its gradients (1.5 × a layer) during backward. Logits: the 16-bit output, the
+    /// fp32 log-softmax saved for the loss, its gradient and the input gradient (14 B per token per vocabulary
+    /// entry); the final norm and the head input (8 × hidden). Eager attention adds the causal mask.
     /// </summary>
     private static ByteSize TrainingActivations(ModelArchitecture m, Workload w)
     {
         var tokens = (double)w.SequenceLength * w.MicroBatch;
-        var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 4 : 2);
-        var layerBytes = tokens * ((6.0 * m.HiddenSize) + m.QueryDim + (2.0 * m.KvDim) + mlp) * 2;
+        var layerBytes = LayerActivationBytes(m, w) * tokens;
         var stored = w.GradientCheckpointing
-            ? (m.Layers * tokens * m.HiddenSize * 2) + layerBytes
+            ? (m.Layers * tokens * m.HiddenSize * 2) + (1.5 * layerBytes)
             : m.Layers * layerBytes;
-        var logits = tokens * m.VocabSize * 10;
-        return ByteSize.FromBytes(stored + logits);
+        var eagerMask = w.Attention == AttentionKind.Eager ? (double)w.MicroBatch * w.SequenceLength * w.SequenceLength * 2 : 0;
+        var logits = tokens * m.VocabSize * 14;
+        var head = tokens * m.HiddenSize * 8;
+        return ByteSize.FromBytes(stored + eagerMask + logits + head);
     }
 
     /// <summary>
-    /// Runtime overhead per device: the CUDA context and runtime buffers (lowbit/TorchSharp 0.75 GiB,
-    /// vLLM 1 GiB with CUDA graphs, llama.cpp 0.4 GiB; a CPU process 0.5 GiB). Serving and quantizing
-    /// allocate their tensors once, so allocator slack is left to the 5% headroom; training churns
-    /// activations and gradients every step, so it also pays 5% allocator slack on its tensors.
+    /// Bytes one decoder layer saves for backward per token. Autograd saves what each backward needs: a frozen
+    /// linear needs no input (only its weight), a trained one does; a product with a constant (rotary cos/sin) saves
+    /// only the constant. Trained base (full, lowbit-full): each RMSNorm its fp32 input, 16-bit normalized value and
+    /// output (8 × hidden; LayerNorm 4 ×), the o_proj and down_proj inputs (q, intermediate). Frozen base (LoRA,
+    /// QLoRA): each RMSNorm its fp32 input (4 × hidden; LayerNorm 2 ×), and every adapted projection its input cast to
+    /// fp32 (PEFT casts to the fp32 adapters; q, k and v each keep their own copy). Both: attention q, k and v repeated
+    /// to the query heads and its output (8q; eager also the fp32 softmax and its 16-bit cast, 6 B per score), the
+    /// gated MLP's gate, activation and up (6 × intermediate per routed expert; dense: 2 ×).
     /// </summary>
-    private static ByteSize Overhead(MemoryBreakdown m, Workload w, DeviceKind kind)
+    private static double LayerActivationBytes(ModelArchitecture m, Workload w)
     {
-        var tensors = m.Weights + m.KvCache + m.Activations + m.Optimizer + m.Gradients;
-        var trainingSlack = w.IsTraining ? tensors * 0.05 : ByteSize.Zero;
+        double h = m.HiddenSize;
+        double q = m.QueryDim;
+        var i = (double)m.IntermediateSize * m.ExpertsPerToken;
+        var gated = m.Mlp == MlpKind.Gated;
+        var norms = m.ParallelBlock ? 1 : 2;
+        var attention = 8 * q;
+        var mlp = (gated ? 6 : 2) * i;
+        double perToken;
+        if (w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora)
+        {
+            var t = w.LoraTargets;
+            var adaptedInputs = (Count(t, LoraTargets.Q | LoraTargets.K | LoraTargets.V) * h)
+                                + (t.HasFlag(LoraTargets.O) ? q : 0)
+                                + (Count(t, gated ? LoraTargets.Gate | LoraTargets.Up : LoraTargets.Gate) * h * m.ExpertsPerToken)
+                                + (t.HasFlag(LoraTargets.Down) ? i : 0);
+            perToken = (norms * (m.Norm == NormKind.RmsNorm ? 4 : 2) * h) + attention + mlp + (4 * adaptedInputs);
+        }
+        else
+        {
+            perToken = (norms * (m.Norm == NormKind.RmsNorm ? 8 : 4) * h) + (2 * q) + attention + mlp + (2 * i);
+        }
+        if (w.Attention == AttentionKind.Eager)
+        {
+            perToken += 6.0 * m.AttentionHeads * w.SequenceLength;
+        }
+        return perToken;
+    }
+
+    private static int Count(LoraTargets targets, LoraTargets mask) => System.Numerics.BitOperations.PopCount((uint)(targets & mask));
+
+    /// <summary>LoRA parameters per unit of rank for the adapted projections: Σ (in + out), all layers and experts.</summary>
+    public static long LoraParametersPerRank(ModelArchitecture m, LoraTargets targets)
+    {
+        long h = m.HiddenSize;
+        long q = m.QueryDim;
+        long kv = m.KvDim;
+        long i = m.IntermediateSize;
+        long attention = (targets.HasFlag(LoraTargets.Q) ? h + q : 0)
+                         + (targets.HasFlag(LoraTargets.K) ? h + kv : 0)
+                         + (targets.HasFlag(LoraTargets.V) ? h + kv : 0)
+                         + (targets.HasFlag(LoraTargets.O) ? q + h : 0);
+        var gated = m.Mlp == MlpKind.Gated;
+        long expert = (targets.HasFlag(LoraTargets.Gate) ? h + i : 0)
+                      + (gated && targets.HasFlag(LoraTargets.Up) ? h + i : 0)
+                      + (targets.HasFlag(LoraTargets.Down) ? i + h : 0);
+        return m.Layers * (attention + (m.Experts * expert));
+    }
+
+    /// <summary>
+    /// What is not a tensor, per device. Context: a libtorch process (lowbit, transformers, training) 0.55 GiB;
+    /// vLLM's profiled non-torch memory 1.79 GiB per GPU, doubled when tensor-parallel (NCCL and all-reduce
+    /// buffers), plus 0.5 GiB of CUDA graphs; llama.cpp 0.35 GiB; a CPU process 0.5 GiB. The caching allocator's
+    /// reserve beyond live tensors: serving and quantizing allocate once (64 MiB + 1%); training churns activations
+    /// and gradients every step (5% of those, 1% of the weights and optimizer state allocated once). vLLM
+    /// pre-allocates its pool, so it has no reserve of its own.
+    /// </summary>
+    private static MemoryBreakdown WithOverhead(MemoryBreakdown m, Workload w, int devices, DeviceKind kind)
+    {
+        var tensors = m.Allocated;
+        ByteSize context;
+        var reserve = ByteSize.Zero;
+        var buffers = ByteSize.Zero;
         if (kind == DeviceKind.Cpu)
         {
-            return ByteSize.FromGiB(0.5) + trainingSlack;
+            context = CpuProcess;
+            reserve = w.IsTraining ? TrainingReserve(m) : ByteSize.Zero;
         }
-        return w.Mode switch
+        else if (w.IsTraining)
         {
-            WorkloadMode.Inference => ByteSize.FromGiB(w.Runtime switch
-            {
-                ServingRuntime.Vllm => 1.0,
-                ServingRuntime.LlamaCpp => 0.4,
-                _ => 0.75,
-            }),
-            WorkloadMode.Quantize => ByteSize.FromGiB(0.75),
-            _ => ByteSize.FromGiB(0.75) + trainingSlack,
+            context = TorchContext;
+            reserve = TrainingReserve(m);
+        }
+        else if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Vllm)
+        {
+            context = VllmNonTorch;
+            buffers = VllmCudaGraphs + (devices > 1 ? VllmNonTorch : ByteSize.Zero);
+        }
+        else if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.LlamaCpp)
+        {
+            context = LlamaCppContext;
+        }
+        else
+        {
+            context = TorchContext;
+            reserve = ByteSize.FromMiB(64) + (tensors * 0.01);
+        }
+        return m with
+        {
+            Overhead = context + reserve + buffers,
+            Context = context,
+            AllocatorReserve = reserve,
+            RuntimeBuffers = buffers,
         };
     }
+
+    private static ByteSize TrainingReserve(MemoryBreakdown m) => ((m.Activations + m.Gradients) * 0.05) + ((m.Weights + m.Optimizer) * 0.01);
 }

@@ -174,7 +174,7 @@ public static class PlacementPlanner
         var model = request.Model;
         var w = request.Workload;
         var devices = Math.Max(gpusPerNode * nodes, 1);
-        var perDevice = MemoryEstimator.Estimate(model, p, w, devices, node.Kind);
+        var perDevice = MemoryEstimator.Estimate(model, p, w, devices, node.Kind, node.MemoryPerDevice);
         var usable = node.MemoryPerDevice * MemoryEstimator.UsableFraction(w, node.Kind);
         var hourly = node.Kind == DeviceKind.Cpu ? node.UsdPerHour : node.UsdPerHour * gpusPerNode * nodes;
         var throughput = ThroughputModel.Estimate(model, p, w, node, devices, hourly);

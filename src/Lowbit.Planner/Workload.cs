@@ -33,6 +33,39 @@ public enum ServingRuntime
 
     /// <summary>llama.cpp: weights + a KV cache sized to the context + a compute buffer.</summary>
     LlamaCpp,
+
+    /// <summary>Hugging Face transformers, eager PyTorch (generate with a dynamic cache; the whole prompt in one forward).</summary>
+    Transformers,
+}
+
+/// <summary>How attention is computed, which decides whether the score matrix is materialized.</summary>
+public enum AttentionKind
+{
+    /// <summary>Fused attention (PyTorch SDPA flash / memory-efficient kernels, FlashAttention-2): no score matrix.</summary>
+    Sdpa,
+
+    /// <summary>Eager attention: scores [heads × seq × seq] materialized (softmax in fp32), and saved for backward in training.</summary>
+    Eager,
+}
+
+/// <summary>The projections LoRA adapts (PEFT <c>target_modules</c>); dense MLPs map gate/up to fc1 and down to fc2.</summary>
+[Flags]
+public enum LoraTargets
+{
+    None = 0,
+    Q = 1,
+    K = 2,
+    V = 4,
+    O = 8,
+    Gate = 16,
+    Up = 32,
+    Down = 64,
+
+    /// <summary>PEFT's and the LoRA paper's common attention default.</summary>
+    QV = Q | V,
+
+    /// <summary>Every block linear (QLoRA's recipe).</summary>
+    All = Q | K | V | O | Gate | Up | Down,
 }
 
 /// <summary>Element type of the KV cache.</summary>
@@ -84,8 +117,17 @@ public sealed record Workload
 
     public OptimizerKind Optimizer { get; init; } = OptimizerKind.ModeDefault;
 
-    /// <summary>LoRA rank r (adapters on every block linear: q, k, v, o, gate, up, down).</summary>
+    /// <summary>Attention implementation (training activations; transformers prefill).</summary>
+    public AttentionKind Attention { get; init; } = AttentionKind.Sdpa;
+
+    /// <summary>Tokens one prefill forward processes; 0 = the runtime's default (lowbit 256, vLLM max_num_batched_tokens, llama.cpp n_ubatch 512, transformers the whole batch).</summary>
+    public int PrefillChunk { get; init; }
+
+    /// <summary>LoRA rank r.</summary>
     public int LoraRank { get; init; } = 16;
+
+    /// <summary>The projections LoRA adapts (default: every block linear).</summary>
+    public LoraTargets LoraTargets { get; init; } = LoraTargets.All;
 
     /// <summary>Rank of the gradient projection in lowbit-full (GaLore fine-tuning ranks: 128–1024).</summary>
     public int ProjectionRank { get; init; } = 512;

@@ -19,6 +19,7 @@ public class RequestRoundTripTests
         new QuantizeRequest { Model = "m", Method = QuantizationMethod.Rtn, Bits = 2, TargetBitsPerWeight = 1.0 / 3 + 2, Out = "o" },
         new EvalRequest { Model = "m", Text = "t.txt" },
         new EvalRequest { Model = "m", Text = "t.txt", Context = 2048, Stride = 1, MaxTokens = 100_000, Device = ComputeDevice.Cpu, ResultFile = "r" },
+        new EvalRequest { Model = "m", Text = "t.txt", Adapter = "/adapters/a" },
         new FinetuneRequest { BaseModel = "b", Method = FinetuneMethod.Qlora, Dataset = "d.jsonl", Out = "o" },
         new FinetuneRequest
         {
@@ -26,6 +27,12 @@ public class RequestRoundTripTests
             Dataset = "d", DatasetFormat = DatasetFormat.Chat, Epochs = 3, MaxSteps = 1000, LearningRate = 1.5e-5, MicroBatch = 4,
             GradAccumulation = 8, SeqLength = 4096, CheckpointDir = "/ckpt", ResumeFrom = "/ckpt/step-100", Seed = 7, Out = "o",
             Device = ComputeDevice.Cuda, ResultFile = "r",
+        },
+        new FinetuneRequest
+        {
+            BaseModel = "b", Method = FinetuneMethod.Lora, Dataset = "d.txt", DatasetFormat = DatasetFormat.Text, Out = "o",
+            SaveSteps = 50, EvalSplit = 0, LrScheduler = LrScheduler.Cosine, WarmupSteps = 10, MaxGradNorm = 0.3, WeightDecay = 0.01,
+            GradientCheckpointing = true, Rslora = true, Merge = true, GgufAdapter = true,
         },
         new ServeRequest { Model = "m" },
         new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu, ApiKeyFile = "/run/key" },

@@ -32,6 +32,18 @@ internal sealed class FakeHub : IDisposable
 
     public ConcurrentQueue<string> Requests { get; } = new();
 
+    /// <summary>The Authorization header of every request ("" when absent).</summary>
+    public ConcurrentQueue<string> Authorizations { get; } = new();
+
+    /// <summary>ETag (quoted) per file key, as the hub's resolve endpoint sends the SHA-256 of LFS files.</summary>
+    public Dictionary<string, string> ETags { get; } = new();
+
+    /// <summary>The first response of each file sends this many bytes, then nothing more (a stalled connection).</summary>
+    public int? StallAfter { get; init; }
+
+    private readonly HashSet<string> _stalled = new();
+    private readonly CancellationTokenSource _stop = new();
+
     private async Task Serve()
     {
         while (_listener.IsListening)
@@ -49,6 +61,7 @@ internal sealed class FakeHub : IDisposable
             var response = context.Response;
             var range = request.Headers["Range"];
             Requests.Enqueue($"{request.Url!.AbsolutePath} {range}".Trim());
+            Authorizations.Enqueue(request.Headers["Authorization"] ?? "");
             if (_token is not null && request.Headers["Authorization"] != $"Bearer {_token}")
             {
                 response.StatusCode = 401;
@@ -71,6 +84,17 @@ internal sealed class FakeHub : IDisposable
                 response.Headers["Content-Range"] = $"bytes {from}-{body.Length - 1}/{body.Length}";
             }
             response.ContentLength64 = body.Length - from;
+            if (ETags.TryGetValue(key, out var etag))
+            {
+                response.Headers["ETag"] = etag;
+            }
+            if (StallAfter is { } stall && _stalled.Add(key))
+            {
+                await response.OutputStream.WriteAsync(body.AsMemory(from, Math.Min(stall, body.Length - from)));
+                await response.OutputStream.FlushAsync();
+                _ = Task.Delay(TimeSpan.FromSeconds(20), _stop.Token).ContinueWith(_ => response.Abort(), TaskScheduler.Default);
+                continue;
+            }
             await response.OutputStream.WriteAsync(body.AsMemory(from));
             response.Close();
         }
@@ -78,6 +102,7 @@ internal sealed class FakeHub : IDisposable
 
     public void Dispose()
     {
+        _stop.Cancel();
         _listener.Stop();
         _listener.Close();
         _loop.Wait(TimeSpan.FromSeconds(5));
@@ -182,6 +207,93 @@ public sealed class ModelSourceTests : IDisposable
         Assert.Contains("/models/tiny/model.safetensors bytes=1000000-", hub.Requests);
         Assert.Equal(full, File.ReadAllBytes(path!));
         Assert.False(File.Exists(path + ".part"));
+    }
+
+    [Fact]
+    public void Does_not_send_hf_token_to_a_url_prefix_source()
+    {
+        using var hub = new FakeHub(FixtureFiles("models/tiny"), token: null);
+        Environment.SetEnvironmentVariable(EngineEnv.HfToken, "hf_canary_3f9a");
+        var (source, _, http) = NewSource();
+        using var __ = http;
+
+        source.Resolve(hub.Endpoint + "/models/tiny", null, weights: true);
+
+        Assert.NotEmpty(hub.Authorizations);
+        Assert.All(hub.Authorizations, a => Assert.Equal("", a));
+    }
+
+    [Fact]
+    public async Task Does_resume_a_stalled_download_after_the_progress_watchdog_fires()
+    {
+        var files = FixtureFiles("models/tiny");
+        using var hub = new FakeHub(files, token: null) { StallAfter = 100_000 };
+        using var http = ModelSource.CreateHttpClient();
+        var events = new List<EngineEvent>();
+        var source = new ModelSource(http, events.Add, TimeProvider.System, new DownloadLimits { StallTimeout = TimeSpan.FromMilliseconds(500), Attempts = 3 });
+        var directory = Path.Combine(_cache.Path, "stall");
+        Directory.CreateDirectory(directory);
+
+        var path = await source.FetchAsync(hub.Endpoint + "/models/tiny", null, directory, "model.safetensors", required: true, CancellationToken.None);
+
+        Assert.Equal(files["models/tiny/model.safetensors"], File.ReadAllBytes(path!));
+        Assert.Contains("/models/tiny/model.safetensors bytes=100000-", hub.Requests);
+        Assert.Contains(events.OfType<LogEvent>(), e => e.Message.Contains("sent no data", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Does_fail_naming_the_stall_when_every_attempt_stalls()
+    {
+        using var hub = new FakeHub(FixtureFiles("models/tiny"), token: null) { StallAfter = 10 };
+        using var http = ModelSource.CreateHttpClient();
+        var source = new ModelSource(http, _ => { }, TimeProvider.System, new DownloadLimits { StallTimeout = TimeSpan.FromMilliseconds(300), Attempts = 1 });
+        var directory = Path.Combine(_cache.Path, "stall-fail");
+        Directory.CreateDirectory(directory);
+
+        var ex = await Assert.ThrowsAsync<IOException>(() => source.FetchAsync(hub.Endpoint + "/models/tiny", null, directory, "config.json", required: true, CancellationToken.None));
+
+        Assert.Contains("sent no data", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_reject_a_hub_file_whose_sha256_differs_from_the_etag_and_accept_a_matching_one()
+    {
+        var files = FixtureFiles("lowbit/tiny-llama/resolve/main");
+        using var hub = new FakeHub(files, token: null);
+        Environment.SetEnvironmentVariable(EngineEnv.HfEndpoint, hub.Endpoint);
+        Environment.SetEnvironmentVariable(EngineEnv.HfToken, null);
+        var key = "lowbit/tiny-llama/resolve/main/model.safetensors";
+        hub.ETags[key] = $"\"{new string('a', 64)}\"";
+        var (source, _, http) = NewSource();
+        using var __ = http;
+
+        var ex = Assert.Throws<IOException>(() => source.Resolve("lowbit/tiny-llama", null, weights: true));
+        Assert.Contains("SHA-256", ex.Message, StringComparison.Ordinal);
+
+        hub.ETags[key] = $"\"{Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(files[key]))}\"";
+        var directory = source.Resolve("lowbit/tiny-llama", null, weights: true);
+        Assert.Equal(files[key], File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+    }
+
+    [Fact]
+    public void Does_keep_the_hf_token_out_of_output_and_result_when_the_hub_refuses_it()
+    {
+        const string canary = "hf_canary_7d21c0";
+        using var hub = new FakeHub(FixtureFiles("lowbit/tiny-llama/resolve/main"), token: "another");
+        Environment.SetEnvironmentVariable(EngineEnv.HfEndpoint, hub.Endpoint);
+        Environment.SetEnvironmentVariable(EngineEnv.HfToken, canary);
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var resultFile = Path.Combine(_cache.Path, "result.json");
+
+        var exit = Lowbit.Engine.Cli.EngineCli.Run(["inspect", "--model", "lowbit/tiny-llama", "--result-file", resultFile], stdout, stderr, TimeProvider.System);
+
+        Assert.Equal(EngineExitCodes.BadInput, exit);
+        Assert.Contains($"Bearer {canary}", hub.Authorizations);  // it was sent to the hub, where it belongs
+        Assert.DoesNotContain(canary, stdout.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain(canary, stderr.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain(canary, File.ReadAllText(resultFile), StringComparison.Ordinal);
+        Assert.Contains("HF_TOKEN", File.ReadAllText(resultFile), StringComparison.Ordinal);
     }
 
     [Theory]

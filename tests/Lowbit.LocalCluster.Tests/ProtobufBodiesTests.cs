@@ -334,6 +334,19 @@ public sealed class ProtobufBodiesTests
     }
 
     /// <summary>Builds protobuf bytes field by field.</summary>
+    [Fact]
+    public void Does_answer_every_mutated_protobuf_body_with_an_object_or_a_named_api_error()
+    {
+        var container = new Proto().Str(1, "web").Str(2, "nginx:1.27")
+            .Msg(8, new Proto().Entry(1, "cpu", new Proto().Str(1, "500m")));
+        var body = Proto.Envelope("apps/v1", "Deployment", new Proto()
+            .Msg(1, new Proto().Str(1, "web").Str(3, "prod").Entry(11, "app", "web"))
+            .Msg(2, new Proto().Int(1, 300).Msg(3, new Proto().Msg(2, new Proto().Msg(2, container))))
+            .Msg(3, new Proto().Int(2, 7)));
+        var run = Lowbit.Testing.Fuzzer.Run(body, 23, input => ProtobufBodies.Decode(input), ex => ex is ApiException);
+        Assert.True(run >= 50);
+    }
+
     private sealed class Proto
     {
         private readonly List<byte> _bytes = [];

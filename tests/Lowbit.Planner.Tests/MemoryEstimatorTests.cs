@@ -118,4 +118,49 @@ public sealed class MemoryEstimatorTests
         Assert.True(gptq.Activations.GiB > 8, gptq.Activations.ToString());
         Assert.True(m.Total.GiB < 45, "quantizing 70B to int4 must not need the 16-bit model: " + m.Total);
     }
+
+    [Fact]
+    public void Does_save_attention_scores_for_backward_only_with_eager_attention()
+    {
+        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048 };
+        var sdpa = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora).Activations;
+        var eager = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora with { Attention = AttentionKind.Eager }).Activations;
+        // 32 layers × 32 heads × 2048² scores × 6 B (fp32 softmax + its 16-bit cast) + the 16-bit causal mask.
+        var scores = (32.0 * 32 * 2048 * 2048 * 6) + (2048.0 * 2048 * 2);
+        Assert.Equal(scores, (eager - sdpa).Bytes, scores * 1e-6);
+    }
+
+    [Fact]
+    public void Does_keep_only_the_fp32_copies_of_adapted_inputs_for_a_frozen_base()
+    {
+        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 1024, LoraTargets = LoraTargets.QV };
+        var qv = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora);
+        var all = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora with { LoraTargets = LoraTargets.All });
+        // q, k, v, gate, up read the hidden state, o the attention output, down the intermediate: 4 B each per token per layer.
+        var extra = 1024.0 * 32 * 4 * ((5 * 4096) + 4096 + 11008 - (2 * 4096));
+        Assert.Equal(extra, (all.Activations - qv.Activations).Bytes, extra * 1e-6);
+        Assert.Equal(16L * 32 * 2 * (4096 + 4096) * 4, qv.Gradients.Bytes);
+    }
+
+    [Fact]
+    public void Does_give_vllm_what_its_pool_leaves_after_weights_activations_and_buffers()
+    {
+        var w = Serve("bf16", context: 8192, batch: 16) with { Runtime = ServingRuntime.Vllm };
+        var h100 = ByteSize.FromGiB(79.22);
+        var need = MemoryEstimator.Estimate(ModelPresets.Llama3_8B, w, 1, DeviceKind.Gpu, h100);
+        var tokens = MemoryEstimator.VllmKvCapacityTokens(ModelPresets.Llama3_8B, w, h100);
+        var perToken = MemoryEstimator.KvBytesPerToken(ModelPresets.Llama3_8B, KvCacheFormat.Fp16).Bytes;
+        Assert.Equal((long)(((h100 * 0.9) - (need.Total - need.KvCache)).Bytes / perToken), tokens);
+        // vLLM logs about 53 GiB of KV for this model on an H100 (vllm-project/vllm#10511): ~436k tokens.
+        Assert.InRange(tokens, 400_000, 450_000);
+    }
+
+    [Fact]
+    public void Does_leave_llamacpp_token_embeddings_in_host_memory()
+    {
+        var w = Serve("gguf-q4_k_m") with { Runtime = ServingRuntime.LlamaCpp };
+        var gpu = MemoryEstimator.Estimate(ModelPresets.Llama3_8B, w, 1, DeviceKind.Gpu);
+        var cpu = MemoryEstimator.Estimate(ModelPresets.Llama3_8B, w, 1, DeviceKind.Cpu);
+        Assert.InRange((cpu.Weights - gpu.Weights).Bytes, (128256.0 * 4096 * 4.84 / 8) - 2, (128256.0 * 4096 * 4.84 / 8) + 2);
+    }
 }

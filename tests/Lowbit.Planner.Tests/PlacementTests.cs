@@ -33,7 +33,8 @@ public sealed class PlacementTests
         Assert.Equal(RejectionReason.InsufficientMemory, l4.Reason);
         Assert.Equal(l4.PerDevice.Total - l4.UsablePerDevice, l4.Shortfall);
         Assert.InRange(l4.Shortfall.GiB, 14, 19);
-        Assert.StartsWith("Llama-2-70B int4 needs 36.", result.Summary, StringComparison.Ordinal);
+        // 34.9 GiB of weights + 1.3 GiB KV + CUDA context 0.55 GiB + allocator reserve 0.4 GiB + activations.
+        Assert.StartsWith("Llama-2-70B int4 needs 37.", result.Summary, StringComparison.Ordinal);
         Assert.Contains("2× L4-24GB at $1.12/h", result.Summary, StringComparison.Ordinal);
         Assert.Contains("1× L4-24GB short by", result.Summary, StringComparison.Ordinal);
         Assert.DoesNotContain("T4", result.Summary, StringComparison.Ordinal); // excluded types are not explained
@@ -151,8 +152,9 @@ public sealed class PlacementTests
         var p = model.Parameters;
         var one = ThroughputModel.Estimate(model, p, new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, ContextLength = 1024, Concurrency = 1 }, node, 1, 3.85);
         var many = ThroughputModel.Estimate(model, p, new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, ContextLength = 1024, Concurrency = 16 }, node, 1, 3.85);
-        // Batch 1: 13.5 GB of weights per token at 65% of 2039 GB/s ≈ 98 tokens/s.
-        Assert.InRange(one.TokensPerSecond, 85, 105);
+        // Batch 1: 13.5 GB of weights per token at 65% of 2039 GB/s = 10.2 ms, plus the engine's measured step
+        // overhead (32 layers × 0.36 ms, from 63.5 tokens/s on an H200) = 21.7 ms ≈ 46 tokens/s.
+        Assert.InRange(one.TokensPerSecond, 40, 52);
         Assert.True(many.TokensPerSecond > 8 * one.TokensPerSecond);
         Assert.True(many.UsdPerMillionTokens < one.UsdPerMillionTokens / 8);
         Assert.Equal(3.85 / (one.TokensPerSecond * 3600) * 1e6, one.UsdPerMillionTokens, 9);
@@ -163,7 +165,8 @@ public sealed class PlacementTests
     {
         var model = ModelPresets.Mixtral8x7B;
         var node = GpuCatalog.Default.Find("h100-80gb")!;
-        var w = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("int4"), ContextLength = 1024 };
+        // vLLM (CUDA graphs): the step is bound by the weight bytes it reads, not by per-layer launch overhead.
+        var w = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("int4"), ContextLength = 1024, Runtime = ServingRuntime.Vllm };
         var moe = ThroughputModel.Estimate(model, model.Parameters, w, node, 1, 4.29);
         var dense = ThroughputModel.Estimate(model with { Experts = 1, ExpertsPerToken = 1, IntermediateSize = 14336 * 8 }, (model with { Experts = 1, ExpertsPerToken = 1, IntermediateSize = 14336 * 8 }).Parameters, w, node, 1, 4.29);
         Assert.True(moe.TokensPerSecond > 2.5 * dense.TokensPerSecond, $"{moe.TokensPerSecond} vs {dense.TokensPerSecond}");

@@ -28,10 +28,12 @@ public static class PlanCommand
         var seq = new Option<string>("--seq") { Description = "Training/calibration sequence length", DefaultValueFactory = _ => "2048" };
         var microBatch = new Option<string>("--micro-batch") { Description = "Sequences per GPU per step (training)", DefaultValueFactory = _ => "1" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "Recompute activations in backward (training)" };
-        var runtime = new Option<string>("--runtime") { Description = $"Serving runtime: {string.Join(", ", PlannerNames.Runtimes)}", DefaultValueFactory = _ => "lowbit" };
+        var runtime = new Option<string>("--runtime") { Description = $"Runtime whose memory model applies: {string.Join(", ", PlannerNames.Runtimes)}", DefaultValueFactory = _ => "lowbit" };
+        var attention = new Option<string>("--attention") { Description = $"Attention implementation: {string.Join(", ", PlannerNames.Attentions)} (eager materializes scores)", DefaultValueFactory = _ => "sdpa" };
+        var loraTargets = new Option<string>("--lora-targets") { Description = "LoRA target modules, comma-separated (q_proj,v_proj ... or all-linear)", DefaultValueFactory = _ => "all-linear" };
         var kvCache = new Option<string>("--kv-cache") { Description = $"KV cache element type: {string.Join(", ", PlannerNames.KvCacheFormats)}", DefaultValueFactory = _ => "fp16" };
         var optimizer = new Option<string>("--optimizer") { Description = $"Optimizer: {string.Join(", ", PlannerNames.Optimizers)} (default adamw; lowbit-full adamw-8bit)" };
-        var loraRank = new Option<string>("--lora-rank") { Description = "LoRA rank r (all block linears)", DefaultValueFactory = _ => "16" };
+        var loraRank = new Option<string>("--lora-rank") { Description = "LoRA rank r", DefaultValueFactory = _ => "16" };
         var calibration = new Option<string>("--calibration-samples") { Description = "Calibration sequences for quantize (0 for RTN/HQQ)", DefaultValueFactory = _ => "128" };
         var catalog = new Option<string>("--catalog") { Description = "GPU catalog override (YAML or JSON)" };
         var gpuTypes = new Option<string>("--gpu-types") { Description = "Allowed node types or GPU models, comma-separated" };
@@ -43,7 +45,7 @@ public static class PlanCommand
         {
             TreatUnmatchedTokensAsErrors = false,
         };
-        Option[] all = [model, mode, weights, groupSize, context, batch, seq, microBatch, checkpointing, runtime, kvCache, optimizer, loraRank, calibration, catalog, gpuTypes, maxUsd, minTokens, output];
+        Option[] all = [model, mode, weights, groupSize, context, batch, seq, microBatch, checkpointing, runtime, attention, kvCache, optimizer, loraRank, loraTargets, calibration, catalog, gpuTypes, maxUsd, minTokens, output];
         foreach (var option in all)
         {
             command.Options.Add(option);
@@ -86,6 +88,8 @@ public static class PlanCommand
                         KvCache = PlannerNames.ParseKvCache(parseResult.GetValue(kvCache)!),
                         Optimizer = parseResult.GetValue(optimizer) is { } o ? PlannerNames.ParseOptimizer(o) : OptimizerKind.ModeDefault,
                         LoraRank = Int(parseResult.GetValue(loraRank), "lora-rank"),
+                        LoraTargets = PlannerNames.ParseLoraTargets(parseResult.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)),
+                        Attention = PlannerNames.ParseAttention(parseResult.GetValue(attention)!),
                         CalibrationSamples = Int(parseResult.GetValue(calibration), "calibration-samples"),
                     },
                     Catalog = parseResult.GetValue(catalog) is { } path ? CatalogFile.Load(path) : GpuCatalog.Default,

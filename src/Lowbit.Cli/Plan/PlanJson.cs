@@ -40,6 +40,7 @@ public static class PlanJson
             w.WriteNumber("microBatch", workload.MicroBatch);
             w.WriteBoolean("gradientCheckpointing", workload.GradientCheckpointing);
             w.WriteString("runtime", PlannerNames.Name(workload.Runtime));
+            w.WriteString("attention", PlannerNames.Name(workload.Attention));
             w.WriteString("kvCache", workload.KvCache == KvCacheFormat.Fp8 ? "fp8" : "fp16");
             w.WriteEndObject();
 
@@ -47,11 +48,22 @@ public static class PlanJson
             w.WriteStartObject("memory");
             w.WriteNumber("totalGiB", Gib(result.Total.Total));
             w.WriteNumber("perGpuGiB", Gib((chosen?.PerDevice ?? result.Total).Total));
+            w.WriteString("memoryModel", PlannerNames.Name(workload.Runtime));
+            w.WriteNumber("margin", MemoryEstimator.Margin(workload));
             w.WritePropertyName("breakdown");
             Breakdown(w, result.Total);
             w.WritePropertyName("perGpuBreakdown");
             Breakdown(w, chosen?.PerDevice ?? result.Total);
             w.WriteEndObject();
+
+            if (VllmMaxConcurrency(result) is { } pool)
+            {
+                w.WriteStartObject("vllmPool");
+                w.WriteString("placement", pool.Label);
+                w.WriteNumber("kvTokens", pool.Tokens);
+                w.WriteNumber("maxConcurrencyAtContext", Math.Round(pool.Concurrency, 2));
+                w.WriteEndObject();
+            }
 
             w.WriteBoolean("fits", chosen is not null);
             w.WriteString("summary", result.Summary);
@@ -157,6 +169,22 @@ public static class PlanJson
         w.WriteEndObject();
     }
 
+    /// <summary>
+    /// For vLLM: the KV tokens its pool holds on the chosen placement and what concurrency that is at the requested
+    /// context (vLLM logs it as "Maximum concurrency for N tokens per request").
+    /// </summary>
+    public static (string Label, long Tokens, double Concurrency)? VllmMaxConcurrency(PlanResult result)
+    {
+        ArgumentNullException.ThrowIfNull(result);
+        var request = result.Request;
+        if (request.Workload.Mode != WorkloadMode.Inference || request.Workload.Runtime != ServingRuntime.Vllm || result is not Planned planned)
+        {
+            return null;
+        }
+        var tokens = MemoryEstimator.VllmKvCapacityTokens(request.Model, request.Workload, planned.Choice.NodeType.MemoryPerDevice, planned.Choice.Devices);
+        return (planned.Choice.Label, tokens, tokens / (double)request.Workload.ContextLength);
+    }
+
     private static void Breakdown(Utf8JsonWriter w, MemoryBreakdown m)
     {
         w.WriteStartObject();
@@ -166,6 +194,9 @@ public static class PlanJson
         w.WriteNumber("optimizer", Gib(m.Optimizer));
         w.WriteNumber("gradients", Gib(m.Gradients));
         w.WriteNumber("overhead", Gib(m.Overhead));
+        w.WriteNumber("cudaContext", Gib(m.Context));
+        w.WriteNumber("allocatorReserve", Gib(m.AllocatorReserve));
+        w.WriteNumber("runtimeBuffers", Gib(m.RuntimeBuffers));
         w.WriteEndObject();
     }
 

@@ -17,8 +17,12 @@ public static class PlanTable
     {
         var request = result.Request;
         var chosen = result is Planned planned ? planned.Choice : null;
-        console.MarkupLine($"[bold]{Markup.Escape(request.Model.Name)}[/] · {result.Parameters.Total / 1e9:0.00}B parameters · {Markup.Escape(PlannerNames.Name(request.Workload.Mode))} · {Markup.Escape(request.Workload.Weights.Name)} · runtime {PlannerNames.Name(request.Workload.Runtime)}");
+        console.MarkupLine($"[bold]{Markup.Escape(request.Model.Name)}[/] · {result.Parameters.Total / 1e9:0.00}B parameters · {Markup.Escape(PlannerNames.Name(request.Workload.Mode))} · {Markup.Escape(request.Workload.Weights.Name)} · runtime {PlannerNames.Name(request.Workload.Runtime)} (memory model assumed) · estimate ±{MemoryEstimator.Margin(request.Workload):0%}");
         console.MarkupLine(Markup.Escape(result.Summary));
+        if (PlanJson.VllmMaxConcurrency(result) is { } concurrency)
+        {
+            console.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture, $"vLLM pool on {concurrency.Label}: {concurrency.Tokens:N0} KV tokens = {concurrency.Concurrency:0.##}× the {request.Workload.ContextLength}-token context")));
+        }
         console.WriteLine();
 
         var memory = new Table().Border(TableBorder.Rounded).Title("Memory (GiB)");
@@ -31,7 +35,7 @@ public static class PlanTable
         AddRow(memory, "activations", result.Total.Activations, perGpu.Activations);
         AddRow(memory, "optimizer", result.Total.Optimizer, perGpu.Optimizer);
         AddRow(memory, "gradients", result.Total.Gradients, perGpu.Gradients);
-        AddRow(memory, "overhead", result.Total.Overhead, perGpu.Overhead);
+        AddRow(memory, "overhead (CUDA context, allocator, buffers)", result.Total.Overhead, perGpu.Overhead);
         AddRow(memory, "[bold]total[/]", result.Total.Total, perGpu.Total);
         console.Write(memory);
 

@@ -20,6 +20,7 @@ public static class EngineCli
         [EngineVerbs.Inspect] = (r, c) => InspectVerb.Run((InspectRequest)r, c),
         [EngineVerbs.Eval] = (r, c) => EvalVerb.Run((EvalRequest)r, c),
         [EngineVerbs.Quantize] = (r, c) => QuantizeVerb.Run((QuantizeRequest)r, c),
+        [EngineVerbs.Finetune] = (r, c) => FinetuneVerb.Run((FinetuneRequest)r, c),
         [EngineVerbs.Serve] = (r, c) => Serving.ServeVerb.Run((ServeRequest)r, c),
     };
 
@@ -68,6 +69,7 @@ public static class EngineCli
         ProtocolArgumentException or EngineInputException or FileNotFoundException or DirectoryNotFoundException
             => (EngineExitCodes.BadInput, ErrorReasons.BadInput),
         OutOfMemoryException => (EngineExitCodes.OutOfMemory, ErrorReasons.OutOfMemory),
+        TrainingInterruptedException => (EngineExitCodes.Interrupted, ErrorReasons.Interrupted),
         _ when IsOutOfMemory(ex) => (EngineExitCodes.OutOfMemory, ErrorReasons.OutOfMemory),
         _ => (EngineExitCodes.Failure, ErrorReasons.RuntimeError),
     };
@@ -158,6 +160,10 @@ internal static class HiddenVerbs
             case "bench-decode":
                 TorchRuntime.Initialize();
                 exit = BenchDecodeVerb.Run(args, stdout, stderr);
+                return true;
+            case "bench-finetune":
+                TorchRuntime.Initialize();
+                exit = BenchFinetuneVerb.Run(args, stdout, stderr);
                 return true;
             default:
                 return false;

@@ -23,6 +23,12 @@ public static class EvalVerb
         var tokenizer = TokenizerLoader.Load(directory);
         var tokens = Tokens(tokenizer, File.ReadAllText(request.Text), request.MaxTokens);
         using var model = ModelLoading.Load(directory, ModelLoading.ComputeDtype(config, device), device);
+        if (request.Adapter is { } adapterDirectory)
+        {
+            using var adapter = Lora.PeftAdapter.Read(adapterDirectory, device);
+            Lora.LoraModel.Apply(model, adapter, device);
+            context.Log($"applied LoRA adapter {adapterDirectory}: {adapter.Modules.Count} modules, r {adapter.Settings.R}, scaling {adapter.Scaling}");
+        }
         var stride = request.Stride ?? request.Context;
         var result = PerplexityEvaluator.Evaluate(model, tokens, request.Context, stride, device,
             (window, windows) => context.Emit(new ProgressEvent { Stage = "eval", Layer = window, Layers = windows, ElapsedSeconds = Math.Round(context.ElapsedSeconds, 3) }));

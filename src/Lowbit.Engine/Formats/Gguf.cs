@@ -219,6 +219,18 @@ public sealed class GgufFile
     /// no duplicate keys, no nested arrays, dims ≤ 4, offsets = running sum of aligned sizes).</summary>
     public static GgufFile Parse(byte[] bytes)
     {
+        try
+        {
+            return ParseCore(bytes);
+        }
+        catch (Exception ex) when (ex is EndOfStreamException or OverflowException or ArgumentException or InvalidCastException or DivideByZeroException)
+        {
+            throw new InvalidDataException($"malformed GGUF file: {ex.Message}", ex);
+        }
+    }
+
+    private static GgufFile ParseCore(byte[] bytes)
+    {
         using var r = new BinaryReader(new MemoryStream(bytes), Encoding.UTF8);
         if (r.ReadUInt32() != GgufWriter.Magic)
         {
@@ -261,7 +273,11 @@ public sealed class GgufFile
                 throw new InvalidDataException($"duplicate GGUF key '{key}'");
             }
         }
-        var alignment = metadata.TryGetValue("general.alignment", out var a) ? (int)a.AsUInt32() : GgufWriter.DefaultAlignment;
+        var alignment = metadata.TryGetValue("general.alignment", out var a) ? checked((int)a.AsUInt32()) : GgufWriter.DefaultAlignment;
+        if (alignment <= 0 || (alignment & (alignment - 1)) != 0)
+        {
+            throw new InvalidDataException($"general.alignment {alignment} is not a power of two");
+        }
         var tensors = new List<GgufTensorInfo>();
         long expected = 0;
         for (long i = 0; i < tensorCount; i++)
@@ -273,9 +289,15 @@ public sealed class GgufFile
                 throw new InvalidDataException($"tensor '{name}' has {dims} dimensions (max 4)");
             }
             var ne = new long[dims];
+            long elements = 1;
             for (var d = 0; d < dims; d++)
             {
                 ne[d] = r.ReadInt64();
+                if (ne[d] < 0)
+                {
+                    throw new InvalidDataException($"tensor '{name}' has a negative dimension {ne[d]}");
+                }
+                elements = checked(elements * ne[d]);
             }
             var info = new GgufTensorInfo(name, ne, (GgmlType)r.ReadInt32(), (long)r.ReadUInt64());
             if (info.Offset != expected)
@@ -290,10 +312,25 @@ public sealed class GgufFile
         {
             throw new InvalidDataException("GGUF data section is truncated");
         }
+        foreach (var t in tensors)
+        {
+            if (checked(dataStart + t.Offset + t.ByteSize) > bytes.Length)
+            {
+                throw new InvalidDataException($"tensor '{t.Name}' runs past the end of the file");
+            }
+        }
         return new GgufFile(bytes, version, metadata, tensors, dataStart, alignment);
     }
 
-    private static string ReadString(BinaryReader r) => Encoding.UTF8.GetString(r.ReadBytes(checked((int)r.ReadUInt64())));
+    private static string ReadString(BinaryReader r)
+    {
+        var length = r.ReadUInt64();
+        if (length > (ulong)(r.BaseStream.Length - r.BaseStream.Position))
+        {
+            throw new InvalidDataException($"a string of {length} bytes runs past the end of the file");
+        }
+        return Encoding.UTF8.GetString(r.ReadBytes((int)length));
+    }
 
     private static object ReadScalar(BinaryReader r, GgufValueType type) => type switch
     {

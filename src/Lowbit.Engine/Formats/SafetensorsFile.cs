@@ -105,6 +105,19 @@ public sealed unsafe class SafetensorsFile : IDisposable
         {
             throw Bad(path, $"header is not valid JSON ({ex.Message})");
         }
+        try
+        {
+            return ParseHeader(path, doc, bufferLength);
+        }
+        catch (InvalidOperationException ex)
+        {
+            // System.Text.Json validates UTF-8 only when a string is read (a name or value with invalid bytes).
+            throw Bad(path, $"header holds text that is not valid UTF-8 ({ex.Message})");
+        }
+    }
+
+    private static (Dictionary<string, SafetensorsTensorInfo>, IReadOnlyDictionary<string, string>) ParseHeader(string path, JsonDocument doc, long bufferLength)
+    {
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)

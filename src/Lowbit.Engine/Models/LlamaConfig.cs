@@ -98,6 +98,19 @@ public sealed record LlamaConfig
 
     public static LlamaConfig Parse(string json)
     {
+        try
+        {
+            return ParseCore(json);
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or FormatException or OverflowException)
+        {
+            // JsonNode reports duplicate keys and wrongly typed values lazily, when they are read.
+            throw new EngineInputException($"config.json is malformed ({ex.Message})", ex);
+        }
+    }
+
+    private static LlamaConfig ParseCore(string json)
+    {
         JsonNode? root;
         try
         {
@@ -111,7 +124,9 @@ public sealed record LlamaConfig
         {
             throw new EngineInputException("config.json is not a JSON object");
         }
-        var architecture = o["architectures"] is JsonArray { Count: > 0 } a ? a[0]!.GetValue<string>() : "LlamaForCausalLM";
+        var architecture = o["architectures"] is JsonArray { Count: > 0 } a
+            ? a[0] is JsonValue first && first.TryGetValue<string>(out var name) ? name : throw new EngineInputException("architectures: must be a list of strings")
+            : "LlamaForCausalLM";
         if (!SupportedArchitectures.Contains(architecture))
         {
             throw new EngineInputException($"architectures: '{architecture}' is not supported; supported: {string.Join(", ", SupportedArchitectures)}");

@@ -28,6 +28,9 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
 
     public IList<LlamaDecoderLayer> Layers => layers;
 
+    /// <summary>Recompute each layer in the backward pass instead of keeping its activations (training only).</summary>
+    public bool GradientCheckpointing { get; set; }
+
     public RmsNorm Norm => norm;
 
     /// <summary>Hidden states after the final norm, <c>[B, T, hidden]</c>, for token ids <c>[B, T]</c>.</summary>
@@ -41,7 +44,9 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
         for (var i = 0; i < layers.Count; i++)
         {
             var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i };
-            hidden = layers[i].forward(hidden, context);
+            hidden = GradientCheckpointing && is_grad_enabled() && cache is null
+                ? Training.GradientCheckpoint.Apply(layers[i], hidden, context)
+                : layers[i].forward(hidden, context);
         }
         cache?.Advance(length);
         return norm.forward(hidden).MoveToOuterDisposeScope();

@@ -14,6 +14,19 @@ public enum SourceKind
     HuggingFace,
 }
 
+/// <summary>Bounds of one download: a deadline per request, a progress watchdog, and how often a download resumes.</summary>
+public sealed record DownloadLimits
+{
+    /// <summary>One request (one attempt) may take this long in total, then it resumes from its partial file.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>No byte for this long cancels the attempt (a half-open connection, a stuck CDN).</summary>
+    public TimeSpan StallTimeout { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>Attempts per file before the download fails.</summary>
+    public int Attempts { get; init; } = 5;
+}
+
 /// <summary>
 /// Resolves <c>--model</c> to a local folder: a local folder as is; an HTTP(S) URL prefix (<c>{prefix}/{file}</c>) or a
 /// Hugging Face repo id (<c>{endpoint}/{repo}/resolve/{revision}/{file}</c>, bearer token from <c>HF_TOKEN</c>) by
@@ -28,12 +41,14 @@ public sealed partial class ModelSource
     private readonly HttpClient _http;
     private readonly Action<EngineEvent> _emit;
     private readonly TimeProvider _time;
+    private readonly DownloadLimits _limits;
 
-    public ModelSource(HttpClient http, Action<EngineEvent> emit, TimeProvider time)
+    public ModelSource(HttpClient http, Action<EngineEvent> emit, TimeProvider time, DownloadLimits? limits = null)
     {
         _http = http;
         _emit = emit;
         _time = time;
+        _limits = limits ?? new DownloadLimits();
     }
 
     [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")]
@@ -101,7 +116,10 @@ public sealed partial class ModelSource
         return Path.Combine(root, key);
     }
 
-    /// <summary>Downloads one file unless complete already; returns its path, or null when optional and absent (404).</summary>
+    /// <summary>Downloads one file unless complete already; returns its path, or null when optional and absent (404).
+    /// Each attempt has a total deadline and a progress watchdog; a timed-out or stalled attempt resumes from the
+    /// <c>.part</c> file, up to <see cref="DownloadLimits.Attempts"/> times. The bearer token goes only to the Hugging
+    /// Face endpoint, never to a URL-prefix source. A Hub file whose ETag is a SHA-256 (LFS) is checked against it.</summary>
     public async Task<string?> FetchAsync(string model, string? revision, string directory, string file, bool required, CancellationToken cancellationToken)
     {
         if (file.Contains('/', StringComparison.Ordinal) || file.Contains("..", StringComparison.Ordinal))
@@ -114,10 +132,37 @@ public sealed partial class ModelSource
             return target;
         }
         var uri = FileUri(model, revision, file);
+        var hub = KindOf(model) == SourceKind.HuggingFace;
+        var token = hub ? Environment.GetEnvironmentVariable(EngineEnv.HfToken) : null;
+        for (var attempt = 1; ; attempt++)
+        {
+            using var deadline = new CancellationTokenSource(_limits.RequestTimeout, _time);
+            using var watchdog = new CancellationTokenSource(_limits.StallTimeout, _time);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token, watchdog.Token);
+            try
+            {
+                return await FetchOnceAsync(uri, hub, token, target, file, required, watchdog, linked.Token);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                var why = deadline.IsCancellationRequested
+                    ? $"did not finish within {_limits.RequestTimeout.TotalSeconds:0.###} s"
+                    : $"sent no data for {_limits.StallTimeout.TotalSeconds:0.###} s";
+                if (attempt >= _limits.Attempts)
+                {
+                    throw new IOException($"{uri}: the download {why} ({attempt} attempts); rerun to resume from the partial file");
+                }
+                _emit(new LogEvent { Level = "warning", Message = $"{file}: the download {why}; resuming (attempt {attempt + 1} of {_limits.Attempts})" });
+            }
+        }
+    }
+
+    private async Task<string?> FetchOnceAsync(Uri uri, bool hub, string? token, string target, string file, bool required, CancellationTokenSource watchdog, CancellationToken cancellationToken)
+    {
         var part = target + ".part";
         var have = File.Exists(part) ? new FileInfo(part).Length : 0;
         using var request = new HttpRequestMessage(HttpMethod.Get, uri);
-        if (Environment.GetEnvironmentVariable(EngineEnv.HfToken) is { Length: > 0 } token)
+        if (token is { Length: > 0 })
         {
             request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
         }
@@ -126,6 +171,7 @@ public sealed partial class ModelSource
             request.Headers.Range = new RangeHeaderValue(have, null);
         }
         using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
+        watchdog.CancelAfter(_limits.StallTimeout);
         switch (response.StatusCode)
         {
             case HttpStatusCode.NotFound when !required:
@@ -136,7 +182,7 @@ public sealed partial class ModelSource
                 throw new EngineInputException($"--model: {uri} answered {(int)response.StatusCode}; set {EngineEnv.HfToken} to a token with access to the repository");
             case HttpStatusCode.RequestedRangeNotSatisfiable:
                 File.Delete(part);
-                return await FetchAsync(model, revision, directory, file, required, cancellationToken);
+                return await FetchOnceAsync(uri, hub, token, target, file, required, watchdog, cancellationToken);
         }
         if (!response.IsSuccessStatusCode)
         {
@@ -148,6 +194,7 @@ public sealed partial class ModelSource
             have = 0;
         }
         long? total = resumed ? response.Content.Headers.ContentRange?.Length : response.Content.Headers.ContentLength;
+        var sha256 = hub ? HubSha256(response) : null;
         var start = _time.GetTimestamp();
         var lastReport = start;
         await using (var output = new FileStream(part, resumed ? FileMode.Append : FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20, useAsync: true))
@@ -157,6 +204,7 @@ public sealed partial class ModelSource
             int read;
             while ((read = await input.ReadAsync(buffer, cancellationToken)) > 0)
             {
+                watchdog.CancelAfter(_limits.StallTimeout);
                 await output.WriteAsync(buffer.AsMemory(0, read), cancellationToken);
                 have += read;
                 if (_time.GetElapsedTime(lastReport).TotalSeconds >= 1)
@@ -170,9 +218,41 @@ public sealed partial class ModelSource
         {
             throw new IOException($"{uri}: received {have} bytes, the server announced {expected}; rerun to resume");
         }
+        if (sha256 is not null)
+        {
+            string actual;
+            await using (var check = File.OpenRead(part))
+            {
+                actual = Convert.ToHexStringLower(await System.Security.Cryptography.SHA256.HashDataAsync(check, cancellationToken));
+            }
+            if (actual != sha256)
+            {
+                File.Delete(part);
+                throw new IOException($"{uri}: SHA-256 {actual} does not match the Hub's {sha256}; the partial file was deleted, rerun to download again");
+            }
+        }
         File.Move(part, target, overwrite: true);
         Report(file, have, total ?? have, start);
         return target;
+    }
+
+    /// <summary>The SHA-256 the Hub announces for an LFS file (<c>X-Linked-Etag</c>, or an <c>ETag</c> of 64 hex digits); null otherwise.</summary>
+    internal static string? HubSha256(HttpResponseMessage response)
+    {
+        IEnumerable<string> candidates = response.Headers.TryGetValues("X-Linked-Etag", out var linked) ? linked : [];
+        if (response.Headers.ETag is { } etag)
+        {
+            candidates = candidates.Append(etag.Tag);
+        }
+        foreach (var raw in candidates)
+        {
+            var value = raw.Trim().TrimStart('W', '/').Trim('"').ToLowerInvariant();
+            if (value.Length == 64 && value.All(char.IsAsciiHexDigitLower))
+            {
+                return value;
+            }
+        }
+        return null;
     }
 
     private void Report(string file, long bytes, long total, long start) =>

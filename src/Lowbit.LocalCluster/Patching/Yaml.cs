@@ -15,7 +15,8 @@ public static class Yaml
         {
             var stream = new YamlStream();
             stream.Load(new StringReader(text));
-            if (stream.Documents.Count == 0 || ToJson(stream.Documents[0].RootNode) is not JsonObject obj)
+            var budget = new Budget();
+            if (stream.Documents.Count == 0 || ToJson(stream.Documents[0].RootNode, budget, 0) is not JsonObject obj)
             {
                 throw ApiException.BadRequest("the apply body must be a YAML or JSON object");
             }
@@ -25,16 +26,37 @@ public static class Yaml
         {
             throw ApiException.BadRequest($"the apply body is not valid YAML: {ex.Message}");
         }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
+        {
+            // Duplicate keys (JsonObject) and YamlDotNet's own state errors on malformed input.
+            throw ApiException.BadRequest($"the apply body is not valid YAML: {ex.Message}");
+        }
     }
 
-    private static JsonNode? ToJson(YamlNode node) => node switch
+    /// <summary>Bounds on the JSON a YAML document may expand to: aliases can repeat (or contain) their anchor.</summary>
+    private sealed class Budget
     {
-        YamlMappingNode map => new JsonObject(map.Children.Select(kv =>
-            KeyValuePair.Create(((YamlScalarNode)kv.Key).Value ?? "", ToJson(kv.Value)))),
-        YamlSequenceNode seq => new JsonArray(seq.Children.Select(ToJson).ToArray()),
-        YamlScalarNode scalar => Scalar(scalar),
-        _ => null,
-    };
+        public const int MaxDepth = 100;
+        public const int MaxNodes = 1_000_000;
+        public int Nodes;
+    }
+
+    private static JsonNode? ToJson(YamlNode node, Budget budget, int depth)
+    {
+        if (depth > Budget.MaxDepth || ++budget.Nodes > Budget.MaxNodes)
+        {
+            throw ApiException.BadRequest($"the apply body nests deeper than {Budget.MaxDepth} levels or expands to more than {Budget.MaxNodes} nodes (YAML aliases?)");
+        }
+        return node switch
+        {
+            YamlMappingNode map => new JsonObject(map.Children.Select(kv => KeyValuePair.Create(
+                kv.Key is YamlScalarNode key ? key.Value ?? "" : throw ApiException.BadRequest("the apply body has a mapping key that is not a scalar"),
+                ToJson(kv.Value, budget, depth + 1)))),
+            YamlSequenceNode seq => new JsonArray(seq.Children.Select(c => ToJson(c, budget, depth + 1)).ToArray()),
+            YamlScalarNode scalar => Scalar(scalar),
+            _ => null,
+        };
+    }
 
     private static JsonNode? Scalar(YamlScalarNode scalar)
     {

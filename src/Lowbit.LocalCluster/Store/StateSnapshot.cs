@@ -19,8 +19,8 @@ public static class StateSnapshot
         Directory.CreateDirectory(directory);
         var objects = api.SnapshotAll(out var rv);
         var path = Path.Combine(directory, FileName);
-        var temp = path + ".tmp";
-        using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+        // Mode 0600, flushed, renamed, and the directory synced: the snapshot holds every object (Secrets too).
+        Security.PrivateFiles.Write(path, stream =>
         {
             stream.Write(Encoding.UTF8.GetBytes(new JsonObject { ["resourceVersion"] = rv }.ToJsonString()));
             stream.WriteByte((byte)'\n');
@@ -30,9 +30,7 @@ public static class StateSnapshot
                 stream.Write(obj.Json);
                 stream.Write("}\n"u8);
             }
-            stream.Flush(flushToDisk: true);
-        }
-        File.Move(temp, path, overwrite: true);
+        });
     }
 
     /// <summary>Reads a snapshot; null when the directory has none.</summary>

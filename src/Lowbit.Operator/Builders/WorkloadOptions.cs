@@ -37,6 +37,9 @@ public sealed class WorkloadOptions
     /// <summary>Hugging Face Hub endpoint the operator fetches config.json from (a mirror, or a test server).</summary>
     public string HubEndpoint { get; set; } = Lowbit.Engine.Protocol.EngineEnv.DefaultHfEndpoint;
 
+    /// <summary>How long the operator waits for a source's config.json before it reports Pending and retries.</summary>
+    public TimeSpan ConfigFetchTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Cluster DNS suffix for <c>status.url</c>.</summary>
     public string ClusterDomain { get; set; } = "cluster.local";
 }

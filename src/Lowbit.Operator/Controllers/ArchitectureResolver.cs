@@ -27,10 +27,10 @@ public abstract record ArchitectureResolution
 
 /// <summary>
 /// Finds the architecture the planner needs: the <c>lowbit.dev/architecture</c> annotation (a preset name), a
-/// built-in preset matching the source's name, <c>config.json</c> fetched over HTTP (Hub or URL sources, with the
-/// token from the referenced Secret), or the result of an inspect Job (PVC sources). Fetched configs are cached.
+/// built-in preset matching the source's name, <c>config.json</c> fetched over HTTP (public Hub or http(s) URL sources: 1 MiB cap, short timeout; gated repos go
+/// to the inspect Job, since the operator never reads Secrets), or the result of an inspect Job (PVC sources). Fetched configs are cached.
 /// </summary>
-public sealed class ArchitectureResolver(IKubernetes client, IObjectCache cache, IOptions<WorkloadOptions> options, HttpClient http)
+public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOptions> options, HttpClient http)
 {
     public const string Annotation = ApiGroup.Group + "/architecture";
 
@@ -68,6 +68,22 @@ public sealed class ArchitectureResolver(IKubernetes client, IObjectCache cache,
                 : new ArchitectureResolution.NeedsInspect();
         }
 
+        if (source.HuggingFace?.TokenSecretRef is not null)
+        {
+            // A gated repo: the operator never reads Secrets. The inspect Job's pod gets the token as a secretKeyRef
+            // and reads config.json itself.
+            return owner is not null
+                ? new ArchitectureResolution.NeedsInspect()
+                : new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
+                    $"spec.source.huggingFace.tokenSecretRef: the operator does not read Secrets, so a gated repo's architecture is read by a QuantizedModel's inspect Job; reference a QuantizedModel or set the {Annotation} annotation to a preset", Terminal: true);
+        }
+
+        if (source.Url is { } raw && (!Uri.TryCreate(raw, UriKind.Absolute, out var parsed) || parsed.Scheme is not ("http" or "https")))
+        {
+            return new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
+                $"spec.source.url: '{Truncate(raw, 100)}' is not an http(s) URL; accepted: http://, https:// (a PVC source for anything else)", Terminal: true);
+        }
+
         var url = source.HuggingFace is { } hub
             ? $"{options.Value.HubEndpoint.TrimEnd('/')}/{hub.Repo}/resolve/{hub.Revision ?? "main"}/config.json"
             : $"{source.Url!.TrimEnd('/')}/config.json";
@@ -76,55 +92,64 @@ public sealed class ArchitectureResolver(IKubernetes client, IObjectCache cache,
             return new ArchitectureResolution.Resolved(cached, "config.json");
         }
 
-        string? token = null;
-        if (source.HuggingFace?.TokenSecretRef is { } secretRef)
-        {
-            try
-            {
-                var secret = await client.CoreV1.ReadNamespacedSecretAsync(secretRef.Name, ns, cancellationToken: cancellationToken).ConfigureAwait(false);
-                if (secret.Data?.TryGetValue(secretRef.Key, out var bytes) != true)
-                {
-                    return new ArchitectureResolution.Failed(Conditions.Reasons.SecretNotFound, $"Secret {secretRef.Name} has no key '{secretRef.Key}' (spec.source.huggingFace.tokenSecretRef)", Terminal: false);
-                }
-
-                token = Encoding.UTF8.GetString(bytes!).Trim();
-            }
-            catch (k8s.Autorest.HttpOperationException ex) when (ex.Response.StatusCode == HttpStatusCode.NotFound)
-            {
-                return new ArchitectureResolution.Failed(Conditions.Reasons.SecretNotFound, $"Secret {secretRef.Name} not found (spec.source.huggingFace.tokenSecretRef)", Terminal: false);
-            }
-        }
-
-        using var request = new HttpRequestMessage(HttpMethod.Get, url);
-        if (token is not null)
-        {
-            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
-        }
-
+        var timeout = options.Value.ConfigFetchTimeout;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(timeout);
         try
         {
-            using var response = await http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+            using var request = new HttpRequestMessage(HttpMethod.Get, url);
+            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline.Token).ConfigureAwait(false);
             if (!response.IsSuccessStatusCode)
             {
+                // The status only: a remote error body never reaches status or Events.
                 var status = (int)response.StatusCode;
                 return new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
                     $"spec.source: GET config.json answered {status} {response.StatusCode}{(status is 401 or 403 ? " (a gated repo needs tokenSecretRef)" : "")}", Terminal: status is 401 or 403 or 404);
             }
 
-            var json = await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false);
-            var architecture = HfConfigParser.Parse(json, name);
+            if (response.Content.Headers.ContentLength > MaxConfigBytes)
+            {
+                return TooLarge();
+            }
+            var body = new MemoryStream();
+            await using (var stream = await response.Content.ReadAsStreamAsync(deadline.Token).ConfigureAwait(false))
+            {
+                var buffer = new byte[81920];
+                int read;
+                while ((read = await stream.ReadAsync(buffer, deadline.Token).ConfigureAwait(false)) > 0)
+                {
+                    if (body.Length + read > MaxConfigBytes)
+                    {
+                        return TooLarge();
+                    }
+                    body.Write(buffer, 0, read);
+                }
+            }
+            var architecture = HfConfigParser.Parse(Encoding.UTF8.GetString(body.GetBuffer(), 0, (int)body.Length), name);
             _fetched[url] = architecture;
             return new ArchitectureResolution.Resolved(architecture, "config.json");
         }
         catch (PlanInputException ex)
         {
-            return new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec, $"spec.source: config.json: {ex.Message}", Terminal: true);
+            return new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec, $"spec.source: config.json: {Truncate(ex.Message, 300)}", Terminal: true);
         }
         catch (HttpRequestException ex)
         {
-            return new ArchitectureResolution.Failed(Conditions.Reasons.Pending, $"fetching config.json failed: {ex.Message}", Terminal: false);
+            return new ArchitectureResolution.Failed(Conditions.Reasons.Pending, $"fetching config.json failed: {Truncate(ex.Message, 200)}", Terminal: false);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            return new ArchitectureResolution.Failed(Conditions.Reasons.Pending, $"fetching config.json took longer than {timeout.TotalSeconds:0.#} s; retrying", Terminal: false);
         }
     }
+
+    /// <summary>The most config.json the operator reads (real ones are a few KiB).</summary>
+    public const int MaxConfigBytes = 1 << 20;
+
+    private static ArchitectureResolution.Failed TooLarge() =>
+        new(Conditions.Reasons.InvalidSpec, $"spec.source: config.json is larger than {MaxConfigBytes / 1024} KiB; it is not a model config", Terminal: true);
+
+    private static string Truncate(string text, int max) => text.Length <= max ? text : text[..max] + "…";
 
     /// <summary>The built-in preset whose name the source names (longest match), e.g. meta-llama/Llama-2-7b-hf → Llama-2-7B.</summary>
     public static ModelArchitecture? MatchPreset(string sourceName)

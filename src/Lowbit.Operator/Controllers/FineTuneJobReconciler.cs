@@ -31,6 +31,7 @@ public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTu
         var child = kit.Child<V1Job>(job, FineTuneJobBuilder.Role);
         var pods = kit.PodsOf(child);
         var observed = new WorkloadObservation { Job = child, Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
+        var conflict = ReconcileKit.ChildConflict(job, child);
         PlanResult? plan = null;
         WorkloadPlacement? placement = null;
         var applied = ApplyOutcome.Unchanged;
@@ -66,6 +67,12 @@ public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTu
         catch (InvalidSpecException ex)
         {
             observed = observed with { Blocker = new Outcome.Stalled(Conditions.Reasons.InvalidSpec, ex.Message) };
+        }
+
+        if (conflict is not null)
+        {
+            // Whatever the foreign object shows is not ours to report.
+            observed = new WorkloadObservation { Blocker = conflict };
         }
 
         var status = FineTuneJobStatusCalculator.Compute(job, plan, placement, observed, kit.Time.GetUtcNow());

@@ -27,6 +27,7 @@ public sealed class InferenceEndpointReconciler(ReconcileKit kit) : IReconciler<
 
         var deployment = kit.Child<V1Deployment>(endpoint, InferenceDeploymentBuilder.Role);
         var observed = new WorkloadObservation { Deployment = deployment };
+        var conflict = ReconcileKit.ChildConflict(endpoint, deployment, kit.Child<V1Service>(endpoint, InferenceDeploymentBuilder.Role));
         PlanResult? plan = null;
         WorkloadPlacement? placement = null;
         try
@@ -65,6 +66,12 @@ public sealed class InferenceEndpointReconciler(ReconcileKit kit) : IReconciler<
         catch (InvalidSpecException ex)
         {
             observed = observed with { Blocker = new Outcome.Stalled(Conditions.Reasons.InvalidSpec, ex.Message) };
+        }
+
+        if (conflict is not null)
+        {
+            // Whatever the foreign object shows is not ours to report.
+            observed = new WorkloadObservation { Blocker = conflict };
         }
 
         var url = InferenceDeploymentBuilder.Url(endpoint, kit.Options);

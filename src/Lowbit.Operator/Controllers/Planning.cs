@@ -43,6 +43,7 @@ public static class Planning
             MicroBatch = spec.Training.MicroBatchSize,
             GradientCheckpointing = spec.Training.GradientCheckpointing,
             LoraRank = spec.Lora?.R ?? 16,
+            LoraTargets = PlannerNames.LoraTargetsOrAll(spec.Lora?.TargetModules ?? new LoraSpec().TargetModules),
         };
         return Plan(architecture, workload, catalog, Constraints(spec.Scheduling, null, 1));
     }

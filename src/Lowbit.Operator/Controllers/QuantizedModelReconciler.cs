@@ -26,6 +26,7 @@ public sealed class QuantizedModelReconciler(ReconcileKit kit) : IReconciler<Qua
         var job = kit.Child<V1Job>(model, QuantizeJobBuilder.Role);
         var pods = kit.PodsOf(job);
         var observed = new WorkloadObservation { Job = job, Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
+        var conflict = ReconcileKit.ChildConflict(model, job, kit.Child<V1Job>(model, InspectJobBuilder.Role));
         PlanResult? plan = null;
         WorkloadPlacement? placement = null;
         var applied = ApplyOutcome.Unchanged;
@@ -74,6 +75,12 @@ public sealed class QuantizedModelReconciler(ReconcileKit kit) : IReconciler<Qua
         catch (InvalidSpecException ex)
         {
             observed = observed with { Blocker = new Outcome.Stalled(Conditions.Reasons.InvalidSpec, ex.Message) };
+        }
+
+        if (conflict is not null)
+        {
+            // Whatever the foreign object shows is not ours to report.
+            observed = new WorkloadObservation { Blocker = conflict };
         }
 
         RecordGpuHours(model, job, placement);

@@ -65,6 +65,29 @@ public sealed class ReconcileKit(
 
     public CostMetrics Cost => cost;
 
+    /// <summary>
+    /// R9: an object with one of the children's names that this owner does not control is never adopted or mutated;
+    /// the owner stalls with reason <see cref="StatusReasons.ChildConflict"/>, naming the object and its controller.
+    /// </summary>
+    public static Outcome.Stalled? ChildConflict(IKubernetesObject<V1ObjectMeta> owner, params IKubernetesObject<V1ObjectMeta>?[] children)
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        ArgumentNullException.ThrowIfNull(children);
+        foreach (var child in children)
+        {
+            if (child is null || ChildMeta.IsControlledBy(child, owner))
+            {
+                continue;
+            }
+            var kind = child.Kind ?? child.GetType().Name[2..];
+            var controller = child.Metadata.OwnerReferences?.FirstOrDefault(r => r.Controller == true);
+            var by = controller is null ? "it has no controller" : $"it is controlled by {controller.Kind} {controller.Name}";
+            return new Outcome.Stalled(StatusReasons.ChildConflict,
+                $"{kind} {child.Metadata.NamespaceProperty}/{child.Metadata.Name} already exists and {by}, not by this {owner.Kind ?? "resource"}; it is left untouched: delete or rename it");
+        }
+        return null;
+    }
+
     /// <summary>The cached child of a kind named <c>&lt;owner&gt;-&lt;role&gt;</c>.</summary>
     public T? Child<T>(IKubernetesObject<V1ObjectMeta> owner, string role)
         where T : class, IKubernetesObject<V1ObjectMeta>

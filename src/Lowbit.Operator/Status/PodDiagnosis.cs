@@ -200,4 +200,7 @@ public static class StatusReasons
     public const string RolloutStuck = "RolloutStuck";
     public const string Inspecting = "Inspecting";
     public const string PlacementChanged = "PlacementChanged";
+
+    /// <summary>An object with a child's name exists but this resource does not control it (R9): left untouched.</summary>
+    public const string ChildConflict = "ChildConflict";
 }

@@ -188,6 +188,8 @@ public sealed class OperatorProcess : IAsyncDisposable
 /// <summary>One scrape of the operator's <c>/metrics</c>, parsed by the operator's own <see cref="PrometheusText"/>.</summary>
 public sealed class MetricsScrape(PrometheusParseResult parsed)
 {
+    public IReadOnlyList<PrometheusSample> Samples => parsed.Samples;
+
     /// <summary>The sum of <paramref name="name"/>'s samples whose labels include every pair of <paramref name="labels"/>.</summary>
     public double Sum(string name, params (string Key, string Value)[] labels) =>
         parsed.Samples.Where(s => s.Name == name && labels.All(l => s.Labels.TryGetValue(l.Key, out var v) && v == l.Value)).Sum(s => s.Value);

@@ -9,6 +9,29 @@ namespace Lowbit.LocalCluster.Tests.Cluster;
 public sealed class NodeConfigTests
 {
     [Fact]
+    public void Does_refuse_a_yaml_alias_bomb_with_a_format_error_instead_of_expanding_it()
+    {
+        var lines = new List<string> { "l0: &l0 [x, x, x, x, x, x, x, x, x, x]" };
+        for (var i = 1; i < 9; i++)
+        {
+            lines.Add($"l{i}: &l{i} [{string.Join(", ", Enumerable.Repeat($"*l{i - 1}", 10))}]");
+        }
+        lines.Add("nodes: *l8");
+
+        var ex = Assert.Throws<FormatException>(() => NodesConfig.Parse(string.Join("\n", lines)));
+
+        Assert.Contains("expands to more than", ex.Message);
+    }
+
+    [Fact]
+    public void Does_answer_every_mutated_node_config_with_nodes_or_a_format_error()
+    {
+        var seed = System.Text.Encoding.UTF8.GetBytes(ClusterHarness.DefaultNodes);
+        var run = Lowbit.Testing.Fuzzer.Run(seed, 24, input => NodesConfig.Parse(System.Text.Encoding.UTF8.GetString(input)), ex => ex is FormatException);
+        Assert.True(run >= 50);
+    }
+
+    [Fact]
     public void Does_expand_counts_and_keep_labels_taints_and_modes_when_parsing()
     {
         var config = NodesConfig.Parse("""

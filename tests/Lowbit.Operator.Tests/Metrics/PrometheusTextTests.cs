@@ -5,6 +5,21 @@ namespace Lowbit.Operator.Tests.Metrics;
 
 public sealed class PrometheusTextTests
 {
+    [Theory]
+    [InlineData(21)]
+    [InlineData(22)]
+    public void Does_parse_every_mutated_page_without_throwing_counting_bad_lines(int seed)
+    {
+        var page = System.Text.Encoding.UTF8.GetBytes(seed == 21 ? MetricsPages.Vllm : MetricsPages.LlamaCpp);
+        var lines = MetricsPages.Vllm.Split('\n').Length;
+        var run = Lowbit.Testing.Fuzzer.Run(page, seed, input =>
+        {
+            var parsed = PrometheusText.Parse(System.Text.Encoding.UTF8.GetString(input));
+            Assert.InRange(parsed.MalformedLines, 0, input.Length + 1);
+        }, _ => false);
+        Assert.True(run >= 50 && lines > 0);
+    }
+
     [Fact]
     public void Does_read_every_sample_of_a_vllm_page_with_labels_and_exponent_values()
     {

@@ -155,6 +155,33 @@ public sealed class ReconcilerServerTests : IAsyncLifetime
         Assert.DoesNotContain("hf_canary", Newtonsoft(stalled), StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Does_stall_with_child_conflict_naming_a_foreign_job_that_has_our_childs_name_and_leave_it_alone()
+    {
+        _h.Create(new V1Job
+        {
+            Metadata = new V1ObjectMeta { Name = "taken-quantize", NamespaceProperty = "default", Labels = new Dictionary<string, string> { ["team"] = "other" } },
+            Spec = new V1JobSpec
+            {
+                Template = new V1PodTemplateSpec
+                {
+                    Spec = new V1PodSpec { RestartPolicy = "Never", Containers = [new V1Container { Name = "main", Image = "busybox:1.36" }] },
+                },
+            },
+        });
+        _h.Create(Model("taken"));
+
+        var stalled = await _h.WaitAsync<QuantizedModel>("taken", m => IsTrue(m, Conditions.Types.Stalled), "Stalled");
+
+        var condition = Conditions.Find(stalled.Status!.Conditions, Conditions.Types.Stalled)!;
+        Assert.Equal("ChildConflict", condition.Reason);
+        Assert.Contains("Job default/taken-quantize", condition.Message, StringComparison.Ordinal);
+        var foreign = _h.Api.Get<V1Job>("default", "taken-quantize");
+        Assert.Null(foreign.Metadata.OwnerReferences);
+        Assert.Equal("other", foreign.Metadata.Labels["team"]);
+        Assert.DoesNotContain(_h.Server.Journal.Writes, w => w.Path.EndsWith("/jobs/taken-quantize", StringComparison.Ordinal) && w.FieldManager == Labels.FieldManager);
+    }
+
     private static string Newtonsoft(object value) => k8s.KubernetesJson.Serialize(value);
 
     [Fact]

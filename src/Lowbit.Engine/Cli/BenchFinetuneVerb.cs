@@ -1,0 +1,98 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Lowbit.Engine.Lora;
+using Lowbit.Engine.Models;
+using Lowbit.Engine.Protocol;
+using Lowbit.Engine.Training;
+
+namespace Lowbit.Engine.Cli;
+
+/// <summary>
+/// <c>bench-finetune --model DIR --method lora|qlora [--steps 12] [--warmup 2] [--seq-length 2048] [--micro-batch 1]
+/// [--r 16] [--gradient-checkpointing true] [--device cuda]</c>: the finetune loop on random token blocks (no
+/// tokenizer needed: the GPU bundle's random 7B has none), LoRA on all seven projections, AdamW. Prints one JSON line:
+/// tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step, each step
+/// ending with its loss on the host) and peak device memory (used bytes, cuMemGetInfo).
+/// </summary>
+internal static class BenchFinetuneVerb
+{
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        string? Get(string flag) => Array.IndexOf(args, flag) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+        int Int(string flag, int fallback) => Get(flag) is { } s ? int.Parse(s, CultureInfo.InvariantCulture) : fallback;
+        var model = Get("--model") ?? throw new ProtocolArgumentException("--model", "required", "a model folder");
+        var method = ProtocolNames.TryParse<FinetuneMethod>(Get("--method") ?? "lora", out var m) ? m : FinetuneMethod.Lora;
+        var steps = Int("--steps", 12);
+        var warmup = Int("--warmup", 2);
+        var seq = Int("--seq-length", 2048);
+        var micro = Int("--micro-batch", 1);
+        var r = Int("--r", 16);
+        var device = ProtocolNames.TryParse<ComputeDevice>(Get("--device") ?? "cuda", out var d) ? d : ComputeDevice.Cuda;
+        var checkpointing = (Get("--gradient-checkpointing") ?? "true") == "true";
+        var config = LlamaConfig.Load(Path.Combine(model, "config.json"));
+        var random = new Random(1234);
+        var blocks = Enumerable.Range(0, steps * micro).Select(_ =>
+        {
+            var ids = new long[seq + 1];
+            for (var t = 0; t < ids.Length; t++)
+            {
+                ids[t] = random.Next(3, config.VocabSize);
+            }
+            return new PackedBlock(ids, Enumerable.Repeat(true, seq + 1).ToArray());
+        }).ToList();
+        var output = Path.Combine(Path.GetTempPath(), "lowbit-bench-finetune-" + Guid.NewGuid().ToString("N"));
+        var request = new FinetuneRequest
+        {
+            BaseModel = model, Method = method, Dataset = "(random tokens)", Out = output, R = r, Alpha = 2 * r, Dropout = 0.05,
+            TargetModules = LoraSettings.AllTargets, SeqLength = seq, MicroBatch = micro, MaxSteps = steps, LearningRate = 2e-4,
+            EvalSplit = 0, GradientCheckpointing = checkpointing, Device = device,
+        };
+        var marks = new List<(int Step, double Seconds, long Peak, double Loss)>();
+        var watch = Stopwatch.StartNew();
+        var outcome = new Finetuner(request, model, e =>
+        {
+            if (e is TrainEvent t)
+            {
+                marks.Add((t.Step, watch.Elapsed.TotalSeconds, t.PeakMemoryBytes ?? 0, t.Loss));
+                stderr.WriteLine(t.ToJsonLine());
+            }
+            else
+            {
+                stderr.WriteLine(e.ToJsonLine());
+            }
+        }, blocks: blocks).Run();
+        var from = marks.First(x => x.Step == warmup);
+        var to = marks[^1];
+        var timedTokens = (long)(to.Step - from.Step) * micro * seq;
+        var line = new Dictionary<string, object>
+        {
+            ["engine"] = "lowbit",
+            ["bench"] = "finetune",
+            ["method"] = ProtocolNames.Of(method),
+            ["device"] = ProtocolNames.Of(device),
+            ["layers"] = config.NumHiddenLayers,
+            ["seqLength"] = seq,
+            ["microBatch"] = micro,
+            ["r"] = r,
+            ["targets"] = LoraSettings.AllTargets.Count,
+            ["gradientCheckpointing"] = checkpointing,
+            ["timedSteps"] = to.Step - from.Step,
+            ["tokensPerSecond"] = Math.Round(timedTokens / (to.Seconds - from.Seconds), 1),
+            ["peakDeviceUsedBytes"] = outcome.PeakMemoryBytes,
+            ["peakDeviceUsedGiB"] = Math.Round(outcome.PeakMemoryBytes / (double)(1L << 30), 2),
+            ["trainableParameters"] = outcome.TrainableParameters,
+            ["firstLoss"] = Math.Round(marks[0].Loss, 4),
+            ["lastLoss"] = Math.Round(to.Loss, 4),
+        };
+        stdout.WriteLine(JsonSerializer.Serialize(line));
+        try
+        {
+            Directory.Delete(output, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        return 0;
+    }
+}

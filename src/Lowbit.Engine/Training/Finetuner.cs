@@ -1,0 +1,482 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Lowbit.Engine.Formats;
+using Lowbit.Engine.Lora;
+using Lowbit.Engine.Models;
+using Lowbit.Engine.Modules;
+using Lowbit.Engine.Protocol;
+using Lowbit.Engine.Quantization;
+using Lowbit.Engine.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Training;
+
+/// <summary>What a fine-tuning run produced.</summary>
+public sealed record FinetuneOutcome
+{
+    public required int Steps { get; init; }
+
+    public required double FinalLoss { get; init; }
+
+    public double? EvalLoss { get; init; }
+
+    public double? EvalPerplexity { get; init; }
+
+    /// <summary>Input positions processed in this process (resumed steps excluded).</summary>
+    public required long TokensTrained { get; init; }
+
+    public required double TrainSeconds { get; init; }
+
+    public required double TokensPerSecond { get; init; }
+
+    public required long PeakMemoryBytes { get; init; }
+
+    public required string OutputPath { get; init; }
+
+    public required long OutputBytes { get; init; }
+
+    public required long TrainableParameters { get; init; }
+
+    public int? ResumedFromStep { get; init; }
+
+    public string? MergedPath { get; init; }
+
+    public string? GgufAdapterPath { get; init; }
+
+    public int TrainBlocks { get; init; }
+
+    public int EvalBlocks { get; init; }
+}
+
+/// <summary>Raised after the checkpoint is written when SIGTERM asked the run to stop.</summary>
+public sealed class TrainingInterruptedException(string message) : Exception(message);
+
+/// <summary>
+/// LoRA / QLoRA / full fine-tuning of a Llama-family model (see <see cref="FinetuneRequest"/>): packed blocks,
+/// seeded data order (per epoch) and dropout masks (per micro-batch), AdamW with warm-up and decay, gradient
+/// accumulation normalised by the trained tokens of the whole optimizer step, clipping, optional gradient
+/// checkpointing, atomic checkpoints that resume to the same adapter as an uninterrupted run.
+/// </summary>
+public sealed class Finetuner
+{
+    public const string StateFile = "trainer_state.json";
+    public const string OptimizerFile = "optimizer.safetensors";
+    public const string CheckpointPrefix = "checkpoint-";
+
+    private readonly FinetuneRequest _request;
+    private readonly string _baseDirectory;
+    private readonly Action<EngineEvent> _emit;
+    private readonly Func<bool> _stopRequested;
+    private readonly IReadOnlyList<PackedBlock>? _blocks;
+
+    /// <param name="blocks">Pre-packed training blocks instead of <c>--dataset</c> (benchmarks); no eval split.</param>
+    public Finetuner(FinetuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
+        IReadOnlyList<PackedBlock>? blocks = null)
+    {
+        _request = request;
+        _baseDirectory = baseDirectory;
+        _emit = emit;
+        _stopRequested = stopRequested ?? (() => false);
+        _blocks = blocks;
+    }
+
+    public FinetuneOutcome Run()
+    {
+        var request = _request;
+        if (request.GgufAdapter && request.Method == FinetuneMethod.Full)
+        {
+            throw new EngineInputException("--gguf-adapter: --method full trains the whole model, there is no adapter to export; use quantize --format gguf-* on the output");
+        }
+        var device = TorchRuntime.ResolveDevice(request.Device);
+        var config = LlamaConfig.Load(Path.Combine(_baseDirectory, "config.json"));
+        var quantized = LowbitCheckpoint.IsLowbit(_baseDirectory);
+        if (request.Method == FinetuneMethod.Qlora && !quantized)
+        {
+            throw new EngineInputException($"--base-model: --method qlora needs a quantized base (the lowbit format); {_baseDirectory} is 16-bit. Quantize it first (lowbit-engine quantize --formats lowbit) or use --method lora");
+        }
+        if (request.Method != FinetuneMethod.Qlora && quantized)
+        {
+            throw new EngineInputException($"--base-model: {_baseDirectory} is quantized (lowbit); use --method qlora for it");
+        }
+        List<PackedBlock> train, eval;
+        if (_blocks is not null)
+        {
+            (train, eval) = (_blocks.ToList(), []);
+        }
+        else
+        {
+            var tokenizer = TokenizerLoader.Load(_baseDirectory);
+            var chat = ChatTemplates.Detect(TokenizerConfig.Load(_baseDirectory).ChatTemplate);
+            var examples = FinetuneDataset.Read(request.Dataset, request.DatasetFormat, tokenizer, chat);
+            var pad = config.PadTokenId ?? tokenizer.EosId ?? 0;
+            var blocks = FinetuneDataset.Pack(examples, request.SeqLength, request.DatasetFormat, pad);
+            (train, eval) = Split(blocks, request.EvalSplit, request.Seed);
+            Log(FormattableString.Invariant($"dataset: {examples.Count} examples -> {blocks.Count} blocks of {request.SeqLength} tokens ({train.Count} train, {eval.Count} eval)"));
+        }
+
+        var computeDtype = request.Method == FinetuneMethod.Full || device.type != DeviceType.CUDA ? ScalarType.Float32 : ScalarType.BFloat16;
+        var watchLoad = Stopwatch.StartNew();
+        using var model = quantized ? LoadQuantized(_baseDirectory, computeDtype, device) : ModelLoading.Load(_baseDirectory, computeDtype, device);
+        Log(FormattableString.Invariant($"loaded {request.Method.ToString().ToLowerInvariant()} base in {computeDtype} on {device.type} in {watchLoad.Elapsed.TotalSeconds:F1} s"));
+
+        var settings = new LoraSettings
+        {
+            R = request.R, Alpha = request.Alpha, Dropout = request.Dropout, TargetModules = request.TargetModules, UseRslora = request.Rslora,
+        };
+        IReadOnlyList<(string Path, LoraLinear Module)> modules = [];
+        List<(string Name, Tensor Parameter)> trainable;
+        if (request.Method == FinetuneMethod.Full)
+        {
+            trainable = model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).ToList();
+            foreach (var (_, p) in trainable)
+            {
+                p.requires_grad_(true);
+            }
+        }
+        else
+        {
+            modules = LoraModel.Wrap(model, settings, request.Seed, device);
+            trainable = modules.SelectMany(m => new[] { (m.Path + ".lora_A", (Tensor)m.Module.A), (m.Path + ".lora_B", (Tensor)m.Module.B) }).ToList();
+        }
+        model.Model.GradientCheckpointing = request.GradientCheckpointing;
+        using var optimizer = new AdamW(trainable, weightDecay: request.WeightDecay);
+        var trainableCount = trainable.Sum(t => t.Parameter.NumberOfElements);
+
+        var microPerEpoch = (train.Count + request.MicroBatch - 1) / request.MicroBatch;
+        var stepsPerEpoch = Math.Max(1, (microPerEpoch + request.GradAccumulation - 1) / request.GradAccumulation);
+        var totalSteps = request.MaxSteps ?? request.Epochs * stepsPerEpoch;
+        var startStep = 0;
+        int? resumedFrom = null;
+        if (request.ResumeFrom is { } resume)
+        {
+            startStep = Resume(resume, model, modules, optimizer, totalSteps);
+            resumedFrom = startStep;
+            Log(FormattableString.Invariant($"resumed from step {startStep} ({resume})"));
+        }
+
+        model.train();
+        var watch = Stopwatch.StartNew();
+        long tokens = 0;
+        long peak = DeviceMemory.Used(device);
+        double lastLoss = double.NaN;
+        var permutations = new Dictionary<int, int[]>();
+        for (var step = startStep + 1; step <= totalSteps; step++)
+        {
+            var lr = LrSchedule.At(request.LrScheduler, request.LearningRate, request.WarmupSteps, totalSteps, step);
+            var micro = Enumerable.Range(0, request.GradAccumulation)
+                .Select(a => MicroBatch((long)(step - 1) * request.GradAccumulation + a, train, microPerEpoch, permutations))
+                .ToList();
+            var stepTargets = Math.Max(1, micro.Sum(m => m.Blocks.Sum(b => b.TrainedTargets)));
+            using (var scope = NewDisposeScope())
+            {
+                var lossSum = zeros(1, ScalarType.Float32, device);
+                foreach (var (index, batch) in micro)
+                {
+                    LoraLinear.DropoutSeed = request.Seed * 1_000_003L + index;
+                    var (input, target) = Tensors(batch, device);
+                    var logits = model.forward(input, null);
+                    var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
+                        ignore_index: -100, reduction: nn.Reduction.Sum) / stepTargets;
+                    loss.backward();
+                    GradientCheckpoint.Release();
+                    lossSum.add_(loss.detach());
+                    tokens += input.NumberOfElements;
+                }
+                if (request.MaxGradNorm > 0)
+                {
+                    optimizer.ClipGradNorm(request.MaxGradNorm);
+                }
+                optimizer.Step(lr);
+                optimizer.ZeroGrad();
+                lastLoss = lossSum.item<float>();
+            }
+            peak = Math.Max(peak, DeviceMemory.Used(device));
+            var elapsed = watch.Elapsed.TotalSeconds;
+            var done = step - startStep;
+            _emit(new TrainEvent
+            {
+                Step = step,
+                TotalSteps = totalSteps,
+                Epoch = Math.Round((double)step * request.GradAccumulation / microPerEpoch, 4),
+                Loss = Math.Round(lastLoss, 5),
+                TokensPerSecond = Math.Round(tokens / Math.Max(elapsed, 1e-9), 1),
+                LearningRate = lr,
+                EtaSeconds = Math.Round(elapsed / done * (totalSteps - step), 1),
+                PeakMemoryBytes = peak,
+            });
+            var stop = _stopRequested();
+            if (request.CheckpointDir is { } dir && (stop || (request.SaveSteps is { } every && step % every == 0 && step < totalSteps)))
+            {
+                SaveCheckpoint(dir, step, totalSteps, model, modules, settings, optimizer);
+            }
+            if (stop)
+            {
+                throw new TrainingInterruptedException(request.CheckpointDir is null
+                    ? FormattableString.Invariant($"stopped by SIGTERM after step {step}; no --checkpoint-dir, so nothing was saved")
+                    : FormattableString.Invariant($"stopped by SIGTERM after step {step}; checkpoint written to {Path.Combine(request.CheckpointDir, CheckpointPrefix + step)}"));
+            }
+        }
+        LoraLinear.DropoutSeed = null;
+        var trainSeconds = watch.Elapsed.TotalSeconds;
+        model.eval();
+        double? evalLoss = eval.Count > 0 ? Evaluate(model, eval, request.MicroBatch, device) : null;
+        peak = Math.Max(peak, DeviceMemory.Used(device));
+        if (request.CheckpointDir is { } finalDir && totalSteps > startStep)
+        {
+            SaveCheckpoint(finalDir, totalSteps, totalSteps, model, modules, settings, optimizer);
+        }
+
+        long bytes;
+        string? gguf = null;
+        if (request.Method == FinetuneMethod.Full)
+        {
+            ModelIo.Save(model, request.Out, config.TorchDtype is { } t ? ModelIo.ParseDtype(t) : ScalarType.BFloat16);
+            CopyTokenizer(_baseDirectory, request.Out);
+            bytes = new DirectoryInfo(request.Out).EnumerateFiles().Sum(f => f.Length);
+        }
+        else
+        {
+            using var adapter = LoraModel.Extract(modules, settings, request.BaseModel);
+            bytes = adapter.Write(request.Out);
+            if (request.GgufAdapter)
+            {
+                gguf = Path.Combine(request.Out, "adapter.gguf");
+                GgufLoraAdapter.Write(gguf, adapter, config);
+                Log($"GGUF LoRA adapter written to {gguf}");
+            }
+        }
+        string? merged = null;
+        if (request.Merge && request.Method != FinetuneMethod.Full)
+        {
+            merged = Path.Combine(request.Out, "merged");
+            // The base's stored dtype (16-bit for Hugging Face checkpoints; a float32 base stays float32).
+            var storeAs = ModelIo.ParseDtype(config.TorchDtype ?? "bfloat16");
+            LoraModel.Merge(model, ScalarType.Float32);
+            ModelIo.Save(model, merged, storeAs);
+            CopyTokenizer(_baseDirectory, merged);
+            Log($"merged 16-bit checkpoint written to {merged}");
+        }
+        return new FinetuneOutcome
+        {
+            Steps = totalSteps,
+            FinalLoss = lastLoss,
+            EvalLoss = evalLoss,
+            EvalPerplexity = evalLoss is { } l ? Math.Exp(l) : null,
+            TokensTrained = tokens,
+            TrainSeconds = trainSeconds,
+            TokensPerSecond = tokens / Math.Max(trainSeconds, 1e-9),
+            PeakMemoryBytes = peak,
+            OutputPath = request.Out,
+            OutputBytes = bytes,
+            TrainableParameters = trainableCount,
+            ResumedFromStep = resumedFrom,
+            MergedPath = merged,
+            GgufAdapterPath = gguf,
+            TrainBlocks = train.Count,
+            EvalBlocks = eval.Count,
+        };
+    }
+
+    /// <summary>Mean loss per trained target over <paramref name="blocks"/> (no dropout, no gradients).</summary>
+    public static double Evaluate(LlamaForCausalLM model, IReadOnlyList<PackedBlock> blocks, int microBatch, Device device)
+    {
+        using var noGrad = no_grad();
+        double sum = 0;
+        long count = 0;
+        for (var i = 0; i < blocks.Count; i += microBatch)
+        {
+            using var scope = NewDisposeScope();
+            var batch = blocks.Skip(i).Take(microBatch).ToList();
+            var (input, target) = Tensors(batch, device);
+            var logits = model.forward(input, null);
+            var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
+                ignore_index: -100, reduction: nn.Reduction.Sum);
+            sum += loss.to(ScalarType.Float64).item<double>();
+            count += batch.Sum(b => b.TrainedTargets);
+        }
+        return sum / Math.Max(1, count);
+    }
+
+    /// <summary>Inputs <c>[B, L]</c> and targets <c>[B, L]</c> (−100 where the loss does not count).</summary>
+    public static (Tensor Input, Tensor Target) Tensors(IReadOnlyList<PackedBlock> batch, Device device)
+    {
+        var length = batch[0].Ids.Length - 1;
+        var input = new long[batch.Count * length];
+        var target = new long[batch.Count * length];
+        for (var b = 0; b < batch.Count; b++)
+        {
+            var block = batch[b];
+            for (var t = 0; t < length; t++)
+            {
+                input[b * length + t] = block.Ids[t];
+                target[b * length + t] = block.Trained[t + 1] ? block.Ids[t + 1] : -100;
+            }
+        }
+        return (tensor(input, [batch.Count, length], device: device), tensor(target, [batch.Count, length], device: device));
+    }
+
+    /// <summary>Seeded shuffle of the blocks; the first ⌈split·n⌉ (at most n − 1) are held out.</summary>
+    public static (List<PackedBlock> Train, List<PackedBlock> Eval) Split(IReadOnlyList<PackedBlock> blocks, double split, int seed)
+    {
+        var order = Enumerable.Range(0, blocks.Count).ToArray();
+        new Random(seed).Shuffle(order);
+        var held = split <= 0 || blocks.Count < 2 ? 0 : Math.Min(blocks.Count - 1, (int)Math.Ceiling(split * blocks.Count));
+        return (order.Skip(held).Select(i => blocks[i]).ToList(), order.Take(held).Select(i => blocks[i]).ToList());
+    }
+
+    private (long Index, List<PackedBlock> Blocks) MicroBatch(long index, IReadOnlyList<PackedBlock> train, int microPerEpoch, Dictionary<int, int[]> permutations)
+    {
+        var epoch = (int)(index / microPerEpoch);
+        var within = (int)(index % microPerEpoch);
+        if (!permutations.TryGetValue(epoch, out var order))
+        {
+            order = Enumerable.Range(0, train.Count).ToArray();
+            new Random(unchecked(_request.Seed * 31 + epoch + 1)).Shuffle(order);
+            permutations[epoch] = order;
+        }
+        var blocks = order.Skip(within * _request.MicroBatch).Take(_request.MicroBatch).Select(i => train[i]).ToList();
+        return (index, blocks);
+    }
+
+    private void SaveCheckpoint(string root, int step, int totalSteps, LlamaForCausalLM model,
+        IReadOnlyList<(string Path, LoraLinear Module)> modules, LoraSettings settings, AdamW optimizer)
+    {
+        Directory.CreateDirectory(root);
+        var final = Path.Combine(root, CheckpointPrefix + step.ToString(CultureInfo.InvariantCulture));
+        var temp = Path.Combine(root, $".tmp-{CheckpointPrefix}{step}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temp);
+        if (_request.Method == FinetuneMethod.Full)
+        {
+            ModelIo.Save(model, temp, ScalarType.Float32);
+        }
+        else
+        {
+            using var adapter = LoraModel.Extract(modules, settings, _request.BaseModel);
+            adapter.Write(temp);
+        }
+        optimizer.Save(Path.Combine(temp, OptimizerFile));
+        var state = new JsonObject
+        {
+            ["step"] = step,
+            ["total_steps"] = totalSteps,
+            ["optimizer_steps"] = optimizer.Steps,
+            ["micro_batches_done"] = (long)step * _request.GradAccumulation,
+            ["seed"] = _request.Seed,
+            ["rng"] = "data order: System.Random(seed*31+epoch+1) per epoch; dropout: generator(seed*1000003+micro_batch_index, module index) per micro-batch",
+            ["lr_scheduler"] = ProtocolNames.Of(_request.LrScheduler),
+            ["learning_rate"] = _request.LearningRate,
+            ["warmup_steps"] = _request.WarmupSteps,
+            ["grad_accumulation"] = _request.GradAccumulation,
+            ["micro_batch"] = _request.MicroBatch,
+            ["seq_length"] = _request.SeqLength,
+            ["method"] = ProtocolNames.Of(_request.Method),
+        };
+        File.WriteAllText(Path.Combine(temp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (Directory.Exists(final))
+        {
+            Directory.Delete(final, recursive: true);
+        }
+        Directory.Move(temp, final);
+        _emit(new CheckpointEvent { Step = step, Path = final });
+        // Keep the three newest checkpoints.
+        foreach (var old in Checkpoints(root).Skip(3))
+        {
+            Directory.Delete(old.Path, recursive: true);
+        }
+    }
+
+    /// <summary>Complete checkpoints under <paramref name="root"/>, newest first.</summary>
+    public static IEnumerable<(int Step, string Path)> Checkpoints(string root) =>
+        Directory.Exists(root)
+            ? Directory.EnumerateDirectories(root, CheckpointPrefix + "*")
+                .Select(d => (Ok: int.TryParse(Path.GetFileName(d)[CheckpointPrefix.Length..], NumberStyles.None, CultureInfo.InvariantCulture, out var s), Step: s, Path: d))
+                .Where(c => c.Ok && File.Exists(Path.Combine(c.Path, StateFile)))
+                .OrderByDescending(c => c.Step)
+                .Select(c => (c.Step, c.Path))
+            : [];
+
+    private int Resume(string path, LlamaForCausalLM model, IReadOnlyList<(string Path, LoraLinear Module)> modules, AdamW optimizer, int totalSteps)
+    {
+        var directory = File.Exists(Path.Combine(path, StateFile)) ? path
+            : Checkpoints(path).Select(c => c.Path).FirstOrDefault()
+              ?? throw new EngineInputException($"--resume-from: {path} is neither a checkpoint ({StateFile}) nor a folder holding {CheckpointPrefix}N checkpoints");
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(directory, StateFile)))!.AsObject();
+        var step = state["step"]!.GetValue<int>();
+        if (state["total_steps"]?.GetValue<int>() is { } total && total != totalSteps)
+        {
+            throw new EngineInputException($"--resume-from: the checkpoint was written by a run of {total} steps, this run has {totalSteps}; resume with the same dataset, --epochs/--max-steps, --micro-batch and --grad-accumulation");
+        }
+        if (_request.Method == FinetuneMethod.Full)
+        {
+            using var checkpoint = Checkpoint.Open(directory);
+            ModelIo.LoadInto(model, checkpoint);
+        }
+        else
+        {
+            using var adapter = PeftAdapter.Read(directory, model.parameters().First().device);
+            foreach (var (p, module) in modules)
+            {
+                if (!adapter.Modules.TryGetValue(p, out var weights))
+                {
+                    throw new EngineInputException($"--resume-from: the checkpoint has no weights for {p} (different --target-modules?)");
+                }
+                module.Load(weights);
+            }
+        }
+        optimizer.Load(Path.Combine(directory, OptimizerFile));
+        return step;
+    }
+
+    /// <summary>
+    /// A lowbit base for QLoRA: the model is built on the CPU (the dense projections are never touched, so the
+    /// allocation stays virtual), projections become quantized layers on the device, then the rest moves over.
+    /// </summary>
+    private static LlamaForCausalLM LoadQuantized(string directory, ScalarType dtype, Device device)
+    {
+        using var checkpoint = Checkpoint.Open(directory);
+        // Codes are unpacked to one byte per weight on the CPU, then moved and bit-packed one projection at a time,
+        // so the device never holds the unpacked model (the caching allocator would keep that pool reserved).
+        var linears = LowbitCheckpoint.ReadLinears(directory);
+        var model = new LlamaForCausalLM(checkpoint.Config, dtype, CPU);
+        model.eval();
+        model.ReplaceLinears((name, current) =>
+        {
+            if (!linears.TryGetValue(name, out var q))
+            {
+                return null;
+            }
+            var bias = checkpoint.Contains(name + ".bias") ? checkpoint.Load(name + ".bias", dtype, device) : null;
+            current.Dispose();
+            var onDevice = q.To(device);
+            if (device.type != DeviceType.CPU)
+            {
+                q.Dispose();
+            }
+            return PackedQuantizedLinear.Create(onDevice, bias);
+        }, includeLmHead: true);
+        model.to(device);
+        using var noGrad = no_grad();
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            using var loaded = checkpoint.Load(name, parameter.dtype, parameter.device);
+            parameter.copy_(loaded);
+        }
+        return model;
+    }
+
+    private static void CopyTokenizer(string from, string to)
+    {
+        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json" })
+        {
+            if (File.Exists(Path.Combine(from, f)))
+            {
+                File.Copy(Path.Combine(from, f), Path.Combine(to, f), overwrite: true);
+            }
+        }
+    }
+
+    private void Log(string message) => _emit(new LogEvent { Level = "info", Message = message });
+}

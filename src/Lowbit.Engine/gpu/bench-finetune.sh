@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# LoRA / QLoRA fine-tuning throughput and peak memory on a GPU host (PyTorch CUDA install, no .NET), from the
+# unpacked GPU bundle (`make engine-gpu-bundle`):
+#   ./bench-finetune.sh [--layers N] [--work DIR] [--steps N] [--warmup N]
+# Workload (issue 10): the random 7B-shaped bf16 Llama of bench_hf.py make, LoRA r=16 (alpha 32, dropout 0.05) on
+# all seven projections, sequence 2048, micro-batch 1, gradient checkpointing, AdamW, random token ids.
+# 1. bench_hf_finetune.py: Hugging Face transformers + PEFT (the anchor: 8,833 tokens/s, 30.6 GiB on an H200)
+# 2. lowbit-engine bench-finetune --method lora: our LoRA on the bf16 weights
+# 3. lowbit-engine quantize --method hqq --bits 4 --group-size 64 --format lowbit, then bench-finetune --method qlora
+# 4. a Markdown table on stdout; raw JSON lines in $WORK/finetune.jsonl
+# Goal: lowbit LoRA >= 1.5x HF+PEFT tokens/s at <= its peak memory; QLoRA 4-bit peak <= 45% of our LoRA run.
+# Memory columns: HF reports torch.cuda.max_memory_allocated / max_memory_reserved; both engines report the peak
+# device used bytes (total - free, sampled after every step: allocator pool + CUDA context), the comparable column.
+# Runtime: ~4-5 minutes on one H200 with 32 layers (model write/read dominates; 12 steps per run).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+layers=32
+steps=12
+warmup=2
+work="${TMPDIR:-/tmp}/lowbit-bench"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --layers) layers="$2"; shift 2 ;;
+    --work) work="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --warmup) warmup="$2"; shift 2 ;;
+    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N)" >&2; exit 42 ;;
+  esac
+done
+PYTHON="${PYTHON:-python3}"
+export PYTHON
+model="$work/llama7b-$layers"
+quantized="$work/llama7b-$layers-hqq4"
+results="$work/finetune.jsonl"
+mkdir -p "$work"
+: > "$results"
+if [ ! -f "$model/config.json" ]; then
+  "$PYTHON" "$here/bench_hf.py" make --out "$model" --layers "$layers" | tee -a "$results" || exit 1
+fi
+common=(--steps "$steps" --warmup "$warmup" --seq-length 2048 --r 16)
+"$PYTHON" "$here/bench_hf_finetune.py" --model "$model" "${common[@]}" | tee -a "$results" \
+  || echo '{"engine":"transformers+peft","bench":"finetune","error":"run failed (see stderr)"}' | tee -a "$results"
+"$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing true \
+  2> "$work/lowbit-lora.log" | tee -a "$results" \
+  || { tail -5 "$work/lowbit-lora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"lora","error":"run failed"}' | tee -a "$results"; }
+if [ ! -f "$quantized/lowbit/config.json" ]; then
+  "$here/run.sh" quantize --model "$model" --method hqq --bits 4 --group-size 64 --format lowbit --out "$quantized" \
+    --device cuda --result-file "$work/quantize-result.json" > "$work/quantize.log" 2>&1 || tail -5 "$work/quantize.log" >&2
+fi
+"$here/run.sh" bench-finetune --model "$quantized/lowbit" --method qlora "${common[@]}" --device cuda --gradient-checkpointing true \
+  2> "$work/lowbit-qlora.log" | tee -a "$results" \
+  || { tail -5 "$work/lowbit-qlora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"qlora","error":"run failed"}' | tee -a "$results"; }
+"$PYTHON" - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+runs = [r for r in rows if r.get("bench") == "finetune"]
+def cell(r, key):
+    v = r.get(key)
+    return "-" if v is None else (f"{v:,.1f}" if isinstance(v, float) and key == "tokensPerSecond" else str(v))
+print("\n| run | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | loss first -> last |")
+print("|---|---|---|---|---|---|---|---|---|")
+for r in runs:
+    name = f"{r['engine']} {r.get('method', '')}".strip()
+    if "error" in r:
+        print(f"| {name} | - | - | - | {r['error']} | - | - | - | - |")
+        continue
+    print(f"| {name} | {r['layers']} | {r['seqLength']} | {r['r']} | {cell(r, 'tokensPerSecond')} | {cell(r, 'peakDeviceUsedGiB')} "
+          f"| {cell(r, 'peakAllocatedGiB')} | {cell(r, 'peakReservedGiB')} | {r.get('firstLoss')} -> {r.get('lastLoss')} |")
+by = {(r["engine"], r.get("method")): r for r in runs if "error" not in r}
+hf, lora, qlora = by.get(("transformers+peft", "lora")), by.get(("lowbit", "lora")), by.get(("lowbit", "qlora"))
+if hf and lora:
+    ratio = lora["tokensPerSecond"] / hf["tokensPerSecond"]
+    print(f"\nlowbit LoRA / HF+PEFT tokens/s: {ratio:.2f}x (goal >= 1.5x); peak device used {lora['peakDeviceUsedGiB']} vs "
+          f"{hf['peakDeviceUsedGiB']} GiB (goal <= HF's; HF allocated {hf['peakAllocatedGiB']}, reserved {hf['peakReservedGiB']})")
+if lora and qlora:
+    share = qlora["peakDeviceUsedGiB"] / lora["peakDeviceUsedGiB"]
+    print(f"QLoRA 4-bit peak / LoRA bf16 peak: {share:.0%} (goal <= 45%)")
+print("\nPlanner estimate for the same workload: `lowbit plan` on the coordinator side (not computed by this script).")
+PY
