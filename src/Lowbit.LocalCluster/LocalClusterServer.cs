@@ -65,6 +65,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         _stateDirectory = options.StateDirectory ?? Directory.CreateTempSubdirectory("lowbit-cluster-").FullName;
         KubeconfigPath = Path.GetFullPath(options.KubeconfigPath ?? Path.Combine(_stateDirectory, "kubeconfig"));
         Token = options.StateDirectory is null ? NewToken() : PersistentToken(_stateDirectory);
+        Tokens.Register(Token, new Auth.UserInfo { Username = Auth.TokenAuthenticator.AdminUser, Groups = ["system:masters", "system:authenticated"] });
         Api = null!;
         _logger = (options.LoggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<LocalClusterServer>();
     }
@@ -92,6 +93,9 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
     /// must carry it (401 otherwise). With a state directory it is kept there (mode 0600), so a restarted server
     /// accepts the kubeconfig clients already hold.</summary>
     public string Token { get; }
+
+    /// <summary>The tokens TokenReview authenticates: <see cref="Token"/> as an administrator, plus those issued by tests.</summary>
+    public Auth.TokenAuthenticator Tokens { get; } = new();
 
     /// <summary>The CA certificate (PEM) clients trust; null over plain HTTP.</summary>
     public string? CaPem => _certificates?.AuthorityPem;
@@ -156,6 +160,7 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         var app = builder.Build();
         var handler = new ApiRequestHandler(Api, Faults, Journal, Logs, () => $"127.0.0.1:{Port}")
         {
+            Tokens = Tokens,
             OnInternalError = ex => Log.InternalError(_logger, ex),
         };
         app.Run(context => Authorized(context.Request) ? handler.HandleAsync(context) : UnauthorizedAsync(context));

@@ -27,6 +27,7 @@ public static class OperatorHost
             builder.WebHost.UseUrls(DefaultUrls);
         }
 
+        var metricsServing = SecureMetrics.Configure(builder, DefaultUrls);
         var op = new OperatorBuilder(builder.Services, builder.Configuration);
         configure?.Invoke(op);
         op.Register();
@@ -36,6 +37,7 @@ public static class OperatorHost
             .AddCheck<ReadinessCheck>("operator", tags: ["ready"]);
 
         var app = builder.Build();
+        SecureMetrics.UseMetricsGate(app, metricsServing);
         app.MapHealthChecks("/healthz", new HealthCheckOptions { Predicate = _ => false });
         app.MapHealthChecks("/readyz", new HealthCheckOptions { Predicate = check => check.Tags.Contains("ready") });
         var metrics = app.Services.GetRequiredService<RuntimeMetrics>();

@@ -23,7 +23,9 @@ public static class OperatorSetup
         var services = op.Services;
         services.AddOptions<WorkloadOptions>().Bind(op.Configuration.GetSection(WorkloadOptions.Section)).ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WorkloadOptions>, WorkloadOptionsValidator>());
-        services.TryAddSingleton(GpuCatalog.Default);
+        services.AddOptions<CatalogOptions>().Bind(op.Configuration.GetSection(CatalogOptions.Section)).ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<CatalogOptions>, CatalogOptionsValidator>());
+        services.TryAddSingleton(sp => sp.GetRequiredService<IOptions<CatalogOptions>>().Value.Load());
         services.TryAddSingleton(_ => new HttpClient { Timeout = TimeSpan.FromSeconds(20) });
         services.TryAddSingleton(sp => new ChildApplier(sp.GetRequiredService<IKubernetes>()));
         services.TryAddSingleton(sp => new StatusWriter(sp.GetRequiredService<IKubernetes>()));

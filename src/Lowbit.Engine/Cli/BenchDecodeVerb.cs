@@ -1,18 +1,26 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Generation;
 using Lowbit.Engine.Models;
+using Lowbit.Engine.Modules;
 using Lowbit.Engine.Protocol;
+using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lowbit.Engine.Cli;
 
 /// <summary>
-/// Hidden <c>bench-decode --model DIR [--device cuda] [--prompt-tokens 128] [--new-tokens 128] [--repeats 3]</c>:
-/// greedy decode at batch 1 with the KV cache; prints one JSON line with the best tokens/s over the repeats
-/// (after one warm-up run). Used by gpu/bench.sh next to Hugging Face transformers on the same weights.
+/// Hidden <c>bench-decode --model DIR [--device cuda] [--dtype bfloat16] [--prompt-tokens 128] [--new-tokens 128]
+/// [--repeats 3] [--runs eager:1,graph:1,...] [--int4-group 64]</c>: greedy decode tokens/s, one JSON line per run (the
+/// best of the repeats after one warm-up). A run is <c>MODE:BATCH</c>:
+/// <c>eager</c> (TextGenerator, the model's modules; batch 1), <c>fused</c> (<see cref="FastDecoder"/> with eager torch
+/// kernels, no graphs), <c>native</c> (fused + native kernels, no graphs), <c>graph</c> (native kernels, CUDA graphs),
+/// <c>graph-cublas</c> (graphs, dense GEMV through cuBLAS); an <c>int4-</c> prefix runs the mode after RTN 4-bit
+/// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
+/// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// </summary>
 internal static class BenchDecodeVerb
 {
@@ -25,43 +33,265 @@ internal static class BenchDecodeVerb
         var promptTokens = Int("--prompt-tokens", 128);
         var newTokens = Int("--new-tokens", 128);
         var repeats = Int("--repeats", 3);
+        var group = Int("--int4-group", 64);
+        var runs = ParseRuns(Get("--runs") ?? "eager:1");
         var load = Stopwatch.StartNew();
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
         var dtype = Get("--dtype") is { } name ? ModelIo.ParseDtype(name) : ModelLoading.ComputeDtype(config, device);
         using var model = ModelLoading.Load(directory, dtype, device);
+        Synchronize(device);
         var loadSeconds = load.Elapsed.TotalSeconds;
         var prompt = Enumerable.Range(0, promptTokens).Select(i => (i * 7919 + 13) % config.VocabSize).ToArray();
-        var options = new GenerationOptions { MaxNewTokens = newTokens };
-        var best = 0.0;
-        var runs = new List<double>();
-        for (var r = 0; r <= repeats; r++)
+        var context = new BenchContext
         {
-            Synchronize(device);
+            Stdout = stdout,
+            Stderr = stderr,
+            Device = device,
+            Prompt = prompt,
+            NewTokens = newTokens,
+            Repeats = repeats,
+            LoadSeconds = loadSeconds,
+            Layers = config.NumHiddenLayers,
+            Dtype = ModelIo.DtypeName(dtype),
+        };
+        if (runs.Any(r => r.Mode != "eager"))
+        {
+            NativeKernels.ReportOnce(stderr);
+        }
+        foreach (var run in runs.Where(r => !r.Int4))
+        {
+            RunOne(model, run, context, "bf16");
+        }
+        if (runs.Any(r => r.Int4))
+        {
             var watch = Stopwatch.StartNew();
-            var count = TextGenerator.Generate(model, prompt, options, device).Count();
+            QuantizeInt4(model, group);
             Synchronize(device);
-            var tokensPerSecond = count / watch.Elapsed.TotalSeconds;
-            if (r > 0)
+            stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
-                runs.Add(tokensPerSecond);
-                best = Math.Max(best, tokensPerSecond);
+                ["engine"] = "lowbit", ["step"] = "quantize-rtn-int4", ["groupSize"] = group, ["seconds"] = Math.Round(watch.Elapsed.TotalSeconds, 2),
+            }));
+            context.Reference = null;
+            foreach (var run in runs.Where(r => r.Int4))
+            {
+                RunOne(model, run, context, $"int4-g{group}");
             }
         }
-        var line = JsonSerializer.Serialize(new Dictionary<string, object>
+        return EngineExitCodes.Ok;
+    }
+
+    private sealed record RunSpec(string Mode, int Batch, bool Int4);
+
+    private sealed class BenchContext
+    {
+        public required TextWriter Stdout { get; init; }
+
+        public required TextWriter Stderr { get; init; }
+
+        public required Device Device { get; init; }
+
+        public required int[] Prompt { get; init; }
+
+        public required int NewTokens { get; init; }
+
+        public required int Repeats { get; init; }
+
+        public required double LoadSeconds { get; init; }
+
+        public required int Layers { get; init; }
+
+        public required string Dtype { get; init; }
+
+        /// <summary>Greedy tokens of the reference run (eager for bf16, fused for int4), batch 1.</summary>
+        public int[]? Reference { get; set; }
+
+        public float[]? ReferenceLogits { get; set; }
+
+        /// <summary>Batch-1 greedy tokens of each mode's run, per weights (to compare graphs with the same kernels eagerly).</summary>
+        public Dictionary<string, int[]> TokensByRun { get; } = [];
+    }
+
+    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas"];
+
+    private static List<RunSpec> ParseRuns(string text)
+    {
+        var runs = new List<RunSpec>();
+        foreach (var item in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var parts = item.Split(':');
+            var mode = parts[0];
+            var int4 = mode.StartsWith("int4-", StringComparison.Ordinal);
+            if (int4)
+            {
+                mode = mode["int4-".Length..];
+            }
+            var batch = parts.Length > 1 && int.TryParse(parts[1], CultureInfo.InvariantCulture, out var b) ? b : 1;
+            if (!Modes.Contains(mode) || batch < 1 || (mode == "eager" && (batch != 1 || int4)))
+            {
+                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, optionally prefixed int4-");
+            }
+            runs.Add(new RunSpec(mode, batch, int4));
+        }
+        return runs;
+    }
+
+    private static void RunOne(LlamaForCausalLM model, RunSpec run, BenchContext context, string weights)
+    {
+        var rates = new List<double>();
+        int[]? tokens = null;
+        double captureSeconds = 0, prepareSeconds = 0;
+        int graphs = 0;
+        bool nativeKernels = false, usesGraphs = false, rowsIdentical = true;
+        float[]? prefillLogits = null;
+        if (run.Mode == "eager")
+        {
+            var options = new GenerationOptions { MaxNewTokens = context.NewTokens };
+            for (var r = 0; r <= context.Repeats; r++)
+            {
+                Synchronize(context.Device);
+                var watch = Stopwatch.StartNew();
+                var output = TextGenerator.Generate(model, context.Prompt, options, context.Device).ToArray();
+                Synchronize(context.Device);
+                tokens ??= output;
+                if (r > 0)
+                {
+                    rates.Add(output.Length / watch.Elapsed.TotalSeconds);
+                }
+            }
+            context.Reference = tokens;
+            context.ReferenceLogits = EagerPrefillLogits(model, context);
+        }
+        else
+        {
+            var prepare = Stopwatch.StartNew();
+            var options = new FastDecoderOptions
+            {
+                MaxBatch = run.Batch,
+                MaxLength = context.Prompt.Length + context.NewTokens,
+                UseGraphs = run.Mode is "graph" or "graph-cublas",
+                UseNativeKernels = run.Mode != "fused",
+                UseNativeGemv = run.Mode is "graph" or "native",
+            };
+            using var decoder = FastDecoder.Create(model, options, context.Device);
+            Synchronize(context.Device);
+            prepareSeconds = prepare.Elapsed.TotalSeconds;
+            nativeKernels = decoder.UsesNativeKernels;
+            usesGraphs = decoder.UsesGraphs;
+            var prompts = Enumerable.Range(0, run.Batch).Select(_ => (IReadOnlyList<int>)context.Prompt).ToList();
+            for (var r = 0; r <= context.Repeats; r++)
+            {
+                Synchronize(context.Device);
+                var watch = Stopwatch.StartNew();
+                var output = FastGeneration.Generate(decoder, prompts, context.NewTokens);
+                Synchronize(context.Device);
+                if (r == 0)
+                {
+                    tokens = output[0];
+                    captureSeconds = decoder.CaptureSeconds;
+                    graphs = decoder.CapturedGraphs;
+                    for (var b = 1; b < output.Length; b++)
+                    {
+                        if (!output[b].SequenceEqual(output[0]))
+                        {
+                            rowsIdentical = false;
+                            var at = output[b].Zip(output[0]).TakeWhile(p => p.First == p.Second).Count();
+                            context.Stderr.WriteLine($"bench-decode: {weights} {run.Mode}:{run.Batch}: row {b} of one prompt differs from row 0 at token {at}");
+                            break;
+                        }
+                    }
+                }
+                else
+                {
+                    rates.Add(output.Length * context.NewTokens / watch.Elapsed.TotalSeconds);
+                }
+            }
+            if (run.Batch == 1)
+            {
+                decoder.Prefill(0, context.Prompt);
+                using var row = decoder.Logits[0].to(ScalarType.Float32).cpu();
+                prefillLogits = row.data<float>().ToArray();
+            }
+            if (weights != "bf16" && run.Mode == "native" && run.Batch == 1)
+            {
+                context.Reference = tokens;
+                context.ReferenceLogits = prefillLogits;
+            }
+        }
+        if (run.Batch == 1 && tokens is not null)
+        {
+            context.TokensByRun[$"{weights}/{run.Mode}"] = tokens;
+        }
+        var line = new Dictionary<string, object>
         {
             ["engine"] = "lowbit",
-            ["device"] = device.type.ToString().ToLowerInvariant(),
-            ["dtype"] = ModelIo.DtypeName(dtype),
-            ["layers"] = config.NumHiddenLayers,
-            ["promptTokens"] = promptTokens,
-            ["newTokens"] = newTokens,
-            ["loadSeconds"] = Math.Round(loadSeconds, 2),
-            ["tokensPerSecond"] = Math.Round(best, 2),
-            ["runs"] = runs.Select(v => Math.Round(v, 2)).ToArray(),
+            ["mode"] = run.Mode,
+            ["batch"] = run.Batch,
+            ["weights"] = weights,
+            ["device"] = context.Device.type.ToString().ToLowerInvariant(),
+            ["dtype"] = context.Dtype,
+            ["layers"] = context.Layers,
+            ["promptTokens"] = context.Prompt.Length,
+            ["newTokens"] = context.NewTokens,
+            ["loadSeconds"] = Math.Round(context.LoadSeconds, 2),
+            ["tokensPerSecond"] = Math.Round(rates.Count > 0 ? rates.Max() : 0, 2),
+            ["runs"] = rates.Select(v => Math.Round(v, 2)).ToArray(),
+        };
+        if (run.Mode != "eager")
+        {
+            line["prepareSeconds"] = Math.Round(prepareSeconds, 3);
+            line["captureSeconds"] = Math.Round(captureSeconds, 3);
+            line["graphs"] = graphs;
+            line["nativeKernels"] = nativeKernels;
+            line["cudaGraphs"] = usesGraphs;
+            line["rowsIdentical"] = rowsIdentical;
+            var sameKernels = run.Mode is "graph" ? "native" : run.Mode is "graph-cublas" ? "native-cublas" : null;
+            if (sameKernels is not null && context.TokensByRun.TryGetValue($"{weights}/{sameKernels}", out var eagerTokens) && tokens is not null)
+            {
+                line["tokensMatchingSameKernelsWithoutGraph"] = eagerTokens.Zip(tokens).TakeWhile(p => p.First == p.Second).Count();
+            }
+            if (context.Reference is { } reference && tokens is not null && !ReferenceEquals(reference, tokens))
+            {
+                var same = reference.Zip(tokens).TakeWhile(p => p.First == p.Second).Count();
+                line["tokensMatchingReference"] = same;
+                line["referenceTokens"] = reference.Length;
+            }
+            if (context.ReferenceLogits is { } refLogits && prefillLogits is not null && !ReferenceEquals(refLogits, prefillLogits))
+            {
+                var diff = refLogits.Zip(prefillLogits).Max(p => Math.Abs(p.First - p.Second));
+                line["prefillLogitMaxAbsDiff"] = Math.Round(diff, 5);
+                line["prefillLogitMaxAbs"] = Math.Round(refLogits.Max(Math.Abs), 4);
+            }
+        }
+        context.Stdout.WriteLine(JsonSerializer.Serialize(line));
+        context.Stderr.WriteLine($"bench-decode: {weights} {run.Mode}:{run.Batch} {(rates.Count > 0 ? rates.Max() : 0):F1} tokens/s");
+    }
+
+    /// <summary>Last-position logits (float32) of the model's own forward over the prompt.</summary>
+    private static float[] EagerPrefillLogits(LlamaForCausalLM model, BenchContext context)
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var ids = tensor(context.Prompt.Select(t => (long)t).ToArray(), [1, context.Prompt.Length], device: context.Device);
+        var hidden = model.Model.forward(ids, null);
+        var logits = model.Logits(hidden.narrow(1, context.Prompt.Length - 1, 1)).reshape(-1).to(ScalarType.Float32).cpu();
+        return logits.data<float>().ToArray();
+    }
+
+    /// <summary>RTN 4-bit (asymmetric, group <paramref name="group"/>) of every layer projection, in place; the dense weights are freed.</summary>
+    private static void QuantizeInt4(LlamaForCausalLM model, int group)
+    {
+        var options = new RtnOptions { Bits = 4, GroupSize = group };
+        model.ReplaceLinears((_, layer) =>
+        {
+            if (layer is not DenseLinear dense)
+            {
+                return null;
+            }
+            var q = Rtn.Quantize(dense.Weight, options);
+            var bias = dense.Bias?.detach().clone();
+            dense.Dispose();
+            return new QuantizedLinear(q, bias);
         });
-        stdout.WriteLine(line);
-        stderr.WriteLine($"bench-decode: {best:F1} tokens/s (batch 1, {ModelIo.DtypeName(dtype)}, {device.type})");
-        return EngineExitCodes.Ok;
     }
 
     private static void Synchronize(Device device)

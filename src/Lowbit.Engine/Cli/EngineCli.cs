@@ -138,7 +138,7 @@ public sealed record VerbContext(TextWriter Stdout, TextWriter Stderr, TimeProvi
     public void Log(string message) => Emit(new LogEvent { Level = "info", Message = message });
 }
 
-/// <summary>Developer verbs not in the protocol: <c>train-fixture</c>, <c>bench-decode</c>.</summary>
+/// <summary>Developer verbs not in the protocol: <c>train-fixture</c>, <c>bench-quant</c>, <c>bench-decode</c>, <c>selfcheck-kernels</c>.</summary>
 internal static class HiddenVerbs
 {
     public static bool TryRun(string[] args, TextWriter stdout, TextWriter stderr, out int exit)
@@ -164,6 +164,10 @@ internal static class HiddenVerbs
             case "bench-finetune":
                 TorchRuntime.Initialize();
                 exit = BenchFinetuneVerb.Run(args, stdout, stderr);
+                return true;
+            case "selfcheck-kernels":
+                TorchRuntime.Initialize();
+                exit = SelfCheckKernelsVerb.Run(stdout, stderr);
                 return true;
             default:
                 return false;

@@ -1,56 +1,90 @@
 #!/usr/bin/env bash
-# GPU benchmark for a PyTorch CUDA host without .NET (run from the unpacked GPU bundle, `make engine-gpu-bundle`):
-#   ./bench.sh [--layers N] [--work DIR]
-# 1. bench_hf.py make: a random 7B-shaped Llama (bf16, Llama-2-7B dimensions, N layers, default 32) saved as safetensors
-# 2. lowbit-engine bench-decode: our greedy decode tokens/s at batch 1 (KV cache, 128 prompt + 128 new tokens)
-# 3. bench_hf.py decode: Hugging Face transformers' generate() on the same weights, same prompt
-# 4. a comparison table (Markdown) on stdout; the raw JSON lines in $WORK/results.jsonl
-# Quantizer timings (HQQ/RTN/GPTQ) append their lines to the same results file (see the QUANT section below).
-# Runtime: ~4 minutes with 32 layers on one H100 (most of it writing and reading 13.5 GB of weights).
-set -euo pipefail
+# GPU decode benchmark for a PyTorch CUDA host without .NET (run from the unpacked GPU bundle, `make engine-gpu-bundle`):
+#   ./bench.sh [--layers N] [--work DIR] [--new-tokens N] [--quant]
+# 1. bench_hf.py make: a random 7B-shaped Llama (bf16, Llama-2-7B dimensions, N layers, default 32) as safetensors
+# 2. lowbit-engine selfcheck-kernels: every native decode kernel against its eager reference (relative errors)
+# 3. lowbit-engine bench-decode: eager (TextGenerator), the fused decode step without and with native kernels and
+#    CUDA graphs, batch 32, and RTN int4 (g64) through the int4 GEMV; greedy tokens compared with the eager path
+# 4. bench_hf.py decode: transformers generate() eager and with a static cache (torch.compile), batch 1 and 32
+# 5. a Markdown table on stdout; raw JSON lines in $WORK/results.jsonl. --quant adds the quantizer timings
+#    (bench-quant.sh; GPTQ alone takes ~5 minutes at 32 layers).
+# Every step is bounded by a timeout and a failed step does not stop the others. Runtime target: <= 6 minutes at 32 layers.
+set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 layers=32
+new_tokens=128
+quant=0
 work="${TMPDIR:-/tmp}/lowbit-bench"
 while [ $# -gt 0 ]; do
   case "$1" in
     --layers) layers="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
-    *) echo "bench.sh: unknown argument $1 (accepted: --layers N, --work DIR)" >&2; exit 42 ;;
+    --new-tokens) new_tokens="$2"; shift 2 ;;
+    --quant) quant=1; shift ;;
+    *) echo "bench.sh: unknown argument $1 (accepted: --layers N, --work DIR, --new-tokens N, --quant)" >&2; exit 42 ;;
   esac
 done
 PYTHON="${PYTHON:-python3}"
-export PYTHON
+export PYTHON PYTHONUNBUFFERED=1
 model="$work/llama7b-$layers"
 results="$work/results.jsonl"
 mkdir -p "$work"
 : > "$results"
+step() { # step NAME SECONDS CMD...: runs CMD under a timeout, JSON lines to results, a failure recorded as a line
+  local name="$1" limit="$2"; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" | tee -a "$results"
+  local rc=${PIPESTATUS[0]}
+  echo "{\"event\":\"bench-step\",\"step\":\"$name\",\"rc\":$rc,\"seconds\":$((SECONDS - t0))}" | tee -a "$results"
+}
 if [ ! -f "$model/config.json" ]; then
-  "$PYTHON" "$here/bench_hf.py" make --out "$model" --layers "$layers" | tee -a "$results"
+  step make 240 "$PYTHON" "$here/bench_hf.py" make --out "$model" --layers "$layers"
 fi
-"$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 | tee -a "$results"
-"$PYTHON" "$here/bench_hf.py" decode --model "$model" | tee -a "$results"
-# QUANT: whole-model RTN / HQQ / GPTQ (4-bit, g64; GPTQ with 128 x 2048 calibration tokens) on the same 7B shapes,
-# weights generated on the GPU per layer (bench-quant.sh; H100: RTN 0.6 s, HQQ 9.3 s, GPTQ 335 s for 32 layers).
-"$here/bench-quant.sh" "$here" --layers "$layers" | tee -a "$results"
+# First use builds the native library (run.sh); its time is this step's.
+step selfcheck-kernels 240 "$here/run.sh" selfcheck-kernels
+step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
+  --new-tokens "$new_tokens" --int4-group 64 \
+  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph:1,fused:4,graph:4,graph:32,int4-native:1,int4-graph:1,int4-graph:16"
+step hf-eager 180 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens"
+step hf-static 240 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens" --cache static
+if [ "$quant" = 1 ]; then
+  "$here/bench-quant.sh" "$here" --layers "$layers" | tee -a "$results"
+fi
 "$PYTHON" - "$results" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
-decode = {r["engine"]: r for r in rows if "tokensPerSecond" in r}
-print("\n| engine | layers | dtype | decode tokens/s (batch 1) | load s |")
-print("|---|---|---|---|---|")
-for name in ("lowbit", "transformers"):
-    if name in decode:
-        r = decode[name]
-        print(f"| {name} | {r['layers']} | {r['dtype']} | {r['tokensPerSecond']:.1f} | {r['loadSeconds']} |")
-if "lowbit" in decode and "transformers" in decode:
-    print(f"\nlowbit / transformers decode ratio: {decode['lowbit']['tokensPerSecond'] / decode['transformers']['tokensPerSecond']:.2f}")
-quant = [r for r in rows if r.get("event") == "bench-quant"]
-if quant:
-    print("\n| quantizer (whole model) | bits | group | layers | seconds | parameters/s | mean rel. error |")
-    print("|---|---|---|---|---|---|---|")
-    for r in quant:
-        print(f"| {r['method']} | {r['bits']} | {r['groupSize']} | {r['layers']} | {r['seconds']} | {r['parametersPerSecond']:.3g} | {r['meanRelativeError']} |")
+rows = []
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line.startswith("{"):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+checks = [r for r in rows if r.get("event") == "selfcheck-kernel"]
+if checks:
+    print("\n| kernel check | rel. error | pass |")
+    print("|---|---|---|")
+    for r in checks:
+        print(f"| {r['check']} | {r['relativeError']:.2e} | {r['pass']} |")
+decode = [r for r in rows if "tokensPerSecond" in r]
+eager = next((r["tokensPerSecond"] for r in decode if r["engine"] == "lowbit" and r.get("mode") == "eager"), None)
+print("\n| engine | mode | weights | batch | layers | tokens/s | x lowbit eager | capture s | greedy = reference | prefill logit max diff |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in decode:
+    ratio = f"{r['tokensPerSecond'] / eager:.2f}" if eager else ""
+    match = f"{r['tokensMatchingReference']}/{r['referenceTokens']}" if "tokensMatchingReference" in r else ""
+    diff = f"{r['prefillLogitMaxAbsDiff']} (of {r['prefillLogitMaxAbs']})" if "prefillLogitMaxAbsDiff" in r else ""
+    print(f"| {r['engine']} | {r.get('mode', '')} | {r.get('weights', 'bf16')} | {r.get('batch', 1)} | {r['layers']} | "
+          f"{r['tokensPerSecond']:.1f} | {ratio} | {r.get('captureSeconds', '')} | {match} | {diff} |")
+for r in decode:
+    if r["engine"] == "lowbit":
+        print(f"\nlowbit 7B load: {r['loadSeconds']} s")
+        break
+print("\n| step | rc | seconds |")
+print("|---|---|---|")
 for r in rows:
-    if "step" in r and r.get("step") != "make":
-        print(f"| {r['engine']} {r['step']} | {r.get('seconds')} s |")
+    if r.get("event") == "bench-step":
+        print(f"| {r['step']} | {r['rc']} | {r['seconds']} |")
+    elif "step" in r and "engine" in r:
+        print(f"| {r['engine']} {r['step']} | | {r.get('seconds')} |")
 PY

@@ -3,7 +3,8 @@
 as safetensors for lowbit-engine, and measures transformers' greedy decode tokens/s at batch 1 on the same weights.
 
   bench_hf.py make   --out DIR [--layers 32] [--seed 0]
-  bench_hf.py decode --model DIR [--prompt-tokens 128] [--new-tokens 128] [--repeats 3]
+  bench_hf.py decode --model DIR [--prompt-tokens 128] [--new-tokens 128] [--repeats 3] [--batches 1,32]
+                     [--cache dynamic|static]   (static: a static cache, which transformers compiles with torch.compile)
 
 Each subcommand prints one JSON line on stdout.
 """
@@ -40,23 +41,35 @@ def decode(args):
     load_seconds = time.perf_counter() - start
     vocab = model.config.vocab_size
     # The same prompt as lowbit-engine bench-decode: token i = (i*7919 + 13) mod vocab.
-    prompt = torch.tensor([[(i * 7919 + 13) % vocab for i in range(args.prompt_tokens)]], device="cuda")
-    runs = []
-    with torch.inference_mode():
-        for r in range(args.repeats + 1):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                 do_sample=False, use_cache=True, pad_token_id=0)
-            torch.cuda.synchronize()
-            n = out.shape[1] - prompt.shape[1]
-            if r > 0:
-                runs.append(n / (time.perf_counter() - t0))
-    print(json.dumps({"engine": "transformers", "device": "cuda", "dtype": "bfloat16",
-                      "layers": model.config.num_hidden_layers, "promptTokens": args.prompt_tokens,
-                      "newTokens": args.new_tokens, "loadSeconds": round(load_seconds, 2),
-                      "tokensPerSecond": round(max(runs), 2), "runs": [round(v, 2) for v in runs],
-                      "torch": torch.__version__}))
+    row = [(i * 7919 + 13) % vocab for i in range(args.prompt_tokens)]
+    extra = {}
+    if args.cache == "static":
+        extra["cache_implementation"] = "static"
+    for batch in [int(b) for b in args.batches.split(",")]:
+        prompt = torch.tensor([row] * batch, device="cuda")
+        runs = []
+        first = None
+        with torch.inference_mode():
+            for r in range(args.repeats + 1):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
+                                     min_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=0,
+                                     **extra)
+                torch.cuda.synchronize()
+                elapsed = time.perf_counter() - t0
+                n = (out.shape[1] - prompt.shape[1]) * batch
+                if r == 0:
+                    first = elapsed
+                else:
+                    runs.append(n / elapsed)
+        print(json.dumps({"engine": "transformers", "mode": "eager" if args.cache == "dynamic" else "static+compile",
+                          "batch": batch, "device": "cuda", "dtype": "bfloat16",
+                          "layers": model.config.num_hidden_layers, "promptTokens": args.prompt_tokens,
+                          "newTokens": args.new_tokens, "loadSeconds": round(load_seconds, 2),
+                          "firstRunSeconds": round(first, 2),
+                          "tokensPerSecond": round(max(runs), 2), "runs": [round(v, 2) for v in runs],
+                          "torch": torch.__version__}), flush=True)
 
 
 def main():
@@ -71,6 +84,8 @@ def main():
     d.add_argument("--prompt-tokens", type=int, default=128)
     d.add_argument("--new-tokens", type=int, default=128)
     d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--batches", default="1")
+    d.add_argument("--cache", choices=["dynamic", "static"], default="dynamic")
     args = parser.parse_args()
     {"make": make, "decode": decode}[args.command](args)
 

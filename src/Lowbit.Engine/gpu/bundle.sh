@@ -22,6 +22,10 @@ rm -rf "$stage/runtimes"
 for script in "$here"/*.sh "$here"/*.py; do
   [ "$(basename "$script")" = bundle.sh ] || install -m 0755 "$script" "$stage/$(basename "$script")"
 done
+# The native decode library's sources: run.sh builds them on first use (nvcc + g++ against python3's torch).
+mkdir -p "$stage/native"
+install -m 0644 "$here/../native/lowbit_kernels.cu" "$here/../native/lowbit_native.cpp" "$stage/native/"
+install -m 0755 "$here/../native/build.sh" "$stage/native/build.sh"
 tarball="$out/lowbit-engine-gpu-linux-x64.tar.xz"
 tar -C "$out/engine-gpu" -cf - lowbit-engine | xz -T2 -9 > "$tarball"
 bytes=$(stat -c %s "$tarball")

@@ -38,6 +38,9 @@ internal sealed class ApiRequestHandler
         _serverAddress = serverAddress;
     }
 
+    /// <summary>The tokens TokenReview knows (an empty set unless the server passes its own).</summary>
+    public Auth.TokenAuthenticator Tokens { get; init; } = new();
+
     /// <summary>Called with unexpected exceptions (500 InternalError answers) for logging.</summary>
     public Action<Exception>? OnInternalError { get; set; }
 
@@ -194,6 +197,18 @@ internal sealed class ApiRequestHandler
     private async Task<int> HandleResourceAsync(HttpContext context, Target target, string verb)
     {
         var (type, ns, name, sub) = target;
+        if (BuiltinResources.IsReview(type))
+        {
+            if (verb != "create" || name is not null)
+            {
+                throw new ApiException(405, "MethodNotAllowed", $"the server does not allow this method on the requested resource ({type.GroupResource} supports only create)");
+            }
+
+            var answer = Auth.AccessReviews.Answer(type, await ReadObjectAsync(context).ConfigureAwait(false), _api, Tokens);
+            await WriteJsonAsync(context, answer, 201).ConfigureAwait(false);
+            return 201;
+        }
+
         var query = context.Request.Query;
         var asTable = context.Request.Headers.Accept.ToString().Contains("as=Table", StringComparison.Ordinal);
         var warnings = new List<string>();

@@ -73,7 +73,7 @@ internal static class Discovery
                 ["singularName"] = t.Singular,
                 ["namespaced"] = t.Namespaced,
                 ["kind"] = t.Kind,
-                ["verbs"] = AllVerbs.DeepClone(),
+                ["verbs"] = BuiltinResources.IsReview(t) ? new JsonArray("create") : AllVerbs.DeepClone(),
             };
             if (t.ShortNames.Count > 0)
             {

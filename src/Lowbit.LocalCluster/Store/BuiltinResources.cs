@@ -35,6 +35,9 @@ public static class BuiltinResources
     public static readonly ResourceType PodDisruptionBudgets = Of("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", "poddisruptionbudget", status: true, shortNames: ["pdb"]);
     public static readonly ResourceType NetworkPolicies = Of("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", "networkpolicy", shortNames: ["netpol"]);
     public static readonly ResourceType PriorityClasses = Of("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", "priorityclass", namespaced: false, shortNames: ["pc"]);
+    /// <summary>Create-only and never stored: answered by <see cref="Auth.AccessReviews"/>.</summary>
+    public static readonly ResourceType TokenReviews = Of("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", "tokenreview", namespaced: false);
+    public static readonly ResourceType SubjectAccessReviews = Of("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", "subjectaccessreview", namespaced: false);
     public static readonly ResourceType StorageClasses = Of("storage.k8s.io", "v1", "storageclasses", "StorageClass", "storageclass", namespaced: false, shortNames: ["sc"]);
 
     public static IReadOnlyList<ResourceType> All { get; } =
@@ -42,8 +45,11 @@ public static class BuiltinResources
         Namespaces, Pods, Services, Endpoints, ConfigMaps, Secrets, Events, ServiceAccounts, PersistentVolumeClaims,
         ResourceQuotas, PersistentVolumes, Nodes, Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs, Leases, EventsV1,
         EndpointSlices, CustomResourceDefinitions, Roles, RoleBindings, ClusterRoles, ClusterRoleBindings,
-        HorizontalPodAutoscalers, PodDisruptionBudgets, NetworkPolicies, PriorityClasses, StorageClasses,
+        HorizontalPodAutoscalers, PodDisruptionBudgets, NetworkPolicies, PriorityClasses, StorageClasses, TokenReviews, SubjectAccessReviews,
     ];
+
+    /// <summary>Resources that only answer <c>create</c> (reviews) and are never stored.</summary>
+    public static bool IsReview(ResourceType type) => type == TokenReviews || type == SubjectAccessReviews;
 
     /// <summary>The namespaces that exist when a fresh server starts.</summary>
     public static IReadOnlyList<string> InitialNamespaces { get; } = ["default", "kube-system", "kube-public", "kube-node-lease"];

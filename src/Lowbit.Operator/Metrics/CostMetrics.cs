@@ -22,12 +22,21 @@ public sealed class CostMetrics
     public const string EstimatedUsdPerMillionTokensName = "lowbit_endpoint_estimated_usd_per_million_tokens";
     public const string PlanMemoryName = "lowbit_plan_memory_bytes";
 
+    /// <summary>Ecosystem name (LLM cost exporters, OpenCost-style) of <c>lowbit_endpoint_usd_per_million_tokens</c>: same value, plus <c>currency="USD"</c>.</summary>
+    public const string LlmCostPerMillionTokensName = "llm_cost_per_million_tokens";
+
+    /// <summary>Ecosystem name of the USD an endpoint's desired replicas have cost at catalog price since this operator began tracking it (a counter).</summary>
+    public const string LlmTotalCostName = "llm_total_cost";
+
+    private readonly TimeProvider _time;
+
     private readonly ConcurrentDictionary<(string Ns, string Name), EndpointCost> _endpoints = new();
     private readonly ConcurrentDictionary<(string Kind, string Ns, string Name), long[]> _plans = new();
 
-    public CostMetrics(RuntimeMetrics runtime)
+    public CostMetrics(RuntimeMetrics runtime, TimeProvider? time = null)
     {
         ArgumentNullException.ThrowIfNull(runtime);
+        _time = time ?? TimeProvider.System;
         var f = runtime.Factory;
         EndpointUsdPerMillionTokens = f.CreateGauge("lowbit_endpoint_usd_per_million_tokens", "USD per million output tokens from the throughput observed on the engine's /metrics", ["namespace", "endpoint"]);
         EndpointTimeToFirstToken = f.CreateGauge("lowbit_endpoint_time_to_first_token_seconds", "Mean time to first token over the last scrape interval, from the engine's histogram", ["namespace", "endpoint"]);
@@ -58,11 +67,12 @@ public sealed class CostMetrics
     {
         ArgumentNullException.ThrowIfNull(placement);
         var perMillion = placement.Option.Throughput.UsdPerMillionTokens;
-        _endpoints[(ns, name)] = new EndpointCost(
-            GpuLabel(placement),
-            placement.HourlyUsd * replicas,
-            placement.GpusPerReplica * replicas,
-            double.IsFinite(perMillion) ? perMillion : null);
+        var now = _time.GetUtcNow();
+        _endpoints.AddOrUpdate((ns, name),
+            _ => new EndpointCost(GpuLabel(placement), placement.HourlyUsd * replicas, placement.GpusPerReplica * replicas,
+                double.IsFinite(perMillion) ? perMillion : null, now, 0),
+            (_, previous) => new EndpointCost(GpuLabel(placement), placement.HourlyUsd * replicas, placement.GpusPerReplica * replicas,
+                double.IsFinite(perMillion) ? perMillion : null, now, previous.AccruedAt(now)));
     }
 
     /// <summary>The hourly USD last recorded for an endpoint's desired replicas (<see cref="RecordEndpoint"/>), or null.</summary>
@@ -137,6 +147,20 @@ public sealed class CostMetrics
             }
         }
 
+        var now = _time.GetUtcNow();
+        await writer.WriteAsync($"# HELP {LlmTotalCostName} USD an endpoint's desired replicas have cost at catalog price since the operator began tracking it\n# TYPE {LlmTotalCostName} counter\n").ConfigureAwait(false);
+        foreach (var ((ns, name), cost) in endpoints)
+        {
+            await Sample(writer, LlmTotalCostName, $"namespace=\"{Escape(ns)}\",endpoint=\"{Escape(name)}\",currency=\"USD\"", cost.AccruedAt(now)).ConfigureAwait(false);
+        }
+
+        await Family(writer, LlmCostPerMillionTokensName, "USD per million output tokens from the observed throughput (same as lowbit_endpoint_usd_per_million_tokens)").ConfigureAwait(false);
+        foreach (var labels in EndpointUsdPerMillionTokens.GetAllLabelValues())
+        {
+            await Sample(writer, LlmCostPerMillionTokensName, $"namespace=\"{Escape(labels[0])}\",endpoint=\"{Escape(labels[1])}\",currency=\"USD\"",
+                EndpointUsdPerMillionTokens.WithLabels(labels).Value).ConfigureAwait(false);
+        }
+
         cancellationToken.ThrowIfCancellationRequested();
         await Family(writer, PlanMemoryName, "Planned memory per GPU (per node on CPU placements), by component; components the plan does not have are absent, total is always there").ConfigureAwait(false);
         foreach (var ((kind, ns, name), values) in _plans)
@@ -169,5 +193,9 @@ public sealed class CostMetrics
     internal static string Escape(string value) =>
         value.AsSpan().IndexOfAny('\\', '"', '\n') < 0 ? value : value.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
 
-    private sealed record EndpointCost(string Gpu, double HourlyUsd, double Gpus, double? EstimatedUsdPerMillionTokens);
+    private sealed record EndpointCost(string Gpu, double HourlyUsd, double Gpus, double? EstimatedUsdPerMillionTokens, DateTimeOffset Since, double AccruedBefore)
+    {
+        /// <summary>USD accrued up to <paramref name="now"/>: what was accrued before this price, plus this price since it applied.</summary>
+        public double AccruedAt(DateTimeOffset now) => AccruedBefore + (HourlyUsd * Math.Max(0, (now - Since).TotalHours));
+    }
 }

@@ -1,0 +1,53 @@
+namespace Lowbit.Engine.Decoding;
+
+/// <summary>
+/// One captured CUDA graph (libtorch's <c>at::cuda::CUDAGraph</c> through <see cref="NativeKernels"/>): the work
+/// queued by <see cref="Capture"/>'s action, on a side stream from libtorch's pool, recorded once and replayed on the
+/// current stream. Tensors the action allocates come from the graph's private memory pool, so a replay allocates nothing.
+/// </summary>
+public sealed class CudaGraph : IDisposable
+{
+    private IntPtr _handle;
+
+    public CudaGraph()
+    {
+        _handle = NativeKernels.GraphCreate();
+    }
+
+    /// <summary>Runs <paramref name="warmUp"/> eagerly on the capture stream (lazy handles and workspaces), then records <paramref name="step"/>.</summary>
+    public void Capture(Action warmUp, Action step)
+    {
+        NativeKernels.GraphEnter(_handle);
+        try
+        {
+            warmUp();
+        }
+        finally
+        {
+            NativeKernels.GraphLeave(_handle);
+        }
+        // Tensors the finalizer thread would free during the capture are freed now instead.
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        NativeKernels.CaptureBegin(_handle);
+        try
+        {
+            step();
+        }
+        finally
+        {
+            NativeKernels.CaptureEnd(_handle);
+        }
+    }
+
+    public void Replay() => NativeKernels.Replay(_handle);
+
+    public void Dispose()
+    {
+        if (_handle != IntPtr.Zero)
+        {
+            NativeKernels.GraphDestroy(_handle);
+            _handle = IntPtr.Zero;
+        }
+    }
+}

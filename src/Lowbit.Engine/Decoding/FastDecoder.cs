@@ -1,0 +1,475 @@
+using System.Diagnostics;
+using System.Numerics;
+using Lowbit.Engine.Models;
+using Lowbit.Engine.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Decoding;
+
+/// <summary>How a <see cref="FastDecoder"/> is built.</summary>
+public sealed record FastDecoderOptions
+{
+    /// <summary>Sequences decoded together (KV cache slots).</summary>
+    public required int MaxBatch { get; init; }
+
+    /// <summary>Positions per slot (prompt plus generated tokens).</summary>
+    public required int MaxLength { get; init; }
+
+    /// <summary>Capture each (batch, length) bucket's step as a CUDA graph and replay it (CUDA with the native library only).</summary>
+    public bool UseGraphs { get; init; } = true;
+
+    /// <summary>Use the native kernels when the library is loaded and the device is CUDA.</summary>
+    public bool UseNativeKernels { get; init; } = true;
+
+    /// <summary>Dense projections at ≤ 16 rows through the native GEMV rather than cuBLAS.</summary>
+    public bool UseNativeGemv { get; init; } = true;
+}
+
+/// <summary>
+/// The fixed-shape decode step that <c>serve</c> and <c>bench-decode</c> share: weights fused at build (QKV and
+/// gate/up concatenated; 4-bit layers packed for the int4 GEMV), a static KV cache <c>[slots, max, kv_heads, d]</c> per
+/// layer, and device-resident per-slot state (next input token, position, generated tokens). <see cref="Step"/>
+/// advances slots <c>0..batch−1</c> by one greedy token without a host sync or an allocation outside the step's graph:
+/// the step for each (batch bucket, length bucket) is captured once as a CUDA graph and replayed. Without CUDA or the
+/// native library the same step runs eagerly (the CPU tests run it so).
+/// </summary>
+public sealed class FastDecoder : IDisposable
+{
+    private readonly LlamaConfig _config;
+    private readonly ScalarType _dtype;
+    private readonly Device _device;
+    private readonly DecodeKernels _kernels;
+    private readonly bool _graphs;
+    private readonly Layer[] _layers;
+    private readonly Tensor _embed;
+    private readonly Tensor _finalNorm;
+    private readonly Projection _lmHead;
+    private readonly Tensor _cos;
+    private readonly Tensor _sin;
+    private readonly Tensor[] _keys;
+    private readonly Tensor[] _values;
+    private readonly Tensor _tokens;
+    private readonly Tensor _positions;
+    private readonly Tensor _history;
+    private readonly Tensor _logits;
+    private readonly long[] _hostPositions;
+    private readonly Dictionary<(int Batch, int Length), CudaGraph> _captured = [];
+    private readonly int _heads;
+    private readonly int _kvHeads;
+    private readonly int _headDim;
+
+    private FastDecoder(LlamaForCausalLM model, FastDecoderOptions options, Device device)
+    {
+        _config = model.Config;
+        _dtype = model.Dtype;
+        _device = device;
+        MaxBatch = options.MaxBatch;
+        MaxLength = options.MaxLength;
+        var cuda = device.type == DeviceType.CUDA;
+        var native = cuda && options.UseNativeKernels && NativeKernels.Available;
+        _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv };
+        _graphs = cuda && options.UseGraphs && NativeKernels.Available;
+        _heads = _config.NumAttentionHeads;
+        _kvHeads = _config.NumKeyValueHeads;
+        _headDim = _config.HeadDim;
+        using var noGrad = no_grad();
+        _layers = model.Model.Layers.Select(l => new Layer(l, _dtype)).ToArray();
+        _embed = model.Model.EmbedTokens.weight!.detach();
+        _finalNorm = FinalNorm(model).detach();
+        _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype) : new DenseProjection(_embed.alias(), null);
+        var rotary = new RotaryEmbedding(_config);
+        (_cos, _sin) = rotary.CosSin(0, MaxLength, _dtype, device);
+        _keys = new Tensor[_layers.Length];
+        _values = new Tensor[_layers.Length];
+        for (var i = 0; i < _layers.Length; i++)
+        {
+            _keys[i] = zeros([MaxBatch, MaxLength, _kvHeads, _headDim], _dtype, device);
+            _values[i] = zeros([MaxBatch, MaxLength, _kvHeads, _headDim], _dtype, device);
+        }
+        _tokens = zeros([MaxBatch], ScalarType.Int64, device);
+        _positions = zeros([MaxBatch], ScalarType.Int64, device);
+        _history = zeros([MaxBatch, MaxLength], ScalarType.Int64, device);
+        _logits = zeros([MaxBatch, _config.VocabSize], _dtype, device);
+        _hostPositions = new long[MaxBatch];
+    }
+
+    public int MaxBatch { get; }
+
+    public int MaxLength { get; }
+
+    /// <summary>True when steps replay CUDA graphs.</summary>
+    public bool UsesGraphs => _graphs;
+
+    /// <summary>True when the native kernels run (fused norm/RoPE/SiLU, int4 GEMV).</summary>
+    public bool UsesNativeKernels => _kernels.Native;
+
+    /// <summary>Seconds spent capturing graphs so far.</summary>
+    public double CaptureSeconds { get; private set; }
+
+    /// <summary>Graphs captured so far.</summary>
+    public int CapturedGraphs => _captured.Count;
+
+    /// <summary>Logits <c>[MaxBatch, vocab]</c> of the last prefill (its slot's row) or step (rows 0..batch−1).</summary>
+    public Tensor Logits => _logits;
+
+    /// <summary>Builds the decoder over <paramref name="model"/>'s weights (the model must outlive it).</summary>
+    public static FastDecoder Create(LlamaForCausalLM model, FastDecoderOptions options, Device device)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxBatch, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxLength, 2);
+        return new FastDecoder(model, options, device);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="prompt"/> through slot <paramref name="slot"/> from position 0 and returns the greedy next
+    /// token, which becomes the slot's next input (one host sync).
+    /// </summary>
+    public int Prefill(int slot, IReadOnlyList<int> prompt)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(slot);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(slot, MaxBatch);
+        if (prompt.Count == 0 || prompt.Count >= MaxLength)
+        {
+            throw new ArgumentException($"prompt of {prompt.Count} tokens; 1..{MaxLength - 1} fit", nameof(prompt));
+        }
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var length = prompt.Count;
+        var ids = tensor(prompt.Select(t => (long)t).ToArray(), device: _device);
+        var cos = _cos.narrow(0, 0, length);
+        var sin = _sin.narrow(0, 0, length);
+        var hidden = Forward(ids, cos, sin, (layer, k, v, q) =>
+        {
+            _keys[layer][slot].narrow(0, 0, length).copy_(k.view(length, _kvHeads, _headDim));
+            _values[layer][slot].narrow(0, 0, length).copy_(v.view(length, _kvHeads, _headDim));
+            var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, length).transpose(1, 2));
+            var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, length).transpose(1, 2));
+            var query = q.view(1, length, _heads, _headDim).transpose(1, 2);
+            var attended = nn.functional.scaled_dot_product_attention(query, keys, values, is_casual: true);
+            return attended.transpose(1, 2).reshape(length, _heads * _headDim);
+        }, lastOnly: true);
+        var logits = _lmHead.Forward(hidden, _kernels);
+        _logits[slot].copy_(logits[0]);
+        var next = logits[0].argmax();
+        _tokens[slot].copy_(next);
+        _positions[slot].fill_(length);
+        _history[slot].narrow(0, length, 1).copy_(next.view(1));
+        _hostPositions[slot] = length;
+        return (int)next.item<long>();
+    }
+
+    /// <summary>
+    /// Decodes one greedy token for slots <c>0..batch−1</c>: each slot's next input is fed at its position, and the new
+    /// token becomes the next input. Queues device work only (read results with <see cref="NextTokens"/> or <see cref="Generated"/>).
+    /// </summary>
+    public void Step(int batch)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(batch, MaxBatch);
+        var bucketBatch = Math.Min(MaxBatch, (int)BitOperations.RoundUpToPowerOf2((uint)batch));
+        var longest = _hostPositions.Take(bucketBatch).Max() + 1;
+        var bucketLength = Math.Min(MaxLength, Math.Max(64, (int)BitOperations.RoundUpToPowerOf2((uint)longest)));
+        if (!_graphs)
+        {
+            DecodeStep(bucketBatch, bucketLength);
+        }
+        else
+        {
+            if (!_captured.TryGetValue((bucketBatch, bucketLength), out var graph))
+            {
+                graph = Capture(bucketBatch, bucketLength);
+                _captured[(bucketBatch, bucketLength)] = graph;
+            }
+            graph.Replay();
+        }
+        for (var i = 0; i < bucketBatch; i++)
+        {
+            _hostPositions[i] = Math.Min(MaxLength - 1, _hostPositions[i] + 1);
+        }
+    }
+
+    /// <summary>The next input token of slots <c>0..batch−1</c> (the token the last step produced); one host sync.</summary>
+    public long[] NextTokens(int batch)
+    {
+        using var scope = NewDisposeScope();
+        return _tokens.narrow(0, 0, batch).cpu().data<long>().ToArray();
+    }
+
+    /// <summary>Tokens generated in slot <paramref name="slot"/> after its prompt of <paramref name="promptLength"/> tokens (<paramref name="count"/> of them).</summary>
+    public int[] Generated(int slot, int promptLength, int count)
+    {
+        using var scope = NewDisposeScope();
+        return _history[slot].narrow(0, promptLength, count).cpu().data<long>().ToArray().Select(t => (int)t).ToArray();
+    }
+
+    /// <summary>Host-side position of each slot (its next input's position).</summary>
+    public long Position(int slot) => _hostPositions[slot];
+
+    private CudaGraph Capture(int batch, int length)
+    {
+        var watch = Stopwatch.StartNew();
+        using var noGrad = no_grad();
+        var graph = new CudaGraph();
+        using var tokens = _tokens.clone();
+        using var positions = _positions.clone();
+        using var history = _history.clone();
+        using var logits = _logits.clone();
+        void Restore()
+        {
+            _tokens.copy_(tokens);
+            _positions.copy_(positions);
+            _history.copy_(history);
+            _logits.copy_(logits);
+        }
+        try
+        {
+            graph.Capture(() =>
+            {
+                DecodeStep(batch, length);
+                Restore();
+            }, () => DecodeStep(batch, length));
+        }
+        catch
+        {
+            graph.Dispose();
+            throw;
+        }
+        // The warm-up's writes at the slots' positions are rewritten by the first replay before anything reads them.
+        cuda.synchronize();
+        CaptureSeconds += watch.Elapsed.TotalSeconds;
+        return graph;
+    }
+
+    /// <summary>The step: every shape fixed by (batch, length), all state in preallocated device tensors.</summary>
+    private void DecodeStep(int batch, int length)
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var tokens = _tokens.narrow(0, 0, batch);
+        var positions = _positions.narrow(0, 0, batch).clamp(0, MaxLength - 1);
+        var cos = _cos.index_select(0, positions);
+        var sin = _sin.index_select(0, positions);
+        // An additive mask, built once per step (a boolean one would be converted by every layer's attention).
+        var hidden0 = arange(0, length, ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
+        var visible = zeros([batch, 1, 1, length], _dtype, _device).masked_fill(hidden0, double.NegativeInfinity);
+        var rows = arange(0, batch, ScalarType.Int64, _device).mul(MaxLength);
+        var slotsAt = rows.add(positions);
+        var hidden = Forward(tokens, cos, sin, (layer, k, v, q) =>
+        {
+            _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
+            _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
+            var keys = Expand(_keys[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2));
+            var values = Expand(_values[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2));
+            var query = q.view(batch, 1, _heads, _headDim).transpose(1, 2);
+            var attended = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: visible);
+            return attended.transpose(1, 2).reshape(batch, _heads * _headDim);
+        }, lastOnly: false);
+        var logits = _lmHead.Forward(hidden, _kernels);
+        _logits.narrow(0, 0, batch).copy_(logits);
+        var next = logits.argmax(-1);
+        var nextAt = rows.add(positions.add(1).clamp_max(MaxLength - 1));
+        _history.view(-1).index_copy_(0, nextAt, next);
+        tokens.copy_(next);
+        _positions.narrow(0, 0, batch).add_(1);
+    }
+
+    /// <summary>
+    /// The decoder stack over <paramref name="ids"/> <c>[rows]</c> with per-row cos/sin; <paramref name="attend"/> stores a
+    /// layer's K/V <c>[rows, kv·d]</c> and returns attention over the cache for Q <c>[rows, heads·d]</c>. Returns the
+    /// final-norm hidden states (of the last row only with <paramref name="lastOnly"/>).
+    /// </summary>
+    private Tensor Forward(Tensor ids, Tensor cos, Tensor sin, Func<int, Tensor, Tensor, Tensor, Tensor> attend, bool lastOnly)
+    {
+        var qWidth = _heads * _headDim;
+        var kvWidth = _kvHeads * _headDim;
+        var residual = _embed.index_select(0, ids);
+        var normed = RmsNorm(residual, null, _layers.Length > 0 ? _layers[0].InputNorm : _finalNorm, out _);
+        for (var i = 0; i < _layers.Length; i++)
+        {
+            var layer = _layers[i];
+            var qkv = layer.Qkv.Forward(normed, _kernels);
+            var qk = Rope(qkv.narrow(1, 0, qWidth + kvWidth), _heads + _kvHeads, cos, sin);
+            var k = qk.narrow(1, qWidth, kvWidth);
+            var v = qkv.narrow(1, qWidth + kvWidth, kvWidth);
+            var attended = attend(i, k, v, qk.narrow(1, 0, qWidth));
+            var o = layer.O.Forward(attended, _kernels);
+            normed = RmsNorm(o, residual, layer.PostNorm, out residual);
+            var gateUp = layer.GateUp.Forward(normed, _kernels);
+            var down = layer.Down.Forward(SiluMul(gateUp), _kernels);
+            var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].InputNorm : _finalNorm;
+            if (lastOnly && i + 1 == _layers.Length)
+            {
+                var last = down.shape[0] - 1;
+                return RmsNorm(down.narrow(0, last, 1), residual.narrow(0, last, 1), nextNorm, out _);
+            }
+            normed = RmsNorm(down, residual, nextNorm, out residual);
+        }
+        return lastOnly ? normed.narrow(0, normed.shape[0] - 1, 1) : normed;
+    }
+
+    /// <summary>GQA: each kv head serves heads/kv query heads (repeat_kv), as a copy; MHA returns the view.</summary>
+    private Tensor Expand(Tensor kv)
+    {
+        var groups = _heads / _kvHeads;
+        if (groups == 1)
+        {
+            return kv;
+        }
+        long b = kv.shape[0], t = kv.shape[2];
+        return kv.unsqueeze(2).expand(b, _kvHeads, groups, t, _headDim).reshape(b, _heads, t, _headDim);
+    }
+
+    /// <summary>HF RMSNorm of <c>x (+ residual)</c>; <paramref name="sum"/> is the residual stream after the add.</summary>
+    private Tensor RmsNorm(Tensor x, Tensor? residual, Tensor weight, out Tensor sum)
+    {
+        if (_kernels.Native)
+        {
+            var output = empty_like(x);
+            if (residual is null)
+            {
+                NativeKernels.RmsNorm(x.contiguous(), null, weight, _config.RmsNormEps, null, output);
+                sum = x;
+                return output;
+            }
+            sum = empty_like(x);
+            NativeKernels.RmsNorm(x.contiguous(), residual.contiguous(), weight, _config.RmsNormEps, sum, output);
+            return output;
+        }
+        sum = residual is null ? x : residual + x;
+        var compute = sum.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        var h = sum.to(compute);
+        var variance = h.pow(2).mean([-1], keepdim: true);
+        var normalized = (h * rsqrt(variance + _config.RmsNormEps)).to(sum.dtype);
+        return weight * normalized;
+    }
+
+    /// <summary>Rotate-half RoPE of <c>[rows, heads·d]</c> with per-row cos/sin <c>[rows, d]</c>.</summary>
+    private Tensor Rope(Tensor x, int heads, Tensor cos, Tensor sin)
+    {
+        var rows = x.shape[0];
+        if (_kernels.Native)
+        {
+            var output = empty([rows, heads * _headDim], x.dtype, x.device);
+            NativeKernels.Rope(x, heads, cos.contiguous(), sin.contiguous(), output);
+            return output;
+        }
+        var v = x.reshape(rows, heads, _headDim);
+        var half = _headDim / 2;
+        var rotated = cat([-v.narrow(-1, half, half), v.narrow(-1, 0, half)], -1);
+        var c = cos.unsqueeze(1);
+        var s = sin.unsqueeze(1);
+        return (v * c + rotated * s).reshape(rows, heads * _headDim);
+    }
+
+    private Tensor SiluMul(Tensor gateUp)
+    {
+        var inter = gateUp.shape[1] / 2;
+        if (_kernels.Native)
+        {
+            var output = empty([gateUp.shape[0], inter], gateUp.dtype, gateUp.device);
+            NativeKernels.SiluMul(gateUp.contiguous(), output);
+            return output;
+        }
+        return nn.functional.silu(gateUp.narrow(1, 0, inter)) * gateUp.narrow(1, inter, inter);
+    }
+
+    private static Tensor FinalNorm(LlamaForCausalLM model) =>
+        model.Model.named_parameters().First(p => p.name == "norm.weight").parameter;
+
+    public void Dispose()
+    {
+        foreach (var graph in _captured.Values)
+        {
+            graph.Dispose();
+        }
+        _captured.Clear();
+        foreach (var layer in _layers)
+        {
+            layer.Dispose();
+        }
+        _lmHead.Dispose();
+        foreach (var t in _keys.Concat(_values).Concat([_cos, _sin, _tokens, _positions, _history, _logits, _embed, _finalNorm]))
+        {
+            t.Dispose();
+        }
+    }
+
+    private sealed class Layer : IDisposable
+    {
+        public Layer(LlamaDecoderLayer layer, ScalarType dtype)
+        {
+            var projections = layer.Projections().ToDictionary(p => p.Name, p => p.Layer);
+            Qkv = Projection.Fuse([projections["self_attn.q_proj"], projections["self_attn.k_proj"], projections["self_attn.v_proj"]], dtype);
+            O = Projection.Fuse([projections["self_attn.o_proj"]], dtype);
+            GateUp = Projection.Fuse([projections["mlp.gate_proj"], projections["mlp.up_proj"]], dtype);
+            Down = Projection.Fuse([projections["mlp.down_proj"]], dtype);
+            var norms = layer.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+            InputNorm = norms["input_layernorm.weight"].detach();
+            PostNorm = norms["post_attention_layernorm.weight"].detach();
+        }
+
+        public Projection Qkv { get; }
+
+        public Projection O { get; }
+
+        public Projection GateUp { get; }
+
+        public Projection Down { get; }
+
+        public Tensor InputNorm { get; }
+
+        public Tensor PostNorm { get; }
+
+        public void Dispose()
+        {
+            Qkv.Dispose();
+            O.Dispose();
+            GateUp.Dispose();
+            Down.Dispose();
+            InputNorm.Dispose();
+            PostNorm.Dispose();
+        }
+    }
+}
+
+/// <summary>Greedy generation through a <see cref="FastDecoder"/>.</summary>
+public static class FastGeneration
+{
+    /// <summary>
+    /// Decodes <paramref name="newTokens"/> greedy tokens for each prompt (one slot each, slots 0..n−1) and returns them;
+    /// one host sync per prefill and one at the end.
+    /// </summary>
+    public static int[][] Generate(FastDecoder decoder, IReadOnlyList<IReadOnlyList<int>> prompts, int newTokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(newTokens, 1);
+        for (var b = 0; b < prompts.Count; b++)
+        {
+            decoder.Prefill(b, prompts[b]);
+        }
+        for (var i = 1; i < newTokens; i++)
+        {
+            decoder.Step(prompts.Count);
+        }
+        return prompts.Select((p, b) => decoder.Generated(b, p.Count, newTokens)).ToArray();
+    }
+
+    /// <summary>Streams greedy tokens for one prompt in slot 0 (a host read per token), stopping after a stop token.</summary>
+    public static IEnumerable<int> Stream(FastDecoder decoder, IReadOnlyList<int> prompt, int maxNewTokens, IReadOnlyList<int> stopTokenIds)
+    {
+        var token = decoder.Prefill(0, prompt);
+        for (var i = 0; i < maxNewTokens; i++)
+        {
+            if (i > 0)
+            {
+                decoder.Step(1);
+                token = (int)decoder.NextTokens(1)[0];
+            }
+            yield return token;
+            if (stopTokenIds.Contains(token) || decoder.Position(0) >= decoder.MaxLength - 1)
+            {
+                yield break;
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+using Lowbit.Engine.Modules;
+using Lowbit.Engine.Quantization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Decoding;
+
+/// <summary>Which kernels a <see cref="FastDecoder"/> uses: native ones (CUDA, library loaded) or the eager torch ops.</summary>
+public sealed record DecodeKernels
+{
+    /// <summary>Fused RMSNorm, RoPE and SiLU·mul, and the int4 dequantize-GEMV, from <see cref="NativeKernels"/>.</summary>
+    public required bool Native { get; init; }
+
+    /// <summary>Dense projections at ≤ 16 rows through the native GEMV instead of cuBLAS.</summary>
+    public required bool NativeGemv { get; init; }
+
+    public static DecodeKernels Eager { get; } = new() { Native = false, NativeGemv = false };
+}
+
+/// <summary>A projection of the fused decode step: <c>y = x·Wᵀ (+ b)</c> for 2-D <c>x</c> <c>[rows, in]</c>.</summary>
+public abstract class Projection : IDisposable
+{
+    public abstract long OutFeatures { get; }
+
+    public abstract Tensor Forward(Tensor x, DecodeKernels kernels);
+
+    public abstract void Dispose();
+
+    /// <summary>
+    /// One projection over the concatenation of <paramref name="parts"/> along the output dimension (fused QKV,
+    /// gate/up): int4 when every part is an eligible 4-bit quantized layer, else dense in <paramref name="dtype"/>.
+    /// </summary>
+    public static Projection Fuse(IReadOnlyList<LinearLayer> parts, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        Tensor? bias = null;
+        var biases = parts.Select(p => p.DenseBias(dtype)).ToList();
+        if (biases.FirstOrDefault(b => b is not null) is { } first)
+        {
+            bias = cat(parts.Select((p, i) => biases[i] ?? zeros(p.OutFeatures, dtype, first.device)).ToArray(), 0);
+        }
+        if (parts.All(p => p is QuantizedLinear q && Int4Weight.IsEligible(q.Weight)))
+        {
+            var packed = Int4Weight.Concat(parts.Select(p => Int4Weight.From(((QuantizedLinear)p).Weight)).ToList());
+            return new Int4Projection(packed.MoveToOuterDisposeScope(), bias?.to(dtype).MoveToOuterDisposeScope());
+        }
+        var weights = parts.Select(p => p.DenseWeight(dtype)).ToArray();
+        var weight = weights.Length == 1 ? weights[0].contiguous() : cat(weights, 0);
+        return new DenseProjection(weight.MoveToOuterDisposeScope(), bias?.MoveToOuterDisposeScope());
+    }
+}
+
+/// <summary>A dense weight <c>[out, in]</c>: cuBLAS through <c>linear</c>, or the native GEMV at ≤ 16 rows.</summary>
+public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
+{
+    public Tensor Weight { get; } = weight;
+
+    public override long OutFeatures => Weight.shape[0];
+
+    public override Tensor Forward(Tensor x, DecodeKernels kernels)
+    {
+        if (kernels.NativeGemv && x.shape[0] <= 16 && Weight.shape[1] % 8 == 0 && x.device_type == DeviceType.CUDA)
+        {
+            var output = empty([x.shape[0], Weight.shape[0]], x.dtype, x.device);
+            NativeKernels.Gemv(x, Weight, output);
+            return bias is null ? output : output.add_(bias);
+        }
+        return nn.functional.linear(x, Weight, bias);
+    }
+
+    public override void Dispose()
+    {
+        Weight.Dispose();
+        bias?.Dispose();
+    }
+}
+
+/// <summary>A packed 4-bit weight: the native dequantize-GEMV at ≤ 16 rows, else dequantize and <c>linear</c>.</summary>
+public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
+{
+    public Int4Weight Weight { get; } = weight;
+
+    public override long OutFeatures => Weight.OutFeatures;
+
+    public override Tensor Forward(Tensor x, DecodeKernels kernels)
+    {
+        if (kernels.Native && x.shape[0] <= 16 && x.device_type == DeviceType.CUDA)
+        {
+            var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
+            var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
+            NativeKernels.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
+            return bias is null ? output : output.add_(bias);
+        }
+        using var dense = Weight.Dequantize(x.dtype);
+        return nn.functional.linear(x, dense, bias);
+    }
+
+    public override void Dispose()
+    {
+        Weight.Dispose();
+        bias?.Dispose();
+    }
+}

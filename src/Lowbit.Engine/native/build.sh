@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds liblowbit_native.so (CUDA graphs + decode kernels over libtorch) with the host's nvcc and g++ against
+# python3's torch (headers in torch/include, libraries in torch/lib). Usage: build.sh SRC_DIR OUT_DIR
+# Prints the path of the built library on stdout; the engine finds it through LOWBIT_NATIVE_LIB (run.sh sets it).
+set -euo pipefail
+src="$1"
+out="$2"
+python="${PYTHON:-python3}"
+torch_dir="$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+abi="$("$python" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
+nvcc="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+cuda_home="$(cd "$(dirname "$nvcc")/.." && pwd)"
+mkdir -p "$out"
+"$nvcc" -O3 -std=c++17 -Xcompiler -fPIC -cudart shared \
+  -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=compute_90 \
+  -c "$src/lowbit_kernels.cu" -o "$out/lowbit_kernels.o" >&2
+g++ -O2 -std=c++17 -fPIC -shared -D_GLIBCXX_USE_CXX11_ABI="$abi" \
+  -I"$torch_dir/include" -I"$torch_dir/include/torch/csrc/api/include" -I"$cuda_home/include" \
+  "$src/lowbit_native.cpp" "$out/lowbit_kernels.o" -o "$out/liblowbit_native.so.tmp" \
+  -L"$torch_dir/lib" -ltorch -ltorch_cpu -ltorch_cuda -lc10 -lc10_cuda -L"$cuda_home/lib64" -lcudart \
+  -Wl,-rpath,"$torch_dir/lib" >&2
+mv "$out/liblowbit_native.so.tmp" "$out/liblowbit_native.so"
+echo "$out/liblowbit_native.so"

@@ -1,0 +1,95 @@
+using Lowbit.Engine.Decoding;
+using Lowbit.Engine.Formats;
+using Lowbit.Engine.Generation;
+using Lowbit.Engine.Models;
+using Lowbit.Engine.Modules;
+using Lowbit.Engine.Quantization;
+using Lowbit.Engine.Tokenization;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Tests;
+
+public class FastDecoderTests
+{
+    private static LlamaForCausalLM Fixture()
+    {
+        using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
+        return ModelIo.Load(checkpoint, ScalarType.Float32, CPU);
+    }
+
+    private static readonly int[] Prompt = [ByteTokenizer.Bos, 'A', 'n', 'd', ' ', 't', 'h', 'e'];
+
+    [Fact]
+    public void Does_decode_the_same_greedy_tokens_as_the_eager_generator()
+    {
+        using var model = Fixture();
+        var eager = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 20 }, CPU).ToArray();
+        using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 1, MaxLength = 40 }, CPU);
+
+        var fast = FastGeneration.Generate(decoder, [Prompt], 20);
+
+        Assert.False(decoder.UsesGraphs);
+        Assert.Equal(eager, fast[0]);
+    }
+
+    [Fact]
+    public void Does_decode_each_slot_of_a_batch_as_if_alone()
+    {
+        using var model = Fixture();
+        int[] other = [ByteTokenizer.Bos, 'I', 'n', ' '];
+        var alone = TextGenerator.Generate(model, other, new GenerationOptions { MaxNewTokens = 12 }, CPU).ToArray();
+        var first = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 12 }, CPU).ToArray();
+        using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 4, MaxLength = 32 }, CPU);
+
+        // Prompts of different lengths: each slot attends only to its own positions.
+        var output = FastGeneration.Generate(decoder, [Prompt, other, other], 12);
+
+        Assert.Equal(first, output[0]);
+        Assert.Equal(alone, output[1]);
+        Assert.Equal(alone, output[2]);
+    }
+
+    [Fact]
+    public void Does_stream_until_a_stop_token()
+    {
+        using var model = Fixture();
+        var greedy = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 10 }, CPU).ToArray();
+        using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 1, MaxLength = 32 }, CPU);
+
+        var streamed = FastGeneration.Stream(decoder, Prompt, 10, [greedy[3]]).ToArray();
+
+        Assert.Equal(greedy.Take(streamed.Length), streamed);
+        Assert.True(streamed.Length <= 4);
+    }
+
+    [Fact]
+    public void Does_decode_a_4_bit_model_like_its_quantized_layers()
+    {
+        using var model = Fixture();
+        const int group = 32;
+        model.ReplaceLinears((_, layer) => layer is DenseLinear dense && dense.InFeatures % group == 0
+            ? new QuantizedLinear(Rtn.Quantize(dense.Weight, new RtnOptions { Bits = 4, GroupSize = group }), null)
+            : null);
+        var eager = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 16 }, CPU).ToArray();
+        using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 1, MaxLength = 32 }, CPU);
+
+        var fast = FastGeneration.Generate(decoder, [Prompt], 16);
+
+        Assert.Equal(eager, fast[0]);
+    }
+
+    [Fact]
+    public void Does_pack_4_bit_codes_as_the_lowbit_format_does()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(7);
+        var weight = randn(6, 128);
+        using var q = Rtn.Quantize(weight, new RtnOptions { Bits = 4, GroupSize = 64 });
+        using var packed = Int4Weight.From(q);
+
+        var expected = BitPacking.PackBits(q.Codes.contiguous().data<byte>().ToArray(), 4);
+
+        Assert.Equal(expected, packed.Packed.contiguous().data<byte>().ToArray());
+        Assert.Equal(q.Dequantize().data<float>().ToArray(), packed.Dequantize(ScalarType.Float32).data<float>().ToArray());
+    }
+}
