@@ -27,12 +27,12 @@ public static class OperatorSetup
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<CatalogOptions>, CatalogOptionsValidator>());
         services.TryAddSingleton(sp => sp.GetRequiredService<IOptions<CatalogOptions>>().Value.Load());
         services.TryAddSingleton(_ => new HttpClient { Timeout = TimeSpan.FromSeconds(20) });
-        services.TryAddSingleton(sp => new ChildApplier(sp.GetRequiredService<IKubernetes>()));
+        services.TryAddSingleton(sp => new ChildApplier(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IObjectCache>()));
         services.TryAddSingleton(sp => new StatusWriter(sp.GetRequiredService<IKubernetes>()));
         services.TryAddSingleton<EventRecorder>();
         services.TryAddSingleton<ArchitectureResolver>();
         services.TryAddSingleton<CostMetrics>();
-        services.TryAddSingleton<ReconcileKit>();
+        services.TryAddSingleton<ReconcileServices>();
         AddEndpointScraper(op);
 
         // The caches hold only what the reconcilers read of children: metadata, status, and a trimmed pod spec

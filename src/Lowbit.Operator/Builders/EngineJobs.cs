@@ -33,16 +33,18 @@ public static class EngineJobs
     /// Parses the arguments the way the engine will (<see cref="EngineRequest.Parse"/>): a spec the engine would
     /// reject with exit code 42 is reported now, naming the spec field, instead of failing a pod.
     /// </summary>
-    public static void CheckArgs(IReadOnlyList<string> args, IReadOnlyDictionary<string, string> fieldsByFlag)
+    public static SpecError? CheckArgs(IReadOnlyList<string> args, IReadOnlyDictionary<string, string> fieldsByFlag)
     {
+        ArgumentNullException.ThrowIfNull(fieldsByFlag);
         try
         {
             EngineRequest.Parse(args);
+            return null;
         }
         catch (ProtocolArgumentException ex)
         {
-            var field = fieldsByFlag.TryGetValue(ex.Argument, out var f) ? f : "spec";
-            throw new InvalidSpecException(field, ex.Message);
+            // The protocol's parser throws (it is the engine's command line); here its verdict becomes a value.
+            return new SpecError(fieldsByFlag.TryGetValue(ex.Argument, out var field) ? field : "spec", ex.Message);
         }
     }
 
@@ -51,7 +53,7 @@ public static class EngineJobs
         Api.V1Alpha1.QuantizationMethod.Rtn => QuantizationMethod.Rtn,
         Api.V1Alpha1.QuantizationMethod.Hqq => QuantizationMethod.Hqq,
         Api.V1Alpha1.QuantizationMethod.Gptq => QuantizationMethod.Gptq,
-        _ => throw new InvalidSpecException("spec.method", $"unknown method {method}"),
+        _ => throw new ArgumentOutOfRangeException(nameof(method), method, "not a quantization method"),
     };
 
     /// <summary>The engine's <c>--format</c> spelling of an export format; gguf-f16 has no engine exporter yet.</summary>
@@ -62,6 +64,6 @@ public static class EngineJobs
         ExportFormat.GgufQ80 => ExportFormats.GgufQ8,
         ExportFormat.GgufQ40 => ExportFormats.GgufQ4,
         ExportFormat.GgufQ4K => ExportFormats.GgufQ4K,
-        _ => throw new InvalidSpecException("spec.formats", $"format {format} is not supported by the engine; accepted: lowbit, gptq, gguf-q8_0, gguf-q4_0, gguf-q4_k"),
+        _ => throw new ArgumentOutOfRangeException(nameof(format), format, "not an export format"),
     };
 }

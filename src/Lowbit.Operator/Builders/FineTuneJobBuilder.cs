@@ -47,7 +47,7 @@ public static class FineTuneJobBuilder
             ? volumes.Model(source)
             : baseModel is not null
                 ? (volumes.Artifacts(baseModel), null)
-                : throw new InvalidSpecException("spec.baseModel", "the referenced QuantizedModel is not available");
+                : throw new ArgumentException("spec.baseModel: the referenced QuantizedModel is not available (Check first)", nameof(baseModel));
         var lora = spec.Lora ?? new LoraSpec();
         var output = volumes.Pvc(spec.Output.Pvc.ClaimName, spec.Output.Pvc.Path, writable: true);
         return new FinetuneRequest
@@ -85,12 +85,26 @@ public static class FineTuneJobBuilder
         };
     }
 
+    /// <summary>Why this spec cannot become a finetune Job (naming the field), or null.</summary>
+    public static SpecError? Check(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, string? resumeFrom = null)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        return job.Spec.BaseModel.Source is null && baseModel is null
+            ? new SpecError("spec.baseModel", "the referenced QuantizedModel is not available")
+            : EngineJobs.CheckArgs(Request(job, baseModel, placement, new VolumeSet(), resumeFrom).ToArgs(), FieldsByFlag);
+    }
+
+    /// <summary>The Job for a spec <see cref="Check"/> accepted.</summary>
     public static V1Job Build(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, WorkloadOptions options, string? resumeFrom = null)
     {
         ArgumentNullException.ThrowIfNull(options);
+        if (Check(job, baseModel, placement, resumeFrom) is { } error)
+        {
+            throw new ArgumentException($"check the spec before building: {error}", nameof(job));
+        }
+
         var volumes = new VolumeSet();
         var args = Request(job, baseModel, placement, volumes, resumeFrom).ToArgs();
-        EngineJobs.CheckArgs(args, FieldsByFlag);
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
         pod.Containers.Add(PodTemplates.Container(job.Spec.Image ?? options.EngineImage, args, placement, volumes, job.Spec.Resources, options));
         return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(job, Role, Role, placement), pod, options));

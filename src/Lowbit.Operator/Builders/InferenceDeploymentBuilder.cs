@@ -32,12 +32,43 @@ public static class InferenceDeploymentBuilder
     /// <summary><c>lowbit-engine serve</c> answers 200 here only once the weights are loaded (it listens before).</summary>
     public const string ReadyPath = "/ready";
 
+    /// <summary>Why the chosen runtime cannot serve what the endpoint references (naming the field), or null.</summary>
+    public static SpecError? Check(InferenceEndpoint endpoint, ServedModel served)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(served);
+        var fromSource = endpoint.Spec.Model.Source is not null;
+        var quantized = served.QuantizedModel;
+        switch (endpoint.Spec.Runtime)
+        {
+            case ServingRuntime.Llamacpp when quantized is null || fromSource:
+                return new SpecError("spec.model", "llamacpp serves a GGUF export: reference a QuantizedModel whose spec.formats include a gguf format");
+            case ServingRuntime.Llamacpp when Gguf(quantized) is null:
+                return new SpecError("spec.model.quantizedModelRef", $"QuantizedModel {quantized.Metadata.Name} exports no gguf format; llamacpp needs one");
+            case ServingRuntime.Llamacpp:
+                return null;
+            case var _ when !fromSource && quantized is null:
+                return new SpecError("spec.model.quantizedModelRef", "the referenced QuantizedModel is not available");
+            // vLLM loads the GPTQ-compatible export (4 or 8 bits); the lowbit layout is not a vLLM format.
+            case ServingRuntime.Vllm when !fromSource && !quantized!.Spec.Formats.Contains(ExportFormat.Gptq):
+                return new SpecError("spec.runtime", $"vllm serves GPTQ-format weights; QuantizedModel {quantized.Metadata.Name} does not export gptq (add gptq to its spec.formats or use runtime lowbit)");
+            default:
+                return null;
+        }
+    }
+
+    /// <summary>The Deployment for an endpoint <see cref="Check"/> accepted.</summary>
     public static V1Deployment Build(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, WorkloadOptions options)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         ArgumentNullException.ThrowIfNull(served);
         ArgumentNullException.ThrowIfNull(placement);
         ArgumentNullException.ThrowIfNull(options);
+        if (Check(endpoint, served) is { } error)
+        {
+            throw new ArgumentException($"check the spec before building: {error}", nameof(endpoint));
+        }
+
         var volumes = new VolumeSet();
         var (image, args) = endpoint.Spec.Runtime switch
         {
@@ -92,6 +123,12 @@ public static class InferenceDeploymentBuilder
         return $"http://{ChildMeta.Name(endpoint, Role)}.{endpoint.Metadata.NamespaceProperty}.svc.{options.ClusterDomain}/v1";
     }
 
+    /// <summary>The first GGUF format a QuantizedModel exports, or null.</summary>
+    private static ExportFormat? Gguf(QuantizedModel model) =>
+        model.Spec.Formats.Any(IsGguf) ? model.Spec.Formats.First(IsGguf) : null;
+
+    private static bool IsGguf(ExportFormat format) => format is ExportFormat.GgufQ80 or ExportFormat.GgufQ40 or ExportFormat.GgufQ4K;
+
     private static V1Probe Probe(int failureThreshold, string path = HealthPath) => new()
     {
         HttpGet = new V1HTTPGetAction { Path = path, Port = PortName },
@@ -105,7 +142,7 @@ public static class InferenceDeploymentBuilder
             ? volumes.Model(source)
             : served.QuantizedModel is { } model
                 ? (volumes.Artifacts(model), null)
-                : throw new InvalidSpecException("spec.model.quantizedModelRef", "the referenced QuantizedModel is not available");
+                : throw new ArgumentException("spec.model.quantizedModelRef: the referenced QuantizedModel is not available (Check first)", nameof(served));
 
     private static List<string> LowbitArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
     {
@@ -144,14 +181,8 @@ public static class InferenceDeploymentBuilder
             args.AddRange(["--revision", revision]);
         }
 
-        if (served.QuantizedModel is { } quantized && endpoint.Spec.Model.Source is null)
+        if (served.QuantizedModel is not null && endpoint.Spec.Model.Source is null)
         {
-            // vLLM loads the GPTQ-compatible export (4 or 8 bits); the lowbit layout is not a vLLM format.
-            if (!quantized.Spec.Formats.Contains(ExportFormat.Gptq))
-            {
-                throw new InvalidSpecException("spec.runtime", $"vllm serves GPTQ-format weights; QuantizedModel {quantized.Metadata.Name} does not export gptq (add gptq to its spec.formats or use runtime lowbit)");
-            }
-
             args.AddRange(["--quantization", "gptq"]);
         }
 
@@ -166,18 +197,8 @@ public static class InferenceDeploymentBuilder
 
     private static List<string> LlamaCppArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
     {
-        if (served.QuantizedModel is not { } quantized || endpoint.Spec.Model.Source is not null)
-        {
-            throw new InvalidSpecException("spec.model", "llamacpp serves a GGUF export: reference a QuantizedModel whose spec.formats include a gguf format");
-        }
-
-        var gguf = quantized.Spec.Formats.FirstOrDefault(f => f is ExportFormat.GgufQ80 or ExportFormat.GgufQ40 or ExportFormat.GgufQ4K);
-        if (!quantized.Spec.Formats.Contains(gguf) || gguf == ExportFormat.Lowbit)
-        {
-            throw new InvalidSpecException("spec.model.quantizedModelRef", $"QuantizedModel {quantized.Metadata.Name} exports no gguf format; llamacpp needs one");
-        }
-
-        var file = $"{volumes.Artifacts(quantized)}/model-{EngineJobs.Format(gguf)}.gguf";
+        var quantized = served.QuantizedModel!;
+        var file = $"{volumes.Artifacts(quantized)}/model-{EngineJobs.Format(Gguf(quantized)!.Value)}.gguf";
         var args = new List<string>
         {
             "-m", file,

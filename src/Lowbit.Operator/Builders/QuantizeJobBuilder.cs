@@ -49,13 +49,21 @@ public static class QuantizeJobBuilder
         };
     }
 
-    /// <summary>Throws <see cref="InvalidSpecException"/> (naming the field) when the engine would reject the arguments.</summary>
+    /// <summary>Why the engine would reject the arguments this spec makes (naming the field), or null.</summary>
+    public static SpecError? Check(QuantizedModel model, WorkloadPlacement placement) =>
+        EngineJobs.CheckArgs(Request(model, placement, new VolumeSet()).ToArgs(), FieldsByFlag);
+
+    /// <summary>The Job for a spec <see cref="Check"/> accepted.</summary>
     public static V1Job Build(QuantizedModel model, WorkloadPlacement placement, WorkloadOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
+        if (Check(model, placement) is { } error)
+        {
+            throw new ArgumentException($"check the spec before building: {error}", nameof(model));
+        }
+
         var volumes = new VolumeSet();
         var args = Request(model, placement, volumes).ToArgs();
-        EngineJobs.CheckArgs(args, FieldsByFlag);
         var image = model.Spec.Image ?? options.EngineImage;
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
         pod.Containers.Add(PodTemplates.Container(image, args, placement, volumes, model.Spec.Resources, options));

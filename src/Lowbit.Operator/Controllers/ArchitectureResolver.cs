@@ -51,6 +51,32 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
         return await ResolveSourceAsync(model, model.Spec.Source, model.Metadata.NamespaceProperty, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The architecture of the model a FineTuneJob or InferenceEndpoint names: the annotation's preset, else the
+    /// referenced QuantizedModel's, else the source's (a PVC source cannot be inspected from here).
+    /// </summary>
+    public async Task<ArchitectureResolution> ResolveReferenceAsync(QuantizedModel? model, ModelSource? source, string ns,
+        IDictionary<string, string>? annotations, CancellationToken cancellationToken)
+    {
+        if (annotations?.TryGetValue(Annotation, out var preset) == true)
+        {
+            return ModelPresets.TryGet(preset, out var named)
+                ? new ArchitectureResolution.Resolved(named, "annotation")
+                : new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec, $"metadata.annotations[{Annotation}]: unknown preset '{preset}'", Terminal: true);
+        }
+
+        if (model is not null)
+        {
+            return await ResolveAsync(model, cancellationToken).ConfigureAwait(false);
+        }
+
+        var resolution = await ResolveSourceAsync(null, source!, ns, cancellationToken).ConfigureAwait(false);
+        return resolution is ArchitectureResolution.NeedsInspect
+            ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
+                $"the architecture of a PVC source cannot be read here: reference a QuantizedModel or set the {Annotation} annotation to a preset", Terminal: true)
+            : resolution;
+    }
+
     /// <summary>The architecture of a model source; <paramref name="owner"/> is the QuantizedModel whose inspect Job applies (if any).</summary>
     public async Task<ArchitectureResolution> ResolveSourceAsync(QuantizedModel? owner, ModelSource source, string ns, CancellationToken cancellationToken)
     {

@@ -2,6 +2,7 @@ using k8s;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Operator.Builders;
+using Lowbit.Operator.Runtime;
 
 namespace Lowbit.Operator.Controllers;
 
@@ -25,8 +26,22 @@ public enum ApplyOutcome
 /// Applies children with server-side apply (field manager <c>lowbit-operator</c>, force), only when the observed
 /// child's spec hash differs from the desired one, so an unchanged object costs zero writes.
 /// </summary>
-public sealed class ChildApplier(IKubernetes client)
+public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
 {
+    /// <summary>Applies a desired child against its cached namesake (a Job, Deployment or Service).</summary>
+    public Task<ApplyOutcome> ApplyAsync(IKubernetesObject<V1ObjectMeta> owner, IKubernetesObject<V1ObjectMeta> desired, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(desired);
+        var key = new ObjectKey(desired.Metadata.NamespaceProperty, desired.Metadata.Name);
+        return desired switch
+        {
+            V1Job job => ApplyAsync(owner, job, cache.TryGet<V1Job>(key, out var observed) ? observed : null, cancellationToken),
+            V1Deployment deployment => ApplyAsync(owner, deployment, cache.TryGet<V1Deployment>(key, out var observed) ? observed : null, cancellationToken),
+            V1Service service => ApplyAsync(owner, service, cache.TryGet<V1Service>(key, out var observed) ? observed : null, cancellationToken),
+            _ => throw new NotSupportedException($"applying {desired.GetType().Name} is not supported"),
+        };
+    }
+
     public async Task<ApplyOutcome> ApplyAsync<T>(IKubernetesObject<V1ObjectMeta> owner, T desired, T? observed, CancellationToken cancellationToken)
         where T : class, IKubernetesObject<V1ObjectMeta>
     {

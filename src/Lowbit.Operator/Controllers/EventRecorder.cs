@@ -5,6 +5,8 @@ using System.Text;
 using System.Globalization;
 using k8s;
 using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Operator.Status;
 using Microsoft.Extensions.Logging;
 
 namespace Lowbit.Operator.Controllers;
@@ -35,6 +37,21 @@ public sealed partial class EventRecorder(IKubernetes client, TimeProvider time,
 
     /// <summary>Entries in the suppression maps (object+reason+message, object), for tests and diagnostics.</summary>
     internal (int Recent, int PerObject) Tracked => (_recent.Count, _perObject.Count);
+
+    /// <summary>Records an Event when the Ready condition changed reason or status (Warning for failures).</summary>
+    public Task RecordTransitionAsync(IKubernetesObject<V1ObjectMeta> obj, IReadOnlyList<V1Condition>? before, IReadOnlyList<V1Condition>? after, CancellationToken cancellationToken)
+    {
+        var old = Conditions.Find(before, Conditions.Types.Ready);
+        var now = Conditions.Find(after, Conditions.Types.Ready);
+        if (now is null || (old?.Status == now.Status && old?.Reason == now.Reason))
+        {
+            return Task.CompletedTask;
+        }
+
+        var stalled = Conditions.IsTrue(after, Conditions.Types.Stalled);
+        var warning = stalled || now.Reason is Conditions.Reasons.Unschedulable or Conditions.Reasons.OOMKilled or StatusReasons.GpuOutOfMemory;
+        return RecordAsync(obj, warning ? "Warning" : "Normal", now.Reason, string.IsNullOrEmpty(now.Message) ? now.Reason : now.Message, cancellationToken);
+    }
 
     public async Task RecordAsync(IKubernetesObject<V1ObjectMeta> obj, string type, string reason, string message, CancellationToken cancellationToken)
     {

@@ -1,6 +1,5 @@
 using k8s;
 using k8s.Models;
-using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Api.Validation;
 using Lowbit.Engine.Protocol;
@@ -11,78 +10,79 @@ using Lowbit.Planner;
 
 namespace Lowbit.Operator.Controllers;
 
+/// <summary>What a FineTuneJob's reconcile observed: its Job and pods, the base model, the architecture and the log tail.</summary>
+public sealed record FineTuneJobObservation
+{
+    public V1Job? Job { get; init; }
+
+    public IReadOnlyList<V1Pod> Pods { get; init; } = [];
+
+    /// <summary>The referenced QuantizedModel, if the spec names one and it is cached.</summary>
+    public QuantizedModel? BaseModel { get; init; }
+
+    /// <summary>Null when nothing was read (invalid spec, base model not Ready).</summary>
+    public ArchitectureResolution? Architecture { get; init; }
+
+    /// <summary>The tail of the running pod's log (the engine's JSON train lines).</summary>
+    public string? LogTail { get; init; }
+}
+
 /// <summary>
 /// FineTuneJob → base model (a Ready QuantizedModel or a source) → plan (lora/qlora/full) → the finetune Job →
 /// progress from the engine's JSON log lines while it runs → adapter artifact; a recreated Job resumes from the last checkpoint.
 /// </summary>
-public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTuneJob>
+public sealed class FineTuneJobReconciler(ReconcileServices services)
+    : WorkloadReconciler<FineTuneJob, FineTuneJobStatus, FineTuneJobObservation>(services)
 {
     public static readonly TimeSpan PollProgress = TimeSpan.FromSeconds(15);
 
-    public async Task<ReconcileResult> ReconcileAsync(FineTuneJob job, CancellationToken cancellationToken)
+    /// <summary>The whole decision for a FineTuneJob (pure).</summary>
+    public static Decision<FineTuneJobStatus> Decide(FineTuneJob job, FineTuneJobObservation observed, DecideContext context)
     {
-        if (job.Metadata.DeletionTimestamp is not null)
-        {
-            kit.Cost.Forget(FineTuneJob.KindName, job.Metadata.NamespaceProperty, job.Metadata.Name);
-            return ReconcileResult.Done;
-        }
-
-        var ns = job.Metadata.NamespaceProperty;
-        var child = kit.Child<V1Job>(job, FineTuneJobBuilder.Role);
-        var pods = kit.PodsOf(child);
-        var observed = new WorkloadObservation { Job = child, Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
-        var conflict = ReconcileKit.ChildConflict(job, child);
+        ArgumentNullException.ThrowIfNull(job);
+        ArgumentNullException.ThrowIfNull(observed);
+        ArgumentNullException.ThrowIfNull(context);
+        var work = new WorkloadObservation { Job = observed.Job, Pods = observed.Pods, Diagnosis = PodDiagnosis.Of(observed.Pods) };
         PlanResult? plan = null;
-        WorkloadPlacement? placement = null;
-        var applied = ApplyOutcome.Unchanged;
-        try
+        Placing placing = new(null, null);
+        V1Job? desired = null;
+        var blocker = SpecError.First(FineTuneJobSpecValidator.Validate(job.Spec))?.ToOutcome()
+            ?? BaseModelWaiting(job, observed.BaseModel)
+            ?? (observed.Architecture is { } architecture ? DecisionParts.Blocker(architecture) : null);
+        if (blocker is null && observed.Architecture is ArchitectureResolution.Resolved resolved)
         {
-            var errors = FineTuneJobSpecValidator.Validate(job.Spec);
-            if (errors.Count > 0)
+            (plan, var planError) = DecisionParts.Plan(() => Planning.FineTune(job, resolved.Architecture, context.Catalog));
+            var current = DecisionParts.CurrentIndex(observed.Job, job.Metadata.Generation, job.Status?.ObservedGeneration, job.Status?.Plan?.PlacementIndex);
+            var resumeFrom = ResumeFrom(job, observed.Job);
+            (placing, var error) = DecisionParts.Place(plan, planError, job.Spec.Scheduling.Timeout, current, work.Diagnosis, context.Now,
+                p => FineTuneJobBuilder.Check(job, observed.BaseModel, p, resumeFrom));
+            blocker = error?.ToOutcome();
+            // Progress is read once placed (a builder's objection included), not when planning itself failed.
+            work = error is null || placing.Placement is not null ? work with { LogTail = observed.LogTail } : work;
+            if (blocker is null && placing.Placement is { } placement)
             {
-                throw new InvalidSpecException(errors[0].Field, string.Join("; ", errors.Select(e => e.ToString())));
-            }
-
-            var (baseModel, waiting) = DependencyResolver.QuantizedModel(kit.Cache, ns, job.Spec.BaseModel.QuantizedModelRef, "spec.baseModel.quantizedModelRef");
-            var architecture = waiting is null
-                ? await DependencyResolver.ArchitectureAsync(kit.Architectures, baseModel, job.Spec.BaseModel.Source, ns, job.Metadata.Annotations, cancellationToken).ConfigureAwait(false)
-                : null;
-            observed = observed with { Blocker = waiting ?? (architecture is null ? null : DependencyResolver.Blocker(architecture)) };
-            if (architecture is ArchitectureResolution.Resolved resolved && observed.Blocker is null)
-            {
-                plan = Planning.FineTune(job, resolved.Architecture, kit.Catalog);
-                string? change = null;
-                var current = ReconcileKit.CurrentIndex(child, job.Metadata.Generation, job.Status?.ObservedGeneration, job.Status?.Plan?.PlacementIndex);
-                placement = plan is Planned ? kit.Place(plan, current, observed.Diagnosis, job.Spec.Scheduling.Timeout, out change) : null;
-                observed = observed with { PlacementChange = change, LogTail = await LogTailAsync(child, pods, cancellationToken).ConfigureAwait(false) };
-                if (placement is not null)
-                {
-                    var desired = FineTuneJobBuilder.Build(job, baseModel, placement, kit.Options, ResumeFrom(job, child));
-                    applied = await kit.Children.ApplyAsync(job, desired, child, cancellationToken).ConfigureAwait(false);
-                    kit.Cost.RecordPlan(FineTuneJob.KindName, ns, job.Metadata.Name, placement);
-                    RecordGpuHours(job, child, placement);
-                }
+                desired = FineTuneJobBuilder.Build(job, observed.BaseModel, placement, context.Options, resumeFrom);
             }
         }
-        catch (InvalidSpecException ex)
+
+        work = work with { Blocker = blocker, PlacementChange = placing.Change };
+        // Whatever a foreign object of a child's name shows is not ours to report.
+        if (DecisionParts.ChildConflict(job, observed.Job) is { } conflict)
         {
-            observed = observed with { Blocker = new Outcome.Stalled(Conditions.Reasons.InvalidSpec, ex.Message) };
+            work = new WorkloadObservation { Blocker = conflict };
         }
 
-        if (conflict is not null)
+        var (status, outcome) = FineTuneJobStatusCalculator.Evaluate(job, plan, placing.Placement, work, context.Now);
+        var (timeout, _) = Planning.SchedulingTimeout(job.Spec.Scheduling.Timeout);
+        return new Decision<FineTuneJobStatus>
         {
-            // Whatever the foreign object shows is not ours to report.
-            observed = new WorkloadObservation { Blocker = conflict };
-        }
-
-        var status = FineTuneJobStatusCalculator.Compute(job, plan, placement, observed, kit.Time.GetUtcNow());
-        if (await kit.Status.WriteAsync(job, job.Status, status, (j, s) => j.Status = s, cancellationToken).ConfigureAwait(false))
-        {
-            await kit.RecordTransitionAsync(job, job.Status?.Conditions, status.Conditions, cancellationToken).ConfigureAwait(false);
-        }
-
-        var outcome = JobOutcomes.Of(plan, placement, observed, "");
-        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, applied, PollProgress, kit.PendingDelay(observed.Diagnosis, job.Spec.Scheduling.Timeout));
+            Children = desired is null ? [] : [desired],
+            Status = status,
+            Outcome = outcome,
+            Result = DecisionParts.Result(outcome, work.Diagnosis, PollProgress, timeout, context.Now),
+            Placement = desired is null ? null : placing.Placement,
+            GpuTime = desired is null ? null : DecisionParts.GpuTimeOf(observed.Job, placing.Placement, context.Now),
+        };
     }
 
     /// <summary>
@@ -107,6 +107,44 @@ public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTu
         return uri.StartsWith("pvc://", StringComparison.Ordinal) ? $"{VolumeSet.MountRoot}/{uri["pvc://".Length..]}" : uri;
     }
 
+    protected override string Kind => FineTuneJob.KindName;
+
+    protected override FineTuneJobObservation Observe(FineTuneJob obj)
+    {
+        var job = Child<V1Job>(obj, FineTuneJobBuilder.Role);
+        var reference = obj.Spec.BaseModel.QuantizedModelRef;
+        var baseModel = reference is not null && Services.Cache.TryGet<QuantizedModel>(new ObjectKey(obj.Metadata.NamespaceProperty, reference.Name), out var model) ? model : null;
+        return new FineTuneJobObservation { Job = job, Pods = PodsOf(job), BaseModel = baseModel };
+    }
+
+    /// <summary>The architecture, once the spec is valid and the base model Ready; then the running pod's log tail.</summary>
+    protected override async Task<FineTuneJobObservation> ResolveAsync(FineTuneJob obj, FineTuneJobObservation observed, CancellationToken cancellationToken)
+    {
+        if (FineTuneJobSpecValidator.Validate(obj.Spec).Count > 0 || BaseModelWaiting(obj, observed.BaseModel) is not null)
+        {
+            return observed;
+        }
+
+        var architecture = await Services.Architectures.ResolveReferenceAsync(observed.BaseModel, obj.Spec.BaseModel.Source, obj.Metadata.NamespaceProperty,
+            obj.Metadata.Annotations, cancellationToken).ConfigureAwait(false);
+        var logTail = architecture is ArchitectureResolution.Resolved ? await LogTailAsync(observed.Job, observed.Pods, cancellationToken).ConfigureAwait(false) : null;
+        return observed with { Architecture = architecture, LogTail = logTail };
+    }
+
+    protected override Decision<FineTuneJobStatus> ToDecision(FineTuneJob obj, FineTuneJobObservation observed, DecideContext context) =>
+        Decide(obj, observed, context);
+
+    protected override FineTuneJobStatus? StatusOf(FineTuneJob obj) => obj.Status;
+
+    protected override void SetStatus(FineTuneJob obj, FineTuneJobStatus status) => obj.Status = status;
+
+    protected override IReadOnlyList<V1Condition>? ConditionsOf(FineTuneJobStatus? status) => status?.Conditions;
+
+    private static Outcome? BaseModelWaiting(FineTuneJob job, QuantizedModel? baseModel) =>
+        job.Spec.BaseModel.QuantizedModelRef is { } reference
+            ? DecisionParts.Waiting(baseModel, reference.Name, "spec.baseModel.quantizedModelRef")
+            : null;
+
     private async Task<string?> LogTailAsync(V1Job? child, IReadOnlyList<V1Pod> pods, CancellationToken cancellationToken)
     {
         var running = pods.FirstOrDefault(p => p.Status?.Phase == "Running");
@@ -117,7 +155,7 @@ public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTu
 
         try
         {
-            await using var stream = await kit.Client.CoreV1.ReadNamespacedPodLogAsync(running.Metadata.Name, running.Metadata.NamespaceProperty,
+            await using var stream = await Services.Client.CoreV1.ReadNamespacedPodLogAsync(running.Metadata.Name, running.Metadata.NamespaceProperty,
                 container: PodTemplates.ContainerName, tailLines: 50, cancellationToken: cancellationToken).ConfigureAwait(false);
             using var reader = new StreamReader(stream);
             return await reader.ReadToEndAsync(cancellationToken).ConfigureAwait(false);
@@ -125,15 +163,6 @@ public sealed class FineTuneJobReconciler(ReconcileKit kit) : IReconciler<FineTu
         catch (k8s.Autorest.HttpOperationException)
         {
             return null;
-        }
-    }
-
-    private void RecordGpuHours(FineTuneJob job, V1Job? child, WorkloadPlacement placement)
-    {
-        if (child?.Status?.StartTime is { } start && placement.OnGpu)
-        {
-            var end = child.Status.CompletionTime is { } done ? new DateTimeOffset(done, TimeSpan.Zero) : kit.Time.GetUtcNow();
-            kit.Cost.RecordJobGpuHours(FineTuneJob.KindName, job.Metadata.NamespaceProperty, job.Metadata.Name, placement.Option.Gpus, new DateTimeOffset(start, TimeSpan.Zero), end);
         }
     }
 }

@@ -1,3 +1,4 @@
+using k8s;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
@@ -9,96 +10,154 @@ using Lowbit.Planner;
 
 namespace Lowbit.Operator.Controllers;
 
+/// <summary>What an InferenceEndpoint's reconcile observed: its Deployment and pods, the model and adapters it references, the architecture.</summary>
+public sealed record InferenceEndpointObservation
+{
+    public V1Deployment? Deployment { get; init; }
+
+    public V1Service? Service { get; init; }
+
+    /// <summary>The serving pods of every placement (a <c>Decide</c> looks at the current placement's).</summary>
+    public IReadOnlyList<V1Pod> Pods { get; init; } = [];
+
+    /// <summary>The referenced QuantizedModel, if the spec names one and it is cached.</summary>
+    public QuantizedModel? Model { get; init; }
+
+    /// <summary>The adapters' FineTuneJobs in spec order (null where one is not cached).</summary>
+    public IReadOnlyList<FineTuneJob?> Adapters { get; init; } = [];
+
+    /// <summary>Null when nothing was read (invalid spec, a dependency not Ready).</summary>
+    public ArchitectureResolution? Architecture { get; init; }
+}
+
 /// <summary>
 /// InferenceEndpoint → model and adapters (Ready QuantizedModel / FineTuneJobs, or a source) → plan (context,
 /// concurrency, runtime, SLO, budget) → Deployment (replicas from spec: the scale subresource) and Service →
 /// status with readiness, URL, scale status and cost.
 /// </summary>
-public sealed class InferenceEndpointReconciler(ReconcileKit kit) : IReconciler<InferenceEndpoint>
+public sealed class InferenceEndpointReconciler(ReconcileServices services)
+    : WorkloadReconciler<InferenceEndpoint, InferenceEndpointStatus, InferenceEndpointObservation>(services)
 {
-    public async Task<ReconcileResult> ReconcileAsync(InferenceEndpoint endpoint, CancellationToken cancellationToken)
+    /// <summary>The whole decision for an InferenceEndpoint (pure).</summary>
+    public static Decision<InferenceEndpointStatus> Decide(InferenceEndpoint endpoint, InferenceEndpointObservation observed, DecideContext context)
     {
-        var ns = endpoint.Metadata.NamespaceProperty;
-        if (endpoint.Metadata.DeletionTimestamp is not null)
-        {
-            kit.Cost.Forget(InferenceEndpoint.KindName, ns, endpoint.Metadata.Name);
-            return ReconcileResult.Done;
-        }
-
-        var deployment = kit.Child<V1Deployment>(endpoint, InferenceDeploymentBuilder.Role);
-        var observed = new WorkloadObservation { Deployment = deployment };
-        var conflict = ReconcileKit.ChildConflict(endpoint, deployment, kit.Child<V1Service>(endpoint, InferenceDeploymentBuilder.Role));
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(observed);
+        ArgumentNullException.ThrowIfNull(context);
+        var work = new WorkloadObservation { Deployment = observed.Deployment };
         PlanResult? plan = null;
-        WorkloadPlacement? placement = null;
-        try
+        Placing placing = new(null, null);
+        var children = new List<IKubernetesObject<V1ObjectMeta>>();
+        var (adapters, adaptersWaiting) = Adapters(endpoint, observed.Adapters);
+        var blocker = SpecError.First(InferenceEndpointSpecValidator.Validate(endpoint.Spec))?.ToOutcome()
+            ?? ModelWaiting(endpoint, observed.Model)
+            ?? adaptersWaiting
+            ?? (observed.Architecture is { } architecture ? DecisionParts.Blocker(architecture) : null);
+        if (blocker is null && observed.Architecture is ArchitectureResolution.Resolved resolved)
         {
-            var errors = InferenceEndpointSpecValidator.Validate(endpoint.Spec);
-            if (errors.Count > 0)
+            (plan, var planError) = DecisionParts.Plan(() => Planning.Inference(endpoint, observed.Model, resolved.Architecture, context.Catalog));
+            var current = DecisionParts.CurrentIndex(observed.Deployment, endpoint.Metadata.Generation, endpoint.Status?.ObservedGeneration, endpoint.Status?.Plan?.PlacementIndex);
+            var running = plan is null ? null : Planning.Choose(plan, current);
+            var pods = running is null ? [] : observed.Pods.Where(p => ChildMeta.Annotation(p, Labels.PlacementAnnotation) == running.Annotation).ToList();
+            work = work with { Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
+            var served = new ServedModel { QuantizedModel = observed.Model, Adapters = adapters };
+            (placing, var error) = DecisionParts.Place(plan, planError, endpoint.Spec.Scheduling.Timeout, current, work.Diagnosis, context.Now,
+                _ => InferenceDeploymentBuilder.Check(endpoint, served));
+            blocker = error?.ToOutcome();
+            if (blocker is null && placing.Placement is { } placement)
             {
-                throw new InvalidSpecException(errors[0].Field, string.Join("; ", errors.Select(e => e.ToString())));
-            }
-
-            var (model, waiting) = DependencyResolver.QuantizedModel(kit.Cache, ns, endpoint.Spec.Model.QuantizedModelRef, "spec.model.quantizedModelRef");
-            var (adapters, adapterWaiting) = Adapters(endpoint);
-            var architecture = waiting is null && adapterWaiting is null
-                ? await DependencyResolver.ArchitectureAsync(kit.Architectures, model, endpoint.Spec.Model.Source, ns, endpoint.Metadata.Annotations, cancellationToken).ConfigureAwait(false)
-                : null;
-            observed = observed with { Blocker = waiting ?? adapterWaiting ?? (architecture is null ? null : DependencyResolver.Blocker(architecture)) };
-            if (architecture is ArchitectureResolution.Resolved resolved && observed.Blocker is null)
-            {
-                plan = Planning.Inference(endpoint, model, resolved.Architecture, kit.Catalog);
-                var current = ReconcileKit.CurrentIndex(deployment, endpoint.Metadata.Generation, endpoint.Status?.ObservedGeneration, endpoint.Status?.Plan?.PlacementIndex);
-                var pods = Planning.Choose(plan, current) is { } running ? kit.PodsOf(endpoint, InferenceDeploymentBuilder.Role, running.Annotation) : [];
-                observed = observed with { Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
-                string? change = null;
-                placement = plan is Planned ? kit.Place(plan, current, observed.Diagnosis, endpoint.Spec.Scheduling.Timeout, out change) : null;
-                observed = observed with { PlacementChange = change };
-                if (placement is not null)
-                {
-                    var served = new ServedModel { QuantizedModel = model, Adapters = adapters };
-                    await kit.Children.ApplyAsync(endpoint, InferenceDeploymentBuilder.Build(endpoint, served, placement, kit.Options), deployment, cancellationToken).ConfigureAwait(false);
-                    await kit.Children.ApplyAsync(endpoint, InferenceServiceBuilder.Build(endpoint), kit.Child<V1Service>(endpoint, InferenceDeploymentBuilder.Role), cancellationToken).ConfigureAwait(false);
-                    kit.Cost.RecordEndpoint(ns, endpoint.Metadata.Name, placement, endpoint.Spec.Replicas);
-                    kit.Cost.RecordPlan(InferenceEndpoint.KindName, ns, endpoint.Metadata.Name, placement);
-                }
+                children.Add(InferenceDeploymentBuilder.Build(endpoint, served, placement, context.Options));
+                children.Add(InferenceServiceBuilder.Build(endpoint));
             }
         }
-        catch (InvalidSpecException ex)
+
+        work = work with { Blocker = blocker, PlacementChange = placing.Change };
+        // Whatever a foreign object of a child's name shows is not ours to report.
+        if (DecisionParts.ChildConflict(endpoint, observed.Deployment, observed.Service) is { } conflict)
         {
-            observed = observed with { Blocker = new Outcome.Stalled(Conditions.Reasons.InvalidSpec, ex.Message) };
+            work = new WorkloadObservation { Blocker = conflict };
         }
 
-        if (conflict is not null)
+        var url = InferenceDeploymentBuilder.Url(endpoint, context.Options);
+        var (status, outcome) = InferenceEndpointStatusCalculator.Evaluate(endpoint, plan, placing.Placement, work, url, context.Now);
+        var (timeout, _) = Planning.SchedulingTimeout(endpoint.Spec.Scheduling.Timeout);
+        return new Decision<InferenceEndpointStatus>
         {
-            // Whatever the foreign object shows is not ours to report.
-            observed = new WorkloadObservation { Blocker = conflict };
-        }
-
-        var url = InferenceDeploymentBuilder.Url(endpoint, kit.Options);
-        var status = InferenceEndpointStatusCalculator.Compute(endpoint, plan, placement, observed, url, kit.Time.GetUtcNow());
-        if (await kit.Status.WriteAsync(endpoint, endpoint.Status, status, (e, s) => e.Status = s, cancellationToken).ConfigureAwait(false))
-        {
-            await kit.RecordTransitionAsync(endpoint, endpoint.Status?.Conditions, status.Conditions, cancellationToken).ConfigureAwait(false);
-        }
-
-        var outcome = Conditions.IsTrue(status.Conditions, Conditions.Types.Stalled)
-            ? new Outcome.Stalled(Conditions.Find(status.Conditions, Conditions.Types.Stalled)!.Reason, "")
-            : Conditions.IsTrue(status.Conditions, Conditions.Types.Ready) ? new Outcome.Succeeded("") : (Outcome)new Outcome.InProgress("", "");
-        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, ApplyOutcome.Unchanged, ReconcileKit.PollRunning, kit.PendingDelay(observed.Diagnosis, endpoint.Spec.Scheduling.Timeout));
+            Children = children,
+            Status = status,
+            Outcome = outcome,
+            Result = DecisionParts.Result(outcome, work.Diagnosis, DecisionParts.PollRunning, timeout, context.Now),
+            Placement = children.Count > 0 ? placing.Placement : null,
+        };
     }
 
+    protected override string Kind => InferenceEndpoint.KindName;
+
+    protected override InferenceEndpointObservation Observe(InferenceEndpoint obj)
+    {
+        var ns = obj.Metadata.NamespaceProperty;
+        var reference = obj.Spec.Model.QuantizedModelRef;
+        return new InferenceEndpointObservation
+        {
+            Deployment = Child<V1Deployment>(obj, InferenceDeploymentBuilder.Role),
+            Service = Child<V1Service>(obj, InferenceDeploymentBuilder.Role),
+            Pods = Services.Cache.List<V1Pod>(ns).Where(p => ChildMeta.IsComponentOf(p, obj, InferenceDeploymentBuilder.Role)).ToList(),
+            Model = reference is not null && Services.Cache.TryGet<QuantizedModel>(new ObjectKey(ns, reference.Name), out var model) ? model : null,
+            Adapters = (obj.Spec.Adapters ?? [])
+                .Select(a => Services.Cache.TryGet<FineTuneJob>(new ObjectKey(ns, a.FineTuneJobRef.Name), out var job) ? job : null)
+                .ToList(),
+        };
+    }
+
+    /// <summary>The architecture, once the spec is valid and the model and adapters are Ready.</summary>
+    protected override async Task<InferenceEndpointObservation> ResolveAsync(InferenceEndpoint obj, InferenceEndpointObservation observed, CancellationToken cancellationToken) =>
+        InferenceEndpointSpecValidator.Validate(obj.Spec).Count > 0 || ModelWaiting(obj, observed.Model) is not null || Adapters(obj, observed.Adapters).Waiting is not null
+            ? observed
+            : observed with
+            {
+                Architecture = await Services.Architectures.ResolveReferenceAsync(observed.Model, obj.Spec.Model.Source, obj.Metadata.NamespaceProperty,
+                    obj.Metadata.Annotations, cancellationToken).ConfigureAwait(false),
+            };
+
+    protected override Decision<InferenceEndpointStatus> ToDecision(InferenceEndpoint obj, InferenceEndpointObservation observed, DecideContext context) =>
+        Decide(obj, observed, context);
+
+    protected override InferenceEndpointStatus? StatusOf(InferenceEndpoint obj) => obj.Status;
+
+    protected override void SetStatus(InferenceEndpoint obj, InferenceEndpointStatus status) => obj.Status = status;
+
+    protected override IReadOnlyList<V1Condition>? ConditionsOf(InferenceEndpointStatus? status) => status?.Conditions;
+
+    /// <summary>Endpoints also price their desired replicas.</summary>
+    protected override void RecordCost(InferenceEndpoint obj, Decision<InferenceEndpointStatus> decision)
+    {
+        ArgumentNullException.ThrowIfNull(obj);
+        ArgumentNullException.ThrowIfNull(decision);
+        if (decision.Placement is { } placement)
+        {
+            Services.Cost.RecordEndpoint(obj.Metadata.NamespaceProperty, obj.Metadata.Name, placement, obj.Spec.Replicas);
+        }
+
+        base.RecordCost(obj, decision);
+    }
+
+    private static Outcome? ModelWaiting(InferenceEndpoint endpoint, QuantizedModel? model) =>
+        endpoint.Spec.Model.QuantizedModelRef is { } reference
+            ? DecisionParts.Waiting(model, reference.Name, "spec.model.quantizedModelRef")
+            : null;
+
     /// <summary>The adapters' FineTuneJobs, all Ready, or the first one still in the way.</summary>
-    private (IReadOnlyList<(string Name, FineTuneJob Job)> Adapters, Outcome? Waiting) Adapters(InferenceEndpoint endpoint)
+    private static (IReadOnlyList<(string Name, FineTuneJob Job)> Adapters, Outcome? Waiting) Adapters(InferenceEndpoint endpoint, IReadOnlyList<FineTuneJob?> observed)
     {
         var list = new List<(string, FineTuneJob)>();
         var specs = endpoint.Spec.Adapters ?? [];
         for (var i = 0; i < specs.Count; i++)
         {
-            var reference = specs[i].FineTuneJobRef.Name;
-            if (!kit.Cache.TryGet<FineTuneJob>(new ObjectKey(endpoint.Metadata.NamespaceProperty, reference), out var job)
-                || !Conditions.IsTrue(job.Status?.Conditions, Conditions.Types.Ready))
+            var job = i < observed.Count ? observed[i] : null;
+            if (job is null || !Conditions.IsTrue(job.Status?.Conditions, Conditions.Types.Ready))
             {
-                return (list, new Outcome.InProgress(Conditions.Reasons.WaitingForDependency, $"spec.adapters[{i}].fineTuneJobRef: waiting for FineTuneJob {reference} to be Ready"));
+                return (list, new Outcome.InProgress(Conditions.Reasons.WaitingForDependency,
+                    $"spec.adapters[{i}].fineTuneJobRef: waiting for FineTuneJob {specs[i].FineTuneJobRef.Name} to be Ready"));
             }
 
             list.Add((specs[i].Name, job));

@@ -113,12 +113,18 @@ public static class Planning
         }
     }
 
-    /// <summary>Parses a <c>spec.scheduling.timeout</c> Go duration (<c>10m</c>, <c>1h30m</c>, <c>90s</c>, <c>500ms</c>).</summary>
-    public static TimeSpan Duration(string? text, TimeSpan fallback)
+    /// <summary>Default <c>spec.scheduling.timeout</c>.</summary>
+    public static readonly TimeSpan DefaultSchedulingTimeout = TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// Parses a <c>spec.scheduling.timeout</c> Go duration (<c>10m</c>, <c>1h30m</c>, <c>90s</c>, <c>500ms</c>); empty
+    /// means <see cref="DefaultSchedulingTimeout"/>. A text that is not a duration gives an error naming the field.
+    /// </summary>
+    public static (TimeSpan Timeout, SpecError? Error) SchedulingTimeout(string? text)
     {
         if (string.IsNullOrWhiteSpace(text))
         {
-            return fallback;
+            return (DefaultSchedulingTimeout, null);
         }
 
         var total = TimeSpan.Zero;
@@ -133,7 +139,7 @@ public static class Planning
 
             if (start == i || !double.TryParse(text.AsSpan(start, i - start), NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
             {
-                throw new InvalidSpecException("spec.scheduling.timeout", $"'{text}' is not a duration; accepted: e.g. 90s, 10m, 1h30m");
+                return (DefaultSchedulingTimeout, new SpecError("spec.scheduling.timeout", $"'{text}' is not a duration; accepted: e.g. 90s, 10m, 1h30m"));
             }
 
             var unitStart = i;
@@ -142,17 +148,24 @@ public static class Planning
                 i++;
             }
 
-            total += text[unitStart..i] switch
+            var unit = text[unitStart..i];
+            TimeSpan? part = unit switch
             {
                 "ms" => TimeSpan.FromMilliseconds(value),
                 "s" => TimeSpan.FromSeconds(value),
                 "m" => TimeSpan.FromMinutes(value),
                 "h" => TimeSpan.FromHours(value),
-                var unit => throw new InvalidSpecException("spec.scheduling.timeout", $"unknown unit '{unit}' in '{text}'; accepted: ms, s, m, h"),
+                _ => null,
             };
+            if (part is null)
+            {
+                return (DefaultSchedulingTimeout, new SpecError("spec.scheduling.timeout", $"unknown unit '{unit}' in '{text}'; accepted: ms, s, m, h"));
+            }
+
+            total += part.Value;
         }
 
-        return total;
+        return (total, null);
     }
 
     /// <summary>The weight format of a quantization spec, as the planner names it.</summary>
@@ -170,17 +183,9 @@ public static class Planning
         : spec.Formats.Contains(ExportFormat.GgufQ80) ? WeightFormat.Parse("gguf-q8_0")
         : Weights(spec);
 
-    private static PlanResult Plan(ModelArchitecture architecture, Workload workload, GpuCatalog catalog, PlacementConstraints constraints)
-    {
-        try
-        {
-            return PlacementPlanner.Plan(new PlanRequest { Model = architecture, Workload = workload, Catalog = catalog, Constraints = constraints });
-        }
-        catch (PlanInputException ex)
-        {
-            throw new InvalidSpecException("spec", ex.Message);
-        }
-    }
+    /// <summary>The planner's answer; it throws <see cref="PlanInputException"/> for inputs it cannot plan (see <c>Decide</c>'s use).</summary>
+    private static PlanResult Plan(ModelArchitecture architecture, Workload workload, GpuCatalog catalog, PlacementConstraints constraints) =>
+        PlacementPlanner.Plan(new PlanRequest { Model = architecture, Workload = workload, Catalog = catalog, Constraints = constraints });
 
     private static PlacementConstraints Constraints(SchedulingSpec? scheduling, InferenceEndpointSpec? endpoint, int replicas)
     {

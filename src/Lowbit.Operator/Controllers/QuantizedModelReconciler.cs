@@ -1,105 +1,112 @@
 using k8s.Models;
-using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Api.Validation;
 using Lowbit.Operator.Builders;
-using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Status;
 using Lowbit.Planner;
 
 namespace Lowbit.Operator.Controllers;
 
+/// <summary>What a QuantizedModel's reconcile observed: its quantize and inspect Jobs with their pods, and the architecture.</summary>
+public sealed record QuantizedModelObservation
+{
+    public V1Job? Job { get; init; }
+
+    public IReadOnlyList<V1Pod> Pods { get; init; } = [];
+
+    public V1Job? InspectJob { get; init; }
+
+    public IReadOnlyList<V1Pod> InspectPods { get; init; } = [];
+
+    /// <summary>Null when the spec is invalid (nothing was read).</summary>
+    public ArchitectureResolution? Architecture { get; init; }
+}
+
 /// <summary>
 /// QuantizedModel → architecture (annotation, preset, config.json, or an inspect Job) → plan (mode quantize) →
 /// the quantize Job on the chosen placement → status with artifact and quality from the engine's result.
 /// </summary>
-public sealed class QuantizedModelReconciler(ReconcileKit kit) : IReconciler<QuantizedModel>
+public sealed class QuantizedModelReconciler(ReconcileServices services)
+    : WorkloadReconciler<QuantizedModel, QuantizedModelStatus, QuantizedModelObservation>(services)
 {
-    public async Task<ReconcileResult> ReconcileAsync(QuantizedModel model, CancellationToken cancellationToken)
+    /// <summary>The whole decision for a QuantizedModel (pure).</summary>
+    public static Decision<QuantizedModelStatus> Decide(QuantizedModel model, QuantizedModelObservation observed, DecideContext context)
     {
-        if (model.Metadata.DeletionTimestamp is not null)
-        {
-            kit.Cost.Forget(QuantizedModel.KindName, model.Metadata.NamespaceProperty, model.Metadata.Name);
-            return ReconcileResult.Done;
-        }
-
-        var job = kit.Child<V1Job>(model, QuantizeJobBuilder.Role);
-        var pods = kit.PodsOf(job);
-        var observed = new WorkloadObservation { Job = job, Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
-        var conflict = ReconcileKit.ChildConflict(model, job, kit.Child<V1Job>(model, InspectJobBuilder.Role));
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(observed);
+        ArgumentNullException.ThrowIfNull(context);
+        var work = new WorkloadObservation { Job = observed.Job, Pods = observed.Pods, Diagnosis = PodDiagnosis.Of(observed.Pods) };
+        var children = new List<V1Job>();
         PlanResult? plan = null;
-        WorkloadPlacement? placement = null;
-        var applied = ApplyOutcome.Unchanged;
-        try
+        Placing placing = new(null, null);
+        var blocker = SpecError.First(QuantizedModelSpecValidator.Validate(model.Spec))?.ToOutcome();
+        switch (blocker is null ? observed.Architecture : null)
         {
-            var errors = QuantizedModelSpecValidator.Validate(model.Spec);
-            if (errors.Count > 0)
-            {
-                throw new InvalidSpecException(errors[0].Field, string.Join("; ", errors.Select(e => e.ToString())));
-            }
+            case ArchitectureResolution.NeedsInspect:
+                children.Add(InspectJobBuilder.Build(model, context.Options, context.Catalog));
+                var inspect = PodDiagnosis.Of(observed.InspectPods);
+                blocker = inspect is PodDiagnosis.Healthy
+                    ? new Outcome.InProgress(StatusReasons.Inspecting, "reading the model's config.json with an inspect Job")
+                    : new Outcome.Stalled(inspect.Reason, $"inspect: {inspect.Message}");
+                break;
+            case ArchitectureResolution.Failed failed:
+                blocker = DecisionParts.Blocker(failed);
+                break;
+            case ArchitectureResolution.Resolved resolved:
+                (plan, var planError) = DecisionParts.Plan(() => Planning.Quantize(model, resolved.Architecture, context.Catalog));
+                var current = DecisionParts.CurrentIndex(observed.Job, model.Metadata.Generation, model.Status?.ObservedGeneration, model.Status?.Plan?.PlacementIndex);
+                (placing, var error) = DecisionParts.Place(plan, planError, model.Spec.Scheduling.Timeout, current, work.Diagnosis, context.Now,
+                    p => QuantizeJobBuilder.Check(model, p));
+                blocker = error?.ToOutcome();
+                if (blocker is null && placing.Placement is { } placement)
+                {
+                    children.Add(QuantizeJobBuilder.Build(model, placement, context.Options));
+                }
 
-            var architecture = await kit.Architectures.ResolveAsync(model, cancellationToken).ConfigureAwait(false);
-            switch (architecture)
-            {
-                case ArchitectureResolution.NeedsInspect:
-                    var inspect = InspectJobBuilder.Build(model, kit.Options, kit.Catalog);
-                    var inspectObserved = kit.Child<V1Job>(model, InspectJobBuilder.Role);
-                    await kit.Children.ApplyAsync(model, inspect, inspectObserved, cancellationToken).ConfigureAwait(false);
-                    var inspectDiagnosis = PodDiagnosis.Of(kit.PodsOf(inspectObserved));
-                    observed = observed with
-                    {
-                        Blocker = inspectDiagnosis is PodDiagnosis.Healthy
-                            ? new Outcome.InProgress(StatusReasons.Inspecting, "reading the model's config.json with an inspect Job")
-                            : new Outcome.Stalled(inspectDiagnosis.Reason, $"inspect: {inspectDiagnosis.Message}"),
-                    };
-                    break;
-                case ArchitectureResolution.Failed failed:
-                    observed = observed with { Blocker = failed.Terminal ? new Outcome.Stalled(failed.Reason, failed.Message) : new Outcome.InProgress(failed.Reason, failed.Message) };
-                    break;
-                case ArchitectureResolution.Resolved resolved:
-                    plan = Planning.Quantize(model, resolved.Architecture, kit.Catalog);
-                    string? change = null;
-                    var current = ReconcileKit.CurrentIndex(job, model.Metadata.Generation, model.Status?.ObservedGeneration, model.Status?.Plan?.PlacementIndex);
-                    placement = plan is Planned ? kit.Place(plan, current, observed.Diagnosis, model.Spec.Scheduling.Timeout, out change) : null;
-                    observed = observed with { PlacementChange = change };
-                    if (placement is not null)
-                    {
-                        var desired = QuantizeJobBuilder.Build(model, placement, kit.Options);
-                        applied = await kit.Children.ApplyAsync(model, desired, job, cancellationToken).ConfigureAwait(false);
-                        kit.Cost.RecordPlan(QuantizedModel.KindName, model.Metadata.NamespaceProperty, model.Metadata.Name, placement);
-                    }
-
-                    break;
-            }
-        }
-        catch (InvalidSpecException ex)
-        {
-            observed = observed with { Blocker = new Outcome.Stalled(Conditions.Reasons.InvalidSpec, ex.Message) };
+                break;
         }
 
-        if (conflict is not null)
+        work = work with { Blocker = blocker, PlacementChange = placing.Change };
+        // Whatever a foreign object of a child's name shows is not ours to report.
+        if (DecisionParts.ChildConflict(model, observed.Job, observed.InspectJob) is { } conflict)
         {
-            // Whatever the foreign object shows is not ours to report.
-            observed = new WorkloadObservation { Blocker = conflict };
+            work = new WorkloadObservation { Blocker = conflict };
         }
 
-        RecordGpuHours(model, job, placement);
-        var status = QuantizedModelStatusCalculator.Compute(model, plan, placement, observed, kit.Time.GetUtcNow());
-        if (await kit.Status.WriteAsync(model, model.Status, status, (m, s) => m.Status = s, cancellationToken).ConfigureAwait(false))
+        var (status, outcome) = QuantizedModelStatusCalculator.Evaluate(model, plan, placing.Placement, work, context.Now);
+        var built = children.Count > 0 && blocker is null;
+        var (timeout, _) = Planning.SchedulingTimeout(model.Spec.Scheduling.Timeout);
+        return new Decision<QuantizedModelStatus>
         {
-            await kit.RecordTransitionAsync(model, model.Status?.Conditions, status.Conditions, cancellationToken).ConfigureAwait(false);
-        }
-
-        var outcome = JobOutcomes.Of(plan, placement, observed, "");
-        return ReconcileKit.ResultFor(outcome, observed.Diagnosis, applied, ReconcileKit.PollRunning, kit.PendingDelay(observed.Diagnosis, model.Spec.Scheduling.Timeout));
+            Children = children,
+            Status = status,
+            Outcome = outcome,
+            Result = DecisionParts.Result(outcome, work.Diagnosis, DecisionParts.PollRunning, timeout, context.Now),
+            Placement = built ? placing.Placement : null,
+            GpuTime = built ? DecisionParts.GpuTimeOf(observed.Job, placing.Placement, context.Now) : null,
+        };
     }
 
-    private void RecordGpuHours(QuantizedModel model, V1Job? job, WorkloadPlacement? placement)
+    protected override string Kind => QuantizedModel.KindName;
+
+    protected override QuantizedModelObservation Observe(QuantizedModel obj)
     {
-        if (job?.Status?.StartTime is { } start && placement is { OnGpu: true })
-        {
-            var end = job.Status.CompletionTime is { } done ? new DateTimeOffset(done, TimeSpan.Zero) : kit.Time.GetUtcNow();
-            kit.Cost.RecordJobGpuHours(QuantizedModel.KindName, model.Metadata.NamespaceProperty, model.Metadata.Name, placement.GpusPerReplica, new DateTimeOffset(start, TimeSpan.Zero), end);
-        }
+        var job = Child<V1Job>(obj, QuantizeJobBuilder.Role);
+        var inspect = Child<V1Job>(obj, InspectJobBuilder.Role);
+        return new QuantizedModelObservation { Job = job, Pods = PodsOf(job), InspectJob = inspect, InspectPods = PodsOf(inspect) };
     }
+
+    protected override async Task<QuantizedModelObservation> ResolveAsync(QuantizedModel obj, QuantizedModelObservation observed, CancellationToken cancellationToken) =>
+        QuantizedModelSpecValidator.Validate(obj.Spec).Count > 0
+            ? observed
+            : observed with { Architecture = await Services.Architectures.ResolveAsync(obj, cancellationToken).ConfigureAwait(false) };
+
+    protected override Decision<QuantizedModelStatus> ToDecision(QuantizedModel obj, QuantizedModelObservation observed, DecideContext context) =>
+        Decide(obj, observed, context);
+
+    protected override QuantizedModelStatus? StatusOf(QuantizedModel obj) => obj.Status;
+
+    protected override void SetStatus(QuantizedModel obj, QuantizedModelStatus status) => obj.Status = status;
+
+    protected override IReadOnlyList<V1Condition>? ConditionsOf(QuantizedModelStatus? status) => status?.Conditions;
 }

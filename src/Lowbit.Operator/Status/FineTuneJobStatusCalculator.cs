@@ -9,7 +9,11 @@ namespace Lowbit.Operator.Status;
 /// <summary>FineTuneJob status: plan, progress from the engine's JSON train lines, adapter artifact, checkpoints (pure).</summary>
 public static class FineTuneJobStatusCalculator
 {
-    public static FineTuneJobStatus Compute(FineTuneJob job, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now)
+    public static FineTuneJobStatus Compute(FineTuneJob job, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now) =>
+        Evaluate(job, plan, placement, observed, now).Status;
+
+    /// <summary>The status and the outcome it reports (decided once, here).</summary>
+    public static (FineTuneJobStatus Status, Outcome Outcome) Evaluate(FineTuneJob job, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now)
     {
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(observed);
@@ -24,7 +28,7 @@ public static class FineTuneJobStatusCalculator
         var trained = outcome is Outcome.Succeeded
             ? Conditions.Trained(outcome.Message, generation, now)
             : Conditions.Create(Conditions.Types.Trained, Conditions.False, outcome.Reason, outcome.Message, generation, now);
-        return new FineTuneJobStatus
+        var status = new FineTuneJobStatus
         {
             ObservedGeneration = generation,
             Conditions = StatusParts.Conditions(previous?.Conditions, outcome, generation, now,
@@ -36,6 +40,7 @@ public static class FineTuneJobStatusCalculator
             Checkpoints = Checkpoints(job, progress, previous?.Checkpoints),
             Timings = StatusParts.Timings(observed.Job, previous?.Timings),
         };
+        return (status, outcome);
     }
 
     /// <summary>The last <c>train</c> event in a log tail (the engine prints one JSON line per optimizer step).</summary>

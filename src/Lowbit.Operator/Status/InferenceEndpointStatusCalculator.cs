@@ -8,7 +8,11 @@ namespace Lowbit.Operator.Status;
 /// <summary>InferenceEndpoint status: readiness from the Deployment, URL, scale status, plan and cost (pure).</summary>
 public static class InferenceEndpointStatusCalculator
 {
-    public static InferenceEndpointStatus Compute(InferenceEndpoint endpoint, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, string url, DateTimeOffset now)
+    public static InferenceEndpointStatus Compute(InferenceEndpoint endpoint, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, string url, DateTimeOffset now) =>
+        Evaluate(endpoint, plan, placement, observed, url, now).Status;
+
+    /// <summary>The status and the outcome it reports (decided once, here).</summary>
+    public static (InferenceEndpointStatus Status, Status.Outcome Outcome) Evaluate(InferenceEndpoint endpoint, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, string url, DateTimeOffset now)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         ArgumentNullException.ThrowIfNull(observed);
@@ -21,7 +25,7 @@ public static class InferenceEndpointStatusCalculator
             ? Conditions.Available($"{ready} of {endpoint.Spec.Replicas} replicas ready", generation, now)
             : Conditions.Unavailable(outcome is Outcome.Succeeded ? Conditions.Reasons.Succeeded : outcome.Reason, ready == 0 && endpoint.Spec.Replicas == 0 ? "scaled to zero" : outcome.Message, generation, now);
         var selector = string.Join(",", ChildMeta.Selector(endpoint, InferenceDeploymentBuilder.Role).OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}={kv.Value}"));
-        return new InferenceEndpointStatus
+        var status = new InferenceEndpointStatus
         {
             ObservedGeneration = generation,
             Conditions = StatusParts.Conditions(previous?.Conditions, outcome, generation, now,
@@ -40,6 +44,7 @@ public static class InferenceEndpointStatusCalculator
             Cost = placement is null ? previous?.Cost : Cost(endpoint, placement),
             Timings = previous?.Timings,
         };
+        return (status, outcome);
     }
 
     /// <summary>Catalog cost of the desired replicas and the planner's throughput estimate.</summary>

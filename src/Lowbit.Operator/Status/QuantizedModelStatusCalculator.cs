@@ -9,7 +9,11 @@ namespace Lowbit.Operator.Status;
 /// <summary>QuantizedModel status from the plan and the observed Job and pods (pure; unit-tested without a server).</summary>
 public static class QuantizedModelStatusCalculator
 {
-    public static QuantizedModelStatus Compute(QuantizedModel model, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now)
+    public static QuantizedModelStatus Compute(QuantizedModel model, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now) =>
+        Evaluate(model, plan, placement, observed, now).Status;
+
+    /// <summary>The status and the outcome it reports (decided once, here).</summary>
+    public static (QuantizedModelStatus Status, Outcome Outcome) Evaluate(QuantizedModel model, PlanResult? plan, WorkloadPlacement? placement, WorkloadObservation observed, DateTimeOffset now)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(observed);
@@ -23,7 +27,7 @@ public static class QuantizedModelStatusCalculator
         var quantized = outcome is Outcome.Succeeded
             ? Conditions.Quantized(outcome.Message, generation, now)
             : Conditions.Create(Conditions.Types.Quantized, Conditions.False, outcome.Reason, outcome.Message, generation, now);
-        return new QuantizedModelStatus
+        var status = new QuantizedModelStatus
         {
             ObservedGeneration = generation,
             Conditions = StatusParts.Conditions(previous?.Conditions, outcome, generation, now,
@@ -37,6 +41,7 @@ public static class QuantizedModelStatusCalculator
                 : previous?.Quality,
             Timings = StatusParts.Timings(observed.Job, previous?.Timings),
         };
+        return (status, outcome);
     }
 
     public static ArtifactStatus Artifact(ArtifactReport report)

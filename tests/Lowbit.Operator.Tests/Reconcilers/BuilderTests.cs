@@ -169,9 +169,11 @@ public sealed class BuilderTests
     public void Does_reject_vllm_without_a_gptq_export_naming_the_field()
     {
         var endpoint = Fixtures.Endpoint(runtime: ServingRuntime.Vllm);
-        var error = Assert.Throws<InvalidSpecException>(() =>
-            InferenceDeploymentBuilder.Build(endpoint, new ServedModel { QuantizedModel = Fixtures.Model() }, Fixtures.GpuPlacement(endpoint), Fixtures.Options));
+        var error = InferenceDeploymentBuilder.Check(endpoint, new ServedModel { QuantizedModel = Fixtures.Model() });
+        Assert.NotNull(error);
         Assert.Equal("spec.runtime", error.Field);
+        Assert.Throws<ArgumentException>(() =>
+            InferenceDeploymentBuilder.Build(endpoint, new ServedModel { QuantizedModel = Fixtures.Model() }, Fixtures.GpuPlacement(endpoint), Fixtures.Options));
     }
 
     [Fact]
@@ -222,7 +224,8 @@ public sealed class BuilderTests
     public void Does_report_a_gptq_export_with_mixed_precision_as_invalid_spec_naming_the_field()
     {
         var model = Fixtures.Model(change: m => m.Spec = m.Spec with { Bits = null, TargetBitsPerWeight = 2.5, Formats = [ExportFormat.Gptq] });
-        var error = Assert.Throws<InvalidSpecException>(() => QuantizeJobBuilder.Build(model, Fixtures.Placement(Fixtures.QuantizePlan(model)), Fixtures.Options));
+        var error = QuantizeJobBuilder.Check(model, Fixtures.Placement(Fixtures.QuantizePlan(model)));
+        Assert.NotNull(error);
         Assert.Equal("spec.formats", error.Field);
     }
 

@@ -1,0 +1,152 @@
+using k8s.Models;
+using Lowbit.Api;
+using Lowbit.Api.V1Alpha1;
+using Lowbit.Operator.Builders;
+using Lowbit.Operator.Controllers;
+using Lowbit.Operator.Runtime;
+using Lowbit.Operator.Status;
+using Lowbit.Planner;
+using ServingRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
+
+namespace Lowbit.Operator.Tests.Reconcilers;
+
+/// <summary>The three pure <c>Decide</c> functions: spec + observation + plan in, the whole decision out, no server.</summary>
+public sealed class DecideTests
+{
+    private static readonly DateTimeOffset Now = new(2026, 11, 22, 12, 0, 0, TimeSpan.Zero);
+
+    private static readonly DecideContext Context = new() { Catalog = GpuCatalog.Default, Options = Fixtures.Options, Now = Now };
+
+    private static readonly ArchitectureResolution Llama7B = new ArchitectureResolution.Resolved(ModelPresets.Llama2_7B, "preset");
+
+    private static QuantizedModel ReadyModel(Action<QuantizedModel>? change = null)
+    {
+        var model = Fixtures.Model(change: change);
+        model.Status = new QuantizedModelStatus { ObservedGeneration = model.Metadata.Generation, Conditions = [Conditions.Ready("quantized", model.Metadata.Generation, Now)] };
+        return model;
+    }
+
+    [Fact]
+    public void Does_stall_an_invalid_quantized_model_spec_as_InvalidSpec_without_children()
+    {
+        var model = Fixtures.Model(change: m => m.Spec = m.Spec with { Bits = null });
+
+        var decision = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Architecture = Llama7B }, Context);
+
+        var stalled = Assert.IsType<Outcome.Stalled>(decision.Outcome);
+        Assert.Equal(Conditions.Reasons.InvalidSpec, stalled.Reason);
+        Assert.StartsWith("spec.bits: ", stalled.Message, StringComparison.Ordinal);
+        Assert.Empty(decision.Children);
+        Assert.IsType<ReconcileResult.TerminalFailure>(decision.Result);
+        Assert.True(Conditions.IsTrue(decision.Status.Conditions, Conditions.Types.Stalled));
+    }
+
+    [Fact]
+    public void Does_create_the_quantize_job_on_the_cheapest_placement_when_the_architecture_is_known()
+    {
+        var model = Fixtures.Model();
+
+        var decision = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Architecture = Llama7B }, Context);
+
+        var job = Assert.IsType<V1Job>(Assert.Single(decision.Children));
+        Assert.Equal($"{model.Metadata.Name}-{QuantizeJobBuilder.Role}", job.Metadata.Name);
+        Assert.Equal(Conditions.Reasons.Pending, decision.Outcome.Reason);
+        Assert.Equal(0, decision.Placement?.Index);
+        Assert.Equal(ReconcileResult.RequeueAfter(DecisionParts.PollRunning), decision.Result);
+    }
+
+    [Fact]
+    public void Does_run_an_inspect_job_for_a_source_whose_architecture_needs_reading()
+    {
+        var decision = QuantizedModelReconciler.Decide(Fixtures.Model(), new QuantizedModelObservation { Architecture = new ArchitectureResolution.NeedsInspect() }, Context);
+
+        var job = Assert.IsType<V1Job>(Assert.Single(decision.Children));
+        Assert.EndsWith(InspectJobBuilder.Role, job.Metadata.Name, StringComparison.Ordinal);
+        Assert.Equal(StatusReasons.Inspecting, decision.Outcome.Reason);
+        Assert.Null(decision.Placement);
+    }
+
+    [Fact]
+    public void Does_wait_for_a_referenced_quantized_model_that_is_not_ready()
+    {
+        var endpoint = Fixtures.Endpoint();
+
+        var decision = InferenceEndpointReconciler.Decide(endpoint, new InferenceEndpointObservation { Model = Fixtures.Model() }, Context);
+
+        Assert.Equal(Conditions.Reasons.WaitingForDependency, decision.Outcome.Reason);
+        Assert.Contains("spec.model.quantizedModelRef", decision.Outcome.Message, StringComparison.Ordinal);
+        Assert.Empty(decision.Children);
+        Assert.IsType<ReconcileResult.Requeue>(decision.Result);
+    }
+
+    [Fact]
+    public void Does_stall_vllm_without_a_gptq_export_as_InvalidSpec_naming_the_field()
+    {
+        var endpoint = Fixtures.Endpoint(runtime: ServingRuntime.Vllm);
+
+        var decision = InferenceEndpointReconciler.Decide(endpoint, new InferenceEndpointObservation { Model = ReadyModel(), Architecture = Llama7B }, Context);
+
+        Assert.Equal(Conditions.Reasons.InvalidSpec, decision.Outcome.Reason);
+        Assert.StartsWith("spec.runtime: ", decision.Outcome.Message, StringComparison.Ordinal);
+        Assert.Empty(decision.Children);
+        Assert.Null(decision.Placement);
+        Assert.IsType<ReconcileResult.TerminalFailure>(decision.Result);
+    }
+
+    [Fact]
+    public void Does_apply_a_deployment_and_a_service_for_a_ready_model()
+    {
+        var endpoint = Fixtures.Endpoint();
+
+        var decision = InferenceEndpointReconciler.Decide(endpoint, new InferenceEndpointObservation { Model = ReadyModel(), Architecture = Llama7B }, Context);
+
+        Assert.Collection(decision.Children, c => Assert.IsType<V1Deployment>(c), c => Assert.IsType<V1Service>(c));
+        Assert.NotNull(decision.Placement);
+        Assert.Equal(InferenceDeploymentBuilder.Url(endpoint, Fixtures.Options), decision.Status.Url);
+        Assert.IsType<Outcome.InProgress>(decision.Outcome);
+    }
+
+    [Fact]
+    public void Does_stall_a_scheduling_timeout_that_is_not_a_duration_instead_of_throwing()
+    {
+        var job = Fixtures.FineTune();
+        job.Spec = job.Spec with { Scheduling = new SchedulingSpec { Timeout = "ten minutes" } };
+
+        var decision = FineTuneJobReconciler.Decide(job, new FineTuneJobObservation { BaseModel = ReadyModel(), Architecture = Llama7B }, Context);
+
+        Assert.Equal(Conditions.Reasons.InvalidSpec, decision.Outcome.Reason);
+        Assert.StartsWith("spec.scheduling.timeout: ", decision.Outcome.Message, StringComparison.Ordinal);
+        Assert.Empty(decision.Children);
+    }
+
+    [Fact]
+    public void Does_finish_a_fine_tune_job_whose_job_completed_and_count_its_gpu_time()
+    {
+        var job = Fixtures.FineTune();
+        var started = Now.UtcDateTime.AddHours(-2);
+        var child = new V1Job
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = $"{job.Metadata.Name}-{FineTuneJobBuilder.Role}",
+                NamespaceProperty = "ml",
+                OwnerReferences = [new V1OwnerReference { ApiVersion = "lowbit.dev/v1alpha1", Kind = "FineTuneJob", Name = job.Metadata.Name, Uid = job.Metadata.Uid, Controller = true }],
+            },
+            Status = new V1JobStatus
+            {
+                StartTime = started,
+                CompletionTime = started.AddHours(1),
+                Conditions = [new V1JobCondition { Type = "Complete", Status = "True" }],
+            },
+        };
+
+        var decision = FineTuneJobReconciler.Decide(job, new FineTuneJobObservation { Job = child, BaseModel = ReadyModel(), Architecture = Llama7B }, Context);
+
+        Assert.IsType<Outcome.Succeeded>(decision.Outcome);
+        Assert.Equal(ReconcileResult.Done, decision.Result);
+        Assert.Equal("Succeeded", decision.Status.Phase);
+        var placement = Assert.IsType<WorkloadPlacement>(decision.Placement);
+        var expected = new GpuTime(placement.GpusPerReplica, new DateTimeOffset(started, TimeSpan.Zero), new DateTimeOffset(started.AddHours(1), TimeSpan.Zero));
+        Assert.Equal(placement.OnGpu ? expected : null, decision.GpuTime);
+    }
+}
