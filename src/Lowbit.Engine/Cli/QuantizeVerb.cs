@@ -202,7 +202,7 @@ public static class QuantizeVerb
     }
 
     /// <summary>llama.cpp's converter order: token_embd, blocks in order, output_norm, output.</summary>
-    private static IEnumerable<KeyValuePair<string, Func<Tensor>>> Ordered(IEnumerable<KeyValuePair<string, Func<Tensor>>> tensors)
+    internal static IEnumerable<KeyValuePair<string, Func<Tensor>>> Ordered(IEnumerable<KeyValuePair<string, Func<Tensor>>> tensors)
     {
         static (int, int, string) Key(string name)
         {

@@ -16,7 +16,7 @@ namespace Lowbit.Engine.Serving;
 /// </list>
 /// Inside a step there is no host synchronisation; the caller reads the sampled tokens once per step.
 /// </summary>
-public sealed class DecodeBatch : IDisposable
+public sealed class DecodeBatch : IDecodeBackend
 {
     private readonly LlamaForCausalLM _model;
     private readonly Tensor[] _keys;
@@ -154,6 +154,13 @@ public sealed class DecodeBatch : IDisposable
         }
         var logits = _model.Logits(_model.Model.Norm.forward(hidden)).view(rows, -1).to(ScalarType.Float32);
         return logits.MoveToOuterDisposeScope();
+    }
+
+    /// <inheritdoc/>
+    public Tensor Step(long[] tokens, long[] positions, int rows, int attend)
+    {
+        using var scope = NewDisposeScope();
+        return Step(tensor(tokens, device: Device), tensor(positions, device: Device), rows, attend).MoveToOuterDisposeScope();
     }
 
     private static (LinearLayer Q, LinearLayer K, LinearLayer V, LinearLayer O) Projections(LlamaDecoderLayer layer)

@@ -9,9 +9,13 @@ namespace Lowbit.Engine.Serving;
 /// <summary>The served model: weights, tokenizer, chat format, the KV slab, the scheduler and the adapters.</summary>
 public sealed class LoadedModel : IDisposable
 {
-    private LoadedModel(LlamaForCausalLM model, ITextTokenizer tokenizer, TokenizerConfig tokenizerConfig, IReadOnlyList<int> eosIds, DecodeBatch batch, ServeScheduler scheduler, LoraSet adapters)
+    private readonly IDisposable? _weights;
+
+    private LoadedModel(LlamaForCausalLM? model, ITextTokenizer tokenizer, TokenizerConfig tokenizerConfig, IReadOnlyList<int> eosIds, IDecodeBackend batch, ServeScheduler scheduler, LoraSet? adapters, IDisposable? weights = null)
     {
         Model = model;
+        _weights = weights;
+        VocabSize = model?.Config.VocabSize ?? tokenizer.VocabSize;
         Tokenizer = tokenizer;
         TokenizerConfig = tokenizerConfig;
         EosIds = eosIds;
@@ -21,7 +25,10 @@ public sealed class LoadedModel : IDisposable
         ChatFormat = ChatTemplates.Detect(tokenizerConfig.ChatTemplate);
     }
 
-    public LlamaForCausalLM Model { get; }
+    /// <summary>The TorchSharp model; null on the GGUF (llama.cpp) path.</summary>
+    public LlamaForCausalLM? Model { get; }
+
+    public int VocabSize { get; }
 
     public ITextTokenizer Tokenizer { get; }
 
@@ -31,14 +38,19 @@ public sealed class LoadedModel : IDisposable
 
     public IReadOnlyList<int> EosIds { get; }
 
-    public DecodeBatch Batch { get; }
+    public IDecodeBackend Batch { get; }
 
     public ServeScheduler Scheduler { get; }
 
-    public LoraSet Adapters { get; }
+    /// <summary>LoRA adapters; null on the GGUF path (llama.cpp adapters are not wired).</summary>
+    public LoraSet? Adapters { get; }
 
     public static LoadedModel Load(ServeOptions options, ServeMetrics metrics, TimeProvider time, Action<string> log, Action<Exception> onFailure)
     {
+        if (GgufPath(options.ModelDirectory) is { } gguf)
+        {
+            return LoadGguf(gguf, options, metrics, time, log, onFailure);
+        }
         var directory = options.ModelDirectory;
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
         var hasTokenizer = File.Exists(Path.Combine(directory, "tokenizer.json")) || File.Exists(Path.Combine(directory, "tokenizer.model"));
@@ -83,14 +95,83 @@ public sealed class LoadedModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// The GGUF file to serve through llama.cpp: <paramref name="model"/> itself when it is a .gguf file, or the one
+    /// .gguf file of a folder without safetensors weights; null for a safetensors model.
+    /// </summary>
+    public static string? GgufPath(string model)
+    {
+        if (File.Exists(model))
+        {
+            return model.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? model
+                : throw new EngineInputException($"--model: {model} is a file but not a .gguf file; pass a .gguf file or a model folder");
+        }
+        if (!Directory.Exists(model) || Directory.EnumerateFiles(model, "*.safetensors").Any())
+        {
+            return null;
+        }
+        var files = Directory.GetFiles(model, "*.gguf").Order(StringComparer.Ordinal).ToArray();
+        return files.Length switch
+        {
+            0 => null,
+            1 => files[0],
+            _ => throw new EngineInputException($"--model: {model} holds {files.Length} .gguf files ({string.Join(", ", files.Select(Path.GetFileName))}); pass one of them as --model"),
+        };
+    }
+
+    private static LoadedModel LoadGguf(string path, ServeOptions options, ServeMetrics metrics, TimeProvider time, Action<string> log, Action<Exception> onFailure)
+    {
+        if (options.Adapters.Count > 0)
+        {
+            throw new EngineInputException("--adapters: LoRA adapters are not supported with a GGUF model (llama.cpp path); serve the safetensors model to use adapters");
+        }
+        if (options.Device.type != TorchSharp.DeviceType.CPU)
+        {
+            log("GGUF models run on llama.cpp's CPU backend (LLamaSharp.Backend.Cpu); --device is ignored");
+        }
+        var weights = LLama.LLamaWeights.LoadFromFile(LlamaCppBackend.ContextParameters(path, options.MaxConcurrency, options.MaxContext, options.PrefillChunk));
+        LlamaCppBackend? backend = null;
+        try
+        {
+            var tokenizer = new LlamaCppTokenizer(weights);
+            weights.Metadata.TryGetValue("tokenizer.chat_template", out var template);
+            var tokenizerConfig = new TokenizerConfig
+            {
+                AddBosToken = weights.Vocab.ShouldAddBOS,
+                BosToken = tokenizer.BosId is { } bos ? weights.Vocab.LLamaTokenToString(bos, true) : null,
+                ChatTemplate = template,
+            };
+            backend = new LlamaCppBackend(weights, path, options.MaxConcurrency, options.MaxContext, options.PrefillChunk);
+            var scheduler = new ServeScheduler(backend, tokenizer, new SchedulerOptions
+            {
+                MaxConcurrency = options.MaxConcurrency,
+                MaxContext = options.MaxContext,
+                PrefillChunk = options.PrefillChunk,
+            }, metrics, time, onFailure);
+            int[] eosIds = tokenizer.EosId is { } eos ? [eos] : [];
+            if (weights.Vocab.EOT is { } eot && !eosIds.Contains((int)eot))
+            {
+                eosIds = [.. eosIds, (int)eot];
+            }
+            log($"GGUF {Path.GetFileName(path)} loaded in llama.cpp ({weights.SizeInBytes / (1 << 20)} MiB, {tokenizer.VocabSize} tokens)");
+            return new LoadedModel(null, tokenizer, tokenizerConfig, eosIds, backend, scheduler, null, weights);
+        }
+        catch
+        {
+            backend?.Dispose();
+            weights.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Prompt ids (BOS when the tokenizer config asks), extra stop strings and stop ids for a request.</summary>
     public (IReadOnlyList<int> Prompt, IReadOnlyList<string> Stops, IReadOnlyList<int> StopIds) Tokenize(ParsedRequest request)
     {
         if (request.PromptTokens is { } ids)
         {
-            if (ids.FirstOrDefault(i => i < 0 || i >= Model.Config.VocabSize) is var bad && ids.Any(i => i < 0 || i >= Model.Config.VocabSize))
+            if (ids.FirstOrDefault(i => i < 0 || i >= VocabSize) is var bad && ids.Any(i => i < 0 || i >= VocabSize))
             {
-                throw OpenAiError.BadField("prompt", $"token id {bad} is outside the vocabulary 0..{Model.Config.VocabSize - 1}");
+                throw OpenAiError.BadField("prompt", $"token id {bad} is outside the vocabulary 0..{VocabSize - 1}");
             }
             return (ids, [], EosIds);
         }
@@ -140,7 +221,8 @@ public sealed class LoadedModel : IDisposable
     {
         Scheduler.Dispose();
         Batch.Dispose();
-        Adapters.Dispose();
-        Model.Dispose();
+        Adapters?.Dispose();
+        Model?.Dispose();
+        _weights?.Dispose();
     }
 }

@@ -19,7 +19,7 @@ namespace Lowbit.Engine.Serving;
 /// <summary>Everything the server needs, resolved (the verb turns <see cref="Protocol.ServeRequest"/> into this).</summary>
 public sealed record ServeOptions
 {
-    /// <summary>A local model folder (HF safetensors or a lowbit artifact).</summary>
+    /// <summary>A local model folder (HF safetensors or a lowbit artifact), or a .gguf file / a folder with one .gguf (llama.cpp).</summary>
     public required string ModelDirectory { get; init; }
 
     public required string ServedName { get; init; }
@@ -180,7 +180,7 @@ public sealed class ServeHost : IAsyncDisposable
                 ["root"] = _options.ModelDirectory, ["parent"] = null, ["max_model_len"] = _options.MaxContext,
             },
         };
-        foreach (var (name, path) in _loaded?.Adapters.Loaded ?? [])
+        foreach (var (name, path) in _loaded?.Adapters?.Loaded ?? [])
         {
             data.Add(new JsonObject
             {
@@ -220,7 +220,7 @@ public sealed class ServeHost : IAsyncDisposable
         var loaded = RequireLoaded();
         var body = await ReadBody(context).ConfigureAwait(false);
         var parsed = chat ? OpenAiRequests.Chat(body) : OpenAiRequests.Completion(body);
-        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.Adapters.RowOf(parsed.Model)
+        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.Adapters?.RowOf(parsed.Model)
             ?? throw new OpenAiError(404, $"The model `{parsed.Model}` does not exist; GET /v1/models lists {string.Join(", ", Models()["data"]!.AsArray().Select(m => (string?)m!["id"]))}", "model", "model_not_found");
         var (prompt, stops, stopIds) = loaded.Tokenize(parsed);
         var promptParam = chat ? "messages" : "prompt";
@@ -446,7 +446,8 @@ public sealed class ServeHost : IAsyncDisposable
         {
             throw OpenAiError.BadField("lora_name", $"'{name}' is the base model's name; pick another");
         }
-        loaded.Adapters.Load(name, path);
+        var adapters = loaded.Adapters ?? throw OpenAiError.BadField("lora_path", "LoRA adapters are not supported for a GGUF model (llama.cpp path); serve the safetensors model to use adapters");
+        adapters.Load(name, path);
         _log($"adapter {name} loaded from {path}");
         await context.Response.WriteAsync($"Success: LoRA adapter '{name}' added successfully.").ConfigureAwait(false);
     }
@@ -456,7 +457,7 @@ public sealed class ServeHost : IAsyncDisposable
         var loaded = RequireLoaded();
         var body = await ReadBody(context).ConfigureAwait(false);
         var name = body["lora_name"] is JsonValue n && n.TryGetValue<string>(out var s) && s.Length > 0 ? s : throw OpenAiError.BadField("lora_name", "required: the adapter's model name");
-        if (!loaded.Adapters.Unload(name))
+        if (loaded.Adapters?.Unload(name) != true)
         {
             throw new OpenAiError(404, $"The lora adapter '{name}' cannot be found.", "lora_name", "model_not_found");
         }

@@ -24,7 +24,7 @@ public sealed record SchedulerOptions
 /// </summary>
 public sealed class ServeScheduler : IDisposable
 {
-    private readonly DecodeBatch _batch;
+    private readonly IDecodeBackend _batch;
     private readonly ITextTokenizer _tokenizer;
     private readonly SchedulerOptions _options;
     private readonly ServeMetrics _metrics;
@@ -41,7 +41,7 @@ public sealed class ServeScheduler : IDisposable
     private volatile bool _stopped;
     private int _inFlight;
 
-    public ServeScheduler(DecodeBatch batch, ITextTokenizer tokenizer, SchedulerOptions options, ServeMetrics metrics, TimeProvider time, Action<Exception> onFailure)
+    public ServeScheduler(IDecodeBackend batch, ITextTokenizer tokenizer, SchedulerOptions options, ServeMetrics metrics, TimeProvider time, Action<Exception> onFailure)
     {
         _batch = batch;
         _tokenizer = tokenizer;
@@ -243,8 +243,7 @@ public sealed class ServeScheduler : IDisposable
         }
         BeforeStep?.Invoke(adapters);
         using var scope = NewDisposeScope();
-        var device = _batch.Device;
-        var logits = _batch.Step(tensor(tokens, device: device), tensor(positions, device: device), rows, attend);
+        var logits = _batch.Step(tokens, positions, rows, attend);
         var sampled = Sampler.Sample(logits, draws);
         for (var i = 0; i < rows; i++)
         {

@@ -47,7 +47,9 @@ public static class ServeVerb
     {
         var device = TorchRuntime.ResolveDevice(request.Device);
         using var http = ModelSource.CreateHttpClient();
-        var directory = new ModelSource(http, context.Emit, context.Time).Resolve(request.Model, request.Revision, weights: true);
+        // A local .gguf file goes to llama.cpp as it is (LoadedModel.GgufPath); anything else resolves to a folder.
+        var ggufFile = File.Exists(request.Model) && request.Model.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase);
+        var directory = ggufFile ? request.Model : new ModelSource(http, context.Emit, context.Time).Resolve(request.Model, request.Revision, weights: true);
         string? apiKey = null;
         if (request.ApiKeyFile is { } keyFile)
         {
@@ -61,7 +63,7 @@ public static class ServeVerb
                 throw new ProtocolArgumentException("--api-key-file", $"{keyFile} is empty", "a file holding the API key");
             }
         }
-        var servedName = request.ServedName ?? Path.GetFileName(request.Model.TrimEnd('/'));
+        var servedName = request.ServedName ?? (ggufFile ? Path.GetFileNameWithoutExtension(request.Model) : Path.GetFileName(request.Model.TrimEnd('/')));
         return new ServeOptions
         {
             ModelDirectory = directory,
