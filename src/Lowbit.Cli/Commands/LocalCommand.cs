@@ -175,7 +175,10 @@ public static class LocalCommand
                         // Plain lines for logs: one event a line, never wrapped at a guessed terminal width.
                         AnsiConsole.Profile.Width = 4096;
                     }
-                    var code = await OperatorDemo.RunAsync(server.KubeconfigPath, op, new DemoOptions
+                    int code;
+                    try
+                    {
+                        code = await OperatorDemo.RunAsync(server.KubeconfigPath, op, new DemoOptions
                     {
                         RepoRoot = repoRoot,
                         WorkDirectory = Path.Combine(Path.GetFullPath(stateDir), "demo"),
@@ -184,6 +187,12 @@ public static class LocalCommand
                         Live = live,
                         Sweep = up.Sweep,
                     }, AnsiConsole.Console, stop).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (ex is not OperationCanceledException)
+                    {
+                        Console.Error.WriteLine($"demo: failed: {ex.GetType().Name}: {ex.Message}");
+                        code = 1;
+                    }
                     Console.WriteLine(code == 0
                         ? "demo: done; the cluster keeps serving (kubectl --kubeconfig " + server.KubeconfigPath + " get lowbit). Ctrl+C stops."
                         : "demo: not every example became Ready (see above); the cluster keeps serving for inspection. Ctrl+C stops.");

@@ -42,7 +42,7 @@ public static class EngineRunner
         }
         var resultFile = textFile + (adapter is null ? ".base" : ".adapter") + ".result.json";
         var result = await RunAsync(engine, args, resultFile, cancellationToken).ConfigureAwait(false);
-        return (double?)result?["metrics"]?["perplexity"];
+        return JsonNumbers.Double(result?["metrics"]?["perplexity"]);
     }
 
     /// <summary><c>quantize</c> to the lowbit format with perplexity on the model's eval text.</summary>

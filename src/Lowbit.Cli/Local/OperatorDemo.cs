@@ -189,21 +189,21 @@ public static class OperatorDemo
             switch (o.Kind)
             {
                 case QuantizedModel.KindName:
-                    summary.PerplexityBefore = (double?)status?["quality"]?["perplexityBefore"];
-                    summary.PerplexityQuantized = (double?)status?["quality"]?["perplexityAfter"];
-                    summary.QuantizedBytes = (long?)status?["artifact"]?["bytes"];
-                    summary.BitsPerWeight = (double?)status?["artifact"]?["bitsPerWeight"];
+                    summary.PerplexityBefore = JsonNumbers.Double(status?["quality"]?["perplexityBefore"]);
+                    summary.PerplexityQuantized = JsonNumbers.Double(status?["quality"]?["perplexityAfter"]);
+                    summary.QuantizedBytes = JsonNumbers.Long(status?["artifact"]?["bytes"]);
+                    summary.BitsPerWeight = JsonNumbers.Double(status?["artifact"]?["bitsPerWeight"]);
                     break;
                 case FineTuneJob.KindName:
-                    summary.TrainingTokensPerSecond = (double?)status?["progress"]?["tokensPerSecond"];
-                    summary.TrainingLoss = (double?)status?["progress"]?["loss"];
-                    summary.TrainingSteps = (long?)status?["progress"]?["step"];
-                    summary.PerplexityFineTuned = (double?)status?["quality"]?["perplexityAfter"] ?? (double?)status?["evalPerplexity"];
-                    summary.AdapterBytes = (long?)status?["artifact"]?["bytes"];
+                    summary.TrainingTokensPerSecond = JsonNumbers.Double(status?["progress"]?["tokensPerSecond"]);
+                    summary.TrainingLoss = JsonNumbers.Double(status?["progress"]?["loss"]);
+                    summary.TrainingSteps = JsonNumbers.Long(status?["progress"]?["step"]);
+                    summary.PerplexityFineTuned = JsonNumbers.Double(status?["quality"]?["perplexityAfter"]) ?? JsonNumbers.Double(status?["evalPerplexity"]);
+                    summary.AdapterBytes = JsonNumbers.Long(status?["artifact"]?["bytes"]);
                     break;
                 case InferenceEndpoint.KindName:
-                    summary.HourlyUsd = (double?)status?["cost"]?["hourlyUsd"];
-                    summary.EstimatedUsdPerMillion = (double?)status?["cost"]?["usdPerMillionTokens"];
+                    summary.HourlyUsd = JsonNumbers.Double(status?["cost"]?["hourlyUsd"]);
+                    summary.EstimatedUsdPerMillion = JsonNumbers.Double(status?["cost"]?["usdPerMillionTokens"]);
                     summary.Url = (string?)status?["url"];
                     break;
             }
@@ -330,7 +330,7 @@ public static class OperatorDemo
             throw new InvalidOperationException($"chat completion through {url} answered {(int)response.StatusCode}: {text}");
         }
         var json = JsonNode.Parse(text);
-        return ((string?)json?["choices"]?[0]?["message"]?["content"] ?? "", (long?)json?["usage"]?["total_tokens"] ?? 0);
+        return ((string?)json?["choices"]?[0]?["message"]?["content"] ?? "", JsonNumbers.Long(json?["usage"]?["total_tokens"]) ?? 0);
     }
 
     /// <summary>The numbers the demo ends with, from the objects' status and from Prometheus.</summary>

@@ -110,19 +110,19 @@ public static class ProgressView
         var detail = new List<string>();
         if (status?["progress"] is JsonObject progress && progress["totalSteps"] is not null)
         {
-            detail.Add(string.Create(CultureInfo.InvariantCulture, $"step {(long?)progress["step"] ?? 0}/{(long?)progress["totalSteps"] ?? 0}"));
-            if ((double?)progress["loss"] is { } loss)
+            detail.Add(string.Create(CultureInfo.InvariantCulture, $"step {JsonNumbers.Long(progress["step"]) ?? 0}/{JsonNumbers.Long(progress["totalSteps"]) ?? 0}"));
+            if (JsonNumbers.Double(progress["loss"]) is { } loss)
             {
                 detail.Add(string.Create(CultureInfo.InvariantCulture, $"loss {loss:0.000}"));
             }
-            if ((double?)progress["tokensPerSecond"] is { } tps)
+            if (JsonNumbers.Double(progress["tokensPerSecond"]) is { } tps)
             {
                 detail.Add(string.Create(CultureInfo.InvariantCulture, $"{tps:0} tok/s"));
             }
         }
-        if (status?["quality"] is JsonObject quality && (double?)quality["perplexityAfter"] is { } after)
+        if (status?["quality"] is JsonObject quality && JsonNumbers.Double(quality["perplexityAfter"]) is { } after)
         {
-            detail.Add(string.Create(CultureInfo.InvariantCulture, $"perplexity {(double?)quality["perplexityBefore"] ?? double.NaN:0.000} -> {after:0.000}"));
+            detail.Add(string.Create(CultureInfo.InvariantCulture, $"perplexity {JsonNumbers.Double(quality["perplexityBefore"]) ?? double.NaN:0.000} -> {after:0.000}"));
         }
         if ((string?)status?["url"] is { Length: > 0 } url)
         {

@@ -57,9 +57,9 @@ public static class QualitySweep
         CancellationToken cancellationToken)
     {
         var result = await EngineRunner.QuantizeAsync(engine, model, output, method, bits, cancellationToken).ConfigureAwait(false);
-        var bpw = (double?)result?["artifact"]?["bitsPerWeight"];
-        var before = (double?)result?["quality"]?["perplexityBefore"];
-        var after = (double?)result?["quality"]?["perplexityAfter"];
+        var bpw = JsonNumbers.Double(result?["artifact"]?["bitsPerWeight"]);
+        var before = JsonNumbers.Double(result?["quality"]?["perplexityBefore"]);
+        var after = JsonNumbers.Double(result?["quality"]?["perplexityAfter"]);
         return bpw is null || before is null || after is null
             ? null
             : (new QualityPoint { Method = method, Bits = bits, BitsPerWeight = bpw.Value, Perplexity = after.Value }, before.Value);

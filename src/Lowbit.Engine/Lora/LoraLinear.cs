@@ -81,7 +81,9 @@ public sealed class LoraLinear : LinearLayer
     private Tensor Dropout(Tensor input)
     {
         var keep = 1.0 - Settings.Dropout;
-        if (DropoutSeed is not { } seed)
+        // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them), so on a GPU the mask
+        // comes from the device's default generator: reproducible per process seed, but not replayed by --resume-from.
+        if (DropoutSeed is not { } seed || input.device.type != DeviceType.CPU)
         {
             return nn.functional.dropout(input, Settings.Dropout, true);
         }
