@@ -135,7 +135,7 @@ public sealed class BuilderTests
         Assert.Equal("/health", container.StartupProbe.HttpGet.Path);
         Assert.Equal("/ready", container.ReadinessProbe.HttpGet.Path);
         var request = Assert.IsType<ServeRequest>(EngineRequest.Parse(container.Args.ToList()));
-        Assert.Equal("/mnt/models/llama-7b-int4", request.Model);
+        Assert.Equal("/mnt/models/llama-7b-int4/lowbit", request.Model); // the lowbit export inside the quantize output
         Assert.Equal(4096, request.MaxContext);
         Assert.Equal(8, request.MaxConcurrency);
         Assert.Equal(ComputeDevice.Cuda, request.Device);
@@ -202,7 +202,7 @@ public sealed class BuilderTests
         Assert.Equal("/mnt/models/adapters/alpaca/checkpoints/step-50", retriedRequest.ResumeFrom);
         Assert.Equal(FinetuneMethod.Qlora, retriedRequest.Method);
         Assert.Equal("/config/alpaca/train.jsonl", retriedRequest.Dataset);
-        Assert.Equal("/mnt/models/llama-7b-int4", retriedRequest.BaseModel);
+        Assert.Equal("/mnt/models/llama-7b-int4/lowbit", retriedRequest.BaseModel); // the lowbit export inside the quantize output
         Assert.NotEqual(Lowbit.Operator.Builders.ChildMeta.SpecHash(first), Lowbit.Operator.Builders.ChildMeta.SpecHash(retried));
         AssertRestricted(retried.Spec.Template.Spec);
     }

@@ -69,6 +69,7 @@ public sealed class FineTuneServerTests : IAsyncLifetime
         await _h.WaitAsync<InferenceEndpoint>("alpaca", e => Conditions.IsTrue(e.Status?.Conditions, Conditions.Types.Ready), "endpoint Ready");
         var serve = ServeRequest.Parse(_h.Api.Get<V1Deployment>("default", "alpaca-inference").Spec.Template.Spec.Containers[0].Args.ToList());
         Assert.Equal(["alpaca=/mnt/models/adapters/alpaca"], serve.Adapters);
-        Assert.Equal("/mnt/models/llama-7b-int4", serve.Model);
+        // serve reads the lowbit export, where quantize --out writes it (ExportFormats.Folder).
+        Assert.Equal("/mnt/models/llama-7b-int4/lowbit", serve.Model);
     }
 }
