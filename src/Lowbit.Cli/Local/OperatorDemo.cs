@@ -105,14 +105,32 @@ public static class OperatorDemo
 
         if (prometheus is not null)
         {
+            // Keep a little traffic going while waiting: the operator's scraper needs token growth between two samples.
+            using var traffic = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            var load = Task.Run(async () =>
+            {
+                while (!traffic.IsCancellationRequested)
+                {
+                    await ChatAsync(http, chatUrl, model, "Say goodbye.", traffic.Token).ConfigureAwait(false);
+                    await Task.Delay(500, traffic.Token).ConfigureAwait(false);
+                }
+            }, CancellationToken.None);
             summary.EngineTokens = await prometheus.WaitForAsync($"sum({Engine.Protocol.EngineMetricNames.GenerationTokensTotal})", v => v > 0,
                 TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
-            summary.ObservedTokensPerSecond = await prometheus.WaitForAsync($"max(lowbit_endpoint_tokens_per_second{{name=\"{endpoint.Name}\"}})", v => v > 0,
+            summary.ObservedTokensPerSecond = await prometheus.WaitForAsync($"max(lowbit_endpoint_tokens_per_second{{endpoint=\"{endpoint.Name}\"}})", v => v > 0,
                 TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
-            summary.ObservedTtftSeconds = await prometheus.QueryAsync($"max(lowbit_endpoint_time_to_first_token_seconds{{name=\"{endpoint.Name}\"}})", cancellationToken)
+            summary.ObservedTtftSeconds = await prometheus.QueryAsync($"max(lowbit_endpoint_time_to_first_token_seconds{{endpoint=\"{endpoint.Name}\"}})", cancellationToken)
                 .ConfigureAwait(false);
-            summary.ObservedUsdPerMillion = await prometheus.QueryAsync($"max(lowbit_endpoint_usd_per_million_tokens{{name=\"{endpoint.Name}\"}})", cancellationToken)
+            summary.ObservedUsdPerMillion = await prometheus.QueryAsync($"max(lowbit_endpoint_usd_per_million_tokens{{endpoint=\"{endpoint.Name}\"}})", cancellationToken)
                 .ConfigureAwait(false);
+            await traffic.CancelAsync().ConfigureAwait(false);
+            try
+            {
+                await load.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
         }
 
         string? chart = null;
@@ -221,7 +239,11 @@ public static class OperatorDemo
         var quantized = objects.First(o => o.Kind == QuantizedModel.KindName);
         var tuned = objects.First(o => o.Kind == FineTuneJob.KindName);
         var model = LocalPath(Artifact(await GetAsync(client, quantized, cancellationToken).ConfigureAwait(false)), quantized.Namespace, options.ClaimsDirectory);
-        var adapter = LocalPath(Artifact(await GetAsync(client, tuned, cancellationToken).ConfigureAwait(false)), tuned.Namespace, options.ClaimsDirectory);
+        var tunedObject = await GetAsync(client, tuned, cancellationToken).ConfigureAwait(false);
+        // The adapter is written to spec.output; status.artifact names it once the operator reports it.
+        var output = tunedObject?["spec"]?["output"]?["pvc"];
+        var adapter = LocalPath(Artifact(tunedObject), tuned.Namespace, options.ClaimsDirectory)
+            ?? LocalPath($"pvc://{(string?)output?["claimName"]}/{(string?)output?["path"]}", tuned.Namespace, options.ClaimsDirectory);
         if (model is null || adapter is null)
         {
             return null;
