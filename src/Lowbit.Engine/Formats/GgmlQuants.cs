@@ -51,7 +51,7 @@ public static class GgmlQuants
         {
             throw new ArgumentException($"{type} needs a multiple of {block} elements per row, got {elements}", nameof(elements));
         }
-        return elements / block * BlockBytes(type);
+        return checked(elements / block * BlockBytes(type)); // a fuzzed header can name more bytes than a long holds
     }
 
     public static byte[] Encode(GgmlType type, ReadOnlySpan<float> x)
