@@ -32,8 +32,15 @@ public sealed class LoraSet : IDisposable
         });
     }
 
-    /// <summary>Reads a PEFT adapter folder onto a device (wired to the PEFT reader).</summary>
-    public static Func<string, Device, AdapterWeights> Reader { get; set; } = PeftAdapterReader.Read;
+    /// <summary>Reads a PEFT adapter folder onto a device (the engine's one PEFT reader, <see cref="Lora.PeftAdapter.Read"/>).</summary>
+    public static Func<string, Device, AdapterWeights> Reader { get; set; } = ReadPeft;
+
+    private static AdapterWeights ReadPeft(string directory, Device device)
+    {
+        // The tensors move into the AdapterWeights, so the PeftAdapter that read them is not disposed here.
+        var adapter = Lora.PeftAdapter.Read(directory, device);
+        return new AdapterWeights(adapter.Scaling, adapter.Modules.ToDictionary(kv => kv.Key, kv => (kv.Value.A, kv.Value.B), StringComparer.Ordinal));
+    }
 
     /// <summary>Runs an action on the scheduler's thread (set by the scheduler's owner).</summary>
     public Func<Action, Task> RunOnLoop { get; set; } = action =>
