@@ -5,11 +5,11 @@ public static class EngineVerbs
 {
     public const string Inspect = "inspect";
     public const string Quantize = "quantize";
-    public const string Finetune = "finetune";
+    public const string FineTune = "finetune";
     public const string Serve = "serve";
     public const string Eval = "eval";
 
-    public static IReadOnlyList<string> All { get; } = [Inspect, Quantize, Finetune, Serve, Eval];
+    public static IReadOnlyList<string> All { get; } = [Inspect, Quantize, FineTune, Serve, Eval];
 }
 
 /// <summary>
@@ -32,7 +32,7 @@ public abstract record EngineRequest
         {
             EngineVerbs.Inspect => InspectRequest.Parse(args),
             EngineVerbs.Quantize => QuantizeRequest.Parse(args),
-            EngineVerbs.Finetune => FinetuneRequest.Parse(args),
+            EngineVerbs.FineTune => FineTuneRequest.Parse(args),
             EngineVerbs.Serve => ServeRequest.Parse(args),
             EngineVerbs.Eval => EvalRequest.Parse(args),
             var other => throw new ProtocolArgumentException("verb", $"unknown verb '{other}'", string.Join(", ", EngineVerbs.All)),

@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner;
 
 /// <summary>Memory one device needs, by purpose.</summary>

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Lowbit.Engine.Protocol;
 
 namespace Lowbit.Planner;
 

@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner;
 
 /// <summary>The names users type for modes, runtimes, KV formats and optimizers, and their parsers.</summary>

@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner;
 
 /// <summary>What <see cref="ThroughputEstimate.TokensPerSecond"/> counts.</summary>

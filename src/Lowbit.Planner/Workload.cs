@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner;
 
 /// <summary>What the placement is for.</summary>
@@ -20,22 +22,6 @@ public enum WorkloadMode
 
     /// <summary>Full-parameter training on quantized weights with low-rank gradient projection (GaLore / Q-GaLore).</summary>
     LowbitFull,
-}
-
-/// <summary>The serving runtime; each reserves memory differently.</summary>
-public enum ServingRuntime
-{
-    /// <summary>lowbit-engine (TorchSharp): allocates what it needs through the caching allocator.</summary>
-    Lowbit,
-
-    /// <summary>vLLM: pre-allocates gpu_memory_utilization (0.9) of each GPU; KV blocks fill what weights leave.</summary>
-    Vllm,
-
-    /// <summary>llama.cpp: weights + a KV cache sized to the context + a compute buffer.</summary>
-    LlamaCpp,
-
-    /// <summary>Hugging Face transformers, eager PyTorch (generate with a dynamic cache; the whole prompt in one forward).</summary>
-    Transformers,
 }
 
 /// <summary>How attention is computed, which decides whether the score matrix is materialized.</summary>

@@ -70,10 +70,10 @@ public class WireNamesTests
     public void Does_spell_enum_values_as_in_manifests()
     {
         Assert.Equal("gguf-q8_0", V1Alpha1.WireNames.Of(V1Alpha1.ExportFormat.GgufQ80));
-        Assert.Equal("qlora", V1Alpha1.WireNames.Of(V1Alpha1.FineTuneMethod.Qlora));
-        Assert.Equal(V1Alpha1.ServingRuntime.Llamacpp, V1Alpha1.WireNames.Parse<V1Alpha1.ServingRuntime>("llamacpp"));
-        Assert.Null(V1Alpha1.WireNames.Parse<V1Alpha1.ServingRuntime>("Llamacpp"));
-        Assert.Equal(["rtn", "hqq", "gptq"], V1Alpha1.WireNames.All<V1Alpha1.QuantizationMethod>());
+        Assert.Equal("qlora", V1Alpha1.WireNames.Of(Lowbit.Engine.Protocol.FineTuneMethod.Qlora));
+        Assert.Equal(Lowbit.Engine.Protocol.ServingRuntime.LlamaCpp, V1Alpha1.WireNames.Parse<Lowbit.Engine.Protocol.ServingRuntime>("llamacpp"));
+        Assert.Null(V1Alpha1.WireNames.Parse<Lowbit.Engine.Protocol.ServingRuntime>("Llamacpp"));
+        Assert.Equal(["rtn", "hqq", "gptq"], V1Alpha1.WireNames.All<Lowbit.Engine.Protocol.QuantizationMethod>());
         Assert.Equal(Generation.CrdGenerator.EnumValues(typeof(V1Alpha1.ExportFormat)), V1Alpha1.WireNames.All<V1Alpha1.ExportFormat>());
     }
 

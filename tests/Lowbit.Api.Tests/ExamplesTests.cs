@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Lowbit.Engine.Protocol;
 using k8s;
 using Lowbit.Api.Schema;
 using Lowbit.Api.V1Alpha1;

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Lowbit.Engine.Protocol;
 using k8s.Models;
 using Lowbit.Api.Generation;
 using Lowbit.Api.Schema;
@@ -119,7 +120,7 @@ public class SpecValidatorTests
     {
         CelRules.LlamacppNoAdapters => ValidEndpoint with
         {
-            Runtime = ServingRuntime.Llamacpp,
+            Runtime = ServingRuntime.LlamaCpp,
             Adapters = [new AdapterSpec { Name = "a", FineTuneJobRef = new ObjectRef { Name = "j" } }],
         },
         CelRules.MinNotAboveMax => ValidEndpoint with { Autoscaling = new AutoscalingSpec { MinReplicas = 3, MaxReplicas = 2 } },

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Lowbit.Engine.Protocol;
 using k8s;
 using k8s.Models;
 using Lowbit.Api.V1Alpha1;

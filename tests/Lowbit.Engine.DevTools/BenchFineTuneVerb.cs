@@ -22,7 +22,7 @@ internal static class BenchFineTuneVerb
         string? Get(string flag) => Array.IndexOf(args, flag) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
         int Int(string flag, int fallback) => Get(flag) is { } s ? int.Parse(s, CultureInfo.InvariantCulture) : fallback;
         var model = Get("--model") ?? throw new ProtocolArgumentException("--model", "required", "a model folder");
-        var method = ProtocolNames.TryParse<FinetuneMethod>(Get("--method") ?? "lora", out var m) ? m : FinetuneMethod.Lora;
+        var method = ProtocolNames.TryParse<FineTuneMethod>(Get("--method") ?? "lora", out var m) ? m : FineTuneMethod.Lora;
         var steps = Int("--steps", 12);
         var warmup = Int("--warmup", 2);
         var seq = Int("--seq-length", 2048);
@@ -42,7 +42,7 @@ internal static class BenchFineTuneVerb
             return new PackedBlock(ids, Enumerable.Repeat(true, seq + 1).ToArray());
         }).ToList();
         var output = Path.Combine(Path.GetTempPath(), "lowbit-bench-finetune-" + Guid.NewGuid().ToString("N"));
-        var request = new FinetuneRequest
+        var request = new FineTuneRequest
         {
             BaseModel = model, Method = method, Dataset = "(random tokens)", Out = output, R = r, Alpha = 2 * r, Dropout = 0.05,
             TargetModules = LoraSettings.AllTargets, SeqLength = seq, MicroBatch = micro, MaxSteps = steps, LearningRate = 2e-4,

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -13,7 +14,7 @@ public sealed record QuantBenchOptions
 {
     public required LlamaConfig Config { get; init; }
 
-    public IReadOnlyList<QuantMethod> Methods { get; init; } = [QuantMethod.Rtn, QuantMethod.Hqq, QuantMethod.Gptq];
+    public IReadOnlyList<QuantizationMethod> Methods { get; init; } = [QuantizationMethod.Rtn, QuantizationMethod.Hqq, QuantizationMethod.Gptq];
 
     public int Bits { get; init; } = 4;
 
@@ -57,7 +58,7 @@ public static class QuantBench
         var source = new RandomWeights(options.Config);
         foreach (var method in options.Methods)
         {
-            using var calibration = method == QuantMethod.Gptq
+            using var calibration = method == QuantizationMethod.Gptq
                 ? torch.randint(0, options.Config.VocabSize, [options.CalibrationSamples, options.CalibrationLength], generator: new Generator(7), dtype: ScalarType.Int64)
                 : null;
             Synchronize(options.Device);
@@ -102,7 +103,7 @@ public static class QuantBench
             var other => throw new EngineInputException($"--shape: '{other}' is not one of 7b, tiny"),
         };
         config = config with { NumHiddenLayers = Int("--layers", config.NumHiddenLayers) };
-        var methods = Arg("--method", "rtn,hqq,gptq").Split(',').Select(m => Enum.Parse<QuantMethod>(m, ignoreCase: true)).ToList();
+        var methods = Arg("--method", "rtn,hqq,gptq").Split(',').Select(m => Enum.Parse<QuantizationMethod>(m, ignoreCase: true)).ToList();
         var device = Arg("--device", "cpu") == "cuda" ? CUDA : CPU;
         var options = new QuantBenchOptions
         {

@@ -20,17 +20,17 @@ public class RequestRoundTripTests
         new EvalRequest { Model = "m", Text = "t.txt" },
         new EvalRequest { Model = "m", Text = "t.txt", Context = 2048, Stride = 1, MaxTokens = 100_000, Device = ComputeDevice.Cpu, ResultFile = "r" },
         new EvalRequest { Model = "m", Text = "t.txt", Adapter = "/adapters/a" },
-        new FinetuneRequest { BaseModel = "b", Method = FinetuneMethod.Qlora, Dataset = "d.jsonl", Out = "o" },
-        new FinetuneRequest
+        new FineTuneRequest { BaseModel = "b", Method = FineTuneMethod.Qlora, Dataset = "d.jsonl", Out = "o" },
+        new FineTuneRequest
         {
-            BaseModel = "b", Revision = "main", Method = FinetuneMethod.Full, R = 1, Alpha = 0.5, Dropout = 0, TargetModules = ["q_proj", "k_proj", "down_proj"],
+            BaseModel = "b", Revision = "main", Method = FineTuneMethod.Full, R = 1, Alpha = 0.5, Dropout = 0, TargetModules = ["q_proj", "k_proj", "down_proj"],
             Dataset = "d", DatasetFormat = DatasetFormat.Chat, Epochs = 3, MaxSteps = 1000, LearningRate = 1.5e-5, MicroBatch = 4,
             GradAccumulation = 8, SeqLength = 4096, CheckpointDir = "/ckpt", ResumeFrom = "/ckpt/step-100", Seed = 7, Out = "o",
             Device = ComputeDevice.Cuda, ResultFile = "r",
         },
-        new FinetuneRequest
+        new FineTuneRequest
         {
-            BaseModel = "b", Method = FinetuneMethod.Lora, Dataset = "d.txt", DatasetFormat = DatasetFormat.Text, Out = "o",
+            BaseModel = "b", Method = FineTuneMethod.Lora, Dataset = "d.txt", DatasetFormat = DatasetFormat.Text, Out = "o",
             SaveSteps = 50, EvalSplit = 0, LrScheduler = LrScheduler.Cosine, WarmupSteps = 10, MaxGradNorm = 0.3, WeightDecay = 0.01,
             GradientCheckpointing = true, Rslora = true, Merge = true, GgufAdapter = true,
         },
@@ -69,7 +69,7 @@ public class RequestRoundTripTests
     {
         var eval = EvalRequest.Parse(["eval", "--model", "m", "--text", "t"]);
         var quantize = QuantizeRequest.Parse(["quantize", "--model", "m", "--method", "rtn", "--bits", "8", "--out", "o"]);
-        var finetune = FinetuneRequest.Parse(["finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o"]);
+        var finetune = FineTuneRequest.Parse(["finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o"]);
 
         Assert.Equal(512, eval.Context);
         Assert.Null(eval.Stride);

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Lowbit.Engine.Protocol;
 using Xunit.Abstractions;
 
 namespace Lowbit.Planner.Tests;

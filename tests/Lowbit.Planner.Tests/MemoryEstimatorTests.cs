@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner.Tests;
 
 public sealed class MemoryEstimatorTests

@@ -166,18 +166,6 @@ public sealed record SchedulingSpec
     public IReadOnlyList<string>? AllowedGpuTypes { get; init; }
 }
 
-/// <summary>The quantization algorithm.</summary>
-[JsonConverter(typeof(JsonStringEnumConverter<QuantizationMethod>))]
-public enum QuantizationMethod
-{
-    /// <summary>Round-to-nearest, per group.</summary>
-    [JsonStringEnumMemberName("rtn")] Rtn,
-    /// <summary>Half-quadratic quantization (calibration-free).</summary>
-    [JsonStringEnumMemberName("hqq")] Hqq,
-    /// <summary>GPTQ (needs calibration data).</summary>
-    [JsonStringEnumMemberName("gptq")] Gptq,
-}
-
 /// <summary>Artifact formats a QuantizedModel can export (the engine's <c>quantize --format</c> values).</summary>
 [JsonConverter(typeof(JsonStringEnumConverter<ExportFormat>))]
 public enum ExportFormat
@@ -189,34 +177,4 @@ public enum ExportFormat
     [JsonStringEnumMemberName("gguf-q8_0")] GgufQ80,
     [JsonStringEnumMemberName("gguf-q4_0")] GgufQ40,
     [JsonStringEnumMemberName("gguf-q4_k")] GgufQ4K,
-}
-
-/// <summary>The fine-tuning method.</summary>
-[JsonConverter(typeof(JsonStringEnumConverter<FineTuneMethod>))]
-public enum FineTuneMethod
-{
-    [JsonStringEnumMemberName("lora")] Lora,
-    [JsonStringEnumMemberName("qlora")] Qlora,
-    [JsonStringEnumMemberName("full")] Full,
-}
-
-/// <summary>Training data layouts (JSONL).</summary>
-[JsonConverter(typeof(JsonStringEnumConverter<DatasetFormat>))]
-public enum DatasetFormat
-{
-    /// <summary><c>{"instruction", "input", "output"}</c> per line.</summary>
-    [JsonStringEnumMemberName("alpaca")] Alpaca,
-    /// <summary><c>{"messages": [{"role", "content"}]}</c> per line.</summary>
-    [JsonStringEnumMemberName("chat")] Chat,
-    /// <summary><c>{"text"}</c> per line.</summary>
-    [JsonStringEnumMemberName("text")] Text,
-}
-
-/// <summary>The serving runtime.</summary>
-[JsonConverter(typeof(JsonStringEnumConverter<ServingRuntime>))]
-public enum ServingRuntime
-{
-    [JsonStringEnumMemberName("lowbit")] Lowbit,
-    [JsonStringEnumMemberName("vllm")] Vllm,
-    [JsonStringEnumMemberName("llamacpp")] Llamacpp,
 }

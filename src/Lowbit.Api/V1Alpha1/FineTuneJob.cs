@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using k8s;
 using k8s.Models;
 using Lowbit.Api.Generation;

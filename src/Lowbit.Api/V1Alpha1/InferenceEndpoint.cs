@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using k8s;
 using k8s.Models;
 using Lowbit.Api.Generation;
@@ -49,6 +50,7 @@ public sealed record InferenceEndpointSpec
 
     [Description("Serving runtime.")]
     [Default("lowbit")]
+    [Enum("lowbit", "vllm", "llamacpp")] // ServingRuntime.Transformers is the planner's reference, not a runtime to deploy
     public ServingRuntime Runtime { get; init; } = ServingRuntime.Lowbit;
 
     [Description("Desired replicas (the scale subresource; an autoscaler may change it within the autoscaling bounds).")]

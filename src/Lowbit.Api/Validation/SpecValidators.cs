@@ -1,5 +1,6 @@
 using Lowbit.Api.Schema;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 
 namespace Lowbit.Api.Validation;
 
@@ -101,7 +102,7 @@ public static class InferenceEndpointSpecValidator
         ArgumentNullException.ThrowIfNull(spec);
         var errors = new List<SchemaError>();
         SpecChecks.ModelReference(spec.Model, $"{path}.model", errors);
-        if (spec.Runtime == ServingRuntime.Llamacpp && spec.Adapters is { Count: > 0 })
+        if (spec.Runtime == ServingRuntime.LlamaCpp && spec.Adapters is { Count: > 0 })
         {
             errors.Add(SpecChecks.Forbidden($"{path}.adapters", CelRules.LlamacppNoAdaptersMessage));
         }

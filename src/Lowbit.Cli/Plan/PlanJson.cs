@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Lowbit.Engine.Protocol;
 using Lowbit.Planner;
 
 namespace Lowbit.Cli.Plan;

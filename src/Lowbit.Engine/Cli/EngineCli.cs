@@ -23,7 +23,7 @@ public static class EngineCli
         [EngineVerbs.Inspect] = (r, c) => InspectVerb.Run((InspectRequest)r, c),
         [EngineVerbs.Eval] = (r, c) => EvalVerb.Run((EvalRequest)r, c),
         [EngineVerbs.Quantize] = (r, c) => QuantizeVerb.Run((QuantizeRequest)r, c),
-        [EngineVerbs.Finetune] = (r, c) => FineTuneVerb.Run((FinetuneRequest)r, c),
+        [EngineVerbs.FineTune] = (r, c) => FineTuneVerb.Run((FineTuneRequest)r, c),
         [EngineVerbs.Serve] = (r, c) => ServeVerb.Run((ServeRequest)r, c),
     };
 
@@ -82,7 +82,7 @@ public static class EngineCli
         InspectRequest r => r.ResultFile,
         EvalRequest r => r.ResultFile,
         QuantizeRequest r => r.ResultFile,
-        FinetuneRequest r => r.ResultFile,
+        FineTuneRequest r => r.ResultFile,
         _ => null,
     };
 

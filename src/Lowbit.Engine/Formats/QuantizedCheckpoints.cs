@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Network;
+using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -143,7 +144,7 @@ public static class LowbitCheckpoint
             var bits = node!["bits"]!.GetValue<int>();
             var shape = node["shape"]!.AsArray().Select(v => v!.GetValue<long>()).ToArray();
             var codes = BitPacking.UnpackBits(file.GetBytes(prefix + ".qweight"), bits, shape[0] * shape[1]);
-            var method = Enum.Parse<QuantMethod>(node["method"]!.GetValue<string>(), ignoreCase: true);
+            var method = Enum.Parse<QuantizationMethod>(node["method"]!.GetValue<string>(), ignoreCase: true);
             var gIdx = file.Tensors.ContainsKey(prefix + ".g_idx") ? file.Load(prefix + ".g_idx") : null;
             var q = QuantizedTensor.Create(method, bits, node["group_size"]!.GetValue<int>(),
                 torch.tensor(codes, ScalarType.Byte).reshape(shape),
@@ -275,7 +276,7 @@ public static class GptqCheckpoint
         var gIdx = file.Load(prefix + ".g_idx", ScalarType.Int64);
         var groupSize = config["group_size"]!.GetValue<int>() is var gs && gs > 0 ? gs : inFeatures;
         var trivial = torch.arange(inFeatures, dtype: ScalarType.Int64).div(groupSize, rounding_mode: RoundingMode.floor);
-        var q = QuantizedTensor.Create(QuantMethod.Gptq, bits, groupSize,
+        var q = QuantizedTensor.Create(QuantizationMethod.Gptq, bits, groupSize,
             torch.tensor(codes, ScalarType.Byte).reshape(outFeatures, inFeatures),
             scales.t(), torch.tensor(zeros, ScalarType.Int32).reshape(outFeatures, groups).to(ScalarType.Float32),
             gIdx.eq(trivial).all().item<bool>() ? null : gIdx);

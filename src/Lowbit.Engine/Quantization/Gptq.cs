@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -153,7 +154,7 @@ public static class Gptq
             var processingGroup = torch.arange(columns, dtype: ScalarType.Int64, device: w.device).div(groupSize, rounding_mode: RoundingMode.floor);
             groupIndex = processingGroup.index_select(0, inverse);
         }
-        var q = QuantizedTensor.Create(QuantMethod.Gptq, options.Bits, groupSize, codes, scaleMatrix, zeroMatrix, groupIndex);
+        var q = QuantizedTensor.Create(QuantizationMethod.Gptq, options.Bits, groupSize, codes, scaleMatrix, zeroMatrix, groupIndex);
         return q.MoveToOuterDisposeScope();
     }
 

@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -85,8 +86,8 @@ public static class Hqq
         var scales = bestScale!.reshape(rows, -1);
         var zeros = bestZero!.reshape(rows, -1);
         var q = options.Axis == 1
-            ? QuantizedTensor.Create(QuantMethod.Hqq, options.Bits, groupSize, codesMatrix, scales, zeros)
-            : QuantizedTensor.Create(QuantMethod.Hqq, options.Bits, groupSize, codesMatrix.t(), scales.t(), zeros.t(), axis: 0);
+            ? QuantizedTensor.Create(QuantizationMethod.Hqq, options.Bits, groupSize, codesMatrix, scales, zeros)
+            : QuantizedTensor.Create(QuantizationMethod.Hqq, options.Bits, groupSize, codesMatrix.t(), scales.t(), zeros.t(), axis: 0);
         return q.MoveToOuterDisposeScope();
     }
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Network;
+using Lowbit.Engine.Protocol;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -9,7 +10,7 @@ namespace Lowbit.Engine.Quantization;
 /// <summary>Whole-model quantization options: one method for every decoder projection (embeddings and lm_head stay dense).</summary>
 public sealed record ModelQuantizeOptions
 {
-    public required QuantMethod Method { get; init; }
+    public required QuantizationMethod Method { get; init; }
 
     /// <summary>Width of every layer; with <see cref="TargetBitsPerWeight"/> the widest width of the mix.</summary>
     public int Bits { get; init; } = 4;
@@ -117,7 +118,7 @@ public sealed class QuantizedModel : IDisposable
 {
     public required LlamaConfig Config { get; init; }
 
-    public required QuantMethod Method { get; init; }
+    public required QuantizationMethod Method { get; init; }
 
     public required IReadOnlyDictionary<string, QuantizedTensor> Linears { get; init; }
 
@@ -158,7 +159,7 @@ public static class ModelQuantizer
     /// <summary>Quantizes every decoder projection of <paramref name="checkpoint"/>'s weights.</summary>
     public static QuantizedModel Quantize(IWeightSource checkpoint, ModelQuantizeOptions options, Action<int, int>? progress = null)
     {
-        if (options.Method == QuantMethod.Gptq && options.Calibration is null)
+        if (options.Method == QuantizationMethod.Gptq && options.Calibration is null)
         {
             throw new EngineInputException("--calibration: required for --method gptq");
         }
@@ -222,9 +223,9 @@ public static class ModelQuantizer
 
     private static QuantizedTensor QuantizeOne(Tensor weight, Tensor? hessian, int bits, ModelQuantizeOptions options) => options.Method switch
     {
-        QuantMethod.Rtn => Rtn.Quantize(weight, new RtnOptions { Bits = bits, GroupSize = options.GroupSize, Symmetric = options.Symmetric, RepresentableZeros = options.RepresentableZeros }),
-        QuantMethod.Hqq => Hqq.Quantize(weight, options.Hqq with { Bits = bits, GroupSize = options.GroupSize }),
-        QuantMethod.Gptq => Gptq.Quantize(weight, hessian ?? throw new InvalidOperationException("GPTQ needs a Hessian"), options.Gptq with { Bits = bits, GroupSize = options.GroupSize, Symmetric = options.Symmetric || options.Gptq.Symmetric, RepresentableZeros = options.RepresentableZeros || options.Gptq.RepresentableZeros }),
+        QuantizationMethod.Rtn => Rtn.Quantize(weight, new RtnOptions { Bits = bits, GroupSize = options.GroupSize, Symmetric = options.Symmetric, RepresentableZeros = options.RepresentableZeros }),
+        QuantizationMethod.Hqq => Hqq.Quantize(weight, options.Hqq with { Bits = bits, GroupSize = options.GroupSize }),
+        QuantizationMethod.Gptq => Gptq.Quantize(weight, hessian ?? throw new InvalidOperationException("GPTQ needs a Hessian"), options.Gptq with { Bits = bits, GroupSize = options.GroupSize, Symmetric = options.Symmetric || options.Gptq.Symmetric, RepresentableZeros = options.RepresentableZeros || options.Gptq.RepresentableZeros }),
         _ => throw new ArgumentOutOfRangeException(nameof(options), options.Method, null),
     };
 
@@ -333,7 +334,7 @@ public static class ModelQuantizer
         }
         var diagonals = options.Calibration is null ? null : InputEnergy(checkpoint, options);
         var sensitivities = new List<LayerSensitivity>();
-        var proxy = options with { Method = options.Method == QuantMethod.Gptq ? QuantMethod.Rtn : options.Method };
+        var proxy = options with { Method = options.Method == QuantizationMethod.Gptq ? QuantizationMethod.Rtn : options.Method };
         for (var i = 0; i < checkpoint.Config.NumHiddenLayers; i++)
         {
             foreach (var projection in ProjectionNames)

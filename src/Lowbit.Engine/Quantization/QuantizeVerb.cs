@@ -48,15 +48,9 @@ public static class QuantizeVerb
             before = PerplexityEvaluator.Evaluate(dense, evalTokens, evalContext, evalContext, device).Perplexity;
         }
 
-        var method = request.Method switch
-        {
-            QuantizationMethod.Rtn => QuantMethod.Rtn,
-            QuantizationMethod.Hqq => QuantMethod.Hqq,
-            _ => QuantMethod.Gptq,
-        };
         var options = new ModelQuantizeOptions
         {
-            Method = method,
+            Method = request.Method,
             Bits = request.Bits ?? 8,
             GroupSize = request.GroupSize == -1 ? 0 : request.GroupSize,
             TargetBitsPerWeight = request.TargetBitsPerWeight,
@@ -112,7 +106,7 @@ public static class QuantizeVerb
         }
         var info = new Dictionary<string, string>
         {
-            ["method"] = method.ToString().ToLowerInvariant(),
+            ["method"] = request.Method.ToString().ToLowerInvariant(),
             ["device"] = device.type.ToString().ToLowerInvariant(),
             ["formats"] = string.Join(",", request.Formats),
             ["layout"] = quantized.Allocation?.Layout ?? $"{options.Bits}:{quantized.Layers.Count}",

@@ -1,15 +1,8 @@
+using Lowbit.Engine.Protocol;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lowbit.Engine.Quantization;
-
-/// <summary>The quantization method that produced a <see cref="QuantizedTensor"/>.</summary>
-public enum QuantMethod
-{
-    Rtn,
-    Hqq,
-    Gptq,
-}
 
 /// <summary>
 /// A group-wise affine quantized Linear weight <c>[out, in]</c>: <c>W[n, k] ≈ (codes[n, k] − zeros[n, g]) · scales[n, g]</c>
@@ -19,7 +12,7 @@ public enum QuantMethod
 /// </summary>
 public sealed record QuantizedTensor : IDisposable
 {
-    public required QuantMethod Method { get; init; }
+    public required QuantizationMethod Method { get; init; }
 
     public required int Bits { get; init; }
 
@@ -83,7 +76,7 @@ public sealed record QuantizedTensor : IDisposable
     }
 
     /// <summary>Builds a tensor, rounding scales and zeros to fp16 precision (they are stored as fp16).</summary>
-    public static QuantizedTensor Create(QuantMethod method, int bits, int groupSize, Tensor codes, Tensor scales, Tensor zeros, Tensor? groupIndex = null, int axis = 1)
+    public static QuantizedTensor Create(QuantizationMethod method, int bits, int groupSize, Tensor codes, Tensor scales, Tensor zeros, Tensor? groupIndex = null, int axis = 1)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(bits, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(bits, 8);

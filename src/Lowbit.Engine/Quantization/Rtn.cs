@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -60,7 +61,7 @@ public static class Rtn
         scale = scale.to(ScalarType.Float16).to(ScalarType.Float32);
         var codes = w.div(scale).round().add(zero).clamp(0, maxq);
         var rows = weight.shape[0];
-        var q = QuantizedTensor.Create(QuantMethod.Rtn, options.Bits, groupSize, codes.reshape(weight.shape), scale.reshape(rows, -1), zero.reshape(rows, -1));
+        var q = QuantizedTensor.Create(QuantizationMethod.Rtn, options.Bits, groupSize, codes.reshape(weight.shape), scale.reshape(rows, -1), zero.reshape(rows, -1));
         return q.MoveToOuterDisposeScope();
     }
 }

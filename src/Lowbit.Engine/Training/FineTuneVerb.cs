@@ -9,7 +9,7 @@ namespace Lowbit.Engine.Training;
 /// <summary><c>finetune</c>: LoRA / QLoRA / full fine-tuning (see <see cref="FineTuner"/>); SIGTERM checkpoints and stops.</summary>
 public static class FineTuneVerb
 {
-    public static EngineResult Run(FinetuneRequest request, VerbContext context)
+    public static EngineResult Run(FineTuneRequest request, VerbContext context)
     {
         using var http = ModelSource.CreateHttpClient();
         var directory = new ModelSource(http, context.Emit, context.Time).Resolve(request.BaseModel, request.Revision, weights: true);
@@ -60,12 +60,12 @@ public static class FineTuneVerb
         return new EngineResult
         {
             Ok = true,
-            Verb = EngineVerbs.Finetune,
+            Verb = EngineVerbs.FineTune,
             DurationSeconds = context.ElapsedSeconds,
             Artifact = new ArtifactReport
             {
                 Uri = outcome.OutputPath,
-                Format = request.Method == FinetuneMethod.Full ? "hf-safetensors" : "peft-lora",
+                Format = request.Method == FineTuneMethod.Full ? "hf-safetensors" : "peft-lora",
                 Bytes = outcome.OutputBytes,
             },
             Quality = outcome.EvalPerplexity is { } ppl ? new QualityReport { PerplexityAfter = ppl } : null,

@@ -55,7 +55,7 @@ public sealed record FineTuneOutcome
 public sealed class TrainingInterruptedException(string message) : Exception(message);
 
 /// <summary>
-/// LoRA / QLoRA / full fine-tuning of a Llama-family model (see <see cref="FinetuneRequest"/>): packed blocks,
+/// LoRA / QLoRA / full fine-tuning of a Llama-family model (see <see cref="FineTuneRequest"/>): packed blocks,
 /// seeded data order (per epoch) and dropout masks (per micro-batch), AdamW with warm-up and decay, gradient
 /// accumulation normalised by the trained tokens of the whole optimizer step, clipping, optional gradient
 /// checkpointing, atomic checkpoints that resume to the same adapter as an uninterrupted run.
@@ -66,14 +66,14 @@ public sealed class FineTuner
     public const string OptimizerFile = "optimizer.safetensors";
     public const string CheckpointPrefix = "checkpoint-";
 
-    private readonly FinetuneRequest _request;
+    private readonly FineTuneRequest _request;
     private readonly string _baseDirectory;
     private readonly Action<EngineEvent> _emit;
     private readonly Func<bool> _stopRequested;
     private readonly IReadOnlyList<PackedBlock>? _blocks;
 
     /// <param name="blocks">Pre-packed training blocks instead of <c>--dataset</c> (benchmarks); no eval split.</param>
-    public FineTuner(FinetuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
+    public FineTuner(FineTuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
         IReadOnlyList<PackedBlock>? blocks = null)
     {
         _request = request;
@@ -86,18 +86,18 @@ public sealed class FineTuner
     public FineTuneOutcome Run()
     {
         var request = _request;
-        if (request.GgufAdapter && request.Method == FinetuneMethod.Full)
+        if (request.GgufAdapter && request.Method == FineTuneMethod.Full)
         {
             throw new EngineInputException("--gguf-adapter: --method full trains the whole model, there is no adapter to export; use quantize --format gguf-* on the output");
         }
         var device = TorchRuntime.ResolveDevice(request.Device);
         var config = LlamaConfig.Load(Path.Combine(_baseDirectory, "config.json"));
         var quantized = LowbitCheckpoint.IsLowbit(_baseDirectory);
-        if (request.Method == FinetuneMethod.Qlora && !quantized)
+        if (request.Method == FineTuneMethod.Qlora && !quantized)
         {
             throw new EngineInputException($"--base-model: --method qlora needs a quantized base (the lowbit format); {_baseDirectory} is 16-bit. Quantize it first (lowbit-engine quantize --formats lowbit) or use --method lora");
         }
-        if (request.Method != FinetuneMethod.Qlora && quantized)
+        if (request.Method != FineTuneMethod.Qlora && quantized)
         {
             throw new EngineInputException($"--base-model: {_baseDirectory} is quantized (lowbit); use --method qlora for it");
         }
@@ -117,7 +117,7 @@ public sealed class FineTuner
             Log(FormattableString.Invariant($"dataset: {examples.Count} examples -> {blocks.Count} blocks of {request.SeqLength} tokens ({train.Count} train, {eval.Count} eval)"));
         }
 
-        var computeDtype = request.Method == FinetuneMethod.Full || device.type != DeviceType.CUDA ? ScalarType.Float32 : ScalarType.BFloat16;
+        var computeDtype = request.Method == FineTuneMethod.Full || device.type != DeviceType.CUDA ? ScalarType.Float32 : ScalarType.BFloat16;
         var watchLoad = Stopwatch.StartNew();
         using var model = quantized ? LoadQuantized(_baseDirectory, computeDtype, device) : ModelLoading.Load(_baseDirectory, computeDtype, device);
         Log(FormattableString.Invariant($"loaded {request.Method.ToString().ToLowerInvariant()} base in {computeDtype} on {device.type} in {watchLoad.Elapsed.TotalSeconds:F1} s"));
@@ -128,7 +128,7 @@ public sealed class FineTuner
         };
         IReadOnlyList<(string Path, LoraLinear Module)> modules = [];
         List<(string Name, Tensor Parameter)> trainable;
-        if (request.Method == FinetuneMethod.Full)
+        if (request.Method == FineTuneMethod.Full)
         {
             trainable = model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).ToList();
             foreach (var (_, p) in trainable)
@@ -231,7 +231,7 @@ public sealed class FineTuner
 
         long bytes;
         string? gguf = null;
-        if (request.Method == FinetuneMethod.Full)
+        if (request.Method == FineTuneMethod.Full)
         {
             ModelIo.Save(model, request.Out, config.TorchDtype is { } t ? ModelIo.ParseDtype(t) : ScalarType.BFloat16);
             CopyTokenizer(_baseDirectory, request.Out);
@@ -249,7 +249,7 @@ public sealed class FineTuner
             }
         }
         string? merged = null;
-        if (request.Merge && request.Method != FinetuneMethod.Full)
+        if (request.Merge && request.Method != FineTuneMethod.Full)
         {
             merged = Path.Combine(request.Out, "merged");
             // The base's stored dtype (16-bit for Hugging Face checkpoints; a float32 base stays float32).
@@ -348,7 +348,7 @@ public sealed class FineTuner
         var final = Path.Combine(root, CheckpointPrefix + step.ToString(CultureInfo.InvariantCulture));
         var temp = Path.Combine(root, $".tmp-{CheckpointPrefix}{step}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(temp);
-        if (_request.Method == FinetuneMethod.Full)
+        if (_request.Method == FineTuneMethod.Full)
         {
             ModelIo.Save(model, temp, ScalarType.Float32);
         }
@@ -409,7 +409,7 @@ public sealed class FineTuner
         {
             throw new EngineInputException($"--resume-from: the checkpoint was written by a run of {total} steps, this run has {totalSteps}; resume with the same dataset, --epochs/--max-steps, --micro-batch and --grad-accumulation");
         }
-        if (_request.Method == FinetuneMethod.Full)
+        if (_request.Method == FineTuneMethod.Full)
         {
             using var checkpoint = Checkpoint.Open(directory);
             ModelIo.LoadInto(model, checkpoint);

@@ -1,7 +1,6 @@
 using k8s.Models;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
-using QuantizationMethod = Lowbit.Engine.Protocol.QuantizationMethod;
 
 namespace Lowbit.Operator.Builders;
 
@@ -47,14 +46,6 @@ public static class EngineJobs
             return new SpecError(fieldsByFlag.TryGetValue(ex.Argument, out var field) ? field : "spec", ex.Message);
         }
     }
-
-    public static QuantizationMethod Method(Api.V1Alpha1.QuantizationMethod method) => method switch
-    {
-        Api.V1Alpha1.QuantizationMethod.Rtn => QuantizationMethod.Rtn,
-        Api.V1Alpha1.QuantizationMethod.Hqq => QuantizationMethod.Hqq,
-        Api.V1Alpha1.QuantizationMethod.Gptq => QuantizationMethod.Gptq,
-        _ => throw new ArgumentOutOfRangeException(nameof(method), method, "not a quantization method"),
-    };
 
     /// <summary>The engine's <c>--format</c> spelling of an export format; gguf-f16 has no engine exporter yet.</summary>
     public static string Format(ExportFormat format) => format switch

@@ -2,8 +2,6 @@ using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
-using ApiDatasetFormat = Lowbit.Api.V1Alpha1.DatasetFormat;
-using ProtocolDatasetFormat = Lowbit.Engine.Protocol.DatasetFormat;
 
 namespace Lowbit.Operator.Builders;
 
@@ -37,7 +35,7 @@ public static class FineTuneJobBuilder
     /// The engine request. <paramref name="baseModel"/> is the referenced QuantizedModel (QLoRA) or null for a source;
     /// <paramref name="resumeFrom"/> is the last checkpoint's URI when a previous Job for this generation failed.
     /// </summary>
-    public static FinetuneRequest Request(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, VolumeSet volumes, string? resumeFrom)
+    public static FineTuneRequest Request(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, VolumeSet volumes, string? resumeFrom)
     {
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(placement);
@@ -50,27 +48,17 @@ public static class FineTuneJobBuilder
                 : throw new ArgumentException("spec.baseModel: the referenced QuantizedModel is not available (Check first)", nameof(baseModel));
         var lora = spec.Lora ?? new LoraSpec();
         var output = volumes.Pvc(spec.Output.Pvc.ClaimName, spec.Output.Pvc.Path, writable: true);
-        return new FinetuneRequest
+        return new FineTuneRequest
         {
             BaseModel = model,
             Revision = revision,
-            Method = spec.Method switch
-            {
-                FineTuneMethod.Lora => FinetuneMethod.Lora,
-                FineTuneMethod.Qlora => FinetuneMethod.Qlora,
-                _ => FinetuneMethod.Full,
-            },
+            Method = spec.Method,
             R = lora.R,
             Alpha = lora.Alpha,
             Dropout = lora.Dropout,
             TargetModules = lora.TargetModules,
             Dataset = volumes.Data(spec.Dataset.Source),
-            DatasetFormat = spec.Dataset.Format switch
-            {
-                ApiDatasetFormat.Chat => ProtocolDatasetFormat.Chat,
-                ApiDatasetFormat.Text => ProtocolDatasetFormat.Text,
-                _ => ProtocolDatasetFormat.Alpaca,
-            },
+            DatasetFormat = spec.Dataset.Format,
             Epochs = spec.Training.Epochs,
             MaxSteps = spec.Training.MaxSteps,
             LearningRate = spec.Training.LearningRate,

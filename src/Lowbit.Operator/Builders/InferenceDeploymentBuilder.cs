@@ -4,7 +4,6 @@ using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
 using Lowbit.Planner;
-using ServingRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
 
 namespace Lowbit.Operator.Builders;
 
@@ -41,11 +40,11 @@ public static class InferenceDeploymentBuilder
         var quantized = served.QuantizedModel;
         switch (endpoint.Spec.Runtime)
         {
-            case ServingRuntime.Llamacpp when quantized is null || fromSource:
+            case ServingRuntime.LlamaCpp when quantized is null || fromSource:
                 return new SpecError("spec.model", "llamacpp serves a GGUF export: reference a QuantizedModel whose spec.formats include a gguf format");
-            case ServingRuntime.Llamacpp when Gguf(quantized) is null:
+            case ServingRuntime.LlamaCpp when Gguf(quantized) is null:
                 return new SpecError("spec.model.quantizedModelRef", $"QuantizedModel {quantized.Metadata.Name} exports no gguf format; llamacpp needs one");
-            case ServingRuntime.Llamacpp:
+            case ServingRuntime.LlamaCpp:
                 return null;
             case var _ when !fromSource && quantized is null:
                 return new SpecError("spec.model.quantizedModelRef", "the referenced QuantizedModel is not available");
@@ -75,14 +74,14 @@ public static class InferenceDeploymentBuilder
         var (image, args) = endpoint.Spec.Runtime switch
         {
             ServingRuntime.Vllm => (options.VllmImage, VllmArgs(endpoint, served, placement, volumes)),
-            ServingRuntime.Llamacpp => (options.LlamaCppImage, LlamaCppArgs(endpoint, served, placement, volumes)),
+            ServingRuntime.LlamaCpp => (options.LlamaCppImage, LlamaCppArgs(endpoint, served, placement, volumes)),
             _ => (options.EngineImage, LowbitArgs(endpoint, served, placement, volumes)),
         };
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Always");
         var container = PodTemplates.Container(endpoint.Spec.Image ?? image, args, placement, volumes, endpoint.Spec.Resources, options);
         container.Ports = [new V1ContainerPort { Name = PortName, ContainerPort = Port, Protocol = "TCP" }];
         container.StartupProbe = Probe(options.StartupFailureThreshold);
-        container.ReadinessProbe = Probe(3, endpoint.Spec.Runtime is ServingRuntime.Vllm or ServingRuntime.Llamacpp ? HealthPath : ReadyPath);
+        container.ReadinessProbe = Probe(3, endpoint.Spec.Runtime is ServingRuntime.Vllm or ServingRuntime.LlamaCpp ? HealthPath : ReadyPath);
         container.LivenessProbe = Probe(6);
         pod.Containers.Add(container);
 

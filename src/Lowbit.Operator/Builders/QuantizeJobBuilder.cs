@@ -36,7 +36,7 @@ public static class QuantizeJobBuilder
         {
             Model = source,
             Revision = revision,
-            Method = EngineJobs.Method(spec.Method),
+            Method = spec.Method,
             Bits = spec.Bits,
             TargetBitsPerWeight = spec.TargetBitsPerWeight,
             GroupSize = spec.GroupSize,

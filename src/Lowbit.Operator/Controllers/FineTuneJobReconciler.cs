@@ -95,7 +95,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         if (existing?.Spec?.Template?.Spec?.Containers?.FirstOrDefault()?.Args is { Count: > 0 } args
             && ChildMeta.Annotation(existing, ChildMeta.GenerationAnnotation) == job.Metadata.Generation?.ToString(System.Globalization.CultureInfo.InvariantCulture))
         {
-            return FinetuneRequest.Parse(args.ToList()).ResumeFrom;
+            return FineTuneRequest.Parse(args.ToList()).ResumeFrom;
         }
 
         if (job.Status?.ObservedGeneration != job.Metadata.Generation || job.Status?.Checkpoints is not { Count: > 0 } checkpoints)

@@ -1,10 +1,9 @@
 using System.Globalization;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Status;
 using Lowbit.Planner;
-using ApiRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
-using PlannerRuntime = Lowbit.Planner.ServingRuntime;
 
 namespace Lowbit.Operator.Controllers;
 
@@ -53,15 +52,10 @@ public static class Planning
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         var spec = endpoint.Spec;
-        var runtime = spec.Runtime switch
-        {
-            ApiRuntime.Vllm => PlannerRuntime.Vllm,
-            ApiRuntime.Llamacpp => PlannerRuntime.LlamaCpp,
-            _ => PlannerRuntime.Lowbit,
-        };
+        var runtime = spec.Runtime; // the CRD and ResourceValidator admit lowbit, vllm and llamacpp only
         var weights = quantized is null
             ? WeightFormat.Bf16
-            : spec.Runtime == ApiRuntime.Llamacpp ? GgufWeights(quantized.Spec) : Weights(quantized.Spec);
+            : spec.Runtime == ServingRuntime.LlamaCpp ? GgufWeights(quantized.Spec) : Weights(quantized.Spec);
         var workload = new Workload
         {
             Mode = WorkloadMode.Inference,

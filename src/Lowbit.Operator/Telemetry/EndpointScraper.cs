@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Lowbit.Engine.Protocol;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;

@@ -24,7 +24,7 @@ public sealed record EngineMetricDialect(string Runtime, string GenerationTokens
     public static EngineMetricDialect For(ServingRuntime runtime) => runtime switch
     {
         ServingRuntime.Vllm => Vllm,
-        ServingRuntime.Llamacpp => LlamaCpp,
+        ServingRuntime.LlamaCpp => LlamaCpp,
         _ => Lowbit,
     };
 

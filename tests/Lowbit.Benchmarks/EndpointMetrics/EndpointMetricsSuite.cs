@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Telemetry;
 
 namespace Lowbit.Benchmarks.EndpointMetrics;

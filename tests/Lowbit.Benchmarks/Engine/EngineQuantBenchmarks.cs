@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tokenization;
 using TorchSharp;
@@ -94,14 +95,14 @@ public sealed class EngineQuantBenchmarks : IBenchmarkSuite
             report.AppendLine();
             report.AppendLine("| method | bits | bits/weight | perplexity | vs fp32 | mean rel. error | quantize s | parameters/s |");
             report.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
-            foreach (var method in new[] { QuantMethod.Rtn, QuantMethod.Hqq, QuantMethod.Gptq })
+            foreach (var method in new[] { QuantizationMethod.Rtn, QuantizationMethod.Hqq, QuantizationMethod.Gptq })
             {
                 foreach (var bits in widths)
                 {
                     var watch = Stopwatch.StartNew();
                     using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
                     {
-                        Method = method, Bits = bits, GroupSize = 64, Calibration = method == QuantMethod.Gptq ? calibration : null,
+                        Method = method, Bits = bits, GroupSize = 64, Calibration = method == QuantizationMethod.Gptq ? calibration : null,
                     });
                     var seconds = watch.Elapsed.TotalSeconds;
                     var perplexity = QuantizedEvaluation.Perplexity(checkpoint, quantized, evaluation, context);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
+using Lowbit.Engine.Protocol;
 using k8s;
 using k8s.Models;
 using Lowbit.Api.V1Alpha1;

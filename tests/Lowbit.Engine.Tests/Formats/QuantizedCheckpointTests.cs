@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tests.Quantization;
 using TorchSharp;
@@ -23,16 +24,16 @@ public sealed class QuantizedCheckpointTests : IDisposable
     }
 
     [Theory]
-    [InlineData(QuantMethod.Rtn, 3, 32)]
-    [InlineData(QuantMethod.Hqq, 4, 32)]
-    [InlineData(QuantMethod.Gptq, 4, 16)]
-    public void Does_round_trip_lowbit_exports_and_load_a_model_that_predicts_like_the_source(QuantMethod method, int bits, int groupSize)
+    [InlineData(QuantizationMethod.Rtn, 3, 32)]
+    [InlineData(QuantizationMethod.Hqq, 4, 32)]
+    [InlineData(QuantizationMethod.Gptq, 4, 16)]
+    public void Does_round_trip_lowbit_exports_and_load_a_model_that_predicts_like_the_source(QuantizationMethod method, int bits, int groupSize)
     {
         using var checkpoint = Checkpoint.Open(Source());
         using var calibration = TinyModels.Tokens(8, 32, 5);
         using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
         {
-            Method = method, Bits = bits, GroupSize = groupSize, Calibration = method == QuantMethod.Gptq ? calibration : null,
+            Method = method, Bits = bits, GroupSize = groupSize, Calibration = method == QuantizationMethod.Gptq ? calibration : null,
             Gptq = new GptqOptions { ActOrder = true },
         });
         Assert.Equal(14, quantized.Linears.Count);
@@ -77,7 +78,7 @@ public sealed class QuantizedCheckpointTests : IDisposable
         using var calibration = TinyModels.Tokens(8, 32, 6);
         using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
         {
-            Method = QuantMethod.Gptq, Bits = bits, GroupSize = 32, Calibration = calibration, Gptq = new GptqOptions { ActOrder = actOrder },
+            Method = QuantizationMethod.Gptq, Bits = bits, GroupSize = 32, Calibration = calibration, Gptq = new GptqOptions { ActOrder = actOrder },
         });
         var outDir = Path.Combine(_root, "gptq");
         GptqCheckpoint.Write(outDir, checkpoint, quantized, descAct: actOrder);
@@ -112,7 +113,7 @@ public sealed class QuantizedCheckpointTests : IDisposable
     public void Does_refuse_gptq_export_of_hqq_fractional_zero_points()
     {
         using var checkpoint = Checkpoint.Open(Source());
-        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantMethod.Hqq, Bits = 4, GroupSize = 32 });
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Hqq, Bits = 4, GroupSize = 32 });
         var ex = Assert.Throws<EngineInputException>(() => GptqCheckpoint.Write(Path.Combine(_root, "gptq"), checkpoint, quantized));
         Assert.Contains("--format", ex.Message);
     }
@@ -124,7 +125,7 @@ public sealed class QuantizedCheckpointTests : IDisposable
         using var calibration = TinyModels.Tokens(4, 32, 7);
         using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
         {
-            Method = QuantMethod.Rtn, Bits = 8, GroupSize = 32, TargetBitsPerWeight = 3.5, Calibration = calibration,
+            Method = QuantizationMethod.Rtn, Bits = 8, GroupSize = 32, TargetBitsPerWeight = 3.5, Calibration = calibration,
         });
         Assert.NotNull(quantized.Allocation);
         Assert.True(quantized.BitsPerWeight <= 3.5 + 1e-9, $"{quantized.BitsPerWeight}");

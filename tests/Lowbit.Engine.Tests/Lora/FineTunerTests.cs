@@ -19,10 +19,10 @@ public sealed class FineTunerTests
         return path;
     }
 
-    private static FinetuneRequest Request(TempDir dir, string name) => new()
+    private static FineTuneRequest Request(TempDir dir, string name) => new()
     {
         BaseModel = dir.File("base"),
-        Method = FinetuneMethod.Lora,
+        Method = FineTuneMethod.Lora,
         Dataset = dir.File("data.jsonl"),
         Out = dir.File(name),
         R = 4,
@@ -154,7 +154,7 @@ public sealed class FineTunerTests
     public void Does_refuse_qlora_on_a_16_bit_base()
     {
         using var dir = Setup();
-        var ex = Assert.Throws<EngineInputException>(() => new FineTuner(Request(dir, "a") with { Method = FinetuneMethod.Qlora }, dir.File("base"), _ => { }).Run());
+        var ex = Assert.Throws<EngineInputException>(() => new FineTuner(Request(dir, "a") with { Method = FineTuneMethod.Qlora }, dir.File("base"), _ => { }).Run());
         Assert.Contains("quantize", ex.Message, StringComparison.Ordinal);
     }
 }

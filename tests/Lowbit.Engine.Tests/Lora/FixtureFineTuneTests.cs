@@ -54,7 +54,7 @@ public sealed class FixtureFineTuneTests(ITestOutputHelper output)
         return PerplexityEvaluator.Evaluate(loaded, tokens, 256, 256, CPU).Perplexity;
     }
 
-    private static FinetuneRequest Request(string baseModel, string dataset, string output, FinetuneMethod method) => new()
+    private static FineTuneRequest Request(string baseModel, string dataset, string output, FineTuneMethod method) => new()
     {
         BaseModel = baseModel,
         Method = method,
@@ -83,7 +83,7 @@ public sealed class FixtureFineTuneTests(ITestOutputHelper output)
         var (train, _) = Halves(fixture, dir);
         var losses = new List<double>();
 
-        new FineTuner(Request(fixture, train, dir.File("adapter"), FinetuneMethod.Lora), fixture, e =>
+        new FineTuner(Request(fixture, train, dir.File("adapter"), FineTuneMethod.Lora), fixture, e =>
         {
             if (e is TrainEvent t)
             {
@@ -105,13 +105,13 @@ public sealed class FixtureFineTuneTests(ITestOutputHelper output)
         var (train, held) = Halves(fixture, dir);
         using (var checkpoint = Checkpoint.Open(fixture))
         {
-            using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantMethod.Hqq, Bits = 2, GroupSize = 64 });
+            using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Hqq, Bits = 2, GroupSize = 64 });
             LowbitCheckpoint.Write(dir.File("hqq2"), checkpoint, quantized);
         }
         var fp = Perplexity(fixture, null, held);
         var before = Perplexity(dir.File("hqq2"), null, held);
 
-        new FineTuner(Request(dir.File("hqq2"), train, dir.File("adapter"), FinetuneMethod.Qlora), dir.File("hqq2"), _ => { }).Run();
+        new FineTuner(Request(dir.File("hqq2"), train, dir.File("adapter"), FineTuneMethod.Qlora), dir.File("hqq2"), _ => { }).Run();
         var after = Perplexity(dir.File("hqq2"), dir.File("adapter"), held);
 
         var recovered = (before - after) / (before - fp);

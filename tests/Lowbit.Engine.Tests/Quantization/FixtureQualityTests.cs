@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;
@@ -12,7 +13,7 @@ namespace Lowbit.Engine.Tests.Quantization;
 /// </summary>
 public sealed class TinyLlamaQuality : IDisposable
 {
-    private readonly ConcurrentDictionary<(QuantMethod, int), double> _perplexities = new();
+    private readonly ConcurrentDictionary<(QuantizationMethod, int), double> _perplexities = new();
     private readonly Tensor _calibration;
 
     public TinyLlamaQuality()
@@ -32,11 +33,11 @@ public sealed class TinyLlamaQuality : IDisposable
 
     public double Baseline { get; }
 
-    public double Perplexity(QuantMethod method, int bits) => _perplexities.GetOrAdd((method, bits), key =>
+    public double Perplexity(QuantizationMethod method, int bits) => _perplexities.GetOrAdd((method, bits), key =>
     {
         using var quantized = ModelQuantizer.Quantize(Checkpoint, new ModelQuantizeOptions
         {
-            Method = key.Item1, Bits = key.Item2, GroupSize = 64, Calibration = key.Item1 == QuantMethod.Gptq ? _calibration : null,
+            Method = key.Item1, Bits = key.Item2, GroupSize = 64, Calibration = key.Item1 == QuantizationMethod.Gptq ? _calibration : null,
         });
         return QuantizedEvaluation.Perplexity(Checkpoint, quantized, Evaluation, 256);
     });
@@ -66,38 +67,38 @@ public sealed class FixtureQualityTests(TinyLlamaQuality fixture) : IClassFixtur
     [Fact]
     public void Does_keep_8_bit_rtn_perplexity_within_1_percent_of_fp32()
     {
-        var ppl = fixture.Perplexity(QuantMethod.Rtn, 8);
+        var ppl = fixture.Perplexity(QuantizationMethod.Rtn, 8);
         Assert.InRange(ppl / fixture.Baseline, 0.99, 1.01);
     }
 
     [Theory]
-    [InlineData(QuantMethod.Hqq)]
-    [InlineData(QuantMethod.Gptq)]
-    public void Does_stay_within_10_percent_and_beat_rtn_when_quantizing_4_bit_g64(QuantMethod method)
+    [InlineData(QuantizationMethod.Hqq)]
+    [InlineData(QuantizationMethod.Gptq)]
+    public void Does_stay_within_10_percent_and_beat_rtn_when_quantizing_4_bit_g64(QuantizationMethod method)
     {
         var ppl = fixture.Perplexity(method, 4);
-        var rtn = fixture.Perplexity(QuantMethod.Rtn, 4);
+        var rtn = fixture.Perplexity(QuantizationMethod.Rtn, 4);
         Assert.True(ppl < 1.10 * fixture.Baseline, $"{method} 4-bit {ppl:F4} vs fp32 {fixture.Baseline:F4}");
         Assert.True(ppl < rtn, $"{method} 4-bit {ppl:F4} vs RTN {rtn:F4}");
     }
 
     [Theory]
-    [InlineData(QuantMethod.Rtn)]
-    [InlineData(QuantMethod.Hqq)]
-    [InlineData(QuantMethod.Gptq)]
-    public void Does_lose_more_perplexity_at_3_and_then_2_bits(QuantMethod method)
+    [InlineData(QuantizationMethod.Rtn)]
+    [InlineData(QuantizationMethod.Hqq)]
+    [InlineData(QuantizationMethod.Gptq)]
+    public void Does_lose_more_perplexity_at_3_and_then_2_bits(QuantizationMethod method)
     {
         var (four, three, two) = (fixture.Perplexity(method, 4), fixture.Perplexity(method, 3), fixture.Perplexity(method, 2));
         Assert.True(four < three && three < two, $"{method}: 4-bit {four:F4}, 3-bit {three:F4}, 2-bit {two:F4}");
     }
 
     [Theory]
-    [InlineData(QuantMethod.Hqq)]
-    [InlineData(QuantMethod.Gptq)]
-    public void Does_beat_rtn_at_2_bits(QuantMethod method)
+    [InlineData(QuantizationMethod.Hqq)]
+    [InlineData(QuantizationMethod.Gptq)]
+    public void Does_beat_rtn_at_2_bits(QuantizationMethod method)
     {
         var ppl = fixture.Perplexity(method, 2);
-        var rtn = fixture.Perplexity(QuantMethod.Rtn, 2);
+        var rtn = fixture.Perplexity(QuantizationMethod.Rtn, 2);
         Assert.True(ppl < rtn, $"{method} 2-bit {ppl:F4} vs RTN {rtn:F4}");
     }
 }

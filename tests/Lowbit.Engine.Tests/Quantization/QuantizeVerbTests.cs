@@ -150,7 +150,7 @@ public sealed class QuantizeVerbTests : IDisposable
         using var checkpoint = Checkpoint.Open(model);
         using var quantized = Lowbit.Engine.Quantization.ModelQuantizer.Quantize(checkpoint, new Lowbit.Engine.Quantization.ModelQuantizeOptions
         {
-            Method = Lowbit.Engine.Quantization.QuantMethod.Rtn, Bits = 4, GroupSize = 32,
+            Method = QuantizationMethod.Rtn, Bits = 4, GroupSize = 32,
         });
         var outDir = _dir.File("gptq-out");
         var ex = Assert.Throws<EngineInputException>(() => GptqCheckpoint.Write(outDir, checkpoint, quantized));

@@ -1,4 +1,5 @@
 using System.Net;
+using Lowbit.Engine.Protocol;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
@@ -6,7 +7,6 @@ using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Tests.Reconcilers;
 using Lowbit.Planner;
-using QuantizationMethod = Lowbit.Api.V1Alpha1.QuantizationMethod;
 
 namespace Lowbit.Operator.Tests.EndToEnd;
 

@@ -1,6 +1,7 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Net;
 using System.Net.Sockets;
+using Lowbit.Engine.Protocol;
 using k8s;
 using k8s.Models;
 using Lowbit.Api;
@@ -48,7 +49,7 @@ public sealed class EndpointScraperTests : IAsyncDisposable
     public async Task Does_read_vllm_and_llamacpp_pods_by_their_runtime_names()
     {
         var vllm = await PodAsync(Endpoint("v", ServingRuntime.Vllm), "v-1");
-        var llama = await PodAsync(Endpoint("l", ServingRuntime.Llamacpp), "l-1");
+        var llama = await PodAsync(Endpoint("l", ServingRuntime.LlamaCpp), "l-1");
         vllm.Serve(MetricsPages.Vllm);
         llama.Serve(MetricsPages.LlamaCpp);
         await RoundAsync();

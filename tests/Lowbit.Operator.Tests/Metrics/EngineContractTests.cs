@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Telemetry;
 
 namespace Lowbit.Operator.Tests.Metrics;

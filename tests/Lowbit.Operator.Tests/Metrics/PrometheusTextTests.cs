@@ -1,4 +1,5 @@
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Telemetry;
 
 namespace Lowbit.Operator.Tests.Metrics;
@@ -141,7 +142,7 @@ public sealed class PrometheusTextTests
     [Fact]
     public void Does_read_llamacpp_tokens_without_a_ttft_histogram()
     {
-        var dialect = EngineMetricDialect.For(ServingRuntime.Llamacpp);
+        var dialect = EngineMetricDialect.For(ServingRuntime.LlamaCpp);
         var reading = dialect.Read(PrometheusText.Parse(MetricsPages.LlamaCpp, dialect.Wants), out var error);
 
         Assert.Null(error);
@@ -164,7 +165,7 @@ public sealed class PrometheusTextTests
     [InlineData("-5")]
     public void Does_reject_a_token_counter_that_is_no_counter_value(string value)
     {
-        var dialect = EngineMetricDialect.For(ServingRuntime.Llamacpp);
+        var dialect = EngineMetricDialect.For(ServingRuntime.LlamaCpp);
         var reading = dialect.Read(PrometheusText.Parse($"llamacpp:tokens_predicted_total {value}\n", dialect.Wants), out var error);
 
         Assert.Null(reading);

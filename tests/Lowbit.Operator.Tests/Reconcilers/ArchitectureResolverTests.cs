@@ -1,6 +1,7 @@
 using System.Net;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Controllers;
 using Microsoft.Extensions.Options;

@@ -3,8 +3,6 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Builders;
 using Lowbit.Planner;
-using ServingRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
-using QuantizationMethod = Lowbit.Api.V1Alpha1.QuantizationMethod;
 
 namespace Lowbit.Operator.Tests.Reconcilers;
 
@@ -179,7 +177,7 @@ public sealed class BuilderTests
     [Fact]
     public void Does_serve_the_gguf_export_with_llamacpp()
     {
-        var endpoint = Fixtures.Endpoint(runtime: ServingRuntime.Llamacpp);
+        var endpoint = Fixtures.Endpoint(runtime: ServingRuntime.LlamaCpp);
         var args = InferenceDeploymentBuilder.Build(endpoint, new ServedModel { QuantizedModel = Fixtures.Model() }, Fixtures.GpuPlacement(endpoint), Fixtures.Options)
             .Spec.Template.Spec.Containers[0].Args;
 
@@ -196,11 +194,11 @@ public sealed class BuilderTests
         var first = FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options);
         var retried = FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options, resumeFrom: "/mnt/models/adapters/alpaca/checkpoints/step-50");
 
-        var firstRequest = FinetuneRequest.Parse(first.Spec.Template.Spec.Containers[0].Args.ToList());
-        var retriedRequest = FinetuneRequest.Parse(retried.Spec.Template.Spec.Containers[0].Args.ToList());
+        var firstRequest = FineTuneRequest.Parse(first.Spec.Template.Spec.Containers[0].Args.ToList());
+        var retriedRequest = FineTuneRequest.Parse(retried.Spec.Template.Spec.Containers[0].Args.ToList());
         Assert.Null(firstRequest.ResumeFrom);
         Assert.Equal("/mnt/models/adapters/alpaca/checkpoints/step-50", retriedRequest.ResumeFrom);
-        Assert.Equal(FinetuneMethod.Qlora, retriedRequest.Method);
+        Assert.Equal(FineTuneMethod.Qlora, retriedRequest.Method);
         Assert.Equal("/config/alpaca/train.jsonl", retriedRequest.Dataset);
         Assert.Equal("/mnt/models/llama-7b-int4/lowbit", retriedRequest.BaseModel); // the lowbit export inside the quantize output
         Assert.NotEqual(Lowbit.Operator.Builders.ChildMeta.SpecHash(first), Lowbit.Operator.Builders.ChildMeta.SpecHash(retried));

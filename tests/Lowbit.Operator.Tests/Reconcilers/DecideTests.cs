@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
@@ -6,7 +7,6 @@ using Lowbit.Operator.Controllers;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Status;
 using Lowbit.Planner;
-using ServingRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
 
 namespace Lowbit.Operator.Tests.Reconcilers;
 

@@ -26,7 +26,7 @@ public sealed class FineTuneServerTests : IAsyncLifetime
         }.ToJson();
         var trained = new EngineResult
         {
-            Ok = true, Verb = EngineVerbs.Finetune, DurationSeconds = 5,
+            Ok = true, Verb = EngineVerbs.FineTune, DurationSeconds = 5,
             Artifact = new ArtifactReport { Uri = "pvc://models/adapters/alpaca", Format = "peft-lora", Bytes = 8_400_000 },
         }.ToJson();
         var job = Fixtures.FineTune();
@@ -55,7 +55,7 @@ public sealed class FineTuneServerTests : IAsyncLifetime
         Assert.Equal("peft-lora", ready.Status!.Artifact!.Format);
         Assert.True(Conditions.IsTrue(ready.Status.Conditions, Conditions.Types.Trained));
         var args = _h.Api.Get<V1Job>("default", "alpaca-qlora-finetune").Spec.Template.Spec.Containers[0].Args.ToList();
-        Assert.Equal(FinetuneMethod.Qlora, FinetuneRequest.Parse(args).Method);
+        Assert.Equal(FineTuneMethod.Qlora, FineTuneRequest.Parse(args).Method);
 
         _h.Create(new InferenceEndpoint
         {

@@ -1,10 +1,9 @@
+using Lowbit.Engine.Protocol;
 using k8s.Models;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Controllers;
 using Lowbit.Planner;
-using ServingRuntime = Lowbit.Api.V1Alpha1.ServingRuntime;
-using QuantizationMethod = Lowbit.Api.V1Alpha1.QuantizationMethod;
 
 namespace Lowbit.Operator.Tests.Reconcilers;
 

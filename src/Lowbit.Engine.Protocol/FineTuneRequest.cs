@@ -8,7 +8,7 @@ namespace Lowbit.Engine.Protocol;
 /// [--warmup-steps N] [--max-grad-norm X] [--weight-decay X] [--gradient-checkpointing true] [--rslora true]
 /// [--merge true] [--gguf-adapter true]</c>. Boolean flags take <c>true</c>/<c>false</c>; absent is false.
 /// </summary>
-public sealed record FinetuneRequest : EngineRequest
+public sealed record FineTuneRequest : EngineRequest
 {
     /// <summary>Linear modules a LoRA adapter may target (Llama naming).</summary>
     public static IReadOnlyList<string> AcceptedTargetModules { get; } =
@@ -28,7 +28,7 @@ public sealed record FinetuneRequest : EngineRequest
 
     public string? Revision { get; init; }
 
-    public required FinetuneMethod Method { get; init; }
+    public required FineTuneMethod Method { get; init; }
 
     /// <summary>LoRA rank.</summary>
     public int R { get; init; } = 16;
@@ -101,12 +101,12 @@ public sealed record FinetuneRequest : EngineRequest
     /// <summary>Also write the adapter as a llama.cpp GGUF LoRA adapter, <c>OUT/adapter.gguf</c>.</summary>
     public bool GgufAdapter { get; init; }
 
-    public override string Verb => EngineVerbs.Finetune;
+    public override string Verb => EngineVerbs.FineTune;
 
     public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
         .Add("--base-model", BaseModel)
         .Add(CommonFlags.Revision, Revision)
-        .Add("--method", (FinetuneMethod?)Method)
+        .Add("--method", (FineTuneMethod?)Method)
         .Add("--r", R)
         .Add("--alpha", Alpha)
         .Add("--dropout", Dropout)
@@ -137,17 +137,17 @@ public sealed record FinetuneRequest : EngineRequest
         .Add("--gguf-adapter", GgufAdapter)
         .Build();
 
-    public static new FinetuneRequest Parse(IReadOnlyList<string> args)
+    public static new FineTuneRequest Parse(IReadOnlyList<string> args)
     {
-        var r = new ArgumentReader(EngineVerbs.Finetune, args, Flags);
-        var defaults = new FinetuneRequest { BaseModel = "", Method = FinetuneMethod.Lora, Dataset = "", Out = "" };
+        var r = new ArgumentReader(EngineVerbs.FineTune, args, Flags);
+        var defaults = new FineTuneRequest { BaseModel = "", Method = FineTuneMethod.Lora, Dataset = "", Out = "" };
         var targets = r.List("--target-modules", AcceptedTargetModules);
-        return new FinetuneRequest
+        return new FineTuneRequest
         {
             BaseModel = r.Required("--base-model", CommonFlags.ModelAccepted),
             Revision = r.Optional(CommonFlags.Revision),
-            Method = r.Enum<FinetuneMethod>("--method")
-                ?? throw new ProtocolArgumentException("--method", "required", ProtocolNames.Accepted<FinetuneMethod>()),
+            Method = r.Enum<FineTuneMethod>("--method")
+                ?? throw new ProtocolArgumentException("--method", "required", ProtocolNames.Accepted<FineTuneMethod>()),
             R = r.Int("--r", 1, 1024) ?? defaults.R,
             Alpha = r.Double("--alpha", 1e-6, 1e6) ?? defaults.Alpha,
             Dropout = r.Double("--dropout", 0, 0.9) ?? defaults.Dropout,
