@@ -1,6 +1,6 @@
 using k8s.Models;
 using Lowbit.Api.Generation;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.V1Alpha1;
 
 namespace Lowbit.Api.Tests;

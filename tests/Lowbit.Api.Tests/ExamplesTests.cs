@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Protocol;
 using k8s;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Api.Validation;
 

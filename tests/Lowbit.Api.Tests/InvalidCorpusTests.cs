@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 
 namespace Lowbit.Api.Tests;
 

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
+using Lowbit.LocalCluster.Store;
 using k8s.Models;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.Validation;
 
 namespace Lowbit.Api.Tests;

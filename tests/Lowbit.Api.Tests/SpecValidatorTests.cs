@@ -1,8 +1,9 @@
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Protocol;
+using Lowbit.LocalCluster.Store;
 using k8s.Models;
 using Lowbit.Api.Generation;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Api.Validation;
 

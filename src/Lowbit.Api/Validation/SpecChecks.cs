@@ -2,7 +2,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using k8s;
 using k8s.Models;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.V1Alpha1;
 
 namespace Lowbit.Api.Validation;

@@ -1,4 +1,4 @@
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
 

@@ -172,7 +172,7 @@ public static class OperatorDemo
         {
             var text = await File.ReadAllTextAsync(file, cancellationToken).ConfigureAwait(false);
             // As written (YAML → JSON), like `kubectl apply --server-side`: nothing is dropped or re-defaulted on the client.
-            var obj = Lowbit.Api.Schema.Yaml.ParseObject(text);
+            var obj = Lowbit.Schema.Yaml.ParseObject(text);
             var kind = (string?)obj["kind"];
             var name = (string?)obj["metadata"]?["name"] ?? throw new InvalidOperationException($"{file}: manifest without metadata.name");
             var plural = kind switch

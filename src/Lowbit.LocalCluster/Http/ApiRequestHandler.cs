@@ -702,7 +702,7 @@ internal sealed class ApiRequestHandler
         var media = (context.Request.ContentType ?? "application/json").Split(';')[0].Trim();
         if (media.Contains("yaml", StringComparison.Ordinal))
         {
-            return Yaml.ParseObject(await ReadTextAsync(context).ConfigureAwait(false));
+            return YamlBody.ParseObject(await ReadTextAsync(context).ConfigureAwait(false));
         }
         if (media.Contains("protobuf", StringComparison.Ordinal) || media.Contains("cbor", StringComparison.Ordinal))
         {

@@ -95,7 +95,7 @@ public sealed record NodesConfig
         JsonObject root;
         try
         {
-            root = Yaml.ParseObject(text);
+            root = YamlBody.ParseObject(text);
         }
         catch (ApiException ex)
         {

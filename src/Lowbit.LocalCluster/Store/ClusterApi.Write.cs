@@ -60,7 +60,7 @@ public sealed partial class ClusterApi
         CheckScope(type, ns);
         if (kind == PatchKind.Apply)
         {
-            return Apply(type, ns, name, Yaml.ParseObject(body), options, subresource);
+            return Apply(type, ns, name, YamlBody.ParseObject(body), options, subresource);
         }
         lock (_gate)
         {

@@ -63,19 +63,19 @@ internal static class CustomResources
 }
 
 /// <summary>
-/// The seam to the structural-schema validator of Lowbit.Api (<see cref="Lowbit.Api.Schema.StructuralSchema.Apply"/>):
+/// The seam to the structural-schema validator of Lowbit.Api (<see cref="Lowbit.Schema.StructuralSchema.Apply"/>):
 /// prunes unknown fields, applies defaults, then validates; errors become Status causes.
 /// CEL rules (<c>x-kubernetes-validations</c>) are not evaluated; for Lowbit's own kinds,
-/// <see cref="ValidateRules"/> runs <c>Lowbit.Api.Validation.CelMirror</c>, the C# mirror of those rules.
+/// <see cref="ValidateRules"/> runs <c>CelMirror</c>, the C# mirror of those rules.
 /// </summary>
 internal static class CustomResourceSchema
 {
     public static IEnumerable<StatusCause> Apply(JsonObject obj, V1JSONSchemaProps schema) =>
-        Lowbit.Api.Schema.StructuralSchema.Apply(obj, schema).Select(Cause);
+        Lowbit.Schema.StructuralSchema.Apply(obj, schema).Select(Cause);
 
     /// <summary>The CEL-rule mirror for lowbit.dev kinds (create, or update with transition rules); nothing for other kinds.</summary>
     public static IEnumerable<StatusCause> ValidateRules(JsonObject obj, JsonObject? old) =>
-        (old is null ? Lowbit.Api.Validation.CelMirror.Validate(obj) : Lowbit.Api.Validation.CelMirror.ValidateUpdate(old, obj)).Select(Cause);
+        (old is null ? CelMirror.Validate(obj) : CelMirror.ValidateUpdate(old, obj)).Select(Cause);
 
-    private static StatusCause Cause(Lowbit.Api.Schema.SchemaError e) => new(e.Reason, e.Message, e.Field);
+    private static StatusCause Cause(Lowbit.Schema.SchemaError e) => new(e.Reason, e.Message, e.Field);
 }

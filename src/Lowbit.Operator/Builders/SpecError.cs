@@ -1,5 +1,5 @@
 using Lowbit.Api;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Operator.Status;
 
 namespace Lowbit.Operator.Builders;

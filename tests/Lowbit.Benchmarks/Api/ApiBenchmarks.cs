@@ -1,8 +1,9 @@
 using System.Text.Json.Nodes;
 using BenchmarkDotNet.Attributes;
+using Lowbit.LocalCluster.Store;
 using k8s.Models;
 using Lowbit.Api.Generation;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 using Lowbit.Api.Validation;
 using Lowbit.Api.V1Alpha1;
 

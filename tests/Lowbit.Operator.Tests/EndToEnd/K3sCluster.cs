@@ -1,4 +1,5 @@
 using System.Text;
+using Lowbit.LocalCluster.Nodes;
 using k8s;
 using k8s.Models;
 using Lowbit.Api;

@@ -110,7 +110,7 @@ public sealed class EmbeddedApiServerTests : IAsyncLifetime
     {
         _server.Api.Create(CrdGenerator.Generate(typeof(QuantizedModel)));
         var yaml = await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "examples", "quantizedmodel-llama-2-7b-hqq-int4.yaml"));
-        var example = KubernetesJson.Deserialize<QuantizedModel>(Lowbit.Api.Schema.Yaml.ParseObject(yaml).ToJsonString());
+        var example = KubernetesJson.Deserialize<QuantizedModel>(Lowbit.Schema.Yaml.ParseObject(yaml).ToJsonString());
         example.Metadata.NamespaceProperty = "default";
         var metrics = new RuntimeMetrics();
         using var client = new Kubernetes(Configuration, new RequestMetricsHandler(metrics));

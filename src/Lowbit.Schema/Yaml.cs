@@ -7,23 +7,46 @@ using System.Text.RegularExpressions;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
-namespace Lowbit.Api.Schema;
+namespace Lowbit.Schema;
 
 /// <summary>
 /// YAML ⇄ JSON nodes, the way the Kubernetes tooling reads and writes manifests: plain scalars are resolved
 /// (YAML 1.2 core schema: null, booleans, integers, floats), quoted scalars stay strings. The writer emits keys in
 /// the order of the node (deterministic) and quotes every string that would otherwise read back as something else.
+/// The one YAML codec of the repository: the CRD writer, CRD and manifest loading, and the local cluster's request
+/// bodies and node configs. Every malformed input is a <see cref="FormatException"/> (a duplicate key, a non-scalar key,
+/// YAML syntax, or a document nesting deeper than <see cref="MaxDepth"/> or expanding — through aliases — to more than
+/// <see cref="MaxNodes"/> nodes).
 /// </summary>
 public static partial class Yaml
 {
+    /// <summary>The deepest nesting a document may have.</summary>
+    public const int MaxDepth = 100;
+
+    /// <summary>The most nodes a text may expand to (aliases can repeat, or contain, their anchor).</summary>
+    public const int MaxNodes = 1_000_000;
+
     private static readonly JsonSerializerOptions StringEscaping = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>Parses every document of a (multi-document) YAML text; empty documents are skipped.</summary>
     public static IReadOnlyList<JsonNode> ParseAll(string yaml)
     {
         var stream = new YamlStream();
-        stream.Load(new StringReader(yaml));
-        return stream.Documents.Select(d => ToNode(d.RootNode)).OfType<JsonNode>().ToList();
+        try
+        {
+            stream.Load(new StringReader(yaml));
+        }
+        catch (YamlException ex)
+        {
+            throw new FormatException($"not valid YAML: {ex.Message}", ex);
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
+        {
+            // YamlDotNet's own state errors on malformed input (e.g. a duplicate anchor).
+            throw new FormatException($"not valid YAML: {ex.Message}", ex);
+        }
+        var budget = new Budget();
+        return stream.Documents.Select(d => ToNode(d.RootNode, budget, 0)).OfType<JsonNode>().ToList();
     }
 
     /// <summary>Parses a single-document YAML text to a JSON object.</summary>
@@ -35,24 +58,42 @@ public static partial class Yaml
             : throw new FormatException($"expected exactly one YAML document holding a mapping, found {documents.Count} document(s)");
     }
 
-    private static JsonNode? ToNode(YamlNode node) => node switch
+    private static JsonNode? ToNode(YamlNode node, Budget budget, int depth)
     {
-        YamlMappingNode mapping => ToObject(mapping),
-        YamlSequenceNode sequence => new JsonArray(sequence.Children.Select(ToNode).ToArray()),
-        YamlScalarNode scalar => ToScalar(scalar),
-        _ => throw new FormatException($"unsupported YAML node at {node.Start}"),
-    };
+        if (depth > MaxDepth || ++budget.Nodes > MaxNodes)
+        {
+            throw new FormatException($"nests deeper than {MaxDepth} levels or expands to more than {MaxNodes} nodes (YAML aliases?)");
+        }
 
-    private static JsonObject ToObject(YamlMappingNode mapping)
+        return node switch
+        {
+            YamlMappingNode mapping => ToObject(mapping, budget, depth),
+            YamlSequenceNode sequence => new JsonArray(sequence.Children.Select(c => ToNode(c, budget, depth + 1)).ToArray()),
+            YamlScalarNode scalar => ToScalar(scalar),
+            _ => throw new FormatException($"unsupported YAML node at {node.Start}"),
+        };
+    }
+
+    private static JsonObject ToObject(YamlMappingNode mapping, Budget budget, int depth)
     {
         var result = new JsonObject();
         foreach (var (key, value) in mapping.Children)
         {
-            var name = key is YamlScalarNode scalar ? scalar.Value ?? "" : throw new FormatException($"non-scalar key at {key.Start}");
-            result[name] = ToNode(value);
+            var name = key is YamlScalarNode scalar ? scalar.Value ?? "" : throw new FormatException($"a mapping key that is not a scalar at {key.Start}");
+            if (result.ContainsKey(name))
+            {
+                throw new FormatException($"duplicate key '{name}' at {key.Start}");
+            }
+
+            result[name] = ToNode(value, budget, depth + 1);
         }
 
         return result;
+    }
+
+    private sealed class Budget
+    {
+        public int Nodes;
     }
 
     private static JsonNode? ToScalar(YamlScalarNode scalar)
@@ -83,7 +124,7 @@ public static partial class Yaml
             return JsonValue.Create(integer);
         }
 
-        if (FloatPattern().IsMatch(text) && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var real))
+        if (FloatPattern().IsMatch(text) && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var real) && double.IsFinite(real))
         {
             return JsonNode.Parse(real.ToString("R", CultureInfo.InvariantCulture));
         }

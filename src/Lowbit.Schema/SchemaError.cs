@@ -1,4 +1,4 @@
-namespace Lowbit.Api.Schema;
+namespace Lowbit.Schema;
 
 /// <summary>
 /// One validation failure, shaped like a Kubernetes <c>StatusCause</c>: <paramref name="Field"/> is the full

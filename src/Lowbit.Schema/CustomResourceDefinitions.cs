@@ -1,7 +1,7 @@
 using k8s;
 using k8s.Models;
 
-namespace Lowbit.Api.Schema;
+namespace Lowbit.Schema;
 
 /// <summary>Loads CRD manifests (<c>crds/*.yaml</c>) and finds the schema of a version.</summary>
 public static class CustomResourceDefinitions

@@ -1,10 +1,12 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using k8s;
-using Lowbit.Api.Schema;
+using Lowbit.Api;
+using Lowbit.Api.Validation;
 using Lowbit.Api.V1Alpha1;
+using Lowbit.Schema;
 
-namespace Lowbit.Api.Validation;
+namespace Lowbit.LocalCluster.Store;
 
 /// <summary>
 /// Admission-time stand-in for the CRDs' CEL rules, for API servers that do not evaluate CEL (the embedded local
@@ -21,16 +23,13 @@ public static class CelMirror
         switch (KindOf(obj))
         {
             case QuantizedModel.KindName when Typed<QuantizedModel>(obj, errors) is { } qm:
-                SpecChecks.Name(qm.Metadata, errors);
-                errors.AddRange(QuantizedModelSpecValidator.Validate(qm.Spec));
+                errors.AddRange(ResourceValidator.CelRules(qm));
                 break;
             case FineTuneJob.KindName when Typed<FineTuneJob>(obj, errors) is { } ftj:
-                SpecChecks.Name(ftj.Metadata, errors);
-                errors.AddRange(FineTuneJobSpecValidator.Validate(ftj.Spec));
+                errors.AddRange(ResourceValidator.CelRules(ftj));
                 break;
             case InferenceEndpoint.KindName when Typed<InferenceEndpoint>(obj, errors) is { } ie:
-                SpecChecks.Name(ie.Metadata, errors);
-                errors.AddRange(InferenceEndpointSpecValidator.Validate(ie.Spec));
+                errors.AddRange(ResourceValidator.CelRules(ie));
                 break;
         }
 

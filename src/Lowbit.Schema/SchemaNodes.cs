@@ -6,7 +6,7 @@ using System.Text.Json.Nodes;
 using k8s;
 using k8s.Models;
 
-namespace Lowbit.Api.Schema;
+namespace Lowbit.Schema;
 
 /// <summary>
 /// Reads the loosely typed members of <see cref="V1JSONSchemaProps"/> (<c>items</c>, <c>additionalProperties</c>,

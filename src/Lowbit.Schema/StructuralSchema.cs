@@ -6,7 +6,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using k8s.Models;
 
-namespace Lowbit.Api.Schema;
+namespace Lowbit.Schema;
 
 /// <summary>
 /// The structural-schema semantics of the Kubernetes API server for custom resources, in C#: pruning of unknown

@@ -1,6 +1,7 @@
 using System.Globalization;
+using Lowbit.Planner;
 
-namespace Lowbit.Planner;
+namespace Lowbit.LocalCluster.Nodes;
 
 /// <summary>A taint on a simulated node.</summary>
 public sealed record SimulatedTaint

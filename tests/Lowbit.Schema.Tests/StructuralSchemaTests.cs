@@ -1,8 +1,8 @@
 using System.Text.Json.Nodes;
 using k8s.Models;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 
-namespace Lowbit.Api.Tests;
+namespace Lowbit.Schema.Tests;
 
 public class StructuralSchemaTests
 {

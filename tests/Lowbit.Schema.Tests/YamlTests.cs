@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
-using Lowbit.Api.Schema;
+using Lowbit.Schema;
 
-namespace Lowbit.Api.Tests;
+namespace Lowbit.Schema.Tests;
 
 public class YamlTests
 {
