@@ -1,6 +1,6 @@
 using System.Text;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Testing;
 using TorchSharp;
 

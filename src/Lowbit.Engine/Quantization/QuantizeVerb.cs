@@ -3,8 +3,8 @@ using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Evaluation;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Sources;
@@ -12,7 +12,7 @@ using Lowbit.Engine.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.Quantization;
 
 /// <summary>
 /// <c>quantize</c>: quantizes every decoder projection layer by layer (RTN, HQQ or GPTQ; one width or a mix meeting
