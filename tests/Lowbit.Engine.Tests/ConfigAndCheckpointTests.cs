@@ -1,6 +1,6 @@
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,8 +1,8 @@
 using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Generation;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;

@@ -1,6 +1,6 @@
 using Lowbit.Engine.Generation;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;
 

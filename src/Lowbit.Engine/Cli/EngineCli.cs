@@ -1,5 +1,8 @@
-using System.Diagnostics;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Evaluation;
 using Lowbit.Engine.Protocol;
+using Lowbit.Engine.Quantization;
+using Lowbit.Engine.Serving;
 using Lowbit.Engine.Training;
 
 namespace Lowbit.Engine.Cli;
@@ -20,16 +23,12 @@ public static class EngineCli
         [EngineVerbs.Inspect] = (r, c) => InspectVerb.Run((InspectRequest)r, c),
         [EngineVerbs.Eval] = (r, c) => EvalVerb.Run((EvalRequest)r, c),
         [EngineVerbs.Quantize] = (r, c) => QuantizeVerb.Run((QuantizeRequest)r, c),
-        [EngineVerbs.Finetune] = (r, c) => FinetuneVerb.Run((FinetuneRequest)r, c),
-        [EngineVerbs.Serve] = (r, c) => Serving.ServeVerb.Run((ServeRequest)r, c),
+        [EngineVerbs.Finetune] = (r, c) => FineTuneVerb.Run((FinetuneRequest)r, c),
+        [EngineVerbs.Serve] = (r, c) => ServeVerb.Run((ServeRequest)r, c),
     };
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TimeProvider time)
     {
-        if (args.Length > 0 && HiddenVerbs.TryRun(args, stdout, stderr, out var hiddenExit))
-        {
-            return hiddenExit;
-        }
         var start = time.GetTimestamp();
         var verb = args.Length > 0 ? args[0] : "";
         string? resultFile = null;
@@ -124,72 +123,5 @@ public static class EngineCli
         {
             return false;
         }
-    }
-}
-
-/// <summary>What a verb handler gets besides its request.</summary>
-public sealed record VerbContext(TextWriter Stdout, TextWriter Stderr, TimeProvider Time, long StartTimestamp)
-{
-    public double ElapsedSeconds => Time.GetElapsedTime(StartTimestamp).TotalSeconds;
-
-    /// <summary>Writes one progress event line.</summary>
-    public void Emit(EngineEvent engineEvent) => Stdout.WriteLine(engineEvent.ToJsonLine());
-
-    public void Log(string message) => Emit(new LogEvent { Level = "info", Message = message });
-}
-
-/// <summary>Developer verbs not in the protocol: <c>train-fixture</c>, <c>bench-quant</c>, <c>bench-decode</c>, <c>selfcheck-kernels</c>.</summary>
-internal static class HiddenVerbs
-{
-    public static bool TryRun(string[] args, TextWriter stdout, TextWriter stderr, out int exit)
-    {
-        exit = 0;
-        switch (args[0])
-        {
-            case "train-fixture":
-                TorchRuntime.Initialize();
-                var options = ParseTrainFixture(args);
-                var stopwatch = Stopwatch.StartNew();
-                var result = FixtureTrainer.Train(options, stdout);
-                stderr.WriteLine($"train-fixture: perplexity {result.Perplexity:F4} in {stopwatch.Elapsed.TotalSeconds:F0} s");
-                return true;
-            case "bench-quant":
-                TorchRuntime.Initialize();
-                exit = Quantization.QuantBench.RunVerb(args, stdout, stderr);
-                return true;
-            case "bench-decode":
-                TorchRuntime.Initialize();
-                exit = BenchDecodeVerb.Run(args, stdout, stderr);
-                return true;
-            case "bench-finetune":
-                TorchRuntime.Initialize();
-                exit = BenchFinetuneVerb.Run(args, stdout, stderr);
-                return true;
-            case "selfcheck-kernels":
-                TorchRuntime.Initialize();
-                exit = SelfCheckKernelsVerb.Run(stdout, stderr);
-                return true;
-            default:
-                return false;
-        }
-    }
-
-    private static FixtureTrainingOptions ParseTrainFixture(string[] args)
-    {
-        string? Get(string flag) => Array.IndexOf(args, flag) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-        var options = new FixtureTrainingOptions
-        {
-            TrainText = Get("--text") ?? throw new ProtocolArgumentException("--text", "required", "the training text file"),
-            EvalText = Get("--eval-text") ?? throw new ProtocolArgumentException("--eval-text", "required", "the held-out text file"),
-            Out = Get("--out") ?? throw new ProtocolArgumentException("--out", "required", "an output directory"),
-        };
-        int? Int(string flag) => Get(flag) is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : null;
-        return options with
-        {
-            Steps = Int("--steps") ?? options.Steps,
-            BatchSize = Int("--batch-size") ?? options.BatchSize,
-            SequenceLength = Int("--seq-length") ?? options.SequenceLength,
-            Device = TorchRuntime.ResolveDevice(Get("--device") is { } d && ProtocolNames.TryParse<ComputeDevice>(d, out var device) ? device : ComputeDevice.Cpu),
-        };
     }
 }

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Numerics;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 

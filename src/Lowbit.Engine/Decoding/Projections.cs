@@ -1,4 +1,4 @@
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;

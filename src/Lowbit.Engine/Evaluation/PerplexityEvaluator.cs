@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 

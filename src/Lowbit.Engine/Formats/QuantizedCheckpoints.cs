@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;

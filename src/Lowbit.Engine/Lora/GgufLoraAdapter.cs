@@ -1,5 +1,5 @@
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,4 +1,4 @@
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 

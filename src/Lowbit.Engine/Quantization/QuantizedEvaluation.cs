@@ -1,5 +1,5 @@
 using Lowbit.Engine.Evaluation;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -2,7 +2,7 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Tokenization;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;

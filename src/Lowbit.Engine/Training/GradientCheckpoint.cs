@@ -1,5 +1,5 @@
 using Lowbit.Engine.Lora;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 

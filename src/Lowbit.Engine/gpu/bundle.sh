@@ -3,6 +3,7 @@
 # xz-compressed, for a host that has a PyTorch CUDA install but no .NET. Inside the tarball:
 #   lowbit-engine/run.sh     launcher: finds python3's torch/lib, sets LD_LIBRARY_PATH and LOWBIT_TORCH_LIB
 #   lowbit-engine/...        the published engine (TorchSharp's libLibTorchSharp.so, patched as on the build host)
+#                            and lowbit-engine-dev (the bench-*/selfcheck-kernels/train-fixture verbs)
 #   lowbit-engine/bench.sh, bench_hf.py   the decode benchmark (ours vs Hugging Face transformers), and the other
 #                            gpu/ scripts (bench-quant.sh: quantizer timings)
 # Output: out/lowbit-engine-gpu-linux-x64.tar.xz (must stay under 40 MB).
@@ -13,8 +14,12 @@ out="$repo/out"
 stage="$out/engine-gpu/lowbit-engine"
 rm -rf "$out/engine-gpu"
 mkdir -p "$stage"
-dotnet publish "$repo/src/Lowbit.Engine/Lowbit.Engine.csproj" -c Release -r linux-x64 --self-contained \
-  -p:LowbitTorchBackend=none -p:UseAppHost=true -p:GenerateDocumentationFile=false -p:DebugType=none -o "$stage" >&2
+# The engine and, next to it, the developer verbs (bench-decode, bench-quant, bench-finetune, selfcheck-kernels,
+# train-fixture: tests/Lowbit.Engine.DevTools, not shipped in the engine image); run.sh dispatches between them.
+for project in src/Lowbit.Engine/Lowbit.Engine.csproj tests/Lowbit.Engine.DevTools/Lowbit.Engine.DevTools.csproj; do
+  dotnet publish "$repo/$project" -c Release -r linux-x64 --self-contained \
+    -p:LowbitTorchBackend=none -p:UseAppHost=true -p:GenerateDocumentationFile=false -p:DebugType=none -o "$stage" >&2
+done
 # Natives that the engine never loads (TorchSharp's image helpers, other platforms).
 find "$stage" -name 'libSkiaSharp*' -delete
 rm -rf "$stage/runtimes"

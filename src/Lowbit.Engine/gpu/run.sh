@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the bundled lowbit-engine against a PyTorch install's libtorch (no .NET needed on the host).
+# Runs the bundled lowbit-engine (or, for the developer verbs, lowbit-engine-dev) against a PyTorch install's libtorch (no .NET needed on the host).
 # PYTHON (default python3) must import torch; LOWBIT_TORCH_LIB overrides the torch/lib directory.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -26,4 +26,9 @@ if [ -z "${LOWBIT_NATIVE_LIB:-}" ] && [ "${LOWBIT_NATIVE:-1}" != 0 ] && [ -f "$h
 fi
 export LD_LIBRARY_PATH="$LOWBIT_TORCH_LIB:$here${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export DOTNET_gcServer=0
-exec "$here/lowbit-engine" "$@"
+# Developer verbs (benchmarks, kernel self-check, fixture training) live in lowbit-engine-dev, published next to the
+# engine by bundle.sh; everything else is the shipped engine.
+case "${1:-}" in
+  bench-decode|bench-quant|bench-finetune|selfcheck-kernels|train-fixture) exec "$here/lowbit-engine-dev" "$@" ;;
+  *) exec "$here/lowbit-engine" "$@" ;;
+esac

@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Text;
 using Lowbit.Engine.Evaluation;
 using Lowbit.Engine.Generation;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;
 

@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tests.Quantization;
 using TorchSharp;

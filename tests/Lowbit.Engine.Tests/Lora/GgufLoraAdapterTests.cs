@@ -1,6 +1,6 @@
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Lora;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using static TorchSharp.torch;
 
 namespace Lowbit.Engine.Tests.Lora;

@@ -1,6 +1,6 @@
 using Lowbit.Engine.Lora;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tests.Quantization;
 using static TorchSharp.torch;

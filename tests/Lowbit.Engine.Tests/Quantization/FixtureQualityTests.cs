@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;

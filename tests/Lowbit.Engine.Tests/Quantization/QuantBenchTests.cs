@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Lowbit.Engine.DevTools;
 using Lowbit.Engine.Quantization;
 
 namespace Lowbit.Engine.Tests.Quantization;

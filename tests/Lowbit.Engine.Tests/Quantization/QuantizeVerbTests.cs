@@ -1,7 +1,7 @@
 using System.Text;
 using Lowbit.Engine.Cli;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Protocol;
 using TorchSharp;
 

@@ -1,5 +1,5 @@
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 

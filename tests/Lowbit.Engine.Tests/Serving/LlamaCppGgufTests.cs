@@ -1,8 +1,9 @@
 using LLama;
 using Lowbit.Engine.Cli;
+using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Generation;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Serving;
 using Lowbit.Engine.Tokenization;
 using Xunit.Abstractions;

@@ -329,8 +329,8 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
         const double Alpha = 8;
         var tensors = new Dictionary<string, TorchSharp.torch.Tensor>();
         var generator = new TorchSharp.torch.Generator(20261204);
-        using var checkpoint = Lowbit.Engine.Models.Checkpoint.Open(TokenizerTests.FixtureDirectory);
-        using (var reference = Lowbit.Engine.Models.ModelIo.Load(checkpoint, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU))
+        using var checkpoint = Lowbit.Engine.Checkpoints.Checkpoint.Open(TokenizerTests.FixtureDirectory);
+        using (var reference = Lowbit.Engine.Checkpoints.ModelIo.Load(checkpoint, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU))
         {
             foreach (var layer in Enumerable.Range(0, reference.Config.NumHiddenLayers))
             {
@@ -353,7 +353,7 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
                 {
                     if (tensors.TryGetValue($"base_model.model.{name}.lora_A.weight", out var a))
                     {
-                        ((Lowbit.Engine.Modules.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * (Alpha / Rank));
+                        ((Lowbit.Engine.Network.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * (Alpha / Rank));
                     }
                     return null;
                 });

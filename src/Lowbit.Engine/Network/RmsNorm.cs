@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>RMSNorm with Hugging Face semantics: normalize in fp32, cast back to the input dtype, then scale by <c>weight</c>.</summary>
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>

@@ -2,11 +2,11 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Lora;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Training;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// <c>bench-finetune --model DIR --method lora|qlora [--steps 12] [--warmup 2] [--seq-length 2048] [--micro-batch 1]
@@ -15,7 +15,7 @@ namespace Lowbit.Engine.Cli;
 /// tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step, each step
 /// ending with its loss on the host) and peak device memory (used bytes, cuMemGetInfo).
 /// </summary>
-internal static class BenchFinetuneVerb
+internal static class BenchFineTuneVerb
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -50,7 +50,7 @@ internal static class BenchFinetuneVerb
         };
         var marks = new List<(int Step, double Seconds, long Peak, double Loss)>();
         var watch = Stopwatch.StartNew();
-        var outcome = new Finetuner(request, model, e =>
+        var outcome = new FineTuner(request, model, e =>
         {
             if (e is TrainEvent t)
             {

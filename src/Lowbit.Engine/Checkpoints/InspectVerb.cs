@@ -1,11 +1,11 @@
 using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Sources;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.Checkpoints;
 
 /// <summary><c>inspect</c>: architecture, parameter count, dtype, tensor count and size, from config and headers only (no weights read).</summary>
 public static class InspectVerb

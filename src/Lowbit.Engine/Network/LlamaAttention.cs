@@ -1,8 +1,8 @@
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>Positions of one forward pass: the rotary cos/sin and the KV cache (or none for a whole-sequence pass).</summary>
 public sealed record AttentionContext

@@ -1,9 +1,9 @@
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>The decoder stack (<c>model.*</c> in checkpoints): embeddings, layers, final norm.</summary>
 public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>

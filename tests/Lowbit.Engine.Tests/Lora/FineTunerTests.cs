@@ -8,7 +8,7 @@ using Lowbit.Engine.Training;
 namespace Lowbit.Engine.Tests.Lora;
 
 /// <summary>The finetune loop on a tiny random byte-level model (fast): resume, checkpointing, the CLI contract.</summary>
-public sealed class FinetunerTests
+public sealed class FineTunerTests
 {
     private static string Dataset(TempDir dir)
     {
@@ -66,13 +66,13 @@ public sealed class FinetunerTests
     {
         using var dir = Setup();
         var events = new List<EngineEvent>();
-        var full = new Finetuner(Request(dir, "full") with { CheckpointDir = dir.File("ckpt-full"), SaveSteps = 2 }, dir.File("base"), events.Add).Run();
+        var full = new FineTuner(Request(dir, "full") with { CheckpointDir = dir.File("ckpt-full"), SaveSteps = 2 }, dir.File("base"), events.Add).Run();
 
         var interrupted = Request(dir, "part") with { CheckpointDir = dir.File("ckpt"), SaveSteps = 100 };
         var stepsSeen = 0;
         var stopped = Assert.Throws<TrainingInterruptedException>(() =>
-            new Finetuner(interrupted, dir.File("base"), e => stepsSeen += e is TrainEvent ? 1 : 0, () => stepsSeen == 3).Run());
-        var resumed = new Finetuner(interrupted with { ResumeFrom = dir.File("ckpt") }, dir.File("base"), _ => { }).Run();
+            new FineTuner(interrupted, dir.File("base"), e => stepsSeen += e is TrainEvent ? 1 : 0, () => stepsSeen == 3).Run());
+        var resumed = new FineTuner(interrupted with { ResumeFrom = dir.File("ckpt") }, dir.File("base"), _ => { }).Run();
 
         Assert.Contains("step 3", stopped.Message, StringComparison.Ordinal);
         Assert.Equal(3, resumed.ResumedFromStep);
@@ -80,7 +80,7 @@ public sealed class FinetunerTests
         AssertSameAdapter(dir.File("full"), dir.File("part"), 1e-6);
         Assert.Equal(full.EvalLoss!.Value, resumed.EvalLoss!.Value, 6);
         Assert.Equal([2, 4], events.OfType<CheckpointEvent>().Select(c => c.Step).Where(s => s < 6));
-        Assert.True(File.Exists(Path.Combine(dir.File("ckpt-full"), "checkpoint-6", Finetuner.OptimizerFile)));
+        Assert.True(File.Exists(Path.Combine(dir.File("ckpt-full"), "checkpoint-6", FineTuner.OptimizerFile)));
         Assert.DoesNotContain(Directory.GetDirectories(dir.File("ckpt")), d => Path.GetFileName(d).StartsWith(".tmp", StringComparison.Ordinal));
     }
 
@@ -89,8 +89,8 @@ public sealed class FinetunerTests
     {
         using var dir = Setup();
         var request = Request(dir, "plain") with { MaxSteps = 2 };
-        new Finetuner(request, dir.File("base"), _ => { }).Run();
-        new Finetuner(request with { Out = dir.File("recomputed"), GradientCheckpointing = true }, dir.File("base"), _ => { }).Run();
+        new FineTuner(request, dir.File("base"), _ => { }).Run();
+        new FineTuner(request with { Out = dir.File("recomputed"), GradientCheckpointing = true }, dir.File("base"), _ => { }).Run();
 
         AssertSameAdapter(dir.File("plain"), dir.File("recomputed"), 1e-5);
         using var adapter = PeftAdapter.Read(dir.File("plain"));
@@ -154,7 +154,7 @@ public sealed class FinetunerTests
     public void Does_refuse_qlora_on_a_16_bit_base()
     {
         using var dir = Setup();
-        var ex = Assert.Throws<EngineInputException>(() => new Finetuner(Request(dir, "a") with { Method = FinetuneMethod.Qlora }, dir.File("base"), _ => { }).Run());
+        var ex = Assert.Throws<EngineInputException>(() => new FineTuner(Request(dir, "a") with { Method = FinetuneMethod.Qlora }, dir.File("base"), _ => { }).Run());
         Assert.Contains("quantize", ex.Message, StringComparison.Ordinal);
     }
 }

@@ -3,14 +3,14 @@ using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Generation;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// Hidden <c>bench-decode --model DIR [--device cuda] [--dtype bfloat16] [--prompt-tokens 128] [--new-tokens 128]

@@ -4,8 +4,8 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Lora;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tokenization;
@@ -15,7 +15,7 @@ using static TorchSharp.torch;
 namespace Lowbit.Engine.Training;
 
 /// <summary>What a fine-tuning run produced.</summary>
-public sealed record FinetuneOutcome
+public sealed record FineTuneOutcome
 {
     public required int Steps { get; init; }
 
@@ -60,7 +60,7 @@ public sealed class TrainingInterruptedException(string message) : Exception(mes
 /// accumulation normalised by the trained tokens of the whole optimizer step, clipping, optional gradient
 /// checkpointing, atomic checkpoints that resume to the same adapter as an uninterrupted run.
 /// </summary>
-public sealed class Finetuner
+public sealed class FineTuner
 {
     public const string StateFile = "trainer_state.json";
     public const string OptimizerFile = "optimizer.safetensors";
@@ -73,7 +73,7 @@ public sealed class Finetuner
     private readonly IReadOnlyList<PackedBlock>? _blocks;
 
     /// <param name="blocks">Pre-packed training blocks instead of <c>--dataset</c> (benchmarks); no eval split.</param>
-    public Finetuner(FinetuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
+    public FineTuner(FinetuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
         IReadOnlyList<PackedBlock>? blocks = null)
     {
         _request = request;
@@ -83,7 +83,7 @@ public sealed class Finetuner
         _blocks = blocks;
     }
 
-    public FinetuneOutcome Run()
+    public FineTuneOutcome Run()
     {
         var request = _request;
         if (request.GgufAdapter && request.Method == FinetuneMethod.Full)
@@ -110,9 +110,9 @@ public sealed class Finetuner
         {
             var tokenizer = TokenizerLoader.Load(_baseDirectory);
             var chat = ChatTemplates.Detect(TokenizerConfig.Load(_baseDirectory).ChatTemplate);
-            var examples = FinetuneDataset.Read(request.Dataset, request.DatasetFormat, tokenizer, chat);
+            var examples = FineTuneDataset.Read(request.Dataset, request.DatasetFormat, tokenizer, chat);
             var pad = config.PadTokenId ?? tokenizer.EosId ?? 0;
-            var blocks = FinetuneDataset.Pack(examples, request.SeqLength, request.DatasetFormat, pad);
+            var blocks = FineTuneDataset.Pack(examples, request.SeqLength, request.DatasetFormat, pad);
             (train, eval) = Split(blocks, request.EvalSplit, request.Seed);
             Log(FormattableString.Invariant($"dataset: {examples.Count} examples -> {blocks.Count} blocks of {request.SeqLength} tokens ({train.Count} train, {eval.Count} eval)"));
         }
@@ -259,7 +259,7 @@ public sealed class Finetuner
             CopyTokenizer(_baseDirectory, merged);
             Log($"merged 16-bit checkpoint written to {merged}");
         }
-        return new FinetuneOutcome
+        return new FineTuneOutcome
         {
             Steps = totalSteps,
             FinalLoss = lastLoss,

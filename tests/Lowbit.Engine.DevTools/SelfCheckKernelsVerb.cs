@@ -4,7 +4,7 @@ using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// Hidden <c>selfcheck-kernels</c>: each native decode kernel against its eager torch reference on the GPU, on fresh

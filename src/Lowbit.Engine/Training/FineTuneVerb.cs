@@ -4,10 +4,10 @@ using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Sources;
 using Lowbit.Engine.Training;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.Training;
 
-/// <summary><c>finetune</c>: LoRA / QLoRA / full fine-tuning (see <see cref="Finetuner"/>); SIGTERM checkpoints and stops.</summary>
-public static class FinetuneVerb
+/// <summary><c>finetune</c>: LoRA / QLoRA / full fine-tuning (see <see cref="FineTuner"/>); SIGTERM checkpoints and stops.</summary>
+public static class FineTuneVerb
 {
     public static EngineResult Run(FinetuneRequest request, VerbContext context)
     {
@@ -20,7 +20,7 @@ public static class FinetuneVerb
             signal.Cancel = true;
             stop = true;
         });
-        var outcome = new Finetuner(request, directory, context.Emit, () => Volatile.Read(ref stop)).Run();
+        var outcome = new FineTuner(request, directory, context.Emit, () => Volatile.Read(ref stop)).Run();
         context.Stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"finetune: {outcome.Steps} steps, final loss {outcome.FinalLoss:F4}, eval loss {outcome.EvalLoss?.ToString("F4", CultureInfo.InvariantCulture) ?? "-"}, {outcome.TokensPerSecond:F0} tokens/s, peak {outcome.PeakMemoryBytes / (1 << 20)} MiB -> {outcome.OutputPath}"));
         var metrics = new Dictionary<string, double>

@@ -1,14 +1,14 @@
 using System.Diagnostics;
 using System.Text;
 using Lowbit.Engine.Evaluation;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Training;
+namespace Lowbit.Engine.DevTools;
 
 /// <summary>Options of the tiny test model's training run (<c>lowbit-engine train-fixture</c>).</summary>
 public sealed record FixtureTrainingOptions

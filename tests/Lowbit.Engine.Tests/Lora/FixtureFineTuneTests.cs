@@ -2,7 +2,7 @@ using Xunit.Abstractions;
 using Lowbit.Engine.Evaluation;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Lora;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tokenization;
@@ -16,7 +16,7 @@ namespace Lowbit.Engine.Tests.Lora;
 /// fixture's eval.txt (Ruth), scored as in <see cref="Quantization.FixtureQualityTests"/> (disjoint windows of 256, BOS
 /// first); training sees only the first half. Numbers measured when these tests were written are in docs/finetune.md.
 /// </summary>
-public sealed class FixtureFinetuneTests(ITestOutputHelper output)
+public sealed class FixtureFineTuneTests(ITestOutputHelper output)
 {
     private static string FixtureDirectory()
     {
@@ -83,7 +83,7 @@ public sealed class FixtureFinetuneTests(ITestOutputHelper output)
         var (train, _) = Halves(fixture, dir);
         var losses = new List<double>();
 
-        new Finetuner(Request(fixture, train, dir.File("adapter"), FinetuneMethod.Lora), fixture, e =>
+        new FineTuner(Request(fixture, train, dir.File("adapter"), FinetuneMethod.Lora), fixture, e =>
         {
             if (e is TrainEvent t)
             {
@@ -111,7 +111,7 @@ public sealed class FixtureFinetuneTests(ITestOutputHelper output)
         var fp = Perplexity(fixture, null, held);
         var before = Perplexity(dir.File("hqq2"), null, held);
 
-        new Finetuner(Request(dir.File("hqq2"), train, dir.File("adapter"), FinetuneMethod.Qlora), dir.File("hqq2"), _ => { }).Run();
+        new FineTuner(Request(dir.File("hqq2"), train, dir.File("adapter"), FinetuneMethod.Qlora), dir.File("hqq2"), _ => { }).Run();
         var after = Perplexity(dir.File("hqq2"), dir.File("adapter"), held);
 
         var recovered = (before - after) / (before - fp);

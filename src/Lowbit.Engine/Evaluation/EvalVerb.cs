@@ -1,11 +1,11 @@
 using System.Globalization;
 using Lowbit.Engine.Evaluation;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Sources;
 using Lowbit.Engine.Tokenization;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.Evaluation;
 
 /// <summary><c>eval</c>: sliding-window perplexity of a text (protocol in <see cref="PerplexityEvaluator"/>) and tokens/s.</summary>
 public static class EvalVerb

@@ -3,8 +3,8 @@ using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Evaluation;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Models;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Sources;
@@ -12,7 +12,7 @@ using Lowbit.Engine.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Cli;
+namespace Lowbit.Engine.Quantization;
 
 /// <summary>
 /// <c>quantize</c>: quantizes every decoder projection layer by layer (RTN, HQQ or GPTQ; one width or a mix meeting
@@ -223,6 +223,22 @@ public static class QuantizeVerb
     private static string ReadExisting(string path, string flag) =>
         File.Exists(path) ? File.ReadAllText(path) : throw new EngineInputException($"{flag}: {path} does not exist");
 
+    /// <summary>The <c>text</c> of one calibration JSONL line, or a named input error giving the line number.</summary>
+    private static string CalibrationLine(string line, int number)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(line);
+            return doc.RootElement is { ValueKind: JsonValueKind.Object } root && root.TryGetProperty("text", out var t) && t.ValueKind == JsonValueKind.String
+                ? t.GetString()!
+                : throw new EngineInputException($"--calibration: line {number}: every JSONL line must be an object with a string \"text\" field");
+        }
+        catch (JsonException ex)
+        {
+            throw new EngineInputException($"--calibration: line {number}: not valid JSON ({ex.Message})");
+        }
+    }
+
     /// <summary>
     /// Calibration sequences <c>[samples, length]</c> from a text file, or a JSONL dataset (each line an object with a
     /// <c>text</c> field): the whole text tokenized, then evenly spaced windows (deterministic).
@@ -231,11 +247,8 @@ public static class QuantizeVerb
     {
         var raw = ReadExisting(request.Calibration!, "--calibration");
         var text = request.Calibration!.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase)
-            ? string.Join("\n\n", raw.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(line =>
-            {
-                using var doc = JsonDocument.Parse(line);
-                return doc.RootElement.TryGetProperty("text", out var t) ? t.GetString() ?? "" : throw new EngineInputException("--calibration: every JSONL line needs a \"text\" field");
-            }))
+            ? string.Join("\n\n", raw.Split('\n').Select((line, index) => (line, index)).Where(l => !string.IsNullOrWhiteSpace(l.line))
+                .Select(l => CalibrationLine(l.line, l.index + 1)))
             : raw;
         var ids = tokenizer.Encode(text);
         var length = Math.Min(request.CalibrationLength ?? DefaultCalibrationLength, ids.Count);

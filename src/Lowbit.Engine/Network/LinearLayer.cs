@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>
 /// A linear projection <c>y = x·Wᵀ + b</c> of the model (q/k/v/o, gate/up/down, lm_head). The model holds its

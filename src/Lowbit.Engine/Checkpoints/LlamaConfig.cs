@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
-namespace Lowbit.Engine.Models;
+namespace Lowbit.Engine.Checkpoints;
 
 /// <summary>RoPE frequency scaling (<c>rope_scaling</c> or transformers v5 <c>rope_parameters</c>).</summary>
 public sealed record RopeScaling

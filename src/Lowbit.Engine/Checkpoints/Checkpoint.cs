@@ -2,7 +2,7 @@ using System.Text.Json;
 using Lowbit.Engine.Formats;
 using TorchSharp;
 
-namespace Lowbit.Engine.Models;
+namespace Lowbit.Engine.Checkpoints;
 
 /// <summary>
 /// A Hugging Face checkpoint folder: <c>config.json</c> plus <c>model.safetensors</c> or shards listed in

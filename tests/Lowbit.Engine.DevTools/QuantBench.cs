@@ -1,11 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Quantization;
+namespace Lowbit.Engine.DevTools;
 
 /// <summary>Options of a whole-model quantization timing run on generated weights.</summary>
 public sealed record QuantBenchOptions

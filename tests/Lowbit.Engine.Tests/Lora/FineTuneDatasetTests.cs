@@ -4,7 +4,7 @@ using Lowbit.Engine.Training;
 
 namespace Lowbit.Engine.Tests.Lora;
 
-public sealed class FinetuneDatasetTests
+public sealed class FineTuneDatasetTests
 {
     private static readonly ByteTokenizer Tokenizer = new();
 
@@ -24,7 +24,7 @@ public sealed class FinetuneDatasetTests
         using var dir = new TempDir();
         var path = Write(dir, "a.jsonl", """{"instruction": "Say hi", "input": "to Ann", "output": "Hi Ann!"}""" + "\n");
 
-        var example = Assert.Single(FinetuneDataset.Read(path, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl));
+        var example = Assert.Single(FineTuneDataset.Read(path, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl));
 
         Assert.Equal(ByteTokenizer.Bos, example.Ids[0]);
         Assert.Equal(ByteTokenizer.Eos, example.Ids[^1]);
@@ -40,7 +40,7 @@ public sealed class FinetuneDatasetTests
         var path = Write(dir, "c.jsonl",
             """{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}""");
 
-        var example = Assert.Single(FinetuneDataset.Read(path, DatasetFormat.Chat, Tokenizer, ChatFormat.ChatMl));
+        var example = Assert.Single(FineTuneDataset.Read(path, DatasetFormat.Chat, Tokenizer, ChatFormat.ChatMl));
 
         Assert.Equal("4<|im_end|>\n6<|im_end|>\n", TrainedText(example));
         Assert.StartsWith("<|im_start|>system\nBe brief.", Tokenizer.Decode(example.Ids.Where(i => i < 256)), StringComparison.Ordinal);
@@ -57,7 +57,7 @@ public sealed class FinetuneDatasetTests
         using var dir = new TempDir();
         var path = Write(dir, "bad.jsonl", content);
 
-        var ex = Assert.Throws<EngineInputException>(() => FinetuneDataset.Read(path, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl));
+        var ex = Assert.Throws<EngineInputException>(() => FineTuneDataset.Read(path, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl));
 
         Assert.Contains(where, ex.Message, StringComparison.Ordinal);
         Assert.Contains(what, ex.Message, StringComparison.Ordinal);
@@ -71,8 +71,8 @@ public sealed class FinetuneDatasetTests
         var noAssistant = Write(dir, "n.jsonl", """{"messages": [{"role": "user", "content": "hi"}]}""");
         var badRole = Write(dir, "r.jsonl", """{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]}""");
 
-        Assert.Contains("assistant", Assert.Throws<EngineInputException>(() => FinetuneDataset.Read(noAssistant, DatasetFormat.Chat, Tokenizer, ChatFormat.ChatMl)).Message, StringComparison.Ordinal);
-        Assert.Contains("messages[0].role", Assert.Throws<EngineInputException>(() => FinetuneDataset.Read(badRole, DatasetFormat.Chat, Tokenizer, ChatFormat.ChatMl)).Message, StringComparison.Ordinal);
+        Assert.Contains("assistant", Assert.Throws<EngineInputException>(() => FineTuneDataset.Read(noAssistant, DatasetFormat.Chat, Tokenizer, ChatFormat.ChatMl)).Message, StringComparison.Ordinal);
+        Assert.Contains("messages[0].role", Assert.Throws<EngineInputException>(() => FineTuneDataset.Read(badRole, DatasetFormat.Chat, Tokenizer, ChatFormat.ChatMl)).Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -80,9 +80,9 @@ public sealed class FinetuneDatasetTests
     {
         using var dir = new TempDir();
         var path = Write(dir, "l.jsonl", "{\"instruction\": \"x\", \"output\": \"short\"}\n" + "{\"instruction\": \"" + new string('y', 400) + "\", \"output\": \"z\"}\n");
-        var examples = FinetuneDataset.Read(path, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl);
+        var examples = FineTuneDataset.Read(path, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl);
 
-        var ex = Assert.Throws<EngineInputException>(() => FinetuneDataset.Pack(examples, 256, DatasetFormat.Alpaca, ByteTokenizer.Pad));
+        var ex = Assert.Throws<EngineInputException>(() => FineTuneDataset.Pack(examples, 256, DatasetFormat.Alpaca, ByteTokenizer.Pad));
 
         Assert.Contains("line 2", ex.Message, StringComparison.Ordinal);
         Assert.Contains("--seq-length 256", ex.Message, StringComparison.Ordinal);
@@ -94,10 +94,10 @@ public sealed class FinetuneDatasetTests
         using var dir = new TempDir();
         var jsonl = Write(dir, "p.jsonl", string.Concat(Enumerable.Range(0, 5).Select(i => $"{{\"instruction\": \"q{i}\", \"output\": \"answer {i}\"}}\n")));
         var txt = Write(dir, "t.txt", new string('a', 100));
-        var examples = FinetuneDataset.Read(jsonl, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl);
+        var examples = FineTuneDataset.Read(jsonl, DatasetFormat.Alpaca, Tokenizer, ChatFormat.ChatMl);
 
-        var packed = FinetuneDataset.Pack(examples, 256, DatasetFormat.Alpaca, ByteTokenizer.Pad);
-        var text = FinetuneDataset.Pack(FinetuneDataset.Read(txt, DatasetFormat.Text, Tokenizer, ChatFormat.ChatMl), 32, DatasetFormat.Text, ByteTokenizer.Pad);
+        var packed = FineTuneDataset.Pack(examples, 256, DatasetFormat.Alpaca, ByteTokenizer.Pad);
+        var text = FineTuneDataset.Pack(FineTuneDataset.Read(txt, DatasetFormat.Text, Tokenizer, ChatFormat.ChatMl), 32, DatasetFormat.Text, ByteTokenizer.Pad);
 
         Assert.All(packed, b => Assert.Equal(257, b.Ids.Length));
         Assert.Equal(examples.Sum(e => e.Ids.Length), packed.Sum(b => b.Ids.Count(i => i != ByteTokenizer.Pad)));

@@ -1,8 +1,8 @@
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>SwiGLU feed-forward: <c>down(SiLU(gate(x)) · up(x))</c>.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>

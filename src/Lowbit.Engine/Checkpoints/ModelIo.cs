@@ -1,9 +1,9 @@
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Models;
+namespace Lowbit.Engine.Checkpoints;
 
 /// <summary>Loads and saves <see cref="LlamaForCausalLM"/> weights in Hugging Face layout.</summary>
 public static class ModelIo

@@ -22,7 +22,7 @@ public sealed record PackedBlock(long[] Ids, bool[] Trained)
 /// greedily into blocks of <c>seq-length</c> (+1 for the shifted targets); an alpaca/chat example never spans two
 /// blocks (one longer than the block is an input error), text is cut into consecutive blocks.
 /// </summary>
-public static class FinetuneDataset
+public static class FineTuneDataset
 {
     public const string AlpacaWithInput =
         "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{0}\n\n### Input:\n{1}\n\n### Response:\n";

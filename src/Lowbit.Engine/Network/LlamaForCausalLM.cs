@@ -1,8 +1,8 @@
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>
 /// A Llama-family causal LM (Llama 2/3, Mistral, Qwen2): <c>model</c> plus <c>lm_head</c> (absent when the

@@ -1,7 +1,7 @@
-using Lowbit.Engine.Modules;
+using Lowbit.Engine.Network;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Models;
+namespace Lowbit.Engine.Checkpoints;
 
 /// <summary>
 /// Turns a resolved model folder into a runnable model. Loaders are tried in order; the first that returns a model

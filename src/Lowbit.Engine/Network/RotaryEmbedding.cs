@@ -1,8 +1,8 @@
-using Lowbit.Engine.Models;
+using Lowbit.Engine.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Lowbit.Engine.Modules;
+namespace Lowbit.Engine.Network;
 
 /// <summary>
 /// RoPE in Hugging Face's rotate-half layout (engine-formats.md §2.4): <c>inv_freq[i] = θ^(−2i/d)</c>, optionally
