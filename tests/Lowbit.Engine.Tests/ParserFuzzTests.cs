@@ -91,8 +91,8 @@ public sealed class ParserFuzzTests : IDisposable
         var run = Fuzzer.Run(Encoding.UTF8.GetBytes(seedText), 23 + name.Length, input =>
         {
             File.WriteAllBytes(path, input);
-            var examples = Training.FinetuneDataset.Read(path, datasetFormat, tokenizer, chats[input.Length % chats.Length]);
-            Training.FinetuneDataset.Pack(examples, 64, datasetFormat, 0);
+            var examples = Training.FineTuneDataset.Read(path, datasetFormat, tokenizer, chats[input.Length % chats.Length]);
+            Training.FineTuneDataset.Pack(examples, 64, datasetFormat, 0);
         }, ex => ex is EngineInputException, cases: 2000);
         Assert.True(run >= 50);
     }
@@ -108,7 +108,7 @@ public sealed class ParserFuzzTests : IDisposable
         var run = Fuzzer.Run(Encoding.UTF8.GetBytes(seedText), 29 + name.Length, input =>
         {
             File.WriteAllBytes(path, input);
-            using var tokens = Cli.QuantizeVerb.CalibrationTokens(tokenizer, request);
+            using var tokens = Lowbit.Engine.Quantization.QuantizeVerb.CalibrationTokens(tokenizer, request);
         }, ex => ex is EngineInputException, cases: 2000);
         Assert.True(run >= 50);
     }
