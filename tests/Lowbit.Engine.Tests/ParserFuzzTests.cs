@@ -70,4 +70,46 @@ public sealed class ParserFuzzTests : IDisposable
         }, ex => ex is InvalidDataException);
         Assert.True(run >= 50);
     }
+
+    /// <summary>Seed datasets per format, each a few valid lines (the fine-tune readers, issue 17 item 8).</summary>
+    public static TheoryData<string, string, string> Datasets => new()
+    {
+        { "alpaca", "a.jsonl", "{\"instruction\": \"Say hi\", \"input\": \"to Ann\", \"output\": \"Hi Ann!\"}\n{\"instruction\": \"Add\", \"output\": \"2\"}\n" },
+        { "chat", "c.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\"}]}\n" },
+        { "text", "t.jsonl", "{\"text\": \"The quick brown fox.\"}\n\n{\"text\": \"jumps over\"}\n" },
+        { "text", "t.txt", "The quick brown fox jumps over the lazy dog.\nA second line, \u00e9\u00e8 and \u4e2d.\n" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Datasets))]
+    public void Does_answer_every_mutated_fine_tune_dataset_with_packed_examples_or_a_named_input_error(string format, string name, string seedText)
+    {
+        var tokenizer = new Tokenization.ByteTokenizer();
+        var datasetFormat = Enum.Parse<Protocol.DatasetFormat>(format, ignoreCase: true);
+        var path = _dir.File(name);
+        var chats = Enum.GetValues<Tokenization.ChatFormat>();
+        var run = Fuzzer.Run(Encoding.UTF8.GetBytes(seedText), 23 + name.Length, input =>
+        {
+            File.WriteAllBytes(path, input);
+            var examples = Training.FineTuneDataset.Read(path, datasetFormat, tokenizer, chats[input.Length % chats.Length]);
+            Training.FineTuneDataset.Pack(examples, 64, datasetFormat, 0);
+        }, ex => ex is EngineInputException, cases: 2000);
+        Assert.True(run >= 50);
+    }
+
+    [Theory]
+    [InlineData("cal.jsonl", "{\"text\": \"The quick brown fox jumps over the lazy dog again and again.\"}\n{\"text\": \"A second calibration line.\"}\n")]
+    [InlineData("cal.txt", "The quick brown fox jumps over the lazy dog again and again, and once more.\n")]
+    public void Does_answer_every_mutated_calibration_dataset_with_tokens_or_a_named_input_error(string name, string seedText)
+    {
+        var tokenizer = new Tokenization.ByteTokenizer();
+        var path = _dir.File(name);
+        var request = new Protocol.QuantizeRequest { Model = "m", Method = Protocol.QuantizationMethod.Gptq, Bits = 4, Out = "o", Calibration = path, CalibrationLength = 16 };
+        var run = Fuzzer.Run(Encoding.UTF8.GetBytes(seedText), 29 + name.Length, input =>
+        {
+            File.WriteAllBytes(path, input);
+            using var tokens = Lowbit.Engine.Quantization.QuantizeVerb.CalibrationTokens(tokenizer, request);
+        }, ex => ex is EngineInputException, cases: 2000);
+        Assert.True(run >= 50);
+    }
 }

@@ -217,6 +217,22 @@ public static class QuantizeVerb
     private static string ReadExisting(string path, string flag) =>
         File.Exists(path) ? File.ReadAllText(path) : throw new EngineInputException($"{flag}: {path} does not exist");
 
+    /// <summary>The <c>text</c> of one calibration JSONL line, or a named input error giving the line number.</summary>
+    private static string CalibrationLine(string line, int number)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(line);
+            return doc.RootElement is { ValueKind: JsonValueKind.Object } root && root.TryGetProperty("text", out var t) && t.ValueKind == JsonValueKind.String
+                ? t.GetString()!
+                : throw new EngineInputException($"--calibration: line {number}: every JSONL line must be an object with a string \"text\" field");
+        }
+        catch (JsonException ex)
+        {
+            throw new EngineInputException($"--calibration: line {number}: not valid JSON ({ex.Message})");
+        }
+    }
+
     /// <summary>
     /// Calibration sequences <c>[samples, length]</c> from a text file, or a JSONL dataset (each line an object with a
     /// <c>text</c> field): the whole text tokenized, then evenly spaced windows (deterministic).
@@ -225,11 +241,8 @@ public static class QuantizeVerb
     {
         var raw = ReadExisting(request.Calibration!, "--calibration");
         var text = request.Calibration!.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase)
-            ? string.Join("\n\n", raw.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(line =>
-            {
-                using var doc = JsonDocument.Parse(line);
-                return doc.RootElement.TryGetProperty("text", out var t) ? t.GetString() ?? "" : throw new EngineInputException("--calibration: every JSONL line needs a \"text\" field");
-            }))
+            ? string.Join("\n\n", raw.Split('\n').Select((line, index) => (line, index)).Where(l => !string.IsNullOrWhiteSpace(l.line))
+                .Select(l => CalibrationLine(l.line, l.index + 1)))
             : raw;
         var ids = tokenizer.Encode(text);
         var length = Math.Min(request.CalibrationLength ?? DefaultCalibrationLength, ids.Count);

@@ -118,6 +118,35 @@ public static class DecisionParts
         return new Placing(placement, $"moved from {from?.Label ?? "placement " + current} to {placement.Label} ({diagnosis.Reason})");
     }
 
+    /// <summary>
+    /// Finished work is never re-run (issue 17, item 1): a resource whose status says it Succeeded for its current
+    /// <c>metadata.generation</c> keeps that status (artifact included) and gets no children, so an operator upgrade
+    /// that changes a default (image, resources) or a deleted finished Job cannot delete and re-run it. Only a spec
+    /// change (a new generation) runs it again. Null when the resource has not succeeded at this generation.
+    /// </summary>
+    public static Decision<TStatus>? Finished<TStatus>(IKubernetesObject<V1ObjectMeta> owner, TStatus? status, long? observedGeneration, string? phase,
+        IReadOnlyList<V1Condition>? conditions)
+        where TStatus : class
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        if (status is null || observedGeneration is null || observedGeneration != owner.Metadata.Generation || phase != SucceededPhase
+            || !Conditions.IsTrue(conditions, Conditions.Types.Ready))
+        {
+            return null;
+        }
+
+        var ready = conditions!.First(c => c.Type == Conditions.Types.Ready);
+        return new Decision<TStatus>
+        {
+            Status = status,
+            Outcome = new Outcome.Succeeded(ready.Message ?? ""),
+            Result = ReconcileResult.Done,
+        };
+    }
+
+    /// <summary><c>status.phase</c> of finished work.</summary>
+    public const string SucceededPhase = "Succeeded";
+
     /// <summary>The referenced QuantizedModel as a dependency: null when it is Ready for its generation, else what to wait for.</summary>
     public static Outcome? Waiting(QuantizedModel? model, string reference, string field) =>
         model is null

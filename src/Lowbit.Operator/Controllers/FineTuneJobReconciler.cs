@@ -42,6 +42,11 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
+        if (DecisionParts.Finished(job, job.Status, job.Status?.ObservedGeneration, job.Status?.Phase, job.Status?.Conditions) is { } finished)
+        {
+            return finished;
+        }
+
         var work = new WorkloadObservation { Job = observed.Job, Pods = observed.Pods, Diagnosis = PodDiagnosis.Of(observed.Pods) };
         PlanResult? plan = null;
         Placing placing = new(null, null);
@@ -120,7 +125,8 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
     /// <summary>The architecture, once the spec is valid and the base model Ready; then the running pod's log tail.</summary>
     protected override async Task<FineTuneJobObservation> ResolveAsync(FineTuneJob obj, FineTuneJobObservation observed, CancellationToken cancellationToken)
     {
-        if (FineTuneJobSpecValidator.Validate(obj.Spec).Count > 0 || BaseModelWaiting(obj, observed.BaseModel) is not null)
+        if (FineTuneJobSpecValidator.Validate(obj.Spec).Count > 0 || BaseModelWaiting(obj, observed.BaseModel) is not null
+            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions) is not null)
         {
             return observed;
         }

@@ -35,6 +35,11 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
+        if (DecisionParts.Finished(model, model.Status, model.Status?.ObservedGeneration, model.Status?.Phase, model.Status?.Conditions) is { } finished)
+        {
+            return finished;
+        }
+
         var work = new WorkloadObservation { Job = observed.Job, Pods = observed.Pods, Diagnosis = PodDiagnosis.Of(observed.Pods) };
         var children = new List<V1Job>();
         PlanResult? plan = null;
@@ -97,7 +102,7 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
     }
 
     protected override async Task<QuantizedModelObservation> ResolveAsync(QuantizedModel obj, QuantizedModelObservation observed, CancellationToken cancellationToken) =>
-        QuantizedModelSpecValidator.Validate(obj.Spec).Count > 0
+        QuantizedModelSpecValidator.Validate(obj.Spec).Count > 0 || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions) is not null
             ? observed
             : observed with { Architecture = await Services.Architectures.ResolveAsync(obj, cancellationToken).ConfigureAwait(false) };
 

@@ -149,4 +149,80 @@ public sealed class DecideTests
         var expected = new GpuTime(placement.GpusPerReplica, new DateTimeOffset(started, TimeSpan.Zero), new DateTimeOffset(started.AddHours(1), TimeSpan.Zero));
         Assert.Equal(placement.OnGpu ? expected : null, decision.GpuTime);
     }
+    private static QuantizedModel SucceededModel(long generation, long observedGeneration)
+    {
+        var model = Fixtures.Model(change: m => m.Metadata.Generation = generation);
+        model.Status = new QuantizedModelStatus
+        {
+            ObservedGeneration = observedGeneration,
+            Phase = "Succeeded",
+            Conditions = [Conditions.Ready("quantized to 4.25 bits per weight", observedGeneration, Now)],
+            Artifact = new ArtifactStatus { Uri = "pvc://models/llama-7b-int4", Format = "lowbit", Bytes = 3_800_000_000, BitsPerWeight = 4.25 },
+        };
+        return model;
+    }
+
+    [Fact]
+    public void Does_not_recreate_the_deleted_job_of_a_quantized_model_that_succeeded_at_its_generation()
+    {
+        var model = SucceededModel(generation: 3, observedGeneration: 3);
+
+        var decision = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Architecture = Llama7B }, Context);
+
+        Assert.Empty(decision.Children);
+        Assert.IsType<Outcome.Succeeded>(decision.Outcome);
+        Assert.Same(model.Status, decision.Status);
+        Assert.Equal("pvc://models/llama-7b-int4", decision.Status.Artifact?.Uri);
+        Assert.Equal(ReconcileResult.Done, decision.Result);
+    }
+
+    [Fact]
+    public void Does_not_replace_the_finished_job_when_an_operator_upgrade_changes_the_default_image()
+    {
+        var model = SucceededModel(generation: 3, observedGeneration: 3);
+        var placement = Planning.Choose(Planning.Quantize(model, ModelPresets.Llama2_7B, GpuCatalog.Default), 0)!;
+        var oldJob = QuantizeJobBuilder.Build(model, placement, Fixtures.Options);
+        var upgraded = Context with { Options = new WorkloadOptions { EngineImage = "ghcr.io/lowbit-dev/lowbit-engine:0.2.0", DefaultHostMemory = "16Gi" } };
+        Assert.NotEqual(ChildMeta.SpecHash(oldJob), ChildMeta.SpecHash(QuantizeJobBuilder.Build(model, placement, upgraded.Options)));
+
+        var decision = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Job = oldJob, Architecture = Llama7B }, upgraded);
+
+        Assert.Empty(decision.Children);
+        Assert.IsType<Outcome.Succeeded>(decision.Outcome);
+    }
+
+    [Fact]
+    public void Does_run_a_succeeded_quantized_model_again_when_its_spec_generation_changes()
+    {
+        var model = SucceededModel(generation: 4, observedGeneration: 3);
+
+        var decision = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Architecture = Llama7B }, Context);
+
+        var job = Assert.IsType<V1Job>(Assert.Single(decision.Children));
+        Assert.Equal("4", ChildMeta.Annotation(job, ChildMeta.GenerationAnnotation));
+        Assert.IsType<Outcome.InProgress>(decision.Outcome);
+    }
+
+    [Fact]
+    public void Does_keep_a_fine_tune_job_succeeded_with_its_adapter_when_its_job_is_gone()
+    {
+        var job = Fixtures.FineTune();
+        job.Status = new FineTuneJobStatus
+        {
+            ObservedGeneration = job.Metadata.Generation,
+            Phase = "Succeeded",
+            Conditions = [Conditions.Ready("adapter trained", job.Metadata.Generation, Now)],
+            Artifact = new ArtifactStatus { Uri = "pvc://adapters/alpaca", Format = "peft-lora", Bytes = 1000 },
+        };
+
+        var decision = FineTuneJobReconciler.Decide(job, new FineTuneJobObservation { BaseModel = ReadyModel(), Architecture = Llama7B }, Context);
+
+        Assert.Empty(decision.Children);
+        Assert.IsType<Outcome.Succeeded>(decision.Outcome);
+        Assert.Equal("pvc://adapters/alpaca", decision.Status.Artifact?.Uri);
+
+        job.Metadata.Generation++;
+        var rerun = FineTuneJobReconciler.Decide(job, new FineTuneJobObservation { BaseModel = ReadyModel(), Architecture = Llama7B }, Context);
+        Assert.IsType<V1Job>(Assert.Single(rerun.Children));
+    }
 }

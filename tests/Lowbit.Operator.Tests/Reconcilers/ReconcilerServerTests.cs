@@ -4,6 +4,7 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
 using Lowbit.LocalCluster.Kubelet;
 using Lowbit.LocalCluster.Store;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Lowbit.Operator.Tests.Reconcilers;
 
@@ -224,6 +225,59 @@ public sealed class ReconcilerServerTests : IAsyncLifetime
         }
 
         Assert.Null(_h.Api.TryGet<V1Job>("default", "gone-quantize"));
+    }
+
+    [Fact]
+    public async Task Does_not_rerun_a_succeeded_quantize_after_an_operator_upgrade_or_when_its_finished_job_is_deleted()
+    {
+        _h.Create(Model("done"));
+        await _h.WaitAsync<QuantizedModel>("done", m => IsTrue(m, Conditions.Types.Ready), "Ready");
+        await _h.WaitIdleAsync("quantizedmodel");
+        var image = _h.Api.Get<V1Job>("default", "done-quantize").Spec.Template.Spec.Containers[0].Image;
+
+        // The upgrade: a new operator with another default engine image and host memory takes over the same server.
+        await _h.Operator.StopAsync();
+        _h.Server.Journal.Clear();
+        await using var upgraded = OperatorHarness.StartOperator(_h.Server, Planner.GpuCatalog.Default, op => op.Services.PostConfigure<Builders.WorkloadOptions>(o =>
+        {
+            o.EngineImage = "ghcr.io/lowbit-dev/lowbit-engine:9.9.9";
+            o.DefaultHostMemory = "32Gi";
+        }), null);
+        await upgraded.StartAsync();
+        var metrics = upgraded.Services.GetRequiredService<Lowbit.Operator.Runtime.RuntimeMetrics>();
+        await WaitForAsync(() => metrics.ReconcileTotal.WithLabels("quantizedmodel", "success").Value >= 1, "the upgraded operator's first reconcile");
+        var job = _h.Api.Get<V1Job>("default", "done-quantize");
+        Assert.Equal(image, job.Spec.Template.Spec.Containers[0].Image);
+        Assert.DoesNotContain(_h.Server.Journal.Writes, w => w.Path.Contains("/jobs/done-quantize", StringComparison.Ordinal));
+
+        // The finished Job is deleted (by hand, or by a TTL): it is not created again and the status keeps its artifact.
+        _h.Api.Delete<V1Job>("default", "done-quantize");
+        var before = metrics.ReconcileTotal.WithLabels("quantizedmodel", "success").Value;
+        var touched = _h.Api.Get<QuantizedModel>("default", "done");
+        touched.Metadata.Labels = new Dictionary<string, string> { ["touched"] = "yes" };
+        _h.Api.Update(touched);
+        await WaitForAsync(() => metrics.ReconcileTotal.WithLabels("quantizedmodel", "success").Value > before, "a reconcile after the Job's deletion");
+        await Task.Delay(500);
+        Assert.Null(_h.Api.TryGet<V1Job>("default", "done-quantize"));
+        var done = _h.Api.Get<QuantizedModel>("default", "done");
+        Assert.Equal("Succeeded", done.Status!.Phase);
+        Assert.Equal(4.25, done.Status.Artifact!.BitsPerWeight);
+        Assert.True(IsTrue(done, Conditions.Types.Ready));
+        await upgraded.StopAsync();
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + OperatorHarness.Patience;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException(what + " not seen");
+            }
+
+            await Task.Delay(20);
+        }
     }
 }
 
