@@ -16,7 +16,7 @@ public sealed class ClusterApiTests : IDisposable
 
     private ResourceType InstallWidgets()
     {
-        var crd = Patching.Yaml.ParseObject(File.ReadAllText(Path.Combine(ClusterFixture.FixturesDir, "widgets-crd.yaml")));
+        var crd = Lowbit.Schema.Yaml.ParseObject(File.ReadAllText(Path.Combine(ClusterFixture.FixturesDir, "widgets-crd.yaml")));
         _api.Create(BuiltinResources.CustomResourceDefinitions, null, crd);
         return _api.Resources.Find("test.lowbit.dev", "v1", "widgets")!;
     }

@@ -212,7 +212,7 @@ public sealed class BuilderTests
         job.Spec = job.Spec with { Training = job.Spec.Training with { EvalSplit = 0, WarmupRatio = 0.1, GradientCheckpointing = true } };
         var placement = Fixtures.Placement(Lowbit.Operator.Controllers.Planning.FineTune(job, ModelPresets.Llama2_7B, GpuCatalog.Default));
 
-        var request = FinetuneRequest.Parse(FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options).Spec.Template.Spec.Containers[0].Args.ToList());
+        var request = FineTuneRequest.Parse(FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options).Spec.Template.Spec.Containers[0].Args.ToList());
 
         Assert.Equal(25, request.SaveSteps);
         Assert.Equal(0, request.EvalSplit);
