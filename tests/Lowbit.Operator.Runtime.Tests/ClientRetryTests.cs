@@ -1,8 +1,9 @@
 using System.Net;
+using Lowbit.Operator.Runtime.Tests.Support;
 using k8s;
 using k8s.Autorest;
 using Lowbit.Operator.Runtime;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Runtime.Tests;
 

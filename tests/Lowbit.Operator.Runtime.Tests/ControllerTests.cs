@@ -1,11 +1,12 @@
 using System.Collections.Concurrent;
 using System.Net;
+using Lowbit.Operator.Runtime.Tests.Support;
 using k8s.Autorest;
 using k8s.Models;
 using Lowbit.Operator.Runtime;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Runtime.Tests;
 

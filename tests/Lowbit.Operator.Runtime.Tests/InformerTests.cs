@@ -1,6 +1,7 @@
+using Lowbit.Operator.Runtime.Tests.Support;
 using k8s.Models;
 using Lowbit.Operator.Runtime;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Runtime.Tests;
 

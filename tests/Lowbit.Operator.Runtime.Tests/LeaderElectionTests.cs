@@ -1,6 +1,7 @@
+using Lowbit.Operator.Runtime.Tests.Support;
 using Lowbit.Operator.Runtime;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Runtime.Tests;
 

@@ -1,4 +1,5 @@
 using System.Net;
+using Lowbit.Operator.Runtime.Tests.Support;
 using k8s;
 using k8s.Models;
 using Lowbit.Operator.Runtime;
@@ -7,7 +8,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Runtime.Tests;
 

@@ -1,3 +1,4 @@
+using Lowbit.Operator.Runtime.Tests.Support;
 using Lowbit.Operator.Runtime;
 
 namespace Lowbit.Operator.Runtime.Tests;

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Lowbit.Operator.Runtime;
 
 namespace Lowbit.Operator.Runtime.Tests;

@@ -12,7 +12,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 
-namespace Lowbit.Operator.Runtime.Tests;
+namespace Lowbit.Operator.Runtime.Tests.Support;
 
 /// <summary>What the next watch connection does instead of (or before) streaming events.</summary>
 public enum WatchScript

@@ -1,4 +1,4 @@
-namespace Lowbit.Operator.Runtime.Tests;
+namespace Lowbit.Operator.Runtime.Tests.Support;
 
 /// <summary>A manual clock: time moves only on <see cref="Advance"/>, which fires the timers that fall due, in order.</summary>
 public sealed class FakeTimeProvider : TimeProvider

@@ -1,6 +1,6 @@
 using k8s.Models;
 
-namespace Lowbit.Operator.Runtime.Tests;
+namespace Lowbit.Operator.Runtime.Tests.Support;
 
 /// <summary>What the test reconciler saw (a singleton the scoped reconciler reports to).</summary>
 public sealed class Probe

@@ -4,7 +4,7 @@ using k8s.Models;
 using Lowbit.Operator.Runtime;
 using Microsoft.Extensions.Logging.Abstractions;
 
-namespace Lowbit.Operator.Runtime.Tests;
+namespace Lowbit.Operator.Runtime.Tests.Support;
 
 internal static class TestSupport
 {

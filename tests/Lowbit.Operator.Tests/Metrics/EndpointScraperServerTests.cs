@@ -5,7 +5,7 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Telemetry;
 using Lowbit.Operator.Tests.Reconcilers;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Lowbit.Operator.Tests.Metrics;

@@ -9,7 +9,7 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Telemetry;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 

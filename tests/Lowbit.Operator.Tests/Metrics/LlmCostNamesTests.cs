@@ -2,7 +2,7 @@ using System.Text;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Telemetry;
 using Lowbit.Operator.Tests.Reconcilers;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 
 namespace Lowbit.Operator.Tests.Metrics;
 

@@ -1,7 +1,7 @@
 using k8s.Models;
 using Lowbit.Operator.Controllers;
 using Lowbit.Operator.Runtime;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Lowbit.Operator.Tests.Reconcilers;

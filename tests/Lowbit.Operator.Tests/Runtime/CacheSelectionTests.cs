@@ -3,9 +3,9 @@ using k8s.Models;
 using Lowbit.Api;
 using Lowbit.LocalCluster;
 using Lowbit.Operator.Runtime;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Tests.Runtime;
 

@@ -5,7 +5,7 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Controllers;
 using Lowbit.Operator.Runtime;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Lowbit.Operator.Status;
 using Lowbit.Operator.Tests.Reconcilers;
 using Lowbit.Planner;

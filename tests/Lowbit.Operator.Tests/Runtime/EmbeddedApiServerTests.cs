@@ -5,12 +5,12 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.LocalCluster;
 using Lowbit.LocalCluster.Testing;
 using Lowbit.Operator.Runtime;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Tests.Runtime;
 

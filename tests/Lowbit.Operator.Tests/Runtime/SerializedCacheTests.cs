@@ -5,10 +5,10 @@ using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.LocalCluster;
 using Lowbit.Operator.Runtime;
-using Lowbit.Operator.Runtime.Tests;
+using Lowbit.Operator.Runtime.Tests.Support;
 using Lowbit.Operator.Tests.Reconcilers;
 using Microsoft.Extensions.Logging.Abstractions;
-using static Lowbit.Operator.Runtime.Tests.TestSupport;
+using static Lowbit.Operator.Runtime.Tests.Support.TestSupport;
 
 namespace Lowbit.Operator.Tests.Runtime;
 
