@@ -30,6 +30,7 @@ public static class LocalCommand
         var exitAfterDemo = new Option<bool>("--exit-after-demo") { Description = "With --demo: stop the cluster when the demo ends (exit 0 when every step passed); for scripts and tests." };
         var engine = new Option<string?>("--engine") { Description = "The lowbit-engine executable that executed pods run (default: <repo>/out/lowbit-engine, as make build writes it)." };
         var noSweep = new Option<bool>("--no-sweep") { Description = "With --demo: skip the quantization sweep and its perplexity chart." };
+        var finetuneSteps = new Option<int?>("--finetune-steps") { Description = "With --demo: train the example FineTuneJob for this many steps instead of its spec.training.maxSteps (quicker runs, tests)." };
         var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
         up.Options.Add(kubeconfig);
         up.Options.Add(port);
@@ -40,6 +41,7 @@ public static class LocalCommand
         up.Options.Add(noSweep);
         up.Options.Add(exitAfterDemo);
         up.Options.Add(engine);
+        up.Options.Add(finetuneSteps);
         up.SetAction(parse => Run(new UpOptions
         {
             Kubeconfig = parse.GetValue(kubeconfig),
@@ -51,6 +53,7 @@ public static class LocalCommand
             Sweep = !parse.GetValue(noSweep),
             ExitAfterDemo = parse.GetValue(exitAfterDemo),
             EnginePath = parse.GetValue(engine) is { } e ? Path.GetFullPath(e) : null,
+            FineTuneSteps = parse.GetValue(finetuneSteps),
         }));
         return up;
     }
@@ -66,6 +69,7 @@ public static class LocalCommand
         public bool Sweep { get; init; } = true;
         public bool ExitAfterDemo { get; init; }
         public string? EnginePath { get; init; }
+        public int? FineTuneSteps { get; init; }
     }
 
     private static int Run(UpOptions up)
@@ -99,6 +103,11 @@ public static class LocalCommand
         if (up.EnginePath is { } enginePath && !File.Exists(enginePath))
         {
             Console.Error.WriteLine($"--engine: {enginePath} does not exist (build it with make build, or name the lowbit-engine executable)");
+            return ExitCodes.BadInput;
+        }
+        if (up.FineTuneSteps is < 1 or > 100_000)
+        {
+            Console.Error.WriteLine($"--finetune-steps: {up.FineTuneSteps} is out of range (accepted: 1..100000)");
             return ExitCodes.BadInput;
         }
         if (demo && !up.Operator)
@@ -186,6 +195,7 @@ public static class LocalCommand
                         ClaimsDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor", "pvc"),
                         Live = live,
                         Sweep = up.Sweep,
+                        FineTuneSteps = up.FineTuneSteps,
                     }, AnsiConsole.Console, stop).ConfigureAwait(false);
                     }
                     catch (Exception ex) when (ex is not OperationCanceledException)
