@@ -89,6 +89,13 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
         await AssertOneLeaderAsync(first.Pods);
         await AssertSecureMetricsAsync(first.Pods[0]);
 
+        // RBAC is enforced for the pods' service-account tokens: the chart's rules let the operator read its kinds but
+        // not Secrets (every request the operator makes below must pass; none may be answered 403).
+        var operatorToken = _server.Tokens.IssueServiceAccountToken(Namespace, Release);
+        await KubectlAsync("--token", operatorToken, "get", "quantizedmodels,jobs,pods", "--all-namespaces");
+        var secrets = await ToolResultAsync("kubectl", ["--token", operatorToken, "get", "secrets", "--all-namespaces"]);
+        Assert.Contains($"secrets is forbidden: User \"system:serviceaccount:{Namespace}:{Release}\" cannot list resource \"secrets\"", secrets.StdErr, StringComparison.Ordinal);
+
         // helm upgrade with a changed value: a new pod template (checksum/values), a new ReplicaSet, new pods.
         await HelmAsync("upgrade", Release, Chart.Dir, "--namespace", Namespace, "-f", ValuesFile, "--set", "logLevel=Debug");
         var upgraded = await WaitRolledOutAsync("upgrade", after: first);
@@ -122,6 +129,9 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
         var writes = _server.Journal.Writes;
         Assert.Contains(writes, w => w.Path.Contains("/quantizedmodels/tiny-llama-int4/status", StringComparison.Ordinal) && w.UserAgent.Contains(leader, StringComparison.Ordinal));
         Assert.Contains(writes, w => w.Path.Contains($"/namespaces/{ExampleNamespace}/jobs/{job.Metadata.Name}", StringComparison.Ordinal) && w.UserAgent.Contains(leader, StringComparison.Ordinal));
+
+        var forbidden = _server.Journal.Entries.Where(e => e.Status == 403 && e.UserAgent.StartsWith("lowbit-operator/", StringComparison.Ordinal)).ToList();
+        Assert.True(forbidden.Count == 0, "the chart's RBAC refused the operator: " + string.Join("; ", forbidden.Select(e => $"{e.Verb} {e.Path}")));
 
         // helm uninstall: the operator stops; its Deployment, RBAC, ConfigMap, Service and PDB go; the CRDs and the
         // user's objects stay (Helm never deletes what crds/ installed).
@@ -252,12 +262,18 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
 
     private async Task<string> ToolAsync(string tool, string[] args)
     {
+        var result = await ToolResultAsync(tool, args);
+        Assert.True(result.ExitCode == 0, $"{tool} {string.Join(' ', args)} failed ({result.ExitCode}): {result.StdErr}\n{result.StdOut}\n{Diagnose()}");
+        return result.StdOut;
+    }
+
+    private async Task<ToolResult> ToolResultAsync(string tool, string[] args)
+    {
         var home = Path.Combine(_work, "home");
         Directory.CreateDirectory(home);
         var result = await ClusterFixture.RunToolAsync(ClusterFixture.Tool(tool), args, _server.KubeconfigPath, home, Patience);
-        _output.WriteLine($"{_clock.Elapsed.TotalSeconds,5:F1} s  {tool} {string.Join(' ', args)} → {result.ExitCode}");
-        Assert.True(result.ExitCode == 0, $"{tool} {string.Join(' ', args)} failed ({result.ExitCode}): {result.StdErr}\n{result.StdOut}\n{Diagnose()}");
-        return result.StdOut;
+        _output.WriteLine($"{_clock.Elapsed.TotalSeconds,5:F1} s  {tool} {string.Join(' ', args.Select(a => a.Length > 40 ? a[..8] + "…" : a))} → {result.ExitCode}");
+        return result;
     }
 
     private Task<T> WaitAsync<T>(string what, Func<T?> probe)
