@@ -203,4 +203,7 @@ public static class StatusReasons
 
     /// <summary>An object with a child's name exists but this resource does not control it (R9): left untouched.</summary>
     public const string ChildConflict = "ChildConflict";
+
+    /// <summary>The running engine printed no progress line for longer than the watchdog's timeout.</summary>
+    public const string NoProgress = "NoProgress";
 }
