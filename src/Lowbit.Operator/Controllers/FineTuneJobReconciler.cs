@@ -42,7 +42,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
-        if (DecisionParts.Finished(job, job.Status, job.Status?.ObservedGeneration, job.Status?.Phase, job.Status?.Conditions) is { } finished)
+        if (DecisionParts.Finished(job, job.Status, job.Status?.ObservedGeneration, job.Status?.Phase, job.Status?.Conditions, job.Status?.Artifact) is { } finished)
         {
             return finished;
         }
@@ -129,7 +129,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
     protected override async Task<FineTuneJobObservation> ResolveAsync(FineTuneJob obj, FineTuneJobObservation observed, CancellationToken cancellationToken)
     {
         if (FineTuneJobSpecValidator.Validate(obj.Spec).Count > 0 || BaseModelWaiting(obj, observed.BaseModel) is not null
-            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions) is not null)
+            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions, obj.Status?.Artifact) is not null)
         {
             return observed;
         }

@@ -38,7 +38,7 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
-        if (DecisionParts.Finished(model, model.Status, model.Status?.ObservedGeneration, model.Status?.Phase, model.Status?.Conditions) is { } finished)
+        if (DecisionParts.Finished(model, model.Status, model.Status?.ObservedGeneration, model.Status?.Phase, model.Status?.Conditions, model.Status?.Artifact) is { } finished)
         {
             return finished;
         }
@@ -110,7 +110,7 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
     protected override async Task<QuantizedModelObservation> ResolveAsync(QuantizedModel obj, QuantizedModelObservation observed, CancellationToken cancellationToken)
     {
         if (QuantizedModelSpecValidator.Validate(obj.Spec).Count > 0
-            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions) is not null)
+            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions, obj.Status?.Artifact) is not null)
         {
             return observed;
         }

@@ -85,6 +85,11 @@ public abstract class WorkloadReconciler<T, TStatus, TObserved>(ReconcileService
             replaced |= await services.Children.ApplyAsync(obj, child, cancellationToken).ConfigureAwait(false) == ApplyOutcome.Replaced;
         }
 
+        foreach (var ev in decision.Events)
+        {
+            await services.Events.RecordAsync(obj, ev.Type, ev.Reason, ev.Message, cancellationToken).ConfigureAwait(false);
+        }
+
         RecordCost(obj, decision);
         var before = StatusOf(obj);
         if (await services.Status.WriteAsync(obj, before, decision.Status, SetStatus, cancellationToken).ConfigureAwait(false))

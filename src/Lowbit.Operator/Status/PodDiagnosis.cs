@@ -206,4 +206,7 @@ public static class StatusReasons
 
     /// <summary>The running engine printed no progress line for longer than the watchdog's timeout.</summary>
     public const string NoProgress = "NoProgress";
+
+    /// <summary>Event reason: a serving Deployment rolls its pods (the message names the template parts that changed).</summary>
+    public const string Rolling = "Rolling";
 }
