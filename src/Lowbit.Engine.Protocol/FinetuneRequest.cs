@@ -5,7 +5,7 @@ namespace Lowbit.Engine.Protocol;
 /// [--r N] [--alpha X] [--dropout X] [--target-modules q_proj,v_proj] [--epochs N | --max-steps N] [--learning-rate X]
 /// [--micro-batch N] [--grad-accumulation N] [--seq-length N] [--checkpoint-dir DIR] [--resume-from DIR] [--seed N]
 /// [--device cpu|cuda] [--result-file F] [--save-steps N] [--eval-split X] [--lr-scheduler linear|cosine|constant]
-/// [--warmup-steps N] [--max-grad-norm X] [--weight-decay X] [--gradient-checkpointing true] [--rslora true]
+/// [--warmup-steps N | --warmup-ratio X] [--max-grad-norm X] [--weight-decay X] [--gradient-checkpointing true] [--rslora true]
 /// [--merge true] [--gguf-adapter true]</c>. Boolean flags take <c>true</c>/<c>false</c>; absent is false.
 /// </summary>
 public sealed record FinetuneRequest : EngineRequest
@@ -19,7 +19,7 @@ public sealed record FinetuneRequest : EngineRequest
         "--base-model", CommonFlags.Revision, "--method", "--r", "--alpha", "--dropout", "--target-modules", "--dataset",
         "--dataset-format", "--epochs", "--max-steps", "--learning-rate", "--micro-batch", "--grad-accumulation",
         "--seq-length", "--checkpoint-dir", "--resume-from", "--seed", CommonFlags.Out, CommonFlags.Device, CommonFlags.ResultFile,
-        "--save-steps", "--eval-split", "--lr-scheduler", "--warmup-steps", "--max-grad-norm", "--weight-decay",
+        "--save-steps", "--eval-split", "--lr-scheduler", "--warmup-steps", "--warmup-ratio", "--max-grad-norm", "--weight-decay",
         "--gradient-checkpointing", "--rslora", "--merge", "--gguf-adapter",
     ];
 
@@ -83,6 +83,13 @@ public sealed record FinetuneRequest : EngineRequest
     /// <summary>Optimizer steps of linear warm-up from 0 to <see cref="LearningRate"/>.</summary>
     public int WarmupSteps { get; init; }
 
+    /// <summary>Warm-up as a fraction of the run's optimizer steps (used when <see cref="WarmupSteps"/> is 0).</summary>
+    public double? WarmupRatio { get; init; }
+
+    /// <summary>Warm-up steps of a run of <paramref name="totalSteps"/>: <see cref="WarmupSteps"/>, else the ratio's share.</summary>
+    public int WarmupStepsOf(long totalSteps) =>
+        WarmupSteps > 0 || WarmupRatio is not { } ratio ? WarmupSteps : (int)Math.Ceiling(ratio * totalSteps);
+
     /// <summary>Clip the global gradient norm to this (0 disables clipping).</summary>
     public double MaxGradNorm { get; init; } = 1.0;
 
@@ -129,6 +136,7 @@ public sealed record FinetuneRequest : EngineRequest
         .Add("--eval-split", EvalSplit)
         .Add("--lr-scheduler", (LrScheduler?)LrScheduler)
         .Add("--warmup-steps", WarmupSteps)
+        .Add("--warmup-ratio", WarmupRatio)
         .Add("--max-grad-norm", MaxGradNorm)
         .Add("--weight-decay", WeightDecay)
         .Add("--gradient-checkpointing", GradientCheckpointing)
@@ -170,6 +178,7 @@ public sealed record FinetuneRequest : EngineRequest
             EvalSplit = r.Double("--eval-split", 0, 0.5) ?? defaults.EvalSplit,
             LrScheduler = r.Enum<LrScheduler>("--lr-scheduler") ?? defaults.LrScheduler,
             WarmupSteps = r.Int("--warmup-steps", 0, int.MaxValue) ?? defaults.WarmupSteps,
+            WarmupRatio = r.Double("--warmup-ratio", 0, 0.5),
             MaxGradNorm = r.Double("--max-grad-norm", 0, 1e6) ?? defaults.MaxGradNorm,
             WeightDecay = r.Double("--weight-decay", 0, 10) ?? defaults.WeightDecay,
             GradientCheckpointing = r.Bool("--gradient-checkpointing"),

@@ -190,8 +190,14 @@ public sealed partial class LocalClusterServer : IAsyncDisposable
         }
         var header = request.Headers.Authorization.ToString();
         const string bearer = "Bearer ";
-        return header.StartsWith(bearer, StringComparison.OrdinalIgnoreCase)
-            && CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[bearer.Length..].Trim()), Encoding.UTF8.GetBytes(Token));
+        if (!header.StartsWith(bearer, StringComparison.OrdinalIgnoreCase))
+        {
+            return false;
+        }
+        var token = header[bearer.Length..].Trim();
+        // The kubeconfig's token, or one issued to a service account (the executor gives one to each executed pod).
+        return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(token), Encoding.UTF8.GetBytes(Token))
+            || Tokens.Authenticate(token) is not null;
     }
 
     private static Task UnauthorizedAsync(HttpContext context)

@@ -23,8 +23,17 @@ public sealed record ClusterSimulationOptions
     /// <summary>The engine executable for lowbit-engine images (default: &lt;repo&gt;/out/lowbit-engine when found, else lowbit-engine on PATH).</summary>
     public string? EnginePath { get; init; }
 
+    /// <summary>
+    /// The operator executable for lowbit-operator images (the Helm chart's Deployment; default: &lt;repo&gt;/out/lowbit-operator
+    /// when found, else none: those images cannot run).
+    /// </summary>
+    public string? OperatorPath { get; init; }
+
     /// <summary>Claims that start with content (claim name → folder copied in on first use, in any namespace).</summary>
     public IReadOnlyDictionary<string, string> SeededClaims { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>How executed pods reach the API server (<see cref="AttachAsync"/> fills it from the server); null: no credentials.</summary>
+    public PodApiAccess? ApiAccess { get; init; }
 }
 
 /// <summary>
@@ -80,8 +89,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
         var executor = new ProcessRuntime(api, new ExecutorOptions
         {
             StateDirectory = stateDirectory,
-            Images = options.Images ?? ExecutorOptions.DefaultImages(options.EnginePath ?? DefaultEnginePath()),
+            Images = options.Images ?? ExecutorOptions.DefaultImages(options.EnginePath ?? DefaultEnginePath(), options.OperatorPath ?? DefaultOperatorPath()),
             SeededClaims = options.SeededClaims,
+            ApiAccess = options.ApiAccess,
         }, time);
         var simulator = new SimulatedRuntime(time, options.Kubelet.SimulatedRunDuration);
         var perPod = new PerPodRuntime(executor, simulator);
@@ -112,6 +122,12 @@ public sealed class SimulatedCluster : IAsyncDisposable
     public static async Task<IAsyncDisposable> AttachAsync(LocalClusterServer server, ClusterSimulationOptions options, TimeProvider time,
         ILoggerFactory loggers, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(server);
+        ArgumentNullException.ThrowIfNull(options);
+        options = options with
+        {
+            ApiAccess = options.ApiAccess ?? new PodApiAccess { Server = server.Url, CaPem = server.CaPem ?? "", Tokens = server.Tokens },
+        };
         var attached = new ServerAttachment(server, options, time, loggers);
         await attached.StartAsync(server.Api, cancellationToken).ConfigureAwait(false);
         return attached;
@@ -132,16 +148,21 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>&lt;repo&gt;/out/lowbit-engine, found by walking up from the running assembly to the folder holding Operator.sln.</summary>
-    public static string DefaultEnginePath()
+    public static string DefaultEnginePath() => RepoOut("lowbit-engine") ?? "lowbit-engine";
+
+    /// <summary>&lt;repo&gt;/out/lowbit-operator when it exists (<c>make build</c>), else null.</summary>
+    public static string? DefaultOperatorPath() => RepoOut("lowbit-operator") is { } path && File.Exists(path) ? path : null;
+
+    private static string? RepoOut(string program)
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
             if (File.Exists(Path.Combine(dir.FullName, "Operator.sln")))
             {
-                return Path.Combine(dir.FullName, "out", "lowbit-engine");
+                return Path.Combine(dir.FullName, "out", program);
             }
         }
-        return "lowbit-engine";
+        return null;
     }
 }
 

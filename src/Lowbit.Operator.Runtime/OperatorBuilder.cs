@@ -100,10 +100,12 @@ public sealed class OperatorBuilder
                 o.Context ??= Configuration["context"];
 
                 // One identity per process, shared by the Lease and the User-Agent (so the API server's audit
-                // log and our tests can tell two operator instances apart).
+                // log and our tests can tell two operator instances apart). HOSTNAME is the pod's name in a pod, also
+                // where pods share a host (the embedded cluster's local executor).
                 if (string.IsNullOrEmpty(o.LeaderElection.Identity))
                 {
-                    o.LeaderElection.Identity = $"{Environment.MachineName}_{Guid.NewGuid():N}";
+                    var host = Environment.GetEnvironmentVariable("HOSTNAME") is { Length: > 0 } pod ? pod : Environment.MachineName;
+                    o.LeaderElection.Identity = $"{host}_{Guid.NewGuid():N}";
                 }
             })
             .ValidateOnStart();

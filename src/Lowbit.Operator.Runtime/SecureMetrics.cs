@@ -125,14 +125,15 @@ public static class SecureMetrics
                 return next(connection);
             });
 
+            var podIp = PodNetwork.OwnAddress();
             if (options.Mode == MetricsServingOptions.Localhost)
             {
-                kestrel.Listen(IPAddress.Loopback, options.Port, Mark);
+                kestrel.Listen(podIp ?? IPAddress.Loopback, options.Port, Mark);
                 return;
             }
 
-            var certificate = LoadOrCreateCertificate(options);
-            kestrel.ListenAnyIP(options.Port, listen =>
+            var certificate = LoadOrCreateCertificate(options, podIp);
+            kestrel.Listen(podIp ?? IPAddress.Any, options.Port, listen =>
             {
                 Mark(listen);
                 listen.UseHttps(certificate);
@@ -171,7 +172,8 @@ public static class SecureMetrics
                 return;
             }
 
-            if (authorizer is not null)
+            // Only /metrics needs a token: the probes' listener (/healthz, /readyz) stays open to the kubelet.
+            if (isMetrics && authorizer is not null)
             {
                 var status = await authorizer.AuthorizeAsync(context.Request.Headers.Authorization.ToString(), context.RequestAborted).ConfigureAwait(false);
                 if (status != StatusCodes.Status200OK)
@@ -198,17 +200,22 @@ public static class SecureMetrics
             throw new OptionsValidationException("urls", typeof(MetricsServingOptions), [$"--urls: '{url}' must be http:// (the probes' listener); HTTPS is for /metrics only ({MetricsServingOptions.Section}:Mode=secure)"]);
         }
 
-        if (uri.Host == "localhost")
+        var address = uri.Host == "localhost" ? null : IPAddress.Parse(uri.Host.Trim('[', ']'));
+        if (PodNetwork.OwnAddress() is { } podIp && (address is null || address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any)))
+        {
+            kestrel.Listen(podIp, uri.Port);
+        }
+        else if (address is null)
         {
             kestrel.ListenLocalhost(uri.Port);
         }
         else
         {
-            kestrel.Listen(IPAddress.Parse(uri.Host), uri.Port);
+            kestrel.Listen(address, uri.Port);
         }
     }
 
-    private static X509Certificate2 LoadOrCreateCertificate(MetricsServingOptions options)
+    private static X509Certificate2 LoadOrCreateCertificate(MetricsServingOptions options, IPAddress? podIp)
     {
         if (!string.IsNullOrEmpty(options.CertFile))
         {
@@ -223,6 +230,10 @@ public static class SecureMetrics
         names.AddDnsName("localhost");
         names.AddDnsName(Environment.MachineName);
         names.AddIpAddress(IPAddress.Loopback);
+        if (podIp is not null)
+        {
+            names.AddIpAddress(podIp);
+        }
         request.CertificateExtensions.Add(names.Build());
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, critical: true));
         request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], critical: false));
@@ -320,4 +331,18 @@ public sealed partial class MetricsAuthorizer(IKubernetes client, TimeProvider t
         [LoggerMessage(Level = LogLevel.Warning, Message = "/metrics: TokenReview or SubjectAccessReview failed: {Message}")]
         public static partial void ReviewFailed(ILogger logger, string message);
     }
+}
+
+/// <summary>
+/// The address of the pod this process runs in, where that is not a network namespace of its own: the embedded
+/// cluster's local executor runs pods as host processes and gives each a loopback address (127.1.x.y) in
+/// <c>LOWBIT_POD_IP</c> (as it does for the engine). There "any address" and "localhost" mean that address, so two
+/// replicas on one host do not collide on their ports and probes reach the right one. Null everywhere else.
+/// </summary>
+public static class PodNetwork
+{
+    public const string PodIpVariable = "LOWBIT_POD_IP";
+
+    public static IPAddress? OwnAddress() =>
+        IPAddress.TryParse(Environment.GetEnvironmentVariable(PodIpVariable), out var address) ? address : null;
 }

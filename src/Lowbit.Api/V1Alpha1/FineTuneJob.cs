@@ -178,6 +178,12 @@ public sealed record TrainingSpec
     [Maximum(10000000)]
     public int? SaveSteps { get; init; }
 
+    [Description("Fraction of the dataset held out to measure loss and perplexity after training (status.evaluation); 0 disables it.")]
+    [Minimum(0)]
+    [Maximum(0.5)]
+    [Default(0.05)]
+    public double EvalSplit { get; init; } = 0.05;
+
     [Description("Random seed (data order, adapter initialization, dropout).")]
     [Minimum(0)]
     [Maximum(2147483647)]
@@ -206,6 +212,9 @@ public sealed record FineTuneJobStatus
 
     [Description("The trained adapter (format peft-lora) or full weights.")]
     public ArtifactStatus? Artifact { get; init; }
+
+    [Description("Loss and perplexity on the held-out split (spec.training.evalSplit) after training.")]
+    public TrainingEvaluationStatus? Evaluation { get; init; }
 
     [Description("Checkpoints written so far (most recent last).")]
     [MaxItems(64)]

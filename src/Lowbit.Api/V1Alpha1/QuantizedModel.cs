@@ -67,6 +67,9 @@ public sealed record QuantizedModelSpec
     [Description("Calibration data; required for gptq.")]
     public CalibrationSpec? Calibration { get; init; }
 
+    [Description("Held-out text whose perplexity the engine measures before and after quantization (status.quality).")]
+    public EvaluationSpec? Evaluation { get; init; }
+
     [Description("Artifact formats to export: lowbit (lowbit runtime), gptq (vLLM; bits 4 or 8), gguf-q8_0, gguf-q4_0, gguf-q4_k (llama.cpp).")]
     [MinItems(1)]
     [MaxItems(6)]
@@ -114,6 +117,14 @@ public sealed record CalibrationSpec
     [Maximum(32768)]
     [Default(2048)]
     public int SequenceLength { get; init; } = 2048;
+}
+
+/// <summary>The held-out text of a quantization's perplexity check.</summary>
+public sealed record EvaluationSpec
+{
+    [Description("A plain-text file: a pvc path or a configMap key (url and huggingFace are not read for evaluation).")]
+    [Required]
+    public DataSource Text { get; init; } = new();
 }
 
 /// <summary>What the operator observed and produced.</summary>

@@ -113,6 +113,16 @@ public sealed record ProgressStatus
     public double? TokensPerSecond { get; init; }
 }
 
+/// <summary>How the trained model scores on the held-out split.</summary>
+public sealed record TrainingEvaluationStatus
+{
+    [Minimum(0)]
+    public double? Loss { get; init; }
+
+    [Minimum(1)]
+    public double? Perplexity { get; init; }
+}
+
 /// <summary>A training checkpoint.</summary>
 public sealed record CheckpointStatus
 {

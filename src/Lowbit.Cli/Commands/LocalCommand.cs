@@ -35,6 +35,7 @@ public static class LocalCommand
             DefaultValueFactory = _ => 30,
         };
         var noSweep = new Option<bool>("--no-sweep") { Description = "With --demo: skip the quantization sweep and its perplexity chart." };
+        var finetuneSteps = new Option<int?>("--finetune-steps") { Description = "With --demo: train the example FineTuneJob for this many steps instead of its spec.training.maxSteps (quicker runs, tests)." };
         var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
         up.Options.Add(kubeconfig);
         up.Options.Add(port);
@@ -46,6 +47,7 @@ public static class LocalCommand
         up.Options.Add(exitAfterDemo);
         up.Options.Add(engine);
         up.Options.Add(snapshotInterval);
+        up.Options.Add(finetuneSteps);
         up.SetAction(parse => Run(new UpOptions
         {
             Kubeconfig = parse.GetValue(kubeconfig),
@@ -58,6 +60,7 @@ public static class LocalCommand
             ExitAfterDemo = parse.GetValue(exitAfterDemo),
             EnginePath = parse.GetValue(engine) is { } e ? Path.GetFullPath(e) : null,
             SnapshotInterval = parse.GetValue(snapshotInterval),
+            FineTuneSteps = parse.GetValue(finetuneSteps),
         }));
         return up;
     }
@@ -74,6 +77,7 @@ public static class LocalCommand
         public bool ExitAfterDemo { get; init; }
         public string? EnginePath { get; init; }
         public int SnapshotInterval { get; init; } = 30;
+        public int? FineTuneSteps { get; init; }
     }
 
     private static int Run(UpOptions up)
@@ -112,6 +116,11 @@ public static class LocalCommand
         if (up.EnginePath is { } enginePath && !File.Exists(enginePath))
         {
             Console.Error.WriteLine($"--engine: {enginePath} does not exist (build it with make build, or name the lowbit-engine executable)");
+            return ExitCodes.BadInput;
+        }
+        if (up.FineTuneSteps is < 1 or > 100_000)
+        {
+            Console.Error.WriteLine($"--finetune-steps: {up.FineTuneSteps} is out of range (accepted: 1..100000)");
             return ExitCodes.BadInput;
         }
         if (demo && !up.Operator)
@@ -200,6 +209,7 @@ public static class LocalCommand
                         ClaimsDirectory = Path.Combine(Path.GetFullPath(stateDir), "executor", "pvc"),
                         Live = live,
                         Sweep = up.Sweep,
+                        FineTuneSteps = up.FineTuneSteps,
                     }, AnsiConsole.Console, stop).ConfigureAwait(false);
                     }
                     catch (Exception ex) when (ex is not OperationCanceledException)

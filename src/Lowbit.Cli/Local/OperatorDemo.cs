@@ -34,6 +34,9 @@ public sealed record DemoOptions
     /// <summary>Run the quantization sweep and write the perplexity chart.</summary>
     public bool Sweep { get; init; } = true;
 
+    /// <summary>Overrides the example FineTuneJob's <c>spec.training.maxSteps</c> (quicker runs).</summary>
+    public int? FineTuneSteps { get; init; }
+
     /// <summary>Start Prometheus (when its executable is found).</summary>
     public bool Prometheus { get; init; } = true;
 }
@@ -54,7 +57,7 @@ public static class OperatorDemo
         ArgumentNullException.ThrowIfNull(console);
         var config = KubernetesClientConfiguration.BuildConfigFromConfigFile(kubeconfig);
         using var client = new Kubernetes(config);
-        var objects = await ApplyExamplesAsync(client, Path.Combine(options.RepoRoot, "examples", "local"), options.Namespace, cancellationToken).ConfigureAwait(false);
+        var objects = await ApplyExamplesAsync(client, Path.Combine(options.RepoRoot, "examples", "local"), options, cancellationToken).ConfigureAwait(false);
         console.WriteLine($"demo: applied examples/local to namespace {options.Namespace}: {string.Join(", ", objects.Select(o => $"{o.Kind}/{o.Name}"))}");
         console.WriteLine("demo: every step runs for real on this machine's CPU (lowbit-engine inspect, quantize, finetune, serve)");
 
@@ -89,18 +92,21 @@ public static class OperatorDemo
         var (answer, usage) = await ChatAsync(http, chatUrl, model, "Say hello.", cancellationToken).ConfigureAwait(false);
         console.WriteLine($"demo: POST {chatUrl}");
         console.WriteLine($"demo: model {model} answered: {answer.Trim()} ({usage} tokens)");
+        summary.Model = model;
+        summary.Answer = answer.Trim();
+        summary.AnswerTokens = usage;
         // A little traffic over a few scrape intervals, so the operator's scraper sees tokens/s and TTFT move.
         for (var i = 0; i < 6; i++)
         {
-            await ChatAsync(http, chatUrl, model, i % 2 == 0 ? "Name a colour." : "Add the numbers. 2 and 3", cancellationToken).ConfigureAwait(false);
+            await ChatAsync(http, chatUrl, model, i % 2 == 0 ? "Name a colour." : "Add the numbers 2 and 3.", cancellationToken).ConfigureAwait(false);
             await Task.Delay(700, cancellationToken).ConfigureAwait(false);
         }
 
-        summary.AdapterEffect = await AdapterEffectAsync(client, objects, options, cancellationToken).ConfigureAwait(false);
+        (summary.AdapterEffect, summary.PerplexityAdapted) = await AdapterEffectAsync(client, objects, options, cancellationToken).ConfigureAwait(false);
         if (summary.AdapterEffect is { } effect)
         {
             console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"demo: adapter effect on the training examples (lowbit-engine eval): perplexity {effect.Base:0.000} without, {effect.Adapted:0.000} with the adapter"));
+                $"demo: adapter effect on the training conversations (lowbit-engine eval): perplexity {effect.Base:0.000} without, {effect.Adapted:0.000} with the adapter"));
         }
 
         if (prometheus is not null)
@@ -151,6 +157,11 @@ public static class OperatorDemo
         }
 
         console.Write(summary.ToTable());
+        var summaryFile = Path.Combine(options.WorkDirectory, "summary.json");
+        Directory.CreateDirectory(options.WorkDirectory);
+        await File.WriteAllTextAsync(summaryFile, summary.ToJson(chart).ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }),
+            cancellationToken).ConfigureAwait(false);
+        console.WriteLine($"summary: {summaryFile}");
         if (chart is not null)
         {
             console.WriteLine($"chart: {chart}");
@@ -165,8 +176,9 @@ public static class OperatorDemo
         return 0;
     }
 
-    private static async Task<List<FollowedObject>> ApplyExamplesAsync(Kubernetes client, string folder, string ns, CancellationToken cancellationToken)
+    private static async Task<List<FollowedObject>> ApplyExamplesAsync(Kubernetes client, string folder, DemoOptions options, CancellationToken cancellationToken)
     {
+        var ns = options.Namespace;
         var applied = new List<FollowedObject>();
         foreach (var file in Directory.GetFiles(folder, "*.yaml").Order(StringComparer.Ordinal))
         {
@@ -190,6 +202,10 @@ public static class OperatorDemo
             }
             else if (plural is not null)
             {
+                if (kind == FineTuneJob.KindName && options.FineTuneSteps is { } steps && obj["spec"]?["training"] is JsonObject training)
+                {
+                    training["maxSteps"] = steps;
+                }
                 await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(obj.ToJsonString(), V1Patch.PatchType.ApplyPatch), ApiGroup.Group,
                     ApiGroup.Version, ns, plural, name, fieldManager: "lowbit-cli", force: true, cancellationToken: cancellationToken).ConfigureAwait(false);
                 applied.Add(new FollowedObject(kind!, plural, ns, name));
@@ -216,7 +232,7 @@ public static class OperatorDemo
                     summary.TrainingTokensPerSecond = JsonNumbers.Double(status?["progress"]?["tokensPerSecond"]);
                     summary.TrainingLoss = JsonNumbers.Double(status?["progress"]?["loss"]);
                     summary.TrainingSteps = JsonNumbers.Long(status?["progress"]?["step"]);
-                    summary.PerplexityFineTuned = JsonNumbers.Double(status?["quality"]?["perplexityAfter"]) ?? JsonNumbers.Double(status?["evalPerplexity"]);
+                    summary.HeldOutSplitPerplexity = JsonNumbers.Double(status?["evaluation"]?["perplexity"]);
                     summary.AdapterBytes = JsonNumbers.Long(status?["artifact"]?["bytes"]);
                     break;
                 case InferenceEndpoint.KindName:
@@ -229,16 +245,20 @@ public static class OperatorDemo
     }
 
     /// <summary>
-    /// Perplexity of the training examples (Alpaca prompt template) under the quantized model, without and with the
-    /// trained adapter, scored by <c>lowbit-engine eval</c> on the artifacts the pods wrote into the claim.
+    /// Perplexity of the training conversations (ChatML, as trained) under the quantized model, without and with the
+    /// trained adapter, scored by <c>lowbit-engine eval</c> on the artifacts the pods wrote into the claim; and the
+    /// perplexity of the model's held-out text with the adapter (what fine-tuning cost on general text).
     /// </summary>
-    private static async Task<(double Base, double Adapted)?> AdapterEffectAsync(Kubernetes client, IReadOnlyList<FollowedObject> objects, DemoOptions options,
+    private static async Task<((double Base, double Adapted)? Effect, double? HeldOut)> AdapterEffectAsync(Kubernetes client, IReadOnlyList<FollowedObject> objects, DemoOptions options,
         CancellationToken cancellationToken)
     {
         string? Artifact(JsonObject? obj) => (string?)obj?["status"]?["artifact"]?["uri"];
         var quantized = objects.First(o => o.Kind == QuantizedModel.KindName);
         var tuned = objects.First(o => o.Kind == FineTuneJob.KindName);
-        var model = LocalPath(Artifact(await GetAsync(client, quantized, cancellationToken).ConfigureAwait(false)), quantized.Namespace, options.ClaimsDirectory);
+        // The lowbit export of the QuantizedModel (status.exports names each format's folder).
+        var lowbit = (await GetAsync(client, quantized, cancellationToken).ConfigureAwait(false))?["status"]?["exports"]?.AsArray()
+            .FirstOrDefault(e => (string?)e?["format"] == "lowbit")?["uri"];
+        var model = LocalPath((string?)lowbit, quantized.Namespace, options.ClaimsDirectory);
         var tunedObject = await GetAsync(client, tuned, cancellationToken).ConfigureAwait(false);
         // The adapter is written to spec.output; status.artifact names it once the operator reports it.
         var output = tunedObject?["spec"]?["output"]?["pvc"];
@@ -246,27 +266,30 @@ public static class OperatorDemo
             ?? LocalPath($"pvc://{(string?)output?["claimName"]}/{(string?)output?["path"]}", tuned.Namespace, options.ClaimsDirectory);
         if (model is null || adapter is null)
         {
-            return null;
+            return (null, null);
         }
         var configMap = await client.CoreV1.ReadNamespacedConfigMapAsync("tiny-alpaca", tuned.Namespace, cancellationToken: cancellationToken).ConfigureAwait(false);
         var text = new StringBuilder();
         foreach (var line in (configMap.Data is { } data && data.TryGetValue("train.jsonl", out var lines) ? lines : "").Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
-            var example = JsonNode.Parse(line);
-            text.Append(AlpacaPrompt((string?)example?["instruction"] ?? "", (string?)example?["input"] ?? "")).Append((string?)example?["output"]).Append("\n\n");
+            foreach (var message in JsonNode.Parse(line)?["messages"]?.AsArray() ?? [])
+            {
+                text.Append(ChatMl((string?)message?["role"] ?? "", (string?)message?["content"] ?? ""));
+            }
         }
         var textFile = Path.Combine(options.WorkDirectory, "train-examples.txt");
         Directory.CreateDirectory(options.WorkDirectory);
         await File.WriteAllTextAsync(textFile, text.ToString(), cancellationToken).ConfigureAwait(false);
         var without = await EngineRunner.EvalAsync(options.EnginePath, model, null, textFile, cancellationToken).ConfigureAwait(false);
         var with = await EngineRunner.EvalAsync(options.EnginePath, model, adapter, textFile, cancellationToken).ConfigureAwait(false);
-        return without is { } b && with is { } a ? (b, a) : null;
+        var heldOutText = Path.Combine(options.WorkDirectory, "held-out.txt");
+        File.Copy(Path.Combine(options.RepoRoot, "tests", "fixtures", "tiny-llama", "eval.txt"), heldOutText, overwrite: true);
+        var heldOut = await EngineRunner.EvalAsync(options.EnginePath, model, adapter, heldOutText, cancellationToken).ConfigureAwait(false);
+        return (without is { } b && with is { } a ? (b, a) : null, heldOut);
     }
 
-    /// <summary>The Stanford Alpaca prompt (with or without input), the template alpaca datasets are trained with.</summary>
-    public static string AlpacaPrompt(string instruction, string input) => input.Length == 0
-        ? $"Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-        : $"Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+    /// <summary>One ChatML turn, as the engine renders chat datasets and chat requests for a model without a chat template.</summary>
+    public static string ChatMl(string role, string content) => $"<|im_start|>{role}\n{content}<|im_end|>\n";
 
     /// <summary><c>pvc://claim/path</c> (as the engine reports artifacts) → the executor's local folder for that claim.</summary>
     public static string? LocalPath(string? uri, string ns, string claimsDirectory)
@@ -360,7 +383,11 @@ public static class OperatorDemo
     {
         public double? PerplexityBefore { get; set; }
         public double? PerplexityQuantized { get; set; }
-        public double? PerplexityFineTuned { get; set; }
+        public double? PerplexityAdapted { get; set; }
+        public double? HeldOutSplitPerplexity { get; set; }
+        public string? Model { get; set; }
+        public string? Answer { get; set; }
+        public long? AnswerTokens { get; set; }
         public long? QuantizedBytes { get; set; }
         public double? BitsPerWeight { get; set; }
         public long? AdapterBytes { get; set; }
@@ -383,8 +410,12 @@ public static class OperatorDemo
             static string? F(double? v, string format) => v?.ToString(format, CultureInfo.InvariantCulture);
             Row("perplexity, 16-bit", F(PerplexityBefore, "0.000"), "QuantizedModel status.quality");
             Row("perplexity, quantized", F(PerplexityQuantized, "0.000") + (BitsPerWeight is { } b ? string.Create(CultureInfo.InvariantCulture, $" at {b:0.00} bits/weight") : ""), "QuantizedModel status.quality");
-            Row("perplexity, quantized + adapter", F(PerplexityFineTuned, "0.000"), "FineTuneJob status");
-            Row("perplexity on the training examples, without → with adapter", AdapterEffect is { } e
+            Row("perplexity, quantized + adapter", F(PerplexityAdapted, "0.000"), "lowbit-engine eval --adapter (same held-out text)");
+            if (HeldOutSplitPerplexity is { } heldOut)
+            {
+                Row("perplexity on the dataset's held-out split", F(heldOut, "0.000"), "FineTuneJob status.evaluation");
+            }
+            Row("perplexity on the training conversations, without → with adapter", AdapterEffect is { } e
                 ? string.Create(CultureInfo.InvariantCulture, $"{e.Base:0.000} → {e.Adapted:0.000}") : null, "lowbit-engine eval --adapter");
             Row("quantized model size", QuantizedBytes is { } q ? string.Create(CultureInfo.InvariantCulture, $"{q / 1024.0:0} KiB") : null, "QuantizedModel status.artifact");
             Row("adapter size", AdapterBytes is { } a ? string.Create(CultureInfo.InvariantCulture, $"{a / 1024.0:0} KiB") : null, "FineTuneJob status.artifact");
@@ -397,6 +428,37 @@ public static class OperatorDemo
             Row("USD per 1M tokens (observed)", F(ObservedUsdPerMillion, "0.00"), "Prometheus: lowbit_endpoint_usd_per_million_tokens");
             Row("endpoint URL (in cluster)", Url, "InferenceEndpoint status.url");
             return table;
+        }
+
+        /// <summary>The same numbers for scripts and the end-to-end test (<c>&lt;work dir&gt;/summary.json</c>).</summary>
+        public JsonObject ToJson(string? chart)
+        {
+            static JsonNode? N(double? v) => v is { } d && double.IsFinite(d) ? JsonValue.Create(d) : null;
+            return new JsonObject
+            {
+                ["chat"] = new JsonObject { ["model"] = Model, ["answer"] = Answer, ["totalTokens"] = AnswerTokens },
+                ["quality"] = new JsonObject
+                {
+                    ["perplexity16Bit"] = N(PerplexityBefore),
+                    ["perplexityQuantized"] = N(PerplexityQuantized),
+                    ["perplexityQuantizedWithAdapter"] = N(PerplexityAdapted),
+                    ["perplexityHeldOutSplit"] = N(HeldOutSplitPerplexity),
+                    ["bitsPerWeight"] = N(BitsPerWeight),
+                },
+                ["adapterEffect"] = AdapterEffect is { } e ? new JsonObject { ["perplexityWithout"] = e.Base, ["perplexityWith"] = e.Adapted } : null,
+                ["artifacts"] = new JsonObject { ["quantizedBytes"] = QuantizedBytes, ["adapterBytes"] = AdapterBytes },
+                ["training"] = new JsonObject { ["steps"] = TrainingSteps, ["loss"] = N(TrainingLoss), ["tokensPerSecond"] = N(TrainingTokensPerSecond) },
+                ["prometheus"] = new JsonObject
+                {
+                    ["engineGenerationTokens"] = N(EngineTokens),
+                    ["observedTokensPerSecond"] = N(ObservedTokensPerSecond),
+                    ["observedTimeToFirstTokenSeconds"] = N(ObservedTtftSeconds),
+                    ["observedUsdPerMillionTokens"] = N(ObservedUsdPerMillion),
+                },
+                ["cost"] = new JsonObject { ["hourlyUsd"] = N(HourlyUsd), ["estimatedUsdPerMillionTokens"] = N(EstimatedUsdPerMillion) },
+                ["endpointUrl"] = Url,
+                ["chart"] = chart,
+            };
         }
     }
 }

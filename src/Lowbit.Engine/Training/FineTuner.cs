@@ -165,7 +165,7 @@ public sealed class FineTuner
         var permutations = new Dictionary<int, int[]>();
         for (var step = startStep + 1; step <= totalSteps; step++)
         {
-            var lr = LrSchedule.At(request.LrScheduler, request.LearningRate, request.WarmupSteps, totalSteps, step);
+            var lr = LrSchedule.At(request.LrScheduler, request.LearningRate, request.WarmupStepsOf(totalSteps), totalSteps, step);
             var micro = Enumerable.Range(0, request.GradAccumulation)
                 .Select(a => MicroBatch((long)(step - 1) * request.GradAccumulation + a, train, microPerEpoch, permutations))
                 .ToList();
@@ -368,7 +368,7 @@ public sealed class FineTuner
             ["rng"] = "data order: System.Random(seed*31+epoch+1) per epoch; dropout: generator(seed*1000003+micro_batch_index, module index) per micro-batch",
             ["lr_scheduler"] = ProtocolNames.Of(_request.LrScheduler),
             ["learning_rate"] = _request.LearningRate,
-            ["warmup_steps"] = _request.WarmupSteps,
+            ["warmup_steps"] = _request.WarmupStepsOf(totalSteps),
             ["grad_accumulation"] = _request.GradAccumulation,
             ["micro_batch"] = _request.MicroBatch,
             ["seq_length"] = _request.SeqLength,

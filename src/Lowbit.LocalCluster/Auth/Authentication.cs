@@ -16,7 +16,8 @@ public sealed record UserInfo
 /// <summary>
 /// The bearer tokens the embedded server knows, for TokenReview: the kubeconfig's token (an administrator in
 /// <c>system:masters</c>) and tokens issued for service accounts or users with <see cref="Register"/> and
-/// <see cref="IssueServiceAccountToken"/>. (Requests themselves are not authenticated: any token is accepted.)
+/// <see cref="IssueServiceAccountToken"/> (the local executor issues one per executed pod). The server accepts requests
+/// with any of these tokens; authorization is not enforced (RBAC answers only SubjectAccessReviews).
 /// </summary>
 public sealed class TokenAuthenticator
 {
@@ -45,6 +46,9 @@ public sealed class TokenAuthenticator
         });
         return token;
     }
+
+    /// <summary>Forgets a token (its pod is gone): TokenReview no longer authenticates it and the server refuses it.</summary>
+    public void Revoke(string token) => _tokens.TryRemove(token, out _);
 
     public UserInfo? Authenticate(string? token) => token is { Length: > 0 } && _tokens.TryGetValue(token, out var user) ? user : null;
 }

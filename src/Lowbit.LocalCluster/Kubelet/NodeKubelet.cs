@@ -27,7 +27,8 @@ public sealed record KubeletOptions
 /// </summary>
 public sealed partial class NodeKubelet
 {
-    private static int _nextLoopback;
+    // A random start: clusters in other processes on this host (parallel test runs) are unlikely to hand out the same address.
+    private static int _nextLoopback = Random.Shared.Next(0, 254 * 256);
     private readonly ClusterApi _api;
     private readonly Informer _pods;
     private readonly PodLogStore _logs;

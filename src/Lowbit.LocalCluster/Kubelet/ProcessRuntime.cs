@@ -28,10 +28,20 @@ public sealed record ExecutorOptions
     /// </summary>
     public IReadOnlyDictionary<string, string> SeededClaims { get; init; } = new Dictionary<string, string>();
 
-    /// <summary>The default map: lowbit-engine images run <paramref name="engine"/>; common base images run their command on the host.</summary>
-    public static IReadOnlyList<ImageMapping> DefaultImages(string engine) =>
+    /// <summary>
+    /// How pods reach the API server (a service-account token, its CA and KUBECONFIG, see <see cref="ServiceAccountCredentials"/>);
+    /// null: pods get no credentials.
+    /// </summary>
+    public PodApiAccess? ApiAccess { get; init; }
+
+    /// <summary>
+    /// The default map: lowbit-engine images run <paramref name="engine"/>, lowbit-operator images (the Helm chart's)
+    /// run <paramref name="operatorPath"/>; common base images run their command on the host.
+    /// </summary>
+    public static IReadOnlyList<ImageMapping> DefaultImages(string engine, string? operatorPath = null) =>
     [
         new("lowbit-engine", engine),
+        .. operatorPath is null ? Array.Empty<ImageMapping>() : [new ImageMapping("lowbit-operator", operatorPath)],
         new("busybox", null),
         new("alpine", null),
         new("debian", null),
@@ -72,6 +82,16 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         var terminationFile = Path.Combine(containerDir, $"termination-log.{run.Attempt}");
         File.WriteAllText(terminationFile, "");
         var paths = PathMap(pod, container, terminationFile);
+        string? kubeconfig = null;
+        if (options.ApiAccess is { } access && ServiceAccountCredentials.Wanted(pod))
+        {
+            var credentials = Path.Combine(podDir, "serviceaccount");
+            kubeconfig = ServiceAccountCredentials.Ensure(access, pod, credentials);
+            if (!paths.Any(p => p.From == ServiceAccountCredentials.MountPath))
+            {
+                paths.Add((ServiceAccountCredentials.MountPath, credentials));
+            }
+        }
 
         var argv = new List<string>();
         var command = container.Command ?? [];
@@ -109,6 +129,15 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
             start.ArgumentList.Add(a);
         }
         Directory.CreateDirectory(start.WorkingDirectory);
+        // A pod never sees the host's kubeconfig: it connects with its own service account's, or not at all.
+        start.Environment.Remove("KUBECONFIG");
+        if (kubeconfig is not null)
+        {
+            foreach (var (k, v) in ServiceAccountCredentials.Environment(options.ApiAccess!, kubeconfig))
+            {
+                start.Environment[k] = v;
+            }
+        }
         foreach (var (k, v) in run.Environment)
         {
             start.Environment[k] = Rewrite(v, paths);
@@ -202,6 +231,10 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
         try
         {
             var dir = PodDirectory(pod);
+            if (options.ApiAccess is { } access)
+            {
+                ServiceAccountCredentials.Revoke(access, Path.Combine(dir, "serviceaccount"));
+            }
             if (Directory.Exists(dir))
             {
                 Directory.Delete(dir, recursive: true);

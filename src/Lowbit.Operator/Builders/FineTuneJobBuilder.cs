@@ -30,6 +30,9 @@ public static class FineTuneJobBuilder
         ["--grad-accumulation"] = "spec.training.gradientAccumulation",
         ["--seq-length"] = "spec.training.sequenceLength",
         ["--seed"] = "spec.training.seed",
+        ["--save-steps"] = "spec.training.saveSteps",
+        ["--eval-split"] = "spec.training.evalSplit",
+        ["--warmup-ratio"] = "spec.training.warmupRatio",
         ["--out"] = "spec.output",
     };
 
@@ -80,6 +83,10 @@ public static class FineTuneJobBuilder
             CheckpointDir = $"{output}/{CheckpointsDirectory}",
             ResumeFrom = resumeFrom,
             Seed = spec.Training.Seed,
+            SaveSteps = spec.Training.SaveSteps,
+            EvalSplit = spec.Training.EvalSplit,
+            WarmupRatio = spec.Training.WarmupRatio,
+            GradientCheckpointing = spec.Training.GradientCheckpointing,
             Out = output,
             Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
         };

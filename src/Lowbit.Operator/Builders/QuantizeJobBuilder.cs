@@ -22,6 +22,7 @@ public static class QuantizeJobBuilder
         ["--calibration"] = "spec.calibration",
         ["--calibration-samples"] = "spec.calibration.samples",
         ["--calibration-length"] = "spec.calibration.sequenceLength",
+        ["--eval-text"] = "spec.evaluation.text",
     };
 
     /// <summary>The engine request the Job runs (paths are inside the pod).</summary>
@@ -45,13 +46,22 @@ public static class QuantizeJobBuilder
             Calibration = spec.Calibration is { } calibration ? volumes.Data(calibration.Dataset) : null,
             CalibrationSamples = spec.Calibration?.Samples,
             CalibrationLength = spec.Calibration?.SequenceLength,
+            EvalText = spec.Evaluation is { } evaluation ? volumes.Data(evaluation.Text) : null,
             Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
         };
     }
 
     /// <summary>Why the engine would reject the arguments this spec makes (naming the field), or null.</summary>
-    public static SpecError? Check(QuantizedModel model, WorkloadPlacement placement) =>
-        EngineJobs.CheckArgs(Request(model, placement, new VolumeSet()).ToArgs(), FieldsByFlag);
+    public static SpecError? Check(QuantizedModel model, WorkloadPlacement placement)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (model.Spec.Evaluation?.Text is { } text && (text.Url is not null || text.HuggingFace is not null))
+        {
+            // The engine scores a local text file; remote evaluation data would be a second download path to secure.
+            return new SpecError("spec.evaluation.text", "evaluation text is read from a pvc file or a configMap key; url and huggingFace are not supported here");
+        }
+        return EngineJobs.CheckArgs(Request(model, placement, new VolumeSet()).ToArgs(), FieldsByFlag);
+    }
 
     /// <summary>The Job for a spec <see cref="Check"/> accepted.</summary>
     public static V1Job Build(QuantizedModel model, WorkloadPlacement placement, WorkloadOptions options)

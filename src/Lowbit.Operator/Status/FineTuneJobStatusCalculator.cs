@@ -20,8 +20,11 @@ public static class FineTuneJobStatusCalculator
         var generation = job.Metadata.Generation;
         var previous = job.Status;
         var result = StatusParts.SucceededResult(observed.Pods);
-        var artifact = result?.Artifact is { } a ? QuantizedModelStatusCalculator.Artifact(a) : previous?.Artifact;
-        var progress = Progress(observed.LogTail) ?? previous?.Progress;
+        var artifact = result?.Artifact is { } a
+            ? QuantizedModelStatusCalculator.Artifact(a) with { Uri = QuantizedModelStatusCalculator.OutputUri(job.Spec.Output) }
+            : previous?.Artifact;
+        // The result's totals once the pod succeeded (the last log line seen may be a few steps short), else the log.
+        var progress = FinalProgress(job, result, previous?.Progress) ?? Progress(observed.LogTail) ?? previous?.Progress;
         var outcome = JobOutcomes.Of(plan, placement, observed, progress is null
             ? "adapter trained"
             : $"adapter trained: {progress.Step} steps, loss {progress.Loss:0.####}");
@@ -37,11 +40,44 @@ public static class FineTuneJobStatusCalculator
             Plan = StatusParts.Plan(plan, placement) ?? previous?.Plan,
             Progress = progress,
             Artifact = artifact,
+            Evaluation = Evaluation(result) ?? previous?.Evaluation,
             Checkpoints = Checkpoints(job, progress, previous?.Checkpoints),
             Timings = StatusParts.Timings(observed.Job, previous?.Timings),
         };
         return (status, outcome);
     }
+
+    /// <summary>Progress at the end of a successful run, from the engine's result (steps, final loss, tokens/s).</summary>
+    public static ProgressStatus? FinalProgress(FineTuneJob job, EngineResult? result, ProgressStatus? previous)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        if (result?.Metrics is not { } metrics || !metrics.TryGetValue("steps", out var steps))
+        {
+            return null;
+        }
+        var training = job.Spec.Training;
+        var epoch = metrics.TryGetValue("trainBlocks", out var blocks) && blocks > 0
+            ? Math.Round(steps * training.MicroBatchSize * training.GradientAccumulation / blocks, 3)
+            : previous?.Epoch ?? 0;
+        return new ProgressStatus
+        {
+            Step = (long)steps,
+            TotalSteps = (long)steps,
+            Epoch = epoch,
+            Loss = metrics.TryGetValue("finalLoss", out var loss) ? Math.Round(loss, 5) : previous?.Loss,
+            TokensPerSecond = metrics.TryGetValue("tokensPerSecond", out var rate) ? Math.Round(rate, 1) : previous?.TokensPerSecond,
+        };
+    }
+
+    /// <summary>The held-out loss and perplexity the engine reports when the run had an evaluation split.</summary>
+    public static TrainingEvaluationStatus? Evaluation(EngineResult? result) =>
+        result?.Metrics is { } metrics && metrics.TryGetValue("evalPerplexity", out var perplexity)
+            ? new TrainingEvaluationStatus
+            {
+                Perplexity = Math.Round(perplexity, 4),
+                Loss = metrics.TryGetValue("evalLoss", out var loss) ? Math.Round(loss, 5) : null,
+            }
+            : null;
 
     /// <summary>The last <c>train</c> event in a log tail (the engine prints one JSON line per optimizer step).</summary>
     public static ProgressStatus? Progress(string? logTail)

@@ -20,7 +20,7 @@ public static class QuantizedModelStatusCalculator
         var generation = model.Metadata.Generation;
         var previous = model.Status;
         var result = StatusParts.SucceededResult(observed.Pods);
-        var artifact = result?.Artifact is { } a ? Artifact(a) : previous?.Artifact;
+        var artifact = result?.Artifact is { } a ? Artifact(a) with { Uri = OutputUri(model.Spec.Output) } : previous?.Artifact;
         var outcome = JobOutcomes.Of(plan, placement, observed, artifact is null
             ? "quantized"
             : $"quantized to {artifact.BitsPerWeight:0.##} bits per weight ({artifact.Format}, {artifact.Bytes} bytes)");
@@ -35,13 +35,51 @@ public static class QuantizedModelStatusCalculator
             Phase = JobOutcomes.Phase(outcome, observed),
             Plan = StatusParts.Plan(plan, placement) ?? previous?.Plan,
             Artifact = artifact,
-            Exports = result?.Artifact is { } primary ? [Artifact(primary)] : previous?.Exports,
+            Exports = result is { Artifact: not null } ? Exports(model.Spec.Output, result) : previous?.Exports,
             Quality = result?.Quality is { } q
                 ? new QualityStatus { PerplexityBefore = q.PerplexityBefore, PerplexityAfter = q.PerplexityAfter, MeanReconstructionError = q.MeanReconstructionError }
                 : previous?.Quality,
             Timings = StatusParts.Timings(observed.Job, previous?.Timings),
         };
         return (status, outcome);
+    }
+
+    /// <summary>
+    /// Where a resource's artifacts are, as <c>pvc://claim/path</c>: the engine reports paths inside its pod (or, on
+    /// the local executor, on the host), which mean nothing to a reader of the status.
+    /// </summary>
+    public static string OutputUri(OutputSpec output)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        var path = (output.Pvc.Path ?? "").Trim('/');
+        return path.Length == 0 ? $"pvc://{output.Pvc.ClaimName}" : $"pvc://{output.Pvc.ClaimName}/{path}";
+    }
+
+    /// <summary>Every export the engine wrote (its <c>bytes.&lt;format&gt;</c> metrics), each at its folder or GGUF file.</summary>
+    public static IReadOnlyList<ArtifactStatus> Exports(OutputSpec output, EngineResult result)
+    {
+        ArgumentNullException.ThrowIfNull(result);
+        var root = OutputUri(output);
+        var primary = result.Artifact;
+        var exports = new List<ArtifactStatus>();
+        foreach (var format in ExportFormats.All)
+        {
+            var isPrimary = primary?.Format == format;
+            double bytes = 0;
+            if (!isPrimary && result.Metrics?.TryGetValue($"bytes.{format}", out bytes) != true)
+            {
+                continue;
+            }
+            exports.Add(new ArtifactStatus
+            {
+                Uri = format.StartsWith("gguf-", StringComparison.Ordinal) ? ExportFormats.GgufFile(root, format) : ExportFormats.Folder(root, format),
+                Format = format,
+                Bytes = isPrimary ? primary!.Bytes : (long)bytes,
+                BitsPerWeight = isPrimary ? primary!.BitsPerWeight : null,
+                CompressionRatio = isPrimary ? primary!.CompressionRatio : null,
+            });
+        }
+        return exports;
     }
 
     public static ArtifactStatus Artifact(ArtifactReport report)

@@ -208,6 +208,42 @@ public sealed class BuilderTests
     }
 
     [Fact]
+    public void Does_pass_save_steps_eval_split_warmup_and_checkpointing_of_the_training_spec_to_the_engine()
+    {
+        var job = Fixtures.FineTune();
+        job.Spec = job.Spec with { Training = job.Spec.Training with { EvalSplit = 0, WarmupRatio = 0.1, GradientCheckpointing = true } };
+        var placement = Fixtures.Placement(Lowbit.Operator.Controllers.Planning.FineTune(job, ModelPresets.Llama2_7B, GpuCatalog.Default));
+
+        var request = FinetuneRequest.Parse(FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options).Spec.Template.Spec.Containers[0].Args.ToList());
+
+        Assert.Equal(25, request.SaveSteps);
+        Assert.Equal(0, request.EvalSplit);
+        Assert.Equal(0.1, request.WarmupRatio);
+        Assert.Equal(10, request.WarmupStepsOf(100));
+        Assert.True(request.GradientCheckpointing);
+    }
+
+    [Fact]
+    public void Does_pass_the_evaluation_text_to_quantize_and_reject_a_remote_one_naming_the_field()
+    {
+        var local = Fixtures.Model(change: m => m.Spec = m.Spec with
+        {
+            Evaluation = new EvaluationSpec { Text = new DataSource { ConfigMap = new ConfigMapKeyRef { Name = "held-out", Key = "eval.txt" } } },
+        });
+        var remote = Fixtures.Model(change: m => m.Spec = m.Spec with
+        {
+            Evaluation = new EvaluationSpec { Text = new DataSource { Url = "https://example.com/eval.txt" } },
+        });
+        var placement = Fixtures.Placement(Fixtures.QuantizePlan(local));
+
+        var request = Assert.IsType<QuantizeRequest>(EngineRequest.Parse(QuantizeJobBuilder.Build(local, placement, Fixtures.Options).Spec.Template.Spec.Containers[0].Args.ToList()));
+        var error = QuantizeJobBuilder.Check(remote, placement);
+
+        Assert.Equal("/config/held-out/eval.txt", request.EvalText);
+        Assert.Equal("spec.evaluation.text", error?.Field);
+    }
+
+    [Fact]
     public void Does_give_the_same_spec_hash_for_the_same_inputs_and_a_new_one_for_a_spec_change()
     {
         var model = Fixtures.Model();

@@ -60,6 +60,58 @@ public sealed class StatusCalculatorTests
         { "pending", "False", "True", "False", Conditions.Reasons.Pending, "Pending" },
     };
 
+    [Fact]
+    public void Does_list_every_export_at_its_claim_uri_not_at_the_path_inside_the_pod()
+    {
+        var model = Fixtures.Model();
+        var plan = Fixtures.QuantizePlan(model);
+        var result = new EngineResult
+        {
+            Ok = true,
+            Verb = "quantize",
+            DurationSeconds = 12,
+            Artifact = new ArtifactReport { Uri = "/mnt/models/llama-7b-int4/lowbit", Format = "lowbit", Bytes = 3_900_000_000, BitsPerWeight = 4.25 },
+            Metrics = new Dictionary<string, double> { ["bytes.lowbit"] = 3_900_000_000, ["bytes.gguf-q4_0"] = 3_800_000_000 },
+        };
+        var pods = new[] { Terminated(0, "Completed", result.ToJson()) };
+        var observed = new WorkloadObservation { Job = Job("Complete"), Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
+
+        var status = QuantizedModelStatusCalculator.Compute(model, plan, Fixtures.Placement(plan), observed, Now);
+
+        Assert.Equal("pvc://models/llama-7b-int4", status.Artifact!.Uri);
+        Assert.Collection(status.Exports!,
+            e => Assert.Equal(("lowbit", "pvc://models/llama-7b-int4/lowbit", 3_900_000_000L, (double?)4.25), (e.Format, e.Uri, e.Bytes, e.BitsPerWeight)),
+            e => Assert.Equal(("gguf-q4_0", "pvc://models/llama-7b-int4/gguf-q4_0/model-q4_0.gguf", 3_800_000_000L), (e.Format, e.Uri, e.Bytes)));
+    }
+
+    [Fact]
+    public void Does_report_the_final_training_step_and_held_out_perplexity_from_the_result_not_the_last_log_line()
+    {
+        var job = Fixtures.FineTune();
+        var plan = Planning.FineTune(job, ModelPresets.Llama2_7B, GpuCatalog.Default);
+        var result = new EngineResult
+        {
+            Ok = true,
+            Verb = "finetune",
+            DurationSeconds = 600,
+            Artifact = new ArtifactReport { Uri = "/mnt/models/adapters/alpaca", Format = "peft-lora", Bytes = 8_400_000 },
+            Metrics = new Dictionary<string, double>
+            {
+                ["steps"] = 100, ["finalLoss"] = 1.25, ["tokensPerSecond"] = 900, ["trainBlocks"] = 400, ["evalLoss"] = 1.5, ["evalPerplexity"] = Math.Exp(1.5),
+            },
+        };
+        var pods = new[] { Terminated(0, "Completed", result.ToJson()) };
+        var observed = new WorkloadObservation { Job = Job("Complete"), Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
+        job.Status = new FineTuneJobStatus { Progress = new ProgressStatus { Step = 95, TotalSteps = 100, Epoch = 0.2, Loss = 1.3 } };
+
+        var status = FineTuneJobStatusCalculator.Compute(job, plan, Fixtures.Placement(plan), observed, Now);
+
+        Assert.Equal((100L, 100L, 1.25, 900.0), (status.Progress!.Step, status.Progress.TotalSteps, status.Progress.Loss!.Value, status.Progress.TokensPerSecond!.Value));
+        Assert.Equal(100 * job.Spec.Training.MicroBatchSize * job.Spec.Training.GradientAccumulation / 400.0, status.Progress.Epoch, 3);
+        Assert.Equal(Math.Round(Math.Exp(1.5), 4), status.Evaluation!.Perplexity);
+        Assert.Equal("pvc://models/adapters/alpaca", status.Artifact!.Uri);
+    }
+
     [Theory]
     [MemberData(nameof(Table))]
     public void Does_map_children_to_kstatus_conditions(string scenario, string ready, string reconciling, string stalled, string reason, string phase)
