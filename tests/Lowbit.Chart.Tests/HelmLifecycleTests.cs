@@ -28,7 +28,7 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
     private const string Namespace = "lowbit-system";
     private const string Release = "lowbit"; // the chart names its objects after the release ("lowbit" contains the chart's name)
     private const string ExampleNamespace = "ml";
-    private const string Replicas = "2";
+    private const string OtherNamespace = "elsewhere";
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
 
     private readonly ITestOutputHelper _output;
@@ -89,6 +89,13 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
         await AssertOneLeaderAsync(first.Pods);
         await AssertSecureMetricsAsync(first.Pods[0]);
 
+        // RBAC is enforced for the pods' service-account tokens: the chart's rules let the operator read its kinds but
+        // not Secrets (every request the operator makes below must pass; none may be answered 403).
+        var operatorToken = _server.Tokens.IssueServiceAccountToken(Namespace, Release);
+        await KubectlAsync("--token", operatorToken, "get", "quantizedmodels,jobs,pods", "--all-namespaces");
+        var secrets = await ToolResultAsync("kubectl", ["--token", operatorToken, "get", "secrets", "--all-namespaces"]);
+        Assert.Contains($"secrets is forbidden: User \"system:serviceaccount:{Namespace}:{Release}\" cannot list resource \"secrets\"", secrets.StdErr, StringComparison.Ordinal);
+
         // helm upgrade with a changed value: a new pod template (checksum/values), a new ReplicaSet, new pods.
         await HelmAsync("upgrade", Release, Chart.Dir, "--namespace", Namespace, "-f", ValuesFile, "--set", "logLevel=Debug");
         var upgraded = await WaitRolledOutAsync("upgrade", after: first);
@@ -111,17 +118,9 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
         // The operator from the installed manifests reconciles an example: status written for the current generation
         // and the quantization Job created as its child, both by the leader (its identity is in every User-Agent).
         await KubectlAsync("create", "namespace", ExampleNamespace);
-        await KubectlAsync("apply", "--namespace", ExampleNamespace, "-f", Path.Combine(ClusterFixture.RepoRoot, "examples", "local", "quantizedmodel-tiny-llama.yaml"));
-        var model = await WaitAsync("the example QuantizedModel reconciled (status.observedGeneration = metadata.generation, a Ready condition, an owned Job)", () =>
-            _server.Api.TryGet<QuantizedModel>(ExampleNamespace, "tiny-llama-int4") is { } m
-                && m.Status?.ObservedGeneration == m.Metadata.Generation
-                && m.Status?.Conditions?.Any(c => c.Type == "Ready") == true
-                && OwnedJobs(m).Count > 0
-                ? m : null);
-        var job = Assert.Single(OwnedJobs(model));
-        var writes = _server.Journal.Writes;
-        Assert.Contains(writes, w => w.Path.Contains("/quantizedmodels/tiny-llama-int4/status", StringComparison.Ordinal) && w.UserAgent.Contains(leader, StringComparison.Ordinal));
-        Assert.Contains(writes, w => w.Path.Contains($"/namespaces/{ExampleNamespace}/jobs/{job.Metadata.Name}", StringComparison.Ordinal) && w.UserAgent.Contains(leader, StringComparison.Ordinal));
+        await KubectlAsync("apply", "--namespace", ExampleNamespace, "-f", Example);
+        await AssertReconciledByAsync(ExampleNamespace, leader);
+        AssertNothingForbidden();
 
         // helm uninstall: the operator stops; its Deployment, RBAC, ConfigMap, Service and PDB go; the CRDs and the
         // user's objects stay (Helm never deletes what crds/ installed).
@@ -143,16 +142,72 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
         _output.WriteLine($"lifecycle done in {_clock.Elapsed.TotalSeconds:F1} s");
     }
 
+    [Fact]
+    public async Task Does_reconcile_only_the_watched_namespace_with_namespaced_rbac()
+    {
+        // scope: namespaced: Roles in the watched namespace only, no cluster-wide rights on workloads; one replica.
+        await KubectlAsync("create", "namespace", ExampleNamespace);
+        await KubectlAsync("create", "namespace", OtherNamespace);
+        await HelmAsync("install", Release, Chart.Dir, "--namespace", Namespace, "--create-namespace", "-f", ValuesFile,
+            "--set", "scope=namespaced", "--set", $"watchNamespaces={{{ExampleNamespace}}}", "--set", "replicaCount=1");
+        await KubectlAsync("apply", "--namespace", OtherNamespace, "-f", Example);
+        var rollout = await WaitRolledOutAsync("namespaced install", replicas: 1);
+        var identity = await WaitAsync($"the Lease {Namespace}/{Release} held by {rollout.Pods[0].Metadata.Name}", () =>
+            _server.Api.TryGet<V1Lease>(Namespace, Release)?.Spec?.HolderIdentity is { } h && h.StartsWith(rollout.Pods[0].Metadata.Name + "_", StringComparison.Ordinal) ? h : null);
+
+        await KubectlAsync("apply", "--namespace", ExampleNamespace, "-f", Example);
+        await AssertReconciledByAsync(ExampleNamespace, identity);
+        AssertNothingForbidden();
+
+        // The model in the namespace it does not watch (applied first) is untouched, and its rights end there too.
+        var elsewhere = _server.Api.Get<QuantizedModel>(OtherNamespace, "tiny-llama-int4");
+        Assert.Null(elsewhere.Status?.ObservedGeneration);
+        Assert.Empty(_server.Api.List<V1Job>(OtherNamespace));
+        var token = _server.Tokens.IssueServiceAccountToken(Namespace, Release);
+        var outside = await ToolResultAsync("kubectl", ["--token", token, "get", "quantizedmodels", "--namespace", OtherNamespace]);
+        Assert.Contains($"cannot list resource \"quantizedmodels\" in API group \"lowbit.dev\" in the namespace \"{OtherNamespace}\"", outside.StdErr, StringComparison.Ordinal);
+        var clusterWide = await ToolResultAsync("kubectl", ["--token", token, "get", "pods", "--all-namespaces"]);
+        Assert.Contains("cannot list resource \"pods\" in API group \"\" at the cluster scope", clusterWide.StdErr, StringComparison.Ordinal);
+        _output.WriteLine($"namespaced done in {_clock.Elapsed.TotalSeconds:F1} s");
+    }
+
+    private static string Example => Path.Combine(ClusterFixture.RepoRoot, "examples", "local", "quantizedmodel-tiny-llama.yaml");
+
+    /// <summary>
+    /// The example QuantizedModel in <paramref name="ns"/> reconciled by the operator whose identity is <paramref name="identity"/>:
+    /// status for the current generation with a Ready condition, and the quantization Job it owns, both written by it.
+    /// </summary>
+    private async Task AssertReconciledByAsync(string ns, string identity)
+    {
+        var model = await WaitAsync($"the example QuantizedModel {ns}/tiny-llama-int4 reconciled (status.observedGeneration = metadata.generation, a Ready condition, an owned Job)", () =>
+            _server.Api.TryGet<QuantizedModel>(ns, "tiny-llama-int4") is { } m
+                && m.Status?.ObservedGeneration == m.Metadata.Generation
+                && m.Status?.Conditions?.Any(c => c.Type == "Ready") == true
+                && OwnedJobs(m).Count > 0
+                ? m : null);
+        var job = Assert.Single(OwnedJobs(model));
+        var writes = _server.Journal.Writes;
+        Assert.Contains(writes, w => w.Path.Contains($"/namespaces/{ns}/quantizedmodels/tiny-llama-int4/status", StringComparison.Ordinal) && w.UserAgent.Contains(identity, StringComparison.Ordinal));
+        Assert.Contains(writes, w => w.Path.Contains($"/namespaces/{ns}/jobs/{job.Metadata.Name}", StringComparison.Ordinal) && w.UserAgent.Contains(identity, StringComparison.Ordinal));
+    }
+
+    /// <summary>No request of the operator (its User-Agent) was refused by the chart's RBAC.</summary>
+    private void AssertNothingForbidden()
+    {
+        var forbidden = _server.Journal.Entries.Where(e => e.Status == 403 && e.UserAgent.StartsWith("lowbit-operator/", StringComparison.Ordinal)).ToList();
+        Assert.True(forbidden.Count == 0, "the chart's RBAC refused the operator: " + string.Join("; ", forbidden.Select(e => $"{e.Verb} {e.Path}")) + "\n" + Diagnose());
+    }
+
     /// <summary>A finished rollout: the Deployment, the ReplicaSet running it, and its pods (exactly the desired number, none left over).</summary>
     private sealed record Rollout(V1Deployment Deployment, string ReplicaSet, IReadOnlyList<V1Pod> Pods);
 
-    private async Task<Rollout> WaitRolledOutAsync(string step, Rollout? after = null)
+    private async Task<Rollout> WaitRolledOutAsync(string step, Rollout? after = null, int replicas = 2)
     {
-        var rollout = await WaitAsync($"{step}: Deployment {Namespace}/{Release} rolled out ({Replicas} updated, ready and available replicas, no other pods)", () =>
+        var rollout = await WaitAsync($"{step}: Deployment {Namespace}/{Release} rolled out ({replicas} updated, ready and available replicas, no other pods)", () =>
         {
             var d = _server.Api.TryGet<V1Deployment>(Namespace, Release);
             if (d?.Status is not { } s || s.ObservedGeneration < d.Metadata.Generation || (after is not null && d.Metadata.Generation == after.Deployment.Metadata.Generation)
-                || $"{s.UpdatedReplicas}/{s.ReadyReplicas}/{s.AvailableReplicas}/{s.Replicas}" != $"{Replicas}/{Replicas}/{Replicas}/{Replicas}")
+                || s.UpdatedReplicas != replicas || s.ReadyReplicas != replicas || s.AvailableReplicas != replicas || s.Replicas != replicas)
             {
                 return null;
             }
@@ -160,7 +215,7 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
             var pods = _server.Api.List<V1Pod>(Namespace);
             var hashes = pods.Select(p => p.Metadata.Labels?["pod-template-hash"]).Distinct().ToList();
             var ready = pods.All(p => p.Metadata.DeletionTimestamp is null && p.Status?.Conditions?.Any(c => c.Type == "Ready" && c.Status == "True") == true);
-            return pods.Count == int.Parse(Replicas, CultureInfo.InvariantCulture) && hashes.Count == 1 && ready
+            return pods.Count == replicas && hashes.Count == 1 && ready
                 ? new Rollout(d, $"{Release}-{hashes[0]}", pods)
                 : null;
         });
@@ -244,7 +299,7 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
     private static string? ChecksumOf(V1Deployment deployment) => deployment.Spec.Template.Metadata.Annotations?["checksum/values"];
 
     private List<V1Job> OwnedJobs(QuantizedModel model) =>
-        [.. _server.Api.List<V1Job>(ExampleNamespace).Where(j => j.Metadata.OwnerReferences?.Any(o => o.Controller == true && o.Uid == model.Metadata.Uid) == true)];
+        [.. _server.Api.List<V1Job>(model.Metadata.NamespaceProperty).Where(j => j.Metadata.OwnerReferences?.Any(o => o.Controller == true && o.Uid == model.Metadata.Uid) == true)];
 
     private async Task<string> HelmAsync(params string[] args) => await ToolAsync("helm", args);
 
@@ -252,12 +307,18 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
 
     private async Task<string> ToolAsync(string tool, string[] args)
     {
+        var result = await ToolResultAsync(tool, args);
+        Assert.True(result.ExitCode == 0, $"{tool} {string.Join(' ', args)} failed ({result.ExitCode}): {result.StdErr}\n{result.StdOut}\n{Diagnose()}");
+        return result.StdOut;
+    }
+
+    private async Task<ToolResult> ToolResultAsync(string tool, string[] args)
+    {
         var home = Path.Combine(_work, "home");
         Directory.CreateDirectory(home);
         var result = await ClusterFixture.RunToolAsync(ClusterFixture.Tool(tool), args, _server.KubeconfigPath, home, Patience);
-        _output.WriteLine($"{_clock.Elapsed.TotalSeconds,5:F1} s  {tool} {string.Join(' ', args)} → {result.ExitCode}");
-        Assert.True(result.ExitCode == 0, $"{tool} {string.Join(' ', args)} failed ({result.ExitCode}): {result.StdErr}\n{result.StdOut}\n{Diagnose()}");
-        return result.StdOut;
+        _output.WriteLine($"{_clock.Elapsed.TotalSeconds,5:F1} s  {tool} {string.Join(' ', args.Select(a => a.Length > 40 ? a[..8] + "…" : a))} → {result.ExitCode}");
+        return result;
     }
 
     private Task<T> WaitAsync<T>(string what, Func<T?> probe)

@@ -71,4 +71,29 @@ public sealed class AccessReviewTests : IClassFixture<ClusterFixture>
         Assert.True(allowed);
         Assert.Equal(TokenAuthenticator.AdminUser, _cluster.Server.Tokens.Authenticate(_cluster.Server.Token)?.Username);
     }
+
+    [Fact]
+    public async Task Does_authorize_requests_made_with_a_service_account_token_by_its_rbac_bindings()
+    {
+        var token = _cluster.Server.Tokens.IssueServiceAccountToken("apps", "reader");
+        var denied = await _cluster.KubectlAsync("--token", token, "get", "configmaps", "-n", "authz-team");
+        Assert.NotEqual(0, denied.ExitCode);
+        Assert.Contains("configmaps is forbidden: User \"system:serviceaccount:apps:reader\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"authz-team\"",
+            denied.StdErr, StringComparison.Ordinal);
+
+        await _cluster.Kubectl("create", "namespace", "authz-team");
+        await _cluster.Kubectl("create", "role", "cm-reader", "-n", "authz-team", "--verb=list,get", "--resource=configmaps");
+        await _cluster.Kubectl("create", "rolebinding", "reader-cm", "-n", "authz-team", "--role=cm-reader", "--serviceaccount=apps:reader");
+        var allowed = await _cluster.KubectlAsync("--token", token, "get", "configmaps", "-n", "authz-team");
+        Assert.True(allowed.ExitCode == 0, allowed.StdErr);
+        var otherNamespace = await _cluster.KubectlAsync("--token", token, "get", "configmaps", "-n", "default");
+        Assert.Contains("forbidden", otherNamespace.StdErr, StringComparison.Ordinal);
+        var write = await _cluster.KubectlAsync("--token", token, "create", "configmap", "x", "-n", "authz-team");
+        Assert.Contains("cannot create resource \"configmaps\"", write.StdErr, StringComparison.Ordinal);
+
+        // The kubeconfig's administrator (system:masters) is never asked; an unknown token is not let in at all.
+        Assert.Equal(0, (await _cluster.KubectlAsync("get", "configmaps", "-n", "default")).ExitCode);
+        var unknown = await _cluster.KubectlAsync("--token", "not-a-token", "get", "configmaps", "-n", "authz-team");
+        Assert.Contains("Unauthorized", unknown.StdErr, StringComparison.Ordinal);
+    }
 }

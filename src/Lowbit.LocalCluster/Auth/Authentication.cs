@@ -17,7 +17,7 @@ public sealed record UserInfo
 /// The bearer tokens the embedded server knows, for TokenReview: the kubeconfig's token (an administrator in
 /// <c>system:masters</c>) and tokens issued for service accounts or users with <see cref="Register"/> and
 /// <see cref="IssueServiceAccountToken"/> (the local executor issues one per executed pod). The server accepts requests
-/// with any of these tokens; authorization is not enforced (RBAC answers only SubjectAccessReviews).
+/// with any of these tokens and authorizes them with <see cref="RbacAuthorizer"/> (the administrator is in system:masters).
 /// </summary>
 public sealed class TokenAuthenticator
 {

@@ -56,6 +56,10 @@ internal sealed class ApiRequestHandler
         {
             var target = Route(path, out var nonResource);
             verb = VerbOf(request, target);
+            if (target is not null)
+            {
+                Authorize(request, target, verb);
+            }
             var fault = _faults.TakeRequestFault(verb, path);
             if (fault.Delay is { } delay)
             {
@@ -94,6 +98,44 @@ internal sealed class ApiRequestHandler
                 query.TryGetValue("fieldManager", out var fm) ? fm.ToString() : null,
                 request.Headers.UserAgent.ToString(), status));
         }
+    }
+
+    /// <summary>
+    /// RBAC for resource requests, as the real API server's RBAC authorizer decides (<see cref="Auth.RbacAuthorizer"/>):
+    /// the kubeconfig's administrator is in system:masters and may do everything; a service account (the token the
+    /// executor gives each pod) may do what its Roles and ClusterRoles grant, else 403 Forbidden with the real server's
+    /// message. Non-resource requests (discovery, OpenAPI, version) are open to every authenticated caller, as the
+    /// default system:discovery role makes them. Not checked: the extra <c>create</c> a server-side apply needs when it
+    /// creates the object.
+    /// </summary>
+    private void Authorize(HttpRequest request, Target target, string verb)
+    {
+        const string Bearer = "Bearer ";
+        var header = request.Headers.Authorization.ToString();
+        if (!header.StartsWith(Bearer, StringComparison.OrdinalIgnoreCase) || Tokens.Authenticate(header[Bearer.Length..].Trim()) is not { } user)
+        {
+            return; // the server lets only known tokens through; a handler without the server's tokens does not authorize
+        }
+        var type = target.Type;
+        var attributes = new Auth.AccessAttributes
+        {
+            Verb = verb,
+            Group = type.Group,
+            Resource = type.Plural,
+            Subresource = target.Subresource ?? "",
+            Namespace = target.Namespace ?? "",
+            Name = target.Name ?? "",
+        };
+        if (Auth.RbacAuthorizer.Authorize(_api, user, attributes).Allowed)
+        {
+            return;
+        }
+        var resource = target.Subresource is null ? type.Plural : $"{type.Plural}/{target.Subresource}";
+        var scope = target.Namespace is null ? "at the cluster scope" : $"in the namespace \"{target.Namespace}\"";
+        var what = target.Name is null ? type.GroupResource : $"{type.GroupResource} \"{target.Name}\"";
+        throw new ApiException(403, "Forbidden",
+            $"{what} is forbidden: User \"{user.Username}\" cannot {verb} resource \"{resource}\" in API group \"{type.Group}\" {scope}",
+            name: target.Name, group: type.Group, kind: type.Plural);
     }
 
     private static string ReasonOf(int code) => code switch
