@@ -1,3 +1,4 @@
+using Lowbit.Engine.Protocol;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;

@@ -272,7 +272,7 @@ public sealed class ReconcilerServerTests : IAsyncLifetime
         // The operator's clock (a fake TimeProvider) is 11 minutes ahead of the pod's log timestamps: the engine's
         // progress line is then older than the 10-minute watchdog.
         await _h.Operator.StopAsync();
-        var clock = new Lowbit.Operator.Runtime.Tests.FakeTimeProvider(DateTimeOffset.UtcNow.AddMinutes(11));
+        var clock = new Lowbit.Operator.Runtime.Tests.Support.FakeTimeProvider(DateTimeOffset.UtcNow.AddMinutes(11));
         await using var op = OperatorHarness.StartOperator(_h.Server, Planner.GpuCatalog.Default, o => o.UseTimeProvider(clock), null);
         await op.StartAsync();
         _h.Create(Model("quiet", new Dictionary<string, string>
