@@ -117,8 +117,8 @@ public static class FineTuneJobStatusCalculator
     {
         ArgumentNullException.ThrowIfNull(job);
         var root = QuantizedModelStatusCalculator.OutputUri(job.Spec.Output);
-        var reported = (logTail ?? "").Split('\n')
-            .Select(EngineEvent.TryParse)
+        var reported = ProgressWatchdog.Lines(logTail)
+            .Select(l => EngineEvent.TryParse(l.Text))
             .OfType<CheckpointEvent>()
             .Select(e => new CheckpointStatus
             {
