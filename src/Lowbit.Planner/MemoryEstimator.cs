@@ -66,8 +66,22 @@ public static class MemoryEstimator
     /// <summary>vLLM's block size: every sequence's KV cache is a whole number of 16-token blocks.</summary>
     public const int VllmBlockTokens = 16;
 
-    /// <summary>CUDA context + cuBLAS/cuBLASLt workspaces of a libtorch process (lowbit, transformers, training).</summary>
-    public static readonly ByteSize TorchContext = ByteSize.FromGiB(0.55);
+    /// <summary>
+    /// CUDA context + cuBLAS/cuBLASLt workspaces of a libtorch inference process (lowbit, transformers): NVML's
+    /// process memory minus <c>max_memory_reserved</c>, 0.67 GiB in every row of the H200 grid (torch 2.11, CUDA 13;
+    /// tests/fixtures/planner-measurements/h200-2026-12-04-calibrate.jsonl).
+    /// </summary>
+    public static readonly ByteSize TorchContext = ByteSize.FromGiB(0.67);
+
+    /// <summary>A training process's context: autograd's and the optimizer's workspaces on top (0.74 GiB on the H200 grid).</summary>
+    public static readonly ByteSize TorchTrainingContext = ByteSize.FromGiB(0.74);
+
+    /// <summary>
+    /// transformers' DynamicCache grows by <c>torch.cat</c> each decode step: the freed, shorter cache blocks rarely
+    /// fit the next, longer ones, so the caching allocator ends up holding this fraction of the KV cache again
+    /// (fitted on the H200 grid: 0.33–0.98 of the cache, more for larger batches; 0.85 keeps every row within 5% under).
+    /// </summary>
+    public const double TransformersCacheFragmentation = 0.85;
 
     /// <summary>
     /// vLLM's non-torch memory per GPU (CUDA context, NCCL, custom all-reduce buffers), as its profiler reports it:
@@ -116,7 +130,7 @@ public static class MemoryEstimator
             WorkloadMode.LowbitFull => LowbitFull(model, p, workload, devices),
             _ => throw new ArgumentOutOfRangeException(nameof(workload), workload.Mode, "unknown mode"),
         };
-        return WithOverhead(raw, workload, devices, kind);
+        return WithOverhead(raw, model, workload, devices, kind);
     }
 
     /// <summary>
@@ -237,8 +251,9 @@ public static class MemoryEstimator
         }
         if (w.Runtime == ServingRuntime.Transformers && w.Attention == AttentionKind.Eager)
         {
-            // Scores in 16-bit, softmax in fp32 and its 16-bit cast: 8 bytes per score, one layer at a time.
-            peak += (double)w.Concurrency * m.AttentionHeads / n * w.ContextLength * (double)w.ContextLength * 8;
+            // Scores in 16-bit, scaled and masked copies, softmax in fp32 and its 16-bit cast: 10 bytes per score
+            // at the peak, one layer at a time (H200 grid: 1B at 2,048 tokens allocates 3.41 GiB).
+            peak += (double)w.Concurrency * m.AttentionHeads / n * w.ContextLength * (double)w.ContextLength * 10;
         }
         return peak;
     }
@@ -454,7 +469,7 @@ public static class MemoryEstimator
     /// and gradients every step (5% of those, 1% of the weights and optimizer state allocated once). vLLM
     /// pre-allocates its pool, so it has no reserve of its own.
     /// </summary>
-    private static MemoryBreakdown WithOverhead(MemoryBreakdown m, Workload w, int devices, DeviceKind kind)
+    private static MemoryBreakdown WithOverhead(MemoryBreakdown m, ModelArchitecture model, Workload w, int devices, DeviceKind kind)
     {
         var tensors = m.Allocated;
         ByteSize context;
@@ -467,7 +482,7 @@ public static class MemoryEstimator
         }
         else if (w.IsTraining)
         {
-            context = TorchContext;
+            context = TorchTrainingContext;
             reserve = TrainingReserve(m);
         }
         else if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Vllm)
@@ -483,6 +498,10 @@ public static class MemoryEstimator
         {
             context = TorchContext;
             reserve = ByteSize.FromMiB(64) + (tensors * 0.01);
+            if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Transformers)
+            {
+                reserve += (m.KvCache * TransformersCacheFragmentation) + EagerScoresReserve(model, w, devices);
+            }
         }
         return m with
         {
@@ -492,6 +511,15 @@ public static class MemoryEstimator
             RuntimeBuffers = buffers,
         };
     }
+
+    /// <summary>
+    /// Eager attention's freed score tensors (one layer's 16-bit scores, fp32 softmax and its cast) leave blocks the
+    /// allocator keeps: about 4 bytes per score of one layer on the H200 grid (1B and 7B at 2,048 tokens: +0.35 GiB).
+    /// </summary>
+    private static ByteSize EagerScoresReserve(ModelArchitecture m, Workload w, int devices) =>
+        w.Attention == AttentionKind.Eager
+            ? ByteSize.FromBytes((double)w.Concurrency * m.AttentionHeads / devices * w.ContextLength * (double)w.ContextLength * 4)
+            : ByteSize.Zero;
 
     private static ByteSize TrainingReserve(MemoryBreakdown m) => ((m.Activations + m.Gradients) * 0.05) + ((m.Weights + m.Optimizer) * 0.01);
 }

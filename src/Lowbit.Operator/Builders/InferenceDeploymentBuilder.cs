@@ -205,7 +205,8 @@ public static class InferenceDeploymentBuilder
         var args = new List<string>
         {
             "-m", file,
-            "-c", endpoint.Spec.MaxContextLength.ToString(CultureInfo.InvariantCulture),
+            // llama-server divides -c among its --parallel slots: each request gets maxContextLength, as the planner sizes it.
+            "-c", ((long)endpoint.Spec.MaxContextLength * endpoint.Spec.MaxConcurrency).ToString(CultureInfo.InvariantCulture),
             "--parallel", endpoint.Spec.MaxConcurrency.ToString(CultureInfo.InvariantCulture),
             "--host", "0.0.0.0",
             "--port", Port.ToString(CultureInfo.InvariantCulture),

@@ -184,7 +184,7 @@ public sealed class BuilderTests
             .Spec.Template.Spec.Containers[0].Args;
 
         Assert.EndsWith(".gguf", args[args.IndexOf("-m") + 1], StringComparison.Ordinal);
-        Assert.Equal("4096", args[args.IndexOf("-c") + 1]);
+        Assert.Equal((4096 * 8).ToString(System.Globalization.CultureInfo.InvariantCulture), args[args.IndexOf("-c") + 1]); // n_ctx is shared by the slots
         Assert.Equal("8", args[args.IndexOf("--parallel") + 1]);
     }
 
