@@ -80,6 +80,12 @@ public sealed class SimulatedCluster : IAsyncDisposable
         var taintEviction = new TaintEvictionController(api, nodes, pods, time, loggers.CreateLogger<TaintEvictionController>());
 
         var stateDirectory = options.StateDirectory ?? Path.Combine(Path.GetTempPath(), "lowbit-executor");
+        if (options.StateDirectory is not null)
+        {
+            // Only a state directory of our own: the shared default may belong to another cluster that still runs.
+            OrphanProcesses.KillAll(stateDirectory, loggers.CreateLogger<SimulatedCluster>());
+        }
+
         var executor = new ProcessRuntime(api, new ExecutorOptions
         {
             StateDirectory = stateDirectory,

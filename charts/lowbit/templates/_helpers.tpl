@@ -62,8 +62,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 The rules the reconcilers need in a watched namespace, exactly what src/Lowbit.Operator calls:
 informers list+watch pods, deployments, services, jobs and the three kinds; StatusWriter replaces the status subresources;
-ChildApplier server-side-applies (patch; create when absent) jobs, deployments, services and deletes jobs;
-FineTuneJobReconciler reads pods/log; EventRecorder creates events.
+ChildApplier server-side-applies (patch; create when absent) jobs, deployments, services, deletes jobs and patches
+deployments/scale (replicas without a roll); the FineTuneJob and QuantizedModel reconcilers read pods/log (progress
+and its watchdog); EventRecorder creates events.
 */}}
 {{- define "lowbit.workloadRules" -}}
 - apiGroups: ["lowbit.dev"]
@@ -84,6 +85,9 @@ FineTuneJobReconciler reads pods/log; EventRecorder creates events.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "patch", "delete"]

@@ -76,6 +76,10 @@ public sealed record FineTuneJobSpec
     [Pattern(Patterns.Image)]
     [CelRule(CelRules.ImageDigest, CelRules.ImageDigestMessage)]
     public string? Image { get; init; }
+
+    [Description("Seconds the training Job may run before Kubernetes stops it (the Job's activeDeadlineSeconds). Default: the plan's time estimate (download, load, compute) times the operator's margin, at least its minimum.")]
+    [Minimum(60)]
+    public long? ActiveDeadlineSeconds { get; init; }
 }
 
 /// <summary>LoRA adapter shape.</summary>

@@ -93,6 +93,10 @@ public sealed record QuantizedModelSpec
     [Pattern(Patterns.Image)]
     [CelRule(CelRules.ImageDigest, CelRules.ImageDigestMessage)]
     public string? Image { get; init; }
+
+    [Description("Seconds the quantize Job may run before Kubernetes stops it (the Job's activeDeadlineSeconds). Default: the plan's time estimate (download, load, compute) times the operator's margin, at least its minimum.")]
+    [Minimum(60)]
+    public long? ActiveDeadlineSeconds { get; init; }
 }
 
 /// <summary>Calibration samples for GPTQ.</summary>

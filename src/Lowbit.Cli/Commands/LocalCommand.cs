@@ -29,6 +29,11 @@ public static class LocalCommand
         var noOperator = new Option<bool>("--no-operator") { Description = "Do not run the operator (by default it runs in this process, with the CRDs installed)." };
         var exitAfterDemo = new Option<bool>("--exit-after-demo") { Description = "With --demo: stop the cluster when the demo ends (exit 0 when every step passed); for scripts and tests." };
         var engine = new Option<string?>("--engine") { Description = "The lowbit-engine executable that executed pods run (default: <repo>/out/lowbit-engine, as make build writes it)." };
+        var snapshotInterval = new Option<int>("--snapshot-interval")
+        {
+            Description = "Seconds between state snapshots (state.jsonl): after a crash, writes acknowledged up to this long before it may be lost.",
+            DefaultValueFactory = _ => 30,
+        };
         var noSweep = new Option<bool>("--no-sweep") { Description = "With --demo: skip the quantization sweep and its perplexity chart." };
         var finetuneSteps = new Option<int?>("--finetune-steps") { Description = "With --demo: train the example FineTuneJob for this many steps instead of its spec.training.maxSteps (quicker runs, tests)." };
         var up = new Command("up", "Start the embedded API server; prints 'ready: kubeconfig=<path>' when serving; Ctrl+C saves state and stops.");
@@ -41,6 +46,7 @@ public static class LocalCommand
         up.Options.Add(noSweep);
         up.Options.Add(exitAfterDemo);
         up.Options.Add(engine);
+        up.Options.Add(snapshotInterval);
         up.Options.Add(finetuneSteps);
         up.SetAction(parse => Run(new UpOptions
         {
@@ -53,6 +59,7 @@ public static class LocalCommand
             Sweep = !parse.GetValue(noSweep),
             ExitAfterDemo = parse.GetValue(exitAfterDemo),
             EnginePath = parse.GetValue(engine) is { } e ? Path.GetFullPath(e) : null,
+            SnapshotInterval = parse.GetValue(snapshotInterval),
             FineTuneSteps = parse.GetValue(finetuneSteps),
         }));
         return up;
@@ -69,6 +76,7 @@ public static class LocalCommand
         public bool Sweep { get; init; } = true;
         public bool ExitAfterDemo { get; init; }
         public string? EnginePath { get; init; }
+        public int SnapshotInterval { get; init; } = 30;
         public int? FineTuneSteps { get; init; }
     }
 
@@ -78,6 +86,11 @@ public static class LocalCommand
         if (port is < 0 or > 65535)
         {
             Console.Error.WriteLine($"--port: {port} is not a valid port (accepted: 0..65535, 0 = any free port)");
+            return ExitCodes.BadInput;
+        }
+        if (up.SnapshotInterval is < 1 or > 3600)
+        {
+            Console.Error.WriteLine($"--snapshot-interval: {up.SnapshotInterval} is out of range (accepted: 1..3600 seconds)");
             return ExitCodes.BadInput;
         }
         if (nodes is not null && !nodes.Exists)
@@ -137,6 +150,7 @@ public static class LocalCommand
             {
                 Port = port,
                 StateDirectory = Path.GetFullPath(stateDir),
+                SnapshotInterval = TimeSpan.FromSeconds(up.SnapshotInterval),
                 KubeconfigPath = kubeconfig is null ? null : Path.GetFullPath(kubeconfig),
                 // Deleted pods stop their local processes (SIGTERM, grace period) before they disappear.
                 Store = new ClusterApiOptions { GracefulPodDeletion = true },

@@ -544,7 +544,7 @@ internal sealed class ApiRequestHandler
         }
         int? tail = int.TryParse(query["tailLines"], CultureInfo.InvariantCulture, out var t) ? t : null;
         context.Response.ContentType = "text/plain";
-        var text = _logs.Read(ns, pod, container, tail);
+        var text = _logs.Read(ns, pod, container, tail, timestamps: query["timestamps"].ToString() is "true" or "1");
         await context.Response.WriteAsync(text, context.RequestAborted).ConfigureAwait(false);
         if (query["follow"].ToString() is "true" or "1")
         {

@@ -180,6 +180,8 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
             run.WriteLog(message + "\n");
             return new ContainerExit(128, "StartError", message);
         }
+        var pidFile = Path.Combine(containerDir, OrphanProcesses.FileName);
+        OrphanProcesses.Record(pidFile, process);
         process.StandardInput.Close();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
@@ -205,6 +207,7 @@ public sealed partial class ProcessRuntime(ClusterApi api, ExecutorOptions optio
             }
         }
         await process.WaitForExitAsync().ConfigureAwait(false);
+        File.Delete(pidFile);
         await probing.CancelAsync().ConfigureAwait(false);
         await probe.ConfigureAwait(false);
         var exitCode = process.ExitCode;

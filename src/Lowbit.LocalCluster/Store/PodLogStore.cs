@@ -6,14 +6,18 @@ namespace Lowbit.LocalCluster.Store;
 /// Container logs behind <c>pods/{name}/log</c>. A kubelet (simulated or executing) appends output and
 /// completes a container's log when it ends; readers get the text so far, or follow until completion.
 /// </summary>
-public sealed class PodLogStore
+public sealed class PodLogStore(TimeProvider? time = null)
 {
+    private readonly TimeProvider _time = time ?? TimeProvider.System;
     private readonly object _gate = new();
     private readonly Dictionary<string, Log> _logs = new(StringComparer.Ordinal);
 
     private sealed class Log
     {
         public StringBuilder Text { get; } = new();
+
+        /// <summary>When each appended chunk arrived (its offset in <see cref="Text"/>): the lines' timestamps.</summary>
+        public List<(int Offset, DateTimeOffset Time)> Chunks { get; } = [];
 
         public bool Completed { get; set; }
 
@@ -25,6 +29,7 @@ public sealed class PodLogStore
         lock (_gate)
         {
             var log = LogOf(ns, pod, container);
+            log.Chunks.Add((log.Text.Length, _time.GetUtcNow()));
             log.Text.Append(text);
             Signal(log);
         }
@@ -64,12 +69,16 @@ public sealed class PodLogStore
         }
     }
 
-    public string Read(string ns, string pod, string container, int? tailLines = null)
+    /// <summary>
+    /// The log so far, or its last <paramref name="tailLines"/> lines; with <paramref name="timestamps"/> each line starts
+    /// with the RFC 3339 time it was written and a space, as the kubelet writes them (<c>timestamps=true</c>).
+    /// </summary>
+    public string Read(string ns, string pod, string container, int? tailLines = null, bool timestamps = false)
     {
         string text;
         lock (_gate)
         {
-            text = _logs.TryGetValue(Key(ns, pod, container), out var log) ? log.Text.ToString() : "";
+            text = !_logs.TryGetValue(Key(ns, pod, container), out var log) ? "" : timestamps ? Stamped(log) : log.Text.ToString();
         }
         if (tailLines is { } tail)
         {
@@ -114,6 +123,28 @@ public sealed class PodLogStore
                 yield break;
             }
         }
+    }
+
+    private static string Stamped(Log log)
+    {
+        var text = log.Text.ToString();
+        var stamped = new StringBuilder(text.Length + (log.Chunks.Count * 32));
+        var chunk = 0;
+        for (var start = 0; start < text.Length;)
+        {
+            while (chunk + 1 < log.Chunks.Count && log.Chunks[chunk + 1].Offset <= start)
+            {
+                chunk++;
+            }
+
+            var end = text.IndexOf('\n', start);
+            end = end < 0 ? text.Length : end + 1;
+            stamped.Append(log.Chunks[chunk].Time.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fffffff'Z'", System.Globalization.CultureInfo.InvariantCulture))
+                .Append(' ').Append(text, start, end - start);
+            start = end;
+        }
+
+        return stamped.ToString();
     }
 
     private Log LogOf(string ns, string pod, string container)

@@ -8,7 +8,7 @@ namespace Lowbit.Operator.Builders;
 /// <summary>The Job shape every engine verb runs in: restartPolicy Never, the pod failure policy, bounded retries.</summary>
 public static class EngineJobs
 {
-    public static V1Job Job(V1ObjectMeta meta, V1PodSpec pod, WorkloadOptions options) => new()
+    public static V1Job Job(V1ObjectMeta meta, V1PodSpec pod, WorkloadOptions options, long? activeDeadlineSeconds = null) => new()
     {
         ApiVersion = "batch/v1",
         Kind = "Job",
@@ -16,6 +16,7 @@ public static class EngineJobs
         Spec = new V1JobSpec
         {
             BackoffLimit = options.JobBackoffLimit,
+            ActiveDeadlineSeconds = activeDeadlineSeconds,
             PodFailurePolicy = PodTemplates.FailurePolicy(),
             Template = new V1PodTemplateSpec
             {

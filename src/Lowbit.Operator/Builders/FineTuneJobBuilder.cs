@@ -117,6 +117,15 @@ public static class FineTuneJobBuilder
         var args = Request(job, baseModel, placement, volumes, resumeFrom).ToArgs();
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
         pod.Containers.Add(PodTemplates.Container(job.Spec.Image ?? options.EngineImage, args, placement, volumes, job.Spec.Resources, options));
-        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(job, Role, Role, placement), pod, options));
+        var deadline = JobLimits.ActiveDeadlineSeconds(job.Spec.ActiveDeadlineSeconds, placement, Work(job), options);
+        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(job, Role, Role, placement), pod, options, deadline));
+    }
+
+    /// <summary>Training tokens of the whole run (steps × micro-batch × accumulation × sequence), or null without spec.training.maxSteps.</summary>
+    public static double? Work(FineTuneJob job)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        var t = job.Spec.Training;
+        return t.MaxSteps is { } steps ? (double)steps * t.MicroBatchSize * t.GradientAccumulation * t.SequenceLength : null;
     }
 }

@@ -114,7 +114,7 @@ public static class InferenceDeploymentBuilder
                 },
             },
         };
-        return ChildMeta.WithSpecHash(deployment);
+        return ChildMeta.WithSpecHash(DeploymentRollout.Stamp(deployment));
     }
 
     /// <summary>The in-cluster DNS name clients use (the Service's).</summary>

@@ -52,7 +52,7 @@ public static class PodTemplates
         Tolerations = placement.OnGpu && placement.NodeType.Tolerations.Count > 0
             ? placement.NodeType.Tolerations.Select(t => new V1Toleration { Key = t.Key, OperatorProperty = t.Operator, Value = t.Value.Length == 0 ? null : t.Value, Effect = t.Effect }).ToList()
             : null,
-        Volumes = volumes.Volumes(options),
+        Volumes = volumes.Volumes(options, volumes.Downloads && placement.SourceBytes.Bytes > 0 ? Quantity(JobLimits.EphemeralStorage(placement)) : null),
         Containers = [],
     };
 
@@ -67,14 +67,18 @@ public static class PodTemplates
         Args = args.ToList(),
         Env = Env(placement, volumes, extraEnv),
         VolumeMounts = volumes.Mounts(),
-        Resources = Resources(placement, hints, options),
+        Resources = Resources(placement, hints, options, volumes.Downloads && placement.SourceBytes.Bytes > 0 ? JobLimits.EphemeralStorage(placement) : null),
         SecurityContext = ContainerSecurity(options),
         TerminationMessagePath = EngineEnv.TerminationLog,
         TerminationMessagePolicy = "FallbackToLogsOnError",
     };
 
-    /// <summary>GPU requests equal limits (extended resources); memory request equals its limit (no overcommit of model memory).</summary>
-    public static V1ResourceRequirements Resources(WorkloadPlacement placement, ResourceHints? hints, WorkloadOptions options)
+    /// <summary>
+    /// GPU requests equal limits (extended resources); memory request equals its limit (no overcommit of model memory);
+    /// a pod that downloads its model requests and is limited to <paramref name="storage"/> of ephemeral storage (the
+    /// hint may ask for more), so the kubelet evicts the runaway download, not its neighbours.
+    /// </summary>
+    public static V1ResourceRequirements Resources(WorkloadPlacement placement, ResourceHints? hints, WorkloadOptions options, ByteSize? storage = null)
     {
         var requests = new Dictionary<string, ResourceQuantity>(StringComparer.Ordinal);
         var limits = new Dictionary<string, ResourceQuantity>(StringComparer.Ordinal);
@@ -86,9 +90,16 @@ public static class PodTemplates
             requests["cpu"] = cpu;
         }
 
-        if (hints?.EphemeralStorage is { } storage)
+        if (storage is { } needed)
         {
-            requests["ephemeral-storage"] = storage;
+            var hinted = hints?.EphemeralStorage is { } hint ? ByteSize.FromBytes((double)hint.ToDecimal()) : ByteSize.Zero;
+            var bytes = Quantity(ByteSize.Max(needed, hinted));
+            requests["ephemeral-storage"] = bytes;
+            limits["ephemeral-storage"] = bytes;
+        }
+        else if (hints?.EphemeralStorage is { } hinted)
+        {
+            requests["ephemeral-storage"] = hinted;
         }
 
         if (placement.OnGpu && placement.GpusPerReplica > 0)

@@ -77,6 +77,15 @@ public static class QuantizeJobBuilder
         var image = model.Spec.Image ?? options.EngineImage;
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
         pod.Containers.Add(PodTemplates.Container(image, args, placement, volumes, model.Spec.Resources, options));
-        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(model, Role, Role, placement), pod, options));
+        var deadline = JobLimits.ActiveDeadlineSeconds(model.Spec.ActiveDeadlineSeconds, placement, Work(model), options);
+        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(model, Role, Role, placement), pod, options, deadline));
+    }
+
+    /// <summary>Tokens the quantize Job runs through the model: its calibration set (twice: Hessians, then checks) and the quality check.</summary>
+    public static double Work(QuantizedModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var calibration = model.Spec.Calibration is { } c ? 2.0 * c.Samples * c.SequenceLength : 0;
+        return calibration + JobLimits.QualityTokens;
     }
 }

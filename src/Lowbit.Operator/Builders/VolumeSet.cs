@@ -18,6 +18,9 @@ public sealed class VolumeSet
     private readonly List<(string Claim, bool Writable)> _claims = [];
     private readonly List<string> _configMaps = [];
 
+    /// <summary>True when the pod downloads its model (a Hub or URL source) into the cache volume.</summary>
+    public bool Downloads { get; private set; }
+
     /// <summary>The Hub token Secret the pod needs (as an env secretKeyRef), if any.</summary>
     public SecretKeyRef? HubToken { get; private set; }
 
@@ -59,11 +62,13 @@ public sealed class VolumeSet
         if (source.HuggingFace is { } hub)
         {
             HubToken = hub.TokenSecretRef;
+            Downloads = true;
             return (hub.Repo, hub.Revision);
         }
 
         if (source.Url is { } url)
         {
+            Downloads = true;
             return (url, null);
         }
 
@@ -120,14 +125,15 @@ public sealed class VolumeSet
         return Pvc(job.Spec.Output.Pvc.ClaimName, job.Spec.Output.Pvc.Path);
     }
 
-    public List<V1Volume> Volumes(WorkloadOptions options)
+    /// <summary>The pod's volumes; <paramref name="cacheSize"/> bounds the cache volume (the model download).</summary>
+    public List<V1Volume> Volumes(WorkloadOptions options, ResourceQuantity? cacheSize = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         var volumes = new List<V1Volume>
         {
             new() { Name = "dshm", EmptyDir = new V1EmptyDirVolumeSource { Medium = "Memory", SizeLimit = new ResourceQuantity(options.SharedMemorySize) } },
             new() { Name = "tmp", EmptyDir = new V1EmptyDirVolumeSource() },
-            new() { Name = "cache", EmptyDir = new V1EmptyDirVolumeSource() },
+            new() { Name = "cache", EmptyDir = new V1EmptyDirVolumeSource { SizeLimit = cacheSize } },
         };
         for (var i = 0; i < _claims.Count; i++)
         {

@@ -40,6 +40,21 @@ public sealed class WorkloadOptions
     /// <summary>How long the operator waits for a source's config.json before it reports Pending and retries.</summary>
     public TimeSpan ConfigFetchTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>A Job's <c>activeDeadlineSeconds</c> is the plan's time estimate times this margin (spec.activeDeadlineSeconds overrides).</summary>
+    public double JobDeadlineMargin { get; set; } = 3.0;
+
+    /// <summary>The least <c>activeDeadlineSeconds</c> an estimated Job gets (small models finish in minutes, pulls and queues take longer).</summary>
+    public TimeSpan MinJobDeadline { get; set; } = TimeSpan.FromMinutes(30);
+
+    /// <summary><c>activeDeadlineSeconds</c> of a Job whose work cannot be estimated (a fine-tune without maxSteps).</summary>
+    public TimeSpan DefaultJobDeadline { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>
+    /// Progress watchdog: a running engine pod that printed no JSON progress line (progress, download, train,
+    /// checkpoint) for this long makes its resource Stalled with reason NoProgress.
+    /// </summary>
+    public TimeSpan ProgressTimeout { get; set; } = TimeSpan.FromMinutes(10);
+
     /// <summary>Cluster DNS suffix for <c>status.url</c>.</summary>
     public string ClusterDomain { get; set; } = "cluster.local";
 }
@@ -72,6 +87,24 @@ public sealed class WorkloadOptionsValidator : IValidateOptions<WorkloadOptions>
         if (options.JobBackoffLimit is < 0 or > 100)
         {
             errors.Add($"{WorkloadOptions.Section}:JobBackoffLimit must be between 0 and 100, got {options.JobBackoffLimit}");
+        }
+
+        if (options.JobDeadlineMargin < 1)
+        {
+            errors.Add($"{WorkloadOptions.Section}:JobDeadlineMargin must be at least 1 (the estimate itself), got {options.JobDeadlineMargin}");
+        }
+
+        foreach (var (field, value) in new[]
+        {
+            (nameof(options.MinJobDeadline), options.MinJobDeadline),
+            (nameof(options.DefaultJobDeadline), options.DefaultJobDeadline),
+            (nameof(options.ProgressTimeout), options.ProgressTimeout),
+        })
+        {
+            if (value < TimeSpan.FromMinutes(1))
+            {
+                errors.Add($"{WorkloadOptions.Section}:{field} must be at least 00:01:00, got {value}");
+            }
         }
 
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

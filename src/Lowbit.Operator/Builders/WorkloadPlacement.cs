@@ -17,6 +17,12 @@ public sealed record WorkloadPlacement
     /// <summary>Feasible options the plan has in all.</summary>
     public required int FeasibleCount { get; init; }
 
+    /// <summary>
+    /// Bytes of the model's 16-bit checkpoint: what a pod downloads into its cache volume (sizes the volume's
+    /// ephemeral storage) and reads before it computes (part of the Job's time estimate). Zero when unknown.
+    /// </summary>
+    public ByteSize SourceBytes { get; init; } = ByteSize.Zero;
+
     public NodeType NodeType => Option.NodeType;
 
     public bool OnGpu => NodeType.Kind == DeviceKind.Gpu;

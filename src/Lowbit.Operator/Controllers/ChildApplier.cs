@@ -38,8 +38,18 @@ public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
             V1Job job => ApplyAsync(owner, job, cache.TryGet<V1Job>(key, out var observed) ? observed : null, cancellationToken),
             V1Deployment deployment => ApplyAsync(owner, deployment, cache.TryGet<V1Deployment>(key, out var observed) ? observed : null, cancellationToken),
             V1Service service => ApplyAsync(owner, service, cache.TryGet<V1Service>(key, out var observed) ? observed : null, cancellationToken),
+            V1Scale scale => ScaleAsync(scale, cancellationToken),
             _ => throw new NotSupportedException($"applying {desired.GetType().Name} is not supported"),
         };
+    }
+
+    /// <summary>Sets a Deployment's replicas through its scale subresource (its template untouched: nothing rolls).</summary>
+    private async Task<ApplyOutcome> ScaleAsync(V1Scale scale, CancellationToken cancellationToken)
+    {
+        var patch = new V1Patch(new { spec = new { replicas = scale.Spec.Replicas } }, V1Patch.PatchType.MergePatch);
+        await client.AppsV1.PatchNamespacedDeploymentScaleAsync(patch, scale.Metadata.Name, scale.Metadata.NamespaceProperty, cancellationToken: cancellationToken)
+            .ConfigureAwait(false);
+        return ApplyOutcome.Applied;
     }
 
     public async Task<ApplyOutcome> ApplyAsync<T>(IKubernetesObject<V1ObjectMeta> owner, T desired, T? observed, CancellationToken cancellationToken)

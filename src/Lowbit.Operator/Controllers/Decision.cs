@@ -30,7 +30,13 @@ public sealed record Decision<TStatus>
 
     /// <summary>GPU time the running or finished Job has used, for the GPU-hours counter.</summary>
     public GpuTime? GpuTime { get; init; }
+
+    /// <summary>Events to record on the resource once the children are applied (e.g. why a Deployment rolls).</summary>
+    public IReadOnlyList<DecisionEvent> Events { get; init; } = [];
 }
+
+/// <summary>An Event a decision asks to record (type Normal or Warning, a PascalCase reason, a message).</summary>
+public sealed record DecisionEvent(string Type, string Reason, string Message);
 
 /// <summary>GPUs × wall time of a Job on its placement.</summary>
 public sealed record GpuTime(int Gpus, DateTimeOffset Start, DateTimeOffset End);
@@ -120,16 +126,17 @@ public static class DecisionParts
 
     /// <summary>
     /// Finished work is never re-run (issue 17, item 1): a resource whose status says it Succeeded for its current
-    /// <c>metadata.generation</c> keeps that status (artifact included) and gets no children, so an operator upgrade
+    /// <c>metadata.generation</c> with its artifact keeps that status and gets no children, so an operator upgrade
     /// that changes a default (image, resources) or a deleted finished Job cannot delete and re-run it. Only a spec
-    /// change (a new generation) runs it again. Null when the resource has not succeeded at this generation.
+    /// change (a new generation) runs it again. Null when the resource has not succeeded at this generation, or when
+    /// its status has no artifact yet (the Job completed before its pod's result was seen: the next look reads it).
     /// </summary>
     public static Decision<TStatus>? Finished<TStatus>(IKubernetesObject<V1ObjectMeta> owner, TStatus? status, long? observedGeneration, string? phase,
-        IReadOnlyList<V1Condition>? conditions)
+        IReadOnlyList<V1Condition>? conditions, ArtifactStatus? artifact)
         where TStatus : class
     {
         ArgumentNullException.ThrowIfNull(owner);
-        if (status is null || observedGeneration is null || observedGeneration != owner.Metadata.Generation || phase != SucceededPhase
+        if (status is null || artifact is null || observedGeneration is null || observedGeneration != owner.Metadata.Generation || phase != SucceededPhase
             || !Conditions.IsTrue(conditions, Conditions.Types.Ready))
         {
             return null;

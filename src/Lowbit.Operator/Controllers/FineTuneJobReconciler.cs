@@ -42,7 +42,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
-        if (DecisionParts.Finished(job, job.Status, job.Status?.ObservedGeneration, job.Status?.Phase, job.Status?.Conditions) is { } finished)
+        if (DecisionParts.Finished(job, job.Status, job.Status?.ObservedGeneration, job.Status?.Phase, job.Status?.Conditions, job.Status?.Artifact) is { } finished)
         {
             return finished;
         }
@@ -64,6 +64,9 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
             blocker = error?.ToOutcome();
             // Progress is read once placed (a builder's objection included), not when planning itself failed.
             work = error is null || placing.Placement is not null ? work with { LogTail = observed.LogTail } : work;
+            blocker ??= StatusParts.JobFinished(observed.Job) is null
+                ? ProgressWatchdog.Check(observed.LogTail, observed.Pods, context.Now, context.Options.ProgressTimeout)
+                : null;
             if (blocker is null && placing.Placement is { } placement)
             {
                 desired = FineTuneJobBuilder.Build(job, observed.BaseModel, placement, context.Options, resumeFrom);
@@ -126,7 +129,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
     protected override async Task<FineTuneJobObservation> ResolveAsync(FineTuneJob obj, FineTuneJobObservation observed, CancellationToken cancellationToken)
     {
         if (FineTuneJobSpecValidator.Validate(obj.Spec).Count > 0 || BaseModelWaiting(obj, observed.BaseModel) is not null
-            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions) is not null)
+            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions, obj.Status?.Artifact) is not null)
         {
             return observed;
         }
@@ -150,25 +153,4 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         job.Spec.BaseModel.QuantizedModelRef is { } reference
             ? DecisionParts.Waiting(baseModel, reference.Name, "spec.baseModel.quantizedModelRef")
             : null;
-
-    private async Task<string?> LogTailAsync(V1Job? child, IReadOnlyList<V1Pod> pods, CancellationToken cancellationToken)
-    {
-        var running = pods.FirstOrDefault(p => p.Status?.Phase == "Running");
-        if (child is null || running is null)
-        {
-            return null;
-        }
-
-        try
-        {
-            await using var stream = await Services.Client.CoreV1.ReadNamespacedPodLogAsync(running.Metadata.Name, running.Metadata.NamespaceProperty,
-                container: PodTemplates.ContainerName, tailLines: 50, cancellationToken: cancellationToken).ConfigureAwait(false);
-            using var reader = new StreamReader(stream);
-            return await reader.ReadToEndAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (k8s.Autorest.HttpOperationException)
-        {
-            return null;
-        }
-    }
 }

@@ -48,6 +48,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         PlanResult? plan = null;
         Placing placing = new(null, null);
         var children = new List<IKubernetesObject<V1ObjectMeta>>();
+        var events = new List<DecisionEvent>();
         var (adapters, adaptersWaiting) = Adapters(endpoint, observed.Adapters);
         var blocker = SpecError.First(InferenceEndpointSpecValidator.Validate(endpoint.Spec))?.ToOutcome()
             ?? ModelWaiting(endpoint, observed.Model)
@@ -66,7 +67,18 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
             blocker = error?.ToOutcome();
             if (blocker is null && placing.Placement is { } placement)
             {
-                children.Add(InferenceDeploymentBuilder.Build(endpoint, served, placement, context.Options));
+                var rollout = DeploymentRollout.Decide(endpoint, InferenceDeploymentBuilder.Build(endpoint, served, placement, context.Options),
+                    observed.Deployment is { } serving && ChildMeta.IsControlledBy(serving, endpoint) ? serving : null);
+                if (rollout.Child is { } deployment)
+                {
+                    children.Add(deployment);
+                }
+
+                if (rollout.Changed.Count > 0)
+                {
+                    events.Add(new DecisionEvent("Normal", StatusReasons.Rolling,
+                        $"rolling Deployment {rollout.Child!.Metadata.Name}: its pod template changed in {string.Join(", ", rollout.Changed)} (generation {endpoint.Metadata.Generation}, placement {placement.Label})"));
+                }
                 children.Add(InferenceServiceBuilder.Build(endpoint));
             }
         }
@@ -88,6 +100,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
             Outcome = outcome,
             Result = DecisionParts.Result(outcome, work.Diagnosis, DecisionParts.PollRunning, timeout, context.Now),
             Placement = children.Count > 0 ? placing.Placement : null,
+            Events = events,
         };
     }
 

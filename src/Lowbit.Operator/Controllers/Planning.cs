@@ -79,7 +79,7 @@ public static class Planning
         ArgumentNullException.ThrowIfNull(plan);
         var feasible = plan.Options.OfType<Fits>().ToList();
         return index >= 0 && index < feasible.Count
-            ? new WorkloadPlacement { Option = feasible[index], Index = index, FeasibleCount = feasible.Count }
+            ? new WorkloadPlacement { Option = feasible[index], Index = index, FeasibleCount = feasible.Count, SourceBytes = ByteSize.FromBytes(plan.Parameters.Total * 2) }
             : null;
     }
 

@@ -20,6 +20,9 @@ public sealed record QuantizedModelObservation
 
     /// <summary>Null when the spec is invalid (nothing was read).</summary>
     public ArchitectureResolution? Architecture { get; init; }
+
+    /// <summary>The tail of the running quantize pod's log, with timestamps (the progress watchdog's input).</summary>
+    public string? LogTail { get; init; }
 }
 
 /// <summary>
@@ -35,7 +38,7 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
-        if (DecisionParts.Finished(model, model.Status, model.Status?.ObservedGeneration, model.Status?.Phase, model.Status?.Conditions) is { } finished)
+        if (DecisionParts.Finished(model, model.Status, model.Status?.ObservedGeneration, model.Status?.Phase, model.Status?.Conditions, model.Status?.Artifact) is { } finished)
         {
             return finished;
         }
@@ -66,6 +69,9 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
                 if (blocker is null && placing.Placement is { } placement)
                 {
                     children.Add(QuantizeJobBuilder.Build(model, placement, context.Options));
+                    blocker = StatusParts.JobFinished(observed.Job) is null
+                        ? ProgressWatchdog.Check(observed.LogTail, observed.Pods, context.Now, context.Options.ProgressTimeout)
+                        : null;
                 }
 
                 break;
@@ -101,10 +107,18 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
         return new QuantizedModelObservation { Job = job, Pods = PodsOf(job), InspectJob = inspect, InspectPods = PodsOf(inspect) };
     }
 
-    protected override async Task<QuantizedModelObservation> ResolveAsync(QuantizedModel obj, QuantizedModelObservation observed, CancellationToken cancellationToken) =>
-        QuantizedModelSpecValidator.Validate(obj.Spec).Count > 0 || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions) is not null
-            ? observed
-            : observed with { Architecture = await Services.Architectures.ResolveAsync(obj, cancellationToken).ConfigureAwait(false) };
+    protected override async Task<QuantizedModelObservation> ResolveAsync(QuantizedModel obj, QuantizedModelObservation observed, CancellationToken cancellationToken)
+    {
+        if (QuantizedModelSpecValidator.Validate(obj.Spec).Count > 0
+            || DecisionParts.Finished(obj, obj.Status, obj.Status?.ObservedGeneration, obj.Status?.Phase, obj.Status?.Conditions, obj.Status?.Artifact) is not null)
+        {
+            return observed;
+        }
+
+        var architecture = await Services.Architectures.ResolveAsync(obj, cancellationToken).ConfigureAwait(false);
+        var logTail = architecture is ArchitectureResolution.Resolved ? await LogTailAsync(observed.Job, observed.Pods, cancellationToken).ConfigureAwait(false) : null;
+        return observed with { Architecture = architecture, LogTail = logTail };
+    }
 
     protected override Decision<QuantizedModelStatus> ToDecision(QuantizedModel obj, QuantizedModelObservation observed, DecideContext context) =>
         Decide(obj, observed, context);

@@ -85,6 +85,11 @@ public abstract class WorkloadReconciler<T, TStatus, TObserved>(ReconcileService
             replaced |= await services.Children.ApplyAsync(obj, child, cancellationToken).ConfigureAwait(false) == ApplyOutcome.Replaced;
         }
 
+        foreach (var ev in decision.Events)
+        {
+            await services.Events.RecordAsync(obj, ev.Type, ev.Reason, ev.Message, cancellationToken).ConfigureAwait(false);
+        }
+
         RecordCost(obj, decision);
         var before = StatusOf(obj);
         if (await services.Status.WriteAsync(obj, before, decision.Status, SetStatus, cancellationToken).ConfigureAwait(false))
@@ -112,6 +117,32 @@ public abstract class WorkloadReconciler<T, TStatus, TObserved>(ReconcileService
         if (decision.GpuTime is { } gpu)
         {
             services.Cost.RecordJobGpuHours(Kind, ns, name, gpu.Gpus, gpu.Start, gpu.End);
+        }
+    }
+
+    /// <summary>
+    /// The last 50 lines of the running pod of <paramref name="child"/>, with the kubelet's timestamps (engine progress
+    /// lines and the progress watchdog's clock); null when no pod runs or the log cannot be read.
+    /// </summary>
+    protected async Task<string?> LogTailAsync(V1Job? child, IReadOnlyList<V1Pod> pods, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(pods);
+        var running = pods.FirstOrDefault(p => p.Status?.Phase == "Running");
+        if (child is null || running is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            await using var stream = await services.Client.CoreV1.ReadNamespacedPodLogAsync(running.Metadata.Name, running.Metadata.NamespaceProperty,
+                container: PodTemplates.ContainerName, tailLines: 50, timestamps: true, cancellationToken: cancellationToken).ConfigureAwait(false);
+            using var reader = new StreamReader(stream);
+            return await reader.ReadToEndAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (k8s.Autorest.HttpOperationException)
+        {
+            return null;
         }
     }
 

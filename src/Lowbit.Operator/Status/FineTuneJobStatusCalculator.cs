@@ -88,7 +88,7 @@ public static class FineTuneJobStatusCalculator
         }
 
         TrainEvent? last = null;
-        foreach (var line in logTail.Split('\n'))
+        foreach (var (_, line) in ProgressWatchdog.Lines(logTail))
         {
             if (EngineEvent.TryParse(line) is TrainEvent train)
             {

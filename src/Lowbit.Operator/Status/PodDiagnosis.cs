@@ -203,4 +203,10 @@ public static class StatusReasons
 
     /// <summary>An object with a child's name exists but this resource does not control it (R9): left untouched.</summary>
     public const string ChildConflict = "ChildConflict";
+
+    /// <summary>The running engine printed no progress line for longer than the watchdog's timeout.</summary>
+    public const string NoProgress = "NoProgress";
+
+    /// <summary>Event reason: a serving Deployment rolls its pods (the message names the template parts that changed).</summary>
+    public const string Rolling = "Rolling";
 }

@@ -225,4 +225,32 @@ public sealed class DecideTests
         var rerun = FineTuneJobReconciler.Decide(job, new FineTuneJobObservation { BaseModel = ReadyModel(), Architecture = Llama7B }, Context);
         Assert.IsType<V1Job>(Assert.Single(rerun.Children));
     }
+    [Fact]
+    public void Does_keep_the_running_serving_template_when_only_operator_defaults_change_and_roll_naming_the_fields_otherwise()
+    {
+        var endpoint = Fixtures.Endpoint();
+        var observation = new InferenceEndpointObservation { Model = ReadyModel(), Architecture = Llama7B };
+        var running = Assert.IsType<V1Deployment>(InferenceEndpointReconciler.Decide(endpoint, observation, Context).Children[0]);
+        var upgraded = Context with { Options = new WorkloadOptions { EngineImage = "ghcr.io/lowbit-dev/lowbit-engine:0.2.0", DefaultHostMemory = "16Gi" } };
+
+        var kept = InferenceEndpointReconciler.Decide(endpoint, observation with { Deployment = running }, upgraded);
+
+        Assert.IsType<V1Service>(Assert.Single(kept.Children));
+        Assert.Empty(kept.Events);
+        endpoint.Spec = endpoint.Spec with { Replicas = endpoint.Spec.Replicas + 1 };
+        var scaled = InferenceEndpointReconciler.Decide(endpoint, observation with { Deployment = running }, upgraded);
+        Assert.Equal(endpoint.Spec.Replicas, Assert.IsType<V1Scale>(scaled.Children[0]).Spec.Replicas);
+        Assert.Empty(scaled.Events);
+
+        endpoint.Spec = endpoint.Spec with { MaxContextLength = endpoint.Spec.MaxContextLength / 2 };
+        endpoint.Metadata.Generation++;
+        var rolled = InferenceEndpointReconciler.Decide(endpoint, observation with { Deployment = running }, upgraded);
+
+        var rolledDeployment = Assert.IsType<V1Deployment>(rolled.Children[0]);
+        Assert.Equal("ghcr.io/lowbit-dev/lowbit-engine:0.2.0", rolledDeployment.Spec.Template.Spec.Containers[0].Image);
+        var ev = Assert.Single(rolled.Events);
+        Assert.Equal(StatusReasons.Rolling, ev.Reason);
+        Assert.Contains("args, resources", ev.Message, StringComparison.Ordinal);
+        Assert.Contains("image", ev.Message, StringComparison.Ordinal);
+    }
 }

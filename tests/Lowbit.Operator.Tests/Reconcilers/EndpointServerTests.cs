@@ -5,6 +5,7 @@ using System.Text.Json;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Lowbit.Operator.Tests.Reconcilers;
 
@@ -62,6 +63,53 @@ public sealed class EndpointServerTests : IAsyncLifetime
         var two = await _h.WaitAsync<InferenceEndpoint>("chat", e => Ready(e) && e.Status!.ReadyReplicas == 2, "2 replicas ready");
         Assert.Equal(2, _h.Api.Get<V1Deployment>("default", "chat-inference").Spec.Replicas);
         Assert.Equal(Math.Round(two.Status!.Plan!.HourlyUsd * 2, 4), two.Status.Cost!.HourlyUsd);
+    }
+
+    [Fact]
+    public async Task Does_keep_serving_pods_through_an_operator_upgrade_and_roll_with_an_event_naming_the_fields_when_the_spec_changes()
+    {
+        _h.Create(Endpoint("steady"));
+        await _h.WaitAsync<InferenceEndpoint>("steady", Ready, "endpoint Ready");
+        await _h.WaitIdleAsync("inferenceendpoint");
+        var template = k8s.KubernetesJson.Serialize(_h.Api.Get<V1Deployment>("default", "steady-inference").Spec.Template);
+
+        // The upgrade: a new operator with another default engine image and host memory takes over the same server.
+        await _h.Operator.StopAsync();
+        _h.Server.Journal.Clear();
+        await using var upgraded = OperatorHarness.StartOperator(_h.Server, Planner.GpuCatalog.Default, op => op.Services.PostConfigure<Builders.WorkloadOptions>(o =>
+        {
+            o.EngineImage = "ghcr.io/lowbit-dev/lowbit-engine:9.9.9";
+            o.DefaultHostMemory = "32Gi";
+        }), null);
+        await upgraded.StartAsync();
+        var metrics = upgraded.Services.GetRequiredService<Lowbit.Operator.Runtime.RuntimeMetrics>();
+        var deadline = DateTime.UtcNow + OperatorHarness.Patience;
+        while (metrics.ReconcileTotal.WithLabels("inferenceendpoint", "requeue_after").Value + metrics.ReconcileTotal.WithLabels("inferenceendpoint", "success").Value < 1 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20);
+        }
+
+        Assert.Equal(template, k8s.KubernetesJson.Serialize(_h.Api.Get<V1Deployment>("default", "steady-inference").Spec.Template));
+        Assert.DoesNotContain(_h.Server.Journal.Writes, w => w.Path.Contains("/deployments/steady-inference", StringComparison.Ordinal));
+
+        // A change that matters (the context length is in the engine's arguments) rolls, and says why.
+        var changed = _h.Api.Get<InferenceEndpoint>("default", "steady");
+        changed.Spec = changed.Spec with { MaxContextLength = 2048 };
+        _h.Api.Update(changed);
+        var rolled = await _h.WaitAsync<V1Deployment>("steady-inference", d => d.Spec.Template.Spec.Containers[0].Args.Contains("2048"), "the rolled Deployment");
+        Assert.Equal("ghcr.io/lowbit-dev/lowbit-engine:9.9.9", rolled.Spec.Template.Spec.Containers[0].Image);
+        var deadlineEvent = DateTime.UtcNow + OperatorHarness.Patience;
+        Corev1Event? rolling = null;
+        while (rolling is null && DateTime.UtcNow < deadlineEvent)
+        {
+            rolling = _h.Api.List<Corev1Event>("default").FirstOrDefault(e => e.Reason == "Rolling" && e.InvolvedObject.Name == "steady");
+            await Task.Delay(50);
+        }
+
+        Assert.NotNull(rolling);
+        Assert.Contains("args", rolling.Message, StringComparison.Ordinal);
+        Assert.Contains("image", rolling.Message, StringComparison.Ordinal);
+        await upgraded.StopAsync();
     }
 
     [Fact]

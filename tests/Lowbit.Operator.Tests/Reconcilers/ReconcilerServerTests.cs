@@ -266,6 +266,30 @@ public sealed class ReconcilerServerTests : IAsyncLifetime
         await upgraded.StopAsync();
     }
 
+    [Fact]
+    public async Task Does_stall_a_running_quantize_with_no_progress_when_the_operators_clock_passes_the_watchdog_timeout()
+    {
+        // The operator's clock (a fake TimeProvider) is 11 minutes ahead of the pod's log timestamps: the engine's
+        // progress line is then older than the 10-minute watchdog.
+        await _h.Operator.StopAsync();
+        var clock = new Lowbit.Operator.Runtime.Tests.FakeTimeProvider(DateTimeOffset.UtcNow.AddMinutes(11));
+        await using var op = OperatorHarness.StartOperator(_h.Server, Planner.GpuCatalog.Default, o => o.UseTimeProvider(clock), null);
+        await op.StartAsync();
+        _h.Create(Model("quiet", new Dictionary<string, string>
+        {
+            [SimulationAnnotations.Duration] = "10m",
+            [SimulationAnnotations.Log] = """{"event":"progress","stage":"quantize","layer":1,"layers":32,"elapsedSeconds":5}""",
+        }));
+
+        var stalled = await _h.WaitAsync<QuantizedModel>("quiet", m => IsTrue(m, Conditions.Types.Stalled), "Stalled NoProgress");
+
+        var condition = Conditions.Find(stalled.Status!.Conditions, Conditions.Types.Stalled)!;
+        Assert.Equal("NoProgress", condition.Reason);
+        Assert.Contains("quiet-quantize", condition.Message, StringComparison.Ordinal);
+        Assert.NotNull(_h.Api.Get<V1Job>("default", "quiet-quantize").Spec.ActiveDeadlineSeconds);
+        await op.StopAsync();
+    }
+
     private static async Task WaitForAsync(Func<bool> condition, string what)
     {
         var deadline = DateTime.UtcNow + OperatorHarness.Patience;
