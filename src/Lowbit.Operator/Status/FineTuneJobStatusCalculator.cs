@@ -41,7 +41,7 @@ public static class FineTuneJobStatusCalculator
             Progress = progress,
             Artifact = artifact,
             Evaluation = Evaluation(result) ?? previous?.Evaluation,
-            Checkpoints = Checkpoints(job, progress, previous?.Checkpoints),
+            Checkpoints = Checkpoints(job, observed.LogTail, previous?.Checkpoints),
             Timings = StatusParts.Timings(observed.Job, previous?.Timings),
         };
         return (status, outcome);
@@ -109,24 +109,33 @@ public static class FineTuneJobStatusCalculator
     }
 
     /// <summary>
-    /// Checkpoints the engine has written so far: every <c>spec.training.saveSteps</c> steps under
-    /// <c>&lt;output&gt;/checkpoints/step-N</c> (the directory a retried pod resumes from).
+    /// Checkpoints the engine reported writing (its <c>checkpoint</c> events, one per <c>spec.training.saveSteps</c>
+    /// steps under <c>&lt;output&gt;/checkpoints/step-N</c>, the folder a retried pod resumes from), added to the ones
+    /// already in the status: the log tail holds only the latest lines. The most recent 64 are kept.
     /// </summary>
-    public static IReadOnlyList<CheckpointStatus>? Checkpoints(FineTuneJob job, ProgressStatus? progress, IReadOnlyList<CheckpointStatus>? previous)
+    public static IReadOnlyList<CheckpointStatus>? Checkpoints(FineTuneJob job, string? logTail, IReadOnlyList<CheckpointStatus>? previous)
     {
         ArgumentNullException.ThrowIfNull(job);
-        if (job.Spec.Training.SaveSteps is not { } every || progress is null || progress.Step < every)
+        var root = QuantizedModelStatusCalculator.OutputUri(job.Spec.Output);
+        var reported = ProgressWatchdog.Lines(logTail)
+            .Select(l => EngineEvent.TryParse(l.Text))
+            .OfType<CheckpointEvent>()
+            .Select(e => new CheckpointStatus
+            {
+                Step = e.Step,
+                // The engine names its own path (inside the pod); the status names the claim.
+                Uri = $"{root}/{FineTuneJobBuilder.CheckpointsDirectory}/{System.IO.Path.GetFileName(e.Path.TrimEnd('/'))}",
+            })
+            .ToList();
+        if (reported.Count == 0)
         {
             return previous;
         }
-
-        var output = job.Spec.Output.Pvc;
-        var list = new List<CheckpointStatus>();
-        for (var step = (long)every; step <= progress.Step && list.Count < 64; step += every)
-        {
-            list.Add(new CheckpointStatus { Step = step, Uri = $"pvc://{output.ClaimName}/{(output.Path ?? "").Trim('/')}/{FineTuneJobBuilder.CheckpointsDirectory}/step-{step}" });
-        }
-
-        return list.Count > 0 ? list : previous;
+        return (previous ?? []).Concat(reported)
+            .GroupBy(c => c.Step)
+            .Select(g => g.Last())
+            .OrderBy(c => c.Step)
+            .TakeLast(64)
+            .ToList();
     }
 }

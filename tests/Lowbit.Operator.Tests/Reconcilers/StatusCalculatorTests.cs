@@ -266,8 +266,10 @@ public sealed class StatusCalculatorTests
         var plan = Planning.FineTune(job, ModelPresets.Llama2_7B, GpuCatalog.Default);
         var log = string.Join('\n',
             "loading base model",
+            new CheckpointEvent { Step = 25, Path = "/mnt/models/adapters/alpaca/checkpoints/step-25" }.ToJsonLine(),
             new TrainEvent { Step = 49, TotalSteps = 100, Epoch = 0.49, Loss = 1.91, TokensPerSecond = 812.5 }.ToJsonLine(),
-            new TrainEvent { Step = 50, TotalSteps = 100, Epoch = 0.5, Loss = 1.87, TokensPerSecond = 820.25 }.ToJsonLine());
+            new TrainEvent { Step = 50, TotalSteps = 100, Epoch = 0.5, Loss = 1.87, TokensPerSecond = 820.25 }.ToJsonLine(),
+            new CheckpointEvent { Step = 50, Path = "/mnt/models/adapters/alpaca/checkpoints/step-50" }.ToJsonLine());
         var status = FineTuneJobStatusCalculator.Compute(job, plan, Fixtures.Placement(plan), new WorkloadObservation { Job = Job(), Pods = [Pod(s => s.Phase = "Running")], LogTail = log }, Now);
 
         Assert.Equal(50, status.Progress!.Step);
@@ -278,5 +280,23 @@ public sealed class StatusCalculatorTests
 
         job.Status = status;
         Assert.Equal("/mnt/models/adapters/alpaca/checkpoints/step-50", FineTuneJobReconciler.ResumeFrom(job, existing: null));
+    }
+
+    [Fact]
+    public void Does_list_only_checkpoints_the_engine_reported_and_keep_earlier_ones_past_the_log_tail()
+    {
+        var job = Fixtures.FineTune();
+        var plan = Planning.FineTune(job, ModelPresets.Llama2_7B, GpuCatalog.Default);
+        job.Status = new FineTuneJobStatus { Checkpoints = [new CheckpointStatus { Step = 25, Uri = "pvc://models/adapters/alpaca/checkpoints/step-25" }] };
+        // Step 50 passed a save point, but the engine has not said it wrote that checkpoint (e.g. it is still writing).
+        var log = string.Join('\n',
+            new TrainEvent { Step = 50, TotalSteps = 100, Epoch = 0.5, Loss = 1.87, TokensPerSecond = 820.25 }.ToJsonLine(),
+            new TrainEvent { Step = 75, TotalSteps = 100, Epoch = 0.75, Loss = 1.7, TokensPerSecond = 820.25 }.ToJsonLine(),
+            new CheckpointEvent { Step = 75, Path = "/var/lib/executor/pvc/ml/models/adapters/alpaca/checkpoints/step-75/" }.ToJsonLine());
+
+        var status = FineTuneJobStatusCalculator.Compute(job, plan, Fixtures.Placement(plan), new WorkloadObservation { Job = Job(), Pods = [Pod(s => s.Phase = "Running")], LogTail = log }, Now);
+
+        Assert.Equal([25L, 75L], status.Checkpoints!.Select(c => c.Step));
+        Assert.Equal("pvc://models/adapters/alpaca/checkpoints/step-75", status.Checkpoints![^1].Uri);
     }
 }
