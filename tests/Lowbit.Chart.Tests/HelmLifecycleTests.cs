@@ -249,12 +249,21 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
     }
 
     /// <summary>
-    /// Secure metrics as the chart configures them: HTTPS on the pod's metrics port; no token 401; a service account
+    /// Secure metrics as the chart configures them: probes open on the health port; HTTPS on the pod's metrics port; no token 401; a service account
     /// without the metrics-reader role 403; bound to the chart's ClusterRole <c>lowbit-metrics-reader</c> 200 (the
     /// operator asked the API server through TokenReview and SubjectAccessReview).
     /// </summary>
     private async Task AssertSecureMetricsAsync(V1Pod pod)
     {
+        // The probes' port answers the kubelet without a token, and never serves /metrics.
+        using var plain = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        var health = pod.Spec.Containers[0].Ports.Single(p => p.Name == "health").ContainerPort;
+        foreach (var (path, expected) in new[] { ("/healthz", HttpStatusCode.OK), ("/readyz", HttpStatusCode.OK), ("/metrics", HttpStatusCode.NotFound) })
+        {
+            using var response = await plain.GetAsync(new Uri($"http://{pod.Status.PodIP}:{health}{path}"));
+            Assert.True(response.StatusCode == expected, $"{path} on the health port: {(int)response.StatusCode}, expected {(int)expected}");
+        }
+
         using (var anonymous = await MetricsAsync(pod, token: null))
         {
             Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);

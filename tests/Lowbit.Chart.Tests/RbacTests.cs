@@ -112,7 +112,8 @@ public sealed partial class RbacTests
                 "Create" => ["create"],
                 "Replace" => ["update"],
                 "Delete" => ["delete"],
-                "Patch" => new[] { "patch", "create" }, // server-side apply creates an absent object: needs create too
+                // Server-side apply creates an absent object: needs create too; a merge patch of a scale subresource never creates.
+                "Patch" => kind.EndsWith("Scale", StringComparison.Ordinal) ? ["patch"] : new[] { "patch", "create" },
                 _ => throw new InvalidOperationException($"unmapped client verb {verb} in {call.Value}"),
             };
             foreach (var v in verbs)
@@ -156,6 +157,7 @@ public sealed partial class RbacTests
         "Event" => "/events",
         "Secret" => "/secrets",
         "Deployment" => "apps/deployments",
+        "DeploymentScale" => "apps/deployments/scale",
         "Job" => "batch/jobs",
         "Lease" => "coordination.k8s.io/leases",
         _ => throw new InvalidOperationException($"kind {kind} has no resource mapping in this test; add it"),
