@@ -52,7 +52,7 @@ public static class Planning
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         var spec = endpoint.Spec;
-        var runtime = spec.Runtime; // the CRD and ResourceValidator admit lowbit, vllm and llamacpp only
+        var runtime = spec.Runtime; // the CRD (spec.runtime enum) admits lowbit, vllm and llamacpp only, never transformers
         var weights = quantized is null
             ? WeightFormat.Bf16
             : spec.Runtime == ServingRuntime.LlamaCpp ? GgufWeights(quantized.Spec) : Weights(quantized.Spec);
