@@ -57,6 +57,10 @@ public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
     {
         ArgumentNullException.ThrowIfNull(owner);
         ArgumentNullException.ThrowIfNull(desired);
+        // Not in the cache: about to create. The cache may not have seen an object that already has this name (its
+        // watch event can come after the owner's), and a forced apply would take a foreign object over (R9). One
+        // live read, only on creation, closes that window.
+        observed ??= await ReadLiveAsync<T>(desired.Metadata.NamespaceProperty, desired.Metadata.Name, cancellationToken).ConfigureAwait(false);
         if (observed is not null)
         {
             if (!ChildMeta.IsControlledBy(observed, owner))
@@ -89,5 +93,21 @@ public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
             _ => throw new NotSupportedException($"applying {typeof(T).Name} is not supported"),
         };
         return ApplyOutcome.Applied;
+    }
+
+    private async Task<T?> ReadLiveAsync<T>(string ns, string name, CancellationToken cancellationToken)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+    {
+        try
+        {
+            return typeof(T) == typeof(V1Job) ? await client.BatchV1.ReadNamespacedJobAsync(name, ns, cancellationToken: cancellationToken).ConfigureAwait(false) as T
+                : typeof(T) == typeof(V1Deployment) ? await client.AppsV1.ReadNamespacedDeploymentAsync(name, ns, cancellationToken: cancellationToken).ConfigureAwait(false) as T
+                : typeof(T) == typeof(V1Service) ? await client.CoreV1.ReadNamespacedServiceAsync(name, ns, cancellationToken: cancellationToken).ConfigureAwait(false) as T
+                : null;
+        }
+        catch (k8s.Autorest.HttpOperationException ex) when (ex.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+            return null;
+        }
     }
 }
