@@ -62,7 +62,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 The rules the reconcilers need in a watched namespace, exactly what src/Lowbit.Operator calls:
 informers list+watch pods, deployments, services, jobs and the three kinds; StatusWriter replaces the status subresources;
-ChildApplier server-side-applies (patch; create when absent) jobs, deployments, services, deletes jobs and patches
+ChildApplier reads (get) a child the cache has not seen before it server-side-applies (patch; create when absent) jobs, deployments, services, deletes jobs and patches
 deployments/scale (replicas without a roll); the FineTuneJob and QuantizedModel reconcilers read pods/log (progress
 and its watchdog); EventRecorder creates events.
 */}}
@@ -81,16 +81,16 @@ and its watchdog); EventRecorder creates events.
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
