@@ -20,9 +20,7 @@ public static class FineTuneJobStatusCalculator
         var generation = job.Metadata.Generation;
         var previous = job.Status;
         var result = StatusParts.SucceededResult(observed.Pods);
-        var artifact = result?.Artifact is { } a
-            ? QuantizedModelStatusCalculator.Artifact(a) with { Uri = QuantizedModelStatusCalculator.OutputUri(job.Spec.Output) }
-            : previous?.Artifact;
+        var artifact = result?.Artifact is { } a ? StatusParts.Artifact(a, job.Spec.Output) : previous?.Artifact;
         // The result's totals once the pod succeeded (the last log line seen may be a few steps short), else the log.
         var progress = FinalProgress(job, result, previous?.Progress) ?? Progress(observed.LogTail) ?? previous?.Progress;
         var outcome = JobOutcomes.Of(plan, placement, observed, progress is null
@@ -116,7 +114,7 @@ public static class FineTuneJobStatusCalculator
     public static IReadOnlyList<CheckpointStatus>? Checkpoints(FineTuneJob job, string? logTail, IReadOnlyList<CheckpointStatus>? previous)
     {
         ArgumentNullException.ThrowIfNull(job);
-        var root = QuantizedModelStatusCalculator.OutputUri(job.Spec.Output);
+        var root = StatusParts.OutputUri(job.Spec.Output);
         var reported = ProgressWatchdog.Lines(logTail)
             .Select(l => EngineEvent.TryParse(l.Text))
             .OfType<CheckpointEvent>()

@@ -20,7 +20,7 @@ public static class QuantizedModelStatusCalculator
         var generation = model.Metadata.Generation;
         var previous = model.Status;
         var result = StatusParts.SucceededResult(observed.Pods);
-        var artifact = result?.Artifact is { } a ? Artifact(a) with { Uri = OutputUri(model.Spec.Output) } : previous?.Artifact;
+        var artifact = result?.Artifact is { } a ? StatusParts.Artifact(a, model.Spec.Output) : previous?.Artifact;
         var outcome = JobOutcomes.Of(plan, placement, observed, artifact is null
             ? "quantized"
             : $"quantized to {artifact.BitsPerWeight:0.##} bits per weight ({artifact.Format}, {artifact.Bytes} bytes)");
@@ -44,22 +44,11 @@ public static class QuantizedModelStatusCalculator
         return (status, outcome);
     }
 
-    /// <summary>
-    /// Where a resource's artifacts are, as <c>pvc://claim/path</c>: the engine reports paths inside its pod (or, on
-    /// the local executor, on the host), which mean nothing to a reader of the status.
-    /// </summary>
-    public static string OutputUri(OutputSpec output)
-    {
-        ArgumentNullException.ThrowIfNull(output);
-        var path = (output.Pvc.Path ?? "").Trim('/');
-        return path.Length == 0 ? $"pvc://{output.Pvc.ClaimName}" : $"pvc://{output.Pvc.ClaimName}/{path}";
-    }
-
     /// <summary>Every export the engine wrote (its <c>bytes.&lt;format&gt;</c> metrics), each at its folder or GGUF file.</summary>
     public static IReadOnlyList<ArtifactStatus> Exports(OutputSpec output, EngineResult result)
     {
         ArgumentNullException.ThrowIfNull(result);
-        var root = OutputUri(output);
+        var root = StatusParts.OutputUri(output);
         var primary = result.Artifact;
         var exports = new List<ArtifactStatus>();
         foreach (var format in ExportFormats.All)
@@ -80,18 +69,5 @@ public static class QuantizedModelStatusCalculator
             });
         }
         return exports;
-    }
-
-    public static ArtifactStatus Artifact(ArtifactReport report)
-    {
-        ArgumentNullException.ThrowIfNull(report);
-        return new ArtifactStatus
-        {
-            Uri = report.Uri,
-            Format = report.Format,
-            Bytes = report.Bytes,
-            BitsPerWeight = report.BitsPerWeight,
-            CompressionRatio = report.CompressionRatio,
-        };
     }
 }

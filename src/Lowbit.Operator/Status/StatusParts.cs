@@ -206,6 +206,31 @@ public static class StatusParts
         return null;
     }
 
+    /// <summary>
+    /// Where a resource's artifacts are, as <c>pvc://claim/path</c>: the engine reports paths inside its pod (or, on
+    /// the local executor, on the host), which mean nothing to a reader of the status.
+    /// </summary>
+    public static string OutputUri(OutputSpec output)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        var path = (output.Pvc.Path ?? "").Trim('/');
+        return path.Length == 0 ? $"pvc://{output.Pvc.ClaimName}" : $"pvc://{output.Pvc.ClaimName}/{path}";
+    }
+
+    /// <summary>The engine's artifact report as status, located at the resource's output (<see cref="OutputUri"/>).</summary>
+    public static ArtifactStatus Artifact(Engine.Protocol.ArtifactReport report, OutputSpec output)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        return new ArtifactStatus
+        {
+            Uri = OutputUri(output),
+            Format = report.Format,
+            Bytes = report.Bytes,
+            BitsPerWeight = report.BitsPerWeight,
+            CompressionRatio = report.CompressionRatio,
+        };
+    }
+
     public static string Usd(double usd) => string.Create(CultureInfo.InvariantCulture, $"${usd:0.00}");
 
     public static string Truncate(string text, int max)
