@@ -64,10 +64,11 @@ public sealed class LoadedModel : IDisposable
         var model = ModelLoading.Load(directory, dtype, options.Device);
         model.eval();
         var adapters = new LoraSet(model, options.Device);
-        DecodeBatch? batch = null;
+        FastDecodeBackend? batch = null;
         try
         {
-            batch = new DecodeBatch(model, options.MaxConcurrency, options.MaxContext, options.Device);
+            batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, options.Device, adapters);
+            log($"decode path: {batch.Describe()}");
             var scheduler = new ServeScheduler(batch, tokenizer, new SchedulerOptions
             {
                 MaxConcurrency = options.MaxConcurrency,
@@ -75,8 +76,7 @@ public sealed class LoadedModel : IDisposable
                 PrefillChunk = options.PrefillChunk,
             }, metrics, time, onFailure)
             {
-                BeforeStep = adapters.SelectRows,
-                BeforePrefill = adapter => adapters.SelectRows([adapter]),
+                BeforeStep = batch.SelectAdapters,
             };
             adapters.RunOnLoop = scheduler.RunOnLoop;
             foreach (var (name, path) in options.Adapters)
