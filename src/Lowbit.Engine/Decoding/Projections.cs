@@ -51,6 +51,17 @@ public abstract class Projection : IDisposable
         }
         var weights = parts.Select(p => p.DenseWeight(dtype)).ToArray();
         var weight = weights.Length == 1 ? weights[0].contiguous() : cat(weights, 0);
+        if (weights.Length > 1 && parts.All(p => p is DenseLinear d && d.Weight.dtype == dtype && d.Weight.device_type == weight.device_type && d.Weight.device_index == weight.device_index))
+        {
+            // The model's weights become views of the fused one, so the fused copy is the only copy (no extra memory).
+            using var noGrad = no_grad();
+            var row = 0L;
+            foreach (var part in parts.Cast<DenseLinear>())
+            {
+                part.Weight.set_(weight.narrow(0, row, part.OutFeatures));
+                row += part.OutFeatures;
+            }
+        }
         return new DenseProjection(weight.MoveToOuterDisposeScope(), bias?.MoveToOuterDisposeScope());
     }
 }
