@@ -279,6 +279,46 @@ public sealed class FastDecoder : IDisposable
         }
     }
 
+    /// <summary>
+    /// Captures the server step's graph of every (batch bucket, length bucket) now, so no capture lands inside a
+    /// request's latency (graphs on only; adapter graphs are captured on first use). Writes position 0 of the slots'
+    /// caches, so it runs before any request. Returns the graphs captured.
+    /// </summary>
+    public int CaptureServeGraphs()
+    {
+        if (!_graphs)
+        {
+            return 0;
+        }
+        var before = _captured.Count;
+        var batches = Buckets(MaxBatch, 1);
+        var lengths = Buckets(MaxLength, 64);
+        foreach (var batch in batches)
+        {
+            foreach (var length in lengths)
+            {
+                Run(batch, length, serve: true, lora: false);
+            }
+        }
+        cuda.synchronize();
+        return _captured.Count - before;
+    }
+
+    /// <summary>The bucket sizes <c>min(limit, max(floor, 2^k))</c>, ascending.</summary>
+    private static List<int> Buckets(int limit, int floor)
+    {
+        var sizes = new SortedSet<int>();
+        for (var size = 1; ; size *= 2)
+        {
+            sizes.Add(Math.Min(limit, Math.Max(floor, size)));
+            if (size >= limit)
+            {
+                break;
+            }
+        }
+        return sizes.ToList();
+    }
+
     /// <summary>The next input token of slots <c>0..batch−1</c> (the token the last step produced); one host sync.</summary>
     public long[] NextTokens(int batch)
     {

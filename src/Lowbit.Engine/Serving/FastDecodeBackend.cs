@@ -45,6 +45,12 @@ public sealed class FastDecodeBackend : IDecodeBackend
     public string Describe() => _decoder.UsesGraphs ? $"fast decode (CUDA graphs per batch bucket{(_decoder.UsesNativeKernels ? ", native kernels" : "")})"
         : _decoder.UsesNativeKernels ? "fast decode (native kernels, no graphs)" : "fast decode (eager, no native library)";
 
+    /// <summary>Graphs captured so far and the seconds their capture took, as one log line.</summary>
+    public string GraphSummary() => $"{_decoder.CapturedGraphs} CUDA graphs captured in {_decoder.CaptureSeconds:F2} s";
+
+    /// <summary>Captures every bucket's graph before the first request (<see cref="FastDecoder.CaptureServeGraphs"/>); 0 without graphs.</summary>
+    public int CaptureGraphs() => _decoder.CaptureServeGraphs();
+
     /// <summary>The adapter index of every row of the next <see cref="Step(long[], long[], int, int)"/> (the scheduler's BeforeStep).</summary>
     public void SelectAdapters(int[] rows) => _adapters = rows;
 

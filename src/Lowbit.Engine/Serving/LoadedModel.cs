@@ -69,6 +69,10 @@ public sealed class LoadedModel : IDisposable
         {
             batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, options.Device, adapters);
             log($"decode path: {batch.Describe()}");
+            if (batch.CaptureGraphs() > 0)
+            {
+                log($"decode graphs: {batch.GraphSummary()} (every batch × length bucket, before the first request)");
+            }
             var scheduler = new ServeScheduler(batch, tokenizer, new SchedulerOptions
             {
                 MaxConcurrency = options.MaxConcurrency,
