@@ -62,6 +62,9 @@ public sealed record ParsedRequest
 
     public bool IgnoreEos { get; init; }
 
+    /// <summary>Independent choices to generate (OpenAI's <c>n</c>); choice i of a seeded request uses seed + i.</summary>
+    public int N { get; init; } = 1;
+
     /// <summary>Chat: return log-probabilities (<c>logprobs: true</c>).</summary>
     public bool ChatLogprobs { get; init; }
 }
@@ -69,6 +72,9 @@ public sealed record ParsedRequest
 /// <summary>Strict readers of the OpenAI request bodies: each bad field is a 400 naming it.</summary>
 public static class OpenAiRequests
 {
+    /// <summary>The largest <c>n</c> (OpenAI's limit).</summary>
+    public const int MaxChoices = 128;
+
     public static JsonObject ParseBody(byte[] body)
     {
         JsonNode? node;
@@ -147,10 +153,6 @@ public static class OpenAiRequests
     private static ParsedRequest Common(JsonObject body)
     {
         var model = String(body, "model", "model") ?? throw OpenAiError.BadField("model", "required: the model id from GET /v1/models");
-        if (Int(body, "n", 1, int.MaxValue) is > 1)
-        {
-            throw OpenAiError.BadField("n", "only n = 1 is supported");
-        }
         foreach (var penalty in new[] { "presence_penalty", "frequency_penalty" })
         {
             if (Double(body, penalty, -2, 2) is { } p && p != 0)
@@ -183,6 +185,7 @@ public static class OpenAiRequests
             Stream = stream,
             IncludeUsage = includeUsage,
             IgnoreEos = Bool(body, "ignore_eos") == true,
+            N = Int(body, "n", 1, MaxChoices) ?? 1,
         };
     }
 

@@ -148,6 +148,51 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
     }
 
     [Fact]
+    public async Task Does_return_n_seeded_choices_each_equal_to_its_own_seed_served_alone()
+    {
+        string Body(int n, int seed) => $$"""{"model":"{{ServeFixture.Name}}","prompt":"{{Verse}}","max_tokens":12,"temperature":1.0,"seed":{{seed}},"n":{{n}},"ignore_eos":true}""";
+        var (status, body) = await _server.PostAsync("/v1/completions", Body(3, 11));
+        var (_, again) = await _server.PostAsync("/v1/completions", Body(3, 11));
+
+        Assert.Equal(200, status);
+        var choices = body["choices"]!.AsArray();
+        Assert.Equal([0, 1, 2], choices.Select(c => (int)c!["index"]!));
+        var texts = choices.Select(c => (string?)c!["text"]).ToArray();
+        Assert.Equal(texts, again["choices"]!.AsArray().Select(c => (string?)c!["text"]));
+        Assert.True(texts.Distinct().Count() > 1, "independent samples differ");
+        for (var i = 0; i < 3; i++)
+        {
+            // Choice i is the request with seed + i.
+            Assert.Equal(texts[i], (string?)(await _server.PostAsync("/v1/completions", Body(1, 11 + i))).Body["choices"]![0]!["text"]);
+        }
+        Assert.Equal(_server.PromptIds(Verse).Count, (int)body["usage"]!["prompt_tokens"]!);
+        Assert.Equal(36, (int)body["usage"]!["completion_tokens"]!);
+    }
+
+    [Fact]
+    public async Task Does_stream_n_chat_choices_by_index_each_joining_to_the_greedy_answer()
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
+        {
+            Content = new StringContent($$$"""{"model":"{{{ServeFixture.Name}}}","messages":[{"role":"user","content":"Noah"}],"max_tokens":10,"temperature":0,"n":2,"stream":true,"stream_options":{"include_usage":true}}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await _server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var lines = (await response.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+
+        Assert.Equal("data: [DONE]", lines[^1]);
+        var chunks = lines[..^1].Select(l => JsonNode.Parse(l["data: ".Length..])!.AsObject()).ToList();
+        var expected = _server.Reference(_server.PromptIds(ChatPrompt("Noah")), 10);
+        foreach (var index in new[] { 0, 1 })
+        {
+            var mine = chunks.SelectMany(c => c["choices"]!.AsArray()).Where(c => (int)c!["index"]! == index).ToList();
+            Assert.Equal("assistant", (string?)mine[0]!["delta"]!["role"]);
+            Assert.Equal(expected, string.Concat(mine.Select(c => (string?)c!["delta"]!["content"])));
+            Assert.Equal("length", (string?)mine[^1]!["finish_reason"]);
+        }
+        Assert.Equal(20, (int)chunks[^1]["usage"]!["completion_tokens"]!);
+    }
+
+    [Fact]
     public async Task Does_serve_64_concurrent_streams_within_the_concurrency_bound_each_equal_to_the_prompt_served_alone()
     {
         var prompts = Enumerable.Range(0, 64).Select(i => $"{(i % 2 == 0 ? "And" : "Then")} the {i} sons of Israel").ToArray();
@@ -220,7 +265,8 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
     [InlineData("""{"model":"tiny-llama","prompt":"x","max_tokens":300}""", 400, "max_tokens")]
     [InlineData("""{"model":"tiny-llama","prompt":"x","temperature":5}""", 400, "temperature")]
     [InlineData("""{"model":"tiny-llama","prompt":"x","temperature":"hot"}""", 400, "temperature")]
-    [InlineData("""{"model":"tiny-llama","prompt":"x","n":2}""", 400, "n")]
+    [InlineData("""{"model":"tiny-llama","prompt":"x","n":0}""", 400, "n")]
+    [InlineData("""{"model":"tiny-llama","prompt":"x","n":129}""", 400, "n")]
     [InlineData("""{"model":"tiny-llama"}""", 400, "prompt")]
     [InlineData("""{"model":"tiny-llama","prompt":"x",""", 400, null)]
     public async Task Does_reject_bad_completion_input_in_openai_error_shape_naming_the_field(string json, int status, string? param)
