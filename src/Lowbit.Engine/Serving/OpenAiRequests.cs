@@ -65,6 +65,9 @@ public sealed record ParsedRequest
     /// <summary>Independent choices to generate (OpenAI's <c>n</c>); choice i of a seeded request uses seed + i.</summary>
     public int N { get; init; } = 1;
 
+    /// <summary>Completions: the answer starts with the prompt (and with <c>logprobs</c>, the prompt tokens' log-probabilities).</summary>
+    public bool Echo { get; init; }
+
     /// <summary>Chat: return log-probabilities (<c>logprobs: true</c>).</summary>
     public bool ChatLogprobs { get; init; }
 }
@@ -92,15 +95,12 @@ public static class OpenAiRequests
     public static ParsedRequest Completion(JsonObject body)
     {
         var (text, tokens) = Prompt(body["prompt"]);
-        if (Bool(body, "echo") == true)
-        {
-            throw OpenAiError.BadField("echo", "echo is not supported; leave it out or false");
-        }
         var logprobs = Int(body, "logprobs", 0, Sampler.MaxLogprobs);
         return Common(body) with
         {
             PromptText = text,
             PromptTokens = tokens,
+            Echo = Bool(body, "echo") == true,
             MaxTokens = Int(body, "max_tokens", 1, int.MaxValue) ?? 16,
             Sampling = Sampling(body) with { Logprobs = logprobs },
         };

@@ -241,6 +241,11 @@ public sealed class ServeHost : IAsyncDisposable
                 $"This model's maximum context length is {_options.MaxContext} tokens. However, you requested {prompt.Count + Math.Max(maxTokens, 0)} tokens ({prompt.Count} in the {promptParam}, {maxTokens} for the completion). Please reduce the length of the {promptParam} or max_tokens.",
                 room <= 0 ? promptParam : "max_tokens", "context_length_exceeded");
         }
+        if (parsed.Echo && parsed.Sampling.Logprobs is not null && !loaded.Batch.BatchesPrefill)
+        {
+            throw OpenAiError.BadField("echo", "the prompt's log-probabilities (echo with logprobs) are not supported for a GGUF model (llama.cpp path); leave out logprobs or echo");
+        }
+        var echo = parsed.Echo ? new Echo(parsed.PromptText ?? loaded.Tokenizer.Decode(prompt), loaded.Tokenizer) : null;
         var requests = new List<GenerationRequest>(parsed.N);
         try
         {
@@ -256,6 +261,7 @@ public sealed class ServeHost : IAsyncDisposable
                     StopTokenIds = stopIds,
                     IgnoreEos = parsed.IgnoreEos,
                     Adapter = adapter,
+                    PromptLogprobs = parsed.Echo ? parsed.Sampling.Logprobs : null,
                 }));
             }
         }
@@ -271,11 +277,11 @@ public sealed class ServeHost : IAsyncDisposable
         {
             if (parsed.Stream)
             {
-                await Stream(context, requests, parsed, id, created, chat).ConfigureAwait(false);
+                await Stream(context, requests, parsed, id, created, chat, echo).ConfigureAwait(false);
             }
             else
             {
-                await Whole(context, requests, parsed, id, created, chat).ConfigureAwait(false);
+                await Whole(context, requests, parsed, id, created, chat, echo).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
@@ -293,7 +299,10 @@ public sealed class ServeHost : IAsyncDisposable
         loaded.Scheduler.Poke();
     }
 
-    private static async Task Whole(HttpContext context, IReadOnlyList<GenerationRequest> requests, ParsedRequest parsed, string id, long created, bool chat)
+    /// <summary>Completions' echo: the prompt's text, and the tokenizer that spells its tokens for the log-probabilities.</summary>
+    private sealed record Echo(string Text, ITextTokenizer Tokenizer);
+
+    private static async Task Whole(HttpContext context, IReadOnlyList<GenerationRequest> requests, ParsedRequest parsed, string id, long created, bool chat, Echo? echo)
     {
         var choices = new JsonArray();
         var lasts = new GenerationEvent?[requests.Count];
@@ -319,8 +328,8 @@ public sealed class ServeHost : IAsyncDisposable
                 : new JsonObject
                 {
                     ["index"] = i,
-                    ["text"] = text.ToString(),
-                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(logprobs),
+                    ["text"] = (echo?.Text ?? "") + text,
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(logprobs, echo, requests[i].PromptLogprobs),
                     ["finish_reason"] = finish,
                 });
         }
@@ -341,7 +350,7 @@ public sealed class ServeHost : IAsyncDisposable
         await context.Response.WriteAsync(response.ToJsonString(), context.RequestAborted).ConfigureAwait(false);
     }
 
-    private static async Task Stream(HttpContext context, IReadOnlyList<GenerationRequest> requests, ParsedRequest parsed, string id, long created, bool chat)
+    private static async Task Stream(HttpContext context, IReadOnlyList<GenerationRequest> requests, ParsedRequest parsed, string id, long created, bool chat, Echo? echo)
     {
         var response = context.Response;
         response.ContentType = "text/event-stream";
@@ -386,6 +395,16 @@ public sealed class ServeHost : IAsyncDisposable
         var lasts = new GenerationEvent?[requests.Count];
         await foreach (var (index, e) in merged.Reader.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
         {
+            if (echo is not null && lasts[index] is null)
+            {
+                // The echoed prompt first (its log-probabilities are complete before the request's first event).
+                await Send(Chunk(new JsonObject
+                {
+                    ["index"] = index, ["text"] = echo.Text,
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs([], echo, requests[index].PromptLogprobs),
+                    ["finish_reason"] = null,
+                })).ConfigureAwait(false);
+            }
             lasts[index] = e;
             if (e.Text.Length == 0 && e.Logprobs.Count == 0 && e.FinishReason is null)
             {
@@ -412,7 +431,7 @@ public sealed class ServeHost : IAsyncDisposable
                 await Send(Chunk(new JsonObject
                 {
                     ["index"] = index, ["text"] = e.Text,
-                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(e.Logprobs),
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(e.Logprobs, echo, null),
                     ["finish_reason"] = finish,
                 })).ConfigureAwait(false);
             }
@@ -437,21 +456,46 @@ public sealed class ServeHost : IAsyncDisposable
         return new JsonObject { ["prompt_tokens"] = prompt, ["completion_tokens"] = completion, ["total_tokens"] = prompt + completion };
     }
 
-    private static JsonObject CompletionLogprobs(IReadOnlyList<TokenLogprob> logprobs) => new()
+    /// <summary>
+    /// Completions' legacy <c>logprobs</c> object. With echo, the prompt's tokens come first (the first one with null
+    /// <c>token_logprobs</c> and <c>top_logprobs</c>, as OpenAI answers) when <paramref name="prompt"/> is given, and
+    /// every generated token's <c>text_offset</c> counts from the start of the echoed prompt.
+    /// </summary>
+    private static JsonObject CompletionLogprobs(IReadOnlyList<TokenLogprob> logprobs, Echo? echo, IReadOnlyList<PromptLogprob>? prompt)
     {
-        ["tokens"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.Token).ToArray()),
-        ["token_logprobs"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.Logprob).ToArray()),
-        ["top_logprobs"] = new JsonArray(logprobs.Select(l =>
+        var entries = new List<(string Token, float? Logprob, IReadOnlyList<(string Token, float Logprob)>? Top, int Offset)>();
+        if (echo is not null && prompt is not null)
         {
-            var top = new JsonObject();
-            foreach (var (token, logprob) in l.Top)
+            var offset = 0;
+            foreach (var p in prompt)
             {
-                top[token] = logprob;
+                var token = echo.Tokenizer.Decode([p.Token]);
+                entries.Add((token, p.Logprob, p.Logprob is null ? null : p.Top.Select(t => (echo.Tokenizer.Decode([t.Token]), t.Logprob)).ToArray(), offset));
+                offset += token.Length;
             }
-            return (JsonNode?)top;
-        }).ToArray()),
-        ["text_offset"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.TextOffset).ToArray()),
-    };
+        }
+        var shift = echo?.Text.Length ?? 0;
+        entries.AddRange(logprobs.Select(l => (l.Token, (float?)l.Logprob, (IReadOnlyList<(string, float)>?)l.Top, l.TextOffset + shift)));
+        return new JsonObject
+        {
+            ["tokens"] = new JsonArray(entries.Select(l => (JsonNode?)l.Token).ToArray()),
+            ["token_logprobs"] = new JsonArray(entries.Select(l => (JsonNode?)l.Logprob).ToArray()),
+            ["top_logprobs"] = new JsonArray(entries.Select(l =>
+            {
+                if (l.Top is null)
+                {
+                    return null;
+                }
+                var top = new JsonObject();
+                foreach (var (token, logprob) in l.Top)
+                {
+                    top[token] = logprob;
+                }
+                return (JsonNode?)top;
+            }).ToArray()),
+            ["text_offset"] = new JsonArray(entries.Select(l => (JsonNode?)l.Offset).ToArray()),
+        };
+    }
 
     private static JsonObject ChatLogprobs(IReadOnlyList<TokenLogprob> logprobs) => new()
     {

@@ -106,6 +106,57 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
     }
 
     [Fact]
+    public async Task Does_echo_the_prompt_with_its_token_logprobs_equal_to_the_model_s()
+    {
+        var ids = _server.PromptIds(Verse);
+        var expected = _server.Reference(ids, 4);
+        // The reference: log-softmax of one full forward over the prompt; token p + 1 read from position p's logits.
+        float[] reference;
+        using (var checkpoint = Lowbit.Engine.Checkpoints.Checkpoint.Open(TokenizerTests.FixtureDirectory))
+        using (var model = Lowbit.Engine.Checkpoints.ModelIo.Load(checkpoint, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU))
+        using (TorchSharp.torch.no_grad())
+        using (var scope = TorchSharp.torch.NewDisposeScope())
+        {
+            var input = TorchSharp.torch.tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Count]);
+            var logSoftmax = model.forward(input, null)[0].log_softmax(-1);
+            reference = Enumerable.Range(0, ids.Count - 1).Select(p => logSoftmax[p, ids[p + 1]].item<float>()).ToArray();
+        }
+
+        var (status, body) = await _server.PostAsync("/v1/completions",
+            $$"""{"model":"{{ServeFixture.Name}}","prompt":"{{Verse}}","max_tokens":4,"temperature":0,"logprobs":2,"echo":true}""");
+
+        Assert.Equal(200, status);
+        var choice = body["choices"]![0]!;
+        Assert.Equal(Verse + expected, (string?)choice["text"]);
+        var logprobs = choice["logprobs"]!;
+        var tokens = logprobs["tokens"]!.AsArray();
+        Assert.Equal(ids.Count + 4, tokens.Count);
+        Assert.Equal(Verse + expected, string.Concat(tokens.Select(t => (string?)t)));
+        Assert.Null(logprobs["token_logprobs"]![0]);
+        Assert.Null(logprobs["top_logprobs"]![0]);
+        for (var p = 1; p < ids.Count; p++)
+        {
+            Assert.Equal(reference[p - 1], (double)logprobs["token_logprobs"]![p]!, 3);
+            Assert.InRange(logprobs["top_logprobs"]![p]!.AsObject().Count, 1, 2);
+        }
+        var offsets = logprobs["text_offset"]!.AsArray().Select(o => (int)o!).ToArray();
+        Assert.Equal(0, offsets[0]);
+        Assert.Equal(Verse.Length, offsets[ids.Count]);
+        Assert.Equal(offsets.Order(), offsets);
+
+        // Echo without logprobs, streamed: the prompt comes first, then the completion.
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+        {
+            Content = new StringContent($$$"""{"model":"{{{ServeFixture.Name}}}","prompt":"{{{Verse}}}","max_tokens":4,"temperature":0,"echo":true,"stream":true}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await _server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var chunks = (await response.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries)[..^1]
+            .Select(l => JsonNode.Parse(l["data: ".Length..])!["choices"]![0]!).ToList();
+        Assert.Equal(Verse, (string?)chunks[0]["text"]);
+        Assert.Equal(Verse + expected, string.Concat(chunks.Select(c => (string?)c["text"])));
+    }
+
+    [Fact]
     public async Task Does_stream_a_completion_as_sse_ending_in_done_with_a_usage_chunk()
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
