@@ -64,10 +64,15 @@ public sealed class LoadedModel : IDisposable
         var model = ModelLoading.Load(directory, dtype, options.Device);
         model.eval();
         var adapters = new LoraSet(model, options.Device);
-        DecodeBatch? batch = null;
+        FastDecodeBackend? batch = null;
         try
         {
-            batch = new DecodeBatch(model, options.MaxConcurrency, options.MaxContext, options.Device);
+            batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, options.Device, adapters);
+            log($"decode path: {batch.Describe()}");
+            if (batch.CaptureGraphs() > 0)
+            {
+                log($"decode graphs: {batch.GraphSummary()} (every batch × length bucket, before the first request)");
+            }
             var scheduler = new ServeScheduler(batch, tokenizer, new SchedulerOptions
             {
                 MaxConcurrency = options.MaxConcurrency,
@@ -75,8 +80,7 @@ public sealed class LoadedModel : IDisposable
                 PrefillChunk = options.PrefillChunk,
             }, metrics, time, onFailure)
             {
-                BeforeStep = adapters.SelectRows,
-                BeforePrefill = adapter => adapters.SelectRows([adapter]),
+                BeforeStep = batch.SelectAdapters,
             };
             adapters.RunOnLoop = scheduler.RunOnLoop;
             foreach (var (name, path) in options.Adapters)

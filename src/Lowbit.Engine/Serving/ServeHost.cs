@@ -126,6 +126,10 @@ public sealed class ServeHost : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _app.DisposeAsync().ConfigureAwait(false);
+        if (_loaded?.Batch is FastDecodeBackend fast)
+        {
+            _log($"decode path: {fast.Describe()}; {fast.GraphSummary()}");
+        }
         _loaded?.Dispose();
     }
 
