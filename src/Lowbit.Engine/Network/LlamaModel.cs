@@ -45,7 +45,7 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
         {
             var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i };
             hidden = GradientCheckpointing && is_grad_enabled() && cache is null
-                ? Training.GradientCheckpoint.Apply(layers[i], hidden, context)
+                ? Training.GradientCheckpoint.Apply(layers[i], hidden, context, this)
                 : layers[i].forward(hidden, context);
         }
         cache?.Advance(length);

@@ -181,7 +181,7 @@ public sealed class FineTuner
                     var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
                         ignore_index: -100, reduction: nn.Reduction.Sum) / stepTargets;
                     loss.backward();
-                    GradientCheckpoint.Release();
+                    GradientCheckpoint.Release(model.Model);
                     lossSum.add_(loss.detach());
                     tokens += input.NumberOfElements;
                 }
