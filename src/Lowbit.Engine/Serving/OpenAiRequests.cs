@@ -96,12 +96,14 @@ public static class OpenAiRequests
     {
         var (text, tokens) = Prompt(body["prompt"]);
         var logprobs = Int(body, "logprobs", 0, Sampler.MaxLogprobs);
+        var echo = Bool(body, "echo") == true;
         return Common(body) with
         {
             PromptText = text,
             PromptTokens = tokens,
-            Echo = Bool(body, "echo") == true,
-            MaxTokens = Int(body, "max_tokens", 1, int.MaxValue) ?? 16,
+            Echo = echo,
+            // 0 only with echo: the prompt's log-probabilities without a completion (scoring).
+            MaxTokens = Int(body, "max_tokens", echo ? 0 : 1, int.MaxValue) ?? 16,
             Sampling = Sampling(body) with { Logprobs = logprobs },
         };
     }

@@ -234,7 +234,13 @@ public sealed class ServeScheduler : IDisposable
             }
             request.Prefilled += chunk.Tokens.Count;
             _metrics.AddPromptTokens(chunk.Tokens.Count);
-            if (!request.IsPrefilling)
+            if (!request.IsPrefilling && request.Options.MaxTokens == 0)
+            {
+                // Echo-only scoring (max_tokens 0): the prompt and its log-probabilities are the answer.
+                request.Abort("length");
+                Finish(request, request.Slot);
+            }
+            else if (!request.IsPrefilling)
             {
                 done.Add((request, row));
             }

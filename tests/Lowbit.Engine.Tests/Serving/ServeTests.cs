@@ -154,6 +154,18 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
             .Select(l => JsonNode.Parse(l["data: ".Length..])!["choices"]![0]!).ToList();
         Assert.Equal(Verse, (string?)chunks[0]["text"]);
         Assert.Equal(Verse + expected, string.Concat(chunks.Select(c => (string?)c["text"])));
+
+        // Scoring: echo with max_tokens 0 answers the prompt and its log-probabilities only.
+        var (scored, score) = await _server.PostAsync("/v1/completions",
+            $$"""{"model":"{{ServeFixture.Name}}","prompt":"{{Verse}}","max_tokens":0,"logprobs":0,"echo":true}""");
+        Assert.Equal(200, scored);
+        Assert.Equal(Verse, (string?)score["choices"]![0]!["text"]);
+        Assert.Equal("length", (string?)score["choices"]![0]!["finish_reason"]);
+        var scores = score["choices"]![0]!["logprobs"]!["token_logprobs"]!.AsArray();
+        Assert.Equal(ids.Count, scores.Count);
+        Assert.Null(scores[0]);
+        Assert.All(Enumerable.Range(1, ids.Count - 1), p => Assert.Equal(reference[p - 1], (double)scores[p]!, 3));
+        Assert.Equal(0, (int)score["usage"]!["completion_tokens"]!);
     }
 
     [Fact]
