@@ -124,6 +124,17 @@ public sealed class ServeGgufTests
         Assert.Equal(Reference(PromptIds(prompts[0]), 8), alone[0]);
         Assert.Equal(together.Sum(t => t.Completion), ServeFixture.Series(after, EngineMetricNames.GenerationTokensTotal) - ServeFixture.Series(before, EngineMetricNames.GenerationTokensTotal));
         Assert.Equal(together.Sum(t => t.Prompt), ServeFixture.Series(after, EngineMetricNames.PromptTokensTotal) - ServeFixture.Series(before, EngineMetricNames.PromptTokensTotal));
+
+        // Echo works here; the prompt's log-probabilities (echo + logprobs) are the TorchSharp path's only: a 400 naming echo.
+        using (var echoed = await http.PostAsync("/v1/completions", new StringContent($$"""{"model":"{{Name}}","prompt":"{{prompts[0]}}","max_tokens":8,"temperature":0,"echo":true}""", Encoding.UTF8, "application/json")))
+        {
+            Assert.Equal(prompts[0] + alone[0], (string?)JsonNode.Parse(await echoed.Content.ReadAsStringAsync())!["choices"]![0]!["text"]);
+        }
+        using (var refused = await http.PostAsync("/v1/completions", new StringContent($$"""{"model":"{{Name}}","prompt":"x","max_tokens":2,"logprobs":1,"echo":true}""", Encoding.UTF8, "application/json")))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.BadRequest, refused.StatusCode);
+            Assert.Equal("echo", (string?)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["error"]!["param"]);
+        }
         await host.StopAsync();
     }
 }
