@@ -450,11 +450,13 @@ public sealed class FastDecoder : IDisposable
         {
             _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
             _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
-            var keys = Expand(_keys[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2));
-            var values = Expand(_values[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2));
-            var query = q.view(batch, 1, _heads, _headDim).transpose(1, 2);
+            // Grouped-query heads without repeating the cache: each kv head's query group is the "query length" of
+            // its attention ([batch, kv_heads, group, d] against [batch, kv_heads, length, d]); the mask broadcasts.
+            var keys = _keys[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2);
+            var values = _values[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2);
+            var query = q.view(batch, _kvHeads, _heads / _kvHeads, _headDim);
             var attended = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: visible);
-            return attended.transpose(1, 2).reshape(batch, _heads * _headDim);
+            return attended.reshape(batch, _heads * _headDim);
         }, null, lora ? _loraMask!.narrow(0, 0, batch) : null);
         var logits = _lmHead.Forward(hidden, _kernels);
         _logits.narrow(0, 0, batch).copy_(logits);
