@@ -166,8 +166,9 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>
     /// Runs several slots' prompt chunks in one forward pass (the projections and MLPs over all their tokens at once,
-    /// attention per chunk over its slot's cache) and returns the logits <c>[chunks, vocab]</c> (model dtype) of each
-    /// chunk's last position. Each chunk's rows get its adapter's LoRA delta. Touches no per-slot decode state.
+    /// attention per chunk over its slot's cache) and returns the logits (model dtype) of each chunk's last position, or
+    /// of all its positions when <see cref="PrefillChunk.AllPositions"/>, chunk after chunk: <c>[picked rows, vocab]</c>.
+    /// Each chunk's rows get its adapter's LoRA delta. Touches no per-slot decode state.
     /// </summary>
     public Tensor PrefillLogits(IReadOnlyList<PrefillChunk> chunks)
     {
@@ -190,15 +191,18 @@ public sealed class FastDecoder : IDisposable
         using var scope = NewDisposeScope();
         var ids = new long[total];
         var positionIds = new long[total];
-        var last = new long[chunks.Count];
+        var last = new List<long>();
         for (var c = 0; c < chunks.Count; c++)
         {
             for (var i = 0; i < chunks[c].Tokens.Count; i++)
             {
                 ids[offsets[c] + i] = chunks[c].Tokens[i];
                 positionIds[offsets[c] + i] = chunks[c].Start + i;
+                if (chunks[c].AllPositions || i == chunks[c].Tokens.Count - 1)
+                {
+                    last.Add(offsets[c] + i);
+                }
             }
-            last[c] = offsets[c] + chunks[c].Tokens.Count - 1;
         }
         var positions = tensor(positionIds, device: _device);
         var cos = _cos.index_select(0, positions);
@@ -221,7 +225,7 @@ public sealed class FastDecoder : IDisposable
                 attended[c] = output.transpose(1, 2).reshape(length, _heads * _headDim);
             }
             return attended.Length == 1 ? attended[0] : cat(attended, 0);
-        }, tensor(last, device: _device), mask);
+        }, tensor(last.ToArray(), device: _device), mask);
         return _lmHead.Forward(hidden, _kernels).MoveToOuterDisposeScope();
     }
 

@@ -54,4 +54,7 @@ public sealed record PrefillChunk
 
     /// <summary>The adapter index (1-based) of the request, 0 for the base model.</summary>
     public int Adapter { get; init; }
+
+    /// <summary>Return the logits of every position of the chunk, not only the last (prompt log-probabilities).</summary>
+    public bool AllPositions { get; init; }
 }

@@ -28,11 +28,15 @@ public interface IDecodeBackend : IDisposable
     /// <summary>One decode token for rows <c>0..rows−1</c> (row = slot); float32 logits <c>[rows, vocab]</c>. Rows at <see cref="ScratchPosition"/> have no request.</summary>
     Tensor Step(long[] tokens, long[] positions, int rows, int attend);
 
-    /// <summary>True when <see cref="Prefill(IReadOnlyList{PrefillChunk})"/> runs the chunks in one forward (each with its own adapter).</summary>
+    /// <summary>
+    /// True when <see cref="Prefill(IReadOnlyList{PrefillChunk})"/> runs the chunks in one forward (each with its own
+    /// adapter) and honours <see cref="PrefillChunk.AllPositions"/> (prompt log-probabilities).
+    /// </summary>
     bool BatchesPrefill => false;
 
     /// <summary>
-    /// Several slots' prompt chunks; float32 logits <c>[chunks, vocab]</c> of each chunk's last position. The default
+    /// Several slots' prompt chunks; float32 logits of each chunk's last position (all its positions with
+    /// <see cref="PrefillChunk.AllPositions"/>, where <see cref="BatchesPrefill"/>), chunk after chunk. The default
     /// runs them one at a time and ignores <see cref="PrefillChunk.Adapter"/> (the scheduler then selects each chunk's
     /// adapter before calling <see cref="Prefill(int, IReadOnlyList{int}, int)"/> itself).
     /// </summary>

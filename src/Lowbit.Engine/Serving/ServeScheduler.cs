@@ -200,6 +200,7 @@ public sealed class ServeScheduler : IDisposable
                 Tokens = prompt.Skip(request.Prefilled).Take(length).ToArray(),
                 Start = request.Prefilled,
                 Adapter = request.Options.Adapter,
+                AllPositions = request.Options.PromptLogprobs is not null && _batch.BatchesPrefill,
             }));
         }
         if (chunks.Count == 0)
@@ -222,15 +223,22 @@ public sealed class ServeScheduler : IDisposable
             }).ToArray());
         }
         var done = new List<(GenerationRequest Request, int Row)>();
+        var row = 0;
         for (var i = 0; i < chunks.Count; i++)
         {
             var (request, chunk) = chunks[i];
+            if (chunk.AllPositions)
+            {
+                RecordPromptLogprobs(request, chunk, logits.narrow(0, row, chunk.Tokens.Count));
+                row += chunk.Tokens.Count - 1;
+            }
             request.Prefilled += chunk.Tokens.Count;
             _metrics.AddPromptTokens(chunk.Tokens.Count);
             if (!request.IsPrefilling)
             {
-                done.Add((request, i));
+                done.Add((request, row));
             }
+            row++;
         }
         if (done.Count > 0)
         {
@@ -241,6 +249,42 @@ public sealed class ServeScheduler : IDisposable
             {
                 Deliver(done[i].Request, sampled[i]!);
             }
+        }
+    }
+
+    /// <summary>
+    /// The log-probability of each prompt token of <paramref name="chunk"/> after the tokens before it (position p's
+    /// logits predict token p + 1; the first prompt token has none), with the request's top alternatives.
+    /// </summary>
+    private static void RecordPromptLogprobs(GenerationRequest request, PrefillChunk chunk, Tensor logits)
+    {
+        var prompt = request.Options.Prompt;
+        if (chunk.Start == 0)
+        {
+            request.PromptLogprobs.Add(new PromptLogprob(prompt[0], null, []));
+        }
+        var count = Math.Min(chunk.Tokens.Count, prompt.Count - 1 - chunk.Start);
+        if (count <= 0)
+        {
+            return;
+        }
+        using var scope = NewDisposeScope();
+        var logSoftmax = logits.narrow(0, 0, count).to(ScalarType.Float32).log_softmax(-1);
+        var targets = tensor(prompt.Skip(chunk.Start + 1).Take(count).Select(t => (long)t).ToArray(), device: logits.device);
+        var chosen = logSoftmax.gather(1, targets.view(count, 1)).view(count).cpu().data<float>().ToArray();
+        var k = Math.Min(request.Options.PromptLogprobs ?? 0, Sampler.MaxLogprobs);
+        float[] topValues = [];
+        long[] topIds = [];
+        if (k > 0)
+        {
+            var (values, ids) = logSoftmax.topk(k, -1);
+            topValues = values.cpu().data<float>().ToArray();
+            topIds = ids.cpu().data<long>().ToArray();
+        }
+        for (var i = 0; i < count; i++)
+        {
+            var top = Enumerable.Range(0, k).Select(j => ((int)topIds[(i * k) + j], topValues[(i * k) + j])).ToArray();
+            request.PromptLogprobs.Add(new PromptLogprob(prompt[chunk.Start + 1 + i], chosen[i], top));
         }
     }
 
