@@ -97,9 +97,13 @@ public sealed class FineTuner
         {
             throw new EngineInputException($"--base-model: --method qlora needs a quantized base (the lowbit format); {_baseDirectory} is 16-bit. Quantize it first (lowbit-engine quantize --formats lowbit) or use --method lora");
         }
-        if (request.Method != FineTuneMethod.Qlora && quantized)
+        if (request.Method == FineTuneMethod.Full && quantized)
         {
-            throw new EngineInputException($"--base-model: {_baseDirectory} is quantized (lowbit); use --method qlora for it");
+            throw new EngineInputException($"--method: full trains every weight in float32 and needs a 16-bit base; {_baseDirectory} is quantized (lowbit). Use --method qlora on it, or --method full on the 16-bit model it was quantized from");
+        }
+        if (request.Method == FineTuneMethod.Lora && quantized)
+        {
+            throw new EngineInputException($"--method: lora needs a 16-bit base; {_baseDirectory} is quantized (lowbit). Use --method qlora for it");
         }
         List<PackedBlock> train, eval;
         if (_blocks is not null)
