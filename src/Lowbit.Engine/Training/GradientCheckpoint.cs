@@ -38,9 +38,18 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
     {
         var pending = Pending.GetValue(owner, _ => new());
         // cos/sin live in the model forward's dispose scope; the backward runs after it, so keep aliases.
-        var kept = context with { Cos = context.Cos.alias().DetachFromDisposeScope(), Sin = context.Sin.alias().DetachFromDisposeScope() };
+        var kept = context with
+        {
+            Cos = context.Cos.alias().DetachFromDisposeScope(),
+            Sin = context.Sin.alias().DetachFromDisposeScope(),
+            Mask = context.Mask?.alias().DetachFromDisposeScope(),
+        };
         pending.Enqueue(kept.Cos);
         pending.Enqueue(kept.Sin);
+        if (kept.Mask is { } mask)
+        {
+            pending.Enqueue(mask);
+        }
         var trainable = layer.parameters().Where(p => p.requires_grad).Cast<Tensor>().ToList();
         var vars = new object[4 + trainable.Count];
         vars[0] = hidden;
