@@ -185,7 +185,7 @@ public sealed class ServeHost : IAsyncDisposable
                 ["root"] = _options.ModelDirectory, ["parent"] = null, ["max_model_len"] = _options.MaxContext,
             },
         };
-        foreach (var (name, path) in _loaded?.Adapters?.Loaded ?? [])
+        foreach (var (name, path) in _loaded?.LoadedAdapters ?? [])
         {
             data.Add(new JsonObject
             {
@@ -225,7 +225,7 @@ public sealed class ServeHost : IAsyncDisposable
         var loaded = RequireLoaded();
         var body = await ReadBody(context).ConfigureAwait(false);
         var parsed = chat ? OpenAiRequests.Chat(body) : OpenAiRequests.Completion(body);
-        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.Adapters?.RowOf(parsed.Model)
+        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.AdapterRowOf(parsed.Model)
             ?? throw new OpenAiError(404, $"The model `{parsed.Model}` does not exist; GET /v1/models lists {string.Join(", ", Models()["data"]!.AsArray().Select(m => (string?)m!["id"]))}", "model", "model_not_found");
         var (prompt, stops, stopIds) = loaded.Tokenize(parsed);
         var promptParam = chat ? "messages" : "prompt";
