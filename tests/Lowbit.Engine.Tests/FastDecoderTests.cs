@@ -33,6 +33,23 @@ public class FastDecoderTests
     }
 
     [Fact]
+    public void Does_keep_one_copy_of_the_fused_weights_and_the_model_unchanged()
+    {
+        using var model = Fixture();
+        var before = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 12 }, CPU).ToArray();
+        var q = (DenseLinear)model.Model.Layers[0].SelfAttention.Projections().First(p => p.Name == "q_proj").Layer;
+        var k = (DenseLinear)model.Model.Layers[0].SelfAttention.Projections().First(p => p.Name == "k_proj").Layer;
+        using var qBefore = q.Weight.detach().clone();
+
+        using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 1, MaxLength = 32 }, CPU);
+
+        // k is now a view of the fused QKV weight right after q's rows (not a copy); q keeps its values.
+        Assert.Equal(q.Weight.NumberOfElements, k.Weight.storage_offset());
+        Assert.True(q.Weight.equal(qBefore).all().item<bool>());
+        Assert.Equal(before, TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 12 }, CPU).ToArray());
+    }
+
+    [Fact]
     public void Does_decode_each_slot_of_a_batch_as_if_alone()
     {
         using var model = Fixture();

@@ -54,10 +54,12 @@ public sealed class FastDecoder : IDisposable
     private readonly Tensor _history;
     private readonly Tensor _logits;
     private readonly long[] _hostPositions;
-    private readonly Dictionary<(int Batch, int Length), CudaGraph> _captured = [];
+    private readonly Dictionary<(int Batch, int Length, bool Serve, bool Lora), CudaGraph> _captured = [];
     private readonly int _heads;
     private readonly int _kvHeads;
     private readonly int _headDim;
+    private Tensor? _loraMask;
+    private int _loraVersion = -1;
 
     private FastDecoder(LlamaForCausalLM model, FastDecoderOptions options, Device device)
     {
@@ -110,6 +112,22 @@ public sealed class FastDecoder : IDisposable
     /// <summary>Graphs captured so far.</summary>
     public int CapturedGraphs => _captured.Count;
 
+    /// <summary>The LoRA adapters applied per row by <see cref="StepLogits"/> and <see cref="PrefillLogits"/> (null: none).</summary>
+    public IFusedAdapters? Adapters { get; set; }
+
+    /// <summary>Bytes held by the static KV cache.</summary>
+    public long CacheBytes => _keys.Concat(_values).Sum(t => t.NumberOfElements * t.ElementSize);
+
+    /// <summary>The modules fused into each <see cref="FusedGroup"/> (checkpoint names under a decoder layer).</summary>
+    public static IReadOnlyList<string> ModulesOf(FusedGroup group) => group switch
+    {
+        FusedGroup.Qkv => ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        FusedGroup.O => ["self_attn.o_proj"],
+        FusedGroup.GateUp => ["mlp.gate_proj", "mlp.up_proj"],
+        FusedGroup.Down => ["mlp.down_proj"],
+        _ => throw new ArgumentOutOfRangeException(nameof(group)),
+    };
+
     /// <summary>Logits <c>[MaxBatch, vocab]</c> of the last prefill (its slot's row) or step (rows 0..batch−1).</summary>
     public Tensor Logits => _logits;
 
@@ -136,20 +154,7 @@ public sealed class FastDecoder : IDisposable
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         var length = prompt.Count;
-        var ids = tensor(prompt.Select(t => (long)t).ToArray(), device: _device);
-        var cos = _cos.narrow(0, 0, length);
-        var sin = _sin.narrow(0, 0, length);
-        var hidden = Forward(ids, cos, sin, (layer, k, v, q) =>
-        {
-            _keys[layer][slot].narrow(0, 0, length).copy_(k.view(length, _kvHeads, _headDim));
-            _values[layer][slot].narrow(0, 0, length).copy_(v.view(length, _kvHeads, _headDim));
-            var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, length).transpose(1, 2));
-            var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, length).transpose(1, 2));
-            var query = q.view(1, length, _heads, _headDim).transpose(1, 2);
-            var attended = nn.functional.scaled_dot_product_attention(query, keys, values, is_casual: true);
-            return attended.transpose(1, 2).reshape(length, _heads * _headDim);
-        }, lastOnly: true);
-        var logits = _lmHead.Forward(hidden, _kernels);
+        var logits = PrefillLogits([new PrefillChunk { Slot = slot, Tokens = prompt, Start = 0 }]);
         _logits[slot].copy_(logits[0]);
         var next = logits[0].argmax();
         _tokens[slot].copy_(next);
@@ -157,6 +162,107 @@ public sealed class FastDecoder : IDisposable
         _history[slot].narrow(0, length, 1).copy_(next.view(1));
         _hostPositions[slot] = length;
         return (int)next.item<long>();
+    }
+
+    /// <summary>
+    /// Runs several slots' prompt chunks in one forward pass (the projections and MLPs over all their tokens at once,
+    /// attention per chunk over its slot's cache) and returns the logits (model dtype) of each chunk's last position, or
+    /// of all its positions when <see cref="PrefillChunk.AllPositions"/>, chunk after chunk: <c>[picked rows, vocab]</c>.
+    /// Each chunk's rows get its adapter's LoRA delta. Touches no per-slot decode state.
+    /// </summary>
+    public Tensor PrefillLogits(IReadOnlyList<PrefillChunk> chunks)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(chunks.Count, 1);
+        var offsets = new int[chunks.Count];
+        var total = 0;
+        for (var c = 0; c < chunks.Count; c++)
+        {
+            var chunk = chunks[c];
+            ArgumentOutOfRangeException.ThrowIfNegative(chunk.Slot);
+            ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(chunk.Slot, MaxBatch);
+            if (chunk.Tokens.Count == 0 || chunk.Start < 0 || chunk.Start + chunk.Tokens.Count > MaxLength)
+            {
+                throw new ArgumentException($"slot {chunk.Slot}: {chunk.Tokens.Count} tokens at {chunk.Start}; positions 0..{MaxLength - 1} exist", nameof(chunks));
+            }
+            offsets[c] = total;
+            total += chunk.Tokens.Count;
+        }
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var ids = new long[total];
+        var positionIds = new long[total];
+        var last = new List<long>();
+        for (var c = 0; c < chunks.Count; c++)
+        {
+            for (var i = 0; i < chunks[c].Tokens.Count; i++)
+            {
+                ids[offsets[c] + i] = chunks[c].Tokens[i];
+                positionIds[offsets[c] + i] = chunks[c].Start + i;
+                if (chunks[c].AllPositions || i == chunks[c].Tokens.Count - 1)
+                {
+                    last.Add(offsets[c] + i);
+                }
+            }
+        }
+        var positions = tensor(positionIds, device: _device);
+        var cos = _cos.index_select(0, positions);
+        var sin = _sin.index_select(0, positions);
+        var mask = LoraMask(chunks.SelectMany(c => Enumerable.Repeat(c.Adapter, c.Tokens.Count)).ToArray());
+        var hidden = Forward(tensor(ids, device: _device), cos, sin, (layer, k, v, q) =>
+        {
+            var attended = new Tensor[chunks.Count];
+            for (var c = 0; c < chunks.Count; c++)
+            {
+                var (slot, start, length) = (chunks[c].Slot, chunks[c].Start, chunks[c].Tokens.Count);
+                _keys[layer][slot].narrow(0, start, length).copy_(k.narrow(0, offsets[c], length).view(length, _kvHeads, _headDim));
+                _values[layer][slot].narrow(0, start, length).copy_(v.narrow(0, offsets[c], length).view(length, _kvHeads, _headDim));
+                var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, start + length).transpose(1, 2));
+                var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, start + length).transpose(1, 2));
+                var query = q.narrow(0, offsets[c], length).view(1, length, _heads, _headDim).transpose(1, 2);
+                var output = start == 0
+                    ? nn.functional.scaled_dot_product_attention(query, keys, values, is_casual: true)
+                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ones([length, start + length], ScalarType.Bool, _device).tril(start));
+                attended[c] = output.transpose(1, 2).reshape(length, _heads * _headDim);
+            }
+            return attended.Length == 1 ? attended[0] : cat(attended, 0);
+        }, tensor(last.ToArray(), device: _device), mask);
+        return _lmHead.Forward(hidden, _kernels).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The server's decode step: one token for rows <c>0..rows−1</c> (row = slot) with the given tokens, positions and
+    /// adapter indices (a row without a request passes position <c>MaxLength−1</c>, the scratch row), attending to
+    /// positions <c>0..attend−1</c>. Returns the logits <c>[rows, vocab]</c> (model dtype), a view of a buffer the next
+    /// step overwrites. Padded to the batch bucket and replayed from that bucket's graph when graphs are on; touches no
+    /// per-slot decode state (sampling is the caller's).
+    /// </summary>
+    public Tensor StepLogits(long[] tokens, long[] positions, int[] adapters, int attend)
+    {
+        var rows = tokens.Length;
+        ArgumentOutOfRangeException.ThrowIfLessThan(rows, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(rows, MaxBatch);
+        var bucketBatch = Math.Min(MaxBatch, (int)BitOperations.RoundUpToPowerOf2((uint)rows));
+        var bucketLength = Math.Min(MaxLength, Math.Max(64, (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, attend))));
+        var paddedTokens = new long[bucketBatch];
+        var paddedPositions = new long[bucketBatch];
+        Array.Fill(paddedPositions, MaxLength - 1);
+        tokens.CopyTo(paddedTokens, 0);
+        positions.CopyTo(paddedPositions, 0);
+        using var noGrad = no_grad();
+        using (var scope = NewDisposeScope())
+        {
+            _tokens.narrow(0, 0, bucketBatch).copy_(tensor(paddedTokens, device: _device));
+            _positions.narrow(0, 0, bucketBatch).copy_(tensor(paddedPositions, device: _device));
+        }
+        var lora = Adapters is { Count: > 0 } && adapters.Take(rows).Any(a => a > 0);
+        if (lora)
+        {
+            var padded = new int[bucketBatch];
+            adapters.AsSpan(0, rows).CopyTo(padded);
+            FillLoraMask(padded);
+        }
+        Run(bucketBatch, bucketLength, serve: true, lora);
+        return _logits.narrow(0, 0, rows);
     }
 
     /// <summary>
@@ -170,23 +276,51 @@ public sealed class FastDecoder : IDisposable
         var bucketBatch = Math.Min(MaxBatch, (int)BitOperations.RoundUpToPowerOf2((uint)batch));
         var longest = _hostPositions.Take(bucketBatch).Max() + 1;
         var bucketLength = Math.Min(MaxLength, Math.Max(64, (int)BitOperations.RoundUpToPowerOf2((uint)longest)));
-        if (!_graphs)
-        {
-            DecodeStep(bucketBatch, bucketLength);
-        }
-        else
-        {
-            if (!_captured.TryGetValue((bucketBatch, bucketLength), out var graph))
-            {
-                graph = Capture(bucketBatch, bucketLength);
-                _captured[(bucketBatch, bucketLength)] = graph;
-            }
-            graph.Replay();
-        }
+        Run(bucketBatch, bucketLength, serve: false, lora: false);
         for (var i = 0; i < bucketBatch; i++)
         {
             _hostPositions[i] = Math.Min(MaxLength - 1, _hostPositions[i] + 1);
         }
+    }
+
+    /// <summary>
+    /// Captures the server step's graph of every (batch bucket, length bucket) now, so no capture lands inside a
+    /// request's latency (graphs on only; adapter graphs are captured on first use). Writes position 0 of the slots'
+    /// caches, so it runs before any request. Returns the graphs captured.
+    /// </summary>
+    public int CaptureServeGraphs()
+    {
+        if (!_graphs)
+        {
+            return 0;
+        }
+        var before = _captured.Count;
+        var batches = Buckets(MaxBatch, 1);
+        var lengths = Buckets(MaxLength, 64);
+        foreach (var batch in batches)
+        {
+            foreach (var length in lengths)
+            {
+                Run(batch, length, serve: true, lora: false);
+            }
+        }
+        cuda.synchronize();
+        return _captured.Count - before;
+    }
+
+    /// <summary>The bucket sizes <c>min(limit, max(floor, 2^k))</c>, ascending.</summary>
+    private static List<int> Buckets(int limit, int floor)
+    {
+        var sizes = new SortedSet<int>();
+        for (var size = 1; ; size *= 2)
+        {
+            sizes.Add(Math.Min(limit, Math.Max(floor, size)));
+            if (size >= limit)
+            {
+                break;
+            }
+        }
+        return sizes.ToList();
     }
 
     /// <summary>The next input token of slots <c>0..batch−1</c> (the token the last step produced); one host sync.</summary>
@@ -206,7 +340,64 @@ public sealed class FastDecoder : IDisposable
     /// <summary>Host-side position of each slot (its next input's position).</summary>
     public long Position(int slot) => _hostPositions[slot];
 
-    private CudaGraph Capture(int batch, int length)
+    /// <summary>Runs one step of a (batch, length, mode) bucket: its graph when graphs are on (captured on first use), else eagerly.</summary>
+    private void Run(int batch, int length, bool serve, bool lora)
+    {
+        if (!_graphs)
+        {
+            DecodeStep(batch, length, serve, lora);
+            return;
+        }
+        var key = (batch, length, serve, lora);
+        if (!_captured.TryGetValue(key, out var graph))
+        {
+            graph = Capture(batch, length, serve, lora);
+            _captured[key] = graph;
+        }
+        graph.Replay();
+    }
+
+    /// <summary>
+    /// The one-hot adapter mask <c>[rows, adapters]</c> (model dtype) for per-row adapter indices, or null when no row
+    /// uses an adapter (the base path then runs alone).
+    /// </summary>
+    private Tensor? LoraMask(int[] adapters)
+    {
+        if (Adapters is not { Count: > 0 } set || !adapters.Any(a => a > 0))
+        {
+            return null;
+        }
+        var host = new float[adapters.Length * set.Count];
+        for (var r = 0; r < adapters.Length; r++)
+        {
+            if (adapters[r] > 0)
+            {
+                host[r * set.Count + adapters[r] - 1] = 1;
+            }
+        }
+        return tensor(host, [adapters.Length, set.Count], device: _device).to(_dtype);
+    }
+
+    /// <summary>Writes the step's adapter mask into the static buffer the graphs read (reallocated, and LoRA graphs dropped, when the adapters changed).</summary>
+    private void FillLoraMask(int[] adapters)
+    {
+        var set = Adapters!;
+        if (_loraVersion != set.Version || _loraMask is null)
+        {
+            foreach (var key in _captured.Keys.Where(k => k.Lora).ToList())
+            {
+                _captured[key].Dispose();
+                _captured.Remove(key);
+            }
+            _loraMask?.Dispose();
+            _loraMask = zeros([MaxBatch, set.Count], _dtype, _device).DetachFromDisposeScope();
+            _loraVersion = set.Version;
+        }
+        using var scope = NewDisposeScope();
+        _loraMask.narrow(0, 0, adapters.Length).copy_(LoraMask(adapters)!);
+    }
+
+    private CudaGraph Capture(int batch, int length, bool serve, bool lora)
     {
         var watch = Stopwatch.StartNew();
         using var noGrad = no_grad();
@@ -226,9 +417,9 @@ public sealed class FastDecoder : IDisposable
         {
             graph.Capture(() =>
             {
-                DecodeStep(batch, length);
+                DecodeStep(batch, length, serve, lora);
                 Restore();
-            }, () => DecodeStep(batch, length));
+            }, () => DecodeStep(batch, length, serve, lora));
         }
         catch
         {
@@ -242,7 +433,7 @@ public sealed class FastDecoder : IDisposable
     }
 
     /// <summary>The step: every shape fixed by (batch, length), all state in preallocated device tensors.</summary>
-    private void DecodeStep(int batch, int length)
+    private void DecodeStep(int batch, int length, bool serve, bool lora)
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
@@ -264,9 +455,13 @@ public sealed class FastDecoder : IDisposable
             var query = q.view(batch, 1, _heads, _headDim).transpose(1, 2);
             var attended = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: visible);
             return attended.transpose(1, 2).reshape(batch, _heads * _headDim);
-        }, lastOnly: false);
+        }, null, lora ? _loraMask!.narrow(0, 0, batch) : null);
         var logits = _lmHead.Forward(hidden, _kernels);
         _logits.narrow(0, 0, batch).copy_(logits);
+        if (serve)
+        {
+            return;
+        }
         var next = logits.argmax(-1);
         var nextAt = rows.add(positions.add(1).clamp_max(MaxLength - 1));
         _history.view(-1).index_copy_(0, nextAt, next);
@@ -277,9 +472,10 @@ public sealed class FastDecoder : IDisposable
     /// <summary>
     /// The decoder stack over <paramref name="ids"/> <c>[rows]</c> with per-row cos/sin; <paramref name="attend"/> stores a
     /// layer's K/V <c>[rows, kv·d]</c> and returns attention over the cache for Q <c>[rows, heads·d]</c>. Returns the
-    /// final-norm hidden states (of the last row only with <paramref name="lastOnly"/>).
+    /// final-norm hidden states (of the rows <paramref name="pick"/> only, when given). With <paramref name="loraMask"/>
+    /// <c>[rows, adapters]</c> every fused projection adds each row's adapter delta.
     /// </summary>
-    private Tensor Forward(Tensor ids, Tensor cos, Tensor sin, Func<int, Tensor, Tensor, Tensor, Tensor> attend, bool lastOnly)
+    private Tensor Forward(Tensor ids, Tensor cos, Tensor sin, Func<int, Tensor, Tensor, Tensor, Tensor> attend, Tensor? pick, Tensor? loraMask)
     {
         var qWidth = _heads * _headDim;
         var kvWidth = _kvHeads * _headDim;
@@ -288,24 +484,37 @@ public sealed class FastDecoder : IDisposable
         for (var i = 0; i < _layers.Length; i++)
         {
             var layer = _layers[i];
-            var qkv = layer.Qkv.Forward(normed, _kernels);
+            var qkv = Adapt(layer.Qkv.Forward(normed, _kernels), normed, i, FusedGroup.Qkv, loraMask);
             var qk = Rope(qkv.narrow(1, 0, qWidth + kvWidth), _heads + _kvHeads, cos, sin);
             var k = qk.narrow(1, qWidth, kvWidth);
             var v = qkv.narrow(1, qWidth + kvWidth, kvWidth);
             var attended = attend(i, k, v, qk.narrow(1, 0, qWidth));
-            var o = layer.O.Forward(attended, _kernels);
+            var o = Adapt(layer.O.Forward(attended, _kernels), attended, i, FusedGroup.O, loraMask);
             normed = RmsNorm(o, residual, layer.PostNorm, out residual);
-            var gateUp = layer.GateUp.Forward(normed, _kernels);
-            var down = layer.Down.Forward(SiluMul(gateUp), _kernels);
+            var gateUp = Adapt(layer.GateUp.Forward(normed, _kernels), normed, i, FusedGroup.GateUp, loraMask);
+            var activated = SiluMul(gateUp);
+            var down = Adapt(layer.Down.Forward(activated, _kernels), activated, i, FusedGroup.Down, loraMask);
             var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].InputNorm : _finalNorm;
-            if (lastOnly && i + 1 == _layers.Length)
+            if (pick is not null && i + 1 == _layers.Length)
             {
-                var last = down.shape[0] - 1;
-                return RmsNorm(down.narrow(0, last, 1), residual.narrow(0, last, 1), nextNorm, out _);
+                return RmsNorm(down.index_select(0, pick), residual.index_select(0, pick), nextNorm, out _);
             }
             normed = RmsNorm(down, residual, nextNorm, out residual);
         }
-        return lastOnly ? normed.narrow(0, normed.shape[0] - 1, 1) : normed;
+        return pick is null ? normed : normed.index_select(0, pick);
+    }
+
+    /// <summary>Adds each row's LoRA delta <c>((x·Aᵀ) ⊙ mask)·Bᵀ</c> to a fused projection's output (see <see cref="FusedAdapter"/>).</summary>
+    private Tensor Adapt(Tensor output, Tensor input, int layer, FusedGroup group, Tensor? mask)
+    {
+        if (mask is null || Adapters?.Fused(layer, group) is not { } factors)
+        {
+            return output;
+        }
+        var rows = mask.shape[0];
+        var perRank = mask.unsqueeze(2).expand(rows, mask.shape[1], factors.Rank).reshape(rows, mask.shape[1] * factors.Rank);
+        var low = input.to(factors.A.dtype).mm(factors.A.t()).mul_(perRank);
+        return output + low.mm(factors.B.t()).to(output.dtype);
     }
 
     /// <summary>GQA: each kv head serves heads/kv query heads (repeat_kv), as a copy; MHA returns the view.</summary>
@@ -393,6 +602,7 @@ public sealed class FastDecoder : IDisposable
         {
             t.Dispose();
         }
+        _loraMask?.Dispose();
     }
 
     private sealed class Layer : IDisposable
@@ -400,10 +610,11 @@ public sealed class FastDecoder : IDisposable
         public Layer(LlamaDecoderLayer layer, ScalarType dtype)
         {
             var projections = layer.Projections().ToDictionary(p => p.Name, p => p.Layer);
-            Qkv = Projection.Fuse([projections["self_attn.q_proj"], projections["self_attn.k_proj"], projections["self_attn.v_proj"]], dtype);
-            O = Projection.Fuse([projections["self_attn.o_proj"]], dtype);
-            GateUp = Projection.Fuse([projections["mlp.gate_proj"], projections["mlp.up_proj"]], dtype);
-            Down = Projection.Fuse([projections["mlp.down_proj"]], dtype);
+            Projection Fuse(FusedGroup group) => Projection.Fuse(ModulesOf(group).Select(m => projections[m]).ToList(), dtype);
+            Qkv = Fuse(FusedGroup.Qkv);
+            O = Fuse(FusedGroup.O);
+            GateUp = Fuse(FusedGroup.GateUp);
+            Down = Fuse(FusedGroup.Down);
             var norms = layer.named_parameters().ToDictionary(p => p.name, p => p.parameter);
             InputNorm = norms["input_layernorm.weight"].detach();
             PostNorm = norms["post_attention_layernorm.weight"].detach();

@@ -44,8 +44,24 @@ public abstract class Projection : IDisposable
             var packed = Int4Weight.Concat(parts.Select(p => Int4Weight.From(((QuantizedLinear)p).Weight)).ToList());
             return new Int4Projection(packed.MoveToOuterDisposeScope(), bias?.to(dtype).MoveToOuterDisposeScope());
         }
+        if (parts.Any(p => p is QuantizedLinear))
+        {
+            // A quantized artifact stays packed in memory: its layers dequantize per call rather than fuse into a dense copy.
+            return new ModuleProjection(parts, dtype);
+        }
         var weights = parts.Select(p => p.DenseWeight(dtype)).ToArray();
         var weight = weights.Length == 1 ? weights[0].contiguous() : cat(weights, 0);
+        if (weights.Length > 1 && parts.All(p => p is DenseLinear d && d.Weight.dtype == dtype && d.Weight.device_type == weight.device_type && d.Weight.device_index == weight.device_index))
+        {
+            // The model's weights become views of the fused one, so the fused copy is the only copy (no extra memory).
+            using var noGrad = no_grad();
+            var row = 0L;
+            foreach (var part in parts.Cast<DenseLinear>())
+            {
+                part.Weight.set_(weight.narrow(0, row, part.OutFeatures));
+                row += part.OutFeatures;
+            }
+        }
         return new DenseProjection(weight.MoveToOuterDisposeScope(), bias?.MoveToOuterDisposeScope());
     }
 }
@@ -99,5 +115,26 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     {
         Weight.Dispose();
         bias?.Dispose();
+    }
+}
+
+/// <summary>
+/// Projections that are not fused (quantized layers the int4 GEMV does not take: other bit widths, act-order): each
+/// runs its own <c>forward</c> (which dequantizes per call, so the packed codes stay the only copy) and the outputs
+/// are concatenated.
+/// </summary>
+public sealed class ModuleProjection(IReadOnlyList<LinearLayer> parts, ScalarType dtype) : Projection
+{
+    public override long OutFeatures => parts.Sum(p => p.OutFeatures);
+
+    public override Tensor Forward(Tensor x, DecodeKernels kernels)
+    {
+        var outputs = parts.Select(p => p.forward(x).to(dtype)).ToArray();
+        return outputs.Length == 1 ? outputs[0] : cat(outputs, 1);
+    }
+
+    /// <summary>The layers belong to the model, which disposes them.</summary>
+    public override void Dispose()
+    {
     }
 }

@@ -24,8 +24,11 @@ public sealed class LoraLinear : LinearLayer
         Base = baseLayer;
         Settings = settings;
         Index = index;
-        _a = new Parameter(zeros([settings.R, baseLayer.InFeatures], ScalarType.Float32, device));
-        _b = new Parameter(zeros([baseLayer.OutFeatures, settings.R], ScalarType.Float32, device));
+        // Parameter takes its own handle on the storage; the temporaries are released here, not by a later GC.
+        using var a = zeros([settings.R, baseLayer.InFeatures], ScalarType.Float32, device);
+        using var b = zeros([baseLayer.OutFeatures, settings.R], ScalarType.Float32, device);
+        _a = new Parameter(a);
+        _b = new Parameter(b);
         register_module("base_layer", baseLayer);
         register_parameter("lora_A", _a);
         register_parameter("lora_B", _b);
@@ -44,16 +47,28 @@ public sealed class LoraLinear : LinearLayer
 
     public double Scaling => Settings.Scaling;
 
-    /// <summary>Set by the trainer per micro-step; null uses no dropout mask seed (dropout only applies while training).</summary>
-    public static long? DropoutSeed { get; set; }
+    [ThreadStatic]
+    private static long? _dropoutSeed;
+
+    /// <summary>
+    /// Set by the trainer per micro-step; null uses no dropout mask seed (dropout only applies while training).
+    /// Per thread: the checkpointed backward sets it again on whichever thread autograd runs it, and two trainings in
+    /// one process (tests) do not draw each other's masks.
+    /// </summary>
+    public static long? DropoutSeed
+    {
+        get => _dropoutSeed;
+        set => _dropoutSeed = value;
+    }
 
     /// <summary>Initializes like PEFT's <c>init_lora_weights=True</c>: A ~ U(−1/√in, 1/√in) (kaiming_uniform, a=√5), B = 0.</summary>
     public void Initialize(Generator generator)
     {
         using var noGrad = no_grad();
         var bound = 1.0 / Math.Sqrt(InFeatures);
-        using var values = empty(_a.shape, ScalarType.Float32, CPU).uniform_(-bound, bound, generator);
-        _a.copy_(values);
+        using var values = empty(_a.shape, ScalarType.Float32, CPU);
+        using var drawn = values.uniform_(-bound, bound, generator);
+        _a.copy_(drawn);
         _b.zero_();
     }
 
@@ -103,5 +118,10 @@ public sealed class LoraLinear : LinearLayer
     public override Tensor? DenseBias(ScalarType dtype) => Base.DenseBias(dtype);
 
     /// <summary>A detached copy of A and B (for saving).</summary>
-    public LoraWeights Weights() => new(_a.detach().clone(), _b.detach().clone());
+    public LoraWeights Weights()
+    {
+        using var a = _a.detach();
+        using var b = _b.detach();
+        return new(a.clone(), b.clone());
+    }
 }

@@ -17,6 +17,45 @@ public sealed record AttentionContext
     public KvCache? Cache { get; init; }
 
     public int LayerIndex { get; init; }
+
+    /// <summary>Packed documents: <c>[B, 1, T, T]</c> bool, true where query i may attend key j (causal, same document).</summary>
+    public Tensor? Mask { get; init; }
+}
+
+/// <summary>
+/// Several documents packed into one row: per-token positions <c>[B, T]</c> (restarting at 0 in each document) and the
+/// block-diagonal causal mask <c>[B, 1, T, T]</c> (true = may attend), so no token sees another document.
+/// </summary>
+public sealed record PackedLayout
+{
+    public required Tensor Positions { get; init; }
+
+    public required Tensor Mask { get; init; }
+
+    /// <summary>The layout of rows whose positions carry these document numbers (equal numbers = one document, contiguous).</summary>
+    public static PackedLayout Of(IReadOnlyList<int[]> documents, int length, Device device)
+    {
+        var positions = new long[documents.Count * length];
+        var ids = new long[documents.Count * length];
+        for (var b = 0; b < documents.Count; b++)
+        {
+            for (var t = 0; t < length; t++)
+            {
+                var same = t > 0 && documents[b][t] == documents[b][t - 1];
+                positions[b * length + t] = same ? positions[b * length + t - 1] + 1 : 0;
+                ids[b * length + t] = documents[b][t];
+            }
+        }
+        using var scope = NewDisposeScope();
+        var doc = tensor(ids, [documents.Count, length], device: device);
+        var causal = ones([length, length], ScalarType.Bool, device).tril();
+        var mask = doc.unsqueeze(2).eq(doc.unsqueeze(1)).logical_and(causal).unsqueeze(1);
+        return new PackedLayout
+        {
+            Positions = tensor(positions, [documents.Count, length], device: device).MoveToOuterDisposeScope(),
+            Mask = mask.MoveToOuterDisposeScope(),
+        };
+    }
 }
 
 /// <summary>Grouped-query self-attention with RoPE (HF LlamaAttention / Qwen2Attention semantics).</summary>
@@ -84,7 +123,11 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
             v = v.repeat_interleave(groups, 1);
         }
         Tensor attended;
-        if (length == 1)
+        if (context.Mask is { } packed)
+        {
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: packed);
+        }
+        else if (length == 1)
         {
             attended = nn.functional.scaled_dot_product_attention(q, k, v);
         }

@@ -35,6 +35,9 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, KvCache?, Tensor>
     /// <summary>Logits <c>[B, T, vocab]</c> (model dtype) for token ids <c>[B, T]</c>; with a cache, continues from its length.</summary>
     public override Tensor forward(Tensor inputIds, KvCache? cache) => Logits(model.forward(inputIds, cache));
 
+    /// <summary>Logits of a whole-sequence pass over packed documents (each attends and is positioned on its own).</summary>
+    public Tensor Forward(Tensor inputIds, PackedLayout? layout) => Logits(model.Forward(inputIds, null, layout));
+
     /// <summary>Projects hidden states to the vocabulary.</summary>
     public Tensor Logits(Tensor hidden) =>
         lm_head is null ? nn.functional.linear(hidden, model.EmbedTokens.weight!) : lm_head.forward(hidden);

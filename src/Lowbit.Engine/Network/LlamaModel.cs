@@ -34,18 +34,25 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
     public RmsNorm Norm => norm;
 
     /// <summary>Hidden states after the final norm, <c>[B, T, hidden]</c>, for token ids <c>[B, T]</c>.</summary>
-    public override Tensor forward(Tensor inputIds, KvCache? cache)
+    public override Tensor forward(Tensor inputIds, KvCache? cache) => Forward(inputIds, cache, null);
+
+    /// <summary>As <c>forward</c>; with <paramref name="layout"/> (no cache) each packed document is attended and positioned on its own.</summary>
+    public Tensor Forward(Tensor inputIds, KvCache? cache, PackedLayout? layout)
     {
         using var scope = NewDisposeScope();
         var hidden = embed_tokens.forward(inputIds);
         var offset = cache?.Length ?? 0;
         var length = inputIds.shape[1];
-        var (cos, sin) = _rotary.CosSin(offset, length, hidden.dtype, hidden.device);
+        if (layout is not null && cache is not null)
+        {
+            throw new ArgumentException("a packed layout is for whole-sequence (training) passes, not with a KV cache", nameof(layout));
+        }
+        var (cos, sin) = layout is null ? _rotary.CosSin(offset, length, hidden.dtype, hidden.device) : _rotary.CosSin(layout.Positions, hidden.dtype);
         for (var i = 0; i < layers.Count; i++)
         {
-            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i };
+            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i, Mask = layout?.Mask };
             hidden = GradientCheckpointing && is_grad_enabled() && cache is null
-                ? Training.GradientCheckpoint.Apply(layers[i], hidden, context)
+                ? Training.GradientCheckpoint.Apply(layers[i], hidden, context, this)
                 : layers[i].forward(hidden, context);
         }
         cache?.Advance(length);

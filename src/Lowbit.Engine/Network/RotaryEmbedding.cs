@@ -64,6 +64,20 @@ public sealed class RotaryEmbedding
         return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
     }
 
+    /// <summary>
+    /// cos and sin of shape <c>[B, 1, T, head_dim]</c> for per-token positions <c>[B, T]</c> (packed documents), computed
+    /// exactly as <see cref="CosSin(long, long, ScalarType, Device)"/> computes each position.
+    /// </summary>
+    public (Tensor Cos, Tensor Sin) CosSin(Tensor positions, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var compute = dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        var inv = tensor(_inverseFrequencies, device: positions.device).to(compute);
+        var freqs = positions.to(compute).unsqueeze(-1).mul(inv);
+        var emb = cat([freqs, freqs], -1).unsqueeze(1);
+        return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
+    }
+
     /// <summary>Applies the rotation to <c>[B, heads, T, D]</c>: <c>x·cos + rotate_half(x)·sin</c>.</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {

@@ -6,6 +6,9 @@ namespace Lowbit.Engine.Serving;
 /// <summary>One generated token's log-probability and the most likely alternatives (completions' <c>logprobs</c>).</summary>
 public sealed record TokenLogprob(string Token, float Logprob, IReadOnlyList<(string Token, float Logprob)> Top, int TextOffset);
 
+/// <summary>A prompt token's log-probability given the tokens before it (null for the first) and the top alternatives there.</summary>
+public sealed record PromptLogprob(int Token, float? Logprob, IReadOnlyList<(int Token, float Logprob)> Top);
+
 /// <summary>What a request's consumer receives: text pieces, then one event with the finish reason.</summary>
 public sealed record GenerationEvent
 {
@@ -39,6 +42,9 @@ public sealed record RequestOptions
 
     /// <summary>The LoRA adapter row (0 = none).</summary>
     public int Adapter { get; init; }
+
+    /// <summary>Top alternatives per prompt token when the prompt's log-probabilities are wanted (completions' echo + logprobs); null for none.</summary>
+    public int? PromptLogprobs { get; init; }
 }
 
 /// <summary>
@@ -66,6 +72,9 @@ public sealed class GenerationRequest
     }
 
     public RequestOptions Options { get; }
+
+    /// <summary>The prompt's log-probabilities (with <see cref="RequestOptions.PromptLogprobs"/>), complete before the first event.</summary>
+    public List<PromptLogprob> PromptLogprobs { get; } = [];
 
     public long ArrivalTimestamp { get; }
 

@@ -1,11 +1,14 @@
+using Lowbit.Engine.Decoding;
 using static TorchSharp.torch;
 
 namespace Lowbit.Engine.Serving;
 
 /// <summary>
 /// What <see cref="ServeScheduler"/> drives: a fixed number of slots (sequences), each with up to
-/// <see cref="MaxContext"/> cached positions. <see cref="DecodeBatch"/> is the TorchSharp implementation (slab KV
-/// cache), <see cref="LlamaCppBackend"/> the llama.cpp one (GGUF, one context with one sequence per slot).
+/// <see cref="MaxContext"/> cached positions. <see cref="FastDecodeBackend"/> is the TorchSharp implementation the
+/// server runs (fused weights, static cache, CUDA graphs), <see cref="DecodeBatch"/> the unfused module-by-module
+/// reference it is tested against, <see cref="LlamaCppBackend"/> the llama.cpp one (GGUF, one context with one
+/// sequence per slot).
 /// </summary>
 public interface IDecodeBackend : IDisposable
 {
@@ -24,4 +27,22 @@ public interface IDecodeBackend : IDisposable
 
     /// <summary>One decode token for rows <c>0..rows−1</c> (row = slot); float32 logits <c>[rows, vocab]</c>. Rows at <see cref="ScratchPosition"/> have no request.</summary>
     Tensor Step(long[] tokens, long[] positions, int rows, int attend);
+
+    /// <summary>
+    /// True when <see cref="Prefill(IReadOnlyList{PrefillChunk})"/> runs the chunks in one forward (each with its own
+    /// adapter) and honours <see cref="PrefillChunk.AllPositions"/> (prompt log-probabilities).
+    /// </summary>
+    bool BatchesPrefill => false;
+
+    /// <summary>
+    /// Several slots' prompt chunks; float32 logits of each chunk's last position (all its positions with
+    /// <see cref="PrefillChunk.AllPositions"/>, where <see cref="BatchesPrefill"/>), chunk after chunk. The default
+    /// runs them one at a time and ignores <see cref="PrefillChunk.Adapter"/> (the scheduler then selects each chunk's
+    /// adapter before calling <see cref="Prefill(int, IReadOnlyList{int}, int)"/> itself).
+    /// </summary>
+    Tensor Prefill(IReadOnlyList<PrefillChunk> chunks)
+    {
+        using var scope = NewDisposeScope();
+        return stack(chunks.Select(c => Prefill(c.Slot, c.Tokens, c.Start)).ToArray()).MoveToOuterDisposeScope();
+    }
 }

@@ -14,10 +14,19 @@ namespace Lowbit.Engine.Serving;
 /// llama_decode of one sequence, a decode step one llama_decode with one token of every running sequence, so
 /// requests join and leave between steps (continuous batching). The logits come back to the host and go through the
 /// same <see cref="Sampler"/>; a new request in a slot first removes that sequence's cached positions.
+/// LoRA: GGUF adapters (llama.cpp's format, <c>finetune --gguf-adapter true</c>) load through
+/// <c>llama_adapter_lora_init</c>; llama.cpp applies adapters per context, so each prefill runs with its request's
+/// adapter set and a decode step runs one llama_decode per distinct adapter among its rows (as llama-server splits a
+/// batch by LoRA configuration). Row 0 is the base model, row i the i-th loaded adapter.
 /// </summary>
 public sealed class LlamaCppBackend : IDecodeBackend
 {
     private readonly LLamaContext _context;
+    private readonly LLamaWeights _weights;
+    private readonly List<(string Name, string Path, LoraAdapter Adapter)> _adapters = [];
+    private int[] _stepAdapters = [];
+    private int _prefillAdapter;
+    private int _applied;
 
     // llama.cpp logs every tensor and graph at info level; keep warnings and errors (on stderr, like the engine's
     // log). The delegate lives in a static field so the native side never calls a collected one.
@@ -31,6 +40,7 @@ public sealed class LlamaCppBackend : IDecodeBackend
     {
         Slots = slots;
         MaxContext = maxContext;
+        _weights = weights;
         _vocab = weights.Vocab.Count;
         var parameters = ContextParameters(path, slots, maxContext, prefillChunk);
         _context = weights.CreateContext(parameters);
@@ -82,6 +92,80 @@ public sealed class LlamaCppBackend : IDecodeBackend
 
     public int ScratchPosition => MaxContext;
 
+    /// <summary>The loaded adapters (row i + 1 is the i-th).</summary>
+    public IReadOnlyList<(string Name, string Path)> Adapters => _adapters.Select(a => (a.Name, a.Path)).ToArray();
+
+    /// <summary>The adapter row of <paramref name="name"/> (1-based), or null.</summary>
+    public int? RowOf(string name)
+    {
+        var index = _adapters.FindIndex(a => a.Name == name);
+        return index < 0 ? null : index + 1;
+    }
+
+    /// <summary>
+    /// Loads a llama.cpp LoRA adapter: a <c>.gguf</c> adapter file, or a folder holding <c>adapter.gguf</c> (what
+    /// <c>finetune --gguf-adapter true</c> writes next to the PEFT files). Returns its row.
+    /// </summary>
+    public int LoadAdapter(string name, string path)
+    {
+        var file = AdapterFile(name, path);
+        if (RowOf(name) is not null)
+        {
+            throw new EngineInputException($"--adapters: the name '{name}' is given twice");
+        }
+        LoraAdapter adapter;
+        try
+        {
+            adapter = _weights.NativeHandle.LoadLoraFromFile(file);
+        }
+        catch (Exception ex) when (ex is not EngineInputException)
+        {
+            throw new EngineInputException($"--adapters: {name}: llama.cpp could not load {file} as a LoRA adapter of this model ({ex.Message}); it must be a GGUF adapter (general.type adapter) for the same architecture and shapes");
+        }
+        _adapters.Add((name, path, adapter));
+        return _adapters.Count;
+    }
+
+    /// <summary>The GGUF adapter file of an <c>--adapters</c> entry.</summary>
+    public static string AdapterFile(string name, string path)
+    {
+        if (File.Exists(path))
+        {
+            return path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? path
+                : throw new EngineInputException($"--adapters: {name}: {path} is not a .gguf file; a GGUF model takes llama.cpp LoRA adapters (.gguf, general.type adapter)");
+        }
+        var inFolder = Path.Combine(path, "adapter.gguf");
+        return File.Exists(inFolder) ? inFolder
+            : throw new EngineInputException($"--adapters: {name}: {path} holds no adapter.gguf; a GGUF model takes llama.cpp LoRA adapters: write one with finetune --gguf-adapter true, or pass the .gguf adapter file");
+    }
+
+    /// <summary>The adapter row of every row of the next <see cref="Step"/> (the scheduler's BeforeStep).</summary>
+    public void SelectAdapters(int[] rows) => _stepAdapters = rows;
+
+    /// <summary>The adapter row of the next <see cref="Prefill(int, IReadOnlyList{int}, int)"/> (the scheduler's BeforePrefill).</summary>
+    public void SelectPrefillAdapter(int row) => _prefillAdapter = row;
+
+    private void Apply(int row)
+    {
+        if (row == _applied)
+        {
+            return;
+        }
+        if (row < 0 || row > _adapters.Count)
+        {
+            throw new InvalidOperationException($"adapter row {row} is not loaded ({_adapters.Count} adapters)");
+        }
+        if (row == 0)
+        {
+            _context.NativeHandle.SetLoraAdapters([]);
+        }
+        else
+        {
+            _context.NativeHandle.SetLoraAdapters([(_adapters[row - 1].Adapter, 1f)]);
+        }
+        _applied = row;
+    }
+
     public Tensor Prefill(int slot, IReadOnlyList<int> tokens, int start)
     {
         if (start + tokens.Count > MaxContext)
@@ -93,6 +177,7 @@ public sealed class LlamaCppBackend : IDecodeBackend
         {
             _context.NativeHandle.MemorySequenceRemove(sequence, 0, -1);
         }
+        Apply(_prefillAdapter);
         _batch.Clear();
         for (var i = 0; i < tokens.Count; i++)
         {
@@ -104,29 +189,23 @@ public sealed class LlamaCppBackend : IDecodeBackend
 
     public Tensor Step(long[] tokens, long[] positions, int rows, int attend)
     {
-        _batch.Clear();
-        var index = new int[rows];
-        var used = 0;
-        for (var r = 0; r < rows; r++)
-        {
-            if (positions[r] == ScratchPosition)
-            {
-                index[r] = -1;
-                continue;
-            }
-            index[r] = used++;
-            _batch.Add((int)tokens[r], (int)positions[r], (LLamaSeqId)r, true);
-        }
         var logits = new float[rows * _vocab];
-        if (used > 0)
+        int AdapterOf(int r) => r < _stepAdapters.Length ? _stepAdapters[r] : 0;
+        var active = Enumerable.Range(0, rows).Where(r => positions[r] != ScratchPosition).ToList();
+        // One llama_decode per adapter among the rows (llama.cpp sets adapters per context).
+        foreach (var group in active.GroupBy(AdapterOf).OrderBy(g => g.Key))
         {
-            Decode();
-            for (var r = 0; r < rows; r++)
+            Apply(group.Key);
+            _batch.Clear();
+            var members = group.ToList();
+            foreach (var r in members)
             {
-                if (index[r] >= 0)
-                {
-                    _context.NativeHandle.GetLogitsIth(index[r]).CopyTo(logits.AsSpan(r * _vocab, _vocab));
-                }
+                _batch.Add((int)tokens[r], (int)positions[r], (LLamaSeqId)r, true);
+            }
+            Decode();
+            for (var i = 0; i < members.Count; i++)
+            {
+                _context.NativeHandle.GetLogitsIth(i).CopyTo(logits.AsSpan(members[i] * _vocab, _vocab));
             }
         }
         return tensor(logits, [rows, _vocab]);

@@ -42,8 +42,14 @@ public sealed class LoadedModel : IDisposable
 
     public ServeScheduler Scheduler { get; }
 
-    /// <summary>LoRA adapters; null on the GGUF path (llama.cpp adapters are not wired).</summary>
+    /// <summary>LoRA adapters of the TorchSharp path; null on the GGUF path (its adapters live in <see cref="LlamaCppBackend"/>).</summary>
     public LoraSet? Adapters { get; }
+
+    /// <summary>The adapter row a request naming <paramref name="name"/> runs with (either path), or null.</summary>
+    public int? AdapterRowOf(string name) => Adapters?.RowOf(name) ?? (Batch as LlamaCppBackend)?.RowOf(name);
+
+    /// <summary>Loaded adapters by name and path (either path).</summary>
+    public IReadOnlyList<(string Name, string Path)> LoadedAdapters => Adapters?.Loaded ?? (Batch as LlamaCppBackend)?.Adapters ?? [];
 
     public static LoadedModel Load(ServeOptions options, ServeMetrics metrics, TimeProvider time, Action<string> log, Action<Exception> onFailure)
     {
@@ -64,10 +70,15 @@ public sealed class LoadedModel : IDisposable
         var model = ModelLoading.Load(directory, dtype, options.Device);
         model.eval();
         var adapters = new LoraSet(model, options.Device);
-        DecodeBatch? batch = null;
+        FastDecodeBackend? batch = null;
         try
         {
-            batch = new DecodeBatch(model, options.MaxConcurrency, options.MaxContext, options.Device);
+            batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, options.Device, adapters);
+            log($"decode path: {batch.Describe()}");
+            if (batch.CaptureGraphs() > 0)
+            {
+                log($"decode graphs: {batch.GraphSummary()} (every batch × length bucket, before the first request)");
+            }
             var scheduler = new ServeScheduler(batch, tokenizer, new SchedulerOptions
             {
                 MaxConcurrency = options.MaxConcurrency,
@@ -75,8 +86,7 @@ public sealed class LoadedModel : IDisposable
                 PrefillChunk = options.PrefillChunk,
             }, metrics, time, onFailure)
             {
-                BeforeStep = adapters.SelectRows,
-                BeforePrefill = adapter => adapters.SelectRows([adapter]),
+                BeforeStep = batch.SelectAdapters,
             };
             adapters.RunOnLoop = scheduler.RunOnLoop;
             foreach (var (name, path) in options.Adapters)
@@ -121,9 +131,9 @@ public sealed class LoadedModel : IDisposable
 
     private static LoadedModel LoadGguf(string path, ServeOptions options, ServeMetrics metrics, TimeProvider time, Action<string> log, Action<Exception> onFailure)
     {
-        if (options.Adapters.Count > 0)
+        foreach (var (name, adapterPath) in options.Adapters)
         {
-            throw new EngineInputException("--adapters: LoRA adapters are not supported with a GGUF model (llama.cpp path); serve the safetensors model to use adapters");
+            LlamaCppBackend.AdapterFile(name, adapterPath);   // a PEFT folder without adapter.gguf fails before the model loads
         }
         if (options.Device.type != TorchSharp.DeviceType.CPU)
         {
@@ -142,12 +152,21 @@ public sealed class LoadedModel : IDisposable
                 ChatTemplate = template,
             };
             backend = new LlamaCppBackend(weights, path, options.MaxConcurrency, options.MaxContext, options.PrefillChunk);
+            foreach (var (name, adapterPath) in options.Adapters)
+            {
+                backend.LoadAdapter(name, adapterPath);
+                log($"adapter {name} loaded into llama.cpp from {LlamaCppBackend.AdapterFile(name, adapterPath)}");
+            }
             var scheduler = new ServeScheduler(backend, tokenizer, new SchedulerOptions
             {
                 MaxConcurrency = options.MaxConcurrency,
                 MaxContext = options.MaxContext,
                 PrefillChunk = options.PrefillChunk,
-            }, metrics, time, onFailure);
+            }, metrics, time, onFailure)
+            {
+                BeforeStep = backend.SelectAdapters,
+                BeforePrefill = backend.SelectPrefillAdapter,
+            };
             int[] eosIds = tokenizer.EosId is { } eos ? [eos] : [];
             if (weights.Vocab.EOT is { } eot && !eosIds.Contains((int)eot))
             {

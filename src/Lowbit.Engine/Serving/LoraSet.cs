@@ -1,3 +1,4 @@
+using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Network;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -7,30 +8,64 @@ namespace Lowbit.Engine.Serving;
 /// <summary>One adapter's low-rank factors per module (<c>model.layers.3.self_attn.q_proj</c> → A <c>[r, in]</c>, B <c>[out, r]</c>) and its scaling.</summary>
 public sealed record AdapterWeights(double Scaling, IReadOnlyDictionary<string, (Tensor A, Tensor B)> Modules);
 
+/// <summary>How a <see cref="LoraSet"/> applies its adapters.</summary>
+public enum LoraLayout
+{
+    /// <summary>Stacked per fused projection of the <see cref="FastDecoder"/> (<see cref="IFusedAdapters"/>): the server's path.</summary>
+    FusedStacks,
+
+    /// <summary>Every projection of the model wrapped in a <see cref="MultiLoraLinear"/>: the reference <see cref="DecodeBatch"/> path.</summary>
+    ModuleWrappers,
+}
+
 /// <summary>
-/// The LoRA adapters of the server, several in one batch: every projection of the model is wrapped in a
-/// <see cref="MultiLoraLinear"/> that holds the factors of all loaded adapters stacked (row 0 is "no adapter",
-/// all zeros; ranks padded to the largest), and adds <c>B[row]·(A[row]·x)</c> per batch row by gathering the row's
-/// adapter. Loading and unloading run on the scheduler's thread between steps.
+/// The LoRA adapters of the server, several in one batch. With <see cref="LoraLayout.FusedStacks"/> the factors of
+/// all loaded adapters are stacked per fused projection (<see cref="FusedAdapter"/>: A of every adapter one after
+/// another, B block-diagonal per module, ranks padded) and the <see cref="FastDecoder"/> adds each row's delta
+/// through a one-hot adapter mask; with <see cref="LoraLayout.ModuleWrappers"/> every projection is wrapped in a
+/// <see cref="MultiLoraLinear"/> that gathers each row's factors (row 0 "no adapter"). Loading and unloading run on
+/// the scheduler's thread between steps.
 /// </summary>
-public sealed class LoraSet : IDisposable
+public sealed class LoraSet : IDisposable, IFusedAdapters
 {
     private readonly Dictionary<string, MultiLoraLinear> _layers = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (long In, long Out)> _shapes = new(StringComparer.Ordinal);
+    private readonly Dictionary<(int Layer, FusedGroup Group), FusedAdapter> _fused = [];
+    private readonly LoraLayout _layout;
+    private readonly int _layerCount;
+    private readonly ScalarType _dtype;
     private readonly Device _device;
     private readonly Lock _gate = new();
     private readonly List<(string Name, string Path, AdapterWeights Weights)> _adapters = [];
     private Tensor? _rows;
 
-    public LoraSet(LlamaForCausalLM model, Device device)
+    public LoraSet(LlamaForCausalLM model, Device device, LoraLayout layout = LoraLayout.FusedStacks)
     {
         _device = device;
+        _layout = layout;
+        _layerCount = model.Model.Layers.Count;
+        _dtype = model.Dtype;
         model.ReplaceLinears((name, layer) =>
         {
+            _shapes[name] = (layer.InFeatures, layer.OutFeatures);
+            if (layout == LoraLayout.FusedStacks)
+            {
+                return null;
+            }
             var wrapped = new MultiLoraLinear(layer, this, model.Dtype);
             _layers[name] = wrapped;
             return wrapped;
         });
     }
+
+    /// <inheritdoc/>
+    public int Version { get; private set; }
+
+    /// <inheritdoc/>
+    public int Count { get; private set; }
+
+    /// <inheritdoc/>
+    public FusedAdapter? Fused(int layer, FusedGroup group) => _fused.GetValueOrDefault((layer, group));
 
     /// <summary>Reads a PEFT adapter folder onto a device (the engine's one PEFT reader, <see cref="Lora.PeftAdapter.Read"/>).</summary>
     public static Func<string, Device, AdapterWeights> Reader { get; set; } = ReadPeft;
@@ -93,13 +128,13 @@ public sealed class LoraSet : IDisposable
         }
         foreach (var (module, (a, b)) in weights.Modules)
         {
-            if (!_layers.TryGetValue(module, out var layer))
+            if (!_shapes.TryGetValue(module, out var layer))
             {
                 throw new OpenAiError(400, $"lora_path: {path}: module {module} is not a projection of the served model", "lora_path", "invalid_value");
             }
-            if (a.shape[1] != layer.InFeatures || b.shape[0] != layer.OutFeatures || a.shape[0] != b.shape[1])
+            if (a.shape[1] != layer.In || b.shape[0] != layer.Out || a.shape[0] != b.shape[1])
             {
-                throw new OpenAiError(400, $"lora_path: {path}: {module} has A {string.Join('x', a.shape)} and B {string.Join('x', b.shape)}; the model needs [r, {layer.InFeatures}] and [{layer.OutFeatures}, r]", "lora_path", "invalid_value");
+                throw new OpenAiError(400, $"lora_path: {path}: {module} has A {string.Join('x', a.shape)} and B {string.Join('x', b.shape)}; the model needs [r, {layer.In}] and [{layer.Out}, r]", "lora_path", "invalid_value");
             }
         }
         RunOnLoop(() =>
@@ -156,6 +191,9 @@ public sealed class LoraSet : IDisposable
 
     private void Rebuild()
     {
+        Count = _adapters.Count;
+        Version++;
+        RebuildFused();
         foreach (var (module, layer) in _layers)
         {
             var rank = _adapters.Count == 0 ? 0 : _adapters.Max(a => a.Weights.Modules.TryGetValue(module, out var w) ? w.A.shape[0] : 0);
@@ -181,6 +219,61 @@ public sealed class LoraSet : IDisposable
         }
     }
 
+    /// <summary>The <see cref="FusedAdapter"/> stacks of every (layer, fused group) some adapter touches.</summary>
+    private void RebuildFused()
+    {
+        foreach (var stack in _fused.Values)
+        {
+            stack.A.Dispose();
+            stack.B.Dispose();
+        }
+        _fused.Clear();
+        if (_layout != LoraLayout.FusedStacks || _adapters.Count == 0)
+        {
+            return;
+        }
+        var n = _adapters.Count;
+        for (var layer = 0; layer < _layerCount; layer++)
+        {
+            foreach (var group in Enum.GetValues<FusedGroup>())
+            {
+                var modules = FastDecoder.ModulesOf(group).Select(m => $"model.layers.{layer}.{m}").ToArray();
+                var ranks = modules.Select(m => _adapters.Max(a => a.Weights.Modules.TryGetValue(m, out var w) ? (int)w.A.shape[0] : 0)).ToArray();
+                var rank = ranks.Sum();
+                if (rank == 0)
+                {
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                var inFeatures = _shapes[modules[0]].In;
+                var outs = modules.Select(m => _shapes[m].Out).ToArray();
+                var a = zeros([n, rank, inFeatures], _dtype, _device);
+                var b = zeros([n, outs.Sum(), rank], _dtype, _device);
+                for (var i = 0; i < n; i++)
+                {
+                    var (rankAt, outAt) = (0L, 0L);
+                    for (var m = 0; m < modules.Length; m++)
+                    {
+                        if (_adapters[i].Weights.Modules.TryGetValue(modules[m], out var w))
+                        {
+                            var r = w.A.shape[0];
+                            a[i].narrow(0, rankAt, r).copy_(w.A.to(_dtype));
+                            b[i].narrow(0, outAt, outs[m]).narrow(1, rankAt, r).copy_((w.B * _adapters[i].Weights.Scaling).to(_dtype));
+                        }
+                        rankAt += ranks[m];
+                        outAt += outs[m];
+                    }
+                }
+                _fused[(layer, group)] = new FusedAdapter
+                {
+                    A = a.reshape(n * rank, inFeatures).contiguous().DetachFromDisposeScope(),
+                    B = b.permute(1, 0, 2).reshape(outs.Sum(), n * rank).contiguous().DetachFromDisposeScope(),
+                    Rank = rank,
+                };
+            }
+        }
+    }
+
     private static void DisposeWeights(AdapterWeights weights)
     {
         foreach (var (a, b) in weights.Modules.Values)
@@ -193,6 +286,11 @@ public sealed class LoraSet : IDisposable
     public void Dispose()
     {
         _rows?.Dispose();
+        foreach (var stack in _fused.Values)
+        {
+            stack.A.Dispose();
+            stack.B.Dispose();
+        }
         foreach (var adapter in _adapters)
         {
             DisposeWeights(adapter.Weights);

@@ -62,6 +62,12 @@ public sealed record ParsedRequest
 
     public bool IgnoreEos { get; init; }
 
+    /// <summary>Independent choices to generate (OpenAI's <c>n</c>); choice i of a seeded request uses seed + i.</summary>
+    public int N { get; init; } = 1;
+
+    /// <summary>Completions: the answer starts with the prompt (and with <c>logprobs</c>, the prompt tokens' log-probabilities).</summary>
+    public bool Echo { get; init; }
+
     /// <summary>Chat: return log-probabilities (<c>logprobs: true</c>).</summary>
     public bool ChatLogprobs { get; init; }
 }
@@ -69,6 +75,9 @@ public sealed record ParsedRequest
 /// <summary>Strict readers of the OpenAI request bodies: each bad field is a 400 naming it.</summary>
 public static class OpenAiRequests
 {
+    /// <summary>The largest <c>n</c> (OpenAI's limit).</summary>
+    public const int MaxChoices = 128;
+
     public static JsonObject ParseBody(byte[] body)
     {
         JsonNode? node;
@@ -86,15 +95,12 @@ public static class OpenAiRequests
     public static ParsedRequest Completion(JsonObject body)
     {
         var (text, tokens) = Prompt(body["prompt"]);
-        if (Bool(body, "echo") == true)
-        {
-            throw OpenAiError.BadField("echo", "echo is not supported; leave it out or false");
-        }
         var logprobs = Int(body, "logprobs", 0, Sampler.MaxLogprobs);
         return Common(body) with
         {
             PromptText = text,
             PromptTokens = tokens,
+            Echo = Bool(body, "echo") == true,
             MaxTokens = Int(body, "max_tokens", 1, int.MaxValue) ?? 16,
             Sampling = Sampling(body) with { Logprobs = logprobs },
         };
@@ -147,10 +153,6 @@ public static class OpenAiRequests
     private static ParsedRequest Common(JsonObject body)
     {
         var model = String(body, "model", "model") ?? throw OpenAiError.BadField("model", "required: the model id from GET /v1/models");
-        if (Int(body, "n", 1, int.MaxValue) is > 1)
-        {
-            throw OpenAiError.BadField("n", "only n = 1 is supported");
-        }
         foreach (var penalty in new[] { "presence_penalty", "frequency_penalty" })
         {
             if (Double(body, penalty, -2, 2) is { } p && p != 0)
@@ -183,6 +185,7 @@ public static class OpenAiRequests
             Stream = stream,
             IncludeUsage = includeUsage,
             IgnoreEos = Bool(body, "ignore_eos") == true,
+            N = Int(body, "n", 1, MaxChoices) ?? 1,
         };
     }
 

@@ -2,6 +2,7 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
+using System.Threading.Channels;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Tokenization;
 using Microsoft.AspNetCore.Builder;
@@ -126,6 +127,10 @@ public sealed class ServeHost : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _app.DisposeAsync().ConfigureAwait(false);
+        if (_loaded?.Batch is FastDecodeBackend fast)
+        {
+            _log($"decode path: {fast.Describe()}; {fast.GraphSummary()}");
+        }
         _loaded?.Dispose();
     }
 
@@ -180,7 +185,7 @@ public sealed class ServeHost : IAsyncDisposable
                 ["root"] = _options.ModelDirectory, ["parent"] = null, ["max_model_len"] = _options.MaxContext,
             },
         };
-        foreach (var (name, path) in _loaded?.Adapters?.Loaded ?? [])
+        foreach (var (name, path) in _loaded?.LoadedAdapters ?? [])
         {
             data.Add(new JsonObject
             {
@@ -220,7 +225,7 @@ public sealed class ServeHost : IAsyncDisposable
         var loaded = RequireLoaded();
         var body = await ReadBody(context).ConfigureAwait(false);
         var parsed = chat ? OpenAiRequests.Chat(body) : OpenAiRequests.Completion(body);
-        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.Adapters?.RowOf(parsed.Model)
+        var adapter = parsed.Model == _options.ServedName ? 0 : loaded.AdapterRowOf(parsed.Model)
             ?? throw new OpenAiError(404, $"The model `{parsed.Model}` does not exist; GET /v1/models lists {string.Join(", ", Models()["data"]!.AsArray().Select(m => (string?)m!["id"]))}", "model", "model_not_found");
         var (prompt, stops, stopIds) = loaded.Tokenize(parsed);
         var promptParam = chat ? "messages" : "prompt";
@@ -236,84 +241,106 @@ public sealed class ServeHost : IAsyncDisposable
                 $"This model's maximum context length is {_options.MaxContext} tokens. However, you requested {prompt.Count + Math.Max(maxTokens, 0)} tokens ({prompt.Count} in the {promptParam}, {maxTokens} for the completion). Please reduce the length of the {promptParam} or max_tokens.",
                 room <= 0 ? promptParam : "max_tokens", "context_length_exceeded");
         }
-        GenerationRequest request;
+        if (parsed.Echo && parsed.Sampling.Logprobs is not null && !loaded.Batch.BatchesPrefill)
+        {
+            throw OpenAiError.BadField("echo", "the prompt's log-probabilities (echo with logprobs) are not supported for a GGUF model (llama.cpp path); leave out logprobs or echo");
+        }
+        var echo = parsed.Echo ? new Echo(parsed.PromptText ?? loaded.Tokenizer.Decode(prompt), loaded.Tokenizer) : null;
+        var requests = new List<GenerationRequest>(parsed.N);
         try
         {
-            request = loaded.Scheduler.Submit(new RequestOptions
+            for (var i = 0; i < parsed.N; i++)
             {
-                Prompt = prompt,
-                MaxTokens = maxTokens,
-                Sampling = parsed.Sampling,
-                Stop = parsed.Stop.Concat(stops).Distinct().ToArray(),
-                StopTokenIds = stopIds,
-                IgnoreEos = parsed.IgnoreEos,
-                Adapter = adapter,
-            });
+                // n independent samples: each its own request (and slot); a seeded request's choice i uses seed + i.
+                requests.Add(loaded.Scheduler.Submit(new RequestOptions
+                {
+                    Prompt = prompt,
+                    MaxTokens = maxTokens,
+                    Sampling = parsed.Sampling.Seed is { } seed ? parsed.Sampling with { Seed = unchecked(seed + i) } : parsed.Sampling,
+                    Stop = parsed.Stop.Concat(stops).Distinct().ToArray(),
+                    StopTokenIds = stopIds,
+                    IgnoreEos = parsed.IgnoreEos,
+                    Adapter = adapter,
+                    PromptLogprobs = parsed.Echo ? parsed.Sampling.Logprobs : null,
+                }));
+            }
         }
         catch (InvalidOperationException ex)
         {
+            CancelAll(requests, loaded);
             throw new OpenAiError(503, ex.Message, null, "shutting_down", "service_unavailable");
         }
-        using var registration = context.RequestAborted.Register(() =>
-        {
-            request.Cancel();
-            loaded.Scheduler.Poke();
-        });
+        using var registration = context.RequestAborted.Register(() => CancelAll(requests, loaded));
         var id = (chat ? "chatcmpl-" : "cmpl-") + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         try
         {
             if (parsed.Stream)
             {
-                await Stream(context, request, parsed, id, created, chat).ConfigureAwait(false);
+                await Stream(context, requests, parsed, id, created, chat, echo).ConfigureAwait(false);
             }
             else
             {
-                await Whole(context, request, parsed, id, created, chat).ConfigureAwait(false);
+                await Whole(context, requests, parsed, id, created, chat, echo).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
         {
-            request.Cancel();
-            loaded.Scheduler.Poke();
+            CancelAll(requests, loaded);
         }
     }
 
-    private static async Task Whole(HttpContext context, GenerationRequest request, ParsedRequest parsed, string id, long created, bool chat)
+    private static void CancelAll(IEnumerable<GenerationRequest> requests, LoadedModel loaded)
     {
-        var text = new StringBuilder();
-        var logprobs = new List<TokenLogprob>();
-        GenerationEvent? last = null;
-        await foreach (var e in request.Events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+        foreach (var request in requests)
         {
-            text.Append(e.Text);
-            logprobs.AddRange(e.Logprobs);
-            last = e;
+            request.Cancel();
         }
-        var finish = last?.FinishReason ?? "abort";
-        JsonObject choice = chat
-            ? new JsonObject
+        loaded.Scheduler.Poke();
+    }
+
+    /// <summary>Completions' echo: the prompt's text, and the tokenizer that spells its tokens for the log-probabilities.</summary>
+    private sealed record Echo(string Text, ITextTokenizer Tokenizer);
+
+    private static async Task Whole(HttpContext context, IReadOnlyList<GenerationRequest> requests, ParsedRequest parsed, string id, long created, bool chat, Echo? echo)
+    {
+        var choices = new JsonArray();
+        var lasts = new GenerationEvent?[requests.Count];
+        for (var i = 0; i < requests.Count; i++)
+        {
+            var text = new StringBuilder();
+            var logprobs = new List<TokenLogprob>();
+            await foreach (var e in requests[i].Events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
             {
-                ["index"] = 0,
-                ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text.ToString() },
-                ["logprobs"] = parsed.ChatLogprobs ? ChatLogprobs(logprobs) : null,
-                ["finish_reason"] = finish,
+                text.Append(e.Text);
+                logprobs.AddRange(e.Logprobs);
+                lasts[i] = e;
             }
-            : new JsonObject
-            {
-                ["index"] = 0,
-                ["text"] = text.ToString(),
-                ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(logprobs),
-                ["finish_reason"] = finish,
-            };
+            var finish = lasts[i]?.FinishReason ?? "abort";
+            choices.Add(chat
+                ? new JsonObject
+                {
+                    ["index"] = i,
+                    ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text.ToString() },
+                    ["logprobs"] = parsed.ChatLogprobs ? ChatLogprobs(logprobs) : null,
+                    ["finish_reason"] = finish,
+                }
+                : new JsonObject
+                {
+                    ["index"] = i,
+                    ["text"] = (echo?.Text ?? "") + text,
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(logprobs, echo, requests[i].PromptLogprobs),
+                    ["finish_reason"] = finish,
+                });
+        }
         var response = new JsonObject
         {
             ["id"] = id,
             ["object"] = chat ? "chat.completion" : "text_completion",
             ["created"] = created,
             ["model"] = parsed.Model,
-            ["choices"] = new JsonArray(choice),
-            ["usage"] = Usage(last),
+            ["choices"] = choices,
+            ["usage"] = Usage(requests, lasts),
         };
         if (chat)
         {
@@ -323,7 +350,7 @@ public sealed class ServeHost : IAsyncDisposable
         await context.Response.WriteAsync(response.ToJsonString(), context.RequestAborted).ConfigureAwait(false);
     }
 
-    private static async Task Stream(HttpContext context, GenerationRequest request, ParsedRequest parsed, string id, long created, bool chat)
+    private static async Task Stream(HttpContext context, IReadOnlyList<GenerationRequest> requests, ParsedRequest parsed, string id, long created, bool chat, Echo? echo)
     {
         var response = context.Response;
         response.ContentType = "text/event-stream";
@@ -342,19 +369,43 @@ public sealed class ServeHost : IAsyncDisposable
         }
         if (chat)
         {
-            await Send(Chunk(new JsonObject
+            for (var i = 0; i < requests.Count; i++)
             {
-                ["index"] = 0, ["delta"] = new JsonObject { ["role"] = "assistant", ["content"] = "" }, ["logprobs"] = null, ["finish_reason"] = null,
-            })).ConfigureAwait(false);
+                await Send(Chunk(new JsonObject
+                {
+                    ["index"] = i, ["delta"] = new JsonObject { ["role"] = "assistant", ["content"] = "" }, ["logprobs"] = null, ["finish_reason"] = null,
+                })).ConfigureAwait(false);
+            }
         }
         else
         {
             await response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
         }
-        GenerationEvent? last = null;
-        await foreach (var e in request.Events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+        // The choices' events in the order they come (one reader per choice into one channel).
+        var merged = Channel.CreateUnbounded<(int Index, GenerationEvent Event)>();
+        var readers = requests.Select(async (request, index) =>
         {
-            last = e;
+            await foreach (var e in request.Events.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+            {
+                merged.Writer.TryWrite((index, e));
+            }
+        }).ToArray();
+        // A reader ends early only when the client went away, which the loop below sees through RequestAborted.
+        _ = Task.WhenAll(readers).ContinueWith(_ => merged.Writer.TryComplete(), TaskScheduler.Default);
+        var lasts = new GenerationEvent?[requests.Count];
+        await foreach (var (index, e) in merged.Reader.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+        {
+            if (echo is not null && lasts[index] is null)
+            {
+                // The echoed prompt first (its log-probabilities are complete before the request's first event).
+                await Send(Chunk(new JsonObject
+                {
+                    ["index"] = index, ["text"] = echo.Text,
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs([], echo, requests[index].PromptLogprobs),
+                    ["finish_reason"] = null,
+                })).ConfigureAwait(false);
+            }
+            lasts[index] = e;
             if (e.Text.Length == 0 && e.Logprobs.Count == 0 && e.FinishReason is null)
             {
                 continue;
@@ -366,21 +417,21 @@ public sealed class ServeHost : IAsyncDisposable
                 {
                     await Send(Chunk(new JsonObject
                     {
-                        ["index"] = 0, ["delta"] = new JsonObject { ["content"] = e.Text },
+                        ["index"] = index, ["delta"] = new JsonObject { ["content"] = e.Text },
                         ["logprobs"] = parsed.ChatLogprobs ? ChatLogprobs(e.Logprobs) : null, ["finish_reason"] = null,
                     })).ConfigureAwait(false);
                 }
                 if (finish is not null)
                 {
-                    await Send(Chunk(new JsonObject { ["index"] = 0, ["delta"] = new JsonObject(), ["logprobs"] = null, ["finish_reason"] = finish })).ConfigureAwait(false);
+                    await Send(Chunk(new JsonObject { ["index"] = index, ["delta"] = new JsonObject(), ["logprobs"] = null, ["finish_reason"] = finish })).ConfigureAwait(false);
                 }
             }
             else
             {
                 await Send(Chunk(new JsonObject
                 {
-                    ["index"] = 0, ["text"] = e.Text,
-                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(e.Logprobs),
+                    ["index"] = index, ["text"] = e.Text,
+                    ["logprobs"] = parsed.Sampling.Logprobs is null ? null : CompletionLogprobs(e.Logprobs, echo, null),
                     ["finish_reason"] = finish,
                 })).ConfigureAwait(false);
             }
@@ -390,35 +441,61 @@ public sealed class ServeHost : IAsyncDisposable
             await Send(new JsonObject
             {
                 ["id"] = id, ["object"] = objectName, ["created"] = created, ["model"] = parsed.Model,
-                ["choices"] = new JsonArray(), ["usage"] = Usage(last),
+                ["choices"] = new JsonArray(), ["usage"] = Usage(requests, lasts),
             }).ConfigureAwait(false);
         }
         await response.WriteAsync("data: [DONE]\n\n", context.RequestAborted).ConfigureAwait(false);
         await response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
     }
 
-    private static JsonObject Usage(GenerationEvent? last)
+    /// <summary>OpenAI's usage: the prompt once, the completion tokens of every choice.</summary>
+    private static JsonObject Usage(IReadOnlyList<GenerationRequest> requests, IReadOnlyList<GenerationEvent?> lasts)
     {
-        var prompt = last?.PromptTokens ?? 0;
-        var completion = last?.CompletionTokens ?? 0;
+        var prompt = requests.Count > 0 ? requests[0].Options.Prompt.Count : 0;
+        var completion = lasts.Sum(l => l?.CompletionTokens ?? 0);
         return new JsonObject { ["prompt_tokens"] = prompt, ["completion_tokens"] = completion, ["total_tokens"] = prompt + completion };
     }
 
-    private static JsonObject CompletionLogprobs(IReadOnlyList<TokenLogprob> logprobs) => new()
+    /// <summary>
+    /// Completions' legacy <c>logprobs</c> object. With echo, the prompt's tokens come first (the first one with null
+    /// <c>token_logprobs</c> and <c>top_logprobs</c>, as OpenAI answers) when <paramref name="prompt"/> is given, and
+    /// every generated token's <c>text_offset</c> counts from the start of the echoed prompt.
+    /// </summary>
+    private static JsonObject CompletionLogprobs(IReadOnlyList<TokenLogprob> logprobs, Echo? echo, IReadOnlyList<PromptLogprob>? prompt)
     {
-        ["tokens"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.Token).ToArray()),
-        ["token_logprobs"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.Logprob).ToArray()),
-        ["top_logprobs"] = new JsonArray(logprobs.Select(l =>
+        var entries = new List<(string Token, float? Logprob, IReadOnlyList<(string Token, float Logprob)>? Top, int Offset)>();
+        if (echo is not null && prompt is not null)
         {
-            var top = new JsonObject();
-            foreach (var (token, logprob) in l.Top)
+            var offset = 0;
+            foreach (var p in prompt)
             {
-                top[token] = logprob;
+                var token = echo.Tokenizer.Decode([p.Token]);
+                entries.Add((token, p.Logprob, p.Logprob is null ? null : p.Top.Select(t => (echo.Tokenizer.Decode([t.Token]), t.Logprob)).ToArray(), offset));
+                offset += token.Length;
             }
-            return (JsonNode?)top;
-        }).ToArray()),
-        ["text_offset"] = new JsonArray(logprobs.Select(l => (JsonNode?)l.TextOffset).ToArray()),
-    };
+        }
+        var shift = echo?.Text.Length ?? 0;
+        entries.AddRange(logprobs.Select(l => (l.Token, (float?)l.Logprob, (IReadOnlyList<(string, float)>?)l.Top, l.TextOffset + shift)));
+        return new JsonObject
+        {
+            ["tokens"] = new JsonArray(entries.Select(l => (JsonNode?)l.Token).ToArray()),
+            ["token_logprobs"] = new JsonArray(entries.Select(l => (JsonNode?)l.Logprob).ToArray()),
+            ["top_logprobs"] = new JsonArray(entries.Select(l =>
+            {
+                if (l.Top is null)
+                {
+                    return null;
+                }
+                var top = new JsonObject();
+                foreach (var (token, logprob) in l.Top)
+                {
+                    top[token] = logprob;
+                }
+                return (JsonNode?)top;
+            }).ToArray()),
+            ["text_offset"] = new JsonArray(entries.Select(l => (JsonNode?)l.Offset).ToArray()),
+        };
+    }
 
     private static JsonObject ChatLogprobs(IReadOnlyList<TokenLogprob> logprobs) => new()
     {

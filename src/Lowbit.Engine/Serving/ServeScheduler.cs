@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;
 
@@ -17,10 +18,11 @@ public sealed record SchedulerOptions
 
 /// <summary>
 /// Continuous batching on one thread that owns every tensor: requests wait in FIFO order for a free slot of the
-/// <see cref="DecodeBatch"/>; each iteration admits waiting requests into free slots, prefills up to
-/// <see cref="SchedulerOptions.PrefillChunk"/> prompt tokens (so a long prompt is spread over several iterations
-/// while the running requests keep decoding), runs one decode step over every decoding slot, samples on the
-/// device and hands the tokens to the requests. Cancelled requests leave at the next iteration and free their slot.
+/// <see cref="IDecodeBackend"/>; each iteration admits waiting requests into free slots, prefills up to
+/// <see cref="SchedulerOptions.PrefillChunk"/> prompt tokens over the prefilling requests, oldest first (in one
+/// forward when the backend batches prefill, so a long prompt is spread over several iterations while the running
+/// requests keep decoding), runs one decode step over every decoding slot, samples on the device and hands the
+/// tokens to the requests. Cancelled requests leave at the next iteration and free their slot.
 /// </summary>
 public sealed class ServeScheduler : IDisposable
 {
@@ -181,8 +183,9 @@ public sealed class ServeScheduler : IDisposable
     private void PrefillSome()
     {
         var budget = _options.PrefillChunk;
+        var chunks = new List<(GenerationRequest Request, PrefillChunk Chunk)>();
         // Oldest first: the slot order is not arrival order, so sort by arrival.
-        foreach (var request in _slots.OfType<GenerationRequest>().Where(r => r.IsPrefilling).OrderBy(r => r.ArrivalTimestamp).ToList())
+        foreach (var request in _slots.OfType<GenerationRequest>().Where(r => r.IsPrefilling).OrderBy(r => r.ArrivalTimestamp))
         {
             if (budget <= 0)
             {
@@ -190,18 +193,98 @@ public sealed class ServeScheduler : IDisposable
             }
             var prompt = request.Options.Prompt;
             var length = Math.Min(budget, prompt.Count - request.Prefilled);
-            BeforePrefill?.Invoke(request.Options.Adapter);
-            using var scope = NewDisposeScope();
-            var chunk = prompt.Skip(request.Prefilled).Take(length).ToArray();
-            var logits = _batch.Prefill(request.Slot, chunk, request.Prefilled);
-            request.Prefilled += length;
             budget -= length;
-            _metrics.AddPromptTokens(length);
+            chunks.Add((request, new PrefillChunk
+            {
+                Slot = request.Slot,
+                Tokens = prompt.Skip(request.Prefilled).Take(length).ToArray(),
+                Start = request.Prefilled,
+                Adapter = request.Options.Adapter,
+                AllPositions = request.Options.PromptLogprobs is not null && _batch.BatchesPrefill,
+            }));
+        }
+        if (chunks.Count == 0)
+        {
+            return;
+        }
+        using var scope = NewDisposeScope();
+        Tensor logits;
+        if (_batch.BatchesPrefill)
+        {
+            // One forward over every chunk of this iteration (each row with its request's adapter).
+            logits = _batch.Prefill(chunks.Select(c => c.Chunk).ToList());
+        }
+        else
+        {
+            logits = stack(chunks.Select(c =>
+            {
+                BeforePrefill?.Invoke(c.Chunk.Adapter);
+                return _batch.Prefill(c.Chunk.Slot, c.Chunk.Tokens, c.Chunk.Start);
+            }).ToArray());
+        }
+        var done = new List<(GenerationRequest Request, int Row)>();
+        var row = 0;
+        for (var i = 0; i < chunks.Count; i++)
+        {
+            var (request, chunk) = chunks[i];
+            if (chunk.AllPositions)
+            {
+                RecordPromptLogprobs(request, chunk, logits.narrow(0, row, chunk.Tokens.Count));
+                row += chunk.Tokens.Count - 1;
+            }
+            request.Prefilled += chunk.Tokens.Count;
+            _metrics.AddPromptTokens(chunk.Tokens.Count);
             if (!request.IsPrefilling)
             {
-                var sampled = Sampler.Sample(logits.view(1, -1), [(request.Options.Sampling, request.Random.NextDouble())]);
-                Deliver(request, sampled[0]!);
+                done.Add((request, row));
             }
+            row++;
+        }
+        if (done.Count > 0)
+        {
+            // The requests whose prompt is complete sample their first token (one host read for all of them).
+            var rows = logits.index_select(0, tensor(done.Select(d => (long)d.Row).ToArray(), device: logits.device));
+            var sampled = Sampler.Sample(rows, done.Select(d => ((SamplingParams, double)?)(d.Request.Options.Sampling, d.Request.Random.NextDouble())).ToArray());
+            for (var i = 0; i < done.Count; i++)
+            {
+                Deliver(done[i].Request, sampled[i]!);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The log-probability of each prompt token of <paramref name="chunk"/> after the tokens before it (position p's
+    /// logits predict token p + 1; the first prompt token has none), with the request's top alternatives.
+    /// </summary>
+    private static void RecordPromptLogprobs(GenerationRequest request, PrefillChunk chunk, Tensor logits)
+    {
+        var prompt = request.Options.Prompt;
+        if (chunk.Start == 0)
+        {
+            request.PromptLogprobs.Add(new PromptLogprob(prompt[0], null, []));
+        }
+        var count = Math.Min(chunk.Tokens.Count, prompt.Count - 1 - chunk.Start);
+        if (count <= 0)
+        {
+            return;
+        }
+        using var scope = NewDisposeScope();
+        var logSoftmax = logits.narrow(0, 0, count).to(ScalarType.Float32).log_softmax(-1);
+        var targets = tensor(prompt.Skip(chunk.Start + 1).Take(count).Select(t => (long)t).ToArray(), device: logits.device);
+        var chosen = logSoftmax.gather(1, targets.view(count, 1)).view(count).cpu().data<float>().ToArray();
+        var k = Math.Min(request.Options.PromptLogprobs ?? 0, Sampler.MaxLogprobs);
+        float[] topValues = [];
+        long[] topIds = [];
+        if (k > 0)
+        {
+            var (values, ids) = logSoftmax.topk(k, -1);
+            topValues = values.cpu().data<float>().ToArray();
+            topIds = ids.cpu().data<long>().ToArray();
+        }
+        for (var i = 0; i < count; i++)
+        {
+            var top = Enumerable.Range(0, k).Select(j => ((int)topIds[(i * k) + j], topValues[(i * k) + j])).ToArray();
+            request.PromptLogprobs.Add(new PromptLogprob(prompt[chunk.Start + 1 + i], chosen[i], top));
         }
     }
 

@@ -7,11 +7,23 @@ namespace Lowbit.Engine.Training;
 /// <summary>One tokenized example: its ids and, per id, whether the model is trained to predict it.</summary>
 public sealed record TrainingExample(int[] Ids, bool[] Trained, int Line);
 
-/// <summary>A packed training sequence of exactly <c>length + 1</c> ids (inputs are ids[..^1], targets ids[1..]).</summary>
-public sealed record PackedBlock(long[] Ids, bool[] Trained)
+/// <summary>
+/// A packed training sequence of exactly <c>length + 1</c> ids (inputs are ids[..^1], targets ids[1..]).
+/// <paramref name="Documents"/> numbers the example each position belongs to (0, 1, ...; the padding tail is one more);
+/// null means one document. A token attends only to earlier tokens of its own document, positions restart at 0 in
+/// each, and the first token of a document is not a target of the previous one, so a packed block trains exactly as
+/// its examples would one by one.
+/// </summary>
+public sealed record PackedBlock(long[] Ids, bool[] Trained, int[]? Documents = null)
 {
     /// <summary>Targets the loss counts.</summary>
-    public int TrainedTargets => Trained.Skip(1).Count(t => t);
+    public int TrainedTargets => Enumerable.Range(1, Ids.Length - 1).Count(IsTarget);
+
+    /// <summary>More than one document in the block.</summary>
+    public bool IsPacked => Documents is { Length: > 0 } d && d[^1] != d[0];
+
+    /// <summary>Whether position <paramref name="t"/> (≥ 1) is a trained target of position t − 1.</summary>
+    public bool IsTarget(int t) => Trained[t] && (Documents is null || Documents[t] == Documents[t - 1]);
 }
 
 /// <summary>
@@ -91,22 +103,27 @@ public static class FineTuneDataset
         var blocks = new List<PackedBlock>();
         var ids = new List<long>(window);
         var trained = new List<bool>(window);
+        var documents = new List<int>(window);
         void Flush()
         {
             if (ids.Count <= 1)
             {
                 ids.Clear();
                 trained.Clear();
+                documents.Clear();
                 return;
             }
+            var padDocument = documents.Count == 0 ? 0 : documents[^1] + 1;
             while (ids.Count < window)
             {
                 ids.Add(pad);
                 trained.Add(false);
+                documents.Add(padDocument);
             }
-            blocks.Add(new PackedBlock(ids.ToArray(), trained.ToArray()));
+            blocks.Add(new PackedBlock(ids.ToArray(), trained.ToArray(), documents.ToArray()));
             ids.Clear();
             trained.Clear();
+            documents.Clear();
         }
         foreach (var example in examples)
         {
@@ -114,6 +131,8 @@ public static class FineTuneDataset
             {
                 for (var i = 0; i < example.Ids.Length; i++)
                 {
+                    // A text cut at a block edge continues as a new document (position 0) in the next block.
+                    documents.Add(documents.Count == 0 ? 0 : i == 0 ? documents[^1] + 1 : documents[^1]);
                     ids.Add(example.Ids[i]);
                     trained.Add(example.Trained[i]);
                     if (ids.Count == window)
@@ -131,8 +150,10 @@ public static class FineTuneDataset
             {
                 Flush();
             }
+            var document = documents.Count == 0 ? 0 : documents[^1] + 1;
             ids.AddRange(example.Ids.Select(i => (long)i));
             trained.AddRange(example.Trained);
+            documents.AddRange(Enumerable.Repeat(document, example.Ids.Length));
         }
         Flush();
         return blocks;

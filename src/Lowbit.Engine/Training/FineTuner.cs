@@ -97,9 +97,13 @@ public sealed class FineTuner
         {
             throw new EngineInputException($"--base-model: --method qlora needs a quantized base (the lowbit format); {_baseDirectory} is 16-bit. Quantize it first (lowbit-engine quantize --formats lowbit) or use --method lora");
         }
-        if (request.Method != FineTuneMethod.Qlora && quantized)
+        if (request.Method == FineTuneMethod.Full && quantized)
         {
-            throw new EngineInputException($"--base-model: {_baseDirectory} is quantized (lowbit); use --method qlora for it");
+            throw new EngineInputException($"--method: full trains every weight in float32 and needs a 16-bit base; {_baseDirectory} is quantized (lowbit). Use --method qlora on it, or --method full on the 16-bit model it was quantized from");
+        }
+        if (request.Method == FineTuneMethod.Lora && quantized)
+        {
+            throw new EngineInputException($"--method: lora needs a 16-bit base; {_baseDirectory} is quantized (lowbit). Use --method qlora for it");
         }
         List<PackedBlock> train, eval;
         if (_blocks is not null)
@@ -176,12 +180,9 @@ public sealed class FineTuner
                 foreach (var (index, batch) in micro)
                 {
                     LoraLinear.DropoutSeed = request.Seed * 1_000_003L + index;
-                    var (input, target) = Tensors(batch, device);
-                    var logits = model.forward(input, null);
-                    var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
-                        ignore_index: -100, reduction: nn.Reduction.Sum) / stepTargets;
+                    var loss = LossSum(model, batch, device, out var input) / stepTargets;
                     loss.backward();
-                    GradientCheckpoint.Release();
+                    GradientCheckpoint.Release(model.Model);
                     lossSum.add_(loss.detach());
                     tokens += input.NumberOfElements;
                 }
@@ -290,14 +291,28 @@ public sealed class FineTuner
         {
             using var scope = NewDisposeScope();
             var batch = blocks.Skip(i).Take(microBatch).ToList();
-            var (input, target) = Tensors(batch, device);
-            var logits = model.forward(input, null);
-            var loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
-                ignore_index: -100, reduction: nn.Reduction.Sum);
+            var loss = LossSum(model, batch, device, out _);
             sum += loss.to(ScalarType.Float64).item<double>();
             count += batch.Sum(b => b.TrainedTargets);
         }
         return sum / Math.Max(1, count);
+    }
+
+    /// <summary>
+    /// The summed float32 cross-entropy over the trained targets of <paramref name="batch"/>; blocks that pack several
+    /// documents run with their <see cref="PackedLayout"/> (no attention across documents, positions per document).
+    /// </summary>
+    public static Tensor LossSum(LlamaForCausalLM model, IReadOnlyList<PackedBlock> batch, Device device, out Tensor input)
+    {
+        Tensor target;
+        (input, target) = Tensors(batch, device);
+        var length = (int)input.shape[1];
+        var layout = batch.Any(b => b.IsPacked)
+            ? PackedLayout.Of(batch.Select(b => b.Documents ?? new int[b.Ids.Length]).ToList(), length, device)
+            : null;
+        var logits = model.Forward(input, layout);
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
+            ignore_index: -100, reduction: nn.Reduction.Sum);
     }
 
     /// <summary>Inputs <c>[B, L]</c> and targets <c>[B, L]</c> (−100 where the loss does not count).</summary>
@@ -312,7 +327,7 @@ public sealed class FineTuner
             for (var t = 0; t < length; t++)
             {
                 input[b * length + t] = block.Ids[t];
-                target[b * length + t] = block.Trained[t + 1] ? block.Ids[t + 1] : -100;
+                target[b * length + t] = block.IsTarget(t + 1) ? block.Ids[t + 1] : -100;
             }
         }
         return (tensor(input, [batch.Count, length], device: device), tensor(target, [batch.Count, length], device: device));

@@ -4,7 +4,8 @@
 # 1. bench_hf.py make: the random 7B-shaped Llama (bf16) that bench.sh uses (reused when already there)
 # 2. run.sh serve on it (bf16, --max-context 320, --max-concurrency 64) on 127.0.0.1
 # 3. bench_serve.py: 1, 8, 32, 64 concurrent streams, 128-token prompts (token ids), 128 new tokens, greedy, ignore_eos
-# Prints JSON lines and a Markdown table next to the transformers anchors measured on the H200.
+# Prints JSON lines (including the decode path and CUDA graphs the server used, from its log) and a Markdown table
+# next to the transformers anchors measured on the H200.
 # Budget: < 5 minutes on an H200 (most of it writing/reading the 13.5 GB of weights when not cached).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -47,6 +48,11 @@ timeout 200 "$PYTHON" "$here/bench_serve.py" --url "http://127.0.0.1:$port" --mo
 get "http://127.0.0.1:$port/metrics" | grep -E '^lowbit:(generation|prompt)_tokens_total' || true
 cleanup
 trap - EXIT
+# Which decode path served the run (fast decode with or without CUDA graphs/native kernels) and the graphs it
+# captured: the serve log's "decode path"/"decode graphs" lines, as JSON lines next to the numbers.
+grep -E 'decode (path|graphs):' "$log" | "$PYTHON" -c 'import json, sys
+for line in sys.stdin:
+    print(json.dumps({"engine": "lowbit-serve", "step": "decode-path", "log": line.strip()}))' | tee -a "$results"
 "$PYTHON" - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]

@@ -106,6 +106,57 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
     }
 
     [Fact]
+    public async Task Does_echo_the_prompt_with_its_token_logprobs_equal_to_the_model_s()
+    {
+        var ids = _server.PromptIds(Verse);
+        var expected = _server.Reference(ids, 4);
+        // The reference: log-softmax of one full forward over the prompt; token p + 1 read from position p's logits.
+        float[] reference;
+        using (var checkpoint = Lowbit.Engine.Checkpoints.Checkpoint.Open(TokenizerTests.FixtureDirectory))
+        using (var model = Lowbit.Engine.Checkpoints.ModelIo.Load(checkpoint, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU))
+        using (TorchSharp.torch.no_grad())
+        using (var scope = TorchSharp.torch.NewDisposeScope())
+        {
+            var input = TorchSharp.torch.tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Count]);
+            var logSoftmax = model.forward(input, null)[0].log_softmax(-1);
+            reference = Enumerable.Range(0, ids.Count - 1).Select(p => logSoftmax[p, ids[p + 1]].item<float>()).ToArray();
+        }
+
+        var (status, body) = await _server.PostAsync("/v1/completions",
+            $$"""{"model":"{{ServeFixture.Name}}","prompt":"{{Verse}}","max_tokens":4,"temperature":0,"logprobs":2,"echo":true}""");
+
+        Assert.Equal(200, status);
+        var choice = body["choices"]![0]!;
+        Assert.Equal(Verse + expected, (string?)choice["text"]);
+        var logprobs = choice["logprobs"]!;
+        var tokens = logprobs["tokens"]!.AsArray();
+        Assert.Equal(ids.Count + 4, tokens.Count);
+        Assert.Equal(Verse + expected, string.Concat(tokens.Select(t => (string?)t)));
+        Assert.Null(logprobs["token_logprobs"]![0]);
+        Assert.Null(logprobs["top_logprobs"]![0]);
+        for (var p = 1; p < ids.Count; p++)
+        {
+            Assert.Equal(reference[p - 1], (double)logprobs["token_logprobs"]![p]!, 3);
+            Assert.InRange(logprobs["top_logprobs"]![p]!.AsObject().Count, 1, 2);
+        }
+        var offsets = logprobs["text_offset"]!.AsArray().Select(o => (int)o!).ToArray();
+        Assert.Equal(0, offsets[0]);
+        Assert.Equal(Verse.Length, offsets[ids.Count]);
+        Assert.Equal(offsets.Order(), offsets);
+
+        // Echo without logprobs, streamed: the prompt comes first, then the completion.
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+        {
+            Content = new StringContent($$$"""{"model":"{{{ServeFixture.Name}}}","prompt":"{{{Verse}}}","max_tokens":4,"temperature":0,"echo":true,"stream":true}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await _server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var chunks = (await response.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries)[..^1]
+            .Select(l => JsonNode.Parse(l["data: ".Length..])!["choices"]![0]!).ToList();
+        Assert.Equal(Verse, (string?)chunks[0]["text"]);
+        Assert.Equal(Verse + expected, string.Concat(chunks.Select(c => (string?)c["text"])));
+    }
+
+    [Fact]
     public async Task Does_stream_a_completion_as_sse_ending_in_done_with_a_usage_chunk()
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
@@ -145,6 +196,51 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
             $$"""{"model":"{{ServeFixture.Name}}","prompt":"{{Verse}}","max_tokens":40,"temperature":0,"stop":[{{JsonValue.Create(stop)!.ToJsonString()}}]}""");
         Assert.Equal(greedy[..cut], (string?)body["choices"]![0]!["text"]);
         Assert.Equal("stop", (string?)body["choices"]![0]!["finish_reason"]);
+    }
+
+    [Fact]
+    public async Task Does_return_n_seeded_choices_each_equal_to_its_own_seed_served_alone()
+    {
+        string Body(int n, int seed) => $$"""{"model":"{{ServeFixture.Name}}","prompt":"{{Verse}}","max_tokens":12,"temperature":1.0,"seed":{{seed}},"n":{{n}},"ignore_eos":true}""";
+        var (status, body) = await _server.PostAsync("/v1/completions", Body(3, 11));
+        var (_, again) = await _server.PostAsync("/v1/completions", Body(3, 11));
+
+        Assert.Equal(200, status);
+        var choices = body["choices"]!.AsArray();
+        Assert.Equal([0, 1, 2], choices.Select(c => (int)c!["index"]!));
+        var texts = choices.Select(c => (string?)c!["text"]).ToArray();
+        Assert.Equal(texts, again["choices"]!.AsArray().Select(c => (string?)c!["text"]));
+        Assert.True(texts.Distinct().Count() > 1, "independent samples differ");
+        for (var i = 0; i < 3; i++)
+        {
+            // Choice i is the request with seed + i.
+            Assert.Equal(texts[i], (string?)(await _server.PostAsync("/v1/completions", Body(1, 11 + i))).Body["choices"]![0]!["text"]);
+        }
+        Assert.Equal(_server.PromptIds(Verse).Count, (int)body["usage"]!["prompt_tokens"]!);
+        Assert.Equal(36, (int)body["usage"]!["completion_tokens"]!);
+    }
+
+    [Fact]
+    public async Task Does_stream_n_chat_choices_by_index_each_joining_to_the_greedy_answer()
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions")
+        {
+            Content = new StringContent($$$"""{"model":"{{{ServeFixture.Name}}}","messages":[{"role":"user","content":"Noah"}],"max_tokens":10,"temperature":0,"n":2,"stream":true,"stream_options":{"include_usage":true}}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await _server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var lines = (await response.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+
+        Assert.Equal("data: [DONE]", lines[^1]);
+        var chunks = lines[..^1].Select(l => JsonNode.Parse(l["data: ".Length..])!.AsObject()).ToList();
+        var expected = _server.Reference(_server.PromptIds(ChatPrompt("Noah")), 10);
+        foreach (var index in new[] { 0, 1 })
+        {
+            var mine = chunks.SelectMany(c => c["choices"]!.AsArray()).Where(c => (int)c!["index"]! == index).ToList();
+            Assert.Equal("assistant", (string?)mine[0]!["delta"]!["role"]);
+            Assert.Equal(expected, string.Concat(mine.Select(c => (string?)c!["delta"]!["content"])));
+            Assert.Equal("length", (string?)mine[^1]!["finish_reason"]);
+        }
+        Assert.Equal(20, (int)chunks[^1]["usage"]!["completion_tokens"]!);
     }
 
     [Fact]
@@ -220,7 +316,8 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
     [InlineData("""{"model":"tiny-llama","prompt":"x","max_tokens":300}""", 400, "max_tokens")]
     [InlineData("""{"model":"tiny-llama","prompt":"x","temperature":5}""", 400, "temperature")]
     [InlineData("""{"model":"tiny-llama","prompt":"x","temperature":"hot"}""", 400, "temperature")]
-    [InlineData("""{"model":"tiny-llama","prompt":"x","n":2}""", 400, "n")]
+    [InlineData("""{"model":"tiny-llama","prompt":"x","n":0}""", 400, "n")]
+    [InlineData("""{"model":"tiny-llama","prompt":"x","n":129}""", 400, "n")]
     [InlineData("""{"model":"tiny-llama"}""", 400, "prompt")]
     [InlineData("""{"model":"tiny-llama","prompt":"x",""", 400, null)]
     public async Task Does_reject_bad_completion_input_in_openai_error_shape_naming_the_field(string json, int status, string? param)
