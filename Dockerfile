@@ -27,6 +27,8 @@ RUN dotnet publish src/Lowbit.Engine/Lowbit.Engine.csproj -c Release -r linux-x6
 FROM ${DOTNET_RUNTIME_IMAGE} AS operator
 WORKDIR /app
 COPY --from=build /out/operator/ /app/
+# The chart sets the same (see charts/lowbit/templates/deployment.yaml): no W^X double mapping of JIT code.
+ENV DOTNET_EnableWriteXorExecute=0
 USER 65532:65532
 EXPOSE 8081 8443
 ENTRYPOINT ["/app/lowbit-operator"]

@@ -25,6 +25,14 @@ public sealed record CacheOptions<T>
     /// per reconcile would make convergence quadratic in the number of objects.
     /// </summary>
     public bool Serialized { get; init; } = true;
+
+    /// <summary>
+    /// Secondary indexes (client-go's <c>Indexers</c>): name → the values an object is filed under (e.g. the
+    /// <c>namespace/name</c> of a resource it references). Kept current on every event, so a reverse lookup
+    /// (<see cref="IObjectCache.KeysByIndex{T}"/>) reads keys only and never decodes the cache.
+    /// </summary>
+    public IReadOnlyDictionary<string, Func<T, IEnumerable<string>>> Indexes { get; init; } =
+        new Dictionary<string, Func<T, IEnumerable<string>>>(StringComparer.Ordinal);
 }
 
 /// <summary>

@@ -82,6 +82,12 @@ public sealed class Informer<T> : IInformer
     private readonly string? _labelSelector;
     private readonly Func<T, T> _transform;
     private readonly bool _serialized;
+    private readonly IReadOnlyDictionary<string, Func<T, IEnumerable<string>>> _indexers;
+    // Secondary indexes: (index, value) → keys, and per key what it is filed under (to unfile it on change).
+    // Written only by the informer's loop; read concurrently by reconcilers and event mappings.
+    private readonly ConcurrentDictionary<(string Index, string Value), ConcurrentDictionary<ObjectKey, byte>> _index = new();
+    private readonly ConcurrentDictionary<ObjectKey, (string Index, string Value)[]> _filed = new();
+    private readonly Prometheus.Counter.Child _decodes;
     private long _watchStartedAt;
 
     public Informer(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILogger<Informer<T>> logger, CacheOptions<T>? cache = null)
@@ -96,6 +102,8 @@ public sealed class Informer<T> : IInformer
         _labelSelector = string.IsNullOrEmpty(cache?.LabelSelector) ? null : cache.LabelSelector;
         var trim = cache?.Transform;
         _serialized = cache?.Serialized ?? true;
+        _indexers = cache?.Indexes ?? new Dictionary<string, Func<T, IEnumerable<string>>>();
+        _decodes = _metrics.CacheDecodes.WithLabels(_kindLabel);
 
         // Pooling metadata strings pays only where the decoded objects are what is held.
         Func<T, T> intern = _serialized ? obj => obj : CacheTransforms.InternMetadata;
@@ -155,6 +163,52 @@ public sealed class Informer<T> : IInformer
         [.. _items.Keys.Where(k => ns is null || k.Namespace == ns)];
 
     public int Count => _items.Count;
+
+    /// <summary>The keys filed under <paramref name="value"/> in <paramref name="index"/> (see <see cref="CacheOptions{T}.Indexes"/>).</summary>
+    public IReadOnlyList<ObjectKey> KeysByIndex(string index, string value)
+    {
+        if (!_indexers.ContainsKey(index))
+        {
+            throw new InvalidOperationException($"{typeof(T).Name} has no cache index '{index}': register it with OperatorBuilder.Index<{typeof(T).Name}>(\"{index}\", ...)");
+        }
+
+        return _index.TryGetValue((index, value), out var keys) ? [.. keys.Keys] : [];
+    }
+
+    /// <summary>Files <paramref name="key"/> under its index values (none when <paramref name="item"/> is null: deleted).</summary>
+    private void Reindex(ObjectKey key, T? item)
+    {
+        if (_indexers.Count == 0)
+        {
+            return;
+        }
+
+        (string Index, string Value)[] values = item is null
+            ? []
+            : [.. _indexers.SelectMany(i => i.Value(item).Select(v => (i.Key, v))).Distinct()];
+        var old = _filed.TryGetValue(key, out var filed) ? filed : [];
+        foreach (var entry in old.Except(values))
+        {
+            if (_index.TryGetValue(entry, out var keys) && keys.TryRemove(key, out _) && keys.IsEmpty)
+            {
+                _index.TryRemove(entry, out _);
+            }
+        }
+
+        foreach (var entry in values.Except(old))
+        {
+            _index.GetOrAdd(entry, _ => new ConcurrentDictionary<ObjectKey, byte>())[key] = 0;
+        }
+
+        if (values.Length == 0)
+        {
+            _filed.TryRemove(key, out _);
+        }
+        else
+        {
+            _filed[key] = values;
+        }
+    }
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -273,6 +327,7 @@ public sealed class Informer<T> : IInformer
             if (!fresh.ContainsKey(key) && _items.TryRemove(key, out _))
             {
                 deleted++;
+                Reindex(key, null);
                 var gone = Unpack(old);
                 Dispatch(h => h.OnDelete(gone));
             }
@@ -290,6 +345,7 @@ public sealed class Informer<T> : IInformer
 
                 var old = Unpack(previous);
                 var item = Unpack(stored);
+                Reindex(key, item);
                 if (old.Metadata.ResourceVersion != item.Metadata.ResourceVersion)
                 {
                     Dispatch(h => h.OnUpdate(old, item));
@@ -299,6 +355,7 @@ public sealed class Informer<T> : IInformer
             {
                 _items[key] = stored;
                 var item = Unpack(stored);
+                Reindex(key, item);
                 Dispatch(h => h.OnAdd(item));
             }
         }
@@ -437,17 +494,20 @@ public sealed class Informer<T> : IInformer
         if (type == "DELETED")
         {
             _items.TryRemove(key, out _);
+            Reindex(key, null);
             Dispatch(h => h.OnDelete(item));
         }
         else if (_items.TryGetValue(key, out var previous))
         {
             _items[key] = Pack(item);
+            Reindex(key, item);
             var old = Unpack(previous);
             Dispatch(h => h.OnUpdate(old, item));
         }
         else
         {
             _items[key] = Pack(item);
+            Reindex(key, item);
             Dispatch(h => h.OnAdd(item));
         }
 
@@ -456,7 +516,16 @@ public sealed class Informer<T> : IInformer
 
     private object Pack(T obj) => _serialized ? CacheCodec.Encode(obj) : obj;
 
-    private T Unpack(object stored) => stored is byte[] json ? CacheCodec.Decode<T>(json) : (T)stored;
+    private T Unpack(object stored)
+    {
+        if (stored is not byte[] json)
+        {
+            return (T)stored;
+        }
+
+        _decodes.Inc();
+        return CacheCodec.Decode<T>(json);
+    }
 
     private WatchOutcome DecodeError(JsonException ex)
     {

@@ -25,6 +25,13 @@ public interface IObjectCache
         where T : class, IKubernetesObject<V1ObjectMeta>
         => [.. List<T>(ns).Select(ObjectKey.Of)];
 
+    /// <summary>
+    /// The keys of the cached objects filed under <paramref name="value"/> in the index <paramref name="index"/>
+    /// (registered with <see cref="OperatorBuilder.Index{T}"/>); nothing is decoded. Throws for an unknown index.
+    /// </summary>
+    IReadOnlyList<ObjectKey> KeysByIndex<T>(string index, string value)
+        where T : class, IKubernetesObject<V1ObjectMeta>;
+
     /// <summary>Cached objects whose controller owner reference points at <paramref name="owner"/> (same namespace, matching UID).</summary>
     IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
         where TChild : class, IKubernetesObject<V1ObjectMeta>;
@@ -66,7 +73,24 @@ public sealed class InformerRegistry : IObjectCache
             throw new InvalidOperationException($"the {typeof(T).Name} informer already exists: configure its cache before any controller or watch uses it");
         }
 
-        _cacheOptions[typeof(T)] = cache;
+        var indexes = _cacheOptions.TryGetValue(typeof(T), out var earlier) ? ((CacheOptions<T>)earlier).Indexes : null;
+        _cacheOptions[typeof(T)] = indexes is { Count: > 0 } && cache.Indexes.Count == 0 ? cache with { Indexes = indexes } : cache;
+    }
+
+    /// <summary>Adds a secondary index to the informer of <typeparamref name="T"/>; call before the informer is first used.</summary>
+    public void AddIndex<T>(string name, Func<T, IEnumerable<string>> values)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        ArgumentNullException.ThrowIfNull(values);
+        if (_informers.ContainsKey(typeof(T)))
+        {
+            throw new InvalidOperationException($"the {typeof(T).Name} informer already exists: add index '{name}' before any controller or watch uses it");
+        }
+
+        var cache = _cacheOptions.TryGetValue(typeof(T), out var existing) ? (CacheOptions<T>)existing : new CacheOptions<T>();
+        var indexes = new Dictionary<string, Func<T, IEnumerable<string>>>(cache.Indexes, StringComparer.Ordinal) { [name] = values };
+        _cacheOptions[typeof(T)] = cache with { Indexes = indexes };
     }
 
     /// <summary>The informer of <typeparamref name="T"/>, created on first use (with the cache options <see cref="Configure{T}"/> set).</summary>
@@ -86,6 +110,10 @@ public sealed class InformerRegistry : IObjectCache
     public IReadOnlyList<ObjectKey> Keys<T>(string? ns = null)
         where T : class, IKubernetesObject<V1ObjectMeta>
         => Existing<T>().Keys(ns);
+
+    public IReadOnlyList<ObjectKey> KeysByIndex<T>(string index, string value)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => Existing<T>().KeysByIndex(index, value);
 
     public IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
         where TChild : class, IKubernetesObject<V1ObjectMeta>

@@ -77,6 +77,7 @@ public sealed class RuntimeMetrics
         InformerSynced = f.CreateGauge("lowbit_informer_synced", "1 when the informer of a kind has completed its first list", ["kind"]);
         CachedObjects = f.CreateGauge("lowbit_informer_objects", "Objects held in the informer cache of a kind", ["kind"]);
         CachedBytes = f.CreateGauge("lowbit_informer_cached_bytes", "Bytes held in the informer cache of a kind (Brotli-compressed JSON; 0 for a kind cached as typed objects)", ["kind"]);
+        CacheDecodes = f.CreateCounter("lowbit_informer_decodes_total", "Objects decoded from a serialized informer cache (every read of a serialized kind decodes; a fast-growing count is a scan)", ["kind"]);
 
         // Memory: what the informer caches cost (process_working_set_bytes, dotnet_total_memory_bytes from DotNetStats; the GC's own view below).
         if (!ReferenceEquals(registry, Metrics.DefaultRegistry))
@@ -123,6 +124,7 @@ public sealed class RuntimeMetrics
     public Gauge InformerSynced { get; }
     public Gauge CachedObjects { get; }
     public Gauge CachedBytes { get; }
+    public Counter CacheDecodes { get; }
     public Gauge GcHeapBytes { get; }
     public Gauge GcHeapSize { get; }
     public Gauge GcCommittedBytes { get; }

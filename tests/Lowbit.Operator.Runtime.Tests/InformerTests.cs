@@ -23,9 +23,9 @@ public sealed class InformerTests : IAsyncLifetime
         _stop.Dispose();
     }
 
-    private async Task<(Informer<V1ConfigMap> Informer, RecordingHandler<V1ConfigMap> Events)> StartAsync(InformerOptions? options = null)
+    private async Task<(Informer<V1ConfigMap> Informer, RecordingHandler<V1ConfigMap> Events)> StartAsync(InformerOptions? options = null, CacheOptions<V1ConfigMap>? cache = null)
     {
-        var informer = Informer<V1ConfigMap>(_server, _metrics, options);
+        var informer = Informer(_server, _metrics, options, cache: cache);
         var events = new RecordingHandler<V1ConfigMap>();
         informer.AddHandler(events);
         _run = informer.RunAsync(_stop.Token);
@@ -103,6 +103,59 @@ public sealed class InformerTests : IAsyncLifetime
         Assert.Equal(1, Value(_metrics.WatchRelists, "configmap", "expired"));
         await Eventually(() => Watches().Count == 3, "a watch from the new list");
         Assert.Equal(_server.CurrentResourceVersion, Watches()[2].Parameter("resourceVersion"));
+    }
+
+    /// <summary>Config maps filed by the <c>ref</c> value they carry (as endpoints are by the QuantizedModel they use).</summary>
+    private static readonly CacheOptions<V1ConfigMap> ByRef = new()
+    {
+        Indexes = new Dictionary<string, Func<V1ConfigMap, IEnumerable<string>>>
+        {
+            ["ref"] = c => c.Data?.TryGetValue("ref", out var r) == true ? [r] : [],
+        },
+    };
+
+    private static V1ConfigMap Referencing(string name, string reference)
+    {
+        var map = ConfigMap(name);
+        map.Data["ref"] = reference;
+        return map;
+    }
+
+    private static string[] Names(IReadOnlyList<ObjectKey> keys) => [.. keys.Select(k => k.Name).Order(StringComparer.Ordinal)];
+
+    [Fact]
+    public async Task Does_keep_an_index_current_through_adds_updates_deletes_and_a_relist()
+    {
+        _server.Upsert(Referencing("a", "m1"));
+        _server.Upsert(Referencing("b", "m1"));
+        _server.Upsert(ConfigMap("plain"));
+        var (informer, events) = await StartAsync(cache: ByRef);
+        await Eventually(() => _server.OpenWatches == 1, "the watch is open");
+        Assert.Equal(["a", "b"], Names(informer.KeysByIndex("ref", "m1")));
+        Assert.Empty(informer.KeysByIndex("ref", "m2"));
+
+        // Through the watch: a moves to m2, c arrives on m2, b goes.
+        _server.Upsert(Referencing("a", "m2"));
+        _server.Upsert(Referencing("c", "m2"));
+        _server.Delete<V1ConfigMap>("default", "b");
+        await Eventually(() => events.Saw("delete", "b"), "b deleted");
+        Assert.Empty(informer.KeysByIndex("ref", "m1"));
+        Assert.Equal(["a", "c"], Names(informer.KeysByIndex("ref", "m2")));
+
+        // Missed while disconnected (history compacted): c is deleted and a moves back; the relist refiles both.
+        _server.PauseWatches();
+        _server.CloseWatches();
+        await Eventually(() => _server.HeldWatches == 1, "the reconnect is held");
+        _server.Delete<V1ConfigMap>("default", "c");
+        _server.Upsert(Referencing("a", "m1"));
+        _server.Compact();
+        _server.ResumeWatches();
+        await Eventually(() => events.Saw("delete", "c"), "the synthesized delete of c");
+        Assert.Equal(["a"], Names(informer.KeysByIndex("ref", "m1")));
+        Assert.Empty(informer.KeysByIndex("ref", "m2"));
+
+        var unknown = Assert.Throws<InvalidOperationException>(() => informer.KeysByIndex("owner", "x"));
+        Assert.Contains("'owner'", unknown.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -55,15 +55,38 @@ public sealed class PackedQuantizedLinear : LinearLayer
     public long StorageBytes => _packed.NumberOfElements + 4 * (_scales.NumberOfElements + _zeros.NumberOfElements);
 
     /// <summary>
-    /// Dequantizes in the input's dtype and frees the dense weight when the call returns. Under gradient checkpointing
-    /// the forward runs without autograd (nothing keeps the weight) and the backward's recompute dequantizes again;
-    /// there autograd keeps the weight for the input gradient until that layer's backward is done.
+    /// The model whose training loop releases what this layer's backward hands to autograd
+    /// (<see cref="Training.GradientCheckpoint.Release"/>); set by the fine-tuner. Null: left to the enclosing scope.
+    /// </summary>
+    public object? Owner { get; set; }
+
+    /// <summary>
+    /// Dequantizes in the input's dtype and frees the dense weight when the call returns. When the input needs a
+    /// gradient the product runs as <see cref="DequantizedLinear"/>: autograd keeps only this layer (its packed codes),
+    /// and the backward dequantizes again for <c>grad·W</c> (as bitsandbytes' 4-bit matmul does), so no dense weight
+    /// outlives its call, with or without gradient checkpointing.
     /// </summary>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
-        var output = nn.functional.linear(input, DenseWeight(input.dtype), _bias?.to(input.dtype));
+        var output = input.requires_grad && is_grad_enabled()
+            ? DequantizedLinear.apply(input, this)
+            : Linear(input);
         return output.MoveToOuterDisposeScope();
+    }
+
+    /// <summary><c>x·Wᵀ + b</c> with a transient dense W (no autograd needed through W: it is frozen).</summary>
+    internal Tensor Linear(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        return nn.functional.linear(input, DenseWeight(input.dtype), _bias?.to(input.dtype)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary><c>grad·W</c>, the input gradient, with a transient dense W.</summary>
+    internal Tensor InputGradient(Tensor grad)
+    {
+        using var scope = NewDisposeScope();
+        return grad.matmul(DenseWeight(grad.dtype)).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -98,5 +121,35 @@ public sealed class PackedQuantizedLinear : LinearLayer
             _bias?.Dispose();
         }
         base.Dispose(disposing);
+    }
+}
+
+/// <summary>
+/// <c>y = x·Wᵀ + b</c> for a frozen <see cref="PackedQuantizedLinear"/> whose backward dequantizes W again instead of
+/// autograd keeping the dense weight between forward and backward.
+/// </summary>
+public sealed class DequantizedLinear : autograd.SingleTensorFunction<DequantizedLinear>
+{
+    public override string Name => "LowbitDequantizedLinear";
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var layer = (PackedQuantizedLinear)vars[1];
+        ctx.save_data("layer", layer);
+        return layer.Linear((Tensor)vars[0]);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad_output)
+    {
+        var layer = (PackedQuantizedLinear)ctx.get_data("layer");
+        var grad = layer.InputGradient(grad_output);
+        // On CUDA this runs on the autograd device thread, outside any dispose scope: the incoming gradient's wrapper
+        // is disposed here, the returned one by the training loop after backward() (see GradientCheckpoint).
+        grad_output.Dispose();
+        if (layer.Owner is { } owner)
+        {
+            Training.GradientCheckpoint.Hold(owner, grad);
+        }
+        return [grad, null!];
     }
 }

@@ -146,6 +146,10 @@ public sealed class FineTuner
             trainable = modules.SelectMany(m => new[] { (m.Path + ".lora_A", (Tensor)m.Module.A), (m.Path + ".lora_B", (Tensor)m.Module.B) }).ToList();
         }
         model.Model.GradientCheckpointing = request.GradientCheckpointing;
+        foreach (var packed in model.modules().OfType<PackedQuantizedLinear>())
+        {
+            packed.Owner = model.Model;
+        }
         using var optimizer = new AdamW(trainable, weightDecay: request.WeightDecay);
         var trainableCount = trainable.Sum(t => t.Parameter.NumberOfElements);
 

@@ -33,6 +33,9 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
         }
     }
 
+    /// <summary>Keeps <paramref name="tensor"/> (handed to autograd by a backward) until <see cref="Release"/> of <paramref name="owner"/>.</summary>
+    public static void Hold(object owner, Tensor tensor) => Pending.GetValue(owner, _ => new()).Enqueue(tensor);
+
     /// <summary>Runs <paramref name="layer"/> checkpointed; <paramref name="owner"/> (the model) keys what <see cref="Release"/> frees.</summary>
     public static Tensor Apply(LlamaDecoderLayer layer, Tensor hidden, AttentionContext context, object owner)
     {

@@ -48,7 +48,7 @@ public sealed class OperatorProcess : IAsyncDisposable
             info.ArgumentList.Add(arg);
         }
 
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        foreach (var (key, value) in environment ?? ChartEnvironment())
         {
             info.Environment[key] = value;
         }
@@ -176,6 +176,26 @@ public sealed class OperatorProcess : IAsyncDisposable
 
     private static long Kilobytes(string line) =>
         long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+
+    /// <summary>
+    /// The .NET runtime settings the chart gives the operator's container (<c>DOTNET_*</c> literals in
+    /// charts/lowbit/templates/deployment.yaml), so the benchmark measures the process a cluster runs.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> ChartEnvironment()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            var chart = Path.Combine(dir.FullName, "charts", "lowbit", "templates", "deployment.yaml");
+            if (File.Exists(chart))
+            {
+                return System.Text.RegularExpressions.Regex
+                    .Matches(File.ReadAllText(chart), @"- name: (DOTNET_\w+)\s+value: ""([^""]*)""")
+                    .ToDictionary(m => m.Groups[1].Value, m => m.Groups[2].Value, StringComparer.Ordinal);
+            }
+        }
+
+        throw new InvalidOperationException("charts/lowbit/templates/deployment.yaml not found above the benchmark");
+    }
 
     private static int FreePort()
     {

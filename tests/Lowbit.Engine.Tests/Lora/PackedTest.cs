@@ -54,4 +54,40 @@ public sealed class PackedQuantizedLinearTests
         var (row, col) = (worst / 256, worst % 256);
         Assert.True((error <= bound).all().item<bool>(), $"at {row},{col}: c {c.view(16, 256)[row, col].item<double>()} z {z.expand(16, groups, 64).reshape(16, 256)[row, col].item<double>()} s {s.expand(16, groups, 64).reshape(16, 256)[row, col].item<double>()} fp32 {fp32[row, col].item<float>()} bf16 {bf16.to(ScalarType.Float32)[row, col].item<float>()}; max error {error.max().item<double>():E3}, max bound {bound.max().item<double>():E3}");
     }
+
+    /// <summary>
+    /// With a gradient, the packed layer runs as <see cref="DequantizedLinear"/> (the backward dequantizes again instead
+    /// of autograd keeping the dense weight): the output and every gradient equal plain autograd through the dequantized
+    /// weight.
+    /// </summary>
+    [Fact]
+    public void Does_give_the_gradients_of_plain_autograd_when_the_backward_dequantizes_again()
+    {
+        var weight = randn([24, 64], generator: new Generator(3));
+        using var q = Rtn.Quantize(weight, new RtnOptions { Bits = 4, GroupSize = 32 });
+        using var dense = q.Dequantize();
+        var copy = QuantizedTensor.Create(q.Method, q.Bits, q.GroupSize, q.Codes.clone(), q.Scales.clone(), q.Zeros.clone());
+        var settings = new LoraSettings { R = 4, Alpha = 8, TargetModules = ["q_proj"] };
+        using var lora = new LoraLinear(PackedQuantizedLinear.Create(copy, null), settings, 0, CPU);
+        using (no_grad())
+        {
+            lora.A.normal_(0, 0.1, new Generator(4));
+            lora.B.normal_(0, 0.1, new Generator(5));
+        }
+        lora.eval();
+        var x = randn([3, 5, 64], generator: new Generator(6)).requires_grad_(true);
+        var x2 = x.detach().clone().requires_grad_(true);
+        var a2 = lora.A.detach().clone().requires_grad_(true);
+        var b2 = lora.B.detach().clone().requires_grad_(true);
+
+        var y = lora.forward(x);
+        y.square().sum().backward();
+        var y2 = x2.matmul(dense.t()) + x2.matmul(a2.t()).matmul(b2.t()) * settings.Scaling;
+        y2.square().sum().backward();
+
+        Assert.True(y.allclose(y2, 1e-5, 1e-5));
+        Assert.True(x.grad!.allclose(x2.grad!, 1e-5, 1e-5), "input gradient");
+        Assert.True(lora.A.grad!.allclose(a2.grad!, 1e-5, 1e-5), "lora_A gradient");
+        Assert.True(lora.B.grad!.allclose(b2.grad!, 1e-5, 1e-5), "lora_B gradient");
+    }
 }

@@ -31,14 +31,15 @@ internal static class TestSupport
             new ClientRetryHandler(retry ?? new ClientRetryOptions { BaseDelay = TimeSpan.FromMilliseconds(10) }, time ?? TimeProvider.System, metrics, NullLogger<ClientRetryHandler>.Instance),
             new RequestMetricsHandler(metrics));
 
-    public static Informer<T> Informer<T>(FakeApiServer server, RuntimeMetrics metrics, InformerOptions? options = null, TimeProvider? time = null)
+    public static Informer<T> Informer<T>(FakeApiServer server, RuntimeMetrics metrics, InformerOptions? options = null, TimeProvider? time = null, CacheOptions<T>? cache = null)
         where T : class, IKubernetesObject<V1ObjectMeta>
         => new(
             new KubernetesRest(Client(server, metrics)),
             options ?? FastInformerOptions,
             time ?? TimeProvider.System,
             metrics,
-            NullLogger<Informer<T>>.Instance);
+            NullLogger<Informer<T>>.Instance,
+            cache);
 
     public static readonly InformerOptions FastInformerOptions = new()
     {

@@ -222,6 +222,10 @@ public sealed class EndpointScraperTests : IAsyncDisposable
             }
         }
 
+        public IReadOnlyList<ObjectKey> KeysByIndex<T>(string index, string value)
+            where T : class, IKubernetesObject<V1ObjectMeta>
+            => throw new NotSupportedException("the scraper reads no index");
+
         public bool TryGet<T>(ObjectKey key, [MaybeNullWhen(false)] out T obj)
             where T : class, IKubernetesObject<V1ObjectMeta>
         {
