@@ -20,6 +20,12 @@ catch (ProtocolArgumentException ex)
     Console.Error.WriteLine($"lowbit-engine-dev {args[0]}: {ex.Message}");
     return EngineExitCodes.BadInput;
 }
+catch (EngineInputException ex)
+{
+    // E.g. selfcheck-kernels on a host without CUDA: the named argument, exit 42, no stack trace.
+    Console.Error.WriteLine($"lowbit-engine-dev {args[0]}: {ex.Message}");
+    return EngineExitCodes.BadInput;
+}
 
 namespace Lowbit.Engine.DevTools
 {

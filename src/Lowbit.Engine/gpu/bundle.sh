@@ -32,7 +32,7 @@ mkdir -p "$stage/native"
 install -m 0644 "$here/../native/lowbit_kernels.cu" "$here/../native/lowbit_native.cpp" "$stage/native/"
 install -m 0755 "$here/../native/build.sh" "$stage/native/build.sh"
 tarball="$out/lowbit-engine-gpu-linux-x64.tar.xz"
-tar -C "$out/engine-gpu" -cf - lowbit-engine | xz -T2 -9 > "$tarball"
+tar -C "$out/engine-gpu" -cf - lowbit-engine | xz -T2 -6 > "$tarball"
 bytes=$(stat -c %s "$tarball")
 echo "engine-gpu-bundle: $tarball ($((bytes / 1024 / 1024)) MB)"
 if [ "$bytes" -ge $((40 * 1024 * 1024)) ]; then
