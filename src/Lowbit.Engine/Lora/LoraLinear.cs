@@ -104,7 +104,8 @@ public sealed class LoraLinear : LinearLayer
         }
         using var generator = new Generator(unchecked((ulong)(seed * 1_000_003 + Index)), input.device);
         var mask = empty_like(input).bernoulli_(keep, generator);
-        return input.mul(mask).div(keep);
+        using var divisor = keep.ToScalar();   // held: an implicit Scalar temporary may be finalized mid-call
+        return input.mul(mask).div(divisor);
     }
 
     /// <summary>The dense merged weight <c>W + scaling·B·A</c> in <paramref name="dtype"/>.</summary>

@@ -39,7 +39,8 @@ public static class LoraMath
         using var scope = NewDisposeScope();
         var down = nn.functional.linear(x, a.dtype == x.dtype ? a : a.to(x.dtype));
         var up = nn.functional.linear(down, b.dtype == x.dtype ? b : b.to(x.dtype));
-        return (scaling == 1.0 ? up : up.mul(scaling)).MoveToOuterDisposeScope();
+        using var factor = scaling.ToScalar();   // held: an implicit Scalar temporary may be finalized mid-call
+        return (scaling == 1.0 ? up : up.mul(factor)).MoveToOuterDisposeScope();
     }
 
     /// <summary><c>scaling · B·A</c> as a dense <c>[out, in]</c> tensor (computed in float32, returned in <paramref name="dtype"/>).</summary>

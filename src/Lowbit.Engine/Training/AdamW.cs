@@ -50,7 +50,10 @@ public sealed class AdamW : IDisposable
         var norm = stack(grads.Select(g => g.to(ScalarType.Float32).norm()).ToArray()).norm();
         if (maxNorm > 0)
         {
-            var coefficient = (maxNorm / (norm + 1e-6)).clamp_max(1.0);
+            using var epsilon = 1e-6.ToScalar();   // held: see Step
+            using var max = maxNorm.ToScalar();
+            using var one = 1.0.ToScalar();
+            var coefficient = norm.add(epsilon).reciprocal().mul(max).clamp_max(one);
             using var noGrad = no_grad();
             foreach (var g in grads)
             {
@@ -66,6 +69,16 @@ public sealed class AdamW : IDisposable
         var bias1 = 1 - Math.Pow(Beta1, Steps);
         var bias2 = 1 - Math.Pow(Beta2, Steps);
         using var noGrad = no_grad();
+        // Explicit scalars held to the end of the step: an implicit double→Scalar temporary can be finalized by the
+        // GC while the native call still reads it (seen as libtorch "Scalar.h" assertions under parallel tests).
+        using var decay = (1 - learningRate * WeightDecay).ToScalar();
+        using var beta1 = Beta1.ToScalar();
+        using var oneMinusBeta1 = (1 - Beta1).ToScalar();
+        using var beta2 = Beta2.ToScalar();
+        using var oneMinusBeta2 = (1 - Beta2).ToScalar();
+        using var sqrtBias2 = Math.Sqrt(bias2).ToScalar();
+        using var eps = Eps.ToScalar();
+        using var stepSize = (-learningRate / bias1).ToScalar();
         foreach (var (name, p) in _parameters)
         {
             if (p.grad is not { } g)
@@ -76,12 +89,12 @@ public sealed class AdamW : IDisposable
             var (m, v) = _state[name];
             if (WeightDecay > 0)
             {
-                p.mul_(1 - learningRate * WeightDecay);
+                p.mul_(decay);
             }
-            m.mul_(Beta1).add_(g, alpha: 1 - Beta1);
-            v.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);
-            var denom = v.sqrt().div_(Math.Sqrt(bias2)).add_(Eps);
-            p.addcdiv_(m, denom, value: -learningRate / bias1);
+            m.mul_(beta1).add_(g, alpha: oneMinusBeta1);
+            v.mul_(beta2).addcmul_(g, g, value: oneMinusBeta2);
+            var denom = v.sqrt().div_(sqrtBias2).add_(eps);
+            p.addcdiv_(m, denom, value: stepSize);
         }
     }
 

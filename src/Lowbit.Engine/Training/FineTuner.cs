@@ -184,7 +184,8 @@ public sealed class FineTuner
                 foreach (var (index, batch) in micro)
                 {
                     LoraLinear.DropoutSeed = request.Seed * 1_000_003L + index;
-                    var loss = LossSum(model, batch, device, out var input) / stepTargets;
+                    using var targets = ((double)stepTargets).ToScalar();   // held: see AdamW.Step
+                    var loss = LossSum(model, batch, device, out var input).div(targets);
                     loss.backward();
                     GradientCheckpoint.Release(model.Model);
                     lossSum.add_(loss.detach());
