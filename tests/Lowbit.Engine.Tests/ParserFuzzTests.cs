@@ -19,7 +19,7 @@ public sealed class ParserFuzzTests : IDisposable
         var seedPath = _dir.File("seed.safetensors");
         SafetensorsWriter.Write(seedPath, new Dictionary<string, torch.Tensor>
         {
-            ["a.weight"] = torch.arange(12, dtype: torch.ScalarType.Float32).reshape(3, 4),
+            ["a.weight"] = torch.arange(Scalars.Of(12), dtype: torch.ScalarType.Float32).reshape(3, 4),
             ["b.bias"] = torch.ones(5, dtype: torch.ScalarType.Float16),
         }, new Dictionary<string, string> { ["format"] = "pt" });
         var seed = File.ReadAllBytes(seedPath);

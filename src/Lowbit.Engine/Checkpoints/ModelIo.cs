@@ -87,7 +87,7 @@ public static class ModelIo
         {
             if (name.EndsWith("norm.weight", StringComparison.Ordinal))
             {
-                parameter.fill_(1.0);
+                parameter.fill_(Scalars.Of(1.0));
                 continue;
             }
             using var values = empty(parameter.shape, ScalarType.Float32, CPU).normal_(0, std, generator);

@@ -158,7 +158,7 @@ public sealed class FastDecoder : IDisposable
         _logits[slot].copy_(logits[0]);
         var next = logits[0].argmax();
         _tokens[slot].copy_(next);
-        _positions[slot].fill_(length);
+        _positions[slot].fill_(Scalars.Of(length));
         _history[slot].narrow(0, length, 1).copy_(next.view(1));
         _hostPositions[slot] = length;
         return (int)next.item<long>();
@@ -438,13 +438,13 @@ public sealed class FastDecoder : IDisposable
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         var tokens = _tokens.narrow(0, 0, batch);
-        var positions = _positions.narrow(0, 0, batch).clamp(0, MaxLength - 1);
+        var positions = _positions.narrow(0, 0, batch).clamp(Scalars.Of(0), Scalars.Of(MaxLength - 1));
         var cos = _cos.index_select(0, positions);
         var sin = _sin.index_select(0, positions);
         // An additive mask, built once per step (a boolean one would be converted by every layer's attention).
-        var hidden0 = arange(0, length, ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
-        var visible = zeros([batch, 1, 1, length], _dtype, _device).masked_fill(hidden0, double.NegativeInfinity);
-        var rows = arange(0, batch, ScalarType.Int64, _device).mul(MaxLength);
+        var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
+        var visible = zeros([batch, 1, 1, length], _dtype, _device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
+        var rows = arange(Scalars.Of(0), Scalars.Of(batch), ScalarType.Int64, _device).mul(Scalars.Of(MaxLength));
         var slotsAt = rows.add(positions);
         var hidden = Forward(tokens, cos, sin, (layer, k, v, q) =>
         {
@@ -465,10 +465,10 @@ public sealed class FastDecoder : IDisposable
             return;
         }
         var next = logits.argmax(-1);
-        var nextAt = rows.add(positions.add(1).clamp_max(MaxLength - 1));
+        var nextAt = rows.add(positions.add(Scalars.Of(1)).clamp_max(Scalars.Of(MaxLength - 1)));
         _history.view(-1).index_copy_(0, nextAt, next);
         tokens.copy_(next);
-        _positions.narrow(0, 0, batch).add_(1);
+        _positions.narrow(0, 0, batch).add_(Scalars.Of(1));
     }
 
     /// <summary>
@@ -550,7 +550,7 @@ public sealed class FastDecoder : IDisposable
         sum = residual is null ? x : residual + x;
         var compute = sum.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         var h = sum.to(compute);
-        var variance = h.pow(2).mean([-1], keepdim: true);
+        var variance = h.pow(Scalars.Of(2)).mean([-1], keepdim: true);
         var normalized = (h * rsqrt(variance + _config.RmsNormEps)).to(sum.dtype);
         return weight * normalized;
     }

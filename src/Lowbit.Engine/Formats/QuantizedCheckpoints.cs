@@ -208,7 +208,7 @@ public static class GptqCheckpoint
                 throw new EngineInputException($"--format: gptq stores integer zero-points; {name} ({q.Method}) has fractional ones (use --format lowbit)");
             }
             // v1 qzeros store zero−1 in `bits` bits; zero 0 would wrap to 2^bits−1 and readers disagree on it.
-            if (q.Zeros.lt(1).any().item<bool>() || q.Zeros.gt((1 << bits) - 1).any().item<bool>())
+            if (q.Zeros.lt(Scalars.Of(1)).any().item<bool>() || q.Zeros.gt(Scalars.Of((1 << bits) - 1)).any().item<bool>())
             {
                 throw new EngineInputException($"--format: gptq stores zero-points 1..{(1 << bits) - 1}; {name} has a group outside that range (quantize with RepresentableZeros, as the quantize verb does for gptq, or with --scheme sym)");
             }
@@ -236,7 +236,7 @@ public static class GptqCheckpoint
             SafetensorsWriter.Write(Path.Combine(directory, Checkpoint.SingleFile), entries,
                 new Dictionary<string, string> { ["format"] = "pt", ["gptq_checkpoint_format"] = "gptq" });
         }
-        var sym = model.Linears.Values.All(q => { using var s = NewDisposeScope(); return q.Zeros.eq((1 << bits) / 2).all().item<bool>(); });
+        var sym = model.Linears.Values.All(q => { using var s = NewDisposeScope(); return q.Zeros.eq(Scalars.Of((1 << bits) / 2)).all().item<bool>(); });
         var quantizeConfig = new JsonObject
         {
             ["bits"] = bits,
@@ -275,7 +275,7 @@ public static class GptqCheckpoint
         var zeros = BitPacking.UnpackGptqZeros(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(file.GetBytes(prefix + ".qzeros")), outFeatures, groups, bits);
         var gIdx = file.Load(prefix + ".g_idx", ScalarType.Int64);
         var groupSize = config["group_size"]!.GetValue<int>() is var gs && gs > 0 ? gs : inFeatures;
-        var trivial = torch.arange(inFeatures, dtype: ScalarType.Int64).div(groupSize, rounding_mode: RoundingMode.floor);
+        var trivial = torch.arange(Scalars.Of(inFeatures), dtype: ScalarType.Int64).div(Scalars.Of(groupSize), rounding_mode: RoundingMode.floor);
         var q = QuantizedTensor.Create(QuantizationMethod.Gptq, bits, groupSize,
             torch.tensor(codes, ScalarType.Byte).reshape(outFeatures, inFeatures),
             scales.t(), torch.tensor(zeros, ScalarType.Int32).reshape(outFeatures, groups).to(ScalarType.Float32),

@@ -28,7 +28,7 @@ public sealed class PackedQuantizedLinear : LinearLayer
         _bits = q.Bits;
         _groupSize = q.GroupSize;
         var perByte = 8 / q.Bits;
-        var shifts = arange(0, 8, q.Bits, ScalarType.Int32, q.Codes.device);
+        var shifts = arange(Scalars.Of(0), Scalars.Of(8), Scalars.Of(q.Bits), ScalarType.Int32, q.Codes.device);
         var codes = q.Codes.to(ScalarType.Int32).view(q.OutFeatures, q.InFeatures / perByte, perByte);
         _packed = codes.bitwise_left_shift(shifts).sum(-1).to(ScalarType.Byte).contiguous().DetachFromDisposeScope();
         _shifts = shifts.to(ScalarType.Byte).DetachFromDisposeScope();

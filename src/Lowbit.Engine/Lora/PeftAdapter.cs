@@ -47,7 +47,7 @@ public static class LoraMath
     public static Tensor MergedDelta(Tensor a, Tensor b, double scaling, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
-        var delta = b.to(ScalarType.Float32).matmul(a.to(ScalarType.Float32)).mul(scaling).to(dtype);
+        var delta = b.to(ScalarType.Float32).matmul(a.to(ScalarType.Float32)).mul(Scalars.Of(scaling)).to(dtype);
         return delta.MoveToOuterDisposeScope();
     }
 }

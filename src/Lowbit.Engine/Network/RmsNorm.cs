@@ -24,7 +24,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var x = input.to(input.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
-        var variance = x.pow(2).mean([-1], keepdim: true);
+        var variance = x.pow(Scalars.Of(2)).mean([-1], keepdim: true);
         var normalized = (x * rsqrt(variance + _eps)).to(input.dtype);
         return (weight * normalized).MoveToOuterDisposeScope();
     }

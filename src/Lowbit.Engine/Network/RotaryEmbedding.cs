@@ -57,7 +57,7 @@ public sealed class RotaryEmbedding
     {
         using var scope = NewDisposeScope();
         var compute = dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        var positions = arange(offset, offset + length, compute, device);
+        var positions = arange(Scalars.Of(offset), Scalars.Of(offset + length), compute, device);
         var inv = tensor(_inverseFrequencies, device: device).to(compute);
         var freqs = outer(positions, inv);
         var emb = cat([freqs, freqs], -1);

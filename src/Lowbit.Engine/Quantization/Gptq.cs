@@ -50,9 +50,9 @@ public sealed class HessianAccumulator : IDisposable
         using var scope = torch.NewDisposeScope();
         var m = input.dim() == 2 ? 1 : input.shape[0];
         var x = input.reshape(-1, input.shape[^1]).to(ScalarType.Float32).to(_hessian.device);
-        _hessian.mul_((double)Samples / (Samples + m));
+        _hessian.mul_(Scalars.Of((double)Samples / (Samples + m)));
         Samples += m;
-        x = x.mul(Math.Sqrt(2.0 / Samples));
+        x = x.mul(Scalars.Of(Math.Sqrt(2.0 / Samples)));
         _hessian.add_(x.t().matmul(x));
     }
 
@@ -79,9 +79,9 @@ public static class Gptq
         var w = weight.to(ScalarType.Float32).clone();
         var h = hessian.to(ScalarType.Float32).to(w.device).clone();
 
-        var dead = h.diagonal().eq(0);
-        h.diagonal().masked_fill_(dead, 1);
-        w.masked_fill_(dead.unsqueeze(0), 0);
+        var dead = h.diagonal().eq(Scalars.Of(0));
+        h.diagonal().masked_fill_(dead, Scalars.Of(1));
+        w.masked_fill_(dead.unsqueeze(0), Scalars.Of(0));
 
         Tensor? perm = null;
         if (options.ActOrder)
@@ -92,7 +92,7 @@ public static class Gptq
         }
 
         var damp = options.DampPercent * h.diagonal().mean().item<float>();
-        h.diagonal().add_(damp);
+        h.diagonal().add_(Scalars.Of(damp));
         var hinv = CholeskyOfInverseUpper(h);
 
         var codes = torch.zeros(rows, columns, dtype: ScalarType.Float32, device: w.device);
@@ -130,10 +130,10 @@ public static class Gptq
                 }
                 using var step = torch.NewDisposeScope();
                 var wi = w1[.., (int)i];
-                var qi = wi.div(scaleColumn).round_().add_(zeroColumn).clamp_(0, maxq);
+                var qi = wi.div(scaleColumn).round_().add_(zeroColumn).clamp_(Scalars.Of(0), Scalars.Of(maxq));
                 codes[.., (int)column].copy_(qi);
                 // err = (w − dequant(q)) / Hinv_ii, then W1[:, i:] −= err ⊗ Hinv[i, i:]
-                var err = wi.sub(qi.sub_(zeroColumn).mul_(scaleColumn)).div_(diagonal[i]);
+                var err = wi.sub(qi.sub_(zeroColumn).mul_(scaleColumn)).div_(Scalars.Of(diagonal[i]));
                 w1[.., (int)i..].addr_(err, hinv1[(int)i, (int)i..], beta: 1, alpha: -1);
                 err1[.., (int)i].copy_(err);
             }
@@ -151,7 +151,7 @@ public static class Gptq
             var inverse = perm.argsort();
             codes = codes.index_select(1, inverse);
             // Group of input column perm[j] is j / groupSize (processing order).
-            var processingGroup = torch.arange(columns, dtype: ScalarType.Int64, device: w.device).div(groupSize, rounding_mode: RoundingMode.floor);
+            var processingGroup = torch.arange(Scalars.Of(columns), dtype: ScalarType.Int64, device: w.device).div(Scalars.Of(groupSize), rounding_mode: RoundingMode.floor);
             groupIndex = processingGroup.index_select(0, inverse);
         }
         var q = QuantizedTensor.Create(QuantizationMethod.Gptq, options.Bits, groupSize, codes, scaleMatrix, zeroMatrix, groupIndex);
@@ -173,24 +173,24 @@ public static class Gptq
     internal static (Tensor Scale, Tensor Zero) GroupParameters(Tensor group, int maxq, bool symmetric, bool representableZeros = false)
     {
         using var scope = torch.NewDisposeScope();
-        var xmin = group.amin([1], keepdim: true).clamp_max(0);
-        var xmax = group.amax([1], keepdim: true).clamp_min(0);
+        var xmin = group.amin([1], keepdim: true).clamp_max(Scalars.Of(0));
+        var xmax = group.amax([1], keepdim: true).clamp_min(Scalars.Of(0));
         Tensor scale;
         Tensor zero;
         if (symmetric)
         {
             xmax = torch.maximum(xmin.abs(), xmax);
-            var both = xmax.eq(0);
-            xmax = xmax.masked_fill(both, 1);
-            scale = xmax.mul(2.0 / maxq);
-            zero = torch.full_like(scale, (maxq + 1) / 2);
+            var both = xmax.eq(Scalars.Of(0));
+            xmax = xmax.masked_fill(both, Scalars.Of(1));
+            scale = xmax.mul(Scalars.Of(2.0 / maxq));
+            zero = torch.full_like(scale, Scalars.Of((maxq + 1) / 2));
         }
         else
         {
-            var both = xmin.eq(0).logical_and(xmax.eq(0));
-            xmin = xmin.masked_fill(both, -1);
-            xmax = xmax.masked_fill(both, 1);
-            scale = xmax.sub(xmin).div(maxq);
+            var both = xmin.eq(Scalars.Of(0)).logical_and(xmax.eq(Scalars.Of(0)));
+            xmin = xmin.masked_fill(both, Scalars.Of(-1));
+            xmax = xmax.masked_fill(both, Scalars.Of(1));
+            scale = xmax.sub(xmin).div(Scalars.Of(maxq));
             zero = xmin.neg().div(scale).round();
             if (representableZeros)
             {

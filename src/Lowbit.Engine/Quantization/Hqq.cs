@@ -74,7 +74,7 @@ public static class Hqq
             // Stored form: scale = 1/s_inv in fp16, zero in fp16; the codes are the rounding under the solved zero.
             var scale = sInv.reciprocal().to(ScalarType.Float16).to(ScalarType.Float32);
             var zero = solution.Zero.to(ScalarType.Float16).to(ScalarType.Float32);
-            var codes = w.div(scale).add(zero).round().clamp(0, maxq);
+            var codes = w.div(scale).add(zero).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
             var error = codes.sub(zero).mul(scale).sub(w).abs().mean().item<float>();
             if (error < bestError)
             {
@@ -95,10 +95,10 @@ public static class Hqq
     public static (Tensor InverseScale, Tensor Zero) InitialScaleAndZero(Tensor grouped, int maxq, double shrink = 1.0, bool roundZero = false)
     {
         using var scope = torch.NewDisposeScope();
-        var min = grouped.amin([1], keepdim: true).mul(shrink);
-        var max = grouped.amax([1], keepdim: true).mul(shrink);
+        var min = grouped.amin([1], keepdim: true).mul(Scalars.Of(shrink));
+        var max = grouped.amax([1], keepdim: true).mul(Scalars.Of(shrink));
         var range = max.sub(min);
-        var sInv = torch.where(range.le(1e-4), torch.ones_like(range), range.reciprocal().mul(maxq)).clamp_max(2e4);
+        var sInv = torch.where(range.le(Scalars.Of(1e-4)), torch.ones_like(range), range.reciprocal().mul(Scalars.Of(maxq))).clamp_max(Scalars.Of(2e4));
         var zero = min.neg().mul(sInv);
         if (roundZero)
         {
@@ -125,7 +125,7 @@ public static class Hqq
         for (var i = 0; i < options.Iterations; i++)
         {
             using var step = torch.NewDisposeScope();
-            var wq = grouped.mul(inverseScale).add(z).round().clamp(0, maxq);
+            var wq = grouped.mul(inverseScale).add(z).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
             var wr = wq.sub(z).div(inverseScale);
             var residual = grouped.sub(wr);
             var we = Shrink(residual, beta, options.P);
@@ -153,6 +153,6 @@ public static class Hqq
     private static Tensor Shrink(Tensor x, double beta, double p)
     {
         var ax = x.abs();
-        return x.sign().mul(ax.sub(ax.pow(p - 1).div(beta)).relu());
+        return x.sign().mul(ax.sub(ax.pow(Scalars.Of(p - 1)).div(Scalars.Of(beta))).relu());
     }
 }

@@ -78,7 +78,7 @@ public sealed class RandomWeights(LlamaConfig config, ScalarType storage = Scala
         }
         // The default generators (seeded per tensor): a CUDA tensor is generated on the GPU, which a CPU Generator can't do.
         torch.random.manual_seed(seed * 1_000_003 + StableHash(name));
-        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device).mul_(std).to(storage).to(dtype);
+        var t = torch.randn(shape, dtype: ScalarType.Float32, device: device).mul_(Scalars.Of(std)).to(storage).to(dtype);
         return t.MoveToOuterDisposeScope();
     }
 
@@ -418,7 +418,7 @@ public static class ModelQuantizer
                 var x = input.reshape(-1, input.shape[^1]).to(ScalarType.Float32);
                 var sum = x.square().sum([0]);
                 var rows = x.shape[0];
-                var updated = Energy is null ? sum.div(rows) : Energy.mul(_rows).add(sum).div(_rows + rows);
+                var updated = Energy is null ? sum.div(Scalars.Of(rows)) : Energy.mul(Scalars.Of(_rows)).add(sum).div(Scalars.Of(_rows + rows));
                 Energy?.Dispose();
                 Energy = updated.DetachFromDisposeScope();
                 _rows += rows;

@@ -40,18 +40,18 @@ public static class Rtn
         Tensor zero;
         if (options.Symmetric)
         {
-            var amax = w.abs().amax([1], keepdim: true).clamp_min(1e-8);
-            scale = amax.mul(2.0 / maxq);
-            zero = torch.full_like(scale, (maxq + 1) / 2.0);
+            var amax = w.abs().amax([1], keepdim: true).clamp_min(Scalars.Of(1e-8));
+            scale = amax.mul(Scalars.Of(2.0 / maxq));
+            zero = torch.full_like(scale, Scalars.Of((maxq + 1) / 2.0));
         }
         else
         {
             // The range includes 0, so the integer zero-point lies within the codes (an all-positive group would
             // otherwise get zero 0 and its largest weights clipped).
-            var min = w.amin([1], keepdim: true).clamp_max(0);
-            var max = w.amax([1], keepdim: true).clamp_min(0);
-            scale = max.sub(min).div(maxq).clamp_min(1e-8);
-            zero = min.neg().div(scale).round().clamp(0, maxq);
+            var min = w.amin([1], keepdim: true).clamp_max(Scalars.Of(0));
+            var max = w.amax([1], keepdim: true).clamp_min(Scalars.Of(0));
+            scale = max.sub(min).div(Scalars.Of(maxq)).clamp_min(Scalars.Of(1e-8));
+            zero = min.neg().div(scale).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
             if (options.RepresentableZeros)
             {
                 (scale, zero) = ZeroPoints.FromOne(scale, zero, max, maxq);
@@ -59,7 +59,7 @@ public static class Rtn
         }
         // Scales/zeros are stored as fp16: quantize against the stored values.
         scale = scale.to(ScalarType.Float16).to(ScalarType.Float32);
-        var codes = w.div(scale).round().add(zero).clamp(0, maxq);
+        var codes = w.div(scale).round().add(zero).clamp(Scalars.Of(0), Scalars.Of(maxq));
         var rows = weight.shape[0];
         var q = QuantizedTensor.Create(QuantizationMethod.Rtn, options.Bits, groupSize, codes.reshape(weight.shape), scale.reshape(rows, -1), zero.reshape(rows, -1));
         return q.MoveToOuterDisposeScope();
@@ -72,8 +72,8 @@ internal static class ZeroPoints
     /// still reaches their maximum: max / (maxq − 1). Others are unchanged.</summary>
     public static (Tensor Scale, Tensor Zero) FromOne(Tensor scale, Tensor zero, Tensor max, int maxq)
     {
-        var low = zero.lt(1);
-        var widened = max.div(maxq - 1).clamp_min(1e-8);
+        var low = zero.lt(Scalars.Of(1));
+        var widened = max.div(Scalars.Of(maxq - 1)).clamp_min(Scalars.Of(1e-8));
         return (torch.where(low, widened, scale), torch.where(low, torch.ones_like(zero), zero));
     }
 }

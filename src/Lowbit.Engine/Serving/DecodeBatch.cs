@@ -49,8 +49,8 @@ public sealed class DecodeBatch : IDecodeBackend
         var (cos, sin) = new RotaryEmbedding(config).CosSin(0, maxContext + 1, model.Dtype, device);
         _cosTable = cos;
         _sinTable = sin;
-        _slotIndex = arange(slots, ScalarType.Int64, device);
-        _positionRange = arange(maxContext + 1, ScalarType.Int64, device);
+        _slotIndex = arange(Scalars.Of(slots), ScalarType.Int64, device);
+        _positionRange = arange(Scalars.Of(maxContext + 1), ScalarType.Int64, device);
     }
 
     public int Slots { get; }

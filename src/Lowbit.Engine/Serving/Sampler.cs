@@ -51,14 +51,14 @@ public static class Sampler
             var uniform = tensor(rows.Select(r => r is { } x ? (float)x.Uniform : 0f).ToArray(), device: device).view(count, 1);
             var sampledRows = tensor(rows.Select(r => r is { } x && x.Params.Temperature > 0).ToArray(), device: device);
             var (sorted, indices) = (logits / temperature).sort(-1, descending: true);
-            var rank = arange(vocab, ScalarType.Int64, device).view(1, vocab);
-            var probabilities = sorted.softmax(-1).masked_fill(rank.ge(topK), 0);
+            var rank = arange(Scalars.Of(vocab), ScalarType.Int64, device).view(1, vocab);
+            var probabilities = sorted.softmax(-1).masked_fill(rank.ge(topK), Scalars.Of(0));
             var before = probabilities.cumsum(-1) - probabilities;
             // Nucleus: keep a token while the mass before it is under top_p (the first token always stays).
-            probabilities = probabilities.masked_fill(before.ge(topP).logical_and(rank.gt(0)), 0);
+            probabilities = probabilities.masked_fill(before.ge(topP).logical_and(rank.gt(Scalars.Of(0))), Scalars.Of(0));
             var cumulative = probabilities.cumsum(-1);
             var target = uniform * cumulative.narrow(1, vocab - 1, 1);
-            var pick = cumulative.lt(target).sum(-1, keepdim: true).clamp_max(vocab - 1);
+            var pick = cumulative.lt(target).sum(-1, keepdim: true).clamp_max(Scalars.Of(vocab - 1));
             // A row never lands on a zeroed token: cumulative is flat over them, so lt(target) counts past them only when target is beyond.
             var sampled = indices.gather(1, pick).view(count);
             tokens = where(sampledRows, sampled, tokens);

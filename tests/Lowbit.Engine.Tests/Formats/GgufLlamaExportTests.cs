@@ -85,7 +85,7 @@ public sealed class GgufLlamaExportTests : IDisposable
     public void Does_interleave_rope_pairs_when_permuting_q_rows()
     {
         // One head of dim 8: HF row p*4 + i must land on Meta row 2i + p.
-        var rows = torch.arange(8, dtype: ScalarType.Float32).unsqueeze(1);
+        var rows = torch.arange(Scalars.Of(8), dtype: ScalarType.Float32).unsqueeze(1);
         var permuted = GgufLlamaExport.PermuteForGguf(rows, 1).squeeze(1).data<float>().ToArray();
         Assert.Equal([0f, 4, 1, 5, 2, 6, 3, 7], permuted);
         Assert.True(GgufLlamaExport.UnpermuteFromGguf(GgufLlamaExport.PermuteForGguf(rows, 1), 1).eq(rows).all().item<bool>());

@@ -12,8 +12,8 @@ public sealed class GgufLoraAdapterTests
     {
         using var dir = new TempDir();
         var config = new LlamaConfig { VocabSize = 32, HiddenSize = 8, IntermediateSize = 16, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 4 };
-        var qa = arange(16, ScalarType.Float32).reshape(2, 8);
-        var qb = arange(16, ScalarType.Float32).reshape(8, 2);
+        var qa = arange(Scalars.Of(16), ScalarType.Float32).reshape(2, 8);
+        var qb = arange(Scalars.Of(16), ScalarType.Float32).reshape(8, 2);
         var va = ones(2, 8);
         var vb = ones(4, 2);
         using var adapter = new PeftAdapter(new LoraSettings { R = 2, Alpha = 16, TargetModules = ["q_proj", "v_proj"], UseRslora = true }, "base",

@@ -11,8 +11,8 @@ public sealed class PeftAdapterTests
 
     private static PeftAdapter Sample(bool rslora = false)
     {
-        var a = arange(8, ScalarType.Float32).reshape(2, 4).div(8);      // [r=2, in=4]
-        var b = arange(6, ScalarType.Float32).reshape(3, 2).sub(2.5);    // [out=3, r=2]
+        var a = arange(Scalars.Of(8), ScalarType.Float32).reshape(2, 4).div(Scalars.Of(8));      // [r=2, in=4]
+        var b = arange(Scalars.Of(6), ScalarType.Float32).reshape(3, 2).sub(Scalars.Of(2.5));    // [out=3, r=2]
         var settings = new LoraSettings { R = 2, Alpha = 4, Dropout = 0.05, TargetModules = ["v_proj", "q_proj"], UseRslora = rslora };
         return new PeftAdapter(settings, "tests/fixtures/tiny-llama", new Dictionary<string, LoraWeights> { [Module] = new(a, b) });
     }

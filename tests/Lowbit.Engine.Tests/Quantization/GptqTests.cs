@@ -11,7 +11,7 @@ public class GptqTests
     {
         using var scope = torch.NewDisposeScope();
         var gen = new torch.Generator(seed);
-        var mix = torch.randn(features, features, generator: new torch.Generator(99)).div(Math.Sqrt(features));
+        var mix = torch.randn(features, features, generator: new torch.Generator(99)).div(Scalars.Of(Math.Sqrt(features)));
         var channelScale = torch.ones(features);
         channelScale[..8] = torch.tensor(8f);
         var x = torch.randn(tokens, features, generator: gen).matmul(mix.add(torch.eye(features))).mul(channelScale);
@@ -79,7 +79,7 @@ public class GptqTests
         h.Add(a);
         h.Add(b);
         var all = torch.cat([a, b], 0).reshape(-1, 4);
-        var expected = all.t().matmul(all).mul(2.0 / 8);
+        var expected = all.t().matmul(all).mul(Scalars.Of(2.0 / 8));
         Assert.Equal(8, h.Samples);
         Assert.True(h.Hessian.allclose(expected, rtol: 1e-5, atol: 1e-5));
     }

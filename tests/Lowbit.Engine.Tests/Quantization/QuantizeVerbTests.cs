@@ -120,7 +120,7 @@ public sealed class QuantizeVerbTests : IDisposable
             "--format", "gptq", "--out", _dir.File("out"), "--calibration", _dir.File("calib.txt"), "--calibration-samples", "4", "--calibration-length", "64");
         Assert.True(exit == 0, stderr);
         using var q = GptqCheckpoint.ReadLinear(result!.Artifact!.Uri, "model.layers.0.self_attn.q_proj");
-        Assert.True(q.Zeros.ge(1).all().item<bool>() && q.Zeros.le(15).all().item<bool>(), "a zero-point outside 1..15");
+        Assert.True(q.Zeros.ge(Scalars.Of(1)).all().item<bool>() && q.Zeros.le(Scalars.Of(15)).all().item<bool>(), "a zero-point outside 1..15");
         // Representable and accurate: the positive weights are not clipped at the top of the range.
         using var source = SafetensorsFile.Open(Path.Combine(model, "model.safetensors"));
         using var weight = source.Load("model.layers.0.self_attn.q_proj.weight", torch.ScalarType.Float32);
@@ -139,7 +139,7 @@ public sealed class QuantizeVerbTests : IDisposable
         var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(result!.Artifact!.Uri, "quantize_config.json")))!;
         Assert.True(config["sym"]!.GetValue<bool>());
         using var q = GptqCheckpoint.ReadLinear(result.Artifact.Uri, "model.layers.0.self_attn.q_proj");
-        Assert.True(q.Zeros.eq(8).all().item<bool>());
+        Assert.True(q.Zeros.eq(Scalars.Of(8)).all().item<bool>());
         Assert.Equal("sym", result.Info!["scheme"]);
     }
 

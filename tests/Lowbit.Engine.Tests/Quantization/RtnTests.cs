@@ -20,7 +20,7 @@ public class RtnTests
         var step = q.Scales.repeat_interleave(groupSize, 1);
         var err = w.sub(q.Dequantize()).abs();
         // Half a step plus the rounding of the zero-point (another half step at most).
-        Assert.True(err.le(step.mul(1.0001)).all().item<bool>());
+        Assert.True(err.le(step.mul(Scalars.Of(1.0001))).all().item<bool>());
     }
 
     [Fact]
@@ -45,7 +45,7 @@ public class RtnTests
         Assert.Equal(128f, q.Zeros[0, 0].item<float>());
         // amax 1 → scale 2/255; -1 → round(-127.5) = -128 (half to even) + 128 = 0; +amax clips to 255 (half a step, plus fp16 scale rounding).
         Assert.Equal(0, q.Codes[0, 0].item<byte>());
-        Assert.True(w.sub(q.Dequantize()).abs().le(q.Scales.mul(0.55)).all().item<bool>());
+        Assert.True(w.sub(q.Dequantize()).abs().le(q.Scales.mul(Scalars.Of(0.55))).all().item<bool>());
     }
 
     [Fact]

@@ -10,10 +10,10 @@ internal static class TestMatrices
     {
         using var scope = torch.NewDisposeScope();
         var gen = new torch.Generator((ulong)seed);
-        var w = torch.randn(rows, cols, generator: gen).mul(std);
+        var w = torch.randn(rows, cols, generator: gen).mul(Scalars.Of(std));
         // ~0.1% outliers at 10x the spread, as real attention/MLP weights show.
-        var mask = torch.rand(rows, cols, generator: gen).lt(0.001);
-        w = torch.where(mask, w.mul(10), w);
+        var mask = torch.rand(rows, cols, generator: gen).lt(Scalars.Of(0.001));
+        w = torch.where(mask, w.mul(Scalars.Of(10)), w);
         return w.MoveToOuterDisposeScope();
     }
 
