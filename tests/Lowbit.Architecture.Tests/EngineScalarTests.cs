@@ -36,6 +36,17 @@ public sealed class EngineScalarTests
 
     internal static TorchSharp.Scalar Probe() => 0.5;
 
+    [Fact]
+    public void Does_find_a_tensor_operator_with_a_number_operand_where_one_is()
+    {
+        Assert.Contains(ImplicitScalarCalls(typeof(EngineScalarTests).Assembly.Location), m => m.EndsWith("::OperatorProbe", StringComparison.Ordinal));
+        Assert.DoesNotContain(ImplicitScalarCalls(typeof(EngineScalarTests).Assembly.Location), m => m.EndsWith("::TensorOperatorProbe", StringComparison.Ordinal));
+    }
+
+    internal static TorchSharp.torch.Tensor OperatorProbe(TorchSharp.torch.Tensor x) => x + 1e-5;
+
+    internal static TorchSharp.torch.Tensor TensorOperatorProbe(TorchSharp.torch.Tensor x) => x + x;
+
     private static List<string> ImplicitScalarCalls(string assembly)
     {
         using var stream = File.OpenRead(assembly);
@@ -58,6 +69,51 @@ public sealed class EngineScalarTests
         return found;
     }
 
+    /// <summary>
+    /// An implicit conversion, or a TorchSharp 0.107 member that converts a number to a Scalar inside itself without
+    /// holding it: the tensor operators with a number operand (<c>x + 1e-5</c>, <c>0.5 * x</c>) and <c>square()</c>.
+    /// </summary>
+    private static bool Unheld(MetadataReader md, MemberReference member, string type)
+    {
+        var name = md.GetString(member.Name);
+        if (type == "Scalar")
+        {
+            return name == "op_Implicit";
+        }
+
+        if (type != "Tensor")
+        {
+            return false;
+        }
+
+        if (name == "square")
+        {
+            return true;
+        }
+
+        if (name is not ("op_Addition" or "op_Subtraction" or "op_Multiply" or "op_Division" or "op_Modulus"))
+        {
+            return false;
+        }
+
+        // MethodRefSig: calling convention, parameter count, return type, parameters; a number operand is one byte.
+        var signature = md.GetBlobReader(member.Signature);
+        signature.ReadSignatureHeader();
+        var count = signature.ReadCompressedInteger();
+        var types = new List<SignatureTypeCode>();
+        for (var i = 0; i <= count; i++)
+        {
+            var code = signature.ReadSignatureTypeCode();
+            types.Add(code);
+            if (code is SignatureTypeCode.TypeHandle)
+            {
+                signature.ReadTypeHandle();
+            }
+        }
+
+        return types.Skip(1).Any(t => t is SignatureTypeCode.Double or SignatureTypeCode.Single or SignatureTypeCode.Int32 or SignatureTypeCode.Int64);
+    }
+
     private static bool CallsImplicitScalar(MetadataReader md, BlobReader il)
     {
         while (il.RemainingBytes > 0)
@@ -71,8 +127,7 @@ public sealed class EngineScalarTests
                     if (token.Kind == HandleKind.MemberReference)
                     {
                         var member = md.GetMemberReference((MemberReferenceHandle)token);
-                        if (md.GetString(member.Name) == "op_Implicit" && member.Parent.Kind == HandleKind.TypeReference
-                            && md.GetString(md.GetTypeReference((TypeReferenceHandle)member.Parent).Name) == "Scalar")
+                        if (member.Parent.Kind == HandleKind.TypeReference && Unheld(md, member, md.GetString(md.GetTypeReference((TypeReferenceHandle)member.Parent).Name)))
                         {
                             return true;
                         }

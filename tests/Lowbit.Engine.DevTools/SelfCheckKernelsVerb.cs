@@ -48,12 +48,12 @@ internal static class SelfCheckKernelsVerb
             var x = randn([rows, 4096], bf16, device);
             var residual = randn([rows, 4096], bf16, device);
             var weight = (rand([4096], bf16, device) + 0.5).to(bf16);
-            var output = full([rows, 4096], double.NaN, bf16, device);
-            var sum = full([rows, 4096], double.NaN, bf16, device);
+            var output = full([rows, 4096], Scalars.Of(double.NaN), bf16, device);
+            var sum = full([rows, 4096], Scalars.Of(double.NaN), bf16, device);
             NativeKernels.RmsNorm(x, residual, weight, 1e-5, sum, output);
             var h = residual + x;
             var hf = h.to(ScalarType.Float32);
-            var reference = weight * (hf * rsqrt(hf.pow(2).mean([-1], keepdim: true) + 1e-5)).to(bf16);
+            var reference = weight * (hf * rsqrt(hf.pow(Scalars.Of(2)).mean([-1], keepdim: true) + 1e-5)).to(bf16);
             Report($"rmsnorm+residual rows={rows}", output, reference);
             Report($"residual sum rows={rows}", sum, h);
         }
@@ -67,7 +67,7 @@ internal static class SelfCheckKernelsVerb
             var emb = cat([angles, angles], -1);
             var cos = emb.cos().to(bf16);
             var sin = emb.sin().to(bf16);
-            var output = full([rows, heads * d], double.NaN, bf16, device);
+            var output = full([rows, heads * d], Scalars.Of(double.NaN), bf16, device);
             NativeKernels.Rope(input, heads, cos, sin, output);
             var v = input.reshape(rows, heads, d);
             var rotated = cat([-v.narrow(-1, d / 2, d / 2), v.narrow(-1, 0, d / 2)], -1);
@@ -77,7 +77,7 @@ internal static class SelfCheckKernelsVerb
         {
             using var scope = NewDisposeScope();
             var gateUp = randn([5, 2 * 11008], bf16, device) * 3;
-            var output = full([5, 11008], double.NaN, bf16, device);
+            var output = full([5, 11008], Scalars.Of(double.NaN), bf16, device);
             NativeKernels.SiluMul(gateUp, output);
             var reference = nn.functional.silu(gateUp.narrow(1, 0, 11008)) * gateUp.narrow(1, 11008, 11008);
             Report("silu_mul", output, reference);
@@ -87,7 +87,7 @@ internal static class SelfCheckKernelsVerb
             using var scope = NewDisposeScope();
             var x = randn([batch, k], bf16, device);
             var w = (randn([n, k], bf16, device) * 0.02).to(bf16);
-            var output = full([batch, n], double.NaN, bf16, device);
+            var output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
             NativeKernels.Gemv(x, w, output);
             var reference = x.to(ScalarType.Float64).matmul(w.to(ScalarType.Float64).t());
             Report($"gemv bf16 B={batch} N={n} K={k}", output, reference);
@@ -100,7 +100,7 @@ internal static class SelfCheckKernelsVerb
             using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
             using var packed = Int4Weight.From(q);
             var x = randn([batch, k], bf16, device);
-            var output = full([batch, n], double.NaN, bf16, device);
+            var output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
             NativeKernels.Int4Linear(x, packed.Packed, packed.Scales, packed.Zeros, group, output);
             var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
             Report($"int4 g{group} B={batch} N={n} K={k}", output, reference);

@@ -183,7 +183,7 @@ public class LlamaModelTests
     /// <summary>A stand-in for a quantized layer: the wrapped weight times a factor, materialized in forward.</summary>
     private sealed class ScaledLinear(LinearLayer inner, double factor) : LinearLayer("ScaledLinear", inner.InFeatures, inner.OutFeatures)
     {
-        private readonly Tensor _weight = inner.DenseWeight(ScalarType.Float32).detach().clone() * factor;
+        private readonly Tensor _weight = inner.DenseWeight(ScalarType.Float32).detach().clone() * Scalars.Of(factor);
 
         public override Tensor forward(Tensor input) => nn.functional.linear(input, _weight);
 

@@ -551,7 +551,7 @@ public sealed class FastDecoder : IDisposable
         var compute = sum.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         var h = sum.to(compute);
         var variance = h.pow(Scalars.Of(2)).mean([-1], keepdim: true);
-        var normalized = (h * rsqrt(variance + _config.RmsNormEps)).to(sum.dtype);
+        var normalized = (h * rsqrt(variance + Scalars.Of(_config.RmsNormEps))).to(sum.dtype);
         return weight * normalized;
     }
 

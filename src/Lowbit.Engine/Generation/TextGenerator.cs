@@ -58,7 +58,7 @@ public static class TextGenerator
             return (int)logits.argmax().item<long>();
         }
         using var scope = NewDisposeScope();
-        var probabilities = (logits / options.Temperature).softmax(-1).cpu().to(ScalarType.Float64);
+        var probabilities = (logits / Scalars.Of(options.Temperature)).softmax(-1).cpu().to(ScalarType.Float64);
         var (sorted, indices) = probabilities.sort(descending: true);
         var p = sorted.data<double>().ToArray();
         var ids = indices.data<long>().ToArray();

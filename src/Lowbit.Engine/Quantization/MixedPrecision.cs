@@ -99,7 +99,7 @@ public static class BitAllocator
         {
             using var scope = torch.NewDisposeScope();
             using var q = quantize(weight, bits);
-            var diff = weight.to(ScalarType.Float32).sub(q.Dequantize()).square();
+            var diff = weight.to(ScalarType.Float32).sub(q.Dequantize()).pow(Scalars.Of(2));   // not square(): see ModelQuantizer
             var perColumn = diff.sum([0]);
             errors[bits] = (hessianDiagonal is null ? perColumn.sum() : perColumn.mul(hessianDiagonal.to(perColumn.device)).sum()).to(ScalarType.Float64).item<double>();
         }

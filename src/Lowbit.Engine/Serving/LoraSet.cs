@@ -212,7 +212,7 @@ public sealed class LoraSet : IDisposable, IFusedAdapters
                 {
                     var r = w.A.shape[0];
                     a[i + 1].narrow(0, 0, r).copy_(w.A.to(dtype));
-                    b[i + 1].narrow(1, 0, r).copy_((w.B * _adapters[i].Weights.Scaling).to(dtype));
+                    b[i + 1].narrow(1, 0, r).copy_((w.B * Scalars.Of(_adapters[i].Weights.Scaling)).to(dtype));
                 }
             }
             layer.SetStacks(a.DetachFromDisposeScope(), b.DetachFromDisposeScope());
@@ -258,7 +258,7 @@ public sealed class LoraSet : IDisposable, IFusedAdapters
                         {
                             var r = w.A.shape[0];
                             a[i].narrow(0, rankAt, r).copy_(w.A.to(_dtype));
-                            b[i].narrow(0, outAt, outs[m]).narrow(1, rankAt, r).copy_((w.B * _adapters[i].Weights.Scaling).to(_dtype));
+                            b[i].narrow(0, outAt, outs[m]).narrow(1, rankAt, r).copy_((w.B * Scalars.Of(_adapters[i].Weights.Scaling)).to(_dtype));
                         }
                         rankAt += ranks[m];
                         outAt += outs[m];

@@ -36,7 +36,7 @@ public sealed class LoraLinearTests
 
         var y = lora.forward(x);
 
-        var expected = x.matmul(lora.Base.DenseWeight(ScalarType.Float32).t()) + 2.0 * x.matmul(lora.A.t()).matmul(lora.B.t());
+        var expected = x.matmul(lora.Base.DenseWeight(ScalarType.Float32).t()) + Scalars.Of(2.0) * x.matmul(lora.A.t()).matmul(lora.B.t());
         Assert.True(y.allclose(expected, 1e-5, 1e-5));
         Assert.True(LoraMath.Delta(x, lora.A, lora.B, 2.0).allclose(expected - lora.Base.forward(x), 1e-5, 1e-5));
     }

@@ -67,7 +67,7 @@ public sealed class TrainingMemoryTests(Xunit.Abstractions.ITestOutputHelper out
                 Tensor loss;
                 using (var scope = NewDisposeScope())
                 {
-                    loss = model.forward(ids, null).to(ScalarType.Float32).square().mean().MoveToOuterDisposeScope();
+                    loss = model.forward(ids, null).to(ScalarType.Float32).pow(Scalars.Of(2)).mean().MoveToOuterDisposeScope();
                 }
                 loss.backward();   // as on CUDA's autograd thread: no dispose scope around it
                 GradientCheckpoint.Release(model.Model);

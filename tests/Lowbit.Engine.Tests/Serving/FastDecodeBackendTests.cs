@@ -54,8 +54,8 @@ public sealed class FastDecodeBackendTests
                 foreach (var (module, inFeatures, outFeatures) in modules)
                 {
                     var key = $"base_model.model.model.layers.{layer}.{module}";
-                    tensors[key + ".lora_A.weight"] = randn([rank, inFeatures], generator: generator) * 0.15;
-                    tensors[key + ".lora_B.weight"] = randn([outFeatures, rank], generator: generator) * 0.15;
+                    tensors[key + ".lora_A.weight"] = randn([rank, inFeatures], generator: generator) * Scalars.Of(0.15);
+                    tensors[key + ".lora_B.weight"] = randn([outFeatures, rank], generator: generator) * Scalars.Of(0.15);
                 }
             }
             SafetensorsWriter.Write(Path.Combine(folder, "adapter_model.safetensors"), tensors);

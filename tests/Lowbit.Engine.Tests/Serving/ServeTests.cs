@@ -446,8 +446,8 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
                 foreach (var (module, inFeatures, outFeatures) in new[] { ("self_attn.q_proj", 256L, 256L), ("self_attn.v_proj", 256L, 128L), ("mlp.down_proj", 768L, 256L) })
                 {
                     var key = $"base_model.model.model.layers.{layer}.{module}";
-                    tensors[key + ".lora_A.weight"] = TorchSharp.torch.randn([Rank, inFeatures], generator: generator) * 0.15;
-                    tensors[key + ".lora_B.weight"] = TorchSharp.torch.randn([outFeatures, Rank], generator: generator) * 0.15;
+                    tensors[key + ".lora_A.weight"] = TorchSharp.torch.randn([Rank, inFeatures], generator: generator) * Scalars.Of(0.15);
+                    tensors[key + ".lora_B.weight"] = TorchSharp.torch.randn([outFeatures, Rank], generator: generator) * Scalars.Of(0.15);
                 }
             }
             Lowbit.Engine.Formats.SafetensorsWriter.Write(temp.File("adapter_model.safetensors"), tensors);
@@ -462,7 +462,7 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
                 {
                     if (tensors.TryGetValue($"base_model.model.{name}.lora_A.weight", out var a))
                     {
-                        ((Lowbit.Engine.Network.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * (Alpha / Rank));
+                        ((Lowbit.Engine.Network.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * Scalars.Of((Alpha / Rank)));
                     }
                     return null;
                 });
