@@ -26,17 +26,6 @@ public sealed class LlamaCppLoraTests(ITestOutputHelper output)
 
     private static string Fixture => TokenizerTests.FixtureDirectory;
 
-    private static string ExportF32(TempDir dir)
-    {
-        using var checkpoint = Checkpoint.Open(Fixture);
-        string Read(string file) => File.ReadAllText(Path.Combine(Fixture, file));
-        var tensors = checkpoint.TensorNames.Order(StringComparer.Ordinal)
-            .Select(n => new KeyValuePair<string, Func<Tensor>>(n, () => checkpoint.Load(n, ScalarType.Float32)));
-        var path = dir.File("model-f32.gguf");
-        GgufLlamaExport.Write(path, Read("config.json"), Read("tokenizer.json"), Read("tokenizer_config.json"), QuantizeVerb.Ordered(tensors), GgmlType.F32);
-        return path;
-    }
-
     private static string Train(TempDir dir)
     {
         var lines = Enumerable.Range(0, 40).Select(i => System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, string> { ["text"] = $"Count to {i % 4 + 3}: " + string.Join(' ', Enumerable.Range(1, i % 4 + 3)) + "." }));
@@ -113,7 +102,7 @@ public sealed class LlamaCppLoraTests(ITestOutputHelper output)
         TorchRuntime.Initialize();
         using var dir = new TempDir();
         var adapter = Train(dir);
-        var gguf = ExportF32(dir);
+        var gguf = FixtureGguf.Export(dir, GgmlType.F32);
         var (oursBase, oursAdapted) = (Ours(null), Ours(adapter));
 
         List<int>[] mixed, alone;

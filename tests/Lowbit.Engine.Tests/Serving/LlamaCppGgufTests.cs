@@ -21,17 +21,6 @@ public sealed class LlamaCppGgufTests(ITestOutputHelper output)
     private const string Prompt = "And the LORD spake unto Moses, saying";
     private const int NewTokens = 24;
 
-    private static string Export(TempDir dir, GgmlType type)
-    {
-        using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
-        string Read(string file) => File.ReadAllText(Path.Combine(TokenizerTests.FixtureDirectory, file));
-        var tensors = checkpoint.TensorNames.Order(StringComparer.Ordinal)
-            .Select(n => new KeyValuePair<string, Func<Tensor>>(n, () => checkpoint.Load(n, ScalarType.Float32)));
-        var path = dir.File($"model-{type}.gguf");
-        GgufLlamaExport.Write(path, Read("config.json"), Read("tokenizer.json"), Read("tokenizer_config.json"), QuantizeVerb.Ordered(tensors), type);
-        return path;
-    }
-
     private static (List<int> Prompt, List<int> Greedy, float[] FirstLogits) Ours()
     {
         using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
@@ -87,8 +76,8 @@ public sealed class LlamaCppGgufTests(ITestOutputHelper output)
     {
         using var dir = new TempDir();
         var ours = Ours();
-        var q8 = LlamaCpp(Export(dir, GgmlType.Q8_0));
-        var q4k = LlamaCpp(Export(dir, GgmlType.Q4_K));
+        var q8 = LlamaCpp(FixtureGguf.Export(dir, GgmlType.Q8_0));
+        var q4k = LlamaCpp(FixtureGguf.Export(dir, GgmlType.Q4_K));
         var bytes = new ByteTokenizer();
         output.WriteLine($"ours : {bytes.Decode(ours.Greedy)}");
         output.WriteLine($"q8_0 : {bytes.Decode(q8.Greedy)}  max |Δlogp| {MaxLogProbDifference(ours.FirstLogits, q8.FirstLogits):F4}");

@@ -27,17 +27,6 @@ public sealed class ServeGgufTests
     private const string Name = "tiny-llama-q8";
     private const int MaxConcurrency = 4;
 
-    private static string ExportQ8(TempDir dir)
-    {
-        using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
-        string Read(string file) => File.ReadAllText(Path.Combine(TokenizerTests.FixtureDirectory, file));
-        var tensors = checkpoint.TensorNames.Order(StringComparer.Ordinal)
-            .Select(n => new KeyValuePair<string, Func<Tensor>>(n, () => checkpoint.Load(n, ScalarType.Float32)));
-        var path = dir.File("model-q8_0.gguf");
-        GgufLlamaExport.Write(path, Read("config.json"), Read("tokenizer.json"), Read("tokenizer_config.json"), QuantizeVerb.Ordered(tensors), GgmlType.Q8_0);
-        return path;
-    }
-
     private static string Reference(IReadOnlyList<int> prompt, int maxTokens)
     {
         using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
@@ -54,7 +43,7 @@ public sealed class ServeGgufTests
     {
         TorchRuntime.Initialize();
         using var dir = new TempDir();
-        var gguf = ExportQ8(dir);
+        var gguf = FixtureGguf.Export(dir, GgmlType.Q8_0);
         await using var host = await ServeHost.StartAsync(new ServeOptions
         {
             ModelDirectory = dir.Path,
