@@ -73,6 +73,7 @@ public sealed class InformerRegistry : IObjectCache
             throw new InvalidOperationException($"the {typeof(T).Name} informer already exists: configure its cache before any controller or watch uses it");
         }
 
+        // Indexes registered earlier (AddIndex) survive a later Configure that names none.
         var indexes = _cacheOptions.TryGetValue(typeof(T), out var earlier) ? ((CacheOptions<T>)earlier).Indexes : null;
         _cacheOptions[typeof(T)] = indexes is { Count: > 0 } && cache.Indexes.Count == 0 ? cache with { Indexes = indexes } : cache;
     }
