@@ -14,5 +14,17 @@ for f in "$dir"/*.trx; do
   s=$(( t - p - fl )); [ $s -lt 0 ] && s=0
   echo "  ${name:-$(basename "$f")}: $p passed, $fl failed, $s skipped"
   passed=$(( passed + p )); failed=$(( failed + fl )); skipped=$(( skipped + s ))
+  # Name each failed test with the first lines of its message, so a CI log that keeps only its tail still says what broke.
+  if [ "$fl" -gt 0 ]; then
+    python3 - "$f" <<'PY' 2>/dev/null || grep -o 'testName="[^"]*" [^>]*outcome="Failed"' "$f" | sed 's/^/    FAILED /'
+import sys, xml.etree.ElementTree as ET
+ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
+for r in ET.parse(sys.argv[1]).getroot().iter("{%s}UnitTestResult" % ns["t"]):
+    if r.get("outcome") != "Failed": continue
+    m = r.find("t:Output/t:ErrorInfo/t:Message", ns)
+    msg = " | ".join((m.text or "").strip().splitlines()[:3])[:400] if m is not None else ""
+    print(f"    FAILED {r.get('testName')} ({r.get('duration')}): {msg}")
+PY
+  fi
 done
 echo "tests: $passed passed, $failed failed, $skipped skipped"
