@@ -82,6 +82,7 @@ internal static class BenchFineTuneVerb
             ["peakDeviceUsedBytes"] = outcome.PeakMemoryBytes,
             ["peakDeviceUsedGiB"] = Math.Round(outcome.PeakMemoryBytes / (double)(1L << 30), 2),
             ["trainableParameters"] = outcome.TrainableParameters,
+            ["allocatorConfig"] = Environment.GetEnvironmentVariable(DeviceMemory.AllocatorConfigVariable) ?? "(default)",
             ["firstLoss"] = Math.Round(marks[0].Loss, 4),
             ["lastLoss"] = Math.Round(to.Loss, 4),
         };

@@ -32,8 +32,8 @@ public sealed class PackedQuantizedLinear : LinearLayer
         var codes = q.Codes.to(ScalarType.Int32).view(q.OutFeatures, q.InFeatures / perByte, perByte);
         _packed = codes.bitwise_left_shift(shifts).sum(-1).to(ScalarType.Byte).contiguous().DetachFromDisposeScope();
         _shifts = shifts.to(ScalarType.Byte).DetachFromDisposeScope();
-        _scales = q.Scales.to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
-        _zeros = q.Zeros.to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
+        _scales = Compact(q.Scales).DetachFromDisposeScope();
+        _zeros = Compact(q.Zeros).DetachFromDisposeScope();
         _bias = bias?.detach().DetachFromDisposeScope();
     }
 
@@ -52,7 +52,22 @@ public sealed class PackedQuantizedLinear : LinearLayer
     }
 
     /// <summary>Bytes held on the device (codes, scales, zeros).</summary>
-    public long StorageBytes => _packed.NumberOfElements + 4 * (_scales.NumberOfElements + _zeros.NumberOfElements);
+    public long StorageBytes => _packed.NumberOfElements + _scales.ElementSize * _scales.NumberOfElements + _zeros.ElementSize * _zeros.NumberOfElements;
+
+    /// <summary>
+    /// Scales and zeros as float16 when that holds them exactly (the lowbit format stores them as fp16, and
+    /// <see cref="QuantizedTensor.Create"/> rounds to fp16), else float32: 2 bytes per group instead of 4 (0.4 GB less
+    /// for a 4-bit g64 7B base). fp16 → float32/bf16 conversions are exact/round once, so every dequantization
+    /// is bit-identical to the float32 copy.
+    /// </summary>
+    private static Tensor Compact(Tensor values)
+    {
+        using var scope = NewDisposeScope();
+        var f32 = values.to(ScalarType.Float32).contiguous();
+        var half = f32.to(ScalarType.Float16);
+        var exact = half.to(ScalarType.Float32).eq(f32).all().item<bool>();
+        return (exact ? half : f32).MoveToOuterDisposeScope();
+    }
 
     /// <summary>
     /// The model whose training loop releases what this layer's backward hands to autograd
@@ -96,16 +111,26 @@ public sealed class PackedQuantizedLinear : LinearLayer
     /// to <see cref="QuantizedTensor.Dequantize"/>; in bf16 the zero, the scale, the difference and the product are each
     /// rounded once, so |w_bf16 − w_fp32| ≤ |scale|·(3|code − zero| + |zero|)·2⁻⁸ (tested).
     /// </summary>
-    public override Tensor DenseWeight(ScalarType dtype)
+    public override Tensor DenseWeight(ScalarType dtype) => Dequantize(_packed, _scales, _zeros, OutFeatures, dtype);
+
+    /// <summary>Rows <c>[start, start + length)</c> dequantized from their packed codes only (a vocabulary chunk of a quantized head).</summary>
+    public override Tensor DenseRows(long start, long length, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        return Dequantize(_packed.narrow(0, start, length), _scales.narrow(0, start, length), _zeros.narrow(0, start, length), length, dtype)
+            .MoveToOuterDisposeScope();
+    }
+
+    private Tensor Dequantize(Tensor packed, Tensor scales, Tensor zeros, long rows, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         var compute = dtype is ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64 ? dtype : ScalarType.Float32;
         var mask = (1 << _bits) - 1;
-        var codes = _packed.unsqueeze(-1).bitwise_right_shift(_shifts).bitwise_and(mask);
+        var codes = packed.unsqueeze(-1).bitwise_right_shift(_shifts).bitwise_and(mask);
         var groups = InFeatures / _groupSize;
-        var weight = codes.view(OutFeatures, groups, _groupSize).to(compute);
-        weight.sub_(_zeros.view(OutFeatures, groups, 1).to(compute)).mul_(_scales.view(OutFeatures, groups, 1).to(compute));
-        return weight.view(OutFeatures, InFeatures).to(dtype).MoveToOuterDisposeScope();
+        var weight = codes.view(rows, groups, _groupSize).to(compute);
+        weight.sub_(zeros.view(rows, groups, 1).to(compute)).mul_(scales.view(rows, groups, 1).to(compute));
+        return weight.view(rows, InFeatures).to(dtype).MoveToOuterDisposeScope();
     }
 
     public override Tensor? DenseBias(ScalarType dtype) => _bias?.to(dtype);
@@ -141,6 +166,7 @@ public sealed class DequantizedLinear : autograd.SingleTensorFunction<Dequantize
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad_output)
     {
+        Training.GradientCheckpoint.ReleaseReturned();
         var layer = (PackedQuantizedLinear)ctx.get_data("layer");
         var grad = layer.InputGradient(grad_output);
         // On CUDA this runs on the autograd device thread, outside any dispose scope: the incoming gradient's wrapper
@@ -148,7 +174,7 @@ public sealed class DequantizedLinear : autograd.SingleTensorFunction<Dequantize
         grad_output.Dispose();
         if (layer.Owner is { } owner)
         {
-            Training.GradientCheckpoint.Hold(owner, grad);
+            Training.GradientCheckpoint.Returned(owner, grad);
         }
         return [grad, null!];
     }

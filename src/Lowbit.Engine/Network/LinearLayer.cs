@@ -28,6 +28,16 @@ public abstract class LinearLayer : nn.Module<Tensor, Tensor>
 
     /// <summary>The bias, or null.</summary>
     public abstract Tensor? DenseBias(ScalarType dtype);
+
+    /// <summary>
+    /// Output rows <c>[start, start + length)</c> of the weight as a dense <c>[length, in]</c> tensor (a chunk of the
+    /// vocabulary for <c>lm_head</c>); layers that can produce a slice without the whole dense weight override it.
+    /// </summary>
+    public virtual Tensor DenseRows(long start, long length, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        return DenseWeight(dtype).narrow(0, start, length).contiguous().MoveToOuterDisposeScope();
+    }
 }
 
 /// <summary>An ordinary floating-point linear layer; its parameters are the checkpoint's <c>weight</c> and <c>bias</c>.</summary>
@@ -51,6 +61,13 @@ public sealed class DenseLinear : LinearLayer
     public override Tensor forward(Tensor input) => nn.functional.linear(input, weight, bias);
 
     public override Tensor DenseWeight(ScalarType dtype) => weight.to(dtype);
+
+    /// <summary>A view of the rows when the dtype matches (no copy), else a converted slice.</summary>
+    public override Tensor DenseRows(long start, long length, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        return weight.narrow(0, start, length).to(dtype).MoveToOuterDisposeScope();
+    }
 
     public override Tensor? DenseBias(ScalarType dtype) => bias?.to(dtype);
 }

@@ -38,6 +38,30 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, KvCache?, Tensor>
     /// <summary>Logits of a whole-sequence pass over packed documents (each attends and is positioned on its own).</summary>
     public Tensor Forward(Tensor inputIds, PackedLayout? layout) => Logits(model.Forward(inputIds, null, layout));
 
+    /// <summary>Final hidden states <c>[B, T, hidden]</c> of a whole-sequence pass over packed documents (no logits).</summary>
+    public Tensor Hidden(Tensor inputIds, PackedLayout? layout) => model.Forward(inputIds, null, layout);
+
+    /// <summary>Vocabulary size of the output projection.</summary>
+    public long VocabSize => lm_head?.OutFeatures ?? model.EmbedTokens.weight!.shape[0];
+
+    /// <summary>Whether any weight of the output projection is trained (then the loss needs its full logits and their gradient).</summary>
+    public bool HeadTrainable => lm_head is null ? model.EmbedTokens.weight!.requires_grad : lm_head.parameters().Any(p => p.requires_grad);
+
+    /// <summary>Output projection rows <c>[start, start + length)</c> (a vocabulary chunk), dense, in <paramref name="dtype"/>.</summary>
+    public Tensor HeadRows(long start, long length, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var rows = lm_head is null ? model.EmbedTokens.weight!.narrow(0, start, length).to(dtype) : lm_head.DenseRows(start, length, dtype);
+        return rows.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The output projection's bias for rows <c>[start, start + length)</c>, or null.</summary>
+    public Tensor? HeadBiasRows(long start, long length, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        return lm_head?.DenseBias(dtype)?.narrow(0, start, length).MoveToOuterDisposeScope();
+    }
+
     /// <summary>Projects hidden states to the vocabulary.</summary>
     public Tensor Logits(Tensor hidden) =>
         lm_head is null ? nn.functional.linear(hidden, model.EmbedTokens.weight!) : lm_head.forward(hidden);

@@ -90,7 +90,13 @@ public sealed class FineTuner
         {
             throw new EngineInputException("--gguf-adapter: --method full trains the whole model, there is no adapter to export; use quantize --format gguf-* on the output");
         }
+        // Before the first CUDA allocation (the allocator reads it once); the CPU ignores it.
+        var allocatorConfig = DeviceMemory.PreferExpandableSegments();
         var device = TorchRuntime.ResolveDevice(request.Device);
+        if (device.type == DeviceType.CUDA)
+        {
+            Log($"CUDA allocator: {DeviceMemory.AllocatorConfigVariable}={allocatorConfig ?? "(default)"}");
+        }
         var config = LlamaConfig.Load(Path.Combine(_baseDirectory, "config.json"));
         var quantized = LowbitCheckpoint.IsLowbit(_baseDirectory);
         if (request.Method == FineTuneMethod.Qlora && !quantized)
@@ -306,8 +312,11 @@ public sealed class FineTuner
     /// <summary>
     /// The summed float32 cross-entropy over the trained targets of <paramref name="batch"/>; blocks that pack several
     /// documents run with their <see cref="PackedLayout"/> (no attention across documents, positions per document).
+    /// With a frozen output projection (LoRA, QLoRA) the loss is <see cref="ChunkedCrossEntropy"/>, which never holds
+    /// the <c>[B·T, vocab]</c> logits; <paramref name="fullLogits"/> (or a trained head, <c>--method full</c>) computes
+    /// <c>cross_entropy(logits.float())</c> over the whole logits instead.
     /// </summary>
-    public static Tensor LossSum(LlamaForCausalLM model, IReadOnlyList<PackedBlock> batch, Device device, out Tensor input)
+    public static Tensor LossSum(LlamaForCausalLM model, IReadOnlyList<PackedBlock> batch, Device device, out Tensor input, bool fullLogits = false)
     {
         Tensor target;
         (input, target) = Tensors(batch, device);
@@ -315,9 +324,15 @@ public sealed class FineTuner
         var layout = batch.Any(b => b.IsPacked)
             ? PackedLayout.Of(batch.Select(b => b.Documents ?? new int[b.Ids.Length]).ToList(), length, device)
             : null;
-        var logits = model.Forward(input, layout);
+        using var scope = NewDisposeScope();
+        var hidden = model.Hidden(input, layout);
+        if (!fullLogits && !model.HeadTrainable)
+        {
+            return ChunkedCrossEntropy.Sum(model, hidden.reshape(-1, hidden.shape[^1]), target.reshape(-1), model.Model).MoveToOuterDisposeScope();
+        }
+        var logits = model.Logits(hidden);
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]).to(ScalarType.Float32), target.reshape(-1),
-            ignore_index: -100, reduction: nn.Reduction.Sum);
+            ignore_index: ChunkedCrossEntropy.IgnoreIndex, reduction: nn.Reduction.Sum).MoveToOuterDisposeScope();
     }
 
     /// <summary>Inputs <c>[B, L]</c> and targets <c>[B, L]</c> (−100 where the loss does not count).</summary>

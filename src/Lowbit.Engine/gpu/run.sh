@@ -26,6 +26,11 @@ if [ -z "${LOWBIT_NATIVE_LIB:-}" ] && [ "${LOWBIT_NATIVE:-1}" != 0 ] && [ -f "$h
 fi
 export LD_LIBRARY_PATH="$LOWBIT_TORCH_LIB:$here${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export DOTNET_gcServer=0
+# Fine-tuning: libtorch's caching allocator with expandable segments (less fragmentation; the engine also sets it
+# itself before the first CUDA allocation unless PYTORCH_CUDA_ALLOC_CONF / PYTORCH_ALLOC_CONF is set).
+case "${1:-}" in
+  finetune|bench-finetune) export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}" ;;
+esac
 # Developer verbs (benchmarks, kernel self-check, fixture training) live in lowbit-engine-dev, published next to the
 # engine by bundle.sh; everything else is the shipped engine.
 case "${1:-}" in
