@@ -84,28 +84,61 @@ public sealed class LoraLinear : LinearLayer
         _b.copy_(weights.B);
     }
 
+    /// <summary>
+    /// The model whose training loop releases what this module's backward hands to autograd
+    /// (<see cref="Training.GradientCheckpoint.Release"/>); set by the fine-tuner. Null: the next backward on the thread.
+    /// </summary>
+    public object? Owner { get; set; }
+
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
         var output = Base.forward(input);
-        var x = training && Settings.Dropout > 0 ? Dropout(input) : input;
-        output = output.add(LoraMath.Delta(x, _a, _b, Scaling));
+        var mask = training && Settings.Dropout > 0 ? DropoutMask(input) : null;
+        Tensor delta;
+        if (is_grad_enabled() && (input.requires_grad || _a.requires_grad || _b.requires_grad))
+        {
+            // Autograd would keep the dropped-out input (2 bytes per element in bf16) for A's gradient on top of its
+            // mask; LoraDelta keeps the mask as bools and the [.., r] down-projection, and recomputes the dropped input.
+            delta = LoraDelta.apply(input, _a, _b, this, mask!);
+        }
+        else
+        {
+            delta = LoraMath.Delta(mask is null ? input : Dropped(input, mask, 1.0 - Settings.Dropout), _a, _b, Scaling);
+        }
+        output = output.add(delta);
         return output.MoveToOuterDisposeScope();
     }
 
-    private Tensor Dropout(Tensor input)
+    /// <summary><c>x · mask / keep</c> (inverted dropout with a bool keep-mask).</summary>
+    internal static Tensor Dropped(Tensor input, Tensor mask, double keep)
     {
+        using var scope = NewDisposeScope();
+        using var divisor = keep.ToScalar();   // held: an implicit Scalar temporary may be finalized mid-call
+        return input.mul(mask).div(divisor).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The keep-mask (bool, true with probability 1 − dropout) of this module for <paramref name="input"/>: seeded by
+    /// <see cref="DropoutSeed"/> and the module index on the CPU (the same draws a recompute or a resumed run makes).
+    /// </summary>
+    private Tensor DropoutMask(Tensor input)
+    {
+        using var scope = NewDisposeScope();
         var keep = 1.0 - Settings.Dropout;
         // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them), so on a GPU the mask
         // comes from the device's default generator: reproducible per process seed, but not replayed by --resume-from.
+        Tensor draws;
         if (DropoutSeed is not { } seed || input.device.type != DeviceType.CPU)
         {
-            return nn.functional.dropout(input, Settings.Dropout, true);
+            draws = empty_like(input).bernoulli_(keep);
         }
-        using var generator = new Generator(unchecked((ulong)(seed * 1_000_003 + Index)), input.device);
-        var mask = empty_like(input).bernoulli_(keep, generator);
-        using var divisor = keep.ToScalar();   // held: an implicit Scalar temporary may be finalized mid-call
-        return input.mul(mask).div(divisor);
+        else
+        {
+            using var generator = new Generator(unchecked((ulong)(seed * 1_000_003 + Index)), input.device);
+            draws = empty_like(input).bernoulli_(keep, generator);
+        }
+        return draws.to(ScalarType.Bool).MoveToOuterDisposeScope();
     }
 
     /// <summary>The dense merged weight <c>W + scaling·B·A</c> in <paramref name="dtype"/>.</summary>
@@ -124,5 +157,81 @@ public sealed class LoraLinear : LinearLayer
         using var a = _a.detach();
         using var b = _b.detach();
         return new(a.clone(), b.clone());
+    }
+}
+
+/// <summary>
+/// The LoRA branch <c>scaling · (dropout(x)·Aᵀ)·Bᵀ</c> (A, B float32 masters cast to x's dtype) as one autograd node
+/// that saves x (which the frozen base projection keeps anyway), the bool keep-mask and the <c>[.., r]</c>
+/// down-projection, instead of autograd also keeping <c>dropout(x)</c>: 2 bytes per input element less in bf16
+/// (146 MB per Llama-7B layer at sequence 2048 with all seven projections adapted). The backward recomputes
+/// <c>dropout(x)</c> for A's gradient; each gradient is the product plain autograd forms (tested to 1e-5).
+/// </summary>
+public sealed class LoraDelta : autograd.SingleTensorFunction<LoraDelta>
+{
+    public override string Name => "LowbitLoraDelta";
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var input = (Tensor)vars[0];
+        var module = (LoraLinear)vars[3];
+        var mask = vars[4] as Tensor;
+        using var scope = NewDisposeScope();
+        var keep = 1.0 - module.Settings.Dropout;
+        var x = mask is null ? input : LoraLinear.Dropped(input, mask, keep);
+        var a = ((Tensor)vars[1]).to(input.dtype);
+        var b = ((Tensor)vars[2]).to(input.dtype);
+        var down = nn.functional.linear(x, a);
+        var up = nn.functional.linear(down, b);
+        using var factor = module.Scaling.ToScalar();   // held: an implicit Scalar temporary may be finalized mid-call
+        var output = module.Scaling == 1.0 ? up : up.mul(factor);
+        ctx.save_for_backward([input, down.MoveToOuterDisposeScope(), mask!]);
+        ctx.save_data("module", module);
+        return output.MoveToOuterDisposeScope();
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad_output)
+    {
+        Training.GradientCheckpoint.ReleaseReturned();
+        var module = (LoraLinear)ctx.get_data("module");
+        Tensor gradInput, gradA, gradB;
+        using (var scope = NewDisposeScope())
+        {
+            var saved = ctx.get_saved_variables();
+            var (input, down, mask) = (saved[0], saved[1], saved.Count > 2 ? saved[2] : null);
+            var dtype = input.dtype;
+            var keep = 1.0 - module.Settings.Dropout;
+            var a = module.A.detach().to(dtype);
+            var b = module.B.detach().to(dtype);
+            using var factor = module.Scaling.ToScalar();
+            var g = module.Scaling == 1.0 ? grad_output : grad_output.mul(factor);
+            long rank = a.shape[0], inFeatures = a.shape[1], outFeatures = b.shape[0];
+            var g2 = g.reshape(-1, outFeatures);
+            var down2 = down.reshape(-1, rank);
+            gradB = g2.t().matmul(down2).to(module.B.dtype).MoveToOuterDisposeScope();
+            var gradDown = g2.matmul(b);
+            var x = mask is null || mask.IsInvalid ? input : LoraLinear.Dropped(input, mask, keep);
+            gradA = gradDown.t().matmul(x.reshape(-1, inFeatures)).to(module.A.dtype).MoveToOuterDisposeScope();
+            var gradX = gradDown.matmul(a);
+            if (mask is not null && !mask.IsInvalid)
+            {
+                gradX = LoraLinear.Dropped(gradX.view(input.shape), mask, keep);
+            }
+            gradInput = gradX.reshape(input.shape).MoveToOuterDisposeScope();
+        }
+        // On CUDA this runs on the autograd device thread outside any dispose scope (see GradientCheckpoint.backward).
+        grad_output.Dispose();
+        foreach (var t in new[] { gradInput, gradA, gradB })
+        {
+            if (module.Owner is { } owner)
+            {
+                Training.GradientCheckpoint.Returned(owner, t);
+            }
+            else
+            {
+                Training.GradientCheckpoint.Returned(t);
+            }
+        }
+        return [gradInput, gradA, gradB, null!, null!];
     }
 }

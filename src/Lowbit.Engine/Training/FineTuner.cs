@@ -156,6 +156,10 @@ public sealed class FineTuner
         {
             packed.Owner = model.Model;
         }
+        foreach (var (_, module) in modules)
+        {
+            module.Owner = model.Model;
+        }
         using var optimizer = new AdamW(trainable, weightDecay: request.WeightDecay);
         var trainableCount = trainable.Sum(t => t.Parameter.NumberOfElements);
 

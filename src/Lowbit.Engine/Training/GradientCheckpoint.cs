@@ -53,6 +53,9 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
         (_returned ??= []).Add(tensor);
     }
 
+    /// <summary>As <see cref="Returned(object, Tensor)"/> without an owner: disposed by the next backward call on this thread.</summary>
+    public static void Returned(Tensor tensor) => (_returned ??= []).Add(tensor);
+
     /// <summary>Disposes what earlier backward calls on this thread returned (they have returned, so autograd holds its own references).</summary>
     public static void ReleaseReturned()
     {

@@ -41,6 +41,63 @@ public sealed class LoraLinearTests
         Assert.True(LoraMath.Delta(x, lora.A, lora.B, 2.0).allclose(expected - lora.Base.forward(x), 1e-5, 1e-5));
     }
 
+    /// <summary>
+    /// Training runs the LoRA branch as <see cref="LoraDelta"/> (keeps the bool dropout mask, recomputes the dropped
+    /// input in the backward): output and the gradients of x, A and B equal plain autograd through
+    /// <c>base(x) + scaling·(x·mask/keep·Aᵀ)·Bᵀ</c> with the same seeded mask.
+    /// </summary>
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(0.25)]
+    public void Does_train_the_lora_branch_with_the_gradients_of_plain_autograd(double dropout)
+    {
+        var settings = new LoraSettings { R = 4, Alpha = 12, Dropout = dropout, TargetModules = ["q_proj"] };
+        using var lora = new LoraLinear(Dense(16, 12, 1), settings, 5, CPU);
+        Randomize(lora, 2);
+        lora.train();
+        const long seed = 41;
+        Tensor Input() => randn([3, 5, 16], generator: new Generator(3)).requires_grad_(true);
+
+        LoraLinear.DropoutSeed = seed;
+        var x = Input();
+        var y = lora.forward(x);
+        LoraLinear.DropoutSeed = null;
+        using (var weights = randn(y.shape, generator: new Generator(9)))
+        {
+            y.mul(weights).sum().backward();
+        }
+        var (gx, ga, gb) = (x.grad!.clone(), lora.A.grad!.clone(), lora.B.grad!.clone());
+        lora.A.grad!.zero_();
+        lora.B.grad!.zero_();
+
+        var xr = Input();
+        var keep = 1.0 - dropout;
+        var dropped = xr;
+        if (dropout > 0)
+        {
+            using var generator = new Generator(unchecked((ulong)(seed * 1_000_003 + 5)), CPU);
+            var mask = empty_like(xr).bernoulli_(keep, generator);
+            dropped = xr.mul(mask).div(Scalars.Of(keep));
+        }
+        var expected = lora.Base.forward(xr).add(dropped.matmul(lora.A.t()).matmul(lora.B.t()).mul(Scalars.Of(settings.Scaling)));
+        using (var weights = randn(y.shape, generator: new Generator(9)))
+        {
+            expected.mul(weights).sum().backward();
+        }
+
+        Assert.True(y.allclose(expected, 1e-5, 1e-6));
+        Assert.True(gx.allclose(xr.grad!, 1e-5, 1e-6));
+        Assert.True(ga.allclose(lora.A.grad!, 1e-5, 1e-6));
+        Assert.True(gb.allclose(lora.B.grad!, 1e-5, 1e-6));
+        Assert.True(ga.abs().max().item<float>() > 0 && gb.abs().max().item<float>() > 0);
+        if (dropout > 0)
+        {
+            // The mask is applied: without it the output differs.
+            var undropped = lora.Base.forward(xr).add(xr.matmul(lora.A.t()).matmul(lora.B.t()).mul(Scalars.Of(settings.Scaling)));
+            Assert.False(y.allclose(undropped, 1e-3, 1e-3));
+        }
+    }
+
     [Fact]
     public void Does_start_as_a_no_op_with_peft_initialisation()
     {
