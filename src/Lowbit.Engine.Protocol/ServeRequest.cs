@@ -9,6 +9,19 @@ public sealed record ServeRequest : EngineRequest
 {
     public const int DefaultPort = 8080;
 
+    /// <summary>
+    /// <c>--max-num-batched-tokens</c> on CUDA when not given: vLLM's chunked-prefill default; a 2048-token forward of
+    /// a 7B model fills the GPU and still costs only a few decode steps.
+    /// </summary>
+    public const int CudaMaxNumBatchedTokens = 2048;
+
+    /// <summary>
+    /// <c>--max-num-batched-tokens</c> on the CPU (and on the llama.cpp path, which is CPU-only) when not given:
+    /// llama.cpp's <c>n_ubatch</c>. A CPU prefill is compute-bound, so a larger budget only stretches the inter-token
+    /// latency of the streams decoding next to it.
+    /// </summary>
+    public const int CpuMaxNumBatchedTokens = 512;
+
     /// <summary>The largest <c>--max-num-batched-tokens</c> accepted: one forward over more prompt tokens than this is a typo, not a plan.</summary>
     public const int MaxBatchedTokensLimit = 1 << 20;
 

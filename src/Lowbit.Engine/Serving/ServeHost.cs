@@ -60,21 +60,14 @@ public sealed record ServeOptions
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromMinutes(2);
 }
 
-/// <summary>The prefill budgets <c>serve</c> uses when <c>--max-num-batched-tokens</c> is not given.</summary>
+/// <summary>The prefill budgets <c>serve</c> uses when <c>--max-num-batched-tokens</c> is not given (the contract's defaults).</summary>
 public static class PrefillBudgets
 {
-    /// <summary>
-    /// CUDA: vLLM's chunked-prefill default. A 2048-token forward of a 7B model is still short next to a decode step
-    /// budget (tens of ms on an H200) and fills the GPU, where 256 tokens leave it mostly idle.
-    /// </summary>
-    public const int Cuda = 2048;
+    /// <inheritdoc cref="Protocol.ServeRequest.CudaMaxNumBatchedTokens"/>
+    public const int Cuda = Protocol.ServeRequest.CudaMaxNumBatchedTokens;
 
-    /// <summary>
-    /// CPU (and the llama.cpp path, which is CPU-only): llama.cpp's <c>n_ubatch</c> default. A CPU prefill is
-    /// compute-bound, so its time grows with the tokens: a larger budget would only stretch the inter-token latency of
-    /// the streams decoding next to it without raising throughput.
-    /// </summary>
-    public const int Cpu = 512;
+    /// <inheritdoc cref="Protocol.ServeRequest.CpuMaxNumBatchedTokens"/>
+    public const int Cpu = Protocol.ServeRequest.CpuMaxNumBatchedTokens;
 
     /// <summary>The default for a model served on <paramref name="device"/> (<paramref name="gguf"/>: llama.cpp, always the CPU).</summary>
     public static int For(Device device, bool gguf) => !gguf && device.type == TorchSharp.DeviceType.CUDA ? Cuda : Cpu;
