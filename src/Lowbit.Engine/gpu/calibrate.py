@@ -44,8 +44,15 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def gpu_name():
-    import torch
-    return torch.cuda.get_device_name(0)
+    """GPU 0's name from nvidia-smi (no CUDA context in this process: calibrate_lowbit.py samples others' memory)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        if out:
+            return out.splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "no-gpu"
 
 
 def catalog_gpu():
