@@ -1,7 +1,7 @@
 namespace Lowbit.Engine.Protocol;
 
 /// <summary>
-/// <c>serve --model SRC [--adapters A,B] [--port N] [--max-context N] [--max-concurrency N] [--served-name NAME] [--device cpu|cuda] [--api-key-file F]</c>:
+/// <c>serve --model SRC [--adapters A,B] [--port N] [--max-context N] [--max-concurrency N] [--max-num-batched-tokens N] [--served-name NAME] [--device cpu|cuda] [--api-key-file F]</c>:
 /// an OpenAI-compatible server (docs/serve.md). <c>--adapters</c> entries are PEFT folders, <c>name=path</c> or a path
 /// (the folder name is the adapter's model name).
 /// </summary>
@@ -9,9 +9,25 @@ public sealed record ServeRequest : EngineRequest
 {
     public const int DefaultPort = 8080;
 
+    /// <summary>
+    /// <c>--max-num-batched-tokens</c> on CUDA when not given: vLLM's chunked-prefill default; a 2048-token forward of
+    /// a 7B model fills the GPU and still costs only a few decode steps.
+    /// </summary>
+    public const int CudaMaxNumBatchedTokens = 2048;
+
+    /// <summary>
+    /// <c>--max-num-batched-tokens</c> on the CPU (and on the llama.cpp path, which is CPU-only) when not given:
+    /// llama.cpp's <c>n_ubatch</c>. A CPU prefill is compute-bound, so a larger budget only stretches the inter-token
+    /// latency of the streams decoding next to it.
+    /// </summary>
+    public const int CpuMaxNumBatchedTokens = 512;
+
+    /// <summary>The largest <c>--max-num-batched-tokens</c> accepted: one forward over more prompt tokens than this is a typo, not a plan.</summary>
+    public const int MaxBatchedTokensLimit = 1 << 20;
+
     private static readonly string[] Flags =
     [
-        CommonFlags.Model, CommonFlags.Revision, "--adapters", "--port", "--max-context", "--max-concurrency", "--served-name",
+        CommonFlags.Model, CommonFlags.Revision, "--adapters", "--port", "--max-context", "--max-concurrency", "--max-num-batched-tokens", "--served-name",
         CommonFlags.Device, "--api-key-file",
     ];
 
@@ -27,6 +43,12 @@ public sealed record ServeRequest : EngineRequest
     public int MaxContext { get; init; } = 4096;
 
     public int MaxConcurrency { get; init; } = 8;
+
+    /// <summary>
+    /// Prompt tokens prefilled per scheduler iteration over all prefilling requests (vLLM's
+    /// <c>max_num_batched_tokens</c>); null: the engine's default for the device (2048 on CUDA, 512 on the CPU).
+    /// </summary>
+    public int? MaxNumBatchedTokens { get; init; }
 
     /// <summary>The model id reported by <c>/v1/models</c>; default the source's name.</summary>
     public string? ServedName { get; init; }
@@ -45,6 +67,7 @@ public sealed record ServeRequest : EngineRequest
         .Add("--port", Port)
         .Add("--max-context", MaxContext)
         .Add("--max-concurrency", MaxConcurrency)
+        .Add("--max-num-batched-tokens", MaxNumBatchedTokens)
         .Add("--served-name", ServedName)
         .Add(CommonFlags.Device, Device)
         .Add("--api-key-file", ApiKeyFile)
@@ -61,6 +84,7 @@ public sealed record ServeRequest : EngineRequest
             Port = r.Int("--port", 1, 65535) ?? DefaultPort,
             MaxContext = r.Int("--max-context", 16, 1 << 22) ?? 4096,
             MaxConcurrency = r.Int("--max-concurrency", 1, 4096) ?? 8,
+            MaxNumBatchedTokens = r.Int("--max-num-batched-tokens", 1, MaxBatchedTokensLimit),
             ServedName = r.Optional("--served-name"),
             Device = r.Enum<ComputeDevice>(CommonFlags.Device),
             ApiKeyFile = r.Optional("--api-key-file"),

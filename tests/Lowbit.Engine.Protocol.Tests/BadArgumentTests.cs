@@ -23,6 +23,9 @@ public class BadArgumentTests
     [InlineData(new[] { "finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--target-modules", "q_proj,lm_head" }, "--target-modules", "gate_proj")]
     [InlineData(new[] { "finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--dataset-format", "csv" }, "--dataset-format", "alpaca, chat, text")]
     [InlineData(new[] { "serve", "--model", "m", "--port", "70000" }, "--port", "1 to 65535")]
+    [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "0" }, "--max-num-batched-tokens", "1 to 1048576")]
+    [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "4000000000" }, "--max-num-batched-tokens", "1 to 1048576")]
+    [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "2k" }, "--max-num-batched-tokens", "1 to 1048576")]
     [InlineData(new[] { "train", "--model", "m" }, "verb", "inspect, quantize, finetune, serve, eval")]
     [InlineData(new string[0], "verb", "inspect, quantize")]
     public void Does_name_the_argument_and_accepted_values_when_input_is_bad(string[] args, string argument, string acceptedFragment)

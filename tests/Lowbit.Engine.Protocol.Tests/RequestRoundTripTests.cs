@@ -36,6 +36,7 @@ public class RequestRoundTripTests
         },
         new ServeRequest { Model = "m" },
         new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu, ApiKeyFile = "/run/key" },
+        new ServeRequest { Model = "m", MaxContext = 320, MaxConcurrency = 64, MaxNumBatchedTokens = 2048, Device = ComputeDevice.Cuda },
     ];
 
     [Theory]

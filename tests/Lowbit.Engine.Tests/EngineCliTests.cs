@@ -53,6 +53,7 @@ public class EngineCliTests
     [InlineData(new[] { "eval", "--model", "/nonexistent/model", "--text", "/etc/hostname" }, "--model")]
     [InlineData(new[] { "quantize", "--model", "m", "--method", "awq", "--bits", "4", "--out", "o" }, "--method")]
     [InlineData(new[] { "frobnicate" }, "verb")]
+    [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "0" }, "--max-num-batched-tokens")]
     public void Does_exit_with_bad_input_and_name_the_argument(string[] args, string argument)
     {
         var (exit, result, _, stderr) = Run(args);

@@ -308,6 +308,25 @@ public sealed class FastDecoder : IDisposable
         return _captured.Count - before;
     }
 
+    /// <summary>
+    /// Zeroes the KV cache and every per-slot buffer (next tokens, positions, histories, logits, host positions) in
+    /// place, so the captured graphs keep reading the same memory: the decoder is then as it was right after
+    /// <see cref="Create"/> (the serve warm-up's dummy tokens leave nothing behind).
+    /// </summary>
+    public void ClearSlots()
+    {
+        using var noGrad = no_grad();
+        foreach (var t in _keys.Concat(_values).Concat([_tokens, _positions, _history, _logits]))
+        {
+            t.zero_();
+        }
+        Array.Clear(_hostPositions);
+        if (_device.type == DeviceType.CUDA)
+        {
+            cuda.synchronize();
+        }
+    }
+
     /// <summary>The bucket sizes <c>min(limit, max(floor, 2^k))</c>, ascending.</summary>
     private static List<int> Buckets(int limit, int floor)
     {

@@ -76,5 +76,11 @@ public sealed class FastDecodeBackend : IDecodeBackend
         return logits.to(ScalarType.Float32, copy: true);
     }
 
+    public void ClearSlots()
+    {
+        _adapters = [];
+        _decoder.ClearSlots();
+    }
+
     public void Dispose() => _decoder.Dispose();
 }

@@ -29,6 +29,14 @@ public interface IDecodeBackend : IDisposable
     Tensor Step(long[] tokens, long[] positions, int rows, int attend);
 
     /// <summary>
+    /// Clears every slot's cache and per-slot state (after the load-time warm-up; no request may be running). The
+    /// default does nothing: a request entering a slot overwrites the positions it reads.
+    /// </summary>
+    void ClearSlots()
+    {
+    }
+
+    /// <summary>
     /// True when <see cref="Prefill(IReadOnlyList{PrefillChunk})"/> runs the chunks in one forward (each with its own
     /// adapter) and honours <see cref="PrefillChunk.AllPositions"/> (prompt log-probabilities).
     /// </summary>

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Network;
@@ -93,6 +94,13 @@ public sealed class LoadedModel : IDisposable
             {
                 adapters.Load(name, path);
                 log($"adapter {name} loaded from {path}");
+            }
+            log($"prefill budget: {options.PrefillChunk} tokens per iteration (--max-num-batched-tokens)");
+            if (options.WarmUp)
+            {
+                var warm = scheduler.WarmUpAsync().GetAwaiter().GetResult();
+                log(string.Create(CultureInfo.InvariantCulture,
+                    $"warm-up: a prefill of {warm.PrefillTokens} dummy tokens over {warm.PrefillChunks} slots, a decode step of {warm.DecodeRows} rows and the sampler in {warm.Seconds:F2} s (slots cleared before ready)"));
             }
             var eosIds = EosIdsOf(directory, tokenizer).Concat(config.EosTokenIds).Distinct().Order().ToArray();
             return new LoadedModel(model, tokenizer, tokenizerConfig, eosIds, batch, scheduler, adapters);

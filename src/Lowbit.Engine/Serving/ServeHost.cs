@@ -34,7 +34,17 @@ public sealed record ServeOptions
 
     public int MaxConcurrency { get; init; } = 8;
 
-    public int PrefillChunk { get; init; } = 256;
+    /// <summary>
+    /// Prompt tokens prefilled per scheduler iteration over all prefilling requests (<c>--max-num-batched-tokens</c>,
+    /// vLLM's <c>max_num_batched_tokens</c>); <see cref="PrefillBudgets.For"/> picks the default by device.
+    /// </summary>
+    public int PrefillChunk { get; init; } = PrefillBudgets.Cpu;
+
+    /// <summary>
+    /// Run one prefill at the full <see cref="PrefillChunk"/> shape and one decode step on dummy tokens before
+    /// <c>/ready</c> (then clear the slots), so the first requests pay no first-time costs. Tests turn it off to compare.
+    /// </summary>
+    public bool WarmUp { get; init; } = true;
 
     public required Device Device { get; init; }
 
@@ -48,6 +58,19 @@ public sealed record ServeOptions
 
     /// <summary>How long SIGTERM waits for in-flight requests.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromMinutes(2);
+}
+
+/// <summary>The prefill budgets <c>serve</c> uses when <c>--max-num-batched-tokens</c> is not given (the contract's defaults).</summary>
+public static class PrefillBudgets
+{
+    /// <inheritdoc cref="Protocol.ServeRequest.CudaMaxNumBatchedTokens"/>
+    public const int Cuda = Protocol.ServeRequest.CudaMaxNumBatchedTokens;
+
+    /// <inheritdoc cref="Protocol.ServeRequest.CpuMaxNumBatchedTokens"/>
+    public const int Cpu = Protocol.ServeRequest.CpuMaxNumBatchedTokens;
+
+    /// <summary>The default for a model served on <paramref name="device"/> (<paramref name="gguf"/>: llama.cpp, always the CPU).</summary>
+    public static int For(Device device, bool gguf) => !gguf && device.type == TorchSharp.DeviceType.CUDA ? Cuda : Cpu;
 }
 
 /// <summary>

@@ -12,8 +12,26 @@ public sealed record SchedulerOptions
 
     public required int MaxContext { get; init; }
 
-    /// <summary>Prompt tokens prefilled per iteration (over all prefilling requests) before the next decode step.</summary>
-    public int PrefillChunk { get; init; } = 256;
+    /// <summary>
+    /// Prompt tokens prefilled per iteration (over all prefilling requests) before the next decode step: the
+    /// server's <c>--max-num-batched-tokens</c>.
+    /// </summary>
+    public int PrefillChunk { get; init; } = PrefillBudgets.Cpu;
+}
+
+/// <summary>What the load-time warm-up ran (<see cref="ServeScheduler.WarmUpAsync"/>).</summary>
+public sealed record WarmUpResult
+{
+    /// <summary>Dummy prompt tokens in the one batched prefill (the budget, or every slot's whole context when smaller).</summary>
+    public required int PrefillTokens { get; init; }
+
+    /// <summary>Slots the prefill spread over (chunks of up to the context each).</summary>
+    public required int PrefillChunks { get; init; }
+
+    /// <summary>Rows of the decode step (every slot).</summary>
+    public required int DecodeRows { get; init; }
+
+    public required double Seconds { get; init; }
 }
 
 /// <summary>
@@ -87,6 +105,76 @@ public sealed class ServeScheduler : IDisposable
         _signal.Release();
         return done.Task;
     }
+
+    /// <summary>
+    /// The load-time warm-up (vLLM's profile run), on the scheduler's thread before any request: one prefill at the
+    /// full budget's shape on dummy tokens (spread over as many slots as it takes; all positions' logits and their
+    /// log-softmax and top-k, as prompt log-probabilities need, then once more with the last positions only, as plain
+    /// requests run it), one decode step over every slot, the sampler (greedy and sampled rows with log-probabilities),
+    /// then <see cref="IDecodeBackend.ClearSlots"/>. The first requests then pay no first-time costs (kernel loads,
+    /// GEMM heuristics, the thread's BLAS handle, the caching allocator growing to its peak), and the process's memory
+    /// peak is reached before <c>/ready</c>. No request state or metric is touched.
+    /// </summary>
+    public async Task<WarmUpResult> WarmUpAsync()
+    {
+        WarmUpResult? result = null;
+        await RunOnLoop(() => result = WarmUp()).ConfigureAwait(false);
+        return result!;
+    }
+
+    private WarmUpResult WarmUp()
+    {
+        if (_slots.Any(s => s is not null) || _waiting.Count > 0)
+        {
+            throw new InvalidOperationException("the warm-up runs before the first request");
+        }
+        var start = _time.GetTimestamp();
+        var length = Math.Min(_batch.MaxContext, _options.PrefillChunk);
+        var total = (int)Math.Min(_options.PrefillChunk, (long)_batch.Slots * length);
+        var vocab = Math.Max(1, _tokenizer.VocabSize);
+        var chunks = new List<PrefillChunk>();
+        for (var offset = 0; offset < total; offset += length)
+        {
+            var count = Math.Min(length, total - offset);
+            chunks.Add(new PrefillChunk
+            {
+                Slot = chunks.Count,
+                Tokens = Enumerable.Range(offset, count).Select(i => i % vocab).ToArray(),
+                Start = 0,
+                AllPositions = _batch.BatchesPrefill,
+            });
+        }
+        using (var scope = NewDisposeScope())
+        {
+            var logits = _batch.Prefill(chunks);
+            if (_batch.BatchesPrefill)
+            {
+                // The prompt log-probabilities' work on every position (the peak: logits of the whole budget).
+                var logSoftmax = logits.log_softmax(-1);
+                var targets = tensor(Enumerable.Range(0, (int)logits.shape[0]).Select(i => (long)(i % vocab)).ToArray(), device: logits.device);
+                _ = logSoftmax.gather(1, targets.view(-1, 1)).cpu();
+                _ = logSoftmax.topk(Math.Min(Sampler.MaxLogprobs, (int)logits.shape[1]), -1).values.cpu();
+                logits = _batch.Prefill(chunks.Select(c => c with { AllPositions = false }).ToList());
+            }
+            Sampler.Sample(logits, WarmUpDraws(chunks.Count));
+        }
+        var rows = _batch.Slots;
+        using (var scope = NewDisposeScope())
+        {
+            var positions = Enumerable.Repeat((long)_batch.ScratchPosition, rows).ToArray();
+            BeforeStep?.Invoke(new int[rows]);
+            var logits = _batch.Step(new long[rows], positions, rows, _batch.MaxContext);
+            Sampler.Sample(logits, WarmUpDraws(rows));
+        }
+        _batch.ClearSlots();
+        return new WarmUpResult { PrefillTokens = total, PrefillChunks = chunks.Count, DecodeRows = rows, Seconds = _time.GetElapsedTime(start).TotalSeconds };
+    }
+
+    /// <summary>A greedy first row, then sampled rows with top-k, top-p and log-probabilities (every branch of the sampler).</summary>
+    private static (SamplingParams, double)?[] WarmUpDraws(int rows) =>
+        Enumerable.Range(0, rows).Select(i => ((SamplingParams, double)?)(i == 0
+            ? (new SamplingParams { Temperature = 0, Logprobs = 1 }, 0)
+            : (new SamplingParams { Temperature = 0.8, TopP = 0.9, TopK = 40, Logprobs = 5 }, 0.5))).ToArray();
 
     /// <summary>Wakes the loop (a request was cancelled).</summary>
     public void Poke() => _signal.Release();

@@ -63,6 +63,7 @@ public static class ServeVerb
                 throw new ProtocolArgumentException("--api-key-file", $"{keyFile} is empty", "a file holding the API key");
             }
         }
+        var gguf = ggufFile || LoadedModel.GgufPath(directory) is not null;
         var servedName = request.ServedName ?? (ggufFile ? Path.GetFileNameWithoutExtension(request.Model) : Path.GetFileName(request.Model.TrimEnd('/')));
         return new ServeOptions
         {
@@ -72,6 +73,7 @@ public static class ServeVerb
             Host = Environment.GetEnvironmentVariable(EngineEnv.PodIp) is { Length: > 0 } podIp ? podIp : "0.0.0.0",
             MaxContext = request.MaxContext,
             MaxConcurrency = request.MaxConcurrency,
+            PrefillChunk = request.MaxNumBatchedTokens ?? PrefillBudgets.For(device, gguf),
             Device = device,
             ApiKey = apiKey,
             Adapters = ParseAdapters(request.Adapters),

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Serving benchmark on a PyTorch CUDA host (run from the unpacked GPU bundle, `make engine-gpu-bundle`):
-#   ./bench-serve.sh [--layers N] [--work DIR] [--concurrency 1,8,32,64]
+#   ./bench-serve.sh [--layers N] [--work DIR] [--concurrency 1,8,32,64] [--max-num-batched-tokens N]
 # 1. bench_hf.py make: the random 7B-shaped Llama (bf16) that bench.sh uses (reused when already there)
-# 2. run.sh serve on it (bf16, --max-context 320, --max-concurrency 64) on 127.0.0.1
+# 2. run.sh serve on it (bf16, --max-context 320, --max-concurrency 64, --max-num-batched-tokens 2048 unless given:
+#    the engine's CUDA default) on 127.0.0.1; the server warms up (one prefill at the budget, a decode step) before /ready
 # 3. bench_serve.py: 1, 8, 32, 64 concurrent streams, 128-token prompts (token ids), 128 new tokens, greedy, ignore_eos
-# Prints JSON lines (including the decode path and CUDA graphs the server used, from its log) and a Markdown table
+# Prints JSON lines (including the decode path, CUDA graphs, prefill budget and warm-up the server logged) and a Markdown table
 # next to the transformers anchors measured on the H200.
 # Budget: < 5 minutes on an H200 (most of it writing/reading the 13.5 GB of weights when not cached).
 set -euo pipefail
@@ -12,13 +13,15 @@ here="$(cd "$(dirname "$0")" && pwd)"
 layers=32
 work="${TMPDIR:-/tmp}/lowbit-bench"
 concurrency="1,8,32,64"
+budget=2048
 port="${PORT:-18080}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --layers) layers="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
-    *) echo "bench-serve.sh: unknown argument $1 (accepted: --layers N, --work DIR, --concurrency LIST)" >&2; exit 42 ;;
+    --max-num-batched-tokens) budget="$2"; shift 2 ;;
+    *) echo "bench-serve.sh: unknown argument $1 (accepted: --layers N, --work DIR, --concurrency LIST, --max-num-batched-tokens N)" >&2; exit 42 ;;
   esac
 done
 PYTHON="${PYTHON:-python3}"
@@ -32,7 +35,7 @@ if [ ! -f "$model/config.json" ]; then
 fi
 log="$work/serve.log"
 "$here/run.sh" serve --model "$model" --device cuda --port "$port" --max-context 320 --max-concurrency 64 \
-  --served-name bench > "$log" 2>&1 &
+  --max-num-batched-tokens "$budget" --served-name bench > "$log" 2>&1 &
 server=$!
 cleanup() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -43,14 +46,15 @@ until get "http://127.0.0.1:$port/ready" > /dev/null 2>&1; do
   if [ $(( $(date +%s) - start )) -gt 240 ]; then echo "bench-serve.sh: not ready after 240 s" >&2; tail -40 "$log" >&2; exit 1; fi
   sleep 1
 done
-echo "{\"engine\":\"lowbit-serve\",\"step\":\"ready\",\"seconds\":$(( $(date +%s) - start ))}" | tee -a "$results"
+echo "{\"engine\":\"lowbit-serve\",\"step\":\"ready\",\"seconds\":$(( $(date +%s) - start )),\"maxNumBatchedTokens\":$budget}" | tee -a "$results"
 timeout 200 "$PYTHON" "$here/bench_serve.py" --url "http://127.0.0.1:$port" --model bench --concurrency "$concurrency" | tee -a "$results"
 get "http://127.0.0.1:$port/metrics" | grep -E '^lowbit:(generation|prompt)_tokens_total' || true
 cleanup
 trap - EXIT
 # Which decode path served the run (fast decode with or without CUDA graphs/native kernels) and the graphs it
-# captured: the serve log's "decode path"/"decode graphs" lines, as JSON lines next to the numbers.
-grep -E 'decode (path|graphs):' "$log" | "$PYTHON" -c 'import json, sys
+# captured, the prefill budget and the warm-up: the serve log's "decode path"/"decode graphs"/"prefill budget"/"warm-up"
+# lines, as JSON lines next to the numbers.
+grep -E 'decode (path|graphs):|prefill budget:|warm-up:' "$log" | "$PYTHON" -c 'import json, sys
 for line in sys.stdin:
     print(json.dumps({"engine": "lowbit-serve", "step": "decode-path", "log": line.strip()}))' | tee -a "$results"
 "$PYTHON" - "$results" <<'PY'

@@ -24,6 +24,10 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from calibrate import NvmlPeak, gpu_name, catalog_gpu  # noqa: E402
 
+# serve's --max-num-batched-tokens, written out (the engine's CUDA default) and recorded as the fixture's prefillChunk,
+# so the planner estimates each point with the prefill the engine ran (its warm-up reaches that peak before /ready).
+PREFILL_BUDGET = 2048
+
 # cuda; `cpu` only to dry-run the driver on a machine without a GPU (no memory is measured there).
 DEVICE = os.environ.get("LOWBIT_CALIBRATE_DEVICE", "cuda")
 
@@ -124,7 +128,8 @@ def emit(out, record):
 def serve_point(engine, model, context, concurrency, port, limit, vocab):
     """Peak GPU GiB of `serve` at this slab after max-concurrency full-context requests; 0 when it failed."""
     cmd = [os.path.join(engine, "run.sh"), "serve", "--model", model, "--device", DEVICE, "--port", str(port),
-           "--max-context", str(context), "--max-concurrency", str(concurrency), "--served-name", "cal"]
+           "--max-context", str(context), "--max-concurrency", str(concurrency), "--max-num-batched-tokens", str(PREFILL_BUDGET),
+           "--served-name", "cal"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     watch = NvmlPeak(proc.pid).start()
     base = f"http://127.0.0.1:{port}"
@@ -228,7 +233,7 @@ def main():
             if kind == "serve":
                 peak, ready = serve_point(args.engine, model, a, b, port, min(150, left), base["hfConfig"]["vocab_size"])
                 name = f"cal-lowbit-serve-{shape}-{weights}-ctx{a}-b{b}"
-                emit(args.out, dict(base, id=f"{name}-nvml", mode="inference", context=a, batch=b, measure="nvml",
+                emit(args.out, dict(base, id=f"{name}-nvml", mode="inference", context=a, batch=b, prefillChunk=PREFILL_BUDGET, measure="nvml",
                                     value=round(peak, 4), readyPeakGiB=round(ready, 4)))
             else:
                 checkpointing = point[5]

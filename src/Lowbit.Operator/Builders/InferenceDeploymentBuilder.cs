@@ -158,6 +158,8 @@ public static class InferenceDeploymentBuilder
             Port = Port,
             MaxContext = endpoint.Spec.MaxContextLength,
             MaxConcurrency = endpoint.Spec.MaxConcurrency,
+            // The engine's own default for the device, written out so the pod spec shows the prefill budget it runs.
+            MaxNumBatchedTokens = placement.OnGpu ? ServeRequest.CudaMaxNumBatchedTokens : ServeRequest.CpuMaxNumBatchedTokens,
             ServedName = endpoint.Metadata.Name,
             Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
         };

@@ -71,7 +71,7 @@ public sealed class ServeSchedulerBenchmarkSuite : IBenchmarkSuite
     {
         var metrics = new ServeMetrics("bench");
         using var scheduler = new ServeScheduler(batch, new TokenIdTokenizer(260, ByteTokenizer.Bos, ByteTokenizer.Eos),
-            new SchedulerOptions { MaxConcurrency = Requests, MaxContext = MaxContext }, metrics, TimeProvider.System, ex => Console.Error.WriteLine(ex));
+            new SchedulerOptions { MaxConcurrency = Requests, MaxContext = MaxContext, PrefillChunk = 256 }, metrics, TimeProvider.System, ex => Console.Error.WriteLine(ex));
         var watch = Stopwatch.StartNew();
         var requests = prompts.Select(p => scheduler.Submit(new RequestOptions
         {

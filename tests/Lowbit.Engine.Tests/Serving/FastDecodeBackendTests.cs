@@ -41,7 +41,7 @@ public sealed class FastDecodeBackendTests
     private static int[][] Prompts() => Texts.Select(t => (int[])[ByteTokenizer.Bos, .. new ByteTokenizer().Encode(t)]).ToArray();
 
     /// <summary>Two PEFT adapters on different modules with different ranks (A: q/v/down r4; B: k/o/gate/up r2, rsLoRA).</summary>
-    private static (string A, string B) WriteAdapters(TempDir temp)
+    internal static (string A, string B) WriteAdapters(TempDir temp)
     {
         var generator = new Generator(20261205);
         string Write(string name, int rank, (string Module, long In, long Out)[] modules, string extra)

@@ -137,6 +137,8 @@ public sealed class BuilderTests
         Assert.Equal(4096, request.MaxContext);
         Assert.Equal(8, request.MaxConcurrency);
         Assert.Equal(ComputeDevice.Cuda, request.Device);
+        Assert.Equal(ServeRequest.CudaMaxNumBatchedTokens, request.MaxNumBatchedTokens);
+        Assert.Contains("--max-num-batched-tokens", container.Args);
         foreach (var (key, value) in deployment.Spec.Selector.MatchLabels)
         {
             Assert.Equal(value, deployment.Spec.Template.Metadata.Labels[key]);
