@@ -64,6 +64,10 @@ public class ConfigAndCheckpointTests
     [InlineData("""{"hidden_act":"gelu"}""", "hidden_act: 'gelu' is not supported; supported: silu")]
     [InlineData("""{"rope_scaling":{"rope_type":"yarn","factor":4}}""", "rope_scaling.rope_type: 'yarn' is not supported; supported: default, llama3, linear")]
     [InlineData("""{"num_attention_heads":32,"num_key_value_heads":5}""", "num_key_value_heads (5) must divide num_attention_heads (32)")]
+    // Found by the config.json fuzzer: a zero divisor was a DivideByZeroException, not a named input error.
+    [InlineData("""{"num_attention_heads":4,"num_key_value_heads":0}""", "num_key_value_heads must be positive, not 0")]
+    [InlineData("""{"num_hidden_layers":-1}""", "num_hidden_layers must be positive, not -1")]
+    [InlineData("""{"head_dim":0}""", "head_dim must be positive, not 0")]
     [InlineData("""{"hidden_size":"big"}""", "hidden_size: expected an integer")]
     public void Does_reject_unsupported_configs_naming_the_field(string json, string message)
     {

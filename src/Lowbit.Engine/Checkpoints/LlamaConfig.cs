@@ -175,6 +175,21 @@ public sealed record LlamaConfig
         {
             throw new EngineInputException($"hidden_act: '{act}' is not supported; supported: silu");
         }
+        foreach (var (field, value) in new (string, long)[]
+        {
+            ("vocab_size", config.VocabSize), ("intermediate_size", config.IntermediateSize), ("num_hidden_layers", config.NumHiddenLayers),
+            ("num_key_value_heads", config.NumKeyValueHeads), ("head_dim", config.HeadDim), ("max_position_embeddings", config.MaxPositionEmbeddings),
+        })
+        {
+            if (value <= 0)
+            {
+                throw new EngineInputException(string.Create(CultureInfo.InvariantCulture, $"{field} must be positive, not {value}"));
+            }
+        }
+        if (!(config.RmsNormEps >= 0) || double.IsInfinity(config.RmsNormEps))
+        {
+            throw new EngineInputException(string.Create(CultureInfo.InvariantCulture, $"rms_norm_eps must be a finite number ≥ 0, not {config.RmsNormEps}"));
+        }
         if (config.NumAttentionHeads % config.NumKeyValueHeads != 0)
         {
             throw new EngineInputException($"num_key_value_heads ({config.NumKeyValueHeads}) must divide num_attention_heads ({config.NumAttentionHeads})");

@@ -4,7 +4,7 @@
 # 1. bench_hf.py make: a random 7B-shaped Llama (bf16, Llama-2-7B dimensions, N layers, default 32) as safetensors
 # 2. lowbit-engine selfcheck-kernels: every native decode kernel against its eager reference (relative errors)
 # 3. lowbit-engine bench-decode: eager (TextGenerator), the fused decode step without and with native kernels and
-#    CUDA graphs, batch 32, and RTN int4 (g64) through the int4 GEMV; greedy tokens compared with the eager path
+#    CUDA graphs, batch 4/8/32 (8 also with cuBLAS for the dense GEMV: the serve 8-stream ITL question), and RTN int4 (g64) through the int4 GEMV; greedy tokens compared with the eager path
 # 4. bench_hf.py decode: transformers generate() eager and with a static cache (torch.compile), batch 1 and 32
 # 5. a Markdown table on stdout; raw JSON lines in $WORK/results.jsonl. --quant adds the quantizer timings
 #    (bench-quant.sh; GPTQ alone takes ~5 minutes at 32 layers).
@@ -44,7 +44,7 @@ fi
 step selfcheck-kernels 240 "$here/run.sh" selfcheck-kernels
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \
-  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph:1,fused:4,graph:4,graph:32,int4-native:1,int4-graph:1,int4-graph:16"
+  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph:1,fused:4,graph:4,graph:8,graph-cublas:8,graph:32,int4-native:1,int4-graph:1,int4-graph:16"
 step hf-eager 180 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens"
 step hf-static 240 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens" --cache static
 if [ "$quant" = 1 ]; then
