@@ -126,9 +126,11 @@ public sealed class PackedQuantizedLinear : LinearLayer
         using var scope = NewDisposeScope();
         var compute = dtype is ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32 or ScalarType.Float64 ? dtype : ScalarType.Float32;
         var mask = (1 << _bits) - 1;
-        var codes = packed.unsqueeze(-1).bitwise_right_shift(_shifts).bitwise_and(mask);
+        // One byte per weight while unpacking (the mask in place), freed as soon as the codes are in the compute dtype.
+        var codes = packed.unsqueeze(-1).bitwise_right_shift(_shifts).bitwise_and_(mask);
         var groups = InFeatures / _groupSize;
         var weight = codes.view(rows, groups, _groupSize).to(compute);
+        codes.Dispose();   // weight is a new tensor (or holds its own reference to the storage)
         weight.sub_(zeros.view(rows, groups, 1).to(compute)).mul_(scales.view(rows, groups, 1).to(compute));
         return weight.view(rows, InFeatures).to(dtype).MoveToOuterDisposeScope();
     }

@@ -11,6 +11,9 @@
 # Goal: lowbit LoRA >= 1.5x HF+PEFT tokens/s at <= its peak memory; QLoRA 4-bit peak <= 45% of our LoRA run.
 # Memory columns: HF reports torch.cuda.max_memory_allocated / max_memory_reserved; both engines report the peak
 # device used bytes (total - free, sampled after every step: allocator pool + CUDA context), the comparable column.
+# CUDA allocator: lowbit runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (run.sh / the engine set it for
+# fine-tuning); HF runs with whatever the caller's environment has (default: none). For HF with the same setting:
+#   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True ./bench-finetune.sh ...  (then both runs use it).
 # Runtime: ~4-5 minutes on one H200 with 32 layers (model write/read dominates; 12 steps per run).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -57,15 +60,15 @@ runs = [r for r in rows if r.get("bench") == "finetune"]
 def cell(r, key):
     v = r.get(key)
     return "-" if v is None else (f"{v:,.1f}" if isinstance(v, float) and key == "tokensPerSecond" else str(v))
-print("\n| run | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | loss first -> last |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("\n| run | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
     name = f"{r['engine']} {r.get('method', '')}".strip()
     if "error" in r:
-        print(f"| {name} | - | - | - | {r['error']} | - | - | - | - |")
+        print(f"| {name} | - | - | - | {r['error']} | - | - | - | - | - |")
         continue
     print(f"| {name} | {r['layers']} | {r['seqLength']} | {r['r']} | {cell(r, 'tokensPerSecond')} | {cell(r, 'peakDeviceUsedGiB')} "
-          f"| {cell(r, 'peakAllocatedGiB')} | {cell(r, 'peakReservedGiB')} | {r.get('firstLoss')} -> {r.get('lastLoss')} |")
+          f"| {cell(r, 'peakAllocatedGiB')} | {cell(r, 'peakReservedGiB')} | {cell(r, 'allocatorConfig')} | {r.get('firstLoss')} -> {r.get('lastLoss')} |")
 by = {(r["engine"], r.get("method")): r for r in runs if "error" not in r}
 hf, lora, qlora = by.get(("transformers+peft", "lora")), by.get(("lowbit", "lora")), by.get(("lowbit", "qlora"))
 if hf and lora:

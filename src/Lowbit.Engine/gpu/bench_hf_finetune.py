@@ -12,6 +12,7 @@ Prints one JSON line.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -73,6 +74,7 @@ def main():
         "peakReservedGiB": round(torch.cuda.max_memory_reserved() / gib, 2),
         "peakDeviceUsedGiB": round(peak_used / gib, 2),
         "trainableParameters": sum(p.numel() for p in trainable),
+        "allocatorConfig": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF") or "(default)",
         "firstLoss": round(losses[0], 4), "lastLoss": round(losses[-1], 4),
         "torch": torch.__version__,
     }))
