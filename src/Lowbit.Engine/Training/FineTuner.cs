@@ -197,6 +197,8 @@ public sealed class FineTuner
                     using var targets = ((double)stepTargets).ToScalar();   // held: see AdamW.Step
                     var loss = LossSum(model, batch, device, out var input).div(targets);
                     loss.backward();
+                    // Sampled here too (not only after the step), so a pool shrinking within the step could not hide its peak.
+                    peak = Math.Max(peak, DeviceMemory.Used(device));
                     GradientCheckpoint.Release(model.Model);
                     lossSum.add_(loss.detach());
                     tokens += input.NumberOfElements;
