@@ -198,7 +198,7 @@ public sealed class FineTuner
                     var loss = LossSum(model, batch, device, out var input).div(targets);
                     loss.backward();
                     GradientCheckpoint.Release(model.Model);
-                    lossSum.add_(loss.detach());
+                    lossSum.add_(loss.detach(), Scalars.One);
                     tokens += input.NumberOfElements;
                 }
                 if (request.MaxGradNorm > 0)
