@@ -21,6 +21,12 @@ public static class Scalars
     [ThreadStatic]
     private static int _next;
 
+    /// <summary>
+    /// 1, for the <c>alpha</c> of <c>x.add(y, Scalars.One)</c>: TorchSharp 0.107's <c>x + y</c> and <c>x.add(y)</c> pass
+    /// an unheld temporary <c>alpha = 1</c> themselves. Never disposed; libtorch only reads it, from any thread.
+    /// </summary>
+    public static Scalar One { get; } = 1.ToScalar();
+
     public static Scalar Of(double value) => Keep(value.ToScalar());
 
     public static Scalar Of(float value) => Keep(value.ToScalar());

@@ -51,9 +51,9 @@ internal static class SelfCheckKernelsVerb
             var output = full([rows, 4096], Scalars.Of(double.NaN), bf16, device);
             var sum = full([rows, 4096], Scalars.Of(double.NaN), bf16, device);
             NativeKernels.RmsNorm(x, residual, weight, 1e-5, sum, output);
-            var h = residual + x;
+            var h = residual.add(x, Scalars.One);
             var hf = h.to(ScalarType.Float32);
-            var reference = weight * (hf * rsqrt(hf.pow(Scalars.Of(2)).mean([-1], keepdim: true) + 1e-5)).to(bf16);
+            var reference = weight * (hf * rsqrt(hf.pow(Scalars.Of(2)).mean([-1], keepdim: true).add(Scalars.Of(1e-5), Scalars.One))).to(bf16);
             Report($"rmsnorm+residual rows={rows}", output, reference);
             Report($"residual sum rows={rows}", sum, h);
         }
@@ -71,7 +71,7 @@ internal static class SelfCheckKernelsVerb
             NativeKernels.Rope(input, heads, cos, sin, output);
             var v = input.reshape(rows, heads, d);
             var rotated = cat([-v.narrow(-1, d / 2, d / 2), v.narrow(-1, 0, d / 2)], -1);
-            var reference = (v * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)).reshape(rows, heads * d);
+            var reference = (v * cos.unsqueeze(1)).add(rotated * sin.unsqueeze(1), Scalars.One).reshape(rows, heads * d);
             Report($"rope rows={rows}", output, reference);
         }
         {

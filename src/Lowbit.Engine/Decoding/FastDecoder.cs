@@ -461,10 +461,10 @@ public sealed class FastDecoder : IDisposable
         var cos = _cos.index_select(0, positions);
         var sin = _sin.index_select(0, positions);
         // An additive mask, built once per step (a boolean one would be converted by every layer's attention).
-        var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
+        var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
         var visible = zeros([batch, 1, 1, length], _dtype, _device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
-        var rows = arange(Scalars.Of(0), Scalars.Of(batch), ScalarType.Int64, _device).mul(Scalars.Of(MaxLength));
-        var slotsAt = rows.add(positions);
+        var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, _device).mul(Scalars.Of(MaxLength));
+        var slotsAt = rows.add(positions, Scalars.One);
         var hidden = Forward(tokens, cos, sin, (layer, k, v, q) =>
         {
             _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
@@ -484,10 +484,10 @@ public sealed class FastDecoder : IDisposable
             return;
         }
         var next = logits.argmax(-1);
-        var nextAt = rows.add(positions.add(Scalars.Of(1)).clamp_max(Scalars.Of(MaxLength - 1)));
+        var nextAt = rows.add(positions.add(Scalars.Of(1), Scalars.One).clamp_max(Scalars.Of(MaxLength - 1)), Scalars.One);
         _history.view(-1).index_copy_(0, nextAt, next);
         tokens.copy_(next);
-        _positions.narrow(0, 0, batch).add_(Scalars.Of(1));
+        _positions.narrow(0, 0, batch).add_(Scalars.Of(1), Scalars.One);
     }
 
     /// <summary>
@@ -535,7 +535,7 @@ public sealed class FastDecoder : IDisposable
         var rows = mask.shape[0];
         var perRank = mask.unsqueeze(2).expand(rows, mask.shape[1], factors.Rank).reshape(rows, mask.shape[1] * factors.Rank);
         var low = input.to(factors.A.dtype).mm(factors.A.t()).mul_(perRank);
-        return output + low.mm(factors.B.t()).to(output.dtype);
+        return output.add(low.mm(factors.B.t()).to(output.dtype), Scalars.One);
     }
 
     /// <summary>GQA: each kv head serves heads/kv query heads (repeat_kv), as a copy; MHA returns the view.</summary>
@@ -566,11 +566,11 @@ public sealed class FastDecoder : IDisposable
             NativeKernels.RmsNorm(x.contiguous(), residual.contiguous(), weight, _config.RmsNormEps, sum, output);
             return output;
         }
-        sum = residual is null ? x : residual + x;
+        sum = residual is null ? x : residual.add(x, Scalars.One);
         var compute = sum.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         var h = sum.to(compute);
         var variance = h.pow(Scalars.Of(2)).mean([-1], keepdim: true);
-        var normalized = (h * rsqrt(variance + Scalars.Of(_config.RmsNormEps))).to(sum.dtype);
+        var normalized = (h * rsqrt(variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One))).to(sum.dtype);
         return weight * normalized;
     }
 
@@ -589,7 +589,7 @@ public sealed class FastDecoder : IDisposable
         var rotated = cat([-v.narrow(-1, half, half), v.narrow(-1, 0, half)], -1);
         var c = cos.unsqueeze(1);
         var s = sin.unsqueeze(1);
-        return (v * c + rotated * s).reshape(rows, heads * _headDim);
+        return (v * c).add(rotated * s, Scalars.One).reshape(rows, heads * _headDim);
     }
 
     private Tensor SiluMul(Tensor gateUp)

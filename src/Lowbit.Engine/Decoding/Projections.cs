@@ -79,7 +79,7 @@ public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
         {
             var output = empty([x.shape[0], Weight.shape[0]], x.dtype, x.device);
             NativeKernels.Gemv(x, Weight, output);
-            return bias is null ? output : output.add_(bias);
+            return bias is null ? output : output.add_(bias, Scalars.One);
         }
         return nn.functional.linear(x, Weight, bias);
     }
@@ -105,7 +105,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
             NativeKernels.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
-            return bias is null ? output : output.add_(bias);
+            return bias is null ? output : output.add_(bias, Scalars.One);
         }
         using var dense = Weight.Dequantize(x.dtype);
         return nn.functional.linear(x, dense, bias);

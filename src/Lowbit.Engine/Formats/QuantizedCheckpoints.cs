@@ -275,7 +275,7 @@ public static class GptqCheckpoint
         var zeros = BitPacking.UnpackGptqZeros(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(file.GetBytes(prefix + ".qzeros")), outFeatures, groups, bits);
         var gIdx = file.Load(prefix + ".g_idx", ScalarType.Int64);
         var groupSize = config["group_size"]!.GetValue<int>() is var gs && gs > 0 ? gs : inFeatures;
-        var trivial = torch.arange(Scalars.Of(inFeatures), dtype: ScalarType.Int64).div(Scalars.Of(groupSize), rounding_mode: RoundingMode.floor);
+        var trivial = torch.arange(Scalars.Of(0), Scalars.Of(inFeatures), Scalars.One, dtype: ScalarType.Int64).div(Scalars.Of(groupSize), rounding_mode: RoundingMode.floor);
         var q = QuantizedTensor.Create(QuantizationMethod.Gptq, bits, groupSize,
             torch.tensor(codes, ScalarType.Byte).reshape(outFeatures, inFeatures),
             scales.t(), torch.tensor(zeros, ScalarType.Int32).reshape(outFeatures, groups).to(ScalarType.Float32),

@@ -106,7 +106,7 @@ public sealed class LoraLinear : LinearLayer
         {
             delta = LoraMath.Delta(mask is null ? input : Dropped(input, mask, 1.0 - Settings.Dropout), _a, _b, Scaling);
         }
-        output = output.add(delta);
+        output = output.add(delta, Scalars.One);
         return output.MoveToOuterDisposeScope();
     }
 
@@ -145,7 +145,7 @@ public sealed class LoraLinear : LinearLayer
     public override Tensor DenseWeight(ScalarType dtype)
     {
         using var scope = NewDisposeScope();
-        var merged = Base.DenseWeight(ScalarType.Float32).add(LoraMath.MergedDelta(_a.detach(), _b.detach(), Scaling, ScalarType.Float32)).to(dtype);
+        var merged = Base.DenseWeight(ScalarType.Float32).add(LoraMath.MergedDelta(_a.detach(), _b.detach(), Scaling, ScalarType.Float32), Scalars.One).to(dtype);
         return merged.MoveToOuterDisposeScope();
     }
 

@@ -55,8 +55,8 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
     public override Tensor forward(Tensor input, AttentionContext context)
     {
         using var scope = NewDisposeScope();
-        var h = input + self_attn.forward(input_layernorm.forward(input), context);
-        var output = h + mlp.forward(post_attention_layernorm.forward(h));
+        var h = input.add(self_attn.forward(input_layernorm.forward(input), context), Scalars.One);
+        var output = h.add(mlp.forward(post_attention_layernorm.forward(h)), Scalars.One);
         return output.MoveToOuterDisposeScope();
     }
 }

@@ -25,7 +25,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var x = input.to(input.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
         var variance = x.pow(Scalars.Of(2)).mean([-1], keepdim: true);
-        var normalized = (x * rsqrt(variance + Scalars.Of(_eps))).to(input.dtype);
+        var normalized = (x * rsqrt(variance.add(Scalars.Of(_eps), Scalars.One))).to(input.dtype);
         return (weight * normalized).MoveToOuterDisposeScope();
     }
 }

@@ -57,7 +57,7 @@ public sealed class RotaryEmbedding
     {
         using var scope = NewDisposeScope();
         var compute = dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        var positions = arange(Scalars.Of(offset), Scalars.Of(offset + length), compute, device);
+        var positions = arange(Scalars.Of(offset), Scalars.Of(offset + length), Scalars.One, compute, device);
         var inv = tensor(_inverseFrequencies, device: device).to(compute);
         var freqs = outer(positions, inv);
         var emb = cat([freqs, freqs], -1);
@@ -84,6 +84,6 @@ public sealed class RotaryEmbedding
         using var scope = NewDisposeScope();
         var half = x.shape[^1] / 2;
         var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        return (x * cos).add(rotated * sin, Scalars.One).MoveToOuterDisposeScope();
     }
 }

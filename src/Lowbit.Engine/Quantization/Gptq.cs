@@ -53,7 +53,7 @@ public sealed class HessianAccumulator : IDisposable
         _hessian.mul_(Scalars.Of((double)Samples / (Samples + m)));
         Samples += m;
         x = x.mul(Scalars.Of(Math.Sqrt(2.0 / Samples)));
-        _hessian.add_(x.t().matmul(x));
+        _hessian.add_(x.t().matmul(x), Scalars.One);
     }
 
     public void Dispose() => _hessian.Dispose();
@@ -92,7 +92,7 @@ public static class Gptq
         }
 
         var damp = options.DampPercent * h.diagonal().mean().item<float>();
-        h.diagonal().add_(Scalars.Of(damp));
+        h.diagonal().add_(Scalars.Of(damp), Scalars.One);
         var hinv = CholeskyOfInverseUpper(h);
 
         var codes = torch.zeros(rows, columns, dtype: ScalarType.Float32, device: w.device);
@@ -130,7 +130,7 @@ public static class Gptq
                 }
                 using var step = torch.NewDisposeScope();
                 var wi = w1[.., (int)i];
-                var qi = wi.div(scaleColumn).round_().add_(zeroColumn).clamp_(Scalars.Of(0), Scalars.Of(maxq));
+                var qi = wi.div(scaleColumn).round_().add_(zeroColumn, Scalars.One).clamp_(Scalars.Of(0), Scalars.Of(maxq));
                 codes[.., (int)column].copy_(qi);
                 // err = (w − dequant(q)) / Hinv_ii, then W1[:, i:] −= err ⊗ Hinv[i, i:]
                 var err = wi.sub(qi.sub_(zeroColumn).mul_(scaleColumn)).div_(Scalars.Of(diagonal[i]));
@@ -151,7 +151,7 @@ public static class Gptq
             var inverse = perm.argsort();
             codes = codes.index_select(1, inverse);
             // Group of input column perm[j] is j / groupSize (processing order).
-            var processingGroup = torch.arange(Scalars.Of(columns), dtype: ScalarType.Int64, device: w.device).div(Scalars.Of(groupSize), rounding_mode: RoundingMode.floor);
+            var processingGroup = torch.arange(Scalars.Of(0), Scalars.Of(columns), Scalars.One, dtype: ScalarType.Int64, device: w.device).div(Scalars.Of(groupSize), rounding_mode: RoundingMode.floor);
             groupIndex = processingGroup.index_select(0, inverse);
         }
         var q = QuantizedTensor.Create(QuantizationMethod.Gptq, options.Bits, groupSize, codes, scaleMatrix, zeroMatrix, groupIndex);

@@ -74,7 +74,7 @@ public static class Hqq
             // Stored form: scale = 1/s_inv in fp16, zero in fp16; the codes are the rounding under the solved zero.
             var scale = sInv.reciprocal().to(ScalarType.Float16).to(ScalarType.Float32);
             var zero = solution.Zero.to(ScalarType.Float16).to(ScalarType.Float32);
-            var codes = w.div(scale).add(zero).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
+            var codes = w.div(scale).add(zero, Scalars.One).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
             var error = codes.sub(zero).mul(scale).sub(w).abs().mean().item<float>();
             if (error < bestError)
             {
@@ -125,7 +125,7 @@ public static class Hqq
         for (var i = 0; i < options.Iterations; i++)
         {
             using var step = torch.NewDisposeScope();
-            var wq = grouped.mul(inverseScale).add(z).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
+            var wq = grouped.mul(inverseScale).add(z, Scalars.One).round().clamp(Scalars.Of(0), Scalars.Of(maxq));
             var wr = wq.sub(z).div(inverseScale);
             var residual = grouped.sub(wr);
             var we = Shrink(residual, beta, options.P);

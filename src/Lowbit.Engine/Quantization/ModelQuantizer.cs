@@ -418,7 +418,7 @@ public static class ModelQuantizer
                 var x = input.reshape(-1, input.shape[^1]).to(ScalarType.Float32);
                 var sum = x.pow(Scalars.Of(2)).sum([0]);   // not square(): TorchSharp 0.107 builds an unheld Scalar inside it
                 var rows = x.shape[0];
-                var updated = Energy is null ? sum.div(Scalars.Of(rows)) : Energy.mul(Scalars.Of(_rows)).add(sum).div(Scalars.Of(_rows + rows));
+                var updated = Energy is null ? sum.div(Scalars.Of(rows)) : Energy.mul(Scalars.Of(_rows)).add(sum, Scalars.One).div(Scalars.Of(_rows + rows));
                 Energy?.Dispose();
                 Energy = updated.DetachFromDisposeScope();
                 _rows += rows;

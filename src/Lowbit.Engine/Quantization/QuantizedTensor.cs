@@ -55,7 +55,7 @@ public sealed record QuantizedTensor : IDisposable
         {
             return GroupIndex.alias();
         }
-        return torch.arange(Scalars.Of(InFeatures), dtype: ScalarType.Int64, device: Codes.device).div(Scalars.Of(GroupSize), rounding_mode: RoundingMode.floor);
+        return torch.arange(Scalars.Of(0), Scalars.Of(InFeatures), Scalars.One, dtype: ScalarType.Int64, device: Codes.device).div(Scalars.Of(GroupSize), rounding_mode: RoundingMode.floor);
     }
 
     /// <summary>The dequantized weight <c>[out, in]</c> in <paramref name="dtype"/> (float32 by default).</summary>

@@ -59,7 +59,7 @@ public static class Rtn
         }
         // Scales/zeros are stored as fp16: quantize against the stored values.
         scale = scale.to(ScalarType.Float16).to(ScalarType.Float32);
-        var codes = w.div(scale).round().add(zero).clamp(Scalars.Of(0), Scalars.Of(maxq));
+        var codes = w.div(scale).round().add(zero, Scalars.One).clamp(Scalars.Of(0), Scalars.Of(maxq));
         var rows = weight.shape[0];
         var q = QuantizedTensor.Create(QuantizationMethod.Rtn, options.Bits, groupSize, codes.reshape(weight.shape), scale.reshape(rows, -1), zero.reshape(rows, -1));
         return q.MoveToOuterDisposeScope();

@@ -49,8 +49,8 @@ public sealed class DecodeBatch : IDecodeBackend
         var (cos, sin) = new RotaryEmbedding(config).CosSin(0, maxContext + 1, model.Dtype, device);
         _cosTable = cos;
         _sinTable = sin;
-        _slotIndex = arange(Scalars.Of(slots), ScalarType.Int64, device);
-        _positionRange = arange(Scalars.Of(maxContext + 1), ScalarType.Int64, device);
+        _slotIndex = arange(Scalars.Of(0), Scalars.Of(slots), Scalars.One, ScalarType.Int64, device);
+        _positionRange = arange(Scalars.Of(0), Scalars.Of(maxContext + 1), Scalars.One, ScalarType.Int64, device);
     }
 
     public int Slots { get; }
@@ -108,8 +108,8 @@ public sealed class DecodeBatch : IDecodeBackend
                 ? nn.functional.scaled_dot_product_attention(q, keys, values, is_casual: true)
                 : nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask: mask);
             var merged = attended.transpose(1, 2).reshape(1, length, _heads * _headDim);
-            hidden = hidden + projections.O.forward(merged);
-            hidden = hidden + layer.Mlp.forward(layer.PostAttentionLayerNorm.forward(hidden));
+            hidden = hidden.add(projections.O.forward(merged), Scalars.One);
+            hidden = hidden.add(layer.Mlp.forward(layer.PostAttentionLayerNorm.forward(hidden)), Scalars.One);
         }
         var last = _model.Model.Norm.forward(hidden.narrow(1, length - 1, 1));
         return _model.Logits(last).reshape(-1).to(ScalarType.Float32).MoveToOuterDisposeScope();
@@ -149,8 +149,8 @@ public sealed class DecodeBatch : IDecodeBackend
             var values = valueSlab.narrow(1, 0, attend).transpose(1, 2);
             var grouped = q.view(rows, _kvHeads, groups, _headDim);
             var attended = nn.functional.scaled_dot_product_attention(grouped, keys, values, attn_mask: mask);
-            hidden = hidden + projections.O.forward(attended.reshape(rows, 1, _heads * _headDim));
-            hidden = hidden + layer.Mlp.forward(layer.PostAttentionLayerNorm.forward(hidden));
+            hidden = hidden.add(projections.O.forward(attended.reshape(rows, 1, _heads * _headDim)), Scalars.One);
+            hidden = hidden.add(layer.Mlp.forward(layer.PostAttentionLayerNorm.forward(hidden)), Scalars.One);
         }
         var logits = _model.Logits(_model.Model.Norm.forward(hidden)).view(rows, -1).to(ScalarType.Float32);
         return logits.MoveToOuterDisposeScope();

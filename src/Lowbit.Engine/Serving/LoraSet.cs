@@ -337,7 +337,7 @@ public sealed class MultiLoraLinear : LinearLayer
         var a = _a.index_select(0, rows);
         var b = _b!.index_select(0, rows);
         var delta = input.to(a.dtype).bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2)).to(output.dtype);
-        return (output + delta).MoveToOuterDisposeScope();
+        return output.add(delta, Scalars.One).MoveToOuterDisposeScope();
     }
 
     public override Tensor DenseWeight(ScalarType dtype) => _base.DenseWeight(dtype);

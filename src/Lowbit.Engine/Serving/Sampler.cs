@@ -51,7 +51,7 @@ public static class Sampler
             var uniform = tensor(rows.Select(r => r is { } x ? (float)x.Uniform : 0f).ToArray(), device: device).view(count, 1);
             var sampledRows = tensor(rows.Select(r => r is { } x && x.Params.Temperature > 0).ToArray(), device: device);
             var (sorted, indices) = (logits / temperature).sort(-1, descending: true);
-            var rank = arange(Scalars.Of(vocab), ScalarType.Int64, device).view(1, vocab);
+            var rank = arange(Scalars.Of(0), Scalars.Of(vocab), Scalars.One, ScalarType.Int64, device).view(1, vocab);
             var probabilities = sorted.softmax(-1).masked_fill(rank.ge(topK), Scalars.Of(0));
             var before = probabilities.cumsum(-1) - probabilities;
             // Nucleus: keep a token while the mass before it is under top_p (the first token always stays).

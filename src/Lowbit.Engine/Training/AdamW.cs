@@ -53,7 +53,7 @@ public sealed class AdamW : IDisposable
             using var epsilon = 1e-6.ToScalar();   // held: see Step
             using var max = maxNorm.ToScalar();
             using var one = 1.0.ToScalar();
-            var coefficient = norm.add(epsilon).reciprocal().mul(max).clamp_max(one);
+            var coefficient = norm.add(epsilon, Scalars.One).reciprocal().mul(max).clamp_max(one);
             using var noGrad = no_grad();
             foreach (var g in grads)
             {
@@ -93,7 +93,7 @@ public sealed class AdamW : IDisposable
             }
             m.mul_(beta1).add_(g, alpha: oneMinusBeta1);
             v.mul_(beta2).addcmul_(g, g, value: oneMinusBeta2);
-            var denom = v.sqrt().div_(sqrtBias2).add_(eps);
+            var denom = v.sqrt().div_(sqrtBias2).add_(eps, Scalars.One);
             p.addcdiv_(m, denom, value: stepSize);
         }
     }

@@ -77,7 +77,7 @@ public sealed class ChunkedCrossEntropy : autograd.SingleTensorFunction<ChunkedC
                 var (index, inChunk) = Local(safe, valid, start, length);
                 probabilities.scatter_add_(1, index, inChunk.to(ScalarType.Float32).neg().unsqueeze(1));
                 probabilities.mul_(weight);
-                accumulated.add_(probabilities.to(hidden.dtype).matmul(rows));
+                accumulated.add_(probabilities.to(hidden.dtype).matmul(rows), Scalars.One);
             }
             grad = accumulated.to(hidden.dtype).MoveToOuterDisposeScope();
         }
@@ -105,10 +105,10 @@ public sealed class ChunkedCrossEntropy : autograd.SingleTensorFunction<ChunkedC
             var (index, inChunk) = Local(safe, valid, start, length);
             picked.copy_(where(inChunk, logits.gather(1, index).squeeze(1), picked));
             var newMax = maximum(max, logits.amax([1]));
-            sum.mul_(max.sub(newMax).exp_()).add_(logits.sub_(newMax.unsqueeze(1)).exp_().sum([1]));
+            sum.mul_(max.sub(newMax).exp_()).add_(logits.sub_(newMax.unsqueeze(1)).exp_().sum([1]), Scalars.One);
             max.copy_(newMax);
         }
-        var lse = max.add(sum.log());
+        var lse = max.add(sum.log(), Scalars.One);
         var loss = lse.sub(picked).masked_fill(valid.logical_not(), Scalars.Of(0)).sum();
         return (loss.MoveToOuterDisposeScope(), lse.MoveToOuterDisposeScope());
     }

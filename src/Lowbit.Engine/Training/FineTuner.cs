@@ -200,7 +200,7 @@ public sealed class FineTuner
                     // Sampled here too (not only after the step), so a pool shrinking within the step could not hide its peak.
                     peak = Math.Max(peak, DeviceMemory.Used(device));
                     GradientCheckpoint.Release(model.Model);
-                    lossSum.add_(loss.detach());
+                    lossSum.add_(loss.detach(), Scalars.One);
                     tokens += input.NumberOfElements;
                 }
                 if (request.MaxGradNorm > 0)

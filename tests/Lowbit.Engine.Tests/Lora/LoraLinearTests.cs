@@ -36,7 +36,7 @@ public sealed class LoraLinearTests
 
         var y = lora.forward(x);
 
-        var expected = x.matmul(lora.Base.DenseWeight(ScalarType.Float32).t()) + Scalars.Of(2.0) * x.matmul(lora.A.t()).matmul(lora.B.t());
+        var expected = x.matmul(lora.Base.DenseWeight(ScalarType.Float32).t()).add(Scalars.Of(2.0) * x.matmul(lora.A.t()).matmul(lora.B.t()), Scalars.One);
         Assert.True(y.allclose(expected, 1e-5, 1e-5));
         Assert.True(LoraMath.Delta(x, lora.A, lora.B, 2.0).allclose(expected - lora.Base.forward(x), 1e-5, 1e-5));
     }
@@ -79,7 +79,7 @@ public sealed class LoraLinearTests
             var mask = empty_like(xr).bernoulli_(keep, generator);
             dropped = xr.mul(mask).div(Scalars.Of(keep));
         }
-        var expected = lora.Base.forward(xr).add(dropped.matmul(lora.A.t()).matmul(lora.B.t()).mul(Scalars.Of(settings.Scaling)));
+        var expected = lora.Base.forward(xr).add(dropped.matmul(lora.A.t()).matmul(lora.B.t()).mul(Scalars.Of(settings.Scaling)), Scalars.One);
         using (var weights = randn(y.shape, generator: new Generator(9)))
         {
             expected.mul(weights).sum().backward();
@@ -93,7 +93,7 @@ public sealed class LoraLinearTests
         if (dropout > 0)
         {
             // The mask is applied: without it the output differs.
-            var undropped = lora.Base.forward(xr).add(xr.matmul(lora.A.t()).matmul(lora.B.t()).mul(Scalars.Of(settings.Scaling)));
+            var undropped = lora.Base.forward(xr).add(xr.matmul(lora.A.t()).matmul(lora.B.t()).mul(Scalars.Of(settings.Scaling)), Scalars.One);
             Assert.False(y.allclose(undropped, 1e-3, 1e-3));
         }
     }
@@ -179,7 +179,7 @@ public sealed class LoraLinearTests
 
         var y = lora.forward(x);
 
-        var expected = x.matmul(q.Dequantize().t()) + x.matmul(lora.A.t()).matmul(lora.B.t());
+        var expected = x.matmul(q.Dequantize().t()).add(x.matmul(lora.A.t()).matmul(lora.B.t()), Scalars.One);
         Assert.True(y.allclose(expected, 1e-4, 1e-4));
         y.sum().backward();
         Assert.NotNull(lora.A.grad);

@@ -49,7 +49,7 @@ public sealed class PackedQuantizedLinearTests
         var c = q.Codes.to(ScalarType.Float64).view(16, groups, 64);
         var z = q.Zeros.to(ScalarType.Float64).view(16, groups, 1);
         var s = q.Scales.to(ScalarType.Float64).view(16, groups, 1);
-        var bound = (s.abs() * ((c - z).abs() * Scalars.Of(3) + z.abs()) * Scalars.Of(Math.Pow(2, -8)) * Scalars.Of(1.01) + Scalars.Of(1e-7)).view(16, 256);
+        var bound = (s.abs() * ((c - z).abs() * Scalars.Of(3)).add(z.abs(), Scalars.One) * Scalars.Of(Math.Pow(2, -8)) * Scalars.Of(1.01)).add(Scalars.Of(1e-7), Scalars.One).view(16, 256);
         var error = (bf16.to(ScalarType.Float64) - fp32.to(ScalarType.Float64)).abs();
         var worst = (error - bound).argmax().item<long>();
         var (row, col) = (worst / 256, worst % 256);
@@ -83,7 +83,7 @@ public sealed class PackedQuantizedLinearTests
 
         var y = lora.forward(x);
         y.pow(Scalars.Of(2)).sum().backward();
-        var y2 = x2.matmul(dense.t()) + x2.matmul(a2.t()).matmul(b2.t()) * Scalars.Of(settings.Scaling);
+        var y2 = x2.matmul(dense.t()).add(x2.matmul(a2.t()).matmul(b2.t()) * Scalars.Of(settings.Scaling), Scalars.One);
         y2.pow(Scalars.Of(2)).sum().backward();
 
         Assert.True(y.allclose(y2, 1e-5, 1e-5));

@@ -14,7 +14,7 @@ public class GptqTests
         var mix = torch.randn(features, features, generator: new torch.Generator(99)).div(Scalars.Of(Math.Sqrt(features)));
         var channelScale = torch.ones(features);
         channelScale[..8] = torch.tensor(8f);
-        var x = torch.randn(tokens, features, generator: gen).matmul(mix.add(torch.eye(features))).mul(channelScale);
+        var x = torch.randn(tokens, features, generator: gen).matmul(mix.add(torch.eye(features), Scalars.One)).mul(channelScale);
         return x.MoveToOuterDisposeScope();
     }
 
@@ -88,7 +88,7 @@ public class GptqTests
     public void Does_factor_the_inverse_hessian_as_upper_cholesky()
     {
         var x = torch.randn(64, 16, generator: new torch.Generator(4), dtype: ScalarType.Float64);
-        var h = x.t().matmul(x).add(torch.eye(16, dtype: ScalarType.Float64));
+        var h = x.t().matmul(x).add(torch.eye(16, dtype: ScalarType.Float64), Scalars.One);
         var u = Gptq.CholeskyOfInverseUpper(h);
         Assert.True(u.tril(-1).abs().max().item<double>() == 0);
         Assert.True(u.t().matmul(u).allclose(torch.linalg.inv(h), rtol: 1e-8, atol: 1e-10));

@@ -35,7 +35,7 @@ public class HqqTests
         Assert.Equal(4, solution.Iterations);
         Assert.Equal(1.771817646, solution.Zero.item<double>(), 9);
         var w = torch.tensor(OracleWeights, dtype: ScalarType.Float64).reshape(1, 16);
-        var codes = w.mul(Scalars.Of(3 / 3.532)).add(solution.Zero).round().clamp(Scalars.Of(0), Scalars.Of(3)).to(ScalarType.Int64).data<long>().ToArray();
+        var codes = w.mul(Scalars.Of(3 / 3.532)).add(solution.Zero, Scalars.One).round().clamp(Scalars.Of(0), Scalars.Of(3)).to(ScalarType.Int64).data<long>().ToArray();
         Assert.Equal([1L, 3, 3, 2, 0, 3, 2, 1, 2, 2, 3, 1, 3, 3, 3, 2], codes);
     }
 

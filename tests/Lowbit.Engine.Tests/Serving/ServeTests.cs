@@ -462,7 +462,7 @@ public sealed class ServeTests : IClassFixture<ServeFixture>
                 {
                     if (tensors.TryGetValue($"base_model.model.{name}.lora_A.weight", out var a))
                     {
-                        ((Lowbit.Engine.Network.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * Scalars.Of((Alpha / Rank)));
+                        ((Lowbit.Engine.Network.DenseLinear)linear).Weight.add_(tensors[$"base_model.model.{name}.lora_B.weight"].matmul(a) * Scalars.Of((Alpha / Rank)), Scalars.One);
                     }
                     return null;
                 });
