@@ -53,8 +53,14 @@ public static class MemoryEstimator
     /// <summary>CPU nodes keep 10% of RAM for the OS and page cache.</summary>
     public const double CpuUsableFraction = 0.90;
 
-    /// <summary>Tokens one prefill step of one request processes (lowbit-engine serve: <c>SchedulerOptions.PrefillChunk</c>).</summary>
-    public const int LowbitPrefillChunk = 256;
+    /// <summary>
+    /// Prompt tokens one prefill forward of lowbit-engine serve processes on a GPU, over all prefilling requests
+    /// (<c>--max-num-batched-tokens</c>' CUDA default; the CPU's is <see cref="ServeRequest.CpuMaxNumBatchedTokens"/>).
+    /// </summary>
+    public const int LowbitPrefillChunk = ServeRequest.CudaMaxNumBatchedTokens;
+
+    /// <summary>Prompt positions whose fp32 log-probabilities lowbit-engine serve computes together (its <c>ServeScheduler.PromptLogprobSlice</c>).</summary>
+    public const int LowbitPromptLogprobSlice = 256;
 
     /// <summary>vLLM <c>max_num_batched_tokens</c> of <c>vllm serve</c> on GPUs under 70 GiB (chunked prefill).</summary>
     public const int VllmPrefillChunk = 2048;
@@ -192,7 +198,7 @@ public static class MemoryEstimator
             // llama.cpp keeps the input embedding (token_embd) in host memory even with every layer offloaded.
             weights -= p.Embedding * w.Weights.EmbeddingBitsPerWeight / 8 / n;
         }
-        var transient = PrefillTransient(m, w, n, deviceMemory) + LogitsBytes(m, w);
+        var transient = PrefillTransient(m, w, n, kind, deviceMemory) + LogitsBytes(m, w, kind);
         if (w.Runtime == ServingRuntime.Transformers)
         {
             // DynamicCache grows by torch.cat: one layer's old and new cache are alive together.
@@ -215,7 +221,7 @@ public static class MemoryEstimator
     }
 
     /// <summary>The tokens one prefill forward processes on this runtime (see <see cref="Workload.PrefillChunk"/>).</summary>
-    public static long PrefillTokens(Workload w, ByteSize deviceMemory = default)
+    public static long PrefillTokens(Workload w, ByteSize deviceMemory = default, DeviceKind kind = DeviceKind.Gpu)
     {
         var inFlight = (long)w.ContextLength * w.Concurrency;
         if (w.PrefillChunk > 0)
@@ -224,8 +230,8 @@ public static class MemoryEstimator
         }
         return w.Runtime switch
         {
-            // One request's chunk at a time.
-            ServingRuntime.Lowbit => Math.Min(w.ContextLength, LowbitPrefillChunk),
+            // Chunks of several requests in one forward, up to the per-iteration budget.
+            ServingRuntime.Lowbit => Math.Min(inFlight, kind == DeviceKind.Cpu ? ServeRequest.CpuMaxNumBatchedTokens : LowbitPrefillChunk),
             ServingRuntime.Vllm => Math.Min(inFlight, deviceMemory.GiB >= 70 ? VllmLargeGpuPrefillChunk : VllmPrefillChunk),
             ServingRuntime.LlamaCpp => Math.Min(inFlight, LlamaCppPrefillChunk),
             // generate() runs the whole padded batch of prompts in one forward.
@@ -240,9 +246,9 @@ public static class MemoryEstimator
     /// expert; dense: 2 ×). The lowbit engine expands grouped KV heads to the query heads for its attention over
     /// the whole cached context (repeat_interleave); eager transformers materializes the scores of the prompt.
     /// </summary>
-    private static double PrefillTransient(ModelArchitecture m, Workload w, int n, ByteSize deviceMemory)
+    private static double PrefillTransient(ModelArchitecture m, Workload w, int n, DeviceKind kind, ByteSize deviceMemory)
     {
-        double tokens = PrefillTokens(w, deviceMemory);
+        double tokens = PrefillTokens(w, deviceMemory, kind);
         var attention = (m.QueryDim + (2.0 * m.KvDim) + m.QueryDim) / n;
         var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2) / n;
         var elementBytes = w.Runtime == ServingRuntime.LlamaCpp ? 4.0 : 2.0;
@@ -261,13 +267,19 @@ public static class MemoryEstimator
     }
 
     /// <summary>
-    /// Logits of the positions computed. lowbit: the last prompt position and one row per decode slot, model dtype
-    /// plus an fp32 copy (6 B per vocabulary entry); transformers generate(): the last position of every sequence
-    /// (6 B); vLLM: its profiling sampler pass over max_num_seqs rows (bf16 logits, fp32 logits, probabilities and
-    /// log-probabilities: 14 B); llama.cpp: fp32 outputs of one micro-batch (n_ubatch × vocab × 4).
+    /// Logits of the positions computed. lowbit: one row per decode slot (model dtype plus the sampler's fp32 copy,
+    /// 6 B per vocabulary entry) and a prefill whose every position is kept (<c>echo</c> with <c>logprobs</c>: 16-bit
+    /// logits of the whole budget, 2 B, then an fp32 copy and log-softmax of 256 positions at a time, 8 B; the serve
+    /// warm-up runs that prefill at the full budget before ready, so the peak is reached whether or not clients ask
+    /// for prompt log-probabilities); transformers
+    /// generate(): the last position of every sequence (6 B); vLLM: its profiling sampler pass over max_num_seqs rows
+    /// (bf16 logits, fp32 logits, probabilities and log-probabilities: 14 B); llama.cpp: fp32 outputs of one
+    /// micro-batch (n_ubatch × vocab × 4).
     /// </summary>
-    private static double LogitsBytes(ModelArchitecture m, Workload w) => w.Runtime switch
+    private static double LogitsBytes(ModelArchitecture m, Workload w, DeviceKind kind) => w.Runtime switch
     {
+        ServingRuntime.Lowbit => ((double)w.Concurrency * m.VocabSize * 6) + ((double)PrefillTokens(w, default, kind) * m.VocabSize * 2)
+                                 + ((double)Math.Min(PrefillTokens(w, default, kind), LowbitPromptLogprobSlice) * m.VocabSize * 8),
         ServingRuntime.Vllm => (double)w.Concurrency * m.VocabSize * 14,
         ServingRuntime.LlamaCpp => (double)Math.Min((long)w.ContextLength * w.Concurrency, LlamaCppPrefillChunk) * m.VocabSize * 4,
         _ => (double)w.Concurrency * m.VocabSize * 6,
@@ -500,6 +512,7 @@ public static class MemoryEstimator
         {
             context = TorchContext;
             reserve = ByteSize.FromMiB(64) + (tensors * 0.01);
+
             if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Transformers)
             {
                 reserve += (m.KvCache * TransformersCacheFragmentation) + EagerScoresReserve(model, w, devices);

@@ -58,7 +58,12 @@ public sealed class MemoryEstimatorTests
     public void Does_grow_activations_with_the_prefill_chunk_of_the_runtime()
     {
         var lowbit = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, Serve("bf16", 4096, 4));
-        var vllm = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, Serve("bf16", 4096, 4) with { Runtime = ServingRuntime.Vllm });
+        var lowbitSmall = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, Serve("bf16", 4096, 4) with { PrefillChunk = 256 });
+        // vLLM on a GPU of 70 GiB or more prefills 8,192 tokens per step; lowbit-engine serve 2,048 on any GPU.
+        var vllm = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, Serve("bf16", 4096, 4) with { Runtime = ServingRuntime.Vllm }, 1, DeviceKind.Gpu, ByteSize.FromGiB(80));
+        Assert.Equal(2048, MemoryEstimator.PrefillTokens(Serve("bf16", 4096, 4)));
+        Assert.Equal(512, MemoryEstimator.PrefillTokens(Serve("bf16", 4096, 4), default, DeviceKind.Cpu));
+        Assert.True(lowbit.Activations > lowbitSmall.Activations);
         Assert.True(vllm.Activations > lowbit.Activations);
     }
 

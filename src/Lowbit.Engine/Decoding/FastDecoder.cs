@@ -22,7 +22,7 @@ public sealed record FastDecoderOptions
     /// <summary>Use the native kernels when the library is loaded and the device is CUDA.</summary>
     public bool UseNativeKernels { get; init; } = true;
 
-    /// <summary>Dense projections at ≤ 16 rows through the native GEMV rather than cuBLAS.</summary>
+    /// <summary>Dense projections at one row (<see cref="DenseProjection.NativeGemvMaxRows"/>) through the native GEMV rather than cuBLAS.</summary>
     public bool UseNativeGemv { get; init; } = true;
 }
 

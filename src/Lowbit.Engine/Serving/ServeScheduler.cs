@@ -149,11 +149,19 @@ public sealed class ServeScheduler : IDisposable
             var logits = _batch.Prefill(chunks);
             if (_batch.BatchesPrefill)
             {
-                // The prompt log-probabilities' work on every position (the peak: logits of the whole budget).
-                var logSoftmax = logits.log_softmax(-1);
-                var targets = tensor(Enumerable.Range(0, (int)logits.shape[0]).Select(i => (long)(i % vocab)).ToArray(), device: logits.device);
-                _ = logSoftmax.gather(1, targets.view(-1, 1)).cpu();
-                _ = logSoftmax.topk(Math.Min(Sampler.MaxLogprobs, (int)logits.shape[1]), -1).values.cpu();
+                // The prompt log-probabilities' work on every position, in the slices RecordPromptLogprobs uses (the
+                // peak: 16-bit logits of the whole budget plus one slice's fp32 log-softmax). Taken over the whole
+                // budget at once it held ~3.8 GiB at 2,048 × 32,000 on the H200 (docs/planner.md).
+                var positions = (int)logits.shape[0];
+                for (var first = 0; first < positions; first += PromptLogprobSlice)
+                {
+                    using var slice = NewDisposeScope();
+                    var count = Math.Min(PromptLogprobSlice, positions - first);
+                    var logSoftmax = logits.narrow(0, first, count).to(ScalarType.Float32).log_softmax(-1);
+                    var targets = tensor(Enumerable.Range(first, count).Select(i => (long)(i % vocab)).ToArray(), device: logits.device);
+                    _ = logSoftmax.gather(1, targets.view(-1, 1)).cpu();
+                    _ = logSoftmax.topk(Math.Min(Sampler.MaxLogprobs, (int)logits.shape[1]), -1).values.cpu();
+                }
                 logits = _batch.Prefill(chunks.Select(c => c with { AllPositions = false }).ToList());
             }
             Sampler.Sample(logits, WarmUpDraws(chunks.Count));
@@ -362,25 +370,34 @@ public sealed class ServeScheduler : IDisposable
         {
             return;
         }
-        using var scope = NewDisposeScope();
-        var logSoftmax = logits.narrow(0, 0, count).to(ScalarType.Float32).log_softmax(-1);
-        var targets = tensor(prompt.Skip(chunk.Start + 1).Take(count).Select(t => (long)t).ToArray(), device: logits.device);
-        var chosen = logSoftmax.gather(1, targets.view(count, 1)).view(count).cpu().data<float>().ToArray();
         var k = Math.Min(request.Options.PromptLogprobs ?? 0, Sampler.MaxLogprobs);
-        float[] topValues = [];
-        long[] topIds = [];
-        if (k > 0)
+        // In slices of positions: the fp32 log-softmax of a whole 2,048-token chunk would be 8 B × vocabulary per
+        // position on top of the 16-bit logits (the planner counts one slice: MemoryEstimator.LogitsBytes).
+        for (var first = 0; first < count; first += PromptLogprobSlice)
         {
-            var (values, ids) = logSoftmax.topk(k, -1);
-            topValues = values.cpu().data<float>().ToArray();
-            topIds = ids.cpu().data<long>().ToArray();
-        }
-        for (var i = 0; i < count; i++)
-        {
-            var top = Enumerable.Range(0, k).Select(j => ((int)topIds[(i * k) + j], topValues[(i * k) + j])).ToArray();
-            request.PromptLogprobs.Add(new PromptLogprob(prompt[chunk.Start + 1 + i], chosen[i], top));
+            using var scope = NewDisposeScope();
+            var rows = Math.Min(PromptLogprobSlice, count - first);
+            var logSoftmax = logits.narrow(0, first, rows).to(ScalarType.Float32).log_softmax(-1);
+            var targets = tensor(prompt.Skip(chunk.Start + 1 + first).Take(rows).Select(t => (long)t).ToArray(), device: logits.device);
+            var chosen = logSoftmax.gather(1, targets.view(rows, 1)).view(rows).cpu().data<float>().ToArray();
+            float[] topValues = [];
+            long[] topIds = [];
+            if (k > 0)
+            {
+                var (values, ids) = logSoftmax.topk(k, -1);
+                topValues = values.cpu().data<float>().ToArray();
+                topIds = ids.cpu().data<long>().ToArray();
+            }
+            for (var i = 0; i < rows; i++)
+            {
+                var top = Enumerable.Range(0, k).Select(j => ((int)topIds[(i * k) + j], topValues[(i * k) + j])).ToArray();
+                request.PromptLogprobs.Add(new PromptLogprob(prompt[chunk.Start + 1 + first + i], chosen[i], top));
+            }
         }
     }
+
+    /// <summary>Prompt positions whose log-probabilities are computed together (<see cref="RecordPromptLogprobs"/>).</summary>
+    public const int PromptLogprobSlice = 256;
 
     private void DecodeStep()
     {
