@@ -134,7 +134,9 @@ public sealed class EndpointServerTests : IAsyncLifetime
         var changed = _h.Api.Get<InferenceEndpoint>("default", "steady");
         changed.Spec = changed.Spec with { MaxContextLength = 2048 };
         _h.Api.Update(changed);
-        var rolled = await _h.WaitAsync<V1Deployment>("steady-inference", d => d.Spec.Template.Spec.Containers[0].Args.Contains("2048"), "the rolled Deployment");
+        // The value after --max-context (the args also hold --max-num-batched-tokens 2048, the GPU prefill budget).
+        var rolled = await _h.WaitAsync<V1Deployment>("steady-inference", d => d.Spec.Template.Spec.Containers[0].Args is { } args
+            && args.IndexOf("--max-context") is var at && at >= 0 && at + 1 < args.Count && args[at + 1] == "2048", "the rolled Deployment");
         Assert.Equal("ghcr.io/lowbit-dev/lowbit-engine:9.9.9", rolled.Spec.Template.Spec.Containers[0].Image);
         var deadlineEvent = DateTime.UtcNow + OperatorHarness.Patience;
         Corev1Event? rolling = null;
