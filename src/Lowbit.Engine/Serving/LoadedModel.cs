@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;
@@ -80,6 +81,13 @@ public sealed class LoadedModel : IDisposable
             {
                 log($"decode graphs: {batch.GraphSummary()} (every batch × length bucket, before the first request)");
             }
+            var cudaIndex = options.Device.type == TorchSharp.DeviceType.CUDA ? Math.Max(0, (int)options.Device.index) : -1;
+            if (cudaIndex >= 0 && CudaMemory.Stats(cudaIndex) is { } built && CudaMemory.EmptyCache())
+            {
+                // The pre-fusion weights (and a quantized model's replaced dense linears) were freed into the caching
+                // allocator, which would keep them reserved (docs/planner.md, "Our engine on the H200").
+                log($"memory after load: {built}; cached blocks returned to the driver, now {CudaMemory.Stats(cudaIndex)}");
+            }
             var scheduler = new ServeScheduler(batch, tokenizer, new SchedulerOptions
             {
                 MaxConcurrency = options.MaxConcurrency,
@@ -101,6 +109,10 @@ public sealed class LoadedModel : IDisposable
                 var warm = scheduler.WarmUpAsync().GetAwaiter().GetResult();
                 log(string.Create(CultureInfo.InvariantCulture,
                     $"warm-up: a prefill of {warm.PrefillTokens} dummy tokens over {warm.PrefillChunks} slots, a decode step of {warm.DecodeRows} rows and the sampler in {warm.Seconds:F2} s (slots cleared before ready)"));
+            }
+            if (cudaIndex >= 0 && CudaMemory.Stats(cudaIndex) is { } ready)
+            {
+                log($"memory at ready: {ready}");
             }
             var eosIds = EosIdsOf(directory, tokenizer).Concat(config.EosTokenIds).Distinct().Order().ToArray();
             return new LoadedModel(model, tokenizer, tokenizerConfig, eosIds, batch, scheduler, adapters);

@@ -130,14 +130,17 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
     cmd = [os.path.join(engine, "run.sh"), "serve", "--model", model, "--device", DEVICE, "--port", str(port),
            "--max-context", str(context), "--max-concurrency", str(concurrency), "--max-num-batched-tokens", str(PREFILL_BUDGET),
            "--served-name", "cal"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # stderr to a file, not a pipe nobody reads while it runs (a full pipe would block the server's logging).
+    err = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lowbit-calibrate-serve-{port}.log"), "w+", encoding="utf-8")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True)
     watch = NvmlPeak(proc.pid).start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + limit
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"serve exited {proc.returncode}: {proc.stderr.read()[-300:]}")
+                err.seek(0)
+                raise RuntimeError(f"serve exited {proc.returncode}: {err.read()[-300:]}")
             try:
                 if urllib.request.urlopen(base + "/ready", timeout=2).status == 200:
                     break
@@ -163,7 +166,10 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
         if errors:
             raise RuntimeError(f"{len(errors)} requests failed: {errors[0]}")
         time.sleep(0.3)
-        return watch.stop(), ready_peak
+        err.seek(0)
+        # The engine's own allocator report at ready (CudaMemory: live vs cached), when liblowbit_memory.so built.
+        allocator = next((line for line in err.read().splitlines() if "memory at ready:" in line), None)
+        return watch.stop(), ready_peak, allocator
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -172,6 +178,7 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         watch.stop()
+        err.close()
 
 
 def finetune_point(engine, model, method, seq, micro, checkpointing, limit):
@@ -231,10 +238,11 @@ def main():
             if weights.startswith("int4-g"):
                 base["weights"], base["groupSize"] = "int4", int(weights.split("-g")[1])
             if kind == "serve":
-                peak, ready = serve_point(args.engine, model, a, b, port, min(150, left), base["hfConfig"]["vocab_size"])
+                peak, ready, allocator = serve_point(args.engine, model, a, b, port, min(150, left), base["hfConfig"]["vocab_size"])
                 name = f"cal-lowbit-serve-{shape}-{weights}-ctx{a}-b{b}"
                 emit(args.out, dict(base, id=f"{name}-nvml", mode="inference", context=a, batch=b, prefillChunk=PREFILL_BUDGET, measure="nvml",
-                                    value=round(peak, 4), readyPeakGiB=round(ready, 4)))
+                                    value=round(peak, 4), readyPeakGiB=round(ready, 4),
+                                    **({"engineMemoryAtReady": json.loads(allocator).get("message", allocator)} if allocator and allocator.startswith("{") else {})))
             else:
                 checkpointing = point[5]
                 method = "lora" if weights == "bf16" else "qlora"

@@ -20,4 +20,12 @@ g++ -O2 -std=c++17 -fPIC -shared -D_GLIBCXX_USE_CXX11_ABI="$abi" \
   -L"$torch_dir/lib" -ltorch -ltorch_cpu -ltorch_cuda -lc10 -lc10_cuda -L"$cuda_home/lib64" -lcudart \
   -Wl,-rpath,"$torch_dir/lib" >&2
 mv "$out/liblowbit_native.so.tmp" "$out/liblowbit_native.so"
+# Optional, next to it: the caching allocator's statistics and emptyCache (CudaMemory.cs). A failure here leaves the
+# decode library as it is; serve then reports device-used memory only.
+if [ -f "$src/lowbit_memory.cpp" ]; then
+  g++ -O2 -std=c++17 -fPIC -shared -D_GLIBCXX_USE_CXX11_ABI="$abi" \
+    -I"$torch_dir/include" -I"$cuda_home/include" "$src/lowbit_memory.cpp" -o "$out/liblowbit_memory.so" \
+    -L"$torch_dir/lib" -lc10 -lc10_cuda -Wl,-rpath,"$torch_dir/lib" >&2 \
+    || { echo "build.sh: liblowbit_memory.so did not build (allocator statistics off)" >&2; rm -f "$out/liblowbit_memory.so"; }
+fi
 echo "$out/liblowbit_native.so"
