@@ -149,19 +149,11 @@ public sealed class ServeScheduler : IDisposable
             var logits = _batch.Prefill(chunks);
             if (_batch.BatchesPrefill)
             {
-                // The prompt log-probabilities' work on every position, in the slices RecordPromptLogprobs uses (the
+                // The prompt log-probabilities' work on every position, sliced as for requests (PromptLogprobs; the
                 // peak: 16-bit logits of the whole budget plus one slice's fp32 log-softmax). Taken over the whole
                 // budget at once it held ~3.8 GiB at 2,048 × 32,000 on the H200 (docs/planner.md).
-                var positions = (int)logits.shape[0];
-                for (var first = 0; first < positions; first += PromptLogprobSlice)
-                {
-                    using var slice = NewDisposeScope();
-                    var count = Math.Min(PromptLogprobSlice, positions - first);
-                    var logSoftmax = logits.narrow(0, first, count).to(ScalarType.Float32).log_softmax(-1);
-                    var targets = tensor(Enumerable.Range(first, count).Select(i => (long)(i % vocab)).ToArray(), device: logits.device);
-                    _ = logSoftmax.gather(1, targets.view(-1, 1)).cpu();
-                    _ = logSoftmax.topk(Math.Min(Sampler.MaxLogprobs, (int)logits.shape[1]), -1).values.cpu();
-                }
+                var targets = Enumerable.Range(0, (int)logits.shape[0]).Select(i => i % vocab).ToArray();
+                _ = PromptLogprobs(logits, targets, Math.Min(Sampler.MaxLogprobs, (int)logits.shape[1]));
                 logits = _batch.Prefill(chunks.Select(c => c with { AllPositions = false }).ToList());
             }
             Sampler.Sample(logits, WarmUpDraws(chunks.Count));
@@ -371,29 +363,43 @@ public sealed class ServeScheduler : IDisposable
             return;
         }
         var k = Math.Min(request.Options.PromptLogprobs ?? 0, Sampler.MaxLogprobs);
-        // In slices of positions: the fp32 log-softmax of a whole 2,048-token chunk would be 8 B × vocabulary per
-        // position on top of the 16-bit logits (the planner counts one slice: MemoryEstimator.LogitsBytes).
-        for (var first = 0; first < count; first += PromptLogprobSlice)
+        var targets = prompt.Skip(chunk.Start + 1).Take(count).ToArray();
+        var scored = PromptLogprobs(logits.narrow(0, 0, count), targets, k);
+        for (var i = 0; i < count; i++)
+        {
+            request.PromptLogprobs.Add(new PromptLogprob(targets[i], scored[i].Chosen, scored[i].Top));
+        }
+    }
+
+    /// <summary>
+    /// Each row's log-probability of its target and its <paramref name="k"/> most likely ids, in slices of
+    /// <see cref="PromptLogprobSlice"/> rows: the fp32 log-softmax of a whole 2,048-token chunk would be 8 B × vocabulary
+    /// per position on top of the 16-bit logits (the planner counts one slice: MemoryEstimator.LogitsBytes).
+    /// </summary>
+    private static List<(float Chosen, (int Id, float Logprob)[] Top)> PromptLogprobs(Tensor logits, IReadOnlyList<int> targets, int k)
+    {
+        var scored = new List<(float, (int, float)[])>(targets.Count);
+        for (var first = 0; first < targets.Count; first += PromptLogprobSlice)
         {
             using var scope = NewDisposeScope();
-            var rows = Math.Min(PromptLogprobSlice, count - first);
+            var rows = Math.Min(PromptLogprobSlice, targets.Count - first);
             var logSoftmax = logits.narrow(0, first, rows).to(ScalarType.Float32).log_softmax(-1);
-            var targets = tensor(prompt.Skip(chunk.Start + 1 + first).Take(rows).Select(t => (long)t).ToArray(), device: logits.device);
-            var chosen = logSoftmax.gather(1, targets.view(rows, 1)).view(rows).cpu().data<float>().ToArray();
+            var ids = tensor(targets.Skip(first).Take(rows).Select(t => (long)t).ToArray(), device: logits.device);
+            var chosen = logSoftmax.gather(1, ids.view(rows, 1)).view(rows).cpu().data<float>().ToArray();
             float[] topValues = [];
             long[] topIds = [];
             if (k > 0)
             {
-                var (values, ids) = logSoftmax.topk(k, -1);
+                var (values, indices) = logSoftmax.topk(k, -1);
                 topValues = values.cpu().data<float>().ToArray();
-                topIds = ids.cpu().data<long>().ToArray();
+                topIds = indices.cpu().data<long>().ToArray();
             }
             for (var i = 0; i < rows; i++)
             {
-                var top = Enumerable.Range(0, k).Select(j => ((int)topIds[(i * k) + j], topValues[(i * k) + j])).ToArray();
-                request.PromptLogprobs.Add(new PromptLogprob(prompt[chunk.Start + 1 + first + i], chosen[i], top));
+                scored.Add((chosen[i], Enumerable.Range(0, k).Select(j => ((int)topIds[(i * k) + j], topValues[(i * k) + j])).ToArray()));
             }
         }
+        return scored;
     }
 
     /// <summary>Prompt positions whose log-probabilities are computed together (<see cref="RecordPromptLogprobs"/>).</summary>

@@ -16,19 +16,6 @@ namespace Lowbit.Engine.Tests.Lora;
 /// </summary>
 public sealed class ChunkedCrossEntropyTests
 {
-    private static string FixtureDirectory()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = Path.Combine(dir.FullName, "tests", "fixtures", "tiny-llama");
-            if (File.Exists(Path.Combine(candidate, "model.safetensors")))
-            {
-                return candidate;
-            }
-        }
-        throw new DirectoryNotFoundException("tests/fixtures/tiny-llama not found");
-    }
-
     private static TrainingExample Example(Random random, int length, int promptLength, int vocab)
     {
         var ids = new int[length];
@@ -52,7 +39,7 @@ public sealed class ChunkedCrossEntropyTests
 
     private static (LlamaForCausalLM Model, IReadOnlyList<(string Path, LoraLinear Module)> Modules) Fixture()
     {
-        var model = ModelLoading.Load(FixtureDirectory(), ScalarType.Float32, CPU);
+        var model = ModelLoading.Load(TokenizerTests.FixtureDirectory, ScalarType.Float32, CPU);
         var settings = new LoraSettings { R = 4, Alpha = 8, Dropout = 0.1, TargetModules = LoraSettings.AllTargets };
         var modules = LoraModel.Wrap(model, settings, 3, CPU);
         using (no_grad())

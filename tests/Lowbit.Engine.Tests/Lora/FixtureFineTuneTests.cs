@@ -18,19 +18,6 @@ namespace Lowbit.Engine.Tests.Lora;
 /// </summary>
 public sealed class FixtureFineTuneTests(ITestOutputHelper output)
 {
-    private static string FixtureDirectory()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = Path.Combine(dir.FullName, "tests", "fixtures", "tiny-llama");
-            if (File.Exists(Path.Combine(candidate, "model.safetensors")))
-            {
-                return candidate;
-            }
-        }
-        throw new DirectoryNotFoundException("tests/fixtures/tiny-llama not found");
-    }
-
     /// <summary>The first half of eval.txt as a .txt dataset, and the second half's tokens (BOS first) for scoring.</summary>
     private static (string TrainText, IReadOnlyList<int> Held) Halves(string fixture, TempDir dir)
     {
@@ -79,7 +66,7 @@ public sealed class FixtureFineTuneTests(ITestOutputHelper output)
     public void Does_lower_the_training_loss_of_lora_on_the_fixture()
     {
         using var dir = new TempDir();
-        var fixture = FixtureDirectory();
+        var fixture = TokenizerTests.FixtureDirectory;
         var (train, _) = Halves(fixture, dir);
         var losses = new List<double>();
 
@@ -101,7 +88,7 @@ public sealed class FixtureFineTuneTests(ITestOutputHelper output)
     public void Does_recover_held_out_perplexity_of_the_2_bit_hqq_fixture_with_qlora()
     {
         using var dir = new TempDir();
-        var fixture = FixtureDirectory();
+        var fixture = TokenizerTests.FixtureDirectory;
         var (train, held) = Halves(fixture, dir);
         using (var checkpoint = Checkpoint.Open(fixture))
         {
