@@ -6,7 +6,7 @@
 # the built images by digest (chart values image.digest and engine.digest). tests/Lowbit.Chart.Tests checks this
 # file statically: every COPY source exists, every stage's final USER is non-root, no `latest` and no untagged base.
 ARG DOTNET_SDK_IMAGE=mcr.microsoft.com/dotnet/sdk:10.0-noble
-ARG DOTNET_RUNTIME_IMAGE=mcr.microsoft.com/dotnet/aspnet:10.0-noble-chiseled
+ARG DOTNET_RUNTIME_DEPS_IMAGE=mcr.microsoft.com/dotnet/runtime-deps:10.0-noble-chiseled
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
@@ -15,7 +15,8 @@ FROM ${DOTNET_SDK_IMAGE} AS build
 WORKDIR /src
 COPY global.json Directory.Build.props Directory.Packages.props ./
 COPY src/ src/
-RUN dotnet publish src/Lowbit.Operator/Lowbit.Operator.csproj -c Release -r linux-x64 --self-contained false \
+# The operator: self-contained and trimmed (src/Lowbit.Operator/Properties/PublishProfiles/trimmed.pubxml, as make build).
+RUN dotnet publish src/Lowbit.Operator/Lowbit.Operator.csproj -c Release -p:PublishProfile=trimmed \
       -p:UseAppHost=true -p:DebugType=none -o /out/operator
 # The engine without bundled libtorch (LowbitTorchBackend=none): the engine image takes libtorch from the PyTorch
 # CUDA wheel, exactly as src/Lowbit.Engine/gpu/run.sh does on a GPU host.
@@ -23,8 +24,9 @@ RUN dotnet publish src/Lowbit.Engine/Lowbit.Engine.csproj -c Release -r linux-x6
       -p:LowbitTorchBackend=none -p:UseAppHost=true -p:DebugType=none -o /out/engine \
  && find /out/engine -name 'libSkiaSharp*' -delete && rm -rf /out/engine/runtimes
 
-# ---- operator: .NET runtime only (no libtorch; tests/Lowbit.Architecture.Tests keeps TorchSharp out of it) ----
-FROM ${DOTNET_RUNTIME_IMAGE} AS operator
+# ---- operator: self-contained, on the runtime's native dependencies only (no libtorch; tests/Lowbit.Architecture.Tests
+# keeps TorchSharp out of it) ----
+FROM ${DOTNET_RUNTIME_DEPS_IMAGE} AS operator
 WORKDIR /app
 COPY --from=build /out/operator/ /app/
 # The chart sets the same (see charts/lowbit/templates/deployment.yaml): no W^X double mapping of JIT code.

@@ -26,9 +26,13 @@ tools:
 
 ## build: publish the user-facing programs as executables into ./out
 build: restore
+	rm -f $(OUT)/lowbit-operator
 	$(DOTNET) publish src/Lowbit.Cli/Lowbit.Cli.csproj -c $(CONFIGURATION) -o $(OUT) --no-restore -p:UseAppHost=true
-	$(DOTNET) publish src/Lowbit.Operator/Lowbit.Operator.csproj -c $(CONFIGURATION) -o $(OUT) --no-restore -p:UseAppHost=true
 	$(DOTNET) publish src/Lowbit.Engine/Lowbit.Engine.csproj -c $(CONFIGURATION) -o $(OUT) --no-restore -p:UseAppHost=true
+	# The operator ships self-contained and trimmed (its publish profile; docs/operator-memory.md), in its own folder so
+	# its trimmed framework assemblies never replace files the framework-dependent lowbit and lowbit-engine load.
+	$(DOTNET) publish src/Lowbit.Operator/Lowbit.Operator.csproj -c $(CONFIGURATION) -o $(OUT)/operator -p:PublishProfile=trimmed -p:UseAppHost=true
+	ln -sfn operator/lowbit-operator $(OUT)/lowbit-operator
 	@ls -1 $(OUT)/lowbit $(OUT)/lowbit-operator $(OUT)/lowbit-engine
 
 ## test: everything CI runs; ends with one summary line "tests: N passed, N failed, N skipped"

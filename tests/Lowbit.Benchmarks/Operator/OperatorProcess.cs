@@ -24,6 +24,9 @@ public sealed class OperatorProcess : IAsyncDisposable
         _http = new HttpClient { BaseAddress = baseUri, Timeout = TimeSpan.FromSeconds(10) };
     }
 
+    /// <summary>Names an operator executable the benchmarks start instead of <c>dotnet lowbit-operator.dll</c>.</summary>
+    public const string ExecutableVariable = "LOWBIT_BENCH_OPERATOR";
+
     public int Id => _process.Id;
 
     /// <summary>Starts the operator and waits until <c>/readyz</c> answers 200 (caches synced).</summary>
@@ -35,15 +38,17 @@ public sealed class OperatorProcess : IAsyncDisposable
             throw new FileNotFoundException($"the operator build is missing next to the benchmark ({dll} and its runtimeconfig.json); build tests/Lowbit.Benchmarks", dll);
         }
 
+        // LOWBIT_BENCH_OPERATOR: an operator executable to measure instead (e.g. the published out/lowbit-operator).
+        var executable = Environment.GetEnvironmentVariable(ExecutableVariable);
         var port = FreePort();
-        var info = new ProcessStartInfo("dotnet")
+        var info = new ProcessStartInfo(string.IsNullOrEmpty(executable) ? "dotnet" : Path.GetFullPath(executable))
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
             WorkingDirectory = AppContext.BaseDirectory,
         };
-        foreach (var arg in new[] { dll, "--kubeconfig", kubeconfig, "--urls", $"http://127.0.0.1:{port}" }.Concat(settings))
+        foreach (var arg in (string.IsNullOrEmpty(executable) ? new[] { dll } : []).Concat(["--kubeconfig", kubeconfig, "--urls", $"http://127.0.0.1:{port}"]).Concat(settings))
         {
             info.ArgumentList.Add(arg);
         }
