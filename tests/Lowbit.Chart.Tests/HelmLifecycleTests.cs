@@ -59,8 +59,11 @@ public sealed class HelmLifecycleTests : IAsyncLifetime
                 """),
             StateDirectory = Path.Combine(_work, "executor"),
             // The operator the tests were built with (its apphost sits next to them through the project reference):
-            // the chart's image ghcr.io/lowbit-dev/lowbit-operator runs as this program.
-            OperatorPath = Path.Combine(AppContext.BaseDirectory, "lowbit-operator"),
+            // the chart's image ghcr.io/lowbit-dev/lowbit-operator runs as this program. LOWBIT_TEST_OPERATOR names
+            // another executable, e.g. out/lowbit-operator (the self-contained trimmed build that ships) after make build.
+            OperatorPath = Environment.GetEnvironmentVariable("LOWBIT_TEST_OPERATOR") is { Length: > 0 } shipped
+                ? Path.GetFullPath(shipped)
+                : Path.Combine(AppContext.BaseDirectory, "lowbit-operator"),
         }, TimeProvider.System, NullLoggerFactory.Instance);
     }
 

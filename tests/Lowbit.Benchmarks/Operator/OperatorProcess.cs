@@ -29,6 +29,11 @@ public sealed class OperatorProcess : IAsyncDisposable
 
     public int Id => _process.Id;
 
+    /// <summary>What the benchmarks measure, for their reports: the executable named by <see cref="ExecutableVariable"/>, or the build's dll.</summary>
+    public static string Describe() => Environment.GetEnvironmentVariable(ExecutableVariable) is { Length: > 0 } executable
+        ? $"`{Path.GetFullPath(executable)}` ({ExecutableVariable}; `make build` ships `out/lowbit-operator`, self-contained and trimmed)"
+        : "`dotnet lowbit-operator.dll` from the benchmark's build, framework-dependent (set LOWBIT_BENCH_OPERATOR=out/lowbit-operator after `make build` to measure what ships)";
+
     /// <summary>Starts the operator and waits until <c>/readyz</c> answers 200 (caches synced).</summary>
     public static async Task<OperatorProcess> StartAsync(string kubeconfig, IEnumerable<string> settings, IReadOnlyDictionary<string, string>? environment = null)
     {

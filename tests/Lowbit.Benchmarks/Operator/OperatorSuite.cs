@@ -129,7 +129,7 @@ public sealed class OperatorSuite : IBenchmarkSuite
         var report = new StringBuilder();
         report.AppendLine("# Operator benchmark").AppendLine();
         report.AppendLine(CultureInfo.InvariantCulture,
-            $"InferenceEndpoints created at once against the embedded API server (HTTP, in the benchmark process); the operator runs as its own process (`dotnet lowbit-operator.dll`, its shipped runtimeconfig), 8 workers, leader election off; {Environment.ProcessorCount} CPUs. Memory is the operator process alone (/proc/<pid>/status); heap from its /metrics.").AppendLine();
+            $"InferenceEndpoints created at once against the embedded API server (HTTP, in the benchmark process); the operator runs as its own process ({OperatorProcess.Describe()}), 8 workers, leader election off; {Environment.ProcessorCount} CPUs. Memory is the operator process alone (/proc/<pid>/status); heap from its /metrics.").AppendLine();
         report.Append("| measure |");
         foreach (var r in results)
         {

@@ -132,7 +132,7 @@ public sealed class SoakSuite : IBenchmarkSuite
         var slope = Slope(settled.Select(s => (s.At.TotalMinutes, s.Rss / 1048576.0)).ToList());
         var report = new StringBuilder();
         report.AppendLine("# Operator soak").AppendLine();
-        report.AppendLine(CultureInfo.InvariantCulture, $"{objects:N0} resources (4 InferenceEndpoints : 1 QuantizedModel) for {minutes} min; 1% spec changes per minute; every watch dropped every 5 min; {Environment.ProcessorCount} CPUs.").AppendLine();
+        report.AppendLine(CultureInfo.InvariantCulture, $"{objects:N0} resources (4 InferenceEndpoints : 1 QuantizedModel) for {minutes} min; 1% spec changes per minute; every watch dropped every 5 min; {Environment.ProcessorCount} CPUs; operator: {OperatorProcess.Describe()}.").AppendLine();
         report.AppendLine("| measure | value |").AppendLine("|---|---|");
         report.AppendLine(CultureInfo.InvariantCulture, $"| operator RSS first / last / max | {Mib(samples[0].Rss)} / {Mib(samples[^1].Rss)} / {Mib(samples.Max(s => s.Rss))} MiB |");
         report.AppendLine(CultureInfo.InvariantCulture, $"| RSS trend after the first quarter (least squares) | {slope:+0.00;-0.00} MiB/min |");
