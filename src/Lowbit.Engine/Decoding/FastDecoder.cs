@@ -80,6 +80,13 @@ public sealed class FastDecoder : IDisposable
         _embed = model.Model.EmbedTokens.weight!.detach();
         _finalNorm = FinalNorm(model).detach();
         _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype) : new DenseProjection(_embed.alias(), null);
+        if (cuda)
+        {
+            // The pre-fusion q/k/v and gate/up storage is free now, but the caching allocator keeps it reserved, and the
+            // KV slab's per-layer tensors do not fit those blocks: return them before allocating the slab, so the
+            // process never holds the weights twice (no-op without liblowbit_memory.so; docs/planner.md).
+            CudaMemory.EmptyCache();
+        }
         var rotary = new RotaryEmbedding(_config);
         (_cos, _sin) = rotary.CosSin(0, MaxLength, _dtype, device);
         _keys = new Tensor[_layers.Length];
