@@ -1,0 +1,52 @@
+#include "cuda_runtime.h"
+#include "cuda_bf16.h"
+#include "cuda_fp16.h"
+#include <cstdio>
+#include <random>
+#include <vector>
+extern "C" int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, void*);
+int run(int batch, int n, int k, int group, int sms, int xstride_extra) {
+  g_sms = sms;
+  std::mt19937 rng(n * 31 + k + batch);
+  std::uniform_int_distribution<int> code(0, 15);
+  std::normal_distribution<float> nd(0, 1);
+  int G = k / group;
+  std::vector<uint8_t> packed((size_t)n * k / 2);
+  std::vector<int> q((size_t)n * k);
+  for (size_t i = 0; i < q.size(); i++) q[i] = code(rng);
+  for (size_t i = 0; i < packed.size(); i++) packed[i] = (uint8_t)(q[2 * i] | (q[2 * i + 1] << 4));
+  std::vector<__half> s((size_t)n * G), z((size_t)n * G);
+  for (size_t i = 0; i < s.size(); i++) { s[i] = __float2half(0.01f + 0.001f * (i % 7)); z[i] = __float2half(7.5f + 0.13f * (i % 5)); }
+  int64_t xs = k + xstride_extra;
+  std::vector<__nv_bfloat16> x((size_t)batch * xs);
+  for (auto& v : x) v = __float2bfloat16(nd(rng));
+  std::vector<__nv_bfloat16> out((size_t)batch * (n + 3), __float2bfloat16(NAN));
+  int rc = lowbit_launch_int4_v2(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group, nullptr);
+  if (rc) { printf("rc %d\n", rc); return 1; }
+  double err = 0, norm = 0;
+  for (int b = 0; b < batch; b++) for (int r = 0; r < n; r++) {
+    double ref = 0;
+    for (int i = 0; i < k; i++) {
+      int g = i / group;
+      ref += (double)__bfloat162float(x[b * xs + i]) * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
+    }
+    double o = __bfloat162float(out[b * (n + 3) + r]);
+    err += (o - ref) * (o - ref); norm += ref * ref;
+  }
+  // untouched padding columns stay NaN
+  bool pad = true;
+  for (int b = 0; b < batch; b++) for (int r = n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
+  printf("batch %d n %d k %d g %d sms %d: rel err %.3e, padding untouched %d\n", batch, n, k, group, sms, sqrt(err / norm), pad);
+  return sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
+}
+int main() {
+  int f = 0;
+  f += run(1, 20, 4096, 64, 2, 0);
+  f += run(2, 13, 4096, 128, 1, 8);
+  f += run(1, 9, 11008, 64, 1, 0);
+  f += run(2, 17, 11008, 128, 2, 0);
+  f += run(1, 33, 5120, 128, 3, 0);
+  f += run(1, 3, 16384, 64, 1, 0);
+  printf("%s\n", f ? "FAIL" : "ok");
+  return f;
+}

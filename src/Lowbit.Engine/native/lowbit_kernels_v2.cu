@@ -1,0 +1,270 @@
+// Lowbit decode kernels, second generation (CUDA C++, no libtorch headers). Built by build.sh into its own
+// liblowbit_kernels_v2.so, apart from liblowbit_native.so, so that a compile or launch problem here only removes these
+// kernels: the engine measures them against the first-generation ones and cuBLAS when a decoder builds
+// (KernelSelection.cs) and uses whichever is fastest.
+//
+// int4_gemv_v2: the int4 dequantize-GEMV for 1 or 2 activation rows over our `lowbit` packing (packed[n, k/2], byte j =
+// code 2j in its low nibble, 2j+1 in its high nibble; fp16 scales/zeros [n, k/group]).
+// Why the first kernel (lowbit_kernels.cu, int4_gemv_kernel) reaches only about a quarter of the bandwidth: every warp
+// re-reads all of x for each pair of rows (2 bytes of activation from L1 per half byte of weight, in 64-byte-strided,
+// badly coalesced loads), converts it again, recomputes its sums, and converts each code with a shift, a mask and an
+// add. Here:
+//  - a block of 256 threads owns all of K: thread t holds the activations of its 16-code chunks (c = t + 256 j) in
+//    registers as floats, with their sums, loaded and converted once per block, then loops over tiles of rows
+//    (a persistent grid: about as many blocks as fit on the device at once);
+//  - per row a thread reads 8 bytes per chunk (a warp reads 256 contiguous bytes), and the tile's loads for the next
+//    rows are issued before the current tile's cross-warp reduction, so memory stays busy across the __syncthreads;
+//  - two masks split 8 codes into bytes, and one byte permute per code makes the exact float 2^23 + q (the byte becomes
+//    the low mantissa bits), so a code costs a permute, an add and an FMA;
+//  - per chunk (inside one group, as group % 32 == 0): acc += s * (sum x*q - z * sum x) in fp32, like the first kernel,
+//    so results differ from the eager reference (x @ dequant(W)^T) by fp32 summation order and the reference's rounding
+//    of the dequantized weight to the model dtype.
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+template <typename T> struct Cvt2;
+template <> struct Cvt2<__nv_bfloat16> {
+  static __device__ __forceinline__ float f(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 t(float v) { return __float2bfloat16(v); }
+};
+template <> struct Cvt2<__half> {
+  static __device__ __forceinline__ float f(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half t(float v) { return __float2half(v); }
+};
+
+__device__ __forceinline__ float warp_sum2(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Byte `sel & 3` of `bytes` (a value 0..15) as an exact float: the permute builds 0x4B0000qq = 2^23 + qq.
+// Selector nibbles, low to high: result byte 0 <- bytes[sel], bytes 1 and 2 <- 0x00 (byte 0 of 0x4B000000),
+// byte 3 <- 0x4B (byte 3 of 0x4B000000).
+template <int B>
+__device__ __forceinline__ float code_of(uint32_t bytes) {
+  return __uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7440u | (unsigned)B)) - 8388608.f;
+}
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+template <int NB, int CH>
+struct Tile {
+  // Rows per tile: fewer when the activations take many registers.
+  static constexpr int R = NB * CH >= 4 ? 4 : 8;
+};
+
+// Loads a tile's codes, scales and zeros into registers (rows past n repeat the last row; their outputs are not written).
+template <int R, int CH>
+__device__ __forceinline__ void load_tile(const uint2* __restrict__ wbase, const unsigned short* __restrict__ scales,
+                                          const unsigned short* __restrict__ zeros, int r0, int n, int chunks,
+                                          int groups, int tid, const bool (&live)[CH], const int (&gidx)[CH],
+                                          uint2 (&wv)[R][CH], unsigned short (&sv)[R][CH],
+                                          unsigned short (&zv)[R][CH]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int64_t row = (int64_t)min(r0 + r, n - 1);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      if (live[j]) {
+        const int c = tid + j * kThreads;
+        wv[r][j] = __ldg(wbase + row * chunks + c);
+        sv[r][j] = __ldg(scales + row * groups + gidx[j]);
+        zv[r][j] = __ldg(zeros + row * groups + gidx[j]);
+      } else {
+        wv[r][j] = make_uint2(0u, 0u);
+        sv[r][j] = 0;
+        zv[r][j] = 0;
+      }
+    }
+  }
+}
+
+template <typename T, int NB, int CH>
+__global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int n, int k, int group) {
+  constexpr int R = Tile<NB, CH>::R;
+  __shared__ float red[2][kWarps][R * NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 16;
+  const int groups = k / group;
+  const uint2* wbase = reinterpret_cast<const uint2*>(packed);
+
+  // This thread's activations (floats) and their per-chunk sums.
+  float xv[CH][NB][16];
+  float xs[CH][NB];
+  int gidx[CH];
+  bool live[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kThreads;
+    live[j] = c < chunks;
+    gidx[j] = live[j] ? (c * 16) / group : 0;
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float s = 0.f;
+      if (live[j]) {
+        const uint4* xp = reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 16);
+        const uint4 u0 = xp[0];
+        const uint4 u1 = xp[1];
+        const T* t0 = reinterpret_cast<const T*>(&u0);
+        const T* t1 = reinterpret_cast<const T*>(&u1);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          xv[j][b][i] = Cvt2<T>::f(t0[i]);
+          xv[j][b][8 + i] = Cvt2<T>::f(t1[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) s += xv[j][b][i];
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; i++) xv[j][b][i] = 0.f;
+      }
+      xs[j][b] = s;
+    }
+  }
+
+  uint2 wv[R][CH];
+  unsigned short sv[R][CH];
+  unsigned short zv[R][CH];
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+
+  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+  int buf = 0;
+  for (; row0 < n; row0 += stride) {
+    float acc[R][NB];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        const uint32_t lo0 = wv[r][j].x & 0x0F0F0F0Fu;
+        const uint32_t hi0 = (wv[r][j].x >> 4) & 0x0F0F0F0Fu;
+        const uint32_t lo1 = wv[r][j].y & 0x0F0F0F0Fu;
+        const uint32_t hi1 = (wv[r][j].y >> 4) & 0x0F0F0F0Fu;
+        float q[16];
+        q[0] = code_of<0>(lo0);  q[1] = code_of<0>(hi0);  q[2] = code_of<1>(lo0);  q[3] = code_of<1>(hi0);
+        q[4] = code_of<2>(lo0);  q[5] = code_of<2>(hi0);  q[6] = code_of<3>(lo0);  q[7] = code_of<3>(hi0);
+        q[8] = code_of<0>(lo1);  q[9] = code_of<0>(hi1);  q[10] = code_of<1>(lo1); q[11] = code_of<1>(hi1);
+        q[12] = code_of<2>(lo1); q[13] = code_of<2>(hi1); q[14] = code_of<3>(lo1); q[15] = code_of<3>(hi1);
+        const float s = __half2float(__ushort_as_half(sv[r][j]));
+        const float z = __half2float(__ushort_as_half(zv[r][j]));
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          float d = 0.f;
+#pragma unroll
+          for (int i = 0; i < 16; i++) d = fmaf(xv[j][b][i], q[i], d);
+          acc[r][b] = fmaf(s, fmaf(-z, xs[j][b], d), acc[r][b]);
+        }
+      }
+    }
+    // The next tile's loads go out before this tile's reduction and barrier.
+    const int next = row0 + stride;
+    if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const float v = warp_sum2(acc[r][b]);
+        if (lane == 0) red[buf][warp][r * NB + b] = v;
+      }
+    }
+    __syncthreads();
+    if (tid < R * NB) {
+      const int r = tid / NB;
+      const int b = tid % NB;
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) v += red[buf][w][tid];
+      if (row0 + r < n) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+    }
+    // The other buffer next: its readers of two tiles ago passed the barrier above before anyone writes it again.
+    buf ^= 1;
+  }
+}
+
+template <typename T, int NB, int CH>
+int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int n,
+              int k, int group, cudaStream_t st) {
+  // Blocks resident per SM for this instantiation (host-side query, once per process).
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH>, kThreads, 0) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v;
+  }();
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  constexpr int R = Tile<NB, CH>::R;
+  const int64_t tiles = ((int64_t)n + R - 1) / R;
+  const int64_t resident = (int64_t)sms * per_sm;
+  const int blocks = (int)(tiles < resident ? tiles : resident);
+  if (blocks == 0) return 0;
+  int4_gemv_v2_kernel<T, NB, CH><<<blocks, kThreads, 0, st>>>(
+      static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, n, k, group);
+  return (int)cudaGetLastError();
+}
+
+template <typename T, int NB>
+int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int n,
+                 int k, int group, cudaStream_t st) {
+  const int ch = (k / 16 + kThreads - 1) / kThreads;
+  switch (ch) {
+    case 1: return launch_v2<T, NB, 1>(x, xs, p, s, z, out, os, n, k, group, st);
+    case 2: return launch_v2<T, NB, 2>(x, xs, p, s, z, out, os, n, k, group, st);
+    case 3: return launch_v2<T, NB, 3>(x, xs, p, s, z, out, os, n, k, group, st);
+    case 4: return launch_v2<T, NB, 4>(x, xs, p, s, z, out, os, n, k, group, st);
+    default: return -3;
+  }
+}
+
+template <typename T>
+int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                 int batch, int n, int k, int group, cudaStream_t st) {
+  switch (batch) {
+    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, n, k, group, st);
+    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, n, k, group, st);
+    default: return -3;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Largest batch and K the v2 int4 GEMV takes (the C# side checks these before choosing it).
+int lowbit_v2_int4_max_batch() { return 2; }
+int lowbit_v2_int4_max_k() { return 16 * kThreads * 4; }
+
+// 0 on success, -2 unsupported dtype, -3 unsupported batch/K, else a cudaError_t.
+int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
+                          const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
+                          void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (group % 32 != 0 || k % group != 0) return -3;
+  switch (dtype) {
+    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, st);
+    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, st);
+    default: return -2;
+  }
+}
+
+}  // extern "C"
