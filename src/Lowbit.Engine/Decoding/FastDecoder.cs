@@ -91,6 +91,13 @@ public sealed class FastDecoder : IDisposable
         _embed = model.Model.EmbedTokens.weight!.detach();
         _finalNorm = FinalNorm(model).detach();
         _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype) : new DenseProjection(_embed.alias(), null);
+        if (cuda)
+        {
+            // The pre-fusion q/k/v and gate/up storage is free now, but the caching allocator keeps it reserved, and the
+            // KV slab's per-layer tensors do not fit those blocks: return them before allocating the slab, so the
+            // process never holds the weights twice (no-op without liblowbit_memory.so; docs/planner.md).
+            CudaMemory.EmptyCache();
+        }
         var rotary = new RotaryEmbedding(_config);
         (_cos, _sin) = rotary.CosSin(0, MaxLength, _dtype, device);
         _keys = new Tensor[_layers.Length];
@@ -260,17 +267,33 @@ public sealed class FastDecoder : IDisposable
                 var (slot, start, length) = (chunks[c].Slot, chunks[c].Start, chunks[c].Tokens.Count);
                 _keys[layer][slot].narrow(0, start, length).copy_(k.narrow(0, offsets[c], length).view(length, _kvHeads, _headDim));
                 _values[layer][slot].narrow(0, start, length).copy_(v.narrow(0, offsets[c], length).view(length, _kvHeads, _headDim));
-                var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, start + length).transpose(1, 2));
-                var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, start + length).transpose(1, 2));
+                // A chunk inside a prompt attends to every earlier position and causally within itself: an explicit
+                // mask. Its key span is padded to a multiple of 16 (the padding is masked by the same tril) because
+                // the fused memory-efficient kernel takes a mask only with 16-aligned rows; an unaligned one sends SDPA
+                // to the math kernel, which materializes [heads, chunk, context] scores (+2.1 GiB at 16k, docs/planner.md).
+                var span = start == 0 ? length : (int)Math.Min(MaxLength, (start + length + 15) / 16 * 16);
+                var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, span).transpose(1, 2));
+                var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, span).transpose(1, 2));
                 var query = q.narrow(0, offsets[c], length).view(1, length, _heads, _headDim).transpose(1, 2);
                 var output = start == 0
                     ? nn.functional.scaled_dot_product_attention(query, keys, values, is_casual: true)
-                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ones([length, start + length], ScalarType.Bool, _device).tril(start));
+                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ChunkMask(length, start, span));
                 attended[c] = output.transpose(1, 2).reshape(length, _heads * _headDim);
             }
             return attended.Length == 1 ? attended[0] : cat(attended, 0);
         }, tensor(last.ToArray(), device: _device), mask);
         return _lmHead.Forward(hidden, _kernels).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The additive mask <c>[length, span]</c> (model dtype) of a prefill chunk of <paramref name="length"/> positions
+    /// starting at <paramref name="start"/>: 0 where key j ≤ start + i, −∞ elsewhere (later chunk positions and padding).
+    /// </summary>
+    private Tensor ChunkMask(int length, int start, int span)
+    {
+        using var scope = NewDisposeScope();
+        var visible = ones([length, span], ScalarType.Bool, _device).tril(start);
+        return zeros([length, span], _dtype, _device).masked_fill_(visible.logical_not(), Scalars.Of(double.NegativeInfinity)).MoveToOuterDisposeScope();
     }
 
     /// <summary>

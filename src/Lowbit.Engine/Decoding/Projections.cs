@@ -1,3 +1,4 @@
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
@@ -51,12 +52,16 @@ public abstract class Projection : IDisposable
         {
             bias = cat(parts.Select((p, i) => biases[i] ?? zeros(p.OutFeatures, dtype, first.device)).ToArray(), 0);
         }
+        if (parts.All(p => p is PackedQuantizedLinear q && Int4Weight.IsEligible(q)))
+        {
+            return new Int4Projection(Int4Weight.Share(parts.Cast<PackedQuantizedLinear>().ToList()).MoveToOuterDisposeScope(), bias?.to(dtype).MoveToOuterDisposeScope());
+        }
         if (parts.All(p => p is QuantizedLinear q && Int4Weight.IsEligible(q.Weight)))
         {
             var packed = Int4Weight.Concat(parts.Select(p => Int4Weight.From(((QuantizedLinear)p).Weight)).ToList());
             return new Int4Projection(packed.MoveToOuterDisposeScope(), bias?.to(dtype).MoveToOuterDisposeScope());
         }
-        if (parts.Any(p => p is QuantizedLinear))
+        if (parts.Any(p => p is QuantizedLinear or PackedQuantizedLinear))
         {
             // A quantized artifact stays packed in memory: its layers dequantize per call rather than fuse into a dense copy.
             return new ModuleProjection(parts, dtype);
