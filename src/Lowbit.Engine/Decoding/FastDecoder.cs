@@ -135,6 +135,8 @@ public sealed class FastDecoder : IDisposable
         var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 16).ToList();
         var projections = _layers.Take(1).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }).Append(_lmHead);
         var table = KernelSelector.Measure(projections, buckets, _kernels, new GraphKernelTimer(TimeProvider.System), _dtype, _device);
+        // The trials' graph pools (dequantize + linear holds a dense copy of one weight) go back to the driver.
+        CudaMemory.EmptyCache();
         KernelSelectionSeconds = watch.Elapsed.TotalSeconds;
         var log = options.KernelLog ?? Console.Error;
         lock (LoggedChoices)
