@@ -14,10 +14,11 @@
 //    (a persistent grid: about as many blocks as fit on the device at once);
 //  - per row a thread reads 8 bytes per chunk (a warp reads 256 contiguous bytes), and the tile's loads for the next
 //    rows are issued before the current tile's cross-warp reduction, so memory stays busy across the __syncthreads;
-//  - two masks split 8 codes into bytes, and one byte permute per code makes the exact float 2^23 + q (the byte becomes
-//    the low mantissa bits), so a code costs a permute, an add and an FMA;
-//  - per chunk (inside one group, as group % 32 == 0): acc += s * (sum x*q - z * sum x) in fp32, like the first kernel,
-//    so results differ from the eager reference (x @ dequant(W)^T) by fp32 summation order and the reference's rounding
+//  - two masks split 8 codes into bytes, and one byte permute per code makes the exact float 0.5 + q/256, so a code
+//    costs a permute and an FMA (about 2.5 instructions per weight with the masks: above the ~33 weights per clock per
+//    SM that 4.28 TB/s asks of an H200, where the first kernel's ~3.5 was at the limit);
+//  - per chunk (inside one group, as group % 32 == 0): acc += s * (sum x*q - z * sum x) in fp32 (through the 0.5 + q/256
+//    form, see code_of), so results differ from the eager reference (x @ dequant(W)^T) by fp32 summation order and the reference's rounding
 //    of the dequantized weight to the model dtype.
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -42,12 +43,13 @@ __device__ __forceinline__ float warp_sum2(float v) {
   return v;
 }
 
-// Byte `sel & 3` of `bytes` (a value 0..15) as an exact float: the permute builds 0x4B0000qq = 2^23 + qq.
-// Selector nibbles, low to high: result byte 0 <- bytes[sel], bytes 1 and 2 <- 0x00 (byte 0 of 0x4B000000),
-// byte 3 <- 0x4B (byte 3 of 0x4B000000).
+// Byte B of `bytes` (a code q, 0..15) as the exact float 0.5 + q/256: the permute builds 0x3F0q0000 (q lands in the
+// top mantissa bits, exponent 2^-1). Selector nibbles, low to high: result bytes 0 and 1 <- 0x00 (byte 0 of
+// 0x3F000000), byte 2 <- bytes[B], byte 3 <- 0x3F (byte 3 of 0x3F000000). One instruction per code, no add: the
+// product x * (0.5 + q/256) is exact in fp32 (8 + 5 significant bits), and sum x*q = 256 * sum x*(0.5 + q/256) - 128 * sum x.
 template <int B>
 __device__ __forceinline__ float code_of(uint32_t bytes) {
-  return __uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7440u | (unsigned)B)) - 8388608.f;
+  return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7044u | ((unsigned)B << 8)));
 }
 
 constexpr int kThreads = 256;
@@ -165,7 +167,8 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
           float d = 0.f;
 #pragma unroll
           for (int i = 0; i < 16; i++) d = fmaf(xv[j][b][i], q[i], d);
-          acc[r][b] = fmaf(s, fmaf(-z, xs[j][b], d), acc[r][b]);
+          // sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
+          acc[r][b] = fmaf(s, fmaf(256.f, d, -(128.f + z) * xs[j][b]), acc[r][b]);
         }
       }
     }
