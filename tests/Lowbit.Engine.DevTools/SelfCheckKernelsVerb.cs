@@ -120,13 +120,14 @@ internal static class SelfCheckKernelsVerb
         }
         else
         {
-            // Row counts 1 and 2, N not a multiple of the tile, K from one to four chunks per thread, both groups, a
-            // padded activation row stride, and float16.
+            // Row counts 1 to 4 (3-4 at K = 4096 only), N not a multiple of the tile, K from one to four chunks per
+            // thread, both groups, a padded activation row stride, and float16.
             foreach (var (batch, n, k, group, dtype) in new[]
             {
                 (1, 4096, 4096, 64, bf16), (2, 4096, 4096, 128, bf16), (1, 1001, 11008, 64, bf16), (2, 4093, 11008, 128, bf16),
                 (1, 22016, 4096, 64, bf16), (2, 12288, 4096, 64, bf16), (1, 333, 5120, 128, bf16), (2, 77, 16384, 64, bf16),
                 (1, 4096, 4096, 64, ScalarType.Float16), (2, 1000, 11008, 128, ScalarType.Float16),
+                (3, 4093, 4096, 64, bf16), (4, 22016, 4096, 128, bf16), (4, 999, 4096, 64, ScalarType.Float16),
             })
             {
                 using var scope = NewDisposeScope();

@@ -5,7 +5,7 @@ namespace Lowbit.Engine.Decoding;
 
 /// <summary>
 /// The optional <c>liblowbit_kernels_v2.so</c> next to the native decode library (src/Lowbit.Engine/native/
-/// lowbit_kernels_v2.cu): the second int4 dequantize-GEMV, for 1 or 2 rows. Built apart from the decode library, so a
+/// lowbit_kernels_v2.cu): the second int4 dequantize-GEMV, for 1 or 2 rows (K ≤ 16,384) and 3 or 4 rows (K ≤ 4,096). Built apart from the decode library, so a
 /// compile failure there only removes this kernel; <see cref="KernelSelector"/> measures it against the first int4 GEMV
 /// and dequantize + <c>linear</c> and uses it only where it is both right and fastest.
 /// </summary>
@@ -17,8 +17,7 @@ public static unsafe class Int4GemvV2
     private static readonly Lock Gate = new();
     private static bool _tried;
     private static string _status = "not loaded";
-    private static int _maxBatch;
-    private static int _maxK;
+    private static delegate* unmanaged<int, int, int> _supports;
     private static delegate* unmanaged<IntPtr> _lastError;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _linear;
 
@@ -46,7 +45,7 @@ public static unsafe class Int4GemvV2
     public static bool Supports(long rows, long inFeatures)
     {
         EnsureLoaded();
-        return _linear != null && rows >= 1 && rows <= _maxBatch && inFeatures <= _maxK;
+        return _linear != null && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue && _supports((int)rows, (int)inFeatures) == 1;
     }
 
     /// <summary><paramref name="output"/> <c>[B, N]</c> = x · dequant(packed, scales, zeros)ᵀ (see <see cref="Supports"/>).</summary>
@@ -85,14 +84,12 @@ public static unsafe class Int4GemvV2
             }
             if (NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_linear", out var linear)
                 && NativeLibrary.TryGetExport(handle, "lowbit_v2_last_error", out var lastError)
-                && NativeLibrary.TryGetExport(handle, "lowbit_v2_max_batch", out var maxBatch)
-                && NativeLibrary.TryGetExport(handle, "lowbit_v2_max_k", out var maxK))
+                && NativeLibrary.TryGetExport(handle, "lowbit_v2_supports", out var supports))
             {
-                _maxBatch = ((delegate* unmanaged<int>)maxBatch)();
-                _maxK = ((delegate* unmanaged<int>)maxK)();
+                _supports = (delegate* unmanaged<int, int, int>)supports;
                 _lastError = (delegate* unmanaged<IntPtr>)lastError;
                 _linear = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)linear;
-                _status = $"loaded {path} (rows 1..{_maxBatch}, K <= {_maxK})";
+                _status = $"loaded {path}";
             }
             else
             {

@@ -12,6 +12,7 @@
 extern "C" {
 int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
                           int, int, void*);
+int lowbit_v2_int4_supports(int, int);
 int lowbit_v2_int4_max_batch();
 int lowbit_v2_int4_max_k();
 }
@@ -48,7 +49,8 @@ int lowbit_v2_version() { return 1; }
 
 const char* lowbit_v2_last_error() { return last_error.c_str(); }
 
-// out[B, N] = x[B, K] @ dequant(packed[N, K/2], scales[N, G], zeros[N, G])^T, group = K / G, B <= max batch.
+// out[B, N] = x[B, K] @ dequant(packed[N, K/2], scales[N, G], zeros[N, G])^T, group = K / G, (B, K) as
+// lowbit_v2_supports says.
 int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
   return guarded([&] {
     auto& xt = T(x);
@@ -60,11 +62,12 @@ int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int 
     TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2: packed uint8 [N, K/2]");
     const int64_t n = pt.size(0), k = pt.size(1) * 2;
     TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2: group ", group, " must be a multiple of 32 dividing K=", k);
-    TORCH_CHECK(k <= lowbit_v2_int4_max_k(), "int4 v2: K=", k, " over ", lowbit_v2_int4_max_k());
     TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
     TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
     TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
-    TORCH_CHECK(xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch(), "int4 v2: batch must be 1..", lowbit_v2_int4_max_batch(), ", got ", xt.size(0));
+    TORCH_CHECK(xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
+                && lowbit_v2_int4_supports((int)xt.size(0), (int)k), "int4 v2: batch ", xt.size(0), " at K=", k,
+                " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
     TORCH_CHECK(xt.size(1) == k && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch");
     TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
     TORCH_CHECK(ot.stride(1) == 1, "int4 v2: out must have unit inner stride");
@@ -83,8 +86,6 @@ int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int 
   });
 }
 
-int lowbit_v2_max_batch() { return lowbit_v2_int4_max_batch(); }
-
-int lowbit_v2_max_k() { return lowbit_v2_int4_max_k(); }
+int lowbit_v2_supports(int batch, int k) { return lowbit_v2_int4_supports(batch, k); }
 
 }  // extern "C"

@@ -3,7 +3,7 @@
 // kernels: the engine measures them against the first-generation ones and cuBLAS when a decoder builds
 // (KernelSelection.cs) and uses whichever is fastest.
 //
-// int4_gemv_v2: the int4 dequantize-GEMV for 1 or 2 activation rows over our `lowbit` packing (packed[n, k/2], byte j =
+// int4_gemv_v2: the int4 dequantize-GEMV for 1 to 4 activation rows (3-4 only for K <= 4096) over our `lowbit` packing (packed[n, k/2], byte j =
 // code 2j in its low nibble, 2j+1 in its high nibble; fp16 scales/zeros [n, k/group]).
 // Why the first kernel (lowbit_kernels.cu, int4_gemv_kernel) reaches only about a quarter of the bandwidth: every warp
 // re-reads all of x for each pair of rows (2 bytes of activation from L1 per half byte of weight, in 64-byte-strided,
@@ -91,7 +91,7 @@ template <typename T, int NB, int CH>
 __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
-    int64_t out_stride, int n, int k, int group) {
+    int64_t out_stride, int batch, int n, int k, int group) {
   constexpr int R = Tile<NB, CH>::R;
   __shared__ float red[2][kWarps][R * NB];
   const int tid = threadIdx.x;
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
 #pragma unroll
     for (int b = 0; b < NB; b++) {
       float s = 0.f;
-      if (live[j]) {
+      if (live[j] && b < batch) {
         const uint4* xp = reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 16);
         const uint4 u0 = xp[0];
         const uint4 u1 = xp[1];
@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
       float v = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; w++) v += red[buf][w][tid];
-      if (row0 + r < n) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+      if (row0 + r < n && b < batch) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
     }
     // The other buffer next: its readers of two tiles ago passed the barrier above before anyone writes it again.
     buf ^= 1;
@@ -198,8 +198,8 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
 }
 
 template <typename T, int NB, int CH>
-int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int n,
-              int k, int group, cudaStream_t st) {
+int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
+              int n, int k, int group, cudaStream_t st) {
   // Blocks resident per SM for this instantiation (host-side query, once per process).
   static const int per_sm = [] {
     int v = 0;
@@ -222,19 +222,28 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
   if (blocks == 0) return 0;
   int4_gemv_v2_kernel<T, NB, CH><<<blocks, kThreads, 0, st>>>(
       static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, n, k, group);
+      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group);
   return (int)cudaGetLastError();
 }
 
+// Chunks per thread for K: 1..4 (K <= 16384).
+inline int chunks_per_thread(int k) { return (k / 16 + kThreads - 1) / kThreads; }
+
+// Which (batch, K) the kernel takes: 1-2 rows up to four chunks per thread; 3-4 rows (activations of 4 rows as floats)
+// with one chunk per thread (K <= 4096).
+inline bool supports(int batch, int k) {
+  const int ch = chunks_per_thread(k);
+  return k % 16 == 0 && ((batch >= 1 && batch <= 2 && ch >= 1 && ch <= 4) || (batch >= 3 && batch <= 4 && ch == 1));
+}
+
 template <typename T, int NB>
-int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int n,
-                 int k, int group, cudaStream_t st) {
-  const int ch = (k / 16 + kThreads - 1) / kThreads;
-  switch (ch) {
-    case 1: return launch_v2<T, NB, 1>(x, xs, p, s, z, out, os, n, k, group, st);
-    case 2: return launch_v2<T, NB, 2>(x, xs, p, s, z, out, os, n, k, group, st);
-    case 3: return launch_v2<T, NB, 3>(x, xs, p, s, z, out, os, n, k, group, st);
-    case 4: return launch_v2<T, NB, 4>(x, xs, p, s, z, out, os, n, k, group, st);
+int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
+                 int n, int k, int group, cudaStream_t st) {
+  switch (chunks_per_thread(k)) {
+    case 1: return launch_v2<T, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 2: return launch_v2<T, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 3: return launch_v2<T, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 4: return launch_v2<T, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, st);
     default: return -3;
   }
 }
@@ -242,10 +251,11 @@ int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const 
 template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                  int batch, int n, int k, int group, cudaStream_t st) {
+  if (!supports(batch, k)) return -3;
   switch (batch) {
-    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, n, k, group, st);
-    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, n, k, group, st);
-    default: return -3;
+    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    default: return launch_v2<T, 4, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
   }
 }
 
@@ -253,8 +263,10 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
 
 extern "C" {
 
-// Largest batch and K the v2 int4 GEMV takes (the C# side checks these before choosing it).
-int lowbit_v2_int4_max_batch() { return 2; }
+// The (batch, K) the v2 int4 GEMV takes (the C# side asks before choosing it): 1 when it does.
+int lowbit_v2_int4_supports(int batch, int k) { return supports(batch, k) ? 1 : 0; }
+// Largest batch and K it takes at all (for messages).
+int lowbit_v2_int4_max_batch() { return 4; }
 int lowbit_v2_int4_max_k() { return 16 * kThreads * 4; }
 
 // 0 on success, -2 unsupported dtype, -3 unsupported batch/K, else a cudaError_t.

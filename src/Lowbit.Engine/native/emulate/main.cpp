@@ -22,7 +22,7 @@ int run(int batch, int n, int k, int group, int sms, int xstride_extra) {
   for (auto& v : x) v = __float2bfloat16(nd(rng));
   std::vector<__nv_bfloat16> out((size_t)batch * (n + 3), __float2bfloat16(NAN));
   int rc = lowbit_launch_int4_v2(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group, nullptr);
-  if (rc) { printf("rc %d\n", rc); return 1; }
+  if (rc) { printf("batch %d k %d: rc %d\n", batch, k, rc); return 1; }
   double err = 0, norm = 0;
   for (int b = 0; b < batch; b++) for (int r = 0; r < n; r++) {
     double ref = 0;
@@ -41,12 +41,18 @@ int run(int batch, int n, int k, int group, int sms, int xstride_extra) {
 }
 int main() {
   int f = 0;
+  // Not taken: 3 rows at K = 11008 (two chunks per thread), 5 rows.
+  f += lowbit_launch_int4_v2(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 3, 8, 11008, 64, nullptr) == -3 ? 0 : 1;
+  f += lowbit_launch_int4_v2(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 5, 8, 4096, 64, nullptr) == -3 ? 0 : 1;
   f += run(1, 20, 4096, 64, 2, 0);
   f += run(2, 13, 4096, 128, 1, 8);
   f += run(1, 9, 11008, 64, 1, 0);
   f += run(2, 17, 11008, 128, 2, 0);
   f += run(1, 33, 5120, 128, 3, 0);
   f += run(1, 3, 16384, 64, 1, 0);
+  f += run(3, 21, 4096, 64, 2, 8);
+  f += run(4, 9, 4096, 128, 1, 0);
+  f += run(4, 5, 2048, 64, 1, 0);
   printf("%s\n", f ? "FAIL" : "ok");
   return f;
 }
