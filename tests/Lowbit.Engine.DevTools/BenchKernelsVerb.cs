@@ -117,7 +117,7 @@ public static class BenchKernelsVerb
                 int4.ForEach(p => p.Dispose());
             }
         }
-        StepLines(stdout, common, dims, rows.Contains(32) ? [1, 32] : [1, rows.Max()], native, timer, dtype, device);
+        StepLines(stdout, common, dims, (rows.Contains(32) ? new[] { 1, 32 } : [1, rows.Max()]).Distinct().ToArray(), native, timer, dtype, device);
         stderr.WriteLine($"bench-kernels: {shapes.Length} shapes x {rows.Length} row counts, timing {timing}; native: {NativeKernels.Status}; int4 v2: {Int4GemvV2.Status}");
         return EngineExitCodes.Ok;
     }
