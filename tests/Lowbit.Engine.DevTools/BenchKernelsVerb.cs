@@ -13,7 +13,7 @@ namespace Lowbit.Engine.DevTools;
 /// Hidden <c>bench-kernels [--device cuda|cpu] [--shapes 7b|tiny] [--rows 1,2,4,8,16,32] [--groups 64,128]
 /// [--iterations 50] [--dtype bfloat16]</c>: the decode step's kernels one by one. For each projection shape (7B: QKV
 /// 12288×4096, O 4096×4096, gate/up 22016×4096, down 4096×11008, lm_head 32000×4096) and rows, every kernel a decode
-/// projection can run (<see cref="ProjectionKernel"/>: <c>linear</c> = cuBLAS, the native GEMV, the int4 GEMVs v1 and v2,
+/// projection can run (<see cref="ProjectionKernel"/>: <c>linear</c> = cuBLAS, the native GEMVs v1 and v2, the int4 GEMVs v1 and v2,
 /// dequantize + <c>linear</c>), then attention at context 256, RMSNorm, RoPE, SiLU·mul at 1 and 32 rows, and a device copy.
 /// One JSON line each: microseconds per call, the weight bytes read, effective GB/s and its fraction of the reference
 /// bandwidth (the H200's measured 4,280 GB/s device copy), and for the GEMVs the relative error against the eager
@@ -82,7 +82,7 @@ public static class BenchKernelsVerb
         };
         Emit(stdout, new Dictionary<string, object>(common)
         {
-            ["event"] = "bench-kernels", ["shapes"] = shapesName, ["native"] = NativeKernels.Status, ["int4V2"] = Int4GemvV2.Status,
+            ["event"] = "bench-kernels", ["shapes"] = shapesName, ["native"] = NativeKernels.Status, ["v2"] = NativeKernelsV2.Status,
             ["referenceGbPerSecond"] = ReferenceGbPerSecond,
         });
         using var noGrad = no_grad();
@@ -118,7 +118,7 @@ public static class BenchKernelsVerb
             }
         }
         StepLines(stdout, common, dims, (rows.Contains(32) ? new[] { 1, 32 } : [1, rows.Max()]).Distinct().ToArray(), native, timer, dtype, device);
-        stderr.WriteLine($"bench-kernels: {shapes.Length} shapes x {rows.Length} row counts, timing {timing}; native: {NativeKernels.Status}; int4 v2: {Int4GemvV2.Status}");
+        stderr.WriteLine($"bench-kernels: {shapes.Length} shapes x {rows.Length} row counts, timing {timing}; native: {NativeKernels.Status}; v2 kernels: {NativeKernelsV2.Status}");
         return EngineExitCodes.Ok;
     }
 

@@ -109,13 +109,13 @@ internal static class SelfCheckKernelsVerb
         }
         // The second int4 GEMV (liblowbit_kernels_v2.so, optional): a missing library is reported as a failed check so
         // that a build failure shows here (decoding then measures and uses the other kernels).
-        if (!Int4GemvV2.Available)
+        if (!NativeKernelsV2.Available)
         {
             failed++;
             stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
-                ["event"] = "selfcheck-kernel", ["check"] = "int4-v2 library", ["relativeError"] = -1.0,
-                ["allWritten"] = false, ["pass"] = false, ["status"] = Int4GemvV2.Status,
+                ["event"] = "selfcheck-kernel", ["check"] = "v2 kernels library (int4-v2, native-gemv-v2)", ["relativeError"] = -1.0,
+                ["allWritten"] = false, ["pass"] = false, ["status"] = NativeKernelsV2.Status,
             }));
         }
         else
@@ -136,7 +136,7 @@ internal static class SelfCheckKernelsVerb
                 using var packed = Int4Weight.From(q);
                 var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
                 var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
-                Int4GemvV2.Linear(x, packed.Packed, packed.Scales, packed.Zeros, group, output);
+                NativeKernelsV2.Int4Linear(x, packed.Packed, packed.Scales, packed.Zeros, group, output);
                 var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
                 Report($"int4-v2 {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", output, reference);
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
@@ -144,7 +144,27 @@ internal static class SelfCheckKernelsVerb
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
             }
         }
-        stderr.WriteLine($"selfcheck-kernels: {(failed == 0 ? "all passed" : $"{failed} failed")}; int4 v2: {Int4GemvV2.Status}");
+        if (NativeKernelsV2.Available)
+        {
+            // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to seven chunks per
+            // thread, N not a multiple of the tile, a padded activation stride, float16.
+            foreach (var (batch, n, k, dtype) in new[]
+            {
+                (1, 4096, 4096, bf16), (2, 12288, 4096, bf16), (3, 4093, 4096, bf16), (4, 22016, 4096, bf16), (5, 1001, 4096, bf16),
+                (8, 32000, 4096, bf16), (1, 4096, 11008, bf16), (2, 4095, 11008, bf16), (4, 777, 8192, bf16), (1, 515, 28672, bf16),
+                (8, 4096, 4096, ScalarType.Float16), (2, 999, 11008, ScalarType.Float16),
+            })
+            {
+                using var scope = NewDisposeScope();
+                var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
+                var w = (randn([n, k], dtype, device) * 0.02).to(dtype);
+                var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.Gemv(x, w, output);
+                var reference = x.to(ScalarType.Float64).matmul(w.to(ScalarType.Float64).t());
+                Report($"native-gemv-v2 {(dtype == bf16 ? "bf16" : "fp16")} B={batch} N={n} K={k}", output, reference);
+            }
+        }
+        stderr.WriteLine($"selfcheck-kernels: {(failed == 0 ? "all passed" : $"{failed} failed")}; v2 kernels: {NativeKernelsV2.Status}");
         return failed == 0 ? 0 : 1;
     }
 }

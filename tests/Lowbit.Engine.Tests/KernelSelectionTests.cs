@@ -115,6 +115,7 @@ public class KernelSelectionTests
         [
             new KernelChoice { Shape = projection.Shape, Rows = 1, Chosen = ProjectionKernel.Linear, Trials = new Dictionary<ProjectionKernel, KernelTrial>() },
             new KernelChoice { Shape = projection.Shape, Rows = 8, Chosen = ProjectionKernel.NativeGemv, Trials = new Dictionary<ProjectionKernel, KernelTrial>() },
+            new KernelChoice { Shape = projection.Shape, Rows = 16, Chosen = ProjectionKernel.NativeGemvV2, Trials = new Dictionary<ProjectionKernel, KernelTrial>() },
         ]);
         var measured = new DecodeKernels { Native = true, NativeGemv = true, Table = table };
 
@@ -123,6 +124,9 @@ public class KernelSelectionTests
         Assert.Equal(ProjectionKernel.Linear, projection.Choose(5, cuda: true, measured with { NativeGemv = false }));
         Assert.Equal(ProjectionKernel.Linear, projection.Choose(5, cuda: false, measured));
         Assert.Equal(ProjectionKernel.Linear, projection.Choose(32, cuda: true, measured));
+        // The v2 library is not loaded here: a measured v2 choice it cannot take falls back to the default.
+        Assert.False(NativeKernelsV2.GemvSupports(12, 16));
+        Assert.Equal(ProjectionKernel.Linear, projection.Choose(12, cuda: true, measured));
         // Unmeasured: the fixed default.
         var unmeasured = measured with { Table = null };
         Assert.Equal(ProjectionKernel.NativeGemv, projection.Choose(DenseProjection.NativeGemvMaxRows, cuda: true, unmeasured));
@@ -142,7 +146,7 @@ public class KernelSelectionTests
         var kernels = new DecodeKernels { Native = true, NativeGemv = true, Table = new KernelTable([At(1, ProjectionKernel.Int4V2), At(4, ProjectionKernel.Int4Dequant)]) };
 
         // v2 is not loaded here (no native library): its measured choice falls back to the first int4 GEMV.
-        Assert.False(Int4GemvV2.Supports(1, 64));
+        Assert.False(NativeKernelsV2.Int4Supports(1, 64));
         Assert.Equal(ProjectionKernel.Int4V1, projection.Choose(1, cuda: true, kernels));
         Assert.Equal(ProjectionKernel.Int4Dequant, projection.Choose(3, cuda: true, kernels));
         Assert.Equal(ProjectionKernel.Int4V1, projection.Choose(16, cuda: true, kernels));

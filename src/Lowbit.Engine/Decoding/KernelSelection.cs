@@ -14,10 +14,13 @@ public enum ProjectionKernel
     /// <summary>The native bf16/fp16 GEMV (≤ 16 rows).</summary>
     NativeGemv,
 
+    /// <summary>The second dense GEMV (lowbit_kernels_v2.cu, <see cref="NativeKernelsV2.GemvSupports"/>).</summary>
+    NativeGemvV2,
+
     /// <summary>The first int4 dequantize-GEMV (lowbit_kernels.cu, ≤ 16 rows).</summary>
     Int4V1,
 
-    /// <summary>The second int4 dequantize-GEMV (lowbit_kernels_v2.cu, <see cref="Int4GemvV2.Supports"/>).</summary>
+    /// <summary>The second int4 dequantize-GEMV (lowbit_kernels_v2.cu, <see cref="NativeKernelsV2.Int4Supports"/>).</summary>
     Int4V2,
 
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
@@ -204,6 +207,7 @@ public static class KernelSelector
     {
         ProjectionKernel.Linear => "linear",
         ProjectionKernel.NativeGemv => "native-gemv",
+        ProjectionKernel.NativeGemvV2 => "native-gemv-v2",
         ProjectionKernel.Int4V1 => "int4-v1",
         ProjectionKernel.Int4V2 => "int4-v2",
         ProjectionKernel.Int4Dequant => "int4-dequant",

@@ -113,22 +113,39 @@ public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
         {
             return ProjectionKernel.Linear;
         }
-        return kernels.Table?.Lookup(Shape, rows) is { } measured && measured is ProjectionKernel.Linear or ProjectionKernel.NativeGemv
-            ? measured
-            : rows <= NativeGemvMaxRows ? ProjectionKernel.NativeGemv : ProjectionKernel.Linear;
+        return kernels.Table?.Lookup(Shape, rows) switch
+        {
+            ProjectionKernel.Linear => ProjectionKernel.Linear,
+            ProjectionKernel.NativeGemv => ProjectionKernel.NativeGemv,
+            ProjectionKernel.NativeGemvV2 when NativeKernelsV2.GemvSupports(rows, Weight.shape[1]) => ProjectionKernel.NativeGemvV2,
+            _ => rows <= NativeGemvMaxRows ? ProjectionKernel.NativeGemv : ProjectionKernel.Linear,
+        };
     }
 
-    public override IReadOnlyList<ProjectionKernel> Candidates(int rows, DecodeKernels kernels) =>
-        kernels.NativeGemv && NativeKernels.Available && rows <= 16 && Weight.shape[1] % 8 == 0 && Weight.device_type == DeviceType.CUDA
-            ? [ProjectionKernel.Linear, ProjectionKernel.NativeGemv]
-            : [ProjectionKernel.Linear];
+    public override IReadOnlyList<ProjectionKernel> Candidates(int rows, DecodeKernels kernels)
+    {
+        if (!kernels.NativeGemv || !NativeKernels.Available || rows > 16 || Weight.shape[1] % 8 != 0 || Weight.device_type != DeviceType.CUDA)
+        {
+            return [ProjectionKernel.Linear];
+        }
+        return NativeKernelsV2.GemvSupports(rows, Weight.shape[1])
+            ? [ProjectionKernel.Linear, ProjectionKernel.NativeGemv, ProjectionKernel.NativeGemvV2]
+            : [ProjectionKernel.Linear, ProjectionKernel.NativeGemv];
+    }
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel == ProjectionKernel.NativeGemv)
+        if (kernel is ProjectionKernel.NativeGemv or ProjectionKernel.NativeGemvV2)
         {
             var output = empty([x.shape[0], Weight.shape[0]], x.dtype, x.device);
-            NativeKernels.Gemv(x, Weight, output);
+            if (kernel == ProjectionKernel.NativeGemvV2)
+            {
+                NativeKernelsV2.Gemv(x, Weight, output);
+            }
+            else
+            {
+                NativeKernels.Gemv(x, Weight, output);
+            }
             return bias is null ? output : output.add_(bias, Scalars.One);
         }
         return nn.functional.linear(x, Weight, bias);
@@ -166,7 +183,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         }
         return kernels.Table?.Lookup(Shape, rows) switch
         {
-            ProjectionKernel.Int4V2 when Int4GemvV2.Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
+            ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -184,7 +201,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V1);
         }
-        if (Int4GemvV2.Supports(rows, Weight.InFeatures))
+        if (NativeKernelsV2.Int4Supports(rows, Weight.InFeatures))
         {
             candidates.Add(ProjectionKernel.Int4V2);
         }
@@ -199,7 +216,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
             if (kernel == ProjectionKernel.Int4V2)
             {
-                Int4GemvV2.Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
+                NativeKernelsV2.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
             }
             else
             {

@@ -259,6 +259,183 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// gemv_v2: the dense bf16/fp16 GEMV for 1 to 8 rows, built like int4_gemv_v2. The first GEMV (lowbit_kernels.cu) gives
+// each output row a warp that re-reads every activation row from L1 per weight row: at 8 rows that is 8 bytes of
+// activation per byte of weight, and it fell to 653.6 tokens/s at batch 8 against cuBLAS's 1,447.1 (docs/gpu.md).
+// Here a 512-thread block owns all of K: thread t keeps the activations of its 8-element chunks (c = t + 512 j) as
+// floats in registers (NB * CH * 8 of them, at most 64) and loops over tiles of rows on a persistent grid, reading 16
+// bytes per chunk per row (a warp reads 512 contiguous bytes), the next tile's loads issued before the reduction.
+constexpr int kDenseThreads = 512;
+constexpr int kDenseWarps = kDenseThreads / 32;
+
+template <int NB, int CH>
+struct DenseTile {
+  static constexpr int R = NB * CH >= 4 ? 4 : 8;
+};
+
+template <int R, int CH>
+__device__ __forceinline__ void load_dense_tile(const uint4* __restrict__ wbase, int r0, int n, int chunks, int tid,
+                                                const bool (&live)[CH], uint4 (&wv)[R][CH]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int64_t row = (int64_t)min(r0 + r, n - 1);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      if (live[j]) {
+        wv[r][j] = __ldg(wbase + row * chunks + tid + j * kDenseThreads);
+      } else {
+        wv[r][j] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  }
+}
+
+template <typename T, int NB, int CH>
+__global__ void __launch_bounds__(kDenseThreads) gemv_v2_kernel(const T* __restrict__ x, int64_t x_stride,
+                                                                const T* __restrict__ w, T* __restrict__ out,
+                                                                int64_t out_stride, int batch, int n, int k) {
+  constexpr int R = DenseTile<NB, CH>::R;
+  __shared__ float red[2][kDenseWarps][R * NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 8;
+  const uint4* wbase = reinterpret_cast<const uint4*>(w);
+
+  float xv[CH][NB][8];
+  bool live[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kDenseThreads;
+    live[j] = c < chunks;
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      if (live[j] && b < batch) {
+        const uint4 u = *reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 8);
+        const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+        for (int i = 0; i < 8; i++) xv[j][b][i] = Cvt2<T>::f(t[i]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) xv[j][b][i] = 0.f;
+      }
+    }
+  }
+
+  uint4 wv[R][CH];
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+  if (row0 < n) load_dense_tile<R, CH>(wbase, row0, n, chunks, tid, live, wv);
+  int buf = 0;
+  for (; row0 < n; row0 += stride) {
+    float acc[R][NB];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        const T* wt = reinterpret_cast<const T*>(&wv[r][j]);
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) wf[i] = Cvt2<T>::f(wt[i]);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+#pragma unroll
+          for (int i = 0; i < 8; i++) acc[r][b] = fmaf(xv[j][b][i], wf[i], acc[r][b]);
+        }
+      }
+    }
+    const int next = row0 + stride;
+    if (next < n) load_dense_tile<R, CH>(wbase, next, n, chunks, tid, live, wv);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const float v = warp_sum2(acc[r][b]);
+        if (lane == 0) red[buf][warp][r * NB + b] = v;
+      }
+    }
+    __syncthreads();
+    if (tid < R * NB) {
+      const int r = tid / NB;
+      const int b = tid % NB;
+      float v = 0.f;
+#pragma unroll
+      for (int wi = 0; wi < kDenseWarps; wi++) v += red[buf][wi][tid];
+      if (row0 + r < n && b < batch) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+    }
+    buf ^= 1;
+  }
+}
+
+template <typename T, int NB, int CH>
+int launch_dense_v2(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
+                    cudaStream_t st) {
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_v2_kernel<T, NB, CH>, kDenseThreads, 0) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v;
+  }();
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  constexpr int R = DenseTile<NB, CH>::R;
+  const int64_t tiles = ((int64_t)n + R - 1) / R;
+  const int64_t resident = (int64_t)sms * per_sm;
+  const int blocks = (int)(tiles < resident ? tiles : resident);
+  if (blocks == 0) return 0;
+  gemv_v2_kernel<T, NB, CH><<<blocks, kDenseThreads, 0, st>>>(static_cast<const T*>(x), xs, static_cast<const T*>(w),
+                                                                static_cast<T*>(out), os, batch, n, k);
+  return (int)cudaGetLastError();
+}
+
+inline int dense_chunks_per_thread(int k) { return (k / 8 + kDenseThreads - 1) / kDenseThreads; }
+
+// The activation rows the kernel holds for `batch` rows (1, 2, 4 or 8), or 0 when (batch, K) is not taken: at most 64
+// activation floats per thread (rows * chunks per thread * 8).
+inline int dense_rows_for(int batch, int k) {
+  if (k % 8 != 0 || batch < 1 || batch > 8) return 0;
+  const int nb = batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8;
+  const int ch = dense_chunks_per_thread(k);
+  return ch >= 1 && nb * ch <= 8 ? nb : 0;
+}
+
+template <typename T, int NB>
+int launch_dense_v2_ch(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
+                       cudaStream_t st) {
+  switch (dense_chunks_per_thread(k)) {
+    case 1: return launch_dense_v2<T, NB, 1>(x, xs, w, out, os, batch, n, k, st);
+    case 2: if constexpr (NB <= 4) return launch_dense_v2<T, NB, 2>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 3: if constexpr (NB <= 2) return launch_dense_v2<T, NB, 3>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 4: if constexpr (NB <= 2) return launch_dense_v2<T, NB, 4>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 5: if constexpr (NB == 1) return launch_dense_v2<T, NB, 5>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 6: if constexpr (NB == 1) return launch_dense_v2<T, NB, 6>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 7: if constexpr (NB == 1) return launch_dense_v2<T, NB, 7>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 8: if constexpr (NB == 1) return launch_dense_v2<T, NB, 8>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    default: return -3;
+  }
+}
+
+template <typename T>
+int launch_dense_v2_nb(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
+                       cudaStream_t st) {
+  switch (dense_rows_for(batch, k)) {
+    case 1: return launch_dense_v2_ch<T, 1>(x, xs, w, out, os, batch, n, k, st);
+    case 2: return launch_dense_v2_ch<T, 2>(x, xs, w, out, os, batch, n, k, st);
+    case 4: return launch_dense_v2_ch<T, 4>(x, xs, w, out, os, batch, n, k, st);
+    case 8: return launch_dense_v2_ch<T, 8>(x, xs, w, out, os, batch, n, k, st);
+    default: return -3;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -268,6 +445,20 @@ int lowbit_v2_int4_supports(int batch, int k) { return supports(batch, k) ? 1 : 
 // Largest batch and K it takes at all (for messages).
 int lowbit_v2_int4_max_batch() { return 4; }
 int lowbit_v2_int4_max_k() { return 16 * kThreads * 4; }
+
+// The (batch, K) the v2 dense GEMV takes: 1 when it does.
+int lowbit_v2_gemv_supports(int batch, int k) { return dense_rows_for(batch, k) != 0 ? 1 : 0; }
+
+// out[B, N] = x[B, K] @ W[N, K]^T. 0 on success, -2 unsupported dtype, -3 unsupported batch/K, else a cudaError_t.
+int lowbit_launch_gemv_v2(int dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
+                          int batch, int n, int k, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case 0: return launch_dense_v2_nb<__nv_bfloat16>(x, x_stride, w, out, out_stride, batch, n, k, st);
+    case 1: return launch_dense_v2_nb<__half>(x, x_stride, w, out, out_stride, batch, n, k, st);
+    default: return -2;
+  }
+}
 
 // 0 on success, -2 unsupported dtype, -3 unsupported batch/K, else a cudaError_t.
 int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,

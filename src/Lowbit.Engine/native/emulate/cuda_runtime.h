@@ -20,6 +20,7 @@ typedef int cudaError_t; enum { cudaSuccess = 0 }; typedef void* cudaStream_t;
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
 struct uint2 { unsigned x, y; }; struct alignas(16) uint4 { unsigned x, y, z, w; };
 inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 struct Idx { unsigned x; };
 inline thread_local Idx threadIdx, blockIdx;
 inline Idx gridDim, blockDim;
