@@ -269,9 +269,10 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
 constexpr int kDenseThreads = 512;
 constexpr int kDenseWarps = kDenseThreads / 32;
 
+// Rows per tile: 512 threads leave 128 registers each, so the 64-float activation cases take 2 rows at a time (no spills).
 template <int NB, int CH>
 struct DenseTile {
-  static constexpr int R = NB * CH >= 4 ? 4 : 8;
+  static constexpr int R = NB * CH >= 8 ? 2 : NB * CH >= 4 ? 4 : 8;
 };
 
 template <int R, int CH>
