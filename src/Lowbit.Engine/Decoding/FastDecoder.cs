@@ -22,8 +22,18 @@ public sealed record FastDecoderOptions
     /// <summary>Use the native kernels when the library is loaded and the device is CUDA.</summary>
     public bool UseNativeKernels { get; init; } = true;
 
-    /// <summary>Dense projections at one row (<see cref="DenseProjection.NativeGemvMaxRows"/>) through the native GEMV rather than cuBLAS.</summary>
+    /// <summary>Dense projections may use the native GEMV (false: always cuBLAS, the <c>graph-cublas</c> benchmark mode).</summary>
     public bool UseNativeGemv { get; init; } = true;
+
+    /// <summary>
+    /// With graphs, time each projection shape's candidate kernels per batch bucket once at build and use the fastest
+    /// (<see cref="KernelSelector"/>); false keeps the fixed defaults (<see cref="DenseProjection.NativeGemvMaxRows"/>,
+    /// the first int4 GEMV at ≤ 16 rows).
+    /// </summary>
+    public bool MeasureKernels { get; init; } = true;
+
+    /// <summary>Where the measured kernel table is written, each line once per process (null: standard error).</summary>
+    public TextWriter? KernelLog { get; init; }
 }
 
 /// <summary>
@@ -40,6 +50,7 @@ public sealed class FastDecoder : IDisposable
     private readonly ScalarType _dtype;
     private readonly Device _device;
     private readonly DecodeKernels _kernels;
+    private static readonly HashSet<string> LoggedChoices = [];
     private readonly bool _graphs;
     private readonly Layer[] _layers;
     private readonly Tensor _embed;
@@ -101,6 +112,41 @@ public sealed class FastDecoder : IDisposable
         _history = zeros([MaxBatch, MaxLength], ScalarType.Int64, device);
         _logits = zeros([MaxBatch, _config.VocabSize], _dtype, device);
         _hostPositions = new long[MaxBatch];
+        _kernels = SelectKernels(options);
+    }
+
+    /// <summary>The kernel measured fastest per projection shape and rows bucket (empty when nothing was measured).</summary>
+    public IReadOnlyList<KernelChoice> KernelChoices => _kernels.Table?.Choices.ToList() ?? [];
+
+    /// <summary>Seconds spent measuring kernels at build.</summary>
+    public double KernelSelectionSeconds { get; private set; }
+
+    /// <summary>
+    /// Measures the candidate kernels of each distinct projection shape at each batch bucket up to 16 rows (graphs only:
+    /// the timings are of captured calls, as the decode step runs them) and returns the kernels with that table.
+    /// </summary>
+    private DecodeKernels SelectKernels(FastDecoderOptions options)
+    {
+        if (!_graphs || !_kernels.Native || !options.MeasureKernels)
+        {
+            return _kernels;
+        }
+        var watch = Stopwatch.StartNew();
+        var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 16).ToList();
+        var projections = _layers.Take(1).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }).Append(_lmHead);
+        var table = KernelSelector.Measure(projections, buckets, _kernels, new GraphKernelTimer(TimeProvider.System), _dtype, _device);
+        // The trials' graph pools (dequantize + linear holds a dense copy of one weight) go back to the driver.
+        CudaMemory.EmptyCache();
+        KernelSelectionSeconds = watch.Elapsed.TotalSeconds;
+        var log = options.KernelLog ?? Console.Error;
+        lock (LoggedChoices)
+        {
+            foreach (var choice in table.Choices.Where(c => LoggedChoices.Add($"{c.Shape} {c.Rows} {c.Chosen}")))
+            {
+                log.WriteLine($"lowbit-engine: kernel selection: {choice.Describe()}");
+            }
+        }
+        return _kernels with { Table = table };
     }
 
     public int MaxBatch { get; }
