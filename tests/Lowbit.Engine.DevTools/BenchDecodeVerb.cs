@@ -18,7 +18,8 @@ namespace Lowbit.Engine.DevTools;
 /// best of the repeats after one warm-up). A run is <c>MODE:BATCH</c>:
 /// <c>eager</c> (TextGenerator, the model's modules; batch 1), <c>fused</c> (<see cref="FastDecoder"/> with eager torch
 /// kernels, no graphs), <c>native</c> (fused + native kernels, no graphs), <c>graph</c> (native kernels, CUDA graphs),
-/// <c>graph-cublas</c> (graphs, dense GEMV through cuBLAS); an <c>int4-</c> prefix runs the mode after RTN 4-bit
+/// <c>graph-cublas</c> (graphs, dense GEMV through cuBLAS), <c>graph-fixed</c> (graphs with the fixed kernel defaults instead
+/// of the kernels measured fastest at build, <see cref="KernelSelector"/>); an <c>int4-</c> prefix runs the mode after RTN 4-bit
 /// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
 /// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// </summary>
@@ -111,7 +112,7 @@ internal static class BenchDecodeVerb
         public Dictionary<string, int[]> TokensByRun { get; } = [];
     }
 
-    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas"];
+    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas", "graph-fixed"];
 
     private static List<RunSpec> ParseRuns(string text)
     {
@@ -128,7 +129,7 @@ internal static class BenchDecodeVerb
             var batch = parts.Length > 1 && int.TryParse(parts[1], CultureInfo.InvariantCulture, out var b) ? b : 1;
             if (!Modes.Contains(mode) || batch < 1 || (mode == "eager" && (batch != 1 || int4)))
             {
-                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, optionally prefixed int4-");
+                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, graph-fixed, optionally prefixed int4-");
             }
             runs.Add(new RunSpec(mode, batch, int4));
         }
@@ -139,7 +140,8 @@ internal static class BenchDecodeVerb
     {
         var rates = new List<double>();
         int[]? tokens = null;
-        double captureSeconds = 0, prepareSeconds = 0;
+        double captureSeconds = 0, prepareSeconds = 0, kernelSeconds = 0;
+        string[] kernelChoices = [];
         int graphs = 0;
         bool nativeKernels = false, usesGraphs = false, rowsIdentical = true;
         float[]? prefillLogits = null;
@@ -168,13 +170,17 @@ internal static class BenchDecodeVerb
             {
                 MaxBatch = run.Batch,
                 MaxLength = context.Prompt.Length + context.NewTokens,
-                UseGraphs = run.Mode is "graph" or "graph-cublas",
+                UseGraphs = run.Mode is "graph" or "graph-cublas" or "graph-fixed",
                 UseNativeKernels = run.Mode != "fused",
-                UseNativeGemv = run.Mode is "graph" or "native",
+                UseNativeGemv = run.Mode is "graph" or "native" or "graph-fixed",
+                MeasureKernels = run.Mode != "graph-fixed",
+                KernelLog = context.Stderr,
             };
             using var decoder = FastDecoder.Create(model, options, context.Device);
             Synchronize(context.Device);
             prepareSeconds = prepare.Elapsed.TotalSeconds;
+            kernelSeconds = decoder.KernelSelectionSeconds;
+            kernelChoices = decoder.KernelChoices.Select(c => $"{c.Shape} rows {c.Rows}: {KernelSelector.Name(c.Chosen)}").ToArray();
             nativeKernels = decoder.UsesNativeKernels;
             usesGraphs = decoder.UsesGraphs;
             var prompts = Enumerable.Range(0, run.Batch).Select(_ => (IReadOnlyList<int>)context.Prompt).ToList();
@@ -240,6 +246,8 @@ internal static class BenchDecodeVerb
         {
             line["prepareSeconds"] = Math.Round(prepareSeconds, 3);
             line["captureSeconds"] = Math.Round(captureSeconds, 3);
+            line["kernelSelectionSeconds"] = Math.Round(kernelSeconds, 3);
+            line["kernels"] = kernelChoices;
             line["graphs"] = graphs;
             line["nativeKernels"] = nativeKernels;
             line["cudaGraphs"] = usesGraphs;

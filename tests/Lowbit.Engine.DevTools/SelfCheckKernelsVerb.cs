@@ -37,7 +37,8 @@ internal static class SelfCheckKernelsVerb
             failed += pass ? 0 : 1;
             stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
-                ["event"] = "selfcheck-kernel", ["check"] = name, ["relativeError"] = error, ["allWritten"] = finite, ["pass"] = pass,
+                // JSON has no NaN: a non-finite error (NaN or unwritten outputs) is written as -1 and fails.
+                ["event"] = "selfcheck-kernel", ["check"] = name, ["relativeError"] = double.IsFinite(error) ? error : -1.0, ["allWritten"] = finite, ["pass"] = pass,
             }));
         }
         var bf16 = ScalarType.BFloat16;
@@ -106,7 +107,64 @@ internal static class SelfCheckKernelsVerb
             Report($"int4 g{group} B={batch} N={n} K={k}", output, reference);
             Report($"int4 packing round trip g{group}", packed.Codes(), q.Codes);
         }
-        stderr.WriteLine($"selfcheck-kernels: {(failed == 0 ? "all passed" : $"{failed} failed")}");
+        // The second int4 GEMV (liblowbit_kernels_v2.so, optional): a missing library is reported as a failed check so
+        // that a build failure shows here (decoding then measures and uses the other kernels).
+        if (!NativeKernelsV2.Available)
+        {
+            failed++;
+            stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["event"] = "selfcheck-kernel", ["check"] = "v2 kernels library (int4-v2, native-gemv-v2)", ["relativeError"] = -1.0,
+                ["allWritten"] = false, ["pass"] = false, ["status"] = NativeKernelsV2.Status,
+            }));
+        }
+        else
+        {
+            // Row counts 1 to 4 (3-4 at K = 4096 only), N not a multiple of the tile, K from one to four chunks per
+            // thread, both groups, a padded activation row stride, and float16.
+            foreach (var (batch, n, k, group, dtype) in new[]
+            {
+                (1, 4096, 4096, 64, bf16), (2, 4096, 4096, 128, bf16), (1, 1001, 11008, 64, bf16), (2, 4093, 11008, 128, bf16),
+                (1, 22016, 4096, 64, bf16), (2, 12288, 4096, 64, bf16), (1, 333, 5120, 128, bf16), (2, 77, 16384, 64, bf16),
+                (1, 4096, 4096, 64, ScalarType.Float16), (2, 1000, 11008, 128, ScalarType.Float16),
+                (3, 4093, 4096, 64, bf16), (4, 22016, 4096, 128, bf16), (4, 999, 4096, 64, ScalarType.Float16),
+            })
+            {
+                using var scope = NewDisposeScope();
+                var w = randn([n, k], ScalarType.Float32, device) * 0.02;
+                using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
+                using var packed = Int4Weight.From(q);
+                var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
+                var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.Int4Linear(x, packed.Packed, packed.Scales, packed.Zeros, group, output);
+                var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
+                Report($"int4-v2 {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", output, reference);
+                // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
+                var eager = nn.functional.linear(x, packed.Dequantize(dtype));
+                Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
+            }
+        }
+        if (NativeKernelsV2.Available)
+        {
+            // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to seven chunks per
+            // thread, N not a multiple of the tile, a padded activation stride, float16.
+            foreach (var (batch, n, k, dtype) in new[]
+            {
+                (1, 4096, 4096, bf16), (2, 12288, 4096, bf16), (3, 4093, 4096, bf16), (4, 22016, 4096, bf16), (5, 1001, 4096, bf16),
+                (8, 32000, 4096, bf16), (1, 4096, 11008, bf16), (2, 4095, 11008, bf16), (4, 777, 8192, bf16), (1, 515, 28672, bf16),
+                (8, 4096, 4096, ScalarType.Float16), (2, 999, 11008, ScalarType.Float16),
+            })
+            {
+                using var scope = NewDisposeScope();
+                var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
+                var w = (randn([n, k], dtype, device) * 0.02).to(dtype);
+                var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.Gemv(x, w, output);
+                var reference = x.to(ScalarType.Float64).matmul(w.to(ScalarType.Float64).t());
+                Report($"native-gemv-v2 {(dtype == bf16 ? "bf16" : "fp16")} B={batch} N={n} K={k}", output, reference);
+            }
+        }
+        stderr.WriteLine($"selfcheck-kernels: {(failed == 0 ? "all passed" : $"{failed} failed")}; v2 kernels: {NativeKernelsV2.Status}");
         return failed == 0 ? 0 : 1;
     }
 }

@@ -2,8 +2,10 @@ using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Generation;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
+using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Tokenization;
 using static TorchSharp.torch;
 
@@ -93,6 +95,46 @@ public class FastDecoderTests
         var fast = FastGeneration.Generate(decoder, [Prompt], 16);
 
         Assert.Equal(eager, fast[0]);
+    }
+
+    [Fact]
+    public void Does_fuse_a_loaded_4_bit_export_into_views_of_its_packed_codes()
+    {
+        var root = Directory.CreateTempSubdirectory("fast-int4").FullName;
+        try
+        {
+            var directory = Int4Export(root);
+            using var model = LowbitCheckpoint.Load(directory, ScalarType.Float32, CPU);
+            var eager = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 16 }, CPU).ToArray();
+            var layer = model.Model.Layers[0];
+            PackedQuantizedLinear Part(string name) => (PackedQuantizedLinear)layer.Projections().First(p => p.Name == name).Layer;
+            var (q, k, v) = (Part("self_attn.q_proj"), Part("self_attn.k_proj"), Part("self_attn.v_proj"));
+            using var kBefore = k.Packed.clone();
+
+            using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 1, MaxLength = 32 }, CPU);
+
+            // k's codes, scales and zeros are now views of the fused QKV weight right after q's rows: one copy of the
+            // packed model, not the layers' bytes plus a fused concatenation.
+            Assert.Equal(q.Packed.NumberOfElements, k.Packed.storage_offset());
+            Assert.Equal(q.Packed.NumberOfElements + k.Packed.NumberOfElements, v.Packed.storage_offset());
+            Assert.Equal(q.Scales.NumberOfElements, k.Scales.storage_offset());
+            Assert.True(k.Packed.equal(kBefore).all().item<bool>());
+            Assert.Equal(eager, FastGeneration.Generate(decoder, [Prompt], 16)[0]);
+            Assert.Equal(eager, TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 16 }, CPU).ToArray());
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    private static string Int4Export(string root)
+    {
+        using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Rtn, Bits = 4, GroupSize = 32 });
+        var directory = Path.Combine(root, "int4");
+        LowbitCheckpoint.Write(directory, checkpoint, quantized);
+        return directory;
     }
 
     [Fact]

@@ -22,8 +22,18 @@ public sealed record FastDecoderOptions
     /// <summary>Use the native kernels when the library is loaded and the device is CUDA.</summary>
     public bool UseNativeKernels { get; init; } = true;
 
-    /// <summary>Dense projections at one row (<see cref="DenseProjection.NativeGemvMaxRows"/>) through the native GEMV rather than cuBLAS.</summary>
+    /// <summary>Dense projections may use the native GEMV (false: always cuBLAS, the <c>graph-cublas</c> benchmark mode).</summary>
     public bool UseNativeGemv { get; init; } = true;
+
+    /// <summary>
+    /// With graphs, time each projection shape's candidate kernels per batch bucket once at build and use the fastest
+    /// (<see cref="KernelSelector"/>); false keeps the fixed defaults (<see cref="DenseProjection.NativeGemvMaxRows"/>,
+    /// the first int4 GEMV at ≤ 16 rows).
+    /// </summary>
+    public bool MeasureKernels { get; init; } = true;
+
+    /// <summary>Where the measured kernel table is written, each line once per process (null: standard error).</summary>
+    public TextWriter? KernelLog { get; init; }
 }
 
 /// <summary>
@@ -40,6 +50,7 @@ public sealed class FastDecoder : IDisposable
     private readonly ScalarType _dtype;
     private readonly Device _device;
     private readonly DecodeKernels _kernels;
+    private static readonly HashSet<string> LoggedChoices = [];
     private readonly bool _graphs;
     private readonly Layer[] _layers;
     private readonly Tensor _embed;
@@ -80,6 +91,13 @@ public sealed class FastDecoder : IDisposable
         _embed = model.Model.EmbedTokens.weight!.detach();
         _finalNorm = FinalNorm(model).detach();
         _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype) : new DenseProjection(_embed.alias(), null);
+        if (cuda)
+        {
+            // The pre-fusion q/k/v and gate/up storage is free now, but the caching allocator keeps it reserved, and the
+            // KV slab's per-layer tensors do not fit those blocks: return them before allocating the slab, so the
+            // process never holds the weights twice (no-op without liblowbit_memory.so; docs/planner.md).
+            CudaMemory.EmptyCache();
+        }
         var rotary = new RotaryEmbedding(_config);
         (_cos, _sin) = rotary.CosSin(0, MaxLength, _dtype, device);
         _keys = new Tensor[_layers.Length];
@@ -94,6 +112,41 @@ public sealed class FastDecoder : IDisposable
         _history = zeros([MaxBatch, MaxLength], ScalarType.Int64, device);
         _logits = zeros([MaxBatch, _config.VocabSize], _dtype, device);
         _hostPositions = new long[MaxBatch];
+        _kernels = SelectKernels(options);
+    }
+
+    /// <summary>The kernel measured fastest per projection shape and rows bucket (empty when nothing was measured).</summary>
+    public IReadOnlyList<KernelChoice> KernelChoices => _kernels.Table?.Choices.ToList() ?? [];
+
+    /// <summary>Seconds spent measuring kernels at build.</summary>
+    public double KernelSelectionSeconds { get; private set; }
+
+    /// <summary>
+    /// Measures the candidate kernels of each distinct projection shape at each batch bucket up to 16 rows (graphs only:
+    /// the timings are of captured calls, as the decode step runs them) and returns the kernels with that table.
+    /// </summary>
+    private DecodeKernels SelectKernels(FastDecoderOptions options)
+    {
+        if (!_graphs || !_kernels.Native || !options.MeasureKernels)
+        {
+            return _kernels;
+        }
+        var watch = Stopwatch.StartNew();
+        var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 16).ToList();
+        var projections = _layers.Take(1).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }).Append(_lmHead);
+        var table = KernelSelector.Measure(projections, buckets, _kernels, new GraphKernelTimer(TimeProvider.System), _dtype, _device);
+        // The trials' graph pools (dequantize + linear holds a dense copy of one weight) go back to the driver.
+        CudaMemory.EmptyCache();
+        KernelSelectionSeconds = watch.Elapsed.TotalSeconds;
+        var log = options.KernelLog ?? Console.Error;
+        lock (LoggedChoices)
+        {
+            foreach (var choice in table.Choices.Where(c => LoggedChoices.Add($"{c.Shape} {c.Rows} {c.Chosen}")))
+            {
+                log.WriteLine($"lowbit-engine: kernel selection: {choice.Describe()}");
+            }
+        }
+        return _kernels with { Table = table };
     }
 
     public int MaxBatch { get; }
@@ -216,17 +269,33 @@ public sealed class FastDecoder : IDisposable
                 var (slot, start, length) = (chunks[c].Slot, chunks[c].Start, chunks[c].Tokens.Count);
                 _keys[layer][slot].narrow(0, start, length).copy_(k.narrow(0, offsets[c], length).view(length, _kvHeads, _headDim));
                 _values[layer][slot].narrow(0, start, length).copy_(v.narrow(0, offsets[c], length).view(length, _kvHeads, _headDim));
-                var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, start + length).transpose(1, 2));
-                var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, start + length).transpose(1, 2));
+                // A chunk inside a prompt attends to every earlier position and causally within itself: an explicit
+                // mask. Its key span is padded to a multiple of 16 (the padding is masked by the same tril) because
+                // the fused memory-efficient kernel takes a mask only with 16-aligned rows; an unaligned one sends SDPA
+                // to the math kernel, which materializes [heads, chunk, context] scores (+2.1 GiB at 16k, docs/planner.md).
+                var span = start == 0 ? length : (int)Math.Min(MaxLength, (start + length + 15) / 16 * 16);
+                var keys = Expand(_keys[layer].narrow(0, slot, 1).narrow(1, 0, span).transpose(1, 2));
+                var values = Expand(_values[layer].narrow(0, slot, 1).narrow(1, 0, span).transpose(1, 2));
                 var query = q.narrow(0, offsets[c], length).view(1, length, _heads, _headDim).transpose(1, 2);
                 var output = start == 0
                     ? nn.functional.scaled_dot_product_attention(query, keys, values, is_casual: true)
-                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ones([length, start + length], ScalarType.Bool, _device).tril(start));
+                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ChunkMask(length, start, span));
                 attended[c] = output.transpose(1, 2).reshape(length, _heads * _headDim);
             }
             return attended.Length == 1 ? attended[0] : cat(attended, 0);
         }, tensor(last.ToArray(), device: _device), mask);
         return _lmHead.Forward(hidden, _kernels).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The additive mask <c>[length, span]</c> (model dtype) of a prefill chunk of <paramref name="length"/> positions
+    /// starting at <paramref name="start"/>: 0 where key j ≤ start + i, −∞ elsewhere (later chunk positions and padding).
+    /// </summary>
+    private Tensor ChunkMask(int length, int start, int span)
+    {
+        using var scope = NewDisposeScope();
+        var visible = ones([length, span], ScalarType.Bool, _device).tril(start);
+        return zeros([length, span], _dtype, _device).masked_fill_(visible.logical_not(), Scalars.Of(double.NegativeInfinity)).MoveToOuterDisposeScope();
     }
 
     /// <summary>

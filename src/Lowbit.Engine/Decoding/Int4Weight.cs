@@ -1,3 +1,4 @@
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -47,6 +48,54 @@ public sealed record Int4Weight : IDisposable
             Zeros = q.Zeros.reshape(q.OutFeatures, groups).to(ScalarType.Float16).contiguous().MoveToOuterDisposeScope(),
             GroupSize = q.GroupSize,
         };
+    }
+
+    /// <summary>A 4-bit packed layer whose groups the int4 GEMV takes (a multiple of 32 dividing the input width).</summary>
+    public static bool IsEligible(PackedQuantizedLinear layer) =>
+        layer.Bits == 4 && layer.GroupSize % 32 == 0 && layer.InFeatures % layer.GroupSize == 0;
+
+    /// <summary>
+    /// The rows of <paramref name="layers"/> (4-bit <see cref="PackedQuantizedLinear"/>s, whose packing is this one) as one
+    /// weight, without a second copy: several layers are concatenated once and each layer then keeps views of the
+    /// concatenation (<see cref="PackedQuantizedLinear.ShareStorage"/>), its own storage released; one layer is aliased.
+    /// </summary>
+    public static Int4Weight Share(IReadOnlyList<PackedQuantizedLinear> layers)
+    {
+        if (layers.Count == 0 || layers.Any(l => !IsEligible(l) || l.GroupSize != layers[0].GroupSize || l.InFeatures != layers[0].InFeatures))
+        {
+            throw new ArgumentException("int4 parts need 4-bit codes, one input width and one group size (a multiple of 32)", nameof(layers));
+        }
+        using var scope = NewDisposeScope();
+        static Tensor Half(Tensor t) => t.dtype == ScalarType.Float16 ? t.alias() : t.to(ScalarType.Float16);
+        if (layers.Count == 1)
+        {
+            var only = layers[0];
+            return new Int4Weight
+            {
+                Packed = only.Packed.alias().MoveToOuterDisposeScope(),
+                Scales = Half(only.Scales).MoveToOuterDisposeScope(),
+                Zeros = Half(only.Zeros).MoveToOuterDisposeScope(),
+                GroupSize = only.GroupSize,
+            };
+        }
+        var result = new Int4Weight
+        {
+            Packed = cat(layers.Select(l => l.Packed).ToArray(), 0).MoveToOuterDisposeScope(),
+            Scales = cat(layers.Select(l => Half(l.Scales)).ToArray(), 0).MoveToOuterDisposeScope(),
+            Zeros = cat(layers.Select(l => Half(l.Zeros)).ToArray(), 0).MoveToOuterDisposeScope(),
+            GroupSize = layers[0].GroupSize,
+        };
+        var row = 0L;
+        foreach (var layer in layers)
+        {
+            var rows = layer.OutFeatures;
+            if (layer.Scales.dtype == ScalarType.Float16 && layer.Zeros.dtype == ScalarType.Float16)
+            {
+                layer.ShareStorage(result.Packed.narrow(0, row, rows), result.Scales.narrow(0, row, rows), result.Zeros.narrow(0, row, rows));
+            }
+            row += rows;
+        }
+        return result;
     }
 
     /// <summary>Rows of <paramref name="parts"/> stacked (same input width and group); the parts are disposed.</summary>

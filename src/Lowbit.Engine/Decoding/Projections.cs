@@ -1,3 +1,4 @@
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Quantization;
 using TorchSharp;
@@ -11,8 +12,11 @@ public sealed record DecodeKernels
     /// <summary>Fused RMSNorm, RoPE and SiLU·mul, and the int4 dequantize-GEMV, from <see cref="NativeKernels"/>.</summary>
     public required bool Native { get; init; }
 
-    /// <summary>Dense projections at ≤ 16 rows through the native GEMV instead of cuBLAS.</summary>
+    /// <summary>Dense projections at ≤ 16 rows may run the native GEMV instead of cuBLAS (false forces cuBLAS).</summary>
     public required bool NativeGemv { get; init; }
+
+    /// <summary>The kernels measured fastest per projection shape and rows (<see cref="KernelSelector"/>); null: the fixed defaults.</summary>
+    public KernelTable? Table { get; init; }
 
     public static DecodeKernels Eager { get; } = new() { Native = false, NativeGemv = false };
 }
@@ -23,6 +27,15 @@ public abstract class Projection : IDisposable
     public abstract long OutFeatures { get; }
 
     public abstract Tensor Forward(Tensor x, DecodeKernels kernels);
+
+    /// <summary>The shape that kernel selection measures (null: this projection has no kernel choice).</summary>
+    public virtual ProjectionShape? Shape => null;
+
+    /// <summary>The kernels that can run <paramref name="rows"/> rows here, the eager reference first.</summary>
+    public virtual IReadOnlyList<ProjectionKernel> Candidates(int rows, DecodeKernels kernels) => [];
+
+    /// <summary>Runs <paramref name="x"/> through <paramref name="kernel"/> (one of <see cref="Candidates"/>).</summary>
+    public virtual Tensor Run(Tensor x, ProjectionKernel kernel) => throw new NotSupportedException($"{GetType().Name} has no kernel choice");
 
     public abstract void Dispose();
 
@@ -39,12 +52,16 @@ public abstract class Projection : IDisposable
         {
             bias = cat(parts.Select((p, i) => biases[i] ?? zeros(p.OutFeatures, dtype, first.device)).ToArray(), 0);
         }
+        if (parts.All(p => p is PackedQuantizedLinear q && Int4Weight.IsEligible(q)))
+        {
+            return new Int4Projection(Int4Weight.Share(parts.Cast<PackedQuantizedLinear>().ToList()).MoveToOuterDisposeScope(), bias?.to(dtype).MoveToOuterDisposeScope());
+        }
         if (parts.All(p => p is QuantizedLinear q && Int4Weight.IsEligible(q.Weight)))
         {
             var packed = Int4Weight.Concat(parts.Select(p => Int4Weight.From(((QuantizedLinear)p).Weight)).ToList());
             return new Int4Projection(packed.MoveToOuterDisposeScope(), bias?.to(dtype).MoveToOuterDisposeScope());
         }
-        if (parts.Any(p => p is QuantizedLinear))
+        if (parts.Any(p => p is QuantizedLinear or PackedQuantizedLinear))
         {
             // A quantized artifact stays packed in memory: its layers dequantize per call rather than fuse into a dense copy.
             return new ModuleProjection(parts, dtype);
@@ -66,26 +83,69 @@ public abstract class Projection : IDisposable
     }
 }
 
-/// <summary>A dense weight <c>[out, in]</c>: cuBLAS through <c>linear</c>, or the native GEMV at one row.</summary>
+/// <summary>A dense weight <c>[out, in]</c>: cuBLAS through <c>linear</c>, or the native GEMV at few rows.</summary>
 public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
 {
     /// <summary>
-    /// Rows up to which the native GEMV beats cuBLAS. Measured on the H200 (7B bf16, graphs, docs/gpu.md run 7):
-    /// batch 1 native 221.7 against cuBLAS 207.9 tokens/s; batch 8 653.6 against 1,447.1; batch 16 367.7 against
-    /// 2,381.2 (the kernel's time grows with its rows while cuBLAS's barely does).
+    /// Rows up to which the native GEMV is used when nothing was measured (<see cref="DecodeKernels.Table"/> null: no CUDA
+    /// graphs, or selection off). Measured on the H200 (7B bf16, graphs, docs/gpu.md run 7): batch 1 native 221.7 against
+    /// cuBLAS 207.9 tokens/s; batch 8 653.6 against 1,447.1; batch 16 367.7 against 2,381.2.
     /// </summary>
     public const int NativeGemvMaxRows = 1;
+
+    private ProjectionShape? _shape;
 
     public Tensor Weight { get; } = weight;
 
     public override long OutFeatures => Weight.shape[0];
 
-    public override Tensor Forward(Tensor x, DecodeKernels kernels)
+    public override ProjectionShape Shape => _shape ??= new ProjectionShape { Weight = ProjectionWeight.Dense, OutFeatures = Weight.shape[0], InFeatures = Weight.shape[1] };
+
+    public override Tensor Forward(Tensor x, DecodeKernels kernels) => Run(x, Choose(x.shape[0], x.device_type == DeviceType.CUDA, kernels));
+
+    /// <summary>
+    /// cuBLAS unless the native GEMV is allowed (<see cref="DecodeKernels.NativeGemv"/>; graph-cublas turns it off) and
+    /// either measured fastest at these rows or, unmeasured, the rows are at most <see cref="NativeGemvMaxRows"/>.
+    /// </summary>
+    public ProjectionKernel Choose(long rows, bool cuda, DecodeKernels kernels)
     {
-        if (kernels.NativeGemv && x.shape[0] <= NativeGemvMaxRows && Weight.shape[1] % 8 == 0 && x.device_type == DeviceType.CUDA)
+        if (!kernels.NativeGemv || !cuda || rows > 16 || Weight.shape[1] % 8 != 0)
+        {
+            return ProjectionKernel.Linear;
+        }
+        return kernels.Table?.Lookup(Shape, rows) switch
+        {
+            ProjectionKernel.Linear => ProjectionKernel.Linear,
+            ProjectionKernel.NativeGemv => ProjectionKernel.NativeGemv,
+            ProjectionKernel.NativeGemvV2 when NativeKernelsV2.GemvSupports(rows, Weight.shape[1]) => ProjectionKernel.NativeGemvV2,
+            _ => rows <= NativeGemvMaxRows ? ProjectionKernel.NativeGemv : ProjectionKernel.Linear,
+        };
+    }
+
+    public override IReadOnlyList<ProjectionKernel> Candidates(int rows, DecodeKernels kernels)
+    {
+        if (!kernels.NativeGemv || !NativeKernels.Available || rows > 16 || Weight.shape[1] % 8 != 0 || Weight.device_type != DeviceType.CUDA)
+        {
+            return [ProjectionKernel.Linear];
+        }
+        return NativeKernelsV2.GemvSupports(rows, Weight.shape[1])
+            ? [ProjectionKernel.Linear, ProjectionKernel.NativeGemv, ProjectionKernel.NativeGemvV2]
+            : [ProjectionKernel.Linear, ProjectionKernel.NativeGemv];
+    }
+
+    public override Tensor Run(Tensor x, ProjectionKernel kernel)
+    {
+        if (kernel is ProjectionKernel.NativeGemv or ProjectionKernel.NativeGemvV2)
         {
             var output = empty([x.shape[0], Weight.shape[0]], x.dtype, x.device);
-            NativeKernels.Gemv(x, Weight, output);
+            if (kernel == ProjectionKernel.NativeGemvV2)
+            {
+                NativeKernelsV2.Gemv(x, Weight, output);
+            }
+            else
+            {
+                NativeKernels.Gemv(x, Weight, output);
+            }
             return bias is null ? output : output.add_(bias, Scalars.One);
         }
         return nn.functional.linear(x, Weight, bias);
@@ -98,20 +158,70 @@ public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
     }
 }
 
-/// <summary>A packed 4-bit weight: the native dequantize-GEMV at ≤ 16 rows, else dequantize and <c>linear</c>.</summary>
+/// <summary>A packed 4-bit weight: a native dequantize-GEMV at ≤ 16 rows (the one measured fastest), else dequantize and <c>linear</c>.</summary>
 public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 {
+    private ProjectionShape? _shape;
+
     public Int4Weight Weight { get; } = weight;
 
     public override long OutFeatures => Weight.OutFeatures;
 
-    public override Tensor Forward(Tensor x, DecodeKernels kernels)
+    public override ProjectionShape Shape => _shape ??= new ProjectionShape
     {
-        if (kernels.Native && x.shape[0] <= 16 && x.device_type == DeviceType.CUDA)
+        Weight = ProjectionWeight.Int4, OutFeatures = Weight.OutFeatures, InFeatures = Weight.InFeatures, GroupSize = Weight.GroupSize,
+    };
+
+    public override Tensor Forward(Tensor x, DecodeKernels kernels) => Run(x, Choose(x.shape[0], x.device_type == DeviceType.CUDA, kernels));
+
+    /// <summary>The measured choice for these rows; unmeasured, the first int4 GEMV at ≤ 16 rows, else dequantize + <c>linear</c>.</summary>
+    public ProjectionKernel Choose(long rows, bool cuda, DecodeKernels kernels)
+    {
+        if (!kernels.Native || !cuda)
+        {
+            return ProjectionKernel.Int4Dequant;
+        }
+        return kernels.Table?.Lookup(Shape, rows) switch
+        {
+            ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
+            ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
+            ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
+            _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
+        };
+    }
+
+    public override IReadOnlyList<ProjectionKernel> Candidates(int rows, DecodeKernels kernels)
+    {
+        if (!kernels.Native || !NativeKernels.Available || Weight.Packed.device_type != DeviceType.CUDA)
+        {
+            return [ProjectionKernel.Int4Dequant];
+        }
+        var candidates = new List<ProjectionKernel> { ProjectionKernel.Int4Dequant };
+        if (rows <= 16)
+        {
+            candidates.Add(ProjectionKernel.Int4V1);
+        }
+        if (NativeKernelsV2.Int4Supports(rows, Weight.InFeatures))
+        {
+            candidates.Add(ProjectionKernel.Int4V2);
+        }
+        return candidates;
+    }
+
+    public override Tensor Run(Tensor x, ProjectionKernel kernel)
+    {
+        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            NativeKernels.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
+            if (kernel == ProjectionKernel.Int4V2)
+            {
+                NativeKernelsV2.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
+            }
+            else
+            {
+                NativeKernels.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
+            }
             return bias is null ? output : output.add_(bias, Scalars.One);
         }
         using var dense = Weight.Dequantize(x.dtype);

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
@@ -129,47 +130,45 @@ public static class LowbitCheckpoint
         return node?["quantization_config"]?["quant_method"]?.GetValue<string>() == FormatName;
     }
 
-    /// <summary>Reads every quantized projection of a lowbit export.</summary>
+    /// <summary>Reads every quantized projection of a lowbit export (one byte per code; for tests and exports).</summary>
     public static Dictionary<string, QuantizedTensor> ReadLinears(string directory, Device? device = null)
     {
         using var file = SafetensorsFile.Open(Path.Combine(directory, Checkpoint.SingleFile));
-        if (!file.Metadata.TryGetValue(LayersKey, out var layersJson))
-        {
-            throw new EngineInputException($"--model: {directory} is not a lowbit export (no {LayersKey} metadata)");
-        }
         var result = new Dictionary<string, QuantizedTensor>(StringComparer.Ordinal);
-        foreach (var (prefix, node) in JsonNode.Parse(layersJson)!.AsObject())
+        foreach (var (prefix, node) in Layers(file, directory))
         {
             using var scope = NewDisposeScope();
-            var bits = node!["bits"]!.GetValue<int>();
-            var shape = node["shape"]!.AsArray().Select(v => v!.GetValue<long>()).ToArray();
-            var codes = BitPacking.UnpackBits(file.GetBytes(prefix + ".qweight"), bits, shape[0] * shape[1]);
-            var method = Enum.Parse<QuantizationMethod>(node["method"]!.GetValue<string>(), ignoreCase: true);
-            var gIdx = file.Tensors.ContainsKey(prefix + ".g_idx") ? file.Load(prefix + ".g_idx") : null;
-            var q = QuantizedTensor.Create(method, bits, node["group_size"]!.GetValue<int>(),
-                torch.tensor(codes, ScalarType.Byte).reshape(shape),
-                file.Load(prefix + ".scales", ScalarType.Float32), file.Load(prefix + ".zeros", ScalarType.Float32), gIdx, node["axis"]!.GetValue<int>());
+            var q = ReadLinear(file, prefix, node);
             result[prefix] = (device is null ? q : q.To(device)).MoveToOuterDisposeScope();
         }
         return result;
     }
 
-    /// <summary>A model whose projections are <see cref="QuantizedLinear"/>s (dequantized on the fly) and the rest dense.</summary>
+    /// <summary>
+    /// A model whose projections are the export's quantized layers and the rest dense, built so that no dense projection
+    /// is ever allocated (the projections start on the meta device, then each is replaced as it is read). 2-, 4- and
+    /// 8-bit layers with groups along the input keep the file's packed bytes as they are (<see cref="PackedQuantizedLinear"/>:
+    /// one copy, dequantized per call; the fast decode path's int4 weights are views of it); other layers (3-bit,
+    /// act-order, groups along the output) are <see cref="QuantizedLinear"/>s with one byte per code. Layers are read one
+    /// at a time, so the host never holds more than one layer's codes.
+    /// </summary>
     public static LlamaForCausalLM Load(string directory, ScalarType dtype, Device device)
     {
         using var checkpoint = Checkpoint.Open(directory);
-        var linears = ReadLinears(directory, device);
-        var model = new LlamaForCausalLM(checkpoint.Config, dtype, device);
+        using var file = SafetensorsFile.Open(Path.Combine(directory, Checkpoint.SingleFile));
+        var layers = Layers(file, directory);
+        var model = new LlamaForCausalLM(checkpoint.Config, dtype, device, LlamaForCausalLM.MetaDevice);
         model.eval();
         model.ReplaceLinears((name, current) =>
         {
-            if (!linears.TryGetValue(name, out var q))
-            {
-                return null;
-            }
-            var bias = checkpoint.Contains(name + ".bias") ? checkpoint.Load(name + ".bias", dtype, device) : null;
+            var hasBias = checkpoint.Contains(name + ".bias");
             current.Dispose();
-            return new QuantizedLinear(q, bias);
+            if (!layers.TryGetValue(name, out var node))
+            {
+                // A projection the export kept dense: allocated now, filled with the other dense tensors below.
+                return new DenseLinear(current.InFeatures, current.OutFeatures, hasBias, dtype, device);
+            }
+            return ReadLayer(file, name, node, device, hasBias ? checkpoint.Load(name + ".bias", dtype, device) : null);
         }, includeLmHead: true);
         using var noGrad = no_grad();
         foreach (var (name, parameter) in model.named_parameters())
@@ -178,6 +177,49 @@ public static class LowbitCheckpoint
             parameter.copy_(loaded);
         }
         return model;
+    }
+
+    private static Dictionary<string, JsonNode> Layers(SafetensorsFile file, string directory)
+    {
+        if (!file.Metadata.TryGetValue(LayersKey, out var layersJson))
+        {
+            throw new EngineInputException($"--model: {directory} is not a lowbit export (no {LayersKey} metadata)");
+        }
+        return JsonNode.Parse(layersJson)!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!, StringComparer.Ordinal);
+    }
+
+    private static QuantizedTensor ReadLinear(SafetensorsFile file, string prefix, JsonNode node)
+    {
+        using var scope = NewDisposeScope();
+        var bits = node["bits"]!.GetValue<int>();
+        var shape = node["shape"]!.AsArray().Select(v => v!.GetValue<long>()).ToArray();
+        var codes = BitPacking.UnpackBits(file.GetBytes(prefix + ".qweight"), bits, shape[0] * shape[1]);
+        var method = Enum.Parse<QuantizationMethod>(node["method"]!.GetValue<string>(), ignoreCase: true);
+        var gIdx = file.Tensors.ContainsKey(prefix + ".g_idx") ? file.Load(prefix + ".g_idx") : null;
+        return QuantizedTensor.Create(method, bits, node["group_size"]!.GetValue<int>(),
+            torch.tensor(codes, ScalarType.Byte).reshape(shape),
+            file.Load(prefix + ".scales", ScalarType.Float32), file.Load(prefix + ".zeros", ScalarType.Float32), gIdx, node["axis"]!.GetValue<int>())
+            .MoveToOuterDisposeScope();
+    }
+
+    private static LinearLayer ReadLayer(SafetensorsFile file, string prefix, JsonNode node, Device device, Tensor? bias)
+    {
+        var bits = node["bits"]!.GetValue<int>();
+        var groupSize = node["group_size"]!.GetValue<int>();
+        var shape = node["shape"]!.AsArray().Select(v => v!.GetValue<long>()).ToArray();
+        var packable = node["axis"]!.GetValue<int>() == 1 && !file.Tensors.ContainsKey(prefix + ".g_idx")
+            && PackedQuantizedLinear.IsPackable(bits, groupSize, shape[1]);
+        if (!packable)
+        {
+            using var scope = NewDisposeScope();
+            var q = ReadLinear(file, prefix, node);
+            var onDevice = q.To(device).DetachFromDisposeScope();
+            return new QuantizedLinear(onDevice, bias);
+        }
+        // PackBits is LSB-first: for whole codes per byte its bytes are PackedQuantizedLinear's rows as they are.
+        return PackedQuantizedLinear.FromPacked(bits, groupSize, shape[0], shape[1],
+            file.Load(prefix + ".qweight", ScalarType.Byte, device),
+            file.Load(prefix + ".scales", null, device), file.Load(prefix + ".zeros", null, device), bias);
     }
 }
 

@@ -21,34 +21,100 @@ public sealed class PackedQuantizedLinear : LinearLayer
     private readonly int _bits;
     private readonly int _groupSize;
 
-    private PackedQuantizedLinear(QuantizedTensor q, Tensor? bias)
-        : base("PackedQuantizedLinear", q.InFeatures, q.OutFeatures)
+    private PackedQuantizedLinear(int bits, int groupSize, long inFeatures, long outFeatures, Tensor packed, Tensor scales, Tensor zeros, Tensor? bias)
+        : base("PackedQuantizedLinear", inFeatures, outFeatures)
     {
+        _bits = bits;
+        _groupSize = groupSize;
+        _packed = packed;
+        _scales = scales;
+        _zeros = zeros;
         using var scope = NewDisposeScope();
-        _bits = q.Bits;
-        _groupSize = q.GroupSize;
-        var perByte = 8 / q.Bits;
-        var shifts = arange(Scalars.Of(0), Scalars.Of(8), Scalars.Of(q.Bits), ScalarType.Int32, q.Codes.device);
-        var codes = q.Codes.to(ScalarType.Int32).view(q.OutFeatures, q.InFeatures / perByte, perByte);
-        _packed = codes.bitwise_left_shift(shifts).sum(-1).to(ScalarType.Byte).contiguous().DetachFromDisposeScope();
-        _shifts = shifts.to(ScalarType.Byte).DetachFromDisposeScope();
-        _scales = Compact(q.Scales).DetachFromDisposeScope();
-        _zeros = Compact(q.Zeros).DetachFromDisposeScope();
+        _shifts = arange(Scalars.Of(0), Scalars.Of(8), Scalars.Of(bits), ScalarType.Int32, packed.device).to(ScalarType.Byte).DetachFromDisposeScope();
         _bias = bias?.detach().DetachFromDisposeScope();
     }
 
     /// <summary>A packed layer when <paramref name="q"/> allows it, otherwise an ordinary <see cref="QuantizedLinear"/>.</summary>
     public static LinearLayer Create(QuantizedTensor q, Tensor? bias)
     {
-        var packable = q.Bits is 2 or 4 or 8 && q.Axis == 1 && q.GroupIndex is null && q.GroupSize > 0
-            && q.InFeatures % q.GroupSize == 0 && q.InFeatures % (8 / q.Bits) == 0 && q.Scales.shape.Length == 2;
+        var packable = IsPackable(q.Bits, q.GroupSize, q.InFeatures) && q.Axis == 1 && q.GroupIndex is null && q.Scales.shape.Length == 2;
         if (!packable)
         {
             return new QuantizedLinear(q, bias);
         }
-        var layer = new PackedQuantizedLinear(q, bias);
+        PackedQuantizedLinear layer;
+        using (var scope = NewDisposeScope())
+        {
+            var perByte = 8 / q.Bits;
+            var shifts = arange(Scalars.Of(0), Scalars.Of(8), Scalars.Of(q.Bits), ScalarType.Int32, q.Codes.device);
+            var codes = q.Codes.to(ScalarType.Int32).view(q.OutFeatures, q.InFeatures / perByte, perByte);
+            var packed = codes.bitwise_left_shift(shifts).sum(-1).to(ScalarType.Byte).contiguous().DetachFromDisposeScope();
+            layer = new PackedQuantizedLinear(q.Bits, q.GroupSize, q.InFeatures, q.OutFeatures, packed,
+                Compact(q.Scales).DetachFromDisposeScope(), Compact(q.Zeros).DetachFromDisposeScope(), bias);
+        }
         q.Dispose();
         return layer;
+    }
+
+    /// <summary>
+    /// A layer over codes already packed as this layer keeps them: our <c>lowbit</c> export's <c>qweight</c> (BitPacking.PackBits,
+    /// LSB first) is that layout for 2-, 4- and 8-bit codes, so a loader moves the file's bytes to the device as they are
+    /// and never holds one byte per weight. <paramref name="packed"/> uint8 with <c>out·in·bits/8</c> elements,
+    /// <paramref name="scales"/> and <paramref name="zeros"/> <c>out·in/group</c> elements (float16 or float32); the layer owns all three.
+    /// </summary>
+    public static PackedQuantizedLinear FromPacked(int bits, int groupSize, long outFeatures, long inFeatures, Tensor packed, Tensor scales, Tensor zeros, Tensor? bias)
+    {
+        if (!IsPackable(bits, groupSize, inFeatures))
+        {
+            throw new ArgumentException($"{bits}-bit codes in groups of {groupSize} over {inFeatures} inputs are not byte-packable", nameof(bits));
+        }
+        var groups = inFeatures / groupSize;
+        if (packed.NumberOfElements != outFeatures * inFeatures * bits / 8 || scales.NumberOfElements != outFeatures * groups || zeros.NumberOfElements != outFeatures * groups)
+        {
+            throw new ArgumentException($"packed {packed.NumberOfElements} bytes, {scales.NumberOfElements} scales and {zeros.NumberOfElements} zeros do not fit [{outFeatures}, {inFeatures}] at {bits} bits, group {groupSize}", nameof(packed));
+        }
+        var layer = new PackedQuantizedLinear(bits, groupSize, inFeatures, outFeatures,
+            packed.view(outFeatures, inFeatures * bits / 8).DetachFromDisposeScope(), scales.view(outFeatures, groups).DetachFromDisposeScope(),
+            zeros.view(outFeatures, groups).DetachFromDisposeScope(), bias);
+        packed.Dispose();
+        scales.Dispose();
+        zeros.Dispose();
+        return layer;
+    }
+
+    /// <summary>Widths this layer packs whole codes per byte for, with groups along the input that tile it.</summary>
+    public static bool IsPackable(int bits, int groupSize, long inFeatures) =>
+        bits is 2 or 4 or 8 && groupSize > 0 && inFeatures % groupSize == 0 && inFeatures % (8 / bits) == 0;
+
+    public int Bits => _bits;
+
+    public int GroupSize => _groupSize;
+
+    /// <summary>The codes, uint8 <c>[out, in·bits/8]</c> (first code of a byte in its low bits).</summary>
+    public Tensor Packed => _packed;
+
+    /// <summary>Scales <c>[out, in/group]</c>.</summary>
+    public Tensor Scales => _scales;
+
+    /// <summary>Zeros <c>[out, in/group]</c>.</summary>
+    public Tensor Zeros => _zeros;
+
+    /// <summary>
+    /// Makes this layer's codes, scales and zeros views of <paramref name="packed"/>, <paramref name="scales"/> and
+    /// <paramref name="zeros"/> (same shapes and values: rows of a fused weight), releasing its own storage, so a fused
+    /// copy is the only copy.
+    /// </summary>
+    public void ShareStorage(Tensor packed, Tensor scales, Tensor zeros)
+    {
+        if (!packed.shape.SequenceEqual(_packed.shape) || !scales.shape.SequenceEqual(_scales.shape) || !zeros.shape.SequenceEqual(_zeros.shape)
+            || scales.dtype != _scales.dtype || zeros.dtype != _zeros.dtype || packed.dtype != ScalarType.Byte)
+        {
+            throw new ArgumentException("shared storage must match this layer's shapes and dtypes", nameof(packed));
+        }
+        using var noGrad = no_grad();
+        _packed.set_(packed);
+        _scales.set_(scales);
+        _zeros.set_(zeros);
     }
 
     /// <summary>Bytes held on the device (codes, scales, zeros).</summary>

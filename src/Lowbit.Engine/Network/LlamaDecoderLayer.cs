@@ -12,11 +12,13 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
     private readonly RmsNorm input_layernorm;
     private readonly RmsNorm post_attention_layernorm;
 
-    public LlamaDecoderLayer(LlamaConfig config, ScalarType dtype, Device device)
+    /// <param name="projectionDevice">Where the q/k/v/o and gate/up/down projections are created (default <paramref name="device"/>);
+    /// <c>meta</c> allocates nothing, for loaders that replace every projection (quantized checkpoints).</param>
+    public LlamaDecoderLayer(LlamaConfig config, ScalarType dtype, Device device, Device? projectionDevice = null)
         : base("LlamaDecoderLayer")
     {
-        self_attn = new LlamaAttention(config, dtype, device);
-        mlp = new LlamaMlp(config, dtype, device);
+        self_attn = new LlamaAttention(config, dtype, projectionDevice ?? device);
+        mlp = new LlamaMlp(config, dtype, projectionDevice ?? device);
         input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device);
         post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device);
         RegisterComponents();

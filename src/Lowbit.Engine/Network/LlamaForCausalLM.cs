@@ -14,15 +14,22 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, KvCache?, Tensor>
     private readonly LlamaModel model;
     private LinearLayer? lm_head;
 
-    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype, Device device)
+    /// <param name="projectionDevice">
+    /// Where the projections (and <c>lm_head</c>) are created, default <paramref name="device"/>. A quantized loader passes
+    /// <see cref="MetaDevice"/> so no dense projection is ever allocated, then replaces each one.
+    /// </param>
+    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype, Device device, Device? projectionDevice = null)
         : base("LlamaForCausalLM")
     {
         Config = config;
         Dtype = dtype;
-        model = new LlamaModel(config, dtype, device);
-        lm_head = config.TieWordEmbeddings ? null : new DenseLinear(config.HiddenSize, config.VocabSize, false, dtype, device);
+        model = new LlamaModel(config, dtype, device, projectionDevice);
+        lm_head = config.TieWordEmbeddings ? null : new DenseLinear(config.HiddenSize, config.VocabSize, false, dtype, projectionDevice ?? device);
         RegisterComponents();
     }
+
+    /// <summary>PyTorch's <c>meta</c> device: tensors with a shape and no storage.</summary>
+    public static Device MetaDevice { get; } = new(DeviceType.META);
 
     public LlamaConfig Config { get; }
 

@@ -13,12 +13,12 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
     private readonly RmsNorm norm;
     private readonly RotaryEmbedding _rotary;
 
-    public LlamaModel(LlamaConfig config, ScalarType dtype, Device device)
+    public LlamaModel(LlamaConfig config, ScalarType dtype, Device device, Device? projectionDevice = null)
         : base("LlamaModel")
     {
         embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize, dtype: dtype, device: device);
         layers = new ModuleList<LlamaDecoderLayer>(
-            Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(config, dtype, device)).ToArray());
+            Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(config, dtype, device, projectionDevice)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device);
         _rotary = new RotaryEmbedding(config);
         RegisterComponents();

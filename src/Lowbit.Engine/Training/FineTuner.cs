@@ -472,41 +472,10 @@ public sealed class FineTuner
     }
 
     /// <summary>
-    /// A lowbit base for QLoRA: the model is built on the CPU (the dense projections are never touched, so the
-    /// allocation stays virtual), projections become quantized layers on the device, then the rest moves over.
+    /// A lowbit base for QLoRA: <see cref="LowbitCheckpoint.Load"/> (no dense projection allocated anywhere, the file's
+    /// packed codes moved to the device as they are, one layer at a time).
     /// </summary>
-    private static LlamaForCausalLM LoadQuantized(string directory, ScalarType dtype, Device device)
-    {
-        using var checkpoint = Checkpoint.Open(directory);
-        // Codes are unpacked to one byte per weight on the CPU, then moved and bit-packed one projection at a time,
-        // so the device never holds the unpacked model (the caching allocator would keep that pool reserved).
-        var linears = LowbitCheckpoint.ReadLinears(directory);
-        var model = new LlamaForCausalLM(checkpoint.Config, dtype, CPU);
-        model.eval();
-        model.ReplaceLinears((name, current) =>
-        {
-            if (!linears.TryGetValue(name, out var q))
-            {
-                return null;
-            }
-            var bias = checkpoint.Contains(name + ".bias") ? checkpoint.Load(name + ".bias", dtype, device) : null;
-            current.Dispose();
-            var onDevice = q.To(device);
-            if (device.type != DeviceType.CPU)
-            {
-                q.Dispose();
-            }
-            return PackedQuantizedLinear.Create(onDevice, bias);
-        }, includeLmHead: true);
-        model.to(device);
-        using var noGrad = no_grad();
-        foreach (var (name, parameter) in model.named_parameters())
-        {
-            using var loaded = checkpoint.Load(name, parameter.dtype, parameter.device);
-            parameter.copy_(loaded);
-        }
-        return model;
-    }
+    private static LlamaForCausalLM LoadQuantized(string directory, ScalarType dtype, Device device) => LowbitCheckpoint.Load(directory, dtype, device);
 
     private static void CopyTokenizer(string from, string to)
     {

@@ -3,10 +3,13 @@
 #   ./bench.sh [--layers N] [--work DIR] [--new-tokens N] [--quant]
 # 1. bench_hf.py make: a random 7B-shaped Llama (bf16, Llama-2-7B dimensions, N layers, default 32) as safetensors
 # 2. lowbit-engine selfcheck-kernels: every native decode kernel against its eager reference (relative errors)
-# 3. lowbit-engine bench-decode: eager (TextGenerator), the fused decode step without and with native kernels and
+# 3. lowbit-engine bench-kernels: every decode kernel alone on the 7B shapes (cuBLAS, native GEMV, int4 v1/v2/dequant
+#    at 1..32 rows; attention, norms, RoPE, SiLU; a device copy): microseconds and GB/s per call, one JSON line each
+# 4. lowbit-engine bench-decode: eager (TextGenerator), the fused decode step without and with native kernels and
 #    CUDA graphs, batch 4/8/32 (8 also with cuBLAS for the dense GEMV: the serve 8-stream ITL question), and RTN int4 (g64) through the int4 GEMV; greedy tokens compared with the eager path
-# 4. bench_hf.py decode: transformers generate() eager and with a static cache (torch.compile), batch 1 and 32
-# 5. a Markdown table on stdout; raw JSON lines in $WORK/results.jsonl. --quant adds the quantizer timings
+#    (graph-fixed: the fixed kernel defaults instead of the ones measured at build, for comparison)
+# 5. bench_hf.py decode: transformers generate() eager and with a static cache (torch.compile), batch 1 and 32
+# 6. a Markdown table on stdout; raw JSON lines in $WORK/results.jsonl. --quant adds the quantizer timings
 #    (bench-quant.sh; GPTQ alone takes ~5 minutes at 32 layers).
 # Every step is bounded by a timeout and a failed step does not stop the others. Runtime target: <= 6 minutes at 32 layers.
 set -uo pipefail
@@ -42,9 +45,10 @@ if [ ! -f "$model/config.json" ]; then
 fi
 # First use builds the native library (run.sh); its time is this step's.
 step selfcheck-kernels 240 "$here/run.sh" selfcheck-kernels
+step bench-kernels 120 "$here/run.sh" bench-kernels --device cuda
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \
-  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph:1,fused:4,graph:4,graph:8,graph-cublas:8,graph:32,int4-native:1,int4-graph:1,int4-graph:16"
+  --runs "eager:1,fused:1,native:1,graph-cublas:1,graph-fixed:1,graph:1,fused:4,graph:4,graph:8,graph-cublas:8,graph:32,int4-native:1,int4-graph-fixed:1,int4-graph:1,int4-graph:2,int4-graph:16"
 step hf-eager 180 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens"
 step hf-static 240 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens" --cache static
 if [ "$quant" = 1 ]; then
@@ -66,6 +70,15 @@ if checks:
     print("|---|---|---|")
     for r in checks:
         print(f"| {r['check']} | {r['relativeError']:.2e} | {r['pass']} |")
+kernels = [r for r in rows if r.get("event") == "bench-kernel"]
+if kernels:
+    print("\n| kernel | shape | group | rows | us/call | GB/s | of 4.28 TB/s | rel. error |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in kernels:
+        shape = f"{r['shape']} {r['n']}x{r['k']}" if "shape" in r else (f"context {r['context']}" if "context" in r else "")
+        us = r.get("microseconds", r.get("error", ""))
+        print(f"| {r['kernel']} | {shape} | {r.get('group') or ''} | {r['rows']} | {us} | {r.get('gbPerSecond', '')} | "
+              f"{r.get('fractionOfReference', '')} | {r.get('relativeError', '')} |")
 decode = [r for r in rows if "tokensPerSecond" in r]
 eager = next((r["tokensPerSecond"] for r in decode if r["engine"] == "lowbit" and r.get("mode") == "eager"), None)
 print("\n| engine | mode | weights | batch | layers | tokens/s | x lowbit eager | capture s | greedy = reference | prefill logit max diff |")

@@ -29,7 +29,8 @@ for script in "$here"/*.sh "$here"/*.py; do
 done
 # The native decode library's sources: run.sh builds them on first use (nvcc + g++ against python3's torch).
 mkdir -p "$stage/native"
-install -m 0644 "$here/../native/lowbit_kernels.cu" "$here/../native/lowbit_native.cpp" "$here/../native/lowbit_memory.cpp" "$stage/native/"
+install -m 0644 "$here/../native/lowbit_kernels.cu" "$here/../native/lowbit_native.cpp" "$here/../native/lowbit_memory.cpp" \
+  "$here/../native/lowbit_kernels_v2.cu" "$here/../native/lowbit_kernels_v2.cpp" "$stage/native/"
 install -m 0755 "$here/../native/build.sh" "$stage/native/build.sh"
 tarball="$out/lowbit-engine-gpu-linux-x64.tar.xz"
 tar -C "$out/engine-gpu" -cf - lowbit-engine | xz -T2 -6 > "$tarball"

@@ -39,11 +39,15 @@ SHAPES = {
                num_key_value_heads=32),
     "13b": dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
                 num_key_value_heads=40),
+    # Llama-2-70B: only as a random 4-bit lowbit artifact written directly (a bf16 copy would not fit the host's disk).
+    "70b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8),
 }
 
 # (kind, shape, weights, a, b[, checkpointing]): serve a=max-context b=max-concurrency; finetune a=seq b=micro-batch.
 GRID = [
     ("serve", "7b", "bf16", 2048, 8),
+    ("serve", "7b", "int4-g64", 2048, 8),
     ("serve", "7b", "bf16", 512, 1),
     ("serve", "7b", "bf16", 4096, 16),
     ("serve", "7b", "bf16", 16384, 2),
@@ -54,8 +58,8 @@ GRID = [
     ("serve", "1b", "bf16", 4096, 32),
     ("finetune", "1b", "bf16", 2048, 4, True),
     ("finetune", "1b", "bf16", 2048, 4, False),
-    ("serve", "7b", "int4-g64", 2048, 8),
     ("serve", "13b", "bf16", 4096, 8),
+    ("serve", "70b", "int4-g64", 4096, 8),
     ("finetune", "13b", "bf16", 2048, 1, True),
 ]
 
@@ -84,6 +88,44 @@ def make_model(shape, work):
                    check=True, timeout=240)
     log(event="calibrate-model", shape=shape, seconds=round(time.monotonic() - start, 1))
     return folder
+
+
+def make_lowbit(shape, group, folder):
+    """A random 4-bit lowbit artifact in LowbitCheckpoint.Write's layout (random codes, fp16 scales and zeros, bf16
+    embeddings, norms and lm_head), written without a 16-bit model: what serve loads for a shape too big to quantize here."""
+    import torch
+    from safetensors.torch import save_file
+    c = SHAPES[shape]
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    d = h // c["num_attention_heads"]
+    kv = c["num_key_value_heads"] * d
+    projections = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+                   "self_attn.o_proj": (h, h), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+                   "mlp.down_proj": (h, inter)}
+    torch.manual_seed(0)
+    tensors, meta = {}, {}
+    for i in range(layers):
+        for name, (rows, cols) in projections.items():
+            prefix = f"model.layers.{i}.{name}"
+            tensors[prefix + ".qweight"] = torch.randint(0, 256, (rows * cols // 2,), dtype=torch.uint8)
+            tensors[prefix + ".scales"] = torch.full((rows, cols // group), 0.002, dtype=torch.float16)
+            tensors[prefix + ".zeros"] = torch.full((rows, cols // group), 7.5, dtype=torch.float16)
+            meta[prefix] = {"method": "hqq", "bits": 4, "group_size": group, "axis": 1, "shape": [rows, cols]}
+        tensors[f"model.layers.{i}.input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+        tensors[f"model.layers.{i}.post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+    tensors["model.embed_tokens.weight"] = (torch.randn(c["vocab_size"], h) * 0.02).to(torch.bfloat16)
+    tensors["model.norm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+    tensors["lm_head.weight"] = (torch.randn(c["vocab_size"], h) * 0.02).to(torch.bfloat16)
+    os.makedirs(folder, exist_ok=True)
+    save_file(tensors, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "lowbit", "lowbit.version": "1", "lowbit.layers": json.dumps(meta)})
+    config = dict(c, architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", head_dim=d,
+                  max_position_embeddings=16384, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                  bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16",
+                  quantization_config={"quant_method": "lowbit", "method": "hqq", "bits": 4, "group_size": group,
+                                       "bits_per_weight": 4 + 32 / group})
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
 
 
 def make(shape, folder):
@@ -204,8 +246,12 @@ def main():
         m = argparse.ArgumentParser()
         m.add_argument("--shape", choices=sorted(SHAPES), required=True)
         m.add_argument("--dir", required=True)
+        m.add_argument("--lowbit-group", type=int, default=0)
         a = m.parse_args(sys.argv[2:])
-        make(a.shape, a.dir)
+        if a.lowbit_group:
+            make_lowbit(a.shape, a.lowbit_group, a.dir)
+        else:
+            make(a.shape, a.dir)
         return
     p = argparse.ArgumentParser()
     p.add_argument("--engine", required=True)
@@ -230,8 +276,16 @@ def main():
         kind, shape, weights, a, b = point[:5]
         port += 1
         try:
-            model = make_model(shape, args.work)
-            if weights != "bf16":
+            if shape == "70b":
+                model = os.path.join(args.work, f"random-{shape}-{weights}")
+                if not os.path.isfile(os.path.join(model, "config.json")):
+                    made = time.monotonic()
+                    subprocess.run([sys.executable, os.path.abspath(__file__), "make", "--shape", shape, "--dir", model,
+                                    "--lowbit-group", weights.split("-g")[1]], check=True, timeout=max(30, left - 60))
+                    log(event="calibrate-model", shape=shape, weights=weights, seconds=round(time.monotonic() - made, 1))
+            else:
+                model = make_model(shape, args.work)
+            if weights != "bf16" and shape != "70b":
                 model = quantize(args.engine, model, args.work, min(120, left))
             base = {"source": source, "runtime": "lowbit", "modelName": f"random-{shape}", "hfConfig": hf_config(model),
                     "weights": weights, "gpu": gpu}

@@ -34,6 +34,6 @@ esac
 # Developer verbs (benchmarks, kernel self-check, fixture training) live in lowbit-engine-dev, published next to the
 # engine by bundle.sh; everything else is the shipped engine.
 case "${1:-}" in
-  bench-decode|bench-quant|bench-finetune|selfcheck-kernels|train-fixture) exec "$here/lowbit-engine-dev" "$@" ;;
+  bench-decode|bench-quant|bench-finetune|bench-kernels|selfcheck-kernels|train-fixture) exec "$here/lowbit-engine-dev" "$@" ;;
   *) exec "$here/lowbit-engine" "$@" ;;
 esac

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Lowbit.Engine.Formats;
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
 using Lowbit.Engine.Tests.Quantization;
@@ -66,6 +67,37 @@ public sealed class QuantizedCheckpointTests : IDisposable
         var actual = loaded.forward(tokens, null);
         var relative = expected.sub(actual).norm().item<float>() / expected.norm().item<float>();
         Assert.True(relative < 1e-5, $"logits differ by {relative:E2}");
+    }
+
+    [Theory]
+    [InlineData(QuantizationMethod.Hqq, 2)]
+    [InlineData(QuantizationMethod.Rtn, 4)]
+    [InlineData(QuantizationMethod.Rtn, 8)]
+    public void Does_load_packable_layers_as_the_files_packed_bytes_without_a_dense_projection(QuantizationMethod method, int bits)
+    {
+        using var checkpoint = Checkpoint.Open(Source());
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = method, Bits = bits, GroupSize = 32 });
+        var outDir = Path.Combine(_root, "lowbit");
+        LowbitCheckpoint.Write(outDir, checkpoint, quantized);
+
+        using var loaded = LowbitCheckpoint.Load(outDir, ScalarType.Float32, CPU);
+
+        using var file = SafetensorsFile.Open(Path.Combine(outDir, Checkpoint.SingleFile));
+        var layers = loaded.Model.Layers.SelectMany((l, i) => l.Projections().Select(p => ($"model.layers.{i}.{p.Name}", p.Layer))).ToList();
+        Assert.Equal(quantized.Linears.Count, layers.Count);
+        foreach (var (name, layer) in layers)
+        {
+            // The file's bytes as they are: one copy at bits/8 bytes per weight, never one byte per code.
+            var packed = Assert.IsType<PackedQuantizedLinear>(layer);
+            Assert.Equal(bits, packed.Bits);
+            Assert.Equal(file.GetBytes(name + ".qweight").ToArray(), packed.Packed.contiguous().data<byte>().ToArray());
+            using var scope = NewDisposeScope();
+            Assert.True(quantized.Linears[name].Dequantize().eq(packed.DenseWeight(ScalarType.Float32)).all().item<bool>(), $"{name}: dequantized weights differ");
+        }
+        // No projection weight exists as a parameter (nothing dense was built), and nothing is left on the meta device.
+        var parameters = loaded.named_parameters().ToList();
+        Assert.DoesNotContain(parameters, p => p.name.EndsWith("_proj.weight", StringComparison.Ordinal));
+        Assert.All(parameters, p => Assert.Equal(DeviceType.CPU, p.parameter.device_type));
     }
 
     [Theory]

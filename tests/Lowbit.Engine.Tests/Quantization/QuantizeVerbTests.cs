@@ -55,7 +55,8 @@ public sealed class QuantizeVerbTests : IDisposable
         // The lowbit folder loads through the engine's model loading (what eval and serve use).
         using (var loaded = ModelLoading.Load(result.Artifact.Uri, torch.ScalarType.Float32, torch.CPU))
         {
-            Assert.IsType<Lowbit.Engine.Quantization.QuantizedLinear>(loaded.Model.Layers[0].Projections().First().Layer);
+            // 4-bit codes stay packed two per byte, as the file holds them.
+            Assert.Equal(4, Assert.IsType<Lowbit.Engine.Lora.PackedQuantizedLinear>(loaded.Model.Layers[0].Projections().First().Layer).Bits);
         }
         var gguf = GgufFile.Read(Path.Combine(_dir.File("out"), "gguf-q4_0", "model-q4_0.gguf"));
         Assert.Equal(GgmlType.Q4_0, gguf.Tensor("blk.1.ffn_down.weight").Type);

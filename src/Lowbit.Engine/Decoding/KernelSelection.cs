@@ -1,0 +1,295 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Decoding;
+
+/// <summary>The kernels a decode projection can run.</summary>
+public enum ProjectionKernel
+{
+    /// <summary><c>linear</c> over the dense weight (cuBLAS on CUDA).</summary>
+    Linear,
+
+    /// <summary>The native bf16/fp16 GEMV (≤ 16 rows).</summary>
+    NativeGemv,
+
+    /// <summary>The second dense GEMV (lowbit_kernels_v2.cu, <see cref="NativeKernelsV2.GemvSupports"/>).</summary>
+    NativeGemvV2,
+
+    /// <summary>The first int4 dequantize-GEMV (lowbit_kernels.cu, ≤ 16 rows).</summary>
+    Int4V1,
+
+    /// <summary>The second int4 dequantize-GEMV (lowbit_kernels_v2.cu, <see cref="NativeKernelsV2.Int4Supports"/>).</summary>
+    Int4V2,
+
+    /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
+    Int4Dequant,
+}
+
+/// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
+public enum ProjectionWeight
+{
+    Dense,
+    Int4,
+}
+
+/// <summary>A projection's weight as kernel selection sees it: one measurement serves every projection of this shape.</summary>
+public sealed record ProjectionShape
+{
+    public required ProjectionWeight Weight { get; init; }
+
+    public required long OutFeatures { get; init; }
+
+    public required long InFeatures { get; init; }
+
+    /// <summary>The int4 group size (0 for dense).</summary>
+    public int GroupSize { get; init; }
+
+    public override string ToString() => Weight == ProjectionWeight.Dense
+        ? $"dense {OutFeatures}x{InFeatures}"
+        : $"int4 {OutFeatures}x{InFeatures} g{GroupSize}";
+}
+
+/// <summary>One candidate's trial: its time per call, or why it was not timed, and its error against the reference.</summary>
+public sealed record KernelTrial
+{
+    public double? Microseconds { get; init; }
+
+    /// <summary>‖out − ref‖ / ‖ref‖ against the shape's reference kernel (the first candidate).</summary>
+    public double? RelativeError { get; init; }
+
+    /// <summary>Why the candidate cannot be used (it threw, or its output is wrong); null when it can.</summary>
+    public string? Failure { get; init; }
+}
+
+/// <summary>The candidates measured for one (shape, rows) and the one chosen.</summary>
+public sealed record KernelChoice
+{
+    public required ProjectionShape Shape { get; init; }
+
+    public required int Rows { get; init; }
+
+    public required ProjectionKernel Chosen { get; init; }
+
+    public required IReadOnlyDictionary<ProjectionKernel, KernelTrial> Trials { get; init; }
+
+    /// <summary>One log line: every candidate's time (or failure) and the choice.</summary>
+    public string Describe()
+    {
+        var parts = Trials.Select(t => t.Value.Failure is { } failure
+            ? $"{KernelSelector.Name(t.Key)} rejected ({failure})"
+            : string.Create(CultureInfo.InvariantCulture, $"{KernelSelector.Name(t.Key)} {t.Value.Microseconds:F1} us"));
+        return $"{Shape} rows {Rows}: {string.Join(", ", parts)} -> {KernelSelector.Name(Chosen)}";
+    }
+}
+
+/// <summary>
+/// The kernel chosen per (projection shape, rows bucket). A lookup for <c>rows</c> takes the smallest measured bucket
+/// that holds them (a decode step runs at its bucket's rows, padded); none (more rows than measured, or a shape not
+/// measured) answers null, and the projection then uses its fixed default.
+/// </summary>
+public sealed class KernelTable
+{
+    private readonly Dictionary<ProjectionShape, SortedList<int, KernelChoice>> _choices = [];
+
+    public KernelTable(IEnumerable<KernelChoice> choices)
+    {
+        foreach (var choice in choices)
+        {
+            if (!_choices.TryGetValue(choice.Shape, out var byRows))
+            {
+                byRows = [];
+                _choices[choice.Shape] = byRows;
+            }
+            byRows[choice.Rows] = choice;
+        }
+    }
+
+    public IEnumerable<KernelChoice> Choices => _choices.Values.SelectMany(c => c.Values);
+
+    public ProjectionKernel? Lookup(ProjectionShape shape, long rows)
+    {
+        if (!_choices.TryGetValue(shape, out var byRows))
+        {
+            return null;
+        }
+        foreach (var (bucket, choice) in byRows)
+        {
+            if (bucket >= rows)
+            {
+                return choice.Chosen;
+            }
+        }
+        return null;
+    }
+}
+
+/// <summary>Times a call on the device: microseconds per call, the launch overhead of the host excluded where it can be.</summary>
+public interface IKernelTimer
+{
+    double MicrosecondsPerCall(Action call);
+}
+
+/// <summary>
+/// Device time per call through a CUDA graph: <see cref="Calls"/> calls are captured once and the graph is replayed
+/// <see cref="Replays"/> times after a warm replay, between two device synchronizations (so the host's launch cost,
+/// which a decode graph does not pay either, is left out).
+/// </summary>
+public sealed class GraphKernelTimer(TimeProvider time) : IKernelTimer
+{
+    public int Calls { get; init; } = 10;
+
+    public int Replays { get; init; } = 2;
+
+    public double MicrosecondsPerCall(Action call)
+    {
+        using var graph = new CudaGraph();
+        graph.Capture(call, () =>
+        {
+            for (var i = 0; i < Calls; i++)
+            {
+                call();
+            }
+        });
+        graph.Replay();
+        cuda.synchronize();
+        var start = time.GetTimestamp();
+        for (var r = 0; r < Replays; r++)
+        {
+            graph.Replay();
+        }
+        cuda.synchronize();
+        return time.GetElapsedTime(start).TotalMicroseconds / (Calls * Replays);
+    }
+}
+
+/// <summary>Time per call from <see cref="Iterations"/> eager calls after a warm-up, between device synchronizations (host launch cost included).</summary>
+public sealed class StopwatchKernelTimer(TimeProvider time, Device device) : IKernelTimer
+{
+    public int Iterations { get; init; } = 50;
+
+    public double MicrosecondsPerCall(Action call)
+    {
+        call();
+        Synchronize();
+        var start = time.GetTimestamp();
+        for (var i = 0; i < Iterations; i++)
+        {
+            call();
+        }
+        Synchronize();
+        return time.GetElapsedTime(start).TotalMicroseconds / Iterations;
+    }
+
+    private void Synchronize()
+    {
+        if (device.type == DeviceType.CUDA)
+        {
+            cuda.synchronize();
+        }
+    }
+}
+
+/// <summary>
+/// Chooses each decode projection's kernel by measurement when a <see cref="FastDecoder"/> builds: per distinct
+/// projection shape and rows bucket, every candidate the projection offers runs once on a fixed input and is compared
+/// with the first candidate (the eager reference: <c>linear</c>, or dequantize + <c>linear</c>); those within
+/// <see cref="Tolerance"/> are timed and the fastest is chosen. A candidate that throws or is wrong is never chosen, so a
+/// slow or broken new kernel costs only its trial.
+/// </summary>
+public static class KernelSelector
+{
+    /// <summary>Largest relative error (bf16 outputs against the bf16 eager reference) a candidate may have.</summary>
+    public const double Tolerance = 2e-2;
+
+    public static string Name(ProjectionKernel kernel) => kernel switch
+    {
+        ProjectionKernel.Linear => "linear",
+        ProjectionKernel.NativeGemv => "native-gemv",
+        ProjectionKernel.NativeGemvV2 => "native-gemv-v2",
+        ProjectionKernel.Int4V1 => "int4-v1",
+        ProjectionKernel.Int4V2 => "int4-v2",
+        ProjectionKernel.Int4Dequant => "int4-dequant",
+        _ => kernel.ToString(),
+    };
+
+    /// <summary>
+    /// The pure choice: the fastest candidate whose trial succeeded and (unless it is the reference, the first)
+    /// is within <see cref="Tolerance"/>; the reference when none is.
+    /// </summary>
+    public static KernelChoice Choose(ProjectionShape shape, int rows, IReadOnlyList<ProjectionKernel> candidates, Func<ProjectionKernel, KernelTrial> trial)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(candidates.Count);
+        var trials = new Dictionary<ProjectionKernel, KernelTrial>();
+        foreach (var candidate in candidates)
+        {
+            var result = trial(candidate);
+            if (result.Failure is null && candidate != candidates[0] && !(result.RelativeError <= Tolerance))
+            {
+                result = result with { Failure = string.Create(CultureInfo.InvariantCulture, $"relative error {result.RelativeError:E2} over {Tolerance:E0}") };
+            }
+            trials[candidate] = result;
+        }
+        var chosen = trials.Where(t => t.Value.Failure is null && t.Value.Microseconds is not null)
+            .OrderBy(t => t.Value.Microseconds!.Value)
+            .Select(t => (ProjectionKernel?)t.Key)
+            .FirstOrDefault() ?? candidates[0];
+        return new KernelChoice { Shape = shape, Rows = rows, Chosen = chosen, Trials = trials };
+    }
+
+    /// <summary>
+    /// Measures every distinct shape of <paramref name="projections"/> at each of <paramref name="rows"/> (only where
+    /// the projection offers more than one candidate) on <paramref name="device"/> in <paramref name="dtype"/>.
+    /// </summary>
+    public static KernelTable Measure(IEnumerable<Projection> projections, IReadOnlyList<int> rows, DecodeKernels kernels, IKernelTimer timer, ScalarType dtype, Device device)
+    {
+        var choices = new List<KernelChoice>();
+        var seen = new HashSet<ProjectionShape>();
+        using var noGrad = no_grad();
+        foreach (var projection in projections)
+        {
+            if (projection.Shape is not { } shape || !seen.Add(shape))
+            {
+                continue;
+            }
+            foreach (var count in rows)
+            {
+                var candidates = projection.Candidates(count, kernels);
+                if (candidates.Count < 2)
+                {
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                // A fixed, reproducible input (the global random generator is left alone).
+                var x = arange(Scalars.Of(0), Scalars.Of(count * shape.InFeatures), Scalars.One, ScalarType.Float32, device)
+                    .mul(Scalars.Of(0.37)).sin().reshape(count, shape.InFeatures).to(dtype);
+                var reference = projection.Run(x, candidates[0]).to(ScalarType.Float32);
+                var referenceNorm = Math.Max(1e-30, reference.norm().item<float>());
+                choices.Add(Choose(shape, count, candidates, kernel =>
+                {
+                    try
+                    {
+                        using var trialScope = NewDisposeScope();
+                        var error = (projection.Run(x, kernel).to(ScalarType.Float32) - reference).norm().item<float>() / referenceNorm;
+                        if (!double.IsFinite(error))
+                        {
+                            return new KernelTrial { RelativeError = error, Failure = "non-finite output" };
+                        }
+                        var microseconds = timer.MicrosecondsPerCall(() =>
+                        {
+                            using var callScope = NewDisposeScope();
+                            projection.Run(x, kernel);
+                        });
+                        return new KernelTrial { Microseconds = microseconds, RelativeError = error };
+                    }
+                    catch (Exception e) when (e is InvalidOperationException or ExternalException or ArgumentException)
+                    {
+                        return new KernelTrial { Failure = e.Message };
+                    }
+                }));
+            }
+        }
+        return new KernelTable(choices);
+    }
+}

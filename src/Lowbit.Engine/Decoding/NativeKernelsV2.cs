@@ -1,0 +1,125 @@
+using System.Runtime.InteropServices;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Decoding;
+
+/// <summary>
+/// The optional <c>liblowbit_kernels_v2.so</c> next to the native decode library (src/Lowbit.Engine/native/
+/// lowbit_kernels_v2.cu): the second int4 dequantize-GEMV (1-2 rows at K ≤ 16,384, 3-4 rows at K ≤ 4,096) and the second
+/// dense GEMV (1-8 rows, at most 64 activation floats per thread). Built apart from the decode library, so a compile
+/// failure there only removes these kernels; <see cref="KernelSelector"/> measures them against the first kernels,
+/// cuBLAS and dequantize + <c>linear</c>, and uses them only where they are both right and fastest.
+/// </summary>
+public static unsafe class NativeKernelsV2
+{
+    /// <summary>The file name, looked up in the folder of <see cref="NativeKernels.LibraryEnv"/>.</summary>
+    public const string LibraryName = "liblowbit_kernels_v2.so";
+
+    private static readonly Lock Gate = new();
+    private static bool _tried;
+    private static string _status = "not loaded";
+    private static delegate* unmanaged<IntPtr> _lastError;
+    private static delegate* unmanaged<int, int, int> _int4Supports;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Linear;
+    private static delegate* unmanaged<int, int, int> _gemvSupports;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int> _gemv;
+
+    /// <summary>True when the library is loaded.</summary>
+    public static bool Available
+    {
+        get
+        {
+            EnsureLoaded();
+            return _lastError != null;
+        }
+    }
+
+    /// <summary>Why the kernels are or are not available (for logs and the self-check).</summary>
+    public static string Status
+    {
+        get
+        {
+            EnsureLoaded();
+            return _status;
+        }
+    }
+
+    /// <summary>True when the int4 GEMV v2 takes <paramref name="rows"/> activation rows of width <paramref name="inFeatures"/>.</summary>
+    public static bool Int4Supports(long rows, long inFeatures) =>
+        Available && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue && _int4Supports((int)rows, (int)inFeatures) == 1;
+
+    /// <summary>True when the dense GEMV v2 takes <paramref name="rows"/> activation rows of width <paramref name="inFeatures"/>.</summary>
+    public static bool GemvSupports(long rows, long inFeatures) =>
+        Available && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue && _gemvSupports((int)rows, (int)inFeatures) == 1;
+
+    /// <summary><paramref name="output"/> <c>[B, N]</c> = x · dequant(packed, scales, zeros)ᵀ (see <see cref="Int4Supports"/>).</summary>
+    public static void Int4Linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int groupSize, Tensor output)
+    {
+        Require();
+        Check(_int4Linear(x.Handle, packed.Handle, scales.Handle, zeros.Handle, groupSize, output.Handle), "int4 v2 linear");
+    }
+
+    /// <summary><paramref name="output"/> <c>[B, N]</c> = x · Wᵀ (see <see cref="GemvSupports"/>).</summary>
+    public static void Gemv(Tensor x, Tensor weight, Tensor output)
+    {
+        Require();
+        Check(_gemv(x.Handle, weight.Handle, output.Handle), "gemv v2");
+    }
+
+    private static void Require()
+    {
+        if (!Available)
+        {
+            throw new InvalidOperationException($"native v2 kernels unavailable: {_status}");
+        }
+    }
+
+    private static void Check(int rc, string what)
+    {
+        if (rc != 0)
+        {
+            throw new InvalidOperationException($"native {what} failed: {Marshal.PtrToStringUTF8(_lastError()) ?? "unknown"}");
+        }
+    }
+
+    private static void EnsureLoaded()
+    {
+        lock (Gate)
+        {
+            if (_tried)
+            {
+                return;
+            }
+            _tried = true;
+            var native = Environment.GetEnvironmentVariable(NativeKernels.LibraryEnv);
+            if (string.IsNullOrEmpty(native) || Path.GetDirectoryName(native) is not { } folder)
+            {
+                _status = $"{NativeKernels.LibraryEnv} is not set";
+                return;
+            }
+            var path = Path.Combine(folder, LibraryName);
+            if (!NativeLibrary.TryLoad(path, out var handle))
+            {
+                _status = $"cannot load {path} (see the native build.log next to it)";
+                return;
+            }
+            if (NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_linear", out var int4Linear)
+                && NativeLibrary.TryGetExport(handle, "lowbit_v2_supports", out var int4Supports)
+                && NativeLibrary.TryGetExport(handle, "lowbit_v2_gemv", out var gemv)
+                && NativeLibrary.TryGetExport(handle, "lowbit_v2_gemv_supports", out var gemvSupports)
+                && NativeLibrary.TryGetExport(handle, "lowbit_v2_last_error", out var lastError))
+            {
+                _int4Linear = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)int4Linear;
+                _int4Supports = (delegate* unmanaged<int, int, int>)int4Supports;
+                _gemv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int>)gemv;
+                _gemvSupports = (delegate* unmanaged<int, int, int>)gemvSupports;
+                _lastError = (delegate* unmanaged<IntPtr>)lastError;
+                _status = $"loaded {path}";
+            }
+            else
+            {
+                _status = $"{path} lacks an export";
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+#pragma once
+// CPU emulation of the CUDA subset the kernels use: a block runs as 256 std::threads with barriers.
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <math.h>
+#include <barrier>
+#include <thread>
+#include <vector>
+#include <functional>
+#include <memory>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __shared__ static
+#define __restrict__
+typedef int cudaError_t; enum { cudaSuccess = 0 }; typedef void* cudaStream_t;
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
+struct uint2 { unsigned x, y; }; struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+struct Idx { unsigned x; };
+inline thread_local Idx threadIdx, blockIdx;
+inline Idx gridDim, blockDim;
+inline cudaError_t cudaGetLastError() { return 0; }
+inline const char* cudaGetErrorString(cudaError_t) { return ""; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return 0; }
+inline int g_sms = 3;
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = g_sms; return 0; }
+template <class F> cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* v, F, int, size_t) { *v = 1; return 0; }
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  unsigned char b[8]; memcpy(b, &x, 4); memcpy(b + 4, &y, 4); unsigned r = 0;
+  for (int i = 0; i < 4; i++) r |= (unsigned)b[(s >> (4 * i)) & 7] << (8 * i);
+  return r;
+}
+inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+inline std::barrier<>* g_block;
+inline std::barrier<>* g_warp[32];
+inline float g_shfl[1024];
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+  int t = threadIdx.x, w = t >> 5;
+  g_shfl[t] = v; g_warp[w]->arrive_and_wait();
+  float r = g_shfl[(t & ~31) | ((t & 31) ^ o)]; g_warp[w]->arrive_and_wait();
+  return r;
+}
+template <class T> T __ldg(const T* p) { return *p; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline void __syncthreads() { g_block->arrive_and_wait(); }
+inline void emul_launch(int blocks, int threads, std::function<void()> body) {
+  gridDim.x = blocks; blockDim.x = threads;
+  for (int b = 0; b < blocks; b++) {
+    std::barrier<> block(threads); g_block = &block;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    for (int w = 0; w < threads / 32; w++) { warps.emplace_back(new std::barrier<>(32)); g_warp[w] = warps.back().get(); }
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; t++) ts.emplace_back([&, t] { threadIdx.x = t; blockIdx.x = b; body(); });
+    for (auto& t : ts) t.join();
+  }
+}

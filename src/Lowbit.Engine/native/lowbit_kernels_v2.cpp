@@ -1,0 +1,123 @@
+// liblowbit_kernels_v2.so: the C ABI over libtorch for the second-generation decode kernels (lowbit_kernels_v2.cu):
+// the int4 GEMV v2 and the dense GEMV v2. lowbit_v2_gemv_supports comes straight from the .cu.
+// Built by build.sh apart from liblowbit_native.so, so that a failure here only takes these kernels away; the engine
+// loads it optionally from the folder of LOWBIT_NATIVE_LIB (NativeKernelsV2.cs). Tensors arrive as TorchSharp handles
+// (pointers to heap at::Tensor, as in lowbit_native.cpp). 0 on success, -1 on failure (lowbit_v2_last_error says why).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <exception>
+#include <string>
+
+extern "C" {
+int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
+                          int, int, void*);
+int lowbit_v2_int4_supports(int, int);
+int lowbit_v2_gemv_supports(int, int);
+int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t, int, int, int, void*);
+int lowbit_v2_int4_max_batch();
+int lowbit_v2_int4_max_k();
+}
+
+namespace {
+
+thread_local std::string last_error;
+
+at::Tensor& T(void* handle) {
+  TORCH_CHECK(handle != nullptr, "null tensor handle");
+  return *static_cast<at::Tensor*>(handle);
+}
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+template <typename F>
+int guarded(F f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown native error";
+  }
+  return -1;
+}
+
+}  // namespace
+
+extern "C" {
+
+int lowbit_v2_version() { return 1; }
+
+const char* lowbit_v2_last_error() { return last_error.c_str(); }
+
+// out[B, N] = x[B, K] @ dequant(packed[N, K/2], scales[N, G], zeros[N, G])^T, group = K / G, (B, K) as
+// lowbit_v2_supports says.
+int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
+  return guarded([&] {
+    auto& xt = T(x);
+    auto& pt = T(packed);
+    auto& st = T(scales);
+    auto& zt = T(zeros);
+    auto& ot = T(out);
+    TORCH_CHECK(xt.is_cuda() && pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 v2: CUDA tensors only");
+    TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2: packed uint8 [N, K/2]");
+    const int64_t n = pt.size(0), k = pt.size(1) * 2;
+    TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2: group ", group, " must be a multiple of 32 dividing K=", k);
+    TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
+    TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
+    TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
+    TORCH_CHECK(xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
+                && lowbit_v2_int4_supports((int)xt.size(0), (int)k), "int4 v2: batch ", xt.size(0), " at K=", k,
+                " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
+    TORCH_CHECK(xt.size(1) == k && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch");
+    TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
+    TORCH_CHECK(ot.stride(1) == 1, "int4 v2: out must have unit inner stride");
+    TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2: x and out dtypes differ");
+    int dtype = -1;
+    switch (xt.scalar_type()) {
+      case at::kBFloat16: dtype = 0; break;
+      case at::kHalf: dtype = 1; break;
+      default: TORCH_CHECK(false, "int4 v2: unsupported dtype ", xt.scalar_type(), " (bfloat16, float16)");
+    }
+    const int rc = lowbit_launch_int4_v2(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
+                                         ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group,
+                                         static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "int4 v2: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch or K" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+int lowbit_v2_supports(int batch, int k) { return lowbit_v2_int4_supports(batch, k); }
+
+// out[B, N] = x[B, K] @ W[N, K]^T, bf16/fp16, (B, K) as lowbit_v2_gemv_supports says (1-8 rows).
+int lowbit_v2_gemv(void* x, void* weight, void* out) {
+  return guarded([&] {
+    auto& xt = T(x);
+    auto& wt = T(weight);
+    auto& ot = T(out);
+    TORCH_CHECK(xt.is_cuda() && wt.is_cuda() && ot.is_cuda(), "gemv v2: CUDA tensors only");
+    TORCH_CHECK(wt.dim() == 2 && wt.is_contiguous() && wt.size(1) % 8 == 0 && aligned16(wt), "gemv v2: weight [N, K], K % 8 == 0");
+    const int64_t n = wt.size(0), k = wt.size(1);
+    TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "gemv v2: x and out must be 2-D");
+    TORCH_CHECK(k <= (1 << 30) && lowbit_v2_gemv_supports((int)xt.size(0), (int)k), "gemv v2: batch ", xt.size(0), " at K=", k, " not taken");
+    TORCH_CHECK(xt.size(1) == k && ot.size(0) == xt.size(0) && ot.size(1) == n, "gemv v2: shape mismatch");
+    TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "gemv v2: x rows must be 16-byte aligned");
+    TORCH_CHECK(ot.stride(1) == 1, "gemv v2: out must have unit inner stride");
+    TORCH_CHECK(xt.scalar_type() == ot.scalar_type() && wt.scalar_type() == xt.scalar_type(), "gemv v2: x, weight and out dtypes differ");
+    int dtype = -1;
+    switch (xt.scalar_type()) {
+      case at::kBFloat16: dtype = 0; break;
+      case at::kHalf: dtype = 1; break;
+      default: TORCH_CHECK(false, "gemv v2: unsupported dtype ", xt.scalar_type(), " (bfloat16, float16)");
+    }
+    const int rc = lowbit_launch_gemv_v2(dtype, xt.data_ptr(), xt.stride(0), wt.data_ptr(), ot.data_ptr(), ot.stride(0),
+                                         (int)xt.size(0), (int)n, (int)k,
+                                         static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "gemv v2: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch or K" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,477 @@
+// Lowbit decode kernels, second generation (CUDA C++, no libtorch headers). Built by build.sh into its own
+// liblowbit_kernels_v2.so, apart from liblowbit_native.so, so that a compile or launch problem here only removes these
+// kernels: the engine measures them against the first-generation ones and cuBLAS when a decoder builds
+// (KernelSelection.cs) and uses whichever is fastest.
+//
+// int4_gemv_v2: the int4 dequantize-GEMV for 1 to 4 activation rows (3-4 only for K <= 4096) over our `lowbit` packing (packed[n, k/2], byte j =
+// code 2j in its low nibble, 2j+1 in its high nibble; fp16 scales/zeros [n, k/group]).
+// Why the first kernel (lowbit_kernels.cu, int4_gemv_kernel) reaches only about a quarter of the bandwidth: every warp
+// re-reads all of x for each pair of rows (2 bytes of activation from L1 per half byte of weight, in 64-byte-strided,
+// badly coalesced loads), converts it again, recomputes its sums, and converts each code with a shift, a mask and an
+// add. Here:
+//  - a block of 256 threads owns all of K: thread t holds the activations of its 16-code chunks (c = t + 256 j) in
+//    registers as floats, with their sums, loaded and converted once per block, then loops over tiles of rows
+//    (a persistent grid: about as many blocks as fit on the device at once);
+//  - per row a thread reads 8 bytes per chunk (a warp reads 256 contiguous bytes), and the tile's loads for the next
+//    rows are issued before the current tile's cross-warp reduction, so memory stays busy across the __syncthreads;
+//  - two masks split 8 codes into bytes, and one byte permute per code makes the exact float 0.5 + q/256, so a code
+//    costs a permute and an FMA (about 2.5 instructions per weight with the masks: above the ~33 weights per clock per
+//    SM that 4.28 TB/s asks of an H200, where the first kernel's ~3.5 was at the limit);
+//  - per chunk (inside one group, as group % 32 == 0): acc += s * (sum x*q - z * sum x) in fp32 (through the 0.5 + q/256
+//    form, see code_of), so results differ from the eager reference (x @ dequant(W)^T) by fp32 summation order and the reference's rounding
+//    of the dequantized weight to the model dtype.
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+template <typename T> struct Cvt2;
+template <> struct Cvt2<__nv_bfloat16> {
+  static __device__ __forceinline__ float f(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 t(float v) { return __float2bfloat16(v); }
+};
+template <> struct Cvt2<__half> {
+  static __device__ __forceinline__ float f(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half t(float v) { return __float2half(v); }
+};
+
+__device__ __forceinline__ float warp_sum2(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Byte B of `bytes` (a code q, 0..15) as the exact float 0.5 + q/256: the permute builds 0x3F0q0000 (q lands in the
+// top mantissa bits, exponent 2^-1). Selector nibbles, low to high: result bytes 0 and 1 <- 0x00 (byte 0 of
+// 0x3F000000), byte 2 <- bytes[B], byte 3 <- 0x3F (byte 3 of 0x3F000000). One instruction per code, no add: the
+// product x * (0.5 + q/256) is exact in fp32 (8 + 5 significant bits), and sum x*q = 256 * sum x*(0.5 + q/256) - 128 * sum x.
+template <int B>
+__device__ __forceinline__ float code_of(uint32_t bytes) {
+  return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7044u | ((unsigned)B << 8)));
+}
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+template <int NB, int CH>
+struct Tile {
+  // Rows per tile: fewer when the activations take many registers.
+  static constexpr int R = NB * CH >= 4 ? 4 : 8;
+};
+
+// Loads a tile's codes, scales and zeros into registers (rows past n repeat the last row; their outputs are not written).
+template <int R, int CH>
+__device__ __forceinline__ void load_tile(const uint2* __restrict__ wbase, const unsigned short* __restrict__ scales,
+                                          const unsigned short* __restrict__ zeros, int r0, int n, int chunks,
+                                          int groups, int tid, const bool (&live)[CH], const int (&gidx)[CH],
+                                          uint2 (&wv)[R][CH], unsigned short (&sv)[R][CH],
+                                          unsigned short (&zv)[R][CH]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int64_t row = (int64_t)min(r0 + r, n - 1);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      if (live[j]) {
+        const int c = tid + j * kThreads;
+        wv[r][j] = __ldg(wbase + row * chunks + c);
+        sv[r][j] = __ldg(scales + row * groups + gidx[j]);
+        zv[r][j] = __ldg(zeros + row * groups + gidx[j]);
+      } else {
+        wv[r][j] = make_uint2(0u, 0u);
+        sv[r][j] = 0;
+        zv[r][j] = 0;
+      }
+    }
+  }
+}
+
+template <typename T, int NB, int CH>
+__global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int batch, int n, int k, int group) {
+  constexpr int R = Tile<NB, CH>::R;
+  __shared__ float red[2][kWarps][R * NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 16;
+  const int groups = k / group;
+  const uint2* wbase = reinterpret_cast<const uint2*>(packed);
+
+  // This thread's activations (floats) and their per-chunk sums.
+  float xv[CH][NB][16];
+  float xs[CH][NB];
+  int gidx[CH];
+  bool live[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kThreads;
+    live[j] = c < chunks;
+    gidx[j] = live[j] ? (c * 16) / group : 0;
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float s = 0.f;
+      if (live[j] && b < batch) {
+        const uint4* xp = reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 16);
+        const uint4 u0 = xp[0];
+        const uint4 u1 = xp[1];
+        const T* t0 = reinterpret_cast<const T*>(&u0);
+        const T* t1 = reinterpret_cast<const T*>(&u1);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          xv[j][b][i] = Cvt2<T>::f(t0[i]);
+          xv[j][b][8 + i] = Cvt2<T>::f(t1[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) s += xv[j][b][i];
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; i++) xv[j][b][i] = 0.f;
+      }
+      xs[j][b] = s;
+    }
+  }
+
+  uint2 wv[R][CH];
+  unsigned short sv[R][CH];
+  unsigned short zv[R][CH];
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+
+  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+  int buf = 0;
+  for (; row0 < n; row0 += stride) {
+    float acc[R][NB];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        const uint32_t lo0 = wv[r][j].x & 0x0F0F0F0Fu;
+        const uint32_t hi0 = (wv[r][j].x >> 4) & 0x0F0F0F0Fu;
+        const uint32_t lo1 = wv[r][j].y & 0x0F0F0F0Fu;
+        const uint32_t hi1 = (wv[r][j].y >> 4) & 0x0F0F0F0Fu;
+        float q[16];
+        q[0] = code_of<0>(lo0);  q[1] = code_of<0>(hi0);  q[2] = code_of<1>(lo0);  q[3] = code_of<1>(hi0);
+        q[4] = code_of<2>(lo0);  q[5] = code_of<2>(hi0);  q[6] = code_of<3>(lo0);  q[7] = code_of<3>(hi0);
+        q[8] = code_of<0>(lo1);  q[9] = code_of<0>(hi1);  q[10] = code_of<1>(lo1); q[11] = code_of<1>(hi1);
+        q[12] = code_of<2>(lo1); q[13] = code_of<2>(hi1); q[14] = code_of<3>(lo1); q[15] = code_of<3>(hi1);
+        const float s = __half2float(__ushort_as_half(sv[r][j]));
+        const float z = __half2float(__ushort_as_half(zv[r][j]));
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          float d = 0.f;
+#pragma unroll
+          for (int i = 0; i < 16; i++) d = fmaf(xv[j][b][i], q[i], d);
+          // sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
+          acc[r][b] = fmaf(s, fmaf(256.f, d, -(128.f + z) * xs[j][b]), acc[r][b]);
+        }
+      }
+    }
+    // The next tile's loads go out before this tile's reduction and barrier.
+    const int next = row0 + stride;
+    if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const float v = warp_sum2(acc[r][b]);
+        if (lane == 0) red[buf][warp][r * NB + b] = v;
+      }
+    }
+    __syncthreads();
+    if (tid < R * NB) {
+      const int r = tid / NB;
+      const int b = tid % NB;
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) v += red[buf][w][tid];
+      if (row0 + r < n && b < batch) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+    }
+    // The other buffer next: its readers of two tiles ago passed the barrier above before anyone writes it again.
+    buf ^= 1;
+  }
+}
+
+template <typename T, int NB, int CH>
+int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
+              int n, int k, int group, cudaStream_t st) {
+  // Blocks resident per SM for this instantiation (host-side query, once per process).
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH>, kThreads, 0) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v;
+  }();
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  constexpr int R = Tile<NB, CH>::R;
+  const int64_t tiles = ((int64_t)n + R - 1) / R;
+  const int64_t resident = (int64_t)sms * per_sm;
+  const int blocks = (int)(tiles < resident ? tiles : resident);
+  if (blocks == 0) return 0;
+  int4_gemv_v2_kernel<T, NB, CH><<<blocks, kThreads, 0, st>>>(
+      static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group);
+  return (int)cudaGetLastError();
+}
+
+// Chunks per thread for K: 1..4 (K <= 16384).
+inline int chunks_per_thread(int k) { return (k / 16 + kThreads - 1) / kThreads; }
+
+// Which (batch, K) the kernel takes: 1-2 rows up to four chunks per thread; 3-4 rows (activations of 4 rows as floats)
+// with one chunk per thread (K <= 4096).
+inline bool supports(int batch, int k) {
+  const int ch = chunks_per_thread(k);
+  return k % 16 == 0 && ((batch >= 1 && batch <= 2 && ch >= 1 && ch <= 4) || (batch >= 3 && batch <= 4 && ch == 1));
+}
+
+template <typename T, int NB>
+int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
+                 int n, int k, int group, cudaStream_t st) {
+  switch (chunks_per_thread(k)) {
+    case 1: return launch_v2<T, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 2: return launch_v2<T, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 3: return launch_v2<T, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 4: return launch_v2<T, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    default: return -3;
+  }
+}
+
+template <typename T>
+int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                 int batch, int n, int k, int group, cudaStream_t st) {
+  if (!supports(batch, k)) return -3;
+  switch (batch) {
+    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    default: return launch_v2<T, 4, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// gemv_v2: the dense bf16/fp16 GEMV for 1 to 8 rows, built like int4_gemv_v2. The first GEMV (lowbit_kernels.cu) gives
+// each output row a warp that re-reads every activation row from L1 per weight row: at 8 rows that is 8 bytes of
+// activation per byte of weight, and it fell to 653.6 tokens/s at batch 8 against cuBLAS's 1,447.1 (docs/gpu.md).
+// Here a 512-thread block owns all of K: thread t keeps the activations of its 8-element chunks (c = t + 512 j) as
+// floats in registers (NB * CH * 8 of them, at most 64) and loops over tiles of rows on a persistent grid, reading 16
+// bytes per chunk per row (a warp reads 512 contiguous bytes), the next tile's loads issued before the reduction.
+constexpr int kDenseThreads = 512;
+constexpr int kDenseWarps = kDenseThreads / 32;
+
+// Rows per tile: 512 threads leave 128 registers each, so the 64-float activation cases take 2 rows at a time (no spills).
+template <int NB, int CH>
+struct DenseTile {
+  static constexpr int R = NB * CH >= 8 ? 2 : NB * CH >= 4 ? 4 : 8;
+};
+
+template <int R, int CH>
+__device__ __forceinline__ void load_dense_tile(const uint4* __restrict__ wbase, int r0, int n, int chunks, int tid,
+                                                const bool (&live)[CH], uint4 (&wv)[R][CH]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int64_t row = (int64_t)min(r0 + r, n - 1);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      if (live[j]) {
+        wv[r][j] = __ldg(wbase + row * chunks + tid + j * kDenseThreads);
+      } else {
+        wv[r][j] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  }
+}
+
+template <typename T, int NB, int CH>
+__global__ void __launch_bounds__(kDenseThreads) gemv_v2_kernel(const T* __restrict__ x, int64_t x_stride,
+                                                                const T* __restrict__ w, T* __restrict__ out,
+                                                                int64_t out_stride, int batch, int n, int k) {
+  constexpr int R = DenseTile<NB, CH>::R;
+  __shared__ float red[2][kDenseWarps][R * NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 8;
+  const uint4* wbase = reinterpret_cast<const uint4*>(w);
+
+  float xv[CH][NB][8];
+  bool live[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kDenseThreads;
+    live[j] = c < chunks;
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      if (live[j] && b < batch) {
+        const uint4 u = *reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 8);
+        const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+        for (int i = 0; i < 8; i++) xv[j][b][i] = Cvt2<T>::f(t[i]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) xv[j][b][i] = 0.f;
+      }
+    }
+  }
+
+  uint4 wv[R][CH];
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+  if (row0 < n) load_dense_tile<R, CH>(wbase, row0, n, chunks, tid, live, wv);
+  int buf = 0;
+  for (; row0 < n; row0 += stride) {
+    float acc[R][NB];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        const T* wt = reinterpret_cast<const T*>(&wv[r][j]);
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) wf[i] = Cvt2<T>::f(wt[i]);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+#pragma unroll
+          for (int i = 0; i < 8; i++) acc[r][b] = fmaf(xv[j][b][i], wf[i], acc[r][b]);
+        }
+      }
+    }
+    const int next = row0 + stride;
+    if (next < n) load_dense_tile<R, CH>(wbase, next, n, chunks, tid, live, wv);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const float v = warp_sum2(acc[r][b]);
+        if (lane == 0) red[buf][warp][r * NB + b] = v;
+      }
+    }
+    __syncthreads();
+    if (tid < R * NB) {
+      const int r = tid / NB;
+      const int b = tid % NB;
+      float v = 0.f;
+#pragma unroll
+      for (int wi = 0; wi < kDenseWarps; wi++) v += red[buf][wi][tid];
+      if (row0 + r < n && b < batch) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+    }
+    buf ^= 1;
+  }
+}
+
+template <typename T, int NB, int CH>
+int launch_dense_v2(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
+                    cudaStream_t st) {
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_v2_kernel<T, NB, CH>, kDenseThreads, 0) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v;
+  }();
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  constexpr int R = DenseTile<NB, CH>::R;
+  const int64_t tiles = ((int64_t)n + R - 1) / R;
+  const int64_t resident = (int64_t)sms * per_sm;
+  const int blocks = (int)(tiles < resident ? tiles : resident);
+  if (blocks == 0) return 0;
+  gemv_v2_kernel<T, NB, CH><<<blocks, kDenseThreads, 0, st>>>(static_cast<const T*>(x), xs, static_cast<const T*>(w),
+                                                                static_cast<T*>(out), os, batch, n, k);
+  return (int)cudaGetLastError();
+}
+
+inline int dense_chunks_per_thread(int k) { return (k / 8 + kDenseThreads - 1) / kDenseThreads; }
+
+// The activation rows the kernel holds for `batch` rows (1, 2, 4 or 8), or 0 when (batch, K) is not taken: at most 64
+// activation floats per thread (rows * chunks per thread * 8).
+inline int dense_rows_for(int batch, int k) {
+  if (k % 8 != 0 || batch < 1 || batch > 8) return 0;
+  const int nb = batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8;
+  const int ch = dense_chunks_per_thread(k);
+  return ch >= 1 && nb * ch <= 8 ? nb : 0;
+}
+
+template <typename T, int NB>
+int launch_dense_v2_ch(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
+                       cudaStream_t st) {
+  switch (dense_chunks_per_thread(k)) {
+    case 1: return launch_dense_v2<T, NB, 1>(x, xs, w, out, os, batch, n, k, st);
+    case 2: if constexpr (NB <= 4) return launch_dense_v2<T, NB, 2>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 3: if constexpr (NB <= 2) return launch_dense_v2<T, NB, 3>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 4: if constexpr (NB <= 2) return launch_dense_v2<T, NB, 4>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 5: if constexpr (NB == 1) return launch_dense_v2<T, NB, 5>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 6: if constexpr (NB == 1) return launch_dense_v2<T, NB, 6>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 7: if constexpr (NB == 1) return launch_dense_v2<T, NB, 7>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    case 8: if constexpr (NB == 1) return launch_dense_v2<T, NB, 8>(x, xs, w, out, os, batch, n, k, st); else return -3;
+    default: return -3;
+  }
+}
+
+template <typename T>
+int launch_dense_v2_nb(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
+                       cudaStream_t st) {
+  switch (dense_rows_for(batch, k)) {
+    case 1: return launch_dense_v2_ch<T, 1>(x, xs, w, out, os, batch, n, k, st);
+    case 2: return launch_dense_v2_ch<T, 2>(x, xs, w, out, os, batch, n, k, st);
+    case 4: return launch_dense_v2_ch<T, 4>(x, xs, w, out, os, batch, n, k, st);
+    case 8: return launch_dense_v2_ch<T, 8>(x, xs, w, out, os, batch, n, k, st);
+    default: return -3;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// The (batch, K) the v2 int4 GEMV takes (the C# side asks before choosing it): 1 when it does.
+int lowbit_v2_int4_supports(int batch, int k) { return supports(batch, k) ? 1 : 0; }
+// Largest batch and K it takes at all (for messages).
+int lowbit_v2_int4_max_batch() { return 4; }
+int lowbit_v2_int4_max_k() { return 16 * kThreads * 4; }
+
+// The (batch, K) the v2 dense GEMV takes: 1 when it does.
+int lowbit_v2_gemv_supports(int batch, int k) { return dense_rows_for(batch, k) != 0 ? 1 : 0; }
+
+// out[B, N] = x[B, K] @ W[N, K]^T. 0 on success, -2 unsupported dtype, -3 unsupported batch/K, else a cudaError_t.
+int lowbit_launch_gemv_v2(int dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
+                          int batch, int n, int k, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case 0: return launch_dense_v2_nb<__nv_bfloat16>(x, x_stride, w, out, out_stride, batch, n, k, st);
+    case 1: return launch_dense_v2_nb<__half>(x, x_stride, w, out, out_stride, batch, n, k, st);
+    default: return -2;
+  }
+}
+
+// 0 on success, -2 unsupported dtype, -3 unsupported batch/K, else a cudaError_t.
+int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
+                          const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
+                          void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (group % 32 != 0 || k % group != 0) return -3;
+  switch (dtype) {
+    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, st);
+    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, st);
+    default: return -2;
+  }
+}
+
+}  // extern "C"
