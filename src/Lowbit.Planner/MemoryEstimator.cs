@@ -404,6 +404,10 @@ public static class MemoryEstimator
     /// </summary>
     private static ByteSize TrainingActivations(ModelArchitecture m, Workload w)
     {
+        if (w.Runtime == ServingRuntime.Lowbit && w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora)
+        {
+            return LowbitAdapterActivations(m, w);
+        }
         var tokens = (double)w.SequenceLength * w.MicroBatch;
         var layerBytes = LayerActivationBytes(m, w) * tokens;
         var stored = w.GradientCheckpointing
@@ -414,6 +418,41 @@ public static class MemoryEstimator
         var head = tokens * m.HiddenSize * 8;
         return ByteSize.FromBytes(stored + eagerMask + logits + head);
     }
+
+    /// <summary>
+    /// Our engine's LoRA/QLoRA fine-tune (<c>lowbit-engine finetune</c>), which saves less than PEFT: the loss is a
+    /// chunked cross-entropy over the frozen head (vocabulary chunks of ≤ 32 MiB float32 logits, the logits never
+    /// whole: <see cref="LowbitLossChunkBytes"/> plus a float32 gradient of the head input, 4 × hidden per token), and
+    /// <c>LoraDelta</c> keeps each adapted input once in 16-bit with a dropout mask and the rank-r product instead of
+    /// PEFT's float32 copy per projection. Per token and layer it keeps <see cref="LowbitLayerBytesPerHidden"/> × hidden
+    /// + <see cref="LowbitLayerBytesPerIntermediate"/> × intermediate (RMSNorm inputs, q/k/v and the attention output, the
+    /// adapted inputs; gate, up, their product and the down input), fitted on the H200 rows of 2026-12-05 (7B at 2,048
+    /// tokens: 225.6 KB; 1B at 8,192 tokens: 113.8 KB; tests/fixtures/planner-measurements). With gradient checkpointing:
+    /// each layer's 16-bit input plus <see cref="LowbitRecomputedLayers"/> layers' worth (the recomputed layer, its
+    /// gradients and the autograd buffers alive across the checkpoint boundary; 1.7–1.85 in the same rows).
+    /// </summary>
+    private static ByteSize LowbitAdapterActivations(ModelArchitecture m, Workload w)
+    {
+        var tokens = (double)w.SequenceLength * w.MicroBatch;
+        var layerBytes = ((LowbitLayerBytesPerHidden * m.HiddenSize) + (LowbitLayerBytesPerIntermediate * (double)m.IntermediateSize * m.ExpertsPerToken)) * tokens;
+        var stored = w.GradientCheckpointing
+            ? (m.Layers * tokens * m.HiddenSize * 2) + (LowbitRecomputedLayers * layerBytes)
+            : m.Layers * layerBytes;
+        var eagerMask = w.Attention == AttentionKind.Eager ? (double)w.MicroBatch * w.SequenceLength * w.SequenceLength * 2 : 0;
+        return ByteSize.FromBytes(stored + eagerMask + LowbitLossChunkBytes + (tokens * m.HiddenSize * 4));
+    }
+
+    /// <summary>Our fine-tune's saved bytes per token, layer and unit of hidden size (see <see cref="LowbitAdapterActivations"/>).</summary>
+    public const double LowbitLayerBytesPerHidden = 34;
+
+    /// <summary>Our fine-tune's saved bytes per token, layer and unit of intermediate size (gate, up, product, down input: 2 B each).</summary>
+    public const double LowbitLayerBytesPerIntermediate = 8;
+
+    /// <summary>Layers' worth of activations alive during a checkpointed backward in our fine-tune.</summary>
+    public const double LowbitRecomputedLayers = 1.8;
+
+    /// <summary>One vocabulary chunk of the chunked loss: 32 MiB float32 logits, their exp and the 16-bit product (~80 MiB), and the gradient accumulator.</summary>
+    public const double LowbitLossChunkBytes = 112.0 * (1 << 20);
 
     /// <summary>
     /// Bytes one decoder layer saves for backward per token. Autograd saves what each backward needs: a frozen

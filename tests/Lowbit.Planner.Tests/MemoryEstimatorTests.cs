@@ -83,7 +83,7 @@ public sealed class MemoryEstimatorTests
     public void Does_shrink_activations_with_gradient_checkpointing_and_grow_them_with_seq_and_micro_batch()
     {
         var model = ModelPresets.Llama2_7B;
-        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048 };
+        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048, Runtime = ServingRuntime.Transformers };
         var plain = MemoryEstimator.Estimate(model, lora).Activations;
         var checkpointed = MemoryEstimator.Estimate(model, lora with { GradientCheckpointing = true }).Activations;
         var longer = MemoryEstimator.Estimate(model, lora with { SequenceLength = 4096 }).Activations;
@@ -91,6 +91,26 @@ public sealed class MemoryEstimatorTests
         Assert.True(checkpointed.GiB < plain.GiB / 4, $"checkpointed {checkpointed} vs {plain}");
         Assert.Equal(plain.Bytes * 2.0, longer.Bytes, plain.Bytes * 0.001);
         Assert.Equal(plain.Bytes * 4.0, bigger.Bytes, plain.Bytes * 0.001);
+    }
+
+    [Fact]
+    public void Does_size_our_engines_fine_tune_without_whole_logits_and_with_its_own_saved_activations()
+    {
+        var model = ModelPresets.Llama2_7B;
+        var ours = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048, Runtime = ServingRuntime.Lowbit };
+        var peft = ours with { Runtime = ServingRuntime.Transformers };
+        var plain = MemoryEstimator.Estimate(model, ours).Activations;
+        // 32 layers × 2,048 tokens × (34 × 4,096 + 8 × 11,008) B, the loss chunk and the float32 head-input gradient.
+        var expected = (32.0 * 2048 * ((34 * 4096) + (8 * 11008))) + MemoryEstimator.LowbitLossChunkBytes + (2048.0 * 4096 * 4);
+        Assert.Equal(expected, plain.Bytes, expected * 1e-9);
+        // PEFT keeps the whole logits in float32 (14 B per token per vocabulary entry) and a float32 copy per adapted input.
+        var peftActivations = MemoryEstimator.Estimate(model, peft).Activations;
+        Assert.True((peftActivations - plain).Bytes > 2048.0 * 32000 * 14, $"{peftActivations} vs {plain}");
+        // Checkpointing keeps each layer's 16-bit input and 1.8 layers' worth during the backward.
+        var checkpointed = MemoryEstimator.Estimate(model, ours with { GradientCheckpointing = true }).Activations;
+        var layer = 2048.0 * ((34 * 4096) + (8 * 11008));
+        var expectedCheckpointed = (32.0 * 2048 * 4096 * 2) + (1.8 * layer) + MemoryEstimator.LowbitLossChunkBytes + (2048.0 * 4096 * 4);
+        Assert.Equal(expectedCheckpointed, checkpointed.Bytes, expectedCheckpointed * 1e-9);
     }
 
     [Fact]
@@ -129,7 +149,7 @@ public sealed class MemoryEstimatorTests
     [Fact]
     public void Does_save_attention_scores_for_backward_only_with_eager_attention()
     {
-        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048 };
+        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 2048, Runtime = ServingRuntime.Transformers };
         var sdpa = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora).Activations;
         var eager = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora with { Attention = AttentionKind.Eager }).Activations;
         // 32 layers × 32 heads × 2048² scores × 6 B (fp32 softmax + its 16-bit cast) + the 16-bit causal mask.
@@ -140,7 +160,7 @@ public sealed class MemoryEstimatorTests
     [Fact]
     public void Does_keep_only_the_fp32_copies_of_adapted_inputs_for_a_frozen_base()
     {
-        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 1024, LoraTargets = LoraTargets.QV };
+        var lora = new Workload { Mode = WorkloadMode.Lora, Weights = WeightFormat.Bf16, SequenceLength = 1024, LoraTargets = LoraTargets.QV, Runtime = ServingRuntime.Transformers };
         var qv = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora);
         var all = MemoryEstimator.Estimate(ModelPresets.Llama2_7B, lora with { LoraTargets = LoraTargets.All });
         // q, k, v, gate, up read the hidden state, o the attention output, down the intermediate: 4 B each per token per layer.
