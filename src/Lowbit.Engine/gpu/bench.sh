@@ -44,7 +44,7 @@ if [ ! -f "$model/config.json" ]; then
   step make 240 "$PYTHON" "$here/bench_hf.py" make --out "$model" --layers "$layers"
 fi
 # First use builds the native library (run.sh); its time is this step's.
-step selfcheck-kernels 240 "$here/run.sh" selfcheck-kernels
+step selfcheck-kernels 420 "$here/run.sh" selfcheck-kernels
 step bench-kernels 120 "$here/run.sh" bench-kernels --device cuda
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \

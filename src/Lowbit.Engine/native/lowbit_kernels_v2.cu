@@ -401,12 +401,12 @@ int launch_dense_v2(const void* x, int64_t xs, const void* w, void* out, int64_t
 inline int dense_chunks_per_thread(int k) { return (k / 8 + kDenseThreads - 1) / kDenseThreads; }
 
 // The activation rows the kernel holds for `batch` rows (1, 2, 4 or 8), or 0 when (batch, K) is not taken: at most 64
-// activation floats per thread (rows * chunks per thread * 8).
+// activation floats per thread (rows * chunks per thread * 8) and K <= 16384 (fewer instantiations to compile).
 inline int dense_rows_for(int batch, int k) {
   if (k % 8 != 0 || batch < 1 || batch > 8) return 0;
   const int nb = batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8;
   const int ch = dense_chunks_per_thread(k);
-  return ch >= 1 && nb * ch <= 8 ? nb : 0;
+  return ch >= 1 && ch <= 4 && nb * ch <= 8 ? nb : 0;
 }
 
 template <typename T, int NB>
@@ -417,10 +417,6 @@ int launch_dense_v2_ch(const void* x, int64_t xs, const void* w, void* out, int6
     case 2: if constexpr (NB <= 4) return launch_dense_v2<T, NB, 2>(x, xs, w, out, os, batch, n, k, st); else return -3;
     case 3: if constexpr (NB <= 2) return launch_dense_v2<T, NB, 3>(x, xs, w, out, os, batch, n, k, st); else return -3;
     case 4: if constexpr (NB <= 2) return launch_dense_v2<T, NB, 4>(x, xs, w, out, os, batch, n, k, st); else return -3;
-    case 5: if constexpr (NB == 1) return launch_dense_v2<T, NB, 5>(x, xs, w, out, os, batch, n, k, st); else return -3;
-    case 6: if constexpr (NB == 1) return launch_dense_v2<T, NB, 6>(x, xs, w, out, os, batch, n, k, st); else return -3;
-    case 7: if constexpr (NB == 1) return launch_dense_v2<T, NB, 7>(x, xs, w, out, os, batch, n, k, st); else return -3;
-    case 8: if constexpr (NB == 1) return launch_dense_v2<T, NB, 8>(x, xs, w, out, os, batch, n, k, st); else return -3;
     default: return -3;
   }
 }
