@@ -216,10 +216,12 @@ public static class LowbitCheckpoint
             var onDevice = q.To(device).DetachFromDisposeScope();
             return new QuantizedLinear(onDevice, bias);
         }
-        // PackBits is LSB-first: for whole codes per byte its bytes are PackedQuantizedLinear's rows as they are.
+        // PackBits is LSB-first: for whole codes per byte its bytes are PackedQuantizedLinear's rows as they are. Each
+        // tensor is read in the layer's shape (not viewed into it), so ShareStorage can release it later.
+        long[] groups = [shape[0], shape[1] / groupSize];
         return PackedQuantizedLinear.FromPacked(bits, groupSize, shape[0], shape[1],
-            file.Load(prefix + ".qweight", ScalarType.Byte, device),
-            file.Load(prefix + ".scales", null, device), file.Load(prefix + ".zeros", null, device), bias);
+            file.Load(prefix + ".qweight", ScalarType.Byte, device, [shape[0], shape[1] * bits / 8]),
+            file.Load(prefix + ".scales", null, device, groups), file.Load(prefix + ".zeros", null, device, groups), bias);
     }
 }
 

@@ -237,12 +237,20 @@ public sealed unsafe class SafetensorsFile : IDisposable
         return _tensors.TryGetValue(name, out var info) ? info : throw new KeyNotFoundException($"{Path}: no tensor '{name}'");
     }
 
-    /// <summary>Copies a tensor into a new CPU tensor of its stored dtype, then converts to <paramref name="dtype"/> and moves to <paramref name="device"/>.</summary>
-    public torch.Tensor Load(string name, torch.ScalarType? dtype = null, torch.Device? device = null)
+    /// <summary>
+    /// Copies a tensor into a new CPU tensor of its stored dtype, then converts to <paramref name="dtype"/> and moves to
+    /// <paramref name="device"/>. <paramref name="shape"/> (same element count) gives the new tensor another shape
+    /// without a view: a view keeps its base's storage alive even after <c>set_</c> points it elsewhere.
+    /// </summary>
+    public torch.Tensor Load(string name, torch.ScalarType? dtype = null, torch.Device? device = null, long[]? shape = null)
     {
         var info = Get(name);
         var stored = SafetensorsDtypes.ToScalarType(info.Dtype);
-        var tensor = torch.empty(info.Shape.ToArray(), stored);
+        if (shape is not null && shape.Aggregate(1L, (a, b) => a * b) != info.ElementCount)
+        {
+            throw new EngineInputException($"{Path}: tensor '{name}' has {info.ElementCount} elements, not [{string.Join(", ", shape)}]");
+        }
+        var tensor = torch.empty(shape ?? info.Shape.ToArray(), stored);
         if (info.ByteLength > 0)
         {
             CopyInto(tensor, _base + _dataStart + info.Begin, info.ByteLength);

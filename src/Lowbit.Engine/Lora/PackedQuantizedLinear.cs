@@ -59,8 +59,9 @@ public sealed class PackedQuantizedLinear : LinearLayer
     /// <summary>
     /// A layer over codes already packed as this layer keeps them: our <c>lowbit</c> export's <c>qweight</c> (BitPacking.PackBits,
     /// LSB first) is that layout for 2-, 4- and 8-bit codes, so a loader moves the file's bytes to the device as they are
-    /// and never holds one byte per weight. <paramref name="packed"/> uint8 with <c>out·in·bits/8</c> elements,
-    /// <paramref name="scales"/> and <paramref name="zeros"/> <c>out·in/group</c> elements (float16 or float32); the layer owns all three.
+    /// and never holds one byte per weight. <paramref name="packed"/> uint8 <c>[out, in·bits/8]</c>, <paramref name="scales"/>
+    /// and <paramref name="zeros"/> <c>[out, in/group]</c> (float16 or float32), each its own tensor, not a view (a view
+    /// would keep its base's storage alive after <see cref="ShareStorage"/>); the layer owns all three.
     /// </summary>
     public static PackedQuantizedLinear FromPacked(int bits, int groupSize, long outFeatures, long inFeatures, Tensor packed, Tensor scales, Tensor zeros, Tensor? bias)
     {
@@ -68,18 +69,13 @@ public sealed class PackedQuantizedLinear : LinearLayer
         {
             throw new ArgumentException($"{bits}-bit codes in groups of {groupSize} over {inFeatures} inputs are not byte-packable", nameof(bits));
         }
-        var groups = inFeatures / groupSize;
-        if (packed.NumberOfElements != outFeatures * inFeatures * bits / 8 || scales.NumberOfElements != outFeatures * groups || zeros.NumberOfElements != outFeatures * groups)
+        long[] codes = [outFeatures, inFeatures * bits / 8], groups = [outFeatures, inFeatures / groupSize];
+        if (!packed.shape.SequenceEqual(codes) || !scales.shape.SequenceEqual(groups) || !zeros.shape.SequenceEqual(groups) || packed.dtype != ScalarType.Byte)
         {
-            throw new ArgumentException($"packed {packed.NumberOfElements} bytes, {scales.NumberOfElements} scales and {zeros.NumberOfElements} zeros do not fit [{outFeatures}, {inFeatures}] at {bits} bits, group {groupSize}", nameof(packed));
+            throw new ArgumentException($"packed [{string.Join(", ", packed.shape)}] {packed.dtype}, scales [{string.Join(", ", scales.shape)}] and zeros [{string.Join(", ", zeros.shape)}] do not fit [{outFeatures}, {inFeatures}] at {bits} bits, group {groupSize}", nameof(packed));
         }
-        var layer = new PackedQuantizedLinear(bits, groupSize, inFeatures, outFeatures,
-            packed.view(outFeatures, inFeatures * bits / 8).DetachFromDisposeScope(), scales.view(outFeatures, groups).DetachFromDisposeScope(),
-            zeros.view(outFeatures, groups).DetachFromDisposeScope(), bias);
-        packed.Dispose();
-        scales.Dispose();
-        zeros.Dispose();
-        return layer;
+        return new PackedQuantizedLinear(bits, groupSize, inFeatures, outFeatures, packed.DetachFromDisposeScope(),
+            scales.DetachFromDisposeScope(), zeros.DetachFromDisposeScope(), bias);
     }
 
     /// <summary>Widths this layer packs whole codes per byte for, with groups along the input that tile it.</summary>
