@@ -15,6 +15,9 @@ public static unsafe class NativeKernelsV2
     /// <summary>The file name, looked up in the folder of <see cref="NativeKernels.LibraryEnv"/>.</summary>
     public const string LibraryName = "liblowbit_kernels_v2.so";
 
+    /// <summary>Set to <c>0</c> to leave the v2 kernels unloaded (a kill switch should one of them misbehave on a device).</summary>
+    public const string SwitchEnv = "LOWBIT_KERNELS_V2";
+
     private static readonly Lock Gate = new();
     private static bool _tried;
     private static string _status = "not loaded";
@@ -91,6 +94,11 @@ public static unsafe class NativeKernelsV2
                 return;
             }
             _tried = true;
+            if (Environment.GetEnvironmentVariable(SwitchEnv) == "0")
+            {
+                _status = $"off ({SwitchEnv}=0)";
+                return;
+            }
             var native = Environment.GetEnvironmentVariable(NativeKernels.LibraryEnv);
             if (string.IsNullOrEmpty(native) || Path.GetDirectoryName(native) is not { } folder)
             {
