@@ -396,53 +396,39 @@ public static class MemoryEstimator
     }
 
     /// <summary>
-    /// Activations saved for backward on one GPU, as PyTorch autograd keeps them for a Hugging Face model in 16-bit
-    /// (<see cref="LayerActivationBytes"/> per layer). With gradient checkpointing only each layer's input is kept,
-    /// plus one layer recomputed and its gradients (1.5 × a layer) during backward. Logits: the 16-bit output, the
-    /// fp32 log-softmax saved for the loss, its gradient and the input gradient (14 B per token per vocabulary
-    /// entry); the final norm and the head input (8 × hidden). Eager attention adds the causal mask.
+    /// Activations saved for backward on one GPU. With gradient checkpointing only each layer's 16-bit input is kept,
+    /// plus the recomputed layer, its gradients and the autograd buffers alive across the checkpoint boundary; eager
+    /// attention adds the causal mask.
+    /// PyTorch autograd for a Hugging Face model in 16-bit (PEFT; <see cref="LayerActivationBytes"/> per layer, 1.5
+    /// layers recomputed). Loss: the 16-bit logits, the fp32 log-softmax saved for the loss, its gradient and the input
+    /// gradient (14 B per token per vocabulary entry); the final norm and the head input (8 × hidden).
+    /// Our engine's LoRA/QLoRA fine-tune (<c>lowbit-engine finetune</c>) saves less: <c>LoraDelta</c> keeps each adapted
+    /// input once in 16-bit with a dropout mask and the rank-r product instead of PEFT's float32 copy per projection, so a
+    /// layer keeps <see cref="LowbitLayerBytesPerHidden"/> × hidden + <see cref="LowbitLayerBytesPerIntermediate"/> ×
+    /// intermediate per token (RMSNorm inputs, q/k/v and the attention output, the adapted inputs; gate, up, their
+    /// product and the down input), fitted on the H200 rows of 2026-12-05 (7B at 2,048 tokens: 225.6 KB; 1B at 8,192
+    /// tokens: 113.8 KB; tests/fixtures/planner-measurements), with <see cref="LowbitRecomputedLayers"/> layers recomputed
+    /// (1.7–1.85 in the same rows); its loss is a chunked cross-entropy over the frozen head that never holds the whole
+    /// logits (<see cref="LowbitLossChunkBytes"/> plus a float32 gradient of the head input, 4 × hidden per token).
     /// </summary>
     private static ByteSize TrainingActivations(ModelArchitecture m, Workload w)
     {
-        if (w.Runtime == ServingRuntime.Lowbit && w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora)
-        {
-            return LowbitAdapterActivations(m, w);
-        }
+        var ours = w.Runtime == ServingRuntime.Lowbit && w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora;
         var tokens = (double)w.SequenceLength * w.MicroBatch;
-        var layerBytes = LayerActivationBytes(m, w) * tokens;
+        var layerBytes = tokens * (ours
+            ? (LowbitLayerBytesPerHidden * m.HiddenSize) + (LowbitLayerBytesPerIntermediate * (double)m.IntermediateSize * m.ExpertsPerToken)
+            : LayerActivationBytes(m, w));
         var stored = w.GradientCheckpointing
-            ? (m.Layers * tokens * m.HiddenSize * 2) + (1.5 * layerBytes)
+            ? (m.Layers * tokens * m.HiddenSize * 2) + ((ours ? LowbitRecomputedLayers : 1.5) * layerBytes)
             : m.Layers * layerBytes;
         var eagerMask = w.Attention == AttentionKind.Eager ? (double)w.MicroBatch * w.SequenceLength * w.SequenceLength * 2 : 0;
-        var logits = tokens * m.VocabSize * 14;
-        var head = tokens * m.HiddenSize * 8;
-        return ByteSize.FromBytes(stored + eagerMask + logits + head);
+        var loss = ours
+            ? LowbitLossChunkBytes + (tokens * m.HiddenSize * 4)
+            : (tokens * m.VocabSize * 14) + (tokens * m.HiddenSize * 8);
+        return ByteSize.FromBytes(stored + eagerMask + loss);
     }
 
-    /// <summary>
-    /// Our engine's LoRA/QLoRA fine-tune (<c>lowbit-engine finetune</c>), which saves less than PEFT: the loss is a
-    /// chunked cross-entropy over the frozen head (vocabulary chunks of ≤ 32 MiB float32 logits, the logits never
-    /// whole: <see cref="LowbitLossChunkBytes"/> plus a float32 gradient of the head input, 4 × hidden per token), and
-    /// <c>LoraDelta</c> keeps each adapted input once in 16-bit with a dropout mask and the rank-r product instead of
-    /// PEFT's float32 copy per projection. Per token and layer it keeps <see cref="LowbitLayerBytesPerHidden"/> × hidden
-    /// + <see cref="LowbitLayerBytesPerIntermediate"/> × intermediate (RMSNorm inputs, q/k/v and the attention output, the
-    /// adapted inputs; gate, up, their product and the down input), fitted on the H200 rows of 2026-12-05 (7B at 2,048
-    /// tokens: 225.6 KB; 1B at 8,192 tokens: 113.8 KB; tests/fixtures/planner-measurements). With gradient checkpointing:
-    /// each layer's 16-bit input plus <see cref="LowbitRecomputedLayers"/> layers' worth (the recomputed layer, its
-    /// gradients and the autograd buffers alive across the checkpoint boundary; 1.7–1.85 in the same rows).
-    /// </summary>
-    private static ByteSize LowbitAdapterActivations(ModelArchitecture m, Workload w)
-    {
-        var tokens = (double)w.SequenceLength * w.MicroBatch;
-        var layerBytes = ((LowbitLayerBytesPerHidden * m.HiddenSize) + (LowbitLayerBytesPerIntermediate * (double)m.IntermediateSize * m.ExpertsPerToken)) * tokens;
-        var stored = w.GradientCheckpointing
-            ? (m.Layers * tokens * m.HiddenSize * 2) + (LowbitRecomputedLayers * layerBytes)
-            : m.Layers * layerBytes;
-        var eagerMask = w.Attention == AttentionKind.Eager ? (double)w.MicroBatch * w.SequenceLength * w.SequenceLength * 2 : 0;
-        return ByteSize.FromBytes(stored + eagerMask + LowbitLossChunkBytes + (tokens * m.HiddenSize * 4));
-    }
-
-    /// <summary>Our fine-tune's saved bytes per token, layer and unit of hidden size (see <see cref="LowbitAdapterActivations"/>).</summary>
+    /// <summary>Our fine-tune's saved bytes per token, layer and unit of hidden size (see <see cref="TrainingActivations"/>).</summary>
     public const double LowbitLayerBytesPerHidden = 34;
 
     /// <summary>Our fine-tune's saved bytes per token, layer and unit of intermediate size (gate, up, product, down input: 2 B each).</summary>

@@ -129,7 +129,7 @@ public sealed class FineTuner
 
         var computeDtype = request.Method == FineTuneMethod.Full || device.type != DeviceType.CUDA ? ScalarType.Float32 : ScalarType.BFloat16;
         var watchLoad = Stopwatch.StartNew();
-        using var model = quantized ? LoadQuantized(_baseDirectory, computeDtype, device) : ModelLoading.Load(_baseDirectory, computeDtype, device);
+        using var model = ModelLoading.Load(_baseDirectory, computeDtype, device);
         Log(FormattableString.Invariant($"loaded {request.Method.ToString().ToLowerInvariant()} base in {computeDtype} on {device.type} in {watchLoad.Elapsed.TotalSeconds:F1} s"));
 
         var settings = new LoraSettings
@@ -471,11 +471,6 @@ public sealed class FineTuner
         return step;
     }
 
-    /// <summary>
-    /// A lowbit base for QLoRA: <see cref="LowbitCheckpoint.Load"/> (no dense projection allocated anywhere, the file's
-    /// packed codes moved to the device as they are, one layer at a time).
-    /// </summary>
-    private static LlamaForCausalLM LoadQuantized(string directory, ScalarType dtype, Device device) => LowbitCheckpoint.Load(directory, dtype, device);
 
     private static void CopyTokenizer(string from, string to)
     {
