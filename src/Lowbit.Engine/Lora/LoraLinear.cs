@@ -120,17 +120,23 @@ public sealed class LoraLinear : LinearLayer
 
     /// <summary>
     /// The keep-mask (bool, true with probability 1 − dropout) of this module for <paramref name="input"/>: seeded by
-    /// <see cref="DropoutSeed"/> and the module index on the CPU (the same draws a recompute or a resumed run makes).
+    /// <see cref="DropoutSeed"/> and the module index (a CPU generator; on CUDA the device's default generator, seeded), so a
+    /// recompute or a resumed run draws the same.
     /// </summary>
     private Tensor DropoutMask(Tensor input)
     {
         using var scope = NewDisposeScope();
         var keep = 1.0 - Settings.Dropout;
-        // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them), so on a GPU the mask
-        // comes from the device's default generator: reproducible per process seed, but not replayed by --resume-from.
         Tensor draws;
-        if (DropoutSeed is not { } seed || input.device.type != DeviceType.CPU)
+        if (DropoutSeed is not { } seed)
         {
+            draws = empty_like(input).bernoulli_(keep);
+        }
+        else if (input.device.type == DeviceType.CUDA)
+        {
+            // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them): seed the device's
+            // default generator, so a recompute (gradient checkpointing) and a resumed run draw the same masks.
+            cuda.manual_seed(unchecked(seed * 1_000_003 + Index));
             draws = empty_like(input).bernoulli_(keep);
         }
         else
