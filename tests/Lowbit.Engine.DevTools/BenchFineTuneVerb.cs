@@ -14,7 +14,7 @@ namespace Lowbit.Engine.DevTools;
 /// [--r 16] [--gradient-checkpointing true] [--device cuda] [--phase-sync false]</c>: the finetune loop on random token
 /// blocks (no tokenizer needed: the GPU bundle's random 7B has none), LoRA on all seven projections, AdamW. Prints one
 /// JSON line: tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step,
-/// each step ending with its loss on the host), peak device memory (used bytes, cuMemGetInfo) and <c>hostMs</c>, the
+/// each step ending with its loss on the host), peak device memory (used bytes, cuMemGetInfo) and <c>hostMsPerStep</c>, the
 /// mean host milliseconds per phase of the timed steps (<see cref="StepPhaseTimings"/>; with <c>--phase-sync true</c>
 /// each phase ends with a CUDA synchronize, so the phases include their device time).
 /// <para>
@@ -101,7 +101,7 @@ internal static class BenchFineTuneVerb
             ["firstLoss"] = Math.Round(marks[0].Loss, 4),
             ["lastLoss"] = Math.Round(to.Loss, 4),
             ["phaseSync"] = phaseSync,
-            ["hostMs"] = HostMilliseconds(phases, from.Step),
+            ["hostMsPerStep"] = HostMilliseconds(phases, from.Step),
         };
         stdout.WriteLine(JsonSerializer.Serialize(line));
         try
