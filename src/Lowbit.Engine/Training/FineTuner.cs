@@ -71,16 +71,19 @@ public sealed class FineTuner
     private readonly Action<EngineEvent> _emit;
     private readonly Func<bool> _stopRequested;
     private readonly IReadOnlyList<PackedBlock>? _blocks;
+    private readonly StepPhaseTimings? _phases;
 
     /// <param name="blocks">Pre-packed training blocks instead of <c>--dataset</c> (benchmarks); no eval split.</param>
+    /// <param name="phases">Receives host time per phase of every step (benchmarks).</param>
     public FineTuner(FineTuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
-        IReadOnlyList<PackedBlock>? blocks = null)
+        IReadOnlyList<PackedBlock>? blocks = null, StepPhaseTimings? phases = null)
     {
         _request = request;
         _baseDirectory = baseDirectory;
         _emit = emit;
         _stopRequested = stopRequested ?? (() => false);
         _blocks = blocks;
+        _phases = phases;
     }
 
     public FineTuneOutcome Run()
@@ -189,6 +192,7 @@ public sealed class FineTuner
                 .Select(a => MicroBatch((long)(step - 1) * request.GradAccumulation + a, train, microPerEpoch, permutations))
                 .ToList();
             var stepTargets = Math.Max(1, micro.Sum(m => m.Blocks.Sum(b => b.TrainedTargets)));
+            _phases?.BeginStep();
             using (var scope = NewDisposeScope())
             {
                 var lossSum = zeros(1, ScalarType.Float32, device);
@@ -208,13 +212,18 @@ public sealed class FineTuner
                     lossSum.add_(loss.detach(), Scalars.One);
                     tokens += batch.Sum(b => (long)b.Ids.Length - 1);
                 }
+                _phases?.Mark(StepPhase.ForwardBackward, device);
                 if (request.MaxGradNorm > 0)
                 {
                     optimizer.ClipGradNorm(request.MaxGradNorm);
                 }
+                _phases?.Mark(StepPhase.Clip, device);
                 optimizer.Step(lr);
+                _phases?.Mark(StepPhase.OptimizerStep, device);
                 optimizer.ZeroGrad();
+                _phases?.Mark(StepPhase.ZeroGrad, device);
                 lastLoss = lossSum.item<float>();
+                _phases?.Mark(StepPhase.LossSync, device);
             }
             peak = Math.Max(peak, DeviceMemory.Used(device));
             var elapsed = watch.Elapsed.TotalSeconds;
@@ -235,6 +244,7 @@ public sealed class FineTuner
             {
                 SaveCheckpoint(dir, step, totalSteps, model, modules, settings, optimizer);
             }
+            _phases?.EndStep();
             if (stop)
             {
                 throw new TrainingInterruptedException(request.CheckpointDir is null
