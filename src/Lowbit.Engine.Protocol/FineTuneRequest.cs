@@ -20,7 +20,7 @@ public sealed record FineTuneRequest : EngineRequest
         "--dataset-format", "--epochs", "--max-steps", "--learning-rate", "--micro-batch", "--grad-accumulation",
         "--seq-length", "--checkpoint-dir", "--resume-from", "--seed", CommonFlags.Out, CommonFlags.Device, CommonFlags.ResultFile,
         "--save-steps", "--eval-split", "--lr-scheduler", "--warmup-steps", "--warmup-ratio", "--max-grad-norm", "--weight-decay",
-        "--gradient-checkpointing", "--rslora", "--merge", "--gguf-adapter",
+        "--gradient-checkpointing", "--rslora", "--merge", "--gguf-adapter", "--cuda-graph",
     ];
 
     /// <summary>Base model source (a quantized model's folder for qlora).</summary>
@@ -108,6 +108,12 @@ public sealed record FineTuneRequest : EngineRequest
     /// <summary>Also write the adapter as a llama.cpp GGUF LoRA adapter, <c>OUT/adapter.gguf</c>.</summary>
     public bool GgufAdapter { get; init; }
 
+    /// <summary>
+    /// Capture one micro-step as a CUDA graph and replay it (LoRA/QLoRA on CUDA with the native library; not with
+    /// gradient checkpointing plus dropout). Experimental: off by default until measured (docs/finetune.md).
+    /// </summary>
+    public bool CudaGraph { get; init; }
+
     public override string Verb => EngineVerbs.FineTune;
 
     public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
@@ -143,6 +149,7 @@ public sealed record FineTuneRequest : EngineRequest
         .Add("--rslora", Rslora)
         .Add("--merge", Merge)
         .Add("--gguf-adapter", GgufAdapter)
+        .Add("--cuda-graph", CudaGraph)
         .Build();
 
     public static new FineTuneRequest Parse(IReadOnlyList<string> args)
@@ -185,6 +192,7 @@ public sealed record FineTuneRequest : EngineRequest
             Rslora = r.Bool("--rslora"),
             Merge = r.Bool("--merge"),
             GgufAdapter = r.Bool("--gguf-adapter"),
+            CudaGraph = r.Bool("--cuda-graph"),
         };
     }
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Lowbit.Engine.Lora;
+using Lowbit.Engine.Network;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Training;
@@ -10,10 +11,17 @@ namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// <c>bench-finetune --model DIR --method lora|qlora [--steps 12] [--warmup 2] [--seq-length 2048] [--micro-batch 1]
-/// [--r 16] [--gradient-checkpointing true] [--device cuda]</c>: the finetune loop on random token blocks (no
-/// tokenizer needed: the GPU bundle's random 7B has none), LoRA on all seven projections, AdamW. Prints one JSON line:
-/// tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step, each step
-/// ending with its loss on the host) and peak device memory (used bytes, cuMemGetInfo).
+/// [--r 16] [--gradient-checkpointing true] [--device cuda] [--phase-sync false]</c>: the finetune loop on random token
+/// blocks (no tokenizer needed: the GPU bundle's random 7B has none), LoRA on all seven projections, AdamW. Prints one
+/// JSON line: tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step,
+/// each step ending with its loss on the host), peak device memory (used bytes, cuMemGetInfo) and <c>hostMsPerStep</c>, the
+/// mean host milliseconds per phase of the timed steps (<see cref="StepPhaseTimings"/>; with <c>--phase-sync true</c>
+/// each phase ends with a CUDA synchronize, so the phases include their device time).
+/// <para>
+/// <c>--random-layers N [--random-hidden 64] [--random-intermediate 172] [--random-heads 4] [--random-vocab 1000]</c>
+/// first writes a random Llama of that shape to <c>--model</c> when it holds no <c>config.json</c> (the host-overhead
+/// proxy: the 7B's 32 layers and 224 adapted projections at widths where compute is negligible).
+/// </para>
 /// </summary>
 internal static class BenchFineTuneVerb
 {
@@ -30,6 +38,12 @@ internal static class BenchFineTuneVerb
         var r = Int("--r", 16);
         var device = ProtocolNames.TryParse<ComputeDevice>(Get("--device") ?? "cuda", out var d) ? d : ComputeDevice.Cuda;
         var checkpointing = (Get("--gradient-checkpointing") ?? "true") == "true";
+        var phaseSync = (Get("--phase-sync") ?? "false") == "true";
+        if (Get("--random-layers") is { } layers && !File.Exists(Path.Combine(model, "config.json")))
+        {
+            WriteRandomModel(model, int.Parse(layers, CultureInfo.InvariantCulture), Int("--random-hidden", 64),
+                Int("--random-intermediate", 172), Int("--random-heads", 4), Int("--random-vocab", 1000));
+        }
         var config = LlamaConfig.Load(Path.Combine(model, "config.json"));
         var random = new Random(1234);
         var blocks = Enumerable.Range(0, steps * micro).Select(_ =>
@@ -49,6 +63,7 @@ internal static class BenchFineTuneVerb
             EvalSplit = 0, GradientCheckpointing = checkpointing, Device = device,
         };
         var marks = new List<(int Step, double Seconds, long Peak, double Loss)>();
+        var phases = new StepPhaseTimings { SynchronizeDevice = phaseSync };
         var watch = Stopwatch.StartNew();
         var outcome = new FineTuner(request, model, e =>
         {
@@ -61,7 +76,7 @@ internal static class BenchFineTuneVerb
             {
                 stderr.WriteLine(e.ToJsonLine());
             }
-        }, blocks: blocks).Run();
+        }, blocks: blocks, phases: phases).Run();
         var from = marks.First(x => x.Step == warmup);
         var to = marks[^1];
         var timedTokens = (long)(to.Step - from.Step) * micro * seq;
@@ -85,6 +100,8 @@ internal static class BenchFineTuneVerb
             ["allocatorConfig"] = Environment.GetEnvironmentVariable(DeviceMemory.AllocatorConfigVariable) ?? "(default)",
             ["firstLoss"] = Math.Round(marks[0].Loss, 4),
             ["lastLoss"] = Math.Round(to.Loss, 4),
+            ["phaseSync"] = phaseSync,
+            ["hostMsPerStep"] = HostMilliseconds(phases, from.Step),
         };
         stdout.WriteLine(JsonSerializer.Serialize(line));
         try
@@ -95,5 +112,37 @@ internal static class BenchFineTuneVerb
         {
         }
         return 0;
+    }
+
+    /// <summary>Mean milliseconds per phase (camelCase names, plus <c>total</c>) over the steps after <paramref name="warmup"/>.</summary>
+    private static Dictionary<string, double> HostMilliseconds(StepPhaseTimings phases, int warmup)
+    {
+        var timed = phases.Steps.Skip(warmup).ToList();
+        var result = new Dictionary<string, double>();
+        if (timed.Count == 0)
+        {
+            return result;
+        }
+        foreach (var phase in Enum.GetValues<StepPhase>())
+        {
+            var name = phase.ToString();
+            result[char.ToLowerInvariant(name[0]) + name[1..]] = Math.Round(timed.Average(row => row[(int)phase]), 3);
+        }
+        result["total"] = Math.Round(timed.Average(row => row.Sum()), 3);
+        return result;
+    }
+
+    /// <summary>A random bf16 Llama (seeded) with <paramref name="layers"/> layers, written as a Hugging Face folder.</summary>
+    private static void WriteRandomModel(string directory, int layers, int hidden, int intermediate, int heads, int vocab)
+    {
+        var config = new LlamaConfig
+        {
+            VocabSize = vocab, HiddenSize = hidden, IntermediateSize = intermediate, NumHiddenLayers = layers,
+            NumAttentionHeads = heads, NumKeyValueHeads = heads, HeadDim = hidden / heads, MaxPositionEmbeddings = 4096,
+            RmsNormEps = 1e-5, BosTokenId = 1, EosTokenIds = [2],
+        };
+        using var random = new LlamaForCausalLM(config, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU);
+        ModelIo.InitializeRandom(random, 1, std: 0.02);
+        ModelIo.Save(random, directory, TorchSharp.torch.ScalarType.BFloat16);
     }
 }

@@ -32,7 +32,7 @@ public class RequestRoundTripTests
         {
             BaseModel = "b", Method = FineTuneMethod.Lora, Dataset = "d.txt", DatasetFormat = DatasetFormat.Text, Out = "o",
             SaveSteps = 50, EvalSplit = 0, LrScheduler = LrScheduler.Cosine, WarmupSteps = 10, MaxGradNorm = 0.3, WeightDecay = 0.01,
-            GradientCheckpointing = true, Rslora = true, Merge = true, GgufAdapter = true,
+            GradientCheckpointing = true, Rslora = true, Merge = true, GgufAdapter = true, CudaGraph = true,
         },
         new ServeRequest { Model = "m" },
         new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu, ApiKeyFile = "/run/key" },

@@ -5,7 +5,7 @@ namespace Lowbit.Engine.Decoding;
 /// queued by <see cref="Capture"/>'s action, on a side stream from libtorch's pool, recorded once and replayed on the
 /// current stream. Tensors the action allocates come from the graph's private memory pool, so a replay allocates nothing.
 /// </summary>
-public sealed class CudaGraph : IDisposable
+public sealed class CudaGraph : IStepGraph
 {
     private IntPtr _handle;
 
@@ -50,4 +50,14 @@ public sealed class CudaGraph : IDisposable
             _handle = IntPtr.Zero;
         }
     }
+}
+
+/// <summary>What a captured step is recorded with (the fine-tuner's <see cref="Training.TrainingGraph"/>): a CUDA graph, or in tests a recorder that re-runs it.</summary>
+internal interface IStepGraph : IDisposable
+{
+    /// <summary>Runs <paramref name="warmUp"/>, then records <paramref name="step"/> without running it.</summary>
+    void Capture(Action warmUp, Action step);
+
+    /// <summary>Runs the recorded step.</summary>
+    void Replay();
 }

@@ -10,8 +10,9 @@ namespace Lowbit.Engine.Lora;
 /// <c>y = base(x) + B·A·dropout(x) · scaling</c>. The base is any <see cref="LinearLayer"/>: a 16-bit
 /// <see cref="DenseLinear"/> or a quantized layer that dequantizes its packed weight per call (never the whole model).
 /// A and B are float32 master weights; they are cast to the activation dtype (bf16 on CUDA) for the matmuls.
-/// Dropout masks come from a generator seeded by <see cref="DropoutSeed"/> and this module's index, so a recomputed
-/// forward (gradient checkpointing) and a resumed run draw the same masks.
+/// Dropout masks come from a generator seeded by <see cref="DropoutSeed"/> and this module's index (on CUDA the device's
+/// default generator, re-seeded per module), so a recomputed forward (gradient checkpointing) and a resumed run draw
+/// the same masks.
 /// </summary>
 public sealed class LoraLinear : LinearLayer
 {
@@ -59,6 +60,19 @@ public sealed class LoraLinear : LinearLayer
     {
         get => _dropoutSeed;
         set => _dropoutSeed = value;
+    }
+
+    [ThreadStatic]
+    private static bool _noDeviceSeeding;
+
+    /// <summary>
+    /// Whether a CUDA mask re-seeds the device generator from <see cref="DropoutSeed"/> (true unless a CUDA graph is
+    /// being captured on this thread, where re-seeding is not allowed).
+    /// </summary>
+    public static bool SeedDeviceGenerator
+    {
+        get => !_noDeviceSeeding;
+        set => _noDeviceSeeding = !value;
     }
 
     /// <summary>Initializes like PEFT's <c>init_lora_weights=True</c>: A ~ U(−1/√in, 1/√in) (kaiming_uniform, a=√5), B = 0.</summary>
@@ -120,23 +134,27 @@ public sealed class LoraLinear : LinearLayer
 
     /// <summary>
     /// The keep-mask (bool, true with probability 1 − dropout) of this module for <paramref name="input"/>: seeded by
-    /// <see cref="DropoutSeed"/> and the module index (a CPU generator; on CUDA the device's default generator, seeded), so a
-    /// recompute or a resumed run draws the same.
+    /// <see cref="DropoutSeed"/> and the module index on the CPU (the same draws a recompute or a resumed run makes).
     /// </summary>
     private Tensor DropoutMask(Tensor input)
     {
         using var scope = NewDisposeScope();
         var keep = 1.0 - Settings.Dropout;
+        // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them), so on a GPU the
+        // device's default generator is re-seeded with the same per-module seed first: the checkpointed recompute and a
+        // resumed run draw the forward's masks (they did not before: the recompute drew fresh ones). Inside a CUDA
+        // graph capture re-seeding is not allowed; the captured step draws from the graph's Philox stream instead.
         Tensor draws;
         if (DropoutSeed is not { } seed)
         {
             draws = empty_like(input).bernoulli_(keep);
         }
-        else if (input.device.type == DeviceType.CUDA)
+        else if (input.device.type != DeviceType.CPU)
         {
-            // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them): seed the device's
-            // default generator, so a recompute (gradient checkpointing) and a resumed run draw the same masks.
-            cuda.manual_seed(unchecked(seed * 1_000_003 + Index));
+            if (SeedDeviceGenerator)
+            {
+                cuda.manual_seed(unchecked(seed * 1_000_003 + Index));
+            }
             draws = empty_like(input).bernoulli_(keep);
         }
         else

@@ -171,11 +171,14 @@ public sealed class LoraProjectionGroup : IDisposable
             return masks.bernoulli_(keep);
         }
         var drawSeed = unchecked(seed * 1_000_003 + adapters[0].Index);
-        if (input.device.type == DeviceType.CUDA)
+        if (input.device.type != DeviceType.CPU)
         {
-            // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them): seed the device's
-            // default generator instead, so the checkpointed recompute draws the masks the forward drew.
-            cuda.manual_seed(drawSeed);
+            // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them): the device's default
+            // generator is re-seeded instead (as LoraLinear does; not while a CUDA graph is being captured).
+            if (LoraLinear.SeedDeviceGenerator)
+            {
+                cuda.manual_seed(drawSeed);
+            }
             return masks.bernoulli_(keep);
         }
         using var generator = new Generator(unchecked((ulong)drawSeed), input.device);

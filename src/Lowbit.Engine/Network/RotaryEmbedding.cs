@@ -12,6 +12,10 @@ public sealed class RotaryEmbedding
 {
     private readonly double[] _inverseFrequencies;
 
+    // The inverse frequencies on the device last used (float64, never freed while the model lives): a forward makes no
+    // host-to-device copy, which a CUDA graph could not record (the copy from pageable memory synchronises).
+    private Tensor? _deviceFrequencies;
+
     public RotaryEmbedding(LlamaConfig config)
     {
         _inverseFrequencies = InverseFrequencies(config);
@@ -58,7 +62,7 @@ public sealed class RotaryEmbedding
         using var scope = NewDisposeScope();
         var compute = dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         var positions = arange(Scalars.Of(offset), Scalars.Of(offset + length), Scalars.One, compute, device);
-        var inv = tensor(_inverseFrequencies, device: device).to(compute);
+        var inv = Frequencies(device).to(compute);
         var freqs = outer(positions, inv);
         var emb = cat([freqs, freqs], -1);
         return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
@@ -72,7 +76,7 @@ public sealed class RotaryEmbedding
     {
         using var scope = NewDisposeScope();
         var compute = dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        var inv = tensor(_inverseFrequencies, device: positions.device).to(compute);
+        var inv = Frequencies(positions.device).to(compute);
         var freqs = positions.to(compute).unsqueeze(-1).mul(inv);
         var emb = cat([freqs, freqs], -1).unsqueeze(1);
         return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
@@ -96,6 +100,17 @@ public sealed class RotaryEmbedding
         using var scope = NewDisposeScope();
         var half = sin.shape[^1] / 2;
         return cat([sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half)], -1).MoveToOuterDisposeScope();
+    }
+
+    private Tensor Frequencies(Device device)
+    {
+        var cached = _deviceFrequencies;
+        if (cached is null || cached.device.type != device.type || cached.device.index != device.index)
+        {
+            cached = tensor(_inverseFrequencies, device: device).DetachFromDisposeScope();
+            _deviceFrequencies = cached;
+        }
+        return cached;
     }
 
     /// <summary>Applies the rotation to <c>[B, heads, T, D]</c>: <c>x·cos + rotate_half(x)·sin</c>.</summary>

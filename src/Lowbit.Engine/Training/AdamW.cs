@@ -5,25 +5,56 @@ using static TorchSharp.torch;
 namespace Lowbit.Engine.Training;
 
 /// <summary>
-/// AdamW (decoupled weight decay, PyTorch's update rule) over named float32 parameters, with its moments held as
-/// plain tensors so a checkpoint stores them exactly (<c>optimizer.safetensors</c>). Gradient clipping by the global
-/// norm stays on the device (no host synchronisation).
+/// AdamW (decoupled weight decay, PyTorch's update rule) over named parameters, on flat buffers: the parameters of each
+/// (dtype, device) become views into one contiguous buffer (<c>set_</c>: the registered <see cref="TorchSharp.Modules.Parameter"/>
+/// objects stay, only their storage moves), their gradients are preallocated views into one flat gradient buffer
+/// (autograd's AccumulateGrad adds into a defined <c>.grad</c> in place), and the moments are flat too. A step, the
+/// clipping and the zeroing are then a handful of kernels per buffer instead of ~8 per tensor (448 tensors for LoRA on
+/// all seven projections of a 32-layer model: ~5,800 calls per step before), like PyTorch's multi-tensor (foreach)
+/// AdamW. The moments are named views too, so a checkpoint stores them per parameter exactly
+/// (<c>optimizer.safetensors</c>: <c>NAME.exp_avg</c>, <c>NAME.exp_avg_sq</c>). Clipping stays on the device (no host
+/// synchronisation).
 /// </summary>
+/// <remarks>
+/// Every parameter takes part in every update: one that received no gradient has a zero gradient, so weight decay
+/// still shrinks it (the per-tensor update skipped it; the trainer's parameters all receive gradients). The
+/// parameters' own version counters do not move when the flat buffer is updated: nothing may cache a derived tensor
+/// keyed on them. Code that reads or copies into the parameters (checkpoints, resume, merge, export) is unaffected;
+/// code that replaced a parameter's tensor would detach it from the optimizer.
+/// </remarks>
 public sealed class AdamW : IDisposable
 {
-    private readonly IReadOnlyList<(string Name, Tensor Parameter)> _parameters;
-    private readonly Dictionary<string, (Tensor M, Tensor V)> _state = new(StringComparer.Ordinal);
+    private readonly List<FlatGroup> _groups = [];
+    private readonly List<(string Name, Tensor M, Tensor V)> _state = [];
 
     public AdamW(IReadOnlyList<(string Name, Tensor Parameter)> parameters, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0)
     {
-        _parameters = parameters;
         Beta1 = beta1;
         Beta2 = beta2;
         Eps = eps;
         WeightDecay = weightDecay;
-        foreach (var (name, p) in parameters)
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, _) in parameters)
         {
-            _state[name] = (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
+            if (!names.Add(name))
+            {
+                throw new ArgumentException($"parameter '{name}' appears twice", nameof(parameters));
+            }
+        }
+        var views = new Dictionary<string, (Tensor M, Tensor V)>(StringComparer.Ordinal);
+        foreach (var members in parameters.GroupBy(p => (p.Parameter.dtype, p.Parameter.device.type, p.Parameter.device.index)))
+        {
+            var group = new FlatGroup(members.ToList());
+            _groups.Add(group);
+            foreach (var (name, m, v) in group.Moments)
+            {
+                views[name] = (m, v);
+            }
+        }
+        foreach (var (name, _) in parameters)
+        {
+            var (m, v) = views[name];
+            _state.Add((name, m, v));
         }
     }
 
@@ -38,16 +69,29 @@ public sealed class AdamW : IDisposable
     /// <summary>Optimizer steps taken.</summary>
     public long Steps { get; private set; }
 
+    /// <summary>The flat gradient buffers (one per dtype and device), whose views are the parameters' <c>.grad</c>s.</summary>
+    public IReadOnlyList<Tensor> GradientBuffers => _groups.Select(g => g.Grads).ToList();
+
+    /// <summary>The first and second moments of parameter <paramref name="name"/> (views of the flat moment buffers).</summary>
+    internal (Tensor M, Tensor V) State(string name)
+    {
+        var (_, m, v) = _state.Single(s => s.Name == name);
+        return (m, v);
+    }
+
+    /// <summary>The flat parameter buffers, whose views the parameters are.</summary>
+    public IReadOnlyList<Tensor> ParameterBuffers => _groups.Select(g => g.Values).ToList();
+
     /// <summary>Scales all gradients so their global L2 norm is at most <paramref name="maxNorm"/>; returns the norm (a device tensor).</summary>
     public Tensor ClipGradNorm(double maxNorm)
     {
         using var scope = NewDisposeScope();
-        var grads = _parameters.Select(p => p.Parameter.grad).OfType<Tensor>().ToList();
-        if (grads.Count == 0)
+        if (_groups.Count == 0)
         {
             return zeros(1).MoveToOuterDisposeScope();
         }
-        var norm = stack(grads.Select(g => g.to(ScalarType.Float32).norm()).ToArray()).norm();
+        static Tensor Norm(Tensor g) => (g.dtype == ScalarType.Float32 ? g : g.to(ScalarType.Float32)).norm();
+        var norm = _groups.Count == 1 ? Norm(_groups[0].Grads) : stack(_groups.Select(g => Norm(g.Grads)).ToArray()).norm();
         if (maxNorm > 0)
         {
             using var epsilon = 1e-6.ToScalar();   // held: see Step
@@ -55,9 +99,9 @@ public sealed class AdamW : IDisposable
             using var one = 1.0.ToScalar();
             var coefficient = norm.add(epsilon, Scalars.One).reciprocal().mul(max).clamp_max(one);
             using var noGrad = no_grad();
-            foreach (var g in grads)
+            foreach (var group in _groups)
             {
-                g.mul_(coefficient.to(g.dtype));
+                group.Grads.mul_(group.Grads.dtype == ScalarType.Float32 ? coefficient : coefficient.to(group.Grads.dtype));
             }
         }
         return norm.MoveToOuterDisposeScope();
@@ -79,14 +123,10 @@ public sealed class AdamW : IDisposable
         using var sqrtBias2 = Math.Sqrt(bias2).ToScalar();
         using var eps = Eps.ToScalar();
         using var stepSize = (-learningRate / bias1).ToScalar();
-        foreach (var (name, p) in _parameters)
+        foreach (var group in _groups)
         {
-            if (p.grad is not { } g)
-            {
-                continue;
-            }
             using var scope = NewDisposeScope();
-            var (m, v) = _state[name];
+            var (p, g, m, v) = (group.Values, group.Grads, group.M, group.V);
             if (WeightDecay > 0)
             {
                 p.mul_(decay);
@@ -98,14 +138,12 @@ public sealed class AdamW : IDisposable
         }
     }
 
+    /// <summary>Zeroes the gradients in place (they stay the same views of the flat gradient buffer).</summary>
     public void ZeroGrad()
     {
-        foreach (var (_, p) in _parameters)
+        foreach (var group in _groups)
         {
-            if (p.grad is { } g)
-            {
-                g.zero_();
-            }
+            group.Grads.zero_();
         }
     }
 
@@ -113,7 +151,7 @@ public sealed class AdamW : IDisposable
     {
         using var scope = NewDisposeScope();
         var tensors = new List<KeyValuePair<string, Tensor>>();
-        foreach (var (name, (m, v)) in _state)
+        foreach (var (name, m, v) in _state)
         {
             tensors.Add(new(name + ".exp_avg", m.cpu()));
             tensors.Add(new(name + ".exp_avg_sq", v.cpu()));
@@ -133,7 +171,7 @@ public sealed class AdamW : IDisposable
     {
         using var file = SafetensorsFile.Open(path);
         using var noGrad = no_grad();
-        foreach (var (name, (m, v)) in _state)
+        foreach (var (name, m, v) in _state)
         {
             if (!file.Tensors.ContainsKey(name + ".exp_avg") || !file.Tensors.ContainsKey(name + ".exp_avg_sq"))
             {
@@ -149,10 +187,69 @@ public sealed class AdamW : IDisposable
 
     public void Dispose()
     {
-        foreach (var (m, v) in _state.Values)
+        foreach (var (_, m, v) in _state)
         {
             m.Dispose();
             v.Dispose();
+        }
+        foreach (var group in _groups)
+        {
+            group.Dispose();
+        }
+    }
+
+    /// <summary>The parameters of one dtype and device, their gradients and moments as contiguous buffers.</summary>
+    private sealed class FlatGroup : IDisposable
+    {
+        public FlatGroup(IReadOnlyList<(string Name, Tensor Parameter)> members)
+        {
+            var first = members[0].Parameter;
+            var total = members.Sum(p => p.Parameter.NumberOfElements);
+            Values = empty(total, first.dtype, first.device).DetachFromDisposeScope();
+            Grads = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
+            M = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
+            V = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            long offset = 0;
+            foreach (var (name, p) in members)
+            {
+                var count = p.NumberOfElements;
+                var shape = p.shape;
+                var values = Values.narrow(0, offset, count).view(shape);
+                values.copy_(p);
+                var grad = Grads.narrow(0, offset, count).view(shape);
+                if (p.grad is { } existing)
+                {
+                    grad.copy_(existing);
+                }
+                // The parameter keeps its identity (module registration, autograd leaf, requires_grad) and now shares
+                // the flat buffer's storage; its old storage is freed with its last reference.
+                p.set_(values);
+                p.grad = grad;
+                Moments.Add((name, M.narrow(0, offset, count).view(shape).DetachFromDisposeScope(),
+                    V.narrow(0, offset, count).view(shape).DetachFromDisposeScope()));
+                offset += count;
+            }
+        }
+
+        public Tensor Values { get; }
+
+        public Tensor Grads { get; }
+
+        public Tensor M { get; }
+
+        public Tensor V { get; }
+
+        /// <summary>Per-parameter views of <see cref="M"/> and <see cref="V"/>, in member order (disposed by the optimizer).</summary>
+        public List<(string Name, Tensor M, Tensor V)> Moments { get; } = [];
+
+        public void Dispose()
+        {
+            Values.Dispose();
+            Grads.Dispose();
+            M.Dispose();
+            V.Dispose();
         }
     }
 }

@@ -71,16 +71,19 @@ public sealed class FineTuner
     private readonly Action<EngineEvent> _emit;
     private readonly Func<bool> _stopRequested;
     private readonly IReadOnlyList<PackedBlock>? _blocks;
+    private readonly StepPhaseTimings? _phases;
 
     /// <param name="blocks">Pre-packed training blocks instead of <c>--dataset</c> (benchmarks); no eval split.</param>
+    /// <param name="phases">Receives host time per phase of every step (benchmarks).</param>
     public FineTuner(FineTuneRequest request, string baseDirectory, Action<EngineEvent> emit, Func<bool>? stopRequested = null,
-        IReadOnlyList<PackedBlock>? blocks = null)
+        IReadOnlyList<PackedBlock>? blocks = null, StepPhaseTimings? phases = null)
     {
         _request = request;
         _baseDirectory = baseDirectory;
         _emit = emit;
         _stopRequested = stopRequested ?? (() => false);
         _blocks = blocks;
+        _phases = phases;
     }
 
     public FineTuneOutcome Run()
@@ -176,6 +179,7 @@ public sealed class FineTuner
         }
 
         model.train();
+        using var graph = CudaGraphFor(request, model, device);
         var watch = Stopwatch.StartNew();
         long tokens = 0;
         long peak = DeviceMemory.Used(device);
@@ -188,28 +192,38 @@ public sealed class FineTuner
                 .Select(a => MicroBatch((long)(step - 1) * request.GradAccumulation + a, train, microPerEpoch, permutations))
                 .ToList();
             var stepTargets = Math.Max(1, micro.Sum(m => m.Blocks.Sum(b => b.TrainedTargets)));
+            _phases?.BeginStep();
             using (var scope = NewDisposeScope())
             {
                 var lossSum = zeros(1, ScalarType.Float32, device);
                 foreach (var (index, batch) in micro)
                 {
                     LoraLinear.DropoutSeed = request.Seed * 1_000_003L + index;
-                    using var targets = ((double)stepTargets).ToScalar();   // held: see AdamW.Step
-                    var loss = LossSum(model, batch, device, out var input).div(targets);
-                    loss.backward();
+                    var loss = graph?.TryRun(batch, stepTargets);
+                    if (loss is null)
+                    {
+                        using var targets = ((double)stepTargets).ToScalar();   // held: see AdamW.Step
+                        loss = LossSum(model, batch, device, out _).div(targets);
+                        loss.backward();
+                    }
                     // Sampled here too (not only after the step), so a pool shrinking within the step could not hide its peak.
                     peak = Math.Max(peak, DeviceMemory.Used(device));
                     GradientCheckpoint.Release(model.Model);
                     lossSum.add_(loss.detach(), Scalars.One);
-                    tokens += input.NumberOfElements;
+                    tokens += batch.Sum(b => (long)b.Ids.Length - 1);
                 }
+                _phases?.Mark(StepPhase.ForwardBackward, device);
                 if (request.MaxGradNorm > 0)
                 {
                     optimizer.ClipGradNorm(request.MaxGradNorm);
                 }
+                _phases?.Mark(StepPhase.Clip, device);
                 optimizer.Step(lr);
+                _phases?.Mark(StepPhase.OptimizerStep, device);
                 optimizer.ZeroGrad();
+                _phases?.Mark(StepPhase.ZeroGrad, device);
                 lastLoss = lossSum.item<float>();
+                _phases?.Mark(StepPhase.LossSync, device);
             }
             peak = Math.Max(peak, DeviceMemory.Used(device));
             var elapsed = watch.Elapsed.TotalSeconds;
@@ -230,6 +244,7 @@ public sealed class FineTuner
             {
                 SaveCheckpoint(dir, step, totalSteps, model, modules, settings, optimizer);
             }
+            _phases?.EndStep();
             if (stop)
             {
                 throw new TrainingInterruptedException(request.CheckpointDir is null
@@ -298,6 +313,21 @@ public sealed class FineTuner
         };
     }
 
+    /// <summary>The captured micro-step when <c>--cuda-graph</c> asks for it and the run allows it (else null: eager, said once).</summary>
+    private TrainingGraph? CudaGraphFor(FineTuneRequest request, LlamaForCausalLM model, Device device)
+    {
+        if (!request.CudaGraph)
+        {
+            return null;
+        }
+        if (TrainingGraph.Unsupported(request, device) is { } reason)
+        {
+            Log("--cuda-graph: not used, " + reason);
+            return null;
+        }
+        return new TrainingGraph(model, device, Log);
+    }
+
     /// <summary>Mean loss per trained target over <paramref name="blocks"/> (no dropout, no gradients).</summary>
     public static double Evaluate(LlamaForCausalLM model, IReadOnlyList<PackedBlock> blocks, int microBatch, Device device)
     {
@@ -330,6 +360,12 @@ public sealed class FineTuner
         var layout = batch.Any(b => b.IsPacked)
             ? PackedLayout.Of(batch.Select(b => b.Documents ?? new int[b.Ids.Length]).ToList(), length, device)
             : null;
+        return LossSum(model, input, target, layout, fullLogits);
+    }
+
+    /// <summary>As above over device tensors already made: inputs and targets <c>[B, L]</c> (no host copy: a CUDA graph records this).</summary>
+    public static Tensor LossSum(LlamaForCausalLM model, Tensor input, Tensor target, PackedLayout? layout, bool fullLogits = false)
+    {
         using var scope = NewDisposeScope();
         var hidden = model.Hidden(input, layout);
         if (!fullLogits && !model.HeadTrainable)

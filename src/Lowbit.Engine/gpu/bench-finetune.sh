@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
 # LoRA / QLoRA fine-tuning throughput and peak memory on a GPU host (PyTorch CUDA install, no .NET), from the
 # unpacked GPU bundle (`make engine-gpu-bundle`):
-#   ./bench-finetune.sh [--layers N] [--work DIR] [--steps N] [--warmup N]
+#   ./bench-finetune.sh [--layers N] [--work DIR] [--steps N] [--warmup N] [--checkpointing both|true|false]
+#                       [--seq-length N] [--no-qlora]
 # Workload (issue 10): the random 7B-shaped bf16 Llama of bench_hf.py make, LoRA r=16 (alpha 32, dropout 0.05) on
-# all seven projections, sequence 2048, micro-batch 1, gradient checkpointing, AdamW, random token ids.
-# 1. bench_hf_finetune.py: Hugging Face transformers + PEFT (the anchor: 8,833 tokens/s, 30.6 GiB on an H200)
+# all seven projections, sequence 2048, micro-batch 1, AdamW, random token ids; with and without gradient
+# checkpointing (--checkpointing both, the default), each engine side by side with the other in the same setting.
+# 1. bench_hf_finetune.py: Hugging Face transformers + PEFT. The issue's anchor (8,833 tokens/s at 30.6 GiB on an
+#    H200) is this run WITHOUT checkpointing (calibrate.sh measured 8,817 tokens/s, 30.58 GiB allocated); with it,
+#    HF+PEFT gave 4,827-6,179 tokens/s at 15.8 GiB.
 # 2. lowbit-engine bench-finetune --method lora: our LoRA on the bf16 weights
 # 3. lowbit-engine quantize --method hqq --bits 4 --group-size 64 --format lowbit, then bench-finetune --method qlora
+#    (with checkpointing)
 # 4. a Markdown table on stdout; raw JSON lines in $WORK/finetune.jsonl
-# Goal: lowbit LoRA >= 1.5x HF+PEFT tokens/s at <= its peak memory; QLoRA 4-bit peak <= 45% of our LoRA run.
+# Goal: lowbit LoRA >= 1.5x HF+PEFT tokens/s at <= its peak memory (8,833 tokens/s, 30.6 GiB: compare the rows
+# without checkpointing); QLoRA 4-bit peak <= 45% of our LoRA run (both with checkpointing).
 # Memory columns: HF reports torch.cuda.max_memory_allocated / max_memory_reserved; both engines report the peak
 # device used bytes (total - free, sampled after every step: allocator pool + CUDA context), the comparable column.
 # CUDA allocator: lowbit runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (run.sh / the engine set it for
 # fine-tuning); HF runs with whatever the caller's environment has (default: none). For HF with the same setting:
 #   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True ./bench-finetune.sh ...  (then both runs use it).
-# Runtime: ~4-5 minutes on one H200 with 32 layers (model write/read dominates; 12 steps per run).
+# Runtime: ~6-8 minutes on one H200 with 32 layers and --checkpointing both (model write/read dominates).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 layers=32
 steps=12
 warmup=2
+checkpointing=both
+seq=2048
+qlora=1
 work="${TMPDIR:-/tmp}/lowbit-bench"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,9 +36,17 @@ while [ $# -gt 0 ]; do
     --work) work="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
-    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N)" >&2; exit 42 ;;
+    --checkpointing) checkpointing="$2"; shift 2 ;;
+    --seq-length) seq="$2"; shift 2 ;;
+    --no-qlora) qlora=0; shift ;;
+    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora)" >&2; exit 42 ;;
   esac
 done
+case "$checkpointing" in
+  both) settings=(true false) ;;
+  true|false) settings=("$checkpointing") ;;
+  *) echo "bench-finetune.sh: --checkpointing must be both, true or false (got $checkpointing)" >&2; exit 42 ;;
+esac
 PYTHON="${PYTHON:-python3}"
 export PYTHON
 model="$work/llama7b-$layers"
@@ -40,19 +57,23 @@ mkdir -p "$work"
 if [ ! -f "$model/config.json" ]; then
   "$PYTHON" "$here/bench_hf.py" make --out "$model" --layers "$layers" | tee -a "$results" || exit 1
 fi
-common=(--steps "$steps" --warmup "$warmup" --seq-length 2048 --r 16)
-"$PYTHON" "$here/bench_hf_finetune.py" --model "$model" "${common[@]}" | tee -a "$results" \
-  || echo '{"engine":"transformers+peft","bench":"finetune","error":"run failed (see stderr)"}' | tee -a "$results"
-"$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing true \
-  2> "$work/lowbit-lora.log" | tee -a "$results" \
-  || { tail -5 "$work/lowbit-lora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"lora","error":"run failed"}' | tee -a "$results"; }
-if [ ! -f "$quantized/lowbit/config.json" ]; then
-  "$here/run.sh" quantize --model "$model" --method hqq --bits 4 --group-size 64 --format lowbit --out "$quantized" \
-    --device cuda --result-file "$work/quantize-result.json" > "$work/quantize.log" 2>&1 || tail -5 "$work/quantize.log" >&2
+common=(--steps "$steps" --warmup "$warmup" --seq-length "$seq" --r 16)
+for ck in "${settings[@]}"; do
+  "$PYTHON" "$here/bench_hf_finetune.py" --model "$model" "${common[@]}" --gradient-checkpointing "$ck" | tee -a "$results" \
+    || echo "{\"engine\":\"transformers+peft\",\"bench\":\"finetune\",\"method\":\"lora\",\"gradientCheckpointing\":$ck,\"error\":\"run failed (see stderr)\"}" | tee -a "$results"
+  "$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing "$ck" \
+    2> "$work/lowbit-lora-ckpt-$ck.log" | tee -a "$results" \
+    || { tail -5 "$work/lowbit-lora-ckpt-$ck.log" >&2; echo "{\"engine\":\"lowbit\",\"bench\":\"finetune\",\"method\":\"lora\",\"gradientCheckpointing\":$ck,\"error\":\"run failed\"}" | tee -a "$results"; }
+done
+if [ "$qlora" = 1 ]; then
+  if [ ! -f "$quantized/lowbit/config.json" ]; then
+    "$here/run.sh" quantize --model "$model" --method hqq --bits 4 --group-size 64 --format lowbit --out "$quantized" \
+      --device cuda --result-file "$work/quantize-result.json" > "$work/quantize.log" 2>&1 || tail -5 "$work/quantize.log" >&2
+  fi
+  "$here/run.sh" bench-finetune --model "$quantized/lowbit" --method qlora "${common[@]}" --device cuda --gradient-checkpointing true \
+    2> "$work/lowbit-qlora.log" | tee -a "$results" \
+    || { tail -5 "$work/lowbit-qlora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"qlora","gradientCheckpointing":true,"error":"run failed"}' | tee -a "$results"; }
 fi
-"$here/run.sh" bench-finetune --model "$quantized/lowbit" --method qlora "${common[@]}" --device cuda --gradient-checkpointing true \
-  2> "$work/lowbit-qlora.log" | tee -a "$results" \
-  || { tail -5 "$work/lowbit-qlora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"qlora","error":"run failed"}' | tee -a "$results"; }
 "$PYTHON" - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
@@ -60,23 +81,32 @@ runs = [r for r in rows if r.get("bench") == "finetune"]
 def cell(r, key):
     v = r.get(key)
     return "-" if v is None else (f"{v:,.1f}" if isinstance(v, float) and key == "tokensPerSecond" else str(v))
-print("\n| run | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("\n| run | checkpointing | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
     name = f"{r['engine']} {r.get('method', '')}".strip()
+    ck = "yes" if r.get("gradientCheckpointing") else "no"
     if "error" in r:
-        print(f"| {name} | - | - | - | {r['error']} | - | - | - | - | - |")
+        print(f"| {name} | {ck} | - | - | - | {r['error']} | - | - | - | - | - |")
         continue
-    print(f"| {name} | {r['layers']} | {r['seqLength']} | {r['r']} | {cell(r, 'tokensPerSecond')} | {cell(r, 'peakDeviceUsedGiB')} "
+    print(f"| {name} | {ck} | {r['layers']} | {r['seqLength']} | {r['r']} | {cell(r, 'tokensPerSecond')} | {cell(r, 'peakDeviceUsedGiB')} "
           f"| {cell(r, 'peakAllocatedGiB')} | {cell(r, 'peakReservedGiB')} | {cell(r, 'allocatorConfig')} | {r.get('firstLoss')} -> {r.get('lastLoss')} |")
-by = {(r["engine"], r.get("method")): r for r in runs if "error" not in r}
-hf, lora, qlora = by.get(("transformers+peft", "lora")), by.get(("lowbit", "lora")), by.get(("lowbit", "qlora"))
-if hf and lora:
-    ratio = lora["tokensPerSecond"] / hf["tokensPerSecond"]
-    print(f"\nlowbit LoRA / HF+PEFT tokens/s: {ratio:.2f}x (goal >= 1.5x); peak device used {lora['peakDeviceUsedGiB']} vs "
-          f"{hf['peakDeviceUsedGiB']} GiB (goal <= HF's; HF allocated {hf['peakAllocatedGiB']}, reserved {hf['peakReservedGiB']})")
+phases = [r for r in runs if "error" not in r and r.get("hostMsPerStep")]
+if phases:
+    print("\nlowbit host time per step (ms, Stopwatch around each phase's calls; device time shows only with --phase-sync):")
+    for r in phases:
+        print(f"  {r['method']} checkpointing={r.get('gradientCheckpointing')}: {json.dumps(r['hostMsPerStep'])}")
+by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing"))): r for r in runs if "error" not in r}
+for ck in (False, True):
+    hf, lora = by.get(("transformers+peft", "lora", ck)), by.get(("lowbit", "lora", ck))
+    if hf and lora:
+        ratio = lora["tokensPerSecond"] / hf["tokensPerSecond"]
+        print(f"\n{'without' if not ck else 'with'} checkpointing: lowbit LoRA / HF+PEFT tokens/s {ratio:.2f}x (goal >= 1.5x of 8,833 = 13,250"
+              f" tokens/s); peak device used {lora['peakDeviceUsedGiB']} vs {hf['peakDeviceUsedGiB']} GiB (goal <= 30.6 GiB;"
+              f" HF allocated {hf['peakAllocatedGiB']}, reserved {hf['peakReservedGiB']})")
+lora, qlora = by.get(("lowbit", "lora", True)), by.get(("lowbit", "qlora", True))
 if lora and qlora:
     share = qlora["peakDeviceUsedGiB"] / lora["peakDeviceUsedGiB"]
-    print(f"QLoRA 4-bit peak / LoRA bf16 peak: {share:.0%} (goal <= 45%)")
+    print(f"QLoRA 4-bit peak / LoRA bf16 peak (both with checkpointing): {share:.0%} (goal <= 45%)")
 print("\nPlanner estimate for the same workload: `lowbit plan` on the coordinator side (not computed by this script).")
 PY

@@ -1,0 +1,162 @@
+using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Decoding;
+using Lowbit.Engine.Lora;
+using Lowbit.Engine.Network;
+using Lowbit.Engine.Protocol;
+using Lowbit.Engine.Tests.Quantization;
+using Lowbit.Engine.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lowbit.Engine.Tests.Lora;
+
+/// <summary>
+/// The captured fine-tune micro-step's data flow, on the CPU: a recorder that re-runs the recorded step on replay
+/// stands in for the CUDA graph, so what a replay reads is only what the host wrote into the static tensors (a batch
+/// or divisor not copied in shows as different gradients). Whether libtorch records the step is for the GPU bundle.
+/// </summary>
+public sealed class TrainingGraphTests
+{
+    /// <summary>Records like a CUDA graph: the warm-up runs, the step does not until a replay.</summary>
+    private sealed class ReplayingRecorder : IStepGraph
+    {
+        private Action? _step;
+
+        public int Captures { get; private set; }
+
+        public int Replays { get; private set; }
+
+        public void Capture(Action warmUp, Action step)
+        {
+            warmUp();
+            _step = step;
+            Captures++;
+        }
+
+        public void Replay()
+        {
+            Replays++;
+            _step!();
+        }
+
+        public void Dispose()
+        {
+        }
+    }
+
+    private static (LlamaForCausalLM Model, List<(string Name, Tensor Parameter)> Trainable) LoraModelWithRandomB(long seed)
+    {
+        var model = new LlamaForCausalLM(TinyModels.Config, ScalarType.Float32, CPU);
+        ModelIo.InitializeRandom(model, 1, std: 0.1);
+        var settings = new LoraSettings { R = 4, Alpha = 8, Dropout = 0, TargetModules = LoraSettings.AllTargets };
+        var modules = LoraModel.Wrap(model, settings, seed, CPU);
+        using (var noGrad = no_grad())
+        {
+            foreach (var (_, module) in modules)
+            {
+                module.B.copy_(randn(module.B.shape, generator: new Generator((ulong)module.Index + 7)).mul(Scalars.Of(0.05)));
+            }
+        }
+        model.train();
+        var trainable = modules.SelectMany(m => new[] { (m.Path + ".lora_A", (Tensor)m.Module.A), (m.Path + ".lora_B", (Tensor)m.Module.B) }).ToList();
+        return (model, trainable);
+    }
+
+    private static List<PackedBlock> Blocks(int count, int length, int seed)
+    {
+        var random = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ =>
+        {
+            var ids = Enumerable.Range(0, length + 1).Select(_ => (long)random.Next(3, TinyModels.Config.VocabSize)).ToArray();
+            // Some positions untrained, so the targets tensor matters.
+            var trained = Enumerable.Range(0, length + 1).Select(t => t % 3 != 0).ToArray();
+            return new PackedBlock(ids, trained);
+        }).ToList();
+    }
+
+    private static Tensor[] Gradients(List<(string Name, Tensor Parameter)> trainable) =>
+        trainable.Select(t => t.Parameter.grad!.clone()).ToArray();
+
+    [Fact]
+    public void Does_accumulate_the_gradients_of_eager_micro_steps_when_each_replay_reads_only_the_static_inputs()
+    {
+        var batches = new[] { Blocks(2, 16, 1), Blocks(2, 16, 2), Blocks(2, 16, 3) };
+        double[] divisors = [37, 41, 29];
+
+        var (eager, eagerTrainable) = LoraModelWithRandomB(5);
+        using var eagerModel = eager;
+        var eagerLosses = new List<float>();
+        for (var i = 0; i < batches.Length; i++)
+        {
+            using var scope = NewDisposeScope();
+            using var divisor = divisors[i].ToScalar();
+            var loss = FineTuner.LossSum(eager, batches[i], CPU, out _).div(divisor);
+            loss.backward();
+            GradientCheckpoint.Release(eager.Model);
+            eagerLosses.Add(loss.item<float>());
+        }
+
+        var (captured, capturedTrainable) = LoraModelWithRandomB(5);
+        using var capturedModel = captured;
+        var recorder = new ReplayingRecorder();
+        var log = new List<string>();
+        using var graph = new TrainingGraph(captured, CPU, log.Add, () => recorder);
+        var losses = new List<float>();
+        for (var i = 0; i < batches.Length; i++)
+        {
+            using var scope = NewDisposeScope();
+            var loss = graph.TryRun(batches[i], divisors[i]);
+            Assert.NotNull(loss);
+            losses.Add(loss.item<float>());
+        }
+
+        Assert.Equal(1, recorder.Captures);
+        Assert.Equal(2, recorder.Replays);   // the first batch was the eager warm-up
+        Assert.Equal(2, graph.Replays);
+        Assert.Contains(log, l => l.Contains("captured", StringComparison.Ordinal));
+        for (var i = 0; i < losses.Count; i++)
+        {
+            Assert.Equal(eagerLosses[i], losses[i], 5);
+        }
+        var expected = Gradients(eagerTrainable);
+        var actual = Gradients(capturedTrainable);
+        for (var i = 0; i < expected.Length; i++)
+        {
+            var scale = expected[i].abs().max().item<float>();
+            Assert.True(scale > 0, $"{eagerTrainable[i].Name}: zero gradient, the test would prove nothing");
+            var difference = expected[i].sub(actual[i]).abs().max().item<float>();
+            Assert.True(difference <= 1e-5 * scale, $"{eagerTrainable[i].Name}: gradients differ by {difference} (largest {scale})");
+        }
+    }
+
+    [Fact]
+    public void Does_leave_packed_and_differently_shaped_micro_batches_to_the_eager_step()
+    {
+        var (model, _) = LoraModelWithRandomB(5);
+        using var owned = model;
+        var recorder = new ReplayingRecorder();
+        using var graph = new TrainingGraph(model, CPU, _ => { }, () => recorder);
+        using (var scope = NewDisposeScope())
+        {
+            Assert.NotNull(graph.TryRun(Blocks(2, 16, 1), 10));
+        }
+        Assert.Null(graph.TryRun(Blocks(1, 16, 2), 10));   // a short last micro-batch
+        Assert.Null(graph.TryRun(Blocks(2, 12, 2), 10));   // another length
+        var packed = Blocks(2, 16, 3).Select(b => b with { Documents = Enumerable.Range(0, 17).Select(t => t < 8 ? 0 : 1).ToArray() }).ToList();
+        Assert.Null(graph.TryRun(packed, 10));
+        Assert.Equal(0, recorder.Replays);
+    }
+
+    [Fact]
+    public void Does_say_why_a_run_cannot_use_a_captured_step()
+    {
+        FineTuneRequest Request(FineTuneMethod method, bool checkpointing, double dropout) => new()
+        {
+            BaseModel = "m", Method = method, Dataset = "d", Out = "o", GradientCheckpointing = checkpointing, Dropout = dropout, CudaGraph = true,
+        };
+        Assert.Contains("full fine-tuning", TrainingGraph.Unsupported(Request(FineTuneMethod.Full, false, 0), CPU));
+        Assert.Contains("dropout", TrainingGraph.Unsupported(Request(FineTuneMethod.Lora, true, 0.05), CPU));
+        Assert.Contains("CUDA device", TrainingGraph.Unsupported(Request(FineTuneMethod.Lora, true, 0), CPU));
+        Assert.Contains("CUDA device", TrainingGraph.Unsupported(Request(FineTuneMethod.Qlora, false, 0.05), CPU));
+    }
+}
