@@ -29,10 +29,10 @@ catch (EngineInputException ex)
 
 namespace Lowbit.Engine.DevTools
 {
-    /// <summary>Developer verbs: <c>train-fixture</c>, <c>bench-quant</c>, <c>bench-decode</c>, <c>bench-finetune</c>, <c>bench-kernels</c>, <c>selfcheck-kernels</c>, <c>make-llama</c>.</summary>
+    /// <summary>Developer verbs: <c>train-fixture</c>, <c>bench-quant</c>, <c>bench-decode</c>, <c>bench-finetune</c>, <c>bench-kernels</c>, <c>selfcheck-kernels</c>.</summary>
     internal static class DevVerbs
     {
-        public static IReadOnlyList<string> Names { get; } = ["train-fixture", "bench-quant", "bench-decode", "bench-finetune", "bench-kernels", "selfcheck-kernels", "make-llama"];
+        public static IReadOnlyList<string> Names { get; } = ["train-fixture", "bench-quant", "bench-decode", "bench-finetune", "bench-kernels", "selfcheck-kernels"];
 
         public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
         {
@@ -57,8 +57,6 @@ namespace Lowbit.Engine.DevTools
                     return BenchFineTuneVerb.Run(args, stdout, stderr);
                 case "bench-kernels":
                     return BenchKernelsVerb.Run(args, stdout, stderr);
-                case "make-llama":
-                    return MakeLlamaVerb.Run(args, stdout);
                 default:
                     return SelfCheckKernelsVerb.Run(stdout, stderr);
             }
