@@ -125,18 +125,36 @@ public sealed class AdamW : IDisposable
         using var stepSize = (-learningRate / bias1).ToScalar();
         foreach (var group in _groups)
         {
-            using var scope = NewDisposeScope();
-            var (p, g, m, v) = (group.Values, group.Grads, group.M, group.V);
-            if (WeightDecay > 0)
+            // On a GPU one pass per operation over the whole buffer; on the CPU the buffer goes in cache-sized chunks,
+            // so the nine operations of a chunk run on data still in cache (whole-buffer passes over the 160 MB of a
+            // 7B LoRA stream every operation from memory: 5x slower than the per-tensor loop there).
+            var total = group.Values.NumberOfElements;
+            var chunk = group.Values.device.type == DeviceType.CPU ? CpuChunkElements : total;
+            for (long offset = 0; offset < total; offset += chunk)
             {
-                p.mul_(decay);
+                using var scope = NewDisposeScope();
+                var count = Math.Min(chunk, total - offset);
+                var (p, g, m, v) = count == total
+                    ? (group.Values, group.Grads, group.M, group.V)
+                    : (group.Values.narrow(0, offset, count), group.Grads.narrow(0, offset, count), group.M.narrow(0, offset, count), group.V.narrow(0, offset, count));
+                if (WeightDecay > 0)
+                {
+                    p.mul_(decay);
+                }
+                m.mul_(beta1).add_(g, alpha: oneMinusBeta1);
+                v.mul_(beta2).addcmul_(g, g, value: oneMinusBeta2);
+                var denom = v.sqrt().div_(sqrtBias2).add_(eps, Scalars.One);
+                p.addcdiv_(m, denom, value: stepSize);
             }
-            m.mul_(beta1).add_(g, alpha: oneMinusBeta1);
-            v.mul_(beta2).addcmul_(g, g, value: oneMinusBeta2);
-            var denom = v.sqrt().div_(sqrtBias2).add_(eps, Scalars.One);
-            p.addcdiv_(m, denom, value: stepSize);
         }
     }
+
+    /// <summary>
+    /// Elements per chunk of a step on the CPU (working set: five arrays of this length). 2¹⁸ was fastest for the 7B
+    /// LoRA shapes on a 2-core EPYC (<c>bench-finetune --optimizer-only true --device cpu --cpu-chunk N</c>): 2¹⁴ 230 ms,
+    /// 2¹⁶ 163 ms, 2¹⁸ 114 ms, 2²⁰ 126 ms, the whole buffer 878 ms, the per-tensor loop 170 ms.
+    /// </summary>
+    internal long CpuChunkElements { get; init; } = 1 << 18;
 
     /// <summary>Zeroes the gradients in place (they stay the same views of the flat gradient buffer).</summary>
     public void ZeroGrad()

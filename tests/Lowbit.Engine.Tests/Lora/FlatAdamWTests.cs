@@ -66,7 +66,8 @@ public sealed class FlatAdamWTests
         var (referenceModel, referenceParameters) = WrappedModel(checkpointing: true);
         using (flatModel)
         using (referenceModel)
-        using (var flat = new AdamW(flatParameters, weightDecay: 0.1))
+        // Chunks of 1,000 elements (not a divisor of any tensor's size): the CPU path that splits the buffer.
+        using (var flat = new AdamW(flatParameters, weightDecay: 0.1) { CpuChunkElements = 1000 })
         using (var reference = new PerTensorAdamW(referenceParameters.Select(p => p.Parameter).ToList(), weightDecay: 0.1))
         {
             var clipped = 0;
