@@ -222,17 +222,25 @@ public sealed class AdamW : IDisposable
         public FlatGroup(IReadOnlyList<(string Name, Tensor Parameter)> members)
         {
             var first = members[0].Parameter;
-            var total = members.Sum(p => p.Parameter.NumberOfElements);
-            Values = empty(total, first.dtype, first.device).DetachFromDisposeScope();
+            var offsets = new List<long>();
+            long total = 0;
+            foreach (var (_, p) in members)
+            {
+                offsets.Add(total);
+                total += Aligned(p.NumberOfElements);
+            }
+            Values = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             Grads = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             M = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             V = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            long offset = 0;
-            foreach (var (name, p) in members)
+            // Each parameter starts on a 256-byte boundary (vectorized kernels and cuBLAS want aligned pointers); the
+            // padding between them has zero gradients, so it stays zero and adds nothing to the norm.
+            for (var i = 0; i < members.Count; i++)
             {
-                var count = p.NumberOfElements;
+                var (name, p) = members[i];
+                var (offset, count) = (offsets[i], p.NumberOfElements);
                 var shape = p.shape;
                 var values = Values.narrow(0, offset, count).view(shape);
                 values.copy_(p);
@@ -247,9 +255,11 @@ public sealed class AdamW : IDisposable
                 p.grad = grad;
                 Moments.Add((name, M.narrow(0, offset, count).view(shape).DetachFromDisposeScope(),
                     V.narrow(0, offset, count).view(shape).DetachFromDisposeScope()));
-                offset += count;
             }
         }
+
+        /// <summary><paramref name="count"/> rounded up to a multiple of 64 elements (256 bytes for float32, 128 for 16-bit).</summary>
+        private static long Aligned(long count) => (count + 63) / 64 * 64;
 
         public Tensor Values { get; }
 

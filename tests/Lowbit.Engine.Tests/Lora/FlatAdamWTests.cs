@@ -107,6 +107,7 @@ public sealed class FlatAdamWTests
             new Parameter(linspace(-1, 1, 12).reshape(3, 4)),
             new Parameter(linspace(0.5, 2, 5, dtype: ScalarType.Float64)),
             new Parameter(linspace(2, -2, 6).reshape(2, 3)),
+            new Parameter(linspace(-3, 3, 130).reshape(2, 65)),
         ];
         var flatParameters = Parameters();
         var referenceParameters = Parameters();
@@ -153,7 +154,7 @@ public sealed class FlatAdamWTests
                 var p = parameters[i].Parameter;
                 Assert.Equal(Address(buffer) + expectedOffset * 4, gradAddresses[i]);
                 Assert.Equal(Address(values) + expectedOffset * 4, Address(p));
-                expectedOffset += p.NumberOfElements;
+                expectedOffset += (p.NumberOfElements + 63) / 64 * 64;   // each view starts 256-byte aligned
             }
             // The module's registered parameters are the flat buffer's views (what checkpoints and exports read).
             var registered = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
