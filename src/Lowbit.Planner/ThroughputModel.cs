@@ -29,35 +29,47 @@ public sealed record ThroughputEstimate
 }
 
 /// <summary>
-/// Roofline estimates. Decode is bandwidth bound: each step reads the (touched) weights once for the
-/// whole batch plus every sequence's KV cache (on average half the context), at 65% of peak bandwidth;
-/// it becomes compute bound at large batches (2 FLOPs per active parameter per token at 50% of peak).
-/// Every step also pays the runtime's fixed cost per layer (<see cref="StepOverheadPerLayer"/>: kernel
-/// launches and host work that eager runtimes do not overlap with the GPU; CUDA graphs remove most of it).
-/// Tensor parallelism adds two all-reduces per layer (10 µs on NVLink, 30 µs over PCIe). Prefill and
-/// training are compute bound (training: 6 FLOPs per parameter per token, 8 with checkpointing; LoRA:
-/// 4 and 6 as frozen weights need no weight gradients; at 40% MFU).
+/// Roofline-style estimates. A decode step reads the (touched) weights once for the whole batch plus every
+/// sequence's KV cache (on average half the context) at 65% of peak bandwidth, and adds its compute, 2 FLOPs per
+/// active parameter per token at 15% of peak: at decode batch sizes the GEMMs are far from peak and do not hide
+/// behind the reads (fitted on the H200 at batch 1–32; a max(memory, compute) roofline over-estimated batch 32 by
+/// 62%). Every step also pays the runtime's fixed cost per layer (<see cref="StepOverheadPerLayer"/>: kernel
+/// launches and host work not overlapped with the GPU; CUDA graphs remove most of it), and a runtime may read packed
+/// weights slower than its device's bandwidth (<see cref="PackedWeightBytesPerSecond"/>). Tensor parallelism adds two all-reduces per
+/// layer (10 µs on NVLink, 30 µs over PCIe). Prefill and training are compute bound (training: 6 FLOPs per parameter
+/// per token, 8 with checkpointing; LoRA: 4 and 6 as frozen weights need no weight gradients; at 40% MFU).
 /// </summary>
 public static class ThroughputModel
 {
     public const double BandwidthEfficiency = 0.65;
-    public const double DecodeComputeEfficiency = 0.5;
+    public const double DecodeComputeEfficiency = 0.15;
     public const double PrefillEfficiency = 0.5;
     public const double TrainingMfu = 0.4;
 
     /// <summary>
-    /// Seconds per decoder layer per decode step that are not memory or compute time. Measured on an H200 with a
-    /// random 7B-shaped bf16 Llama (32 layers, 128-token prompt, 128 new tokens): lowbit-engine eager 63.5 tokens/s at
-    /// batch 1 → 0.36 ms (15.7 ms per step less 4.3 ms of weight reads); transformers eager 51.6 tokens/s at batch 1
-    /// and 1,339 at batch 32 → 0.52 ms. vLLM (CUDA graphs) and llama.cpp are not calibrated yet: 0.02 and 0.03 ms.
+    /// Seconds per decoder layer per decode step that are not memory or compute time. lowbit: the engine's serve
+    /// decode step is a replayed CUDA graph (issue 13): 221.7 tokens/s at batch 1 for a random 7B-shaped bf16 Llama on
+    /// an H200 leaves 0.08 ms per step (2.5 µs per layer) beyond its reads and compute (the eager engine before it:
+    /// 0.36 ms per layer). transformers eager: 51.6 tokens/s at batch 1 and 1,339 at batch 32 → 0.52 ms. vLLM (CUDA
+    /// graphs) and llama.cpp are not calibrated yet: 0.02 and 0.03 ms.
     /// </summary>
     public static double StepOverheadPerLayer(ServingRuntime runtime) => runtime switch
     {
-        ServingRuntime.Lowbit => 0.36e-3,
+        ServingRuntime.Lowbit => 0.0025e-3,
         ServingRuntime.Transformers => 0.52e-3,
         ServingRuntime.Vllm => 0.02e-3,
         _ => 0.03e-3,
     };
+
+    /// <summary>
+    /// The fastest a runtime reads (and dequantizes) packed weights in a decode step, bytes per second per device, or
+    /// infinity where its packed kernels are taken at the bandwidth (vLLM's Marlin, llama.cpp's). lowbit: 1.04 TB/s,
+    /// fitted on an H200, where the 7B shape in RTN int4 g64 decoded 232.6 tokens/s at batch 1, about its bf16 speed
+    /// with 31% of the bytes: its int4 GEMV is bound by its own instruction rate there, not by memory. Devices with
+    /// less usable bandwidth than that are taken as bandwidth bound. Refit after issue 13's int4 kernels.
+    /// </summary>
+    public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
+        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.04e12 : double.PositiveInfinity;
 
     public static ThroughputEstimate Estimate(ModelArchitecture model, in ParameterCounts p, Workload w, NodeType node, int devices, double hourlyUsd)
     {
@@ -102,11 +114,13 @@ public static class ThroughputModel
             weights -= expertBytes * (1 - touched);
         }
         var kvRead = MemoryEstimator.KvBytesPerToken(m, w.KvCache, devices).Bytes * (w.ContextLength / 2.0) * w.Concurrency;
-        var bytesPerDevice = (weights / devices) + kvRead;
-        var memoryTime = bytesPerDevice / (node.MemoryBandwidthGBps * 1e9 * BandwidthEfficiency);
+        var gpu = node.Kind != DeviceKind.Cpu;
+        var bandwidth = node.MemoryBandwidthGBps * 1e9 * BandwidthEfficiency;
+        var weightRate = gpu ? Math.Min(bandwidth, PackedWeightBytesPerSecond(w.Runtime, w.Weights)) : bandwidth;
+        var memoryTime = (weights / devices / weightRate) + (kvRead / bandwidth);
         var computeTime = 2.0 * p.Active * w.Concurrency / devices / (node.Bf16Tflops * 1e12 * DecodeComputeEfficiency);
         var communication = devices > 1 ? m.Layers * 2 * (node.Interconnect == Interconnect.NvLink ? 10e-6 : 30e-6) : 0;
-        var overhead = node.Kind == DeviceKind.Cpu ? 0 : m.Layers * StepOverheadPerLayer(w.Runtime);
-        return w.Concurrency / (Math.Max(memoryTime, computeTime) + communication + overhead);
+        var overhead = gpu ? m.Layers * StepOverheadPerLayer(w.Runtime) : 0;
+        return w.Concurrency / (memoryTime + computeTime + communication + overhead);
     }
 }

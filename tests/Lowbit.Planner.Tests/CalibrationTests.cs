@@ -91,7 +91,7 @@ public sealed class CalibrationTests(ITestOutputHelper output)
         foreach (var m in All.OrderBy(m => m.Group).ThenBy(m => m.Id, StringComparer.Ordinal))
         {
             var unit = m.Group == Group.Decode ? " tok/s" : " GiB";
-            b.Append(CultureInfo.InvariantCulture, $"| {m.Id} | {m.Runtime} | {m.Describe()} | {m.Measure} | {m.Value:0.##}{unit} | {m.Estimate:0.##}{unit} | {m.Error:+0.0%;-0.0%} | ")
+            b.Append(CultureInfo.InvariantCulture, $"| {m.Id} | {m.Runtime} | {m.Describe()} | {m.Measure} | {m.Value:0.##}{unit} | {m.Estimate:0.##}{unit} | {m.Error:+0.0%;-0.0%;0.0%} | ")
              .AppendLine(m.Included ? "yes |" : $"no: {m.Excluded} |");
         }
         return b.ToString();
