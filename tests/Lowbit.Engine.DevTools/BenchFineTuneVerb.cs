@@ -11,7 +11,8 @@ namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// <c>bench-finetune --model DIR --method lora|qlora [--steps 12] [--warmup 2] [--seq-length 2048] [--micro-batch 1]
-/// [--r 16] [--gradient-checkpointing true] [--device cuda] [--phase-sync false]</c>: the finetune loop on random token
+/// [--r 16] [--gradient-checkpointing true] [--device cuda] [--phase-sync false] [--cuda-graph false] [--dropout 0.05]</c>:
+/// the finetune loop on random token
 /// blocks (no tokenizer needed: the GPU bundle's random 7B has none), LoRA on all seven projections, AdamW. Prints one
 /// JSON line: tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step,
 /// each step ending with its loss on the host), peak device memory (used bytes, cuMemGetInfo) and <c>hostMsPerStep</c>, the
@@ -50,6 +51,8 @@ internal static class BenchFineTuneVerb
         var device = ProtocolNames.TryParse<ComputeDevice>(Get("--device") ?? "cuda", out var d) ? d : ComputeDevice.Cuda;
         var checkpointing = (Get("--gradient-checkpointing") ?? "true") == "true";
         var phaseSync = (Get("--phase-sync") ?? "false") == "true";
+        var cudaGraph = (Get("--cuda-graph") ?? "false") == "true";
+        var dropout = Get("--dropout") is { } p ? double.Parse(p, CultureInfo.InvariantCulture) : 0.05;
         if (Get("--random-layers") is { } layers && !File.Exists(Path.Combine(model, "config.json")))
         {
             WriteRandomModel(model, int.Parse(layers, CultureInfo.InvariantCulture), Int("--random-hidden", 64),
@@ -69,10 +72,11 @@ internal static class BenchFineTuneVerb
         var output = Path.Combine(Path.GetTempPath(), "lowbit-bench-finetune-" + Guid.NewGuid().ToString("N"));
         var request = new FineTuneRequest
         {
-            BaseModel = model, Method = method, Dataset = "(random tokens)", Out = output, R = r, Alpha = 2 * r, Dropout = 0.05,
+            BaseModel = model, Method = method, Dataset = "(random tokens)", Out = output, R = r, Alpha = 2 * r, Dropout = dropout,
             TargetModules = LoraSettings.AllTargets, SeqLength = seq, MicroBatch = micro, MaxSteps = steps, LearningRate = 2e-4,
-            EvalSplit = 0, GradientCheckpointing = checkpointing, Device = device,
+            EvalSplit = 0, GradientCheckpointing = checkpointing, Device = device, CudaGraph = cudaGraph,
         };
+        string? graphNote = null;
         var marks = new List<(int Step, double Seconds, long Peak, double Loss)>();
         var phases = new StepPhaseTimings { SynchronizeDevice = phaseSync };
         var watch = Stopwatch.StartNew();
@@ -85,6 +89,10 @@ internal static class BenchFineTuneVerb
             }
             else
             {
+                if (e is LogEvent { Message: var message } && (message.StartsWith("CUDA graph", StringComparison.Ordinal) || message.StartsWith("--cuda-graph", StringComparison.Ordinal)))
+                {
+                    graphNote = message;
+                }
                 stderr.WriteLine(e.ToJsonLine());
             }
         }, blocks: blocks, phases: phases).Run();
@@ -103,6 +111,9 @@ internal static class BenchFineTuneVerb
             ["r"] = r,
             ["targets"] = LoraSettings.AllTargets.Count,
             ["gradientCheckpointing"] = checkpointing,
+            ["dropout"] = dropout,
+            ["cudaGraph"] = cudaGraph,
+            ["cudaGraphNote"] = graphNote ?? (cudaGraph ? "no capture reported" : "off"),
             ["timedSteps"] = to.Step - from.Step,
             ["tokensPerSecond"] = Math.Round(timedTokens / (to.Seconds - from.Seconds), 1),
             ["peakDeviceUsedBytes"] = outcome.PeakMemoryBytes,
