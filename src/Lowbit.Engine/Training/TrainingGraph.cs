@@ -125,7 +125,13 @@ public sealed class TrainingGraph : IDisposable
         var watch = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            graph.Capture(() => warm = MicroStep(), () =>
+            graph.Capture(() =>
+            {
+                warm = MicroStep();
+                // The warm-up's activations went back to the caching allocator's ordinary pool; the capture allocates its
+                // own (private) pool, so without this the process would hold a step's activations twice.
+                CudaMemory.EmptyCache();
+            }, () =>
             {
                 var seeding = LoraLinear.SeedDeviceGenerator;
                 LoraLinear.SeedDeviceGenerator = false;

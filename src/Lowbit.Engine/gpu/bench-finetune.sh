@@ -65,6 +65,13 @@ for ck in "${settings[@]}"; do
     2> "$work/lowbit-lora-ckpt-$ck.log" | tee -a "$results" \
     || { tail -5 "$work/lowbit-lora-ckpt-$ck.log" >&2; echo "{\"engine\":\"lowbit\",\"bench\":\"finetune\",\"method\":\"lora\",\"gradientCheckpointing\":$ck,\"error\":\"run failed\"}" | tee -a "$results"; }
 done
+# Our LoRA with its micro-step captured as a CUDA graph (finetune --cuda-graph; not with checkpointing + dropout):
+# next to the rows without checkpointing above.
+if [ "$checkpointing" != true ]; then
+  "$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing false \
+    --cuda-graph true 2> "$work/lowbit-lora-graph.log" | tee -a "$results" \
+    || { tail -5 "$work/lowbit-lora-graph.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"lora","cudaGraph":true,"gradientCheckpointing":false,"error":"run failed"}' | tee -a "$results"; }
+fi
 if [ "$qlora" = 1 ]; then
   if [ ! -f "$quantized/lowbit/config.json" ]; then
     "$here/run.sh" quantize --model "$model" --method hqq --bits 4 --group-size 64 --format lowbit --out "$quantized" \
@@ -84,7 +91,7 @@ def cell(r, key):
 print("\n| run | checkpointing | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
-    name = f"{r['engine']} {r.get('method', '')}".strip()
+    name = f"{r['engine']} {r.get('method', '')}{' cuda-graph' if r.get('cudaGraph') else ''}".strip()
     ck = "yes" if r.get("gradientCheckpointing") else "no"
     if "error" in r:
         print(f"| {name} | {ck} | - | - | - | {r['error']} | - | - | - | - | - |")
@@ -96,15 +103,17 @@ if phases:
     print("\nlowbit host time per step (ms, Stopwatch around each phase's calls; device time shows only with --phase-sync):")
     for r in phases:
         print(f"  {r['method']} checkpointing={r.get('gradientCheckpointing')}: {json.dumps(r['hostMsPerStep'])}")
-by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing"))): r for r in runs if "error" not in r}
+by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing")), bool(r.get("cudaGraph"))): r for r in runs if "error" not in r}
 for ck in (False, True):
-    hf, lora = by.get(("transformers+peft", "lora", ck)), by.get(("lowbit", "lora", ck))
-    if hf and lora:
-        ratio = lora["tokensPerSecond"] / hf["tokensPerSecond"]
-        print(f"\n{'without' if not ck else 'with'} checkpointing: lowbit LoRA / HF+PEFT tokens/s {ratio:.2f}x (goal >= 1.5x of 8,833 = 13,250"
-              f" tokens/s); peak device used {lora['peakDeviceUsedGiB']} vs {hf['peakDeviceUsedGiB']} GiB (goal <= 30.6 GiB;"
-              f" HF allocated {hf['peakAllocatedGiB']}, reserved {hf['peakReservedGiB']})")
-lora, qlora = by.get(("lowbit", "lora", True)), by.get(("lowbit", "qlora", True))
+    for graph in (False, True):
+        hf, lora = by.get(("transformers+peft", "lora", ck, False)), by.get(("lowbit", "lora", ck, graph))
+        if hf and lora:
+            ratio = lora["tokensPerSecond"] / hf["tokensPerSecond"]
+            print(f"\n{'without' if not ck else 'with'} checkpointing{', CUDA graph' if graph else ''}: lowbit LoRA / HF+PEFT tokens/s {ratio:.2f}x"
+                  f" (goal >= 1.5x of 8,833 = 13,250 tokens/s); peak device used {lora['peakDeviceUsedGiB']} vs {hf['peakDeviceUsedGiB']} GiB"
+                  f" (goal <= 30.6 GiB; HF allocated {hf['peakAllocatedGiB']}, reserved {hf['peakReservedGiB']})"
+                  + (f"; {lora.get('cudaGraphNote')}" if graph else ""))
+lora, qlora = by.get(("lowbit", "lora", True, False)), by.get(("lowbit", "qlora", True, False))
 if lora and qlora:
     share = qlora["peakDeviceUsedGiB"] / lora["peakDeviceUsedGiB"]
     print(f"QLoRA 4-bit peak / LoRA bf16 peak (both with checkpointing): {share:.0%} (goal <= 45%)")
