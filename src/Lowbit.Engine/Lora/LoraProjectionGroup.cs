@@ -417,7 +417,7 @@ public sealed class LoraGroupFunction : autograd.SingleTensorFunction<LoraGroupF
             {
                 if (part is LoraLinear lora)
                 {
-                    result.Add(gradA.narrow(0, index * rank, rank).to(ScalarType.Float32).contiguous().MoveToOuterDisposeScope());
+                    result.Add(gradA.narrow(0, index * rank, rank).to(ScalarType.Float32).MoveToOuterDisposeScope());   // rows of a contiguous tensor: contiguous
                     var gradB = grad.narrow(1, column, part.OutFeatures).t().mm(down.narrow(1, index * rank, rank));
                     result.Add(gradB.to(ScalarType.Float32).MoveToOuterDisposeScope());
                     index++;

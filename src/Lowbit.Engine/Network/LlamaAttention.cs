@@ -123,12 +123,13 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
             // LoRA training: q, k and v from one fused projection, RoPE on q and k in one application.
             var heads = _heads + 2 * _kvHeads;
             var fused = _qkv.Forward(qkv, input).view(batch, length, heads, _headDim).transpose(1, 2);
+            // split (its backward is one cat) rather than narrows (each of whose backward fills a full-size zero gradient).
+            var qkAndV = fused.split([_heads + _kvHeads, _kvHeads], 1);
             var rotated = context.SignedSin is { } signedSin
-                ? RotaryEmbedding.ApplyRolled(fused.narrow(1, 0, _heads + _kvHeads), context.Cos, signedSin)
-                : RotaryEmbedding.Apply(fused.narrow(1, 0, _heads + _kvHeads), context.Cos, context.Sin);
-            q = rotated.narrow(1, 0, _heads);
-            k = rotated.narrow(1, _heads, _kvHeads);
-            v = fused.narrow(1, _heads + _kvHeads, _kvHeads);
+                ? RotaryEmbedding.ApplyRolled(qkAndV[0], context.Cos, signedSin)
+                : RotaryEmbedding.Apply(qkAndV[0], context.Cos, context.Sin);
+            var qAndK = rotated.split([_heads, _kvHeads], 1);
+            (q, k, v) = (qAndK[0], qAndK[1], qkAndV[1]);
         }
         else
         {

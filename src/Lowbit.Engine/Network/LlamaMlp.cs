@@ -49,7 +49,8 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
             // LoRA training: gate and up from one fused projection.
             var fused = _gateUp.Forward(gateUp, input);
             var width = gate_proj.OutFeatures;
-            var product = nn.functional.silu(fused.narrow(-1, 0, width)).mul(fused.narrow(-1, width, width));
+            var gateAndUp = fused.split([width, width], -1);   // one split: its backward is one cat
+            var product = nn.functional.silu(gateAndUp[0]).mul(gateAndUp[1]);
             LinearLayer[] down = [down_proj];
             var output = LoraProjectionGroup.Applies(down) ? _down.Forward(down, product) : down_proj.forward(product);
             return output.MoveToOuterDisposeScope();
