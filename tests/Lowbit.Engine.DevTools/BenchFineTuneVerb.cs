@@ -23,6 +23,13 @@ namespace Lowbit.Engine.DevTools;
 /// first writes a random Llama of that shape to <c>--model</c> when it holds no <c>config.json</c> (the host-overhead
 /// proxy: the 7B's 32 layers and 224 adapted projections at widths where compute is negligible).
 /// </para>
+/// <para>
+/// <c>--optimizer-only true [--layers 32] [--hidden 4096] [--intermediate 11008] [--r 16] [--steps 5] [--device cuda] [--cpu-chunk N]</c>
+/// times the optimizer alone (clip to norm 1, AdamW step with weight decay, zero-grad) over the LoRA A/B shapes of all
+/// seven projections of a Llama of that size (no model): the per-tensor reference (<see cref="PerTensorAdamW"/>, the
+/// engine's update before the flat buffers) and the engine's flat-buffer <see cref="AdamW"/>, one JSON line each, with
+/// the median milliseconds per phase (each phase ends with a CUDA synchronize on a GPU).
+/// </para>
 /// </summary>
 internal static class BenchFineTuneVerb
 {
@@ -30,6 +37,10 @@ internal static class BenchFineTuneVerb
     {
         string? Get(string flag) => Array.IndexOf(args, flag) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
         int Int(string flag, int fallback) => Get(flag) is { } s ? int.Parse(s, CultureInfo.InvariantCulture) : fallback;
+        if (Get("--optimizer-only") == "true")
+        {
+            return OptimizerOnly(Get, Int, stdout);
+        }
         var model = Get("--model") ?? throw new ProtocolArgumentException("--model", "required", "a model folder");
         var method = ProtocolNames.TryParse<FineTuneMethod>(Get("--method") ?? "lora", out var m) ? m : FineTuneMethod.Lora;
         var steps = Int("--steps", 12);
@@ -121,6 +132,99 @@ internal static class BenchFineTuneVerb
         }
         catch (IOException)
         {
+        }
+        return 0;
+    }
+
+    private static int OptimizerOnly(Func<string, string?> get, Func<string, int, int> integer, TextWriter stdout)
+    {
+        var device = TorchRuntime.ResolveDevice(ProtocolNames.TryParse<ComputeDevice>(get("--device") ?? "cuda", out var d) ? d : ComputeDevice.Cuda);
+        var (layers, hidden, intermediate, r, steps) = (integer("--layers", 32), integer("--hidden", 4096), integer("--intermediate", 11008), integer("--r", 16), integer("--steps", 5));
+        // (in, out) of q, k, v, o, gate, up, down: A is [r, in], B is [out, r].
+        var projections = new[] { (hidden, hidden), (hidden, hidden), (hidden, hidden), (hidden, hidden), (hidden, intermediate), (hidden, intermediate), (intermediate, hidden) };
+        var shapes = Enumerable.Range(0, layers).SelectMany(_ => projections.SelectMany(p => new[] { new long[] { r, p.Item1 }, [p.Item2, r] })).ToList();
+        void Sync()
+        {
+            if (device.type == TorchSharp.DeviceType.CUDA)
+            {
+                TorchSharp.torch.cuda.synchronize();
+            }
+        }
+        foreach (var implementation in new[] { "per-tensor", "flat" })
+        {
+            var parameters = shapes.Select((shape, i) =>
+            {
+                using var initial = TorchSharp.torch.randn(shape, TorchSharp.torch.ScalarType.Float32, device);
+                return (Name: $"p{i}", Parameter: (TorchSharp.torch.Tensor)new TorchSharp.Modules.Parameter(initial));
+            }).ToList();
+            IDisposable optimizer;
+            Func<double, TorchSharp.torch.Tensor> clip;
+            Action<double> step;
+            Action zero;
+            if (implementation == "flat")
+            {
+                var flat = get("--cpu-chunk") is { } chunk
+                    ? new AdamW(parameters, weightDecay: 0.01) { CpuChunkElements = long.Parse(chunk, CultureInfo.InvariantCulture) }
+                    : new AdamW(parameters, weightDecay: 0.01);
+                foreach (var buffer in flat.GradientBuffers)
+                {
+                    buffer.normal_();
+                }
+                (optimizer, clip, step, zero) = (flat, flat.ClipGradNorm, flat.Step, flat.ZeroGrad);
+            }
+            else
+            {
+                foreach (var (_, p) in parameters)
+                {
+                    p.grad = TorchSharp.torch.randn_like(p);
+                }
+                var reference = new PerTensorAdamW(parameters.Select(p => p.Parameter).ToList(), weightDecay: 0.01);
+                (optimizer, clip, step, zero) = (reference, reference.ClipGradNorm, reference.Step, reference.ZeroGrad);
+            }
+            var rows = new List<double[]>();
+            var watch = new Stopwatch();
+            for (var i = 0; i <= steps; i++)
+            {
+                using var scope = TorchSharp.torch.NewDisposeScope();
+                Sync();
+                watch.Restart();
+                clip(1.0);
+                Sync();
+                var clipMs = watch.Elapsed.TotalMilliseconds;
+                watch.Restart();
+                step(1e-4);
+                Sync();
+                var stepMs = watch.Elapsed.TotalMilliseconds;
+                watch.Restart();
+                zero();
+                Sync();
+                var zeroMs = watch.Elapsed.TotalMilliseconds;
+                if (i > 0)
+                {
+                    rows.Add([clipMs, stepMs, zeroMs, clipMs + stepMs + zeroMs]);
+                }
+            }
+            double Median(int column)
+            {
+                var sorted = rows.Select(row => row[column]).Order().ToList();
+                return Math.Round(sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2, 3);
+            }
+            stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["engine"] = "lowbit",
+                ["bench"] = "optimizer",
+                ["implementation"] = implementation,
+                ["device"] = device.type.ToString().ToLowerInvariant(),
+                ["tensors"] = shapes.Count,
+                ["parameters"] = shapes.Sum(s => s[0] * s[1]),
+                ["timedSteps"] = rows.Count,
+                ["medianMs"] = new Dictionary<string, double> { ["clip"] = Median(0), ["step"] = Median(1), ["zeroGrad"] = Median(2), ["total"] = Median(3) },
+            }));
+            optimizer.Dispose();
+            foreach (var (_, p) in parameters)
+            {
+                p.Dispose();
+            }
         }
         return 0;
     }

@@ -125,18 +125,36 @@ public sealed class AdamW : IDisposable
         using var stepSize = (-learningRate / bias1).ToScalar();
         foreach (var group in _groups)
         {
-            using var scope = NewDisposeScope();
-            var (p, g, m, v) = (group.Values, group.Grads, group.M, group.V);
-            if (WeightDecay > 0)
+            // On a GPU one pass per operation over the whole buffer; on the CPU the buffer goes in cache-sized chunks,
+            // so the nine operations of a chunk run on data still in cache (whole-buffer passes over the 160 MB of a
+            // 7B LoRA stream every operation from memory: 5x slower than the per-tensor loop there).
+            var total = group.Values.NumberOfElements;
+            var chunk = group.Values.device.type == DeviceType.CPU ? CpuChunkElements : total;
+            for (long offset = 0; offset < total; offset += chunk)
             {
-                p.mul_(decay);
+                using var scope = NewDisposeScope();
+                var count = Math.Min(chunk, total - offset);
+                var (p, g, m, v) = count == total
+                    ? (group.Values, group.Grads, group.M, group.V)
+                    : (group.Values.narrow(0, offset, count), group.Grads.narrow(0, offset, count), group.M.narrow(0, offset, count), group.V.narrow(0, offset, count));
+                if (WeightDecay > 0)
+                {
+                    p.mul_(decay);
+                }
+                m.mul_(beta1).add_(g, alpha: oneMinusBeta1);
+                v.mul_(beta2).addcmul_(g, g, value: oneMinusBeta2);
+                var denom = v.sqrt().div_(sqrtBias2).add_(eps, Scalars.One);
+                p.addcdiv_(m, denom, value: stepSize);
             }
-            m.mul_(beta1).add_(g, alpha: oneMinusBeta1);
-            v.mul_(beta2).addcmul_(g, g, value: oneMinusBeta2);
-            var denom = v.sqrt().div_(sqrtBias2).add_(eps, Scalars.One);
-            p.addcdiv_(m, denom, value: stepSize);
         }
     }
+
+    /// <summary>
+    /// Elements per chunk of a step on the CPU (working set: five arrays of this length). 2¹⁸ was fastest for the 7B
+    /// LoRA shapes on a 2-core EPYC (<c>bench-finetune --optimizer-only true --device cpu --cpu-chunk N</c>): 2¹⁴ 230 ms,
+    /// 2¹⁶ 163 ms, 2¹⁸ 114 ms, 2²⁰ 126 ms, the whole buffer 878 ms, the per-tensor loop 170 ms.
+    /// </summary>
+    internal long CpuChunkElements { get; init; } = 1 << 18;
 
     /// <summary>Zeroes the gradients in place (they stay the same views of the flat gradient buffer).</summary>
     public void ZeroGrad()
@@ -204,17 +222,25 @@ public sealed class AdamW : IDisposable
         public FlatGroup(IReadOnlyList<(string Name, Tensor Parameter)> members)
         {
             var first = members[0].Parameter;
-            var total = members.Sum(p => p.Parameter.NumberOfElements);
-            Values = empty(total, first.dtype, first.device).DetachFromDisposeScope();
+            var offsets = new List<long>();
+            long total = 0;
+            foreach (var (_, p) in members)
+            {
+                offsets.Add(total);
+                total += Aligned(p.NumberOfElements);
+            }
+            Values = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             Grads = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             M = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             V = zeros(total, first.dtype, first.device).DetachFromDisposeScope();
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            long offset = 0;
-            foreach (var (name, p) in members)
+            // Each parameter starts on a 256-byte boundary (vectorized kernels and cuBLAS want aligned pointers); the
+            // padding between them has zero gradients, so it stays zero and adds nothing to the norm.
+            for (var i = 0; i < members.Count; i++)
             {
-                var count = p.NumberOfElements;
+                var (name, p) = members[i];
+                var (offset, count) = (offsets[i], p.NumberOfElements);
                 var shape = p.shape;
                 var values = Values.narrow(0, offset, count).view(shape);
                 values.copy_(p);
@@ -229,9 +255,11 @@ public sealed class AdamW : IDisposable
                 p.grad = grad;
                 Moments.Add((name, M.narrow(0, offset, count).view(shape).DetachFromDisposeScope(),
                     V.narrow(0, offset, count).view(shape).DetachFromDisposeScope()));
-                offset += count;
             }
         }
+
+        /// <summary><paramref name="count"/> rounded up to a multiple of 64 elements (256 bytes for float32, 128 for 16-bit).</summary>
+        private static long Aligned(long count) => (count + 63) / 64 * 64;
 
         public Tensor Values { get; }
 

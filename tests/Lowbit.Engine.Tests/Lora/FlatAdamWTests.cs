@@ -66,7 +66,8 @@ public sealed class FlatAdamWTests
         var (referenceModel, referenceParameters) = WrappedModel(checkpointing: true);
         using (flatModel)
         using (referenceModel)
-        using (var flat = new AdamW(flatParameters, weightDecay: 0.1))
+        // Chunks of 1,000 elements (not a divisor of any tensor's size): the CPU path that splits the buffer.
+        using (var flat = new AdamW(flatParameters, weightDecay: 0.1) { CpuChunkElements = 1000 })
         using (var reference = new PerTensorAdamW(referenceParameters.Select(p => p.Parameter).ToList(), weightDecay: 0.1))
         {
             var clipped = 0;
@@ -106,6 +107,7 @@ public sealed class FlatAdamWTests
             new Parameter(linspace(-1, 1, 12).reshape(3, 4)),
             new Parameter(linspace(0.5, 2, 5, dtype: ScalarType.Float64)),
             new Parameter(linspace(2, -2, 6).reshape(2, 3)),
+            new Parameter(linspace(-3, 3, 130).reshape(2, 65)),
         ];
         var flatParameters = Parameters();
         var referenceParameters = Parameters();
@@ -152,7 +154,7 @@ public sealed class FlatAdamWTests
                 var p = parameters[i].Parameter;
                 Assert.Equal(Address(buffer) + expectedOffset * 4, gradAddresses[i]);
                 Assert.Equal(Address(values) + expectedOffset * 4, Address(p));
-                expectedOffset += p.NumberOfElements;
+                expectedOffset += (p.NumberOfElements + 63) / 64 * 64;   // each view starts 256-byte aligned
             }
             // The module's registered parameters are the flat buffer's views (what checkpoints and exports read).
             var registered = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
