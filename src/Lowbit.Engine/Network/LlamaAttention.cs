@@ -1,4 +1,5 @@
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -20,6 +21,12 @@ public sealed record AttentionContext
 
     /// <summary>Packed documents: <c>[B, 1, T, T]</c> bool, true where query i may attend key j (causal, same document).</summary>
     public Tensor? Mask { get; init; }
+
+    /// <summary>
+    /// <see cref="Sin"/> with its first half negated (training passes only; null otherwise): rotate_half(x)·sin equals
+    /// roll(x, D/2)·this, one op instead of four (<see cref="RotaryEmbedding.ApplyRolled"/>).
+    /// </summary>
+    public Tensor? SignedSin { get; init; }
 }
 
 /// <summary>
@@ -68,6 +75,8 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
     private readonly int _heads;
     private readonly int _kvHeads;
     private readonly int _headDim;
+    private readonly LoraProjectionGroup _qkv = new();
+    private readonly LoraProjectionGroup _o = new();
 
     public LlamaAttention(LlamaConfig config, ScalarType dtype, Device device)
         : base("LlamaAttention")
@@ -90,6 +99,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
     /// <summary>Swaps the projection named <paramref name="name"/> (e.g. for a quantized layer).</summary>
     public void ReplaceProjection(string name, LinearLayer layer)
     {
+        _qkv.Dispose();   // its fused weight would otherwise keep the replaced layers' storage alive
         register_module(name, null!);
         register_module(name, layer);
         switch (name)
@@ -106,11 +116,28 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
     {
         using var scope = NewDisposeScope();
         long batch = input.shape[0], length = input.shape[1];
-        var q = q_proj.forward(input).view(batch, length, _heads, _headDim).transpose(1, 2);
-        var k = k_proj.forward(input).view(batch, length, _kvHeads, _headDim).transpose(1, 2);
-        var v = v_proj.forward(input).view(batch, length, _kvHeads, _headDim).transpose(1, 2);
-        q = RotaryEmbedding.Apply(q, context.Cos, context.Sin);
-        k = RotaryEmbedding.Apply(k, context.Cos, context.Sin);
+        Tensor q, k, v;
+        LinearLayer[] qkv = [q_proj, k_proj, v_proj];
+        if (context.Cache is null && LoraProjectionGroup.Applies(qkv))
+        {
+            // LoRA training: q, k and v from one fused projection, RoPE on q and k in one application.
+            var heads = _heads + 2 * _kvHeads;
+            var fused = _qkv.Forward(qkv, input).view(batch, length, heads, _headDim).transpose(1, 2);
+            var rotated = context.SignedSin is { } signedSin
+                ? RotaryEmbedding.ApplyRolled(fused.narrow(1, 0, _heads + _kvHeads), context.Cos, signedSin)
+                : RotaryEmbedding.Apply(fused.narrow(1, 0, _heads + _kvHeads), context.Cos, context.Sin);
+            q = rotated.narrow(1, 0, _heads);
+            k = rotated.narrow(1, _heads, _kvHeads);
+            v = fused.narrow(1, _heads + _kvHeads, _kvHeads);
+        }
+        else
+        {
+            q = q_proj.forward(input).view(batch, length, _heads, _headDim).transpose(1, 2);
+            k = k_proj.forward(input).view(batch, length, _kvHeads, _headDim).transpose(1, 2);
+            v = v_proj.forward(input).view(batch, length, _kvHeads, _headDim).transpose(1, 2);
+            q = RotaryEmbedding.Apply(q, context.Cos, context.Sin);
+            k = RotaryEmbedding.Apply(k, context.Cos, context.Sin);
+        }
         if (context.Cache is { } cache)
         {
             (k, v) = cache.Append(context.LayerIndex, k, v);
@@ -143,6 +170,18 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
             attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
         }
         var merged = attended.transpose(1, 2).reshape(batch, length, _heads * _headDim);
-        return o_proj.forward(merged).MoveToOuterDisposeScope();
+        LinearLayer[] o = [o_proj];
+        var output = context.Cache is null && LoraProjectionGroup.Applies(o) ? _o.Forward(o, merged) : o_proj.forward(merged);
+        return output.MoveToOuterDisposeScope();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _qkv.Dispose();
+            _o.Dispose();
+        }
+        base.Dispose(disposing);
     }
 }

@@ -1,4 +1,5 @@
 using Lowbit.Engine.Checkpoints;
+using Lowbit.Engine.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -10,6 +11,8 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     private LinearLayer gate_proj;
     private LinearLayer up_proj;
     private LinearLayer down_proj;
+    private readonly LoraProjectionGroup _gateUp = new();
+    private readonly LoraProjectionGroup _down = new();
 
     public LlamaMlp(LlamaConfig config, ScalarType dtype, Device device)
         : base("LlamaMlp")
@@ -25,6 +28,7 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 
     public void ReplaceProjection(string name, LinearLayer layer)
     {
+        _gateUp.Dispose();   // its fused weight would otherwise keep the replaced layers' storage alive
         register_module(name, null!);
         register_module(name, layer);
         switch (name)
@@ -39,7 +43,28 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
+        LinearLayer[] gateUp = [gate_proj, up_proj];
+        if (LoraProjectionGroup.Applies(gateUp))
+        {
+            // LoRA training: gate and up from one fused projection.
+            var fused = _gateUp.Forward(gateUp, input);
+            var width = gate_proj.OutFeatures;
+            var product = nn.functional.silu(fused.narrow(-1, 0, width)).mul(fused.narrow(-1, width, width));
+            LinearLayer[] down = [down_proj];
+            var output = LoraProjectionGroup.Applies(down) ? _down.Forward(down, product) : down_proj.forward(product);
+            return output.MoveToOuterDisposeScope();
+        }
         var hidden = nn.functional.silu(gate_proj.forward(input)) * up_proj.forward(input);
         return down_proj.forward(hidden).MoveToOuterDisposeScope();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _gateUp.Dispose();
+            _down.Dispose();
+        }
+        base.Dispose(disposing);
     }
 }

@@ -48,9 +48,10 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
             throw new ArgumentException("a packed layout is for whole-sequence (training) passes, not with a KV cache", nameof(layout));
         }
         var (cos, sin) = layout is null ? _rotary.CosSin(offset, length, hidden.dtype, hidden.device) : _rotary.CosSin(layout.Positions, hidden.dtype);
+        var signedSin = training && cache is null ? RotaryEmbedding.SignedSin(sin) : null;
         for (var i = 0; i < layers.Count; i++)
         {
-            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i, Mask = layout?.Mask };
+            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i, Mask = layout?.Mask, SignedSin = signedSin };
             hidden = GradientCheckpointing && is_grad_enabled() && cache is null
                 ? Training.GradientCheckpoint.Apply(layers[i], hidden, context, this)
                 : layers[i].forward(hidden, context);

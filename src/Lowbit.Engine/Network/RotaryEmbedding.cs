@@ -82,6 +82,26 @@ public sealed class RotaryEmbedding
         return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
     }
 
+    /// <summary>
+    /// <see cref="Apply"/> with <paramref name="signedSin"/> = <see cref="SignedSin"/>: rotate_half(x)·sin =
+    /// roll(x, D/2)·signedSin element for element (negation commutes with rounding), so the result is bit-identical in
+    /// four ops (roll, two products, a sum) instead of seven.
+    /// </summary>
+    public static Tensor ApplyRolled(Tensor x, Tensor cos, Tensor signedSin)
+    {
+        using var scope = NewDisposeScope();
+        var rolled = x.roll(x.shape[^1] / 2, -1);
+        return x.mul(cos).add_(rolled.mul(signedSin), Scalars.One).MoveToOuterDisposeScope();
+    }
+
+    /// <summary><paramref name="sin"/> <c>[..., D]</c> with its first half negated, for <see cref="ApplyRolled"/>.</summary>
+    public static Tensor SignedSin(Tensor sin)
+    {
+        using var scope = NewDisposeScope();
+        var half = sin.shape[^1] / 2;
+        return cat([sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half)], -1).MoveToOuterDisposeScope();
+    }
+
     private Tensor Frequencies(Device device)
     {
         var cached = _deviceFrequencies;

@@ -80,12 +80,17 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
             Cos = context.Cos.alias().DetachFromDisposeScope(),
             Sin = context.Sin.alias().DetachFromDisposeScope(),
             Mask = context.Mask?.alias().DetachFromDisposeScope(),
+            SignedSin = context.SignedSin?.alias().DetachFromDisposeScope(),
         };
         pending.Enqueue(kept.Cos);
         pending.Enqueue(kept.Sin);
         if (kept.Mask is { } mask)
         {
             pending.Enqueue(mask);
+        }
+        if (kept.SignedSin is { } signedSin)
+        {
+            pending.Enqueue(signedSin);
         }
         var trainable = layer.parameters().Where(p => p.requires_grad).Cast<Tensor>().ToList();
         var vars = new object[4 + trainable.Count];
