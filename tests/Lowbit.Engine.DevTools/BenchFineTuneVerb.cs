@@ -31,7 +31,7 @@ namespace Lowbit.Engine.DevTools;
 /// the median milliseconds per phase (each phase ends with a CUDA synchronize on a GPU).
 /// </para>
 /// </summary>
-internal static class BenchFineTuneVerb
+public static class BenchFineTuneVerb
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

@@ -356,12 +356,13 @@ public sealed class FineTuner
     {
         Tensor target;
         (input, target) = Tensors(batch, device);
-        var length = (int)input.shape[1];
-        var layout = batch.Any(b => b.IsPacked)
-            ? PackedLayout.Of(batch.Select(b => b.Documents ?? new int[b.Ids.Length]).ToList(), length, device)
-            : null;
+        var layout = batch.Any(b => b.IsPacked) ? Layout(batch, (int)input.shape[1], device) : null;
         return LossSum(model, input, target, layout, fullLogits);
     }
+
+    /// <summary>Per-token positions and the block-diagonal causal mask of <paramref name="batch"/>'s documents (a row without documents is one).</summary>
+    public static PackedLayout Layout(IReadOnlyList<PackedBlock> batch, int length, Device device) =>
+        PackedLayout.Of(batch.Select(b => b.Documents ?? new int[b.Ids.Length]).ToList(), length, device);
 
     /// <summary>As above over device tensors already made: inputs and targets <c>[B, L]</c> (no host copy: a CUDA graph records this).</summary>
     public static Tensor LossSum(LlamaForCausalLM model, Tensor input, Tensor target, PackedLayout? layout, bool fullLogits = false)

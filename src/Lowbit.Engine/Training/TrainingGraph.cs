@@ -17,9 +17,11 @@ namespace Lowbit.Engine.Training;
 /// the adapters' gradients accumulate into the same tensors every replay (they are never set to null), and dropout
 /// masks come from the CUDA generator's graph-safe Philox stream (fresh masks per replay).
 /// Not used (eager instead, see <see cref="Unsupported"/>): off CUDA, without the native library, full fine-tuning,
-/// and gradient checkpointing with dropout (the recompute would draw other masks than the forward). Packed blocks
-/// (several documents per row) and a short last micro-batch run eagerly too. A capture that fails is reported once
-/// and the run continues eagerly.
+/// and gradient checkpointing with dropout (the recompute would draw other masks than the forward). When the first
+/// micro-batch packs several documents into a row, the step is captured with per-token positions and the
+/// block-diagonal mask as static inputs too, and runs every later micro-batch (a plain row is one document); when it
+/// does not, the step is captured with plain causal attention and packed micro-batches run eagerly. A short last
+/// micro-batch runs eagerly. A capture that fails is reported once and the run continues eagerly.
 /// </summary>
 public sealed class TrainingGraph : IDisposable
 {
@@ -32,6 +34,8 @@ public sealed class TrainingGraph : IDisposable
     private Tensor? _target;
     private Tensor? _divisor;
     private Tensor? _loss;
+    private Tensor? _positions;
+    private Tensor? _mask;
 
     public TrainingGraph(LlamaForCausalLM model, Device device, Action<string> log)
         : this(model, device, log, () => new CudaGraph())
@@ -84,16 +88,23 @@ public sealed class TrainingGraph : IDisposable
     /// </summary>
     public Tensor? TryRun(IReadOnlyList<PackedBlock> batch, double divisor)
     {
-        if (FailedBecause is not null || batch.Any(b => b.IsPacked))
+        var packed = batch.Any(b => b.IsPacked);
+        // A step captured for packed rows (positions and a block-diagonal mask as static inputs) also runs plain rows:
+        // one document per row is the causal mask. A step captured for plain rows (causal attention, no mask) does not
+        // run packed ones.
+        if (FailedBecause is not null || (_graph is not null && packed && _mask is null))
         {
             return null;
         }
         var (input, target) = FineTuner.Tensors(batch, _device);
         using var inputScope = input;
         using var targetScope = target;
+        var layout = packed || _mask is not null ? FineTuner.Layout(batch, (int)input.shape[1], _device) : null;
+        using var positionsScope = layout?.Positions;
+        using var maskScope = layout?.Mask;
         if (_graph is null)
         {
-            return CaptureWith(input, target, divisor);
+            return CaptureWith(input, target, layout, divisor);
         }
         if (!input.shape.SequenceEqual(_input!.shape))
         {
@@ -103,6 +114,11 @@ public sealed class TrainingGraph : IDisposable
         {
             _input.copy_(input);
             _target!.copy_(target);
+            if (layout is not null)
+            {
+                _positions!.copy_(layout.Positions);
+                _mask!.copy_(layout.Mask);
+            }
             using var value = divisor.ToScalar();   // held: an implicit Scalar temporary may be finalized mid-call
             _divisor!.fill_(value);
         }
@@ -112,10 +128,12 @@ public sealed class TrainingGraph : IDisposable
     }
 
     /// <summary>The eager warm-up micro-step of this batch on the capture stream, then the recording.</summary>
-    private Tensor CaptureWith(Tensor input, Tensor target, double divisor)
+    private Tensor CaptureWith(Tensor input, Tensor target, PackedLayout? layout, double divisor)
     {
         _input = input.clone().DetachFromDisposeScope();
         _target = target.clone().DetachFromDisposeScope();
+        _positions = layout?.Positions.clone().DetachFromDisposeScope();
+        _mask = layout?.Mask.clone().DetachFromDisposeScope();
         using (var value = divisor.ToScalar())
         {
             _divisor = full(Array.Empty<long>(), value, ScalarType.Float32, _device).DetachFromDisposeScope();
@@ -170,7 +188,8 @@ public sealed class TrainingGraph : IDisposable
     {
         using var scope = NewDisposeScope();
         _loss?.Dispose();   // a real capture runs this once; a test recorder on every replay
-        var loss = FineTuner.LossSum(_model, _input!, _target!, layout: null).div(_divisor!);
+        var layout = _mask is null ? null : new PackedLayout { Positions = _positions!, Mask = _mask };
+        var loss = FineTuner.LossSum(_model, _input!, _target!, layout).div(_divisor!);
         loss.backward();
         GradientCheckpoint.Release(_model.Model);
         return loss.detach().DetachFromDisposeScope();
@@ -183,5 +202,7 @@ public sealed class TrainingGraph : IDisposable
         _input?.Dispose();
         _target?.Dispose();
         _divisor?.Dispose();
+        _positions?.Dispose();
+        _mask?.Dispose();
     }
 }

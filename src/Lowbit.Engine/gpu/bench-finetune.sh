@@ -2,7 +2,7 @@
 # LoRA / QLoRA fine-tuning throughput and peak memory on a GPU host (PyTorch CUDA install, no .NET), from the
 # unpacked GPU bundle (`make engine-gpu-bundle`):
 #   ./bench-finetune.sh [--layers N] [--work DIR] [--steps N] [--warmup N] [--checkpointing both|true|false]
-#                       [--seq-length N] [--no-qlora]
+#                       [--seq-length N] [--no-qlora] [--phase-sync]
 # Workload (issue 10): the random 7B-shaped bf16 Llama of bench_hf.py make, LoRA r=16 (alpha 32, dropout 0.05) on
 # all seven projections, sequence 2048, micro-batch 1, AdamW, random token ids; with and without gradient
 # checkpointing (--checkpointing both, the default), each engine side by side with the other in the same setting.
@@ -13,6 +13,10 @@
 # 3. lowbit-engine quantize --method hqq --bits 4 --group-size 64 --format lowbit, then bench-finetune --method qlora
 #    (with checkpointing)
 # 4. a Markdown table on stdout; raw JSON lines in $WORK/finetune.jsonl
+# 5. bench-finetune --optimizer-only: clip + AdamW step + zero-grad alone at the 7B LoRA shapes (448 tensors), the
+#    per-tensor reference against the engine's flat-buffer AdamW (ms per phase, each phase synchronized)
+# --phase-sync adds one LoRA run (with checkpointing) whose hostMsPerStep phases end with a CUDA synchronize, so they
+# show device time per phase (forward+backward, clip, optimizer step, zero-grad); its tokens/s is lower (no overlap).
 # Goal: lowbit LoRA >= 1.5x HF+PEFT tokens/s at <= its peak memory (8,833 tokens/s, 30.6 GiB: compare the rows
 # without checkpointing); QLoRA 4-bit peak <= 45% of our LoRA run (both with checkpointing).
 # Memory columns: HF reports torch.cuda.max_memory_allocated / max_memory_reserved; both engines report the peak
@@ -29,6 +33,7 @@ warmup=2
 checkpointing=both
 seq=2048
 qlora=1
+phase_sync=0
 work="${TMPDIR:-/tmp}/lowbit-bench"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,7 +44,8 @@ while [ $# -gt 0 ]; do
     --checkpointing) checkpointing="$2"; shift 2 ;;
     --seq-length) seq="$2"; shift 2 ;;
     --no-qlora) qlora=0; shift ;;
-    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora)" >&2; exit 42 ;;
+    --phase-sync) phase_sync=1; shift ;;
+    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora, --phase-sync)" >&2; exit 42 ;;
   esac
 done
 case "$checkpointing" in
@@ -81,6 +87,13 @@ if [ "$qlora" = 1 ]; then
     2> "$work/lowbit-qlora.log" | tee -a "$results" \
     || { tail -5 "$work/lowbit-qlora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"qlora","gradientCheckpointing":true,"error":"run failed"}' | tee -a "$results"; }
 fi
+"$here/run.sh" bench-finetune --optimizer-only true --device cuda --steps 10 2> "$work/lowbit-optimizer.log" | tee -a "$results" \
+  || { tail -5 "$work/lowbit-optimizer.log" >&2; echo '{"engine":"lowbit","bench":"optimizer","error":"run failed"}' | tee -a "$results"; }
+if [ "$phase_sync" = 1 ]; then
+  "$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing true \
+    --phase-sync true 2> "$work/lowbit-lora-phase-sync.log" | tee -a "$results" \
+    || { tail -5 "$work/lowbit-lora-phase-sync.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"lora","phaseSync":true,"gradientCheckpointing":true,"error":"run failed"}' | tee -a "$results"; }
+fi
 "$PYTHON" - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
@@ -91,7 +104,7 @@ def cell(r, key):
 print("\n| run | checkpointing | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
-    name = f"{r['engine']} {r.get('method', '')}{' cuda-graph' if r.get('cudaGraph') else ''}".strip()
+    name = f"{r['engine']} {r.get('method', '')}{' cuda-graph' if r.get('cudaGraph') else ''}{' phase-sync' if r.get('phaseSync') else ''}".strip()
     ck = "yes" if r.get("gradientCheckpointing") else "no"
     if "error" in r:
         print(f"| {name} | {ck} | - | - | - | {r['error']} | - | - | - | - | - |")
@@ -102,8 +115,13 @@ phases = [r for r in runs if "error" not in r and r.get("hostMsPerStep")]
 if phases:
     print("\nlowbit host time per step (ms, Stopwatch around each phase's calls; device time shows only with --phase-sync):")
     for r in phases:
-        print(f"  {r['method']} checkpointing={r.get('gradientCheckpointing')}: {json.dumps(r['hostMsPerStep'])}")
-by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing")), bool(r.get("cudaGraph"))): r for r in runs if "error" not in r}
+        print(f"  {r['method']} checkpointing={r.get('gradientCheckpointing')}{' cuda-graph' if r.get('cudaGraph') else ''}"
+              f"{' phase-sync (device-inclusive)' if r.get('phaseSync') else ''}: {json.dumps(r['hostMsPerStep'])}")
+for r in rows:
+    if r.get("bench") == "optimizer":
+        print(f"optimizer alone, {r.get('implementation', '?')}: {json.dumps(r.get('medianMs', r.get('error')))} ({r.get('tensors')} tensors, {r.get('parameters')} parameters)")
+by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing")), bool(r.get("cudaGraph"))): r for r in runs
+      if "error" not in r and not r.get("phaseSync")}
 for ck in (False, True):
     for graph in (False, True):
         hf, lora = by.get(("transformers+peft", "lora", ck, False)), by.get(("lowbit", "lora", ck, graph))
