@@ -44,19 +44,22 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         LinearLayer[] gateUp = [gate_proj, up_proj];
+        Tensor hidden;
         if (LoraProjectionGroup.Applies(gateUp))
         {
             // LoRA training: gate and up from one fused projection.
             var fused = _gateUp.Forward(gateUp, input);
             var width = gate_proj.OutFeatures;
             var gateAndUp = fused.split([width, width], -1);   // one split: its backward is one cat
-            var product = nn.functional.silu(gateAndUp[0]).mul(gateAndUp[1]);
-            LinearLayer[] down = [down_proj];
-            var output = LoraProjectionGroup.Applies(down) ? _down.Forward(down, product) : down_proj.forward(product);
-            return output.MoveToOuterDisposeScope();
+            hidden = nn.functional.silu(gateAndUp[0]).mul(gateAndUp[1]);
         }
-        var hidden = nn.functional.silu(gate_proj.forward(input)) * up_proj.forward(input);
-        return down_proj.forward(hidden).MoveToOuterDisposeScope();
+        else
+        {
+            hidden = nn.functional.silu(gate_proj.forward(input)) * up_proj.forward(input);
+        }
+        LinearLayer[] down = [down_proj];
+        var output = LoraProjectionGroup.Applies(down) ? _down.Forward(down, hidden) : down_proj.forward(hidden);
+        return output.MoveToOuterDisposeScope();
     }
 
     protected override void Dispose(bool disposing)
