@@ -113,6 +113,7 @@ public static class BenchFineTuneVerb
             ["gradientCheckpointing"] = checkpointing,
             ["dropout"] = dropout,
             ["cudaGraph"] = cudaGraph,
+            ["loraGroups"] = Environment.GetEnvironmentVariable(LoraProjectionGroup.SwitchEnv) != "0",
             ["cudaGraphNote"] = graphNote ?? (cudaGraph ? "no capture reported" : "off"),
             ["timedSteps"] = to.Step - from.Step,
             ["tokensPerSecond"] = Math.Round(timedTokens / (to.Seconds - from.Seconds), 1),

@@ -21,6 +21,11 @@ public sealed class LoraProjectionGroup : IDisposable
     private Tensor? _bias;
     private TorchSharp.Modules.Parameter[]? _fusedParts;
 
+    /// <summary>Set to <c>0</c> to train with the per-projection path (a fallback, and the comparison a benchmark wants).</summary>
+    public const string SwitchEnv = "LOWBIT_LORA_GROUPS";
+
+    private static readonly bool DisabledByEnvironment = Environment.GetEnvironmentVariable(SwitchEnv) == "0";
+
     [ThreadStatic]
     private static bool _bypassed;
 
@@ -38,7 +43,7 @@ public sealed class LoraProjectionGroup : IDisposable
     /// </summary>
     public static bool Applies(IReadOnlyList<LinearLayer> parts)
     {
-        if (Bypassed)
+        if (Bypassed || DisabledByEnvironment)
         {
             return false;
         }

@@ -2,7 +2,7 @@
 # LoRA / QLoRA fine-tuning throughput and peak memory on a GPU host (PyTorch CUDA install, no .NET), from the
 # unpacked GPU bundle (`make engine-gpu-bundle`):
 #   ./bench-finetune.sh [--layers N] [--work DIR] [--steps N] [--warmup N] [--checkpointing both|true|false]
-#                       [--seq-length N] [--no-qlora] [--phase-sync] [--host-proxy]
+#                       [--seq-length N] [--no-qlora] [--phase-sync] [--host-proxy] [--ungrouped]
 # Workload (issue 10): the random 7B-shaped bf16 Llama of bench_hf.py make, LoRA r=16 (alpha 32, dropout 0.05) on
 # all seven projections, sequence 2048, micro-batch 1, AdamW, random token ids; with and without gradient
 # checkpointing (--checkpointing both, the default), each engine side by side with the other in the same setting.
@@ -17,6 +17,9 @@
 #    per-tensor reference against the engine's flat-buffer AdamW (ms per phase, each phase synchronized)
 # --phase-sync adds one LoRA run (with checkpointing) whose hostMsPerStep phases end with a CUDA synchronize, so they
 # show device time per phase (forward+backward, clip, optimizer step, zero-grad); its tokens/s is lower (no overlap).
+# --ungrouped adds our LoRA (with checkpointing) with LOWBIT_LORA_GROUPS=0: the per-projection training path instead of
+# the fused projection groups (what the groups bought; also the fallback if the grouped rows fail), row "lowbit lora
+# ungrouped".
 # --host-proxy adds our LoRA (with checkpointing) on a random Llama of the 7B's structure at tiny widths (32 layers,
 # hidden 64, sequence 64: bench-finetune --random-layers): the GPU does almost nothing, so its step time is the host's
 # per-step cost (TorchSharp calls, autograd nodes, launches) alone; row "lowbit lora host-proxy", ~30 s.
@@ -38,6 +41,7 @@ seq=2048
 qlora=1
 phase_sync=0
 host_proxy=0
+ungrouped=0
 work="${TMPDIR:-/tmp}/lowbit-bench"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,7 +54,8 @@ while [ $# -gt 0 ]; do
     --no-qlora) qlora=0; shift ;;
     --phase-sync) phase_sync=1; shift ;;
     --host-proxy) host_proxy=1; shift ;;
-    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora, --phase-sync, --host-proxy)" >&2; exit 42 ;;
+    --ungrouped) ungrouped=1; shift ;;
+    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora, --phase-sync, --host-proxy, --ungrouped)" >&2; exit 42 ;;
   esac
 done
 case "$checkpointing" in
@@ -99,6 +104,11 @@ if [ "$phase_sync" = 1 ]; then
     --phase-sync true 2> "$work/lowbit-lora-phase-sync.log" | tee -a "$results" \
     || { tail -5 "$work/lowbit-lora-phase-sync.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"lora","phaseSync":true,"gradientCheckpointing":true,"error":"run failed"}' | tee -a "$results"; }
 fi
+if [ "$ungrouped" = 1 ]; then
+  LOWBIT_LORA_GROUPS=0 "$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing true \
+    2> "$work/lowbit-lora-ungrouped.log" | tee -a "$results" \
+    || { tail -5 "$work/lowbit-lora-ungrouped.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"lora","loraGroups":false,"gradientCheckpointing":true,"error":"run failed"}' | tee -a "$results"; }
+fi
 if [ "$host_proxy" = 1 ]; then
   "$here/run.sh" bench-finetune --model "$work/host-proxy-32" --random-layers 32 --method lora --steps 12 --warmup 2 \
     --seq-length 64 --r 16 --device cuda --gradient-checkpointing true 2> "$work/lowbit-lora-host-proxy.log" \
@@ -115,7 +125,7 @@ def cell(r, key):
 print("\n| run | checkpointing | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
-    name = f"{r['engine']} {r.get('method', '')}{' cuda-graph' if r.get('cudaGraph') else ''}{' phase-sync' if r.get('phaseSync') else ''}{' host-proxy' if r.get('hostProxy') else ''}".strip()
+    name = f"{r['engine']} {r.get('method', '')}{' cuda-graph' if r.get('cudaGraph') else ''}{' phase-sync' if r.get('phaseSync') else ''}{' host-proxy' if r.get('hostProxy') else ''}{' ungrouped' if r.get('loraGroups') is False else ''}".strip()
     ck = "yes" if r.get("gradientCheckpointing") else "no"
     if "error" in r:
         print(f"| {name} | {ck} | - | - | - | {r['error']} | - | - | - | - | - |")
@@ -132,7 +142,7 @@ for r in rows:
     if r.get("bench") == "optimizer":
         print(f"optimizer alone, {r.get('implementation', '?')}: {json.dumps(r.get('medianMs', r.get('error')))} ({r.get('tensors')} tensors, {r.get('parameters')} parameters)")
 by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing")), bool(r.get("cudaGraph"))): r for r in runs
-      if "error" not in r and not r.get("phaseSync") and not r.get("hostProxy")}
+      if "error" not in r and not r.get("phaseSync") and not r.get("hostProxy") and r.get("loraGroups") is not False}
 for ck in (False, True):
     for graph in (False, True):
         hf, lora = by.get(("transformers+peft", "lora", ck, False)), by.get(("lowbit", "lora", ck, graph))
