@@ -36,8 +36,9 @@ public sealed record ThroughputEstimate
 /// 62%). Every step also pays the runtime's fixed cost per layer (<see cref="StepOverheadPerLayer"/>: kernel
 /// launches and host work not overlapped with the GPU; CUDA graphs remove most of it), and a runtime may read packed
 /// weights slower than its device's bandwidth (<see cref="PackedWeightBytesPerSecond"/>). Tensor parallelism adds two all-reduces per
-/// layer (10 µs on NVLink, 30 µs over PCIe). Prefill and training are compute bound (training: 6 FLOPs per parameter
-/// per token, 8 with checkpointing; LoRA: 4 and 6 as frozen weights need no weight gradients; at 40% MFU).
+/// layer (10 µs on NVLink, 30 µs over PCIe). Prefill is compute bound at 50% of peak. Training: 6 FLOPs per parameter
+/// per token, 8 with checkpointing (LoRA: 4 and 6, as frozen weights need no weight gradients) plus causal attention,
+/// at the runtime's MFU, plus its host cost per layer per micro-step (<see cref="TrainingEfficiency"/>).
 /// </summary>
 public static class ThroughputModel
 {
@@ -90,9 +91,7 @@ public static class ThroughputModel
         else
         {
             kind = ThroughputKind.Training;
-            var lora = w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora;
-            var flopsPerToken = ((lora ? 4.0 : 6.0) + (w.GradientCheckpointing ? 2.0 : 0.0)) * p.Active;
-            tokensPerSecond = flops * TrainingMfu / flopsPerToken;
+            tokensPerSecond = Training(model, p, w, node, devices);
         }
         return new ThroughputEstimate
         {
@@ -101,6 +100,45 @@ public static class ThroughputModel
             PrefillTokensPerSecond = prefill,
             UsdPerMillionTokens = tokensPerSecond > 0 ? hourlyUsd / (tokensPerSecond * 3600) * 1e6 : double.PositiveInfinity,
         };
+    }
+
+    /// <summary>
+    /// Fraction of peak bf16 FLOP/s a runtime's training GEMMs reach, and its host cost per decoder layer per micro-step
+    /// (TorchSharp/Python calls, autograd nodes and launches not hidden behind the GPU; 1.25× with checkpointing, whose
+    /// recompute issues the forward's calls again). Fitted on the H200 (LoRA r 16 on all seven projections, 7B at
+    /// sequence 2,048 / 4,096 with and without checkpointing, 1B at micro-batch 4): lowbit 47% and 6.8 ms (measured
+    /// before session 8's flat optimizer, fused projection groups and captured micro-step: refit after the next GPU
+    /// run), within 12%; transformers + PEFT 30% and 2.8 ms, within 19%.
+    /// </summary>
+    public static (double Mfu, double HostPerLayer) TrainingEfficiency(ServingRuntime runtime) => runtime switch
+    {
+        ServingRuntime.Lowbit => (0.47, 6.8e-3),
+        _ => (0.30, 2.8e-3),
+    };
+
+    /// <summary>
+    /// Bytes per second at which the lowbit engine's QLoRA writes the 16-bit weights it dequantizes (each projection
+    /// once in the forward, again in the backward, and in the recompute with checkpointing): 0.26 TB/s, from QLoRA 4-bit
+    /// at 3,654.6 tokens/s against LoRA's 4,991.1 (7B, sequence 2,048, checkpointing, H200).
+    /// </summary>
+    public const double QloraDequantizeBytesPerSecond = 0.26e12;
+
+    private static double Training(ModelArchitecture m, in ParameterCounts p, Workload w, NodeType node, int devices)
+    {
+        var (mfu, hostPerLayer) = TrainingEfficiency(w.Runtime);
+        var lora = w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora;
+        var recompute = w.GradientCheckpointing ? 1.0 : 0.0;
+        // Weights: forward 2, input gradients 2, weight gradients 2 (trained weights only), recompute 2 per parameter.
+        var linearFlops = ((lora ? 4.0 : 6.0) + (2.0 * recompute)) * p.Active;
+        // Causal attention scores and their product with v: 2·T·hidden per token and layer forward, twice that backward.
+        var attentionFlops = 2.0 * w.SequenceLength * m.HiddenSize * m.Layers * (3.0 + recompute);
+        var tokens = (double)w.SequenceLength * w.MicroBatch;
+        var compute = tokens * (linearFlops + attentionFlops) / (node.Bf16Tflops * 1e12 * devices * mfu);
+        var host = node.Kind == DeviceKind.Cpu ? 0 : m.Layers * hostPerLayer * (1.0 + (0.25 * recompute));
+        var dequantize = w.Mode == WorkloadMode.Qlora && w.Runtime == ServingRuntime.Lowbit && node.Kind != DeviceKind.Cpu
+            ? (2.0 + recompute) * p.ActiveBlockLinear * 2.0 / devices / QloraDequantizeBytesPerSecond
+            : 0;
+        return tokens / (compute + host + dequantize);
     }
 
     private static double Decode(ModelArchitecture m, in ParameterCounts p, Workload w, NodeType node, int devices)

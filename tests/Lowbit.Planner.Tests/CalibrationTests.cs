@@ -32,6 +32,7 @@ public sealed class CalibrationTests(ITestOutputHelper output)
         Assert.True(All.Count(m => m.Included && m.Group == Group.Inference) >= 3);
         Assert.True(All.Count(m => m.Included && m.Group == Group.Training) >= 1);
         Assert.True(All.Count(m => m.Included && m.Group == Group.Decode) >= 3);
+        Assert.True(All.Count(m => m.Included && m.Group == Group.TrainingSpeed) >= 3);
     }
 
     [Fact]
@@ -54,6 +55,13 @@ public sealed class CalibrationTests(ITestOutputHelper output)
     public void Does_estimate_decode_tokens_per_second_within_20_percent()
     {
         var errors = Errors(Group.Decode);
+        Assert.True(errors.Max(Math.Abs) <= 0.20, $"largest |error| {errors.Max(Math.Abs):P1}\n{Table()}");
+    }
+
+    [Fact]
+    public void Does_estimate_training_tokens_per_second_within_20_percent()
+    {
+        var errors = Errors(Group.TrainingSpeed);
         Assert.True(errors.Max(Math.Abs) <= 0.20, $"largest |error| {errors.Max(Math.Abs):P1}\n{Table()}");
     }
 
@@ -90,7 +98,7 @@ public sealed class CalibrationTests(ITestOutputHelper output)
         b.AppendLine("|---|---|---|---|---|---|---|---|");
         foreach (var m in All.OrderBy(m => m.Group).ThenBy(m => m.Id, StringComparer.Ordinal))
         {
-            var unit = m.Group == Group.Decode ? " tok/s" : " GiB";
+            var unit = m.Group is Group.Decode or Group.TrainingSpeed ? " tok/s" : " GiB";
             b.Append(CultureInfo.InvariantCulture, $"| {m.Id} | {m.Runtime} | {m.Describe()} | {m.Measure} | {m.Value:0.##}{unit} | {m.Estimate:0.##}{unit} | {m.Error:+0.0%;-0.0%;0.0%} | ")
              .AppendLine(m.Included ? "yes |" : $"no: {m.Excluded} |");
         }
@@ -102,12 +110,13 @@ public sealed class CalibrationTests(ITestOutputHelper output)
         Inference,
         Training,
         Decode,
+        TrainingSpeed,
     }
 
     /// <summary>One measured figure and the planner's estimate of it.</summary>
     internal sealed record Measurement
     {
-        public static readonly IReadOnlyList<string> Measures = ["allocated", "reserved", "nvml", "vllm-profile", "decode-tokens-per-second"];
+        public static readonly IReadOnlyList<string> Measures = ["allocated", "reserved", "nvml", "vllm-profile", "decode-tokens-per-second", "training-tokens-per-second"];
 
         public required string Id { get; init; }
 
@@ -134,11 +143,12 @@ public sealed class CalibrationTests(ITestOutputHelper output)
         public bool Included => Excluded is null;
 
         public Group Group => Measure == "decode-tokens-per-second" ? Group.Decode
+            : Measure == "training-tokens-per-second" ? Group.TrainingSpeed
             : Workload.Mode == WorkloadMode.Inference ? Group.Inference : Group.Training;
 
         public double Estimate => Measure switch
         {
-            "decode-tokens-per-second" => Speed(),
+            "decode-tokens-per-second" or "training-tokens-per-second" => Speed(),
             _ => Memory().GiB,
         };
 
@@ -167,7 +177,7 @@ public sealed class CalibrationTests(ITestOutputHelper output)
 
         private double Speed()
         {
-            var node = GpuCatalog.Default.Find(Gpu ?? throw new InvalidOperationException($"{Id}: a decode measurement names its gpu"))
+            var node = GpuCatalog.Default.Find(Gpu ?? throw new InvalidOperationException($"{Id}: a speed measurement names its gpu"))
                        ?? throw new InvalidOperationException($"{Id}: gpu {Gpu} is not in the default catalog");
             return ThroughputModel.Estimate(Model, Model.Parameters, Workload, node, Devices, node.UsdPerHour).TokensPerSecond;
         }
