@@ -320,13 +320,17 @@ public sealed class FineTuner
         {
             return null;
         }
-        if (TrainingGraph.Unsupported(request, device) is { } reason)
+        var reason = StepGraphs is null ? TrainingGraph.Unsupported(request, device) : TrainingGraph.Unsupported(request);
+        if (reason is not null)
         {
             Log("--cuda-graph: not used, " + reason);
             return null;
         }
-        return new TrainingGraph(model, device, Log);
+        return StepGraphs is null ? new TrainingGraph(model, device, Log) : new TrainingGraph(model, device, Log, StepGraphs);
     }
+
+    /// <summary>Tests: what <c>--cuda-graph</c> records the micro-step with instead of a CUDA graph (then on any device).</summary>
+    internal Func<Decoding.IStepGraph>? StepGraphs { get; init; }
 
     /// <summary>Mean loss per trained target over <paramref name="blocks"/> (no dropout, no gradients).</summary>
     public static double Evaluate(LlamaForCausalLM model, IReadOnlyList<PackedBlock> blocks, int microBatch, Device device)

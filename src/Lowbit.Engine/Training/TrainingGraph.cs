@@ -61,7 +61,10 @@ public sealed class TrainingGraph : IDisposable
     public string? FailedBecause { get; private set; }
 
     /// <summary>Why <paramref name="request"/> on <paramref name="device"/> cannot use a captured step, or null when it can.</summary>
-    public static string? Unsupported(FineTuneRequest request, Device device)
+    public static string? Unsupported(FineTuneRequest request, Device device) => Unsupported(request) ?? UnsupportedOn(device);
+
+    /// <summary>Why <paramref name="request"/> cannot use a captured step on any device, or null.</summary>
+    public static string? Unsupported(FineTuneRequest request)
     {
         if (request.Method == FineTuneMethod.Full)
         {
@@ -71,6 +74,11 @@ public sealed class TrainingGraph : IDisposable
         {
             return "gradient checkpointing with LoRA dropout: the recomputed forward inside a graph would draw other dropout masks than the forward did (use --dropout 0 or no checkpointing)";
         }
+        return null;
+    }
+
+    private static string? UnsupportedOn(Device device)
+    {
         if (device.type != DeviceType.CUDA)
         {
             return "CUDA graphs need a CUDA device";
@@ -164,7 +172,7 @@ public sealed class TrainingGraph : IDisposable
             });
             CaptureSeconds = watch.Elapsed.TotalSeconds;
             _graph = graph;
-            _log(FormattableString.Invariant($"CUDA graph: one micro-step of [{string.Join(", ", _input.shape)}] captured in {CaptureSeconds:F2} s; later micro-batches of that shape replay it"));
+            _log(FormattableString.Invariant($"CUDA graph: one micro-step of [{string.Join(", ", _input.shape)}]{(_mask is null ? "" : " with per-document positions and mask")} captured in {CaptureSeconds:F2} s; later micro-batches of that shape replay it"));
         }
         catch (Exception e) when (warm is not null)
         {

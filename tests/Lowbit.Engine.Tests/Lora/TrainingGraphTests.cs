@@ -1,3 +1,4 @@
+using System.Text.Json;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Lora;
@@ -186,6 +187,47 @@ public sealed class TrainingGraphTests
         Assert.Null(graph.TryRun(Blocks(2, 12, 2), 10));   // another length
         Assert.Null(graph.TryRun(Packed(Blocks(2, 16, 3), 8), 10));   // captured on plain rows: no mask to feed
         Assert.Equal(0, recorder.Replays);
+    }
+
+    [Fact]
+    public void Does_train_the_same_adapter_through_the_fine_tuner_with_the_step_replayed()
+    {
+        // The whole loop: packed alpaca blocks (the step is captured with positions and mask), micro-batches of 2 with
+        // 2 accumulated per step, a short last micro-batch (eager), dropout masks per micro-batch, the flat AdamW
+        // zeroing the gradients the replays accumulate into, eval after training.
+        using var dir = new TempDir();
+        TinyModels.SaveWithByteTokenizer(dir.File("base"));
+        File.WriteAllLines(dir.File("data.jsonl"), Enumerable.Range(0, 23).Select(i => JsonSerializer.Serialize(
+            new Dictionary<string, string> { ["instruction"] = $"Count to {(i % 7) + 2}", ["output"] = string.Join(' ', Enumerable.Range(1, (i % 7) + 2)) })));
+        FineTuneRequest Request(string name) => new()
+        {
+            BaseModel = dir.File("base"), Method = FineTuneMethod.Lora, Dataset = dir.File("data.jsonl"), Out = dir.File(name),
+            R = 4, Alpha = 8, Dropout = 0.1, TargetModules = LoraSettings.AllTargets, SeqLength = 384, MicroBatch = 2,
+            GradAccumulation = 2, MaxSteps = 5, LearningRate = 5e-3, EvalSplit = 0.2, Seed = 3, Device = ComputeDevice.Cpu,
+        };
+        var eager = new FineTuner(Request("eager"), dir.File("base"), _ => { }).Run();
+        var recorder = new ReplayingRecorder();
+        var log = new List<string>();
+        var replayed = new FineTuner(Request("replayed") with { CudaGraph = true }, dir.File("base"), e =>
+        {
+            if (e is LogEvent { Message: var message })
+            {
+                log.Add(message);
+            }
+        })
+        { StepGraphs = () => recorder }.Run();
+
+        Assert.Contains(log, l => l.StartsWith("CUDA graph: one micro-step of [2, 384] with per-document positions and mask", StringComparison.Ordinal));
+        Assert.True(recorder.Replays >= 5, $"{recorder.Replays} replays");
+        Assert.Equal(eager.FinalLoss, replayed.FinalLoss, 4);
+        Assert.Equal(eager.EvalLoss!.Value, replayed.EvalLoss!.Value, 4);
+        using var a = PeftAdapter.Read(dir.File("eager"));
+        using var b = PeftAdapter.Read(dir.File("replayed"));
+        foreach (var (module, w) in a.Modules)
+        {
+            Assert.True(w.A.allclose(b.Modules[module].A, 1e-5, 1e-5), $"{module} lora_A differs");
+            Assert.True(w.B.allclose(b.Modules[module].B, 1e-5, 1e-5), $"{module} lora_B differs");
+        }
     }
 
     [Fact]
