@@ -140,29 +140,36 @@ public sealed class LoraLinear : LinearLayer
     {
         using var scope = NewDisposeScope();
         var keep = 1.0 - Settings.Dropout;
-        // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them), so on a GPU the
-        // device's default generator is re-seeded with the same per-module seed first: the checkpointed recompute and a
-        // resumed run draw the forward's masks (they did not before: the recompute drew fresh ones). Inside a CUDA
-        // graph capture re-seeding is not allowed; the captured step draws from the graph's Philox stream instead.
-        Tensor draws;
+        var draws = SeededBernoulli(empty_like(input), keep, Index);
+        return draws.to(ScalarType.Bool).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Fills <paramref name="draws"/> in place with Bernoulli(<paramref name="keep"/>) samples drawn from the seed of module
+    /// <paramref name="index"/> in this micro-batch (<see cref="DropoutSeed"/> × 1,000,003 + index), so a recompute
+    /// (gradient checkpointing) and a resumed run draw the same; unseeded when no <see cref="DropoutSeed"/> is set.
+    /// TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them), so on a GPU the device's
+    /// default generator is re-seeded first (the recompute used to draw fresh masks); inside a CUDA graph capture
+    /// re-seeding is not allowed (<see cref="SeedDeviceGenerator"/>) and the captured step draws from the graph's
+    /// Philox stream instead.
+    /// </summary>
+    internal static Tensor SeededBernoulli(Tensor draws, double keep, int index)
+    {
         if (DropoutSeed is not { } seed)
         {
-            draws = empty_like(input).bernoulli_(keep);
+            return draws.bernoulli_(keep);
         }
-        else if (input.device.type != DeviceType.CPU)
+        var drawSeed = unchecked(seed * 1_000_003 + index);
+        if (draws.device.type != DeviceType.CPU)
         {
             if (SeedDeviceGenerator)
             {
-                cuda.manual_seed(unchecked(seed * 1_000_003 + Index));
+                cuda.manual_seed(drawSeed);
             }
-            draws = empty_like(input).bernoulli_(keep);
+            return draws.bernoulli_(keep);
         }
-        else
-        {
-            using var generator = new Generator(unchecked((ulong)(seed * 1_000_003 + Index)), input.device);
-            draws = empty_like(input).bernoulli_(keep, generator);
-        }
-        return draws.to(ScalarType.Bool).MoveToOuterDisposeScope();
+        using var generator = new Generator(unchecked((ulong)drawSeed), draws.device);
+        return draws.bernoulli_(keep, generator);
     }
 
     /// <summary>The dense merged weight <c>W + scaling·B·A</c> in <paramref name="dtype"/>.</summary>

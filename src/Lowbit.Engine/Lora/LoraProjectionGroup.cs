@@ -170,24 +170,7 @@ public sealed class LoraProjectionGroup : IDisposable
         var keep = 1.0 - adapters[0].Settings.Dropout;
         var rows = input.NumberOfElements / input.shape[^1];
         long[] shape = adapters.Length == 1 ? [rows, input.shape[^1]] : [adapters.Length, rows, input.shape[^1]];
-        var masks = empty(shape, ScalarType.Bool, input.device);
-        if (LoraLinear.DropoutSeed is not { } seed)
-        {
-            return masks.bernoulli_(keep);
-        }
-        var drawSeed = unchecked(seed * 1_000_003 + adapters[0].Index);
-        if (input.device.type != DeviceType.CPU)
-        {
-            // TorchSharp 0.107 creates CPU generators only (a CUDA tensor's bernoulli_ rejects them): the device's default
-            // generator is re-seeded instead (as LoraLinear does; not while a CUDA graph is being captured).
-            if (LoraLinear.SeedDeviceGenerator)
-            {
-                cuda.manual_seed(drawSeed);
-            }
-            return masks.bernoulli_(keep);
-        }
-        using var generator = new Generator(unchecked((ulong)drawSeed), input.device);
-        return masks.bernoulli_(keep, generator);
+        return LoraLinear.SeededBernoulli(empty(shape, ScalarType.Bool, input.device), keep, adapters[0].Index);
     }
 
     private void Release()

@@ -17,7 +17,7 @@ public sealed class LoraLinearTests
         return dense;
     }
 
-    private static void Randomize(LoraLinear lora, ulong seed)
+    internal static void Randomize(LoraLinear lora, ulong seed)
     {
         using var noGrad = no_grad();
         var g = new Generator(seed);

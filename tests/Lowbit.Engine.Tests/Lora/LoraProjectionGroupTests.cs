@@ -31,14 +31,6 @@ public sealed class LoraProjectionGroupTests
         return dense;
     }
 
-    private static void Randomize(LoraLinear lora, ulong seed)
-    {
-        using var noGrad = no_grad();
-        var g = new Generator(seed);
-        lora.A.copy_(randn(lora.A.shape, generator: g));
-        lora.B.copy_(randn(lora.B.shape, generator: g));
-    }
-
     private static void AssertClose(Tensor expected, Tensor actual, string what)
     {
         var scale = Math.Max(expected.abs().max().item<float>(), 1e-6f);
@@ -68,7 +60,7 @@ public sealed class LoraProjectionGroupTests
         var adapters = parts.OfType<LoraLinear>().ToArray();
         for (var i = 0; i < adapters.Length; i++)
         {
-            Randomize(adapters[i], (ulong)(20 + i));
+            LoraLinearTests.Randomize(adapters[i], (ulong)(20 + i));
             adapters[i].train();
         }
         using var group = new LoraProjectionGroup();
