@@ -79,6 +79,9 @@ public static class OperatorDemo
         var service = await FindServiceAsync(client, endpoint, cancellationToken).ConfigureAwait(false);
         var chatUrl = new Uri($"{config.Host.TrimEnd('/')}/api/v1/namespaces/{endpoint.Namespace}/services/{service}:http/proxy/v1/chat/completions");
         var model = await FirstAdapterOrModelAsync(client, endpoint, cancellationToken).ConfigureAwait(false);
+        // Ready can be a restored status (a second `make run` restores the cluster's state while the endpoint's pod
+        // starts again): wait until the Service answers, as a client would, before traffic and Prometheus targets.
+        await WaitServingAsync(http, new Uri(chatUrl.AbsoluteUri.Replace("/v1/chat/completions", "/v1/models", StringComparison.Ordinal)), console, options.Timeout, cancellationToken).ConfigureAwait(false);
 
         await using var prometheus = options.Prometheus && PrometheusProcess.Find(options.RepoRoot) is { } promExe
             ? await PrometheusProcess.StartAsync(promExe, Path.Combine(options.WorkDirectory, "prometheus"), op.MetricsUrl, cancellationToken).ConfigureAwait(false)
@@ -356,6 +359,45 @@ public static class OperatorDemo
             http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
         }
         return http;
+    }
+
+    /// <summary>Polls <paramref name="modelsUrl"/> (<c>GET /v1/models</c> through the service proxy) until it answers 200, or fails naming the last answer.</summary>
+    private static async Task WaitServingAsync(HttpClient http, Uri modelsUrl, IAnsiConsole console, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var said = false;
+        while (true)
+        {
+            string last;
+            try
+            {
+                using var response = await http.GetAsync(modelsUrl, cancellationToken).ConfigureAwait(false);
+                if (response.IsSuccessStatusCode)
+                {
+                    if (said)
+                    {
+                        console.WriteLine($"demo: {modelsUrl} answers after {watch.Elapsed.TotalSeconds:F0} s");
+                    }
+                    return;
+                }
+                var body = await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false);
+                last = $"{(int)response.StatusCode}: {body[..Math.Min(body.Length, 200)]}";
+            }
+            catch (HttpRequestException ex)
+            {
+                last = ex.Message;
+            }
+            if (watch.Elapsed > timeout)
+            {
+                throw new InvalidOperationException($"{modelsUrl} did not answer within {timeout.TotalSeconds:F0} s; last answer {last}");
+            }
+            if (!said)
+            {
+                console.WriteLine($"demo: waiting for the endpoint's pods to serve ({last})");
+                said = true;
+            }
+            await Task.Delay(TimeSpan.FromMilliseconds(500), cancellationToken).ConfigureAwait(false);
+        }
     }
 
     private static async Task<(string Answer, long Tokens)> ChatAsync(HttpClient http, Uri url, string model, string prompt, CancellationToken cancellationToken)

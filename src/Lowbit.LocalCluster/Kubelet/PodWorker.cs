@@ -27,6 +27,7 @@ internal sealed partial class PodWorker
     private readonly Dictionary<string, V1ContainerStatus> _statuses = new(StringComparer.Ordinal);
     private readonly Dictionary<string, V1ContainerStatus> _initStatuses = new(StringComparer.Ordinal);
     private readonly string _podIp;
+    private readonly Dictionary<string, int> _restartBase = new(StringComparer.Ordinal);
     private TimeSpan _grace = TimeSpan.FromSeconds(30);
     private bool _initialized;
     private bool _started;
@@ -44,6 +45,17 @@ internal sealed partial class PodWorker
         _podIp = podIp;
         _time = time;
         _logger = logger;
+        // A pod whose containers ran before this worker (a restored cluster: the process restarted, as a node reboot) is
+        // running again: its containers restart (restartCount + 1, like the kubelet after a reboot) and it reports
+        // Running with unready containers until they start, not the Ready status it had before the restart.
+        foreach (var status in pod.Status?.ContainerStatuses ?? [])
+        {
+            if (status.Started == true || status.State?.Running is not null || status.State?.Terminated is not null || status.LastState?.Terminated is not null)
+            {
+                _restartBase[status.Name] = status.RestartCount + 1;
+            }
+        }
+        _started = _restartBase.Count > 0;
     }
 
     public string Uid => _pod.Metadata.Uid;
@@ -83,8 +95,12 @@ internal sealed partial class PodWorker
                 foreach (var c in Containers)
                 {
                     _statuses[c.Name] = Waiting(c, "ContainerCreating", null);
+                    _statuses[c.Name].RestartCount = RestartBase(c);
                 }
             }
+            // Published at once (the kubelet reports ContainerCreating before it starts anything): a restored pod's
+            // stale Ready=True would otherwise keep it in its Service's endpoints until its container is up again.
+            await PublishAsync().ConfigureAwait(false);
             if (!await PullImagesAsync(stop).ConfigureAwait(false))
             {
                 return;
@@ -203,7 +219,7 @@ internal sealed partial class PodWorker
         var stop = podDone.Token;
         try
         {
-            for (var attempt = 0; ; attempt++)
+            for (var attempt = RestartBase(container); ; attempt++)
             {
                 var env = await ResolveEnvironmentAsync(container, stop).ConfigureAwait(false);
                 SetRunning(container, attempt, init: false);
@@ -240,13 +256,16 @@ internal sealed partial class PodWorker
                     await PublishAsync().ConfigureAwait(false);
                     return;
                 }
-                await BackOffAsync(container, attempt + 1, init: false, stop).ConfigureAwait(false);
+                await BackOffAsync(container, attempt + 1, init: false, stop, attempt + 1 - RestartBase(container)).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
         }
     }
+
+    /// <summary>The restart count a container starts from: 0, or for a restored pod its count before the restart + 1.</summary>
+    private int RestartBase(V1Container container) => _restartBase.GetValueOrDefault(container.Name);
 
     private async Task<ContainerExit> RunOnceAsync(V1Container container, int attempt, IReadOnlyDictionary<string, string> env, CancellationToken stop)
     {
@@ -273,9 +292,10 @@ internal sealed partial class PodWorker
         }
     }
 
-    private async Task BackOffAsync(V1Container container, int restarts, bool init, CancellationToken stop)
+    /// <summary>Waits out CrashLoopBackOff; the delay doubles per failure of this worker (<paramref name="failures"/>, default <paramref name="restarts"/>), as the kubelet's back-off starts afresh after a reboot.</summary>
+    private async Task BackOffAsync(V1Container container, int restarts, bool init, CancellationToken stop, int? failures = null)
     {
-        var delay = TimeSpan.FromTicks(Math.Min(_options.CrashLoopBackOff.Ticks * (1L << Math.Min(restarts - 1, 10)), TimeSpan.FromMinutes(5).Ticks));
+        var delay = TimeSpan.FromTicks(Math.Min(_options.CrashLoopBackOff.Ticks * (1L << Math.Min((failures ?? restarts) - 1, 10)), TimeSpan.FromMinutes(5).Ticks));
         lock (_gate)
         {
             var statuses = init ? _initStatuses : _statuses;
