@@ -3,7 +3,7 @@ namespace Lowbit.Engine.Protocol;
 /// <summary>
 /// <c>finetune --base-model SRC --method lora|qlora|full --dataset FILE --dataset-format alpaca|chat|text --out DIR
 /// [--r N] [--alpha X] [--dropout X] [--target-modules q_proj,v_proj] [--epochs N | --max-steps N] [--learning-rate X]
-/// [--micro-batch N] [--grad-accumulation N] [--seq-length N] [--checkpoint-dir DIR] [--resume-from DIR] [--seed N]
+/// [--micro-batch N] [--grad-accumulation N] [--seq-length N] [--checkpoint-dir DIR] [--resume-from DIR|latest] [--seed N]
 /// [--device cpu|cuda] [--result-file F] [--save-steps N] [--eval-split X] [--lr-scheduler linear|cosine|constant]
 /// [--warmup-steps N | --warmup-ratio X] [--max-grad-norm X] [--weight-decay X] [--gradient-checkpointing true] [--rslora true]
 /// [--merge true] [--gguf-adapter true]</c>. Boolean flags take <c>true</c>/<c>false</c>; absent is false.
@@ -61,8 +61,19 @@ public sealed record FineTuneRequest : EngineRequest
     /// <summary>Where periodic checkpoints go (a volume that survives pod retries).</summary>
     public string? CheckpointDir { get; init; }
 
-    /// <summary>A checkpoint to resume from.</summary>
+    /// <summary>
+    /// A checkpoint to resume from: a <c>checkpoint-N</c> folder, a folder holding them (the newest complete one), or
+    /// <see cref="ResumeLatest"/>.
+    /// </summary>
     public string? ResumeFrom { get; init; }
+
+    /// <summary>
+    /// <c>--resume-from latest</c>: the newest complete checkpoint of this same run (same base, data and training
+    /// settings: the checkpoint's <c>run</c> fingerprint) in <see cref="CheckpointDir"/>, or step 0 when there is none —
+    /// what a pod that may be replaced passes every time (preemption, node loss, a retried failure), like transformers'
+    /// <c>resume_from_checkpoint=True</c>. Checkpoints of other runs in the folder are not resumed.
+    /// </summary>
+    public const string ResumeLatest = "latest";
 
     public int Seed { get; init; }
 
@@ -157,7 +168,7 @@ public sealed record FineTuneRequest : EngineRequest
         var r = new ArgumentReader(EngineVerbs.FineTune, args, Flags);
         var defaults = new FineTuneRequest { BaseModel = "", Method = FineTuneMethod.Lora, Dataset = "", Out = "" };
         var targets = r.List("--target-modules", AcceptedTargetModules);
-        return new FineTuneRequest
+        var request = new FineTuneRequest
         {
             BaseModel = r.Required("--base-model", CommonFlags.ModelAccepted),
             Revision = r.Optional(CommonFlags.Revision),
@@ -194,5 +205,11 @@ public sealed record FineTuneRequest : EngineRequest
             GgufAdapter = r.Bool("--gguf-adapter"),
             CudaGraph = r.Bool("--cuda-graph"),
         };
+        if (request.ResumeFrom == ResumeLatest && request.CheckpointDir is null)
+        {
+            throw new ProtocolArgumentException("--resume-from", "latest resumes from --checkpoint-dir, which is not set",
+                "latest together with --checkpoint-dir DIR, or a checkpoint folder");
+        }
+        return request;
     }
 }

@@ -72,6 +72,7 @@ public sealed class FineTuner
     private readonly Func<bool> _stopRequested;
     private readonly IReadOnlyList<PackedBlock>? _blocks;
     private readonly StepPhaseTimings? _phases;
+    private string _run = "";
 
     /// <param name="blocks">Pre-packed training blocks instead of <c>--dataset</c> (benchmarks); no eval split.</param>
     /// <param name="phases">Receives host time per phase of every step (benchmarks).</param>
@@ -171,11 +172,12 @@ public sealed class FineTuner
         var totalSteps = request.MaxSteps ?? request.Epochs * stepsPerEpoch;
         var startStep = 0;
         int? resumedFrom = null;
-        if (request.ResumeFrom is { } resume)
+        _run = RunFingerprint(request, request.WarmupStepsOf(totalSteps), _blocks is null ? DatasetDigest(request.Dataset) : BlocksDigest(_blocks));
+        if (request.ResumeFrom is { } resume && ResumePoint(resume) is { } checkpoint)
         {
-            startStep = Resume(resume, model, modules, optimizer, totalSteps);
+            startStep = Resume(checkpoint, model, modules, optimizer, totalSteps);
             resumedFrom = startStep;
-            Log(FormattableString.Invariant($"resumed from step {startStep} ({resume})"));
+            Log(FormattableString.Invariant($"resumed from step {startStep} ({checkpoint})"));
         }
 
         model.train();
@@ -455,6 +457,7 @@ public sealed class FineTuner
             ["micro_batch"] = _request.MicroBatch,
             ["seq_length"] = _request.SeqLength,
             ["method"] = ProtocolNames.Of(_request.Method),
+            ["run"] = _run,
         };
         File.WriteAllText(Path.Combine(temp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (Directory.Exists(final))
@@ -463,11 +466,126 @@ public sealed class FineTuner
         }
         Directory.Move(temp, final);
         _emit(new CheckpointEvent { Step = step, Path = final });
-        // Keep the three newest checkpoints.
-        foreach (var old in Checkpoints(root).Skip(3))
+        // Keep this run's three newest checkpoints. The folder holds one run: another run's checkpoints (written before
+        // the spec changed) would collide with this run's step numbers, and `latest` never resumes them, so they go.
+        var checkpoints = Checkpoints(root).ToList();
+        var others = checkpoints.Where(c => RunOf(c.Path) != _run).ToList();
+        foreach (var old in checkpoints.Where(c => RunOf(c.Path) == _run).Skip(3).Concat(others))
         {
             Directory.Delete(old.Path, recursive: true);
         }
+        if (others.Count > 0)
+        {
+            Log(FormattableString.Invariant($"removed {others.Count} checkpoint(s) of another run from {root} ({string.Join(", ", others.Select(o => Path.GetFileName(o.Path)))})"));
+        }
+    }
+
+    /// <summary>
+    /// The checkpoint <c>--resume-from</c> names: the path itself, or for <see cref="FineTuneRequest.ResumeLatest"/> the
+    /// newest complete checkpoint of this run in <c>--checkpoint-dir</c> (null: none, the run starts at step 0).
+    /// </summary>
+    private string? ResumePoint(string resume)
+    {
+        if (resume != FineTuneRequest.ResumeLatest)
+        {
+            return resume;
+        }
+        var root = _request.CheckpointDir!;
+        var others = 0;
+        foreach (var (_, path) in Checkpoints(root))
+        {
+            if (RunOf(path) == _run)
+            {
+                return path;
+            }
+            others++;
+        }
+        Log(others == 0
+            ? $"--resume-from latest: no checkpoint in {root} yet; starting at step 0"
+            : FormattableString.Invariant($"--resume-from latest: {others} checkpoint(s) in {root} belong to another run (other base, data or training settings) and are not resumed; starting at step 0"));
+        return null;
+    }
+
+    /// <summary>The <c>run</c> fingerprint in a checkpoint's state ("" when absent: written before fingerprints, never resumed by <c>latest</c>).</summary>
+    private static string RunOf(string checkpoint)
+    {
+        try
+        {
+            return (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(checkpoint, StateFile)))?["run"] ?? "";
+        }
+        catch (Exception e) when (e is IOException or JsonException or InvalidOperationException)
+        {
+            return "";
+        }
+    }
+
+    /// <summary>
+    /// What makes two runs the same training trajectory (a resumed run continues it): the base, the data (its bytes),
+    /// the adapter and every setting that changes the steps. Not the device, checkpointing, the graph or where outputs
+    /// go, so a pod replaced onto another GPU type resumes. 16 hex digits of a SHA-256.
+    /// </summary>
+    internal static string RunFingerprint(FineTuneRequest r, int warmupSteps, string dataDigest)
+    {
+        var key = new JsonObject
+        {
+            ["base_model"] = r.BaseModel,
+            ["revision"] = r.Revision,
+            ["method"] = ProtocolNames.Of(r.Method),
+            ["r"] = r.R,
+            ["alpha"] = r.Alpha,
+            ["dropout"] = r.Dropout,
+            ["target_modules"] = string.Join(",", r.TargetModules),
+            ["rslora"] = r.Rslora,
+            ["data"] = dataDigest,
+            ["dataset_format"] = ProtocolNames.Of(r.DatasetFormat),
+            ["epochs"] = r.MaxSteps is null ? r.Epochs : null,
+            ["max_steps"] = r.MaxSteps,
+            ["learning_rate"] = r.LearningRate,
+            ["lr_scheduler"] = ProtocolNames.Of(r.LrScheduler),
+            ["warmup_steps"] = warmupSteps,
+            ["micro_batch"] = r.MicroBatch,
+            ["grad_accumulation"] = r.GradAccumulation,
+            ["seq_length"] = r.SeqLength,
+            ["seed"] = r.Seed,
+            ["eval_split"] = r.EvalSplit,
+            ["max_grad_norm"] = r.MaxGradNorm,
+            ["weight_decay"] = r.WeightDecay,
+        };
+        var hash = System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key.ToJsonString()));
+        return Convert.ToHexStringLower(hash)[..16];
+    }
+
+    /// <summary>SHA-256 of the dataset's bytes (a folder: its files' relative paths and bytes, in ordinal order).</summary>
+    internal static string DatasetDigest(string path)
+    {
+        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        var files = File.Exists(path) ? [path]
+            : Directory.Exists(path) ? Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToArray()
+            : Array.Empty<string>();
+        var buffer = new byte[1 << 20];
+        foreach (var file in files)
+        {
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes(Path.GetRelativePath(path, file) + "\0"));
+            using var stream = File.OpenRead(file);
+            int read;
+            while ((read = stream.Read(buffer, 0, buffer.Length)) > 0)
+            {
+                sha.AppendData(buffer, 0, read);
+            }
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    /// <summary>The digest of pre-packed blocks (benchmarks): their token ids and trained flags.</summary>
+    private static string BlocksDigest(IReadOnlyList<PackedBlock> blocks)
+    {
+        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        foreach (var b in blocks)
+        {
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(b.Ids.AsSpan()));
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(b.Trained.AsSpan()));
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
     /// <summary>Complete checkpoints under <paramref name="root"/>, newest first.</summary>

@@ -36,9 +36,11 @@ public static class FineTuneJobBuilder
 
     /// <summary>
     /// The engine request. <paramref name="baseModel"/> is the referenced QuantizedModel (QLoRA) or null for a source;
-    /// <paramref name="resumeFrom"/> is the last checkpoint's URI when a previous Job for this generation failed.
+    /// Every Job's pods pass <c>--resume-from latest</c> with the checkpoint folder on the output volume: a pod the Job
+    /// controller replaces (preemption, node loss, a counted failure) or a Job created again (a new placement) continues
+    /// from the newest checkpoint of the same run, and a changed spec (another run) starts at step 0.
     /// </summary>
-    public static FineTuneRequest Request(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, VolumeSet volumes, string? resumeFrom)
+    public static FineTuneRequest Request(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, VolumeSet volumes)
     {
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(placement);
@@ -69,7 +71,7 @@ public static class FineTuneJobBuilder
             GradAccumulation = spec.Training.GradientAccumulation,
             SeqLength = spec.Training.SequenceLength,
             CheckpointDir = $"{output}/{CheckpointsDirectory}",
-            ResumeFrom = resumeFrom,
+            ResumeFrom = FineTuneRequest.ResumeLatest,
             Seed = spec.Training.Seed,
             SaveSteps = spec.Training.SaveSteps,
             EvalSplit = spec.Training.EvalSplit,
@@ -81,7 +83,7 @@ public static class FineTuneJobBuilder
     }
 
     /// <summary>Why this spec cannot become a finetune Job (naming the field), or null.</summary>
-    public static SpecError? Check(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, string? resumeFrom = null)
+    public static SpecError? Check(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement)
     {
         ArgumentNullException.ThrowIfNull(job);
         return job.Spec.BaseModel.Source is null && baseModel is null
@@ -89,20 +91,20 @@ public static class FineTuneJobBuilder
             : baseModel is not null && !baseModel.Spec.Formats.Contains(ExportFormat.Lowbit)
                 ? new SpecError("spec.baseModel.quantizedModelRef",
                     $"QuantizedModel {baseModel.Metadata.Name} exports no lowbit format, which fine-tuning reads: add lowbit to its spec.formats")
-            : EngineJobs.CheckArgs(Request(job, baseModel, placement, new VolumeSet(), resumeFrom).ToArgs(), FieldsByFlag);
+            : EngineJobs.CheckArgs(Request(job, baseModel, placement, new VolumeSet()).ToArgs(), FieldsByFlag);
     }
 
     /// <summary>The Job for a spec <see cref="Check"/> accepted.</summary>
-    public static V1Job Build(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, WorkloadOptions options, string? resumeFrom = null)
+    public static V1Job Build(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, WorkloadOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (Check(job, baseModel, placement, resumeFrom) is { } error)
+        if (Check(job, baseModel, placement) is { } error)
         {
             throw new ArgumentException($"check the spec before building: {error}", nameof(job));
         }
 
         var volumes = new VolumeSet();
-        var args = Request(job, baseModel, placement, volumes, resumeFrom).ToArgs();
+        var args = Request(job, baseModel, placement, volumes).ToArgs();
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
         pod.Containers.Add(PodTemplates.Container(job.Spec.Image ?? options.EngineImage, args, placement, volumes, job.Spec.Resources, options));
         var deadline = JobLimits.ActiveDeadlineSeconds(job.Spec.ActiveDeadlineSeconds, placement, Work(job), options);

@@ -58,9 +58,8 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         {
             (plan, var planError) = DecisionParts.Plan(() => Planning.FineTune(job, resolved.Architecture, context.Catalog));
             var current = DecisionParts.CurrentIndex(observed.Job, job.Metadata.Generation, job.Status?.ObservedGeneration, job.Status?.Plan?.PlacementIndex);
-            var resumeFrom = ResumeFrom(job, observed.Job);
             (placing, var error) = DecisionParts.Place(plan, planError, job.Spec.Scheduling.Timeout, current, work.Diagnosis, context.Now,
-                p => FineTuneJobBuilder.Check(job, observed.BaseModel, p, resumeFrom));
+                p => FineTuneJobBuilder.Check(job, observed.BaseModel, p));
             blocker = error?.ToOutcome();
             // Progress is read once placed (a builder's objection included), not when planning itself failed.
             work = error is null || placing.Placement is not null ? work with { LogTail = observed.LogTail } : work;
@@ -69,7 +68,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
                 : null;
             if (blocker is null && placing.Placement is { } placement)
             {
-                desired = FineTuneJobBuilder.Build(job, observed.BaseModel, placement, context.Options, resumeFrom);
+                desired = FineTuneJobBuilder.Build(job, observed.BaseModel, placement, context.Options);
             }
         }
 
@@ -91,28 +90,6 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
             Placement = desired is null ? null : placing.Placement,
             GpuTime = desired is null ? null : DecisionParts.GpuTimeOf(observed.Job, placing.Placement, context.Now),
         };
-    }
-
-    /// <summary>
-    /// The checkpoint a new Job resumes from: an existing Job keeps its own (its arguments, parsed with the
-    /// protocol); a Job created again for the same generation resumes from the last recorded checkpoint.
-    /// </summary>
-    public static string? ResumeFrom(FineTuneJob job, V1Job? existing)
-    {
-        ArgumentNullException.ThrowIfNull(job);
-        if (existing?.Spec?.Template?.Spec?.Containers?.FirstOrDefault()?.Args is { Count: > 0 } args
-            && ChildMeta.Annotation(existing, ChildMeta.GenerationAnnotation) == job.Metadata.Generation?.ToString(System.Globalization.CultureInfo.InvariantCulture))
-        {
-            return FineTuneRequest.Parse(args.ToList()).ResumeFrom;
-        }
-
-        if (job.Status?.ObservedGeneration != job.Metadata.Generation || job.Status?.Checkpoints is not { Count: > 0 } checkpoints)
-        {
-            return null;
-        }
-
-        var uri = checkpoints[^1].Uri ?? "";
-        return uri.StartsWith("pvc://", StringComparison.Ordinal) ? $"{VolumeSet.MountRoot}/{uri["pvc://".Length..]}" : uri;
     }
 
     protected override string Kind => FineTuneJob.KindName;

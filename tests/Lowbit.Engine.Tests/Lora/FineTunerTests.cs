@@ -85,6 +85,71 @@ public sealed class FineTunerTests
     }
 
     [Fact]
+    public void Does_continue_from_the_latest_checkpoint_of_its_own_run_when_a_replaced_pod_starts_again()
+    {
+        // A Job's pods all carry the same arguments (--resume-from latest): the first pod finds only another run's
+        // checkpoints (another learning rate) and starts at step 0, is stopped (SIGTERM) after step 3; its replacement
+        // resumes from step 3 and ends with the uninterrupted run's adapter.
+        using var dir = Setup();
+        new FineTuner(Request(dir, "full"), dir.File("base"), _ => { }).Run();
+        var other = new FineTuner(Request(dir, "other") with { CheckpointDir = dir.File("ckpt"), SaveSteps = 1, LearningRate = 1e-3 }, dir.File("base"), _ => { }).Run();
+
+        var pod = Request(dir, "part") with { CheckpointDir = dir.File("ckpt"), SaveSteps = 100, ResumeFrom = FineTuneRequest.ResumeLatest };
+        var firstEvents = new List<EngineEvent>();
+        Assert.Throws<TrainingInterruptedException>(() =>
+            new FineTuner(pod, dir.File("base"), firstEvents.Add, () => firstEvents.OfType<TrainEvent>().Count() == 3).Run());
+        var secondEvents = new List<EngineEvent>();
+        var resumed = new FineTuner(pod, dir.File("base"), secondEvents.Add).Run();
+
+        Assert.Equal(6, other.Steps);
+        Assert.Equal(1, firstEvents.OfType<TrainEvent>().First().Step);
+        Assert.Contains(firstEvents.OfType<LogEvent>(), l => l.Message.Contains("3 checkpoint(s)", StringComparison.Ordinal) && l.Message.Contains("another run", StringComparison.Ordinal));
+        Assert.Equal(3, resumed.ResumedFromStep);
+        Assert.Equal(4, secondEvents.OfType<TrainEvent>().First().Step);
+        AssertSameAdapter(dir.File("full"), dir.File("part"), 1e-6);
+        // The folder holds one run: the first checkpoint of this run (step 3, on SIGTERM) removed the other run's
+        // 4, 5, 6 (its step numbers would collide with this run's); the resumed pod added its final checkpoint.
+        Assert.Contains(firstEvents.OfType<LogEvent>(), l => l.Message.Contains("removed 3 checkpoint(s) of another run", StringComparison.Ordinal));
+        Assert.Equal([6, 3], FineTuner.Checkpoints(dir.File("ckpt")).Select(c => c.Step));
+        Assert.Equal(RunOf(dir.File("ckpt"), 3), RunOf(dir.File("ckpt"), 6));
+    }
+
+    [Fact]
+    public void Does_start_at_step_0_when_latest_finds_no_checkpoint_and_needs_a_checkpoint_dir()
+    {
+        using var dir = Setup();
+        var events = new List<EngineEvent>();
+        var fresh = new FineTuner(Request(dir, "fresh") with { CheckpointDir = dir.File("empty"), ResumeFrom = FineTuneRequest.ResumeLatest, MaxSteps = 2 },
+            dir.File("base"), events.Add).Run();
+
+        Assert.Null(fresh.ResumedFromStep);
+        Assert.Contains(events.OfType<LogEvent>(), l => l.Message.Contains("no checkpoint in", StringComparison.Ordinal));
+        var args = (Request(dir, "x") with { ResumeFrom = FineTuneRequest.ResumeLatest }).ToArgs();
+        var error = Assert.Throws<ProtocolArgumentException>(() => FineTuneRequest.Parse(args));
+        Assert.Equal("--resume-from", error.Argument);
+        Assert.Contains("--checkpoint-dir", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_fingerprint_the_data_and_the_trajectory_settings_but_not_the_device_or_outputs()
+    {
+        using var dir = Setup();
+        var request = Request(dir, "a");
+        var data = FineTuner.DatasetDigest(request.Dataset);
+        var run = FineTuner.RunFingerprint(request, 0, data);
+
+        Assert.Equal(run, FineTuner.RunFingerprint(request with { Device = ComputeDevice.Cuda, GradientCheckpointing = true, CudaGraph = true, Out = dir.File("b"), CheckpointDir = "/x", SaveSteps = 7 }, 0, data));
+        Assert.NotEqual(run, FineTuner.RunFingerprint(request with { LearningRate = request.LearningRate * 2 }, 0, data));
+        Assert.NotEqual(run, FineTuner.RunFingerprint(request with { Seed = request.Seed + 1 }, 0, data));
+        Assert.NotEqual(run, FineTuner.RunFingerprint(request, 1, data));
+        File.AppendAllText(request.Dataset, "{\"instruction\": \"one more\", \"output\": \"line\"}\n");
+        Assert.NotEqual(data, FineTuner.DatasetDigest(request.Dataset));
+    }
+
+    private static string RunOf(string root, int step) =>
+        (string)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(root, FineTuner.CheckpointPrefix + step, FineTuner.StateFile)))!["run"]!;
+
+    [Fact]
     public void Does_compute_the_same_update_with_gradient_checkpointing()
     {
         using var dir = Setup();

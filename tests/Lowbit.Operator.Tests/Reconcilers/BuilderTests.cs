@@ -189,22 +189,24 @@ public sealed class BuilderTests
     }
 
     [Fact]
-    public void Does_add_resume_from_checkpoint_to_a_retried_finetune_job()
+    public void Does_have_every_finetune_pod_resume_from_the_latest_checkpoint_of_its_run()
     {
+        // The Job controller replaces a preempted or failed pod from the same template, so the template itself must
+        // resume: --resume-from latest with the checkpoint folder on the output claim, the same on every build.
         var job = Fixtures.FineTune();
         var placement = Fixtures.Placement(Lowbit.Operator.Controllers.Planning.FineTune(job, ModelPresets.Llama2_7B, GpuCatalog.Default));
         var first = FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options);
-        var retried = FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options, resumeFrom: "/mnt/models/adapters/alpaca/checkpoints/step-50");
+        var again = FineTuneJobBuilder.Build(job, Fixtures.Model(), placement, Fixtures.Options);
 
-        var firstRequest = FineTuneRequest.Parse(first.Spec.Template.Spec.Containers[0].Args.ToList());
-        var retriedRequest = FineTuneRequest.Parse(retried.Spec.Template.Spec.Containers[0].Args.ToList());
-        Assert.Null(firstRequest.ResumeFrom);
-        Assert.Equal("/mnt/models/adapters/alpaca/checkpoints/step-50", retriedRequest.ResumeFrom);
-        Assert.Equal(FineTuneMethod.Qlora, retriedRequest.Method);
-        Assert.Equal("/config/alpaca/train.jsonl", retriedRequest.Dataset);
-        Assert.Equal("/mnt/models/llama-7b-int4/lowbit", retriedRequest.BaseModel); // the lowbit export inside the quantize output
-        Assert.NotEqual(Lowbit.Operator.Builders.ChildMeta.SpecHash(first), Lowbit.Operator.Builders.ChildMeta.SpecHash(retried));
-        AssertRestricted(retried.Spec.Template.Spec);
+        var request = FineTuneRequest.Parse(first.Spec.Template.Spec.Containers[0].Args.ToList());
+        Assert.Equal(FineTuneRequest.ResumeLatest, request.ResumeFrom);
+        Assert.Equal("/mnt/models/adapters/alpaca/checkpoints", request.CheckpointDir);
+        Assert.StartsWith("/mnt/models/adapters/alpaca", request.Out, StringComparison.Ordinal);
+        Assert.Equal(FineTuneMethod.Qlora, request.Method);
+        Assert.Equal("/config/alpaca/train.jsonl", request.Dataset);
+        Assert.Equal("/mnt/models/llama-7b-int4/lowbit", request.BaseModel); // the lowbit export inside the quantize output
+        Assert.Equal(Lowbit.Operator.Builders.ChildMeta.SpecHash(first), Lowbit.Operator.Builders.ChildMeta.SpecHash(again));
+        AssertRestricted(first.Spec.Template.Spec);
     }
 
     [Fact]
