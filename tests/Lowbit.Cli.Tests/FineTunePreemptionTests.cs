@@ -1,0 +1,224 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using k8s;
+using k8s.Models;
+
+namespace Lowbit.Cli.Tests;
+
+/// <summary>
+/// A preempted fine-tune continues where it stopped (docs/finetune.md, <c>--resume-from latest</c>; reliability
+/// "Training interrupted": tiny CPU model killed mid-run, the step count continues). Through the real binaries:
+/// <c>lowbit local up</c> with its operator, a LoRA FineTuneJob on the tiny model executed as a <c>lowbit-engine</c>
+/// process, evicted through the Eviction API after its first checkpoint (SIGTERM: the engine writes a checkpoint and
+/// exits 143; the pod gets DisruptionTarget, which the Job's podFailurePolicy ignores), and the replacement pod the Job
+/// controller creates from the same template resumes from that checkpoint and finishes the run.
+/// </summary>
+public sealed class FineTunePreemptionTests : IDisposable
+{
+    private const int Steps = 200;
+    private const string Namespace = "default";
+    private const string Name = "preempted";
+    private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(6);
+
+    private readonly string _state = Directory.CreateTempSubdirectory("lowbit-preempt-").FullName;
+    private readonly ConcurrentQueue<string> _output = new();
+    private Process? _up;
+
+    public void Dispose()
+    {
+        if (_up is { HasExited: false })
+        {
+            _up.Kill(entireProcessTree: true);
+            _up.WaitForExit(10_000);
+        }
+        _up?.Dispose();
+        Directory.Delete(_state, recursive: true);
+    }
+
+    [Fact]
+    public async Task Does_resume_an_evicted_finetune_pod_from_its_checkpoint_and_finish_the_run()
+    {
+        var client = await UpAsync();
+        var dataset = KubernetesYaml.Deserialize<V1ConfigMap>(await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "examples", "local", "dataset-tiny-alpaca.yaml")));
+        await client.CoreV1.CreateNamespacedConfigMapAsync(dataset, Namespace);
+        await client.CustomObjects.CreateNamespacedCustomObjectAsync(FineTuneJob(), "lowbit.dev", "v1alpha1", Namespace, "finetunejobs");
+
+        // The first checkpoint (saveSteps 10) is on the claim: evict the pod that wrote it, mid-run.
+        var firstPod = await EventuallyAsync(async () =>
+        {
+            var status = Unstalled((await GetJobAsync(client))?["status"]);
+            var checkpoints = status?["checkpoints"]?.AsArray().Count ?? 0;
+            var step = (long?)status?["progress"]?["step"] ?? 0;
+            if (checkpoints == 0 || step >= Steps)
+            {
+                return null;
+            }
+            var pods = await client.CoreV1.ListNamespacedPodAsync(Namespace, labelSelector: $"batch.kubernetes.io/job-name={Name}-finetune");
+            return pods.Items.FirstOrDefault(p => p.Status?.Phase == "Running");
+        }, "a running fine-tune pod after its first checkpoint");
+        await client.CoreV1.CreateNamespacedPodEvictionAsync(
+            new V1Eviction { Metadata = new V1ObjectMeta { Name = firstPod.Metadata.Name, NamespaceProperty = Namespace } }, firstPod.Metadata.Name, Namespace);
+
+        var done = await EventuallyAsync(async () =>
+        {
+            var job = await GetJobAsync(client);
+            return (string?)job?["status"]?["phase"] is "Succeeded" or "Failed" ? job : null;
+        }, "the FineTuneJob to finish");
+
+        var status = done["status"]!;
+        Assert.True((string?)status["phase"] == "Succeeded", $"FineTuneJob ended {status.ToJsonString()}");
+        Assert.Equal(Steps, (long?)status["progress"]?["step"]);
+        var pods = (await client.CoreV1.ListNamespacedPodAsync(Namespace, labelSelector: $"batch.kubernetes.io/job-name={Name}-finetune")).Items;
+        var replacement = Assert.Single(pods, p => p.Metadata.Name != firstPod.Metadata.Name && p.Status?.Phase == "Succeeded");
+        var log = await ReadLogAsync(client, replacement.Metadata.Name);
+        var resumed = log.Split('\n').FirstOrDefault(l => l.Contains("resumed from step", StringComparison.Ordinal));
+        Assert.True(resumed is not null, $"the replacement pod did not resume; its log:\n{Tail(log)}");
+        var resumedStep = int.Parse(resumed!.Split("resumed from step ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(resumedStep, 10, Steps - 1);
+        // It trained only the steps after the checkpoint: its first train event is the next step.
+        var firstTrain = log.Split('\n').First(l => l.Contains("\"event\":\"train\"", StringComparison.Ordinal));
+        Assert.Equal(resumedStep + 1, (int)JsonNode.Parse(firstTrain)!["step"]!);
+        Assert.Equal(FineTuneRequestArgs(firstPod), FineTuneRequestArgs(replacement));
+    }
+
+    /// <summary>Fails at once when the FineTuneJob stalled (a terminal error), instead of waiting out the timeout.</summary>
+    private static JsonNode? Unstalled(JsonNode? status)
+    {
+        var stalled = status?["conditions"]?.AsArray().FirstOrDefault(c => (string?)c?["type"] == "Stalled" && (string?)c?["status"] == "True");
+        Assert.True(stalled is null, $"the FineTuneJob stalled: {stalled?.ToJsonString()}");
+        return status;
+    }
+
+    private static IList<string> FineTuneRequestArgs(V1Pod pod) => pod.Spec.Containers[0].Args;
+
+    private static JsonObject FineTuneJob() => new()
+    {
+        ["apiVersion"] = "lowbit.dev/v1alpha1",
+        ["kind"] = "FineTuneJob",
+        // A PVC source's architecture is not read by the operator for a FineTuneJob: the preset annotation names it
+        // (TinyLlama's shape only sizes the placement; the engine trains the tiny model it finds on the claim).
+        ["metadata"] = new JsonObject { ["name"] = Name, ["annotations"] = new JsonObject { ["lowbit.dev/architecture"] = "tinyllama-1.1b" } },
+        ["spec"] = new JsonObject
+        {
+            ["baseModel"] = new JsonObject { ["source"] = new JsonObject { ["pvc"] = new JsonObject { ["claimName"] = "lowbit-models", ["path"] = "tiny-llama" } } },
+            ["method"] = "lora",
+            ["lora"] = new JsonObject { ["r"] = 8, ["alpha"] = 16, ["dropout"] = 0.05, ["targetModules"] = new JsonArray("q_proj", "v_proj", "down_proj") },
+            ["dataset"] = new JsonObject
+            {
+                ["source"] = new JsonObject { ["configMap"] = new JsonObject { ["name"] = "tiny-alpaca", ["key"] = "train.jsonl" } },
+                ["format"] = "chat",
+            },
+            ["training"] = new JsonObject
+            {
+                ["maxSteps"] = Steps, ["learningRate"] = 0.002, ["microBatchSize"] = 2, ["gradientAccumulation"] = 1, ["sequenceLength"] = 128,
+                ["evalSplit"] = 0, ["saveSteps"] = 10, ["seed"] = 7,
+            },
+            ["output"] = new JsonObject { ["pvc"] = new JsonObject { ["claimName"] = "lowbit-models", ["path"] = $"adapters/{Name}" } },
+            ["resources"] = new JsonObject { ["cpu"] = "1", ["memory"] = "1Gi" },
+            ["scheduling"] = new JsonObject { ["timeout"] = "2m", ["allowedGpuTypes"] = new JsonArray("cpu") },
+        },
+    };
+
+    private static async Task<JsonObject?> GetJobAsync(Kubernetes client)
+    {
+        try
+        {
+            return await client.CustomObjects.GetNamespacedCustomObjectAsync<JsonObject>("lowbit.dev", "v1alpha1", Namespace, "finetunejobs", Name);
+        }
+        catch (k8s.Autorest.HttpOperationException)
+        {
+            return null;
+        }
+    }
+
+    private static async Task<string> ReadLogAsync(Kubernetes client, string pod)
+    {
+        using var stream = await client.CoreV1.ReadNamespacedPodLogAsync(pod, Namespace);
+        using var reader = new StreamReader(stream);
+        return await reader.ReadToEndAsync();
+    }
+
+    private async Task<Kubernetes> UpAsync()
+    {
+        var root = RepoRoot();
+        var engine = Path.Combine(root, "src", "Lowbit.Engine", "bin", Configuration(), "net10.0", "lowbit-engine");
+        Assert.True(File.Exists(engine), $"{engine} is missing: build the solution first (make test does)");
+        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = root,
+        };
+        foreach (var arg in new[] { "exec", Path.Combine(AppContext.BaseDirectory, "lowbit.dll"), "local", "up", "--state-dir", _state, "--engine", engine })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        _up = new Process { StartInfo = start };
+        var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _up.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is { } line)
+            {
+                Keep(line);
+                if (line.StartsWith("ready: kubeconfig=", StringComparison.Ordinal))
+                {
+                    ready.TrySetResult(line["ready: kubeconfig=".Length..]);
+                }
+            }
+        };
+        _up.ErrorDataReceived += (_, e) => Keep(e.Data);
+        _up.Exited += (_, _) => ready.TrySetException(new InvalidOperationException($"lowbit local up exited before it was ready:\n{string.Join('\n', _output)}"));
+        _up.EnableRaisingEvents = true;
+        _up.Start();
+        _up.BeginOutputReadLine();
+        _up.BeginErrorReadLine();
+        var kubeconfig = await ready.Task.WaitAsync(TimeSpan.FromSeconds(120));
+        return new Kubernetes(KubernetesClientConfiguration.BuildConfigFromConfigFile(kubeconfig));
+    }
+
+    private void Keep(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+        _output.Enqueue(line);
+        while (_output.Count > 200 && _output.TryDequeue(out _))
+        {
+        }
+    }
+
+    private async Task<T> EventuallyAsync<T>(Func<Task<T?>> probe, string what)
+        where T : class
+    {
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < Timeout)
+        {
+            if (await probe() is { } value)
+            {
+                return value;
+            }
+            await Task.Delay(250);
+        }
+        throw new TimeoutException($"{what}: not seen within {Timeout.TotalMinutes} min; lowbit local up said:\n{string.Join('\n', _output)}");
+    }
+
+    private static string Tail(string text) => string.Join('\n', text.Split('\n').TakeLast(30));
+
+    /// <summary>Release or Debug: the configuration this test assembly was built in.</summary>
+    private static string Configuration() => new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
+
+    private static string RepoRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Operator.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+        throw new InvalidOperationException("Operator.sln not found above " + AppContext.BaseDirectory);
+    }
+}
