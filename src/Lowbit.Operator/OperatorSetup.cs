@@ -59,6 +59,7 @@ public static class OperatorSetup
                 .Watches<QuantizedModel>(cache => m => cache.KeysByIndex<FineTuneJob>(QuantizedModelRefIndex, Ref(m.Metadata, m.Metadata.Name))))
             .AddController<InferenceEndpoint, InferenceEndpointReconciler>(c => c
                 .Owns<V1Deployment>()
+                .Owns<V1Job>()
                 .Owns<V1Service>()
                 .Watches<V1Pod>(PodsOf(InferenceEndpoint.KindName))
                 .Watches<QuantizedModel>(cache => m => cache.KeysByIndex<InferenceEndpoint>(QuantizedModelRefIndex, Ref(m.Metadata, m.Metadata.Name)))

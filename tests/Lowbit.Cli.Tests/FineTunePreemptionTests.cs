@@ -80,6 +80,9 @@ public sealed class FineTunePreemptionTests : IDisposable
         var firstTrain = log.Split('\n').First(l => l.Contains("\"event\":\"train\"", StringComparison.Ordinal));
         Assert.Equal(resumedStep + 1, (int)JsonNode.Parse(firstTrain)!["step"]!);
         Assert.Equal(FineTuneRequestArgs(firstPod), FineTuneRequestArgs(replacement));
+        // The PVC source carries no architecture annotation: the operator read it with an inspect Job first.
+        var inspect = (await client.CoreV1.ListNamespacedPodAsync(Namespace, labelSelector: $"batch.kubernetes.io/job-name={Name}-inspect")).Items;
+        Assert.Contains(inspect, p => p.Status?.Phase == "Succeeded" && p.Spec.Containers[0].Args.Contains("inspect"));
     }
 
     /// <summary>Fails at once when the FineTuneJob stalled (a terminal error), instead of waiting out the timeout.</summary>
@@ -96,9 +99,7 @@ public sealed class FineTunePreemptionTests : IDisposable
     {
         ["apiVersion"] = "lowbit.dev/v1alpha1",
         ["kind"] = "FineTuneJob",
-        // A PVC source's architecture is not read by the operator for a FineTuneJob: the preset annotation names it
-        // (TinyLlama's shape only sizes the placement; the engine trains the tiny model it finds on the claim).
-        ["metadata"] = new JsonObject { ["name"] = Name, ["annotations"] = new JsonObject { ["lowbit.dev/architecture"] = "tinyllama-1.1b" } },
+        ["metadata"] = new JsonObject { ["name"] = Name },
         ["spec"] = new JsonObject
         {
             ["baseModel"] = new JsonObject { ["source"] = new JsonObject { ["pvc"] = new JsonObject { ["claimName"] = "lowbit-models", ["path"] = "tiny-llama" } } },

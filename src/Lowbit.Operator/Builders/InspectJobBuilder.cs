@@ -1,3 +1,4 @@
+using k8s;
 using k8s.Models;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Engine.Protocol;
@@ -6,8 +7,9 @@ using Lowbit.Planner;
 namespace Lowbit.Operator.Builders;
 
 /// <summary>
-/// The Job that runs <c>lowbit-engine inspect</c> on a PVC source, whose result (layers, hidden size, heads...)
-/// gives the architecture the planner needs when the operator cannot fetch config.json itself.
+/// The Job that runs <c>lowbit-engine inspect</c> on a PVC source (or a gated Hub repo), whose result (layers, hidden
+/// size, heads...) gives the architecture the planner needs when the operator cannot fetch config.json itself. Any of
+/// the three kinds owns one when its model is such a source and no <c>lowbit.dev/architecture</c> annotation names a preset.
 /// </summary>
 public static class InspectJobBuilder
 {
@@ -36,18 +38,23 @@ public static class InspectJobBuilder
         };
     }
 
-    public static V1Job Build(QuantizedModel model, WorkloadOptions options, GpuCatalog catalog)
+    /// <summary>
+    /// The inspect Job of <paramref name="owner"/> (a QuantizedModel, or a FineTuneJob or InferenceEndpoint with a direct
+    /// source) on <paramref name="source"/>, in the owner's engine image override when it has one.
+    /// </summary>
+    public static V1Job Build(IKubernetesObject<V1ObjectMeta> owner, ModelSource source, string? image, WorkloadOptions options, GpuCatalog catalog)
     {
-        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(owner);
+        ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(options);
         var volumes = new VolumeSet();
-        var (source, revision) = volumes.Model(model.Spec.Source);
-        var args = new InspectRequest { Model = source, Revision = revision }.ToArgs();
+        var (model, revision) = volumes.Model(source);
+        var args = new InspectRequest { Model = model, Revision = revision }.ToArgs();
         var placement = Placement(catalog);
         var hints = new ResourceHints { Memory = new ResourceQuantity("512Mi") };
         var pod = PodTemplates.PodSpec(placement, volumes, options, "Never");
-        pod.Containers.Add(PodTemplates.Container(model.Spec.Image ?? options.EngineImage, args, placement, volumes, hints, options));
-        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(model, Role, Role), pod, options));
+        pod.Containers.Add(PodTemplates.Container(image ?? options.EngineImage, args, placement, volumes, hints, options));
+        return ChildMeta.WithSpecHash(EngineJobs.Job(ChildMeta.For(owner, Role, Role), pod, options));
     }
 
     /// <summary>The architecture in an inspect result, or null when the result lacks the numbers.</summary>

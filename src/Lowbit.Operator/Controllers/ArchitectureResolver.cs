@@ -28,7 +28,8 @@ public abstract record ArchitectureResolution
 /// <summary>
 /// Finds the architecture the planner needs: the <c>lowbit.dev/architecture</c> annotation (a preset name), a
 /// built-in preset matching the source's name, <c>config.json</c> fetched over HTTP (public Hub or http(s) URL sources: 1 MiB cap, short timeout; gated repos go
-/// to the inspect Job, since the operator never reads Secrets), or the result of an inspect Job (PVC sources). Fetched configs are cached.
+/// to the inspect Job, since the operator never reads Secrets), or the result of the owner's inspect Job (PVC sources;
+/// QuantizedModels, FineTuneJobs and InferenceEndpoints alike). Fetched configs are cached.
 /// </summary>
 public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOptions> options, HttpClient http)
 {
@@ -52,13 +53,15 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
     }
 
     /// <summary>
-    /// The architecture of the model a FineTuneJob or InferenceEndpoint names: the annotation's preset, else the
-    /// referenced QuantizedModel's, else the source's (a PVC source cannot be inspected from here).
+    /// The architecture of the model a FineTuneJob or InferenceEndpoint (<paramref name="owner"/>) names: the owner's
+    /// annotation's preset, else the referenced QuantizedModel's, else the source's (a PVC source or a gated repo: the
+    /// owner's own inspect Job's result, or <see cref="ArchitectureResolution.NeedsInspect"/>).
     /// </summary>
-    public async Task<ArchitectureResolution> ResolveReferenceAsync(QuantizedModel? model, ModelSource? source, string ns,
-        IDictionary<string, string>? annotations, CancellationToken cancellationToken)
+    public async Task<ArchitectureResolution> ResolveReferenceAsync(IKubernetesObject<V1ObjectMeta> owner, QuantizedModel? model, ModelSource? source,
+        CancellationToken cancellationToken)
     {
-        if (annotations?.TryGetValue(Annotation, out var preset) == true)
+        ArgumentNullException.ThrowIfNull(owner);
+        if (owner.Metadata.Annotations?.TryGetValue(Annotation, out var preset) == true)
         {
             return ModelPresets.TryGet(preset, out var named)
                 ? new ArchitectureResolution.Resolved(named, "annotation")
@@ -70,15 +73,14 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
             return await ResolveAsync(model, cancellationToken).ConfigureAwait(false);
         }
 
-        var resolution = await ResolveSourceAsync(null, source!, ns, cancellationToken).ConfigureAwait(false);
-        return resolution is ArchitectureResolution.NeedsInspect
-            ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
-                $"the architecture of a PVC source cannot be read here: reference a QuantizedModel or set the {Annotation} annotation to a preset", Terminal: true)
-            : resolution;
+        return await ResolveSourceAsync(owner, source!, owner.Metadata.NamespaceProperty, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>The architecture of a model source; <paramref name="owner"/> is the QuantizedModel whose inspect Job applies (if any).</summary>
-    public async Task<ArchitectureResolution> ResolveSourceAsync(QuantizedModel? owner, ModelSource source, string ns, CancellationToken cancellationToken)
+    /// <summary>
+    /// The architecture of a model source; <paramref name="owner"/> is the object whose inspect Job applies (any kind).
+    /// Without an owner, a source that needs inspecting fails naming the field.
+    /// </summary>
+    public async Task<ArchitectureResolution> ResolveSourceAsync(IKubernetesObject<V1ObjectMeta>? owner, ModelSource source, string ns, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(source);
         var name = source.HuggingFace?.Repo ?? source.Url ?? source.Pvc?.Path ?? source.Pvc?.ClaimName ?? "";
@@ -89,19 +91,24 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
 
         if (source.Pvc is not null)
         {
-            return owner is not null && InspectResult(owner) is { } fromInspect
-                ? new ArchitectureResolution.Resolved(fromInspect, "inspect")
-                : new ArchitectureResolution.NeedsInspect();
+            return owner is null
+                ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
+                    $"the architecture of a PVC source is read by an inspect Job of the resource that names it; set the {Annotation} annotation to a preset to skip it", Terminal: true)
+                : InspectResult(owner) is { } fromInspect
+                    ? new ArchitectureResolution.Resolved(fromInspect, "inspect")
+                    : new ArchitectureResolution.NeedsInspect();
         }
 
         if (source.HuggingFace?.TokenSecretRef is not null)
         {
-            // A gated repo: the operator never reads Secrets. The inspect Job's pod gets the token as a secretKeyRef
-            // and reads config.json itself.
-            return owner is not null
-                ? new ArchitectureResolution.NeedsInspect()
-                : new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
-                    $"spec.source.huggingFace.tokenSecretRef: the operator does not read Secrets, so a gated repo's architecture is read by a QuantizedModel's inspect Job; reference a QuantizedModel or set the {Annotation} annotation to a preset", Terminal: true);
+            // A gated repo: the operator never reads Secrets. The owner's inspect Job's pod gets the token as a
+            // secretKeyRef and reads config.json itself.
+            return owner is null
+                ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
+                    $"spec.source.huggingFace.tokenSecretRef: the operator does not read Secrets, so a gated repo's architecture is read by an inspect Job of the resource that names it; set the {Annotation} annotation to a preset to skip it", Terminal: true)
+                : InspectResult(owner) is { } fromInspect
+                    ? new ArchitectureResolution.Resolved(fromInspect, "inspect")
+                    : new ArchitectureResolution.NeedsInspect();
         }
 
         if (source.Url is { } raw && (!Uri.TryCreate(raw, UriKind.Absolute, out var parsed) || parsed.Scheme is not ("http" or "https")))
@@ -187,8 +194,8 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
             .FirstOrDefault();
     }
 
-    /// <summary>The architecture from the QuantizedModel's succeeded inspect pod, if cached.</summary>
-    public ModelArchitecture? InspectResult(QuantizedModel owner)
+    /// <summary>The architecture from the succeeded pod of <paramref name="owner"/>'s inspect Job (any kind), if cached.</summary>
+    public ModelArchitecture? InspectResult(IKubernetesObject<V1ObjectMeta> owner)
     {
         ArgumentNullException.ThrowIfNull(owner);
         var pods = cache.List<V1Pod>(owner.Metadata.NamespaceProperty).Where(p => ChildMeta.IsComponentOf(p, owner, InspectJobBuilder.Role));

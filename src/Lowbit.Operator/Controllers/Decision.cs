@@ -187,6 +187,22 @@ public static class DecisionParts
         return null;
     }
 
+    /// <summary>
+    /// A source whose architecture an inspect Job reads (any kind): the Job to apply, and the outcome that blocks the
+    /// rest while it runs: <see cref="StatusReasons.Inspecting"/>, or <c>Stalled</c> with the inspect pod's diagnosis.
+    /// </summary>
+    public static (V1Job Job, Outcome Blocker) Inspect(IKubernetesObject<V1ObjectMeta> owner, ModelSource source, string? image,
+        IReadOnlyList<V1Pod> inspectPods, DecideContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var job = InspectJobBuilder.Build(owner, source, image, context.Options, context.Catalog);
+        var inspect = PodDiagnosis.Of(inspectPods);
+        Outcome blocker = inspect is PodDiagnosis.Healthy
+            ? new Outcome.InProgress(StatusReasons.Inspecting, "reading the model's config.json with an inspect Job")
+            : new Outcome.Stalled(inspect.Reason, $"inspect: {inspect.Message}");
+        return (job, blocker);
+    }
+
     /// <summary>An outcome for an architecture that could not be resolved; null when it was.</summary>
     public static Outcome? Blocker(ArchitectureResolution resolution) => resolution switch
     {

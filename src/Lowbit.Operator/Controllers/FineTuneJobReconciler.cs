@@ -10,12 +10,17 @@ using Lowbit.Planner;
 
 namespace Lowbit.Operator.Controllers;
 
-/// <summary>What a FineTuneJob's reconcile observed: its Job and pods, the base model, the architecture and the log tail.</summary>
+/// <summary>What a FineTuneJob's reconcile observed: its finetune and inspect Jobs with their pods, the base model, the architecture and the log tail.</summary>
 public sealed record FineTuneJobObservation
 {
     public V1Job? Job { get; init; }
 
     public IReadOnlyList<V1Pod> Pods { get; init; } = [];
+
+    /// <summary>The inspect Job (a PVC source without the architecture annotation, or a gated repo).</summary>
+    public V1Job? InspectJob { get; init; }
+
+    public IReadOnlyList<V1Pod> InspectPods { get; init; } = [];
 
     /// <summary>The referenced QuantizedModel, if the spec names one and it is cached.</summary>
     public QuantizedModel? BaseModel { get; init; }
@@ -28,7 +33,7 @@ public sealed record FineTuneJobObservation
 }
 
 /// <summary>
-/// FineTuneJob → base model (a Ready QuantizedModel or a source) → plan (lora/qlora/full) → the finetune Job →
+/// FineTuneJob → base model (a Ready QuantizedModel or a source; a PVC source's architecture from an inspect Job) → plan (lora/qlora/full) → the finetune Job →
 /// progress from the engine's JSON log lines while it runs → adapter artifact; a recreated Job resumes from the last checkpoint.
 /// </summary>
 public sealed class FineTuneJobReconciler(ReconcileServices services)
@@ -51,9 +56,19 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         PlanResult? plan = null;
         Placing placing = new(null, null);
         V1Job? desired = null;
+        V1Job? inspectJob = null;
         var blocker = SpecError.First(FineTuneJobSpecValidator.Validate(job.Spec))?.ToOutcome()
-            ?? BaseModelWaiting(job, observed.BaseModel)
-            ?? (observed.Architecture is { } architecture ? DecisionParts.Blocker(architecture) : null);
+            ?? BaseModelWaiting(job, observed.BaseModel);
+        switch (blocker is null ? observed.Architecture : null)
+        {
+            case ArchitectureResolution.NeedsInspect when job.Spec.BaseModel.Source is { } source:
+                (inspectJob, blocker) = DecisionParts.Inspect(job, source, job.Spec.Image, observed.InspectPods, context);
+                break;
+            case { } architecture:
+                blocker = DecisionParts.Blocker(architecture);
+                break;
+        }
+
         if (blocker is null && observed.Architecture is ArchitectureResolution.Resolved resolved)
         {
             (plan, var planError) = DecisionParts.Plan(() => Planning.FineTune(job, resolved.Architecture, context.Catalog));
@@ -74,7 +89,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
 
         work = work with { Blocker = blocker, PlacementChange = placing.Change };
         // Whatever a foreign object of a child's name shows is not ours to report.
-        if (DecisionParts.ChildConflict(job, observed.Job) is { } conflict)
+        if (DecisionParts.ChildConflict(job, observed.Job, observed.InspectJob) is { } conflict)
         {
             work = new WorkloadObservation { Blocker = conflict };
         }
@@ -83,7 +98,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
         var (timeout, _) = Planning.SchedulingTimeout(job.Spec.Scheduling.Timeout);
         return new Decision<FineTuneJobStatus>
         {
-            Children = desired is null ? [] : [desired],
+            Children = inspectJob is not null ? [inspectJob] : desired is null ? [] : [desired],
             Status = status,
             Outcome = outcome,
             Result = DecisionParts.Result(outcome, work.Diagnosis, PollProgress, timeout, context.Now),
@@ -97,9 +112,10 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
     protected override FineTuneJobObservation Observe(FineTuneJob obj)
     {
         var job = Child<V1Job>(obj, FineTuneJobBuilder.Role);
+        var inspect = Child<V1Job>(obj, InspectJobBuilder.Role);
         var reference = obj.Spec.BaseModel.QuantizedModelRef;
         var baseModel = reference is not null && Services.Cache.TryGet<QuantizedModel>(new ObjectKey(obj.Metadata.NamespaceProperty, reference.Name), out var model) ? model : null;
-        return new FineTuneJobObservation { Job = job, Pods = PodsOf(job), BaseModel = baseModel };
+        return new FineTuneJobObservation { Job = job, Pods = PodsOf(job), InspectJob = inspect, InspectPods = PodsOf(inspect), BaseModel = baseModel };
     }
 
     /// <summary>The architecture, once the spec is valid and the base model Ready; then the running pod's log tail.</summary>
@@ -111,8 +127,7 @@ public sealed class FineTuneJobReconciler(ReconcileServices services)
             return observed;
         }
 
-        var architecture = await Services.Architectures.ResolveReferenceAsync(observed.BaseModel, obj.Spec.BaseModel.Source, obj.Metadata.NamespaceProperty,
-            obj.Metadata.Annotations, cancellationToken).ConfigureAwait(false);
+        var architecture = await Services.Architectures.ResolveReferenceAsync(obj, observed.BaseModel, obj.Spec.BaseModel.Source, cancellationToken).ConfigureAwait(false);
         var logTail = architecture is ArchitectureResolution.Resolved ? await LogTailAsync(observed.Job, observed.Pods, cancellationToken).ConfigureAwait(false) : null;
         return observed with { Architecture = architecture, LogTail = logTail };
     }

@@ -3,6 +3,7 @@ using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Api.Validation;
+using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Status;
@@ -10,7 +11,7 @@ using Lowbit.Planner;
 
 namespace Lowbit.Operator.Controllers;
 
-/// <summary>What an InferenceEndpoint's reconcile observed: its Deployment and pods, the model and adapters it references, the architecture.</summary>
+/// <summary>What an InferenceEndpoint's reconcile observed: its Deployment and pods, its inspect Job, the model and adapters it references, the architecture.</summary>
 public sealed record InferenceEndpointObservation
 {
     public V1Deployment? Deployment { get; init; }
@@ -19,6 +20,11 @@ public sealed record InferenceEndpointObservation
 
     /// <summary>The serving pods of every placement (a <c>Decide</c> looks at the current placement's).</summary>
     public IReadOnlyList<V1Pod> Pods { get; init; } = [];
+
+    /// <summary>The inspect Job (a PVC source without the architecture annotation, or a gated repo).</summary>
+    public V1Job? InspectJob { get; init; }
+
+    public IReadOnlyList<V1Pod> InspectPods { get; init; } = [];
 
     /// <summary>The referenced QuantizedModel, if the spec names one and it is cached.</summary>
     public QuantizedModel? Model { get; init; }
@@ -31,7 +37,8 @@ public sealed record InferenceEndpointObservation
 }
 
 /// <summary>
-/// InferenceEndpoint → model and adapters (Ready QuantizedModel / FineTuneJobs, or a source) → plan (context,
+/// InferenceEndpoint → model and adapters (Ready QuantizedModel / FineTuneJobs, or a source; a PVC source's architecture
+/// from an inspect Job) → plan (context,
 /// concurrency, runtime, SLO, budget) → Deployment (replicas from spec: the scale subresource) and Service →
 /// status with readiness, URL, scale status and cost.
 /// </summary>
@@ -52,8 +59,20 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         var (adapters, adaptersWaiting) = Adapters(endpoint, observed.Adapters);
         var blocker = SpecError.First(InferenceEndpointSpecValidator.Validate(endpoint.Spec))?.ToOutcome()
             ?? ModelWaiting(endpoint, observed.Model)
-            ?? adaptersWaiting
-            ?? (observed.Architecture is { } architecture ? DecisionParts.Blocker(architecture) : null);
+            ?? adaptersWaiting;
+        switch (blocker is null ? observed.Architecture : null)
+        {
+            case ArchitectureResolution.NeedsInspect when endpoint.Spec.Model.Source is { } source:
+                // The serving image override may not hold lowbit-engine (vLLM, llama.cpp): only the Lowbit runtime's is used.
+                var image = endpoint.Spec.Runtime == ServingRuntime.Lowbit ? endpoint.Spec.Image : null;
+                (var inspectJob, blocker) = DecisionParts.Inspect(endpoint, source, image, observed.InspectPods, context);
+                children.Add(inspectJob);
+                break;
+            case { } architecture:
+                blocker = DecisionParts.Blocker(architecture);
+                break;
+        }
+
         if (blocker is null && observed.Architecture is ArchitectureResolution.Resolved resolved)
         {
             (plan, var planError) = DecisionParts.Plan(() => Planning.Inference(endpoint, observed.Model, resolved.Architecture, context.Catalog));
@@ -85,7 +104,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
 
         work = work with { Blocker = blocker, PlacementChange = placing.Change };
         // Whatever a foreign object of a child's name shows is not ours to report.
-        if (DecisionParts.ChildConflict(endpoint, observed.Deployment, observed.Service) is { } conflict)
+        if (DecisionParts.ChildConflict(endpoint, observed.Deployment, observed.Service, observed.InspectJob) is { } conflict)
         {
             work = new WorkloadObservation { Blocker = conflict };
         }
@@ -110,10 +129,13 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
     {
         var ns = obj.Metadata.NamespaceProperty;
         var reference = obj.Spec.Model.QuantizedModelRef;
+        var inspect = Child<V1Job>(obj, InspectJobBuilder.Role);
         return new InferenceEndpointObservation
         {
             Deployment = Child<V1Deployment>(obj, InferenceDeploymentBuilder.Role),
             Service = Child<V1Service>(obj, InferenceDeploymentBuilder.Role),
+            InspectJob = inspect,
+            InspectPods = PodsOf(inspect),
             Pods = Services.Cache.List<V1Pod>(ns).Where(p => ChildMeta.IsComponentOf(p, obj, InferenceDeploymentBuilder.Role)).ToList(),
             Model = reference is not null && Services.Cache.TryGet<QuantizedModel>(new ObjectKey(ns, reference.Name), out var model) ? model : null,
             Adapters = (obj.Spec.Adapters ?? [])
@@ -128,8 +150,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
             ? observed
             : observed with
             {
-                Architecture = await Services.Architectures.ResolveReferenceAsync(observed.Model, obj.Spec.Model.Source, obj.Metadata.NamespaceProperty,
-                    obj.Metadata.Annotations, cancellationToken).ConfigureAwait(false),
+                Architecture = await Services.Architectures.ResolveReferenceAsync(obj, observed.Model, obj.Spec.Model.Source, cancellationToken).ConfigureAwait(false),
             };
 
     protected override Decision<InferenceEndpointStatus> ToDecision(InferenceEndpoint obj, InferenceEndpointObservation observed, DecideContext context) =>

@@ -51,11 +51,9 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
         switch (blocker is null ? observed.Architecture : null)
         {
             case ArchitectureResolution.NeedsInspect:
-                children.Add(InspectJobBuilder.Build(model, context.Options, context.Catalog));
-                var inspect = PodDiagnosis.Of(observed.InspectPods);
-                blocker = inspect is PodDiagnosis.Healthy
-                    ? new Outcome.InProgress(StatusReasons.Inspecting, "reading the model's config.json with an inspect Job")
-                    : new Outcome.Stalled(inspect.Reason, $"inspect: {inspect.Message}");
+                var (inspectJob, inspecting) = DecisionParts.Inspect(model, model.Spec.Source, model.Spec.Image, observed.InspectPods, context);
+                children.Add(inspectJob);
+                blocker = inspecting;
                 break;
             case ArchitectureResolution.Failed failed:
                 blocker = DecisionParts.Blocker(failed);

@@ -27,7 +27,7 @@ public sealed class ArchitectureResolverTests
     {
         var handler = new Handler(answer);
         var options = Options.Create(new WorkloadOptions { HubEndpoint = "http://hub.invalid", ConfigFetchTimeout = timeout ?? TimeSpan.FromSeconds(10) });
-        return (new ArchitectureResolver(null!, options, new HttpClient(handler)), handler);
+        return (new ArchitectureResolver(new MemoryObjectCache([]), options, new HttpClient(handler)), handler);
     }
 
     private static ModelSource Url(string url) => new() { Url = url };
