@@ -64,7 +64,7 @@ public sealed class FineTunePreemptionTests : IDisposable
         {
             var job = await GetJobAsync(client);
             return (string?)job?["status"]?["phase"] is "Succeeded" or "Failed" ? job : null;
-        }, "the FineTuneJob to finish");
+        }, "the FineTuneJob to finish", () => DescribeAsync(client));
 
         var status = done["status"]!;
         Assert.True((string?)status["phase"] == "Succeeded", $"FineTuneJob ended {status.ToJsonString()}");
@@ -191,7 +191,7 @@ public sealed class FineTunePreemptionTests : IDisposable
         }
     }
 
-    private async Task<T> EventuallyAsync<T>(Func<Task<T?>> probe, string what)
+    private async Task<T> EventuallyAsync<T>(Func<Task<T?>> probe, string what, Func<Task<string>>? describe = null)
         where T : class
     {
         var watch = Stopwatch.StartNew();
@@ -203,7 +203,29 @@ public sealed class FineTunePreemptionTests : IDisposable
             }
             await Task.Delay(250);
         }
-        throw new TimeoutException($"{what}: not seen within {Timeout.TotalMinutes} min; lowbit local up said:\n{string.Join('\n', _output)}");
+        var state = describe is null ? "" : await describe();
+        throw new TimeoutException($"{what}: not seen within {Timeout.TotalMinutes} min; {state}\nlowbit local up said:\n{string.Join('\n', _output)}");
+    }
+
+    /// <summary>The FineTuneJob's status, its Job's pods (phase, conditions, exit) and each pod's last log lines: what a timeout needs to be read.</summary>
+    private static async Task<string> DescribeAsync(Kubernetes client)
+    {
+        var text = new System.Text.StringBuilder();
+        text.Append("FineTuneJob status: ").AppendLine((await GetJobAsync(client))?["status"]?.ToJsonString() ?? "(none)");
+        foreach (var pod in (await client.CoreV1.ListNamespacedPodAsync(Namespace)).Items)
+        {
+            text.Append("pod ").Append(pod.Metadata.Name).Append(' ').Append(pod.Status?.Phase).Append(' ')
+                .Append(string.Join(",", pod.Status?.Conditions?.Select(c => $"{c.Type}={c.Status}{(c.Reason is null ? "" : "/" + c.Reason)}") ?? []))
+                .Append(' ').AppendLine(k8s.KubernetesJson.Serialize(pod.Status?.ContainerStatuses?.FirstOrDefault()?.State));
+            try
+            {
+                text.AppendLine(Tail(await ReadLogAsync(client, pod.Metadata.Name)));
+            }
+            catch (k8s.Autorest.HttpOperationException)
+            {
+            }
+        }
+        return text.ToString();
     }
 
     private static string Tail(string text) => string.Join('\n', text.Split('\n').TakeLast(30));
