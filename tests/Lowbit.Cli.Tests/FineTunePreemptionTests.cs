@@ -14,12 +14,13 @@ namespace Lowbit.Cli.Tests;
 /// exits 143; the pod gets DisruptionTarget, which the Job's podFailurePolicy ignores), and the replacement pod the Job
 /// controller creates from the same template resumes from that checkpoint and finishes the run.
 /// </summary>
+[Collection(EngineProcesses.Name)]
 public sealed class FineTunePreemptionTests : IDisposable
 {
-    private const int Steps = 200;
+    private const int Steps = 120;
     private const string Namespace = "default";
     private const string Name = "preempted";
-    private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(6);
+    private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(10);
 
     private readonly string _state = Directory.CreateTempSubdirectory("lowbit-preempt-").FullName;
     private readonly ConcurrentQueue<string> _output = new();
@@ -44,19 +45,20 @@ public sealed class FineTunePreemptionTests : IDisposable
         await client.CoreV1.CreateNamespacedConfigMapAsync(dataset, Namespace);
         await client.CustomObjects.CreateNamespacedCustomObjectAsync(FineTuneJob(), "lowbit.dev", "v1alpha1", Namespace, "finetunejobs");
 
-        // The first checkpoint (saveSteps 10) is on the claim: evict the pod that wrote it, mid-run.
+        // Evict the pod once its log (what kubectl logs shows) announces its first checkpoint (saveSteps 5), mid-run; the
+        // operator's status mirrors the log only every few seconds, which a fast run can outpace.
         var firstPod = await EventuallyAsync(async () =>
         {
-            var status = Unstalled((await GetJobAsync(client))?["status"]);
-            var checkpoints = status?["checkpoints"]?.AsArray().Count ?? 0;
-            var step = (long?)status?["progress"]?["step"] ?? 0;
-            if (checkpoints == 0 || step >= Steps)
+            Unstalled((await GetJobAsync(client))?["status"]);
+            var pods = await client.CoreV1.ListNamespacedPodAsync(Namespace, labelSelector: $"batch.kubernetes.io/job-name={Name}-finetune");
+            var running = pods.Items.FirstOrDefault(p => p.Status?.Phase == "Running");
+            if (running is null)
             {
                 return null;
             }
-            var pods = await client.CoreV1.ListNamespacedPodAsync(Namespace, labelSelector: $"batch.kubernetes.io/job-name={Name}-finetune");
-            return pods.Items.FirstOrDefault(p => p.Status?.Phase == "Running");
-        }, "a running fine-tune pod after its first checkpoint");
+            var log = await ReadLogAsync(client, running.Metadata.Name);
+            return log.Contains("\"event\":\"checkpoint\"", StringComparison.Ordinal) && !log.Contains("\nfinetune: ", StringComparison.Ordinal) ? running : null;
+        }, "a running fine-tune pod after its first checkpoint", () => DescribeAsync(client));
         await client.CoreV1.CreateNamespacedPodEvictionAsync(
             new V1Eviction { Metadata = new V1ObjectMeta { Name = firstPod.Metadata.Name, NamespaceProperty = Namespace } }, firstPod.Metadata.Name, Namespace);
 
@@ -75,7 +77,7 @@ public sealed class FineTunePreemptionTests : IDisposable
         var resumed = log.Split('\n').FirstOrDefault(l => l.Contains("resumed from step", StringComparison.Ordinal));
         Assert.True(resumed is not null, $"the replacement pod did not resume; its log:\n{Tail(log)}");
         var resumedStep = int.Parse(resumed!.Split("resumed from step ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-        Assert.InRange(resumedStep, 10, Steps - 1);
+        Assert.InRange(resumedStep, 5, Steps - 1);
         // It trained only the steps after the checkpoint: its first train event is the next step.
         var firstTrain = log.Split('\n').First(l => l.Contains("\"event\":\"train\"", StringComparison.Ordinal));
         Assert.Equal(resumedStep + 1, (int)JsonNode.Parse(firstTrain)!["step"]!);
@@ -113,7 +115,7 @@ public sealed class FineTunePreemptionTests : IDisposable
             ["training"] = new JsonObject
             {
                 ["maxSteps"] = Steps, ["learningRate"] = 0.002, ["microBatchSize"] = 2, ["gradientAccumulation"] = 1, ["sequenceLength"] = 128,
-                ["evalSplit"] = 0, ["saveSteps"] = 10, ["seed"] = 7,
+                ["evalSplit"] = 0, ["saveSteps"] = 5, ["seed"] = 7,
             },
             ["output"] = new JsonObject { ["pvc"] = new JsonObject { ["claimName"] = "lowbit-models", ["path"] = $"adapters/{Name}" } },
             ["resources"] = new JsonObject { ["cpu"] = "1", ["memory"] = "1Gi" },
@@ -244,4 +246,15 @@ public sealed class FineTunePreemptionTests : IDisposable
         }
         throw new InvalidOperationException("Operator.sln not found above " + AppContext.BaseDirectory);
     }
+}
+
+/// <summary>
+/// Tests that run <c>lowbit local up</c> with real engine processes take turns: side by side on a 2-core CI box their
+/// engines (each with as many libtorch threads as cores) starve each other (a 200-step tiny fine-tune went from 0.2 to
+/// over 1 s per step).
+/// </summary>
+[CollectionDefinition(Name)]
+public sealed class EngineProcesses
+{
+    public const string Name = "engine processes";
 }

@@ -17,6 +17,7 @@ namespace Lowbit.Cli.Tests;
 /// through the endpoint's Service proxy, and the demo's summary gives the adapter's effect and Prometheus' answers.
 /// The FineTuneJob trains fewer steps than the example (<c>--finetune-steps</c>) to keep CI short.
 /// </summary>
+[Collection(EngineProcesses.Name)]
 public sealed class LocalDemoEndToEndTests
 {
     private const int Steps = 60;

@@ -34,7 +34,7 @@ public sealed record FineTuneJobObservation
 
 /// <summary>
 /// FineTuneJob → base model (a Ready QuantizedModel or a source; a PVC source's architecture from an inspect Job) → plan (lora/qlora/full) → the finetune Job →
-/// progress from the engine's JSON log lines while it runs → adapter artifact; a recreated Job resumes from the last checkpoint.
+/// progress from the engine's JSON log lines while it runs → adapter artifact; every pod resumes from the run's latest checkpoint.
 /// </summary>
 public sealed class FineTuneJobReconciler(ReconcileServices services)
     : WorkloadReconciler<FineTuneJob, FineTuneJobStatus, FineTuneJobObservation>(services)
