@@ -41,7 +41,7 @@ public sealed class FineTunePreemptionTests : IDisposable
     public async Task Does_resume_an_evicted_finetune_pod_from_its_checkpoint_and_finish_the_run()
     {
         var client = await UpAsync();
-        var dataset = KubernetesYaml.Deserialize<V1ConfigMap>(await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "examples", "local", "dataset-tiny-alpaca.yaml")));
+        var dataset = KubernetesYaml.Deserialize<V1ConfigMap>(await File.ReadAllTextAsync(Path.Combine(RepoPaths.Root(), "examples", "local", "dataset-tiny-alpaca.yaml")));
         await client.CoreV1.CreateNamespacedConfigMapAsync(dataset, Namespace);
         await client.CustomObjects.CreateNamespacedCustomObjectAsync(FineTuneJob(), "lowbit.dev", "v1alpha1", Namespace, "finetunejobs");
 
@@ -144,8 +144,8 @@ public sealed class FineTunePreemptionTests : IDisposable
 
     private async Task<Kubernetes> UpAsync()
     {
-        var root = RepoRoot();
-        var engine = Path.Combine(root, "src", "Lowbit.Engine", "bin", Configuration(), "net10.0", "lowbit-engine");
+        var root = RepoPaths.Root();
+        var engine = RepoPaths.Engine(root);
         Assert.True(File.Exists(engine), $"{engine} is missing: build the solution first (make test does)");
         var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {
@@ -231,21 +231,6 @@ public sealed class FineTunePreemptionTests : IDisposable
     }
 
     private static string Tail(string text) => string.Join('\n', text.Split('\n').TakeLast(30));
-
-    /// <summary>Release or Debug: the configuration this test assembly was built in.</summary>
-    private static string Configuration() => new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
-
-    private static string RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Operator.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-        throw new InvalidOperationException("Operator.sln not found above " + AppContext.BaseDirectory);
-    }
 }
 
 /// <summary>

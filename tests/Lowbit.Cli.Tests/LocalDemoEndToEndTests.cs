@@ -27,8 +27,8 @@ public sealed class LocalDemoEndToEndTests
     [Fact]
     public async Task Local_up_demo_quantizes_trains_and_serves_for_real_and_Prometheus_scrapes_it()
     {
-        var root = RepoRoot();
-        var engine = Path.Combine(root, "src", "Lowbit.Engine", "bin", Configuration(), "net10.0", "lowbit-engine");
+        var root = RepoPaths.Root();
+        var engine = RepoPaths.Engine(root);
         Assert.True(File.Exists(engine), $"{engine} is missing: build the solution first (make test does)");
         var kubectl = Tool(root, "kubectl");
         Assert.True(kubectl is not null, "kubectl is not installed: run make tools");
@@ -247,19 +247,4 @@ public sealed class LocalDemoEndToEndTests
             .Concat((Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
             .Select(d => Path.Combine(d, name))
             .FirstOrDefault(File.Exists);
-
-    /// <summary>Release or Debug: the configuration this test assembly was built in (…/bin/&lt;configuration&gt;/net10.0/).</summary>
-    private static string Configuration() => new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
-
-    private static string RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Operator.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-        throw new InvalidOperationException("Operator.sln not found above " + AppContext.BaseDirectory);
-    }
 }

@@ -15,18 +15,8 @@ public sealed class ServerAttachmentTests
         var state = Directory.CreateTempSubdirectory("lowbit-attach-").FullName;
         try
         {
-            await using var server = await LocalClusterServer.StartAsync(new LocalClusterOptions
-            {
-                StateDirectory = state,
-                Https = false,
-                Store = new ClusterApiOptions { GracefulPodDeletion = true },
-            });
-            await using var simulation = await SimulatedCluster.AttachAsync(server, new ClusterSimulationOptions
-            {
-                Nodes = NodesConfig.Parse("nodes: [ { name: sim, count: 2 } ]"),
-                Kubelet = new KubeletOptions { SimulatedRunDuration = TimeSpan.FromMilliseconds(50) },
-                StateDirectory = Path.Combine(state, "exec"),
-            }, TimeProvider.System, NullLoggerFactory.Instance);
+            await using var server = await StartServerAsync(state);
+            await using var simulation = await AttachAsync(server, state, "nodes: [ { name: sim, count: 2 } ]");
             server.Api.Create(BuiltinResources.Jobs, "default", Typed.ToJson(Job("before")));
             await ClusterHarness.Attach(server.Api).WaitAsync<V1Job>(BuiltinResources.Jobs, "default", "before", Complete, "Complete");
 
@@ -50,18 +40,8 @@ public sealed class ServerAttachmentTests
         var state = Directory.CreateTempSubdirectory("lowbit-attach-").FullName;
         try
         {
-            await using var server = await LocalClusterServer.StartAsync(new LocalClusterOptions
-            {
-                StateDirectory = state,
-                Https = false,
-                Store = new ClusterApiOptions { GracefulPodDeletion = true },
-            });
-            await using var simulation = await SimulatedCluster.AttachAsync(server, new ClusterSimulationOptions
-            {
-                Nodes = NodesConfig.Parse("nodes: [ { name: sim } ]"),
-                Kubelet = new KubeletOptions { SimulatedRunDuration = TimeSpan.FromMilliseconds(50) },
-                StateDirectory = Path.Combine(state, "exec"),
-            }, TimeProvider.System, NullLoggerFactory.Instance);
+            await using var server = await StartServerAsync(state);
+            await using var simulation = await AttachAsync(server, state, "nodes: [ { name: sim } ]");
             // restartPolicy Always: a simulated container runs until stopped (a server, as an InferenceEndpoint's pod).
             server.Api.Create(BuiltinResources.Pods, "default", Typed.ToJson(ClusterHarness.Pod("web", p => p.Spec.RestartPolicy = "Always")));
             var before = await ClusterHarness.Attach(server.Api).WaitAsync<V1Pod>(BuiltinResources.Pods, "default", "web", Ready, "Ready");
@@ -101,6 +81,20 @@ public sealed class ServerAttachmentTests
             Directory.Delete(state, recursive: true);
         }
     }
+
+    private static Task<LocalClusterServer> StartServerAsync(string state) => LocalClusterServer.StartAsync(new LocalClusterOptions
+    {
+        StateDirectory = state,
+        Https = false,
+        Store = new ClusterApiOptions { GracefulPodDeletion = true },
+    });
+
+    private static Task<IAsyncDisposable> AttachAsync(LocalClusterServer server, string state, string nodes) => SimulatedCluster.AttachAsync(server, new ClusterSimulationOptions
+    {
+        Nodes = NodesConfig.Parse(nodes),
+        Kubelet = new KubeletOptions { SimulatedRunDuration = TimeSpan.FromMilliseconds(50) },
+        StateDirectory = Path.Combine(state, "exec"),
+    }, TimeProvider.System, NullLoggerFactory.Instance);
 
     private static bool Ready(V1Pod pod) => pod.Status?.Conditions?.Any(c => c.Type == "Ready" && c.Status == "True") == true;
 
