@@ -172,7 +172,9 @@ public sealed class FineTuner
         var totalSteps = request.MaxSteps ?? request.Epochs * stepsPerEpoch;
         var startStep = 0;
         int? resumedFrom = null;
-        _run = RunFingerprint(request, request.WarmupStepsOf(totalSteps), _blocks is null ? DatasetDigest(request.Dataset) : BlocksDigest(_blocks));
+        // Only checkpoints carry (and `latest` compares) the fingerprint: a run without them does not hash its dataset.
+        _run = request.CheckpointDir is null ? ""
+            : RunFingerprint(request, request.WarmupStepsOf(totalSteps), _blocks is null ? DatasetDigest(request.Dataset) : BlocksDigest(_blocks));
         if (request.ResumeFrom is { } resume && ResumePoint(resume) is { } checkpoint)
         {
             startStep = Resume(checkpoint, model, modules, optimizer, totalSteps);
@@ -468,9 +470,9 @@ public sealed class FineTuner
         _emit(new CheckpointEvent { Step = step, Path = final });
         // Keep this run's three newest checkpoints. The folder holds one run: another run's checkpoints (written before
         // the spec changed) would collide with this run's step numbers, and `latest` never resumes them, so they go.
-        var checkpoints = Checkpoints(root).ToList();
-        var others = checkpoints.Where(c => RunOf(c.Path) != _run).ToList();
-        foreach (var old in checkpoints.Where(c => RunOf(c.Path) == _run).Skip(3).Concat(others))
+        var checkpoints = Checkpoints(root).Select(c => (c.Path, Mine: RunOf(c.Path) == _run)).ToList();
+        var others = checkpoints.Where(c => !c.Mine).ToList();
+        foreach (var old in checkpoints.Where(c => c.Mine).Skip(3).Concat(others))
         {
             Directory.Delete(old.Path, recursive: true);
         }
@@ -519,39 +521,32 @@ public sealed class FineTuner
         }
     }
 
+    /// <summary>Flags of a fine-tune request that do not change the steps it takes (where outputs go, the device, how it runs).</summary>
+    private static readonly HashSet<string> OutsideTheTrajectory = new(StringComparer.Ordinal)
+    {
+        "--out", "--checkpoint-dir", "--resume-from", "--save-steps", "--result-file", "--device", "--gradient-checkpointing",
+        "--cuda-graph", "--merge", "--gguf-adapter", "--dataset",
+    };
+
     /// <summary>
-    /// What makes two runs the same training trajectory (a resumed run continues it): the base, the data (its bytes),
-    /// the adapter and every setting that changes the steps. Not the device, checkpointing, the graph or where outputs
-    /// go, so a pod replaced onto another GPU type resumes. 16 hex digits of a SHA-256.
+    /// What makes two runs the same training trajectory (a resumed run continues it): every flag of the request but
+    /// <see cref="OutsideTheTrajectory"/> (so a flag added later counts by default), the data by its bytes (not its path),
+    /// and the resolved warm-up. Not the device, checkpointing, the graph or where outputs go, so a pod replaced onto
+    /// another GPU type resumes. 16 hex digits of a SHA-256.
     /// </summary>
     internal static string RunFingerprint(FineTuneRequest r, int warmupSteps, string dataDigest)
     {
-        var key = new JsonObject
+        var args = r.ToArgs();
+        var key = new System.Text.StringBuilder();
+        for (var i = 1; i + 1 < args.Count; i += 2)
         {
-            ["base_model"] = r.BaseModel,
-            ["revision"] = r.Revision,
-            ["method"] = ProtocolNames.Of(r.Method),
-            ["r"] = r.R,
-            ["alpha"] = r.Alpha,
-            ["dropout"] = r.Dropout,
-            ["target_modules"] = string.Join(",", r.TargetModules),
-            ["rslora"] = r.Rslora,
-            ["data"] = dataDigest,
-            ["dataset_format"] = ProtocolNames.Of(r.DatasetFormat),
-            ["epochs"] = r.MaxSteps is null ? r.Epochs : null,
-            ["max_steps"] = r.MaxSteps,
-            ["learning_rate"] = r.LearningRate,
-            ["lr_scheduler"] = ProtocolNames.Of(r.LrScheduler),
-            ["warmup_steps"] = warmupSteps,
-            ["micro_batch"] = r.MicroBatch,
-            ["grad_accumulation"] = r.GradAccumulation,
-            ["seq_length"] = r.SeqLength,
-            ["seed"] = r.Seed,
-            ["eval_split"] = r.EvalSplit,
-            ["max_grad_norm"] = r.MaxGradNorm,
-            ["weight_decay"] = r.WeightDecay,
-        };
-        var hash = System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key.ToJsonString()));
+            if (!OutsideTheTrajectory.Contains(args[i]))
+            {
+                key.Append(args[i]).Append('=').Append(args[i + 1]).Append('\n');
+            }
+        }
+        key.Append(CultureInfo.InvariantCulture, $"data={dataDigest}\nwarmup_steps={warmupSteps}\n");
+        var hash = System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key.ToString()));
         return Convert.ToHexStringLower(hash)[..16];
     }
 

@@ -91,24 +91,14 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
 
         if (source.Pvc is not null)
         {
-            return owner is null
-                ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
-                    $"the architecture of a PVC source is read by an inspect Job of the resource that names it; set the {Annotation} annotation to a preset to skip it", Terminal: true)
-                : InspectResult(owner) is { } fromInspect
-                    ? new ArchitectureResolution.Resolved(fromInspect, "inspect")
-                    : new ArchitectureResolution.NeedsInspect();
+            return Inspected(owner, $"the architecture of a PVC source is read by an inspect Job of the resource that names it; set the {Annotation} annotation to a preset to skip it");
         }
 
         if (source.HuggingFace?.TokenSecretRef is not null)
         {
             // A gated repo: the operator never reads Secrets. The owner's inspect Job's pod gets the token as a
             // secretKeyRef and reads config.json itself.
-            return owner is null
-                ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec,
-                    $"spec.source.huggingFace.tokenSecretRef: the operator does not read Secrets, so a gated repo's architecture is read by an inspect Job of the resource that names it; set the {Annotation} annotation to a preset to skip it", Terminal: true)
-                : InspectResult(owner) is { } fromInspect
-                    ? new ArchitectureResolution.Resolved(fromInspect, "inspect")
-                    : new ArchitectureResolution.NeedsInspect();
+            return Inspected(owner, $"spec.source.huggingFace.tokenSecretRef: the operator does not read Secrets, so a gated repo's architecture is read by an inspect Job of the resource that names it; set the {Annotation} annotation to a preset to skip it");
         }
 
         if (source.Url is { } raw && (!Uri.TryCreate(raw, UriKind.Absolute, out var parsed) || parsed.Scheme is not ("http" or "https")))
@@ -193,6 +183,18 @@ public sealed class ArchitectureResolver(IObjectCache cache, IOptions<WorkloadOp
             .OrderByDescending(p => Normalize(p.Name).Length)
             .FirstOrDefault();
     }
+
+    /// <summary>
+    /// A source only an inspect Job can read: its result when the owner's inspect pod succeeded, else
+    /// <see cref="ArchitectureResolution.NeedsInspect"/>; without an owner (nothing to run it for), a terminal
+    /// InvalidSpec saying <paramref name="withoutOwner"/>.
+    /// </summary>
+    private ArchitectureResolution Inspected(IKubernetesObject<V1ObjectMeta>? owner, string withoutOwner) =>
+        owner is null
+            ? new ArchitectureResolution.Failed(Conditions.Reasons.InvalidSpec, withoutOwner, Terminal: true)
+            : InspectResult(owner) is { } fromInspect
+                ? new ArchitectureResolution.Resolved(fromInspect, "inspect")
+                : new ArchitectureResolution.NeedsInspect();
 
     /// <summary>The architecture from the succeeded pod of <paramref name="owner"/>'s inspect Job (any kind), if cached.</summary>
     public ModelArchitecture? InspectResult(IKubernetesObject<V1ObjectMeta> owner)
