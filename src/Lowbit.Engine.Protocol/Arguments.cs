@@ -154,7 +154,7 @@ internal sealed class ArgumentReader
             : throw new ProtocolArgumentException(flag, $"'{text}' is not valid", ProtocolNames.Accepted<TEnum>());
     }
 
-    public ValueList<string> List(string flag, IReadOnlyList<string>? allowed = null)
+    public ValueList<string> List(string flag, IReadOnlyList<string>? allowed = null, bool allowRepeats = false)
     {
         if (Optional(flag) is not { } text)
         {
@@ -169,7 +169,7 @@ internal sealed class ArgumentReader
         {
             throw new ProtocolArgumentException(flag, $"'{bad}' is not valid", string.Join(", ", allowed));
         }
-        if (items.Distinct(StringComparer.Ordinal).Count() != items.Length)
+        if (!allowRepeats && items.Distinct(StringComparer.Ordinal).Count() != items.Length)
         {
             throw new ProtocolArgumentException(flag, $"'{text}' repeats a value", "each value at most once");
         }

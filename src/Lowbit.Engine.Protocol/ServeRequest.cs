@@ -1,7 +1,7 @@
 namespace Lowbit.Engine.Protocol;
 
 /// <summary>
-/// <c>serve --model SRC [--adapters A,B] [--port N] [--max-context N] [--max-concurrency N] [--max-num-batched-tokens N] [--served-name NAME] [--device cpu|cuda] [--api-key-file F]</c>:
+/// <c>serve --model SRC [--adapters A,B] [--port N] [--max-context N] [--max-concurrency N] [--max-num-batched-tokens N] [--served-name NAME] [--device cpu|cuda] [--api-key-file F] [--shards N] [--shard-devices D,D]</c>:
 /// an OpenAI-compatible server (docs/serve.md). <c>--adapters</c> entries are PEFT folders, <c>name=path</c> or a path
 /// (the folder name is the adapter's model name).
 /// </summary>
@@ -28,8 +28,12 @@ public sealed record ServeRequest : EngineRequest
     private static readonly string[] Flags =
     [
         CommonFlags.Model, CommonFlags.Revision, "--adapters", "--port", "--max-context", "--max-concurrency", "--max-num-batched-tokens", "--served-name",
-        CommonFlags.Device, "--api-key-file",
+        CommonFlags.Device, "--api-key-file", PipelineSplit.ShardsFlag, ShardDevicesFlag,
     ];
+
+    public const string ShardDevicesFlag = "--shard-devices";
+
+    private const string ShardDevicesAccepted = "one device per shard, comma-separated: cpu, cuda or cuda:N (all cpu or all cuda), e.g. cuda:0,cuda:1";
 
     public required string Model { get; init; }
 
@@ -58,6 +62,27 @@ public sealed record ServeRequest : EngineRequest
     /// <summary>A file holding the API key; when set, <c>/v1/*</c> needs <c>Authorization: Bearer KEY</c> (401 otherwise).</summary>
     public string? ApiKeyFile { get; init; }
 
+    /// <summary>
+    /// <c>--shards</c>: the decoder layers split over this many devices as a pipeline (docs/serve.md, <i>Sharding across
+    /// GPUs</i>); 1 is no split. Written on the command line only when above 1.
+    /// </summary>
+    public int Shards { get; init; } = 1;
+
+    /// <summary>
+    /// <c>--shard-devices</c>: the device of each shard (<c>cuda:0,cuda:0</c> stacks two shards on one GPU); empty:
+    /// <see cref="ResolveShardDevices"/>'s default.
+    /// </summary>
+    public IReadOnlyList<string> ShardDevices { get; init => field = ValueList.Of(value); } = ValueList<string>.Empty;
+
+    /// <summary>
+    /// The device of each shard: <see cref="ShardDevices"/> when given, else <c>cuda:0</c> … <c>cuda:N-1</c> on CUDA
+    /// and <c>cpu</c> for every shard on the CPU.
+    /// </summary>
+    public IReadOnlyList<string> ResolveShardDevices(bool cuda) =>
+        ShardDevices.Count > 0
+            ? ShardDevices
+            : Enumerable.Range(0, Shards).Select(i => cuda ? $"cuda:{i}" : "cpu").ToArray();
+
     public override string Verb => EngineVerbs.Serve;
 
     public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
@@ -71,11 +96,15 @@ public sealed record ServeRequest : EngineRequest
         .Add("--served-name", ServedName)
         .Add(CommonFlags.Device, Device)
         .Add("--api-key-file", ApiKeyFile)
+        .Add(PipelineSplit.ShardsFlag, Shards == 1 ? (int?)null : Shards)
+        .Add(ShardDevicesFlag, ShardDevices)
         .Build();
 
     public static new ServeRequest Parse(IReadOnlyList<string> args)
     {
         var r = new ArgumentReader(EngineVerbs.Serve, args, Flags);
+        var device = r.Enum<ComputeDevice>(CommonFlags.Device);
+        var shards = r.Int(PipelineSplit.ShardsFlag, 1, PipelineSplit.MaxShards) ?? 1;
         return new ServeRequest
         {
             Model = r.Required(CommonFlags.Model, CommonFlags.ModelAccepted),
@@ -86,8 +115,41 @@ public sealed record ServeRequest : EngineRequest
             MaxConcurrency = r.Int("--max-concurrency", 1, 4096) ?? 8,
             MaxNumBatchedTokens = r.Int("--max-num-batched-tokens", 1, MaxBatchedTokensLimit),
             ServedName = r.Optional("--served-name"),
-            Device = r.Enum<ComputeDevice>(CommonFlags.Device),
+            Device = device,
             ApiKeyFile = r.Optional("--api-key-file"),
+            Shards = shards,
+            ShardDevices = ParseShardDevices(r.List(ShardDevicesFlag, allowRepeats: true), shards, device),
         };
     }
+
+    private static IReadOnlyList<string> ParseShardDevices(IReadOnlyList<string> devices, int shards, ComputeDevice? device)
+    {
+        if (devices.Count == 0)
+        {
+            return devices;
+        }
+        if (devices.Count != shards)
+        {
+            throw new ProtocolArgumentException(ShardDevicesFlag, $"{devices.Count} devices for {shards} shards (--shards {shards})", ShardDevicesAccepted);
+        }
+        if (devices.FirstOrDefault(d => !IsDeviceName(d)) is { } bad)
+        {
+            throw new ProtocolArgumentException(ShardDevicesFlag, $"'{bad}' is not a device", ShardDevicesAccepted);
+        }
+        var cuda = devices.Count(d => d.StartsWith("cuda", StringComparison.Ordinal));
+        if (cuda != 0 && cuda != devices.Count)
+        {
+            throw new ProtocolArgumentException(ShardDevicesFlag, "mixes cpu and cuda shards", ShardDevicesAccepted);
+        }
+        if (device is { } d && (d == ComputeDevice.Cuda) != (cuda > 0))
+        {
+            throw new ProtocolArgumentException(ShardDevicesFlag, $"devices '{string.Join(',', devices)}' with --device {ProtocolNames.Of(d)}", ShardDevicesAccepted);
+        }
+        return devices;
+    }
+
+    private static bool IsDeviceName(string name) =>
+        name is "cpu" or "cuda"
+        || (name.StartsWith("cuda:", StringComparison.Ordinal) && name.Length > 5 && name.Length <= 8
+            && name.AsSpan(5).ContainsAnyExceptInRange('0', '9') is false);
 }

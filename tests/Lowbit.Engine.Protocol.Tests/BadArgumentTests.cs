@@ -26,6 +26,13 @@ public class BadArgumentTests
     [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "0" }, "--max-num-batched-tokens", "1 to 1048576")]
     [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "4000000000" }, "--max-num-batched-tokens", "1 to 1048576")]
     [InlineData(new[] { "serve", "--model", "m", "--max-num-batched-tokens", "2k" }, "--max-num-batched-tokens", "1 to 1048576")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "0" }, "--shards", "1 to 16")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "17" }, "--shards", "1 to 16")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:0" }, "--shard-devices", "one device per shard")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:0,gpu1" }, "--shard-devices", "cuda:N")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:0,cuda:x" }, "--shard-devices", "cuda:N")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cpu,cuda:0" }, "--shard-devices", "all cpu or all cuda")]
+    [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:0,cuda:1", "--device", "cpu" }, "--shard-devices", "cuda:0,cuda:1")]
     [InlineData(new[] { "train", "--model", "m" }, "verb", "inspect, quantize, finetune, serve, eval")]
     [InlineData(new string[0], "verb", "inspect, quantize")]
     public void Does_name_the_argument_and_accepted_values_when_input_is_bad(string[] args, string argument, string acceptedFragment)

@@ -37,6 +37,9 @@ public class RequestRoundTripTests
         new ServeRequest { Model = "m" },
         new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu, ApiKeyFile = "/run/key" },
         new ServeRequest { Model = "m", MaxContext = 320, MaxConcurrency = 64, MaxNumBatchedTokens = 2048, Device = ComputeDevice.Cuda },
+        new ServeRequest { Model = "m", Shards = 4 },
+        new ServeRequest { Model = "m", Shards = 2, ShardDevices = ["cuda:0", "cuda:0"], Device = ComputeDevice.Cuda },
+        new ServeRequest { Model = "m", Shards = 3, ShardDevices = ["cpu", "cpu", "cpu"] },
     ];
 
     [Theory]
@@ -91,5 +94,27 @@ public class RequestRoundTripTests
         Assert.Equal(a, b);
         Assert.Equal(a.GetHashCode(), b.GetHashCode());
         Assert.NotEqual(a, b with { Adapters = ["y", "x"] });
+    }
+
+    [Fact]
+    public void Does_leave_shards_off_the_command_line_when_not_split()
+    {
+        var args = new ServeRequest { Model = "m" }.ToArgs();
+        var parsed = ServeRequest.Parse(["serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:1,cuda:0"]);
+
+        Assert.DoesNotContain("--shards", args);
+        Assert.Equal(1, ServeRequest.Parse(args).Shards);
+        Assert.Equal(2, parsed.Shards);
+        Assert.Equal(["cuda:1", "cuda:0"], parsed.ShardDevices);
+    }
+
+    [Fact]
+    public void Does_default_shard_devices_to_one_gpu_each_on_cuda_and_cpu_otherwise()
+    {
+        var request = new ServeRequest { Model = "m", Shards = 3 };
+
+        Assert.Equal(["cuda:0", "cuda:1", "cuda:2"], request.ResolveShardDevices(cuda: true));
+        Assert.Equal(["cpu", "cpu", "cpu"], request.ResolveShardDevices(cuda: false));
+        Assert.Equal(["cuda:0", "cuda:0"], (request with { Shards = 2, ShardDevices = ["cuda:0", "cuda:0"] }).ResolveShardDevices(cuda: true));
     }
 }
