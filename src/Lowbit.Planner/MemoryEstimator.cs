@@ -211,6 +211,10 @@ public static class MemoryEstimator
             : context * w.Concurrency;
         double kv = kvPerToken * (double)kvTokens;
         var weights = WeightBytes(p, w.Weights).Bytes / (double)n;
+        if (w.Runtime == ServingRuntime.Lowbit && stages > 1)
+        {
+            (weights, kv) = HeaviestStage(m, p, w, kvTokens, stages);
+        }
         if (w.Runtime == ServingRuntime.LlamaCpp && kind == DeviceKind.Gpu)
         {
             // llama.cpp keeps the input embedding (token_embd) in host memory even with every layer offloaded.
@@ -236,6 +240,25 @@ public static class MemoryEstimator
             Gradients = ByteSize.Zero,
             Overhead = ByteSize.Zero,
         };
+    }
+
+    /// <summary>
+    /// Our engine's pipeline split (<c>serve --shards</c>, <see cref="PipelineSplit.Balance"/>): each layer costs its
+    /// weights (the block's linears, norms and biases, evenly per layer) plus its slice of the KV slab; the embedding
+    /// sits on stage 0 and the head on the last (a tied embedding has a copy at both ends). The device that must hold
+    /// the most is the heaviest stage: its weights and KV cache.
+    /// </summary>
+    private static (double Weights, double KvCache) HeaviestStage(ModelArchitecture m, in ParameterCounts p, Workload w, long kvTokens, int stages)
+    {
+        var all = WeightBytes(p, w.Weights).Bytes;
+        var embedding = (long)(p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var head = m.TiedEmbeddings ? embedding : (long)(p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var layerWeights = (all - embedding - (m.TiedEmbeddings ? 0 : head)) / (double)m.Layers;
+        var layerKv = KvBytesPerToken(m, w.KvCache).Bytes / m.Layers * kvTokens;
+        var perLayer = Enumerable.Repeat((long)(layerWeights + layerKv), m.Layers).ToList();
+        var heaviest = PipelineSplit.Balance(perLayer, embedding, head, Math.Min(stages, m.Layers)).MaxBy(s => s.Bytes)!;
+        var weights = (heaviest.LayerCount * layerWeights) + (heaviest.HoldsEmbedding ? embedding : 0) + (heaviest.HoldsHead ? head : 0);
+        return (weights, heaviest.LayerCount * layerKv);
     }
 
     /// <summary>The tokens one prefill forward processes on this runtime (see <see cref="Workload.PrefillChunk"/>).</summary>

@@ -176,13 +176,25 @@ public static class PlacementPlanner
     }
 
     /// <summary>
-    /// How a serving replica splits over its GPUs: vLLM across nodes runs one pipeline stage per node; everything else
-    /// is tensor parallel over all its devices (training shards FSDP-style, which the estimator models apart).
+    /// How a serving replica splits over its GPUs: vLLM across nodes runs one pipeline stage per node; our engine runs
+    /// one pipeline stage per GPU (<c>serve --shards</c>); everything else is tensor parallel over all its devices
+    /// (training shards FSDP-style, which the estimator models apart).
     /// </summary>
     public static int PipelineStages(Workload workload, int gpusPerNode, int nodes)
     {
         ArgumentNullException.ThrowIfNull(workload);
-        return workload.Mode == WorkloadMode.Inference && workload.Runtime == ServingRuntime.Vllm && nodes > 1 ? nodes : 1;
+        if (workload.Mode != WorkloadMode.Inference)
+        {
+            return 1;
+        }
+
+        return workload.Runtime switch
+        {
+            ServingRuntime.Vllm when nodes > 1 => nodes,
+            // lowbit-engine serve --shards N: a pipeline split of the layers over the pod's GPUs (no tensor parallelism).
+            ServingRuntime.Lowbit when gpusPerNode * nodes > 1 => gpusPerNode * nodes,
+            _ => 1,
+        };
     }
 
     /// <summary>The tensor-parallel rule for serving (<see cref="DividesHeads"/>) on an option's tensor-parallel size; training has none.</summary>

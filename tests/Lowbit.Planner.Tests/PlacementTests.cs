@@ -72,10 +72,15 @@ public sealed class PlacementTests
         var odd = ModelPresets.TinyLlama11B with { Name = "odd", AttentionHeads = 12, KvHeads = 12, HeadDim = 2048 / 12 };
         Assert.False(PlacementPlanner.DividesHeads(odd, 8));
         Assert.True(PlacementPlanner.DividesHeads(odd, 4));
-        var result = PlacementPlanner.Plan(Request(odd, "bf16"));
+        var vllm = Request(odd, "bf16");
+        var result = PlacementPlanner.Plan(vllm with { Workload = vllm.Workload with { Runtime = ServingRuntime.Vllm } });
         var eight = (DoesNotFit)result.Options.First(o => o.Gpus == 8);
         Assert.Equal(RejectionReason.ShardsDoNotDivideHeads, eight.Reason);
         Assert.Contains("12 attention heads", eight.Explanation, StringComparison.Ordinal);
+        // The lowbit runtime splits layers, not heads (serve --shards): no heads rule for it.
+        var lowbit = PlacementPlanner.Plan(Request(odd, "bf16"));
+        Assert.All(lowbit.Options, o => Assert.NotEqual(RejectionReason.ShardsDoNotDivideHeads, (o as DoesNotFit)?.Reason));
+        Assert.Equal(8, lowbit.Options.First(o => o.Gpus == 8).PipelineStages);
         // Multi-query StarCoder (1 KV head, 48 heads) shards 2, 4, 8 ways with a replicated KV head.
         Assert.True(PlacementPlanner.DividesHeads(ModelPresets.StarCoder, 8));
     }
@@ -277,6 +282,36 @@ public sealed class PlacementTests
         Assert.All(vllmMultiNode, o => Assert.Equal((Interconnect.NvLink, o.NodeType.GpusPerNode, o.Nodes), (o.NodeType.Interconnect, o.GpusPerNode, o.PipelineStages)));
         // A 13B model fits one GPU: several nodes are never the choice.
         Assert.Equal(1, Assert.IsType<Planned>(vllm).Choice.Nodes);
+    }
+
+    [Fact]
+    public void Does_size_a_lowbit_pipeline_split_by_its_heaviest_stage()
+    {
+        var model = ModelPresets.Llama2_70B;
+        var w = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("int4"), ContextLength = 4096, Concurrency = 8 };
+        var p = model.Parameters;
+        var two = MemoryEstimator.Estimate(model, w, 2, DeviceKind.Gpu, ByteSize.FromGiB(24), pipelineStages: 2);
+        var one = MemoryEstimator.Estimate(model, w, 1, DeviceKind.Gpu, ByteSize.FromGiB(24));
+        // Independently: 80 equal layers (weights + KV slab), the embedding on stage 0 and the head on stage 1.
+        var embedding = (long)(p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var head = (long)(p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var layerWeights = (MemoryEstimator.WeightBytes(p, w.Weights).Bytes - embedding - head) / 80.0;
+        var layerKv = one.KvCache.Bytes / 80.0;
+        var stages = PipelineSplit.Balance(Enumerable.Repeat((long)(layerWeights + layerKv), 80).ToList(), embedding, head, 2);
+        var heaviest = stages.MaxBy(s => s.Bytes)!;
+        Assert.Equal(heaviest.LayerCount * layerKv, two.KvCache.Bytes, 0);
+        Assert.Equal((heaviest.LayerCount * layerWeights) + (heaviest.HoldsEmbedding ? embedding : 0) + (heaviest.HoldsHead ? head : 0), two.Weights.Bytes, 0);
+        // Half the model and a little more (the larger end), never less than half.
+        Assert.InRange((two.Weights + two.KvCache).Bytes / (double)(one.Weights + one.KvCache).Bytes, 0.5, 0.55);
+        // No tensor-parallel narrowing of the activations: each stage runs whole layers.
+        Assert.Equal(one.Activations, two.Activations);
+
+        var node = GpuCatalog.Default.Find("l4")!;
+        var b1 = w with { Concurrency = 1 };
+        var single = ThroughputModel.Estimate(model, p, b1, node, 1, 1);
+        var split = ThroughputModel.Estimate(model, p, b1, node, 2, 1, pipelineStages: 2);
+        // Stages run one after the other at batch 1: no bandwidth speed-up, one boundary more.
+        Assert.Equal((1 / single.TokensPerSecond) + ThroughputModel.PipelineBoundary(acrossNodes: false), 1 / split.TokensPerSecond, 9);
     }
 
     private static PlanRequest Vllm405B(params string[] allowed) => new()

@@ -162,6 +162,8 @@ public static class InferenceDeploymentBuilder
             MaxNumBatchedTokens = placement.OnGpu ? ServeRequest.CudaMaxNumBatchedTokens : ServeRequest.CpuMaxNumBatchedTokens,
             ServedName = endpoint.Metadata.Name,
             Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
+            // The pod's GPUs as a pipeline split of the layers (the planner sized its heaviest stage).
+            Shards = placement.OnGpu ? Math.Max(placement.Shards, 1) : 1,
         };
         return [.. request.ToArgs()];
     }
