@@ -4,6 +4,7 @@
 // loads it optionally from the folder of LOWBIT_NATIVE_LIB (NativeKernelsV2.cs). Tensors arrive as TorchSharp handles
 // (pointers to heap at::Tensor, as in lowbit_native.cpp). 0 on success, -1 on failure (lowbit_v2_last_error says why).
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
@@ -57,6 +58,7 @@ const char* lowbit_v2_last_error() { return last_error.c_str(); }
 int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
   return guarded([&] {
     auto& xt = T(x);
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& pt = T(packed);
     auto& st = T(scales);
     auto& zt = T(zeros);
@@ -95,6 +97,7 @@ int lowbit_v2_supports(int batch, int k) { return lowbit_v2_int4_supports(batch,
 int lowbit_v2_gemv(void* x, void* weight, void* out) {
   return guarded([&] {
     auto& xt = T(x);
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& wt = T(weight);
     auto& ot = T(out);
     TORCH_CHECK(xt.is_cuda() && wt.is_cuda() && ot.is_cuda(), "gemv v2: CUDA tensors only");

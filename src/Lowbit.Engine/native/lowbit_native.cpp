@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
@@ -149,6 +150,12 @@ int lowbit_graph_capture_end(void* g) {
   return rc;
 }
 
+// Makes CUDA device `index` current for this thread: graphs are created, captured and replayed on the current device
+// (a pipeline shard's graph on its shard's GPU).
+int lowbit_set_device(int index) {
+  return guarded([&] { C10_CUDA_CHECK(cudaSetDevice(index)); });
+}
+
 int lowbit_graph_replay(void* g) {
   return guarded([&] { static_cast<Graph*>(g)->graph.replay(); });
 }
@@ -157,6 +164,8 @@ int lowbit_graph_replay(void* g) {
 int lowbit_rmsnorm(void* x, void* residual, void* weight, double eps, void* resid_out, void* out) {
   return guarded([&] {
     auto& xt = T(x);
+    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& wt = T(weight);
     auto& ot = T(out);
     check_cuda(xt, "x");
@@ -186,6 +195,8 @@ int lowbit_rmsnorm(void* x, void* residual, void* weight, double eps, void* resi
 int lowbit_rope(void* in, int heads, void* cos, void* sin, void* out) {
   return guarded([&] {
     auto& it = T(in);
+    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     auto& ct = T(cos);
     auto& st = T(sin);
     auto& ot = T(out);
@@ -206,6 +217,8 @@ int lowbit_rope(void* in, int heads, void* cos, void* sin, void* out) {
 int lowbit_silu_mul(void* in, void* out) {
   return guarded([&] {
     auto& it = T(in);
+    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     auto& ot = T(out);
     check_cuda(it, "silu_mul input");
     TORCH_CHECK(it.is_contiguous() && ot.is_contiguous() && it.scalar_type() == ot.scalar_type(), "silu_mul: contiguous, same dtype");
@@ -220,6 +233,8 @@ int lowbit_silu_mul(void* in, void* out) {
 int lowbit_gemv(void* x, void* weight, void* out) {
   return guarded([&] {
     auto& xt = T(x);
+    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& wt = T(weight);
     auto& ot = T(out);
     check_cuda(xt, "x");
@@ -235,6 +250,8 @@ int lowbit_gemv(void* x, void* weight, void* out) {
 int lowbit_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
   return guarded([&] {
     auto& xt = T(x);
+    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& pt = T(packed);
     auto& st = T(scales);
     auto& zt = T(zeros);
