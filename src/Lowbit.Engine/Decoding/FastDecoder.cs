@@ -661,7 +661,7 @@ public sealed class FastDecoder : IDisposable
         // What the stage's step writes besides the KV cache: its positions and output, and on the last stage the
         // logits, histories and next tokens (the first stage's inputs when there is one stage).
         var state = StateOf(stage).Concat(stage.IsLast ? [_tokens, _nextTokens, _history, _logits] : [])
-            .Where(t => SameDevice(t.device, stage.Device)).Distinct().ToList();
+            .Where(t => SameDevice(t.device, stage.Device)).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>().ToList();
         var saved = state.Select(t => t.clone()).ToList();
         void Restore()
         {
@@ -881,7 +881,7 @@ public sealed class FastDecoder : IDisposable
             layer.Dispose();
         }
         _lmHead.Dispose();
-        foreach (var t in _keys.Concat(_values).Concat([_tokens, _nextTokens, _history, _logits, _embed, _finalNorm]).Distinct())
+        foreach (var t in _keys.Concat(_values).Concat([_tokens, _nextTokens, _history, _logits, _embed, _finalNorm]).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>())
         {
             t.Dispose();
         }
