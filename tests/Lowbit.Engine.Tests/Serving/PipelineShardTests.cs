@@ -7,6 +7,7 @@ using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Serving;
 using Lowbit.Engine.Tokenization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lowbit.Engine.Tests.Serving;
@@ -162,6 +163,28 @@ public sealed class PipelineShardTests
         // The fixture's 3,281,152 parameters, counted in float32; the tied head counts again on the last shard when tied.
         Assert.Equal(3_281_152L * 4 + (config.TieWordEmbeddings ? (long)config.VocabSize * config.HiddenSize * 4 : 0), plan.WeightBytes.Sum());
         Assert.Contains("shard 1: layers 2-3 on cpu (+ final norm and head)", plan.Describe(1), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_move_each_module_to_its_shard_when_placed()
+    {
+        using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
+        using var model = ModelIo.Load(checkpoint, ScalarType.Float32, CPU);
+        var meta = LlamaForCausalLM.MetaDevice;
+        var plan = PipelinePlacement.Plan(TokenizerTests.FixtureDirectory, model.Config, ScalarType.Float32, 1, 17, [CPU, meta]);
+
+        PipelinePlacement.Place(model, plan);
+
+        // The meta device stands in for a second GPU: the fields the fused decoder reads moved, not only the registered parameters.
+        var q = (DenseLinear)model.Model.Layers[3].Projections().First(p => p.Name == "self_attn.q_proj").Layer;
+        var first = (DenseLinear)model.Model.Layers[0].Projections().First(p => p.Name == "self_attn.q_proj").Layer;
+        Assert.Equal(DeviceType.META, q.Weight.device_type);
+        Assert.Equal(DeviceType.CPU, first.Weight.device_type);
+        Assert.All(model.Model.Layers[2].parameters(), p => Assert.Equal(DeviceType.META, p.device_type));
+        Assert.All(model.Model.Layers[1].parameters(), p => Assert.Equal(DeviceType.CPU, p.device_type));
+        Assert.Equal(DeviceType.CPU, model.Model.EmbedTokens.weight!.device_type);
+        Assert.Equal(DeviceType.META, model.Model.Norm.parameters().Single().device_type);
+        Assert.Equal(DeviceType.META, ((DenseLinear)model.LmHead!).Weight.device_type);
     }
 
     [Fact]
