@@ -72,8 +72,8 @@ public sealed class LoadedModel : IDisposable
         var plan = options.ShardDevices.Count > 0
             ? PipelinePlacement.Plan(directory, config, dtype, options.MaxConcurrency, options.MaxContext + 1, options.ShardDevices)
             : null;
-        // A split model loads on the host, then each module moves to its shard (no GPU ever holds more than its share).
-        var model = ModelLoading.Load(directory, dtype, plan is null ? options.Device : CPU);
+        // A split model reads each projection onto its shard's device (the embedding and norms move after).
+        var model = plan is null ? ModelLoading.Load(directory, dtype, options.Device) : PipelinePlacement.Load(directory, dtype, plan);
         model.eval();
         var device = plan?.Devices[0] ?? options.Device;
         FastDecodeBackend? batch = null;

@@ -3,10 +3,8 @@ using System.Text.RegularExpressions;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Formats;
-using Lowbit.Engine.Lora;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
-using Lowbit.Engine.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -34,6 +32,15 @@ public sealed record ShardPlan
 
     /// <summary>The device of decoder layer <paramref name="layer"/>.</summary>
     public Device LayerDevice(int layer) => Devices[Stages.First(s => layer >= s.FirstLayer && layer < s.EndLayer).Shard];
+
+    /// <summary>
+    /// The device of a projection by its module name: <c>model.layers.N.…</c> on layer N's shard, <c>lm_head</c> on the
+    /// last, anything else on the first.
+    /// </summary>
+    public Device ProjectionDevice(string name) =>
+        PipelinePlacement.LayerIndex(name) is { } layer ? LayerDevice(layer)
+        : name.StartsWith("lm_head", StringComparison.Ordinal) ? Devices[^1]
+        : Devices[0];
 
     /// <summary>One log line per shard: <c>shard 0: layers 0-15 on cuda:0 (embedding), weights 6,500 MiB, KV cache 512 MiB</c>.</summary>
     public string Describe(int shard)
@@ -146,36 +153,35 @@ public static partial class PipelinePlacement
     }
 
     /// <summary>
-    /// Moves a model loaded on the CPU to its shards: each decoder layer to its shard's device, the embedding to the
-    /// first, the final norm and head to the last. Dense weights move (the host copy is freed); 4-bit layers the fused
-    /// decode takes stay packed on the host and the decoder moves its fused copy. Other quantized layers (2/3/8-bit,
-    /// act-order) run unfused through their own modules, which cannot move: such a model is refused.
+    /// Loads a model for a split: every projection (dense or quantized) is read straight onto its shard's device, the
+    /// embedding and norms onto the host (<see cref="Place"/> then moves them: a few hundred MB), so neither the host nor
+    /// any GPU holds more than its share of the projections at any time.
+    /// </summary>
+    public static LlamaForCausalLM Load(string directory, ScalarType dtype, ShardPlan plan)
+    {
+        if (LowbitCheckpoint.IsLowbit(directory))
+        {
+            return LowbitCheckpoint.Load(directory, dtype, CPU, plan.ProjectionDevice);
+        }
+        using var checkpoint = Checkpoint.Open(directory);
+        var model = new LlamaForCausalLM(checkpoint.Config, dtype, CPU, LlamaForCausalLM.MetaDevice);
+        model.eval();
+        model.ReplaceLinears((name, current) =>
+        {
+            current.Dispose();
+            return new DenseLinear(current.InFeatures, current.OutFeatures, checkpoint.Contains(name + ".bias"), dtype, plan.ProjectionDevice(name));
+        }, includeLmHead: true);
+        ModelIo.LoadInto(model, checkpoint);
+        return model;
+    }
+
+    /// <summary>
+    /// Moves a model's modules to their shards: each decoder layer to its shard's device, the embedding to the first, the
+    /// final norm and head to the last. Registered parameters move (dense weights, norms, embeddings; the host copy is
+    /// freed); quantized layers keep their codes where <see cref="Load"/> read them (already on their shard's device).
     /// </summary>
     public static void Place(LlamaForCausalLM model, ShardPlan plan)
     {
-        var projections = model.Model.Layers.SelectMany((l, i) => l.Projections().Select(p => ($"layer {i}'s {p.Name}", p.Layer)));
-        if (model.LmHead is { } lmHead)
-        {
-            projections = projections.Append(("lm_head", lmHead));
-        }
-        foreach (var (name, projection) in projections)
-        {
-            {
-                var fusable = projection switch
-                {
-                    DenseLinear => true,
-                    PackedQuantizedLinear packed => Int4Weight.IsEligible(packed),
-                    QuantizedLinear quantized => Int4Weight.IsEligible(quantized.Weight),
-                    _ => false,
-                };
-                if (!fusable)
-                {
-                    throw new ProtocolArgumentException(PipelineSplit.ShardsFlag,
-                        $"{name} is a {projection.GetType().Name} the fused decode cannot place on a shard (only dense and 4-bit group-wise layers split)",
-                        "1 for this model, or a 4-bit lowbit/dense model to split");
-                }
-            }
-        }
         using var noGrad = no_grad();
         model.Model.EmbedTokens.to(plan.Devices[0]);
         for (var i = 0; i < model.Model.Layers.Count; i++)
@@ -189,6 +195,10 @@ public static partial class PipelinePlacement
     /// <summary><c>cpu</c> or <c>cuda:N</c>.</summary>
     public static string Name(Device device) =>
         device.type == DeviceType.CUDA ? string.Create(CultureInfo.InvariantCulture, $"cuda:{Math.Max(0, (int)device.index)}") : "cpu";
+
+    /// <summary>The decoder layer of a tensor or module name (<c>model.layers.N.…</c>), or null.</summary>
+    internal static int? LayerIndex(string name) =>
+        LayerName().Match(name) is { Success: true } match ? int.Parse(match.Groups[1].ValueSpan, CultureInfo.InvariantCulture) : null;
 
     [GeneratedRegex(@"^model\.layers\.(\d+)\.")]
     private static partial Regex LayerName();

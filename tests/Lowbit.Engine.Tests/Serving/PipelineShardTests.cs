@@ -31,13 +31,15 @@ public sealed class PipelineShardTests
     /// <summary>The fixture loaded on the CPU, split over <paramref name="shards"/> cpu shards (1: not split), with adapters A and B.</summary>
     private static (LlamaForCausalLM Model, LoraSet Adapters, FastDecodeBackend Backend, ShardPlan? Plan) Build(int shards, (string A, string B)? adapters)
     {
-        using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
-        var model = ModelIo.Load(checkpoint, ScalarType.Float32, CPU);
+        var config = LlamaConfig.Load(Path.Combine(TokenizerTests.FixtureDirectory, "config.json"));
+        var plan = shards > 1
+            ? PipelinePlacement.Plan(TokenizerTests.FixtureDirectory, config, ScalarType.Float32, 4, MaxContext + 1, Enumerable.Repeat(CPU, shards).ToArray())
+            : null;
+        // What serve does: the split model's projections are read onto their shards, then the rest is placed.
+        var model = plan is null ? ModelLoading.Load(TokenizerTests.FixtureDirectory, ScalarType.Float32, CPU) : PipelinePlacement.Load(TokenizerTests.FixtureDirectory, ScalarType.Float32, plan);
         model.eval();
-        ShardPlan? plan = null;
-        if (shards > 1)
+        if (plan is not null)
         {
-            plan = PipelinePlacement.Plan(TokenizerTests.FixtureDirectory, model.Config, ScalarType.Float32, 4, MaxContext + 1, Enumerable.Repeat(CPU, shards).ToArray());
             PipelinePlacement.Place(model, plan);
         }
         var set = new LoraSet(model, CPU, layerDevice: plan is null ? null : plan.LayerDevice);
@@ -145,6 +147,35 @@ public sealed class PipelineShardTests
         var actual = FastGeneration.Generate(two, prompts, 10);
 
         Assert.Equal(expected, actual);
+    }
+
+    [Fact]
+    public void Does_generate_the_same_tokens_when_a_4_bit_export_is_split()
+    {
+        var root = Directory.CreateTempSubdirectory("shards-int4").FullName;
+        try
+        {
+            var directory = FastDecoderTests.Int4Export(root);
+            var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
+            var plan = PipelinePlacement.Plan(directory, config, ScalarType.Float32, 2, 48, [CPU, CPU, CPU]);
+            using var whole = ModelLoading.Load(directory, ScalarType.Float32, CPU);
+            using var split = PipelinePlacement.Load(directory, ScalarType.Float32, plan);
+            PipelinePlacement.Place(split, plan);
+            using var one = FastDecoder.Create(whole, new FastDecoderOptions { MaxBatch = 2, MaxLength = 48 }, CPU);
+            using var three = FastDecoder.Create(split, new FastDecoderOptions { MaxBatch = 2, MaxLength = 48, Shards = plan.DecoderShards }, CPU);
+            var prompts = Prompts().Take(2).ToArray();
+
+            var expected = FastGeneration.Generate(one, prompts, 10);
+            var actual = FastGeneration.Generate(three, prompts, 10);
+
+            // Packed codes count as stored (half a byte per weight), so a layer weighs well under its float32 size.
+            Assert.True(plan.WeightBytes.Sum() < 3_281_152L * 4 / 2);
+            Assert.Equal(expected, actual);
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
     }
 
     [Fact]
