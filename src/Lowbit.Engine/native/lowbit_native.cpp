@@ -164,11 +164,11 @@ int lowbit_graph_replay(void* g) {
 int lowbit_rmsnorm(void* x, void* residual, void* weight, double eps, void* resid_out, void* out) {
   return guarded([&] {
     auto& xt = T(x);
-    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
-    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& wt = T(weight);
     auto& ot = T(out);
     check_cuda(xt, "x");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     const int64_t n = xt.size(-1);
     TORCH_CHECK(xt.is_contiguous() && ot.is_contiguous() && wt.is_contiguous(), "rmsnorm: contiguous tensors only");
     TORCH_CHECK(wt.numel() == n && ot.numel() == xt.numel(), "rmsnorm: shape mismatch");
@@ -195,12 +195,12 @@ int lowbit_rmsnorm(void* x, void* residual, void* weight, double eps, void* resi
 int lowbit_rope(void* in, int heads, void* cos, void* sin, void* out) {
   return guarded([&] {
     auto& it = T(in);
-    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
-    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     auto& ct = T(cos);
     auto& st = T(sin);
     auto& ot = T(out);
     check_cuda(it, "rope input");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     TORCH_CHECK(it.dim() == 2 && it.stride(1) == 1, "rope: input must be 2-D with unit inner stride");
     const int64_t rows = it.size(0);
     const int64_t d = ct.size(-1);
@@ -217,10 +217,10 @@ int lowbit_rope(void* in, int heads, void* cos, void* sin, void* out) {
 int lowbit_silu_mul(void* in, void* out) {
   return guarded([&] {
     auto& it = T(in);
-    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
-    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     auto& ot = T(out);
     check_cuda(it, "silu_mul input");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     TORCH_CHECK(it.is_contiguous() && ot.is_contiguous() && it.scalar_type() == ot.scalar_type(), "silu_mul: contiguous, same dtype");
     const int64_t inter = it.size(-1) / 2;
     TORCH_CHECK(ot.numel() * 2 == it.numel() && ot.size(-1) == inter, "silu_mul: out must be [rows, inter]");
@@ -233,11 +233,11 @@ int lowbit_silu_mul(void* in, void* out) {
 int lowbit_gemv(void* x, void* weight, void* out) {
   return guarded([&] {
     auto& xt = T(x);
-    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
-    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& wt = T(weight);
     auto& ot = T(out);
     check_cuda(xt, "x");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     TORCH_CHECK(wt.dim() == 2 && wt.is_contiguous() && wt.size(1) % 8 == 0 && aligned16(wt), "gemv: weight [N, K], K % 8 == 0");
     TORCH_CHECK(wt.scalar_type() == xt.scalar_type(), "gemv: weight dtype");
     check_activations(xt, ot, wt.size(1), wt.size(0));
@@ -250,13 +250,13 @@ int lowbit_gemv(void* x, void* weight, void* out) {
 int lowbit_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
   return guarded([&] {
     auto& xt = T(x);
-    // Kernels launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
-    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     auto& pt = T(packed);
     auto& st = T(scales);
     auto& zt = T(zeros);
     auto& ot = T(out);
     check_cuda(xt, "x");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4: packed uint8 [N, K/2]");
     const int64_t n = pt.size(0), k = pt.size(1) * 2;
     TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4: group ", group, " must be a multiple of 32 dividing K=", k);
