@@ -7,6 +7,7 @@ using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Quantization;
+using Lowbit.Engine.Serving;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -22,6 +23,9 @@ namespace Lowbit.Engine.DevTools;
 /// of the kernels measured fastest at build, <see cref="KernelSelector"/>); an <c>int4-</c> prefix runs the mode after RTN 4-bit
 /// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
 /// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
+/// <c>--shards N [--shard-devices cuda:0,cuda:0]</c> splits the fast runs' layers into N pipeline stages (as
+/// <c>serve --shards</c>; eager runs need every stage on one device); each line then lists the split and the allocator's
+/// memory per GPU.
 /// </summary>
 internal static class BenchDecodeVerb
 {
@@ -40,6 +44,22 @@ internal static class BenchDecodeVerb
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
         var dtype = Get("--dtype") is { } name ? ModelIo.ParseDtype(name) : ModelLoading.ComputeDtype(config, device);
         using var model = ModelLoading.Load(directory, dtype, device);
+        ShardPlan? plan = null;
+        if (Get("--shards") is { } shardText)
+        {
+            var request = new ServeRequest
+            {
+                Model = directory,
+                Shards = int.Parse(shardText, CultureInfo.InvariantCulture),
+                ShardDevices = Get("--shard-devices") is { } names ? names.Split(',') : [],
+            };
+            var devices = PipelinePlacement.ResolveDevices(request, device, device.type == DeviceType.CUDA ? cuda.device_count() : 0);
+            if (devices.Count > 0)
+            {
+                plan = PipelinePlacement.Plan(directory, config, dtype, runs.Max(r => r.Batch), promptTokens + newTokens, devices);
+                PipelinePlacement.Place(model, plan);
+            }
+        }
         Synchronize(device);
         var loadSeconds = load.Elapsed.TotalSeconds;
         var prompt = Enumerable.Range(0, promptTokens).Select(i => (i * 7919 + 13) % config.VocabSize).ToArray();
@@ -54,6 +74,7 @@ internal static class BenchDecodeVerb
             LoadSeconds = loadSeconds,
             Layers = config.NumHiddenLayers,
             Dtype = ModelIo.DtypeName(dtype),
+            Plan = plan,
         };
         if (runs.Any(r => r.Mode != "eager"))
         {
@@ -103,6 +124,9 @@ internal static class BenchDecodeVerb
 
         public required string Dtype { get; init; }
 
+        /// <summary>The pipeline split of the fast runs (<c>--shards</c>), or null.</summary>
+        public ShardPlan? Plan { get; init; }
+
         /// <summary>Greedy tokens of the reference run (eager for bf16, fused for int4), batch 1.</summary>
         public int[]? Reference { get; set; }
 
@@ -145,6 +169,7 @@ internal static class BenchDecodeVerb
         int graphs = 0;
         bool nativeKernels = false, usesGraphs = false, rowsIdentical = true;
         float[]? prefillLogits = null;
+        string[]? shardLines = null, memory = null;
         if (run.Mode == "eager")
         {
             var options = new GenerationOptions { MaxNewTokens = context.NewTokens };
@@ -175,6 +200,7 @@ internal static class BenchDecodeVerb
                 UseNativeGemv = run.Mode is "graph" or "native" or "graph-fixed",
                 MeasureKernels = run.Mode != "graph-fixed",
                 KernelLog = context.Stderr,
+                Shards = context.Plan?.DecoderShards,
             };
             using var decoder = FastDecoder.Create(model, options, context.Device);
             Synchronize(context.Device);
@@ -211,6 +237,12 @@ internal static class BenchDecodeVerb
                     rates.Add(output.Length * context.NewTokens / watch.Elapsed.TotalSeconds);
                 }
             }
+            if (context.Plan is { } split)
+            {
+                shardLines = Enumerable.Range(0, split.Stages.Count).Select(split.Describe).ToArray();
+                memory = split.Devices.Where(d => d.type == DeviceType.CUDA).Select(d => Math.Max(0, (int)d.index)).Distinct()
+                    .Select(i => CudaMemory.Stats(i) is { } m ? $"cuda:{i}: {m}" : $"cuda:{i}: no allocator stats (liblowbit_memory.so not loaded)").ToArray();
+            }
             if (run.Batch == 1)
             {
                 decoder.Prefill(0, context.Prompt);
@@ -242,6 +274,12 @@ internal static class BenchDecodeVerb
             ["tokensPerSecond"] = Math.Round(rates.Count > 0 ? rates.Max() : 0, 2),
             ["runs"] = rates.Select(v => Math.Round(v, 2)).ToArray(),
         };
+        if (shardLines is not null)
+        {
+            line["shards"] = shardLines.Length;
+            line["shardPlan"] = shardLines;
+            line["gpuMemory"] = memory ?? [];
+        }
         if (run.Mode != "eager")
         {
             line["prepareSeconds"] = Math.Round(prepareSeconds, 3);

@@ -128,7 +128,7 @@ public class FastDecoderTests
         }
     }
 
-    private static string Int4Export(string root)
+    internal static string Int4Export(string root)
     {
         using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
         using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Rtn, Bits = 4, GroupSize = 32 });

@@ -34,6 +34,24 @@ public sealed record FastDecoderOptions
 
     /// <summary>Where the measured kernel table is written, each line once per process (null: standard error).</summary>
     public TextWriter? KernelLog { get; init; }
+
+    /// <summary>
+    /// The pipeline split (<c>serve --shards</c>): contiguous layer ranges in order, each on its device. The model's
+    /// embedding must already be on the first shard's device, its final norm and head on the last one's, and each
+    /// layer's weights on its shard's device (<c>PipelinePlacement.Place</c>); a projection found elsewhere is moved.
+    /// Null: one shard holding every layer on the decoder's device.
+    /// </summary>
+    public IReadOnlyList<DecoderShard>? Shards { get; init; }
+}
+
+/// <summary>One stage of a pipeline-split <see cref="FastDecoder"/>: layers <c>[FirstLayer, FirstLayer + LayerCount)</c> on <see cref="Device"/>.</summary>
+public sealed record DecoderShard
+{
+    public required Device Device { get; init; }
+
+    public required int FirstLayer { get; init; }
+
+    public required int LayerCount { get; init; }
 }
 
 /// <summary>
@@ -43,12 +61,22 @@ public sealed record FastDecoderOptions
 /// advances slots <c>0..batch−1</c> by one greedy token without a host sync or an allocation outside the step's graph:
 /// the step for each (batch bucket, length bucket) is captured once as a CUDA graph and replayed. Without CUDA or the
 /// native library the same step runs eagerly (the CPU tests run it so).
+/// <para>
+/// Split as a pipeline (<see cref="FastDecoderOptions.Shards"/>), each stage holds its layers, their KV cache, its
+/// cos/sin table, positions and adapter mask on its device, and has its own graphs (captured and replayed with its
+/// device current: a CUDA graph records one device's work). Between stages the residual stream <c>[rows, hidden]</c>
+/// is copied from the stage's static output buffer into the next stage's static input buffer, outside the graphs
+/// (one device-to-device copy per boundary per step); the next stage starts with its first layer's input norm. The
+/// embedding runs on the first stage, the final norm and head on the last, whose logits the step returns.
+/// </para>
 /// </summary>
 public sealed class FastDecoder : IDisposable
 {
     private readonly LlamaConfig _config;
     private readonly ScalarType _dtype;
     private readonly Device _device;
+    private readonly Stage[] _stages;
+    private readonly bool _multiDevice;
     private readonly DecodeKernels _kernels;
     private static readonly HashSet<string> LoggedChoices = [];
     private readonly bool _graphs;
@@ -56,30 +84,29 @@ public sealed class FastDecoder : IDisposable
     private readonly Tensor _embed;
     private readonly Tensor _finalNorm;
     private readonly Projection _lmHead;
-    private readonly Tensor _cos;
-    private readonly Tensor _sin;
     private readonly Tensor[] _keys;
     private readonly Tensor[] _values;
     private readonly Tensor _tokens;
-    private readonly Tensor _positions;
+    private readonly Tensor _nextTokens;
     private readonly Tensor _history;
     private readonly Tensor _logits;
     private readonly long[] _hostPositions;
-    private readonly Dictionary<(int Batch, int Length, bool Serve, bool Lora), CudaGraph> _captured = [];
+    private readonly Dictionary<(int Stage, int Batch, int Length, bool Serve, bool Lora), CudaGraph> _captured = [];
     private readonly int _heads;
     private readonly int _kvHeads;
     private readonly int _headDim;
-    private Tensor? _loraMask;
-    private int _loraVersion = -1;
 
     private FastDecoder(LlamaForCausalLM model, FastDecoderOptions options, Device device)
     {
         _config = model.Config;
         _dtype = model.Dtype;
-        _device = device;
+        _device = options.Shards is { Count: > 0 } split ? split[0].Device : device;
         MaxBatch = options.MaxBatch;
         MaxLength = options.MaxLength;
         var cuda = device.type == DeviceType.CUDA;
+        var shards = options.Shards ?? [new DecoderShard { Device = device, FirstLayer = 0, LayerCount = model.Model.Layers.Count }];
+        CheckShards(shards, model.Model.Layers.Count, device);
+        _multiDevice = cuda && shards.Select(s => DeviceIndex(s.Device)).Distinct().Count() > 1;
         var native = cuda && options.UseNativeKernels && NativeKernels.Available;
         _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv };
         _graphs = cuda && options.UseGraphs && NativeKernels.Available;
@@ -87,32 +114,108 @@ public sealed class FastDecoder : IDisposable
         _kvHeads = _config.NumKeyValueHeads;
         _headDim = _config.HeadDim;
         using var noGrad = no_grad();
-        _layers = model.Model.Layers.Select(l => new Layer(l, _dtype)).ToArray();
+        var first = shards[0].Device;
+        var last = shards[^1].Device;
+        var layerDevice = shards.SelectMany(s => Enumerable.Repeat(s.Device, s.LayerCount)).ToArray();
+        _layers = model.Model.Layers.Select((l, i) => new Layer(l, _dtype, layerDevice[i])).ToArray();
         _embed = model.Model.EmbedTokens.weight!.detach();
         _finalNorm = FinalNorm(model).detach();
-        _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype) : new DenseProjection(_embed.alias(), null);
+        _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype).MoveTo(last)
+            : new DenseProjection(SameDevice(_embed.device, last) ? _embed.alias() : _embed.to(last), null);
+        if (!SameDevice(_embed.device, first) || !SameDevice(_finalNorm.device, last))
+        {
+            throw new ArgumentException($"the embedding must be on {first} (is on {_embed.device}) and the final norm on {last} (is on {_finalNorm.device})", nameof(options));
+        }
+        _stages = shards.Select((s, i) => new Stage
+        {
+            Index = i,
+            Device = s.Device,
+            First = s.FirstLayer,
+            End = s.FirstLayer + s.LayerCount,
+            IsLast = i == shards.Count - 1,
+        }).ToArray();
         if (cuda)
         {
             // The pre-fusion q/k/v and gate/up storage is free now, but the caching allocator keeps it reserved, and the
             // KV slab's per-layer tensors do not fit those blocks: return them before allocating the slab, so the
             // process never holds the weights twice (no-op without liblowbit_memory.so; docs/planner.md).
-            CudaMemory.EmptyCache();
+            foreach (var stage in DistinctDeviceStages())
+            {
+                UseDevice(stage);
+                CudaMemory.EmptyCache();
+            }
+            UseDevice(_stages[0]);
         }
         var rotary = new RotaryEmbedding(_config);
-        (_cos, _sin) = rotary.CosSin(0, MaxLength, _dtype, device);
+        var hidden = _config.HiddenSize;
+        foreach (var stage in _stages)
+        {
+            (stage.Cos, stage.Sin) = rotary.CosSin(0, MaxLength, _dtype, stage.Device);
+            stage.Positions = zeros([MaxBatch], ScalarType.Int64, stage.Device);
+            stage.Input = stage.Index > 0 ? zeros([MaxBatch, hidden], _dtype, stage.Device) : null;
+            stage.Output = stage.IsLast ? null : zeros([MaxBatch, hidden], _dtype, stage.Device);
+        }
         _keys = new Tensor[_layers.Length];
         _values = new Tensor[_layers.Length];
         for (var i = 0; i < _layers.Length; i++)
         {
-            _keys[i] = zeros([MaxBatch, MaxLength, _kvHeads, _headDim], _dtype, device);
-            _values[i] = zeros([MaxBatch, MaxLength, _kvHeads, _headDim], _dtype, device);
+            _keys[i] = zeros([MaxBatch, MaxLength, _kvHeads, _headDim], _dtype, layerDevice[i]);
+            _values[i] = zeros([MaxBatch, MaxLength, _kvHeads, _headDim], _dtype, layerDevice[i]);
         }
-        _tokens = zeros([MaxBatch], ScalarType.Int64, device);
-        _positions = zeros([MaxBatch], ScalarType.Int64, device);
-        _history = zeros([MaxBatch, MaxLength], ScalarType.Int64, device);
-        _logits = zeros([MaxBatch, _config.VocabSize], _dtype, device);
+        _tokens = zeros([MaxBatch], ScalarType.Int64, first);
+        // The last stage's argmax (bench-decode's greedy step): the next inputs themselves with one stage, else a buffer
+        // on the last device copied to the first stage's inputs after the step.
+        _nextTokens = _stages.Length == 1 ? _tokens : zeros([MaxBatch], ScalarType.Int64, last);
+        _history = zeros([MaxBatch, MaxLength], ScalarType.Int64, last);
+        _logits = zeros([MaxBatch, _config.VocabSize], _dtype, last);
         _hostPositions = new long[MaxBatch];
         _kernels = SelectKernels(options);
+    }
+
+    private static void CheckShards(IReadOnlyList<DecoderShard> shards, int layers, Device device)
+    {
+        var next = 0;
+        foreach (var shard in shards)
+        {
+            if (shard.FirstLayer != next || shard.LayerCount < 1 || shard.Device.type != device.type)
+            {
+                throw new ArgumentException($"shards must cover layers 0..{layers - 1} in order, at least one each, on {device.type} devices", nameof(shards));
+            }
+            next += shard.LayerCount;
+        }
+        if (next != layers)
+        {
+            throw new ArgumentException($"shards cover {next} of {layers} layers", nameof(shards));
+        }
+    }
+
+    private static int DeviceIndex(Device device) => device.type == DeviceType.CUDA ? Math.Max(0, (int)device.index) : -1;
+
+    /// <summary>Same device type and index (<c>cuda</c> is <c>cuda:0</c>).</summary>
+    internal static bool SameDevice(Device a, Device b) => a.type == b.type && DeviceIndex(a) == DeviceIndex(b);
+
+    private IEnumerable<Stage> DistinctDeviceStages() => _stages.DistinctBy(s => DeviceIndex(s.Device));
+
+    /// <summary>
+    /// Makes the stage's GPU current (graphs are captured and replayed on the current device; libtorch's own ops and the
+    /// native kernels follow their tensors' device anyway). Only when the stages span several GPUs.
+    /// </summary>
+    private void UseDevice(Stage stage)
+    {
+        if (_multiDevice && NativeKernels.Available)
+        {
+            NativeKernels.SetDevice(DeviceIndex(stage.Device));
+        }
+    }
+
+    /// <summary>The stages: each one's layer range and device (one stage when not split).</summary>
+    public IReadOnlyList<DecoderShard> Shards => _stages.Select(s => new DecoderShard { Device = s.Device, FirstLayer = s.First, LayerCount = s.End - s.First }).ToArray();
+
+    /// <summary>Bytes of KV cache held by stage <paramref name="shard"/>.</summary>
+    public long ShardCacheBytes(int shard)
+    {
+        var stage = _stages[shard];
+        return Enumerable.Range(stage.First, stage.End - stage.First).Sum(i => _keys[i].NumberOfElements * _keys[i].ElementSize * 2);
     }
 
     /// <summary>The kernel measured fastest per projection shape and rows bucket (empty when nothing was measured).</summary>
@@ -133,7 +236,13 @@ public sealed class FastDecoder : IDisposable
         }
         var watch = Stopwatch.StartNew();
         var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 16).ToList();
-        var projections = _layers.Take(1).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down }).Append(_lmHead);
+        // Measured on the first stage's GPU (the pod's GPUs are alike); a head on another GPU keeps the fixed defaults.
+        UseDevice(_stages[0]);
+        var projections = _layers.Take(1).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down });
+        if (_stages.Length == 1 || SameDevice(_stages[^1].Device, _device))
+        {
+            projections = projections.Append(_lmHead);
+        }
         var table = KernelSelector.Measure(projections, buckets, _kernels, new GraphKernelTimer(TimeProvider.System), _dtype, _device);
         // The trials' graph pools (dequantize + linear holds a dense copy of one weight) go back to the driver.
         CudaMemory.EmptyCache();
@@ -211,7 +320,10 @@ public sealed class FastDecoder : IDisposable
         _logits[slot].copy_(logits[0]);
         var next = logits[0].argmax();
         _tokens[slot].copy_(next);
-        _positions[slot].fill_(Scalars.Of(length));
+        foreach (var stage in _stages)
+        {
+            stage.Positions[slot].fill_(Scalars.Of(length));
+        }
         _history[slot].narrow(0, length, 1).copy_(next.view(1));
         _hostPositions[slot] = length;
         return (int)next.item<long>();
@@ -257,11 +369,23 @@ public sealed class FastDecoder : IDisposable
                 }
             }
         }
-        var positions = tensor(positionIds, device: _device);
-        var cos = _cos.index_select(0, positions);
-        var sin = _sin.index_select(0, positions);
-        var mask = LoraMask(chunks.SelectMany(c => Enumerable.Repeat(c.Adapter, c.Tokens.Count)).ToArray());
-        var hidden = Forward(tensor(ids, device: _device), cos, sin, (layer, k, v, q) =>
+        var adapterRows = chunks.SelectMany(c => Enumerable.Repeat(c.Adapter, c.Tokens.Count)).ToArray();
+        Tensor? hidden = null;
+        foreach (var stage in _stages)
+        {
+            UseDevice(stage);
+            var positions = tensor(positionIds, device: stage.Device);
+            var cos = stage.Cos.index_select(0, positions);
+            var sin = stage.Sin.index_select(0, positions);
+            var mask = LoraMask(adapterRows, stage.Device);
+            // The residual stream crosses to the next stage's device at the boundary (all prompt tokens of the forward).
+            var input = stage.Index == 0 ? _embed.index_select(0, tensor(ids, device: stage.Device)) : hidden!.to(stage.Device);
+            hidden = Forward(stage, input, cos, sin, PrefillAttention, stage.IsLast ? tensor(last.ToArray(), device: stage.Device) : null, mask);
+        }
+        UseDevice(_stages[0]);
+        return _lmHead.Forward(hidden!, _kernels).MoveToOuterDisposeScope();
+
+        Tensor PrefillAttention(int layer, Tensor k, Tensor v, Tensor q)
         {
             var attended = new Tensor[chunks.Count];
             for (var c = 0; c < chunks.Count; c++)
@@ -279,23 +403,22 @@ public sealed class FastDecoder : IDisposable
                 var query = q.narrow(0, offsets[c], length).view(1, length, _heads, _headDim).transpose(1, 2);
                 var output = start == 0
                     ? nn.functional.scaled_dot_product_attention(query, keys, values, is_casual: true)
-                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ChunkMask(length, start, span));
+                    : nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: ChunkMask(length, start, span, q.device));
                 attended[c] = output.transpose(1, 2).reshape(length, _heads * _headDim);
             }
             return attended.Length == 1 ? attended[0] : cat(attended, 0);
-        }, tensor(last.ToArray(), device: _device), mask);
-        return _lmHead.Forward(hidden, _kernels).MoveToOuterDisposeScope();
+        }
     }
 
     /// <summary>
     /// The additive mask <c>[length, span]</c> (model dtype) of a prefill chunk of <paramref name="length"/> positions
     /// starting at <paramref name="start"/>: 0 where key j ≤ start + i, −∞ elsewhere (later chunk positions and padding).
     /// </summary>
-    private Tensor ChunkMask(int length, int start, int span)
+    private Tensor ChunkMask(int length, int start, int span, Device device)
     {
         using var scope = NewDisposeScope();
-        var visible = ones([length, span], ScalarType.Bool, _device).tril(start);
-        return zeros([length, span], _dtype, _device).masked_fill_(visible.logical_not(), Scalars.Of(double.NegativeInfinity)).MoveToOuterDisposeScope();
+        var visible = ones([length, span], ScalarType.Bool, device).tril(start);
+        return zeros([length, span], _dtype, device).masked_fill_(visible.logical_not(), Scalars.Of(double.NegativeInfinity)).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -321,16 +444,22 @@ public sealed class FastDecoder : IDisposable
         using (var scope = NewDisposeScope())
         {
             _tokens.narrow(0, 0, bucketBatch).copy_(tensor(paddedTokens, device: _device));
-            _positions.narrow(0, 0, bucketBatch).copy_(tensor(paddedPositions, device: _device));
+            foreach (var stage in _stages)
+            {
+                stage.Positions.narrow(0, 0, bucketBatch).copy_(tensor(paddedPositions, device: stage.Device));
+            }
         }
         var lora = Adapters is { Count: > 0 } && adapters.Take(rows).Any(a => a > 0);
         if (lora)
         {
             var padded = new int[bucketBatch];
             adapters.AsSpan(0, rows).CopyTo(padded);
-            FillLoraMask(padded);
+            foreach (var stage in _stages)
+            {
+                FillLoraMask(stage, padded);
+            }
         }
-        Run(bucketBatch, bucketLength, serve: true, lora);
+        RunPipeline(bucketBatch, bucketLength, serve: true, lora);
         return _logits.narrow(0, 0, rows);
     }
 
@@ -345,7 +474,7 @@ public sealed class FastDecoder : IDisposable
         var bucketBatch = Math.Min(MaxBatch, (int)BitOperations.RoundUpToPowerOf2((uint)batch));
         var longest = _hostPositions.Take(bucketBatch).Max() + 1;
         var bucketLength = Math.Min(MaxLength, Math.Max(64, (int)BitOperations.RoundUpToPowerOf2((uint)longest)));
-        Run(bucketBatch, bucketLength, serve: false, lora: false);
+        RunPipeline(bucketBatch, bucketLength, serve: false, lora: false);
         for (var i = 0; i < bucketBatch; i++)
         {
             _hostPositions[i] = Math.Min(MaxLength - 1, _hostPositions[i] + 1);
@@ -370,10 +499,10 @@ public sealed class FastDecoder : IDisposable
         {
             foreach (var length in lengths)
             {
-                Run(batch, length, serve: true, lora: false);
+                RunPipeline(batch, length, serve: true, lora: false);
             }
         }
-        cuda.synchronize();
+        Synchronize();
         return _captured.Count - before;
     }
 
@@ -385,16 +514,30 @@ public sealed class FastDecoder : IDisposable
     public void ClearSlots()
     {
         using var noGrad = no_grad();
-        foreach (var t in _keys.Concat(_values).Concat([_tokens, _positions, _history, _logits]))
+        foreach (var t in _keys.Concat(_values).Concat([_tokens, _nextTokens, _history, _logits]).Concat(_stages.SelectMany(StateOf)))
         {
             t.zero_();
         }
         Array.Clear(_hostPositions);
-        if (_device.type == DeviceType.CUDA)
+        Synchronize();
+    }
+
+    /// <summary>Waits for every stage's GPU (nothing on the CPU).</summary>
+    private void Synchronize()
+    {
+        if (_device.type != DeviceType.CUDA)
         {
-            cuda.synchronize();
+            return;
+        }
+        foreach (var stage in DistinctDeviceStages())
+        {
+            cuda.synchronize(stage.Device);
         }
     }
+
+    /// <summary>A stage's own static buffers (positions, boundary input and output).</summary>
+    private static IEnumerable<Tensor> StateOf(Stage stage) =>
+        new[] { stage.Positions, stage.Input, stage.Output }.OfType<Tensor>();
 
     /// <summary>The bucket sizes <c>min(limit, max(floor, 2^k))</c>, ascending.</summary>
     private static List<int> Buckets(int limit, int floor)
@@ -429,27 +572,52 @@ public sealed class FastDecoder : IDisposable
     public long Position(int slot) => _hostPositions[slot];
 
     /// <summary>Runs one step of a (batch, length, mode) bucket: its graph when graphs are on (captured on first use), else eagerly.</summary>
-    private void Run(int batch, int length, bool serve, bool lora)
+    private void Run(Stage stage, int batch, int length, bool serve, bool lora)
     {
+        UseDevice(stage);
         if (!_graphs)
         {
-            DecodeStep(batch, length, serve, lora);
+            DecodeStep(stage, batch, length, serve, lora);
             return;
         }
-        var key = (batch, length, serve, lora);
+        var key = (stage.Index, batch, length, serve, lora);
         if (!_captured.TryGetValue(key, out var graph))
         {
-            graph = Capture(batch, length, serve, lora);
+            graph = Capture(stage, batch, length, serve, lora);
             _captured[key] = graph;
         }
         graph.Replay();
     }
 
     /// <summary>
+    /// Every stage's step in order; between two stages the residual stream of the batch's rows is copied from the
+    /// earlier stage's output buffer into the next one's input buffer, outside the graphs (a device-to-device copy
+    /// that libtorch orders after the earlier stage's work and before the next one's).
+    /// </summary>
+    private void RunPipeline(int batch, int length, bool serve, bool lora)
+    {
+        foreach (var stage in _stages)
+        {
+            if (stage.Index > 0)
+            {
+                using var noGrad = no_grad();
+                stage.Input!.narrow(0, 0, batch).copy_(_stages[stage.Index - 1].Output!.narrow(0, 0, batch));
+            }
+            Run(stage, batch, length, serve, lora);
+        }
+        if (!serve && _stages.Length > 1)
+        {
+            using var noGrad = no_grad();
+            _tokens.narrow(0, 0, batch).copy_(_nextTokens.narrow(0, 0, batch));
+        }
+        UseDevice(_stages[0]);
+    }
+
+    /// <summary>
     /// The one-hot adapter mask <c>[rows, adapters]</c> (model dtype) for per-row adapter indices, or null when no row
     /// uses an adapter (the base path then runs alone).
     /// </summary>
-    private Tensor? LoraMask(int[] adapters)
+    private Tensor? LoraMask(int[] adapters, Device device)
     {
         if (Adapters is not { Count: > 0 } set || !adapters.Any(a => a > 0))
         {
@@ -463,78 +631,87 @@ public sealed class FastDecoder : IDisposable
                 host[r * set.Count + adapters[r] - 1] = 1;
             }
         }
-        return tensor(host, [adapters.Length, set.Count], device: _device).to(_dtype);
+        return tensor(host, [adapters.Length, set.Count], device: device).to(_dtype);
     }
 
     /// <summary>Writes the step's adapter mask into the static buffer the graphs read (reallocated, and LoRA graphs dropped, when the adapters changed).</summary>
-    private void FillLoraMask(int[] adapters)
+    private void FillLoraMask(Stage stage, int[] adapters)
     {
         var set = Adapters!;
-        if (_loraVersion != set.Version || _loraMask is null)
+        if (stage.LoraVersion != set.Version || stage.LoraMask is null)
         {
-            foreach (var key in _captured.Keys.Where(k => k.Lora).ToList())
+            foreach (var key in _captured.Keys.Where(k => k.Lora && k.Stage == stage.Index).ToList())
             {
                 _captured[key].Dispose();
                 _captured.Remove(key);
             }
-            _loraMask?.Dispose();
-            _loraMask = zeros([MaxBatch, set.Count], _dtype, _device).DetachFromDisposeScope();
-            _loraVersion = set.Version;
+            stage.LoraMask?.Dispose();
+            stage.LoraMask = zeros([MaxBatch, set.Count], _dtype, stage.Device).DetachFromDisposeScope();
+            stage.LoraVersion = set.Version;
         }
         using var scope = NewDisposeScope();
-        _loraMask.narrow(0, 0, adapters.Length).copy_(LoraMask(adapters)!);
+        stage.LoraMask.narrow(0, 0, adapters.Length).copy_(LoraMask(adapters, stage.Device)!);
     }
 
-    private CudaGraph Capture(int batch, int length, bool serve, bool lora)
+    private CudaGraph Capture(Stage stage, int batch, int length, bool serve, bool lora)
     {
         var watch = Stopwatch.StartNew();
         using var noGrad = no_grad();
         var graph = new CudaGraph();
-        using var tokens = _tokens.clone();
-        using var positions = _positions.clone();
-        using var history = _history.clone();
-        using var logits = _logits.clone();
+        // What the stage's step writes besides the KV cache: its positions and output, and on the last stage the
+        // logits, histories and next tokens (the first stage's inputs when there is one stage).
+        var state = StateOf(stage).Concat(stage.IsLast ? [_tokens, _nextTokens, _history, _logits] : [])
+            .Where(t => SameDevice(t.device, stage.Device)).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>().ToList();
+        var saved = state.Select(t => t.clone()).ToList();
         void Restore()
         {
-            _tokens.copy_(tokens);
-            _positions.copy_(positions);
-            _history.copy_(history);
-            _logits.copy_(logits);
+            for (var i = 0; i < state.Count; i++)
+            {
+                state[i].copy_(saved[i]);
+            }
         }
         try
         {
             graph.Capture(() =>
             {
-                DecodeStep(batch, length, serve, lora);
+                DecodeStep(stage, batch, length, serve, lora);
                 Restore();
-            }, () => DecodeStep(batch, length, serve, lora));
+            }, () => DecodeStep(stage, batch, length, serve, lora));
         }
         catch
         {
             graph.Dispose();
             throw;
         }
+        finally
+        {
+            foreach (var t in saved)
+            {
+                t.Dispose();
+            }
+        }
         // The warm-up's writes at the slots' positions are rewritten by the first replay before anything reads them.
-        cuda.synchronize();
+        cuda.synchronize(stage.Device);
         CaptureSeconds += watch.Elapsed.TotalSeconds;
         return graph;
     }
 
     /// <summary>The step: every shape fixed by (batch, length), all state in preallocated device tensors.</summary>
-    private void DecodeStep(int batch, int length, bool serve, bool lora)
+    private void DecodeStep(Stage stage, int batch, int length, bool serve, bool lora)
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        var tokens = _tokens.narrow(0, 0, batch);
-        var positions = _positions.narrow(0, 0, batch).clamp(Scalars.Of(0), Scalars.Of(MaxLength - 1));
-        var cos = _cos.index_select(0, positions);
-        var sin = _sin.index_select(0, positions);
+        var device = stage.Device;
+        var positions = stage.Positions.narrow(0, 0, batch).clamp(Scalars.Of(0), Scalars.Of(MaxLength - 1));
+        var cos = stage.Cos.index_select(0, positions);
+        var sin = stage.Sin.index_select(0, positions);
         // An additive mask, built once per step (a boolean one would be converted by every layer's attention).
-        var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, _device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
-        var visible = zeros([batch, 1, 1, length], _dtype, _device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
-        var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, _device).mul(Scalars.Of(MaxLength));
+        var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
+        var visible = zeros([batch, 1, 1, length], _dtype, device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
+        var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength));
         var slotsAt = rows.add(positions, Scalars.One);
-        var hidden = Forward(tokens, cos, sin, (layer, k, v, q) =>
+        var input = stage.Index == 0 ? _embed.index_select(0, _tokens.narrow(0, 0, batch)) : stage.Input!.narrow(0, 0, batch);
+        var hidden = Forward(stage, input, cos, sin, (layer, k, v, q) =>
         {
             _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
             _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
@@ -545,7 +722,16 @@ public sealed class FastDecoder : IDisposable
             var query = q.view(batch, _kvHeads, _heads / _kvHeads, _headDim);
             var attended = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: visible);
             return attended.reshape(batch, _heads * _headDim);
-        }, null, lora ? _loraMask!.narrow(0, 0, batch) : null);
+        }, null, lora ? stage.LoraMask!.narrow(0, 0, batch) : null);
+        if (!stage.IsLast)
+        {
+            stage.Output!.narrow(0, 0, batch).copy_(hidden);
+            if (!serve)
+            {
+                stage.Positions.narrow(0, 0, batch).add_(Scalars.Of(1), Scalars.One);
+            }
+            return;
+        }
         var logits = _lmHead.Forward(hidden, _kernels);
         _logits.narrow(0, 0, batch).copy_(logits);
         if (serve)
@@ -555,23 +741,25 @@ public sealed class FastDecoder : IDisposable
         var next = logits.argmax(-1);
         var nextAt = rows.add(positions.add(Scalars.Of(1), Scalars.One).clamp_max(Scalars.Of(MaxLength - 1)), Scalars.One);
         _history.view(-1).index_copy_(0, nextAt, next);
-        tokens.copy_(next);
-        _positions.narrow(0, 0, batch).add_(Scalars.Of(1), Scalars.One);
+        _nextTokens.narrow(0, 0, batch).copy_(next);
+        stage.Positions.narrow(0, 0, batch).add_(Scalars.Of(1), Scalars.One);
     }
 
     /// <summary>
-    /// The decoder stack over <paramref name="ids"/> <c>[rows]</c> with per-row cos/sin; <paramref name="attend"/> stores a
-    /// layer's K/V <c>[rows, kv·d]</c> and returns attention over the cache for Q <c>[rows, heads·d]</c>. Returns the
-    /// final-norm hidden states (of the rows <paramref name="pick"/> only, when given). With <paramref name="loraMask"/>
-    /// <c>[rows, adapters]</c> every fused projection adds each row's adapter delta.
+    /// One stage's layers over <paramref name="input"/> <c>[rows, hidden]</c> (the embedded tokens on the first stage, the
+    /// residual stream the previous stage returned on the others) with per-row cos/sin; <paramref name="attend"/> stores
+    /// a layer's K/V <c>[rows, kv·d]</c> and returns attention over the cache for Q <c>[rows, heads·d]</c>. The last stage
+    /// returns the final-norm hidden states (of the rows <paramref name="pick"/> only, when given); the others return the
+    /// residual stream after their last layer. With <paramref name="loraMask"/> <c>[rows, adapters]</c> every fused
+    /// projection adds each row's adapter delta.
     /// </summary>
-    private Tensor Forward(Tensor ids, Tensor cos, Tensor sin, Func<int, Tensor, Tensor, Tensor, Tensor> attend, Tensor? pick, Tensor? loraMask)
+    private Tensor Forward(Stage stage, Tensor input, Tensor cos, Tensor sin, Func<int, Tensor, Tensor, Tensor, Tensor> attend, Tensor? pick, Tensor? loraMask)
     {
         var qWidth = _heads * _headDim;
         var kvWidth = _kvHeads * _headDim;
-        var residual = _embed.index_select(0, ids);
-        var normed = RmsNorm(residual, null, _layers.Length > 0 ? _layers[0].InputNorm : _finalNorm, out _);
-        for (var i = 0; i < _layers.Length; i++)
+        var residual = input;
+        var normed = RmsNorm(residual, null, stage.End > stage.First ? _layers[stage.First].InputNorm : _finalNorm, out _);
+        for (var i = stage.First; i < stage.End; i++)
         {
             var layer = _layers[i];
             var qkv = Adapt(layer.Qkv.Forward(normed, _kernels), normed, i, FusedGroup.Qkv, loraMask);
@@ -584,6 +772,11 @@ public sealed class FastDecoder : IDisposable
             var gateUp = Adapt(layer.GateUp.Forward(normed, _kernels), normed, i, FusedGroup.GateUp, loraMask);
             var activated = SiluMul(gateUp);
             var down = Adapt(layer.Down.Forward(activated, _kernels), activated, i, FusedGroup.Down, loraMask);
+            if (!stage.IsLast && i + 1 == stage.End)
+            {
+                // The boundary: the residual stream (what the next layer's input norm would add up) goes to the next stage.
+                return residual.add(down, Scalars.One);
+            }
             var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].InputNorm : _finalNorm;
             if (pick is not null && i + 1 == _layers.Length)
             {
@@ -688,27 +881,71 @@ public sealed class FastDecoder : IDisposable
             layer.Dispose();
         }
         _lmHead.Dispose();
-        foreach (var t in _keys.Concat(_values).Concat([_cos, _sin, _tokens, _positions, _history, _logits, _embed, _finalNorm]))
+        foreach (var t in _keys.Concat(_values).Concat([_tokens, _nextTokens, _history, _logits, _embed, _finalNorm]).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>())
         {
             t.Dispose();
         }
-        _loraMask?.Dispose();
+        foreach (var stage in _stages)
+        {
+            stage.Dispose();
+        }
+    }
+
+    /// <summary>One pipeline stage's device-resident state (see the class remarks).</summary>
+    private sealed class Stage : IDisposable
+    {
+        public required int Index { get; init; }
+
+        public required Device Device { get; init; }
+
+        public required int First { get; init; }
+
+        public required int End { get; init; }
+
+        public required bool IsLast { get; init; }
+
+        public Tensor Cos { get; set; } = null!;
+
+        public Tensor Sin { get; set; } = null!;
+
+        /// <summary>Each row's position, <c>[MaxBatch]</c> on the stage's device.</summary>
+        public Tensor Positions { get; set; } = null!;
+
+        /// <summary>The residual stream from the previous stage, <c>[MaxBatch, hidden]</c> (null on the first stage).</summary>
+        public Tensor? Input { get; set; }
+
+        /// <summary>The residual stream for the next stage, <c>[MaxBatch, hidden]</c> (null on the last stage).</summary>
+        public Tensor? Output { get; set; }
+
+        public Tensor? LoraMask { get; set; }
+
+        public int LoraVersion { get; set; } = -1;
+
+        public void Dispose()
+        {
+            foreach (var t in new[] { Cos, Sin, Positions, Input, Output, LoraMask }.OfType<Tensor>())
+            {
+                t.Dispose();
+            }
+        }
     }
 
     private sealed class Layer : IDisposable
     {
-        public Layer(LlamaDecoderLayer layer, ScalarType dtype)
+        public Layer(LlamaDecoderLayer layer, ScalarType dtype, Device device)
         {
             var projections = layer.Projections().ToDictionary(p => p.Name, p => p.Layer);
-            Projection Fuse(FusedGroup group) => Projection.Fuse(ModulesOf(group).Select(m => projections[m]).ToList(), dtype);
+            Projection Fuse(FusedGroup group) => Projection.Fuse(ModulesOf(group).Select(m => projections[m]).ToList(), dtype).MoveTo(device);
             Qkv = Fuse(FusedGroup.Qkv);
             O = Fuse(FusedGroup.O);
             GateUp = Fuse(FusedGroup.GateUp);
             Down = Fuse(FusedGroup.Down);
             var norms = layer.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-            InputNorm = norms["input_layernorm.weight"].detach();
-            PostNorm = norms["post_attention_layernorm.weight"].detach();
+            InputNorm = OnDevice(norms["input_layernorm.weight"].detach(), device);
+            PostNorm = OnDevice(norms["post_attention_layernorm.weight"].detach(), device);
         }
+
+        private static Tensor OnDevice(Tensor t, Device device) => SameDevice(t.device, device) ? t : t.to(device);
 
         public Projection Qkv { get; }
 

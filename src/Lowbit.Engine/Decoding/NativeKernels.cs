@@ -26,6 +26,7 @@ public static unsafe class NativeKernels
     private static delegate* unmanaged<IntPtr, int> _captureBegin;
     private static delegate* unmanaged<IntPtr, int> _captureEnd;
     private static delegate* unmanaged<IntPtr, int> _replay;
+    private static delegate* unmanaged<int, int> _setDevice;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, double, IntPtr, IntPtr, int> _rmsNorm;
     private static delegate* unmanaged<IntPtr, int, IntPtr, IntPtr, IntPtr, int> _rope;
     private static delegate* unmanaged<IntPtr, IntPtr, int> _siluMul;
@@ -98,6 +99,7 @@ public static unsafe class NativeKernels
                 _captureBegin = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_capture_begin");
                 _captureEnd = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_capture_end");
                 _replay = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_replay");
+                _setDevice = (delegate* unmanaged<int, int>)Export("lowbit_set_device");
                 _rmsNorm = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, double, IntPtr, IntPtr, int>)Export("lowbit_rmsnorm");
                 _rope = (delegate* unmanaged<IntPtr, int, IntPtr, IntPtr, IntPtr, int>)Export("lowbit_rope");
                 _siluMul = (delegate* unmanaged<IntPtr, IntPtr, int>)Export("lowbit_silu_mul");
@@ -150,6 +152,16 @@ public static unsafe class NativeKernels
     internal static void CaptureEnd(IntPtr graph) => Check(_captureEnd(graph), "graph capture end");
 
     internal static void Replay(IntPtr graph) => Check(_replay(graph), "graph replay");
+
+    /// <summary>
+    /// Makes CUDA device <paramref name="index"/> current for this thread (<c>cudaSetDevice</c>): graphs are created,
+    /// captured and replayed on the current device, so a pipeline shard selects its GPU before its graph runs.
+    /// </summary>
+    public static void SetDevice(int index)
+    {
+        Require();
+        Check(_setDevice(index), "set device");
+    }
 
     /// <summary><paramref name="output"/> = weight · norm(x (+ residual)); the sum goes to <paramref name="residualOut"/> when given.</summary>
     public static void RmsNorm(Tensor x, Tensor? residual, Tensor weight, double eps, Tensor? residualOut, Tensor output)

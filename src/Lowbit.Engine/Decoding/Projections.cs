@@ -40,6 +40,13 @@ public abstract class Projection : IDisposable
     public abstract void Dispose();
 
     /// <summary>
+    /// This projection on <paramref name="device"/> (a pipeline shard's): itself when it is there already, else a copy
+    /// there, this one disposed. Unfused quantized projections (<see cref="ModuleProjection"/>) stay where the loader
+    /// put them (<c>PipelinePlacement</c> refuses to split a model that has them).
+    /// </summary>
+    public virtual Projection MoveTo(Device device) => this;
+
+    /// <summary>
     /// One projection over the concatenation of <paramref name="parts"/> along the output dimension (fused QKV,
     /// gate/up): int4 when every part is an eligible 4-bit quantized layer, else dense in <paramref name="dtype"/>.
     /// </summary>
@@ -151,6 +158,17 @@ public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
         return nn.functional.linear(x, Weight, bias);
     }
 
+    public override Projection MoveTo(Device device)
+    {
+        if (FastDecoder.SameDevice(Weight.device, device))
+        {
+            return this;
+        }
+        var moved = new DenseProjection(Weight.to(device), bias?.to(device));
+        Dispose();
+        return moved;
+    }
+
     public override void Dispose()
     {
         Weight.Dispose();
@@ -226,6 +244,23 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         }
         using var dense = Weight.Dequantize(x.dtype);
         return nn.functional.linear(x, dense, bias);
+    }
+
+    public override Projection MoveTo(Device device)
+    {
+        if (FastDecoder.SameDevice(Weight.Packed.device, device))
+        {
+            return this;
+        }
+        var moved = new Int4Projection(new Int4Weight
+        {
+            Packed = Weight.Packed.to(device),
+            Scales = Weight.Scales.to(device),
+            Zeros = Weight.Zeros.to(device),
+            GroupSize = Weight.GroupSize,
+        }, bias?.to(device));
+        Dispose();
+        return moved;
     }
 
     public override void Dispose()

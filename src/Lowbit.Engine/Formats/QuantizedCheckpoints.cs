@@ -150,9 +150,11 @@ public static class LowbitCheckpoint
     /// 8-bit layers with groups along the input keep the file's packed bytes as they are (<see cref="PackedQuantizedLinear"/>:
     /// one copy, dequantized per call; the fast decode path's int4 weights are views of it); other layers (3-bit,
     /// act-order, groups along the output) are <see cref="QuantizedLinear"/>s with one byte per code. Layers are read one
-    /// at a time, so the host never holds more than one layer's codes.
+    /// at a time, so the host never holds more than one layer's codes. With <paramref name="projectionDevice"/> (a
+    /// pipeline split, <c>serve --shards</c>) each projection is read straight onto the device it names for the
+    /// projection's module name; everything else goes to <paramref name="device"/>.
     /// </summary>
-    public static LlamaForCausalLM Load(string directory, ScalarType dtype, Device device)
+    public static LlamaForCausalLM Load(string directory, ScalarType dtype, Device device, Func<string, Device>? projectionDevice = null)
     {
         using var checkpoint = Checkpoint.Open(directory);
         using var file = SafetensorsFile.Open(Path.Combine(directory, Checkpoint.SingleFile));
@@ -163,12 +165,13 @@ public static class LowbitCheckpoint
         {
             var hasBias = checkpoint.Contains(name + ".bias");
             current.Dispose();
+            var at = projectionDevice?.Invoke(name) ?? device;
             if (!layers.TryGetValue(name, out var node))
             {
                 // A projection the export kept dense: allocated now, filled with the other dense tensors below.
-                return new DenseLinear(current.InFeatures, current.OutFeatures, hasBias, dtype, device);
+                return new DenseLinear(current.InFeatures, current.OutFeatures, hasBias, dtype, at);
             }
-            return ReadLayer(file, name, node, device, hasBias ? checkpoint.Load(name + ".bias", dtype, device) : null);
+            return ReadLayer(file, name, node, at, hasBias ? checkpoint.Load(name + ".bias", dtype, at) : null);
         }, includeLmHead: true);
         using var noGrad = no_grad();
         foreach (var (name, parameter) in model.named_parameters())

@@ -42,8 +42,9 @@ public sealed class FastDecodeBackend : IDecodeBackend
     public FastDecoder Decoder => _decoder;
 
     /// <summary>One line naming the path: <c>fast decode (CUDA graphs, native kernels)</c> or <c>fast decode (eager)</c>.</summary>
-    public string Describe() => _decoder.UsesGraphs ? $"fast decode (CUDA graphs per batch bucket{(_decoder.UsesNativeKernels ? ", native kernels" : "")})"
-        : _decoder.UsesNativeKernels ? "fast decode (native kernels, no graphs)" : "fast decode (eager, no native library)";
+    public string Describe() => (_decoder.UsesGraphs ? $"fast decode (CUDA graphs per batch bucket{(_decoder.UsesNativeKernels ? ", native kernels" : "")})"
+        : _decoder.UsesNativeKernels ? "fast decode (native kernels, no graphs)" : "fast decode (eager, no native library)")
+        + (_decoder.Shards.Count > 1 ? $", {_decoder.Shards.Count} pipeline stages (one graph set per stage, the hidden state copied between stages outside the graphs)" : "");
 
     /// <summary>Graphs captured so far and the seconds their capture took, as one log line.</summary>
     public string GraphSummary() => $"{_decoder.CapturedGraphs} CUDA graphs captured in {_decoder.CaptureSeconds:F2} s";

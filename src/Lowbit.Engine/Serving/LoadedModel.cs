@@ -69,13 +69,29 @@ public sealed class LoadedModel : IDisposable
         }
         var tokenizerConfig = TokenizerConfig.Load(directory);
         var dtype = ModelLoading.ComputeDtype(config, options.Device);
-        var model = ModelLoading.Load(directory, dtype, options.Device);
+        var plan = options.ShardDevices.Count > 0
+            ? PipelinePlacement.Plan(directory, config, dtype, options.MaxConcurrency, options.MaxContext + 1, options.ShardDevices)
+            : null;
+        // A split model reads each projection onto its shard's device (the embedding and norms move after).
+        var model = plan is null ? ModelLoading.Load(directory, dtype, options.Device) : PipelinePlacement.Load(directory, dtype, plan);
         model.eval();
-        var adapters = new LoraSet(model, options.Device);
+        var device = plan?.Devices[0] ?? options.Device;
         FastDecodeBackend? batch = null;
+        LoraSet? adapters = null;
         try
         {
-            batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, options.Device, adapters);
+            if (plan is not null)
+            {
+                PipelinePlacement.Place(model, plan);
+                log($"pipeline split: {plan.Stages.Count} shards on {string.Join(",", plan.Devices.Select(PipelinePlacement.Name))} (--shards; balanced by weight + KV cache bytes)");
+                for (var s = 0; s < plan.Stages.Count; s++)
+                {
+                    log(plan.Describe(s));
+                }
+            }
+            adapters = new LoraSet(model, device, layerDevice: plan is null ? null : plan.LayerDevice);
+            batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, device, adapters,
+                plan is null ? null : new FastDecoderOptions { MaxBatch = options.MaxConcurrency, MaxLength = options.MaxContext + 1, Shards = plan.DecoderShards });
             log($"decode path: {batch.Describe()}");
             if (batch.CaptureGraphs() > 0)
             {
@@ -114,12 +130,20 @@ public sealed class LoadedModel : IDisposable
             {
                 log($"memory at ready: {ready}");
             }
+            foreach (var gpu in plan?.Devices.Where(d => d.type == TorchSharp.DeviceType.CUDA).Select(d => Math.Max(0, (int)d.index)).Distinct().Where(i => i != cudaIndex) ?? [])
+            {
+                if (CudaMemory.Stats(gpu) is { } other)
+                {
+                    log($"memory at ready on cuda:{gpu}: {other}");
+                }
+            }
             var eosIds = EosIdsOf(directory, tokenizer).Concat(config.EosTokenIds).Distinct().Order().ToArray();
             return new LoadedModel(model, tokenizer, tokenizerConfig, eosIds, batch, scheduler, adapters);
         }
         catch
         {
             batch?.Dispose();
+            adapters?.Dispose();
             model.Dispose();
             throw;
         }

@@ -35,13 +35,22 @@ public sealed class LoraSet : IDisposable, IFusedAdapters
     private readonly int _layerCount;
     private readonly ScalarType _dtype;
     private readonly Device _device;
+    private readonly Func<int, Device>? _layerDevice;
     private readonly Lock _gate = new();
     private readonly List<(string Name, string Path, AdapterWeights Weights)> _adapters = [];
     private Tensor? _rows;
 
-    public LoraSet(LlamaForCausalLM model, Device device, LoraLayout layout = LoraLayout.FusedStacks)
+    /// <param name="model">The served model.</param>
+    /// <param name="device">Where adapters are read (and, unsplit, where their stacks live).</param>
+    /// <param name="layout">How the adapters apply.</param>
+    /// <param name="layerDevice">
+    /// A pipeline split's device of each decoder layer (<c>serve --shards</c>): every layer's fused stacks live on its
+    /// shard's device; null: all on <paramref name="device"/>.
+    /// </param>
+    public LoraSet(LlamaForCausalLM model, Device device, LoraLayout layout = LoraLayout.FusedStacks, Func<int, Device>? layerDevice = null)
     {
         _device = device;
+        _layerDevice = layerDevice;
         _layout = layout;
         _layerCount = model.Model.Layers.Count;
         _dtype = model.Dtype;
@@ -247,8 +256,9 @@ public sealed class LoraSet : IDisposable, IFusedAdapters
                 using var scope = NewDisposeScope();
                 var inFeatures = _shapes[modules[0]].In;
                 var outs = modules.Select(m => _shapes[m].Out).ToArray();
-                var a = zeros([n, rank, inFeatures], _dtype, _device);
-                var b = zeros([n, outs.Sum(), rank], _dtype, _device);
+                var device = _layerDevice?.Invoke(layer) ?? _device;
+                var a = zeros([n, rank, inFeatures], _dtype, device);
+                var b = zeros([n, outs.Sum(), rank], _dtype, device);
                 for (var i = 0; i < n; i++)
                 {
                     var (rankAt, outAt) = (0L, 0L);

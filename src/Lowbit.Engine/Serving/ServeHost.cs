@@ -48,6 +48,12 @@ public sealed record ServeOptions
 
     public required Device Device { get; init; }
 
+    /// <summary>
+    /// <c>--shards</c>: the device of each pipeline shard (<see cref="PipelinePlacement.ResolveDevices"/>); empty: the
+    /// model is not split and runs on <see cref="Device"/>.
+    /// </summary>
+    public IReadOnlyList<Device> ShardDevices { get; init; } = [];
+
     /// <summary>When set, <c>/v1/*</c> needs <c>Authorization: Bearer KEY</c>.</summary>
     public string? ApiKey { get; init; }
 
@@ -138,7 +144,8 @@ public sealed class ServeHost : IAsyncDisposable
         host.Address = new Uri(address.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal));
         log($"listening on {host.Address}");
         host._loaded = await Task.Run(() => LoadedModel.Load(options, host.Metrics, time, log, ex => host._failed.TrySetException(ex)), cancellationToken).ConfigureAwait(false);
-        log($"ready: {options.ServedName} ({host._loaded.Batch.CacheBytes / (1 << 20)} MiB KV cache for {options.MaxConcurrency} × {options.MaxContext} positions)");
+        var split = options.ShardDevices.Count > 0 ? $", split over {options.ShardDevices.Count} pipeline shards (see the shard lines)" : "";
+        log($"ready: {options.ServedName} ({host._loaded.Batch.CacheBytes / (1 << 20)} MiB KV cache for {options.MaxConcurrency} × {options.MaxContext} positions{split})");
         return host;
     }
 

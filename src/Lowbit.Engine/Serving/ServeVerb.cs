@@ -46,6 +46,7 @@ public static class ServeVerb
     public static ServeOptions Resolve(ServeRequest request, VerbContext context)
     {
         var device = TorchRuntime.ResolveDevice(request.Device);
+        var shardDevices = PipelinePlacement.ResolveDevices(request, device, device.type == TorchSharp.DeviceType.CUDA ? TorchSharp.torch.cuda.device_count() : 0);
         using var http = ModelSource.CreateHttpClient();
         // A local .gguf file goes to llama.cpp as it is (LoadedModel.GgufPath); anything else resolves to a folder.
         var ggufFile = File.Exists(request.Model) && request.Model.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase);
@@ -64,6 +65,11 @@ public static class ServeVerb
             }
         }
         var gguf = ggufFile || LoadedModel.GgufPath(directory) is not null;
+        if (gguf && shardDevices.Count > 0)
+        {
+            throw new ProtocolArgumentException(PipelineSplit.ShardsFlag, "a GGUF model runs on llama.cpp's CPU backend, which this engine does not split across devices",
+                "1 for a GGUF model (serve its safetensors or lowbit artifact to split it)");
+        }
         var servedName = request.ServedName ?? (ggufFile ? Path.GetFileNameWithoutExtension(request.Model) : Path.GetFileName(request.Model.TrimEnd('/')));
         return new ServeOptions
         {
@@ -75,6 +81,7 @@ public static class ServeVerb
             MaxConcurrency = request.MaxConcurrency,
             PrefillChunk = request.MaxNumBatchedTokens ?? PrefillBudgets.For(device, gguf),
             Device = device,
+            ShardDevices = shardDevices,
             ApiKey = apiKey,
             Adapters = ParseAdapters(request.Adapters),
         };

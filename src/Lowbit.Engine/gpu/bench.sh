@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU decode benchmark for a PyTorch CUDA host without .NET (run from the unpacked GPU bundle, `make engine-gpu-bundle`):
-#   ./bench.sh [--layers N] [--work DIR] [--new-tokens N] [--quant]
+#   ./bench.sh [--layers N] [--work DIR] [--new-tokens N] [--quant] [--shards N]
 # 1. bench_hf.py make: a random 7B-shaped Llama (bf16, Llama-2-7B dimensions, N layers, default 32) as safetensors
 # 2. lowbit-engine selfcheck-kernels: every native decode kernel against its eager reference (relative errors)
 # 3. lowbit-engine bench-kernels: every decode kernel alone on the 7B shapes (cuBLAS, native GEMV, int4 v1/v2/dequant
@@ -11,12 +11,17 @@
 # 5. bench_hf.py decode: transformers generate() eager and with a static cache (torch.compile), batch 1 and 32
 # 6. a Markdown table on stdout; raw JSON lines in $WORK/results.jsonl. --quant adds the quantizer timings
 #    (bench-quant.sh; GPTQ alone takes ~5 minutes at 32 layers).
+# --shards N (docs/serve.md, "Sharding across GPUs"): step 4 splits the fused decoder's layers into N pipeline stages (one
+#    GPU each when the host has N, else all stacked on cuda:0 with --shard-devices: the same code path on one GPU) and
+#    runs native:1, graph:1/8/32 and int4-graph:1/16 only; steps 3 and 5 are skipped. Compare its graph:1 and graph:32
+#    rows with a run without --shards; the shard split and the allocator's memory per GPU are printed under the table.
 # Every step is bounded by a timeout and a failed step does not stop the others. Runtime target: <= 6 minutes at 32 layers.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 layers=32
 new_tokens=128
 quant=0
+shards=1
 work="${TMPDIR:-/tmp}/lowbit-bench"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,7 +29,8 @@ while [ $# -gt 0 ]; do
     --work) work="$2"; shift 2 ;;
     --new-tokens) new_tokens="$2"; shift 2 ;;
     --quant) quant=1; shift ;;
-    *) echo "bench.sh: unknown argument $1 (accepted: --layers N, --work DIR, --new-tokens N, --quant)" >&2; exit 42 ;;
+    --shards) shards="$2"; shift 2 ;;
+    *) echo "bench.sh: unknown argument $1 (accepted: --layers N, --work DIR, --new-tokens N, --quant, --shards N)" >&2; exit 42 ;;
   esac
 done
 PYTHON="${PYTHON:-python3}"
@@ -45,12 +51,26 @@ if [ ! -f "$model/config.json" ]; then
 fi
 # First use builds the native library (run.sh); its time is this step's.
 step selfcheck-kernels 420 "$here/run.sh" selfcheck-kernels
+if [ "$shards" -gt 1 ]; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .); fi
+  shard_args=(--shards "$shards")
+  if [ "${gpus:-0}" -lt "$shards" ]; then
+    stacked=$(for _ in $(seq "$shards"); do printf 'cuda:0,'; done)
+    shard_args+=(--shard-devices "${stacked%,}")
+  fi
+  echo "{\"event\":\"bench-shards\",\"shards\":$shards,\"args\":\"${shard_args[*]}\"}" | tee -a "$results"
+  step lowbit-decode-shards 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
+    --new-tokens "$new_tokens" --int4-group 64 "${shard_args[@]}" \
+    --runs "native:1,graph:1,graph:8,graph:32,int4-graph:1,int4-graph:16"
+else
 step bench-kernels 120 "$here/run.sh" bench-kernels --device cuda
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \
   --runs "eager:1,fused:1,native:1,graph-cublas:1,graph-fixed:1,graph:1,fused:4,graph:4,graph:8,graph-cublas:8,graph:32,int4-native:1,int4-graph-fixed:1,int4-graph:1,int4-graph:2,int4-graph:16"
 step hf-eager 180 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens"
 step hf-static 240 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens" --cache static
+fi
 if [ "$quant" = 1 ]; then
   "$here/bench-quant.sh" "$here" --layers "$layers" | tee -a "$results"
 fi
@@ -93,6 +113,13 @@ for r in decode:
     if r["engine"] == "lowbit":
         print(f"\nlowbit 7B load: {r['loadSeconds']} s")
         break
+split = [r for r in decode if "shardPlan" in r]
+if split:
+    print(f"\npipeline split ({split[0]['shards']} shards, {next((r['args'] for r in rows if r.get('event') == 'bench-shards'), '')}):")
+    for line in split[0]["shardPlan"]:
+        print(f"- {line}")
+    for r in split:
+        print(f"- {r['weights']} {r['mode']}:{r['batch']} memory: {'; '.join(r['gpuMemory']) or 'n/a'}")
 print("\n| step | rc | seconds |")
 print("|---|---|---|")
 for r in rows:

@@ -4,6 +4,7 @@
 // loads it optionally from the folder of LOWBIT_NATIVE_LIB (NativeKernelsV2.cs). Tensors arrive as TorchSharp handles
 // (pointers to heap at::Tensor, as in lowbit_native.cpp). 0 on success, -1 on failure (lowbit_v2_last_error says why).
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
@@ -62,6 +63,8 @@ int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int 
     auto& zt = T(zeros);
     auto& ot = T(out);
     TORCH_CHECK(xt.is_cuda() && pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 v2: CUDA tensors only");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2: packed uint8 [N, K/2]");
     const int64_t n = pt.size(0), k = pt.size(1) * 2;
     TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2: group ", group, " must be a multiple of 32 dividing K=", k);
@@ -98,6 +101,8 @@ int lowbit_v2_gemv(void* x, void* weight, void* out) {
     auto& wt = T(weight);
     auto& ot = T(out);
     TORCH_CHECK(xt.is_cuda() && wt.is_cuda() && ot.is_cuda(), "gemv v2: CUDA tensors only");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     TORCH_CHECK(wt.dim() == 2 && wt.is_contiguous() && wt.size(1) % 8 == 0 && aligned16(wt), "gemv v2: weight [N, K], K % 8 == 0");
     const int64_t n = wt.size(0), k = wt.size(1);
     TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "gemv v2: x and out must be 2-D");

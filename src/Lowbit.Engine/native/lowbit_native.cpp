@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
@@ -149,6 +150,12 @@ int lowbit_graph_capture_end(void* g) {
   return rc;
 }
 
+// Makes CUDA device `index` current for this thread: graphs are created, captured and replayed on the current device
+// (a pipeline shard's graph on its shard's GPU).
+int lowbit_set_device(int index) {
+  return guarded([&] { C10_CUDA_CHECK(cudaSetDevice(index)); });
+}
+
 int lowbit_graph_replay(void* g) {
   return guarded([&] { static_cast<Graph*>(g)->graph.replay(); });
 }
@@ -160,6 +167,8 @@ int lowbit_rmsnorm(void* x, void* residual, void* weight, double eps, void* resi
     auto& wt = T(weight);
     auto& ot = T(out);
     check_cuda(xt, "x");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     const int64_t n = xt.size(-1);
     TORCH_CHECK(xt.is_contiguous() && ot.is_contiguous() && wt.is_contiguous(), "rmsnorm: contiguous tensors only");
     TORCH_CHECK(wt.numel() == n && ot.numel() == xt.numel(), "rmsnorm: shape mismatch");
@@ -190,6 +199,8 @@ int lowbit_rope(void* in, int heads, void* cos, void* sin, void* out) {
     auto& st = T(sin);
     auto& ot = T(out);
     check_cuda(it, "rope input");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     TORCH_CHECK(it.dim() == 2 && it.stride(1) == 1, "rope: input must be 2-D with unit inner stride");
     const int64_t rows = it.size(0);
     const int64_t d = ct.size(-1);
@@ -208,6 +219,8 @@ int lowbit_silu_mul(void* in, void* out) {
     auto& it = T(in);
     auto& ot = T(out);
     check_cuda(it, "silu_mul input");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(it.device());
     TORCH_CHECK(it.is_contiguous() && ot.is_contiguous() && it.scalar_type() == ot.scalar_type(), "silu_mul: contiguous, same dtype");
     const int64_t inter = it.size(-1) / 2;
     TORCH_CHECK(ot.numel() * 2 == it.numel() && ot.size(-1) == inter, "silu_mul: out must be [rows, inter]");
@@ -223,6 +236,8 @@ int lowbit_gemv(void* x, void* weight, void* out) {
     auto& wt = T(weight);
     auto& ot = T(out);
     check_cuda(xt, "x");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     TORCH_CHECK(wt.dim() == 2 && wt.is_contiguous() && wt.size(1) % 8 == 0 && aligned16(wt), "gemv: weight [N, K], K % 8 == 0");
     TORCH_CHECK(wt.scalar_type() == xt.scalar_type(), "gemv: weight dtype");
     check_activations(xt, ot, wt.size(1), wt.size(0));
@@ -240,6 +255,8 @@ int lowbit_int4_linear(void* x, void* packed, void* scales, void* zeros, int gro
     auto& zt = T(zeros);
     auto& ot = T(out);
     check_cuda(xt, "x");
+    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
     TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4: packed uint8 [N, K/2]");
     const int64_t n = pt.size(0), k = pt.size(1) * 2;
     TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4: group ", group, " must be a multiple of 32 dividing K=", k);
