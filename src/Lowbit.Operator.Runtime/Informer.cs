@@ -89,6 +89,7 @@ public sealed class Informer<T> : IInformer
     private readonly ConcurrentDictionary<ObjectKey, (string Index, string Value)[]> _filed = new();
     private readonly Prometheus.Counter.Child _decodes;
     private long _watchStartedAt;
+    private volatile bool _served = true;
 
     public Informer(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILogger<Informer<T>> logger, CacheOptions<T>? cache = null)
     {
@@ -120,6 +121,12 @@ public sealed class Informer<T> : IInformer
     public string? LabelSelector => _labelSelector;
 
     public bool HasSynced => _synced.Task.IsCompleted;
+
+    /// <summary>
+    /// False while the API server answers the kind's list with 404 (its CustomResourceDefinition is not installed);
+    /// the informer lists again every <see cref="InformerOptions.MaxBackoff"/>. True before the first list.
+    /// </summary>
+    public bool Served => _served;
 
     /// <summary>The newest resourceVersion seen (list, event or bookmark); the next watch resumes from it.</summary>
     public string? ResourceVersion { get; private set; }
@@ -220,7 +227,14 @@ public sealed class Informer<T> : IInformer
             {
                 if (relistReason is not null)
                 {
-                    await RelistAsync(relistReason, cancellationToken).ConfigureAwait(false);
+                    if (!await RelistAsync(relistReason, cancellationToken).ConfigureAwait(false))
+                    {
+                        // The kind is not served (its CRD is not installed): look again later, never a crash loop.
+                        relistReason = "notServed";
+                        await DelayAsync(_options.MaxBackoff, cancellationToken).ConfigureAwait(false);
+                        continue;
+                    }
+
                     relistReason = null;
                     backoff = _options.MinBackoff;
                 }
@@ -277,7 +291,12 @@ public sealed class Informer<T> : IInformer
         Interlocked.Exchange(ref _watchStartedAt, 0);
     }
 
-    private async Task RelistAsync(string reason, CancellationToken cancellationToken)
+    /// <summary>
+    /// Lists the kind and replaces the cache. False when the API server does not serve the kind at all (a 404 on the
+    /// list: its CustomResourceDefinition is not installed): the cache is then empty and counts as synced, so an
+    /// optional kind (a LeaderWorkerSet) neither blocks the operator's start nor crashes it; <see cref="Served"/> tells.
+    /// </summary>
+    private async Task<bool> RelistAsync(string reason, CancellationToken cancellationToken)
     {
         _metrics.WatchRelists.WithLabels(_kindLabel, reason).Inc();
         var fresh = new Dictionary<ObjectKey, object>();
@@ -294,6 +313,12 @@ public sealed class Informer<T> : IInformer
                     ("limit", _options.PageSize.ToString(System.Globalization.CultureInfo.InvariantCulture)),
                     ("continue", continueToken));
                 using var response = await _rest.GetAsync(path, linked.Token).ConfigureAwait(false);
+                if (response.StatusCode == System.Net.HttpStatusCode.NotFound && continueToken is null)
+                {
+                    MarkNotServed();
+                    return false;
+                }
+
                 await KubernetesRest.EnsureSuccessAsync(response, linked.Token).ConfigureAwait(false);
                 KubernetesList<T> page;
                 try
@@ -363,6 +388,36 @@ public sealed class Informer<T> : IInformer
         ResourceVersion = listVersion;
         _metrics.CachedObjects.WithLabels(_kindLabel).Set(_items.Count);
         InformerLog.Listed(_logger, Type.Kind, reason, fresh.Count, deleted, listVersion);
+        _served = true;
+        if (_synced.TrySetResult())
+        {
+            _metrics.InformerSynced.WithLabels(_kindLabel).Set(1);
+        }
+
+        return true;
+    }
+
+    /// <summary>The kind is not served: empty the cache (handlers see the deletes), count as synced, say so once.</summary>
+    private void MarkNotServed()
+    {
+        foreach (var (key, old) in _items)
+        {
+            if (_items.TryRemove(key, out _))
+            {
+                Reindex(key, null);
+                var gone = Unpack(old);
+                Dispatch(h => h.OnDelete(gone));
+            }
+        }
+
+        ResourceVersion = null;
+        _metrics.CachedObjects.WithLabels(_kindLabel).Set(0);
+        if (_served)
+        {
+            InformerLog.NotServed(_logger, Type.Kind, Type.ApiVersion, _options.MaxBackoff);
+        }
+
+        _served = false;
         if (_synced.TrySetResult())
         {
             _metrics.InformerSynced.WithLabels(_kindLabel).Set(1);

@@ -25,6 +25,9 @@ internal static partial class InformerLog
     [LoggerMessage(EventId = 1107, Level = LogLevel.Information, Message = "Watch of {Kind} broke off; resuming")]
     public static partial void WatchBroken(ILogger logger, string kind, Exception exception);
 
+    [LoggerMessage(EventId = 1108, Level = LogLevel.Information, Message = "{Kind} ({ApiVersion}) is not served by the API server (its CustomResourceDefinition is not installed); its cache stays empty and the list is retried every {Retry}")]
+    public static partial void NotServed(ILogger logger, string kind, string apiVersion, TimeSpan retry);
+
     [LoggerMessage(EventId = 1106, Level = LogLevel.Error, Message = "An event handler of {Kind} threw")]
     public static partial void HandlerFailed(ILogger logger, string kind, Exception exception);
 }

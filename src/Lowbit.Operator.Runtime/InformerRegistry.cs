@@ -35,6 +35,14 @@ public interface IObjectCache
     /// <summary>Cached objects whose controller owner reference points at <paramref name="owner"/> (same namespace, matching UID).</summary>
     IReadOnlyList<TChild> ListOwnedBy<TChild>(IKubernetesObject<V1ObjectMeta> owner)
         where TChild : class, IKubernetesObject<V1ObjectMeta>;
+
+    /// <summary>
+    /// False when the API server does not serve the kind (an optional CustomResourceDefinition, such as LeaderWorkerSet,
+    /// is not installed): its cache is empty and creating one would fail. Throws when <typeparamref name="T"/> is not a watched kind.
+    /// </summary>
+    bool IsServed<T>()
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => true;
 }
 
 /// <summary>One shared informer per kind (a controller's primary and child watches, and reconcilers' reads, share it).</summary>
@@ -126,6 +134,10 @@ public sealed class InformerRegistry : IObjectCache
             .Where(c => c.Metadata.OwnerReferences?.Any(r => r.Controller == true && r.Uid == uid) == true)
             .ToList();
     }
+
+    public bool IsServed<T>()
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => Existing<T>().Served;
 
     private Informer<T> Existing<T>()
         where T : class, IKubernetesObject<V1ObjectMeta>

@@ -4,6 +4,7 @@ using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
 using Lowbit.Operator.Controllers;
+using Lowbit.Operator.LeaderWorkerSets;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Telemetry;
 using Lowbit.Planner;
@@ -43,7 +44,9 @@ public static class OperatorSetup
         op.Cache<V1Pod>(ManagedBySelector, CacheTransforms.TrimPod, serialized: false)
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Deployment>(IsOurs, CacheTransforms.TrimDeployment))
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Service>(IsOurs, CacheTransforms.TrimService))
-            .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Job>(IsOurs, CacheTransforms.TrimJob));
+            .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Job>(IsOurs, CacheTransforms.TrimJob))
+            // An optional kind: while its CRD is not installed the cache stays empty (the endpoint says LeaderWorkerSetNotInstalled).
+            .Cache(transform: CacheTransforms.MetadataOnlyUnless<LeaderWorkerSet>(IsOurs, LeaderWorkerSetCache.Trim));
         // Reverse references as cache indexes: a QuantizedModel or FineTuneJob event finds the resources that use it
         // by key, on the informer's loop, without decoding every cached endpoint (10,000 endpoints made each
         // QuantizedModel event cost ~10,000 decodes and stalled that watch for minutes).
@@ -59,6 +62,7 @@ public static class OperatorSetup
                 .Watches<QuantizedModel>(cache => m => cache.KeysByIndex<FineTuneJob>(QuantizedModelRefIndex, Ref(m.Metadata, m.Metadata.Name))))
             .AddController<InferenceEndpoint, InferenceEndpointReconciler>(c => c
                 .Owns<V1Deployment>()
+                .Owns<LeaderWorkerSet>()
                 .Owns<V1Job>()
                 .Owns<V1Service>()
                 .Watches<V1Pod>(PodsOf(InferenceEndpoint.KindName))

@@ -120,18 +120,31 @@ public static class MemoryEstimator
         _ => 1 - Headroom,
     };
 
-    public static MemoryBreakdown Estimate(ModelArchitecture model, Workload workload, int devices = 1, DeviceKind kind = DeviceKind.Gpu, ByteSize deviceMemory = default)
+    public static MemoryBreakdown Estimate(ModelArchitecture model, Workload workload, int devices = 1, DeviceKind kind = DeviceKind.Gpu, ByteSize deviceMemory = default,
+        int pipelineStages = 1)
     {
+        ArgumentNullException.ThrowIfNull(model);
         var parameters = model.Parameters;
-        return Estimate(model, parameters, workload, devices, kind, deviceMemory);
+        return Estimate(model, parameters, workload, devices, kind, deviceMemory, pipelineStages);
     }
 
-    internal static MemoryBreakdown Estimate(ModelArchitecture model, in ParameterCounts p, Workload workload, int devices, DeviceKind kind, ByteSize deviceMemory = default)
+    /// <summary>
+    /// Per device, with the replica's devices split into <paramref name="pipelineStages"/> pipeline stages of
+    /// <c>devices / pipelineStages</c> tensor-parallel shards each (inference only; 1 = tensor parallel over all).
+    /// </summary>
+    internal static MemoryBreakdown Estimate(ModelArchitecture model, in ParameterCounts p, Workload workload, int devices, DeviceKind kind, ByteSize deviceMemory = default,
+        int pipelineStages = 1)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(devices, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(pipelineStages, 1);
+        if (devices % pipelineStages != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(pipelineStages), pipelineStages, $"must divide the {devices} devices");
+        }
+
         var raw = workload.Mode switch
         {
-            WorkloadMode.Inference => Inference(model, p, workload, devices, kind, deviceMemory),
+            WorkloadMode.Inference => Inference(model, p, workload, devices, pipelineStages, kind, deviceMemory),
             WorkloadMode.Quantize => Quantize(model, p, workload),
             WorkloadMode.Full => Full(model, p, workload, devices),
             WorkloadMode.Lora or WorkloadMode.Qlora => Lora(model, p, workload, devices),
@@ -146,12 +159,13 @@ public static class MemoryEstimator
     /// memory and CUDA graphs: <c>gpu_memory_utilization × memory − (the rest)</c> over the KV bytes per token.
     /// Divide by the context to get the concurrency vLLM logs as "Maximum concurrency".
     /// </summary>
-    public static long VllmKvCapacityTokens(ModelArchitecture model, Workload workload, ByteSize deviceMemory, int devices = 1)
+    public static long VllmKvCapacityTokens(ModelArchitecture model, Workload workload, ByteSize deviceMemory, int devices = 1, int pipelineStages = 1)
     {
+        ArgumentNullException.ThrowIfNull(model);
         var vllm = workload with { Runtime = ServingRuntime.Vllm, Mode = WorkloadMode.Inference };
-        var need = Estimate(model, vllm, devices, DeviceKind.Gpu, deviceMemory);
+        var need = Estimate(model, model.Parameters, vllm, devices, DeviceKind.Gpu, deviceMemory, pipelineStages);
         var pool = (deviceMemory * VllmGpuMemoryUtilization) - (need.Total - need.KvCache);
-        var perToken = KvBytesPerToken(model, vllm.KvCache, devices).Bytes;
+        var perToken = KvBytesPerToken(model, vllm.KvCache, devices / pipelineStages).Bytes / pipelineStages;
         return pool.Bytes <= 0 ? 0 : (long)(pool.Bytes / perToken);
     }
 
@@ -182,23 +196,31 @@ public static class MemoryEstimator
     /// (lowbit: the max-context × max-concurrency slab; vLLM: context × concurrency in 16-token blocks, the rest of its
     /// pool is more KV; llama.cpp: n_ctx = context × slots; transformers: the dynamic cache plus one layer's copy while
     /// it grows); the activation peak of one prefill forward (<see cref="PrefillTransient"/>) and the logits of the
-    /// positions computed (<see cref="LogitsBytes"/>).
+    /// positions computed (<see cref="LogitsBytes"/>). With <paramref name="stages"/> pipeline stages (vLLM across
+    /// nodes) each device holds its stage's share of the layers: weights and KV cache divide by all N devices (KV heads
+    /// by the tensor-parallel size, layers by the stages); the activation widths divide by the tensor-parallel size only,
+    /// and the logits are counted whole (the last stage computes them).
     /// </summary>
-    private static MemoryBreakdown Inference(ModelArchitecture m, in ParameterCounts p, Workload w, int n, DeviceKind kind, ByteSize deviceMemory)
+    private static MemoryBreakdown Inference(ModelArchitecture m, in ParameterCounts p, Workload w, int n, int stages, DeviceKind kind, ByteSize deviceMemory)
     {
         var context = (long)w.ContextLength;
-        var kvPerToken = KvBytesPerToken(m, w.KvCache, n).Bytes;
+        var tensorParallel = n / stages;
+        var kvPerToken = KvBytesPerToken(m, w.KvCache, tensorParallel).Bytes / stages;
         var kvTokens = w.Runtime == ServingRuntime.Vllm
             ? (context + VllmBlockTokens - 1) / VllmBlockTokens * VllmBlockTokens * w.Concurrency
             : context * w.Concurrency;
         double kv = kvPerToken * (double)kvTokens;
         var weights = WeightBytes(p, w.Weights).Bytes / (double)n;
+        if (w.Runtime == ServingRuntime.Lowbit && stages > 1)
+        {
+            (weights, kv) = HeaviestStage(m, p, w, kvTokens, stages);
+        }
         if (w.Runtime == ServingRuntime.LlamaCpp && kind == DeviceKind.Gpu)
         {
             // llama.cpp keeps the input embedding (token_embd) in host memory even with every layer offloaded.
             weights -= p.Embedding * w.Weights.EmbeddingBitsPerWeight / 8 / n;
         }
-        var transient = PrefillTransient(m, w, n, kind, deviceMemory) + LogitsBytes(m, w, kind);
+        var transient = PrefillTransient(m, w, tensorParallel, kind, deviceMemory) + LogitsBytes(m, w, kind);
         if (w.Runtime == ServingRuntime.Transformers)
         {
             // DynamicCache grows by torch.cat: one layer's old and new cache are alive together.
@@ -218,6 +240,25 @@ public static class MemoryEstimator
             Gradients = ByteSize.Zero,
             Overhead = ByteSize.Zero,
         };
+    }
+
+    /// <summary>
+    /// Our engine's pipeline split (<c>serve --shards</c>, <see cref="PipelineSplit.Balance"/>): each layer costs its
+    /// weights (the block's linears, norms and biases, evenly per layer) plus its slice of the KV slab; the embedding
+    /// sits on stage 0 and the head on the last (a tied embedding has a copy at both ends). The device that must hold
+    /// the most is the heaviest stage: its weights and KV cache.
+    /// </summary>
+    private static (double Weights, double KvCache) HeaviestStage(ModelArchitecture m, in ParameterCounts p, Workload w, long kvTokens, int stages)
+    {
+        var all = WeightBytes(p, w.Weights).Bytes;
+        var embedding = (long)(p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var head = m.TiedEmbeddings ? embedding : (long)(p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var layerWeights = (all - embedding - (m.TiedEmbeddings ? 0 : head)) / (double)m.Layers;
+        var layerKv = KvBytesPerToken(m, w.KvCache).Bytes / m.Layers * kvTokens;
+        var perLayer = Enumerable.Repeat((long)(layerWeights + layerKv), m.Layers).ToList();
+        var heaviest = PipelineSplit.Balance(perLayer, embedding, head, Math.Min(stages, m.Layers)).MaxBy(s => s.Bytes)!;
+        var weights = (heaviest.LayerCount * layerWeights) + (heaviest.HoldsEmbedding ? embedding : 0) + (heaviest.HoldsHead ? head : 0);
+        return (weights, heaviest.LayerCount * layerKv);
     }
 
     /// <summary>The tokens one prefill forward processes on this runtime (see <see cref="Workload.PrefillChunk"/>).</summary>

@@ -21,6 +21,9 @@ public static class ModelPresets
 
     public static readonly ModelArchitecture Llama3_70B = Llama("Llama-3-70B", "llama", hidden: 8192, intermediate: 28672, layers: 80, heads: 64, kvHeads: 8, vocab: 128256, maxPositions: 8192);
 
+    /// <summary>Llama 3.1 405B (meta-llama/Llama-3.1-405B config.json): 810 GB in bf16, more than one 8-GPU H100 or A100 node holds.</summary>
+    public static readonly ModelArchitecture Llama31_405B = Llama("Llama-3.1-405B", "llama", hidden: 16384, intermediate: 53248, layers: 126, heads: 128, kvHeads: 8, vocab: 128256, maxPositions: 131072);
+
     public static readonly ModelArchitecture Mistral7B = Llama("Mistral-7B", "mistral", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kvHeads: 8, vocab: 32000, maxPositions: 32768);
 
     public static readonly ModelArchitecture Mixtral8x7B = Llama("Mixtral-8x7B", "mixtral", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kvHeads: 8, vocab: 32000, maxPositions: 32768) with
@@ -97,7 +100,7 @@ public static class ModelPresets
     /// <summary>Every preset, keyed by its lower-case name.</summary>
     public static readonly IReadOnlyDictionary<string, ModelArchitecture> All = new[]
     {
-        TinyLlama11B, Llama2_7B, Llama2_13B, Llama2_70B, Llama65B, Llama3_8B, Llama3_70B, Mistral7B,
+        TinyLlama11B, Llama2_7B, Llama2_13B, Llama2_70B, Llama65B, Llama3_8B, Llama3_70B, Llama31_405B, Mistral7B,
         Mixtral8x7B, StarCoder, Phi2, Phi3Mini, Qwen15_14B, Qwen15_110B, Gemma2B,
     }.ToDictionary(m => m.Name.ToLowerInvariant(), StringComparer.OrdinalIgnoreCase);
 

@@ -49,6 +49,16 @@ public abstract record PlacementOption
 
     public int Gpus => GpusPerNode * Nodes;
 
+    /// <summary>
+    /// Pipeline stages the model's layers are split into, in order (1: none). vLLM across nodes: one stage per node
+    /// (<c>--pipeline-parallel-size</c>); the lowbit runtime on several GPUs of one pod: one stage per GPU
+    /// (<c>lowbit-engine serve --shards</c>).
+    /// </summary>
+    public int PipelineStages { get; init; } = 1;
+
+    /// <summary>Tensor-parallel shards of each stage: the devices over <see cref="PipelineStages"/>.</summary>
+    public int TensorParallel => Devices / PipelineStages;
+
     /// <summary>Devices the model is spread over (GPUs, or 1 for a CPU node).</summary>
     public int Devices => Math.Max(Gpus, 1);
 

@@ -62,7 +62,10 @@ public static class PlacementPlanner
     /// <summary>GPUs per replica tried on one node (bounded by the node's GPU count).</summary>
     public static readonly IReadOnlyList<int> GpuCounts = [1, 2, 4, 8];
 
-    /// <summary>Node counts tried for sharded training on NVLink node types (whole nodes).</summary>
+    /// <summary>
+    /// Node counts tried, whole nodes each, on NVLink node types (which come with RDMA networking between nodes):
+    /// sharded training, and vLLM serving with one pipeline stage per node (tensor parallel over the node's GPUs).
+    /// </summary>
     public static readonly IReadOnlyList<int> NodeCounts = [2, 4, 8];
 
     public static PlanResult Plan(PlanRequest request)
@@ -97,8 +100,7 @@ public static class PlacementPlanner
         {
             var rejected = (DoesNotFit)option;
             var constraint = rejected.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget or RejectionReason.TooSlow;
-            if (constraint && rejected.PerDevice.Total <= rejected.UsablePerDevice
-                && (workload.Mode != WorkloadMode.Inference || DividesHeads(model, rejected.Devices)))
+            if (constraint && rejected.PerDevice.Total <= rejected.UsablePerDevice && HeadsRuleHolds(model, workload, rejected))
             {
                 constrained.Add(rejected);
             }
@@ -161,7 +163,10 @@ public static class PlacementPlanner
             }
             options.Add(Evaluate(request, node, p, gpus, nodes: 1));
         }
-        if (w.IsTraining && node.Interconnect == Interconnect.NvLink)
+        // Multi-node: sharded training, and vLLM serving (LeaderWorkerSet: tensor parallel over each node's GPUs,
+        // one pipeline stage per node, the standard vLLM-on-LWS recipe). Other runtimes serve from one pod.
+        var multiNodeServing = w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Vllm;
+        if ((w.IsTraining || multiNodeServing) && node.Interconnect == Interconnect.NvLink)
         {
             foreach (var nodes in NodeCounts)
             {
@@ -170,15 +175,43 @@ public static class PlacementPlanner
         }
     }
 
+    /// <summary>
+    /// How a serving replica splits over its GPUs: vLLM across nodes runs one pipeline stage per node; our engine runs
+    /// one pipeline stage per GPU (<c>serve --shards</c>); everything else is tensor parallel over all its devices
+    /// (training shards FSDP-style, which the estimator models apart).
+    /// </summary>
+    public static int PipelineStages(Workload workload, int gpusPerNode, int nodes)
+    {
+        ArgumentNullException.ThrowIfNull(workload);
+        if (workload.Mode != WorkloadMode.Inference)
+        {
+            return 1;
+        }
+
+        return workload.Runtime switch
+        {
+            ServingRuntime.Vllm when nodes > 1 => nodes,
+            // lowbit-engine serve --shards N: a pipeline split of the layers over the pod's GPUs (no tensor parallelism).
+            ServingRuntime.Lowbit when gpusPerNode * nodes > 1 => gpusPerNode * nodes,
+            _ => 1,
+        };
+    }
+
+    /// <summary>The tensor-parallel rule for serving (<see cref="DividesHeads"/>) on an option's tensor-parallel size; training has none.</summary>
+    private static bool HeadsRuleHolds(ModelArchitecture model, Workload workload, PlacementOption option) =>
+        workload.Mode != WorkloadMode.Inference || DividesHeads(model, option.TensorParallel);
+
     private static PlacementOption Evaluate(PlanRequest request, NodeType node, in ParameterCounts p, int gpusPerNode, int nodes)
     {
         var model = request.Model;
         var w = request.Workload;
         var devices = Math.Max(gpusPerNode * nodes, 1);
-        var perDevice = MemoryEstimator.Estimate(model, p, w, devices, node.Kind, node.MemoryPerDevice);
+        var stages = PipelineStages(w, gpusPerNode, nodes);
+        var tensorParallel = devices / stages;
+        var perDevice = MemoryEstimator.Estimate(model, p, w, devices, node.Kind, node.MemoryPerDevice, stages);
         var usable = node.MemoryPerDevice * MemoryEstimator.UsableFraction(w, node.Kind);
         var hourly = node.Kind == DeviceKind.Cpu ? node.UsdPerHour : node.UsdPerHour * gpusPerNode * nodes;
-        var throughput = ThroughputModel.Estimate(model, p, w, node, devices, hourly);
+        var throughput = ThroughputModel.Estimate(model, p, w, node, devices, hourly, stages, nodes);
 
         // Order: what the user excluded (GPU types, CPU opt-in) is not worth a memory explanation; then
         // divisibility and memory, which no budget can fix; then budget and speed.
@@ -197,10 +230,10 @@ public static class PlacementPlanner
             reason = RejectionReason.GpuTypeNotAllowed;
             explanation = $"{node.Name} is not among the allowed GPU types ({string.Join(", ", allowed)})";
         }
-        else if (w.Mode == WorkloadMode.Inference && !DividesHeads(model, devices))
+        else if (w.Mode == WorkloadMode.Inference && !DividesHeads(model, tensorParallel))
         {
             reason = RejectionReason.ShardsDoNotDivideHeads;
-            explanation = $"{devices} shards do not divide {model.AttentionHeads} attention heads / {model.KvHeads} KV heads";
+            explanation = $"{tensorParallel} tensor-parallel shards do not divide {model.AttentionHeads} attention heads / {model.KvHeads} KV heads";
         }
         else if (perDevice.Total > usable)
         {
@@ -223,13 +256,13 @@ public static class PlacementPlanner
         {
             return new DoesNotFit
             {
-                NodeType = node, GpusPerNode = gpusPerNode, Nodes = nodes, PerDevice = perDevice, UsablePerDevice = usable,
+                NodeType = node, GpusPerNode = gpusPerNode, Nodes = nodes, PipelineStages = stages, PerDevice = perDevice, UsablePerDevice = usable,
                 HourlyUsd = hourly, Throughput = throughput, Reason = why, Shortfall = shortfall, Explanation = explanation,
             };
         }
         return new Fits
         {
-            NodeType = node, GpusPerNode = gpusPerNode, Nodes = nodes, PerDevice = perDevice, UsablePerDevice = usable,
+            NodeType = node, GpusPerNode = gpusPerNode, Nodes = nodes, PipelineStages = stages, PerDevice = perDevice, UsablePerDevice = usable,
             HourlyUsd = hourly, Throughput = throughput,
         };
     }
@@ -279,6 +312,12 @@ public static class PlacementPlanner
         if (byPrice != 0)
         {
             return byPrice;
+        }
+        // At the same price one node beats several: no inter-node hops, no LeaderWorkerSet needed.
+        var byNodes = a.Nodes.CompareTo(b.Nodes);
+        if (byNodes != 0)
+        {
+            return byNodes;
         }
         var byGpus = a.Devices.CompareTo(b.Devices);
         if (byGpus != 0)

@@ -72,7 +72,19 @@ public static class ThroughputModel
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
         runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.04e12 : double.PositiveInfinity;
 
-    public static ThroughputEstimate Estimate(ModelArchitecture model, in ParameterCounts p, Workload w, NodeType node, int devices, double hourlyUsd)
+    /// <summary>
+    /// A pipeline boundary's cost per decode step, seconds: the hidden states of the batch handed to the next stage and
+    /// the wait for it. Estimates, not measured: 20 µs between two GPUs of one node (a device-to-device copy and an event
+    /// sync), 100 µs between nodes (a send over the RDMA network plus the receiving stage's scheduling).
+    /// </summary>
+    public static double PipelineBoundary(bool acrossNodes) => acrossNodes ? 100e-6 : 20e-6;
+
+    /// <summary>
+    /// Throughput of one replica on <paramref name="devices"/> devices of <paramref name="node"/>, split into
+    /// <paramref name="pipelineStages"/> pipeline stages (over <paramref name="nodes"/> nodes when more than one).
+    /// </summary>
+    public static ThroughputEstimate Estimate(ModelArchitecture model, in ParameterCounts p, Workload w, NodeType node, int devices, double hourlyUsd,
+        int pipelineStages = 1, int nodes = 1)
     {
         var flops = node.Bf16Tflops * 1e12 * devices;
         var prefill = flops * PrefillEfficiency / (2.0 * p.Active);
@@ -81,7 +93,7 @@ public static class ThroughputModel
         if (w.Mode == WorkloadMode.Inference)
         {
             kind = ThroughputKind.Decode;
-            tokensPerSecond = Decode(model, p, w, node, devices);
+            tokensPerSecond = Decode(model, p, w, node, devices, pipelineStages, nodes);
         }
         else if (w.Mode == WorkloadMode.Quantize)
         {
@@ -141,7 +153,13 @@ public static class ThroughputModel
         return tokens / (compute + host + dequantize);
     }
 
-    private static double Decode(ModelArchitecture m, in ParameterCounts p, Workload w, NodeType node, int devices)
+    /// <summary>
+    /// One decode step. Tensor parallelism divides the reads and the compute of each layer over its shards; pipeline
+    /// stages run in sequence for a batch (no micro-batch overlap is assumed, which is what batch 1 gets), so a step
+    /// reads the whole model's share of one tensor-parallel shard and pays every stage's launches, plus
+    /// <see cref="PipelineBoundary"/> per boundary.
+    /// </summary>
+    private static double Decode(ModelArchitecture m, in ParameterCounts p, Workload w, NodeType node, int devices, int stages, int nodes)
     {
         var weights = (double)MemoryEstimator.WeightBytes(p, w.Weights).Bytes;
         if (m.IsMixtureOfExperts)
@@ -151,13 +169,15 @@ public static class ThroughputModel
             var expertBytes = p.ExpertLinear * w.Weights.LinearBitsPerWeight / 8;
             weights -= expertBytes * (1 - touched);
         }
-        var kvRead = MemoryEstimator.KvBytesPerToken(m, w.KvCache, devices).Bytes * (w.ContextLength / 2.0) * w.Concurrency;
+        var tensorParallel = devices / stages;
+        var kvRead = MemoryEstimator.KvBytesPerToken(m, w.KvCache, tensorParallel).Bytes * (w.ContextLength / 2.0) * w.Concurrency;
         var gpu = node.Kind != DeviceKind.Cpu;
         var bandwidth = node.MemoryBandwidthGBps * 1e9 * BandwidthEfficiency;
         var weightRate = gpu ? Math.Min(bandwidth, PackedWeightBytesPerSecond(w.Runtime, w.Weights)) : bandwidth;
-        var memoryTime = (weights / devices / weightRate) + (kvRead / bandwidth);
-        var computeTime = 2.0 * p.Active * w.Concurrency / devices / (node.Bf16Tflops * 1e12 * DecodeComputeEfficiency);
-        var communication = devices > 1 ? m.Layers * 2 * (node.Interconnect == Interconnect.NvLink ? 10e-6 : 30e-6) : 0;
+        var memoryTime = (weights / tensorParallel / weightRate) + (kvRead / bandwidth);
+        var computeTime = 2.0 * p.Active * w.Concurrency / tensorParallel / (node.Bf16Tflops * 1e12 * DecodeComputeEfficiency);
+        var communication = tensorParallel > 1 ? m.Layers * 2 * (node.Interconnect == Interconnect.NvLink ? 10e-6 : 30e-6) : 0;
+        communication += (stages - 1) * PipelineBoundary(nodes > 1);
         var overhead = gpu ? m.Layers * StepOverheadPerLayer(w.Runtime) : 0;
         return w.Concurrency / (memoryTime + computeTime + communication + overhead);
     }

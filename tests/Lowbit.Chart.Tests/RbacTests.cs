@@ -108,7 +108,7 @@ public sealed partial class RbacTests
             var resource = Resource(kind);
             var verbs = verb switch
             {
-                "Read" => ["get"],
+                "Read" or "Get" => ["get"],
                 "Create" => ["create"],
                 "Replace" => ["update"],
                 "Delete" => ["delete"],
@@ -128,6 +128,7 @@ public sealed partial class RbacTests
             var resource = kind switch
             {
                 "QuantizedModel" or "FineTuneJob" or "InferenceEndpoint" => $"lowbit.dev/{kind.ToLowerInvariant()}s",
+                "LeaderWorkerSet" => LeaderWorkerSets,
                 _ => Resource(kind),
             };
             used.Add($"{resource}:list");
@@ -160,13 +161,17 @@ public sealed partial class RbacTests
         "DeploymentScale" => "apps/deployments/scale",
         "Job" => "batch/jobs",
         "Lease" => "coordination.k8s.io/leases",
+        // The only custom objects the operator reads, applies or deletes besides its own status writes.
+        "CustomObject" => LeaderWorkerSets,
         _ => throw new InvalidOperationException($"kind {kind} has no resource mapping in this test; add it"),
     };
 
-    [GeneratedRegex(@"\.(?:CoreV1|AppsV1|BatchV1|CoordinationV1|CustomObjects|EventsV1)\.(?<verb>Read|Create|Replace|Delete|Patch|List|Watch)Namespaced(?<kind>[A-Za-z]+?)Async\(")]
+    private const string LeaderWorkerSets = "leaderworkerset.x-k8s.io/leaderworkersets";
+
+    [GeneratedRegex(@"\.(?:CoreV1|AppsV1|BatchV1|CoordinationV1|CustomObjects|EventsV1)\.(?<verb>Read|Get|Create|Replace|Delete|Patch|List|Watch)Namespaced(?<kind>[A-Za-z]+?)Async\(")]
     private static partial Regex ClientCall();
 
-    [GeneratedRegex(@"(?:Cache<V1|MetadataOnlyUnless<V1|Owns<V1|Watches<V1|Watches<|AddController<)(?<kind>Pod|Deployment|Service|Job|QuantizedModel|FineTuneJob|InferenceEndpoint)\b")]
+    [GeneratedRegex(@"(?:Cache<(?:V1)?|MetadataOnlyUnless<(?:V1)?|Owns<(?:V1)?|Watches<(?:V1)?|AddController<)(?<kind>Pod|Deployment|Service|Job|QuantizedModel|FineTuneJob|InferenceEndpoint|LeaderWorkerSet)\b")]
     private static partial Regex InformerKind();
 
     private static IEnumerable<(string Kind, string? Namespace, JsonObject Rule)> RulesOf(IEnumerable<JsonObject> objects) =>

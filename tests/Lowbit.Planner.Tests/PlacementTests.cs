@@ -72,10 +72,15 @@ public sealed class PlacementTests
         var odd = ModelPresets.TinyLlama11B with { Name = "odd", AttentionHeads = 12, KvHeads = 12, HeadDim = 2048 / 12 };
         Assert.False(PlacementPlanner.DividesHeads(odd, 8));
         Assert.True(PlacementPlanner.DividesHeads(odd, 4));
-        var result = PlacementPlanner.Plan(Request(odd, "bf16"));
+        var vllm = Request(odd, "bf16");
+        var result = PlacementPlanner.Plan(vllm with { Workload = vllm.Workload with { Runtime = ServingRuntime.Vllm } });
         var eight = (DoesNotFit)result.Options.First(o => o.Gpus == 8);
         Assert.Equal(RejectionReason.ShardsDoNotDivideHeads, eight.Reason);
         Assert.Contains("12 attention heads", eight.Explanation, StringComparison.Ordinal);
+        // The lowbit runtime splits layers, not heads (serve --shards): no heads rule for it.
+        var lowbit = PlacementPlanner.Plan(Request(odd, "bf16"));
+        Assert.All(lowbit.Options, o => Assert.NotEqual(RejectionReason.ShardsDoNotDivideHeads, (o as DoesNotFit)?.Reason));
+        Assert.Equal(8, lowbit.Options.First(o => o.Gpus == 8).PipelineStages);
         // Multi-query StarCoder (1 KV head, 48 heads) shards 2, 4, 8 ways with a replicated KV head.
         Assert.True(PlacementPlanner.DividesHeads(ModelPresets.StarCoder, 8));
     }
@@ -251,7 +256,7 @@ public sealed class PlacementTests
     }
 
     [Fact]
-    public void Does_plan_multi_node_training_only_on_NVLink_node_types_and_never_for_inference()
+    public void Does_plan_multi_node_training_only_on_NVLink_node_types_and_serving_only_for_vllm()
     {
         var training = PlacementPlanner.Plan(new PlanRequest
         {
@@ -267,5 +272,124 @@ public sealed class PlacementTests
             Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16 },
         });
         Assert.All(serving.Options, o => Assert.Equal(1, o.Nodes));
+        var vllm = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = ModelPresets.Llama2_13B,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm },
+        });
+        var vllmMultiNode = vllm.Options.Where(o => o.Nodes > 1).ToList();
+        Assert.Equal(3 * GpuCatalog.Default.NodeTypes.Count(n => n.Interconnect == Interconnect.NvLink), vllmMultiNode.Count);
+        Assert.All(vllmMultiNode, o => Assert.Equal((Interconnect.NvLink, o.NodeType.GpusPerNode, o.Nodes), (o.NodeType.Interconnect, o.GpusPerNode, o.PipelineStages)));
+        // A 13B model fits one GPU: several nodes are never the choice.
+        Assert.Equal(1, Assert.IsType<Planned>(vllm).Choice.Nodes);
+    }
+
+    [Fact]
+    public void Does_size_a_lowbit_pipeline_split_by_its_heaviest_stage()
+    {
+        var model = ModelPresets.Llama2_70B;
+        var w = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("int4"), ContextLength = 4096, Concurrency = 8 };
+        var p = model.Parameters;
+        var two = MemoryEstimator.Estimate(model, w, 2, DeviceKind.Gpu, ByteSize.FromGiB(24), pipelineStages: 2);
+        var one = MemoryEstimator.Estimate(model, w, 1, DeviceKind.Gpu, ByteSize.FromGiB(24));
+        // Independently: 80 equal layers (weights + KV slab), the embedding on stage 0 and the head on stage 1.
+        var embedding = (long)(p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var head = (long)(p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var layerWeights = (MemoryEstimator.WeightBytes(p, w.Weights).Bytes - embedding - head) / 80.0;
+        var layerKv = one.KvCache.Bytes / 80.0;
+        var stages = PipelineSplit.Balance(Enumerable.Repeat((long)(layerWeights + layerKv), 80).ToList(), embedding, head, 2);
+        var heaviest = stages.MaxBy(s => s.Bytes)!;
+        Assert.Equal(heaviest.LayerCount * layerKv, two.KvCache.Bytes, 0);
+        Assert.Equal((heaviest.LayerCount * layerWeights) + (heaviest.HoldsEmbedding ? embedding : 0) + (heaviest.HoldsHead ? head : 0), two.Weights.Bytes, 0);
+        // Half the model and a little more (the larger end), never less than half.
+        Assert.InRange((two.Weights + two.KvCache).Bytes / (double)(one.Weights + one.KvCache).Bytes, 0.5, 0.55);
+        // No tensor-parallel narrowing of the activations: each stage runs whole layers.
+        Assert.Equal(one.Activations, two.Activations);
+
+        var node = GpuCatalog.Default.Find("l4")!;
+        var b1 = w with { Concurrency = 1 };
+        var single = ThroughputModel.Estimate(model, p, b1, node, 1, 1);
+        var split = ThroughputModel.Estimate(model, p, b1, node, 2, 1, pipelineStages: 2);
+        // Stages run one after the other at batch 1: no bandwidth speed-up, one boundary more.
+        Assert.Equal((1 / single.TokensPerSecond) + ThroughputModel.PipelineBoundary(acrossNodes: false), 1 / split.TokensPerSecond, 9);
+    }
+
+    private static PlanRequest Vllm405B(params string[] allowed) => new()
+    {
+        Model = ModelPresets.Llama31_405B,
+        Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm, ContextLength = 4096, Concurrency = 8 },
+        Constraints = new PlacementConstraints { AllowedGpuTypes = allowed },
+    };
+
+    [Fact]
+    public void Does_serve_a_model_larger_than_one_node_with_vllm_over_two_nodes_of_eight_gpus()
+    {
+        var planned = Assert.IsType<Planned>(PlacementPlanner.Plan(Vllm405B("a100-80gb", "h100-80gb")));
+        var choice = planned.Choice;
+        // 810 GB of bf16 weights: 8× A100-80GB hold 590 GB at 90% (short); 2 nodes × 8 hold 1,180 GB.
+        Assert.Equal("2 nodes × 8× A100-80GB", choice.Label);
+        Assert.Equal((8, 2, 2, 8), (choice.GpusPerNode, choice.Nodes, choice.PipelineStages, choice.TensorParallel));
+        Assert.Equal(16 * 3.85, choice.HourlyUsd, 6);
+        var oneNode = (DoesNotFit)planned.Options.Single(o => o.NodeType.Name == "a100-80gb" && o.Gpus == 8 && o.Nodes == 1);
+        Assert.Equal(RejectionReason.InsufficientMemory, oneNode.Reason);
+        Assert.Contains("2 nodes × 8× A100-80GB at $61.60/h", planned.Summary, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Does_divide_weights_and_kv_by_all_gpus_but_widths_by_the_tensor_parallel_size_over_nodes()
+    {
+        var request = Vllm405B("a100-80gb");
+        var w = request.Workload;
+        var model = request.Model;
+        var sixteen = MemoryEstimator.Estimate(model, w, 16, DeviceKind.Gpu, ByteSize.FromGiB(80), pipelineStages: 2);
+        var tensor16 = MemoryEstimator.Estimate(model, w, 16, DeviceKind.Gpu, ByteSize.FromGiB(80));
+        var eight = MemoryEstimator.Estimate(model, w, 8, DeviceKind.Gpu, ByteSize.FromGiB(80));
+        Assert.Equal(MemoryEstimator.WeightBytes(model.Parameters, w.Weights).Bytes / 16.0, sixteen.Weights.Bytes, 0);
+        // KV heads over the 8 tensor-parallel shards (one each), layers over the 2 stages: half the 8-GPU cache.
+        Assert.Equal(eight.KvCache.Bytes / 2.0, sixteen.KvCache.Bytes, 0);
+        // 16-way tensor parallelism would replicate the 8 KV heads: no saving on the cache.
+        Assert.Equal(eight.KvCache, tensor16.KvCache);
+        // The activation widths are those of 8 shards, not 16.
+        Assert.Equal(eight.Activations, sixteen.Activations);
+    }
+
+    [Fact]
+    public void Does_apply_the_heads_rule_to_the_tensor_parallel_size_only()
+    {
+        // 12 attention heads and 12 KV heads: 8 shards do not divide them, so no 8-GPU node serves this model, and
+        // the multi-node options (tensor parallel 8 over 2-8 nodes) fail the same rule.
+        var odd = ModelPresets.Llama2_7B with { Name = "odd", AttentionHeads = 12, KvHeads = 12, HeadDim = 4096 / 12 };
+        var result = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = odd,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm },
+            Constraints = new PlacementConstraints { AllowedGpuTypes = ["a100-80gb"] },
+        });
+        Assert.All(result.Options.Where(o => o.Nodes > 1 && o.NodeType.Name == "a100-80gb"), o => Assert.Equal(RejectionReason.ShardsDoNotDivideHeads, Assert.IsType<DoesNotFit>(o).Reason));
+        var nodesOfTwo = CatalogJson.Parse("""{ "replaceDefaults": true, "nodeTypes": [ { "name": "a100-80gb", "gpusPerNode": 2 } ] }""");
+        var small = PlacementPlanner.Plan(new PlanRequest
+        {
+            Model = odd,
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Bf16, Runtime = ServingRuntime.Vllm },
+            Catalog = nodesOfTwo,
+        });
+        // Tensor parallel 2 divides 12 heads: 8 nodes × 2 GPUs is a valid shape although 16 does not divide 12.
+        var eightNodes = small.Options.Single(o => o.Nodes == 8);
+        Assert.NotEqual(RejectionReason.ShardsDoNotDivideHeads, (eightNodes as DoesNotFit)?.Reason);
+        Assert.Equal(2, eightNodes.TensorParallel);
+    }
+
+    [Fact]
+    public void Does_price_a_pipeline_over_nodes_at_no_batch_one_speed_up_plus_the_boundaries()
+    {
+        var request = Vllm405B("a100-80gb");
+        var w = request.Workload with { Concurrency = 1 };
+        var model = request.Model;
+        var node = GpuCatalog.Default.Find("a100-80gb")!;
+        var p = model.Parameters;
+        var eight = ThroughputModel.Estimate(model, p, w, node, 8, 1);
+        var twoNodes = ThroughputModel.Estimate(model, p, w, node, 16, 1, pipelineStages: 2, nodes: 2);
+        // The same tensor-parallel shard's reads per step; one inter-node boundary on top.
+        Assert.Equal((1 / eight.TokensPerSecond) + ThroughputModel.PipelineBoundary(acrossNodes: true), 1 / twoNodes.TokensPerSecond, 9);
     }
 }

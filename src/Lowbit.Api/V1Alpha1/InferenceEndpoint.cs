@@ -15,6 +15,8 @@ namespace Lowbit.Api.V1Alpha1;
 [PrinterColumn("Replicas", "integer", ".status.readyReplicas")]
 [PrinterColumn("GPU", "string", ".status.plan.gpuModel")]
 [PrinterColumn("Shards", "integer", ".status.plan.shards")]
+[PrinterColumn("Group", "string", ".status.group.kind", Priority = 1)]
+[PrinterColumn("Pods/Replica", "integer", ".status.group.size", Priority = 1)]
 [PrinterColumn("USD/h", "number", ".status.cost.hourlyUsd")]
 [PrinterColumn("URL", "string", ".status.url", Priority = 1)]
 [PrinterColumn("Age", "date", ".metadata.creationTimestamp")]
@@ -190,4 +192,27 @@ public sealed record InferenceEndpointStatus
     public CostStatus? Cost { get; init; }
 
     public TimingsStatus? Timings { get; init; }
+
+    public ServingGroupStatus? Group { get; init; }
+}
+
+/// <summary>The workload that serves the endpoint: a Deployment (one pod per replica) or a LeaderWorkerSet (a group of pods per replica, one per node).</summary>
+[Description("The workload serving the endpoint: a Deployment (one pod per replica) or, for a placement over several nodes, a LeaderWorkerSet (leaderworkerset.x-k8s.io/v1) whose groups of one leader and size-1 workers are the replicas.")]
+public sealed record ServingGroupStatus
+{
+    [Description("Kind of the serving workload: Deployment or LeaderWorkerSet.")]
+    [Enum("Deployment", "LeaderWorkerSet")]
+    public string? Kind { get; init; }
+
+    [Description("Name of the serving workload (in the endpoint's namespace).")]
+    [MaxLength(253)]
+    public string? Name { get; init; }
+
+    [Description("Pods per replica: 1 for a Deployment, the nodes of one group for a LeaderWorkerSet.")]
+    [Minimum(0)]
+    public int Size { get; init; }
+
+    [Description("Replicas (groups) whose pods are all ready, as the workload reports them.")]
+    [Minimum(0)]
+    public int ReadyReplicas { get; init; }
 }

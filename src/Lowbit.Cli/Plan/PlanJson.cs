@@ -182,7 +182,7 @@ public static class PlanJson
         {
             return null;
         }
-        var tokens = MemoryEstimator.VllmKvCapacityTokens(request.Model, request.Workload, planned.Choice.NodeType.MemoryPerDevice, planned.Choice.Devices);
+        var tokens = MemoryEstimator.VllmKvCapacityTokens(request.Model, request.Workload, planned.Choice.NodeType.MemoryPerDevice, planned.Choice.Devices, planned.Choice.PipelineStages);
         return (planned.Choice.Label, tokens, tokens / (double)request.Workload.ContextLength);
     }
 

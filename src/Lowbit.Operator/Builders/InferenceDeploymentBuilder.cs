@@ -130,7 +130,7 @@ public static class InferenceDeploymentBuilder
 
     private static bool IsGguf(ExportFormat format) => format is ExportFormat.GgufQ80 or ExportFormat.GgufQ40 or ExportFormat.GgufQ4K;
 
-    private static V1Probe Probe(int failureThreshold, string path = HealthPath) => new()
+    internal static V1Probe Probe(int failureThreshold, string path = HealthPath) => new()
     {
         HttpGet = new V1HTTPGetAction { Path = path, Port = PortName },
         PeriodSeconds = 10,
@@ -162,11 +162,13 @@ public static class InferenceDeploymentBuilder
             MaxNumBatchedTokens = placement.OnGpu ? ServeRequest.CudaMaxNumBatchedTokens : ServeRequest.CpuMaxNumBatchedTokens,
             ServedName = endpoint.Metadata.Name,
             Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
+            // The pod's GPUs as a pipeline split of the layers (the planner sized its heaviest stage).
+            Shards = placement.OnGpu ? Math.Max(placement.Shards, 1) : 1,
         };
         return [.. request.ToArgs()];
     }
 
-    private static List<string> VllmArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
+    internal static List<string> VllmArgs(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement placement, VolumeSet volumes)
     {
         var (model, revision) = Model(endpoint, served, volumes, ExportFormat.Gptq);
         var args = new List<string>
@@ -175,7 +177,7 @@ public static class InferenceDeploymentBuilder
             "--served-model-name", endpoint.Metadata.Name,
             "--host", "0.0.0.0",
             "--port", Port.ToString(CultureInfo.InvariantCulture),
-            "--tensor-parallel-size", placement.Shards.ToString(CultureInfo.InvariantCulture),
+            "--tensor-parallel-size", placement.TensorParallel.ToString(CultureInfo.InvariantCulture),
             "--max-model-len", endpoint.Spec.MaxContextLength.ToString(CultureInfo.InvariantCulture),
             "--max-num-seqs", endpoint.Spec.MaxConcurrency.ToString(CultureInfo.InvariantCulture),
             "--gpu-memory-utilization", MemoryEstimator.VllmGpuMemoryUtilization.ToString("0.00", CultureInfo.InvariantCulture),

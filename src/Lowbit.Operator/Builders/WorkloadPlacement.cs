@@ -30,8 +30,23 @@ public sealed record WorkloadPlacement
     /// <summary>GPUs one replica (one pod) requests; 0 on CPU nodes.</summary>
     public int GpusPerReplica => Option.GpusPerNode;
 
-    /// <summary>Tensor-parallel shards the model is split into (1 on CPU).</summary>
+    /// <summary>Shards the model is split into: every device of one replica (1 on CPU).</summary>
     public int Shards => Option.Devices;
+
+    /// <summary>Nodes (pods) one replica spans: more than one renders a LeaderWorkerSet group instead of a Deployment.</summary>
+    public int Nodes => Option.Nodes;
+
+    /// <summary>True when one replica spans several nodes (a LeaderWorkerSet group of <see cref="Nodes"/> pods).</summary>
+    public bool MultiNode => Option.Nodes > 1;
+
+    /// <summary>GPUs of one whole replica, over all its pods (0 on CPU nodes).</summary>
+    public int GpusPerGroup => Option.Gpus;
+
+    /// <summary>Tensor-parallel shards of each pipeline stage (vLLM's <c>--tensor-parallel-size</c>).</summary>
+    public int TensorParallel => Option.TensorParallel;
+
+    /// <summary>Pipeline stages (vLLM's <c>--pipeline-parallel-size</c>: one per node).</summary>
+    public int PipelineStages => Option.PipelineStages;
 
     /// <summary>e.g. <c>1× L4-24GB</c>.</summary>
     public string Label => Option.Label;

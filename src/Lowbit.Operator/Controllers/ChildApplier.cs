@@ -2,6 +2,7 @@ using k8s;
 using k8s.Models;
 using Lowbit.Api;
 using Lowbit.Operator.Builders;
+using Lowbit.Operator.LeaderWorkerSets;
 using Lowbit.Operator.Runtime;
 
 namespace Lowbit.Operator.Controllers;
@@ -38,6 +39,7 @@ public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
             V1Job job => ApplyAsync(owner, job, cache.TryGet<V1Job>(key, out var observed) ? observed : null, cancellationToken),
             V1Deployment deployment => ApplyAsync(owner, deployment, cache.TryGet<V1Deployment>(key, out var observed) ? observed : null, cancellationToken),
             V1Service service => ApplyAsync(owner, service, cache.TryGet<V1Service>(key, out var observed) ? observed : null, cancellationToken),
+            LeaderWorkerSet set => ApplyAsync(owner, set, cache.TryGet<LeaderWorkerSet>(key, out var observed) ? observed : null, cancellationToken),
             V1Scale scale => ScaleAsync(scale, cancellationToken),
             _ => throw new NotSupportedException($"applying {desired.GetType().Name} is not supported"),
         };
@@ -90,9 +92,41 @@ public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
             V1Job => (object)await client.BatchV1.PatchNamespacedJobAsync(patch, name, ns, fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
             V1Deployment => await client.AppsV1.PatchNamespacedDeploymentAsync(patch, name, ns, fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
             V1Service => await client.CoreV1.PatchNamespacedServiceAsync(patch, name, ns, fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
+            LeaderWorkerSet => await client.CustomObjects.PatchNamespacedCustomObjectAsync(patch, LeaderWorkerSet.Group, LeaderWorkerSet.Version, ns, LeaderWorkerSet.Plural, name,
+                fieldManager: Labels.FieldManager, force: true, cancellationToken: cancellationToken).ConfigureAwait(false),
             _ => throw new NotSupportedException($"applying {typeof(T).Name} is not supported"),
         };
         return ApplyOutcome.Applied;
+    }
+
+    /// <summary>
+    /// Deletes a child this owner controls (background propagation: its pods go with it); a child already gone or
+    /// controlled by someone else is left alone.
+    /// </summary>
+    public async Task DeleteAsync(IKubernetesObject<V1ObjectMeta> owner, IKubernetesObject<V1ObjectMeta> child, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        ArgumentNullException.ThrowIfNull(child);
+        if (!ChildMeta.IsControlledBy(child, owner))
+        {
+            return;
+        }
+
+        var (name, ns) = (child.Metadata.Name, child.Metadata.NamespaceProperty);
+        try
+        {
+            _ = child switch
+            {
+                V1Deployment => (object)await client.AppsV1.DeleteNamespacedDeploymentAsync(name, ns, propagationPolicy: "Background", cancellationToken: cancellationToken).ConfigureAwait(false),
+                LeaderWorkerSet => await client.CustomObjects.DeleteNamespacedCustomObjectAsync(LeaderWorkerSet.Group, LeaderWorkerSet.Version, ns, LeaderWorkerSet.Plural, name,
+                    propagationPolicy: "Background", cancellationToken: cancellationToken).ConfigureAwait(false),
+                _ => throw new NotSupportedException($"deleting {child.GetType().Name} is not supported"),
+            };
+        }
+        catch (k8s.Autorest.HttpOperationException ex) when (ex.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+            // Already gone.
+        }
     }
 
     private async Task<T?> ReadLiveAsync<T>(string ns, string name, CancellationToken cancellationToken)
@@ -103,6 +137,9 @@ public sealed class ChildApplier(IKubernetes client, IObjectCache cache)
             return typeof(T) == typeof(V1Job) ? await client.BatchV1.ReadNamespacedJobAsync(name, ns, cancellationToken: cancellationToken).ConfigureAwait(false) as T
                 : typeof(T) == typeof(V1Deployment) ? await client.AppsV1.ReadNamespacedDeploymentAsync(name, ns, cancellationToken: cancellationToken).ConfigureAwait(false) as T
                 : typeof(T) == typeof(V1Service) ? await client.CoreV1.ReadNamespacedServiceAsync(name, ns, cancellationToken: cancellationToken).ConfigureAwait(false) as T
+                : typeof(T) == typeof(LeaderWorkerSet) ? KubernetesJson.Deserialize<LeaderWorkerSet>(KubernetesJson.Serialize(
+                    await client.CustomObjects.GetNamespacedCustomObjectAsync(LeaderWorkerSet.Group, LeaderWorkerSet.Version, ns, LeaderWorkerSet.Plural, name,
+                        cancellationToken: cancellationToken).ConfigureAwait(false))) as T
                 : null;
         }
         catch (k8s.Autorest.HttpOperationException ex) when (ex.Response.StatusCode == System.Net.HttpStatusCode.NotFound)

@@ -19,6 +19,12 @@ public sealed record Decision<TStatus>
     /// <summary>Desired children, applied in order with server-side apply (an unchanged one costs no request).</summary>
     public IReadOnlyList<IKubernetesObject<V1ObjectMeta>> Children { get; init; } = [];
 
+    /// <summary>
+    /// Observed children this resource controls that must go (a Deployment replaced by a LeaderWorkerSet when the
+    /// placement moved to several nodes, or the reverse), deleted after <see cref="Children"/> are applied.
+    /// </summary>
+    public IReadOnlyList<IKubernetesObject<V1ObjectMeta>> Deletions { get; init; } = [];
+
     public required TStatus Status { get; init; }
 
     public required Outcome Outcome { get; init; }

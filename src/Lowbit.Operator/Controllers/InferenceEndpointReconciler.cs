@@ -5,6 +5,7 @@ using Lowbit.Api.V1Alpha1;
 using Lowbit.Api.Validation;
 using Lowbit.Engine.Protocol;
 using Lowbit.Operator.Builders;
+using Lowbit.Operator.LeaderWorkerSets;
 using Lowbit.Operator.Runtime;
 using Lowbit.Operator.Status;
 using Lowbit.Planner;
@@ -15,6 +16,12 @@ namespace Lowbit.Operator.Controllers;
 public sealed record InferenceEndpointObservation
 {
     public V1Deployment? Deployment { get; init; }
+
+    /// <summary>The LeaderWorkerSet of a multi-node placement (same name as the Deployment).</summary>
+    public LeaderWorkerSet? LeaderWorkerSet { get; init; }
+
+    /// <summary>Whether the cluster serves the LeaderWorkerSet API (its CRD is installed).</summary>
+    public bool LeaderWorkerSetServed { get; init; } = true;
 
     public V1Service? Service { get; init; }
 
@@ -51,10 +58,11 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         ArgumentNullException.ThrowIfNull(endpoint);
         ArgumentNullException.ThrowIfNull(observed);
         ArgumentNullException.ThrowIfNull(context);
-        var work = new WorkloadObservation { Deployment = observed.Deployment };
+        var work = new WorkloadObservation { Deployment = observed.Deployment, LeaderWorkerSet = observed.LeaderWorkerSet };
         PlanResult? plan = null;
         Placing placing = new(null, null);
         var children = new List<IKubernetesObject<V1ObjectMeta>>();
+        var deletions = new List<IKubernetesObject<V1ObjectMeta>>();
         var events = new List<DecisionEvent>();
         var (adapters, adaptersWaiting) = Adapters(endpoint, observed.Adapters);
         var blocker = SpecError.First(InferenceEndpointSpecValidator.Validate(endpoint.Spec))?.ToOutcome()
@@ -76,7 +84,8 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         if (blocker is null && observed.Architecture is ArchitectureResolution.Resolved resolved)
         {
             (plan, var planError) = DecisionParts.Plan(() => Planning.Inference(endpoint, observed.Model, resolved.Architecture, context.Catalog));
-            var current = DecisionParts.CurrentIndex(observed.Deployment, endpoint.Metadata.Generation, endpoint.Status?.ObservedGeneration, endpoint.Status?.Plan?.PlacementIndex);
+            var current = ChildMeta.PlacementIndex(observed.LeaderWorkerSet, endpoint.Metadata.Generation)
+                ?? DecisionParts.CurrentIndex(observed.Deployment, endpoint.Metadata.Generation, endpoint.Status?.ObservedGeneration, endpoint.Status?.Plan?.PlacementIndex);
             var running = plan is null ? null : Planning.Choose(plan, current);
             var pods = running is null ? [] : observed.Pods.Where(p => ChildMeta.Annotation(p, Labels.PlacementAnnotation) == running.Annotation).ToList();
             work = work with { Pods = pods, Diagnosis = PodDiagnosis.Of(pods) };
@@ -84,8 +93,19 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
             (placing, var error) = DecisionParts.Place(plan, planError, endpoint.Spec.Scheduling.Timeout, current, work.Diagnosis, context.Now,
                 _ => InferenceDeploymentBuilder.Check(endpoint, served));
             blocker = error?.ToOutcome();
-            if (blocker is null && placing.Placement is { } placement)
+            if (blocker is null && placing.Placement is { MultiNode: true } group)
             {
+                blocker = Group(endpoint, served, group, observed, plan!, context, children, deletions, events);
+            }
+            else if (blocker is null && placing.Placement is { } placement)
+            {
+                if (Owned(observed.LeaderWorkerSet, endpoint) is { } previous)
+                {
+                    deletions.Add(previous);
+                    events.Add(new DecisionEvent("Normal", StatusReasons.ServingKindChanged,
+                        $"serving with Deployment {ChildMeta.Name(endpoint, InferenceDeploymentBuilder.Role)} on {placement.Label}; deleting LeaderWorkerSet {previous.Metadata.Name}"));
+                }
+
                 var rollout = DeploymentRollout.Decide(endpoint, InferenceDeploymentBuilder.Build(endpoint, served, placement, context.Options),
                     observed.Deployment is { } serving && ChildMeta.IsControlledBy(serving, endpoint) ? serving : null);
                 if (rollout.Child is { } deployment)
@@ -104,7 +124,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
 
         work = work with { Blocker = blocker, PlacementChange = placing.Change };
         // Whatever a foreign object of a child's name shows is not ours to report.
-        if (DecisionParts.ChildConflict(endpoint, observed.Deployment, observed.Service, observed.InspectJob) is { } conflict)
+        if (DecisionParts.ChildConflict(endpoint, observed.Deployment, observed.LeaderWorkerSet, observed.Service, observed.InspectJob) is { } conflict)
         {
             work = new WorkloadObservation { Blocker = conflict };
         }
@@ -115,6 +135,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         return new Decision<InferenceEndpointStatus>
         {
             Children = children,
+            Deletions = deletions,
             Status = status,
             Outcome = outcome,
             Result = DecisionParts.Result(outcome, work.Diagnosis, DecisionParts.PollRunning, timeout, context.Now),
@@ -122,6 +143,55 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
             Events = events,
         };
     }
+
+    /// <summary>
+    /// A multi-node placement (vLLM): the LeaderWorkerSet and a Service selecting its leaders, replacing a Deployment
+    /// of an earlier placement; or, when the cluster does not serve the LeaderWorkerSet API, the outcome that says so.
+    /// </summary>
+    private static Outcome? Group(InferenceEndpoint endpoint, ServedModel served, WorkloadPlacement group, InferenceEndpointObservation observed, PlanResult plan,
+        DecideContext context, List<IKubernetesObject<V1ObjectMeta>> children, List<IKubernetesObject<V1ObjectMeta>> deletions, List<DecisionEvent> events)
+    {
+        if (!observed.LeaderWorkerSetServed)
+        {
+            return new Outcome.Stalled(StatusReasons.LeaderWorkerSetNotInstalled, LeaderWorkerSetMissing(group, plan));
+        }
+
+        children.Add(InferenceLeaderWorkerSetBuilder.Build(endpoint, served, group, context.Options));
+        children.Add(InferenceServiceBuilder.Build(endpoint, leadersOnly: true));
+        if (Owned(observed.Deployment, endpoint) is { } previous)
+        {
+            deletions.Add(previous);
+            events.Add(new DecisionEvent("Normal", StatusReasons.ServingKindChanged,
+                $"serving with LeaderWorkerSet {ChildMeta.Name(endpoint, InferenceDeploymentBuilder.Role)} on {group.Label}; deleting Deployment {previous.Metadata.Name}"));
+        }
+
+        return null;
+    }
+
+    /// <summary>What to do when a placement needs the LeaderWorkerSet API and the cluster lacks it: install it, or make one node enough.</summary>
+    public static string LeaderWorkerSetMissing(WorkloadPlacement group, PlanResult plan)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(plan);
+        var oneNode = plan.Options
+            .OfType<DoesNotFit>()
+            .Where(o => o.Nodes == 1 && o.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget && o.PerDevice.Total <= o.UsablePerDevice
+                && o.NodeType.Kind == DeviceKind.Gpu)
+            .Select(o => $"{o.Label} (${o.HourlyUsd.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)}/h, {o.Reason})")
+            .Distinct()
+            .Take(3)
+            .ToList();
+        var alternative = oneNode.Count > 0
+            ? $"or let one node serve it: spec.budget.allowedGpuTypes (and spec.budget.maxHourlyCostUsd) admitting one of {string.Join(", ", oneNode)}"
+            : "or make the model fit one node: no catalog node type holds it on one node now (serve a quantized model through spec.model.quantizedModelRef, or lower spec.maxContextLength / spec.maxConcurrency)";
+        return $"placement {group.Label} spans {group.Nodes} nodes and is served by a LeaderWorkerSet, but this cluster does not serve leaderworkerset.x-k8s.io/v1: "
+            + $"install LeaderWorkerSet (https://lws.sigs.k8s.io; the operator looks again every few minutes), {alternative}";
+    }
+
+    /// <summary>The observed child when this endpoint controls it (a foreign namesake is never deleted).</summary>
+    private static T? Owned<T>(T? child, InferenceEndpoint endpoint)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        => child is not null && ChildMeta.IsControlledBy(child, endpoint) ? child : null;
 
     protected override string Kind => InferenceEndpoint.KindName;
 
@@ -133,6 +203,8 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         return new InferenceEndpointObservation
         {
             Deployment = Child<V1Deployment>(obj, InferenceDeploymentBuilder.Role),
+            LeaderWorkerSet = Child<LeaderWorkerSet>(obj, InferenceDeploymentBuilder.Role),
+            LeaderWorkerSetServed = Services.Cache.IsServed<LeaderWorkerSet>(),
             Service = Child<V1Service>(obj, InferenceDeploymentBuilder.Role),
             InspectJob = inspect,
             InspectPods = PodsOf(inspect),

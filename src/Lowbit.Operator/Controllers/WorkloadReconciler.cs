@@ -85,6 +85,11 @@ public abstract class WorkloadReconciler<T, TStatus, TObserved>(ReconcileService
             replaced |= await services.Children.ApplyAsync(obj, child, cancellationToken).ConfigureAwait(false) == ApplyOutcome.Replaced;
         }
 
+        foreach (var child in decision.Deletions)
+        {
+            await services.Children.DeleteAsync(obj, child, cancellationToken).ConfigureAwait(false);
+        }
+
         foreach (var ev in decision.Events)
         {
             await services.Events.RecordAsync(obj, ev.Type, ev.Reason, ev.Message, cancellationToken).ConfigureAwait(false);

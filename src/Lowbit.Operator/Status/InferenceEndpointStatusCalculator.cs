@@ -1,6 +1,7 @@
 using Lowbit.Api;
 using Lowbit.Api.V1Alpha1;
 using Lowbit.Operator.Builders;
+using Lowbit.Operator.LeaderWorkerSets;
 using Lowbit.Planner;
 
 namespace Lowbit.Operator.Status;
@@ -19,7 +20,8 @@ public static class InferenceEndpointStatusCalculator
         var generation = endpoint.Metadata.Generation;
         var previous = endpoint.Status;
         var deployment = observed.Deployment?.Status;
-        var ready = deployment?.ReadyReplicas ?? 0;
+        var group = Group(endpoint, placement, observed);
+        var ready = group?.ReadyReplicas ?? deployment?.ReadyReplicas ?? 0;
         var outcome = Outcome(endpoint, plan, placement, observed, ready);
         var available = ready > 0
             ? Conditions.Available($"{ready} of {endpoint.Spec.Replicas} replicas ready", generation, now)
@@ -38,13 +40,33 @@ public static class InferenceEndpointStatusCalculator
             },
             Plan = StatusParts.Plan(plan, placement) ?? previous?.Plan,
             Url = placement is null ? previous?.Url : url,
-            Replicas = deployment?.Replicas ?? 0,
+            Replicas = placement is { MultiNode: true } ? observed.LeaderWorkerSet?.Status?.Replicas ?? 0 : deployment?.Replicas ?? 0,
             ReadyReplicas = ready,
+            Group = group ?? previous?.Group,
             Selector = selector,
             Cost = placement is null ? previous?.Cost : Cost(endpoint, placement),
             Timings = previous?.Timings,
         };
         return (status, outcome);
+    }
+
+    /// <summary>
+    /// The serving workload for the placement: the LeaderWorkerSet of a multi-node placement (ready = its ready groups),
+    /// else the Deployment (ready = its ready pods); null before a placement is known.
+    /// </summary>
+    public static ServingGroupStatus? Group(InferenceEndpoint endpoint, WorkloadPlacement? placement, WorkloadObservation observed)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(observed);
+        if (placement is null)
+        {
+            return null;
+        }
+
+        var name = ChildMeta.Name(endpoint, InferenceDeploymentBuilder.Role);
+        return placement.MultiNode
+            ? new ServingGroupStatus { Kind = LeaderWorkerSet.KindName, Name = name, Size = placement.Nodes, ReadyReplicas = observed.LeaderWorkerSet?.Status?.ReadyReplicas ?? 0 }
+            : new ServingGroupStatus { Kind = "Deployment", Name = name, Size = 1, ReadyReplicas = observed.Deployment?.Status?.ReadyReplicas ?? 0 };
     }
 
     /// <summary>Catalog cost of the desired replicas and the planner's throughput estimate.</summary>
@@ -79,6 +101,11 @@ public static class InferenceEndpointStatusCalculator
             return new Outcome.Stalled(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; no feasible placement left");
         }
 
+        if (placement.MultiNode)
+        {
+            return GroupOutcome(endpoint, placement, observed, ready);
+        }
+
         var deployment = observed.Deployment;
         var progressing = deployment?.Status?.Conditions?.FirstOrDefault(c => c.Type == "Progressing");
         var rolledOut = deployment is not null
@@ -108,5 +135,37 @@ public static class InferenceEndpointStatusCalculator
         return deployment is null
             ? new Outcome.InProgress(Conditions.Reasons.Pending, $"creating the Deployment on {placement.Label}")
             : new Outcome.InProgress(Conditions.Reasons.Progressing, $"{ready} of {endpoint.Spec.Replicas} replicas ready on {placement.Label}");
+    }
+
+    /// <summary>
+    /// A LeaderWorkerSet's outcome: serving once every desired group is updated and ready (LWS status counts groups);
+    /// pod failures as for a Deployment (its pods carry the same labels).
+    /// </summary>
+    private static Outcome GroupOutcome(InferenceEndpoint endpoint, WorkloadPlacement placement, WorkloadObservation observed, int ready)
+    {
+        var set = observed.LeaderWorkerSet;
+        var rolledOut = set is not null
+            && (set.Status?.ObservedGeneration is null || set.Status.ObservedGeneration >= set.Metadata.Generation)
+            && (set.Status?.UpdatedReplicas ?? 0) >= endpoint.Spec.Replicas
+            && ready >= endpoint.Spec.Replicas;
+        if (rolledOut && observed.PlacementChange is null)
+        {
+            return new Outcome.Succeeded(endpoint.Spec.Replicas == 0 ? "scaled to zero" : $"{ready} groups of {placement.Nodes} pods serving on {placement.Label}");
+        }
+
+        var diagnosis = observed.Diagnosis;
+        switch (diagnosis)
+        {
+            case PodDiagnosis.BadInput or PodDiagnosis.ImagePullFailed or PodDiagnosis.SecretNotFound:
+                return new Outcome.Stalled(diagnosis.Reason, diagnosis.Message);
+            case PodDiagnosis.OutOfMemory or PodDiagnosis.Unschedulable when observed.PlacementChange is { } change:
+                return new Outcome.InProgress(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; {change}");
+            case PodDiagnosis.Unschedulable:
+                return new Outcome.InProgress(Conditions.Reasons.WaitingForGpu, $"waiting for {placement.Label}: {diagnosis.Message}");
+        }
+
+        return set is null
+            ? new Outcome.InProgress(Conditions.Reasons.Pending, $"creating the LeaderWorkerSet on {placement.Label}")
+            : new Outcome.InProgress(Conditions.Reasons.Progressing, $"{ready} of {endpoint.Spec.Replicas} groups of {placement.Nodes} pods ready on {placement.Label}");
     }
 }

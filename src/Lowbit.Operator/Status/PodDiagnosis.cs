@@ -207,6 +207,12 @@ public static class StatusReasons
     /// <summary>The running engine printed no progress line for longer than the watchdog's timeout.</summary>
     public const string NoProgress = "NoProgress";
 
+    /// <summary>The placement spans several nodes and needs a LeaderWorkerSet, whose CRD the cluster does not serve.</summary>
+    public const string LeaderWorkerSetNotInstalled = "LeaderWorkerSetNotInstalled";
+
+    /// <summary>Event reason: the serving child changed kind (Deployment ↔ LeaderWorkerSet) with the placement.</summary>
+    public const string ServingKindChanged = "ServingKindChanged";
+
     /// <summary>Event reason: a serving Deployment rolls its pods (the message names the template parts that changed).</summary>
     public const string Rolling = "Rolling";
 }

@@ -28,6 +28,9 @@ public sealed record WorkloadObservation
 
     public V1Deployment? Deployment { get; init; }
 
+    /// <summary>The serving LeaderWorkerSet of a multi-node placement (InferenceEndpoint).</summary>
+    public LeaderWorkerSets.LeaderWorkerSet? LeaderWorkerSet { get; init; }
+
     /// <summary>An outcome decided before children exist (invalid spec, no fit, waiting for a dependency, inspecting).</summary>
     public Outcome? Blocker { get; init; }
 
@@ -127,7 +130,7 @@ public static class StatusParts
         {
             NodeType = placement.NodeType.Name,
             GpuModel = placement.OnGpu ? placement.NodeType.GpuModel : "cpu",
-            GpusPerReplica = placement.GpusPerReplica,
+            GpusPerReplica = placement.GpusPerGroup,
             Shards = placement.Shards,
             MemoryGiB = new Api.V1Alpha1.MemoryBreakdown
             {

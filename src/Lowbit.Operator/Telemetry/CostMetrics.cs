@@ -69,9 +69,9 @@ public sealed class CostMetrics
         var perMillion = placement.Option.Throughput.UsdPerMillionTokens;
         var now = _time.GetUtcNow();
         _endpoints.AddOrUpdate((ns, name),
-            _ => new EndpointCost(GpuLabel(placement), placement.HourlyUsd * replicas, placement.GpusPerReplica * replicas,
+            _ => new EndpointCost(GpuLabel(placement), placement.HourlyUsd * replicas, placement.GpusPerGroup * replicas,
                 double.IsFinite(perMillion) ? perMillion : null, now, 0),
-            (_, previous) => new EndpointCost(GpuLabel(placement), placement.HourlyUsd * replicas, placement.GpusPerReplica * replicas,
+            (_, previous) => new EndpointCost(GpuLabel(placement), placement.HourlyUsd * replicas, placement.GpusPerGroup * replicas,
                 double.IsFinite(perMillion) ? perMillion : null, now, previous.AccruedAt(now)));
     }
 

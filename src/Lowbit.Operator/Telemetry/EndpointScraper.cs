@@ -154,8 +154,10 @@ public sealed class EndpointScraper : BackgroundService
         return targets;
     }
 
+    /// <summary>Ready and not terminating; of a LeaderWorkerSet group only the leader (worker index 0) serves HTTP.</summary>
     private static bool IsServing(V1Pod pod) =>
         pod.Metadata.DeletionTimestamp is null
+        && ChildMeta.Label(pod, LeaderWorkerSets.LeaderWorkerSet.WorkerIndexLabel) is null or "0"
         && pod.Status is { Phase: "Running", PodIP.Length: > 0 } status
         && status.Conditions?.Any(c => c.Type == "Ready" && c.Status == "True") == true;
 

@@ -68,17 +68,25 @@ internal sealed class OperatorHarness : IAsyncDisposable
         }).ToList(),
     };
 
-    public static async Task<OperatorHarness> StartAsync(GpuCatalog? catalog = null, Action<OperatorBuilder>? configure = null, string? identity = null, Func<string, bool>? nodeFilter = null)
+    /// <param name="leaderWorkerSet">Install the LeaderWorkerSet CRD before the operator starts (its API is then served).</param>
+    /// <param name="https">Serve HTTPS with client certificates, as real <c>kubectl</c> needs (it sends no credentials over plain HTTP).</param>
+    public static async Task<OperatorHarness> StartAsync(GpuCatalog? catalog = null, Action<OperatorBuilder>? configure = null, string? identity = null, Func<string, bool>? nodeFilter = null,
+        bool leaderWorkerSet = false, bool https = false)
     {
         catalog ??= GpuCatalog.Default;
         var server = await LocalClusterServer.StartAsync(new LocalClusterOptions
         {
-            Https = false,
+            Https = https,
             Store = new ClusterApiOptions { GracefulPodDeletion = true, BookmarkInterval = TimeSpan.FromMilliseconds(500) },
         });
         foreach (var file in Directory.GetFiles(Path.Combine(RepoRoot, "crds"), "*.yaml"))
         {
             server.Api.Create(KubernetesYaml.Deserialize<V1CustomResourceDefinition>(await File.ReadAllTextAsync(file)));
+        }
+
+        if (leaderWorkerSet)
+        {
+            LocalCluster.Crds.ThirdPartyCrds.InstallLeaderWorkerSet(server.Api);
         }
 
         server.Api.Create(new V1Secret
