@@ -106,7 +106,8 @@ public sealed class FastDecoder : IDisposable
         var cuda = device.type == DeviceType.CUDA;
         var shards = options.Shards ?? [new DecoderShard { Device = device, FirstLayer = 0, LayerCount = model.Model.Layers.Count }];
         CheckShards(shards, model.Model.Layers.Count, device);
-        _multiDevice = cuda && shards.Select(s => DeviceIndex(s.Device)).Distinct().Count() > 1;
+        // Any GPU other than cuda:0 (the thread's default) must be made current around its stage's graphs.
+        _multiDevice = cuda && shards.Any(s => DeviceIndex(s.Device) != 0);
         var native = cuda && options.UseNativeKernels && NativeKernels.Available;
         _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv };
         _graphs = cuda && options.UseGraphs && NativeKernels.Available;
@@ -198,7 +199,7 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>
     /// Makes the stage's GPU current (graphs are captured and replayed on the current device; libtorch's own ops and the
-    /// native kernels follow their tensors' device anyway). Only when the stages span several GPUs.
+    /// native kernels follow their tensors' device anyway). Only when a stage sits on a GPU other than cuda:0.
     /// </summary>
     private void UseDevice(Stage stage)
     {
