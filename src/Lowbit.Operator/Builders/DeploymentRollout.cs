@@ -37,6 +37,43 @@ public static class DeploymentRollout
         return deployment;
     }
 
+    /// <summary>Stamps <see cref="FieldsAnnotation"/> from a LeaderWorkerSet's leader and worker templates, part by part (call before the spec hash).</summary>
+    public static LeaderWorkerSets.LeaderWorkerSet Stamp(LeaderWorkerSets.LeaderWorkerSet set)
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        var template = set.Spec.LeaderWorkerTemplate;
+        var leader = template.LeaderTemplate is null ? null : Hashes(template.LeaderTemplate);
+        var worker = Hashes(template.WorkerTemplate);
+        set.Metadata.Annotations ??= new Dictionary<string, string>(StringComparer.Ordinal);
+        set.Metadata.Annotations[FieldsAnnotation] = string.Join(',', Parts.Select(p => $"{p}={Hash(new[] { leader?.GetValueOrDefault(p), worker[p] })}"));
+        return set;
+    }
+
+    /// <summary>
+    /// The LeaderWorkerSet to apply given the running one, by the Deployment's rule: the desired one when something that
+    /// matters changed (or nothing did), none when only operator defaults changed and the replicas are the same. A new
+    /// replica count with only defaults changed applies the whole desired object (a LeaderWorkerSet's scale goes
+    /// through the same apply here), so those defaults roll then too.
+    /// </summary>
+    public static Rollout Decide(InferenceEndpoint endpoint, LeaderWorkerSets.LeaderWorkerSet desired, LeaderWorkerSets.LeaderWorkerSet? observed)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        ArgumentNullException.ThrowIfNull(desired);
+        var changed = Changed(ChildMeta.Annotation(observed, FieldsAnnotation), ChildMeta.Annotation(desired, FieldsAnnotation));
+        if (changed is null || changed.Count == 0 || changed.Any(p => Matters(endpoint, p)))
+        {
+            return new Rollout(desired, changed ?? []);
+        }
+
+        return observed?.Spec?.Replicas == desired.Spec.Replicas ? new Rollout(null, []) : new Rollout(desired, changed);
+    }
+
+    /// <summary>The parts whose hashes differ, or null when either side has none (a first child, or one an older operator made).</summary>
+    private static List<string>? Changed(string? observed, string? desired) =>
+        Parse(observed) is { } before && Parse(desired) is { } after
+            ? Parts.Where(p => before.GetValueOrDefault(p) != after.GetValueOrDefault(p)).ToList()
+            : null;
+
     /// <summary>
     /// The Deployment to apply given the running one: <paramref name="desired"/> when nothing that matters changed
     /// in its template (with the running template kept if only defaults changed), or when it rolls (with the parts).

@@ -71,7 +71,7 @@ public static class InferenceLeaderWorkerSetBuilder
                 },
             },
         };
-        return ChildMeta.WithSpecHash(set);
+        return ChildMeta.WithSpecHash(DeploymentRollout.Stamp(set));
     }
 
     /// <summary>

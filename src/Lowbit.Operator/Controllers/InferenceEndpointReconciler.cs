@@ -156,7 +156,18 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
             return new Outcome.Stalled(StatusReasons.LeaderWorkerSetNotInstalled, LeaderWorkerSetMissing(group, plan));
         }
 
-        children.Add(InferenceLeaderWorkerSetBuilder.Build(endpoint, served, group, context.Options));
+        var rollout = DeploymentRollout.Decide(endpoint, InferenceLeaderWorkerSetBuilder.Build(endpoint, served, group, context.Options), Owned(observed.LeaderWorkerSet, endpoint));
+        if (rollout.Child is { } set)
+        {
+            children.Add(set);
+        }
+
+        if (rollout.Changed.Count > 0 && rollout.Child is not null)
+        {
+            events.Add(new DecisionEvent("Normal", StatusReasons.Rolling,
+                $"rolling LeaderWorkerSet {rollout.Child.Metadata.Name}: its pod templates changed in {string.Join(", ", rollout.Changed)} (generation {endpoint.Metadata.Generation}, placement {group.Label})"));
+        }
+
         children.Add(InferenceServiceBuilder.Build(endpoint, leadersOnly: true));
         if (Owned(observed.Deployment, endpoint) is { } previous)
         {

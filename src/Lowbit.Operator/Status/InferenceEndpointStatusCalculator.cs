@@ -26,7 +26,14 @@ public static class InferenceEndpointStatusCalculator
         var available = ready > 0
             ? Conditions.Available($"{ready} of {endpoint.Spec.Replicas} replicas ready", generation, now)
             : Conditions.Unavailable(outcome is Outcome.Succeeded ? Conditions.Reasons.Succeeded : outcome.Reason, ready == 0 && endpoint.Spec.Replicas == 0 ? "scaled to zero" : outcome.Message, generation, now);
-        var selector = string.Join(",", ChildMeta.Selector(endpoint, InferenceDeploymentBuilder.Role).OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}={kv.Value}"));
+        // The scale subresource's selector (what an HPA averages over): a group's leaders only, as the Service selects them.
+        var pods = ChildMeta.Selector(endpoint, InferenceDeploymentBuilder.Role);
+        if (placement is { MultiNode: true })
+        {
+            pods[LeaderWorkerSet.WorkerIndexLabel] = "0";
+        }
+
+        var selector = string.Join(",", pods.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}={kv.Value}"));
         var status = new InferenceEndpointStatus
         {
             ObservedGeneration = generation,

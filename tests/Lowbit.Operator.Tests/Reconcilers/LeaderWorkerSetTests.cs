@@ -129,6 +129,8 @@ public sealed class LeaderWorkerSetTests
         Assert.Contains(decision.Events, e => e.Reason == StatusReasons.ServingKindChanged);
         Assert.Equal(("LeaderWorkerSet", 2, 0), (decision.Status.Group!.Kind, decision.Status.Group.Size, decision.Status.Group.ReadyReplicas));
         Assert.Equal(16, decision.Status.Plan!.GpusPerReplica);
+        // The scale subresource's selector: leaders only (what an HPA averages over).
+        Assert.Contains($"{LeaderWorkerSet.WorkerIndexLabel}=0", decision.Status.Selector, StringComparison.Ordinal);
         Assert.Equal(Conditions.Reasons.Pending, decision.Outcome.Reason);
     }
 
@@ -193,5 +195,23 @@ public sealed class LeaderWorkerSetTests
         Assert.IsType<Outcome.Succeeded>(serving.Outcome);
         Assert.True(Conditions.IsTrue(serving.Status.Conditions, Conditions.Types.Ready));
         Assert.Equal((1, 1), (serving.Status.ReadyReplicas, serving.Status.Group!.ReadyReplicas));
+    }
+
+    [Fact]
+    public void Does_keep_a_running_group_through_an_operator_default_change_and_roll_it_for_a_spec_change()
+    {
+        var endpoint = Endpoint();
+        var running = InferenceLeaderWorkerSetBuilder.Build(endpoint, new ServedModel(), Group(), Fixtures.Options);
+        var upgraded = new WorkloadOptions { VllmImage = "vllm/vllm-openai:v0.11.0" };
+        Assert.NotEqual(Fixtures.Options.VllmImage, upgraded.VllmImage);
+
+        var kept = DeploymentRollout.Decide(endpoint, InferenceLeaderWorkerSetBuilder.Build(endpoint, new ServedModel(), Group(), upgraded), running);
+        var longer = Endpoint();
+        longer.Spec = longer.Spec with { MaxContextLength = 8192 };
+        var rolled = DeploymentRollout.Decide(longer, InferenceLeaderWorkerSetBuilder.Build(longer, new ServedModel(), Group(), Fixtures.Options), running);
+
+        Assert.Null(kept.Child);
+        Assert.NotNull(rolled.Child);
+        Assert.Contains("args", rolled.Changed);
     }
 }
