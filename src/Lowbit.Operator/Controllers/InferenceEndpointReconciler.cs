@@ -187,7 +187,7 @@ public sealed class InferenceEndpointReconciler(ReconcileServices services)
         var oneNode = plan.Options
             .OfType<DoesNotFit>()
             .Where(o => o.Nodes == 1 && o.Reason is RejectionReason.GpuTypeNotAllowed or RejectionReason.OverBudget && o.PerDevice.Total <= o.UsablePerDevice
-                && o.NodeType.Kind == DeviceKind.Gpu)
+                && o.NodeType.Kind == DeviceKind.Gpu && PlacementPlanner.DividesHeads(plan.Request.Model, o.TensorParallel))
             .Select(o => $"{o.Label} (${o.HourlyUsd.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)}/h, {o.Reason})")
             .Distinct()
             .Take(3)
