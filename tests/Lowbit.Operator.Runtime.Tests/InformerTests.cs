@@ -61,6 +61,25 @@ public sealed class InformerTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Does_treat_a_kind_the_server_does_not_serve_as_empty_and_synced_and_pick_it_up_once_served()
+    {
+        // A CRD that is not installed: every list answers 404 until it is.
+        _server.Fail(e => e.Method == "GET" && !e.IsWatch && e.Path.EndsWith("configmaps", StringComparison.Ordinal), 404, times: 10);
+        _server.Upsert(ConfigMap("a"));
+
+        var (informer, events) = await StartAsync();
+
+        Assert.True(informer.HasSynced);
+        Assert.False(informer.Served);
+        Assert.Equal(0, informer.Count);
+        Assert.Equal(1, _metrics.InformerSynced.WithLabels("configmap").Value);
+        // Listed again (every MaxBackoff) until the kind is served, then cached and watched as usual.
+        await Eventually(() => informer.Served && events.Saw("add", "a"), "served after the faults");
+        Assert.Equal(11, Lists().Count);
+        await Eventually(() => Watches().Count == 1, "the watch after the first successful list");
+    }
+
+    [Fact]
     public async Task Does_resume_from_the_newest_bookmark_after_the_stream_ends()
     {
         _server.Upsert(ConfigMap("a"));
