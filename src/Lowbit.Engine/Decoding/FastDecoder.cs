@@ -212,13 +212,6 @@ public sealed class FastDecoder : IDisposable
     /// <summary>The stages: each one's layer range and device (one stage when not split).</summary>
     public IReadOnlyList<DecoderShard> Shards => _stages.Select(s => new DecoderShard { Device = s.Device, FirstLayer = s.First, LayerCount = s.End - s.First }).ToArray();
 
-    /// <summary>Bytes of KV cache held by stage <paramref name="shard"/>.</summary>
-    public long ShardCacheBytes(int shard)
-    {
-        var stage = _stages[shard];
-        return Enumerable.Range(stage.First, stage.End - stage.First).Sum(i => _keys[i].NumberOfElements * _keys[i].ElementSize * 2);
-    }
-
     /// <summary>The kernel measured fastest per projection shape and rows bucket (empty when nothing was measured).</summary>
     public IReadOnlyList<KernelChoice> KernelChoices => _kernels.Table?.Choices.ToList() ?? [];
 

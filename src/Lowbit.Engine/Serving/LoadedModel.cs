@@ -72,6 +72,15 @@ public sealed class LoadedModel : IDisposable
         var plan = options.ShardDevices.Count > 0
             ? PipelinePlacement.Plan(directory, config, dtype, options.MaxConcurrency, options.MaxContext + 1, options.ShardDevices)
             : null;
+        if (plan is not null)
+        {
+            // Before the weights load, so a shard that does not fit shows what it was given.
+            log($"pipeline split: {plan.Stages.Count} shards on {string.Join(",", plan.Devices.Select(PipelinePlacement.Name))} (--shards; balanced by weight + KV cache bytes)");
+            for (var s = 0; s < plan.Stages.Count; s++)
+            {
+                log(plan.Describe(s));
+            }
+        }
         // A split model reads each projection onto its shard's device (the embedding and norms move after).
         var model = plan is null ? ModelLoading.Load(directory, dtype, options.Device) : PipelinePlacement.Load(directory, dtype, plan);
         model.eval();
@@ -83,11 +92,6 @@ public sealed class LoadedModel : IDisposable
             if (plan is not null)
             {
                 PipelinePlacement.Place(model, plan);
-                log($"pipeline split: {plan.Stages.Count} shards on {string.Join(",", plan.Devices.Select(PipelinePlacement.Name))} (--shards; balanced by weight + KV cache bytes)");
-                for (var s = 0; s < plan.Stages.Count; s++)
-                {
-                    log(plan.Describe(s));
-                }
             }
             adapters = new LoraSet(model, device, layerDevice: plan is null ? null : plan.LayerDevice);
             batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, device, adapters,
