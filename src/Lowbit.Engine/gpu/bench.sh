@@ -13,7 +13,8 @@
 #    (bench-quant.sh; GPTQ alone takes ~5 minutes at 32 layers).
 # --shards N (docs/serve.md, "Sharding across GPUs"): step 4 splits the fused decoder's layers into N pipeline stages (one
 #    GPU each when the host has N, else all stacked on cuda:0 with --shard-devices: the same code path on one GPU) and
-#    runs native:1, graph:1/8/32 and int4-graph:1/16 only; steps 3 and 5 are skipped. Compare its graph:1 and graph:32
+#    runs native:1, graph:1/8/32 and int4-graph:1/16 only (plus eager:1 as the token reference when stacked on one
+#    GPU); steps 3 and 5 are skipped. Compare its graph:1 and graph:32
 #    rows with a run without --shards; the shard split and the allocator's memory per GPU are printed under the table.
 # Every step is bounded by a timeout and a failed step does not stop the others. Runtime target: <= 6 minutes at 32 layers.
 set -uo pipefail
@@ -55,14 +56,18 @@ if [ "$shards" -gt 1 ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .); fi
   shard_args=(--shards "$shards")
+  shard_runs="native:1,graph:1,graph:8,graph:32,int4-graph:1,int4-graph:16"
   if [ "${gpus:-0}" -lt "$shards" ]; then
     stacked=$(for _ in $(seq "$shards"); do printf 'cuda:0,'; done)
     shard_args+=(--shard-devices "${stacked%,}")
+    # Every stage on one GPU: the model's own eager forward still runs, so the split runs' greedy tokens and prefill
+    # logits are compared with it (the "greedy = reference" column).
+    shard_runs="eager:1,$shard_runs"
   fi
   echo "{\"event\":\"bench-shards\",\"shards\":$shards,\"args\":\"${shard_args[*]}\"}" | tee -a "$results"
   step lowbit-decode-shards 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
     --new-tokens "$new_tokens" --int4-group 64 "${shard_args[@]}" \
-    --runs "native:1,graph:1,graph:8,graph:32,int4-graph:1,int4-graph:16"
+    --runs "$shard_runs"
 else
 step bench-kernels 120 "$here/run.sh" bench-kernels --device cuda
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
