@@ -23,6 +23,21 @@ public sealed class CostMetricsTests
     }
 
     [Fact]
+    public async Task Does_count_every_gpu_of_a_multi_node_group()
+    {
+        var endpoint = LeaderWorkerSetTests.Endpoint();
+        var group = Controllers.Planning.Choose(Controllers.Planning.Inference(endpoint, null, Planner.ModelPresets.Llama31_405B, Planner.GpuCatalog.Default), 0)!;
+        Assert.True(group.MultiNode);
+        _cost.RecordEndpoint("ml", "big", group, replicas: 2);
+
+        var (_, parsed) = await ExportAsync();
+
+        // 2 groups × 2 nodes × 8 GPUs; the price is the whole group's.
+        Assert.Equal(32, Assert.Single(parsed.Samples, s => s.Name == CostMetrics.GpusName).Value);
+        Assert.Equal(2 * 16 * 3.85, Assert.Single(parsed.Samples, s => s.Name == CostMetrics.HourlyCostName).Value, 6);
+    }
+
+    [Fact]
     public async Task Does_export_cost_and_plan_series_with_absent_components_when_the_plan_lacks_them()
     {
         var endpoint = Fixtures.Endpoint("chat");
