@@ -27,6 +27,13 @@ public sealed record CacheOptions<T>
     public bool Serialized { get; init; } = true;
 
     /// <summary>
+    /// A kind the cluster may not serve (a third-party CRD such as LeaderWorkerSet): a 404 on its list then means
+    /// "not installed": the cache is empty and synced, <see cref="IObjectCache.IsServed{T}"/> is false, and the list
+    /// is retried. Off (default) for the operator's own kinds and built-ins, whose absence must stop the start.
+    /// </summary>
+    public bool Optional { get; init; }
+
+    /// <summary>
     /// Secondary indexes (client-go's <c>Indexers</c>): name → the values an object is filed under (e.g. the
     /// <c>namespace/name</c> of a resource it references). Kept current on every event, so a reverse lookup
     /// (<see cref="IObjectCache.KeysByIndex{T}"/>) reads keys only and never decodes the cache.

@@ -90,6 +90,7 @@ public sealed class Informer<T> : IInformer
     private readonly Prometheus.Counter.Child _decodes;
     private long _watchStartedAt;
     private volatile bool _served = true;
+    private readonly bool _optional;
 
     public Informer(KubernetesRest rest, InformerOptions options, TimeProvider time, RuntimeMetrics metrics, ILogger<Informer<T>> logger, CacheOptions<T>? cache = null)
     {
@@ -103,6 +104,7 @@ public sealed class Informer<T> : IInformer
         _labelSelector = string.IsNullOrEmpty(cache?.LabelSelector) ? null : cache.LabelSelector;
         var trim = cache?.Transform;
         _serialized = cache?.Serialized ?? true;
+        _optional = cache?.Optional ?? false;
         _indexers = cache?.Indexes ?? new Dictionary<string, Func<T, IEnumerable<string>>>();
         _decodes = _metrics.CacheDecodes.WithLabels(_kindLabel);
 
@@ -292,9 +294,10 @@ public sealed class Informer<T> : IInformer
     }
 
     /// <summary>
-    /// Lists the kind and replaces the cache. False when the API server does not serve the kind at all (a 404 on the
-    /// list: its CustomResourceDefinition is not installed): the cache is then empty and counts as synced, so an
-    /// optional kind (a LeaderWorkerSet) neither blocks the operator's start nor crashes it; <see cref="Served"/> tells.
+    /// Lists the kind and replaces the cache. False when an optional kind (<see cref="CacheOptions{T}.Optional"/>) is not
+    /// served at all (a 404 on the list: its CustomResourceDefinition is not installed): the cache is then empty and
+    /// counts as synced, so a LeaderWorkerSet neither blocks the operator's start nor crashes it; <see cref="Served"/>
+    /// tells. For other kinds a 404 is an error like any other (retried with backoff; the start times out).
     /// </summary>
     private async Task<bool> RelistAsync(string reason, CancellationToken cancellationToken)
     {
@@ -313,7 +316,7 @@ public sealed class Informer<T> : IInformer
                     ("limit", _options.PageSize.ToString(System.Globalization.CultureInfo.InvariantCulture)),
                     ("continue", continueToken));
                 using var response = await _rest.GetAsync(path, linked.Token).ConfigureAwait(false);
-                if (response.StatusCode == System.Net.HttpStatusCode.NotFound && continueToken is null)
+                if (_optional && response.StatusCode == System.Net.HttpStatusCode.NotFound && continueToken is null)
                 {
                     MarkNotServed();
                     return false;

@@ -78,12 +78,13 @@ public sealed class OperatorBuilder
     /// <summary>
     /// What the informer of <typeparamref name="T"/> caches: only objects matching <paramref name="labelSelector"/>,
     /// each trimmed by <paramref name="transform"/> (managedFields are always dropped). Reconcilers then read the
-    /// trimmed objects: keep every field they read. <paramref name="serialized"/>: see <see cref="CacheOptions{T}.Serialized"/>.
+    /// trimmed objects: keep every field they read. <paramref name="serialized"/>: see <see cref="CacheOptions{T}.Serialized"/>;
+    /// <paramref name="optional"/>: see <see cref="CacheOptions{T}.Optional"/>.
     /// </summary>
-    public OperatorBuilder Cache<T>(string? labelSelector = null, Func<T, T>? transform = null, bool serialized = true)
+    public OperatorBuilder Cache<T>(string? labelSelector = null, Func<T, T>? transform = null, bool serialized = true, bool optional = false)
         where T : class, IKubernetesObject<V1ObjectMeta>
     {
-        var cache = new CacheOptions<T> { LabelSelector = labelSelector, Transform = transform, Serialized = serialized };
+        var cache = new CacheOptions<T> { LabelSelector = labelSelector, Transform = transform, Serialized = serialized, Optional = optional };
         _caches.Add(registry => registry.Configure(cache));
         return this;
     }

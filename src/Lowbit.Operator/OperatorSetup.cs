@@ -46,7 +46,7 @@ public static class OperatorSetup
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Service>(IsOurs, CacheTransforms.TrimService))
             .Cache(transform: CacheTransforms.MetadataOnlyUnless<V1Job>(IsOurs, CacheTransforms.TrimJob))
             // An optional kind: while its CRD is not installed the cache stays empty (the endpoint says LeaderWorkerSetNotInstalled).
-            .Cache(transform: CacheTransforms.MetadataOnlyUnless<LeaderWorkerSet>(IsOurs, LeaderWorkerSetCache.Trim));
+            .Cache(transform: CacheTransforms.MetadataOnlyUnless<LeaderWorkerSet>(IsOurs, LeaderWorkerSetCache.Trim), optional: true);
         // Reverse references as cache indexes: a QuantizedModel or FineTuneJob event finds the resources that use it
         // by key, on the informer's loop, without decoding every cached endpoint (10,000 endpoints made each
         // QuantizedModel event cost ~10,000 decodes and stalled that watch for minutes).

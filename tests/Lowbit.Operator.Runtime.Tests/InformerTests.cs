@@ -67,7 +67,7 @@ public sealed class InformerTests : IAsyncLifetime
         _server.Fail(e => e.Method == "GET" && !e.IsWatch && e.Path.EndsWith("configmaps", StringComparison.Ordinal), 404, times: 10);
         _server.Upsert(ConfigMap("a"));
 
-        var (informer, events) = await StartAsync();
+        var (informer, events) = await StartAsync(cache: new CacheOptions<V1ConfigMap> { Optional = true });
 
         Assert.True(informer.HasSynced);
         Assert.False(informer.Served);
@@ -77,6 +77,19 @@ public sealed class InformerTests : IAsyncLifetime
         await Eventually(() => informer.Served && events.Saw("add", "a"), "served after the faults");
         Assert.Equal(11, Lists().Count);
         await Eventually(() => Watches().Count == 1, "the watch after the first successful list");
+    }
+
+    [Fact]
+    public async Task Does_not_sync_a_required_kind_the_server_does_not_serve()
+    {
+        _server.Fail(e => e.Method == "GET" && !e.IsWatch && e.Path.EndsWith("configmaps", StringComparison.Ordinal), 404, times: 1000);
+        var informer = Informer<V1ConfigMap>(_server, _metrics);
+        _run = informer.RunAsync(_stop.Token);
+
+        await Eventually(() => Lists().Count >= 3, "retried lists");
+
+        Assert.False(informer.HasSynced);
+        Assert.True(informer.Served);
     }
 
     [Fact]
