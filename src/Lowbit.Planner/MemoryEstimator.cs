@@ -39,8 +39,9 @@ public sealed record MemoryBreakdown
 /// <summary>
 /// The memory model, per runtime (docs/planner.md has the derivation and the error table against measurements).
 /// Everything is per device for one replica spread over <c>devices</c> devices: inference shards weights and KV
-/// heads tensor-parallel; training shards weights, gradients and optimizer state ZeRO-3/FSDP style and keeps one
-/// micro-batch of activations per GPU.
+/// heads tensor-parallel or splits the layers as a pipeline (<c>pipelineStages</c>);
+/// training on several devices is always our engine's pipeline split of the layers (<c>finetune --shards</c>), the
+/// heaviest stage per device.
 /// </summary>
 public static class MemoryEstimator
 {
@@ -130,7 +131,9 @@ public static class MemoryEstimator
 
     /// <summary>
     /// Per device, with the replica's devices split into <paramref name="pipelineStages"/> pipeline stages of
-    /// <c>devices / pipelineStages</c> tensor-parallel shards each (inference only; 1 = tensor parallel over all).
+    /// <c>devices / pipelineStages</c> tensor-parallel shards each (inference; 1 = tensor parallel over all). Training
+    /// on several devices has one stage per device (the engine's trainer has no tensor parallelism and no sharding):
+    /// <paramref name="pipelineStages"/> is then 1 or <paramref name="devices"/>, and either means that split.
     /// </summary>
     internal static MemoryBreakdown Estimate(ModelArchitecture model, in ParameterCounts p, Workload workload, int devices, DeviceKind kind, ByteSize deviceMemory = default,
         int pipelineStages = 1)
@@ -141,14 +144,19 @@ public static class MemoryEstimator
         {
             throw new ArgumentOutOfRangeException(nameof(pipelineStages), pipelineStages, $"must divide the {devices} devices");
         }
+        if (workload.IsTraining && pipelineStages != 1 && pipelineStages != devices)
+        {
+            throw new ArgumentOutOfRangeException(nameof(pipelineStages), pipelineStages, $"training splits its layers over all {devices} devices (finetune --shards {devices})");
+        }
 
         var raw = workload.Mode switch
         {
             WorkloadMode.Inference => Inference(model, p, workload, devices, pipelineStages, kind, deviceMemory),
             WorkloadMode.Quantize => Quantize(model, p, workload),
-            WorkloadMode.Full => Full(model, p, workload, devices),
-            WorkloadMode.Lora or WorkloadMode.Qlora => Lora(model, p, workload, devices),
-            WorkloadMode.LowbitFull => LowbitFull(model, p, workload, devices),
+            _ when devices > 1 => PipelineTraining(model, p, workload, devices),
+            WorkloadMode.Full => Full(model, p, workload),
+            WorkloadMode.Lora or WorkloadMode.Qlora => Lora(model, p, workload),
+            WorkloadMode.LowbitFull => LowbitFull(model, p, workload),
             _ => throw new ArgumentOutOfRangeException(nameof(workload), workload.Mode, "unknown mode"),
         };
         return WithOverhead(raw, model, workload, devices, kind);
@@ -348,39 +356,57 @@ public static class MemoryEstimator
     }
 
     /// <summary>
-    /// Full fine-tune, mixed precision: bf16 weights (2 B) + bf16 gradients (2 B) + fp32 master weights and
-    /// two AdamW moments (12 B; 8-bit Adam: 4 + 2) = 16 bytes per parameter, sharded over N GPUs, plus an
-    /// FSDP all-gather buffer of two layers when N &gt; 1. fp32 weights: 4 + 4 + 8 (no separate master).
+    /// Full fine-tune on one device, mixed precision: bf16 weights (2 B) + bf16 gradients (2 B) + fp32 master weights
+    /// and two AdamW moments (12 B; 8-bit Adam: 4 + 2) = 16 bytes per parameter. fp32 weights: 4 + 4 + 8 (no separate
+    /// master). Several GPUs: <see cref="PipelineTraining"/>.
     /// </summary>
-    private static MemoryBreakdown Full(ModelArchitecture m, in ParameterCounts p, Workload w, int n)
+    private static MemoryBreakdown Full(ModelArchitecture m, in ParameterCounts p, Workload w)
+    {
+        var (weightBytes, masterBytes, stateBytes) = FullBytesPerParameter(w);
+        var total = (double)p.Total;
+        return new MemoryBreakdown
+        {
+            Weights = ByteSize.FromBytes(total * weightBytes),
+            KvCache = ByteSize.Zero,
+            Activations = TrainingActivations(m, w),
+            Optimizer = ByteSize.FromBytes(total * (masterBytes + stateBytes)),
+            Gradients = ByteSize.FromBytes(total * weightBytes),
+            Overhead = ByteSize.Zero,
+        };
+    }
+
+    /// <summary>Mode full's bytes per parameter: the weight (and its gradient), the fp32 master copy, the optimizer moments.</summary>
+    private static (int Weight, int Master, int State) FullBytesPerParameter(Workload w)
     {
         if (!w.Weights.IsHighPrecision)
         {
             throw new PlanInputException("weights", $"mode full trains 16- or 32-bit weights, not {w.Weights.Name} (use lowbit-full or qlora for quantized weights)", ["bf16", "fp16", "fp32"]);
         }
-        var total = (double)p.Total;
         var fp32 = w.Weights.LinearBitsPerWeight >= 32;
-        var weightBytes = fp32 ? 4 : 2;
-        var stateBytes = w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 2 : 8;
-        var masterBytes = fp32 ? 0 : 4;
-        var gatherBuffer = n > 1 ? 2.0 * p.LinearPerLayer * weightBytes : 0;
+        return (fp32 ? 4 : 2, fp32 ? 0 : 4, w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 2 : 8);
+    }
+
+    /// <summary>
+    /// LoRA / QLoRA on one device: the frozen base at its format (LoRA: 16-bit; QLoRA: NF4 or intN) + rank-r adapters
+    /// on the target linears kept in fp32 (4 B) with fp32 gradients (4 B) and AdamW moments (8 B; 8-bit: 2 B). QLoRA adds
+    /// a bf16 buffer for the widest dequantized matrix. Several GPUs: <see cref="PipelineTraining"/>.
+    /// </summary>
+    private static MemoryBreakdown Lora(ModelArchitecture m, in ParameterCounts p, Workload w)
+    {
+        var (adapters, stateBytes) = LoraAdapters(m, w);
         return new MemoryBreakdown
         {
-            Weights = ByteSize.FromBytes((total * weightBytes / n) + gatherBuffer),
+            Weights = ByteSize.FromBytes(WeightBytes(p, w.Weights).Bytes + (adapters * 4)),
             KvCache = ByteSize.Zero,
-            Activations = TrainingActivations(m, w),
-            Optimizer = ByteSize.FromBytes(total * (masterBytes + stateBytes) / n),
-            Gradients = ByteSize.FromBytes(total * weightBytes / n),
+            Activations = TrainingActivations(m, w) + ByteSize.FromBytes(DequantizedMatrix(m, p, w)),
+            Optimizer = ByteSize.FromBytes(adapters * stateBytes),
+            Gradients = ByteSize.FromBytes(adapters * 4),
             Overhead = ByteSize.Zero,
         };
     }
 
-    /// <summary>
-    /// LoRA / QLoRA: the frozen base at its format (LoRA: 16-bit; QLoRA: NF4 or intN) + rank-r adapters on
-    /// every block linear kept in fp32 (4 B) with fp32 gradients (4 B) and AdamW moments (8 B; 8-bit: 2 B).
-    /// QLoRA adds a bf16 buffer for the widest dequantized matrix.
-    /// </summary>
-    private static MemoryBreakdown Lora(ModelArchitecture m, in ParameterCounts p, Workload w, int n)
+    /// <summary>LoRA/QLoRA: the adapter parameters of the whole model and the optimizer state bytes per adapter parameter.</summary>
+    private static (double Adapters, int StateBytes) LoraAdapters(ModelArchitecture m, Workload w)
     {
         if (w.Mode == WorkloadMode.Lora && !w.Weights.IsHighPrecision)
         {
@@ -390,50 +416,151 @@ public static class MemoryEstimator
         {
             throw new PlanInputException("lora-rank", $"must be at least 1, got {w.LoraRank}");
         }
-        var adapters = (double)w.LoraRank * LoraParametersPerRank(m, w.LoraTargets);
-        var stateBytes = w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 2 : 8;
-        var dequantBuffer = w.Weights.IsHighPrecision ? 0 : (double)p.MaxLinearInput * Math.Max(m.HiddenSize, m.QueryDim) * 2;
+        return ((double)w.LoraRank * LoraParametersPerRank(m, w.LoraTargets), w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 2 : 8);
+    }
+
+    /// <summary>QLoRA's one 16-bit dequantized matrix (the widest), alive while a projection runs; none on a 16-bit base.</summary>
+    private static double DequantizedMatrix(ModelArchitecture m, in ParameterCounts p, Workload w) =>
+        w.Weights.IsHighPrecision ? 0 : WidestMatrix16(m, p);
+
+    /// <summary>The widest block linear in 16-bit: what a quantized weight dequantizes to while its projection runs.</summary>
+    private static double WidestMatrix16(ModelArchitecture m, in ParameterCounts p) => (double)p.MaxLinearInput * Math.Max(m.HiddenSize, m.QueryDim) * 2;
+
+    /// <summary>
+    /// Low-bit full-parameter training (GaLore / Q-GaLore) on one device: weights stay quantized (default int8) and are
+    /// updated in place; block-linear gradients are projected to rank r, so the optimizer keeps two moments of r ×
+    /// max(in, out) per matrix (8-bit Adam: 1 B each) and an int4 projector of r × min(in, out); embeddings, head and
+    /// norms are trained directly with 8-bit Adam. Updates are applied layer by layer during backward, so only the
+    /// largest single gradient (a layer's linears, the embedding or the head) is live at once, in bf16. Several GPUs:
+    /// <see cref="PipelineTraining"/>.
+    /// </summary>
+    private static MemoryBreakdown LowbitFull(ModelArchitecture m, in ParameterCounts p, Workload w)
+    {
+        var momentBytes = LowbitFullMomentBytes(w);
+        var direct = (double)(p.Embedding + p.Head + p.Other);
+        var optimizer = ProjectedOptimizerBytes(p, w, momentBytes) + (direct * 2 * momentBytes);
         return new MemoryBreakdown
         {
-            Weights = ByteSize.FromBytes((WeightBytes(p, w.Weights).Bytes + (adapters * 4)) / n),
+            Weights = WeightBytes(p, w.Weights),
             KvCache = ByteSize.Zero,
-            Activations = TrainingActivations(m, w) + ByteSize.FromBytes(dequantBuffer),
-            Optimizer = ByteSize.FromBytes(adapters * stateBytes / n),
-            Gradients = ByteSize.FromBytes(adapters * 4 / n),
+            Activations = TrainingActivations(m, w) + ByteSize.FromBytes(WidestMatrix16(m, p)),
+            Optimizer = ByteSize.FromBytes(optimizer),
+            Gradients = ByteSize.FromBytes(LargestGradient(p)),
             Overhead = ByteSize.Zero,
         };
     }
 
-    /// <summary>
-    /// Low-bit full-parameter training (GaLore / Q-GaLore): weights stay quantized (default int8) and are
-    /// updated in place; block-linear gradients are projected to rank r, so the optimizer keeps two
-    /// moments of r × max(in, out) per matrix (8-bit Adam: 1 B each) and an int4 projector of
-    /// r × min(in, out); embeddings, head and norms are trained directly with 8-bit Adam. Updates are
-    /// applied layer by layer during backward, so only the largest single gradient (a layer's linears,
-    /// the embedding or the head) is live at once, in bf16.
-    /// </summary>
-    private static MemoryBreakdown LowbitFull(ModelArchitecture m, in ParameterCounts p, Workload w, int n)
+    private static double LowbitFullMomentBytes(Workload w)
     {
         if (w.ProjectionRank < 1)
         {
             throw new PlanInputException("projection-rank", $"must be at least 1, got {w.ProjectionRank}");
         }
-        var momentBytes = w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 1.0 : 4.0;
-        var direct = (double)(p.Embedding + p.Head + p.Other);
-        var optimizer = ((double)w.ProjectionRank * p.ProjectedStatePerRank * 2 * momentBytes)
-                        + ((double)w.ProjectionRank * p.ProjectorPerRank * 0.5)
-                        + (direct * 2 * momentBytes);
-        var largestGradient = Math.Max(p.LinearPerLayer, Math.Max(p.Embedding, p.Head)) * 2.0;
-        var dequantBuffer = (double)p.MaxLinearInput * Math.Max(m.HiddenSize, m.QueryDim) * 2;
+        return w.EffectiveOptimizer == OptimizerKind.AdamW8Bit ? 1.0 : 4.0;
+    }
+
+    /// <summary>lowbit-full's projected moments and int4 projectors of every block linear.</summary>
+    private static double ProjectedOptimizerBytes(in ParameterCounts p, Workload w, double momentBytes) =>
+        ((double)w.ProjectionRank * p.ProjectedStatePerRank * 2 * momentBytes) + ((double)w.ProjectionRank * p.ProjectorPerRank * 0.5);
+
+    /// <summary>lowbit-full's largest single bf16 gradient: a layer's linears, the embedding or the head.</summary>
+    private static double LargestGradient(in ParameterCounts p) => Math.Max(p.LinearPerLayer, Math.Max(p.Embedding, p.Head)) * 2.0;
+
+    /// <summary>
+    /// Training on several GPUs of one pod: our engine's <c>finetune --shards N</c>, a naive pipeline (model-parallel)
+    /// split of the decoder layers, the GPUs working one after another on each micro-batch; nothing is sharded, so no
+    /// FSDP all-gather buffer. <see cref="PipelineSplit.Balance"/> places the layers by their training bytes (the layer's
+    /// weights at their format, its trainable parameters × (parameter + gradient + optimizer state bytes), and the
+    /// activations the step keeps for it until its backward: with checkpointing its 16-bit input, without all it saves);
+    /// the embedding (with its gradient and optimizer state in mode full) on stage 0; the head, final norm and the
+    /// loss's logits on the last (a tied embedding has its copy there). Every stage also holds what does not depend on
+    /// its layer count: the layer being recomputed and back-propagated, eager attention's mask, QLoRA's dequantized
+    /// matrix, lowbit-full's largest gradient. The device that must hold the most is the heaviest stage.
+    /// </summary>
+    private static MemoryBreakdown PipelineTraining(ModelArchitecture m, in ParameterCounts p, Workload w, int stages)
+    {
+        var shards = Math.Min(stages, m.Layers);
+        var parts = TrainingParts(m, p, w, tiedCopy: m.TiedEmbeddings && shards > 1);
+        var layers = Enumerable.Repeat((long)parts.Layer.Bytes, m.Layers).ToList();
+        var heaviest = PipelineSplit.Balance(layers, (long)parts.EmbeddingEnd.Bytes, (long)parts.HeadEnd.Bytes, shards).MaxBy(s => s.Bytes)!;
+        var stage = (parts.Layer * heaviest.LayerCount) + parts.EveryStage
+                    + (heaviest.HoldsEmbedding ? parts.EmbeddingEnd : StagePart.Zero)
+                    + (heaviest.HoldsHead ? parts.HeadEnd : StagePart.Zero);
         return new MemoryBreakdown
         {
-            Weights = WeightBytes(p, w.Weights) / n,
+            Weights = ByteSize.FromBytes(stage.Weights),
             KvCache = ByteSize.Zero,
-            Activations = TrainingActivations(m, w) + ByteSize.FromBytes(dequantBuffer),
-            Optimizer = ByteSize.FromBytes(optimizer / n),
-            Gradients = ByteSize.FromBytes(largestGradient),
+            Activations = ByteSize.FromBytes(stage.Activations),
+            Optimizer = ByteSize.FromBytes(stage.Optimizer),
+            Gradients = ByteSize.FromBytes(stage.Gradients),
             Overhead = ByteSize.Zero,
         };
+    }
+
+    /// <summary>Training bytes by kind, of one decoder layer or one end of a pipeline.</summary>
+    private readonly record struct StagePart(double Weights, double Optimizer, double Gradients, double Activations)
+    {
+        public static readonly StagePart Zero = new(0, 0, 0, 0);
+
+        public double Bytes => Weights + Optimizer + Gradients + Activations;
+
+        public static StagePart operator +(StagePart a, StagePart b) =>
+            new(a.Weights + b.Weights, a.Optimizer + b.Optimizer, a.Gradients + b.Gradients, a.Activations + b.Activations);
+
+        public static StagePart operator *(StagePart a, double count) =>
+            new(a.Weights * count, a.Optimizer * count, a.Gradients * count, a.Activations * count);
+    }
+
+    /// <summary>A training step's memory by where it sits in a pipeline split (see <see cref="PipelineTraining"/>).</summary>
+    private readonly record struct TrainingSplit(StagePart Layer, StagePart EmbeddingEnd, StagePart HeadEnd, StagePart EveryStage);
+
+    private static TrainingSplit TrainingParts(ModelArchitecture m, in ParameterCounts p, Workload w, bool tiedCopy)
+    {
+        var a = TrainingActivationParts(m, w);
+        var layers = (double)m.Layers;
+        var saved = new StagePart(0, 0, 0, a.PerLayer);
+        var loss = new StagePart(0, 0, 0, a.Loss);
+        var transient = new StagePart(0, 0, 0, a.Recomputed + a.EagerMask);
+        var headParameters = p.Head + (tiedCopy ? p.Embedding : 0);
+        // Stored weights at the format: the embedding and head at the format's embedding precision, the rest per layer.
+        var embeddingBytes = p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8;
+        var headBytes = headParameters * (double)w.Weights.EmbeddingBitsPerWeight / 8;
+        var layerBytes = (WeightBytes(p, w.Weights).Bytes - embeddingBytes - (p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8)) / layers;
+        switch (w.Mode)
+        {
+            case WorkloadMode.Full:
+            {
+                var (weight, master, state) = FullBytesPerParameter(w);
+                var parameter = new StagePart(weight, master + state, weight, 0);
+                return new TrainingSplit(
+                    (parameter * ((p.Total - p.Embedding - p.Head) / layers)) + saved,
+                    parameter * p.Embedding,
+                    (parameter * headParameters) + loss,
+                    transient);
+            }
+            case WorkloadMode.Lora or WorkloadMode.Qlora:
+            {
+                var (adapters, state) = LoraAdapters(m, w);
+                var adapter = new StagePart(4, state, 4, 0) * (adapters / layers);
+                return new TrainingSplit(
+                    new StagePart(layerBytes, 0, 0, 0) + adapter + saved,
+                    new StagePart(embeddingBytes, 0, 0, 0),
+                    new StagePart(headBytes, 0, 0, 0) + loss,
+                    transient + new StagePart(0, 0, 0, DequantizedMatrix(m, p, w)));
+            }
+            case WorkloadMode.LowbitFull:
+            {
+                var moment = LowbitFullMomentBytes(w);
+                var layerOptimizer = (ProjectedOptimizerBytes(p, w, moment) + (p.Other * 2 * moment)) / layers;
+                return new TrainingSplit(
+                    new StagePart(layerBytes, layerOptimizer, 0, 0) + saved,
+                    new StagePart(embeddingBytes, p.Embedding * 2 * moment, 0, 0),
+                    new StagePart(headBytes, headParameters * 2 * moment, 0, 0) + loss,
+                    transient + new StagePart(0, 0, LargestGradient(p), WidestMatrix16(m, p)));
+            }
+            default:
+                throw new ArgumentOutOfRangeException(nameof(w), w.Mode, "not a training mode");
+        }
     }
 
     /// <summary>
@@ -454,19 +581,30 @@ public static class MemoryEstimator
     /// </summary>
     private static ByteSize TrainingActivations(ModelArchitecture m, Workload w)
     {
+        var a = TrainingActivationParts(m, w);
+        var stored = (m.Layers * a.PerLayer) + a.Recomputed;
+        return ByteSize.FromBytes(stored + a.EagerMask + a.Loss);
+    }
+
+    /// <summary>
+    /// <see cref="TrainingActivations"/> by where each part lives: what the step keeps for every layer until its
+    /// backward (with checkpointing the layer's 16-bit input, without it everything the layer saves), the layers' worth
+    /// recomputed and back-propagated at once, eager attention's mask, and the loss (the head's end).
+    /// </summary>
+    private static (double PerLayer, double Recomputed, double EagerMask, double Loss) TrainingActivationParts(ModelArchitecture m, Workload w)
+    {
         var ours = w.Runtime == ServingRuntime.Lowbit && w.Mode is WorkloadMode.Lora or WorkloadMode.Qlora;
         var tokens = (double)w.SequenceLength * w.MicroBatch;
         var layerBytes = tokens * (ours
             ? (LowbitLayerBytesPerHidden * m.HiddenSize) + (LowbitLayerBytesPerIntermediate * (double)m.IntermediateSize * m.ExpertsPerToken)
             : LayerActivationBytes(m, w));
-        var stored = w.GradientCheckpointing
-            ? (m.Layers * tokens * m.HiddenSize * 2) + ((ours ? LowbitRecomputedLayers : 1.5) * layerBytes)
-            : m.Layers * layerBytes;
+        var perLayer = w.GradientCheckpointing ? tokens * m.HiddenSize * 2 : layerBytes;
+        var recomputed = w.GradientCheckpointing ? (ours ? LowbitRecomputedLayers : 1.5) * layerBytes : 0;
         var eagerMask = w.Attention == AttentionKind.Eager ? (double)w.MicroBatch * w.SequenceLength * w.SequenceLength * 2 : 0;
         var loss = ours
             ? LowbitLossChunkBytes + (tokens * m.HiddenSize * 4)
             : (tokens * m.VocabSize * 14) + (tokens * m.HiddenSize * 8);
-        return ByteSize.FromBytes(stored + eagerMask + loss);
+        return (perLayer, recomputed, eagerMask, loss);
     }
 
     /// <summary>Our fine-tune's saved bytes per token, layer and unit of hidden size (see <see cref="TrainingActivations"/>).</summary>

@@ -62,6 +62,15 @@ public abstract record PlacementOption
     /// <summary>Devices the model is spread over (GPUs, or 1 for a CPU node).</summary>
     public int Devices => Math.Max(Gpus, 1);
 
+    /// <summary>
+    /// How the model is spread over the replica's devices, for people: <c>pipeline split over 4 GPUs</c>, <c>tensor
+    /// parallel over 4 GPUs</c>, <c>2 pipeline stages (one per node) × tensor parallel over 8 GPUs</c>; empty on one device.
+    /// </summary>
+    public string Split => Devices == 1 ? ""
+        : PipelineStages == Devices ? $"pipeline split over {Devices} GPUs"
+        : PipelineStages == 1 ? $"tensor parallel over {Devices} GPUs"
+        : $"{PipelineStages} pipeline stages (one per node) × tensor parallel over {TensorParallel} GPUs";
+
     /// <summary>e.g. <c>2× A100-80GB</c>, <c>2 nodes × 8× A100-80GB</c>, <c>CPU n2-highmem-16</c>.</summary>
     public string Label => NodeType.Kind == DeviceKind.Cpu
         ? NodeType.GpuModel

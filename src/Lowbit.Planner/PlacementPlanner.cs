@@ -63,8 +63,9 @@ public static class PlacementPlanner
     public static readonly IReadOnlyList<int> GpuCounts = [1, 2, 4, 8];
 
     /// <summary>
-    /// Node counts tried, whole nodes each, on NVLink node types (which come with RDMA networking between nodes):
-    /// sharded training, and vLLM serving with one pipeline stage per node (tensor parallel over the node's GPUs).
+    /// Node counts tried, whole nodes each, on NVLink node types (which come with RDMA networking between nodes): vLLM
+    /// serving only, one pipeline stage per node (tensor parallel over the node's GPUs). Training has no multi-node
+    /// option: our engine's trainer runs in one pod (<c>finetune --shards</c> over its GPUs; docs/planner.md).
     /// </summary>
     public static readonly IReadOnlyList<int> NodeCounts = [2, 4, 8];
 
@@ -163,10 +164,11 @@ public static class PlacementPlanner
             }
             options.Add(Evaluate(request, node, p, gpus, nodes: 1));
         }
-        // Multi-node: sharded training, and vLLM serving (LeaderWorkerSet: tensor parallel over each node's GPUs,
-        // one pipeline stage per node, the standard vLLM-on-LWS recipe). Other runtimes serve from one pod.
+        // Multi-node: vLLM serving only (LeaderWorkerSet: tensor parallel over each node's GPUs, one pipeline stage per
+        // node, the standard vLLM-on-LWS recipe). Other runtimes serve from one pod, and a FineTuneJob is one pod: the
+        // engine's finetune has no multi-node trainer.
         var multiNodeServing = w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Vllm;
-        if ((w.IsTraining || multiNodeServing) && node.Interconnect == Interconnect.NvLink)
+        if (multiNodeServing && node.Interconnect == Interconnect.NvLink)
         {
             foreach (var nodes in NodeCounts)
             {
@@ -176,13 +178,18 @@ public static class PlacementPlanner
     }
 
     /// <summary>
-    /// How a serving replica splits over its GPUs: vLLM across nodes runs one pipeline stage per node; our engine runs
-    /// one pipeline stage per GPU (<c>serve --shards</c>); everything else is tensor parallel over all its devices
-    /// (training shards FSDP-style, which the estimator models apart).
+    /// How a replica splits over its GPUs: vLLM across nodes runs one pipeline stage per node; our engine runs one
+    /// pipeline stage per GPU, serving (<c>serve --shards</c>) and training (<c>finetune --shards</c>, whatever the
+    /// runtime named: the operator trains with our engine only); everything else is tensor parallel over all its
+    /// devices. Quantization runs on one device.
     /// </summary>
     public static int PipelineStages(Workload workload, int gpusPerNode, int nodes)
     {
         ArgumentNullException.ThrowIfNull(workload);
+        if (workload.IsTraining)
+        {
+            return Math.Max(gpusPerNode * nodes, 1);
+        }
         if (workload.Mode != WorkloadMode.Inference)
         {
             return 1;
@@ -346,6 +353,10 @@ public static class PlacementPlanner
         {
             case Planned planned:
                 builder.Append(": ").Append(planned.Choice.Label).Append(Price(planned.Choice.HourlyUsd));
+                if (planned.Choice.Split.Length > 0)
+                {
+                    builder.Append(" (").Append(planned.Choice.Split).Append(')');
+                }
                 // The cheaper options closest in price to the choice, nearest first; excluded types are not explained.
                 var listed = 0;
                 var index = IndexOf(result.Options, planned.Choice);

@@ -38,7 +38,8 @@ public sealed record ThroughputEstimate
 /// weights slower than its device's bandwidth (<see cref="PackedWeightBytesPerSecond"/>). Tensor parallelism adds two all-reduces per
 /// layer (10 µs on NVLink, 30 µs over PCIe). Prefill is compute bound at 50% of peak. Training: 6 FLOPs per parameter
 /// per token, 8 with checkpointing (LoRA: 4 and 6, as frozen weights need no weight gradients) plus causal attention,
-/// at the runtime's MFU, plus its host cost per layer per micro-step (<see cref="TrainingEfficiency"/>).
+/// at the runtime's MFU, plus its host cost per layer per micro-step (<see cref="TrainingEfficiency"/>), on one GPU's
+/// FLOPs whatever the placement's GPU count (several GPUs run the engine's pipeline split, one stage at a time).
 /// </summary>
 public static class ThroughputModel
 {
@@ -135,6 +136,12 @@ public static class ThroughputModel
     /// </summary>
     public const double QloraDequantizeBytesPerSecond = 0.26e12;
 
+    /// <summary>
+    /// One replica's training tokens per second. On several GPUs our engine's <c>finetune --shards</c> runs the layers as
+    /// a pipeline whose stages work one after another on each micro-batch: the same FLOPs, host work and dequantization
+    /// as on one GPU (no speed-up), plus <see cref="PipelineBoundary"/> twice per boundary per micro-step (the hidden
+    /// states forward, their gradient backward).
+    /// </summary>
     private static double Training(ModelArchitecture m, in ParameterCounts p, Workload w, NodeType node, int devices)
     {
         var (mfu, hostPerLayer) = TrainingEfficiency(w.Runtime);
@@ -145,12 +152,13 @@ public static class ThroughputModel
         // Causal attention scores and their product with v: 2·T·hidden per token and layer forward, twice that backward.
         var attentionFlops = 2.0 * w.SequenceLength * m.HiddenSize * m.Layers * (3.0 + recompute);
         var tokens = (double)w.SequenceLength * w.MicroBatch;
-        var compute = tokens * (linearFlops + attentionFlops) / (node.Bf16Tflops * 1e12 * devices * mfu);
+        var compute = tokens * (linearFlops + attentionFlops) / (node.Bf16Tflops * 1e12 * mfu);
         var host = node.Kind == DeviceKind.Cpu ? 0 : m.Layers * hostPerLayer * (1.0 + (0.25 * recompute));
         var dequantize = w.Mode == WorkloadMode.Qlora && w.Runtime == ServingRuntime.Lowbit && node.Kind != DeviceKind.Cpu
-            ? (2.0 + recompute) * p.ActiveBlockLinear * 2.0 / devices / QloraDequantizeBytesPerSecond
+            ? (2.0 + recompute) * p.ActiveBlockLinear * 2.0 / QloraDequantizeBytesPerSecond
             : 0;
-        return tokens / (compute + host + dequantize);
+        var boundaries = 2.0 * (devices - 1) * PipelineBoundary(acrossNodes: false);
+        return tokens / (compute + host + dequantize + boundaries);
     }
 
     /// <summary>

@@ -17,7 +17,7 @@ public enum WorkloadMode
     /// <summary>LoRA on a frozen 4-bit (NF4 or intN) base.</summary>
     Qlora,
 
-    /// <summary>Full fine-tune: AdamW with fp32 master weights and states (sharded across GPUs, ZeRO-3/FSDP style).</summary>
+    /// <summary>Full fine-tune: AdamW with fp32 master weights and states (on several GPUs: a pipeline split of the layers, not sharded).</summary>
     Full,
 
     /// <summary>Full-parameter training on quantized weights with low-rank gradient projection (GaLore / Q-GaLore).</summary>
