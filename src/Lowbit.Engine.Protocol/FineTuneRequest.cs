@@ -6,9 +6,9 @@ namespace Lowbit.Engine.Protocol;
 /// [--micro-batch N] [--grad-accumulation N] [--seq-length N] [--checkpoint-dir DIR] [--resume-from DIR|latest] [--seed N]
 /// [--device cpu|cuda] [--result-file F] [--save-steps N] [--eval-split X] [--lr-scheduler linear|cosine|constant]
 /// [--warmup-steps N | --warmup-ratio X] [--max-grad-norm X] [--weight-decay X] [--gradient-checkpointing true] [--rslora true]
-/// [--merge true] [--gguf-adapter true]</c>. Boolean flags take <c>true</c>/<c>false</c>; absent is false.
+/// [--merge true] [--gguf-adapter true] [--cuda-graph true] [--shards N] [--shard-devices D,D]</c>. Boolean flags take <c>true</c>/<c>false</c>; absent is false.
 /// </summary>
-public sealed record FineTuneRequest : EngineRequest
+public sealed record FineTuneRequest : EngineRequest, IShardedRequest
 {
     /// <summary>Linear modules a LoRA adapter may target (Llama naming).</summary>
     public static IReadOnlyList<string> AcceptedTargetModules { get; } =
@@ -20,7 +20,7 @@ public sealed record FineTuneRequest : EngineRequest
         "--dataset-format", "--epochs", "--max-steps", "--learning-rate", "--micro-batch", "--grad-accumulation",
         "--seq-length", "--checkpoint-dir", "--resume-from", "--seed", CommonFlags.Out, CommonFlags.Device, CommonFlags.ResultFile,
         "--save-steps", "--eval-split", "--lr-scheduler", "--warmup-steps", "--warmup-ratio", "--max-grad-norm", "--weight-decay",
-        "--gradient-checkpointing", "--rslora", "--merge", "--gguf-adapter", "--cuda-graph",
+        "--gradient-checkpointing", "--rslora", "--merge", "--gguf-adapter", "--cuda-graph", .. ShardArguments.Flags,
     ];
 
     /// <summary>Base model source (a quantized model's folder for qlora).</summary>
@@ -125,6 +125,19 @@ public sealed record FineTuneRequest : EngineRequest
     /// </summary>
     public bool CudaGraph { get; init; }
 
+    /// <summary>
+    /// <c>--shards</c>: the decoder layers split over this many devices as a pipeline (docs/finetune.md, <i>Training
+    /// across GPUs</i>); 1 is no split. Written on the command line only when above 1. Not part of the run's
+    /// trajectory: a checkpoint resumes on another shard count.
+    /// </summary>
+    public int Shards { get; init; } = 1;
+
+    /// <summary><c>--shard-devices</c>: the device of each shard (<c>cuda:0,cuda:0</c> stacks two shards on one GPU); empty: <see cref="ResolveShardDevices"/>'s default.</summary>
+    public IReadOnlyList<string> ShardDevices { get; init => field = ValueList.Of(value); } = ValueList<string>.Empty;
+
+    /// <summary>The device of each shard: <see cref="ShardDevices"/> when given, else <c>cuda:0</c> … <c>cuda:N-1</c> on CUDA and <c>cpu</c> on the CPU.</summary>
+    public IReadOnlyList<string> ResolveShardDevices(bool cuda) => ShardArguments.Resolve(this, cuda);
+
     public override string Verb => EngineVerbs.FineTune;
 
     public override IReadOnlyList<string> ToArgs() => new ArgumentWriter(Verb)
@@ -161,6 +174,7 @@ public sealed record FineTuneRequest : EngineRequest
         .Add("--merge", Merge)
         .Add("--gguf-adapter", GgufAdapter)
         .Add("--cuda-graph", CudaGraph)
+        .AddShards(this)
         .Build();
 
     public static new FineTuneRequest Parse(IReadOnlyList<string> args)
@@ -168,6 +182,8 @@ public sealed record FineTuneRequest : EngineRequest
         var r = new ArgumentReader(EngineVerbs.FineTune, args, Flags);
         var defaults = new FineTuneRequest { BaseModel = "", Method = FineTuneMethod.Lora, Dataset = "", Out = "" };
         var targets = r.List("--target-modules", AcceptedTargetModules);
+        var device = r.Enum<ComputeDevice>(CommonFlags.Device);
+        var (shards, shardDevices) = ShardArguments.Read(r, device);
         var request = new FineTuneRequest
         {
             BaseModel = r.Required("--base-model", CommonFlags.ModelAccepted),
@@ -190,7 +206,7 @@ public sealed record FineTuneRequest : EngineRequest
             ResumeFrom = r.Optional("--resume-from"),
             Seed = r.Int("--seed", 0, int.MaxValue) ?? defaults.Seed,
             Out = r.Required(CommonFlags.Out, "an output directory"),
-            Device = r.Enum<ComputeDevice>(CommonFlags.Device),
+            Device = device,
             ResultFile = r.Optional(CommonFlags.ResultFile),
             SaveSteps = r.Int("--save-steps", 1, int.MaxValue),
             EvalSplit = r.Double("--eval-split", 0, 0.5) ?? defaults.EvalSplit,
@@ -204,6 +220,8 @@ public sealed record FineTuneRequest : EngineRequest
             Merge = r.Bool("--merge"),
             GgufAdapter = r.Bool("--gguf-adapter"),
             CudaGraph = r.Bool("--cuda-graph"),
+            Shards = shards,
+            ShardDevices = shardDevices,
         };
         if (request.ResumeFrom == ResumeLatest && request.CheckpointDir is null)
         {

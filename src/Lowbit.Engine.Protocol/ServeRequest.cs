@@ -5,7 +5,7 @@ namespace Lowbit.Engine.Protocol;
 /// an OpenAI-compatible server (docs/serve.md). <c>--adapters</c> entries are PEFT folders, <c>name=path</c> or a path
 /// (the folder name is the adapter's model name).
 /// </summary>
-public sealed record ServeRequest : EngineRequest
+public sealed record ServeRequest : EngineRequest, IShardedRequest
 {
     public const int DefaultPort = 8080;
 
@@ -28,12 +28,10 @@ public sealed record ServeRequest : EngineRequest
     private static readonly string[] Flags =
     [
         CommonFlags.Model, CommonFlags.Revision, "--adapters", "--port", "--max-context", "--max-concurrency", "--max-num-batched-tokens", "--served-name",
-        CommonFlags.Device, "--api-key-file", PipelineSplit.ShardsFlag, ShardDevicesFlag,
+        CommonFlags.Device, "--api-key-file", .. ShardArguments.Flags,
     ];
 
-    public const string ShardDevicesFlag = "--shard-devices";
-
-    private const string ShardDevicesAccepted = "one device per shard, comma-separated: cpu, cuda or cuda:N (all cpu or all cuda), e.g. cuda:0,cuda:1";
+    public const string ShardDevicesFlag = ShardArguments.DevicesFlag;
 
     public required string Model { get; init; }
 
@@ -78,10 +76,7 @@ public sealed record ServeRequest : EngineRequest
     /// The device of each shard: <see cref="ShardDevices"/> when given, else <c>cuda:0</c> … <c>cuda:N-1</c> on CUDA
     /// and <c>cpu</c> for every shard on the CPU.
     /// </summary>
-    public IReadOnlyList<string> ResolveShardDevices(bool cuda) =>
-        ShardDevices.Count > 0
-            ? ShardDevices
-            : Enumerable.Range(0, Shards).Select(i => cuda ? $"cuda:{i}" : "cpu").ToArray();
+    public IReadOnlyList<string> ResolveShardDevices(bool cuda) => ShardArguments.Resolve(this, cuda);
 
     public override string Verb => EngineVerbs.Serve;
 
@@ -96,15 +91,14 @@ public sealed record ServeRequest : EngineRequest
         .Add("--served-name", ServedName)
         .Add(CommonFlags.Device, Device)
         .Add("--api-key-file", ApiKeyFile)
-        .Add(PipelineSplit.ShardsFlag, Shards == 1 ? (int?)null : Shards)
-        .Add(ShardDevicesFlag, ShardDevices)
+        .AddShards(this)
         .Build();
 
     public static new ServeRequest Parse(IReadOnlyList<string> args)
     {
         var r = new ArgumentReader(EngineVerbs.Serve, args, Flags);
         var device = r.Enum<ComputeDevice>(CommonFlags.Device);
-        var shards = r.Int(PipelineSplit.ShardsFlag, 1, PipelineSplit.MaxShards) ?? 1;
+        var (shards, shardDevices) = ShardArguments.Read(r, device);
         return new ServeRequest
         {
             Model = r.Required(CommonFlags.Model, CommonFlags.ModelAccepted),
@@ -118,38 +112,7 @@ public sealed record ServeRequest : EngineRequest
             Device = device,
             ApiKeyFile = r.Optional("--api-key-file"),
             Shards = shards,
-            ShardDevices = ParseShardDevices(r.List(ShardDevicesFlag, allowRepeats: true), shards, device),
+            ShardDevices = shardDevices,
         };
     }
-
-    private static IReadOnlyList<string> ParseShardDevices(IReadOnlyList<string> devices, int shards, ComputeDevice? device)
-    {
-        if (devices.Count == 0)
-        {
-            return devices;
-        }
-        if (devices.Count != shards)
-        {
-            throw new ProtocolArgumentException(ShardDevicesFlag, $"{devices.Count} devices for {shards} shards (--shards {shards})", ShardDevicesAccepted);
-        }
-        if (devices.FirstOrDefault(d => !IsDeviceName(d)) is { } bad)
-        {
-            throw new ProtocolArgumentException(ShardDevicesFlag, $"'{bad}' is not a device", ShardDevicesAccepted);
-        }
-        var cuda = devices.Count(d => d.StartsWith("cuda", StringComparison.Ordinal));
-        if (cuda != 0 && cuda != devices.Count)
-        {
-            throw new ProtocolArgumentException(ShardDevicesFlag, "mixes cpu and cuda shards", ShardDevicesAccepted);
-        }
-        if (device is { } d && (d == ComputeDevice.Cuda) != (cuda > 0))
-        {
-            throw new ProtocolArgumentException(ShardDevicesFlag, $"devices '{string.Join(',', devices)}' with --device {ProtocolNames.Of(d)}", ShardDevicesAccepted);
-        }
-        return devices;
-    }
-
-    private static bool IsDeviceName(string name) =>
-        name is "cpu" or "cuda"
-        || (name.StartsWith("cuda:", StringComparison.Ordinal) && name.Length > 5 && name.Length <= 8
-            && name.AsSpan(5).ContainsAnyExceptInRange('0', '9') is false);
 }

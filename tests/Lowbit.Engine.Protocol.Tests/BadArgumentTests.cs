@@ -33,6 +33,12 @@ public class BadArgumentTests
     [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:0,cuda:x" }, "--shard-devices", "cuda:N")]
     [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cpu,cuda:0" }, "--shard-devices", "all cpu or all cuda")]
     [InlineData(new[] { "serve", "--model", "m", "--shards", "2", "--shard-devices", "cuda:0,cuda:1", "--device", "cpu" }, "--shard-devices", "cuda:0,cuda:1")]
+    [InlineData(new[] { "finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--shards", "0" }, "--shards", "1 to 16")]
+    [InlineData(new[] { "finetune", "--base-model", "b", "--method", "qlora", "--dataset", "d", "--out", "o", "--shards", "two" }, "--shards", "1 to 16")]
+    [InlineData(new[] { "finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--shards", "3", "--shard-devices", "cuda:0,cuda:1" }, "--shard-devices", "one device per shard")]
+    [InlineData(new[] { "finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--shards", "2", "--shard-devices", "cuda:0,gpu1" }, "--shard-devices", "cuda:N")]
+    [InlineData(new[] { "finetune", "--base-model", "b", "--method", "full", "--dataset", "d", "--out", "o", "--shards", "2", "--shard-devices", "cpu,cuda:0" }, "--shard-devices", "all cpu or all cuda")]
+    [InlineData(new[] { "finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--shards", "2", "--shard-devices", "cpu,cpu", "--device", "cuda" }, "--shard-devices", "cpu,cpu")]
     [InlineData(new[] { "train", "--model", "m" }, "verb", "inspect, quantize, finetune, serve, eval")]
     [InlineData(new string[0], "verb", "inspect, quantize")]
     public void Does_name_the_argument_and_accepted_values_when_input_is_bad(string[] args, string argument, string acceptedFragment)

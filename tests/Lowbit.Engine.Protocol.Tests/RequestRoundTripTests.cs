@@ -34,6 +34,9 @@ public class RequestRoundTripTests
             SaveSteps = 50, EvalSplit = 0, LrScheduler = LrScheduler.Cosine, WarmupSteps = 10, MaxGradNorm = 0.3, WeightDecay = 0.01,
             GradientCheckpointing = true, Rslora = true, Merge = true, GgufAdapter = true, CudaGraph = true,
         },
+        new FineTuneRequest { BaseModel = "b", Method = FineTuneMethod.Lora, Dataset = "d", Out = "o", Shards = 4 },
+        new FineTuneRequest { BaseModel = "b", Method = FineTuneMethod.Qlora, Dataset = "d", Out = "o", Shards = 2, ShardDevices = ["cuda:0", "cuda:0"], Device = ComputeDevice.Cuda },
+        new FineTuneRequest { BaseModel = "b", Method = FineTuneMethod.Full, Dataset = "d", Out = "o", Shards = 3, ShardDevices = ["cpu", "cpu", "cpu"] },
         new ServeRequest { Model = "m" },
         new ServeRequest { Model = "m", Revision = "r", Adapters = ["/a/one", "/a/two"], Port = 1, MaxContext = 131072, MaxConcurrency = 256, ServedName = "tiny", Device = ComputeDevice.Cpu, ApiKeyFile = "/run/key" },
         new ServeRequest { Model = "m", MaxContext = 320, MaxConcurrency = 64, MaxNumBatchedTokens = 2048, Device = ComputeDevice.Cuda },
@@ -106,6 +109,20 @@ public class RequestRoundTripTests
         Assert.Equal(1, ServeRequest.Parse(args).Shards);
         Assert.Equal(2, parsed.Shards);
         Assert.Equal(["cuda:1", "cuda:0"], parsed.ShardDevices);
+    }
+
+    [Fact]
+    public void Does_leave_shards_off_the_finetune_command_line_when_not_split()
+    {
+        var args = new FineTuneRequest { BaseModel = "b", Method = FineTuneMethod.Lora, Dataset = "d", Out = "o" }.ToArgs();
+        var parsed = FineTuneRequest.Parse(["finetune", "--base-model", "b", "--method", "lora", "--dataset", "d", "--out", "o", "--shards", "2", "--shard-devices", "cuda:1,cuda:0"]);
+
+        Assert.DoesNotContain("--shards", args);
+        Assert.DoesNotContain("--shard-devices", args);
+        Assert.Equal(1, FineTuneRequest.Parse(args).Shards);
+        Assert.Equal(2, parsed.Shards);
+        Assert.Equal(["cuda:1", "cuda:0"], parsed.ShardDevices);
+        Assert.Equal(["cuda:0", "cuda:1"], (parsed with { ShardDevices = [] }).ResolveShardDevices(cuda: true));
     }
 
     [Fact]

@@ -62,7 +62,7 @@ public static partial class PipelinePlacement
     /// The device of every shard, or empty when the model is not split (one shard on <paramref name="device"/>).
     /// Bad combinations are <see cref="ProtocolArgumentException"/>s naming <c>--shards</c> or <c>--shard-devices</c>.
     /// </summary>
-    public static IReadOnlyList<Device> ResolveDevices(ServeRequest request, Device device, int visibleGpus)
+    public static IReadOnlyList<Device> ResolveDevices(IShardedRequest request, Device device, int visibleGpus)
     {
         if (request.Shards == 1 && request.ShardDevices.Count == 0)
         {
@@ -73,15 +73,15 @@ public static partial class PipelinePlacement
         {
             throw new ProtocolArgumentException(PipelineSplit.ShardsFlag,
                 $"{request.Shards} shards need {request.Shards} GPUs; this pod sees {visibleGpus}",
-                $"at most {visibleGpus} shards, or pass {ServeRequest.ShardDevicesFlag} to stack shards on one GPU (e.g. {string.Join(',', Enumerable.Repeat("cuda:0", request.Shards))})");
+                $"at most {visibleGpus} shards, or pass {ShardArguments.DevicesFlag} to stack shards on one GPU (e.g. {string.Join(',', Enumerable.Repeat("cuda:0", request.Shards))})");
         }
         var devices = new List<Device>();
-        foreach (var name in request.ResolveShardDevices(cuda))
+        foreach (var name in ShardArguments.Resolve(request, cuda))
         {
             var onCuda = name.StartsWith("cuda", StringComparison.Ordinal);
             if (onCuda != cuda)
             {
-                throw new ProtocolArgumentException(ServeRequest.ShardDevicesFlag,
+                throw new ProtocolArgumentException(ShardArguments.DevicesFlag,
                     $"'{name}' while the model runs on {(cuda ? "cuda" : "cpu")}", cuda ? "cuda:N devices (or --device cpu with cpu shards)" : "cpu for every shard (or --device cuda with cuda:N shards)");
             }
             if (!onCuda)
@@ -92,7 +92,7 @@ public static partial class PipelinePlacement
             var index = name == "cuda" ? 0 : int.Parse(name.AsSpan(5), NumberStyles.None, CultureInfo.InvariantCulture);
             if (index >= visibleGpus)
             {
-                throw new ProtocolArgumentException(ServeRequest.ShardDevicesFlag, $"'{name}' does not exist; this pod sees {visibleGpus} GPU(s)",
+                throw new ProtocolArgumentException(ShardArguments.DevicesFlag, $"'{name}' does not exist; this pod sees {visibleGpus} GPU(s)",
                     $"cuda:0 to cuda:{Math.Max(0, visibleGpus - 1)}, repeated to stack shards on one GPU");
             }
             devices.Add(new Device(DeviceType.CUDA, index));

@@ -525,14 +525,14 @@ public sealed class FineTuner
     private static readonly HashSet<string> OutsideTheTrajectory = new(StringComparer.Ordinal)
     {
         "--out", "--checkpoint-dir", "--resume-from", "--save-steps", "--result-file", "--device", "--gradient-checkpointing",
-        "--cuda-graph", "--merge", "--gguf-adapter", "--dataset",
+        "--cuda-graph", "--merge", "--gguf-adapter", "--dataset", PipelineSplit.ShardsFlag, ShardArguments.DevicesFlag,
     };
 
     /// <summary>
     /// What makes two runs the same training trajectory (a resumed run continues it): every flag of the request but
     /// <see cref="OutsideTheTrajectory"/> (so a flag added later counts by default), the data by its bytes (not its path),
-    /// and the resolved warm-up. Not the device, checkpointing, the graph or where outputs go, so a pod replaced onto
-    /// another GPU type resumes. 16 hex digits of a SHA-256.
+    /// and the resolved warm-up. Not the device, the shard split, checkpointing, the graph or where outputs go, so a pod
+    /// replaced onto another GPU type or count resumes. 16 hex digits of a SHA-256.
     /// </summary>
     internal static string RunFingerprint(FineTuneRequest r, int warmupSteps, string dataDigest)
     {

@@ -138,7 +138,7 @@ public sealed class FineTunerTests
         var data = FineTuner.DatasetDigest(request.Dataset);
         var run = FineTuner.RunFingerprint(request, 0, data);
 
-        Assert.Equal(run, FineTuner.RunFingerprint(request with { Device = ComputeDevice.Cuda, GradientCheckpointing = true, CudaGraph = true, Out = dir.File("b"), CheckpointDir = "/x", SaveSteps = 7 }, 0, data));
+        Assert.Equal(run, FineTuner.RunFingerprint(request with { Device = ComputeDevice.Cuda, GradientCheckpointing = true, CudaGraph = true, Out = dir.File("b"), CheckpointDir = "/x", SaveSteps = 7, Shards = 2, ShardDevices = ["cuda:0", "cuda:0"] }, 0, data));
         Assert.NotEqual(run, FineTuner.RunFingerprint(request with { LearningRate = request.LearningRate * 2 }, 0, data));
         Assert.NotEqual(run, FineTuner.RunFingerprint(request with { Seed = request.Seed + 1 }, 0, data));
         Assert.NotEqual(run, FineTuner.RunFingerprint(request, 1, data));
