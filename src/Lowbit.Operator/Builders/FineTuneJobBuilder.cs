@@ -39,6 +39,9 @@ public static class FineTuneJobBuilder
     /// Every Job's pods pass <c>--resume-from latest</c> with the checkpoint folder on the output volume: a pod the Job
     /// controller replaces (preemption, node loss, a counted failure) or a Job created again (a new placement) continues
     /// from the newest checkpoint of the same run, and a changed spec (another run) starts at step 0.
+    /// On a placement of several GPUs the pod passes <c>--shards</c> = its GPUs: the engine splits the layers over them as
+    /// a pipeline, as the planner sized it. The shard count is not part of the run, so a Job created again on another
+    /// placement (an OOM moving to more GPUs) still resumes the same checkpoints.
     /// </summary>
     public static FineTuneRequest Request(FineTuneJob job, QuantizedModel? baseModel, WorkloadPlacement placement, VolumeSet volumes)
     {
@@ -79,6 +82,7 @@ public static class FineTuneJobBuilder
             GradientCheckpointing = spec.Training.GradientCheckpointing,
             Out = output,
             Device = placement.OnGpu ? ComputeDevice.Cuda : ComputeDevice.Cpu,
+            Shards = placement.OnGpu ? Math.Max(placement.GpusPerReplica, 1) : 1,
         };
     }
 
