@@ -96,6 +96,20 @@ public sealed class PlanCommandTests
     }
 
     [Fact]
+    public void Does_say_a_training_plan_on_several_gpus_is_a_pipeline_split_in_one_pod()
+    {
+        var table = Plan("--model", "llama-2-70b", "--mode", "lora", "--weights", "bf16", "--seq", "2048", "--gradient-checkpointing");
+        Assert.Equal(ExitCodes.Ok, table.ExitCode);
+        Assert.Matches(@"at \$[0-9.]+/h \(pipeline split over [248] GPUs\)", table.Out);
+        Assert.Contains("(heaviest stage)", table.Out, StringComparison.Ordinal);
+
+        var placement = Json(Plan("--model", "llama-2-70b", "--mode", "lora", "--weights", "bf16", "--seq", "2048", "--gradient-checkpointing", "--output", "json")).GetProperty("placement");
+        var gpus = placement.GetProperty("gpusPerReplica").GetInt32();
+        Assert.Equal((1, gpus, 1), (placement.GetProperty("nodes").GetInt32(), placement.GetProperty("pipelineStages").GetInt32(), placement.GetProperty("tensorParallel").GetInt32()));
+        Assert.Equal($"pipeline split over {gpus} GPUs", placement.GetProperty("split").GetString());
+    }
+
+    [Fact]
     public void Does_read_a_config_json_path()
     {
         var json = Json(Plan("--model", RepoPath("tests", "fixtures", "hf-configs", "mixtral-8x7b.json"), "--weights", "int4", "--output", "json"));

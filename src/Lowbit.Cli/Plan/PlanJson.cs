@@ -112,6 +112,7 @@ public static class PlanJson
         w.WriteString("gpuModel", node.GpuModel);
         w.WriteNumber("gpusPerReplica", chosen.Gpus);
         w.WriteNumber("nodes", chosen.Nodes);
+        Split(w, chosen);
         w.WriteNumber("hourlyUsd", Math.Round(chosen.HourlyUsd, 4));
         w.WriteString("throughputKind", chosen.Throughput.Kind.ToString().ToLowerInvariant());
         w.WriteNumber("tokensPerSecond", Math.Round(chosen.Throughput.TokensPerSecond, 1));
@@ -155,6 +156,7 @@ public static class PlanJson
         w.WriteString("gpuModel", option.NodeType.GpuModel);
         w.WriteNumber("gpusPerReplica", option.Gpus);
         w.WriteNumber("nodes", option.Nodes);
+        Split(w, option);
         w.WriteNumber("hourlyUsd", Math.Round(option.HourlyUsd, 4));
         w.WriteBoolean("fits", option is Fits);
         w.WriteNumber("perGpuGiB", Gib(option.PerDevice.Total));
@@ -168,6 +170,14 @@ public static class PlanJson
         w.WriteNumber("tokensPerSecond", Math.Round(option.Throughput.TokensPerSecond, 1));
         w.WriteNumber("usdPerMillionTokens", Math.Round(option.Throughput.UsdPerMillionTokens, 4));
         w.WriteEndObject();
+    }
+
+    /// <summary>How the replica's devices share the model: pipeline stages, tensor-parallel shards per stage, and in words.</summary>
+    private static void Split(Utf8JsonWriter w, PlacementOption option)
+    {
+        w.WriteNumber("pipelineStages", option.PipelineStages);
+        w.WriteNumber("tensorParallel", option.TensorParallel);
+        w.WriteString("split", option.Split);
     }
 
     /// <summary>

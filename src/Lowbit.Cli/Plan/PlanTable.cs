@@ -28,7 +28,9 @@ public static class PlanTable
         var memory = new Table().Border(TableBorder.Rounded).Title("Memory (GiB)");
         memory.AddColumn("part");
         memory.AddColumn(new TableColumn("total (1 device)").RightAligned());
-        memory.AddColumn(new TableColumn(chosen is null ? "per GPU" : $"per GPU on {chosen.Label}").RightAligned());
+        // A pipeline split's GPUs hold different stages: the column is the heaviest one, which decides the fit.
+        var perGpuTitle = chosen is null ? "per GPU" : chosen.PipelineStages > 1 ? $"per GPU on {chosen.Label} (heaviest stage)" : $"per GPU on {chosen.Label}";
+        memory.AddColumn(new TableColumn(perGpuTitle).RightAligned());
         var perGpu = chosen?.PerDevice ?? result.Total;
         AddRow(memory, "weights", result.Total.Weights, perGpu.Weights);
         AddRow(memory, "KV cache", result.Total.KvCache, perGpu.KvCache);
