@@ -73,6 +73,12 @@ public sealed record TrainEvent : EngineEvent
 
     /// <summary>Peak memory so far: device bytes in use on CUDA, the process's peak resident set on the CPU.</summary>
     public long? PeakMemoryBytes { get; init; }
+
+    /// <summary>
+    /// With <c>--shards</c>: the peak per distinct shard device, in the order of the shards' first appearance
+    /// (<see cref="PeakMemoryBytes"/> is their largest); null when the run is not split.
+    /// </summary>
+    public IReadOnlyList<long>? PeakMemoryBytesPerDevice { get; init; }
 }
 
 /// <summary>A fine-tuning checkpoint was written (atomically: the folder is complete when this line appears).</summary>

@@ -11,7 +11,8 @@ namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// <c>bench-finetune --model DIR --method lora|qlora [--steps 12] [--warmup 2] [--seq-length 2048] [--micro-batch 1]
-/// [--r 16] [--gradient-checkpointing true] [--device cuda] [--phase-sync false] [--cuda-graph false] [--dropout 0.05]</c>:
+/// [--r 16] [--gradient-checkpointing true] [--device cuda] [--phase-sync false] [--cuda-graph false] [--dropout 0.05]
+/// [--shards N] [--shard-devices cuda:0,cuda:0]</c>:
 /// the finetune loop on random token
 /// blocks (no tokenizer needed: the GPU bundle's random 7B has none), LoRA on all seven projections, AdamW. Prints one
 /// JSON line: tokens/s over the steps after the warm-up (wall clock between the warm-up's last step and the last step,
@@ -53,6 +54,8 @@ public static class BenchFineTuneVerb
         var phaseSync = (Get("--phase-sync") ?? "false") == "true";
         var cudaGraph = (Get("--cuda-graph") ?? "false") == "true";
         var dropout = Get("--dropout") is { } p ? double.Parse(p, CultureInfo.InvariantCulture) : 0.05;
+        var shards = Int("--shards", 1);
+        var shardDevices = Get("--shard-devices") is { } names ? names.Split(',') : [];
         if (Get("--random-layers") is { } layers && !File.Exists(Path.Combine(model, "config.json")))
         {
             WriteRandomModel(model, int.Parse(layers, CultureInfo.InvariantCulture), Int("--random-hidden", 64),
@@ -74,8 +77,10 @@ public static class BenchFineTuneVerb
         {
             BaseModel = model, Method = method, Dataset = "(random tokens)", Out = output, R = r, Alpha = 2 * r, Dropout = dropout,
             TargetModules = LoraSettings.AllTargets, SeqLength = seq, MicroBatch = micro, MaxSteps = steps, LearningRate = 2e-4,
-            EvalSplit = 0, GradientCheckpointing = checkpointing, Device = device, CudaGraph = cudaGraph,
+            EvalSplit = 0, GradientCheckpointing = checkpointing, Device = device, CudaGraph = cudaGraph, Shards = shards, ShardDevices = shardDevices,
         };
+        IReadOnlyList<long>? peakPerDevice = null;
+        var shardLines = new List<string>();
         string? graphNote = null;
         var marks = new List<(int Step, double Seconds, long Peak, double Loss)>();
         var phases = new StepPhaseTimings { SynchronizeDevice = phaseSync };
@@ -85,6 +90,7 @@ public static class BenchFineTuneVerb
             if (e is TrainEvent t)
             {
                 marks.Add((t.Step, watch.Elapsed.TotalSeconds, t.PeakMemoryBytes ?? 0, t.Loss));
+                peakPerDevice = t.PeakMemoryBytesPerDevice ?? peakPerDevice;
                 stderr.WriteLine(t.ToJsonLine());
             }
             else
@@ -92,6 +98,10 @@ public static class BenchFineTuneVerb
                 if (e is LogEvent { Message: var message } && (message.StartsWith("CUDA graph", StringComparison.Ordinal) || message.StartsWith("--cuda-graph", StringComparison.Ordinal)))
                 {
                     graphNote = message;
+                }
+                if (e is LogEvent { Message: var plan } && (plan.StartsWith("shard ", StringComparison.Ordinal) || plan.StartsWith("peak cuda", StringComparison.Ordinal)))
+                {
+                    shardLines.Add(plan);
                 }
                 stderr.WriteLine(e.ToJsonLine());
             }
@@ -125,6 +135,10 @@ public static class BenchFineTuneVerb
             ["lastLoss"] = Math.Round(to.Loss, 4),
             ["phaseSync"] = phaseSync,
             ["hostMsPerStep"] = HostMilliseconds(phases, from.Step),
+            ["shards"] = shards,
+            ["shardDevices"] = string.Join(',', request.ResolveShardDevices(device == ComputeDevice.Cuda)),
+            ["peakDeviceUsedGiBPerDevice"] = (peakPerDevice ?? []).Select(b => Math.Round(b / (double)(1L << 30), 2)).ToArray(),
+            ["shardLines"] = shardLines,
         };
         stdout.WriteLine(JsonSerializer.Serialize(line));
         try

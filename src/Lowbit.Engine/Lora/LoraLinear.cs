@@ -164,7 +164,7 @@ public sealed class LoraLinear : LinearLayer
         {
             if (SeedDeviceGenerator)
             {
-                cuda.manual_seed(drawSeed);
+                cuda.manual_seed_all(drawSeed);   // every GPU: a pipeline split draws on several
             }
             return draws.bernoulli_(keep);
         }

@@ -10,9 +10,11 @@ public static class LoraModel
     /// <summary>
     /// Freezes every base parameter and wraps each targeted projection; A is initialised from <paramref name="seed"/>
     /// (drawn on the CPU, so the same seed gives the same adapter on every device), B is zero.
-    /// Returns the wrapped modules by path, in model order.
+    /// Returns the wrapped modules by path, in model order. <paramref name="deviceOf"/> (a pipeline split) puts each
+    /// module's A and B on its projection's shard instead of <paramref name="device"/>.
     /// </summary>
-    public static IReadOnlyList<(string Path, LoraLinear Module)> Wrap(LlamaForCausalLM model, LoraSettings settings, long seed, Device device)
+    public static IReadOnlyList<(string Path, LoraLinear Module)> Wrap(LlamaForCausalLM model, LoraSettings settings, long seed, Device device,
+        Func<string, Device>? deviceOf = null)
     {
         if (settings.TargetModules.Count == 0)
         {
@@ -30,7 +32,7 @@ public static class LoraModel
             {
                 return null;
             }
-            var lora = new LoraLinear(current, settings, wrapped.Count, device);
+            var lora = new LoraLinear(current, settings, wrapped.Count, deviceOf?.Invoke(path) ?? device);
             lora.Initialize(generator);
             wrapped.Add((path, lora));
             return lora;

@@ -69,6 +69,12 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, KvCache?, Tensor>
         return lm_head?.DenseBias(dtype)?.narrow(0, start, length).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Where the logits are computed: the embedding's device when tied, else the final norm's (a pipeline split keeps
+    /// the norm and <c>lm_head</c> on the last shard).
+    /// </summary>
+    public Device OutputDevice => lm_head is null ? model.EmbedTokens.weight!.device : model.Norm.parameters().First().device;
+
     /// <summary>Projects hidden states to the vocabulary.</summary>
     public Tensor Logits(Tensor hidden) =>
         lm_head is null ? nn.functional.linear(hidden, model.EmbedTokens.weight!) : lm_head.forward(hidden);

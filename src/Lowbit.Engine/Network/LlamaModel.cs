@@ -33,6 +33,13 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
 
     public RmsNorm Norm => norm;
 
+    /// <summary>
+    /// The device of each decoder layer when the layers are split over devices as a pipeline (training with
+    /// <c>--shards</c>); null: every layer on the embedding's device. The hidden state moves (<c>.to(device)</c>, which
+    /// autograd carries back) where the next layer lives, and to the final norm's device after the last.
+    /// </summary>
+    public IReadOnlyList<Device>? LayerDevices { get; set; }
+
     /// <summary>Hidden states after the final norm, <c>[B, T, hidden]</c>, for token ids <c>[B, T]</c>.</summary>
     public override Tensor forward(Tensor inputIds, KvCache? cache) => Forward(inputIds, cache, null);
 
@@ -49,14 +56,28 @@ public sealed class LlamaModel : nn.Module<Tensor, KvCache?, Tensor>
         }
         var (cos, sin) = layout is null ? _rotary.CosSin(offset, length, hidden.dtype, hidden.device) : _rotary.CosSin(layout.Positions, hidden.dtype);
         var signedSin = training && cache is null ? RotaryEmbedding.SignedSin(sin) : null;
+        var mask = layout?.Mask;
         for (var i = 0; i < layers.Count; i++)
         {
-            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i, Mask = layout?.Mask, SignedSin = signedSin };
+            if (LayerDevices is { } devices && !SameDevice(devices[i], hidden.device))
+            {
+                // A stage boundary: the hidden state and the per-position tensors go where the next stage lives.
+                var to = devices[i];
+                (hidden, cos, sin) = (hidden.to(to), cos.to(to), sin.to(to));
+                (mask, signedSin) = (mask?.to(to), signedSin?.to(to));
+            }
+            var context = new AttentionContext { Cos = cos, Sin = sin, Offset = offset, Cache = cache, LayerIndex = i, Mask = mask, SignedSin = signedSin };
             hidden = GradientCheckpointing && is_grad_enabled() && cache is null
                 ? Training.GradientCheckpoint.Apply(layers[i], hidden, context, this)
                 : layers[i].forward(hidden, context);
         }
         cache?.Advance(length);
+        if (LayerDevices is not null && norm.parameters().FirstOrDefault()?.device is { } normDevice && !SameDevice(normDevice, hidden.device))
+        {
+            hidden = hidden.to(normDevice);
+        }
         return norm.forward(hidden).MoveToOuterDisposeScope();
     }
+
+    private static bool SameDevice(Device a, Device b) => a.type == b.type && (a.type == DeviceType.CPU || Math.Max(0, (int)a.index) == Math.Max(0, (int)b.index));
 }

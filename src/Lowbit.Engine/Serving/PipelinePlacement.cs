@@ -42,13 +42,18 @@ public sealed record ShardPlan
         : name.StartsWith("lm_head", StringComparison.Ordinal) ? Devices[^1]
         : Devices[0];
 
-    /// <summary>One log line per shard: <c>shard 0: layers 0-15 on cuda:0 (embedding), weights 6,500 MiB, KV cache 512 MiB</c>.</summary>
-    public string Describe(int shard)
+    /// <summary>
+    /// One log line per shard: <c>shard 0: layers 0-15 on cuda:0 (embedding), weights 6,500 MiB, KV cache 512 MiB</c>.
+    /// </summary>
+    public string Describe(int shard) => Describe(shard, "KV cache");
+
+    /// <summary>As <see cref="Describe(int)"/>, naming what <see cref="CacheBytes"/> holds (training: the trained state).</summary>
+    public string Describe(int shard, string extra)
     {
         var stage = Stages[shard];
         var holds = string.Join(", ", new[] { stage.HoldsEmbedding ? "embedding" : null, stage.HoldsHead ? "final norm and head" : null }.OfType<string>());
         return string.Create(CultureInfo.InvariantCulture,
-            $"shard {shard}: layers {stage.FirstLayer}-{stage.EndLayer - 1} on {PipelinePlacement.Name(Devices[shard])}{(holds.Length > 0 ? $" (+ {holds})" : "")}, weights {WeightBytes[shard] / (1 << 20):N0} MiB, KV cache {CacheBytes[shard] / (1 << 20):N0} MiB");
+            $"shard {shard}: layers {stage.FirstLayer}-{stage.EndLayer - 1} on {PipelinePlacement.Name(Devices[shard])}{(holds.Length > 0 ? $" (+ {holds})" : "")}, weights {WeightBytes[shard] / (1 << 20):N0} MiB, {extra} {CacheBytes[shard] / (1 << 20):N0} MiB");
     }
 }
 
@@ -108,49 +113,69 @@ public static partial class PipelinePlacement
     /// </summary>
     public static ShardPlan Plan(string directory, LlamaConfig config, ScalarType dtype, int slots, int positions, IReadOnlyList<Device> devices)
     {
-        var layers = new long[config.NumHiddenLayers];
-        long embedding = 0, head = 0;
-        var elementSize = dtype switch { ScalarType.Float32 => 4, ScalarType.Float64 => 8, _ => 2 };
-        using (var checkpoint = Checkpoint.Open(directory))
-        {
-            foreach (var name in checkpoint.TensorNames)
-            {
-                var info = checkpoint.Info(name);
-                var bytes = info.Dtype is SafetensorsDtype.F16 or SafetensorsDtype.BF16 or SafetensorsDtype.F32 or SafetensorsDtype.F64
-                    ? info.ElementCount * elementSize
-                    : info.ByteLength;
-                if (LayerName().Match(name) is { Success: true } match)
-                {
-                    var layer = int.Parse(match.Groups[1].ValueSpan, CultureInfo.InvariantCulture);
-                    if (layer < layers.Length)
-                    {
-                        layers[layer] += bytes;
-                    }
-                }
-                else if (name.StartsWith("model.embed_tokens.", StringComparison.Ordinal))
-                {
-                    embedding += bytes;
-                }
-                else if (name.StartsWith("lm_head.", StringComparison.Ordinal) || name.StartsWith("model.norm.", StringComparison.Ordinal))
-                {
-                    head += bytes;
-                }
-            }
-            if (!checkpoint.TensorNames.Any(n => n.StartsWith("lm_head.", StringComparison.Ordinal)))
-            {
-                head += embedding;
-            }
-        }
-        var cache = 2L * slots * positions * config.NumKeyValueHeads * config.HeadDim * elementSize;
-        var stages = PipelineSplit.Balance(layers.Select(l => l + cache).ToArray(), embedding, head, devices.Count);
+        var weights = CheckpointBytes(directory, config, dtype);
+        var cache = 2L * slots * positions * config.NumKeyValueHeads * config.HeadDim * ElementSize(dtype);
+        // A tied embedding counts on both ends: the last shard holds its own copy for the logits.
+        return Plan(weights.Layers, Enumerable.Repeat(cache, weights.Layers.Count).ToArray(), weights.Embedding,
+            weights.Head + (weights.Tied ? weights.Embedding : 0), devices);
+    }
+
+    /// <summary>
+    /// Plans a split of layers costing <paramref name="layerWeights"/> plus <paramref name="layerExtra"/> (the KV cache
+    /// slab when serving, the trainable state when training) each, the embedding on the first shard and the head on the last.
+    /// </summary>
+    public static ShardPlan Plan(IReadOnlyList<long> layerWeights, IReadOnlyList<long> layerExtra, long embedding, long head, IReadOnlyList<Device> devices)
+    {
+        var stages = PipelineSplit.Balance(layerWeights.Select((w, i) => w + layerExtra[i]).ToArray(), embedding, head, devices.Count);
+        long Extra(PipelineStage s) => Enumerable.Range(s.FirstLayer, s.LayerCount).Sum(i => layerExtra[i]);
         return new ShardPlan
         {
             Stages = stages,
             Devices = devices,
-            WeightBytes = stages.Select(s => s.Bytes - s.LayerCount * cache).ToArray(),
-            CacheBytes = stages.Select(s => s.LayerCount * cache).ToArray(),
+            WeightBytes = stages.Select(s => s.Bytes - Extra(s)).ToArray(),
+            CacheBytes = stages.Select(Extra).ToArray(),
         };
     }
+
+    /// <summary>
+    /// Bytes a checkpoint's tensors take on a device: per decoder layer, the embedding, and the final norm plus
+    /// <c>lm_head</c> (without the embedding when tied: <c>Tied</c>). Floating-point tensors count in
+    /// <paramref name="dtype"/>, quantized ones at their stored size.
+    /// </summary>
+    public static (IReadOnlyList<long> Layers, long Embedding, long Head, bool Tied) CheckpointBytes(string directory, LlamaConfig config, ScalarType dtype)
+    {
+        var layers = new long[config.NumHiddenLayers];
+        long embedding = 0, head = 0;
+        var elementSize = ElementSize(dtype);
+        using var checkpoint = Checkpoint.Open(directory);
+        foreach (var name in checkpoint.TensorNames)
+        {
+            var info = checkpoint.Info(name);
+            var bytes = info.Dtype is SafetensorsDtype.F16 or SafetensorsDtype.BF16 or SafetensorsDtype.F32 or SafetensorsDtype.F64
+                ? info.ElementCount * elementSize
+                : info.ByteLength;
+            if (LayerName().Match(name) is { Success: true } match)
+            {
+                var layer = int.Parse(match.Groups[1].ValueSpan, CultureInfo.InvariantCulture);
+                if (layer < layers.Length)
+                {
+                    layers[layer] += bytes;
+                }
+            }
+            else if (name.StartsWith("model.embed_tokens.", StringComparison.Ordinal))
+            {
+                embedding += bytes;
+            }
+            else if (name.StartsWith("lm_head.", StringComparison.Ordinal) || name.StartsWith("model.norm.", StringComparison.Ordinal))
+            {
+                head += bytes;
+            }
+        }
+        var tied = !checkpoint.TensorNames.Any(n => n.StartsWith("lm_head.", StringComparison.Ordinal));
+        return (layers, embedding, head, tied);
+    }
+
+    private static int ElementSize(ScalarType dtype) => dtype switch { ScalarType.Float32 => 4, ScalarType.Float64 => 8, _ => 2 };
 
     /// <summary>
     /// Loads a model for a split: every projection (dense or quantized) is read straight onto its shard's device, the

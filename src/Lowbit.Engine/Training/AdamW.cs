@@ -90,7 +90,9 @@ public sealed class AdamW : IDisposable
         {
             return zeros(1).MoveToOuterDisposeScope();
         }
-        static Tensor Norm(Tensor g) => (g.dtype == ScalarType.Float32 ? g : g.to(ScalarType.Float32)).norm();
+        // Each group's norm on its own device; with groups on several devices (a pipeline split) they meet on the first.
+        var home = _groups[0].Grads.device;
+        Tensor Norm(Tensor g) => (g.dtype == ScalarType.Float32 ? g : g.to(ScalarType.Float32)).norm().to(home);
         var norm = _groups.Count == 1 ? Norm(_groups[0].Grads) : stack(_groups.Select(g => Norm(g.Grads)).ToArray()).norm();
         if (maxNorm > 0)
         {
@@ -101,7 +103,7 @@ public sealed class AdamW : IDisposable
             using var noGrad = no_grad();
             foreach (var group in _groups)
             {
-                group.Grads.mul_(group.Grads.dtype == ScalarType.Float32 ? coefficient : coefficient.to(group.Grads.dtype));
+                group.Grads.mul_(coefficient.to(group.Grads.dtype).to(group.Grads.device));
             }
         }
         return norm.MoveToOuterDisposeScope();

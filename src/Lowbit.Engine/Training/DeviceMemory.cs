@@ -16,7 +16,7 @@ public static partial class DeviceMemory
         {
             try
             {
-                return CuMemGetInfo(out var free, out var total) == 0 ? (long)(total - free) : 0;
+                return device.index <= 0 ? CurrentContextUsed() : DeviceUsed(device.index);
             }
             catch (Exception ex) when (ex is DllNotFoundException or EntryPointNotFoundException)
             {
@@ -24,6 +24,15 @@ public static partial class DeviceMemory
             }
         }
         return ProcessPeakBytes();
+    }
+
+    /// <summary>Raises each <paramref name="peaks"/>[i] to what <paramref name="devices"/>[i] uses now.</summary>
+    public static void Sample(IReadOnlyList<Device> devices, long[] peaks)
+    {
+        for (var i = 0; i < devices.Count; i++)
+        {
+            peaks[i] = Math.Max(peaks[i], Used(devices[i]));
+        }
     }
 
     private static long ProcessPeakBytes()
@@ -88,6 +97,54 @@ public static partial class DeviceMemory
 
     [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int SetEnv(string name, string value, int overwrite);
+
+    private static long CurrentContextUsed() => CuMemGetInfo(out var free, out var total) == 0 ? (long)(total - free) : 0;
+
+    /// <summary>
+    /// Bytes in use on GPU <paramref name="ordinal"/> (a pipeline shard other than the first): its primary context (the
+    /// one libtorch uses) is made current for the query and popped again, so the calling thread's device is unchanged.
+    /// </summary>
+    private static long DeviceUsed(int ordinal)
+    {
+        if (CuDeviceGet(out var device, ordinal) != 0 || CuDevicePrimaryCtxRetain(out var context, device) != 0)
+        {
+            return 0;
+        }
+        try
+        {
+            if (CuCtxPushCurrent(context) != 0)
+            {
+                return 0;
+            }
+            try
+            {
+                return CurrentContextUsed();
+            }
+            finally
+            {
+                _ = CuCtxPopCurrent(out _);
+            }
+        }
+        finally
+        {
+            _ = CuDevicePrimaryCtxRelease(device);
+        }
+    }
+
+    [LibraryImport("libcuda.so.1", EntryPoint = "cuDeviceGet")]
+    private static partial int CuDeviceGet(out int device, int ordinal);
+
+    [LibraryImport("libcuda.so.1", EntryPoint = "cuDevicePrimaryCtxRetain")]
+    private static partial int CuDevicePrimaryCtxRetain(out nint context, int device);
+
+    [LibraryImport("libcuda.so.1", EntryPoint = "cuDevicePrimaryCtxRelease_v2")]
+    private static partial int CuDevicePrimaryCtxRelease(int device);
+
+    [LibraryImport("libcuda.so.1", EntryPoint = "cuCtxPushCurrent_v2")]
+    private static partial int CuCtxPushCurrent(nint context);
+
+    [LibraryImport("libcuda.so.1", EntryPoint = "cuCtxPopCurrent_v2")]
+    private static partial int CuCtxPopCurrent(out nint context);
 
     [LibraryImport("libcuda.so.1", EntryPoint = "cuMemGetInfo_v2")]
     private static partial int CuMemGetInfo(out nuint free, out nuint total);

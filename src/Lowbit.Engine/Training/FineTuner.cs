@@ -132,9 +132,22 @@ public sealed class FineTuner
         }
 
         var computeDtype = request.Method == FineTuneMethod.Full || device.type != DeviceType.CUDA ? ScalarType.Float32 : ScalarType.BFloat16;
+        var shardDevices = TrainingShards.ResolveDevices(request, device, device.type == DeviceType.CUDA ? cuda.device_count() : 0);
         var watchLoad = Stopwatch.StartNew();
-        using var model = ModelLoading.Load(_baseDirectory, computeDtype, device);
-        Log(FormattableString.Invariant($"loaded {request.Method.ToString().ToLowerInvariant()} base in {computeDtype} on {device.type} in {watchLoad.Elapsed.TotalSeconds:F1} s"));
+        Serving.ShardPlan? plan = null;
+        if (shardDevices.Count > 0)
+        {
+            plan = TrainingShards.Plan(_baseDirectory, config, computeDtype, request, shardDevices);
+            for (var s = 0; s < shardDevices.Count; s++)
+            {
+                Log(plan.Describe(s, "trained state (weights, gradients, AdamW moments)"));
+            }
+            // The batch enters on the first shard.
+            device = shardDevices[0];
+        }
+        using var model = plan is null ? ModelLoading.Load(_baseDirectory, computeDtype, device) : TrainingShards.Load(_baseDirectory, computeDtype, plan);
+        var memoryDevices = plan is null ? [device] : shardDevices.DistinctBy(Serving.PipelinePlacement.Name).ToArray();
+        Log(FormattableString.Invariant($"loaded {request.Method.ToString().ToLowerInvariant()} base in {computeDtype} on {device.type}{(plan is null ? "" : $" over {shardDevices.Count} pipeline shards")} in {watchLoad.Elapsed.TotalSeconds:F1} s"));
 
         var settings = new LoraSettings
         {
@@ -152,7 +165,7 @@ public sealed class FineTuner
         }
         else
         {
-            modules = LoraModel.Wrap(model, settings, request.Seed, device);
+            modules = LoraModel.Wrap(model, settings, request.Seed, device, plan is null ? null : plan.ProjectionDevice);
             trainable = modules.SelectMany(m => new[] { (m.Path + ".lora_A", (Tensor)m.Module.A), (m.Path + ".lora_B", (Tensor)m.Module.B) }).ToList();
         }
         model.Model.GradientCheckpointing = request.GradientCheckpointing;
@@ -186,7 +199,7 @@ public sealed class FineTuner
         using var graph = CudaGraphFor(request, model, device);
         var watch = Stopwatch.StartNew();
         long tokens = 0;
-        long peak = DeviceMemory.Used(device);
+        var peaks = memoryDevices.Select(DeviceMemory.Used).ToArray();
         double lastLoss = double.NaN;
         var permutations = new Dictionary<int, int[]>();
         for (var step = startStep + 1; step <= totalSteps; step++)
@@ -199,7 +212,7 @@ public sealed class FineTuner
             _phases?.BeginStep();
             using (var scope = NewDisposeScope())
             {
-                var lossSum = zeros(1, ScalarType.Float32, device);
+                var lossSum = zeros(1, ScalarType.Float32, model.OutputDevice);
                 foreach (var (index, batch) in micro)
                 {
                     LoraLinear.DropoutSeed = request.Seed * 1_000_003L + index;
@@ -211,7 +224,7 @@ public sealed class FineTuner
                         loss.backward();
                     }
                     // Sampled here too (not only after the step), so a pool shrinking within the step could not hide its peak.
-                    peak = Math.Max(peak, DeviceMemory.Used(device));
+                    DeviceMemory.Sample(memoryDevices, peaks);
                     GradientCheckpoint.Release(model.Model);
                     lossSum.add_(loss.detach(), Scalars.One);
                     tokens += batch.Sum(b => (long)b.Ids.Length - 1);
@@ -229,7 +242,7 @@ public sealed class FineTuner
                 lastLoss = lossSum.item<float>();
                 _phases?.Mark(StepPhase.LossSync, device);
             }
-            peak = Math.Max(peak, DeviceMemory.Used(device));
+            DeviceMemory.Sample(memoryDevices, peaks);
             var elapsed = watch.Elapsed.TotalSeconds;
             var done = step - startStep;
             _emit(new TrainEvent
@@ -241,7 +254,8 @@ public sealed class FineTuner
                 TokensPerSecond = Math.Round(tokens / Math.Max(elapsed, 1e-9), 1),
                 LearningRate = lr,
                 EtaSeconds = Math.Round(elapsed / done * (totalSteps - step), 1),
-                PeakMemoryBytes = peak,
+                PeakMemoryBytes = peaks.Max(),
+                PeakMemoryBytesPerDevice = plan is null ? null : peaks.ToArray(),
             });
             var stop = _stopRequested();
             if (request.CheckpointDir is { } dir && (stop || (request.SaveSteps is { } every && step % every == 0 && step < totalSteps)))
@@ -260,7 +274,11 @@ public sealed class FineTuner
         var trainSeconds = watch.Elapsed.TotalSeconds;
         model.eval();
         double? evalLoss = eval.Count > 0 ? Evaluate(model, eval, request.MicroBatch, device) : null;
-        peak = Math.Max(peak, DeviceMemory.Used(device));
+        DeviceMemory.Sample(memoryDevices, peaks);
+        if (plan is not null)
+        {
+            Log(string.Join(", ", memoryDevices.Select((d, i) => FormattableString.Invariant($"peak {Serving.PipelinePlacement.Name(d)} {peaks[i] / (1 << 20)} MiB"))));
+        }
         if (request.CheckpointDir is { } finalDir && totalSteps > startStep)
         {
             SaveCheckpoint(finalDir, totalSteps, totalSteps, model, modules, settings, optimizer);
@@ -305,7 +323,7 @@ public sealed class FineTuner
             TokensTrained = tokens,
             TrainSeconds = trainSeconds,
             TokensPerSecond = tokens / Math.Max(trainSeconds, 1e-9),
-            PeakMemoryBytes = peak,
+            PeakMemoryBytes = peaks.Max(),
             OutputPath = request.Out,
             OutputBytes = bytes,
             TrainableParameters = trainableCount,
@@ -342,6 +360,7 @@ public sealed class FineTuner
         using var noGrad = no_grad();
         double sum = 0;
         long count = 0;
+        device = model.Model.LayerDevices?[0] ?? device;
         for (var i = 0; i < blocks.Count; i += microBatch)
         {
             using var scope = NewDisposeScope();
@@ -365,6 +384,7 @@ public sealed class FineTuner
         Tensor target;
         (input, target) = Tensors(batch, device);
         var layout = batch.Any(b => b.IsPacked) ? Layout(batch, (int)input.shape[1], device) : null;
+
         return LossSum(model, input, target, layout, fullLogits);
     }
 
@@ -377,6 +397,11 @@ public sealed class FineTuner
     {
         using var scope = NewDisposeScope();
         var hidden = model.Hidden(input, layout);
+        if (model.Model.LayerDevices is not null)
+        {
+            // Split over shards: the final hidden state and the targets meet where the head computes the loss.
+            (hidden, target) = (hidden.to(model.OutputDevice), target.to(model.OutputDevice));
+        }
         if (!fullLogits && !model.HeadTrainable)
         {
             return ChunkedCrossEntropy.Sum(model, hidden.reshape(-1, hidden.shape[^1]), target.reshape(-1), model.Model).MoveToOuterDisposeScope();

@@ -2,7 +2,7 @@
 # LoRA / QLoRA fine-tuning throughput and peak memory on a GPU host (PyTorch CUDA install, no .NET), from the
 # unpacked GPU bundle (`make engine-gpu-bundle`):
 #   ./bench-finetune.sh [--layers N] [--work DIR] [--steps N] [--warmup N] [--checkpointing both|true|false]
-#                       [--seq-length N] [--no-qlora] [--phase-sync] [--host-proxy] [--ungrouped]
+#                       [--seq-length N] [--no-qlora] [--phase-sync] [--host-proxy] [--ungrouped] [--shards N]
 # Workload (issue 10): the random 7B-shaped bf16 Llama of bench_hf.py make, LoRA r=16 (alpha 32, dropout 0.05) on
 # all seven projections, sequence 2048, micro-batch 1, AdamW, random token ids; with and without gradient
 # checkpointing (--checkpointing both, the default), each engine side by side with the other in the same setting.
@@ -23,6 +23,11 @@
 # --host-proxy adds our LoRA (with checkpointing) on a random Llama of the 7B's structure at tiny widths (32 layers,
 # hidden 64, sequence 64: bench-finetune --random-layers): the GPU does almost nothing, so its step time is the host's
 # per-step cost (TorchSharp calls, autograd nodes, launches) alone; row "lowbit lora host-proxy", ~30 s.
+# --shards N (N > 1) adds our LoRA (and QLoRA unless --no-qlora) split over N pipeline shards (finetune --shards,
+# docs/finetune.md "Training across GPUs"), with each checkpointing setting: rows "lowbit lora shards=N". With fewer
+# GPUs than shards visible, the shards stack on the GPUs in order (1 GPU: --shard-devices cuda:0,cuda:0,...), so one
+# GPU measures the same code path (stage hand-offs, per-device optimizer groups); its tokens/s vs the unsplit row is
+# the cost of the split, and "peak per device" shows each GPU's share.
 # Goal: lowbit LoRA >= 1.5x HF+PEFT tokens/s at <= its peak memory (8,833 tokens/s, 30.6 GiB: compare the rows
 # without checkpointing); QLoRA 4-bit peak <= 45% of our LoRA run (both with checkpointing).
 # Memory columns: HF reports torch.cuda.max_memory_allocated / max_memory_reserved; both engines report the peak
@@ -42,6 +47,7 @@ qlora=1
 phase_sync=0
 host_proxy=0
 ungrouped=0
+shards=1
 work="${TMPDIR:-/tmp}/lowbit-bench"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,7 +61,8 @@ while [ $# -gt 0 ]; do
     --phase-sync) phase_sync=1; shift ;;
     --host-proxy) host_proxy=1; shift ;;
     --ungrouped) ungrouped=1; shift ;;
-    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora, --phase-sync, --host-proxy, --ungrouped)" >&2; exit 42 ;;
+    --shards) shards="$2"; shift 2 ;;
+    *) echo "bench-finetune.sh: unknown argument $1 (accepted: --layers N, --work DIR, --steps N, --warmup N, --checkpointing both|true|false, --seq-length N, --no-qlora, --phase-sync, --host-proxy, --ungrouped, --shards N)" >&2; exit 42 ;;
   esac
 done
 case "$checkpointing" in
@@ -63,6 +70,12 @@ case "$checkpointing" in
   true|false) settings=("$checkpointing") ;;
   *) echo "bench-finetune.sh: --checkpointing must be both, true or false (got $checkpointing)" >&2; exit 42 ;;
 esac
+case "$shards" in
+  ''|*[!0-9]*) echo "bench-finetune.sh: --shards must be an integer from 1 to 16 (got $shards)" >&2; exit 42 ;;
+esac
+if [ "$shards" -lt 1 ] || [ "$shards" -gt 16 ]; then
+  echo "bench-finetune.sh: --shards must be an integer from 1 to 16 (got $shards)" >&2; exit 42
+fi
 PYTHON="${PYTHON:-python3}"
 export PYTHON
 model="$work/llama7b-$layers"
@@ -97,6 +110,23 @@ if [ "$qlora" = 1 ]; then
     2> "$work/lowbit-qlora.log" | tee -a "$results" \
     || { tail -5 "$work/lowbit-qlora.log" >&2; echo '{"engine":"lowbit","bench":"finetune","method":"qlora","gradientCheckpointing":true,"error":"run failed"}' | tee -a "$results"; }
 fi
+if [ "$shards" -gt 1 ]; then
+  gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+  [ "$gpus" -ge 1 ] || gpus=1
+  # Shard i on GPU i*gpus/shards: one shard per GPU when there are enough, else contiguous shards stacked.
+  devices=$(for ((i = 0; i < shards; i++)); do printf 'cuda:%d\n' $((i * gpus / shards)); done | paste -sd, -)
+  echo "bench-finetune.sh: --shards $shards over $gpus visible GPU(s): --shard-devices $devices" >&2
+  for ck in "${settings[@]}"; do
+    "$here/run.sh" bench-finetune --model "$model" --method lora "${common[@]}" --device cuda --gradient-checkpointing "$ck" \
+      --shards "$shards" --shard-devices "$devices" 2> "$work/lowbit-lora-shards-$shards-ckpt-$ck.log" | tee -a "$results" \
+      || { tail -5 "$work/lowbit-lora-shards-$shards-ckpt-$ck.log" >&2; echo "{\"engine\":\"lowbit\",\"bench\":\"finetune\",\"method\":\"lora\",\"shards\":$shards,\"gradientCheckpointing\":$ck,\"error\":\"run failed\"}" | tee -a "$results"; }
+  done
+  if [ "$qlora" = 1 ]; then
+    "$here/run.sh" bench-finetune --model "$quantized/lowbit" --method qlora "${common[@]}" --device cuda --gradient-checkpointing true \
+      --shards "$shards" --shard-devices "$devices" 2> "$work/lowbit-qlora-shards-$shards.log" | tee -a "$results" \
+      || { tail -5 "$work/lowbit-qlora-shards-$shards.log" >&2; echo "{\"engine\":\"lowbit\",\"bench\":\"finetune\",\"method\":\"qlora\",\"shards\":$shards,\"gradientCheckpointing\":true,\"error\":\"run failed\"}" | tee -a "$results"; }
+  fi
+fi
 "$here/run.sh" bench-finetune --optimizer-only true --device cuda --steps 10 2> "$work/lowbit-optimizer.log" | tee -a "$results" \
   || { tail -5 "$work/lowbit-optimizer.log" >&2; echo '{"engine":"lowbit","bench":"optimizer","error":"run failed"}' | tee -a "$results"; }
 if [ "$phase_sync" = 1 ]; then
@@ -125,13 +155,19 @@ def cell(r, key):
 print("\n| run | checkpointing | layers | seq | r | tokens/s | peak device used GiB | peak allocated GiB | peak reserved GiB | CUDA allocator | loss first -> last |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
-    name = f"{r['engine']} {r.get('method', '')}{' cuda-graph' if r.get('cudaGraph') else ''}{' phase-sync' if r.get('phaseSync') else ''}{' host-proxy' if r.get('hostProxy') else ''}{' ungrouped' if r.get('loraGroups') is False else ''}".strip()
+    name = f"{r['engine']} {r.get('method', '')}{' shards=' + str(r['shards']) if r.get('shards', 1) > 1 else ''}{' cuda-graph' if r.get('cudaGraph') else ''}{' phase-sync' if r.get('phaseSync') else ''}{' host-proxy' if r.get('hostProxy') else ''}{' ungrouped' if r.get('loraGroups') is False else ''}".strip()
     ck = "yes" if r.get("gradientCheckpointing") else "no"
     if "error" in r:
         print(f"| {name} | {ck} | - | - | - | {r['error']} | - | - | - | - | - |")
         continue
     print(f"| {name} | {ck} | {r['layers']} | {r['seqLength']} | {r['r']} | {cell(r, 'tokensPerSecond')} | {cell(r, 'peakDeviceUsedGiB')} "
           f"| {cell(r, 'peakAllocatedGiB')} | {cell(r, 'peakReservedGiB')} | {cell(r, 'allocatorConfig')} | {r.get('firstLoss')} -> {r.get('lastLoss')} |")
+for r in runs:
+    if "error" not in r and r.get("shards", 1) > 1:
+        print(f"\nlowbit {r['method']} shards={r['shards']} on {r.get('shardDevices')} (checkpointing {r.get('gradientCheckpointing')}): "
+              f"peak per device GiB {r.get('peakDeviceUsedGiBPerDevice')}")
+        for line in r.get("shardLines", []):
+            print(f"  {line}")
 phases = [r for r in runs if "error" not in r and r.get("hostMsPerStep")]
 if phases:
     print("\nlowbit host time per step (ms, Stopwatch around each phase's calls; device time shows only with --phase-sync):")
@@ -142,7 +178,7 @@ for r in rows:
     if r.get("bench") == "optimizer":
         print(f"optimizer alone, {r.get('implementation', '?')}: {json.dumps(r.get('medianMs', r.get('error')))} ({r.get('tensors')} tensors, {r.get('parameters')} parameters)")
 by = {(r["engine"], r.get("method"), bool(r.get("gradientCheckpointing")), bool(r.get("cudaGraph"))): r for r in runs
-      if "error" not in r and not r.get("phaseSync") and not r.get("hostProxy") and r.get("loraGroups") is not False}
+      if "error" not in r and not r.get("phaseSync") and not r.get("hostProxy") and r.get("loraGroups") is not False and r.get("shards", 1) == 1}
 for ck in (False, True):
     for graph in (False, True):
         hf, lora = by.get(("transformers+peft", "lora", ck, False)), by.get(("lowbit", "lora", ck, graph))
