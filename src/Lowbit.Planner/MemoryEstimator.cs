@@ -467,25 +467,27 @@ public static class MemoryEstimator
     private static double LargestGradient(in ParameterCounts p) => Math.Max(p.LinearPerLayer, Math.Max(p.Embedding, p.Head)) * 2.0;
 
     /// <summary>
-    /// Training on several GPUs of one pod: our engine's <c>finetune --shards N</c>, a naive pipeline (model-parallel)
-    /// split of the decoder layers, the GPUs working one after another on each micro-batch; nothing is sharded, so no
-    /// FSDP all-gather buffer. <see cref="PipelineSplit.Balance"/> places the layers by their training bytes (the layer's
-    /// weights at their format, its trainable parameters × (parameter + gradient + optimizer state bytes), and the
-    /// activations the step keeps for it until its backward: with checkpointing its 16-bit input, without all it saves);
-    /// the embedding (with its gradient and optimizer state in mode full) on stage 0; the head, final norm and the
-    /// loss's logits on the last (a tied embedding has its copy there). Every stage also holds what does not depend on
-    /// its layer count: the layer being recomputed and back-propagated, eager attention's mask, QLoRA's dequantized
-    /// matrix, lowbit-full's largest gradient. The device that must hold the most is the heaviest stage.
+    /// Training on several GPUs of one pod: our engine's <c>finetune --shards N</c> (its <c>TrainingShards</c>), a naive
+    /// pipeline (model-parallel) split of the decoder layers, the GPUs working one after another on each micro-batch;
+    /// nothing is sharded, so no FSDP all-gather buffer. The split is the engine's: <see cref="PipelineSplit.Balance"/>
+    /// over each layer's weights at their format plus its trained parameters × (parameter + gradient + optimizer state
+    /// bytes), the embedding (with its trained state in mode full) on stage 0 and the final norm and head on the last;
+    /// a tied head stays with the embedding on stage 0, where the logits are then computed. Each stage then also holds
+    /// the activations the step keeps for its layers until their backward (with checkpointing each layer's 16-bit input,
+    /// without it all the layer saves), the loss's logits where the head is, and what every stage holds whatever its
+    /// layers: the layer being recomputed and back-propagated, eager attention's mask, QLoRA's dequantized matrix,
+    /// lowbit-full's largest gradient. Per device: the stage that needs the most.
     /// </summary>
     private static MemoryBreakdown PipelineTraining(ModelArchitecture m, in ParameterCounts p, Workload w, int stages)
     {
-        var shards = Math.Min(stages, m.Layers);
-        var parts = TrainingParts(m, p, w, tiedCopy: m.TiedEmbeddings && shards > 1);
-        var layers = Enumerable.Repeat((long)parts.Layer.Bytes, m.Layers).ToList();
-        var heaviest = PipelineSplit.Balance(layers, (long)parts.EmbeddingEnd.Bytes, (long)parts.HeadEnd.Bytes, shards).MaxBy(s => s.Bytes)!;
-        var stage = (parts.Layer * heaviest.LayerCount) + parts.EveryStage
-                    + (heaviest.HoldsEmbedding ? parts.EmbeddingEnd : StagePart.Zero)
-                    + (heaviest.HoldsHead ? parts.HeadEnd : StagePart.Zero);
+        var parts = TrainingParts(m, p, w);
+        var layers = Enumerable.Repeat((long)parts.Layer.State, m.Layers).ToList();
+        var split = PipelineSplit.Balance(layers, (long)parts.EmbeddingEnd.State, (long)parts.HeadEnd.State, Math.Min(stages, m.Layers));
+        var stage = split
+            .Select(s => (parts.Layer * s.LayerCount) + parts.EveryStage
+                         + (s.HoldsEmbedding ? parts.EmbeddingEnd : StagePart.Zero)
+                         + (s.HoldsHead ? parts.HeadEnd : StagePart.Zero))
+            .MaxBy(s => s.Bytes);
         return new MemoryBreakdown
         {
             Weights = ByteSize.FromBytes(stage.Weights),
@@ -502,7 +504,10 @@ public static class MemoryEstimator
     {
         public static readonly StagePart Zero = new(0, 0, 0, 0);
 
-        public double Bytes => Weights + Optimizer + Gradients + Activations;
+        /// <summary>What the engine's split balances: weights and trained state, no activations.</summary>
+        public double State => Weights + Optimizer + Gradients;
+
+        public double Bytes => State + Activations;
 
         public static StagePart operator +(StagePart a, StagePart b) =>
             new(a.Weights + b.Weights, a.Optimizer + b.Optimizer, a.Gradients + b.Gradients, a.Activations + b.Activations);
@@ -514,18 +519,19 @@ public static class MemoryEstimator
     /// <summary>A training step's memory by where it sits in a pipeline split (see <see cref="PipelineTraining"/>).</summary>
     private readonly record struct TrainingSplit(StagePart Layer, StagePart EmbeddingEnd, StagePart HeadEnd, StagePart EveryStage);
 
-    private static TrainingSplit TrainingParts(ModelArchitecture m, in ParameterCounts p, Workload w, bool tiedCopy)
+    private static TrainingSplit TrainingParts(ModelArchitecture m, in ParameterCounts p, Workload w)
     {
         var a = TrainingActivationParts(m, w);
         var layers = (double)m.Layers;
         var saved = new StagePart(0, 0, 0, a.PerLayer);
-        var loss = new StagePart(0, 0, 0, a.Loss);
         var transient = new StagePart(0, 0, 0, a.Recomputed + a.EagerMask);
-        var headParameters = p.Head + (tiedCopy ? p.Embedding : 0);
+        // The logits and loss are computed where the head is: the last stage, or the first for a tied head.
+        var embeddingLoss = new StagePart(0, 0, 0, m.TiedEmbeddings ? a.Loss : 0);
+        var headLoss = new StagePart(0, 0, 0, m.TiedEmbeddings ? 0 : a.Loss);
         // Stored weights at the format: the embedding and head at the format's embedding precision, the rest per layer.
         var embeddingBytes = p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8;
-        var headBytes = headParameters * (double)w.Weights.EmbeddingBitsPerWeight / 8;
-        var layerBytes = (WeightBytes(p, w.Weights).Bytes - embeddingBytes - (p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8)) / layers;
+        var headBytes = p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8;
+        var layerBytes = (WeightBytes(p, w.Weights).Bytes - embeddingBytes - headBytes) / layers;
         switch (w.Mode)
         {
             case WorkloadMode.Full:
@@ -534,8 +540,8 @@ public static class MemoryEstimator
                 var parameter = new StagePart(weight, master + state, weight, 0);
                 return new TrainingSplit(
                     (parameter * ((p.Total - p.Embedding - p.Head) / layers)) + saved,
-                    parameter * p.Embedding,
-                    (parameter * headParameters) + loss,
+                    (parameter * p.Embedding) + embeddingLoss,
+                    (parameter * p.Head) + headLoss,
                     transient);
             }
             case WorkloadMode.Lora or WorkloadMode.Qlora:
@@ -544,8 +550,8 @@ public static class MemoryEstimator
                 var adapter = new StagePart(4, state, 4, 0) * (adapters / layers);
                 return new TrainingSplit(
                     new StagePart(layerBytes, 0, 0, 0) + adapter + saved,
-                    new StagePart(embeddingBytes, 0, 0, 0),
-                    new StagePart(headBytes, 0, 0, 0) + loss,
+                    new StagePart(embeddingBytes, 0, 0, 0) + embeddingLoss,
+                    new StagePart(headBytes, 0, 0, 0) + headLoss,
                     transient + new StagePart(0, 0, 0, DequantizedMatrix(m, p, w)));
             }
             case WorkloadMode.LowbitFull:
@@ -554,8 +560,8 @@ public static class MemoryEstimator
                 var layerOptimizer = (ProjectedOptimizerBytes(p, w, moment) + (p.Other * 2 * moment)) / layers;
                 return new TrainingSplit(
                     new StagePart(layerBytes, layerOptimizer, 0, 0) + saved,
-                    new StagePart(embeddingBytes, p.Embedding * 2 * moment, 0, 0),
-                    new StagePart(headBytes, headParameters * 2 * moment, 0, 0) + loss,
+                    new StagePart(embeddingBytes, p.Embedding * 2 * moment, 0, 0) + embeddingLoss,
+                    new StagePart(headBytes, p.Head * 2 * moment, 0, 0) + headLoss,
                     transient + new StagePart(0, 0, LargestGradient(p), WidestMatrix16(m, p)));
             }
             default:

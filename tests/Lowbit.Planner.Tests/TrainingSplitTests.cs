@@ -29,25 +29,28 @@ public sealed class TrainingSplitTests
         // 138 GiB of bf16 weights: no single GPU of the catalog holds them.
         Assert.All(result.Options.Where(o => o.Gpus == 1), o => Assert.Equal(RejectionReason.InsufficientMemory, Assert.IsType<DoesNotFit>(o).Reason));
 
-        // Independently: 80 equal layers, each its bf16 weights, its rank-16 adapters on all seven projections (fp32
-        // value, fp32 gradient, two fp32 AdamW moments) and its checkpointed 16-bit input; the bf16 embedding on stage 0,
-        // the bf16 head and the chunked loss (one 112 MiB vocabulary chunk + the fp32 head-input gradient) on the last.
+        // Independently, the engine's split (finetune --shards: TrainingShards.Plan): 80 equal layers, each its bf16
+        // weights and its rank-16 adapters on all seven projections (fp32 value, fp32 gradient, two fp32 AdamW moments);
+        // the bf16 embedding on stage 0, the bf16 head on the last. Then each stage's memory: its layers' checkpointed
+        // 16-bit inputs, the 1.8 layers its backward recomputes (34 × hidden + 8 × intermediate per token), and on the
+        // last the chunked loss (one 112 MiB vocabulary chunk + the fp32 head-input gradient). Per GPU: the largest.
         double h = 8192, i = 28672, kv = 1024, vocab = 32000, tokens = 2048;
         var adapters = 16 * ((h + h) + (2 * (h + kv)) + (h + h) + (2 * (h + i)) + (i + h));
-        var embedding = vocab * h * 2;
+        var end = vocab * h * 2;
         var layerWeights = ((model.Parameters.Total - (2 * vocab * h)) * 2.0) / 80;
         var saved = tokens * h * 2;
+        var recomputed = 1.8 * tokens * ((34 * h) + (8 * i));
         var loss = (112.0 * (1 << 20)) + (tokens * h * 4);
-        var layer = layerWeights + (adapters * (4 + 4 + 8)) + saved;
-        var stages = PipelineSplit.Balance(Enumerable.Repeat((long)layer, 80).ToList(), (long)embedding, (long)(embedding + loss), choice.Gpus);
-        var heaviest = stages.MaxBy(s => s.Bytes)!;
+        var split = PipelineSplit.Balance(Enumerable.Repeat((long)(layerWeights + (adapters * 16)), 80).ToList(), (long)end, (long)end, choice.Gpus);
+        double Need(PipelineStage s) => (s.LayerCount * (layerWeights + (adapters * 16) + saved)) + recomputed
+                                        + (s.HoldsEmbedding ? end : 0) + (s.HoldsHead ? end + loss : 0);
+        var heaviest = split.MaxBy(Need)!;
         var k = heaviest.LayerCount;
         var perGpu = choice.PerDevice;
-        Near((k * layerWeights) + (k * adapters * 4) + (heaviest.HoldsEmbedding ? embedding : 0) + (heaviest.HoldsHead ? embedding : 0), perGpu.Weights);
+        Near((k * layerWeights) + (k * adapters * 4) + (heaviest.HoldsEmbedding ? end : 0) + (heaviest.HoldsHead ? end : 0), perGpu.Weights);
         Near(k * adapters * 8, perGpu.Optimizer);
         Near(k * adapters * 4, perGpu.Gradients);
-        // Every stage also holds the 1.8 layers its checkpointed backward recomputes (34 × hidden + 8 × intermediate per token).
-        Near((k * saved) + (1.8 * tokens * ((34 * h) + (8 * i))) + (heaviest.HoldsHead ? loss : 0), perGpu.Activations);
+        Near((k * saved) + recomputed + (heaviest.HoldsHead ? loss : 0), perGpu.Activations);
         Assert.Equal(MemoryEstimator.TorchTrainingContext, perGpu.Context);
         Assert.True(perGpu.Total <= choice.UsablePerDevice, $"{perGpu.Total} of {choice.UsablePerDevice}");
         // Nothing is sharded (no FSDP all-gather buffer): the stages together hold the one-GPU weights, no less.
@@ -62,24 +65,54 @@ public sealed class TrainingSplitTests
 
         var eight = MemoryEstimator.Estimate(model, w, 8, DeviceKind.Gpu, ByteSize.FromGiB(80), pipelineStages: 8);
 
-        // Independently: every parameter 2 B of bf16 weight, 2 B of gradient, 12 B of fp32 master and AdamW moments.
-        // Saved per layer: its 16-bit input; PEFT-shaped autograd recomputes 1.5 layers of (2 RMSNorms × 8 × hidden +
-        // 10 × q width + 8 × intermediate) per token; the loss keeps 14 B per token per vocabulary entry + 8 × hidden.
+        // Independently: every parameter 2 B of bf16 weight, 2 B of gradient, 12 B of fp32 master and AdamW moments,
+        // split as the engine splits it (the embedding's and head's state at the ends). Each stage then keeps its layers'
+        // 16-bit inputs, 1.5 recomputed layers of PEFT-shaped autograd (2 RMSNorms × 8 × hidden + 10 × q width + 8 ×
+        // intermediate per token), and on the last the loss (14 B per token per vocabulary entry + 8 × hidden).
         double h = 5120, i = 13824, vocab = 32000, tokens = 2048;
         var layerParameters = (model.Parameters.Total - (2 * vocab * h)) / 40.0;
         var end = vocab * h * 16;
         var loss = (tokens * vocab * 14) + (tokens * h * 8);
         var saved = tokens * h * 2;
-        var stages = PipelineSplit.Balance(Enumerable.Repeat((long)((layerParameters * 16) + saved), 40).ToList(), (long)end, (long)(end + loss), 8);
-        var heaviest = stages.MaxBy(s => s.Bytes)!;
+        var recomputed = 1.5 * tokens * ((2 * 8 * h) + (10 * h) + (8 * i));
+        var split = PipelineSplit.Balance(Enumerable.Repeat((long)(layerParameters * 16), 40).ToList(), (long)end, (long)end, 8);
+        double Need(PipelineStage s) => (s.LayerCount * ((layerParameters * 16) + saved)) + recomputed + (s.HoldsEmbedding ? end : 0) + (s.HoldsHead ? end + loss : 0);
+        var heaviest = split.MaxBy(Need)!;
         var parameters = (heaviest.LayerCount * layerParameters) + (heaviest.HoldsEmbedding ? vocab * h : 0) + (heaviest.HoldsHead ? vocab * h : 0);
         Near(parameters * 2, eight.Weights);
         Near(parameters * 2, eight.Gradients);
         Near(parameters * 12, eight.Optimizer);
-        Near((heaviest.LayerCount * saved) + (1.5 * tokens * ((2 * 8 * h) + (10 * h) + (8 * i))) + (heaviest.HoldsHead ? loss : 0), eight.Activations);
+        Near((heaviest.LayerCount * saved) + recomputed + (heaviest.HoldsHead ? loss : 0), eight.Activations);
         // Training has no tensor parallelism: any other stage count is a caller's mistake.
         Assert.Throws<ArgumentOutOfRangeException>(() => MemoryEstimator.Estimate(model, w, 8, DeviceKind.Gpu, ByteSize.FromGiB(80), pipelineStages: 2));
         Assert.Equal(eight, MemoryEstimator.Estimate(model, w, 8, DeviceKind.Gpu, ByteSize.FromGiB(80)));
+    }
+
+    [Fact]
+    public void Does_keep_a_tied_head_and_its_loss_with_the_embedding_on_the_first_stage()
+    {
+        // The engine leaves a tied head with the embedding on stage 0 and computes the logits there; the last stage
+        // holds no copy of it. A 256k vocabulary makes the embedding weigh about five layers, so where it sits moves the split.
+        var model = ModelPresets.Llama2_7B with { TiedEmbeddings = true, VocabSize = 256000 };
+        var w = Lora70B with { LoraTargets = LoraTargets.QV };
+
+        var four = MemoryEstimator.Estimate(model, w, 4, DeviceKind.Gpu, ByteSize.FromGiB(24));
+
+        double h = 4096, i = 11008, vocab = 256000, tokens = 2048;
+        var adapters = 16 * ((h + h) + (h + h));
+        var embedding = vocab * h * 2;
+        var layerWeights = ((model.Parameters.Total - (vocab * h)) * 2.0) / 32;
+        var saved = tokens * h * 2;
+        var recomputed = 1.8 * tokens * ((34 * h) + (8 * i));
+        var loss = (112.0 * (1 << 20)) + (tokens * h * 4);
+        var split = PipelineSplit.Balance(Enumerable.Repeat((long)(layerWeights + (adapters * 16)), 32).ToList(), (long)embedding, 0, 4);
+        double Need(PipelineStage s) => (s.LayerCount * (layerWeights + (adapters * 16) + saved)) + recomputed + (s.HoldsEmbedding ? embedding + loss : 0);
+        var heaviest = split.MaxBy(Need)!;
+        var k = heaviest.LayerCount;
+        Near((k * layerWeights) + (k * adapters * 4) + (heaviest.HoldsEmbedding ? embedding : 0), four.Weights);
+        Near((k * saved) + recomputed + (heaviest.HoldsEmbedding ? loss : 0), four.Activations);
+        // The first stage carries the embedding, so it takes fewer layers than the last, which has nothing at its end.
+        Assert.True(split[0].LayerCount < split[^1].LayerCount, string.Join(",", split.Select(s => s.LayerCount)));
     }
 
     [Fact]
