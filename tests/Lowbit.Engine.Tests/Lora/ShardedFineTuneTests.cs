@@ -187,6 +187,28 @@ public sealed class ShardedFineTuneTests
     }
 
     [Fact]
+    public void Does_plan_frozen_weights_and_trained_state_per_shard_when_splitting()
+    {
+        using var dir = Setup();
+        var config = LlamaConfig.Load(Path.Combine(dir.File("base"), "config.json"));
+        var devices = new[] { CPU, CPU, CPU };
+        var weights = Lowbit.Engine.Serving.PipelinePlacement.CheckpointBytes(dir.File("base"), config, ScalarType.Float32);
+        var lora = Request(dir, FineTuneMethod.Lora, "o") with { Shards = 3 };
+        var perLayer = TrainingShards.TrainedBytesPerElement * TrainingShards.LoraElementsPerLayer(config, new LoraSettings { R = lora.R, Alpha = lora.Alpha, TargetModules = lora.TargetModules });
+
+        var loraPlan = TrainingShards.Plan(dir.File("base"), config, ScalarType.Float32, lora, devices);
+        var fullPlan = TrainingShards.Plan(dir.File("base"), config, ScalarType.Float32, lora with { Method = FineTuneMethod.Full }, devices);
+
+        Assert.Equal([1, 1, 1], loraPlan.Stages.Select(s => s.LayerCount));
+        Assert.Equal(loraPlan.Stages.Select(s => s.LayerCount * perLayer), loraPlan.CacheBytes);
+        Assert.Equal(weights.Layers.Sum() + weights.Embedding + weights.Head, loraPlan.WeightBytes.Sum());
+        Assert.Equal(weights.Layers[0] + perLayer + weights.Embedding, loraPlan.Stages[0].Bytes);
+        // Full: every weight is trained, so each byte of weights brings three more (gradient, two moments).
+        Assert.Equal(3 * weights.Layers.Sum(), fullPlan.CacheBytes.Sum());
+        Assert.Equal(4 * (weights.Layers[2] + weights.Head), fullPlan.Stages[2].Bytes);
+    }
+
+    [Fact]
     public void Does_count_the_adapter_elements_each_layer_trains_when_planning_a_split()
     {
         var config = TinyModels.Config with { NumHiddenLayers = 4 };
