@@ -60,7 +60,11 @@ public sealed class StepPhaseTimings
         }
         if (SynchronizeDevice && device.type == TorchSharp.DeviceType.CUDA)
         {
-            cuda.synchronize();
+            // Every GPU: a pipeline split (--shards) runs the phase's work on several.
+            for (var gpu = 0; gpu < cuda.device_count(); gpu++)
+            {
+                cuda.synchronize(new Device(TorchSharp.DeviceType.CUDA, gpu));
+            }
         }
         _current[(int)phase] += _watch.Elapsed.TotalMilliseconds;
         _watch.Restart();

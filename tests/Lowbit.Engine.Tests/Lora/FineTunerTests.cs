@@ -49,7 +49,7 @@ public sealed class FineTunerTests
         return dir;
     }
 
-    private static void AssertSameAdapter(string expected, string actual, double tolerance)
+    internal static void AssertSameAdapter(string expected, string actual, double tolerance)
     {
         using var a = PeftAdapter.Read(expected);
         using var b = PeftAdapter.Read(actual);

@@ -20,17 +20,10 @@ namespace Lowbit.Engine.Tests.Lora;
 public sealed class ShardedFineTuneTests
 {
     /// <summary>A random 3-layer model with the byte tokenizer (3 layers: up to 3 shards of one layer each).</summary>
-    private static TempDir Setup(bool quantized = false)
+    private static TempDir Setup(bool quantized = false, bool tied = false)
     {
         var dir = new TempDir();
-        var config = TinyModels.Config with { NumHiddenLayers = 3, VocabSize = Lowbit.Engine.Tokenization.ByteTokenizer.Size, BosTokenId = 256, EosTokenIds = [257] };
-        using (var model = new LlamaForCausalLM(config, ScalarType.Float32, CPU))
-        {
-            ModelIo.InitializeRandom(model, 5, std: 0.1);
-            ModelIo.Save(model, dir.File("base"));
-        }
-        File.WriteAllText(Path.Combine(dir.File("base"), "tokenizer.json"), Lowbit.Engine.Tokenization.ByteTokenizer.TokenizerJson());
-        File.WriteAllText(Path.Combine(dir.File("base"), "tokenizer_config.json"), Lowbit.Engine.Tokenization.ByteTokenizer.TokenizerConfigJson());
+        TinyModels.SaveWithByteTokenizer(dir.File("base"), seed: 5, layers: 3, tied: tied);
         if (quantized)
         {
             using var checkpoint = Checkpoint.Open(dir.File("base"));
@@ -95,14 +88,7 @@ public sealed class ShardedFineTuneTests
             AssertSameWeights(expected, actual, tolerance);
             return;
         }
-        using var a = PeftAdapter.Read(expected);
-        using var b = PeftAdapter.Read(actual);
-        Assert.Equal(a.Modules.Keys.Order(), b.Modules.Keys.Order());
-        foreach (var (module, w) in a.Modules)
-        {
-            Assert.True(w.A.allclose(b.Modules[module].A, tolerance, tolerance), $"{module} lora_A differs");
-            Assert.True(w.B.allclose(b.Modules[module].B, tolerance, tolerance), $"{module} lora_B differs");
-        }
+        FineTunerTests.AssertSameAdapter(expected, actual, tolerance);
     }
 
     private static double[] Losses(List<EngineEvent> events) => events.OfType<TrainEvent>().Select(t => t.Loss).ToArray();
@@ -134,6 +120,21 @@ public sealed class ShardedFineTuneTests
         Assert.DoesNotContain(oneEvents.OfType<LogEvent>(), l => l.Message.StartsWith("shard ", StringComparison.Ordinal));
         Assert.All(threeEvents.OfType<TrainEvent>(), t => Assert.Equal([t.PeakMemoryBytes!.Value], t.PeakMemoryBytesPerDevice!));
         Assert.All(oneEvents.OfType<TrainEvent>(), t => Assert.Null(t.PeakMemoryBytesPerDevice));
+    }
+
+    [Fact]
+    public void Does_train_a_tied_head_with_the_embedding_on_the_first_shard_when_split()
+    {
+        // Full fine-tuning of a tied embedding: the logits use the first shard's embedding, so its gradient sums the
+        // input and output uses across the pipeline's two ends.
+        using var dir = Setup(tied: true);
+        var (_, oneEvents) = Train(Request(dir, FineTuneMethod.Full, "one"));
+        var (_, twoEvents) = Train(Request(dir, FineTuneMethod.Full, "two") with { Shards = 2 });
+
+        Assert.Equal(Losses(oneEvents), Losses(twoEvents), (a, b) => Math.Abs(a - b) <= 1e-5);
+        AssertSameWeights(dir.File("one"), dir.File("two"), 1e-5);
+        using var saved = Checkpoint.Open(dir.File("two"));
+        Assert.DoesNotContain("lm_head.weight", saved.TensorNames);
     }
 
     [Fact]
@@ -183,6 +184,28 @@ public sealed class ShardedFineTuneTests
         Assert.Equal([0, 0, 1, 1], stacked.Select(d => (int)d.index));
         Assert.Equal("--shard-devices", missing.Argument);
         Assert.Empty(TrainingShards.ResolveDevices(request with { Shards = 1 }, cuda, visibleGpus: 1));
+    }
+
+    [Fact]
+    public void Does_plan_frozen_weights_and_trained_state_per_shard_when_splitting()
+    {
+        using var dir = Setup();
+        var config = LlamaConfig.Load(Path.Combine(dir.File("base"), "config.json"));
+        var devices = new[] { CPU, CPU, CPU };
+        var weights = Lowbit.Engine.Serving.PipelinePlacement.CheckpointBytes(dir.File("base"), config, ScalarType.Float32);
+        var lora = Request(dir, FineTuneMethod.Lora, "o") with { Shards = 3 };
+        var perLayer = TrainingShards.TrainedBytesPerElement * TrainingShards.LoraElementsPerLayer(config, new LoraSettings { R = lora.R, Alpha = lora.Alpha, TargetModules = lora.TargetModules });
+
+        var loraPlan = TrainingShards.Plan(dir.File("base"), config, ScalarType.Float32, lora, devices);
+        var fullPlan = TrainingShards.Plan(dir.File("base"), config, ScalarType.Float32, lora with { Method = FineTuneMethod.Full }, devices);
+
+        Assert.Equal([1, 1, 1], loraPlan.Stages.Select(s => s.LayerCount));
+        Assert.Equal(loraPlan.Stages.Select(s => s.LayerCount * perLayer), loraPlan.CacheBytes);
+        Assert.Equal(weights.Layers.Sum() + weights.Embedding + weights.Head, loraPlan.WeightBytes.Sum());
+        Assert.Equal(weights.Layers[0] + perLayer + weights.Embedding, loraPlan.Stages[0].Bytes);
+        // Full: every weight is trained, so each byte of weights brings three more (gradient, two moments).
+        Assert.Equal(3 * weights.Layers.Sum(), fullPlan.CacheBytes.Sum());
+        Assert.Equal(4 * (weights.Layers[2] + weights.Head), fullPlan.Stages[2].Bytes);
     }
 
     [Fact]

@@ -32,9 +32,9 @@ internal static class TinyModels
     }
 
     /// <summary>A random model with the engine's byte tokenizer (vocab 260), so text verbs can run on it.</summary>
-    public static string SaveWithByteTokenizer(string directory, long seed = 1)
+    public static string SaveWithByteTokenizer(string directory, long seed = 1, int layers = 2, bool tied = false)
     {
-        var config = Config with { VocabSize = Lowbit.Engine.Tokenization.ByteTokenizer.Size, BosTokenId = 256, EosTokenIds = [257] };
+        var config = Config with { VocabSize = Lowbit.Engine.Tokenization.ByteTokenizer.Size, BosTokenId = 256, EosTokenIds = [257], NumHiddenLayers = layers, TieWordEmbeddings = tied };
         using var model = new LlamaForCausalLM(config, ScalarType.Float32, CPU);
         ModelIo.InitializeRandom(model, seed, std: 0.1);
         ModelIo.Save(model, directory);
