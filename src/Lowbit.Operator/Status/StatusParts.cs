@@ -105,6 +105,11 @@ public static class StatusParts
             var unconstrained = noFit.FitsWithoutConstraints[0];
             message += $"; would fit {unconstrained.Label} at {Usd(unconstrained.HourlyUsd)}/h without the constraints ({unconstrained.Explanation})";
         }
+        if (noFit.Request.Workload.IsTraining)
+        {
+            // The planner offers no multi-node training: say so, rather than let a user wonder why more nodes were not tried.
+            message += "; training runs in one pod (a pipeline split over its GPUs): there is no multi-node training yet";
+        }
 
         return Truncate(message, 1024);
     }

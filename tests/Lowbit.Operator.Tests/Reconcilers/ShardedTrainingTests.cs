@@ -57,6 +57,20 @@ public sealed class ShardedTrainingTests
     }
 
     [Fact]
+    public void Does_say_a_training_job_too_large_for_one_node_has_no_multi_node_placement()
+    {
+        var job = Fixtures.FineTune();
+        job.Spec = job.Spec with { Method = FineTuneMethod.Full, BaseModel = new ModelReference { Source = new ModelSource { HuggingFace = new HuggingFaceSource { Repo = "meta-llama/Llama-2-70b-hf" } } } };
+        var plan = Assert.IsType<NoFit>(Planning.FineTune(job, ModelPresets.Llama2_70B, GpuCatalog.Default));
+
+        Assert.All(plan.Options, o => Assert.Equal(1, o.Nodes));
+        var message = StatusParts.NoFitMessage(plan);
+        Assert.Contains("nothing fits: closest 8×", message, StringComparison.Ordinal);
+        Assert.Contains("no multi-node training", message, StringComparison.Ordinal);
+        Assert.Equal(Api.Conditions.Reasons.InsufficientGpuMemory, StatusParts.NoFitReason(plan));
+    }
+
+    [Fact]
     public void Does_not_pass_shards_on_one_gpu()
     {
         var job = Fixtures.FineTune();
