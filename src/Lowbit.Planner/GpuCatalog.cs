@@ -8,8 +8,8 @@ public enum DeviceKind
 }
 
 /// <summary>
-/// How the GPUs of a node talk. Multi-node sharded training is only planned for NVLink node types
-/// (they come with RDMA networking between nodes); PCIe boxes are planned as single nodes.
+/// How the GPUs of a node talk. Multi-node vLLM serving is only planned for NVLink node types (they come with RDMA
+/// networking between nodes); PCIe boxes are planned as single nodes. Training is never planned over several nodes.
 /// </summary>
 public enum Interconnect
 {
