@@ -244,12 +244,12 @@ public sealed class PlacementTests
         var throughput = result.Choice.Throughput;
         Assert.Equal(ThroughputKind.Training, throughput.Kind);
         // Per micro-step of 2,048 tokens: 6 FLOPs per active parameter per token (LoRA 4 + recompute 2) plus causal
-        // attention (2·T·hidden per layer, ×4 with the recompute) at the lowbit engine's 47% of 312 TFLOP/s, its host
-        // cost (32 layers × 6.8 ms × 1.25 with checkpointing) and the QLoRA dequantization (3 passes × 2 bytes per
-        // block-linear parameter at 0.26 TB/s).
+        // attention (2·T·hidden per layer, ×4 with the recompute) at the lowbit engine's 58% of 312 TFLOP/s, its host
+        // cost (32 layers × 3.8 ms × 1.25 with checkpointing) and the QLoRA dequantization (3 passes × 2 bytes per
+        // block-linear parameter at 5% of the A100's 2,039 GB/s).
         var p = result.Parameters;
-        var compute = 2048 * ((6.0 * p.Active) + (2.0 * 2048 * 4096 * 32 * 4)) / (312e12 * 0.47);
-        var seconds = compute + (32 * 6.8e-3 * 1.25) + (3 * p.ActiveBlockLinear * 2.0 / 0.26e12);
+        var compute = 2048 * ((6.0 * p.Active) + (2.0 * 2048 * 4096 * 32 * 4)) / (312e12 * 0.58);
+        var seconds = compute + (32 * 3.8e-3 * 1.25) + (3 * p.ActiveBlockLinear * 2.0 / (2039e9 * 0.05));
         Assert.Equal(2048 / seconds, throughput.TokensPerSecond, 6);
         Assert.InRange(throughput.TokensPerSecond, 1_800, 2_200);   // ~2,000: two thirds of what 40% MFU alone claimed (3,086)
         Assert.Equal(3.85 / (throughput.TokensPerSecond * 3600) * 1e6, throughput.UsdPerMillionTokens, 9);
