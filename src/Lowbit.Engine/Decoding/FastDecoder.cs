@@ -118,7 +118,18 @@ public sealed class FastDecoder : IDisposable
         var first = shards[0].Device;
         var last = shards[^1].Device;
         var layerDevice = shards.SelectMany(s => Enumerable.Repeat(s.Device, s.LayerCount)).ToArray();
-        _layers = model.Model.Layers.Select((l, i) => new Layer(l, _dtype, layerDevice[i])).ToArray();
+        _layers = new Layer[model.Model.Layers.Count];
+        for (var i = 0; i < _layers.Length; i++)
+        {
+            _layers[i] = new Layer(model.Model.Layers[i], _dtype, layerDevice[i]);
+            if (cuda)
+            {
+                // The layer's pre-fusion q/k/v and gate/up storage is free now, but the caching allocator keeps it and
+                // cannot reuse it for the (larger) fused blocks of the next layers: give it back per layer, so the load
+                // never reserves every layer's old storage at once (+0.67 × the weights at its peak before).
+                CudaMemory.EmptyCache();
+            }
+        }
         _embed = model.Model.EmbedTokens.weight!.detach();
         _finalNorm = FinalNorm(model).detach();
         _lmHead = model.LmHead is { } head ? Projection.Fuse([head], _dtype).MoveTo(last)
@@ -755,6 +766,11 @@ public sealed class FastDecoder : IDisposable
         var normed = RmsNorm(residual, null, stage.End > stage.First ? _layers[stage.First].InputNorm : _finalNorm, out _);
         for (var i = stage.First; i < stage.End; i++)
         {
+            // Each layer's intermediates (q/k/v, attention, o, gate/up, ...: ~21 × [rows, hidden]) are freed when the layer
+            // ends; only the next layer's input (normed) and the residual stream carry over. Without it a 2,048-token
+            // prefill of a 7B model held every layer's at once (~10.5 GiB; docs/planner.md, serve memory).
+            var (previousNormed, previousResidual) = (normed, residual);
+            using var layerScope = NewDisposeScope();
             var layer = _layers[i];
             var qkv = Adapt(layer.Qkv.Forward(normed, _kernels), normed, i, FusedGroup.Qkv, loraMask);
             var qk = Rope(qkv.narrow(1, 0, qWidth + kvWidth), _heads + _kvHeads, cos, sin);
@@ -769,14 +785,24 @@ public sealed class FastDecoder : IDisposable
             if (!stage.IsLast && i + 1 == stage.End)
             {
                 // The boundary: the residual stream (what the next layer's input norm would add up) goes to the next stage.
-                return residual.add(down, Scalars.One);
+                return residual.add(down, Scalars.One).MoveToOuterDisposeScope();
             }
             var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].InputNorm : _finalNorm;
             if (pick is not null && i + 1 == _layers.Length)
             {
-                return RmsNorm(down.index_select(0, pick), residual.index_select(0, pick), nextNorm, out _);
+                return RmsNorm(down.index_select(0, pick), residual.index_select(0, pick), nextNorm, out _).MoveToOuterDisposeScope();
             }
-            normed = RmsNorm(down, residual, nextNorm, out residual);
+            normed = RmsNorm(down, residual, nextNorm, out residual).MoveToOuterDisposeScope();
+            residual.MoveToOuterDisposeScope();
+            // The previous layer's carried tensors are dead now (never the caller's input).
+            if (!ReferenceEquals(previousNormed, normed) && !ReferenceEquals(previousNormed, residual))
+            {
+                previousNormed.Dispose();
+            }
+            if (!ReferenceEquals(previousResidual, input) && !ReferenceEquals(previousResidual, residual) && !ReferenceEquals(previousResidual, normed))
+            {
+                previousResidual.Dispose();
+            }
         }
         return pick is null ? normed : normed.index_select(0, pick);
     }
