@@ -124,14 +124,9 @@ public static class InferenceEndpointStatusCalculator
             return new Outcome.Succeeded(endpoint.Spec.Replicas == 0 ? "scaled to zero" : $"{ready} replicas serving on {placement.Label}");
         }
 
-        switch (diagnosis)
+        if (PodOutcome(diagnosis, observed, placement) is { } pods)
         {
-            case PodDiagnosis.BadInput or PodDiagnosis.ImagePullFailed or PodDiagnosis.SecretNotFound:
-                return new Outcome.Stalled(diagnosis.Reason, diagnosis.Message);
-            case PodDiagnosis.OutOfMemory or PodDiagnosis.Unschedulable when observed.PlacementChange is { } change:
-                return new Outcome.InProgress(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; {change}");
-            case PodDiagnosis.Unschedulable:
-                return new Outcome.InProgress(Conditions.Reasons.WaitingForGpu, $"waiting for {placement.Label}: {diagnosis.Message}");
+            return pods;
         }
 
         if (progressing is { Status: "False", Reason: "ProgressDeadlineExceeded" })
@@ -143,6 +138,16 @@ public static class InferenceEndpointStatusCalculator
             ? new Outcome.InProgress(Conditions.Reasons.Pending, $"creating the Deployment on {placement.Label}")
             : new Outcome.InProgress(Conditions.Reasons.Progressing, $"{ready} of {endpoint.Spec.Replicas} replicas ready on {placement.Label}");
     }
+
+    /// <summary>What the pods' diagnosis decides alone (bad input, a missing image or secret, OOM, no GPU), for a Deployment or a LeaderWorkerSet alike.</summary>
+    private static Outcome? PodOutcome(PodDiagnosis diagnosis, WorkloadObservation observed, WorkloadPlacement placement) => diagnosis switch
+    {
+        PodDiagnosis.BadInput or PodDiagnosis.ImagePullFailed or PodDiagnosis.SecretNotFound => new Outcome.Stalled(diagnosis.Reason, diagnosis.Message),
+        PodDiagnosis.OutOfMemory or PodDiagnosis.Unschedulable when observed.PlacementChange is { } change =>
+            new Outcome.InProgress(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; {change}"),
+        PodDiagnosis.Unschedulable => new Outcome.InProgress(Conditions.Reasons.WaitingForGpu, $"waiting for {placement.Label}: {diagnosis.Message}"),
+        _ => null,
+    };
 
     /// <summary>
     /// A LeaderWorkerSet's outcome: serving once every desired group is updated and ready (LWS status counts groups);
@@ -160,15 +165,9 @@ public static class InferenceEndpointStatusCalculator
             return new Outcome.Succeeded(endpoint.Spec.Replicas == 0 ? "scaled to zero" : $"{ready} groups of {placement.Nodes} pods serving on {placement.Label}");
         }
 
-        var diagnosis = observed.Diagnosis;
-        switch (diagnosis)
+        if (PodOutcome(observed.Diagnosis, observed, placement) is { } pods)
         {
-            case PodDiagnosis.BadInput or PodDiagnosis.ImagePullFailed or PodDiagnosis.SecretNotFound:
-                return new Outcome.Stalled(diagnosis.Reason, diagnosis.Message);
-            case PodDiagnosis.OutOfMemory or PodDiagnosis.Unschedulable when observed.PlacementChange is { } change:
-                return new Outcome.InProgress(diagnosis is PodDiagnosis.OutOfMemory ? diagnosis.Reason : Conditions.Reasons.Unschedulable, $"{diagnosis.Message}; {change}");
-            case PodDiagnosis.Unschedulable:
-                return new Outcome.InProgress(Conditions.Reasons.WaitingForGpu, $"waiting for {placement.Label}: {diagnosis.Message}");
+            return pods;
         }
 
         return set is null
