@@ -146,15 +146,42 @@ internal static class SelfCheckKernelsVerb
         }
         if (NativeKernelsV2.Available)
         {
-            // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to seven chunks per
-            // thread, N not a multiple of the tile, a padded activation stride, float16.
+            // The int4 dequantize (prefill, and decode batches the GEMVs do not take): bit-identical to the CPU's fp32
+            // arithmetic on the same packed codes, fp16 scales and zeros, every element written.
+            foreach (var (n, k, group, dtype) in new[] { (4096, 4096, 64, bf16), (22016, 4096, 128, bf16), (1001, 11008, 64, ScalarType.Float16), (77, 28672, 64, bf16) })
+            {
+                using var scope = NewDisposeScope();
+                var w = randn([n, k], ScalarType.Float32, device) * 0.02;
+                using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
+                using var packed = Int4Weight.From(q);
+                var native = packed.Dequantize(dtype).cpu();
+                var host = new Int4Weight { Packed = packed.Packed.cpu(), Scales = packed.Scales.cpu(), Zeros = packed.Zeros.cpu(), GroupSize = group };
+                var reference = host.Dequantize(dtype);
+                var differing = native.to(ScalarType.Float32).ne(reference.to(ScalarType.Float32)).sum().item<long>();
+                var pass = differing == 0 && native.isfinite().all().item<bool>();
+                failed += pass ? 0 : 1;
+                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+                {
+                    ["event"] = "selfcheck-kernel", ["check"] = $"int4 dequantize {(dtype == bf16 ? "bf16" : "fp16")} g{group} N={n} K={k} (bit-exact)",
+                    ["relativeError"] = differing / (double)native.numel(), ["allWritten"] = native.isfinite().all().item<bool>(), ["pass"] = pass,
+                }));
+            }
+            // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to four chunks per
+            // thread (512 threads × 8 values each), N not a multiple of the tile, a padded activation stride, float16. A
+            // (rows, K) the kernel does not take (a 70B's down projection, K = 28,672) is not launched: the engine asks
+            // GemvSupports before it times the kernel (KernelSelection) and keeps cuBLAS or the first GEMV there.
             foreach (var (batch, n, k, dtype) in new[]
             {
                 (1, 4096, 4096, bf16), (2, 12288, 4096, bf16), (3, 4093, 4096, bf16), (4, 22016, 4096, bf16), (5, 1001, 4096, bf16),
-                (8, 32000, 4096, bf16), (1, 4096, 11008, bf16), (2, 4095, 11008, bf16), (4, 777, 8192, bf16), (1, 515, 28672, bf16),
+                (8, 32000, 4096, bf16), (1, 4096, 11008, bf16), (2, 4095, 11008, bf16), (4, 777, 8192, bf16), (1, 515, 16384, bf16), (1, 515, 28672, bf16),
                 (8, 4096, 4096, ScalarType.Float16), (2, 999, 11008, ScalarType.Float16),
             })
             {
+                if (!NativeKernelsV2.GemvSupports(batch, k))
+                {
+                    stderr.WriteLine($"selfcheck-kernels: native-gemv-v2 B={batch} K={k} not taken (the engine keeps cuBLAS or the first GEMV there)");
+                    continue;
+                }
                 using var scope = NewDisposeScope();
                 var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
                 var w = (randn([n, k], dtype, device) * 0.02).to(dtype);

@@ -151,4 +151,22 @@ public class FastDecoderTests
         Assert.Equal(expected, packed.Packed.contiguous().data<byte>().ToArray());
         Assert.Equal(q.Dequantize().data<float>().ToArray(), packed.Dequantize(ScalarType.Float32).data<float>().ToArray());
     }
+
+    [Fact]
+    public void Does_dequantize_4_bit_weights_slice_by_slice_to_the_same_values()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(11);
+        var weight = randn(37, 256);
+        using var q = Rtn.Quantize(weight, new RtnOptions { Bits = 4, GroupSize = 64 });
+        using var packed = Int4Weight.From(q);
+        var expected = q.Dequantize();
+
+        // 5 rows per slice (5 × 256 × 4 bytes): eight slices, the last one of 2 rows.
+        var sliced = packed.Dequantize(ScalarType.Float32, sliceBytes: 5 * 256 * 4);
+        var bf16 = packed.Dequantize(ScalarType.BFloat16, sliceBytes: 5 * 256 * 4);
+
+        Assert.Equal(expected.data<float>().ToArray(), sliced.data<float>().ToArray());
+        Assert.Equal(expected.to(ScalarType.BFloat16).to(ScalarType.Float32).data<float>().ToArray(), bf16.to(ScalarType.Float32).data<float>().ToArray());
+    }
 }

@@ -15,7 +15,14 @@ public sealed class CudaGraph : IStepGraph
     }
 
     /// <summary>Runs <paramref name="warmUp"/> eagerly on the capture stream (lazy handles and workspaces), then records <paramref name="step"/>.</summary>
-    public void Capture(Action warmUp, Action step)
+    public void Capture(Action warmUp, Action step) => Capture(warmUp, step, default);
+
+    /// <summary>
+    /// As <see cref="Capture(Action, Action)"/>, allocating from <paramref name="pool"/>, the memory pool of graphs
+    /// captured earlier on this device (default: a new private pool). Returns the pool this graph allocated from, for
+    /// the next capture to share. Only for steps that leave nothing they allocate alive and never run concurrently.
+    /// </summary>
+    public GraphPool Capture(Action warmUp, Action step, GraphPool pool)
     {
         NativeKernels.GraphEnter(_handle);
         try
@@ -29,7 +36,7 @@ public sealed class CudaGraph : IStepGraph
         // Tensors the finalizer thread would free during the capture are freed now instead.
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        NativeKernels.CaptureBegin(_handle);
+        NativeKernels.CaptureBegin(_handle, pool);
         try
         {
             step();
@@ -38,6 +45,7 @@ public sealed class CudaGraph : IStepGraph
         {
             NativeKernels.CaptureEnd(_handle);
         }
+        return NativeKernels.PoolOf(_handle);
     }
 
     public void Replay() => NativeKernels.Replay(_handle);
@@ -50,6 +58,12 @@ public sealed class CudaGraph : IStepGraph
             _handle = IntPtr.Zero;
         }
     }
+}
+
+/// <summary>A CUDA caching-allocator pool id (libtorch's <c>MempoolId_t</c>); default: none yet, capture into a new private pool.</summary>
+public readonly record struct GraphPool(ulong First, ulong Second)
+{
+    public bool IsNone => First == 0 && Second == 0;
 }
 
 /// <summary>What a captured step is recorded with (the fine-tuner's <see cref="Training.TrainingGraph"/>): a CUDA graph, or in tests a recorder that re-runs it.</summary>

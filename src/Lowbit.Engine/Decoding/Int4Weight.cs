@@ -132,14 +132,42 @@ public sealed record Int4Weight : IDisposable
         return stack([low, high], 2).reshape(OutFeatures, InFeatures).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The dense weight with <see cref="QuantizedTensor.Dequantize"/>'s arithmetic (fp32, then <paramref name="dtype"/>).</summary>
-    public Tensor Dequantize(ScalarType dtype)
+    /// <summary>
+    /// The dense weight with <see cref="QuantizedTensor.Dequantize"/>'s arithmetic (fp32, then <paramref name="dtype"/>),
+    /// written into one <paramref name="dtype"/> tensor a slice of rows at a time: the fp32 codes, zeros and scales of at
+    /// most <paramref name="sliceBytes"/> exist at once, and zeros and scales broadcast over their group instead of
+    /// being repeated to the full width. Taken over a whole 7B gate/up weight at once (22,016 × 4,096) the fp32
+    /// pipeline held ~1.8 GB per prefill projection, which the caching allocator then kept reserved (docs/planner.md).
+    /// </summary>
+    public Tensor Dequantize(ScalarType dtype, long sliceBytes = DequantizeSliceBytes)
     {
-        using var scope = NewDisposeScope();
-        var scales = Scales.to(ScalarType.Float32).repeat_interleave(GroupSize, 1);
-        var zeros = Zeros.to(ScalarType.Float32).repeat_interleave(GroupSize, 1);
-        return Codes().to(ScalarType.Float32).sub(zeros).mul(scales).to(dtype).MoveToOuterDisposeScope();
+        var rows = OutFeatures;
+        var width = InFeatures;
+        var groups = width / GroupSize;
+        var dense = empty([rows, width], dtype, Packed.device);
+        if (Packed.device_type == DeviceType.CUDA && dtype is ScalarType.BFloat16 or ScalarType.Float16 && GroupSize % 8 == 0
+            && NativeKernelsV2.Available)
+        {
+            // One kernel, the same arithmetic and no fp32 temporaries (lowbit_kernels_v2.cu, int4_dequantize).
+            NativeKernelsV2.Int4Dequantize(Packed, Scales, Zeros, GroupSize, dense);
+            return dense;
+        }
+        var slice = Math.Max(1, Math.Min(rows, sliceBytes / (width * 4)));
+        for (var first = 0L; first < rows; first += slice)
+        {
+            using var scope = NewDisposeScope();
+            var count = Math.Min(slice, rows - first);
+            var packed = Packed.narrow(0, first, count);
+            var codes = stack([packed.bitwise_and(15), packed.bitwise_right_shift(4)], 2).view(count, groups, GroupSize).to(ScalarType.Float32);
+            var zeros = Zeros.narrow(0, first, count).to(ScalarType.Float32).view(count, groups, 1);
+            var scales = Scales.narrow(0, first, count).to(ScalarType.Float32).view(count, groups, 1);
+            dense.narrow(0, first, count).copy_(codes.sub_(zeros).mul_(scales).view(count, width));
+        }
+        return dense;
     }
+
+    /// <summary>The fp32 working set of one <see cref="Dequantize"/> slice (64 MiB: 4,096 rows of a 4,096-wide weight).</summary>
+    public const long DequantizeSliceBytes = 64L << 20;
 
     public Int4Weight MoveToOuterDisposeScope()
     {

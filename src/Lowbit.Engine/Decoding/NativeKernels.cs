@@ -23,7 +23,8 @@ public static unsafe class NativeKernels
     private static delegate* unmanaged<IntPtr, int> _graphDestroy;
     private static delegate* unmanaged<IntPtr, int> _graphEnter;
     private static delegate* unmanaged<IntPtr, int> _graphLeave;
-    private static delegate* unmanaged<IntPtr, int> _captureBegin;
+    private static delegate* unmanaged<IntPtr, ulong, ulong, int> _captureBeginPool;
+    private static delegate* unmanaged<IntPtr, ulong*, ulong*, int> _graphPool;
     private static delegate* unmanaged<IntPtr, int> _captureEnd;
     private static delegate* unmanaged<IntPtr, int> _replay;
     private static delegate* unmanaged<int, int> _setDevice;
@@ -96,7 +97,8 @@ public static unsafe class NativeKernels
                 _graphDestroy = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_destroy");
                 _graphEnter = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_enter");
                 _graphLeave = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_leave");
-                _captureBegin = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_capture_begin");
+                _captureBeginPool = (delegate* unmanaged<IntPtr, ulong, ulong, int>)Export("lowbit_graph_capture_begin_pool");
+                _graphPool = (delegate* unmanaged<IntPtr, ulong*, ulong*, int>)Export("lowbit_graph_pool");
                 _captureEnd = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_capture_end");
                 _replay = (delegate* unmanaged<IntPtr, int>)Export("lowbit_graph_replay");
                 _setDevice = (delegate* unmanaged<int, int>)Export("lowbit_set_device");
@@ -147,7 +149,16 @@ public static unsafe class NativeKernels
 
     internal static void GraphLeave(IntPtr graph) => Check(_graphLeave(graph), "graph stream leave");
 
-    internal static void CaptureBegin(IntPtr graph) => Check(_captureBegin(graph), "graph capture begin");
+    /// <summary>Capture into <paramref name="pool"/> (shared with earlier captures on this device), or a new private pool when it is default.</summary>
+    internal static void CaptureBegin(IntPtr graph, GraphPool pool) => Check(_captureBeginPool(graph, pool.First, pool.Second), "graph capture begin");
+
+    /// <summary>The memory pool a captured graph allocated from.</summary>
+    internal static GraphPool PoolOf(IntPtr graph)
+    {
+        ulong first, second;
+        Check(_graphPool(graph, &first, &second), "graph pool");
+        return new GraphPool(first, second);
+    }
 
     internal static void CaptureEnd(IntPtr graph) => Check(_captureEnd(graph), "graph capture end");
 

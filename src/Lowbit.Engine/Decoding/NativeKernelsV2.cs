@@ -5,10 +5,11 @@ namespace Lowbit.Engine.Decoding;
 
 /// <summary>
 /// The optional <c>liblowbit_kernels_v2.so</c> next to the native decode library (src/Lowbit.Engine/native/
-/// lowbit_kernels_v2.cu): the second int4 dequantize-GEMV (1-2 rows at K ≤ 16,384, 3-4 rows at K ≤ 4,096) and the second
-/// dense GEMV (1-8 rows, at most 64 activation floats per thread). Built apart from the decode library, so a compile
-/// failure there only removes these kernels; <see cref="KernelSelector"/> measures them against the first kernels,
-/// cuBLAS and dequantize + <c>linear</c>, and uses them only where they are both right and fastest.
+/// lowbit_kernels_v2.cu): the second int4 dequantize-GEMV (1-2 rows at K ≤ 16,384, 3-4 rows at K ≤ 4,096), the second
+/// dense GEMV (1-8 rows, at most 64 activation floats per thread) and the int4 → 16-bit dequantize that
+/// <see cref="Int4Weight.Dequantize"/> uses on a GPU (prefill, and decode batches the GEMVs do not take). Built apart from
+/// the decode library, so a compile failure there only removes these kernels; <see cref="KernelSelector"/> measures them
+/// against the first kernels, cuBLAS and dequantize + <c>linear</c>, and uses them only where they are fastest.
 /// </summary>
 public static unsafe class NativeKernelsV2
 {
@@ -16,9 +17,8 @@ public static unsafe class NativeKernelsV2
     public const string LibraryName = "liblowbit_kernels_v2.so";
 
     /// <summary>
-    /// Set to <c>1</c> to load the v2 kernels. Off by default until they have run on a GPU (they were written and checked
-    /// only by CPU emulation, and a kernel that reads out of bounds poisons the CUDA context, which measurement cannot
-    /// undo); the GPU bundle's self-check and benchmarks turn them on.
+    /// Set to <c>0</c> to leave the v2 kernels unloaded (the first kernels, cuBLAS and the eager dequantize remain). On by
+    /// default since their self-check and decode benchmarks passed on the H100 and the H200 (2026-12-05, docs/gpu.md).
     /// </summary>
     public const string SwitchEnv = "LOWBIT_KERNELS_V2";
 
@@ -30,6 +30,7 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Linear;
     private static delegate* unmanaged<int, int, int> _gemvSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int> _gemv;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Dequantize;
 
     /// <summary>True when the library is loaded.</summary>
     public static bool Available
@@ -73,6 +74,16 @@ public static unsafe class NativeKernelsV2
         Check(_gemv(x.Handle, weight.Handle, output.Handle), "gemv v2");
     }
 
+    /// <summary>
+    /// <paramref name="output"/> <c>[N, K]</c> (bf16/fp16, contiguous) = (q − z) · s of the packed codes, with
+    /// <see cref="Int4Weight.Dequantize"/>'s arithmetic (fp32, one rounding): bit-identical to it.
+    /// </summary>
+    public static void Int4Dequantize(Tensor packed, Tensor scales, Tensor zeros, int groupSize, Tensor output)
+    {
+        Require();
+        Check(_int4Dequantize(packed.Handle, scales.Handle, zeros.Handle, groupSize, output.Handle), "int4 dequantize");
+    }
+
     private static void Require()
     {
         if (!Available)
@@ -98,9 +109,9 @@ public static unsafe class NativeKernelsV2
                 return;
             }
             _tried = true;
-            if (Environment.GetEnvironmentVariable(SwitchEnv) != "1")
+            if (Environment.GetEnvironmentVariable(SwitchEnv) == "0")
             {
-                _status = $"off (set {SwitchEnv}=1 to try them: not yet validated on a GPU)";
+                _status = $"off ({SwitchEnv}=0)";
                 return;
             }
             var native = Environment.GetEnvironmentVariable(NativeKernels.LibraryEnv);
@@ -119,12 +130,14 @@ public static unsafe class NativeKernelsV2
                 && NativeLibrary.TryGetExport(handle, "lowbit_v2_supports", out var int4Supports)
                 && NativeLibrary.TryGetExport(handle, "lowbit_v2_gemv", out var gemv)
                 && NativeLibrary.TryGetExport(handle, "lowbit_v2_gemv_supports", out var gemvSupports)
+                && NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_dequantize", out var int4Dequantize)
                 && NativeLibrary.TryGetExport(handle, "lowbit_v2_last_error", out var lastError))
             {
                 _int4Linear = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)int4Linear;
                 _int4Supports = (delegate* unmanaged<int, int, int>)int4Supports;
                 _gemv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int>)gemv;
                 _gemvSupports = (delegate* unmanaged<int, int, int>)gemvSupports;
+                _int4Dequantize = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int>)int4Dequantize;
                 _lastError = (delegate* unmanaged<IntPtr>)lastError;
                 _status = $"loaded {path}";
             }

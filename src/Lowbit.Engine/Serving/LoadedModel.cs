@@ -97,11 +97,15 @@ public sealed class LoadedModel : IDisposable
             batch = new FastDecodeBackend(model, options.MaxConcurrency, options.MaxContext, device, adapters,
                 plan is null ? null : new FastDecoderOptions { MaxBatch = options.MaxConcurrency, MaxLength = options.MaxContext + 1, Shards = plan.DecoderShards });
             log($"decode path: {batch.Describe()}");
+            var cudaIndex = options.Device.type == TorchSharp.DeviceType.CUDA ? Math.Max(0, (int)options.Device.index) : -1;
+            if (cudaIndex >= 0 && CudaMemory.Stats(cudaIndex) is { } fused)
+            {
+                log($"memory before graphs: {fused}");
+            }
             if (batch.CaptureGraphs() > 0)
             {
                 log($"decode graphs: {batch.GraphSummary()} (every batch × length bucket, before the first request)");
             }
-            var cudaIndex = options.Device.type == TorchSharp.DeviceType.CUDA ? Math.Max(0, (int)options.Device.index) : -1;
             if (cudaIndex >= 0 && CudaMemory.Stats(cudaIndex) is { } built && CudaMemory.EmptyCache())
             {
                 // The pre-fusion weights (and a quantized model's replaced dense linears) were freed into the caching

@@ -172,9 +172,10 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
     cmd = [os.path.join(engine, "run.sh"), "serve", "--model", model, "--device", DEVICE, "--port", str(port),
            "--max-context", str(context), "--max-concurrency", str(concurrency), "--max-num-batched-tokens", str(PREFILL_BUDGET),
            "--served-name", "cal"]
-    # stderr to a file, not a pipe nobody reads while it runs (a full pipe would block the server's logging).
+    # stdout (the JSON log: memory before graphs, after load, at ready) and stderr to a file, not a pipe nobody reads
+    # while it runs (a full pipe would block the server's logging).
     err = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lowbit-calibrate-serve-{port}.log"), "w+", encoding="utf-8")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=err, stderr=err, text=True, start_new_session=True)
     watch = NvmlPeak(proc.pid).start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + limit

@@ -1,5 +1,5 @@
 // liblowbit_kernels_v2.so: the C ABI over libtorch for the second-generation decode kernels (lowbit_kernels_v2.cu):
-// the int4 GEMV v2 and the dense GEMV v2. lowbit_v2_gemv_supports comes straight from the .cu.
+// the int4 GEMV v2, the dense GEMV v2 and the int4 dequantize. lowbit_v2_gemv_supports comes straight from the .cu.
 // Built by build.sh apart from liblowbit_native.so, so that a failure here only takes these kernels away; the engine
 // loads it optionally from the folder of LOWBIT_NATIVE_LIB (NativeKernelsV2.cs). Tensors arrive as TorchSharp handles
 // (pointers to heap at::Tensor, as in lowbit_native.cpp). 0 on success, -1 on failure (lowbit_v2_last_error says why).
@@ -19,6 +19,7 @@ int lowbit_v2_gemv_supports(int, int);
 int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t, int, int, int, void*);
 int lowbit_v2_int4_max_batch();
 int lowbit_v2_int4_max_k();
+int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
 }
 
 namespace {
@@ -122,6 +123,35 @@ int lowbit_v2_gemv(void* x, void* weight, void* out) {
                                          static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "gemv v2: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch or K" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// out[N, K] (bf16/fp16, contiguous) = (q - z) * s of packed[N, K/2] with scales/zeros [N, K/group] (float16), computed
+// as the reference does (fp32, one rounding): the dense weight for cuBLAS when more rows than the GEMVs take.
+int lowbit_v2_int4_dequantize(void* packed, void* scales, void* zeros, int group, void* out) {
+  return guarded([&] {
+    auto& pt = T(packed);
+    auto& st = T(scales);
+    auto& zt = T(zeros);
+    auto& ot = T(out);
+    TORCH_CHECK(pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 dequantize: CUDA tensors only");
+    const c10::cuda::OptionalCUDAGuard device_guard(pt.device());
+    TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 dequantize: packed uint8 [N, K/2]");
+    const int64_t n = pt.size(0), k = pt.size(1) * 2;
+    TORCH_CHECK(k % 8 == 0 && group % 8 == 0 && k % group == 0, "int4 dequantize: group ", group, " must be a multiple of 8 dividing K=", k);
+    TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 dequantize: scales/zeros must be float16");
+    TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 dequantize: scales/zeros [N, K/group]");
+    TORCH_CHECK(ot.dim() == 2 && ot.size(0) == n && ot.size(1) == k && ot.is_contiguous() && aligned16(ot), "int4 dequantize: out [N, K] contiguous");
+    int dtype = -1;
+    switch (ot.scalar_type()) {
+      case at::kBFloat16: dtype = 0; break;
+      case at::kHalf: dtype = 1; break;
+      default: TORCH_CHECK(false, "int4 dequantize: unsupported dtype ", ot.scalar_type(), " (bfloat16, float16)");
+    }
+    const int rc = lowbit_launch_int4_dequantize_v2(dtype, pt.data_ptr(), st.data_ptr(), zt.data_ptr(), ot.data_ptr(), n, (int)k, group,
+                                                    static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "int4 dequantize: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
 }
 

@@ -6,6 +6,35 @@
 #include <vector>
 extern "C" int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t, int, int, int, void*);
 extern "C" int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, void*);
+extern "C" int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
+
+// The dense weight of the int4 dequantize kernel against the reference arithmetic (fp32 q - z, times s, one rounding to
+// the 16-bit type): bit-identical, every element written.
+int run_dequantize(int dtype, int n, int k, int group, int sms) {
+  g_sms = sms;
+  std::mt19937 rng(n * 7 + k + group);
+  std::uniform_int_distribution<int> code(0, 15);
+  std::normal_distribution<float> nd(0, 1);
+  const int G = k / group;
+  std::vector<int> q((size_t)n * k);
+  for (auto& v : q) v = code(rng);
+  std::vector<uint8_t> packed((size_t)n * k / 2);
+  for (size_t i = 0; i < packed.size(); i++) packed[i] = (uint8_t)(q[2 * i] | (q[2 * i + 1] << 4));
+  std::vector<__half> s((size_t)n * G), z((size_t)n * G);
+  for (size_t i = 0; i < s.size(); i++) { s[i] = __float2half(0.02f * nd(rng)); z[i] = __float2half(7.5f + nd(rng)); }
+  std::vector<unsigned short> out((size_t)n * k, 0xFFFF);
+  int rc = lowbit_launch_int4_dequantize_v2(dtype, packed.data(), s.data(), z.data(), out.data(), n, k, group, nullptr);
+  if (rc) { printf("dequantize n %d k %d: rc %d\n", n, k, rc); return 1; }
+  size_t wrong = 0;
+  for (int r = 0; r < n; r++) for (int i = 0; i < k; i++) {
+    const float sv = __half2float(s[(size_t)r * G + i / group]), zv = __half2float(z[(size_t)r * G + i / group]);
+    const float w = ((float)q[(size_t)r * k + i] - zv) * sv;
+    const unsigned short want = dtype == 0 ? __float2bfloat16(w).v : __float2half(w).v;
+    wrong += out[(size_t)r * k + i] != want;
+  }
+  printf("dequantize %s n %d k %d group %d sms %d: %zu of %zu differ\n", dtype == 0 ? "bf16" : "fp16", n, k, group, sms, wrong, out.size());
+  return wrong == 0 ? 0 : 1;
+}
 int run(int batch, int n, int k, int group, int sms, int xstride_extra) {
   g_sms = sms;
   std::mt19937 rng(n * 31 + k + batch);
@@ -88,6 +117,10 @@ int main() {
   f += run_dense(5, 6, 2048, 1, 0);
   f += run_dense(1, 5, 16384, 1, 0);
   f += run_dense(4, 7, 8192, 1, 0);
+  f += run_dequantize(0, 37, 256, 64, 2);
+  f += run_dequantize(1, 19, 384, 128, 1);
+  f += run_dequantize(0, 300, 4096, 64, 3);
+  f += lowbit_launch_int4_dequantize_v2(0, nullptr, nullptr, nullptr, nullptr, 8, 100, 32, nullptr) == -3 ? 0 : 1;
   // Not taken: 8 rows at K = 11008 (three chunks per thread), 9 rows, K over 16384.
   f += lowbit_launch_gemv_v2(0, nullptr, 0, nullptr, nullptr, 0, 1, 8, 28672, nullptr) == -3 ? 0 : 1;
   f += lowbit_launch_gemv_v2(0, nullptr, 0, nullptr, nullptr, 0, 8, 8, 11008, nullptr) == -3 ? 0 : 1;
