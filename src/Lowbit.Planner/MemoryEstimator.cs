@@ -98,6 +98,19 @@ public static class MemoryEstimator
     /// </summary>
     public static readonly ByteSize VllmNonTorch = ByteSize.FromGiB(1.79);
 
+    /// <summary>
+    /// lowbit serve's decode graphs beyond their static buffers: the cuBLAS workspace (32 MiB on Hopper, one per stream
+    /// that runs a GEMM) of the one stream every graph of a device is captured on, and the one memory pool the graphs
+    /// share (a decode step's temporaries, 16 MiB). Session 11 measured the engine before that: a stream from
+    /// libtorch's pool per graph and per kernel-selection capture held a workspace each, 0.63 GiB before the decode graphs
+    /// and 0.25 GiB more for 28 of them on the H100 (7B bf16, 2,048 × 8: ~32 MiB per stream, up to 33 streams), which is
+    /// why those measurements sit ~1 GiB above this model (docs/planner.md).
+    /// </summary>
+    public static readonly ByteSize LowbitGraphBuffers = ByteSize.FromMiB(48);
+
+    /// <summary>The 16-bit weight slice lowbit's int4 projections dequantize at once (the engine's <c>Int4Weight.DequantizeSliceBytes</c>).</summary>
+    public const double LowbitDequantizeSliceBytes = 64 << 20;
+
     /// <summary>vLLM CUDA graphs for the decode batch sizes it captures (not part of its profiled non-KV memory).</summary>
     public static readonly ByteSize VllmCudaGraphs = ByteSize.FromGiB(0.5);
 
@@ -229,6 +242,17 @@ public static class MemoryEstimator
             weights -= p.Embedding * w.Weights.EmbeddingBitsPerWeight / 8 / n;
         }
         var transient = PrefillTransient(m, w, tensorParallel, kind, deviceMemory) + LogitsBytes(m, w, kind);
+        if (w.Runtime == ServingRuntime.Lowbit && kind == DeviceKind.Gpu && !w.Weights.IsHighPrecision)
+        {
+            // A prefill (and a decode batch over the packed GEMVs) multiplies by 16-bit weights dequantized a slice of
+            // rows at a time (Int4Projection.DequantizedLinear). The slice exists during the gate/up projection, before
+            // the MLP's product tensor (intermediate × tokens, counted in the peak) does: it adds what it exceeds that by.
+            var gateUp = (double)m.IntermediateSize * (m.Mlp == MlpKind.Gated ? 2 : 1);
+            var qkv = (double)m.QueryDim + (2.0 * m.KvDim);
+            var slice = Math.Min(Math.Max(gateUp, qkv) * m.HiddenSize * 2 / tensorParallel, LowbitDequantizeSliceBytes);
+            var product = (double)PrefillTokens(w, deviceMemory, kind) * m.IntermediateSize * m.ExpertsPerToken * 2 / tensorParallel;
+            transient += Math.Max(0, slice - product);
+        }
         if (w.Runtime == ServingRuntime.Transformers)
         {
             // DynamicCache grows by torch.cat: one layer's old and new cache are alive together.
@@ -688,7 +712,8 @@ public static class MemoryEstimator
     /// <summary>
     /// What is not a tensor, per device. Context: a libtorch process (lowbit, transformers, training) 0.55 GiB;
     /// vLLM's profiled non-torch memory 1.79 GiB per GPU, doubled when tensor-parallel (NCCL and all-reduce
-    /// buffers), plus 0.5 GiB of CUDA graphs; llama.cpp 0.35 GiB; a CPU process 0.5 GiB. The caching allocator's
+    /// buffers), plus 0.5 GiB of CUDA graphs; lowbit serve's decode graphs (<see cref="LowbitGraphBuffers"/>);
+    /// llama.cpp 0.35 GiB; a CPU process 0.5 GiB. The caching allocator's
     /// reserve beyond live tensors: serving and quantizing allocate once (64 MiB + 1%); training churns activations
     /// and gradients every step (5% of those, 1% of the weights and optimizer state allocated once). vLLM
     /// pre-allocates its pool, so it has no reserve of its own.
@@ -722,6 +747,10 @@ public static class MemoryEstimator
         {
             context = TorchContext;
             reserve = ByteSize.FromMiB(64) + (tensors * 0.01);
+            if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Lowbit)
+            {
+                buffers = LowbitGraphBuffers;
+            }
 
             if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Transformers)
             {

@@ -64,14 +64,27 @@ public static class ThroughputModel
     };
 
     /// <summary>
-    /// The fastest a runtime reads (and dequantizes) packed weights in a decode step, bytes per second per device, or
-    /// infinity where its packed kernels are taken at the bandwidth (vLLM's Marlin, llama.cpp's). lowbit: 1.04 TB/s,
-    /// fitted on an H200, where the 7B shape in RTN int4 g64 decoded 232.6 tokens/s at batch 1, about its bf16 speed
-    /// with 31% of the bytes: its int4 GEMV is bound by its own instruction rate there, not by memory. Devices with
-    /// less usable bandwidth than that are taken as bandwidth bound. Refit after issue 13's int4 kernels.
+    /// The fastest a runtime reads (and dequantizes) packed weights in a one-row decode step, bytes per second per
+    /// device, or infinity where its packed kernels are taken at the bandwidth (vLLM's Marlin, llama.cpp's). lowbit:
+    /// 1.05 TB/s, its int4 GEMV being bound by its own instruction rate rather than by memory: the same 7B int4 g64 shape
+    /// decoded 254.9 tokens/s on the H200 and 309.8 on the H100 at batch 1 (session 11; 1.05 is within 20 % of both and
+    /// of the H200's 232.6 of run 3). Devices with less usable bandwidth than that are taken as bandwidth bound.
     /// </summary>
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
-        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.04e12 : double.PositiveInfinity;
+        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.05e12 : double.PositiveInfinity;
+
+    /// <summary>
+    /// The most decode rows lowbit's packed GEMVs serve (int4 v2: 1-4 rows); more rows dequantize each projection to
+    /// 16 bits (lowbit_kernels_v2.cu, int4_dequantize) and multiply with cuBLAS, which measured faster at 8 and 16 rows.
+    /// </summary>
+    public const int LowbitPackedGemvRows = 4;
+
+    /// <summary>
+    /// Time of a packed GEMV step at <paramref name="rows"/> rows relative to one row: every activation row adds work per
+    /// weight to an instruction-bound kernel, 30 % each (H200 kernel selection, int4 v2 12,288 × 4,096: 14.5, 18.9 and
+    /// 27.1 µs at 1, 2 and 4 rows; 22,016 × 4,096: 25.2, 33.5, 46.0).
+    /// </summary>
+    public static double PackedRowsFactor(int rows) => 1.0 + (0.3 * (Math.Max(1, rows) - 1));
 
     /// <summary>
     /// A pipeline boundary's cost per decode step, seconds: the hidden states of the batch handed to the next stage and
@@ -183,8 +196,24 @@ public static class ThroughputModel
         var kvRead = MemoryEstimator.KvBytesPerToken(m, w.KvCache, tensorParallel).Bytes * (w.ContextLength / 2.0) * w.Concurrency;
         var gpu = node.Kind != DeviceKind.Cpu;
         var bandwidth = node.MemoryBandwidthGBps * 1e9 * BandwidthEfficiency;
-        var weightRate = gpu ? Math.Min(bandwidth, PackedWeightBytesPerSecond(w.Runtime, w.Weights)) : bandwidth;
-        var memoryTime = (weights / tensorParallel / weightRate) + (kvRead / bandwidth);
+        double weightTime;
+        if (gpu && w.Runtime == ServingRuntime.Lowbit && !w.Weights.IsHighPrecision)
+        {
+            // The block linears (as touched by this batch) are packed; the embedding, head and norms are 16-bit.
+            var dense = MemoryEstimator.WeightBytes(p, w.Weights).Bytes - ((double)p.BlockLinear * w.Weights.LinearBitsPerWeight / 8);
+            var packed = weights - dense;
+            var linearWeights = packed * 8 / w.Weights.LinearBitsPerWeight;
+            weightTime = w.Concurrency <= LowbitPackedGemvRows
+                // The packed GEMVs, slower per row added; the 16-bit embedding and head at the bandwidth.
+                ? (packed * PackedRowsFactor(w.Concurrency) / Math.Min(bandwidth, PackedWeightBytesPerSecond(w.Runtime, w.Weights))) + (dense / bandwidth)
+                // Dequantize (read packed, write 16-bit), then cuBLAS reads the 16-bit weight: 4 bytes per weight more.
+                : (packed + (4.0 * linearWeights) + dense) / bandwidth;
+        }
+        else
+        {
+            weightTime = weights / (gpu ? Math.Min(bandwidth, PackedWeightBytesPerSecond(w.Runtime, w.Weights)) : bandwidth);
+        }
+        var memoryTime = (weightTime / tensorParallel) + (kvRead / bandwidth);
         var computeTime = 2.0 * p.Active * w.Concurrency / tensorParallel / (node.Bf16Tflops * 1e12 * DecodeComputeEfficiency);
         var communication = tensorParallel > 1 ? m.Layers * 2 * (node.Interconnect == Interconnect.NvLink ? 10e-6 : 30e-6) : 0;
         communication += (stages - 1) * PipelineBoundary(nodes > 1);

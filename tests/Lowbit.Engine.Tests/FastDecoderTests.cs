@@ -169,4 +169,22 @@ public class FastDecoderTests
         Assert.Equal(expected.data<float>().ToArray(), sliced.data<float>().ToArray());
         Assert.Equal(expected.to(ScalarType.BFloat16).to(ScalarType.Float32).data<float>().ToArray(), bf16.to(ScalarType.Float32).data<float>().ToArray());
     }
+
+    [Fact]
+    public void Does_multiply_by_a_4_bit_weight_a_slice_of_rows_at_a_time_as_by_the_whole_dense_weight()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(12);
+        using var q = Rtn.Quantize(randn(45, 128), new RtnOptions { Bits = 4, GroupSize = 32 });
+        using var packed = Int4Weight.From(q);
+        var x = randn(6, 128);
+        var bias = randn(45);
+        var whole = nn.functional.linear(x, q.Dequantize(), bias);
+
+        // 10 rows of 16-bit weight per slice (10 × 128 × 2 bytes): five slices, the last of 5 rows.
+        var sliced = Int4Projection.DequantizedLinear(x, packed, bias, sliceBytes: 10 * 128 * 2);
+
+        Assert.Equal(new long[] { 6, 45 }, sliced.shape);
+        Assert.True(sliced.allclose(whole, rtol: 1e-6, atol: 1e-6), $"max difference {(sliced - whole).abs().max().item<float>()}");
+    }
 }

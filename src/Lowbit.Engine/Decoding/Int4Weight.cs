@@ -123,6 +123,15 @@ public sealed record Int4Weight : IDisposable
         return result;
     }
 
+    /// <summary>Rows <c>[first, first + count)</c> as views of this weight's storage (disposing them leaves this weight intact).</summary>
+    public Int4Weight Rows(long first, long count) => new()
+    {
+        Packed = Packed.narrow(0, first, count),
+        Scales = Scales.narrow(0, first, count),
+        Zeros = Zeros.narrow(0, first, count),
+        GroupSize = GroupSize,
+    };
+
     /// <summary>The unpacked codes, uint8 <c>[out, in]</c>.</summary>
     public Tensor Codes()
     {

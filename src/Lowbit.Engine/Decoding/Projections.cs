@@ -242,8 +242,32 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             }
             return bias is null ? output : output.add_(bias, Scalars.One);
         }
-        using var dense = Weight.Dequantize(x.dtype);
-        return nn.functional.linear(x, dense, bias);
+        return DequantizedLinear(x, Weight, bias);
+    }
+
+    /// <summary>
+    /// <c>x · dequant(W)ᵀ + b</c> through 16-bit weights a slice of output rows at a time (at most
+    /// <see cref="Int4Weight.DequantizeSliceBytes"/> of dense weight at once): the prefill and the decode batches over the
+    /// packed GEMVs never hold a whole dense projection (a 70B's fused gate/up is 0.94 GB in 16 bits).
+    /// </summary>
+    public static Tensor DequantizedLinear(Tensor x, Int4Weight weight, Tensor? bias, long sliceBytes = Int4Weight.DequantizeSliceBytes)
+    {
+        var rows = weight.OutFeatures;
+        var slice = Math.Max(1, Math.Min(rows, sliceBytes / (weight.InFeatures * 2)));
+        if (slice == rows)
+        {
+            using var dense = weight.Dequantize(x.dtype);
+            return nn.functional.linear(x, dense, bias);
+        }
+        var output = empty([x.shape[0], rows], x.dtype, x.device);
+        for (var first = 0L; first < rows; first += slice)
+        {
+            using var scope = NewDisposeScope();
+            var count = Math.Min(slice, rows - first);
+            var part = weight.Rows(first, count).Dequantize(x.dtype);
+            output.narrow(1, first, count).copy_(nn.functional.linear(x, part, bias?.narrow(0, first, count)));
+        }
+        return output;
     }
 
     public override Projection MoveTo(Device device)

@@ -34,7 +34,6 @@ esac
 # Developer verbs (benchmarks, kernel self-check, fixture training) live in lowbit-engine-dev, published next to the
 # engine by bundle.sh; everything else is the shipped engine.
 case "${1:-}" in
-  # The v2 kernels (native/lowbit_kernels_v2.cu) are opt-in until validated on a GPU; the developer verbs try them.
-  bench-decode|bench-quant|bench-finetune|bench-kernels|selfcheck-kernels|train-fixture) export LOWBIT_KERNELS_V2="${LOWBIT_KERNELS_V2:-1}"; exec "$here/lowbit-engine-dev" "$@" ;;
+  bench-decode|bench-quant|bench-finetune|bench-kernels|selfcheck-kernels|train-fixture) exec "$here/lowbit-engine-dev" "$@" ;;
   *) exec "$here/lowbit-engine" "$@" ;;
 esac
