@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The driver for a `device` session (docs/gpu.md, "Plan for the next device session"). It runs on the device machine
+# from the repository root, with the GPU bundle carried in .gpu-carry/ (git-excluded):
+#   make engine-gpu-bundle && mkdir -p .gpu-carry && cp out/lowbit-engine-gpu-linux-x64.tar.xz .gpu-carry/
+#   run: command `bash tools/device-run.sh MODE [ARGS]`, carry [".gpu-carry"]
+# One mode per call (a refused or released machine loses nothing else); results go to $OUT, which comes back.
+#   check              kernel self-check only (~60 s with the native build)
+#   kernels            self-check, bench-kernels, bench.sh --layers 32 (issue 13: bf16/int4 batch 1/32 vs transformers)
+#   decode RUNS        self-check, then bench-decode on a random 7B (RUNS like graph:1,int4-graph:1,int4-graph:16)
+#   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
+#   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
+#   serve              bench-serve.sh --layers 32
+# SKIP_SELFCHECK=1 skips the self-check; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
+set -uo pipefail
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+bundle="$repo/.gpu-carry/lowbit-engine-gpu-linux-x64.tar.xz"
+[ -f "$bundle" ] || bundle="$repo/.gpu-carry/lowbit-engine-gpu.tar.xz"
+[ -d /tmp/b/lowbit-engine ] || { mkdir -p /tmp/b && tar -C /tmp/b -xJf "$bundle"; } || { echo "no bundle in .gpu-carry" >&2; exit 1; }
+cd /tmp/b/lowbit-engine; export PYTHONUNBUFFERED=1 TMPDIR=/tmp
+mode="${1:-check}"; shift || true
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader; date +%T
+
+selfcheck() {
+  [ "${SKIP_SELFCHECK:-}" = 1 ] && { echo "self-check skipped"; return; }
+  timeout 240 ./run.sh selfcheck-kernels > "$OUT/selfcheck.log" 2>&1; local rc=$?
+  echo "self-check rc=$rc, $(grep -c '"pass":true' "$OUT/selfcheck.log") passed"
+  grep '"pass":false' "$OUT/selfcheck.log" | cut -c1-250
+  grep -v '^{\|^|' "$OUT/selfcheck.log" | tail -3 | cut -c1-300
+  cp ~/.cache/lowbit-native/*/build.log "$OUT/native-build.log" 2>/dev/null
+  [ $rc -eq 0 ] || { export LOWBIT_KERNELS_V2=0; echo "v2 kernels off for the rest of this call"; }
+  date +%T
+}
+
+case "$mode" in
+  check) selfcheck ;;
+  kernels)
+    selfcheck
+    timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; tail -12 "$OUT/kernels.log" | cut -c1-250
+    timeout 420 ./bench.sh --layers 32 > "$OUT/bench.log" 2>&1; grep -v "kernel selection" "$OUT/bench.log" | grep -i "tokens/s\|error" | cut -c1-200 | tail -30
+    cp bench-results/* "$OUT/" 2>/dev/null ;;
+  decode)
+    selfcheck
+    m=/tmp/lowbit-calibrate-work/random-7b
+    [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
+    timeout 300 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 --new-tokens 128 --int4-group 64 \
+      --runs "${1:-eager:1,graph:1,graph:32,int4-graph:1,int4-graph:8,int4-graph:16}" > "$OUT/decode.jsonl" 2> "$OUT/decode.err"
+    echo "bench-decode rc=$?"; grep -v "kernel selection" "$OUT/decode.err" | tail -14 | cut -c1-300 ;;
+  calibrate)
+    t="${2:-420}"
+    timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1
+    grep -v "calibrate-progress\|Writing model" "$OUT/calibrate.log" | tail -16 | cut -c1-300
+    for f in /tmp/lowbit-calibrate-serve-*.log; do
+      [ -f "$f" ] || continue
+      echo "== $f"; grep -i "memory\|decode graphs\|warm-up\|rror" "$f" | cut -c1-300 | head -8; cp "$f" "$OUT/"
+    done ;;
+  finetune)
+    timeout 570 ./bench-finetune.sh --layers 32 --steps 8 --warmup 2 "$@" > "$OUT/finetune.log" 2>&1; tail -28 "$OUT/finetune.log"
+    cp /tmp/lowbit-bench/*.log /tmp/lowbit-bench/finetune.jsonl "$OUT/" 2>/dev/null ;;
+  serve)
+    selfcheck
+    timeout 240 ./bench-serve.sh --layers 32 > "$OUT/serve.log" 2>&1; tail -20 "$OUT/serve.log" ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, calibrate, finetune, serve)" >&2; exit 42 ;;
+esac
+date +%T
