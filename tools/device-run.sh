@@ -10,6 +10,8 @@
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
+#   profile [RUNS]     per-kernel device time inside the decode graphs (nsys --cuda-graph-trace=node, if the image has
+#                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
 # SKIP_SELFCHECK=1 skips the self-check; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -60,6 +62,18 @@ case "$mode" in
   serve)
     selfcheck
     timeout 240 ./bench-serve.sh --layers 32 > "$OUT/serve.log" 2>&1; tail -20 "$OUT/serve.log" ;;
-  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, calibrate, finetune, serve)" >&2; exit 42 ;;
+  profile)
+    m=/tmp/lowbit-calibrate-work/random-7b
+    [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
+    nsys="$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)"
+    if [ -z "$nsys" ]; then
+      echo "no nsys; profilers found:"; ls /usr/local/cuda*/bin 2>/dev/null | grep -i "nsys\|ncu\|nvprof\|cupti"; python3 -c "import torch.profiler; print('torch.profiler ok')"
+    else
+      timeout 400 "$nsys" profile --cuda-graph-trace=node --stats=true -o "$OUT/decode" --force-overwrite true \
+        ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 1 --new-tokens 64 --int4-group 64 \
+        --runs "${1:-graph:1,int4-graph:1}" > "$OUT/profile.log" 2>&1
+      echo "nsys rc=$?"; grep -A40 "cuda_gpu_kern_sum" "$OUT/profile.log" | cut -c1-220 | head -45
+    fi ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, calibrate, finetune, serve, profile)" >&2; exit 42 ;;
 esac
 date +%T
