@@ -79,7 +79,7 @@ public sealed class FastDecoder : IDisposable
     private readonly bool _multiDevice;
     private readonly DecodeKernels _kernels;
     private static readonly HashSet<string> LoggedChoices = [];
-    private readonly bool _graphs;
+    private bool _graphs;
     private readonly Layer[] _layers;
     private readonly Tensor _embed;
     private readonly Tensor _finalNorm;
@@ -280,6 +280,9 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>True when the native kernels run (fused norm/RoPE/SiLU, int4 GEMV).</summary>
     public bool UsesNativeKernels => _kernels.Native;
+
+    /// <summary>Why <see cref="CaptureServeGraphs"/> turned the graphs off (the capture failed), or null.</summary>
+    public string? GraphFailure { get; private set; }
 
     /// <summary>Seconds spent capturing graphs so far.</summary>
     public double CaptureSeconds { get; private set; }
@@ -512,14 +515,32 @@ public sealed class FastDecoder : IDisposable
         var lengths = Buckets(MaxLength, 64);
         batches.Reverse();
         lengths.Reverse();
-        foreach (var batch in batches)
+        try
         {
-            foreach (var length in lengths)
+            foreach (var batch in batches)
             {
-                RunPipeline(batch, length, serve: true, lora: false);
+                foreach (var length in lengths)
+                {
+                    RunPipeline(batch, length, serve: true, lora: false);
+                }
             }
+            Synchronize();
         }
-        Synchronize();
+        catch (InvalidOperationException e) when (e.Message.StartsWith("native ", StringComparison.Ordinal))
+        {
+            // A capture the native library refused (an op not allowed in a graph, a libtorch that changed its graph
+            // API): serve decodes eagerly with the same kernels instead of failing to start; the server logs why.
+            foreach (var graph in _captured.Values)
+            {
+                graph.Dispose();
+            }
+            _captured.Clear();
+            _graphPools.Clear();
+            _graphs = false;
+            GraphFailure = e.Message;
+            ClearSlots();
+            return 0;
+        }
         return _captured.Count - before;
     }
 

@@ -106,6 +106,10 @@ public sealed class LoadedModel : IDisposable
             {
                 log($"decode graphs: {batch.GraphSummary()} (every batch × length bucket, before the first request)");
             }
+            else if (batch.Decoder.GraphFailure is { } failure)
+            {
+                log($"decode graphs: capture failed ({failure}); decoding without CUDA graphs, with the same kernels: slower per token at small batches");
+            }
             if (cudaIndex >= 0 && CudaMemory.Stats(cudaIndex) is { } built && CudaMemory.EmptyCache())
             {
                 // The pre-fusion weights (and a quantized model's replaced dense linears) were freed into the caching
