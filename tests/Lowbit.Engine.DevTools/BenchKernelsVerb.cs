@@ -11,7 +11,9 @@ namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// Hidden <c>bench-kernels [--device cuda|cpu] [--shapes 7b|tiny] [--rows 1,2,4,8,16,32] [--groups 64,128]
-/// [--iterations 50] [--dtype bfloat16]</c>: the decode step's kernels one by one. For each projection shape (7B: QKV
+/// [--iterations 50] [--dtype bfloat16] [--warm]</c>: the decode step's kernels one by one, each with the L2 cache
+/// flushed before the call (as in the decode step, where a layer's weights were last read a whole model ago) unless
+/// <c>--warm</c>. For each projection shape (7B: QKV
 /// 12288×4096, O 4096×4096, gate/up 22016×4096, down 4096×11008, lm_head 32000×4096) and rows, every kernel a decode
 /// projection can run (<see cref="ProjectionKernel"/>: <c>linear</c> = cuBLAS, the native GEMVs v1 and v2, the int4 GEMVs v1 and v2,
 /// dequantize + <c>linear</c>), then attention at context 256, RMSNorm, RoPE, SiLU·mul at 1 and 32 rows, and a device copy.
@@ -75,7 +77,15 @@ public static class BenchKernelsVerb
         IKernelTimer timer = native
             ? new GraphKernelTimer(TimeProvider.System) { Calls = 10, Replays = Math.Max(1, (iterations + 9) / 10) }
             : new StopwatchKernelTimer(TimeProvider.System, device) { Iterations = iterations };
-        var timing = native ? "cuda-graph" : "stopwatch";
+        // Cold by default, as the decode step runs a projection (and as kernel selection now times it): 256 MiB written
+        // before each call evicts the L2; --warm times calls back to back (weights under ~50 MB then come from the L2).
+        var cold = native && !args.Contains("--warm");
+        using var flushBuffer = cold ? empty([256L << 20], ScalarType.Byte, device) : null;
+        if (flushBuffer is not null)
+        {
+            timer = new ColdCacheKernelTimer(timer, () => flushBuffer.zero_());
+        }
+        var timing = native ? (cold ? "cuda-graph, L2 flushed before each call" : "cuda-graph, warm L2") : "stopwatch";
         var common = new Dictionary<string, object>
         {
             ["device"] = cuda ? "cuda" : "cpu", ["dtype"] = ModelIo.DtypeName(dtype), ["timing"] = timing, ["iterations"] = iterations,

@@ -185,6 +185,58 @@ public class KernelSelectionTests
         public override void Dispose() => weight.Dispose();
     }
 
+    [Fact]
+    public void Does_time_calls_after_a_cache_flush_and_subtract_the_flush_measured_once()
+    {
+        var flushes = 0;
+        var calls = 0;
+        // Each timed action runs once; its cost is 30 µs per flush it did plus 7 µs per call.
+        var inner = new CountingTimer(() => (flushes, calls), (f, c) => (30.0 * f) + (7.0 * c));
+        var timer = new ColdCacheKernelTimer(inner, () => flushes++);
+
+        var first = timer.MicrosecondsPerCall(() => calls++);
+        var second = timer.MicrosecondsPerCall(() => calls++);
+
+        Assert.Equal(7.0, first, 6);
+        Assert.Equal(7.0, second, 6);
+        // The flush alone once, then flush + call twice: three timings, three flushes.
+        Assert.Equal(3, inner.Timings);
+        Assert.Equal(3, flushes);
+        Assert.Equal(2, calls);
+    }
+
+    [Fact]
+    public void Does_not_report_a_call_cheaper_than_the_floor_when_the_flush_noise_hides_it()
+    {
+        var noisy = new Queue<double>([40.0, 38.5]);   // the flush alone, then flush + call: less than the flush
+        var timer = new ColdCacheKernelTimer(new ScriptedTimer(noisy), () => { });
+
+        Assert.Equal(ColdCacheKernelTimer.MinimumMicroseconds, timer.MicrosecondsPerCall(() => { }));
+    }
+
+    private sealed class CountingTimer(Func<(int Flushes, int Calls)> counts, Func<int, int, double> cost) : IKernelTimer
+    {
+        public int Timings { get; private set; }
+
+        public double MicrosecondsPerCall(Action call)
+        {
+            Timings++;
+            var (flushes, calls) = counts();
+            call();
+            var (afterFlushes, afterCalls) = counts();
+            return cost(afterFlushes - flushes, afterCalls - calls);
+        }
+    }
+
+    private sealed class ScriptedTimer(Queue<double> answers) : IKernelTimer
+    {
+        public double MicrosecondsPerCall(Action call)
+        {
+            call();
+            return answers.Dequeue();
+        }
+    }
+
     /// <summary>Runs the call once and answers 10 µs for the projection's fastest kernel, 50 µs for any other.</summary>
     private sealed class LastKernelTimer(IReadOnlyList<FakeProjection> projections) : IKernelTimer
     {

@@ -173,6 +173,33 @@ public sealed class GraphKernelTimer(TimeProvider time) : IKernelTimer
     }
 }
 
+/// <summary>
+/// Times each call after <paramref name="flush"/> has evicted the GPU's L2 cache (the flush's own time, measured once,
+/// subtracted), as Triton's <c>do_bench</c> does: a decode step reads every layer's weights once per token, gigabytes
+/// between two reads of one projection, so a projection runs with its weight cold. Timed back to back instead, a weight
+/// that fits the 50 MB L2 of an H100 or H200 (a 7B's 4,096 × 4,096 bf16 projection, any int4 one up to 12,288 × 4,096)
+/// is read from the cache: bench-kernels measured such shapes above the memory's bandwidth (5 TB/s), and kernel
+/// selection chose on those numbers.
+/// </summary>
+public sealed class ColdCacheKernelTimer(IKernelTimer inner, Action flush) : IKernelTimer
+{
+    /// <summary>The least a call is taken to cost (when the difference is lost in the noise of the flush).</summary>
+    public const double MinimumMicroseconds = 0.5;
+
+    private double? _flush;
+
+    public double MicrosecondsPerCall(Action call)
+    {
+        _flush ??= inner.MicrosecondsPerCall(flush);
+        var both = inner.MicrosecondsPerCall(() =>
+        {
+            flush();
+            call();
+        });
+        return Math.Max(MinimumMicroseconds, both - _flush.Value);
+    }
+}
+
 /// <summary>Time per call from <see cref="Iterations"/> eager calls after a warm-up, between device synchronizations (host launch cost included).</summary>
 public sealed class StopwatchKernelTimer(TimeProvider time, Device device) : IKernelTimer
 {
