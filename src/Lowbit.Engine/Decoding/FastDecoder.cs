@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Numerics;
+using System.Runtime.InteropServices;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Network;
 using TorchSharp;
@@ -564,10 +565,11 @@ public sealed class FastDecoder : IDisposable
             }
             Synchronize();
         }
-        catch (InvalidOperationException e) when (e.Message.StartsWith("native ", StringComparison.Ordinal))
+        catch (Exception e) when (e is ExternalException || (e is InvalidOperationException && e.Message.StartsWith("native ", StringComparison.Ordinal)))
         {
-            // A capture the native library refused (an op not allowed in a graph, a libtorch that changed its graph
-            // API): serve decodes eagerly with the same kernels instead of failing to start; the server logs why.
+            // A capture the native library or libtorch refused (an op not allowed while a stream captures, a libtorch
+            // that changed its graph API, no memory left for the graphs' pool): serve decodes eagerly with the same
+            // kernels instead of failing to start, the graphs' memory given back; the server logs why.
             foreach (var graph in _captured.Values)
             {
                 graph.Dispose();
