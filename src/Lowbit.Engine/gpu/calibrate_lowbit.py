@@ -210,8 +210,17 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
             raise RuntimeError(f"{len(errors)} requests failed: {errors[0]}")
         time.sleep(0.3)
         err.seek(0)
-        # The engine's own allocator report at ready (CudaMemory: live vs cached), when liblowbit_memory.so built.
-        allocator = next((line for line in err.read().splitlines() if "memory at ready:" in line), None)
+        # The engine's own allocator reports (CudaMemory: live vs cached, when liblowbit_memory.so built): before the
+        # decode graphs, after them (load), at ready; JSON log lines, keyed by their label.
+        allocator = {}
+        for line in err.read().splitlines():
+            for label, key in (("memory before graphs:", "engineMemoryBeforeGraphs"), ("memory after load:", "engineMemoryAfterLoad"),
+                               ("memory at ready:", "engineMemoryAtReady")):
+                if label in line and key not in allocator:
+                    try:
+                        allocator[key] = json.loads(line).get("message", line) if line.startswith("{") else line
+                    except ValueError:
+                        allocator[key] = line
         return watch.stop(), ready_peak, allocator
     finally:
         if proc.poll() is None:
@@ -303,7 +312,7 @@ def main():
                 name = f"cal-lowbit-serve-{shape}-{weights}-ctx{a}-b{b}"
                 emit(args.out, dict(base, id=f"{name}-nvml", mode="inference", context=a, batch=b, prefillChunk=PREFILL_BUDGET, measure="nvml",
                                     value=round(peak, 4), readyPeakGiB=round(ready, 4),
-                                    **({"engineMemoryAtReady": json.loads(allocator).get("message", allocator)} if allocator and allocator.startswith("{") else {})))
+                                    **allocator))
             else:
                 checkpointing = point[5]
                 method = "lora" if weights == "bf16" else "qlora"
