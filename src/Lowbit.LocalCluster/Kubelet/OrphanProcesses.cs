@@ -17,11 +17,24 @@ public static partial class OrphanProcesses
 {
     public const string FileName = "pid";
 
-    /// <summary>Records a started process in <paramref name="path"/>.</summary>
+    /// <summary>
+    /// Records a started process in <paramref name="path"/>. A process that has already exited (a container like
+    /// <c>echo</c> can be gone and reaped before this runs) leaves nothing to orphan and is not recorded: its start time
+    /// can no longer be read.
+    /// </summary>
     public static void Record(string path, Process process)
     {
         ArgumentNullException.ThrowIfNull(process);
-        File.WriteAllText(path, string.Create(CultureInfo.InvariantCulture, $"{process.Id} {process.StartTime.ToUniversalTime().Ticks}\n"));
+        long startTicks;
+        try
+        {
+            startTicks = process.StartTime.ToUniversalTime().Ticks;
+        }
+        catch (InvalidOperationException)
+        {
+            return;
+        }
+        File.WriteAllText(path, string.Create(CultureInfo.InvariantCulture, $"{process.Id} {startTicks}\n"));
     }
 
     /// <summary>Kills the processes recorded under <paramref name="executorDirectory"/> that still run; removes every pid file. Returns the pids killed.</summary>
