@@ -7,12 +7,14 @@
 #   check              kernel self-check only (~60 s with the native build)
 #   kernels            self-check, bench-kernels, bench.sh --layers 32 (issue 13: bf16/int4 batch 1/32 vs transformers)
 #   decode RUNS        self-check, then bench-decode on a random 7B (RUNS like graph:1,int4-graph:1,int4-graph:16)
+#   attention [RUNS]   self-check, then bench-decode with SDPA and with the native decode attention, same RUNS
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
 #   profile [RUNS]     per-kernel device time inside the decode graphs (nsys --cuda-graph-trace=node, if the image has
 #                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
 # SKIP_SELFCHECK=1 skips the self-check; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
+# ATTENTION=native runs the decode modes with the native decode attention (LOWBIT_DECODE_ATTENTION=native), opt-in.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +22,7 @@ bundle="$repo/.gpu-carry/lowbit-engine-gpu-linux-x64.tar.xz"
 [ -f "$bundle" ] || bundle="$repo/.gpu-carry/lowbit-engine-gpu.tar.xz"
 [ -d /tmp/b/lowbit-engine ] || { mkdir -p /tmp/b && tar -C /tmp/b -xJf "$bundle"; } || { echo "no bundle in .gpu-carry" >&2; exit 1; }
 cd /tmp/b/lowbit-engine; export PYTHONUNBUFFERED=1 TMPDIR=/tmp
+[ "${ATTENTION:-}" = native ] && export LOWBIT_DECODE_ATTENTION=native
 mode="${1:-check}"; shift || true
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader; date +%T
 
@@ -30,7 +33,12 @@ selfcheck() {
   grep '"pass":false' "$OUT/selfcheck.log" | cut -c1-250
   grep -v '^{\|^|' "$OUT/selfcheck.log" | tail -3 | cut -c1-300
   cp ~/.cache/lowbit-native/*/build.log "$OUT/native-build.log" 2>/dev/null
-  [ $rc -eq 0 ] || { export LOWBIT_KERNELS_V2=0; echo "v2 kernels off for the rest of this call"; }
+  # A failed GEMV/dequantize check turns the v2 kernels off; a failed decode attention check (opt-in) only that.
+  if grep '"pass":false' "$OUT/selfcheck.log" | grep -qv "decode attention" || { [ $rc -ne 0 ] && ! grep -q '"pass":false' "$OUT/selfcheck.log"; }; then
+    export LOWBIT_KERNELS_V2=0; echo "v2 kernels off for the rest of this call"
+  elif grep '"pass":false' "$OUT/selfcheck.log" | grep -q "decode attention"; then
+    export LOWBIT_DECODE_ATTENTION=sdpa; echo "native decode attention failed its check: SDPA for the rest of this call"
+  fi
   date +%T
 }
 
@@ -48,6 +56,18 @@ case "$mode" in
     timeout 300 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 --new-tokens 128 --int4-group 64 \
       --runs "${1:-eager:1,graph:1,graph:32,int4-graph:1,int4-graph:8,int4-graph:16}" > "$OUT/decode.jsonl" 2> "$OUT/decode.err"
     echo "bench-decode rc=$?"; grep -v "kernel selection" "$OUT/decode.err" | tail -14 | cut -c1-300 ;;
+  attention)
+    selfcheck
+    m=/tmp/lowbit-calibrate-work/random-7b
+    [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
+    for a in sdpa native; do
+      LOWBIT_DECODE_ATTENTION=$a timeout 250 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
+        --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,graph:32,int4-graph:1}" > "$OUT/decode-$a.jsonl" 2> "$OUT/decode-$a.err"
+      echo "attention $a: rc=$?"; grep "differs" "$OUT/decode-$a.err" | cut -c1-200
+      python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-$a.jsonl"
+    done ;;
   calibrate)
     t="${2:-420}"
     timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1
@@ -74,6 +94,6 @@ case "$mode" in
         --runs "${1:-graph:1,int4-graph:1}" > "$OUT/profile.log" 2>&1
       echo "nsys rc=$?"; grep -A40 "cuda_gpu_kern_sum" "$OUT/profile.log" | cut -c1-220 | head -45
     fi ;;
-  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, calibrate, finetune, serve, profile)" >&2; exit 42 ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, calibrate, finetune, serve, profile)" >&2; exit 42 ;;
 esac
 date +%T

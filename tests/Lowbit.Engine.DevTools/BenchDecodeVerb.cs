@@ -167,7 +167,7 @@ internal static class BenchDecodeVerb
         double captureSeconds = 0, prepareSeconds = 0, kernelSeconds = 0;
         string[] kernelChoices = [];
         int graphs = 0;
-        bool nativeKernels = false, usesGraphs = false, rowsIdentical = true;
+        bool nativeKernels = false, usesGraphs = false, nativeAttention = false, rowsIdentical = true;
         float[]? prefillLogits = null;
         string[]? shardLines = null, memory = null;
         if (run.Mode == "eager")
@@ -209,6 +209,7 @@ internal static class BenchDecodeVerb
             kernelChoices = decoder.KernelChoices.Select(c => $"{c.Shape} rows {c.Rows}: {KernelSelector.Name(c.Chosen)}").ToArray();
             nativeKernels = decoder.UsesNativeKernels;
             usesGraphs = decoder.UsesGraphs;
+            nativeAttention = decoder.UsesNativeAttention;
             var prompts = Enumerable.Range(0, run.Batch).Select(_ => (IReadOnlyList<int>)context.Prompt).ToList();
             for (var r = 0; r <= context.Repeats; r++)
             {
@@ -289,6 +290,7 @@ internal static class BenchDecodeVerb
             line["graphs"] = graphs;
             line["nativeKernels"] = nativeKernels;
             line["cudaGraphs"] = usesGraphs;
+            line["attention"] = nativeAttention ? "native" : "sdpa";
             line["rowsIdentical"] = rowsIdentical;
             var sameKernels = run.Mode is "graph" ? "native" : run.Mode is "graph-cublas" ? "native-cublas" : null;
             if (sameKernels is not null && context.TokensByRun.TryGetValue($"{weights}/{sameKernels}", out var eagerTokens) && tokens is not null)

@@ -166,6 +166,42 @@ internal static class SelfCheckKernelsVerb
                     ["relativeError"] = differing / (double)native.numel(), ["allWritten"] = native.isfinite().all().item<bool>(), ["pass"] = pass,
                 }));
             }
+            // The decode attention (opt-in, LOWBIT_DECODE_ATTENTION=native): rows at different positions (one past the
+            // length bucket), grouped heads, head dims 128 and 64, a query that is a narrow of the fused q/k/v output, fp16;
+            // against a float64 softmax over each row's visible positions.
+            foreach (var (batch, heads, kvHeads, headDim, slots, maxLength, length, dtype) in new[]
+            {
+                (1, 32, 32, 128, 1, 2049, 256, bf16), (4, 32, 8, 128, 8, 4097, 4096, bf16), (3, 8, 2, 64, 4, 300, 128, bf16),
+                (32, 32, 32, 128, 32, 513, 512, bf16), (2, 16, 4, 128, 2, 1025, 1024, ScalarType.Float16),
+            })
+            {
+                if (!NativeKernelsV2.AttentionSupports(batch, heads, kvHeads, headDim, length))
+                {
+                    failed++;
+                    stderr.WriteLine($"selfcheck-kernels: decode attention not available for D={headDim} group {heads / kvHeads}");
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                var keys = randn([slots, maxLength, kvHeads, headDim], dtype, device);
+                var values = randn([slots, maxLength, kvHeads, headDim], dtype, device);
+                var fused = randn([batch, (heads + (2 * kvHeads)) * headDim], dtype, device);
+                var q = fused.narrow(1, 0, heads * headDim);
+                var positions = tensor(Enumerable.Range(0, batch).Select(b => b == batch - 1 ? (long)length + 5 : (b * 37L) % length).ToArray(), device: device);
+                var output = full([batch, heads * headDim], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.DecodeAttention(q, keys, values, positions, length, output);
+                var reference = zeros([batch, heads * headDim], ScalarType.Float64, device);
+                var group = heads / kvHeads;
+                for (var b = 0; b < batch; b++)
+                {
+                    var attend = (int)Math.Min(positions[b].item<long>(), length - 1) + 1;
+                    var k = keys[b].narrow(0, 0, attend).to(ScalarType.Float64).repeat_interleave(group, 1).transpose(0, 1);   // [heads, attend, D]
+                    var v = values[b].narrow(0, 0, attend).to(ScalarType.Float64).repeat_interleave(group, 1).transpose(0, 1);
+                    var qb = q[b].to(ScalarType.Float64).view(heads, 1, headDim);
+                    var weights = qb.matmul(k.transpose(1, 2)).div(Math.Sqrt(headDim)).softmax(-1);
+                    reference[b].copy_(weights.matmul(v).view(heads * headDim));
+                }
+                Report($"decode attention {(dtype == bf16 ? "bf16" : "fp16")} B={batch} heads={heads}/{kvHeads} D={headDim} length={length}", output, reference);
+            }
             // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to four chunks per
             // thread (512 threads × 8 values each), N not a multiple of the tile, a padded activation stride, float16. A
             // (rows, K) the kernel does not take (a 70B's down projection, K = 28,672) is not launched: the engine asks

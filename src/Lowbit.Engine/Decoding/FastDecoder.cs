@@ -120,6 +120,8 @@ public sealed class FastDecoder : IDisposable
         var native = cuda && options.UseNativeKernels && NativeKernels.Available;
         _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv };
         _graphs = cuda && options.UseGraphs && NativeKernels.Available;
+        UsesNativeAttention = cuda && native && Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionEnv) == "native"
+            && NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1);
         _heads = _config.NumAttentionHeads;
         _kvHeads = _config.NumKeyValueHeads;
         _headDim = _config.HeadDim;
@@ -319,6 +321,13 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>True when the native kernels run (fused norm/RoPE/SiLU, int4 GEMV).</summary>
     public bool UsesNativeKernels => _kernels.Native;
+
+    /// <summary>
+    /// True when the decode step's attention runs the native decode attention (<see cref="NativeKernelsV2.DecodeAttention"/>)
+    /// instead of SDPA: opt-in with <c>LOWBIT_DECODE_ATTENTION=native</c> until measured on a GPU, and only for the
+    /// shapes it takes. Prefill attention stays SDPA.
+    /// </summary>
+    public bool UsesNativeAttention { get; }
 
     /// <summary>Why <see cref="CaptureServeGraphs"/> turned the graphs off (the capture failed), or null.</summary>
     public string? GraphFailure { get; private set; }
@@ -807,6 +816,13 @@ public sealed class FastDecoder : IDisposable
         {
             _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
             _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
+            if (UsesNativeAttention)
+            {
+                // Straight from the cache at each row's position: no transposed views, mask or per-kv-head query views.
+                var output = empty([batch, _heads * _headDim], _dtype, device);
+                NativeKernelsV2.DecodeAttention(q, _keys[layer], _values[layer], positions, length, output);
+                return output;
+            }
             // Grouped-query heads without repeating the cache: each kv head's query group is the "query length" of
             // its attention ([batch, kv_heads, group, d] against [batch, kv_heads, length, d]); the mask broadcasts.
             var keys = _keys[layer].narrow(0, 0, batch).narrow(1, 0, length).transpose(1, 2);

@@ -31,6 +31,8 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<int, int, int> _gemvSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int> _gemv;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Dequantize;
+    private static delegate* unmanaged<int, int, int, int, int, int> _attentionSupports;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
 
     /// <summary>True when the library is loaded.</summary>
     public static bool Available
@@ -82,6 +84,32 @@ public static unsafe class NativeKernelsV2
     {
         Require();
         Check(_int4Dequantize(packed.Handle, scales.Handle, zeros.Handle, groupSize, output.Handle), "int4 dequantize");
+    }
+
+    /// <summary>
+    /// Set to <c>native</c> to run the decode step's attention through <see cref="DecodeAttention"/> instead of SDPA
+    /// (opt-in until measured against SDPA on a GPU: docs/gpu.md).
+    /// </summary>
+    public const string AttentionEnv = "LOWBIT_DECODE_ATTENTION";
+
+    /// <summary>True when the decode attention is loaded and takes this shape (head dim 64 or 128, 1-8 query heads per kv head).</summary>
+    public static bool AttentionSupports(long rows, long heads, long kvHeads, long headDim, long length) =>
+        Available && _attentionSupports != null && rows is >= 1 and <= int.MaxValue && length is >= 1 and <= int.MaxValue
+        && _attentionSupports((int)rows, (int)heads, (int)kvHeads, (int)headDim, (int)length) == 1;
+
+    /// <summary>
+    /// <paramref name="output"/> <c>[B, heads·D]</c> = softmax(q·Kᵀ/√D)·V over slots <c>0..B−1</c> of the cache
+    /// <c>[slots, max, kv_heads, D]</c>, row b attending positions <c>0..min(positions[b], length − 1)</c> (the decode
+    /// step's SDPA with its additive mask, in one pass per row and kv head, split over the positions).
+    /// </summary>
+    public static void DecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor positions, int length, Tensor output)
+    {
+        Require();
+        if (_attention == null)
+        {
+            throw new InvalidOperationException("native decode attention unavailable: the v2 library lacks it");
+        }
+        Check(_attention(q.Handle, keys.Handle, values.Handle, positions.Handle, length, output.Handle), "decode attention");
     }
 
     private static void Require()
@@ -138,6 +166,12 @@ public static unsafe class NativeKernelsV2
                 _gemv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int>)gemv;
                 _gemvSupports = (delegate* unmanaged<int, int, int>)gemvSupports;
                 _int4Dequantize = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int>)int4Dequantize;
+                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_decode_attention", out var attention)
+                    && NativeLibrary.TryGetExport(handle, "lowbit_v2_attention_supports", out var attentionSupports))
+                {
+                    _attention = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)attention;
+                    _attentionSupports = (delegate* unmanaged<int, int, int, int, int, int>)attentionSupports;
+                }
                 _lastError = (delegate* unmanaged<IntPtr>)lastError;
                 _status = $"loaded {path}";
             }

@@ -1,5 +1,5 @@
 // liblowbit_kernels_v2.so: the C ABI over libtorch for the second-generation decode kernels (lowbit_kernels_v2.cu):
-// the int4 GEMV v2, the dense GEMV v2 and the int4 dequantize. lowbit_v2_gemv_supports comes straight from the .cu.
+// the int4 GEMV v2, the dense GEMV v2, the int4 dequantize and the decode attention. lowbit_v2_gemv_supports comes straight from the .cu.
 // Built by build.sh apart from liblowbit_native.so, so that a failure here only takes these kernels away; the engine
 // loads it optionally from the folder of LOWBIT_NATIVE_LIB (NativeKernelsV2.cs). Tensors arrive as TorchSharp handles
 // (pointers to heap at::Tensor, as in lowbit_native.cpp). 0 on success, -1 on failure (lowbit_v2_last_error says why).
@@ -20,6 +20,9 @@ int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t
 int lowbit_v2_int4_max_batch();
 int lowbit_v2_int4_max_k();
 int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
+int lowbit_v2_attention_splits(int, int, int, int, int);
+int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, int64_t,
+                                      float*, int, int, int, int, int, int, int, void*);
 }
 
 namespace {
@@ -151,6 +154,50 @@ int lowbit_v2_int4_dequantize(void* packed, void* scales, void* zeros, int group
     const int rc = lowbit_launch_int4_dequantize_v2(dtype, pt.data_ptr(), st.data_ptr(), zt.data_ptr(), ot.data_ptr(), n, (int)k, group,
                                                     static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "int4 dequantize: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// out[B, H·D] = attention of q[B, H·D] (unit inner stride) over rows 0..B-1 of the cache keys/values
+// [slots, max_len, kv_heads, D] (contiguous), row b attending positions 0..min(positions[b], length - 1); 1 when the
+// shape is taken (lowbit_v2_attention_supports), the fp32 workspace allocated here (from the capture's pool in a graph).
+int lowbit_v2_attention_supports(int batch, int heads, int kv_heads, int head_dim, int length) {
+  return kv_heads > 0 && heads % kv_heads == 0 && lowbit_v2_attention_splits(batch, kv_heads, heads / kv_heads, head_dim, length) > 0 ? 1 : 0;
+}
+
+int lowbit_v2_decode_attention(void* q, void* keys, void* values, void* positions, int length, void* out) {
+  return guarded([&] {
+    auto& qt = T(q);
+    auto& kt = T(keys);
+    auto& vt = T(values);
+    auto& pt = T(positions);
+    auto& ot = T(out);
+    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
+    const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
+    TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "decode attention: keys/values [slots, max_len, kv_heads, D] contiguous");
+    const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
+    TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.sizes() == qt.sizes(), "decode attention: q and out [B, heads·D], unit inner stride");
+    TORCH_CHECK(qt.size(1) % d == 0, "decode attention: q width ", qt.size(1), " is not a multiple of D=", d);
+    const int64_t batch = qt.size(0), heads = qt.size(1) / d;
+    TORCH_CHECK(batch <= kt.size(0) && length >= 1 && length <= max_len, "decode attention: batch ", batch, " of ", kt.size(0), " slots, length ", length, " of ", max_len);
+    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "decode attention: positions int64 [B]");
+    TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), "decode attention: dtypes differ");
+    TORCH_CHECK(heads % kv_heads == 0, "decode attention: ", heads, " heads over ", kv_heads, " kv heads");
+    const int group = (int)(heads / kv_heads);
+    const int splits = lowbit_v2_attention_splits((int)batch, (int)kv_heads, group, (int)d, length);
+    TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");
+    int dtype = -1;
+    switch (kt.scalar_type()) {
+      case at::kBFloat16: dtype = 0; break;
+      case at::kHalf: dtype = 1; break;
+      default: TORCH_CHECK(false, "decode attention: unsupported dtype ", kt.scalar_type(), " (bfloat16, float16)");
+    }
+    auto work = at::empty({batch * heads * splits * (d + 2)}, kt.options().dtype(at::kFloat));
+    const int rc = lowbit_launch_decode_attention_v2(dtype, qt.data_ptr(), qt.stride(0), kt.data_ptr(), vt.data_ptr(), pt.data_ptr<int64_t>(),
+                                                     ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), (int)batch, (int)kv_heads, group,
+                                                     (int)d, (int)max_len, length, splits,
+                                                     static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
 }

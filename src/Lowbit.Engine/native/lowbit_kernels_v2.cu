@@ -486,6 +486,156 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
   return (int)cudaGetLastError();
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// decode_attention: one query token per head against a slot's cached keys and values (the serve/bench decode step),
+// opt-in (LOWBIT_DECODE_ATTENTION=native) until measured against SDPA on a GPU. Row b attends positions
+// 0..min(pos[b], L - 1) of its slot in the cache [slots, max_len, kv_heads, D]; query head h uses kv head h / G
+// (G = heads / kv_heads). Flash-decoding in two passes: pass 1 splits each (row, kv head)'s positions into `splits`
+// ranges, one 128-thread block each; each warp walks every 4th position with an online softmax per query head of the
+// group (a lane holds D / 32 elements of q, k, v and the accumulator), the 4 warps merge in shared memory, and the
+// block writes (max, sum, acc[D]) in fp32 to a workspace. Pass 2 merges the splits per (row, head) into the output.
+constexpr int kAttnThreads = 128;
+constexpr int kAttnWarps = kAttnThreads / 32;
+constexpr int kAttnMaxGroup = 8;
+
+template <typename T, int D>
+__device__ __forceinline__ void load_row(const T* __restrict__ p, int lane, float (&v)[D / 32]) {
+#pragma unroll
+  for (int i = 0; i < D / 32; i++) v[i] = Cvt2<T>::f(p[lane * (D / 32) + i]);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kAttnThreads) decode_attention_split_kernel(
+    const T* __restrict__ q, int64_t q_stride, const T* __restrict__ keys, const T* __restrict__ values,
+    const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length, int splits, float scale,
+    float* __restrict__ work) {
+  constexpr int E = D / 32;
+  __shared__ float merge_m[kAttnWarps][kAttnMaxGroup];
+  __shared__ float merge_l[kAttnWarps][kAttnMaxGroup];
+  __shared__ float merge_acc[kAttnWarps][kAttnMaxGroup][D];
+  const int block = blockIdx.x;
+  const int split = block % splits;
+  const int kvh = (block / splits) % kv_heads;
+  const int b = block / (splits * kv_heads);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int64_t pos = positions[b];
+  if (pos > length - 1) pos = length - 1;
+  if (pos < 0) pos = 0;
+  const int attend = (int)pos + 1;
+  const int chunk = (length + splits - 1) / splits;
+  const int start = split * chunk;
+  const int end = start + chunk < attend ? start + chunk : attend;
+  const int heads = kv_heads * group;
+
+  float qv[kAttnMaxGroup][E];
+  float m[kAttnMaxGroup], l[kAttnMaxGroup], acc[kAttnMaxGroup][E];
+#pragma unroll
+  for (int g = 0; g < kAttnMaxGroup; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < E; i++) {
+      acc[g][i] = 0.f;
+      qv[g][i] = 0.f;
+    }
+    if (g < group) {
+      load_row<T, D>(q + b * q_stride + (int64_t)(kvh * group + g) * D, lane, qv[g]);
+#pragma unroll
+      for (int i = 0; i < E; i++) qv[g][i] *= scale;
+    }
+  }
+  const int64_t row_base = ((int64_t)b * max_len) * kv_heads + kvh;
+  for (int j = start + warp; j < end; j += kAttnWarps) {
+    const int64_t at = (row_base + (int64_t)j * kv_heads) * D;
+    float kv[E], vv[E];
+    load_row<T, D>(keys + at, lane, kv);
+    load_row<T, D>(values + at, lane, vv);
+#pragma unroll
+    for (int g = 0; g < kAttnMaxGroup; g++) {
+      if (g >= group) break;
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < E; i++) dot = fmaf(qv[g][i], kv[i], dot);
+      const float score = warp_sum2(dot);
+      const float next = fmaxf(m[g], score);
+      const float correction = expf(m[g] - next);
+      const float p = expf(score - next);
+      l[g] = l[g] * correction + p;
+#pragma unroll
+      for (int i = 0; i < E; i++) acc[g][i] = fmaf(acc[g][i], correction, p * vv[i]);
+      m[g] = next;
+    }
+  }
+  // Merge the warps: each writes its state, then thread t of the block merges element t of every head of the group.
+  for (int g = 0; g < group; g++) {
+    if (lane == 0) {
+      merge_m[warp][g] = m[g];
+      merge_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int i = 0; i < E; i++) merge_acc[warp][g][lane * E + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int g = 0; g < group; g++) {
+    float top = -INFINITY;
+    for (int w = 0; w < kAttnWarps; w++) top = fmaxf(top, merge_m[w][g]);
+    float* out = work + (((int64_t)b * heads + kvh * group + g) * splits + split) * (D + 2);
+    for (int e = threadIdx.x; e < D; e += kAttnThreads) {
+      float a = 0.f;
+      for (int w = 0; w < kAttnWarps; w++)
+        if (merge_m[w][g] != -INFINITY) a += merge_acc[w][g][e] * expf(merge_m[w][g] - top);
+      out[2 + e] = a;
+    }
+    if (threadIdx.x == 0) {
+      float sum = 0.f;
+      for (int w = 0; w < kAttnWarps; w++)
+        if (merge_m[w][g] != -INFINITY) sum += merge_l[w][g] * expf(merge_m[w][g] - top);
+      out[0] = top;
+      out[1] = sum;
+    }
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kAttnThreads) decode_attention_merge_kernel(const float* __restrict__ work, int splits,
+                                                                             T* __restrict__ out, int64_t out_stride,
+                                                                             int heads) {
+  const int h = blockIdx.x % heads;
+  const int b = blockIdx.x / heads;
+  const float* base = work + ((int64_t)b * heads + h) * splits * (D + 2);
+  float top = -INFINITY;
+  for (int s = 0; s < splits; s++) top = fmaxf(top, base[s * (D + 2)]);
+  float sum = 0.f;
+  for (int s = 0; s < splits; s++)
+    if (base[s * (D + 2)] != -INFINITY) sum += base[s * (D + 2) + 1] * expf(base[s * (D + 2)] - top);
+  for (int e = threadIdx.x; e < D; e += kAttnThreads) {
+    float a = 0.f;
+    for (int s = 0; s < splits; s++)
+      if (base[s * (D + 2)] != -INFINITY) a += base[s * (D + 2) + 2 + e] * expf(base[s * (D + 2)] - top);
+    out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
+  }
+}
+
+// Splits per (row, kv head): enough blocks for two per SM, at least 32 positions per split.
+inline int attention_splits(int batch, int kv_heads, int length, int sms) {
+  const int rows = batch * kv_heads;
+  int splits = (2 * sms + rows - 1) / rows;
+  const int most = (length + 31) / 32;
+  if (splits > most) splits = most;
+  return splits < 1 ? 1 : splits;
+}
+
+template <typename T, int D>
+int launch_attention(const void* q, int64_t qs, const void* k, const void* v, const int64_t* pos, void* out, int64_t os,
+                     float* work, int batch, int kv_heads, int group, int max_len, int length, int splits,
+                     cudaStream_t st) {
+  const float scale = 1.0f / sqrtf((float)D);
+  decode_attention_split_kernel<T, D><<<batch * kv_heads * splits, kAttnThreads, 0, st>>>(static_cast<const T*>(q), qs, static_cast<const T*>(k), static_cast<const T*>(v), pos, kv_heads, group, max_len, length, splits, scale, work);
+  decode_attention_merge_kernel<T, D><<<batch * kv_heads * group, kAttnThreads, 0, st>>>(work, splits, static_cast<T*>(out), os, kv_heads * group);
+  return (int)cudaGetLastError();
+}
+
 }  // namespace
 
 extern "C" {
@@ -534,6 +684,34 @@ int lowbit_launch_int4_dequantize_v2(int dtype, const void* packed, const void* 
     case 1: return launch_dequantize<__half>(packed, scales, zeros, out, n, k, group, st);
     default: return -2;
   }
+}
+
+// The splits lowbit_launch_decode_attention_v2 uses (the caller sizes the fp32 workspace: batch × heads × splits ×
+// (D + 2) floats), or 0 when the shape is not taken (D 64 or 128, group 1-8, length ≥ 1).
+int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim, int length) {
+  if ((head_dim != 64 && head_dim != 128) || group < 1 || group > kAttnMaxGroup || length < 1 || batch < 1 || kv_heads < 1) return 0;
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  return attention_splits(batch, kv_heads, length, sms);
+}
+
+// out[b, h·D..] = softmax(q_h · K_slot(b)[0..pos_b]ᵀ / √D) · V_slot(b)[0..pos_b] for rows b < batch (see
+// decode_attention above). 0 on success, -2 unsupported dtype, -3 unsupported shape, else a cudaError_t.
+int lowbit_launch_decode_attention_v2(int dtype, const void* q, int64_t q_stride, const void* keys, const void* values,
+                                      const int64_t* positions, void* out, int64_t out_stride, float* work, int batch,
+                                      int kv_heads, int group, int head_dim, int max_len, int length, int splits,
+                                      void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (splits < 1 || group < 1 || group > kAttnMaxGroup || length < 1 || length > max_len) return -3;
+  if (dtype == 0 && head_dim == 128) return launch_attention<__nv_bfloat16, 128>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
+  if (dtype == 0 && head_dim == 64) return launch_attention<__nv_bfloat16, 64>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
+  if (dtype == 1 && head_dim == 128) return launch_attention<__half, 128>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
+  if (dtype == 1 && head_dim == 64) return launch_attention<__half, 64>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
+  return dtype == 0 || dtype == 1 ? -3 : -2;
 }
 
 }  // extern "C"

@@ -1,11 +1,65 @@
 #include "cuda_runtime.h"
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <random>
 #include <vector>
 extern "C" int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t, int, int, int, void*);
 extern "C" int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, void*);
+extern "C" int lowbit_v2_attention_splits(int, int, int, int, int);
+extern "C" int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, int64_t, float*, int, int, int, int, int, int, int, void*);
+
+// Decode attention against a float64 softmax reference: rows at different positions (one past the length bucket),
+// grouped heads, a padded query row stride; every output element written.
+int run_attention(int batch, int kv_heads, int group, int d, int max_len, int length, int sms) {
+  g_sms = sms;
+  std::mt19937 rng(batch * 131 + kv_heads * 7 + group + d + length);
+  std::normal_distribution<float> nd(0, 1);
+  const int heads = kv_heads * group;
+  const int64_t qs = (int64_t)heads * d + 16;
+  std::vector<__nv_bfloat16> q((size_t)batch * qs), k((size_t)batch * max_len * kv_heads * d), v(k.size());
+  for (auto& x : q) x = __float2bfloat16(nd(rng));
+  for (auto& x : k) x = __float2bfloat16(nd(rng));
+  for (auto& x : v) x = __float2bfloat16(nd(rng));
+  std::vector<int64_t> pos(batch);
+  for (int b = 0; b < batch; b++) pos[b] = b == batch - 1 ? length + 3 : (int64_t)((b * 37 + 5) % length);
+  const int splits = lowbit_v2_attention_splits(batch, kv_heads, group, d, length);
+  std::vector<float> work((size_t)batch * heads * splits * (d + 2));
+  std::vector<__nv_bfloat16> out((size_t)batch * heads * d, __float2bfloat16(NAN));
+  int rc = lowbit_launch_decode_attention_v2(0, q.data(), qs, k.data(), v.data(), pos.data(), out.data(), (int64_t)heads * d,
+                                             work.data(), batch, kv_heads, group, d, max_len, length, splits, nullptr);
+  if (rc) { printf("attention rc %d\n", rc); return 1; }
+  double err = 0, norm = 0;
+  bool written = true;
+  for (int b = 0; b < batch; b++) for (int h = 0; h < heads; h++) {
+    const int kvh = h / group;
+    const int attend = (int)std::min<int64_t>(pos[b], length - 1) + 1;
+    std::vector<double> score(attend);
+    double top = -1e300;
+    for (int j = 0; j < attend; j++) {
+      double dot = 0;
+      for (int e = 0; e < d; e++)
+        dot += (double)__bfloat162float(q[b * qs + h * d + e]) * __bfloat162float(k[(((size_t)b * max_len + j) * kv_heads + kvh) * d + e]);
+      score[j] = dot / std::sqrt((double)d);
+      top = std::max(top, score[j]);
+    }
+    double sum = 0;
+    for (auto& x : score) { x = std::exp(x - top); sum += x; }
+    for (int e = 0; e < d; e++) {
+      double ref = 0;
+      for (int j = 0; j < attend; j++) ref += score[j] / sum * __bfloat162float(v[(((size_t)b * max_len + j) * kv_heads + kvh) * d + e]);
+      const float got = __bfloat162float(out[((size_t)b * heads + h) * d + e]);
+      written = written && got == got;
+      err += (got - ref) * (got - ref);
+      norm += ref * ref;
+    }
+  }
+  printf("attention batch %d kv %d group %d d %d length %d splits %d: rel err %.3e, all written %d\n", batch, kv_heads, group, d, length, splits, std::sqrt(err / norm), written);
+  return std::sqrt(err / norm) < 1e-2 && written ? 0 : 1;
+}
+
 extern "C" int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
 
 // The dense weight of the int4 dequantize kernel against the reference arithmetic (fp32 q - z, times s, one rounding to
@@ -121,6 +175,13 @@ int main() {
   f += run_dequantize(1, 19, 384, 128, 1);
   f += run_dequantize(0, 300, 4096, 64, 3);
   f += lowbit_launch_int4_dequantize_v2(0, nullptr, nullptr, nullptr, nullptr, 8, 100, 32, nullptr) == -3 ? 0 : 1;
+  f += run_attention(1, 4, 1, 128, 300, 256, 2);
+  f += run_attention(3, 2, 4, 128, 130, 128, 3);
+  f += run_attention(2, 2, 3, 64, 70, 64, 1);
+  f += run_attention(1, 4, 1, 128, 300, 256, 64);   // 8 splits of 32 positions
+  f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 5 splits, the last row past the bucket
+  f += lowbit_v2_attention_splits(1, 8, 9, 128, 64) == 0 ? 0 : 1;
+  f += lowbit_v2_attention_splits(1, 8, 1, 96, 64) == 0 ? 0 : 1;
   // Not taken: 8 rows at K = 11008 (three chunks per thread), 9 rows, K over 16384.
   f += lowbit_launch_gemv_v2(0, nullptr, 0, nullptr, nullptr, 0, 1, 8, 28672, nullptr) == -3 ? 0 : 1;
   f += lowbit_launch_gemv_v2(0, nullptr, 0, nullptr, nullptr, 0, 8, 8, 11008, nullptr) == -3 ? 0 : 1;
