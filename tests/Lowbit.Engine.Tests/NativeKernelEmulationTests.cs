@@ -5,12 +5,14 @@ namespace Lowbit.Engine.Tests;
 public class NativeKernelEmulationTests
 {
     /// <summary>
-    /// The int4 GEMV v2 (src/Lowbit.Engine/native/lowbit_kernels_v2.cu) compiled with g++ against headers that emulate
-    /// the CUDA subset it uses (native/emulate): its outputs against a float64 reference for 1-4 rows, tail rows,
-    /// several blocks, K up to 16,384, and the (rows, K) it refuses. No GPU here; the bundle's self-check runs the real one.
+    /// The v2 kernels (src/Lowbit.Engine/native/lowbit_kernels_v2.cu) compiled with g++ against headers that emulate
+    /// the CUDA subset they use (native/emulate): the int4 and dense GEMVs against a float64 reference for 1-8 rows, tail
+    /// rows, several blocks, K up to 16,384, and the (rows, K) they refuse; the int4 dequantize bit for bit against the
+    /// fp32 arithmetic; the decode attention against a float64 softmax (1-8 splits, grouped heads, a row past the
+    /// bucket). No GPU here; the bundle's self-check runs the real ones.
     /// </summary>
     [Fact]
-    public async Task Does_match_the_float64_reference_when_the_int4_v2_kernel_runs_emulated_on_the_cpu()
+    public async Task Does_match_the_references_when_the_v2_kernels_run_emulated_on_the_cpu()
     {
         var script = Path.Combine(Path.GetDirectoryName(TokenizerTests.FixtureDirectory)!, "..", "..", "src", "Lowbit.Engine", "native", "emulate", "run.sh");
         var start = new ProcessStartInfo("bash", [Path.GetFullPath(script)]) { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -23,6 +25,8 @@ public class NativeKernelEmulationTests
         Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {stdout} {await stderr}");
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(16, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(3, lines.Count(l => l.StartsWith("dequantize ", StringComparison.Ordinal) && l.Contains(": 0 of ", StringComparison.Ordinal)));
+        Assert.Equal(5, lines.Count(l => l.StartsWith("attention ", StringComparison.Ordinal) && l.EndsWith("all written 1", StringComparison.Ordinal)));
         Assert.Equal("ok", lines[^1]);
     }
 }
