@@ -61,10 +61,7 @@ public sealed class CudaGraph : IStepGraph
 }
 
 /// <summary>A CUDA caching-allocator pool id (libtorch's <c>MempoolId_t</c>); default: none yet, capture into a new private pool.</summary>
-public readonly record struct GraphPool(ulong First, ulong Second)
-{
-    public bool IsNone => First == 0 && Second == 0;
-}
+public readonly record struct GraphPool(ulong First, ulong Second);
 
 /// <summary>What a captured step is recorded with (the fine-tuner's <see cref="Training.TrainingGraph"/>): a CUDA graph, or in tests a recorder that re-runs it.</summary>
 internal interface IStepGraph : IDisposable

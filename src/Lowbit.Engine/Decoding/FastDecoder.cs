@@ -265,7 +265,7 @@ public sealed class FastDecoder : IDisposable
             timer = new ColdCacheKernelTimer(timer, flush);
         }
         var table = KernelSelector.Measure(projections, buckets, _kernels, timer, _dtype, _device);
-        // The trials' graph pools (dequantize + linear holds a dense copy of one weight) go back to the driver.
+        // The trials' inputs, references and outputs go back to the driver (each timing graph's pool already did).
         CudaMemory.EmptyCache();
         KernelSelectionSeconds = watch.Elapsed.TotalSeconds;
         var log = options.KernelLog ?? Console.Error;

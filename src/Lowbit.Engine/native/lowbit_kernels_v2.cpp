@@ -36,6 +36,16 @@ at::Tensor& T(void* handle) {
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
+// The kernels' dtype code: 0 bfloat16, 1 float16; anything else fails naming `what`.
+int dtype_code(const at::Tensor& t, const char* what) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16: return 0;
+    case at::kHalf: return 1;
+    default: TORCH_CHECK(false, what, ": unsupported dtype ", t.scalar_type(), " (bfloat16, float16)");
+  }
+  return -1;
+}
+
 template <typename F>
 int guarded(F f) {
   try {
@@ -82,12 +92,7 @@ int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int 
     TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
     TORCH_CHECK(ot.stride(1) == 1, "int4 v2: out must have unit inner stride");
     TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2: x and out dtypes differ");
-    int dtype = -1;
-    switch (xt.scalar_type()) {
-      case at::kBFloat16: dtype = 0; break;
-      case at::kHalf: dtype = 1; break;
-      default: TORCH_CHECK(false, "int4 v2: unsupported dtype ", xt.scalar_type(), " (bfloat16, float16)");
-    }
+    const int dtype = dtype_code(xt, "int4 v2");
     const int rc = lowbit_launch_int4_v2(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
                                          ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group,
                                          static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
@@ -115,12 +120,7 @@ int lowbit_v2_gemv(void* x, void* weight, void* out) {
     TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "gemv v2: x rows must be 16-byte aligned");
     TORCH_CHECK(ot.stride(1) == 1, "gemv v2: out must have unit inner stride");
     TORCH_CHECK(xt.scalar_type() == ot.scalar_type() && wt.scalar_type() == xt.scalar_type(), "gemv v2: x, weight and out dtypes differ");
-    int dtype = -1;
-    switch (xt.scalar_type()) {
-      case at::kBFloat16: dtype = 0; break;
-      case at::kHalf: dtype = 1; break;
-      default: TORCH_CHECK(false, "gemv v2: unsupported dtype ", xt.scalar_type(), " (bfloat16, float16)");
-    }
+    const int dtype = dtype_code(xt, "gemv v2");
     const int rc = lowbit_launch_gemv_v2(dtype, xt.data_ptr(), xt.stride(0), wt.data_ptr(), ot.data_ptr(), ot.stride(0),
                                          (int)xt.size(0), (int)n, (int)k,
                                          static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
@@ -145,12 +145,7 @@ int lowbit_v2_int4_dequantize(void* packed, void* scales, void* zeros, int group
     TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 dequantize: scales/zeros must be float16");
     TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 dequantize: scales/zeros [N, K/group]");
     TORCH_CHECK(ot.dim() == 2 && ot.size(0) == n && ot.size(1) == k && ot.is_contiguous() && aligned16(ot), "int4 dequantize: out [N, K] contiguous");
-    int dtype = -1;
-    switch (ot.scalar_type()) {
-      case at::kBFloat16: dtype = 0; break;
-      case at::kHalf: dtype = 1; break;
-      default: TORCH_CHECK(false, "int4 dequantize: unsupported dtype ", ot.scalar_type(), " (bfloat16, float16)");
-    }
+    const int dtype = dtype_code(ot, "int4 dequantize");
     const int rc = lowbit_launch_int4_dequantize_v2(dtype, pt.data_ptr(), st.data_ptr(), zt.data_ptr(), ot.data_ptr(), n, (int)k, group,
                                                     static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "int4 dequantize: launch failed: ",
@@ -186,12 +181,7 @@ int lowbit_v2_decode_attention(void* q, void* keys, void* values, void* position
     const int group = (int)(heads / kv_heads);
     const int splits = lowbit_v2_attention_splits((int)batch, (int)kv_heads, group, (int)d, length);
     TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");
-    int dtype = -1;
-    switch (kt.scalar_type()) {
-      case at::kBFloat16: dtype = 0; break;
-      case at::kHalf: dtype = 1; break;
-      default: TORCH_CHECK(false, "decode attention: unsupported dtype ", kt.scalar_type(), " (bfloat16, float16)");
-    }
+    const int dtype = dtype_code(kt, "decode attention");
     auto work = at::empty({batch * heads * splits * (d + 2)}, kt.options().dtype(at::kFloat));
     const int rc = lowbit_launch_decode_attention_v2(dtype, qt.data_ptr(), qt.stride(0), kt.data_ptr(), vt.data_ptr(), pt.data_ptr<int64_t>(),
                                                      ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), (int)batch, (int)kv_heads, group,
