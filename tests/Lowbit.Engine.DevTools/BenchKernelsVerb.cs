@@ -11,9 +11,9 @@ namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// Hidden <c>bench-kernels [--device cuda|cpu] [--shapes 7b|tiny] [--rows 1,2,4,8,16,32] [--groups 64,128]
-/// [--iterations 50] [--dtype bfloat16] [--warm]</c>: the decode step's kernels one by one, each with the L2 cache
-/// flushed before the call (as in the decode step, where a layer's weights were last read a whole model ago) unless
-/// <c>--warm</c>. For each projection shape (7B: QKV
+/// [--iterations 50] [--dtype bfloat16] [--warm]</c>: the decode step's kernels one by one, each projection timed
+/// over copies of its weight in turn (<see cref="RotationBytes"/> of them), so each read is cold as in the decode step,
+/// where a layer's weights were last read a whole model ago, unless <c>--warm</c>. For each projection shape (7B: QKV
 /// 12288×4096, O 4096×4096, gate/up 22016×4096, down 4096×11008, lm_head 32000×4096) and rows, every kernel a decode
 /// projection can run (<see cref="ProjectionKernel"/>: <c>linear</c> = cuBLAS, the native GEMVs v1 and v2, the int4 GEMVs v1 and v2,
 /// dequantize + <c>linear</c>), then attention at context 256, RMSNorm, RoPE, SiLU·mul at 1 and 32 rows, and a device copy.
@@ -77,15 +77,11 @@ public static class BenchKernelsVerb
         IKernelTimer timer = native
             ? new GraphKernelTimer(TimeProvider.System) { Calls = 10, Replays = Math.Max(1, (iterations + 9) / 10) }
             : new StopwatchKernelTimer(TimeProvider.System, device) { Iterations = iterations };
-        // Cold by default, as the decode step runs a projection (and as kernel selection now times it): 256 MiB written
-        // before each call evicts the L2; --warm times calls back to back (weights under ~50 MB then come from the L2).
+        // Cold by default, as the decode step reads a projection's weight (last read a whole model ago): each timing cycles
+        // through copies of the weight, RotationBytes in all; --warm times one copy back to back (under ~50 MB: the L2).
         var cold = native && !args.Contains("--warm");
-        using var flushBuffer = cold ? empty([256L << 20], ScalarType.Byte, device) : null;
-        if (flushBuffer is not null)
-        {
-            timer = new ColdCacheKernelTimer(timer, () => flushBuffer.zero_());
-        }
-        var timing = native ? (cold ? "cuda-graph, L2 flushed before each call" : "cuda-graph, warm L2") : "stopwatch";
+        int Copies(long bytes) => cold ? (int)Math.Max(1, (RotationBytes + bytes - 1) / bytes) : 1;
+        var timing = native ? (cold ? $"cuda-graph, each call on the next of {RotationBytes >> 20} MiB of weight copies (L2 cold)" : "cuda-graph, warm L2") : "stopwatch";
         var common = new Dictionary<string, object>
         {
             ["device"] = cuda ? "cuda" : "cpu", ["dtype"] = ModelIo.DtypeName(dtype), ["timing"] = timing, ["iterations"] = iterations,
@@ -101,11 +97,16 @@ public static class BenchKernelsVerb
         {
             using var scope = NewDisposeScope();
             var master = randn([shape.Out, shape.In], ScalarType.Float32, device).mul_(Scalars.Of(0.02));
-            using var dense = new DenseProjection(master.to(dtype), null);
+            var denseBytes = shape.Out * shape.In * ElementSize(dtype);
+            var dense = Enumerable.Range(0, Copies(denseBytes)).Select(_ => new DenseProjection(master.to(dtype).clone(), null)).ToList();
             var int4 = groups.Select(g =>
             {
-                using var q = Rtn.Quantize(master, new RtnOptions { Bits = 4, GroupSize = g });
-                return new Int4Projection(Int4Weight.From(q).MoveToOuterDisposeScope(), null);
+                var bytes = Int4Bytes(shape, g);
+                return Enumerable.Range(0, Copies(bytes)).Select(_ =>
+                {
+                    using var q = Rtn.Quantize(master, new RtnOptions { Bits = 4, GroupSize = g });
+                    return new Int4Projection(Int4Weight.From(q).MoveToOuterDisposeScope(), null);
+                }).ToList();
             }).ToList();
             try
             {
@@ -113,18 +114,18 @@ public static class BenchKernelsVerb
                 {
                     using var rowScope = NewDisposeScope();
                     var x = randn([count, shape.In], dtype, device);
-                    GemvLines(stdout, common, shape, count, 0, dense, x, kernels, timer, shape.Out * shape.In * dense.Weight.ElementSize);
-                    foreach (var projection in int4)
+                    GemvLines(stdout, common, shape, count, 0, dense, x, kernels, timer, denseBytes);
+                    foreach (var copies in int4)
                     {
-                        var group = projection.Weight.GroupSize;
-                        var bytes = shape.Out * shape.In / 2 + 2 * shape.Out * (shape.In / group) * 2;
-                        GemvLines(stdout, common, shape, count, group, projection, x, kernels, timer, bytes);
+                        var group = copies[0].Weight.GroupSize;
+                        GemvLines(stdout, common, shape, count, group, copies, x, kernels, timer, Int4Bytes(shape, group));
                     }
                 }
             }
             finally
             {
-                int4.ForEach(p => p.Dispose());
+                dense.ForEach(p => p.Dispose());
+                int4.SelectMany(c => c).ToList().ForEach(p => p.Dispose());
             }
         }
         StepLines(stdout, common, dims, (rows.Contains(32) ? new[] { 1, 32 } : [1, rows.Max()]).Distinct().ToArray(), native, timer, dtype, device);
@@ -132,8 +133,19 @@ public static class BenchKernelsVerb
         return EngineExitCodes.Ok;
     }
 
-    private static void GemvLines(TextWriter stdout, Dictionary<string, object> common, Shape shape, int rows, int group, Projection projection, Tensor x, DecodeKernels kernels, IKernelTimer timer, long bytes)
+    /// <summary>Weight bytes timings cycle through per kernel (copies of one weight): 5 × the 50 MB L2 of an H100/H200.</summary>
+    public const long RotationBytes = 256L << 20;
+
+    /// <summary>Packed 4-bit weights plus a 16-bit scale and zero per group.</summary>
+    private static long Int4Bytes(Shape shape, int group) => (shape.Out * shape.In / 2) + (2 * shape.Out * (shape.In / group) * 2);
+
+    /// <summary>
+    /// Each candidate of <paramref name="copies"/>[0] checked against its reference, then timed over every copy in turn
+    /// (the same weight, so the same output; each read cold when the copies outgrow the L2), per call.
+    /// </summary>
+    private static void GemvLines(TextWriter stdout, Dictionary<string, object> common, Shape shape, int rows, int group, IReadOnlyList<Projection> copies, Tensor x, DecodeKernels kernels, IKernelTimer timer, long bytes)
     {
+        var projection = copies[0];
         var candidates = projection.Candidates(rows, kernels);
         var reference = projection.Run(x, candidates[0]).to(ScalarType.Float32);
         var norm = Math.Max(1e-30, reference.norm().item<float>());
@@ -143,16 +155,19 @@ public static class BenchKernelsVerb
             var line = new Dictionary<string, object>(common)
             {
                 ["event"] = "bench-kernel", ["kernel"] = KernelSelector.Name(kernel), ["shape"] = shape.Name, ["n"] = shape.Out, ["k"] = shape.In,
-                ["group"] = group, ["rows"] = rows, ["weightBytes"] = bytes,
+                ["group"] = group, ["rows"] = rows, ["weightBytes"] = bytes, ["copies"] = copies.Count,
             };
             try
             {
                 line["relativeError"] = Math.Round((projection.Run(x, kernel).to(ScalarType.Float32) - reference).norm().item<float>() / norm, 6);
                 var microseconds = timer.MicrosecondsPerCall(() =>
                 {
-                    using var callScope = NewDisposeScope();
-                    projection.Run(x, kernel);
-                });
+                    foreach (var copy in copies)
+                    {
+                        using var callScope = NewDisposeScope();
+                        copy.Run(x, kernel);
+                    }
+                }) / copies.Count;
                 AddRate(line, microseconds, bytes);
             }
             catch (Exception e) when (e is InvalidOperationException or System.Runtime.InteropServices.ExternalException)

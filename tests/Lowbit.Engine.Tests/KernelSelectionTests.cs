@@ -87,7 +87,9 @@ public class KernelSelectionTests
         var table = KernelSelector.Measure([first, same, other], [1, 2, 4], DecodeKernels.Eager, timer, ScalarType.Float32, CPU);
 
         Assert.Equal(6, table.Choices.Count());
-        Assert.Equal(0, same.Runs);
+        // The second copy of a shape is timed (cycled through with the first) but not checked against the reference.
+        Assert.Equal(3 * 2 * KernelSelector.MinimumTimedCalls / 2, same.Runs);
+        Assert.Equal(same.Runs + (3 * (1 + 2)), first.Runs);
         Assert.Equal(ProjectionKernel.NativeGemv, table.Lookup(first.Shape, 3));
         Assert.Equal(ProjectionKernel.Linear, table.Lookup(other.Shape, 1));
         Assert.All(table.Choices, c => Assert.Equal(0, c.Trials[ProjectionKernel.Linear].RelativeError));
@@ -164,6 +166,8 @@ public class KernelSelectionTests
 
         public int Runs { get; private set; }
 
+        public Action? Ran { get; set; }
+
         public void ResetLast() => Last = null;
 
         public override long OutFeatures => weight.shape[0];
@@ -176,6 +180,7 @@ public class KernelSelectionTests
         {
             Last = kernel;
             Runs++;
+            Ran?.Invoke();
             var output = x.matmul(weight.t());
             return kernel == ProjectionKernel.NativeGemv && brokenGemv ? output.mul(Scalars.Of(2)) : output;
         }
@@ -186,54 +191,42 @@ public class KernelSelectionTests
     }
 
     [Fact]
-    public void Does_time_calls_after_a_cache_flush_and_subtract_the_flush_measured_once()
+    public void Does_time_a_shape_over_all_its_copies_in_turn_and_report_per_call()
     {
-        var flushes = 0;
-        var calls = 0;
-        // Each timed action runs once; its cost is 30 µs per flush it did plus 7 µs per call.
-        var inner = new CountingTimer(() => (flushes, calls), (f, c) => (30.0 * f) + (7.0 * c));
-        var timer = new ColdCacheKernelTimer(inner, () => flushes++);
-
-        var first = timer.MicrosecondsPerCall(() => calls++);
-        var second = timer.MicrosecondsPerCall(() => calls++);
-
-        Assert.Equal(7.0, first, 6);
-        Assert.Equal(7.0, second, 6);
-        // The flush alone once, then flush + call twice: three timings, three flushes.
-        Assert.Equal(3, inner.Timings);
-        Assert.Equal(3, flushes);
-        Assert.Equal(2, calls);
-    }
-
-    [Fact]
-    public void Does_not_report_a_call_cheaper_than_the_floor_when_the_flush_noise_hides_it()
-    {
-        var noisy = new Queue<double>([40.0, 38.5]);   // the flush alone, then flush + call: less than the flush
-        var timer = new ColdCacheKernelTimer(new ScriptedTimer(noisy), () => { });
-
-        Assert.Equal(ColdCacheKernelTimer.MinimumMicroseconds, timer.MicrosecondsPerCall(() => { }));
-    }
-
-    private sealed class CountingTimer(Func<(int Flushes, int Calls)> counts, Func<int, int, double> cost) : IKernelTimer
-    {
-        public int Timings { get; private set; }
-
-        public double MicrosecondsPerCall(Action call)
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var copies = Enumerable.Range(0, 3).Select(_ => new FakeProjection(randn(12, 16), fastest: ProjectionKernel.NativeGemv)).ToList();
+        var order = new List<int>();
+        foreach (var (copy, i) in copies.Select((c, i) => (c, i)))
         {
-            Timings++;
-            var (flushes, calls) = counts();
-            call();
-            var (afterFlushes, afterCalls) = counts();
-            return cost(afterFlushes - flushes, afterCalls - calls);
+            copy.Ran = () => order.Add(i);
         }
+        // 5 µs per projection call in the timed action, whatever the action is.
+        var timer = new PerRunTimer(copies, 5.0);
+
+        var table = KernelSelector.Measure(copies, [1], DecodeKernels.Eager, timer, ScalarType.Float32, CPU);
+
+        var choice = Assert.Single(table.Choices);
+        Assert.All(choice.Trials.Values, t => Assert.Equal(5.0, t.Microseconds!.Value, 6));
+        // Each timing: the copies in order, cycled until at least MinimumTimedCalls calls (32 → 11 cycles of 3).
+        var cycles = (KernelSelector.MinimumTimedCalls + 2) / 3;
+        Assert.Equal(cycles * 3, timer.LastRuns);
+        var timed = order.TakeLast(cycles * 3).ToList();
+        Assert.Equal(Enumerable.Range(0, cycles).SelectMany(_ => new[] { 0, 1, 2 }), timed);
+        copies.ForEach(c => c.Dispose());
     }
 
-    private sealed class ScriptedTimer(Queue<double> answers) : IKernelTimer
+    /// <summary>Runs the call once and answers <paramref name="perRun"/> µs for each projection run it made.</summary>
+    private sealed class PerRunTimer(IReadOnlyList<FakeProjection> projections, double perRun) : IKernelTimer
     {
+        public int LastRuns { get; private set; }
+
         public double MicrosecondsPerCall(Action call)
         {
+            var before = projections.Sum(p => p.Runs);
             call();
-            return answers.Dequeue();
+            LastRuns = projections.Sum(p => p.Runs) - before;
+            return perRun * LastRuns;
         }
     }
 
@@ -247,7 +240,7 @@ public class KernelSelectionTests
                 p.ResetLast();
             }
             call();
-            var ran = projections.Single(p => p.Last is not null);
+            var ran = projections.First(p => p.Last is not null);
             return ran.Last == ran.Fastest ? 10 : 50;
         }
     }

@@ -21,6 +21,7 @@ public static unsafe class CudaMemory
     private static bool _tried;
     private static delegate* unmanaged<int, long*, int> _stats;
     private static delegate* unmanaged<int> _emptyCache;
+    private static delegate* unmanaged<int, int> _resetPeak;
 
     /// <summary>The allocator's statistics for CUDA device <paramref name="device"/>, or null when the library is absent.</summary>
     public static AllocatorStats? Stats(int device)
@@ -44,6 +45,16 @@ public static unsafe class CudaMemory
         return _emptyCache != null && _emptyCache() == 0;
     }
 
+    /// <summary>
+    /// Starts the peak statistics of device <paramref name="device"/> afresh (<c>torch.cuda.reset_peak_memory_stats</c>):
+    /// serve's per-phase warm-up report (<c>LOWBIT_WARMUP_MEMORY=1</c>). False when the library (or this export) is absent.
+    /// </summary>
+    public static bool ResetPeak(int device)
+    {
+        EnsureLoaded();
+        return _resetPeak != null && _resetPeak(device) == 0;
+    }
+
     private static void EnsureLoaded()
     {
         lock (Gate)
@@ -63,6 +74,10 @@ public static unsafe class CudaMemory
             {
                 _stats = (delegate* unmanaged<int, long*, int>)stats;
                 _emptyCache = (delegate* unmanaged<int>)empty;
+            }
+            if (NativeLibrary.TryGetExport(handle, "lowbit_reset_peak", out var reset))
+            {
+                _resetPeak = (delegate* unmanaged<int, int>)reset;
             }
         }
     }

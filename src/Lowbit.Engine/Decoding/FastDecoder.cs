@@ -254,16 +254,14 @@ public sealed class FastDecoder : IDisposable
         var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 16).ToList();
         // Measured on the first stage's GPU (the pod's GPUs are alike); a head on another GPU keeps the fixed defaults.
         UseDevice(_stages[0]);
-        var projections = _layers.Take(1).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down });
+        // Every layer of that stage: a timing cycles through a shape's copies, so each weight is read cold (KernelSelector.Measure).
+        var first = _stages[0];
+        var projections = _layers.Skip(first.First).Take(first.End - first.First).SelectMany(l => new[] { l.Qkv, l.O, l.GateUp, l.Down });
         if (_stages.Length == 1 || SameDevice(_stages[^1].Device, _device))
         {
             projections = projections.Append(_lmHead);
         }
-        IKernelTimer timer = new GraphKernelTimer(TimeProvider.System);
-        if (CacheFlush() is { } flush)
-        {
-            timer = new ColdCacheKernelTimer(timer, flush);
-        }
+        IKernelTimer timer = new GraphKernelTimer(TimeProvider.System) { Calls = 1, Replays = 4 };
         var table = KernelSelector.Measure(projections, buckets, _kernels, timer, _dtype, _device);
         // The trials' inputs, references and outputs go back to the driver (each timing graph's pool already did).
         CudaMemory.EmptyCache();
@@ -278,39 +276,6 @@ public sealed class FastDecoder : IDisposable
         }
         return _kernels with { Table = table };
     }
-
-    /// <summary>
-    /// What evicts the L2 cache between kernel-selection calls without allocating: zeroing the first layers' KV slabs
-    /// on the measuring GPU (unused until the first request, and cleared again before it) up to
-    /// <see cref="CacheFlushBytes"/>; null when the slab is smaller than <see cref="CacheFlushMinimumBytes"/>.
-    /// </summary>
-    private Action? CacheFlush()
-    {
-        var tensors = new List<Tensor>();
-        var bytes = 0L;
-        foreach (var t in _keys.Zip(_values).SelectMany(kv => new[] { kv.First, kv.Second }).Where(t => SameDevice(t.device, _device)))
-        {
-            if (bytes >= CacheFlushBytes)
-            {
-                break;
-            }
-            tensors.Add(t);
-            bytes += t.NumberOfElements * t.ElementSize;
-        }
-        return bytes < CacheFlushMinimumBytes ? null : () =>
-        {
-            foreach (var t in tensors)
-            {
-                t.zero_();
-            }
-        };
-    }
-
-    /// <summary>Bytes written to evict the L2 before each timed call: 2.5 × the 50 MB of an H100/H200 (Triton writes 256 MB).</summary>
-    public const long CacheFlushBytes = 128L << 20;
-
-    /// <summary>Below this a KV slab cannot evict the L2, and selection times calls back to back.</summary>
-    public const long CacheFlushMinimumBytes = 64L << 20;
 
     public int MaxBatch { get; }
 

@@ -173,33 +173,6 @@ public sealed class GraphKernelTimer(TimeProvider time) : IKernelTimer
     }
 }
 
-/// <summary>
-/// Times each call after <paramref name="flush"/> has evicted the GPU's L2 cache (the flush's own time, measured once,
-/// subtracted), as Triton's <c>do_bench</c> does: a decode step reads every layer's weights once per token, gigabytes
-/// between two reads of one projection, so a projection runs with its weight cold. Timed back to back instead, a weight
-/// that fits the 50 MB L2 of an H100 or H200 (a 7B's 4,096 × 4,096 bf16 projection, any int4 one up to 12,288 × 4,096)
-/// is read from the cache: bench-kernels measured such shapes above the memory's bandwidth (5 TB/s), and kernel
-/// selection chose on those numbers.
-/// </summary>
-public sealed class ColdCacheKernelTimer(IKernelTimer inner, Action flush) : IKernelTimer
-{
-    /// <summary>The least a call is taken to cost (when the difference is lost in the noise of the flush).</summary>
-    public const double MinimumMicroseconds = 0.5;
-
-    private double? _flush;
-
-    public double MicrosecondsPerCall(Action call)
-    {
-        _flush ??= inner.MicrosecondsPerCall(flush);
-        var both = inner.MicrosecondsPerCall(() =>
-        {
-            flush();
-            call();
-        });
-        return Math.Max(MinimumMicroseconds, both - _flush.Value);
-    }
-}
-
 /// <summary>Time per call from <see cref="Iterations"/> eager calls after a warm-up, between device synchronizations (host launch cost included).</summary>
 public sealed class StopwatchKernelTimer(TimeProvider time, Device device) : IKernelTimer
 {
@@ -236,6 +209,9 @@ public sealed class StopwatchKernelTimer(TimeProvider time, Device device) : IKe
 /// </summary>
 public static class KernelSelector
 {
+    /// <summary>The fewest projection calls one timing covers (a shape with fewer copies is cycled through again).</summary>
+    public const int MinimumTimedCalls = 32;
+
     /// <summary>Largest relative error (bf16 outputs against the bf16 eager reference) a candidate may have.</summary>
     public const double Tolerance = 2e-2;
 
@@ -276,19 +252,23 @@ public static class KernelSelector
 
     /// <summary>
     /// Measures every distinct shape of <paramref name="projections"/> at each of <paramref name="rows"/> (only where
-    /// the projection offers more than one candidate) on <paramref name="device"/> in <paramref name="dtype"/>.
+    /// the projection offers more than one candidate) on <paramref name="device"/> in <paramref name="dtype"/>. The first
+    /// projection of a shape checks each candidate against the reference; the timed call runs the candidate over every
+    /// projection of that shape in turn (one per layer), at least <see cref="MinimumTimedCalls"/> calls, and the time is
+    /// per call. So each weight is read cold, as in the decode step, where a layer's weight was last read a whole model
+    /// ago: a 7B's 32 copies of one shape are 0.3-5.8 GB, far beyond a 50 MB L2. (Timed back to back on one weight, a
+    /// weight under 50 MB came from the L2; flushing the L2 before each call and subtracting the flush, as session 11 did,
+    /// left a difference of two ~40 µs timings for 5-30 µs kernels, and chose dequantize + cuBLAS for the 7B's int4
+    /// 4,096 × 4,096 at one row, which reads 8 times the bytes: 309.8 → 251.5 tokens/s on the H100, docs/gpu.md run 18.)
     /// </summary>
     public static KernelTable Measure(IEnumerable<Projection> projections, IReadOnlyList<int> rows, DecodeKernels kernels, IKernelTimer timer, ScalarType dtype, Device device)
     {
         var choices = new List<KernelChoice>();
-        var seen = new HashSet<ProjectionShape>();
         using var noGrad = no_grad();
-        foreach (var projection in projections)
+        foreach (var group in projections.Where(p => p.Shape is not null).GroupBy(p => p.Shape!))
         {
-            if (projection.Shape is not { } shape || !seen.Add(shape))
-            {
-                continue;
-            }
+            var (shape, projection, members) = (group.Key, group.First(), group.ToList());
+            var cycles = (MinimumTimedCalls + members.Count - 1) / members.Count;
             foreach (var count in rows)
             {
                 var candidates = projection.Candidates(count, kernels);
@@ -314,9 +294,15 @@ public static class KernelSelector
                         }
                         var microseconds = timer.MicrosecondsPerCall(() =>
                         {
-                            using var callScope = NewDisposeScope();
-                            projection.Run(x, kernel);
-                        });
+                            for (var c = 0; c < cycles; c++)
+                            {
+                                foreach (var member in members)
+                                {
+                                    using var callScope = NewDisposeScope();
+                                    member.Run(x, kernel);
+                                }
+                            }
+                        }) / (cycles * members.Count);
                         return new KernelTrial { Microseconds = microseconds, RelativeError = error };
                     }
                     catch (Exception e) when (e is InvalidOperationException or ExternalException or ArgumentException)

@@ -134,7 +134,12 @@ public sealed class LoadedModel : IDisposable
             log($"prefill budget: {options.PrefillChunk} tokens per iteration (--max-num-batched-tokens)");
             if (options.WarmUp)
             {
+                var phases = WarmUpMemoryReport(scheduler, cudaIndex);
                 var warm = scheduler.WarmUpAsync().GetAwaiter().GetResult();
+                if (phases.Count > 0)
+                {
+                    log($"warm-up memory (allocator peak of each part over the loaded model, GiB; the ready line's peaks are the last part's): {string.Join("; ", phases)}");
+                }
                 log(string.Create(CultureInfo.InvariantCulture,
                     $"warm-up: a prefill of {warm.PrefillTokens} dummy tokens over {warm.PrefillChunks} slots, a decode step of {warm.DecodeRows} rows and the sampler in {warm.Seconds:F2} s (slots cleared before ready)"));
             }
@@ -165,6 +170,32 @@ public sealed class LoadedModel : IDisposable
     /// The GGUF file to serve through llama.cpp: <paramref name="model"/> itself when it is a .gguf file, or the one
     /// .gguf file of a folder without safetensors weights; null for a safetensors model.
     /// </summary>
+    /// <summary>The environment variable that turns on the per-part warm-up memory report (calibrate-lowbit.sh sets it).</summary>
+    public const string WarmUpMemoryEnv = "LOWBIT_WARMUP_MEMORY";
+
+    /// <summary>
+    /// With <see cref="WarmUpMemoryEnv"/>=1 on a GPU: the allocator's peak in each part of the warm-up, over what the loaded
+    /// model holds (filled as the warm-up runs; each part starts the peak afresh, so the ready line's peaks are then those
+    /// of the last part only). Empty otherwise. For the planner's activation and logits terms (docs/planner.md).
+    /// </summary>
+    private static List<string> WarmUpMemoryReport(ServeScheduler scheduler, int cudaIndex)
+    {
+        var phases = new List<string>();
+        if (cudaIndex < 0 || Environment.GetEnvironmentVariable(WarmUpMemoryEnv) != "1" || CudaMemory.Stats(cudaIndex) is not { } start || !CudaMemory.ResetPeak(cudaIndex))
+        {
+            return phases;
+        }
+        scheduler.WarmUpPhase = phase =>
+        {
+            if (CudaMemory.Stats(cudaIndex) is { } now)
+            {
+                phases.Add(string.Create(CultureInfo.InvariantCulture, $"{phase} +{(now.PeakAllocated - start.Allocated) / (double)(1L << 30):F3}"));
+                CudaMemory.ResetPeak(cudaIndex);
+            }
+        };
+        return phases;
+    }
+
     public static string? GgufPath(string model)
     {
         if (File.Exists(model))

@@ -115,6 +115,9 @@ public sealed class ServeScheduler : IDisposable
     /// GEMM heuristics, the thread's BLAS handle, the caching allocator growing to its peak), and the process's memory
     /// peak is reached before <c>/ready</c>. No request state or metric is touched.
     /// </summary>
+    /// <summary>Called after each part of the warm-up with its name (serve's per-phase memory report, opt-in).</summary>
+    public Action<string>? WarmUpPhase { get; set; }
+
     public async Task<WarmUpResult> WarmUpAsync()
     {
         WarmUpResult? result = null;
@@ -147,6 +150,7 @@ public sealed class ServeScheduler : IDisposable
         using (var scope = NewDisposeScope())
         {
             var logits = _batch.Prefill(chunks);
+            WarmUpPhase?.Invoke(_batch.BatchesPrefill ? "prefill, every position's logits" : "prefill");
             if (_batch.BatchesPrefill)
             {
                 // The prompt log-probabilities' work on every position, sliced as for requests (PromptLogprobs; the
@@ -154,9 +158,12 @@ public sealed class ServeScheduler : IDisposable
                 // budget at once it held ~3.8 GiB at 2,048 × 32,000 on the H200 (docs/planner.md).
                 var targets = Enumerable.Range(0, (int)logits.shape[0]).Select(i => i % vocab).ToArray();
                 _ = PromptLogprobs(logits, targets, Math.Min(Sampler.MaxLogprobs, (int)logits.shape[1]));
+                WarmUpPhase?.Invoke("prompt log-probabilities");
                 logits = _batch.Prefill(chunks.Select(c => c with { AllPositions = false }).ToList());
+                WarmUpPhase?.Invoke("prefill, last positions' logits");
             }
             Sampler.Sample(logits, WarmUpDraws(chunks.Count));
+            WarmUpPhase?.Invoke("sampler after the prefill");
         }
         var rows = _batch.Slots;
         using (var scope = NewDisposeScope())
@@ -164,7 +171,9 @@ public sealed class ServeScheduler : IDisposable
             var positions = Enumerable.Repeat((long)_batch.ScratchPosition, rows).ToArray();
             BeforeStep?.Invoke(new int[rows]);
             var logits = _batch.Step(new long[rows], positions, rows, _batch.MaxContext);
+            WarmUpPhase?.Invoke("decode step");
             Sampler.Sample(logits, WarmUpDraws(rows));
+            WarmUpPhase?.Invoke("sampler after the decode step");
         }
         _batch.ClearSlots();
         return new WarmUpResult { PrefillTokens = total, PrefillChunks = chunks.Count, DecodeRows = rows, Seconds = _time.GetElapsedTime(start).TotalSeconds };

@@ -178,7 +178,10 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
     # stdout (the JSON log: memory before graphs, after load, at ready) and stderr to a file, not a pipe nobody reads
     # while it runs (a full pipe would block the server's logging).
     err = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lowbit-calibrate-serve-{port}.log"), "w+", encoding="utf-8")
-    proc = subprocess.Popen(cmd, stdout=err, stderr=err, text=True, start_new_session=True)
+    # LOWBIT_WARMUP_MEMORY=1: the allocator's peak per part of the warm-up (prefill, prompt log-probabilities, decode
+    # step, sampler) in the log, for the planner's activation and logits terms.
+    proc = subprocess.Popen(cmd, stdout=err, stderr=err, text=True, start_new_session=True,
+                            env=dict(os.environ, LOWBIT_WARMUP_MEMORY="1"))
     watch = NvmlPeak(proc.pid).start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + limit
@@ -218,7 +221,7 @@ def serve_point(engine, model, context, concurrency, port, limit, vocab):
         allocator = {}
         for line in err.read().splitlines():
             for label, key in (("memory before graphs:", "engineMemoryBeforeGraphs"), ("memory after load:", "engineMemoryAfterLoad"),
-                               ("memory at ready:", "engineMemoryAtReady")):
+                               ("memory at ready:", "engineMemoryAtReady"), ("warm-up memory", "engineWarmUpMemory")):
                 if label in line and key not in allocator:
                     try:
                         allocator[key] = json.loads(line).get("message", line) if line.startswith("{") else line

@@ -19,6 +19,16 @@ int lowbit_memory_stats(int device, int64_t* out) {
   }
 }
 
+// Resets the peak statistics of `device` (torch.cuda.reset_peak_memory_stats). 0 on success.
+int lowbit_reset_peak(int device) {
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
 // Returns the allocator's unused cached blocks to the driver (torch.cuda.empty_cache()). 0 on success.
 int lowbit_empty_cache() {
   try {

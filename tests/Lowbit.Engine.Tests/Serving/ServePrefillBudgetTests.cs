@@ -54,7 +54,7 @@ public sealed class ServePrefillBudgetTests
     /// Submits every request while the loop is held (so the first iteration sees them all), then reads every answer;
     /// with <paramref name="warmUp"/> the scheduler warms up first, as the server does before /ready.
     /// </summary>
-    private static (Answer[] Answers, WarmUpResult? WarmUp) Serve(IDecodeBackend backend, Action<int[]> beforeStep, int budget, IReadOnlyList<RequestOptions> requests, bool warmUp = false)
+    private static (Answer[] Answers, WarmUpResult? WarmUp) Serve(IDecodeBackend backend, Action<int[]> beforeStep, int budget, IReadOnlyList<RequestOptions> requests, bool warmUp = false, List<string>? phases = null)
     {
         var metrics = new ServeMetrics("budget");
         Exception? failure = null;
@@ -63,6 +63,7 @@ public sealed class ServePrefillBudgetTests
             metrics, TimeProvider.System, ex => failure = ex)
         {
             BeforeStep = beforeStep,
+            WarmUpPhase = phases is null ? null : phases.Add,
         };
         var warm = warmUp ? scheduler.WarmUpAsync().GetAwaiter().GetResult() : null;
         using var gate = new ManualResetEventSlim();
@@ -189,6 +190,7 @@ public sealed class ServePrefillBudgetTests
         var requests = prompts.Select(Request).ToArray();
         const int Slots = 8;
 
+        var phases = new List<string>();
         Answer[] Run(bool warmUp, out WarmUpResult? warm)
         {
             using var model = Fixture();
@@ -196,7 +198,7 @@ public sealed class ServePrefillBudgetTests
             adapters.Load("a", a);
             adapters.Load("b", b);
             using var fast = new FastDecodeBackend(model, Slots, MaxContext, CPU, adapters);
-            (var answers, warm) = Serve(fast, fast.SelectAdapters, 2048, requests, warmUp);
+            (var answers, warm) = Serve(fast, fast.SelectAdapters, 2048, requests, warmUp, phases);
             return answers;
         }
 
@@ -208,6 +210,9 @@ public sealed class ServePrefillBudgetTests
         Assert.Equal(Slots * MaxContext, warm.PrefillTokens);
         Assert.Equal(Slots, warm.PrefillChunks);
         Assert.Equal(Slots, warm.DecodeRows);
+        // Each part reported once, in order (serve's LOWBIT_WARMUP_MEMORY report hangs off these).
+        Assert.Equal(["prefill, every position's logits", "prompt log-probabilities", "prefill, last positions' logits", "sampler after the prefill",
+            "decode step", "sampler after the decode step"], phases);
         AssertSameAnswers(cold, warmed, 0);
         Assert.Contains(cold, answer => answer.PromptLogprobs.Count > 0);
     }
