@@ -72,6 +72,8 @@ for l in open(sys.argv[1]):
     t="${2:-420}"
     timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1
     grep -v "calibrate-progress\|Writing model" "$OUT/calibrate.log" | tail -16 | cut -c1-300
+    # The rows' jsonl to $OUT itself (a sub-folder's file did not come back in session 12's first run).
+    find "$OUT" -mindepth 2 -name '*.jsonl' -exec mv {} "$OUT/" \; ; rm -rf "$OUT/planner-measurements"
     for f in /tmp/lowbit-calibrate-serve-*.log; do
       [ -f "$f" ] || continue
       echo "== $f"; grep -i "memory\|decode graphs\|warm-up\|rror" "$f" | cut -c1-300 | head -8; cp "$f" "$OUT/"

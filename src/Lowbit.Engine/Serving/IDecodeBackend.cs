@@ -43,8 +43,10 @@ public interface IDecodeBackend : IDisposable
     bool BatchesPrefill => false;
 
     /// <summary>
-    /// Several slots' prompt chunks; float32 logits of each chunk's last position (all its positions with
-    /// <see cref="PrefillChunk.AllPositions"/>, where <see cref="BatchesPrefill"/>), chunk after chunk. The default
+    /// Several slots' prompt chunks; the logits of each chunk's last position (all its positions with
+    /// <see cref="PrefillChunk.AllPositions"/>, where <see cref="BatchesPrefill"/>), chunk after chunk: float32, or the
+    /// model's dtype when a chunk keeps all its positions (callers convert the rows they use: a 2,048-token budget's
+    /// float32 copy is 4 B × vocabulary per position more, 0.24 GiB at 32,000). The default
     /// runs them one at a time and ignores <see cref="PrefillChunk.Adapter"/> (the scheduler then selects each chunk's
     /// adapter before calling <see cref="Prefill(int, IReadOnlyList{int}, int)"/> itself).
     /// </summary>

@@ -162,7 +162,7 @@ public sealed class ServeScheduler : IDisposable
                 logits = _batch.Prefill(chunks.Select(c => c with { AllPositions = false }).ToList());
                 WarmUpPhase?.Invoke("prefill, last positions' logits");
             }
-            Sampler.Sample(logits, WarmUpDraws(chunks.Count));
+            Sampler.Sample(logits.to(ScalarType.Float32), WarmUpDraws(chunks.Count));
             WarmUpPhase?.Invoke("sampler after the prefill");
         }
         var rows = _batch.Slots;
@@ -346,7 +346,7 @@ public sealed class ServeScheduler : IDisposable
         if (done.Count > 0)
         {
             // The requests whose prompt is complete sample their first token (one host read for all of them).
-            var rows = logits.index_select(0, tensor(done.Select(d => (long)d.Row).ToArray(), device: logits.device));
+            var rows = logits.index_select(0, tensor(done.Select(d => (long)d.Row).ToArray(), device: logits.device)).to(ScalarType.Float32);
             var sampled = Sampler.Sample(rows, done.Select(d => ((SamplingParams, double)?)(d.Request.Options.Sampling, d.Request.Random.NextDouble())).ToArray());
             for (var i = 0; i < done.Count; i++)
             {
