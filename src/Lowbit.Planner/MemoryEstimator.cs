@@ -82,6 +82,22 @@ public static class MemoryEstimator
     /// </summary>
     public static readonly ByteSize TorchContext = ByteSize.FromGiB(0.67);
 
+    /// <summary>
+    /// lowbit serve's context: NVML's process memory minus the allocator's reserved peak at ready, 0.81-0.86 GiB over the
+    /// six 7B rows of session 12 on the H100 (bf16 and int4; 5 to 40 decode graphs), 1.07 for the 70B int4 (32 graphs of
+    /// 80 layers). More than a Python process's <see cref="TorchContext"/>: the native decode libraries' modules and the
+    /// graphs' executables.
+    /// </summary>
+    public static readonly ByteSize LowbitContext = ByteSize.FromGiB(0.85);
+
+    /// <summary>
+    /// What loading a packed 4-bit model leaves reserved beyond its tensors, per layer: three tensors per projection
+    /// (codes, scales, zeros) placed among freed load-time temporaries leave partly used segments that emptying the cache
+    /// cannot return. Serve's "memory before graphs" on the H100: 0.44 GiB over allocated for the 7B (32 layers), 0.96
+    /// for the 70B (80 layers).
+    /// </summary>
+    public static readonly ByteSize LowbitPackedLoadReservePerLayer = ByteSize.FromMiB(14);
+
     /// <summary>A training process's context: autograd's and the optimizer's workspaces on top (0.74 GiB on the H200 grid).</summary>
     public static readonly ByteSize TorchTrainingContext = ByteSize.FromGiB(0.74);
 
@@ -325,7 +341,9 @@ public static class MemoryEstimator
         var attention = (m.QueryDim + (2.0 * m.KvDim) + m.QueryDim) / n;
         var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2) / n;
         var elementBytes = w.Runtime == ServingRuntime.LlamaCpp ? 4.0 : 2.0;
-        var peak = tokens * ((3.0 * m.HiddenSize) + Math.Max(attention, mlp)) * elementBytes;
+        var peak = w.Runtime == ServingRuntime.Lowbit
+            ? tokens * LowbitLayerIntermediates(m, n) * elementBytes
+            : tokens * ((3.0 * m.HiddenSize) + Math.Max(attention, mlp)) * elementBytes;
         if (w.Runtime == ServingRuntime.Lowbit && m.KvHeads < m.AttentionHeads)
         {
             peak += 2.0 * w.ContextLength * m.QueryDim / n * 2;
@@ -337,6 +355,23 @@ public static class MemoryEstimator
             peak += (double)w.Concurrency * m.AttentionHeads / n * w.ContextLength * (double)w.ContextLength * 10;
         }
         return peak;
+    }
+
+    /// <summary>
+    /// Elements per prefill token alive at the end of a layer of lowbit's prefill (FastDecoder.Forward frees a layer's
+    /// intermediates only when the layer ends): the fused q/k/v output, the rotated q/k, the attention output, o, the
+    /// post-attention normed state, the gate/up output and the activated product, down, and the residual stream and
+    /// normed input of both the previous and the next layer (8 × hidden in all). 7B (MHA): 14 × hidden + 3 ×
+    /// intermediate, 0.345 GiB at 2,048 tokens; the H100 measured 0.36 (session 12, LOWBIT_WARMUP_MEMORY's "prefill,
+    /// last positions' logits" less the 16-bit logits held by then). Freeing q/k/v and the MLP's intermediates once
+    /// consumed would take about half of it.
+    /// </summary>
+    private static double LowbitLayerIntermediates(ModelArchitecture m, int n)
+    {
+        double q = m.QueryDim, kv = m.KvDim;
+        var attention = (q + (2 * kv)) + (q + kv) + q;
+        var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2);
+        return (attention + mlp) / n + (8.0 * m.HiddenSize);
     }
 
     /// <summary>
@@ -749,7 +784,12 @@ public static class MemoryEstimator
             reserve = ByteSize.FromMiB(64) + (tensors * 0.01);
             if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Lowbit)
             {
+                context = LowbitContext;
                 buffers = LowbitGraphBuffers;
+                if (!w.Weights.IsHighPrecision)
+                {
+                    reserve += LowbitPackedLoadReservePerLayer * Math.Ceiling(model.Layers / (double)Math.Max(1, devices));
+                }
             }
 
             if (w.Mode == WorkloadMode.Inference && w.Runtime == ServingRuntime.Transformers)

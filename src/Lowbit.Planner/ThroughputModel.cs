@@ -66,12 +66,13 @@ public static class ThroughputModel
     /// <summary>
     /// The fastest a runtime reads (and dequantizes) packed weights in a one-row decode step, bytes per second per
     /// device, or infinity where its packed kernels are taken at the bandwidth (vLLM's Marlin, llama.cpp's). lowbit:
-    /// 1.05 TB/s, its int4 GEMV being bound by its own instruction rate rather than by memory: the same 7B int4 g64 shape
-    /// decoded 254.9 tokens/s on the H200 and 309.8 on the H100 at batch 1 (session 11; 1.05 is within 20 % of both and
-    /// of the H200's 232.6 of run 3). Devices with less usable bandwidth than that are taken as bandwidth bound.
+    /// 1.25 TB/s, its int4 GEMV (v2) being short of the memory's bandwidth: read cold, one row, it moves 1.27-2.04 TB/s
+    /// on the H100 depending on the shape (bench-kernels, session 12 run 19), and the 7B int4 g64 decodes 304.8-309.8
+    /// tokens/s at batch 1 there (runs 14, 19, 20), which 1.25 reproduces with the step's other costs. Devices with less
+    /// usable bandwidth than that are taken as bandwidth bound.
     /// </summary>
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
-        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.05e12 : double.PositiveInfinity;
+        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.25e12 : double.PositiveInfinity;
 
     /// <summary>
     /// The most decode rows lowbit's packed GEMVs serve (int4 v2: 1-4 rows); more rows dequantize each projection to

@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner.Tests;
 
 /// <summary>
@@ -7,11 +9,11 @@ namespace Lowbit.Planner.Tests;
 /// </summary>
 public sealed class AcceptanceTests
 {
-    private static PlanResult Serve(ModelArchitecture model, string weights, int context, PlacementConstraints? constraints = null) =>
+    private static PlanResult Serve(ModelArchitecture model, string weights, int context, PlacementConstraints? constraints = null, ServingRuntime runtime = ServingRuntime.Lowbit) =>
         PlacementPlanner.Plan(new PlanRequest
         {
             Model = model,
-            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse(weights), ContextLength = context },
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse(weights), ContextLength = context, Runtime = runtime },
             Constraints = constraints ?? PlacementConstraints.None,
         });
 
@@ -83,14 +85,23 @@ public sealed class AcceptanceTests
         Assert.Equal(("a100-80gb", 1, 3.85), (seed.NodeType.Name, seed.Gpus, seed.HourlyUsd));
     }
 
+    /// <summary>
+    /// The seed figure (about 40 GB, one A100-40GB) holds for llama.cpp. Our engine measured more: 50.16 GiB for the 70B
+    /// int4 g64 at 4,096 × 8 on the H100 (session 12; its context, packed-load reserve and prefill intermediates), which
+    /// the planner carries to 39.5 GiB at 4,096 × 1 with 4.25-bit weights: over an A100-40GB's usable 38 GiB, so among
+    /// A100s lowbit takes one A100-80GB rather than promise a fit that would not load.
+    /// </summary>
     [Fact]
-    public void Does_place_Llama2_70B_int4_at_about_40_GB_on_one_A100_40GB_among_A100s()
+    public void Does_place_Llama2_70B_int4_at_about_40_GB_on_one_A100_40GB_with_llamacpp_and_one_A100_80GB_with_lowbit()
     {
         var result = Serve(ModelPresets.Llama2_70B, "int4", 4096);
         AssertWithin(40, result.Total.Total.GB);
         Assert.True(Chosen(result).HourlyUsd <= 2.87, Chosen(result).Label);
-        var seed = Chosen(Serve(ModelPresets.Llama2_70B, "int4", 4096, A100Only));
+        var seed = Chosen(Serve(ModelPresets.Llama2_70B, "int4", 4096, A100Only, ServingRuntime.LlamaCpp));
         Assert.Equal(("a100-40gb", 1, 2.87), (seed.NodeType.Name, seed.Gpus, seed.HourlyUsd));
+        var ours = Serve(ModelPresets.Llama2_70B, "int4", 4096, A100Only);
+        Assert.IsType<DoesNotFit>(Option(ours, "a100-40gb", 1));
+        Assert.Equal(("a100-80gb", 1, 3.85), (Chosen(ours).NodeType.Name, Chosen(ours).Gpus, Chosen(ours).HourlyUsd));
     }
 
     [Fact]
@@ -173,7 +184,8 @@ public sealed class AcceptanceTests
         var result = PlacementPlanner.Plan(new PlanRequest
         {
             Model = ModelPresets.Llama2_13B,
-            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("bpw-2.65"), ContextLength = 2048 },
+            // A llama.cpp-class figure (2.65 bits per weight, Q2_K): lowbit's CUDA context and packed-load reserve need 7.8 GiB.
+            Workload = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse("bpw-2.65"), ContextLength = 2048, Runtime = ServingRuntime.LlamaCpp },
             Catalog = eightGb,
         });
         var chosen = Chosen(result);
@@ -184,7 +196,8 @@ public sealed class AcceptanceTests
     [Fact]
     public void Does_fit_Llama2_70B_at_2_5_bits_per_weight_with_2048_context_in_24_GB()
     {
-        var result = Serve(ModelPresets.Llama2_70B, "bpw-2.5", 2048);
+        // An ExLlamaV2/llama.cpp-class figure: with lowbit's measured overheads the same weights need 23.9 GiB (two GPUs).
+        var result = Serve(ModelPresets.Llama2_70B, "bpw-2.5", 2048, runtime: ServingRuntime.LlamaCpp);
         Assert.IsType<Fits>(Option(result, "rtx-3090", 1));
         Assert.IsType<Fits>(Option(result, "rtx-4090", 1));
         var chosen = Chosen(result);
