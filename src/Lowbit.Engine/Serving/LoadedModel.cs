@@ -166,10 +166,6 @@ public sealed class LoadedModel : IDisposable
         }
     }
 
-    /// <summary>
-    /// The GGUF file to serve through llama.cpp: <paramref name="model"/> itself when it is a .gguf file, or the one
-    /// .gguf file of a folder without safetensors weights; null for a safetensors model.
-    /// </summary>
     /// <summary>The environment variable that turns on the per-part warm-up memory report (calibrate-lowbit.sh sets it).</summary>
     public const string WarmUpMemoryEnv = "LOWBIT_WARMUP_MEMORY";
 
@@ -196,6 +192,10 @@ public sealed class LoadedModel : IDisposable
         return phases;
     }
 
+    /// <summary>
+    /// The GGUF file to serve through llama.cpp: <paramref name="model"/> itself when it is a .gguf file, or the one
+    /// .gguf file of a folder without safetensors weights; null for a safetensors model.
+    /// </summary>
     public static string? GgufPath(string model)
     {
         if (File.Exists(model))

@@ -106,6 +106,9 @@ public sealed class ServeScheduler : IDisposable
         return done.Task;
     }
 
+    /// <summary>Called after each part of the warm-up with its name (serve's per-phase memory report, opt-in).</summary>
+    public Action<string>? WarmUpPhase { get; set; }
+
     /// <summary>
     /// The load-time warm-up (vLLM's profile run), on the scheduler's thread before any request: one prefill at the
     /// full budget's shape on dummy tokens (spread over as many slots as it takes; all positions' logits and their
@@ -115,9 +118,6 @@ public sealed class ServeScheduler : IDisposable
     /// GEMM heuristics, the thread's BLAS handle, the caching allocator growing to its peak), and the process's memory
     /// peak is reached before <c>/ready</c>. No request state or metric is touched.
     /// </summary>
-    /// <summary>Called after each part of the warm-up with its name (serve's per-phase memory report, opt-in).</summary>
-    public Action<string>? WarmUpPhase { get; set; }
-
     public async Task<WarmUpResult> WarmUpAsync()
     {
         WarmUpResult? result = null;
