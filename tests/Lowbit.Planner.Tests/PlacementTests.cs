@@ -179,9 +179,9 @@ public sealed class PlacementTests
             var w = new Workload { Mode = WorkloadMode.Inference, Weights = WeightFormat.Parse(weights), ContextLength = 256, Runtime = runtime };
             return ThroughputModel.Estimate(model, model.Parameters, w, GpuCatalog.Default.Find(gpu)!, 1, 1).TokensPerSecond;
         }
-        // H200: 4.8 TB/s × 65% = 3.1 TB/s, above the int4 GEMV's 1.04 TB/s: int4 decodes about as fast as bf16 (measured
-        // 232.6 vs 221.7 tokens/s), while vLLM's Marlin kernels are taken at the bandwidth.
-        Assert.InRange(Speed("h200-141gb", ServingRuntime.Lowbit, "int4") / Speed("h200-141gb", ServingRuntime.Lowbit, "bf16"), 0.95, 1.3);
+        // H200: 4.8 TB/s × 65% = 3.1 TB/s, above the int4 GEMV's 1.25 TB/s: int4 decodes well under 3.5× bf16 (the bytes'
+        // ratio; the H100 measured 1.72×: 304.8 vs 177.2 tokens/s, run 20), while vLLM's Marlin kernels are taken at the bandwidth.
+        Assert.InRange(Speed("h200-141gb", ServingRuntime.Lowbit, "int4") / Speed("h200-141gb", ServingRuntime.Lowbit, "bf16"), 1.2, 1.8);
         var vllm = Speed("h200-141gb", ServingRuntime.Vllm, "int4");
         var lowbit = Speed("h200-141gb", ServingRuntime.Lowbit, "int4");
         Assert.True(vllm > 1.5 * lowbit, $"vLLM int4 {vllm:F0} vs lowbit int4 {lowbit:F0} tokens/s");
