@@ -128,8 +128,10 @@ public static class OperatorDemo
                 TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
             summary.ObservedTokensPerSecond = await prometheus.WaitForAsync($"max(lowbit_endpoint_tokens_per_second{{endpoint=\"{endpoint.Name}\"}})", v => v > 0,
                 TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
-            summary.ObservedTtftSeconds = await prometheus.QueryAsync($"max(lowbit_endpoint_time_to_first_token_seconds{{endpoint=\"{endpoint.Name}\"}})", cancellationToken)
-                .ConfigureAwait(false);
+            // The gauge is the mean over a scrape interval in which requests got their first token: an interval that saw
+            // only decode steps leaves it unset, so wait for one (the traffic above keeps starting requests).
+            summary.ObservedTtftSeconds = await prometheus.WaitForAsync($"max(lowbit_endpoint_time_to_first_token_seconds{{endpoint=\"{endpoint.Name}\"}})", v => v > 0,
+                TimeSpan.FromSeconds(20), cancellationToken).ConfigureAwait(false);
             summary.ObservedUsdPerMillion = await prometheus.QueryAsync($"max(lowbit_endpoint_usd_per_million_tokens{{endpoint=\"{endpoint.Name}\"}})", cancellationToken)
                 .ConfigureAwait(false);
             await traffic.CancelAsync().ConfigureAwait(false);
