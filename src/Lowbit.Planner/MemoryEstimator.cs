@@ -338,12 +338,11 @@ public static class MemoryEstimator
     private static double PrefillTransient(ModelArchitecture m, Workload w, int n, DeviceKind kind, ByteSize deviceMemory)
     {
         double tokens = PrefillTokens(w, deviceMemory, kind);
-        var attention = (m.QueryDim + (2.0 * m.KvDim) + m.QueryDim) / n;
-        var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2) / n;
         var elementBytes = w.Runtime == ServingRuntime.LlamaCpp ? 4.0 : 2.0;
-        var peak = w.Runtime == ServingRuntime.Lowbit
-            ? tokens * LowbitLayerIntermediates(m, n) * elementBytes
-            : tokens * ((3.0 * m.HiddenSize) + Math.Max(attention, mlp)) * elementBytes;
+        var perToken = w.Runtime == ServingRuntime.Lowbit
+            ? LowbitLayerIntermediates(m, n)
+            : (3.0 * m.HiddenSize) + Math.Max((m.QueryDim + (2.0 * m.KvDim) + m.QueryDim) / n, MlpIntermediates(m) / n);
+        var peak = tokens * perToken * elementBytes;
         if (w.Runtime == ServingRuntime.Lowbit && m.KvHeads < m.AttentionHeads)
         {
             peak += 2.0 * w.ContextLength * m.QueryDim / n * 2;
@@ -370,9 +369,11 @@ public static class MemoryEstimator
     {
         double q = m.QueryDim, kv = m.KvDim;
         var attention = (q + (2 * kv)) + (q + kv) + q;
-        var mlp = (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2);
-        return (attention + mlp) / n + (8.0 * m.HiddenSize);
+        return (attention + MlpIntermediates(m)) / n + (8.0 * m.HiddenSize);
     }
+
+    /// <summary>Elements per token of the MLP's intermediates, every routed expert: gated, the gate/up outputs and their product (3 × intermediate); dense 2 ×.</summary>
+    private static double MlpIntermediates(ModelArchitecture m) => (double)m.IntermediateSize * m.ExpertsPerToken * (m.Mlp == MlpKind.Gated ? 3 : 2);
 
     /// <summary>
     /// Logits of the positions computed. lowbit: one row per decode slot (model dtype plus the sampler's fp32 copy,

@@ -162,7 +162,7 @@ public sealed class ServeScheduler : IDisposable
                 logits = _batch.Prefill(chunks.Select(c => c with { AllPositions = false }).ToList());
                 WarmUpPhase?.Invoke("prefill, last positions' logits");
             }
-            Sampler.Sample(logits.to(ScalarType.Float32), WarmUpDraws(chunks.Count));
+            Sampler.Sample(logits, WarmUpDraws(chunks.Count));
             WarmUpPhase?.Invoke("sampler after the prefill");
         }
         var rows = _batch.Slots;
