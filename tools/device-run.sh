@@ -8,6 +8,7 @@
 #   kernels            self-check, bench-kernels, bench.sh --layers 32 (issue 13: bf16/int4 batch 1/32 vs transformers)
 #   decode RUNS        self-check, then bench-decode on a random 7B (RUNS like graph:1,int4-graph:1,int4-graph:16)
 #   attention [RUNS]   self-check, then bench-decode with SDPA and with the native decode attention, same RUNS
+#   fusion [RUNS]      self-check, bench-decode with the decode-step fusions on and off (LOWBIT_DECODE_FUSION), bench-kernels
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
@@ -68,6 +69,22 @@ case "$mode" in
 for l in open(sys.argv[1]):
     r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-$a.jsonl"
     done ;;
+  fusion)
+    # The decode-step fusions (issue 13): the same runs with LOWBIT_DECODE_FUSION on and off, then bench-kernels (the
+    # two-stage int4 GEMV against the one-stage one, the selection's choice per shape).
+    selfcheck
+    m=/tmp/lowbit-calibrate-work/random-7b
+    [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
+    for f in 1 0; do
+      LOWBIT_DECODE_FUSION=$f timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
+        --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,int4-graph:1,int4-graph:2}" > "$OUT/decode-fusion$f.jsonl" 2> "$OUT/decode-fusion$f.err"
+      echo "fusion $f: rc=$?"; grep "differs\|rror" "$OUT/decode-fusion$f.err" | cut -c1-200 | head -5
+      grep "int4.*proj\|kernel selection" "$OUT/decode-fusion$f.err" | head -3 | cut -c1-250
+      python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    r=json.loads(l); print(r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-fusion$f.jsonl"
+    done
+    timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; grep -i "int4" "$OUT/kernels.log" | head -40 | cut -c1-250 ;;
   calibrate)
     t="${2:-420}"
     timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1
@@ -96,6 +113,6 @@ for l in open(sys.argv[1]):
         --runs "${1:-graph:1,int4-graph:1}" > "$OUT/profile.log" 2>&1
       echo "nsys rc=$?"; grep -A40 "cuda_gpu_kern_sum" "$OUT/profile.log" | cut -c1-220 | head -45
     fi ;;
-  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, calibrate, finetune, serve, profile)" >&2; exit 42 ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, calibrate, finetune, serve, profile)" >&2; exit 42 ;;
 esac
 date +%T

@@ -142,6 +142,83 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
+                if (NativeKernelsV2.Int4XSupports(dtype, batch, k, 2, Int4Prologue.None, residual: false))
+                {
+                    // The two-stage variant (a kernel-selection candidate) on the same shapes.
+                    var staged = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                    NativeKernelsV2.Int4LinearX(x, packed, staged, 2, Int4Prologue.None, null, 0, null);
+                    Report($"int4-v2-2stage {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", staged, reference);
+                }
+            }
+            if (NativeKernelsV2.FusedAvailable)
+            {
+                // The decode step's fused variants (bf16, 1-2 rows, both stages) against the separate native kernels
+                // followed by dequantize + linear (ForwardFused's fallback): the q/k/v and gate/up projections with the
+                // RMSNorm inside, the output projection with the residual add, the down projection with SiLU·mul and the add.
+                foreach (var (batch, n, k, group, stages) in new[]
+                {
+                    (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 2), (1, 4096, 11008, 64, 2), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 2),
+                })
+                {
+                    using var scope = NewDisposeScope();
+                    var w = randn([n, k], ScalarType.Float32, device) * 0.02;
+                    using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
+                    using var packed = Int4Weight.From(q);
+                    var dense = packed.Dequantize(bf16);
+                    var stream = (randn([batch, k], bf16, device) * 3).to(bf16);
+                    var normWeight = (rand([k], bf16, device) + 0.5).to(bf16);
+                    var gateUp = (randn([batch, 2 * k], bf16, device) * 2).to(bf16);
+                    var residual = randn([batch, n], bf16, device);
+                    var name = $"g{group} B={batch} N={n} K={k} stages={stages}";
+
+                    var normed = empty([batch, k], bf16, device);
+                    NativeKernels.RmsNorm(stream, null, normWeight, 1e-5, null, normed);
+                    var output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
+                    NativeKernelsV2.Int4LinearX(stream, packed, output, stages, Int4Prologue.RmsNorm, normWeight, 1e-5, null);
+                    Report($"int4-v2 fused rmsnorm {name}", output, nn.functional.linear(normed, dense));
+
+                    var activated = empty([batch, k], bf16, device);
+                    NativeKernels.SiluMul(gateUp, activated);
+                    output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
+                    NativeKernelsV2.Int4LinearX(gateUp, packed, output, stages, Int4Prologue.SiluMul, null, 0, residual);
+                    Report($"int4-v2 fused silu-mul + residual {name}", output, residual.add(nn.functional.linear(activated, dense), Scalars.One));
+
+                    output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
+                    NativeKernelsV2.Int4LinearX(stream, packed, output, stages, Int4Prologue.None, null, 0, residual);
+                    Report($"int4-v2 fused residual {name}", output, residual.add(nn.functional.linear(stream, dense), Scalars.One));
+                }
+                // RoPE + KV-cache write against the RoPE kernel and index_copy_ (bit-exact): rows at different positions
+                // (one past the cache, clamped), grouped heads, head dims 128 and 64, the other cache rows untouched.
+                foreach (var (batch, heads, kvHeads, headDim, maxLength) in new[] { (1, 32, 32, 128, 2049), (4, 32, 8, 128, 300), (3, 8, 2, 64, 17) })
+                {
+                    using var scope = NewDisposeScope();
+                    var all = heads + (2 * kvHeads);
+                    var qkv = randn([batch, all * headDim], bf16, device);
+                    var cos = randn([batch, headDim], bf16, device).cos();
+                    var sin = randn([batch, headDim], bf16, device).sin();
+                    var positions = tensor(Enumerable.Range(0, batch).Select(b => b == batch - 1 ? (long)maxLength + 3 : (b * 37L) % maxLength).ToArray(), device: device);
+                    var keys = full([batch + 1, maxLength, kvHeads, headDim], Scalars.Of(double.NaN), bf16, device);
+                    var values = full([batch + 1, maxLength, kvHeads, headDim], Scalars.Of(double.NaN), bf16, device);
+                    var query = full([batch, heads * headDim], Scalars.Of(double.NaN), bf16, device);
+                    NativeKernelsV2.RopeKv(qkv, cos, sin, positions, query, keys, values);
+                    var rotated = empty([batch, (heads + kvHeads) * headDim], bf16, device);
+                    NativeKernels.Rope(qkv.narrow(1, 0, (heads + kvHeads) * headDim), heads + kvHeads, cos, sin, rotated);
+                    var clamped = positions.clamp(Scalars.Of(0), Scalars.Of(maxLength - 1));
+                    var slotsAt = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(maxLength)).add(clamped, Scalars.One);
+                    var wantKeys = full([batch + 1, maxLength, kvHeads, headDim], Scalars.Of(double.NaN), bf16, device);
+                    var wantValues = full([batch + 1, maxLength, kvHeads, headDim], Scalars.Of(double.NaN), bf16, device);
+                    wantKeys.view(-1, kvHeads * headDim).index_copy_(0, slotsAt, rotated.narrow(1, heads * headDim, kvHeads * headDim));
+                    wantValues.view(-1, kvHeads * headDim).index_copy_(0, slotsAt, qkv.narrow(1, (heads + kvHeads) * headDim, kvHeads * headDim));
+                    long Differing(Tensor got, Tensor want) => got.isnan().ne(want.isnan()).sum().item<long>()
+                        + got.nan_to_num().ne(want.nan_to_num()).sum().item<long>();
+                    var differing = Differing(query, rotated.narrow(1, 0, heads * headDim)) + Differing(keys, wantKeys) + Differing(values, wantValues);
+                    failed += differing == 0 ? 0 : 1;
+                    stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+                    {
+                        ["event"] = "selfcheck-kernel", ["check"] = $"rope+kv write B={batch} heads={heads}/{kvHeads} D={headDim} (bit-exact)",
+                        ["relativeError"] = (double)differing, ["allWritten"] = true, ["pass"] = differing == 0,
+                    }));
+                }
             }
         }
         if (NativeKernelsV2.Available)

@@ -122,6 +122,7 @@ public sealed class FastDecoder : IDisposable
         _graphs = cuda && options.UseGraphs && NativeKernels.Available;
         UsesNativeAttention = cuda && native && Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionEnv) == "native"
             && NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1);
+        UsesDecodeFusion = cuda && native && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0";
         _heads = _config.NumAttentionHeads;
         _kvHeads = _config.NumKeyValueHeads;
         _headDim = _config.HeadDim;
@@ -293,6 +294,18 @@ public sealed class FastDecoder : IDisposable
     /// shapes it takes. Prefill attention stays SDPA.
     /// </summary>
     public bool UsesNativeAttention { get; }
+
+    /// <summary>
+    /// Set to <c>0</c> to run the decode step's RMSNorm, SiLU·mul, residual adds, RoPE and KV-cache writes as separate
+    /// kernels even where the fused ones are available (<see cref="ForwardFused"/>; for measuring what they buy).
+    /// </summary>
+    public const string FusionEnv = "LOWBIT_DECODE_FUSION";
+
+    /// <summary>
+    /// True when the decode step (without LoRA) runs <see cref="ForwardFused"/>: CUDA, the native kernels, and the v2
+    /// library's fused variants loaded, unless <see cref="FusionEnv"/> is <c>0</c>.
+    /// </summary>
+    public bool UsesDecodeFusion { get; }
 
     /// <summary>Why <see cref="CaptureServeGraphs"/> turned the graphs off (the capture failed), or null.</summary>
     public string? GraphFailure { get; private set; }
@@ -777,10 +790,8 @@ public sealed class FastDecoder : IDisposable
         var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength));
         var slotsAt = rows.add(positions, Scalars.One);
         var input = stage.Index == 0 ? _embed.index_select(0, _tokens.narrow(0, 0, batch)) : stage.Input!.narrow(0, 0, batch);
-        var hidden = Forward(stage, input, cos, sin, (layer, k, v, q) =>
+        Tensor Attend(int layer, Tensor q)
         {
-            _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
-            _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
             if (UsesNativeAttention)
             {
                 // Straight from the cache at each row's position: no transposed views, mask or per-kv-head query views.
@@ -795,7 +806,21 @@ public sealed class FastDecoder : IDisposable
             var query = q.view(batch, _kvHeads, _heads / _kvHeads, _headDim);
             var attended = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: visible);
             return attended.reshape(batch, _heads * _headDim);
-        }, null, lora ? stage.LoraMask!.narrow(0, 0, batch) : null);
+        }
+        var hidden = UsesDecodeFusion && !lora
+            ? ForwardFused(stage, input, (layer, qkv) =>
+            {
+                // RoPE of q and k, and k/v into the cache at each row's position, in one kernel.
+                var q = empty([batch, _heads * _headDim], _dtype, device);
+                NativeKernelsV2.RopeKv(qkv, cos, sin, positions, q, _keys[layer], _values[layer]);
+                return Attend(layer, q);
+            })
+            : Forward(stage, input, cos, sin, (layer, k, v, q) =>
+            {
+                _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
+                _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
+                return Attend(layer, q);
+            }, null, lora ? stage.LoraMask!.narrow(0, 0, batch) : null);
         if (!stage.IsLast)
         {
             stage.Output!.narrow(0, 0, batch).copy_(hidden);
@@ -874,6 +899,74 @@ public sealed class FastDecoder : IDisposable
         }
         return pick is null ? normed : normed.index_select(0, pick);
     }
+
+    /// <summary>
+    /// The decode step's layers with fewer kernels (<see cref="UsesDecodeFusion"/>): RoPE with the KV-cache write in one
+    /// kernel (<paramref name="ropeAttend"/>: the fused q/k/v output in, attention out) and, in a layer whose four
+    /// projections all have fused variants for these rows (the int4 GEMVs), each RMSNorm inside the projection after it
+    /// (every GEMV block normalizes the residual stream it reads), SiLU·mul inside the down projection and each residual
+    /// add inside the projection before it: 5 kernels and attention per layer instead of 11. Other layers run as in
+    /// <see cref="Forward"/>. The roundings are the separate kernels', so the output is <see cref="Forward"/>'s up to fp32
+    /// summation order. No LoRA (its deltas need the normalized input).
+    /// </summary>
+    private Tensor ForwardFused(Stage stage, Tensor input, Func<int, Tensor, Tensor> ropeAttend)
+    {
+        var eps = _config.RmsNormEps;
+        var rows = input.shape[0];
+        bool Fuses(int i) => i < stage.End
+            && _layers[i].Qkv.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNorm, residual: false) != 0
+            && _layers[i].O.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0
+            && _layers[i].GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNorm, residual: false) != 0
+            && _layers[i].Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.SiluMul, residual: true) != 0;
+        var residual = input;
+        Tensor? normed = null;
+        var fuses = Fuses(stage.First);
+        for (var i = stage.First; i < stage.End; i++)
+        {
+            var (previousResidual, previousNormed) = (residual, normed);
+            using var layerScope = NewDisposeScope();
+            var layer = _layers[i];
+            var nextFuses = Fuses(i + 1);
+            if (fuses)
+            {
+                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
+                var attended = ropeAttend(i, qkv);
+                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
+                var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
+                residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                normed = null;
+            }
+            else
+            {
+                var qkv = layer.Qkv.Forward(normed ?? RmsNorm(residual, null, layer.InputNorm, out _), _kernels);
+                var attended = ropeAttend(i, qkv);
+                var postNormed = RmsNorm(layer.O.Forward(attended, _kernels), residual, layer.PostNorm, out var mid);
+                var down = layer.Down.Forward(SiluMul(layer.GateUp.Forward(postNormed, _kernels)), _kernels);
+                if (nextFuses || i + 1 == stage.End && !stage.IsLast)
+                {
+                    // The next layer normalizes inside its projection (or the next stage does): the residual stream only.
+                    residual = mid.add(down, Scalars.One).MoveToOuterDisposeScope();
+                    normed = null;
+                }
+                else
+                {
+                    var nextNorm = i + 1 < _layers.Length ? _layers[i + 1].InputNorm : _finalNorm;
+                    normed = RmsNorm(down, mid, nextNorm, out residual).MoveToOuterDisposeScope();
+                    residual.MoveToOuterDisposeScope();
+                }
+            }
+            fuses = nextFuses;
+            if (!ReferenceEquals(previousResidual, input))
+            {
+                previousResidual.Dispose();
+            }
+            previousNormed?.Dispose();
+        }
+        return !stage.IsLast ? residual : normed ?? RmsNorm(residual, null, _finalNorm, out _);
+    }
+
+    private static InvalidOperationException Unfused(int layer, string projection) =>
+        new($"layer {layer}: the {projection} projection's fused variant was available when the layer was planned but refused its input (a non-contiguous activation?)");
 
     /// <summary>Adds each row's LoRA delta <c>((x·Aᵀ) ⊙ mask)·Bᵀ</c> to a fused projection's output (see <see cref="FusedAdapter"/>).</summary>
     private Tensor Adapt(Tensor output, Tensor input, int layer, FusedGroup group, Tensor? mask)

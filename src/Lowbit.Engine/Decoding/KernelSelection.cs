@@ -23,6 +23,12 @@ public enum ProjectionKernel
     /// <summary>The second int4 dequantize-GEMV (lowbit_kernels_v2.cu, <see cref="NativeKernelsV2.Int4Supports"/>).</summary>
     Int4V2,
 
+    /// <summary>
+    /// The second int4 GEMV in two stages: the next tile's loads in flight while a tile is computed
+    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with 2 stages).
+    /// </summary>
+    Int4V2Staged,
+
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
     Int4Dequant,
 }
@@ -222,6 +228,7 @@ public static class KernelSelector
         ProjectionKernel.NativeGemvV2 => "native-gemv-v2",
         ProjectionKernel.Int4V1 => "int4-v1",
         ProjectionKernel.Int4V2 => "int4-v2",
+        ProjectionKernel.Int4V2Staged => "int4-v2-2stage",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         _ => kernel.ToString(),
     };

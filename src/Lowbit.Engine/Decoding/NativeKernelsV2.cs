@@ -33,6 +33,9 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Dequantize;
     private static delegate* unmanaged<int, int, int, int, int, int> _attentionSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
+    private static delegate* unmanaged<int, int, int, int, int, int, int> _int4XSupports;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int> _int4LinearX;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
 
     /// <summary>True when the library is loaded.</summary>
     public static bool Available
@@ -84,6 +87,49 @@ public static unsafe class NativeKernelsV2
     {
         Require();
         Check(_int4Dequantize(packed.Handle, scales.Handle, zeros.Handle, groupSize, output.Handle), "int4 dequantize");
+    }
+
+    /// <summary>
+    /// True when the library has the int4 GEMV's variants (<see cref="Int4LinearX"/>: two stages, the decode step's
+    /// prologues and residual add) and the fused RoPE + KV-cache write (<see cref="RopeKv"/>).
+    /// </summary>
+    public static bool FusedAvailable => Available && _int4LinearX != null && _ropeKv != null;
+
+    /// <summary>True when <see cref="Int4LinearX"/> takes this variant (<paramref name="stages"/> 1 or 2).</summary>
+    public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int stages, Int4Prologue prologue, bool residual) =>
+        FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue
+        && _int4XSupports(dtype == ScalarType.BFloat16 ? 0 : 1, (int)rows, (int)inFeatures, stages, (int)prologue, residual ? 1 : 0) == 1;
+
+    /// <summary>
+    /// <paramref name="output"/> <c>[B, N]</c> = P(x) · dequant(W)ᵀ (+ <paramref name="residual"/>): P is nothing, the
+    /// RMSNorm with <paramref name="normWeight"/> (x the residual stream <c>[B, K]</c>), or SiLU·mul (x the fused gate/up
+    /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
+    /// </summary>
+    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int stages, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    {
+        Require();
+        if (_int4LinearX == null)
+        {
+            throw new InvalidOperationException("the int4 GEMV variants are unavailable: the v2 library lacks them");
+        }
+        Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, stages,
+            (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero), "int4 v2x linear");
+    }
+
+    /// <summary>
+    /// The decode step's RoPE and KV-cache write in one kernel: the query heads of <paramref name="qkv"/>
+    /// <c>[B, (H + 2·KVH)·D]</c> rotated into <paramref name="query"/> <c>[B, H·D]</c>, its key heads rotated and value
+    /// heads as they are into row <c>b</c>, position <c>clamp(positions[b])</c> of <paramref name="keys"/>/<paramref name="values"/>
+    /// <c>[slots, max, KVH, D]</c> (what <c>Rope</c> and two <c>index_copy_</c> did), cos/sin <c>[B, D]</c>.
+    /// </summary>
+    public static void RopeKv(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, Tensor query, Tensor keys, Tensor values)
+    {
+        Require();
+        if (_ropeKv == null)
+        {
+            throw new InvalidOperationException("the fused RoPE + KV write is unavailable: the v2 library lacks it");
+        }
+        Check(_ropeKv(qkv.Handle, cos.Handle, sin.Handle, positions.Handle, query.Handle, keys.Handle, values.Handle), "rope kv");
     }
 
     /// <summary>
@@ -172,6 +218,14 @@ public static unsafe class NativeKernelsV2
                     _attention = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)attention;
                     _attentionSupports = (delegate* unmanaged<int, int, int, int, int, int>)attentionSupports;
                 }
+                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_linear_x", out var int4LinearX)
+                    && NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_x_supports", out var int4XSupports)
+                    && NativeLibrary.TryGetExport(handle, "lowbit_v2_rope_kv", out var ropeKv))
+                {
+                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int>)int4LinearX;
+                    _int4XSupports = (delegate* unmanaged<int, int, int, int, int, int, int>)int4XSupports;
+                    _ropeKv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int>)ropeKv;
+                }
                 _lastError = (delegate* unmanaged<IntPtr>)lastError;
                 _status = $"loaded {path}";
             }
@@ -181,4 +235,17 @@ public static unsafe class NativeKernelsV2
             }
         }
     }
+}
+
+/// <summary>What the int4 GEMV variants (<see cref="NativeKernelsV2.Int4LinearX"/>) do to their activations first.</summary>
+public enum Int4Prologue
+{
+    /// <summary>Nothing: x as given.</summary>
+    None = 0,
+
+    /// <summary>HF RMSNorm of x (the residual stream) with the layer's norm weight.</summary>
+    RmsNorm = 1,
+
+    /// <summary>SiLU(gate) · up of x = the fused gate/up output <c>[B, 2K]</c>.</summary>
+    SiluMul = 2,
 }

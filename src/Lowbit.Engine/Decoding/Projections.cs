@@ -37,6 +37,16 @@ public abstract class Projection : IDisposable
     /// <summary>Runs <paramref name="x"/> through <paramref name="kernel"/> (one of <see cref="Candidates"/>).</summary>
     public virtual Tensor Run(Tensor x, ProjectionKernel kernel) => throw new NotSupportedException($"{GetType().Name} has no kernel choice");
 
+    /// <summary>
+    /// The decode step's fusions (<see cref="Int4Prologue"/>): this projection of <paramref name="prologue"/>(x), plus
+    /// <paramref name="residual"/> when given, in one kernel; null when the kernel chosen for these rows has no such
+    /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings).
+    /// </summary>
+    public virtual Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
+
+    /// <summary>The stages (1 or 2) of the fused variant <see cref="RunFused"/> would run for these rows, or 0 when it has none.</summary>
+    public virtual int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
+
     public abstract void Dispose();
 
     /// <summary>
@@ -202,6 +212,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return kernels.Table?.Lookup(Shape, rows) switch
         {
             ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
+            ProjectionKernel.Int4V2Staged when StagedSupports(rows) => ProjectionKernel.Int4V2Staged,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -223,16 +234,55 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V2);
         }
+        if (StagedSupports(rows))
+        {
+            candidates.Add(ProjectionKernel.Int4V2Staged);
+        }
         return candidates;
+    }
+
+    /// <summary>The two-stage variant takes both 16-bit dtypes when plain; asked with bf16 here (the variants' one dtype).</summary>
+    private bool StagedSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 2, Int4Prologue.None, residual: false);
+
+    public override int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual)
+    {
+        if (bias is not null || Weight.Packed.device_type != DeviceType.CUDA)
+        {
+            return 0;
+        }
+        var stages = Choose(rows, cuda: true, kernels) switch
+        {
+            ProjectionKernel.Int4V2 => 1,
+            ProjectionKernel.Int4V2Staged => 2,
+            _ => 0,
+        };
+        return stages != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, stages, prologue, residual) ? stages : 0;
+    }
+
+    public override Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    {
+        var rows = x.shape[0];
+        var stages = FusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
+        if (stages == 0 || x.stride(1) != 1 || x.stride(0) % 8 != 0)
+        {
+            return null;
+        }
+        var output = empty([rows, Weight.OutFeatures], x.dtype, x.device);
+        NativeKernelsV2.Int4LinearX(x, Weight, output, stages, prologue, normWeight, eps, residual);
+        return output;
     }
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2)
+        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Staged)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            if (kernel == ProjectionKernel.Int4V2)
+            if (kernel == ProjectionKernel.Int4V2Staged)
+            {
+                NativeKernelsV2.Int4LinearX(input, Weight, output, 2, Int4Prologue.None, null, 0, null);
+            }
+            else if (kernel == ProjectionKernel.Int4V2)
             {
                 NativeKernelsV2.Int4Linear(input, Weight.Packed, Weight.Scales, Weight.Zeros, Weight.GroupSize, output);
             }

@@ -15,9 +15,13 @@ mkdir -p "$out"
 # sm_90 only (plus PTX), to keep the first-use build short: elsewhere they fail to launch and kernel selection drops them.
 v2_pid=""
 if [ -f "$src/lowbit_kernels_v2.cu" ] && [ -f "$src/lowbit_kernels_v2.cpp" ]; then
-  "$nvcc" -O3 -std=c++17 -Xcompiler -fPIC -cudart shared \
-    -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 \
-    -c "$src/lowbit_kernels_v2.cu" -o "$out/lowbit_kernels_v2.o" > "$out/lowbit_kernels_v2.log" 2>&1 &
+  # --split-compile spreads the many GEMV instantiations over the cores (nvcc >= 11.8); without it if refused.
+  v2_compile() {
+    "$nvcc" -O3 -std=c++17 -Xcompiler -fPIC -cudart shared "$@" \
+      -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 \
+      -c "$src/lowbit_kernels_v2.cu" -o "$out/lowbit_kernels_v2.o"
+  }
+  { v2_compile --split-compile=0 || v2_compile; } > "$out/lowbit_kernels_v2.log" 2>&1 &
   v2_pid=$!
 fi
 "$nvcc" -O3 -std=c++17 -Xcompiler -fPIC -cudart shared \

@@ -23,6 +23,11 @@ int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*,
 int lowbit_v2_attention_splits(int, int, int, int, int);
 int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, int64_t,
                                       float*, int, int, int, int, int, int, int, void*);
+int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
+int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
+                                int, int, int, int, const void*, float, const void*, int64_t, void*);
+int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
+                          int, int, int, int, void*);
 }
 
 namespace {
@@ -188,6 +193,92 @@ int lowbit_v2_decode_attention(void* q, void* keys, void* values, void* position
                                                      (int)d, (int)max_len, length, splits,
                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// 1 when the int4 GEMV takes this variant: `stages` 1 or 2, `prologue` 0 none, 1 RMSNorm, 2 SiLU·mul, `residual` 0/1.
+int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
+  return lowbit_v2_int4_fused_supports(dtype, batch, k, stages, prologue, residual);
+}
+
+// out[B, N] = P(x) @ dequant(packed, scales, zeros)^T (+ residual[B, N]): P is nothing (prologue 0), the RMSNorm with
+// norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
+int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int stages,
+                            int prologue, void* norm_w, double eps, void* residual) {
+  return guarded([&] {
+    auto& xt = T(x);
+    auto& pt = T(packed);
+    auto& st = T(scales);
+    auto& zt = T(zeros);
+    auto& ot = T(out);
+    TORCH_CHECK(xt.is_cuda() && pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 v2x: CUDA tensors only");
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
+    TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2x: packed uint8 [N, K/2]");
+    const int64_t n = pt.size(0), k = pt.size(1) * 2;
+    TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2x: group ", group, " must be a multiple of 32 dividing K=", k);
+    TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2x: scales/zeros must be float16");
+    TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2x: scales/zeros [N, K/group]");
+    TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2x: x and out must be 2-D");
+    const int64_t width = prologue == 2 ? 2 * k : k;
+    TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2x: shape mismatch (x [B, ", width, "], out [B, ", n, "])");
+    TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2x: x rows must be 16-byte aligned");
+    TORCH_CHECK(ot.stride(1) == 1, "int4 v2x: out must have unit inner stride");
+    TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2x: x and out dtypes differ");
+    const int dtype = dtype_code(xt, "int4 v2x");
+    const void* norm = nullptr;
+    if (prologue == 1) {
+      auto& wt = T(norm_w);
+      TORCH_CHECK(wt.is_cuda() && wt.dim() == 1 && wt.size(0) == k && wt.is_contiguous() && aligned16(wt) && wt.scalar_type() == xt.scalar_type(), "int4 v2x: norm weight [K] contiguous, x's dtype");
+      norm = wt.data_ptr();
+    }
+    const void* res = nullptr;
+    int64_t res_stride = 0;
+    if (residual != nullptr) {
+      auto& rt = T(residual);
+      TORCH_CHECK(rt.is_cuda() && rt.dim() == 2 && rt.size(0) == xt.size(0) && rt.size(1) == n && rt.stride(1) == 1 && rt.scalar_type() == xt.scalar_type(), "int4 v2x: residual [B, N], unit inner stride, x's dtype");
+      res = rt.data_ptr();
+      res_stride = rt.stride(0);
+    }
+    TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, stages, prologue, res != nullptr ? 1 : 0),
+                "int4 v2x: variant not taken (batch ", xt.size(0), ", K=", k, ", stages ", stages, ", prologue ", prologue, ")");
+    const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
+                                               ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, stages,
+                                               prologue, norm, (float)eps, res, res_stride,
+                                               static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "int4 v2x: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported variant" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// The decode step's RoPE + cache write: qkv [B, (H + 2 KVH)·D] (unit inner stride), cos/sin [B, D] contiguous,
+// positions int64 [B]; q_out [B, H·D] contiguous; keys/values [slots, max_len, KVH, D] contiguous.
+int lowbit_v2_rope_kv(void* qkv, void* cos, void* sin, void* positions, void* q_out, void* keys, void* values) {
+  return guarded([&] {
+    auto& xt = T(qkv);
+    auto& ct = T(cos);
+    auto& st = T(sin);
+    auto& pt = T(positions);
+    auto& qt = T(q_out);
+    auto& kt = T(keys);
+    auto& vt = T(values);
+    TORCH_CHECK(xt.is_cuda() && ct.is_cuda() && st.is_cuda() && pt.is_cuda() && qt.is_cuda() && kt.is_cuda() && vt.is_cuda(), "rope kv: CUDA tensors only");
+    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
+    TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "rope kv: keys/values [slots, max_len, kv_heads, D] contiguous");
+    const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
+    TORCH_CHECK(xt.dim() == 2 && xt.stride(1) == 1 && xt.size(1) % d == 0, "rope kv: qkv [B, (H + 2 KVH)·D], unit inner stride");
+    const int64_t batch = xt.size(0), heads = xt.size(1) / d - 2 * kv_heads;
+    TORCH_CHECK(heads >= 1 && batch <= kt.size(0), "rope kv: ", xt.size(1) / d, " heads in qkv for ", kv_heads, " kv heads; batch ", batch, " of ", kt.size(0), " slots");
+    TORCH_CHECK(qt.dim() == 2 && qt.is_contiguous() && qt.size(0) == batch && qt.size(1) == heads * d, "rope kv: q_out [B, H·D] contiguous");
+    TORCH_CHECK(ct.is_contiguous() && st.is_contiguous() && ct.numel() == batch * d && st.numel() == batch * d, "rope kv: cos/sin [B, D] contiguous");
+    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "rope kv: positions int64 [B]");
+    TORCH_CHECK(xt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && qt.scalar_type() == kt.scalar_type()
+                && ct.scalar_type() == kt.scalar_type() && st.scalar_type() == kt.scalar_type(), "rope kv: dtypes differ");
+    const int dtype = dtype_code(kt, "rope kv");
+    const int rc = lowbit_launch_rope_kv(dtype, xt.data_ptr(), xt.stride(0), ct.data_ptr(), st.data_ptr(), pt.data_ptr<int64_t>(),
+                                         qt.data_ptr(), kt.data_ptr(), vt.data_ptr(), (int)batch, (int)heads, (int)kv_heads,
+                                         (int)d, (int)max_len, static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "rope kv: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
 }

@@ -25,6 +25,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 namespace {
 
 template <typename T> struct Cvt2;
@@ -55,10 +57,32 @@ __device__ __forceinline__ float code_of(uint32_t bytes) {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-template <int NB, int CH>
+// What the kernel does to its activations before the product (the decode step's fusions, FusedDecode in
+// FastDecoder.cs), and what it adds to its output:
+//  - kPlain: x as given;
+//  - kNorm: HF RMSNorm of x with weight w (rmsnorm_kernel's arithmetic: T(w * T(x * rsqrt(mean(x^2) + eps))));
+//    every block sums the squares of all of x itself (it holds all of K anyway), so the norm needs no kernel of its own;
+//  - kSiluMul: x is the fused gate/up output [B, 2K]: T(T(silu(g)) * u) (silu_mul_kernel's arithmetic);
+//  - residual (RES): out = T(T(x W^T) + residual), the residual add that the next RMSNorm kernel did (T(o + r)).
+constexpr int kPlain = 0;
+constexpr int kNorm = 1;
+constexpr int kSiluMul = 2;
+
+struct Fusion {
+  const void* norm_w;    // [K] in the model dtype (kNorm)
+  float eps;             // kNorm
+  const void* residual;  // [B, N] rows at res_stride (RES)
+  int64_t res_stride;
+};
+
+template <typename T>
+__device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
+
+// Rows per tile: fewer when the activations take many registers. Two-stage tiles (S = 2: the next tile's loads are in
+// flight while this one is computed) hold two tiles of half the rows, so the weights in registers stay the same.
+template <int NB, int CH, int S>
 struct Tile {
-  // Rows per tile: fewer when the activations take many registers.
-  static constexpr int R = NB * CH >= 4 ? 4 : 8;
+  static constexpr int R = (NB * CH >= 4 ? 4 : 8) / S;
 };
 
 // Loads a tile's codes, scales and zeros into registers (rows past n repeat the last row; their outputs are not written).
@@ -87,23 +111,87 @@ __device__ __forceinline__ void load_tile(const uint2* __restrict__ wbase, const
   }
 }
 
-template <typename T, int NB, int CH>
+// One tile's products of its R rows with this thread's activations.
+template <int NB, int CH, int R>
+__device__ __forceinline__ void tile_products(const uint2 (&wv)[R][CH], const unsigned short (&sv)[R][CH],
+                                              const unsigned short (&zv)[R][CH], const float (&xv)[CH][NB][16],
+                                              const float (&xs)[CH][NB], float (&acc)[R][NB]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      const uint32_t lo0 = wv[r][j].x & 0x0F0F0F0Fu;
+      const uint32_t hi0 = (wv[r][j].x >> 4) & 0x0F0F0F0Fu;
+      const uint32_t lo1 = wv[r][j].y & 0x0F0F0F0Fu;
+      const uint32_t hi1 = (wv[r][j].y >> 4) & 0x0F0F0F0Fu;
+      float q[16];
+      q[0] = code_of<0>(lo0);  q[1] = code_of<0>(hi0);  q[2] = code_of<1>(lo0);  q[3] = code_of<1>(hi0);
+      q[4] = code_of<2>(lo0);  q[5] = code_of<2>(hi0);  q[6] = code_of<3>(lo0);  q[7] = code_of<3>(hi0);
+      q[8] = code_of<0>(lo1);  q[9] = code_of<0>(hi1);  q[10] = code_of<1>(lo1); q[11] = code_of<1>(hi1);
+      q[12] = code_of<2>(lo1); q[13] = code_of<2>(hi1); q[14] = code_of<3>(lo1); q[15] = code_of<3>(hi1);
+      const float s = __half2float(__ushort_as_half(sv[r][j]));
+      const float z = __half2float(__ushort_as_half(zv[r][j]));
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) d = fmaf(xv[j][b][i], q[i], d);
+        // sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
+        acc[r][b] = fmaf(s, fmaf(256.f, d, -(128.f + z) * xs[j][b]), acc[r][b]);
+      }
+    }
+  }
+}
+
+// A tile's sums reduced across the block and written (the residual added when RES). `red` alternates between two
+// buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of the tile in
+// between before anyone writes it again.
+template <typename T, int NB, int R, bool RES>
+__device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*red)[kWarps][R * NB], int& buf, int row0,
+                                            int n, int batch, T* __restrict__ out, int64_t out_stride,
+                                            const T* __restrict__ residual, int64_t res_stride, int tid, int lane,
+                                            int warp) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      const float v = warp_sum2(acc[r][b]);
+      if (lane == 0) red[buf][warp][r * NB + b] = v;
+    }
+  }
+  __syncthreads();
+  if (tid < R * NB) {
+    const int r = tid / NB;
+    const int b = tid % NB;
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) v += red[buf][w][tid];
+    if (row0 + r < n && b < batch) {
+      if constexpr (RES) v = rnd2<T>(v) + Cvt2<T>::f(residual[b * res_stride + row0 + r]);
+      out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+    }
+  }
+  buf ^= 1;
+}
+
+template <typename T, int NB, int CH, int S, int PRO, bool RES>
 __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
-    int64_t out_stride, int batch, int n, int k, int group) {
-  constexpr int R = Tile<NB, CH>::R;
+    int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
+  constexpr int R = Tile<NB, CH, S>::R;
   __shared__ float red[2][kWarps][R * NB];
+  __shared__ float norm_partial[kWarps][NB];
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int chunks = k / 16;
   const int groups = k / group;
   const uint2* wbase = reinterpret_cast<const uint2*>(packed);
+  const T* residual = static_cast<const T*>(fusion.residual);
 
-  // This thread's activations (floats) and their per-chunk sums.
-  float xv[CH][NB][16];
-  float xs[CH][NB];
   int gidx[CH];
   bool live[CH];
 #pragma unroll
@@ -111,9 +199,24 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
     const int c = tid + j * kThreads;
     live[j] = c < chunks;
     gidx[j] = live[j] ? (c * 16) / group : 0;
+  }
+
+  // The first tile's weights go out before the activations: they do not depend on them (nor on the kernel before).
+  uint2 wv[S][R][CH];
+  unsigned short sv[S][R][CH];
+  unsigned short zv[S][R][CH];
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv[0], sv[0], zv[0]);
+
+  // This thread's activations (floats, after the prologue) and their per-chunk sums.
+  float xv[CH][NB][16];
+  float xs[CH][NB];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kThreads;
 #pragma unroll
     for (int b = 0; b < NB; b++) {
-      float s = 0.f;
       if (live[j] && b < batch) {
         const uint4* xp = reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 16);
         const uint4 u0 = xp[0];
@@ -125,85 +228,106 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
           xv[j][b][i] = Cvt2<T>::f(t0[i]);
           xv[j][b][8 + i] = Cvt2<T>::f(t1[i]);
         }
+        if constexpr (PRO == kSiluMul) {
+          const uint4* up = reinterpret_cast<const uint4*>(x + b * x_stride + k + (int64_t)c * 16);
+          const uint4 v0 = up[0];
+          const uint4 v1 = up[1];
+          const T* p0 = reinterpret_cast<const T*>(&v0);
+          const T* p1 = reinterpret_cast<const T*>(&v1);
 #pragma unroll
-        for (int i = 0; i < 16; i++) s += xv[j][b][i];
+          for (int i = 0; i < 16; i++) {
+            const float g = xv[j][b][i];
+            const float u = Cvt2<T>::f(i < 8 ? p0[i] : p1[i - 8]);
+            xv[j][b][i] = rnd2<T>(rnd2<T>(g / (1.f + expf(-g))) * u);
+          }
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < 16; i++) xv[j][b][i] = 0.f;
       }
+    }
+  }
+  if constexpr (PRO == kNorm) {
+    float ss[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      ss[b] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+#pragma unroll
+        for (int i = 0; i < 16; i++) ss[b] = fmaf(xv[j][b][i], xv[j][b][i], ss[b]);
+      }
+      ss[b] = warp_sum2(ss[b]);
+      if (lane == 0) norm_partial[warp][b] = ss[b];
+    }
+    __syncthreads();
+    const T* w = static_cast<const T*>(fusion.norm_w);
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float total = 0.f;
+#pragma unroll
+      for (int i = 0; i < kWarps; i++) total += norm_partial[i][b];
+      const float inv = rsqrtf(total / (float)k + fusion.eps);
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        const int c = tid + j * kThreads;
+        if (!live[j]) continue;
+        const uint4* wp = reinterpret_cast<const uint4*>(w + (int64_t)c * 16);
+        const uint4 w0 = __ldg(wp);
+        const uint4 w1 = __ldg(wp + 1);
+        const T* g0 = reinterpret_cast<const T*>(&w0);
+        const T* g1 = reinterpret_cast<const T*>(&w1);
+#pragma unroll
+        for (int i = 0; i < 16; i++) xv[j][b][i] = rnd2<T>(Cvt2<T>::f(i < 8 ? g0[i] : g1[i - 8]) * rnd2<T>(xv[j][b][i] * inv));
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < 16; i++) s += xv[j][b][i];
       xs[j][b] = s;
     }
   }
 
-  uint2 wv[R][CH];
-  unsigned short sv[R][CH];
-  unsigned short zv[R][CH];
-  const int stride = gridDim.x * R;
-  int row0 = blockIdx.x * R;
-
-  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv, sv, zv);
   int buf = 0;
-  for (; row0 < n; row0 += stride) {
-    float acc[R][NB];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
-#pragma unroll
-      for (int j = 0; j < CH; j++) {
-        const uint32_t lo0 = wv[r][j].x & 0x0F0F0F0Fu;
-        const uint32_t hi0 = (wv[r][j].x >> 4) & 0x0F0F0F0Fu;
-        const uint32_t lo1 = wv[r][j].y & 0x0F0F0F0Fu;
-        const uint32_t hi1 = (wv[r][j].y >> 4) & 0x0F0F0F0Fu;
-        float q[16];
-        q[0] = code_of<0>(lo0);  q[1] = code_of<0>(hi0);  q[2] = code_of<1>(lo0);  q[3] = code_of<1>(hi0);
-        q[4] = code_of<2>(lo0);  q[5] = code_of<2>(hi0);  q[6] = code_of<3>(lo0);  q[7] = code_of<3>(hi0);
-        q[8] = code_of<0>(lo1);  q[9] = code_of<0>(hi1);  q[10] = code_of<1>(lo1); q[11] = code_of<1>(hi1);
-        q[12] = code_of<2>(lo1); q[13] = code_of<2>(hi1); q[14] = code_of<3>(lo1); q[15] = code_of<3>(hi1);
-        const float s = __half2float(__ushort_as_half(sv[r][j]));
-        const float z = __half2float(__ushort_as_half(zv[r][j]));
-#pragma unroll
-        for (int b = 0; b < NB; b++) {
-          float d = 0.f;
-#pragma unroll
-          for (int i = 0; i < 16; i++) d = fmaf(xv[j][b][i], q[i], d);
-          // sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
-          acc[r][b] = fmaf(s, fmaf(256.f, d, -(128.f + z) * xs[j][b]), acc[r][b]);
-        }
-      }
+  float acc[R][NB];
+  if constexpr (S == 1) {
+    for (; row0 < n; row0 += stride) {
+      tile_products<NB, CH, R>(wv[0], sv[0], zv[0], xv, xs, acc);
+      // The next tile's loads go out after this tile's products, before its reduction and barrier.
+      const int next = row0 + stride;
+      if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv[0], sv[0], zv[0]);
+      tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
     }
-    // The next tile's loads go out before this tile's reduction and barrier.
-    const int next = row0 + stride;
-    if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv, sv, zv);
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-      for (int b = 0; b < NB; b++) {
-        const float v = warp_sum2(acc[r][b]);
-        if (lane == 0) red[buf][warp][r * NB + b] = v;
-      }
+  } else {
+    // Two stages: while one tile is computed, the next one's loads are in flight.
+    while (row0 < n) {
+      int next = row0 + stride;
+      if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv[1], sv[1], zv[1]);
+      tile_products<NB, CH, R>(wv[0], sv[0], zv[0], xv, xs, acc);
+      tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+      row0 = next;
+      if (row0 >= n) break;
+      next = row0 + stride;
+      if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv[0], sv[0], zv[0]);
+      tile_products<NB, CH, R>(wv[1], sv[1], zv[1], xv, xs, acc);
+      tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+      row0 = next;
     }
-    __syncthreads();
-    if (tid < R * NB) {
-      const int r = tid / NB;
-      const int b = tid % NB;
-      float v = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; w++) v += red[buf][w][tid];
-      if (row0 + r < n && b < batch) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
-    }
-    // The other buffer next: its readers of two tiles ago passed the barrier above before anyone writes it again.
-    buf ^= 1;
   }
 }
 
-template <typename T, int NB, int CH>
+template <typename T, int NB, int CH, int S, int PRO, bool RES>
 int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
-              int n, int k, int group, cudaStream_t st) {
+              int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
   // Blocks resident per SM for this instantiation (host-side query, once per process).
   static const int per_sm = [] {
     int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH>, kThreads, 0) != cudaSuccess || v < 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH, S, PRO, RES>, kThreads, 0) != cudaSuccess || v < 1) {
       cudaGetLastError();
       v = 1;
     }
@@ -215,14 +339,14 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
     cudaGetLastError();
     sms = 132;
   }
-  constexpr int R = Tile<NB, CH>::R;
+  constexpr int R = Tile<NB, CH, S>::R;
   const int64_t tiles = ((int64_t)n + R - 1) / R;
   const int64_t resident = (int64_t)sms * per_sm;
   const int blocks = (int)(tiles < resident ? tiles : resident);
   if (blocks == 0) return 0;
-  int4_gemv_v2_kernel<T, NB, CH><<<blocks, kThreads, 0, st>>>(
+  int4_gemv_v2_kernel<T, NB, CH, S, PRO, RES><<<blocks, kThreads, 0, st>>>(
       static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group);
+      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
   return (int)cudaGetLastError();
 }
 
@@ -236,27 +360,110 @@ inline bool supports(int batch, int k) {
   return k % 16 == 0 && ((batch >= 1 && batch <= 2 && ch >= 1 && ch <= 4) || (batch >= 3 && batch <= 4 && ch == 1));
 }
 
+// The fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
+// compile on first use); the engine asks before it fuses and otherwise runs the separate kernels.
+inline bool fused_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
+  if (stages != 1 && stages != 2) return false;
+  if (prologue < kPlain || prologue > kSiluMul) return false;
+  if (prologue == kPlain && !residual) return supports(batch, k);
+  const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
+  return variant && dtype == 0 && batch >= 1 && batch <= 2 && supports(batch, k);
+}
+
+template <typename T, int NB, int CH>
+int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                      int batch, int n, int k, int group, int stages, int prologue, bool residual, const Fusion& f,
+                      cudaStream_t st) {
+  if (prologue == kPlain && !residual) {
+    return stages == 2 ? launch_v2<T, NB, CH, 2, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
+                       : launch_v2<T, NB, CH, 1, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+  }
+  if constexpr (std::is_same<T, __nv_bfloat16>::value && NB <= 2) {
+    if (prologue == kNorm && !residual) {
+      return stages == 2 ? launch_v2<T, NB, CH, 2, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
+                         : launch_v2<T, NB, CH, 1, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    }
+    if (prologue == kPlain && residual) {
+      return stages == 2 ? launch_v2<T, NB, CH, 2, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
+                         : launch_v2<T, NB, CH, 1, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    }
+    if (prologue == kSiluMul && residual) {
+      return stages == 2 ? launch_v2<T, NB, CH, 2, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
+                         : launch_v2<T, NB, CH, 1, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    }
+  }
+  return -3;
+}
+
 template <typename T, int NB>
 int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
-                 int n, int k, int group, cudaStream_t st) {
+                 int n, int k, int group, int stages, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   switch (chunks_per_thread(k)) {
-    case 1: return launch_v2<T, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
-    case 2: return launch_v2<T, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, st);
-    case 3: return launch_v2<T, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, st);
-    case 4: return launch_v2<T, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 1: return launch_v2_variant<T, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
+    case 2: if constexpr (NB <= 2) return launch_v2_variant<T, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st); else return -3;
+    case 3: if constexpr (NB <= 2) return launch_v2_variant<T, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st); else return -3;
+    case 4: if constexpr (NB <= 2) return launch_v2_variant<T, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st); else return -3;
     default: return -3;
   }
 }
 
 template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
-                 int batch, int n, int k, int group, cudaStream_t st) {
+                 int batch, int n, int k, int group, int stages, int prologue, bool residual, const Fusion& f,
+                 cudaStream_t st) {
   if (!supports(batch, k)) return -3;
   switch (batch) {
-    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
-    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, st);
-    default: return launch_v2<T, 4, 1>(x, xs, p, s, z, out, os, batch, n, k, group, st);
+    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
+    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
+    default: return launch_v2_ch<T, 4>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// rope_kv: the decode step's RoPE and KV-cache write in one kernel (it replaced the RoPE kernel and two index_copy per
+// layer). Block (b, h) over the fused q/k/v row b [(H + 2 KVH) * D] at qkv_stride: query heads go rotated to q_out
+// [B, H * D], key heads rotated and value heads as they are to the cache rows [slot b, position p] of keys/values
+// [slots, max_len, KVH, D], p = clamp(positions[b], 0, max_len - 1). The rotation is rope_kernel's:
+// T(T(x * cos) + T(rot * sin)), cos/sin [B, D].
+template <typename T>
+__global__ void rope_kv_kernel(const T* __restrict__ qkv, int64_t qkv_stride, const T* __restrict__ cos,
+                               const T* __restrict__ sin, const int64_t* __restrict__ positions, T* __restrict__ q_out,
+                               T* __restrict__ keys, T* __restrict__ values, int heads, int kv_heads, int d, int max_len) {
+  const int all = heads + 2 * kv_heads;
+  const int h = blockIdx.x % all;
+  const int b = blockIdx.x / all;
+  const T* row = qkv + b * qkv_stride + (int64_t)h * d;
+  int64_t p = positions[b];
+  p = p < 0 ? 0 : p > max_len - 1 ? max_len - 1 : p;
+  const int64_t slot = ((int64_t)b * max_len + p) * kv_heads * d;
+  const int half = d / 2;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    if (h >= heads + kv_heads) {
+      values[slot + (int64_t)(h - heads - kv_heads) * d + i] = row[i];
+      continue;
+    }
+    const float xv = Cvt2<T>::f(row[i]);
+    const float rot = i < half ? -Cvt2<T>::f(row[i + half]) : Cvt2<T>::f(row[i - half]);
+    const float c = Cvt2<T>::f(cos[(int64_t)b * d + i]);
+    const float s = Cvt2<T>::f(sin[(int64_t)b * d + i]);
+    const T o = Cvt2<T>::t(rnd2<T>(xv * c) + rnd2<T>(rot * s));
+    if (h < heads) {
+      q_out[(int64_t)b * heads * d + (int64_t)h * d + i] = o;
+    } else {
+      keys[slot + (int64_t)(h - heads) * d + i] = o;
+    }
+  }
+}
+
+template <typename T>
+int launch_rope_kv(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, const int64_t* positions,
+                   void* q_out, void* keys, void* values, int batch, int heads, int kv_heads, int d, int max_len,
+                   cudaStream_t st) {
+  const int blocks = batch * (heads + 2 * kv_heads);
+  if (blocks == 0) return 0;
+  const int threads = d < 128 ? 64 : 128;
+  rope_kv_kernel<T><<<blocks, threads, 0, st>>>(static_cast<const T*>(qkv), qkv_stride, static_cast<const T*>(cos), static_cast<const T*>(sin), positions, static_cast<T*>(q_out), static_cast<T*>(keys), static_cast<T*>(values), heads, kv_heads, d, max_len);
+  return (int)cudaGetLastError();
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -667,8 +874,45 @@ int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
   switch (dtype) {
-    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, st);
-    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, st);
+    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, 1, kPlain, false, Fusion{}, st);
+    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, 1, kPlain, false, Fusion{}, st);
+    default: return -2;
+  }
+}
+
+// The int4 GEMV with a prologue (0 none, 1 RMSNorm with norm_w/eps, 2 SiLU·mul of x = [gate | up] at x_stride >= 2K),
+// the residual add (residual non-null: out = T(T(x W^T) + residual)) and `stages` (1: the next tile's loads after this
+// tile's products, 2: before them) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
+int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
+  return fused_supports(dtype, batch, k, stages, prologue, residual) ? 1 : 0;
+}
+
+int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
+                                const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
+                                int stages, int prologue, const void* norm_w, float eps, const void* residual,
+                                int64_t res_stride, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (group % 32 != 0 || k % group != 0) return -3;
+  if (!fused_supports(dtype, batch, k, stages, prologue, residual != nullptr ? 1 : 0)) return -3;
+  if ((prologue == kNorm && norm_w == nullptr)) return -3;
+  const Fusion f{norm_w, eps, residual, res_stride};
+  switch (dtype) {
+    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, stages, prologue, residual != nullptr, f, st);
+    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, stages, prologue, residual != nullptr, f, st);
+    default: return -2;
+  }
+}
+
+// RoPE of the query and key heads of qkv [B, (H + 2 KVH) * D] with cos/sin [B, D], queries to q_out [B, H * D], keys
+// and values to the cache [slots, max_len, KVH, D] at (b, clamp(positions[b])). 0, -2 dtype, -3 shape, else cudaError_t.
+int lowbit_launch_rope_kv(int dtype, const void* qkv, int64_t qkv_stride, const void* cos, const void* sin,
+                          const int64_t* positions, void* q_out, void* keys, void* values, int batch, int heads,
+                          int kv_heads, int head_dim, int max_len, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (head_dim < 2 || head_dim % 2 != 0 || heads < 1 || kv_heads < 1 || max_len < 1 || batch < 0) return -3;
+  switch (dtype) {
+    case 0: return launch_rope_kv<__nv_bfloat16>(qkv, qkv_stride, cos, sin, positions, q_out, keys, values, batch, heads, kv_heads, head_dim, max_len, st);
+    case 1: return launch_rope_kv<__half>(qkv, qkv_stride, cos, sin, positions, q_out, keys, values, batch, heads, kv_heads, head_dim, max_len, st);
     default: return -2;
   }
 }

@@ -38,6 +38,7 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline std::barrier<>* g_block;
 inline std::barrier<>* g_warp[32];
 inline float g_shfl[1024];

@@ -89,6 +89,112 @@ int run_dequantize(int dtype, int n, int k, int group, int sms) {
   printf("dequantize %s n %d k %d group %d sms %d: %zu of %zu differ\n", dtype == 0 ? "bf16" : "fp16", n, k, group, sms, wrong, out.size());
   return wrong == 0 ? 0 : 1;
 }
+extern "C" int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, int, int, const void*, float, const void*, int64_t, void*);
+extern "C" int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
+extern "C" int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int, int, int, int, int, void*);
+
+static float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+// The int4 GEMV's fused variants (the decode step's): RMSNorm or SiLU·mul before the product, the residual added
+// after, one or two stages. The reference applies the prologue with the separate kernels' roundings (rmsnorm_kernel,
+// silu_mul_kernel), then a float64 product, then T(T(v) + residual); padding columns stay untouched.
+int run_fused(int batch, int n, int k, int group, int sms, int stages, int prologue, bool residual) {
+  g_sms = sms;
+  std::mt19937 rng(n * 13 + k + batch + stages * 5 + prologue);
+  std::uniform_int_distribution<int> code(0, 15);
+  std::normal_distribution<float> nd(0, 1);
+  const int G = k / group;
+  std::vector<int> q((size_t)n * k);
+  for (auto& v : q) v = code(rng);
+  std::vector<uint8_t> packed((size_t)n * k / 2);
+  for (size_t i = 0; i < packed.size(); i++) packed[i] = (uint8_t)(q[2 * i] | (q[2 * i + 1] << 4));
+  std::vector<__half> s((size_t)n * G), z((size_t)n * G);
+  for (size_t i = 0; i < s.size(); i++) { s[i] = __float2half(0.01f + 0.001f * (i % 7)); z[i] = __float2half(7.5f + 0.13f * (i % 5)); }
+  const int width = prologue == 2 ? 2 * k : k;
+  const int64_t xs = width + 8;
+  std::vector<__nv_bfloat16> x((size_t)batch * xs), w(k), res((size_t)batch * (n + 5));
+  for (auto& v : x) v = __float2bfloat16(3.0f * nd(rng));
+  for (auto& v : w) v = __float2bfloat16(0.5f + std::abs(nd(rng)));
+  for (auto& v : res) v = __float2bfloat16(nd(rng));
+  std::vector<__nv_bfloat16> out((size_t)batch * (n + 3), __float2bfloat16(NAN));
+  if (!lowbit_v2_int4_fused_supports(0, batch, k, stages, prologue, residual ? 1 : 0)) { printf("fused variant not supported\n"); return 1; }
+  const float eps = 1e-5f;
+  int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
+                                       stages, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, nullptr);
+  if (rc) { printf("fused rc %d\n", rc); return 1; }
+  double err = 0, norm = 0;
+  for (int b = 0; b < batch; b++) {
+    std::vector<float> a(k);
+    for (int i = 0; i < k; i++) a[i] = __bfloat162float(x[b * xs + i]);
+    if (prologue == 1) {
+      double ss = 0;
+      for (int i = 0; i < k; i++) ss += (double)a[i] * a[i];
+      const float inv = 1.0f / std::sqrt((float)(ss / k) + eps);
+      for (int i = 0; i < k; i++) a[i] = bf(__bfloat162float(w[i]) * bf(a[i] * inv));
+    } else if (prologue == 2) {
+      for (int i = 0; i < k; i++) {
+        const float g = a[i], u = __bfloat162float(x[b * xs + k + i]);
+        a[i] = bf(bf(g / (1.f + std::exp(-g))) * u);
+      }
+    }
+    for (int r = 0; r < n; r++) {
+      double ref = 0;
+      for (int i = 0; i < k; i++) {
+        const int g = i / group;
+        ref += (double)a[i] * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
+      }
+      if (residual) ref = (double)bf((float)ref) + __bfloat162float(res[b * (n + 5) + r]);
+      const double o = __bfloat162float(out[b * (n + 3) + r]);
+      err += (o - ref) * (o - ref);
+      norm += ref * ref;
+    }
+  }
+  bool pad = true;
+  for (int b = 0; b < batch; b++) for (int r = n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
+  printf("fused batch %d n %d k %d g %d sms %d stages %d prologue %d residual %d: rel err %.3e, padding untouched %d\n",
+         batch, n, k, group, sms, stages, prologue, residual, std::sqrt(err / norm), pad);
+  return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
+}
+
+// RoPE + KV-cache write against the rope kernel's arithmetic on the CPU: bit-identical, and nothing else in the cache
+// touched (rows at other positions and other slots stay NaN).
+int run_rope_kv(int batch, int heads, int kv_heads, int d, int max_len) {
+  std::mt19937 rng(batch * 3 + heads + d);
+  std::normal_distribution<float> nd(0, 1);
+  const int all = heads + 2 * kv_heads;
+  const int64_t stride = (int64_t)all * d + 8;
+  std::vector<__nv_bfloat16> qkv((size_t)batch * stride), cs((size_t)batch * d), sn((size_t)batch * d);
+  for (auto& v : qkv) v = __float2bfloat16(nd(rng));
+  for (auto& v : cs) v = __float2bfloat16(std::cos(nd(rng)));
+  for (auto& v : sn) v = __float2bfloat16(std::sin(nd(rng)));
+  std::vector<int64_t> pos(batch);
+  for (int b = 0; b < batch; b++) pos[b] = b == batch - 1 ? max_len + 4 : (b * 7 + 3) % max_len;
+  const size_t cache = (size_t)(batch + 1) * max_len * kv_heads * d;
+  std::vector<__nv_bfloat16> qo((size_t)batch * heads * d, __float2bfloat16(NAN)), keys(cache, __float2bfloat16(NAN)), values(cache, __float2bfloat16(NAN));
+  int rc = lowbit_launch_rope_kv(0, qkv.data(), stride, cs.data(), sn.data(), pos.data(), qo.data(), keys.data(), values.data(), batch, heads, kv_heads, d, max_len, nullptr);
+  if (rc) { printf("rope_kv rc %d\n", rc); return 1; }
+  size_t wrong = 0, written = 0;
+  auto rope = [&](int b, int h, int i) {
+    const __nv_bfloat16* row = qkv.data() + b * stride + (int64_t)h * d;
+    const float xv = __bfloat162float(row[i]);
+    const float rot = i < d / 2 ? -__bfloat162float(row[i + d / 2]) : __bfloat162float(row[i - d / 2]);
+    return __float2bfloat16(bf(xv * __bfloat162float(cs[b * d + i])) + bf(rot * __bfloat162float(sn[b * d + i]))).v;
+  };
+  for (int b = 0; b < batch; b++) {
+    const int64_t p = std::min<int64_t>(pos[b], max_len - 1);
+    for (int h = 0; h < heads; h++) for (int i = 0; i < d; i++) wrong += qo[((size_t)b * heads + h) * d + i].v != rope(b, h, i);
+    for (int h = 0; h < kv_heads; h++) for (int i = 0; i < d; i++) {
+      const size_t at = (((size_t)b * max_len + p) * kv_heads + h) * d + i;
+      wrong += keys[at].v != rope(b, heads + h, i);
+      wrong += values[at].v != qkv[b * stride + (int64_t)(heads + kv_heads + h) * d + i].v;
+    }
+  }
+  for (size_t i = 0; i < cache; i++) written += !std::isnan(__bfloat162float(keys[i])) + !std::isnan(__bfloat162float(values[i]));
+  const size_t expected = (size_t)2 * batch * kv_heads * d;
+  printf("rope_kv batch %d heads %d/%d d %d: %zu wrong, %zu of %zu cache values written\n", batch, heads, kv_heads, d, wrong, written, expected);
+  return wrong == 0 && written == expected ? 0 : 1;
+}
+
 int run(int batch, int n, int k, int group, int sms, int xstride_extra) {
   g_sms = sms;
   std::mt19937 rng(n * 31 + k + batch);
@@ -164,6 +270,16 @@ int main() {
   f += run(3, 21, 4096, 64, 1, 8);
   f += run(4, 9, 4096, 128, 1, 0);
   f += run(4, 5, 2048, 64, 1, 0);
+  f += run_fused(1, 37, 4096, 64, 3, 2, 0, false);   // two stages, plain
+  f += run_fused(2, 45, 11008, 128, 2, 2, 0, false);
+  f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)
+  f += run_fused(2, 21, 8192, 128, 2, 2, 1, false);
+  f += run_fused(1, 19, 4096, 64, 2, 2, 0, true);    // residual add (the output projection)
+  f += run_fused(2, 23, 4096, 128, 3, 1, 0, true);
+  f += run_fused(1, 17, 2752, 64, 2, 1, 2, true);    // SiLU·mul prologue and residual add (the down projection)
+  f += run_fused(2, 13, 11008, 64, 3, 2, 2, true);
+  f += run_rope_kv(1, 4, 4, 128, 9);
+  f += run_rope_kv(3, 8, 2, 64, 5);
   f += run_dense(1, 21, 4096, 2, 0);
   f += run_dense(2, 13, 11008, 1, 8);
   f += run_dense(3, 9, 4096, 1, 0);
