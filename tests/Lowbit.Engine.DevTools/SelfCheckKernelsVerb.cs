@@ -144,10 +144,10 @@ internal static class SelfCheckKernelsVerb
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
                 if (NativeKernelsV2.Int4XSupports(dtype, batch, k, 2, Int4Prologue.None, residual: false))
                 {
-                    // The two-stage variant (a kernel-selection candidate) on the same shapes.
+                    // The async variant (a kernel-selection candidate: weights through shared memory by cp.async) on the same shapes.
                     var staged = full([batch, n], Scalars.Of(double.NaN), dtype, device);
                     NativeKernelsV2.Int4LinearX(x, packed, staged, 2, Int4Prologue.None, null, 0, null);
-                    Report($"int4-v2-2stage {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", staged, reference);
+                    Report($"int4-v2-async {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", staged, reference);
                 }
             }
             if (NativeKernelsV2.FusedAvailable)

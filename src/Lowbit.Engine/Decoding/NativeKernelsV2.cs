@@ -90,7 +90,7 @@ public static unsafe class NativeKernelsV2
     }
 
     /// <summary>
-    /// True when the library has the int4 GEMV's variants (<see cref="Int4LinearX"/>: two stages, the decode step's
+    /// True when the library has the int4 GEMV's variants (<see cref="Int4LinearX"/>: the cp.async pipeline, the decode step's
     /// prologues and residual add) and the fused RoPE + KV-cache write (<see cref="RopeKv"/>).
     /// </summary>
     public static bool FusedAvailable => Available && _int4LinearX != null && _ropeKv != null;

@@ -212,7 +212,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return kernels.Table?.Lookup(Shape, rows) switch
         {
             ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
-            ProjectionKernel.Int4V2Staged when StagedSupports(rows) => ProjectionKernel.Int4V2Staged,
+            ProjectionKernel.Int4V2Async when AsyncSupports(rows) => ProjectionKernel.Int4V2Async,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -234,15 +234,15 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V2);
         }
-        if (StagedSupports(rows))
+        if (AsyncSupports(rows))
         {
-            candidates.Add(ProjectionKernel.Int4V2Staged);
+            candidates.Add(ProjectionKernel.Int4V2Async);
         }
         return candidates;
     }
 
-    /// <summary>The two-stage variant takes both 16-bit dtypes when plain; asked with bf16 here (the variants' one dtype).</summary>
-    private bool StagedSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 2, Int4Prologue.None, residual: false);
+    /// <summary>The async variant takes both 16-bit dtypes when plain; asked with bf16 here (the fused variants' one dtype).</summary>
+    private bool AsyncSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 2, Int4Prologue.None, residual: false);
 
     public override int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual)
     {
@@ -253,7 +253,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         var stages = Choose(rows, cuda: true, kernels) switch
         {
             ProjectionKernel.Int4V2 => 1,
-            ProjectionKernel.Int4V2Staged => 2,
+            ProjectionKernel.Int4V2Async => 2,
             _ => 0,
         };
         return stages != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, stages, prologue, residual) ? stages : 0;
@@ -274,11 +274,11 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Staged)
+        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Async)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            if (kernel == ProjectionKernel.Int4V2Staged)
+            if (kernel == ProjectionKernel.Int4V2Async)
             {
                 NativeKernelsV2.Int4LinearX(input, Weight, output, 2, Int4Prologue.None, null, 0, null);
             }

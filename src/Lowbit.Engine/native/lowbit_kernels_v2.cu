@@ -27,6 +27,13 @@
 
 #include <type_traits>
 
+#include <cuda_pipeline.h>
+
+// The async kernel's dynamic shared memory (the CPU emulation defines its own).
+#ifndef LOWBIT_DYNAMIC_SHARED
+#define LOWBIT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace {
 
 template <typename T> struct Cvt2;
@@ -78,11 +85,10 @@ struct Fusion {
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
 
-// Rows per tile: fewer when the activations take many registers. Two-stage tiles (S = 2: the next tile's loads are in
-// flight while this one is computed) hold two tiles of half the rows, so the weights in registers stay the same.
+// Rows per tile of the register-pipelined kernel (S = 1): fewer when the activations take many registers.
 template <int NB, int CH, int S>
 struct Tile {
-  static constexpr int R = (NB * CH >= 4 ? 4 : 8) / S;
+  static constexpr int R = S == 1 ? (NB * CH >= 4 ? 4 : 8) : (CH == 1 ? 4 : CH == 2 ? 2 : 1);
 };
 
 // Loads a tile's codes, scales and zeros into registers (rows past n repeat the last row; their outputs are not written).
@@ -176,42 +182,12 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
   buf ^= 1;
 }
 
-template <typename T, int NB, int CH, int S, int PRO, bool RES>
-__global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
-    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
-    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
-    int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
-  constexpr int R = Tile<NB, CH, S>::R;
-  __shared__ float red[2][kWarps][R * NB];
-  __shared__ float norm_partial[kWarps][NB];
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int chunks = k / 16;
-  const int groups = k / group;
-  const uint2* wbase = reinterpret_cast<const uint2*>(packed);
-  const T* residual = static_cast<const T*>(fusion.residual);
-
-  int gidx[CH];
-  bool live[CH];
-#pragma unroll
-  for (int j = 0; j < CH; j++) {
-    const int c = tid + j * kThreads;
-    live[j] = c < chunks;
-    gidx[j] = live[j] ? (c * 16) / group : 0;
-  }
-
-  // The first tile's weights go out before the activations: they do not depend on them (nor on the kernel before).
-  uint2 wv[S][R][CH];
-  unsigned short sv[S][R][CH];
-  unsigned short zv[S][R][CH];
-  const int stride = gridDim.x * R;
-  int row0 = blockIdx.x * R;
-  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv[0], sv[0], zv[0]);
-
-  // This thread's activations (floats, after the prologue) and their per-chunk sums.
-  float xv[CH][NB][16];
-  float xs[CH][NB];
+// This thread's activations after the prologue (floats, zero past K and past `batch`) and their per-chunk sums.
+template <typename T, int NB, int CH, int PRO>
+__device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
+                                                 const Fusion& fusion, int tid, int lane, int warp,
+                                                 const bool (&live)[CH], float (*norm_partial)[NB],
+                                                 float (&xv)[CH][NB][16], float (&xs)[CH][NB]) {
 #pragma unroll
   for (int j = 0; j < CH; j++) {
     const int c = tid + j * kThreads;
@@ -286,67 +262,218 @@ __global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
   for (int j = 0; j < CH; j++) {
 #pragma unroll
     for (int b = 0; b < NB; b++) {
-      float s = 0.f;
+      float sum = 0.f;
 #pragma unroll
-      for (int i = 0; i < 16; i++) s += xv[j][b][i];
-      xs[j][b] = s;
+      for (int i = 0; i < 16; i++) sum += xv[j][b][i];
+      xs[j][b] = sum;
     }
   }
+}
+
+template <typename T, int NB, int CH, int PRO, bool RES>
+__global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
+  constexpr int R = Tile<NB, CH, 1>::R;
+  __shared__ float red[2][kWarps][R * NB];
+  __shared__ float norm_partial[kWarps][NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 16;
+  const int groups = k / group;
+  const uint2* wbase = reinterpret_cast<const uint2*>(packed);
+  const T* residual = static_cast<const T*>(fusion.residual);
+
+  int gidx[CH];
+  bool live[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kThreads;
+    live[j] = c < chunks;
+    gidx[j] = live[j] ? (c * 16) / group : 0;
+  }
+
+  // The first tile's weights go out before the activations: they do not depend on them (nor on the kernel before).
+  uint2 wv[R][CH];
+  unsigned short sv[R][CH];
+  unsigned short zv[R][CH];
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+
+  float xv[CH][NB][16];
+  float xs[CH][NB];
+  load_activations<T, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
 
   int buf = 0;
   float acc[R][NB];
-  if constexpr (S == 1) {
-    for (; row0 < n; row0 += stride) {
-      tile_products<NB, CH, R>(wv[0], sv[0], zv[0], xv, xs, acc);
-      // The next tile's loads go out after this tile's products, before its reduction and barrier.
-      const int next = row0 + stride;
-      if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv[0], sv[0], zv[0]);
-      tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
-    }
-  } else {
-    // Two stages: while one tile is computed, the next one's loads are in flight.
-    while (row0 < n) {
-      int next = row0 + stride;
-      if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv[1], sv[1], zv[1]);
-      tile_products<NB, CH, R>(wv[0], sv[0], zv[0], xv, xs, acc);
-      tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
-      row0 = next;
-      if (row0 >= n) break;
-      next = row0 + stride;
-      if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv[0], sv[0], zv[0]);
-      tile_products<NB, CH, R>(wv[1], sv[1], zv[1], xv, xs, acc);
-      tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
-      row0 = next;
-    }
+  for (; row0 < n; row0 += stride) {
+    tile_products<NB, CH, R>(wv, sv, zv, xv, xs, acc);
+    // The next tile's loads go out after this tile's products, before its reduction and barrier.
+    const int next = row0 + stride;
+    if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+    tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
+}
+
+// The same product with the weights streamed through shared memory by cp.async (S = 2, "int4-v2-async"): kAsyncStages
+// tiles of R rows (codes, then scales, then zeros, as contiguous as in global memory) are in flight per block while
+// one is computed, without holding registers, so far more bytes are in flight per SM than the register pipeline's
+// (which measured 1.3-2.1 TB/s of the H200's 4.28 at one row, docs/gpu.md run 22). At most 48 KB of dynamic shared
+// memory (no opt-in attribute): R = 4, 2, 1 rows for 1, 2, 3-4 chunks per thread. Needs K % 32 == 0 and an even
+// number of groups per row (4-byte copies of the scales and zeros).
+constexpr int kAsyncStages = 4;
+
+inline int async_stage_bytes(int r, int k, int group) {
+  const int bytes = r * (k / 2) + 2 * r * (k / group) * 2;
+  return (bytes + 15) / 16 * 16;
+}
+
+template <typename T, int NB, int CH, int PRO, bool RES>
+__global__ void __launch_bounds__(kThreads) int4_gemv_async_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int batch, int n, int k, int group, Fusion fusion, int stage_bytes) {
+  constexpr int R = Tile<NB, CH, 2>::R;
+  LOWBIT_DYNAMIC_SHARED(smem);
+  __shared__ float red[2][kWarps][R * NB];
+  __shared__ float norm_partial[kWarps][NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 16;
+  const int groups = k / group;
+  const int row_bytes = k / 2;
+  const int row_units = row_bytes / 16;
+  const int code_units = R * row_units;
+  const int sz_row_units = groups / 2;
+  const int sz_units = R * sz_row_units;
+  const int s_off = R * row_bytes;
+  const int z_off = s_off + R * groups * 2;
+  const T* residual = static_cast<const T*>(fusion.residual);
+  const unsigned char* sbytes = reinterpret_cast<const unsigned char*>(scales);
+  const unsigned char* zbytes = reinterpret_cast<const unsigned char*>(zeros);
+
+  // Tile r0's codes, scales and zeros into buffer `b` (rows past n repeat the last row); always one commit group.
+  auto issue = [&](int b, int r0) {
+    unsigned char* dst = smem + b * stage_bytes;
+    if (r0 < n) {
+      for (int u = tid; u < code_units; u += kThreads) {
+        const int r = u / row_units;
+        const int off = (u - r * row_units) * 16;
+        const int64_t row = (int64_t)min(r0 + r, n - 1);
+        __pipeline_memcpy_async(dst + r * row_bytes + off, packed + row * row_bytes + off, 16);
+      }
+      for (int u = tid; u < 2 * sz_units; u += kThreads) {
+        const bool zero = u >= sz_units;
+        const int v = zero ? u - sz_units : u;
+        const int r = v / sz_row_units;
+        const int off = (v - r * sz_row_units) * 4;
+        const int64_t row = (int64_t)min(r0 + r, n - 1);
+        __pipeline_memcpy_async(dst + (zero ? z_off : s_off) + r * groups * 2 + off, (zero ? zbytes : sbytes) + row * groups * 2 + off, 4);
+      }
+    }
+    __pipeline_commit();
+  };
+
+  int gidx[CH];
+  bool live[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * kThreads;
+    live[j] = c < chunks;
+    gidx[j] = live[j] ? (c * 16) / group : 0;
+  }
+
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+  // The first tiles' weights go out before the activations are read.
+#pragma unroll
+  for (int st = 0; st < kAsyncStages - 1; st++) issue(st, row0 + st * stride);
+
+  float xv[CH][NB][16];
+  float xs[CH][NB];
+  load_activations<T, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+
+  int buf = 0;
+  float acc[R][NB];
+  uint2 wv[R][CH];
+  unsigned short sv[R][CH];
+  unsigned short zv[R][CH];
+  for (int i = 0; row0 < n; i++, row0 += stride) {
+    __pipeline_wait_prior(kAsyncStages - 2);
+    __syncthreads();
+    // The buffer computed in the previous iteration is free now (everyone passed the barrier above).
+    issue((i + kAsyncStages - 1) % kAsyncStages, row0 + (kAsyncStages - 1) * stride);
+    const unsigned char* stage = smem + (i % kAsyncStages) * stage_bytes;
+    const unsigned short* ss = reinterpret_cast<const unsigned short*>(stage + s_off);
+    const unsigned short* zs = reinterpret_cast<const unsigned short*>(stage + z_off);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        if (live[j]) {
+          const int c = tid + j * kThreads;
+          wv[r][j] = *reinterpret_cast<const uint2*>(stage + r * row_bytes + c * 8);
+          sv[r][j] = ss[r * groups + gidx[j]];
+          zv[r][j] = zs[r * groups + gidx[j]];
+        } else {
+          wv[r][j] = make_uint2(0u, 0u);
+          sv[r][j] = 0;
+          zv[r][j] = 0;
+        }
+      }
+    }
+    tile_products<NB, CH, R>(wv, sv, zv, xv, xs, acc);
+    tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+  }
+  __pipeline_wait_prior(0);
 }
 
 template <typename T, int NB, int CH, int S, int PRO, bool RES>
 int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
               int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
-  // Blocks resident per SM for this instantiation (host-side query, once per process).
-  static const int per_sm = [] {
+  constexpr int R = Tile<NB, CH, S>::R;
+  const int smem = S == 2 ? kAsyncStages * async_stage_bytes(R, k, group) : 0;
+  if (smem > 48 * 1024) return -3;
+  // Blocks resident per SM: the register kernel's once per process; the async kernel's for this K's shared memory
+  // (a host-side query: launches happen when graphs are captured and kernels selected, not per replayed token).
+  static const int per_sm_v2 = [] {
     int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH, S, PRO, RES>, kThreads, 0) != cudaSuccess || v < 1) {
+    if (S == 2 || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH, PRO, RES>, kThreads, (size_t)0) != cudaSuccess || v < 1) {
       cudaGetLastError();
       v = 1;
     }
     return v;
   }();
+  int per_sm = per_sm_v2;
+  if constexpr (S == 2) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, int4_gemv_async_kernel<T, NB, CH, PRO, RES>, kThreads, (size_t)smem) != cudaSuccess || per_sm < 1) {
+      cudaGetLastError();
+      per_sm = 1;
+    }
+  }
   int device = 0;
   int sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
     cudaGetLastError();
     sms = 132;
   }
-  constexpr int R = Tile<NB, CH, S>::R;
   const int64_t tiles = ((int64_t)n + R - 1) / R;
   const int64_t resident = (int64_t)sms * per_sm;
   const int blocks = (int)(tiles < resident ? tiles : resident);
   if (blocks == 0) return 0;
-  int4_gemv_v2_kernel<T, NB, CH, S, PRO, RES><<<blocks, kThreads, 0, st>>>(
-      static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
+  if constexpr (S == 2) {
+    int4_gemv_async_kernel<T, NB, CH, PRO, RES><<<blocks, kThreads, smem, st>>>(
+        static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+        static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion, smem / kAsyncStages);
+  } else {
+    int4_gemv_v2_kernel<T, NB, CH, PRO, RES><<<blocks, kThreads, 0, st>>>(
+        static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+        static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
+  }
   return (int)cudaGetLastError();
 }
 
@@ -364,6 +491,8 @@ inline bool supports(int batch, int k) {
 // compile on first use); the engine asks before it fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
   if (stages != 1 && stages != 2) return false;
+  // The async kernel (stages 2) copies 16-byte pieces of each row and 4-byte pieces of its scales and zeros.
+  if (stages == 2 && (k % 32 != 0)) return false;
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
@@ -881,8 +1010,8 @@ int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void
 }
 
 // The int4 GEMV with a prologue (0 none, 1 RMSNorm with norm_w/eps, 2 SiLU·mul of x = [gate | up] at x_stride >= 2K),
-// the residual add (residual non-null: out = T(T(x W^T) + residual)) and `stages` (1: the next tile's loads after this
-// tile's products, 2: before them) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
+// the residual add (residual non-null: out = T(T(x W^T) + residual)) and `stages` (1: the register-pipelined kernel,
+// 2: the cp.async one) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
 int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
   return fused_supports(dtype, batch, k, stages, prologue, residual) ? 1 : 0;
 }
@@ -894,6 +1023,7 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
   if (!fused_supports(dtype, batch, k, stages, prologue, residual != nullptr ? 1 : 0)) return -3;
+  if (stages == 2 && (k / group) % 2 != 0) return -3;
   if ((prologue == kNorm && norm_w == nullptr)) return -3;
   const Fusion f{norm_w, eps, residual, res_stride};
   switch (dtype) {

@@ -270,7 +270,8 @@ int main() {
   f += run(3, 21, 4096, 64, 1, 8);
   f += run(4, 9, 4096, 128, 1, 0);
   f += run(4, 5, 2048, 64, 1, 0);
-  f += run_fused(1, 37, 4096, 64, 3, 2, 0, false);   // two stages, plain
+  f += run_fused(1, 101, 4096, 64, 2, 2, 0, false);  // the async pipeline, plain (26 tiles per block: the 4 buffers wrap)
+  f += run_fused(4, 33, 4096, 128, 2, 2, 0, false);
   f += run_fused(2, 45, 11008, 128, 2, 2, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)
   f += run_fused(2, 21, 8192, 128, 2, 2, 1, false);
