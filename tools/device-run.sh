@@ -72,7 +72,7 @@ for l in open(sys.argv[1]):
     done ;;
   fusion)
     # The decode-step fusions (issue 13): the same runs with LOWBIT_DECODE_FUSION on and off, with the int4 kernel
-    # selection's timings per shape (int4-v2 against int4-v2-async); KERNELS=1 adds bench-kernels.
+    # selection's timings per shape (int4-v2 against int4-v2-wide); KERNELS=1 adds bench-kernels.
     selfcheck
     m=/tmp/lowbit-calibrate-work/random-7b
     [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1

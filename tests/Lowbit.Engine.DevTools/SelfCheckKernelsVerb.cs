@@ -142,22 +142,22 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                if (NativeKernelsV2.Int4XSupports(dtype, batch, k, 2, Int4Prologue.None, residual: false))
+                if (NativeKernelsV2.Int4XSupports(dtype, batch, k, 3, Int4Prologue.None, residual: false))
                 {
                     // The async variant (a kernel-selection candidate: weights through shared memory by cp.async) on the same shapes.
-                    var staged = full([batch, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(x, packed, staged, 2, Int4Prologue.None, null, 0, null);
-                    Report($"int4-v2-async {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", staged, reference);
+                    var wide = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                    NativeKernelsV2.Int4LinearX(x, packed, wide, 3, Int4Prologue.None, null, 0, null);
+                    Report($"int4-v2-wide {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", wide, reference);
                 }
             }
             if (NativeKernelsV2.FusedAvailable)
             {
-                // The decode step's fused variants (bf16, 1-2 rows, both stages) against the separate native kernels
+                // The decode step's fused variants (bf16, 1-2 rows, both geometries) against the separate native kernels
                 // followed by dequantize + linear (ForwardFused's fallback): the q/k/v and gate/up projections with the
                 // RMSNorm inside, the output projection with the residual add, the down projection with SiLU·mul and the add.
-                foreach (var (batch, n, k, group, stages) in new[]
+                foreach (var (batch, n, k, group, geometry) in new[]
                 {
-                    (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 2), (1, 4096, 11008, 64, 2), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 2),
+                    (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
                 })
                 {
                     using var scope = NewDisposeScope();
@@ -169,22 +169,22 @@ internal static class SelfCheckKernelsVerb
                     var normWeight = (rand([k], bf16, device) + 0.5).to(bf16);
                     var gateUp = (randn([batch, 2 * k], bf16, device) * 2).to(bf16);
                     var residual = randn([batch, n], bf16, device);
-                    var name = $"g{group} B={batch} N={n} K={k} stages={stages}";
+                    var name = $"g{group} B={batch} N={n} K={k} geometry={geometry}";
 
                     var normed = empty([batch, k], bf16, device);
                     NativeKernels.RmsNorm(stream, null, normWeight, 1e-5, null, normed);
                     var output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
-                    NativeKernelsV2.Int4LinearX(stream, packed, output, stages, Int4Prologue.RmsNorm, normWeight, 1e-5, null);
+                    NativeKernelsV2.Int4LinearX(stream, packed, output, geometry, Int4Prologue.RmsNorm, normWeight, 1e-5, null);
                     Report($"int4-v2 fused rmsnorm {name}", output, nn.functional.linear(normed, dense));
 
                     var activated = empty([batch, k], bf16, device);
                     NativeKernels.SiluMul(gateUp, activated);
                     output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
-                    NativeKernelsV2.Int4LinearX(gateUp, packed, output, stages, Int4Prologue.SiluMul, null, 0, residual);
+                    NativeKernelsV2.Int4LinearX(gateUp, packed, output, geometry, Int4Prologue.SiluMul, null, 0, residual);
                     Report($"int4-v2 fused silu-mul + residual {name}", output, residual.add(nn.functional.linear(activated, dense), Scalars.One));
 
                     output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
-                    NativeKernelsV2.Int4LinearX(stream, packed, output, stages, Int4Prologue.None, null, 0, residual);
+                    NativeKernelsV2.Int4LinearX(stream, packed, output, geometry, Int4Prologue.None, null, 0, residual);
                     Report($"int4-v2 fused residual {name}", output, residual.add(nn.functional.linear(stream, dense), Scalars.One));
                 }
                 // RoPE + KV-cache write against the RoPE kernel and index_copy_ (bit-exact): rows at different positions

@@ -24,10 +24,10 @@ public enum ProjectionKernel
     Int4V2,
 
     /// <summary>
-    /// The second int4 GEMV with its weights streamed through shared memory by cp.async, four tiles in flight per block
-    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with stages = 2).
+    /// The second int4 GEMV in its wide geometry: 128 threads reading 16 bytes (32 codes) of each row per chunk, twice
+    /// the bytes in flight per thread (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 3; 1-2 rows).
     /// </summary>
-    Int4V2Async,
+    Int4V2Wide,
 
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
     Int4Dequant,
@@ -228,7 +228,7 @@ public static class KernelSelector
         ProjectionKernel.NativeGemvV2 => "native-gemv-v2",
         ProjectionKernel.Int4V1 => "int4-v1",
         ProjectionKernel.Int4V2 => "int4-v2",
-        ProjectionKernel.Int4V2Async => "int4-v2-async",
+        ProjectionKernel.Int4V2Wide => "int4-v2-wide",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         _ => kernel.ToString(),
     };

@@ -90,29 +90,32 @@ public static unsafe class NativeKernelsV2
     }
 
     /// <summary>
-    /// True when the library has the int4 GEMV's variants (<see cref="Int4LinearX"/>: the cp.async pipeline, the decode step's
+    /// True when the library has the int4 GEMV's variants (<see cref="Int4LinearX"/>: the wide geometry, the decode step's
     /// prologues and residual add) and the fused RoPE + KV-cache write (<see cref="RopeKv"/>).
     /// </summary>
     public static bool FusedAvailable => Available && _int4LinearX != null && _ropeKv != null;
 
-    /// <summary>True when <see cref="Int4LinearX"/> takes this variant (<paramref name="stages"/> 1 or 2).</summary>
-    public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int stages, Int4Prologue prologue, bool residual) =>
+    /// <summary>
+    /// True when <see cref="Int4LinearX"/> takes this variant: <paramref name="geometry"/> 1 (int4-v2: 256 threads, 16 codes
+    /// per chunk) or 3 (int4-v2-wide: 128 threads, 32 codes per chunk).
+    /// </summary>
+    public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
         FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue
-        && _int4XSupports(dtype == ScalarType.BFloat16 ? 0 : 1, (int)rows, (int)inFeatures, stages, (int)prologue, residual ? 1 : 0) == 1;
+        && _int4XSupports(dtype == ScalarType.BFloat16 ? 0 : 1, (int)rows, (int)inFeatures, geometry, (int)prologue, residual ? 1 : 0) == 1;
 
     /// <summary>
     /// <paramref name="output"/> <c>[B, N]</c> = P(x) · dequant(W)ᵀ (+ <paramref name="residual"/>): P is nothing, the
     /// RMSNorm with <paramref name="normWeight"/> (x the residual stream <c>[B, K]</c>), or SiLU·mul (x the fused gate/up
     /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
     /// </summary>
-    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int stages, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         Require();
         if (_int4LinearX == null)
         {
             throw new InvalidOperationException("the int4 GEMV variants are unavailable: the v2 library lacks them");
         }
-        Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, stages,
+        Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, geometry,
             (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero), "int4 v2x linear");
     }
 

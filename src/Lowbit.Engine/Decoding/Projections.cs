@@ -44,7 +44,7 @@ public abstract class Projection : IDisposable
     /// </summary>
     public virtual Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
 
-    /// <summary>The stages (1 or 2) of the fused variant <see cref="RunFused"/> would run for these rows, or 0 when it has none.</summary>
+    /// <summary>The geometry (1 or 3) of the fused variant <see cref="RunFused"/> would run for these rows, or 0 when it has none.</summary>
     public virtual int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
 
     public abstract void Dispose();
@@ -212,7 +212,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return kernels.Table?.Lookup(Shape, rows) switch
         {
             ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
-            ProjectionKernel.Int4V2Async when AsyncSupports(rows) => ProjectionKernel.Int4V2Async,
+            ProjectionKernel.Int4V2Wide when WideSupports(rows) => ProjectionKernel.Int4V2Wide,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -234,15 +234,15 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V2);
         }
-        if (AsyncSupports(rows))
+        if (WideSupports(rows))
         {
-            candidates.Add(ProjectionKernel.Int4V2Async);
+            candidates.Add(ProjectionKernel.Int4V2Wide);
         }
         return candidates;
     }
 
-    /// <summary>The async variant takes both 16-bit dtypes when plain; asked with bf16 here (the fused variants' one dtype).</summary>
-    private bool AsyncSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 2, Int4Prologue.None, residual: false);
+    /// <summary>The wide geometry takes both 16-bit dtypes when plain; asked with bf16 here (the fused variants' one dtype).</summary>
+    private bool WideSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 3, Int4Prologue.None, residual: false);
 
     public override int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual)
     {
@@ -250,37 +250,37 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             return 0;
         }
-        var stages = Choose(rows, cuda: true, kernels) switch
+        var geometry = Choose(rows, cuda: true, kernels) switch
         {
             ProjectionKernel.Int4V2 => 1,
-            ProjectionKernel.Int4V2Async => 2,
+            ProjectionKernel.Int4V2Wide => 3,
             _ => 0,
         };
-        return stages != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, stages, prologue, residual) ? stages : 0;
+        return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
     public override Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         var rows = x.shape[0];
-        var stages = FusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
-        if (stages == 0 || x.stride(1) != 1 || x.stride(0) % 8 != 0)
+        var geometry = FusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
+        if (geometry == 0 || x.stride(1) != 1 || x.stride(0) % 8 != 0)
         {
             return null;
         }
         var output = empty([rows, Weight.OutFeatures], x.dtype, x.device);
-        NativeKernelsV2.Int4LinearX(x, Weight, output, stages, prologue, normWeight, eps, residual);
+        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual);
         return output;
     }
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Async)
+        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Wide)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            if (kernel == ProjectionKernel.Int4V2Async)
+            if (kernel == ProjectionKernel.Int4V2Wide)
             {
-                NativeKernelsV2.Int4LinearX(input, Weight, output, 2, Int4Prologue.None, null, 0, null);
+                NativeKernelsV2.Int4LinearX(input, Weight, output, 3, Int4Prologue.None, null, 0, null);
             }
             else if (kernel == ProjectionKernel.Int4V2)
             {

@@ -197,14 +197,14 @@ int lowbit_v2_decode_attention(void* q, void* keys, void* values, void* position
   });
 }
 
-// 1 when the int4 GEMV takes this variant: `stages` 1 or 2, `prologue` 0 none, 1 RMSNorm, 2 SiLU·mul, `residual` 0/1.
-int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
-  return lowbit_v2_int4_fused_supports(dtype, batch, k, stages, prologue, residual);
+// 1 when the int4 GEMV takes this variant: `geometry` 1 (int4-v2) or 3 (int4-v2-wide), `prologue` 0 none, 1 RMSNorm, 2 SiLU·mul, `residual` 0/1.
+int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
+  return lowbit_v2_int4_fused_supports(dtype, batch, k, geometry, prologue, residual);
 }
 
 // out[B, N] = P(x) @ dequant(packed, scales, zeros)^T (+ residual[B, N]): P is nothing (prologue 0), the RMSNorm with
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
-int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int stages,
+int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
                             int prologue, void* norm_w, double eps, void* residual) {
   return guarded([&] {
     auto& xt = T(x);
@@ -240,10 +240,10 @@ int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, in
       res = rt.data_ptr();
       res_stride = rt.stride(0);
     }
-    TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, stages, prologue, res != nullptr ? 1 : 0),
-                "int4 v2x: variant not taken (batch ", xt.size(0), ", K=", k, ", stages ", stages, ", prologue ", prologue, ")");
+    TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, geometry, prologue, res != nullptr ? 1 : 0),
+                "int4 v2x: variant not taken (batch ", xt.size(0), ", K=", k, ", geometry ", geometry, ", prologue ", prologue, ")");
     const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
-                                               ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, stages,
+                                               ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, geometry,
                                                prologue, norm, (float)eps, res, res_stride,
                                                static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "int4 v2x: launch failed: ",

@@ -27,13 +27,6 @@
 
 #include <type_traits>
 
-#include <cuda_pipeline.h>
-
-// The async kernel's dynamic shared memory (the CPU emulation defines its own).
-#ifndef LOWBIT_DYNAMIC_SHARED
-#define LOWBIT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
-#endif
-
 namespace {
 
 template <typename T> struct Cvt2;
@@ -61,9 +54,6 @@ __device__ __forceinline__ float code_of(uint32_t bytes) {
   return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7044u | ((unsigned)B << 8)));
 }
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
 // What the kernel does to its activations before the product (the decode step's fusions, FusedDecode in
 // FastDecoder.cs), and what it adds to its output:
 //  - kPlain: x as given;
@@ -85,18 +75,52 @@ struct Fusion {
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
 
-// Rows per tile of the register-pipelined kernel (S = 1): fewer when the activations take many registers.
-template <int NB, int CH, int S>
-struct Tile {
-  static constexpr int R = S == 1 ? (NB * CH >= 4 ? 4 : 8) : (CH == 1 ? 4 : CH == 2 ? 2 : 1);
+// The int4 GEMV's two geometries (G): G = 1, "int4-v2": 256 threads, 16 codes (8 bytes) per chunk; G = 3,
+// "int4-v2-wide": 128 threads, 32 codes (16 bytes) per chunk, so a thread has twice the bytes in flight per row for the
+// same activations per byte (the first geometry reached 1.3-2.1 TB/s of the H200's 4.28 at one row, docs/gpu.md run
+// 22; a cp.async pipeline through shared memory, tried as G = 2, was slower at every 7B shape: run 23). Both cover
+// 4,096 codes of K per chunk per thread, so K <= 16384 takes at most four chunks per thread.
+template <int G>
+struct Geo {
+  static constexpr int kThreads = G == 1 ? 256 : 128;
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kCodes = G == 1 ? 16 : 32;   // codes per chunk
+  static constexpr int kWords = kCodes / 8;         // 32-bit words of codes per chunk
 };
 
+struct Chunk2 { uint32_t w[2]; };
+struct Chunk4 { uint32_t w[4]; };
+template <int G> using ChunkOf = typename std::conditional<G == 1, Chunk2, Chunk4>::type;
+
+// Rows per tile: fewer when the activations take many registers.
+template <int G, int NB, int CH>
+struct Tile {
+  static constexpr int R = G == 1 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
+};
+
+template <int G>
+__device__ __forceinline__ ChunkOf<G> load_chunk(const uint8_t* __restrict__ packed, int64_t row, int row_bytes, int c) {
+  ChunkOf<G> v;
+  if constexpr (G == 1) {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(packed + row * row_bytes) + c);
+    v.w[0] = u.x;
+    v.w[1] = u.y;
+  } else {
+    const uint4 u = __ldg(reinterpret_cast<const uint4*>(packed + row * row_bytes) + c);
+    v.w[0] = u.x;
+    v.w[1] = u.y;
+    v.w[2] = u.z;
+    v.w[3] = u.w;
+  }
+  return v;
+}
+
 // Loads a tile's codes, scales and zeros into registers (rows past n repeat the last row; their outputs are not written).
-template <int R, int CH>
-__device__ __forceinline__ void load_tile(const uint2* __restrict__ wbase, const unsigned short* __restrict__ scales,
-                                          const unsigned short* __restrict__ zeros, int r0, int n, int chunks,
+template <int G, int R, int CH>
+__device__ __forceinline__ void load_tile(const uint8_t* __restrict__ packed, const unsigned short* __restrict__ scales,
+                                          const unsigned short* __restrict__ zeros, int r0, int n, int row_bytes,
                                           int groups, int tid, const bool (&live)[CH], const int (&gidx)[CH],
-                                          uint2 (&wv)[R][CH], unsigned short (&sv)[R][CH],
+                                          ChunkOf<G> (&wv)[R][CH], unsigned short (&sv)[R][CH],
                                           unsigned short (&zv)[R][CH]) {
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -104,12 +128,12 @@ __device__ __forceinline__ void load_tile(const uint2* __restrict__ wbase, const
 #pragma unroll
     for (int j = 0; j < CH; j++) {
       if (live[j]) {
-        const int c = tid + j * kThreads;
-        wv[r][j] = __ldg(wbase + row * chunks + c);
+        wv[r][j] = load_chunk<G>(packed, row, row_bytes, tid + j * Geo<G>::kThreads);
         sv[r][j] = __ldg(scales + row * groups + gidx[j]);
         zv[r][j] = __ldg(zeros + row * groups + gidx[j]);
       } else {
-        wv[r][j] = make_uint2(0u, 0u);
+#pragma unroll
+        for (int w = 0; w < Geo<G>::kWords; w++) wv[r][j].w[w] = 0u;
         sv[r][j] = 0;
         zv[r][j] = 0;
       }
@@ -118,34 +142,40 @@ __device__ __forceinline__ void load_tile(const uint2* __restrict__ wbase, const
 }
 
 // One tile's products of its R rows with this thread's activations.
-template <int NB, int CH, int R>
-__device__ __forceinline__ void tile_products(const uint2 (&wv)[R][CH], const unsigned short (&sv)[R][CH],
-                                              const unsigned short (&zv)[R][CH], const float (&xv)[CH][NB][16],
-                                              const float (&xs)[CH][NB], float (&acc)[R][NB]) {
+template <int G, int NB, int CH, int R>
+__device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], const unsigned short (&sv)[R][CH],
+                                              const unsigned short (&zv)[R][CH],
+                                              const float (&xv)[CH][NB][Geo<G>::kCodes], const float (&xs)[CH][NB],
+                                              float (&acc)[R][NB]) {
 #pragma unroll
   for (int r = 0; r < R; r++) {
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
 #pragma unroll
     for (int j = 0; j < CH; j++) {
-      const uint32_t lo0 = wv[r][j].x & 0x0F0F0F0Fu;
-      const uint32_t hi0 = (wv[r][j].x >> 4) & 0x0F0F0F0Fu;
-      const uint32_t lo1 = wv[r][j].y & 0x0F0F0F0Fu;
-      const uint32_t hi1 = (wv[r][j].y >> 4) & 0x0F0F0F0Fu;
-      float q[16];
-      q[0] = code_of<0>(lo0);  q[1] = code_of<0>(hi0);  q[2] = code_of<1>(lo0);  q[3] = code_of<1>(hi0);
-      q[4] = code_of<2>(lo0);  q[5] = code_of<2>(hi0);  q[6] = code_of<3>(lo0);  q[7] = code_of<3>(hi0);
-      q[8] = code_of<0>(lo1);  q[9] = code_of<0>(hi1);  q[10] = code_of<1>(lo1); q[11] = code_of<1>(hi1);
-      q[12] = code_of<2>(lo1); q[13] = code_of<2>(hi1); q[14] = code_of<3>(lo1); q[15] = code_of<3>(hi1);
+      float d[NB];
+#pragma unroll
+      for (int b = 0; b < NB; b++) d[b] = 0.f;
+#pragma unroll
+      for (int w = 0; w < Geo<G>::kWords; w++) {
+        // Word w holds codes 8w..8w+7: code 8w+2i in the low nibble of byte i, 8w+2i+1 in its high nibble.
+        const uint32_t lo = wv[r][j].w[w] & 0x0F0F0F0Fu;
+        const uint32_t hi = (wv[r][j].w[w] >> 4) & 0x0F0F0F0Fu;
+        float q[8];
+        q[0] = code_of<0>(lo); q[1] = code_of<0>(hi); q[2] = code_of<1>(lo); q[3] = code_of<1>(hi);
+        q[4] = code_of<2>(lo); q[5] = code_of<2>(hi); q[6] = code_of<3>(lo); q[7] = code_of<3>(hi);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+#pragma unroll
+          for (int i = 0; i < 8; i++) d[b] = fmaf(xv[j][b][8 * w + i], q[i], d[b]);
+        }
+      }
       const float s = __half2float(__ushort_as_half(sv[r][j]));
       const float z = __half2float(__ushort_as_half(zv[r][j]));
 #pragma unroll
       for (int b = 0; b < NB; b++) {
-        float d = 0.f;
-#pragma unroll
-        for (int i = 0; i < 16; i++) d = fmaf(xv[j][b][i], q[i], d);
         // sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
-        acc[r][b] = fmaf(s, fmaf(256.f, d, -(128.f + z) * xs[j][b]), acc[r][b]);
+        acc[r][b] = fmaf(s, fmaf(256.f, d[b], -(128.f + z) * xs[j][b]), acc[r][b]);
       }
     }
   }
@@ -154,8 +184,8 @@ __device__ __forceinline__ void tile_products(const uint2 (&wv)[R][CH], const un
 // A tile's sums reduced across the block and written (the residual added when RES). `red` alternates between two
 // buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of the tile in
 // between before anyone writes it again.
-template <typename T, int NB, int R, bool RES>
-__device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*red)[kWarps][R * NB], int& buf, int row0,
+template <typename T, int W, int NB, int R, bool RES>
+__device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*red)[W][R * NB], int& buf, int row0,
                                             int n, int batch, T* __restrict__ out, int64_t out_stride,
                                             const T* __restrict__ residual, int64_t res_stride, int tid, int lane,
                                             int warp) {
@@ -173,7 +203,7 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
     const int b = tid % NB;
     float v = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; w++) v += red[buf][w][tid];
+    for (int w = 0; w < W; w++) v += red[buf][w][tid];
     if (row0 + r < n && b < batch) {
       if constexpr (RES) v = rnd2<T>(v) + Cvt2<T>::f(residual[b * res_stride + row0 + r]);
       out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
@@ -183,43 +213,42 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
 }
 
 // This thread's activations after the prologue (floats, zero past K and past `batch`) and their per-chunk sums.
-template <typename T, int NB, int CH, int PRO>
+template <typename T, int G, int NB, int CH, int PRO>
 __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
                                                  const Fusion& fusion, int tid, int lane, int warp,
                                                  const bool (&live)[CH], float (*norm_partial)[NB],
-                                                 float (&xv)[CH][NB][16], float (&xs)[CH][NB]) {
+                                                 float (&xv)[CH][NB][Geo<G>::kCodes], float (&xs)[CH][NB]) {
+  constexpr int C = Geo<G>::kCodes;
 #pragma unroll
   for (int j = 0; j < CH; j++) {
-    const int c = tid + j * kThreads;
+    const int c = tid + j * Geo<G>::kThreads;
 #pragma unroll
     for (int b = 0; b < NB; b++) {
       if (live[j] && b < batch) {
-        const uint4* xp = reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * 16);
-        const uint4 u0 = xp[0];
-        const uint4 u1 = xp[1];
-        const T* t0 = reinterpret_cast<const T*>(&u0);
-        const T* t1 = reinterpret_cast<const T*>(&u1);
+        const uint4* xp = reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c * C);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-          xv[j][b][i] = Cvt2<T>::f(t0[i]);
-          xv[j][b][8 + i] = Cvt2<T>::f(t1[i]);
+        for (int p = 0; p < C / 8; p++) {
+          const uint4 u = xp[p];
+          const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int i = 0; i < 8; i++) xv[j][b][8 * p + i] = Cvt2<T>::f(t[i]);
         }
         if constexpr (PRO == kSiluMul) {
-          const uint4* up = reinterpret_cast<const uint4*>(x + b * x_stride + k + (int64_t)c * 16);
-          const uint4 v0 = up[0];
-          const uint4 v1 = up[1];
-          const T* p0 = reinterpret_cast<const T*>(&v0);
-          const T* p1 = reinterpret_cast<const T*>(&v1);
+          const uint4* up = reinterpret_cast<const uint4*>(x + b * x_stride + k + (int64_t)c * C);
 #pragma unroll
-          for (int i = 0; i < 16; i++) {
-            const float g = xv[j][b][i];
-            const float u = Cvt2<T>::f(i < 8 ? p0[i] : p1[i - 8]);
-            xv[j][b][i] = rnd2<T>(rnd2<T>(g / (1.f + expf(-g))) * u);
+          for (int p = 0; p < C / 8; p++) {
+            const uint4 u = up[p];
+            const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+              const float g = xv[j][b][8 * p + i];
+              xv[j][b][8 * p + i] = rnd2<T>(rnd2<T>(g / (1.f + expf(-g))) * Cvt2<T>::f(t[i]));
+            }
           }
         }
       } else {
 #pragma unroll
-        for (int i = 0; i < 16; i++) xv[j][b][i] = 0.f;
+        for (int i = 0; i < C; i++) xv[j][b][i] = 0.f;
       }
     }
   }
@@ -231,7 +260,7 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
 #pragma unroll
       for (int j = 0; j < CH; j++) {
 #pragma unroll
-        for (int i = 0; i < 16; i++) ss[b] = fmaf(xv[j][b][i], xv[j][b][i], ss[b]);
+        for (int i = 0; i < C; i++) ss[b] = fmaf(xv[j][b][i], xv[j][b][i], ss[b]);
       }
       ss[b] = warp_sum2(ss[b]);
       if (lane == 0) norm_partial[warp][b] = ss[b];
@@ -242,19 +271,20 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
     for (int b = 0; b < NB; b++) {
       float total = 0.f;
 #pragma unroll
-      for (int i = 0; i < kWarps; i++) total += norm_partial[i][b];
+      for (int i = 0; i < Geo<G>::kWarps; i++) total += norm_partial[i][b];
       const float inv = rsqrtf(total / (float)k + fusion.eps);
 #pragma unroll
       for (int j = 0; j < CH; j++) {
-        const int c = tid + j * kThreads;
+        const int c = tid + j * Geo<G>::kThreads;
         if (!live[j]) continue;
-        const uint4* wp = reinterpret_cast<const uint4*>(w + (int64_t)c * 16);
-        const uint4 w0 = __ldg(wp);
-        const uint4 w1 = __ldg(wp + 1);
-        const T* g0 = reinterpret_cast<const T*>(&w0);
-        const T* g1 = reinterpret_cast<const T*>(&w1);
+        const uint4* wp = reinterpret_cast<const uint4*>(w + (int64_t)c * C);
 #pragma unroll
-        for (int i = 0; i < 16; i++) xv[j][b][i] = rnd2<T>(Cvt2<T>::f(i < 8 ? g0[i] : g1[i - 8]) * rnd2<T>(xv[j][b][i] * inv));
+        for (int p = 0; p < C / 8; p++) {
+          const uint4 u = __ldg(wp + p);
+          const T* g = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int i = 0; i < 8; i++) xv[j][b][8 * p + i] = rnd2<T>(Cvt2<T>::f(g[i]) * rnd2<T>(xv[j][b][8 * p + i] * inv));
+        }
       }
     }
   }
@@ -264,221 +294,92 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
     for (int b = 0; b < NB; b++) {
       float sum = 0.f;
 #pragma unroll
-      for (int i = 0; i < 16; i++) sum += xv[j][b][i];
+      for (int i = 0; i < C; i++) sum += xv[j][b][i];
       xs[j][b] = sum;
     }
   }
 }
 
-template <typename T, int NB, int CH, int PRO, bool RES>
-__global__ void __launch_bounds__(kThreads) int4_gemv_v2_kernel(
+template <typename T, int G, int NB, int CH, int PRO, bool RES>
+__global__ void __launch_bounds__(Geo<G>::kThreads) int4_gemv_v2_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
     int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
-  constexpr int R = Tile<NB, CH, 1>::R;
-  __shared__ float red[2][kWarps][R * NB];
-  __shared__ float norm_partial[kWarps][NB];
+  constexpr int R = Tile<G, NB, CH>::R;
+  constexpr int W = Geo<G>::kWarps;
+  __shared__ float red[2][W][R * NB];
+  __shared__ float norm_partial[W][NB];
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
-  const int chunks = k / 16;
+  const int chunks = k / Geo<G>::kCodes;
   const int groups = k / group;
-  const uint2* wbase = reinterpret_cast<const uint2*>(packed);
+  const int row_bytes = k / 2;
   const T* residual = static_cast<const T*>(fusion.residual);
 
   int gidx[CH];
   bool live[CH];
 #pragma unroll
   for (int j = 0; j < CH; j++) {
-    const int c = tid + j * kThreads;
+    const int c = tid + j * Geo<G>::kThreads;
     live[j] = c < chunks;
-    gidx[j] = live[j] ? (c * 16) / group : 0;
+    gidx[j] = live[j] ? (c * Geo<G>::kCodes) / group : 0;
   }
 
   // The first tile's weights go out before the activations: they do not depend on them (nor on the kernel before).
-  uint2 wv[R][CH];
+  ChunkOf<G> wv[R][CH];
   unsigned short sv[R][CH];
   unsigned short zv[R][CH];
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
-  if (row0 < n) load_tile<R, CH>(wbase, scales, zeros, row0, n, chunks, groups, tid, live, gidx, wv, sv, zv);
+  if (row0 < n) load_tile<G, R, CH>(packed, scales, zeros, row0, n, row_bytes, groups, tid, live, gidx, wv, sv, zv);
 
-  float xv[CH][NB][16];
+  float xv[CH][NB][Geo<G>::kCodes];
   float xs[CH][NB];
-  load_activations<T, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+  load_activations<T, G, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
 
   int buf = 0;
   float acc[R][NB];
   for (; row0 < n; row0 += stride) {
-    tile_products<NB, CH, R>(wv, sv, zv, xv, xs, acc);
+    tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
-    if (next < n) load_tile<R, CH>(wbase, scales, zeros, next, n, chunks, groups, tid, live, gidx, wv, sv, zv);
-    tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+    if (next < n) load_tile<G, R, CH>(packed, scales, zeros, next, n, row_bytes, groups, tid, live, gidx, wv, sv, zv);
+    tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
 }
 
-// The same product with the weights streamed through shared memory by cp.async (S = 2, "int4-v2-async"): kAsyncStages
-// tiles of R rows (codes, then scales, then zeros, as contiguous as in global memory) are in flight per block while
-// one is computed, without holding registers, so far more bytes are in flight per SM than the register pipeline's
-// (which measured 1.3-2.1 TB/s of the H200's 4.28 at one row, docs/gpu.md run 22). At most 48 KB of dynamic shared
-// memory (no opt-in attribute): R = 4, 2, 1 rows for 1, 2, 3-4 chunks per thread. Needs K % 32 == 0 and an even
-// number of groups per row (4-byte copies of the scales and zeros).
-constexpr int kAsyncStages = 4;
-
-inline int async_stage_bytes(int r, int k, int group) {
-  const int bytes = r * (k / 2) + 2 * r * (k / group) * 2;
-  return (bytes + 15) / 16 * 16;
-}
-
-template <typename T, int NB, int CH, int PRO, bool RES>
-__global__ void __launch_bounds__(kThreads) int4_gemv_async_kernel(
-    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
-    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
-    int64_t out_stride, int batch, int n, int k, int group, Fusion fusion, int stage_bytes) {
-  constexpr int R = Tile<NB, CH, 2>::R;
-  LOWBIT_DYNAMIC_SHARED(smem);
-  __shared__ float red[2][kWarps][R * NB];
-  __shared__ float norm_partial[kWarps][NB];
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int chunks = k / 16;
-  const int groups = k / group;
-  const int row_bytes = k / 2;
-  const int row_units = row_bytes / 16;
-  const int code_units = R * row_units;
-  const int sz_row_units = groups / 2;
-  const int sz_units = R * sz_row_units;
-  const int s_off = R * row_bytes;
-  const int z_off = s_off + R * groups * 2;
-  const T* residual = static_cast<const T*>(fusion.residual);
-  const unsigned char* sbytes = reinterpret_cast<const unsigned char*>(scales);
-  const unsigned char* zbytes = reinterpret_cast<const unsigned char*>(zeros);
-
-  // Tile r0's codes, scales and zeros into buffer `b` (rows past n repeat the last row); always one commit group.
-  auto issue = [&](int b, int r0) {
-    unsigned char* dst = smem + b * stage_bytes;
-    if (r0 < n) {
-      for (int u = tid; u < code_units; u += kThreads) {
-        const int r = u / row_units;
-        const int off = (u - r * row_units) * 16;
-        const int64_t row = (int64_t)min(r0 + r, n - 1);
-        __pipeline_memcpy_async(dst + r * row_bytes + off, packed + row * row_bytes + off, 16);
-      }
-      for (int u = tid; u < 2 * sz_units; u += kThreads) {
-        const bool zero = u >= sz_units;
-        const int v = zero ? u - sz_units : u;
-        const int r = v / sz_row_units;
-        const int off = (v - r * sz_row_units) * 4;
-        const int64_t row = (int64_t)min(r0 + r, n - 1);
-        __pipeline_memcpy_async(dst + (zero ? z_off : s_off) + r * groups * 2 + off, (zero ? zbytes : sbytes) + row * groups * 2 + off, 4);
-      }
-    }
-    __pipeline_commit();
-  };
-
-  int gidx[CH];
-  bool live[CH];
-#pragma unroll
-  for (int j = 0; j < CH; j++) {
-    const int c = tid + j * kThreads;
-    live[j] = c < chunks;
-    gidx[j] = live[j] ? (c * 16) / group : 0;
-  }
-
-  const int stride = gridDim.x * R;
-  int row0 = blockIdx.x * R;
-  // The first tiles' weights go out before the activations are read.
-#pragma unroll
-  for (int st = 0; st < kAsyncStages - 1; st++) issue(st, row0 + st * stride);
-
-  float xv[CH][NB][16];
-  float xs[CH][NB];
-  load_activations<T, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
-
-  int buf = 0;
-  float acc[R][NB];
-  uint2 wv[R][CH];
-  unsigned short sv[R][CH];
-  unsigned short zv[R][CH];
-  for (int i = 0; row0 < n; i++, row0 += stride) {
-    __pipeline_wait_prior(kAsyncStages - 2);
-    __syncthreads();
-    // The buffer computed in the previous iteration is free now (everyone passed the barrier above).
-    issue((i + kAsyncStages - 1) % kAsyncStages, row0 + (kAsyncStages - 1) * stride);
-    const unsigned char* stage = smem + (i % kAsyncStages) * stage_bytes;
-    const unsigned short* ss = reinterpret_cast<const unsigned short*>(stage + s_off);
-    const unsigned short* zs = reinterpret_cast<const unsigned short*>(stage + z_off);
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-      for (int j = 0; j < CH; j++) {
-        if (live[j]) {
-          const int c = tid + j * kThreads;
-          wv[r][j] = *reinterpret_cast<const uint2*>(stage + r * row_bytes + c * 8);
-          sv[r][j] = ss[r * groups + gidx[j]];
-          zv[r][j] = zs[r * groups + gidx[j]];
-        } else {
-          wv[r][j] = make_uint2(0u, 0u);
-          sv[r][j] = 0;
-          zv[r][j] = 0;
-        }
-      }
-    }
-    tile_products<NB, CH, R>(wv, sv, zv, xv, xs, acc);
-    tile_reduce<T, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
-  }
-  __pipeline_wait_prior(0);
-}
-
-template <typename T, int NB, int CH, int S, int PRO, bool RES>
+template <typename T, int G, int NB, int CH, int PRO, bool RES>
 int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
               int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
-  constexpr int R = Tile<NB, CH, S>::R;
-  const int smem = S == 2 ? kAsyncStages * async_stage_bytes(R, k, group) : 0;
-  if (smem > 48 * 1024) return -3;
-  // Blocks resident per SM: the register kernel's once per process; the async kernel's for this K's shared memory
-  // (a host-side query: launches happen when graphs are captured and kernels selected, not per replayed token).
-  static const int per_sm_v2 = [] {
+  // Blocks resident per SM for this instantiation (host-side query, once per process).
+  static const int per_sm = [] {
     int v = 0;
-    if (S == 2 || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, NB, CH, PRO, RES>, kThreads, (size_t)0) != cudaSuccess || v < 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, Geo<G>::kThreads, (size_t)0) != cudaSuccess || v < 1) {
       cudaGetLastError();
       v = 1;
     }
     return v;
   }();
-  int per_sm = per_sm_v2;
-  if constexpr (S == 2) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, int4_gemv_async_kernel<T, NB, CH, PRO, RES>, kThreads, (size_t)smem) != cudaSuccess || per_sm < 1) {
-      cudaGetLastError();
-      per_sm = 1;
-    }
-  }
   int device = 0;
   int sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
     cudaGetLastError();
     sms = 132;
   }
+  constexpr int R = Tile<G, NB, CH>::R;
   const int64_t tiles = ((int64_t)n + R - 1) / R;
   const int64_t resident = (int64_t)sms * per_sm;
   const int blocks = (int)(tiles < resident ? tiles : resident);
   if (blocks == 0) return 0;
-  if constexpr (S == 2) {
-    int4_gemv_async_kernel<T, NB, CH, PRO, RES><<<blocks, kThreads, smem, st>>>(
-        static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-        static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion, smem / kAsyncStages);
-  } else {
-    int4_gemv_v2_kernel<T, NB, CH, PRO, RES><<<blocks, kThreads, 0, st>>>(
-        static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-        static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
-  }
+  int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES><<<blocks, Geo<G>::kThreads, 0, st>>>(
+      static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
   return (int)cudaGetLastError();
 }
 
-// Chunks per thread for K: 1..4 (K <= 16384).
-inline int chunks_per_thread(int k) { return (k / 16 + kThreads - 1) / kThreads; }
+// Chunks per thread for K: 1..4 (K <= 16384), the same in both geometries (256 x 16 = 128 x 32 codes per chunk round).
+inline int chunks_per_thread(int k) { return (k / 16 + 256 - 1) / 256; }
 
 // Which (batch, K) the kernel takes: 1-2 rows up to four chunks per thread; 3-4 rows (activations of 4 rows as floats)
 // with one chunk per thread (K <= 4096).
@@ -487,64 +388,59 @@ inline bool supports(int batch, int k) {
   return k % 16 == 0 && ((batch >= 1 && batch <= 2 && ch >= 1 && ch <= 4) || (batch >= 3 && batch <= 4 && ch == 1));
 }
 
-// The fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
-// compile on first use); the engine asks before it fuses and otherwise runs the separate kernels.
-inline bool fused_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
-  if (stages != 1 && stages != 2) return false;
-  // The async kernel (stages 2) copies 16-byte pieces of each row and 4-byte pieces of its scales and zeros.
-  if (stages == 2 && (k % 32 != 0)) return false;
+// `geometry` 1 (int4-v2) or 3 (int4-v2-wide, K % 32 == 0). The fused variants (a prologue or the residual add) are
+// built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
+// fuses and otherwise runs the separate kernels.
+inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
+  if (geometry != 1 && geometry != 3) return false;
+  if (geometry == 3 && (k % 32 != 0 || batch > 2)) return false;
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
   return variant && dtype == 0 && batch >= 1 && batch <= 2 && supports(batch, k);
 }
 
-template <typename T, int NB, int CH>
+template <typename T, int G, int NB, int CH>
 int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
-                      int batch, int n, int k, int group, int stages, int prologue, bool residual, const Fusion& f,
-                      cudaStream_t st) {
-  if (prologue == kPlain && !residual) {
-    return stages == 2 ? launch_v2<T, NB, CH, 2, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
-                       : launch_v2<T, NB, CH, 1, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-  }
+                      int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (prologue == kPlain && !residual) return launch_v2<T, G, NB, CH, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   if constexpr (std::is_same<T, __nv_bfloat16>::value && NB <= 2) {
-    if (prologue == kNorm && !residual) {
-      return stages == 2 ? launch_v2<T, NB, CH, 2, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
-                         : launch_v2<T, NB, CH, 1, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-    }
-    if (prologue == kPlain && residual) {
-      return stages == 2 ? launch_v2<T, NB, CH, 2, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
-                         : launch_v2<T, NB, CH, 1, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-    }
-    if (prologue == kSiluMul && residual) {
-      return stages == 2 ? launch_v2<T, NB, CH, 2, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st)
-                         : launch_v2<T, NB, CH, 1, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-    }
+    if (prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kPlain && residual) return launch_v2<T, G, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kSiluMul && residual) return launch_v2<T, G, NB, CH, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   }
   return -3;
 }
 
-template <typename T, int NB>
+template <typename T, int G, int NB>
 int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
-                 int n, int k, int group, int stages, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+                 int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   switch (chunks_per_thread(k)) {
-    case 1: return launch_v2_variant<T, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
-    case 2: if constexpr (NB <= 2) return launch_v2_variant<T, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st); else return -3;
-    case 3: if constexpr (NB <= 2) return launch_v2_variant<T, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st); else return -3;
-    case 4: if constexpr (NB <= 2) return launch_v2_variant<T, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st); else return -3;
+    case 1: return launch_v2_variant<T, G, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    case 2: if constexpr (NB <= 2) return launch_v2_variant<T, G, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
+    case 3: if constexpr (NB <= 2) return launch_v2_variant<T, G, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
+    case 4: if constexpr (NB <= 2) return launch_v2_variant<T, G, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
     default: return -3;
   }
 }
 
 template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
-                 int batch, int n, int k, int group, int stages, int prologue, bool residual, const Fusion& f,
+                 int batch, int n, int k, int group, int geometry, int prologue, bool residual, const Fusion& f,
                  cudaStream_t st) {
   if (!supports(batch, k)) return -3;
+  if (geometry == 3) {
+    if (k % 32 != 0) return -3;
+    switch (batch) {
+      case 1: return launch_v2_ch<T, 3, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 2: return launch_v2_ch<T, 3, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      default: return -3;
+    }
+  }
   switch (batch) {
-    case 1: return launch_v2_ch<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
-    case 2: return launch_v2_ch<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
-    default: return launch_v2_ch<T, 4>(x, xs, p, s, z, out, os, batch, n, k, group, stages, prologue, residual, f, st);
+    case 1: return launch_v2_ch<T, 1, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    case 2: return launch_v2_ch<T, 1, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    default: return launch_v2_ch<T, 1, 4>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
   }
 }
 
@@ -980,7 +876,7 @@ extern "C" {
 int lowbit_v2_int4_supports(int batch, int k) { return supports(batch, k) ? 1 : 0; }
 // Largest batch and K it takes at all (for messages).
 int lowbit_v2_int4_max_batch() { return 4; }
-int lowbit_v2_int4_max_k() { return 16 * kThreads * 4; }
+int lowbit_v2_int4_max_k() { return 16384; }
 
 // The (batch, K) the v2 dense GEMV takes: 1 when it does.
 int lowbit_v2_gemv_supports(int batch, int k) { return dense_rows_for(batch, k) != 0 ? 1 : 0; }
@@ -1010,25 +906,24 @@ int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void
 }
 
 // The int4 GEMV with a prologue (0 none, 1 RMSNorm with norm_w/eps, 2 SiLU·mul of x = [gate | up] at x_stride >= 2K),
-// the residual add (residual non-null: out = T(T(x W^T) + residual)) and `stages` (1: the register-pipelined kernel,
-// 2: the cp.async one) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
-int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int stages, int prologue, int residual) {
-  return fused_supports(dtype, batch, k, stages, prologue, residual) ? 1 : 0;
+// the residual add (residual non-null: out = T(T(x W^T) + residual)) and `geometry` (1: int4-v2, 256 threads with 16
+// codes per chunk; 3: int4-v2-wide, 128 threads with 32) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
+int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
+  return fused_supports(dtype, batch, k, geometry, prologue, residual) ? 1 : 0;
 }
 
 int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
                                 const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
-                                int stages, int prologue, const void* norm_w, float eps, const void* residual,
+                                int geometry, int prologue, const void* norm_w, float eps, const void* residual,
                                 int64_t res_stride, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
-  if (!fused_supports(dtype, batch, k, stages, prologue, residual != nullptr ? 1 : 0)) return -3;
-  if (stages == 2 && (k / group) % 2 != 0) return -3;
+  if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm && norm_w == nullptr)) return -3;
   const Fusion f{norm_w, eps, residual, res_stride};
   switch (dtype) {
-    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, stages, prologue, residual != nullptr, f, st);
-    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, stages, prologue, residual != nullptr, f, st);
+    case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
+    case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     default: return -2;
   }
 }

@@ -98,9 +98,9 @@ static float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 // The int4 GEMV's fused variants (the decode step's): RMSNorm or SiLU·mul before the product, the residual added
 // after, one or two stages. The reference applies the prologue with the separate kernels' roundings (rmsnorm_kernel,
 // silu_mul_kernel), then a float64 product, then T(T(v) + residual); padding columns stay untouched.
-int run_fused(int batch, int n, int k, int group, int sms, int stages, int prologue, bool residual) {
+int run_fused(int batch, int n, int k, int group, int sms, int geometry, int prologue, bool residual) {
   g_sms = sms;
-  std::mt19937 rng(n * 13 + k + batch + stages * 5 + prologue);
+  std::mt19937 rng(n * 13 + k + batch + geometry * 5 + prologue);
   std::uniform_int_distribution<int> code(0, 15);
   std::normal_distribution<float> nd(0, 1);
   const int G = k / group;
@@ -117,10 +117,10 @@ int run_fused(int batch, int n, int k, int group, int sms, int stages, int prolo
   for (auto& v : w) v = __float2bfloat16(0.5f + std::abs(nd(rng)));
   for (auto& v : res) v = __float2bfloat16(nd(rng));
   std::vector<__nv_bfloat16> out((size_t)batch * (n + 3), __float2bfloat16(NAN));
-  if (!lowbit_v2_int4_fused_supports(0, batch, k, stages, prologue, residual ? 1 : 0)) { printf("fused variant not supported\n"); return 1; }
+  if (!lowbit_v2_int4_fused_supports(0, batch, k, geometry, prologue, residual ? 1 : 0)) { printf("fused variant not supported\n"); return 1; }
   const float eps = 1e-5f;
   int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
-                                       stages, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, nullptr);
+                                       geometry, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, nullptr);
   if (rc) { printf("fused rc %d\n", rc); return 1; }
   double err = 0, norm = 0;
   for (int b = 0; b < batch; b++) {
@@ -151,8 +151,8 @@ int run_fused(int batch, int n, int k, int group, int sms, int stages, int prolo
   }
   bool pad = true;
   for (int b = 0; b < batch; b++) for (int r = n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
-  printf("fused batch %d n %d k %d g %d sms %d stages %d prologue %d residual %d: rel err %.3e, padding untouched %d\n",
-         batch, n, k, group, sms, stages, prologue, residual, std::sqrt(err / norm), pad);
+  printf("fused batch %d n %d k %d g %d sms %d geometry %d prologue %d residual %d: rel err %.3e, padding untouched %d\n",
+         batch, n, k, group, sms, geometry, prologue, residual, std::sqrt(err / norm), pad);
   return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
 }
 
@@ -270,15 +270,16 @@ int main() {
   f += run(3, 21, 4096, 64, 1, 8);
   f += run(4, 9, 4096, 128, 1, 0);
   f += run(4, 5, 2048, 64, 1, 0);
-  f += run_fused(1, 101, 4096, 64, 2, 2, 0, false);  // the async pipeline, plain (26 tiles per block: the 4 buffers wrap)
-  f += run_fused(4, 33, 4096, 128, 2, 2, 0, false);
-  f += run_fused(2, 45, 11008, 128, 2, 2, 0, false);
+  f += run_fused(1, 101, 4096, 64, 2, 3, 0, false);  // the wide geometry (128 threads, 32 codes per chunk), plain
+  f += run_fused(2, 33, 4096, 128, 2, 3, 0, false);
+  f += run_fused(1, 19, 16384, 64, 2, 3, 0, false);
+  f += run_fused(2, 45, 11008, 128, 2, 3, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)
-  f += run_fused(2, 21, 8192, 128, 2, 2, 1, false);
-  f += run_fused(1, 19, 4096, 64, 2, 2, 0, true);    // residual add (the output projection)
+  f += run_fused(2, 21, 8192, 128, 2, 3, 1, false);
+  f += run_fused(1, 19, 4096, 64, 2, 3, 0, true);    // residual add (the output projection)
   f += run_fused(2, 23, 4096, 128, 3, 1, 0, true);
   f += run_fused(1, 17, 2752, 64, 2, 1, 2, true);    // SiLU·mul prologue and residual add (the down projection)
-  f += run_fused(2, 13, 11008, 64, 3, 2, 2, true);
+  f += run_fused(2, 13, 11008, 64, 3, 3, 2, true);
   f += run_rope_kv(1, 4, 4, 128, 9);
   f += run_rope_kv(3, 8, 2, 64, 5);
   f += run_dense(1, 21, 4096, 2, 0);
