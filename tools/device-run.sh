@@ -8,7 +8,8 @@
 #   kernels            self-check, bench-kernels, bench.sh --layers 32 (issue 13: bf16/int4 batch 1/32 vs transformers)
 #   decode RUNS        self-check, then bench-decode on a random 7B (RUNS like graph:1,int4-graph:1,int4-graph:16)
 #   attention [RUNS]   self-check, then bench-decode with SDPA and with the native decode attention, same RUNS
-#   fusion [RUNS]      self-check, bench-decode with the decode-step fusions on and off (LOWBIT_DECODE_FUSION), the int4
+#   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on, with
+#                      PDL off (LOWBIT_PDL=0), with the fusions off (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
@@ -71,19 +72,21 @@ for l in open(sys.argv[1]):
     r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-$a.jsonl"
     done ;;
   fusion)
-    # The decode-step fusions (issue 13): the same runs with LOWBIT_DECODE_FUSION on and off, with the int4 kernel
-    # selection's timings per shape (int4-v2 against int4-v2-wide); KERNELS=1 adds bench-kernels.
+    # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
+    # without the fusions, with the int4 kernel selection's timings per shape (int4-v2 against int4-v2-wide); int4
+    # graph tokens are compared with int4-native (the same kernels, eager). KERNELS=1 adds bench-kernels.
     selfcheck
     m=/tmp/lowbit-calibrate-work/random-7b
     [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
-    for f in 1 0; do
-      LOWBIT_DECODE_FUSION=$f timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
-        --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,int4-graph:1,int4-graph:2}" > "$OUT/decode-fusion$f.jsonl" 2> "$OUT/decode-fusion$f.err"
-      echo "fusion $f: rc=$?"; grep "differs\|rror" "$OUT/decode-fusion$f.err" | cut -c1-200 | head -5
-      [ $f = 1 ] && grep "kernel selection: int4" "$OUT/decode-fusion$f.err" | cut -c1-250
+    for c in 1:1 1:0 0:1; do
+      f=${c%:*}; p=${c#*:}
+      LOWBIT_DECODE_FUSION=$f LOWBIT_PDL=$p timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
+        --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,int4-native:1,int4-graph:1,int4-graph:2}" > "$OUT/decode-fusion$f-pdl$p.jsonl" 2> "$OUT/decode-fusion$f-pdl$p.err"
+      echo "fusion $f, programmatic dependent launch $p: rc=$?"; grep "differs\|rror" "$OUT/decode-fusion$f-pdl$p.err" | cut -c1-200 | head -5
+      [ $c = 1:1 ] && grep "kernel selection: int4" "$OUT/decode-fusion$f-pdl$p.err" | cut -c1-250
       python3 -c 'import json,sys
 for l in open(sys.argv[1]):
-    r=json.loads(l); print(r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-fusion$f.jsonl"
+    r=json.loads(l); print(r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-fusion$f-pdl$p.jsonl"
     done
     [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; } ;;
   calibrate)

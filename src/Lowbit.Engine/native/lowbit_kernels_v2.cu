@@ -25,7 +25,22 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <stdlib.h>
+
 #include <type_traits>
+
+// Programmatic dependent launch (sm_90): the int4 GEMVs and the RoPE + KV write are launched so that they may start
+// while the kernel before them finishes; each issues the loads that do not depend on it (its first weight tile) and
+// then waits for it (griddepcontrol.wait: the previous grid complete, its writes visible) before reading activations.
+// Each also lets its own dependents start at once (launch_dependents): they wait the same way. A kernel launched
+// without the attribute (or by torch) does not start early, and the wait returns at once. LOWBIT_PDL=0 launches plainly.
+#ifdef LOWBIT_EMULATED
+#define LOWBIT_PDL_WAIT()
+#define LOWBIT_PDL_TRIGGER()
+#else
+#define LOWBIT_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define LOWBIT_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" :::)
+#endif
 
 namespace {
 
@@ -332,7 +347,9 @@ __global__ void __launch_bounds__(Geo<G>::kThreads) int4_gemv_v2_kernel(
   unsigned short zv[R][CH];
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
+  LOWBIT_PDL_TRIGGER();
   if (row0 < n) load_tile<G, R, CH>(packed, scales, zeros, row0, n, row_bytes, groups, tid, live, gidx, wv, sv, zv);
+  LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
   float xs[CH][NB];
@@ -347,6 +364,38 @@ __global__ void __launch_bounds__(Geo<G>::kThreads) int4_gemv_v2_kernel(
     if (next < n) load_tile<G, R, CH>(packed, scales, zeros, next, n, row_bytes, groups, tid, live, gidx, wv, sv, zv);
     tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
+}
+
+// Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT), or plainly when LOWBIT_PDL=0 or
+// when the runtime refuses the attribute (then plainly for the rest of the process).
+template <typename... P, typename... A>
+int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, A... args) {
+#ifdef LOWBIT_EMULATED
+  emul_launch(blocks, threads, [&] { kernel(args...); });
+  return 0;
+#else
+  static bool pdl = [] {
+    const char* v = getenv("LOWBIT_PDL");
+    return !(v != nullptr && v[0] == '0');
+  }();
+  if (pdl) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)blocks);
+    config.blockDim = dim3((unsigned)threads);
+    config.dynamicSmemBytes = 0;
+    config.stream = st;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    if (cudaLaunchKernelEx(&config, kernel, args...) == cudaSuccess) return 0;
+    cudaGetLastError();
+    pdl = false;
+  }
+  kernel<<<blocks, threads, 0, st>>>(args...);
+  return (int)cudaGetLastError();
+#endif
 }
 
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
@@ -372,10 +421,9 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
   const int64_t resident = (int64_t)sms * per_sm;
   const int blocks = (int)(tiles < resident ? tiles : resident);
   if (blocks == 0) return 0;
-  int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES><<<blocks, Geo<G>::kThreads, 0, st>>>(
-      static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-      static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
-  return (int)cudaGetLastError();
+  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st,
+                    static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
 }
 
 // Chunks per thread for K: 1..4 (K <= 16384), the same in both geometries (256 x 16 = 128 x 32 codes per chunk round).
@@ -454,6 +502,8 @@ template <typename T>
 __global__ void rope_kv_kernel(const T* __restrict__ qkv, int64_t qkv_stride, const T* __restrict__ cos,
                                const T* __restrict__ sin, const int64_t* __restrict__ positions, T* __restrict__ q_out,
                                T* __restrict__ keys, T* __restrict__ values, int heads, int kv_heads, int d, int max_len) {
+  LOWBIT_PDL_WAIT();
+  LOWBIT_PDL_TRIGGER();
   const int all = heads + 2 * kv_heads;
   const int h = blockIdx.x % all;
   const int b = blockIdx.x / all;
@@ -487,8 +537,9 @@ int launch_rope_kv(const void* qkv, int64_t qkv_stride, const void* cos, const v
   const int blocks = batch * (heads + 2 * kv_heads);
   if (blocks == 0) return 0;
   const int threads = d < 128 ? 64 : 128;
-  rope_kv_kernel<T><<<blocks, threads, 0, st>>>(static_cast<const T*>(qkv), qkv_stride, static_cast<const T*>(cos), static_cast<const T*>(sin), positions, static_cast<T*>(q_out), static_cast<T*>(keys), static_cast<T*>(values), heads, kv_heads, d, max_len);
-  return (int)cudaGetLastError();
+  return launch_pdl(rope_kv_kernel<T>, blocks, threads, st, static_cast<const T*>(qkv), qkv_stride, static_cast<const T*>(cos),
+                    static_cast<const T*>(sin), positions, static_cast<T*>(q_out), static_cast<T*>(keys), static_cast<T*>(values),
+                    heads, kv_heads, d, max_len);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 #pragma once
+#define LOWBIT_EMULATED 1
 // CPU emulation of the CUDA subset the kernels use: a block runs as 256 std::threads with barriers.
 #include <stdint.h>
 #include <stddef.h>
