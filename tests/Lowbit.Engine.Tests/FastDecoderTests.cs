@@ -52,6 +52,39 @@ public class FastDecoderTests
     }
 
     [Fact]
+    public void Does_decode_the_same_tokens_through_the_fused_step_in_any_mix_of_fused_layers_and_stages()
+    {
+        // The fused decode step (norms inside the following projection, residual adds inside the preceding one, RoPE and
+        // the cache write together) with its variants emulated by the separate kernels' torch forms: every mix of fused
+        // and unfused layers, and a two-stage split, must give the eager generator's tokens for each slot.
+        using var model = Fixture();
+        int[] other = [ByteTokenizer.Bos, 'I', 'n', ' '];
+        var first = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 14 }, CPU).ToArray();
+        var second = TextGenerator.Generate(model, other, new GenerationOptions { MaxNewTokens = 14 }, CPU).ToArray();
+        var layers = model.Model.Layers.Count;
+        Assert.True(layers >= 4, "the fixture needs layers to mix");
+        var mixes = new (string Name, Func<int, bool> Fused, IReadOnlyList<DecoderShard>? Shards)[]
+        {
+            ("all fused", _ => true, null),
+            ("even layers fused", i => i % 2 == 0, null),
+            ("odd layers fused", i => i % 2 == 1, null),
+            ("none fused", _ => false, null),
+            ("all fused, two stages", _ => true, [new DecoderShard { Device = CPU, FirstLayer = 0, LayerCount = 2 }, new DecoderShard { Device = CPU, FirstLayer = 2, LayerCount = layers - 2 }]),
+            ("last of stage one unfused, two stages", i => i != 1, [new DecoderShard { Device = CPU, FirstLayer = 0, LayerCount = 2 }, new DecoderShard { Device = CPU, FirstLayer = 2, LayerCount = layers - 2 }]),
+        };
+        foreach (var (name, fused, shards) in mixes)
+        {
+            using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 2, MaxLength = 40, EmulatedFusion = fused, Shards = shards }, CPU);
+
+            var output = FastGeneration.Generate(decoder, [Prompt, other], 14);
+
+            Assert.True(decoder.UsesDecodeFusion, name);
+            Assert.True(first.SequenceEqual(output[0]), $"{name}: slot 0 differs");
+            Assert.True(second.SequenceEqual(output[1]), $"{name}: slot 1 differs");
+        }
+    }
+
+    [Fact]
     public void Does_decode_each_slot_of_a_batch_as_if_alone()
     {
         using var model = Fixture();

@@ -43,6 +43,14 @@ public sealed record FastDecoderOptions
     /// Null: one shard holding every layer on the decoder's device.
     /// </summary>
     public IReadOnlyList<DecoderShard>? Shards { get; init; }
+
+    /// <summary>
+    /// Tests: the decode step runs <see cref="FastDecoder.ForwardFused"/> on any device, its fused variants emulated by the
+    /// separate kernels' eager torch forms in the layers this selects (the others unfused), so the fused step's
+    /// bookkeeping (which norm where, the residual stream, the stage boundaries) is checked without a GPU. Null: the
+    /// native fused kernels where available.
+    /// </summary>
+    internal Func<int, bool>? EmulatedFusion { get; init; }
 }
 
 /// <summary>One stage of a pipeline-split <see cref="FastDecoder"/>: layers <c>[FirstLayer, FirstLayer + LayerCount)</c> on <see cref="Device"/>.</summary>
@@ -82,6 +90,7 @@ public sealed class FastDecoder : IDisposable
     private static readonly HashSet<string> LoggedChoices = [];
     private bool _graphs;
     private readonly Layer[] _layers;
+    private readonly Func<int, bool>? _fusedLayers;
     private readonly Tensor _embed;
     private readonly Tensor _finalNorm;
     private readonly Projection _lmHead;
@@ -118,11 +127,13 @@ public sealed class FastDecoder : IDisposable
         // Any GPU other than cuda:0 (the thread's default) must be made current around its stage's graphs.
         _multiDevice = cuda && shards.Any(s => DeviceIndex(s.Device) != 0);
         var native = cuda && options.UseNativeKernels && NativeKernels.Available;
-        _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv };
+        _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv, EmulateFusion = options.EmulatedFusion is not null };
+        _fusedLayers = options.EmulatedFusion;
         _graphs = cuda && options.UseGraphs && NativeKernels.Available;
         UsesNativeAttention = cuda && native && Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionEnv) == "native"
             && NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1);
-        UsesDecodeFusion = cuda && native && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0";
+        UsesDecodeFusion = options.EmulatedFusion is not null
+            || (cuda && native && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
         _heads = _config.NumAttentionHeads;
         _kvHeads = _config.NumKeyValueHeads;
         _headDim = _config.HeadDim;
@@ -810,6 +821,13 @@ public sealed class FastDecoder : IDisposable
         var hidden = UsesDecodeFusion && !lora
             ? ForwardFused(stage, input, (layer, qkv) =>
             {
+                if (_kernels.EmulateFusion)
+                {
+                    var qk = Rope(qkv.narrow(1, 0, (_heads + _kvHeads) * _headDim), _heads + _kvHeads, cos, sin);
+                    _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, qk.narrow(1, _heads * _headDim, _kvHeads * _headDim));
+                    _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, qkv.narrow(1, (_heads + _kvHeads) * _headDim, _kvHeads * _headDim));
+                    return Attend(layer, qk.narrow(1, 0, _heads * _headDim));
+                }
                 // RoPE of q and k, and k/v into the cache at each row's position, in one kernel.
                 var q = empty([batch, _heads * _headDim], _dtype, device);
                 NativeKernelsV2.RopeKv(qkv, cos, sin, positions, q, _keys[layer], _values[layer]);
@@ -913,7 +931,7 @@ public sealed class FastDecoder : IDisposable
     {
         var eps = _config.RmsNormEps;
         var rows = input.shape[0];
-        bool Fuses(int i) => i < stage.End
+        bool Fuses(int i) => i < stage.End && (_fusedLayers?.Invoke(i) ?? true)
             && _layers[i].Qkv.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNorm, residual: false) != 0
             && _layers[i].O.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0
             && _layers[i].GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNorm, residual: false) != 0
@@ -1010,10 +1028,16 @@ public sealed class FastDecoder : IDisposable
             return output;
         }
         sum = residual is null ? x : residual.add(x, Scalars.One);
+        return EagerRmsNorm(sum, weight, _config.RmsNormEps);
+    }
+
+    /// <summary>HF RMSNorm with torch ops: <c>weight · T(h · rsqrt(mean(h²) + eps))</c>, h in fp32 (fp64 for fp64 inputs).</summary>
+    internal static Tensor EagerRmsNorm(Tensor sum, Tensor weight, double eps)
+    {
         var compute = sum.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         var h = sum.to(compute);
         var variance = h.pow(Scalars.Of(2)).mean([-1], keepdim: true);
-        var normalized = (h * rsqrt(variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One))).to(sum.dtype);
+        var normalized = (h * rsqrt(variance.add(Scalars.Of(eps), Scalars.One))).to(sum.dtype);
         return weight * normalized;
     }
 
@@ -1044,6 +1068,13 @@ public sealed class FastDecoder : IDisposable
             NativeKernels.SiluMul(gateUp.contiguous(), output);
             return output;
         }
+        return EagerSiluMul(gateUp);
+    }
+
+    /// <summary>SiLU(gate) · up of the fused gate/up output <c>[rows, 2·inter]</c> with torch ops.</summary>
+    internal static Tensor EagerSiluMul(Tensor gateUp)
+    {
+        var inter = gateUp.shape[1] / 2;
         return nn.functional.silu(gateUp.narrow(1, 0, inter)) * gateUp.narrow(1, inter, inter);
     }
 

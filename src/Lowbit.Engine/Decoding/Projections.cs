@@ -18,6 +18,12 @@ public sealed record DecodeKernels
     /// <summary>The kernels measured fastest per projection shape and rows (<see cref="KernelSelector"/>); null: the fixed defaults.</summary>
     public KernelTable? Table { get; init; }
 
+    /// <summary>
+    /// Tests: every projection's fused variants (<see cref="Projection.RunFused"/>) run as the separate kernels' eager torch
+    /// forms (<c>FastDecoderOptions.EmulatedFusion</c>).
+    /// </summary>
+    internal bool EmulateFusion { get; init; }
+
     public static DecodeKernels Eager { get; } = new() { Native = false, NativeGemv = false };
 }
 
@@ -42,10 +48,34 @@ public abstract class Projection : IDisposable
     /// <paramref name="residual"/> when given, in one kernel; null when the kernel chosen for these rows has no such
     /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings).
     /// </summary>
-    public virtual Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
+    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    {
+        if (!kernels.EmulateFusion)
+        {
+            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual);
+        }
+        var input = prologue switch
+        {
+            Int4Prologue.RmsNorm => FastDecoder.EagerRmsNorm(x, normWeight ?? throw new ArgumentNullException(nameof(normWeight)), eps),
+            Int4Prologue.SiluMul => FastDecoder.EagerSiluMul(x),
+            _ => x,
+        };
+        var output = Forward(input, kernels);
+        return residual is null ? output : residual.add(output, Scalars.One);
+    }
 
-    /// <summary>The geometry (1 or 3) of the fused variant <see cref="RunFused"/> would run for these rows, or 0 when it has none.</summary>
-    public virtual int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
+    /// <summary>
+    /// The variant <see cref="RunFused"/> would run for these rows: the int4 GEMV's geometry (1 or 3; 1 when emulated),
+    /// or 0 when it has none.
+    /// </summary>
+    public int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) =>
+        kernels.EmulateFusion ? 1 : NativeFusedVariant(rows, dtype, kernels, prologue, residual);
+
+    /// <summary>The native fused kernel's run (<see cref="RunFused"/>); null when there is none for these rows.</summary>
+    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
+
+    /// <summary>The native fused kernel's geometry for these rows (<see cref="FusedVariant"/>), or 0.</summary>
+    protected virtual int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
 
     public abstract void Dispose();
 
@@ -244,7 +274,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     /// <summary>The wide geometry takes both 16-bit dtypes when plain; asked with bf16 here (the fused variants' one dtype).</summary>
     private bool WideSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 3, Int4Prologue.None, residual: false);
 
-    public override int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual)
+    protected override int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual)
     {
         if (bias is not null || Weight.Packed.device_type != DeviceType.CUDA)
         {
@@ -259,10 +289,10 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
-    public override Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         var rows = x.shape[0];
-        var geometry = FusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
+        var geometry = NativeFusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
         if (geometry == 0 || x.stride(1) != 1 || x.stride(0) % 8 != 0)
         {
             return null;

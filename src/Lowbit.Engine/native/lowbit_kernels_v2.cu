@@ -33,8 +33,10 @@
 // while the kernel before them finishes; each issues the loads that do not depend on it (its first weight tile) and
 // then waits for it (griddepcontrol.wait: the previous grid complete, its writes visible) before reading activations.
 // Each also lets its own dependents start at once (launch_dependents): they wait the same way. A kernel launched
-// without the attribute (or by torch) does not start early, and the wait returns at once. LOWBIT_PDL=0 launches plainly.
-#ifdef LOWBIT_EMULATED
+// without the attribute (or by torch) does not start early, and the wait returns at once. Opt-in (LOWBIT_PDL=1) until
+// measured on a GPU (written in session 13 after its last device run). build.sh compiles without it (LOWBIT_NO_PDL) if
+// the first compile fails.
+#if defined(LOWBIT_EMULATED) || defined(LOWBIT_NO_PDL)
 #define LOWBIT_PDL_WAIT()
 #define LOWBIT_PDL_TRIGGER()
 #else
@@ -366,18 +368,22 @@ __global__ void __launch_bounds__(Geo<G>::kThreads) int4_gemv_v2_kernel(
   }
 }
 
-// Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT), or plainly when LOWBIT_PDL=0 or
-// when the runtime refuses the attribute (then plainly for the rest of the process).
+// Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT) when LOWBIT_PDL=1, else plainly (also
+// when the runtime refuses the attribute: then plainly for the rest of the process).
 template <typename... P, typename... A>
 int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, A... args) {
-#ifdef LOWBIT_EMULATED
+#if defined(LOWBIT_EMULATED)
   emul_launch(blocks, threads, [&] { kernel(args...); });
   return 0;
 #else
+#if defined(LOWBIT_NO_PDL)
+  static bool pdl = false;
+#else
   static bool pdl = [] {
     const char* v = getenv("LOWBIT_PDL");
-    return !(v != nullptr && v[0] == '0');
+    return v != nullptr && v[0] == '1';
   }();
+#endif
   if (pdl) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3((unsigned)blocks);
