@@ -20,7 +20,8 @@ namespace Lowbit.Engine.DevTools;
 /// <c>eager</c> (TextGenerator, the model's modules; batch 1), <c>fused</c> (<see cref="FastDecoder"/> with eager torch
 /// kernels, no graphs), <c>native</c> (fused + native kernels, no graphs), <c>graph</c> (native kernels, CUDA graphs),
 /// <c>graph-cublas</c> (graphs, dense GEMV through cuBLAS), <c>graph-fixed</c> (graphs with the fixed kernel defaults instead
-/// of the kernels measured fastest at build, <see cref="KernelSelector"/>); an <c>int4-</c> prefix runs the mode after RTN 4-bit
+/// of the kernels measured fastest at build, <see cref="KernelSelector"/>), <c>graph-unfused</c> (graphs without the fused
+/// decode step, <see cref="FastDecoderOptions.FuseDecodeStep"/>); an <c>int4-</c> prefix runs the mode after RTN 4-bit
 /// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
 /// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// <c>--shards N [--shard-devices cuda:0,cuda:0]</c> splits the fast runs' layers into N pipeline stages (as
@@ -136,7 +137,7 @@ internal static class BenchDecodeVerb
         public Dictionary<string, int[]> TokensByRun { get; } = [];
     }
 
-    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas", "graph-fixed"];
+    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas", "graph-fixed", "graph-unfused"];
 
     private static List<RunSpec> ParseRuns(string text)
     {
@@ -153,7 +154,7 @@ internal static class BenchDecodeVerb
             var batch = parts.Length > 1 && int.TryParse(parts[1], CultureInfo.InvariantCulture, out var b) ? b : 1;
             if (!Modes.Contains(mode) || batch < 1 || (mode == "eager" && (batch != 1 || int4)))
             {
-                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, graph-fixed, optionally prefixed int4-");
+                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, graph-fixed, graph-unfused, optionally prefixed int4-");
             }
             runs.Add(new RunSpec(mode, batch, int4));
         }
@@ -195,9 +196,10 @@ internal static class BenchDecodeVerb
             {
                 MaxBatch = run.Batch,
                 MaxLength = context.Prompt.Length + context.NewTokens,
-                UseGraphs = run.Mode is "graph" or "graph-cublas" or "graph-fixed",
+                UseGraphs = run.Mode is "graph" or "graph-cublas" or "graph-fixed" or "graph-unfused",
                 UseNativeKernels = run.Mode != "fused",
-                UseNativeGemv = run.Mode is "graph" or "native" or "graph-fixed",
+                UseNativeGemv = run.Mode is "graph" or "native" or "graph-fixed" or "graph-unfused",
+                FuseDecodeStep = run.Mode != "graph-unfused",
                 MeasureKernels = run.Mode != "graph-fixed",
                 KernelLog = context.Stderr,
                 Shards = context.Plan?.DecoderShards,

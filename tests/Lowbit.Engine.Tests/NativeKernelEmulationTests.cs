@@ -9,7 +9,9 @@ public class NativeKernelEmulationTests
     /// the CUDA subset they use (native/emulate): the int4 and dense GEMVs against a float64 reference for 1-8 rows, tail
     /// rows, several blocks, K up to 16,384, and the (rows, K) they refuse; the int4 dequantize bit for bit against the
     /// fp32 arithmetic; the decode attention against a float64 softmax (1-8 splits, grouped heads, a row past the
-    /// bucket). No GPU here; the bundle's self-check runs the real ones.
+    /// bucket); the fused decode step's int4 variants (RMSNorm or SiLU·mul prologue, residual add, both geometries)
+    /// against the separate kernels' arithmetic, and RoPE + KV write bit for bit with nothing else in the cache written.
+    /// No GPU here; the bundle's self-check runs the real ones.
     /// </summary>
     [Fact]
     public async Task Does_match_the_references_when_the_v2_kernels_run_emulated_on_the_cpu()
@@ -24,7 +26,9 @@ public class NativeKernelEmulationTests
 
         Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {stdout} {await stderr}");
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal(16, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(16, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal) && !l.StartsWith("fused ", StringComparison.Ordinal)));
+        Assert.Equal(10, lines.Count(l => l.StartsWith("fused ", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(2, lines.Count(l => l.StartsWith("rope_kv ", StringComparison.Ordinal) && l.Contains(": 0 wrong", StringComparison.Ordinal)));
         Assert.Equal(3, lines.Count(l => l.StartsWith("dequantize ", StringComparison.Ordinal) && l.Contains(": 0 of ", StringComparison.Ordinal)));
         Assert.Equal(5, lines.Count(l => l.StartsWith("attention ", StringComparison.Ordinal) && l.EndsWith("all written 1", StringComparison.Ordinal)));
         Assert.Equal("ok", lines[^1]);

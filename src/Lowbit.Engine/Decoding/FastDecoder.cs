@@ -27,6 +27,12 @@ public sealed record FastDecoderOptions
     public bool UseNativeGemv { get; init; } = true;
 
     /// <summary>
+    /// Run the fused decode step where its kernels are available (<see cref="FastDecoder.UsesDecodeFusion"/>; false: the
+    /// separate kernels, the <c>graph-unfused</c> benchmark mode; <c>LOWBIT_DECODE_FUSION=0</c> does the same).
+    /// </summary>
+    public bool FuseDecodeStep { get; init; } = true;
+
+    /// <summary>
     /// With graphs, time each projection shape's candidate kernels per batch bucket once at build and use the fastest
     /// (<see cref="KernelSelector"/>); false keeps the fixed defaults (<see cref="DenseProjection.NativeGemvMaxRows"/>,
     /// the first int4 GEMV at ≤ 16 rows).
@@ -133,7 +139,7 @@ public sealed class FastDecoder : IDisposable
         UsesNativeAttention = cuda && native && Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionEnv) == "native"
             && NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1);
         UsesDecodeFusion = options.EmulatedFusion is not null
-            || (cuda && native && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
+            || (cuda && native && options.FuseDecodeStep && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
         _heads = _config.NumAttentionHeads;
         _kvHeads = _config.NumKeyValueHeads;
         _headDim = _config.HeadDim;
