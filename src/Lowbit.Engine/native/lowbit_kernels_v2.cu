@@ -446,6 +446,9 @@ inline bool supports(int batch, int k) {
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
 // fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
+#ifdef LOWBIT_NO_WIDE
+  if (geometry == 3) return false;
+#endif
   if (geometry != 1 && geometry != 3) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2)) return false;
   if (prologue < kPlain || prologue > kSiluMul) return false;
@@ -484,12 +487,16 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
                  cudaStream_t st) {
   if (!supports(batch, k)) return -3;
   if (geometry == 3) {
+#ifdef LOWBIT_NO_WIDE
+    return -3;
+#else
     if (k % 32 != 0) return -3;
     switch (batch) {
       case 1: return launch_v2_ch<T, 3, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       case 2: return launch_v2_ch<T, 3, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       default: return -3;
     }
+#endif
   }
   switch (batch) {
     case 1: return launch_v2_ch<T, 1, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
