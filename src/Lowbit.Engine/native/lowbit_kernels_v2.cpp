@@ -12,8 +12,6 @@
 #include <string>
 
 extern "C" {
-int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
-                          int, int, void*);
 int lowbit_v2_int4_supports(int, int);
 int lowbit_v2_gemv_supports(int, int);
 int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t, int, int, int, void*);
@@ -64,6 +62,58 @@ int guarded(F f) {
   return -1;
 }
 
+// The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
+// lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
+// fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null.
+void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry, int prologue,
+                 void* norm_w, double eps, void* residual) {
+  auto& xt = T(x);
+  auto& pt = T(packed);
+  auto& st = T(scales);
+  auto& zt = T(zeros);
+  auto& ot = T(out);
+  TORCH_CHECK(xt.is_cuda() && pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 v2: CUDA tensors only");
+  // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
+  const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
+  TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2: packed uint8 [N, K/2]");
+  const int64_t n = pt.size(0), k = pt.size(1) * 2;
+  TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2: group ", group, " must be a multiple of 32 dividing K=", k);
+  TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
+  TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
+  TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
+  TORCH_CHECK(xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
+              && lowbit_v2_int4_supports((int)xt.size(0), (int)k), "int4 v2: batch ", xt.size(0), " at K=", k,
+              " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
+  const int64_t width = prologue == 2 ? 2 * k : k;
+  TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch (x [B, ", width, "], out [B, ", n, "])");
+  TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
+  TORCH_CHECK(ot.stride(1) == 1, "int4 v2: out must have unit inner stride");
+  TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2: x and out dtypes differ");
+  const int dtype = dtype_code(xt, "int4 v2");
+  const void* norm = nullptr;
+  if (prologue == 1) {
+    auto& wt = T(norm_w);
+    TORCH_CHECK(wt.is_cuda() && wt.dim() == 1 && wt.size(0) == k && wt.is_contiguous() && aligned16(wt) && wt.scalar_type() == xt.scalar_type(), "int4 v2: norm weight [K] contiguous, x's dtype");
+    norm = wt.data_ptr();
+  }
+  const void* res = nullptr;
+  int64_t res_stride = 0;
+  if (residual != nullptr) {
+    auto& rt = T(residual);
+    TORCH_CHECK(rt.is_cuda() && rt.dim() == 2 && rt.size(0) == xt.size(0) && rt.size(1) == n && rt.stride(1) == 1 && rt.scalar_type() == xt.scalar_type(), "int4 v2: residual [B, N], unit inner stride, x's dtype");
+    res = rt.data_ptr();
+    res_stride = rt.stride(0);
+  }
+  TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, geometry, prologue, res != nullptr ? 1 : 0),
+              "int4 v2: variant not taken (batch ", xt.size(0), ", K=", k, ", geometry ", geometry, ", prologue ", prologue, ")");
+  const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
+                                             ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, geometry,
+                                             prologue, norm, (float)eps, res, res_stride,
+                                             static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+  TORCH_CHECK(rc == 0, "int4 v2: launch failed: ",
+              rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch, K or variant" : cudaGetErrorString((cudaError_t)rc));
+}
+
 }  // namespace
 
 extern "C" {
@@ -73,37 +123,9 @@ int lowbit_v2_version() { return 1; }
 const char* lowbit_v2_last_error() { return last_error.c_str(); }
 
 // out[B, N] = x[B, K] @ dequant(packed[N, K/2], scales[N, G], zeros[N, G])^T, group = K / G, (B, K) as
-// lowbit_v2_supports says.
+// lowbit_v2_supports says (the int4 GEMV v2 without a prologue or residual, lowbit_v2_int4_linear_x below).
 int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
-  return guarded([&] {
-    auto& xt = T(x);
-    auto& pt = T(packed);
-    auto& st = T(scales);
-    auto& zt = T(zeros);
-    auto& ot = T(out);
-    TORCH_CHECK(xt.is_cuda() && pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 v2: CUDA tensors only");
-    // Launch on the tensor's device and that device's current stream (a pipeline shard may sit on any GPU).
-    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
-    TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2: packed uint8 [N, K/2]");
-    const int64_t n = pt.size(0), k = pt.size(1) * 2;
-    TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2: group ", group, " must be a multiple of 32 dividing K=", k);
-    TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
-    TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
-    TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
-    TORCH_CHECK(xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
-                && lowbit_v2_int4_supports((int)xt.size(0), (int)k), "int4 v2: batch ", xt.size(0), " at K=", k,
-                " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
-    TORCH_CHECK(xt.size(1) == k && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch");
-    TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
-    TORCH_CHECK(ot.stride(1) == 1, "int4 v2: out must have unit inner stride");
-    TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2: x and out dtypes differ");
-    const int dtype = dtype_code(xt, "int4 v2");
-    const int rc = lowbit_launch_int4_v2(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
-                                         ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group,
-                                         static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
-    TORCH_CHECK(rc == 0, "int4 v2: launch failed: ",
-                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch or K" : cudaGetErrorString((cudaError_t)rc));
-  });
+  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, 1, 0, nullptr, 0.0, nullptr); });
 }
 
 int lowbit_v2_supports(int batch, int k) { return lowbit_v2_int4_supports(batch, k); }
@@ -206,49 +228,7 @@ int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int pro
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
 int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
                             int prologue, void* norm_w, double eps, void* residual) {
-  return guarded([&] {
-    auto& xt = T(x);
-    auto& pt = T(packed);
-    auto& st = T(scales);
-    auto& zt = T(zeros);
-    auto& ot = T(out);
-    TORCH_CHECK(xt.is_cuda() && pt.is_cuda() && st.is_cuda() && zt.is_cuda() && ot.is_cuda(), "int4 v2x: CUDA tensors only");
-    const c10::cuda::OptionalCUDAGuard device_guard(xt.device());
-    TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2x: packed uint8 [N, K/2]");
-    const int64_t n = pt.size(0), k = pt.size(1) * 2;
-    TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2x: group ", group, " must be a multiple of 32 dividing K=", k);
-    TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2x: scales/zeros must be float16");
-    TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2x: scales/zeros [N, K/group]");
-    TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2x: x and out must be 2-D");
-    const int64_t width = prologue == 2 ? 2 * k : k;
-    TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2x: shape mismatch (x [B, ", width, "], out [B, ", n, "])");
-    TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2x: x rows must be 16-byte aligned");
-    TORCH_CHECK(ot.stride(1) == 1, "int4 v2x: out must have unit inner stride");
-    TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2x: x and out dtypes differ");
-    const int dtype = dtype_code(xt, "int4 v2x");
-    const void* norm = nullptr;
-    if (prologue == 1) {
-      auto& wt = T(norm_w);
-      TORCH_CHECK(wt.is_cuda() && wt.dim() == 1 && wt.size(0) == k && wt.is_contiguous() && aligned16(wt) && wt.scalar_type() == xt.scalar_type(), "int4 v2x: norm weight [K] contiguous, x's dtype");
-      norm = wt.data_ptr();
-    }
-    const void* res = nullptr;
-    int64_t res_stride = 0;
-    if (residual != nullptr) {
-      auto& rt = T(residual);
-      TORCH_CHECK(rt.is_cuda() && rt.dim() == 2 && rt.size(0) == xt.size(0) && rt.size(1) == n && rt.stride(1) == 1 && rt.scalar_type() == xt.scalar_type(), "int4 v2x: residual [B, N], unit inner stride, x's dtype");
-      res = rt.data_ptr();
-      res_stride = rt.stride(0);
-    }
-    TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, geometry, prologue, res != nullptr ? 1 : 0),
-                "int4 v2x: variant not taken (batch ", xt.size(0), ", K=", k, ", geometry ", geometry, ", prologue ", prologue, ")");
-    const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
-                                               ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, geometry,
-                                               prologue, norm, (float)eps, res, res_stride,
-                                               static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
-    TORCH_CHECK(rc == 0, "int4 v2x: launch failed: ",
-                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported variant" : cudaGetErrorString((cudaError_t)rc));
-  });
+  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual); });
 }
 
 // The decode step's RoPE + cache write: qkv [B, (H + 2 KVH)·D] (unit inner stride), cos/sin [B, D] contiguous,

@@ -646,24 +646,7 @@ __global__ void __launch_bounds__(kDenseThreads) gemv_v2_kernel(const T* __restr
     }
     const int next = row0 + stride;
     if (next < n) load_dense_tile<R, CH>(wbase, next, n, chunks, tid, live, wv);
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-      for (int b = 0; b < NB; b++) {
-        const float v = warp_sum2(acc[r][b]);
-        if (lane == 0) red[buf][warp][r * NB + b] = v;
-      }
-    }
-    __syncthreads();
-    if (tid < R * NB) {
-      const int r = tid / NB;
-      const int b = tid % NB;
-      float v = 0.f;
-#pragma unroll
-      for (int wi = 0; wi < kDenseWarps; wi++) v += red[buf][wi][tid];
-      if (row0 + r < n && b < batch) out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
-    }
-    buf ^= 1;
+    tile_reduce<T, kDenseWarps, NB, R, false>(acc, red, buf, row0, n, batch, out, out_stride, nullptr, 0, tid, lane, warp);
   }
 }
 

@@ -62,20 +62,39 @@ int run_attention(int batch, int kv_heads, int group, int d, int max_len, int le
 
 extern "C" int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
 
+// Random 4-bit codes q [n, k] in our packing (code 2j low nibble of byte j) with fp16 scales and zeros per group:
+// normal scales around 0 and zeros around 7.5 (`normal`), or a fixed small pattern.
+struct RandomInt4 {
+  std::vector<int> q;
+  std::vector<uint8_t> packed;
+  std::vector<__half> s, z;
+};
+
+RandomInt4 random_int4(std::mt19937& rng, int n, int k, int group, bool normal) {
+  std::uniform_int_distribution<int> code(0, 15);
+  std::normal_distribution<float> nd(0, 1);
+  RandomInt4 w;
+  w.q.resize((size_t)n * k);
+  for (auto& v : w.q) v = code(rng);
+  w.packed.resize((size_t)n * k / 2);
+  for (size_t i = 0; i < w.packed.size(); i++) w.packed[i] = (uint8_t)(w.q[2 * i] | (w.q[2 * i + 1] << 4));
+  w.s.resize((size_t)n * (k / group));
+  w.z.resize(w.s.size());
+  for (size_t i = 0; i < w.s.size(); i++) {
+    w.s[i] = __float2half(normal ? 0.02f * nd(rng) : 0.01f + 0.001f * (i % 7));
+    w.z[i] = __float2half(normal ? 7.5f + nd(rng) : 7.5f + 0.13f * (i % 5));
+  }
+  return w;
+}
+
+
 // The dense weight of the int4 dequantize kernel against the reference arithmetic (fp32 q - z, times s, one rounding to
 // the 16-bit type): bit-identical, every element written.
 int run_dequantize(int dtype, int n, int k, int group, int sms) {
   g_sms = sms;
   std::mt19937 rng(n * 7 + k + group);
-  std::uniform_int_distribution<int> code(0, 15);
-  std::normal_distribution<float> nd(0, 1);
   const int G = k / group;
-  std::vector<int> q((size_t)n * k);
-  for (auto& v : q) v = code(rng);
-  std::vector<uint8_t> packed((size_t)n * k / 2);
-  for (size_t i = 0; i < packed.size(); i++) packed[i] = (uint8_t)(q[2 * i] | (q[2 * i + 1] << 4));
-  std::vector<__half> s((size_t)n * G), z((size_t)n * G);
-  for (size_t i = 0; i < s.size(); i++) { s[i] = __float2half(0.02f * nd(rng)); z[i] = __float2half(7.5f + nd(rng)); }
+  auto [q, packed, s, z] = random_int4(rng, n, k, group, true);
   std::vector<unsigned short> out((size_t)n * k, 0xFFFF);
   int rc = lowbit_launch_int4_dequantize_v2(dtype, packed.data(), s.data(), z.data(), out.data(), n, k, group, nullptr);
   if (rc) { printf("dequantize n %d k %d: rc %d\n", n, k, rc); return 1; }
@@ -96,20 +115,14 @@ extern "C" int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, con
 static float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
 // The int4 GEMV's fused variants (the decode step's): RMSNorm or SiLU·mul before the product, the residual added
-// after, one or two stages. The reference applies the prologue with the separate kernels' roundings (rmsnorm_kernel,
+// after, in both geometries. The reference applies the prologue with the separate kernels' roundings (rmsnorm_kernel,
 // silu_mul_kernel), then a float64 product, then T(T(v) + residual); padding columns stay untouched.
 int run_fused(int batch, int n, int k, int group, int sms, int geometry, int prologue, bool residual) {
   g_sms = sms;
   std::mt19937 rng(n * 13 + k + batch + geometry * 5 + prologue);
-  std::uniform_int_distribution<int> code(0, 15);
   std::normal_distribution<float> nd(0, 1);
   const int G = k / group;
-  std::vector<int> q((size_t)n * k);
-  for (auto& v : q) v = code(rng);
-  std::vector<uint8_t> packed((size_t)n * k / 2);
-  for (size_t i = 0; i < packed.size(); i++) packed[i] = (uint8_t)(q[2 * i] | (q[2 * i + 1] << 4));
-  std::vector<__half> s((size_t)n * G), z((size_t)n * G);
-  for (size_t i = 0; i < s.size(); i++) { s[i] = __float2half(0.01f + 0.001f * (i % 7)); z[i] = __float2half(7.5f + 0.13f * (i % 5)); }
+  auto [q, packed, s, z] = random_int4(rng, n, k, group, false);
   const int width = prologue == 2 ? 2 * k : k;
   const int64_t xs = width + 8;
   std::vector<__nv_bfloat16> x((size_t)batch * xs), w(k), res((size_t)batch * (n + 5));
@@ -198,15 +211,9 @@ int run_rope_kv(int batch, int heads, int kv_heads, int d, int max_len) {
 int run(int batch, int n, int k, int group, int sms, int xstride_extra) {
   g_sms = sms;
   std::mt19937 rng(n * 31 + k + batch);
-  std::uniform_int_distribution<int> code(0, 15);
   std::normal_distribution<float> nd(0, 1);
   int G = k / group;
-  std::vector<uint8_t> packed((size_t)n * k / 2);
-  std::vector<int> q((size_t)n * k);
-  for (size_t i = 0; i < q.size(); i++) q[i] = code(rng);
-  for (size_t i = 0; i < packed.size(); i++) packed[i] = (uint8_t)(q[2 * i] | (q[2 * i + 1] << 4));
-  std::vector<__half> s((size_t)n * G), z((size_t)n * G);
-  for (size_t i = 0; i < s.size(); i++) { s[i] = __float2half(0.01f + 0.001f * (i % 7)); z[i] = __float2half(7.5f + 0.13f * (i % 5)); }
+  auto [q, packed, s, z] = random_int4(rng, n, k, group, false);
   int64_t xs = k + xstride_extra;
   std::vector<__nv_bfloat16> x((size_t)batch * xs);
   for (auto& v : x) v = __float2bfloat16(nd(rng));
