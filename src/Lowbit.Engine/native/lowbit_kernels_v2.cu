@@ -442,6 +442,18 @@ inline bool supports(int batch, int k) {
   return k % 16 == 0 && ((batch >= 1 && batch <= 2 && ch >= 1 && ch <= 4) || (batch >= 3 && batch <= 4 && ch == 1));
 }
 
+// The (rows, chunks per thread) built per geometry. int4-v2: 1-2 rows at 1-4 chunks, 3-4 rows at one. int4-v2-wide:
+// one row at 1-3 chunks, two rows at one: ptxas (nvcc 11.8, sm_90) gives the others 252-255 registers and, at two rows
+// and 3-4 chunks, 0.01-2 KB of spills per thread, where int4-v2 one row one chunk takes 75 (docs/gpu.md, session 13).
+constexpr bool built(int g, int nb, int ch) {
+  return g == 1 ? (nb <= 2 || ch == 1) : ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1));
+}
+
+inline bool built_for(int g, int batch, int k) {
+  const int nb = batch <= 1 ? 1 : batch <= 2 ? 2 : 4;
+  return built(g, nb, chunks_per_thread(k));
+}
+
 // `geometry` 1 (int4-v2) or 3 (int4-v2-wide, K % 32 == 0). The fused variants (a prologue or the residual add) are
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
 // fuses and otherwise runs the separate kernels.
@@ -450,7 +462,7 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
   if (geometry == 3) return false;
 #endif
   if (geometry != 1 && geometry != 3) return false;
-  if (geometry == 3 && (k % 32 != 0 || batch > 2)) return false;
+  if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
@@ -473,10 +485,10 @@ template <typename T, int G, int NB>
 int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
                  int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   switch (chunks_per_thread(k)) {
-    case 1: return launch_v2_variant<T, G, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
-    case 2: if constexpr (NB <= 2) return launch_v2_variant<T, G, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
-    case 3: if constexpr (NB <= 2) return launch_v2_variant<T, G, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
-    case 4: if constexpr (NB <= 2) return launch_v2_variant<T, G, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
+    case 1: if constexpr (built(G, NB, 1)) return launch_v2_variant<T, G, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
+    case 2: if constexpr (built(G, NB, 2)) return launch_v2_variant<T, G, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
+    case 3: if constexpr (built(G, NB, 3)) return launch_v2_variant<T, G, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
+    case 4: if constexpr (built(G, NB, 4)) return launch_v2_variant<T, G, NB, 4>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
     default: return -3;
   }
 }

@@ -1,0 +1,59 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace Lowbit.Engine.Tests;
+
+public class NativeKernelCompileTests
+{
+    /// <summary>
+    /// The native decode kernels (lowbit_kernels.cu, lowbit_kernels_v2.cu) compiled by a real nvcc for sm_90 without a GPU
+    /// (tools/nvcc-check.sh; .ci/tools.sh installs Debian's CUDA 11.8): both files compile, every int4 GEMV
+    /// instantiation the engine builds is listed, and none of the ones a 7B decodes with at one row (int4-v2 and
+    /// int4-v2-wide at 1 and 3 chunks per thread: K = 4,096 and 11,008) spills registers to local memory. The GPU bundle
+    /// compiles them again on the device (nvcc 13) on first use; this catches what would otherwise surface there.
+    /// </summary>
+    [NvccFact]
+    public async Task Does_compile_the_decode_kernels_for_sm_90_without_spills_in_the_one_row_gemvs()
+    {
+        var script = Path.Combine(Path.GetDirectoryName(TokenizerTests.FixtureDirectory)!, "..", "..", "tools", "nvcc-check.sh");
+        var start = new ProcessStartInfo("bash", [Path.GetFullPath(script)]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = Process.Start(start)!;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
+        var stderr = process.StandardError.ReadToEndAsync(timeout.Token);
+        var stdout = await process.StandardOutput.ReadToEndAsync(timeout.Token);
+        await process.WaitForExitAsync(timeout.Token);
+
+        Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {await stderr}");
+        var kernels = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('\t')).Where(f => f.Length == 5)
+            .Select(f => (File: f[0], Registers: int.Parse(f[1], CultureInfo.InvariantCulture), SpillStores: int.Parse(f[2], CultureInfo.InvariantCulture), Name: f[4]))
+            .ToList();
+        Assert.Contains(kernels, k => k.File == "lowbit_kernels.cu" && k.Name.Contains("rmsnorm_kernel", StringComparison.Ordinal));
+        var int4 = kernels.Where(k => k.Name.Contains("int4_gemv_v2_kernel<", StringComparison.Ordinal)).ToList();
+        // bf16 and fp16 plain (int4-v2: 9 row/chunk pairs, wide: 4), and the bf16 fused variants (3 each).
+        Assert.Equal((2 * (9 + 4)) + (3 * (8 + 4)), int4.Count);
+        foreach (var geometry in new[] { 1, 3 })
+        {
+            foreach (var chunks in new[] { 1, 3 })
+            {
+                var oneRow = int4.Where(k => k.Name.Contains($"_kernel<__nv_bfloat16, {geometry}, 1, {chunks},", StringComparison.Ordinal)).ToList();
+                Assert.Equal(4, oneRow.Count);
+                Assert.All(oneRow, k => Assert.True(k.SpillStores == 0, $"{k.Name}: {k.SpillStores} bytes of spill stores, {k.Registers} registers"));
+            }
+        }
+    }
+}
+
+/// <summary>A fact that needs nvcc on PATH; skipped, with the reason, when it is missing.</summary>
+public sealed class NvccFactAttribute : FactAttribute
+{
+    public static readonly string? Binary =
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Where(d => d.Length > 0).Select(d => Path.Combine(d, "nvcc")).FirstOrDefault(File.Exists);
+
+    public NvccFactAttribute()
+    {
+        if (Binary is null)
+        {
+            Skip = "nvcc is not on PATH (bash .ci/tools.sh installs Debian's nvidia-cuda-toolkit)";
+        }
+    }
+}
