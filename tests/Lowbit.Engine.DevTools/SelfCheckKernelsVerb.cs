@@ -142,12 +142,15 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                if (NativeKernelsV2.Int4XSupports(dtype, batch, k, 3, Int4Prologue.None, residual: false))
+                foreach (var (geometry, name) in new[] { (3, "int4-v2-wide"), (5, "int4-v2-occ") })
                 {
-                    // The async variant (a kernel-selection candidate: weights through shared memory by cp.async) on the same shapes.
-                    var wide = full([batch, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(x, packed, wide, 3, Int4Prologue.None, null, 0, null);
-                    Report($"int4-v2-wide {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", wide, reference);
+                    if (NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
+                    {
+                        // The other geometries (kernel-selection candidates) on the same shapes.
+                        var other = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                        NativeKernelsV2.Int4LinearX(x, packed, other, geometry, Int4Prologue.None, null, 0, null);
+                        Report($"{name} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", other, reference);
+                    }
                 }
             }
             if (NativeKernelsV2.FusedAvailable)
@@ -158,6 +161,7 @@ internal static class SelfCheckKernelsVerb
                 foreach (var (batch, n, k, group, geometry) in new[]
                 {
                     (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
+                    (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5),
                 })
                 {
                     using var scope = NewDisposeScope();

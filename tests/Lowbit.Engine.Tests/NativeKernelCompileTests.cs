@@ -8,8 +8,9 @@ public class NativeKernelCompileTests
     /// <summary>
     /// The native decode kernels (lowbit_kernels.cu, lowbit_kernels_v2.cu) compiled by a real nvcc for sm_90 without a GPU
     /// (tools/nvcc-check.sh; .ci/tools.sh installs Debian's CUDA 11.8): both files compile, every int4 GEMV
-    /// instantiation the engine builds is listed, and none of the ones a 7B decodes with at one row (int4-v2 and
-    /// int4-v2-wide at 1 and 3 chunks per thread: K = 4,096 and 11,008) spills registers to local memory. The GPU bundle
+    /// instantiation the engine builds is listed, none of the ones a 7B decodes with at one row (int4-v2 and
+    /// int4-v2-wide at 1 and 3 chunks per thread: K = 4,096 and 11,008) spills registers to local memory, and
+    /// int4-v2-occ keeps its 64-register cap. The GPU bundle
     /// compiles them again on the device (nvcc 13) on first use; this catches what would otherwise surface there.
     /// </summary>
     [NvccFact]
@@ -29,8 +30,8 @@ public class NativeKernelCompileTests
             .ToList();
         Assert.Contains(kernels, k => k.File == "lowbit_kernels.cu" && k.Name.Contains("rmsnorm_kernel", StringComparison.Ordinal));
         var int4 = kernels.Where(k => k.Name.Contains("int4_gemv_v2_kernel<", StringComparison.Ordinal)).ToList();
-        // bf16 and fp16 plain (int4-v2: 9 row/chunk pairs, wide: 4), and the bf16 fused variants (3 each).
-        Assert.Equal((2 * (9 + 4)) + (3 * (8 + 4)), int4.Count);
+        // bf16 and fp16 plain (int4-v2: 9 row/chunk pairs, wide: 4, occupancy: 1), and the bf16 fused variants (3 each).
+        Assert.Equal((2 * (9 + 4 + 1)) + (3 * (8 + 4 + 1)), int4.Count);
         foreach (var geometry in new[] { 1, 3 })
         {
             foreach (var chunks in new[] { 1, 3 })
@@ -40,6 +41,10 @@ public class NativeKernelCompileTests
                 Assert.All(oneRow, k => Assert.True(k.SpillStores == 0, $"{k.Name}: {k.SpillStores} bytes of spill stores, {k.Registers} registers"));
             }
         }
+        // int4-v2-occ exists for its register cap: 64 registers (four 256-thread blocks per SM), at most a few spilled words.
+        var occupancy = int4.Where(k => k.Name.Contains("_kernel<__nv_bfloat16, 5, 1, 1,", StringComparison.Ordinal)).ToList();
+        Assert.Equal(4, occupancy.Count);
+        Assert.All(occupancy, k => Assert.True(k.Registers <= 64 && k.SpillStores <= 64, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
     }
 }
 

@@ -29,6 +29,12 @@ public enum ProjectionKernel
     /// </summary>
     Int4V2Wide,
 
+    /// <summary>
+    /// The second int4 GEMV's layout with four blocks per SM forced (64 registers): one row at K ≤ 4,096
+    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 5).
+    /// </summary>
+    Int4V2Occupancy,
+
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
     Int4Dequant,
 }
@@ -229,6 +235,7 @@ public static class KernelSelector
         ProjectionKernel.Int4V1 => "int4-v1",
         ProjectionKernel.Int4V2 => "int4-v2",
         ProjectionKernel.Int4V2Wide => "int4-v2-wide",
+        ProjectionKernel.Int4V2Occupancy => "int4-v2-occ",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         _ => kernel.ToString(),
     };

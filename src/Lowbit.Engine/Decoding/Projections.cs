@@ -242,7 +242,8 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return kernels.Table?.Lookup(Shape, rows) switch
         {
             ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
-            ProjectionKernel.Int4V2Wide when WideSupports(rows) => ProjectionKernel.Int4V2Wide,
+            ProjectionKernel.Int4V2Wide when GeometrySupports(3, rows) => ProjectionKernel.Int4V2Wide,
+            ProjectionKernel.Int4V2Occupancy when GeometrySupports(5, rows) => ProjectionKernel.Int4V2Occupancy,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -264,15 +265,31 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V2);
         }
-        if (WideSupports(rows))
+        if (GeometrySupports(3, rows))
         {
             candidates.Add(ProjectionKernel.Int4V2Wide);
+        }
+        if (GeometrySupports(5, rows))
+        {
+            candidates.Add(ProjectionKernel.Int4V2Occupancy);
         }
         return candidates;
     }
 
-    /// <summary>The wide geometry takes both 16-bit dtypes when plain; asked with bf16 here (the fused variants' one dtype).</summary>
-    private bool WideSupports(long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, 3, Int4Prologue.None, residual: false);
+    /// <summary>
+    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy) takes these rows here; plain, each takes
+    /// both 16-bit dtypes, asked with bf16 (the fused variants' one dtype).
+    /// </summary>
+    private bool GeometrySupports(int geometry, long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, geometry, Int4Prologue.None, residual: false);
+
+    /// <summary>The geometry number of an int4 GEMV kernel (1, 3, 5), or 0 for the others.</summary>
+    private static int GeometryOf(ProjectionKernel kernel) => kernel switch
+    {
+        ProjectionKernel.Int4V2 => 1,
+        ProjectionKernel.Int4V2Wide => 3,
+        ProjectionKernel.Int4V2Occupancy => 5,
+        _ => 0,
+    };
 
     protected override int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual)
     {
@@ -280,12 +297,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             return 0;
         }
-        var geometry = Choose(rows, cuda: true, kernels) switch
-        {
-            ProjectionKernel.Int4V2 => 1,
-            ProjectionKernel.Int4V2Wide => 3,
-            _ => 0,
-        };
+        var geometry = GeometryOf(Choose(rows, cuda: true, kernels));
         return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
@@ -304,13 +316,13 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Wide)
+        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            if (kernel == ProjectionKernel.Int4V2Wide)
+            if (kernel is ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy)
             {
-                NativeKernelsV2.Int4LinearX(input, Weight, output, 3, Int4Prologue.None, null, 0, null);
+                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null);
             }
             else if (kernel == ProjectionKernel.Int4V2)
             {

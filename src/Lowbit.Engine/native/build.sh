@@ -21,8 +21,9 @@ if [ -f "$src/lowbit_kernels_v2.cu" ] && [ -f "$src/lowbit_kernels_v2.cpp" ]; th
       -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 \
       -c "$src/lowbit_kernels_v2.cu" -o "$out/lowbit_kernels_v2.o"
   }
-  # Without programmatic dependent launch (inline PTX, cudaLaunchKernelEx), then also without the wide int4 geometry,
-  # if the full compile fails (both written after session 13's last device run; the log keeps every attempt).
+  # Without programmatic dependent launch (inline PTX, cudaLaunchKernelEx), then also without the wide and occupancy
+  # int4 geometries, if the full compile fails (all written after session 13's last device run, checked with nvcc 11.8
+  # only: tools/nvcc-check.sh; the log keeps every attempt).
   { v2_compile --split-compile=0 || v2_compile || v2_compile -DLOWBIT_NO_PDL || v2_compile -DLOWBIT_NO_PDL -DLOWBIT_NO_WIDE; } \
     > "$out/lowbit_kernels_v2.log" 2>&1 &
   v2_pid=$!

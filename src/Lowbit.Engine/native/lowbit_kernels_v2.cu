@@ -97,28 +97,33 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 // same activations per byte (the first geometry reached 1.3-2.1 TB/s of the H200's 4.28 at one row, docs/gpu.md run
 // 22; a cp.async pipeline through shared memory, tried as G = 2, was slower at every 7B shape: run 23). Both cover
 // 4,096 codes of K per chunk per thread, so K <= 16384 takes at most four chunks per thread.
+//
+// G = 5, "int4-v2-occ": int4-v2's layout with __launch_bounds__(256, 4), so ptxas fits 64 registers (75 without, with
+// 24 bytes of spills) and four blocks fit per SM instead of three: a third more bytes in flight. One row, one chunk
+// per thread only (K <= 4096): forced to two blocks, the three- and four-chunk kernels spill 300 bytes and more.
 template <int G>
 struct Geo {
-  static constexpr int kThreads = G == 1 ? 256 : 128;
+  static constexpr int kThreads = G == 3 ? 128 : 256;
   static constexpr int kWarps = kThreads / 32;
-  static constexpr int kCodes = G == 1 ? 16 : 32;   // codes per chunk
+  static constexpr int kCodes = G == 3 ? 32 : 16;   // codes per chunk
   static constexpr int kWords = kCodes / 8;         // 32-bit words of codes per chunk
+  static constexpr int kMinBlocks = G == 5 ? 4 : 1;  // __launch_bounds__'s blocks per SM
 };
 
 struct Chunk2 { uint32_t w[2]; };
 struct Chunk4 { uint32_t w[4]; };
-template <int G> using ChunkOf = typename std::conditional<G == 1, Chunk2, Chunk4>::type;
+template <int G> using ChunkOf = typename std::conditional<G == 3, Chunk4, Chunk2>::type;
 
 // Rows per tile: fewer when the activations take many registers.
 template <int G, int NB, int CH>
 struct Tile {
-  static constexpr int R = G == 1 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
+  static constexpr int R = G != 3 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
 };
 
 template <int G>
 __device__ __forceinline__ ChunkOf<G> load_chunk(const uint8_t* __restrict__ packed, int64_t row, int row_bytes, int c) {
   ChunkOf<G> v;
-  if constexpr (G == 1) {
+  if constexpr (G != 3) {
     const uint2 u = __ldg(reinterpret_cast<const uint2*>(packed + row * row_bytes) + c);
     v.w[0] = u.x;
     v.w[1] = u.y;
@@ -318,7 +323,7 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
 }
 
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
-__global__ void __launch_bounds__(Geo<G>::kThreads) int4_gemv_v2_kernel(
+__global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gemv_v2_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
     int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
@@ -446,7 +451,7 @@ inline bool supports(int batch, int k) {
 // one row at 1-3 chunks, two rows at one: ptxas (nvcc 11.8, sm_90) gives the others 252-255 registers and, at two rows
 // and 3-4 chunks, 0.01-2 KB of spills per thread, where int4-v2 one row one chunk takes 75 (docs/gpu.md, session 13).
 constexpr bool built(int g, int nb, int ch) {
-  return g == 1 ? (nb <= 2 || ch == 1) : ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1));
+  return g == 1 ? (nb <= 2 || ch == 1) : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1)) : g == 5 && nb == 1 && ch == 1;
 }
 
 inline bool built_for(int g, int batch, int k) {
@@ -454,15 +459,16 @@ inline bool built_for(int g, int batch, int k) {
   return built(g, nb, chunks_per_thread(k));
 }
 
-// `geometry` 1 (int4-v2) or 3 (int4-v2-wide, K % 32 == 0). The fused variants (a prologue or the residual add) are
+// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0) or 5 (int4-v2-occ, one row, K <= 4096). The fused variants (a prologue or the residual add) are
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
 // fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
-  if (geometry == 3) return false;
+  if (geometry == 3 || geometry == 5) return false;
 #endif
-  if (geometry != 1 && geometry != 3) return false;
+  if (geometry != 1 && geometry != 3 && geometry != 5) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
+  if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
@@ -508,6 +514,13 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
       case 2: return launch_v2_ch<T, 3, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       default: return -3;
     }
+#endif
+  }
+  if (geometry == 5) {
+#ifdef LOWBIT_NO_WIDE
+    return -3;
+#else
+    return batch == 1 ? launch_v2_ch<T, 5, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st) : -3;
 #endif
   }
   switch (batch) {

@@ -14,7 +14,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __restrict__
 typedef int cudaError_t; enum { cudaSuccess = 0 }; typedef void* cudaStream_t;
