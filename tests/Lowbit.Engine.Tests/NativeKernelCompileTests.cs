@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 
 namespace Lowbit.Engine.Tests;
@@ -16,15 +15,9 @@ public class NativeKernelCompileTests
     [NvccFact]
     public async Task Does_compile_the_decode_kernels_for_sm_90_without_spills_in_the_one_row_gemvs()
     {
-        var script = Path.Combine(Path.GetDirectoryName(TokenizerTests.FixtureDirectory)!, "..", "..", "tools", "nvcc-check.sh");
-        var start = new ProcessStartInfo("bash", [Path.GetFullPath(script)]) { RedirectStandardOutput = true, RedirectStandardError = true };
-        using var process = Process.Start(start)!;
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        var stderr = process.StandardError.ReadToEndAsync(timeout.Token);
-        var stdout = await process.StandardOutput.ReadToEndAsync(timeout.Token);
-        await process.WaitForExitAsync(timeout.Token);
+        var (exitCode, stdout, stderr) = await RepositoryScript.RunAsync("tools/nvcc-check.sh", TimeSpan.FromMinutes(5));
 
-        Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {await stderr}");
+        Assert.True(exitCode == 0, $"exit {exitCode}: {stderr}");
         var kernels = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('\t')).Where(f => f.Length == 5)
             .Select(f => (File: f[0], Registers: int.Parse(f[1], CultureInfo.InvariantCulture), SpillStores: int.Parse(f[2], CultureInfo.InvariantCulture), Name: f[4]))
             .ToList();

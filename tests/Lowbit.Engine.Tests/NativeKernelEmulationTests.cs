@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Lowbit.Engine.Tests;
 
 public class NativeKernelEmulationTests
@@ -16,15 +14,9 @@ public class NativeKernelEmulationTests
     [Fact]
     public async Task Does_match_the_references_when_the_v2_kernels_run_emulated_on_the_cpu()
     {
-        var script = Path.Combine(Path.GetDirectoryName(TokenizerTests.FixtureDirectory)!, "..", "..", "src", "Lowbit.Engine", "native", "emulate", "run.sh");
-        var start = new ProcessStartInfo("bash", [Path.GetFullPath(script)]) { RedirectStandardOutput = true, RedirectStandardError = true };
-        using var process = Process.Start(start)!;
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        var stderr = process.StandardError.ReadToEndAsync(timeout.Token);
-        var stdout = await process.StandardOutput.ReadToEndAsync(timeout.Token);
-        await process.WaitForExitAsync(timeout.Token);
+        var (exitCode, stdout, stderr) = await RepositoryScript.RunAsync("src/Lowbit.Engine/native/emulate/run.sh", TimeSpan.FromMinutes(2));
 
-        Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {stdout} {await stderr}");
+        Assert.True(exitCode == 0, $"exit {exitCode}: {stdout} {stderr}");
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(16, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal) && !l.StartsWith("fused ", StringComparison.Ordinal)));
         Assert.Equal(14, lines.Count(l => l.StartsWith("fused ", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
