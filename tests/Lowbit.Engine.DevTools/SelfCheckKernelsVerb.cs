@@ -142,9 +142,9 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                foreach (var (geometry, name) in new[] { (3, "int4-v2-wide"), (5, "int4-v2-occ") })
+                foreach (var (geometry, name) in new[] { (3, "int4-v2-wide"), (5, "int4-v2-occ"), (7, "int4-v2-shared") })
                 {
-                    if (NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
+                    if ((geometry != 7 || group % 64 == 0) && NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
                     {
                         // The other geometries (kernel-selection candidates) on the same shapes.
                         var other = full([batch, n], Scalars.Of(double.NaN), dtype, device);
@@ -161,7 +161,7 @@ internal static class SelfCheckKernelsVerb
                 foreach (var (batch, n, k, group, geometry) in new[]
                 {
                     (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
-                    (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5),
+                    (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5), (1, 12288, 4096, 64, 7), (2, 22016, 4096, 128, 7), (1, 1001, 2048, 64, 7),
                 })
                 {
                     using var scope = NewDisposeScope();

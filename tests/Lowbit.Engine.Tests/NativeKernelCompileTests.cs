@@ -9,7 +9,7 @@ public class NativeKernelCompileTests
     /// (tools/nvcc-check.sh; .ci/tools.sh installs Debian's CUDA 11.8): both files compile, every int4 GEMV
     /// instantiation the engine builds is listed, none of the ones a 7B decodes with at one row (int4-v2 and
     /// int4-v2-wide at 1 and 3 chunks per thread: K = 4,096 and 11,008) spills registers to local memory, and
-    /// int4-v2-occ keeps its 64-register cap. The GPU bundle
+    /// int4-v2-occ and int4-v2-shared keep their register caps (64 and 80). The GPU bundle
     /// compiles them again on the device (nvcc 13) on first use; this catches what would otherwise surface there.
     /// </summary>
     [NvccFact]
@@ -38,6 +38,10 @@ public class NativeKernelCompileTests
         var occupancy = int4.Where(k => k.Name.Contains("_kernel<__nv_bfloat16, 5, 1, 1,", StringComparison.Ordinal)).ToList();
         Assert.Equal(4, occupancy.Count);
         Assert.All(occupancy, k => Assert.True(k.Registers <= 64 && k.SpillStores <= 64, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
+        // int4-v2-shared: 1-2 rows, plain (both dtypes) and the three bf16 variants, each within three blocks' 80 registers.
+        var shared = kernels.Where(k => k.Name.Contains("int4_gemv_shared_kernel<", StringComparison.Ordinal)).ToList();
+        Assert.Equal((2 * 2) + (3 * 2), shared.Count);
+        Assert.All(shared, k => Assert.True(k.Registers <= 80 && k.SpillStores <= 16, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
     }
 }
 

@@ -35,6 +35,12 @@ public enum ProjectionKernel
     /// </summary>
     Int4V2Occupancy,
 
+    /// <summary>
+    /// The second int4 GEMV with the activations in shared memory and each group's scale and zero loaded once per
+    /// quad of threads: 1-2 rows at K ≤ 4,096, group a multiple of 64 (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 7).
+    /// </summary>
+    Int4V2Shared,
+
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
     Int4Dequant,
 }
@@ -236,6 +242,7 @@ public static class KernelSelector
         ProjectionKernel.Int4V2 => "int4-v2",
         ProjectionKernel.Int4V2Wide => "int4-v2-wide",
         ProjectionKernel.Int4V2Occupancy => "int4-v2-occ",
+        ProjectionKernel.Int4V2Shared => "int4-v2-shared",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         _ => kernel.ToString(),
     };

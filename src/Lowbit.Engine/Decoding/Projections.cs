@@ -244,6 +244,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
             ProjectionKernel.Int4V2Wide when GeometrySupports(3, rows) => ProjectionKernel.Int4V2Wide,
             ProjectionKernel.Int4V2Occupancy when GeometrySupports(5, rows) => ProjectionKernel.Int4V2Occupancy,
+            ProjectionKernel.Int4V2Shared when GeometrySupports(7, rows) => ProjectionKernel.Int4V2Shared,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -273,14 +274,20 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V2Occupancy);
         }
+        if (GeometrySupports(7, rows))
+        {
+            candidates.Add(ProjectionKernel.Int4V2Shared);
+        }
         return candidates;
     }
 
     /// <summary>
-    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy) takes these rows here; plain, each takes
-    /// both 16-bit dtypes, asked with bf16 (the fused variants' one dtype).
+    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy, 7 shared) takes these rows here; plain,
+    /// each takes both 16-bit dtypes, asked with bf16 (the fused variants' one dtype). The shared geometry also needs a
+    /// group that is a multiple of 64.
     /// </summary>
-    private bool GeometrySupports(int geometry, long rows) => NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, geometry, Int4Prologue.None, residual: false);
+    private bool GeometrySupports(int geometry, long rows) => (geometry != 7 || Weight.GroupSize % 64 == 0)
+        && NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, geometry, Int4Prologue.None, residual: false);
 
     /// <summary>The geometry number of an int4 GEMV kernel (1, 3, 5), or 0 for the others.</summary>
     private static int GeometryOf(ProjectionKernel kernel) => kernel switch
@@ -288,6 +295,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         ProjectionKernel.Int4V2 => 1,
         ProjectionKernel.Int4V2Wide => 3,
         ProjectionKernel.Int4V2Occupancy => 5,
+        ProjectionKernel.Int4V2Shared => 7,
         _ => 0,
     };
 
@@ -316,11 +324,11 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy)
+        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy or ProjectionKernel.Int4V2Shared)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            if (kernel is ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy)
+            if (kernel is ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy or ProjectionKernel.Int4V2Shared)
             {
                 NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null);
             }

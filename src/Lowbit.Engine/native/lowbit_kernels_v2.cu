@@ -437,6 +437,166 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
                     static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
 }
 
+// G = 7, "int4-v2-shared": the activations in shared memory and each scale/zero pair loaded once per group of threads,
+// so the registers go to weights in flight (docs/gpu.md, *Compiling the kernels without a GPU*). int4-v2's thread
+// layout (256 threads, 16 codes per chunk, one chunk per thread: K <= 4096) with tiles of 12 rows (8 at two rows):
+//  - after the prologue each thread stores its 16 activations as four float4 at [b][i][thread] (consecutive threads,
+//    consecutive 16 bytes: no bank conflicts) and keeps only their sum; products read one float4 at a time and use it
+//    for every row of the tile (16 bytes of shared memory per 128 of codes);
+//  - the four threads of a quad share a group (group % 64 == 0), so thread 4q + j loads the scale and zero of rows
+//    j, j + 4, ... of the tile, and the products take row r's from lane 4q + (r % 4) by a shuffle: 2 registers per 4
+//    rows in flight instead of 2 per row.
+// With __launch_bounds__(256, 3) ptxas (nvcc 11.8) fits it in 80 registers without spills: three blocks per SM, 72 KB
+// of codes in flight at one row (int4-v2: 48 KB). 16 rows took 128 registers, or spilled 108 bytes at three blocks.
+template <int NB>
+struct SharedTile {
+  static constexpr int R = NB == 1 ? 12 : 8;
+};
+
+template <typename T, int NB, int PRO, bool RES>
+__global__ void __launch_bounds__(256, 3) int4_gemv_shared_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
+  constexpr int R = SharedTile<NB>::R;
+  constexpr int W = 8;
+  __shared__ float4 xsm[NB][4][256];
+  __shared__ float red[2][W][R * NB];
+  __shared__ float norm_partial[W][NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int chunks = k / 16;
+  const int groups = k / group;
+  const int row_bytes = k / 2;
+  const T* residual = static_cast<const T*>(fusion.residual);
+  bool live[1];
+  live[0] = tid < chunks;
+  const int quad = tid & 3;
+  // The quad's group (group % 64 == 0: one group for the four threads; K % 64 == 0: quads all live or all not).
+  const bool quad_live = (tid & ~3) < chunks;
+  const int gidx = quad_live ? ((tid & ~3) * 16) / group : 0;
+
+  // Tile r0's codes (all rows) and this thread's share of its scales and zeros (rows quad, quad + 4, ...).
+  Chunk2 wv[R];
+  unsigned short sv[R / 4];
+  unsigned short zv[R / 4];
+  auto load = [&](int r0) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int64_t row = (int64_t)min(r0 + r, n - 1);
+      if (live[0]) {
+        wv[r] = load_chunk<1>(packed, row, row_bytes, tid);
+      } else {
+        wv[r].w[0] = 0u;
+        wv[r].w[1] = 0u;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < R / 4; m++) {
+      const int64_t row = (int64_t)min(r0 + 4 * m + quad, n - 1);
+      sv[m] = quad_live ? __ldg(scales + row * groups + gidx) : (unsigned short)0;
+      zv[m] = quad_live ? __ldg(zeros + row * groups + gidx) : (unsigned short)0;
+    }
+  };
+
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
+  LOWBIT_PDL_TRIGGER();
+  if (row0 < n) load(row0);
+  LOWBIT_PDL_WAIT();
+
+  float xs[NB];
+  {
+    float xv[1][NB][16];
+    float sums[1][NB];
+    load_activations<T, 1, NB, 1, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, sums);
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      xs[b] = sums[0][b];
+#pragma unroll
+      for (int i = 0; i < 4; i++) xsm[b][i][tid] = make_float4(xv[0][b][4 * i], xv[0][b][4 * i + 1], xv[0][b][4 * i + 2], xv[0][b][4 * i + 3]);
+    }
+  }
+  // Each thread reads back only what it wrote: no barrier needed before the products.
+
+  int buf = 0;
+  float acc[R][NB];
+  for (; row0 < n; row0 += stride) {
+    float d[R][NB];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) d[r][b] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      // Codes 4i..4i+3: word i / 2, bytes 2 (i % 2) and 2 (i % 2) + 1 (low nibble first).
+      float4 xq[NB];
+#pragma unroll
+      for (int b = 0; b < NB; b++) xq[b] = xsm[b][i][tid];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint32_t word = wv[r].w[i / 2];
+        const uint32_t lo = word & 0x0F0F0F0Fu;
+        const uint32_t hi = (word >> 4) & 0x0F0F0F0Fu;
+        float q0, q1, q2, q3;
+        if (i % 2 == 0) {
+          q0 = code_of<0>(lo); q1 = code_of<0>(hi); q2 = code_of<1>(lo); q3 = code_of<1>(hi);
+        } else {
+          q0 = code_of<2>(lo); q1 = code_of<2>(hi); q2 = code_of<3>(lo); q3 = code_of<3>(hi);
+        }
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          d[r][b] = fmaf(xq[b].x, q0, d[r][b]);
+          d[r][b] = fmaf(xq[b].y, q1, d[r][b]);
+          d[r][b] = fmaf(xq[b].z, q2, d[r][b]);
+          d[r][b] = fmaf(xq[b].w, q3, d[r][b]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int from = (lane & ~3) | (r & 3);
+      const float s = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)sv[r / 4], from)));
+      const float z = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)zv[r / 4], from)));
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = s * fmaf(256.f, d[r][b], -(128.f + z) * xs[b]);
+    }
+    // The next tile's loads go out after this tile's products, before its reduction and barrier.
+    const int next = row0 + stride;
+    if (next < n) load(next);
+    tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+  }
+}
+
+template <typename T, int NB, int PRO, bool RES>
+int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
+                  int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_shared_kernel<T, NB, PRO, RES>, 256, (size_t)0) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v;
+  }();
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  constexpr int R = SharedTile<NB>::R;
+  const int64_t tiles = ((int64_t)n + R - 1) / R;
+  const int64_t resident = (int64_t)sms * per_sm;
+  const int blocks = (int)(tiles < resident ? tiles : resident);
+  if (blocks == 0) return 0;
+  return launch_pdl(int4_gemv_shared_kernel<T, NB, PRO, RES>, blocks, 256, st,
+                    static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
+}
+
 // Chunks per thread for K: 1..4 (K <= 16384), the same in both geometries (256 x 16 = 128 x 32 codes per chunk round).
 inline int chunks_per_thread(int k) { return (k / 16 + 256 - 1) / 256; }
 
@@ -451,7 +611,10 @@ inline bool supports(int batch, int k) {
 // one row at 1-3 chunks, two rows at one: ptxas (nvcc 11.8, sm_90) gives the others 252-255 registers and, at two rows
 // and 3-4 chunks, 0.01-2 KB of spills per thread, where int4-v2 one row one chunk takes 75 (docs/gpu.md, session 13).
 constexpr bool built(int g, int nb, int ch) {
-  return g == 1 ? (nb <= 2 || ch == 1) : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1)) : g == 5 && nb == 1 && ch == 1;
+  return g == 1 ? (nb <= 2 || ch == 1)
+       : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1))
+       : g == 5 ? (nb == 1 && ch == 1)
+       : g == 7 && nb <= 2 && ch == 1;
 }
 
 inline bool built_for(int g, int batch, int k) {
@@ -459,14 +622,16 @@ inline bool built_for(int g, int batch, int k) {
   return built(g, nb, chunks_per_thread(k));
 }
 
-// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0) or 5 (int4-v2-occ, one row, K <= 4096). The fused variants (a prologue or the residual add) are
+// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096) or 7 (int4-v2-shared,
+// 1-2 rows, K <= 4096, group % 64 == 0: checked at launch). The fused variants (a prologue or the residual add) are
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
 // fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
-  if (geometry == 3 || geometry == 5) return false;
+  if (geometry == 3 || geometry == 5 || geometry == 7) return false;
 #endif
-  if (geometry != 1 && geometry != 3 && geometry != 5) return false;
+  if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7) return false;
+  if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k))) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
   if (prologue < kPlain || prologue > kSiluMul) return false;
@@ -499,6 +664,18 @@ int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const 
   }
 }
 
+template <typename T, int NB>
+int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                          int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (prologue == kPlain && !residual) return launch_shared<T, NB, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if (prologue == kNorm && !residual) return launch_shared<T, NB, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kPlain && residual) return launch_shared<T, NB, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kSiluMul && residual) return launch_shared<T, NB, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+  }
+  return -3;
+}
+
 template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                  int batch, int n, int k, int group, int geometry, int prologue, bool residual, const Fusion& f,
@@ -521,6 +698,18 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
     return -3;
 #else
     return batch == 1 ? launch_v2_ch<T, 5, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st) : -3;
+#endif
+  }
+  if (geometry == 7) {
+#ifdef LOWBIT_NO_WIDE
+    return -3;
+#else
+    if (group % 64 != 0 || k % 64 != 0 || chunks_per_thread(k) != 1) return -3;
+    switch (batch) {
+      case 1: return launch_shared_variant<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 2: return launch_shared_variant<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      default: return -3;
+    }
 #endif
   }
   switch (batch) {

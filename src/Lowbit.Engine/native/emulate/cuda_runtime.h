@@ -49,6 +49,15 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   float r = g_shfl[(t & ~31) | ((t & 31) ^ o)]; g_warp[w]->arrive_and_wait();
   return r;
 }
+inline unsigned g_shfl_u[1024];
+inline unsigned __shfl_sync(unsigned, unsigned v, int source) {
+  int t = threadIdx.x, w = t >> 5;
+  g_shfl_u[t] = v; g_warp[w]->arrive_and_wait();
+  unsigned r = g_shfl_u[(t & ~31) | (source & 31)]; g_warp[w]->arrive_and_wait();
+  return r;
+}
+struct alignas(16) float4 { float x, y, z, w; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 template <class T> T __ldg(const T* p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline void __syncthreads() { g_block->arrive_and_wait(); }

@@ -283,6 +283,11 @@ int main() {
   f += run_fused(1, 77, 4096, 64, 2, 5, 0, false);   // int4-v2-occ (one row, one chunk per thread)
   f += run_fused(1, 33, 4096, 128, 3, 5, 1, false);
   f += run_fused(1, 29, 4096, 64, 2, 5, 2, true);
+  f += run_fused(1, 101, 4096, 64, 2, 7, 0, false);  // int4-v2-shared (activations in shared memory, quad scales)
+  f += run_fused(2, 37, 4096, 128, 3, 7, 0, false);
+  f += run_fused(1, 45, 4096, 64, 2, 7, 1, false);
+  f += run_fused(2, 21, 2048, 64, 2, 7, 0, true);
+  f += run_fused(1, 19, 2752, 64, 3, 7, 2, true);
   f += run_fused(2, 45, 11008, 128, 2, 1, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)
   f += run_fused(1, 21, 8192, 128, 2, 3, 1, false);
