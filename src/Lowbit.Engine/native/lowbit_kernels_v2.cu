@@ -373,6 +373,28 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gem
   }
 }
 
+// The grid of a persistent kernel over `tiles` row tiles: as many blocks as fit on the device at once, at most one per
+// tile (the occupancy of `Kernel` at `threads` per block is a host-side query, made once per process per kernel).
+template <auto Kernel>
+int persistent_blocks(int threads, int64_t tiles) {
+  static const int per_sm = [threads] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, Kernel, threads, (size_t)0) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v;
+  }();
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 132;
+  }
+  const int64_t resident = (int64_t)sms * per_sm;
+  return (int)(tiles < resident ? tiles : resident);
+}
+
 // Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT) when LOWBIT_PDL=1, else plainly (also
 // when the runtime refuses the attribute: then plainly for the rest of the process).
 template <typename... P, typename... A>
@@ -412,25 +434,8 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, A
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
 int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
               int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
-  // Blocks resident per SM for this instantiation (host-side query, once per process).
-  static const int per_sm = [] {
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, Geo<G>::kThreads, (size_t)0) != cudaSuccess || v < 1) {
-      cudaGetLastError();
-      v = 1;
-    }
-    return v;
-  }();
-  int device = 0;
-  int sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 132;
-  }
   constexpr int R = Tile<G, NB, CH>::R;
-  const int64_t tiles = ((int64_t)n + R - 1) / R;
-  const int64_t resident = (int64_t)sms * per_sm;
-  const int blocks = (int)(tiles < resident ? tiles : resident);
+  const int blocks = persistent_blocks<int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>>(Geo<G>::kThreads, ((int64_t)n + R - 1) / R);
   if (blocks == 0) return 0;
   return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
@@ -573,24 +578,8 @@ __global__ void __launch_bounds__(256, 3) int4_gemv_shared_kernel(
 template <typename T, int NB, int PRO, bool RES>
 int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
                   int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
-  static const int per_sm = [] {
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, int4_gemv_shared_kernel<T, NB, PRO, RES>, 256, (size_t)0) != cudaSuccess || v < 1) {
-      cudaGetLastError();
-      v = 1;
-    }
-    return v;
-  }();
-  int device = 0;
-  int sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 132;
-  }
   constexpr int R = SharedTile<NB>::R;
-  const int64_t tiles = ((int64_t)n + R - 1) / R;
-  const int64_t resident = (int64_t)sms * per_sm;
-  const int blocks = (int)(tiles < resident ? tiles : resident);
+  const int blocks = persistent_blocks<int4_gemv_shared_kernel<T, NB, PRO, RES>>(256, ((int64_t)n + R - 1) / R);
   if (blocks == 0) return 0;
   return launch_pdl(int4_gemv_shared_kernel<T, NB, PRO, RES>, blocks, 256, st,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
@@ -867,24 +856,8 @@ __global__ void __launch_bounds__(kDenseThreads) gemv_v2_kernel(const T* __restr
 template <typename T, int NB, int CH>
 int launch_dense_v2(const void* x, int64_t xs, const void* w, void* out, int64_t os, int batch, int n, int k,
                     cudaStream_t st) {
-  static const int per_sm = [] {
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_v2_kernel<T, NB, CH>, kDenseThreads, 0) != cudaSuccess || v < 1) {
-      cudaGetLastError();
-      v = 1;
-    }
-    return v;
-  }();
-  int device = 0;
-  int sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 132;
-  }
   constexpr int R = DenseTile<NB, CH>::R;
-  const int64_t tiles = ((int64_t)n + R - 1) / R;
-  const int64_t resident = (int64_t)sms * per_sm;
-  const int blocks = (int)(tiles < resident ? tiles : resident);
+  const int blocks = persistent_blocks<gemv_v2_kernel<T, NB, CH>>(kDenseThreads, ((int64_t)n + R - 1) / R);
   if (blocks == 0) return 0;
   gemv_v2_kernel<T, NB, CH><<<blocks, kDenseThreads, 0, st>>>(static_cast<const T*>(x), xs, static_cast<const T*>(w),
                                                                 static_cast<T*>(out), os, batch, n, k);
