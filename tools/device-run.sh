@@ -74,7 +74,7 @@ for l in open(sys.argv[1]):
     done ;;
   fusion)
     # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
-    # without the fusions, with the int4 kernel selection's timings per shape (int4-v2 against int4-v2-wide); int4
+    # without the fusions, with the int4 kernel selection's timings per shape (int4-v2 against -wide, -occ, -shared); int4
     # graph tokens are compared with int4-native (the same kernels, eager). KERNELS=1 adds bench-kernels.
     selfcheck
     m=/tmp/lowbit-calibrate-work/random-7b
