@@ -14,7 +14,7 @@
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
-#   ncu [LAUNCHES]     Nsight Compute on the int4 GEMV v2/wide kernels (one row, g64): occupancy, DRAM throughput, stalls
+#   ncu [LAUNCHES]     Nsight Compute on the int4 GEMVs v2/wide/occ/shared (one row, g64): occupancy, DRAM throughput, stalls
 #   profile [RUNS]     per-kernel device time inside the decode graphs (nsys --cuda-graph-trace=node, if the image has
 #                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
 # SKIP_SELFCHECK=1 skips the self-check; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
@@ -124,7 +124,7 @@ for l in open(sys.argv[1]):
     # performance counters (ERR_NVGPUCTRPERM in the log if the container does not allow them).
     n="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
     [ -n "$n" ] || { echo "no ncu"; exit 0; }
-    timeout 500 "$n" --target-processes all -k regex:int4_gemv_v2_kernel --launch-count "${1:-16}" \
+    timeout 500 "$n" --target-processes all -k "regex:int4_gemv_(v2|shared)_kernel" --launch-count "${1:-16}" \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       ./run.sh bench-kernels --device cuda --rows 1 --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
     echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
