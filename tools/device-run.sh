@@ -127,7 +127,7 @@ for l in open(sys.argv[1]):
     timeout 500 "$n" --target-processes all -k "regex:int4_gemv_(v2|shared)_kernel" --launch-count "${1:-16}" \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       ./run.sh bench-kernels --device cuda --rows 1 --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
-    echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
+    echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|int4_gemv_shared_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
   *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
 esac
 date +%T
