@@ -37,7 +37,8 @@ public enum ProjectionKernel
 
     /// <summary>
     /// The second int4 GEMV with the activations in shared memory and each group's scale and zero loaded once per
-    /// quad of threads: 1-2 rows at K ≤ 4,096, group a multiple of 64 (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 7).
+    /// quad of threads: one row at K ≤ 12,288 or two at K ≤ 4,096, group a multiple of 64
+    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 7).
     /// </summary>
     Int4V2Shared,
 

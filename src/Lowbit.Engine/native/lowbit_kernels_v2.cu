@@ -36,6 +36,11 @@
 // without the attribute (or by torch) does not start early, and the wait returns at once. Opt-in (LOWBIT_PDL=1) until
 // measured on a GPU (written in session 13 after its last device run). build.sh compiles without it (LOWBIT_NO_PDL) if
 // the first compile fails.
+// The shared kernel's dynamic shared memory (the CPU emulation defines its own).
+#ifndef LOWBIT_DYNAMIC_SHARED
+#define LOWBIT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 #if defined(LOWBIT_EMULATED) || defined(LOWBIT_NO_PDL)
 #define LOWBIT_PDL_WAIT()
 #define LOWBIT_PDL_TRIGGER()
@@ -374,17 +379,20 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gem
 }
 
 // The grid of a persistent kernel over `tiles` row tiles: as many blocks as fit on the device at once, at most one per
-// tile (the occupancy of `Kernel` at `threads` per block is a host-side query, made once per process per kernel).
+// tile (the occupancy of `Kernel` at `threads` per block and `smem` bytes of dynamic shared memory is a host-side query).
 template <auto Kernel>
-int persistent_blocks(int threads, int64_t tiles) {
-  static const int per_sm = [threads] {
+int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
+  auto query = [threads](int bytes) {
     int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, Kernel, threads, (size_t)0) != cudaSuccess || v < 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, Kernel, threads, (size_t)bytes) != cudaSuccess || v < 1) {
       cudaGetLastError();
       v = 1;
     }
     return v;
-  }();
+  };
+  // Without dynamic shared memory once per process; with it (the shared kernel, sized by K) per call.
+  static const int plain = query(0);
+  const int per_sm = smem == 0 ? plain : query(smem);
   int device = 0;
   int sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
@@ -398,7 +406,7 @@ int persistent_blocks(int threads, int64_t tiles) {
 // Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT) when LOWBIT_PDL=1, else plainly (also
 // when the runtime refuses the attribute: then plainly for the rest of the process).
 template <typename... P, typename... A>
-int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, A... args) {
+int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, int smem, A... args) {
 #if defined(LOWBIT_EMULATED)
   emul_launch(blocks, threads, [&] { kernel(args...); });
   return 0;
@@ -415,7 +423,7 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, A
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3((unsigned)blocks);
     config.blockDim = dim3((unsigned)threads);
-    config.dynamicSmemBytes = 0;
+    config.dynamicSmemBytes = (size_t)smem;
     config.stream = st;
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -426,7 +434,7 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, A
     cudaGetLastError();
     pdl = false;
   }
-  kernel<<<blocks, threads, 0, st>>>(args...);
+  kernel<<<blocks, threads, smem, st>>>(args...);
   return (int)cudaGetLastError();
 #endif
 }
@@ -437,71 +445,92 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
   constexpr int R = Tile<G, NB, CH>::R;
   const int blocks = persistent_blocks<int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>>(Geo<G>::kThreads, ((int64_t)n + R - 1) / R);
   if (blocks == 0) return 0;
-  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st,
+  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st, 0,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
                     static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
 }
 
 // G = 7, "int4-v2-shared": the activations in shared memory and each scale/zero pair loaded once per group of threads,
 // so the registers go to weights in flight (docs/gpu.md, *Compiling the kernels without a GPU*). int4-v2's thread
-// layout (256 threads, 16 codes per chunk, one chunk per thread: K <= 4096) with tiles of 12 rows (8 at two rows):
+// layout (256 threads, 16 codes per chunk; one chunk per thread for 1-2 rows, up to three for one row: K <= 12288):
 //  - after the prologue each thread stores its 16 activations as four float4 at [b][i][thread] (consecutive threads,
 //    consecutive 16 bytes: no bank conflicts) and keeps only their sum; products read one float4 at a time and use it
 //    for every row of the tile (16 bytes of shared memory per 128 of codes);
 //  - the four threads of a quad share a group (group % 64 == 0), so thread 4q + j loads the scale and zero of rows
 //    j, j + 4, ... of the tile, and the products take row r's from lane 4q + (r % 4) by a shuffle: 2 registers per 4
 //    rows in flight instead of 2 per row.
-// With __launch_bounds__(256, 3) ptxas (nvcc 11.8) fits it in 80 registers without spills: three blocks per SM, 72 KB
-// of codes in flight at one row (int4-v2: 48 KB). 16 rows took 128 registers, or spilled 108 bytes at three blocks.
-template <int NB>
+// ptxas (nvcc 11.8): one chunk, 12 rows, three blocks per SM in 80 registers without spills = 72 KB of codes in flight
+// per SM at one row (int4-v2: 48; 16 rows took 128 registers, or spilled 108 bytes at three blocks); three chunks
+// (K = 11,008), 8 rows, two blocks in 128 registers = 96 KB (int4-v2: 48, at 255 registers and one block).
+template <int NB, int CH>
 struct SharedTile {
-  static constexpr int R = NB == 1 ? 12 : 8;
+  // One chunk per thread: 12 rows (8 at two rows), three blocks per SM; more chunks: 8 rows, two blocks, one batch row
+  // (its activations take the shared memory: 44 KB at K = 11,008).
+  static constexpr int R = CH == 1 ? (NB == 1 ? 12 : 8) : 8;
+  static constexpr int kMinBlocks = CH == 1 ? 3 : 2;
 };
 
-template <typename T, int NB, int PRO, bool RES>
-__global__ void __launch_bounds__(256, 3) int4_gemv_shared_kernel(
+// float4 slots of the activations per (row, quarter) in shared memory: the chunks rounded up to a warp's.
+__host__ __device__ inline int shared_stride(int k) { return ((k / 16) + 31) / 32 * 32; }
+
+template <typename T, int NB, int CH, int PRO, bool RES>
+__global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_gemv_shared_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
     int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
-  constexpr int R = SharedTile<NB>::R;
+  constexpr int R = SharedTile<NB, CH>::R;
   constexpr int W = 8;
-  __shared__ float4 xsm[NB][4][256];
+  LOWBIT_DYNAMIC_SHARED(xsm_bytes);
+  float4* xsm = reinterpret_cast<float4*>(xsm_bytes);   // [NB][4][stride]
   __shared__ float red[2][W][R * NB];
   __shared__ float norm_partial[W][NB];
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int chunks = k / 16;
+  const int cstride = shared_stride(k);
   const int groups = k / group;
   const int row_bytes = k / 2;
   const T* residual = static_cast<const T*>(fusion.residual);
-  bool live[1];
-  live[0] = tid < chunks;
   const int quad = tid & 3;
-  // The quad's group (group % 64 == 0: one group for the four threads; K % 64 == 0: quads all live or all not).
-  const bool quad_live = (tid & ~3) < chunks;
-  const int gidx = quad_live ? ((tid & ~3) * 16) / group : 0;
+  bool live[CH];
+  bool quad_live[CH];
+  int gidx[CH];
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * 256;
+    live[j] = c < chunks;
+    // The quad's group (group % 64 == 0: one group for the four threads; K % 64 == 0: quads all live or all not).
+    quad_live[j] = (c & ~3) < chunks;
+    gidx[j] = quad_live[j] ? ((c & ~3) * 16) / group : 0;
+  }
 
-  // Tile r0's codes (all rows) and this thread's share of its scales and zeros (rows quad, quad + 4, ...).
-  Chunk2 wv[R];
-  unsigned short sv[R / 4];
-  unsigned short zv[R / 4];
+  // Tile r0's codes (all rows, every chunk) and this thread's share of its scales and zeros (rows quad, quad + 4, ...).
+  Chunk2 wv[R][CH];
+  unsigned short sv[R / 4][CH];
+  unsigned short zv[R / 4][CH];
   auto load = [&](int r0) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
       const int64_t row = (int64_t)min(r0 + r, n - 1);
-      if (live[0]) {
-        wv[r] = load_chunk<1>(packed, row, row_bytes, tid);
-      } else {
-        wv[r].w[0] = 0u;
-        wv[r].w[1] = 0u;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        if (live[j]) {
+          wv[r][j] = load_chunk<1>(packed, row, row_bytes, tid + j * 256);
+        } else {
+          wv[r][j].w[0] = 0u;
+          wv[r][j].w[1] = 0u;
+        }
       }
     }
 #pragma unroll
     for (int m = 0; m < R / 4; m++) {
       const int64_t row = (int64_t)min(r0 + 4 * m + quad, n - 1);
-      sv[m] = quad_live ? __ldg(scales + row * groups + gidx) : (unsigned short)0;
-      zv[m] = quad_live ? __ldg(zeros + row * groups + gidx) : (unsigned short)0;
+#pragma unroll
+      for (int j = 0; j < CH; j++) {
+        sv[m][j] = quad_live[j] ? __ldg(scales + row * groups + gidx[j]) : (unsigned short)0;
+        zv[m][j] = quad_live[j] ? __ldg(zeros + row * groups + gidx[j]) : (unsigned short)0;
+      }
     }
   };
 
@@ -511,16 +540,21 @@ __global__ void __launch_bounds__(256, 3) int4_gemv_shared_kernel(
   if (row0 < n) load(row0);
   LOWBIT_PDL_WAIT();
 
-  float xs[NB];
+  float xs[CH][NB];
   {
-    float xv[1][NB][16];
-    float sums[1][NB];
-    load_activations<T, 1, NB, 1, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, sums);
+    float xv[CH][NB][16];
+    load_activations<T, 1, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
 #pragma unroll
-    for (int b = 0; b < NB; b++) {
-      xs[b] = sums[0][b];
+    for (int j = 0; j < CH; j++) {
+      const int c = tid + j * 256;
+      if (!live[j]) continue;
 #pragma unroll
-      for (int i = 0; i < 4; i++) xsm[b][i][tid] = make_float4(xv[0][b][4 * i], xv[0][b][4 * i + 1], xv[0][b][4 * i + 2], xv[0][b][4 * i + 3]);
+      for (int b = 0; b < NB; b++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          xsm[(b * 4 + i) * cstride + c] = make_float4(xv[j][b][4 * i], xv[j][b][4 * i + 1], xv[j][b][4 * i + 2], xv[j][b][4 * i + 3]);
+        }
+      }
     }
   }
   // Each thread reads back only what it wrote: no barrier needed before the products.
@@ -528,45 +562,57 @@ __global__ void __launch_bounds__(256, 3) int4_gemv_shared_kernel(
   int buf = 0;
   float acc[R][NB];
   for (; row0 < n; row0 += stride) {
-    float d[R][NB];
 #pragma unroll
     for (int r = 0; r < R; r++) {
 #pragma unroll
-      for (int b = 0; b < NB; b++) d[r][b] = 0.f;
+      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      // Codes 4i..4i+3: word i / 2, bytes 2 (i % 2) and 2 (i % 2) + 1 (low nibble first).
-      float4 xq[NB];
-#pragma unroll
-      for (int b = 0; b < NB; b++) xq[b] = xsm[b][i][tid];
+    for (int j = 0; j < CH; j++) {
+      const int c = tid + j * 256;
+      float d[R][NB];
 #pragma unroll
       for (int r = 0; r < R; r++) {
-        const uint32_t word = wv[r].w[i / 2];
-        const uint32_t lo = word & 0x0F0F0F0Fu;
-        const uint32_t hi = (word >> 4) & 0x0F0F0F0Fu;
-        float q0, q1, q2, q3;
-        if (i % 2 == 0) {
-          q0 = code_of<0>(lo); q1 = code_of<0>(hi); q2 = code_of<1>(lo); q3 = code_of<1>(hi);
-        } else {
-          q0 = code_of<2>(lo); q1 = code_of<2>(hi); q2 = code_of<3>(lo); q3 = code_of<3>(hi);
-        }
 #pragma unroll
-        for (int b = 0; b < NB; b++) {
-          d[r][b] = fmaf(xq[b].x, q0, d[r][b]);
-          d[r][b] = fmaf(xq[b].y, q1, d[r][b]);
-          d[r][b] = fmaf(xq[b].z, q2, d[r][b]);
-          d[r][b] = fmaf(xq[b].w, q3, d[r][b]);
+        for (int b = 0; b < NB; b++) d[r][b] = 0.f;
+      }
+      if (live[j]) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          // Codes 4i..4i+3: word i / 2, bytes 2 (i % 2) and 2 (i % 2) + 1 (low nibble first).
+          float4 xq[NB];
+#pragma unroll
+          for (int b = 0; b < NB; b++) xq[b] = xsm[(b * 4 + i) * cstride + c];
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            const uint32_t word = wv[r][j].w[i / 2];
+            const uint32_t lo = word & 0x0F0F0F0Fu;
+            const uint32_t hi = (word >> 4) & 0x0F0F0F0Fu;
+            float q0, q1, q2, q3;
+            if (i % 2 == 0) {
+              q0 = code_of<0>(lo); q1 = code_of<0>(hi); q2 = code_of<1>(lo); q3 = code_of<1>(hi);
+            } else {
+              q0 = code_of<2>(lo); q1 = code_of<2>(hi); q2 = code_of<3>(lo); q3 = code_of<3>(hi);
+            }
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+              d[r][b] = fmaf(xq[b].x, q0, d[r][b]);
+              d[r][b] = fmaf(xq[b].y, q1, d[r][b]);
+              d[r][b] = fmaf(xq[b].z, q2, d[r][b]);
+              d[r][b] = fmaf(xq[b].w, q3, d[r][b]);
+            }
+          }
         }
       }
-    }
+      // Every lane takes part in the shuffles (a dead chunk's sums are zero).
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int from = (lane & ~3) | (r & 3);
-      const float s = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)sv[r / 4], from)));
-      const float z = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)zv[r / 4], from)));
+      for (int r = 0; r < R; r++) {
+        const int from = (lane & ~3) | (r & 3);
+        const float sc = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)sv[r / 4][j], from)));
+        const float ze = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)zv[r / 4][j], from)));
 #pragma unroll
-      for (int b = 0; b < NB; b++) acc[r][b] = s * fmaf(256.f, d[r][b], -(128.f + z) * xs[b]);
+        for (int b = 0; b < NB; b++) acc[r][b] = fmaf(sc, fmaf(256.f, d[r][b], -(128.f + ze) * xs[j][b]), acc[r][b]);
+      }
     }
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
@@ -575,13 +621,18 @@ __global__ void __launch_bounds__(256, 3) int4_gemv_shared_kernel(
   }
 }
 
-template <typename T, int NB, int PRO, bool RES>
+// The shared kernel's dynamic shared memory: NB rows of activations as float4 per 4 codes.
+inline int shared_bytes(int nb, int k) { return nb * 4 * shared_stride(k) * (int)sizeof(float4); }
+
+template <typename T, int NB, int CH, int PRO, bool RES>
 int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
                   int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
-  constexpr int R = SharedTile<NB>::R;
-  const int blocks = persistent_blocks<int4_gemv_shared_kernel<T, NB, PRO, RES>>(256, ((int64_t)n + R - 1) / R);
+  constexpr int R = SharedTile<NB, CH>::R;
+  const int smem = shared_bytes(NB, k);
+  if (smem > 44 * 1024) return -3;
+  const int blocks = persistent_blocks<int4_gemv_shared_kernel<T, NB, CH, PRO, RES>>(256, ((int64_t)n + R - 1) / R, smem);
   if (blocks == 0) return 0;
-  return launch_pdl(int4_gemv_shared_kernel<T, NB, PRO, RES>, blocks, 256, st,
+  return launch_pdl(int4_gemv_shared_kernel<T, NB, CH, PRO, RES>, blocks, 256, st, smem,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
                     static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
 }
@@ -603,7 +654,7 @@ constexpr bool built(int g, int nb, int ch) {
   return g == 1 ? (nb <= 2 || ch == 1)
        : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1))
        : g == 5 ? (nb == 1 && ch == 1)
-       : g == 7 && nb <= 2 && ch == 1;
+       : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
 }
 
 inline bool built_for(int g, int batch, int k) {
@@ -611,8 +662,8 @@ inline bool built_for(int g, int batch, int k) {
   return built(g, nb, chunks_per_thread(k));
 }
 
-// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096) or 7 (int4-v2-shared,
-// 1-2 rows, K <= 4096, group % 64 == 0: checked at launch). The fused variants (a prologue or the residual add) are
+// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096) or 7 (int4-v2-shared:
+// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch). The fused variants (a prologue or the residual add) are
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
 // fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
@@ -653,14 +704,14 @@ int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const 
   }
 }
 
-template <typename T, int NB>
+template <typename T, int NB, int CH>
 int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                           int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
-  if (prologue == kPlain && !residual) return launch_shared<T, NB, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+  if (prologue == kPlain && !residual) return launch_shared<T, NB, CH, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    if (prologue == kNorm && !residual) return launch_shared<T, NB, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-    if (prologue == kPlain && residual) return launch_shared<T, NB, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-    if (prologue == kSiluMul && residual) return launch_shared<T, NB, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kNorm && !residual) return launch_shared<T, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kPlain && residual) return launch_shared<T, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if (prologue == kSiluMul && residual) return launch_shared<T, NB, CH, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   }
   return -3;
 }
@@ -693,10 +744,12 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
 #ifdef LOWBIT_NO_WIDE
     return -3;
 #else
-    if (group % 64 != 0 || k % 64 != 0 || chunks_per_thread(k) != 1) return -3;
-    switch (batch) {
-      case 1: return launch_shared_variant<T, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
-      case 2: return launch_shared_variant<T, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    if (group % 64 != 0 || k % 64 != 0 || !built_for(7, batch, k)) return -3;
+    switch (chunks_per_thread(k) * 4 + batch) {
+      case 1 * 4 + 1: return launch_shared_variant<T, 1, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 1 * 4 + 2: return launch_shared_variant<T, 2, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 2 * 4 + 1: return launch_shared_variant<T, 1, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 3 * 4 + 1: return launch_shared_variant<T, 1, 3>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       default: return -3;
     }
 #endif
@@ -753,7 +806,7 @@ int launch_rope_kv(const void* qkv, int64_t qkv_stride, const void* cos, const v
   const int blocks = batch * (heads + 2 * kv_heads);
   if (blocks == 0) return 0;
   const int threads = d < 128 ? 64 : 128;
-  return launch_pdl(rope_kv_kernel<T>, blocks, threads, st, static_cast<const T*>(qkv), qkv_stride, static_cast<const T*>(cos),
+  return launch_pdl(rope_kv_kernel<T>, blocks, threads, st, 0, static_cast<const T*>(qkv), qkv_stride, static_cast<const T*>(cos),
                     static_cast<const T*>(sin), positions, static_cast<T*>(q_out), static_cast<T*>(keys), static_cast<T*>(values),
                     heads, kv_heads, d, max_len);
 }

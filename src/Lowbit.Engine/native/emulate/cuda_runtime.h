@@ -17,6 +17,9 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __restrict__
+// The kernels' dynamic shared memory: one buffer, blocks run one after another.
+alignas(16) inline unsigned char g_dynamic_shared[64 * 1024];
+#define LOWBIT_DYNAMIC_SHARED(name) unsigned char* name = g_dynamic_shared
 typedef int cudaError_t; enum { cudaSuccess = 0 }; typedef void* cudaStream_t;
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
 struct uint2 { unsigned x, y; }; struct alignas(16) uint4 { unsigned x, y, z, w; };

@@ -288,6 +288,9 @@ int main() {
   f += run_fused(1, 45, 4096, 64, 2, 7, 1, false);
   f += run_fused(2, 21, 2048, 64, 2, 7, 0, true);
   f += run_fused(1, 19, 2752, 64, 3, 7, 2, true);
+  f += run_fused(1, 23, 11008, 64, 3, 7, 0, false);  // int4-v2-shared at 2-3 chunks per thread (one row)
+  f += run_fused(1, 17, 8192, 128, 2, 7, 1, false);
+  f += run_fused(1, 13, 11008, 64, 2, 7, 2, true);
   f += run_fused(2, 45, 11008, 128, 2, 1, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)
   f += run_fused(1, 21, 8192, 128, 2, 3, 1, false);
