@@ -46,6 +46,13 @@ selfcheck() {
   date +%T
 }
 
+# One line per bench-decode run of a jsonl: attention, weights, mode, batch, tokens/s, greedy tokens matching.
+runs() {
+  python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$1"
+}
+
 case "$mode" in
   check) selfcheck ;;
   kernels)
@@ -68,9 +75,7 @@ case "$mode" in
       LOWBIT_DECODE_ATTENTION=$a timeout 250 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
         --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,graph:32,int4-graph:1}" > "$OUT/decode-$a.jsonl" 2> "$OUT/decode-$a.err"
       echo "attention $a: rc=$?"; grep "differs" "$OUT/decode-$a.err" | cut -c1-200
-      python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-$a.jsonl"
+      runs "$OUT/decode-$a.jsonl"
     done ;;
   fusion)
     # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
@@ -85,9 +90,7 @@ for l in open(sys.argv[1]):
         --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,int4-native:1,int4-graph:1,int4-graph:2}" > "$OUT/decode-fusion$f-pdl$p.jsonl" 2> "$OUT/decode-fusion$f-pdl$p.err"
       echo "fusion $f, programmatic dependent launch $p: rc=$?"; grep "differs\|rror" "$OUT/decode-fusion$f-pdl$p.err" | cut -c1-200 | head -5
       [ $c = 1:1 ] && grep "kernel selection: int4" "$OUT/decode-fusion$f-pdl$p.err" | cut -c1-250
-      python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    r=json.loads(l); print(r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$OUT/decode-fusion$f-pdl$p.jsonl"
+      runs "$OUT/decode-fusion$f-pdl$p.jsonl"
     done
     [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; } ;;
   calibrate)

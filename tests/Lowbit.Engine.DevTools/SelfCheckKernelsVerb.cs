@@ -142,14 +142,14 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                foreach (var (geometry, name) in new[] { (3, "int4-v2-wide"), (5, "int4-v2-occ"), (7, "int4-v2-shared") })
+                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared) })
                 {
                     if ((geometry != 7 || group % 64 == 0) && NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
                     {
                         // The other geometries (kernel-selection candidates) on the same shapes.
                         var other = full([batch, n], Scalars.Of(double.NaN), dtype, device);
                         NativeKernelsV2.Int4LinearX(x, packed, other, geometry, Int4Prologue.None, null, 0, null);
-                        Report($"{name} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", other, reference);
+                        Report($"{KernelSelector.Name(kernel)} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", other, reference);
                     }
                 }
             }

@@ -807,6 +807,11 @@ public sealed class FastDecoder : IDisposable
         var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength));
         var slotsAt = rows.add(positions, Scalars.One);
         var input = stage.Index == 0 ? _embed.index_select(0, _tokens.narrow(0, 0, batch)) : stage.Input!.narrow(0, 0, batch);
+        void StoreKv(int layer, Tensor k, Tensor v)
+        {
+            _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
+            _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
+        }
         Tensor Attend(int layer, Tensor q)
         {
             if (UsesNativeAttention)
@@ -830,8 +835,7 @@ public sealed class FastDecoder : IDisposable
                 if (_kernels.EmulateFusion)
                 {
                     var qk = Rope(qkv.narrow(1, 0, (_heads + _kvHeads) * _headDim), _heads + _kvHeads, cos, sin);
-                    _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, qk.narrow(1, _heads * _headDim, _kvHeads * _headDim));
-                    _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, qkv.narrow(1, (_heads + _kvHeads) * _headDim, _kvHeads * _headDim));
+                    StoreKv(layer, qk.narrow(1, _heads * _headDim, _kvHeads * _headDim), qkv.narrow(1, (_heads + _kvHeads) * _headDim, _kvHeads * _headDim));
                     return Attend(layer, qk.narrow(1, 0, _heads * _headDim));
                 }
                 // RoPE of q and k, and k/v into the cache at each row's position, in one kernel.
@@ -841,8 +845,7 @@ public sealed class FastDecoder : IDisposable
             })
             : Forward(stage, input, cos, sin, (layer, k, v, q) =>
             {
-                _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
-                _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
+                StoreKv(layer, k, v);
                 return Attend(layer, q);
             }, null, lora ? stage.LoraMask!.narrow(0, 0, batch) : null);
         if (!stage.IsLast)

@@ -242,9 +242,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return kernels.Table?.Lookup(Shape, rows) switch
         {
             ProjectionKernel.Int4V2 when NativeKernelsV2.Int4Supports(rows, Weight.InFeatures) => ProjectionKernel.Int4V2,
-            ProjectionKernel.Int4V2Wide when GeometrySupports(3, rows) => ProjectionKernel.Int4V2Wide,
-            ProjectionKernel.Int4V2Occupancy when GeometrySupports(5, rows) => ProjectionKernel.Int4V2Occupancy,
-            ProjectionKernel.Int4V2Shared when GeometrySupports(7, rows) => ProjectionKernel.Int4V2Shared,
+            { } other when OtherGeometries.Contains(other) && GeometrySupports(GeometryOf(other), rows) => other,
             ProjectionKernel.Int4V1 when rows <= 16 => ProjectionKernel.Int4V1,
             ProjectionKernel.Int4Dequant => ProjectionKernel.Int4Dequant,
             _ => rows <= 16 ? ProjectionKernel.Int4V1 : ProjectionKernel.Int4Dequant,
@@ -266,18 +264,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             candidates.Add(ProjectionKernel.Int4V2);
         }
-        if (GeometrySupports(3, rows))
-        {
-            candidates.Add(ProjectionKernel.Int4V2Wide);
-        }
-        if (GeometrySupports(5, rows))
-        {
-            candidates.Add(ProjectionKernel.Int4V2Occupancy);
-        }
-        if (GeometrySupports(7, rows))
-        {
-            candidates.Add(ProjectionKernel.Int4V2Shared);
-        }
+        candidates.AddRange(OtherGeometries.Where(kernel => GeometrySupports(GeometryOf(kernel), rows)));
         return candidates;
     }
 
@@ -289,7 +276,10 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     private bool GeometrySupports(int geometry, long rows) => (geometry != 7 || Weight.GroupSize % 64 == 0)
         && NativeKernelsV2.Int4XSupports(ScalarType.BFloat16, rows, Weight.InFeatures, geometry, Int4Prologue.None, residual: false);
 
-    /// <summary>The geometry number of an int4 GEMV kernel (1, 3, 5), or 0 for the others.</summary>
+    /// <summary>The int4 GEMV v2's geometries besides the first (<see cref="NativeKernelsV2.Int4LinearX"/>).</summary>
+    private static readonly ProjectionKernel[] OtherGeometries = [ProjectionKernel.Int4V2Wide, ProjectionKernel.Int4V2Occupancy, ProjectionKernel.Int4V2Shared];
+
+    /// <summary>The geometry number of an int4 GEMV v2 kernel (1, 3, 5, 7), or 0 for the others.</summary>
     private static int GeometryOf(ProjectionKernel kernel) => kernel switch
     {
         ProjectionKernel.Int4V2 => 1,
@@ -324,11 +314,11 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
-        if (kernel is ProjectionKernel.Int4V1 or ProjectionKernel.Int4V2 or ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy or ProjectionKernel.Int4V2Shared)
+        if (kernel == ProjectionKernel.Int4V1 || GeometryOf(kernel) != 0)
         {
             var input = x.stride(0) % 8 == 0 && x.stride(1) == 1 ? x : x.contiguous();
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
-            if (kernel is ProjectionKernel.Int4V2Wide or ProjectionKernel.Int4V2Occupancy or ProjectionKernel.Int4V2Shared)
+            if (OtherGeometries.Contains(kernel))
             {
                 NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null);
             }

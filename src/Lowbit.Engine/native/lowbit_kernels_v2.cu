@@ -168,6 +168,12 @@ __device__ __forceinline__ void load_tile(const uint8_t* __restrict__ packed, co
   }
 }
 
+// A chunk's contribution s * sum x (q - z) from d = sum x (0.5 + q/256) and the chunk's sum of x (see code_of):
+// sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
+__device__ __forceinline__ float chunk_term(float s, float z, float d, float sum, float acc) {
+  return fmaf(s, fmaf(256.f, d, -(128.f + z) * sum), acc);
+}
+
 // One tile's products of its R rows with this thread's activations.
 template <int G, int NB, int CH, int R>
 __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], const unsigned short (&sv)[R][CH],
@@ -200,10 +206,7 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
       const float s = __half2float(__ushort_as_half(sv[r][j]));
       const float z = __half2float(__ushort_as_half(zv[r][j]));
 #pragma unroll
-      for (int b = 0; b < NB; b++) {
-        // sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
-        acc[r][b] = fmaf(s, fmaf(256.f, d[b], -(128.f + z) * xs[j][b]), acc[r][b]);
-      }
+      for (int b = 0; b < NB; b++) acc[r][b] = chunk_term(s, z, d[b], xs[j][b], acc[r][b]);
     }
   }
 }
@@ -611,7 +614,7 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
         const float sc = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)sv[r / 4][j], from)));
         const float ze = __half2float(__ushort_as_half((unsigned short)__shfl_sync(0xffffffffu, (unsigned)zv[r / 4][j], from)));
 #pragma unroll
-        for (int b = 0; b < NB; b++) acc[r][b] = fmaf(sc, fmaf(256.f, d[r][b], -(128.f + ze) * xs[j][b]), acc[r][b]);
+        for (int b = 0; b < NB; b++) acc[r][b] = chunk_term(sc, ze, d[r][b], xs[j][b], acc[r][b]);
       }
     }
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
