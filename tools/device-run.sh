@@ -80,8 +80,10 @@ case "$mode" in
   fusion)
     # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
     # without the fusions, with the int4 kernel selection's timings per shape (int4-v2 against -wide, -occ, -shared); int4
-    # graph tokens are compared with int4-native (the same kernels, eager). KERNELS=1 adds bench-kernels.
+    # graph tokens are compared with int4-native (the same kernels, eager). KERNELS=1 adds bench-kernels. Meanwhile
+    # tools/nvcc-check.sh runs on the CPUs with the device's nvcc (its registers against this machine's nvcc 11.8).
     selfcheck
+    ( bash "$repo/tools/nvcc-check.sh" "$repo/src/Lowbit.Engine/native/lowbit_kernels_v2.cu" > "$OUT/nvcc-check.txt" 2>&1 ) &
     m=/tmp/lowbit-calibrate-work/random-7b
     [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
     for c in 1:1 1:0 0:0; do
@@ -92,7 +94,9 @@ case "$mode" in
       [ $c = 1:1 ] && grep "kernel selection: int4" "$OUT/decode-fusion$f-pdl$p.err" | cut -c1-250
       runs "$OUT/decode-fusion$f-pdl$p.jsonl"
     done
-    [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; } ;;
+    [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; }
+    wait; echo "nvcc-check (device nvcc), bf16 int4 GEMVs: registers, spill stores"
+    grep "int4_gemv.*__nv_bfloat16, [0-9], [12], [13], 0, false\|int4_gemv_shared.*__nv_bfloat16, 1, [13], 0, false" "$OUT/nvcc-check.txt" | cut -f2,3,5 | cut -c1-80 ;;
   calibrate)
     t="${2:-420}"
     timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1

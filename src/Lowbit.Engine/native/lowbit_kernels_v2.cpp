@@ -78,6 +78,7 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   TORCH_CHECK(pt.scalar_type() == at::kByte && pt.dim() == 2 && pt.is_contiguous() && aligned16(pt), "int4 v2: packed uint8 [N, K/2]");
   const int64_t n = pt.size(0), k = pt.size(1) * 2;
   TORCH_CHECK(group % 32 == 0 && k % group == 0, "int4 v2: group ", group, " must be a multiple of 32 dividing K=", k);
+  TORCH_CHECK(n * (k / 2) < ((int64_t)1 << 31), "int4 v2: ", n, " x ", k, " codes take 2 GiB or more (32-bit offsets)");
   TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
   TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
   TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");

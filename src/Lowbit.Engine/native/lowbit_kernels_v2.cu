@@ -112,7 +112,6 @@ struct Geo {
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kCodes = G == 3 ? 32 : 16;   // codes per chunk
   static constexpr int kWords = kCodes / 8;         // 32-bit words of codes per chunk
-  static constexpr int kMinBlocks = G == 5 ? 4 : 1;  // __launch_bounds__'s blocks per SM
 };
 
 struct Chunk2 { uint32_t w[2]; };
@@ -126,14 +125,14 @@ struct Tile {
 };
 
 template <int G>
-__device__ __forceinline__ ChunkOf<G> load_chunk(const uint8_t* __restrict__ packed, int64_t row, int row_bytes, int c) {
+__device__ __forceinline__ ChunkOf<G> load_chunk(const uint8_t* __restrict__ p) {
   ChunkOf<G> v;
   if constexpr (G != 3) {
-    const uint2 u = __ldg(reinterpret_cast<const uint2*>(packed + row * row_bytes) + c);
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
     v.w[0] = u.x;
     v.w[1] = u.y;
   } else {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(packed + row * row_bytes) + c);
+    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
     v.w[0] = u.x;
     v.w[1] = u.y;
     v.w[2] = u.z;
@@ -142,28 +141,49 @@ __device__ __forceinline__ ChunkOf<G> load_chunk(const uint8_t* __restrict__ pac
   return v;
 }
 
-// Loads a tile's codes, scales and zeros into registers (rows past n repeat the last row; their outputs are not written).
+// Where a thread's chunk j lives in every row: its codes' byte offset (`code`) and its group (`group`). A dead chunk
+// (past K) points at the row's last chunk: its loads stay in bounds and need no branch, and its product is exactly 0
+// because its activations are (d = 0 and sum x = 0 in chunk_term). Offsets are 32-bit: the host launches only
+// matrices with n * K / 2 < 2^31 (int4_linear).
+template <int CH>
+struct ChunkAt {
+  uint32_t code[CH];
+  uint32_t group[CH];
+};
+
+template <int CH>
+__device__ __forceinline__ ChunkAt<CH> chunk_at(int tid, int threads, int codes, int k, int group) {
+  ChunkAt<CH> at;
+  const int chunks = k / codes;
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = min(tid + j * threads, chunks - 1);
+    at.code[j] = (uint32_t)c * (uint32_t)(codes / 2);
+    at.group[j] = (uint32_t)((c * codes) / group);
+  }
+  return at;
+}
+
+// Loads a tile's codes, scales and zeros into registers: per row one 32-bit multiply-add for the codes' offset and one
+// for the scales' (rows past n repeat the last row; their outputs are not written).
 template <int G, int R, int CH>
 __device__ __forceinline__ void load_tile(const uint8_t* __restrict__ packed, const unsigned short* __restrict__ scales,
                                           const unsigned short* __restrict__ zeros, int r0, int n, int row_bytes,
-                                          int groups, int tid, const bool (&live)[CH], const int (&gidx)[CH],
-                                          ChunkOf<G> (&wv)[R][CH], unsigned short (&sv)[R][CH],
-                                          unsigned short (&zv)[R][CH]) {
+                                          int groups, const ChunkAt<CH>& at, ChunkOf<G> (&wv)[R][CH],
+                                          unsigned short (&sv)[R][CH], unsigned short (&zv)[R][CH]) {
+  const int last = n - 1 - r0;
+  const uint32_t code0 = (uint32_t)r0 * (uint32_t)row_bytes;
+  const uint32_t group0 = (uint32_t)r0 * (uint32_t)groups;
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    const int64_t row = (int64_t)min(r0 + r, n - 1);
+    const uint32_t rr = (uint32_t)min(r, last);
+    const uint32_t code_row = code0 + rr * (uint32_t)row_bytes;
+    const uint32_t group_row = group0 + rr * (uint32_t)groups;
 #pragma unroll
     for (int j = 0; j < CH; j++) {
-      if (live[j]) {
-        wv[r][j] = load_chunk<G>(packed, row, row_bytes, tid + j * Geo<G>::kThreads);
-        sv[r][j] = __ldg(scales + row * groups + gidx[j]);
-        zv[r][j] = __ldg(zeros + row * groups + gidx[j]);
-      } else {
-#pragma unroll
-        for (int w = 0; w < Geo<G>::kWords; w++) wv[r][j].w[w] = 0u;
-        sv[r][j] = 0;
-        zv[r][j] = 0;
-      }
+      wv[r][j] = load_chunk<G>(packed + (code_row + at.code[j]));
+      sv[r][j] = __ldg(scales + (group_row + at.group[j]));
+      zv[r][j] = __ldg(zeros + (group_row + at.group[j]));
     }
   }
 }
@@ -211,32 +231,66 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
   }
 }
 
-// A tile's sums reduced across the block and written (the residual added when RES). `red` alternates between two
-// buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of the tile in
-// between before anyone writes it again.
+// One step of warp_sum_many: H values kept of 2H, exchanged with lane ^ (32 H / V); recursion unrolls it at compile time.
+template <int V, int H>
+__device__ __forceinline__ void transpose_step(float (&v)[V], int lane) {
+  if constexpr (H >= 1) {
+    constexpr int o = 32 * H / V;
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < H; i++) {
+      const float keep = upper ? v[i + H] : v[i];
+      const float send = upper ? v[i] : v[i + H];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+    transpose_step<V, H / 2>(v, lane);
+  }
+}
+
+// The warp sums of V values per lane (V a power of two <= 32) by a transpose reduction: each step halves the values a
+// lane holds and doubles the lanes each stands for (lane bit o picks the upper or lower half, the other half goes to
+// lane ^ o), then a butterfly over the lanes left. log2(V) + log2(32 / V) steps, V - 1 + log2(32 / V) shuffles in all
+// (9 for V = 8, where eight butterflies take 40). Lane l returns the sum of value l / (32 / V).
+template <int V>
+__device__ __forceinline__ float warp_sum_many(float (&v)[V], int lane) {
+  static_assert(V >= 1 && V <= 32 && (V & (V - 1)) == 0, "V: a power of two up to 32");
+  transpose_step<V, V / 2>(v, lane);
+#pragma unroll
+  for (int o = 16 / V; o > 0; o >>= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+  return v[0];
+}
+
+__host__ __device__ constexpr int pow2_at_least(int v) { return v <= 1 ? 1 : 2 * pow2_at_least((v + 1) / 2); }
+
+// A tile's sums reduced across the block and written (the residual added when RES): the R x NB sums of each warp by
+// one transpose reduction (padded to a power of two), then across the W warps through shared memory. `red` alternates
+// between two buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of
+// the tile in between before anyone writes it again.
 template <typename T, int W, int NB, int R, bool RES>
 __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*red)[W][R * NB], int& buf, int row0,
                                             int n, int batch, T* __restrict__ out, int64_t out_stride,
                                             const T* __restrict__ residual, int64_t res_stride, int tid, int lane,
                                             int warp) {
+  constexpr int V = pow2_at_least(R * NB);
+  static_assert(V <= 32, "at most 32 sums per tile");
+  float v[V];
 #pragma unroll
-  for (int r = 0; r < R; r++) {
+  for (int i = 0; i < R * NB; i++) v[i] = acc[i / NB][i % NB];
 #pragma unroll
-    for (int b = 0; b < NB; b++) {
-      const float v = warp_sum2(acc[r][b]);
-      if (lane == 0) red[buf][warp][r * NB + b] = v;
-    }
-  }
+  for (int i = R * NB; i < V; i++) v[i] = 0.f;
+  const float sum = warp_sum_many<V>(v, lane);
+  const int index = lane / (32 / V);
+  if (lane % (32 / V) == 0 && index < R * NB) red[buf][warp][index] = sum;
   __syncthreads();
   if (tid < R * NB) {
     const int r = tid / NB;
     const int b = tid % NB;
-    float v = 0.f;
+    float t = 0.f;
 #pragma unroll
-    for (int w = 0; w < W; w++) v += red[buf][w][tid];
+    for (int w = 0; w < W; w++) t += red[buf][w][tid];
     if (row0 + r < n && b < batch) {
-      if constexpr (RES) v = rnd2<T>(v) + Cvt2<T>::f(residual[b * res_stride + row0 + r]);
-      out[b * out_stride + row0 + r] = Cvt2<T>::t(v);
+      if constexpr (RES) t = rnd2<T>(t) + Cvt2<T>::f(residual[b * res_stride + row0 + r]);
+      out[b * out_stride + row0 + r] = Cvt2<T>::t(t);
     }
   }
   buf ^= 1;
@@ -330,8 +384,15 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
   }
 }
 
+// __launch_bounds__'s blocks per SM. Without a bound ptxas (nvcc 11.8, sm_90) gave int4-v2 at one chunk per thread
+// 193-228 registers, one block per SM (16 KB of codes in flight); bounded, one row fits 80 registers at three blocks
+// and two rows 128 at two, without spills (three blocks at two rows spill ~200 bytes). int4-v2-occ: four.
+__host__ __device__ constexpr int min_blocks(int g, int nb, int ch) {
+  return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : 1;
+}
+
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
-__global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gemv_v2_kernel(
+__global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int4_gemv_v2_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
     int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
@@ -347,14 +408,10 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gem
   const int row_bytes = k / 2;
   const T* residual = static_cast<const T*>(fusion.residual);
 
-  int gidx[CH];
   bool live[CH];
 #pragma unroll
-  for (int j = 0; j < CH; j++) {
-    const int c = tid + j * Geo<G>::kThreads;
-    live[j] = c < chunks;
-    gidx[j] = live[j] ? (c * Geo<G>::kCodes) / group : 0;
-  }
+  for (int j = 0; j < CH; j++) live[j] = tid + j * Geo<G>::kThreads < chunks;
+  const ChunkAt<CH> at = chunk_at<CH>(tid, Geo<G>::kThreads, Geo<G>::kCodes, k, group);
 
   // The first tile's weights go out before the activations: they do not depend on them (nor on the kernel before).
   ChunkOf<G> wv[R][CH];
@@ -363,7 +420,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gem
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
-  if (row0 < n) load_tile<G, R, CH>(packed, scales, zeros, row0, n, row_bytes, groups, tid, live, gidx, wv, sv, zv);
+  if (row0 < n) load_tile<G, R, CH>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
@@ -376,7 +433,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, Geo<G>::kMinBlocks) int4_gem
     tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
-    if (next < n) load_tile<G, R, CH>(packed, scales, zeros, next, n, row_bytes, groups, tid, live, gidx, wv, sv, zv);
+    if (next < n) load_tile<G, R, CH>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
     tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
 }
@@ -497,42 +554,32 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   const T* residual = static_cast<const T*>(fusion.residual);
   const int quad = tid & 3;
   bool live[CH];
-  bool quad_live[CH];
-  int gidx[CH];
 #pragma unroll
-  for (int j = 0; j < CH; j++) {
-    const int c = tid + j * 256;
-    live[j] = c < chunks;
-    // The quad's group (group % 64 == 0: one group for the four threads; K % 64 == 0: quads all live or all not).
-    quad_live[j] = (c & ~3) < chunks;
-    gidx[j] = quad_live[j] ? ((c & ~3) * 16) / group : 0;
-  }
+  for (int j = 0; j < CH; j++) live[j] = tid + j * 256 < chunks;
+  // group % 64 == 0: the four threads of a quad share their chunks' group, so any of them loads it for the others.
+  const ChunkAt<CH> at = chunk_at<CH>(tid, 256, 16, k, group);
 
   // Tile r0's codes (all rows, every chunk) and this thread's share of its scales and zeros (rows quad, quad + 4, ...).
   Chunk2 wv[R][CH];
   unsigned short sv[R / 4][CH];
   unsigned short zv[R / 4][CH];
   auto load = [&](int r0) {
+    const int last = n - 1 - r0;
+    const uint32_t code0 = (uint32_t)r0 * (uint32_t)row_bytes;
+    const uint32_t group0 = (uint32_t)r0 * (uint32_t)groups;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      const int64_t row = (int64_t)min(r0 + r, n - 1);
+      const uint32_t code_row = code0 + (uint32_t)min(r, last) * (uint32_t)row_bytes;
 #pragma unroll
-      for (int j = 0; j < CH; j++) {
-        if (live[j]) {
-          wv[r][j] = load_chunk<1>(packed, row, row_bytes, tid + j * 256);
-        } else {
-          wv[r][j].w[0] = 0u;
-          wv[r][j].w[1] = 0u;
-        }
-      }
+      for (int j = 0; j < CH; j++) wv[r][j] = load_chunk<1>(packed + (code_row + at.code[j]));
     }
 #pragma unroll
     for (int m = 0; m < R / 4; m++) {
-      const int64_t row = (int64_t)min(r0 + 4 * m + quad, n - 1);
+      const uint32_t group_row = group0 + (uint32_t)min(4 * m + quad, last) * (uint32_t)groups;
 #pragma unroll
       for (int j = 0; j < CH; j++) {
-        sv[m][j] = quad_live[j] ? __ldg(scales + row * groups + gidx[j]) : (unsigned short)0;
-        zv[m][j] = quad_live[j] ? __ldg(zeros + row * groups + gidx[j]) : (unsigned short)0;
+        sv[m][j] = __ldg(scales + (group_row + at.group[j]));
+        zv[m][j] = __ldg(zeros + (group_row + at.group[j]));
       }
     }
   };
@@ -723,7 +770,8 @@ template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                  int batch, int n, int k, int group, int geometry, int prologue, bool residual, const Fusion& f,
                  cudaStream_t st) {
-  if (!supports(batch, k)) return -3;
+  // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
+  if (!supports(batch, k) || (int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
   if (geometry == 3) {
 #ifdef LOWBIT_NO_WIDE
     return -3;
