@@ -34,13 +34,14 @@ public class NativeKernelCompileTests
                 Assert.All(oneRow, k => Assert.True(k.SpillStores == 0, $"{k.Name}: {k.SpillStores} bytes of spill stores, {k.Registers} registers"));
             }
         }
-        // int4-v2 at one chunk per thread keeps its launch bound: one row in 85 registers (three blocks per SM), two in
-        // 128 (two); unbounded, ptxas took 193-228 and one block, a third of the bytes in flight.
-        foreach (var rows in new[] { 1, 2 })
+        // int4-v2 and -wide at one chunk per thread keep their launch bounds: int4-v2 one row in 85 registers (three
+        // blocks per SM), two in 128 (two), -wide one row in 128 (four 128-thread blocks); unbounded, ptxas took 193-255
+        // and half or a third of the blocks, so fewer bytes in flight.
+        foreach (var (geometry, rows, limit) in new[] { (1, 1, 85), (1, 2, 128), (3, 1, 128) })
         {
-            var bounded = int4.Where(k => k.Name.Contains($"_kernel<__nv_bfloat16, 1, {rows}, 1,", StringComparison.Ordinal)).ToList();
+            var bounded = int4.Where(k => k.Name.Contains($"_kernel<__nv_bfloat16, {geometry}, {rows}, 1,", StringComparison.Ordinal)).ToList();
             Assert.Equal(4, bounded.Count);
-            Assert.All(bounded, k => Assert.True(k.Registers <= (rows == 1 ? 85 : 128) && k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
+            Assert.All(bounded, k => Assert.True(k.Registers <= limit && k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
         }
         // int4-v2-occ exists for its register cap: 64 registers (four 256-thread blocks per SM), at most a few spilled words.
         var occupancy = int4.Where(k => k.Name.Contains("_kernel<__nv_bfloat16, 5, 1, 1,", StringComparison.Ordinal)).ToList();

@@ -386,9 +386,10 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
 
 // __launch_bounds__'s blocks per SM. Without a bound ptxas (nvcc 11.8, sm_90) gave int4-v2 at one chunk per thread
 // 193-228 registers, one block per SM (16 KB of codes in flight); bounded, one row fits 80 registers at three blocks
-// and two rows 128 at two, without spills (three blocks at two rows spill ~200 bytes). int4-v2-occ: four.
+// and two rows 128 at two, without spills (three blocks at two rows spill ~200 bytes). int4-v2-wide (128 threads) at one
+// row and one chunk: four blocks in 128 registers (unbounded 255, two blocks). int4-v2-occ: four.
 __host__ __device__ constexpr int min_blocks(int g, int nb, int ch) {
-  return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : 1;
+  return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : g == 3 && ch == 1 && nb == 1 ? 4 : 1;
 }
 
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
