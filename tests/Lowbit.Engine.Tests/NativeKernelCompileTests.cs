@@ -54,7 +54,10 @@ public class NativeKernelCompileTests
         Assert.All(shared, k =>
         {
             var chunks = int.Parse(k.Name.Split('<', 2)[1].Split(',')[2].Trim(), CultureInfo.InvariantCulture);
-            Assert.True(k.Registers <= (chunks == 1 ? 80 : 128) && k.SpillStores <= 32, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores");
+            // The second activation sum per chunk (session 14) costs a few words: one chunk spills 8-40 bytes (2-5
+            // stores and loads in the tile loop of ~770 instructions), three chunks with a prologue 72-80 bytes, all
+            // outside the tile loop (cuobjdump -sass).
+            Assert.True(k.Registers <= (chunks == 1 ? 80 : 128) && k.SpillStores <= (chunks == 1 ? 48 : 96), $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores");
         });
     }
 }

@@ -14,9 +14,10 @@
 //    (a persistent grid: about as many blocks as fit on the device at once);
 //  - per row a thread reads 8 bytes per chunk (a warp reads 256 contiguous bytes), and the tile's loads for the next
 //    rows are issued before the current tile's cross-warp reduction, so memory stays busy across the __syncthreads;
-//  - two masks split 8 codes into bytes, and one byte permute per code makes the exact float 0.5 + q/256, so a code
-//    costs a permute and an FMA (about 2.5 instructions per weight with the masks: above the ~33 weights per clock per
-//    SM that 4.28 TB/s asks of an H200, where the first kernel's ~3.5 was at the limit);
+//  - two masks split 8 codes into their low and high nibbles, and one byte permute per code makes an exact float
+//    (0.5 + q/256 or 0.5 + q/4096, see code_of), so a code costs a permute and an FMA (2.25 instructions per weight
+//    with the masks: above the ~33 weights per clock per SM that 4.28 TB/s asks of an H200, where the first kernel's
+//    ~3.5 was at the limit);
 //  - per chunk (inside one group, as group % 32 == 0): acc += s * (sum x*q - z * sum x) in fp32 (through the 0.5 + q/256
 //    form, see code_of), so results differ from the eager reference (x @ dequant(W)^T) by fp32 summation order and the reference's rounding
 //    of the dequantized weight to the model dtype.
@@ -67,14 +68,27 @@ __device__ __forceinline__ float warp_sum2(float v) {
   return v;
 }
 
-// Byte B of `bytes` (a code q, 0..15) as the exact float 0.5 + q/256: the permute builds 0x3F0q0000 (q lands in the
-// top mantissa bits, exponent 2^-1). Selector nibbles, low to high: result bytes 0 and 1 <- 0x00 (byte 0 of
-// 0x3F000000), byte 2 <- bytes[B], byte 3 <- 0x3F (byte 3 of 0x3F000000). One instruction per code, no add: the
-// product x * (0.5 + q/256) is exact in fp32 (8 + 5 significant bits), and sum x*q = 256 * sum x*(0.5 + q/256) - 128 * sum x.
+// Byte B of `bytes` as an exact float, one instruction per code and no add. A low nibble (byte q, 0..15) becomes
+// 0.5 + q/256: the permute builds 0x3F0q0000 (selector nibbles, low to high: result bytes 0 and 1 <- 0x00 (byte 0 of
+// 0x3F000000), byte 2 <- bytes[B], byte 3 <- 0x3F). A high nibble left in place (byte 16h, masked by 0xF0, no shift)
+// goes to result byte 1 instead, 0x3F00(16h)00 = 0.5 + 16h/2^16 = 0.5 + h/4096 (in byte 2 its top bit would reach the
+// exponent). The products are exact in fp32: x (8 or 11 significant bits) times 0.5 + q/256 (a span of 8 bits) or,
+// for the high codes, 16x times 0.5 + h/4096 (12 bits). With the odd codes' activations stored as 16x (x'):
+// sum x'*(code float) = sum x*q / 256 + sum x' / 2, so sum x*q = 256 d - 128 sum x' (chunk_term).
 template <int B>
 __device__ __forceinline__ float code_of(uint32_t bytes) {
   return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7044u | ((unsigned)B << 8)));
 }
+template <int B>
+__device__ __forceinline__ float code_of_high(uint32_t bytes) {
+  return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7404u | ((unsigned)B << 4)));
+}
+
+// A chunk's activation sums: sum x (for the zero) and 128 sum x' (the offset of the code floats, see code_of).
+struct ChunkSum {
+  float x;
+  float offset;
+};
 
 // What the kernel does to its activations before the product (the decode step's fusions, FusedDecode in
 // FastDecoder.cs), and what it adds to its output:
@@ -188,17 +202,17 @@ __device__ __forceinline__ void load_tile(const uint8_t* __restrict__ packed, co
   }
 }
 
-// A chunk's contribution s * sum x (q - z) from d = sum x (0.5 + q/256) and the chunk's sum of x (see code_of):
-// sum x*(q - z) = 256 d - (128 + z) sum x (128 + z is exact in fp32).
-__device__ __forceinline__ float chunk_term(float s, float z, float d, float sum, float acc) {
-  return fmaf(s, fmaf(256.f, d, -(128.f + z) * sum), acc);
+// A chunk's contribution s * sum x (q - z) from d = sum x' * (code float) and the chunk's sums (see code_of):
+// sum x*(q - z) = 256 d - 128 sum x' - z sum x.
+__device__ __forceinline__ float chunk_term(float s, float z, float d, const ChunkSum& sum, float acc) {
+  return fmaf(s, fmaf(256.f, d, -fmaf(z, sum.x, sum.offset)), acc);
 }
 
 // One tile's products of its R rows with this thread's activations.
 template <int G, int NB, int CH, int R>
 __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], const unsigned short (&sv)[R][CH],
                                               const unsigned short (&zv)[R][CH],
-                                              const float (&xv)[CH][NB][Geo<G>::kCodes], const float (&xs)[CH][NB],
+                                              const float (&xv)[CH][NB][Geo<G>::kCodes], const ChunkSum (&xs)[CH][NB],
                                               float (&acc)[R][NB]) {
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -213,10 +227,10 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
       for (int w = 0; w < Geo<G>::kWords; w++) {
         // Word w holds codes 8w..8w+7: code 8w+2i in the low nibble of byte i, 8w+2i+1 in its high nibble.
         const uint32_t lo = wv[r][j].w[w] & 0x0F0F0F0Fu;
-        const uint32_t hi = (wv[r][j].w[w] >> 4) & 0x0F0F0F0Fu;
+        const uint32_t hi = wv[r][j].w[w] & 0xF0F0F0F0u;
         float q[8];
-        q[0] = code_of<0>(lo); q[1] = code_of<0>(hi); q[2] = code_of<1>(lo); q[3] = code_of<1>(hi);
-        q[4] = code_of<2>(lo); q[5] = code_of<2>(hi); q[6] = code_of<3>(lo); q[7] = code_of<3>(hi);
+        q[0] = code_of<0>(lo); q[1] = code_of_high<0>(hi); q[2] = code_of<1>(lo); q[3] = code_of_high<1>(hi);
+        q[4] = code_of<2>(lo); q[5] = code_of_high<2>(hi); q[6] = code_of<3>(lo); q[7] = code_of_high<3>(hi);
 #pragma unroll
         for (int b = 0; b < NB; b++) {
 #pragma unroll
@@ -301,7 +315,7 @@ template <typename T, int G, int NB, int CH, int PRO>
 __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
                                                  const Fusion& fusion, int tid, int lane, int warp,
                                                  const bool (&live)[CH], float (*norm_partial)[NB],
-                                                 float (&xv)[CH][NB][Geo<G>::kCodes], float (&xs)[CH][NB]) {
+                                                 float (&xv)[CH][NB][Geo<G>::kCodes], ChunkSum (&xs)[CH][NB]) {
   constexpr int C = Geo<G>::kCodes;
 #pragma unroll
   for (int j = 0; j < CH; j++) {
@@ -376,10 +390,16 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
   for (int j = 0; j < CH; j++) {
 #pragma unroll
     for (int b = 0; b < NB; b++) {
+      // The odd codes' activations become 16x (exact): see code_of_high.
       float sum = 0.f;
+      float scaled = 0.f;
 #pragma unroll
-      for (int i = 0; i < C; i++) sum += xv[j][b][i];
-      xs[j][b] = sum;
+      for (int i = 0; i < C; i++) {
+        sum += xv[j][b][i];
+        if (i % 2 == 1) xv[j][b][i] *= 16.f;
+        scaled += xv[j][b][i];
+      }
+      xs[j][b] = {sum, 128.f * scaled};
     }
   }
 }
@@ -425,7 +445,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
-  float xs[CH][NB];
+  ChunkSum xs[CH][NB];
   load_activations<T, G, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
 
   int buf = 0;
@@ -591,7 +611,7 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   if (row0 < n) load(row0);
   LOWBIT_PDL_WAIT();
 
-  float xs[CH][NB];
+  ChunkSum xs[CH][NB];
   {
     float xv[CH][NB][16];
     load_activations<T, 1, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
@@ -638,12 +658,12 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
           for (int r = 0; r < R; r++) {
             const uint32_t word = wv[r][j].w[i / 2];
             const uint32_t lo = word & 0x0F0F0F0Fu;
-            const uint32_t hi = (word >> 4) & 0x0F0F0F0Fu;
+            const uint32_t hi = word & 0xF0F0F0F0u;
             float q0, q1, q2, q3;
             if (i % 2 == 0) {
-              q0 = code_of<0>(lo); q1 = code_of<0>(hi); q2 = code_of<1>(lo); q3 = code_of<1>(hi);
+              q0 = code_of<0>(lo); q1 = code_of_high<0>(hi); q2 = code_of<1>(lo); q3 = code_of_high<1>(hi);
             } else {
-              q0 = code_of<2>(lo); q1 = code_of<2>(hi); q2 = code_of<3>(lo); q3 = code_of<3>(hi);
+              q0 = code_of<2>(lo); q1 = code_of_high<2>(hi); q2 = code_of<3>(lo); q3 = code_of_high<3>(hi);
             }
 #pragma unroll
             for (int b = 0; b < NB; b++) {
