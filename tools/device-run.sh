@@ -10,7 +10,7 @@
 #   attention [RUNS]   self-check, then bench-decode with SDPA and with the native decode attention, same RUNS
 #   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on
 #                      (LOWBIT_PDL=1), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
-#                      kernel selection's timings; KERNELS=1 adds bench-kernels
+#                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
@@ -86,7 +86,7 @@ case "$mode" in
     ( bash "$repo/tools/nvcc-check.sh" "$repo/src/Lowbit.Engine/native/lowbit_kernels_v2.cu" > "$OUT/nvcc-check.txt" 2>&1 ) &
     m=/tmp/lowbit-calibrate-work/random-7b
     [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
-    for c in 1:1 1:0 0:0; do
+    for c in ${CONFIGS:-1:1 1:0 0:0}; do
       f=${c%:*}; p=${c#*:}
       LOWBIT_DECODE_FUSION=$f LOWBIT_PDL=$p timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
         --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,int4-native:1,int4-graph:1,int4-graph:2}" > "$OUT/decode-fusion$f-pdl$p.jsonl" 2> "$OUT/decode-fusion$f-pdl$p.err"
