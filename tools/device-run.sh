@@ -11,6 +11,7 @@
 #   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on
 #                      (LOWBIT_PDL=1), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
+#   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per 7B shape, cold
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
@@ -97,6 +98,18 @@ case "$mode" in
     [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; }
     wait; echo "nvcc-check (device nvcc), bf16 int4 GEMVs: registers, spill stores"
     grep "int4_gemv.*__nv_bfloat16, [0-9], [12], [13], 0, false\|int4_gemv_shared.*__nv_bfloat16, 1, [13], 0, false" "$OUT/nvcc-check.txt" | cut -f2,3,5 | cut -c1-80 ;;
+  quick)
+    # The shortest useful run (a few minutes of device time left): self-check, then bench-kernels at 1 (and 2) rows,
+    # g64: every GEMV per 7B shape, cold, one line each (µs, GB/s, relative error).
+    selfcheck
+    timeout "${1:-150}" ./run.sh bench-kernels --device cuda --rows "${ROWS:-1,2}" --groups 64 > "$OUT/kernels.log" 2>&1
+    echo "bench-kernels rc=$?"
+    python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    if not l.startswith("{"): continue
+    r=json.loads(l)
+    if r.get("event")!="bench-kernel": continue
+    print(r.get("shape"), r.get("rows"), r.get("group"), r.get("kernel"), r.get("microseconds"), "us", r.get("gbPerSecond"), "GB/s err", r.get("relativeError", r.get("error")))' "$OUT/kernels.log" ;;
   calibrate)
     t="${2:-420}"
     timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1
@@ -135,6 +148,6 @@ case "$mode" in
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       ./run.sh bench-kernels --device cuda --rows 1 --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
     echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|int4_gemv_shared_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
-  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
 esac
 date +%T
