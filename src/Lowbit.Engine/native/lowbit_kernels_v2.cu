@@ -84,6 +84,15 @@ __device__ __forceinline__ float code_of_high(uint32_t bytes) {
   return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7404u | ((unsigned)B << 4)));
 }
 
+// The code floats of one 32-bit word: codes 8w..8w+7 of its chunk, code 2i in the low nibble of byte i, 2i + 1 in its
+// high nibble (a caller that uses half of them leaves the other half's permutes to dead-code elimination).
+__device__ __forceinline__ void word_codes(uint32_t word, float (&q)[8]) {
+  const uint32_t lo = word & 0x0F0F0F0Fu;
+  const uint32_t hi = word & 0xF0F0F0F0u;
+  q[0] = code_of<0>(lo); q[1] = code_of_high<0>(hi); q[2] = code_of<1>(lo); q[3] = code_of_high<1>(hi);
+  q[4] = code_of<2>(lo); q[5] = code_of_high<2>(hi); q[6] = code_of<3>(lo); q[7] = code_of_high<3>(hi);
+}
+
 // A chunk's activation sums: sum x (for the zero) and 128 sum x' (the offset of the code floats, see code_of).
 struct ChunkSum {
   float x;
@@ -225,12 +234,8 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
       for (int b = 0; b < NB; b++) d[b] = 0.f;
 #pragma unroll
       for (int w = 0; w < Geo<G>::kWords; w++) {
-        // Word w holds codes 8w..8w+7: code 8w+2i in the low nibble of byte i, 8w+2i+1 in its high nibble.
-        const uint32_t lo = wv[r][j].w[w] & 0x0F0F0F0Fu;
-        const uint32_t hi = wv[r][j].w[w] & 0xF0F0F0F0u;
         float q[8];
-        q[0] = code_of<0>(lo); q[1] = code_of_high<0>(hi); q[2] = code_of<1>(lo); q[3] = code_of_high<1>(hi);
-        q[4] = code_of<2>(lo); q[5] = code_of_high<2>(hi); q[6] = code_of<3>(lo); q[7] = code_of_high<3>(hi);
+        word_codes(wv[r][j].w[w], q);
 #pragma unroll
         for (int b = 0; b < NB; b++) {
 #pragma unroll
@@ -656,21 +661,15 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
           for (int b = 0; b < NB; b++) xq[b] = xsm[(b * 4 + i) * cstride + c];
 #pragma unroll
           for (int r = 0; r < R; r++) {
-            const uint32_t word = wv[r][j].w[i / 2];
-            const uint32_t lo = word & 0x0F0F0F0Fu;
-            const uint32_t hi = word & 0xF0F0F0F0u;
-            float q0, q1, q2, q3;
-            if (i % 2 == 0) {
-              q0 = code_of<0>(lo); q1 = code_of_high<0>(hi); q2 = code_of<1>(lo); q3 = code_of_high<1>(hi);
-            } else {
-              q0 = code_of<2>(lo); q1 = code_of_high<2>(hi); q2 = code_of<3>(lo); q3 = code_of_high<3>(hi);
-            }
+            float q[8];
+            word_codes(wv[r][j].w[i / 2], q);
+            const int h = 4 * (i % 2);
 #pragma unroll
             for (int b = 0; b < NB; b++) {
-              d[r][b] = fmaf(xq[b].x, q0, d[r][b]);
-              d[r][b] = fmaf(xq[b].y, q1, d[r][b]);
-              d[r][b] = fmaf(xq[b].z, q2, d[r][b]);
-              d[r][b] = fmaf(xq[b].w, q3, d[r][b]);
+              d[r][b] = fmaf(xq[b].x, q[h], d[r][b]);
+              d[r][b] = fmaf(xq[b].y, q[h + 1], d[r][b]);
+              d[r][b] = fmaf(xq[b].z, q[h + 2], d[r][b]);
+              d[r][b] = fmaf(xq[b].w, q[h + 3], d[r][b]);
             }
           }
         }
