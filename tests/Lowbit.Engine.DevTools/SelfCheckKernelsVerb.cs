@@ -142,7 +142,7 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared) })
+                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared), (9, ProjectionKernel.Int4Mma) })
                 {
                     if ((geometry != 7 || group % 64 == 0) && NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
                     {
@@ -153,6 +153,26 @@ internal static class SelfCheckKernelsVerb
                     }
                 }
             }
+            // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row), both dtypes.
+            foreach (var (batch, n, k, group, dtype) in new[]
+            {
+                (5, 4093, 4096, 64, bf16), (8, 12288, 4096, 128, bf16), (8, 4096, 11008, 64, bf16), (6, 1001, 11008, 128, ScalarType.Float16),
+            })
+            {
+                if (!NativeKernelsV2.Int4XSupports(dtype, batch, k, 9, Int4Prologue.None, residual: false))
+                {
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                var w = randn([n, k], ScalarType.Float32, device) * 0.02;
+                using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
+                using var packed = Int4Weight.From(q);
+                var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
+                var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.Int4LinearX(x, packed, output, 9, Int4Prologue.None, null, 0, null);
+                var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
+                Report($"int4-mma {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}", output, reference);
+            }
             if (NativeKernelsV2.FusedAvailable)
             {
                 // The decode step's fused variants (bf16, 1-2 rows, both geometries) against the separate native kernels
@@ -162,6 +182,7 @@ internal static class SelfCheckKernelsVerb
                 {
                     (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
                     (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5), (1, 12288, 4096, 64, 7), (2, 22016, 4096, 128, 7), (1, 1001, 2048, 64, 7), (1, 4096, 11008, 64, 7), (1, 999, 8192, 128, 7),
+                    (1, 12288, 4096, 64, 9), (2, 22016, 4096, 128, 9), (1, 4096, 11008, 64, 9), (2, 1001, 11008, 128, 9),
                 })
                 {
                     using var scope = NewDisposeScope();

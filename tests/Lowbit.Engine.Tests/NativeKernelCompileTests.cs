@@ -9,7 +9,7 @@ public class NativeKernelCompileTests
     /// (tools/nvcc-check.sh; .ci/tools.sh installs Debian's CUDA 11.8): both files compile, every int4 GEMV
     /// instantiation the engine builds is listed, none of the ones a 7B decodes with at one row (int4-v2 and
     /// int4-v2-wide at 1 and 3 chunks per thread: K = 4,096 and 11,008) spills registers to local memory, and
-    /// int4-v2-occ and int4-v2-shared keep their register caps (64; 80 or 128). The GPU bundle
+    /// int4-v2-occ, int4-v2-shared and int4-mma keep their register caps (64; 80 or 128; 128). The GPU bundle
     /// compiles them again on the device (nvcc 13) on first use; this catches what would otherwise surface there.
     /// </summary>
     [NvccFact]
@@ -59,6 +59,11 @@ public class NativeKernelCompileTests
             // outside the tile loop (cuobjdump -sass).
             Assert.True(k.Registers <= (chunks == 1 ? 80 : 128) && k.SpillStores <= (chunks == 1 ? 48 : 96), $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores");
         });
+        // int4-mma (tensor cores): plain at 1, 2, 4 and 8 columns in both dtypes, the three bf16 variants at 1-2, each for
+        // groups of 64 and 128; two blocks per SM (128 registers) with four units in flight and nothing spilled.
+        var mma = kernels.Where(k => k.Name.Contains("int4_gemv_mma_kernel<", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2 * ((2 * 4) + (3 * 2)), mma.Count);
+        Assert.All(mma, k => Assert.True(k.Registers <= 128 && k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
     }
 }
 

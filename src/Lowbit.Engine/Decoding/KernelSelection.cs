@@ -42,6 +42,13 @@ public enum ProjectionKernel
     /// </summary>
     Int4V2Shared,
 
+    /// <summary>
+    /// The int4 GEMV on the tensor cores: 16-row tiles by up to 8 activation rows per <c>mma.sync.m16n8k16</c>, the codes
+    /// made into exact 16-bit floats by one mask-and-or per two codes; 1-8 rows, K % 64 == 0, groups of 64 or 128
+    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 9).
+    /// </summary>
+    Int4Mma,
+
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
     Int4Dequant,
 }
@@ -244,6 +251,7 @@ public static class KernelSelector
         ProjectionKernel.Int4V2Wide => "int4-v2-wide",
         ProjectionKernel.Int4V2Occupancy => "int4-v2-occ",
         ProjectionKernel.Int4V2Shared => "int4-v2-shared",
+        ProjectionKernel.Int4Mma => "int4-mma",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         _ => kernel.ToString(),
     };

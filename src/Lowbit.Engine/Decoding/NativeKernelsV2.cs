@@ -97,8 +97,9 @@ public static unsafe class NativeKernelsV2
 
     /// <summary>
     /// True when <see cref="Int4LinearX"/> takes this variant: <paramref name="geometry"/> 1 (int4-v2: 256 threads, 16 codes
-    /// per chunk), 3 (int4-v2-wide: 128 threads, 32 codes per chunk), 5 (int4-v2-occ: int4-v2 at four blocks per SM) or
-    /// 7 (int4-v2-shared: activations in shared memory, scales per quad; group % 64 == 0, checked at launch).
+    /// per chunk), 3 (int4-v2-wide: 128 threads, 32 codes per chunk), 5 (int4-v2-occ: int4-v2 at four blocks per SM),
+    /// 7 (int4-v2-shared: activations in shared memory, scales per quad; group % 64 == 0, checked at launch) or 9
+    /// (int4-mma: tensor cores, 1-8 rows; groups of 64 or 128, checked at launch).
     /// </summary>
     public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
         FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue

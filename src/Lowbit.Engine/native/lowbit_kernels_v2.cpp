@@ -82,9 +82,11 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
   TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
   TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
-  TORCH_CHECK(xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
-              && lowbit_v2_int4_supports((int)xt.size(0), (int)k), "int4 v2: batch ", xt.size(0), " at K=", k,
+  // The tensor-core geometry (9) takes 1-8 rows at K % 64 == 0 (lowbit_v2_int4_fused_supports, below); the others:
+  TORCH_CHECK(geometry == 9 || (xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
+              && lowbit_v2_int4_supports((int)xt.size(0), (int)k)), "int4 v2: batch ", xt.size(0), " at K=", k,
               " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
+  TORCH_CHECK(geometry != 9 || group == 64 || group == 128, "int4 v2: the tensor-core GEMV takes groups of 64 or 128, not ", group);
   const int64_t width = prologue == 2 ? 2 * k : k;
   TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch (x [B, ", width, "], out [B, ", n, "])");
   TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");

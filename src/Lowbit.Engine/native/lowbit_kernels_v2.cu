@@ -707,6 +707,497 @@ int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const
                     static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// int4-mma (geometry 9): the int4 GEMV on the tensor cores. SASS of
+// int4-v2 (docs/gpu.md, *Instructions per tile*) showed it issue-bound: a code costs a permute and an FMA (plus masks,
+// scales, reduction), 514 instructions per 2 KB of codes per warp, where the H200's bandwidth asks about 16 bytes per
+// SM per clock of four issue slots. Here a warp multiplies 16 rows by up to 8 activation rows with
+// mma.sync.m16n8k16 (fp32 accumulation): the weights are the A operand, made from the codes by one mask-and-or per
+// two codes (no conversion, no FMA per code), the activations the B operand (one column per batch row, 1-8 taken for
+// the same instructions), so a 64-code group of 16 rows costs ~50 instructions per warp, ~10 bytes of codes each.
+//  - A "unit" is one 64-code group of 16 rows: lane (g, c) (g = lane / 4, c = lane % 4) loads 8 bytes (16 codes) of
+//    rows g and g + 8 at group offset 16 c, and their scales and zeros; the four lanes of a row read 32 contiguous bytes.
+//  - The codes become exact 16-bit floats by a mask and an or: bf16 128 + q (the nibble shifted to bits 0-3, three
+//    shifts per word), fp16 1024 + q for low nibbles and 64 + h for high nibbles left in place (ulp 1/16 at 64); the
+//    products with exact activations are exact in fp32, and d = sum x (M + q) gives sum x (q - z) = d - off - z sum x
+//    with off = sum over the group of M x (M per nibble) and sum x, both kept per (group, batch row) in shared memory.
+//  - The order of k inside an mma is free as long as A and B agree: pair p of a word holds codes (p, p + 4) of it, so
+//    the activations are stored per lane as x0 x4 x1 x5 x2 x6 x3 x7 (each 8): the prologue writes them once per block,
+//    in the model dtype (bf16 exact; fp16 models give fp16 activations), permuted, into shared memory: K * rows * 2 B.
+//  - A block of 8 warps owns a tile of 16 rows; warp w takes groups w, w + 8, ... (padded to a multiple of the units in
+//    flight P: a dead group loads a live one and adds 0); the P units' loads are issued a ring ahead, across tiles,
+//    then the 8 warps' partial sums are added through shared memory (one barrier per tile).
+// The scales and zeros of a unit belong to one quantization group: group % 64 == 0 and a power of two.
+namespace mma {
+
+template <typename T> struct Magic;
+template <> struct Magic<__nv_bfloat16> {
+  static constexpr float kLow = 128.f;
+  static constexpr float kHigh = 128.f;
+};
+template <> struct Magic<__half> {
+  static constexpr float kLow = 1024.f;
+  static constexpr float kHigh = 64.f;
+};
+
+// The four A pairs of a 32-bit word (codes 0-7 of it: code 2j the low nibble of byte j): pair p = codes (p', p' + 4)
+// with p' = {0, 1, 2, 3}[p] as 16-bit floats M + q.
+// (w & MASK) | MAGIC in one LOP3 (written as two operations, ptxas emits an AND and an OR: one immediate per LOP3).
+template <uint32_t MASK, uint32_t MAGIC>
+__device__ __forceinline__ uint32_t mask_or(uint32_t w) {
+#if defined(LOWBIT_EMULATED)
+  return (w & MASK) | MAGIC;
+#else
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(w), "n"(MASK), "n"(MAGIC));
+  return r;
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void word_pairs(uint32_t w, uint32_t (&p)[4]) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    p[0] = mask_or<0x000F000Fu, 0x43004300u>(w);
+    p[1] = mask_or<0x000F000Fu, 0x43004300u>(w >> 4);
+    p[2] = mask_or<0x000F000Fu, 0x43004300u>(w >> 8);
+    p[3] = mask_or<0x000F000Fu, 0x43004300u>(w >> 12);
+  } else {
+    const uint32_t t = w >> 8;
+    p[0] = mask_or<0x000F000Fu, 0x64006400u>(w);
+    p[1] = mask_or<0x00F000F0u, 0x54005400u>(w);
+    p[2] = mask_or<0x000F000Fu, 0x64006400u>(t);
+    p[3] = mask_or<0x00F000F0u, 0x54005400u>(t);
+  }
+}
+
+// The 16-bit pattern of v in T (v exact in T: the staged activations are).
+template <typename T>
+__device__ __forceinline__ uint32_t bits16(float v) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16(v));
+  } else {
+    return (uint32_t)__half_as_ushort(__float2half(v));
+  }
+}
+
+// d += A[16 x 16] B[16 x 8] (mma.sync.aligned.m16n8k16.row.col, fp32 accumulation). Fragments, lane (g, c):
+// a = {A[g][2c..2c+1], A[g+8][2c..2c+1], A[g][2c+8..2c+9], A[g+8][2c+8..2c+9]}, b = {B[2c..2c+1][g], B[2c+8..2c+9][g]},
+// d = {D[g][2c], D[g][2c+1], D[g+8][2c], D[g+8][2c+1]}.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(LOWBIT_EMULATED)
+  emul_mma_16816(d, a, b0, b1, std::is_same<T, __nv_bfloat16>::value);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#else
+  __trap();
+#endif
+}
+
+constexpr int kThreads = 256;
+constexpr int kWarps = 8;
+constexpr int kRows = 16;
+// Units in flight per warp (a ring of registers: 8 per unit), at two blocks per SM (128 registers; ptxas, nvcc 11.8):
+// eight units spilled 12-180 bytes there, and four at three blocks per SM (80 registers) 168-300 bytes.
+constexpr int kUnitsInFlight = 4;
+
+// Units per warp per tile: the groups of 64 codes over 8 warps, rounded up to a multiple of P.
+__host__ __device__ inline int units_per_warp(int k, int p) { return ((k / 64 + kWarps - 1) / kWarps + p - 1) / p * p; }
+
+// The dynamic shared memory of a block: the permuted activations [groups][NB][4 lanes][16] in T, then per (group,
+// column) {off, sum x} as float2 (columns padded to an even count), both over units * 8 groups: the groups past K / 64
+// are zeros, so a unit there adds exactly 0 whatever its (stale) codes, and needs no branch.
+__host__ __device__ constexpr int padded_columns(int nb) { return nb < 2 ? 2 : nb + (nb & 1); }
+__host__ __device__ inline int padded_groups(int k, int p) { return units_per_warp(k, p) * kWarps; }
+__host__ __device__ inline int activation_bytes(int nb, int k, int p) { return padded_groups(k, p) * 64 * nb * 2; }
+__host__ __device__ inline int shared_bytes(int nb, int k, int p) {
+  return activation_bytes(nb, k, p) + padded_groups(k, p) * padded_columns(nb) * 8;
+}
+
+// One unit in flight: 16 codes of rows g and g + 8, their scales and zeros (fp16 bits).
+struct Unit {
+  uint2 lo;
+  uint2 hi;
+  unsigned short s_lo, z_lo, s_hi, z_hi;
+};
+
+// Where this lane's next unit to load lives (rows clamped to n - 1: their outputs are not written): 64-bit pointers,
+// advanced by `step` units at a time, so that the P loads of a round take immediate offsets (a warp's units are groups
+// warp, warp + 8, ...: 256 bytes of codes and 8 >> GS scales apart; groups of 64 << GS codes).
+template <int GS>
+struct Cursor {
+  const uint8_t* code_lo;
+  const uint8_t* code_hi;
+  const unsigned short* s_lo;
+  const unsigned short* s_hi;
+  const unsigned short* z_lo;
+  const unsigned short* z_hi;
+
+  __device__ __forceinline__ void advance(int units) {
+    code_lo += units * 256;
+    code_hi += units * 256;
+    s_lo += units * (kWarps >> GS);
+    s_hi += units * (kWarps >> GS);
+    z_lo += units * (kWarps >> GS);
+    z_hi += units * (kWarps >> GS);
+  }
+
+  // Unit `p` past the cursor (p a compile-time constant in the unrolled rounds).
+  __device__ __forceinline__ void load(Unit& u, int p) const {
+    u.lo = __ldg(reinterpret_cast<const uint2*>(code_lo + p * 256));
+    u.hi = __ldg(reinterpret_cast<const uint2*>(code_hi + p * 256));
+    u.s_lo = __ldg(s_lo + p * (kWarps >> GS));
+    u.s_hi = __ldg(s_hi + p * (kWarps >> GS));
+    u.z_lo = __ldg(z_lo + p * (kWarps >> GS));
+    u.z_hi = __ldg(z_hi + p * (kWarps >> GS));
+  }
+};
+
+template <int GS>
+__device__ __forceinline__ Cursor<GS> cursor_at(const uint8_t* __restrict__ packed, const unsigned short* __restrict__ scales,
+                                                const unsigned short* __restrict__ zeros, int tile, int warp, int g, int c,
+                                                int n, int row_bytes, int groups) {
+  const uint32_t r0 = (uint32_t)min(tile * kRows + g, n - 1);
+  const uint32_t r1 = (uint32_t)min(tile * kRows + g + 8, n - 1);
+  const uint32_t code = (uint32_t)warp * 32u + (uint32_t)c * 8u;
+  const uint32_t q = (uint32_t)(warp >> GS);
+  return {packed + (r0 * (uint32_t)row_bytes + code), packed + (r1 * (uint32_t)row_bytes + code),
+          scales + (r0 * (uint32_t)groups + q), scales + (r1 * (uint32_t)groups + q),
+          zeros + (r0 * (uint32_t)groups + q), zeros + (r1 * (uint32_t)groups + q)};
+}
+
+// The prologue: every block writes the permuted activations (after RMSNorm / SiLU·mul when fused) and their sums.
+template <typename T, int NB, int P, int PRO>
+__device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
+                                                  const Fusion& fusion, int tid, int lane, int warp,
+                                                  unsigned char* smem, float (*norm_partial)[NB]) {
+  constexpr int NBp = padded_columns(NB);
+  float inv[NB];
+  if constexpr (PRO == kNorm) {
+    float ss[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) ss[b] = 0.f;
+    for (int c8 = tid; c8 < k / 8; c8 += kThreads) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        if (b < batch) {
+          const uint4 u = *reinterpret_cast<const uint4*>(x + b * x_stride + (int64_t)c8 * 8);
+          const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int i = 0; i < 8; i++) {
+            const float v = Cvt2<T>::f(t[i]);
+            ss[b] = fmaf(v, v, ss[b]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      ss[b] = warp_sum2(ss[b]);
+      if (lane == 0) norm_partial[warp][b] = ss[b];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) total += norm_partial[w][b];
+      inv[b] = rsqrtf(total / (float)k + fusion.eps);
+    }
+  }
+  T* act = reinterpret_cast<T*>(smem);
+  float2* sums = reinterpret_cast<float2*>(smem + activation_bytes(NB, k, P));
+  // Slot s = (group, column, lane c), c fastest: the four slots of a (group, column) are four consecutive threads.
+  const int slots = padded_groups(k, P) * 4 * NB;
+  for (int base = 0; base < slots; base += kThreads) {
+    const int s = base + tid;
+    const int c = s & 3;
+    const int b = (s >> 2) % NB;
+    const int G = (s >> 2) / NB;
+    float v[16];
+    const bool live = s < slots && b < batch && G < k / 64;
+    if (live) {
+      const int64_t at = b * x_stride + (int64_t)G * 64 + c * 16;
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const uint4 u = *reinterpret_cast<const uint4*>(x + at + 8 * h);
+        const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[8 * h + i] = Cvt2<T>::f(t[i]);
+      }
+      if constexpr (PRO == kSiluMul) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const uint4 u = *reinterpret_cast<const uint4*>(x + at + k + 8 * h);
+          const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int i = 0; i < 8; i++) {
+            const float g = v[8 * h + i];
+            v[8 * h + i] = rnd2<T>(rnd2<T>(g / (1.f + expf(-g))) * Cvt2<T>::f(t[i]));
+          }
+        }
+      }
+      if constexpr (PRO == kNorm) {
+        const T* w = static_cast<const T*>(fusion.norm_w) + (int64_t)G * 64 + c * 16;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const uint4 u = __ldg(reinterpret_cast<const uint4*>(w) + h);
+          const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int i = 0; i < 8; i++) v[8 * h + i] = rnd2<T>(Cvt2<T>::f(t[i]) * rnd2<T>(v[8 * h + i] * inv[b]));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; i++) v[i] = 0.f;
+    }
+    // Stored x0 x4 x1 x5 x2 x6 x3 x7 per 8 (see word_pairs); the sums of the low-nibble (even) and high-nibble codes.
+    float even = 0.f;
+    float odd = 0.f;
+    if (s < slots) {
+      uint32_t word[8];
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) word[4 * h + j] = bits16<T>(v[8 * h + j]) | (bits16<T>(v[8 * h + j + 4]) << 16);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(act + (int64_t)s * 16);
+      dst[0] = make_uint4(word[0], word[1], word[2], word[3]);
+      dst[1] = make_uint4(word[4], word[5], word[6], word[7]);
+#pragma unroll
+      for (int i = 0; i < 16; i += 2) {
+        even += v[i];
+        odd += v[i + 1];
+      }
+    }
+    even += __shfl_xor_sync(0xffffffffu, even, 1);
+    odd += __shfl_xor_sync(0xffffffffu, odd, 1);
+    even += __shfl_xor_sync(0xffffffffu, even, 2);
+    odd += __shfl_xor_sync(0xffffffffu, odd, 2);
+    if (s < slots && c == 0) {
+      sums[G * NBp + b] = make_float2(fmaf(Magic<T>::kLow, even, Magic<T>::kHigh * odd), even + odd);
+      if (NBp != NB && b == NB - 1) sums[G * NBp + NB] = make_float2(0.f, 0.f);
+    }
+  }
+}
+
+// One unit's products (4 mma over its 64 codes of 16 rows) and their scaled sums into acc (rows g, g + 8; columns
+// 2c, 2c + 1): acc += s (d - off - z sum x).
+template <typename T, int NB>
+__device__ __forceinline__ void unit_products(const Unit& u, const uint4* b, float4 sm, float (&acc)[4]) {
+  const uint4 b01 = b[0];
+  const uint4 b23 = b[1];
+  uint32_t lo0[4], lo1[4], hi0[4], hi1[4];
+  word_pairs<T>(u.lo.x, lo0);
+  word_pairs<T>(u.lo.y, lo1);
+  word_pairs<T>(u.hi.x, hi0);
+  word_pairs<T>(u.hi.y, hi1);
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_16816<T>(d, {lo0[0], hi0[0], lo0[1], hi0[1]}, b01.x, b01.y);
+  mma_16816<T>(d, {lo0[2], hi0[2], lo0[3], hi0[3]}, b01.z, b01.w);
+  mma_16816<T>(d, {lo1[0], hi1[0], lo1[1], hi1[1]}, b23.x, b23.y);
+  mma_16816<T>(d, {lo1[2], hi1[2], lo1[3], hi1[3]}, b23.z, b23.w);
+  const float s0 = __half2float(__ushort_as_half(u.s_lo));
+  const float s1 = __half2float(__ushort_as_half(u.s_hi));
+  const float z0 = __half2float(__ushort_as_half(u.z_lo));
+  const float z1 = __half2float(__ushort_as_half(u.z_hi));
+  acc[0] = fmaf(s0, fmaf(-z0, sm.y, d[0] - sm.x), acc[0]);
+  acc[2] = fmaf(s1, fmaf(-z1, sm.y, d[2] - sm.x), acc[2]);
+  if constexpr (NB > 1) {
+    acc[1] = fmaf(s0, fmaf(-z0, sm.w, d[1] - sm.z), acc[1]);
+    acc[3] = fmaf(s1, fmaf(-z1, sm.w, d[3] - sm.z), acc[3]);
+  }
+}
+
+template <typename T, int NB, int GS, int PRO, bool RES>
+__global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int batch, int n, int k, Fusion fusion) {
+  constexpr int P = kUnitsInFlight;
+  constexpr int NBp = padded_columns(NB);
+  LOWBIT_DYNAMIC_SHARED(smem);
+  __shared__ float red[2][kWarps][kRows][NB];
+  __shared__ float norm_partial[kWarps][NB];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int g = lane >> 2;
+  const int c = lane & 3;
+  const int groups64 = k / 64;
+  const int groups = groups64 >> GS;
+  const int row_bytes = k / 2;
+  const int units = units_per_warp(k, P);
+  const int tiles = (n + kRows - 1) / kRows;
+  const T* residual = static_cast<const T*>(fusion.residual);
+  // Unit i of this warp is group i * 8 + warp: loaded while below K / 64 (the same for every lane of the warp); the
+  // first `full` units are below it in every warp.
+  auto live = [&](int i) { return i * kWarps + warp < groups64; };
+  const int full = groups64 / kWarps / P * P;
+
+  Unit ring[P] = {};
+  int tile = blockIdx.x;
+  // The loads of this tile's units P, P + 1, ... (0 to P - 1 go out now, before the activations).
+  Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, warp, g, c, n, row_bytes, groups);
+  LOWBIT_PDL_TRIGGER();
+  if (tile < tiles) {
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+      if (live(p)) at.load(ring[p], p);
+    }
+  }
+  at.advance(P);
+  LOWBIT_PDL_WAIT();
+  stage_activations<T, NB, P, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, smem, norm_partial);
+  __syncthreads();
+
+  // This lane's B operand (column g; lanes past NB read column g % NB, whose products land in columns nobody reads)
+  // and its columns' sums (2c and 2c + 1, clamped), at unit 0; fixed steps per unit.
+  const uint4* b_at = reinterpret_cast<const uint4*>(smem + ((warp * NB + (g & (NB - 1))) * 4 + c) * 32);
+  constexpr int kBStep = kWarps * NB * 8;            // uint4 per unit
+  const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, k, P)) + warp * (NBp / 2) + min(2 * c, NBp - 2) / 2;
+  constexpr int kSumStep = kWarps * NBp / 2;         // float4 per unit
+  int buf = 0;
+  for (; tile < tiles; tile += gridDim.x) {
+    const int next_tile = tile + (int)gridDim.x;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    // P units' products, each slot reloaded with the unit P ahead (at: this tile's u + P, or in the last round the
+    // next tile's first). Loads are checked against K / 64 only where a unit may be past it (check): in the round
+    // before the tail, and at the next tile when K < 512 P.
+    auto round = [&](auto check, int u, int from_u) {
+      const uint4* b = b_at + u * kBStep;
+      const float4* sm = sum_at + u * kSumStep;
+#pragma unroll
+      for (int p = 0; p < P; p++) {
+        unit_products<T, NB>(ring[p], b + p * kBStep, sm[p * kSumStep], acc);
+        if (!decltype(check)::value || live(from_u + p)) at.load(ring[p], p);
+      }
+      at.advance(P);
+    };
+    int u = 0;
+    for (; u + P < units; u += P) {
+      if (u + 2 * P <= full) {
+        round(std::false_type{}, u, u + P);
+      } else {
+        round(std::true_type{}, u, u + P);
+      }
+    }
+    if (next_tile < tiles) {
+      at = cursor_at<GS>(packed, scales, zeros, next_tile, warp, g, c, n, row_bytes, groups);
+      if (full >= P) {
+        round(std::false_type{}, u, 0);
+      } else {
+        round(std::true_type{}, u, 0);
+      }
+    } else {
+      const uint4* b = b_at + u * kBStep;
+      const float4* sm = sum_at + u * kSumStep;
+#pragma unroll
+      for (int p = 0; p < P; p++) unit_products<T, NB>(ring[p], b + p * kBStep, sm[p * kSumStep], acc);
+    }
+    // The 8 warps' sums of rows g, g + 8 and columns 2c, 2c + 1, through shared memory (two buffers: one barrier).
+    if (2 * c < NB) {
+      red[buf][warp][g][2 * c] = acc[0];
+      red[buf][warp][g + 8][2 * c] = acc[2];
+    }
+    if (2 * c + 1 < NB) {
+      red[buf][warp][g][2 * c + 1] = acc[1];
+      red[buf][warp][g + 8][2 * c + 1] = acc[3];
+    }
+    __syncthreads();
+    if (tid < kRows * NB) {
+      const int r = tid / NB;
+      const int b = tid % NB;
+      float t = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) t += red[buf][w][r][b];
+      const int row = tile * kRows + r;
+      if (row < n && b < batch) {
+        if constexpr (RES) t = rnd2<T>(t) + Cvt2<T>::f(residual[b * fusion.res_stride + row]);
+        out[b * out_stride + row] = Cvt2<T>::t(t);
+      }
+    }
+    buf ^= 1;
+  }
+}
+
+// Rows taken: 1, 2, 4 or 8 activation rows (batch up to 8) at K % 64 == 0, groups of 64 or
+// 128 codes (checked at launch), and the shared memory of the activations within 200 KB (K * rows * 2 bytes: all of 8
+// rows up to K = 12,288).
+inline int columns_for(int batch) { return batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8; }
+inline bool supports(int batch, int k) {
+  return batch >= 1 && batch <= 8 && k % 64 == 0 && k >= 64 && shared_bytes(columns_for(batch), k, kUnitsInFlight) <= 200 * 1024;
+}
+
+template <typename T, int NB, int GS, int PRO, bool RES>
+int launch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
+           int n, int k, const Fusion& fusion, cudaStream_t st) {
+  const int smem = shared_bytes(NB, k, kUnitsInFlight);
+#if !defined(LOWBIT_EMULATED)
+  // Above 48 KB of dynamic shared memory a kernel has to ask for it (once per instantiation).
+  if (smem > 48 * 1024) {
+    static bool granted = false;
+    if (!granted) {
+      if (cudaFuncSetAttribute(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess) {
+        cudaGetLastError();
+        return -3;
+      }
+      granted = true;
+    }
+  }
+#endif
+  const int blocks = persistent_blocks<int4_gemv_mma_kernel<T, NB, GS, PRO, RES>>(kThreads, ((int64_t)n + kRows - 1) / kRows, smem);
+  if (blocks == 0) return 0;
+  return launch_pdl(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, blocks, kThreads, st, smem,
+                    static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
+                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, fusion);
+}
+
+template <typename T, int GS>
+int launch_group(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                 int batch, int n, int k, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (prologue == kPlain && !residual) {
+    switch (columns_for(batch)) {
+      case 1: return launch<T, 1, GS, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      case 2: return launch<T, 2, GS, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      case 4: return launch<T, 4, GS, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      default: return launch<T, 8, GS, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+    }
+  }
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if (batch == 1) {
+      if (prologue == kNorm && !residual) return launch<T, 1, GS, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kPlain && residual) return launch<T, 1, GS, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kSiluMul && residual) return launch<T, 1, GS, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+    } else if (batch == 2) {
+      if (prologue == kNorm && !residual) return launch<T, 2, GS, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kPlain && residual) return launch<T, 2, GS, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kSiluMul && residual) return launch<T, 2, GS, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+    }
+  }
+  return -3;
+}
+
+// Plain at 1-8 rows in both dtypes; the fused variants (bf16, 1-2 rows) as the other geometries'.
+template <typename T>
+int launch_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                   int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (!supports(batch, k)) return -3;
+  if (group == 64) return launch_group<T, 0>(x, xs, p, s, z, out, os, batch, n, k, prologue, residual, f, st);
+  if (group == 128) return launch_group<T, 1>(x, xs, p, s, z, out, os, batch, n, k, prologue, residual, f, st);
+  return -3;
+}
+
+}  // namespace mma
+
 // Chunks per thread for K: 1..4 (K <= 16384), the same in both geometries (256 x 16 = 128 x 32 codes per chunk round).
 inline int chunks_per_thread(int k) { return (k / 16 + 256 - 1) / 256; }
 
@@ -740,6 +1231,15 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
 #endif
+  if (geometry == 9) {
+#ifdef LOWBIT_NO_WIDE
+    return false;
+#endif
+    if (!mma::supports(batch, k) || prologue < kPlain || prologue > kSiluMul) return false;
+    if (prologue == kPlain && !residual) return true;
+    const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
+    return variant && dtype == 0 && batch <= 2;
+  }
   if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7) return false;
   if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k))) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
@@ -791,7 +1291,15 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
                  int batch, int n, int k, int group, int geometry, int prologue, bool residual, const Fusion& f,
                  cudaStream_t st) {
   // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
-  if (!supports(batch, k) || (int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
+  if ((int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
+  if (geometry == 9) {
+#ifdef LOWBIT_NO_WIDE
+    return -3;
+#else
+    return mma::launch_variant<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+#endif
+  }
+  if (!supports(batch, k)) return -3;
   if (geometry == 3) {
 #ifdef LOWBIT_NO_WIDE
     return -3;

@@ -18,7 +18,7 @@
 #define __shared__ static
 #define __restrict__
 // The kernels' dynamic shared memory: one buffer, blocks run one after another.
-alignas(16) inline unsigned char g_dynamic_shared[64 * 1024];
+alignas(16) inline unsigned char g_dynamic_shared[256 * 1024];
 #define LOWBIT_DYNAMIC_SHARED(name) unsigned char* name = g_dynamic_shared
 typedef int cudaError_t; enum { cudaSuccess = 0 }; typedef void* cudaStream_t;
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
@@ -60,6 +60,41 @@ inline unsigned __shfl_sync(unsigned, unsigned v, int source) {
   return r;
 }
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline float2 make_float2(float a, float b) { return {a, b}; }
+// mma.sync.aligned.m16n8k16.row.col with fp32 accumulation over 16-bit A and B (bf16 or fp16), as a warp collective:
+// each lane publishes its fragments, then computes its four outputs from everyone's (fragment layout: see mma_16816).
+inline unsigned g_mma_a[1024][4];
+inline unsigned g_mma_b[1024][2];
+inline float emul_16bit(unsigned bits, bool bf16) {
+  if (bf16) { unsigned u = bits << 16; float f; memcpy(&f, &u, 4); return f; }
+  unsigned short h = (unsigned short)bits; _Float16 f; memcpy(&f, &h, 2); return (float)f;
+}
+inline void emul_mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, bool bf16) {
+  const int t = threadIdx.x, w = t >> 5, base = t & ~31, lane = t & 31;
+  for (int i = 0; i < 4; i++) g_mma_a[t][i] = a[i];
+  g_mma_b[t][0] = b0; g_mma_b[t][1] = b1;
+  g_warp[w]->arrive_and_wait();
+  auto half_of = [](unsigned v, int e) { return e ? v >> 16 : v & 0xFFFFu; };
+  auto A = [&](int row, int k) {
+    const int src = (row & 7) * 4 + ((k & 7) >> 1);
+    return emul_16bit(half_of(g_mma_a[base + src][(row >> 3) + 2 * (k >> 3)], k & 1), bf16);
+  };
+  auto B = [&](int k, int col) {
+    const int src = col * 4 + ((k & 7) >> 1);
+    return emul_16bit(half_of(g_mma_b[base + src][k >> 3], k & 1), bf16);
+  };
+  const int g = lane >> 2, c = lane & 3;
+  float r[4];
+  for (int i = 0; i < 4; i++) {
+    const int row = g + 8 * (i >> 1), col = 2 * c + (i & 1);
+    float s = d[i];
+    for (int k = 0; k < 16; k++) s += A(row, k) * B(k, col);
+    r[i] = s;
+  }
+  g_warp[w]->arrive_and_wait();
+  for (int i = 0; i < 4; i++) d[i] = r[i];
+}
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 template <class T> T __ldg(const T* p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }

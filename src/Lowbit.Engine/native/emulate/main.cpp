@@ -169,6 +169,37 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
   return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
 }
 
+// The tensor-core int4 GEMV (geometry 9) without a prologue in fp16: 1-8 activation rows against a float64
+// reference of the dequantized weight, padding columns untouched.
+int run_mma_fp16(int batch, int n, int k, int group, int sms, int geometry) {
+  g_sms = sms;
+  std::mt19937 rng(n * 17 + k + batch + geometry);
+  std::normal_distribution<float> nd(0, 1);
+  const int G = k / group;
+  auto [q, packed, s, z] = random_int4(rng, n, k, group, true);
+  const int64_t xs = k + 8;
+  std::vector<__half> x((size_t)batch * xs), out((size_t)batch * (n + 3), __float2half(NAN));
+  for (auto& v : x) v = __float2half(2.0f * nd(rng));
+  int rc = lowbit_launch_int4_v2_fused(1, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
+                                       geometry, 0, nullptr, 0.f, nullptr, 0, nullptr);
+  if (rc) { printf("mma fp16 rc %d\n", rc); return 1; }
+  double err = 0, norm = 0;
+  bool pad = true;
+  for (int b = 0; b < batch; b++) {
+    for (int r = 0; r < n; r++) {
+      double ref = 0;
+      for (int i = 0; i < k; i++)
+        ref += (double)__half2float(x[b * xs + i]) * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + i / group])) * (double)__half2float(s[r * G + i / group]));
+      const double o = __half2float(out[b * (n + 3) + r]);
+      err += (o - ref) * (o - ref);
+      norm += ref * ref;
+    }
+    for (int r = n; r < n + 3; r++) pad &= std::isnan(__half2float(out[b * (n + 3) + r]));
+  }
+  printf("mma fp16 batch %d n %d k %d g %d sms %d geometry %d: rel err %.3e, padding untouched %d\n", batch, n, k, group, sms, geometry, std::sqrt(err / norm), pad);
+  return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
+}
+
 // RoPE + KV-cache write against the rope kernel's arithmetic on the CPU: bit-identical, and nothing else in the cache
 // touched (rows at other positions and other slots stay NaN).
 int run_rope_kv(int batch, int heads, int kv_heads, int d, int max_len) {
@@ -299,6 +330,30 @@ int main() {
   f += run_fused(1, 17, 2752, 64, 2, 1, 2, true);    // SiLU·mul prologue and residual add (the down projection)
   f += run_fused(1, 13, 11008, 64, 3, 3, 2, true);
   f += run_fused(2, 13, 11008, 64, 3, 1, 2, true);
+  // int4-mma (tensor cores, 16-row tiles, 1-8 activation rows): tail tiles, several tiles per block, dead units past
+  // K / 64 (K = 11,008: 172 groups over 8 warps), groups of 128 and 256, both dtypes, the fused variants.
+  f += run_fused(1, 101, 4096, 64, 2, 9, 0, false);
+  f += run_fused(2, 37, 4096, 128, 2, 9, 0, false);
+  f += run_fused(1, 23, 11008, 64, 1, 9, 0, false);
+  f += run_fused(3, 19, 2048, 64, 1, 9, 0, false);
+  f += run_fused(5, 17, 1024, 128, 2, 9, 0, false);
+  f += run_fused(8, 33, 2048, 64, 1, 9, 0, false);
+  f += run_fused(1, 45, 4096, 64, 3, 9, 1, false);
+  f += run_fused(2, 29, 4096, 128, 2, 9, 1, false);
+  f += run_fused(1, 21, 4096, 64, 2, 9, 0, true);
+  f += run_fused(1, 13, 11008, 64, 2, 9, 2, true);
+  f += run_fused(2, 11, 2752, 64, 2, 9, 2, true);
+  f += run_fused(1, 17, 11008, 128, 1, 9, 2, true);
+  f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
+  f += run_mma_fp16(4, 18, 2048, 128, 1, 9);
+  f += run_mma_fp16(7, 9, 1024, 64, 1, 9);
+  f += run_mma_fp16(2, 21, 2048, 128, 2, 9);
+  // Not taken by int4-mma: 9 rows, K % 64 != 0, fp16 fused, groups other than 64 and 128 (checked at launch).
+  f += lowbit_v2_int4_fused_supports(0, 9, 4096, 9, 0, 0) == 0 ? 0 : 1;
+  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 4096, 256, 9, 0, nullptr, 0.f, nullptr, 0, nullptr) == -3 ? 0 : 1;
+  f += lowbit_v2_int4_fused_supports(0, 1, 4128, 9, 0, 0) == 0 ? 0 : 1;
+  f += lowbit_v2_int4_fused_supports(1, 1, 4096, 9, 1, 0) == 0 ? 0 : 1;
+  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 3072, 96, 9, 0, nullptr, 0.f, nullptr, 0, nullptr) == -3 ? 0 : 1;
   f += run_rope_kv(1, 4, 4, 128, 9);
   f += run_rope_kv(3, 8, 2, 64, 5);
   f += run_dense(1, 21, 4096, 2, 0);
