@@ -9,7 +9,7 @@
 #   decode RUNS        self-check, then bench-decode on a random 7B (RUNS like graph:1,int4-graph:1,int4-graph:16)
 #   attention [RUNS]   self-check, then bench-decode with SDPA and with the native decode attention, same RUNS
 #   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on
-#                      (LOWBIT_PDL=1), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
+#                      (LOWBIT_PDL=1, the default), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
 #   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per 7B shape, cold
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
@@ -36,6 +36,7 @@ selfcheck() {
   timeout 240 ./run.sh selfcheck-kernels > "$OUT/selfcheck.log" 2>&1; local rc=$?
   echo "self-check rc=$rc, $(grep -c '"pass":true' "$OUT/selfcheck.log") passed"
   grep '"pass":false' "$OUT/selfcheck.log" | cut -c1-250
+  grep '"selfcheck-rows"' "$OUT/selfcheck.log" | cut -c1-250
   grep -v '^{\|^|' "$OUT/selfcheck.log" | tail -3 | cut -c1-300
   cp ~/.cache/lowbit-native/*/build.log "$OUT/native-build.log" 2>/dev/null
   # A failed GEMV/dequantize check turns the v2 kernels off; a failed decode attention check (opt-in) only that.
