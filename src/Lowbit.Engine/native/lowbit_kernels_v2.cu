@@ -822,16 +822,45 @@ __host__ __device__ inline int shared_bytes(int nb, int k, int p) {
   return activation_bytes(nb, k, p) + padded_groups(k, p) * padded_columns(nb) * 8;
 }
 
-// One unit in flight: 16 codes of rows g and g + 8, their scales and zeros (fp16 bits).
+// One unit in flight: 16 codes of rows g and g + 8.
 struct Unit {
   uint2 lo;
   uint2 hi;
-  unsigned short s_lo, z_lo, s_hi, z_hi;
 };
 
-// Where this lane's next unit to load lives (rows clamped to n - 1: their outputs are not written): 64-bit pointers,
-// advanced by `step` units at a time, so that the P loads of a round take immediate offsets (a warp's units are groups
-// warp, warp + 8, ...: 256 bytes of codes and 8 >> GS scales apart; groups of 64 << GS codes).
+// A round's scales and zeros of rows g and g + 8: the P >> GS fp16 values of each (one per unit at groups of 64, one per
+// two units at 128), loaded as one vector each.
+template <int GS>
+struct RoundScales {
+  static constexpr int kWords = (kUnitsInFlight >> GS) / 2;
+  uint32_t s_lo[kWords];
+  uint32_t s_hi[kWords];
+  uint32_t z_lo[kWords];
+  uint32_t z_hi[kWords];
+
+  // Unit p's value of one of them as a float (the half picked by the conversion: no shift).
+  static __device__ __forceinline__ float at(const uint32_t (&v)[kWords], int p) {
+    const int h = p >> GS;
+    const uint32_t w = v[h >> 1];
+    return __half2float(__ushort_as_half((unsigned short)((h & 1) ? (w >> 16) : (w & 0xFFFFu))));
+  }
+};
+
+template <int W>
+__device__ __forceinline__ void load_words(uint32_t (&v)[W], const unsigned short* p) {
+  if constexpr (W == 2) {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+    v[0] = u.x;
+    v[1] = u.y;
+  } else {
+    v[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+  }
+}
+
+// Where this lane's next round of units lives (rows clamped to n - 1: their outputs are not written): 64-bit pointers
+// advanced a round at a time, so that the loads of a round take immediate offsets. A warp's units are the contiguous
+// groups warp * U ... (U units per warp): unit p of a round is 32 bytes of codes further on per row, and a round's
+// scales are one vector of P >> GS values (groups of 64 << GS codes).
 template <int GS>
 struct Cursor {
   const uint8_t* code_lo;
@@ -841,34 +870,43 @@ struct Cursor {
   const unsigned short* z_lo;
   const unsigned short* z_hi;
 
-  __device__ __forceinline__ void advance(int units) {
-    code_lo += units * 256;
-    code_hi += units * 256;
-    s_lo += units * (kWarps >> GS);
-    s_hi += units * (kWarps >> GS);
-    z_lo += units * (kWarps >> GS);
-    z_hi += units * (kWarps >> GS);
+  __device__ __forceinline__ void advance() {
+    code_lo += kUnitsInFlight * 32;
+    code_hi += kUnitsInFlight * 32;
+    s_lo += kUnitsInFlight >> GS;
+    s_hi += kUnitsInFlight >> GS;
+    z_lo += kUnitsInFlight >> GS;
+    z_hi += kUnitsInFlight >> GS;
   }
 
-  // Unit `p` past the cursor (p a compile-time constant in the unrolled rounds).
-  __device__ __forceinline__ void load(Unit& u, int p) const {
-    u.lo = __ldg(reinterpret_cast<const uint2*>(code_lo + p * 256));
-    u.hi = __ldg(reinterpret_cast<const uint2*>(code_hi + p * 256));
-    u.s_lo = __ldg(s_lo + p * (kWarps >> GS));
-    u.s_hi = __ldg(s_hi + p * (kWarps >> GS));
-    u.z_lo = __ldg(z_lo + p * (kWarps >> GS));
-    u.z_hi = __ldg(z_hi + p * (kWarps >> GS));
+  __device__ __forceinline__ void load_code(Unit& u, int p) const {
+    u.lo = __ldg(reinterpret_cast<const uint2*>(code_lo + p * 32));
+    u.hi = __ldg(reinterpret_cast<const uint2*>(code_hi + p * 32));
+  }
+
+  __device__ __forceinline__ void load_codes(Unit (&ring)[kUnitsInFlight], int count) const {
+#pragma unroll
+    for (int p = 0; p < kUnitsInFlight; p++) {
+      if (p < count) load_code(ring[p], p);
+    }
+  }
+
+  __device__ __forceinline__ void load_scales(RoundScales<GS>& sz) const {
+    load_words(sz.s_lo, s_lo);
+    load_words(sz.s_hi, s_hi);
+    load_words(sz.z_lo, z_lo);
+    load_words(sz.z_hi, z_hi);
   }
 };
 
 template <int GS>
 __device__ __forceinline__ Cursor<GS> cursor_at(const uint8_t* __restrict__ packed, const unsigned short* __restrict__ scales,
-                                                const unsigned short* __restrict__ zeros, int tile, int warp, int g, int c,
+                                                const unsigned short* __restrict__ zeros, int tile, int first, int g, int c,
                                                 int n, int row_bytes, int groups) {
   const uint32_t r0 = (uint32_t)min(tile * kRows + g, n - 1);
   const uint32_t r1 = (uint32_t)min(tile * kRows + g + 8, n - 1);
-  const uint32_t code = (uint32_t)warp * 32u + (uint32_t)c * 8u;
-  const uint32_t q = (uint32_t)(warp >> GS);
+  const uint32_t code = (uint32_t)first * 32u + (uint32_t)c * 8u;
+  const uint32_t q = (uint32_t)(first >> GS);
   return {packed + (r0 * (uint32_t)row_bytes + code), packed + (r1 * (uint32_t)row_bytes + code),
           scales + (r0 * (uint32_t)groups + q), scales + (r1 * (uint32_t)groups + q),
           zeros + (r0 * (uint32_t)groups + q), zeros + (r1 * (uint32_t)groups + q)};
@@ -992,7 +1030,8 @@ __device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64
 // One unit's products (4 mma over its 64 codes of 16 rows) and their scaled sums into acc (rows g, g + 8; columns
 // 2c, 2c + 1): acc += s (d - off - z sum x).
 template <typename T, int NB>
-__device__ __forceinline__ void unit_products(const Unit& u, const uint4* b, float4 sm, float (&acc)[4]) {
+__device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b, float4 sm,
+                                              float (&acc)[4]) {
   const uint4 b01 = b[0];
   const uint4 b23 = b[1];
   uint32_t lo0[4], lo1[4], hi0[4], hi1[4];
@@ -1005,10 +1044,6 @@ __device__ __forceinline__ void unit_products(const Unit& u, const uint4* b, flo
   mma_16816<T>(d, {lo0[2], hi0[2], lo0[3], hi0[3]}, b01.z, b01.w);
   mma_16816<T>(d, {lo1[0], hi1[0], lo1[1], hi1[1]}, b23.x, b23.y);
   mma_16816<T>(d, {lo1[2], hi1[2], lo1[3], hi1[3]}, b23.z, b23.w);
-  const float s0 = __half2float(__ushort_as_half(u.s_lo));
-  const float s1 = __half2float(__ushort_as_half(u.s_hi));
-  const float z0 = __half2float(__ushort_as_half(u.z_lo));
-  const float z1 = __half2float(__ushort_as_half(u.z_hi));
   acc[0] = fmaf(s0, fmaf(-z0, sm.y, d[0] - sm.x), acc[0]);
   acc[2] = fmaf(s1, fmaf(-z1, sm.y, d[2] - sm.x), acc[2]);
   if constexpr (NB > 1) {
@@ -1038,70 +1073,67 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   const int units = units_per_warp(k, P);
   const int tiles = (n + kRows - 1) / kRows;
   const T* residual = static_cast<const T*>(fusion.residual);
-  // Unit i of this warp is group i * 8 + warp: loaded while below K / 64 (the same for every lane of the warp); the
-  // first `full` units are below it in every warp.
-  auto live = [&](int i) { return i * kWarps + warp < groups64; };
-  const int full = groups64 / kWarps / P * P;
+  // This warp's units are groups first, first + 1, ... first + units - 1; K % 256 == 0 makes every round of P either
+  // wholly below K / 64 (live) or wholly past it, so a round is skipped or run whole (the same in every lane).
+  const int first = warp * units;
+  auto live = [&](int u) { return first + u < groups64; };
+  const int live_groups = min(units, groups64 - first);
+  const int rounds = live_groups > 0 ? live_groups / P : 0;
 
-  Unit ring[P] = {};
+  Unit ring[P];
+  RoundScales<GS> sz[2];
   int tile = blockIdx.x;
-  // The loads of this tile's units P, P + 1, ... (0 to P - 1 go out now, before the activations).
-  Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, warp, g, c, n, row_bytes, groups);
+  // The first round's loads go out before the activations (they do not depend on them, nor on the kernel before).
+  Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, first, g, c, n, row_bytes, groups);
   LOWBIT_PDL_TRIGGER();
-  if (tile < tiles) {
-#pragma unroll
-    for (int p = 0; p < P; p++) {
-      if (live(p)) at.load(ring[p], p);
-    }
-  }
-  at.advance(P);
+  if (tile < tiles && live(0)) at.load_codes(ring, P), at.load_scales(sz[0]);
+  at.advance();
   LOWBIT_PDL_WAIT();
   stage_activations<T, NB, P, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
 
   // This lane's B operand (column g; lanes past NB read column g % NB, whose products land in columns nobody reads)
-  // and its columns' sums (2c and 2c + 1, clamped), at unit 0; fixed steps per unit.
-  const uint4* b_at = reinterpret_cast<const uint4*>(smem + ((warp * NB + (g & (NB - 1))) * 4 + c) * 32);
-  constexpr int kBStep = kWarps * NB * 8;            // uint4 per unit
-  const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, k, P)) + warp * (NBp / 2) + min(2 * c, NBp - 2) / 2;
-  constexpr int kSumStep = kWarps * NBp / 2;         // float4 per unit
+  // and its columns' sums (2c and 2c + 1, clamped), at this warp's first group; fixed steps per unit.
+  const uint4* b_at = reinterpret_cast<const uint4*>(smem + ((first * NB + (g & (NB - 1))) * 4 + c) * 32);
+  constexpr int kBStep = NB * 8;                     // uint4 per group
+  const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, k, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
+  constexpr int kSumStep = NBp / 2;                  // float4 per group
   int buf = 0;
   for (; tile < tiles; tile += gridDim.x) {
     const int next_tile = tile + (int)gridDim.x;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    // P units' products, each slot reloaded with the unit P ahead (at: this tile's u + P, or in the last round the
-    // next tile's first). Loads are checked against K / 64 only where a unit may be past it (check): in the round
-    // before the tail, and at the next tile when K < 512 P.
-    auto round = [&](auto check, int u, int from_u) {
-      const uint4* b = b_at + u * kBStep;
-      const float4* sm = sum_at + u * kSumStep;
+    // A round of P units: the scales of `use` (loaded a round ago) and the codes in the ring; the next round's scales
+    // go out first into `fill`, then each unit's products and its slot's load for the next round. LAST: the next
+    // round is the next tile's first (when there is one), else this tile's u + P.
+    auto round = [&](auto last, int r, const RoundScales<GS>& use, RoundScales<GS>& fill) {
+      constexpr bool kLast = decltype(last)::value;
+      const bool load = !kLast || next_tile < tiles;
+      if (kLast && load) at = cursor_at<GS>(packed, scales, zeros, next_tile, first, g, c, n, row_bytes, groups);
+      if (load) at.load_scales(fill);
+      const uint4* b = b_at + r * P * kBStep;
+      const float4* sm = sum_at + r * P * kSumStep;
 #pragma unroll
       for (int p = 0; p < P; p++) {
-        unit_products<T, NB>(ring[p], b + p * kBStep, sm[p * kSumStep], acc);
-        if (!decltype(check)::value || live(from_u + p)) at.load(ring[p], p);
+        unit_products<T, NB>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
+                             RoundScales<GS>::at(use.s_hi, p), RoundScales<GS>::at(use.z_hi, p), b + p * kBStep,
+                             sm[p * kSumStep], acc);
+        if (load) at.load_code(ring[p], p);
       }
-      at.advance(P);
+      at.advance();
     };
-    int u = 0;
-    for (; u + P < units; u += P) {
-      if (u + 2 * P <= full) {
-        round(std::false_type{}, u, u + P);
-      } else {
-        round(std::true_type{}, u, u + P);
-      }
+    // Two rounds per step with the scale buffers alternating (no copies), the last round apart; when the tile's rounds
+    // are odd in number, the next tile's first scales land in sz[1] and move to sz[0] once.
+    int r = 0;
+    for (; r + 2 < rounds; r += 2) {
+      round(std::false_type{}, r, sz[0], sz[1]);
+      round(std::false_type{}, r + 1, sz[1], sz[0]);
     }
-    if (next_tile < tiles) {
-      at = cursor_at<GS>(packed, scales, zeros, next_tile, warp, g, c, n, row_bytes, groups);
-      if (full >= P) {
-        round(std::false_type{}, u, 0);
-      } else {
-        round(std::true_type{}, u, 0);
-      }
-    } else {
-      const uint4* b = b_at + u * kBStep;
-      const float4* sm = sum_at + u * kSumStep;
-#pragma unroll
-      for (int p = 0; p < P; p++) unit_products<T, NB>(ring[p], b + p * kBStep, sm[p * kSumStep], acc);
+    if (r + 1 < rounds) {
+      round(std::false_type{}, r, sz[0], sz[1]);
+      round(std::true_type{}, r + 1, sz[1], sz[0]);
+    } else if (r < rounds) {
+      round(std::true_type{}, r, sz[0], sz[1]);
+      sz[0] = sz[1];
     }
     // The 8 warps' sums of rows g, g + 8 and columns 2c, 2c + 1, through shared memory (two buffers: one barrier).
     if (2 * c < NB) {
@@ -1129,12 +1161,12 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   }
 }
 
-// Rows taken: 1, 2, 4 or 8 activation rows (batch up to 8) at K % 64 == 0, groups of 64 or
+// Rows taken: 1, 2, 4 or 8 activation rows (batch up to 8) at K % 256 == 0 (rounds of 4 groups), groups of 64 or
 // 128 codes (checked at launch), and the shared memory of the activations within 200 KB (K * rows * 2 bytes: all of 8
 // rows up to K = 12,288).
 inline int columns_for(int batch) { return batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8; }
 inline bool supports(int batch, int k) {
-  return batch >= 1 && batch <= 8 && k % 64 == 0 && k >= 64 && shared_bytes(columns_for(batch), k, kUnitsInFlight) <= 200 * 1024;
+  return batch >= 1 && batch <= 8 && k % 256 == 0 && shared_bytes(columns_for(batch), k, kUnitsInFlight) <= 200 * 1024;
 }
 
 template <typename T, int NB, int GS, int PRO, bool RES>

@@ -342,13 +342,14 @@ int main() {
   f += run_fused(2, 29, 4096, 128, 2, 9, 1, false);
   f += run_fused(1, 21, 4096, 64, 2, 9, 0, true);
   f += run_fused(1, 13, 11008, 64, 2, 9, 2, true);
-  f += run_fused(2, 11, 2752, 64, 2, 9, 2, true);
+  f += run_fused(2, 11, 2816, 64, 2, 9, 2, true);
+  f += run_fused(1, 7, 256, 64, 1, 9, 0, false);     // one round in all: warps 1-7 have no groups
   f += run_fused(1, 17, 11008, 128, 1, 9, 2, true);
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
   f += run_mma_fp16(4, 18, 2048, 128, 1, 9);
   f += run_mma_fp16(7, 9, 1024, 64, 1, 9);
   f += run_mma_fp16(2, 21, 2048, 128, 2, 9);
-  // Not taken by int4-mma: 9 rows, K % 64 != 0, fp16 fused, groups other than 64 and 128 (checked at launch).
+  // Not taken by int4-mma: 9 rows, K % 256 != 0, fp16 fused, groups other than 64 and 128 (checked at launch).
   f += lowbit_v2_int4_fused_supports(0, 9, 4096, 9, 0, 0) == 0 ? 0 : 1;
   f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 4096, 256, 9, 0, nullptr, 0.f, nullptr, 0, nullptr) == -3 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 1, 4128, 9, 0, 0) == 0 ? 0 : 1;
