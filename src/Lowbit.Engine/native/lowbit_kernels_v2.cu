@@ -281,6 +281,30 @@ __device__ __forceinline__ float warp_sum_many(float (&v)[V], int lane) {
 
 __host__ __device__ constexpr int pow2_at_least(int v) { return v <= 1 ? 1 : 2 * pow2_at_least((v + 1) / 2); }
 
+// One output element from its fp32 sum: T(sum), or with the residual add T(T(sum) + residual) (RES).
+template <typename T, bool RES>
+__device__ __forceinline__ void store_output(float t, T* __restrict__ out, int64_t out_stride, const T* __restrict__ residual,
+                                             int64_t res_stride, int b, int row) {
+  if constexpr (RES) t = rnd2<T>(t) + Cvt2<T>::f(residual[b * res_stride + row]);
+  out[b * out_stride + row] = Cvt2<T>::t(t);
+}
+
+// After the barrier: thread i < R·NB adds the W warps' partial sums of (row i / NB, column i % NB) of a tile and writes
+// that output element.
+template <typename T, int W, int NB, int R, bool RES>
+__device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int tid, int row0, int n, int batch,
+                                           T* __restrict__ out, int64_t out_stride, const T* __restrict__ residual,
+                                           int64_t res_stride) {
+  if (tid < R * NB) {
+    const int r = tid / NB;
+    const int b = tid % NB;
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; w++) t += red[w][tid];
+    if (row0 + r < n && b < batch) store_output<T, RES>(t, out, out_stride, residual, res_stride, b, row0 + r);
+  }
+}
+
 // A tile's sums reduced across the block and written (the residual added when RES): the R x NB sums of each warp by
 // one transpose reduction (padded to a power of two), then across the W warps through shared memory. `red` alternates
 // between two buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of
@@ -301,17 +325,7 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
   const int index = lane / (32 / V);
   if (lane % (32 / V) == 0 && index < R * NB) red[buf][warp][index] = sum;
   __syncthreads();
-  if (tid < R * NB) {
-    const int r = tid / NB;
-    const int b = tid % NB;
-    float t = 0.f;
-#pragma unroll
-    for (int w = 0; w < W; w++) t += red[buf][w][tid];
-    if (row0 + r < n && b < batch) {
-      if constexpr (RES) t = rnd2<T>(t) + Cvt2<T>::f(residual[b * res_stride + row0 + r]);
-      out[b * out_stride + row0 + r] = Cvt2<T>::t(t);
-    }
-  }
+  store_tile<T, W, NB, R, RES>(red[buf], tid, row0, n, batch, out, out_stride, residual, res_stride);
   buf ^= 1;
 }
 
@@ -1060,7 +1074,7 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   constexpr int P = kUnitsInFlight;
   constexpr int NBp = padded_columns(NB);
   LOWBIT_DYNAMIC_SHARED(smem);
-  __shared__ float red[2][kWarps][kRows][NB];
+  __shared__ float red[2][kWarps][kRows * NB];
   __shared__ float norm_partial[kWarps][NB];
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -1137,26 +1151,15 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
     }
     // The 8 warps' sums of rows g, g + 8 and columns 2c, 2c + 1, through shared memory (two buffers: one barrier).
     if (2 * c < NB) {
-      red[buf][warp][g][2 * c] = acc[0];
-      red[buf][warp][g + 8][2 * c] = acc[2];
+      red[buf][warp][g * NB + 2 * c] = acc[0];
+      red[buf][warp][(g + 8) * NB + 2 * c] = acc[2];
     }
     if (2 * c + 1 < NB) {
-      red[buf][warp][g][2 * c + 1] = acc[1];
-      red[buf][warp][g + 8][2 * c + 1] = acc[3];
+      red[buf][warp][g * NB + 2 * c + 1] = acc[1];
+      red[buf][warp][(g + 8) * NB + 2 * c + 1] = acc[3];
     }
     __syncthreads();
-    if (tid < kRows * NB) {
-      const int r = tid / NB;
-      const int b = tid % NB;
-      float t = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; w++) t += red[buf][w][r][b];
-      const int row = tile * kRows + r;
-      if (row < n && b < batch) {
-        if constexpr (RES) t = rnd2<T>(t) + Cvt2<T>::f(residual[b * fusion.res_stride + row]);
-        out[b * out_stride + row] = Cvt2<T>::t(t);
-      }
-    }
+    store_tile<T, kWarps, NB, kRows, RES>(red[buf], tid, tile * kRows, n, batch, out, out_stride, residual, fusion.res_stride);
     buf ^= 1;
   }
 }
