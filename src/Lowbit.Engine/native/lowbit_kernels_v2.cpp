@@ -87,6 +87,9 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
               && lowbit_v2_int4_supports((int)xt.size(0), (int)k)), "int4 v2: batch ", xt.size(0), " at K=", k,
               " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
   TORCH_CHECK(geometry != 9 || group == 64 || group == 128, "int4 v2: the tensor-core GEMV takes groups of 64 or 128, not ", group);
+  // int4-mma loads a round's scales and zeros as one 8-byte (g64) or 4-byte (g128) vector per row.
+  TORCH_CHECK(geometry != 9 || (reinterpret_cast<uintptr_t>(st.data_ptr()) % 8 == 0 && reinterpret_cast<uintptr_t>(zt.data_ptr()) % 8 == 0),
+              "int4 v2: the tensor-core GEMV needs 8-byte aligned scales and zeros");
   const int64_t width = prologue == 2 ? 2 * k : k;
   TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch (x [B, ", width, "], out [B, ", n, "])");
   TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
