@@ -728,7 +728,7 @@ int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const
 // SM per clock of four issue slots. Here a warp multiplies 16 rows by up to 8 activation rows with
 // mma.sync.m16n8k16 (fp32 accumulation): the weights are the A operand, made from the codes by one mask-and-or per
 // two codes (no conversion, no FMA per code), the activations the B operand (one column per batch row, 1-8 taken for
-// the same instructions), so a 64-code group of 16 rows costs ~50 instructions per warp, ~10 bytes of codes each.
+// the same instructions), so a 64-code group of 16 rows costs ~52 instructions per warp, ~10 bytes of codes each.
 //  - A "unit" is one 64-code group of 16 rows: lane (g, c) (g = lane / 4, c = lane % 4) loads 8 bytes (16 codes) of
 //    rows g and g + 8 at group offset 16 c, and their scales and zeros; the four lanes of a row read 32 contiguous bytes.
 //  - The codes become exact 16-bit floats by a mask and an or: bf16 128 + q (the nibble shifted to bits 0-3, three
@@ -738,10 +738,12 @@ int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const
 //  - The order of k inside an mma is free as long as A and B agree: pair p of a word holds codes (p, p + 4) of it, so
 //    the activations are stored per lane as x0 x4 x1 x5 x2 x6 x3 x7 (each 8): the prologue writes them once per block,
 //    in the model dtype (bf16 exact; fp16 models give fp16 activations), permuted, into shared memory: K * rows * 2 B.
-//  - A block of 8 warps owns a tile of 16 rows; warp w takes groups w, w + 8, ... (padded to a multiple of the units in
-//    flight P: a dead group loads a live one and adds 0); the P units' loads are issued a ring ahead, across tiles,
-//    then the 8 warps' partial sums are added through shared memory (one barrier per tile).
-// The scales and zeros of a unit belong to one quantization group: group % 64 == 0 and a power of two.
+//  - A block of 8 warps owns a tile of 16 rows; warp w takes a contiguous range of groups (U per warp, U a multiple of
+//    the P = 4 units in flight; with K % 256 == 0 a round of P is wholly inside K or wholly past it and skipped). A
+//    round's codes are loaded a round ahead (across tiles), its scales and zeros as one vector per row and array, then
+//    the 8 warps' partial sums are added through shared memory (one barrier per tile).
+// SASS (nvcc 11.8, bf16, one row): 52 instructions per unit, 28 of them the code-to-float lop3 and shifts; 128 registers.
+// The scales and zeros of a unit belong to one quantization group: groups of 64 or 128 codes.
 namespace mma {
 
 template <typename T> struct Magic;
