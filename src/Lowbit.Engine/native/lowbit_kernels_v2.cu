@@ -756,8 +756,6 @@ template <> struct Magic<__half> {
   static constexpr float kHigh = 64.f;
 };
 
-// The four A pairs of a 32-bit word (codes 0-7 of it: code 2j the low nibble of byte j): pair p = codes (p', p' + 4)
-// with p' = {0, 1, 2, 3}[p] as 16-bit floats M + q.
 // (w & MASK) | MAGIC in one LOP3 (written as two operations, ptxas emits an AND and an OR: one immediate per LOP3).
 template <uint32_t MASK, uint32_t MAGIC>
 __device__ __forceinline__ uint32_t mask_or(uint32_t w) {
@@ -770,6 +768,8 @@ __device__ __forceinline__ uint32_t mask_or(uint32_t w) {
 #endif
 }
 
+// The four A pairs of a 32-bit word (codes 0-7 of it: code 2j the low nibble of byte j): pair p = codes (p', p' + 4)
+// with p' = {0, 1, 2, 3}[p] as 16-bit floats M + q.
 template <typename T>
 __device__ __forceinline__ void word_pairs(uint32_t w, uint32_t (&p)[4]) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -821,16 +821,17 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 constexpr int kThreads = 256;
 constexpr int kWarps = 8;
 constexpr int kRows = 16;
-// Units in flight per warp (a ring of registers: 8 per unit), at two blocks per SM (128 registers; ptxas, nvcc 11.8):
-// eight units spilled 12-180 bytes there, and four at three blocks per SM (80 registers) 168-300 bytes.
+// Units in flight per warp (a round: 4 registers of codes per unit, 2-4 per round of scales and zeros), at two blocks
+// per SM (128 registers; ptxas, nvcc 11.8). With 8 scale/zero registers per unit (the first version), eight units
+// spilled 12-180 bytes there, and four at three blocks per SM (80 registers) 168-300 bytes.
 constexpr int kUnitsInFlight = 4;
 
 // Units per warp per tile: the groups of 64 codes over 8 warps, rounded up to a multiple of P.
 __host__ __device__ inline int units_per_warp(int k, int p) { return ((k / 64 + kWarps - 1) / kWarps + p - 1) / p * p; }
 
 // The dynamic shared memory of a block: the permuted activations [groups][NB][4 lanes][16] in T, then per (group,
-// column) {off, sum x} as float2 (columns padded to an even count), both over units * 8 groups: the groups past K / 64
-// are zeros, so a unit there adds exactly 0 whatever its (stale) codes, and needs no branch.
+// column) {off, sum x} as float2 (columns padded to an even count). Sized over units * 8 groups (the measure of
+// supports()'s 200 KB bound); only the first K / 64 are written and read (rounds past them are skipped).
 __host__ __device__ constexpr int padded_columns(int nb) { return nb < 2 ? 2 : nb + (nb & 1); }
 __host__ __device__ inline int padded_groups(int k, int p) { return units_per_warp(k, p) * kWarps; }
 __host__ __device__ inline int activation_bytes(int nb, int k, int p) { return padded_groups(k, p) * 64 * nb * 2; }
@@ -900,11 +901,9 @@ struct Cursor {
     u.hi = __ldg(reinterpret_cast<const uint2*>(code_hi + p * 32));
   }
 
-  __device__ __forceinline__ void load_codes(Unit (&ring)[kUnitsInFlight], int count) const {
+  __device__ __forceinline__ void load_codes(Unit (&ring)[kUnitsInFlight]) const {
 #pragma unroll
-    for (int p = 0; p < kUnitsInFlight; p++) {
-      if (p < count) load_code(ring[p], p);
-    }
+    for (int p = 0; p < kUnitsInFlight; p++) load_code(ring[p], p);
   }
 
   __device__ __forceinline__ void load_scales(RoundScales<GS>& sz) const {
@@ -970,14 +969,14 @@ __device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64
   T* act = reinterpret_cast<T*>(smem);
   float2* sums = reinterpret_cast<float2*>(smem + activation_bytes(NB, k, P));
   // Slot s = (group, column, lane c), c fastest: the four slots of a (group, column) are four consecutive threads.
-  const int slots = padded_groups(k, P) * 4 * NB;
+  const int slots = (k / 16) * NB;
   for (int base = 0; base < slots; base += kThreads) {
     const int s = base + tid;
     const int c = s & 3;
     const int b = (s >> 2) % NB;
     const int G = (s >> 2) / NB;
     float v[16];
-    const bool live = s < slots && b < batch && G < k / 64;
+    const bool live = s < slots && b < batch;
     if (live) {
       const int64_t at = b * x_stride + (int64_t)G * 64 + c * 16;
 #pragma unroll
@@ -1092,7 +1091,6 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   // This warp's units are groups first, first + 1, ... first + units - 1; K % 256 == 0 makes every round of P either
   // wholly below K / 64 (live) or wholly past it, so a round is skipped or run whole (the same in every lane).
   const int first = warp * units;
-  auto live = [&](int u) { return first + u < groups64; };
   const int live_groups = min(units, groups64 - first);
   const int rounds = live_groups > 0 ? live_groups / P : 0;
 
@@ -1102,7 +1100,7 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   // The first round's loads go out before the activations (they do not depend on them, nor on the kernel before).
   Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, first, g, c, n, row_bytes, groups);
   LOWBIT_PDL_TRIGGER();
-  if (tile < tiles && live(0)) at.load_codes(ring, P), at.load_scales(sz[0]);
+  if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
   LOWBIT_PDL_WAIT();
   stage_activations<T, NB, P, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, smem, norm_partial);
