@@ -76,7 +76,8 @@ case "$mode" in
     for a in sdpa native; do
       LOWBIT_DECODE_ATTENTION=$a timeout 250 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
         --new-tokens 128 --int4-group 64 --runs "${1:-eager:1,graph:1,graph:32,int4-graph:1}" > "$OUT/decode-$a.jsonl" 2> "$OUT/decode-$a.err"
-      echo "attention $a: rc=$?"; grep "differs" "$OUT/decode-$a.err" | cut -c1-200
+      echo "attention $a: rc=$?"; grep "differs\|rror" "$OUT/decode-$a.err" | cut -c1-200 | head -5
+      [ $a = sdpa ] && grep "kernel selection: int4" "$OUT/decode-$a.err" | cut -c1-250
       runs "$OUT/decode-$a.jsonl"
     done ;;
   fusion)

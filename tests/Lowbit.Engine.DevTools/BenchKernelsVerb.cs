@@ -193,6 +193,24 @@ public static class BenchKernelsVerb
             var mask = zeros([batch, 1, 1, dims.Context], dtype, device);
             Part(stdout, common, "attention-sdpa", batch, dims.Context, 2L * batch * dims.Context * dims.KvHeads * dims.HeadDim * size, timer,
                 () => nn.functional.scaled_dot_product_attention(query, cacheK, cacheV, attn_mask: mask));
+            if (native && NativeKernelsV2.AttentionSupports(batch, dims.Heads, dims.KvHeads, dims.HeadDim, dims.Context))
+            {
+                // The native decode attention on the same cache (every row at the last position), and fused with RoPE and
+                // the cache write as the fused decode step runs it.
+                var keys = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device);
+                var values = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device);
+                var positions = full([batch], Scalars.Of(dims.Context - 1), ScalarType.Int64, device);
+                var arrivals = zeros([batch * dims.KvHeads], ScalarType.Int32, device);
+                var q = randn([batch, dims.Heads * dims.HeadDim], dtype, device);
+                var qkv = randn([batch, (dims.Heads + (2 * dims.KvHeads)) * dims.HeadDim], dtype, device);
+                var (ropeCos, ropeSin) = (randn([batch, dims.HeadDim], dtype, device), randn([batch, dims.HeadDim], dtype, device));
+                var attended = empty([batch, dims.Heads * dims.HeadDim], dtype, device);
+                var bytes = 2L * batch * dims.Context * dims.KvHeads * dims.HeadDim * size;
+                Part(stdout, common, "attention-native", batch, dims.Context, bytes, timer,
+                    () => NativeKernelsV2.DecodeAttention(q, keys, values, positions, arrivals, dims.Context, attended));
+                Part(stdout, common, "rope-attention-native", batch, dims.Context, bytes, timer,
+                    () => NativeKernelsV2.RopeAttention(qkv, ropeCos, ropeSin, positions, keys, values, arrivals, dims.Context, attended));
+            }
             var x = randn([batch, dims.Hidden], dtype, device);
             var residual = randn([batch, dims.Hidden], dtype, device);
             var weight = ones([dims.Hidden], dtype, device);

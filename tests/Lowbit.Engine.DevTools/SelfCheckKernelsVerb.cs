@@ -300,13 +300,15 @@ internal static class SelfCheckKernelsVerb
                     ["relativeError"] = differing / (double)native.numel(), ["allWritten"] = native.isfinite().all().item<bool>(), ["pass"] = pass,
                 }));
             }
-            // The decode attention (opt-in, LOWBIT_DECODE_ATTENTION=native): rows at different positions (one past the
-            // length bucket), grouped heads, head dims 128 and 64, a query that is a narrow of the fused q/k/v output, fp16;
-            // against a float64 softmax over each row's visible positions.
+            // The decode attention (LOWBIT_DECODE_ATTENTION=native): rows at different positions (one past the length
+            // bucket), grouped heads, head dims 128 and 64, a query that is a narrow of the fused q/k/v output, fp16;
+            // against a float64 softmax over each row's visible positions, launched twice (the split counters must be back
+            // at zero, or the second launch's last blocks do not merge and the NaN-poisoned output stays). Then the fused
+            // RoPE version against RopeKv followed by it: output and cache bit-identical.
             foreach (var (batch, heads, kvHeads, headDim, slots, maxLength, length, dtype) in new[]
             {
                 (1, 32, 32, 128, 1, 2049, 256, bf16), (4, 32, 8, 128, 8, 4097, 4096, bf16), (3, 8, 2, 64, 4, 300, 128, bf16),
-                (32, 32, 32, 128, 32, 513, 512, bf16), (2, 16, 4, 128, 2, 1025, 1024, ScalarType.Float16),
+                (32, 32, 32, 128, 32, 513, 512, bf16), (2, 16, 4, 128, 2, 1025, 1024, ScalarType.Float16), (1, 32, 8, 128, 1, 2049, 64, bf16),
             })
             {
                 if (!NativeKernelsV2.AttentionSupports(batch, heads, kvHeads, headDim, length))
@@ -321,8 +323,12 @@ internal static class SelfCheckKernelsVerb
                 var fused = randn([batch, (heads + (2 * kvHeads)) * headDim], dtype, device);
                 var q = fused.narrow(1, 0, heads * headDim);
                 var positions = tensor(Enumerable.Range(0, batch).Select(b => b == batch - 1 ? (long)length + 5 : (b * 37L) % length).ToArray(), device: device);
+                var arrivals = zeros([batch * kvHeads], ScalarType.Int32, device);
+                var name = $"{(dtype == bf16 ? "bf16" : "fp16")} B={batch} heads={heads}/{kvHeads} D={headDim} length={length}";
                 var output = full([batch, heads * headDim], Scalars.Of(double.NaN), dtype, device);
-                NativeKernelsV2.DecodeAttention(q, keys, values, positions, length, output);
+                NativeKernelsV2.DecodeAttention(q, keys, values, positions, arrivals, length, output);
+                output.fill_(Scalars.Of(double.NaN));
+                NativeKernelsV2.DecodeAttention(q, keys, values, positions, arrivals, length, output);
                 var reference = zeros([batch, heads * headDim], ScalarType.Float64, device);
                 var group = heads / kvHeads;
                 for (var b = 0; b < batch; b++)
@@ -334,7 +340,24 @@ internal static class SelfCheckKernelsVerb
                     var weights = qb.matmul(k.transpose(1, 2)).div(Math.Sqrt(headDim)).softmax(-1);
                     reference[b].copy_(weights.matmul(v).view(heads * headDim));
                 }
-                Report($"decode attention {(dtype == bf16 ? "bf16" : "fp16")} B={batch} heads={heads}/{kvHeads} D={headDim} length={length}", output, reference);
+                Report($"decode attention {name}", output, reference);
+
+                var cos = randn([batch, headDim], dtype, device).cos();
+                var sin = randn([batch, headDim], dtype, device).sin();
+                var (ropeKeys, ropeValues) = (keys.clone(), values.clone());
+                var query = empty([batch, heads * headDim], dtype, device);
+                NativeKernelsV2.RopeKv(fused, cos, sin, positions, query, keys, values);
+                NativeKernelsV2.DecodeAttention(query, keys, values, positions, arrivals, length, output);
+                var attended = full([batch, heads * headDim], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.RopeAttention(fused, cos, sin, positions, ropeKeys, ropeValues, arrivals, length, attended);
+                var differing = attended.ne(output).sum().item<long>() + ropeKeys.ne(keys).sum().item<long>() + ropeValues.ne(values).sum().item<long>()
+                    + arrivals.ne(Scalars.Of(0)).sum().item<long>();
+                failed += differing == 0 ? 0 : 1;
+                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+                {
+                    ["event"] = "selfcheck-kernel", ["check"] = $"rope + decode attention {name} (bit-exact against rope+kv write, then decode attention)",
+                    ["relativeError"] = (double)differing, ["allWritten"] = attended.isfinite().all().item<bool>(), ["pass"] = differing == 0,
+                }));
             }
             // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to four chunks per
             // thread (512 threads × 8 values each), N not a multiple of the tile, a padded activation stride, float16. A

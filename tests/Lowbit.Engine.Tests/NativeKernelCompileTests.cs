@@ -9,7 +9,8 @@ public class NativeKernelCompileTests
     /// (tools/nvcc-check.sh; .ci/tools.sh installs Debian's CUDA 11.8): both files compile, every int4 GEMV
     /// instantiation the engine builds is listed, none of the ones a 7B decodes with at one row (int4-v2 and
     /// int4-v2-wide at 1 and 3 chunks per thread: K = 4,096 and 11,008) spills registers to local memory, and
-    /// int4-v2-occ, int4-v2-shared and int4-mma keep their register caps (64; 80 or 128; 128). The GPU bundle
+    /// int4-v2-occ, int4-v2-shared and int4-mma keep their register caps (64; 80 or 128; 128), and the decode attention
+    /// spills nothing. The GPU bundle
     /// compiles them again on the device (nvcc 13) on first use; this catches what would otherwise surface there.
     /// </summary>
     [NvccFact]
@@ -64,6 +65,11 @@ public class NativeKernelCompileTests
         var mma = kernels.Where(k => k.Name.Contains("int4_gemv_mma_kernel<", StringComparison.Ordinal)).ToList();
         Assert.Equal(2 * ((2 * 4) + (3 * 2)), mma.Count);
         Assert.All(mma, k => Assert.True(k.Registers <= 128 && k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
+        // The one-launch decode attention: both dtypes, D 64 and 128, with and without the fused RoPE, nothing spilled
+        // (its per-head state for up to 8 query heads per kv head lives in registers).
+        var attention = kernels.Where(k => k.Name.Contains("decode_attention_kernel<", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2 * 2 * 2, attention.Count);
+        Assert.All(attention, k => Assert.True(k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
     }
 }
 

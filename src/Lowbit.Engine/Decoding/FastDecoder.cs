@@ -195,6 +195,7 @@ public sealed class FastDecoder : IDisposable
             stage.Positions = zeros([MaxBatch], ScalarType.Int64, stage.Device);
             stage.Input = stage.Index > 0 ? zeros([MaxBatch, hidden], _dtype, stage.Device) : null;
             stage.Output = stage.IsLast ? null : zeros([MaxBatch, hidden], _dtype, stage.Device);
+            stage.Arrivals = UsesNativeAttention ? zeros([MaxBatch * _config.NumKeyValueHeads], ScalarType.Int32, stage.Device) : null;
         }
         _keys = new Tensor[_layers.Length];
         _values = new Tensor[_layers.Length];
@@ -818,7 +819,7 @@ public sealed class FastDecoder : IDisposable
             {
                 // Straight from the cache at each row's position: no transposed views, mask or per-kv-head query views.
                 var output = empty([batch, _heads * _headDim], _dtype, device);
-                NativeKernelsV2.DecodeAttention(q, _keys[layer], _values[layer], positions, length, output);
+                NativeKernelsV2.DecodeAttention(q, _keys[layer], _values[layer], positions, stage.Arrivals!, length, output);
                 return output;
             }
             // Grouped-query heads without repeating the cache: each kv head's query group is the "query length" of
@@ -837,6 +838,13 @@ public sealed class FastDecoder : IDisposable
                     var qk = Rope(qkv.narrow(1, 0, (_heads + _kvHeads) * _headDim), _heads + _kvHeads, cos, sin);
                     StoreKv(layer, qk.narrow(1, _heads * _headDim, _kvHeads * _headDim), qkv.narrow(1, (_heads + _kvHeads) * _headDim, _kvHeads * _headDim));
                     return Attend(layer, qk.narrow(1, 0, _heads * _headDim));
+                }
+                if (UsesNativeAttention)
+                {
+                    // RoPE, the cache write and the attention in one kernel (it keeps the launch chain unbroken).
+                    var attended = empty([batch, _heads * _headDim], _dtype, device);
+                    NativeKernelsV2.RopeAttention(qkv, cos, sin, positions, _keys[layer], _values[layer], stage.Arrivals!, length, attended);
+                    return attended;
                 }
                 // RoPE of q and k, and k/v into the cache at each row's position, in one kernel.
                 var q = empty([batch, _heads * _headDim], _dtype, device);
@@ -1140,11 +1148,14 @@ public sealed class FastDecoder : IDisposable
 
         public Tensor? LoraMask { get; set; }
 
+        /// <summary>The native decode attention's split counters, <c>[MaxBatch · kv_heads]</c> int32 zeros (kept zero by the kernel).</summary>
+        public Tensor? Arrivals { get; set; }
+
         public int LoraVersion { get; set; } = -1;
 
         public void Dispose()
         {
-            foreach (var t in new[] { Cos, Sin, Positions, Input, Output, LoraMask }.OfType<Tensor>())
+            foreach (var t in new[] { Cos, Sin, Positions, Input, Output, LoraMask, Arrivals }.OfType<Tensor>())
             {
                 t.Dispose();
             }

@@ -32,7 +32,7 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int> _gemv;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Dequantize;
     private static delegate* unmanaged<int, int, int, int, int, int> _attentionSupports;
-    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
     private static delegate* unmanaged<int, int, int, int, int, int, int> _int4XSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int> _int4LinearX;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
@@ -138,8 +138,8 @@ public static unsafe class NativeKernelsV2
     }
 
     /// <summary>
-    /// Set to <c>native</c> to run the decode step's attention through <see cref="DecodeAttention"/> instead of SDPA
-    /// (opt-in until measured against SDPA on a GPU: docs/gpu.md).
+    /// Set to <c>native</c> to run the decode step's attention through <see cref="DecodeAttention"/> (and, in the fused
+    /// step, <see cref="RopeAttention"/>) instead of SDPA; <c>sdpa</c> keeps SDPA (docs/gpu.md, *Decode attention*).
     /// </summary>
     public const string AttentionEnv = "LOWBIT_DECODE_ATTENTION";
 
@@ -151,16 +151,34 @@ public static unsafe class NativeKernelsV2
     /// <summary>
     /// <paramref name="output"/> <c>[B, heads·D]</c> = softmax(q·Kᵀ/√D)·V over slots <c>0..B−1</c> of the cache
     /// <c>[slots, max, kv_heads, D]</c>, row b attending positions <c>0..min(positions[b], length − 1)</c> (the decode
-    /// step's SDPA with its additive mask, in one pass per row and kv head, split over the positions).
+    /// step's SDPA with its additive mask), in one launch split over the positions. <paramref name="arrivals"/>: int32
+    /// zeros, at least <c>B·kv_heads</c> (the kernel's split counters; it leaves them zero).
     /// </summary>
-    public static void DecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor positions, int length, Tensor output)
+    public static void DecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor positions, Tensor arrivals, int length, Tensor output)
+    {
+        RequireAttention();
+        Check(_attention(q.Handle, IntPtr.Zero, IntPtr.Zero, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "decode attention");
+    }
+
+    /// <summary>
+    /// <see cref="RopeKv"/> followed by <see cref="DecodeAttention"/> in one kernel: the query heads and new key of the
+    /// fused q/k/v output <paramref name="qkv"/> <c>[B, (H + 2·KVH)·D]</c> rotated with cos/sin <c>[B, D]</c>, the key and
+    /// value written to the cache at <c>clamp(positions[b])</c>, and the attention of the rotated queries into
+    /// <paramref name="output"/> <c>[B, H·D]</c>. Bit-identical to the two (the self-check compares them).
+    /// </summary>
+    public static void RopeAttention(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, Tensor keys, Tensor values, Tensor arrivals, int length, Tensor output)
+    {
+        RequireAttention();
+        Check(_attention(qkv.Handle, cos.Handle, sin.Handle, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "rope attention");
+    }
+
+    private static void RequireAttention()
     {
         Require();
         if (_attention == null)
         {
             throw new InvalidOperationException("native decode attention unavailable: the v2 library lacks it");
         }
-        Check(_attention(q.Handle, keys.Handle, values.Handle, positions.Handle, length, output.Handle), "decode attention");
     }
 
     private static void Require()
@@ -217,10 +235,10 @@ public static unsafe class NativeKernelsV2
                 _gemv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int>)gemv;
                 _gemvSupports = (delegate* unmanaged<int, int, int>)gemvSupports;
                 _int4Dequantize = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int>)int4Dequantize;
-                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_decode_attention", out var attention)
+                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_decode_attention_x", out var attention)
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_attention_supports", out var attentionSupports))
                 {
-                    _attention = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)attention;
+                    _attention = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)attention;
                     _attentionSupports = (delegate* unmanaged<int, int, int, int, int, int>)attentionSupports;
                 }
                 if (NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_linear_x", out var int4LinearX)

@@ -19,8 +19,8 @@ int lowbit_v2_int4_max_batch();
 int lowbit_v2_int4_max_k();
 int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
 int lowbit_v2_attention_splits(int, int, int, int, int);
-int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, int64_t,
-                                      float*, int, int, int, int, int, int, int, void*);
+int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*,
+                                      void*, int64_t, float*, int*, int, int, int, int, int, int, int, void*);
 int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
 int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
                                 int, int, int, int, const void*, float, const void*, int64_t, void*);
@@ -189,36 +189,52 @@ int lowbit_v2_int4_dequantize(void* packed, void* scales, void* zeros, int group
 // out[B, H·D] = attention of q[B, H·D] (unit inner stride) over rows 0..B-1 of the cache keys/values
 // [slots, max_len, kv_heads, D] (contiguous), row b attending positions 0..min(positions[b], length - 1); 1 when the
 // shape is taken (lowbit_v2_attention_supports), the fp32 workspace allocated here (from the capture's pool in a graph).
+// With cos/sin ([B, D] contiguous) q is the fused q/k/v output [B, (H + 2 KVH)·D] instead: its query heads and the new
+// key are rotated in the kernel, and the key and value go to the cache at clamp(positions[b]) first (what rope_kv
+// does). arrivals: int32, at least B·KVH elements, zero (the kernel leaves them zero).
 int lowbit_v2_attention_supports(int batch, int heads, int kv_heads, int head_dim, int length) {
   return kv_heads > 0 && heads % kv_heads == 0 && lowbit_v2_attention_splits(batch, kv_heads, heads / kv_heads, head_dim, length) > 0 ? 1 : 0;
 }
 
-int lowbit_v2_decode_attention(void* q, void* keys, void* values, void* positions, int length, void* out) {
+int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void* values, void* positions, void* arrivals,
+                                 int length, void* out) {
   return guarded([&] {
     auto& qt = T(q);
     auto& kt = T(keys);
     auto& vt = T(values);
     auto& pt = T(positions);
+    auto& at = T(arrivals);
     auto& ot = T(out);
-    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
+    const bool rope = cos != nullptr;
+    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && at.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
     const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
     TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "decode attention: keys/values [slots, max_len, kv_heads, D] contiguous");
     const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
-    TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.sizes() == qt.sizes(), "decode attention: q and out [B, heads·D], unit inner stride");
-    TORCH_CHECK(qt.size(1) % d == 0, "decode attention: q width ", qt.size(1), " is not a multiple of D=", d);
-    const int64_t batch = qt.size(0), heads = qt.size(1) / d;
+    TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.size(0) == qt.size(0), "decode attention: q and out [B, ·], unit inner stride");
+    TORCH_CHECK(ot.size(1) % d == 0, "decode attention: out width ", ot.size(1), " is not a multiple of D=", d);
+    const int64_t batch = qt.size(0), heads = ot.size(1) / d;
+    TORCH_CHECK(qt.size(1) == (rope ? heads + 2 * kv_heads : heads) * d, "decode attention: q width ", qt.size(1), " for ", heads, " heads",
+                rope ? " + 2 × kv heads (the fused q/k/v)" : "", " of D=", d);
     TORCH_CHECK(batch <= kt.size(0) && length >= 1 && length <= max_len, "decode attention: batch ", batch, " of ", kt.size(0), " slots, length ", length, " of ", max_len);
     TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "decode attention: positions int64 [B]");
+    TORCH_CHECK(at.scalar_type() == at::kInt && at.is_contiguous() && at.numel() >= batch * kv_heads, "decode attention: arrivals int32 [≥ B·kv_heads]");
     TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), "decode attention: dtypes differ");
+    if (rope) {
+      auto& ct = T(cos);
+      auto& st = T(sin);
+      TORCH_CHECK(ct.is_contiguous() && st.is_contiguous() && ct.numel() == batch * d && st.numel() == batch * d
+                  && ct.scalar_type() == kt.scalar_type() && st.scalar_type() == kt.scalar_type(), "decode attention: cos/sin [B, D] contiguous, the cache's dtype");
+    }
     TORCH_CHECK(heads % kv_heads == 0, "decode attention: ", heads, " heads over ", kv_heads, " kv heads");
     const int group = (int)(heads / kv_heads);
     const int splits = lowbit_v2_attention_splits((int)batch, (int)kv_heads, group, (int)d, length);
     TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");
     const int dtype = dtype_code(kt, "decode attention");
-    auto work = at::empty({batch * heads * splits * (d + 2)}, kt.options().dtype(at::kFloat));
-    const int rc = lowbit_launch_decode_attention_v2(dtype, qt.data_ptr(), qt.stride(0), kt.data_ptr(), vt.data_ptr(), pt.data_ptr<int64_t>(),
-                                                     ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), (int)batch, (int)kv_heads, group,
-                                                     (int)d, (int)max_len, length, splits,
+    auto work = at::empty({splits > 1 ? batch * heads * splits * (d + 2) : 1}, kt.options().dtype(at::kFloat));
+    const int rc = lowbit_launch_decode_attention_v2(dtype, qt.data_ptr(), qt.stride(0), rope ? T(cos).data_ptr() : nullptr,
+                                                     rope ? T(sin).data_ptr() : nullptr, kt.data_ptr(), vt.data_ptr(), pt.data_ptr<int64_t>(),
+                                                     ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), at.data_ptr<int>(), (int)batch,
+                                                     (int)kv_heads, group, (int)d, (int)max_len, length, splits,
                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));

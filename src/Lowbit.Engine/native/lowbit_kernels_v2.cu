@@ -1620,16 +1620,31 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// decode_attention: one query token per head against a slot's cached keys and values (the serve/bench decode step),
-// opt-in (LOWBIT_DECODE_ATTENTION=native) until measured against SDPA on a GPU. Row b attends positions
-// 0..min(pos[b], L - 1) of its slot in the cache [slots, max_len, kv_heads, D]; query head h uses kv head h / G
-// (G = heads / kv_heads). Flash-decoding in two passes: pass 1 splits each (row, kv head)'s positions into `splits`
-// ranges, one 128-thread block each; each warp walks every 4th position with an online softmax per query head of the
-// group (a lane holds D / 32 elements of q, k, v and the accumulator), the 4 warps merge in shared memory, and the
-// block writes (max, sum, acc[D]) in fp32 to a workspace. Pass 2 merges the splits per (row, head) into the output.
+// decode_attention: one query token per head against a slot's cached keys and values (the decode step), one launch.
+// Row b attends positions 0..a-1, a = clamp(positions[b], 0, L - 1) + 1, of its slot in the cache [slots, max_len,
+// kv_heads, D]; query head h uses kv head h / G (G = heads / kv_heads). Block (b, kv head, split), 128 threads: the
+// split's range of positions, each warp every 4th position with an online softmax per query head of the group (a lane
+// holds D / 32 elements of q, k, v and the accumulator), the 4 warps merged in shared memory. With one split the block
+// writes the output. With more it writes (max, sum, acc[D]) in fp32 to the workspace, and the last block of (b, kv
+// head) to arrive (a counter in `arrivals`: zero before the launch, reset by that block) merges the splits into the
+// output: no second launch, so the kernel keeps the decode step's programmatic-dependent-launch chain (the two-pass
+// version of session 11 and SDPA broke it; neither beat SDPA's 8 µs per layer at context 256, run 18).
+// ROPE (the fused decode step; it replaces rope_kv there): q holds the fused q/k/v rows [B, (H + 2 KVH)·D]; the query
+// heads are rotated here as rope_kv rotates them (rounded to T), and the row's new key (rotated) and value go to the
+// cache at p = clamp(positions[b], 0, max_len - 1), written by split 0; every block attends position p from its own
+// registers (another block's write may not have landed), so the result is rope_kv's followed by the attention.
+// Positions and the cache's other rows come from earlier steps or from kernels launched without the programmatic
+// attribute (torch's), complete before this kernel starts: they are read, and the block's rows warmed into L2, before
+// griddepcontrol.wait; q/k/v (the kernel before) after it.
 constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
+
+#if defined(LOWBIT_EMULATED)
+#define LOWBIT_PREFETCH_L2(p)
+#else
+#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#endif
 
 template <typename T, int D>
 __device__ __forceinline__ void load_row(const T* __restrict__ p, int lane, float (&v)[D / 32]) {
@@ -1637,32 +1652,61 @@ __device__ __forceinline__ void load_row(const T* __restrict__ p, int lane, floa
   for (int i = 0; i < D / 32; i++) v[i] = Cvt2<T>::f(p[lane * (D / 32) + i]);
 }
 
+// One head's rotated row, this lane's elements lane·E + i (E = D / 32) of it: T(T(x·cos) + T(rot·sin)) with rot =
+// −x[i + D/2] in the first half and x[i − D/2] in the second (rope_kv's arithmetic); the partner is lane ^ 16's element.
 template <typename T, int D>
-__global__ void __launch_bounds__(kAttnThreads) decode_attention_split_kernel(
-    const T* __restrict__ q, int64_t q_stride, const T* __restrict__ keys, const T* __restrict__ values,
-    const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length, int splits, float scale,
-    float* __restrict__ work) {
+__device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __restrict__ cos, const T* __restrict__ sin,
+                                         int lane, T (&o)[D / 32]) {
+  constexpr int E = D / 32;
+#pragma unroll
+  for (int i = 0; i < E; i++) {
+    const float x = Cvt2<T>::f(row[lane * E + i]);
+    const float partner = __shfl_xor_sync(0xffffffffu, x, 16);
+    const float rot = lane < 16 ? -partner : partner;
+    o[i] = Cvt2<T>::t(rnd2<T>(x * Cvt2<T>::f(cos[lane * E + i])) + rnd2<T>(rot * Cvt2<T>::f(sin[lane * E + i])));
+  }
+}
+
+template <typename T, int D, bool ROPE>
+__global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
+    const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
+    T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
+    int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
+    int64_t out_stride) {
   constexpr int E = D / 32;
   __shared__ float merge_m[kAttnWarps][kAttnMaxGroup];
   __shared__ float merge_l[kAttnWarps][kAttnMaxGroup];
   __shared__ float merge_acc[kAttnWarps][kAttnMaxGroup][D];
-  const int block = blockIdx.x;
-  const int split = block % splits;
-  const int kvh = (block / splits) % kv_heads;
-  const int b = block / (splits * kv_heads);
+  __shared__ int merges;
+  const int split = blockIdx.x % splits;
+  const int kvh = (blockIdx.x / splits) % kv_heads;
+  const int b = blockIdx.x / (splits * kv_heads);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  int64_t pos = positions[b];
-  if (pos > length - 1) pos = length - 1;
-  if (pos < 0) pos = 0;
-  const int attend = (int)pos + 1;
+  const int heads = kv_heads * group;
+  const int64_t pos = positions[b];
+  const int attend = (int)(pos < 0 ? 0 : pos > length - 1 ? length - 1 : pos) + 1;
+  const int64_t at = pos < 0 ? 0 : pos > max_len - 1 ? max_len - 1 : pos;
   const int chunk = (length + splits - 1) / splits;
   const int start = split * chunk;
   const int end = start + chunk < attend ? start + chunk : attend;
-  const int heads = kv_heads * group;
+  const int64_t row_base = (int64_t)b * max_len * kv_heads + kvh;
+  LOWBIT_PDL_TRIGGER();
+  {
+    // This block's key and value rows into L2 (128-byte lines) while the kernel before finishes.
+    constexpr int lines = (D * (int)sizeof(T) + 127) / 128;
+    const int count = end > start ? (end - start) * lines : 0;
+    for (int i = threadIdx.x; i < count; i += kAttnThreads) {
+      const int64_t element = (row_base + (int64_t)(start + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
+      LOWBIT_PREFETCH_L2(keys + element);
+      LOWBIT_PREFETCH_L2(values + element);
+    }
+  }
+  LOWBIT_PDL_WAIT();
 
   float qv[kAttnMaxGroup][E];
   float m[kAttnMaxGroup], l[kAttnMaxGroup], acc[kAttnMaxGroup][E];
+  const T* qrow = q + b * q_stride;
 #pragma unroll
   for (int g = 0; g < kAttnMaxGroup; g++) {
     m[g] = -INFINITY;
@@ -1673,17 +1717,48 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_split_kernel(
       qv[g][i] = 0.f;
     }
     if (g < group) {
-      load_row<T, D>(q + b * q_stride + (int64_t)(kvh * group + g) * D, lane, qv[g]);
+      if constexpr (ROPE) {
+        T o[E];
+        rope_row<T, D>(qrow + (int64_t)(kvh * group + g) * D, cos + (int64_t)b * D, sin + (int64_t)b * D, lane, o);
+#pragma unroll
+        for (int i = 0; i < E; i++) qv[g][i] = Cvt2<T>::f(o[i]);
+      } else {
+        load_row<T, D>(qrow + (int64_t)(kvh * group + g) * D, lane, qv[g]);
+      }
 #pragma unroll
       for (int i = 0; i < E; i++) qv[g][i] *= scale;
     }
   }
-  const int64_t row_base = ((int64_t)b * max_len) * kv_heads + kvh;
+  // ROPE: this step's key and value (as the cache will hold them), into the cache by split 0.
+  float kn[E], vn[E];
+#pragma unroll
+  for (int i = 0; i < E; i++) kn[i] = vn[i] = 0.f;
+  if constexpr (ROPE) {
+    T ko[E];
+    rope_row<T, D>(qrow + (int64_t)(heads + kvh) * D, cos + (int64_t)b * D, sin + (int64_t)b * D, lane, ko);
+    const T* vrow = qrow + (int64_t)(heads + kv_heads + kvh) * D;
+    const int64_t slot = (row_base + at * kv_heads) * D;
+#pragma unroll
+    for (int i = 0; i < E; i++) {
+      const T v = vrow[lane * E + i];
+      kn[i] = Cvt2<T>::f(ko[i]);
+      vn[i] = Cvt2<T>::f(v);
+      if (split == 0 && warp == 0) {
+        keys[slot + lane * E + i] = ko[i];
+        values[slot + lane * E + i] = v;
+      }
+    }
+  }
   for (int j = start + warp; j < end; j += kAttnWarps) {
-    const int64_t at = (row_base + (int64_t)j * kv_heads) * D;
     float kv[E], vv[E];
-    load_row<T, D>(keys + at, lane, kv);
-    load_row<T, D>(values + at, lane, vv);
+    if (ROPE && j == at) {
+#pragma unroll
+      for (int i = 0; i < E; i++) kv[i] = kn[i], vv[i] = vn[i];
+    } else {
+      const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
+      load_row<T, D>(keys + element, lane, kv);
+      load_row<T, D>(values + element, lane, vv);
+    }
 #pragma unroll
     for (int g = 0; g < kAttnMaxGroup; g++) {
       if (g >= group) break;
@@ -1713,40 +1788,53 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_split_kernel(
   for (int g = 0; g < group; g++) {
     float top = -INFINITY;
     for (int w = 0; w < kAttnWarps; w++) top = fmaxf(top, merge_m[w][g]);
-    float* out = work + (((int64_t)b * heads + kvh * group + g) * splits + split) * (D + 2);
+    float sum = 0.f;
+    for (int w = 0; w < kAttnWarps; w++)
+      if (merge_m[w][g] != -INFINITY) sum += merge_l[w][g] * expf(merge_m[w][g] - top);
+    const int h = kvh * group + g;
+    float* partial = work + (((int64_t)b * heads + h) * splits + split) * (D + 2);
     for (int e = threadIdx.x; e < D; e += kAttnThreads) {
       float a = 0.f;
       for (int w = 0; w < kAttnWarps; w++)
         if (merge_m[w][g] != -INFINITY) a += merge_acc[w][g][e] * expf(merge_m[w][g] - top);
-      out[2 + e] = a;
+      if (splits == 1) {
+        out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
+      } else {
+        partial[2 + e] = a;
+      }
     }
-    if (threadIdx.x == 0) {
-      float sum = 0.f;
-      for (int w = 0; w < kAttnWarps; w++)
-        if (merge_m[w][g] != -INFINITY) sum += merge_l[w][g] * expf(merge_m[w][g] - top);
-      out[0] = top;
-      out[1] = sum;
+    if (splits > 1 && threadIdx.x == 0) {
+      partial[0] = top;
+      partial[1] = sum;
     }
   }
-}
-
-template <typename T, int D>
-__global__ void __launch_bounds__(kAttnThreads) decode_attention_merge_kernel(const float* __restrict__ work, int splits,
-                                                                             T* __restrict__ out, int64_t out_stride,
-                                                                             int heads) {
-  const int h = blockIdx.x % heads;
-  const int b = blockIdx.x / heads;
-  const float* base = work + ((int64_t)b * heads + h) * splits * (D + 2);
-  float top = -INFINITY;
-  for (int s = 0; s < splits; s++) top = fmaxf(top, base[s * (D + 2)]);
-  float sum = 0.f;
-  for (int s = 0; s < splits; s++)
-    if (base[s * (D + 2)] != -INFINITY) sum += base[s * (D + 2) + 1] * expf(base[s * (D + 2)] - top);
-  for (int e = threadIdx.x; e < D; e += kAttnThreads) {
-    float a = 0.f;
-    for (int s = 0; s < splits; s++)
-      if (base[s * (D + 2)] != -INFINITY) a += base[s * (D + 2) + 2 + e] * expf(base[s * (D + 2)] - top);
-    out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
+  if (splits == 1) return;
+  // The last block of (b, kv head) to arrive merges every split (the threadfence-reduction pattern).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) merges = atomicAdd(arrivals + b * kv_heads + kvh, 1) == splits - 1;
+  __syncthreads();
+  if (!merges) return;
+  __threadfence();
+  if (threadIdx.x == 0) arrivals[b * kv_heads + kvh] = 0;
+  for (int g = 0; g < group; g++) {
+    const int h = kvh * group + g;
+    const float* base = work + ((int64_t)b * heads + h) * splits * (D + 2);
+    float top = -INFINITY;
+    for (int s = 0; s < splits; s++) top = fmaxf(top, __ldcg(base + s * (D + 2)));
+    float sum = 0.f;
+    for (int s = 0; s < splits; s++) {
+      const float ms = __ldcg(base + s * (D + 2));
+      if (ms != -INFINITY) sum += __ldcg(base + s * (D + 2) + 1) * expf(ms - top);
+    }
+    for (int e = threadIdx.x; e < D; e += kAttnThreads) {
+      float a = 0.f;
+      for (int s = 0; s < splits; s++) {
+        const float ms = __ldcg(base + s * (D + 2));
+        if (ms != -INFINITY) a += __ldcg(base + s * (D + 2) + 2 + e) * expf(ms - top);
+      }
+      out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
+    }
   }
 }
 
@@ -1760,13 +1848,20 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms) {
 }
 
 template <typename T, int D>
-int launch_attention(const void* q, int64_t qs, const void* k, const void* v, const int64_t* pos, void* out, int64_t os,
-                     float* work, int batch, int kv_heads, int group, int max_len, int length, int splits,
-                     cudaStream_t st) {
+int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
+                     void* out, int64_t os, float* work, int* arrivals, int batch, int kv_heads, int group, int max_len,
+                     int length, int splits, cudaStream_t st) {
   const float scale = 1.0f / sqrtf((float)D);
-  decode_attention_split_kernel<T, D><<<batch * kv_heads * splits, kAttnThreads, 0, st>>>(static_cast<const T*>(q), qs, static_cast<const T*>(k), static_cast<const T*>(v), pos, kv_heads, group, max_len, length, splits, scale, work);
-  decode_attention_merge_kernel<T, D><<<batch * kv_heads * group, kAttnThreads, 0, st>>>(work, splits, static_cast<T*>(out), os, kv_heads * group);
-  return (int)cudaGetLastError();
+  const int blocks = batch * kv_heads * splits;
+  if (blocks == 0) return 0;
+  if (cos != nullptr) {
+    return launch_pdl(decode_attention_kernel<T, D, true>, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs,
+                      static_cast<const T*>(cos), static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos,
+                      kv_heads, group, max_len, length, splits, scale, work, arrivals, static_cast<T*>(out), os);
+  }
+  return launch_pdl(decode_attention_kernel<T, D, false>, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs,
+                    static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), static_cast<T*>(k), static_cast<T*>(v), pos,
+                    kv_heads, group, max_len, length, splits, scale, work, arrivals, static_cast<T*>(out), os);
 }
 
 }  // namespace
@@ -1869,18 +1964,23 @@ int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim,
   return attention_splits(batch, kv_heads, length, sms);
 }
 
-// out[b, h·D..] = softmax(q_h · K_slot(b)[0..pos_b]ᵀ / √D) · V_slot(b)[0..pos_b] for rows b < batch (see
-// decode_attention above). 0 on success, -2 unsupported dtype, -3 unsupported shape, else a cudaError_t.
-int lowbit_launch_decode_attention_v2(int dtype, const void* q, int64_t q_stride, const void* keys, const void* values,
-                                      const int64_t* positions, void* out, int64_t out_stride, float* work, int batch,
-                                      int kv_heads, int group, int head_dim, int max_len, int length, int splits,
-                                      void* stream) {
+// out[b, h·D..] = softmax(q_h · K_slot(b)[0..a_b)ᵀ / √D) · V_slot(b)[0..a_b) for rows b < batch (see decode_attention
+// above). With cos/sin non-null ([B, D]) q is the fused q/k/v [B, (H + 2 KVH)·D]: RoPE of the queries and of the new key,
+// which goes to the cache with the new value first (rope_kv's). `arrivals`: batch × kv_heads ints, zero (the kernel
+// leaves them zero); `work`: batch × heads × splits × (D + 2) floats. 0 on success, -2 unsupported dtype, -3
+// unsupported shape, else a cudaError_t.
+int lowbit_launch_decode_attention_v2(int dtype, const void* q, int64_t q_stride, const void* cos, const void* sin,
+                                      void* keys, void* values, const int64_t* positions, void* out, int64_t out_stride,
+                                      float* work, int* arrivals, int batch, int kv_heads, int group, int head_dim,
+                                      int max_len, int length, int splits, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  if (splits < 1 || group < 1 || group > kAttnMaxGroup || length < 1 || length > max_len) return -3;
-  if (dtype == 0 && head_dim == 128) return launch_attention<__nv_bfloat16, 128>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
-  if (dtype == 0 && head_dim == 64) return launch_attention<__nv_bfloat16, 64>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
-  if (dtype == 1 && head_dim == 128) return launch_attention<__half, 128>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
-  if (dtype == 1 && head_dim == 64) return launch_attention<__half, 64>(q, q_stride, keys, values, positions, out, out_stride, work, batch, kv_heads, group, max_len, length, splits, st);
+  if (splits < 1 || group < 1 || group > kAttnMaxGroup || length < 1 || length > max_len || (cos == nullptr) != (sin == nullptr)) return -3;
+#define LOWBIT_ATTENTION(TYPE, DIM) launch_attention<TYPE, DIM>(q, q_stride, cos, sin, keys, values, positions, out, out_stride, work, arrivals, batch, kv_heads, group, max_len, length, splits, st)
+  if (dtype == 0 && head_dim == 128) return LOWBIT_ATTENTION(__nv_bfloat16, 128);
+  if (dtype == 0 && head_dim == 64) return LOWBIT_ATTENTION(__nv_bfloat16, 64);
+  if (dtype == 1 && head_dim == 128) return LOWBIT_ATTENTION(__half, 128);
+  if (dtype == 1 && head_dim == 64) return LOWBIT_ATTENTION(__half, 64);
+#undef LOWBIT_ATTENTION
   return dtype == 0 || dtype == 1 ? -3 : -2;
 }
 

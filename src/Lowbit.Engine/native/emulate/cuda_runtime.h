@@ -10,6 +10,7 @@
 #include <vector>
 #include <functional>
 #include <memory>
+#include <atomic>
 #define __global__
 #define __device__
 #define __host__
@@ -97,6 +98,10 @@ inline void emul_mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, u
 }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 template <class T> T __ldg(const T* p) { return *p; }
+template <class T> T __ldcg(const T* p) { return *p; }
+// Blocks run one after another: a fence has nothing to order, and the last block to arrive is the grid's last.
+inline void __threadfence() {}
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline void __syncthreads() { g_block->arrive_and_wait(); }
 inline void emul_launch(int blocks, int threads, std::function<void()> body) {

@@ -9,28 +9,54 @@
 extern "C" int lowbit_launch_gemv_v2(int, const void*, int64_t, const void*, void*, int64_t, int, int, int, void*);
 extern "C" int lowbit_launch_int4_v2(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, void*);
 extern "C" int lowbit_v2_attention_splits(int, int, int, int, int);
-extern "C" int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, int64_t, float*, int, int, int, int, int, int, int, void*);
+extern "C" int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*, void*, int64_t, float*, int*, int, int, int, int, int, int, int, void*);
+extern "C" int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int, int, int, int, int, void*);
 
 // Decode attention against a float64 softmax reference: rows at different positions (one past the length bucket),
-// grouped heads, a padded query row stride; every output element written.
+// grouped heads, a padded query row stride; every output element written, launched twice (the split counters must be
+// back at zero after each launch, or the second launch's last blocks would not merge). Then the fused RoPE version on a
+// q/k/v row: bit-identical to rope_kv followed by the attention, output and cache.
 int run_attention(int batch, int kv_heads, int group, int d, int max_len, int length, int sms) {
   g_sms = sms;
   std::mt19937 rng(batch * 131 + kv_heads * 7 + group + d + length);
   std::normal_distribution<float> nd(0, 1);
   const int heads = kv_heads * group;
-  const int64_t qs = (int64_t)heads * d + 16;
+  const int64_t qs = (int64_t)(heads + 2 * kv_heads) * d + 16;
   std::vector<__nv_bfloat16> q((size_t)batch * qs), k((size_t)batch * max_len * kv_heads * d), v(k.size());
+  std::vector<__nv_bfloat16> cs((size_t)batch * d), sn(cs.size());
   for (auto& x : q) x = __float2bfloat16(nd(rng));
   for (auto& x : k) x = __float2bfloat16(nd(rng));
   for (auto& x : v) x = __float2bfloat16(nd(rng));
+  for (size_t i = 0; i < cs.size(); i++) cs[i] = __float2bfloat16(std::cos(0.1f * i)), sn[i] = __float2bfloat16(std::sin(0.1f * i));
   std::vector<int64_t> pos(batch);
   for (int b = 0; b < batch; b++) pos[b] = b == batch - 1 ? length + 3 : (int64_t)((b * 37 + 5) % length);
   const int splits = lowbit_v2_attention_splits(batch, kv_heads, group, d, length);
   std::vector<float> work((size_t)batch * heads * splits * (d + 2));
-  std::vector<__nv_bfloat16> out((size_t)batch * heads * d, __float2bfloat16(NAN));
-  int rc = lowbit_launch_decode_attention_v2(0, q.data(), qs, k.data(), v.data(), pos.data(), out.data(), (int64_t)heads * d,
-                                             work.data(), batch, kv_heads, group, d, max_len, length, splits, nullptr);
+  std::vector<int> arrivals((size_t)batch * kv_heads, 0);
+  std::vector<__nv_bfloat16> out((size_t)batch * heads * d);
+  auto launch = [&](const std::vector<__nv_bfloat16>& query, int64_t stride, bool rope, std::vector<__nv_bfloat16>& keys,
+                    std::vector<__nv_bfloat16>& values) {
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+      std::fill(out.begin(), out.end(), __float2bfloat16(NAN));
+      rc = lowbit_launch_decode_attention_v2(0, query.data(), stride, rope ? cs.data() : nullptr, rope ? sn.data() : nullptr,
+                                             keys.data(), values.data(), pos.data(), out.data(), (int64_t)heads * d, work.data(),
+                                             arrivals.data(), batch, kv_heads, group, d, max_len, length, splits, nullptr);
+      for (int a : arrivals) rc = rc ? rc : a != 0 ? 99 : 0;
+    }
+    return rc;
+  };
+  // The fused RoPE path first, on copies of the cache: its output and cache against rope_kv + the attention below.
+  std::vector<__nv_bfloat16> k2 = k, v2 = v, qo((size_t)batch * heads * d);
+  int rc = launch(q, qs, true, k2, v2);
+  const std::vector<__nv_bfloat16> fused = out;
+  if (!rc) rc = lowbit_launch_rope_kv(0, q.data(), qs, cs.data(), sn.data(), pos.data(), qo.data(), k.data(), v.data(), batch, heads,
+                                      kv_heads, d, max_len, nullptr);
+  if (!rc) rc = launch(qo, (int64_t)heads * d, false, k, v);
   if (rc) { printf("attention rc %d\n", rc); return 1; }
+  size_t differing = 0;
+  for (size_t i = 0; i < out.size(); i++) differing += memcmp(&out[i], &fused[i], sizeof(out[i])) != 0;
+  for (size_t i = 0; i < k.size(); i++) differing += memcmp(&k[i], &k2[i], sizeof(k[i])) != 0 || memcmp(&v[i], &v2[i], sizeof(v[i])) != 0;
   double err = 0, norm = 0;
   bool written = true;
   for (int b = 0; b < batch; b++) for (int h = 0; h < heads; h++) {
@@ -41,7 +67,7 @@ int run_attention(int batch, int kv_heads, int group, int d, int max_len, int le
     for (int j = 0; j < attend; j++) {
       double dot = 0;
       for (int e = 0; e < d; e++)
-        dot += (double)__bfloat162float(q[b * qs + h * d + e]) * __bfloat162float(k[(((size_t)b * max_len + j) * kv_heads + kvh) * d + e]);
+        dot += (double)__bfloat162float(qo[((size_t)b * heads + h) * d + e]) * __bfloat162float(k[(((size_t)b * max_len + j) * kv_heads + kvh) * d + e]);
       score[j] = dot / std::sqrt((double)d);
       top = std::max(top, score[j]);
     }
@@ -56,8 +82,9 @@ int run_attention(int batch, int kv_heads, int group, int d, int max_len, int le
       norm += ref * ref;
     }
   }
-  printf("attention batch %d kv %d group %d d %d length %d splits %d: rel err %.3e, all written %d\n", batch, kv_heads, group, d, length, splits, std::sqrt(err / norm), written);
-  return std::sqrt(err / norm) < 1e-2 && written ? 0 : 1;
+  printf("attention batch %d kv %d group %d d %d length %d splits %d: rel err %.3e, all written %d; fused RoPE: %zu elements differ\n",
+         batch, kv_heads, group, d, length, splits, std::sqrt(err / norm), written, differing);
+  return std::sqrt(err / norm) < 1e-2 && written && differing == 0 ? 0 : 1;
 }
 
 extern "C" int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
@@ -110,7 +137,6 @@ int run_dequantize(int dtype, int n, int k, int group, int sms) {
 }
 extern "C" int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, int, int, const void*, float, const void*, int64_t, void*);
 extern "C" int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
-extern "C" int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int, int, int, int, int, void*);
 
 static float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
