@@ -171,6 +171,7 @@ internal static class BenchDecodeVerb
         bool nativeKernels = false, usesGraphs = false, nativeAttention = false, rowsIdentical = true;
         float[]? prefillLogits = null;
         string[]? shardLines = null, memory = null;
+        IReadOnlyList<FastDecoder.StepTraceSegment>? stepTrace = null;
         if (run.Mode == "eager")
         {
             var options = new GenerationOptions { MaxNewTokens = context.NewTokens };
@@ -215,6 +216,11 @@ internal static class BenchDecodeVerb
             var prompts = Enumerable.Range(0, run.Batch).Select(_ => (IReadOnlyList<int>)context.Prompt).ToList();
             for (var r = 0; r <= context.Repeats; r++)
             {
+                if (r == 1)
+                {
+                    // The step trace (LOWBIT_STEP_TRACE=1) sums the timed runs only, not the warm-up and its captures.
+                    decoder.ResetStepTrace();
+                }
                 Synchronize(context.Device);
                 var watch = Stopwatch.StartNew();
                 var output = FastGeneration.Generate(decoder, prompts, context.NewTokens);
@@ -239,6 +245,13 @@ internal static class BenchDecodeVerb
                 {
                     rates.Add(output.Length * context.NewTokens / watch.Elapsed.TotalSeconds);
                 }
+            }
+            stepTrace = decoder.StepTrace();
+            if (stepTrace.Count > 0)
+            {
+                context.Stderr.WriteLine($"bench-decode: {weights} {run.Mode}:{run.Batch} step trace (µs per step, marks per step; each mark adds a launch): "
+                    + string.Join(", ", stepTrace.Select(t => $"{t.Label} {t.MicrosecondsPerStep:F1} ({t.MarksPerStep})"))
+                    + $"; total {stepTrace.Sum(t => t.MicrosecondsPerStep):F1}");
             }
             if (context.Plan is { } split)
             {
@@ -294,6 +307,10 @@ internal static class BenchDecodeVerb
             line["cudaGraphs"] = usesGraphs;
             line["attention"] = nativeAttention ? "native" : "sdpa";
             line["rowsIdentical"] = rowsIdentical;
+            if (stepTrace is { Count: > 0 })
+            {
+                line["stepTrace"] = stepTrace.ToDictionary(t => t.Label, t => Math.Round(t.MicrosecondsPerStep, 2));
+            }
             var sameKernels = run.Mode is "graph" ? "native" : run.Mode is "graph-cublas" ? "native-cublas" : null;
             if (sameKernels is not null && context.TokensByRun.TryGetValue($"{weights}/{sameKernels}", out var eagerTokens) && tokens is not null)
             {

@@ -107,6 +107,10 @@ public sealed class FastDecoder : IDisposable
     private readonly Tensor _history;
     private readonly Tensor _logits;
     private readonly long[] _hostPositions;
+    private readonly Tensor? _trace;
+    private readonly List<string> _traceLabels = [];
+    private Dictionary<string, int> _traceMarks = [];
+    private long _tracedSteps;
     private readonly Dictionary<(int Stage, int Batch, int Length, bool Serve, bool Lora), CudaGraph> _captured = [];
 
     /// <summary>
@@ -211,6 +215,8 @@ public sealed class FastDecoder : IDisposable
         _history = zeros([MaxBatch, MaxLength], ScalarType.Int64, last);
         _logits = zeros([MaxBatch, _config.VocabSize], _dtype, last);
         _hostPositions = new long[MaxBatch];
+        _trace = cuda && _stages.Length == 1 && Environment.GetEnvironmentVariable(StepTraceEnv) == "1" && NativeKernelsV2.StepMarkAvailable
+            ? zeros([2 + MaxTraceLabels], ScalarType.Int64, first) : null;
         _kernels = SelectKernels(options);
     }
 
@@ -312,6 +318,69 @@ public sealed class FastDecoder : IDisposable
     /// shapes it takes. Prefill attention stays SDPA.
     /// </summary>
     public bool UsesNativeAttention { get; }
+
+    /// <summary>
+    /// Set to <c>1</c> to trace the decode step (a diagnostic; CUDA, one stage, the v2 library): a mark after each part of
+    /// the step (step start, each layer's q/k/v, attention, output, gate/up and down projections, the head, sampling)
+    /// adds the time since the previous mark to that part's sum, read with <see cref="StepTrace"/>. Each mark is one
+    /// more launch, so a traced step is slower than an untraced one.
+    /// </summary>
+    public const string StepTraceEnv = "LOWBIT_STEP_TRACE";
+
+    private const int MaxTraceLabels = 32;
+
+    /// <summary>True when the decode step is traced (<see cref="StepTraceEnv"/>).</summary>
+    public bool TracesSteps => _trace is not null;
+
+    /// <summary>One part of the traced decode step: microseconds per step summed over its marks (one per layer for a layer's parts).</summary>
+    public sealed record StepTraceSegment(string Label, double MicrosecondsPerStep, int MarksPerStep);
+
+    /// <summary>The traced parts of the decode step averaged over the steps since <see cref="ResetStepTrace"/>, in step order (empty untraced).</summary>
+    public IReadOnlyList<StepTraceSegment> StepTrace()
+    {
+        if (_trace is null || _tracedSteps == 0)
+        {
+            return [];
+        }
+        Synchronize();
+        using var host = _trace.cpu();
+        var sums = host.data<long>().ToArray();
+        return _traceLabels.Select((label, i) => new StepTraceSegment(label, sums[1 + i] / 1000.0 / _tracedSteps, _traceMarks.GetValueOrDefault(label))).ToList();
+    }
+
+    /// <summary>Starts the step trace's sums again (after a warm-up, say).</summary>
+    public void ResetStepTrace()
+    {
+        if (_trace is null)
+        {
+            return;
+        }
+        Synchronize();
+        using var noGrad = no_grad();
+        _trace.zero_();
+        _tracedSteps = 0;
+    }
+
+    /// <summary>A trace mark after the work queued so far (<see cref="StepTraceEnv"/>; nothing when untraced).</summary>
+    private void Mark(string label)
+    {
+        if (_trace is null)
+        {
+            return;
+        }
+        var index = _traceLabels.IndexOf(label);
+        if (index < 0)
+        {
+            if (_traceLabels.Count == MaxTraceLabels)
+            {
+                throw new InvalidOperationException($"step trace: more than {MaxTraceLabels} labels");
+            }
+            index = _traceLabels.Count;
+            _traceLabels.Add(label);
+        }
+        _traceMarks[label] = _traceMarks.GetValueOrDefault(label) + 1;
+        NativeKernelsV2.StepMark(_trace, index);
+    }
 
     /// <summary>
     /// Set to <c>0</c> to run the decode step's RMSNorm, SiLU·mul, residual adds, RoPE and KV-cache writes as separate
@@ -679,6 +748,7 @@ public sealed class FastDecoder : IDisposable
     /// </summary>
     private void RunPipeline(int batch, int length, bool serve, bool lora)
     {
+        _tracedSteps += _trace is null ? 0 : 1;
         foreach (var stage in _stages)
         {
             if (stage.Index > 0)
@@ -798,6 +868,8 @@ public sealed class FastDecoder : IDisposable
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
+        _traceMarks = [];
+        Mark("between steps");
         var device = stage.Device;
         var positions = stage.Positions.narrow(0, 0, batch).clamp(Scalars.Of(0), Scalars.Of(MaxLength - 1));
         var cos = stage.Cos.index_select(0, positions);
@@ -808,6 +880,7 @@ public sealed class FastDecoder : IDisposable
         var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength));
         var slotsAt = rows.add(positions, Scalars.One);
         var input = stage.Index == 0 ? _embed.index_select(0, _tokens.narrow(0, 0, batch)) : stage.Input!.narrow(0, 0, batch);
+        Mark("step start");
         void StoreKv(int layer, Tensor k, Tensor v)
         {
             _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
@@ -865,8 +938,10 @@ public sealed class FastDecoder : IDisposable
             }
             return;
         }
+        Mark("final norm");
         var logits = _lmHead.Forward(hidden, _kernels);
         _logits.narrow(0, 0, batch).copy_(logits);
+        Mark("head");
         if (serve)
         {
             return;
@@ -876,6 +951,7 @@ public sealed class FastDecoder : IDisposable
         _history.view(-1).index_copy_(0, nextAt, next);
         _nextTokens.narrow(0, 0, batch).copy_(next);
         stage.Positions.narrow(0, 0, batch).add_(Scalars.Of(1), Scalars.One);
+        Mark("sampling");
     }
 
     /// <summary>
@@ -965,18 +1041,29 @@ public sealed class FastDecoder : IDisposable
             if (fuses)
             {
                 var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
+                Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
+                Mark("attention");
                 var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
+                Mark("output");
                 var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
+                Mark("gate/up");
                 residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                Mark("down");
                 normed = null;
             }
             else
             {
                 var qkv = layer.Qkv.Forward(normed ?? RmsNorm(residual, null, layer.InputNorm, out _), _kernels);
+                Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
+                Mark("attention");
                 var postNormed = RmsNorm(layer.O.Forward(attended, _kernels), residual, layer.PostNorm, out var mid);
-                var down = layer.Down.Forward(SiluMul(layer.GateUp.Forward(postNormed, _kernels)), _kernels);
+                Mark("output");
+                var activated = SiluMul(layer.GateUp.Forward(postNormed, _kernels));
+                Mark("gate/up");
+                var down = layer.Down.Forward(activated, _kernels);
+                Mark("down");
                 if (nextFuses || i + 1 == stage.End && !stage.IsLast)
                 {
                     // The next layer normalizes inside its projection (or the next stage does): the residual stream only.
@@ -1110,6 +1197,7 @@ public sealed class FastDecoder : IDisposable
             layer.Dispose();
         }
         _lmHead.Dispose();
+        _trace?.Dispose();
         foreach (var t in _keys.Concat(_values).Concat([_tokens, _nextTokens, _history, _logits, _embed, _finalNorm]).Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>())
         {
             t.Dispose();

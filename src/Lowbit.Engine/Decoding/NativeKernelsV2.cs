@@ -36,6 +36,7 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<int, int, int, int, int, int, int> _int4XSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int> _int4LinearX;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
+    private static delegate* unmanaged<IntPtr, int, int> _stepMark;
 
     /// <summary>True when the library is loaded.</summary>
     public static bool Available
@@ -172,6 +173,23 @@ public static unsafe class NativeKernelsV2
         Check(_attention(qkv.Handle, cos.Handle, sin.Handle, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "rope attention");
     }
 
+    /// <summary>True when the library has the decode step's trace mark (<see cref="StepMark"/>).</summary>
+    public static bool StepMarkAvailable => Available && _stepMark != null;
+
+    /// <summary>
+    /// The decode step's trace (a diagnostic): once the work queued before it has finished, adds the nanoseconds since
+    /// the previous mark to <c>trace[1 + index]</c> (<paramref name="trace"/> int64 on the GPU; <c>trace[0]</c> is the
+    /// previous mark's time, 0 for none). A mark is one more launch in the step.
+    /// </summary>
+    public static void StepMark(Tensor trace, int index)
+    {
+        if (!StepMarkAvailable)
+        {
+            throw new InvalidOperationException("the step trace mark is unavailable: the v2 library lacks it");
+        }
+        Check(_stepMark(trace.Handle, index), "step mark");
+    }
+
     private static void RequireAttention()
     {
         Require();
@@ -248,6 +266,10 @@ public static unsafe class NativeKernelsV2
                     _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int>)int4LinearX;
                     _int4XSupports = (delegate* unmanaged<int, int, int, int, int, int, int>)int4XSupports;
                     _ropeKv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int>)ropeKv;
+                }
+                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_step_mark", out var stepMark))
+                {
+                    _stepMark = (delegate* unmanaged<IntPtr, int, int>)stepMark;
                 }
                 _lastError = (delegate* unmanaged<IntPtr>)lastError;
                 _status = $"loaded {path}";

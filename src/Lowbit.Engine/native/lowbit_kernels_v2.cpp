@@ -24,6 +24,7 @@ int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, co
 int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
 int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
                                 int, int, int, int, const void*, float, const void*, int64_t, void*);
+int lowbit_launch_step_mark(void*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
                           int, int, int, int, void*);
 }
@@ -238,6 +239,19 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// The decode step's trace (a diagnostic): adds the time since the previous mark to trace[1 + index] once the work
+// queued before it has finished; trace int64 [≥ index + 2] on the current CUDA device, trace[0] the previous mark.
+int lowbit_v2_step_mark(void* trace, int index) {
+  return guarded([&] {
+    auto& tt = T(trace);
+    TORCH_CHECK(tt.is_cuda() && tt.scalar_type() == at::kLong && tt.is_contiguous() && index >= 0 && index + 2 <= tt.numel(),
+                "step mark: trace int64 [", index + 2, "+] contiguous on CUDA");
+    const c10::cuda::OptionalCUDAGuard device_guard(tt.device());
+    const int rc = lowbit_launch_step_mark(tt.data_ptr(), index, static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "step mark: launch failed: ", cudaGetErrorString((cudaError_t)rc));
   });
 }
 

@@ -1838,6 +1838,25 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// step_mark: the decode step's trace (LOWBIT_STEP_TRACE=1, a diagnostic): one thread reads the global timer once the
+// kernel before it has completed (griddepcontrol.wait) and adds the time since the previous mark to trace[1 + index];
+// trace[0] holds the previous mark's time (0: none yet, nothing added). It lets its dependents start first, so the
+// next kernel's prologue still overlaps, but each mark adds a launch to the step.
+__global__ void step_mark_kernel(unsigned long long* __restrict__ trace, int index) {
+  LOWBIT_PDL_TRIGGER();
+  LOWBIT_PDL_WAIT();
+  if (threadIdx.x != 0) return;
+#if defined(LOWBIT_EMULATED)
+  const unsigned long long now = trace[0] + 1000;
+#else
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+#endif
+  if (trace[0] != 0) trace[1 + index] += now - trace[0];
+  trace[0] = now;
+}
+
 // Splits per (row, kv head): enough blocks for two per SM, at least 32 positions per split.
 inline int attention_splits(int batch, int kv_heads, int length, int sms) {
   const int rows = batch * kv_heads;
@@ -1962,6 +1981,11 @@ int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim,
     sms = 132;
   }
   return attention_splits(batch, kv_heads, length, sms);
+}
+
+// The decode step's trace mark (step_mark_kernel): trace is at least index + 2 uint64. 0 on success, else a cudaError_t.
+int lowbit_launch_step_mark(void* trace, int index, void* stream) {
+  return launch_pdl(step_mark_kernel, 1, 32, static_cast<cudaStream_t>(stream), 0, static_cast<unsigned long long*>(trace), index);
 }
 
 // out[b, h·D..] = softmax(q_h · K_slot(b)[0..a_b)ᵀ / √D) · V_slot(b)[0..a_b) for rows b < batch (see decode_attention
