@@ -227,6 +227,7 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
                   && ct.scalar_type() == kt.scalar_type() && st.scalar_type() == kt.scalar_type(), "decode attention: cos/sin [B, D] contiguous, the cache's dtype");
     }
     TORCH_CHECK(heads % kv_heads == 0, "decode attention: ", heads, " heads over ", kv_heads, " kv heads");
+    TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && qt.stride(0) % 8 == 0, "decode attention: q, keys and values 16-byte aligned, q's row stride a multiple of 8");
     const int group = (int)(heads / kv_heads);
     const int splits = lowbit_v2_attention_splits((int)batch, (int)kv_heads, group, (int)d, length);
     TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");

@@ -1646,10 +1646,20 @@ constexpr int kAttnMaxGroup = 8;
 #define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
 #endif
 
+// A lane's D / 32 elements of a row (one 8- or 4-byte load: rows and the lane's offset are multiples of D / 32 elements,
+// the host checks the bases' alignment).
 template <typename T, int D>
 __device__ __forceinline__ void load_row(const T* __restrict__ p, int lane, float (&v)[D / 32]) {
+  constexpr int E = D / 32;
+  static_assert(E == 2 || E == 4, "head dim 64 or 128");
+  using Word = typename std::conditional<E == 4, uint2, uint32_t>::type;
+  union {
+    Word word;
+    T elements[E];
+  } row;
+  row.word = *reinterpret_cast<const Word*>(p + lane * E);
 #pragma unroll
-  for (int i = 0; i < D / 32; i++) v[i] = Cvt2<T>::f(p[lane * (D / 32) + i]);
+  for (int i = 0; i < E; i++) v[i] = Cvt2<T>::f(row.elements[i]);
 }
 
 // One head's rotated row, this lane's elements lane·E + i (E = D / 32) of it: T(T(x·cos) + T(rot·sin)) with rot =
@@ -1749,6 +1759,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
       }
     }
   }
+#pragma unroll 2
   for (int j = start + warp; j < end; j += kAttnWarps) {
     float kv[E], vv[E];
     if (ROPE && j == at) {
