@@ -218,6 +218,8 @@ public class FastDecoderTests
         var sliced = Int4Projection.DequantizedLinear(x, packed, bias, sliceBytes: 10 * 128 * 2);
 
         Assert.Equal(new long[] { 6, 45 }, sliced.shape);
-        Assert.True(sliced.allclose(whole, rtol: 1e-6, atol: 1e-6), $"max difference {(sliced - whole).abs().max().item<float>()}");
+        // fp32 summation order differs between a [6, 10] and a [6, 45] matmul (the CPU kernels block them differently,
+        // and with the thread count): ~1e-5 on outputs of magnitude ~10; a wrong slice would be off by O(1).
+        Assert.True(sliced.allclose(whole, rtol: 1e-5, atol: 1e-4), $"max difference {(sliced - whole).abs().max().item<float>()}");
     }
 }

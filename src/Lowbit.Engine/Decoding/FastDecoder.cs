@@ -874,9 +874,14 @@ public sealed class FastDecoder : IDisposable
         var positions = stage.Positions.narrow(0, 0, batch).clamp(Scalars.Of(0), Scalars.Of(MaxLength - 1));
         var cos = stage.Cos.index_select(0, positions);
         var sin = stage.Sin.index_select(0, positions);
-        // An additive mask, built once per step (a boolean one would be converted by every layer's attention).
-        var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
-        var visible = zeros([batch, 1, 1, length], _dtype, device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
+        // SDPA's additive mask, built once per step (a boolean one would be converted by every layer's attention; the
+        // native attention needs none).
+        Tensor? visible = null;
+        if (!UsesNativeAttention)
+        {
+            var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
+            visible = zeros([batch, 1, 1, length], _dtype, device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
+        }
         var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength));
         var slotsAt = rows.add(positions, Scalars.One);
         var input = stage.Index == 0 ? _embed.index_select(0, _tokens.narrow(0, 0, batch)) : stage.Input!.narrow(0, 0, batch);
