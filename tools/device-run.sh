@@ -8,7 +8,7 @@
 #   kernels            self-check, bench-kernels, bench.sh --layers 32 (issue 13: bf16/int4 batch 1/32 vs transformers)
 #   decode RUNS        self-check, then bench-decode on a random 7B (RUNS like graph:1,int4-graph:1,int4-graph:16)
 #   attention [RUNS]   self-check, then bench-decode with SDPA and with the native decode attention, same RUNS; TRACE=1
-#                      adds traced runs (LOWBIT_STEP_TRACE=1, TRACE_RUNS default graph:1,int4-graph:1): µs per part of the step
+#                      adds traced runs (LOWBIT_STEP_TRACE=1, TRACE_RUNS default graph:1,graph:32,int4-graph:1): µs per part of the step
 #   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on
 #                      (LOWBIT_PDL=1, the default), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
@@ -81,11 +81,11 @@ case "$mode" in
       [ $a = sdpa ] && grep "kernel selection: int4" "$OUT/decode-$a.err" | cut -c1-250
       runs "$OUT/decode-$a.jsonl"
     done
-    # TRACE=1: the same again for bf16 and int4 batch 1 with the step trace (LOWBIT_STEP_TRACE=1): µs per part of the step.
+    # TRACE=1: bf16 batch 1 and 32 and int4 batch 1 again with the step trace (LOWBIT_STEP_TRACE=1): µs per part of the step.
     if [ "${TRACE:-0}" = 1 ]; then
       for a in sdpa native; do
         LOWBIT_STEP_TRACE=1 LOWBIT_DECODE_ATTENTION=$a timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
-          --new-tokens 128 --int4-group 64 --runs "${TRACE_RUNS:-graph:1,int4-graph:1}" > "$OUT/trace-$a.jsonl" 2> "$OUT/trace-$a.err"
+          --new-tokens 128 --int4-group 64 --runs "${TRACE_RUNS:-graph:1,graph:32,int4-graph:1}" > "$OUT/trace-$a.jsonl" 2> "$OUT/trace-$a.err"
         echo "trace $a: rc=$?"; grep "step trace\|rror" "$OUT/trace-$a.err" | cut -c1-600 | head -6
       done
     fi ;;

@@ -71,6 +71,20 @@ public class NativeKernelCompileTests
         Assert.Equal(2 * 2 * 2, attention.Count);
         Assert.All(attention, k => Assert.True(k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
     }
+
+    /// <summary>
+    /// The v2 kernels' C ABI over libtorch (lowbit_kernels_v2.cpp) type-checks with g++ against declaration-only
+    /// stand-ins for the libtorch headers it uses (tools/torch-stubs): PyTorch's headers exist only on the device, where
+    /// an error would take every v2 kernel away for that run.
+    /// </summary>
+    [NvccFact]
+    public async Task Does_type_check_the_v2_kernels_libtorch_wrapper_against_the_header_stand_ins()
+    {
+        var (exitCode, stdout, stderr) = await RepositoryScript.RunAsync("tools/native-cpp-check.sh", TimeSpan.FromMinutes(2));
+
+        Assert.True(exitCode == 0, $"exit {exitCode}: {stdout} {stderr}");
+        Assert.Contains("type-checks", stdout, StringComparison.Ordinal);
+    }
 }
 
 /// <summary>A fact that needs nvcc on PATH; skipped, with the reason, when it is missing.</summary>

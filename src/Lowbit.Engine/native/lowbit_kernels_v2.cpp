@@ -204,10 +204,10 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
     auto& kt = T(keys);
     auto& vt = T(values);
     auto& pt = T(positions);
-    auto& at = T(arrivals);
+    auto& rt = T(arrivals);
     auto& ot = T(out);
     const bool rope = cos != nullptr;
-    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && at.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
+    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
     const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
     TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "decode attention: keys/values [slots, max_len, kv_heads, D] contiguous");
     const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
@@ -218,7 +218,7 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
                 rope ? " + 2 × kv heads (the fused q/k/v)" : "", " of D=", d);
     TORCH_CHECK(batch <= kt.size(0) && length >= 1 && length <= max_len, "decode attention: batch ", batch, " of ", kt.size(0), " slots, length ", length, " of ", max_len);
     TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "decode attention: positions int64 [B]");
-    TORCH_CHECK(at.scalar_type() == at::kInt && at.is_contiguous() && at.numel() >= batch * kv_heads, "decode attention: arrivals int32 [≥ B·kv_heads]");
+    TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= batch * kv_heads, "decode attention: arrivals int32 [≥ B·kv_heads]");
     TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), "decode attention: dtypes differ");
     if (rope) {
       auto& ct = T(cos);
@@ -235,7 +235,7 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
     auto work = at::empty({splits > 1 ? batch * heads * splits * (d + 2) : 1}, kt.options().dtype(at::kFloat));
     const int rc = lowbit_launch_decode_attention_v2(dtype, qt.data_ptr(), qt.stride(0), rope ? T(cos).data_ptr() : nullptr,
                                                      rope ? T(sin).data_ptr() : nullptr, kt.data_ptr(), vt.data_ptr(), pt.data_ptr<int64_t>(),
-                                                     ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), at.data_ptr<int>(), (int)batch,
+                                                     ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), rt.data_ptr<int>(), (int)batch,
                                                      (int)kv_heads, group, (int)d, (int)max_len, length, splits,
                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
