@@ -1639,6 +1639,7 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
 constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
+constexpr int kAttnPositions = 4;   // positions per warp per round
 
 #if defined(LOWBIT_EMULATED)
 #define LOWBIT_PREFETCH_L2(p)
@@ -1677,16 +1678,18 @@ __device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __r
   }
 }
 
-template <typename T, int D, bool ROPE>
+// GMAX: the query heads per kv head the registers hold (1 for multi-head attention, else 8).
+template <typename T, int D, bool ROPE, int GMAX>
 __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
     int64_t out_stride) {
   constexpr int E = D / 32;
-  __shared__ float merge_m[kAttnWarps][kAttnMaxGroup];
-  __shared__ float merge_l[kAttnWarps][kAttnMaxGroup];
-  __shared__ float merge_acc[kAttnWarps][kAttnMaxGroup][D];
+  constexpr int P = kAttnPositions;
+  __shared__ float merge_m[kAttnWarps][GMAX];
+  __shared__ float merge_l[kAttnWarps][GMAX];
+  __shared__ float merge_acc[kAttnWarps][GMAX][D];
   __shared__ int merges;
   const int split = blockIdx.x % splits;
   const int kvh = (blockIdx.x / splits) % kv_heads;
@@ -1714,11 +1717,11 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
   }
   LOWBIT_PDL_WAIT();
 
-  float qv[kAttnMaxGroup][E];
-  float m[kAttnMaxGroup], l[kAttnMaxGroup], acc[kAttnMaxGroup][E];
+  float qv[GMAX][E];
+  float m[GMAX], l[GMAX], acc[GMAX][E];
   const T* qrow = q + b * q_stride;
 #pragma unroll
-  for (int g = 0; g < kAttnMaxGroup; g++) {
+  for (int g = 0; g < GMAX; g++) {
     m[g] = -INFINITY;
     l[g] = 0.f;
 #pragma unroll
@@ -1759,35 +1762,60 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
       }
     }
   }
-#pragma unroll 2
-  for (int j = start + warp; j < end; j += kAttnWarps) {
-    float kv[E], vv[E];
-    if (ROPE && j == at) {
+  // Warp w takes positions start + 4w .. start + 4w + 3, then every 16th group of four: the four rows' loads go out
+  // together (one memory round trip per four positions, not per position), then four scores per head and one online
+  // softmax update for them.
+  for (int j0 = start + warp * P; j0 < end; j0 += P * kAttnWarps) {
+    float kv[P][E], vv[P][E];
 #pragma unroll
-      for (int i = 0; i < E; i++) kv[i] = kn[i], vv[i] = vn[i];
-    } else {
-      const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
-      load_row<T, D>(keys + element, lane, kv);
-      load_row<T, D>(values + element, lane, vv);
+    for (int p = 0; p < P; p++) {
+      const int j = j0 + p;
+      if (ROPE && j == at) {
+#pragma unroll
+        for (int i = 0; i < E; i++) kv[p][i] = kn[i], vv[p][i] = vn[i];
+      } else if (j < end) {
+        const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
+        load_row<T, D>(keys + element, lane, kv[p]);
+        load_row<T, D>(values + element, lane, vv[p]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < E; i++) kv[p][i] = vv[p][i] = 0.f;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < kAttnMaxGroup; g++) {
+    for (int g = 0; g < GMAX; g++) {
       if (g >= group) break;
-      float dot = 0.f;
+      float score[P];
 #pragma unroll
-      for (int i = 0; i < E; i++) dot = fmaf(qv[g][i], kv[i], dot);
-      const float score = warp_sum2(dot);
-      const float next = fmaxf(m[g], score);
+      for (int p = 0; p < P; p++) {
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < E; i++) dot = fmaf(qv[g][i], kv[p][i], dot);
+        score[p] = dot;
+      }
+#pragma unroll
+      for (int p = 0; p < P; p++) score[p] = j0 + p < end ? warp_sum2(score[p]) : -INFINITY;
+      float next = m[g];
+#pragma unroll
+      for (int p = 0; p < P; p++) next = fmaxf(next, score[p]);
       const float correction = expf(m[g] - next);
-      const float p = expf(score - next);
-      l[g] = l[g] * correction + p;
+      l[g] *= correction;
 #pragma unroll
-      for (int i = 0; i < E; i++) acc[g][i] = fmaf(acc[g][i], correction, p * vv[i]);
+      for (int i = 0; i < E; i++) acc[g][i] *= correction;
+#pragma unroll
+      for (int p = 0; p < P; p++) {
+        const float w = expf(score[p] - next);
+        l[g] += w;
+#pragma unroll
+        for (int i = 0; i < E; i++) acc[g][i] = fmaf(w, vv[p][i], acc[g][i]);
+      }
       m[g] = next;
     }
   }
   // Merge the warps: each writes its state, then thread t of the block merges element t of every head of the group.
-  for (int g = 0; g < group; g++) {
+#pragma unroll
+  for (int g = 0; g < GMAX; g++) {
+    if (g >= group) break;
     if (lane == 0) {
       merge_m[warp][g] = m[g];
       merge_l[warp][g] = l[g];
@@ -1868,11 +1896,12 @@ __global__ void step_mark_kernel(unsigned long long* __restrict__ trace, int ind
   trace[0] = now;
 }
 
-// Splits per (row, kv head): enough blocks for two per SM, at least 32 positions per split.
+// Splits per (row, kv head): enough blocks for eight per SM (the kernel is bound by memory latency, so it wants many
+// warps in flight), at least 16 positions (one round of the four warps) per split.
 inline int attention_splits(int batch, int kv_heads, int length, int sms) {
   const int rows = batch * kv_heads;
-  int splits = (2 * sms + rows - 1) / rows;
-  const int most = (length + 31) / 32;
+  int splits = (8 * sms + rows - 1) / rows;
+  const int most = (length + 15) / 16;
   if (splits > most) splits = most;
   return splits < 1 ? 1 : splits;
 }
@@ -1884,14 +1913,16 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
+  // The kernel for (fused RoPE or not, one query head per kv head or up to eight).
+  auto pick = [&](auto kernel) {
+    return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
+                      static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
+                      splits, scale, work, arrivals, static_cast<T*>(out), os);
+  };
   if (cos != nullptr) {
-    return launch_pdl(decode_attention_kernel<T, D, true>, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs,
-                      static_cast<const T*>(cos), static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos,
-                      kv_heads, group, max_len, length, splits, scale, work, arrivals, static_cast<T*>(out), os);
+    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
   }
-  return launch_pdl(decode_attention_kernel<T, D, false>, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs,
-                    static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), static_cast<T*>(k), static_cast<T*>(v), pos,
-                    kv_heads, group, max_len, length, splits, scale, work, arrivals, static_cast<T*>(out), os);
+  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>);
 }
 
 }  // namespace

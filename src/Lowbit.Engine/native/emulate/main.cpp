@@ -397,8 +397,9 @@ int main() {
   f += run_attention(1, 4, 1, 128, 300, 256, 2);
   f += run_attention(3, 2, 4, 128, 130, 128, 3);
   f += run_attention(2, 2, 3, 64, 70, 64, 1);
-  f += run_attention(1, 4, 1, 128, 300, 256, 64);   // 8 splits of 32 positions
-  f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 5 splits, the last row past the bucket
+  f += run_attention(1, 4, 1, 128, 300, 256, 64);   // 16 splits of 16 positions
+  f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 10 splits, the last row past the bucket
+  f += run_attention(4, 2, 1, 64, 40, 32, 1);       // one split: the blocks write the output themselves
   f += lowbit_v2_attention_splits(1, 8, 9, 128, 64) == 0 ? 0 : 1;
   f += lowbit_v2_attention_splits(1, 8, 1, 96, 64) == 0 ? 0 : 1;
   // Not taken: 8 rows at K = 11008 (three chunks per thread), 9 rows, K over 16384.
