@@ -322,6 +322,7 @@ public sealed class FastDecoder : IDisposable
     /// <summary>
     /// Set to <c>1</c> to trace the decode step (a diagnostic; CUDA, one stage, the v2 library): a mark after each part of
     /// the step (step start, each layer's q/k/v, attention, output, gate/up and down projections, the head, sampling)
+    /// and after each prefill ("prefill, host": a prefill and the host work before it, not a step's part)
     /// adds the time since the previous mark to that part's sum, read with <see cref="StepTrace"/>. Each mark is one
     /// more launch, so a traced step is slower than an untraced one.
     /// </summary>
@@ -455,6 +456,8 @@ public sealed class FastDecoder : IDisposable
         }
         _history[slot].narrow(0, length, 1).copy_(next.view(1));
         _hostPositions[slot] = length;
+        // The step trace keeps prefills (and the host work around them) out of "between steps".
+        Mark("prefill, host");
         return (int)next.item<long>();
     }
 
