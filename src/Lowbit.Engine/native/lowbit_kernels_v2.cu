@@ -1680,7 +1680,7 @@ __device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __r
 
 // GMAX: the query heads per kv head the registers hold (1 for multi-head attention, else 8).
 template <typename T, int D, bool ROPE, int GMAX>
-__global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
+__global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
@@ -1705,12 +1705,32 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
   const int end = start + chunk < attend ? start + chunk : attend;
   const int64_t row_base = (int64_t)b * max_len * kv_heads + kvh;
   LOWBIT_PDL_TRIGGER();
+  // The warp's first four rows into registers while the kernel before finishes (at batch 1 and context 256 that is all
+  // of them): one memory round trip out of the kernel's chain. Row `at` may be read stale (this launch writes it); it is
+  // replaced by the registers' copy below. The block's later rows go to L2 (128-byte lines).
+  float kv[P][E], vv[P][E];
+  auto load_rows = [&](int j0) {
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+      const int j = j0 + p;
+      if (j < end) {
+        const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
+        load_row<T, D>(keys + element, lane, kv[p]);
+        load_row<T, D>(values + element, lane, vv[p]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < E; i++) kv[p][i] = vv[p][i] = 0.f;
+      }
+    }
+  };
+  int j0 = start + warp * P;
+  load_rows(j0);
   {
-    // This block's key and value rows into L2 (128-byte lines) while the kernel before finishes.
     constexpr int lines = (D * (int)sizeof(T) + 127) / 128;
-    const int count = end > start ? (end - start) * lines : 0;
+    const int later = start + P * kAttnWarps;
+    const int count = end > later ? (end - later) * lines : 0;
     for (int i = threadIdx.x; i < count; i += kAttnThreads) {
-      const int64_t element = (row_base + (int64_t)(start + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
+      const int64_t element = (row_base + (int64_t)(later + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
       LOWBIT_PREFETCH_L2(keys + element);
       LOWBIT_PREFETCH_L2(values + element);
     }
@@ -1765,21 +1785,13 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(
   // Warp w takes positions start + 4w .. start + 4w + 3, then every 16th group of four: the four rows' loads go out
   // together (one memory round trip per four positions, not per position), then four scores per head and one online
   // softmax update for them.
-  for (int j0 = start + warp * P; j0 < end; j0 += P * kAttnWarps) {
-    float kv[P][E], vv[P][E];
+  for (; j0 < end; j0 += P * kAttnWarps) {
+    if (j0 != start + warp * P) load_rows(j0);
 #pragma unroll
     for (int p = 0; p < P; p++) {
-      const int j = j0 + p;
-      if (ROPE && j == at) {
+      if (ROPE && j0 + p == at) {
 #pragma unroll
         for (int i = 0; i < E; i++) kv[p][i] = kn[i], vv[p][i] = vn[i];
-      } else if (j < end) {
-        const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
-        load_row<T, D>(keys + element, lane, kv[p]);
-        load_row<T, D>(values + element, lane, vv[p]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < E; i++) kv[p][i] = vv[p][i] = 0.f;
       }
     }
 #pragma unroll
