@@ -1623,19 +1623,19 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
 // decode_attention: one query token per head against a slot's cached keys and values (the decode step), one launch.
 // Row b attends positions 0..a-1, a = clamp(positions[b], 0, L - 1) + 1, of its slot in the cache [slots, max_len,
 // kv_heads, D]; query head h uses kv head h / G (G = heads / kv_heads). Block (b, kv head, split), 128 threads: the
-// split's range of positions, each warp every 4th position with an online softmax per query head of the group (a lane
-// holds D / 32 elements of q, k, v and the accumulator), the 4 warps merged in shared memory. With one split the block
+// split's range of positions, each warp four at a time (every 16th group of four) with an online softmax per query head
+// of the group (a lane holds D / 32 elements of q, k, v and the accumulator), the 4 warps merged in shared memory. With one split the block
 // writes the output. With more it writes (max, sum, acc[D]) in fp32 to the workspace, and the last block of (b, kv
 // head) to arrive (a counter in `arrivals`: zero before the launch, reset by that block) merges the splits into the
 // output: no second launch, so the kernel keeps the decode step's programmatic-dependent-launch chain (the two-pass
-// version of session 11 and SDPA broke it; neither beat SDPA's 8 µs per layer at context 256, run 18).
+// version of session 11 and SDPA broke it). Measured (H100, runs 26-27) still slower than SDPA at context 256: opt-in.
 // ROPE (the fused decode step; it replaces rope_kv there): q holds the fused q/k/v rows [B, (H + 2 KVH)·D]; the query
 // heads are rotated here as rope_kv rotates them (rounded to T), and the row's new key (rotated) and value go to the
 // cache at p = clamp(positions[b], 0, max_len - 1), written by split 0; every block attends position p from its own
 // registers (another block's write may not have landed), so the result is rope_kv's followed by the attention.
 // Positions and the cache's other rows come from earlier steps or from kernels launched without the programmatic
-// attribute (torch's), complete before this kernel starts: they are read, and the block's rows warmed into L2, before
-// griddepcontrol.wait; q/k/v (the kernel before) after it.
+// attribute (torch's), complete before this kernel starts: they are read before griddepcontrol.wait (each warp's first
+// four rows into registers, the block's later rows into L2); q/k/v (the kernel before) after it.
 constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
