@@ -314,8 +314,8 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>
     /// True when the decode step's attention runs the native decode attention (<see cref="NativeKernelsV2.DecodeAttention"/>)
-    /// instead of SDPA: opt-in with <c>LOWBIT_DECODE_ATTENTION=native</c> until measured on a GPU, and only for the
-    /// shapes it takes. Prefill attention stays SDPA.
+    /// (fused with RoPE and the KV write in the fused step) instead of SDPA: opt-in with <c>LOWBIT_DECODE_ATTENTION=native</c>
+    /// (measured slower than SDPA so far, docs/gpu.md), and only for the shapes it takes. Prefill attention stays SDPA.
     /// </summary>
     public bool UsesNativeAttention { get; }
 
