@@ -187,8 +187,9 @@ public static class BenchKernelsVerb
             using var scope = NewDisposeScope();
             var size = ElementSize(dtype);
             // Attention as the decode step runs it: grouped queries against the cache slice [batch, kv, context, d].
-            var cacheK = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device).transpose(1, 2);
-            var cacheV = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device).transpose(1, 2);
+            var keys = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device);
+            var values = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device);
+            var (cacheK, cacheV) = (keys.transpose(1, 2), values.transpose(1, 2));
             var query = randn([batch, dims.KvHeads, dims.Heads / dims.KvHeads, dims.HeadDim], dtype, device);
             var mask = zeros([batch, 1, 1, dims.Context], dtype, device);
             Part(stdout, common, "attention-sdpa", batch, dims.Context, 2L * batch * dims.Context * dims.KvHeads * dims.HeadDim * size, timer,
@@ -197,8 +198,6 @@ public static class BenchKernelsVerb
             {
                 // The native decode attention on the same cache (every row at the last position), and fused with RoPE and
                 // the cache write as the fused decode step runs it.
-                var keys = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device);
-                var values = randn([batch, dims.Context, dims.KvHeads, dims.HeadDim], dtype, device);
                 var positions = full([batch], Scalars.Of(dims.Context - 1), ScalarType.Int64, device);
                 var arrivals = zeros([batch * dims.KvHeads], ScalarType.Int32, device);
                 var q = randn([batch, dims.Heads * dims.HeadDim], dtype, device);

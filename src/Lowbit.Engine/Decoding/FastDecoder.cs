@@ -109,7 +109,7 @@ public sealed class FastDecoder : IDisposable
     private readonly long[] _hostPositions;
     private readonly Tensor? _trace;
     private readonly List<string> _traceLabels = [];
-    private Dictionary<string, int> _traceMarks = [];
+    private readonly Dictionary<string, int> _traceMarks = [];
     private long _tracedSteps;
     private readonly Dictionary<(int Stage, int Batch, int Length, bool Serve, bool Lora), CudaGraph> _captured = [];
 
@@ -871,7 +871,7 @@ public sealed class FastDecoder : IDisposable
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        _traceMarks = [];
+        _traceMarks.Clear();
         Mark("between steps");
         var device = stage.Device;
         var positions = stage.Positions.narrow(0, 0, batch).clamp(Scalars.Of(0), Scalars.Of(MaxLength - 1));
