@@ -140,8 +140,10 @@ public sealed class FastDecoder : IDisposable
         _kernels = new DecodeKernels { Native = native, NativeGemv = native && options.UseNativeGemv, EmulateFusion = options.EmulatedFusion is not null };
         _fusedLayers = options.EmulatedFusion;
         _graphs = cuda && options.UseGraphs && NativeKernels.Available;
-        UsesNativeAttention = cuda && native && Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionEnv) == "native"
-            && NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1);
+        var attention = Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionEnv);
+        NativeAttentionMaxBatch = !(cuda && native) || attention == "sdpa"
+            || !NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1) ? 0
+            : attention == "native" ? int.MaxValue : NativeAttentionDefaultMaxBatch;
         UsesDecodeFusion = options.EmulatedFusion is not null
             || (cuda && native && options.FuseDecodeStep && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
         _heads = _config.NumAttentionHeads;
@@ -200,6 +202,10 @@ public sealed class FastDecoder : IDisposable
             stage.Input = stage.Index > 0 ? zeros([MaxBatch, hidden], _dtype, stage.Device) : null;
             stage.Output = stage.IsLast ? null : zeros([MaxBatch, hidden], _dtype, stage.Device);
             stage.Arrivals = UsesNativeAttention ? zeros([MaxBatch * _config.NumKeyValueHeads], ScalarType.Int32, stage.Device) : null;
+        }
+        if (UsesDecodeFusion && !_kernels.EmulateFusion && L2Plan.ParseBudgets(Environment.GetEnvironmentVariable(L2Plan.Env)) is { } budgets)
+        {
+            _l2 = BuildL2Plan(budgets);
         }
         _keys = new Tensor[_layers.Length];
         _values = new Tensor[_layers.Length];
@@ -313,11 +319,34 @@ public sealed class FastDecoder : IDisposable
     public bool UsesNativeKernels => _kernels.Native;
 
     /// <summary>
-    /// True when the decode step's attention runs the native decode attention (<see cref="NativeKernelsV2.DecodeAttention"/>)
-    /// (fused with RoPE and the KV write in the fused step) instead of SDPA: opt-in with <c>LOWBIT_DECODE_ATTENTION=native</c>
-    /// (measured slower than SDPA so far, docs/gpu.md), and only for the shapes it takes. Prefill attention stays SDPA.
+    /// The largest batch whose decode step runs the native decode attention (<see cref="NativeKernelsV2.DecodeAttention"/>,
+    /// fused with RoPE and the KV write in the fused step) instead of SDPA; 0 when none does. By default
+    /// <see cref="NativeAttentionDefaultMaxBatch"/>; <c>LOWBIT_DECODE_ATTENTION=native</c> every batch, <c>sdpa</c> none;
+    /// only on CUDA with the v2 library and for the shapes it takes. Prefill attention stays SDPA.
     /// </summary>
-    public bool UsesNativeAttention { get; }
+    public int NativeAttentionMaxBatch { get; }
+
+    /// <summary>
+    /// Native decode attention up to this batch by default: measured faster than SDPA at 1 and 8 rows (H100 run 29:
+    /// int4 batch 1 411.3 against 400.9 tokens/s, batch 8 1,010.3 against 992.3) and slower at 32 (78 against 50 µs
+    /// per layer at context 256, run 28).
+    /// </summary>
+    public const int NativeAttentionDefaultMaxBatch = 8;
+
+    /// <summary>True when some batch runs the native decode attention (<see cref="NativeAttentionMaxBatch"/>).</summary>
+    public bool UsesNativeAttention => NativeAttentionMaxBatch > 0;
+
+    /// <summary>True when a decode step of <paramref name="batch"/> rows runs the native decode attention.</summary>
+    public bool NativeAttentionFor(int batch) => batch <= NativeAttentionMaxBatch;
+
+    /// <summary>
+    /// The L2 prefetch plan of the fused layers (<see cref="L2Plan"/>, <c>LOWBIT_L2_PREFETCH</c>): entry
+    /// <c>layer · 5 + issuer</c>; null when nothing is prefetched.
+    /// </summary>
+    private readonly L2Slice[][]? _l2;
+
+    /// <summary>The number of kernel launches per step that prefetch weights into L2 (0: no plan).</summary>
+    public int L2PrefetchLaunches => _l2?.Count(s => s.Length > 0) ?? 0;
 
     /// <summary>
     /// Set to <c>1</c> to trace the decode step (a diagnostic; CUDA, one stage, the v2 library): a mark after each part of
@@ -880,7 +909,8 @@ public sealed class FastDecoder : IDisposable
         // SDPA's additive mask, built once per step (a boolean one would be converted by every layer's attention; the
         // native attention needs none).
         Tensor? visible = null;
-        if (!UsesNativeAttention)
+        var nativeAttention = NativeAttentionFor(batch);
+        if (!nativeAttention)
         {
             var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
             visible = zeros([batch, 1, 1, length], _dtype, device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
@@ -896,7 +926,7 @@ public sealed class FastDecoder : IDisposable
         }
         Tensor Attend(int layer, Tensor q)
         {
-            if (UsesNativeAttention)
+            if (nativeAttention)
             {
                 // Straight from the cache at each row's position: no transposed views, mask or per-kv-head query views.
                 var output = empty([batch, _heads * _headDim], _dtype, device);
@@ -920,11 +950,13 @@ public sealed class FastDecoder : IDisposable
                     StoreKv(layer, qk.narrow(1, _heads * _headDim, _kvHeads * _headDim), qkv.narrow(1, (_heads + _kvHeads) * _headDim, _kvHeads * _headDim));
                     return Attend(layer, qk.narrow(1, 0, _heads * _headDim));
                 }
-                if (UsesNativeAttention)
+                if (nativeAttention)
                 {
-                    // RoPE, the cache write and the attention in one kernel (it keeps the launch chain unbroken).
+                    // RoPE, the cache write and the attention in one kernel (it keeps the launch chain unbroken), which
+                    // prefetches the next projections' weights while it waits on latency.
                     var attended = empty([batch, _heads * _headDim], _dtype, device);
-                    NativeKernelsV2.RopeAttention(qkv, cos, sin, positions, _keys[layer], _values[layer], stage.Arrivals!, length, attended);
+                    NativeKernelsV2.RopeAttention(qkv, cos, sin, positions, _keys[layer], _values[layer], stage.Arrivals!, length, attended,
+                        L2Prefetch(layer, L2Plan.Issuer.Attention));
                     return attended;
                 }
                 // RoPE of q and k, and k/v into the cache at each row's position, in one kernel.
@@ -1048,15 +1080,19 @@ public sealed class FastDecoder : IDisposable
             var nextFuses = Fuses(i + 1);
             if (fuses)
             {
-                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
+                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null, L2Prefetch(i, L2Plan.Issuer.Qkv))
+                    ?? throw Unfused(i, "q/k/v");
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
                 Mark("attention");
-                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
+                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual, L2Prefetch(i, L2Plan.Issuer.Output))
+                    ?? throw Unfused(i, "output");
                 Mark("output");
-                var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
+                var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null, L2Prefetch(i, L2Plan.Issuer.GateUp))
+                    ?? throw Unfused(i, "gate/up");
                 Mark("gate/up");
-                residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid, L2Prefetch(i, L2Plan.Issuer.Down))
+                    ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
                 Mark("down");
                 normed = null;
             }
@@ -1093,6 +1129,39 @@ public sealed class FastDecoder : IDisposable
             previousNormed?.Dispose();
         }
         return !stage.IsLast ? residual : normed ?? RmsNorm(residual, null, _finalNorm, out _);
+    }
+
+    /// <summary>The slices <paramref name="issuer"/> of <paramref name="layer"/> prefetches (<see cref="_l2"/>; empty: none).</summary>
+    private L2Slice[] L2Prefetch(int layer, L2Plan.Issuer issuer) => _l2?[layer * L2Plan.IssuersPerLayer + (int)issuer] ?? [];
+
+    /// <summary>
+    /// <see cref="_l2"/> over each stage's runs of consecutive layers whose four projections are int4 weights on the GPU
+    /// (contiguous, as the kernels' prefetch takes them); other layers prefetch nothing.
+    /// </summary>
+    private L2Slice[][] BuildL2Plan(long[] budgets)
+    {
+        var plan = new L2Slice[_layers.Length * L2Plan.IssuersPerLayer][];
+        static bool Eligible(Int4Weight w) => new[] { w.Packed, w.Scales, w.Zeros }.All(t => t.dim() == 2 && t.is_contiguous() && t.device_type == DeviceType.CUDA);
+        static Int4Weight[]? WeightsOf(Layer layer)
+        {
+            var weights = new[] { layer.Qkv, layer.O, layer.GateUp, layer.Down }.OfType<Int4Projection>().Select(p => p.Weight).ToArray();
+            return weights.Length == 4 && weights.All(Eligible) ? weights : null;
+        }
+        foreach (var stage in _stages)
+        {
+            for (var i = stage.First; i < stage.End;)
+            {
+                var run = new List<Int4Weight[]>();
+                for (var j = i; j < stage.End && WeightsOf(_layers[j]) is { } w; j++)
+                {
+                    run.Add(w);
+                }
+                var runPlan = L2Plan.Build(run, budgets);
+                Array.Copy(runPlan, 0, plan, i * L2Plan.IssuersPerLayer, runPlan.Length);
+                i += Math.Max(run.Count, 1);
+            }
+        }
+        return plan;
     }
 
     private static InvalidOperationException Unfused(int layer, string projection) =>
