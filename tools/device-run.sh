@@ -109,8 +109,8 @@ case "$mode" in
       runs "$OUT/decode-fusion$f-pdl$p.jsonl"
     done
     [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; }
-    wait; echo "nvcc-check (device nvcc), bf16 int4 GEMVs: registers, spill stores"
-    grep "int4_gemv.*__nv_bfloat16, [0-9], [12], [13], 0, false\|int4_gemv_shared.*__nv_bfloat16, 1, [13], 0, false" "$OUT/nvcc-check.txt" | cut -f2,3,5 | cut -c1-80 ;;
+    wait; echo "nvcc-check (device nvcc), bf16 int4 GEMVs: registers, spill stores, stack frame"
+    grep "int4_gemv.*__nv_bfloat16, [0-9], [12], [13], 0, false\|int4_gemv_shared.*__nv_bfloat16, 1, [13], 0, false" "$OUT/nvcc-check.txt" | cut -f2,3,5,6 | cut -c1-80 ;;
   prefetch)
     # The decode step's L2 prefetch plans (LOWBIT_L2_PREFETCH, docs/gpu.md *L2 prefetch*): the same RUNS once per plan in
     # PLANS (';'-separated, "0" = none), one process each; TRACE=1 adds the step trace of the last plan's runs.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compiles the native decode kernels (src/Lowbit.Engine/native/*.cu) with this machine's nvcc for sm_90, without a GPU,
-# and prints one line per kernel: registers per thread, spill stores and loads (bytes), the demangled name. The GPU
+# and prints one line per kernel: registers per thread, spill stores and loads, the stack frame (bytes; one without
+# spills is a copy of the parameters to local memory, as a loop over a parameter array made in session 17), the
+# demangled name. The GPU
 # bundle builds them on first use on the device; this catches a compile error, a register blow-up or spills here first.
 # nvcc: Debian's nvidia-cuda-toolkit (CUDA 11.8, non-free; .ci/tools.sh installs it) or any CUDA >= 11.8.
 # Usage: tools/nvcc-check.sh [FILE.cu ...] [-- NVCC_FLAGS]   (default: both .cu files; exit 1 on a compile error)
@@ -29,11 +31,12 @@ for f in "${files[@]}"; do
   # ptxas -v: "Compiling entry function 'NAME' for 'sm_90'", then "... N bytes spill stores, M bytes spill loads" and
   # "Used R registers, ..." for it.
   awk -v file="$(basename "$f")" '
-    /Compiling entry function/ { match($0, /'"'"'[^'"'"']+'"'"'/); name = substr($0, RSTART + 1, RLENGTH - 2); stores = 0; loads = 0 }
+    /Compiling entry function/ { match($0, /'"'"'[^'"'"']+'"'"'/); name = substr($0, RSTART + 1, RLENGTH - 2); stores = 0; loads = 0; stack = 0 }
+    /bytes stack frame/ { for (i = 1; i <= NF; i++) if ($(i + 1) == "bytes" && $(i + 2) == "stack") stack = $i }
     /bytes spill stores/ { for (i = 1; i <= NF; i++) { if ($(i + 1) == "bytes" && $(i + 2) == "spill" && $(i + 3) == "stores,") stores = $i; if ($(i + 1) == "bytes" && $(i + 2) == "spill" && $(i + 3) == "loads") loads = $i } }
-    /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") regs = $(i + 1); print file "\t" regs "\t" stores "\t" loads "\t" name }
+    /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") regs = $(i + 1); print file "\t" regs "\t" stores "\t" loads "\t" stack "\t" name }
   ' "$work/log" > "$work/table"
-  cut -f5 "$work/table" | c++filt > "$work/names"
-  paste <(cut -f1-4 "$work/table") "$work/names" | sed 's/(anonymous namespace):://g'
+  cut -f6 "$work/table" | c++filt > "$work/names"
+  paste <(cut -f1-5 "$work/table") "$work/names" | sed 's/(anonymous namespace):://g'
 done
 exit $status
