@@ -12,8 +12,6 @@
 #   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on
 #                      (LOWBIT_PDL=1, the default), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
-#   prefetch [RUNS]    self-check, then bench-decode RUNS (default int4-graph:1,int4-graph:8) once per L2 prefetch plan in
-#                      PLANS (';'-separated LOWBIT_L2_PREFETCH values); TRACE=1 adds the last plan's step trace
 #   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per 7B shape, cold
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
@@ -55,7 +53,7 @@ selfcheck() {
 runs() {
   python3 -c 'import json,sys
 for l in open(sys.argv[1]):
-    r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"), "l2", r.get("l2PrefetchLaunches", "-"))' "$1"
+    r=json.loads(l); print(r.get("attention","-"), r.get("weights"), r.get("mode"), r.get("batch"), r.get("tokensPerSecond"), "matching", r.get("tokensMatchingReference"), "of", r.get("referenceTokens"))' "$1"
 }
 
 case "$mode" in
@@ -111,26 +109,6 @@ case "$mode" in
     [ "${KERNELS:-0}" = 1 ] && { timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; echo "bench-kernels rc=$?"; }
     wait; echo "nvcc-check (device nvcc), bf16 int4 GEMVs: registers, spill stores, stack frame"
     grep "int4_gemv.*__nv_bfloat16, [0-9], [12], [13], 0, false\|int4_gemv_shared.*__nv_bfloat16, 1, [13], 0, false" "$OUT/nvcc-check.txt" | cut -f2,3,5,6 | cut -c1-80 ;;
-  prefetch)
-    # The decode step's L2 prefetch plans (LOWBIT_L2_PREFETCH, docs/gpu.md *L2 prefetch*): the same RUNS once per plan in
-    # PLANS (';'-separated, "0" = none), one process each; TRACE=1 adds the step trace of the last plan's runs.
-    selfcheck
-    m=/tmp/lowbit-calibrate-work/random-7b
-    [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
-    IFS=';' read -ra plans <<< "${PLANS:-0;attention:10;attention:24;attention:24,output:8,gateup:8,down:8}"
-    i=0
-    for p in "${plans[@]}"; do
-      i=$((i + 1))
-      LOWBIT_L2_PREFETCH="$p" timeout 150 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 \
-        --new-tokens 128 --int4-group 64 --runs "${1:-int4-graph:1,int4-graph:8}" > "$OUT/prefetch-$i.jsonl" 2> "$OUT/prefetch-$i.err"
-      echo "plan $i ($p): rc=$?"; grep "differs\|rror" "$OUT/prefetch-$i.err" | cut -c1-200 | head -3
-      runs "$OUT/prefetch-$i.jsonl"
-    done
-    if [ "${TRACE:-0}" = 1 ]; then
-      LOWBIT_STEP_TRACE=1 LOWBIT_L2_PREFETCH="${plans[-1]}" timeout 150 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 \
-        --repeats 2 --new-tokens 128 --int4-group 64 --runs int4-graph:1 > "$OUT/prefetch-trace.jsonl" 2> "$OUT/prefetch-trace.err"
-      echo "trace (${plans[-1]}): rc=$?"; grep "step trace\|rror" "$OUT/prefetch-trace.err" | cut -c1-600 | head -4
-    fi ;;
   quick)
     # The shortest useful run (a few minutes of device time left): self-check, then bench-kernels at 1 (and 2) rows,
     # g64: every GEMV per 7B shape, cold, one line each (µs, GB/s, relative error).
@@ -181,6 +159,6 @@ for l in open(sys.argv[1]):
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       ./run.sh bench-kernels --device cuda --rows 1 --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
     echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|int4_gemv_shared_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
-  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, prefetch, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
 esac
 date +%T

@@ -169,7 +169,6 @@ internal static class BenchDecodeVerb
         string[] kernelChoices = [];
         int graphs = 0;
         bool nativeKernels = false, usesGraphs = false, nativeAttention = false, rowsIdentical = true;
-        var l2Launches = 0;
         float[]? prefillLogits = null;
         string[]? shardLines = null, memory = null;
         IReadOnlyList<FastDecoder.StepTraceSegment>? stepTrace = null;
@@ -214,7 +213,6 @@ internal static class BenchDecodeVerb
             nativeKernels = decoder.UsesNativeKernels;
             usesGraphs = decoder.UsesGraphs;
             nativeAttention = decoder.UsesGraphs && decoder.NativeAttentionFor(run.Batch);
-            l2Launches = decoder.L2PrefetchLaunches;
             var prompts = Enumerable.Range(0, run.Batch).Select(_ => (IReadOnlyList<int>)context.Prompt).ToList();
             for (var r = 0; r <= context.Repeats; r++)
             {
@@ -308,9 +306,6 @@ internal static class BenchDecodeVerb
             line["nativeKernels"] = nativeKernels;
             line["cudaGraphs"] = usesGraphs;
             line["attention"] = nativeAttention ? "native" : "sdpa";
-            // The L2 prefetch plan (FastDecoder's LOWBIT_L2_PREFETCH): its spec and the launches per step that prefetch.
-            line["l2Prefetch"] = l2Launches > 0 ? Environment.GetEnvironmentVariable(L2Plan.Env) ?? L2Plan.DefaultBudgets : "0";
-            line["l2PrefetchLaunches"] = l2Launches;
             line["rowsIdentical"] = rowsIdentical;
             if (stepTrace is { Count: > 0 })
             {

@@ -71,8 +71,8 @@ public class NativeKernelCompileTests
         var attention = kernels.Where(k => k.Name.Contains("decode_attention_kernel<", StringComparison.Ordinal)).ToList();
         Assert.Equal(2 * 2 * 2 * 2, attention.Count);
         Assert.All(attention, k => Assert.True(k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
-        // No stack frame beyond the spills: a parameter struct indexed in a loop (the L2 prefetch ranges, session 17's
-        // first version) is copied to local memory by every thread, and that made the one-row GEMVs 30-100 % slower.
+        // No stack frame beyond the spills: a kernel parameter array indexed in a loop (session 17's L2 prefetch ranges,
+        // since removed) is copied to local memory by every thread, and that made the one-row GEMVs 30-100 % slower.
         Assert.All(kernels.Where(k => k.File == "lowbit_kernels_v2.cu"),
             k => Assert.True(k.Stack <= k.SpillStores + 16, $"{k.Name}: {k.Stack} bytes of stack frame, {k.SpillStores} of spill stores"));
     }

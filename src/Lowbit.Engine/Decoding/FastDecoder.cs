@@ -203,10 +203,6 @@ public sealed class FastDecoder : IDisposable
             stage.Output = stage.IsLast ? null : zeros([MaxBatch, hidden], _dtype, stage.Device);
             stage.Arrivals = UsesNativeAttention ? zeros([MaxBatch * _config.NumKeyValueHeads], ScalarType.Int32, stage.Device) : null;
         }
-        if (UsesDecodeFusion && !_kernels.EmulateFusion && L2Plan.ParseBudgets(Environment.GetEnvironmentVariable(L2Plan.Env)) is { } budgets)
-        {
-            _l2 = BuildL2Plan(budgets);
-        }
         _keys = new Tensor[_layers.Length];
         _values = new Tensor[_layers.Length];
         for (var i = 0; i < _layers.Length; i++)
@@ -339,14 +335,6 @@ public sealed class FastDecoder : IDisposable
     /// <summary>True when a decode step of <paramref name="batch"/> rows runs the native decode attention.</summary>
     public bool NativeAttentionFor(int batch) => batch <= NativeAttentionMaxBatch;
 
-    /// <summary>
-    /// The L2 prefetch plan of the fused layers (<see cref="L2Plan"/>, <c>LOWBIT_L2_PREFETCH</c>): entry
-    /// <c>layer · 5 + issuer</c>; null when nothing is prefetched.
-    /// </summary>
-    private readonly L2Slice[][]? _l2;
-
-    /// <summary>The number of kernel launches per step that prefetch weights into L2 (0: no plan).</summary>
-    public int L2PrefetchLaunches => _l2?.Count(s => s.Length > 0) ?? 0;
 
     /// <summary>
     /// Set to <c>1</c> to trace the decode step (a diagnostic; CUDA, one stage, the v2 library): a mark after each part of
@@ -952,11 +940,9 @@ public sealed class FastDecoder : IDisposable
                 }
                 if (nativeAttention)
                 {
-                    // RoPE, the cache write and the attention in one kernel (it keeps the launch chain unbroken), which
-                    // prefetches the next projections' weights while it waits on latency.
+                    // RoPE, the cache write and the attention in one kernel (it keeps the launch chain unbroken).
                     var attended = empty([batch, _heads * _headDim], _dtype, device);
-                    NativeKernelsV2.RopeAttention(qkv, cos, sin, positions, _keys[layer], _values[layer], stage.Arrivals!, length, attended,
-                        L2Prefetch(layer, L2Plan.Issuer.Attention));
+                    NativeKernelsV2.RopeAttention(qkv, cos, sin, positions, _keys[layer], _values[layer], stage.Arrivals!, length, attended);
                     return attended;
                 }
                 // RoPE of q and k, and k/v into the cache at each row's position, in one kernel.
@@ -1080,19 +1066,15 @@ public sealed class FastDecoder : IDisposable
             var nextFuses = Fuses(i + 1);
             if (fuses)
             {
-                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null, L2Prefetch(i, L2Plan.Issuer.Qkv))
-                    ?? throw Unfused(i, "q/k/v");
+                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
                 Mark("attention");
-                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual, L2Prefetch(i, L2Plan.Issuer.Output))
-                    ?? throw Unfused(i, "output");
+                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
                 Mark("output");
-                var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null, L2Prefetch(i, L2Plan.Issuer.GateUp))
-                    ?? throw Unfused(i, "gate/up");
+                var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
                 Mark("gate/up");
-                residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid, L2Prefetch(i, L2Plan.Issuer.Down))
-                    ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
                 Mark("down");
                 normed = null;
             }
@@ -1129,39 +1111,6 @@ public sealed class FastDecoder : IDisposable
             previousNormed?.Dispose();
         }
         return !stage.IsLast ? residual : normed ?? RmsNorm(residual, null, _finalNorm, out _);
-    }
-
-    /// <summary>The slices <paramref name="issuer"/> of <paramref name="layer"/> prefetches (<see cref="_l2"/>; empty: none).</summary>
-    private L2Slice[] L2Prefetch(int layer, L2Plan.Issuer issuer) => _l2?[layer * L2Plan.IssuersPerLayer + (int)issuer] ?? [];
-
-    /// <summary>
-    /// <see cref="_l2"/> over each stage's runs of consecutive layers whose four projections are int4 weights on the GPU
-    /// (contiguous, as the kernels' prefetch takes them); other layers prefetch nothing.
-    /// </summary>
-    private L2Slice[][] BuildL2Plan(long[] budgets)
-    {
-        var plan = new L2Slice[_layers.Length * L2Plan.IssuersPerLayer][];
-        static bool Eligible(Int4Weight w) => new[] { w.Packed, w.Scales, w.Zeros }.All(t => t.dim() == 2 && t.is_contiguous() && t.device_type == DeviceType.CUDA);
-        static Int4Weight[]? WeightsOf(Layer layer)
-        {
-            var weights = new[] { layer.Qkv, layer.O, layer.GateUp, layer.Down }.OfType<Int4Projection>().Select(p => p.Weight).ToArray();
-            return weights.Length == 4 && weights.All(Eligible) ? weights : null;
-        }
-        foreach (var stage in _stages)
-        {
-            for (var i = stage.First; i < stage.End;)
-            {
-                var run = new List<Int4Weight[]>();
-                for (var j = i; j < stage.End && WeightsOf(_layers[j]) is { } w; j++)
-                {
-                    run.Add(w);
-                }
-                var runPlan = L2Plan.Build(run, budgets);
-                Array.Copy(runPlan, 0, plan, i * L2Plan.IssuersPerLayer, runPlan.Length);
-                i += Math.Max(run.Count, 1);
-            }
-        }
-        return plan;
     }
 
     private static InvalidOperationException Unfused(int layer, string projection) =>

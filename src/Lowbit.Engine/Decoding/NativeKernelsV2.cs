@@ -32,9 +32,9 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int> _gemv;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, int, IntPtr, int> _int4Dequantize;
     private static delegate* unmanaged<int, int, int, int, int, int> _attentionSupports;
-    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, IntPtr*, long*, int, int> _attention;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
     private static delegate* unmanaged<int, int, int, int, int, int, int> _int4XSupports;
-    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr*, long*, int, int> _int4LinearX;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int> _int4LinearX;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
     private static delegate* unmanaged<IntPtr, int, int> _stepMark;
 
@@ -110,41 +110,16 @@ public static unsafe class NativeKernelsV2
     /// <paramref name="output"/> <c>[B, N]</c> = P(x) · dequant(W)ᵀ (+ <paramref name="residual"/>): P is nothing, the
     /// RMSNorm with <paramref name="normWeight"/> (x the residual stream <c>[B, K]</c>), or SiLU·mul (x the fused gate/up
     /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
-    /// Each block prefetches its share of <paramref name="prefetch"/> (at most two slices) into L2 after its last tile.
     /// </summary>
-    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps,
-        Tensor? residual, ReadOnlySpan<L2Slice> prefetch = default)
+    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         Require();
         if (_int4LinearX == null)
         {
             throw new InvalidOperationException("the int4 GEMV variants are unavailable: the v2 library lacks them");
         }
-        var (handles, rows) = Slices(prefetch);
-        fixed (IntPtr* h = handles)
-        fixed (long* r = rows)
-        {
-            Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, geometry,
-                (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero, h, r, prefetch.Length), "int4 v2x linear");
-        }
-    }
-
-    /// <summary>The native side's form of <paramref name="slices"/>: three tensor handles and a (first row, rows) pair each.</summary>
-    private static (IntPtr[] Handles, long[] Rows) Slices(ReadOnlySpan<L2Slice> slices)
-    {
-        if (slices.Length > L2Slice.MaxPerLaunch)
-        {
-            throw new ArgumentException($"at most {L2Slice.MaxPerLaunch} L2 prefetch slices per launch, not {slices.Length}", nameof(slices));
-        }
-        var handles = new IntPtr[3 * slices.Length + 1];
-        var rows = new long[2 * slices.Length + 1];
-        for (var i = 0; i < slices.Length; i++)
-        {
-            var w = slices[i].Weight;
-            (handles[3 * i], handles[3 * i + 1], handles[3 * i + 2]) = (w.Packed.Handle, w.Scales.Handle, w.Zeros.Handle);
-            (rows[2 * i], rows[2 * i + 1]) = (slices[i].FirstRow, slices[i].Rows);
-        }
-        return (handles, rows);
+        Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, geometry,
+            (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero), "int4 v2x linear");
     }
 
     /// <summary>
@@ -180,32 +155,22 @@ public static unsafe class NativeKernelsV2
     /// step's SDPA with its additive mask), in one launch split over the positions. <paramref name="arrivals"/>: int32
     /// zeros, at least <c>B·kv_heads</c> (the kernel's split counters; it leaves them zero).
     /// </summary>
-    public static void DecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor positions, Tensor arrivals, int length, Tensor output) =>
-        Attention(q, null, null, keys, values, positions, arrivals, length, output, default, "decode attention");
+    public static void DecodeAttention(Tensor q, Tensor keys, Tensor values, Tensor positions, Tensor arrivals, int length, Tensor output)
+    {
+        RequireAttention();
+        Check(_attention(q.Handle, IntPtr.Zero, IntPtr.Zero, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "decode attention");
+    }
 
     /// <summary>
     /// <see cref="RopeKv"/> followed by <see cref="DecodeAttention"/> in one kernel: the query heads and new key of the
     /// fused q/k/v output <paramref name="qkv"/> <c>[B, (H + 2·KVH)·D]</c> rotated with cos/sin <c>[B, D]</c>, the key and
     /// value written to the cache at <c>clamp(positions[b])</c>, and the attention of the rotated queries into
-    /// <paramref name="output"/> <c>[B, H·D]</c>. Bit-identical to the two (the self-check compares them). Its blocks
-    /// prefetch their share of <paramref name="prefetch"/> (at most two slices: the next projections' weights) into L2
-    /// before they wait for the q/k/v projection.
+    /// <paramref name="output"/> <c>[B, H·D]</c>. Bit-identical to the two (the self-check compares them).
     /// </summary>
-    public static void RopeAttention(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, Tensor keys, Tensor values, Tensor arrivals, int length, Tensor output,
-        ReadOnlySpan<L2Slice> prefetch = default) =>
-        Attention(qkv, cos, sin, keys, values, positions, arrivals, length, output, prefetch, "rope attention");
-
-    private static void Attention(Tensor q, Tensor? cos, Tensor? sin, Tensor keys, Tensor values, Tensor positions, Tensor arrivals, int length, Tensor output,
-        ReadOnlySpan<L2Slice> prefetch, string what)
+    public static void RopeAttention(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, Tensor keys, Tensor values, Tensor arrivals, int length, Tensor output)
     {
         RequireAttention();
-        var (handles, rows) = Slices(prefetch);
-        fixed (IntPtr* h = handles)
-        fixed (long* r = rows)
-        {
-            Check(_attention(q.Handle, cos?.Handle ?? IntPtr.Zero, sin?.Handle ?? IntPtr.Zero, keys.Handle, values.Handle, positions.Handle, arrivals.Handle,
-                length, output.Handle, h, r, prefetch.Length), what);
-        }
+        Check(_attention(qkv.Handle, cos.Handle, sin.Handle, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "rope attention");
     }
 
     /// <summary>True when the library has the decode step's trace mark (<see cref="StepMark"/>).</summary>
@@ -291,14 +256,14 @@ public static unsafe class NativeKernelsV2
                 if (NativeLibrary.TryGetExport(handle, "lowbit_v2_decode_attention_x", out var attention)
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_attention_supports", out var attentionSupports))
                 {
-                    _attention = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, IntPtr*, long*, int, int>)attention;
+                    _attention = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int>)attention;
                     _attentionSupports = (delegate* unmanaged<int, int, int, int, int, int>)attentionSupports;
                 }
                 if (NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_linear_x", out var int4LinearX)
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_x_supports", out var int4XSupports)
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_rope_kv", out var ropeKv))
                 {
-                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr*, long*, int, int>)int4LinearX;
+                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int>)int4LinearX;
                     _int4XSupports = (delegate* unmanaged<int, int, int, int, int, int, int>)int4XSupports;
                     _ropeKv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int>)ropeKv;
                 }
@@ -315,17 +280,6 @@ public static unsafe class NativeKernelsV2
             }
         }
     }
-}
-
-/// <summary>
-/// Rows <c>[FirstRow, FirstRow + Rows)</c> of an int4 weight (codes, scales and zeros) for a kernel to prefetch into L2
-/// while it is bound by latency (<see cref="NativeKernelsV2.Int4LinearX"/>, <see cref="NativeKernelsV2.RopeAttention"/>):
-/// the decode step's next projection then reads them from L2 (<c>FastDecoder</c>'s L2 plan).
-/// </summary>
-public readonly record struct L2Slice(Int4Weight Weight, long FirstRow, long Rows)
-{
-    /// <summary>The slices one launch takes (the kernels' six byte ranges).</summary>
-    public const int MaxPerLaunch = 2;
 }
 
 /// <summary>What the int4 GEMV variants (<see cref="NativeKernelsV2.Int4LinearX"/>) do to their activations first.</summary>

@@ -48,11 +48,11 @@ public abstract class Projection : IDisposable
     /// <paramref name="residual"/> when given, in one kernel; null when the kernel chosen for these rows has no such
     /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings).
     /// </summary>
-    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, L2Slice[]? prefetch = null)
+    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         if (!kernels.EmulateFusion)
         {
-            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual, prefetch ?? []);
+            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual);
         }
         var input = prologue switch
         {
@@ -71,12 +71,8 @@ public abstract class Projection : IDisposable
     public int FusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) =>
         kernels.EmulateFusion ? 1 : NativeFusedVariant(rows, dtype, kernels, prologue, residual);
 
-    /// <summary>
-    /// The native fused kernel's run (<see cref="RunFused"/>), prefetching <paramref name="prefetch"/> into L2 after its
-    /// last tile (<see cref="L2Plan"/>); null when there is none for these rows.
-    /// </summary>
-    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual,
-        L2Slice[] prefetch) => null;
+    /// <summary>The native fused kernel's run (<see cref="RunFused"/>); null when there is none for these rows.</summary>
+    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
 
     /// <summary>The native fused kernel's geometry for these rows (<see cref="FusedVariant"/>), or 0.</summary>
     protected virtual int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
@@ -311,8 +307,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
-    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual,
-        L2Slice[] prefetch)
+    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         var rows = x.shape[0];
         var geometry = NativeFusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
@@ -321,7 +316,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             return null;
         }
         var output = empty([rows, Weight.OutFeatures], x.dtype, x.device);
-        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, prefetch);
+        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual);
         return output;
     }
 

@@ -20,12 +20,10 @@ int lowbit_v2_int4_max_k();
 int lowbit_launch_int4_dequantize_v2(int, const void*, const void*, const void*, void*, int64_t, int, int, void*);
 int lowbit_v2_attention_splits(int, int, int, int, int);
 int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*,
-                                      void*, int64_t, float*, int*, int, int, int, int, int, int, int, const void* const*,
-                                      const int64_t*, int, void*);
+                                      void*, int64_t, float*, int*, int, int, int, int, int, int, int, void*);
 int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
 int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
-                                int, int, int, int, const void*, float, const void*, int64_t, const void* const*,
-                                const int64_t*, int, void*);
+                                int, int, int, int, const void*, float, const void*, int64_t, void*);
 int lowbit_launch_step_mark(void*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
                           int, int, int, int, void*);
@@ -41,33 +39,6 @@ at::Tensor& T(void* handle) {
 }
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
-
-// The byte ranges of `slices` row slices of int4 weights to prefetch into L2 (the kernels' L2Prefetch): handles holds
-// packed, scales, zeros per slice (each [N, ·] contiguous), rows a (first row, row count) pair per slice, clamped to N.
-struct L2Ranges {
-  const void* base[6] = {};
-  int64_t bytes[6] = {};
-  int count = 0;
-};
-
-L2Ranges l2_ranges(void* const* handles, const int64_t* rows, int slices) {
-  L2Ranges r;
-  TORCH_CHECK(slices >= 0 && slices <= 2 && (slices == 0 || (handles != nullptr && rows != nullptr)), "L2 prefetch: 0-2 weight slices");
-  for (int s = 0; s < slices; s++) {
-    for (int part = 0; part < 3; part++) {
-      auto& t = T(handles[3 * s + part]);
-      TORCH_CHECK(t.is_cuda() && t.dim() == 2 && t.is_contiguous(), "L2 prefetch: weight tensors [N, ·] contiguous on the GPU");
-      const int64_t n = t.size(0);
-      const int64_t first = rows[2 * s] < 0 ? 0 : rows[2 * s] > n ? n : rows[2 * s];
-      const int64_t count = rows[2 * s + 1] < 0 ? 0 : rows[2 * s + 1] > n - first ? n - first : rows[2 * s + 1];
-      const int64_t row_bytes = t.stride(0) * (int64_t)t.element_size();
-      r.base[r.count] = static_cast<const char*>(t.data_ptr()) + first * row_bytes;
-      r.bytes[r.count] = count * row_bytes;
-      r.count++;
-    }
-  }
-  return r;
-}
 
 // The kernels' dtype code: 0 bfloat16, 1 float16; anything else fails naming `what`.
 int dtype_code(const at::Tensor& t, const char* what) {
@@ -96,8 +67,7 @@ int guarded(F f) {
 // lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
 // fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null.
 void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry, int prologue,
-                 void* norm_w, double eps, void* residual, void* const* l2_handles = nullptr, const int64_t* l2_rows = nullptr,
-                 int l2_slices = 0) {
+                 void* norm_w, double eps, void* residual) {
   auto& xt = T(x);
   auto& pt = T(packed);
   auto& st = T(scales);
@@ -143,10 +113,9 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   }
   TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, geometry, prologue, res != nullptr ? 1 : 0),
               "int4 v2: variant not taken (batch ", xt.size(0), ", K=", k, ", geometry ", geometry, ", prologue ", prologue, ")");
-  const L2Ranges l2 = l2_ranges(l2_handles, l2_rows, l2_slices);
   const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
                                              ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, geometry,
-                                             prologue, norm, (float)eps, res, res_stride, l2.base, l2.bytes, l2.count,
+                                             prologue, norm, (float)eps, res, res_stride,
                                              static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
   TORCH_CHECK(rc == 0, "int4 v2: launch failed: ",
               rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch, K or variant" : cudaGetErrorString((cudaError_t)rc));
@@ -223,14 +192,13 @@ int lowbit_v2_int4_dequantize(void* packed, void* scales, void* zeros, int group
 // shape is taken (lowbit_v2_attention_supports), the fp32 workspace allocated here (from the capture's pool in a graph).
 // With cos/sin ([B, D] contiguous) q is the fused q/k/v output [B, (H + 2 KVH)·D] instead: its query heads and the new
 // key are rotated in the kernel, and the key and value go to the cache at clamp(positions[b]) first (what rope_kv
-// does). arrivals: int32, at least B·KVH elements, zero (the kernel leaves them zero). l2_*: as lowbit_v2_int4_linear_x's,
-// prefetched before the kernel waits for the q/k/v projection.
+// does). arrivals: int32, at least B·KVH elements, zero (the kernel leaves them zero).
 int lowbit_v2_attention_supports(int batch, int heads, int kv_heads, int head_dim, int length) {
   return kv_heads > 0 && heads % kv_heads == 0 && lowbit_v2_attention_splits(batch, kv_heads, heads / kv_heads, head_dim, length) > 0 ? 1 : 0;
 }
 
 int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void* values, void* positions, void* arrivals,
-                                 int length, void* out, void* const* l2_handles, const int64_t* l2_rows, int l2_slices) {
+                                 int length, void* out) {
   return guarded([&] {
     auto& qt = T(q);
     auto& kt = T(keys);
@@ -265,12 +233,11 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
     TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");
     const int dtype = dtype_code(kt, "decode attention");
     auto work = at::empty({splits > 1 ? batch * heads * splits * (d + 2) : 1}, kt.options().dtype(at::kFloat));
-    const L2Ranges l2 = l2_ranges(l2_handles, l2_rows, l2_slices);
     const int rc = lowbit_launch_decode_attention_v2(dtype, qt.data_ptr(), qt.stride(0), rope ? T(cos).data_ptr() : nullptr,
                                                      rope ? T(sin).data_ptr() : nullptr, kt.data_ptr(), vt.data_ptr(), pt.data_ptr<int64_t>(),
                                                      ot.data_ptr(), ot.stride(0), work.data_ptr<float>(), rt.data_ptr<int>(), (int)batch,
                                                      (int)kv_heads, group, (int)d, (int)max_len, length, splits,
-                                                     l2.base, l2.bytes, l2.count, static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+                                                     static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
@@ -296,12 +263,9 @@ int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int pro
 
 // out[B, N] = P(x) @ dequant(packed, scales, zeros)^T (+ residual[B, N]): P is nothing (prologue 0), the RMSNorm with
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
-// l2_slices (0-2) row slices of int4 weights (l2_handles: packed, scales, zeros each; l2_rows: first row, rows each) are
-// prefetched into L2 by every block after its last tile (l2_ranges).
 int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
-                            int prologue, void* norm_w, double eps, void* residual, void* const* l2_handles,
-                            const int64_t* l2_rows, int l2_slices) {
-  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual, l2_handles, l2_rows, l2_slices); });
+                            int prologue, void* norm_w, double eps, void* residual) {
+  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual); });
 }
 
 // The decode step's RoPE + cache write: qkv [B, (H + 2 KVH)·D] (unit inner stride), cos/sin [B, D] contiguous,

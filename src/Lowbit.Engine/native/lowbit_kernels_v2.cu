@@ -50,12 +50,6 @@
 #define LOWBIT_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" :::)
 #endif
 
-#if defined(LOWBIT_EMULATED)
-#define LOWBIT_PREFETCH_L2(p) emul_prefetch_l2(p)
-#else
-#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
-#endif
-
 namespace {
 
 template <typename T> struct Cvt2;
@@ -116,52 +110,11 @@ constexpr int kPlain = 0;
 constexpr int kNorm = 1;
 constexpr int kSiluMul = 2;
 
-// L2 prefetch of the weights a later kernel of the decode step reads (LOWBIT_L2_PREFETCH, FastDecoder.L2Plan): up to
-// kL2Ranges byte ranges, of which every block of the grid takes its share of 128-byte lines. A prefetch is a hint that
-// nothing waits for: it keeps the memory busy while this kernel is bound by latency (the decode attention, a GEMV's
-// tail as its blocks run out of tiles, where the bandwidth falls idle), so the next projection's first tiles come from
-// L2. The GEMVs issue theirs after their last tile, the attention before griddepcontrol.wait (weights depend on nothing).
-constexpr int kL2Ranges = 6;
-struct L2Prefetch {
-  const char* base[kL2Ranges];
-  int64_t bytes[kL2Ranges];
-};
-
-// This block's share of one range's lines (a line holding a byte of the range lies in the same allocation).
-__device__ __forceinline__ void prefetch_range(const char* base, int64_t bytes) {
-  const uintptr_t first = reinterpret_cast<uintptr_t>(base) & ~(uintptr_t)127;
-  const int64_t lines = (int64_t)((reinterpret_cast<uintptr_t>(base) + (uintptr_t)bytes - first + 127) >> 7);
-  const int64_t lo = lines * blockIdx.x / gridDim.x;
-  const int64_t hi = lines * (blockIdx.x + 1) / gridDim.x;
-  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) LOWBIT_PREFETCH_L2(reinterpret_cast<const char*>(first + ((uintptr_t)i << 7)));
-}
-
-// Every range's share. Unrolled, so each range is read from the kernel's parameters by a constant index: a loop over
-// them made ptxas copy the parameters to a 128-144 byte stack frame, and it cost every int4 GEMV 30-100 % at one row
-// (H100 run 30: QKV 16.4 against 11.4 µs) even with nothing to prefetch.
-__device__ __forceinline__ void prefetch_share(const L2Prefetch& pf) {
-#pragma unroll
-  for (int r = 0; r < kL2Ranges; r++) {
-    if (pf.bytes[r] > 0) prefetch_range(pf.base[r], pf.bytes[r]);
-  }
-}
-
-// The ranges of a launch (count <= kL2Ranges; more are ignored), for the kernel's argument.
-inline L2Prefetch l2_prefetch_of(const void* const* bases, const int64_t* bytes, int count) {
-  L2Prefetch pf = {};
-  for (int r = 0; r < count && r < kL2Ranges && bases != nullptr && bytes != nullptr; r++) {
-    pf.base[r] = static_cast<const char*>(bases[r]);
-    pf.bytes[r] = bases[r] != nullptr ? bytes[r] : 0;
-  }
-  return pf;
-}
-
 struct Fusion {
   const void* norm_w;    // [K] in the model dtype (kNorm)
   float eps;             // kNorm
   const void* residual;  // [B, N] rows at res_stride (RES)
   int64_t res_stride;
-  L2Prefetch l2;         // issued after the block's last tile
 };
 
 template <typename T>
@@ -523,7 +476,6 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
     if (next < n) load_tile<G, R, CH>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
     tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
-  prefetch_share(fusion.l2);
 }
 
 // The grid of a persistent kernel over `tiles` row tiles: as many blocks as fit on the device at once, at most one per
@@ -751,7 +703,6 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
     if (next < n) load(next);
     tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
-  prefetch_share(fusion.l2);
 }
 
 // The shared kernel's dynamic shared memory: NB rows of activations as float4 per 4 codes.
@@ -1211,7 +1162,6 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
     store_tile<T, kWarps, NB, kRows, RES>(red[buf], tid, tile * kRows, n, batch, out, out_stride, residual, fusion.res_stride);
     buf ^= 1;
   }
-  prefetch_share(fusion.l2);
 }
 
 // Rows taken: 1, 2, 4 or 8 activation rows (batch up to 8) at K % 256 == 0 (rounds of 4 groups), groups of 64 or
@@ -1691,6 +1641,12 @@ constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 
+#if defined(LOWBIT_EMULATED)
+#define LOWBIT_PREFETCH_L2(p)
+#else
+#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#endif
+
 // A lane's D / 32 elements of a row (one 8- or 4-byte load: rows and the lane's offset are multiples of D / 32 elements,
 // the host checks the bases' alignment).
 template <typename T, int D>
@@ -1728,7 +1684,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
-    int64_t out_stride, L2Prefetch l2) {
+    int64_t out_stride) {
   constexpr int E = D / 32;
   constexpr int P = kAttnPositions;
   __shared__ float merge_m[kAttnWarps][GMAX];
@@ -1779,9 +1735,6 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
       LOWBIT_PREFETCH_L2(values + element);
     }
   }
-  // The next projections' weights (the output projection's, then the gate/up's first rows) while this kernel waits on
-  // latency: they depend on nothing.
-  prefetch_share(l2);
   LOWBIT_PDL_WAIT();
 
   float qv[GMAX][E];
@@ -1968,7 +1921,7 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms) {
 template <typename T, int D>
 int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
                      void* out, int64_t os, float* work, int* arrivals, int batch, int kv_heads, int group, int max_len,
-                     int length, int splits, const L2Prefetch& l2, cudaStream_t st) {
+                     int length, int splits, cudaStream_t st) {
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
@@ -1976,7 +1929,7 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   auto pick = [&](auto kernel) {
     return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
                       static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os, l2);
+                      splits, scale, work, arrivals, static_cast<T*>(out), os);
   };
   if (cos != nullptr) {
     return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
@@ -2023,9 +1976,7 @@ int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void
 
 // The int4 GEMV with a prologue (0 none, 1 RMSNorm with norm_w/eps, 2 SiLU·mul of x = [gate | up] at x_stride >= 2K),
 // the residual add (residual non-null: out = T(T(x W^T) + residual)) and `geometry` (1: int4-v2, 256 threads with 16
-// codes per chunk; 3: int4-v2-wide, 128 threads with 32) as lowbit_v2_int4_fused_supports says, and l2_count byte
-// ranges (l2_base/l2_bytes, at most 6; none: null, 0) to prefetch into L2 after the last tile. Same return codes as
-// lowbit_launch_int4_v2.
+// codes per chunk; 3: int4-v2-wide, 128 threads with 32) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
 int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
   return fused_supports(dtype, batch, k, geometry, prologue, residual) ? 1 : 0;
 }
@@ -2033,13 +1984,12 @@ int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int
 int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
                                 const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
                                 int geometry, int prologue, const void* norm_w, float eps, const void* residual,
-                                int64_t res_stride, const void* const* l2_base, const int64_t* l2_bytes, int l2_count,
-                                void* stream) {
+                                int64_t res_stride, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm && norm_w == nullptr)) return -3;
-  const Fusion f{norm_w, eps, residual, res_stride, l2_prefetch_of(l2_base, l2_bytes, l2_count)};
+  const Fusion f{norm_w, eps, residual, res_stride};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
@@ -2095,17 +2045,15 @@ int lowbit_launch_step_mark(void* trace, int index, void* stream) {
 // out[b, h·D..] = softmax(q_h · K_slot(b)[0..a_b)ᵀ / √D) · V_slot(b)[0..a_b) for rows b < batch (see decode_attention
 // above). With cos/sin non-null ([B, D]) q is the fused q/k/v [B, (H + 2 KVH)·D]: RoPE of the queries and of the new key,
 // which goes to the cache with the new value first (rope_kv's). `arrivals`: batch × kv_heads ints, zero (the kernel
-// leaves them zero); `work`: batch × heads × splits × (D + 2) floats; l2_count byte ranges (at most 6) to prefetch
-// into L2 before the wait. 0 on success, -2 unsupported dtype, -3 unsupported shape, else a cudaError_t.
+// leaves them zero); `work`: batch × heads × splits × (D + 2) floats. 0 on success, -2 unsupported dtype, -3
+// unsupported shape, else a cudaError_t.
 int lowbit_launch_decode_attention_v2(int dtype, const void* q, int64_t q_stride, const void* cos, const void* sin,
                                       void* keys, void* values, const int64_t* positions, void* out, int64_t out_stride,
                                       float* work, int* arrivals, int batch, int kv_heads, int group, int head_dim,
-                                      int max_len, int length, int splits, const void* const* l2_base, const int64_t* l2_bytes,
-                                      int l2_count, void* stream) {
+                                      int max_len, int length, int splits, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  const L2Prefetch l2 = l2_prefetch_of(l2_base, l2_bytes, l2_count);
   if (splits < 1 || group < 1 || group > kAttnMaxGroup || length < 1 || length > max_len || (cos == nullptr) != (sin == nullptr)) return -3;
-#define LOWBIT_ATTENTION(TYPE, DIM) launch_attention<TYPE, DIM>(q, q_stride, cos, sin, keys, values, positions, out, out_stride, work, arrivals, batch, kv_heads, group, max_len, length, splits, l2, st)
+#define LOWBIT_ATTENTION(TYPE, DIM) launch_attention<TYPE, DIM>(q, q_stride, cos, sin, keys, values, positions, out, out_stride, work, arrivals, batch, kv_heads, group, max_len, length, splits, st)
   if (dtype == 0 && head_dim == 128) return LOWBIT_ATTENTION(__nv_bfloat16, 128);
   if (dtype == 0 && head_dim == 64) return LOWBIT_ATTENTION(__nv_bfloat16, 64);
   if (dtype == 1 && head_dim == 128) return LOWBIT_ATTENTION(__half, 128);

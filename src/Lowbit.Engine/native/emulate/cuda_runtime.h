@@ -104,14 +104,6 @@ inline void __threadfence() {}
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline void __syncthreads() { g_block->arrive_and_wait(); }
-#include <mutex>
-// Every L2 prefetch a launch issues (LOWBIT_PREFETCH_L2), for main.cpp to compare with the ranges it asked for.
-inline std::mutex g_prefetch_lock;
-inline std::vector<uintptr_t> g_prefetched;
-inline void emul_prefetch_l2(const void* p) {
-  std::lock_guard<std::mutex> hold(g_prefetch_lock);
-  g_prefetched.push_back(reinterpret_cast<uintptr_t>(p));
-}
 inline void emul_launch(int blocks, int threads, std::function<void()> body) {
   gridDim.x = blocks; blockDim.x = threads;
   for (int b = 0; b < blocks; b++) {
