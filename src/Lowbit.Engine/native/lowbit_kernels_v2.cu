@@ -1707,27 +1707,30 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   LOWBIT_PDL_TRIGGER();
   // The warp's first four rows into registers while the kernel before finishes (at batch 1 and context 256 that is all
   // of them): one memory round trip out of the kernel's chain. Row `at` may be read stale (this launch writes it); it is
-  // replaced by the registers' copy below. The block's later rows go to L2 (128-byte lines).
-  float kv[P][E], vv[P][E];
-  auto load_rows = [&](int j0) {
+  // replaced by the registers' copy below. The block's later rows go to L2 (128-byte lines). With one query head per kv
+  // head, two sets of row registers: the next round's loads go out before this round's scores (double buffering), so a
+  // warp with many rounds (batch 32: one split of all positions) has two rounds' rows in flight, not one.
+  float kv[P][E], vv[P][E], kv2[P][E], vv2[P][E];
+  auto load_rows = [&](int j0, float (&kr)[P][E], float (&vr)[P][E]) {
 #pragma unroll
     for (int p = 0; p < P; p++) {
       const int j = j0 + p;
       if (j < end) {
         const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
-        load_row<T, D>(keys + element, lane, kv[p]);
-        load_row<T, D>(values + element, lane, vv[p]);
+        load_row<T, D>(keys + element, lane, kr[p]);
+        load_row<T, D>(values + element, lane, vr[p]);
       } else {
 #pragma unroll
-        for (int i = 0; i < E; i++) kv[p][i] = vv[p][i] = 0.f;
+        for (int i = 0; i < E; i++) kr[p][i] = vr[p][i] = 0.f;
       }
     }
   };
+  constexpr int kStep = P * kAttnWarps;
   int j0 = start + warp * P;
-  load_rows(j0);
+  load_rows(j0, kv, vv);
   {
     constexpr int lines = (D * (int)sizeof(T) + 127) / 128;
-    const int later = start + P * kAttnWarps;
+    const int later = start + kStep;
     const int count = end > later ? (end - later) * lines : 0;
     for (int i = threadIdx.x; i < count; i += kAttnThreads) {
       const int64_t element = (row_base + (int64_t)(later + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
@@ -1784,14 +1787,13 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   }
   // Warp w takes positions start + 4w .. start + 4w + 3, then every 16th group of four: the four rows' loads go out
   // together (one memory round trip per four positions, not per position), then four scores per head and one online
-  // softmax update for them.
-  for (; j0 < end; j0 += P * kAttnWarps) {
-    if (j0 != start + warp * P) load_rows(j0);
+  // softmax update for them. Rounds alternate between the two register sets (unrolled by two: no dynamic indexing).
+  auto round = [&](int j0, float (&kr)[P][E], float (&vr)[P][E]) {
 #pragma unroll
     for (int p = 0; p < P; p++) {
       if (ROPE && j0 + p == at) {
 #pragma unroll
-        for (int i = 0; i < E; i++) kv[p][i] = kn[i], vv[p][i] = vn[i];
+        for (int i = 0; i < E; i++) kr[p][i] = kn[i], vr[p][i] = vn[i];
       }
     }
 #pragma unroll
@@ -1802,7 +1804,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
       for (int p = 0; p < P; p++) {
         float dot = 0.f;
 #pragma unroll
-        for (int i = 0; i < E; i++) dot = fmaf(qv[g][i], kv[p][i], dot);
+        for (int i = 0; i < E; i++) dot = fmaf(qv[g][i], kr[p][i], dot);
         score[p] = dot;
       }
 #pragma unroll
@@ -1819,9 +1821,26 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
         const float w = expf(score[p] - next);
         l[g] += w;
 #pragma unroll
-        for (int i = 0; i < E; i++) acc[g][i] = fmaf(w, vv[p][i], acc[g][i]);
+        for (int i = 0; i < E; i++) acc[g][i] = fmaf(w, vr[p][i], acc[g][i]);
       }
       m[g] = next;
+    }
+  };
+  if constexpr (GMAX == 1) {
+    while (j0 < end) {
+      if (j0 + kStep < end) load_rows(j0 + kStep, kv2, vv2);
+      round(j0, kv, vv);
+      j0 += kStep;
+      if (j0 >= end) break;
+      if (j0 + kStep < end) load_rows(j0 + kStep, kv, vv);
+      round(j0, kv2, vv2);
+      j0 += kStep;
+    }
+  } else {
+    // Eight query heads' state leaves no registers for a second set under the three-block bound (ptxas spilled).
+    for (const int first = j0; j0 < end; j0 += kStep) {
+      if (j0 != first) load_rows(j0, kv, vv);
+      round(j0, kv, vv);
     }
   }
   // Merge the warps: each writes its state, then thread t of the block merges element t of every head of the group.

@@ -398,6 +398,8 @@ int main() {
   f += run_attention(3, 2, 4, 128, 130, 128, 3);
   f += run_attention(2, 2, 3, 64, 70, 64, 1);
   f += run_attention(1, 4, 1, 128, 300, 256, 64);   // 16 splits of 16 positions
+  f += run_attention(8, 4, 1, 64, 210, 200, 1);     // one split of 200: 12-13 rounds per warp through both register sets
+  f += run_attention(2, 2, 4, 128, 100, 97, 1);     // one split of 97 with grouped heads: 6-7 rounds, a partial last one
   f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 10 splits, the last row past the bucket
   f += run_attention(4, 2, 1, 64, 40, 32, 1);       // one split: the blocks write the output themselves
   f += lowbit_v2_attention_splits(1, 8, 9, 128, 64) == 0 ? 0 : 1;
