@@ -26,7 +26,7 @@ public class NativeKernelEmulationTests
         Assert.Equal(17, lines.Count(l => l.Contains(" geometry 9", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
         Assert.Equal(2, lines.Count(l => l.StartsWith("rope_kv ", StringComparison.Ordinal) && l.Contains(": 0 wrong", StringComparison.Ordinal)));
         Assert.Equal(3, lines.Count(l => l.StartsWith("dequantize ", StringComparison.Ordinal) && l.Contains(": 0 of ", StringComparison.Ordinal)));
-        Assert.Equal(6, lines.Count(l => l.StartsWith("attention ", StringComparison.Ordinal) && l.EndsWith("all written 1; fused RoPE: 0 elements differ", StringComparison.Ordinal)));
+        Assert.Equal(8, lines.Count(l => l.StartsWith("attention ", StringComparison.Ordinal) && l.EndsWith("all written 1; fused RoPE: 0 elements differ", StringComparison.Ordinal)));
         Assert.Equal("ok", lines[^1]);
     }
 }
