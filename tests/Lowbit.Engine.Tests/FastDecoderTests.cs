@@ -35,6 +35,26 @@ public class FastDecoderTests
     }
 
     [Fact]
+    public void Does_prefill_many_prompts_in_passes_of_the_batched_token_limit_as_one_prompt_at_a_time_would()
+    {
+        // Three prompts of 200-260 tokens: 512 tokens per pass on the CPU puts the first two in one pass and the third
+        // in its own. Each slot's next token, logits row and position must be what prefilling it alone gives.
+        using var model = Fixture();
+        var prompts = new[] { 200, 230, 260 }.Select(n => (IReadOnlyList<int>)Enumerable.Range(0, n).Select(i => Prompt[i % Prompt.Length]).Prepend(ByteTokenizer.Bos).ToArray()).ToList();
+        using var together = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 4, MaxLength = 300 }, CPU);
+        using var alone = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 4, MaxLength = 300 }, CPU);
+
+        together.Prefill(prompts);
+        var expected = prompts.Select((p, b) => alone.Prefill(b, p)).ToArray();
+
+        Assert.Equal(512, together.PrefillTokensPerForward);
+        Assert.Equal(expected, together.NextTokens(3).Select(t => (int)t).ToArray());
+        Assert.Equal(prompts.Select(p => (long)p.Count), Enumerable.Range(0, 3).Select(together.Position));
+        Assert.True(together.Logits.narrow(0, 0, 3).allclose(alone.Logits.narrow(0, 0, 3), rtol: 1e-4, atol: 1e-4));
+        Assert.Equal(FastGeneration.Generate(alone, prompts, 6), FastGeneration.Generate(together, prompts, 6));
+    }
+
+    [Fact]
     public void Does_keep_one_copy_of_the_fused_weights_and_the_model_unchanged()
     {
         using var model = Fixture();
