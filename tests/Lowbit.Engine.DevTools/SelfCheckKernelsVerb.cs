@@ -212,7 +212,7 @@ internal static class SelfCheckKernelsVerb
                 // RMSNorm inside, the output projection with the residual add, the down projection with SiLU·mul and the add.
                 foreach (var (batch, n, k, group, geometry) in new[]
                 {
-                    (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
+                    (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 22016, 4096, 64, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
                     (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5), (1, 12288, 4096, 64, 7), (2, 22016, 4096, 128, 7), (1, 1001, 2048, 64, 7), (1, 4096, 11008, 64, 7), (1, 999, 8192, 128, 7),
                     (1, 12288, 4096, 64, 9), (2, 22016, 4096, 128, 9), (1, 4096, 11008, 64, 9), (2, 1001, 11008, 128, 9),
                 })
@@ -239,6 +239,17 @@ internal static class SelfCheckKernelsVerb
                     output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
                     NativeKernelsV2.Int4LinearX(gateUp, packed, output, geometry, Int4Prologue.SiluMul, null, 0, residual);
                     Report($"int4-v2 fused silu-mul + residual {name}", output, residual.add(nn.functional.linear(activated, dense), Scalars.One));
+
+                    // The fused gate/up projection's variant (one row, int4-v2 and -wide): RMSNorm in, SiLU(first half)·second
+                    // half out, against the RMSNorm, the GEMM and the SiLU·mul kernel.
+                    if (n % 2 == 0 && NativeKernelsV2.Int4XSupports(bf16, batch, k, geometry, Int4Prologue.RmsNormSiluMul, residual: false))
+                    {
+                        var paired = full([batch, n / 2], Scalars.Of(double.NaN), bf16, device);
+                        NativeKernelsV2.Int4LinearX(stream, packed, paired, geometry, Int4Prologue.RmsNormSiluMul, normWeight, 1e-5, null);
+                        var separate = empty([batch, n / 2], bf16, device);
+                        NativeKernels.SiluMul(nn.functional.linear(normed, dense).contiguous(), separate);
+                        Report($"int4-v2 fused rmsnorm + paired silu-mul {name}", paired, separate);
+                    }
 
                     output = full([batch, n], Scalars.Of(double.NaN), bf16, device);
                     NativeKernelsV2.Int4LinearX(stream, packed, output, geometry, Int4Prologue.None, null, 0, residual);

@@ -34,6 +34,13 @@ public sealed record FastDecoderOptions
     public bool FuseDecodeStep { get; init; } = true;
 
     /// <summary>
+    /// In the fused step, let the gate/up GEMV write SiLU(gate)·up itself where its kernel can
+    /// (<see cref="Int4Prologue.RmsNormSiluMul"/>: one row, int4-v2 or -wide), so the down GEMV reads the activations as
+    /// they are; false (or <c>LOWBIT_GATE_UP_EPILOGUE=0</c>): the down GEMV's SiLU·mul prologue, as before session 17.
+    /// </summary>
+    public bool GateUpEpilogue { get; init; } = true;
+
+    /// <summary>
     /// With graphs, time each projection shape's candidate kernels per batch bucket once at build and use the fastest
     /// (<see cref="KernelSelector"/>); false keeps the fixed defaults (<see cref="DenseProjection.NativeGemvMaxRows"/>,
     /// the first int4 GEMV at ≤ 16 rows).
@@ -98,6 +105,10 @@ public sealed class FastDecoder : IDisposable
     private bool _graphs;
     private readonly Layer[] _layers;
     private readonly Func<int, bool>? _fusedLayers;
+    private readonly bool _gateUpEpilogue;
+
+    /// <summary>Set to <c>0</c> to keep SiLU·mul in the down GEMV's prologue (<see cref="FastDecoderOptions.GateUpEpilogue"/>).</summary>
+    public const string GateUpEpilogueEnv = "LOWBIT_GATE_UP_EPILOGUE";
     private readonly Tensor _embed;
     private readonly Tensor _finalNorm;
     private readonly Projection _lmHead;
@@ -145,6 +156,7 @@ public sealed class FastDecoder : IDisposable
         NativeAttentionMaxBatch = !(cuda && native) || attention == "sdpa"
             || !NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1) ? 0
             : attention == "native" ? int.MaxValue : NativeAttentionDefaultMaxBatch;
+        _gateUpEpilogue = options.GateUpEpilogue && Environment.GetEnvironmentVariable(GateUpEpilogueEnv) != "0";
         UsesDecodeFusion = options.EmulatedFusion is not null
             || (cuda && native && options.FuseDecodeStep && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
         _heads = _config.NumAttentionHeads;
@@ -1126,9 +1138,21 @@ public sealed class FastDecoder : IDisposable
                 Mark("attention");
                 var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
                 Mark("output");
-                var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
-                Mark("gate/up");
-                residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                if (_gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
+                    && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0)
+                {
+                    // The gate/up GEMV writes SiLU(gate)·up (its tiles pair gate row i with up row i), the down GEMV
+                    // reads it as it is.
+                    var activated = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNormSiluMul, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
+                    Mark("gate/up");
+                    residual = (layer.Down.RunFused(activated, _kernels, Int4Prologue.None, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                }
+                else
+                {
+                    var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
+                    Mark("gate/up");
+                    residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
+                }
                 Mark("down");
                 normed = null;
             }

@@ -110,6 +110,7 @@ public static unsafe class NativeKernelsV2
     /// <paramref name="output"/> <c>[B, N]</c> = P(x) · dequant(W)ᵀ (+ <paramref name="residual"/>): P is nothing, the
     /// RMSNorm with <paramref name="normWeight"/> (x the residual stream <c>[B, K]</c>), or SiLU·mul (x the fused gate/up
     /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
+    /// With <see cref="Int4Prologue.RmsNormSiluMul"/> the output is <c>[B, N/2]</c>: SiLU·mul of the two halves' outputs.
     /// </summary>
     public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
@@ -293,4 +294,11 @@ public enum Int4Prologue
 
     /// <summary>SiLU(gate) · up of x = the fused gate/up output <c>[B, 2K]</c>.</summary>
     SiluMul = 2,
+
+    /// <summary>
+    /// The fused gate/up projection: <see cref="RmsNorm"/> in, and out <c>[B, N/2]</c> = SiLU(gate)·up of the weight's
+    /// halves (rows <c>0..N/2</c> gate, <c>N/2..N</c> up), each rounded as the separate SiLU·mul kernel rounds; the
+    /// kernel's tiles pair gate row i with up row i. One row, int4-v2 and int4-v2-wide.
+    /// </summary>
+    RmsNormSiluMul = 3,
 }

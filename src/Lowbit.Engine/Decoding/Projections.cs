@@ -56,11 +56,15 @@ public abstract class Projection : IDisposable
         }
         var input = prologue switch
         {
-            Int4Prologue.RmsNorm => FastDecoder.EagerRmsNorm(x, normWeight ?? throw new ArgumentNullException(nameof(normWeight)), eps),
+            Int4Prologue.RmsNorm or Int4Prologue.RmsNormSiluMul => FastDecoder.EagerRmsNorm(x, normWeight ?? throw new ArgumentNullException(nameof(normWeight)), eps),
             Int4Prologue.SiluMul => FastDecoder.EagerSiluMul(x),
             _ => x,
         };
         var output = Forward(input, kernels);
+        if (prologue == Int4Prologue.RmsNormSiluMul)
+        {
+            output = FastDecoder.EagerSiluMul(output);
+        }
         return residual is null ? output : residual.add(output, Scalars.One);
     }
 
@@ -315,7 +319,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             return null;
         }
-        var output = empty([rows, Weight.OutFeatures], x.dtype, x.device);
+        var output = empty([rows, prologue == Int4Prologue.RmsNormSiluMul ? Weight.OutFeatures / 2 : Weight.OutFeatures], x.dtype, x.device);
         NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual);
         return output;
     }

@@ -92,13 +92,16 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   TORCH_CHECK(geometry != 9 || (reinterpret_cast<uintptr_t>(st.data_ptr()) % 8 == 0 && reinterpret_cast<uintptr_t>(zt.data_ptr()) % 8 == 0),
               "int4 v2: the tensor-core GEMV needs 8-byte aligned scales and zeros");
   const int64_t width = prologue == 2 ? 2 * k : k;
-  TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == n, "int4 v2: shape mismatch (x [B, ", width, "], out [B, ", n, "])");
+  // Prologue 3 (the fused gate/up projection): gate rows 0..N/2, up rows N/2..N, out = SiLU(gate)·up [B, N/2].
+  const int64_t outputs = prologue == 3 ? n / 2 : n;
+  TORCH_CHECK(prologue != 3 || n % 2 == 0, "int4 v2: the paired gate/up epilogue needs an even N, not ", n);
+  TORCH_CHECK(xt.size(1) == width && ot.size(0) == xt.size(0) && ot.size(1) == outputs, "int4 v2: shape mismatch (x [B, ", width, "], out [B, ", outputs, "])");
   TORCH_CHECK(xt.stride(1) == 1 && xt.stride(0) % 8 == 0 && aligned16(xt), "int4 v2: x rows must be 16-byte aligned");
   TORCH_CHECK(ot.stride(1) == 1, "int4 v2: out must have unit inner stride");
   TORCH_CHECK(xt.scalar_type() == ot.scalar_type(), "int4 v2: x and out dtypes differ");
   const int dtype = dtype_code(xt, "int4 v2");
   const void* norm = nullptr;
-  if (prologue == 1) {
+  if (prologue == 1 || prologue == 3) {
     auto& wt = T(norm_w);
     TORCH_CHECK(wt.is_cuda() && wt.dim() == 1 && wt.size(0) == k && wt.is_contiguous() && aligned16(wt) && wt.scalar_type() == xt.scalar_type(), "int4 v2: norm weight [K] contiguous, x's dtype");
     norm = wt.data_ptr();
@@ -263,6 +266,7 @@ int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int pro
 
 // out[B, N] = P(x) @ dequant(packed, scales, zeros)^T (+ residual[B, N]): P is nothing (prologue 0), the RMSNorm with
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
+// Prologue 3: the RMSNorm, and out [B, N/2] = SiLU(gate)·up of the weight's halves (the fused gate/up projection).
 int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
                             int prologue, void* norm_w, double eps, void* residual) {
   return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual); });

@@ -105,10 +105,16 @@ struct ChunkSum {
 //  - kNorm: HF RMSNorm of x with weight w (rmsnorm_kernel's arithmetic: T(w * T(x * rsqrt(mean(x^2) + eps))));
 //    every block sums the squares of all of x itself (it holds all of K anyway), so the norm needs no kernel of its own;
 //  - kSiluMul: x is the fused gate/up output [B, 2K]: T(T(silu(g)) * u) (silu_mul_kernel's arithmetic);
-//  - residual (RES): out = T(T(x W^T) + residual), the residual add that the next RMSNorm kernel did (T(o + r)).
+//  - residual (RES): out = T(T(x W^T) + residual), the residual add that the next RMSNorm kernel did (T(o + r));
+//  - kNormSiluPairs (the fused gate/up projection, one row, int4-v2 and -wide): kNorm's prologue, and the rows paired
+//    so that a tile holds gate row i next to up row n/2 + i (tile row 2i' and 2i' + 1): the epilogue writes
+//    out[b, i] = T(T(silu(T(g))) * T(u)) (silu_mul_kernel's arithmetic on the rounded outputs), out [B, n/2]. The down
+//    projection then reads the activations as they are, where kSiluMul made each of its blocks load the whole gate/up
+//    output (2K values per row) and take K exponentials.
 constexpr int kPlain = 0;
 constexpr int kNorm = 1;
 constexpr int kSiluMul = 2;
+constexpr int kNormSiluPairs = 3;
 
 struct Fusion {
   const void* norm_w;    // [K] in the model dtype (kNorm)
@@ -189,7 +195,8 @@ __device__ __forceinline__ ChunkAt<CH> chunk_at(int tid, int threads, int codes,
 
 // Loads a tile's codes, scales and zeros into registers: per row one 32-bit multiply-add for the codes' offset and one
 // for the scales' (rows past n repeat the last row; their outputs are not written).
-template <int G, int R, int CH>
+// PAIRS (kNormSiluPairs): tile row v = r0 + r is weight row v / 2 for even v and n / 2 + v / 2 for odd v.
+template <int G, int R, int CH, bool PAIRS = false>
 __device__ __forceinline__ void load_tile(const uint8_t* __restrict__ packed, const unsigned short* __restrict__ scales,
                                           const unsigned short* __restrict__ zeros, int r0, int n, int row_bytes,
                                           int groups, const ChunkAt<CH>& at, ChunkOf<G> (&wv)[R][CH],
@@ -199,9 +206,17 @@ __device__ __forceinline__ void load_tile(const uint8_t* __restrict__ packed, co
   const uint32_t group0 = (uint32_t)r0 * (uint32_t)groups;
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    const uint32_t rr = (uint32_t)min(r, last);
-    const uint32_t code_row = code0 + rr * (uint32_t)row_bytes;
-    const uint32_t group_row = group0 + rr * (uint32_t)groups;
+    uint32_t code_row, group_row;
+    if constexpr (PAIRS) {
+      const int v = r0 + min(r, last);
+      const uint32_t row = (uint32_t)((v & 1) ? n / 2 + (v >> 1) : (v >> 1));
+      code_row = row * (uint32_t)row_bytes;
+      group_row = row * (uint32_t)groups;
+    } else {
+      const uint32_t rr = (uint32_t)min(r, last);
+      code_row = code0 + rr * (uint32_t)row_bytes;
+      group_row = group0 + rr * (uint32_t)groups;
+    }
 #pragma unroll
     for (int j = 0; j < CH; j++) {
       wv[r][j] = load_chunk<G>(packed + (code_row + at.code[j]));
@@ -290,11 +305,30 @@ __device__ __forceinline__ void store_output(float t, T* __restrict__ out, int64
 }
 
 // After the barrier: thread i < R·NB adds the W warps' partial sums of (row i / NB, column i % NB) of a tile and writes
-// that output element.
-template <typename T, int W, int NB, int R, bool RES>
+// that output element. PAIRS: thread i < R/2 · NB takes the pair of tile rows 2p and 2p + 1 (gate and up, p = i / NB)
+// and writes SiLU(gate)·up to output row row0 / 2 + p.
+template <typename T, int W, int NB, int R, bool RES, bool PAIRS = false>
 __device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int tid, int row0, int n, int batch,
                                            T* __restrict__ out, int64_t out_stride, const T* __restrict__ residual,
                                            int64_t res_stride) {
+  if constexpr (PAIRS) {
+    static_assert(R % 2 == 0 && !RES, "paired rows: an even tile, no residual");
+    if (tid < R / 2 * NB) {
+      const int p = tid / NB;
+      const int b = tid % NB;
+      float g = 0.f, u = 0.f;
+#pragma unroll
+      for (int w = 0; w < W; w++) {
+        g += red[w][2 * p * NB + b];
+        u += red[w][(2 * p + 1) * NB + b];
+      }
+      if (row0 + 2 * p < n && b < batch) {
+        g = rnd2<T>(g);
+        out[b * out_stride + row0 / 2 + p] = Cvt2<T>::t(rnd2<T>(g / (1.f + expf(-g))) * rnd2<T>(u));
+      }
+    }
+    return;
+  }
   if (tid < R * NB) {
     const int r = tid / NB;
     const int b = tid % NB;
@@ -309,7 +343,7 @@ __device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int ti
 // one transpose reduction (padded to a power of two), then across the W warps through shared memory. `red` alternates
 // between two buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of
 // the tile in between before anyone writes it again.
-template <typename T, int W, int NB, int R, bool RES>
+template <typename T, int W, int NB, int R, bool RES, bool PAIRS = false>
 __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*red)[W][R * NB], int& buf, int row0,
                                             int n, int batch, T* __restrict__ out, int64_t out_stride,
                                             const T* __restrict__ residual, int64_t res_stride, int tid, int lane,
@@ -325,7 +359,7 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
   const int index = lane / (32 / V);
   if (lane % (32 / V) == 0 && index < R * NB) red[buf][warp][index] = sum;
   __syncthreads();
-  store_tile<T, W, NB, R, RES>(red[buf], tid, row0, n, batch, out, out_stride, residual, res_stride);
+  store_tile<T, W, NB, R, RES, PAIRS>(red[buf], tid, row0, n, batch, out, out_stride, residual, res_stride);
   buf ^= 1;
 }
 
@@ -460,12 +494,13 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
-  if (row0 < n) load_tile<G, R, CH>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
+  constexpr bool PAIRS = PRO == kNormSiluPairs;
+  if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
-  load_activations<T, G, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+  load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
 
   int buf = 0;
   float acc[R][NB];
@@ -473,8 +508,8 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
     tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
-    if (next < n) load_tile<G, R, CH>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
-    tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+    if (next < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
+    tile_reduce<T, W, NB, R, RES, PAIRS>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
 }
 
@@ -1279,6 +1314,9 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
   if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k))) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
+  // Paired gate/up rows with the SiLU·mul epilogue: one row, int4-v2 and -wide (n even: checked at launch); int4-v2-occ's
+  // 64 registers spilled 80 bytes with it.
+  if (prologue == kNormSiluPairs) return dtype == 0 && batch == 1 && residual == 0 && (geometry == 1 || geometry == 3) && supports(batch, k);
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
@@ -1293,6 +1331,9 @@ int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, c
     if (prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kPlain && residual) return launch_v2<T, G, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kSiluMul && residual) return launch_v2<T, G, NB, CH, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    if constexpr (NB == 1 && G != 5) {
+      if (prologue == kNormSiluPairs && !residual && n % 2 == 0) return launch_v2<T, G, NB, CH, kNormSiluPairs, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    }
   }
   return -3;
 }
@@ -1993,8 +2034,8 @@ int lowbit_launch_int4_v2(int dtype, const void* x, int64_t x_stride, const void
   }
 }
 
-// The int4 GEMV with a prologue (0 none, 1 RMSNorm with norm_w/eps, 2 SiLU·mul of x = [gate | up] at x_stride >= 2K),
-// the residual add (residual non-null: out = T(T(x W^T) + residual)) and `geometry` (1: int4-v2, 256 threads with 16
+// The int4 GEMV with a prologue (0 none, 1 RMSNorm with norm_w/eps, 2 SiLU·mul of x = [gate | up] at x_stride >= 2K,
+// 3 RMSNorm and the paired gate/up rows' SiLU·mul epilogue: out [B, N/2]), the residual add (residual non-null: out = T(T(x W^T) + residual)) and `geometry` (1: int4-v2, 256 threads with 16
 // codes per chunk; 3: int4-v2-wide, 128 threads with 32) as lowbit_v2_int4_fused_supports says. Same return codes as lowbit_launch_int4_v2.
 int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
   return fused_supports(dtype, batch, k, geometry, prologue, residual) ? 1 : 0;
@@ -2007,7 +2048,7 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
-  if ((prologue == kNorm && norm_w == nullptr)) return -3;
+  if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   const Fusion f{norm_w, eps, residual, res_stride};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);

@@ -165,7 +165,7 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
   for (int b = 0; b < batch; b++) {
     std::vector<float> a(k);
     for (int i = 0; i < k; i++) a[i] = __bfloat162float(x[b * xs + i]);
-    if (prologue == 1) {
+    if (prologue == 1 || prologue == 3) {
       double ss = 0;
       for (int i = 0; i < k; i++) ss += (double)a[i] * a[i];
       const float inv = 1.0f / std::sqrt((float)(ss / k) + eps);
@@ -176,6 +176,7 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
         a[i] = bf(bf(g / (1.f + std::exp(-g))) * u);
       }
     }
+    std::vector<double> refs(n);
     for (int r = 0; r < n; r++) {
       double ref = 0;
       for (int i = 0; i < k; i++) {
@@ -183,13 +184,22 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
         ref += (double)a[i] * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
       }
       if (residual) ref = (double)bf((float)ref) + __bfloat162float(res[b * (n + 5) + r]);
+      refs[r] = ref;
+    }
+    // Prologue 3: output i is SiLU(gate row i)·(up row n/2 + i) of the rounded outputs (silu_mul_kernel's arithmetic).
+    for (int r = 0; r < (prologue == 3 ? n / 2 : n); r++) {
+      double ref = refs[r];
+      if (prologue == 3) {
+        const float g = bf((float)refs[r]);
+        ref = bf(bf(g / (1.f + std::exp(-g))) * bf((float)refs[n / 2 + r]));
+      }
       const double o = __bfloat162float(out[b * (n + 3) + r]);
       err += (o - ref) * (o - ref);
       norm += ref * ref;
     }
   }
   bool pad = true;
-  for (int b = 0; b < batch; b++) for (int r = n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
+  for (int b = 0; b < batch; b++) for (int r = prologue == 3 ? n / 2 : n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
   printf("fused batch %d n %d k %d g %d sms %d geometry %d prologue %d residual %d: rel err %.3e, padding untouched %d\n",
          batch, n, k, group, sms, geometry, prologue, residual, std::sqrt(err / norm), pad);
   return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
@@ -356,6 +366,16 @@ int main() {
   f += run_fused(1, 17, 2752, 64, 2, 1, 2, true);    // SiLU·mul prologue and residual add (the down projection)
   f += run_fused(1, 13, 11008, 64, 3, 3, 2, true);
   f += run_fused(2, 13, 11008, 64, 3, 1, 2, true);
+  // The fused gate/up projection's paired rows and SiLU·mul epilogue (one row, the int4-v2 kernel's geometries): N not a
+  // multiple of the tile, several tiles per block, K of one and three chunks per thread.
+  f += run_fused(1, 102, 4096, 64, 2, 3, 3, false);
+  f += run_fused(1, 38, 4096, 128, 1, 1, 3, false);
+  f += run_fused(1, 22, 2048, 64, 2, 1, 3, false);
+  f += lowbit_v2_int4_fused_supports(0, 1, 4096, 5, 3, 0) == 0 ? 0 : 1;   // nor int4-v2-occ
+  f += run_fused(1, 30, 11008, 64, 3, 3, 3, false);
+  f += lowbit_v2_int4_fused_supports(0, 1, 4096, 7, 3, 0) == 0 ? 0 : 1;   // not the shared or tensor-core kernels
+  f += lowbit_v2_int4_fused_supports(0, 1, 4096, 9, 3, 0) == 0 ? 0 : 1;
+  f += lowbit_v2_int4_fused_supports(0, 2, 4096, 3, 3, 0) == 0 ? 0 : 1;   // one row only
   // int4-mma (tensor cores, 16-row tiles, 1-8 activation rows): tail tiles, several tiles per block, dead units past
   // K / 64 (K = 11,008: 172 groups over 8 warps), groups of 128 and 256, both dtypes, the fused variants.
   f += run_fused(1, 101, 4096, 64, 2, 9, 0, false);
