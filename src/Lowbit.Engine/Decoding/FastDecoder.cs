@@ -1107,7 +1107,8 @@ public sealed class FastDecoder : IDisposable
     /// The decode step's layers with fewer kernels (<see cref="UsesDecodeFusion"/>): RoPE with the KV-cache write in one
     /// kernel (<paramref name="ropeAttend"/>: the fused q/k/v output in, attention out) and, in a layer whose four
     /// projections all have fused variants for these rows (the int4 GEMVs), each RMSNorm inside the projection after it
-    /// (every GEMV block normalizes the residual stream it reads), SiLU·mul inside the down projection and each residual
+    /// (every GEMV block normalizes the residual stream it reads), SiLU·mul in the gate/up projection's epilogue where its
+    /// kernel has one (<see cref="Int4Prologue.RmsNormSiluMul"/>), else inside the down projection, and each residual
     /// add inside the projection before it: 5 kernels and attention per layer instead of 11. Other layers run as in
     /// <see cref="Forward"/>. The roundings are the separate kernels', so the output is <see cref="Forward"/>'s up to fp32
     /// summation order. No LoRA (its deltas need the normalized input).
