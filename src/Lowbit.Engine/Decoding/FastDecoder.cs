@@ -106,9 +106,6 @@ public sealed class FastDecoder : IDisposable
     private readonly Layer[] _layers;
     private readonly Func<int, bool>? _fusedLayers;
     private readonly bool _gateUpEpilogue;
-
-    /// <summary>Set to <c>0</c> to keep SiLU·mul in the down GEMV's prologue (<see cref="FastDecoderOptions.GateUpEpilogue"/>).</summary>
-    public const string GateUpEpilogueEnv = "LOWBIT_GATE_UP_EPILOGUE";
     private readonly Tensor _embed;
     private readonly Tensor _finalNorm;
     private readonly Projection _lmHead;
@@ -336,9 +333,9 @@ public sealed class FastDecoder : IDisposable
     public int NativeAttentionMaxBatch { get; }
 
     /// <summary>
-    /// Native decode attention up to this batch by default: measured faster than SDPA at 1 and 8 rows (H100 run 29:
-    /// int4 batch 1 411.3 against 400.9 tokens/s, batch 8 1,010.3 against 992.3) and slower at 32 (78 against 50 µs
-    /// per layer at context 256, run 28).
+    /// Native decode attention up to this batch by default: measured faster than SDPA at 1 and 8 rows (H100 run 32:
+    /// int4 batch 1 407.6 against 399.6 tokens/s, batch 8 1,092.6 against 1,017.3) and slower at 32 (bf16 3,158.0
+    /// against 3,240.2).
     /// </summary>
     public const int NativeAttentionDefaultMaxBatch = 8;
 
@@ -347,7 +344,6 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>True when a decode step of <paramref name="batch"/> rows runs the native decode attention.</summary>
     public bool NativeAttentionFor(int batch) => batch <= NativeAttentionMaxBatch;
-
 
     /// <summary>
     /// Set to <c>1</c> to trace the decode step (a diagnostic; CUDA, one stage, the v2 library): a mark after each part of
@@ -418,6 +414,9 @@ public sealed class FastDecoder : IDisposable
     /// kernels even where the fused ones are available (<see cref="ForwardFused"/>; for measuring what they buy).
     /// </summary>
     public const string FusionEnv = "LOWBIT_DECODE_FUSION";
+
+    /// <summary>Set to <c>0</c> to keep SiLU·mul in the down GEMV's prologue (<see cref="FastDecoderOptions.GateUpEpilogue"/>).</summary>
+    public const string GateUpEpilogueEnv = "LOWBIT_GATE_UP_EPILOGUE";
 
     /// <summary>
     /// True when the decode step (without LoRA) runs <see cref="ForwardFused"/>: CUDA, the native kernels, and the v2

@@ -42,7 +42,7 @@ public sealed class FastDecodeBackend : IDecodeBackend
     public FastDecoder Decoder => _decoder;
 
     /// <summary>One line naming the path: <c>fast decode (CUDA graphs, native kernels)</c> or <c>fast decode (eager)</c>.</summary>
-    public string Describe() => (_decoder.UsesGraphs ? $"fast decode (CUDA graphs per batch bucket{(_decoder.UsesNativeKernels ? ", native kernels" : "")}{(_decoder.UsesNativeAttention ? ", native decode attention" : "")}{(_decoder.UsesDecodeFusion ? ", fused decode step" : "")})"
+    public string Describe() => (_decoder.UsesGraphs ? $"fast decode (CUDA graphs per batch bucket{(_decoder.UsesNativeKernels ? ", native kernels" : "")}{(_decoder.UsesNativeAttention ? ", native decode attention" + (_decoder.NativeAttentionMaxBatch == int.MaxValue ? "" : $" up to batch {_decoder.NativeAttentionMaxBatch}") : "")}{(_decoder.UsesDecodeFusion ? ", fused decode step" : "")})"
         : _decoder.UsesNativeKernels ? "fast decode (native kernels, no graphs)" : "fast decode (eager, no native library)")
         + (_decoder.Shards.Count > 1 ? $", {_decoder.Shards.Count} pipeline stages (one graph set per stage, the hidden state copied between stages outside the graphs)" : "");
 

@@ -1750,7 +1750,8 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   // of them): one memory round trip out of the kernel's chain. Row `at` may be read stale (this launch writes it); it is
   // replaced by the registers' copy below. The block's later rows go to L2 (128-byte lines). With one query head per kv
   // head, two sets of row registers: the next round's loads go out before this round's scores (double buffering), so a
-  // warp with many rounds (batch 32: one split of all positions) has two rounds' rows in flight, not one.
+  // warp with many rounds (batch 32: two splits of 128 positions at context 256, eight rounds per warp) has two rounds'
+  // rows in flight, not one.
   float kv[P][E], vv[P][E], kv2[P][E], vv2[P][E];
   auto load_rows = [&](int j0, float (&kr)[P][E], float (&vr)[P][E]) {
 #pragma unroll
