@@ -30,8 +30,11 @@ public static partial class OrphanProcesses
         {
             startTicks = process.StartTime.ToUniversalTime().Ticks;
         }
-        catch (InvalidOperationException)
+        catch (Exception ex) when (ex is InvalidOperationException or System.ComponentModel.Win32Exception)
         {
+            // Gone already: InvalidOperationException once the Process object knows it exited, Win32Exception when the
+            // runtime reaped it between that check and the read of /proc/<pid>/stat (Process.GetStat on Linux; it
+            // failed an `echo` pod with StartError in a fresh-clone CI run, 2026-12-06). Nothing is left to orphan.
             return;
         }
         File.WriteAllText(path, string.Create(CultureInfo.InvariantCulture, $"{process.Id} {startTicks}\n"));
