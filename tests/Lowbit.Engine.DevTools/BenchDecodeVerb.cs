@@ -21,7 +21,9 @@ namespace Lowbit.Engine.DevTools;
 /// kernels, no graphs), <c>native</c> (fused + native kernels, no graphs), <c>graph</c> (native kernels, CUDA graphs),
 /// <c>graph-cublas</c> (graphs, dense GEMV through cuBLAS), <c>graph-fixed</c> (graphs with the fixed kernel defaults instead
 /// of the kernels measured fastest at build, <see cref="KernelSelector"/>), <c>graph-unfused</c> (graphs without the fused
-/// decode step, <see cref="FastDecoderOptions.FuseDecodeStep"/>); an <c>int4-</c> prefix runs the mode after RTN 4-bit
+/// decode step, <see cref="FastDecoderOptions.FuseDecodeStep"/>), <c>graph-silu-in-down</c> (graphs with SiLU·mul in the
+/// down GEMV's prologue instead of the gate/up GEMV's epilogue, <see cref="FastDecoderOptions.GateUpEpilogue"/>); an
+/// <c>int4-</c> prefix runs the mode after RTN 4-bit
 /// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
 /// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// <c>--shards N [--shard-devices cuda:0,cuda:0]</c> splits the fast runs' layers into N pipeline stages (as
@@ -137,7 +139,7 @@ internal static class BenchDecodeVerb
         public Dictionary<string, int[]> TokensByRun { get; } = [];
     }
 
-    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas", "graph-fixed", "graph-unfused"];
+    private static readonly string[] Modes = ["eager", "fused", "native", "graph", "graph-cublas", "graph-fixed", "graph-unfused", "graph-silu-in-down"];
 
     private static List<RunSpec> ParseRuns(string text)
     {
@@ -154,7 +156,7 @@ internal static class BenchDecodeVerb
             var batch = parts.Length > 1 && int.TryParse(parts[1], CultureInfo.InvariantCulture, out var b) ? b : 1;
             if (!Modes.Contains(mode) || batch < 1 || (mode == "eager" && (batch != 1 || int4)))
             {
-                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, graph-fixed, graph-unfused, optionally prefixed int4-");
+                throw new ProtocolArgumentException("--runs", item, "MODE:BATCH with MODE one of eager (batch 1, bf16 only), fused, native, graph, graph-cublas, graph-fixed, graph-unfused, graph-silu-in-down, optionally prefixed int4-");
             }
             runs.Add(new RunSpec(mode, batch, int4));
         }
@@ -197,10 +199,11 @@ internal static class BenchDecodeVerb
             {
                 MaxBatch = run.Batch,
                 MaxLength = context.Prompt.Length + context.NewTokens,
-                UseGraphs = run.Mode is "graph" or "graph-cublas" or "graph-fixed" or "graph-unfused",
+                UseGraphs = run.Mode is "graph" or "graph-cublas" or "graph-fixed" or "graph-unfused" or "graph-silu-in-down",
                 UseNativeKernels = run.Mode != "fused",
-                UseNativeGemv = run.Mode is "graph" or "native" or "graph-fixed" or "graph-unfused",
+                UseNativeGemv = run.Mode is "graph" or "native" or "graph-fixed" or "graph-unfused" or "graph-silu-in-down",
                 FuseDecodeStep = run.Mode != "graph-unfused",
+                GateUpEpilogue = run.Mode != "graph-silu-in-down",
                 MeasureKernels = run.Mode != "graph-fixed",
                 KernelLog = context.Stderr,
                 Shards = context.Plan?.DecoderShards,
