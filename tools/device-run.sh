@@ -20,7 +20,8 @@
 #   profile [RUNS]     per-kernel device time inside the decode graphs (nsys --cuda-graph-trace=node, if the image has
 #                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
 # SKIP_SELFCHECK=1 skips the self-check; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
-# ATTENTION=native runs the decode modes with the native decode attention (LOWBIT_DECODE_ATTENTION=native), opt-in.
+# ATTENTION=native runs the decode modes with the native decode attention at every batch (LOWBIT_DECODE_ATTENTION=native;
+# the default takes it up to batch 8).
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,7 +41,7 @@ selfcheck() {
   grep '"selfcheck-rows"' "$OUT/selfcheck.log" | cut -c1-250
   grep -v '^{\|^|' "$OUT/selfcheck.log" | tail -3 | cut -c1-300
   cp ~/.cache/lowbit-native/*/build.log "$OUT/native-build.log" 2>/dev/null
-  # A failed GEMV/dequantize check turns the v2 kernels off; a failed decode attention check (opt-in) only that.
+  # A failed GEMV/dequantize check turns the v2 kernels off; a failed decode attention check only that (SDPA then).
   if grep '"pass":false' "$OUT/selfcheck.log" | grep -qv "decode attention" || { [ $rc -ne 0 ] && ! grep -q '"pass":false' "$OUT/selfcheck.log"; }; then
     export LOWBIT_KERNELS_V2=0; echo "v2 kernels off for the rest of this call"
   elif grep '"pass":false' "$OUT/selfcheck.log" | grep -q "decode attention"; then

@@ -1138,21 +1138,15 @@ public sealed class FastDecoder : IDisposable
                 Mark("attention");
                 var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
                 Mark("output");
-                if (_gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
-                    && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0)
-                {
-                    // The gate/up GEMV writes SiLU(gate)·up (its tiles pair gate row i with up row i), the down GEMV
-                    // reads it as it is.
-                    var activated = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNormSiluMul, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
-                    Mark("gate/up");
-                    residual = (layer.Down.RunFused(activated, _kernels, Int4Prologue.None, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
-                }
-                else
-                {
-                    var gateUp = layer.GateUp.RunFused(mid, _kernels, Int4Prologue.RmsNorm, layer.PostNorm, eps, null) ?? throw Unfused(i, "gate/up");
-                    Mark("gate/up");
-                    residual = (layer.Down.RunFused(gateUp, _kernels, Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down")).MoveToOuterDisposeScope();
-                }
+                // SiLU·mul in the gate/up GEMV's epilogue (its tiles pair gate row i with up row i) where its kernel has
+                // one, the down GEMV then reading the activations as they are; else in the down GEMV's prologue.
+                var epilogue = _gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
+                    && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
+                var gateUp = layer.GateUp.RunFused(mid, _kernels, epilogue ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, layer.PostNorm, eps, null)
+                    ?? throw Unfused(i, "gate/up");
+                Mark("gate/up");
+                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down"))
+                    .MoveToOuterDisposeScope();
                 Mark("down");
                 normed = null;
             }

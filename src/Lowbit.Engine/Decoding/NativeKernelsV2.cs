@@ -140,8 +140,9 @@ public static unsafe class NativeKernelsV2
     }
 
     /// <summary>
-    /// Set to <c>native</c> to run the decode step's attention through <see cref="DecodeAttention"/> (and, in the fused
-    /// step, <see cref="RopeAttention"/>) instead of SDPA; <c>sdpa</c> keeps SDPA (docs/gpu.md, *Decode attention*).
+    /// The decode step's attention runs <see cref="DecodeAttention"/> (in the fused step <see cref="RopeAttention"/>) up to
+    /// batch <c>FastDecoder.NativeAttentionDefaultMaxBatch</c> and SDPA above; set to <c>native</c> for every batch,
+    /// <c>sdpa</c> for none (docs/gpu.md, *Native decode attention*).
     /// </summary>
     public const string AttentionEnv = "LOWBIT_DECODE_ATTENTION";
 
