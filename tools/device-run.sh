@@ -12,6 +12,9 @@
 #   fusion [RUNS]      self-check, bench-decode with the decode-step fusions and programmatic dependent launch on
 #                      (LOWBIT_PDL=1, the default), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
+#   variants [RUNS]    self-check, then bench-decode once per VARIANTS entry (';'-separated, each 'default' or
+#                      space-separated NAME=VALUE settings, e.g. VARIANTS="default;LOWBIT_GREEDY_KERNEL=0"), same RUNS
+#                      (default int4-graph:1); TRACE=1 adds a traced default run (LOWBIT_STEP_TRACE=1)
 #   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per 7B shape, cold
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
@@ -90,6 +93,20 @@ case "$mode" in
         echo "trace $a: rc=$?"; grep "step trace\|rror" "$OUT/trace-$a.err" | cut -c1-600 | head -6
       done
     fi ;;
+  variants)
+    selfcheck
+    m=/tmp/lowbit-calibrate-work/random-7b
+    [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
+    IFS=';' read -ra variants <<< "${VARIANTS:-default}"
+    [ "${TRACE:-0}" = 1 ] && variants+=("LOWBIT_STEP_TRACE=1")
+    i=0
+    for v in "${variants[@]}"; do
+      i=$((i + 1)); settings=(); [ "$v" = default ] || read -ra settings <<< "$v"
+      env "${settings[@]}" timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 --new-tokens 128 \
+        --int4-group 64 --runs "${1:-int4-graph:1}" > "$OUT/variant$i.jsonl" 2> "$OUT/variant$i.err"
+      echo "variant $i ($v): rc=$?"; grep "differs\|rror\|step trace" "$OUT/variant$i.err" | cut -c1-600 | head -5
+      runs "$OUT/variant$i.jsonl"
+    done ;;
   fusion)
     # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
     # without the fusions, with the int4 kernel selection's timings per shape (int4-v2 against -wide, -occ, -shared); int4
@@ -160,6 +177,6 @@ for l in open(sys.argv[1]):
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       ./run.sh bench-kernels --device cuda --rows 1 --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
     echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|int4_gemv_shared_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
-  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, fusion, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
+  *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, variants, fusion, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
 esac
 date +%T

@@ -315,7 +315,8 @@ internal static class SelfCheckKernelsVerb
             // bucket), grouped heads, head dims 128 and 64, a query that is a narrow of the fused q/k/v output, fp16;
             // against a float64 softmax over each row's visible positions, launched twice (the split counters must be back
             // at zero, or the second launch's last blocks do not merge and the NaN-poisoned output stays). Then the fused
-            // RoPE version against RopeKv followed by it: output and cache bit-identical.
+            // RoPE version against RopeKv followed by it: output and cache bit-identical. The cache rows at and past each
+            // row's position are NaN: the kernel loads its range before it knows the position and must mask them.
             foreach (var (batch, heads, kvHeads, headDim, slots, maxLength, length, dtype) in new[]
             {
                 (1, 32, 32, 128, 1, 2049, 256, bf16), (4, 32, 8, 128, 8, 4097, 4096, bf16), (3, 8, 2, 64, 4, 300, 128, bf16),
@@ -334,6 +335,12 @@ internal static class SelfCheckKernelsVerb
                 var fused = randn([batch, (heads + (2 * kvHeads)) * headDim], dtype, device);
                 var q = fused.narrow(1, 0, heads * headDim);
                 var positions = tensor(Enumerable.Range(0, batch).Select(b => b == batch - 1 ? (long)length + 5 : (b * 37L) % length).ToArray(), device: device);
+                for (var b = 0; b < batch; b++)
+                {
+                    var attend = (int)Math.Min(positions[b].item<long>(), length - 1) + 1;
+                    keys[b].narrow(0, attend, maxLength - attend).fill_(Scalars.Of(double.NaN));
+                    values[b].narrow(0, attend, maxLength - attend).fill_(Scalars.Of(double.NaN));
+                }
                 var arrivals = zeros([batch * kvHeads], ScalarType.Int32, device);
                 var name = $"{(dtype == bf16 ? "bf16" : "fp16")} B={batch} heads={heads}/{kvHeads} D={headDim} length={length}";
                 var output = full([batch, heads * headDim], Scalars.Of(double.NaN), dtype, device);
@@ -361,13 +368,46 @@ internal static class SelfCheckKernelsVerb
                 NativeKernelsV2.DecodeAttention(query, keys, values, positions, arrivals, length, output);
                 var attended = full([batch, heads * headDim], Scalars.Of(double.NaN), dtype, device);
                 NativeKernelsV2.RopeAttention(fused, cos, sin, positions, ropeKeys, ropeValues, arrivals, length, attended);
-                var differing = attended.ne(output).sum().item<long>() + ropeKeys.ne(keys).sum().item<long>() + ropeValues.ne(values).sum().item<long>()
-                    + arrivals.ne(Scalars.Of(0)).sum().item<long>();
+                // NaN never equals itself: the poisoned rows compare as a value no row holds.
+                Tensor Marked(Tensor t) => t.nan_to_num(12345.0);
+                var differing = attended.ne(output).sum().item<long>() + Marked(ropeKeys).ne(Marked(keys)).sum().item<long>()
+                    + Marked(ropeValues).ne(Marked(values)).sum().item<long>() + arrivals.ne(Scalars.Of(0)).sum().item<long>();
                 failed += differing == 0 ? 0 : 1;
                 stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
                 {
                     ["event"] = "selfcheck-kernel", ["check"] = $"rope + decode attention {name} (bit-exact against rope+kv write, then decode attention)",
                     ["relativeError"] = (double)differing, ["allWritten"] = attended.isfinite().all().item<bool>(), ["pass"] = differing == 0,
+                }));
+            }
+            // The greedy-step kernel against torch's argmax, index_copy_ and add_ (what it replaced in the decode step):
+            // rows with a tie for the largest value, a NaN, the largest value last, a row of −∞, and a position past the
+            // history's end; next tokens, history and positions equal.
+            if (NativeKernelsV2.GreedyStepAvailable)
+            {
+                using var scope = NewDisposeScope();
+                const int batch = 6, vocab = 32000, maxLength = 300;
+                var logits = randn([batch, vocab], bf16, device);
+                logits[0, 7] = tensor(40f).to(bf16);
+                logits[0, vocab - 9] = tensor(40f).to(bf16);
+                logits[1, 3] = tensor(50f).to(bf16);
+                logits[1, 1234] = tensor(float.NaN).to(bf16);
+                logits[2, vocab - 1] = tensor(60f).to(bf16);
+                logits[3].fill_(Scalars.Of(double.NegativeInfinity));
+                var start = tensor(new long[] { 0, 5, 298, 299, 400, -3 }, device: device);
+                var (next, history, positions) = (full([batch], Scalars.Of(-1), ScalarType.Int64, device), full([batch, maxLength], Scalars.Of(-1), ScalarType.Int64, device), start.clone());
+                NativeKernelsV2.GreedyStep(logits, next, history, positions);
+                var expected = logits.argmax(-1);
+                var expectedHistory = full([batch, maxLength], Scalars.Of(-1), ScalarType.Int64, device);
+                var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(maxLength));
+                var at = rows.add(start.clamp(Scalars.Of(0), Scalars.Of(maxLength - 1)).add(Scalars.Of(1), Scalars.One).clamp_max(Scalars.Of(maxLength - 1)), Scalars.One);
+                expectedHistory.view(-1).index_copy_(0, at, expected);
+                var differing = next.ne(expected).sum().item<long>() + history.ne(expectedHistory).sum().item<long>()
+                    + positions.ne(start.add(Scalars.Of(1), Scalars.One)).sum().item<long>();
+                failed += differing == 0 ? 0 : 1;
+                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+                {
+                    ["event"] = "selfcheck-kernel", ["check"] = $"greedy step B={batch} vocab={vocab} (exact against argmax + index_copy_ + add_)",
+                    ["relativeError"] = (double)differing, ["allWritten"] = true, ["pass"] = differing == 0,
                 }));
             }
             // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to four chunks per

@@ -154,6 +154,7 @@ public sealed class FastDecoder : IDisposable
             || !NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1) ? 0
             : attention == "native" ? int.MaxValue : NativeAttentionDefaultMaxBatch;
         _gateUpEpilogue = options.GateUpEpilogue && Environment.GetEnvironmentVariable(GateUpEpilogueEnv) != "0";
+        UsesGreedyKernel = cuda && native && NativeKernelsV2.GreedyStepAvailable && Environment.GetEnvironmentVariable(GreedyKernelEnv) != "0";
         UsesDecodeFusion = options.EmulatedFusion is not null
             || (cuda && native && options.FuseDecodeStep && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
         _heads = _config.NumAttentionHeads;
@@ -415,8 +416,23 @@ public sealed class FastDecoder : IDisposable
     /// </summary>
     public const string FusionEnv = "LOWBIT_DECODE_FUSION";
 
+    /// <summary>
+    /// Without the gate/up epilogue, SiLU·mul runs in the down GEMV's prologue up to this many rows and as its own kernel
+    /// above (the fused decode step, <see cref="ForwardFused"/>).
+    /// </summary>
+    public const int SiluInDownMaxRows = 1;
+
     /// <summary>Set to <c>0</c> to keep SiLU·mul in the down GEMV's prologue (<see cref="FastDecoderOptions.GateUpEpilogue"/>).</summary>
     public const string GateUpEpilogueEnv = "LOWBIT_GATE_UP_EPILOGUE";
+
+    /// <summary>
+    /// Set to <c>0</c> to sample with torch's argmax, <c>index_copy_</c>, <c>copy_</c> and <c>add_</c> instead of the one
+    /// greedy-step kernel (<see cref="NativeKernelsV2.GreedyStep"/>; for measuring what it buys).
+    /// </summary>
+    public const string GreedyKernelEnv = "LOWBIT_GREEDY_KERNEL";
+
+    /// <summary>True when the decode step samples with the native greedy-step kernel (CUDA, the native kernels, the v2 library).</summary>
+    public bool UsesGreedyKernel { get; }
 
     /// <summary>
     /// True when the decode step (without LoRA) runs <see cref="ForwardFused"/>: CUDA, the native kernels, and the v2
@@ -968,14 +984,20 @@ public sealed class FastDecoder : IDisposable
             var hidden0 = arange(Scalars.Of(0), Scalars.Of(length), Scalars.One, ScalarType.Int64, device).unsqueeze(0).gt(positions.unsqueeze(1)).view(batch, 1, 1, length);
             visible = zeros([batch, 1, 1, length], _dtype, device).masked_fill(hidden0, Scalars.Of(double.NegativeInfinity));
         }
-        var rows = arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength));
-        var slotsAt = rows.add(positions, Scalars.One);
+        // Each row's first cache and history index, and its cache index at its position (for the separate KV writes and
+        // torch's sampling): the fused step's kernels write the cache and the greedy kernel the history without them,
+        // and each is a launch.
+        var storesKv = !(UsesDecodeFusion && !lora) || _kernels.EmulateFusion;
+        var rows = storesKv || !UsesGreedyKernel ? arange(Scalars.Of(0), Scalars.Of(batch), Scalars.One, ScalarType.Int64, device).mul(Scalars.Of(MaxLength)) : null;
+        var slotsAt = storesKv ? rows!.add(positions, Scalars.One) : null;
+        Tensor Rows() => rows ?? throw new InvalidOperationException("the step's row offsets were not made");
+        Tensor SlotsAt() => slotsAt ?? throw new InvalidOperationException("the step's cache indices were not made");
         var input = stage.Index == 0 ? _embed.index_select(0, _tokens.narrow(0, 0, batch)) : stage.Input!.narrow(0, 0, batch);
         Mark("step start");
         void StoreKv(int layer, Tensor k, Tensor v)
         {
-            _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, k);
-            _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, slotsAt, v);
+            _keys[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, SlotsAt(), k);
+            _values[layer].view(MaxBatch * MaxLength, _kvHeads * _headDim).index_copy_(0, SlotsAt(), v);
         }
         Tensor Attend(int layer, Tensor q)
         {
@@ -1037,8 +1059,15 @@ public sealed class FastDecoder : IDisposable
         {
             return;
         }
+        if (UsesGreedyKernel)
+        {
+            // argmax, the history write, the next tokens and the positions' advance in one kernel (it was seven).
+            NativeKernelsV2.GreedyStep(logits, _nextTokens, _history, stage.Positions);
+            Mark("sampling");
+            return;
+        }
         var next = logits.argmax(-1);
-        var nextAt = rows.add(positions.add(Scalars.Of(1), Scalars.One).clamp_max(Scalars.Of(MaxLength - 1)), Scalars.One);
+        var nextAt = Rows().add(positions.add(Scalars.Of(1), Scalars.One).clamp_max(Scalars.Of(MaxLength - 1)), Scalars.One);
         _history.view(-1).index_copy_(0, nextAt, next);
         _nextTokens.narrow(0, 0, batch).copy_(next);
         stage.Positions.narrow(0, 0, batch).add_(Scalars.Of(1), Scalars.One);
@@ -1139,13 +1168,20 @@ public sealed class FastDecoder : IDisposable
                 var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
                 Mark("output");
                 // SiLU·mul in the gate/up GEMV's epilogue (its tiles pair gate row i with up row i) where its kernel has
-                // one, the down GEMV then reading the activations as they are; else in the down GEMV's prologue.
+                // one, the down GEMV then reading the activations as they are. Else, at one row, in the down GEMV's
+                // prologue; at more rows as its own kernel before a plain down GEMV: in the prologue every block of the
+                // tensor-core GEMV recomputed it for all rows (8 rows: 87 µs per layer in the step, H100 run 37).
                 var epilogue = _gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
                     && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
+                var separate = !epilogue && rows > SiluInDownMaxRows && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
                 var gateUp = layer.GateUp.RunFused(mid, _kernels, epilogue ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, layer.PostNorm, eps, null)
                     ?? throw Unfused(i, "gate/up");
+                if (separate)
+                {
+                    gateUp = SiluMul(gateUp);
+                }
                 Mark("gate/up");
-                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down"))
+                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue || separate ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down"))
                     .MoveToOuterDisposeScope();
                 Mark("down");
                 normed = null;

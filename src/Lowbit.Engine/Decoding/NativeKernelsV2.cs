@@ -37,6 +37,7 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int> _int4LinearX;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
     private static delegate* unmanaged<IntPtr, int, int> _stepMark;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int> _greedyStep;
 
     /// <summary>True when the library is loaded.</summary>
     public static bool Available
@@ -175,6 +176,24 @@ public static unsafe class NativeKernelsV2
         Check(_attention(qkv.Handle, cos.Handle, sin.Handle, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "rope attention");
     }
 
+    /// <summary>True when the library has the decode step's greedy sampling kernel (<see cref="GreedyStep"/>).</summary>
+    public static bool GreedyStepAvailable => Available && _greedyStep != null;
+
+    /// <summary>
+    /// The decode step's greedy sampling in one kernel: for each row b of <paramref name="logits"/> <c>[B, vocab]</c>,
+    /// <c>next[b] = argmax(logits[b])</c> (torch's choice: the first largest value, a NaN counting as largest), the same
+    /// token into <c>history[b, min(clamp(positions[b]) + 1, max − 1)]</c> (<paramref name="history"/> int64
+    /// <c>[slots, max]</c>), then <c>positions[b] += 1</c>: what argmax, <c>index_copy_</c>, <c>copy_</c> and <c>add_</c> did.
+    /// </summary>
+    public static void GreedyStep(Tensor logits, Tensor next, Tensor history, Tensor positions)
+    {
+        if (!GreedyStepAvailable)
+        {
+            throw new InvalidOperationException("the greedy step kernel is unavailable: the v2 library lacks it");
+        }
+        Check(_greedyStep(logits.Handle, next.Handle, history.Handle, positions.Handle), "greedy step");
+    }
+
     /// <summary>True when the library has the decode step's trace mark (<see cref="StepMark"/>).</summary>
     public static bool StepMarkAvailable => Available && _stepMark != null;
 
@@ -272,6 +291,10 @@ public static unsafe class NativeKernelsV2
                 if (NativeLibrary.TryGetExport(handle, "lowbit_v2_step_mark", out var stepMark))
                 {
                     _stepMark = (delegate* unmanaged<IntPtr, int, int>)stepMark;
+                }
+                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_greedy_step", out var greedyStep))
+                {
+                    _greedyStep = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int>)greedyStep;
                 }
                 _lastError = (delegate* unmanaged<IntPtr>)lastError;
                 _status = $"loaded {path}";

@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <exception>
 #include <string>
 
@@ -25,6 +26,7 @@ int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
 int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
                                 int, int, int, int, const void*, float, const void*, int64_t, void*);
 int lowbit_launch_step_mark(void*, int, void*);
+int lowbit_launch_greedy_step(int, const void*, int64_t, int, int64_t*, int64_t*, int, int64_t*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
                           int, int, int, int, void*);
 }
@@ -300,6 +302,33 @@ int lowbit_v2_rope_kv(void* qkv, void* cos, void* sin, void* positions, void* q_
                                          qt.data_ptr(), kt.data_ptr(), vt.data_ptr(), (int)batch, (int)heads, (int)kv_heads,
                                          (int)d, (int)max_len, static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "rope kv: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// The decode step's greedy sampling: logits [B, vocab] (unit inner stride), next int64 [≥ B], history int64 [≥ B, max_len]
+// contiguous, positions int64 [≥ B], all on one CUDA device. next[b] = argmax(logits[b]) (torch's choice), history[b,
+// min(clamp(positions[b]) + 1, max_len − 1)] = next[b], positions[b] += 1.
+int lowbit_v2_greedy_step(void* logits, void* next, void* history, void* positions) {
+  return guarded([&] {
+    auto& lt = T(logits);
+    auto& nt = T(next);
+    auto& ht = T(history);
+    auto& pt = T(positions);
+    TORCH_CHECK(lt.is_cuda() && nt.is_cuda() && ht.is_cuda() && pt.is_cuda() && nt.device() == lt.device() && ht.device() == lt.device()
+                && pt.device() == lt.device(), "greedy step: CUDA tensors on one device");
+    const c10::cuda::OptionalCUDAGuard device_guard(lt.device());
+    TORCH_CHECK(lt.dim() == 2 && lt.stride(1) == 1 && lt.size(0) >= 1 && lt.size(1) >= 1 && lt.size(1) <= INT32_MAX, "greedy step: logits [B, vocab], unit inner stride");
+    const int64_t batch = lt.size(0);
+    TORCH_CHECK(nt.scalar_type() == at::kLong && nt.is_contiguous() && nt.numel() >= batch, "greedy step: next int64 [≥ B] contiguous");
+    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "greedy step: positions int64 [≥ B] contiguous");
+    TORCH_CHECK(ht.scalar_type() == at::kLong && ht.dim() == 2 && ht.is_contiguous() && ht.size(0) >= batch && ht.size(1) >= 1
+                && ht.size(1) <= INT32_MAX, "greedy step: history int64 [≥ B, max_len] contiguous");
+    const int dtype = dtype_code(lt, "greedy step");
+    const int rc = lowbit_launch_greedy_step(dtype, lt.data_ptr(), lt.stride(0), (int)lt.size(1), nt.data_ptr<int64_t>(),
+                                             ht.data_ptr<int64_t>(), (int)ht.size(1), pt.data_ptr<int64_t>(), (int)batch,
+                                             static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "greedy step: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
 }

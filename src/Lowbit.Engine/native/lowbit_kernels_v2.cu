@@ -68,6 +68,12 @@ __device__ __forceinline__ float warp_sum2(float v) {
   return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 // Byte B of `bytes` as an exact float, one instruction per code and no add. A low nibble (byte q, 0..15) becomes
 // 0.5 + q/256: the permute builds 0x3F0q0000 (selector nibbles, low to high: result bytes 0 and 1 <- 0x00 (byte 0 of
 // 0x3F000000), byte 2 <- bytes[B], byte 3 <- 0x3F). A high nibble left in place (byte 16h, masked by 0xF0, no shift)
@@ -1676,11 +1682,14 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
 // registers (another block's write may not have landed), so the result is rope_kv's followed by the attention.
 // Positions and the cache's other rows come from earlier steps or from kernels launched without the programmatic
 // attribute (torch's), complete before this kernel starts: they are read before griddepcontrol.wait (each warp's first
-// four rows into registers, the block's later rows into L2); q/k/v (the kernel before) after it.
+// four rows into registers, the block's later rows into L2); q/k/v (the kernel before) after it. The rows' loads do
+// not wait for the row's position: a split loads its whole range below the length bucket, and the rows at or past the
+// position are masked once it is known (their values zeroed: a stale or poisoned row never reaches the sums).
 constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
+constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
 
 #if defined(LOWBIT_EMULATED)
 #define LOWBIT_PREFETCH_L2(p)
@@ -1731,6 +1740,8 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   __shared__ float merge_m[kAttnWarps][GMAX];
   __shared__ float merge_l[kAttnWarps][GMAX];
   __shared__ float merge_acc[kAttnWarps][GMAX][D];
+  __shared__ float split_weight[GMAX][kAttnMaxSplits];
+  __shared__ float split_sum[GMAX];
   __shared__ int merges;
   const int split = blockIdx.x % splits;
   const int kvh = (blockIdx.x / splits) % kv_heads;
@@ -1744,6 +1755,8 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   const int chunk = (length + splits - 1) / splits;
   const int start = split * chunk;
   const int end = start + chunk < attend ? start + chunk : attend;
+  // The split's rows below the length bucket: loaded without waiting for the position (`end` masks them later).
+  const int stop = start + chunk < length ? start + chunk : length;
   const int64_t row_base = (int64_t)b * max_len * kv_heads + kvh;
   LOWBIT_PDL_TRIGGER();
   // The warp's first four rows into registers while the kernel before finishes (at batch 1 and context 256 that is all
@@ -1757,7 +1770,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
 #pragma unroll
     for (int p = 0; p < P; p++) {
       const int j = j0 + p;
-      if (j < end) {
+      if (j < stop) {
         const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
         load_row<T, D>(keys + element, lane, kr[p]);
         load_row<T, D>(values + element, lane, vr[p]);
@@ -1773,7 +1786,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   {
     constexpr int lines = (D * (int)sizeof(T) + 127) / 128;
     const int later = start + kStep;
-    const int count = end > later ? (end - later) * lines : 0;
+    const int count = stop > later ? (stop - later) * lines : 0;
     for (int i = threadIdx.x; i < count; i += kAttnThreads) {
       const int64_t element = (row_base + (int64_t)(later + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
       LOWBIT_PREFETCH_L2(keys + element);
@@ -1836,6 +1849,11 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
       if (ROPE && j0 + p == at) {
 #pragma unroll
         for (int i = 0; i < E; i++) kr[p][i] = kn[i], vr[p][i] = vn[i];
+      }
+      // Rows at or past `end` were loaded before the position was known: their weight is 0, their values too.
+      if (j0 + p >= end) {
+#pragma unroll
+        for (int i = 0; i < E; i++) kr[p][i] = vr[p][i] = 0.f;
       }
     }
 #pragma unroll
@@ -1929,25 +1947,115 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   if (!merges) return;
   __threadfence();
   if (threadIdx.x == 0) arrivals[b * kv_heads + kvh] = 0;
-  for (int g = 0; g < group; g++) {
-    const int h = kvh * group + g;
-    const float* base = work + ((int64_t)b * heads + h) * splits * (D + 2);
-    float top = -INFINITY;
-    for (int s = 0; s < splits; s++) top = fmaxf(top, __ldcg(base + s * (D + 2)));
-    float sum = 0.f;
-    for (int s = 0; s < splits; s++) {
-      const float ms = __ldcg(base + s * (D + 2));
-      if (ms != -INFINITY) sum += __ldcg(base + s * (D + 2) + 1) * expf(ms - top);
+  // Every split's (max, sum) of every head of the group at once (one round trip, not one per split), a warp per head:
+  // the weights exp(m_s − top) go to shared memory, the sum Σ l_s·exp(m_s − top) is a warp sum; then every (head,
+  // element) adds its splits' accumulators in split order, sixteen loads in flight per thread. A split without positions
+  // (m_s = −∞) weighs 0 and is skipped, as before.
+  for (int g = warp; g < group; g += kAttnWarps) {
+    const float* base = work + ((int64_t)b * heads + kvh * group + g) * splits * (D + 2);
+    constexpr int S = kAttnMaxSplits / 32;
+    float ms[S], ls[S];
+#pragma unroll
+    for (int i = 0; i < S; i++) {
+      const int s = lane + 32 * i;
+      ms[i] = s < splits ? __ldcg(base + s * (D + 2)) : -INFINITY;
+      ls[i] = s < splits ? __ldcg(base + s * (D + 2) + 1) : 0.f;
     }
-    for (int e = threadIdx.x; e < D; e += kAttnThreads) {
-      float a = 0.f;
-      for (int s = 0; s < splits; s++) {
-        const float ms = __ldcg(base + s * (D + 2));
-        if (ms != -INFINITY) a += __ldcg(base + s * (D + 2) + 2 + e) * expf(ms - top);
-      }
-      out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
+    float top = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < S; i++) top = fmaxf(top, ms[i]);
+    top = warp_max(top);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < S; i++) {
+      const int s = lane + 32 * i;
+      const float w = ms[i] != -INFINITY ? expf(ms[i] - top) : 0.f;
+      if (s < splits) split_weight[g][s] = w;
+      sum += ls[i] * w;
+    }
+    sum = warp_sum2(sum);
+    if (lane == 0) split_sum[g] = sum;
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < group * D; t += kAttnThreads) {
+    const int g = t / D;
+    const int e = t % D;
+    const float* base = work + ((int64_t)b * heads + kvh * group + g) * splits * (D + 2) + 2 + e;
+    float a = 0.f;
+#pragma unroll 16
+    for (int s = 0; s < splits; s++) {
+      const float value = __ldcg(base + s * (D + 2));
+      a += split_weight[g][s] != 0.f ? value * split_weight[g][s] : 0.f;
+    }
+    out[b * out_stride + (int64_t)(kvh * group + g) * D + e] = Cvt2<T>::t(a / split_sum[g]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// greedy_step: the decode step's greedy sampling in one kernel (it was seven torch kernels, ~20 µs per step, and broke
+// the programmatic-dependent-launch chain after the head). Block b (1,024 threads) takes row b < batch of the logits
+// [B, vocab] (row stride `stride`): the first index of its largest value, torch.argmax's choice (a NaN counts as the
+// largest, the first NaN wins), into next[b] and into history[b·max_len + min(clamp(p, 0, max_len − 1) + 1,
+// max_len − 1)] with p = positions[b]; then positions[b] = p + 1 (what argmax, index_copy_, copy_ and add_ did).
+constexpr int kGreedyThreads = 1024;
+
+struct ArgBest {
+  float value;
+  int index;
+};
+
+// a before b in torch.argmax's order: NaN first, then larger, then the lower index.
+__device__ __forceinline__ bool arg_before(const ArgBest& a, const ArgBest& b) {
+  const bool an = a.value != a.value, bn = b.value != b.value;
+  if (an != bn) return an;
+  if (!an && a.value != b.value) return a.value > b.value;
+  return a.index < b.index;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGreedyThreads) greedy_step_kernel(const T* __restrict__ logits, int64_t stride, int vocab,
+                                                                    int64_t* __restrict__ next, int64_t* __restrict__ history,
+                                                                    int max_len, int64_t* __restrict__ positions) {
+  __shared__ ArgBest warp_best[kGreedyThreads / 32];
+  LOWBIT_PDL_TRIGGER();
+  const int b = blockIdx.x;
+  const int64_t p = positions[b];
+  LOWBIT_PDL_WAIT();
+  const T* row = logits + b * stride;
+  ArgBest best{-INFINITY, vocab};
+  // Sixteen loads in flight per thread before the comparisons (a 32,000-token row is two rounds).
+  constexpr int U = 16;
+  for (int first = threadIdx.x; first < vocab; first += kGreedyThreads * U) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int i = first + u * kGreedyThreads;
+      v[u] = i < vocab ? Cvt2<T>::f(row[i]) : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const ArgBest c{v[u], first + u * kGreedyThreads};
+      if (c.index < vocab && arg_before(c, best)) best = c;
     }
   }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const ArgBest other{__shfl_xor_sync(0xffffffffu, best.value, o), (int)__shfl_sync(0xffffffffu, (unsigned)best.index, (threadIdx.x & 31) ^ o)};
+    if (arg_before(other, best)) best = other;
+  }
+  if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  best = warp_best[0];
+  for (int w = 1; w < kGreedyThreads / 32; w++)
+    if (arg_before(warp_best[w], best)) best = warp_best[w];
+  // A row of only −∞ keeps index 0 (torch's answer); `vocab` never escapes.
+  const int64_t token = best.index < vocab ? best.index : 0;
+  const int64_t clamped = p < 0 ? 0 : p > max_len - 1 ? max_len - 1 : p;
+  const int64_t at = clamped + 1 < max_len - 1 ? clamped + 1 : max_len - 1;
+  next[b] = token;
+  history[(int64_t)b * max_len + at] = token;
+  positions[b] = p + 1;
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -1970,12 +2078,14 @@ __global__ void step_mark_kernel(unsigned long long* __restrict__ trace, int ind
 }
 
 // Splits per (row, kv head): enough blocks for eight per SM (the kernel is bound by memory latency, so it wants many
-// warps in flight), at least 16 positions (one round of the four warps) per split.
-inline int attention_splits(int batch, int kv_heads, int length, int sms) {
+// warps in flight), at least 16 positions (one round of the four warps) per split, at most kAttnMaxSplits. `wanted` > 0
+// (LOWBIT_ATTENTION_SPLITS, a diagnostic) replaces the first rule.
+inline int attention_splits(int batch, int kv_heads, int length, int sms, int wanted = 0) {
   const int rows = batch * kv_heads;
-  int splits = (8 * sms + rows - 1) / rows;
+  int splits = wanted > 0 ? wanted : (8 * sms + rows - 1) / rows;
   const int most = (length + 15) / 16;
   if (splits > most) splits = most;
+  if (splits > kAttnMaxSplits) splits = kAttnMaxSplits;
   return splits < 1 ? 1 : splits;
 }
 
@@ -2085,6 +2195,22 @@ int lowbit_launch_int4_dequantize_v2(int dtype, const void* packed, const void* 
   }
 }
 
+// The decode step's greedy sampling (greedy_step above) for rows b < batch: logits [B, vocab] with row stride `stride`,
+// next int64 [B], history int64 [B, max_len], positions int64 [B]. 0 on success, -2 unsupported dtype, -3 unsupported
+// shape, else a cudaError_t.
+int lowbit_launch_greedy_step(int dtype, const void* logits, int64_t stride, int vocab, int64_t* next, int64_t* history,
+                              int max_len, int64_t* positions, int batch, void* stream) {
+  if (batch < 1 || vocab < 1 || max_len < 1) return -3;
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case 0: return launch_pdl(greedy_step_kernel<__nv_bfloat16>, batch, kGreedyThreads, st, 0,
+                              static_cast<const __nv_bfloat16*>(logits), stride, vocab, next, history, max_len, positions);
+    case 1: return launch_pdl(greedy_step_kernel<__half>, batch, kGreedyThreads, st, 0, static_cast<const __half*>(logits),
+                              stride, vocab, next, history, max_len, positions);
+    default: return -2;
+  }
+}
+
 // The splits lowbit_launch_decode_attention_v2 uses (the caller sizes the fp32 workspace: batch × heads × splits ×
 // (D + 2) floats), or 0 when the shape is not taken (D 64 or 128, group 1-8, length ≥ 1).
 int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim, int length) {
@@ -2095,7 +2221,11 @@ int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim,
     cudaGetLastError();
     sms = 132;
   }
-  return attention_splits(batch, kv_heads, length, sms);
+  static const int wanted = [] {
+    const char* v = getenv("LOWBIT_ATTENTION_SPLITS");
+    return v != nullptr ? atoi(v) : 0;
+  }();
+  return attention_splits(batch, kv_heads, length, sms, wanted);
 }
 
 // The decode step's trace mark (step_mark_kernel): trace is at least index + 2 uint64. 0 on success, else a cudaError_t.

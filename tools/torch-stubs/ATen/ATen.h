@@ -12,7 +12,9 @@
 namespace c10 {
 enum class ScalarType : int8_t { Byte, Char, Short, Int, Long, Half, Float, Double, Bool, BFloat16 };
 std::ostream& operator<<(std::ostream&, ScalarType);
-struct Device {};
+struct Device {
+  bool operator==(const Device&) const;
+};
 std::ostream& operator<<(std::ostream&, const Device&);
 class IntArrayRef {
  public:

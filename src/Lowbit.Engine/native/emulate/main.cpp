@@ -12,7 +12,8 @@ extern "C" int lowbit_v2_attention_splits(int, int, int, int, int);
 extern "C" int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*, void*, int64_t, float*, int*, int, int, int, int, int, int, int, void*);
 extern "C" int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int, int, int, int, int, void*);
 
-// Decode attention against a float64 softmax reference: rows at different positions (one past the length bucket),
+// Decode attention against a float64 softmax reference: rows at different positions (one past the length bucket), the
+// cache's rows past each position NaN,
 // grouped heads, a padded query row stride; every output element written, launched twice (the split counters must be
 // back at zero after each launch, or the second launch's last blocks would not merge). Then the fused RoPE version on a
 // q/k/v row: bit-identical to rope_kv followed by the attention, output and cache.
@@ -30,6 +31,12 @@ int run_attention(int batch, int kv_heads, int group, int d, int max_len, int le
   for (size_t i = 0; i < cs.size(); i++) cs[i] = __float2bfloat16(std::cos(0.1f * i)), sn[i] = __float2bfloat16(std::sin(0.1f * i));
   std::vector<int64_t> pos(batch);
   for (int b = 0; b < batch; b++) pos[b] = b == batch - 1 ? length + 3 : (int64_t)((b * 37 + 5) % length);
+  // Rows at and past each row's attended length are poisoned: the kernel loads them before it knows the position.
+  for (int b = 0; b < batch; b++) {
+    const int attend = (int)std::min<int64_t>(pos[b], length - 1) + 1;
+    for (size_t i = ((size_t)b * max_len + attend) * kv_heads * d; i < ((size_t)b + 1) * max_len * kv_heads * d; i++)
+      k[i] = v[i] = __float2bfloat16(NAN);
+  }
   const int splits = lowbit_v2_attention_splits(batch, kv_heads, group, d, length);
   std::vector<float> work((size_t)batch * heads * splits * (d + 2));
   std::vector<int> arrivals((size_t)batch * kv_heads, 0);
@@ -330,6 +337,47 @@ int run_dense(int batch, int n, int k, int sms, int xstride_extra) {
   return sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
 }
 
+extern "C" int lowbit_launch_greedy_step(int, const void*, int64_t, int, int64_t*, int64_t*, int, int64_t*, int, void*);
+
+// The greedy step against torch.argmax's rules on rows that test them: a tie (the first index wins), a NaN (wins), the
+// largest value in the last element, every value −∞ (index 0); the token goes to next, to the history at the clamped
+// position + 1 (a row past the end stays at the last column), and the positions advance by one.
+int run_greedy(int vocab) {
+  const int batch = 5, max_len = 9;
+  const int64_t stride = vocab + 3;
+  std::mt19937 rng(vocab);
+  std::normal_distribution<float> nd(0, 1);
+  std::vector<__nv_bfloat16> logits((size_t)batch * stride);
+  for (auto& x : logits) x = __float2bfloat16(nd(rng));
+  auto at = [&](int b, int i) -> __nv_bfloat16& { return logits[(size_t)b * stride + i]; };
+  at(0, 7) = at(0, vocab - 2) = __float2bfloat16(50.f);   // a tie: 7
+  at(1, vocab / 2) = __float2bfloat16(NAN);               // a NaN: vocab / 2, over a larger value
+  at(1, 3) = __float2bfloat16(60.f);
+  at(2, vocab - 1) = __float2bfloat16(70.f);              // the last element
+  for (int i = 0; i < vocab; i++) at(3, i) = __float2bfloat16(-INFINITY);
+  std::vector<int64_t> next(batch, -1), history((size_t)batch * max_len, -1), pos = {0, 3, 7, -2, 20};
+  const std::vector<int64_t> before = pos;
+  const int rc = lowbit_launch_greedy_step(0, logits.data(), stride, vocab, next.data(), history.data(), max_len, pos.data(), batch, nullptr);
+  int bad = rc != 0;
+  for (int b = 0; b < batch; b++) {
+    int64_t want = -1;
+    if (b == 0) want = 7;
+    else if (b == 1) want = vocab / 2;
+    else if (b == 2) want = vocab - 1;
+    else if (b == 3) want = 0;
+    else {
+      want = 0;
+      for (int i = 1; i < vocab; i++) if (__bfloat162float(at(b, i)) > __bfloat162float(at(b, (int)want))) want = i;
+    }
+    const int64_t clamped = std::min<int64_t>(std::max<int64_t>(before[b], 0), max_len - 1);
+    const int64_t column = std::min<int64_t>(clamped + 1, max_len - 1);
+    for (int c = 0; c < max_len; c++) bad += history[(size_t)b * max_len + c] != (c == column ? want : -1);
+    bad += next[b] != want || pos[b] != before[b] + 1;
+  }
+  printf("greedy step vocab %d: %s\n", vocab, bad ? "WRONG" : "ok");
+  return bad ? 1 : 0;
+}
+
 int main() {
   int f = 0;
   // Not taken: 3 rows at K = 11008 (two chunks per thread), 5 rows.
@@ -422,6 +470,8 @@ int main() {
   f += run_attention(2, 2, 4, 128, 100, 97, 1);     // one split of 97 with grouped heads: 6-7 rounds, a partial last one
   f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 10 splits, the last row past the bucket
   f += run_attention(4, 2, 1, 64, 40, 32, 1);       // one split: the blocks write the output themselves
+  f += run_greedy(1000);
+  f += run_greedy(32000);
   f += lowbit_v2_attention_splits(1, 8, 9, 128, 64) == 0 ? 0 : 1;
   f += lowbit_v2_attention_splits(1, 8, 1, 96, 64) == 0 ? 0 : 1;
   // Not taken: 8 rows at K = 11008 (three chunks per thread), 9 rows, K over 16384.
