@@ -176,7 +176,7 @@ internal static class SelfCheckKernelsVerb
             // Identical activation rows should give identical output rows, bit for bit (a decode batch of one prompt): int4-mma
             // puts the rows in different lanes' tensor-core columns, dequantize + linear in one cuBLAS GEMM. Session 15's
             // int4 graph:8 run saw row 1 of one prompt leave row 0 (tokens 18 and 5 in two runs); this says which kernel.
-            foreach (var (n, k, kernel) in new[] { (4096, 4096, ProjectionKernel.Int4Mma), (4096, 11008, ProjectionKernel.Int4Dequant), (12288, 4096, ProjectionKernel.Int4Dequant) })
+            foreach (var (n, k, kernel) in new[] { (4096, 4096, ProjectionKernel.Int4Mma), (4096, 11008, ProjectionKernel.Int4Mma), (4096, 11008, ProjectionKernel.Int4Dequant), (12288, 4096, ProjectionKernel.Int4Dequant) })
             {
                 using var scope = NewDisposeScope();
                 var w = randn([n, k], ScalarType.Float32, device) * 0.02;

@@ -872,7 +872,7 @@ __host__ __device__ inline int units_per_warp(int k, int p) { return ((k / 64 + 
 
 // The dynamic shared memory of a block: the permuted activations [groups][NB][4 lanes][16] in T, then per (group,
 // column) {off, sum x} as float2 (columns padded to an even count). Sized over units * 8 groups (the measure of
-// supports()'s 200 KB bound); only the first K / 64 are written and read (rounds past them are skipped).
+// supports()'s bound); only the first K / 64 are written and read (rounds past them are skipped).
 __host__ __device__ constexpr int padded_columns(int nb) { return nb < 2 ? 2 : nb + (nb & 1); }
 __host__ __device__ inline int padded_groups(int k, int p) { return units_per_warp(k, p) * kWarps; }
 __host__ __device__ inline int activation_bytes(int nb, int k, int p) { return padded_groups(k, p) * 64 * nb * 2; }
@@ -1205,12 +1205,27 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   }
 }
 
+// The dynamic shared memory a block may opt in to on the current device (227 KB on sm_90), 200 KB if the query fails.
+inline int max_dynamic_shared() {
+  static const int bytes = [] {
+    int device = 0;
+    int value = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || value < 1) {
+      cudaGetLastError();
+      return 200 * 1024;
+    }
+    return value;
+  }();
+  return bytes;
+}
+
 // Rows taken: 1, 2, 4 or 8 activation rows (batch up to 8) at K % 256 == 0 (rounds of 4 groups), groups of 64 or
-// 128 codes (checked at launch), and the shared memory of the activations within 200 KB (K * rows * 2 bytes: all of 8
-// rows up to K = 12,288).
+// 128 codes (checked at launch), and the shared memory of the activations within what a block may opt in to (K *
+// rows * 2 bytes and the per-group sums: 8 rows at K = 11,008 take 204 KB, over the 200 KB bound this had until session
+// 18, when the down projection of a 7B at 8 rows fell back to dequantize + cuBLAS, 85 µs against int4-mma's ~20 at 4).
 inline int columns_for(int batch) { return batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8; }
 inline bool supports(int batch, int k) {
-  return batch >= 1 && batch <= 8 && k % 256 == 0 && shared_bytes(columns_for(batch), k, kUnitsInFlight) <= 200 * 1024;
+  return batch >= 1 && batch <= 8 && k % 256 == 0 && shared_bytes(columns_for(batch), k, kUnitsInFlight) <= max_dynamic_shared();
 }
 
 template <typename T, int NB, int GS, int PRO, bool RES>
@@ -1222,7 +1237,7 @@ int launch(const void* x, int64_t xs, const void* p, const void* s, const void* 
   if (smem > 48 * 1024) {
     static bool granted = false;
     if (!granted) {
-      if (cudaFuncSetAttribute(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess) {
+      if (cudaFuncSetAttribute(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dynamic_shared()) != cudaSuccess) {
         cudaGetLastError();
         return -3;
       }

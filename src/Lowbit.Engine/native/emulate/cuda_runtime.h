@@ -22,7 +22,7 @@
 alignas(16) inline unsigned char g_dynamic_shared[256 * 1024];
 #define LOWBIT_DYNAMIC_SHARED(name) unsigned char* name = g_dynamic_shared
 typedef int cudaError_t; enum { cudaSuccess = 0 }; typedef void* cudaStream_t;
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin };
 struct uint2 { unsigned x, y; }; struct alignas(16) uint4 { unsigned x, y, z, w; };
 inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
@@ -33,7 +33,7 @@ inline cudaError_t cudaGetLastError() { return 0; }
 inline const char* cudaGetErrorString(cudaError_t) { return ""; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return 0; }
 inline int g_sms = 3;
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = g_sms; return 0; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) { *v = a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 227 * 1024 : g_sms; return 0; }
 template <class F> cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* v, F, int, size_t) { *v = 1; return 0; }
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   unsigned char b[8]; memcpy(b, &x, 4); memcpy(b + 4, &y, 4); unsigned r = 0;

@@ -439,6 +439,9 @@ int main() {
   f += run_fused(2, 11, 2816, 64, 2, 9, 2, true);
   f += run_fused(1, 7, 256, 64, 1, 9, 0, false);     // one round in all: warps 1-7 have no groups
   f += run_fused(1, 17, 11008, 128, 1, 9, 2, true);
+  f += run_fused(8, 21, 11008, 64, 1, 9, 0, false);   // a 7B's down projection at 8 rows: 204 KB of shared memory
+  f += lowbit_v2_int4_fused_supports(0, 8, 11008, 9, 0, 0) == 1 ? 0 : 1;
+  f += lowbit_v2_int4_fused_supports(0, 8, 14336, 9, 0, 0) == 0 ? 0 : 1;   // 238 KB: over the 227 KB a block may have
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
   f += run_mma_fp16(4, 18, 2048, 128, 1, 9);
   f += run_mma_fp16(7, 9, 1024, 64, 1, 9);
