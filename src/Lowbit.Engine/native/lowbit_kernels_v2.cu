@@ -1224,8 +1224,12 @@ inline int max_dynamic_shared() {
 // rows * 2 bytes and the per-group sums: 8 rows at K = 11,008 take 204 KB, over the 200 KB bound this had until session
 // 18, when the down projection of a 7B at 8 rows fell back to dequantize + cuBLAS, 85 µs against int4-mma's ~20 at 4).
 inline int columns_for(int batch) { return batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8; }
+// kStaticShared: a bound on the kernel's static shared memory (the reduction buffers, 8 KB at 8 rows), which the opt-in
+// limit includes; launch() checks the real figure.
+constexpr int kStaticShared = 16 * 1024;
 inline bool supports(int batch, int k) {
-  return batch >= 1 && batch <= 8 && k % 256 == 0 && shared_bytes(columns_for(batch), k, kUnitsInFlight) <= max_dynamic_shared();
+  return batch >= 1 && batch <= 8 && k % 256 == 0
+      && shared_bytes(columns_for(batch), k, kUnitsInFlight) + kStaticShared <= max_dynamic_shared();
 }
 
 template <typename T, int NB, int GS, int PRO, bool RES>
@@ -1233,15 +1237,35 @@ int launch(const void* x, int64_t xs, const void* p, const void* s, const void* 
            int n, int k, const Fusion& fusion, cudaStream_t st) {
   const int smem = shared_bytes(NB, k, kUnitsInFlight);
 #if !defined(LOWBIT_EMULATED)
-  // Above 48 KB of dynamic shared memory a kernel has to ask for it (once per instantiation).
+  // Above 48 KB of dynamic shared memory a kernel has to ask for it, once per instantiation: 200 KB first (what every
+  // shape asked for until session 18, measured on the H100 and the H200), then, for a shape over that (8 rows at
+  // K = 11,008), all the opt-in limit leaves beside the kernel's static shared memory. Asking for the whole limit fails
+  // (session 18's first try at 227 KB: every int4-mma launch over 48 KB refused). A shape the device cannot take is
+  // refused alone (-3), and the kernel selection keeps another kernel for it.
   if (smem > 48 * 1024) {
-    static bool granted = false;
-    if (!granted) {
-      if (cudaFuncSetAttribute(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dynamic_shared()) != cudaSuccess) {
-        cudaGetLastError();
-        return -3;
-      }
-      granted = true;
+    constexpr int kBase = 200 * 1024;
+    static const bool base = [] {
+      if (cudaFuncSetAttribute(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBase) == cudaSuccess) return true;
+      cudaGetLastError();
+      return false;
+    }();
+    if (!base) return -3;
+    if (smem > kBase) {
+      static const int raised = [] {
+        cudaFuncAttributes attributes{};
+        if (cudaFuncGetAttributes(&attributes, int4_gemv_mma_kernel<T, NB, GS, PRO, RES>) != cudaSuccess) {
+          cudaGetLastError();
+          return kBase;
+        }
+        const int dynamic = max_dynamic_shared() - (int)attributes.sharedSizeBytes;
+        if (dynamic <= kBase) return kBase;
+        if (cudaFuncSetAttribute(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic) != cudaSuccess) {
+          cudaGetLastError();
+          return kBase;
+        }
+        return dynamic;
+      }();
+      if (smem > raised) return -3;
     }
   }
 #endif
