@@ -22,7 +22,7 @@
 #   ncu [LAUNCHES]     Nsight Compute on the int4 GEMVs v2/wide/occ/shared (one row, g64): occupancy, DRAM throughput, stalls
 #   profile [RUNS]     per-kernel device time inside the decode graphs (nsys --cuda-graph-trace=node, if the image has
 #                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
-# SKIP_SELFCHECK=1 skips the self-check; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
+# SKIP_SELFCHECK=1 skips the self-check, SELFCHECK_ENV="NAME=VALUE ..." sets variables for it alone; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
 # ATTENTION=native runs the decode modes with the native decode attention at every batch (LOWBIT_DECODE_ATTENTION=native;
 # the default takes it up to batch 8).
 set -uo pipefail
@@ -38,7 +38,9 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader; da
 
 selfcheck() {
   [ "${SKIP_SELFCHECK:-}" = 1 ] && { echo "self-check skipped"; return; }
-  timeout 240 ./run.sh selfcheck-kernels > "$OUT/selfcheck.log" 2>&1; local rc=$?
+  # SELFCHECK_ENV: settings for the self-check alone (e.g. LOWBIT_MMA_FUSED_ROWS=8: its opt-in checks run then).
+  local settings=(); read -ra settings <<< "${SELFCHECK_ENV:-}"
+  env "${settings[@]}" timeout 240 ./run.sh selfcheck-kernels > "$OUT/selfcheck.log" 2>&1; local rc=$?
   echo "self-check rc=$rc, $(grep -c '"pass":true' "$OUT/selfcheck.log") passed"
   grep '"pass":false' "$OUT/selfcheck.log" | cut -c1-250
   grep '"selfcheck-rows"' "$OUT/selfcheck.log" | cut -c1-250

@@ -229,7 +229,7 @@ internal static class SelfCheckKernelsVerb
             }
             if (NativeKernelsV2.FusedAvailable)
             {
-                // The decode step's fused variants (bf16, 1-2 rows, both geometries) against the separate native kernels
+                // The decode step's fused variants (bf16, 1-2 rows, and int4-mma's up to 8, both geometries) against the separate native kernels
                 // followed by dequantize + linear (ForwardFused's fallback): the q/k/v and gate/up projections with the
                 // RMSNorm inside, the output projection with the residual add, the down projection with SiLU·mul and the add.
                 foreach (var (batch, n, k, group, geometry) in new[]
@@ -237,8 +237,14 @@ internal static class SelfCheckKernelsVerb
                     (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 22016, 4096, 64, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
                     (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5), (1, 12288, 4096, 64, 7), (2, 22016, 4096, 128, 7), (1, 1001, 2048, 64, 7), (1, 4096, 11008, 64, 7), (1, 999, 8192, 128, 7),
                     (1, 12288, 4096, 64, 9), (2, 22016, 4096, 128, 9), (1, 4096, 11008, 64, 9), (2, 1001, 11008, 128, 9),
+                    // int4-mma's fused variants at 3-8 rows: offered with LOWBIT_MMA_FUSED_ROWS (up to 8), checked then.
+                    (4, 12288, 4096, 64, 9), (5, 22016, 4096, 128, 9), (8, 4096, 11008, 64, 9),
                 })
                 {
+                    if (batch > 2 && !NativeKernelsV2.Int4XSupports(bf16, batch, k, geometry, Int4Prologue.RmsNorm, residual: false))
+                    {
+                        continue;
+                    }
                     using var scope = NewDisposeScope();
                     var w = randn([n, k], ScalarType.Float32, device) * 0.02;
                     using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });

@@ -1296,6 +1296,14 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
       if (prologue == kNorm && !residual) return launch<T, 2, GS, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
       if (prologue == kPlain && residual) return launch<T, 2, GS, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
       if (prologue == kSiluMul && residual) return launch<T, 2, GS, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+    } else if (batch <= 4) {
+      if (prologue == kNorm && !residual) return launch<T, 4, GS, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kPlain && residual) return launch<T, 4, GS, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kSiluMul && residual) return launch<T, 4, GS, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+    } else {
+      if (prologue == kNorm && !residual) return launch<T, 8, GS, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kPlain && residual) return launch<T, 8, GS, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
+      if (prologue == kSiluMul && residual) return launch<T, 8, GS, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, f, st);
     }
   }
   return -3;
@@ -1342,6 +1350,18 @@ inline bool built_for(int g, int batch, int k) {
 // one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch). The fused variants (a prologue or the residual add) are
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
 // fuses and otherwise runs the separate kernels.
+// The most rows int4-mma's fused variants (RMSNorm prologue, SiLU·mul prologue, residual epilogue) take: 2, the rows
+// measured (run 22-23); LOWBIT_MMA_FUSED_ROWS (up to 8) offers them at 3-8 rows too, built since session 18 and
+// checked by the emulator and the self-check, not yet timed against the separate kernels there.
+inline int mma_fused_rows() {
+  static const int rows = [] {
+    const char* v = getenv("LOWBIT_MMA_FUSED_ROWS");
+    const int r = v != nullptr ? atoi(v) : 2;
+    return r < 1 ? 1 : r > 8 ? 8 : r;
+  }();
+  return rows;
+}
+
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
@@ -1353,7 +1373,7 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
     if (!mma::supports(batch, k) || prologue < kPlain || prologue > kSiluMul) return false;
     if (prologue == kPlain && !residual) return true;
     const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
-    return variant && dtype == 0 && batch <= 2;
+    return variant && dtype == 0 && batch <= mma_fused_rows();
   }
   if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7) return false;
   if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k))) return false;

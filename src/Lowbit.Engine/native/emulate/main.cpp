@@ -379,6 +379,8 @@ int run_greedy(int vocab) {
 }
 
 int main() {
+  // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
+  setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
   int f = 0;
   // Not taken: 3 rows at K = 11008 (two chunks per thread), 5 rows.
   f += lowbit_launch_int4_v2(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 3, 8, 11008, 64, nullptr) == -3 ? 0 : 1;
@@ -439,7 +441,11 @@ int main() {
   f += run_fused(2, 11, 2816, 64, 2, 9, 2, true);
   f += run_fused(1, 7, 256, 64, 1, 9, 0, false);     // one round in all: warps 1-7 have no groups
   f += run_fused(1, 17, 11008, 128, 1, 9, 2, true);
-  f += run_fused(8, 21, 11008, 64, 1, 9, 0, false);   // a 7B's down projection at 8 rows: 204 KB of shared memory
+  f += run_fused(3, 27, 4096, 64, 2, 9, 1, false);     // the fused variants at 3-8 rows (LOWBIT_MMA_FUSED_ROWS)
+  f += run_fused(4, 19, 2048, 128, 1, 9, 0, true);
+  f += run_fused(6, 23, 2816, 64, 2, 9, 2, true);
+  f += run_fused(8, 17, 4096, 64, 3, 9, 1, false);
+  f += run_fused(8, 13, 11008, 64, 1, 9, 2, true);    // a 7B's down projection at 8 rows: 204 KB of shared memory
   f += lowbit_v2_int4_fused_supports(0, 8, 11008, 9, 0, 0) == 1 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 8, 14336, 9, 0, 0) == 0 ? 0 : 1;   // 238 KB: over the 227 KB a block may have
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
