@@ -1170,7 +1170,8 @@ public sealed class FastDecoder : IDisposable
                 // SiLU·mul in the gate/up GEMV's epilogue (its tiles pair gate row i with up row i) where its kernel has
                 // one, the down GEMV then reading the activations as they are. Else, at one row, in the down GEMV's
                 // prologue; at more rows as its own kernel before a plain down GEMV: in the prologue every block of the
-                // tensor-core GEMV recomputed it for all rows (8 rows: 87 µs per layer in the step, H100 run 37).
+                // GEMV recomputes it for every row and all of K, work that grows with the rows (not timed apart: int4
+                // batch 2 went 668.9 → 725.7 tokens/s with session 18's changes together, H100 runs 36 and 39).
                 var epilogue = _gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
                     && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
                 var separate = !epilogue && rows > SiluInDownMaxRows && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
