@@ -102,13 +102,19 @@ case "$mode" in
     [ -f "$m/config.json" ] || timeout 150 python3 ./bench_hf.py make --out "$m" --layers 32 > /dev/null 2>&1
     IFS=';' read -ra variants <<< "${VARIANTS:-default}"
     [ "${TRACE:-0}" = 1 ] && variants+=("LOWBIT_STEP_TRACE=1")
+    # Every variant's lines go to one variants.jsonl / variants.err (a run brings back only so many files: run 37 lost
+    # two variants' files), each variant's stderr after a "== variant N (settings)" line; the jsonl lines carry "variant".
     i=0
     for v in "${variants[@]}"; do
       i=$((i + 1)); settings=(); [ "$v" = default ] || read -ra settings <<< "$v"
       env "${settings[@]}" timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 --new-tokens 128 \
-        --int4-group 64 --runs "${1:-int4-graph:1}" > "$OUT/variant$i.jsonl" 2> "$OUT/variant$i.err"
-      echo "variant $i ($v): rc=$?"; grep "differs\|rror\|step trace" "$OUT/variant$i.err" | cut -c1-600 | head -5
-      runs "$OUT/variant$i.jsonl"
+        --int4-group 64 --runs "${1:-int4-graph:1}" > /tmp/variant.jsonl 2> /tmp/variant.err
+      echo "variant $i ($v): rc=$?"; grep "differs\|rror\|step trace" /tmp/variant.err | cut -c1-600 | head -8
+      runs /tmp/variant.jsonl
+      { echo "== variant $i ($v)"; cat /tmp/variant.err; } >> "$OUT/variants.err"
+      python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    r=json.loads(l); r["variant"]=sys.argv[2]; print(json.dumps(r))' /tmp/variant.jsonl "$v" >> "$OUT/variants.jsonl"
     done ;;
   fusion)
     # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
