@@ -26,6 +26,20 @@ internal static class SelfCheckKernelsVerb
         }
         using var noGrad = no_grad();
         var failed = 0;
+        // One result line (and a failure counted unless it passed); `extra` adds a key such as the reason it failed.
+        void Record(string check, double relativeError, bool allWritten, bool pass, (string Key, string Value)? extra = null)
+        {
+            failed += pass ? 0 : 1;
+            var line = new Dictionary<string, object>
+            {
+                ["event"] = "selfcheck-kernel", ["check"] = check, ["relativeError"] = relativeError, ["allWritten"] = allWritten, ["pass"] = pass,
+            };
+            if (extra is { } e)
+            {
+                line[e.Key] = e.Value;
+            }
+            stdout.WriteLine(JsonSerializer.Serialize(line));
+        }
         void Report(string name, Tensor output, Tensor reference)
         {
             using var scope = NewDisposeScope();
@@ -33,14 +47,12 @@ internal static class SelfCheckKernelsVerb
             var r = reference.to(ScalarType.Float64);
             var error = (o - r).norm().item<double>() / Math.Max(1e-30, r.norm().item<double>());
             var finite = o.isfinite().all().item<bool>();
-            var pass = finite && error < Tolerance;
-            failed += pass ? 0 : 1;
-            stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-            {
-                // JSON has no NaN: a non-finite error (NaN or unwritten outputs) is written as -1 and fails.
-                ["event"] = "selfcheck-kernel", ["check"] = name, ["relativeError"] = double.IsFinite(error) ? error : -1.0, ["allWritten"] = finite, ["pass"] = pass,
-            }));
+            // JSON has no NaN: a non-finite error (NaN or unwritten outputs) is written as -1 and fails.
+            Record(name, double.IsFinite(error) ? error : -1.0, finite, finite && error < Tolerance);
         }
+        // Elements that differ, NaN counting as equal to NaN (the bit-exact checks run on NaN-poisoned buffers).
+        static long Differing(Tensor got, Tensor want) => got.isnan().ne(want.isnan()).sum().item<long>()
+            + got.nan_to_num().ne(want.nan_to_num()).sum().item<long>();
         var bf16 = ScalarType.BFloat16;
         manual_seed(1234);
         foreach (var rows in new[] { 1, 7, 128 })
@@ -111,12 +123,7 @@ internal static class SelfCheckKernelsVerb
         // that a build failure shows here (decoding then measures and uses the other kernels).
         if (!NativeKernelsV2.Available)
         {
-            failed++;
-            stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-            {
-                ["event"] = "selfcheck-kernel", ["check"] = "v2 kernels library (int4-v2, native-gemv-v2)", ["relativeError"] = -1.0,
-                ["allWritten"] = false, ["pass"] = false, ["status"] = NativeKernelsV2.Status,
-            }));
+            Record("v2 kernels library (int4-v2, native-gemv-v2)", -1.0, false, false, ("status", NativeKernelsV2.Status));
         }
         else
         {
@@ -178,11 +185,7 @@ internal static class SelfCheckKernelsVerb
                 {
                     // A shape the host side takes but the device refuses at launch (its shared memory): a failed check,
                     // reported, and the checks after it still run.
-                    failed++;
-                    stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-                    {
-                        ["event"] = "selfcheck-kernel", ["check"] = name, ["relativeError"] = -1.0, ["allWritten"] = false, ["pass"] = false, ["error"] = e.Message,
-                    }));
+                    Record(name, -1.0, false, false, ("error", e.Message));
                     continue;
                 }
                 var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
@@ -305,15 +308,8 @@ internal static class SelfCheckKernelsVerb
                     var wantValues = full([batch + 1, maxLength, kvHeads, headDim], Scalars.Of(double.NaN), bf16, device);
                     wantKeys.view(-1, kvHeads * headDim).index_copy_(0, slotsAt, rotated.narrow(1, heads * headDim, kvHeads * headDim));
                     wantValues.view(-1, kvHeads * headDim).index_copy_(0, slotsAt, qkv.narrow(1, (heads + kvHeads) * headDim, kvHeads * headDim));
-                    long Differing(Tensor got, Tensor want) => got.isnan().ne(want.isnan()).sum().item<long>()
-                        + got.nan_to_num().ne(want.nan_to_num()).sum().item<long>();
                     var differing = Differing(query, rotated.narrow(1, 0, heads * headDim)) + Differing(keys, wantKeys) + Differing(values, wantValues);
-                    failed += differing == 0 ? 0 : 1;
-                    stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-                    {
-                        ["event"] = "selfcheck-kernel", ["check"] = $"rope+kv write B={batch} heads={heads}/{kvHeads} D={headDim} (bit-exact)",
-                        ["relativeError"] = (double)differing, ["allWritten"] = true, ["pass"] = differing == 0,
-                    }));
+                    Record($"rope+kv write B={batch} heads={heads}/{kvHeads} D={headDim} (bit-exact)", differing, true, differing == 0);
                 }
             }
         }
@@ -331,13 +327,8 @@ internal static class SelfCheckKernelsVerb
                 var host = new Int4Weight { Packed = packed.Packed.cpu(), Scales = packed.Scales.cpu(), Zeros = packed.Zeros.cpu(), GroupSize = group };
                 var reference = host.Dequantize(dtype);
                 var differing = native.to(ScalarType.Float32).ne(reference.to(ScalarType.Float32)).sum().item<long>();
-                var pass = differing == 0 && native.isfinite().all().item<bool>();
-                failed += pass ? 0 : 1;
-                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-                {
-                    ["event"] = "selfcheck-kernel", ["check"] = $"int4 dequantize {(dtype == bf16 ? "bf16" : "fp16")} g{group} N={n} K={k} (bit-exact)",
-                    ["relativeError"] = differing / (double)native.numel(), ["allWritten"] = native.isfinite().all().item<bool>(), ["pass"] = pass,
-                }));
+                var finite = native.isfinite().all().item<bool>();
+                Record($"int4 dequantize {(dtype == bf16 ? "bf16" : "fp16")} g{group} N={n} K={k} (bit-exact)", differing / (double)native.numel(), finite, differing == 0 && finite);
             }
             // The decode attention (LOWBIT_DECODE_ATTENTION=native): rows at different positions (one past the length
             // bucket), grouped heads, head dims 128 and 64, a query that is a narrow of the fused q/k/v output, fp16;
@@ -396,16 +387,11 @@ internal static class SelfCheckKernelsVerb
                 NativeKernelsV2.DecodeAttention(query, keys, values, positions, arrivals, length, output);
                 var attended = full([batch, heads * headDim], Scalars.Of(double.NaN), dtype, device);
                 NativeKernelsV2.RopeAttention(fused, cos, sin, positions, ropeKeys, ropeValues, arrivals, length, attended);
-                // NaN never equals itself: the poisoned rows compare as a value no row holds.
-                Tensor Marked(Tensor t) => t.nan_to_num(12345.0);
-                var differing = attended.ne(output).sum().item<long>() + Marked(ropeKeys).ne(Marked(keys)).sum().item<long>()
-                    + Marked(ropeValues).ne(Marked(values)).sum().item<long>() + arrivals.ne(Scalars.Of(0)).sum().item<long>();
-                failed += differing == 0 ? 0 : 1;
-                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-                {
-                    ["event"] = "selfcheck-kernel", ["check"] = $"rope + decode attention {name} (bit-exact against rope+kv write, then decode attention)",
-                    ["relativeError"] = (double)differing, ["allWritten"] = attended.isfinite().all().item<bool>(), ["pass"] = differing == 0,
-                }));
+                // The cache's poisoned rows are NaN in both: Differing counts NaN as equal to NaN.
+                var differing = attended.ne(output).sum().item<long>() + Differing(ropeKeys, keys) + Differing(ropeValues, values)
+                    + arrivals.ne(Scalars.Of(0)).sum().item<long>();
+                Record($"rope + decode attention {name} (bit-exact against rope+kv write, then decode attention)", differing,
+                    attended.isfinite().all().item<bool>(), differing == 0);
             }
             // The greedy-step kernel against torch's argmax, index_copy_ and add_ (what it replaced in the decode step):
             // rows with a tie for the largest value, a NaN, the largest value last, a row of −∞, and a position past the
@@ -431,12 +417,7 @@ internal static class SelfCheckKernelsVerb
                 expectedHistory.view(-1).index_copy_(0, at, expected);
                 var differing = next.ne(expected).sum().item<long>() + history.ne(expectedHistory).sum().item<long>()
                     + positions.ne(start.add(Scalars.Of(1), Scalars.One)).sum().item<long>();
-                failed += differing == 0 ? 0 : 1;
-                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
-                {
-                    ["event"] = "selfcheck-kernel", ["check"] = $"greedy step B={batch} vocab={vocab} (exact against argmax + index_copy_ + add_)",
-                    ["relativeError"] = (double)differing, ["allWritten"] = true, ["pass"] = differing == 0,
-                }));
+                Record($"greedy step B={batch} vocab={vocab} (exact against argmax + index_copy_ + add_)", differing, true, differing == 0);
             }
             // The second dense GEMV: 1 to 8 rows (row counts between the kernel's 1/2/4/8), K with one to four chunks per
             // thread (512 threads × 8 values each), N not a multiple of the tile, a padded activation stride, float16. A

@@ -519,6 +519,23 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   }
 }
 
+// An integer environment variable (a diagnostic or opt-in setting), or `fallback` when it is not set.
+inline int env_int(const char* name, int fallback) {
+  const char* v = getenv(name);
+  return v != nullptr ? atoi(v) : fallback;
+}
+
+// An attribute of the current device, or `fallback` when the query fails (or gives less than 1).
+inline int device_attribute(cudaDeviceAttr attribute, int fallback) {
+  int device = 0;
+  int value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&value, attribute, device) != cudaSuccess || value < 1) {
+    cudaGetLastError();
+    return fallback;
+  }
+  return value;
+}
+
 // The grid of a persistent kernel over `tiles` row tiles: as many blocks as fit on the device at once, at most one per
 // tile (the occupancy of `Kernel` at `threads` per block and `smem` bytes of dynamic shared memory is a host-side query).
 template <auto Kernel>
@@ -534,12 +551,7 @@ int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
   // Without dynamic shared memory once per process; with it (the shared kernel, sized by K) per call.
   static const int plain = query(0);
   const int per_sm = smem == 0 ? plain : query(smem);
-  int device = 0;
-  int sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 132;
-  }
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t resident = (int64_t)sms * per_sm;
   return (int)(tiles < resident ? tiles : resident);
 }
@@ -1207,15 +1219,7 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
 
 // The dynamic shared memory a block may opt in to on the current device (227 KB on sm_90), 200 KB if the query fails.
 inline int max_dynamic_shared() {
-  static const int bytes = [] {
-    int device = 0;
-    int value = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || value < 1) {
-      cudaGetLastError();
-      return 200 * 1024;
-    }
-    return value;
-  }();
+  static const int bytes = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 200 * 1024);
   return bytes;
 }
 
@@ -1346,22 +1350,22 @@ inline bool built_for(int g, int batch, int k) {
   return built(g, nb, chunks_per_thread(k));
 }
 
-// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096) or 7 (int4-v2-shared:
-// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch). The fused variants (a prologue or the residual add) are
-// built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use); the engine asks before it
-// fuses and otherwise runs the separate kernels.
 // The most rows int4-mma's fused variants (RMSNorm prologue, SiLU·mul prologue, residual epilogue) take: 2, the rows
 // measured (run 22-23); LOWBIT_MMA_FUSED_ROWS (up to 8) offers them at 3-8 rows too, built since session 18 and
 // checked by the emulator and the self-check, not yet timed against the separate kernels there.
 inline int mma_fused_rows() {
   static const int rows = [] {
-    const char* v = getenv("LOWBIT_MMA_FUSED_ROWS");
-    const int r = v != nullptr ? atoi(v) : 2;
+    const int r = env_int("LOWBIT_MMA_FUSED_ROWS", 2);
     return r < 1 ? 1 : r > 8 ? 8 : r;
   }();
   return rows;
 }
 
+// `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096), 7 (int4-v2-shared:
+// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch) or 9 (int4-mma). The
+// fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
+// compile on first use), int4-mma's for 1-8 (offered up to mma_fused_rows()); the engine asks before it fuses and
+// otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
@@ -1711,12 +1715,7 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
                       cudaStream_t st) {
   const int64_t total = n * (k / 8);
   if (total == 0) return 0;
-  int device = 0;
-  int sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 132;
-  }
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t wanted = (total + 255) / 256;
   const int64_t cap = (int64_t)sms * 8;
   const int blocks = (int)(wanted < cap ? wanted : cap);
@@ -2274,16 +2273,8 @@ int lowbit_launch_greedy_step(int dtype, const void* logits, int64_t stride, int
 // (D + 2) floats), or 0 when the shape is not taken (D 64 or 128, group 1-8, length ≥ 1).
 int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim, int length) {
   if ((head_dim != 64 && head_dim != 128) || group < 1 || group > kAttnMaxGroup || length < 1 || batch < 1 || kv_heads < 1) return 0;
-  int device = 0;
-  int sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 132;
-  }
-  static const int wanted = [] {
-    const char* v = getenv("LOWBIT_ATTENTION_SPLITS");
-    return v != nullptr ? atoi(v) : 0;
-  }();
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  static const int wanted = env_int("LOWBIT_ATTENTION_SPLITS", 0);
   return attention_splits(batch, kv_heads, length, sms, wanted);
 }
 
