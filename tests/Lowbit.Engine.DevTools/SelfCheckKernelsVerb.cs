@@ -160,10 +160,12 @@ internal static class SelfCheckKernelsVerb
                     }
                 }
             }
-            // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row), both dtypes.
+            // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row; 9-32: slices of 8
+            // rows, one launch each), both dtypes.
             foreach (var (batch, n, k, group, dtype) in new[]
             {
                 (5, 4093, 4096, 64, bf16), (8, 12288, 4096, 128, bf16), (8, 4096, 11008, 64, bf16), (6, 1001, 11008, 128, ScalarType.Float16),
+                (16, 12288, 4096, 64, bf16), (12, 4096, 11008, 64, bf16), (32, 22016, 4096, 64, bf16), (20, 1001, 4096, 128, ScalarType.Float16),
             })
             {
                 if (!NativeKernelsV2.Int4XSupports(dtype, batch, k, 9, Int4Prologue.None, residual: false))

@@ -279,7 +279,7 @@ public sealed class FastDecoder : IDisposable
     public double KernelSelectionSeconds { get; private set; }
 
     /// <summary>
-    /// Measures the candidate kernels of each distinct projection shape at each batch bucket up to 16 rows (graphs only:
+    /// Measures the candidate kernels of each distinct projection shape at each batch bucket up to 32 rows (graphs only:
     /// the timings are of captured calls, as the decode step runs them) and returns the kernels with that table.
     /// </summary>
     private DecodeKernels SelectKernels(FastDecoderOptions options)
@@ -289,7 +289,7 @@ public sealed class FastDecoder : IDisposable
             return _kernels;
         }
         var watch = Stopwatch.StartNew();
-        var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 16).ToList();
+        var buckets = Enumerable.Range(0, 5).Select(i => 1 << i).Where(b => b < MaxBatch).Append(MaxBatch).Where(b => b <= 32).ToList();
         // Measured on the first stage's GPU (the pod's GPUs are alike); a head on another GPU keeps the fixed defaults.
         UseDevice(_stages[0]);
         // Every layer of that stage: a timing cycles through a shape's copies, so each weight is read cold (KernelSelector.Measure).
@@ -335,10 +335,12 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>
     /// Native decode attention up to this batch by default: measured faster than SDPA at 1 and 8 rows (H100 run 32:
-    /// int4 batch 1 407.6 against 399.6 tokens/s, batch 8 1,092.6 against 1,017.3) and slower at 32 (bf16 3,158.0
-    /// against 3,240.2).
+    /// int4 batch 1 407.6 against 399.6 tokens/s, batch 8 1,092.6 against 1,017.3); slower at 32 then (bf16 3,158.0
+    /// against 3,240.2), equal since its rows are held packed (run 42: int4 batch 16 2,371.6 against 2,369.4, bf16 batch
+    /// 32 3,994.3 against 3,997.1), and with it identical prompts in one batch stay identical (with SDPA row 1 left row
+    /// 0 at tokens 4-35 in runs 41-42). Above 32 rows (unmeasured) SDPA.
     /// </summary>
-    public const int NativeAttentionDefaultMaxBatch = 8;
+    public const int NativeAttentionDefaultMaxBatch = 32;
 
     /// <summary>True when some batch runs the native decode attention (<see cref="NativeAttentionMaxBatch"/>).</summary>
     public bool UsesNativeAttention => NativeAttentionMaxBatch > 0;

@@ -44,8 +44,8 @@ public enum ProjectionKernel
 
     /// <summary>
     /// The int4 GEMV on the tensor cores: 16-row tiles by up to 8 activation rows per <c>mma.sync.m16n8k16</c>, the codes
-    /// made into exact 16-bit floats by one mask-and-or per two codes; 1-8 rows, K % 64 == 0, groups of 64 or 128
-    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 9).
+    /// made into exact 16-bit floats by one mask-and-or per two codes; 1-32 rows (up to 8 per launch, more in slices that
+    /// each read the codes), K % 256 == 0, groups of 64 or 128 (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 9).
     /// </summary>
     Int4Mma,
 

@@ -61,11 +61,11 @@ public static unsafe class NativeKernelsV2
 
     /// <summary>True when the int4 GEMV v2 takes <paramref name="rows"/> activation rows of width <paramref name="inFeatures"/>.</summary>
     public static bool Int4Supports(long rows, long inFeatures) =>
-        Available && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue && _int4Supports((int)rows, (int)inFeatures) == 1;
+        Available && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue && _int4Supports((int)rows, (int)inFeatures) == 1;
 
     /// <summary>True when the dense GEMV v2 takes <paramref name="rows"/> activation rows of width <paramref name="inFeatures"/>.</summary>
     public static bool GemvSupports(long rows, long inFeatures) =>
-        Available && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue && _gemvSupports((int)rows, (int)inFeatures) == 1;
+        Available && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue && _gemvSupports((int)rows, (int)inFeatures) == 1;
 
     /// <summary><paramref name="output"/> <c>[B, N]</c> = x · dequant(packed, scales, zeros)ᵀ (see <see cref="Int4Supports"/>).</summary>
     public static void Int4Linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int groupSize, Tensor output)
@@ -101,10 +101,10 @@ public static unsafe class NativeKernelsV2
     /// True when <see cref="Int4LinearX"/> takes this variant: <paramref name="geometry"/> 1 (int4-v2: 256 threads, 16 codes
     /// per chunk), 3 (int4-v2-wide: 128 threads, 32 codes per chunk), 5 (int4-v2-occ: int4-v2 at four blocks per SM),
     /// 7 (int4-v2-shared: activations in shared memory, scales per quad; group % 64 == 0, checked at launch) or 9
-    /// (int4-mma: tensor cores, 1-8 rows; groups of 64 or 128, checked at launch).
+    /// (int4-mma: tensor cores, 1-32 rows, 8 per launch; groups of 64 or 128, checked at launch).
     /// </summary>
     public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
-        FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 16 && inFeatures is > 0 and <= int.MaxValue
+        FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue
         && _int4XSupports(dtype == ScalarType.BFloat16 ? 0 : 1, (int)rows, (int)inFeatures, geometry, (int)prologue, residual ? 1 : 0) == 1;
 
     /// <summary>

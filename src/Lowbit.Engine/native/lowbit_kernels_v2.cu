@@ -1021,76 +1021,100 @@ __device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64
   }
   T* act = reinterpret_cast<T*>(smem);
   float2* sums = reinterpret_cast<float2*>(smem + activation_bytes(NB, k, P));
-  // Slot s = (group, column, lane c), c fastest: the four slots of a (group, column) are four consecutive threads.
+  // Slot s = (group, column, lane c), c fastest: the four slots of a (group, column) are four consecutive threads. A
+  // thread has slots / 256 slots (8 rows: 8 at K = 4,096, 22 at 11,008): U of them at a time, every load out before the
+  // first is used. One at a time (before run 41) 8 rows cost ~5 µs more than one row per GEMV (a round trip per slot);
+  // four at a time, run 41 (H100, cold µs, 7B shapes): 8 rows 19.1 / 31.6 / 25.5 / 10.1 → 17.3 / 28.9 / 21.8 / 9.2
+  // (q/k/v, gate/up, down, output), 2 rows 4-7 % faster, but 4 rows 2-6 % slower (15.0 / 26.3 / 19.9 / 7.2 →
+  // 15.9 / 27.9 / 20.3 / 7.4), so 4 rows keep one at a time.
   const int slots = (k / 16) * NB;
-  for (int base = 0; base < slots; base += kThreads) {
-    const int s = base + tid;
-    const int c = s & 3;
-    const int b = (s >> 2) % NB;
-    const int G = (s >> 2) / NB;
-    float v[16];
-    const bool live = s < slots && b < batch;
-    if (live) {
-      const int64_t at = b * x_stride + (int64_t)G * 64 + c * 16;
+  constexpr int U = NB == 4 ? 1 : PRO == kPlain ? 4 : 2;
+  for (int base = 0; base < slots; base += kThreads * U) {
+    uint4 raw[U][2];
+    uint4 raw_up[U][2];   // SiLU·mul: the up half
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const uint4 u = *reinterpret_cast<const uint4*>(x + at + 8 * h);
-        const T* t = reinterpret_cast<const T*>(&u);
+    for (int m = 0; m < U; m++) {
+      const int s = base + m * kThreads + tid;
+      const int b = (s >> 2) % NB;
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[8 * h + i] = Cvt2<T>::f(t[i]);
-      }
-      if constexpr (PRO == kSiluMul) {
+      for (int h = 0; h < 2; h++) raw[m][h] = raw_up[m][h] = make_uint4(0u, 0u, 0u, 0u);
+      if (s < slots && b < batch) {
+        const int64_t at = b * x_stride + (int64_t)((s >> 2) / NB) * 64 + (s & 3) * 16;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-          const uint4 u = *reinterpret_cast<const uint4*>(x + at + k + 8 * h);
-          const T* t = reinterpret_cast<const T*>(&u);
+          raw[m][h] = *reinterpret_cast<const uint4*>(x + at + 8 * h);
+          if constexpr (PRO == kSiluMul) raw_up[m][h] = *reinterpret_cast<const uint4*>(x + at + k + 8 * h);
+        }
+      }
+    }
 #pragma unroll
-          for (int i = 0; i < 8; i++) {
-            const float g = v[8 * h + i];
-            v[8 * h + i] = rnd2<T>(rnd2<T>(g / (1.f + expf(-g))) * Cvt2<T>::f(t[i]));
+    for (int m = 0; m < U; m++) {
+      if (base + m * kThreads >= slots) continue;   // the same in every thread (one row at K = 4,096: one slot each)
+      const int s = base + m * kThreads + tid;
+      const int c = s & 3;
+      const int b = (s >> 2) % NB;
+      const int G = (s >> 2) / NB;
+      float v[16];
+      const bool live = s < slots && b < batch;
+      if (live) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const T* t = reinterpret_cast<const T*>(&raw[m][h]);
+#pragma unroll
+          for (int i = 0; i < 8; i++) v[8 * h + i] = Cvt2<T>::f(t[i]);
+        }
+        if constexpr (PRO == kSiluMul) {
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const T* t = reinterpret_cast<const T*>(&raw_up[m][h]);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+              const float g = v[8 * h + i];
+              v[8 * h + i] = rnd2<T>(rnd2<T>(g / (1.f + expf(-g))) * Cvt2<T>::f(t[i]));
+            }
           }
         }
+        if constexpr (PRO == kNorm) {
+          const T* w = static_cast<const T*>(fusion.norm_w) + (int64_t)G * 64 + c * 16;
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const uint4 u = __ldg(reinterpret_cast<const uint4*>(w) + h);
+            const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[8 * h + i] = rnd2<T>(Cvt2<T>::f(t[i]) * rnd2<T>(v[8 * h + i] * inv[b]));
+          }
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; i++) v[i] = 0.f;
       }
-      if constexpr (PRO == kNorm) {
-        const T* w = static_cast<const T*>(fusion.norm_w) + (int64_t)G * 64 + c * 16;
+      // Stored x0 x4 x1 x5 x2 x6 x3 x7 per 8 (see word_pairs); the sums of the low-nibble (even) and high-nibble codes.
+      float even = 0.f;
+      float odd = 0.f;
+      if (s < slots) {
+        uint32_t word[8];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-          const uint4 u = __ldg(reinterpret_cast<const uint4*>(w) + h);
-          const T* t = reinterpret_cast<const T*>(&u);
 #pragma unroll
-          for (int i = 0; i < 8; i++) v[8 * h + i] = rnd2<T>(Cvt2<T>::f(t[i]) * rnd2<T>(v[8 * h + i] * inv[b]));
+          for (int j = 0; j < 4; j++) word[4 * h + j] = bits16<T>(v[8 * h + j]) | (bits16<T>(v[8 * h + j + 4]) << 16);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(act + (int64_t)s * 16);
+        dst[0] = make_uint4(word[0], word[1], word[2], word[3]);
+        dst[1] = make_uint4(word[4], word[5], word[6], word[7]);
+#pragma unroll
+        for (int i = 0; i < 16; i += 2) {
+          even += v[i];
+          odd += v[i + 1];
         }
       }
-    } else {
-#pragma unroll
-      for (int i = 0; i < 16; i++) v[i] = 0.f;
-    }
-    // Stored x0 x4 x1 x5 x2 x6 x3 x7 per 8 (see word_pairs); the sums of the low-nibble (even) and high-nibble codes.
-    float even = 0.f;
-    float odd = 0.f;
-    if (s < slots) {
-      uint32_t word[8];
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) word[4 * h + j] = bits16<T>(v[8 * h + j]) | (bits16<T>(v[8 * h + j + 4]) << 16);
+      even += __shfl_xor_sync(0xffffffffu, even, 1);
+      odd += __shfl_xor_sync(0xffffffffu, odd, 1);
+      even += __shfl_xor_sync(0xffffffffu, even, 2);
+      odd += __shfl_xor_sync(0xffffffffu, odd, 2);
+      if (s < slots && c == 0) {
+        sums[G * NBp + b] = make_float2(fmaf(Magic<T>::kLow, even, Magic<T>::kHigh * odd), even + odd);
+        if (NBp != NB && b == NB - 1) sums[G * NBp + NB] = make_float2(0.f, 0.f);
       }
-      uint4* dst = reinterpret_cast<uint4*>(act + (int64_t)s * 16);
-      dst[0] = make_uint4(word[0], word[1], word[2], word[3]);
-      dst[1] = make_uint4(word[4], word[5], word[6], word[7]);
-#pragma unroll
-      for (int i = 0; i < 16; i += 2) {
-        even += v[i];
-        odd += v[i + 1];
-      }
-    }
-    even += __shfl_xor_sync(0xffffffffu, even, 1);
-    odd += __shfl_xor_sync(0xffffffffu, odd, 1);
-    even += __shfl_xor_sync(0xffffffffu, even, 2);
-    odd += __shfl_xor_sync(0xffffffffu, odd, 2);
-    if (s < slots && c == 0) {
-      sums[G * NBp + b] = make_float2(fmaf(Magic<T>::kLow, even, Magic<T>::kHigh * odd), even + odd);
-      if (NBp != NB && b == NB - 1) sums[G * NBp + NB] = make_float2(0.f, 0.f);
     }
   }
 }
@@ -1223,17 +1247,29 @@ inline int max_dynamic_shared() {
   return bytes;
 }
 
-// Rows taken: 1, 2, 4 or 8 activation rows (batch up to 8) at K % 256 == 0 (rounds of 4 groups), groups of 64 or
-// 128 codes (checked at launch), and the shared memory of the activations within what a block may opt in to (K *
-// rows * 2 bytes and the per-group sums: 8 rows at K = 11,008 take 204 KB, over the 200 KB bound this had until session
-// 18, when the down projection of a 7B at 8 rows fell back to dequantize + cuBLAS, 85 µs against int4-mma's ~20 at 4).
+// Rows taken: 1-32 activation rows at K % 256 == 0 (rounds of 4 groups), groups of 64 or 128 codes (checked at
+// launch). One launch takes 1, 2, 4 or 8 rows (tensor-core columns), their activations in shared memory within what a
+// block may opt in to (K * rows * 2 bytes and the per-group sums: 8 rows at K = 11,008 take 204 KB, over the 200 KB
+// bound this had until session 18, when the down projection of a 7B at 8 rows fell back to dequantize + cuBLAS, 85 µs
+// against int4-mma's ~20 at 4). More rows, or rows whose activations do not fit (8 at K = 14,336: 238 KB), run as
+// several launches over slices of the rows (launch_variant): each reads the codes again, a quarter of the 16-bit
+// weights' bytes per slice, where dequantize + cuBLAS writes and reads the 16-bit weights every call (int4 batch 16
+// with it: 1,145 tokens/s against 1,810 at batch 8 with int4-mma, H100 run 40).
 inline int columns_for(int batch) { return batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8; }
+constexpr int kMaxBatch = 32;
 // kStaticShared: a bound on the kernel's static shared memory (the reduction buffers, 8 KB at 8 rows), which the opt-in
 // limit includes; launch() checks the real figure.
 constexpr int kStaticShared = 16 * 1024;
+inline bool fits(int columns, int k) { return shared_bytes(columns, k, kUnitsInFlight) + kStaticShared <= max_dynamic_shared(); }
+// The rows per launch for `batch` rows: columns_for(batch) up to 8, halved until the activations fit; 0 if one row's
+// do not.
+inline int rows_per_launch(int batch, int k) {
+  int rows = columns_for(batch);
+  while (rows > 0 && !fits(rows, k)) rows /= 2;
+  return rows;
+}
 inline bool supports(int batch, int k) {
-  return batch >= 1 && batch <= 8 && k % 256 == 0
-      && shared_bytes(columns_for(batch), k, kUnitsInFlight) + kStaticShared <= max_dynamic_shared();
+  return batch >= 1 && batch <= kMaxBatch && k % 256 == 0 && rows_per_launch(batch, k) > 0;
 }
 
 template <typename T, int NB, int GS, int PRO, bool RES>
@@ -1313,14 +1349,25 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
   return -3;
 }
 
-// Plain at 1-8 rows in both dtypes; the fused variants (bf16, 1-2 rows) as the other geometries'.
+// Plain at 1-32 rows in both dtypes; the fused variants (bf16, 1-2 rows, up to 8 with LOWBIT_MMA_FUSED_ROWS) as the
+// other geometries'. Rows past one launch's (rows_per_launch) go in slices, each launch on its rows of x, out and the
+// residual (the RMSNorm and SiLU·mul prologues are per row).
 template <typename T>
 int launch_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                    int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
-  if (!supports(batch, k)) return -3;
-  if (group == 64) return launch_group<T, 0>(x, xs, p, s, z, out, os, batch, n, k, prologue, residual, f, st);
-  if (group == 128) return launch_group<T, 1>(x, xs, p, s, z, out, os, batch, n, k, prologue, residual, f, st);
-  return -3;
+  if (!supports(batch, k) || (group != 64 && group != 128)) return -3;
+  const int per = rows_per_launch(batch, k);
+  for (int first = 0; first < batch; first += per) {
+    const int rows = batch - first < per ? batch - first : per;
+    Fusion slice = f;
+    if (f.residual != nullptr) slice.residual = static_cast<const T*>(f.residual) + first * f.res_stride;
+    const void* xp = static_cast<const T*>(x) + first * xs;
+    void* op = static_cast<T*>(out) + first * os;
+    const int rc = group == 64 ? launch_group<T, 0>(xp, xs, p, s, z, op, os, rows, n, k, prologue, residual, slice, st)
+                               : launch_group<T, 1>(xp, xs, p, s, z, op, os, rows, n, k, prologue, residual, slice, st);
+    if (rc != 0) return rc;
+  }
+  return 0;
 }
 
 }  // namespace mma
@@ -1733,16 +1780,17 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
 // writes the output. With more it writes (max, sum, acc[D]) in fp32 to the workspace, and the last block of (b, kv
 // head) to arrive (a counter in `arrivals`: zero before the launch, reset by that block) merges the splits into the
 // output: no second launch, so the kernel keeps the decode step's programmatic-dependent-launch chain (the two-pass
-// version of session 11 and SDPA broke it). The decode step's default up to batch 8 (H100, runs 29 and 32); SDPA above.
+// version of session 11 and SDPA broke it). The decode step's default up to batch 32 (H100, runs 29, 32 and 42); SDPA above.
 // ROPE (the fused decode step; it replaces rope_kv there): q holds the fused q/k/v rows [B, (H + 2 KVH)·D]; the query
 // heads are rotated here as rope_kv rotates them (rounded to T), and the row's new key (rotated) and value go to the
 // cache at p = clamp(positions[b], 0, max_len - 1), written by split 0; every block attends position p from its own
 // registers (another block's write may not have landed), so the result is rope_kv's followed by the attention.
 // Positions and the cache's other rows come from earlier steps or from kernels launched without the programmatic
 // attribute (torch's), complete before this kernel starts: they are read before griddepcontrol.wait (each warp's first
-// four rows into registers, the block's later rows into L2); q/k/v (the kernel before) after it. The rows' loads do
-// not wait for the row's position: a split loads its whole range below the length bucket, and the rows at or past the
-// position are masked once it is known (their values zeroed: a stale or poisoned row never reaches the sums).
+// four rows into registers, the block's later rows into L2); q/k/v (the kernel before) after it. The first round's
+// loads do not wait for the row's position: each warp loads its first four rows below the length bucket, and the rows
+// at or past the position are masked once it is known (their values zeroed: a stale or poisoned row never reaches the
+// sums); the later rows' L2 prefetch and loads stop at the position.
 constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
@@ -1771,6 +1819,34 @@ __device__ __forceinline__ void load_row(const T* __restrict__ p, int lane, floa
   for (int i = 0; i < E; i++) v[i] = Cvt2<T>::f(row.elements[i]);
 }
 
+// A lane's D / 32 elements of a cache row as loaded: packed 16-bit values in one 8- or 4-byte word, made floats where
+// they are used. Two sets of four rows held as floats took 64 registers (109 per thread with D = 128: four blocks of
+// 128 threads per SM, and batch 8's 1,280 blocks ran in 2.4 waves); packed they take 16.
+template <typename T, int D>
+struct RowWord {
+  static constexpr int E = D / 32;
+  using Word = typename std::conditional<E == 4, uint2, uint32_t>::type;
+  union Bits {
+    Word word;
+    T elements[E];
+  };
+  Word word;
+  __device__ __forceinline__ void load(const T* __restrict__ p, int lane) { word = *reinterpret_cast<const Word*>(p + lane * E); }
+  __device__ __forceinline__ void zero() { word = Word{}; }
+  __device__ __forceinline__ void set(const T (&e)[E]) {
+    Bits b;
+#pragma unroll
+    for (int i = 0; i < E; i++) b.elements[i] = e[i];
+    word = b.word;
+  }
+  __device__ __forceinline__ void floats(float (&v)[E]) const {
+    Bits b;
+    b.word = word;
+#pragma unroll
+    for (int i = 0; i < E; i++) v[i] = Cvt2<T>::f(b.elements[i]);
+  }
+};
+
 // One head's rotated row, this lane's elements lane·E + i (E = D / 32) of it: T(T(x·cos) + T(rot·sin)) with rot =
 // −x[i + D/2] in the first half and x[i − D/2] in the second (rope_kv's arithmetic); the partner is lane ^ 16's element.
 template <typename T, int D>
@@ -1788,7 +1864,7 @@ __device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __r
 
 // GMAX: the query heads per kv head the registers hold (1 for multi-head attention, else 8).
 template <typename T, int D, bool ROPE, int GMAX>
-__global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
+__global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
@@ -1819,22 +1895,26 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   LOWBIT_PDL_TRIGGER();
   // The warp's first four rows into registers while the kernel before finishes (at batch 1 and context 256 that is all
   // of them): one memory round trip out of the kernel's chain. Row `at` may be read stale (this launch writes it); it is
-  // replaced by the registers' copy below. The block's later rows go to L2 (128-byte lines). With one query head per kv
+  // replaced by the registers' copy below. The block's later rows below `end` go to L2 (128-byte lines): they wait for
+  // the position (its load overlaps the first rows'), so a step reads the rows it attends, not the whole length bucket
+  // (at 128 + 128 tokens the bucket is 256 rows and a row attends 129-256 of them; at batch 4-8 the attention is
+  // bound by the cache's bytes, 21-30 µs per layer in run 39). With one query head per kv
   // head, two sets of row registers: the next round's loads go out before this round's scores (double buffering), so a
   // warp with many rounds (batch 32: two splits of 128 positions at context 256, eight rounds per warp) has two rounds'
   // rows in flight, not one.
-  float kv[P][E], vv[P][E], kv2[P][E], vv2[P][E];
-  auto load_rows = [&](int j0, float (&kr)[P][E], float (&vr)[P][E]) {
+  using Row = RowWord<T, D>;
+  Row kv[P], vv[P], kv2[P], vv2[P];
+  auto load_rows = [&](int j0, Row (&kr)[P], Row (&vr)[P]) {
 #pragma unroll
     for (int p = 0; p < P; p++) {
       const int j = j0 + p;
       if (j < stop) {
         const int64_t element = (row_base + (int64_t)j * kv_heads) * D;
-        load_row<T, D>(keys + element, lane, kr[p]);
-        load_row<T, D>(values + element, lane, vr[p]);
+        kr[p].load(keys + element, lane);
+        vr[p].load(values + element, lane);
       } else {
-#pragma unroll
-        for (int i = 0; i < E; i++) kr[p][i] = vr[p][i] = 0.f;
+        kr[p].zero();
+        vr[p].zero();
       }
     }
   };
@@ -1844,7 +1924,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
   {
     constexpr int lines = (D * (int)sizeof(T) + 127) / 128;
     const int later = start + kStep;
-    const int count = stop > later ? (stop - later) * lines : 0;
+    const int count = end > later ? (end - later) * lines : 0;
     for (int i = threadIdx.x; i < count; i += kAttnThreads) {
       const int64_t element = (row_base + (int64_t)(later + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
       LOWBIT_PREFETCH_L2(keys + element);
@@ -1879,40 +1959,43 @@ __global__ void __launch_bounds__(kAttnThreads, 3) decode_attention_kernel(
     }
   }
   // ROPE: this step's key and value (as the cache will hold them), into the cache by split 0.
-  float kn[E], vn[E];
-#pragma unroll
-  for (int i = 0; i < E; i++) kn[i] = vn[i] = 0.f;
+  Row kn, vn;
+  kn.zero();
+  vn.zero();
   if constexpr (ROPE) {
-    T ko[E];
+    T ko[E], vo[E];
     rope_row<T, D>(qrow + (int64_t)(heads + kvh) * D, cos + (int64_t)b * D, sin + (int64_t)b * D, lane, ko);
     const T* vrow = qrow + (int64_t)(heads + kv_heads + kvh) * D;
     const int64_t slot = (row_base + at * kv_heads) * D;
 #pragma unroll
     for (int i = 0; i < E; i++) {
-      const T v = vrow[lane * E + i];
-      kn[i] = Cvt2<T>::f(ko[i]);
-      vn[i] = Cvt2<T>::f(v);
+      vo[i] = vrow[lane * E + i];
       if (split == 0 && warp == 0) {
         keys[slot + lane * E + i] = ko[i];
-        values[slot + lane * E + i] = v;
+        values[slot + lane * E + i] = vo[i];
       }
     }
+    kn.set(ko);
+    vn.set(vo);
   }
   // Warp w takes positions start + 4w .. start + 4w + 3, then every 16th group of four: the four rows' loads go out
   // together (one memory round trip per four positions, not per position), then four scores per head and one online
   // softmax update for them. Rounds alternate between the two register sets (unrolled by two: no dynamic indexing).
-  auto round = [&](int j0, float (&kr)[P][E], float (&vr)[P][E]) {
+  auto round = [&](int j0, Row (&rows_k)[P], Row (&rows_v)[P]) {
+    float kr[P][E], vr[P][E];
 #pragma unroll
     for (int p = 0; p < P; p++) {
       if (ROPE && j0 + p == at) {
-#pragma unroll
-        for (int i = 0; i < E; i++) kr[p][i] = kn[i], vr[p][i] = vn[i];
+        rows_k[p] = kn;
+        rows_v[p] = vn;
       }
       // Rows at or past `end` were loaded before the position was known: their weight is 0, their values too.
       if (j0 + p >= end) {
-#pragma unroll
-        for (int i = 0; i < E; i++) kr[p][i] = vr[p][i] = 0.f;
+        rows_k[p].zero();
+        rows_v[p].zero();
       }
+      rows_k[p].floats(kr[p]);
+      rows_v[p].floats(vr[p]);
     }
 #pragma unroll
     for (int g = 0; g < GMAX; g++) {

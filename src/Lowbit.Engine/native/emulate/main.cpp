@@ -447,13 +447,23 @@ int main() {
   f += run_fused(8, 17, 4096, 64, 3, 9, 1, false);
   f += run_fused(8, 13, 11008, 64, 1, 9, 2, true);    // a 7B's down projection at 8 rows: 204 KB of shared memory
   f += lowbit_v2_int4_fused_supports(0, 8, 11008, 9, 0, 0) == 1 ? 0 : 1;
-  f += lowbit_v2_int4_fused_supports(0, 8, 14336, 9, 0, 0) == 0 ? 0 : 1;   // 238 KB: over the 227 KB a block may have
+  // 8 rows at K = 14,336 take 238 KB, over the 227 KB a block may have: two launches of 4 rows, each on its rows of x,
+  // the output and the residual.
+  f += lowbit_v2_int4_fused_supports(0, 8, 14336, 9, 0, 0) == 1 ? 0 : 1;
+  f += run_fused(8, 9, 14336, 64, 1, 9, 2, true);
+  // More than 8 rows: slices of 8 (12 = 8 + 4, 20 = 8 + 8 + 4), plain only (the fused variants stop at 8 rows).
+  f += run_fused(12, 37, 4096, 64, 2, 9, 0, false);
+  f += run_fused(20, 19, 2048, 128, 1, 9, 0, false);
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
   f += run_mma_fp16(4, 18, 2048, 128, 1, 9);
   f += run_mma_fp16(7, 9, 1024, 64, 1, 9);
   f += run_mma_fp16(2, 21, 2048, 128, 2, 9);
-  // Not taken by int4-mma: 9 rows, K % 256 != 0, fp16 fused, groups other than 64 and 128 (checked at launch).
-  f += lowbit_v2_int4_fused_supports(0, 9, 4096, 9, 0, 0) == 0 ? 0 : 1;
+  f += run_mma_fp16(17, 9, 1024, 64, 1, 9);
+  // Not taken by int4-mma: 33 rows, a fused variant past 8 rows, K % 256 != 0, fp16 fused, groups other than 64 and
+  // 128 (checked at launch).
+  f += lowbit_v2_int4_fused_supports(0, 32, 4096, 9, 0, 0) == 1 ? 0 : 1;
+  f += lowbit_v2_int4_fused_supports(0, 33, 4096, 9, 0, 0) == 0 ? 0 : 1;
+  f += lowbit_v2_int4_fused_supports(0, 9, 4096, 9, 1, 0) == 0 ? 0 : 1;
   f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 4096, 256, 9, 0, nullptr, 0.f, nullptr, 0, nullptr) == -3 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 1, 4128, 9, 0, 0) == 0 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(1, 1, 4096, 9, 1, 0) == 0 ? 0 : 1;
