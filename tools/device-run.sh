@@ -24,7 +24,7 @@
 #                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
 # SKIP_SELFCHECK=1 skips the self-check, SELFCHECK_ENV="NAME=VALUE ..." sets variables for it alone; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
 # ATTENTION=native runs the decode modes with the native decode attention at every batch (LOWBIT_DECODE_ATTENTION=native;
-# the default takes it up to batch 8).
+# the default takes it up to batch 16).
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -335,12 +335,12 @@ public sealed class FastDecoder : IDisposable
 
     /// <summary>
     /// Native decode attention up to this batch by default: measured faster than SDPA at 1 and 8 rows (H100 run 32:
-    /// int4 batch 1 407.6 against 399.6 tokens/s, batch 8 1,092.6 against 1,017.3); slower at 32 then (bf16 3,158.0
-    /// against 3,240.2), equal since its rows are held packed (run 42: int4 batch 16 2,371.6 against 2,369.4, bf16 batch
-    /// 32 3,994.3 against 3,997.1), and with it identical prompts in one batch stay identical (with SDPA row 1 left row
-    /// 0 at tokens 4-35 in runs 41-42). Above 32 rows (unmeasured) SDPA.
+    /// int4 batch 1 407.6 against 399.6 tokens/s, batch 8 1,092.6 against 1,017.3) and, since its rows are held packed,
+    /// at 16 (run 44: int4 2,304.0 against 2,270.9; run 42: 2,371.6 against 2,369.4), where identical prompts in one batch
+    /// also stay identical with it (with SDPA row 1 left row 0 at tokens 4-35 in runs 41-44). At 32 SDPA stays: bf16
+    /// 4,029.1 against native 3,988.4 (run 44), 3,997.1 against 3,994.3 (run 42).
     /// </summary>
-    public const int NativeAttentionDefaultMaxBatch = 32;
+    public const int NativeAttentionDefaultMaxBatch = 16;
 
     /// <summary>True when some batch runs the native decode attention (<see cref="NativeAttentionMaxBatch"/>).</summary>
     public bool UsesNativeAttention => NativeAttentionMaxBatch > 0;

@@ -1780,7 +1780,7 @@ int launch_dequantize(const void* p, const void* s, const void* z, void* out, in
 // writes the output. With more it writes (max, sum, acc[D]) in fp32 to the workspace, and the last block of (b, kv
 // head) to arrive (a counter in `arrivals`: zero before the launch, reset by that block) merges the splits into the
 // output: no second launch, so the kernel keeps the decode step's programmatic-dependent-launch chain (the two-pass
-// version of session 11 and SDPA broke it). The decode step's default up to batch 32 (H100, runs 29, 32 and 42); SDPA above.
+// version of session 11 and SDPA broke it). The decode step's default up to batch 16 (H100, runs 29, 32, 42 and 44); SDPA above.
 // ROPE (the fused decode step; it replaces rope_kv there): q holds the fused q/k/v rows [B, (H + 2 KVH)·D]; the query
 // heads are rotated here as rope_kv rotates them (rounded to T), and the row's new key (rotated) and value go to the
 // cache at p = clamp(positions[b], 0, max_len - 1), written by split 0; every block attends position p from its own
