@@ -161,14 +161,15 @@ internal static class SelfCheckKernelsVerb
                 }
             }
             // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row; 9-32: slices of 8
-            // rows, one launch each), both dtypes.
-            foreach (var (batch, n, k, group, dtype) in new[]
+            // rows, one launch each) and int4-mma16 (9-32 rows, 16 per launch, K ≤ 4,096), both dtypes.
+            foreach (var (batch, n, k, group, dtype, geometry) in new[]
             {
-                (5, 4093, 4096, 64, bf16), (8, 12288, 4096, 128, bf16), (8, 4096, 11008, 64, bf16), (6, 1001, 11008, 128, ScalarType.Float16),
-                (16, 12288, 4096, 64, bf16), (12, 4096, 11008, 64, bf16), (32, 22016, 4096, 64, bf16), (20, 1001, 4096, 128, ScalarType.Float16),
+                (5, 4093, 4096, 64, bf16, 9), (8, 12288, 4096, 128, bf16, 9), (8, 4096, 11008, 64, bf16, 9), (6, 1001, 11008, 128, ScalarType.Float16, 9),
+                (16, 12288, 4096, 64, bf16, 9), (12, 4096, 11008, 64, bf16, 9), (32, 22016, 4096, 64, bf16, 9), (20, 1001, 4096, 128, ScalarType.Float16, 9),
+                (16, 12288, 4096, 64, bf16, 11), (20, 4093, 4096, 128, bf16, 11), (32, 22016, 4096, 64, bf16, 11), (24, 1001, 4096, 64, ScalarType.Float16, 11),
             })
             {
-                if (!NativeKernelsV2.Int4XSupports(dtype, batch, k, 9, Int4Prologue.None, residual: false))
+                if (!NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
                 {
                     continue;
                 }
@@ -178,10 +179,10 @@ internal static class SelfCheckKernelsVerb
                 using var packed = Int4Weight.From(q);
                 var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
                 var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
-                var name = $"int4-mma {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}";
+                var name = $"{(geometry == 9 ? "int4-mma" : "int4-mma16")} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}";
                 try
                 {
-                    NativeKernelsV2.Int4LinearX(x, packed, output, 9, Int4Prologue.None, null, 0, null);
+                    NativeKernelsV2.Int4LinearX(x, packed, output, geometry, Int4Prologue.None, null, 0, null);
                 }
                 catch (InvalidOperationException e)
                 {

@@ -51,6 +51,13 @@ public enum ProjectionKernel
 
     /// <summary>Dequantize the whole weight, then <c>linear</c> (the eager reference of the int4 kernels).</summary>
     Int4Dequant,
+
+    /// <summary>
+    /// <see cref="Int4Mma"/> with 16 activation rows per launch: two tensor-core column sets per A fragment, so the codes
+    /// are read once per 16 rows, not per 8; 9-32 rows where 16 rows' activations fit its shared memory (K ≤ 4,096),
+    /// plain only (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 11).
+    /// </summary>
+    Int4Mma16,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -253,6 +260,7 @@ public static class KernelSelector
         ProjectionKernel.Int4V2Shared => "int4-v2-shared",
         ProjectionKernel.Int4Mma => "int4-mma",
         ProjectionKernel.Int4Dequant => "int4-dequant",
+        ProjectionKernel.Int4Mma16 => "int4-mma16",
         _ => kernel.ToString(),
     };
 

@@ -85,13 +85,14 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
   TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
   TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
-  // The tensor-core geometry (9) takes 1-32 rows at K % 256 == 0 (lowbit_v2_int4_fused_supports, below); the others:
-  TORCH_CHECK(geometry == 9 || (xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
+  // The tensor-core geometries (9: 1-32 rows; 11: 9-32) take K % 256 == 0 (lowbit_v2_int4_fused_supports, below); the others:
+  const bool tensor_cores = geometry == 9 || geometry == 11;
+  TORCH_CHECK(tensor_cores || (xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
               && lowbit_v2_int4_supports((int)xt.size(0), (int)k)), "int4 v2: batch ", xt.size(0), " at K=", k,
               " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
-  TORCH_CHECK(geometry != 9 || group == 64 || group == 128, "int4 v2: the tensor-core GEMV takes groups of 64 or 128, not ", group);
+  TORCH_CHECK(!tensor_cores || group == 64 || group == 128, "int4 v2: the tensor-core GEMV takes groups of 64 or 128, not ", group);
   // int4-mma loads a round's scales and zeros as one 8-byte (g64) or 4-byte (g128) vector per row.
-  TORCH_CHECK(geometry != 9 || (reinterpret_cast<uintptr_t>(st.data_ptr()) % 8 == 0 && reinterpret_cast<uintptr_t>(zt.data_ptr()) % 8 == 0),
+  TORCH_CHECK(!tensor_cores || (reinterpret_cast<uintptr_t>(st.data_ptr()) % 8 == 0 && reinterpret_cast<uintptr_t>(zt.data_ptr()) % 8 == 0),
               "int4 v2: the tensor-core GEMV needs 8-byte aligned scales and zeros");
   const int64_t width = prologue == 2 ? 2 * k : k;
   // Prologue 3 (the fused gate/up projection): gate rows 0..N/2, up rows N/2..N, out = SiLU(gate)·up [B, N/2].

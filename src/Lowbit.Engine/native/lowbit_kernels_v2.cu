@@ -1121,9 +1121,9 @@ __device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64
 
 // One unit's products (4 mma over its 64 codes of 16 rows) and their scaled sums into acc (rows g, g + 8; columns
 // 2c, 2c + 1): acc += s (d - off - z sum x).
-template <typename T, int NB>
+template <typename T, int NB, int N>
 __device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b, float4 sm,
-                                              float (&acc)[4]) {
+                                              float (&acc)[N]) {
   const uint4 b01 = b[0];
   const uint4 b23 = b[1];
   uint32_t lo0[4], lo1[4], hi0[4], hi1[4];
@@ -1144,8 +1144,50 @@ __device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0,
   }
 }
 
+// Sixteen activation rows (NB = 16, geometry 11): the same A fragments against two B column sets, activation rows 0-7
+// and 8-15 (lane (g, c) reads columns g and g + 8, kSecondColumns uint4 further on), so a unit's codes are read and made
+// into floats once for 16 rows. acc[0..3] as unit_products' for columns 2c, 2c + 1; acc[4..7] for 8 + 2c, 9 + 2c.
+constexpr int kSecondColumns = 8 * 4 * 2;   // uint4: 8 columns of 4 lanes' 32-byte slots
+// (Templated on acc's length: the kernel's NB = 16 branch calls it from a generic lambda, where nvcc checks the call
+// for every NB; only N = 8 does anything.)
+template <typename T, int N>
+__device__ __forceinline__ void unit_products16(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b,
+                                                float4 sm0, float4 sm1, float (&acc)[N]) {
+  if constexpr (N == 8) {
+    const uint4 b01 = b[0];
+    const uint4 b23 = b[1];
+    const uint4 c01 = b[kSecondColumns];
+    const uint4 c23 = b[kSecondColumns + 1];
+    uint32_t lo0[4], lo1[4], hi0[4], hi1[4];
+    word_pairs<T>(u.lo.x, lo0);
+    word_pairs<T>(u.lo.y, lo1);
+    word_pairs<T>(u.hi.x, hi0);
+    word_pairs<T>(u.hi.y, hi1);
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    float e[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_16816<T>(d, {lo0[0], hi0[0], lo0[1], hi0[1]}, b01.x, b01.y);
+    mma_16816<T>(e, {lo0[0], hi0[0], lo0[1], hi0[1]}, c01.x, c01.y);
+    mma_16816<T>(d, {lo0[2], hi0[2], lo0[3], hi0[3]}, b01.z, b01.w);
+    mma_16816<T>(e, {lo0[2], hi0[2], lo0[3], hi0[3]}, c01.z, c01.w);
+    mma_16816<T>(d, {lo1[0], hi1[0], lo1[1], hi1[1]}, b23.x, b23.y);
+    mma_16816<T>(e, {lo1[0], hi1[0], lo1[1], hi1[1]}, c23.x, c23.y);
+    mma_16816<T>(d, {lo1[2], hi1[2], lo1[3], hi1[3]}, b23.z, b23.w);
+    mma_16816<T>(e, {lo1[2], hi1[2], lo1[3], hi1[3]}, c23.z, c23.w);
+    acc[0] = fmaf(s0, fmaf(-z0, sm0.y, d[0] - sm0.x), acc[0]);
+    acc[1] = fmaf(s0, fmaf(-z0, sm0.w, d[1] - sm0.z), acc[1]);
+    acc[2] = fmaf(s1, fmaf(-z1, sm0.y, d[2] - sm0.x), acc[2]);
+    acc[3] = fmaf(s1, fmaf(-z1, sm0.w, d[3] - sm0.z), acc[3]);
+    acc[4] = fmaf(s0, fmaf(-z0, sm1.y, e[0] - sm1.x), acc[4]);
+    acc[5] = fmaf(s0, fmaf(-z0, sm1.w, e[1] - sm1.z), acc[5]);
+    acc[6] = fmaf(s1, fmaf(-z1, sm1.y, e[2] - sm1.x), acc[6]);
+    acc[7] = fmaf(s1, fmaf(-z1, sm1.w, e[3] - sm1.z), acc[7]);
+  }
+}
+
+// NB = 16 holds its 16 × K activations in shared memory (139 KB at K = 4,096): one block per SM, so it may use the
+// registers of two.
 template <typename T, int NB, int GS, int PRO, bool RES>
-__global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
+__global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
     int64_t out_stride, int batch, int n, int k, Fusion fusion) {
@@ -1192,7 +1234,7 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
   int buf = 0;
   for (; tile < tiles; tile += gridDim.x) {
     const int next_tile = tile + (int)gridDim.x;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float acc[NB == 16 ? 8 : 4] = {};
     // A round of P units: the scales of `use` (loaded a round ago) and the codes in the ring; the next round's scales
     // go out first into `fill`, then each unit's products and its slot's load for the next round. LAST: the next
     // round is the next tile's first (when there is one), else this tile's u + P.
@@ -1205,9 +1247,15 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
       const float4* sm = sum_at + r * P * kSumStep;
 #pragma unroll
       for (int p = 0; p < P; p++) {
-        unit_products<T, NB>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
+        if constexpr (NB == 16) {
+          unit_products16<T>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
                              RoundScales<GS>::at(use.s_hi, p), RoundScales<GS>::at(use.z_hi, p), b + p * kBStep,
-                             sm[p * kSumStep], acc);
+                             sm[p * kSumStep], sm[p * kSumStep + 4], acc);
+        } else {
+          unit_products<T, NB>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
+                               RoundScales<GS>::at(use.s_hi, p), RoundScales<GS>::at(use.z_hi, p), b + p * kBStep,
+                               sm[p * kSumStep], acc);
+        }
         if (load) at.load_code(ring[p], p);
       }
       at.advance();
@@ -1235,6 +1283,12 @@ __global__ void __launch_bounds__(kThreads, 2) int4_gemv_mma_kernel(
       red[buf][warp][g * NB + 2 * c + 1] = acc[1];
       red[buf][warp][(g + 8) * NB + 2 * c + 1] = acc[3];
     }
+    if constexpr (NB == 16) {
+      red[buf][warp][g * NB + 8 + 2 * c] = acc[4];
+      red[buf][warp][g * NB + 9 + 2 * c] = acc[5];
+      red[buf][warp][(g + 8) * NB + 8 + 2 * c] = acc[6];
+      red[buf][warp][(g + 8) * NB + 9 + 2 * c] = acc[7];
+    }
     __syncthreads();
     store_tile<T, kWarps, NB, kRows, RES>(red[buf], tid, tile * kRows, n, batch, out, out_stride, residual, fusion.res_stride);
     buf ^= 1;
@@ -1257,10 +1311,10 @@ inline int max_dynamic_shared() {
 // with it: 1,145 tokens/s against 1,810 at batch 8 with int4-mma, H100 run 40).
 inline int columns_for(int batch) { return batch <= 1 ? 1 : batch <= 2 ? 2 : batch <= 4 ? 4 : 8; }
 constexpr int kMaxBatch = 32;
-// kStaticShared: a bound on the kernel's static shared memory (the reduction buffers, 8 KB at 8 rows), which the opt-in
-// limit includes; launch() checks the real figure.
-constexpr int kStaticShared = 16 * 1024;
-inline bool fits(int columns, int k) { return shared_bytes(columns, k, kUnitsInFlight) + kStaticShared <= max_dynamic_shared(); }
+// static_shared: a bound on the kernel's static shared memory (the reduction buffers, 8 KB at 8 columns, 16 at 16),
+// which the opt-in limit includes; launch() checks the real figure.
+constexpr int static_shared(int columns) { return columns <= 8 ? 16 * 1024 : 24 * 1024; }
+inline bool fits(int columns, int k) { return shared_bytes(columns, k, kUnitsInFlight) + static_shared(columns) <= max_dynamic_shared(); }
 // The rows per launch for `batch` rows: columns_for(batch) up to 8, halved until the activations fit; 0 if one row's
 // do not.
 inline int rows_per_launch(int batch, int k) {
@@ -1349,6 +1403,29 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
   return -3;
 }
 
+// Geometry 11, "int4-mma16": 9-32 rows in slices of 16 columns (a tail of 8 or fewer rows as int4-mma), plain only,
+// where 16 rows' activations fit (K <= 4,096: 139 KB there; the next K takes room for 96 groups, 228 KB, so not a
+// 13B's 5,120 nor a 7B's down projection at 11,008). The
+// kernel selection times it against int4-mma's slices of 8, which read the codes twice as often (session 19, unmeasured).
+inline bool supports16(int batch, int k) { return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && fits(16, k); }
+
+template <typename T>
+int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (!supports16(batch, k) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
+  for (int first = 0; first < batch; first += 16) {
+    const int rows = batch - first < 16 ? batch - first : 16;
+    const void* xp = static_cast<const T*>(x) + first * xs;
+    void* op = static_cast<T*>(out) + first * os;
+    const int rc = rows <= 8 ? (group == 64 ? launch_group<T, 0>(xp, xs, p, s, z, op, os, rows, n, k, kPlain, false, f, st)
+                                            : launch_group<T, 1>(xp, xs, p, s, z, op, os, rows, n, k, kPlain, false, f, st))
+                             : (group == 64 ? launch<T, 16, 0, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, f, st)
+                                            : launch<T, 16, 1, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, f, st));
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
 // Plain at 1-32 rows in both dtypes; the fused variants (bf16, 1-2 rows, up to 8 with LOWBIT_MMA_FUSED_ROWS) as the
 // other geometries'. Rows past one launch's (rows_per_launch) go in slices, each launch on its rows of x, out and the
 // residual (the RMSNorm and SiLU·mul prologues are per row).
@@ -1409,7 +1486,8 @@ inline int mma_fused_rows() {
 }
 
 // `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096), 7 (int4-v2-shared:
-// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch) or 9 (int4-mma). The
+// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch), 9 (int4-mma) or 11
+// (int4-mma16: 9-32 rows, plain, where 16 rows' activations fit). The
 // fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
 // compile on first use), int4-mma's for 1-8 (offered up to mma_fused_rows()); the engine asks before it fuses and
 // otherwise runs the separate kernels.
@@ -1417,6 +1495,12 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
 #endif
+  if (geometry == 11) {
+#ifdef LOWBIT_NO_WIDE
+    return false;
+#endif
+    return prologue == kPlain && !residual && mma::supports16(batch, k);
+  }
   if (geometry == 9) {
 #ifdef LOWBIT_NO_WIDE
     return false;
@@ -1484,11 +1568,12 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
                  cudaStream_t st) {
   // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
   if ((int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
-  if (geometry == 9) {
+  if (geometry == 9 || geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return -3;
 #else
-    return mma::launch_variant<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    return geometry == 9 ? mma::launch_variant<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st)
+                         : mma::launch_variant16<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
 #endif
   }
   if (!supports(batch, k)) return -3;

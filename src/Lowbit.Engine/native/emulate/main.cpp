@@ -454,11 +454,23 @@ int main() {
   // More than 8 rows: slices of 8 (12 = 8 + 4, 20 = 8 + 8 + 4), plain only (the fused variants stop at 8 rows).
   f += run_fused(12, 37, 4096, 64, 2, 9, 0, false);
   f += run_fused(20, 19, 2048, 128, 1, 9, 0, false);
+  // int4-mma16 (geometry 11): 16 activation rows per launch, two B column sets per A fragment; 9-32 rows, a tail of 8 or
+  // fewer as int4-mma; plain only, where 16 rows' activations fit.
+  f += run_fused(16, 37, 4096, 64, 2, 11, 0, false);
+  f += run_fused(20, 19, 2048, 128, 1, 11, 0, false);   // 16 + 4
+  f += run_fused(32, 17, 1024, 64, 1, 11, 0, false);    // 16 + 16
+  f += run_fused(11, 21, 4096, 128, 1, 11, 0, false);   // 11 rows in one launch, 11 of 16 columns live
+  f += lowbit_v2_int4_fused_supports(0, 16, 4352, 11, 0, 0) == 0 ? 0 : 1;   // past K = 4,096: 96 groups' room, 228 KB
+  f += lowbit_v2_int4_fused_supports(0, 8, 4096, 11, 0, 0) == 0 ? 0 : 1;    // 8 rows: int4-mma's
+  f += lowbit_v2_int4_fused_supports(0, 16, 11008, 11, 0, 0) == 0 ? 0 : 1;  // 352 KB of activations
+  f += lowbit_v2_int4_fused_supports(0, 16, 4096, 11, 1, 0) == 0 ? 0 : 1;   // no fused variants
+  f += lowbit_v2_int4_fused_supports(0, 33, 4096, 11, 0, 0) == 0 ? 0 : 1;
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
   f += run_mma_fp16(4, 18, 2048, 128, 1, 9);
   f += run_mma_fp16(7, 9, 1024, 64, 1, 9);
   f += run_mma_fp16(2, 21, 2048, 128, 2, 9);
   f += run_mma_fp16(17, 9, 1024, 64, 1, 9);
+  f += run_mma_fp16(24, 9, 1024, 128, 1, 11);   // int4-mma16 in fp16: 16 + 8
   // Not taken by int4-mma: 33 rows, a fused variant past 8 rows, K % 256 != 0, fp16 fused, groups other than 64 and
   // 128 (checked at launch).
   f += lowbit_v2_int4_fused_supports(0, 32, 4096, 9, 0, 0) == 1 ? 0 : 1;
