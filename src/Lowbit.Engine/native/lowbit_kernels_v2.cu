@@ -1119,68 +1119,73 @@ __device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64
   }
 }
 
-// One unit's products (4 mma over its 64 codes of 16 rows) and their scaled sums into acc (rows g, g + 8; columns
-// 2c, 2c + 1): acc += s (d - off - z sum x).
-template <typename T, int NB, int N>
-__device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b, float4 sm,
-                                              float (&acc)[N]) {
-  const uint4 b01 = b[0];
-  const uint4 b23 = b[1];
+// A unit's four A fragments (one per mma over 16 of its 64 codes), made from the codes of rows g and g + 8.
+struct Fragments {
+  uint32_t a[4][4];
+};
+template <typename T>
+__device__ __forceinline__ Fragments unit_fragments(const Unit& u) {
   uint32_t lo0[4], lo1[4], hi0[4], hi1[4];
   word_pairs<T>(u.lo.x, lo0);
   word_pairs<T>(u.lo.y, lo1);
   word_pairs<T>(u.hi.x, hi0);
   word_pairs<T>(u.hi.y, hi1);
-  float d[4] = {0.f, 0.f, 0.f, 0.f};
-  mma_16816<T>(d, {lo0[0], hi0[0], lo0[1], hi0[1]}, b01.x, b01.y);
-  mma_16816<T>(d, {lo0[2], hi0[2], lo0[3], hi0[3]}, b01.z, b01.w);
-  mma_16816<T>(d, {lo1[0], hi1[0], lo1[1], hi1[1]}, b23.x, b23.y);
-  mma_16816<T>(d, {lo1[2], hi1[2], lo1[3], hi1[3]}, b23.z, b23.w);
-  acc[0] = fmaf(s0, fmaf(-z0, sm.y, d[0] - sm.x), acc[0]);
-  acc[2] = fmaf(s1, fmaf(-z1, sm.y, d[2] - sm.x), acc[2]);
-  if constexpr (NB > 1) {
-    acc[1] = fmaf(s0, fmaf(-z0, sm.w, d[1] - sm.z), acc[1]);
-    acc[3] = fmaf(s1, fmaf(-z1, sm.w, d[3] - sm.z), acc[3]);
+  return {{{lo0[0], hi0[0], lo0[1], hi0[1]}, {lo0[2], hi0[2], lo0[3], hi0[3]}, {lo1[0], hi1[0], lo1[1], hi1[1]},
+           {lo1[2], hi1[2], lo1[3], hi1[3]}}};
+}
+
+// d = the unit's products against the eight activation columns whose B operands start at b (two uint4 per lane).
+template <typename T>
+__device__ __forceinline__ void unit_mma(float (&d)[4], const Fragments& f, const uint4* b) {
+  const uint4 b01 = b[0];
+  const uint4 b23 = b[1];
+  mma_16816<T>(d, f.a[0], b01.x, b01.y);
+  mma_16816<T>(d, f.a[1], b01.z, b01.w);
+  mma_16816<T>(d, f.a[2], b23.x, b23.y);
+  mma_16816<T>(d, f.a[3], b23.z, b23.w);
+}
+
+// acc[o..o + 3] += s (d - off - z sum x) for rows g (s0, z0) and g + 8 (s1, z1), columns 2c (sm.x, sm.y) and, with
+// SECOND, 2c + 1 (sm.z, sm.w): acc[o] row g column 2c, acc[o + 1] row g column 2c + 1, acc[o + 2] and acc[o + 3] row g + 8.
+template <bool SECOND, int N>
+__device__ __forceinline__ void add_scaled(float (&acc)[N], int o, const float (&d)[4], float4 sm, float s0, float z0,
+                                           float s1, float z1) {
+  acc[o] = fmaf(s0, fmaf(-z0, sm.y, d[0] - sm.x), acc[o]);
+  acc[o + 2] = fmaf(s1, fmaf(-z1, sm.y, d[2] - sm.x), acc[o + 2]);
+  if constexpr (SECOND) {
+    acc[o + 1] = fmaf(s0, fmaf(-z0, sm.w, d[1] - sm.z), acc[o + 1]);
+    acc[o + 3] = fmaf(s1, fmaf(-z1, sm.w, d[3] - sm.z), acc[o + 3]);
   }
+}
+
+// One unit's products (4 mma over its 64 codes of 16 rows) and their scaled sums into acc (rows g, g + 8; columns
+// 2c, 2c + 1).
+template <typename T, int NB, int N>
+__device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b, float4 sm,
+                                              float (&acc)[N]) {
+  const Fragments f = unit_fragments<T>(u);
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  unit_mma<T>(d, f, b);
+  add_scaled<(NB > 1)>(acc, 0, d, sm, s0, z0, s1, z1);
 }
 
 // Sixteen activation rows (NB = 16, geometry 11): the same A fragments against two B column sets, activation rows 0-7
 // and 8-15 (lane (g, c) reads columns g and g + 8, kSecondColumns uint4 further on), so a unit's codes are read and made
 // into floats once for 16 rows. acc[0..3] as unit_products' for columns 2c, 2c + 1; acc[4..7] for 8 + 2c, 9 + 2c.
-constexpr int kSecondColumns = 8 * 4 * 2;   // uint4: 8 columns of 4 lanes' 32-byte slots
 // (Templated on acc's length: the kernel's NB = 16 branch calls it from a generic lambda, where nvcc checks the call
 // for every NB; only N = 8 does anything.)
+constexpr int kSecondColumns = 8 * 4 * 2;   // uint4: 8 columns of 4 lanes' 32-byte slots
 template <typename T, int N>
 __device__ __forceinline__ void unit_products16(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b,
                                                 float4 sm0, float4 sm1, float (&acc)[N]) {
   if constexpr (N == 8) {
-    const uint4 b01 = b[0];
-    const uint4 b23 = b[1];
-    const uint4 c01 = b[kSecondColumns];
-    const uint4 c23 = b[kSecondColumns + 1];
-    uint32_t lo0[4], lo1[4], hi0[4], hi1[4];
-    word_pairs<T>(u.lo.x, lo0);
-    word_pairs<T>(u.lo.y, lo1);
-    word_pairs<T>(u.hi.x, hi0);
-    word_pairs<T>(u.hi.y, hi1);
+    const Fragments f = unit_fragments<T>(u);
     float d[4] = {0.f, 0.f, 0.f, 0.f};
     float e[4] = {0.f, 0.f, 0.f, 0.f};
-    mma_16816<T>(d, {lo0[0], hi0[0], lo0[1], hi0[1]}, b01.x, b01.y);
-    mma_16816<T>(e, {lo0[0], hi0[0], lo0[1], hi0[1]}, c01.x, c01.y);
-    mma_16816<T>(d, {lo0[2], hi0[2], lo0[3], hi0[3]}, b01.z, b01.w);
-    mma_16816<T>(e, {lo0[2], hi0[2], lo0[3], hi0[3]}, c01.z, c01.w);
-    mma_16816<T>(d, {lo1[0], hi1[0], lo1[1], hi1[1]}, b23.x, b23.y);
-    mma_16816<T>(e, {lo1[0], hi1[0], lo1[1], hi1[1]}, c23.x, c23.y);
-    mma_16816<T>(d, {lo1[2], hi1[2], lo1[3], hi1[3]}, b23.z, b23.w);
-    mma_16816<T>(e, {lo1[2], hi1[2], lo1[3], hi1[3]}, c23.z, c23.w);
-    acc[0] = fmaf(s0, fmaf(-z0, sm0.y, d[0] - sm0.x), acc[0]);
-    acc[1] = fmaf(s0, fmaf(-z0, sm0.w, d[1] - sm0.z), acc[1]);
-    acc[2] = fmaf(s1, fmaf(-z1, sm0.y, d[2] - sm0.x), acc[2]);
-    acc[3] = fmaf(s1, fmaf(-z1, sm0.w, d[3] - sm0.z), acc[3]);
-    acc[4] = fmaf(s0, fmaf(-z0, sm1.y, e[0] - sm1.x), acc[4]);
-    acc[5] = fmaf(s0, fmaf(-z0, sm1.w, e[1] - sm1.z), acc[5]);
-    acc[6] = fmaf(s1, fmaf(-z1, sm1.y, e[2] - sm1.x), acc[6]);
-    acc[7] = fmaf(s1, fmaf(-z1, sm1.w, e[3] - sm1.z), acc[7]);
+    unit_mma<T>(d, f, b);
+    unit_mma<T>(e, f, b + kSecondColumns);
+    add_scaled<true>(acc, 0, d, sm0, s0, z0, s1, z1);
+    add_scaled<true>(acc, 4, e, sm1, s0, z0, s1, z1);
   }
 }
 
