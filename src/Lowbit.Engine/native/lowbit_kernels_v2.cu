@@ -1159,33 +1159,23 @@ __device__ __forceinline__ void add_scaled(float (&acc)[N], int o, const float (
 }
 
 // One unit's products (4 mma over its 64 codes of 16 rows) and their scaled sums into acc (rows g, g + 8; columns
-// 2c, 2c + 1).
-template <typename T, int NB, int N>
-__device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b, float4 sm,
-                                              float (&acc)[N]) {
+// 2c, 2c + 1; sums at sm[0]). At 16 activation rows (NB = 16, geometry 11) the same A fragments go against a second B
+// column set, activation rows 8-15 (lane (g, c) reads columns g and g + 8, kSecondColumns uint4 further on; sums at
+// sm[4]) into acc[4..7], so a unit's codes are read and made into floats once for 16 rows. (sm[0] is read before the
+// products: read after them, ptxas gave the 8-row RMSNorm variant at g128 a 32-byte stack frame, nvcc 11.8.)
+constexpr int kSecondColumns = 8 * 4 * 2;   // uint4: 8 columns of 4 lanes' 32-byte slots
+template <typename T, int NB>
+__device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b,
+                                              const float4* sm, float (&acc)[NB == 16 ? 8 : 4]) {
+  const float4 first = sm[0];
   const Fragments f = unit_fragments<T>(u);
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   unit_mma<T>(d, f, b);
-  add_scaled<(NB > 1)>(acc, 0, d, sm, s0, z0, s1, z1);
-}
-
-// Sixteen activation rows (NB = 16, geometry 11): the same A fragments against two B column sets, activation rows 0-7
-// and 8-15 (lane (g, c) reads columns g and g + 8, kSecondColumns uint4 further on), so a unit's codes are read and made
-// into floats once for 16 rows. acc[0..3] as unit_products' for columns 2c, 2c + 1; acc[4..7] for 8 + 2c, 9 + 2c.
-// (Templated on acc's length: the kernel's NB = 16 branch calls it from a generic lambda, where nvcc checks the call
-// for every NB; only N = 8 does anything.)
-constexpr int kSecondColumns = 8 * 4 * 2;   // uint4: 8 columns of 4 lanes' 32-byte slots
-template <typename T, int N>
-__device__ __forceinline__ void unit_products16(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b,
-                                                float4 sm0, float4 sm1, float (&acc)[N]) {
-  if constexpr (N == 8) {
-    const Fragments f = unit_fragments<T>(u);
-    float d[4] = {0.f, 0.f, 0.f, 0.f};
+  add_scaled<(NB > 1)>(acc, 0, d, first, s0, z0, s1, z1);
+  if constexpr (NB == 16) {
     float e[4] = {0.f, 0.f, 0.f, 0.f};
-    unit_mma<T>(d, f, b);
     unit_mma<T>(e, f, b + kSecondColumns);
-    add_scaled<true>(acc, 0, d, sm0, s0, z0, s1, z1);
-    add_scaled<true>(acc, 4, e, sm1, s0, z0, s1, z1);
+    add_scaled<true>(acc, 4, e, sm[4], s0, z0, s1, z1);
   }
 }
 
@@ -1252,15 +1242,9 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
       const float4* sm = sum_at + r * P * kSumStep;
 #pragma unroll
       for (int p = 0; p < P; p++) {
-        if constexpr (NB == 16) {
-          unit_products16<T>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
+        unit_products<T, NB>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
                              RoundScales<GS>::at(use.s_hi, p), RoundScales<GS>::at(use.z_hi, p), b + p * kBStep,
-                             sm[p * kSumStep], sm[p * kSumStep + 4], acc);
-        } else {
-          unit_products<T, NB>(ring[p], RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
-                               RoundScales<GS>::at(use.s_hi, p), RoundScales<GS>::at(use.z_hi, p), b + p * kBStep,
-                               sm[p * kSumStep], acc);
-        }
+                             sm + p * kSumStep, acc);
         if (load) at.load_code(ring[p], p);
       }
       at.advance();
@@ -1414,42 +1398,42 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
 // kernel selection times it against int4-mma's slices of 8, which read the codes twice as often (session 19, unmeasured).
 inline bool supports16(int batch, int k) { return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && fits(16, k); }
 
-template <typename T>
-int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
-                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
-  if (!supports16(batch, k) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
-  for (int first = 0; first < batch; first += 16) {
-    const int rows = batch - first < 16 ? batch - first : 16;
-    const void* xp = static_cast<const T*>(x) + first * xs;
-    void* op = static_cast<T*>(out) + first * os;
-    const int rc = rows <= 8 ? (group == 64 ? launch_group<T, 0>(xp, xs, p, s, z, op, os, rows, n, k, kPlain, false, f, st)
-                                            : launch_group<T, 1>(xp, xs, p, s, z, op, os, rows, n, k, kPlain, false, f, st))
-                             : (group == 64 ? launch<T, 16, 0, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, f, st)
-                                            : launch<T, 16, 1, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, f, st));
+// Runs `launch_slice(x rows, out rows, rows, fusion)` over slices of `per` rows of the batch, each on its rows of x,
+// out and the residual (the RMSNorm and SiLU·mul prologues are per row); the first failure's code, else 0.
+template <typename T, typename Slice>
+int over_slices(const void* x, int64_t xs, void* out, int64_t os, int batch, int per, const Fusion& f, Slice launch_slice) {
+  for (int first = 0; first < batch; first += per) {
+    Fusion slice = f;
+    if (f.residual != nullptr) slice.residual = static_cast<const T*>(f.residual) + first * f.res_stride;
+    const int rc = launch_slice(static_cast<const T*>(x) + first * xs, static_cast<T*>(out) + first * os,
+                                batch - first < per ? batch - first : per, slice);
     if (rc != 0) return rc;
   }
   return 0;
 }
 
 // Plain at 1-32 rows in both dtypes; the fused variants (bf16, 1-2 rows, up to 8 with LOWBIT_MMA_FUSED_ROWS) as the
-// other geometries'. Rows past one launch's (rows_per_launch) go in slices, each launch on its rows of x, out and the
-// residual (the RMSNorm and SiLU·mul prologues are per row).
+// other geometries'. Rows past one launch's (rows_per_launch) go in slices.
 template <typename T>
 int launch_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                    int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   if (!supports(batch, k) || (group != 64 && group != 128)) return -3;
-  const int per = rows_per_launch(batch, k);
-  for (int first = 0; first < batch; first += per) {
-    const int rows = batch - first < per ? batch - first : per;
-    Fusion slice = f;
-    if (f.residual != nullptr) slice.residual = static_cast<const T*>(f.residual) + first * f.res_stride;
-    const void* xp = static_cast<const T*>(x) + first * xs;
-    void* op = static_cast<T*>(out) + first * os;
-    const int rc = group == 64 ? launch_group<T, 0>(xp, xs, p, s, z, op, os, rows, n, k, prologue, residual, slice, st)
-                               : launch_group<T, 1>(xp, xs, p, s, z, op, os, rows, n, k, prologue, residual, slice, st);
-    if (rc != 0) return rc;
-  }
-  return 0;
+  return over_slices<T>(x, xs, out, os, batch, rows_per_launch(batch, k), f, [&](const void* xp, void* op, int rows, const Fusion& sf) {
+    return group == 64 ? launch_group<T, 0>(xp, xs, p, s, z, op, os, rows, n, k, prologue, residual, sf, st)
+                       : launch_group<T, 1>(xp, xs, p, s, z, op, os, rows, n, k, prologue, residual, sf, st);
+  });
+}
+
+// int4-mma16: slices of 16 rows, a tail of 8 or fewer as int4-mma.
+template <typename T>
+int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (!supports16(batch, k) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
+  return over_slices<T>(x, xs, out, os, batch, 16, f, [&](const void* xp, void* op, int rows, const Fusion& sf) {
+    if (rows <= 8) return launch_variant<T>(xp, xs, p, s, z, op, os, rows, n, k, group, kPlain, false, sf, st);
+    return group == 64 ? launch<T, 16, 0, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st)
+                       : launch<T, 16, 1, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st);
+  });
 }
 
 }  // namespace mma
