@@ -34,7 +34,7 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<int, int, int, int, int, int> _attentionSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
     private static delegate* unmanaged<int, int, int, int, int, int, int> _int4XSupports;
-    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int> _int4LinearX;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr, int> _int4LinearX;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
     private static delegate* unmanaged<IntPtr, int, int> _stepMark;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int> _greedyStep;
@@ -102,7 +102,7 @@ public static unsafe class NativeKernelsV2
     /// per chunk), 3 (int4-v2-wide: 128 threads, 32 codes per chunk), 5 (int4-v2-occ: int4-v2 at four blocks per SM),
     /// 7 (int4-v2-shared: activations in shared memory, scales per quad; group % 64 == 0, checked at launch) or 9
     /// (int4-mma: tensor cores, 1-32 rows, 8 per launch; groups of 64 or 128, checked at launch) or 11 (int4-mma16: 9-32
-    /// rows, 16 per launch, K ≤ 4,096, plain).
+    /// rows, 16 per launch, plain; past K = 4,096 in K splits, which need arrival counters: <see cref="Int4LinearX"/>).
     /// </summary>
     public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
         FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue
@@ -113,8 +113,11 @@ public static unsafe class NativeKernelsV2
     /// RMSNorm with <paramref name="normWeight"/> (x the residual stream <c>[B, K]</c>), or SiLU·mul (x the fused gate/up
     /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
     /// With <see cref="Int4Prologue.RmsNormSiluMul"/> the output is <c>[B, N/2]</c>: SiLU·mul of the two halves' outputs.
+    /// <paramref name="arrivals"/>: int32 <c>[⌈N / 16⌉]</c>, zero, on the weight's device (the kernel leaves it zero), for
+    /// int4-mma16's K splits; the launches of one counter buffer must be ordered on one stream.
     /// </summary>
-    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual,
+        Tensor? arrivals = null)
     {
         Require();
         if (_int4LinearX == null)
@@ -122,7 +125,7 @@ public static unsafe class NativeKernelsV2
             throw new InvalidOperationException("the int4 GEMV variants are unavailable: the v2 library lacks them");
         }
         Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, geometry,
-            (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero), "int4 v2x linear");
+            (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero, arrivals?.Handle ?? IntPtr.Zero), "int4 v2x linear");
     }
 
     /// <summary>
@@ -285,7 +288,7 @@ public static unsafe class NativeKernelsV2
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_x_supports", out var int4XSupports)
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_rope_kv", out var ropeKv))
                 {
-                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, int>)int4LinearX;
+                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr, int>)int4LinearX;
                     _int4XSupports = (delegate* unmanaged<int, int, int, int, int, int, int>)int4XSupports;
                     _ropeKv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int>)ropeKv;
                 }

@@ -227,6 +227,15 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public Int4Weight Weight { get; } = weight;
 
+    /// <summary>
+    /// int4-mma16's arrival counters (one per 16 output rows, zero between launches) for its K splits past K = 4,096,
+    /// made with the projection on a GPU (never inside a graph capture); a projection's launches are ordered on the
+    /// decode step's stream.
+    /// </summary>
+    private readonly Tensor? _arrivals = weight.Packed.device_type == DeviceType.CUDA
+        ? zeros([(weight.OutFeatures + 15) / 16], ScalarType.Int32, weight.Packed.device).DetachFromDisposeScope()
+        : null;
+
     public override long OutFeatures => Weight.OutFeatures;
 
     public override ProjectionShape Shape => _shape ??= new ProjectionShape
@@ -321,7 +330,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             return null;
         }
         var output = empty([rows, prologue == Int4Prologue.RmsNormSiluMul ? Weight.OutFeatures / 2 : Weight.OutFeatures], x.dtype, x.device);
-        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual);
+        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, _arrivals);
         return output;
     }
 
@@ -333,7 +342,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
             if (OtherGeometries.Contains(kernel))
             {
-                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null);
+                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null, _arrivals);
             }
             else if (kernel == ProjectionKernel.Int4V2)
             {
@@ -394,6 +403,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     {
         Weight.Dispose();
         bias?.Dispose();
+        _arrivals?.Dispose();
     }
 }
 

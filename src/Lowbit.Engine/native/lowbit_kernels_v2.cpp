@@ -23,8 +23,10 @@ int lowbit_v2_attention_splits(int, int, int, int, int);
 int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*,
                                       void*, int64_t, float*, int*, int, int, int, int, int, int, int, void*);
 int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
+int64_t lowbit_v2_int4_workspace(int, int, int, int);
+int64_t lowbit_v2_int4_arrivals(int, int, int, int);
 int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
-                                int, int, int, int, const void*, float, const void*, int64_t, void*);
+                                int, int, int, int, const void*, float, const void*, int64_t, float*, int*, void*);
 int lowbit_launch_step_mark(void*, int, void*);
 int lowbit_launch_greedy_step(int, const void*, int64_t, int, int64_t*, int64_t*, int, int64_t*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
@@ -67,9 +69,10 @@ int guarded(F f) {
 
 // The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
 // lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
-// fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null.
+// fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null; arrivals: int32 [≥ N / 16 rounded up], zero
+// (left zero), on the weight's device, for the launches with K splits (int4-mma16 past K = 4,096), else may be null.
 void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry, int prologue,
-                 void* norm_w, double eps, void* residual) {
+                 void* norm_w, double eps, void* residual, void* arrivals) {
   auto& xt = T(x);
   auto& pt = T(packed);
   auto& st = T(scales);
@@ -119,9 +122,24 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   }
   TORCH_CHECK(lowbit_v2_int4_fused_supports(dtype, (int)xt.size(0), (int)k, geometry, prologue, res != nullptr ? 1 : 0),
               "int4 v2: variant not taken (batch ", xt.size(0), ", K=", k, ", geometry ", geometry, ", prologue ", prologue, ")");
+  // int4-mma16's K splits: an fp32 workspace from the caching allocator (the capture's pool in a graph) and the caller's
+  // arrival counters (one per 16 output rows; the last block of a tile resets its counter).
+  const int64_t work_elements = lowbit_v2_int4_workspace((int)xt.size(0), (int)n, (int)k, geometry);
+  at::Tensor work;
+  int* counters = nullptr;
+  if (work_elements > 0) {
+    TORCH_CHECK(arrivals != nullptr, "int4 v2: geometry ", geometry, " at K=", k, " runs in K splits and needs arrival counters");
+    auto& at_ = T(arrivals);
+    TORCH_CHECK(at_.is_cuda() && at_.device() == pt.device() && at_.scalar_type() == at::kInt && at_.is_contiguous()
+                && at_.numel() >= lowbit_v2_int4_arrivals((int)xt.size(0), (int)n, (int)k, geometry),
+                "int4 v2: arrivals int32 [≥ ", lowbit_v2_int4_arrivals((int)xt.size(0), (int)n, (int)k, geometry), "] contiguous on the weight's device");
+    work = at::empty({work_elements}, xt.options().dtype(at::kFloat));
+    counters = at_.data_ptr<int>();
+  }
   const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
                                              ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, geometry,
                                              prologue, norm, (float)eps, res, res_stride,
+                                             work_elements > 0 ? work.data_ptr<float>() : nullptr, counters,
                                              static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
   TORCH_CHECK(rc == 0, "int4 v2: launch failed: ",
               rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch, K or variant" : cudaGetErrorString((cudaError_t)rc));
@@ -138,7 +156,7 @@ const char* lowbit_v2_last_error() { return last_error.c_str(); }
 // out[B, N] = x[B, K] @ dequant(packed[N, K/2], scales[N, G], zeros[N, G])^T, group = K / G, (B, K) as
 // lowbit_v2_supports says (the int4 GEMV v2 without a prologue or residual, lowbit_v2_int4_linear_x below).
 int lowbit_v2_int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out) {
-  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, 1, 0, nullptr, 0.0, nullptr); });
+  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, 1, 0, nullptr, 0.0, nullptr, nullptr); });
 }
 
 int lowbit_v2_supports(int batch, int k) { return lowbit_v2_int4_supports(batch, k); }
@@ -270,9 +288,10 @@ int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int pro
 // out[B, N] = P(x) @ dequant(packed, scales, zeros)^T (+ residual[B, N]): P is nothing (prologue 0), the RMSNorm with
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
 // Prologue 3: the RMSNorm, and out [B, N/2] = SiLU(gate)·up of the weight's halves (the fused gate/up projection).
+// arrivals: the int32 counters of int4-mma16's K splits ([≥ N / 16 rounded up], zero; null where none run).
 int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
-                            int prologue, void* norm_w, double eps, void* residual) {
-  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual); });
+                            int prologue, void* norm_w, double eps, void* residual, void* arrivals) {
+  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual, arrivals); });
 }
 
 // The decode step's RoPE + cache write: qkv [B, (H + 2 KVH)·D] (unit inner stride), cos/sin [B, D] contiguous,

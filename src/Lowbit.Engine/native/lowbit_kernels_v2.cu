@@ -127,6 +127,12 @@ struct Fusion {
   float eps;             // kNorm
   const void* residual;  // [B, N] rows at res_stride (RES)
   int64_t res_stride;
+  // int4-mma16's K splits (mma::splits16): more than 1 when 16 rows' activations over all of K do not fit in shared
+  // memory; each split's partial tiles go to `work` (fp32), the last block of a tile to arrive (a counter in
+  // `arrivals`, zero before the launch and after it) adds them up in split order and writes the output.
+  int splits;
+  float* work;
+  int* arrivals;
 };
 
 template <typename T>
@@ -1191,16 +1197,24 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   LOWBIT_DYNAMIC_SHARED(smem);
   __shared__ float red[2][kWarps][kRows * NB];
   __shared__ float norm_partial[kWarps][NB];
+  __shared__ int merges;
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int g = lane >> 2;
   const int c = lane & 3;
-  const int groups64 = k / 64;
-  const int groups = groups64 >> GS;
+  // K splits (16 rows only, plain; the grid a multiple of the splits): block i takes split i % S of every tile it
+  // covers, the codes [k0, k0 + kk) (whole quads of 256: split s of S has quads [sQ/S, (s+1)Q/S) of Q = K / 256).
+  const int splits = NB == 16 && fusion.splits > 1 ? fusion.splits : 1;
+  const int split = (int)blockIdx.x % splits;
+  const int k0 = split * (k / 256) / splits * 256;
+  const int kk = (split + 1) * (k / 256) / splits * 256 - k0;
+  const int groups64 = kk / 64;
+  const int groups = (k / 64) >> GS;
   const int row_bytes = k / 2;
-  const int units = units_per_warp(k, P);
+  const int units = units_per_warp(kk, P);
   const int tiles = (n + kRows - 1) / kRows;
+  const int tile_step = (int)gridDim.x / splits;
   const T* residual = static_cast<const T*>(fusion.residual);
   // This warp's units are groups first, first + 1, ... first + units - 1; K % 256 == 0 makes every round of P either
   // wholly below K / 64 (live) or wholly past it, so a round is skipped or run whole (the same in every lane).
@@ -1210,25 +1224,28 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
 
   Unit ring[P];
   RoundScales<GS> sz[2];
-  int tile = blockIdx.x;
+  int tile = (int)blockIdx.x / splits;
+  packed += k0 / 2;
+  scales += (k0 / 64) >> GS;
+  zeros += (k0 / 64) >> GS;
   // The first round's loads go out before the activations (they do not depend on them, nor on the kernel before).
   Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, first, g, c, n, row_bytes, groups);
   LOWBIT_PDL_TRIGGER();
   if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
   LOWBIT_PDL_WAIT();
-  stage_activations<T, NB, P, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, smem, norm_partial);
+  stage_activations<T, NB, P, PRO>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
 
   // This lane's B operand (column g; lanes past NB read column g % NB, whose products land in columns nobody reads)
   // and its columns' sums (2c and 2c + 1, clamped), at this warp's first group; fixed steps per unit.
   const uint4* b_at = reinterpret_cast<const uint4*>(smem + ((first * NB + (g & (NB - 1))) * 4 + c) * 32);
   constexpr int kBStep = NB * 8;                     // uint4 per group
-  const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, k, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
+  const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, kk, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
   constexpr int kSumStep = NBp / 2;                  // float4 per group
   int buf = 0;
-  for (; tile < tiles; tile += gridDim.x) {
-    const int next_tile = tile + (int)gridDim.x;
+  for (; tile < tiles; tile += tile_step) {
+    const int next_tile = tile + tile_step;
     float acc[NB == 16 ? 8 : 4] = {};
     // A round of P units: the scales of `use` (loaded a round ago) and the codes in the ring; the next round's scales
     // go out first into `fill`, then each unit's products and its slot's load for the next round. LAST: the next
@@ -1279,7 +1296,34 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
       red[buf][warp][(g + 8) * NB + 9 + 2 * c] = acc[7];
     }
     __syncthreads();
-    store_tile<T, kWarps, NB, kRows, RES>(red[buf], tid, tile * kRows, n, batch, out, out_stride, residual, fusion.res_stride);
+    if (splits == 1) {
+      store_tile<T, kWarps, NB, kRows, RES>(red[buf], tid, tile * kRows, n, batch, out, out_stride, residual, fusion.res_stride);
+    } else {
+      // This split's tile to the workspace; the tile's last split to arrive adds all of them in split order (the
+      // threadfence-reduction pattern, as decode_attention's splits), so the sums do not depend on the arrival order.
+      float* part = fusion.work + (int64_t)tile * splits * (kRows * NB);
+      if (tid < kRows * NB) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) t += red[buf][w][tid];
+        part[split * (kRows * NB) + tid] = t;
+      }
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) merges = atomicAdd(fusion.arrivals + tile, 1) == splits - 1;
+      __syncthreads();
+      if (merges) {
+        __threadfence();
+        if (tid == 0) fusion.arrivals[tile] = 0;
+        if (tid < kRows * NB) {
+          float t = 0.f;
+          for (int s = 0; s < splits; s++) t += __ldcg(part + s * (kRows * NB) + tid);
+          const int r = tid / NB;
+          const int b = tid % NB;
+          if (tile * kRows + r < n && b < batch) store_output<T, RES>(t, out, out_stride, residual, fusion.res_stride, b, tile * kRows + r);
+        }
+      }
+    }
     buf ^= 1;
   }
 }
@@ -1303,6 +1347,8 @@ constexpr int kMaxBatch = 32;
 // static_shared: a bound on the kernel's static shared memory (the reduction buffers, 8 KB at 8 columns, 16 at 16),
 // which the opt-in limit includes; launch() checks the real figure.
 constexpr int static_shared(int columns) { return columns <= 8 ? 16 * 1024 : 24 * 1024; }
+// The widest of `splits` K splits in whole quads of 256 codes (K itself for one).
+inline int split_width(int k, int splits) { return splits <= 1 ? k : (k / 256 + splits - 1) / splits * 256; }
 inline bool fits(int columns, int k) { return shared_bytes(columns, k, kUnitsInFlight) + static_shared(columns) <= max_dynamic_shared(); }
 // The rows per launch for `batch` rows: columns_for(batch) up to 8, halved until the activations fit; 0 if one row's
 // do not.
@@ -1318,7 +1364,9 @@ inline bool supports(int batch, int k) {
 template <typename T, int NB, int GS, int PRO, bool RES>
 int launch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
            int n, int k, const Fusion& fusion, cudaStream_t st) {
-  const int smem = shared_bytes(NB, k, kUnitsInFlight);
+  const int splits = NB == 16 && fusion.splits > 1 ? fusion.splits : 1;
+  if (splits > 1 && (fusion.work == nullptr || fusion.arrivals == nullptr)) return -3;
+  const int smem = shared_bytes(NB, split_width(k, splits), kUnitsInFlight);
 #if !defined(LOWBIT_EMULATED)
   // Above 48 KB of dynamic shared memory a kernel has to ask for it, once per instantiation: 200 KB first (what every
   // shape asked for until session 18, measured on the H100 and the H200), then, for a shape over that (8 rows at
@@ -1352,8 +1400,11 @@ int launch(const void* x, int64_t xs, const void* p, const void* s, const void* 
     }
   }
 #endif
-  const int blocks = persistent_blocks<int4_gemv_mma_kernel<T, NB, GS, PRO, RES>>(kThreads, ((int64_t)n + kRows - 1) / kRows, smem);
+  // With K splits a multiple of the splits (each block keeps one split over its tiles), at least one block per split.
+  const int64_t tiles = ((int64_t)n + kRows - 1) / kRows;
+  int blocks = persistent_blocks<int4_gemv_mma_kernel<T, NB, GS, PRO, RES>>(kThreads, tiles * splits, smem);
   if (blocks == 0) return 0;
+  if (splits > 1) blocks = blocks < splits ? splits : blocks / splits * splits;
   return launch_pdl(int4_gemv_mma_kernel<T, NB, GS, PRO, RES>, blocks, kThreads, st, smem,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
                     static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, fusion);
@@ -1392,11 +1443,25 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
   return -3;
 }
 
-// Geometry 11, "int4-mma16": 9-32 rows in slices of 16 columns (a tail of 8 or fewer rows as int4-mma), plain only,
-// where 16 rows' activations fit (K <= 4,096: 139 KB there; the next K takes room for 96 groups, 228 KB, so not a
-// 13B's 5,120 nor a 7B's down projection at 11,008). The
-// kernel selection times it against int4-mma's slices of 8, which read the codes twice as often (session 19, unmeasured).
-inline bool supports16(int batch, int k) { return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && fits(16, k); }
+// Geometry 11, "int4-mma16": 9-32 rows in slices of 16 columns (a tail of 8 or fewer rows as int4-mma), plain only.
+// 16 rows' activations fit up to K = 4,096 (139 KB; the next K takes room for 96 groups, 228 KB); past that K goes in
+// splits (splits16): a 13B's 5,120 in 2, a 7B's down projection at 11,008 in 3 (3,584 + 3,584 + 3,840), each block
+// staging one split's activations, the tile's last split adding the partial sums (Fusion::splits). The kernel
+// selection times it against int4-mma's slices of 8, which read the codes twice as often: at 16 rows q/k/v 24.2 against
+// 33.1 µs, gate/up 39.7 against 58.1, output 11.8 against 17.1 (H100, run 45, no splits).
+constexpr int kMaxSplits = 8;
+inline int splits16(int k) {
+  const int quads = k / 256;
+  for (int s = 1; s <= kMaxSplits && s <= quads; s++)
+    if (fits(16, split_width(k, s))) return s;
+  return 0;
+}
+inline bool supports16(int batch, int k) { return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && splits16(k) > 0; }
+// The fp32 workspace of int4-mma16's K splits at n outputs (0 without splits): a 16 × 16 tile per split and row tile.
+inline int64_t workspace16(int n, int k) {
+  const int s = splits16(k);
+  return s > 1 ? ((int64_t)n + kRows - 1) / kRows * s * kRows * 16 : 0;
+}
 
 // Runs `launch_slice(x rows, out rows, rows, fusion)` over slices of `per` rows of the batch, each on its rows of x,
 // out and the residual (the RMSNorm and SiLU·mul prologues are per row); the first failure's code, else 0.
@@ -1429,7 +1494,9 @@ template <typename T>
 int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                      int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   if (!supports16(batch, k) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
-  return over_slices<T>(x, xs, out, os, batch, 16, f, [&](const void* xp, void* op, int rows, const Fusion& sf) {
+  Fusion split = f;
+  split.splits = splits16(k);
+  return over_slices<T>(x, xs, out, os, batch, 16, split, [&](const void* xp, void* op, int rows, const Fusion& sf) {
     if (rows <= 8) return launch_variant<T>(xp, xs, p, s, z, op, os, rows, n, k, group, kPlain, false, sf, st);
     return group == 64 ? launch<T, 16, 0, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st)
                        : launch<T, 16, 1, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st);
@@ -2367,15 +2434,25 @@ int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int
   return fused_supports(dtype, batch, k, geometry, prologue, residual) ? 1 : 0;
 }
 
+// The fp32 workspace (elements) and int32 arrival counters (elements, zero before the launch, left zero) a launch of
+// lowbit_launch_int4_v2_fused at (batch, N, K, geometry) needs: int4-mma16's K splits past K = 4,096; 0 and 0 otherwise.
+int64_t lowbit_v2_int4_workspace(int batch, int n, int k, int geometry) {
+  return geometry == 11 && mma::supports16(batch, k) ? mma::workspace16(n, k) : 0;
+}
+int64_t lowbit_v2_int4_arrivals(int batch, int n, int k, int geometry) {
+  return lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 ? ((int64_t)n + mma::kRows - 1) / mma::kRows : 0;
+}
+
 int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
                                 const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
                                 int geometry, int prologue, const void* norm_w, float eps, const void* residual,
-                                int64_t res_stride, void* stream) {
+                                int64_t res_stride, float* work, int* arrivals, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
-  const Fusion f{norm_w, eps, residual, res_stride};
+  if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);

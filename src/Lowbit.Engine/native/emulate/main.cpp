@@ -142,8 +142,25 @@ int run_dequantize(int dtype, int n, int k, int group, int sms) {
   printf("dequantize %s n %d k %d group %d sms %d: %zu of %zu differ\n", dtype == 0 ? "bf16" : "fp16", n, k, group, sms, wrong, out.size());
   return wrong == 0 ? 0 : 1;
 }
-extern "C" int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, int, int, const void*, float, const void*, int64_t, void*);
+extern "C" int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, int, int, const void*, float, const void*, int64_t, float*, int*, void*);
 extern "C" int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
+extern "C" int64_t lowbit_v2_int4_workspace(int, int, int, int);
+extern "C" int64_t lowbit_v2_int4_arrivals(int, int, int, int);
+
+// int4-mma16's K splits: the workspace and zeroed counters a launch needs (empty without splits); counters_left_zero
+// after the launch says the last block of every tile reset its counter.
+struct SplitBuffers {
+  std::vector<float> work;
+  std::vector<int> arrivals;
+  SplitBuffers(int batch, int n, int k, int geometry)
+      : work((size_t)lowbit_v2_int4_workspace(batch, n, k, geometry), NAN), arrivals((size_t)lowbit_v2_int4_arrivals(batch, n, k, geometry), 0) {}
+  float* w() { return work.empty() ? nullptr : work.data(); }
+  int* a() { return arrivals.empty() ? nullptr : arrivals.data(); }
+  bool counters_left_zero() const {
+    for (int v : arrivals) if (v != 0) return false;
+    return true;
+  }
+};
 
 static float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
@@ -165,8 +182,9 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
   std::vector<__nv_bfloat16> out((size_t)batch * (n + 3), __float2bfloat16(NAN));
   if (!lowbit_v2_int4_fused_supports(0, batch, k, geometry, prologue, residual ? 1 : 0)) { printf("fused variant not supported\n"); return 1; }
   const float eps = 1e-5f;
+  SplitBuffers split(batch, n, k, geometry);
   int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
-                                       geometry, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, nullptr);
+                                       geometry, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, split.w(), split.a(), nullptr);
   if (rc) { printf("fused rc %d\n", rc); return 1; }
   double err = 0, norm = 0;
   for (int b = 0; b < batch; b++) {
@@ -207,9 +225,11 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
   }
   bool pad = true;
   for (int b = 0; b < batch; b++) for (int r = prologue == 3 ? n / 2 : n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
-  printf("fused batch %d n %d k %d g %d sms %d geometry %d prologue %d residual %d: rel err %.3e, padding untouched %d\n",
-         batch, n, k, group, sms, geometry, prologue, residual, std::sqrt(err / norm), pad);
-  return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
+  const bool counters = split.counters_left_zero();
+  printf("fused batch %d n %d k %d g %d sms %d geometry %d prologue %d residual %d: rel err %.3e, padding untouched %d%s\n",
+         batch, n, k, group, sms, geometry, prologue, residual, std::sqrt(err / norm), pad,
+         split.arrivals.empty() ? "" : counters ? ", K splits, counters left zero" : ", K splits, COUNTERS LEFT NONZERO");
+  return std::sqrt(err / norm) < 1e-2 && pad && counters ? 0 : 1;
 }
 
 // The tensor-core int4 GEMV (geometry 9) without a prologue in fp16: 1-8 activation rows against a float64
@@ -223,8 +243,9 @@ int run_mma_fp16(int batch, int n, int k, int group, int sms, int geometry) {
   const int64_t xs = k + 8;
   std::vector<__half> x((size_t)batch * xs), out((size_t)batch * (n + 3), __float2half(NAN));
   for (auto& v : x) v = __float2half(2.0f * nd(rng));
+  SplitBuffers split(batch, n, k, geometry);
   int rc = lowbit_launch_int4_v2_fused(1, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
-                                       geometry, 0, nullptr, 0.f, nullptr, 0, nullptr);
+                                       geometry, 0, nullptr, 0.f, nullptr, 0, split.w(), split.a(), nullptr);
   if (rc) { printf("mma fp16 rc %d\n", rc); return 1; }
   double err = 0, norm = 0;
   bool pad = true;
@@ -239,8 +260,10 @@ int run_mma_fp16(int batch, int n, int k, int group, int sms, int geometry) {
     }
     for (int r = n; r < n + 3; r++) pad &= std::isnan(__half2float(out[b * (n + 3) + r]));
   }
-  printf("mma fp16 batch %d n %d k %d g %d sms %d geometry %d: rel err %.3e, padding untouched %d\n", batch, n, k, group, sms, geometry, std::sqrt(err / norm), pad);
-  return std::sqrt(err / norm) < 1e-2 && pad ? 0 : 1;
+  const bool counters = split.counters_left_zero();
+  printf("mma fp16 batch %d n %d k %d g %d sms %d geometry %d: rel err %.3e, padding untouched %d%s\n", batch, n, k, group, sms, geometry,
+         std::sqrt(err / norm), pad, split.arrivals.empty() ? "" : counters ? ", K splits, counters left zero" : ", K splits, COUNTERS LEFT NONZERO");
+  return std::sqrt(err / norm) < 1e-2 && pad && counters ? 0 : 1;
 }
 
 // RoPE + KV-cache write against the rope kernel's arithmetic on the CPU: bit-identical, and nothing else in the cache
@@ -460,9 +483,19 @@ int main() {
   f += run_fused(20, 19, 2048, 128, 1, 11, 0, false);   // 16 + 4
   f += run_fused(32, 17, 1024, 64, 1, 11, 0, false);    // 16 + 16
   f += run_fused(11, 21, 4096, 128, 1, 11, 0, false);   // 11 rows in one launch, 11 of 16 columns live
-  f += lowbit_v2_int4_fused_supports(0, 16, 4352, 11, 0, 0) == 0 ? 0 : 1;   // past K = 4,096: 96 groups' room, 228 KB
+  f += lowbit_v2_int4_workspace(16, 100, 4096, 11) == 0 ? 0 : 1;            // K = 4,096 fits: no splits
+  // Past K = 4,096 in K splits, each block staging one split's activations: 4,352 in two (2,048 + 2,304), a 7B's down
+  // projection (11,008) in three (3,584 + 3,584 + 3,840), one tile of 16 x 16 fp32 per split and row tile. Fewer blocks
+  // than splits (one SM), several tiles per block, tail tiles, a tail of 4 rows as int4-mma.
+  f += lowbit_v2_int4_workspace(16, 4096, 11008, 11) == 256 * 3 * 256 ? 0 : 1;
+  f += lowbit_v2_int4_arrivals(16, 4097, 11008, 11) == 257 ? 0 : 1;
+  f += lowbit_v2_int4_workspace(16, 100, 4352, 11) == 7 * 2 * 256 ? 0 : 1;
+  f += run_fused(16, 37, 4352, 64, 2, 11, 0, false);
+  f += run_fused(20, 21, 11008, 64, 1, 11, 0, false);
+  f += run_fused(12, 45, 5120, 128, 3, 11, 0, false);
+  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 16, 8, 11008, 64, 11, 0, nullptr, 0.f, nullptr, 0,
+                                   nullptr, nullptr, nullptr) == -3 ? 0 : 1;   // splits without a workspace: refused
   f += lowbit_v2_int4_fused_supports(0, 8, 4096, 11, 0, 0) == 0 ? 0 : 1;    // 8 rows: int4-mma's
-  f += lowbit_v2_int4_fused_supports(0, 16, 11008, 11, 0, 0) == 0 ? 0 : 1;  // 352 KB of activations
   f += lowbit_v2_int4_fused_supports(0, 16, 4096, 11, 1, 0) == 0 ? 0 : 1;   // no fused variants
   f += lowbit_v2_int4_fused_supports(0, 33, 4096, 11, 0, 0) == 0 ? 0 : 1;
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
@@ -471,15 +504,16 @@ int main() {
   f += run_mma_fp16(2, 21, 2048, 128, 2, 9);
   f += run_mma_fp16(17, 9, 1024, 64, 1, 9);
   f += run_mma_fp16(24, 9, 1024, 128, 1, 11);   // int4-mma16 in fp16: 16 + 8
+  f += run_mma_fp16(16, 19, 4608, 64, 2, 11);   // and in K splits (2,304 + 2,304)
   // Not taken by int4-mma: 33 rows, a fused variant past 8 rows, K % 256 != 0, fp16 fused, groups other than 64 and
   // 128 (checked at launch).
   f += lowbit_v2_int4_fused_supports(0, 32, 4096, 9, 0, 0) == 1 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 33, 4096, 9, 0, 0) == 0 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 9, 4096, 9, 1, 0) == 0 ? 0 : 1;
-  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 4096, 256, 9, 0, nullptr, 0.f, nullptr, 0, nullptr) == -3 ? 0 : 1;
+  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 4096, 256, 9, 0, nullptr, 0.f, nullptr, 0, nullptr, nullptr, nullptr) == -3 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 1, 4128, 9, 0, 0) == 0 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(1, 1, 4096, 9, 1, 0) == 0 ? 0 : 1;
-  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 3072, 96, 9, 0, nullptr, 0.f, nullptr, 0, nullptr) == -3 ? 0 : 1;
+  f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 1, 8, 3072, 96, 9, 0, nullptr, 0.f, nullptr, 0, nullptr, nullptr, nullptr) == -3 ? 0 : 1;
   f += run_rope_kv(1, 4, 4, 128, 9);
   f += run_rope_kv(3, 8, 2, 64, 5);
   f += run_dense(1, 21, 4096, 2, 0);
