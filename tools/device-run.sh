@@ -182,10 +182,11 @@ for l in open(sys.argv[1]):
     # performance counters (ERR_NVGPUCTRPERM in the log if the container does not allow them).
     n="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
     [ -n "$n" ] || { echo "no ncu"; exit 0; }
-    timeout 500 "$n" --target-processes all -k "regex:int4_gemv_(v2|shared)_kernel" --launch-count "${1:-16}" \
+    # NCU_KERNELS (a regex of kernel names) and ROWS pick others: e.g. NCU_KERNELS=int4_gemv_mma_kernel ROWS=16.
+    timeout "${NCU_SECONDS:-500}" "$n" --target-processes all --kernel-name-base demangled -k "regex:${NCU_KERNELS:-int4_gemv_(v2|shared)_kernel}" --launch-count "${1:-16}" \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
-      ./run.sh bench-kernels --device cuda --rows 1 --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
-    echo "ncu rc=$?"; grep -i "ERR_\|int4_gemv_v2_kernel<\|int4_gemv_shared_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -120 ;;
+      ./run.sh bench-kernels --device cuda --rows "${ROWS:-1}" --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
+    echo "ncu rc=$?"; grep -i "ERR_\|_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -"${NCU_LINES:-120}" ;;
   *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, variants, fusion, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
 esac
 date +%T
