@@ -888,10 +888,30 @@ constexpr int kUnitsInFlight = 4;
 // Units per warp per tile: the groups of 64 codes over 8 warps, rounded up to a multiple of P.
 __host__ __device__ inline int units_per_warp(int k, int p) { return ((k / 64 + kWarps - 1) / kWarps + p - 1) / p * p; }
 
-// The dynamic shared memory of a block: the permuted activations [groups][NB][4 lanes][16] in T, then per (group,
-// column) {off, sum x} as float2 (columns padded to an even count). Sized over units * 8 groups (the measure of
+// The dynamic shared memory of a block: the permuted activations of a group, NB × 4 lane slots of 16 values in T, in
+// two 16-byte halves (Halves), then per (group, column) {off, sum x} as float2 (columns padded to an even count). Sized over units * 8 groups (the measure of
 // supports()'s bound); only the first K / 64 are written and read (rounds past them are skipped).
 __host__ __device__ constexpr int padded_columns(int nb) { return nb < 2 ? 2 : nb + (nb & 1); }
+// Where a group's lane slot r (column · 4 + lane c) keeps its two halves, in uint4 from the group's start (NB × 8 uint4).
+// From 8 columns the halves are planes: slot r's first half at r, its second at NB · 4 + r, so a warp's 16-byte loads
+// of one half read consecutive addresses (no bank conflicts; with a slot's halves side by side, lanes 32 bytes apart
+// made every LDS.128 of the B operands a two-way conflict). Up to 4 columns they stay side by side (2r, 2r + 1): the
+// planes gave the 4-column fused variants at g128 20 bytes of spills (nvcc 11.8), and at 1-2 columns lanes share slots.
+template <int NB>
+struct Halves {
+  static constexpr bool kPlanes = NB >= 8;
+  static constexpr int kStride = kPlanes ? 1 : 2;
+  static constexpr int kSecond = kPlanes ? NB * 4 : 1;
+  // Slot s's first half (s = (group · NB + column) · 4 + c) and lane (column, c)'s first B operand at unit `first`.
+  static __device__ __forceinline__ uint4* slot(unsigned char* act, int s) {
+    if constexpr (kPlanes) return reinterpret_cast<uint4*>(act) + (int64_t)(s / (NB * 4)) * (NB * 8) + s % (NB * 4);
+    return reinterpret_cast<uint4*>(act + (int64_t)s * 32);
+  }
+  static __device__ __forceinline__ const uint4* operand(const unsigned char* act, int first, int column, int c) {
+    if constexpr (kPlanes) return reinterpret_cast<const uint4*>(act) + first * (NB * 8) + column * 4 + c;
+    return reinterpret_cast<const uint4*>(act + ((first * NB + column) * 4 + c) * 32);
+  }
+};
 __host__ __device__ inline int padded_groups(int k, int p) { return units_per_warp(k, p) * kWarps; }
 __host__ __device__ inline int activation_bytes(int nb, int k, int p) { return padded_groups(k, p) * 64 * nb * 2; }
 __host__ __device__ inline int shared_bytes(int nb, int k, int p) {
@@ -1104,9 +1124,9 @@ __device__ __forceinline__ void stage_activations(const T* __restrict__ x, int64
 #pragma unroll
           for (int j = 0; j < 4; j++) word[4 * h + j] = bits16<T>(v[8 * h + j]) | (bits16<T>(v[8 * h + j + 4]) << 16);
         }
-        uint4* dst = reinterpret_cast<uint4*>(act + (int64_t)s * 16);
+        uint4* dst = Halves<NB>::slot(reinterpret_cast<unsigned char*>(act), s);
         dst[0] = make_uint4(word[0], word[1], word[2], word[3]);
-        dst[1] = make_uint4(word[4], word[5], word[6], word[7]);
+        dst[Halves<NB>::kSecond] = make_uint4(word[4], word[5], word[6], word[7]);
 #pragma unroll
         for (int i = 0; i < 16; i += 2) {
           even += v[i];
@@ -1140,11 +1160,12 @@ __device__ __forceinline__ Fragments unit_fragments(const Unit& u) {
            {lo1[2], hi1[2], lo1[3], hi1[3]}}};
 }
 
-// d = the unit's products against the eight activation columns whose B operands start at b (two uint4 per lane).
-template <typename T>
+// d = the unit's products against the eight activation columns whose B operands start at b (a uint4 per lane in each
+// of the slot's two halves: Halves).
+template <typename T, int NB>
 __device__ __forceinline__ void unit_mma(float (&d)[4], const Fragments& f, const uint4* b) {
   const uint4 b01 = b[0];
-  const uint4 b23 = b[1];
+  const uint4 b23 = b[Halves<NB>::kSecond];
   mma_16816<T>(d, f.a[0], b01.x, b01.y);
   mma_16816<T>(d, f.a[1], b01.z, b01.w);
   mma_16816<T>(d, f.a[2], b23.x, b23.y);
@@ -1169,18 +1190,18 @@ __device__ __forceinline__ void add_scaled(float (&acc)[N], int o, const float (
 // column set, activation rows 8-15 (lane (g, c) reads columns g and g + 8, kSecondColumns uint4 further on; sums at
 // sm[4]) into acc[4..7], so a unit's codes are read and made into floats once for 16 rows. (sm[0] is read before the
 // products: read after them, ptxas gave the 8-row RMSNorm variant at g128 a 32-byte stack frame, nvcc 11.8.)
-constexpr int kSecondColumns = 8 * 4 * 2;   // uint4: 8 columns of 4 lanes' 32-byte slots
+constexpr int kSecondColumns = 8 * 4 * Halves<16>::kStride;   // uint4: 8 columns of 4 lanes' slots
 template <typename T, int NB>
 __device__ __forceinline__ void unit_products(const Unit& u, float s0, float z0, float s1, float z1, const uint4* b,
                                               const float4* sm, float (&acc)[NB == 16 ? 8 : 4]) {
   const float4 first = sm[0];
   const Fragments f = unit_fragments<T>(u);
   float d[4] = {0.f, 0.f, 0.f, 0.f};
-  unit_mma<T>(d, f, b);
+  unit_mma<T, NB>(d, f, b);
   add_scaled<(NB > 1)>(acc, 0, d, first, s0, z0, s1, z1);
   if constexpr (NB == 16) {
     float e[4] = {0.f, 0.f, 0.f, 0.f};
-    unit_mma<T>(e, f, b + kSecondColumns);
+    unit_mma<T, NB>(e, f, b + kSecondColumns);
     add_scaled<true>(acc, 4, e, sm[4], s0, z0, s1, z1);
   }
 }
@@ -1290,7 +1311,7 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
 
   // This lane's B operand (column g; lanes past NB read column g % NB, whose products land in columns nobody reads)
   // and its columns' sums (2c and 2c + 1, clamped), at this warp's first group; fixed steps per unit.
-  const uint4* b_at = reinterpret_cast<const uint4*>(smem + ((first * NB + (g & (NB - 1))) * 4 + c) * 32);
+  const uint4* b_at = Halves<NB>::operand(smem, first, g & (NB - 1), c);
   constexpr int kBStep = NB * 8;                     // uint4 per group
   const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, kk, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
   constexpr int kSumStep = NBp / 2;                  // float4 per group
@@ -1435,7 +1456,7 @@ __global__ void __launch_bounds__(kThreads, 1) int4_gemv_mma16_async_kernel(
   stage_activations<T, NB, P, kPlain>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
 
-  const uint4* b_at = reinterpret_cast<const uint4*>(smem + ((first * NB + g) * 4 + c) * 32);
+  const uint4* b_at = Halves<NB>::operand(smem, first, g, c);
   constexpr int kBStep = NB * 8;
   const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, kk, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
   constexpr int kSumStep = NBp / 2;
