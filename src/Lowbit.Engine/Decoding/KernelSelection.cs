@@ -58,13 +58,6 @@ public enum ProjectionKernel
     /// activations, the tile's last split adds the partial sums) (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 11).
     /// </summary>
     Int4Mma16,
-
-    /// <summary>
-    /// <see cref="Int4Mma16"/> with its codes and scales read through a ring of three rounds in shared memory
-    /// (<c>cp.async</c>) rather than a round of registers: two rounds in flight ahead of the one multiplied, at ~125
-    /// registers, not ~245 (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 13).
-    /// </summary>
-    Int4Mma16Async,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -268,7 +261,6 @@ public static class KernelSelector
         ProjectionKernel.Int4Mma => "int4-mma",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         ProjectionKernel.Int4Mma16 => "int4-mma16",
-        ProjectionKernel.Int4Mma16Async => "int4-mma16-async",
         _ => kernel.ToString(),
     };
 

@@ -1357,149 +1357,6 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   }
 }
 
-// cp.async (sm_80 on): BYTES (4, 8 or 16) from global to shared memory without passing through a register, tracked
-// per thread in groups (commit, wait); the emulator copies at once.
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* smem, const void* global) {
-#if defined(LOWBIT_EMULATED)
-  memcpy(smem, global, BYTES);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t at = (uint32_t)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(at), "l"(global), "n"(BYTES) : "memory");
-#else
-  __trap();
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if !defined(LOWBIT_EMULATED) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if !defined(LOWBIT_EMULATED) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
-// Geometry 13, "int4-mma16-async": int4-mma16 with its codes and scales read through a ring of kStages rounds in shared
-// memory (cp.async), not a round of registers. int4-mma16 holds one block per SM (its activations and ~245 registers):
-// 8 warps × 4 units of 512 bytes in flight per SM, half of what one-row int4-mma keeps (16 warps), and at 16 rows it
-// runs at about half the bytes per second (q/k/v 24.2 µs against 12.5, H100 run 45). Here each warp keeps kStages - 1
-// rounds in flight ahead of the one it multiplies. Per stage and warp: P units × 32 lanes × 16 bytes of codes (lane
-// (g, c)'s 8 bytes of rows g and g + 8) and 32 lanes × 8 bytes of scale pieces (lane c of row g copies one of s_lo, s_hi,
-// z_lo, z_hi; the quad reads all four, so a __syncwarp follows each wait).
-constexpr int kStages = 3;
-constexpr int kStageWarpBytes = kUnitsInFlight * 32 * 16 + 32 * 8;
-constexpr int kRingBytes = kStages * kWarps * kStageWarpBytes;
-
-template <typename T, int GS>
-__global__ void __launch_bounds__(kThreads, 1) int4_gemv_mma16_async_kernel(
-    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
-    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
-    int64_t out_stride, int batch, int n, int k, Fusion fusion) {
-  constexpr int NB = 16;
-  constexpr int P = kUnitsInFlight;
-  constexpr int R = kStages;
-  constexpr int NBp = padded_columns(NB);
-  LOWBIT_DYNAMIC_SHARED(smem);
-  __shared__ float red[2][kWarps][kRows * NB];
-  __shared__ float norm_partial[kWarps][NB];
-  __shared__ int merges;
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int g = lane >> 2;
-  const int c = lane & 3;
-  // K splits as int4-mma16's (the grid a multiple of the splits; split i % S of block i).
-  const int splits = fusion.splits > 1 ? fusion.splits : 1;
-  const int split = (int)blockIdx.x % splits;
-  const int k0 = split * (k / 256) / splits * 256;
-  const int kk = (split + 1) * (k / 256) / splits * 256 - k0;
-  const int groups = (k / 64) >> GS;
-  const int row_bytes = k / 2;
-  const int units = units_per_warp(kk, P);
-  const int tiles = (n + kRows - 1) / kRows;
-  const int tile_step = (int)gridDim.x / splits;
-  const int tile0 = (int)blockIdx.x / splits;
-  const int first = warp * units;
-  const int live_groups = min(units, kk / 64 - first);
-  const int rounds = live_groups > 0 ? live_groups / P : 0;
-  // This warp's rounds, tile after tile: round i is round i % rounds of tile tile0 + (i / rounds) · tile_step.
-  const int total = tile0 < tiles ? rounds * ((tiles - 1 - tile0) / tile_step + 1) : 0;
-  packed += k0 / 2;
-  scales += (k0 / 64) >> GS;
-  zeros += (k0 / 64) >> GS;
-  unsigned char* const ring = smem + shared_bytes(NB, kk, P) + warp * kStageWarpBytes;
-  constexpr int kStageBytes = kWarps * kStageWarpBytes;
-  // Round i's copies into stage i % R, one commit group per round (empty past the last, so the counts stay uniform).
-  auto issue = [&](int i) {
-    if (i < total) {
-      const int t = tile0 + (i / rounds) * tile_step;
-      const Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, t, first + (i % rounds) * P, g, c, n, row_bytes, groups);
-      unsigned char* st = ring + (i % R) * kStageBytes;
-#pragma unroll
-      for (int p = 0; p < P; p++) {
-        cp_async<8>(st + (p * 32 + lane) * 16, at.code_lo + p * 32);
-        cp_async<8>(st + (p * 32 + lane) * 16 + 8, at.code_hi + p * 32);
-      }
-      const unsigned short* piece = c == 0 ? at.s_lo : c == 1 ? at.s_hi : c == 2 ? at.z_lo : at.z_hi;
-      cp_async<(P >> GS) * 2>(st + P * 512 + (g * 4 + c) * 8, piece);
-    }
-    cp_async_commit();
-  };
-  // The first R - 1 rounds go out before the activations (they do not depend on them, nor on the kernel before).
-  LOWBIT_PDL_TRIGGER();
-#pragma unroll
-  for (int i = 0; i < R - 1; i++) issue(i);
-  LOWBIT_PDL_WAIT();
-  stage_activations<T, NB, P, kPlain>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
-  __syncthreads();
-
-  const uint4* b_at = Halves<NB>::operand(smem, first, g, c);
-  constexpr int kBStep = NB * 8;
-  const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, kk, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
-  constexpr int kSumStep = NBp / 2;
-  constexpr int kWords = RoundScales<GS>::kWords;
-  int i = 0;
-  int buf = 0;
-  for (int tile = tile0; tile < tiles; tile += tile_step) {
-    float acc[8] = {};
-    for (int r = 0; r < rounds; r++, i++) {
-      // Round i has landed (at most R - 2 newer groups pending) for every lane of the warp; then the stage the warp
-      // read last round takes round i + R - 1.
-      cp_async_wait<R - 2>();
-      __syncwarp();
-      issue(i + R - 1);
-      const unsigned char* st = ring + (i % R) * kStageBytes;
-      const uint4 lo = *reinterpret_cast<const uint4*>(st + P * 512 + g * 32);
-      const uint4 hi = *reinterpret_cast<const uint4*>(st + P * 512 + g * 32 + 16);
-      const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-      RoundScales<GS> use;
-#pragma unroll
-      for (int j = 0; j < kWords; j++) {
-        use.s_lo[j] = words[j];
-        use.s_hi[j] = words[2 + j];
-        use.z_lo[j] = words[4 + j];
-        use.z_hi[j] = words[6 + j];
-      }
-      const uint4* b = b_at + r * P * kBStep;
-      const float4* sm = sum_at + r * P * kSumStep;
-#pragma unroll
-      for (int p = 0; p < P; p++) {
-        const uint4 code = *reinterpret_cast<const uint4*>(st + (p * 32 + lane) * 16);
-        const Unit u{make_uint2(code.x, code.y), make_uint2(code.z, code.w)};
-        unit_products<T, NB>(u, RoundScales<GS>::at(use.s_lo, p), RoundScales<GS>::at(use.z_lo, p),
-                             RoundScales<GS>::at(use.s_hi, p), RoundScales<GS>::at(use.z_hi, p), b + p * kBStep,
-                             sm + p * kSumStep, acc);
-      }
-    }
-    finish_tile<T, NB, false>(red[buf], acc, tid, g, c, warp, tile, n, batch, out, out_stride, nullptr, fusion, splits, split, merges);
-    buf ^= 1;
-  }
-  cp_async_wait<0>();
-}
-
 // The dynamic shared memory a block may opt in to on the current device (227 KB on sm_90), 200 KB if the query fails.
 inline int max_dynamic_shared() {
   static const int bytes = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 200 * 1024);
@@ -1596,22 +1453,6 @@ int launch(const void* x, int64_t xs, const void* p, const void* s, const void* 
                     batch, n, k, fusion);
 }
 
-// int4-mma16-async: 16 rows (plain) with its ring after the activations.
-template <typename T, int GS>
-int launch_async(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
-                 int n, int k, const Fusion& fusion, cudaStream_t st) {
-  constexpr auto kernel = int4_gemv_mma16_async_kernel<T, GS>;
-  const int splits = fusion.splits > 1 ? fusion.splits : 1;
-  if (splits > 1 && (fusion.work == nullptr || fusion.arrivals == nullptr)) return -3;
-  const int smem = shared_bytes(16, split_width(k, splits), kUnitsInFlight) + kRingBytes;
-  if (allow_shared<kernel>(smem) != 0) return -3;
-  const int blocks = split_blocks<kernel>(n, splits, smem);
-  if (blocks == 0) return 0;
-  return launch_pdl(kernel, blocks, kThreads, st, smem, static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p),
-                    static_cast<const unsigned short*>(s), static_cast<const unsigned short*>(z), static_cast<T*>(out), os,
-                    batch, n, k, fusion);
-}
-
 template <typename T, int GS>
 int launch_group(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                  int batch, int n, int k, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
@@ -1651,23 +1492,20 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
 // staging one split's activations, the tile's last split adding the partial sums (Fusion::splits). The kernel
 // selection times it against int4-mma's slices of 8, which read the codes twice as often: at 16 rows q/k/v 24.2 against
 // 33.1 µs, gate/up 39.7 against 58.1, output 11.8 against 17.1 (H100, run 45, no splits).
-// Geometry 13, "int4-mma16-async", the same with its codes through a ring in shared memory (kRingBytes more: K up to
-// 4,096 still in one split).
+// (Session 20 also tried int4-mma16 with its codes and scales through a three-round cp.async ring in shared memory,
+// 125 registers instead of ~245: 4-12 % slower at every shape, runs 46-47, so not bound by bytes in flight; removed,
+// see commit f4bae7e.)
 constexpr int kMaxSplits = 8;
-inline int splits16(int k, bool async = false) {
+inline int splits16(int k) {
   const int quads = k / 256;
-  for (int s = 1; s <= kMaxSplits && s <= quads; s++) {
-    const int width = split_width(k, s);
-    if (async ? shared_bytes(16, width, kUnitsInFlight) + kRingBytes + static_shared(16) <= max_dynamic_shared() : fits(16, width)) return s;
-  }
+  for (int s = 1; s <= kMaxSplits && s <= quads; s++)
+    if (fits(16, split_width(k, s))) return s;
   return 0;
 }
-inline bool supports16(int batch, int k, bool async = false) {
-  return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && splits16(k, async) > 0;
-}
+inline bool supports16(int batch, int k) { return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && splits16(k) > 0; }
 // The fp32 workspace of int4-mma16's K splits at n outputs (0 without splits): a 16 × 16 tile per split and row tile.
-inline int64_t workspace16(int n, int k, bool async = false) {
-  const int s = splits16(k, async);
+inline int64_t workspace16(int n, int k) {
+  const int s = splits16(k);
   return s > 1 ? ((int64_t)n + kRows - 1) / kRows * s * kRows * 16 : 0;
 }
 
@@ -1697,18 +1535,15 @@ int launch_variant(const void* x, int64_t xs, const void* p, const void* s, cons
   });
 }
 
-// int4-mma16 (or -async): slices of 16 rows, a tail of 8 or fewer as int4-mma.
+// int4-mma16: slices of 16 rows, a tail of 8 or fewer as int4-mma.
 template <typename T>
 int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
-                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st,
-                     bool async) {
-  if (!supports16(batch, k, async) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
+                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (!supports16(batch, k) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
   Fusion split = f;
-  split.splits = splits16(k, async);
+  split.splits = splits16(k);
   return over_slices<T>(x, xs, out, os, batch, 16, split, [&](const void* xp, void* op, int rows, const Fusion& sf) {
     if (rows <= 8) return launch_variant<T>(xp, xs, p, s, z, op, os, rows, n, k, group, kPlain, false, sf, st);
-    if (async) return group == 64 ? launch_async<T, 0>(xp, xs, p, s, z, op, os, rows, n, k, sf, st)
-                                  : launch_async<T, 1>(xp, xs, p, s, z, op, os, rows, n, k, sf, st);
     return group == 64 ? launch<T, 16, 0, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st)
                        : launch<T, 16, 1, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st);
   });
@@ -1754,19 +1589,18 @@ inline int mma_fused_rows() {
 
 // `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096), 7 (int4-v2-shared:
 // one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch), 9 (int4-mma), 11
-// (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits) or 13 (int4-mma16-async, the same through a cp.async
-// ring). The fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
+// (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits). The fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
 // compile on first use), int4-mma's for 1-8 (offered up to mma_fused_rows()); the engine asks before it fuses and
 // otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
 #endif
-  if (geometry == 11 || geometry == 13) {
+  if (geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return false;
 #endif
-    return prologue == kPlain && !residual && mma::supports16(batch, k, geometry == 13);
+    return prologue == kPlain && !residual && mma::supports16(batch, k);
   }
   if (geometry == 9) {
 #ifdef LOWBIT_NO_WIDE
@@ -1835,12 +1669,12 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
                  cudaStream_t st) {
   // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
   if ((int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
-  if (geometry == 9 || geometry == 11 || geometry == 13) {
+  if (geometry == 9 || geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return -3;
 #else
     return geometry == 9 ? mma::launch_variant<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st)
-                         : mma::launch_variant16<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st, geometry == 13);
+                         : mma::launch_variant16<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
 #endif
   }
   if (!supports(batch, k)) return -3;
@@ -2648,8 +2482,7 @@ int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int
 // The fp32 workspace (elements) and int32 arrival counters (elements, zero before the launch, left zero) a launch of
 // lowbit_launch_int4_v2_fused at (batch, N, K, geometry) needs: int4-mma16's K splits past K = 4,096; 0 and 0 otherwise.
 int64_t lowbit_v2_int4_workspace(int batch, int n, int k, int geometry) {
-  const bool async = geometry == 13;
-  return (geometry == 11 || async) && mma::supports16(batch, k, async) ? mma::workspace16(n, k, async) : 0;
+  return geometry == 11 && mma::supports16(batch, k) ? mma::workspace16(n, k) : 0;
 }
 int64_t lowbit_v2_int4_arrivals(int batch, int n, int k, int geometry) {
   return lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 ? ((int64_t)n + mma::kRows - 1) / mma::kRows : 0;

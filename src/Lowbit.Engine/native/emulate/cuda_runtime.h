@@ -104,7 +104,6 @@ inline void __threadfence() {}
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline void __syncthreads() { g_block->arrive_and_wait(); }
-inline void __syncwarp() { g_warp[threadIdx.x >> 5]->arrive_and_wait(); }
 inline void emul_launch(int blocks, int threads, std::function<void()> body) {
   gridDim.x = blocks; blockDim.x = threads;
   for (int b = 0; b < blocks; b++) {

@@ -496,14 +496,6 @@ int main() {
   f += lowbit_launch_int4_v2_fused(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 16, 8, 11008, 64, 11, 0, nullptr, 0.f, nullptr, 0,
                                    nullptr, nullptr, nullptr) == -3 ? 0 : 1;   // splits without a workspace: refused
   f += lowbit_v2_int4_fused_supports(0, 8, 4096, 11, 0, 0) == 0 ? 0 : 1;    // 8 rows: int4-mma's
-  // int4-mma16-async (geometry 13): the same through a ring of three rounds in shared memory (cp.async; copied at once
-  // here): several tiles per block (rounds crossing tiles), one round per tile, tail tiles, K splits, a tail of rows.
-  f += lowbit_v2_int4_workspace(16, 100, 4096, 13) == 0 ? 0 : 1;            // K = 4,096 still in one split
-  f += run_fused(16, 37, 4096, 64, 2, 13, 0, false);
-  f += run_fused(20, 19, 2048, 128, 1, 13, 0, false);
-  f += run_fused(16, 9, 256, 64, 1, 13, 0, false);      // one round in all: warps 1-7 have none
-  f += run_fused(32, 21, 11008, 64, 2, 13, 0, false);   // three K splits
-  f += run_fused(11, 45, 5120, 128, 3, 13, 0, false);
   f += lowbit_v2_int4_fused_supports(0, 16, 4096, 11, 1, 0) == 0 ? 0 : 1;   // no fused variants
   f += lowbit_v2_int4_fused_supports(0, 33, 4096, 11, 0, 0) == 0 ? 0 : 1;
   f += run_mma_fp16(1, 35, 4096, 64, 2, 9);
@@ -513,7 +505,6 @@ int main() {
   f += run_mma_fp16(17, 9, 1024, 64, 1, 9);
   f += run_mma_fp16(24, 9, 1024, 128, 1, 11);   // int4-mma16 in fp16: 16 + 8
   f += run_mma_fp16(16, 19, 4608, 64, 2, 11);   // and in K splits (2,304 + 2,304)
-  f += run_mma_fp16(24, 23, 3072, 64, 2, 13);   // int4-mma16-async in fp16: 16 + 8
   // Not taken by int4-mma: 33 rows, a fused variant past 8 rows, K % 256 != 0, fp16 fused, groups other than 64 and
   // 128 (checked at launch).
   f += lowbit_v2_int4_fused_supports(0, 32, 4096, 9, 0, 0) == 1 ? 0 : 1;
