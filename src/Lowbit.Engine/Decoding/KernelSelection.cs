@@ -54,8 +54,9 @@ public enum ProjectionKernel
 
     /// <summary>
     /// <see cref="Int4Mma"/> with 16 activation rows per launch: two tensor-core column sets per A fragment, so the codes
-    /// are read once per 16 rows, not per 8; 9-32 rows, plain only, K in splits past 4,096 (each block stages one split's
-    /// activations, the tile's last split adds the partial sums) (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 11).
+    /// are read once per 16 rows, not per 8; 9-32 rows, plain only, K in splits past 4,096 (each block stages one
+    /// split's activations, the tile's last split adds the partial sums) (<see cref="NativeKernelsV2.Int4LinearX"/> with
+    /// geometry 11).
     /// </summary>
     Int4Mma16,
 }

@@ -889,8 +889,9 @@ constexpr int kUnitsInFlight = 4;
 __host__ __device__ inline int units_per_warp(int k, int p) { return ((k / 64 + kWarps - 1) / kWarps + p - 1) / p * p; }
 
 // The dynamic shared memory of a block: the permuted activations of a group, NB × 4 lane slots of 16 values in T, in
-// two 16-byte halves (Halves), then per (group, column) {off, sum x} as float2 (columns padded to an even count). Sized over units * 8 groups (the measure of
-// supports()'s bound); only the first K / 64 are written and read (rounds past them are skipped).
+// two 16-byte halves (Halves), then per (group, column) {off, sum x} as float2 (columns padded to an even count). Sized
+// over units * 8 groups (the measure of supports()'s bound); only the first K / 64 are written and read (rounds past
+// them are skipped).
 __host__ __device__ constexpr int padded_columns(int nb) { return nb < 2 ? 2 : nb + (nb & 1); }
 // Where a group's lane slot r (column · 4 + lane c) keeps its two halves, in uint4 from the group's start (NB × 8 uint4).
 // From 8 columns the halves are planes: slot r's first half at r, its second at NB · 4 + r, so a warp's 16-byte loads
@@ -1490,8 +1491,8 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
 // 16 rows' activations fit up to K = 4,096 (139 KB; the next K takes room for 96 groups, 228 KB); past that K goes in
 // splits (splits16): a 13B's 5,120 in 2, a 7B's down projection at 11,008 in 3 (3,584 + 3,584 + 3,840), each block
 // staging one split's activations, the tile's last split adding the partial sums (Fusion::splits). The kernel
-// selection times it against int4-mma's slices of 8, which read the codes twice as often: at 16 rows q/k/v 24.2 against
-// 33.1 µs, gate/up 39.7 against 58.1, output 11.8 against 17.1 (H100, run 45, no splits).
+// selection times it against int4-mma's slices of 8, which read the codes twice as often: at 16 rows q/k/v 22.4 against
+// 30.0 µs, gate/up 36.4 against 53.7, output 11.5 against 16.2, down (3 splits) 31.2 against 41.2 (H100, run 47).
 // (Session 20 also tried int4-mma16 with its codes and scales through a three-round cp.async ring in shared memory,
 // 125 registers instead of ~245: 4-12 % slower at every shape, runs 46-47, so not bound by bytes in flight; removed,
 // see commit f4bae7e.)
@@ -1588,10 +1589,10 @@ inline int mma_fused_rows() {
 }
 
 // `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096), 7 (int4-v2-shared:
-// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch), 9 (int4-mma), 11
-// (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits). The fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer instantiations to
-// compile on first use), int4-mma's for 1-8 (offered up to mma_fused_rows()); the engine asks before it fuses and
-// otherwise runs the separate kernels.
+// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch), 9 (int4-mma) or 11
+// (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits). The fused variants (a prologue or the residual add) are
+// built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use), int4-mma's for 1-8 (offered up
+// to mma_fused_rows()); the engine asks before it fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
