@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using Lowbit.Engine.Decoding;
 using Lowbit.Engine.Generation;
@@ -28,7 +29,9 @@ namespace Lowbit.Engine.DevTools;
 /// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// <c>--shards N [--shard-devices cuda:0,cuda:0]</c> splits the fast runs' layers into N pipeline stages (as
 /// <c>serve --shards</c>; eager runs need every stage on one device); each line then lists the split and the allocator's
-/// memory per GPU.
+/// memory per GPU. Unless <c>--fp32-reference false</c> (or a split, or a float32 model), the checkpoint is also loaded
+/// in float32 once and its prefill logits become the reference every bf16 run's prefill logits (the eager run's too) are
+/// measured against: how far each path's rounding takes it from the exact-weights answer, side by side.
 /// </summary>
 internal static class BenchDecodeVerb
 {
@@ -83,6 +86,10 @@ internal static class BenchDecodeVerb
         {
             NativeKernels.ReportOnce(stderr);
         }
+        if (plan is null && dtype != ScalarType.Float32 && Get("--fp32-reference") != "false" && runs.Any(r => !r.Int4))
+        {
+            context.Float32Logits = Float32PrefillLogits(directory, context, stderr);
+        }
         foreach (var run in runs.Where(r => !r.Int4))
         {
             RunOne(model, run, context, "bf16");
@@ -126,6 +133,9 @@ internal static class BenchDecodeVerb
         public required int Layers { get; init; }
 
         public required string Dtype { get; init; }
+
+        /// <summary>Last-position prefill logits of the checkpoint's float32 forward (see the class summary), or null.</summary>
+        public float[]? Float32Logits { get; set; }
 
         /// <summary>The pipeline split of the fast runs (<c>--shards</c>), or null.</summary>
         public ShardPlan? Plan { get; init; }
@@ -191,6 +201,7 @@ internal static class BenchDecodeVerb
             }
             context.Reference = tokens;
             context.ReferenceLogits = EagerPrefillLogits(model, context);
+            prefillLogits = context.ReferenceLogits;
         }
         else
         {
@@ -332,8 +343,61 @@ internal static class BenchDecodeVerb
                 line["prefillLogitMaxAbs"] = Math.Round(refLogits.Max(Math.Abs), 4);
             }
         }
+        if (weights == "bf16" && context.Float32Logits is { } exact && prefillLogits is not null)
+        {
+            // The same prompt through the float32 model: this run's rounding error, comparable across runs (eager included).
+            var errors = exact.Zip(prefillLogits).Select(p => (double)p.First - p.Second).ToArray();
+            line["prefillLogitMaxAbsDiffFp32"] = Math.Round(errors.Max(Math.Abs), 5);
+            line["prefillLogitRmsDiffFp32"] = Math.Round(Math.Sqrt(errors.Average(e => e * e)), 5);
+            line["prefillArgmaxEqualsFp32"] = ArgMax(exact) == ArgMax(prefillLogits);
+        }
         context.Stdout.WriteLine(JsonSerializer.Serialize(line));
         context.Stderr.WriteLine($"bench-decode: {weights} {run.Mode}:{run.Batch} {(rates.Count > 0 ? rates.Max() : 0):F1} tokens/s");
+    }
+
+    /// <summary>
+    /// The prompt's last-position logits from the checkpoint loaded again in float32 on the same device (bf16 weights
+    /// widen exactly), or null with a line on stderr when it does not fit or fails. The float32 model is freed before
+    /// the runs.
+    /// </summary>
+    private static float[]? Float32PrefillLogits(string directory, BenchContext context, TextWriter stderr)
+    {
+        var watch = Stopwatch.StartNew();
+        try
+        {
+            using var exact = ModelLoading.Load(directory, ScalarType.Float32, context.Device);
+            var logits = EagerPrefillLogits(exact, context);
+            stderr.WriteLine($"bench-decode: float32 reference logits in {watch.Elapsed.TotalSeconds:F1} s (max |logit| {logits.Max(Math.Abs):F3})");
+            return logits;
+        }
+        catch (Exception e) when (e is ExternalException or OutOfMemoryException)
+        {
+            stderr.WriteLine($"bench-decode: no float32 reference ({e.Message.Split('\n')[0]}); pass --fp32-reference false to skip it");
+            return null;
+        }
+        finally
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            Synchronize(context.Device);
+            if (context.Device.type == DeviceType.CUDA)
+            {
+                CudaMemory.EmptyCache();
+            }
+        }
+    }
+
+    private static int ArgMax(float[] values)
+    {
+        var best = 0;
+        for (var i = 1; i < values.Length; i++)
+        {
+            if (values[i] > values[best])
+            {
+                best = i;
+            }
+        }
+        return best;
     }
 
     /// <summary>Last-position logits (float32) of the model's own forward over the prompt.</summary>

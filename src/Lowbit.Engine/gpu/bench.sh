@@ -107,14 +107,16 @@ if kernels:
               f"{r.get('fractionOfReference', '')} | {r.get('relativeError', '')} |")
 decode = [r for r in rows if "tokensPerSecond" in r]
 eager = next((r["tokensPerSecond"] for r in decode if r["engine"] == "lowbit" and r.get("mode") == "eager"), None)
-print("\n| engine | mode | weights | batch | layers | tokens/s | x lowbit eager | capture s | greedy = reference | prefill logit max diff |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("\n| engine | mode | weights | batch | layers | tokens/s | x lowbit eager | capture s | greedy = reference | prefill logit max diff | vs fp32: max / rms diff, argmax |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in decode:
     ratio = f"{r['tokensPerSecond'] / eager:.2f}" if eager else ""
     match = f"{r['tokensMatchingReference']}/{r['referenceTokens']}" if "tokensMatchingReference" in r else ""
     diff = f"{r['prefillLogitMaxAbsDiff']} (of {r['prefillLogitMaxAbs']})" if "prefillLogitMaxAbsDiff" in r else ""
+    exact = (f"{r['prefillLogitMaxAbsDiffFp32']} / {r['prefillLogitRmsDiffFp32']}, "
+             f"{'same' if r['prefillArgmaxEqualsFp32'] else 'differs'}") if "prefillLogitMaxAbsDiffFp32" in r else ""
     print(f"| {r['engine']} | {r.get('mode', '')} | {r.get('weights', 'bf16')} | {r.get('batch', 1)} | {r['layers']} | "
-          f"{r['tokensPerSecond']:.1f} | {ratio} | {r.get('captureSeconds', '')} | {match} | {diff} |")
+          f"{r['tokensPerSecond']:.1f} | {ratio} | {r.get('captureSeconds', '')} | {match} | {diff} | {exact} |")
 for r in decode:
     if r["engine"] == "lowbit":
         print(f"\nlowbit 7B load: {r['loadSeconds']} s")
