@@ -183,10 +183,14 @@ for l in open(sys.argv[1]):
     n="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
     [ -n "$n" ] || { echo "no ncu"; exit 0; }
     # NCU_KERNELS (a regex of kernel names) and ROWS pick others: e.g. NCU_KERNELS=int4_gemv_mma_kernel ROWS=16.
+    # Demangled names spell template arguments with their types: 'int4_gemv_mma_kernel<__nv_bfloat16, \(int\)16'.
+    # NCU_ARGS adds options, e.g. '--clock-control none' (the profiler otherwise holds the SM at base clock, 1.45 GHz on
+    # the H100) or '--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' (stall reasons).
+    # shellcheck disable=SC2086
     timeout "${NCU_SECONDS:-500}" "$n" --target-processes all --kernel-name-base demangled -k "regex:${NCU_KERNELS:-int4_gemv_(v2|shared)_kernel}" --launch-count "${1:-16}" \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis ${NCU_ARGS:-} \
       ./run.sh bench-kernels --device cuda --rows "${ROWS:-1}" --groups 64 --iterations 1 > "$OUT/ncu.log" 2>&1
-    echo "ncu rc=$?"; grep -i "ERR_\|_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall" "$OUT/ncu.log" | cut -c1-200 | head -"${NCU_LINES:-120}" ;;
+    echo "ncu rc=$?"; grep -i "ERR_\|_kernel<\|DRAM Throughput\|Memory Throughput\|Registers Per\|Achieved Occupancy\|Theoretical Occupancy\|Block Limit\|Duration\|Stall\|stalled" "$OUT/ncu.log" | cut -c1-200 | head -"${NCU_LINES:-120}" ;;
   *) echo "device-run.sh: unknown mode $mode (check, kernels, decode, attention, variants, fusion, quick, calibrate, finetune, serve, profile, ncu)" >&2; exit 42 ;;
 esac
 date +%T
