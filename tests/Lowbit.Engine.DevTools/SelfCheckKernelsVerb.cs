@@ -162,16 +162,13 @@ internal static class SelfCheckKernelsVerb
             }
             // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row; 9-32: slices of 8
             // rows, one launch each) and int4-mma16 (9-32 rows, 16 per launch; past K = 4,096 in K splits: a 7B's down
-            // projection in 3, a 13B's in 4) and int4-mma16-occ (two blocks per SM: K = 4,096 in 2 splits, 11,008 in 6),
-            // both dtypes.
+            // projection in 3, a 13B's in 4), both dtypes.
             foreach (var (batch, n, k, group, dtype, geometry) in new[]
             {
                 (5, 4093, 4096, 64, bf16, 9), (8, 12288, 4096, 128, bf16, 9), (8, 4096, 11008, 64, bf16, 9), (6, 1001, 11008, 128, ScalarType.Float16, 9),
                 (16, 12288, 4096, 64, bf16, 9), (12, 4096, 11008, 64, bf16, 9), (32, 22016, 4096, 64, bf16, 9), (20, 1001, 4096, 128, ScalarType.Float16, 9),
                 (16, 12288, 4096, 64, bf16, 11), (20, 4093, 4096, 128, bf16, 11), (32, 22016, 4096, 64, bf16, 11), (24, 1001, 4096, 64, ScalarType.Float16, 11),
                 (16, 4096, 11008, 64, bf16, 11), (32, 4093, 11008, 128, bf16, 11), (12, 5120, 13824, 64, ScalarType.Float16, 11),
-                (16, 12288, 4096, 64, bf16, 15), (20, 4093, 4096, 128, bf16, 15), (32, 22016, 4096, 64, bf16, 15), (24, 1001, 4096, 64, ScalarType.Float16, 15),
-                (16, 4096, 11008, 64, bf16, 15), (32, 4093, 11008, 128, bf16, 15),
             })
             {
                 if (!NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
@@ -184,13 +181,13 @@ internal static class SelfCheckKernelsVerb
                 using var packed = Int4Weight.From(q);
                 var x = randn([batch, k + 8], dtype, device).narrow(1, 0, k);
                 var output = full([batch, n], Scalars.Of(double.NaN), dtype, device);
-                var name = $"{geometry switch { 9 => "int4-mma", 11 => "int4-mma16", _ => "int4-mma16-occ" }} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}";
+                var name = $"{(geometry == 9 ? "int4-mma" : "int4-mma16")} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B={batch} N={n} K={k}";
                 // int4-mma16's K splits count arrivals per 16 output rows; the last block of a tile leaves its counter zero.
                 var arrivals = zeros([(n + 15) / 16], ScalarType.Int32, device);
                 try
                 {
                     NativeKernelsV2.Int4LinearX(x, packed, output, geometry, Int4Prologue.None, null, 0, null, arrivals);
-                    if ((geometry == 11 && k > 4096) || (geometry == 15 && k >= 4096))
+                    if (geometry == 11 && k > 4096)
                     {
                         // Again on the same counters: the same bits (the splits add in split order, whichever block arrives
                         // last), and the counters zero after both launches.
@@ -215,23 +212,23 @@ internal static class SelfCheckKernelsVerb
             // Identical activation rows should give identical output rows, bit for bit (a decode batch of one prompt): int4-mma
             // puts the rows in different lanes' tensor-core columns, dequantize + linear in one cuBLAS GEMM. Session 15's
             // int4 graph:8 run saw row 1 of one prompt leave row 0 (tokens 18 and 5 in two runs); this says which kernel.
-            // int4-mma16 at 16 rows, K = 11,008 (three K splits; -occ: six).
+            // int4-mma16 at 16 rows, K = 11,008 (three K splits).
             foreach (var (n, k, kernel) in new[]
             {
                 (4096, 4096, ProjectionKernel.Int4Mma), (4096, 11008, ProjectionKernel.Int4Mma), (4096, 11008, ProjectionKernel.Int4Dequant),
-                (12288, 4096, ProjectionKernel.Int4Dequant), (4096, 11008, ProjectionKernel.Int4Mma16), (4096, 11008, ProjectionKernel.Int4Mma16Occupancy),
+                (12288, 4096, ProjectionKernel.Int4Dequant), (4096, 11008, ProjectionKernel.Int4Mma16),
             })
             {
                 using var scope = NewDisposeScope();
                 var w = randn([n, k], ScalarType.Float32, device) * 0.02;
                 using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = 64 });
                 using var packed = Int4Weight.From(q);
-                var rows = kernel is ProjectionKernel.Int4Mma16 or ProjectionKernel.Int4Mma16Occupancy ? 16 : 8;
+                var rows = kernel == ProjectionKernel.Int4Mma16 ? 16 : 8;
                 var x = randn([1, k], bf16, device).expand(rows, k).contiguous();
                 var output = full([rows, n], Scalars.Of(double.NaN), bf16, device);
-                if (kernel is ProjectionKernel.Int4Mma or ProjectionKernel.Int4Mma16 or ProjectionKernel.Int4Mma16Occupancy)
+                if (kernel is ProjectionKernel.Int4Mma or ProjectionKernel.Int4Mma16)
                 {
-                    var geometry = kernel switch { ProjectionKernel.Int4Mma => 9, ProjectionKernel.Int4Mma16 => 11, _ => 15 };
+                    var geometry = kernel == ProjectionKernel.Int4Mma ? 9 : 11;
                     if (!NativeKernelsV2.Int4XSupports(bf16, rows, k, geometry, Int4Prologue.None, residual: false))
                     {
                         continue;

@@ -24,14 +24,11 @@ public class NativeKernelEmulationTests
         Assert.True(exitCode == 0, $"exit {exitCode}: {stdout} {stderr}");
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(22, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal) && !l.StartsWith("fused ", StringComparison.Ordinal)));
-        Assert.Equal(52, lines.Count(l => l.StartsWith("fused ", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(51, lines.Count(l => l.StartsWith("fused ", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
         Assert.Equal(26, lines.Count(l => l.Contains(" geometry 9", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
         Assert.Equal(5, lines.Count(l => l.Contains(" geometry 11", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
         // int4-mma16 past K = 4,096 in K splits (4,352, 11,008, 5,120 in bf16; 4,608 in fp16): right, and every tile's counter reset.
         Assert.Equal(4, lines.Count(l => l.Contains(" geometry 11", StringComparison.Ordinal) && l.EndsWith("padding untouched 1, K splits, counters left zero", StringComparison.Ordinal)));
-        // int4-mma16-occ (two blocks per SM): K = 2,048 in one split; 4,096 in two and 11,008 in six (bf16), 4,096 in fp16.
-        Assert.Equal(1, lines.Count(l => l.Contains(" geometry 15", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
-        Assert.Equal(4, lines.Count(l => l.Contains(" geometry 15", StringComparison.Ordinal) && l.EndsWith("padding untouched 1, K splits, counters left zero", StringComparison.Ordinal)));
         Assert.Equal(2, lines.Count(l => l.StartsWith("rope_kv ", StringComparison.Ordinal) && l.Contains(": 0 wrong", StringComparison.Ordinal)));
         Assert.Equal(3, lines.Count(l => l.StartsWith("dequantize ", StringComparison.Ordinal) && l.Contains(": 0 of ", StringComparison.Ordinal)));
         Assert.Equal(8, lines.Count(l => l.StartsWith("attention ", StringComparison.Ordinal) && l.EndsWith("all written 1; fused RoPE: 0 elements differ", StringComparison.Ordinal)));

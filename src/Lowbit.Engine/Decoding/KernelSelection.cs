@@ -59,12 +59,6 @@ public enum ProjectionKernel
     /// geometry 11).
     /// </summary>
     Int4Mma16,
-
-    /// <summary>
-    /// <see cref="Int4Mma16"/> at two blocks per SM (128 registers, 16 warps per SM instead of 8), K in splits of at most
-    /// 2,048 so two blocks' activations fit (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 15).
-    /// </summary>
-    Int4Mma16Occupancy,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -268,7 +262,6 @@ public static class KernelSelector
         ProjectionKernel.Int4Mma => "int4-mma",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         ProjectionKernel.Int4Mma16 => "int4-mma16",
-        ProjectionKernel.Int4Mma16Occupancy => "int4-mma16-occ",
         _ => kernel.ToString(),
     };
 

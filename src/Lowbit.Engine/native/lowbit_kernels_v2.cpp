@@ -70,8 +70,7 @@ int guarded(F f) {
 // The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
 // lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
 // fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null; arrivals: int32 [≥ N / 16 rounded up], zero
-// (left zero), on the weight's device, for the launches with K splits (int4-mma16 past K = 4,096, int4-mma16-occ from
-// 4,096), else may be null.
+// (left zero), on the weight's device, for the launches with K splits (int4-mma16 past K = 4,096), else may be null.
 void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry, int prologue,
                  void* norm_w, double eps, void* residual, void* arrivals) {
   auto& xt = T(x);
@@ -89,8 +88,8 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
   TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
   TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
-  // The tensor-core geometries (9: 1-32 rows; 11 and 15: 9-32) take K % 256 == 0 (lowbit_v2_int4_fused_supports, below); the others:
-  const bool tensor_cores = geometry == 9 || geometry == 11 || geometry == 15;
+  // The tensor-core geometries (9: 1-32 rows; 11: 9-32) take K % 256 == 0 (lowbit_v2_int4_fused_supports, below); the others:
+  const bool tensor_cores = geometry == 9 || geometry == 11;
   TORCH_CHECK(tensor_cores || (xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
               && lowbit_v2_int4_supports((int)xt.size(0), (int)k)), "int4 v2: batch ", xt.size(0), " at K=", k,
               " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");

@@ -1259,10 +1259,9 @@ __device__ __forceinline__ void finish_tile(float (&red)[kWarps][kRows * NB], co
 }
 
 // NB = 16 holds its 16 × K activations in shared memory (139 KB at K = 4,096): one block per SM, so it may use the
-// registers of two; MB = 2 (int4-mma16-occ) bounds it to 128 registers and takes K in splits small enough for two
-// blocks per SM (16 warps, not 8).
-template <typename T, int NB, int GS, int PRO, bool RES, int MB = (NB == 16 ? 1 : 2)>
-__global__ void __launch_bounds__(kThreads, MB) int4_gemv_mma_kernel(
+// registers of two.
+template <typename T, int NB, int GS, int PRO, bool RES>
+__global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kernel(
     const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
     const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
     int64_t out_stride, int batch, int n, int k, Fusion fusion) {
@@ -1381,11 +1380,6 @@ constexpr int static_shared(int columns) { return columns <= 8 ? 16 * 1024 : 24 
 // The widest of `splits` K splits in whole quads of 256 codes (K itself for one).
 inline int split_width(int k, int splits) { return splits <= 1 ? k : (k / 256 + splits - 1) / splits * 256; }
 inline bool fits(int columns, int k) { return shared_bytes(columns, k, kUnitsInFlight) + static_shared(columns) <= max_dynamic_shared(); }
-// Whether two blocks of `columns` over K fit one SM's shared memory (the opt-in limit is one block's share of it, less
-// the driver's 1 KB per block).
-inline bool fits_two(int columns, int k) {
-  return 2 * (shared_bytes(columns, k, kUnitsInFlight) + static_shared(columns) + 1024) <= max_dynamic_shared() + 1024;
-}
 // The rows per launch for `batch` rows: columns_for(batch) up to 8, halved until the activations fit; 0 if one row's
 // do not.
 inline int rows_per_launch(int batch, int k) {
@@ -1445,10 +1439,10 @@ int split_blocks(int n, int splits, int smem) {
   return blocks < splits ? splits : blocks / splits * splits;
 }
 
-template <typename T, int NB, int GS, int PRO, bool RES, int MB = (NB == 16 ? 1 : 2)>
+template <typename T, int NB, int GS, int PRO, bool RES>
 int launch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
            int n, int k, const Fusion& fusion, cudaStream_t st) {
-  constexpr auto kernel = int4_gemv_mma_kernel<T, NB, GS, PRO, RES, MB>;
+  constexpr auto kernel = int4_gemv_mma_kernel<T, NB, GS, PRO, RES>;
   const int splits = NB == 16 && fusion.splits > 1 ? fusion.splits : 1;
   if (splits > 1 && (fusion.work == nullptr || fusion.arrivals == nullptr)) return -3;
   const int smem = shared_bytes(NB, split_width(k, splits), kUnitsInFlight);
@@ -1501,27 +1495,22 @@ int launch_group(const void* x, int64_t xs, const void* p, const void* s, const 
 // 30.0 µs, gate/up 36.4 against 53.7, output 11.5 against 16.2, down (3 splits) 31.2 against 41.2 (H100, run 47).
 // (Session 20 also tried int4-mma16 with its codes and scales through a three-round cp.async ring in shared memory,
 // 125 registers instead of ~245: 4-12 % slower at every shape, runs 46-47, so not bound by bytes in flight; removed,
-// see commit f4bae7e.)
-//
-// Geometry 15, "int4-mma16-occ" (session 21): the same kernel at two blocks per SM. Nsight Compute on int4-mma16 at 16
-// rows (q/k/v, H100, run 50): 254 registers and 139 KB of shared memory, one block (8 warps) per SM, a warp issuing
-// once per 6 cycles (two warps per scheduler: a third of the issue slots), DRAM at 29 % of peak, its time following
-// the SM clock (31 µs at the profiler's 1.45 GHz, 22.4 at 1.98): bound by the latency of each warp's dependent
-// instructions, with too few warps to hide it. Bounded at 128 registers (nvcc 11.8: no spills at g64), with K in splits
-// of at most 2,048 so two blocks' activations fit (K = 4,096 in 2, 11,008 in 6): 16 warps per SM.
+// see commit f4bae7e. Nsight Compute, run 50: one block of 8 warps per SM, a warp issuing once per 6 cycles, DRAM at
+// 29 %, the time following the SM clock. Session 21 then ran it at two blocks per SM, 128 registers, K in splits of at
+// most 2,048 so two blocks' activations fit (int4-mma16-occ, commit c369daa): 14-50 % slower at q/k/v, gate/up, output
+// and lm_head, level at the down projection (run 52), so more warps with fewer registers and twice the splits lose
+// to the 8 warps' own instruction-level parallelism; removed.)
 constexpr int kMaxSplits = 8;
-inline int splits16(int k, bool two = false) {
+inline int splits16(int k) {
   const int quads = k / 256;
   for (int s = 1; s <= kMaxSplits && s <= quads; s++)
-    if (two ? fits_two(16, split_width(k, s)) : fits(16, split_width(k, s))) return s;
+    if (fits(16, split_width(k, s))) return s;
   return 0;
 }
-inline bool supports16(int batch, int k, bool two = false) {
-  return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && splits16(k, two) > 0;
-}
+inline bool supports16(int batch, int k) { return batch > 8 && batch <= kMaxBatch && k % 256 == 0 && splits16(k) > 0; }
 // The fp32 workspace of int4-mma16's K splits at n outputs (0 without splits): a 16 × 16 tile per split and row tile.
-inline int64_t workspace16(int n, int k, bool two = false) {
-  const int s = splits16(k, two);
+inline int64_t workspace16(int n, int k) {
+  const int s = splits16(k);
   return s > 1 ? ((int64_t)n + kRows - 1) / kRows * s * kRows * 16 : 0;
 }
 
@@ -1551,20 +1540,15 @@ int launch_variant(const void* x, int64_t xs, const void* p, const void* s, cons
   });
 }
 
-// int4-mma16 (two: int4-mma16-occ): slices of 16 rows, a tail of 8 or fewer as int4-mma.
+// int4-mma16: slices of 16 rows, a tail of 8 or fewer as int4-mma.
 template <typename T>
 int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
-                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st,
-                     bool two) {
-  if (!supports16(batch, k, two) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
+                     int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
+  if (!supports16(batch, k) || prologue != kPlain || residual || (group != 64 && group != 128)) return -3;
   Fusion split = f;
-  split.splits = splits16(k, two);
+  split.splits = splits16(k);
   return over_slices<T>(x, xs, out, os, batch, 16, split, [&](const void* xp, void* op, int rows, const Fusion& sf) {
     if (rows <= 8) return launch_variant<T>(xp, xs, p, s, z, op, os, rows, n, k, group, kPlain, false, sf, st);
-    if (two) {
-      return group == 64 ? launch<T, 16, 0, kPlain, false, 2>(xp, xs, p, s, z, op, os, rows, n, k, sf, st)
-                         : launch<T, 16, 1, kPlain, false, 2>(xp, xs, p, s, z, op, os, rows, n, k, sf, st);
-    }
     return group == 64 ? launch<T, 16, 0, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st)
                        : launch<T, 16, 1, kPlain, false>(xp, xs, p, s, z, op, os, rows, n, k, sf, st);
   });
@@ -1609,20 +1593,19 @@ inline int mma_fused_rows() {
 }
 
 // `geometry` 1 (int4-v2), 3 (int4-v2-wide, K % 32 == 0), 5 (int4-v2-occ, one row, K <= 4096), 7 (int4-v2-shared:
-// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch), 9 (int4-mma), 11
-// (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits) or 15 (int4-mma16-occ: two blocks per SM, K in splits
-// from 4,096). The fused variants (a prologue or the residual add) are built for bfloat16 and 1-2 rows only (fewer
-// instantiations to compile on first use), int4-mma's for 1-8 (offered up to mma_fused_rows()); the engine asks before
-// it fuses and otherwise runs the separate kernels.
+// one row at K <= 12288 or two at K <= 4096, K % 64 == 0, group % 64 == 0: checked at launch), 9 (int4-mma) or 11
+// (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits). The fused variants (a prologue or the residual add) are
+// built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use), int4-mma's for 1-8 (offered up
+// to mma_fused_rows()); the engine asks before it fuses and otherwise runs the separate kernels.
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7) return false;
 #endif
-  if (geometry == 11 || geometry == 15) {
+  if (geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return false;
 #endif
-    return prologue == kPlain && !residual && mma::supports16(batch, k, geometry == 15);
+    return prologue == kPlain && !residual && mma::supports16(batch, k);
   }
   if (geometry == 9) {
 #ifdef LOWBIT_NO_WIDE
@@ -1691,12 +1674,12 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
                  cudaStream_t st) {
   // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
   if ((int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
-  if (geometry == 9 || geometry == 11 || geometry == 15) {
+  if (geometry == 9 || geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return -3;
 #else
     return geometry == 9 ? mma::launch_variant<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st)
-                         : mma::launch_variant16<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st, geometry == 15);
+                         : mma::launch_variant16<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
 #endif
   }
   if (!supports(batch, k)) return -3;
@@ -2502,11 +2485,9 @@ int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int
 }
 
 // The fp32 workspace (elements) and int32 arrival counters (elements, zero before the launch, left zero) a launch of
-// lowbit_launch_int4_v2_fused at (batch, N, K, geometry) needs: int4-mma16's K splits past K = 4,096 (int4-mma16-occ's
-// from 4,096); 0 and 0 otherwise.
+// lowbit_launch_int4_v2_fused at (batch, N, K, geometry) needs: int4-mma16's K splits past K = 4,096; 0 and 0 otherwise.
 int64_t lowbit_v2_int4_workspace(int batch, int n, int k, int geometry) {
-  const bool two = geometry == 15;
-  return (geometry == 11 || two) && mma::supports16(batch, k, two) ? mma::workspace16(n, k, two) : 0;
+  return geometry == 11 && mma::supports16(batch, k) ? mma::workspace16(n, k) : 0;
 }
 int64_t lowbit_v2_int4_arrivals(int batch, int n, int k, int geometry) {
   return lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 ? ((int64_t)n + mma::kRows - 1) / mma::kRows : 0;

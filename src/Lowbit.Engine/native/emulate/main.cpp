@@ -505,17 +505,6 @@ int main() {
   f += run_mma_fp16(17, 9, 1024, 64, 1, 9);
   f += run_mma_fp16(24, 9, 1024, 128, 1, 11);   // int4-mma16 in fp16: 16 + 8
   f += run_mma_fp16(16, 19, 4608, 64, 2, 11);   // and in K splits (2,304 + 2,304)
-  // int4-mma16-occ (geometry 15): int4-mma16 at two blocks per SM, so K in splits of at most 2,048 (a 7B's 4,096 in 2,
-  // its down projection's 11,008 in 6 of 7-8 quads); up to 2,048 in one.
-  f += lowbit_v2_int4_workspace(16, 100, 4096, 15) == 7 * 2 * 256 ? 0 : 1;
-  f += lowbit_v2_int4_workspace(16, 4096, 11008, 15) == 256 * 6 * 256 ? 0 : 1;
-  f += lowbit_v2_int4_workspace(16, 100, 2048, 15) == 0 ? 0 : 1;
-  f += lowbit_v2_int4_fused_supports(0, 16, 4096, 15, 1, 0) == 0 ? 0 : 1;   // no fused variants
-  f += run_fused(16, 37, 4096, 64, 2, 15, 0, false);
-  f += run_fused(20, 19, 2048, 128, 1, 15, 0, false);   // one split, 16 + 4
-  f += run_fused(32, 21, 11008, 64, 2, 15, 0, false);   // six splits, 16 + 16
-  f += run_fused(11, 45, 4096, 128, 3, 15, 0, false);
-  f += run_mma_fp16(24, 23, 4096, 64, 2, 15);   // fp16, in K splits: 16 + 8
   // Not taken by int4-mma: 33 rows, a fused variant past 8 rows, K % 256 != 0, fp16 fused, groups other than 64 and
   // 128 (checked at launch).
   f += lowbit_v2_int4_fused_supports(0, 32, 4096, 9, 0, 0) == 1 ? 0 : 1;
