@@ -66,26 +66,34 @@ public static class ThroughputModel
     /// <summary>
     /// The fastest a runtime reads (and dequantizes) packed weights in a one-row decode step, bytes per second per
     /// device, or infinity where its packed kernels are taken at the bandwidth (vLLM's Marlin, llama.cpp's). lowbit:
-    /// 1.25 TB/s, its int4 GEMV (v2) being short of the memory's bandwidth: read cold, one row, it moves 1.27-2.04 TB/s
-    /// on the H100 depending on the shape (bench-kernels, session 12 run 19), and the 7B int4 g64 decodes 304.8-309.8
-    /// tokens/s at batch 1 there (runs 14, 19, 20), which 1.25 reproduces with the step's other costs. Devices with less
-    /// usable bandwidth than that are taken as bandwidth bound.
+    /// 2.25 TB/s, from the 7B int4 g64 at batch 1 on the H100 (486.0 tokens/s, session 21 run 52: 1.62 ms of the 2.06 ms
+    /// step for 3.64 GB of codes, scales and zeros beside the step's other costs), which is above the H100's usable
+    /// bandwidth here (65 % of 3.35 TB/s), so there it is bandwidth bound. The one-row int4 GEMVs are bound by their
+    /// instructions, not their bytes (docs/gpu.md, Nsight Compute run 50), so a faster memory does not speed them up
+    /// beyond it: the H200 decoded int4 batch 1 at 436.4 (run 25) where the H100 of those kernels did 471-486.
     /// </summary>
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
-        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 1.25e12 : double.PositiveInfinity;
+        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 2.25e12 : double.PositiveInfinity;
 
     /// <summary>
-    /// The most decode rows lowbit's packed GEMVs serve (int4 v2: 1-4 rows); more rows dequantize each projection to
-    /// 16 bits (lowbit_kernels_v2.cu, int4_dequantize) and multiply with cuBLAS, which measured faster at 8 and 16 rows.
+    /// The most decode rows lowbit's packed GEMVs serve: int4-mma takes 1-8 rows per launch on the tensor cores and
+    /// int4-mma16 16 (9-32 rows in slices of 16, each reading the codes); more rows dequantize each projection to 16 bits
+    /// (lowbit_kernels_v2.cu, int4_dequantize) and multiply with cuBLAS.
     /// </summary>
-    public const int LowbitPackedGemvRows = 4;
+    public const int LowbitPackedGemvRows = 32;
 
     /// <summary>
-    /// Time of a packed GEMV step at <paramref name="rows"/> rows relative to one row: every activation row adds work per
-    /// weight to an instruction-bound kernel, 30 % each (H200 kernel selection, int4 v2 12,288 × 4,096: 14.5, 18.9 and
-    /// 27.1 µs at 1, 2 and 4 rows; 22,016 × 4,096: 25.2, 33.5, 46.0).
+    /// Time of a packed GEMV step at <paramref name="rows"/> rows relative to one row: one launch per 16 rows, each
+    /// reading all the codes (the 1), plus a quarter of that per doubling of its rows (the tensor-core products and the
+    /// activations each block stages). Fitted to the 7B int4 g64 on the H100 (run 52: 486.0 / 728.8 / 1,096.7 / 2,019.0 /
+    /// 2,980.8 / 3,302.2 tokens/s at 1 / 2 / 4 / 8 / 16 / 32 rows, all within 11 % with the step's other costs).
     /// </summary>
-    public static double PackedRowsFactor(int rows) => 1.0 + (0.3 * (Math.Max(1, rows) - 1));
+    public static double PackedRowsFactor(int rows)
+    {
+        var launches = (Math.Max(1, rows) + 15) / 16;
+        var perLaunch = Math.Min(Math.Max(1, rows), 16);
+        return launches * (1.0 + (0.25 * Math.Log2(perLaunch)));
+    }
 
     /// <summary>
     /// A pipeline boundary's cost per decode step, seconds: the hidden states of the batch handed to the next stage and
