@@ -76,6 +76,13 @@ public static class ThroughputModel
         runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 2.25e12 : double.PositiveInfinity;
 
     /// <summary>
+    /// Whether lowbit's decode step runs these weights through its packed int4 GEMVs: grouped int4 with groups of a
+    /// multiple of 32 (Int4Weight.IsEligible in the engine). Its other quantized layers (int8, int3, int2, NF4, ...) stay
+    /// packed in memory and are dequantized per call, then multiplied by cuBLAS.
+    /// </summary>
+    public static bool LowbitPackedGemv(WeightFormat weights) => weights.Name == "int4" && weights.GroupSize % 32 == 0;
+
+    /// <summary>
     /// The most decode rows lowbit's packed GEMVs serve: int4-mma takes 1-8 rows per launch on the tensor cores and
     /// int4-mma16 16 (9-32 rows in slices of 16, each reading the codes); more rows dequantize each projection to 16 bits
     /// (lowbit_kernels_v2.cu, int4_dequantize) and multiply with cuBLAS.
@@ -212,7 +219,7 @@ public static class ThroughputModel
             var dense = MemoryEstimator.WeightBytes(p, w.Weights).Bytes - ((double)p.BlockLinear * w.Weights.LinearBitsPerWeight / 8);
             var packed = weights - dense;
             var linearWeights = packed * 8 / w.Weights.LinearBitsPerWeight;
-            weightTime = w.Concurrency <= LowbitPackedGemvRows
+            weightTime = LowbitPackedGemv(w.Weights) && w.Concurrency <= LowbitPackedGemvRows
                 // The packed GEMVs, slower per row added; the 16-bit embedding and head at the bandwidth.
                 ? (packed * PackedRowsFactor(w.Concurrency) / Math.Min(bandwidth, PackedWeightBytesPerSecond(w.Runtime, w.Weights))) + (dense / bandwidth)
                 // Dequantize (read packed, write 16-bit), then cuBLAS reads the 16-bit weight: 4 bytes per weight more.
