@@ -69,8 +69,9 @@ public static class ThroughputModel
     /// 2.25 TB/s, from the 7B int4 g64 at batch 1 on the H100 (486.0 tokens/s, session 21 run 52: 1.62 ms of the 2.06 ms
     /// step for 3.64 GB of codes, scales and zeros beside the step's other costs), which is above the H100's usable
     /// bandwidth here (65 % of 3.35 TB/s), so there it is bandwidth bound. The one-row int4 GEMVs are bound by their
-    /// instructions, not their bytes (docs/gpu.md, Nsight Compute run 50), so a faster memory does not speed them up
-    /// beyond it: the H200 decoded int4 batch 1 at 436.4 (run 25) where the H100 of those kernels did 471-486.
+    /// instructions, not their bytes (docs/gpu.md, Nsight Compute run 50), so a faster memory is taken not to speed them
+    /// up beyond it. Inferred, not yet measured on this engine: the H200's one int4 batch-1 figure (436.4 tokens/s, run
+    /// 25) is of session 15's engine, the H100's 471-486 of sessions 19-21's.
     /// </summary>
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
         runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 2.25e12 : double.PositiveInfinity;

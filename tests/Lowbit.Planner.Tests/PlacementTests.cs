@@ -180,9 +180,8 @@ public sealed class PlacementTests
             return ThroughputModel.Estimate(model, model.Parameters, w, GpuCatalog.Default.Find(gpu)!, 1, 1).TokensPerSecond;
         }
         // H200: 4.8 TB/s × 65% = 3.1 TB/s, above the int4 GEMVs' 2.25 TB/s: going from the H100 (3.35 TB/s × 65% = 2.2,
-        // about the cap) to the H200 speeds bf16 up by about the bandwidths' ratio but int4 hardly at all (the H200 decoded
-        // int4 batch 1 at 436.4 tokens/s in run 25, the H100 471-486 with the same kernels). vLLM's Marlin kernels are
-        // taken at the bandwidth.
+        // about the cap) to the H200 speeds bf16 up by about the bandwidths' ratio but int4 hardly at all (its one-row
+        // GEMVs are instruction-bound: docs/gpu.md, run 50). vLLM's Marlin kernels are taken at the bandwidth.
         var bf16Gain = Speed("h200-141gb", ServingRuntime.Lowbit, "bf16") / Speed("h100-80gb", ServingRuntime.Lowbit, "bf16");
         var int4Gain = Speed("h200-141gb", ServingRuntime.Lowbit, "int4") / Speed("h100-80gb", ServingRuntime.Lowbit, "int4");
         Assert.True(bf16Gain > 1.3 && int4Gain < 1.15, $"H200 over H100: bf16 {bf16Gain:F2}x, int4 {int4Gain:F2}x");
