@@ -74,7 +74,7 @@ public static class ThroughputModel
     /// 25) is of session 15's engine, the H100's 471-486 of sessions 19-21's.
     /// </summary>
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
-        runtime == ServingRuntime.Lowbit && weights.LinearBitsPerWeight < 16 ? 2.25e12 : double.PositiveInfinity;
+        runtime == ServingRuntime.Lowbit && LowbitPackedGemv(weights) ? 2.25e12 : double.PositiveInfinity;
 
     /// <summary>
     /// Whether lowbit's decode step runs these weights through its packed int4 GEMVs: grouped int4 with groups of a
@@ -98,9 +98,8 @@ public static class ThroughputModel
     /// </summary>
     public static double PackedRowsFactor(int rows)
     {
-        var launches = (Math.Max(1, rows) + 15) / 16;
-        var perLaunch = Math.Min(Math.Max(1, rows), 16);
-        return launches * (1.0 + (0.25 * Math.Log2(perLaunch)));
+        var r = Math.Max(1, rows);
+        return ((r + 15) / 16) * (1.0 + (0.25 * Math.Log2(Math.Min(r, 16))));
     }
 
     /// <summary>

@@ -1182,20 +1182,13 @@ __device__ __forceinline__ void unit_mma(float (&d)[4], const Fragments& f, cons
 template <bool SECOND, bool FOLD, int N>
 __device__ __forceinline__ void add_scaled(float (&acc)[N], int o, const float (&d)[4], float4 sm, float s0, float z0,
                                            float s1, float z1) {
-  if constexpr (FOLD) {
-    acc[o] = fmaf(s0, fmaf(-z0, sm.y, d[0]), acc[o]);
-    acc[o + 2] = fmaf(s1, fmaf(-z1, sm.y, d[2]), acc[o + 2]);
-    if constexpr (SECOND) {
-      acc[o + 1] = fmaf(s0, fmaf(-z0, sm.w, d[1]), acc[o + 1]);
-      acc[o + 3] = fmaf(s1, fmaf(-z1, sm.w, d[3]), acc[o + 3]);
-    }
-  } else {
-    acc[o] = fmaf(s0, fmaf(-z0, sm.y, d[0] - sm.x), acc[o]);
-    acc[o + 2] = fmaf(s1, fmaf(-z1, sm.y, d[2] - sm.x), acc[o + 2]);
-    if constexpr (SECOND) {
-      acc[o + 1] = fmaf(s0, fmaf(-z0, sm.w, d[1] - sm.z), acc[o + 1]);
-      acc[o + 3] = fmaf(s1, fmaf(-z1, sm.w, d[3] - sm.z), acc[o + 3]);
-    }
+  const float off0 = FOLD ? 0.f : sm.x;   // d - 0.f folds away: FOLD's one FMA per product
+  const float off1 = FOLD ? 0.f : sm.z;
+  acc[o] = fmaf(s0, fmaf(-z0, sm.y, d[0] - off0), acc[o]);
+  acc[o + 2] = fmaf(s1, fmaf(-z1, sm.y, d[2] - off0), acc[o + 2]);
+  if constexpr (SECOND) {
+    acc[o + 1] = fmaf(s0, fmaf(-z0, sm.w, d[1] - off1), acc[o + 1]);
+    acc[o + 3] = fmaf(s1, fmaf(-z1, sm.w, d[3] - off1), acc[o + 3]);
   }
 }
 
