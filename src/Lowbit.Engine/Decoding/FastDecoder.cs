@@ -1163,11 +1163,14 @@ public sealed class FastDecoder : IDisposable
             var nextFuses = Fuses(i + 1);
             if (fuses)
             {
-                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
+                // Each GEMV prefetches the next one's first weights into L2 as it ends (NativeKernelsV2.L2PrefetchEnv);
+                // the q/k/v GEMV the output projection's, which arrive while the attention runs.
+                var after = i + 1 < stage.End ? _layers[i + 1].Qkv : stage.IsLast ? _lmHead : null;
+                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null, layer.O) ?? throw Unfused(i, "q/k/v");
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
                 Mark("attention");
-                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
+                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual, layer.GateUp) ?? throw Unfused(i, "output");
                 Mark("output");
                 // SiLU·mul in the gate/up GEMV's epilogue (its tiles pair gate row i with up row i) where its kernel has
                 // one, the down GEMV then reading the activations as they are. Else, at one row, in the down GEMV's
@@ -1177,14 +1180,14 @@ public sealed class FastDecoder : IDisposable
                 var epilogue = _gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
                     && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
                 var separate = !epilogue && rows > SiluInDownMaxRows && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
-                var gateUp = layer.GateUp.RunFused(mid, _kernels, epilogue ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, layer.PostNorm, eps, null)
+                var gateUp = layer.GateUp.RunFused(mid, _kernels, epilogue ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, layer.PostNorm, eps, null, layer.Down)
                     ?? throw Unfused(i, "gate/up");
                 if (separate)
                 {
                     gateUp = SiluMul(gateUp);
                 }
                 Mark("gate/up");
-                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue || separate ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down"))
+                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue || separate ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid, after) ?? throw Unfused(i, "down"))
                     .MoveToOuterDisposeScope();
                 Mark("down");
                 normed = null;

@@ -48,11 +48,13 @@ public abstract class Projection : IDisposable
     /// <paramref name="residual"/> when given, in one kernel; null when the kernel chosen for these rows has no such
     /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings).
     /// </summary>
-    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    /// <paramref name="next"/>: the projection the step runs after this one, whose weights' first bytes the kernel
+    /// prefetches into L2 as it ends (<see cref="NativeKernelsV2.L2PrefetchEnv"/>; a hint, the output never depends on it).
+    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Projection? next = null)
     {
         if (!kernels.EmulateFusion)
         {
-            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual);
+            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual, next);
         }
         var input = prologue switch
         {
@@ -76,7 +78,13 @@ public abstract class Projection : IDisposable
         kernels.EmulateFusion ? 1 : NativeFusedVariant(rows, dtype, kernels, prologue, residual);
 
     /// <summary>The native fused kernel's run (<see cref="RunFused"/>); null when there is none for these rows.</summary>
-    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
+    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Projection? next) => null;
+
+    /// <summary>
+    /// The weight tensors a kernel before this projection may prefetch into L2 (<see cref="RunFused"/>'s <c>next</c>): an
+    /// int4 weight's codes, scales and zeros, or a dense weight; empty when there is nothing to prefetch.
+    /// </summary>
+    public virtual IReadOnlyList<Tensor> PrefetchWeights => [];
 
     /// <summary>The native fused kernel's geometry for these rows (<see cref="FusedVariant"/>), or 0.</summary>
     protected virtual int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
@@ -149,6 +157,8 @@ public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
     public Tensor Weight { get; } = weight;
 
     public override long OutFeatures => Weight.shape[0];
+
+    public override IReadOnlyList<Tensor> PrefetchWeights => Weight.device_type == DeviceType.CUDA && Weight.is_contiguous() ? [Weight] : [];
 
     public override ProjectionShape Shape => _shape ??= new ProjectionShape { Weight = ProjectionWeight.Dense, OutFeatures = Weight.shape[0], InFeatures = Weight.shape[1] };
 
@@ -238,6 +248,8 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override long OutFeatures => Weight.OutFeatures;
 
+    public override IReadOnlyList<Tensor> PrefetchWeights => Weight.Packed.device_type == DeviceType.CUDA ? [Weight.Packed, Weight.Scales, Weight.Zeros] : [];
+
     public override ProjectionShape Shape => _shape ??= new ProjectionShape
     {
         Weight = ProjectionWeight.Int4, OutFeatures = Weight.OutFeatures, InFeatures = Weight.InFeatures, GroupSize = Weight.GroupSize,
@@ -321,7 +333,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
-    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Projection? next)
     {
         var rows = x.shape[0];
         var geometry = NativeFusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
@@ -330,7 +342,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             return null;
         }
         var output = empty([rows, prologue == Int4Prologue.RmsNormSiluMul ? Weight.OutFeatures / 2 : Weight.OutFeatures], x.dtype, x.device);
-        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, _arrivals);
+        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, _arrivals, next?.PrefetchWeights);
         return output;
     }
 
