@@ -1161,11 +1161,12 @@ public sealed class FastDecoder : IDisposable
             using var layerScope = NewDisposeScope();
             var layer = _layers[i];
             var nextFuses = Fuses(i + 1);
+            // Each int4 GEMV prefetches the next one's first weights into L2 as it ends (NativeKernelsV2.L2PrefetchEnv):
+            // the q/k/v GEMV the output projection's, which arrive while the attention runs; the others' during the
+            // launches and separate kernels between them.
+            var after = i + 1 < stage.End ? _layers[i + 1].Qkv : stage.IsLast ? _lmHead : null;
             if (fuses)
             {
-                // Each GEMV prefetches the next one's first weights into L2 as it ends (NativeKernelsV2.L2PrefetchEnv);
-                // the q/k/v GEMV the output projection's, which arrive while the attention runs.
-                var after = i + 1 < stage.End ? _layers[i + 1].Qkv : stage.IsLast ? _lmHead : null;
                 var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null, layer.O) ?? throw Unfused(i, "q/k/v");
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
@@ -1194,15 +1195,15 @@ public sealed class FastDecoder : IDisposable
             }
             else
             {
-                var qkv = layer.Qkv.Forward(normed ?? RmsNorm(residual, null, layer.InputNorm, out _), _kernels);
+                var qkv = layer.Qkv.Forward(normed ?? RmsNorm(residual, null, layer.InputNorm, out _), _kernels, layer.O);
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
                 Mark("attention");
-                var postNormed = RmsNorm(layer.O.Forward(attended, _kernels), residual, layer.PostNorm, out var mid);
+                var postNormed = RmsNorm(layer.O.Forward(attended, _kernels, layer.GateUp), residual, layer.PostNorm, out var mid);
                 Mark("output");
-                var activated = SiluMul(layer.GateUp.Forward(postNormed, _kernels));
+                var activated = SiluMul(layer.GateUp.Forward(postNormed, _kernels, layer.Down));
                 Mark("gate/up");
-                var down = layer.Down.Forward(activated, _kernels);
+                var down = layer.Down.Forward(activated, _kernels, after);
                 Mark("down");
                 if (nextFuses || i + 1 == stage.End && !stage.IsLast)
                 {

@@ -34,6 +34,12 @@ public abstract class Projection : IDisposable
 
     public abstract Tensor Forward(Tensor x, DecodeKernels kernels);
 
+    /// <summary>
+    /// <see cref="Forward(Tensor, DecodeKernels)"/>, with <paramref name="next"/>'s first weights prefetched into L2 as the
+    /// kernel ends where it can (the int4 GEMVs after the first v2 geometry; <see cref="NativeKernelsV2.L2PrefetchEnv"/>).
+    /// </summary>
+    public virtual Tensor Forward(Tensor x, DecodeKernels kernels, Projection? next) => Forward(x, kernels);
+
     /// <summary>The shape that kernel selection measures (null: this projection has no kernel choice).</summary>
     public virtual ProjectionShape? Shape => null;
 
@@ -257,6 +263,8 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override Tensor Forward(Tensor x, DecodeKernels kernels) => Run(x, Choose(x.shape[0], x.device_type == DeviceType.CUDA, kernels));
 
+    public override Tensor Forward(Tensor x, DecodeKernels kernels, Projection? next) => Run(x, Choose(x.shape[0], x.device_type == DeviceType.CUDA, kernels), next);
+
     /// <summary>The measured choice for these rows; unmeasured, the first int4 GEMV at ≤ 16 rows, else dequantize + <c>linear</c>.</summary>
     public ProjectionKernel Choose(long rows, bool cuda, DecodeKernels kernels)
     {
@@ -346,7 +354,9 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return output;
     }
 
-    public override Tensor Run(Tensor x, ProjectionKernel kernel)
+    public override Tensor Run(Tensor x, ProjectionKernel kernel) => Run(x, kernel, null);
+
+    private Tensor Run(Tensor x, ProjectionKernel kernel, Projection? next)
     {
         if (kernel == ProjectionKernel.Int4V1 || GeometryOf(kernel) != 0)
         {
@@ -354,7 +364,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
             if (OtherGeometries.Contains(kernel))
             {
-                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null, _arrivals);
+                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null, _arrivals, next?.PrefetchWeights);
             }
             else if (kernel == ProjectionKernel.Int4V2)
             {
