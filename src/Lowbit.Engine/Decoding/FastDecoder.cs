@@ -1161,17 +1161,13 @@ public sealed class FastDecoder : IDisposable
             using var layerScope = NewDisposeScope();
             var layer = _layers[i];
             var nextFuses = Fuses(i + 1);
-            // Each int4 GEMV prefetches the next one's first weights into L2 as it ends (NativeKernelsV2.L2PrefetchEnv):
-            // the q/k/v GEMV the output projection's, which arrive while the attention runs; the others' during the
-            // launches and separate kernels between them.
-            var after = i + 1 < stage.End ? _layers[i + 1].Qkv : stage.IsLast ? _lmHead : null;
             if (fuses)
             {
-                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null, layer.O) ?? throw Unfused(i, "q/k/v");
+                var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
                 Mark("attention");
-                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual, layer.GateUp) ?? throw Unfused(i, "output");
+                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
                 Mark("output");
                 // SiLU·mul in the gate/up GEMV's epilogue (its tiles pair gate row i with up row i) where its kernel has
                 // one, the down GEMV then reading the activations as they are. Else, at one row, in the down GEMV's
@@ -1181,29 +1177,29 @@ public sealed class FastDecoder : IDisposable
                 var epilogue = _gateUpEpilogue && layer.GateUp.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNormSiluMul, residual: false) != 0
                     && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
                 var separate = !epilogue && rows > SiluInDownMaxRows && layer.Down.FusedVariant(rows, _dtype, _kernels, Int4Prologue.None, residual: true) != 0;
-                var gateUp = layer.GateUp.RunFused(mid, _kernels, epilogue ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, layer.PostNorm, eps, null, layer.Down)
+                var gateUp = layer.GateUp.RunFused(mid, _kernels, epilogue ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, layer.PostNorm, eps, null)
                     ?? throw Unfused(i, "gate/up");
                 if (separate)
                 {
                     gateUp = SiluMul(gateUp);
                 }
                 Mark("gate/up");
-                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue || separate ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid, after) ?? throw Unfused(i, "down"))
+                residual = (layer.Down.RunFused(gateUp, _kernels, epilogue || separate ? Int4Prologue.None : Int4Prologue.SiluMul, null, eps, mid) ?? throw Unfused(i, "down"))
                     .MoveToOuterDisposeScope();
                 Mark("down");
                 normed = null;
             }
             else
             {
-                var qkv = layer.Qkv.Forward(normed ?? RmsNorm(residual, null, layer.InputNorm, out _), _kernels, layer.O);
+                var qkv = layer.Qkv.Forward(normed ?? RmsNorm(residual, null, layer.InputNorm, out _), _kernels);
                 Mark("q/k/v");
                 var attended = ropeAttend(i, qkv);
                 Mark("attention");
-                var postNormed = RmsNorm(layer.O.Forward(attended, _kernels, layer.GateUp), residual, layer.PostNorm, out var mid);
+                var postNormed = RmsNorm(layer.O.Forward(attended, _kernels), residual, layer.PostNorm, out var mid);
                 Mark("output");
-                var activated = SiluMul(layer.GateUp.Forward(postNormed, _kernels, layer.Down));
+                var activated = SiluMul(layer.GateUp.Forward(postNormed, _kernels));
                 Mark("gate/up");
-                var down = layer.Down.Forward(activated, _kernels, after);
+                var down = layer.Down.Forward(activated, _kernels);
                 Mark("down");
                 if (nextFuses || i + 1 == stage.End && !stage.IsLast)
                 {

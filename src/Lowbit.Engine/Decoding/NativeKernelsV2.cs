@@ -34,7 +34,7 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<int, int, int, int, int, int> _attentionSupports;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int> _attention;
     private static delegate* unmanaged<int, int, int, int, int, int, int> _int4XSupports;
-    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _int4LinearX;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr, int> _int4LinearX;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
     private static delegate* unmanaged<IntPtr, int, int> _stepMark;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int> _greedyStep;
@@ -98,13 +98,6 @@ public static unsafe class NativeKernelsV2
     public static bool FusedAvailable => Available && _int4LinearX != null && _ropeKv != null;
 
     /// <summary>
-    /// MiB of the next projection's weights each fused int4 GEMV of the decode step prefetches into L2 as it ends (its
-    /// blocks, once their last tile's loads are out): the next GEMV's first tiles then come from L2 while this one's
-    /// tail, the attention or the launch between them run. Read once by the native library; unset or 0: none.
-    /// </summary>
-    public const string L2PrefetchEnv = "LOWBIT_L2_PREFETCH_MB";
-
-    /// <summary>
     /// True when <see cref="Int4LinearX"/> takes this variant: <paramref name="geometry"/> 1 (int4-v2: 256 threads, 16 codes
     /// per chunk), 3 (int4-v2-wide: 128 threads, 32 codes per chunk), 5 (int4-v2-occ: int4-v2 at four blocks per SM),
     /// 7 (int4-v2-shared: activations in shared memory, scales per quad; group % 64 == 0, checked at launch) or 9
@@ -121,12 +114,10 @@ public static unsafe class NativeKernelsV2
     /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
     /// With <see cref="Int4Prologue.RmsNormSiluMul"/> the output is <c>[B, N/2]</c>: SiLU·mul of the two halves' outputs.
     /// <paramref name="arrivals"/>: int32 <c>[⌈N / 16⌉]</c>, zero, on the weight's device (the kernel leaves it zero), for
-    /// int4-mma16's K splits; the launches of one counter buffer must be ordered on one stream. <paramref name="next"/>:
-    /// the next projection's weights (<see cref="Projection.PrefetchWeights"/>), whose first <see cref="L2PrefetchEnv"/>
-    /// MiB the kernel prefetches into L2 as it ends.
+    /// int4-mma16's K splits; the launches of one counter buffer must be ordered on one stream.
     /// </summary>
     public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual,
-        Tensor? arrivals = null, IReadOnlyList<Tensor>? next = null)
+        Tensor? arrivals = null)
     {
         Require();
         if (_int4LinearX == null)
@@ -134,9 +125,7 @@ public static unsafe class NativeKernelsV2
             throw new InvalidOperationException("the int4 GEMV variants are unavailable: the v2 library lacks them");
         }
         Check(_int4LinearX(x.Handle, weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, output.Handle, geometry,
-            (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero, arrivals?.Handle ?? IntPtr.Zero,
-            NextAt(next, 0), NextAt(next, 1), NextAt(next, 2)), "int4 v2x linear");
-        static IntPtr NextAt(IReadOnlyList<Tensor>? next, int i) => next is not null && i < next.Count ? next[i].Handle : IntPtr.Zero;
+            (int)prologue, normWeight?.Handle ?? IntPtr.Zero, eps, residual?.Handle ?? IntPtr.Zero, arrivals?.Handle ?? IntPtr.Zero), "int4 v2x linear");
     }
 
     /// <summary>
@@ -299,7 +288,7 @@ public static unsafe class NativeKernelsV2
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_int4_x_supports", out var int4XSupports)
                     && NativeLibrary.TryGetExport(handle, "lowbit_v2_rope_kv", out var ropeKv))
                 {
-                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int>)int4LinearX;
+                    _int4LinearX = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, int, int, IntPtr, double, IntPtr, IntPtr, int>)int4LinearX;
                     _int4XSupports = (delegate* unmanaged<int, int, int, int, int, int, int>)int4XSupports;
                     _ropeKv = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int>)ropeKv;
                 }

@@ -34,12 +34,6 @@ public abstract class Projection : IDisposable
 
     public abstract Tensor Forward(Tensor x, DecodeKernels kernels);
 
-    /// <summary>
-    /// <see cref="Forward(Tensor, DecodeKernels)"/>, with <paramref name="next"/>'s first weights prefetched into L2 as the
-    /// kernel ends where it can (the int4 GEMVs after the first v2 geometry; <see cref="NativeKernelsV2.L2PrefetchEnv"/>).
-    /// </summary>
-    public virtual Tensor Forward(Tensor x, DecodeKernels kernels, Projection? next) => Forward(x, kernels);
-
     /// <summary>The shape that kernel selection measures (null: this projection has no kernel choice).</summary>
     public virtual ProjectionShape? Shape => null;
 
@@ -54,13 +48,11 @@ public abstract class Projection : IDisposable
     /// <paramref name="residual"/> when given, in one kernel; null when the kernel chosen for these rows has no such
     /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings).
     /// </summary>
-    /// <paramref name="next"/>: the projection the step runs after this one, whose weights' first bytes the kernel
-    /// prefetches into L2 as it ends (<see cref="NativeKernelsV2.L2PrefetchEnv"/>; a hint, the output never depends on it).
-    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Projection? next = null)
+    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         if (!kernels.EmulateFusion)
         {
-            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual, next);
+            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual);
         }
         var input = prologue switch
         {
@@ -84,13 +76,7 @@ public abstract class Projection : IDisposable
         kernels.EmulateFusion ? 1 : NativeFusedVariant(rows, dtype, kernels, prologue, residual);
 
     /// <summary>The native fused kernel's run (<see cref="RunFused"/>); null when there is none for these rows.</summary>
-    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Projection? next) => null;
-
-    /// <summary>
-    /// The weight tensors a kernel before this projection may prefetch into L2 (<see cref="RunFused"/>'s <c>next</c>): an
-    /// int4 weight's codes, scales and zeros, or a dense weight; empty when there is nothing to prefetch.
-    /// </summary>
-    public virtual IReadOnlyList<Tensor> PrefetchWeights => [];
+    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
 
     /// <summary>The native fused kernel's geometry for these rows (<see cref="FusedVariant"/>), or 0.</summary>
     protected virtual int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
@@ -163,8 +149,6 @@ public sealed class DenseProjection(Tensor weight, Tensor? bias) : Projection
     public Tensor Weight { get; } = weight;
 
     public override long OutFeatures => Weight.shape[0];
-
-    public override IReadOnlyList<Tensor> PrefetchWeights => Weight.device_type == DeviceType.CUDA && Weight.is_contiguous() ? [Weight] : [];
 
     public override ProjectionShape Shape => _shape ??= new ProjectionShape { Weight = ProjectionWeight.Dense, OutFeatures = Weight.shape[0], InFeatures = Weight.shape[1] };
 
@@ -254,16 +238,12 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public override long OutFeatures => Weight.OutFeatures;
 
-    public override IReadOnlyList<Tensor> PrefetchWeights => Weight.Packed.device_type == DeviceType.CUDA ? [Weight.Packed, Weight.Scales, Weight.Zeros] : [];
-
     public override ProjectionShape Shape => _shape ??= new ProjectionShape
     {
         Weight = ProjectionWeight.Int4, OutFeatures = Weight.OutFeatures, InFeatures = Weight.InFeatures, GroupSize = Weight.GroupSize,
     };
 
     public override Tensor Forward(Tensor x, DecodeKernels kernels) => Run(x, Choose(x.shape[0], x.device_type == DeviceType.CUDA, kernels));
-
-    public override Tensor Forward(Tensor x, DecodeKernels kernels, Projection? next) => Run(x, Choose(x.shape[0], x.device_type == DeviceType.CUDA, kernels), next);
 
     /// <summary>The measured choice for these rows; unmeasured, the first int4 GEMV at ≤ 16 rows, else dequantize + <c>linear</c>.</summary>
     public ProjectionKernel Choose(long rows, bool cuda, DecodeKernels kernels)
@@ -341,7 +321,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
-    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Projection? next)
+    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
     {
         var rows = x.shape[0];
         var geometry = NativeFusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
@@ -350,13 +330,11 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             return null;
         }
         var output = empty([rows, prologue == Int4Prologue.RmsNormSiluMul ? Weight.OutFeatures / 2 : Weight.OutFeatures], x.dtype, x.device);
-        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, _arrivals, next?.PrefetchWeights);
+        NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, _arrivals);
         return output;
     }
 
-    public override Tensor Run(Tensor x, ProjectionKernel kernel) => Run(x, kernel, null);
-
-    private Tensor Run(Tensor x, ProjectionKernel kernel, Projection? next)
+    public override Tensor Run(Tensor x, ProjectionKernel kernel)
     {
         if (kernel == ProjectionKernel.Int4V1 || GeometryOf(kernel) != 0)
         {
@@ -364,7 +342,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
             var output = empty([x.shape[0], Weight.OutFeatures], x.dtype, x.device);
             if (OtherGeometries.Contains(kernel))
             {
-                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null, _arrivals, next?.PrefetchWeights);
+                NativeKernelsV2.Int4LinearX(input, Weight, output, GeometryOf(kernel), Int4Prologue.None, null, 0, null, _arrivals);
             }
             else if (kernel == ProjectionKernel.Int4V2)
             {

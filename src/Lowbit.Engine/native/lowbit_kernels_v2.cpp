@@ -8,9 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -27,9 +25,8 @@ int lowbit_launch_decode_attention_v2(int, const void*, int64_t, const void*, co
 int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
 int64_t lowbit_v2_int4_workspace(int, int, int, int);
 int64_t lowbit_v2_int4_arrivals(int, int, int, int);
-int lowbit_launch_int4_v2_fused_prefetch(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t,
-                                         int, int, int, int, int, int, const void*, float, const void*, int64_t, float*,
-                                         int*, const void* const*, const uint32_t*, void*);
+int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int,
+                                int, int, int, int, const void*, float, const void*, int64_t, float*, int*, void*);
 int lowbit_launch_step_mark(void*, int, void*);
 int lowbit_launch_greedy_step(int, const void*, int64_t, int, int64_t*, int64_t*, int, int64_t*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
@@ -70,53 +67,12 @@ int guarded(F f) {
   return -1;
 }
 
-// The bytes of the next projection's weights an int4 GEMV prefetches into L2 as it ends (LOWBIT_L2_PREFETCH_MB, MiB;
-// 0, the default, none). Read once.
-int64_t l2_prefetch_cap() {
-  static const int64_t bytes = [] {
-    const char* v = getenv("LOWBIT_L2_PREFETCH_MB");
-    const long mb = v != nullptr ? strtol(v, nullptr, 10) : 0;
-    return mb > 0 && mb <= 1024 ? (int64_t)mb << 20 : (int64_t)0;
-  }();
-  return bytes;
-}
-
-// The regions of the next projection's weights to prefetch, at most `cap` bytes in all: int4 (packed uint8 [N, K/2],
-// scales and zeros [N, G]) its first rows of each, all three proportionally; a dense weight (scales null) its first
-// bytes. Sizes rounded down to 16 bytes; a region that is not 16-byte aligned is left out.
-void prefetch_regions(void* packed, void* scales, void* zeros, int64_t cap, const void* (&next)[3], uint32_t (&bytes)[3]) {
-  for (int i = 0; i < 3; i++) next[i] = nullptr, bytes[i] = 0;
-  if (packed == nullptr || cap <= 0) return;
-  auto& pt = T(packed);
-  if (!pt.is_cuda() || !pt.is_contiguous() || pt.numel() == 0 || pt.dim() != 2) return;
-  auto region = [](const at::Tensor& t, int64_t n) -> uint32_t {
-    n = std::min<int64_t>(n, t.numel() * (int64_t)t.element_size()) / 16 * 16;
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? (uint32_t)std::min<int64_t>(n, (int64_t)1 << 30) : 0;
-  };
-  if (scales == nullptr || zeros == nullptr) {
-    next[0] = pt.data_ptr();
-    bytes[0] = region(pt, cap);
-    return;
-  }
-  auto& st = T(scales);
-  auto& zt = T(zeros);
-  if (!st.is_contiguous() || !zt.is_contiguous() || st.dim() != 2 || st.size(0) != pt.size(0)) return;
-  const int64_t per_row = pt.size(1) + 2 * st.size(1) * (int64_t)st.element_size();
-  const int64_t rows = std::min<int64_t>(pt.size(0), cap / per_row);
-  const at::Tensor* parts[3] = {&pt, &st, &zt};
-  for (int i = 0; i < 3; i++) {
-    next[i] = parts[i]->data_ptr();
-    bytes[i] = region(*parts[i], rows * parts[i]->size(1) * (int64_t)parts[i]->element_size());
-  }
-}
-
 // The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
 // lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
 // fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null; arrivals: int32 [≥ N / 16 rounded up], zero
 // (left zero), on the weight's device, for the launches with K splits (int4-mma16 past K = 4,096), else may be null.
 void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry, int prologue,
-                 void* norm_w, double eps, void* residual, void* arrivals, void* next_packed = nullptr,
-                 void* next_scales = nullptr, void* next_zeros = nullptr) {
+                 void* norm_w, double eps, void* residual, void* arrivals) {
   auto& xt = T(x);
   auto& pt = T(packed);
   auto& st = T(scales);
@@ -180,14 +136,11 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
     work = at::empty({work_elements}, xt.options().dtype(at::kFloat));
     counters = at_.data_ptr<int>();
   }
-  const void* next[3];
-  uint32_t next_bytes[3];
-  prefetch_regions(next_packed, next_scales, next_zeros, l2_prefetch_cap(), next, next_bytes);
-  const int rc = lowbit_launch_int4_v2_fused_prefetch(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(),
-                                                      zt.data_ptr(), ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n,
-                                                      (int)k, group, geometry, prologue, norm, (float)eps, res, res_stride,
-                                                      work_elements > 0 ? work.data_ptr<float>() : nullptr, counters, next,
-                                                      next_bytes, static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+  const int rc = lowbit_launch_int4_v2_fused(dtype, xt.data_ptr(), xt.stride(0), pt.data_ptr(), st.data_ptr(), zt.data_ptr(),
+                                             ot.data_ptr(), ot.stride(0), (int)xt.size(0), (int)n, (int)k, group, geometry,
+                                             prologue, norm, (float)eps, res, res_stride,
+                                             work_elements > 0 ? work.data_ptr<float>() : nullptr, counters,
+                                             static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
   TORCH_CHECK(rc == 0, "int4 v2: launch failed: ",
               rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported batch, K or variant" : cudaGetErrorString((cudaError_t)rc));
 }
@@ -336,15 +289,9 @@ int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int pro
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
 // Prologue 3: the RMSNorm, and out [B, N/2] = SiLU(gate)·up of the weight's halves (the fused gate/up projection).
 // arrivals: the int32 counters of int4-mma16's K splits ([≥ N / 16 rounded up], zero; null where none run).
-// next_packed / next_scales / next_zeros: the next projection's int4 weight (or next_packed a dense weight and the
-// others null; all null: none), whose first LOWBIT_L2_PREFETCH_MB the launch prefetches into L2 as it ends.
 int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
-                            int prologue, void* norm_w, double eps, void* residual, void* arrivals, void* next_packed,
-                            void* next_scales, void* next_zeros) {
-  return guarded([&] {
-    int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual, arrivals, next_packed,
-                next_scales, next_zeros);
-  });
+                            int prologue, void* norm_w, double eps, void* residual, void* arrivals) {
+  return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual, arrivals); });
 }
 
 // The decode step's RoPE + cache write: qkv [B, (H + 2 KVH)·D] (unit inner stride), cos/sin [B, D] contiguous,

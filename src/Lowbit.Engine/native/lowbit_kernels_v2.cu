@@ -133,45 +133,7 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
-  // The next kernel's weights (the first rows of its codes, scales and zeros, or of a dense weight), prefetched into L2
-  // by each block once it has issued its last tile's loads (prefetch_next): the next GEMV's first tiles then come from
-  // L2 while this one's tail and the launch between them run (LOWBIT_L2_PREFETCH_MB; none when the sizes are 0).
-  const uint8_t* next[3];
-  uint32_t next_bytes[3];
 };
-
-#if defined(LOWBIT_EMULATED)
-#define LOWBIT_PREFETCH_L2(p)
-#define LOWBIT_PREFETCH_L2_BULK(p, bytes)
-#else
-#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
-// One instruction for `bytes` (a multiple of 16 at a 16-byte aligned address; PTX ISA 8.0, sm_90).
-#define LOWBIT_PREFETCH_L2_BULK(p, bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory")
-#endif
-#endif
-
-// This block's share of Fusion::next: pieces of kPrefetchPiece bytes dealt round-robin over every thread of the grid
-// (piece i to block i % grid), one bulk prefetch each on sm_90 (else one prefetch.global.L2 per 128-byte line). A hint:
-// nothing waits for it and a result never depends on it.
-constexpr uint32_t kPrefetchPiece = 4096;
-__device__ __forceinline__ void prefetch_next(const Fusion& f) {
-#pragma unroll
-  for (int i = 0; i < 3; i++) {
-    const uint32_t bytes = f.next_bytes[i];
-    if (bytes == 0) continue;
-    const uint32_t pieces = (bytes + kPrefetchPiece - 1) / kPrefetchPiece;
-    for (uint32_t piece = threadIdx.x * gridDim.x + blockIdx.x; piece < pieces; piece += blockDim.x * gridDim.x) {
-      const uint8_t* at = f.next[i] + (size_t)piece * kPrefetchPiece;
-      const uint32_t size = min(kPrefetchPiece, bytes - piece * kPrefetchPiece);
-#if defined(LOWBIT_PREFETCH_L2_BULK)
-      LOWBIT_PREFETCH_L2_BULK(at, size);
-#else
-      for (uint32_t line = 0; line < size; line += 128) LOWBIT_PREFETCH_L2(at + line);
-#endif
-    }
-  }
-}
 
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
@@ -554,16 +516,11 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
 
   int buf = 0;
   float acc[R][NB];
-  // int4-v2-occ (64 registers) does not prefetch: the loop's registers spilled 80 bytes where it had 24.
-  constexpr bool kPrefetch = G != 5;
-  if (kPrefetch && row0 >= n) prefetch_next(fusion);
   for (; row0 < n; row0 += stride) {
     tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
-    // The next tile's loads go out after this tile's products, before its reduction and barrier; after the last tile's,
-    // the next kernel's weights.
+    // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
     if (next < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
-    else if (kPrefetch) prefetch_next(fusion);
     tile_reduce<T, W, NB, R, RES, PAIRS>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
 }
@@ -753,7 +710,6 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
 
   int buf = 0;
   float acc[R][NB];
-  if (row0 >= n) prefetch_next(fusion);
   for (; row0 < n; row0 += stride) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -804,7 +760,6 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
     if (next < n) load(next);
-    else prefetch_next(fusion);
     tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
   }
 }
@@ -1375,11 +1330,8 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   const float4* sum_at = reinterpret_cast<const float4*>(smem + activation_bytes(NB, kk, P)) + first * (NBp / 2) + min(2 * c, NBp - 2) / 2;
   constexpr int kSumStep = NBp / 2;                  // float4 per group
   int buf = 0;
-  if (tile >= tiles) prefetch_next(fusion);
   for (; tile < tiles; tile += tile_step) {
     const int next_tile = tile + tile_step;
-    // The last tile: its first round's loads are out, so the next kernel's weights may go out too.
-    if (next_tile >= tiles) prefetch_next(fusion);
     float acc[NB == 16 ? 8 : 4] = {};
     // A round of P units: the scales of `use` (loaded a round ago) and the codes in the ring; the next round's scales
     // go out first into `fill`, then each unit's products and its slot's load for the next round. LAST: the next
@@ -1576,14 +1528,12 @@ inline int64_t workspace16(int n, int k) {
 }
 
 // Runs `launch_slice(x rows, out rows, rows, fusion)` over slices of `per` rows of the batch, each on its rows of x,
-// out and the residual (the RMSNorm and SiLU·mul prologues are per row); the first failure's code, else 0. Only the
-// last slice prefetches the next kernel's weights (Fusion::next).
+// out and the residual (the RMSNorm and SiLU·mul prologues are per row); the first failure's code, else 0.
 template <typename T, typename Slice>
 int over_slices(const void* x, int64_t xs, void* out, int64_t os, int batch, int per, const Fusion& f, Slice launch_slice) {
   for (int first = 0; first < batch; first += per) {
     Fusion slice = f;
     if (f.residual != nullptr) slice.residual = static_cast<const T*>(f.residual) + first * f.res_stride;
-    if (first + per < batch) slice.next_bytes[0] = slice.next_bytes[1] = slice.next_bytes[2] = 0;
     const int rc = launch_slice(static_cast<const T*>(x) + first * xs, static_cast<T*>(out) + first * os,
                                 batch - first < per ? batch - first : per, slice);
     if (rc != 0) return rc;
@@ -2050,6 +2000,12 @@ constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
+
+#if defined(LOWBIT_EMULATED)
+#define LOWBIT_PREFETCH_L2(p)
+#else
+#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#endif
 
 // A lane's D / 32 elements of a row (one 8- or 4-byte load: rows and the lane's offset are multiples of D / 32 elements,
 // the host checks the bases' alignment).
@@ -2550,39 +2506,21 @@ int64_t lowbit_v2_int4_arrivals(int batch, int n, int k, int geometry) {
   return lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 ? ((int64_t)n + mma::kRows - 1) / mma::kRows : 0;
 }
 
-// `next` / `next_bytes` (3 each, or null): the regions the launch prefetches into L2 as it ends (Fusion::next; each
-// 16-byte aligned, a multiple of 16 bytes).
-int lowbit_launch_int4_v2_fused_prefetch(int dtype, const void* x, int64_t x_stride, const void* packed,
-                                         const void* scales, const void* zeros, void* out, int64_t out_stride, int batch,
-                                         int n, int k, int group, int geometry, int prologue, const void* norm_w, float eps,
-                                         const void* residual, int64_t res_stride, float* work, int* arrivals,
-                                         const void* const* next, const uint32_t* next_bytes, void* stream) {
+int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
+                                const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
+                                int geometry, int prologue, const void* norm_w, float eps, const void* residual,
+                                int64_t res_stride, float* work, int* arrivals, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (group % 32 != 0 || k % group != 0) return -3;
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
-  Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, {nullptr, nullptr, nullptr}, {0, 0, 0}};
-  for (int i = 0; next != nullptr && next_bytes != nullptr && i < 3; i++) {
-    if (next[i] == nullptr || next_bytes[i] == 0) continue;
-    if (reinterpret_cast<uintptr_t>(next[i]) % 16 != 0 || next_bytes[i] % 16 != 0) return -3;
-    f.next[i] = static_cast<const uint8_t*>(next[i]);
-    f.next_bytes[i] = next_bytes[i];
-  }
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     default: return -2;
   }
-}
-
-int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,
-                                const void* zeros, void* out, int64_t out_stride, int batch, int n, int k, int group,
-                                int geometry, int prologue, const void* norm_w, float eps, const void* residual,
-                                int64_t res_stride, float* work, int* arrivals, void* stream) {
-  return lowbit_launch_int4_v2_fused_prefetch(dtype, x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k,
-                                              group, geometry, prologue, norm_w, eps, residual, res_stride, work, arrivals,
-                                              nullptr, nullptr, stream);
 }
 
 // RoPE of the query and key heads of qkv [B, (H + 2 KVH) * D] with cos/sin [B, D], queries to q_out [B, H * D], keys

@@ -51,7 +51,6 @@ class Tensor {
   ScalarType scalar_type() const;
   bool is_contiguous() const;
   int64_t numel() const;
-  int64_t element_size() const;
   int64_t dim() const;
   int64_t size(int64_t dim) const;
   int64_t stride(int64_t dim) const;
