@@ -42,6 +42,12 @@
 #define LOWBIT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
+#if defined(LOWBIT_EMULATED)
+#define LOWBIT_PREFETCH_L2(p)
+#else
+#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#endif
+
 #if defined(LOWBIT_EMULATED) || defined(LOWBIT_NO_PDL)
 #define LOWBIT_PDL_WAIT()
 #define LOWBIT_PDL_TRIGGER()
@@ -133,6 +139,8 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
+  // int4-mma: 1 to prefetch into L2 the next tile's codes a tile ahead (LOWBIT_MMA_L2_AHEAD; mma::l2_ahead()).
+  int l2_ahead;
 };
 
 template <typename T>
@@ -1308,6 +1316,11 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   const int live_groups = min(units, groups64 - first);
   const int rounds = live_groups > 0 ? live_groups / P : 0;
 
+  // int4-mma16 only (the 8-column kernels spilled with it): the next tile's codes go into L2 a tile ahead when
+  // fusion.l2_ahead (each round, lane c == 0 of a row pair: the 128-byte line of rows g and g + 8 at the same round one
+  // tile on), so that its loads wait on L2, not DRAM.
+  const bool ahead = NB == 16 && fusion.l2_ahead != 0 && c == 0;
+  const int64_t tile_bytes = NB == 16 ? (int64_t)tile_step * kRows * row_bytes : 0;
   Unit ring[P];
   RoundScales<GS> sz[2];
   int tile = (int)blockIdx.x / splits;
@@ -1332,6 +1345,12 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   int buf = 0;
   for (; tile < tiles; tile += tile_step) {
     const int next_tile = tile + tile_step;
+    // `at` is at this tile's second round here: the next tile's first round is one round back, a tile on.
+    const bool prefetch = ahead && rounds > 0 && next_tile < tiles && next_tile * kRows + g + 8 < n;
+    if (prefetch) {
+      LOWBIT_PREFETCH_L2(at.code_lo - kUnitsInFlight * 32 + tile_bytes);
+      LOWBIT_PREFETCH_L2(at.code_hi - kUnitsInFlight * 32 + tile_bytes);
+    }
     float acc[NB == 16 ? 8 : 4] = {};
     // A round of P units: the scales of `use` (loaded a round ago) and the codes in the ring; the next round's scales
     // go out first into `fill`, then each unit's products and its slot's load for the next round. LAST: the next
@@ -1341,6 +1360,10 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
       const bool load = !kLast || next_tile < tiles;
       if (kLast && load) at = cursor_at<GS>(packed, scales, zeros, next_tile, first, g, c, n, row_bytes, groups);
       if (load) at.load_scales(fill);
+      if (!kLast && prefetch) {
+        LOWBIT_PREFETCH_L2(at.code_lo + tile_bytes);
+        LOWBIT_PREFETCH_L2(at.code_hi + tile_bytes);
+      }
       const uint4* b = b_at + r * P * kBStep;
       const float4* sm = sum_at + r * P * kSumStep;
 #pragma unroll
@@ -1452,9 +1475,18 @@ int split_blocks(int n, int splits, int smem) {
   return blocks < splits ? splits : blocks / splits * splits;
 }
 
+// LOWBIT_MMA_L2_AHEAD=1: int4-mma16 prefetches the next tile's codes into L2 a tile ahead (Fusion::l2_ahead;
+// session 22: int4-mma16's warps wait on their global loads 2.2 of every 6.1 cycles). Off by default until measured.
+inline int l2_ahead() {
+  static const int ahead = env_int("LOWBIT_MMA_L2_AHEAD", 0) != 0 ? 1 : 0;
+  return ahead;
+}
+
 template <typename T, int NB, int GS, int PRO, bool RES>
 int launch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
-           int n, int k, const Fusion& fusion, cudaStream_t st) {
+           int n, int k, const Fusion& given, cudaStream_t st) {
+  Fusion fusion = given;
+  fusion.l2_ahead = l2_ahead();
   constexpr auto kernel = int4_gemv_mma_kernel<T, NB, GS, PRO, RES>;
   const int splits = NB == 16 && fusion.splits > 1 ? fusion.splits : 1;
   if (splits > 1 && (fusion.work == nullptr || fusion.arrivals == nullptr)) return -3;
@@ -2001,12 +2033,6 @@ constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
 
-#if defined(LOWBIT_EMULATED)
-#define LOWBIT_PREFETCH_L2(p)
-#else
-#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
-#endif
-
 // A lane's D / 32 elements of a row (one 8- or 4-byte load: rows and the lane's offset are multiples of D / 32 elements,
 // the host checks the bases' alignment).
 template <typename T, int D>
@@ -2515,7 +2541,7 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
-  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals};
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, 0};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
