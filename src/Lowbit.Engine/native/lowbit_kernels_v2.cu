@@ -139,7 +139,7 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
-  // int4-mma: 1 to prefetch into L2 the next tile's codes a tile ahead (LOWBIT_MMA_L2_AHEAD; mma::l2_ahead()).
+  // int4-mma16: 1 to prefetch into L2 the next tile's codes a tile ahead (LOWBIT_MMA_L2_AHEAD: mma::l2_ahead()).
   int l2_ahead;
 };
 
@@ -1484,9 +1484,7 @@ inline int l2_ahead() {
 
 template <typename T, int NB, int GS, int PRO, bool RES>
 int launch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
-           int n, int k, const Fusion& given, cudaStream_t st) {
-  Fusion fusion = given;
-  fusion.l2_ahead = l2_ahead();
+           int n, int k, const Fusion& fusion, cudaStream_t st) {
   constexpr auto kernel = int4_gemv_mma_kernel<T, NB, GS, PRO, RES>;
   const int splits = NB == 16 && fusion.splits > 1 ? fusion.splits : 1;
   if (splits > 1 && (fusion.work == nullptr || fusion.arrivals == nullptr)) return -3;
@@ -2541,7 +2539,7 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
-  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, 0};
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, mma::l2_ahead()};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
