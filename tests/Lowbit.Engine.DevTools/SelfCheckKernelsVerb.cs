@@ -149,7 +149,7 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared), (9, ProjectionKernel.Int4Mma) })
+                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared), (9, ProjectionKernel.Int4Mma), (13, ProjectionKernel.Int4V2Half2), (15, ProjectionKernel.Int4V2Half2Subnormal) })
                 {
                     if ((geometry != 7 || group % 64 == 0) && NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
                     {
@@ -265,6 +265,8 @@ internal static class SelfCheckKernelsVerb
                     (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 22016, 4096, 64, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
                     (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5), (1, 12288, 4096, 64, 7), (2, 22016, 4096, 128, 7), (1, 1001, 2048, 64, 7), (1, 4096, 11008, 64, 7), (1, 999, 8192, 128, 7),
                     (1, 12288, 4096, 64, 9), (2, 22016, 4096, 128, 9), (1, 4096, 11008, 64, 9), (2, 1001, 11008, 128, 9),
+                    (1, 12288, 4096, 64, 13), (1, 22016, 4096, 128, 13), (1, 4096, 11008, 64, 13), (1, 1001, 8192, 64, 13),
+                    (1, 12288, 4096, 64, 15), (1, 22016, 4096, 128, 15), (1, 4096, 11008, 64, 15), (1, 1001, 8192, 64, 15),
                     // int4-mma's fused variants at 3-8 rows: offered with LOWBIT_MMA_FUSED_ROWS (up to 8), checked then.
                     (4, 12288, 4096, 64, 9), (5, 22016, 4096, 128, 9), (8, 4096, 11008, 64, 9),
                 })

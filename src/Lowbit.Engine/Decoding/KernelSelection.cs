@@ -59,6 +59,22 @@ public enum ProjectionKernel
     /// geometry 11).
     /// </summary>
     Int4Mma16,
+
+    /// <summary>
+    /// The int4 GEMV in the wide geometry at one row with the products in packed fp16: each pair of codes made an exact
+    /// centred fp16 pair (q − 8) by a mask-and-or and one conversion, multiplied into fp16 partial sums of 8 codes by one
+    /// HFMA2, the activations scaled per chunk of 32 by a power of two (<see cref="NativeKernelsV2.Int4LinearX"/> with
+    /// geometry 13). About a fifth fewer instructions per code than the fp32 products (the one-row GEMV is bound by
+    /// instruction issue), at ~3e-4 normwise error from the fp16 partials.
+    /// </summary>
+    Int4V2Half2,
+
+    /// <summary>
+    /// <see cref="Int4V2Half2"/> with the codes as fp16 subnormals (the masked nibbles themselves: q · 2⁻²⁴), so a pair
+    /// costs one mask and one HFMA2, ~30 % fewer instructions per code than the fp32 products; uncentred codes, ~6e-4
+    /// normwise error (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 15).
+    /// </summary>
+    Int4V2Half2Subnormal,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -262,6 +278,8 @@ public static class KernelSelector
         ProjectionKernel.Int4Mma => "int4-mma",
         ProjectionKernel.Int4Dequant => "int4-dequant",
         ProjectionKernel.Int4Mma16 => "int4-mma16",
+        ProjectionKernel.Int4V2Half2 => "int4-v2-h2",
+        ProjectionKernel.Int4V2Half2Subnormal => "int4-v2-h2s",
         _ => kernel.ToString(),
     };
 

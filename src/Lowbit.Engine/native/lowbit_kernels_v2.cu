@@ -155,28 +155,36 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 // G = 5, "int4-v2-occ": int4-v2's layout with __launch_bounds__(256, 4), so ptxas fits 64 registers (75 without, with
 // 24 bytes of spills) and four blocks fit per SM instead of three: a third more bytes in flight. One row, one chunk
 // per thread only (K <= 4096): forced to two blocks, the three- and four-chunk kernels spill 300 bytes and more.
+//
+// G = 13, "int4-v2-h2": int4-v2-wide's layout at one row with the products in packed fp16 (see half2_products):
+// ~1.6 instructions per code where the fp32 products take ~2.3 (docs/gpu.md, session 22: the one-row GEMV is bound by
+// instruction issue, not by DRAM).
+__host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15; }
+__host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15; }
+
 template <int G>
 struct Geo {
-  static constexpr int kThreads = G == 3 ? 128 : 256;
+  static constexpr int kThreads = wide_layout(G) ? 128 : 256;
   static constexpr int kWarps = kThreads / 32;
-  static constexpr int kCodes = G == 3 ? 32 : 16;   // codes per chunk
-  static constexpr int kWords = kCodes / 8;         // 32-bit words of codes per chunk
+  static constexpr int kCodes = wide_layout(G) ? 32 : 16;   // codes per chunk
+  static constexpr int kWords = kCodes / 8;                 // 32-bit words of codes per chunk
 };
 
 struct Chunk2 { uint32_t w[2]; };
 struct Chunk4 { uint32_t w[4]; };
-template <int G> using ChunkOf = typename std::conditional<G == 3, Chunk4, Chunk2>::type;
+template <int G> using ChunkOf = typename std::conditional<wide_layout(G), Chunk4, Chunk2>::type;
 
-// Rows per tile: fewer when the activations take many registers.
+// Rows per tile: fewer when the activations take many registers (int4-v2-h2's take half of -wide's).
 template <int G, int NB, int CH>
 struct Tile {
-  static constexpr int R = G != 3 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
+  static constexpr int R = half2_products(G) ? (CH <= 2 ? 8 : 4)
+                         : G != 3 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
 };
 
 template <int G>
 __device__ __forceinline__ ChunkOf<G> load_chunk(const uint8_t* __restrict__ p) {
   ChunkOf<G> v;
-  if constexpr (G != 3) {
+  if constexpr (!wide_layout(G)) {
     const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
     v.w[0] = u.x;
     v.w[1] = u.y;
@@ -281,6 +289,121 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
       const float z = __half2float(__ushort_as_half(zv[r][j]));
 #pragma unroll
       for (int b = 0; b < NB; b++) acc[r][b] = chunk_term(s, z, d[b], xs[j][b], acc[r][b]);
+    }
+  }
+}
+
+// int4-v2-h2's products (G = 13 and 15: one activation row, int4-v2-wide's chunks of 32 codes, packed fp16 math). The
+// activations are held as fp16 pairs (x0, x4), (x1, x5), (x2, x6), (x3, x7) per word of 8 codes, scaled per chunk by
+// a power of two (exact for bf16 and fp16 values), and each pair of codes goes into an fp16 partial sum by one HFMA2.
+// Each lane of a partial sums 8 codes (two partials per chunk and row), then goes to fp32 for the scale and zero
+// terms, per chunk as in chunk_term. The codes as fp16 pairs:
+//  - G = 13, centred: (q0, q4) = (word & 0x000F000F) | 0x6400 6400 = (1024 + q0, 1024 + q4), minus 1032; (q1, q5)
+//    from (word & 0x00F000F0) | 0x6400 6400 = 1024 + 16 q, times 1/16 minus 72; (q2, q6) and (q3, q7) the same from
+//    word >> 8: one LOP3 and one conversion per pair, exact q - 8. The chunk's largest |x| scaled into [64, 128).
+//  - G = 15, subnormal: word & 0x000F000F is the pair (q0, q4) * 2^-24 as fp16 subnormals (exact; HFMA2 takes
+//    subnormals at full rate unless .ftz), word & 0x00F000F0 the pair (q1, q5) * 2^-20: one LOP3 per pair and no
+//    conversion, codes not centred. The activations scaled so the chunk's largest |x| is in [2^14, 2^15), those of the
+//    high nibbles divided by 16 more: every product is x' q 2^-24, a partial of 8 at most 2^-1.
+// The fp16 partials cost precision (tools/int4-fp16-partials.cpp, K = 4,096, g64, against float64, normwise: fp32
+// products 1.4e-7; 8 centred codes 2.7e-4, 8 uncentred 5.6e-4), against the bf16 output's own rounding of ~1e-3.
+__host__ __device__ constexpr bool subnormal_codes(int g) { return g == 15; }
+
+struct HalfChunks {
+  static constexpr int kPairs = 16;  // fp16 pairs per chunk of 32 codes
+};
+
+__device__ __forceinline__ __half2 half2_bits(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
+__device__ __forceinline__ uint32_t bits_of(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+
+// (word & MASK) | 0x64006400 as one LOP3: written in C, the compiler splits it into an AND and an OR (a LOP3 takes
+// one immediate), twice the instructions.
+template <uint32_t MASK>
+__device__ __forceinline__ __half2 magic_pair(uint32_t word) {
+#if defined(LOWBIT_EMULATED)
+  return half2_bits((word & MASK) | 0x64006400u);
+#else
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word), "n"(MASK), "n"(0x64006400u));  // (a & b) | c
+  return half2_bits(r);
+#endif
+}
+
+// This thread's activations (one row) as int4-v2-h2 holds them: chunk j's pairs, the factor xe[j] that takes its
+// fp16 partials back to sum x q (or x (q - 8)) and, in xs, sum x and the zero term's offset (8 sum x centred, else 0).
+template <int CH, bool SUB>
+__device__ __forceinline__ void half2_activations(const float (&xv)[CH][1][32], uint32_t (&xh)[CH][HalfChunks::kPairs],
+                                                  float (&xe)[CH], ChunkSum (&xs)[CH][1]) {
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < 32; i++) m = fmaxf(m, fabsf(xv[j][0][i]));
+    // m in [2^(e - 127), 2^(e - 126)). Centred: x' = x 2^(133 - e), xe = 2^(e - 133); an all-zero chunk (or one below
+    // 2^-120) keeps 1. Subnormal: x' = x 2^(141 - e), xe = 2^24 / 2^(141 - e), e clamped to [14, 244] (|x| < 2^118).
+    const uint32_t e = __float_as_uint(m) >> 23;
+    float inv, high;
+    if constexpr (SUB) {
+      const uint32_t c = e < 14 ? 14 : e > 244 ? 244 : e;
+      inv = __uint_as_float((268 - c) << 23);
+      high = __uint_as_float((264 - c) << 23);  // inv / 16
+      xe[j] = __uint_as_float((c + 10) << 23);
+    } else {
+      const bool scaled = e >= 7;
+      inv = scaled ? __uint_as_float((260 - e) << 23) : 1.f;
+      high = inv;
+      xe[j] = scaled ? __uint_as_float((e - 6) << 23) : 1.f;
+    }
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+#pragma unroll
+      for (int p = 0; p < 4; p++) {
+        const float f = p % 2 == 0 ? inv : high;
+        xh[j][4 * w + p] = bits_of(__floats2half2_rn(xv[j][0][8 * w + p] * f, xv[j][0][8 * w + p + 4] * f));
+      }
+    }
+    xs[j][0].offset = SUB ? 0.f : 8.f * xs[j][0].x;
+  }
+}
+
+template <int CH, int R, bool SUB>
+__device__ __forceinline__ void tile_products_h2(const Chunk4 (&wv)[R][CH], const unsigned short (&sv)[R][CH],
+                                                 const unsigned short (&zv)[R][CH],
+                                                 const uint32_t (&xh)[CH][HalfChunks::kPairs], const float (&xe)[CH],
+                                                 const ChunkSum (&xs)[CH][1], float (&acc)[R][1]) {
+  const __half2 low_offset = half2_bits(0x64086408u);   // (1032, 1032)
+  const __half2 high_scale = half2_bits(0x2C002C00u);   // (1/16, 1/16)
+  const __half2 high_offset = half2_bits(0xD480D480u);  // (-72, -72)
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    acc[r][0] = 0.f;
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      __half2 part[2] = {half2_bits(0u), half2_bits(0u)};
+#pragma unroll
+      for (int w = 0; w < Geo<13>::kWords; w++) {
+        const uint32_t word = wv[r][j].w[w];
+        const uint32_t shifted = word >> 8;
+        __half2 c[4];
+        if constexpr (SUB) {
+          c[0] = half2_bits(word & 0x000F000Fu);
+          c[1] = half2_bits(word & 0x00F000F0u);
+          c[2] = half2_bits(shifted & 0x000F000Fu);
+          c[3] = half2_bits(shifted & 0x00F000F0u);
+        } else {
+          c[0] = __hsub2(magic_pair<0x000F000Fu>(word), low_offset);
+          c[1] = __hfma2(magic_pair<0x00F000F0u>(word), high_scale, high_offset);
+          c[2] = __hsub2(magic_pair<0x000F000Fu>(shifted), low_offset);
+          c[3] = __hfma2(magic_pair<0x00F000F0u>(shifted), high_scale, high_offset);
+        }
+        __half2& d = part[w / 2];
+#pragma unroll
+        for (int p = 0; p < 4; p++) d = __hfma2(half2_bits(xh[j][4 * w + p]), c[p], d);
+      }
+      const float d = (__low2float(part[0]) + __high2float(part[0])) + (__low2float(part[1]) + __high2float(part[1]));
+      const float s = __half2float(__ushort_as_half(sv[r][j]));
+      const float z = __half2float(__ushort_as_half(zv[r][j]));
+      acc[r][0] = fmaf(s, fmaf(xe[j], d, fmaf(-z, xs[j][0].x, xs[j][0].offset)), acc[r][0]);
     }
   }
 }
@@ -463,14 +586,17 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
   for (int j = 0; j < CH; j++) {
 #pragma unroll
     for (int b = 0; b < NB; b++) {
-      // The odd codes' activations become 16x (exact): see code_of_high.
+      // The odd codes' activations become 16x (exact): see code_of_high. int4-v2-h2 keeps them as they are
+      // (half2_activations packs them and sets the offset).
       float sum = 0.f;
       float scaled = 0.f;
 #pragma unroll
       for (int i = 0; i < C; i++) {
         sum += xv[j][b][i];
-        if (i % 2 == 1) xv[j][b][i] *= 16.f;
-        scaled += xv[j][b][i];
+        if constexpr (!half2_products(G)) {
+          if (i % 2 == 1) xv[j][b][i] *= 16.f;
+          scaled += xv[j][b][i];
+        }
       }
       xs[j][b] = {sum, 128.f * scaled};
     }
@@ -482,7 +608,8 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
 // and two rows 128 at two, without spills (three blocks at two rows spill ~200 bytes). int4-v2-wide (128 threads) at one
 // row and one chunk: four blocks in 128 registers (unbounded 255, two blocks). int4-v2-occ: four.
 __host__ __device__ constexpr int min_blocks(int g, int nb, int ch) {
-  return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : g == 3 && ch == 1 && nb == 1 ? 4 : 1;
+  return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : g == 3 && ch == 1 && nb == 1 ? 4
+       : half2_products(g) ? (ch == 1 ? 4 : 2) : 1;
 }
 
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
@@ -521,11 +648,17 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
   load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+  constexpr bool H2 = half2_products(G);
+  static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
+  uint32_t xh[H2 ? CH : 1][HalfChunks::kPairs];
+  float xe[H2 ? CH : 1];
+  if constexpr (H2) half2_activations<CH, subnormal_codes(G)>(xv, xh, xe, xs);
 
   int buf = 0;
   float acc[R][NB];
   for (; row0 < n; row0 += stride) {
-    tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
+    if constexpr (H2) tile_products_h2<CH, R, subnormal_codes(G)>(wv, sv, zv, xh, xe, xs, acc);
+    else tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
     if (next < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
@@ -1615,6 +1748,7 @@ inline bool supports(int batch, int k) {
 constexpr bool built(int g, int nb, int ch) {
   return g == 1 ? (nb <= 2 || ch == 1)
        : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1))
+       : half2_products(g) ? (nb == 1 && ch <= 3)
        : g == 5 ? (nb == 1 && ch == 1)
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
 }
@@ -1640,9 +1774,18 @@ inline int mma_fused_rows() {
 // (int4-mma16: 9-32 rows, plain, past K = 4,096 in K splits). The fused variants (a prologue or the residual add) are
 // built for bfloat16 and 1-2 rows only (fewer instantiations to compile on first use), int4-mma's for 1-8 (offered up
 // to mma_fused_rows()); the engine asks before it fuses and otherwise runs the separate kernels.
+// int4-v2-h2 and -h2s trade exactness for instructions (their fp16 partial sums: ~3e-4 and ~6e-4 normwise against the
+// fp32 products' 1e-7), so the kernel selection is offered them only with LOWBIT_INT4_HALF2=1 until a decode run shows
+// they keep the greedy tokens equal to the eager path's.
+inline bool half2_offered() {
+  static const bool offered = env_int("LOWBIT_INT4_HALF2", 0) != 0;
+  return offered;
+}
+
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
+  if (half2_products(geometry) && !half2_offered()) return false;
 #ifdef LOWBIT_NO_WIDE
-  if (geometry == 3 || geometry == 5 || geometry == 7) return false;
+  if (geometry == 3 || geometry == 5 || geometry == 7 || half2_products(geometry)) return false;
 #endif
   if (geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
@@ -1659,13 +1802,14 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
     const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
     return variant && dtype == 0 && batch <= mma_fused_rows();
   }
-  if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7) return false;
+  if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7 && !half2_products(geometry)) return false;
   if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k))) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
+  if (half2_products(geometry) && (k % 32 != 0 || batch != 1 || !built_for(geometry, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
   // Paired gate/up rows with the SiLU·mul epilogue: one row, int4-v2 and -wide (n even: checked at launch); int4-v2-occ's
   // 64 registers spilled 80 bytes with it.
-  if (prologue == kNormSiluPairs) return dtype == 0 && batch == 1 && residual == 0 && (geometry == 1 || geometry == 3) && supports(batch, k);
+  if (prologue == kNormSiluPairs) return dtype == 0 && batch == 1 && residual == 0 && (geometry == 1 || geometry == 3 || half2_products(geometry)) && supports(batch, k);
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
@@ -1736,6 +1880,15 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
       case 2: return launch_v2_ch<T, 3, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       default: return -3;
     }
+#endif
+  }
+  if (half2_products(geometry)) {
+#ifdef LOWBIT_NO_WIDE
+    return -3;
+#else
+    if (batch != 1 || k % 32 != 0) return -3;
+    return geometry == 13 ? launch_v2_ch<T, 13, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st)
+                          : launch_v2_ch<T, 15, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
 #endif
   }
   if (geometry == 5) {

@@ -266,6 +266,46 @@ int run_mma_fp16(int batch, int n, int k, int group, int sms, int geometry) {
   return std::sqrt(err / norm) < 1e-2 && pad && counters ? 0 : 1;
 }
 
+// int4-v2-h2 and -h2s (geometries 13 and 15: fp16 products, activations scaled per chunk of 32 by a power of two) over activations
+// whose chunks span 1e-6 to 1e6 (past fp16's range, inside bf16's), with all-zero chunks and outliers, against a
+// float64 reference, next to int4-v2-wide (the fp32 products) on the same input: within 3e-3 normwise (the bf16
+// output's rounding ~1e-3), nothing infinite.
+int run_h2_range(int n, int k, int group, int sms) {
+  g_sms = sms;
+  std::mt19937 rng(n * 31 + k + group);
+  std::normal_distribution<float> nd(0, 1);
+  const int G = k / group;
+  auto [q, packed, s, z] = random_int4(rng, n, k, group, true);
+  const int64_t xs = k + 8;
+  std::vector<__nv_bfloat16> x(xs);
+  const float magnitudes[] = {1e-6f, 1e-3f, 0.f, 1.f, 30.f, 1e3f, 1e6f, 5.f};
+  for (int i = 0; i < k; i++) x[i] = __float2bfloat16(magnitudes[(i / 32) % 8] * nd(rng) * (i % 97 == 0 ? 20.f : 1.f));
+  std::vector<double> ref(n);
+  for (int r = 0; r < n; r++) {
+    double v = 0;
+    for (int i = 0; i < k; i++)
+      v += (double)__bfloat162float(x[i]) * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + i / group])) * (double)__half2float(s[r * G + i / group]));
+    ref[r] = v;
+  }
+  double errs[3];
+  const int geometries[3] = {3, 13, 15};
+  for (int t = 0; t < 3; t++) {
+    std::vector<__nv_bfloat16> out(n + 3, __float2bfloat16(NAN));
+    int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, 1, n, k, group,
+                                         geometries[t], 0, nullptr, 0.f, nullptr, 0, nullptr, nullptr, nullptr);
+    if (rc) { printf("h2 range geometry %d rc %d\n", geometries[t], rc); return 1; }
+    double err = 0, norm = 0;
+    for (int r = 0; r < n; r++) {
+      const double o = __bfloat162float(out[r]);
+      err += (o - ref[r]) * (o - ref[r]);
+      norm += ref[r] * ref[r];
+    }
+    errs[t] = std::sqrt(err / norm);
+  }
+  printf("h2 range n %d k %d g %d sms %d: rel err int4-v2-wide %.3e, int4-v2-h2 %.3e, int4-v2-h2s %.3e\n", n, k, group, sms, errs[0], errs[1], errs[2]);
+  return errs[1] < 3e-3 && errs[2] < 3e-3 ? 0 : 1;
+}
+
 // RoPE + KV-cache write against the rope kernel's arithmetic on the CPU: bit-identical, and nothing else in the cache
 // touched (rows at other positions and other slots stay NaN).
 int run_rope_kv(int batch, int heads, int kv_heads, int d, int max_len) {
@@ -404,6 +444,7 @@ int run_greedy(int vocab) {
 int main() {
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
+  setenv("LOWBIT_INT4_HALF2", "1", 1);   // int4-v2-h2 and -h2s (opt-in on the GPU)
   int f = 0;
   // Not taken: 3 rows at K = 11008 (two chunks per thread), 5 rows.
   f += lowbit_launch_int4_v2(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 3, 8, 11008, 64, nullptr) == -3 ? 0 : 1;
@@ -449,6 +490,29 @@ int main() {
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 7, 3, 0) == 0 ? 0 : 1;   // not the shared or tensor-core kernels
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 9, 3, 0) == 0 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 2, 4096, 3, 3, 0) == 0 ? 0 : 1;   // one row only
+  // int4-v2-h2 (geometry 13: -wide's layout, packed fp16 products): one row at 1-4 chunks per thread, every fused
+  // variant, fp16 activations, a range of magnitudes past fp16's.
+  f += run_fused(1, 101, 4096, 64, 2, 13, 0, false);
+  f += run_fused(1, 19, 11008, 64, 2, 13, 0, false);
+  f += run_fused(1, 9, 12288, 128, 1, 13, 0, false);
+  f += run_fused(1, 29, 4096, 64, 3, 13, 1, false);
+  f += run_fused(1, 19, 4096, 128, 2, 13, 0, true);
+  f += run_fused(1, 13, 11008, 64, 3, 13, 2, true);
+  f += run_fused(1, 102, 4096, 64, 2, 13, 3, false);
+  f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
+  f += run_mma_fp16(1, 37, 4096, 64, 2, 13);
+  f += run_h2_range(45, 4096, 64, 2);
+  f += run_h2_range(17, 11008, 128, 1);
+  f += run_fused(1, 101, 4096, 64, 2, 15, 0, false);   // int4-v2-h2s (geometry 15: the codes as fp16 subnormals)
+  f += run_fused(1, 19, 11008, 64, 2, 15, 0, false);
+  f += run_fused(1, 29, 4096, 64, 3, 15, 1, false);
+  f += run_fused(1, 19, 4096, 128, 2, 15, 0, true);
+  f += run_fused(1, 13, 11008, 64, 3, 15, 2, true);
+  f += run_fused(1, 102, 4096, 64, 2, 15, 3, false);
+  f += run_mma_fp16(1, 37, 11008, 128, 2, 15);
+  f += lowbit_v2_int4_fused_supports(0, 2, 4096, 13, 0, 0) == 0 ? 0 : 1;   // one row only
+  f += lowbit_v2_int4_fused_supports(0, 1, 16384, 15, 0, 0) == 0 ? 0 : 1;   // K <= 12,288
+  f += lowbit_v2_int4_fused_supports(0, 1, 4112, 13, 0, 0) == 0 ? 0 : 1;   // K % 32
   // int4-mma (tensor cores, 16-row tiles, 1-8 activation rows): tail tiles, several tiles per block, dead units past
   // K / 64 (K = 11,008: 172 groups over 8 warps), groups of 128 and 256, both dtypes, the fused variants.
   f += run_fused(1, 101, 4096, 64, 2, 9, 0, false);
