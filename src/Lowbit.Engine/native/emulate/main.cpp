@@ -444,7 +444,6 @@ int run_greedy(int vocab) {
 int main() {
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
-  setenv("LOWBIT_INT4_HALF2", "1", 1);   // int4-v2-h2 and -h2s (opt-in on the GPU)
   int f = 0;
   // Not taken: 3 rows at K = 11008 (two chunks per thread), 5 rows.
   f += lowbit_launch_int4_v2(0, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0, 3, 8, 11008, 64, nullptr) == -3 ? 0 : 1;
@@ -490,28 +489,26 @@ int main() {
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 7, 3, 0) == 0 ? 0 : 1;   // not the shared or tensor-core kernels
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 9, 3, 0) == 0 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 2, 4096, 3, 3, 0) == 0 ? 0 : 1;   // one row only
-  // int4-v2-h2 (geometry 13: -wide's layout, packed fp16 products): one row at 1-4 chunks per thread, every fused
-  // variant, fp16 activations, a range of magnitudes past fp16's.
+  // int4-v2-h2 (geometry 13: -wide's layout, packed fp16 products): one row at one chunk per thread (K <= 4,096), every
+  // fused variant, fp16 activations, a range of magnitudes past fp16's.
   f += run_fused(1, 101, 4096, 64, 2, 13, 0, false);
-  f += run_fused(1, 19, 11008, 64, 2, 13, 0, false);
-  f += run_fused(1, 9, 12288, 128, 1, 13, 0, false);
+  f += run_fused(1, 9, 2048, 128, 1, 13, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 13, 1, false);
   f += run_fused(1, 19, 4096, 128, 2, 13, 0, true);
-  f += run_fused(1, 13, 11008, 64, 3, 13, 2, true);
+  f += run_fused(1, 13, 4096, 64, 3, 13, 2, true);
   f += run_fused(1, 102, 4096, 64, 2, 13, 3, false);
-  f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
+  f += run_fused(1, 30, 2048, 64, 3, 13, 3, false);
   f += run_mma_fp16(1, 37, 4096, 64, 2, 13);
   f += run_h2_range(45, 4096, 64, 2);
-  f += run_h2_range(17, 11008, 128, 1);
+  f += run_h2_range(17, 3072, 128, 1);
   f += run_fused(1, 101, 4096, 64, 2, 15, 0, false);   // int4-v2-h2s (geometry 15: the codes as fp16 subnormals)
-  f += run_fused(1, 19, 11008, 64, 2, 15, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 15, 1, false);
   f += run_fused(1, 19, 4096, 128, 2, 15, 0, true);
-  f += run_fused(1, 13, 11008, 64, 3, 15, 2, true);
+  f += run_fused(1, 13, 4096, 64, 3, 15, 2, true);
   f += run_fused(1, 102, 4096, 64, 2, 15, 3, false);
-  f += run_mma_fp16(1, 37, 11008, 128, 2, 15);
+  f += run_mma_fp16(1, 37, 2048, 128, 2, 15);
   f += lowbit_v2_int4_fused_supports(0, 2, 4096, 13, 0, 0) == 0 ? 0 : 1;   // one row only
-  f += lowbit_v2_int4_fused_supports(0, 1, 16384, 15, 0, 0) == 0 ? 0 : 1;   // K <= 12,288
+  f += lowbit_v2_int4_fused_supports(0, 1, 4128, 15, 0, 0) == 0 ? 0 : 1;   // one chunk per thread: K <= 4,096
   f += lowbit_v2_int4_fused_supports(0, 1, 4112, 13, 0, 0) == 0 ? 0 : 1;   // K % 32
   // int4-mma (tensor cores, 16-row tiles, 1-8 activation rows): tail tiles, several tiles per block, dead units past
   // K / 64 (K = 11,008: 172 groups over 8 warps), groups of 128 and 256, both dtypes, the fused variants.
