@@ -12,7 +12,8 @@ public class NativeKernelEmulationTests
     /// against the separate kernels' arithmetic, the tensor-core int4 GEMV (int4-mma: 1-8 rows in one launch, 9-20 in slices of 8 and 8 rows at
     /// K = 14,336 in slices of 4, each on its rows of x, output and residual; int4-mma16's 16 rows per launch, tails of 8 or
     /// fewer as int4-mma; both dtypes, the fused variants at 1-8 rows; its mma.sync emulated as a warp collective from the PTX fragment layout), RoPE + KV write bit for bit
-    /// with nothing else in the cache written, and the greedy-step kernel against torch.argmax's rules (ties, NaN, −∞).
+    /// with nothing else in the cache written, the greedy-step kernel against torch.argmax's rules (ties, NaN, −∞), and the
+    /// packed-fp16 one-row GEMVs (int4-v2-h2, -h2s) in every variant, on activations past fp16's range.
     /// Six minutes: alone it takes ~45 s, but the other test classes run beside it on CI's two cores.
     /// No GPU here; the bundle's self-check runs the real ones.
     /// </summary>
@@ -23,8 +24,12 @@ public class NativeKernelEmulationTests
 
         Assert.True(exitCode == 0, $"exit {exitCode}: {stdout} {stderr}");
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal(22, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal) && !l.StartsWith("fused ", StringComparison.Ordinal)));
-        Assert.Equal(51, lines.Count(l => l.StartsWith("fused ", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(24, lines.Count(l => l.Contains("rel err", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal) && !l.StartsWith("fused ", StringComparison.Ordinal)));
+        Assert.Equal(63, lines.Count(l => l.StartsWith("fused ", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        // int4-v2-h2 and -h2s (packed fp16 products): every variant, fp16 activations, and chunks from 1e-6 to 1e6.
+        Assert.Equal(8, lines.Count(l => l.Contains(" geometry 13", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(6, lines.Count(l => l.Contains(" geometry 15", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
+        Assert.Equal(2, lines.Count(l => l.StartsWith("h2 range ", StringComparison.Ordinal)));
         Assert.Equal(26, lines.Count(l => l.Contains(" geometry 9", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
         Assert.Equal(5, lines.Count(l => l.Contains(" geometry 11", StringComparison.Ordinal) && l.EndsWith("padding untouched 1", StringComparison.Ordinal)));
         // int4-mma16 past K = 4,096 in K splits (4,352, 11,008, 5,120 in bf16; 4,608 in fp16): right, and every tile's counter reset.
