@@ -27,14 +27,14 @@ public class NativeKernelCompileTests
         var int4 = kernels.Where(k => k.Name.Contains("int4_gemv_v2_kernel<", StringComparison.Ordinal)).ToList();
         // bf16 and fp16 plain (int4-v2: 9 row/chunk pairs, wide: 4, occupancy: 1), the bf16 fused variants (3 each), and
         // the paired gate/up rows with the SiLU·mul epilogue at one row (int4-v2: 1-4 chunks, wide: 1-3).
-        // int4-v2-h2 and -h2s (packed fp16 products, one row, one chunk per thread): plain in both dtypes, the three fused
+        // int4-v2-h2 and -h2s (packed fp16 products, one row, 1-3 chunks per thread): plain in both dtypes, the three fused
         // variants and the paired gate/up rows, each.
-        Assert.Equal((2 * (9 + 4 + 1)) + (3 * (8 + 4 + 1)) + (4 + 3) + (2 * (2 + 3 + 1)), int4.Count);
-        // The packed fp16 kernels: nothing spilled, in 128 registers (four 128-thread blocks per SM).
+        Assert.Equal((2 * (9 + 4 + 1)) + (3 * (8 + 4 + 1)) + (4 + 3) + (2 * ((2 * 3) + (3 * 3) + 3)), int4.Count);
+        // The packed fp16 kernels: nothing spilled; one chunk per thread in 128 registers (four 128-thread blocks per SM).
         var half2 = int4.Where(k => k.Name.Contains("_kernel<__nv_bfloat16, 13, ", StringComparison.Ordinal) || k.Name.Contains("_kernel<__nv_bfloat16, 15, ", StringComparison.Ordinal)
             || k.Name.Contains("_kernel<__half, 13, ", StringComparison.Ordinal) || k.Name.Contains("_kernel<__half, 15, ", StringComparison.Ordinal)).ToList();
-        Assert.Equal(2 * 6, half2.Count);
-        Assert.All(half2, k => Assert.True(k.SpillStores == 0 && k.Registers <= 128,
+        Assert.Equal(2 * 18, half2.Count);
+        Assert.All(half2, k => Assert.True(k.SpillStores == 0 && (!k.Name.Contains(", 1, 1,", StringComparison.Ordinal) || k.Registers <= 128),
             $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
         foreach (var geometry in new[] { 1, 3 })
         {

@@ -169,7 +169,8 @@ template <int G> using ChunkOf = typename std::conditional<wide_layout(G), Chunk
 // Rows per tile: fewer when the activations take many registers (int4-v2-h2's take half of -wide's).
 template <int G, int NB, int CH>
 struct Tile {
-  static constexpr int R = half2_products(G) ? 8 : G != 3 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
+  static constexpr int R = half2_products(G) ? (CH <= 2 ? 8 : 4)
+                         : G != 3 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
 };
 
 template <int G>
@@ -600,7 +601,7 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
 // row and one chunk: four blocks in 128 registers (unbounded 255, two blocks). int4-v2-occ: four.
 __host__ __device__ constexpr int min_blocks(int g, int nb, int ch) {
   return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : g == 3 && ch == 1 && nb == 1 ? 4
-       : half2_products(g) ? 4 : 1;
+       : half2_products(g) ? (ch == 1 ? 4 : 2) : 1;
 }
 
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
@@ -1717,7 +1718,7 @@ inline bool supports(int batch, int k) {
 constexpr bool built(int g, int nb, int ch) {
   return g == 1 ? (nb <= 2 || ch == 1)
        : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1))
-       : half2_products(g) ? (nb == 1 && ch == 1)
+       : half2_products(g) ? (nb == 1 && ch <= 3)
        : g == 5 ? (nb == 1 && ch == 1)
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
 }
@@ -1745,14 +1746,17 @@ inline int mma_fused_rows() {
 // to mma_fused_rows()); the engine asks before it fuses and otherwise runs the separate kernels.
 // int4-v2-h2 and -h2s add error (their fp16 partial sums; measured against the dequantize + linear reference, which is
 // itself 2.6e-3 from the exact product: 2.63e-3 and 2.9e-3 where the fp32 kernels give 2.59e-3, run 57), less than the
-// eager path's own distance from the exact answer; LOWBIT_INT4_HALF2=0 keeps them out of the kernel selection.
-inline bool half2_offered() {
-  static const bool offered = env_int("LOWBIT_INT4_HALF2", 1) != 0;
-  return offered;
+// eager path's own distance from the exact answer; LOWBIT_INT4_HALF2=0 keeps them out of the kernel selection. They are
+// offered at one chunk per thread (K <= 4,096); at 2-3 chunks (K <= 12,288: a 7B's down projection) only with
+// LOWBIT_INT4_HALF2=2: there (two 128-thread blocks per SM, 96 activations per thread through the prologue) the down
+// projection lost 39 µs per step on the H100 (run 57b) while winning 3 % cold; not yet measured on the H200.
+inline int half2_level() {
+  static const int level = env_int("LOWBIT_INT4_HALF2", 1);
+  return level;
 }
 
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
-  if (half2_products(geometry) && !half2_offered()) return false;
+  if (half2_products(geometry) && (half2_level() < 1 || (half2_level() < 2 && chunks_per_thread(k) > 1))) return false;
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7 || half2_products(geometry)) return false;
 #endif

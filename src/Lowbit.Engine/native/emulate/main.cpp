@@ -441,7 +441,21 @@ int run_greedy(int vocab) {
   return bad ? 1 : 0;
 }
 
-int main() {
+// int4-v2-h2 / -h2s at 2-3 chunks per thread (K <= 12,288), offered only with LOWBIT_INT4_HALF2=2 (read once per
+// process): run.sh runs this binary a second time with the variable set and this argument.
+int half2_wide() {
+  int f = 0;
+  f += run_fused(1, 19, 11008, 64, 2, 15, 0, false);
+  f += run_fused(1, 13, 11008, 64, 3, 15, 2, true);
+  f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
+  f += run_fused(1, 9, 12288, 128, 1, 13, 0, true);
+  f += run_h2_range(17, 11008, 128, 1);
+  printf(f == 0 ? "ok\n" : "FAIL\n");
+  return f == 0 ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && strcmp(argv[1], "half2-wide") == 0) return half2_wide();
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
   int f = 0;
@@ -508,7 +522,8 @@ int main() {
   f += run_fused(1, 102, 4096, 64, 2, 15, 3, false);
   f += run_mma_fp16(1, 37, 2048, 128, 2, 15);
   f += lowbit_v2_int4_fused_supports(0, 2, 4096, 13, 0, 0) == 0 ? 0 : 1;   // one row only
-  f += lowbit_v2_int4_fused_supports(0, 1, 4128, 15, 0, 0) == 0 ? 0 : 1;   // one chunk per thread: K <= 4,096
+  f += lowbit_v2_int4_fused_supports(0, 1, 4128, 15, 0, 0) == 0 ? 0 : 1;   // one chunk per thread (K <= 4,096) by default
+  // 2-3 chunks per thread (K <= 12,288): offered with LOWBIT_INT4_HALF2=2 only, checked by `emulate half2-wide`.
   f += lowbit_v2_int4_fused_supports(0, 1, 4112, 13, 0, 0) == 0 ? 0 : 1;   // K % 32
   // int4-mma (tensor cores, 16-row tiles, 1-8 activation rows): tail tiles, several tiles per block, dead units past
   // K / 64 (K = 11,008: 172 groups over 8 warps), groups of 128 and 256, both dtypes, the fused variants.
