@@ -149,7 +149,7 @@ internal static class SelfCheckKernelsVerb
                 // The decode path's own reference: dequantize to the model dtype, then linear (what the selection compares with).
                 var eager = nn.functional.linear(x, packed.Dequantize(dtype));
                 Report($"int4-v2 against dequantize+linear g{group} B={batch} N={n} K={k}", output, eager);
-                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared), (9, ProjectionKernel.Int4Mma), (13, ProjectionKernel.Int4V2Half2), (15, ProjectionKernel.Int4V2Half2Subnormal) })
+                foreach (var (geometry, kernel) in new[] { (3, ProjectionKernel.Int4V2Wide), (5, ProjectionKernel.Int4V2Occupancy), (7, ProjectionKernel.Int4V2Shared), (9, ProjectionKernel.Int4Mma), (13, ProjectionKernel.Int4V2Half2), (15, ProjectionKernel.Int4V2Half2Subnormal), (17, ProjectionKernel.Int4V2Half2Block) })
                 {
                     if ((geometry != 7 || group % 64 == 0) && NativeKernelsV2.Int4XSupports(dtype, batch, k, geometry, Int4Prologue.None, residual: false))
                     {

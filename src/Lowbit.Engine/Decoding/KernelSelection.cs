@@ -75,6 +75,13 @@ public enum ProjectionKernel
     /// normwise error (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 15).
     /// </summary>
     Int4V2Half2Subnormal,
+
+    /// <summary>
+    /// <see cref="Int4V2Half2Subnormal"/>'s products in blocks of 384 threads, one chunk of 32 codes per thread up to
+    /// K = 12,288 (a 7B's down projection), 4 rows per tile (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 17;
+    /// offered with LOWBIT_INT4_HALF2=2 until measured).
+    /// </summary>
+    Int4V2Half2Block,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -280,6 +287,7 @@ public static class KernelSelector
         ProjectionKernel.Int4Mma16 => "int4-mma16",
         ProjectionKernel.Int4V2Half2 => "int4-v2-h2",
         ProjectionKernel.Int4V2Half2Subnormal => "int4-v2-h2s",
+        ProjectionKernel.Int4V2Half2Block => "int4-v2-h2b",
         _ => kernel.ToString(),
     };
 

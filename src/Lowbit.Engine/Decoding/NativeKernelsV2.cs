@@ -103,8 +103,9 @@ public static unsafe class NativeKernelsV2
     /// 7 (int4-v2-shared: activations in shared memory, scales per quad; group % 64 == 0, checked at launch) or 9
     /// (int4-mma: tensor cores, 1-32 rows, 8 per launch; groups of 64 or 128, checked at launch) or 11 (int4-mma16: 9-32
     /// rows, 16 per launch, plain; past K = 4,096 in K splits, which need arrival counters: <see cref="Int4LinearX"/>),
-    /// 13 or 15 (int4-v2-h2 and -h2s: the wide geometry at one row with packed fp16 products, K ≤ 4,096; off with
-    /// LOWBIT_INT4_HALF2=0).
+    /// 13 or 15 (int4-v2-h2 and -h2s: the wide geometry at one row with packed fp16 products, K ≤ 4,096, or ≤ 12,288 with
+    /// LOWBIT_INT4_HALF2=2; off with LOWBIT_INT4_HALF2=0), 17 (int4-v2-h2b: -h2s in 384-thread blocks, K ≤ 12,288, with
+    /// LOWBIT_INT4_HALF2=2).
     /// </summary>
     public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
         FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue

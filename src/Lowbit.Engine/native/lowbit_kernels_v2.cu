@@ -151,12 +151,16 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 // G = 13, "int4-v2-h2": int4-v2-wide's layout at one row with the products in packed fp16 (see half2_products):
 // ~1.6 instructions per code where the fp32 products take ~2.3 (docs/gpu.md, session 22: the one-row GEMV is bound by
 // instruction issue, not by DRAM).
-__host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15; }
-__host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15; }
+//
+// G = 17, "int4-v2-h2b": -h2s's products in a block of 384 threads (12 warps), one chunk of 32 codes per thread up to
+// K = 12,288, so a 7B's down projection (K = 11,008) takes 32 activations per thread through the prologue like the
+// K = 4,096 projections, not 96 at three chunks (which lost in the step, run 57b); 4 rows per tile, two blocks per SM.
+__host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15 || g == 17; }
+__host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15 || g == 17; }
 
 template <int G>
 struct Geo {
-  static constexpr int kThreads = wide_layout(G) ? 128 : 256;
+  static constexpr int kThreads = G == 17 ? 384 : wide_layout(G) ? 128 : 256;
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kCodes = wide_layout(G) ? 32 : 16;   // codes per chunk
   static constexpr int kWords = kCodes / 8;                 // 32-bit words of codes per chunk
@@ -169,7 +173,7 @@ template <int G> using ChunkOf = typename std::conditional<wide_layout(G), Chunk
 // Rows per tile: fewer when the activations take many registers (int4-v2-h2's take half of -wide's).
 template <int G, int NB, int CH>
 struct Tile {
-  static constexpr int R = half2_products(G) ? (CH <= 2 ? 8 : 4)
+  static constexpr int R = G == 17 ? 4 : half2_products(G) ? (CH <= 2 ? 8 : 4)
                          : G != 3 ? (NB * CH >= 4 ? 4 : 8) : (NB * CH == 1 ? 8 : NB * CH == 2 ? 4 : 2);
 };
 
@@ -299,7 +303,7 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
 //    high nibbles divided by 16 more: every product is x' q 2^-24, a partial of 8 at most 2^-1.
 // The fp16 partials cost precision (tools/int4-fp16-partials.cpp, K = 4,096, g64, against float64, normwise: fp32
 // products 1.4e-7; 8 centred codes 2.7e-4, 8 uncentred 5.6e-4), against the bf16 output's own rounding of ~1e-3.
-__host__ __device__ constexpr bool subnormal_codes(int g) { return g == 15; }
+__host__ __device__ constexpr bool subnormal_codes(int g) { return g == 15 || g == 17; }
 
 struct HalfChunks {
   static constexpr int kPairs = 16;  // fp16 pairs per chunk of 32 codes
@@ -601,7 +605,7 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
 // row and one chunk: four blocks in 128 registers (unbounded 255, two blocks). int4-v2-occ: four.
 __host__ __device__ constexpr int min_blocks(int g, int nb, int ch) {
   return g == 5 ? 4 : g == 1 && ch == 1 ? (nb == 1 ? 3 : nb == 2 ? 2 : 1) : g == 3 && ch == 1 && nb == 1 ? 4
-       : half2_products(g) ? (ch == 1 ? 4 : 2) : 1;
+       : g == 17 ? 2 : half2_products(g) ? (ch == 1 ? 4 : 2) : 1;
 }
 
 template <typename T, int G, int NB, int CH, int PRO, bool RES>
@@ -1718,6 +1722,7 @@ inline bool supports(int batch, int k) {
 constexpr bool built(int g, int nb, int ch) {
   return g == 1 ? (nb <= 2 || ch == 1)
        : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1))
+       : g == 17 ? (nb == 1 && ch == 1)
        : half2_products(g) ? (nb == 1 && ch <= 3)
        : g == 5 ? (nb == 1 && ch == 1)
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
@@ -1749,14 +1754,20 @@ inline int mma_fused_rows() {
 // eager path's own distance from the exact answer; LOWBIT_INT4_HALF2=0 keeps them out of the kernel selection. They are
 // offered at one chunk per thread (K <= 4,096); at 2-3 chunks (K <= 12,288: a 7B's down projection) only with
 // LOWBIT_INT4_HALF2=2: there (two 128-thread blocks per SM, 96 activations per thread through the prologue) the down
-// projection lost 39 µs per step on the H100 (run 57b) while winning 3 % cold; not yet measured on the H200.
+// projection lost 39 µs per step on the H100 (run 57b) while winning 3 % cold; not yet measured on the H200. -h2b
+// (geometry 17, 384 threads, one chunk per thread up to K = 12,288) also only with LOWBIT_INT4_HALF2=2, unmeasured.
 inline int half2_level() {
   static const int level = env_int("LOWBIT_INT4_HALF2", 1);
   return level;
 }
 
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
-  if (half2_products(geometry) && (half2_level() < 1 || (half2_level() < 2 && chunks_per_thread(k) > 1))) return false;
+  if (half2_products(geometry) && (half2_level() < 1 || (half2_level() < 2 && (geometry == 17 || chunks_per_thread(k) > 1)))) return false;
+  if (geometry == 17) {
+    if (k % 32 != 0 || k > 12288 || batch != 1) return false;
+    if (prologue == kPlain && !residual) return true;   // not the paired gate/up rows (12 bytes spilled; K = 4,096 has -h2s)
+    return dtype == 0 && ((prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual));
+  }
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7 || half2_products(geometry)) return false;
 #endif
@@ -1797,7 +1808,7 @@ int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, c
     if (prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kPlain && residual) return launch_v2<T, G, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kSiluMul && residual) return launch_v2<T, G, NB, CH, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-    if constexpr (NB == 1 && G != 5) {
+    if constexpr (NB == 1 && G != 5 && G != 17) {
       if (prologue == kNormSiluPairs && !residual && n % 2 == 0) return launch_v2<T, G, NB, CH, kNormSiluPairs, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     }
   }
@@ -1860,6 +1871,7 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
     return -3;
 #else
     if (batch != 1 || k % 32 != 0) return -3;
+    if (geometry == 17) return k <= 12288 ? launch_v2_variant<T, 17, 1, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st) : -3;
     return geometry == 13 ? launch_v2_ch<T, 13, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st)
                           : launch_v2_ch<T, 15, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
 #endif

@@ -287,9 +287,10 @@ int run_h2_range(int n, int k, int group, int sms) {
       v += (double)__bfloat162float(x[i]) * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + i / group])) * (double)__half2float(s[r * G + i / group]));
     ref[r] = v;
   }
-  double errs[3];
-  const int geometries[3] = {3, 13, 15};
-  for (int t = 0; t < 3; t++) {
+  double errs[4] = {0, 0, 0, 0};
+  const int geometries[4] = {3, 13, 15, 17};
+  for (int t = 0; t < 4; t++) {
+    if (!lowbit_v2_int4_fused_supports(0, 1, k, geometries[t], 0, 0)) continue;   // -h2b: with LOWBIT_INT4_HALF2=2
     std::vector<__nv_bfloat16> out(n + 3, __float2bfloat16(NAN));
     int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, 1, n, k, group,
                                          geometries[t], 0, nullptr, 0.f, nullptr, 0, nullptr, nullptr, nullptr);
@@ -302,8 +303,9 @@ int run_h2_range(int n, int k, int group, int sms) {
     }
     errs[t] = std::sqrt(err / norm);
   }
-  printf("h2 range n %d k %d g %d sms %d: rel err int4-v2-wide %.3e, int4-v2-h2 %.3e, int4-v2-h2s %.3e\n", n, k, group, sms, errs[0], errs[1], errs[2]);
-  return errs[1] < 3e-3 && errs[2] < 3e-3 ? 0 : 1;
+  printf("h2 range n %d k %d g %d sms %d: rel err int4-v2-wide %.3e, int4-v2-h2 %.3e, int4-v2-h2s %.3e, int4-v2-h2b %.3e\n", n, k, group, sms,
+         errs[0], errs[1], errs[2], errs[3]);
+  return errs[0] > 0 && errs[1] > 0 && errs[1] < 3e-3 && errs[2] > 0 && errs[2] < 3e-3 && errs[3] < 3e-3 ? 0 : 1;
 }
 
 // RoPE + KV-cache write against the rope kernel's arithmetic on the CPU: bit-identical, and nothing else in the cache
@@ -450,6 +452,15 @@ int half2_wide() {
   f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
   f += run_fused(1, 9, 12288, 128, 1, 13, 0, true);
   f += run_h2_range(17, 11008, 128, 1);
+  // int4-v2-h2b (geometry 17: 384 threads, one chunk per thread up to K = 12,288): dead threads past K / 32, every
+  // fused variant but the paired rows, fp16.
+  f += run_fused(1, 21, 11008, 64, 2, 17, 0, false);
+  f += run_fused(1, 13, 11008, 64, 3, 17, 2, true);
+  f += run_fused(1, 9, 12288, 128, 1, 17, 1, false);
+  f += run_fused(1, 17, 4096, 64, 2, 17, 0, true);
+  f += run_mma_fp16(1, 23, 11008, 128, 2, 17);
+  f += lowbit_v2_int4_fused_supports(0, 1, 4096, 17, 3, 0) == 0 ? 0 : 1;   // not the paired gate/up rows
+  f += lowbit_v2_int4_fused_supports(0, 1, 12320, 17, 0, 0) == 0 ? 0 : 1;  // K <= 12,288
   printf(f == 0 ? "ok\n" : "FAIL\n");
   return f == 0 ? 0 : 1;
 }
