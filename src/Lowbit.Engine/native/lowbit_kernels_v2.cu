@@ -148,9 +148,9 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 // 24 bytes of spills) and four blocks fit per SM instead of three: a third more bytes in flight. One row, one chunk
 // per thread only (K <= 4096): forced to two blocks, the three- and four-chunk kernels spill 300 bytes and more.
 //
-// G = 13, "int4-v2-h2": int4-v2-wide's layout at one row with the products in packed fp16 (see half2_products):
-// ~1.6 instructions per code where the fp32 products take ~2.3 (docs/gpu.md, session 22: the one-row GEMV is bound by
-// instruction issue, not by DRAM).
+// G = 13 and 15, "int4-v2-h2" and "-h2s": int4-v2-wide's layout at one row with the products in packed fp16 (see
+// tile_products_h2): 2.70 and 2.18 instructions per code in the tile loop where -wide takes 3.08 (docs/gpu.md, session
+// 22: the one-row GEMV is bound by instruction issue, not by DRAM).
 //
 // G = 17, "int4-v2-h2b": -h2s's products in a block of 384 threads (12 warps), one chunk of 32 codes per thread up to
 // K = 12,288, so a 7B's down projection (K = 11,008) takes 32 activations per thread through the prologue like the
@@ -289,7 +289,7 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
   }
 }
 
-// int4-v2-h2's products (G = 13 and 15: one activation row, int4-v2-wide's chunks of 32 codes, packed fp16 math). The
+// int4-v2-h2's products (G = 13, 15 and 17: one activation row, chunks of 32 codes, packed fp16 math). The
 // activations are held as fp16 pairs (x0, x4), (x1, x5), (x2, x6), (x3, x7) per word of 8 codes, scaled per chunk by
 // a power of two (exact for bf16 and fp16 values), and each pair of codes goes into an fp16 partial sum by one HFMA2.
 // Each lane of a partial sums 8 codes (two partials per chunk and row), then goes to fp32 for the scale and zero
@@ -297,7 +297,7 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
 //  - G = 13, centred: (q0, q4) = (word & 0x000F000F) | 0x6400 6400 = (1024 + q0, 1024 + q4), minus 1032; (q1, q5)
 //    from (word & 0x00F000F0) | 0x6400 6400 = 1024 + 16 q, times 1/16 minus 72; (q2, q6) and (q3, q7) the same from
 //    word >> 8: one LOP3 and one conversion per pair, exact q - 8. The chunk's largest |x| scaled into [64, 128).
-//  - G = 15, subnormal: word & 0x000F000F is the pair (q0, q4) * 2^-24 as fp16 subnormals (exact; HFMA2 takes
+//  - G = 15 and 17, subnormal: word & 0x000F000F is the pair (q0, q4) * 2^-24 as fp16 subnormals (exact; HFMA2 takes
 //    subnormals at full rate unless .ftz), word & 0x00F000F0 the pair (q1, q5) * 2^-20: one LOP3 per pair and no
 //    conversion, codes not centred. The activations scaled so the chunk's largest |x| is in [2^14, 2^15), those of the
 //    high nibbles divided by 16 more: every product is x' q 2^-24, a partial of 8 at most 2^-1.
