@@ -70,8 +70,9 @@ public static class ThroughputModel
     /// step for 3.64 GB of codes, scales and zeros beside the step's other costs), which is above the H100's usable
     /// bandwidth here (65 % of 3.35 TB/s), so there it is bandwidth bound. The one-row int4 GEMVs are bound by their
     /// instructions, not their bytes (docs/gpu.md, Nsight Compute run 50), so a faster memory is taken not to speed them
-    /// up beyond it. Inferred, not yet measured on this engine: the H200's one int4 batch-1 figure (436.4 tokens/s, run
-    /// 25) is of session 15's engine, the H100's 471-486 of sessions 19-21's.
+    /// up beyond it. Since session 23 the one-row GEMVs at K ≤ 4,096 run packed fp16 products (int4-v2-h2s, fewer
+    /// instructions per code), and the H200 runs them faster than this cap: 578.1 tokens/s there (run 59), which the
+    /// estimate under-states by 12.6 % (within the 20 % goal; refit when the down projection gets the same kernel).
     /// </summary>
     public static double PackedWeightBytesPerSecond(ServingRuntime runtime, WeightFormat weights) =>
         runtime == ServingRuntime.Lowbit && LowbitPackedGemv(weights) ? 2.25e12 : double.PositiveInfinity;
