@@ -158,11 +158,14 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 __host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15 || g == 17; }
 __host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15 || g == 17; }
 
+__host__ __device__ constexpr int threads_of(int g) { return g == 17 ? 384 : wide_layout(g) ? 128 : 256; }
+__host__ __device__ constexpr int codes_of(int g) { return wide_layout(g) ? 32 : 16; }
+
 template <int G>
 struct Geo {
-  static constexpr int kThreads = G == 17 ? 384 : wide_layout(G) ? 128 : 256;
+  static constexpr int kThreads = threads_of(G);
   static constexpr int kWarps = kThreads / 32;
-  static constexpr int kCodes = wide_layout(G) ? 32 : 16;   // codes per chunk
+  static constexpr int kCodes = codes_of(G);                // codes per chunk
   static constexpr int kWords = kCodes / 8;                 // 32-bit words of codes per chunk
 };
 
@@ -305,9 +308,7 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
 // products 1.4e-7; 8 centred codes 2.7e-4, 8 uncentred 5.6e-4), against the bf16 output's own rounding of ~1e-3.
 __host__ __device__ constexpr bool subnormal_codes(int g) { return g == 15 || g == 17; }
 
-struct HalfChunks {
-  static constexpr int kPairs = 16;  // fp16 pairs per chunk of 32 codes
-};
+constexpr int kHalfPairs = 16;  // fp16 pairs per chunk of 32 codes
 
 __device__ __forceinline__ __half2 half2_bits(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
 __device__ __forceinline__ uint32_t bits_of(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
@@ -327,9 +328,10 @@ __device__ __forceinline__ __half2 magic_pair(uint32_t word) {
 
 // This thread's activations (one row) as int4-v2-h2 holds them: chunk j's pairs, the factor xe[j] that takes its
 // fp16 partials back to sum x q (or x (q - 8)) and, in xs, sum x and the zero term's offset (8 sum x centred, else 0).
-template <int CH, bool SUB>
-__device__ __forceinline__ void half2_activations(const float (&xv)[CH][1][32], uint32_t (&xh)[CH][HalfChunks::kPairs],
+template <int G, int CH>
+__device__ __forceinline__ void half2_activations(const float (&xv)[CH][1][32], uint32_t (&xh)[CH][kHalfPairs],
                                                   float (&xe)[CH], ChunkSum (&xs)[CH][1]) {
+  constexpr bool SUB = subnormal_codes(G);
 #pragma unroll
   for (int j = 0; j < CH; j++) {
     float m = 0.f;
@@ -362,11 +364,11 @@ __device__ __forceinline__ void half2_activations(const float (&xv)[CH][1][32], 
   }
 }
 
-template <int CH, int R, bool SUB>
+template <int G, int CH, int R>
 __device__ __forceinline__ void tile_products_h2(const Chunk4 (&wv)[R][CH], const unsigned short (&sv)[R][CH],
-                                                 const unsigned short (&zv)[R][CH],
-                                                 const uint32_t (&xh)[CH][HalfChunks::kPairs], const float (&xe)[CH],
-                                                 const ChunkSum (&xs)[CH][1], float (&acc)[R][1]) {
+                                                 const unsigned short (&zv)[R][CH], const uint32_t (&xh)[CH][kHalfPairs],
+                                                 const float (&xe)[CH], const ChunkSum (&xs)[CH][1], float (&acc)[R][1]) {
+  constexpr bool SUB = subnormal_codes(G);
   const __half2 low_offset = half2_bits(0x64086408u);   // (1032, 1032)
   const __half2 high_scale = half2_bits(0x2C002C00u);   // (1/16, 1/16)
   const __half2 high_offset = half2_bits(0xD480D480u);  // (-72, -72)
@@ -377,7 +379,7 @@ __device__ __forceinline__ void tile_products_h2(const Chunk4 (&wv)[R][CH], cons
     for (int j = 0; j < CH; j++) {
       __half2 part[2] = {half2_bits(0u), half2_bits(0u)};
 #pragma unroll
-      for (int w = 0; w < Geo<13>::kWords; w++) {
+      for (int w = 0; w < Geo<G>::kWords; w++) {
         const uint32_t word = wv[r][j].w[w];
         const uint32_t shifted = word >> 8;
         __half2 c[4];
@@ -646,14 +648,14 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
   constexpr bool H2 = half2_products(G);
   static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
-  uint32_t xh[H2 ? CH : 1][HalfChunks::kPairs];
+  uint32_t xh[H2 ? CH : 1][kHalfPairs];
   float xe[H2 ? CH : 1];
-  if constexpr (H2) half2_activations<CH, subnormal_codes(G)>(xv, xh, xe, xs);
+  if constexpr (H2) half2_activations<G, CH>(xv, xh, xe, xs);
 
   int buf = 0;
   float acc[R][NB];
   for (; row0 < n; row0 += stride) {
-    if constexpr (H2) tile_products_h2<CH, R, subnormal_codes(G)>(wv, sv, zv, xh, xe, xs, acc);
+    if constexpr (H2) tile_products_h2<G, CH, R>(wv, sv, zv, xh, xe, xs, acc);
     else tile_products<G, NB, CH, R>(wv, sv, zv, xv, xs, acc);
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
@@ -1706,8 +1708,9 @@ int launch_variant16(const void* x, int64_t xs, const void* p, const void* s, co
 
 }  // namespace mma
 
-// Chunks per thread for K: 1..4 (K <= 16384), the same in both geometries (256 x 16 = 128 x 32 codes per chunk round).
-inline int chunks_per_thread(int k) { return (k / 16 + 256 - 1) / 256; }
+// Chunks per thread for K in geometry g: a round of chunks covers 4,096 codes (256 x 16 = 128 x 32), int4-v2-h2b's
+// 12,288 (384 x 32); 1..4 (K <= 16384) in the others.
+inline int chunks_per_thread(int k, int g = 1) { return (k / codes_of(g) + threads_of(g) - 1) / threads_of(g); }
 
 // Which (batch, K) the kernel takes: 1-2 rows up to four chunks per thread; 3-4 rows (activations of 4 rows as floats)
 // with one chunk per thread (K <= 4096).
@@ -1730,7 +1733,7 @@ constexpr bool built(int g, int nb, int ch) {
 
 inline bool built_for(int g, int batch, int k) {
   const int nb = batch <= 1 ? 1 : batch <= 2 ? 2 : 4;
-  return built(g, nb, chunks_per_thread(k));
+  return built(g, nb, chunks_per_thread(k, g));
 }
 
 // The most rows int4-mma's fused variants (RMSNorm prologue, SiLU·mul prologue, residual epilogue) take: 2, the rows
@@ -1763,11 +1766,6 @@ inline int half2_level() {
 
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
   if (half2_products(geometry) && (half2_level() < 1 || (half2_level() < 2 && (geometry == 17 || chunks_per_thread(k) > 1)))) return false;
-  if (geometry == 17) {
-    if (k % 32 != 0 || k > 12288 || batch != 1) return false;
-    if (prologue == kPlain && !residual) return true;   // not the paired gate/up rows (12 bytes spilled; K = 4,096 has -h2s)
-    return dtype == 0 && ((prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual));
-  }
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7 || half2_products(geometry)) return false;
 #endif
@@ -1791,9 +1789,9 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (half2_products(geometry) && (k % 32 != 0 || batch != 1 || !built_for(geometry, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
-  // Paired gate/up rows with the SiLU·mul epilogue: one row, int4-v2 and -wide (n even: checked at launch); int4-v2-occ's
-  // 64 registers spilled 80 bytes with it.
-  if (prologue == kNormSiluPairs) return dtype == 0 && batch == 1 && residual == 0 && (geometry == 1 || geometry == 3 || half2_products(geometry)) && supports(batch, k);
+  // Paired gate/up rows with the SiLU·mul epilogue: one row, int4-v2, -wide, -h2 and -h2s (n even: checked at launch);
+  // int4-v2-occ's 64 registers spilled 80 bytes with it, -h2b's 80 spilled 12.
+  if (prologue == kNormSiluPairs) return dtype == 0 && batch == 1 && residual == 0 && (geometry == 1 || geometry == 3 || geometry == 13 || geometry == 15) && supports(batch, k);
   if (prologue < kPlain || prologue > kSiluMul) return false;
   if (prologue == kPlain && !residual) return supports(batch, k);
   const bool variant = (prologue == kNorm && !residual) || (prologue == kPlain && residual) || (prologue == kSiluMul && residual);
@@ -1818,7 +1816,7 @@ int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, c
 template <typename T, int G, int NB>
 int launch_v2_ch(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
                  int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
-  switch (chunks_per_thread(k)) {
+  switch (chunks_per_thread(k, G)) {
     case 1: if constexpr (built(G, NB, 1)) return launch_v2_variant<T, G, NB, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
     case 2: if constexpr (built(G, NB, 2)) return launch_v2_variant<T, G, NB, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
     case 3: if constexpr (built(G, NB, 3)) return launch_v2_variant<T, G, NB, 3>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st); else return -3;
@@ -1871,9 +1869,11 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
     return -3;
 #else
     if (batch != 1 || k % 32 != 0) return -3;
-    if (geometry == 17) return k <= 12288 ? launch_v2_variant<T, 17, 1, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st) : -3;
-    return geometry == 13 ? launch_v2_ch<T, 13, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st)
-                          : launch_v2_ch<T, 15, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    switch (geometry) {
+      case 13: return launch_v2_ch<T, 13, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 15: return launch_v2_ch<T, 15, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      default: return launch_v2_ch<T, 17, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+    }
 #endif
   }
   if (geometry == 5) {
