@@ -48,6 +48,36 @@ public class KernelSelectionTests
     }
 
     [Fact]
+    public void Does_take_a_preferred_kernel_that_passed_its_trial_but_never_a_failed_one()
+    {
+        var trials = new Dictionary<ProjectionKernel, KernelTrial>
+        {
+            [ProjectionKernel.Int4Dequant] = Timed(900, 0),
+            [ProjectionKernel.Int4V2Shared] = Timed(10),
+            [ProjectionKernel.Int4V2Half2Block] = Timed(12),
+            [ProjectionKernel.Int4V2Half2] = Timed(5, error: 0.5),
+        };
+
+        Assert.Equal(ProjectionKernel.Int4V2Half2Block, KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4V2Half2Block).Chosen);
+        Assert.Equal(ProjectionKernel.Int4V2Shared, KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4V2Half2).Chosen);
+        Assert.Equal(ProjectionKernel.Int4V2Shared, KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4Mma).Chosen);
+    }
+
+    [Fact]
+    public void Does_parse_kernel_preferences_and_name_a_bad_entry()
+    {
+        var preferences = KernelSelector.ParsePreferences(" 4096x11008=int4-v2-h2b, 12288x4096=int4-v2-h2s");
+
+        Assert.Equal(ProjectionKernel.Int4V2Half2Block, preferences[(4096, 11008)]);
+        Assert.Equal(ProjectionKernel.Int4V2Half2Subnormal, preferences[(12288, 4096)]);
+        Assert.Empty(KernelSelector.ParsePreferences(null));
+        var error = Assert.Throws<EngineInputException>(() => KernelSelector.ParsePreferences("4096x11008=int4-v9"));
+        Assert.Contains("LOWBIT_KERNEL_PREFER: '4096x11008=int4-v9'", error.Message, StringComparison.Ordinal);
+        Assert.Contains("int4-v2-h2b", error.Message, StringComparison.Ordinal);
+        Assert.Throws<EngineInputException>(() => KernelSelector.ParsePreferences("4096=int4-v2"));
+    }
+
+    [Fact]
     public void Does_keep_the_reference_when_nothing_could_be_timed()
     {
         var choice = KernelSelector.Choose(Dense, 4, [ProjectionKernel.Linear, ProjectionKernel.NativeGemv], _ => new KernelTrial { Failure = "no graph" });

@@ -292,10 +292,41 @@ public static class KernelSelector
     };
 
     /// <summary>
-    /// The pure choice: the fastest candidate whose trial succeeded and (unless it is the reference, the first)
-    /// is within <see cref="Tolerance"/>; the reference when none is.
+    /// A diagnostic: <c>OUTxIN=kernel</c> entries, comma-separated (e.g. <c>4096x11008=int4-v2-h2b</c>), each naming the
+    /// kernel to take for projections of that shape whenever it passes its trial, however fast the others (for measuring
+    /// one kernel inside the decode step, where the cold timing may rank it otherwise).
     /// </summary>
-    public static KernelChoice Choose(ProjectionShape shape, int rows, IReadOnlyList<ProjectionKernel> candidates, Func<ProjectionKernel, KernelTrial> trial)
+    public const string PreferEnv = "LOWBIT_KERNEL_PREFER";
+
+    /// <summary>
+    /// Parses <see cref="PreferEnv"/>'s value: (out features, in features) → kernel. A malformed entry or an unknown kernel
+    /// name throws an <see cref="EngineInputException"/> naming the entry and the accepted names.
+    /// </summary>
+    public static IReadOnlyDictionary<(long Out, long In), ProjectionKernel> ParsePreferences(string? value)
+    {
+        var preferences = new Dictionary<(long, long), ProjectionKernel>();
+        foreach (var entry in (value ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var parts = entry.Split('=', 2, StringSplitOptions.TrimEntries);
+            var dims = parts[0].Split('x');
+            var kernel = Enum.GetValues<ProjectionKernel>().Where(k => parts.Length == 2 && Name(k) == parts[1]).Select(k => (ProjectionKernel?)k).FirstOrDefault();
+            if (dims.Length != 2 || !long.TryParse(dims[0], CultureInfo.InvariantCulture, out var outFeatures)
+                || !long.TryParse(dims[1], CultureInfo.InvariantCulture, out var inFeatures) || kernel is null)
+            {
+                throw new EngineInputException(
+                    $"{PreferEnv}: '{entry}' is not OUTxIN=kernel (e.g. 4096x11008=int4-v2-h2b); kernels: {string.Join(", ", Enum.GetValues<ProjectionKernel>().Select(Name))}");
+            }
+            preferences[(outFeatures, inFeatures)] = kernel.Value;
+        }
+        return preferences;
+    }
+
+    /// <summary>
+    /// The pure choice: the fastest candidate whose trial succeeded and (unless it is the reference, the first)
+    /// is within <see cref="Tolerance"/>; the reference when none is. A <paramref name="preferred"/> kernel whose trial
+    /// succeeded is chosen whatever its time (<see cref="PreferEnv"/>).
+    /// </summary>
+    public static KernelChoice Choose(ProjectionShape shape, int rows, IReadOnlyList<ProjectionKernel> candidates, Func<ProjectionKernel, KernelTrial> trial, ProjectionKernel? preferred = null)
     {
         ArgumentOutOfRangeException.ThrowIfZero(candidates.Count);
         var trials = new Dictionary<ProjectionKernel, KernelTrial>();
@@ -309,7 +340,8 @@ public static class KernelSelector
             trials[candidate] = result;
         }
         var chosen = trials.Where(t => t.Value.Failure is null && t.Value.Microseconds is not null)
-            .OrderBy(t => t.Value.Microseconds!.Value)
+            .OrderBy(t => t.Key == preferred ? 0 : 1)
+            .ThenBy(t => t.Value.Microseconds!.Value)
             .Select(t => (ProjectionKernel?)t.Key)
             .FirstOrDefault() ?? candidates[0];
         return new KernelChoice { Shape = shape, Rows = rows, Chosen = chosen, Trials = trials };
@@ -329,6 +361,7 @@ public static class KernelSelector
     public static KernelTable Measure(IEnumerable<Projection> projections, IReadOnlyList<int> rows, DecodeKernels kernels, IKernelTimer timer, ScalarType dtype, Device device)
     {
         var choices = new List<KernelChoice>();
+        var preferences = ParsePreferences(Environment.GetEnvironmentVariable(PreferEnv));
         using var noGrad = no_grad();
         foreach (var group in projections.Where(p => p.Shape is not null).GroupBy(p => p.Shape!))
         {
@@ -347,6 +380,7 @@ public static class KernelSelector
                     .mul(Scalars.Of(0.37)).sin().reshape(count, shape.InFeatures).to(dtype);
                 var reference = projection.Run(x, candidates[0]).to(ScalarType.Float32);
                 var referenceNorm = Math.Max(1e-30, reference.norm().item<float>());
+                var preferred = preferences.TryGetValue((shape.OutFeatures, shape.InFeatures), out var p) ? p : (ProjectionKernel?)null;
                 choices.Add(Choose(shape, count, candidates, kernel =>
                 {
                     try
@@ -374,7 +408,7 @@ public static class KernelSelector
                     {
                         return new KernelTrial { Failure = e.Message };
                     }
-                }));
+                }, preferred));
             }
         }
         return new KernelTable(choices);
