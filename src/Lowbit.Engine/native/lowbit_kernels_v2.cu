@@ -50,6 +50,14 @@
 #define LOWBIT_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" :::)
 #endif
 
+// A line into L2 (no registers, nothing waits for it): the decode attention's later cache rows, the RMSNorm prologue's
+// weight (prefetch_norm_weight).
+#if defined(LOWBIT_EMULATED)
+#define LOWBIT_PREFETCH_L2(p)
+#else
+#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#endif
+
 namespace {
 
 template <typename T> struct Cvt2;
@@ -133,7 +141,23 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
+  // kNorm, kNormSiluPairs: 1 to prefetch the norm weight into L2 before the wait (prefetch_norm_weight; LOWBIT_NORM_PREFETCH=0 off).
+  int prefetch_norm;
 };
+
+// The RMSNorm prologue's weight into L2 before griddepcontrol.wait, with the first tile's codes. It is the layer's own
+// K values, last read a whole step ago (gigabytes of weights through the L2 since), so the prologue's weight loads,
+// which follow the wait, the activations' load and a block barrier, went to DRAM while every block of the grid waited
+// on them; prefetched, they hit L2. One 128-byte line per thread at most (K <= THREADS * 64 at 16 bits).
+template <typename T, int THREADS, int PRO>
+__device__ __forceinline__ void prefetch_norm_weight(const Fusion& fusion, int k, int tid) {
+  if constexpr (PRO == kNorm || PRO == kNormSiluPairs) {
+    if (fusion.prefetch_norm == 0) return;
+    constexpr int kLine = 128 / (int)sizeof(T);
+    const T* w = static_cast<const T*>(fusion.norm_w);
+    for (int e = tid * kLine; e < k; e += THREADS * kLine) LOWBIT_PREFETCH_L2(w + e);
+  }
+}
 
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
@@ -641,6 +665,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   LOWBIT_PDL_TRIGGER();
   constexpr bool PAIRS = PRO == kNormSiluPairs;
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
+  prefetch_norm_weight<T, Geo<G>::kThreads, PRO>(fusion, k, tid);
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
@@ -826,6 +851,7 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
   if (row0 < n) load(row0);
+  prefetch_norm_weight<T, 256, PRO>(fusion, k, tid);
   LOWBIT_PDL_WAIT();
 
   ChunkSum xs[CH][NB];
@@ -1458,6 +1484,7 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   LOWBIT_PDL_TRIGGER();
   if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
+  prefetch_norm_weight<T, kThreads, PRO>(fusion, k, tid);
   LOWBIT_PDL_WAIT();
   stage_activations<T, NB, P, PRO>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
@@ -2169,12 +2196,6 @@ constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
 
-#if defined(LOWBIT_EMULATED)
-#define LOWBIT_PREFETCH_L2(p)
-#else
-#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
-#endif
-
 // A lane's D / 32 elements of a row (one 8- or 4-byte load: rows and the lane's offset are multiples of D / 32 elements,
 // the host checks the bases' alignment).
 template <typename T, int D>
@@ -2683,7 +2704,8 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
-  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals};
+  static const int prefetch_norm = env_int("LOWBIT_NORM_PREFETCH", 1) != 0 ? 1 : 0;
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, prefetch_norm};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
