@@ -145,10 +145,11 @@ struct Fusion {
   int prefetch_norm;
 };
 
-// The RMSNorm prologue's weight into L2 before griddepcontrol.wait, with the first tile's codes. It is the layer's own
-// K values, last read a whole step ago (gigabytes of weights through the L2 since), so the prologue's weight loads,
-// which follow the wait, the activations' load and a block barrier, went to DRAM while every block of the grid waited
-// on them; prefetched, they hit L2. One 128-byte line per thread at most (K <= THREADS * 64 at 16 bits).
+// The RMSNorm prologue's weight into L2 at the kernel's start, ahead of the first tile's codes (so it is not queued
+// behind them). It is the layer's own K values, last read a whole step ago (gigabytes of weights through the L2 since),
+// so the prologue's weight loads, which follow griddepcontrol.wait, the activations' load and a block barrier, went to
+// DRAM while every block of the grid waited on them; prefetched, they hit L2. One 128-byte line per thread at most
+// (K <= THREADS * 64 at 16 bits); the grid's blocks ask for the same lines, which L2 merges.
 template <typename T, int THREADS, int PRO>
 __device__ __forceinline__ void prefetch_norm_weight(const Fusion& fusion, int k, int tid) {
   if constexpr (PRO == kNorm || PRO == kNormSiluPairs) {
@@ -664,8 +665,8 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
   constexpr bool PAIRS = PRO == kNormSiluPairs;
-  if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   prefetch_norm_weight<T, Geo<G>::kThreads, PRO>(fusion, k, tid);
+  if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
@@ -850,8 +851,8 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
-  if (row0 < n) load(row0);
   prefetch_norm_weight<T, 256, PRO>(fusion, k, tid);
+  if (row0 < n) load(row0);
   LOWBIT_PDL_WAIT();
 
   ChunkSum xs[CH][NB];
@@ -1482,9 +1483,9 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   // The first round's loads go out before the activations (they do not depend on them, nor on the kernel before).
   Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, first, g, c, n, row_bytes, groups);
   LOWBIT_PDL_TRIGGER();
+  prefetch_norm_weight<T, kThreads, PRO>(fusion, k, tid);
   if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
-  prefetch_norm_weight<T, kThreads, PRO>(fusion, k, tid);
   LOWBIT_PDL_WAIT();
   stage_activations<T, NB, P, PRO>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
