@@ -141,7 +141,7 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
-  // kNorm, kNormSiluPairs: 1 to prefetch the norm weight into L2 before the wait (prefetch_norm_weight; LOWBIT_NORM_PREFETCH=0 off).
+  // kNorm, kNormSiluPairs: 1 to prefetch the norm weight into L2 before the wait (prefetch_norm_weight, step_prefetch()).
   int prefetch_norm;
 };
 
@@ -694,6 +694,14 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
 inline int env_int(const char* name, int fallback) {
   const char* v = getenv(name);
   return v != nullptr ? atoi(v) : fallback;
+}
+
+// 1 (the default) to prefetch into L2, before griddepcontrol.wait, the step's small inputs that the kernel before does
+// not write but that are a step old in the L2 (the RMSNorm prologue's weight, the fused RoPE's cos/sin);
+// LOWBIT_STEP_PREFETCH=0 (a diagnostic) turns it off.
+inline int step_prefetch() {
+  static const int on = env_int("LOWBIT_STEP_PREFETCH", 1) != 0 ? 1 : 0;
+  return on;
 }
 
 // An attribute of the current device, or `fallback` when the query fails (or gives less than 1).
@@ -2262,7 +2270,7 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
-    int64_t out_stride) {
+    int64_t out_stride, int prefetch_rope) {
   constexpr int E = D / 32;
   constexpr int P = kAttnPositions;
   __shared__ float merge_m[kAttnWarps][GMAX];
@@ -2323,6 +2331,15 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
       const int64_t element = (row_base + (int64_t)(later + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
       LOWBIT_PREFETCH_L2(keys + element);
       LOWBIT_PREFETCH_L2(values + element);
+    }
+  }
+  if constexpr (ROPE) {
+    // cos/sin (torch's, made at the step's start: complete, like the positions) were read after the wait, from DRAM
+    // past the first layers (the step's weights stream through the L2 in between): their lines go to L2 now.
+    constexpr int kLine = 128 / (int)sizeof(T);
+    if (prefetch_rope != 0 && threadIdx.x * kLine < D) {
+      LOWBIT_PREFETCH_L2(cos + (int64_t)b * D + threadIdx.x * kLine);
+      LOWBIT_PREFETCH_L2(sin + (int64_t)b * D + threadIdx.x * kLine);
     }
   }
   LOWBIT_PDL_WAIT();
@@ -2635,7 +2652,7 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   auto pick = [&](auto kernel) {
     return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
                       static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os);
+                      splits, scale, work, arrivals, static_cast<T*>(out), os, step_prefetch());
   };
   if (cos != nullptr) {
     return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
@@ -2705,8 +2722,7 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
-  static const int prefetch_norm = env_int("LOWBIT_NORM_PREFETCH", 1) != 0 ? 1 : 0;
-  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, prefetch_norm};
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, step_prefetch()};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
