@@ -141,8 +141,9 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
-  // kNorm, kNormSiluPairs: 1 to prefetch the norm weight into L2 before the wait (prefetch_norm_weight, step_prefetch()).
-  int prefetch_norm;
+  // 1 to prefetch the norm weight (kNorm, kNormSiluPairs) and the residual (RES) into L2 (prefetch_norm_weight,
+  // prefetch_residual; step_prefetch()).
+  int prefetch;
 };
 
 // The RMSNorm prologue's weight into L2 at the kernel's start, ahead of the first tile's codes (so it is not queued
@@ -153,10 +154,25 @@ struct Fusion {
 template <typename T, int THREADS, int PRO>
 __device__ __forceinline__ void prefetch_norm_weight(const Fusion& fusion, int k, int tid) {
   if constexpr (PRO == kNorm || PRO == kNormSiluPairs) {
-    if (fusion.prefetch_norm == 0) return;
+    if (fusion.prefetch == 0) return;
     constexpr int kLine = 128 / (int)sizeof(T);
     const T* w = static_cast<const T*>(fusion.norm_w);
     for (int e = tid * kLine; e < k; e += THREADS * kLine) LOWBIT_PREFETCH_L2(w + e);
+  }
+}
+
+// The residual's values under this block's tiles (rows row0, row0 + stride, ... of each of `batch` rows; a tile's rows
+// lie in one 128-byte line) into L2 right after griddepcontrol.wait: the epilogue adds them at the end of each tile,
+// and they were written two or more kernels back (the output projection's residual is the layer's input, the down
+// projection's the output projection's result, 48 MB of gate/up codes ago in a 7B), so they may have left the L2. Not
+// before the wait: a kernel two back is complete only once the kernel before has passed its own wait.
+template <typename T, bool RES>
+__device__ __forceinline__ void prefetch_residual(const Fusion& fusion, int row0, int stride, int n, int batch, int tid, int threads) {
+  if constexpr (RES) {
+    if (fusion.prefetch == 0 || row0 >= n) return;
+    const T* r = static_cast<const T*>(fusion.residual);
+    const int tiles = (n - row0 + stride - 1) / stride;
+    for (int i = tid; i < tiles * batch; i += threads) LOWBIT_PREFETCH_L2(r + (int64_t)(i / tiles) * fusion.res_stride + row0 + (i % tiles) * stride);
   }
 }
 
@@ -668,6 +684,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   prefetch_norm_weight<T, Geo<G>::kThreads, PRO>(fusion, k, tid);
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
+  prefetch_residual<T, RES>(fusion, row0, stride, n, batch, tid, Geo<G>::kThreads);
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
@@ -696,9 +713,9 @@ inline int env_int(const char* name, int fallback) {
   return v != nullptr ? atoi(v) : fallback;
 }
 
-// 1 (the default) to prefetch into L2, before griddepcontrol.wait, the step's small inputs that the kernel before does
-// not write but that are a step old in the L2 (the RMSNorm prologue's weight, the fused RoPE's cos/sin);
-// LOWBIT_STEP_PREFETCH=0 (a diagnostic) turns it off.
+// 1 (the default) to prefetch into L2 the step's small inputs that may have left it since they were written or last
+// read: before griddepcontrol.wait the RMSNorm prologue's weight and the fused RoPE's cos/sin (a step old past the first
+// layers), after it the residual the epilogue adds; LOWBIT_STEP_PREFETCH=0 (a diagnostic) turns it off.
 inline int step_prefetch() {
   static const int on = env_int("LOWBIT_STEP_PREFETCH", 1) != 0 ? 1 : 0;
   return on;
@@ -862,6 +879,7 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   prefetch_norm_weight<T, 256, PRO>(fusion, k, tid);
   if (row0 < n) load(row0);
   LOWBIT_PDL_WAIT();
+  prefetch_residual<T, RES>(fusion, row0, stride, n, batch, tid, 256);
 
   ChunkSum xs[CH][NB];
   {
@@ -1495,6 +1513,7 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
   LOWBIT_PDL_WAIT();
+  prefetch_residual<T, RES>(fusion, tile * kRows, tile_step * kRows, n, batch, tid, kThreads);
   stage_activations<T, NB, P, PRO>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
 
