@@ -50,8 +50,8 @@
 #define LOWBIT_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" :::)
 #endif
 
-// A line into L2 (no registers, nothing waits for it): the decode attention's later cache rows, the RMSNorm prologue's
-// weight (prefetch_norm_weight).
+// A line into L2 (no registers, nothing waits for it): the decode attention's later cache rows and cos/sin, the
+// RMSNorm prologue's weight (prefetch_norm_weight), the residual epilogue's rows (prefetch_residual).
 #if defined(LOWBIT_EMULATED)
 #define LOWBIT_PREFETCH_L2(p)
 #else
