@@ -713,11 +713,12 @@ inline int env_int(const char* name, int fallback) {
   return v != nullptr ? atoi(v) : fallback;
 }
 
-// 1 (the default) to prefetch into L2 the step's small inputs that may have left it since they were written or last
-// read: before griddepcontrol.wait the RMSNorm prologue's weight and the fused RoPE's cos/sin (a step old past the first
-// layers), after it the residual the epilogue adds; LOWBIT_STEP_PREFETCH=0 (a diagnostic) turns it off.
+// 1 to prefetch into L2 the step's small inputs that may have left it since they were written or last read: before
+// griddepcontrol.wait the RMSNorm prologue's weight and the fused RoPE's cos/sin (a step old past the first layers),
+// after it the residual the epilogue adds. Opt-in (LOWBIT_STEP_PREFETCH=1) until measured in the step: session 24 got
+// no device (docs/gpu.md, plan item 1).
 inline int step_prefetch() {
-  static const int on = env_int("LOWBIT_STEP_PREFETCH", 1) != 0 ? 1 : 0;
+  static const int on = env_int("LOWBIT_STEP_PREFETCH", 0) != 0 ? 1 : 0;
   return on;
 }
 
