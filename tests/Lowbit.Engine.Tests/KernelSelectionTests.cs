@@ -58,8 +58,12 @@ public class KernelSelectionTests
             [ProjectionKernel.Int4V2Half2] = Timed(5, error: 0.5),
         };
 
-        Assert.Equal(ProjectionKernel.Int4V2Half2Block, KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4V2Half2Block).Chosen);
-        Assert.Equal(ProjectionKernel.Int4V2Shared, KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4V2Half2).Chosen);
+        var preferred = KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4V2Half2Block);
+        Assert.Equal(ProjectionKernel.Int4V2Half2Block, preferred.Chosen);
+        Assert.EndsWith("-> int4-v2-h2b (LOWBIT_KERNEL_PREFER)", preferred.Describe(), StringComparison.Ordinal);
+        var refused = KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4V2Half2);
+        Assert.Equal(ProjectionKernel.Int4V2Shared, refused.Chosen);
+        Assert.EndsWith("-> int4-v2-shared", refused.Describe(), StringComparison.Ordinal);
         Assert.Equal(ProjectionKernel.Int4V2Shared, KernelSelector.Choose(Int4, 1, [.. trials.Keys], k => trials[k], ProjectionKernel.Int4Mma).Chosen);
     }
 

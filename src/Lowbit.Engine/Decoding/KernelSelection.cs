@@ -131,13 +131,17 @@ public sealed record KernelChoice
 
     public required IReadOnlyDictionary<ProjectionKernel, KernelTrial> Trials { get; init; }
 
-    /// <summary>One log line: every candidate's time (or failure) and the choice.</summary>
+    /// <summary>The kernel <see cref="KernelSelector.PreferEnv"/> named for this shape, if any.</summary>
+    public ProjectionKernel? Preferred { get; init; }
+
+    /// <summary>One log line: every candidate's time (or failure) and the choice, marked when it was the preferred one.</summary>
     public string Describe()
     {
         var parts = Trials.Select(t => t.Value.Failure is { } failure
             ? $"{KernelSelector.Name(t.Key)} rejected ({failure})"
             : string.Create(CultureInfo.InvariantCulture, $"{KernelSelector.Name(t.Key)} {t.Value.Microseconds:F1} us"));
-        return $"{Shape} rows {Rows}: {string.Join(", ", parts)} -> {KernelSelector.Name(Chosen)}";
+        var preferred = Chosen == Preferred ? $" ({KernelSelector.PreferEnv})" : "";
+        return $"{Shape} rows {Rows}: {string.Join(", ", parts)} -> {KernelSelector.Name(Chosen)}{preferred}";
     }
 }
 
@@ -344,7 +348,7 @@ public static class KernelSelector
             .ThenBy(t => t.Value.Microseconds!.Value)
             .Select(t => (ProjectionKernel?)t.Key)
             .FirstOrDefault() ?? candidates[0];
-        return new KernelChoice { Shape = shape, Rows = rows, Chosen = chosen, Trials = trials };
+        return new KernelChoice { Shape = shape, Rows = rows, Chosen = chosen, Trials = trials, Preferred = preferred };
     }
 
     /// <summary>
