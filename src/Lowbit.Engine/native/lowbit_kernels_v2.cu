@@ -166,13 +166,13 @@ __device__ __forceinline__ void prefetch_norm_weight(const Fusion& fusion, int k
 // and they were written two or more kernels back (the output projection's residual is the layer's input, the down
 // projection's the output projection's result, 48 MB of gate/up codes ago in a 7B), so they may have left the L2. Not
 // before the wait: a kernel two back is complete only once the kernel before has passed its own wait.
-template <typename T, bool RES>
-__device__ __forceinline__ void prefetch_residual(const Fusion& fusion, int row0, int stride, int n, int batch, int tid, int threads) {
+template <typename T, int THREADS, bool RES>
+__device__ __forceinline__ void prefetch_residual(const Fusion& fusion, int row0, int stride, int n, int batch, int tid) {
   if constexpr (RES) {
     if (fusion.prefetch == 0 || row0 >= n) return;
     const T* r = static_cast<const T*>(fusion.residual);
     const int tiles = (n - row0 + stride - 1) / stride;
-    for (int i = tid; i < tiles * batch; i += threads) LOWBIT_PREFETCH_L2(r + (int64_t)(i / tiles) * fusion.res_stride + row0 + (i % tiles) * stride);
+    for (int i = tid; i < tiles * batch; i += THREADS) LOWBIT_PREFETCH_L2(r + (int64_t)(i / tiles) * fusion.res_stride + row0 + (i % tiles) * stride);
   }
 }
 
@@ -684,7 +684,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   prefetch_norm_weight<T, Geo<G>::kThreads, PRO>(fusion, k, tid);
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
-  prefetch_residual<T, RES>(fusion, row0, stride, n, batch, tid, Geo<G>::kThreads);
+  prefetch_residual<T, Geo<G>::kThreads, RES>(fusion, row0, stride, n, batch, tid);
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
@@ -880,7 +880,7 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   prefetch_norm_weight<T, 256, PRO>(fusion, k, tid);
   if (row0 < n) load(row0);
   LOWBIT_PDL_WAIT();
-  prefetch_residual<T, RES>(fusion, row0, stride, n, batch, tid, 256);
+  prefetch_residual<T, 256, RES>(fusion, row0, stride, n, batch, tid);
 
   ChunkSum xs[CH][NB];
   {
@@ -1514,7 +1514,7 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
   LOWBIT_PDL_WAIT();
-  prefetch_residual<T, RES>(fusion, tile * kRows, tile_step * kRows, n, batch, tid, kThreads);
+  prefetch_residual<T, kThreads, RES>(fusion, tile * kRows, tile_step * kRows, n, batch, tid);
   stage_activations<T, NB, P, PRO>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
 
