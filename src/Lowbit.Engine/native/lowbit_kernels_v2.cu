@@ -722,6 +722,15 @@ inline int step_prefetch() {
   return on;
 }
 
+// Blocks per SM a persistent kernel leaves free (LOWBIT_GRID_SLACK, default 0; at least one block per SM stays): with
+// programmatic dependent launch the next kernel's blocks can then become resident while this one runs and issue their
+// first weight loads (they need nothing of this kernel's) before griddepcontrol.wait, instead of after this kernel's
+// blocks exit. An experiment (session 25): fewer blocks of this kernel against less of a gap between the two.
+inline int grid_slack() {
+  static const int slack = env_int("LOWBIT_GRID_SLACK", 0) > 0 ? env_int("LOWBIT_GRID_SLACK", 0) : 0;
+  return slack;
+}
+
 // An attribute of the current device, or `fallback` when the query fails (or gives less than 1).
 inline int device_attribute(cudaDeviceAttr attribute, int fallback) {
   int device = 0;
@@ -747,7 +756,8 @@ int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
   };
   // Without dynamic shared memory once per process; with it (the shared kernel, sized by K) per call.
   static const int plain = query(0);
-  const int per_sm = smem == 0 ? plain : query(smem);
+  const int fit = smem == 0 ? plain : query(smem);
+  const int per_sm = fit - grid_slack() > 1 ? fit - grid_slack() : 1;
   const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t resident = (int64_t)sms * per_sm;
   return (int)(tiles < resident ? tiles : resident);
