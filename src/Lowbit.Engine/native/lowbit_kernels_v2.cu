@@ -50,14 +50,6 @@
 #define LOWBIT_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" :::)
 #endif
 
-// A line into L2 (no registers, nothing waits for it): the decode attention's later cache rows and cos/sin, the
-// RMSNorm prologue's weight (prefetch_norm_weight), the residual epilogue's rows (prefetch_residual).
-#if defined(LOWBIT_EMULATED)
-#define LOWBIT_PREFETCH_L2(p)
-#else
-#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
-#endif
-
 namespace {
 
 template <typename T> struct Cvt2;
@@ -141,40 +133,7 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
-  // 1 to prefetch the norm weight (kNorm, kNormSiluPairs) and the residual (RES) into L2 (prefetch_norm_weight,
-  // prefetch_residual; step_prefetch()).
-  int prefetch;
 };
-
-// The RMSNorm prologue's weight into L2 at the kernel's start, ahead of the first tile's codes (so it is not queued
-// behind them). It is the layer's own K values, last read a whole step ago (gigabytes of weights through the L2 since),
-// so the prologue's weight loads, which follow griddepcontrol.wait, the activations' load and a block barrier, went to
-// DRAM while every block of the grid waited on them; prefetched, they hit L2. One 128-byte line per thread at most
-// (K <= THREADS * 64 at 16 bits); the grid's blocks ask for the same lines, which L2 merges.
-template <typename T, int THREADS, int PRO>
-__device__ __forceinline__ void prefetch_norm_weight(const Fusion& fusion, int k, int tid) {
-  if constexpr (PRO == kNorm || PRO == kNormSiluPairs) {
-    if (fusion.prefetch == 0) return;
-    constexpr int kLine = 128 / (int)sizeof(T);
-    const T* w = static_cast<const T*>(fusion.norm_w);
-    for (int e = tid * kLine; e < k; e += THREADS * kLine) LOWBIT_PREFETCH_L2(w + e);
-  }
-}
-
-// The residual's values under this block's tiles (rows row0, row0 + stride, ... of each of `batch` rows; a tile's rows
-// lie in one 128-byte line) into L2 right after griddepcontrol.wait: the epilogue adds them at the end of each tile,
-// and they were written two or more kernels back (the output projection's residual is the layer's input, the down
-// projection's the output projection's result, 48 MB of gate/up codes ago in a 7B), so they may have left the L2. Not
-// before the wait: a kernel two back is complete only once the kernel before has passed its own wait.
-template <typename T, int THREADS, bool RES>
-__device__ __forceinline__ void prefetch_residual(const Fusion& fusion, int row0, int stride, int n, int batch, int tid) {
-  if constexpr (RES) {
-    if (fusion.prefetch == 0 || row0 >= n) return;
-    const T* r = static_cast<const T*>(fusion.residual);
-    const int tiles = (n - row0 + stride - 1) / stride;
-    for (int i = tid; i < tiles * batch; i += THREADS) LOWBIT_PREFETCH_L2(r + (int64_t)(i / tiles) * fusion.res_stride + row0 + (i % tiles) * stride);
-  }
-}
 
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
@@ -681,10 +640,8 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
   constexpr bool PAIRS = PRO == kNormSiluPairs;
-  prefetch_norm_weight<T, Geo<G>::kThreads, PRO>(fusion, k, tid);
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
-  prefetch_residual<T, Geo<G>::kThreads, RES>(fusion, row0, stride, n, batch, tid);
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
@@ -711,15 +668,6 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
 inline int env_int(const char* name, int fallback) {
   const char* v = getenv(name);
   return v != nullptr ? atoi(v) : fallback;
-}
-
-// 1 to prefetch into L2 the step's small inputs that may have left it since they were written or last read: before
-// griddepcontrol.wait the RMSNorm prologue's weight and the fused RoPE's cos/sin (a step old past the first layers),
-// after it the residual the epilogue adds. Opt-in (LOWBIT_STEP_PREFETCH=1) until measured in the step: session 24 got
-// no device (docs/gpu.md, plan item 1).
-inline int step_prefetch() {
-  static const int on = env_int("LOWBIT_STEP_PREFETCH", 0) != 0 ? 1 : 0;
-  return on;
 }
 
 // Blocks per SM a persistent kernel leaves free (LOWBIT_GRID_SLACK, default 0; at least one block per SM stays): with
@@ -887,10 +835,8 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
-  prefetch_norm_weight<T, 256, PRO>(fusion, k, tid);
   if (row0 < n) load(row0);
   LOWBIT_PDL_WAIT();
-  prefetch_residual<T, 256, RES>(fusion, row0, stride, n, batch, tid);
 
   ChunkSum xs[CH][NB];
   {
@@ -1520,11 +1466,9 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   // The first round's loads go out before the activations (they do not depend on them, nor on the kernel before).
   Cursor<GS> at = cursor_at<GS>(packed, scales, zeros, tile, first, g, c, n, row_bytes, groups);
   LOWBIT_PDL_TRIGGER();
-  prefetch_norm_weight<T, kThreads, PRO>(fusion, k, tid);
   if (tile < tiles && rounds > 0) at.load_codes(ring), at.load_scales(sz[0]);
   at.advance();
   LOWBIT_PDL_WAIT();
-  prefetch_residual<T, kThreads, RES>(fusion, tile * kRows, tile_step * kRows, n, batch, tid);
   stage_activations<T, NB, P, PRO>(x + k0, x_stride, batch, kk, fusion, tid, lane, warp, smem, norm_partial);
   __syncthreads();
 
@@ -2235,6 +2179,12 @@ constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
 
+#if defined(LOWBIT_EMULATED)
+#define LOWBIT_PREFETCH_L2(p)
+#else
+#define LOWBIT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#endif
+
 // A lane's D / 32 elements of a row (one 8- or 4-byte load: rows and the lane's offset are multiples of D / 32 elements,
 // the host checks the bases' alignment).
 template <typename T, int D>
@@ -2300,7 +2250,7 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
-    int64_t out_stride, int prefetch_rope) {
+    int64_t out_stride) {
   constexpr int E = D / 32;
   constexpr int P = kAttnPositions;
   __shared__ float merge_m[kAttnWarps][GMAX];
@@ -2361,15 +2311,6 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
       const int64_t element = (row_base + (int64_t)(later + i / lines) * kv_heads) * D + (i % lines) * (128 / (int)sizeof(T));
       LOWBIT_PREFETCH_L2(keys + element);
       LOWBIT_PREFETCH_L2(values + element);
-    }
-  }
-  if constexpr (ROPE) {
-    // cos/sin (torch's, made at the step's start: complete, like the positions) were read after the wait, from DRAM
-    // past the first layers (the step's weights stream through the L2 in between): their lines go to L2 now.
-    constexpr int kLine = 128 / (int)sizeof(T);
-    if (prefetch_rope != 0 && threadIdx.x * kLine < D) {
-      LOWBIT_PREFETCH_L2(cos + (int64_t)b * D + threadIdx.x * kLine);
-      LOWBIT_PREFETCH_L2(sin + (int64_t)b * D + threadIdx.x * kLine);
     }
   }
   LOWBIT_PDL_WAIT();
@@ -2682,7 +2623,7 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   auto pick = [&](auto kernel) {
     return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
                       static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os, step_prefetch());
+                      splits, scale, work, arrivals, static_cast<T*>(out), os);
   };
   if (cos != nullptr) {
     return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
@@ -2752,7 +2693,7 @@ int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, cons
   if (!fused_supports(dtype, batch, k, geometry, prologue, residual != nullptr ? 1 : 0)) return -3;
   if ((prologue == kNorm || prologue == kNormSiluPairs) && norm_w == nullptr) return -3;
   if (lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 && (work == nullptr || arrivals == nullptr)) return -3;
-  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals, step_prefetch()};
+  const Fusion f{norm_w, eps, residual, res_stride, 0, work, arrivals};
   switch (dtype) {
     case 0: return launch_v2_nb<__nv_bfloat16>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
     case 1: return launch_v2_nb<__half>(x, x_stride, packed, scales, zeros, out, out_stride, batch, n, k, group, geometry, prologue, residual != nullptr, f, st);
