@@ -22,6 +22,7 @@
 #   ncu [LAUNCHES]     Nsight Compute on the int4 GEMVs v2/wide/occ/shared (one row, g64): occupancy, DRAM throughput, stalls
 #   profile [RUNS]     per-kernel device time inside the decode graphs (nsys --cuda-graph-trace=node, if the image has
 #                      Nsight Systems; else the tools found are listed): where the ~1 ms of non-GEMV time per token goes
+# variants ends with one summary line per setting and run (every repeat's tokens/s, their mean).
 # SKIP_SELFCHECK=1 skips the self-check, SELFCHECK_ENV="NAME=VALUE ..." sets variables for it alone; a failed self-check turns the v2 kernels off (LOWBIT_KERNELS_V2=0) for the rest.
 # ATTENTION=native runs the decode modes with the native decode attention at every batch (LOWBIT_DECODE_ATTENTION=native;
 # the default takes it up to batch 16).
@@ -115,7 +116,15 @@ case "$mode" in
       python3 -c 'import json,sys
 for l in open(sys.argv[1]):
     r=json.loads(l); r["variant"]=sys.argv[2]; print(json.dumps(r))' /tmp/variant.jsonl "$v" >> "$OUT/variants.jsonl"
-    done ;;
+    done
+    # Identical runs differ by about ±2 % (run 60, H100): one line per setting and run with every repeat's tokens/s.
+    python3 -c 'import json,sys,collections
+seen=collections.defaultdict(list)
+for l in open(sys.argv[1]):
+    r=json.loads(l)
+    if r.get("tokensPerSecond"): seen[(r["variant"],r.get("weights"),r.get("mode"),r.get("batch"))].append(r["tokensPerSecond"])
+for (v,weights,mode,batch),t in seen.items():
+    print(f"summary: {v} | {weights} {mode} {batch} | " + " ".join(f"{x:.1f}" for x in t) + f" | mean {sum(t)/len(t):.1f}")' "$OUT/variants.jsonl" 2>/dev/null ;;
   fusion)
     # The decode-step fusions (issue 13): the same runs with everything on, without programmatic dependent launch, and
     # without the fusions, with the int4 kernel selection's timings per shape (int4-v2 against -wide, -occ, -shared); int4
