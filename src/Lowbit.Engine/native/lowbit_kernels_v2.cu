@@ -675,7 +675,10 @@ inline int env_int(const char* name, int fallback) {
 // first weight loads (they need nothing of this kernel's) before griddepcontrol.wait, instead of after this kernel's
 // blocks exit. An experiment (session 25): fewer blocks of this kernel against less of a gap between the two.
 inline int grid_slack() {
-  static const int slack = env_int("LOWBIT_GRID_SLACK", 0) > 0 ? env_int("LOWBIT_GRID_SLACK", 0) : 0;
+  static const int slack = [] {
+    const int v = env_int("LOWBIT_GRID_SLACK", 0);
+    return v > 0 ? v : 0;
+  }();
   return slack;
 }
 
