@@ -28,6 +28,13 @@
 
 #include <stdlib.h>
 
+#if !defined(LOWBIT_EMULATED)
+#include <cooperative_groups.h>
+#include <map>
+#include <mutex>
+#include <utility>
+#endif
+
 #include <type_traits>
 
 // Programmatic dependent launch (sm_90): the int4 GEMVs and the RoPE + KV write are launched so that they may start
@@ -2181,6 +2188,9 @@ constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
+// LOWBIT_ATTENTION_CLUSTER=1: a launch of 2-16 splits runs each (row, kv head)'s splits as one thread block cluster
+// (sm_90) and merges them through distributed shared memory (see decode_attention) instead of the workspace.
+constexpr int kAttnClusterMax = 16;
 
 #if defined(LOWBIT_EMULATED)
 #define LOWBIT_PREFETCH_L2(p)
@@ -2248,7 +2258,13 @@ __device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __r
 }
 
 // GMAX: the query heads per kv head the registers hold (1 for multi-head attention, else 8).
-template <typename T, int D, bool ROPE, int GMAX>
+// CL (LOWBIT_ATTENTION_CLUSTER=1, 2-16 splits): the splits of a (row, kv head) are one cluster, block rank = split. Each
+// block keeps its merged (max, sum, acc[D]) per head in its own shared memory; after a cluster barrier every block
+// reads all ranks' maxima and sums (distributed shared memory), and block r merges elements r·128 + t, r·128 + t +
+// splits·128, ... of the group's heads in split order, with the workspace merge's arithmetic (bit-identical to it). The
+// workspace path's chain after the last round (store, __threadfence, atomicAdd, the last block's loads: three L2
+// round trips) becomes two cluster barriers and reads of neighbouring SMs' shared memory.
+template <typename T, int D, bool ROPE, int GMAX, bool CL = false>
 __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
@@ -2262,6 +2278,9 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
   __shared__ float split_weight[GMAX][kAttnMaxSplits];
   __shared__ float split_sum[GMAX];
   __shared__ int merges;
+  __shared__ float cluster_m[CL ? GMAX : 1];
+  __shared__ float cluster_l[CL ? GMAX : 1];
+  __shared__ float cluster_acc[CL ? GMAX : 1][CL ? D : 1];
   const int split = blockIdx.x % splits;
   const int kvh = (blockIdx.x / splits) % kv_heads;
   const int b = blockIdx.x / (splits * kv_heads);
@@ -2453,16 +2472,53 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
       float a = 0.f;
       for (int w = 0; w < kAttnWarps; w++)
         if (merge_m[w][g] != -INFINITY) a += merge_acc[w][g][e] * expf(merge_m[w][g] - top);
-      if (splits == 1) {
+      if constexpr (CL) {
+        cluster_acc[g][e] = a;
+      } else if (splits == 1) {
         out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
       } else {
         partial[2 + e] = a;
       }
     }
-    if (splits > 1 && threadIdx.x == 0) {
-      partial[0] = top;
-      partial[1] = sum;
+    if (threadIdx.x == 0) {
+      if constexpr (CL) {
+        cluster_m[g] = top;
+        cluster_l[g] = sum;
+      } else if (splits > 1) {
+        partial[0] = top;
+        partial[1] = sum;
+      }
     }
+  }
+  if constexpr (CL) {
+#if !defined(LOWBIT_EMULATED)
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every split's state is in its block's shared memory
+    // Every split's (max, sum) of each head of the group, a warp per head, lane s from rank s (splits <= 32).
+    for (int g = warp; g < group; g += kAttnWarps) {
+      const float ms = lane < splits ? *cluster.map_shared_rank(&cluster_m[g], lane) : -INFINITY;
+      const float ls = lane < splits ? *cluster.map_shared_rank(&cluster_l[g], lane) : 0.f;
+      const float top = warp_max(ms);
+      const float w = ms != -INFINITY ? expf(ms - top) : 0.f;
+      if (lane < splits) split_weight[g][lane] = w;
+      const float sum = warp_sum2(ls * w);
+      if (lane == 0) split_sum[g] = sum;
+    }
+    __syncthreads();
+    for (int t = split * kAttnThreads + threadIdx.x; t < group * D; t += splits * kAttnThreads) {
+      const int g = t / D;
+      const int e = t % D;
+      float a = 0.f;
+      for (int s = 0; s < splits; s++) {
+        const float value = *cluster.map_shared_rank(&cluster_acc[g][e], s);
+        a += split_weight[g][s] != 0.f ? value * split_weight[g][s] : 0.f;
+      }
+      out[b * out_stride + (int64_t)(kvh * group + g) * D + e] = Cvt2<T>::t(a / split_sum[g]);
+    }
+    cluster.sync();  // no block leaves while another reads its shared memory
+#endif
+    return;
   }
   if (splits == 1) return;
   // The last block of (b, kv head) to arrive merges every split (the threadfence-reduction pattern).
@@ -2615,6 +2671,68 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms, int wa
   return splits < 1 ? 1 : splits;
 }
 
+// LOWBIT_ATTENTION_CLUSTER=1: launches of 2-16 splits as clusters (decode_attention's CL); off by default until
+// measured in the decode step (session 26). Turned off for the rest of the process when a cluster launch is refused.
+inline bool& attention_cluster() {
+  static bool on = env_int("LOWBIT_ATTENTION_CLUSTER", 0) != 0;
+  return on;
+}
+
+// Launches `kernel` as clusters of `cluster` blocks along x, with programmatic stream serialization like launch_pdl
+// (unless LOWBIT_PDL=0 or LOWBIT_NO_PDL). Checks first that such a cluster fits on the device
+// (cudaOccupancyMaxActiveClusters), so that a refused configuration never reaches a stream being captured. 0 when
+// launched, -3 when not (the caller launches the kernel without clusters).
+template <typename... P, typename... A>
+int launch_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, cudaStream_t st, A... args) {
+#if defined(LOWBIT_EMULATED)
+  return -3;
+#else
+#if defined(LOWBIT_NO_PDL)
+  static const bool pdl = false;
+#else
+  static const bool pdl = [] {
+    const char* v = getenv("LOWBIT_PDL");
+    return v == nullptr || v[0] != '0';
+  }();
+#endif
+  if (cluster < 1 || cluster > kAttnClusterMax || blocks % cluster != 0) return -3;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3((unsigned)blocks);
+  config.blockDim = dim3((unsigned)threads);
+  config.dynamicSmemBytes = 0;
+  config.stream = st;
+  cudaLaunchAttribute attribute[2];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = (unsigned)cluster;
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl ? 2 : 1;
+  // Once per (kernel, cluster size): past 8 blocks a cluster is non-portable and the kernel has to allow it (H100 and
+  // H200 take 16); then whether one such cluster fits at all.
+  static std::mutex lock;
+  static std::map<std::pair<const void*, int>, bool> checked;
+  {
+    std::lock_guard<std::mutex> hold(lock);
+    const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), cluster);
+    auto found = checked.find(key);
+    if (found == checked.end()) {
+      bool ok = cluster <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+      int fits = 0;
+      ok = ok && cudaOccupancyMaxActiveClusters(&fits, kernel, &config) == cudaSuccess && fits >= 1;
+      if (!ok) cudaGetLastError();
+      found = checked.emplace(key, ok).first;
+    }
+    if (!found->second) return -3;
+  }
+  if (cudaLaunchKernelEx(&config, kernel, args...) == cudaSuccess) return 0;
+  cudaGetLastError();
+  return -3;
+#endif
+}
+
 template <typename T, int D>
 int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
                      void* out, int64_t os, float* work, int* arrivals, int batch, int kv_heads, int group, int max_len,
@@ -2622,6 +2740,18 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
+  if (splits > 1 && splits <= kAttnClusterMax && attention_cluster()) {
+    auto clustered = [&](auto kernel) {
+      return launch_cluster(kernel, blocks, kAttnThreads, splits, st, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
+                            static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len,
+                            length, splits, scale, work, arrivals, static_cast<T*>(out), os);
+    };
+    const int rc = cos != nullptr
+        ? (group == 1 ? clustered(decode_attention_kernel<T, D, true, 1, true>) : clustered(decode_attention_kernel<T, D, true, kAttnMaxGroup, true>))
+        : (group == 1 ? clustered(decode_attention_kernel<T, D, false, 1, true>) : clustered(decode_attention_kernel<T, D, false, kAttnMaxGroup, true>));
+    if (rc == 0) return 0;
+    attention_cluster() = false;
+  }
   // The kernel for (fused RoPE or not, one query head per kv head or up to eight).
   auto pick = [&](auto kernel) {
     return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
