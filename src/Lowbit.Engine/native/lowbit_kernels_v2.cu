@@ -2510,6 +2510,7 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
       const int g = t / D;
       const int e = t % D;
       float a = 0.f;
+#pragma unroll 16
       for (int s = 0; s < splits; s++) {
         const float value = *cluster.map_shared_rank(&cluster_acc[g][e], s);
         a += split_weight[g][s] != 0.f ? value * split_weight[g][s] : 0.f;
