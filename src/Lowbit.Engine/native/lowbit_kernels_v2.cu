@@ -140,7 +140,36 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
+  // 1 (LOWBIT_NORM_STAGE=1, int4-v2 and its geometries, kNorm and kNormSiluPairs): the RMSNorm weight's chunks go to
+  // dynamic shared memory by cp.async before griddepcontrol.wait (stage_norm_weight), so the prologue reads them there
+  // after its block barrier instead of loading them then (a round trip to L2 or DRAM after the kernel before is done).
+  int stage_norm;
 };
+
+// This thread's chunks of the RMSNorm weight (chunk c = tid + j·THREADS, C values each) into `stage` at the same
+// place ((j·THREADS + tid)·C), 16 bytes per cp.async; load_activations waits for them (cp.async.wait_all) when it needs
+// them. The weight is a parameter of the model: it does not depend on the kernel before, so this goes out before the
+// wait, with the first tile's codes.
+template <typename T, int THREADS, int C, int CH>
+__device__ __forceinline__ void stage_norm_weight(const T* __restrict__ w, T* stage, int tid, const bool (&live)[CH]) {
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    if (!live[j]) continue;
+    const int64_t at = (int64_t)(tid + j * THREADS) * C;
+#pragma unroll
+    for (int p = 0; p < C / 8; p++) {
+#if defined(LOWBIT_EMULATED)
+      memcpy(stage + (j * THREADS + tid) * C + 8 * p, w + at + 8 * p, 16);
+#else
+      const unsigned to = (unsigned)__cvta_generic_to_shared(stage + (j * THREADS + tid) * C + 8 * p);
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(w + at + 8 * p) : "memory");
+#endif
+    }
+  }
+#if !defined(LOWBIT_EMULATED)
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
 
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
@@ -516,7 +545,8 @@ template <typename T, int G, int NB, int CH, int PRO>
 __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
                                                  const Fusion& fusion, int tid, int lane, int warp,
                                                  const bool (&live)[CH], float (*norm_partial)[NB],
-                                                 float (&xv)[CH][NB][Geo<G>::kCodes], ChunkSum (&xs)[CH][NB]) {
+                                                 float (&xv)[CH][NB][Geo<G>::kCodes], ChunkSum (&xs)[CH][NB],
+                                                 const T* stage = nullptr) {
   constexpr int C = Geo<G>::kCodes;
 #pragma unroll
   for (int j = 0; j < CH; j++) {
@@ -566,6 +596,9 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
     }
     __syncthreads();
     const T* w = static_cast<const T*>(fusion.norm_w);
+#if !defined(LOWBIT_EMULATED)
+    if (stage != nullptr) asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
 #pragma unroll
     for (int b = 0; b < NB; b++) {
       float total = 0.f;
@@ -577,9 +610,10 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
         const int c = tid + j * Geo<G>::kThreads;
         if (!live[j]) continue;
         const uint4* wp = reinterpret_cast<const uint4*>(w + (int64_t)c * C);
+        const uint4* sp = stage != nullptr ? reinterpret_cast<const uint4*>(stage + (int64_t)(j * Geo<G>::kThreads + tid) * C) : nullptr;
 #pragma unroll
         for (int p = 0; p < C / 8; p++) {
-          const uint4 u = __ldg(wp + p);
+          const uint4 u = sp != nullptr ? sp[p] : __ldg(wp + p);
           const T* g = reinterpret_cast<const T*>(&u);
 #pragma unroll
           for (int i = 0; i < 8; i++) xv[j][b][8 * p + i] = rnd2<T>(Cvt2<T>::f(g[i]) * rnd2<T>(xv[j][b][8 * p + i] * inv));
@@ -648,11 +682,19 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   LOWBIT_PDL_TRIGGER();
   constexpr bool PAIRS = PRO == kNormSiluPairs;
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
+  T* stage = nullptr;
+  if constexpr (PRO == kNorm || PAIRS) {
+    if (fusion.stage_norm != 0) {
+      LOWBIT_DYNAMIC_SHARED(dynamic);
+      stage = reinterpret_cast<T*>(dynamic);
+      stage_norm_weight<T, Geo<G>::kThreads, Geo<G>::kCodes, CH>(static_cast<const T*>(fusion.norm_w), stage, tid, live);
+    }
+  }
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
-  load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+  load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs, stage);
   constexpr bool H2 = half2_products(G);
   static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
   uint32_t xh[H2 ? CH : 1][kHalfPairs];
@@ -687,6 +729,12 @@ inline int grid_slack() {
     return v > 0 ? v : 0;
   }();
   return slack;
+}
+
+// LOWBIT_NORM_STAGE=1 (default 0 until measured in the decode step, session 26): see Fusion::stage_norm.
+inline bool norm_stage() {
+  static const bool on = env_int("LOWBIT_NORM_STAGE", 0) != 0;
+  return on;
 }
 
 // An attribute of the current device, or `fallback` when the query fails (or gives less than 1).
@@ -761,11 +809,15 @@ template <typename T, int G, int NB, int CH, int PRO, bool RES>
 int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
               int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
   constexpr int R = Tile<G, NB, CH>::R;
-  const int blocks = persistent_blocks<int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>>(Geo<G>::kThreads, ((int64_t)n + R - 1) / R);
+  // LOWBIT_NORM_STAGE=1: the RMSNorm weight staged in dynamic shared memory (Fusion::stage_norm), K values at most.
+  Fusion f = fusion;
+  f.stage_norm = (PRO == kNorm || PRO == kNormSiluPairs) && norm_stage() ? 1 : 0;
+  const int smem = f.stage_norm != 0 ? Geo<G>::kThreads * CH * Geo<G>::kCodes * (int)sizeof(T) : 0;
+  const int blocks = persistent_blocks<int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>>(Geo<G>::kThreads, ((int64_t)n + R - 1) / R, smem);
   if (blocks == 0) return 0;
-  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st, 0,
+  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st, smem,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
+                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, f);
 }
 
 // G = 7, "int4-v2-shared": the activations in shared memory and each scale/zero pair loaded once per group of threads,

@@ -465,6 +465,26 @@ int half2_wide() {
   return f == 0 ? 0 : 1;
 }
 
+// The RMSNorm prologues (kNorm, kNormSiluPairs) of int4-v2 and its geometries with the weight staged in shared memory
+// by cp.async (LOWBIT_NORM_STAGE=1, read once per process: run.sh runs this binary with it, and with
+// LOWBIT_INT4_HALF2=2 for the 2-3 chunk packed kernels and -h2b): one and two rows, one to three chunks per thread.
+int norm_stage_cases() {
+  int f = 0;
+  f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);
+  f += run_fused(2, 21, 8192, 128, 2, 1, 1, false);
+  f += run_fused(1, 38, 4096, 128, 1, 1, 3, false);
+  f += run_fused(1, 21, 8192, 128, 2, 3, 1, false);
+  f += run_fused(1, 102, 4096, 64, 2, 3, 3, false);
+  f += run_fused(1, 33, 4096, 128, 3, 5, 1, false);
+  f += run_fused(1, 29, 4096, 64, 3, 13, 1, false);
+  f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
+  f += run_fused(1, 102, 4096, 64, 2, 15, 3, false);
+  f += run_fused(1, 29, 4096, 64, 3, 15, 1, false);
+  f += run_fused(1, 9, 12288, 128, 1, 17, 1, false);
+  printf(f == 0 ? "ok\n" : "FAIL\n");
+  return f == 0 ? 0 : 1;
+}
+
 // The decode attention's shapes (also alone: `emulate attention`, run with LOWBIT_ATTENTION_CLUSTER=1 by run.sh).
 int attention_cases() {
   int f = 0;
@@ -480,6 +500,7 @@ int attention_cases() {
 }
 
 int main(int argc, char** argv) {
+  if (argc > 1 && strcmp(argv[1], "norm-stage") == 0) return norm_stage_cases();
   if (argc > 1 && strcmp(argv[1], "attention") == 0) {
     const int f = attention_cases();
     printf("%s\n", f ? "FAIL" : "ok");

@@ -17,5 +17,7 @@ g++ -std=c++20 -O1 -pthread -w -I"$here" "$work/v2.cpp" "$here/main.cpp" -o "$wo
 # The decode attention with LOWBIT_ATTENTION_CLUSTER=1: clusters are not emulated, so its launcher falls back to the
 # workspace merge (the fallback path a refused cluster launch takes on the device).
 LOWBIT_ATTENTION_CLUSTER=1 "$work/emulate" attention
+# The RMSNorm prologues with their weight staged in shared memory (LOWBIT_NORM_STAGE=1, opt-in).
+LOWBIT_NORM_STAGE=1 LOWBIT_INT4_HALF2=2 "$work/emulate" norm-stage
 # The packed-fp16 GEMVs at 2-3 chunks per thread, offered only with LOWBIT_INT4_HALF2=2 (read once per process).
 LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
