@@ -769,6 +769,17 @@ int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
   return (int)(tiles < resident ? tiles : resident);
 }
 
+// Whether launches ask for programmatic stream serialization: not when built without it (LOWBIT_NO_PDL) or with
+// LOWBIT_PDL=0.
+inline bool pdl_requested() {
+#if defined(LOWBIT_NO_PDL)
+  return false;
+#else
+  const char* v = getenv("LOWBIT_PDL");
+  return v == nullptr || v[0] != '0';
+#endif
+}
+
 // Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT) unless LOWBIT_PDL=0, else plainly (also
 // when the runtime refuses the attribute: then plainly for the rest of the process).
 template <typename... P, typename... A>
@@ -777,14 +788,7 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, i
   emul_launch(blocks, threads, [&] { kernel(args...); });
   return 0;
 #else
-#if defined(LOWBIT_NO_PDL)
-  static bool pdl = false;
-#else
-  static bool pdl = [] {
-    const char* v = getenv("LOWBIT_PDL");
-    return v == nullptr || v[0] != '0';
-  }();
-#endif
+  static bool pdl = pdl_requested();
   if (pdl) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3((unsigned)blocks);
@@ -2740,14 +2744,7 @@ int launch_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, c
 #if defined(LOWBIT_EMULATED)
   return -3;
 #else
-#if defined(LOWBIT_NO_PDL)
-  static const bool pdl = false;
-#else
-  static const bool pdl = [] {
-    const char* v = getenv("LOWBIT_PDL");
-    return v == nullptr || v[0] != '0';
-  }();
-#endif
+  static const bool pdl = pdl_requested();
   if (cluster < 1 || cluster > kAttnClusterMax || blocks % cluster != 0) return -3;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3((unsigned)blocks);
