@@ -2729,16 +2729,17 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms, int wa
 }
 
 // LOWBIT_ATTENTION_CLUSTER=1: launches of 2-16 splits as clusters (decode_attention's CL); off by default until
-// measured in the decode step (session 26). Turned off for the rest of the process when a cluster launch is refused.
-inline bool& attention_cluster() {
-  static bool on = env_int("LOWBIT_ATTENTION_CLUSTER", 0) != 0;
+// measured in the decode step (session 26).
+inline bool attention_cluster() {
+  static const bool on = env_int("LOWBIT_ATTENTION_CLUSTER", 0) != 0;
   return on;
 }
 
 // Launches `kernel` as clusters of `cluster` blocks along x, with programmatic stream serialization like launch_pdl
 // (unless LOWBIT_PDL=0 or LOWBIT_NO_PDL). Checks first that such a cluster fits on the device
-// (cudaOccupancyMaxActiveClusters), so that a refused configuration never reaches a stream being captured. 0 when
-// launched, -3 when not (the caller launches the kernel without clusters).
+// (cudaOccupancyMaxActiveClusters), so that a refused configuration never reaches a stream being captured; a
+// (kernel, cluster size) refused there or at its launch is not tried again. 0 when launched, -3 when not (the caller
+// launches the kernel without clusters).
 template <typename... P, typename... A>
 int launch_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, cudaStream_t st, A... args) {
 #if defined(LOWBIT_EMULATED)
@@ -2763,22 +2764,24 @@ int launch_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, c
   // Once per (kernel, cluster size): past 8 blocks a cluster is non-portable and the kernel has to allow it (H100 and
   // H200 take 16); then whether one such cluster fits at all.
   static std::mutex lock;
-  static std::map<std::pair<const void*, int>, bool> checked;
+  static std::map<std::pair<const void*, int>, bool> usable;
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), cluster);
   {
     std::lock_guard<std::mutex> hold(lock);
-    const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), cluster);
-    auto found = checked.find(key);
-    if (found == checked.end()) {
+    auto found = usable.find(key);
+    if (found == usable.end()) {
       bool ok = cluster <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
       int fits = 0;
       ok = ok && cudaOccupancyMaxActiveClusters(&fits, kernel, &config) == cudaSuccess && fits >= 1;
       if (!ok) cudaGetLastError();
-      found = checked.emplace(key, ok).first;
+      found = usable.emplace(key, ok).first;
     }
     if (!found->second) return -3;
   }
   if (cudaLaunchKernelEx(&config, kernel, args...) == cudaSuccess) return 0;
   cudaGetLastError();
+  std::lock_guard<std::mutex> hold(lock);
+  usable[key] = false;
   return -3;
 #endif
 }
@@ -2790,28 +2793,22 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
-  if (splits > 1 && splits <= kAttnClusterMax && attention_cluster()) {
-    auto clustered = [&](auto kernel) {
-      return launch_cluster(kernel, blocks, kAttnThreads, splits, st, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
-                            static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len,
-                            length, splits, scale, work, arrivals, static_cast<T*>(out), os);
+  // The kernel for (fused RoPE or not, one query head per kv head or up to eight), in clusters where asked and taken.
+  const bool cluster = splits > 1 && splits <= kAttnClusterMax && attention_cluster();
+  auto launch = [&](auto plain, auto clustered) {
+    auto with_arguments = [&](auto go) {
+      return go(static_cast<const T*>(q), qs, static_cast<const T*>(cos), static_cast<const T*>(sin), static_cast<T*>(k),
+                static_cast<T*>(v), pos, kv_heads, group, max_len, length, splits, scale, work, arrivals, static_cast<T*>(out), os);
     };
-    const int rc = cos != nullptr
-        ? (group == 1 ? clustered(decode_attention_kernel<T, D, true, 1, true>) : clustered(decode_attention_kernel<T, D, true, kAttnMaxGroup, true>))
-        : (group == 1 ? clustered(decode_attention_kernel<T, D, false, 1, true>) : clustered(decode_attention_kernel<T, D, false, kAttnMaxGroup, true>));
-    if (rc == 0) return 0;
-    attention_cluster() = false;
-  }
-  // The kernel for (fused RoPE or not, one query head per kv head or up to eight).
-  auto pick = [&](auto kernel) {
-    return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
-                      static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os);
+    if (cluster && with_arguments([&](auto... a) { return launch_cluster(clustered, blocks, kAttnThreads, splits, st, a...); }) == 0) return 0;
+    return with_arguments([&](auto... a) { return launch_pdl(plain, blocks, kAttnThreads, st, 0, a...); });
   };
   if (cos != nullptr) {
-    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
+    return group == 1 ? launch(decode_attention_kernel<T, D, true, 1>, decode_attention_kernel<T, D, true, 1, true>)
+                      : launch(decode_attention_kernel<T, D, true, kAttnMaxGroup>, decode_attention_kernel<T, D, true, kAttnMaxGroup, true>);
   }
-  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>);
+  return group == 1 ? launch(decode_attention_kernel<T, D, false, 1>, decode_attention_kernel<T, D, false, 1, true>)
+                    : launch(decode_attention_kernel<T, D, false, kAttnMaxGroup>, decode_attention_kernel<T, D, false, kAttnMaxGroup, true>);
 }
 
 }  // namespace
