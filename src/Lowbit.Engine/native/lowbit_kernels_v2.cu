@@ -32,6 +32,7 @@
 #include <cooperative_groups.h>
 #include <map>
 #include <mutex>
+#include <set>
 #include <utility>
 #endif
 
@@ -737,6 +738,30 @@ inline bool norm_stage() {
   return on;
 }
 
+// LOWBIT_SMEM_CARVEOUT=P (unset: the driver's choice per kernel, by what each needs): every kernel of this library
+// prefers P % of the SM's unified L1/shared memory as shared memory, so the step's kernels share one configuration. An
+// experiment (session 27, H100 run 62): with LOWBIT_NORM_STAGE=1 the staged GEMVs took 8 KB of dynamic shared memory
+// per block and the kernels after them slowed though they had not changed (output +99 µs per step, down +158); if an
+// SM has to drain before its carveout changes, the next kernel's blocks cannot become resident early under
+// programmatic dependent launch. The default step switches too: the down projection's int4-v2-shared takes 44 KB per
+// block, the kernels around it almost none. Set once per kernel, before its occupancy query and its first launch
+// (never inside a capture: the warm-up step launches every kernel eagerly first).
+inline void prefer_carveout(const void* kernel) {
+#if defined(LOWBIT_EMULATED)
+  (void)kernel;
+#else
+  static const int carveout = env_int("LOWBIT_SMEM_CARVEOUT", -1);
+  if (carveout < 0) return;
+  static std::mutex lock;
+  static std::set<const void*> done;
+  std::lock_guard<std::mutex> hold(lock);
+  if (!done.insert(kernel).second) return;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout < 100 ? carveout : 100) != cudaSuccess) {
+    cudaGetLastError();
+  }
+#endif
+}
+
 // An attribute of the current device, or `fallback` when the query fails (or gives less than 1).
 inline int device_attribute(cudaDeviceAttr attribute, int fallback) {
   int device = 0;
@@ -760,6 +785,7 @@ int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
     }
     return v;
   };
+  prefer_carveout(reinterpret_cast<const void*>(Kernel));
   // Without dynamic shared memory once per process; with it (the shared kernel, sized by K) per call.
   static const int plain = query(0);
   const int fit = smem == 0 ? plain : query(smem);
@@ -788,6 +814,7 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, i
   emul_launch(blocks, threads, [&] { kernel(args...); });
   return 0;
 #else
+  prefer_carveout(reinterpret_cast<const void*>(kernel));
   static bool pdl = pdl_requested();
   if (pdl) {
     cudaLaunchConfig_t config = {};
@@ -2747,6 +2774,7 @@ int launch_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, c
 #else
   static const bool pdl = pdl_requested();
   if (cluster < 1 || cluster > kAttnClusterMax || blocks % cluster != 0) return -3;
+  prefer_carveout(reinterpret_cast<const void*>(kernel));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3((unsigned)blocks);
   config.blockDim = dim3((unsigned)threads);
