@@ -148,7 +148,7 @@ struct Fusion {
 };
 
 // This thread's chunks of the RMSNorm weight (chunk c = tid + j·THREADS, C values each) into `stage` at the same
-// place ((j·THREADS + tid)·C), 16 bytes per cp.async; load_activations waits for them (cp.async.wait_all) when it needs
+// offset (c·C), 16 bytes per cp.async; load_activations waits for them (cp.async.wait_all) when it needs
 // them. The weight is a parameter of the model: it does not depend on the kernel before, so this goes out before the
 // wait, with the first tile's codes.
 template <typename T, int THREADS, int C, int CH>
@@ -160,9 +160,9 @@ __device__ __forceinline__ void stage_norm_weight(const T* __restrict__ w, T* st
 #pragma unroll
     for (int p = 0; p < C / 8; p++) {
 #if defined(LOWBIT_EMULATED)
-      memcpy(stage + (j * THREADS + tid) * C + 8 * p, w + at + 8 * p, 16);
+      memcpy(stage + at + 8 * p, w + at + 8 * p, 16);
 #else
-      const unsigned to = (unsigned)__cvta_generic_to_shared(stage + (j * THREADS + tid) * C + 8 * p);
+      const unsigned to = (unsigned)__cvta_generic_to_shared(stage + at + 8 * p);
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(w + at + 8 * p) : "memory");
 #endif
     }
@@ -611,7 +611,7 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
         const int c = tid + j * Geo<G>::kThreads;
         if (!live[j]) continue;
         const uint4* wp = reinterpret_cast<const uint4*>(w + (int64_t)c * C);
-        const uint4* sp = stage != nullptr ? reinterpret_cast<const uint4*>(stage + (int64_t)(j * Geo<G>::kThreads + tid) * C) : nullptr;
+        const uint4* sp = stage != nullptr ? reinterpret_cast<const uint4*>(stage + (int64_t)c * C) : nullptr;
 #pragma unroll
         for (int p = 0; p < C / 8; p++) {
           const uint4 u = sp != nullptr ? sp[p] : __ldg(wp + p);
