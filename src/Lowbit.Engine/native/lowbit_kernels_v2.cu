@@ -28,14 +28,6 @@
 
 #include <stdlib.h>
 
-#if !defined(LOWBIT_EMULATED)
-#include <cooperative_groups.h>
-#include <map>
-#include <mutex>
-#include <set>
-#include <utility>
-#endif
-
 #include <type_traits>
 
 // Programmatic dependent launch (sm_90): the int4 GEMVs and the RoPE + KV write are launched so that they may start
@@ -141,36 +133,7 @@ struct Fusion {
   int splits;
   float* work;
   int* arrivals;
-  // 1 (LOWBIT_NORM_STAGE=1, int4-v2 and its geometries, kNorm and kNormSiluPairs): the RMSNorm weight's chunks go to
-  // dynamic shared memory by cp.async before griddepcontrol.wait (stage_norm_weight), so the prologue reads them there
-  // after its block barrier instead of loading them then (a round trip to L2 or DRAM after the kernel before is done).
-  int stage_norm;
 };
-
-// This thread's chunks of the RMSNorm weight (chunk c = tid + j·THREADS, C values each) into `stage` at the same
-// offset (c·C), 16 bytes per cp.async; load_activations waits for them (cp.async.wait_all) when it needs
-// them. The weight is a parameter of the model: it does not depend on the kernel before, so this goes out before the
-// wait, with the first tile's codes.
-template <typename T, int THREADS, int C, int CH>
-__device__ __forceinline__ void stage_norm_weight(const T* __restrict__ w, T* stage, int tid, const bool (&live)[CH]) {
-#pragma unroll
-  for (int j = 0; j < CH; j++) {
-    if (!live[j]) continue;
-    const int64_t at = (int64_t)(tid + j * THREADS) * C;
-#pragma unroll
-    for (int p = 0; p < C / 8; p++) {
-#if defined(LOWBIT_EMULATED)
-      memcpy(stage + at + 8 * p, w + at + 8 * p, 16);
-#else
-      const unsigned to = (unsigned)__cvta_generic_to_shared(stage + at + 8 * p);
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(w + at + 8 * p) : "memory");
-#endif
-    }
-  }
-#if !defined(LOWBIT_EMULATED)
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
 
 template <typename T>
 __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)); }
@@ -546,8 +509,7 @@ template <typename T, int G, int NB, int CH, int PRO>
 __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
                                                  const Fusion& fusion, int tid, int lane, int warp,
                                                  const bool (&live)[CH], float (*norm_partial)[NB],
-                                                 float (&xv)[CH][NB][Geo<G>::kCodes], ChunkSum (&xs)[CH][NB],
-                                                 const T* stage = nullptr) {
+                                                 float (&xv)[CH][NB][Geo<G>::kCodes], ChunkSum (&xs)[CH][NB]) {
   constexpr int C = Geo<G>::kCodes;
 #pragma unroll
   for (int j = 0; j < CH; j++) {
@@ -597,9 +559,6 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
     }
     __syncthreads();
     const T* w = static_cast<const T*>(fusion.norm_w);
-#if !defined(LOWBIT_EMULATED)
-    if (stage != nullptr) asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
 #pragma unroll
     for (int b = 0; b < NB; b++) {
       float total = 0.f;
@@ -611,10 +570,9 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
         const int c = tid + j * Geo<G>::kThreads;
         if (!live[j]) continue;
         const uint4* wp = reinterpret_cast<const uint4*>(w + (int64_t)c * C);
-        const uint4* sp = stage != nullptr ? reinterpret_cast<const uint4*>(stage + (int64_t)c * C) : nullptr;
 #pragma unroll
         for (int p = 0; p < C / 8; p++) {
-          const uint4 u = sp != nullptr ? sp[p] : __ldg(wp + p);
+          const uint4 u = __ldg(wp + p);
           const T* g = reinterpret_cast<const T*>(&u);
 #pragma unroll
           for (int i = 0; i < 8; i++) xv[j][b][8 * p + i] = rnd2<T>(Cvt2<T>::f(g[i]) * rnd2<T>(xv[j][b][8 * p + i] * inv));
@@ -683,19 +641,11 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   LOWBIT_PDL_TRIGGER();
   constexpr bool PAIRS = PRO == kNormSiluPairs;
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
-  T* stage = nullptr;
-  if constexpr (PRO == kNorm || PAIRS) {
-    if (fusion.stage_norm != 0) {
-      LOWBIT_DYNAMIC_SHARED(dynamic);
-      stage = reinterpret_cast<T*>(dynamic);
-      stage_norm_weight<T, Geo<G>::kThreads, Geo<G>::kCodes, CH>(static_cast<const T*>(fusion.norm_w), stage, tid, live);
-    }
-  }
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
-  load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs, stage);
+  load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
   constexpr bool H2 = half2_products(G);
   static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
   uint32_t xh[H2 ? CH : 1][kHalfPairs];
@@ -718,49 +668,6 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
 inline int env_int(const char* name, int fallback) {
   const char* v = getenv(name);
   return v != nullptr ? atoi(v) : fallback;
-}
-
-// Blocks per SM a persistent kernel leaves free (LOWBIT_GRID_SLACK, default 0; at least one block per SM stays): with
-// programmatic dependent launch the next kernel's blocks can then become resident while this one runs and issue their
-// first weight loads (they need nothing of this kernel's) before griddepcontrol.wait, instead of after this kernel's
-// blocks exit. An experiment (session 25): fewer blocks of this kernel against less of a gap between the two.
-inline int grid_slack() {
-  static const int slack = [] {
-    const int v = env_int("LOWBIT_GRID_SLACK", 0);
-    return v > 0 ? v : 0;
-  }();
-  return slack;
-}
-
-// LOWBIT_NORM_STAGE=1 (off; session 26): see Fusion::stage_norm. On the H100 (run 63) the staged kernels gained 17 µs per
-// step and the output and down projections after them lost 257 (see prefer_carveout).
-inline bool norm_stage() {
-  static const bool on = env_int("LOWBIT_NORM_STAGE", 0) != 0;
-  return on;
-}
-
-// LOWBIT_SMEM_CARVEOUT=P (unset: the driver's choice per kernel, by what each needs): every kernel of this library
-// prefers P % of the SM's unified L1/shared memory as shared memory, so the step's kernels share one configuration. An
-// experiment (session 27, H100 run 62): with LOWBIT_NORM_STAGE=1 the staged GEMVs took 8 KB of dynamic shared memory
-// per block and the kernels after them slowed though they had not changed (output +99 µs per step, down +158); if an
-// SM has to drain before its carveout changes, the next kernel's blocks cannot become resident early under
-// programmatic dependent launch. The default step switches too: the down projection's int4-v2-shared takes 44 KB per
-// block, the kernels around it almost none. Set once per kernel, before its occupancy query and its first launch
-// (never inside a capture: the warm-up step launches every kernel eagerly first).
-inline void prefer_carveout(const void* kernel) {
-#if defined(LOWBIT_EMULATED)
-  (void)kernel;
-#else
-  static const int carveout = env_int("LOWBIT_SMEM_CARVEOUT", -1);
-  if (carveout < 0) return;
-  static std::mutex lock;
-  static std::set<const void*> done;
-  std::lock_guard<std::mutex> hold(lock);
-  if (!done.insert(kernel).second) return;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout < 100 ? carveout : 100) != cudaSuccess) {
-    cudaGetLastError();
-  }
-#endif
 }
 
 // An attribute of the current device, or `fallback` when the query fails (or gives less than 1).
@@ -786,25 +693,12 @@ int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
     }
     return v;
   };
-  prefer_carveout(reinterpret_cast<const void*>(Kernel));
   // Without dynamic shared memory once per process; with it (the shared kernel, sized by K) per call.
   static const int plain = query(0);
-  const int fit = smem == 0 ? plain : query(smem);
-  const int per_sm = fit - grid_slack() > 1 ? fit - grid_slack() : 1;
+  const int per_sm = smem == 0 ? plain : query(smem);
   const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t resident = (int64_t)sms * per_sm;
   return (int)(tiles < resident ? tiles : resident);
-}
-
-// Whether launches ask for programmatic stream serialization: not when built without it (LOWBIT_NO_PDL) or with
-// LOWBIT_PDL=0.
-inline bool pdl_requested() {
-#if defined(LOWBIT_NO_PDL)
-  return false;
-#else
-  const char* v = getenv("LOWBIT_PDL");
-  return v == nullptr || v[0] != '0';
-#endif
 }
 
 // Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT) unless LOWBIT_PDL=0, else plainly (also
@@ -815,8 +709,14 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, i
   emul_launch(blocks, threads, [&] { kernel(args...); });
   return 0;
 #else
-  prefer_carveout(reinterpret_cast<const void*>(kernel));
-  static bool pdl = pdl_requested();
+#if defined(LOWBIT_NO_PDL)
+  static bool pdl = false;
+#else
+  static bool pdl = [] {
+    const char* v = getenv("LOWBIT_PDL");
+    return v == nullptr || v[0] != '0';
+  }();
+#endif
   if (pdl) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3((unsigned)blocks);
@@ -841,15 +741,11 @@ template <typename T, int G, int NB, int CH, int PRO, bool RES>
 int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
               int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
   constexpr int R = Tile<G, NB, CH>::R;
-  // LOWBIT_NORM_STAGE=1: the RMSNorm weight staged in dynamic shared memory (Fusion::stage_norm), K values at most.
-  Fusion f = fusion;
-  f.stage_norm = (PRO == kNorm || PRO == kNormSiluPairs) && norm_stage() ? 1 : 0;
-  const int smem = f.stage_norm != 0 ? Geo<G>::kThreads * CH * Geo<G>::kCodes * (int)sizeof(T) : 0;
-  const int blocks = persistent_blocks<int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>>(Geo<G>::kThreads, ((int64_t)n + R - 1) / R, smem);
+  const int blocks = persistent_blocks<int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>>(Geo<G>::kThreads, ((int64_t)n + R - 1) / R);
   if (blocks == 0) return 0;
-  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st, smem,
+  return launch_pdl(int4_gemv_v2_kernel<T, G, NB, CH, PRO, RES>, blocks, Geo<G>::kThreads, st, 0,
                     static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p), static_cast<const unsigned short*>(s),
-                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, f);
+                    static_cast<const unsigned short*>(z), static_cast<T*>(out), os, batch, n, k, group, fusion);
 }
 
 // G = 7, "int4-v2-shared": the activations in shared memory and each scale/zero pair loaded once per group of threads,
@@ -2272,9 +2168,6 @@ constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kAttnMaxGroup = 8;
 constexpr int kAttnPositions = 4;   // positions per warp per round
 constexpr int kAttnMaxSplits = 128; // the merge's per-split weights live in shared memory
-// LOWBIT_ATTENTION_CLUSTER=1: a launch of 2-16 splits runs each (row, kv head)'s splits as one thread block cluster
-// (sm_90) and merges them through distributed shared memory (see decode_attention) instead of the workspace.
-constexpr int kAttnClusterMax = 16;
 
 #if defined(LOWBIT_EMULATED)
 #define LOWBIT_PREFETCH_L2(p)
@@ -2342,13 +2235,7 @@ __device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __r
 }
 
 // GMAX: the query heads per kv head the registers hold (1 for multi-head attention, else 8).
-// CL (LOWBIT_ATTENTION_CLUSTER=1, 2-16 splits): the splits of a (row, kv head) are one cluster, block rank = split. Each
-// block keeps its merged (max, sum, acc[D]) per head in its own shared memory; after a cluster barrier every block
-// reads all ranks' maxima and sums (distributed shared memory), and block r merges elements r·128 + t, r·128 + t +
-// splits·128, ... of the group's heads in split order, with the workspace merge's arithmetic (bit-identical to it). The
-// workspace path's chain after the last round (store, __threadfence, atomicAdd, the last block's loads: three L2
-// round trips) becomes two cluster barriers and reads of neighbouring SMs' shared memory.
-template <typename T, int D, bool ROPE, int GMAX, bool CL = false>
+template <typename T, int D, bool ROPE, int GMAX>
 __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
@@ -2362,9 +2249,6 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
   __shared__ float split_weight[GMAX][kAttnMaxSplits];
   __shared__ float split_sum[GMAX];
   __shared__ int merges;
-  __shared__ float cluster_m[CL ? GMAX : 1];
-  __shared__ float cluster_l[CL ? GMAX : 1];
-  __shared__ float cluster_acc[CL ? GMAX : 1][CL ? D : 1];
   const int split = blockIdx.x % splits;
   const int kvh = (blockIdx.x / splits) % kv_heads;
   const int b = blockIdx.x / (splits * kv_heads);
@@ -2556,54 +2440,16 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attent
       float a = 0.f;
       for (int w = 0; w < kAttnWarps; w++)
         if (merge_m[w][g] != -INFINITY) a += merge_acc[w][g][e] * expf(merge_m[w][g] - top);
-      if constexpr (CL) {
-        cluster_acc[g][e] = a;
-      } else if (splits == 1) {
+      if (splits == 1) {
         out[b * out_stride + (int64_t)h * D + e] = Cvt2<T>::t(a / sum);
       } else {
         partial[2 + e] = a;
       }
     }
-    if (threadIdx.x == 0) {
-      if constexpr (CL) {
-        cluster_m[g] = top;
-        cluster_l[g] = sum;
-      } else if (splits > 1) {
-        partial[0] = top;
-        partial[1] = sum;
-      }
+    if (splits > 1 && threadIdx.x == 0) {
+      partial[0] = top;
+      partial[1] = sum;
     }
-  }
-  if constexpr (CL) {
-#if !defined(LOWBIT_EMULATED)
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();  // every split's state is in its block's shared memory
-    // Every split's (max, sum) of each head of the group, a warp per head, lane s from rank s (splits <= 32).
-    for (int g = warp; g < group; g += kAttnWarps) {
-      const float ms = lane < splits ? *cluster.map_shared_rank(&cluster_m[g], lane) : -INFINITY;
-      const float ls = lane < splits ? *cluster.map_shared_rank(&cluster_l[g], lane) : 0.f;
-      const float top = warp_max(ms);
-      const float w = ms != -INFINITY ? expf(ms - top) : 0.f;
-      if (lane < splits) split_weight[g][lane] = w;
-      const float sum = warp_sum2(ls * w);
-      if (lane == 0) split_sum[g] = sum;
-    }
-    __syncthreads();
-    for (int t = split * kAttnThreads + threadIdx.x; t < group * D; t += splits * kAttnThreads) {
-      const int g = t / D;
-      const int e = t % D;
-      float a = 0.f;
-#pragma unroll 16
-      for (int s = 0; s < splits; s++) {
-        const float value = *cluster.map_shared_rank(&cluster_acc[g][e], s);
-        a += split_weight[g][s] != 0.f ? value * split_weight[g][s] : 0.f;
-      }
-      out[b * out_stride + (int64_t)(kvh * group + g) * D + e] = Cvt2<T>::t(a / split_sum[g]);
-    }
-    cluster.sync();  // no block leaves while another reads its shared memory
-#endif
-    return;
   }
   if (splits == 1) return;
   // The last block of (b, kv head) to arrive merges every split (the threadfence-reduction pattern).
@@ -2756,66 +2602,6 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms, int wa
   return splits < 1 ? 1 : splits;
 }
 
-// LOWBIT_ATTENTION_CLUSTER=1: launches of 2-16 splits as clusters (decode_attention's CL). Off: no faster than the
-// workspace merge in the decode step on the H100 (run 63: attention 253.8 µs per step against 247.2); not yet measured
-// on the H200.
-inline bool attention_cluster() {
-  static const bool on = env_int("LOWBIT_ATTENTION_CLUSTER", 0) != 0;
-  return on;
-}
-
-// Launches `kernel` as clusters of `cluster` blocks along x, with programmatic stream serialization like launch_pdl
-// (unless LOWBIT_PDL=0 or LOWBIT_NO_PDL). Checks first that such a cluster fits on the device
-// (cudaOccupancyMaxActiveClusters), so that a refused configuration never reaches a stream being captured; a
-// (kernel, cluster size) refused there or at its launch is not tried again. 0 when launched, -3 when not (the caller
-// launches the kernel without clusters).
-template <typename... P, typename... A>
-int launch_cluster(void (*kernel)(P...), int blocks, int threads, int cluster, cudaStream_t st, A... args) {
-#if defined(LOWBIT_EMULATED)
-  return -3;
-#else
-  static const bool pdl = pdl_requested();
-  if (cluster < 1 || cluster > kAttnClusterMax || blocks % cluster != 0) return -3;
-  prefer_carveout(reinterpret_cast<const void*>(kernel));
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3((unsigned)blocks);
-  config.blockDim = dim3((unsigned)threads);
-  config.dynamicSmemBytes = 0;
-  config.stream = st;
-  cudaLaunchAttribute attribute[2];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = (unsigned)cluster;
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[1].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = pdl ? 2 : 1;
-  // Once per (kernel, cluster size): past 8 blocks a cluster is non-portable and the kernel has to allow it (H100 and
-  // H200 take 16); then whether one such cluster fits at all.
-  static std::mutex lock;
-  static std::map<std::pair<const void*, int>, bool> usable;
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), cluster);
-  {
-    std::lock_guard<std::mutex> hold(lock);
-    auto found = usable.find(key);
-    if (found == usable.end()) {
-      bool ok = cluster <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
-      int fits = 0;
-      ok = ok && cudaOccupancyMaxActiveClusters(&fits, kernel, &config) == cudaSuccess && fits >= 1;
-      if (!ok) cudaGetLastError();
-      found = usable.emplace(key, ok).first;
-    }
-    if (!found->second) return -3;
-  }
-  if (cudaLaunchKernelEx(&config, kernel, args...) == cudaSuccess) return 0;
-  cudaGetLastError();
-  std::lock_guard<std::mutex> hold(lock);
-  usable[key] = false;
-  return -3;
-#endif
-}
-
 template <typename T, int D>
 int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
                      void* out, int64_t os, float* work, int* arrivals, int batch, int kv_heads, int group, int max_len,
@@ -2823,22 +2609,16 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
-  // The kernel for (fused RoPE or not, one query head per kv head or up to eight), in clusters where asked and taken.
-  const bool cluster = splits > 1 && splits <= kAttnClusterMax && attention_cluster();
-  auto launch = [&](auto plain, auto clustered) {
-    auto with_arguments = [&](auto go) {
-      return go(static_cast<const T*>(q), qs, static_cast<const T*>(cos), static_cast<const T*>(sin), static_cast<T*>(k),
-                static_cast<T*>(v), pos, kv_heads, group, max_len, length, splits, scale, work, arrivals, static_cast<T*>(out), os);
-    };
-    if (cluster && with_arguments([&](auto... a) { return launch_cluster(clustered, blocks, kAttnThreads, splits, st, a...); }) == 0) return 0;
-    return with_arguments([&](auto... a) { return launch_pdl(plain, blocks, kAttnThreads, st, 0, a...); });
+  // The kernel for (fused RoPE or not, one query head per kv head or up to eight).
+  auto pick = [&](auto kernel) {
+    return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
+                      static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
+                      splits, scale, work, arrivals, static_cast<T*>(out), os);
   };
   if (cos != nullptr) {
-    return group == 1 ? launch(decode_attention_kernel<T, D, true, 1>, decode_attention_kernel<T, D, true, 1, true>)
-                      : launch(decode_attention_kernel<T, D, true, kAttnMaxGroup>, decode_attention_kernel<T, D, true, kAttnMaxGroup, true>);
+    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
   }
-  return group == 1 ? launch(decode_attention_kernel<T, D, false, 1>, decode_attention_kernel<T, D, false, 1, true>)
-                    : launch(decode_attention_kernel<T, D, false, kAttnMaxGroup>, decode_attention_kernel<T, D, false, kAttnMaxGroup, true>);
+  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>);
 }
 
 }  // namespace

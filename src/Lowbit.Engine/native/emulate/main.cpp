@@ -465,47 +465,7 @@ int half2_wide() {
   return f == 0 ? 0 : 1;
 }
 
-// The RMSNorm prologues (kNorm, kNormSiluPairs) of int4-v2 and its geometries with the weight staged in shared memory
-// by cp.async (LOWBIT_NORM_STAGE=1, read once per process: run.sh runs this binary with it, and with
-// LOWBIT_INT4_HALF2=2 for the 2-3 chunk packed kernels and -h2b): one and two rows, one to three chunks per thread.
-int norm_stage_cases() {
-  int f = 0;
-  f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);
-  f += run_fused(2, 21, 8192, 128, 2, 1, 1, false);
-  f += run_fused(1, 38, 4096, 128, 1, 1, 3, false);
-  f += run_fused(1, 21, 8192, 128, 2, 3, 1, false);
-  f += run_fused(1, 102, 4096, 64, 2, 3, 3, false);
-  f += run_fused(1, 33, 4096, 128, 3, 5, 1, false);
-  f += run_fused(1, 29, 4096, 64, 3, 13, 1, false);
-  f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
-  f += run_fused(1, 102, 4096, 64, 2, 15, 3, false);
-  f += run_fused(1, 29, 4096, 64, 3, 15, 1, false);
-  f += run_fused(1, 9, 12288, 128, 1, 17, 1, false);
-  printf(f == 0 ? "ok\n" : "FAIL\n");
-  return f == 0 ? 0 : 1;
-}
-
-// The decode attention's shapes (also alone: `emulate attention`, run with LOWBIT_ATTENTION_CLUSTER=1 by run.sh).
-int attention_cases() {
-  int f = 0;
-  f += run_attention(1, 4, 1, 128, 300, 256, 2);
-  f += run_attention(3, 2, 4, 128, 130, 128, 3);
-  f += run_attention(2, 2, 3, 64, 70, 64, 1);
-  f += run_attention(1, 4, 1, 128, 300, 256, 64);   // 16 splits of 16 positions
-  f += run_attention(8, 4, 1, 64, 210, 200, 1);     // one split of 200: 12-13 rounds per warp through both register sets
-  f += run_attention(2, 2, 4, 128, 100, 97, 1);     // one split of 97 with grouped heads: 6-7 rounds, a partial last one
-  f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 10 splits, the last row past the bucket
-  f += run_attention(4, 2, 1, 64, 40, 32, 1);       // one split: the blocks write the output themselves
-  return f;
-}
-
 int main(int argc, char** argv) {
-  if (argc > 1 && strcmp(argv[1], "norm-stage") == 0) return norm_stage_cases();
-  if (argc > 1 && strcmp(argv[1], "attention") == 0) {
-    const int f = attention_cases();
-    printf("%s\n", f ? "FAIL" : "ok");
-    return f;
-  }
   if (argc > 1 && strcmp(argv[1], "half2-wide") == 0) return half2_wide();
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
@@ -654,7 +614,14 @@ int main(int argc, char** argv) {
   f += run_dequantize(1, 19, 384, 128, 1);
   f += run_dequantize(0, 300, 4096, 64, 3);
   f += lowbit_launch_int4_dequantize_v2(0, nullptr, nullptr, nullptr, nullptr, 8, 100, 32, nullptr) == -3 ? 0 : 1;
-  f += attention_cases();
+  f += run_attention(1, 4, 1, 128, 300, 256, 2);
+  f += run_attention(3, 2, 4, 128, 130, 128, 3);
+  f += run_attention(2, 2, 3, 64, 70, 64, 1);
+  f += run_attention(1, 4, 1, 128, 300, 256, 64);   // 16 splits of 16 positions
+  f += run_attention(8, 4, 1, 64, 210, 200, 1);     // one split of 200: 12-13 rounds per warp through both register sets
+  f += run_attention(2, 2, 4, 128, 100, 97, 1);     // one split of 97 with grouped heads: 6-7 rounds, a partial last one
+  f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 10 splits, the last row past the bucket
+  f += run_attention(4, 2, 1, 64, 40, 32, 1);       // one split: the blocks write the output themselves
   f += run_greedy(1000);
   f += run_greedy(32000);
   f += lowbit_v2_attention_splits(1, 8, 9, 128, 64) == 0 ? 0 : 1;

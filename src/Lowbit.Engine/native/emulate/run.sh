@@ -14,10 +14,5 @@ perl -0pe 's/(\w+<[^<>]*>)<<<([^,]+), ([^,]+), [^>]*>>>\((.*?)\);/emul_launch($2
 grep -q emul_launch "$work/v2.cpp" || { echo "emulate: no kernel launch found to rewrite" >&2; exit 1; }
 g++ -std=c++20 -O1 -pthread -w -I"$here" "$work/v2.cpp" "$here/main.cpp" -o "$work/emulate"
 "$work/emulate"
-# The decode attention with LOWBIT_ATTENTION_CLUSTER=1: clusters are not emulated, so its launcher falls back to the
-# workspace merge (the fallback path a refused cluster launch takes on the device).
-LOWBIT_ATTENTION_CLUSTER=1 "$work/emulate" attention
-# The RMSNorm prologues with their weight staged in shared memory (LOWBIT_NORM_STAGE=1, opt-in).
-LOWBIT_NORM_STAGE=1 LOWBIT_INT4_HALF2=2 "$work/emulate" norm-stage
 # The packed-fp16 GEMVs at 2-3 chunks per thread, offered only with LOWBIT_INT4_HALF2=2 (read once per process).
 LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
