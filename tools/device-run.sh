@@ -68,7 +68,7 @@ case "$mode" in
   check) selfcheck ;;
   kernels)
     selfcheck
-    timeout 120 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; tail -12 "$OUT/kernels.log" | cut -c1-250
+    timeout 180 ./run.sh bench-kernels --device cuda > "$OUT/kernels.log" 2>&1; tail -12 "$OUT/kernels.log" | cut -c1-250
     timeout 420 ./bench.sh --layers 32 > "$OUT/bench.log" 2>&1; grep -v "kernel selection" "$OUT/bench.log" | grep -i "tokens/s\|error" | cut -c1-200 | tail -30
     cp bench-results/* "$OUT/" 2>/dev/null ;;
   decode)
@@ -147,7 +147,8 @@ for (v,weights,mode,batch),t in seen.items():
     grep "int4_gemv.*__nv_bfloat16, [0-9], [12], [13], 0, false\|int4_gemv_shared.*__nv_bfloat16, 1, [13], 0, false" "$OUT/nvcc-check.txt" | cut -f2,3,5,6 | cut -c1-80 ;;
   quick)
     # The shortest useful run (a few minutes of device time left): self-check, then bench-kernels at 1 (and 2) rows,
-    # g64: every GEMV per 7B shape, cold, one line each (µs, GB/s, relative error).
+    # g64: every GEMV per 7B shape, cold, one line each (µs, GB/s, relative error), then each with the fused variant the
+    # decode step runs ("fused" lines: the prologue and epilogue's cost is the difference).
     selfcheck
     timeout "${1:-150}" ./run.sh bench-kernels --device cuda --rows "${ROWS:-1,2}" --groups 64 > "$OUT/kernels.log" 2>&1
     echo "bench-kernels rc=$?"
@@ -155,8 +156,9 @@ for (v,weights,mode,batch),t in seen.items():
 for l in open(sys.argv[1]):
     if not l.startswith("{"): continue
     r=json.loads(l)
-    if r.get("event")!="bench-kernel": continue
-    print(r.get("shape"), r.get("rows"), r.get("group"), r.get("kernel"), r.get("microseconds"), "us", r.get("gbPerSecond"), "GB/s err", r.get("relativeError", r.get("error")))' "$OUT/kernels.log" ;;
+    if r.get("event") not in ("bench-kernel", "bench-kernel-fused"): continue
+    tag = "fused " + r["prologue"] + ("+residual" if r["residual"] else "") if r["event"] == "bench-kernel-fused" else "plain"
+    print(r.get("shape"), r.get("rows"), r.get("group"), r.get("kernel"), tag, r.get("microseconds"), "us", r.get("gbPerSecond"), "GB/s err", r.get("relativeError", r.get("error")))' "$OUT/kernels.log" ;;
   calibrate)
     t="${2:-420}"
     timeout "$t" ./calibrate-lowbit.sh --out "$OUT" --budget "$(( t - 30 ))" --only "${1:?points}" > "$OUT/calibrate.log" 2>&1

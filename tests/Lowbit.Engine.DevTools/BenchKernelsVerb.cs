@@ -119,6 +119,7 @@ public static class BenchKernelsVerb
                     {
                         var group = copies[0].Weight.GroupSize;
                         GemvLines(stdout, common, shape, count, group, copies, x, kernels, timer, Int4Bytes(shape, group));
+                        FusedLines(stdout, common, shape, count, group, copies, kernels, timer, Int4Bytes(shape, group));
                     }
                 }
             }
@@ -166,6 +167,81 @@ public static class BenchKernelsVerb
                     {
                         using var callScope = NewDisposeScope();
                         copy.Run(x, kernel);
+                    }
+                }) / copies.Count;
+                AddRate(line, microseconds, bytes);
+            }
+            catch (Exception e) when (e is InvalidOperationException or System.Runtime.InteropServices.ExternalException)
+            {
+                line["error"] = e.Message;
+            }
+            Emit(stdout, line);
+        }
+    }
+
+    /// <summary>
+    /// The fused variant the decode step runs for this shape's role (the Llama step with the gate/up epilogue on: q/k/v
+    /// with the RMSNorm prologue, the output and down projections with the residual add, gate/up with the RMSNorm
+    /// prologue and the SiLU·mul epilogue at one row, else the RMSNorm prologue), through each int4 kernel that has it,
+    /// timed cold like <see cref="GemvLines"/> (<c>"event":"bench-kernel-fused"</c>, with the plain kernel's line beside
+    /// it the difference is the prologue's and epilogue's cost per call; docs/gpu.md plan item 1). The reference is the
+    /// same fusion done by torch around dequantize + <c>linear</c>. No line for lm_head; a kernel without the variant gets
+    /// an <c>error</c> line.
+    /// </summary>
+    private static void FusedLines(TextWriter stdout, Dictionary<string, object> common, Shape shape, int rows, int group, IReadOnlyList<Int4Projection> copies, DecodeKernels kernels, IKernelTimer timer, long bytes)
+    {
+        var (prologue, residual, inFeatures) = shape.Name switch
+        {
+            "qkv" => (Int4Prologue.RmsNorm, false, shape.In),
+            "o" or "down" => (Int4Prologue.None, true, shape.In),
+            "gate_up" => (rows == 1 ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, false, shape.In),
+            _ => (Int4Prologue.None, false, 0L),
+        };
+        if (inFeatures == 0)
+        {
+            return;
+        }
+        using var scope = NewDisposeScope();
+        var device = copies[0].Weight.Packed.device;
+        var dtype = ScalarType.BFloat16;
+        var x = randn([rows, inFeatures], dtype, device);
+        var normWeight = prologue == Int4Prologue.None ? null : rand([inFeatures], ScalarType.Float32, device).add_(Scalars.Of(0.5)).to(dtype);
+        var residualInput = residual ? randn([rows, shape.Out], dtype, device) : null;
+        const double eps = 1e-5;
+        var projection = copies[0];
+        var candidates = projection.Candidates(rows, kernels);
+        DecodeKernels With(ProjectionKernel kernel, bool emulate) => kernels with
+        {
+            Table = new KernelTable([new KernelChoice { Shape = projection.Shape, Rows = rows, Chosen = kernel, Trials = new Dictionary<ProjectionKernel, KernelTrial>() }]),
+            EmulateFusion = emulate,
+        };
+        var reference = projection.RunFused(x, With(candidates[0], emulate: true), prologue, normWeight, eps, residualInput)!.to(ScalarType.Float32);
+        var norm = Math.Max(1e-30, reference.norm().item<float>());
+        foreach (var kernel in candidates)
+        {
+            using var callScope = NewDisposeScope();
+            var line = new Dictionary<string, object>(common)
+            {
+                ["event"] = "bench-kernel-fused", ["kernel"] = KernelSelector.Name(kernel), ["shape"] = shape.Name, ["n"] = shape.Out, ["k"] = shape.In,
+                ["group"] = group, ["rows"] = rows, ["prologue"] = prologue.ToString(), ["residual"] = residual, ["weightBytes"] = bytes, ["copies"] = copies.Count,
+            };
+            var fused = With(kernel, emulate: false);
+            if (projection.FusedVariant(rows, dtype, fused, prologue, residual) == 0)
+            {
+                line["error"] = "no fused variant for these rows";
+                Emit(stdout, line);
+                continue;
+            }
+            try
+            {
+                var output = projection.RunFused(x, fused, prologue, normWeight, eps, residualInput) ?? throw new InvalidOperationException("the fused variant refused its input");
+                line["relativeError"] = Math.Round((output.to(ScalarType.Float32) - reference).norm().item<float>() / norm, 6);
+                var microseconds = timer.MicrosecondsPerCall(() =>
+                {
+                    foreach (var copy in copies)
+                    {
+                        using var inner = NewDisposeScope();
+                        copy.RunFused(x, fused, prologue, normWeight, eps, residualInput);
                     }
                 }) / copies.Count;
                 AddRate(line, microseconds, bytes);
