@@ -203,7 +203,7 @@ public static class BenchKernelsVerb
         }
         using var scope = NewDisposeScope();
         var device = copies[0].Weight.Packed.device;
-        var dtype = ScalarType.BFloat16;
+        var dtype = ScalarType.BFloat16; // the fused variants' one dtype, whatever --dtype the plain lines take
         var x = randn([rows, inFeatures], dtype, device);
         var normWeight = prologue == Int4Prologue.None ? null : rand([inFeatures], ScalarType.Float32, device).add_(Scalars.Of(0.5)).to(dtype);
         var residualInput = residual ? randn([rows, shape.Out], dtype, device) : null;
