@@ -70,7 +70,7 @@ if [ "$shards" -gt 1 ]; then
     --new-tokens "$new_tokens" --int4-group 64 "${shard_args[@]}" \
     --runs "$shard_runs"
 else
-step bench-kernels 120 "$here/run.sh" bench-kernels --device cuda
+step bench-kernels 150 "$here/run.sh" bench-kernels --device cuda
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \
   --runs "eager:1,fused:1,native:1,graph-cublas:1,graph-fixed:1,graph-unfused:1,graph:1,fused:4,graph:4,graph:8,graph-cublas:8,graph:32,int4-native:1,int4-graph-fixed:1,int4-graph-unfused:1,int4-graph-silu-in-down:1,int4-graph:1,int4-graph:2,int4-graph:4,int4-graph:8,int4-graph:16,int4-graph:32"
@@ -105,6 +105,18 @@ if kernels:
         us = r.get("microseconds", r.get("error", ""))
         print(f"| {r['kernel']} | {shape} | {r.get('group') or ''} | {r['rows']} | {us} | {r.get('gbPerSecond', '')} | "
               f"{r.get('fractionOfReference', '')} | {r.get('relativeError', '')} |")
+# The fused variants the decode step runs, beside the plain kernel on the same weights (the prologue/epilogue's cost).
+plain = {(r["kernel"], r.get("shape"), r.get("group"), r["rows"]): r.get("microseconds") for r in kernels if "shape" in r}
+fused = [r for r in rows if r.get("event") == "bench-kernel-fused" and "microseconds" in r]
+if fused:
+    print("\n| kernel | shape | group | rows | fused | us/call | plain us/call | difference | rel. error |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in fused:
+        base = plain.get((r["kernel"], r["shape"], r.get("group"), r["rows"]))
+        extra = f"{r['microseconds'] - base:+.2f}" if isinstance(base, (int, float)) else ""
+        what = r["prologue"] + (" + residual" if r["residual"] else "")
+        print(f"| {r['kernel']} | {r['shape']} {r['n']}x{r['k']} | {r.get('group') or ''} | {r['rows']} | {what} | "
+              f"{r['microseconds']} | {base if base is not None else ''} | {extra} | {r.get('relativeError', '')} |")
 decode = [r for r in rows if "tokensPerSecond" in r]
 eager = next((r["tokensPerSecond"] for r in decode if r["engine"] == "lowbit" and r.get("mode") == "eager"), None)
 print("\n| engine | mode | weights | batch | layers | tokens/s | x lowbit eager | capture s | greedy = reference | prefill logit max diff | vs fp32: max / rms diff, argmax |")
