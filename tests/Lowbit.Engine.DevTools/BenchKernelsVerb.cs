@@ -161,15 +161,7 @@ public static class BenchKernelsVerb
             try
             {
                 line["relativeError"] = Math.Round((projection.Run(x, kernel).to(ScalarType.Float32) - reference).norm().item<float>() / norm, 6);
-                var microseconds = timer.MicrosecondsPerCall(() =>
-                {
-                    foreach (var copy in copies)
-                    {
-                        using var callScope = NewDisposeScope();
-                        copy.Run(x, kernel);
-                    }
-                }) / copies.Count;
-                AddRate(line, microseconds, bytes);
+                AddRate(line, ColdMicroseconds(timer, copies, copy => copy.Run(x, kernel)), bytes);
             }
             catch (Exception e) when (e is InvalidOperationException or System.Runtime.InteropServices.ExternalException)
             {
@@ -190,22 +182,22 @@ public static class BenchKernelsVerb
     /// </summary>
     private static void FusedLines(TextWriter stdout, Dictionary<string, object> common, Shape shape, int rows, int group, IReadOnlyList<Int4Projection> copies, DecodeKernels kernels, IKernelTimer timer, long bytes)
     {
-        var (prologue, residual, inFeatures) = shape.Name switch
+        (Int4Prologue, bool)? role = shape.Name switch
         {
-            "qkv" => (Int4Prologue.RmsNorm, false, shape.In),
-            "o" or "down" => (Int4Prologue.None, true, shape.In),
-            "gate_up" => (rows == 1 ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, false, shape.In),
-            _ => (Int4Prologue.None, false, 0L),
+            "qkv" => (Int4Prologue.RmsNorm, false),
+            "o" or "down" => (Int4Prologue.None, true),
+            "gate_up" => (rows == 1 ? Int4Prologue.RmsNormSiluMul : Int4Prologue.RmsNorm, false),
+            _ => null,
         };
-        if (inFeatures == 0)
+        if (role is not var (prologue, residual))
         {
             return;
         }
         using var scope = NewDisposeScope();
         var device = copies[0].Weight.Packed.device;
         var dtype = ScalarType.BFloat16; // the fused variants' one dtype, whatever --dtype the plain lines take
-        var x = randn([rows, inFeatures], dtype, device);
-        var normWeight = prologue == Int4Prologue.None ? null : rand([inFeatures], ScalarType.Float32, device).add_(Scalars.Of(0.5)).to(dtype);
+        var x = randn([rows, shape.In], dtype, device);
+        var normWeight = prologue == Int4Prologue.None ? null : rand([shape.In], ScalarType.Float32, device).add_(Scalars.Of(0.5)).to(dtype);
         var residualInput = residual ? randn([rows, shape.Out], dtype, device) : null;
         const double eps = 1e-5;
         var projection = copies[0];
@@ -236,15 +228,7 @@ public static class BenchKernelsVerb
             {
                 var output = projection.RunFused(x, fused, prologue, normWeight, eps, residualInput) ?? throw new InvalidOperationException("the fused variant refused its input");
                 line["relativeError"] = Math.Round((output.to(ScalarType.Float32) - reference).norm().item<float>() / norm, 6);
-                var microseconds = timer.MicrosecondsPerCall(() =>
-                {
-                    foreach (var copy in copies)
-                    {
-                        using var inner = NewDisposeScope();
-                        copy.RunFused(x, fused, prologue, normWeight, eps, residualInput);
-                    }
-                }) / copies.Count;
-                AddRate(line, microseconds, bytes);
+                AddRate(line, ColdMicroseconds(timer, copies, copy => copy.RunFused(x, fused, prologue, normWeight, eps, residualInput)), bytes);
             }
             catch (Exception e) when (e is InvalidOperationException or System.Runtime.InteropServices.ExternalException)
             {
@@ -253,6 +237,16 @@ public static class BenchKernelsVerb
             Emit(stdout, line);
         }
     }
+
+    /// <summary><paramref name="call"/> over every copy in turn inside one timing (each read cold once the copies outgrow the L2), µs per call.</summary>
+    private static double ColdMicroseconds<T>(IKernelTimer timer, IReadOnlyList<T> copies, Action<T> call) => timer.MicrosecondsPerCall(() =>
+    {
+        foreach (var copy in copies)
+        {
+            using var scope = NewDisposeScope();
+            call(copy);
+        }
+    }) / copies.Count;
 
     /// <summary>The decode step's other parts at <paramref name="batches"/> rows: attention over the cache, RMSNorm, RoPE, SiLU·mul, and a device copy.</summary>
     private static void StepLines(TextWriter stdout, Dictionary<string, object> common, Dims dims, int[] batches, bool native, IKernelTimer timer, ScalarType dtype, Device device)
