@@ -13,7 +13,8 @@
 #                      (LOWBIT_PDL=1, the default), with PDL off, with the fusions off too (LOWBIT_DECODE_FUSION=0); the int4
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
 #   variants [RUNS]    self-check, then bench-decode once per VARIANTS entry (';'-separated, each 'default' or
-#                      space-separated NAME=VALUE settings, e.g. VARIANTS="default;LOWBIT_GREEDY_KERNEL=0"), same RUNS
+#                      space-separated NAME=VALUE settings, e.g. VARIANTS="default;LOWBIT_GREEDY_KERNEL=0"; INT4_GROUP=128
+#                      there quantizes with group 128 instead of 64), same RUNS
 #                      (default int4-graph:1); TRACE=1 adds a traced default run (LOWBIT_STEP_TRACE=1)
 #   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per 7B shape, cold
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
@@ -108,8 +109,10 @@ case "$mode" in
     i=0
     for v in "${variants[@]}"; do
       i=$((i + 1)); settings=(); [ "$v" = default ] || read -ra settings <<< "$v"
+      # INT4_GROUP=N among the settings: bench-decode's --int4-group (default 64).
+      group=64; for s in "${settings[@]}"; do case "$s" in INT4_GROUP=*) group="${s#INT4_GROUP=}" ;; esac; done
       env "${settings[@]}" timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 --new-tokens 128 \
-        --int4-group 64 --runs "${1:-int4-graph:1}" > /tmp/variant.jsonl 2> /tmp/variant.err
+        --int4-group "$group" --runs "${1:-int4-graph:1}" > /tmp/variant.jsonl 2> /tmp/variant.err
       echo "variant $i ($v): rc=$?"; grep "differs\|rror\|step trace" /tmp/variant.err | cut -c1-600 | head -8
       runs /tmp/variant.jsonl
       { echo "== variant $i ($v)"; cat /tmp/variant.err; } >> "$OUT/variants.err"
