@@ -121,6 +121,16 @@ constexpr int kPlain = 0;
 constexpr int kNorm = 1;
 constexpr int kSiluMul = 2;
 constexpr int kNormSiluPairs = 3;
+// kNorm and kNormSiluPairs with the RMSNorm's factor deferred (template values only; the launch maps kNorm and
+// kNormSiluPairs to them for int4-v2-h2 and -h2s at one row and one chunk per thread, the q/k/v and gate/up kernels of
+// a 7B's one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block reduction
+// and no barrier before them; the norm weight loaded with the first tile), each warp leaves its sum of squares in
+// shared memory, and the tile's sums are multiplied by rsqrt(mean(x^2) + eps) after the tile's barrier. Not
+// rmsnorm_kernel's roundings (T(w · T(x · r)) becomes r · (w · x) in fp32): closer to the exact product than the
+// eager path's own roundings are (the CPU emulation prints both: 1.9e-3 to 4.9e-3 normwise against 2.1e-3 to 6.7e-3),
+// 1.1-1.6 µs per call faster cold and +4.7 % int4 batch-1 tokens/s on the H100 (docs/gpu.md, run 73).
+constexpr int kDefer = 4;
+__host__ __device__ constexpr int base_prologue(int pro) { return pro >= kDefer ? pro - kDefer : pro; }
 
 struct Fusion {
   const void* norm_w;    // [K] in the model dtype (kNorm)
@@ -448,10 +458,11 @@ __device__ __forceinline__ void store_output(float t, T* __restrict__ out, int64
 // After the barrier: thread i < R·NB adds the W warps' partial sums of (row i / NB, column i % NB) of a tile and writes
 // that output element. PAIRS: thread i < R/2 · NB takes the pair of tile rows 2p and 2p + 1 (gate and up, p = i / NB)
 // and writes SiLU(gate)·up to output row row0 / 2 + p.
+// `scale` multiplies the sums (the deferred RMSNorm factor; 1 otherwise, folded away).
 template <typename T, int W, int NB, int R, bool RES, bool PAIRS = false>
 __device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int tid, int row0, int n, int batch,
                                            T* __restrict__ out, int64_t out_stride, const T* __restrict__ residual,
-                                           int64_t res_stride) {
+                                           int64_t res_stride, float scale = 1.f) {
   if constexpr (PAIRS) {
     static_assert(R % 2 == 0 && !RES, "paired rows: an even tile, no residual");
     if (tid < R / 2 * NB) {
@@ -464,7 +475,8 @@ __device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int ti
         u += red[w][(2 * p + 1) * NB + b];
       }
       if (row0 + 2 * p < n && b < batch) {
-        g = rnd2<T>(g);
+        g = rnd2<T>(g * scale);
+        u *= scale;
         out[b * out_stride + row0 / 2 + p] = Cvt2<T>::t(rnd2<T>(g / (1.f + expf(-g))) * rnd2<T>(u));
       }
     }
@@ -476,7 +488,7 @@ __device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int ti
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < W; w++) t += red[w][tid];
-    if (row0 + r < n && b < batch) store_output<T, RES>(t, out, out_stride, residual, res_stride, b, row0 + r);
+    if (row0 + r < n && b < batch) store_output<T, RES>(t * scale, out, out_stride, residual, res_stride, b, row0 + r);
   }
 }
 
@@ -484,11 +496,14 @@ __device__ __forceinline__ void store_tile(const float (&red)[W][R * NB], int ti
 // one transpose reduction (padded to a power of two), then across the W warps through shared memory. `red` alternates
 // between two buffers, so one barrier per tile suffices: the readers of a buffer two tiles ago passed the barrier of
 // the tile in between before anyone writes it again.
-template <typename T, int W, int NB, int R, bool RES, bool PAIRS = false>
+// DEFER (one row): the output is multiplied by rsqrt(mean(x^2) + eps) from the warps' sums of squares in
+// `norm_partial` (written before the block's first tile, so visible after this barrier).
+template <typename T, int W, int NB, int R, bool RES, bool PAIRS = false, bool DEFER = false>
 __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*red)[W][R * NB], int& buf, int row0,
                                             int n, int batch, T* __restrict__ out, int64_t out_stride,
                                             const T* __restrict__ residual, int64_t res_stride, int tid, int lane,
-                                            int warp) {
+                                            int warp, const float (*norm_partial)[NB] = nullptr, int k = 1,
+                                            float eps = 0.f) {
   constexpr int V = pow2_at_least(R * NB);
   static_assert(V <= 32, "at most 32 sums per tile");
   float v[V];
@@ -500,7 +515,15 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
   const int index = lane / (32 / V);
   if (lane % (32 / V) == 0 && index < R * NB) red[buf][warp][index] = sum;
   __syncthreads();
-  store_tile<T, W, NB, R, RES, PAIRS>(red[buf], tid, row0, n, batch, out, out_stride, residual, res_stride);
+  float scale = 1.f;
+  if constexpr (DEFER) {
+    static_assert(NB == 1, "deferred norm: one row");
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < W; i++) total += norm_partial[i][0];
+    scale = rsqrtf(total / (float)k + eps);
+  }
+  store_tile<T, W, NB, R, RES, PAIRS>(red[buf], tid, row0, n, batch, out, out_stride, residual, res_stride, scale);
   buf ^= 1;
 }
 
@@ -601,6 +624,44 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
   }
 }
 
+// kDefer's prologue (one row, the packed-fp16 geometries): xv = w·x in fp32 (the weight's chunks in `nw`, loaded
+// before the wait), each warp's sum of squares of x to norm_partial[warp][0] (no barrier here: tile_reduce's first
+// barrier publishes it), and the chunk sums of w·x.
+template <typename T, int G, int CH>
+__device__ __forceinline__ void deferred_norm_activations(const T* __restrict__ x, int tid, int lane, int warp,
+                                                          const bool (&live)[CH], const uint4 (&nw)[CH][Geo<G>::kCodes / 8],
+                                                          float (*norm_partial)[1], float (&xv)[CH][1][Geo<G>::kCodes],
+                                                          ChunkSum (&xs)[CH][1]) {
+  constexpr int C = Geo<G>::kCodes;
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    const int c = tid + j * Geo<G>::kThreads;
+#pragma unroll
+    for (int p = 0; p < C / 8; p++) {
+      uint4 u = make_uint4(0, 0, 0, 0);
+      if (live[j]) u = reinterpret_cast<const uint4*>(x + (int64_t)c * C)[p];
+      const T* t = reinterpret_cast<const T*>(&u);
+      const T* g = reinterpret_cast<const T*>(&nw[j][p]);
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        const float v = Cvt2<T>::f(t[i]);
+        ss = fmaf(v, v, ss);
+        xv[j][0][8 * p + i] = Cvt2<T>::f(g[i]) * v;
+      }
+    }
+  }
+  ss = warp_sum2(ss);
+  if (lane == 0) norm_partial[warp][0] = ss;
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < C; i++) sum += xv[j][0][i];
+    xs[j][0] = {sum, 0.f};
+  }
+}
+
 // __launch_bounds__'s blocks per SM. Without a bound ptxas (nvcc 11.8, sm_90) gave int4-v2 at one chunk per thread
 // 193-228 registers, one block per SM (16 KB of codes in flight); bounded, one row fits 80 registers at three blocks
 // and two rows 128 at two, without spills (three blocks at two rows spill ~200 bytes). int4-v2-wide (128 threads) at one
@@ -639,13 +700,27 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
-  constexpr bool PAIRS = PRO == kNormSiluPairs;
+  constexpr bool DEFER = PRO >= kDefer;
+  constexpr bool PAIRS = base_prologue(PRO) == kNormSiluPairs;
+  static_assert(!DEFER || (half2_products(G) && NB == 1), "deferred norm: the packed-fp16 geometries at one row");
+  // DEFER: the norm weight's chunks go out with the first tile (they do not depend on the kernel before either).
+  uint4 nw[DEFER ? CH : 1][Geo<G>::kCodes / 8];
+  if constexpr (DEFER) {
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+      const uint4* wp = reinterpret_cast<const uint4*>(static_cast<const T*>(fusion.norm_w) +
+                                                       (int64_t)(tid + j * Geo<G>::kThreads) * Geo<G>::kCodes);
+#pragma unroll
+      for (int p = 0; p < Geo<G>::kCodes / 8; p++) nw[j][p] = live[j] ? __ldg(wp + p) : make_uint4(0, 0, 0, 0);
+    }
+  }
   if (row0 < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
   LOWBIT_PDL_WAIT();
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
-  load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+  if constexpr (DEFER) deferred_norm_activations<T, G, CH>(x, tid, lane, warp, live, nw, norm_partial, xv, xs);
+  else load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
   constexpr bool H2 = half2_products(G);
   static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
   uint32_t xh[H2 ? CH : 1][kHalfPairs];
@@ -660,7 +735,8 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
     if (next < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
-    tile_reduce<T, W, NB, R, RES, PAIRS>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+    tile_reduce<T, W, NB, R, RES, PAIRS, DEFER>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride,
+                                                tid, lane, warp, norm_partial, k, fusion.eps);
   }
 }
 
@@ -1731,6 +1807,13 @@ constexpr bool built(int g, int nb, int ch) {
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
 }
 
+// int4-v2-h2 and -h2s at one row and one chunk per thread take their RMSNorm prologues deferred (kDefer) unless
+// LOWBIT_NORM_DEFER=0 (rmsnorm_kernel's roundings, bit for bit, as before session 29).
+inline bool norm_defer() {
+  static const bool on = env_int("LOWBIT_NORM_DEFER", 1) != 0;
+  return on;
+}
+
 inline bool built_for(int g, int batch, int k) {
   const int nb = batch <= 1 ? 1 : batch <= 2 ? 2 : 4;
   return built(g, nb, chunks_per_thread(k, g));
@@ -1803,6 +1886,10 @@ int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, c
                       int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   if (prologue == kPlain && !residual) return launch_v2<T, G, NB, CH, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   if constexpr (std::is_same<T, __nv_bfloat16>::value && NB <= 2) {
+    if constexpr ((G == 13 || G == 15) && NB == 1 && CH == 1) {
+      if (norm_defer() && prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kDefer + kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+      if (norm_defer() && prologue == kNormSiluPairs && !residual && n % 2 == 0) return launch_v2<T, G, NB, CH, kDefer + kNormSiluPairs, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    }
     if (prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kPlain && residual) return launch_v2<T, G, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kSiluMul && residual) return launch_v2<T, G, NB, CH, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);

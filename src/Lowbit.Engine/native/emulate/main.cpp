@@ -166,7 +166,9 @@ static float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
 // The int4 GEMV's fused variants (the decode step's): RMSNorm or SiLU·mul before the product, the residual added
 // after, in both geometries. The reference applies the prologue with the separate kernels' roundings (rmsnorm_kernel,
-// silu_mul_kernel), then a float64 product, then T(T(v) + residual); padding columns stay untouched.
+// silu_mul_kernel), then a float64 product, then T(T(v) + residual); the exact result none of those roundings (the
+// deferred RMSNorm of the packed-fp16 kernels is closer to it than the separate kernels are); padding columns stay
+// untouched.
 int run_fused(int batch, int n, int k, int group, int sms, int geometry, int prologue, bool residual) {
   g_sms = sms;
   std::mt19937 rng(n * 13 + k + batch + geometry * 5 + prologue);
@@ -186,10 +188,35 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
   int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
                                        geometry, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, split.w(), split.a(), nullptr);
   if (rc) { printf("fused rc %d\n", rc); return 1; }
-  double err = 0, norm = 0;
+  double err = 0, norm = 0, exact_err = 0, exact_norm = 0, ref_exact_err = 0;
   for (int b = 0; b < batch; b++) {
     std::vector<float> a(k);
     for (int i = 0; i < k; i++) a[i] = __bfloat162float(x[b * xs + i]);
+    // The same in float64 without the separate kernels' intermediate roundings (the mathematically exact result for
+    // these int4 weights): how far each arithmetic is from the truth, not only from the other.
+    std::vector<double> e(k);
+    for (int i = 0; i < k; i++) e[i] = a[i];
+    if (prologue == 1 || prologue == 3) {
+      double ss = 0;
+      for (int i = 0; i < k; i++) ss += e[i] * e[i];
+      const double inv = 1.0 / std::sqrt(ss / k + eps);
+      for (int i = 0; i < k; i++) e[i] = (double)__bfloat162float(w[i]) * e[i] * inv;
+    } else if (prologue == 2) {
+      for (int i = 0; i < k; i++) {
+        const double g = e[i], u = __bfloat162float(x[b * xs + k + i]);
+        e[i] = g / (1.0 + std::exp(-g)) * u;
+      }
+    }
+    std::vector<double> exact(n);
+    for (int r = 0; r < n; r++) {
+      double v = 0;
+      for (int i = 0; i < k; i++) {
+        const int g = i / group;
+        v += e[i] * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
+      }
+      if (residual) v += __bfloat162float(res[b * (n + 5) + r]);
+      exact[r] = v;
+    }
     if (prologue == 1 || prologue == 3) {
       double ss = 0;
       for (int i = 0; i < k; i++) ss += (double)a[i] * a[i];
@@ -221,15 +248,23 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
       const double o = __bfloat162float(out[b * (n + 3) + r]);
       err += (o - ref) * (o - ref);
       norm += ref * ref;
+      const double truth = prologue == 3 ? exact[r] / (1.0 + std::exp(-exact[r])) * exact[n / 2 + r] : exact[r];
+      const double was = ref;
+      exact_err += (o - truth) * (o - truth);
+      exact_norm += truth * truth;
+      ref_exact_err += (was - truth) * (was - truth);
     }
   }
   bool pad = true;
   for (int b = 0; b < batch; b++) for (int r = prologue == 3 ? n / 2 : n; r < n + 3; r++) pad &= std::isnan(__bfloat162float(out[b * (n + 3) + r]));
   const bool counters = split.counters_left_zero();
-  printf("fused batch %d n %d k %d g %d sms %d geometry %d prologue %d residual %d: rel err %.3e, padding untouched %d%s\n",
-         batch, n, k, group, sms, geometry, prologue, residual, std::sqrt(err / norm), pad,
+  printf("fused batch %d n %d k %d g %d sms %d geometry %d prologue %d residual %d: rel err %.3e (to exact %.3e, the "
+         "reference's own %.3e), padding untouched %d%s\n",
+         batch, n, k, group, sms, geometry, prologue, residual, std::sqrt(err / norm), std::sqrt(exact_err / exact_norm),
+         std::sqrt(ref_exact_err / exact_norm), pad,
          split.arrivals.empty() ? "" : counters ? ", K splits, counters left zero" : ", K splits, COUNTERS LEFT NONZERO");
-  return std::sqrt(err / norm) < 1e-2 && pad && counters ? 0 : 1;
+  // Within 1e-2 of the exact result, and of the separate kernels' (whose own roundings are up to ~7e-3 from it).
+  return std::sqrt(exact_err / exact_norm) < 1e-2 && std::sqrt(err / norm) < 2e-2 && pad && counters ? 0 : 1;
 }
 
 // The tensor-core int4 GEMV (geometry 9) without a prologue in fp16: 1-8 activation rows against a float64
@@ -465,8 +500,24 @@ int half2_wide() {
   return f == 0 ? 0 : 1;
 }
 
+// int4-v2-h2 and -h2s's RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0, read once per
+// process; the default defers the norm's factor to the sums): run.sh runs this binary a third time with the variable
+// set and this argument. The q/k/v prologue (1) and the paired gate/up rows (3), N not a multiple of the tile,
+// several tiles per block, dead threads past K / 32.
+int norm_rounded() {
+  int f = 0;
+  f += run_fused(1, 29, 4096, 64, 3, 15, 1, false);
+  f += run_fused(1, 102, 4096, 64, 2, 15, 3, false);
+  f += run_fused(1, 29, 4096, 64, 3, 13, 1, false);
+  f += run_fused(1, 30, 2048, 64, 3, 13, 3, false);
+  f += run_fused(1, 21, 3072, 128, 2, 15, 1, false);
+  printf(f == 0 ? "ok\n" : "FAIL\n");
+  return f == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "half2-wide") == 0) return half2_wide();
+  if (argc > 1 && strcmp(argv[1], "norm-rounded") == 0) return norm_rounded();
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
   int f = 0;

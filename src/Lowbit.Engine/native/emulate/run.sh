@@ -16,3 +16,5 @@ g++ -std=c++20 -O1 -pthread -w -I"$here" "$work/v2.cpp" "$here/main.cpp" -o "$wo
 "$work/emulate"
 # The packed-fp16 GEMVs at 2-3 chunks per thread, offered only with LOWBIT_INT4_HALF2=2 (read once per process).
 LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
+# The packed-fp16 GEMVs' RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0; deferred by default).
+LOWBIT_NORM_DEFER=0 "$work/emulate" norm-rounded
