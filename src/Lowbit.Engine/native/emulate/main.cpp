@@ -188,6 +188,15 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
   int rc = lowbit_launch_int4_v2_fused(0, x.data(), xs, packed.data(), s.data(), z.data(), out.data(), n + 3, batch, n, k, group,
                                        geometry, prologue, w.data(), eps, residual ? res.data() : nullptr, n + 5, split.w(), split.a(), nullptr);
   if (rc) { printf("fused rc %d\n", rc); return 1; }
+  // Row r of the weights (dequantized, float64) times the activations.
+  auto product = [&](int r, const auto& act) {
+    double v = 0;
+    for (int i = 0; i < k; i++) {
+      const int g = i / group;
+      v += (double)act[i] * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
+    }
+    return v;
+  };
   double err = 0, norm = 0, exact_err = 0, exact_norm = 0, ref_exact_err = 0;
   for (int b = 0; b < batch; b++) {
     std::vector<float> a(k);
@@ -208,15 +217,7 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
       }
     }
     std::vector<double> exact(n);
-    for (int r = 0; r < n; r++) {
-      double v = 0;
-      for (int i = 0; i < k; i++) {
-        const int g = i / group;
-        v += e[i] * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
-      }
-      if (residual) v += __bfloat162float(res[b * (n + 5) + r]);
-      exact[r] = v;
-    }
+    for (int r = 0; r < n; r++) exact[r] = product(r, e) + (residual ? __bfloat162float(res[b * (n + 5) + r]) : 0.0);
     if (prologue == 1 || prologue == 3) {
       double ss = 0;
       for (int i = 0; i < k; i++) ss += (double)a[i] * a[i];
@@ -230,11 +231,7 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
     }
     std::vector<double> refs(n);
     for (int r = 0; r < n; r++) {
-      double ref = 0;
-      for (int i = 0; i < k; i++) {
-        const int g = i / group;
-        ref += (double)a[i] * ((q[(size_t)r * k + i] - (double)__half2float(z[r * G + g])) * (double)__half2float(s[r * G + g]));
-      }
+      double ref = product(r, a);
       if (residual) ref = (double)bf((float)ref) + __bfloat162float(res[b * (n + 5) + r]);
       refs[r] = ref;
     }
@@ -249,10 +246,9 @@ int run_fused(int batch, int n, int k, int group, int sms, int geometry, int pro
       err += (o - ref) * (o - ref);
       norm += ref * ref;
       const double truth = prologue == 3 ? exact[r] / (1.0 + std::exp(-exact[r])) * exact[n / 2 + r] : exact[r];
-      const double was = ref;
       exact_err += (o - truth) * (o - truth);
       exact_norm += truth * truth;
-      ref_exact_err += (was - truth) * (was - truth);
+      ref_exact_err += (ref - truth) * (ref - truth);
     }
   }
   bool pad = true;
