@@ -16,7 +16,8 @@
 #                      space-separated NAME=VALUE settings, e.g. VARIANTS="default;LOWBIT_GREEDY_KERNEL=0"; INT4_GROUP=128
 #                      there quantizes with group 128 instead of 64), same RUNS
 #                      (default int4-graph:1); TRACE=1 adds a traced default run (LOWBIT_STEP_TRACE=1)
-#   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per 7B shape, cold
+#   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per SHAPES shape (7b, 13b,
+#                      70b; default 7b), cold
 #   calibrate POINTS [SECONDS]   calibrate-lowbit.sh --only POINTS (issue 15; points listed in calibrate_lowbit.py GRID)
 #   finetune [ARGS]    bench-finetune.sh --layers 32 --steps 8 --warmup 2 ARGS (issue 10)
 #   serve              bench-serve.sh --layers 32
@@ -153,7 +154,7 @@ for (v,weights,mode,batch),t in seen.items():
     # g64: every GEMV per 7B shape, cold, one line each (µs, GB/s, relative error), then each with the fused variant the
     # decode step runs ("fused" lines: the prologue and epilogue's cost is the difference).
     selfcheck
-    timeout "${1:-150}" ./run.sh bench-kernels --device cuda --rows "${ROWS:-1,2}" --groups 64 > "$OUT/kernels.log" 2>&1
+    timeout "${1:-150}" ./run.sh bench-kernels --device cuda --shapes "${SHAPES:-7b}" --rows "${ROWS:-1,2}" --groups 64 > "$OUT/kernels.log" 2>&1
     echo "bench-kernels rc=$?"
     python3 -c 'import json,sys
 for l in open(sys.argv[1]):

@@ -10,11 +10,11 @@ using static TorchSharp.torch;
 namespace Lowbit.Engine.DevTools;
 
 /// <summary>
-/// Hidden <c>bench-kernels [--device cuda|cpu] [--shapes 7b|tiny] [--rows 1,2,4,8,16,32] [--groups 64,128]
+/// Hidden <c>bench-kernels [--device cuda|cpu] [--shapes 7b|13b|70b|tiny] [--rows 1,2,4,8,16,32] [--groups 64,128]
 /// [--iterations 50] [--dtype bfloat16] [--warm]</c>: the decode step's kernels one by one, each projection timed
 /// over copies of its weight in turn (<see cref="RotationBytes"/> of them), so each read is cold as in the decode step,
 /// where a layer's weights were last read a whole model ago, unless <c>--warm</c>. For each projection shape (7B: QKV
-/// 12288×4096, O 4096×4096, gate/up 22016×4096, down 4096×11008, lm_head 32000×4096) and rows, every kernel a decode
+/// 12288×4096, O 4096×4096, gate/up 22016×4096, down 4096×11008, lm_head 32000×4096; 13B and 70B on request) and rows, every kernel a decode
 /// projection can run (<see cref="ProjectionKernel"/>: <c>linear</c> = cuBLAS, the native GEMVs v1 and v2, the int4 GEMVs v1 and v2,
 /// dequantize + <c>linear</c>), then attention at context 256, RMSNorm, RoPE, SiLU·mul at 1 and 32 rows, and a device copy.
 /// One JSON line each: microseconds per call, the weight bytes read, effective GB/s and its fraction of the reference
@@ -32,6 +32,18 @@ public static class BenchKernelsVerb
     private static readonly Shape[] Llama7B =
     [
         new("qkv", 12288, 4096), new("o", 4096, 4096), new("gate_up", 22016, 4096), new("down", 4096, 11008), new("lm_head", 32000, 4096),
+    ];
+
+    // Llama-2-13B (hidden 5,120, 40 heads, intermediate 13,824) and Llama-2-70B (8,192, 64 heads over 8 kv heads,
+    // 28,672): the one-row GEMVs past K = 4,096 (--shapes 13b, 70b).
+    private static readonly Shape[] Llama13B =
+    [
+        new("qkv", 15360, 5120), new("o", 5120, 5120), new("gate_up", 27648, 5120), new("down", 5120, 13824), new("lm_head", 32000, 5120),
+    ];
+
+    private static readonly Shape[] Llama70B =
+    [
+        new("qkv", 10240, 8192), new("o", 8192, 8192), new("gate_up", 57344, 8192), new("down", 8192, 28672), new("lm_head", 32000, 8192),
     ];
 
     private static readonly Shape[] Tiny =
@@ -60,10 +72,18 @@ public static class BenchKernelsVerb
         var shapes = shapesName switch
         {
             "7b" => Llama7B,
+            "13b" => Llama13B,
+            "70b" => Llama70B,
             "tiny" => Tiny,
-            _ => throw new ProtocolArgumentException("--shapes", shapesName, "7b, tiny"),
+            _ => throw new ProtocolArgumentException("--shapes", shapesName, "7b, 13b, 70b, tiny"),
         };
-        var dims = shapesName == "7b" ? new Dims(4096, 32, 32, 128, 11008, 256) : new Dims(128, 4, 2, 32, 192, 16);
+        var dims = shapesName switch
+        {
+            "7b" => new Dims(4096, 32, 32, 128, 11008, 256),
+            "13b" => new Dims(5120, 40, 40, 128, 13824, 256),
+            "70b" => new Dims(8192, 64, 8, 128, 28672, 256),
+            _ => new Dims(128, 4, 2, 32, 192, 16),
+        };
         var rows = Ints("--rows", cuda ? [1, 2, 4, 8, 16, 32] : [1, 2]);
         var groups = Ints("--groups", [64, 128]);
         var iterations = Ints("--iterations", [50])[0];

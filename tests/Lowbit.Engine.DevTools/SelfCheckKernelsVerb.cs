@@ -263,6 +263,8 @@ internal static class SelfCheckKernelsVerb
                 foreach (var (batch, n, k, group, geometry) in new[]
                 {
                     (1, 12288, 4096, 64, 1), (2, 22016, 4096, 128, 3), (1, 22016, 4096, 64, 3), (1, 4096, 11008, 64, 3), (2, 4093, 11008, 128, 1), (1, 1001, 8192, 64, 3),
+                    // One row past K = 4,096 (a 13B's 5,120, a 70B's 8,192): the deferred norm with its weight loaded after the wait.
+                    (1, 15360, 5120, 128, 1), (1, 2050, 8192, 64, 1), (1, 27648, 5120, 64, 3),
                     (1, 4096, 4096, 64, 5), (1, 22016, 4096, 128, 5), (1, 12288, 4096, 64, 7), (2, 22016, 4096, 128, 7), (1, 1001, 2048, 64, 7), (1, 4096, 11008, 64, 7), (1, 999, 8192, 128, 7),
                     (1, 12288, 4096, 64, 9), (2, 22016, 4096, 128, 9), (1, 4096, 11008, 64, 9), (2, 1001, 11008, 128, 9),
                     // int4-v2-h2 and -h2s: one row, one chunk per thread (K <= 4,096).
@@ -293,9 +295,10 @@ internal static class SelfCheckKernelsVerb
                     var residual = randn([batch, n], bf16, device);
                     var name = $"g{group} B={batch} N={n} K={k} geometry={geometry}";
 
-                    // The RMSNorm prologues against the exact product (float64, no intermediate rounding): the packed-fp16
-                    // kernels defer the norm's factor to their sums (closer to it than rmsnorm_kernel's roundings are, and
-                    // up to ~1e-2 from the rounded reference in the paired SiLU·mul), the others round as rmsnorm_kernel.
+                    // The RMSNorm prologues against the exact product (float64, no intermediate rounding): int4-v2, -wide,
+                    // -h2 and -h2s at one row defer the norm's factor to their sums (closer to it than rmsnorm_kernel's
+                    // roundings are, and up to ~1e-2 from the rounded reference in the paired SiLU·mul), the others round
+                    // as rmsnorm_kernel.
                     var x64 = stream.to(ScalarType.Float64);
                     var normedExact = x64 * (x64.square().mean([-1L], keepdim: true) + 1e-5).rsqrt() * normWeight.to(ScalarType.Float64);
                     var exact = nn.functional.linear(normedExact, dense.to(ScalarType.Float64));

@@ -122,10 +122,11 @@ constexpr int kNorm = 1;
 constexpr int kSiluMul = 2;
 constexpr int kNormSiluPairs = 3;
 // kNorm and kNormSiluPairs with the RMSNorm's factor deferred (template values only; the launch maps kNorm and
-// kNormSiluPairs to them for int4-v2-h2 and -h2s at one row and one chunk per thread, the q/k/v and gate/up kernels of
-// a 7B's one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block reduction
-// and no barrier before them; the norm weight loaded with the first tile), each warp leaves its sum of squares in
-// shared memory, and the tile's sums are multiplied by rsqrt(mean(x^2) + eps) after the tile's barrier. Not
+// kNormSiluPairs to them for int4-v2, -wide, -h2 and -h2s at one row, the q/k/v and gate/up kernels of a one-row step,
+// unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block reduction and no barrier before
+// them; at one chunk per thread the norm weight is loaded with the first tile, before the wait, at 2-4 chunks with x
+// after it, where its 8-16 registers a chunk would be held across the first tile's loads), each warp leaves its sum of
+// squares in shared memory, and the tile's sums are multiplied by rsqrt(mean(x^2) + eps) after the tile's barrier. Not
 // rmsnorm_kernel's roundings (T(w · T(x · r)) becomes r · (w · x) in fp32): closer to the exact product than the
 // eager path's own roundings are (the CPU emulation prints both: 1.9e-3 to 4.9e-3 normwise against 2.1e-3 to 6.7e-3),
 // 1.1-1.6 µs per call faster cold and +4.7 % int4 batch-1 tokens/s on the H100 (docs/gpu.md, run 73).
@@ -167,6 +168,9 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 // K = 4,096 projections, not 96 at three chunks (which lost in the step, run 57b); 4 rows per tile, two blocks per SM.
 __host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15 || g == 17; }
 __host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15 || g == 17; }
+
+// The geometries with the deferred RMSNorm (kDefer) at one row.
+__host__ __device__ constexpr bool defer_built(int g) { return g == 1 || g == 3 || g == 13 || g == 15; }
 
 __host__ __device__ constexpr int threads_of(int g) { return g == 17 ? 384 : wide_layout(g) ? 128 : 256; }
 __host__ __device__ constexpr int codes_of(int g) { return wide_layout(g) ? 32 : 16; }
@@ -527,6 +531,30 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
   buf ^= 1;
 }
 
+// The chunk sums of a thread's activations (sum x for the zero, 128 sum x' for the code floats' offset). The odd codes'
+// activations become 16x (exact): see code_of_high. int4-v2-h2 keeps them as they are (half2_activations packs them
+// and sets the offset).
+template <int G, int NB, int CH>
+__device__ __forceinline__ void chunk_sums(float (&xv)[CH][NB][Geo<G>::kCodes], ChunkSum (&xs)[CH][NB]) {
+#pragma unroll
+  for (int j = 0; j < CH; j++) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float sum = 0.f;
+      float scaled = 0.f;
+#pragma unroll
+      for (int i = 0; i < Geo<G>::kCodes; i++) {
+        sum += xv[j][b][i];
+        if constexpr (!half2_products(G)) {
+          if (i % 2 == 1) xv[j][b][i] *= 16.f;
+          scaled += xv[j][b][i];
+        }
+      }
+      xs[j][b] = {sum, 128.f * scaled};
+    }
+  }
+}
+
 // This thread's activations after the prologue (floats, zero past K and past `batch`) and their per-chunk sums.
 template <typename T, int G, int NB, int CH, int PRO>
 __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_t x_stride, int batch, int k,
@@ -603,33 +631,16 @@ __device__ __forceinline__ void load_activations(const T* __restrict__ x, int64_
       }
     }
   }
-#pragma unroll
-  for (int j = 0; j < CH; j++) {
-#pragma unroll
-    for (int b = 0; b < NB; b++) {
-      // The odd codes' activations become 16x (exact): see code_of_high. int4-v2-h2 keeps them as they are
-      // (half2_activations packs them and sets the offset).
-      float sum = 0.f;
-      float scaled = 0.f;
-#pragma unroll
-      for (int i = 0; i < C; i++) {
-        sum += xv[j][b][i];
-        if constexpr (!half2_products(G)) {
-          if (i % 2 == 1) xv[j][b][i] *= 16.f;
-          scaled += xv[j][b][i];
-        }
-      }
-      xs[j][b] = {sum, 128.f * scaled};
-    }
-  }
+  chunk_sums<G, NB, CH>(xv, xs);
 }
 
-// kDefer's prologue (one row, the packed-fp16 geometries): xv = w·x in fp32 (the weight's chunks in `nw`, loaded
-// before the wait), each warp's sum of squares of x to norm_partial[warp][0] (no barrier here: tile_reduce's first
-// barrier publishes it), and the chunk sums of w·x.
-template <typename T, int G, int CH>
-__device__ __forceinline__ void deferred_norm_activations(const T* __restrict__ x, int tid, int lane, int warp,
-                                                          const bool (&live)[CH], const uint4 (&nw)[CH][Geo<G>::kCodes / 8],
+// kDefer's prologue (one row): xv = w·x in fp32, each warp's sum of squares of x to norm_partial[warp][0] (no barrier
+// here: tile_reduce's first barrier publishes it), and the chunk sums of w·x. EARLY: the weight's chunks are in `nw`
+// (loaded before the wait); otherwise they are loaded here with x.
+template <typename T, int G, int CH, bool EARLY>
+__device__ __forceinline__ void deferred_norm_activations(const T* __restrict__ x, const T* __restrict__ norm_w, int tid,
+                                                          int lane, int warp, const bool (&live)[CH],
+                                                          const uint4 (&nw)[CH][Geo<G>::kCodes / 8],
                                                           float (*norm_partial)[1], float (&xv)[CH][1][Geo<G>::kCodes],
                                                           ChunkSum (&xs)[CH][1]) {
   constexpr int C = Geo<G>::kCodes;
@@ -640,9 +651,14 @@ __device__ __forceinline__ void deferred_norm_activations(const T* __restrict__ 
 #pragma unroll
     for (int p = 0; p < C / 8; p++) {
       uint4 u = make_uint4(0, 0, 0, 0);
-      if (live[j]) u = reinterpret_cast<const uint4*>(x + (int64_t)c * C)[p];
+      uint4 wu = make_uint4(0, 0, 0, 0);
+      if (live[j]) {
+        u = reinterpret_cast<const uint4*>(x + (int64_t)c * C)[p];
+        if constexpr (!EARLY) wu = __ldg(reinterpret_cast<const uint4*>(norm_w + (int64_t)c * C) + p);
+      }
+      if constexpr (EARLY) wu = nw[j][p];
       const T* t = reinterpret_cast<const T*>(&u);
-      const T* g = reinterpret_cast<const T*>(&nw[j][p]);
+      const T* g = reinterpret_cast<const T*>(&wu);
 #pragma unroll
       for (int i = 0; i < 8; i++) {
         const float v = Cvt2<T>::f(t[i]);
@@ -653,13 +669,7 @@ __device__ __forceinline__ void deferred_norm_activations(const T* __restrict__ 
   }
   ss = warp_sum2(ss);
   if (lane == 0) norm_partial[warp][0] = ss;
-#pragma unroll
-  for (int j = 0; j < CH; j++) {
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < C; i++) sum += xv[j][0][i];
-    xs[j][0] = {sum, 0.f};
-  }
+  chunk_sums<G, 1, CH>(xv, xs);
 }
 
 // __launch_bounds__'s blocks per SM. Without a bound ptxas (nvcc 11.8, sm_90) gave int4-v2 at one chunk per thread
@@ -702,10 +712,12 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   LOWBIT_PDL_TRIGGER();
   constexpr bool DEFER = PRO >= kDefer;
   constexpr bool PAIRS = base_prologue(PRO) == kNormSiluPairs;
-  static_assert(!DEFER || (half2_products(G) && NB == 1), "deferred norm: the packed-fp16 geometries at one row");
-  // DEFER: the norm weight's chunks go out with the first tile (they do not depend on the kernel before either).
-  uint4 nw[DEFER ? CH : 1][Geo<G>::kCodes / 8];
-  if constexpr (DEFER) {
+  static_assert(!DEFER || (defer_built(G) && NB == 1), "deferred norm: int4-v2, -wide, -h2 and -h2s at one row");
+  // DEFER at one chunk per thread: the norm weight's chunk goes out with the first tile (it does not depend on the
+  // kernel before either); at more, with x after the wait (deferred_norm_activations).
+  constexpr bool EARLY = DEFER && CH == 1;
+  uint4 nw[CH][Geo<G>::kCodes / 8];
+  if constexpr (EARLY) {
 #pragma unroll
     for (int j = 0; j < CH; j++) {
       const uint4* wp = reinterpret_cast<const uint4*>(static_cast<const T*>(fusion.norm_w) +
@@ -719,7 +731,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
 
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
-  if constexpr (DEFER) deferred_norm_activations<T, G, CH>(x, tid, lane, warp, live, nw, norm_partial, xv, xs);
+  if constexpr (DEFER) deferred_norm_activations<T, G, CH, EARLY>(x, static_cast<const T*>(fusion.norm_w), tid, lane, warp, live, nw, norm_partial, xv, xs);
   else load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
   constexpr bool H2 = half2_products(G);
   static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
@@ -1807,8 +1819,9 @@ constexpr bool built(int g, int nb, int ch) {
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
 }
 
-// int4-v2-h2 and -h2s at one row and one chunk per thread take their RMSNorm prologues deferred (kDefer) unless
-// LOWBIT_NORM_DEFER=0 (rmsnorm_kernel's roundings, bit for bit, as before session 29).
+// int4-v2, -wide, -h2 and -h2s at one row take their RMSNorm prologues deferred (kDefer) unless LOWBIT_NORM_DEFER=0
+// (rmsnorm_kernel's roundings, bit for bit, as before session 29). int4-v2-occ (64 registers), -h2b (opt-in),
+// -shared and int4-mma keep the rounded prologue.
 inline bool norm_defer() {
   static const bool on = env_int("LOWBIT_NORM_DEFER", 1) != 0;
   return on;
@@ -1886,7 +1899,7 @@ int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, c
                       int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   if (prologue == kPlain && !residual) return launch_v2<T, G, NB, CH, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   if constexpr (std::is_same<T, __nv_bfloat16>::value && NB <= 2) {
-    if constexpr ((G == 13 || G == 15) && NB == 1 && CH == 1) {
+    if constexpr (defer_built(G) && NB == 1) {
       if (norm_defer() && prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kDefer + kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
       if (norm_defer() && prologue == kNormSiluPairs && !residual && n % 2 == 0) return launch_v2<T, G, NB, CH, kDefer + kNormSiluPairs, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     }

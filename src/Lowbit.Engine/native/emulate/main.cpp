@@ -482,6 +482,8 @@ int half2_wide() {
   f += run_fused(1, 13, 11008, 64, 3, 15, 2, true);
   f += run_fused(1, 30, 11008, 64, 3, 13, 3, false);
   f += run_fused(1, 9, 12288, 128, 1, 13, 0, true);
+  f += run_fused(1, 21, 8192, 128, 2, 15, 1, false);   // the deferred RMSNorm at 2-3 chunks
+  f += run_fused(1, 26, 5120, 64, 3, 13, 1, false);
   f += run_h2_range(17, 11008, 128, 1);
   // int4-v2-h2b (geometry 17: 384 threads, one chunk per thread up to K = 12,288): dead threads past K / 32, every
   // fused variant but the paired rows, fp16.
@@ -496,10 +498,10 @@ int half2_wide() {
   return f == 0 ? 0 : 1;
 }
 
-// int4-v2-h2 and -h2s's RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0, read once per
-// process; the default defers the norm's factor to the sums): run.sh runs this binary a third time with the variable
-// set and this argument. The q/k/v prologue (1) and the paired gate/up rows (3), N not a multiple of the tile,
-// several tiles per block, dead threads past K / 32.
+// The RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0, read once per process; the default
+// defers the norm's factor to the sums in int4-v2, -wide, -h2 and -h2s at one row): run.sh runs this binary a third
+// time with the variable set and this argument. The q/k/v prologue (1) and the paired gate/up rows (3), N not a
+// multiple of the tile, several tiles per block, dead threads past K / 32, one to three chunks per thread.
 int norm_rounded() {
   int f = 0;
   f += run_fused(1, 29, 4096, 64, 3, 15, 1, false);
@@ -507,6 +509,11 @@ int norm_rounded() {
   f += run_fused(1, 29, 4096, 64, 3, 13, 1, false);
   f += run_fused(1, 30, 2048, 64, 3, 13, 3, false);
   f += run_fused(1, 21, 3072, 128, 2, 15, 1, false);
+  f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);
+  f += run_fused(1, 27, 5120, 128, 2, 1, 1, false);
+  f += run_fused(1, 38, 4096, 128, 1, 1, 3, false);
+  f += run_fused(1, 21, 8192, 128, 2, 3, 1, false);
+  f += run_fused(1, 30, 11008, 64, 3, 3, 3, false);
   printf(f == 0 ? "ok\n" : "FAIL\n");
   return f == 0 ? 0 : 1;
 }
@@ -558,6 +565,13 @@ int main(int argc, char** argv) {
   f += run_fused(1, 22, 2048, 64, 2, 1, 3, false);
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 5, 3, 0) == 0 ? 0 : 1;   // nor int4-v2-occ
   f += run_fused(1, 30, 11008, 64, 3, 3, 3, false);
+  // The deferred RMSNorm at 2-4 chunks per thread (the norm weight loaded with x after the wait: a 13B's K = 5,120, a
+  // 70B's 8,192, K past 12,288): int4-v2 and -wide, the q/k/v prologue and the paired rows.
+  f += run_fused(1, 27, 5120, 128, 2, 1, 1, false);
+  f += run_fused(1, 21, 16384, 64, 2, 1, 1, false);
+  f += run_fused(1, 46, 8192, 64, 3, 1, 3, false);
+  f += run_fused(1, 25, 5120, 64, 2, 3, 1, false);
+  f += run_fused(1, 42, 12288, 128, 3, 3, 3, false);
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 7, 3, 0) == 0 ? 0 : 1;   // not the shared or tensor-core kernels
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 9, 3, 0) == 0 ? 0 : 1;
   f += lowbit_v2_int4_fused_supports(0, 2, 4096, 3, 3, 0) == 0 ? 0 : 1;   // one row only
