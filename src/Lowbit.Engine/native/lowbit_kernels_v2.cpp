@@ -31,6 +31,10 @@ int lowbit_launch_step_mark(void*, int, void*);
 int lowbit_launch_greedy_step(int, const void*, int64_t, int, int64_t*, int64_t*, int, int64_t*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
                           int, int, int, int, void*);
+int lowbit_v2_attention_oproj_splits(int, int, int, int, int, int, int, int);
+int lowbit_launch_rope_attention_oproj(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*, void*,
+                                       float*, int*, int, int, int, int, int, int, const void*, const void*, const void*, int,
+                                       int, int, const void*, int64_t, void*, int64_t, void*);
 }
 
 namespace {
@@ -263,6 +267,70 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
                                                      (int)kv_heads, group, (int)d, (int)max_len, length, splits,
                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
+                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
+  });
+}
+
+// 1 when the fused RoPE attention takes the output projection inside for one row (lowbit_launch_rope_attention_oproj):
+// bf16, `heads` over `kv_heads` of D = head_dim, the int4 W_o [n, heads·D] in groups of `group`.
+int lowbit_v2_attention_oproj_supports(int heads, int kv_heads, int head_dim, int length, int n, int group) {
+  if (kv_heads < 1 || heads % kv_heads != 0) return 0;
+  return lowbit_v2_attention_oproj_splits(0, kv_heads, heads / kv_heads, head_dim, length, n, heads * head_dim, group) > 0 ? 1 : 0;
+}
+
+// lowbit_v2_decode_attention_x's fused RoPE attention for one row (qkv [1, (H + 2 KVH)·D], cos/sin [1, D], the
+// attention into `attended` [1, H·D]) and then, in the same kernel, out[1, N] = T(T(attended · dequant(W_o)ᵀ) +
+// residual[1, N]) with int4-v2-h2s's arithmetic (packed uint8 [N, H·D/2], scales/zeros fp16 [N, H·D/group]).
+// arrivals: int32, at least KVH + 2 elements, zero (the kernel leaves them zero).
+int lowbit_v2_rope_attention_oproj_x(void* qkv, void* cos, void* sin, void* keys, void* values, void* positions, void* arrivals,
+                                     int length, void* attended, void* packed, void* scales, void* zeros, int group,
+                                     void* residual, void* out) {
+  return guarded([&] {
+    auto& qt = T(qkv);
+    auto& kt = T(keys);
+    auto& vt = T(values);
+    auto& pt = T(positions);
+    auto& rt = T(arrivals);
+    auto& at_ = T(attended);
+    auto& ct = T(cos);
+    auto& st = T(sin);
+    auto& wt = T(packed);
+    auto& sc = T(scales);
+    auto& zt = T(zeros);
+    auto& res = T(residual);
+    auto& ot = T(out);
+    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && wt.is_cuda() && ot.is_cuda() && res.is_cuda(), "attention + output projection: CUDA tensors only");
+    const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
+    TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "attention + output projection: keys/values [slots, max_len, kv_heads, D] contiguous");
+    const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
+    TORCH_CHECK(at_.dim() == 2 && at_.size(0) == 1 && at_.is_contiguous() && at_.size(1) % d == 0, "attention + output projection: attended [1, H·D] contiguous");
+    const int64_t heads = at_.size(1) / d;
+    TORCH_CHECK(qt.dim() == 2 && qt.size(0) == 1 && qt.stride(1) == 1 && qt.size(1) == (heads + 2 * kv_heads) * d, "attention + output projection: qkv [1, (H + 2 KVH)·D]");
+    TORCH_CHECK(length >= 1 && length <= max_len, "attention + output projection: length ", length, " of ", max_len);
+    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= 1, "attention + output projection: positions int64 [1]");
+    TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= kv_heads + 2, "attention + output projection: arrivals int32 [≥ kv_heads + 2]");
+    TORCH_CHECK(kt.scalar_type() == at::kBFloat16 && qt.scalar_type() == at::kBFloat16 && vt.scalar_type() == at::kBFloat16 && at_.scalar_type() == at::kBFloat16
+                && ct.scalar_type() == at::kBFloat16 && st.scalar_type() == at::kBFloat16 && res.scalar_type() == at::kBFloat16 && ot.scalar_type() == at::kBFloat16,
+                "attention + output projection: bfloat16 only");
+    TORCH_CHECK(ct.is_contiguous() && st.is_contiguous() && ct.numel() == d && st.numel() == d, "attention + output projection: cos/sin [1, D] contiguous");
+    TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && aligned16(at_), "attention + output projection: qkv, keys, values and attended 16-byte aligned");
+    TORCH_CHECK(wt.scalar_type() == at::kByte && wt.dim() == 2 && wt.is_contiguous() && aligned16(wt) && wt.size(1) * 2 == heads * d, "attention + output projection: packed uint8 [N, H·D/2]");
+    const int64_t n = wt.size(0), k = heads * d;
+    TORCH_CHECK(group > 0 && k % group == 0 && sc.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf && sc.is_contiguous() && zt.is_contiguous()
+                && sc.numel() == n * (k / group) && zt.numel() == sc.numel(), "attention + output projection: scales/zeros float16 [N, K/group]");
+    TORCH_CHECK(res.dim() == 2 && res.size(0) == 1 && res.size(1) == n && res.stride(1) == 1 && ot.dim() == 2 && ot.size(0) == 1 && ot.size(1) == n && ot.stride(1) == 1,
+                "attention + output projection: residual and out [1, N], unit inner stride");
+    TORCH_CHECK(heads % kv_heads == 0, "attention + output projection: ", heads, " heads over ", kv_heads, " kv heads");
+    const int splits = lowbit_v2_attention_oproj_splits(0, (int)kv_heads, (int)(heads / kv_heads), (int)d, length, (int)n, (int)k, group);
+    TORCH_CHECK(splits > 0, "attention + output projection: not taken for ", heads, "/", kv_heads, " heads of D=", d, ", N=", n, ", group ", group);
+    auto work = at::empty({heads * splits * (d + 2)}, kt.options().dtype(at::kFloat));
+    const int rc = lowbit_launch_rope_attention_oproj(0, qt.data_ptr(), qt.stride(0), ct.data_ptr(), st.data_ptr(), kt.data_ptr(), vt.data_ptr(),
+                                                      pt.data_ptr<int64_t>(), at_.data_ptr(), work.data_ptr<float>(), rt.data_ptr<int>(),
+                                                      (int)kv_heads, (int)(heads / kv_heads), (int)d, (int)max_len, length, splits,
+                                                      wt.data_ptr(), sc.data_ptr(), zt.data_ptr(), (int)n, (int)k, group, res.data_ptr(),
+                                                      res.stride(0), ot.data_ptr(), ot.stride(0),
+                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+    TORCH_CHECK(rc == 0, "attention + output projection: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
 }
