@@ -299,7 +299,8 @@ int lowbit_v2_rope_attention_oproj_x(void* qkv, void* cos, void* sin, void* keys
     auto& zt = T(zeros);
     auto& res = T(residual);
     auto& ot = T(out);
-    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && wt.is_cuda() && ot.is_cuda() && res.is_cuda(), "attention + output projection: CUDA tensors only");
+    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && at_.is_cuda() && ct.is_cuda() && st.is_cuda()
+                && wt.is_cuda() && sc.is_cuda() && zt.is_cuda() && res.is_cuda() && ot.is_cuda(), "attention + output projection: CUDA tensors only");
     const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
     TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "attention + output projection: keys/values [slots, max_len, kv_heads, D] contiguous");
     const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
