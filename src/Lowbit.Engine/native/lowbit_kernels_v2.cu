@@ -122,10 +122,11 @@ constexpr int kNorm = 1;
 constexpr int kSiluMul = 2;
 constexpr int kNormSiluPairs = 3;
 // kNorm and kNormSiluPairs with the RMSNorm's factor deferred (template values only; the launch maps kNorm and
-// kNormSiluPairs to them for int4-v2, -wide, -h2 and -h2s at one row, the q/k/v and gate/up kernels of a one-row step,
-// unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block reduction and no barrier before
-// them; at one chunk per thread the norm weight is loaded with the first tile, before the wait, at 2-4 chunks with x
-// after it, where its 8-16 registers a chunk would be held across the first tile's loads), each warp leaves its sum of
+// kNormSiluPairs to them for int4-v2, -wide, -h2, -h2s (and kNorm for -shared) at one row, the q/k/v and gate/up
+// kernels of a one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block
+// reduction and no barrier before them; at one chunk per thread the norm weight is loaded with the first tile, before
+// the wait, at 2-4 chunks and in -shared with x after it, where its 8-16 registers a chunk would be held across the
+// first tile's loads), each warp leaves its sum of
 // squares in shared memory, and the tile's sums are multiplied by rsqrt(mean(x^2) + eps) after the tile's barrier. Not
 // rmsnorm_kernel's roundings (T(w · T(x · r)) becomes r · (w · x) in fp32): closer to the exact product than the
 // eager path's own roundings are (the CPU emulation prints both: 1.9e-3 to 4.9e-3 normwise against 2.1e-3 to 6.7e-3),
@@ -866,6 +867,9 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
     int64_t out_stride, int batch, int n, int k, int group, Fusion fusion) {
   constexpr int R = SharedTile<NB, CH>::R;
   constexpr int W = 8;
+  // DEFER (one row, kDefer + kNorm): int4-v2's deferred prologue (the norm weight loaded with x after the wait).
+  constexpr bool DEFER = PRO >= kDefer;
+  static_assert(!DEFER || (NB == 1 && base_prologue(PRO) == kNorm), "deferred norm: one row, no paired rows");
   LOWBIT_DYNAMIC_SHARED(xsm_bytes);
   float4* xsm = reinterpret_cast<float4*>(xsm_bytes);   // [NB][4][stride]
   __shared__ float red[2][W][R * NB];
@@ -919,7 +923,12 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   ChunkSum xs[CH][NB];
   {
     float xv[CH][NB][16];
-    load_activations<T, 1, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+    if constexpr (DEFER) {
+      const uint4 unused[CH][2] = {};
+      deferred_norm_activations<T, 1, CH, false>(x, static_cast<const T*>(fusion.norm_w), tid, lane, warp, live, unused, norm_partial, xv, xs);
+    } else {
+      load_activations<T, 1, NB, CH, PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+    }
 #pragma unroll
     for (int j = 0; j < CH; j++) {
       const int c = tid + j * 256;
@@ -987,7 +996,8 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
     if (next < n) load(next);
-    tile_reduce<T, W, NB, R, RES>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid, lane, warp);
+    tile_reduce<T, W, NB, R, RES, false, DEFER>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride, tid,
+                                                lane, warp, norm_partial, k, fusion.eps);
   }
 }
 
@@ -1819,9 +1829,9 @@ constexpr bool built(int g, int nb, int ch) {
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
 }
 
-// int4-v2, -wide, -h2 and -h2s at one row take their RMSNorm prologues deferred (kDefer) unless LOWBIT_NORM_DEFER=0
-// (rmsnorm_kernel's roundings, bit for bit, as before session 29). int4-v2-occ (64 registers), -h2b (opt-in),
-// -shared and int4-mma keep the rounded prologue.
+// int4-v2, -wide, -h2, -h2s and -shared at one row take their RMSNorm prologues deferred (kDefer) unless
+// LOWBIT_NORM_DEFER=0 (rmsnorm_kernel's roundings, bit for bit, as before session 29). int4-v2-occ (64 registers), -h2b
+// (opt-in) and int4-mma keep the rounded prologue.
 inline bool norm_defer() {
   static const bool on = env_int("LOWBIT_NORM_DEFER", 1) != 0;
   return on;
@@ -1881,7 +1891,8 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
     return variant && dtype == 0 && batch <= mma_fused_rows();
   }
   if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7 && !half2_products(geometry)) return false;
-  if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k))) return false;
+  // -shared: its activations in at most 44 KB of shared memory (one row up to K = 11,264; launch_shared refuses more).
+  if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k) || shared_bytes(batch, k) > 44 * 1024)) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (half2_products(geometry) && (k % 32 != 0 || batch != 1 || !built_for(geometry, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
@@ -1930,6 +1941,9 @@ int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* 
                           int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   if (prologue == kPlain && !residual) return launch_shared<T, NB, CH, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if constexpr (NB == 1) {
+      if (norm_defer() && prologue == kNorm && !residual) return launch_shared<T, NB, CH, kDefer + kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    }
     if (prologue == kNorm && !residual) return launch_shared<T, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kPlain && residual) return launch_shared<T, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kSiluMul && residual) return launch_shared<T, NB, CH, kSiluMul, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);

@@ -570,6 +570,8 @@ int norm_rounded() {
   f += run_fused(1, 38, 4096, 128, 1, 1, 3, false);
   f += run_fused(1, 21, 8192, 128, 2, 3, 1, false);
   f += run_fused(1, 30, 11008, 64, 3, 3, 3, false);
+  f += run_fused(1, 45, 4096, 64, 2, 7, 1, false);
+  f += run_fused(1, 17, 8192, 128, 2, 7, 1, false);
   printf(f == 0 ? "ok\n" : "FAIL\n");
   return f == 0 ? 0 : 1;
 }
@@ -605,6 +607,8 @@ int main(int argc, char** argv) {
   f += run_fused(1, 19, 2752, 64, 3, 7, 2, true);
   f += run_fused(1, 23, 11008, 64, 3, 7, 0, false);  // int4-v2-shared at 2-3 chunks per thread (one row)
   f += run_fused(1, 17, 8192, 128, 2, 7, 1, false);
+  f += run_fused(1, 23, 11264, 64, 3, 7, 1, false);  // the deferred RMSNorm at three chunks (the most -shared's memory takes)
+  f += lowbit_v2_int4_fused_supports(0, 1, 11328, 7, 0, 0) == 0 ? 0 : 1;   // past 44 KB of activations: not offered
   f += run_fused(1, 13, 11008, 64, 2, 7, 2, true);
   f += run_fused(2, 45, 11008, 128, 2, 1, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)
