@@ -2402,12 +2402,21 @@ __device__ __forceinline__ void oproj_phase(const OutProj& o, const T* __restric
   const int stride = gridDim.x * R;
   int row0 = blockIdx.x * R;
   if (row0 < n) load_tile<G, R, 1>(o.packed, o.scales, o.zeros, row0, n, k / 2, k / o.group, at, wv, sv, zv);
-  // Every head merged (a volatile poll of L2; the fence after it orders the reads below behind it).
+  // Every head merged (a volatile poll of L2; the fence after it orders the reads below behind it). A wait past one
+  // second means the grid was not resident after all (the occupancy cap was wrong for this device or something else
+  // held its SMs): the kernel traps, a CUDA error the caller sees, rather than hanging the decode step for good.
   if (tid == 0) {
     const volatile int* done = o.done;
+#if !defined(LOWBIT_EMULATED)
+    unsigned long long start;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+#endif
     while (*done < target) {
 #if !defined(LOWBIT_EMULATED)
       __nanosleep(64);
+      unsigned long long now;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+      if (now - start > 1000000000ull) __trap();
 #endif
     }
     __threadfence();
