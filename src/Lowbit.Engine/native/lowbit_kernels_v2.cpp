@@ -71,6 +71,41 @@ int guarded(F f) {
   return -1;
 }
 
+// The decode attention's tensors checked and its shape (lowbit_v2_decode_attention_x, lowbit_v2_rope_attention_oproj_x):
+// keys/values [slots, max_len, KVH, D] contiguous, q [B, H·D] (with cos/sin: the fused q/k/v [B, (H + 2 KVH)·D]) with
+// unit inner stride and a row stride a multiple of 8, out [B, H·D] with unit inner stride, positions int64 [B],
+// arrivals int32 [≥ B·KVH + `counters`], cos/sin [B, D] contiguous, one dtype throughout, q and the cache 16-byte
+// aligned. `what` starts every message.
+struct AttentionShape {
+  int64_t batch, heads, kv_heads, d, max_len;
+};
+
+AttentionShape attention_shape(const at::Tensor& qt, const at::Tensor& kt, const at::Tensor& vt, const at::Tensor& pt,
+                               const at::Tensor& rt, const at::Tensor& ot, const at::Tensor* ct, const at::Tensor* st,
+                               int length, int64_t counters, const char* what) {
+  const bool rope = ct != nullptr;
+  TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && ot.is_cuda() && (!rope || (ct->is_cuda() && st->is_cuda())),
+              what, ": CUDA tensors only");
+  TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), what, ": keys/values [slots, max_len, kv_heads, D] contiguous");
+  AttentionShape a{qt.size(0), 0, kt.size(2), kt.size(3), kt.size(1)};
+  TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.size(0) == qt.size(0), what, ": q and out [B, ·], unit inner stride");
+  TORCH_CHECK(ot.size(1) % a.d == 0, what, ": out width ", ot.size(1), " is not a multiple of D=", a.d);
+  a.heads = ot.size(1) / a.d;
+  TORCH_CHECK(qt.size(1) == (rope ? a.heads + 2 * a.kv_heads : a.heads) * a.d, what, ": q width ", qt.size(1), " for ", a.heads, " heads",
+              rope ? " + 2 × kv heads (the fused q/k/v)" : "", " of D=", a.d);
+  TORCH_CHECK(a.batch <= kt.size(0) && length >= 1 && length <= a.max_len, what, ": batch ", a.batch, " of ", kt.size(0), " slots, length ", length, " of ", a.max_len);
+  TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= a.batch, what, ": positions int64 [B]");
+  TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= a.batch * a.kv_heads + counters, what, ": arrivals int32 [≥ B·kv_heads + ", counters, "]");
+  TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), what, ": dtypes differ");
+  if (rope) {
+    TORCH_CHECK(ct->is_contiguous() && st->is_contiguous() && ct->numel() == a.batch * a.d && st->numel() == a.batch * a.d
+                && ct->scalar_type() == kt.scalar_type() && st->scalar_type() == kt.scalar_type(), what, ": cos/sin [B, D] contiguous, the cache's dtype");
+  }
+  TORCH_CHECK(a.heads % a.kv_heads == 0, what, ": ", a.heads, " heads over ", a.kv_heads, " kv heads");
+  TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && qt.stride(0) % 8 == 0, what, ": q, keys and values 16-byte aligned, q's row stride a multiple of 8");
+  return a;
+}
+
 // The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
 // lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
 // fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null; arrivals: int32 [≥ N / 16 rounded up], zero
@@ -235,27 +270,9 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
     auto& rt = T(arrivals);
     auto& ot = T(out);
     const bool rope = cos != nullptr;
-    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
+    const AttentionShape a = attention_shape(qt, kt, vt, pt, rt, ot, rope ? &T(cos) : nullptr, rope ? &T(sin) : nullptr, length, 0, "decode attention");
+    const int64_t batch = a.batch, heads = a.heads, kv_heads = a.kv_heads, d = a.d, max_len = a.max_len;
     const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
-    TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "decode attention: keys/values [slots, max_len, kv_heads, D] contiguous");
-    const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
-    TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.size(0) == qt.size(0), "decode attention: q and out [B, ·], unit inner stride");
-    TORCH_CHECK(ot.size(1) % d == 0, "decode attention: out width ", ot.size(1), " is not a multiple of D=", d);
-    const int64_t batch = qt.size(0), heads = ot.size(1) / d;
-    TORCH_CHECK(qt.size(1) == (rope ? heads + 2 * kv_heads : heads) * d, "decode attention: q width ", qt.size(1), " for ", heads, " heads",
-                rope ? " + 2 × kv heads (the fused q/k/v)" : "", " of D=", d);
-    TORCH_CHECK(batch <= kt.size(0) && length >= 1 && length <= max_len, "decode attention: batch ", batch, " of ", kt.size(0), " slots, length ", length, " of ", max_len);
-    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "decode attention: positions int64 [B]");
-    TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= batch * kv_heads, "decode attention: arrivals int32 [≥ B·kv_heads]");
-    TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), "decode attention: dtypes differ");
-    if (rope) {
-      auto& ct = T(cos);
-      auto& st = T(sin);
-      TORCH_CHECK(ct.is_contiguous() && st.is_contiguous() && ct.numel() == batch * d && st.numel() == batch * d
-                  && ct.scalar_type() == kt.scalar_type() && st.scalar_type() == kt.scalar_type(), "decode attention: cos/sin [B, D] contiguous, the cache's dtype");
-    }
-    TORCH_CHECK(heads % kv_heads == 0, "decode attention: ", heads, " heads over ", kv_heads, " kv heads");
-    TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && qt.stride(0) % 8 == 0, "decode attention: q, keys and values 16-byte aligned, q's row stride a multiple of 8");
     const int group = (int)(heads / kv_heads);
     const int splits = lowbit_v2_attention_splits((int)batch, (int)kv_heads, group, (int)d, length);
     TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");
@@ -299,29 +316,18 @@ int lowbit_v2_rope_attention_oproj_x(void* qkv, void* cos, void* sin, void* keys
     auto& zt = T(zeros);
     auto& res = T(residual);
     auto& ot = T(out);
-    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && at_.is_cuda() && ct.is_cuda() && st.is_cuda()
-                && wt.is_cuda() && sc.is_cuda() && zt.is_cuda() && res.is_cuda() && ot.is_cuda(), "attention + output projection: CUDA tensors only");
+    const AttentionShape a = attention_shape(qt, kt, vt, pt, rt, at_, &ct, &st, length, 2, "attention + output projection");
+    const int64_t heads = a.heads, kv_heads = a.kv_heads, d = a.d, max_len = a.max_len;
+    TORCH_CHECK(a.batch == 1 && at_.is_contiguous() && aligned16(at_), "attention + output projection: one row, attended [1, H·D] contiguous and 16-byte aligned");
+    TORCH_CHECK(wt.is_cuda() && sc.is_cuda() && zt.is_cuda() && res.is_cuda() && ot.is_cuda(), "attention + output projection: CUDA tensors only");
+    TORCH_CHECK(kt.scalar_type() == at::kBFloat16 && res.scalar_type() == at::kBFloat16 && ot.scalar_type() == at::kBFloat16, "attention + output projection: bfloat16 only");
     const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
-    TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "attention + output projection: keys/values [slots, max_len, kv_heads, D] contiguous");
-    const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
-    TORCH_CHECK(at_.dim() == 2 && at_.size(0) == 1 && at_.is_contiguous() && at_.size(1) % d == 0, "attention + output projection: attended [1, H·D] contiguous");
-    const int64_t heads = at_.size(1) / d;
-    TORCH_CHECK(qt.dim() == 2 && qt.size(0) == 1 && qt.stride(1) == 1 && qt.size(1) == (heads + 2 * kv_heads) * d, "attention + output projection: qkv [1, (H + 2 KVH)·D]");
-    TORCH_CHECK(length >= 1 && length <= max_len, "attention + output projection: length ", length, " of ", max_len);
-    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= 1, "attention + output projection: positions int64 [1]");
-    TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= kv_heads + 2, "attention + output projection: arrivals int32 [≥ kv_heads + 2]");
-    TORCH_CHECK(kt.scalar_type() == at::kBFloat16 && qt.scalar_type() == at::kBFloat16 && vt.scalar_type() == at::kBFloat16 && at_.scalar_type() == at::kBFloat16
-                && ct.scalar_type() == at::kBFloat16 && st.scalar_type() == at::kBFloat16 && res.scalar_type() == at::kBFloat16 && ot.scalar_type() == at::kBFloat16,
-                "attention + output projection: bfloat16 only");
-    TORCH_CHECK(ct.is_contiguous() && st.is_contiguous() && ct.numel() == d && st.numel() == d, "attention + output projection: cos/sin [1, D] contiguous");
-    TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && aligned16(at_), "attention + output projection: qkv, keys, values and attended 16-byte aligned");
     TORCH_CHECK(wt.scalar_type() == at::kByte && wt.dim() == 2 && wt.is_contiguous() && aligned16(wt) && wt.size(1) * 2 == heads * d, "attention + output projection: packed uint8 [N, H·D/2]");
     const int64_t n = wt.size(0), k = heads * d;
     TORCH_CHECK(group > 0 && k % group == 0 && sc.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf && sc.is_contiguous() && zt.is_contiguous()
                 && sc.numel() == n * (k / group) && zt.numel() == sc.numel(), "attention + output projection: scales/zeros float16 [N, K/group]");
     TORCH_CHECK(res.dim() == 2 && res.size(0) == 1 && res.size(1) == n && res.stride(1) == 1 && ot.dim() == 2 && ot.size(0) == 1 && ot.size(1) == n && ot.stride(1) == 1,
                 "attention + output projection: residual and out [1, N], unit inner stride");
-    TORCH_CHECK(heads % kv_heads == 0, "attention + output projection: ", heads, " heads over ", kv_heads, " kv heads");
     const int splits = lowbit_v2_attention_oproj_splits(0, (int)kv_heads, (int)(heads / kv_heads), (int)d, length, (int)n, (int)k, group);
     TORCH_CHECK(splits > 0, "attention + output projection: not taken for ", heads, "/", kv_heads, " heads of D=", d, ", N=", n, ", group ", group);
     auto work = at::empty({heads * splits * (d + 2)}, kt.options().dtype(at::kFloat));

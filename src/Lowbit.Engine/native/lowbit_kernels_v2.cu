@@ -2840,23 +2840,41 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms, int wa
   return splits < 1 ? 1 : splits;
 }
 
-template <typename T, int D>
+// attention_splits on the current device, with LOWBIT_ATTENTION_SPLITS (read once per process) as `wanted`.
+inline int device_attention_splits(int batch, int kv_heads, int length) {
+  static const int wanted = env_int("LOWBIT_ATTENTION_SPLITS", 0);
+  return attention_splits(batch, kv_heads, length, device_attribute(cudaDevAttrMultiProcessorCount, 132), wanted);
+}
+
+// OPROJ: the fused RoPE attention with the output projection `o` (one row; see OutProj).
+template <typename T, int D, bool OPROJ = false>
 int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
                      void* out, int64_t os, float* work, int* arrivals, int batch, int kv_heads, int group, int max_len,
-                     int length, int splits, cudaStream_t st) {
+                     int length, int splits, cudaStream_t st, const OutProj& o = OutProj{}) {
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
-  // The kernel for (fused RoPE or not, one query head per kv head or up to eight).
-  auto pick = [&](auto kernel) {
+  // The kernel for (fused RoPE or not, one query head per kv head or up to eight, the output projection or not).
+  auto pick = [&](auto kernel, const OutProj& p) {
     return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
                       static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os, OutProj{});
+                      splits, scale, work, arrivals, static_cast<T*>(out), os, p);
   };
-  if (cos != nullptr) {
-    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
+  if constexpr (OPROJ) {
+    auto run = [&](const OutProj& p) {
+      return group == 1 ? pick(decode_attention_kernel<T, D, true, 1, true>, p) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup, true>, p);
+    };
+#if defined(LOWBIT_EMULATED)
+    OutProj first = o;
+    first.project = false;
+    if (const int rc = run(first)) return rc;
+#endif
+    return run(o);
   }
-  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>);
+  if (cos != nullptr) {
+    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>, o) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>, o);
+  }
+  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>, o) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>, o);
 }
 
 // The attention with the output projection (OPROJ) for one row: the splits attention_splits gives, at most as many as
@@ -2865,8 +2883,7 @@ int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin
 template <typename T, int D, int GMAX>
 int oproj_splits_for(int kv_heads, int length) {
   const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
-  static const int wanted = env_int("LOWBIT_ATTENTION_SPLITS", 0);
-  const int splits = attention_splits(1, kv_heads, length, sms, wanted);
+  const int splits = device_attention_splits(1, kv_heads, length);
 #if defined(LOWBIT_EMULATED)
   return splits;  // blocks run one after another there (the launch runs the kernel twice instead of waiting)
 #else
@@ -2878,28 +2895,6 @@ int oproj_splits_for(int kv_heads, int length) {
   const int fit = per_sm * sms / kv_heads;
   return fit < 1 ? 0 : splits < fit ? splits : fit;
 #endif
-}
-
-template <typename T, int D>
-int launch_attention_oproj(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
-                           void* out, int64_t os, float* work, int* arrivals, int kv_heads, int group, int max_len,
-                           int length, int splits, const OutProj& o, cudaStream_t st) {
-  const float scale = 1.0f / sqrtf((float)D);
-  const int blocks = kv_heads * splits;
-  auto pick = [&](auto kernel, const OutProj& p) {
-    return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
-                      static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os, p);
-  };
-  auto run = [&](const OutProj& p) {
-    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1, true>, p) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup, true>, p);
-  };
-#if defined(LOWBIT_EMULATED)
-  OutProj first = o;
-  first.project = false;
-  if (const int rc = run(first)) return rc;
-#endif
-  return run(o);
 }
 
 }  // namespace
@@ -3019,9 +3014,7 @@ int lowbit_launch_greedy_step(int dtype, const void* logits, int64_t stride, int
 // (D + 2) floats), or 0 when the shape is not taken (D 64 or 128, group 1-8, length ≥ 1).
 int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim, int length) {
   if ((head_dim != 64 && head_dim != 128) || group < 1 || group > kAttnMaxGroup || length < 1 || batch < 1 || kv_heads < 1) return 0;
-  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
-  static const int wanted = env_int("LOWBIT_ATTENTION_SPLITS", 0);
-  return attention_splits(batch, kv_heads, length, sms, wanted);
+  return device_attention_splits(batch, kv_heads, length);
 }
 
 // The splits lowbit_launch_rope_attention_oproj uses for one row (the fp32 workspace: heads × splits × (D + 2) floats),
@@ -3058,8 +3051,8 @@ int lowbit_launch_rope_attention_oproj(int dtype, const void* qkv, int64_t qkv_s
                   n, k, qgroup, residual, res_stride, out, out_stride, arrivals + kv_heads, true};
   auto st = static_cast<cudaStream_t>(stream);
   const int64_t os = (int64_t)kv_heads * group * head_dim;
-  if (head_dim == 128) return launch_attention_oproj<__nv_bfloat16, 128>(qkv, qkv_stride, cos, sin, keys, values, positions, attended, os, work, arrivals, kv_heads, group, max_len, length, splits, o, st);
-  return launch_attention_oproj<__nv_bfloat16, 64>(qkv, qkv_stride, cos, sin, keys, values, positions, attended, os, work, arrivals, kv_heads, group, max_len, length, splits, o, st);
+  if (head_dim == 128) return launch_attention<__nv_bfloat16, 128, true>(qkv, qkv_stride, cos, sin, keys, values, positions, attended, os, work, arrivals, 1, kv_heads, group, max_len, length, splits, st, o);
+  return launch_attention<__nv_bfloat16, 64, true>(qkv, qkv_stride, cos, sin, keys, values, positions, attended, os, work, arrivals, 1, kv_heads, group, max_len, length, splits, st, o);
 }
 
 // The decode step's trace mark (step_mark_kernel): trace is at least index + 2 uint64. 0 on success, else a cudaError_t.
