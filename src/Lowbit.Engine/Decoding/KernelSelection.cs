@@ -82,14 +82,6 @@ public enum ProjectionKernel
     /// offered with LOWBIT_INT4_HALF2=2 until measured).
     /// </summary>
     Int4V2Half2Block,
-
-    /// <summary>
-    /// <see cref="Int4V2Half2Subnormal"/> at one row with K in 2-8 splits (past K = 4,096: a 7B's down projection in 3),
-    /// each block one chunk of 32 codes per thread of its split, the tile's last split to arrive adding the splits' sums
-    /// in split order (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 19 and arrival counters; plain and with
-    /// the residual add; offered with LOWBIT_INT4_KSPLIT=1 until measured).
-    /// </summary>
-    Int4V2Half2Split,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -300,7 +292,6 @@ public static class KernelSelector
         ProjectionKernel.Int4V2Half2 => "int4-v2-h2",
         ProjectionKernel.Int4V2Half2Subnormal => "int4-v2-h2s",
         ProjectionKernel.Int4V2Half2Block => "int4-v2-h2b",
-        ProjectionKernel.Int4V2Half2Split => "int4-v2-h2k",
         _ => kernel.ToString(),
     };
 

@@ -107,8 +107,7 @@ public static unsafe class NativeKernelsV2
     /// rows, 16 per launch, plain; past K = 4,096 in K splits, which need arrival counters: <see cref="Int4LinearX"/>),
     /// 13 or 15 (int4-v2-h2 and -h2s: the wide geometry at one row with packed fp16 products, K ≤ 4,096, or ≤ 12,288 with
     /// LOWBIT_INT4_HALF2=2; off with LOWBIT_INT4_HALF2=0), 17 (int4-v2-h2b: -h2s in 384-thread blocks, K ≤ 12,288, with
-    /// LOWBIT_INT4_HALF2=2), 19 (int4-v2-h2k: -h2s at one row with K in 2-8 splits, 4,096 &lt; K ≤ 32,768, plain or with the
-    /// residual add, which need arrival counters; with LOWBIT_INT4_KSPLIT=1).
+    /// LOWBIT_INT4_HALF2=2).
     /// </summary>
     public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
         FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue
@@ -119,8 +118,8 @@ public static unsafe class NativeKernelsV2
     /// RMSNorm with <paramref name="normWeight"/> (x the residual stream <c>[B, K]</c>), or SiLU·mul (x the fused gate/up
     /// output <c>[B, 2K]</c>), each with the separate kernel's roundings; the residual add is <c>T(T(x·Wᵀ) + r)</c>.
     /// With <see cref="Int4Prologue.RmsNormSiluMul"/> the output is <c>[B, N/2]</c>: SiLU·mul of the two halves' outputs.
-    /// <paramref name="arrivals"/>: int32 <c>[⌈N / 8⌉]</c>, zero, on the weight's device (the kernel leaves it zero), for
-    /// int4-mma16's and int4-v2-h2k's K splits; the launches of one counter buffer must be ordered on one stream.
+    /// <paramref name="arrivals"/>: int32 <c>[⌈N / 16⌉]</c>, zero, on the weight's device (the kernel leaves it zero), for
+    /// int4-mma16's K splits; the launches of one counter buffer must be ordered on one stream.
     /// </summary>
     public static void Int4LinearX(Tensor x, Int4Weight weight, Tensor output, int geometry, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual,
         Tensor? arrivals = null)

@@ -231,12 +231,12 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     public bool HasBias => bias is not null;
 
     /// <summary>
-    /// The arrival counters of the K splits past K = 4,096 (int4-mma16: one per 16 output rows; int4-v2-h2k: one per 8;
-    /// zero between launches), made with the projection on a GPU (never inside a graph capture); a projection's launches
-    /// are ordered on the decode step's stream.
+    /// int4-mma16's arrival counters (one per 16 output rows, zero between launches) for its K splits past K = 4,096,
+    /// made with the projection on a GPU (never inside a graph capture); a projection's launches are ordered on the
+    /// decode step's stream.
     /// </summary>
     private readonly Tensor? _arrivals = weight.Packed.device_type == DeviceType.CUDA
-        ? zeros([(weight.OutFeatures + 7) / 8], ScalarType.Int32, weight.Packed.device).DetachFromDisposeScope()
+        ? zeros([(weight.OutFeatures + 15) / 16], ScalarType.Int32, weight.Packed.device).DetachFromDisposeScope()
         : null;
 
     public override long OutFeatures => Weight.OutFeatures;
@@ -285,8 +285,8 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     }
 
     /// <summary>
-    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy, 7 shared, 9 and 11 tensor cores, 13, 15, 17
-    /// and 19 packed fp16) takes these
+    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy, 7 shared, 9 and 11 tensor cores, 13, 15 and 17
+    /// packed fp16) takes these
     /// rows here; plain, each takes both 16-bit dtypes, asked with bf16 (the fused variants' one dtype). The shared
     /// geometry also needs a group that is a multiple of 64, the tensor-core one a group of 64 or 128 (both checked only
     /// at launch in the library).
@@ -302,9 +302,9 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     /// <summary>The int4 GEMVs run through <see cref="NativeKernelsV2.Int4LinearX"/> besides the first v2 geometry.</summary>
     private static readonly ProjectionKernel[] OtherGeometries =
         [ProjectionKernel.Int4V2Wide, ProjectionKernel.Int4V2Occupancy, ProjectionKernel.Int4V2Shared, ProjectionKernel.Int4Mma, ProjectionKernel.Int4Mma16,
-         ProjectionKernel.Int4V2Half2, ProjectionKernel.Int4V2Half2Subnormal, ProjectionKernel.Int4V2Half2Block, ProjectionKernel.Int4V2Half2Split];
+         ProjectionKernel.Int4V2Half2, ProjectionKernel.Int4V2Half2Subnormal, ProjectionKernel.Int4V2Half2Block];
 
-    /// <summary>The geometry number of an int4 GEMV v2 kernel (1, 3, 5, 7, 9, 11, 13, 15, 17, 19), or 0 for the others.</summary>
+    /// <summary>The geometry number of an int4 GEMV v2 kernel (1, 3, 5, 7, 9, 11, 13, 15, 17), or 0 for the others.</summary>
     private static int GeometryOf(ProjectionKernel kernel) => kernel switch
     {
         ProjectionKernel.Int4V2 => 1,
@@ -316,7 +316,6 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         ProjectionKernel.Int4V2Half2 => 13,
         ProjectionKernel.Int4V2Half2Subnormal => 15,
         ProjectionKernel.Int4V2Half2Block => 17,
-        ProjectionKernel.Int4V2Half2Split => 19,
         _ => 0,
     };
 

@@ -108,7 +108,7 @@ AttentionShape attention_shape(const at::Tensor& qt, const at::Tensor& kt, const
 
 // The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
 // lowbit_v2_int4_linear_x: x [B, K] (or [B, 2K] for the SiLU·mul prologue), packed [N, K/2], scales/zeros [N, K/group]
-// fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null; arrivals: int32 [≥ N / 8 rounded up], zero
+// fp16, out [B, N], norm_w [K] (prologue 1), residual [B, N] or null; arrivals: int32 [≥ N / 16 rounded up], zero
 // (left zero), on the weight's device, for the launches with K splits (int4-mma16 past K = 4,096), else may be null.
 void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry, int prologue,
                  void* norm_w, double eps, void* residual, void* arrivals) {
@@ -363,7 +363,7 @@ int lowbit_v2_int4_x_supports(int dtype, int batch, int k, int geometry, int pro
 // out[B, N] = P(x) @ dequant(packed, scales, zeros)^T (+ residual[B, N]): P is nothing (prologue 0), the RMSNorm with
 // norm_w [K] and eps (1), or SiLU·mul of x = [gate | up] [B, 2K] (2); residual may be null. The decode step's fusions.
 // Prologue 3: the RMSNorm, and out [B, N/2] = SiLU(gate)·up of the weight's halves (the fused gate/up projection).
-// arrivals: the int32 counters of int4-mma16's and int4-v2-h2k's K splits ([≥ N / 8 rounded up], zero; null where none run).
+// arrivals: the int32 counters of int4-mma16's K splits ([≥ N / 16 rounded up], zero; null where none run).
 int lowbit_v2_int4_linear_x(void* x, void* packed, void* scales, void* zeros, int group, void* out, int geometry,
                             int prologue, void* norm_w, double eps, void* residual, void* arrivals) {
   return guarded([&] { int4_linear(x, packed, scales, zeros, group, out, geometry, prologue, norm_w, eps, residual, arrivals); });

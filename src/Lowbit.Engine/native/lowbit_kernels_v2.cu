@@ -167,14 +167,8 @@ __device__ __forceinline__ float rnd2(float v) { return Cvt2<T>::f(Cvt2<T>::t(v)
 // G = 17, "int4-v2-h2b": -h2s's products in a block of 384 threads (12 warps), one chunk of 32 codes per thread up to
 // K = 12,288, so a 7B's down projection (K = 11,008) takes 32 activations per thread through the prologue like the
 // K = 4,096 projections, not 96 at three chunks (which lost in the step, run 57b); 4 rows per tile, two blocks per SM.
-//
-// G = 19, "int4-v2-h2k": -h2s at one row with K in splits (kSplitGeometry): a 7B's down projection (K = 11,008) as
-// three K = 4,096-sized GEMVs, each block one chunk of 32 codes per thread and four blocks per SM (the q/k/v kernel's
-// shape, 3.1 TB/s cold on the H200 where the down projection's 2-3 chunks per thread reach 2.4), the tile's splits added
-// in split order by the last to arrive (tile_reduce_split). Plain and with the residual add; opt-in (LOWBIT_INT4_KSPLIT=1).
-constexpr int kSplitGeometry = 19;
-__host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15 || g == 17 || g == 19; }
-__host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15 || g == 17 || g == 19; }
+__host__ __device__ constexpr bool wide_layout(int g) { return g == 3 || g == 13 || g == 15 || g == 17; }
+__host__ __device__ constexpr bool half2_products(int g) { return g == 13 || g == 15 || g == 17; }
 
 // The geometries with the deferred RMSNorm (kDefer) at one row.
 __host__ __device__ constexpr bool defer_built(int g) { return g == 1 || g == 3 || g == 13 || g == 15; }
@@ -228,15 +222,13 @@ struct ChunkAt {
   uint32_t group[CH];
 };
 
-// `first`, `count`: the chunks of a K split (int4-v2-h2k), all of K by default.
 template <int CH>
-__device__ __forceinline__ ChunkAt<CH> chunk_at(int tid, int threads, int codes, int k, int group, int first = 0,
-                                                int count = 0) {
+__device__ __forceinline__ ChunkAt<CH> chunk_at(int tid, int threads, int codes, int k, int group) {
   ChunkAt<CH> at;
-  const int chunks = count > 0 ? count : k / codes;
+  const int chunks = k / codes;
 #pragma unroll
   for (int j = 0; j < CH; j++) {
-    const int c = first + min(tid + j * threads, chunks - 1);
+    const int c = min(tid + j * threads, chunks - 1);
     at.code[j] = (uint32_t)c * (uint32_t)(codes / 2);
     at.group[j] = (uint32_t)((c * codes) / group);
   }
@@ -329,7 +321,7 @@ __device__ __forceinline__ void tile_products(const ChunkOf<G> (&wv)[R][CH], con
 //    high nibbles divided by 16 more: every product is x' q 2^-24, a partial of 8 at most 2^-1.
 // The fp16 partials cost precision (tools/int4-fp16-partials.cpp, K = 4,096, g64, against float64, normwise: fp32
 // products 1.4e-7; 8 centred codes 2.7e-4, 8 uncentred 5.6e-4), against the bf16 output's own rounding of ~1e-3.
-__host__ __device__ constexpr bool subnormal_codes(int g) { return g == 15 || g == 17 || g == 19; }
+__host__ __device__ constexpr bool subnormal_codes(int g) { return g == 15 || g == 17; }
 
 constexpr int kHalfPairs = 16;  // fp16 pairs per chunk of 32 codes
 
@@ -540,50 +532,6 @@ __device__ __forceinline__ void tile_reduce(const float (&acc)[R][NB], float (*r
   buf ^= 1;
 }
 
-// int4-v2-h2k's tile end (one row, K in `splits` splits): the block's R sums over its split reduced as tile_reduce
-// does, into the fp32 workspace (fusion.work: R per split and tile); the tile's last split to arrive (a counter per tile
-// in fusion.arrivals, zero before the launch and left zero) adds the splits' sums in split order and writes the output,
-// so the sums do not depend on which block arrives last (int4-mma16's finish_tile, decode_attention's merge).
-template <typename T, int W, int R, bool RES>
-__device__ __forceinline__ void tile_reduce_split(const float (&acc)[R][1], float (*red)[W][R], int& buf, int row0, int n,
-                                                  T* __restrict__ out, int64_t out_stride, const Fusion& fusion,
-                                                  int splits, int split, int tid, int lane, int warp) {
-  __shared__ int merges;
-  constexpr int V = pow2_at_least(R);
-  static_assert(V <= 32, "at most 32 sums per tile");
-  float v[V];
-#pragma unroll
-  for (int i = 0; i < R; i++) v[i] = acc[i][0];
-#pragma unroll
-  for (int i = R; i < V; i++) v[i] = 0.f;
-  const float sum = warp_sum_many<V>(v, lane);
-  const int index = lane / (32 / V);
-  if (lane % (32 / V) == 0 && index < R) red[buf][warp][index] = sum;
-  __syncthreads();
-  const int tile = row0 / R;
-  float* part = fusion.work + (int64_t)tile * splits * R;
-  if (tid < R) {
-    float t = 0.f;
-#pragma unroll
-    for (int w = 0; w < W; w++) t += red[buf][w][tid];
-    part[split * R + tid] = t;
-  }
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) merges = atomicAdd(fusion.arrivals + tile, 1) == splits - 1;
-  __syncthreads();
-  if (merges) {
-    __threadfence();
-    if (tid == 0) fusion.arrivals[tile] = 0;
-    if (tid < R && row0 + tid < n) {
-      float t = 0.f;
-      for (int s = 0; s < splits; s++) t += __ldcg(part + s * R + tid);
-      store_output<T, RES>(t, out, out_stride, static_cast<const T*>(fusion.residual), fusion.res_stride, 0, row0 + tid);
-    }
-  }
-  buf ^= 1;
-}
-
 // The chunk sums of a thread's activations (sum x for the zero, 128 sum x' for the code floats' offset). The odd codes'
 // activations become 16x (exact): see code_of_high. int4-v2-h2 keeps them as they are (half2_activations packs them
 // and sets the offset).
@@ -746,29 +694,22 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
+  const int chunks = k / Geo<G>::kCodes;
   const int groups = k / group;
   const int row_bytes = k / 2;
   const T* residual = static_cast<const T*>(fusion.residual);
-  // int4-v2-h2k: block i takes split i % splits of K (chunks [first, first + count)) in every tile it covers; the grid
-  // is a multiple of the splits.
-  constexpr bool KSPLIT = G == kSplitGeometry;
-  static_assert(!KSPLIT || (NB == 1 && CH == 1 && PRO == kPlain), "int4-v2-h2k: one row, one chunk per thread, plain");
-  const int splits = KSPLIT ? fusion.splits : 1;
-  const int split = KSPLIT ? (int)blockIdx.x % splits : 0;
-  const int first = KSPLIT ? split * (k / Geo<G>::kCodes) / splits : 0;
-  const int chunks = KSPLIT ? (split + 1) * (k / Geo<G>::kCodes) / splits - first : k / Geo<G>::kCodes;
 
   bool live[CH];
 #pragma unroll
   for (int j = 0; j < CH; j++) live[j] = tid + j * Geo<G>::kThreads < chunks;
-  const ChunkAt<CH> at = chunk_at<CH>(tid, Geo<G>::kThreads, Geo<G>::kCodes, k, group, first, chunks);
+  const ChunkAt<CH> at = chunk_at<CH>(tid, Geo<G>::kThreads, Geo<G>::kCodes, k, group);
 
   // The first tile's weights go out before the activations: they do not depend on them (nor on the kernel before).
   ChunkOf<G> wv[R][CH];
   unsigned short sv[R][CH];
   unsigned short zv[R][CH];
-  const int stride = (int)gridDim.x / splits * R;
-  int row0 = (int)blockIdx.x / splits * R;
+  const int stride = gridDim.x * R;
+  int row0 = blockIdx.x * R;
   LOWBIT_PDL_TRIGGER();
   constexpr bool DEFER = PRO >= kDefer;
   constexpr bool PAIRS = base_prologue(PRO) == kNormSiluPairs;
@@ -792,7 +733,7 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
   float xv[CH][NB][Geo<G>::kCodes];
   ChunkSum xs[CH][NB];
   if constexpr (DEFER) deferred_norm_activations<T, G, CH, EARLY>(x, static_cast<const T*>(fusion.norm_w), tid, lane, warp, live, nw, norm_partial, xv, xs);
-  else load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x + (int64_t)first * Geo<G>::kCodes, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
+  else load_activations<T, G, NB, CH, PAIRS ? kNorm : PRO>(x, x_stride, batch, k, fusion, tid, lane, warp, live, norm_partial, xv, xs);
   constexpr bool H2 = half2_products(G);
   static_assert(!H2 || NB == 1, "int4-v2-h2: one activation row");
   uint32_t xh[H2 ? CH : 1][kHalfPairs];
@@ -807,9 +748,8 @@ __global__ void __launch_bounds__(Geo<G>::kThreads, (min_blocks(G, NB, CH))) int
     // The next tile's loads go out after this tile's products, before its reduction and barrier.
     const int next = row0 + stride;
     if (next < n) load_tile<G, R, CH, PAIRS>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
-    if constexpr (KSPLIT) tile_reduce_split<T, W, R, RES>(acc, red, buf, row0, n, out, out_stride, fusion, splits, split, tid, lane, warp);
-    else tile_reduce<T, W, NB, R, RES, PAIRS, DEFER>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride,
-                                                     tid, lane, warp, norm_partial, k, fusion.eps);
+    tile_reduce<T, W, NB, R, RES, PAIRS, DEFER>(acc, red, buf, row0, n, batch, out, out_stride, residual, fusion.res_stride,
+                                                tid, lane, warp, norm_partial, k, fusion.eps);
   }
 }
 
@@ -1883,7 +1823,7 @@ inline bool supports(int batch, int k) {
 constexpr bool built(int g, int nb, int ch) {
   return g == 1 ? (nb <= 2 || ch == 1)
        : g == 3 ? ((nb == 1 && ch <= 3) || (nb == 2 && ch == 1))
-       : g == 17 || g == kSplitGeometry ? (nb == 1 && ch == 1)
+       : g == 17 ? (nb == 1 && ch == 1)
        : half2_products(g) ? (nb == 1 && ch <= 3)
        : g == 5 ? (nb == 1 && ch == 1)
        : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
@@ -1930,29 +1870,7 @@ inline int half2_level() {
   return level;
 }
 
-// int4-v2-h2k's K splits at K: one chunk of 32 codes per thread and split (128 threads), 2 to kMaxKSplits of them (a 7B's
-// down projection 3, a 13B's 4, a 70B's 7), or 0 where it does not apply (K <= 4,096 is -h2s itself).
-constexpr int kMaxKSplits = 8;
-inline int ksplits(int k) {
-  if (k % 32 != 0) return 0;
-  const int s = (k / 32 + 127) / 128;
-  return s >= 2 && s <= kMaxKSplits ? s : 0;
-}
-
-// int4-v2-h2k is offered with LOWBIT_INT4_KSPLIT=1 until measured on a GPU.
-inline bool ksplit_on() {
-  static const bool on = env_int("LOWBIT_INT4_KSPLIT", 0) == 1;
-  return on;
-}
-
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
-  if (geometry == kSplitGeometry) {
-#ifdef LOWBIT_NO_WIDE
-    return false;
-#endif
-    // Plain in both dtypes, the residual add (the decode step's down projection) in bf16 as the other fused variants.
-    return ksplit_on() && half2_level() >= 1 && batch == 1 && ksplits(k) > 0 && prologue == kPlain && (!residual || dtype == 0);
-  }
   if (half2_products(geometry) && (half2_level() < 1 || (half2_level() < 2 && (geometry == 17 || chunks_per_thread(k) > 1)))) return false;
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7 || half2_products(geometry)) return false;
@@ -2033,42 +1951,12 @@ int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* 
   return -3;
 }
 
-// int4-v2-h2k (one row): the persistent grid over the row tiles times the splits, a multiple of the splits (each block
-// keeps one split over its tiles), the workspace and counters the caller's (lowbit_v2_int4_workspace / _arrivals).
-template <typename T, bool RES>
-int launch_ksplit(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int n,
-                  int k, int group, const Fusion& f, cudaStream_t st) {
-  constexpr int G = kSplitGeometry;
-  constexpr int R = Tile<G, 1, 1>::R;
-  const int splits = ksplits(k);
-  if (splits == 0 || f.work == nullptr || f.arrivals == nullptr) return -3;
-  constexpr auto kernel = int4_gemv_v2_kernel<T, G, 1, 1, kPlain, RES>;
-  const int64_t tiles = ((int64_t)n + R - 1) / R;
-  int blocks = persistent_blocks<kernel>(Geo<G>::kThreads, tiles * splits);
-  if (blocks == 0) return 0;
-  blocks = blocks < splits ? splits : blocks / splits * splits;
-  Fusion split = f;
-  split.splits = splits;
-  return launch_pdl(kernel, blocks, Geo<G>::kThreads, st, 0, static_cast<const T*>(x), xs, static_cast<const uint8_t*>(p),
-                    static_cast<const unsigned short*>(s), static_cast<const unsigned short*>(z), static_cast<T*>(out), os,
-                    1, n, k, group, split);
-}
-
 template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                  int batch, int n, int k, int group, int geometry, int prologue, bool residual, const Fusion& f,
                  cudaStream_t st) {
   // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
   if ((int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
-  if (geometry == kSplitGeometry) {
-#ifdef LOWBIT_NO_WIDE
-    return -3;
-#else
-    if (batch != 1 || prologue != kPlain) return -3;
-    return residual ? launch_ksplit<T, true>(x, xs, p, s, z, out, os, n, k, group, f, st)
-                    : launch_ksplit<T, false>(x, xs, p, s, z, out, os, n, k, group, f, st);
-#endif
-  }
   if (geometry == 9 || geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return -3;
@@ -3054,19 +2942,12 @@ int lowbit_v2_int4_fused_supports(int dtype, int batch, int k, int geometry, int
 }
 
 // The fp32 workspace (elements) and int32 arrival counters (elements, zero before the launch, left zero) a launch of
-// lowbit_launch_int4_v2_fused at (batch, N, K, geometry) needs: int4-mma16's K splits past K = 4,096 (a counter per 16
-// rows) and int4-v2-h2k's (one per 8); 0 and 0 otherwise.
+// lowbit_launch_int4_v2_fused at (batch, N, K, geometry) needs: int4-mma16's K splits past K = 4,096; 0 and 0 otherwise.
 int64_t lowbit_v2_int4_workspace(int batch, int n, int k, int geometry) {
-  if (geometry == kSplitGeometry) {
-    constexpr int R = Tile<kSplitGeometry, 1, 1>::R;
-    return batch == 1 && ksplits(k) > 0 ? ((int64_t)n + R - 1) / R * R * ksplits(k) : 0;
-  }
   return geometry == 11 && mma::supports16(batch, k) ? mma::workspace16(n, k) : 0;
 }
 int64_t lowbit_v2_int4_arrivals(int batch, int n, int k, int geometry) {
-  if (lowbit_v2_int4_workspace(batch, n, k, geometry) == 0) return 0;
-  const int rows = geometry == kSplitGeometry ? Tile<kSplitGeometry, 1, 1>::R : mma::kRows;
-  return ((int64_t)n + rows - 1) / rows;
+  return lowbit_v2_int4_workspace(batch, n, k, geometry) > 0 ? ((int64_t)n + mma::kRows - 1) / mma::kRows : 0;
 }
 
 int lowbit_launch_int4_v2_fused(int dtype, const void* x, int64_t x_stride, const void* packed, const void* scales,

@@ -576,34 +576,9 @@ int norm_rounded() {
   return f == 0 ? 0 : 1;
 }
 
-// int4-v2-h2k (geometry 19: -h2s at one row with K in 2-8 splits, the tile's last split adding the splits' sums),
-// offered only with LOWBIT_INT4_KSPLIT=1 (read once per process): run.sh runs this binary with the variable set and
-// this argument. Several tiles per block on one counter (a grid of one tile stream), two streams, a tail tile, splits of
-// 65 to 128 chunks (K = 4,160 in 2, 11,008 in 3, 13,824 in 4, 28,672 in 7), plain in both dtypes and with the residual.
-int ksplit() {
-  int f = 0;
-  f += run_fused(1, 37, 11008, 64, 2, 19, 0, false);   // 3 blocks (fewer resident than splits): five tiles each
-  f += run_fused(1, 45, 11008, 64, 7, 19, 0, true);    // 6 blocks: two tile streams
-  f += run_fused(1, 29, 13824, 128, 4, 19, 0, true);
-  f += run_fused(1, 19, 28672, 64, 3, 19, 0, false);
-  f += run_fused(1, 21, 4160, 64, 2, 19, 0, false);
-  f += run_mma_fp16(1, 23, 11008, 128, 2, 19);
-  f += lowbit_v2_int4_fused_supports(0, 1, 4096, 19, 0, 0) == 0 ? 0 : 1;    // K <= 4,096: -h2s itself
-  f += lowbit_v2_int4_fused_supports(0, 2, 11008, 19, 0, 0) == 0 ? 0 : 1;   // one row
-  f += lowbit_v2_int4_fused_supports(0, 1, 11008, 19, 1, 0) == 0 ? 0 : 1;   // plain only
-  f += lowbit_v2_int4_fused_supports(1, 1, 11008, 19, 0, 1) == 0 ? 0 : 1;   // the residual add in bf16
-  f += lowbit_v2_int4_fused_supports(0, 1, 32800, 19, 0, 0) == 0 ? 0 : 1;   // at most 8 splits
-  f += lowbit_v2_int4_arrivals(1, 37, 11008, 19) == 5 && lowbit_v2_int4_workspace(1, 37, 11008, 19) == 5 * 8 * 3 ? 0 : 1;
-  printf(f == 0 ? "ok\n" : "FAIL\n");
-  return f == 0 ? 0 : 1;
-}
-
 int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "half2-wide") == 0) return half2_wide();
   if (argc > 1 && strcmp(argv[1], "norm-rounded") == 0) return norm_rounded();
-  if (argc > 1 && strcmp(argv[1], "ksplit") == 0) return ksplit();
-  // int4-v2-h2k is opt-in (LOWBIT_INT4_KSPLIT=1): not offered without it.
-  if (lowbit_v2_int4_fused_supports(0, 1, 11008, 19, 0, 0) != 0) { printf("int4-v2-h2k offered without LOWBIT_INT4_KSPLIT=1\n"); return 1; }
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);
   int f = 0;

@@ -18,5 +18,3 @@ g++ -std=c++20 -O1 -pthread -w -I"$here" "$work/v2.cpp" "$here/main.cpp" -o "$wo
 LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
 # The packed-fp16 GEMVs' RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0; deferred by default).
 LOWBIT_NORM_DEFER=0 "$work/emulate" norm-rounded
-# int4-v2-h2k (-h2s at one row with K in splits), offered only with LOWBIT_INT4_KSPLIT=1.
-LOWBIT_INT4_KSPLIT=1 "$work/emulate" ksplit
