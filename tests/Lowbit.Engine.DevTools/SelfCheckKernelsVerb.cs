@@ -432,42 +432,6 @@ internal static class SelfCheckKernelsVerb
                     + arrivals.ne(Scalars.Of(0)).sum().item<long>();
                 Record($"rope + decode attention {name} (bit-exact against rope+kv write, then decode attention)", differing,
                     attended.isfinite().all().item<bool>(), differing == 0);
-
-                // One row with the output projection inside (LOWBIT_ATTENTION_OPROJ=1): attention, cache and projected rows
-                // bit-identical to the fused RoPE attention followed by int4-v2-h2s with the residual add, launched twice
-                // (the grid-wide counters back at zero). A 4,096-wide W_o and a narrower one (several tiles per block).
-                foreach (var n in new[] { heads * headDim, 1000 })
-                {
-                    if (batch != 1 || dtype != bf16 || !NativeKernelsV2.AttentionOprojSupports(heads, kvHeads, headDim, length, n, 64)
-                        || !NativeKernelsV2.Int4XSupports(bf16, 1, heads * headDim, 15, Int4Prologue.None, residual: true))
-                    {
-                        continue;
-                    }
-                    var w = randn([n, heads * headDim], ScalarType.Float32, device) * 0.02;
-                    using var wq = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = 64 });
-                    using var wo = Int4Weight.From(wq);
-                    var residual = randn([1, n], bf16, device);
-                    var (k1, v1) = (keys.clone(), values.clone());
-                    var (k2, v2) = (keys.clone(), values.clone());
-                    var separate = full([1, heads * headDim], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.RopeAttention(fused, cos, sin, positions, k1, v1, arrivals, length, separate);
-                    var projected = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(separate, wo, projected, 15, Int4Prologue.None, null, 0, residual);
-                    var counters = zeros([kvHeads + 2], ScalarType.Int32, device);
-                    var together = full([1, heads * headDim], Scalars.Of(double.NaN), dtype, device);
-                    var mid = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                    long left = 0;
-                    for (var launch = 0; launch < 2; launch++)
-                    {
-                        together.fill_(Scalars.Of(double.NaN));
-                        mid.fill_(Scalars.Of(double.NaN));
-                        NativeKernelsV2.RopeAttentionProject(fused, cos, sin, positions, k2, v2, counters, length, together, wo, residual, mid);
-                        left += counters.ne(Scalars.Of(0)).sum().item<long>();
-                    }
-                    var apart = Differing(together, separate) + Differing(mid, projected) + Differing(k2, k1) + Differing(v2, v1) + left;
-                    Record($"rope + decode attention + int4 output projection {name} N={n} (bit-exact against rope attention, then int4-v2-h2s + residual)", apart,
-                        mid.isfinite().all().item<bool>(), apart == 0);
-                }
             }
             // The greedy-step kernel against torch's argmax, index_copy_ and add_ (what it replaced in the decode step):
             // rows with a tie for the largest value, a NaN, the largest value last, a row of −∞, and a position past the

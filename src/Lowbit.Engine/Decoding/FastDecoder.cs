@@ -106,7 +106,6 @@ public sealed class FastDecoder : IDisposable
     private readonly Layer[] _layers;
     private readonly Func<int, bool>? _fusedLayers;
     private readonly bool _gateUpEpilogue;
-    private readonly bool _attentionOproj;
     private readonly Tensor _embed;
     private readonly Tensor _finalNorm;
     private readonly Projection _lmHead;
@@ -155,7 +154,6 @@ public sealed class FastDecoder : IDisposable
             || !NativeKernelsV2.AttentionSupports(1, _config.NumAttentionHeads, _config.NumKeyValueHeads, _config.HeadDim, 1) ? 0
             : attention == "native" ? int.MaxValue : NativeAttentionDefaultMaxBatch;
         _gateUpEpilogue = options.GateUpEpilogue && Environment.GetEnvironmentVariable(GateUpEpilogueEnv) != "0";
-        _attentionOproj = Environment.GetEnvironmentVariable(NativeKernelsV2.AttentionOprojEnv) == "1";
         UsesGreedyKernel = cuda && native && NativeKernelsV2.GreedyStepAvailable && Environment.GetEnvironmentVariable(GreedyKernelEnv) != "0";
         UsesDecodeFusion = options.EmulatedFusion is not null
             || (cuda && native && options.FuseDecodeStep && NativeKernelsV2.FusedAvailable && Environment.GetEnvironmentVariable(FusionEnv) != "0");
@@ -214,8 +212,7 @@ public sealed class FastDecoder : IDisposable
             stage.Positions = zeros([MaxBatch], ScalarType.Int64, stage.Device);
             stage.Input = stage.Index > 0 ? zeros([MaxBatch, hidden], _dtype, stage.Device) : null;
             stage.Output = stage.IsLast ? null : zeros([MaxBatch, hidden], _dtype, stage.Device);
-            // The attention's split counters (B·kv_heads), then the output projection's two (RopeAttentionProject).
-            stage.Arrivals = UsesNativeAttention ? zeros([(MaxBatch * _config.NumKeyValueHeads) + 2], ScalarType.Int32, stage.Device) : null;
+            stage.Arrivals = UsesNativeAttention ? zeros([MaxBatch * _config.NumKeyValueHeads], ScalarType.Int32, stage.Device) : null;
         }
         _keys = new Tensor[_layers.Length];
         _values = new Tensor[_layers.Length];
@@ -1041,21 +1038,7 @@ public sealed class FastDecoder : IDisposable
                 var q = empty([batch, _heads * _headDim], _dtype, device);
                 NativeKernelsV2.RopeKv(qkv, cos, sin, positions, q, _keys[layer], _values[layer]);
                 return Attend(layer, q);
-            }, nativeAttention && batch == 1 && _attentionOproj && !_kernels.EmulateFusion && _dtype == ScalarType.BFloat16
-                ? (layer, qkv, residual) =>
-                {
-                    // The attention and the output projection with the residual add in one kernel (opt-in: AttentionOprojEnv).
-                    if (_layers[layer].O is not Int4Projection { HasBias: false } o
-                        || !NativeKernelsV2.AttentionOprojSupports(_heads, _kvHeads, _headDim, length, o.OutFeatures, o.Weight.GroupSize))
-                    {
-                        return null;
-                    }
-                    var attended = empty([1, _heads * _headDim], _dtype, device);
-                    var mid = empty([1, o.OutFeatures], _dtype, device);
-                    NativeKernelsV2.RopeAttentionProject(qkv, cos, sin, positions, _keys[layer], _values[layer], stage.Arrivals!, length, attended, o.Weight, residual, mid);
-                    return mid;
-                }
-                : null)
+            })
             : Forward(stage, input, cos, sin, (layer, k, v, q) =>
             {
                 StoreKv(layer, k, v);
@@ -1160,7 +1143,7 @@ public sealed class FastDecoder : IDisposable
     /// <see cref="Forward"/>. The roundings are the separate kernels', so the output is <see cref="Forward"/>'s up to fp32
     /// summation order. No LoRA (its deltas need the normalized input).
     /// </summary>
-    private Tensor ForwardFused(Stage stage, Tensor input, Func<int, Tensor, Tensor> ropeAttend, Func<int, Tensor, Tensor, Tensor?>? ropeAttendProject = null)
+    private Tensor ForwardFused(Stage stage, Tensor input, Func<int, Tensor, Tensor> ropeAttend)
     {
         var eps = _config.RmsNormEps;
         var rows = input.shape[0];
@@ -1182,19 +1165,9 @@ public sealed class FastDecoder : IDisposable
             {
                 var qkv = layer.Qkv.RunFused(residual, _kernels, Int4Prologue.RmsNorm, layer.InputNorm, eps, null) ?? throw Unfused(i, "q/k/v");
                 Mark("q/k/v");
-                // The output projection inside the attention kernel where it is on and takes this layer (its time then
-                // counts as the attention's in the step trace), else the attention, then the output GEMV with the add.
-                var mid = ropeAttendProject?.Invoke(i, qkv, residual);
-                if (mid is null)
-                {
-                    var attended = ropeAttend(i, qkv);
-                    Mark("attention");
-                    mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
-                }
-                else
-                {
-                    Mark("attention");
-                }
+                var attended = ropeAttend(i, qkv);
+                Mark("attention");
+                var mid = layer.O.RunFused(attended, _kernels, Int4Prologue.None, null, eps, residual) ?? throw Unfused(i, "output");
                 Mark("output");
                 // SiLU·mul in the gate/up GEMV's epilogue (its tiles pair gate row i with up row i) where its kernel has
                 // one, the down GEMV then reading the activations as they are. Else, at one row, in the down GEMV's

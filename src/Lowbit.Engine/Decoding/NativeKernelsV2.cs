@@ -38,8 +38,6 @@ public static unsafe class NativeKernelsV2
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int> _ropeKv;
     private static delegate* unmanaged<IntPtr, int, int> _stepMark;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, int> _greedyStep;
-    private static delegate* unmanaged<int, int, int, int, int, int, int> _attentionOprojSupports;
-    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, IntPtr, int> _attentionOproj;
 
     /// <summary>True when the library is loaded.</summary>
     public static bool Available
@@ -185,41 +183,6 @@ public static unsafe class NativeKernelsV2
         Check(_attention(qkv.Handle, cos.Handle, sin.Handle, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, output.Handle), "rope attention");
     }
 
-    /// <summary>
-    /// The output projection inside the fused decode step's attention at one row (<see cref="RopeAttentionProject"/>):
-    /// <c>1</c> turns it on, anything else (the default) leaves the attention and the output GEMV separate. Opt-in until
-    /// timed on a GPU (docs/gpu.md, session 30).
-    /// </summary>
-    public const string AttentionOprojEnv = "LOWBIT_ATTENTION_OPROJ";
-
-    /// <summary>
-    /// True when <see cref="RopeAttentionProject"/> takes this shape: one row, bfloat16, head dim 64 or 128, 1-8 query heads
-    /// per kv head, an int4 W_o <c>[n, heads·headDim]</c> with <c>heads·headDim</c> ≤ 4,096 in groups of a multiple of 32.
-    /// </summary>
-    public static bool AttentionOprojSupports(long heads, long kvHeads, long headDim, long length, long n, int group) =>
-        Available && _attentionOproj != null && length is >= 1 and <= int.MaxValue && n is >= 1 and <= int.MaxValue
-        && heads is >= 1 and <= 4096 && kvHeads is >= 1 and <= 4096 && headDim is >= 1 and <= 4096
-        && _attentionOprojSupports((int)heads, (int)kvHeads, (int)headDim, (int)length, (int)n, group) == 1;
-
-    /// <summary>
-    /// <see cref="RopeAttention"/> for one row, then in the same kernel the output projection with the residual add:
-    /// <paramref name="output"/> <c>[1, n]</c> = <c>T(T(attended · dequant(W_o)ᵀ) + residual)</c> with int4-v2-h2s's
-    /// arithmetic (bit-identical to <see cref="Int4LinearX"/> at geometry 15 with the residual; one kernel boundary per
-    /// layer less). <paramref name="attended"/> <c>[1, heads·D]</c> receives the attention. <paramref name="arrivals"/>:
-    /// int32 zeros, at least <c>kv_heads + 2</c> (left zero).
-    /// </summary>
-    public static void RopeAttentionProject(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, Tensor keys, Tensor values, Tensor arrivals, int length,
-        Tensor attended, Int4Weight weight, Tensor residual, Tensor output)
-    {
-        RequireAttention();
-        if (_attentionOproj == null)
-        {
-            throw new InvalidOperationException("the attention with the output projection is unavailable: the v2 library lacks it");
-        }
-        Check(_attentionOproj(qkv.Handle, cos.Handle, sin.Handle, keys.Handle, values.Handle, positions.Handle, arrivals.Handle, length, attended.Handle,
-            weight.Packed.Handle, weight.Scales.Handle, weight.Zeros.Handle, weight.GroupSize, residual.Handle, output.Handle), "rope attention + output projection");
-    }
-
     /// <summary>True when the library has the decode step's greedy sampling kernel (<see cref="GreedyStep"/>).</summary>
     public static bool GreedyStepAvailable => Available && _greedyStep != null;
 
@@ -335,12 +298,6 @@ public static unsafe class NativeKernelsV2
                 if (NativeLibrary.TryGetExport(handle, "lowbit_v2_step_mark", out var stepMark))
                 {
                     _stepMark = (delegate* unmanaged<IntPtr, int, int>)stepMark;
-                }
-                if (NativeLibrary.TryGetExport(handle, "lowbit_v2_rope_attention_oproj_x", out var attentionOproj)
-                    && NativeLibrary.TryGetExport(handle, "lowbit_v2_attention_oproj_supports", out var attentionOprojSupports))
-                {
-                    _attentionOproj = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, IntPtr, IntPtr, IntPtr, int, IntPtr, IntPtr, int>)attentionOproj;
-                    _attentionOprojSupports = (delegate* unmanaged<int, int, int, int, int, int, int>)attentionOprojSupports;
                 }
                 if (NativeLibrary.TryGetExport(handle, "lowbit_v2_greedy_step", out var greedyStep))
                 {

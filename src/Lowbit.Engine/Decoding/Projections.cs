@@ -227,9 +227,6 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
 
     public Int4Weight Weight { get; } = weight;
 
-    /// <summary>True when the projection adds a bias (the fused kernels that take the weight alone then do not apply).</summary>
-    public bool HasBias => bias is not null;
-
     /// <summary>
     /// int4-mma16's arrival counters (one per 16 output rows, zero between launches) for its K splits past K = 4,096,
     /// made with the projection on a GPU (never inside a graph capture); a projection's launches are ordered on the

@@ -31,10 +31,6 @@ int lowbit_launch_step_mark(void*, int, void*);
 int lowbit_launch_greedy_step(int, const void*, int64_t, int, int64_t*, int64_t*, int, int64_t*, int, void*);
 int lowbit_launch_rope_kv(int, const void*, int64_t, const void*, const void*, const int64_t*, void*, void*, void*, int,
                           int, int, int, int, void*);
-int lowbit_v2_attention_oproj_splits(int, int, int, int, int, int, int, int);
-int lowbit_launch_rope_attention_oproj(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*, void*,
-                                       float*, int*, int, int, int, int, int, int, const void*, const void*, const void*, int,
-                                       int, int, const void*, int64_t, void*, int64_t, void*);
 }
 
 namespace {
@@ -69,41 +65,6 @@ int guarded(F f) {
     last_error = "unknown native error";
   }
   return -1;
-}
-
-// The decode attention's tensors checked and its shape (lowbit_v2_decode_attention_x, lowbit_v2_rope_attention_oproj_x):
-// keys/values [slots, max_len, KVH, D] contiguous, q [B, H·D] (with cos/sin: the fused q/k/v [B, (H + 2 KVH)·D]) with
-// unit inner stride and a row stride a multiple of 8, out [B, H·D] with unit inner stride, positions int64 [B],
-// arrivals int32 [≥ B·KVH + `counters`], cos/sin [B, D] contiguous, one dtype throughout, q and the cache 16-byte
-// aligned. `what` starts every message.
-struct AttentionShape {
-  int64_t batch, heads, kv_heads, d, max_len;
-};
-
-AttentionShape attention_shape(const at::Tensor& qt, const at::Tensor& kt, const at::Tensor& vt, const at::Tensor& pt,
-                               const at::Tensor& rt, const at::Tensor& ot, const at::Tensor* ct, const at::Tensor* st,
-                               int length, int64_t counters, const char* what) {
-  const bool rope = ct != nullptr;
-  TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && ot.is_cuda() && (!rope || (ct->is_cuda() && st->is_cuda())),
-              what, ": CUDA tensors only");
-  TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), what, ": keys/values [slots, max_len, kv_heads, D] contiguous");
-  AttentionShape a{qt.size(0), 0, kt.size(2), kt.size(3), kt.size(1)};
-  TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.size(0) == qt.size(0), what, ": q and out [B, ·], unit inner stride");
-  TORCH_CHECK(ot.size(1) % a.d == 0, what, ": out width ", ot.size(1), " is not a multiple of D=", a.d);
-  a.heads = ot.size(1) / a.d;
-  TORCH_CHECK(qt.size(1) == (rope ? a.heads + 2 * a.kv_heads : a.heads) * a.d, what, ": q width ", qt.size(1), " for ", a.heads, " heads",
-              rope ? " + 2 × kv heads (the fused q/k/v)" : "", " of D=", a.d);
-  TORCH_CHECK(a.batch <= kt.size(0) && length >= 1 && length <= a.max_len, what, ": batch ", a.batch, " of ", kt.size(0), " slots, length ", length, " of ", a.max_len);
-  TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= a.batch, what, ": positions int64 [B]");
-  TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= a.batch * a.kv_heads + counters, what, ": arrivals int32 [≥ B·kv_heads + ", counters, "]");
-  TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), what, ": dtypes differ");
-  if (rope) {
-    TORCH_CHECK(ct->is_contiguous() && st->is_contiguous() && ct->numel() == a.batch * a.d && st->numel() == a.batch * a.d
-                && ct->scalar_type() == kt.scalar_type() && st->scalar_type() == kt.scalar_type(), what, ": cos/sin [B, D] contiguous, the cache's dtype");
-  }
-  TORCH_CHECK(a.heads % a.kv_heads == 0, what, ": ", a.heads, " heads over ", a.kv_heads, " kv heads");
-  TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && qt.stride(0) % 8 == 0, what, ": q, keys and values 16-byte aligned, q's row stride a multiple of 8");
-  return a;
 }
 
 // The int4 GEMV's checks and launch, for lowbit_v2_int4_linear (geometry 1, no prologue, no residual) and
@@ -270,9 +231,27 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
     auto& rt = T(arrivals);
     auto& ot = T(out);
     const bool rope = cos != nullptr;
-    const AttentionShape a = attention_shape(qt, kt, vt, pt, rt, ot, rope ? &T(cos) : nullptr, rope ? &T(sin) : nullptr, length, 0, "decode attention");
-    const int64_t batch = a.batch, heads = a.heads, kv_heads = a.kv_heads, d = a.d, max_len = a.max_len;
+    TORCH_CHECK(qt.is_cuda() && kt.is_cuda() && vt.is_cuda() && pt.is_cuda() && rt.is_cuda() && ot.is_cuda(), "decode attention: CUDA tensors only");
     const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
+    TORCH_CHECK(kt.dim() == 4 && kt.is_contiguous() && vt.sizes() == kt.sizes() && vt.is_contiguous(), "decode attention: keys/values [slots, max_len, kv_heads, D] contiguous");
+    const int64_t max_len = kt.size(1), kv_heads = kt.size(2), d = kt.size(3);
+    TORCH_CHECK(qt.dim() == 2 && ot.dim() == 2 && qt.stride(1) == 1 && ot.stride(1) == 1 && ot.size(0) == qt.size(0), "decode attention: q and out [B, ·], unit inner stride");
+    TORCH_CHECK(ot.size(1) % d == 0, "decode attention: out width ", ot.size(1), " is not a multiple of D=", d);
+    const int64_t batch = qt.size(0), heads = ot.size(1) / d;
+    TORCH_CHECK(qt.size(1) == (rope ? heads + 2 * kv_heads : heads) * d, "decode attention: q width ", qt.size(1), " for ", heads, " heads",
+                rope ? " + 2 × kv heads (the fused q/k/v)" : "", " of D=", d);
+    TORCH_CHECK(batch <= kt.size(0) && length >= 1 && length <= max_len, "decode attention: batch ", batch, " of ", kt.size(0), " slots, length ", length, " of ", max_len);
+    TORCH_CHECK(pt.scalar_type() == at::kLong && pt.is_contiguous() && pt.numel() >= batch, "decode attention: positions int64 [B]");
+    TORCH_CHECK(rt.scalar_type() == at::kInt && rt.is_contiguous() && rt.numel() >= batch * kv_heads, "decode attention: arrivals int32 [≥ B·kv_heads]");
+    TORCH_CHECK(qt.scalar_type() == kt.scalar_type() && vt.scalar_type() == kt.scalar_type() && ot.scalar_type() == kt.scalar_type(), "decode attention: dtypes differ");
+    if (rope) {
+      auto& ct = T(cos);
+      auto& st = T(sin);
+      TORCH_CHECK(ct.is_contiguous() && st.is_contiguous() && ct.numel() == batch * d && st.numel() == batch * d
+                  && ct.scalar_type() == kt.scalar_type() && st.scalar_type() == kt.scalar_type(), "decode attention: cos/sin [B, D] contiguous, the cache's dtype");
+    }
+    TORCH_CHECK(heads % kv_heads == 0, "decode attention: ", heads, " heads over ", kv_heads, " kv heads");
+    TORCH_CHECK(aligned16(qt) && aligned16(kt) && aligned16(vt) && qt.stride(0) % 8 == 0, "decode attention: q, keys and values 16-byte aligned, q's row stride a multiple of 8");
     const int group = (int)(heads / kv_heads);
     const int splits = lowbit_v2_attention_splits((int)batch, (int)kv_heads, group, (int)d, length);
     TORCH_CHECK(splits > 0, "decode attention: D=", d, " group ", group, " not taken (D 64 or 128, group 1-8)");
@@ -284,60 +263,6 @@ int lowbit_v2_decode_attention_x(void* q, void* cos, void* sin, void* keys, void
                                                      (int)kv_heads, group, (int)d, (int)max_len, length, splits,
                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
     TORCH_CHECK(rc == 0, "decode attention: launch failed: ",
-                rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
-  });
-}
-
-// 1 when the fused RoPE attention takes the output projection inside for one row (lowbit_launch_rope_attention_oproj):
-// bf16, `heads` over `kv_heads` of D = head_dim, the int4 W_o [n, heads·D] in groups of `group`.
-int lowbit_v2_attention_oproj_supports(int heads, int kv_heads, int head_dim, int length, int n, int group) {
-  if (kv_heads < 1 || heads % kv_heads != 0) return 0;
-  return lowbit_v2_attention_oproj_splits(0, kv_heads, heads / kv_heads, head_dim, length, n, heads * head_dim, group) > 0 ? 1 : 0;
-}
-
-// lowbit_v2_decode_attention_x's fused RoPE attention for one row (qkv [1, (H + 2 KVH)·D], cos/sin [1, D], the
-// attention into `attended` [1, H·D]) and then, in the same kernel, out[1, N] = T(T(attended · dequant(W_o)ᵀ) +
-// residual[1, N]) with int4-v2-h2s's arithmetic (packed uint8 [N, H·D/2], scales/zeros fp16 [N, H·D/group]).
-// arrivals: int32, at least KVH + 2 elements, zero (the kernel leaves them zero).
-int lowbit_v2_rope_attention_oproj_x(void* qkv, void* cos, void* sin, void* keys, void* values, void* positions, void* arrivals,
-                                     int length, void* attended, void* packed, void* scales, void* zeros, int group,
-                                     void* residual, void* out) {
-  return guarded([&] {
-    auto& qt = T(qkv);
-    auto& kt = T(keys);
-    auto& vt = T(values);
-    auto& pt = T(positions);
-    auto& rt = T(arrivals);
-    auto& at_ = T(attended);
-    auto& ct = T(cos);
-    auto& st = T(sin);
-    auto& wt = T(packed);
-    auto& sc = T(scales);
-    auto& zt = T(zeros);
-    auto& res = T(residual);
-    auto& ot = T(out);
-    const AttentionShape a = attention_shape(qt, kt, vt, pt, rt, at_, &ct, &st, length, 2, "attention + output projection");
-    const int64_t heads = a.heads, kv_heads = a.kv_heads, d = a.d, max_len = a.max_len;
-    TORCH_CHECK(a.batch == 1 && at_.is_contiguous() && aligned16(at_), "attention + output projection: one row, attended [1, H·D] contiguous and 16-byte aligned");
-    TORCH_CHECK(wt.is_cuda() && sc.is_cuda() && zt.is_cuda() && res.is_cuda() && ot.is_cuda(), "attention + output projection: CUDA tensors only");
-    TORCH_CHECK(kt.scalar_type() == at::kBFloat16 && res.scalar_type() == at::kBFloat16 && ot.scalar_type() == at::kBFloat16, "attention + output projection: bfloat16 only");
-    const c10::cuda::OptionalCUDAGuard device_guard(qt.device());
-    TORCH_CHECK(wt.scalar_type() == at::kByte && wt.dim() == 2 && wt.is_contiguous() && aligned16(wt) && wt.size(1) * 2 == heads * d, "attention + output projection: packed uint8 [N, H·D/2]");
-    const int64_t n = wt.size(0), k = heads * d;
-    TORCH_CHECK(group > 0 && k % group == 0 && sc.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf && sc.is_contiguous() && zt.is_contiguous()
-                && sc.numel() == n * (k / group) && zt.numel() == sc.numel(), "attention + output projection: scales/zeros float16 [N, K/group]");
-    TORCH_CHECK(res.dim() == 2 && res.size(0) == 1 && res.size(1) == n && res.stride(1) == 1 && ot.dim() == 2 && ot.size(0) == 1 && ot.size(1) == n && ot.stride(1) == 1,
-                "attention + output projection: residual and out [1, N], unit inner stride");
-    const int splits = lowbit_v2_attention_oproj_splits(0, (int)kv_heads, (int)(heads / kv_heads), (int)d, length, (int)n, (int)k, group);
-    TORCH_CHECK(splits > 0, "attention + output projection: not taken for ", heads, "/", kv_heads, " heads of D=", d, ", N=", n, ", group ", group);
-    auto work = at::empty({heads * splits * (d + 2)}, kt.options().dtype(at::kFloat));
-    const int rc = lowbit_launch_rope_attention_oproj(0, qt.data_ptr(), qt.stride(0), ct.data_ptr(), st.data_ptr(), kt.data_ptr(), vt.data_ptr(),
-                                                      pt.data_ptr<int64_t>(), at_.data_ptr(), work.data_ptr<float>(), rt.data_ptr<int>(),
-                                                      (int)kv_heads, (int)(heads / kv_heads), (int)d, (int)max_len, length, splits,
-                                                      wt.data_ptr(), sc.data_ptr(), zt.data_ptr(), (int)n, (int)k, group, res.data_ptr(),
-                                                      res.stride(0), ot.data_ptr(), ot.stride(0),
-                                                      static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
-    TORCH_CHECK(rc == 0, "attention + output projection: launch failed: ",
                 rc == -2 ? "unsupported dtype" : rc == -3 ? "unsupported shape" : cudaGetErrorString((cudaError_t)rc));
   });
 }

@@ -2348,122 +2348,13 @@ __device__ __forceinline__ void rope_row(const T* __restrict__ row, const T* __r
   }
 }
 
-// The output projection inside the attention kernel (decode_attention_kernel's OPROJ; one row, bf16, int4 W_o at K =
-// heads · D <= 4,096): out = T(T(attended · W_oᵀ) + residual), one kernel boundary per layer less. Every block of the
-// attention grid takes a tile of R rows of W_o (int4-v2-h2s's tile: the same loads, products and reduction, so the
-// result is bit-identical to the separate -h2s kernel with the residual add). The tile's weights go out when the
-// block's attention work is done; then the block waits until every (row, kv head) has its heads merged into
-// `attended` (done[0] counts them: the block that writes a head group's output adds one after a fence), reads the
-// attention output from L2 and writes its rows. A grid-wide wait needs every block resident at once: the launch caps
-// the splits so that the grid fits the device (blocks per SM by the occupancy API), and a grid launched after the
-// kernel before it (programmatic dependent launch) gets the SMs that kernel leaves. done[1] counts the blocks that
-// finished; the last resets both counters (zero before the launch, left zero). `project` false: the attention and the
-// signal only (the CPU emulation runs its blocks one after another, so it launches the kernel twice, the second time
-// with the projection: the attention then runs again and writes the same values).
-struct OutProj {
-  const uint8_t* packed;
-  const unsigned short* scales;
-  const unsigned short* zeros;
-  int n, k, group;
-  const void* residual;
-  int64_t res_stride;
-  void* out;
-  int64_t out_stride;
-  int* done;
-  bool project;
-};
-constexpr int kOprojGeometry = 15;  // int4-v2-h2s
-constexpr int kOprojRows = Tile<kOprojGeometry, 1, 1>::R;
-
-// The block's signal: its head group's output for row b is written (every thread's stores fenced, then one add).
-__device__ __forceinline__ void oproj_signal(const OutProj& o) {
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) atomicAdd(o.done, 1);
-}
-
-template <typename T>
-__device__ __forceinline__ void oproj_phase(const OutProj& o, const T* __restrict__ attended, int target) {
-  constexpr int G = kOprojGeometry;
-  constexpr int R = kOprojRows;
-  constexpr int W = Geo<G>::kWarps;
-  static_assert(Geo<G>::kThreads == kAttnThreads, "the projection's block is the attention's");
-  __shared__ float red[2][W][R];
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int k = o.k;
-  const int n = o.n;
-  const bool live[1] = {tid < k / Geo<G>::kCodes};
-  const ChunkAt<1> at = chunk_at<1>(tid, Geo<G>::kThreads, Geo<G>::kCodes, k, o.group);
-  ChunkOf<G> wv[R][1];
-  unsigned short sv[R][1];
-  unsigned short zv[R][1];
-  const int stride = gridDim.x * R;
-  int row0 = blockIdx.x * R;
-  if (row0 < n) load_tile<G, R, 1>(o.packed, o.scales, o.zeros, row0, n, k / 2, k / o.group, at, wv, sv, zv);
-  // Every head merged (a volatile poll of L2; the fence after it orders the reads below behind it). A wait past one
-  // second means the grid was not resident after all (the occupancy cap was wrong for this device or something else
-  // held its SMs): the kernel traps, a CUDA error the caller sees, rather than hanging the decode step for good.
-  if (tid == 0) {
-    const volatile int* done = o.done;
-#if !defined(LOWBIT_EMULATED)
-    unsigned long long start;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-#endif
-    while (*done < target) {
-#if !defined(LOWBIT_EMULATED)
-      __nanosleep(64);
-      unsigned long long now;
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-      if (now - start > 1000000000ull) __trap();
-#endif
-    }
-    __threadfence();
-  }
-  __syncthreads();
-  // The attention output from L2 (written by other blocks during this launch: not through L1), as load_activations
-  // reads its x, then int4-v2-h2s's tile loop with the residual add.
-  float xv[1][1][Geo<G>::kCodes];
-  ChunkSum xs[1][1];
-#pragma unroll
-  for (int p = 0; p < Geo<G>::kCodes / 8; p++) {
-    uint4 u = make_uint4(0, 0, 0, 0);
-    if (live[0]) u = __ldcg(reinterpret_cast<const uint4*>(attended + (int64_t)tid * Geo<G>::kCodes) + p);
-    const T* t = reinterpret_cast<const T*>(&u);
-#pragma unroll
-    for (int i = 0; i < 8; i++) xv[0][0][8 * p + i] = Cvt2<T>::f(t[i]);
-  }
-  chunk_sums<G, 1, 1>(xv, xs);
-  uint32_t xh[1][kHalfPairs];
-  float xe[1];
-  half2_activations<G, 1>(xv, xh, xe, xs);
-  int buf = 0;
-  float acc[R][1];
-  for (; row0 < n; row0 += stride) {
-    tile_products_h2<G, 1, R>(wv, sv, zv, xh, xe, xs, acc);
-    const int next = row0 + stride;
-    if (next < n) load_tile<G, R, 1>(o.packed, o.scales, o.zeros, next, n, k / 2, k / o.group, at, wv, sv, zv);
-    tile_reduce<T, W, 1, R, true>(acc, red, buf, row0, n, 1, static_cast<T*>(o.out), o.out_stride,
-                                  static_cast<const T*>(o.residual), o.res_stride, tid, lane, warp);
-  }
-  // The last block out resets the counters (every block has passed its wait by then).
-  if (tid == 0 && atomicAdd(o.done + 1, 1) == (int)gridDim.x - 1) {
-    o.done[0] = 0;
-    o.done[1] = 0;
-  }
-}
-
 // GMAX: the query heads per kv head the registers hold (1 for multi-head attention, else 8).
-// OPROJ (one row, ROPE): the output projection after the attention (oproj_phase), four blocks per SM (its tile's
-// registers).
-template <typename T, int D, bool ROPE, int GMAX, bool OPROJ = false>
-__global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? (OPROJ ? 4 : 6) : 3) decode_attention_kernel(
+template <typename T, int D, bool ROPE, int GMAX>
+__global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? 6 : 3) decode_attention_kernel(
     const T* __restrict__ q, int64_t q_stride, const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ keys,
     T* __restrict__ values, const int64_t* __restrict__ positions, int kv_heads, int group, int max_len, int length,
     int splits, float scale, float* __restrict__ work, int* __restrict__ arrivals, T* __restrict__ out,
-    int64_t out_stride, OutProj oproj) {
-  static_assert(!OPROJ || ROPE, "the output projection: the fused decode step's attention");
+    int64_t out_stride) {
   constexpr int E = D / 32;
   constexpr int P = kAttnPositions;
   __shared__ float merge_m[kAttnWarps][GMAX];
@@ -2674,24 +2565,13 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? (OPROJ ? 4 : 6) : 3)
       partial[1] = sum;
     }
   }
-  if (splits == 1) {
-    if constexpr (OPROJ) {
-      oproj_signal(oproj);
-      if (oproj.project) oproj_phase<T>(oproj, out, kv_heads);
-    }
-    return;
-  }
+  if (splits == 1) return;
   // The last block of (b, kv head) to arrive merges every split (the threadfence-reduction pattern).
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) merges = atomicAdd(arrivals + b * kv_heads + kvh, 1) == splits - 1;
   __syncthreads();
-  if (!merges) {
-    if constexpr (OPROJ) {
-      if (oproj.project) oproj_phase<T>(oproj, out, kv_heads);
-    }
-    return;
-  }
+  if (!merges) return;
   __threadfence();
   if (threadIdx.x == 0) arrivals[b * kv_heads + kvh] = 0;
   // Every split's (max, sum) of every head of the group at once (one round trip, not one per split), a warp per head:
@@ -2735,10 +2615,6 @@ __global__ void __launch_bounds__(kAttnThreads, GMAX == 1 ? (OPROJ ? 4 : 6) : 3)
       a += split_weight[g][s] != 0.f ? value * split_weight[g][s] : 0.f;
     }
     out[b * out_stride + (int64_t)(kvh * group + g) * D + e] = Cvt2<T>::t(a / split_sum[g]);
-  }
-  if constexpr (OPROJ) {
-    oproj_signal(oproj);
-    if (oproj.project) oproj_phase<T>(oproj, out, kv_heads);
   }
 }
 
@@ -2840,61 +2716,23 @@ inline int attention_splits(int batch, int kv_heads, int length, int sms, int wa
   return splits < 1 ? 1 : splits;
 }
 
-// attention_splits on the current device, with LOWBIT_ATTENTION_SPLITS (read once per process) as `wanted`.
-inline int device_attention_splits(int batch, int kv_heads, int length) {
-  static const int wanted = env_int("LOWBIT_ATTENTION_SPLITS", 0);
-  return attention_splits(batch, kv_heads, length, device_attribute(cudaDevAttrMultiProcessorCount, 132), wanted);
-}
-
-// OPROJ: the fused RoPE attention with the output projection `o` (one row; see OutProj).
-template <typename T, int D, bool OPROJ = false>
+template <typename T, int D>
 int launch_attention(const void* q, int64_t qs, const void* cos, const void* sin, void* k, void* v, const int64_t* pos,
                      void* out, int64_t os, float* work, int* arrivals, int batch, int kv_heads, int group, int max_len,
-                     int length, int splits, cudaStream_t st, const OutProj& o = OutProj{}) {
+                     int length, int splits, cudaStream_t st) {
   const float scale = 1.0f / sqrtf((float)D);
   const int blocks = batch * kv_heads * splits;
   if (blocks == 0) return 0;
-  // The kernel for (fused RoPE or not, one query head per kv head or up to eight, the output projection or not).
-  auto pick = [&](auto kernel, const OutProj& p) {
+  // The kernel for (fused RoPE or not, one query head per kv head or up to eight).
+  auto pick = [&](auto kernel) {
     return launch_pdl(kernel, blocks, kAttnThreads, st, 0, static_cast<const T*>(q), qs, static_cast<const T*>(cos),
                       static_cast<const T*>(sin), static_cast<T*>(k), static_cast<T*>(v), pos, kv_heads, group, max_len, length,
-                      splits, scale, work, arrivals, static_cast<T*>(out), os, p);
+                      splits, scale, work, arrivals, static_cast<T*>(out), os);
   };
-  if constexpr (OPROJ) {
-    auto run = [&](const OutProj& p) {
-      return group == 1 ? pick(decode_attention_kernel<T, D, true, 1, true>, p) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup, true>, p);
-    };
-#if defined(LOWBIT_EMULATED)
-    OutProj first = o;
-    first.project = false;
-    if (const int rc = run(first)) return rc;
-#endif
-    return run(o);
-  }
   if (cos != nullptr) {
-    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>, o) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>, o);
+    return group == 1 ? pick(decode_attention_kernel<T, D, true, 1>) : pick(decode_attention_kernel<T, D, true, kAttnMaxGroup>);
   }
-  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>, o) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>, o);
-}
-
-// The attention with the output projection (OPROJ) for one row: the splits attention_splits gives, at most as many as
-// keep the whole grid resident (its blocks per SM × SMs over the kv heads: the projection waits for every head), or 0
-// when not even one split per kv head fits.
-template <typename T, int D, int GMAX>
-int oproj_splits_for(int kv_heads, int length) {
-  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
-  const int splits = device_attention_splits(1, kv_heads, length);
-#if defined(LOWBIT_EMULATED)
-  return splits;  // blocks run one after another there (the launch runs the kernel twice instead of waiting)
-#else
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_attention_kernel<T, D, true, GMAX, true>, kAttnThreads, 0) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  const int fit = per_sm * sms / kv_heads;
-  return fit < 1 ? 0 : splits < fit ? splits : fit;
-#endif
+  return group == 1 ? pick(decode_attention_kernel<T, D, false, 1>) : pick(decode_attention_kernel<T, D, false, kAttnMaxGroup>);
 }
 
 }  // namespace
@@ -3014,45 +2852,9 @@ int lowbit_launch_greedy_step(int dtype, const void* logits, int64_t stride, int
 // (D + 2) floats), or 0 when the shape is not taken (D 64 or 128, group 1-8, length ≥ 1).
 int lowbit_v2_attention_splits(int batch, int kv_heads, int group, int head_dim, int length) {
   if ((head_dim != 64 && head_dim != 128) || group < 1 || group > kAttnMaxGroup || length < 1 || batch < 1 || kv_heads < 1) return 0;
-  return device_attention_splits(batch, kv_heads, length);
-}
-
-// The splits lowbit_launch_rope_attention_oproj uses for one row (the fp32 workspace: heads × splits × (D + 2) floats),
-// or 0 when the attention with the output projection is not offered there: bf16, D 64 or 128, group 1-8, the
-// projection's K = heads · D a multiple of 32 up to 4,096 (one chunk of int4-v2-h2s per thread), its group a multiple of
-// 32 dividing K, N · K / 2 < 2^31, the packed-fp16 kernels not turned off (LOWBIT_INT4_HALF2=0), and one split per kv
-// head resident at least.
-int lowbit_v2_attention_oproj_splits(int dtype, int kv_heads, int group, int head_dim, int length, int n, int k, int qgroup) {
-#ifdef LOWBIT_NO_WIDE
-  return 0;
-#endif
-  if (dtype != 0 || (head_dim != 64 && head_dim != 128) || group < 1 || group > kAttnMaxGroup || length < 1 || kv_heads < 1) return 0;
-  if (k != kv_heads * group * head_dim || k % 32 != 0 || k > Geo<kOprojGeometry>::kThreads * Geo<kOprojGeometry>::kCodes) return 0;
-  if (qgroup < 32 || qgroup % 32 != 0 || k % qgroup != 0 || n < 1 || (int64_t)n * k / 2 >= ((int64_t)1 << 31) || half2_level() < 1) return 0;
-  if (head_dim == 128) return group == 1 ? oproj_splits_for<__nv_bfloat16, 128, 1>(kv_heads, length) : oproj_splits_for<__nv_bfloat16, 128, kAttnMaxGroup>(kv_heads, length);
-  return group == 1 ? oproj_splits_for<__nv_bfloat16, 64, 1>(kv_heads, length) : oproj_splits_for<__nv_bfloat16, 64, kAttnMaxGroup>(kv_heads, length);
-}
-
-// lowbit_launch_decode_attention_v2's fused RoPE attention for one row (qkv [1, (H + 2 KVH)·D], the attention into
-// `attended`), then the output projection in the same kernel: out[1, N] = T(T(attended · dequant(packed)ᵀ) + residual)
-// with int4-v2-h2s's arithmetic (bit-identical to lowbit_launch_int4_v2_fused, geometry 15, with the residual add).
-// `splits` from lowbit_v2_attention_oproj_splits; `arrivals` kv_heads + 2 ints, zero (the kernel leaves them zero);
-// `work` heads × splits × (D + 2) floats. 0 on success, -2 unsupported dtype, -3 unsupported shape, else a cudaError_t.
-int lowbit_launch_rope_attention_oproj(int dtype, const void* qkv, int64_t qkv_stride, const void* cos, const void* sin,
-                                       void* keys, void* values, const int64_t* positions, void* attended, float* work,
-                                       int* arrivals, int kv_heads, int group, int head_dim, int max_len, int length,
-                                       int splits, const void* packed, const void* scales, const void* zeros, int n, int k,
-                                       int qgroup, const void* residual, int64_t res_stride, void* out, int64_t out_stride,
-                                       void* stream) {
-  if (dtype != 0) return -2;
-  const int most = lowbit_v2_attention_oproj_splits(dtype, kv_heads, group, head_dim, length, n, k, qgroup);
-  if (most < 1 || splits < 1 || splits > most || length > max_len || cos == nullptr || sin == nullptr || residual == nullptr) return -3;
-  const OutProj o{static_cast<const uint8_t*>(packed), static_cast<const unsigned short*>(scales), static_cast<const unsigned short*>(zeros),
-                  n, k, qgroup, residual, res_stride, out, out_stride, arrivals + kv_heads, true};
-  auto st = static_cast<cudaStream_t>(stream);
-  const int64_t os = (int64_t)kv_heads * group * head_dim;
-  if (head_dim == 128) return launch_attention<__nv_bfloat16, 128, true>(qkv, qkv_stride, cos, sin, keys, values, positions, attended, os, work, arrivals, 1, kv_heads, group, max_len, length, splits, st, o);
-  return launch_attention<__nv_bfloat16, 64, true>(qkv, qkv_stride, cos, sin, keys, values, positions, attended, os, work, arrivals, 1, kv_heads, group, max_len, length, splits, st, o);
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  static const int wanted = env_int("LOWBIT_ATTENTION_SPLITS", 0);
+  return attention_splits(batch, kv_heads, length, sms, wanted);
 }
 
 // The decode step's trace mark (step_mark_kernel): trace is at least index + 2 uint64. 0 on success, else a cudaError_t.

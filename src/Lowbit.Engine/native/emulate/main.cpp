@@ -122,63 +122,6 @@ RandomInt4 random_int4(std::mt19937& rng, int n, int k, int group, bool normal) 
 }
 
 
-extern "C" int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, int, int, const void*, float, const void*, int64_t, float*, int*, void*);
-extern "C" int lowbit_v2_attention_oproj_splits(int, int, int, int, int, int, int, int);
-extern "C" int lowbit_launch_rope_attention_oproj(int, const void*, int64_t, const void*, const void*, void*, void*, const int64_t*, void*,
-                                                  float*, int*, int, int, int, int, int, int, const void*, const void*, const void*,
-                                                  int, int, int, const void*, int64_t, void*, int64_t, void*);
-
-// The fused RoPE attention with the output projection inside (one row): its attention output, cache and projected rows
-// bit-identical to the fused RoPE attention followed by int4-v2-h2s with the residual add; launched twice, the counters
-// (kv_heads + 2) back at zero after each launch. N not a multiple of the tile, several tiles per block where the grid is
-// small.
-int run_attention_oproj(int kv_heads, int group, int d, int max_len, int length, int n, int qgroup, int sms) {
-  g_sms = sms;
-  std::mt19937 rng(kv_heads * 11 + group + d + length + n);
-  std::normal_distribution<float> nd(0, 1);
-  const int heads = kv_heads * group;
-  const int k = heads * d;
-  const int64_t qs = (int64_t)(heads + 2 * kv_heads) * d + 8;
-  std::vector<__nv_bfloat16> q(qs), keys((size_t)max_len * kv_heads * d), values(keys.size()), cs(d), sn(d), res(n + 5);
-  for (auto& x : q) x = __float2bfloat16(nd(rng));
-  for (auto& x : keys) x = __float2bfloat16(nd(rng));
-  for (auto& x : values) x = __float2bfloat16(nd(rng));
-  for (auto& x : res) x = __float2bfloat16(nd(rng));
-  for (int i = 0; i < d; i++) cs[i] = __float2bfloat16(std::cos(0.3f * i)), sn[i] = __float2bfloat16(std::sin(0.3f * i));
-  std::vector<int64_t> pos = {length - 7};
-  auto [qc, packed, s, z] = random_int4(rng, n, k, qgroup, true);
-  const int splits = lowbit_v2_attention_oproj_splits(0, kv_heads, group, d, length, n, k, qgroup);
-  if (splits < 1 || splits != lowbit_v2_attention_splits(1, kv_heads, group, d, length)) { printf("attention oproj: splits %d\n", splits); return 1; }
-  std::vector<float> work((size_t)heads * splits * (d + 2));
-  std::vector<int> arrivals(kv_heads + 2, 0);
-  // The separate kernels first, on a copy of the cache.
-  std::vector<__nv_bfloat16> k1 = keys, v1 = values, att1(k), mid1(n + 3, __float2bfloat16(NAN));
-  int rc = lowbit_launch_decode_attention_v2(0, q.data(), qs, cs.data(), sn.data(), k1.data(), v1.data(), pos.data(), att1.data(), k,
-                                             work.data(), arrivals.data(), 1, kv_heads, group, d, max_len, length, splits, nullptr);
-  if (!rc) rc = lowbit_launch_int4_v2_fused(0, att1.data(), k, packed.data(), s.data(), z.data(), mid1.data(), n + 3, 1, n, k, qgroup,
-                                            15, 0, nullptr, 0.f, res.data(), n + 5, nullptr, nullptr, nullptr);
-  std::vector<__nv_bfloat16> att2(k), mid2(n + 3);
-  bool zeroed = true;
-  for (int launch = 0; launch < 2 && !rc; launch++) {
-    std::fill(att2.begin(), att2.end(), __float2bfloat16(NAN));
-    std::fill(mid2.begin(), mid2.end(), __float2bfloat16(NAN));
-    rc = lowbit_launch_rope_attention_oproj(0, q.data(), qs, cs.data(), sn.data(), keys.data(), values.data(), pos.data(), att2.data(),
-                                            work.data(), arrivals.data(), kv_heads, group, d, max_len, length, splits, packed.data(),
-                                            s.data(), z.data(), n, k, qgroup, res.data(), n + 5, mid2.data(), n + 3, nullptr);
-    for (int a : arrivals) zeroed = zeroed && a == 0;
-  }
-  if (rc) { printf("attention oproj rc %d\n", rc); return 1; }
-  size_t differing = 0;
-  for (int i = 0; i < k; i++) differing += memcmp(&att1[i], &att2[i], 2) != 0;
-  for (int i = 0; i < n + 3; i++) differing += memcmp(&mid1[i], &mid2[i], 2) != 0;   // the padding: NaN in both
-  for (size_t i = 0; i < keys.size(); i++) differing += memcmp(&keys[i], &k1[i], 2) != 0 || memcmp(&values[i], &v1[i], 2) != 0;
-  bool written = true;
-  for (int i = 0; i < n; i++) written = written && !std::isnan(__bfloat162float(mid2[i]));
-  printf("attention oproj kv %d group %d d %d length %d n %d g %d splits %d blocks %d: %zu elements differ from the separate kernels, "
-         "all written %d, counters left zero %d\n", kv_heads, group, d, length, n, qgroup, splits, kv_heads * splits, differing, written, zeroed);
-  return differing == 0 && written && zeroed ? 0 : 1;
-}
-
 // The dense weight of the int4 dequantize kernel against the reference arithmetic (fp32 q - z, times s, one rounding to
 // the 16-bit type): bit-identical, every element written.
 int run_dequantize(int dtype, int n, int k, int group, int sms) {
@@ -199,6 +142,7 @@ int run_dequantize(int dtype, int n, int k, int group, int sms) {
   printf("dequantize %s n %d k %d group %d sms %d: %zu of %zu differ\n", dtype == 0 ? "bf16" : "fp16", n, k, group, sms, wrong, out.size());
   return wrong == 0 ? 0 : 1;
 }
+extern "C" int lowbit_launch_int4_v2_fused(int, const void*, int64_t, const void*, const void*, const void*, void*, int64_t, int, int, int, int, int, int, const void*, float, const void*, int64_t, float*, int*, void*);
 extern "C" int lowbit_v2_int4_fused_supports(int, int, int, int, int, int);
 extern "C" int64_t lowbit_v2_int4_workspace(int, int, int, int);
 extern "C" int64_t lowbit_v2_int4_arrivals(int, int, int, int);
@@ -742,9 +686,6 @@ int main(int argc, char** argv) {
   f += run_attention(8, 4, 1, 64, 210, 200, 1);     // one split of 200: 12-13 rounds per warp through both register sets
   f += run_attention(2, 2, 4, 128, 100, 97, 1);     // one split of 97 with grouped heads: 6-7 rounds, a partial last one
   f += run_attention(2, 2, 2, 128, 200, 160, 16);   // 10 splits, the last row past the bucket
-  f += run_attention_oproj(4, 1, 128, 300, 256, 4096 / 8 + 37, 64, 3);   // several splits and tiles per block, a tail tile
-  f += run_attention_oproj(2, 4, 64, 100, 97, 45, 128, 1);              // grouped heads, four splits: six tiles over eight blocks
-  f += run_attention_oproj(4, 1, 128, 300, 256, 61, 64, 64);           // 16 splits of 16 positions: 64 blocks, one tile or none
   f += run_attention(4, 2, 1, 64, 40, 32, 1);       // one split: the blocks write the output themselves
   f += run_greedy(1000);
   f += run_greedy(32000);
