@@ -121,9 +121,9 @@ constexpr int kPlain = 0;
 constexpr int kNorm = 1;
 constexpr int kSiluMul = 2;
 constexpr int kNormSiluPairs = 3;
-// kNorm and kNormSiluPairs with the RMSNorm's factor deferred (template values only; the launch maps kNorm and
-// kNormSiluPairs to them for int4-v2, -wide, -h2, -h2s (and kNorm for -shared) at one row, the q/k/v and gate/up
-// kernels of a one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block
+// kNorm and kNormSiluPairs with the RMSNorm's factor deferred (template values only; the launch maps kNorm to it for
+// int4-v2, -wide, -h2, -h2s and -shared at one row, and kNormSiluPairs for the first four at one chunk per thread: the
+// q/k/v and gate/up kernels of a one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block
 // reduction and no barrier before them; at one chunk per thread the norm weight is loaded with the first tile, before
 // the wait, at 2-4 chunks and in -shared with x after it, where its 8-16 registers a chunk would be held across the
 // first tile's loads), each warp leaves its sum of
@@ -1912,7 +1912,13 @@ int launch_v2_variant(const void* x, int64_t xs, const void* p, const void* s, c
   if constexpr (std::is_same<T, __nv_bfloat16>::value && NB <= 2) {
     if constexpr (defer_built(G) && NB == 1) {
       if (norm_defer() && prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kDefer + kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-      if (norm_defer() && prologue == kNormSiluPairs && !residual && n % 2 == 0) return launch_v2<T, G, NB, CH, kDefer + kNormSiluPairs, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+      // The paired gate/up rows defer only at one chunk per thread: at two (a 13B's K = 5,120) the deferred pairs took
+      // 254 registers against the rounded ones' 168 and ran slower cold (H100 run 77: int4-v2 47.15 µs against 44.13,
+      // -wide 40.39 against 39.74), where the deferred RMSNorm alone won (q/k/v: -wide 22.94 against 24.76, -shared
+      // 18.41 against 19.90, int4-v2 25.88 against 26.35).
+      if constexpr (CH == 1) {
+        if (norm_defer() && prologue == kNormSiluPairs && !residual && n % 2 == 0) return launch_v2<T, G, NB, CH, kDefer + kNormSiluPairs, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+      }
     }
     if (prologue == kNorm && !residual) return launch_v2<T, G, NB, CH, kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     if (prologue == kPlain && residual) return launch_v2<T, G, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);

@@ -570,7 +570,8 @@ int main(int argc, char** argv) {
   f += lowbit_v2_int4_fused_supports(0, 1, 4096, 5, 3, 0) == 0 ? 0 : 1;   // nor int4-v2-occ
   f += run_fused(1, 30, 11008, 64, 3, 3, 3, false);
   // The deferred RMSNorm at 2-4 chunks per thread (the norm weight loaded with x after the wait: a 13B's K = 5,120, a
-  // 70B's 8,192, K past 12,288): int4-v2 and -wide, the q/k/v prologue and the paired rows.
+  // 70B's 8,192, K past 12,288): int4-v2 and -wide, the q/k/v prologue; the paired rows there round as rmsnorm_kernel
+  // (deferred only at one chunk per thread).
   f += run_fused(1, 27, 5120, 128, 2, 1, 1, false);
   f += run_fused(1, 21, 16384, 64, 2, 1, 1, false);
   f += run_fused(1, 46, 8192, 64, 3, 1, 3, false);
