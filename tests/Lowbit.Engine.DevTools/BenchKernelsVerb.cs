@@ -69,20 +69,13 @@ public static class BenchKernelsVerb
         var device = TorchRuntime.ResolveDevice(Get("--device") is { } d ? ProtocolNames.TryParse<ComputeDevice>(d, out var parsed) ? parsed : throw new ProtocolArgumentException("--device", d, "cuda, cpu") : null);
         var cuda = device.type == DeviceType.CUDA;
         var shapesName = Get("--shapes") ?? (cuda ? "7b" : "tiny");
-        var shapes = shapesName switch
+        var (shapes, dims) = shapesName switch
         {
-            "7b" => Llama7B,
-            "13b" => Llama13B,
-            "70b" => Llama70B,
-            "tiny" => Tiny,
+            "7b" => (Llama7B, new Dims(4096, 32, 32, 128, 11008, 256)),
+            "13b" => (Llama13B, new Dims(5120, 40, 40, 128, 13824, 256)),
+            "70b" => (Llama70B, new Dims(8192, 64, 8, 128, 28672, 256)),
+            "tiny" => (Tiny, new Dims(128, 4, 2, 32, 192, 16)),
             _ => throw new ProtocolArgumentException("--shapes", shapesName, "7b, 13b, 70b, tiny"),
-        };
-        var dims = shapesName switch
-        {
-            "7b" => new Dims(4096, 32, 32, 128, 11008, 256),
-            "13b" => new Dims(5120, 40, 40, 128, 13824, 256),
-            "70b" => new Dims(8192, 64, 8, 128, 28672, 256),
-            _ => new Dims(128, 4, 2, 32, 192, 16),
         };
         var rows = Ints("--rows", cuda ? [1, 2, 4, 8, 16, 32] : [1, 2]);
         var groups = Ints("--groups", [64, 128]);

@@ -123,11 +123,11 @@ constexpr int kSiluMul = 2;
 constexpr int kNormSiluPairs = 3;
 // kNorm and kNormSiluPairs with the RMSNorm's factor deferred (template values only; the launch maps kNorm to it for
 // int4-v2, -wide, -h2, -h2s and -shared at one row, and kNormSiluPairs for the first four at one chunk per thread: the
-// q/k/v and gate/up kernels of a one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is in (no block
-// reduction and no barrier before them; at one chunk per thread the norm weight is loaded with the first tile, before
-// the wait, at 2-4 chunks and in -shared with x after it, where its 8-16 registers a chunk would be held across the
-// first tile's loads), each warp leaves its sum of
-// squares in shared memory, and the tile's sums are multiplied by rsqrt(mean(x^2) + eps) after the tile's barrier. Not
+// q/k/v and gate/up kernels of a one-row step, unless LOWBIT_NORM_DEFER=0): the products start on w·x as soon as x is
+// in (no block reduction and no barrier before them; at one chunk per thread the norm weight is loaded with the first
+// tile, before the wait, at 2-4 chunks and in -shared with x after it, where its 8-16 registers a chunk would be held
+// across the first tile's loads), each warp leaves its sum of squares in shared memory, and the tile's sums are
+// multiplied by rsqrt(mean(x^2) + eps) after the tile's barrier. Not
 // rmsnorm_kernel's roundings (T(w · T(x · r)) becomes r · (w · x) in fp32): closer to the exact product than the
 // eager path's own roundings are (the CPU emulation prints both: 1.9e-3 to 4.9e-3 normwise against 2.1e-3 to 6.7e-3),
 // 1.1-1.6 µs per call faster cold and +4.7 % int4 batch-1 tokens/s on the H100 (docs/gpu.md, run 73).
@@ -1001,15 +1001,17 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   }
 }
 
-// The shared kernel's dynamic shared memory: NB rows of activations as float4 per 4 codes.
+// The shared kernel's dynamic shared memory: NB rows of activations as float4 per 4 codes, at most 44 KB (one row up
+// to K = 11,264): launch_shared refuses more and fused_supports does not offer it.
 inline int shared_bytes(int nb, int k) { return nb * 4 * shared_stride(k) * (int)sizeof(float4); }
+inline bool shared_fits(int nb, int k) { return shared_bytes(nb, k) <= 44 * 1024; }
 
 template <typename T, int NB, int CH, int PRO, bool RES>
 int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
                   int n, int k, int group, const Fusion& fusion, cudaStream_t st) {
   constexpr int R = SharedTile<NB, CH>::R;
+  if (!shared_fits(NB, k)) return -3;
   const int smem = shared_bytes(NB, k);
-  if (smem > 44 * 1024) return -3;
   const int blocks = persistent_blocks<int4_gemv_shared_kernel<T, NB, CH, PRO, RES>>(256, ((int64_t)n + R - 1) / R, smem);
   if (blocks == 0) return 0;
   return launch_pdl(int4_gemv_shared_kernel<T, NB, CH, PRO, RES>, blocks, 256, st, smem,
@@ -1891,8 +1893,7 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
     return variant && dtype == 0 && batch <= mma_fused_rows();
   }
   if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7 && !half2_products(geometry)) return false;
-  // -shared: its activations in at most 44 KB of shared memory (one row up to K = 11,264; launch_shared refuses more).
-  if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k) || shared_bytes(batch, k) > 44 * 1024)) return false;
+  if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k) || !shared_fits(batch, k))) return false;
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (half2_products(geometry) && (k % 32 != 0 || batch != 1 || !built_for(geometry, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
