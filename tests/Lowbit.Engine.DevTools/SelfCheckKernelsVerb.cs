@@ -160,6 +160,34 @@ internal static class SelfCheckKernelsVerb
                     }
                 }
             }
+            // int4-v2-shared past three chunks per thread (LOWBIT_INT4_SHARED_LONG=1, built in session 32): one row at
+            // K = 13,824 (a 13B's down projection), 14,336 (Llama-3-8B's), 28,672 (a 70B's: 112 KB of activations in
+            // shared memory) and 32,768, plain in both dtypes and with the residual add; without the setting the library
+            // does not offer them and nothing is checked.
+            foreach (var (n, k, group, dtype) in new[] { (1001, 13824, 64, bf16), (4096, 14336, 128, bf16), (8192, 28672, 64, bf16), (515, 32768, 128, ScalarType.Float16) })
+            {
+                if (!NativeKernelsV2.Int4XSupports(dtype, 1, k, 7, Int4Prologue.None, residual: false))
+                {
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                var w = randn([n, k], ScalarType.Float32, device) * 0.02;
+                using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
+                using var packed = Int4Weight.From(q);
+                var x = randn([1, k + 8], dtype, device).narrow(1, 0, k);
+                var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
+                var name = $"int4-v2-shared {(dtype == bf16 ? "bf16" : "fp16")} g{group} B=1 N={n} K={k}";
+                var output = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                NativeKernelsV2.Int4LinearX(x, packed, output, 7, Int4Prologue.None, null, 0, null);
+                Report(name, output, reference);
+                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, 7, Int4Prologue.None, residual: true))
+                {
+                    var residual = randn([1, n], dtype, device);
+                    output = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                    NativeKernelsV2.Int4LinearX(x, packed, output, 7, Int4Prologue.None, null, 0, residual);
+                    Report($"{name} + residual", output, reference + residual.to(ScalarType.Float64));
+                }
+            }
             // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row; 9-32: slices of 8
             // rows, one launch each) and int4-mma16 (9-32 rows, 16 per launch; past K = 4,096 in K splits: a 7B's down
             // projection in 3, a 13B's in 4), both dtypes.

@@ -851,10 +851,11 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
 // (K = 11,008), 8 rows, two blocks in 128 registers = 96 KB (int4-v2: 48, at 255 registers and one block).
 template <int NB, int CH>
 struct SharedTile {
-  // One chunk per thread: 12 rows (8 at two rows), three blocks per SM; more chunks: 8 rows, two blocks, one batch row
-  // (its activations take the shared memory: 44 KB at K = 11,008).
-  static constexpr int R = CH == 1 ? (NB == 1 ? 12 : 8) : 8;
-  static constexpr int kMinBlocks = CH == 1 ? 3 : 2;
+  // One chunk per thread: 12 rows (8 at two rows), three blocks per SM; 2-3 chunks: 8 rows, two blocks, one batch row
+  // (its activations take the shared memory: 44 KB at K = 11,008); 4-8 chunks (K up to 32,768, opt-in: long_shared):
+  // 4 rows, one block per SM with up to 128 KB of activations (a 70B's down projection, K = 28,672: 7 chunks, 112 KB).
+  static constexpr int R = CH == 1 ? (NB == 1 ? 12 : 8) : CH <= 3 ? 8 : 4;
+  static constexpr int kMinBlocks = CH == 1 ? 3 : CH <= 3 ? 2 : 1;
 };
 
 // float4 slots of the activations per (row, quarter) in shared memory: the chunks rounded up to a warp's.
@@ -1001,10 +1002,66 @@ __global__ void __launch_bounds__(256, (SharedTile<NB, CH>::kMinBlocks)) int4_ge
   }
 }
 
+// The dynamic shared memory a block may opt in to on the current device (227 KB on sm_90), 200 KB if the query fails.
+inline int max_dynamic_shared() {
+  static const int bytes = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 200 * 1024);
+  return bytes;
+}
+
+// Lets Kernel have `smem` bytes of dynamic shared memory: above 48 KB a kernel has to ask, once per instantiation: 200 KB
+// first (what every shape asked for until session 18, measured on the H100 and the H200), then, for a shape over that
+// (8 rows at K = 11,008), all the opt-in limit leaves beside the kernel's static shared memory. Asking for the whole
+// limit fails (session 18's first try at 227 KB: every int4-mma launch over 48 KB refused). 0, or -3 for a shape the
+// device cannot take (refused alone: the kernel selection keeps another kernel for it).
+template <auto Kernel>
+int allow_shared(int smem) {
+#if !defined(LOWBIT_EMULATED)
+  if (smem > 48 * 1024) {
+    constexpr int kBase = 200 * 1024;
+    static const bool base = [] {
+      if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBase) == cudaSuccess) return true;
+      cudaGetLastError();
+      return false;
+    }();
+    if (!base) return -3;
+    if (smem > kBase) {
+      static const int raised = [] {
+        cudaFuncAttributes attributes{};
+        if (cudaFuncGetAttributes(&attributes, Kernel) != cudaSuccess) {
+          cudaGetLastError();
+          return kBase;
+        }
+        const int dynamic = max_dynamic_shared() - (int)attributes.sharedSizeBytes;
+        if (dynamic <= kBase) return kBase;
+        if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic) != cudaSuccess) {
+          cudaGetLastError();
+          return kBase;
+        }
+        return dynamic;
+      }();
+      if (smem > raised) return -3;
+    }
+  }
+#endif
+  return 0;
+}
+
+// -shared past three chunks per thread (K > 12,288 at one row: a 13B's or Llama-3-8B's down projection at four chunks,
+// a 70B's at seven), plain and with the residual add only: LOWBIT_INT4_SHARED_LONG=1 offers it, built in session 32
+// and not yet run on a GPU (docs/gpu.md, plan item 2); until then those projections take int4-v2 (K <= 16,384) or
+// int4-mma.
+inline bool long_shared() {
+  static const bool on = env_int("LOWBIT_INT4_SHARED_LONG", 0) != 0;
+  return on;
+}
+
 // The shared kernel's dynamic shared memory: NB rows of activations as float4 per 4 codes, at most 44 KB (one row up
-// to K = 11,264): launch_shared refuses more and fused_supports does not offer it.
+// to K = 11,264), or 128 KB at one row with long_shared (K <= 32,768; more than 48 KB is asked for per kernel at its
+// first launch): launch_shared refuses more and fused_supports does not offer it.
 inline int shared_bytes(int nb, int k) { return nb * 4 * shared_stride(k) * (int)sizeof(float4); }
-inline bool shared_fits(int nb, int k) { return shared_bytes(nb, k) <= 44 * 1024; }
+inline bool shared_fits(int nb, int k) {
+  return shared_bytes(nb, k) <= 44 * 1024 || (nb == 1 && long_shared() && shared_bytes(nb, k) <= 128 * 1024);
+}
 
 template <typename T, int NB, int CH, int PRO, bool RES>
 int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int batch,
@@ -1012,6 +1069,8 @@ int launch_shared(const void* x, int64_t xs, const void* p, const void* s, const
   constexpr int R = SharedTile<NB, CH>::R;
   if (!shared_fits(NB, k)) return -3;
   const int smem = shared_bytes(NB, k);
+  // Past 48 KB (long_shared) the kernel asks first, before the occupancy query counts it.
+  if (allow_shared<int4_gemv_shared_kernel<T, NB, CH, PRO, RES>>(smem) != 0) return -3;
   const int blocks = persistent_blocks<int4_gemv_shared_kernel<T, NB, CH, PRO, RES>>(256, ((int64_t)n + R - 1) / R, smem);
   if (blocks == 0) return 0;
   return launch_pdl(int4_gemv_shared_kernel<T, NB, CH, PRO, RES>, blocks, 256, st, smem,
@@ -1610,12 +1669,6 @@ __global__ void __launch_bounds__(kThreads, NB == 16 ? 1 : 2) int4_gemv_mma_kern
   }
 }
 
-// The dynamic shared memory a block may opt in to on the current device (227 KB on sm_90), 200 KB if the query fails.
-inline int max_dynamic_shared() {
-  static const int bytes = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 200 * 1024);
-  return bytes;
-}
-
 // Rows taken: 1-32 activation rows at K % 256 == 0 (rounds of 4 groups), groups of 64 or 128 codes (checked at
 // launch). One launch takes 1, 2, 4 or 8 rows (tensor-core columns), their activations in shared memory within what a
 // block may opt in to (K * rows * 2 bytes and the per-group sums: 8 rows at K = 11,008 take 204 KB, over the 200 KB
@@ -1641,44 +1694,6 @@ inline int rows_per_launch(int batch, int k) {
 }
 inline bool supports(int batch, int k) {
   return batch >= 1 && batch <= kMaxBatch && k % 256 == 0 && rows_per_launch(batch, k) > 0;
-}
-
-// Lets Kernel have `smem` bytes of dynamic shared memory: above 48 KB a kernel has to ask, once per instantiation: 200 KB
-// first (what every shape asked for until session 18, measured on the H100 and the H200), then, for a shape over that
-// (8 rows at K = 11,008), all the opt-in limit leaves beside the kernel's static shared memory. Asking for the whole
-// limit fails (session 18's first try at 227 KB: every int4-mma launch over 48 KB refused). 0, or -3 for a shape the
-// device cannot take (refused alone: the kernel selection keeps another kernel for it).
-template <auto Kernel>
-int allow_shared(int smem) {
-#if !defined(LOWBIT_EMULATED)
-  if (smem > 48 * 1024) {
-    constexpr int kBase = 200 * 1024;
-    static const bool base = [] {
-      if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBase) == cudaSuccess) return true;
-      cudaGetLastError();
-      return false;
-    }();
-    if (!base) return -3;
-    if (smem > kBase) {
-      static const int raised = [] {
-        cudaFuncAttributes attributes{};
-        if (cudaFuncGetAttributes(&attributes, Kernel) != cudaSuccess) {
-          cudaGetLastError();
-          return kBase;
-        }
-        const int dynamic = max_dynamic_shared() - (int)attributes.sharedSizeBytes;
-        if (dynamic <= kBase) return kBase;
-        if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic) != cudaSuccess) {
-          cudaGetLastError();
-          return kBase;
-        }
-        return dynamic;
-      }();
-      if (smem > raised) return -3;
-    }
-  }
-#endif
-  return 0;
 }
 
 // The persistent grid over n outputs' row tiles, each in `splits` K splits: a multiple of the splits (each block keeps
@@ -1828,7 +1843,7 @@ constexpr bool built(int g, int nb, int ch) {
        : g == 17 ? (nb == 1 && ch == 1)
        : half2_products(g) ? (nb == 1 && ch <= 3)
        : g == 5 ? (nb == 1 && ch == 1)
-       : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 3));
+       : g == 7 && ((nb <= 2 && ch == 1) || (nb == 1 && ch <= 8));
 }
 
 // int4-v2, -wide, -h2, -h2s and -shared at one row take their RMSNorm prologues deferred (kDefer) unless
@@ -1894,6 +1909,8 @@ inline bool fused_supports(int dtype, int batch, int k, int geometry, int prolog
   }
   if (geometry != 1 && geometry != 3 && geometry != 5 && geometry != 7 && !half2_products(geometry)) return false;
   if (geometry == 7 && (k % 64 != 0 || batch > 2 || !built_for(7, batch, k) || !shared_fits(batch, k))) return false;
+  // -shared past three chunks per thread: plain, or the residual add (a down projection's variant) in bfloat16.
+  if (geometry == 7 && chunks_per_thread(k) > 3) return prologue == kPlain && (!residual || dtype == 0);
   if (geometry == 3 && (k % 32 != 0 || batch > 2 || !built_for(3, batch, k))) return false;
   if (half2_products(geometry) && (k % 32 != 0 || batch != 1 || !built_for(geometry, batch, k))) return false;
   if (geometry == 5 && (batch != 1 || !built_for(5, batch, k))) return false;
@@ -1947,7 +1964,12 @@ template <typename T, int NB, int CH>
 int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                           int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f, cudaStream_t st) {
   if (prologue == kPlain && !residual) return launch_shared<T, NB, CH, kPlain, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+  // Past three chunks (long_shared) only the residual add: the down projection's one variant.
+  if constexpr (CH > 3 && std::is_same<T, __nv_bfloat16>::value) {
+    if (prologue == kPlain && residual) return launch_shared<T, NB, CH, kPlain, true>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
+    return -3;
+  }
+  if constexpr (CH <= 3 && std::is_same<T, __nv_bfloat16>::value) {
     if constexpr (NB == 1) {
       if (norm_defer() && prologue == kNorm && !residual) return launch_shared<T, NB, CH, kDefer + kNorm, false>(x, xs, p, s, z, out, os, batch, n, k, group, f, st);
     }
@@ -1972,7 +1994,7 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
                          : mma::launch_variant16<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
 #endif
   }
-  if (!supports(batch, k)) return -3;
+  if (geometry != 7 && !supports(batch, k)) return -3;   // -shared checks its own (batch, K) below
   if (geometry == 3) {
 #ifdef LOWBIT_NO_WIDE
     return -3;
@@ -2014,6 +2036,11 @@ int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const 
       case 1 * 4 + 2: return launch_shared_variant<T, 2, 1>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       case 2 * 4 + 1: return launch_shared_variant<T, 1, 2>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       case 3 * 4 + 1: return launch_shared_variant<T, 1, 3>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 4 * 4 + 1: return launch_shared_variant<T, 1, 4>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 5 * 4 + 1: return launch_shared_variant<T, 1, 5>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 6 * 4 + 1: return launch_shared_variant<T, 1, 6>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 7 * 4 + 1: return launch_shared_variant<T, 1, 7>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+      case 8 * 4 + 1: return launch_shared_variant<T, 1, 8>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
       default: return -3;
     }
 #endif

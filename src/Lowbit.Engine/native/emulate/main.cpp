@@ -520,7 +520,29 @@ int norm_rounded() {
   return f == 0 ? 0 : 1;
 }
 
+// -shared past three chunks per thread (LOWBIT_INT4_SHARED_LONG=1, read once per process): K = 13,824 (four chunks: a
+// 13B's down projection), 20,480 and 24,576 (five, six), 28,672 (seven: a 70B's, 112 KB of activations) and 32,768
+// (eight, 128 KB), plain and with the residual, tail rows, one row only.
+int shared_long() {
+  int f = 0;
+  f += run_fused(1, 13, 13824, 64, 2, 7, 0, false);
+  f += run_fused(1, 11, 20480, 64, 3, 7, 0, true);
+  f += run_fused(1, 6, 24576, 128, 2, 7, 0, false);
+  f += run_fused(1, 9, 28672, 64, 2, 7, 0, true);
+  f += run_fused(1, 7, 32768, 128, 1, 7, 0, false);
+  f += run_mma_fp16(1, 10, 28672, 64, 2, 7);
+  f += run_fused(1, 23, 11328, 64, 3, 7, 1, false);   // three chunks past 44 KB: every variant offered there
+  f += lowbit_v2_int4_fused_supports(0, 1, 28672, 7, 1, 0) == 0 ? 0 : 1;   // no prologue past three chunks
+  f += lowbit_v2_int4_fused_supports(0, 2, 13824, 7, 0, 0) == 0 ? 0 : 1;   // one row only
+  f += lowbit_v2_int4_fused_supports(1, 1, 28672, 7, 0, 1) == 0 ? 0 : 1;   // the residual add in bfloat16 only
+  f += lowbit_v2_int4_fused_supports(0, 1, 32832, 7, 0, 0) == 0 ? 0 : 1;   // K <= 32,768
+  f += lowbit_v2_int4_fused_supports(0, 1, 28672, 1, 0, 0) == 0 ? 0 : 1;   // int4-v2 itself still stops at 16,384
+  printf(f == 0 ? "ok\n" : "FAIL\n");
+  return f == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && strcmp(argv[1], "shared-long") == 0) return shared_long();
   if (argc > 1 && strcmp(argv[1], "half2-wide") == 0) return half2_wide();
   if (argc > 1 && strcmp(argv[1], "norm-rounded") == 0) return norm_rounded();
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
@@ -553,6 +575,7 @@ int main(int argc, char** argv) {
   f += run_fused(1, 17, 8192, 128, 2, 7, 1, false);
   f += run_fused(1, 23, 11264, 64, 3, 7, 1, false);  // the deferred RMSNorm at three chunks (the most -shared's memory takes)
   f += lowbit_v2_int4_fused_supports(0, 1, 11328, 7, 0, 0) == 0 ? 0 : 1;   // past 44 KB of activations: not offered
+  f += lowbit_v2_int4_fused_supports(0, 1, 28672, 7, 0, 1) == 0 ? 0 : 1;   // past three chunks: only with LOWBIT_INT4_SHARED_LONG=1
   f += run_fused(1, 13, 11008, 64, 2, 7, 2, true);
   f += run_fused(2, 45, 11008, 128, 2, 1, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)

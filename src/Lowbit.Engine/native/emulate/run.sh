@@ -18,3 +18,5 @@ g++ -std=c++20 -O1 -pthread -w -I"$here" "$work/v2.cpp" "$here/main.cpp" -o "$wo
 LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
 # The packed-fp16 GEMVs' RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0; deferred by default).
 LOWBIT_NORM_DEFER=0 "$work/emulate" norm-rounded
+# -shared past three chunks per thread (K up to 32,768 at one row), offered only with LOWBIT_INT4_SHARED_LONG=1.
+LOWBIT_INT4_SHARED_LONG=1 "$work/emulate" shared-long
