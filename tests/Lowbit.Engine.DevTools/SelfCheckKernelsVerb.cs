@@ -160,7 +160,7 @@ internal static class SelfCheckKernelsVerb
                     }
                 }
             }
-            // int4-v2-shared past three chunks per thread (LOWBIT_INT4_SHARED_LONG=1, built in session 32): one row at
+            // int4-v2-shared past three chunks per thread (LOWBIT_INT4_SHARED_LONG=1, session 32; H200 run 80): one row at
             // K = 13,824 (a 13B's down projection), 14,336 (Llama-3-8B's), 28,672 (a 70B's: 112 KB of activations in
             // shared memory) and 32,768, plain in both dtypes and with the residual add; without the setting the library
             // does not offer them and nothing is checked.

@@ -1047,9 +1047,10 @@ int allow_shared(int smem) {
 }
 
 // -shared past three chunks per thread (K > 12,288 at one row: a 13B's or Llama-3-8B's down projection at four chunks,
-// a 70B's at seven), plain and with the residual add only: LOWBIT_INT4_SHARED_LONG=1 offers it, built in session 32
-// and not yet run on a GPU (docs/gpu.md, plan item 2); until then those projections take int4-v2 (K <= 16,384) or
-// int4-mma.
+// a 70B's at seven), plain and with the residual add only: LOWBIT_INT4_SHARED_LONG=1 offers it (session 32). Right on
+// the H200 and slower there than int4-mma at a 70B's down projection (49.35 against 44.31 µs cold, docs/gpu.md run 80);
+// unmeasured on the H100, where int4-mma runs that shape at 2,370 GB/s (plan item 2). Without it those projections
+// take int4-v2 (K <= 16,384) or int4-mma.
 inline bool long_shared() {
   static const bool on = env_int("LOWBIT_INT4_SHARED_LONG", 0) != 0;
   return on;
