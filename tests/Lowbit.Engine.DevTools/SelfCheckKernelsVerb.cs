@@ -188,6 +188,58 @@ internal static class SelfCheckKernelsVerb
                     Report($"{name} + residual", output, reference + residual.to(ScalarType.Float64));
                 }
             }
+            // int4-v2-h2c (LOWBIT_INT4_CLUSTER=1): one row with K split over a cluster's blocks (a 7B's down projection in 3,
+            // a 13B's in 4, a 70B's in 7, K = 4,160 in 2), plain in both dtypes (a second launch the same bits: the splits add
+            // in split order), with the residual add and with SiLU·mul + residual (the decode step's down projection); without
+            // the setting the library does not offer it and nothing is checked.
+            foreach (var (n, k, group, dtype) in new[] { (4096, 11008, 64, bf16), (4093, 11008, 128, ScalarType.Float16), (5120, 13824, 64, bf16), (8192, 28672, 128, bf16), (1001, 4160, 64, bf16) })
+            {
+                if (!NativeKernelsV2.Int4XSupports(dtype, 1, k, 19, Int4Prologue.None, residual: false))
+                {
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                var w = randn([n, k], ScalarType.Float32, device) * 0.02;
+                using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
+                using var packed = Int4Weight.From(q);
+                var x = randn([1, k + 8], dtype, device).narrow(1, 0, k);
+                var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
+                var name = $"int4-v2-h2c {(dtype == bf16 ? "bf16" : "fp16")} g{group} B=1 N={n} K={k}";
+                var output = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                try
+                {
+                    NativeKernelsV2.Int4LinearX(x, packed, output, 19, Int4Prologue.None, null, 0, null);
+                    var again = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                    NativeKernelsV2.Int4LinearX(x, packed, again, 19, Int4Prologue.None, null, 0, null);
+                    var differing = Differing(again, output);
+                    Record($"{name}: a second launch", differing, true, differing == 0, ("detail", $"{differing} elements differ from the first launch"));
+                }
+                catch (InvalidOperationException e)
+                {
+                    // A cluster launch the device refuses: a failed check, reported, and the checks after it still run.
+                    Record(name, -1.0, false, false, ("error", e.Message));
+                    continue;
+                }
+                Report(name, output, reference);
+                Report($"{name} against dequantize+linear", output, nn.functional.linear(x, packed.Dequantize(dtype)));
+                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, 19, Int4Prologue.None, residual: true))
+                {
+                    var residual = randn([1, n], dtype, device);
+                    var added = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                    NativeKernelsV2.Int4LinearX(x, packed, added, 19, Int4Prologue.None, null, 0, residual);
+                    Report($"{name} + residual", added, residual.to(ScalarType.Float64).add(reference.to(dtype).to(ScalarType.Float64), Scalars.One));
+                }
+                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, 19, Int4Prologue.SiluMul, residual: true))
+                {
+                    var gateUp = (randn([1, 2 * k], dtype, device) * 2).to(dtype);
+                    var activated = empty([1, k], dtype, device);
+                    NativeKernels.SiluMul(gateUp, activated);
+                    var residual = randn([1, n], dtype, device);
+                    var fused = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                    NativeKernelsV2.Int4LinearX(gateUp, packed, fused, 19, Int4Prologue.SiluMul, null, 0, residual);
+                    Report($"{name} silu-mul + residual", fused, residual.add(nn.functional.linear(activated, packed.Dequantize(dtype)), Scalars.One));
+                }
+            }
             // int4-mma at the rows only it takes among the GEMVs (5-8: one tensor-core column per row; 9-32: slices of 8
             // rows, one launch each) and int4-mma16 (9-32 rows, 16 per launch; past K = 4,096 in K splits: a 7B's down
             // projection in 3, a 13B's in 4), both dtypes.

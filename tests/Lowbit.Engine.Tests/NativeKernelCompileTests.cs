@@ -80,6 +80,11 @@ public class NativeKernelCompileTests
             var (registers, spills) = chunks switch { 1 => (80, 48), <= 3 => (128, 96), _ => (255, 0) };
             Assert.True(k.Registers <= registers && k.SpillStores <= spills, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores");
         });
+        // int4-v2-h2c (-h2s with K split over a cluster's blocks): plain in both dtypes, the bf16 residual add and SiLU·mul +
+        // residual; -h2s's four 128-thread blocks per SM: at most 128 registers, nothing spilled.
+        var cluster = kernels.Where(k => k.Name.Contains("int4_gemv_cluster_kernel<", StringComparison.Ordinal)).ToList();
+        Assert.Equal(4, cluster.Count);
+        Assert.All(cluster, k => Assert.True(k.Registers <= 128 && k.SpillStores == 0, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
         // int4-mma (tensor cores): plain at 1, 2, 4 and 8 columns in both dtypes, the three bf16 variants at 1, 2, 4 and 8
         // (3-8 offered with LOWBIT_MMA_FUSED_ROWS), each for groups of 64 and 128; two blocks per SM (128 registers) with
         // four units in flight and nothing spilled. int4-mma16 (16 columns, plain, both dtypes and groups): one block per

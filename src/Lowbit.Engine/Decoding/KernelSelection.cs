@@ -82,6 +82,15 @@ public enum ProjectionKernel
     /// offered with LOWBIT_INT4_HALF2=2 until measured).
     /// </summary>
     Int4V2Half2Block,
+
+    /// <summary>
+    /// <see cref="Int4V2Half2Subnormal"/> at one row with K split over the 2-8 blocks of a thread block cluster (sm_90;
+    /// past K = 4,096: a 7B's down projection in 3), each block one chunk of 32 codes per thread of its slice, the
+    /// cluster's blocks adding each other's sums through distributed shared memory in split order
+    /// (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 19; plain, with the residual add and with SiLU·mul +
+    /// residual; offered with LOWBIT_INT4_CLUSTER=1 until measured).
+    /// </summary>
+    Int4V2Half2Cluster,
 }
 
 /// <summary>Whether a projection's weight is dense or packed 4-bit.</summary>
@@ -292,6 +301,7 @@ public static class KernelSelector
         ProjectionKernel.Int4V2Half2 => "int4-v2-h2",
         ProjectionKernel.Int4V2Half2Subnormal => "int4-v2-h2s",
         ProjectionKernel.Int4V2Half2Block => "int4-v2-h2b",
+        ProjectionKernel.Int4V2Half2Cluster => "int4-v2-h2c",
         _ => kernel.ToString(),
     };
 

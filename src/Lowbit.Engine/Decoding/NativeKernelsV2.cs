@@ -105,7 +105,8 @@ public static unsafe class NativeKernelsV2
     /// rows, 16 per launch, plain; past K = 4,096 in K splits, which need arrival counters: <see cref="Int4LinearX"/>),
     /// 13 or 15 (int4-v2-h2 and -h2s: the wide geometry at one row with packed fp16 products, K ≤ 4,096, or ≤ 12,288 with
     /// LOWBIT_INT4_HALF2=2; off with LOWBIT_INT4_HALF2=0), 17 (int4-v2-h2b: -h2s in 384-thread blocks, K ≤ 12,288, with
-    /// LOWBIT_INT4_HALF2=2).
+    /// LOWBIT_INT4_HALF2=2), 19 (int4-v2-h2c: -h2s at one row with K split over a cluster's 2-8 blocks, 4,096 &lt; K ≤
+    /// 32,768; plain, the residual add, SiLU·mul + residual; with LOWBIT_INT4_CLUSTER=1).
     /// </summary>
     public static bool Int4XSupports(ScalarType dtype, long rows, long inFeatures, int geometry, Int4Prologue prologue, bool residual) =>
         FusedAvailable && dtype is ScalarType.BFloat16 or ScalarType.Float16 && rows is >= 1 and <= 32 && inFeatures is > 0 and <= int.MaxValue

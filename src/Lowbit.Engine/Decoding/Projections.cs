@@ -282,8 +282,8 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     }
 
     /// <summary>
-    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy, 7 shared, 9 and 11 tensor cores, 13, 15 and 17
-    /// packed fp16) takes these
+    /// Whether the int4 GEMV's <paramref name="geometry"/> (3 wide, 5 occupancy, 7 shared, 9 and 11 tensor cores, 13, 15, 17
+    /// and 19 packed fp16) takes these
     /// rows here; plain, each takes both 16-bit dtypes, asked with bf16 (the fused variants' one dtype). The shared
     /// geometry also needs a group that is a multiple of 64, the tensor-core one a group of 64 or 128 (both checked only
     /// at launch in the library).
@@ -299,9 +299,9 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
     /// <summary>The int4 GEMVs run through <see cref="NativeKernelsV2.Int4LinearX"/> besides the first v2 geometry.</summary>
     private static readonly ProjectionKernel[] OtherGeometries =
         [ProjectionKernel.Int4V2Wide, ProjectionKernel.Int4V2Occupancy, ProjectionKernel.Int4V2Shared, ProjectionKernel.Int4Mma, ProjectionKernel.Int4Mma16,
-         ProjectionKernel.Int4V2Half2, ProjectionKernel.Int4V2Half2Subnormal, ProjectionKernel.Int4V2Half2Block];
+         ProjectionKernel.Int4V2Half2, ProjectionKernel.Int4V2Half2Subnormal, ProjectionKernel.Int4V2Half2Block, ProjectionKernel.Int4V2Half2Cluster];
 
-    /// <summary>The geometry number of an int4 GEMV v2 kernel (1, 3, 5, 7, 9, 11, 13, 15, 17), or 0 for the others.</summary>
+    /// <summary>The geometry number of an int4 GEMV v2 kernel (1, 3, 5, 7, 9, 11, 13, 15, 17, 19), or 0 for the others.</summary>
     private static int GeometryOf(ProjectionKernel kernel) => kernel switch
     {
         ProjectionKernel.Int4V2 => 1,
@@ -313,6 +313,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         ProjectionKernel.Int4V2Half2 => 13,
         ProjectionKernel.Int4V2Half2Subnormal => 15,
         ProjectionKernel.Int4V2Half2Block => 17,
+        ProjectionKernel.Int4V2Half2Cluster => 19,
         _ => 0,
     };
 

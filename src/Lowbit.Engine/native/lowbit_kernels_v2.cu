@@ -222,13 +222,15 @@ struct ChunkAt {
   uint32_t group[CH];
 };
 
+// `first`, `count`: the chunks of a K split (int4-v2-h2c's block of a cluster), all of K by default.
 template <int CH>
-__device__ __forceinline__ ChunkAt<CH> chunk_at(int tid, int threads, int codes, int k, int group) {
+__device__ __forceinline__ ChunkAt<CH> chunk_at(int tid, int threads, int codes, int k, int group, int first = 0,
+                                                int count = 0) {
   ChunkAt<CH> at;
-  const int chunks = k / codes;
+  const int chunks = count > 0 ? count : k / codes;
 #pragma unroll
   for (int j = 0; j < CH; j++) {
-    const int c = min(tid + j * threads, chunks - 1);
+    const int c = first + min(tid + j * threads, chunks - 1);
     at.code[j] = (uint32_t)c * (uint32_t)(codes / 2);
     at.group[j] = (uint32_t)((c * codes) / group);
   }
@@ -1888,7 +1890,33 @@ inline int half2_level() {
   return level;
 }
 
+// int4-v2-h2c (geometry 19, below: launch_cluster).
+constexpr int kClusterGeometry = 19;
+constexpr int kClusterMaxSplits = 8;   // the portable cluster size
+constexpr int kClusterMaxTiles = 32;   // row tiles per block (the launch adds clusters to stay under it)
+
+// The K splits of int4-v2-h2c at K: one chunk of 32 codes per thread of a 128-thread block and split, 2 to 8 splits (a
+// 7B's down projection 3, a 13B's 4, Llama-3-8B's 4, a 70B's 7), or 0 where it does not apply (K <= 4,096 is -h2s).
+inline int cluster_splits(int k) {
+  if (k % 32 != 0) return 0;
+  const int s = (k / 32 + 127) / 128;
+  return s >= 2 && s <= kClusterMaxSplits ? s : 0;
+}
+
+inline bool cluster_on() {
+  static const bool on = env_int("LOWBIT_INT4_CLUSTER", 0) == 1;
+  return on;
+}
+
 inline bool fused_supports(int dtype, int batch, int k, int geometry, int prologue, int residual) {
+  if (geometry == kClusterGeometry) {
+#ifdef LOWBIT_NO_WIDE
+    return false;
+#endif
+    // Plain in both dtypes; the residual add and SiLU·mul + residual (the decode step's down projection) in bf16.
+    const bool variant = (prologue == kPlain && (!residual || dtype == 0)) || (prologue == kSiluMul && residual && dtype == 0);
+    return cluster_on() && half2_level() >= 1 && batch == 1 && cluster_splits(k) > 0 && variant;
+  }
   if (half2_products(geometry) && (half2_level() < 1 || (half2_level() < 2 && (geometry == 17 || chunks_per_thread(k) > 1)))) return false;
 #ifdef LOWBIT_NO_WIDE
   if (geometry == 3 || geometry == 5 || geometry == 7 || half2_products(geometry)) return false;
@@ -1981,12 +2009,256 @@ int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* 
   return -3;
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// G = 19, "int4-v2-h2c": -h2s at one row with K split over the blocks of a thread block cluster (sm_90). A 7B's down
+// projection (K = 11,008) runs as three K-slices of ~3,700 codes, each block one chunk of 32 codes per thread at four
+// 128-thread blocks per SM: the q/k/v kernel's shape, which reads 3.1-3.5 TB/s cold on the H200 where the down
+// projection's 2-3 chunks per thread reach 2.4 (int4-mma 10.13 µs, -shared 10.35, -h2s ~10.5). The blocks of a cluster
+// take the same row tiles, each its own slice of K, and keep each tile's R sums in their shared memory; after the last
+// tile one cluster barrier, then each block adds a third (a split's share) of the cluster's rows from every block's
+// shared memory in split order (distributed shared memory: the same bits whichever block adds them), writes them
+// (with the residual), and a second barrier keeps every block's shared memory alive until the others have read it.
+// Session 31's K splits (int4-v2-h2k) merged each tile through global memory with a fence, a counter and a barrier per
+// tile and lost (16.5 µs cold against 11.0, docs/gpu.md *Two kernels that lost on the GPU*): here there is no global
+// synchronisation and one exchange per block. Plain (both dtypes), with the residual, and SiLU·mul + residual (the
+// decode step's down projection variants; bf16). Opt-in (LOWBIT_INT4_CLUSTER=1) until measured on a GPU.
+
+// This block's rank in its cluster, the cluster barrier (release/acquire: the shared memory written before it is
+// visible to the cluster's blocks after it) and a float of block `rank`'s shared memory at this block's address `p`.
+__device__ __forceinline__ int cluster_rank() {
+#if defined(LOWBIT_EMULATED)
+  return emul_cluster_rank();
+#else
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return (int)r;
+#endif
+}
+
+__device__ __forceinline__ void cluster_sync() {
+#if defined(LOWBIT_EMULATED)
+  emul_cluster_sync();
+#else
+  // arrive has release and wait acquire semantics by default (PTX 7.8; the explicit qualifiers need PTX 8.0).
+  asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ float cluster_load(const float* p, int rank) {
+#if defined(LOWBIT_EMULATED)
+  return emul_cluster_load(p, rank);
+#else
+  const uint32_t local = (uint32_t)__cvta_generic_to_shared(p);
+  uint32_t remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+#endif
+}
+
+// int4-v2-h2c's shared memory (dynamic, so the CPU emulation can give each block of a cluster its own).
+struct ClusterShared {
+  float red[2][Geo<15>::kWarps][Tile<15, 1, 1>::R];
+  float norm_partial[Geo<15>::kWarps][1];
+  float part[kClusterMaxTiles][Tile<15, 1, 1>::R];
+};
+
+template <typename T, int PRO, bool RES>
+__global__ void __launch_bounds__(Geo<15>::kThreads, 4) int4_gemv_cluster_kernel(
+    const T* __restrict__ x, int64_t x_stride, const uint8_t* __restrict__ packed,
+    const unsigned short* __restrict__ scales, const unsigned short* __restrict__ zeros, T* __restrict__ out,
+    int64_t out_stride, int n, int k, int group, Fusion fusion) {
+  constexpr int G = 15;  // -h2s's layout and products
+  constexpr int R = Tile<G, 1, 1>::R;
+  constexpr int W = Geo<G>::kWarps;
+  static_assert(PRO == kPlain || PRO == kSiluMul, "int4-v2-h2c: plain or SiLU·mul");
+  LOWBIT_DYNAMIC_SHARED(smem_bytes);
+  ClusterShared& sh = *reinterpret_cast<ClusterShared*>(smem_bytes);
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int splits = fusion.splits;
+  const int split = cluster_rank();
+  const int all = k / Geo<G>::kCodes;
+  const int first = split * all / splits;
+  const int chunks = (split + 1) * all / splits - first;
+  const int groups = k / group;
+  const int row_bytes = k / 2;
+  const bool live[1] = {tid < chunks};
+  const ChunkAt<1> at = chunk_at<1>(tid, Geo<G>::kThreads, Geo<G>::kCodes, k, group, first, chunks);
+  // The cluster's tiles: row0, row0 + stride, ...; the same for each of its blocks (blockIdx.x / splits is the cluster).
+  const int clusters = (int)gridDim.x / splits;
+  const int stride = clusters * R;
+  int row0 = (int)blockIdx.x / splits * R;
+
+  ChunkOf<G> wv[R][1];
+  unsigned short sv[R][1];
+  unsigned short zv[R][1];
+  LOWBIT_PDL_TRIGGER();
+  if (row0 < n) load_tile<G, R, 1>(packed, scales, zeros, row0, n, row_bytes, groups, at, wv, sv, zv);
+  LOWBIT_PDL_WAIT();
+
+  float xv[1][1][Geo<G>::kCodes];
+  ChunkSum xs[1][1];
+  load_activations<T, G, 1, 1, PRO>(x + (int64_t)first * Geo<G>::kCodes, x_stride, 1, k, fusion, tid, lane, warp, live,
+                                    sh.norm_partial, xv, xs);
+  uint32_t xh[1][kHalfPairs];
+  float xe[1];
+  half2_activations<G, 1>(xv, xh, xe, xs);
+
+  int buf = 0;
+  int tiles = 0;
+  float acc[R][1];
+  for (; row0 < n; row0 += stride, tiles++) {
+    tile_products_h2<G, 1, R>(wv, sv, zv, xh, xe, xs, acc);
+    const int next = row0 + stride;
+    if (next < n) load_tile<G, R, 1>(packed, scales, zeros, next, n, row_bytes, groups, at, wv, sv, zv);
+    // The block's R sums over its slice of K, reduced as tile_reduce does, into part[tile].
+    float v[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) v[i] = acc[i][0];
+    const float sum = warp_sum_many<R>(v, lane);
+    if (lane % (32 / R) == 0) sh.red[buf][warp][lane / (32 / R)] = sum;
+    __syncthreads();
+    if (tid < R) {
+      float t = 0.f;
+#pragma unroll
+      for (int w = 0; w < W; w++) t += sh.red[buf][w][tid];
+      sh.part[tiles][tid] = t;
+    }
+    buf ^= 1;
+  }
+  cluster_sync();
+  // Row i of the cluster's tiles * R (tile i / R) goes to block i % splits, which adds the splits' sums in split order.
+  for (int i = split + splits * tid; i < tiles * R; i += splits * Geo<G>::kThreads) {
+    const int tile = i / R;
+    const int row = ((int)blockIdx.x / splits + tile * clusters) * R + i % R;
+    float t = 0.f;
+    for (int s = 0; s < splits; s++) t += cluster_load(&sh.part[tile][i % R], s);
+    if (row < n) store_output<T, RES>(t, out, out_stride, static_cast<const T*>(fusion.residual), fusion.res_stride, 0, row);
+  }
+  cluster_sync();
+}
+
+// How many clusters of `splits` blocks of int4-v2-h2c fit on the device at once (0 when the query fails).
+template <auto Kernel>
+int resident_clusters(int splits) {
+#if defined(LOWBIT_EMULATED)
+  return g_sms / splits > 0 ? g_sms / splits : 1;
+#else
+  static int cached[kClusterMaxSplits + 1] = {};
+  if (cached[splits] == 0) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)(splits * 64));
+    config.blockDim = dim3((unsigned)Geo<15>::kThreads);
+    config.dynamicSmemBytes = sizeof(ClusterShared);
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = (unsigned)splits;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int v = 0;
+    if (cudaOccupancyMaxActiveClusters(&v, Kernel, &config) != cudaSuccess || v < 1) {
+      cudaGetLastError();
+      v = -1;
+    }
+    cached[splits] = v;
+  }
+  return cached[splits] > 0 ? cached[splits] : 0;
+#endif
+}
+
+// int4-v2-h2c's launch: as many clusters as fit at once (at most one per tile, at least enough for kClusterMaxTiles
+// tiles per block), with programmatic stream serialization like launch_pdl (LOWBIT_PDL=0 or a refusal: without it).
+template <typename T, int PRO, bool RES>
+int launch_cluster(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os, int n,
+                   int k, int group, const Fusion& f, cudaStream_t st) {
+  constexpr int R = Tile<15, 1, 1>::R;
+  const int splits = cluster_splits(k);
+  if (splits == 0) return -3;
+  constexpr auto kernel = int4_gemv_cluster_kernel<T, PRO, RES>;
+  const int64_t tiles = ((int64_t)n + R - 1) / R;
+  if (tiles == 0) return 0;
+  int64_t clusters = resident_clusters<kernel>(splits);
+  if (clusters == 0) return -3;
+  if (clusters > tiles) clusters = tiles;
+  const int64_t needed = (tiles + kClusterMaxTiles - 1) / kClusterMaxTiles;
+  if (clusters < needed) clusters = needed;
+  const int blocks = (int)(clusters * splits);
+  Fusion c = f;
+  c.splits = splits;
+  const T* xt = static_cast<const T*>(x);
+  const uint8_t* pt = static_cast<const uint8_t*>(p);
+  const unsigned short* st_ = static_cast<const unsigned short*>(s);
+  const unsigned short* zt = static_cast<const unsigned short*>(z);
+  T* ot = static_cast<T*>(out);
+#if defined(LOWBIT_EMULATED)
+  emul_launch_cluster(blocks, Geo<15>::kThreads, splits, [&] { kernel(xt, xs, pt, st_, zt, ot, os, n, k, group, c); });
+  return 0;
+#else
+  static bool pdl = [] {
+#if defined(LOWBIT_NO_PDL)
+    return false;
+#else
+    const char* v = getenv("LOWBIT_PDL");
+    return v == nullptr || v[0] != '0';
+#endif
+  }();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3((unsigned)blocks);
+  config.blockDim = dim3((unsigned)Geo<15>::kThreads);
+  config.dynamicSmemBytes = sizeof(ClusterShared);
+  config.stream = st;
+  cudaLaunchAttribute attribute[2];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = (unsigned)splits;
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl ? 2 : 1;
+  cudaError_t e = cudaLaunchKernelEx(&config, kernel, xt, xs, pt, st_, zt, ot, os, n, k, group, c);
+  if (e != cudaSuccess && pdl) {
+    cudaGetLastError();
+    pdl = false;
+    config.numAttrs = 1;
+    e = cudaLaunchKernelEx(&config, kernel, xt, xs, pt, st_, zt, ot, os, n, k, group, c);
+  }
+  if (e != cudaSuccess) cudaGetLastError();
+  return (int)e;
+#endif
+}
+
+template <typename T>
+int launch_cluster_variant(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
+                           int batch, int n, int k, int group, int prologue, bool residual, const Fusion& f,
+                           cudaStream_t st) {
+  if (batch != 1) return -3;
+  if (prologue == kPlain && !residual) return launch_cluster<T, kPlain, false>(x, xs, p, s, z, out, os, n, k, group, f, st);
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if (prologue == kPlain && residual) return launch_cluster<T, kPlain, true>(x, xs, p, s, z, out, os, n, k, group, f, st);
+    if (prologue == kSiluMul && residual) return launch_cluster<T, kSiluMul, true>(x, xs, p, s, z, out, os, n, k, group, f, st);
+  }
+  return -3;
+}
+
 template <typename T>
 int launch_v2_nb(const void* x, int64_t xs, const void* p, const void* s, const void* z, void* out, int64_t os,
                  int batch, int n, int k, int group, int geometry, int prologue, bool residual, const Fusion& f,
                  cudaStream_t st) {
   // The kernels address codes with 32-bit offsets (ChunkAt): 2 GiB of codes per matrix, a 128k x 16k projection at most.
   if ((int64_t)n * (k / 2) >= ((int64_t)1 << 31)) return -3;
+  if (geometry == kClusterGeometry) {
+#ifdef LOWBIT_NO_WIDE
+    return -3;
+#else
+    return launch_cluster_variant<T>(x, xs, p, s, z, out, os, batch, n, k, group, prologue, residual, f, st);
+#endif
+  }
   if (geometry == 9 || geometry == 11) {
 #ifdef LOWBIT_NO_WIDE
     return -3;

@@ -541,9 +541,38 @@ int shared_long() {
   return f == 0 ? 0 : 1;
 }
 
+// int4-v2-h2c (geometry 19: -h2s at one row with K split over the blocks of a cluster, which add each other's sums
+// through their shared memory), offered only with LOWBIT_INT4_CLUSTER=1 (read once per process): run.sh runs this
+// binary with the variable set and this argument. The emulation runs a cluster's blocks together (their own shared
+// memory, one cluster barrier). Several tiles per block, several clusters, a tail tile, 2 to 7 splits of 65 to 128
+// chunks, plain in both dtypes, with the residual and with SiLU·mul + residual (the decode step's down projection), and
+// more tiles than one resident cluster may keep (38: two clusters).
+int cluster() {
+  int f = 0;
+  f += run_fused(1, 37, 11008, 64, 3, 19, 0, false);    // one cluster of 3 blocks: five tiles each
+  f += run_fused(1, 45, 11008, 64, 7, 19, 0, true);     // two clusters, a tail tile
+  f += run_fused(1, 29, 11008, 64, 6, 19, 2, true);     // SiLU·mul + residual
+  f += run_fused(1, 29, 13824, 128, 4, 19, 0, true);    // 4 splits
+  f += run_fused(1, 19, 28672, 64, 7, 19, 0, false);    // 7 splits
+  f += run_fused(1, 21, 4160, 64, 2, 19, 0, false);     // 2 splits of 65 chunks
+  f += run_fused(1, 300, 11008, 64, 3, 19, 0, false);   // 38 tiles: two clusters though one fits
+  f += run_mma_fp16(1, 23, 11008, 128, 3, 19);
+  f += lowbit_v2_int4_fused_supports(0, 1, 4096, 19, 0, 0) == 0 ? 0 : 1;    // K <= 4,096: -h2s itself
+  f += lowbit_v2_int4_fused_supports(0, 2, 11008, 19, 0, 0) == 0 ? 0 : 1;   // one row
+  f += lowbit_v2_int4_fused_supports(0, 1, 11008, 19, 1, 0) == 0 ? 0 : 1;   // no RMSNorm prologue
+  f += lowbit_v2_int4_fused_supports(1, 1, 11008, 19, 0, 1) == 0 ? 0 : 1;   // the residual add in bf16 only
+  f += lowbit_v2_int4_fused_supports(0, 1, 32800, 19, 0, 0) == 0 ? 0 : 1;   // at most 8 splits
+  f += lowbit_v2_int4_workspace(1, 37, 11008, 19) == 0 ? 0 : 1;            // no workspace, no counters
+  printf(f == 0 ? "ok\n" : "FAIL\n");
+  return f == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "shared-long") == 0) return shared_long();
   if (argc > 1 && strcmp(argv[1], "half2-wide") == 0) return half2_wide();
+  if (argc > 1 && strcmp(argv[1], "cluster") == 0) return cluster();
+  // int4-v2-h2c is opt-in (LOWBIT_INT4_CLUSTER=1): not offered without it.
+  if (lowbit_v2_int4_fused_supports(0, 1, 11008, 19, 0, 0) != 0) { printf("int4-v2-h2c offered without LOWBIT_INT4_CLUSTER=1\n"); return 1; }
   if (argc > 1 && strcmp(argv[1], "norm-rounded") == 0) return norm_rounded();
   // int4-mma's fused variants at 3-8 rows (opt-in on the GPU until timed there): checked here.
   setenv("LOWBIT_MMA_FUSED_ROWS", "8", 1);

@@ -20,3 +20,5 @@ LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
 LOWBIT_NORM_DEFER=0 "$work/emulate" norm-rounded
 # -shared past three chunks per thread (K up to 32,768 at one row), offered only with LOWBIT_INT4_SHARED_LONG=1.
 LOWBIT_INT4_SHARED_LONG=1 "$work/emulate" shared-long
+# int4-v2-h2c (-h2s at one row with K split over a cluster's blocks), offered only with LOWBIT_INT4_CLUSTER=1.
+LOWBIT_INT4_CLUSTER=1 "$work/emulate" cluster
