@@ -160,10 +160,10 @@ internal static class SelfCheckKernelsVerb
                     }
                 }
             }
-            // int4-v2-shared past three chunks per thread (LOWBIT_INT4_SHARED_LONG=1, session 32; H200 run 80): one row at
-            // K = 13,824 (a 13B's down projection), 14,336 (Llama-3-8B's), 28,672 (a 70B's: 112 KB of activations in
-            // shared memory) and 32,768, plain in both dtypes and with the residual add; without the setting the library
-            // does not offer them and nothing is checked.
+            // int4-v2-shared past three chunks per thread (session 32; H200 run 80; offered by default since session 33): one row
+            // at K = 13,824 (a 13B's down projection), 14,336 (Llama-3-8B's), 28,672 (a 70B's: 112 KB of activations in
+            // shared memory) and 32,768, plain in both dtypes and with the residual add; with LOWBIT_INT4_SHARED_LONG=0 the
+            // library does not offer them and nothing is checked.
             foreach (var (n, k, group, dtype) in new[] { (1001, 13824, 64, bf16), (4096, 14336, 128, bf16), (8192, 28672, 64, bf16), (515, 32768, 128, ScalarType.Float16) })
             {
                 if (!NativeKernelsV2.Int4XSupports(dtype, 1, k, 7, Int4Prologue.None, residual: false))

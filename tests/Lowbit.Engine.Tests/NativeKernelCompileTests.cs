@@ -68,7 +68,7 @@ public class NativeKernelCompileTests
         Assert.All(occupancy, k => Assert.True(k.Registers <= 64 && k.SpillStores <= 64, $"{k.Name}: {k.Registers} registers, {k.SpillStores} bytes of spill stores"));
         // int4-v2-shared: (rows, chunks) 1/1, 2/1, 1/2, 1/3, plain (both dtypes) and the three bf16 variants, and at one
         // row the deferred RMSNorm, within their blocks' registers (one chunk: three blocks, 80; two or three: two, 128;
-        // four to eight, LOWBIT_INT4_SHARED_LONG: one, 255) and a few spilled words at most (none past three chunks).
+        // four to eight, K up to 32,768: one, 255) and a few spilled words at most (none past three chunks).
         var shared = kernels.Where(k => k.Name.Contains("int4_gemv_shared_kernel<", StringComparison.Ordinal)).ToList();
         Assert.Equal((2 * 4) + (3 * 4) + 3 + (5 * 3), shared.Count);   // + the deferred RMSNorm at one row, 1-3 chunks; + 4-8 chunks: plain (both dtypes) and the bf16 residual add
         Assert.All(shared, k =>

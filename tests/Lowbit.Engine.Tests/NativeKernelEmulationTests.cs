@@ -46,7 +46,7 @@ public class NativeKernelEmulationTests
         Assert.Equal(3, lines.Count(l => l.StartsWith("dequantize ", StringComparison.Ordinal) && l.Contains(": 0 of ", StringComparison.Ordinal)));
         Assert.Equal(8, lines.Count(l => l.StartsWith("attention ", StringComparison.Ordinal) && l.EndsWith("all written 1; fused RoPE: 0 elements differ", StringComparison.Ordinal)));
         Assert.Equal(2, lines.Count(l => l.StartsWith("greedy step ", StringComparison.Ordinal) && l.EndsWith(": ok", StringComparison.Ordinal)));
-        // int4-v2-shared past three chunks per thread (a fourth pass, LOWBIT_INT4_SHARED_LONG=1): K = 13,824 to 32,768 at
+        // int4-v2-shared past three chunks per thread (a fourth pass; the first runs with LOWBIT_INT4_SHARED_LONG=0): K = 13,824 to 32,768 at
         // one row, plain and with the residual, bf16 and fp16.
         static int KOf(string line) => int.Parse(line.Split(" k ", 2)[1].Split(' ', 2)[0], CultureInfo.InvariantCulture);
         Assert.Equal(6, lines.Count(l => l.Contains(" geometry 7:", StringComparison.Ordinal) | l.Contains(" geometry 7 ", StringComparison.Ordinal)

@@ -88,7 +88,8 @@ public enum ProjectionKernel
     /// past K = 4,096: a 7B's down projection in 3), each block one chunk of 32 codes per thread of its slice, the
     /// cluster's blocks adding each other's sums through distributed shared memory in split order
     /// (<see cref="NativeKernelsV2.Int4LinearX"/> with geometry 19; plain, with the residual add and with SiLU·mul +
-    /// residual; offered with LOWBIT_INT4_CLUSTER=1 until measured).
+    /// residual; offered only with LOWBIT_INT4_CLUSTER=1: slower than <see cref="Int4V2Shared"/> at a 7B's down
+    /// projection on the H100, cold and more so in the step, docs/gpu.md).
     /// </summary>
     Int4V2Half2Cluster,
 }

@@ -88,10 +88,11 @@ void int4_linear(void* x, void* packed, void* scales, void* zeros, int group, vo
   TORCH_CHECK(st.scalar_type() == at::kHalf && zt.scalar_type() == at::kHalf, "int4 v2: scales/zeros must be float16");
   TORCH_CHECK(st.is_contiguous() && zt.is_contiguous() && st.numel() == n * (k / group) && zt.numel() == st.numel(), "int4 v2: scales/zeros [N, K/group]");
   TORCH_CHECK(xt.dim() == 2 && ot.dim() == 2, "int4 v2: x and out must be 2-D");
-  // The tensor-core geometries (9: 1-32 rows; 11: 9-32) take K % 256 == 0 and -shared (7) its own K (up to 32,768 with
-  // LOWBIT_INT4_SHARED_LONG=1), both checked by lowbit_v2_int4_fused_supports below; the others:
+  // The tensor-core geometries (9: 1-32 rows; 11: 9-32) take K % 256 == 0, -shared (7) its own K (up to 32,768 unless
+  // LOWBIT_INT4_SHARED_LONG=0) and -h2c (19) its K splits (up to 32,768), all checked by lowbit_v2_int4_fused_supports
+  // below; the others:
   const bool tensor_cores = geometry == 9 || geometry == 11;
-  TORCH_CHECK(tensor_cores || geometry == 7 || (xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
+  TORCH_CHECK(tensor_cores || geometry == 7 || geometry == 19 || (xt.size(0) >= 1 && xt.size(0) <= lowbit_v2_int4_max_batch() && k <= lowbit_v2_int4_max_k()
               && lowbit_v2_int4_supports((int)xt.size(0), (int)k)), "int4 v2: batch ", xt.size(0), " at K=", k,
               " not taken (1-2 rows up to K=", lowbit_v2_int4_max_k(), ", 3-4 rows up to K=4096)");
   TORCH_CHECK(!tensor_cores || group == 64 || group == 128, "int4 v2: the tensor-core GEMV takes groups of 64 or 128, not ", group);

@@ -854,7 +854,7 @@ int launch_v2(const void* x, int64_t xs, const void* p, const void* s, const voi
 template <int NB, int CH>
 struct SharedTile {
   // One chunk per thread: 12 rows (8 at two rows), three blocks per SM; 2-3 chunks: 8 rows, two blocks, one batch row
-  // (its activations take the shared memory: 44 KB at K = 11,008); 4-8 chunks (K up to 32,768, opt-in: long_shared):
+  // (its activations take the shared memory: 44 KB at K = 11,008); 4-8 chunks (K up to 32,768: long_shared):
   // 4 rows, one block per SM with up to 128 KB of activations (a 70B's down projection, K = 28,672: 7 chunks, 112 KB).
   static constexpr int R = CH == 1 ? (NB == 1 ? 12 : 8) : CH <= 3 ? 8 : 4;
   static constexpr int kMinBlocks = CH == 1 ? 3 : CH <= 3 ? 2 : 1;
@@ -1049,12 +1049,12 @@ int allow_shared(int smem) {
 }
 
 // -shared past three chunks per thread (K > 12,288 at one row: a 13B's or Llama-3-8B's down projection at four chunks,
-// a 70B's at seven), plain and with the residual add only: LOWBIT_INT4_SHARED_LONG=1 offers it (session 32). Right on
-// the H200 and slower there than int4-mma at a 70B's down projection (49.35 against 44.31 µs cold, docs/gpu.md run 80);
-// unmeasured on the H100, where int4-mma runs that shape at 2,370 GB/s (plan item 2). Without it those projections
-// take int4-v2 (K <= 16,384) or int4-mma.
+// a 70B's at seven), plain and with the residual add only (session 32). Offered to the kernel selection by default since
+// session 33, which times it against int4-mma on the card at hand: slower on the H200 at a 70B's down projection (49.35
+// against 44.31 µs cold, docs/gpu.md run 80), faster on the H100 (51.88 against 55.57, run 84).
+// LOWBIT_INT4_SHARED_LONG=0 takes it out; those projections then take int4-v2 (K <= 16,384) or int4-mma.
 inline bool long_shared() {
-  static const bool on = env_int("LOWBIT_INT4_SHARED_LONG", 0) != 0;
+  static const bool on = env_int("LOWBIT_INT4_SHARED_LONG", 1) != 0;
   return on;
 }
 
@@ -2021,7 +2021,10 @@ int launch_shared_variant(const void* x, int64_t xs, const void* p, const void* 
 // Session 31's K splits (int4-v2-h2k) merged each tile through global memory with a fence, a counter and a barrier per
 // tile and lost (16.5 µs cold against 11.0, docs/gpu.md *Two kernels that lost on the GPU*): here there is no global
 // synchronisation and one exchange per block. Plain (both dtypes), with the residual, and SiLU·mul + residual (the
-// decode step's down projection variants; bf16). Opt-in (LOWBIT_INT4_CLUSTER=1) until measured on a GPU.
+// decode step's down projection variants; bf16). Measured (H100, runs 83-84): right (bit-identical second launches),
+// but at a 7B's down projection 14.6 µs cold against -shared's 11.1 and int4-mma's 11.8, and in the step 20.3 µs per
+// layer against 11.9 (int4 batch 1 442 against 502 tokens/s); at a 13B's (5,120 x 13,824) the fastest cold (20.03 µs
+// against int4-v2 20.71, int4-mma 21.38). Opt-in (LOWBIT_INT4_CLUSTER=1), not offered to the selection by default.
 
 // This block's rank in its cluster, the cluster barrier (release/acquire: the shared memory written before it is
 // visible to the cluster's blocks after it) and a float of block `rank`'s shared memory at this block's address `p`.

@@ -520,7 +520,7 @@ int norm_rounded() {
   return f == 0 ? 0 : 1;
 }
 
-// -shared past three chunks per thread (LOWBIT_INT4_SHARED_LONG=1, read once per process): K = 13,824 (four chunks: a
+// -shared past three chunks per thread (on unless LOWBIT_INT4_SHARED_LONG=0, read once per process): K = 13,824 (four chunks: a
 // 13B's down projection), 20,480 and 24,576 (five, six), 28,672 (seven: a 70B's, 112 KB of activations) and 32,768
 // (eight, 128 KB), plain and with the residual, tail rows, one row only.
 int shared_long() {
@@ -604,7 +604,7 @@ int main(int argc, char** argv) {
   f += run_fused(1, 17, 8192, 128, 2, 7, 1, false);
   f += run_fused(1, 23, 11264, 64, 3, 7, 1, false);  // the deferred RMSNorm at three chunks (the most -shared's memory takes)
   f += lowbit_v2_int4_fused_supports(0, 1, 11328, 7, 0, 0) == 0 ? 0 : 1;   // past 44 KB of activations: not offered
-  f += lowbit_v2_int4_fused_supports(0, 1, 28672, 7, 0, 1) == 0 ? 0 : 1;   // past three chunks: only with LOWBIT_INT4_SHARED_LONG=1
+  f += lowbit_v2_int4_fused_supports(0, 1, 28672, 7, 0, 1) == 0 ? 0 : 1;   // past three chunks: not with LOWBIT_INT4_SHARED_LONG=0 (run.sh)
   f += run_fused(1, 13, 11008, 64, 2, 7, 2, true);
   f += run_fused(2, 45, 11008, 128, 2, 1, 0, false);
   f += run_fused(1, 29, 4096, 64, 3, 1, 1, false);   // RMSNorm prologue (the QKV and gate/up projections)

@@ -13,12 +13,13 @@ perl -0pe 's/(\w+<[^<>]*>)<<<([^,]+), ([^,]+), [^>]*>>>\((.*?)\);/emul_launch($2
   "$here/../lowbit_kernels_v2.cu" > "$work/v2.cpp"
 grep -q emul_launch "$work/v2.cpp" || { echo "emulate: no kernel launch found to rewrite" >&2; exit 1; }
 g++ -std=c++20 -O1 -pthread -w -I"$here" "$work/v2.cpp" "$here/main.cpp" -o "$work/emulate"
-"$work/emulate"
+# The first pass without -shared past three chunks per thread (on by default since session 33): its 44 KB limit.
+LOWBIT_INT4_SHARED_LONG=0 "$work/emulate"
 # The packed-fp16 GEMVs at 2-3 chunks per thread, offered only with LOWBIT_INT4_HALF2=2 (read once per process).
 LOWBIT_INT4_HALF2=2 "$work/emulate" half2-wide
 # The packed-fp16 GEMVs' RMSNorm prologues with rmsnorm_kernel's roundings (LOWBIT_NORM_DEFER=0; deferred by default).
 LOWBIT_NORM_DEFER=0 "$work/emulate" norm-rounded
-# -shared past three chunks per thread (K up to 32,768 at one row), offered only with LOWBIT_INT4_SHARED_LONG=1.
-LOWBIT_INT4_SHARED_LONG=1 "$work/emulate" shared-long
+# -shared past three chunks per thread (K up to 32,768 at one row), offered by default.
+"$work/emulate" shared-long
 # int4-v2-h2c (-h2s at one row with K split over a cluster's blocks), offered only with LOWBIT_INT4_CLUSTER=1.
 LOWBIT_INT4_CLUSTER=1 "$work/emulate" cluster
