@@ -160,13 +160,20 @@ internal static class SelfCheckKernelsVerb
                     }
                 }
             }
-            // int4-v2-shared past three chunks per thread (session 32; H200 run 80; offered by default since session 33): one row
-            // at K = 13,824 (a 13B's down projection), 14,336 (Llama-3-8B's), 28,672 (a 70B's: 112 KB of activations in
-            // shared memory) and 32,768, plain in both dtypes and with the residual add; with LOWBIT_INT4_SHARED_LONG=0 the
-            // library does not offer them and nothing is checked.
-            foreach (var (n, k, group, dtype) in new[] { (1001, 13824, 64, bf16), (4096, 14336, 128, bf16), (8192, 28672, 64, bf16), (515, 32768, 128, ScalarType.Float16) })
+            // One row past three chunks per thread: int4-v2-shared (session 32; H200 run 80; offered by default since session
+            // 33) at K = 13,824 (a 13B's down projection), 14,336 (Llama-3-8B's), 28,672 (a 70B's: 112 KB of activations in
+            // shared memory) and 32,768; int4-v2-h2c (LOWBIT_INT4_CLUSTER=1: K split over a cluster's blocks) at a 7B's down
+            // projection (3 splits), a 13B's (4), a 70B's (7) and K = 4,160 (2), with a second launch that must give the same
+            // bits (the splits add in split order). Plain in both dtypes, the residual add and, where offered, SiLU·mul +
+            // residual (the decode step's down projection); a kernel the library does not offer (LOWBIT_INT4_SHARED_LONG=0,
+            // no LOWBIT_INT4_CLUSTER=1) is not checked.
+            foreach (var (geometry, n, k, group, dtype) in new[]
             {
-                if (!NativeKernelsV2.Int4XSupports(dtype, 1, k, 7, Int4Prologue.None, residual: false))
+                (7, 1001, 13824, 64, bf16), (7, 4096, 14336, 128, bf16), (7, 8192, 28672, 64, bf16), (7, 515, 32768, 128, ScalarType.Float16),
+                (19, 4096, 11008, 64, bf16), (19, 4093, 11008, 128, ScalarType.Float16), (19, 5120, 13824, 64, bf16), (19, 8192, 28672, 128, bf16), (19, 1001, 4160, 64, bf16),
+            })
+            {
+                if (!NativeKernelsV2.Int4XSupports(dtype, 1, k, geometry, Int4Prologue.None, residual: false))
                 {
                     continue;
                 }
@@ -176,67 +183,44 @@ internal static class SelfCheckKernelsVerb
                 using var packed = Int4Weight.From(q);
                 var x = randn([1, k + 8], dtype, device).narrow(1, 0, k);
                 var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
-                var name = $"int4-v2-shared {(dtype == bf16 ? "bf16" : "fp16")} g{group} B=1 N={n} K={k}";
-                var output = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                NativeKernelsV2.Int4LinearX(x, packed, output, 7, Int4Prologue.None, null, 0, null);
-                Report(name, output, reference);
-                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, 7, Int4Prologue.None, residual: true))
-                {
-                    var residual = randn([1, n], dtype, device);
-                    output = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(x, packed, output, 7, Int4Prologue.None, null, 0, residual);
-                    Report($"{name} + residual", output, reference + residual.to(ScalarType.Float64));
-                }
-            }
-            // int4-v2-h2c (LOWBIT_INT4_CLUSTER=1): one row with K split over a cluster's blocks (a 7B's down projection in 3,
-            // a 13B's in 4, a 70B's in 7, K = 4,160 in 2), plain in both dtypes (a second launch the same bits: the splits add
-            // in split order), with the residual add and with SiLU·mul + residual (the decode step's down projection); without
-            // the setting the library does not offer it and nothing is checked.
-            foreach (var (n, k, group, dtype) in new[] { (4096, 11008, 64, bf16), (4093, 11008, 128, ScalarType.Float16), (5120, 13824, 64, bf16), (8192, 28672, 128, bf16), (1001, 4160, 64, bf16) })
-            {
-                if (!NativeKernelsV2.Int4XSupports(dtype, 1, k, 19, Int4Prologue.None, residual: false))
-                {
-                    continue;
-                }
-                using var scope = NewDisposeScope();
-                var w = randn([n, k], ScalarType.Float32, device) * 0.02;
-                using var q = Rtn.Quantize(w, new RtnOptions { Bits = 4, GroupSize = group });
-                using var packed = Int4Weight.From(q);
-                var x = randn([1, k + 8], dtype, device).narrow(1, 0, k);
-                var reference = x.to(ScalarType.Float64).matmul(q.Dequantize(ScalarType.Float64).t());
-                var name = $"int4-v2-h2c {(dtype == bf16 ? "bf16" : "fp16")} g{group} B=1 N={n} K={k}";
+                var name = $"{(geometry == 7 ? "int4-v2-shared" : "int4-v2-h2c")} {(dtype == bf16 ? "bf16" : "fp16")} g{group} B=1 N={n} K={k}";
                 var output = full([1, n], Scalars.Of(double.NaN), dtype, device);
                 try
                 {
-                    NativeKernelsV2.Int4LinearX(x, packed, output, 19, Int4Prologue.None, null, 0, null);
-                    var again = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(x, packed, again, 19, Int4Prologue.None, null, 0, null);
-                    var differing = Differing(again, output);
-                    Record($"{name}: a second launch", differing, true, differing == 0, ("detail", $"{differing} elements differ from the first launch"));
+                    NativeKernelsV2.Int4LinearX(x, packed, output, geometry, Int4Prologue.None, null, 0, null);
+                    if (geometry == 19)
+                    {
+                        var again = full([1, n], Scalars.Of(double.NaN), dtype, device);
+                        NativeKernelsV2.Int4LinearX(x, packed, again, geometry, Int4Prologue.None, null, 0, null);
+                        var differing = Differing(again, output);
+                        Record($"{name}: a second launch", differing, true, differing == 0, ("detail", $"{differing} elements differ from the first launch"));
+                    }
                 }
                 catch (InvalidOperationException e)
                 {
-                    // A cluster launch the device refuses: a failed check, reported, and the checks after it still run.
+                    // A launch the device refuses (a cluster, the shared memory): a failed check, reported, and the checks
+                    // after it still run.
                     Record(name, -1.0, false, false, ("error", e.Message));
                     continue;
                 }
                 Report(name, output, reference);
                 Report($"{name} against dequantize+linear", output, nn.functional.linear(x, packed.Dequantize(dtype)));
-                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, 19, Int4Prologue.None, residual: true))
+                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, geometry, Int4Prologue.None, residual: true))
                 {
+                    // T(T(x·Wᵀ) + r): the residual added to the rounded product.
                     var residual = randn([1, n], dtype, device);
                     var added = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(x, packed, added, 19, Int4Prologue.None, null, 0, residual);
+                    NativeKernelsV2.Int4LinearX(x, packed, added, geometry, Int4Prologue.None, null, 0, residual);
                     Report($"{name} + residual", added, residual.to(ScalarType.Float64).add(reference.to(dtype).to(ScalarType.Float64), Scalars.One));
                 }
-                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, 19, Int4Prologue.SiluMul, residual: true))
+                if (NativeKernelsV2.Int4XSupports(dtype, 1, k, geometry, Int4Prologue.SiluMul, residual: true))
                 {
                     var gateUp = (randn([1, 2 * k], dtype, device) * 2).to(dtype);
                     var activated = empty([1, k], dtype, device);
                     NativeKernels.SiluMul(gateUp, activated);
                     var residual = randn([1, n], dtype, device);
                     var fused = full([1, n], Scalars.Of(double.NaN), dtype, device);
-                    NativeKernelsV2.Int4LinearX(gateUp, packed, fused, 19, Int4Prologue.SiluMul, null, 0, residual);
+                    NativeKernelsV2.Int4LinearX(gateUp, packed, fused, geometry, Int4Prologue.SiluMul, null, 0, residual);
                     Report($"{name} silu-mul + residual", fused, residual.add(nn.functional.linear(activated, packed.Dequantize(dtype)), Scalars.One));
                 }
             }
