@@ -792,6 +792,17 @@ int persistent_blocks(int threads, int64_t tiles, int smem = 0) {
   return (int)(tiles < resident ? tiles : resident);
 }
 
+// Whether launches ask for programmatic stream serialization: unless built without it or LOWBIT_PDL=0 (each launcher keeps
+// its own copy, turned off for the rest of the process when the runtime refuses the attribute).
+inline bool pdl_setting() {
+#if defined(LOWBIT_NO_PDL)
+  return false;
+#else
+  const char* v = getenv("LOWBIT_PDL");
+  return v == nullptr || v[0] != '0';
+#endif
+}
+
 // Launches `kernel` with programmatic stream serialization (see LOWBIT_PDL_WAIT) unless LOWBIT_PDL=0, else plainly (also
 // when the runtime refuses the attribute: then plainly for the rest of the process).
 template <typename... P, typename... A>
@@ -800,14 +811,7 @@ int launch_pdl(void (*kernel)(P...), int blocks, int threads, cudaStream_t st, i
   emul_launch(blocks, threads, [&] { kernel(args...); });
   return 0;
 #else
-#if defined(LOWBIT_NO_PDL)
-  static bool pdl = false;
-#else
-  static bool pdl = [] {
-    const char* v = getenv("LOWBIT_PDL");
-    return v == nullptr || v[0] != '0';
-  }();
-#endif
+  static bool pdl = pdl_setting();
   if (pdl) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3((unsigned)blocks);
@@ -2144,6 +2148,18 @@ __global__ void __launch_bounds__(Geo<15>::kThreads, 4) int4_gemv_cluster_kernel
   cluster_sync();
 }
 
+#if !defined(LOWBIT_EMULATED)
+// The launch attribute of a one-dimensional cluster of `splits` blocks.
+inline cudaLaunchAttribute cluster_attribute(int splits) {
+  cudaLaunchAttribute a = {};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = (unsigned)splits;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  return a;
+}
+#endif
+
 // How many clusters of `splits` blocks of int4-v2-h2c fit on the device at once (0 when the query fails).
 template <auto Kernel>
 int resident_clusters(int splits) {
@@ -2156,11 +2172,7 @@ int resident_clusters(int splits) {
     config.gridDim = dim3((unsigned)(splits * 64));
     config.blockDim = dim3((unsigned)Geo<15>::kThreads);
     config.dynamicSmemBytes = sizeof(ClusterShared);
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = (unsigned)splits;
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = 1;
+    cudaLaunchAttribute attribute[1] = {cluster_attribute(splits)};
     config.attrs = attribute;
     config.numAttrs = 1;
     int v = 0;
@@ -2202,24 +2214,13 @@ int launch_cluster(const void* x, int64_t xs, const void* p, const void* s, cons
   emul_launch_cluster(blocks, Geo<15>::kThreads, splits, [&] { kernel(xt, xs, pt, st_, zt, ot, os, n, k, group, c); });
   return 0;
 #else
-  static bool pdl = [] {
-#if defined(LOWBIT_NO_PDL)
-    return false;
-#else
-    const char* v = getenv("LOWBIT_PDL");
-    return v == nullptr || v[0] != '0';
-#endif
-  }();
+  static bool pdl = pdl_setting();
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3((unsigned)blocks);
   config.blockDim = dim3((unsigned)Geo<15>::kThreads);
   config.dynamicSmemBytes = sizeof(ClusterShared);
   config.stream = st;
-  cudaLaunchAttribute attribute[2];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = (unsigned)splits;
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
+  cudaLaunchAttribute attribute[2] = {cluster_attribute(splits), {}};
   attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[1].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
