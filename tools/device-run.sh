@@ -14,7 +14,7 @@
 #                      kernel selection's timings; KERNELS=1 adds bench-kernels; CONFIGS="1:1 1:0" (fusion:PDL) picks
 #   variants [RUNS]    self-check, then bench-decode once per VARIANTS entry (';'-separated, each 'default' or
 #                      space-separated NAME=VALUE settings, e.g. VARIANTS="default;LOWBIT_GREEDY_KERNEL=0"; INT4_GROUP=128
-#                      there quantizes with group 128 instead of 64), same RUNS
+#                      there quantizes with group 128 instead of 64, INT4_HEAD=1 lm_head too), same RUNS
 #                      (default int4-graph:1); TRACE=1 adds a traced default run (LOWBIT_STEP_TRACE=1)
 #   quick [SECONDS]    self-check, then bench-kernels at ROWS (default 1,2), g64: every GEMV per SHAPES shape (7b, 13b,
 #                      70b; default 7b), cold
@@ -110,10 +110,12 @@ case "$mode" in
     i=0
     for v in "${variants[@]}"; do
       i=$((i + 1)); settings=(); [ "$v" = default ] || read -ra settings <<< "$v"
-      # INT4_GROUP=N among the settings: bench-decode's --int4-group (default 64).
-      group=64; for s in "${settings[@]}"; do case "$s" in INT4_GROUP=*) group="${s#INT4_GROUP=}" ;; esac; done
+      # INT4_GROUP=N among the settings: bench-decode's --int4-group (default 64); INT4_HEAD=1: --int4-head true (lm_head
+      # quantized too, its GEMV running the final RMSNorm).
+      group=64; head=false
+      for s in "${settings[@]}"; do case "$s" in INT4_GROUP=*) group="${s#INT4_GROUP=}" ;; INT4_HEAD=1) head=true ;; esac; done
       env "${settings[@]}" timeout 200 ./run.sh bench-decode --model "$m" --device cuda --dtype bfloat16 --repeats 2 --new-tokens 128 \
-        --int4-group "$group" --runs "${1:-int4-graph:1}" > /tmp/variant.jsonl 2> /tmp/variant.err
+        --int4-group "$group" --int4-head "$head" --runs "${1:-int4-graph:1}" > /tmp/variant.jsonl 2> /tmp/variant.err
       echo "variant $i ($v): rc=$?"; grep "differs\|rror\|step trace" /tmp/variant.err | cut -c1-600 | head -8
       runs /tmp/variant.jsonl
       { echo "== variant $i ($v)"; cat /tmp/variant.err; } >> "$OUT/variants.err"

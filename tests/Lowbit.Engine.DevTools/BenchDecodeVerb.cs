@@ -16,7 +16,7 @@ namespace Lowbit.Engine.DevTools;
 
 /// <summary>
 /// Hidden <c>bench-decode --model DIR [--device cuda] [--dtype bfloat16] [--prompt-tokens 128] [--new-tokens 128]
-/// [--repeats 3] [--runs eager:1,graph:1,...] [--int4-group 64]</c>: greedy decode tokens/s, one JSON line per run (the
+/// [--repeats 3] [--runs eager:1,graph:1,...] [--int4-group 64] [--int4-head false]</c>: greedy decode tokens/s, one JSON line per run (the
 /// best of the repeats after one warm-up). A run is <c>MODE:BATCH</c>:
 /// <c>eager</c> (TextGenerator, the model's modules; batch 1), <c>fused</c> (<see cref="FastDecoder"/> with eager torch
 /// kernels, no graphs), <c>native</c> (fused + native kernels, no graphs), <c>graph</c> (native kernels, CUDA graphs),
@@ -25,7 +25,8 @@ namespace Lowbit.Engine.DevTools;
 /// decode step, <see cref="FastDecoderOptions.FuseDecodeStep"/>), <c>graph-silu-in-down</c> (graphs with SiLU·mul in the
 /// down GEMV's prologue instead of the gate/up GEMV's epilogue, <see cref="FastDecoderOptions.GateUpEpilogue"/>); an
 /// <c>int4-</c> prefix runs the mode after RTN 4-bit
-/// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense). Batch-1 fast runs report
+/// quantization of every layer projection (group <c>--int4-group</c>; lm_head stays dense unless <c>--int4-head true</c>,
+/// a checkpoint with a quantized head, whose GEMV then also runs the final RMSNorm). Batch-1 fast runs report
 /// whether their greedy tokens equal the eager run's (bf16) or the int4 <c>native</c> run's (int4).
 /// <c>--shards N [--shard-devices cuda:0,cuda:0]</c> splits the fast runs' layers into N pipeline stages (as
 /// <c>serve --shards</c>; eager runs need every stage on one device); each line then lists the split and the allocator's
@@ -45,6 +46,7 @@ internal static class BenchDecodeVerb
         var newTokens = Int("--new-tokens", 128);
         var repeats = Int("--repeats", 3);
         var group = Int("--int4-group", 64);
+        var head = Get("--int4-head") is { } headText && bool.Parse(headText);
         var runs = ParseRuns(Get("--runs") ?? "eager:1");
         var load = Stopwatch.StartNew();
         var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
@@ -97,16 +99,16 @@ internal static class BenchDecodeVerb
         if (runs.Any(r => r.Int4))
         {
             var watch = Stopwatch.StartNew();
-            QuantizeInt4(model, group);
+            QuantizeInt4(model, group, head);
             Synchronize(device);
             stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
-                ["engine"] = "lowbit", ["step"] = "quantize-rtn-int4", ["groupSize"] = group, ["seconds"] = Math.Round(watch.Elapsed.TotalSeconds, 2),
+                ["engine"] = "lowbit", ["step"] = "quantize-rtn-int4", ["groupSize"] = group, ["head"] = head ? "int4" : "dense", ["seconds"] = Math.Round(watch.Elapsed.TotalSeconds, 2),
             }));
             context.Reference = null;
             foreach (var run in runs.Where(r => r.Int4))
             {
-                RunOne(model, run, context, $"int4-g{group}");
+                RunOne(model, run, context, head ? $"int4-g{group}-head" : $"int4-g{group}");
             }
         }
         return EngineExitCodes.Ok;
@@ -411,8 +413,11 @@ internal static class BenchDecodeVerb
         return logits.data<float>().ToArray();
     }
 
-    /// <summary>RTN 4-bit (asymmetric, group <paramref name="group"/>) of every layer projection, in place; the dense weights are freed.</summary>
-    private static void QuantizeInt4(LlamaForCausalLM model, int group)
+    /// <summary>
+    /// RTN 4-bit (asymmetric, group <paramref name="group"/>) of every layer projection and, with <paramref name="head"/>,
+    /// of lm_head, in place; the dense weights are freed.
+    /// </summary>
+    private static void QuantizeInt4(LlamaForCausalLM model, int group, bool head)
     {
         var options = new RtnOptions { Bits = 4, GroupSize = group };
         model.ReplaceLinears((_, layer) =>
@@ -425,7 +430,7 @@ internal static class BenchDecodeVerb
             var bias = dense.Bias?.detach().clone();
             dense.Dispose();
             return new QuantizedLinear(q, bias);
-        });
+        }, includeLmHead: head);
     }
 
     private static void Synchronize(Device device)

@@ -334,6 +334,8 @@ internal static class SelfCheckKernelsVerb
                     // int4-v2-h2 and -h2s: one row, one chunk per thread (K <= 4,096).
                     (1, 12288, 4096, 64, 13), (1, 22016, 4096, 128, 13), (1, 1001, 2048, 64, 13), (1, 4096, 4096, 128, 13),
                     (1, 12288, 4096, 64, 15), (1, 22016, 4096, 128, 15), (1, 1001, 2048, 64, 15), (1, 4096, 4096, 128, 15),
+                    // A quantized lm_head with the final RMSNorm in its prologue (32,000 × 4,096).
+                    (1, 32000, 4096, 64, 15), (1, 32000, 4096, 64, 7), (1, 32000, 4096, 128, 13),
                     // int4-mma's fused variants at 3-8 rows: offered with LOWBIT_MMA_FUSED_ROWS (up to 8), checked then.
                     (4, 12288, 4096, 64, 9), (5, 22016, 4096, 128, 9), (8, 4096, 11008, 64, 9),
                 })

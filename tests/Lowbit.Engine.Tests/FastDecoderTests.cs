@@ -111,6 +111,36 @@ public class FastDecoderTests
     }
 
     [Fact]
+    public void Does_give_the_unfused_logits_when_the_head_normalizes_the_last_layer_output()
+    {
+        // The fused step leaves the final RMSNorm to the head's GEMV prologue when the last layer is fused (its residual
+        // stream is not normalized yet) and not when it is unfused (its own RMSNorm already took the final norm): either
+        // way the logits must be the unfused step's, not normalized twice or not at all. The final norm's weight is made
+        // uneven so that a missing or doubled norm moves the logits, not only their scale.
+        using var model = Fixture();
+        using (no_grad())
+        {
+            var finalNorm = model.Model.Norm.parameters().First();
+            finalNorm.copy_(linspace(0.5, 1.5, finalNorm.shape[0], finalNorm.dtype));
+        }
+        var layers = model.Model.Layers.Count;
+        float[] Logits(FastDecoderOptions options)
+        {
+            using var decoder = FastDecoder.Create(model, options, CPU);
+            decoder.Prefill(0, Prompt);
+            using var logits = decoder.StepLogits([Prompt[^1]], [Prompt.Length], [0], Prompt.Length + 1).to(ScalarType.Float32);
+            return logits.reshape(-1).data<float>().ToArray();
+        }
+        var reference = Logits(new FastDecoderOptions { MaxBatch = 1, MaxLength = 32 });
+        foreach (var (name, fused) in new (string, Func<int, bool>)[] { ("last layer fused", _ => true), ("last layer unfused", i => i != layers - 1) })
+        {
+            var logits = Logits(new FastDecoderOptions { MaxBatch = 1, MaxLength = 32, EmulatedFusion = fused });
+            var worst = reference.Zip(logits, (a, b) => Math.Abs(a - b)).Max();
+            Assert.True(worst < 1e-4, $"{name}: logits differ by {worst}");
+        }
+    }
+
+    [Fact]
     public void Does_decode_each_slot_of_a_batch_as_if_alone()
     {
         using var model = Fixture();

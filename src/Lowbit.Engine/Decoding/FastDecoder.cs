@@ -437,6 +437,24 @@ public sealed class FastDecoder : IDisposable
     public bool UsesGreedyKernel { get; }
 
     /// <summary>
+    /// Set to <c>0</c> to run the final RMSNorm as its own kernel before an int4 head (<see cref="HeadNormFuses"/>; for
+    /// measuring what the fusion buys).
+    /// </summary>
+    public const string HeadNormEnv = "LOWBIT_HEAD_NORM";
+
+    private static readonly bool HeadNormFusion = Environment.GetEnvironmentVariable(HeadNormEnv) != "0";
+
+    /// <summary>
+    /// Whether the fused decode step of <paramref name="rows"/> rows runs the final RMSNorm in the head's GEMV prologue
+    /// (the q/k/v projection's fusion, <see cref="Int4Prologue.RmsNorm"/>): an int4 head (a checkpoint that quantized
+    /// lm_head) whose kernel for these rows has the variant; the logits are written straight into the step's logits
+    /// buffer. A dense head keeps the separate norm (its GEMV has no prologue).
+    /// </summary>
+    private bool HeadNormFuses(Stage stage, long rows, bool lora) =>
+        HeadNormFusion && stage.IsLast && UsesDecodeFusion && !lora
+        && _lmHead.FusedVariant(rows, _dtype, _kernels, Int4Prologue.RmsNorm, residual: false) != 0;
+
+    /// <summary>
     /// True when the decode step (without LoRA) runs <see cref="ForwardFused"/>: CUDA, the native kernels, and the v2
     /// library's fused variants loaded, unless <see cref="FusionEnv"/> is <c>0</c>.
     /// </summary>
@@ -1018,8 +1036,10 @@ public sealed class FastDecoder : IDisposable
             var attended = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask: visible);
             return attended.reshape(batch, _heads * _headDim);
         }
+        var headNorms = HeadNormFuses(stage, batch, lora);
+        var normalized = true;
         var hidden = UsesDecodeFusion && !lora
-            ? ForwardFused(stage, input, (layer, qkv) =>
+            ? ForwardFused(stage, input, headNorms, out normalized, (layer, qkv) =>
             {
                 if (_kernels.EmulateFusion)
                 {
@@ -1054,8 +1074,18 @@ public sealed class FastDecoder : IDisposable
             return;
         }
         Mark("final norm");
-        var logits = _lmHead.Forward(hidden, _kernels);
-        _logits.narrow(0, 0, batch).copy_(logits);
+        Tensor logits;
+        if (!normalized)
+        {
+            // The final RMSNorm in the int4 head's prologue, the logits straight into the step's buffer.
+            logits = _lmHead.RunFused(hidden, _kernels, Int4Prologue.RmsNorm, _finalNorm, _config.RmsNormEps, null, _logits.narrow(0, 0, batch))
+                ?? throw new InvalidOperationException("the head's fused RMSNorm variant was available when the step was planned but refused its input");
+        }
+        else
+        {
+            logits = _lmHead.Forward(hidden, _kernels);
+            _logits.narrow(0, 0, batch).copy_(logits);
+        }
         Mark("head");
         if (serve)
         {
@@ -1141,9 +1171,11 @@ public sealed class FastDecoder : IDisposable
     /// kernel has one (<see cref="Int4Prologue.RmsNormSiluMul"/>), else inside the down projection, and each residual
     /// add inside the projection before it: 5 kernels and attention per layer instead of 11. Other layers run as in
     /// <see cref="Forward"/>. The roundings are the separate kernels', so the output is <see cref="Forward"/>'s up to fp32
-    /// summation order. No LoRA (its deltas need the normalized input).
+    /// summation order. No LoRA (its deltas need the normalized input). On the last stage the output is normalized by
+    /// the final RMSNorm unless <paramref name="headNorms"/> (the head's GEMV does it) and the last layer is fused:
+    /// <paramref name="normalized"/> says which.
     /// </summary>
-    private Tensor ForwardFused(Stage stage, Tensor input, Func<int, Tensor, Tensor> ropeAttend)
+    private Tensor ForwardFused(Stage stage, Tensor input, bool headNorms, out bool normalized, Func<int, Tensor, Tensor> ropeAttend)
     {
         var eps = _config.RmsNormEps;
         var rows = input.shape[0];
@@ -1221,7 +1253,10 @@ public sealed class FastDecoder : IDisposable
             }
             previousNormed?.Dispose();
         }
-        return !stage.IsLast ? residual : normed ?? RmsNorm(residual, null, _finalNorm, out _);
+        // The last stage's output is normalized here unless the head's GEMV normalizes it (headNorms) and the last
+        // layer left the residual stream alone (a fused layer: an unfused last layer's RMSNorm already took _finalNorm).
+        normalized = !stage.IsLast || normed is not null || !headNorms;
+        return !stage.IsLast ? residual : normed ?? (headNorms ? residual : RmsNorm(residual, null, _finalNorm, out _));
     }
 
     private static InvalidOperationException Unfused(int layer, string projection) =>

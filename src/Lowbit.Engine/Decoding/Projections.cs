@@ -46,14 +46,21 @@ public abstract class Projection : IDisposable
     /// <summary>
     /// The decode step's fusions (<see cref="Int4Prologue"/>): this projection of <paramref name="prologue"/>(x), plus
     /// <paramref name="residual"/> when given, in one kernel; null when the kernel chosen for these rows has no such
-    /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings).
+    /// variant (the caller then runs the separate RMSNorm, SiLU·mul or add, with the same roundings). With
+    /// <paramref name="output"/> (<c>[rows, out]</c>, unit inner stride, x's dtype) the result is written there and returned.
     /// </summary>
-    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    public Tensor? RunFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Tensor? output = null)
     {
         if (!kernels.EmulateFusion)
         {
-            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual);
+            return RunNativeFused(x, kernels, prologue, normWeight, eps, residual, output);
         }
+        var result = EmulatedFused(x, kernels, prologue, normWeight, eps, residual);
+        return output is null ? result : output.copy_(result);
+    }
+
+    private Tensor EmulatedFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    {
         var input = prologue switch
         {
             Int4Prologue.RmsNorm or Int4Prologue.RmsNormSiluMul => FastDecoder.EagerRmsNorm(x, normWeight ?? throw new ArgumentNullException(nameof(normWeight)), eps),
@@ -76,7 +83,7 @@ public abstract class Projection : IDisposable
         kernels.EmulateFusion ? 1 : NativeFusedVariant(rows, dtype, kernels, prologue, residual);
 
     /// <summary>The native fused kernel's run (<see cref="RunFused"/>); null when there is none for these rows.</summary>
-    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual) => null;
+    protected virtual Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Tensor? output) => null;
 
     /// <summary>The native fused kernel's geometry for these rows (<see cref="FusedVariant"/>), or 0.</summary>
     protected virtual int NativeFusedVariant(long rows, ScalarType dtype, DecodeKernels kernels, Int4Prologue prologue, bool residual) => 0;
@@ -327,7 +334,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         return geometry != 0 && NativeKernelsV2.Int4XSupports(dtype, rows, Weight.InFeatures, geometry, prologue, residual) ? geometry : 0;
     }
 
-    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual)
+    protected override Tensor? RunNativeFused(Tensor x, DecodeKernels kernels, Int4Prologue prologue, Tensor? normWeight, double eps, Tensor? residual, Tensor? output)
     {
         var rows = x.shape[0];
         var geometry = NativeFusedVariant(rows, x.dtype, kernels, prologue, residual is not null);
@@ -335,7 +342,7 @@ public sealed class Int4Projection(Int4Weight weight, Tensor? bias) : Projection
         {
             return null;
         }
-        var output = empty([rows, prologue == Int4Prologue.RmsNormSiluMul ? Weight.OutFeatures / 2 : Weight.OutFeatures], x.dtype, x.device);
+        output ??= empty([rows, prologue == Int4Prologue.RmsNormSiluMul ? Weight.OutFeatures / 2 : Weight.OutFeatures], x.dtype, x.device);
         NativeKernelsV2.Int4LinearX(x, Weight, output, geometry, prologue, normWeight, eps, residual, _arrivals);
         return output;
     }
