@@ -12,6 +12,8 @@ public class BadArgumentTests
     [InlineData(new[] { "quantize", "--model", "m", "--method", "rtn", "--bits", "4", "--format", "lowbit,onnx", "--out", "o" }, "--format", "gguf-q4_k")]
     [InlineData(new[] { "quantize", "--model", "m", "--method", "rtn", "--bits", "3", "--format", "gptq", "--out", "o" }, "--format", "--bits 4|8")]
     [InlineData(new[] { "quantize", "--model", "m", "--method", "gptq", "--bits", "4", "--out", "o" }, "--calibration", "JSONL")]
+    [InlineData(new[] { "quantize", "--model", "m", "--method", "rtn", "--bits", "4", "--format", "lowbit,gptq", "--quantize-head", "true", "--out", "o" }, "--quantize-head", "--format lowbit")]
+    [InlineData(new[] { "quantize", "--model", "m", "--method", "rtn", "--bits", "4", "--quantize-head", "yes", "--out", "o" }, "--quantize-head", "true or false")]
     [InlineData(new[] { "quantize", "--model", "m", "--method", "rtn", "--bits", "4" }, "--out", "output directory")]
     [InlineData(new[] { "quantize", "--method", "rtn", "--bits", "4", "--out", "o" }, "--model", "Hugging Face repo id")]
     [InlineData(new[] { "quantize", "--model", "m", "--method", "rtn", "--target-bpw", "nan", "--out", "o" }, "--target-bpw", "1.5 to 8")]

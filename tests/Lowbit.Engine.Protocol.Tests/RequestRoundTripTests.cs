@@ -17,6 +17,7 @@ public class RequestRoundTripTests
         },
         new QuantizeRequest { Model = "m", Method = QuantizationMethod.Rtn, TargetBitsPerWeight = 2.5, GroupSize = 128, Out = "o", Device = ComputeDevice.Cpu },
         new QuantizeRequest { Model = "m", Method = QuantizationMethod.Rtn, Bits = 2, TargetBitsPerWeight = 1.0 / 3 + 2, Out = "o" },
+        new QuantizeRequest { Model = "m", Method = QuantizationMethod.Hqq, Bits = 4, Out = "o", Formats = ["lowbit", "gguf-q8_0"], QuantizeHead = true },
         new EvalRequest { Model = "m", Text = "t.txt" },
         new EvalRequest { Model = "m", Text = "t.txt", Context = 2048, Stride = 1, MaxTokens = 100_000, Device = ComputeDevice.Cpu, ResultFile = "r" },
         new EvalRequest { Model = "m", Text = "t.txt", Adapter = "/adapters/a" },

@@ -112,6 +112,8 @@ public static class LowbitCheckpoint
             ["group_size"] = model.Linears.Values.First().GroupSize,
             ["bits_per_weight"] = Math.Round(model.BitsPerWeight, 4),
             ["layout"] = model.Allocation?.Layout,
+            // GPTQModel's key for a quantized head (quantize --quantize-head): lowbit.layers then lists lm_head.
+            ["lm_head"] = model.Linears.ContainsKey(ModelQuantizer.HeadName),
         };
         File.WriteAllText(Path.Combine(directory, "config.json"), ExportCommon.Json(config));
         ExportCommon.CopyTokenizer(source.Directory, directory);

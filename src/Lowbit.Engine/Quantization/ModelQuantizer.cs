@@ -7,7 +7,10 @@ using static TorchSharp.torch;
 
 namespace Lowbit.Engine.Quantization;
 
-/// <summary>Whole-model quantization options: one method for every decoder projection (embeddings and lm_head stay dense).</summary>
+/// <summary>
+/// Whole-model quantization options: one method for every decoder projection (embeddings stay dense; lm_head too unless
+/// <see cref="QuantizeHead"/>).
+/// </summary>
 public sealed record ModelQuantizeOptions
 {
     public required QuantizationMethod Method { get; init; }
@@ -36,6 +39,12 @@ public sealed record ModelQuantizeOptions
 
     /// <summary>RTN and GPTQ: asymmetric zero-points within 1..2^bits−1, so a GPTQ v1 export can store every one.</summary>
     public bool RepresentableZeros { get; init; }
+
+    /// <summary>
+    /// Quantize lm_head as well, at <see cref="Bits"/> with the same method (GPTQ's Hessian from the calibration hidden
+    /// states after the final RMSNorm, the head's input). Refused for a model whose head is its embedding table.
+    /// </summary>
+    public bool QuantizeHead { get; init; }
 
     /// <summary>Overrides for HQQ's solver (bits and group size are taken from this record).</summary>
     public HqqOptions Hqq { get; init; } = new();
@@ -152,7 +161,10 @@ public static class ModelQuantizer
     private static readonly string[] ProjectionNames =
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
-    /// <summary>Quantizes every decoder projection; <paramref name="progress"/> gets (layers done, layers).</summary>
+    /// <summary>
+    /// Quantizes every decoder projection (and lm_head with <see cref="ModelQuantizeOptions.QuantizeHead"/>);
+    /// <paramref name="progress"/> gets (layers done, layers).
+    /// </summary>
     public static QuantizedModel Quantize(Checkpoint checkpoint, ModelQuantizeOptions options, Action<int, int>? progress = null) =>
         Quantize(new CheckpointWeights(checkpoint), options, progress);
 
@@ -205,12 +217,58 @@ public static class ModelQuantizer
                 }
                 progress?.Invoke(i + 1, layers);
             }
+            if (options.QuantizeHead)
+            {
+                QuantizeHead(checkpoint, options, hidden, linears, reports);
+            }
         }
         finally
         {
             hidden?.Dispose();
         }
         return new QuantizedModel { Config = config, Method = options.Method, Linears = linears, Layers = reports, Allocation = allocation };
+    }
+
+    /// <summary>The module name a quantized lm_head has in <see cref="QuantizedModel.Linears"/> and in exports.</summary>
+    public const string HeadName = "lm_head";
+
+    private static void QuantizeHead(IWeightSource checkpoint, ModelQuantizeOptions options, Tensor? hidden,
+        Dictionary<string, QuantizedTensor> linears, List<QuantizedLayerReport> reports)
+    {
+        var config = checkpoint.Config;
+        if (config.TieWordEmbeddings)
+        {
+            throw new EngineInputException("--quantize-head: this model's lm_head is its input embedding table (tie_word_embeddings: true), which stays dense; drop --quantize-head");
+        }
+        using var scope = NewDisposeScope();
+        var weight = checkpoint.Load(HeadName + ".weight", ScalarType.Float32, options.Device);
+        HessianAccumulator? accumulator = null;
+        try
+        {
+            if (options.Method == QuantizationMethod.Gptq)
+            {
+                // The head's input: the last layer's (quantized-path) hidden states through the final RMSNorm.
+                var states = hidden ?? throw new InvalidOperationException("GPTQ needs the calibration hidden states");
+                using var norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, ScalarType.Float32, options.Device);
+                using (var stored = checkpoint.Load("model.norm.weight", ScalarType.Float32, options.Device))
+                {
+                    norm.Weight.copy_(stored);
+                }
+                accumulator = new HessianAccumulator(config.HiddenSize, options.Device);
+                var batch = Math.Max(1, options.CalibrationBatch);
+                for (var first = 0L; first < states.shape[0]; first += batch)
+                {
+                    using var inner = NewDisposeScope();
+                    accumulator.Add(norm.forward(states.narrow(0, first, Math.Min(batch, states.shape[0] - first))));
+                }
+            }
+            var q = QuantizeOne(weight, accumulator?.Hessian, options.Bits, options);
+            Record(HeadName, weight, q, linears, reports);
+        }
+        finally
+        {
+            accumulator?.Dispose();
+        }
     }
 
     private static void Record(string name, Tensor weight, QuantizedTensor q, Dictionary<string, QuantizedTensor> linears, List<QuantizedLayerReport> reports)

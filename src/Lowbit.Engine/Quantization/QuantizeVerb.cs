@@ -16,7 +16,7 @@ namespace Lowbit.Engine.Quantization;
 
 /// <summary>
 /// <c>quantize</c>: quantizes every decoder projection layer by layer (RTN, HQQ or GPTQ; one width or a mix meeting
-/// <c>--target-bpw</c>), writes each <c>--format</c> into <c>--out/&lt;format&gt;</c>, and reports size, bits per
+/// <c>--target-bpw</c>; lm_head too with <c>--quantize-head true</c>, at <c>--bits</c>), writes each <c>--format</c> into <c>--out/&lt;format&gt;</c>, and reports size, bits per
 /// weight, compression, per-layer and mean reconstruction error, and perplexity before/after with <c>--eval-text</c>.
 /// GGUF formats encode the source weights with llama.cpp's block codecs (Q8_0/Q4_0/Q4_K); the method applies to
 /// the lowbit and gptq formats and to the reported errors and perplexity.
@@ -60,6 +60,7 @@ public static class QuantizeVerb
             RepresentableZeros = request.Formats.Contains(ExportFormats.Gptq),
             Calibration = calibration,
             Device = device,
+            QuantizeHead = request.QuantizeHead,
         };
         var watch = Stopwatch.StartNew();
         using var quantized = ModelQuantizer.Quantize(checkpoint, options, (done, total) =>
@@ -80,7 +81,8 @@ public static class QuantizeVerb
         {
             using var model = ModelIo.Load(checkpoint, computeDtype, device);
             model.ReplaceLinears((name, current) =>
-                quantized.Linears.TryGetValue(name, out var q) ? new QuantizedLinear(q.To(device), current.DenseBias(computeDtype), cacheDense: true) : null);
+                quantized.Linears.TryGetValue(name, out var q) ? new QuantizedLinear(q.To(device), current.DenseBias(computeDtype), cacheDense: true) : null,
+                includeLmHead: true);
             after = PerplexityEvaluator.Evaluate(model, evalTokens, evalContext, evalContext, device).Perplexity;
         }
 

@@ -101,6 +101,62 @@ public sealed class QuantizedCheckpointTests : IDisposable
     }
 
     [Theory]
+    [InlineData(QuantizationMethod.Rtn)]
+    [InlineData(QuantizationMethod.Gptq)]
+    public void Does_quantize_the_head_on_request_and_load_it_packed(QuantizationMethod method)
+    {
+        // quantize --quantize-head: lm_head joins the quantized layers (GPTQ's Hessian from the final-normed hidden
+        // states), the export lists it, and the loader keeps it packed, computing what the source computes with every
+        // dequantized weight, the head's too, swapped in.
+        using var checkpoint = Checkpoint.Open(Source());
+        Assert.False(checkpoint.Config.TieWordEmbeddings, "the fixture needs a head of its own");
+        using var calibration = TinyModels.Tokens(8, 32, 5);
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions
+        {
+            Method = method, Bits = 4, GroupSize = 32, QuantizeHead = true, Calibration = method == QuantizationMethod.Gptq ? calibration : null,
+        });
+        Assert.Equal(15, quantized.Linears.Count);
+        var head = quantized.Linears[ModelQuantizer.HeadName];
+        Assert.Equal((checkpoint.Config.VocabSize, checkpoint.Config.HiddenSize), (head.OutFeatures, head.InFeatures));
+        Assert.Contains(quantized.Layers, l => l.Name == ModelQuantizer.HeadName && l.Bits == 4 && l.RelativeError is > 0 and < 0.2);
+
+        var outDir = Path.Combine(_root, "lowbit-head");
+        LowbitCheckpoint.Write(outDir, checkpoint, quantized);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")))!;
+        Assert.True(config["quantization_config"]!["lm_head"]!.GetValue<bool>());
+        using var loaded = LowbitCheckpoint.Load(outDir, ScalarType.Float32, CPU);
+        var packed = Assert.IsType<PackedQuantizedLinear>(loaded.LmHead);
+        Assert.Equal(4, packed.Bits);
+        Assert.DoesNotContain(loaded.named_parameters(), p => p.name == "lm_head.weight");
+
+        using var reference = ModelIo.Load(checkpoint, ScalarType.Float32, CPU);
+        var parameters = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        using (no_grad())
+        {
+            foreach (var (name, q) in quantized.Linears)
+            {
+                parameters[name + ".weight"].copy_(q.Dequantize());
+            }
+        }
+        using var tokens = TinyModels.Tokens(1, 16, 9);
+        using var noGrad = no_grad();
+        var expected = reference.forward(tokens, null);
+        var actual = loaded.forward(tokens, null);
+        var relative = expected.sub(actual).norm().item<float>() / expected.norm().item<float>();
+        Assert.True(relative < 1e-5, $"logits differ by {relative:E2}");
+    }
+
+    [Fact]
+    public void Does_refuse_to_quantize_a_head_tied_to_the_embeddings()
+    {
+        using var checkpoint = Checkpoint.Open(TinyModels.SaveWithByteTokenizer(Path.Combine(_root, "tied"), tied: true));
+        var error = Assert.Throws<EngineInputException>(() =>
+            ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Rtn, Bits = 4, GroupSize = 32, QuantizeHead = true }).Dispose());
+        Assert.StartsWith("--quantize-head:", error.Message, StringComparison.Ordinal);
+        Assert.Contains("tie_word_embeddings", error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData(4, false)]
     [InlineData(4, true)]
     [InlineData(8, false)]
