@@ -8,7 +8,8 @@
 # 4. lowbit-engine bench-decode: eager (TextGenerator), the fused decode step without and with native kernels and
 #    CUDA graphs, batch 4/8/32 (8 also with cuBLAS for the dense GEMV: the serve 8-stream ITL question), and RTN int4 (g64) through the int4 GEMVs at batch 1-32; greedy tokens compared with the eager path
 #    (graph-fixed: the fixed kernel defaults instead of the ones measured at build; graph-unfused: without the fused
-#    decode step's kernels; int4-graph-silu-in-down: SiLU·mul back in the down GEMV's prologue; all for comparison)
+#    decode step's kernels; int4-graph-silu-in-down: SiLU·mul back in the down GEMV's prologue; all for comparison),
+#    then int4 with lm_head quantized too (--int4-head true, g64 and g128) at batch 1 and 16
 # 5. bench_hf.py decode: transformers generate() eager and with a static cache (torch.compile), batch 1 and 32
 # 6. a Markdown table on stdout; raw JSON lines in $WORK/results.jsonl. --quant adds the quantizer timings
 #    (bench-quant.sh; GPTQ alone takes ~5 minutes at 32 layers).
@@ -74,6 +75,11 @@ step bench-kernels 150 "$here/run.sh" bench-kernels --device cuda
 step lowbit-decode 300 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
   --new-tokens "$new_tokens" --int4-group 64 \
   --runs "eager:1,fused:1,native:1,graph-cublas:1,graph-fixed:1,graph-unfused:1,graph:1,fused:4,graph:4,graph:8,graph-cublas:8,graph:32,int4-native:1,int4-graph-fixed:1,int4-graph-unfused:1,int4-graph-silu-in-down:1,int4-graph:1,int4-graph:2,int4-graph:4,int4-graph:8,int4-graph:16,int4-graph:32"
+# Every weight in 4 bits (quantize --quantize-head: lm_head too, its GEMV running the final RMSNorm), groups of 64 and 128.
+for g in 64 128; do
+  step "lowbit-decode-int4-head-g$g" 120 "$here/run.sh" bench-decode --model "$model" --device cuda --dtype bfloat16 --repeats 2 \
+    --new-tokens "$new_tokens" --int4-group "$g" --int4-head true --runs "int4-graph:1,int4-graph:16"
+done
 step hf-eager 180 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens"
 step hf-static 240 "$PYTHON" "$here/bench_hf.py" decode --model "$model" --batches 1,32 --repeats 2 --new-tokens "$new_tokens" --cache static
 fi
