@@ -42,6 +42,7 @@ public class SpecValidatorTests
         { typeof(QuantizedModel).Name, "spec", CelRules.GptqNeedsCalibration, "spec.calibration" },
         { typeof(QuantizedModel).Name, "spec", CelRules.GptqFormatBits, "spec.formats" },
         { typeof(QuantizedModel).Name, "spec", CelRules.GgufFormatBits, "spec.formats" },
+        { typeof(QuantizedModel).Name, "spec", CelRules.QuantizeHeadNotGptq, "spec.quantizeHead" },
         { typeof(QuantizedModel).Name, "spec.source", CelRules.ExactlyOneModelSource, "spec.source" },
         { typeof(QuantizedModel).Name, "spec.source.pvc", CelRules.NoParentPath, "spec.source.pvc.path" },
         { typeof(QuantizedModel).Name, "spec.calibration.dataset", CelRules.ExactlyOneDataSource, "spec.calibration.dataset" },
@@ -95,6 +96,7 @@ public class SpecValidatorTests
         CelRules.GptqNeedsCalibration => ValidModel with { Method = QuantizationMethod.Gptq },
         CelRules.GptqFormatBits => ValidModel with { Bits = 3, Formats = [ExportFormat.Lowbit, ExportFormat.Gptq] },
         CelRules.GgufFormatBits => ValidModel with { Bits = 4, Formats = [ExportFormat.Lowbit, ExportFormat.GgufQ80] },
+        CelRules.QuantizeHeadNotGptq => ValidModel with { QuantizeHead = true, Formats = [ExportFormat.Lowbit, ExportFormat.Gptq] },
         CelRules.ExactlyOneModelSource => ValidModel with { Source = ValidModel.Source with { Url = "https://example.com/m" } },
         CelRules.NoParentPath => ValidModel with { Source = new ModelSource { Pvc = new PvcSource { ClaimName = "models", Path = "a/../b" } } },
         CelRules.ExactlyOneDataSource => ValidModel with { Calibration = new CalibrationSpec { Dataset = new DataSource() } },
@@ -137,6 +139,56 @@ public class SpecValidatorTests
         Assert.Empty(FineTuneJobSpecValidator.Validate(ValidJob));
         Assert.Empty(InferenceEndpointSpecValidator.Validate(ValidEndpoint));
         Assert.Empty(InferenceEndpointSpecValidator.Validate(ValidEndpoint with { Image = "ghcr.io/lowbit/engine@sha256:" + new string('a', 64) }));
+    }
+
+    /// <summary>A 4-bit HQQ QuantizedModel manifest with <paramref name="specFields"/> (YAML lines) added to its spec.</summary>
+    private static JsonObject ModelManifest(params string[] specFields) => Yaml.ParseObject($$"""
+        apiVersion: lowbit.dev/v1alpha1
+        kind: QuantizedModel
+        metadata: {name: m}
+        spec:
+          source:
+            huggingFace: {repo: "meta-llama/Llama-2-7b-hf"}
+          method: hqq
+          bits: 4
+          output:
+            pvc: {claimName: models}
+          {{string.Join("\n  ", specFields)}}
+        """);
+
+    [Theory]
+    [InlineData("[lowbit]")]
+    [InlineData("[gguf-q4_k]")]
+    [InlineData("[lowbit, gguf-q4_0]")]
+    public void Does_admit_quantize_head_with_lowbit_and_gguf_formats(string formats)
+    {
+        var manifest = ModelManifest("quantizeHead: true", $"formats: {formats}");
+
+        Assert.Empty(ManifestChecks.Admit(manifest));
+        Assert.True((bool?)manifest["spec"]!["quantizeHead"]);
+    }
+
+    [Theory]
+    [InlineData("[gptq]")]
+    [InlineData("[lowbit, gptq]")]
+    public void Does_reject_quantize_head_with_the_gptq_format_naming_the_field(string formats)
+    {
+        var error = Assert.Single(ManifestChecks.Admit(ModelManifest("quantizeHead: true", $"formats: {formats}")));
+
+        Assert.Equal("spec.quantizeHead", error.Field);
+        Assert.Contains(CelRules.QuantizeHeadNotGptqMessage, error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("[lowbit]")]
+    [InlineData("[gptq]")]
+    public void Does_admit_a_model_written_before_quantize_head_existed_and_default_it_to_false(string formats)
+    {
+        var manifest = ModelManifest($"formats: {formats}");
+
+        Assert.Empty(ManifestChecks.Admit(manifest));
+        Assert.False((bool?)manifest["spec"]!["quantizeHead"]);
+        Assert.False(k8s.KubernetesJson.Deserialize<QuantizedModel>(manifest.ToJsonString()).Spec.QuantizeHead);
     }
 
     [Fact]

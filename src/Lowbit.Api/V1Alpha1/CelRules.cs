@@ -40,6 +40,10 @@ public static class CelRules
     public const string GgufFormatBits = "self.formats.all(f, !f.startsWith('gguf-') || (has(self.bits) && self.bits == (f == 'gguf-q8_0' ? 8 : 4)))";
     public const string GgufFormatBitsMessage = "format gguf-q8_0 needs bits 8, gguf-q4_0 and gguf-q4_k need bits 4 (and no targetBitsPerWeight)";
 
+    public const string QuantizeHeadNotGptq = "!has(self.quantizeHead) || !self.quantizeHead || !self.formats.exists(f, f == 'gptq')";
+    public const string QuantizeHeadNotGptqMessage =
+        "quantizeHead cannot be combined with format gptq (GPTQ readers expect a dense lm_head); export lowbit or gguf-*, or drop quantizeHead";
+
     public const string GptqNeedsCalibration = "self.method != 'gptq' || has(self.calibration)";
     public const string GptqNeedsCalibrationMessage = "method gptq needs calibration data: set spec.calibration";
 

@@ -37,6 +37,11 @@ public static class QuantizedModelSpecValidator
             errors.Add(SpecChecks.Invalid($"{path}.formats", CelRules.GgufFormatBitsMessage));
         }
 
+        if (spec.QuantizeHead && spec.Formats.Contains(ExportFormat.Gptq))
+        {
+            errors.Add(SpecChecks.Invalid($"{path}.quantizeHead", CelRules.QuantizeHeadNotGptqMessage));
+        }
+
         if (spec.Method == QuantizationMethod.Gptq && spec.Calibration is null)
         {
             errors.Add(SpecChecks.Required($"{path}.calibration", CelRules.GptqNeedsCalibrationMessage));

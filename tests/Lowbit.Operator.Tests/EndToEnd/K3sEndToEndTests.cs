@@ -60,6 +60,21 @@ public sealed class K3sEndToEndTests(K3sCluster k3s) : IClassFixture<K3sCluster>
     }
 
     [K3sFact]
+    public async Task Does_reject_quantize_head_with_a_gptq_export_at_the_apiserver_and_accept_it_with_lowbit_and_gguf()
+    {
+        var gptq = Model("head-gptq", m => m.Spec = m.Spec with { QuantizeHead = true, Formats = [ExportFormat.Lowbit, ExportFormat.Gptq] });
+        var lowbit = OnT4Only("head-lowbit");
+        lowbit.Spec = lowbit.Spec with { QuantizeHead = true };
+
+        var ex = await Assert.ThrowsAsync<HttpOperationException>(() => CreateAsync(gptq));
+        await CreateAsync(lowbit);
+
+        Assert.Equal(HttpStatusCode.UnprocessableEntity, ex.Response.StatusCode);
+        Assert.Contains("spec.quantizeHead", ex.Response.Content, StringComparison.Ordinal);
+        Assert.True((await GetAsync("head-lowbit")).Spec.QuantizeHead);
+    }
+
+    [K3sFact]
     public async Task Does_create_the_job_with_the_gpu_node_selector_and_report_waiting_for_gpu_when_no_gpu_node_exists()
     {
         await CreateAsync(OnT4Only("no-gpu"));

@@ -267,6 +267,31 @@ public sealed class BuilderTests
         Assert.Equal("spec.formats", error.Field);
     }
 
+    [Fact]
+    public void Does_pass_quantize_head_to_the_engine_only_when_the_spec_sets_it()
+    {
+        var dense = Fixtures.Model();
+        var quantized = Fixtures.Model(change: m => m.Spec = m.Spec with { QuantizeHead = true });
+        var placement = Fixtures.Placement(Fixtures.QuantizePlan(dense));
+
+        var denseArgs = QuantizeJobBuilder.Build(dense, placement, Fixtures.Options).Spec.Template.Spec.Containers[0].Args;
+        var quantizedArgs = QuantizeJobBuilder.Build(quantized, placement, Fixtures.Options).Spec.Template.Spec.Containers[0].Args.ToList();
+
+        Assert.DoesNotContain("--quantize-head", denseArgs);
+        Assert.Contains("--quantize-head", quantizedArgs);
+        Assert.Equal("true", quantizedArgs[quantizedArgs.IndexOf("--quantize-head") + 1]);
+        Assert.True(Assert.IsType<QuantizeRequest>(EngineRequest.Parse(quantizedArgs)).QuantizeHead);
+    }
+
+    [Fact]
+    public void Does_report_quantize_head_with_a_gptq_export_as_invalid_spec_naming_the_field()
+    {
+        var model = Fixtures.Model(change: m => m.Spec = m.Spec with { QuantizeHead = true, Formats = [ExportFormat.Lowbit, ExportFormat.Gptq] });
+        var error = QuantizeJobBuilder.Check(model, Fixtures.Placement(Fixtures.QuantizePlan(model)));
+        Assert.NotNull(error);
+        Assert.Equal("spec.quantizeHead", error.Field);
+    }
+
     [Theory]
     [InlineData("ghcr.io/x/engine:latest", false)]
     [InlineData("ghcr.io/x/engine", false)]
