@@ -217,11 +217,34 @@ public class FastDecoderTests
         }
     }
 
-    internal static string Int4Export(string root)
+    [Fact]
+    public void Does_decode_an_export_with_a_4_bit_head_as_the_eager_generator_does()
+    {
+        // quantize --quantize-head: the head loads packed, and the fast step (plain, and fused with the final RMSNorm in
+        // the head's GEMV prologue) gives the eager generator's tokens.
+        var root = Directory.CreateTempSubdirectory("fast-int4-head").FullName;
+        try
+        {
+            using var model = LowbitCheckpoint.Load(Int4Export(root, head: true), ScalarType.Float32, CPU);
+            Assert.IsType<PackedQuantizedLinear>(model.LmHead);
+            var eager = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 16 }, CPU).ToArray();
+            foreach (var fused in new Func<int, bool>?[] { null, _ => true })
+            {
+                using var decoder = FastDecoder.Create(model, new FastDecoderOptions { MaxBatch = 1, MaxLength = 32, EmulatedFusion = fused }, CPU);
+                Assert.Equal(eager, FastGeneration.Generate(decoder, [Prompt], 16)[0]);
+            }
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    internal static string Int4Export(string root, bool head = false)
     {
         using var checkpoint = Checkpoint.Open(TokenizerTests.FixtureDirectory);
-        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Rtn, Bits = 4, GroupSize = 32 });
-        var directory = Path.Combine(root, "int4");
+        using var quantized = ModelQuantizer.Quantize(checkpoint, new ModelQuantizeOptions { Method = QuantizationMethod.Rtn, Bits = 4, GroupSize = 32, QuantizeHead = head });
+        var directory = Path.Combine(root, head ? "int4-head" : "int4");
         LowbitCheckpoint.Write(directory, checkpoint, quantized);
         return directory;
     }
