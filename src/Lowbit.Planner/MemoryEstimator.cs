@@ -208,15 +208,16 @@ public static class MemoryEstimator
 
     /// <summary>
     /// Stored weight bytes of the whole model in a format: block linears at the format's bits (+ per-row
-    /// scales), embeddings and head at the format's embedding precision, norms/biases/router at 16-bit
-    /// (32-bit in fp32).
+    /// scales), the embedding at the format's embedding precision, an untied head at its head precision (a tied one
+    /// has no parameters of its own), norms/biases/router at 16-bit (32-bit in fp32).
     /// </summary>
     public static ByteSize WeightBytes(in ParameterCounts p, WeightFormat format)
     {
         var otherBits = format.LinearBitsPerWeight >= 32 ? 32 : 16;
         return ByteSize.FromBytes(((p.BlockLinear * format.LinearBitsPerWeight)
                                    + (p.BlockLinearRows * format.BitsPerRow)
-                                   + ((p.Embedding + p.Head) * format.EmbeddingBitsPerWeight)
+                                   + (p.Embedding * format.EmbeddingBitsPerWeight)
+                                   + (p.Head * format.HeadBitsPerWeight)
                                    + (p.Other * otherBits)) / 8);
     }
 
@@ -300,7 +301,7 @@ public static class MemoryEstimator
     {
         var all = WeightBytes(p, w.Weights).Bytes;
         var embedding = (long)(p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8);
-        var head = m.TiedEmbeddings ? embedding : (long)(p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8);
+        var head = m.TiedEmbeddings ? embedding : (long)(p.Head * w.Weights.HeadBitsPerWeight / 8);
         var layerWeights = (all - embedding - (m.TiedEmbeddings ? 0 : head)) / (double)m.Layers;
         var layerKv = KvBytesPerToken(m, w.KvCache).Bytes / m.Layers * kvTokens;
         var perLayer = Enumerable.Repeat((long)(layerWeights + layerKv), m.Layers).ToList();
@@ -588,9 +589,9 @@ public static class MemoryEstimator
         // The logits and loss are computed where the head is: the last stage, or the first for a tied head.
         var embeddingLoss = new StagePart(0, 0, 0, m.TiedEmbeddings ? a.Loss : 0);
         var headLoss = new StagePart(0, 0, 0, m.TiedEmbeddings ? 0 : a.Loss);
-        // Stored weights at the format: the embedding and head at the format's embedding precision, the rest per layer.
+        // Stored weights at the format: the embedding and an untied head at their precisions, the rest per layer.
         var embeddingBytes = p.Embedding * (double)w.Weights.EmbeddingBitsPerWeight / 8;
-        var headBytes = p.Head * (double)w.Weights.EmbeddingBitsPerWeight / 8;
+        var headBytes = p.Head * w.Weights.HeadBitsPerWeight / 8;
         var layerBytes = (WeightBytes(p, w.Weights).Bytes - embeddingBytes - headBytes) / layers;
         switch (w.Mode)
         {

@@ -5,8 +5,9 @@ namespace Lowbit.Planner;
 /// <summary>
 /// How weights are stored. <see cref="LinearBitsPerWeight"/> applies to the transformer blocks' linear
 /// matrices (what quantizers compress), plus <see cref="BitsPerRow"/> per output channel for
-/// per-channel scales; <see cref="EmbeddingBitsPerWeight"/> to the token embedding and output head.
-/// Norms, biases and routers stay 16-bit (they are a few MB).
+/// per-channel scales; <see cref="EmbeddingBitsPerWeight"/> to the token embedding and
+/// <see cref="HeadBitsPerWeight"/> to an untied output head (the embedding's width unless the head is quantized too,
+/// <see cref="WithQuantizedHead"/>). Norms, biases and routers stay 16-bit (they are a few MB).
 /// </summary>
 public sealed record WeightFormat
 {
@@ -20,6 +21,18 @@ public sealed record WeightFormat
 
     public required double EmbeddingBitsPerWeight { get; init; }
 
+    /// <summary>
+    /// The untied output head (lm_head); <see cref="EmbeddingBitsPerWeight"/> unless set. A tied head is the embedding
+    /// table and is stored once, at the embedding's width, whatever this says.
+    /// </summary>
+    public double HeadBitsPerWeight
+    {
+        get => _headBitsPerWeight ?? EmbeddingBitsPerWeight;
+        init => _headBitsPerWeight = value;
+    }
+
+    private readonly double? _headBitsPerWeight;
+
     /// <summary>Group size for grouped integer formats (0 when not grouped).</summary>
     public int GroupSize { get; init; }
 
@@ -30,6 +43,17 @@ public sealed record WeightFormat
     public required string Description { get; init; }
 
     public const int DefaultGroupSize = 128;
+
+    /// <summary>
+    /// This format with the output head quantized like the block linears (a QuantizedModel's
+    /// <c>spec.quantizeHead</c>): the head at <see cref="LinearBitsPerWeight"/>, group overhead included.
+    /// </summary>
+    public WeightFormat WithQuantizedHead() => this with
+    {
+        HeadBitsPerWeight = LinearBitsPerWeight,
+        Description = string.Create(CultureInfo.InvariantCulture,
+            $"{Description.Replace("embeddings and head 16-bit", "embeddings 16-bit", StringComparison.Ordinal)}; head quantized too ({LinearBitsPerWeight:0.###} bpw)"),
+    };
 
     /// <summary>Every name <see cref="Parse"/> accepts (<c>bpw-&lt;X&gt;</c> stands for any X in (1, 16]).</summary>
     public static readonly IReadOnlyList<string> Names =

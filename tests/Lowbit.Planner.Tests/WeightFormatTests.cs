@@ -1,3 +1,5 @@
+using Lowbit.Engine.Protocol;
+
 namespace Lowbit.Planner.Tests;
 
 public sealed class WeightFormatTests
@@ -60,6 +62,46 @@ public sealed class WeightFormatTests
         var int8 = MemoryEstimator.WeightBytes(p, WeightFormat.Parse("int8")).Bytes;
         var expected = p.BlockLinear + (p.BlockLinearRows * 2) + ((p.Embedding + p.Head + p.Other) * 2);
         Assert.Equal(expected, int8);
+    }
+
+    [Fact]
+    public void Does_store_an_untied_quantized_head_at_the_linear_bits_instead_of_16()
+    {
+        var p = ModelPresets.Llama2_7B.Parameters;
+        var int4 = WeightFormat.Parse("int4", 64);
+        var quantizedHead = int4.WithQuantizedHead();
+
+        var saved = MemoryEstimator.WeightBytes(p, int4).Bytes - MemoryEstimator.WeightBytes(p, quantizedHead).Bytes;
+
+        Assert.Equal(16, int4.HeadBitsPerWeight);
+        Assert.Equal(4.5, quantizedHead.HeadBitsPerWeight, 6);
+        Assert.Equal(16, quantizedHead.EmbeddingBitsPerWeight);
+        Assert.EndsWith("embeddings 16-bit; head quantized too (4.5 bpw)", quantizedHead.Description, StringComparison.Ordinal);
+        // lm_head 32,000 × 4,096: 262 MB at 16 bits, 74 MB at 4 + 32/64 bits.
+        Assert.Equal(32000L * 4096 * (16 - 4.5) / 8, saved, 0);
+    }
+
+    [Fact]
+    public void Does_leave_a_tied_head_at_the_embedding_width_when_the_head_is_quantized()
+    {
+        var gemma = ModelPresets.Gemma2B;
+        var int4 = WeightFormat.Parse("int4", 64);
+        Workload Serve(WeightFormat weights) => new()
+        {
+            Mode = WorkloadMode.Inference,
+            Weights = weights,
+            ContextLength = 4096,
+            Concurrency = 1,
+            Runtime = ServingRuntime.Lowbit,
+        };
+
+        // The pipeline split puts a copy of a tied embedding on the last stage as its head: still 16-bit.
+        var plain = MemoryEstimator.Estimate(gemma, Serve(int4), devices: 2, pipelineStages: 2);
+        var headQuantized = MemoryEstimator.Estimate(gemma, Serve(int4.WithQuantizedHead()), devices: 2, pipelineStages: 2);
+
+        Assert.True(gemma.TiedEmbeddings);
+        Assert.Equal(MemoryEstimator.WeightBytes(gemma.Parameters, int4), MemoryEstimator.WeightBytes(gemma.Parameters, int4.WithQuantizedHead()));
+        Assert.Equal(plain.Weights, headQuantized.Weights);
     }
 
     [Fact]

@@ -175,6 +175,11 @@ public static class ModelQuantizer
         {
             throw new EngineInputException("--calibration: required for --method gptq");
         }
+        if (options.QuantizeHead && checkpoint.Config.TieWordEmbeddings)
+        {
+            // Before any layer is quantized: GPTQ on a large model takes hours.
+            throw new EngineInputException("--quantize-head: this model's lm_head is its input embedding table (tie_word_embeddings: true), which stays dense; drop --quantize-head");
+        }
         using var noGrad = no_grad();
         var config = checkpoint.Config;
         var layers = config.NumHiddenLayers;
@@ -232,14 +237,14 @@ public static class ModelQuantizer
     /// <summary>The module name a quantized lm_head has in <see cref="QuantizedModel.Linears"/> and in exports.</summary>
     public const string HeadName = "lm_head";
 
+    /// <summary>
+    /// lm_head at <see cref="ModelQuantizeOptions.Bits"/> (with a mixed-precision target the widest width, outside the
+    /// allocation), recorded as <see cref="HeadName"/>.
+    /// </summary>
     private static void QuantizeHead(IWeightSource checkpoint, ModelQuantizeOptions options, Tensor? hidden,
         Dictionary<string, QuantizedTensor> linears, List<QuantizedLayerReport> reports)
     {
         var config = checkpoint.Config;
-        if (config.TieWordEmbeddings)
-        {
-            throw new EngineInputException("--quantize-head: this model's lm_head is its input embedding table (tie_word_embeddings: true), which stays dense; drop --quantize-head");
-        }
         using var scope = NewDisposeScope();
         var weight = checkpoint.Load(HeadName + ".weight", ScalarType.Float32, options.Device);
         HessianAccumulator? accumulator = null;

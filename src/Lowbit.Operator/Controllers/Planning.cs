@@ -162,13 +162,27 @@ public static class Planning
         return (total, null);
     }
 
-    /// <summary>The weight format of a quantization spec, as the planner names it.</summary>
+    /// <summary>The weight format of a quantization spec, as the planner names it (with its head quantized under <c>spec.quantizeHead</c>).</summary>
     public static WeightFormat Weights(QuantizedModelSpec spec)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        return spec.TargetBitsPerWeight is { } bpw
+        var format = spec.TargetBitsPerWeight is { } bpw
             ? WeightFormat.Parse(string.Create(CultureInfo.InvariantCulture, $"bpw-{bpw}"))
             : WeightFormat.Parse($"int{spec.Bits ?? 4}", spec.GroupSize);
+        return spec.QuantizeHead ? format.WithQuantizedHead() : format;
+    }
+
+    /// <summary>
+    /// Why the quantize Job would fail on this architecture (naming the field), or null: <c>spec.quantizeHead</c> on a
+    /// model whose head is its input embedding table has no separate head to quantize (the engine exits with an input error).
+    /// </summary>
+    public static SpecError? CheckQuantizeHead(QuantizedModelSpec spec, ModelArchitecture architecture)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(architecture);
+        return spec.QuantizeHead && architecture.TiedEmbeddings
+            ? new SpecError("spec.quantizeHead", $"{architecture.Name} ties lm_head to its input embeddings (tie_word_embeddings); there is no separate head to quantize; remove quantizeHead")
+            : null;
     }
 
     private static WeightFormat GgufWeights(QuantizedModelSpec spec) =>

@@ -59,7 +59,9 @@ public sealed class QuantizedModelReconciler(ReconcileServices services)
                 blocker = DecisionParts.Blocker(failed);
                 break;
             case ArchitectureResolution.Resolved resolved:
-                (plan, var planError) = DecisionParts.Plan(() => Planning.Quantize(model, resolved.Architecture, context.Catalog));
+                (plan, var planError) = Planning.CheckQuantizeHead(model.Spec, resolved.Architecture) is { } headError
+                    ? (null, headError)
+                    : DecisionParts.Plan(() => Planning.Quantize(model, resolved.Architecture, context.Catalog));
                 var current = DecisionParts.CurrentIndex(observed.Job, model.Metadata.Generation, model.Status?.ObservedGeneration, model.Status?.Plan?.PlacementIndex);
                 (placing, var error) = DecisionParts.Place(plan, planError, model.Spec.Scheduling.Timeout, current, work.Diagnosis, context.Now,
                     p => QuantizeJobBuilder.Check(model, p));

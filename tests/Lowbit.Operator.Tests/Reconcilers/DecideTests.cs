@@ -56,6 +56,43 @@ public sealed class DecideTests
     }
 
     [Fact]
+    public void Does_stall_quantize_head_for_a_model_with_tied_embeddings_as_InvalidSpec_without_a_job()
+    {
+        var model = Fixtures.Model(change: m => m.Spec = m.Spec with { QuantizeHead = true });
+        var gemma = new ArchitectureResolution.Resolved(ModelPresets.Gemma2B, "preset");
+
+        var tied = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Architecture = gemma }, Context);
+        var untied = QuantizedModelReconciler.Decide(model, new QuantizedModelObservation { Architecture = Llama7B }, Context);
+
+        var stalled = Assert.IsType<Outcome.Stalled>(tied.Outcome);
+        Assert.Equal(Conditions.Reasons.InvalidSpec, stalled.Reason);
+        Assert.StartsWith("spec.quantizeHead: Gemma-2B ties lm_head to its input embeddings", stalled.Message, StringComparison.Ordinal);
+        Assert.Empty(tied.Children);
+        Assert.Null(tied.Placement);
+        Assert.IsType<ReconcileResult.TerminalFailure>(tied.Result);
+        Assert.False(Conditions.IsTrue(tied.Status.Conditions, Conditions.Types.Ready));
+        Assert.IsType<V1Job>(Assert.Single(untied.Children));
+    }
+
+    [Fact]
+    public void Does_size_the_head_at_the_linear_bits_when_quantizing_or_serving_a_quantize_head_model()
+    {
+        var plain = Fixtures.Model();
+        var quantizeHead = Fixtures.Model(change: m => m.Spec = m.Spec with { QuantizeHead = true });
+        var endpoint = Fixtures.Endpoint();
+        // lm_head 32,000 × 4,096 at int4 group 64 (4.5 bpw) instead of 16 bits.
+        var saved = (long)(32000L * 4096 * (16 - 4.5) / 8);
+
+        var quantize = Planning.Quantize(plain, ModelPresets.Llama2_7B, GpuCatalog.Default).Total.Weights
+                       - Planning.Quantize(quantizeHead, ModelPresets.Llama2_7B, GpuCatalog.Default).Total.Weights;
+        var serve = Planning.Inference(endpoint, plain, ModelPresets.Llama2_7B, GpuCatalog.Default).Total.Weights
+                    - Planning.Inference(endpoint, quantizeHead, ModelPresets.Llama2_7B, GpuCatalog.Default).Total.Weights;
+
+        Assert.Equal(saved, quantize.Bytes);
+        Assert.Equal(saved, serve.Bytes);
+    }
+
+    [Fact]
     public void Does_run_an_inspect_job_for_a_source_whose_architecture_needs_reading()
     {
         var decision = QuantizedModelReconciler.Decide(Fixtures.Model(), new QuantizedModelObservation { Architecture = new ArchitectureResolution.NeedsInspect() }, Context);
