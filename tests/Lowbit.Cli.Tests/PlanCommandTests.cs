@@ -154,7 +154,21 @@ public sealed class PlanCommandTests
         Assert.NotEmpty(json.GetProperty("noFit").GetProperty("fitsWithoutConstraints").EnumerateArray());
     }
 
+    [Fact]
+    public void Does_size_a_quantized_head_at_the_layers_bits_when_asked()
+    {
+        // Llama-2-7B's untied 32,000 × 4,096 head at int4 g64 (4.5 bits with its fp16 scale and zero) instead of 16 bits:
+        // 188,416,000 bytes (0.175 GiB) less; a tied head (StarCoder) is the embedding table and stays as it was.
+        double Weights(params string[] args) =>
+            Json(Plan([.. args, "--weights", "int4", "--group-size", "64", "--output", "json"])).GetProperty("memory").GetProperty("breakdown").GetProperty("weights").GetDouble();
+        var dense = Weights("--model", "llama-2-7b");
+        var quantized = Weights("--model", "llama-2-7b", "--quantize-head");
+        Assert.Equal(188_416_000 / 1073741824.0, dense - quantized, 0.011);
+        Assert.Equal(Weights("--model", "starcoder-15.5b"), Weights("--model", "starcoder-15.5b", "--quantize-head"));
+    }
+
     [Theory]
+    [InlineData("--model|llama-2-7b|--weights|bf16|--quantize-head", "quantize-head", "int4")]
     [InlineData("--model|gpt-5", "model", "llama-2-70b")]
     [InlineData("--model|llama-2-7b|--weights|int5", "weights", "gguf-q4_k_m")]
     [InlineData("--model|llama-2-7b|--mode|pretrain", "mode", "lowbit-full")]

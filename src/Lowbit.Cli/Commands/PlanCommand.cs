@@ -28,6 +28,7 @@ public static class PlanCommand
         var seq = new Option<string>("--seq") { Description = "Training/calibration sequence length", DefaultValueFactory = _ => "2048" };
         var microBatch = new Option<string>("--micro-batch") { Description = "Sequences per GPU per step (training)", DefaultValueFactory = _ => "1" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "Recompute activations in backward (training)" };
+        var quantizeHead = new Option<bool>("--quantize-head") { Description = "The output head quantized like the layers (a QuantizedModel's spec.quantizeHead; quantized --weights only)" };
         var runtime = new Option<string>("--runtime") { Description = $"Runtime whose memory model applies: {string.Join(", ", PlannerNames.Runtimes)}", DefaultValueFactory = _ => "lowbit" };
         var attention = new Option<string>("--attention") { Description = $"Attention implementation: {string.Join(", ", PlannerNames.Attentions)} (eager materializes scores)", DefaultValueFactory = _ => "sdpa" };
         var loraTargets = new Option<string>("--lora-targets") { Description = "LoRA target modules, comma-separated (q_proj,v_proj ... or all-linear)", DefaultValueFactory = _ => "all-linear" };
@@ -45,7 +46,7 @@ public static class PlanCommand
         {
             TreatUnmatchedTokensAsErrors = false,
         };
-        Option[] all = [model, mode, weights, groupSize, context, batch, seq, microBatch, checkpointing, runtime, attention, kvCache, optimizer, loraRank, loraTargets, calibration, catalog, gpuTypes, maxUsd, minTokens, output];
+        Option[] all = [model, mode, weights, groupSize, quantizeHead, context, batch, seq, microBatch, checkpointing, runtime, attention, kvCache, optimizer, loraRank, loraTargets, calibration, catalog, gpuTypes, maxUsd, minTokens, output];
         foreach (var option in all)
         {
             command.Options.Add(option);
@@ -72,13 +73,22 @@ public static class PlanCommand
 
                 var workloadMode = PlannerNames.ParseMode(parseResult.GetValue(mode)!);
                 var group = OptionalInt(parseResult.GetValue(groupSize), "group-size");
+                var weightFormat = WeightFormat.Parse(parseResult.GetValue(weights) ?? PlannerNames.DefaultWeights(workloadMode), group);
+                if (parseResult.GetValue(quantizeHead))
+                {
+                    if (weightFormat.LinearBitsPerWeight >= weightFormat.EmbeddingBitsPerWeight)
+                    {
+                        throw new PlanInputException("quantize-head", $"applies to quantized weights, not {weightFormat.Name}", ["int8", "int4", "int3", "int2", "bpw-<X>"]);
+                    }
+                    weightFormat = weightFormat.WithQuantizedHead();
+                }
                 var request = new PlanRequest
                 {
                     Model = LoadModel(modelValue),
                     Workload = new Workload
                     {
                         Mode = workloadMode,
-                        Weights = WeightFormat.Parse(parseResult.GetValue(weights) ?? PlannerNames.DefaultWeights(workloadMode), group),
+                        Weights = weightFormat,
                         ContextLength = Int(parseResult.GetValue(context), "context"),
                         Concurrency = Int(parseResult.GetValue(batch), "batch"),
                         SequenceLength = Int(parseResult.GetValue(seq), "seq"),
