@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using Lowbit.Engine.Checkpoints;
 using Lowbit.Engine.Cli;
 using Lowbit.Engine.Decoding;
+using Lowbit.Engine.Lora;
 using Lowbit.Engine.Network;
 using Lowbit.Engine.Protocol;
 using Lowbit.Engine.Serving;
@@ -149,13 +150,15 @@ public sealed class PipelineShardTests
         Assert.Equal(expected, actual);
     }
 
-    [Fact]
-    public void Does_generate_the_same_tokens_when_a_4_bit_export_is_split()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Does_generate_the_same_tokens_when_a_4_bit_export_is_split(bool quantizedHead)
     {
         var root = Directory.CreateTempSubdirectory("shards-int4").FullName;
         try
         {
-            var directory = FastDecoderTests.Int4Export(root);
+            var directory = FastDecoderTests.Int4Export(root, quantizedHead);
             var config = LlamaConfig.Load(Path.Combine(directory, "config.json"));
             var plan = PipelinePlacement.Plan(directory, config, ScalarType.Float32, 2, 48, [CPU, CPU, CPU]);
             using var whole = ModelLoading.Load(directory, ScalarType.Float32, CPU);
@@ -168,8 +171,10 @@ public sealed class PipelineShardTests
             var expected = FastGeneration.Generate(one, prompts, 10);
             var actual = FastGeneration.Generate(three, prompts, 10);
 
-            // Packed codes count as stored (half a byte per weight), so a layer weighs well under its float32 size.
+            // Packed codes count as stored (half a byte per weight), so a layer weighs well under its float32 size; a
+            // quantized head (on the last stage) too.
             Assert.True(plan.WeightBytes.Sum() < 3_281_152L * 4 / 2);
+            Assert.Equal(quantizedHead, split.LmHead is PackedQuantizedLinear);
             Assert.Equal(expected, actual);
         }
         finally
