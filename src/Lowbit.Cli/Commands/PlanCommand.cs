@@ -78,7 +78,7 @@ public static class PlanCommand
                 {
                     if (weightFormat.LinearBitsPerWeight >= weightFormat.EmbeddingBitsPerWeight)
                     {
-                        throw new PlanInputException("quantize-head", $"applies to quantized weights, not {weightFormat.Name}", ["int8", "int4", "int3", "int2", "bpw-<X>"]);
+                        throw new PlanInputException("quantize-head", $"applies to quantized weights, not {weightFormat.Name}", ["int8", "int4", "int3", "int2"]);
                     }
                     weightFormat = weightFormat.WithQuantizedHead();
                 }
